@@ -1,0 +1,121 @@
+"""The one small interface every cross-lingual backbone implements.
+
+The trainer, the evaluation and the exporters only use what is declared here:
+  - `forward(bows)`       -> dict of loss tensors, "loss" being the total to minimise;
+  - `theta(bow, i)`       -> document-topic distributions for language i (deterministic, eval);
+  - `encoder_for(i)`      -> an nn.Module bow -> theta for language i (what gets exported);
+  - `topic_word()`        -> per-language topic-word weights [K, V_i] (top words, beta export);
+  - `config()`            -> JSON-able hyper-parameters that rebuild the model with `aux`.
+
+Corpus-derived tensors a model needs (dictionary links, word vectors, ...) are computed once by
+`prepare_aux(corpus, ...)` and registered as buffers named `aux_*`, so a checkpoint (safetensors)
+alone rebuilds the model: no pickle, no corpus needed to export.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from xtm.corpus import Corpus
+from xtm.errors import XtmError
+from xtm.models_zoo.components import BowEncoder, reparameterize
+
+
+class ThetaEncoder(nn.Module):
+    """Deterministic bow -> theta (softmax of the posterior mean): what inference and export run."""
+
+    def __init__(self, encoder: BowEncoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, bow: Tensor) -> Tensor:
+        mu, _ = self.encoder(bow)
+        return F.softmax(mu, dim=1)
+
+
+class CrossLingualTopicModel(nn.Module):
+    """Base class: per-language encoders, K shared topics, per-language topic-word matrices."""
+
+    name: ClassVar[str] = "base"
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, langs: list[str], vocab_sizes: list[int], num_topics: int,
+                 aux: dict[str, Tensor] | None = None, **hparams: Any) -> None:
+        super().__init__()
+        if len(langs) != 2 or len(vocab_sizes) != 2:
+            raise XtmError(f"{self.name} models exactly two languages; got {langs}")
+        unknown = set(hparams) - set(self.defaults)
+        if unknown:
+            raise XtmError(f"{self.name}: unknown hyper-parameters {sorted(unknown)}; "
+                           f"known: {sorted(self.defaults)}")
+        self.langs = list(langs)
+        self.vocab_sizes = [int(v) for v in vocab_sizes]
+        self.num_topics = int(num_topics)
+        self.hparams = {**self.defaults, **hparams}
+        for key, value in (aux or {}).items():
+            self.register_buffer(f"aux_{key}", value)
+
+    # ---- construction -------------------------------------------------------------------------
+    @classmethod
+    def prepare_aux(cls, corpus: Corpus, **hparams: Any) -> dict[str, Tensor]:
+        """Tensors computed once from the corpus (links, neighbour masks...). Default: none."""
+        return {}
+
+    @classmethod
+    def from_corpus(cls, corpus: Corpus, num_topics: int, **hparams: Any) -> CrossLingualTopicModel:
+        if len(corpus.languages) != 2:
+            raise XtmError(f"{cls.name} models exactly two languages; the corpus has {corpus.langs}. "
+                           "Choose two with --langs.")
+        aux = cls.prepare_aux(corpus, **{**cls.defaults, **hparams})
+        return cls(corpus.langs, [lc.vocab_size for lc in corpus.languages], num_topics, aux=aux, **hparams)
+
+    def config(self) -> dict[str, Any]:
+        return {"model": self.name, "langs": self.langs, "vocab_sizes": self.vocab_sizes,
+                "num_topics": self.num_topics, "hparams": dict(self.hparams)}
+
+    # ---- the interface ------------------------------------------------------------------------
+    encoders: nn.ModuleList
+
+    def encoder_for(self, lang_index: int) -> nn.Module:
+        return ThetaEncoder(self.encoders[lang_index])
+
+    def encode(self, bow: Tensor, lang_index: int) -> tuple[Tensor, Tensor, Tensor]:
+        """(theta, mu, logvar) for training: theta is sampled when the module is in train mode."""
+        mu, logvar = self.encoders[lang_index](bow)
+        theta = F.softmax(reparameterize(mu, logvar, self.training), dim=1)
+        return theta, mu, logvar
+
+    @torch.no_grad()
+    def theta(self, bow: Tensor, lang_index: int) -> Tensor:
+        mu, _ = self.encoders[lang_index](bow)
+        return F.softmax(mu, dim=1)
+
+    def topic_word(self) -> list[Tensor]:
+        raise NotImplementedError
+
+    def forward(self, bows: list[Tensor]) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+
+def sparse_to_aux(m: sp.spmatrix, prefix: str) -> dict[str, Tensor]:
+    """A scipy sparse matrix as dense tensors (indices, values, shape) that safetensors can store."""
+    coo = sp.coo_matrix(m)
+    return {
+        f"{prefix}_indices": torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64)),
+        f"{prefix}_values": torch.from_numpy(coo.data.astype(np.float32)),
+        f"{prefix}_shape": torch.tensor(coo.shape, dtype=torch.int64),
+    }
+
+
+def aux_to_sparse(model: nn.Module, prefix: str) -> Tensor:
+    """Rebuild a torch sparse COO tensor from buffers written by `sparse_to_aux`."""
+    idx = getattr(model, f"aux_{prefix}_indices")
+    val = getattr(model, f"aux_{prefix}_values")
+    shape = tuple(int(s) for s in getattr(model, f"aux_{prefix}_shape").tolist())
+    return torch.sparse_coo_tensor(idx, val, shape).coalesce()

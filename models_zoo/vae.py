@@ -1,0 +1,83 @@
+"""The two-language VAE skeleton NMTM, InfoCTM and XTRA share (Wu et al. 2020; 2023; Nguyen et al. 2025).
+
+Per language l: an encoder bow -> (mu, logvar), theta = softmax(z); a decoder
+p(w | d) = softmax(BN(theta @ beta_l)); topic-word weights phi_l [K, V_l]. Each backbone decides
+how encoders are shared, how beta is formed from phi, and which alignment losses it adds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from xtm.models_zoo.base import CrossLingualTopicModel
+from xtm.models_zoo.components import (
+    Bow,
+    BowDecoder,
+    BowEncoder,
+    EncoderBody,
+    InputLayer,
+    LaplacePrior,
+    reconstruction_nll,
+    reparameterize,
+    xavier_topic_matrix,
+)
+
+
+class TwoLanguageVAE(CrossLingualTopicModel):
+    """Defaults every VAE backbone understands; subclasses extend `defaults`."""
+
+    defaults = {"hidden": 200, "dropout": 0.0, "alpha": 1.0, "bn_eps": 1e-5, "bn_momentum": 0.1}
+
+    def __init__(self, langs: list[str], vocab_sizes: list[int], num_topics: int,
+                 aux: dict[str, Tensor] | None = None, **hparams: Any) -> None:
+        super().__init__(langs, vocab_sizes, num_topics, aux=aux, **hparams)
+        h = self.hparams
+        self.encoders = self.make_encoders()
+        self.decoders = nn.ModuleList(BowDecoder(v, h["bn_eps"], h["bn_momentum"]) for v in self.vocab_sizes)
+        self.prior = LaplacePrior(num_topics, self.prior_alpha())
+        self.phi = nn.ParameterList(nn.Parameter(xavier_topic_matrix(num_topics, v)) for v in self.vocab_sizes)
+
+    def body(self, in_dim: int) -> EncoderBody:
+        h = self.hparams
+        return EncoderBody([in_dim, h["hidden"]], self.num_topics, h["dropout"], h["bn_eps"], h["bn_momentum"])
+
+    def make_encoders(self) -> nn.ModuleList:
+        """Default (InfoCTM): fully separate encoders, softplus input layer of width `hidden`."""
+        hid = self.hparams["hidden"]
+        return nn.ModuleList(BowEncoder(InputLayer(v, hid), self.body(hid)) for v in self.vocab_sizes)
+
+    def prior_alpha(self) -> float | Tensor:
+        return float(self.hparams["alpha"])
+
+    def encode(self, bow: Bow, lang_index: int) -> tuple[Tensor, Tensor, Tensor]:
+        mu, logvar = self.encoders[lang_index](bow)
+        theta = F.softmax(reparameterize(mu, logvar, self.training), dim=1)
+        # The reference models apply dropout to the training theta as well (p=0 except XTRA).
+        theta = F.dropout(theta, self.hparams["dropout"], self.training)
+        return theta, mu, logvar
+
+    def topic_word(self) -> list[Tensor]:
+        return list(self.phi)
+
+    def topic_model_losses(self, bows: list[Bow], betas: list[Tensor]) -> tuple[dict[str, Tensor], list[Tensor]]:
+        """Reconstruction + KL per language (batch means); also returns each language's theta."""
+        losses: dict[str, Tensor] = {}
+        thetas = []
+        for i, (bow, beta) in enumerate(zip(bows, betas, strict=True)):
+            theta, mu, logvar = self.encode(bow, i)
+            losses[f"recon_{self.langs[i]}"] = reconstruction_nll(bow, self.decoders[i](theta, beta)).mean()
+            losses[f"kl_{self.langs[i]}"] = self.prior.kl(mu, logvar).mean()
+            thetas.append(theta)
+        return losses, thetas
+
+    def alignment_losses(self, bows: list[Bow], thetas: list[Tensor]) -> dict[str, Tensor]:
+        return {}
+
+    def forward(self, bows: list[Bow]) -> dict[str, Tensor]:
+        losses, thetas = self.topic_model_losses(bows, self.topic_word())
+        losses.update(self.alignment_losses(bows, thetas))
+        losses["loss"] = sum(losses.values())
+        return losses

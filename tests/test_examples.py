@@ -1,0 +1,128 @@
+"""Tests for the built-in synthetic example corpus (xtm.examples)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from xtm.examples import CATEGORIES, main, write_example
+
+# Small enough to keep the suite fast, large enough for every label/split to appear.
+DOCS_PER_LANG = 120
+
+
+@pytest.fixture(scope="module")
+def example(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return write_example(tmp_path_factory.mktemp("ex"), docs_per_lang=DOCS_PER_LANG, seed=0)
+
+
+def _read_jsonl(path: Path) -> list[dict[str, str]]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def _dict_pairs(path: Path) -> list[tuple[str, str]]:
+    with open(path, encoding="utf-8") as f:
+        return [tuple(line.rstrip("\n").split("\t")) for line in f]  # type: ignore[misc]
+
+
+def test_writes_all_files(example: dict[str, Path]) -> None:
+    assert set(example) == {"docs", "unseen", "dict", "ref_en", "ref_zh", "readme"}
+    for path in example.values():
+        assert path.is_file() and path.stat().st_size > 0
+    # Atomic writes leave no temp files behind.
+    assert not [p for p in example["docs"].parent.rglob("*") if ".tmp" in p.name]
+    readme = example["readme"].read_text(encoding="utf-8")
+    assert "synthetic" in readme.lower() and "xtm.examples" in readme and "License" in readme
+
+
+def test_docs_fields_languages_splits_labels(example: dict[str, Path]) -> None:
+    rows = _read_jsonl(example["docs"])
+    assert len(rows) == 2 * DOCS_PER_LANG
+    for r in rows:
+        assert set(r) == {"id", "text", "lang", "label", "split"}
+        assert all(isinstance(v, str) and v for v in r.values())
+        assert r["id"].startswith(r["lang"] + "-")
+        assert r["label"] in CATEGORIES and r["split"] in {"train", "test"}
+    assert len({r["id"] for r in rows}) == len(rows)
+    for lang in ("en", "zh"):
+        sub = [r for r in rows if r["lang"] == lang]
+        assert len(sub) == DOCS_PER_LANG
+        assert {r["label"] for r in sub} == set(CATEGORIES)
+        n_test = sum(r["split"] == "test" for r in sub)
+        assert abs(n_test - 0.2 * DOCS_PER_LANG) <= len(CATEGORIES)
+        assert {r["label"] for r in sub if r["split"] == "test"} == set(CATEGORIES)
+    for r in rows:
+        if r["lang"] == "en":
+            assert 20 <= len(re.findall(r"[A-Za-z]+", r["text"])) <= 80
+        else:
+            assert " " not in r["text"] and re.search(r"[\u4e00-\u9fff]", r["text"])
+
+
+def test_unseen_languages(example: dict[str, Path]) -> None:
+    rows = _read_jsonl(example["unseen"])
+    assert 24 <= len(rows) <= 96
+    assert Counter(r["lang"] for r in rows).keys() == {"fr", "de", "es", "ja"}
+    for r in rows:
+        assert set(r) == {"id", "text", "lang", "label", "split"} and r["label"] in CATEGORIES
+
+
+def test_deterministic(tmp_path: Path, example: dict[str, Path]) -> None:
+    again = write_example(tmp_path / "a", docs_per_lang=DOCS_PER_LANG, seed=0)
+    for name, path in example.items():
+        assert path.read_bytes() == again[name].read_bytes(), name
+    other = write_example(tmp_path / "b", docs_per_lang=DOCS_PER_LANG, seed=1)
+    assert other["docs"].read_bytes() != example["docs"].read_bytes()
+
+
+def test_dictionary(example: dict[str, Path]) -> None:
+    pairs = _dict_pairs(example["dict"])
+    assert len(pairs) > 100
+    for pair in pairs:
+        assert len(pair) == 2
+        zh, en = pair
+        assert re.fullmatch(r"[\u4e00-\u9fff]+", zh), zh
+        assert re.fullmatch(r"[a-z]+", en), en
+    zh_text = "".join(r["text"] for r in _read_jsonl(example["docs"]) if r["lang"] == "zh")
+    en_words = {w.lower() for r in _read_jsonl(example["docs"]) if r["lang"] == "en"
+                for w in re.findall(r"[A-Za-z]+", r["text"])}
+    zh_words = {zh for zh, _ in pairs}
+    assert sum(w in zh_text for w in zh_words) >= 0.9 * len(zh_words)
+    assert sum(en in en_words for _, en in pairs) >= 0.85 * len(pairs)
+
+
+def test_jieba_keeps_dictionary_words_whole(example: dict[str, Path]) -> None:
+    jieba = pytest.importorskip("jieba")
+    zh_words = {zh for zh, _ in _dict_pairs(example["dict"])}
+    texts = [r["text"] for r in _read_jsonl(example["docs"]) if r["lang"] == "zh"]
+    whole = total = 0
+    for text in texts:
+        tokens = Counter(jieba.lcut(text))
+        for w in zh_words:
+            n = text.count(w)
+            total += n
+            whole += min(n, tokens[w])
+    assert total > 0
+    assert whole >= 0.8 * total, f"only {whole}/{total} dictionary occurrences segmented whole"
+
+
+def test_reference_corpus(example: dict[str, Path]) -> None:
+    en = example["ref_en"].read_text(encoding="utf-8").splitlines()
+    zh = example["ref_zh"].read_text(encoding="utf-8").splitlines()
+    assert len(en) == len(zh) >= 200
+    for line in en + zh:
+        assert line and line == line.strip() and "  " not in line
+    # Aligned lines are the same document: a topic word and its translation occur together.
+    for en_word, zh_word in (("match", "比赛"), ("stock", "股票"), ("designer", "设计师")):
+        hits = [(en_word in e.split(), zh_word in z.split()) for e, z in zip(en, zh, strict=True)]
+        assert any(a for a, _ in hits) and all(a == b for a, b in hits)
+
+
+def test_main_prints_paths(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([str(tmp_path / "cli"), "--docs-per-lang", "12", "--seed", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "docs.jsonl" in out and "dict.tsv" in out and "ref.zh.tok.txt" in out

@@ -1,0 +1,251 @@
+"""Phase-1 training loop: seeded, CPU/CUDA automatic, progress bar, checkpoints, resume.
+
+One epoch = ceil(max_l N_l / batch_size) steps; every step draws one batch from EACH language
+(shorter languages are re-shuffled and cycled), the way the NMTM/InfoCTM reference trainers do,
+so both languages' encoders and the cross-lingual terms see every step. Batches are sliced from
+CSR matrices and stay sparse (SparseRows): neither the corpus nor a batch is densified.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from tqdm.auto import tqdm
+
+from xtm.corpus import Corpus
+from xtm.errors import XtmError
+from xtm.models_zoo.base import CrossLingualTopicModel
+from xtm.models_zoo.components import SparseRows
+from xtm.models_zoo.registry import model_class
+from xtm.trainer.checkpoint import (
+    load_checkpoint,
+    numpy_rng_from_state,
+    numpy_rng_state,
+    restore_optimizer,
+    save_checkpoint,
+)
+
+
+@dataclass
+class TrainConfig:
+    model: str = "infoctm"
+    num_topics: int = 50
+    epochs: int = 100
+    batch_size: int = 200
+    lr: float = 0.002
+    seed: int = 0
+    device: str = "auto"
+    checkpoint_every: int = 10
+    threads: int | None = None
+    progress: bool = True
+    hparams: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    model: CrossLingualTopicModel
+    epochs_done: int
+    seconds_per_epoch: float
+    history: list[dict[str, float]]
+    interrupted: bool = False
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise XtmError(f"--device {name} asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> np.random.Generator:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+    return np.random.default_rng(seed)
+
+
+def sparse_batch(bow: sp.csr_matrix, rows: np.ndarray, device: torch.device) -> SparseRows:
+    return SparseRows.from_csr(bow[rows], device)
+
+
+def epoch_batches(sizes: list[int], batch_size: int, rng: np.random.Generator) -> list[list[np.ndarray]]:
+    """Index batches for one epoch: steps x languages, each language shuffled and cycled to fit."""
+    steps = max(1, math.ceil(max(sizes) / batch_size))
+    per_lang = []
+    for n in sizes:
+        need = steps * batch_size
+        order = np.concatenate([rng.permutation(n) for _ in range(math.ceil(need / n))])[:need]
+        per_lang.append(order.reshape(steps, batch_size))
+    return [[per_lang[i][s] for i in range(len(sizes))] for s in range(steps)]
+
+
+@torch.no_grad()
+def infer_theta(model: CrossLingualTopicModel, bow: sp.csr_matrix, lang_index: int,
+                device: torch.device, batch_size: int = 2048) -> np.ndarray:
+    """Deterministic theta for every row of a sparse matrix, in batches."""
+    was_training = model.training
+    model.eval()
+    out = np.empty((bow.shape[0], model.num_topics), dtype=np.float32)
+    for start in range(0, bow.shape[0], batch_size):
+        rows = np.arange(start, min(start + batch_size, bow.shape[0]))
+        out[rows] = model.theta(sparse_batch(bow, rows, device), lang_index).cpu().numpy()
+    model.train(was_training)
+    return out
+
+
+def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    # The fused kernel is ~20% faster per step on CPU and exact; fall back where unsupported.
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(params, lr=lr)
+
+
+def build_model(corpus: Corpus, cfg: TrainConfig) -> CrossLingualTopicModel:
+    cls = model_class(cfg.model)
+    return cls.from_corpus(corpus, cfg.num_topics, **cfg.hparams)
+
+
+def model_from_state(config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> CrossLingualTopicModel:
+    """Rebuild a model from its config and a state dict (aux buffers included): no corpus needed."""
+    cls = model_class(config["model"])
+    aux = {k[len("aux_"):]: v for k, v in tensors.items() if k.startswith("aux_")}
+    model = cls(config["langs"], config["vocab_sizes"], config["num_topics"], aux=aux, **config["hparams"])
+    model.load_state_dict(tensors)
+    return model
+
+
+def corpus_fingerprint(corpus: Corpus) -> dict[str, Any]:
+    """Enough to tell that a resumed run sees the same data (languages, vocab sizes, doc counts)."""
+    return {lc.lang: {"vocab": lc.vocab_size, "docs": lc.num_train, "nnz": int(lc.train_bow.nnz)}
+            for lc in corpus.languages}
+
+
+class _StopFlag:
+    """SIGTERM handling: finish the current step, checkpoint, exit cleanly (like Ctrl-C)."""
+
+    def __init__(self) -> None:
+        self.stop = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.stop = True
+
+
+def train(corpus: Corpus, cfg: TrainConfig, run_dir: Path, resume: bool = False,
+          on_epoch_end: Callable[[int, CrossLingualTopicModel], None] | None = None) -> TrainResult:
+    """Train a backbone on `corpus`, checkpointing under run_dir; resume from its last checkpoint."""
+    run_dir = Path(run_dir)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    rng = seed_everything(cfg.seed)
+    model = build_model(corpus, cfg)
+    optimizer = make_optimizer(model, cfg.lr)
+    start_epoch, history, seconds = 0, [], []
+    fingerprint = corpus_fingerprint(corpus)
+
+    if resume:
+        from xtm.trainer.checkpoint import latest_checkpoint_dir
+
+        if latest_checkpoint_dir(run_dir) is None:
+            print(f"xtm-train: no checkpoint in {run_dir}; starting from scratch", file=sys.stderr)
+        else:
+            ckpt = load_checkpoint(run_dir)
+            saved = ckpt.state
+            if saved.get("model_config", {}).get("model") != cfg.model or \
+                    saved["model_config"]["num_topics"] != cfg.num_topics:
+                raise XtmError(f"--resume: the checkpoint is {saved['model_config']['model']} with "
+                               f"K={saved['model_config']['num_topics']}, but this run asks for "
+                               f"{cfg.model} with K={cfg.num_topics}", path=ckpt.path)
+            if saved.get("corpus") != fingerprint:
+                raise XtmError("--resume: the data differs from the data this checkpoint was trained on "
+                               f"(checkpoint {saved.get('corpus')}, now {fingerprint})", path=ckpt.path)
+            model.load_state_dict(ckpt.model)
+            restore_optimizer(optimizer, ckpt)
+            rng = numpy_rng_from_state(saved["numpy_rng"])
+            start_epoch, history = ckpt.epoch, saved.get("history", [])
+            seconds = saved.get("epoch_seconds", [])
+            print(f"xtm-train: resumed from {ckpt.path} (epoch {start_epoch})", file=sys.stderr)
+
+    model.to(device)
+    model.train()
+    bows = [lc.train_bow for lc in corpus.languages]
+    sizes = [b.shape[0] for b in bows]
+
+    def checkpoint(epoch: int) -> None:
+        save_checkpoint(run_dir, epoch, model, optimizer, {
+            "model_config": model.config(), "train_config": cfg.to_dict(), "corpus": fingerprint,
+            "numpy_rng": numpy_rng_state(rng), "history": history, "epoch_seconds": seconds})
+
+    stop = _StopFlag()
+    previous = signal.signal(signal.SIGTERM, stop) if _in_main_thread() else None
+    epoch = start_epoch
+    interrupted = False
+    bar = tqdm(total=cfg.epochs, initial=start_epoch, desc=f"{cfg.model} K={cfg.num_topics}",
+               unit="epoch", disable=not cfg.progress, dynamic_ncols=True, file=sys.stderr)
+    try:
+        for epoch in range(start_epoch + 1, cfg.epochs + 1):
+            t0 = time.perf_counter()
+            totals: dict[str, float] = {}
+            batches = epoch_batches(sizes, cfg.batch_size, rng)
+            for step, rows in enumerate(batches):
+                x = [sparse_batch(bows[i], rows[i], device) for i in range(len(bows))]
+                losses = model(x)
+                optimizer.zero_grad(set_to_none=True)
+                losses["loss"].backward()
+                optimizer.step()
+                # .item() detaches: per-batch graphs are freed right away, not kept for the epoch.
+                for k, v in losses.items():
+                    totals[k] = totals.get(k, 0.0) + float(v.item())
+                if step % 10 == 0:
+                    bar.set_postfix(loss=f"{totals['loss'] / (step + 1):.2f}", step=f"{step + 1}/{len(batches)}")
+                if stop.stop:
+                    raise KeyboardInterrupt
+            seconds.append(time.perf_counter() - t0)
+            history.append({"epoch": epoch, **{k: v / len(batches) for k, v in totals.items()},
+                            "seconds": seconds[-1]})
+            bar.update(1)
+            bar.set_postfix(loss=f"{history[-1]['loss']:.2f}", sec=f"{seconds[-1]:.1f}")
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, model)
+            if cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0 and epoch < cfg.epochs:
+                checkpoint(epoch)
+        epochs_done = cfg.epochs
+    except KeyboardInterrupt:
+        # Work is never lost: the parameters as they are now are saved under the last
+        # completed epoch; --resume repeats the interrupted epoch from them.
+        interrupted = True
+        epochs_done = epoch - 1
+        print(f"\nxtm-train: interrupted; saving checkpoint at epoch {epochs_done}", file=sys.stderr)
+    finally:
+        bar.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    checkpoint(epochs_done)
+    model.eval()
+    per_epoch = float(np.median(seconds)) if seconds else float("nan")
+    return TrainResult(model=model, epochs_done=epochs_done, seconds_per_epoch=per_epoch,
+                       history=history, interrupted=interrupted)
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()

@@ -1,0 +1,31 @@
+"""User-facing errors: one exception type the CLI turns into a clean message, never a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class XtmError(Exception):
+    """An error caused by user input (a file, a flag, a setting), with where it happened."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | Path | None = None,
+        line: int | None = None,
+        field: str | None = None,
+    ) -> None:
+        self.path = str(path) if path is not None else None
+        self.line = line
+        self.field = field
+        self.reason = message
+        where = ""
+        if self.path is not None:
+            where = self.path
+            if line is not None:
+                where += f":{line}"
+            where += ": "
+        if field is not None:
+            message = f"field '{field}': {message}"
+        super().__init__(where + message)
