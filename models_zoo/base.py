@@ -14,6 +14,8 @@ alone rebuilds the model: no pickle, no corpus needed to export.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -25,6 +27,18 @@ from torch import Tensor, nn
 from xtm.corpus import Corpus
 from xtm.errors import XtmError
 from xtm.models_zoo.components import BowEncoder, reparameterize
+
+
+@dataclass
+class BuildContext:
+    """What building a model may need besides the corpus: a cache for embeddings, the seed."""
+
+    cache_dir: Path | None = None
+    seed: int = 0
+    progress: bool = False
+    # Results a model computes while preparing its aux tensors and reuses right after
+    # (XTRA's embeddings and clusters): shared between the build steps, never saved.
+    scratch: dict[str, Any] = field(default_factory=dict)
 
 
 class ThetaEncoder(nn.Module):
@@ -63,17 +77,25 @@ class CrossLingualTopicModel(nn.Module):
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
-    def prepare_aux(cls, corpus: Corpus, **hparams: Any) -> dict[str, Tensor]:
+    def prepare_aux(cls, corpus: Corpus, num_topics: int, context: BuildContext,
+                    **hparams: Any) -> dict[str, Tensor]:
         """Tensors computed once from the corpus (links, neighbour masks...). Default: none."""
         return {}
 
     @classmethod
-    def from_corpus(cls, corpus: Corpus, num_topics: int, **hparams: Any) -> CrossLingualTopicModel:
+    def from_corpus(cls, corpus: Corpus, num_topics: int, context: BuildContext | None = None,
+                    **hparams: Any) -> CrossLingualTopicModel:
         if len(corpus.languages) != 2:
             raise XtmError(f"{cls.name} models exactly two languages; the corpus has {corpus.langs}. "
                            "Choose two with --langs.")
-        aux = cls.prepare_aux(corpus, **{**cls.defaults, **hparams})
-        return cls(corpus.langs, [lc.vocab_size for lc in corpus.languages], num_topics, aux=aux, **hparams)
+        context = context or BuildContext()
+        aux = cls.prepare_aux(corpus, num_topics, context, **{**cls.defaults, **hparams})
+        model = cls(corpus.langs, [lc.vocab_size for lc in corpus.languages], num_topics, aux=aux, **hparams)
+        model.prepare_training(corpus, context)
+        return model
+
+    def prepare_training(self, corpus: Corpus, context: BuildContext) -> None:
+        """Attach per-document training data (not saved in checkpoints). Default: nothing."""
 
     def config(self) -> dict[str, Any]:
         return {"model": self.name, "langs": self.langs, "vocab_sizes": self.vocab_sizes,
@@ -99,7 +121,8 @@ class CrossLingualTopicModel(nn.Module):
     def topic_word(self) -> list[Tensor]:
         raise NotImplementedError
 
-    def forward(self, bows: list[Tensor]) -> dict[str, Tensor]:
+    def forward(self, bows: list[Tensor], rows: list[Tensor] | None = None) -> dict[str, Tensor]:
+        """Loss dict for one step; `rows` are the batch's document indices per language."""
         raise NotImplementedError
 
 
@@ -118,4 +141,30 @@ def aux_to_sparse(model: nn.Module, prefix: str) -> Tensor:
     idx = getattr(model, f"aux_{prefix}_indices")
     val = getattr(model, f"aux_{prefix}_values")
     shape = tuple(int(s) for s in getattr(model, f"aux_{prefix}_shape").tolist())
-    return torch.sparse_coo_tensor(idx, val, shape).coalesce()
+    return torch.sparse_coo_tensor(idx, val, shape, check_invariants=False).coalesce()
+
+
+def unique_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """state_dict without aliases: a module shared by two parents (NMTM's encoder body) appears once.
+
+    safetensors refuses tensors that share memory; the first name of each storage is kept.
+    """
+    seen: set[tuple[int, int]] = set()
+    out: dict[str, Tensor] = {}
+    for key, t in model.state_dict().items():
+        ident = (t.untyped_storage().data_ptr(), t.storage_offset()) if t.numel() else (id(t), 0)
+        if ident in seen:
+            continue
+        seen.add(ident)
+        out[key] = t.detach().cpu().contiguous()
+    return out
+
+
+def load_unique_state_dict(model: nn.Module, tensors: dict[str, Tensor]) -> None:
+    """Inverse of `unique_state_dict`: names missing from `tensors` must be aliases of loaded ones."""
+    expected = unique_state_dict(model).keys()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(model.state_dict()))
+    if missing or unexpected:
+        raise XtmError(f"saved weights do not fit this model (missing {missing[:5]}, unexpected {unexpected[:5]})")
+    model.load_state_dict(tensors, strict=False)

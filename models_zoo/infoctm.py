@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from xtm.corpus import Corpus
-from xtm.models_zoo.base import sparse_to_aux
+from xtm.models_zoo.base import BuildContext, sparse_to_aux
 from xtm.models_zoo.components import Bow
 from xtm.models_zoo.vae import TwoLanguageVAE
 
@@ -97,7 +97,8 @@ class InfoCTM(TwoLanguageVAE):
                                           "weight_mi": 30.0}
 
     @classmethod
-    def prepare_aux(cls, corpus: Corpus, **hparams: Any) -> dict[str, Tensor]:
+    def prepare_aux(cls, corpus: Corpus, num_topics: int, context: BuildContext,
+                    **hparams: Any) -> dict[str, Tensor]:
         a, b = corpus.langs
         aux: dict[str, Tensor] = {}
         for src, dst, key in ((a, b, "pa"), (b, a, "pb")):
@@ -106,7 +107,8 @@ class InfoCTM(TwoLanguageVAE):
             aux.update(sparse_to_aux(linked_pairs(s, corpus.link_matrix(src, dst)), key))
         return aux
 
-    def alignment_losses(self, bows: list[Bow], thetas: list[Tensor]) -> dict[str, Tensor]:
+    def alignment_losses(self, bows: list[Bow], thetas: list[Tensor],
+                         rows: list[Tensor] | None) -> dict[str, Tensor]:
         if self.aux_pa_values.numel() == 0 and self.aux_pb_values.numel() == 0:
             return {}  # no links at all: nothing to align (the CLI warns about this)
         return {"tami": self.hparams["weight_mi"] * self.tami()}

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from xtm.corpus import Corpus
-from xtm.models_zoo.base import aux_to_sparse, sparse_to_aux
+from xtm.models_zoo.base import BuildContext, aux_to_sparse, sparse_to_aux
 from xtm.models_zoo.components import BowEncoder, InputLayer
 from xtm.models_zoo.vae import TwoLanguageVAE
 
@@ -44,7 +44,8 @@ class NMTM(TwoLanguageVAE):
         return nn.ModuleList(BowEncoder(InputLayer(v, hid), shared) for v in self.vocab_sizes)
 
     @classmethod
-    def prepare_aux(cls, corpus: Corpus, **hparams: Any) -> dict[str, Tensor]:
+    def prepare_aux(cls, corpus: Corpus, num_topics: int, context: BuildContext,
+                    **hparams: Any) -> dict[str, Tensor]:
         a, b = corpus.langs
         aux: dict[str, Tensor] = {}
         for src, dst, key in ((a, b, "ab"), (b, a, "ba")):

@@ -73,11 +73,13 @@ class TwoLanguageVAE(CrossLingualTopicModel):
             thetas.append(theta)
         return losses, thetas
 
-    def alignment_losses(self, bows: list[Bow], thetas: list[Tensor]) -> dict[str, Tensor]:
+    def alignment_losses(self, bows: list[Bow], thetas: list[Tensor],
+                         rows: list[Tensor] | None) -> dict[str, Tensor]:
         return {}
 
-    def forward(self, bows: list[Bow]) -> dict[str, Tensor]:
-        losses, thetas = self.topic_model_losses(bows, self.topic_word())
-        losses.update(self.alignment_losses(bows, thetas))
+    def forward(self, bows: list[Bow], rows: list[Tensor] | None = None) -> dict[str, Tensor]:
+        betas = self.topic_word()
+        losses, thetas = self.topic_model_losses(bows, betas)
+        losses.update(self.alignment_losses(bows, thetas, rows))
         losses["loss"] = sum(losses.values())
         return losses

@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from xtm.atomic import write_json
 from xtm.errors import XtmError
+from xtm.models_zoo.base import unique_state_dict
 
 CHECKPOINT_FORMAT = 1
 
@@ -68,7 +69,7 @@ def save_checkpoint(run_dir: Path, epoch: int, model: torch.nn.Module, optimizer
     tmp = root / f".tmp-epoch-{epoch:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    model_tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    model_tensors = unique_state_dict(model)
     save_file(model_tensors, str(tmp / "model.safetensors"))
     opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
     opt_tensors["rng.torch"] = torch.get_rng_state()

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from xtm.corpus import Corpus
 from xtm.errors import XtmError
-from xtm.models_zoo.base import CrossLingualTopicModel
+from xtm.models_zoo.base import BuildContext, CrossLingualTopicModel, load_unique_state_dict
 from xtm.models_zoo.components import SparseRows
 from xtm.models_zoo.registry import model_class
 from xtm.trainer.checkpoint import (
@@ -48,6 +48,7 @@ class TrainConfig:
     device: str = "auto"
     checkpoint_every: int = 10
     threads: int | None = None
+    cache_dir: str | None = None
     progress: bool = True
     hparams: dict[str, Any] = field(default_factory=dict)
 
@@ -118,9 +119,20 @@ def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=lr)
 
 
+def default_cache_dir() -> Path:
+    """Where embeddings and other reusable artefacts are cached across runs."""
+    import os
+
+    if os.environ.get("XTM_CACHE_DIR"):
+        return Path(os.environ["XTM_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "xtm"
+
+
 def build_model(corpus: Corpus, cfg: TrainConfig) -> CrossLingualTopicModel:
     cls = model_class(cfg.model)
-    return cls.from_corpus(corpus, cfg.num_topics, **cfg.hparams)
+    context = BuildContext(cache_dir=Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(),
+                           seed=cfg.seed, progress=cfg.progress)
+    return cls.from_corpus(corpus, cfg.num_topics, context, **cfg.hparams)
 
 
 def model_from_state(config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> CrossLingualTopicModel:
@@ -128,7 +140,7 @@ def model_from_state(config: dict[str, Any], tensors: dict[str, torch.Tensor]) -
     cls = model_class(config["model"])
     aux = {k[len("aux_"):]: v for k, v in tensors.items() if k.startswith("aux_")}
     model = cls(config["langs"], config["vocab_sizes"], config["num_topics"], aux=aux, **config["hparams"])
-    model.load_state_dict(tensors)
+    load_unique_state_dict(model, tensors)
     return model
 
 
@@ -177,7 +189,7 @@ def train(corpus: Corpus, cfg: TrainConfig, run_dir: Path, resume: bool = False,
             if saved.get("corpus") != fingerprint:
                 raise XtmError("--resume: the data differs from the data this checkpoint was trained on "
                                f"(checkpoint {saved.get('corpus')}, now {fingerprint})", path=ckpt.path)
-            model.load_state_dict(ckpt.model)
+            load_unique_state_dict(model, ckpt.model)
             restore_optimizer(optimizer, ckpt)
             rng = numpy_rng_from_state(saved["numpy_rng"])
             start_epoch, history = ckpt.epoch, saved.get("history", [])
@@ -186,6 +198,7 @@ def train(corpus: Corpus, cfg: TrainConfig, run_dir: Path, resume: bool = False,
 
     model.to(device)
     model.train()
+    grad_clip = model.hparams.get("grad_clip")
     bows = [lc.train_bow for lc in corpus.languages]
     sizes = [b.shape[0] for b in bows]
 
@@ -207,9 +220,11 @@ def train(corpus: Corpus, cfg: TrainConfig, run_dir: Path, resume: bool = False,
             batches = epoch_batches(sizes, cfg.batch_size, rng)
             for step, rows in enumerate(batches):
                 x = [sparse_batch(bows[i], rows[i], device) for i in range(len(bows))]
-                losses = model(x)
+                losses = model(x, [torch.from_numpy(r).to(device) for r in rows])
                 optimizer.zero_grad(set_to_none=True)
                 losses["loss"].backward()
+                if grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
                 optimizer.step()
                 # .item() detaches: per-batch graphs are freed right away, not kept for the epoch.
                 for k, v in losses.items():

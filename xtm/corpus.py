@@ -56,6 +56,10 @@ class LanguageCorpus:
     # Document ids for JSONL input (row i of train_bow is train_ids[i]).
     train_ids: list[str] | None = None
     test_ids: list[str] | None = None
+    # The documents' text (raw for JSONL, pre-tokenized for benchmark dirs), row-aligned with the
+    # bags of words: sentence encoders (XTRA, contextual inference) embed these.
+    train_texts: list[str] | None = None
+    test_texts: list[str] | None = None
 
     def __post_init__(self) -> None:
         v = len(self.vocab)

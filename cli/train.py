@@ -1,0 +1,109 @@
+"""xtm-train: learn cross-lingual topics from a benchmark directory or JSONL documents."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from xtm.cli.common import friendly_errors
+from xtm.models_zoo.registry import MODEL_NAMES
+
+EPILOG = """\b
+Examples:
+  # the built-in bilingual example (written by `xtm-example demo/`)
+  xtm-train --data demo/docs.jsonl --dict demo/dict.tsv --model nmtm \\
+            --topics 6 --epochs 30 --out runs/demo --ref-corpus demo/ref_en_zh
+  # a benchmark directory (InfoCTM layout), e.g. ECNews
+  xtm-train --data ../shared/data/ECNews --dict ../shared/data/dict/ch_en_dict.dat \\
+            --model infoctm --topics 50 --epochs 100 --out runs/ecnews-infoctm
+  # continue after a crash or Ctrl-C
+  xtm-train ... --out runs/ecnews-infoctm --resume
+
+\b
+JSONL input: one object per line: {"id": "...", "text": "...", "lang": "en",
+"label": optional, "split": optional "train"|"test"}. Without "lang" the
+language is detected. Languages are ISO 639-1 codes (aliases like cn -> zh).
+
+\b
+Outputs in --out: metrics.json, topics_<lang>.txt, vocab_<lang>.txt,
+config.json, history.json and checkpoints/ (safetensors + JSON).
+"""
+
+
+@click.command(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--data", required=True, type=click.Path(exists=True),
+              help="Benchmark directory (train_bow_matrix_<L>.npz, vocab_<L>, ...) or JSONL file/directory.")
+@click.option("--model", type=click.Choice(MODEL_NAMES, case_sensitive=False), default="infoctm",
+              show_default=True, help="Backbone: nmtm and infoctm align through --dict; xtra through "
+                                      "multilingual sentence embeddings (no dictionary needed).")
+@click.option("--topics", "num_topics", type=click.IntRange(2, 10000), default=50, show_default=True,
+              help="Number of topics K (shared across languages).")
+@click.option("--epochs", type=click.IntRange(1), default=100, show_default=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory to write.")
+@click.option("--dict", "dict_path", type=click.Path(exists=True, dir_okay=False),
+              help="Bilingual dictionary, TSV source<TAB>target (orientation and Porter-stemmed "
+                   "English are detected).")
+@click.option("--langs", help="Comma-separated languages to model, in order (e.g. en,zh).")
+@click.option("--ref-corpus", type=click.Path(exists=True),
+              help="Aligned reference corpus for CNPMI (dir with *.<lang>.tok.txt[.gz], line i aligned).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --out.")
+@click.option("--batch-size", type=click.IntRange(2), default=200, show_default=True)
+@click.option("--lr", type=float, default=0.002, show_default=True)
+@click.option("--vocab-size", type=click.IntRange(10), default=5000, show_default=True,
+              help="Words per language (JSONL input).")
+@click.option("--min-df", type=click.IntRange(1), default=2, show_default=True,
+              help="Minimum document frequency of a word (JSONL input).")
+@click.option("--max-df", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True,
+              help="Maximum share of documents containing a word (JSONL input).")
+@click.option("--checkpoint-every", type=click.IntRange(0), default=10, show_default=True,
+              help="Epochs between checkpoints (0: only at the end).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--threads", type=click.IntRange(1), help="CPU threads for torch (default: all cores).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Backbone hyper-parameter, e.g. --set weight_mi=50 --set hidden=100 (repeatable).")
+@click.option("--cache-dir", type=click.Path(file_okay=False),
+              help="Cache for document embeddings (default: $XTM_CACHE_DIR or ~/.cache/xtm).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@friendly_errors
+def main(data: str, model: str, num_topics: int, epochs: int, out: str, dict_path: str | None,
+         langs: str | None, ref_corpus: str | None, seed: int, resume: bool, batch_size: int, lr: float,
+         vocab_size: int, min_df: int, max_df: float, checkpoint_every: int, device: str,
+         threads: int | None, overrides: tuple[str, ...], cache_dir: str | None, quiet: bool) -> None:
+    """Train a cross-lingual topic model and evaluate it (TU, CNPMI, TQ, classification)."""
+    from xtm.trainer.loop import TrainConfig
+    from xtm.trainer.run import DataConfig, run_training
+
+    cfg = TrainConfig(model=model.lower(), num_topics=num_topics, epochs=epochs, batch_size=batch_size, lr=lr,
+                      seed=seed, device=device, checkpoint_every=checkpoint_every, threads=threads,
+                      cache_dir=cache_dir, progress=not quiet and sys.stderr.isatty(),
+                      hparams=parse_overrides(overrides))
+    data_cfg = DataConfig(path=data, dict_path=dict_path,
+                          langs=[x.strip() for x in langs.split(",")] if langs else None,
+                          vocab_size=vocab_size, min_df=min_df, max_df=max_df, ref_corpus=ref_corpus)
+    metrics = run_training(data_cfg, cfg, out, resume=resume)
+    summary = {k: metrics.get(k) for k in ("TU", "CNPMI", "TQ", "classification", "seconds_per_epoch")}
+    click.echo(json.dumps(summary, indent=2, ensure_ascii=False))
+    click.echo(f"wrote {out}/metrics.json and topics_<lang>.txt", err=True)
+
+
+def parse_overrides(items: tuple[str, ...]) -> dict[str, object]:
+    """`key=value` pairs with values parsed as JSON where possible (numbers, true/false), else strings."""
+    from xtm.errors import XtmError
+
+    out: dict[str, object] = {}
+    for item in items:
+        if "=" not in item:
+            raise XtmError(f"--set expects KEY=VALUE, got '{item}'")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+if __name__ == "__main__":
+    main()

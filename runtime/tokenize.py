@@ -1,0 +1,129 @@
+"""Text -> tokens, shared by training and the torch-free runtime so both see the same words.
+
+Imports stay light: jieba and janome are imported (and their dictionaries loaded) only when a
+tokenizer of that kind is first made, once per process, under a lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+from xtm.corpus import TokenizerSpec
+from xtm.errors import XtmError
+from xtm.languages import normalize_lang
+
+__all__ = ["KINDS", "default_tokenizer_spec", "make_tokenizer"]
+
+KINDS = ("whitespace", "regex", "jieba", "janome")
+
+# Runs of Unicode letters/digits: \w minus the underscore. Apostrophes and hyphens split words
+# ("don't" -> "don", "t"); stopword lists carry the fragments.
+_WORD_RE = re.compile(r"[^\W_]+")
+
+_lock = threading.Lock()
+_jieba: Any = None
+_janome: Any = None
+_janome_lock = threading.Lock()
+
+
+def default_tokenizer_spec(lang: str) -> TokenizerSpec:
+    """The tokenizer used for `lang` unless told otherwise: jieba (zh), janome (ja), regex (others)."""
+    code = normalize_lang(lang)
+    kind = {"zh": "jieba", "ja": "janome"}.get(code, "regex")
+    return TokenizerSpec(lang=code, kind=kind)
+
+
+def _has_word_char(tok: str) -> bool:
+    return _WORD_RE.search(tok) is not None
+
+
+def _get_jieba() -> Any:
+    global _jieba
+    if _jieba is None:
+        with _lock:
+            if _jieba is None:
+                with warnings.catch_warnings():
+                    # jieba 0.42 imports pkg_resources, which warns about its own deprecation.
+                    warnings.simplefilter("ignore")
+                    import jieba
+                # jieba logs "Building prefix dict ..." to stderr on first use; users need not see it.
+                jieba.setLogLevel(logging.WARNING)
+                logging.getLogger("jieba").setLevel(logging.WARNING)
+                jieba.initialize()
+                _jieba = jieba
+    return _jieba
+
+
+def _get_janome() -> Any:
+    global _janome
+    if _janome is None:
+        with _lock:
+            if _janome is None:
+                from janome.tokenizer import Tokenizer
+
+                # wakati mode yields surface strings only, the cheapest path through janome.
+                _janome = Tokenizer(wakati=True)
+    return _janome
+
+
+def _finish(tokens: Any, lowercase: bool, min_len: int) -> list[str]:
+    """Strip, lowercase, drop whitespace/pure punctuation and too-short tokens."""
+    out: list[str] = []
+    for tok in tokens:
+        tok = tok.strip()
+        if not tok or len(tok) < min_len or not _has_word_char(tok):
+            continue
+        out.append(tok.lower() if lowercase else tok)
+    return out
+
+
+def make_tokenizer(spec: TokenizerSpec) -> Callable[[str], list[str]]:
+    """A function text -> tokens for `spec`.
+
+    Works on raw text and on text already segmented with spaces (the benchmark files): spaces
+    always separate tokens, and the segmenters keep nearly every pre-segmented word whole.
+    Japanese tokens are janome surface forms, not base forms: the Rakuten vocabulary is MeCab
+    surfaces (作っ, 作ら, 作る are separate words), so surfaces match it (97% of its
+    pre-segmented words survive as one token, against 75% with base forms).
+    """
+    kind = spec.kind
+    lowercase = bool(spec.lowercase)
+    min_len = max(1, int(spec.min_token_length))
+
+    if kind == "regex":
+        def tok_regex(text: str) -> list[str]:
+            if lowercase:
+                text = text.lower()
+            return [t for t in _WORD_RE.findall(text) if len(t) >= min_len]
+        return tok_regex
+
+    if kind == "whitespace":
+        def tok_ws(text: str) -> list[str]:
+            return _finish(text.split(), lowercase, min_len)
+        return tok_ws
+
+    if kind == "jieba":
+        jieba = _get_jieba()
+
+        def tok_jieba(text: str) -> list[str]:
+            return _finish(jieba.lcut(text), lowercase, min_len)
+        return tok_jieba
+
+    if kind == "janome":
+        janome = _get_janome()
+
+        def tok_janome(text: str) -> list[str]:
+            # janome's lattice state is per call, but nothing documents the instance as
+            # thread-safe; it is pure Python, so the lock costs no parallelism under the GIL.
+            with _janome_lock:
+                pieces = list(janome.tokenize(text, wakati=True))
+            return _finish(pieces, lowercase, min_len)
+        return tok_janome
+
+    raise XtmError(f"unknown tokenizer kind {kind!r}: expected one of {', '.join(KINDS)}",
+                   field="tokenizer")

@@ -1,0 +1,44 @@
+"""Shared fixtures: the built-in example corpus, and the benchmark data when present."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+def shared_data_dir() -> Path:
+    """../shared/data next to the repository, or $XTM_SHARED_DATA."""
+    env = os.environ.get("XTM_SHARED_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def example_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from xtm.examples import write_example
+
+    d = tmp_path_factory.mktemp("example")
+    write_example(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def example_corpus(example_dir: Path):
+    from xtm.trainer.corpus_loading import load_corpus
+
+    return load_corpus(example_dir / "docs.jsonl", dict_path=example_dir / "dict.tsv", progress=False)
+
+
+@pytest.fixture(scope="session")
+def ecnews_dir() -> Path:
+    d = shared_data_dir() / "ECNews"
+    if not (d / "train_bow_matrix_en.npz").exists():
+        pytest.skip(f"benchmark data not found at {d}")
+    return d
+
+
+@pytest.fixture(autouse=True)
+def _cache_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Embedding caches go to a per-session temp dir, never the user's home."""
+    monkeypatch.setenv("XTM_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "xtm-cache"))

@@ -1,0 +1,71 @@
+"""xtm-train as a user runs it: a real process, real files, clean errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CLI = [sys.executable, "-m", "xtm.cli.train"]
+
+
+def run(args: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(CLI + args, capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+
+
+def test_train_on_the_builtin_example_writes_the_contract(example_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    p = run(["--data", str(example_dir / "docs.jsonl"), "--dict", str(example_dir / "dict.tsv"),
+             "--model", "nmtm", "--topics", "6", "--epochs", "15", "--out", str(out),
+             "--ref-corpus", str(example_dir / "ref_en_zh"), "--seed", "1"])
+    assert p.returncode == 0, p.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("TU", "TQ", "CNPMI", "classification", "seconds_per_epoch"):
+        assert key in metrics
+    assert set(metrics["classification"]) == {"EN-I", "ZH-I", "EN-C", "ZH-C"}
+    # The example's six categories are learnable: far above chance (1/6) in and across languages.
+    assert min(metrics["classification"].values()) > 0.5, metrics["classification"]
+    assert metrics["CNPMI"] > 0.05 and metrics["TQ"] == pytest.approx(metrics["CNPMI"] * metrics["TU"])
+    for lang in ("en", "zh"):
+        lines = (out / f"topics_{lang}.txt").read_text(encoding="utf-8").splitlines()
+        assert len(lines) == 6 and all(len(line.split()) == 15 for line in lines)
+    assert (out / "checkpoints" / "latest.json").exists()
+    # stdout is machine-readable JSON summary
+    assert json.loads(p.stdout)["TU"] == metrics["TU"]
+
+
+def test_help_teaches_with_examples() -> None:
+    p = run(["--help"])
+    assert p.returncode == 0
+    assert "--resume" in p.stdout and "Examples:" in p.stdout and "ISO 639-1" in p.stdout
+
+
+def test_bad_jsonl_line_is_reported_with_file_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "docs.jsonl"
+    bad.write_text('{"text": "hello world", "lang": "en"}\n{"text": broken\n', encoding="utf-8")
+    p = run(["--data", str(bad), "--model", "nmtm", "--out", str(tmp_path / "r")])
+    assert p.returncode == 2
+    assert f"{bad}:2" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_dictionary_backbone_without_dictionary_says_what_to_do(example_dir: Path, tmp_path: Path) -> None:
+    p = run(["--data", str(example_dir / "docs.jsonl"), "--model", "infoctm", "--topics", "6",
+             "--epochs", "1", "--out", str(tmp_path / "r")])
+    assert p.returncode == 2
+    assert "--dict" in p.stderr and "xtra" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_existing_run_needs_resume(example_dir: Path, tmp_path: Path) -> None:
+    args = ["--data", str(example_dir / "docs.jsonl"), "--dict", str(example_dir / "dict.tsv"), "--model", "nmtm",
+            "--topics", "6", "--epochs", "1", "--out", str(tmp_path / "r")]
+    assert run(args).returncode == 0
+    again = run(args)
+    assert again.returncode == 2 and "--resume" in again.stderr
+    resumed = run(args[:-4] + ["--epochs", "2", "--out", str(tmp_path / "r"), "--resume"])
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["epochs"] == 2

@@ -1,0 +1,465 @@
+"""Corpus loading: JSONL documents (every bad-input case) and the benchmark directory layout."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from xtm.errors import XtmError
+from xtm.trainer.corpus_loading import HOLDOUT_FRACTION, load_corpus
+
+# --------------------------------------------------------------------------- helpers
+
+TOPICS: dict[str, dict[str, list[str]]] = {
+    "en": {"sport": ["football", "match", "team", "coach", "goal", "player"],
+           "biz": ["market", "stock", "investor", "bank", "price", "trade"],
+           "tech": ["chip", "phone", "camera", "software", "computer", "robot"]},
+    "zh": {"sport": ["足球", "比赛", "球队", "教练", "进球", "球员"],
+           "biz": ["市场", "股票", "投资者", "银行", "价格", "贸易"],
+           "tech": ["芯片", "手机", "相机", "软件", "电脑", "机器人"]},
+    "ja": {"sport": ["サッカー", "試合", "チーム", "監督", "ゴール", "選手"],
+           "biz": ["市場", "株価", "銀行", "価格", "貿易", "経済"],
+           "tech": ["カメラ", "ソフト", "パソコン", "ロボット", "スマホ", "電池"]},
+}
+GLUE = {"en": "the {} and {} of {} with {}", "zh": "{} 的 {} 和 {} 了 {}", "ja": "{} の {} は {} と {}"}
+LABELS = ["sport", "biz", "tech"]
+
+
+def make_docs(lang: str, n: int, *, label: bool = True, split: bool = False, offset: int = 0,
+              with_lang: bool = True) -> list[dict[str, Any]]:
+    """n documents of 4 topic words each; every word lands in about 2/9 of the documents."""
+    docs = []
+    for i in range(n):
+        topic = LABELS[i % 3]
+        words = TOPICS[lang][topic]
+        picks = [words[(i // 3 + k) % 6] for k in range(4)]
+        d: dict[str, Any] = {"id": f"{lang}{offset + i}", "text": GLUE[lang].format(*picks)}
+        if with_lang:
+            d["lang"] = lang
+        if label:
+            d["label"] = topic
+        if split:
+            d["split"] = "test" if i % 5 == 4 else "train"
+        docs.append(d)
+    return docs
+
+
+def write_jsonl(path: Path, rows: list[Any]) -> Path:
+    with open(path, "w", encoding="utf-8") as fh:
+        for r in rows:
+            fh.write((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n")
+    return path
+
+
+def load_quiet(path: Path, **kw: Any) -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return load_corpus(path, progress=False, **kw)
+
+
+def shared_data() -> Path:
+    env = os.environ.get("XTM_SHARED_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def need(*parts: str) -> Path:
+    p = shared_data().joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"benchmark data not found: {p}")
+    return p
+
+
+# --------------------------------------------------------------------------- JSONL: good input
+
+
+def test_jsonl_split_labels_and_counts(tmp_path: Path) -> None:
+    rows = make_docs("zh", 30, split=True) + make_docs("en", 30, split=True)
+    rows.append({"id": "twice", "lang": "en", "text": "Football football MATCH robot, the end.",
+                 "label": "sport", "split": "train"})
+    f = write_jsonl(tmp_path / "news.jsonl", rows)
+    c = load_corpus(f, progress=False)
+    assert c.langs == ["en", "zh"] and c.name == "news"
+    en, zh = c.lang("en"), c.lang("zh")
+    assert (en.num_train, en.test_bow.shape[0]) == (25, 6)
+    assert (zh.num_train, zh.test_bow.shape[0]) == (24, 6)
+    for lc in (en, zh):
+        assert isinstance(lc.train_bow, sp.csr_matrix) and lc.train_bow.dtype == np.float32
+        assert lc.train_bow.shape[1] == len(lc.vocab) == lc.test_bow.shape[1]
+        assert lc.vocab == sorted(lc.vocab)
+    assert "football" in en.vocab and "the" not in en.vocab and "and" not in en.vocab
+    assert "足球" in zh.vocab and "的" not in zh.vocab
+    assert zh.tokenizer.kind == "jieba" and en.tokenizer.kind == "regex"
+    # Counts: "twice" has football x2 (case folded), match x1, robot x1; "end" is in one doc only.
+    row = en.train_bow[en.train_ids.index("twice")].toarray().ravel()
+    assert row[en.vocab.index("football")] == 2 and row[en.vocab.index("match")] == 1
+    assert row.sum() == 4
+    # Raw texts stay row-aligned with the bags of words (sentence encoders embed them).
+    assert en.train_texts[en.train_ids.index("twice")] == "Football football MATCH robot, the end."
+    assert len(zh.test_texts) == 6 and zh.test_texts[0] == rows[4]["text"]
+    # Labels: one mapping for both languages.
+    assert c.info["label_names"] == ["biz", "sport", "tech"]
+    assert en.train_labels[en.train_ids.index("en0")] == zh.train_labels[zh.train_ids.index("zh0")] == 1
+    assert zh.test_ids == [f"zh{i}" for i in range(4, 30, 5)]
+    assert c.has_labels and c.info["split"] == "file"
+
+
+def test_ids_default_to_line_numbers(tmp_path: Path) -> None:
+    rows = [{k: v for k, v in d.items() if k != "id"} for d in make_docs("en", 9) + make_docs("zh", 9)]
+    c = load_quiet(write_jsonl(tmp_path / "c.jsonl", rows))
+    assert c.lang("en").train_ids[:2] == ["1", "2"] and c.lang("zh").train_ids[0] == "10"
+
+
+def test_directory_of_jsonl_files(tmp_path: Path) -> None:
+    d = tmp_path / "mycorpus"
+    d.mkdir()
+    write_jsonl(d / "a_en.jsonl", [{k: v for k, v in x.items() if k != "id"} for x in make_docs("en", 12)])
+    write_jsonl(d / "b_ja.jsonl", make_docs("ja", 12))
+    c = load_quiet(d)
+    assert c.name == "mycorpus" and c.langs == ["en", "ja"]
+    assert c.lang("en").train_ids[0] == "a_en.jsonl:1"
+    assert c.lang("ja").tokenizer.kind == "janome" and {"チーム", "試合"} <= set(c.lang("ja").vocab)
+
+
+def test_langs_select_and_order(tmp_path: Path) -> None:
+    rows = make_docs("en", 12) + make_docs("zh", 12) + make_docs("ja", 12)
+    c = load_quiet(write_jsonl(tmp_path / "c.jsonl", rows), langs=["JA", "en"])
+    assert c.langs == ["ja", "en"]
+    assert c.info["skipped_other_languages"] == {"zh": 12}
+
+
+def test_missing_lang_is_detected(tmp_path: Path) -> None:
+    en = ["The government announced new measures to support small businesses this year.",
+          "Our football team won the championship after a difficult final match.",
+          "The new phone has a better camera and a much faster chip than before."] * 4
+    fr = ["Le gouvernement a annoncé de nouvelles mesures pour soutenir les petites entreprises.",
+          "Notre équipe de football a gagné le championnat après une finale difficile.",
+          "Le nouveau téléphone a un meilleur appareil photo et une puce plus rapide."] * 4
+    rows = [{"text": t} for t in en + fr]
+    c = load_quiet(write_jsonl(tmp_path / "c.jsonl", rows), min_df=1, max_df=1.0)
+    assert sorted(c.langs) == ["en", "fr"]
+    assert c.info["detected_lang"] == 24
+    assert c.lang("en").num_train == 12 and c.lang("fr").num_train == 12
+    assert "gouvernement" in c.lang("fr").vocab and "les" not in c.lang("fr").vocab
+
+
+def test_rare_detected_language_is_dropped(tmp_path: Path) -> None:
+    rows = [{k: v for k, v in d.items() if k != "lang"} for d in make_docs("en", 60)]
+    rows += make_docs("ja", 60)
+    rows.append({"text": "中国经济今年继续保持稳定增长，消费市场十分活跃。"})
+    with pytest.warns(UserWarning, match=r"detected as zh \(1\)"):
+        c = load_corpus(write_jsonl(tmp_path / "c.jsonl", rows), progress=False)
+    assert c.langs == ["en", "ja"]
+    assert c.info["dropped"]["rare_detected_language"] == 1
+
+
+def test_holdout_when_all_labeled_and_no_split(tmp_path: Path) -> None:
+    f = write_jsonl(tmp_path / "c.jsonl", make_docs("en", 30) + make_docs("zh", 40))
+    c = load_quiet(f, seed=3)
+    assert c.info["split"] == "holdout" and c.has_labels
+    for lc, n in ((c.lang("en"), 30), (c.lang("zh"), 40)):
+        assert lc.test_bow.shape[0] == round(HOLDOUT_FRACTION * n)
+        assert lc.num_train + lc.test_bow.shape[0] == n
+        assert not set(lc.train_ids) & set(lc.test_ids)
+        assert len(lc.test_labels) == lc.test_bow.shape[0]
+    again = load_quiet(f, seed=3)
+    other = load_quiet(f, seed=4)
+    assert again.lang("zh").test_ids == c.lang("zh").test_ids
+    assert other.lang("zh").test_ids != c.lang("zh").test_ids
+
+
+def test_no_labels_no_split_means_no_test_set(tmp_path: Path) -> None:
+    f = write_jsonl(tmp_path / "c.jsonl", make_docs("en", 12, label=False) + make_docs("zh", 12, label=False))
+    c = load_quiet(f)
+    assert c.info["split"] == "none" and c.info["label_names"] is None
+    assert all(lc.test_bow is None and lc.train_labels is None for lc in c.languages)
+    assert c.lang("en").num_train == 12
+
+
+def test_partial_labels_are_ignored_with_warning(tmp_path: Path) -> None:
+    rows = make_docs("en", 12) + make_docs("zh", 12, label=False)
+    with pytest.warns(UserWarning, match="only 12 of 24 documents have a label"):
+        c = load_corpus(write_jsonl(tmp_path / "c.jsonl", rows), progress=False)
+    assert all(lc.train_labels is None for lc in c.languages)
+    assert c.info["label_names"] is None
+
+
+def test_integer_labels_map_in_order(tmp_path: Path) -> None:
+    rows = make_docs("en", 12) + make_docs("zh", 12)
+    for r in rows:
+        r["label"] = {"sport": 10, "biz": 2, "tech": 7}[r["label"]]
+    c = load_quiet(write_jsonl(tmp_path / "c.jsonl", rows))
+    assert c.info["label_names"] == [2, 7, 10]
+    en = c.lang("en")
+    labels = dict(zip(en.train_ids + en.test_ids, list(en.train_labels) + list(en.test_labels), strict=True))
+    assert labels["en0"] == 2 and labels["en1"] == 0 and labels["en2"] == 1
+
+
+def test_empty_documents_dropped_and_counted(tmp_path: Path) -> None:
+    rows = make_docs("en", 12) + make_docs("zh", 12)
+    rows += [{"lang": "en", "text": ""}, {"lang": "zh", "text": "   "}, {"text": "\n"},
+             {"lang": "en", "text": "the and of, is!"}, {"lang": "zh", "text": "的了。。"},
+             {"lang": "en", "text": "!!! 42"}]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        c = load_corpus(write_jsonl(tmp_path / "c.jsonl", rows), progress=False, langs=["en", "zh"])
+    dropped_msgs = [str(w.message) for w in caught if "dropped" in str(w.message)]
+    assert len(dropped_msgs) == 1 and "dropped 6 document(s)" in dropped_msgs[0]
+    assert c.info["dropped"]["empty_text"] == 3 and c.info["dropped"]["no_tokens"] == 3
+    assert c.info["dropped"]["total"] == 6
+    assert c.info["languages"]["zh"]["dropped"] == {"empty_text": 1, "no_tokens": 1}
+    # Labels held out per language; the 6 dropped documents are nowhere.
+    assert sum(lc.num_train + lc.test_bow.shape[0] for lc in c.languages) == 24
+
+
+def test_min_doc_tokens_drops_short_documents(tmp_path: Path) -> None:
+    rows = make_docs("en", 12, label=False) + make_docs("zh", 12, label=False)
+    rows.append({"id": "short", "lang": "en", "text": "football and xylophone"})
+    c = load_quiet(write_jsonl(tmp_path / "c.jsonl", rows), min_doc_tokens=2)
+    assert "short" not in c.lang("en").train_ids
+    assert c.info["dropped"]["too_few_vocab_tokens"] == 1
+
+
+def test_vocab_filters(tmp_path: Path) -> None:
+    rows = make_docs("en", 30, label=False) + make_docs("zh", 30, label=False)
+    for r in rows:
+        if r["lang"] == "en":
+            r["text"] += " news"  # in every English document: above max_df
+    rows.append({"lang": "en", "text": "unique football"})  # `unique` in one document: below min_df
+    c = load_quiet(write_jsonl(tmp_path / "c.jsonl", rows))
+    en = c.lang("en").vocab
+    assert "news" not in en and "unique" not in en and "football" in en
+    assert len(en) == 18
+    small = load_quiet(write_jsonl(tmp_path / "c2.jsonl", rows), vocab_size=5)
+    # Highest document frequency wins: 5 of the 18 topic words.
+    assert len(small.lang("en").vocab) == 5 and set(small.lang("en").vocab) <= set(en)
+    assert small.lang("en").train_bow.shape[1] == 5
+
+
+def test_tiny_corpus_falls_back_with_warning(tmp_path: Path) -> None:
+    rows = [{"lang": "en", "text": "apples oranges"}, {"lang": "en", "text": "pears plums"},
+            {"lang": "zh", "text": "苹果 橙子"}, {"lang": "zh", "text": "梨 李子"}]
+    with pytest.warns(UserWarning, match="no word passes min_df=2"):
+        c = load_corpus(write_jsonl(tmp_path / "c.jsonl", rows), progress=False)
+    assert c.lang("en").vocab == ["apples", "oranges", "pears", "plums"]
+    assert c.lang("en").num_train == 2
+
+
+def test_jsonl_with_dictionary_links(tmp_path: Path) -> None:
+    f = write_jsonl(tmp_path / "c.jsonl", make_docs("en", 30, split=True) + make_docs("zh", 30, split=True))
+    dct = tmp_path / "zh_en.tsv"
+    dct.write_text("足球\tfootball\n股票\tstock\n芯片\tchip\n", encoding="utf-8")
+    c = load_quiet(f, dict_path=dct)
+    assert list(c.links) == [("en", "zh")]
+    m = c.link_matrix("zh", "en")
+    en, zh = c.lang("en").vocab, c.lang("zh").vocab
+    assert m.nnz == 3 and m[zh.index("足球"), en.index("football")] == 1
+    assert c.info["links"]["en-zh"]["orientation"] == "zh->en"
+    wrong = tmp_path / "de_fr.tsv"
+    wrong.write_text("Hund\tchien\nKatze\tchat\n", encoding="utf-8")
+    with pytest.raises(XtmError, match="matches none of the vocabularies") as e:
+        load_quiet(f, dict_path=wrong)
+    assert e.value.path == str(wrong)
+
+
+# --------------------------------------------------------------------------- JSONL: bad input
+
+GOOD = json.dumps({"id": "ok", "lang": "en", "text": "football match"})
+
+
+@pytest.mark.parametrize(("bad", "field", "fragment"), [
+    ('{"lang": "en", "text": "unterminated', None, "invalid JSON"),
+    ('["a", "list"]', None, "expected a JSON object"),
+    ('{"lang": "en", "title": "no text"}', "text", "missing"),
+    ('{"lang": "en", "text": 42}', "text", "must be a string"),
+    ('{"lang": "en", "text": null}', "text", "must be a string"),
+    ('{"lang": "klingon!", "text": "qapla"}', "lang", "invalid language code"),
+    ('{"lang": 7, "text": "hello"}', "lang", "must be a language code string"),
+    ('{"lang": "en", "text": "hello", "split": "dev"}', "split", "\"train\" or \"test\""),
+    ('{"lang": "en", "text": "hello", "label": [1]}', "label", "integer or a string"),
+    ('{"lang": "en", "text": "hello", "label": 1.5}', "label", "integer or a string"),
+    ('{"lang": "en", "text": "hello", "id": {"x": 1}}', "id", "string or an integer"),
+])
+def test_bad_lines_name_file_line_and_field(tmp_path: Path, bad: str, field: str | None,
+                                            fragment: str) -> None:
+    f = write_jsonl(tmp_path / "bad.jsonl", [GOOD, "", GOOD, bad, GOOD])
+    with pytest.raises(XtmError) as e:
+        load_corpus(f, progress=False)
+    err = e.value
+    assert (err.path, err.line, err.field) == (str(f), 4, field)
+    msg = str(err)
+    assert msg.startswith(f"{f}:4: ") and fragment in msg
+    if field is not None:
+        assert f"field '{field}'" in msg
+
+
+def test_invalid_utf8_line(tmp_path: Path) -> None:
+    f = tmp_path / "bad.jsonl"
+    f.write_bytes(GOOD.encode() + b"\n" + b'{"lang": "en", "text": "caf\xe9"}\n')
+    with pytest.raises(XtmError, match="UTF-8") as e:
+        load_corpus(f, progress=False)
+    assert (e.value.path, e.value.line) == (str(f), 2)
+
+
+def test_one_language_is_not_enough(tmp_path: Path) -> None:
+    f = write_jsonl(tmp_path / "c.jsonl", make_docs("en", 12))
+    with pytest.raises(XtmError, match="at least two languages") as e:
+        load_quiet(f)
+    assert "en (12 docs)" in str(e.value) and e.value.path == str(f)
+
+
+def test_requested_language_without_documents(tmp_path: Path) -> None:
+    rows = make_docs("en", 12) + make_docs("zh", 12) + [{"lang": "ja", "text": "。。。"}]
+    f = write_jsonl(tmp_path / "c.jsonl", rows)
+    with pytest.raises(XtmError, match="no documents left for requested language") as e:
+        load_quiet(f, langs=["en", "ja"])
+    assert e.value.field == "langs" and "ja" in str(e.value)
+
+
+def test_unrequested_empty_language_warns(tmp_path: Path) -> None:
+    rows = make_docs("en", 12) + make_docs("zh", 12) + [{"lang": "fr", "text": "le la les"}]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        c = load_corpus(write_jsonl(tmp_path / "c.jsonl", rows), progress=False)
+    msgs = [str(w.message) for w in caught]
+    assert any("every 'fr' document was dropped" in m for m in msgs)
+    assert any("dropped 1 document(s) with no usable words (1 no tokens)" in m for m in msgs)
+    assert c.langs == ["en", "zh"]
+
+
+def test_bad_paths_and_arguments(tmp_path: Path) -> None:
+    with pytest.raises(XtmError, match="does not exist"):
+        load_corpus(tmp_path / "nope.jsonl")
+    empty = tmp_path / "empty_dir"
+    empty.mkdir()
+    with pytest.raises(XtmError, match="not a corpus directory") as e:
+        load_corpus(empty)
+    assert e.value.path == str(empty)
+    f = write_jsonl(tmp_path / "c.jsonl", make_docs("en", 6) + make_docs("zh", 6))
+    with pytest.raises(XtmError, match="max_df"):
+        load_corpus(f, max_df=2.0)
+    with pytest.raises(XtmError, match="invalid language code"):
+        load_corpus(f, langs=["en", "??"])
+
+
+# --------------------------------------------------------------------------- benchmark layout
+
+
+def write_benchmark(d: Path, *, skip: tuple[str, ...] = ()) -> Path:
+    """A two-language benchmark directory: en (labels, vectors) and cn (no labels, no vectors)."""
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    files: dict[str, Any] = {
+        "vocab_en": "apple\nbanana\ncherry\n", "vocab_cn": "苹果\n香蕉\n",
+        "train_bow_matrix_en.npz": sp.random(8, 3, density=0.5, random_state=1, format="csr") * 5,
+        "test_bow_matrix_en.npz": sp.random(2, 3, density=0.5, random_state=2, format="csr") * 5,
+        "train_bow_matrix_cn.npz": sp.random(6, 2, density=0.5, random_state=3, format="csr") * 5,
+        "test_bow_matrix_cn.npz": sp.random(3, 2, density=0.5, random_state=4, format="csr") * 5,
+        "train_labels_en.txt": "\n".join(str(x) for x in rng.integers(0, 2, 8)) + "\n",
+        "test_labels_en.txt": "0\n1\n",
+        "word2vec_en.npz": sp.csc_matrix(rng.normal(size=(3, 4)).astype(np.float32)),
+    }
+    for name, content in files.items():
+        if name in skip:
+            continue
+        if isinstance(content, str):
+            (d / name).write_text(content, encoding="utf-8")
+        else:
+            sp.save_npz(d / name, content.astype(np.int64) if "bow" in name else content)
+    return d
+
+
+def test_synthetic_benchmark_dir(tmp_path: Path) -> None:
+    c = load_corpus(write_benchmark(tmp_path / "Tiny"))
+    assert c.name == "Tiny" and c.langs == ["en", "zh"] and c.info["format"] == "benchmark"
+    en, zh = c.lang("en"), c.lang("zh")
+    assert en.train_bow.dtype == np.float32 and isinstance(en.train_bow, sp.csr_matrix)
+    assert en.train_bow.shape == (8, 3) and zh.test_bow.shape == (3, 2)
+    assert en.train_labels is not None and en.test_labels.tolist() == [0, 1]
+    assert zh.train_labels is None and zh.test_labels is None and zh.word_vectors is None
+    assert en.word_vectors.shape == (3, 4) and en.word_vectors.dtype == np.float32
+    assert zh.tokenizer.kind == "jieba" and zh.vocab == ["苹果", "香蕉"]
+
+
+@pytest.mark.parametrize("missing", ["vocab_cn", "train_bow_matrix_en.npz", "test_bow_matrix_cn.npz"])
+def test_benchmark_missing_file_is_named(tmp_path: Path, missing: str) -> None:
+    d = write_benchmark(tmp_path / "Tiny", skip=(missing,))
+    with pytest.raises(XtmError, match="required file is missing") as e:
+        load_corpus(d)
+    assert e.value.path == str(d / missing)
+
+
+def test_benchmark_inconsistent_files(tmp_path: Path) -> None:
+    d = write_benchmark(tmp_path / "Tiny")
+    (d / "vocab_en").write_text("apple\nbanana\n", encoding="utf-8")
+    with pytest.raises(XtmError, match="3 columns but the vocabulary has 2") as e:
+        load_corpus(d)
+    assert e.value.path == str(d / "train_bow_matrix_en.npz")
+    (d / "vocab_en").write_text("apple\nbanana\ncherry\n", encoding="utf-8")
+    (d / "test_labels_en.txt").write_text("0\nbad\n", encoding="utf-8")
+    with pytest.raises(XtmError, match="not an integer") as e:
+        load_corpus(d)
+    assert (e.value.path, e.value.line) == (str(d / "test_labels_en.txt"), 2)
+    with pytest.raises(XtmError, match="not in this benchmark directory"):
+        load_corpus(d, langs=["en", "ja"])
+
+
+@pytest.mark.benchmark_data
+def test_ecnews_benchmark() -> None:
+    d = need("ECNews")
+    t = time.perf_counter()
+    c = load_corpus(d)
+    elapsed = time.perf_counter() - t
+    assert elapsed < 5.0
+    assert c.name == "ECNews" and c.langs == ["en", "zh"]
+    en, zh = c.lang("en"), c.lang("zh")
+    assert en.train_bow.shape == (37_480, 5_000) and zh.train_bow.shape == (40_000, 5_000)
+    assert en.test_bow.shape == (9_370, 5_000) and zh.test_bow.shape == (10_000, 5_000)
+    for lc in (en, zh):
+        assert isinstance(lc.train_bow, sp.csr_matrix) and lc.train_bow.dtype == np.float32
+        assert lc.word_vectors.shape[0] == 5_000 and lc.word_vectors.dtype == np.float32
+    assert set(np.unique(en.train_labels)) == set(range(1, 7))
+    assert len(zh.test_labels) == 10_000 and c.has_labels
+    assert en.vocab[:3] == ["aaron", "abbey", "abc"] and zh.tokenizer.kind == "jieba"
+    assert c.info["file_suffixes"] == {"en": "en", "zh": "cn"}
+    assert len(zh.train_texts) == 40_000 and len(en.test_texts) == 9_370
+    assert zh.train_texts[0] == "一起 拍戏 觉得 演 喜剧 一起 喜剧"
+    assert load_corpus(d, langs=["cn", "en"]).langs == ["zh", "en"]
+
+
+@pytest.mark.benchmark_data
+def test_ecnews_with_dictionary() -> None:
+    c = load_corpus(need("ECNews"), dict_path=need("dict", "ch_en_dict.dat"))
+    stats = c.info["links"]["en-zh"]
+    assert stats["stemmed"] and stats["links"] > 20_000
+    m = c.link_matrix("en", "zh")
+    assert m.shape == (5_000, 5_000) and m.nnz == stats["links"]
+
+
+@pytest.mark.benchmark_data
+def test_benchmark_missing_file_on_real_data(tmp_path: Path) -> None:
+    src = need("Rakuten_Amazon")
+    d = tmp_path / "Rakuten_Amazon"
+    d.mkdir()
+    for f in src.iterdir():
+        if f.name != "test_bow_matrix_ja.npz":
+            (d / f.name).symlink_to(f)
+    with pytest.raises(XtmError) as e:
+        load_corpus(d)
+    assert e.value.path == str(d / "test_bow_matrix_ja.npz")
+    assert str(d / "test_bow_matrix_ja.npz") in str(e.value)
+
+
+@pytest.mark.benchmark_data
+def test_rakuten_with_muse_dictionary() -> None:
+    c = load_corpus(need("Rakuten_Amazon"), dict_path=need("dict", "MUSE", "ja-en.txt"))
+    assert c.langs == ["en", "ja"] and c.lang("ja").tokenizer.kind == "janome"
+    assert c.info["links"]["en-ja"]["links"] > 1_000
+    assert c.lang("ja").train_bow.shape == (20_000, 5_000)

@@ -1,0 +1,160 @@
+"""Backbones: the losses are the papers' formulas, the fast paths equal the plain ones."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+
+from xtm.corpus import Corpus, LanguageCorpus, TokenizerSpec
+from xtm.errors import XtmError
+from xtm.models_zoo.components import SparseRows
+from xtm.models_zoo.infoctm import ExpSimilaritySums, InfoCTM
+from xtm.models_zoo.nmtm import NMTM
+from xtm.models_zoo.registry import MODEL_NAMES, model_class
+
+
+def tiny_corpus(va: int = 30, vb: int = 40, n: int = 64, seed: int = 0, texts: bool = False) -> Corpus:
+    rng = np.random.default_rng(seed)
+    langs = []
+    for lang, v in (("en", va), ("zh", vb)):
+        bow = sp.random(n, v, density=0.15, random_state=rng, format="csr", data_rvs=lambda k: rng.integers(1, 4, k))
+        bow = sp.csr_matrix(bow + sp.csr_matrix((np.ones(n), (np.arange(n), np.arange(n) % v)), shape=(n, v)))
+        lc = LanguageCorpus(lang=lang, vocab=[f"{lang}{i}" for i in range(v)], train_bow=bow,
+                            tokenizer=TokenizerSpec(lang, "regex"),
+                            word_vectors=rng.normal(size=(v, 8)).astype(np.float32))
+        if texts:
+            lc.train_texts = [" ".join(lc.vocab[j] for j in bow[r].indices) for r in range(n)]
+        langs.append(lc)
+    links = sp.csr_matrix((np.ones(12, np.float32), (np.arange(12), (np.arange(12) * 3) % vb)), shape=(va, vb))
+    return Corpus(langs, {("en", "zh"): links})
+
+
+def batch(corpus: Corpus, rows: np.ndarray) -> tuple[list[SparseRows], list[torch.Tensor]]:
+    return ([SparseRows.from_csr(lc.train_bow[rows]) for lc in corpus.languages],
+            [torch.from_numpy(rows)] * len(corpus.languages))
+
+
+@pytest.mark.parametrize("name", ["nmtm", "infoctm"])
+def test_forward_backward_and_theta(name: str) -> None:
+    corpus = tiny_corpus()
+    torch.manual_seed(0)
+    model = model_class(name).from_corpus(corpus, 5)
+    x, rows = batch(corpus, np.arange(16))
+    losses = model(x, rows)
+    assert torch.isfinite(losses["loss"])
+    assert losses["loss"].item() == pytest.approx(sum(v.item() for k, v in losses.items() if k != "loss"), rel=1e-5)
+    losses["loss"].backward()
+    for pname, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None, pname
+    model.eval()
+    theta = model.theta(x[0], 0)
+    assert theta.shape == (16, 5)
+    assert torch.allclose(theta.sum(1), torch.ones(16), atol=1e-5)
+    assert (theta >= 0).all()
+
+
+def test_sparse_and_dense_inputs_agree() -> None:
+    corpus = tiny_corpus()
+    model = NMTM.from_corpus(corpus, 5).eval()
+    bow = corpus.languages[0].train_bow[:10]
+    dense = torch.from_numpy(bow.toarray())
+    assert torch.allclose(model.theta(SparseRows.from_csr(bow), 0), model.encoder_for(0)(dense), atol=1e-6)
+    assert torch.allclose(SparseRows.from_csr(bow).dense(), dense)
+
+
+def test_nmtm_beta_equals_dense_reference_map() -> None:
+    """beta_a = lam * phi_b @ M_b2a + (1-lam) phi_a with M[i,j] = (f_i T_ij + 1) / sum_j'(f_i T_ij' + 1)."""
+    corpus = tiny_corpus()
+    model = NMTM.from_corpus(corpus, 4)
+    lam = model.hparams["lam"]
+
+    def dense_map(src: str, dst: str) -> torch.Tensor:
+        t = corpus.link_matrix(src, dst).toarray()
+        f = np.asarray(corpus.lang(src).train_bow.sum(0)).ravel()[:, None]
+        m = f * t + 1.0
+        return torch.from_numpy((m / m.sum(1, keepdims=True)).astype(np.float32))
+
+    beta_a, beta_b = model.topic_word()
+    phi_a, phi_b = model.phi[0].detach(), model.phi[1].detach()
+    assert torch.allclose(beta_a, lam * phi_b @ dense_map("zh", "en") + (1 - lam) * phi_a, atol=1e-5)
+    assert torch.allclose(beta_b, lam * phi_a @ dense_map("en", "zh") + (1 - lam) * phi_b, atol=1e-5)
+
+
+def naive_tami(model: InfoCTM, pa: np.ndarray, pb: np.ndarray) -> torch.Tensor:
+    """InfoCTM's TAMI written the direct way with dense masks (the reference formulation)."""
+    tau = model.hparams["tau"]
+    fa = F.normalize(model.phi[0].t(), dim=1)
+    fb = F.normalize(model.phi[1].t(), dim=1)
+
+    def mi(anchor, contrast, pos, neg):
+        logits = anchor @ contrast.t() / tau
+        exp_neg = (torch.exp(logits) * neg).sum(1, keepdim=True)
+        log_prob = logits - torch.log(exp_neg + torch.exp(logits) + 1e-10)
+        return -(pos * log_prob).sum(), pos.sum()
+
+    pa_t, pb_t = torch.from_numpy(pa), torch.from_numpy(pb)
+    la, wa = mi(fa, fb, pa_t, (pa_t <= 0).float())
+    lb, wb = mi(fb, fa, pb_t, (pb_t <= 0).float())
+    return (la + lb) / (wa + wb)
+
+
+def test_tami_equals_dense_formulation_value_and_gradient() -> None:
+    corpus = tiny_corpus()
+    torch.manual_seed(1)
+    model = InfoCTM.from_corpus(corpus, 6)
+    pa = torch.sparse_coo_tensor(model.aux_pa_indices, model.aux_pa_values, tuple(model.aux_pa_shape)).to_dense()
+    pb = torch.sparse_coo_tensor(model.aux_pb_indices, model.aux_pb_values, tuple(model.aux_pb_shape)).to_dense()
+    assert pa.sum() > 12  # neighbours from the word vectors add links beyond the 12 dictionary pairs
+    fast = model.tami()
+    (g_fast,) = torch.autograd.grad(fast, model.phi[0])
+    slow = naive_tami(model, pa.numpy(), pb.numpy())
+    (g_slow,) = torch.autograd.grad(slow, model.phi[0])
+    assert fast.item() == pytest.approx(slow.item(), rel=1e-5)
+    assert torch.allclose(g_fast, g_slow, atol=1e-5, rtol=1e-4)
+
+
+def test_exp_similarity_sums_gradcheck_across_blocks() -> None:
+    a = torch.randn(ExpSimilaritySums.BLOCK + 37, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(11, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, y: ExpSimilaritySums.apply(x * 0.5, y), (a, b))
+
+
+def test_backbones_refuse_other_than_two_languages() -> None:
+    corpus = tiny_corpus()
+    fr = LanguageCorpus("fr", ["a"], sp.csr_matrix((2, 1)), TokenizerSpec("fr", "regex"))
+    three = Corpus(corpus.languages + [fr])
+    with pytest.raises(XtmError, match="exactly two languages"):
+        NMTM.from_corpus(three, 4)
+
+
+def test_unknown_hyperparameter_is_a_clear_error() -> None:
+    with pytest.raises(XtmError, match="unknown hyper-parameters"):
+        NMTM.from_corpus(tiny_corpus(), 4, lamda=0.5)
+
+
+def test_registry_knows_every_cli_choice() -> None:
+    for name in MODEL_NAMES:
+        assert model_class(name).name == name
+    with pytest.raises(XtmError):
+        model_class("lda")
+
+
+def test_xtra_trains_with_different_vocabulary_sizes(tmp_path) -> None:
+    """Each language's topic projection is applied to its own matrix (the reference cross-wires them)."""
+    from xtm.models_zoo.base import BuildContext
+    from xtm.models_zoo.xtra import XTRA
+
+    corpus = tiny_corpus(va=30, vb=45, texts=True)
+    model = XTRA.from_corpus(corpus, 4, BuildContext(cache_dir=tmp_path), hidden=16, share_dim=20)
+    x, rows = batch(corpus, np.arange(32))
+    losses = model(x, rows)
+    assert {"cluster", "infonce", "topic_align"} <= set(losses)
+    assert torch.isfinite(losses["loss"])
+    losses["loss"].backward()
+    assert model.beta_proj[1].weight.grad.shape == (model.hparams["beta_proj_dim"], 45)
+    # Embeddings were cached: building again reads them instead of re-encoding.
+    assert list((tmp_path / "embeddings").glob("*.npy"))

@@ -1,0 +1,121 @@
+"""Tokenizers, language detection and stopwords, with the real jieba, janome and py3langid."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from xtm.corpus import TokenizerSpec
+from xtm.errors import XtmError
+from xtm.runtime.langid import detect_language, detect_languages
+from xtm.runtime.tokenize import default_tokenizer_spec, make_tokenizer
+from xtm.trainer.stopwords import stopwords
+
+
+def test_default_specs_pick_segmenters_for_cjk() -> None:
+    assert default_tokenizer_spec("zh").kind == "jieba"
+    cn = default_tokenizer_spec("cn")
+    assert (cn.lang, cn.kind) == ("zh", "jieba")
+    assert default_tokenizer_spec("JA").kind == "janome"
+    assert default_tokenizer_spec("en") == TokenizerSpec(lang="en", kind="regex")
+    assert default_tokenizer_spec("fr").kind == "regex"
+    with pytest.raises(XtmError):
+        default_tokenizer_spec("not a language")
+
+
+def test_regex_lowercases_and_drops_punctuation() -> None:
+    tok = make_tokenizer(TokenizerSpec("en", "regex"))
+    assert tok("Hello, World! -- The café's 3 snake_case ...") == [
+        "hello", "world", "the", "café", "s", "3", "snake", "case"]
+    assert tok("?!... ---") == []
+
+
+def test_min_token_length_and_case_kept() -> None:
+    tok = make_tokenizer(TokenizerSpec("en", "regex", lowercase=False, min_token_length=3))
+    assert tok("An Apple a day at NASA") == ["Apple", "day", "NASA"]
+
+
+def test_whitespace_kind_keeps_tokens_but_not_punctuation() -> None:
+    tok = make_tokenizer(TokenizerSpec("en", "whitespace"))
+    assert tok("New-York ,  is  BIG . e-mail") == ["new-york", "is", "big", "e-mail"]
+
+
+def test_jieba_segments_raw_chinese() -> None:
+    tok = make_tokenizer(default_tokenizer_spec("zh"))
+    out = tok("我爱北京天安门，今天天气很好！iPhone 2024")
+    assert "北京" in out and "天安门" in out
+    assert "iphone" in out and "2024" in out
+    assert not {"，", "！", " "} & set(out)
+
+
+def test_jieba_keeps_presegmented_text() -> None:
+    tok = make_tokenizer(default_tokenizer_spec("zh"))
+    # A line in the style of ECNews train_texts_cn.txt: words already separated by spaces.
+    line = "债务 上限 改变 美国 复苏 方向 发展 形势"
+    assert tok(line) == line.split()
+
+
+def test_janome_segments_raw_and_presegmented_japanese() -> None:
+    tok = make_tokenizer(default_tokenizer_spec("ja"))
+    out = tok("東京に行きました。とても楽しかった！")
+    assert out[:2] == ["東京", "に"]
+    assert "。" not in out and "！" not in out
+    # Rakuten_Amazon style: MeCab surface forms separated by spaces, kept as they are.
+    line = "センチ 着丈 長 過ぎ バランス 悪い 着る"
+    assert tok(line) == line.split()
+
+
+def test_tokenizers_are_thread_safe() -> None:
+    zh = make_tokenizer(default_tokenizer_spec("zh"))
+    ja = make_tokenizer(default_tokenizer_spec("ja"))
+    texts = ["我爱北京天安门，今天天气很好", "東京に行きました。とても楽しかった"] * 20
+    expected = [zh(t) if i % 2 == 0 else ja(t) for i, t in enumerate(texts)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        got = list(pool.map(lambda it: zh(it[1]) if it[0] % 2 == 0 else ja(it[1]), enumerate(texts)))
+    assert got == expected
+
+
+def test_unknown_kind_is_a_user_error() -> None:
+    with pytest.raises(XtmError, match="unknown tokenizer kind 'spacy'"):
+        make_tokenizer(TokenizerSpec("en", "spacy"))
+
+
+def test_runtime_modules_import_lightly() -> None:
+    code = ("import sys, xtm.runtime.tokenize, xtm.runtime.langid;"
+            "print(sorted(m for m in ('jieba', 'janome', 'py3langid', 'torch', 'nltk') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize(("text", "lang"), [
+    ("中国经济今年继续保持稳定增长，消费市场十分活跃。", "zh"),
+    ("今日はとても良い天気ですね。明日も晴れるでしょうか。", "ja"),
+    ("The government announced new measures to support small businesses this year.", "en"),
+    ("Le gouvernement a annoncé de nouvelles mesures pour soutenir les petites entreprises.", "fr"),
+])
+def test_detect_language(text: str, lang: str) -> None:
+    assert detect_language(text) == lang
+
+
+def test_detect_language_candidates_and_errors() -> None:
+    # Kanji only: Chinese to an unrestricted model, Japanese once only ja is allowed besides en.
+    assert detect_language("東京大学") == "zh"
+    assert detect_language("東京大学", candidates=["ja", "en"]) == "ja"
+    assert detect_languages(["hello there my friend, how are you today?", "我们今天去公园"]) == ["en", "zh"]
+    with pytest.raises(XtmError, match="empty"):
+        detect_language("   ")
+
+
+def test_stopwords() -> None:
+    en = stopwords("en")
+    assert {"the", "and", "of", "is"} <= en and "market" not in en
+    assert 150 <= len(en) <= 400
+    assert {"的", "了", "是"} <= stopwords("cn")
+    assert {"の", "は", "です", "まし"} <= stopwords("ja")
+    for lang, word in (("fr", "les"), ("de", "und"), ("es", "los")):
+        assert word in stopwords(lang)
+    assert stopwords("sw") == frozenset()
+    assert stopwords("???") == frozenset()

@@ -1,0 +1,631 @@
+"""Load a multilingual corpus from a benchmark directory or from JSONL documents.
+
+Two sources, detected from the path:
+- a benchmark directory in the public InfoCTM layout (`train_bow_matrix_<L>.npz`, `vocab_<L>`,
+  ...): read as is, already preprocessed;
+- a JSONL file, or a directory of `*.jsonl` files: one document per line, tokenized, filtered
+  and turned into sparse bags of words here.
+
+Bags of words are built as CSR straight from token ids; nothing is ever densified.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from array import array
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from xtm.corpus import Corpus, LanguageCorpus
+from xtm.errors import XtmError
+from xtm.languages import normalize_lang
+from xtm.runtime.langid import detect_language
+from xtm.runtime.tokenize import default_tokenizer_spec, make_tokenizer
+from xtm.trainer.dictionary import build_links, read_dictionary
+from xtm.trainer.stopwords import stopwords
+
+__all__ = ["HOLDOUT_FRACTION", "load_corpus"]
+
+# Share of each language's documents held out as test set when every document is labeled but
+# none says which split it belongs to: without a test set classification cannot be evaluated.
+HOLDOUT_FRACTION = 0.2
+# Show a progress bar from this input size on (smaller inputs load in about a second).
+_PROGRESS_MIN_BYTES = 2_000_000
+# Without `langs`, a language that only language detection produced and that holds less than
+# this share of the documents is taken as misdetection (short texts read as Sotho, Latin, ...)
+# and its documents are dropped, counted, with a warning.
+_RARE_DETECTED_SHARE = 0.01
+_BOW_PREFIX = "train_bow_matrix_"
+
+
+def load_corpus(
+    path: str | Path,
+    *,
+    dict_path: str | Path | None = None,
+    langs: Sequence[str] | None = None,
+    vocab_size: int = 5000,
+    min_df: int = 2,
+    max_df: float = 0.5,
+    min_doc_tokens: int = 1,
+    seed: int = 0,
+    progress: bool = True,
+) -> Corpus:
+    """Load a corpus from a benchmark directory, a JSONL file or a directory of JSONL files.
+
+    langs: ISO codes (aliases accepted) selecting and ordering the languages; default all found.
+    dict_path: bilingual dictionary (`source<TAB>target`) linking the vocabularies.
+    vocab_size, min_df, max_df, min_doc_tokens, seed: JSONL preprocessing only. The vocabulary of
+    each language is the `vocab_size` words with the highest document frequency among those in
+    at least `min_df` training documents and at most a `max_df` share of them; documents with
+    fewer than `min_doc_tokens` vocabulary tokens are dropped. When every document is labeled
+    but none has a `split`, HOLDOUT_FRACTION of each language is held out as test set, chosen
+    by `seed`.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise XtmError("corpus path does not exist", path=p)
+    want = _normalize_langs(langs)
+    if p.is_dir():
+        if _is_benchmark_dir(p):
+            corpus = _load_benchmark(p, want)
+        else:
+            files = sorted(f for f in p.glob("*.jsonl") if f.is_file())
+            if not files:
+                raise XtmError(f"not a corpus directory: it has neither benchmark files "
+                               f"({_BOW_PREFIX}<lang>.npz, vocab_<lang>) nor *.jsonl files", path=p)
+            corpus = _load_jsonl(files, p, want, vocab_size=vocab_size, min_df=min_df, max_df=max_df,
+                                 min_doc_tokens=min_doc_tokens, seed=seed, progress=progress)
+    else:
+        corpus = _load_jsonl([p], p, want, vocab_size=vocab_size, min_df=min_df, max_df=max_df,
+                             min_doc_tokens=min_doc_tokens, seed=seed, progress=progress)
+    if dict_path is not None:
+        _attach_links(corpus, Path(dict_path))
+    return corpus
+
+
+def _normalize_langs(langs: Sequence[str] | None) -> list[str] | None:
+    if langs is None:
+        return None
+    if isinstance(langs, str):
+        langs = [x for x in langs.replace(",", " ").split() if x]
+    out: list[str] = []
+    for code in langs:
+        iso = normalize_lang(code)
+        if iso in out:
+            raise XtmError(f"language '{iso}' is listed twice in langs", field="langs")
+        out.append(iso)
+    if not out:
+        raise XtmError("langs is empty", field="langs")
+    return out
+
+
+def _attach_links(corpus: Corpus, dict_path: Path) -> None:
+    """Link every pair of languages the dictionary covers; error if it covers none."""
+    pairs = read_dictionary(dict_path)
+    stats_all: dict[str, Any] = {}
+    for a, b in combinations(corpus.languages, 2):
+        try:
+            m, stats = build_links(pairs, a.vocab, b.vocab, names=(a.lang, b.lang))
+        except XtmError:
+            continue  # this pair of languages is not the dictionary's; others may be
+        corpus.links[(a.lang, b.lang)] = m
+        stats_all[f"{a.lang}-{b.lang}"] = stats
+    if not stats_all:
+        raise XtmError(f"the dictionary matches none of the vocabularies "
+                       f"({', '.join(corpus.langs)}): it is probably for other languages", path=dict_path)
+    corpus.info["dict"] = str(dict_path)
+    corpus.info["links"] = stats_all
+
+
+# --------------------------------------------------------------------------- benchmark layout
+
+
+def _is_benchmark_dir(d: Path) -> bool:
+    return any(d.glob(f"{_BOW_PREFIX}*.npz")) or any(d.glob("test_bow_matrix_*.npz"))
+
+
+def _benchmark_langs(d: Path) -> dict[str, str]:
+    """ISO code -> file suffix, for every language any of the core files mentions.
+
+    Looking at all three kinds of file means a language with one file missing is still found,
+    and the error names the missing file rather than reporting one language too few.
+    """
+    suffixes: dict[str, Path] = {}
+    for pattern, prefix, ext in ((f"{_BOW_PREFIX}*.npz", _BOW_PREFIX, ".npz"),
+                                 ("test_bow_matrix_*.npz", "test_bow_matrix_", ".npz"),
+                                 ("vocab_*", "vocab_", "")):
+        for f in sorted(d.glob(pattern)):
+            suffix = f.name[len(prefix):len(f.name) - len(ext)]
+            if suffix and "." not in suffix:  # vocab_en.txt and the like are not the layout's
+                suffixes.setdefault(suffix, f)
+    found: dict[str, str] = {}
+    for suffix, f in sorted(suffixes.items()):
+        try:
+            iso = normalize_lang(suffix)
+        except XtmError as e:
+            raise XtmError(f"cannot tell the language of this file: {e.reason}", path=f) from None
+        if iso in found:
+            raise XtmError(f"two sets of files for language '{iso}': suffixes '{found[iso]}' and "
+                           f"'{suffix}'", path=d)
+        found[iso] = suffix
+    return found
+
+
+def _require(f: Path) -> Path:
+    if not f.is_file():
+        raise XtmError("required file is missing", path=f)
+    return f
+
+
+def _read_sparse(f: Path, *, cols: int | None = None, rows: int | None = None) -> sp.csr_matrix:
+    try:
+        m = sp.load_npz(f)  # allow_pickle stays False inside load_npz
+    except Exception as e:  # a truncated zip, wrong arrays, a dense npz: all are bad input here
+        raise XtmError(f"not a scipy sparse .npz matrix ({type(e).__name__}: {e})", path=f) from None
+    m = sp.csr_matrix(m, dtype=np.float32)
+    if cols is not None and m.shape[1] != cols:
+        raise XtmError(f"matrix has {m.shape[1]} columns but the vocabulary has {cols} words", path=f)
+    if rows is not None and m.shape[0] != rows:
+        raise XtmError(f"matrix has {m.shape[0]} rows but the vocabulary has {rows} words", path=f)
+    return m
+
+
+def _read_word_vectors(f: Path, vocab_size: int) -> np.ndarray:
+    try:
+        with np.load(f, allow_pickle=False) as z:
+            is_sparse = "format" in z.files and "indptr" in z.files
+            dense = None if is_sparse else np.asarray(z[z.files[0]])
+    except Exception as e:
+        raise XtmError(f"cannot read word vectors ({type(e).__name__}: {e})", path=f) from None
+    if is_sparse:
+        vec = _read_sparse(f, rows=vocab_size).toarray()  # V x d is small (5000 x 300 = 6 MB)
+    else:
+        vec = dense
+        if vec is None or vec.ndim != 2 or vec.shape[0] != vocab_size:
+            shape = None if vec is None else vec.shape
+            raise XtmError(f"word vectors must be a (vocab={vocab_size}) x dim matrix, got shape {shape}",
+                           path=f)
+    return np.ascontiguousarray(vec, dtype=np.float32)
+
+
+def _read_vocab(f: Path) -> list[str]:
+    try:
+        text = f.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise XtmError(f"vocabulary is not valid UTF-8 text ({e.reason})", path=f) from None
+    except OSError as e:
+        raise XtmError(f"cannot read vocabulary: {e.strerror or e}", path=f) from None
+    words = text.splitlines()
+    while words and not words[-1].strip():
+        words.pop()
+    for i, w in enumerate(words, start=1):
+        if not w.strip():
+            raise XtmError("empty vocabulary entry", path=f, line=i)
+    if len(set(words)) != len(words):
+        dup = next(w for w, c in Counter(words).items() if c > 1)
+        raise XtmError(f"vocabulary lists the word {dup!r} twice", path=f)
+    return words
+
+
+def _read_labels(f: Path, n_rows: int) -> np.ndarray | None:
+    if not f.is_file():
+        return None
+    lines = f.read_text(encoding="utf-8").split()
+    try:
+        labels = np.array(lines, dtype=np.int64)
+    except ValueError:
+        bad = next(i for i, x in enumerate(lines) if not x.lstrip("-").isdigit())
+        raise XtmError(f"label {lines[bad]!r} is not an integer", path=f, line=bad + 1) from None
+    if len(labels) != n_rows:
+        raise XtmError(f"{len(labels)} labels but the bag-of-words matrix has {n_rows} documents", path=f)
+    return labels
+
+
+def _read_texts(f: Path, n_rows: int) -> list[str] | None:
+    """The pre-tokenized documents of a benchmark split, one a line (optional file)."""
+    if not f.is_file():
+        return None
+    try:
+        text = f.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise XtmError(f"cannot read document texts ({e})", path=f) from None
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if len(lines) != n_rows:
+        raise XtmError(f"{len(lines)} lines but the bag-of-words matrix has {n_rows} documents", path=f)
+    return [x.rstrip("\r") for x in lines]
+
+
+def _load_benchmark(d: Path, want: list[str] | None) -> Corpus:
+    found = _benchmark_langs(d)
+    if want is None:
+        # English first when present, the order of the published tables (EN-ZH, EN-JA).
+        order = sorted(found, key=lambda x: (x != "en", x))
+    else:
+        missing = [x for x in want if x not in found]
+        if missing:
+            raise XtmError(f"language(s) {', '.join(missing)} not in this benchmark directory "
+                           f"(it has {', '.join(found)})", path=d, field="langs")
+        order = want
+    if len(order) < 2:
+        raise XtmError(f"a cross-lingual corpus needs at least two languages, found {', '.join(order)}",
+                       path=d)
+    languages: list[LanguageCorpus] = []
+    for iso in order:
+        s = found[iso]
+        vocab = _read_vocab(_require(d / f"vocab_{s}"))
+        v = len(vocab)
+        train = _read_sparse(_require(d / f"{_BOW_PREFIX}{s}.npz"), cols=v)
+        test = _read_sparse(_require(d / f"test_bow_matrix_{s}.npz"), cols=v)
+        wv_path = d / f"word2vec_{s}.npz"
+        languages.append(LanguageCorpus(
+            lang=iso,
+            vocab=vocab,
+            train_bow=train,
+            test_bow=test,
+            tokenizer=default_tokenizer_spec(iso),
+            train_labels=_read_labels(d / f"train_labels_{s}.txt", train.shape[0]),
+            test_labels=_read_labels(d / f"test_labels_{s}.txt", test.shape[0]),
+            word_vectors=_read_word_vectors(wv_path, v) if wv_path.is_file() else None,
+            train_texts=_read_texts(d / f"train_texts_{s}.txt", train.shape[0]),
+            test_texts=_read_texts(d / f"test_texts_{s}.txt", test.shape[0]),
+        ))
+    return Corpus(languages=languages, name=d.resolve().name,
+                  info={"source": str(d), "format": "benchmark",
+                        "file_suffixes": {iso: found[iso] for iso in order}})
+
+
+# --------------------------------------------------------------------------- JSONL
+
+
+@dataclass
+class _LangDocs:
+    """One language's documents while reading: token ids and counts, flat, plus per-doc fields."""
+
+    tokenize: Callable[[str], list[str]]
+    stop: frozenset[str]
+    token_index: dict[str, int] = field(default_factory=dict)
+    ids: array = field(default_factory=lambda: array("i"))      # token id per (doc, token)
+    counts: array = field(default_factory=lambda: array("i"))   # its count in that doc
+    offsets: list[int] = field(default_factory=lambda: [0])
+    doc_ids: list[str] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    labels: list[Any] = field(default_factory=list)
+    splits: list[str | None] = field(default_factory=list)
+    explicit: int = 0  # documents whose `lang` field named this language (the rest were detected)
+
+    @property
+    def n(self) -> int:
+        return len(self.doc_ids)
+
+
+_SPLITS = ("train", "test")
+
+
+def _iter_lines(files: list[Path], progress: bool) -> Iterator[tuple[Path, int, bytes]]:
+    total = 0
+    for f in files:
+        try:
+            total += f.stat().st_size
+        except OSError as e:
+            raise XtmError(f"cannot read: {e.strerror or e}", path=f) from None
+    bar = None
+    if progress and total >= _PROGRESS_MIN_BYTES:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, unit="B", unit_scale=True, desc="reading documents", file=sys.stderr)
+    try:
+        for f in files:
+            try:
+                fh = open(f, "rb")
+            except OSError as e:
+                raise XtmError(f"cannot read: {e.strerror or e}", path=f) from None
+            with fh:
+                for lineno, raw in enumerate(fh, start=1):
+                    if bar is not None:
+                        bar.update(len(raw))
+                    yield f, lineno, raw
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _doc_id(obj: dict[str, Any], f: Path, lineno: int, multi: bool) -> str:
+    v = obj.get("id")
+    if v is None:
+        return f"{f.name}:{lineno}" if multi else str(lineno)
+    if isinstance(v, bool) or not isinstance(v, (str, int)):
+        raise XtmError(f"must be a string or an integer, got {type(v).__name__}", path=f, line=lineno,
+                       field="id")
+    return str(v)
+
+
+def _label(obj: dict[str, Any], f: Path, lineno: int) -> Any:
+    v = obj.get("label")
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (str, int)):
+        raise XtmError(f"must be an integer or a string, got {type(v).__name__}", path=f, line=lineno,
+                       field="label")
+    return v
+
+
+def _split(obj: dict[str, Any], f: Path, lineno: int) -> str | None:
+    v = obj.get("split")
+    if v is None:
+        return None
+    if not isinstance(v, str) or v.strip().lower() not in _SPLITS:
+        raise XtmError(f"must be \"train\" or \"test\", got {v!r}", path=f, line=lineno, field="split")
+    return v.strip().lower()
+
+
+def _load_jsonl(files: list[Path], source: Path, want: list[str] | None, *, vocab_size: int, min_df: int,
+                max_df: float, min_doc_tokens: int, seed: int, progress: bool) -> Corpus:
+    if not isinstance(vocab_size, int) or vocab_size < 1:
+        raise XtmError(f"vocab_size must be a positive integer, got {vocab_size!r}", field="vocab_size")
+    if not isinstance(min_df, int) or min_df < 1:
+        raise XtmError(f"min_df must be an integer >= 1, got {min_df!r}", field="min_df")
+    if not 0.0 < float(max_df) <= 1.0:
+        raise XtmError(f"max_df must be a share of documents in (0, 1], got {max_df!r}", field="max_df")
+    if not isinstance(min_doc_tokens, int) or min_doc_tokens < 1:
+        raise XtmError(f"min_doc_tokens must be an integer >= 1, got {min_doc_tokens!r}",
+                       field="min_doc_tokens")
+
+    docs: dict[str, _LangDocs] = {}
+    dropped: Counter[str] = Counter()
+    dropped_by_lang: dict[str, Counter[str]] = {}
+    skipped_lang: Counter[str] = Counter()
+    detected = 0
+    multi = len(files) > 1
+
+    for f, lineno, raw in _iter_lines(files, progress):
+        try:
+            line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+        except UnicodeDecodeError:
+            raise XtmError("not valid UTF-8 text", path=f, line=lineno) from None
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise XtmError(f"invalid JSON: {e.msg} (column {e.colno})", path=f, line=lineno) from None
+        if not isinstance(obj, dict):
+            raise XtmError(f"expected a JSON object per line, got {type(obj).__name__}", path=f, line=lineno)
+        if "text" not in obj:
+            raise XtmError("missing: every document needs its text", path=f, line=lineno, field="text")
+        text = obj["text"]
+        if not isinstance(text, str):
+            raise XtmError(f"must be a string, got {type(text).__name__}", path=f, line=lineno, field="text")
+        raw_lang = obj.get("lang")
+        doc_id = _doc_id(obj, f, lineno, multi)
+        label = _label(obj, f, lineno)
+        split = _split(obj, f, lineno)
+        if raw_lang is not None:
+            if not isinstance(raw_lang, str):
+                raise XtmError(f"must be a language code string, got {type(raw_lang).__name__}",
+                               path=f, line=lineno, field="lang")
+            try:
+                lang = normalize_lang(raw_lang)
+            except XtmError as e:
+                raise XtmError(e.reason, path=f, line=lineno, field="lang") from None
+        elif not text.strip():
+            dropped["empty_text"] += 1  # no language to detect; counted without one
+            continue
+        else:
+            lang = detect_language(text, want)
+            detected += 1
+        if want is not None and lang not in want:
+            skipped_lang[lang] += 1
+            continue
+        ld = docs.get(lang)
+        if ld is None:
+            ld = docs[lang] = _LangDocs(tokenize=make_tokenizer(default_tokenizer_spec(lang)),
+                                        stop=stopwords(lang))
+            dropped_by_lang[lang] = Counter()
+        if not text.strip():
+            dropped["empty_text"] += 1
+            dropped_by_lang[lang]["empty_text"] += 1
+            continue
+        stop = ld.stop
+        # Pure numbers make poor topic words (the benchmark vocabularies have none).
+        tokens = Counter(t for t in ld.tokenize(text) if t not in stop and not t.isdigit())
+        if not tokens:
+            dropped["no_tokens"] += 1
+            dropped_by_lang[lang]["no_tokens"] += 1
+            continue
+        index = ld.token_index
+        for tok, c in tokens.items():
+            tid = index.get(tok)
+            if tid is None:
+                tid = index[tok] = len(index)
+            ld.ids.append(tid)
+            ld.counts.append(c)
+        ld.offsets.append(len(ld.ids))
+        ld.doc_ids.append(doc_id)
+        ld.texts.append(text)
+        ld.labels.append(label)
+        ld.splits.append(split)
+        if raw_lang is not None:
+            ld.explicit += 1
+
+    # Languages in output order; a requested language without documents is an error.
+    if want is not None:
+        empty = [x for x in want if x not in docs or docs[x].n == 0]
+        if empty:
+            raise XtmError(f"no documents left for requested language(s) {', '.join(empty)}"
+                           + (f" ({sum(dropped.values())} dropped as empty)" if dropped else ""),
+                           path=source, field="langs")
+        order = list(want)
+    else:
+        # Largest first (ties by code): a stable default; English first when present, the order
+        # of the published tables.
+        order = sorted(docs, key=lambda x: (x != "en", -docs[x].n, x))
+        n_docs = sum(docs[x].n for x in order)
+        rare = [x for x in order if docs[x].explicit == 0 and 0 < docs[x].n < _RARE_DETECTED_SHARE * n_docs]
+        if rare:
+            k = sum(docs[x].n for x in rare)
+            dropped["rare_detected_language"] += k
+            for x in rare:
+                dropped_by_lang[x]["rare_detected_language"] += docs[x].n
+                order.remove(x)
+            warnings.warn(f"{source}: dropped {k} document(s) detected as "
+                          f"{', '.join(f'{x} ({docs[x].n})' for x in rare)}: fewer than "
+                          f"{_RARE_DETECTED_SHARE:.0%} of the documents each, probably misdetected; "
+                          f"give documents a 'lang' field or pass langs", stacklevel=3)
+        for x in [x for x in order if docs[x].n == 0]:
+            warnings.warn(f"{source}: every '{x}' document was dropped as empty; language ignored",
+                          stacklevel=3)
+            order.remove(x)
+    if len(order) < 2:
+        found = ", ".join(f"{x} ({docs[x].n} docs)" for x in order) or "none"
+        raise XtmError(f"a cross-lingual corpus needs documents in at least two languages; found {found}",
+                       path=source)
+
+    # Labels: all or nothing, mapped to 0..C-1 the same way in every language.
+    all_labels = [lab for x in order for lab in docs[x].labels]
+    n_labeled = sum(lab is not None for lab in all_labels)
+    label_names: list[Any] | None = None
+    if n_labeled == len(all_labels):
+        label_names = sorted(set(all_labels), key=lambda v: (isinstance(v, str), v))
+    elif n_labeled:
+        warnings.warn(f"{source}: only {n_labeled} of {len(all_labels)} documents have a label; "
+                      f"labels are ignored", stacklevel=3)
+    label_to_int = {v: i for i, v in enumerate(label_names)} if label_names is not None else None
+
+    has_split = any(s is not None for x in order for s in docs[x].splits)
+    split_mode = "file" if has_split else ("holdout" if label_names is not None else "none")
+    rng = np.random.default_rng(seed)
+
+    languages: list[LanguageCorpus] = []
+    lang_info: dict[str, Any] = {}
+    for x in order:
+        ld = docs[x]
+        n = ld.n
+        if split_mode == "file":
+            is_test = np.array([s == "test" for s in ld.splits], dtype=bool)
+        elif split_mode == "holdout":
+            # At least one test document per language once there are two to split.
+            n_test = max(1, int(round(HOLDOUT_FRACTION * n))) if n >= 2 else 0
+            is_test = np.zeros(n, dtype=bool)
+            is_test[rng.permutation(n)[:n_test]] = True
+        else:
+            is_test = np.zeros(n, dtype=bool)
+        ids = np.frombuffer(ld.ids, dtype=np.int32) if len(ld.ids) else np.zeros(0, np.int32)
+        cnts = np.frombuffer(ld.counts, dtype=np.int32) if len(ld.counts) else np.zeros(0, np.int32)
+        offsets = np.asarray(ld.offsets, dtype=np.int64)
+        doc_of = np.repeat(np.arange(n), np.diff(offsets))
+
+        vocab, col_of, fallback = _select_vocab(ld.token_index, ids, doc_of, ~is_test, vocab_size=vocab_size,
+                                                min_df=min_df, max_df=float(max_df))
+        if fallback:
+            warnings.warn(f"{source}: '{x}': no word passes min_df={min_df}, max_df={max_df} over "
+                          f"{int((~is_test).sum())} training documents; {fallback}", stacklevel=3)
+        cols = col_of[ids]
+        keep = cols >= 0
+        bow_all = sp.csr_matrix((cnts[keep].astype(np.float32), (doc_of[keep], cols[keep])),
+                                shape=(n, len(vocab)), dtype=np.float32)
+        too_short = np.asarray(bow_all.sum(axis=1)).ravel() < min_doc_tokens
+        if too_short.any():
+            k = int(too_short.sum())
+            dropped["too_few_vocab_tokens"] += k
+            dropped_by_lang[x]["too_few_vocab_tokens"] += k
+
+        def part(mask: np.ndarray, bow: sp.csr_matrix = bow_all, ld: _LangDocs = ld) -> tuple[
+                sp.csr_matrix, list[str], list[str], np.ndarray | None]:
+            rows = np.flatnonzero(mask).tolist()
+            labels = None
+            if label_to_int is not None:
+                labels = np.array([label_to_int[ld.labels[i]] for i in rows], dtype=np.int64)
+            return bow[rows], [ld.doc_ids[i] for i in rows], [ld.texts[i] for i in rows], labels
+
+        train_bow, train_ids, train_texts, train_labels = part(~is_test & ~too_short)
+        if train_bow.shape[0] == 0:
+            raise XtmError(f"no training documents left for language '{x}'", path=source)
+        test_mask = is_test & ~too_short
+        test_bow: sp.csr_matrix | None = None
+        test_ids: list[str] | None = None
+        test_texts: list[str] | None = None
+        test_labels: np.ndarray | None = None
+        if test_mask.any():
+            test_bow, test_ids, test_texts, test_labels = part(test_mask)
+        languages.append(LanguageCorpus(
+            lang=x, vocab=vocab, train_bow=train_bow, test_bow=test_bow,
+            tokenizer=default_tokenizer_spec(x), train_labels=train_labels, test_labels=test_labels,
+            train_ids=train_ids, test_ids=test_ids, train_texts=train_texts, test_texts=test_texts,
+        ))
+        lang_info[x] = {"train_docs": int(train_bow.shape[0]),
+                        "test_docs": 0 if test_bow is None else int(test_bow.shape[0]),
+                        "vocab_size": len(vocab), "distinct_tokens": len(ld.token_index),
+                        "dropped": dict(dropped_by_lang.get(x, {}))}
+        docs[x] = _LangDocs(tokenize=ld.tokenize, stop=ld.stop)  # free the token arrays early
+
+    total_dropped = sum(dropped.values())
+    # Misdetected languages had their own warning above.
+    empty = {k: v for k, v in dropped.items() if k != "rare_detected_language"}
+    if empty:
+        detail = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in sorted(empty.items()))
+        warnings.warn(f"{source}: dropped {sum(empty.values())} document(s) with no usable words "
+                      f"({detail})", stacklevel=3)
+    if skipped_lang:
+        warnings.warn(f"{source}: skipped {sum(skipped_lang.values())} document(s) in languages not "
+                      f"requested ({', '.join(f'{k}: {v}' for k, v in sorted(skipped_lang.items()))})",
+                      stacklevel=3)
+    name = source.stem if source.is_file() else source.resolve().name
+    info: dict[str, Any] = {
+        "source": str(source),
+        "format": "jsonl",
+        "files": [str(f) for f in files],
+        "dropped": {**dict(dropped), "total": total_dropped},
+        "skipped_other_languages": dict(skipped_lang),
+        "detected_lang": detected,
+        "label_names": label_names,
+        "split": split_mode,
+        "languages": lang_info,
+        "preprocessing": {"vocab_size": vocab_size, "min_df": min_df, "max_df": float(max_df),
+                          "min_doc_tokens": min_doc_tokens, "seed": seed, "stopwords": "built-in",
+                          "holdout_fraction": HOLDOUT_FRACTION if split_mode == "holdout" else None},
+    }
+    return Corpus(languages=languages, name=name, info=info)
+
+
+def _select_vocab(token_index: dict[str, int], ids: np.ndarray, doc_of: np.ndarray, train_rows: np.ndarray,
+                  *, vocab_size: int, min_df: int, max_df: float) -> tuple[list[str], np.ndarray, str]:
+    """Vocabulary (sorted words) from training documents and token id -> column (-1: not kept).
+
+    Returns a non-empty message when the filters left nothing and were relaxed (tiny corpora).
+    """
+    n_tok = len(token_index)
+    in_train = train_rows[doc_of] if len(doc_of) else np.zeros(0, dtype=bool)
+    # Each (doc, token) appears once in `ids`, so counting ids gives document frequency.
+    df = np.bincount(ids[in_train], minlength=n_tok)
+    n_train = int(train_rows.sum())
+    fallback = ""
+    ok = (df >= min_df) & (df <= max_df * n_train)
+    if not ok.any():
+        ok = df >= min_df
+        fallback = "ignoring max_df"
+        if not ok.any():
+            ok = df >= 1
+            fallback = "keeping every word of the training documents"
+    cand = np.flatnonzero(ok)
+    words = np.empty(n_tok, dtype=object)
+    for w, i in token_index.items():
+        words[i] = w
+    if len(cand) > vocab_size:
+        # Highest document frequency first; ties broken by the word so the result is deterministic.
+        order = sorted(cand.tolist(), key=lambda i: (-int(df[i]), words[i]))
+        cand = np.asarray(order[:vocab_size])
+    vocab = sorted(words[cand].tolist())
+    col_of = np.full(n_tok, -1, dtype=np.int64)
+    col_of[[token_index[w] for w in vocab]] = np.arange(len(vocab))
+    return vocab, col_of, fallback

@@ -1,0 +1,114 @@
+"""One training run end to end: load data, train, evaluate, write the run directory.
+
+RUN_DIR layout (everything a later step needs, nothing pickled):
+    config.json            model config, training settings, data source, tokenizers, languages
+    vocab_<lang>.txt       each language's vocabulary (line i = column i of the topic-word matrix)
+    topics_<lang>.txt      top words per topic, one topic per line, space-separated
+    metrics.json           TU, CNPMI, TQ, classification, seconds_per_epoch, ...
+    history.json           per-epoch mean losses and seconds
+    checkpoints/           safetensors checkpoints (see xtm.trainer.checkpoint)
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import xtm
+from xtm.atomic import write_json, write_text
+from xtm.corpus import Corpus
+from xtm.errors import XtmError
+from xtm.trainer.corpus_loading import load_corpus
+from xtm.trainer.evaluation import evaluate, load_reference_corpus
+from xtm.trainer.loop import TrainConfig, TrainResult, infer_theta, pick_device, train
+
+
+@dataclass
+class DataConfig:
+    path: str
+    dict_path: str | None = None
+    langs: list[str] | None = None
+    vocab_size: int = 5000
+    min_df: int = 2
+    max_df: float = 0.5
+    ref_corpus: str | None = None
+
+
+def log(msg: str) -> None:
+    print(f"xtm-train: {msg}", file=sys.stderr, flush=True)
+
+
+def describe_corpus(corpus: Corpus) -> str:
+    parts = [f"{lc.lang}: {lc.num_train} train / {lc.test_bow.shape[0] if lc.test_bow is not None else 0} test "
+             f"docs, {lc.vocab_size} words" for lc in corpus.languages]
+    return f"{corpus.name}: " + "; ".join(parts)
+
+
+def check_links(corpus: Corpus, model: str) -> None:
+    if model == "xtra":
+        return  # aligns through sentence embeddings, not a dictionary
+    a, b = corpus.langs
+    if corpus.link_matrix(a, b).nnz == 0:
+        raise XtmError(f"--model {model} aligns topics through a bilingual dictionary, but no {a}-{b} word "
+                       "pairs are known: pass --dict PATH (TSV source<TAB>target), or use --model xtra, "
+                       "which needs none")
+
+
+def evaluate_model(corpus: Corpus, result: TrainResult, device: torch.device, ref_path: str | None) -> dict[str, Any]:
+    model = result.model
+    train_theta = {lc.lang: infer_theta(model, lc.train_bow, i, device) for i, lc in enumerate(corpus.languages)}
+    test_theta = {lc.lang: infer_theta(model, lc.test_bow, i, device)
+                  for i, lc in enumerate(corpus.languages) if lc.test_bow is not None}
+    with torch.no_grad():
+        beta = {lang: b.detach().cpu().numpy() for lang, b in zip(corpus.langs, model.topic_word(), strict=True)}
+    ref = load_reference_corpus(ref_path, langs=tuple(corpus.langs)) if ref_path else None
+    return evaluate(corpus, train_theta, test_theta, beta, ref=ref)
+
+
+def run_training(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool = False) -> dict[str, Any]:
+    """Train and evaluate; returns metrics (also written to out/metrics.json)."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not resume and (out / "checkpoints").exists():
+        raise XtmError("the run directory already holds a run: pass --resume to continue it, "
+                       "or choose another --out", path=out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    corpus = load_corpus(data.path, dict_path=data.dict_path, langs=data.langs, vocab_size=data.vocab_size,
+                         min_df=data.min_df, max_df=data.max_df, seed=cfg.seed, progress=cfg.progress)
+    log(f"loaded {describe_corpus(corpus)} in {time.perf_counter() - t0:.1f}s")
+    if len(corpus.languages) > 2:
+        raise XtmError(f"the data has {len(corpus.languages)} languages ({', '.join(corpus.langs)}); "
+                       f"{cfg.model} models two: choose them with --langs")
+    check_links(corpus, cfg.model)
+    for lc in corpus.languages:
+        write_text(out / f"vocab_{lc.lang}.txt", "\n".join(lc.vocab) + "\n")
+
+    result = train(corpus, cfg, out, resume=resume)
+    model = result.model
+    write_json(out / "config.json", {
+        "xtm_version": xtm.__version__, "model_config": model.config(), "train_config": cfg.to_dict(),
+        "data": {**data.__dict__, "name": corpus.name}, "langs": corpus.langs,
+        "tokenizers": {lc.lang: lc.tokenizer.to_dict() for lc in corpus.languages},
+        "corpus_info": corpus.info})
+    write_json(out / "history.json", result.history)
+
+    log("evaluating")
+    metrics = evaluate_model(corpus, result, pick_device(cfg.device), data.ref_corpus)
+    top = metrics.pop("top_words")
+    for lang, topics in top.items():
+        write_text(out / f"topics_{lang}.txt", "".join(" ".join(words) + "\n" for words in topics))
+    metrics.update({
+        "model": cfg.model, "dataset": corpus.name, "langs": corpus.langs, "num_topics": cfg.num_topics,
+        "epochs": result.epochs_done, "interrupted": result.interrupted,
+        "seconds_per_epoch": result.seconds_per_epoch,
+        "train_seconds_total": float(np.sum([h["seconds"] for h in result.history])) if result.history else 0.0,
+        "corpus": corpus.info,
+    })
+    write_json(out / "metrics.json", metrics)
+    return metrics
