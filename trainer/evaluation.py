@@ -11,8 +11,9 @@ theta anywhere. Protocols follow the public code the literature's tables come fr
 - TQ (Chang et al. 2024) = max(0, CNPMI) * TU.
 - Classification as in BobXWu/TopMost `topmost/evaluations/classification.py`: "<L>-C" is a
   classifier trained on the *other* language's training theta and tested on L's test theta.
-  TopMost uses `SVC()` (RBF); this project uses `LinearSVC` (a linear SVM, as the InfoCTM/NMTM
-  papers describe), so absolute numbers can differ slightly from TopMost's.
+  TopMost uses `SVC()` (RBF) on the pre-softmax encoder mean; this project uses a linear SVM
+  (`LinearSVC`, as the papers describe) on standardised theta, the distribution the runtime
+  serves, so absolute numbers can differ from TopMost's.
 """
 
 from __future__ import annotations
@@ -388,14 +389,19 @@ def cnpmi(
 
 
 def _fit_svm(x_train: np.ndarray, y_train: np.ndarray, seed: int) -> Any:
-    from sklearn.svm import LinearSVC  # imported here: sklearn is only needed for this metric
+    # imported here: sklearn is only needed for this metric
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import LinearSVC
 
     if len(np.unique(y_train)) < 2:
         raise XtmError("classification needs at least two classes in the training labels")
     # C=1.0 is sklearn's (and TopMost's SVC) default; dual="auto" picks the primal solver when
     # documents outnumber topics, which converges fast; max_iter is raised so the dual solver
     # on small sets does not stop early with a ConvergenceWarning.
-    clf = LinearSVC(C=1.0, dual="auto", max_iter=10000, random_state=seed)
+    # Features are standardised first: theta lives on the simplex (entries ~1/K), where an
+    # unscaled linear SVM with C=1 underfits badly (measured on ECNews: 0.34 vs 0.53 EN-I).
+    clf = make_pipeline(StandardScaler(), LinearSVC(C=1.0, dual="auto", max_iter=10000, random_state=seed))
     return clf.fit(x_train, y_train)
 
 
