@@ -1,15 +1,41 @@
-"""xtm-export: not implemented yet (see the project's issues)."""
+"""xtm-export: freeze a training run into an ONNX bundle the torch-free runtime serves."""
 
 from __future__ import annotations
 
-import sys
+import json
 
 import click
 
+from xtm.cli.common import friendly_errors
 
-@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
-                                 "help_option_names": ["-h", "--help"]})
-def main() -> None:
-    """Not implemented yet: arrives with the ONNX export and runtime work."""
-    click.echo("xtm-export: not implemented yet", err=True)
-    sys.exit(2)
+EPILOG = """\b
+Examples:
+  xtm-export runs/demo --out bundles/demo
+  xtm-export runs/ecnews-infoctm --out bundles/ecnews-int8 --quantize int8
+
+\b
+The bundle holds one ONNX encoder per training language (bow -> theta),
+the topic-word matrices, vocabularies, tokenizer settings, topics.json and
+manifest.json with the sha256 of every file. Export checks that ONNX Runtime
+and torch give the same theta (within 1e-5) on the run's own documents; with
+--quantize int8 it reports the drift (mean L1 of theta, top-topic agreement).
+"""
+
+
+@click.command(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Bundle directory to write.")
+@click.option("--quantize", type=click.Choice(["int8"]), help="Dynamic int8 quantization of the encoders.")
+@click.option("--opset", type=click.IntRange(17, 23), default=18, show_default=True)
+@click.option("-q", "--quiet", is_flag=True)
+@friendly_errors
+def main(run_dir: str, out: str, quantize: str | None, opset: int, quiet: bool) -> None:
+    """Export RUN_DIR (written by xtm-train) to an ONNX bundle."""
+    from xtm.exporters.onnx_export import export_run
+
+    report = export_run(run_dir, out, quantize=quantize, opset=opset, progress=not quiet)
+    click.echo(json.dumps(report.to_dict(), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""How a trained model is frozen: torch -> ONNX bundle (see xtm.exporters.onnx_export)."""

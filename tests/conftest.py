@@ -42,3 +42,15 @@ def ecnews_dir() -> Path:
 def _cache_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Embedding caches go to a per-session temp dir, never the user's home."""
     monkeypatch.setenv("XTM_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "xtm-cache"))
+
+
+@pytest.fixture(scope="session")
+def example_run(example_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trained run directory (NMTM, K=6) on the built-in example, as xtm-train writes it."""
+    from xtm.trainer.loop import TrainConfig
+    from xtm.trainer.run import DataConfig, run_training
+
+    out = tmp_path_factory.mktemp("example-run")
+    run_training(DataConfig(path=str(example_dir / "docs.jsonl"), dict_path=str(example_dir / "dict.tsv")),
+                 TrainConfig(model="nmtm", num_topics=6, epochs=15, checkpoint_every=0, progress=False, seed=0), out)
+    return out

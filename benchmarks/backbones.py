@@ -1,0 +1,157 @@
+"""Quality and speed of the phase-1 backbones, next to published numbers and the TopMost peer.
+
+    python benchmarks/backbones.py --dataset ECNews --models nmtm,infoctm,xtra --epochs 10 \
+        [--peer-venv /work/peer-venv --peer-epochs 2] [--out bench/ecnews]
+
+Each run is a separate process (so peak RSS is that run's own) that trains with xtm's trainer on
+the full benchmark corpus, K=50, 2 threads, and evaluates TU / CNPMI / TQ / classification with
+xtm's evaluation. The TopMost peer (benchmarks/peer_topmost.py, in its own venv) is trained on
+the same data and its outputs go through the same evaluation (theta = softmax of its eval-time
+encoder mean, the distribution a user gets). Published numbers: LLM-XTM paper (seed 001),
+Table 2 (TU, CNPMI) and Table 5 (classification), K=50, after 500 epochs (800 for XTRA), as
+reported there. Prints one markdown table and writes OUT/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("XTM_SHARED_DATA", ROOT.parent / "shared" / "data"))
+DATASETS = {
+    "ECNews": {"langs": ("en", "zh"), "peer_langs": ("en", "cn"), "dict": "dict/ch_en_dict.dat", "weight_mi": 30.0,
+               "ref": None},
+    "Rakuten_Amazon": {"langs": ("en", "ja"), "peer_langs": ("en", "ja"), "dict": "dict/MUSE/ja-en.txt",
+                       "weight_mi": 50.0, "ref": "ref_corpus/en_ja"},
+}
+# (TU, CNPMI, {classification}) from seed 001 Tables 2 and 5.
+PUBLISHED = {
+    ("ECNews", "nmtm"): (0.818, 0.034, {"EN-I": 0.7917, "EN-C": 0.4941, "ZH-I": 0.7742, "ZH-C": 0.5139}),
+    ("ECNews", "infoctm"): (0.943, 0.041, {"EN-I": 0.7813, "EN-C": 0.5242, "ZH-I": 0.7652, "ZH-C": 0.5592}),
+    ("ECNews", "xtra"): (0.978, 0.078, {}),
+    ("Rakuten_Amazon", "nmtm"): (0.633, 0.012, {"EN-I": 0.7966, "EN-C": 0.6104, "JA-I": 0.8264, "JA-C": 0.6816}),
+    ("Rakuten_Amazon", "infoctm"): (0.870, 0.032, {"EN-I": 0.7940, "EN-C": 0.6910, "JA-I": 0.8256, "JA-C": 0.7342}),
+    ("Rakuten_Amazon", "xtra"): (0.966, 0.034, {}),
+}
+
+
+def run_ours(dataset: str, model: str, epochs: int, out: Path, seed: int) -> dict:
+    """Train in a child process (this script with --one) and return its metrics + peak RSS."""
+    cmd = [sys.executable, __file__, "--one", model, "--dataset", dataset, "--epochs", str(epochs),
+           "--out", str(out), "--seed", str(seed)]
+    subprocess.run(cmd, check=True)
+    return json.loads((out / "bench.json").read_text())
+
+
+def one(dataset: str, model: str, epochs: int, out: Path, seed: int) -> None:
+    import torch
+
+    from xtm.trainer.loop import TrainConfig
+    from xtm.trainer.run import DataConfig, run_training
+
+    torch.set_num_threads(2)
+    spec = DATASETS[dataset]
+    hparams = {"weight_mi": spec["weight_mi"]} if model == "infoctm" else {}
+    t0 = time.perf_counter()
+    metrics = run_training(
+        DataConfig(path=str(DATA / dataset), dict_path=str(DATA / spec["dict"]),
+                   ref_corpus=str(DATA / spec["ref"]) if spec["ref"] else None),
+        TrainConfig(model=model, num_topics=50, epochs=epochs, seed=seed, checkpoint_every=0, threads=2,
+                    progress=sys.stderr.isatty(), hparams=hparams), out)
+    metrics["wall_seconds"] = time.perf_counter() - t0
+    metrics["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    (out / "bench.json").write_text(json.dumps(metrics, indent=2))
+
+
+def run_peer(dataset: str, model: str, epochs: int, out: Path, venv: Path, seed: int) -> dict:
+    spec = DATASETS[dataset]
+    l1, l2 = spec["peer_langs"]
+    cmd = [str(venv / "bin" / "python"), str(ROOT / "benchmarks" / "peer_topmost.py"), "--data", str(DATA / dataset),
+           "--lang1", l1, "--lang2", l2, "--dict", str(DATA / spec["dict"]),
+           "--model", {"nmtm": "NMTM", "infoctm": "InfoCTM"}[model], "--topics", "50", "--epochs", str(epochs),
+           "--out", str(out), "--seed", str(seed), "--threads", "2"]
+    subprocess.run(cmd, check=True)
+    timing = json.loads((out / "peer_timing.json").read_text())
+    arrays = np.load(out / "peer_outputs.npz", allow_pickle=False)
+
+    from xtm.trainer.corpus_loading import load_corpus
+    from xtm.trainer.evaluation import evaluate, load_reference_corpus
+
+    corpus = load_corpus(DATA / dataset, progress=False)
+    a, b = spec["langs"]
+    ref = load_reference_corpus(DATA / spec["ref"], langs=(a, b)) if spec["ref"] else None
+    metrics = evaluate(corpus, {x: arrays[f"train_theta_{x}_softmax"] for x in (a, b)},
+                       {x: arrays[f"test_theta_{x}_softmax"] for x in (a, b)},
+                       {x: arrays[f"beta_{x}"] for x in (a, b)}, ref=ref)
+    metrics.pop("top_words")
+    metrics.update(seconds_per_epoch=timing["seconds_per_epoch"], peak_rss_mb=timing["peak_rss_mb"], epochs=epochs)
+    return metrics
+
+
+def fmt(x: float | None, digits: int = 3) -> str:
+    return "—" if x is None else f"{x:.{digits}f}"
+
+
+def table(rows: list[dict], langs: tuple[str, str]) -> str:
+    a, b = (x.upper() for x in langs)
+    cols = ["model", "impl", "epochs", "s/epoch", "peak RSS MB", "TU", "CNPMI", "TQ",
+            f"{a}-I", f"{a}-C", f"{b}-I", f"{b}-C"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        c = r.get("classification") or {}
+        lines.append("| " + " | ".join([
+            r["model"], r["impl"], str(r.get("epochs", "—")), fmt(r.get("seconds_per_epoch"), 1),
+            fmt(r.get("peak_rss_mb"), 0), fmt(r.get("TU")), fmt(r.get("CNPMI")), fmt(r.get("TQ")),
+            fmt(c.get(f"{a}-I")), fmt(c.get(f"{a}-C")), fmt(c.get(f"{b}-I")), fmt(c.get(f"{b}-C"))]) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", choices=sorted(DATASETS), default="ECNews")
+    p.add_argument("--models", default="nmtm,infoctm,xtra")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--peer-venv", type=Path, help="venv with topmost==1.0.2 (benchmarks/setup_topmost_peer.sh)")
+    p.add_argument("--peer-epochs", type=int, default=None, help="epochs for the peer (default: --epochs)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("bench"))
+    p.add_argument("--one", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.one:
+        one(args.dataset, args.one, args.epochs, args.out, args.seed)
+        return
+    if not (DATA / args.dataset).exists():
+        sys.exit(f"benchmark data not found at {DATA / args.dataset} (set XTM_SHARED_DATA)")
+    rows = []
+    for model in [m.strip() for m in args.models.split(",") if m.strip()]:
+        pub = PUBLISHED.get((args.dataset, model))
+        if pub:
+            tu, cnpmi, clf = pub
+            rows.append({"model": model, "impl": "published (500 ep)" if model != "xtra" else "published (800 ep)",
+                         "TU": tu, "CNPMI": cnpmi, "TQ": max(0.0, cnpmi) * tu, "classification": clf})
+        ours = run_ours(args.dataset, model, args.epochs, args.out / args.dataset / f"xtm-{model}", args.seed)
+        rows.append({"model": model, "impl": "xtm", **ours})
+        if args.peer_venv and model in ("nmtm", "infoctm"):
+            peer_epochs = args.peer_epochs or args.epochs
+            peer = run_peer(args.dataset, model, peer_epochs, args.out / args.dataset / f"topmost-{model}",
+                            args.peer_venv, args.seed)
+            rows.append({"model": model, "impl": "TopMost 1.0.2", **peer})
+        print(table(rows, DATASETS[args.dataset]["langs"]), flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"results_{args.dataset}.json").write_text(json.dumps(rows, indent=2, default=str))
+    print(f"\n{args.dataset}, K=50, 2 CPU threads. CNPMI: "
+          + ("Kyoto-wiki en-ja reference (not comparable with published WikiComp numbers)"
+             if DATASETS[args.dataset]["ref"] else "no en-zh reference corpus available here (published only)"))
+
+
+if __name__ == "__main__":
+    main()

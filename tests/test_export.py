@@ -1,0 +1,93 @@
+"""xtm-export: ONNX graphs that match torch, a self-describing bundle, honest int8 numbers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from xtm.errors import XtmError
+from xtm.exporters.onnx_export import export_run, load_run, sha256
+
+
+@pytest.fixture(scope="module")
+def bundle(example_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    out = tmp_path_factory.mktemp("bundles") / "demo"
+    return out, export_run(example_run, out, progress=False)
+
+
+def test_bundle_layout_and_checksums(bundle) -> None:
+    out, report = bundle
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["schema_version"] == 1 and manifest["format"] == "xtm-bundle"
+    assert manifest["languages"] == ["en", "zh"] and manifest["num_topics"] == 6
+    names = {p.name for p in out.iterdir()}
+    assert names == {"manifest.json", "topics.json", *(f"{k}_{lang}.{ext}" for lang in ("en", "zh")
+                     for k, ext in (("encoder", "onnx"), ("vocab", "txt"), ("beta", "npy")))}
+    for name, digest in manifest["files"].items():
+        assert sha256(out / name) == digest
+    assert set(manifest["files"]) == names - {"manifest.json"}
+    assert manifest["encoders"]["zh"]["tokenizer"]["kind"] == "jieba"
+    topics = json.loads((out / "topics.json").read_text())
+    assert len(topics["topics"]) == 6 and len(topics["topics"][0]["words"]["zh"]) == 15
+
+
+def test_onnx_matches_torch_on_real_documents(bundle, example_run: Path, example_corpus) -> None:
+    out, report = bundle
+    assert all(v <= 1e-5 for v in report.parity_max_abs.values())
+    assert report.parity_source["en"].startswith("docs.jsonl")   # real documents, not random rows
+    _, model = load_run(example_run)
+    for i, lc in enumerate(example_corpus.languages):
+        proto = onnx.load(str(out / f"encoder_{lc.lang}.onnx"))
+        onnx.checker.check_model(proto)
+        x = lc.test_bow.toarray().astype(np.float32)
+        sess = ort.InferenceSession(str(out / f"encoder_{lc.lang}.onnx"), providers=["CPUExecutionProvider"])
+        got = sess.run(["theta"], {"bow": x})[0]
+        with torch.no_grad():
+            want = model.encoder_for(i)(torch.from_numpy(x)).numpy()
+        assert np.abs(got - want).max() <= 1e-5
+        assert np.allclose(got.sum(1), 1.0, atol=1e-5)
+
+
+def test_training_only_matrices_are_not_exported(bundle) -> None:
+    """NMTM's translation maps live in the checkpoint but not in the encoders."""
+    out, _ = bundle
+    for lang in ("en", "zh"):
+        proto = onnx.load(str(out / f"encoder_{lang}.onnx"))
+        sizes = sorted(int(np.prod(t.dims)) for t in proto.graph.initializer)
+        vocab = len((out / f"vocab_{lang}.txt").read_text(encoding="utf-8").splitlines())
+        assert max(sizes) == vocab * 200   # the first layer is the largest tensor; nothing V x V
+        beta = np.load(out / f"beta_{lang}.npy", allow_pickle=False)
+        assert beta.shape == (6, vocab)
+
+
+def test_int8_reports_its_drift_and_shrinks_the_encoders(example_run: Path, tmp_path: Path) -> None:
+    report = export_run(example_run, tmp_path / "q", quantize="int8", progress=False)
+    manifest = json.loads((tmp_path / "q" / "manifest.json").read_text())
+    assert manifest["quantization"] == "int8"
+    for lang, q in report.quantization.items():
+        assert q["int8_bytes"] * 2 < q["fp32_bytes"], lang
+        assert 0.0 <= q["mean_l1"] < 0.1 and q["top_topic_agreement"] > 0.9
+
+
+def test_export_refuses_to_clobber_a_foreign_directory(example_run: Path, tmp_path: Path) -> None:
+    target = tmp_path / "precious"
+    target.mkdir()
+    (target / "notes.txt").write_text("keep me")
+    with pytest.raises(XtmError, match="not an xtm bundle"):
+        export_run(example_run, target, progress=False)
+    assert (target / "notes.txt").read_text() == "keep me"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".precious")]   # temp dir cleaned
+
+
+def test_cli_export_errors_cleanly_on_a_non_run(tmp_path: Path) -> None:
+    p = subprocess.run([sys.executable, "-m", "xtm.cli.export", str(tmp_path), "--out", str(tmp_path / "b")],
+                       capture_output=True, text=True)
+    assert p.returncode == 2 and "config.json" in p.stderr and "Traceback" not in p.stderr
