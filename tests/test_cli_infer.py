@@ -1,0 +1,142 @@
+"""xtm-infer as a user runs it: JSONL in, JSONL out, bad lines reported, atomic --out, stdin."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from bundle_fixture import HandBundle, make_bundle
+from click.testing import CliRunner
+
+from xtm.cli.infer import main
+
+GOOD = [
+    {"id": "a", "text": "The stock market and the bank", "lang": "en"},
+    {"id": 2, "text": "北京的经济增长很快"},
+    {"id": "c", "text": "Football: the team scored a goal in the match"},
+    {"id": "d", "text": "中国足球队在比赛中进球", "lang": "cn"},
+]
+
+
+@pytest.fixture(scope="module")
+def hb(tmp_path_factory: pytest.TempPathFactory) -> HandBundle:
+    return make_bundle(tmp_path_factory.mktemp("bundle") / "b")
+
+
+def write_jsonl(path: Path, rows: list[object]) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n"
+                            for r in rows), encoding="utf-8")
+    return path
+
+
+def invoke(args: list[str], stdin: str | None = None):
+    return CliRunner().invoke(main, args, input=stdin, catch_exceptions=False)
+
+
+def test_good_file_gives_one_json_line_per_document_in_order(hb: HandBundle, tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "docs.jsonl", GOOD)
+    r = invoke([str(src), "--bundle", str(hb.path), "--top-k", "2"])
+    assert r.exit_code == 0, r.stderr
+    out = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [o["id"] for o in out] == ["a", 2, "c", "d"]
+    assert [o["lang"] for o in out] == ["en", "zh", "en", "zh"]
+    for o in out:
+        assert len(o["theta"]) == hb.num_topics and abs(sum(o["theta"]) - 1) < 1e-4
+        assert len(o["topics"]) == 2 and o["topics"][0]["weight"] >= o["topics"][1]["weight"]
+        assert o["topics"][0]["weight"] == o["theta"][o["topics"][0]["id"]]
+        assert set(o["topics"][0]["words"]) == {"en", "zh"} and len(o["topics"][0]["words"]["en"]) == 10
+    assert r.stderr == ""
+
+
+def test_sparse_theta_keeps_only_the_top_k(hb: HandBundle, tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "docs.jsonl", GOOD[:1])
+    r = invoke([str(src), "--bundle", str(hb.path), "--top-k", "3", "--sparse-theta"])
+    o = json.loads(r.stdout)
+    assert list(o["theta"]) == [str(t["id"]) for t in o["topics"]] and len(o["theta"]) == 3
+
+
+def test_bad_lines_are_reported_with_line_numbers_and_counted(hb: HandBundle, tmp_path: Path) -> None:
+    src = tmp_path / "docs.jsonl"
+    rows = [GOOD[0], "{not json", "[1, 2]", {"id": 4}, {"text": 5}, "", {"text": "  "},
+            {"text": "bonjour", "lang": "fr"}, GOOD[2]]
+    write_jsonl(src, rows)
+    with open(src, "ab") as f:
+        f.write(b'{"text": "caf\xe9"}\n')  # latin-1 byte: invalid UTF-8
+    r = invoke([str(src), "--bundle", str(hb.path), "--batch-size", "1"])  # chunks of 4: crosses chunk edges
+    assert r.exit_code == 0
+    assert [json.loads(line)["id"] for line in r.stdout.splitlines()] == ["a", "c"]
+    err = r.stderr
+    for n, reason in [(2, "invalid JSON"), (3, "expected a JSON object"), (4, "missing field 'text'"),
+                      (5, "field 'text' must be a string"), (7, "empty text"), (8, "language 'fr' is not served"),
+                      (10, "invalid UTF-8")]:
+        assert f"{src}:{n}: {reason}" in err, err
+    assert f"{src}:6:" not in err  # blank lines are not documents
+    assert "skipped 7 of 9 lines" in err
+
+
+def test_strict_stops_at_the_first_bad_line_and_writes_nothing(hb: HandBundle, tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "docs.jsonl", [GOOD[0], "{oops", GOOD[2]])
+    out = tmp_path / "out.jsonl"
+    r = invoke([str(src), "--bundle", str(hb.path), "--out", str(out), "--strict"])
+    assert r.exit_code == 2
+    assert r.stderr.startswith(f"error: {src}:2: invalid JSON")
+    assert not out.exists() and os.listdir(tmp_path) == ["docs.jsonl"]  # no temp file left either
+
+
+def test_out_is_written_atomically_and_replaced_whole(hb: HandBundle, tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "docs.jsonl", GOOD)
+    out = tmp_path / "res" / "out.jsonl"
+    r = invoke([str(src), "--bundle", str(hb.path), "--out", str(out)])
+    assert r.exit_code == 0 and r.stdout == ""
+    assert len(out.read_text(encoding="utf-8").splitlines()) == 4
+    assert "wrote 4 results" in r.stderr
+    before = out.read_bytes()
+    # A failing run leaves the previous output exactly as it was.
+    bad = write_jsonl(tmp_path / "bad.jsonl", [GOOD[0], "nope"])
+    assert invoke([str(bad), "--bundle", str(hb.path), "--out", str(out), "--strict"]).exit_code == 2
+    assert out.read_bytes() == before
+    assert sorted(os.listdir(out.parent)) == ["out.jsonl"]
+
+
+def test_oversized_text_is_truncated_with_a_warning(hb: HandBundle, tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "docs.jsonl", [{"id": 1, "text": "market " * 20_000, "lang": "en"}])
+    r = invoke([str(src), "--bundle", str(hb.path)])
+    assert r.exit_code == 0
+    assert f"{src}:1: warning: text has 140,000 characters; using the first 100,000" in r.stderr
+    assert json.loads(r.stdout)["id"] == 1
+
+
+def test_bad_bundle_is_one_clean_error(tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "docs.jsonl", GOOD[:1])
+    r = invoke([str(src), "--bundle", str(tmp_path / "missing")])
+    assert r.exit_code == 2 and "error:" in r.stderr and "bundle directory not found" in r.stderr
+
+
+def test_stdin_in_a_real_process(hb: HandBundle) -> None:
+    data = "".join(json.dumps(g, ensure_ascii=False) + "\n" for g in (GOOD[0], GOOD[2]))
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    p = subprocess.run([sys.executable, "-m", "xtm.cli.infer", "-", "--bundle", str(hb.path), "--top-k", "1"],
+                       input=data.encode("utf-8"), capture_output=True, env=env, timeout=120)
+    assert p.returncode == 0, p.stderr.decode()
+    out = [json.loads(line) for line in p.stdout.decode("utf-8").splitlines()]
+    assert [o["id"] for o in out] == ["a", "c"] and all(len(o["topics"]) == 1 for o in out)
+    assert p.stderr == b""
+
+
+def test_help_teaches_with_examples() -> None:
+    r = invoke(["--help"])
+    assert r.exit_code == 0
+    assert "Examples:" in r.stdout and "--strict" in r.stdout and "--sparse-theta" in r.stdout
+
+
+def test_ids_of_any_json_type_round_trip(hb: HandBundle, tmp_path: Path) -> None:
+    ids = [{"doc": ["é", 1]}, None, 3.5, "引号\"and\\slash"]
+    src = write_jsonl(tmp_path / "docs.jsonl", [{"id": i, "text": "bank market", "lang": "en"} for i in ids]
+                      + [{"text": "no id here", "lang": "en"}])
+    r = invoke([str(src), "--bundle", str(hb.path), "--sparse-theta"])
+    assert r.exit_code == 0
+    assert [json.loads(line)["id"] for line in r.stdout.splitlines()] == ids + [5]  # line number when absent

@@ -1,0 +1,221 @@
+"""The torch-free runtime on a real (hand-made) bundle: loading, validation, inference, threads, no torch."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from bundle_fixture import EN_VOCAB, HandBundle, make_bundle
+
+from xtm.errors import XtmError
+from xtm.runtime import TopicModel
+from xtm.runtime.bundle import read_manifest
+
+EN_TEXTS = ["The stock market, the STOCK price!", "Football: the team scored a goal in the match",
+            "A new film with a famous actor and a song", "Doctors at the hospital study the virus",
+            "Space research on a planet"]
+ZH_TEXTS = ["北京的经济增长很快，市场价格上涨", "中国足球队在比赛中进球"]
+
+
+@pytest.fixture(scope="module")
+def hb(tmp_path_factory: pytest.TempPathFactory) -> HandBundle:
+    return make_bundle(tmp_path_factory.mktemp("bundle") / "b")
+
+
+@pytest.fixture(scope="module")
+def model(hb: HandBundle) -> TopicModel:
+    return TopicModel.load(hb.path)
+
+
+def copy_bundle(hb: HandBundle, tmp_path: Path) -> Path:
+    dst = tmp_path / "copy"
+    shutil.copytree(hb.path, dst)
+    return dst
+
+
+def edit_manifest(bundle: Path, **changes: object) -> None:
+    p = bundle / "manifest.json"
+    m = json.loads(p.read_text())
+    m.update(changes)
+    p.write_text(json.dumps(m))
+
+
+def test_load_describes_the_bundle(model: TopicModel, hb: HandBundle) -> None:
+    assert model.languages == ["en", "zh"]
+    assert model.num_topics == hb.num_topics
+    assert len(model.topics) == hb.num_topics
+    assert set(model.topics[0]) == {"en", "zh"} and len(model.topics[0]["en"]) == 15
+    assert model.vocabulary("en") == EN_VOCAB
+    assert model.topic_word_weights("zh").shape == (hb.num_topics, len(hb.vocabs["zh"]))
+    assert "CPUExecutionProvider" in model.providers
+
+
+def test_infer_shapes_and_distributions(model: TopicModel) -> None:
+    res = model.infer(EN_TEXTS + ZH_TEXTS, top_k=2)
+    n = len(EN_TEXTS) + len(ZH_TEXTS)
+    assert res.theta.shape == (n, model.num_topics) and res.theta.dtype == np.float32
+    np.testing.assert_allclose(res.theta.sum(axis=1), 1.0, atol=1e-5)
+    assert len(res) == n and res.empty.shape == (n,) and not res.empty.any()
+    for row, tops in zip(res.theta, res.top_topics, strict=True):
+        assert [k for k, _ in tops] == list(np.argsort(-row, kind="stable")[:2])
+        assert tops[0][1] >= tops[1][1]
+    described = res.top_topics_with_words(n_words=4)
+    assert described[0][0]["id"] == res.top_topics[0][0][0]
+    assert set(described[0][0]["words"]) == {"en", "zh"} and len(described[0][0]["words"]["zh"]) == 4
+    assert model.infer(EN_TEXTS, langs="en", top_k=100).top_topics[0].__len__() == model.num_topics
+
+
+def test_theta_matches_a_numpy_forward_of_the_tiny_model(model: TopicModel, hb: HandBundle) -> None:
+    # Same tokenizer as training: lowercase, punctuation dropped, OOV words ("a", "scored") ignored.
+    col = {w: j for j, w in enumerate(EN_VOCAB)}
+    bow = np.zeros((len(EN_TEXTS), len(EN_VOCAB)), dtype=np.float32)
+    import re
+
+    for i, t in enumerate(EN_TEXTS):
+        for w, c in Counter(re.findall(r"[^\W_]+", t.lower())).items():
+            if w in col:
+                bow[i, col[w]] = c
+    assert bow[0, col["stock"]] == 2 and bow[0, col["the"]] == 2
+    np.testing.assert_array_equal(model.bag_of_words(EN_TEXTS, "en"), bow)
+    res = model.infer(EN_TEXTS, langs="en")
+    np.testing.assert_allclose(res.theta, hb.numpy_theta(bow, "en"), atol=1e-5)
+
+
+def test_order_and_batching_do_not_change_results(model: TopicModel) -> None:
+    texts = [EN_TEXTS[0], ZH_TEXTS[0], EN_TEXTS[1], ZH_TEXTS[1], EN_TEXTS[2]]
+    langs = ["en", "zh", "en", "zh", "en"]
+    a = model.infer(texts, langs, batch_size=1)
+    b = model.infer(texts, langs, batch_size=256)
+    np.testing.assert_allclose(a.theta, b.theta, atol=1e-6)
+    for i, (t, lang) in enumerate(zip(texts, langs, strict=True)):
+        np.testing.assert_allclose(model.infer([t], lang).theta[0], b.theta[i], atol=1e-6)
+    assert b.langs == langs
+
+
+def test_languages_are_detected_among_the_bundles(model: TopicModel) -> None:
+    res = model.infer([EN_TEXTS[3], ZH_TEXTS[1], EN_TEXTS[1]])
+    assert res.langs == ["en", "zh", "en"]
+    # Given codes are normalised (cn -> zh) and None entries detected.
+    assert model.infer([ZH_TEXTS[0], EN_TEXTS[0]], ["cn", None]).langs == ["zh", "en"]
+
+
+def test_unserved_language_names_it_and_the_served_ones(model: TopicModel) -> None:
+    with pytest.raises(XtmError, match=r"'fr' is not served by this bundle \(it serves en, zh\)"):
+        model.infer(["bonjour"], langs="fr")
+    with pytest.raises(XtmError, match="invalid language code"):
+        model.infer(["x"], langs=["not a code"])
+    with pytest.raises(XtmError, match="2 entries for 1 texts"):
+        model.infer(["x"], langs=["en", "en"])
+
+
+def test_empty_documents_are_flagged_and_get_the_zero_bag_output(model: TopicModel, hb: HandBundle) -> None:
+    res = model.infer(["", "zzz qqq !!!", EN_TEXTS[0], "   "], langs=[None, "en", "en", None])
+    assert res.empty.tolist() == [True, True, False, True]
+    # Blank texts cannot be detected: read as the bundle's first language.
+    assert res.langs == ["en", "en", "en", "en"]
+    zero = hb.numpy_theta(np.zeros((1, len(EN_VOCAB))), "en")[0]
+    np.testing.assert_allclose(res.theta[0], zero, atol=1e-6)
+    np.testing.assert_allclose(res.theta[1], zero, atol=1e-6)
+    assert model.infer([]).theta.shape == (0, model.num_topics)
+
+
+def test_infer_from_four_threads_is_identical(model: TopicModel) -> None:
+    texts = (EN_TEXTS + ZH_TEXTS) * 40
+    ref = model.infer(texts, batch_size=32)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: model.infer(texts, batch_size=32), range(8)))
+    for r in results:
+        np.testing.assert_array_equal(r.theta, ref.theta)
+        assert r.langs == ref.langs and r.top_topics == ref.top_topics
+
+
+def test_thread_count_is_settable_and_results_agree(hb: HandBundle, model: TopicModel) -> None:
+    one = TopicModel.load(hb.path, threads=1, providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(one.infer(EN_TEXTS).theta, model.infer(EN_TEXTS).theta, atol=1e-6)
+    with pytest.raises(XtmError, match="not available"):
+        TopicModel.load(hb.path, providers=["NoSuchExecutionProvider"])
+
+
+def test_corrupted_file_fails_the_checksum_and_is_named(hb: HandBundle, tmp_path: Path) -> None:
+    b = copy_bundle(hb, tmp_path)
+    words = (b / "vocab_en.txt").read_text(encoding="utf-8").split("\n")
+    words[0], words[1] = words[1], words[0]  # same size, different meaning: only a checksum sees it
+    (b / "vocab_en.txt").write_text("\n".join(words), encoding="utf-8")
+    with pytest.raises(XtmError, match=r"vocab_en\.txt: checksum mismatch"):
+        TopicModel.load(b)
+    # verify=False trusts the files (faster loads of big bundles).
+    assert TopicModel.load(b, verify=False).vocabulary("en")[0] == EN_VOCAB[1]
+
+
+def test_missing_file_is_named(hb: HandBundle, tmp_path: Path) -> None:
+    b = copy_bundle(hb, tmp_path)
+    (b / "encoder_zh.onnx").unlink()
+    with pytest.raises(XtmError, match=r"encoder_zh\.onnx: missing from the bundle"):
+        TopicModel.load(b)
+
+
+def test_missing_manifest_and_wrong_format(hb: HandBundle, tmp_path: Path) -> None:
+    with pytest.raises(XtmError, match="bundle directory not found"):
+        read_manifest(tmp_path / "nowhere")
+    b = copy_bundle(hb, tmp_path)
+    edit_manifest(b, format="something-else")
+    with pytest.raises(XtmError, match="not an xtm bundle"):
+        read_manifest(b)
+    (b / "manifest.json").unlink()
+    with pytest.raises(XtmError, match=r"manifest\.json: no manifest\.json"):
+        read_manifest(b)
+
+
+def test_newer_schema_is_refused_with_upgrade_advice(hb: HandBundle, tmp_path: Path) -> None:
+    b = copy_bundle(hb, tmp_path)
+    edit_manifest(b, schema_version=2)
+    with pytest.raises(XtmError, match=r"bundle schema 2 is newer than this xtm \(reads 1\): upgrade xtm"):
+        TopicModel.load(b)
+
+
+def test_unknown_top_level_keys_are_ignored(hb: HandBundle, tmp_path: Path) -> None:
+    b = copy_bundle(hb, tmp_path)
+    edit_manifest(b, contextual_encoder={"file": "future.onnx", "kind": "any-language"}, note="from the future")
+    assert TopicModel.load(b).languages == ["en", "zh"]
+
+
+def test_manifest_cannot_point_outside_the_bundle(hb: HandBundle, tmp_path: Path) -> None:
+    b = copy_bundle(hb, tmp_path)
+    m = json.loads((b / "manifest.json").read_text())
+    m["encoders"]["en"]["vocab"] = "../vocab_en.txt"
+    (b / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(XtmError, match="invalid bundle file name"):
+        read_manifest(b)
+
+
+def test_runtime_works_where_torch_cannot_be_imported(hb: HandBundle, tmp_path: Path) -> None:
+    # A `torch` package that refuses to import, first on the path: any torch import in the runtime
+    # (direct, or through xtm.trainer / xtm.models_zoo) fails this process.
+    fake = tmp_path / "no_torch" / "torch"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text('raise ImportError("torch is blocked in this test")\n')
+    script = textwrap.dedent(f"""
+        import json, sys
+        from xtm.runtime import TopicModel
+        m = TopicModel.load({str(hb.path)!r})
+        r = m.infer({EN_TEXTS[:2] + ZH_TEXTS[:1]!r})
+        assert "torch" not in sys.modules
+        print(json.dumps({{"langs": r.langs, "sums": r.theta.sum(axis=1).tolist()}}))
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake.parent), os.environ.get("PYTHONPATH", "")])}
+    check = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True)
+    assert check.returncode != 0 and "torch is blocked" in check.stderr
+    p = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["langs"] == ["en", "en", "zh"]
+    assert np.allclose(out["sums"], 1.0, atol=1e-5)
