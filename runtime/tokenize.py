@@ -16,6 +16,7 @@ from typing import Any
 from xtm.corpus import TokenizerSpec
 from xtm.errors import XtmError
 from xtm.languages import normalize_lang
+from xtm.paths import cache_dir
 
 __all__ = ["KINDS", "default_tokenizer_spec", "make_tokenizer"]
 
@@ -54,6 +55,14 @@ def _get_jieba() -> Any:
                 # jieba logs "Building prefix dict ..." to stderr on first use; users need not see it.
                 jieba.setLogLevel(logging.WARNING)
                 logging.getLogger("jieba").setLevel(logging.WARNING)
+                # jieba caches its prefix dictionary in /tmp by default, which is often wiped;
+                # rebuilding it costs 2-3 s of every cold start. Keep it with xtm's other caches.
+                cache = cache_dir()
+                try:
+                    cache.mkdir(parents=True, exist_ok=True)
+                    jieba.dt.tmp_dir = str(cache)
+                except OSError:
+                    pass  # read-only home: jieba falls back to the temp dir
                 jieba.initialize()
                 _jieba = jieba
     return _jieba

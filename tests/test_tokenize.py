@@ -119,3 +119,17 @@ def test_stopwords() -> None:
         assert word in stopwords(lang)
     assert stopwords("sw") == frozenset()
     assert stopwords("???") == frozenset()
+
+
+def test_script_fast_path_agrees_with_the_model_where_scripts_differ() -> None:
+    from xtm.runtime.langid import _by_script, detect_language
+
+    cases = {"The coach said the team will win.": "en", "教练表示球队将在周日赢得决赛。": "zh",
+             "コーチはチームが勝つと言った。": "ja", "Тренер сказал, что команда победит.": "ru"}
+    for text, lang in cases.items():
+        assert _by_script(text, {"en", lang} if lang != "en" else {"en", "zh"}) == lang
+        assert detect_language(text, ["en", "zh", "ja", "ru"]) == lang
+    # Kanji-only text fits both zh and ja, and Latin text fits en and fr: left to the model.
+    assert _by_script("東京大学", {"zh", "ja"}) is None
+    assert _by_script("le chat noir", {"en", "fr"}) is None
+    assert detect_language("le chat noir est sur la table", ["en", "fr"]) == "fr"

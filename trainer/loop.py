@@ -28,6 +28,7 @@ from xtm.errors import XtmError
 from xtm.models_zoo.base import BuildContext, CrossLingualTopicModel, load_unique_state_dict
 from xtm.models_zoo.components import SparseRows
 from xtm.models_zoo.registry import model_class
+from xtm.paths import cache_dir
 from xtm.trainer.checkpoint import (
     load_checkpoint,
     numpy_rng_from_state,
@@ -148,18 +149,9 @@ def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=lr)
 
 
-def default_cache_dir() -> Path:
-    """Where embeddings and other reusable artefacts are cached across runs."""
-    import os
-
-    if os.environ.get("XTM_CACHE_DIR"):
-        return Path(os.environ["XTM_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "xtm"
-
-
 def build_model(corpus: Corpus, cfg: TrainConfig) -> CrossLingualTopicModel:
     cls = model_class(cfg.model)
-    context = BuildContext(cache_dir=Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(),
+    context = BuildContext(cache_dir=Path(cfg.cache_dir) if cfg.cache_dir else cache_dir(),
                            seed=cfg.seed, progress=cfg.progress)
     return cls.from_corpus(corpus, cfg.num_topics, context, **cfg.hparams)
 
