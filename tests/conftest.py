@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
-
-
-def shared_data_dir() -> Path:
-    """../shared/data next to the repository, or $XTM_SHARED_DATA."""
-    env = os.environ.get("XTM_SHARED_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+from shared_data import shared_data_dir
 
 
 @pytest.fixture(scope="session")

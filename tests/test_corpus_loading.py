@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 import warnings
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from shared_data import need
 
 from xtm.errors import XtmError
 from xtm.trainer.corpus_loading import HOLDOUT_FRACTION, load_corpus
@@ -63,18 +63,6 @@ def load_quiet(path: Path, **kw: Any) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return load_corpus(path, progress=False, **kw)
-
-
-def shared_data() -> Path:
-    env = os.environ.get("XTM_SHARED_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def need(*parts: str) -> Path:
-    p = shared_data().joinpath(*parts)
-    if not p.exists():
-        pytest.skip(f"benchmark data not found: {p}")
-    return p
 
 
 # --------------------------------------------------------------------------- JSONL: good input

@@ -2,28 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from shared_data import need
 
 from xtm.errors import XtmError
 from xtm.trainer.dictionary import build_links, read_dictionary
-
-
-def shared_data() -> Path:
-    env = os.environ.get("XTM_SHARED_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def need(*parts: str) -> Path:
-    p = shared_data().joinpath(*parts)
-    if not p.exists():
-        pytest.skip(f"benchmark data not found: {p}")
-    return p
 
 
 def read_vocab(p: Path) -> list[str]:

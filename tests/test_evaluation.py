@@ -5,13 +5,13 @@ from __future__ import annotations
 import gzip
 import json
 import math
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from shared_data import shared_data_dir
 
 from xtm.corpus import Corpus, LanguageCorpus, TokenizerSpec
 from xtm.errors import XtmError
@@ -308,14 +308,9 @@ def test_evaluate_full_and_without_reference(tiny_ref, tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _shared_data() -> Path:
-    env = os.environ.get("XTM_SHARED_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
 @pytest.fixture(scope="module")
 def kyoto():
-    path = _shared_data() / "ref_corpus" / "en_ja"
+    path = shared_data_dir() / "ref_corpus" / "en_ja"
     if not path.is_dir():
         pytest.skip(f"reference corpus not found at {path}")
     t0 = time.perf_counter()
