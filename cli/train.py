@@ -20,6 +20,14 @@ Examples:
             --model infoctm --topics 50 --epochs 100 --out runs/ecnews-infoctm
   # continue after a crash or Ctrl-C
   xtm-train ... --out runs/ecnews-infoctm --resume
+  # LLM-XTM phase 2 (30 epochs, R=5, F=8) with the LLM-free embedding refiner
+  xtm-train ... --epochs 100 --phase2-epochs 30 --out runs/ecnews-llmxtm
+  # ... with any OpenAI-compatible server (vllm serve, llama.cpp, hosted; key from $OPENAI_API_KEY)
+  xtm-train ... --phase2-epochs 30 --refiner openai \\
+            --llm-url http://127.0.0.1:8000/v1 --llm-model Qwen/Qwen2.5-7B-Instruct
+  # add phase 2 to a finished phase-1 run
+  xtm-train ... --epochs 100 --out runs/ecnews-infoctm --resume --phase2-epochs 30
+  # ablations (seed 001, Table 3): --no-mmd, --no-doc-align, --rounds 1
 
 \b
 JSONL input: one object per line: {"id": "...", "text": "...", "lang": "en",
@@ -67,11 +75,46 @@ config.json, history.json and checkpoints/ (safetensors + JSON).
 @click.option("--cache-dir", type=click.Path(file_okay=False),
               help="Cache for document embeddings (default: $XTM_CACHE_DIR or ~/.cache/xtm).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@click.option("--phase2-epochs", type=click.IntRange(0), default=0, show_default=True,
+              help="LLM-XTM phase-2 epochs after the --epochs of phase 1 (the paper uses 30; 0: no phase 2).")
+@click.option("--refine-every", type=click.IntRange(1), default=8, show_default=True,
+              help="Phase 2: epochs between topic refinements (F).")
+@click.option("--rounds", type=click.IntRange(1), default=5, show_default=True,
+              help="Phase 2: sampled refinements per topic, voted for self-consistency (R).")
+@click.option("--refiner", type=click.Choice(["embedding", "openai", "vllm", "transformers"]), default="embedding",
+              show_default=True, help="Phase 2: who refines topics: embedding (no LLM), openai (any "
+              "OpenAI-compatible server), vllm (in-process, GPU), transformers (small local model).")
+@click.option("--llm-url", help="openai refiner: server URL, e.g. http://127.0.0.1:8000/v1.")
+@click.option("--llm-model", help="LLM name for the server, or a model path for vllm/transformers.")
+@click.option("--llm-api-key-env", default="OPENAI_API_KEY", show_default=True,
+              help="Environment variable holding the API key (never logged; unset: no key sent).")
+@click.option("--llm-concurrency", type=click.IntRange(1), default=8, show_default=True,
+              help="openai refiner: requests in flight at once.")
+@click.option("--llm-timeout", type=click.FloatRange(1), default=120.0, show_default=True,
+              help="openai refiner: seconds per request before a retry.")
+@click.option("--llm-max-tokens", type=click.IntRange(16), default=400, show_default=True)
+@click.option("--llm-temperature", type=click.FloatRange(0), default=1.0, show_default=True)
+@click.option("--lambda-mmd", type=click.FloatRange(0), default=20000.0, show_default=True,
+              help="Phase 2: weight of the MMD loss between model and refined topic words.")
+@click.option("--lambda-doc", type=click.FloatRange(0), default=100.0, show_default=True,
+              help="Phase 2: weight of KL(theta || theta_hat) document alignment.")
+@click.option("--doc-tau", type=click.FloatRange(0, min_open=True), default=0.1, show_default=True,
+              help="Phase 2: temperature of theta_hat = softmax(cos(doc, topic) / tau).")
+@click.option("--no-mmd", is_flag=True, help="Phase 2 ablation: drop the MMD loss.")
+@click.option("--no-doc-align", is_flag=True, help="Phase 2 ablation: drop document alignment.")
+@click.option("--multi-kernel", is_flag=True, help="Phase 2: MMD with bandwidths 0.5/1/2 x median.")
+@click.option("--encoder", default="use-multilingual", show_default=True,
+              help="Phase 2: multilingual encoder for word, document and topic embeddings "
+                   "(or st:<sentence-transformers model>).")
 @friendly_errors
 def main(data: str, model: str, num_topics: int, epochs: int, out: str, dict_path: str | None,
          langs: str | None, ref_corpus: str | None, seed: int, resume: bool, batch_size: int, lr: float,
          vocab_size: int, min_df: int, max_df: float, checkpoint_every: int, device: str,
-         threads: int | None, overrides: tuple[str, ...], cache_dir: str | None, quiet: bool) -> None:
+         threads: int | None, overrides: tuple[str, ...], cache_dir: str | None, quiet: bool,
+         phase2_epochs: int, refine_every: int, rounds: int, refiner: str, llm_url: str | None,
+         llm_model: str | None, llm_api_key_env: str, llm_concurrency: int, llm_timeout: float,
+         llm_max_tokens: int, llm_temperature: float, lambda_mmd: float, lambda_doc: float, doc_tau: float,
+         no_mmd: bool, no_doc_align: bool, multi_kernel: bool, encoder: str) -> None:
     """Train a cross-lingual topic model and evaluate it (TU, CNPMI, TQ, classification)."""
     from xtm.trainer.loop import TrainConfig
     from xtm.trainer.run import DataConfig, run_training
@@ -83,8 +126,23 @@ def main(data: str, model: str, num_topics: int, epochs: int, out: str, dict_pat
     data_cfg = DataConfig(path=data, dict_path=dict_path,
                           langs=[x.strip() for x in langs.split(",")] if langs else None,
                           vocab_size=vocab_size, min_df=min_df, max_df=max_df, ref_corpus=ref_corpus)
-    metrics = run_training(data_cfg, cfg, out, resume=resume)
+    phase2 = None
+    if phase2_epochs:
+        from xtm.trainer.phase2 import Phase2Config
+        from xtm.trainer.refiners import RefinerConfig, Sampling
+
+        phase2 = Phase2Config(
+            epochs=phase2_epochs, refine_every=refine_every, rounds=rounds, lambda_mmd=lambda_mmd,
+            lambda_doc=lambda_doc, doc_tau=doc_tau, mmd=not no_mmd, doc_align=not no_doc_align,
+            multi_kernel=multi_kernel, encoder=encoder,
+            refiner=RefinerConfig(backend=refiner, llm_url=llm_url, llm_model=llm_model, api_key_env=llm_api_key_env,
+                                  concurrency=llm_concurrency, timeout=llm_timeout,
+                                  sampling=Sampling(temperature=llm_temperature, max_tokens=llm_max_tokens,
+                                                    seed=seed)))
+    metrics = run_training(data_cfg, cfg, out, resume=resume, phase2=phase2)
     summary = {k: metrics.get(k) for k in ("TU", "CNPMI", "TQ", "classification", "seconds_per_epoch")}
+    if "refined" in metrics:
+        summary["refined_sets"] = {k: metrics["refined"].get(k) for k in ("TU", "CNPMI", "TQ")}
     click.echo(json.dumps(summary, indent=2, ensure_ascii=False))
     click.echo(f"wrote {out}/metrics.json and topics_<lang>.txt", err=True)
 

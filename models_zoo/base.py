@@ -1,7 +1,9 @@
 """The one small interface every cross-lingual backbone implements.
 
 The trainer, the evaluation and the exporters only use what is declared here:
-  - `forward(bows)`       -> dict of loss tensors, "loss" being the total to minimise;
+  - `forward(bows, rows, extra)` -> dict of loss tensors, "loss" being the total to minimise;
+                           `extra(thetas, betas, rows)` adds terms computed from the step's
+                           theta and beta (LLM-XTM phase 2 uses it);
   - `theta(bow, i)`       -> document-topic distributions for language i (deterministic, eval);
   - `encoder_for(i)`      -> an nn.Module bow -> theta for language i (what gets exported);
   - `topic_word()`        -> per-language topic-word weights [K, V_i] (top words, beta export);
@@ -14,6 +16,7 @@ alone rebuilds the model: no pickle, no corpus needed to export.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -27,6 +30,9 @@ from torch import Tensor, nn
 from xtm.corpus import Corpus
 from xtm.errors import XtmError
 from xtm.models_zoo.components import BowEncoder, reparameterize
+
+# Extra loss terms from a step's per-language theta [B, K] and beta [K, V_l] and document rows.
+ExtraLosses = Callable[[list[Tensor], list[Tensor], "list[Tensor] | None"], dict[str, Tensor]]
 
 
 @dataclass
@@ -121,7 +127,8 @@ class CrossLingualTopicModel(nn.Module):
     def topic_word(self) -> list[Tensor]:
         raise NotImplementedError
 
-    def forward(self, bows: list[Tensor], rows: list[Tensor] | None = None) -> dict[str, Tensor]:
+    def forward(self, bows: list[Tensor], rows: list[Tensor] | None = None,
+                extra: ExtraLosses | None = None) -> dict[str, Tensor]:
         """Loss dict for one step; `rows` are the batch's document indices per language."""
         raise NotImplementedError
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from xtm.models_zoo.base import CrossLingualTopicModel
+from xtm.models_zoo.base import CrossLingualTopicModel, ExtraLosses
 from xtm.models_zoo.components import (
     Bow,
     BowDecoder,
@@ -53,33 +53,44 @@ class TwoLanguageVAE(CrossLingualTopicModel):
         return float(self.hparams["alpha"])
 
     def encode(self, bow: Bow, lang_index: int) -> tuple[Tensor, Tensor, Tensor]:
-        mu, logvar = self.encoders[lang_index](bow)
-        theta = F.softmax(reparameterize(mu, logvar, self.training), dim=1)
-        # The reference models apply dropout to the training theta as well (p=0 except XTRA).
-        theta = F.dropout(theta, self.hparams["dropout"], self.training)
+        theta, _, mu, logvar = self._encode(bow, lang_index)
         return theta, mu, logvar
+
+    def _encode(self, bow: Bow, lang_index: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(theta for the decoder, theta as a distribution, mu, logvar)."""
+        mu, logvar = self.encoders[lang_index](bow)
+        dist = F.softmax(reparameterize(mu, logvar, self.training), dim=1)
+        # The reference models apply dropout to the training theta as well (p=0 except XTRA);
+        # dropout breaks the sum-to-one, so losses that need a distribution get `dist`.
+        return F.dropout(dist, self.hparams["dropout"], self.training), dist, mu, logvar
 
     def topic_word(self) -> list[Tensor]:
         return list(self.phi)
 
-    def topic_model_losses(self, bows: list[Bow], betas: list[Tensor]) -> tuple[dict[str, Tensor], list[Tensor]]:
-        """Reconstruction + KL per language (batch means); also returns each language's theta."""
+    def topic_model_losses(self, bows: list[Bow],
+                           betas: list[Tensor]) -> tuple[dict[str, Tensor], list[Tensor], list[Tensor]]:
+        """Reconstruction + KL per language (batch means); also each language's decoder theta and
+        theta distribution (they differ only under dropout)."""
         losses: dict[str, Tensor] = {}
-        thetas = []
+        thetas, dists = [], []
         for i, (bow, beta) in enumerate(zip(bows, betas, strict=True)):
-            theta, mu, logvar = self.encode(bow, i)
+            theta, dist, mu, logvar = self._encode(bow, i)
             losses[f"recon_{self.langs[i]}"] = reconstruction_nll(bow, self.decoders[i](theta, beta)).mean()
             losses[f"kl_{self.langs[i]}"] = self.prior.kl(mu, logvar).mean()
             thetas.append(theta)
-        return losses, thetas
+            dists.append(dist)
+        return losses, thetas, dists
 
     def alignment_losses(self, bows: list[Bow], thetas: list[Tensor],
                          rows: list[Tensor] | None) -> dict[str, Tensor]:
         return {}
 
-    def forward(self, bows: list[Bow], rows: list[Tensor] | None = None) -> dict[str, Tensor]:
+    def forward(self, bows: list[Bow], rows: list[Tensor] | None = None,
+                extra: ExtraLosses | None = None) -> dict[str, Tensor]:
         betas = self.topic_word()
-        losses, thetas = self.topic_model_losses(bows, betas)
+        losses, thetas, dists = self.topic_model_losses(bows, betas)
         losses.update(self.alignment_losses(bows, thetas, rows))
+        if extra is not None:
+            losses.update(extra(dists, betas, rows))
         losses["loss"] = sum(losses.values())
         return losses

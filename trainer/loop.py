@@ -36,6 +36,7 @@ from xtm.trainer.checkpoint import (
     restore_optimizer,
     save_checkpoint,
 )
+from xtm.trainer.phase2 import Phase2Objective
 
 
 @dataclass
@@ -52,6 +53,8 @@ class TrainConfig:
     cache_dir: str | None = None
     progress: bool = True
     hparams: dict[str, Any] = field(default_factory=dict)
+    # LLM-XTM phase 2 epochs after `epochs` phase-1 epochs (0: phase 1 only); see trainer/phase2.py.
+    phase2_epochs: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -182,8 +185,14 @@ class _StopFlag:
 
 
 def train(corpus: Corpus, cfg: TrainConfig, run_dir: Path, resume: bool = False,
-          on_epoch_end: Callable[[int, CrossLingualTopicModel], None] | None = None) -> TrainResult:
-    """Train a backbone on `corpus`, checkpointing under run_dir; resume from its last checkpoint."""
+          on_epoch_end: Callable[[int, CrossLingualTopicModel], None] | None = None,
+          phase2: Phase2Objective | None = None) -> TrainResult:
+    """Train a backbone on `corpus`, checkpointing under run_dir; resume from its last checkpoint.
+
+    With `phase2`, epochs cfg.epochs + 1 ... cfg.epochs + cfg.phase2_epochs add its losses and
+    refine topics on its schedule; a finished phase-1 run resumed with phase 2 continues there.
+    """
+    total_epochs = cfg.epochs + (cfg.phase2_epochs if phase2 is not None else 0)
     run_dir = Path(run_dir)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -215,6 +224,12 @@ def train(corpus: Corpus, cfg: TrainConfig, run_dir: Path, resume: bool = False,
             rng = numpy_rng_from_state(saved["numpy_rng"])
             start_epoch, history = ckpt.epoch, saved.get("history", [])
             seconds = saved.get("epoch_seconds", [])
+            if start_epoch > total_epochs:
+                raise XtmError(f"--resume: the checkpoint is at epoch {start_epoch}, past the {total_epochs} "
+                               "epochs this run asks for", path=ckpt.path)
+            if phase2 is not None and saved.get("phase2"):
+                model.to(device)
+                phase2.load_state(saved["phase2"], model)
             print(f"xtm-train: resumed from {ckpt.path} (epoch {start_epoch})", file=sys.stderr)
 
     model.to(device)
@@ -226,22 +241,27 @@ def train(corpus: Corpus, cfg: TrainConfig, run_dir: Path, resume: bool = False,
     def checkpoint(epoch: int) -> None:
         save_checkpoint(run_dir, epoch, model, optimizer, {
             "model_config": model.config(), "train_config": cfg.to_dict(), "corpus": fingerprint,
-            "numpy_rng": numpy_rng_state(rng), "history": history, "epoch_seconds": seconds})
+            "numpy_rng": numpy_rng_state(rng), "history": history, "epoch_seconds": seconds,
+            "phase2": phase2.state() if phase2 is not None else None})
 
     stop = _StopFlag()
     previous = signal.signal(signal.SIGTERM, stop) if _in_main_thread() else None
     epoch = start_epoch
     interrupted = False
-    bar = tqdm(total=cfg.epochs, initial=start_epoch, desc=f"{cfg.model} K={cfg.num_topics}",
+    bar = tqdm(total=total_epochs, initial=start_epoch, desc=f"{cfg.model} K={cfg.num_topics}",
                unit="epoch", disable=not cfg.progress, dynamic_ncols=True, file=sys.stderr)
     try:
-        for epoch in range(start_epoch + 1, cfg.epochs + 1):
+        for epoch in range(start_epoch + 1, total_epochs + 1):
+            in_phase2 = phase2 is not None and epoch > cfg.epochs
+            if in_phase2 and phase2.refines_at(epoch - cfg.epochs):
+                phase2.refine(model, epoch)
+            extra = phase2.losses if in_phase2 else None
             t0 = time.perf_counter()
             totals: dict[str, float] = {}
             batches = epoch_batches(sizes, cfg.batch_size, rng)
             for step, rows in enumerate(batches):
                 x = [sparse_batch(bows[i], rows[i], device) for i in range(len(bows))]
-                losses = model(x, [torch.from_numpy(r).to(device) for r in rows])
+                losses = model(x, [torch.from_numpy(r).to(device) for r in rows], extra=extra)
                 optimizer.zero_grad(set_to_none=True)
                 losses["loss"].backward()
                 if grad_clip:
@@ -261,9 +281,10 @@ def train(corpus: Corpus, cfg: TrainConfig, run_dir: Path, resume: bool = False,
             bar.set_postfix(loss=f"{history[-1]['loss']:.2f}", sec=f"{seconds[-1]:.1f}")
             if on_epoch_end is not None:
                 on_epoch_end(epoch, model)
-            if cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0 and epoch < cfg.epochs:
-                checkpoint(epoch)
-        epochs_done = cfg.epochs
+            if (cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0 and epoch < total_epochs) or \
+                    (in_phase2 is False and phase2 is not None and epoch == cfg.epochs):
+                checkpoint(epoch)  # (phase 1's last epoch too: phase 2 can be redone from there)
+        epochs_done = total_epochs
     except KeyboardInterrupt:
         # Work is never lost: the parameters as they are now are saved under the last
         # completed epoch; --resume repeats the interrupted epoch from them.

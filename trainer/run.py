@@ -7,6 +7,10 @@ RUN_DIR layout (everything a later step needs, nothing pickled):
     metrics.json           TU, CNPMI, TQ, classification, seconds_per_epoch, ...
     history.json           per-epoch mean losses and seconds
     checkpoints/           safetensors checkpoints (see xtm.trainer.checkpoint)
+  with LLM-XTM phase 2 also
+    refined_topics_<lang>.txt  the last refinement's voted word sets, one topic per line
+    (metrics.json then has "phase2": refinement steps, calls, tokens, seconds, fallback events,
+    and "refined": TU / CNPMI of the refined sets, next to the model's own top-word metrics)
 """
 
 from __future__ import annotations
@@ -24,9 +28,12 @@ import xtm
 from xtm.atomic import write_json, write_text
 from xtm.corpus import Corpus
 from xtm.errors import XtmError
+from xtm.models_zoo.base import BuildContext
+from xtm.paths import cache_dir
 from xtm.trainer.corpus_loading import load_corpus
-from xtm.trainer.evaluation import evaluate, load_reference_corpus
+from xtm.trainer.evaluation import cnpmi, crosslingual_tu, evaluate, load_reference_corpus, topic_quality
 from xtm.trainer.loop import TrainConfig, TrainResult, infer_theta, pick_device, train
+from xtm.trainer.phase2 import Phase2Config, Phase2Objective
 
 
 @dataclass
@@ -71,7 +78,20 @@ def evaluate_model(corpus: Corpus, result: TrainResult, device: torch.device, re
     return evaluate(corpus, train_theta, test_theta, beta, ref=ref)
 
 
-def run_training(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool = False) -> dict[str, Any]:
+def refined_metrics(refined: dict[str, list[list[str]]], ref_path: str | None) -> dict[str, Any]:
+    """TU and (with a reference corpus) CNPMI/TQ of the refined word sets, as for the model's words."""
+    out: dict[str, Any] = dict(crosslingual_tu(refined))
+    langs = list(refined)
+    ref = load_reference_corpus(ref_path, langs=tuple(langs)) if ref_path else None
+    if ref is not None and ref.covers(langs[0], langs[1]):
+        n = max(len(t) for t in refined[langs[0]])
+        out["CNPMI"] = cnpmi(refined[langs[0]], refined[langs[1]], ref, langs[0], langs[1], n=n)
+        out["TQ"] = topic_quality(out["CNPMI"], out["TU"])
+    return out
+
+
+def run_training(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool = False,
+                 phase2: Phase2Config | None = None) -> dict[str, Any]:
     """Train and evaluate; returns metrics (also written to out/metrics.json)."""
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not resume and (out / "checkpoints").exists():
@@ -89,13 +109,21 @@ def run_training(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool = F
     for lc in corpus.languages:
         write_text(out / f"vocab_{lc.lang}.txt", "\n".join(lc.vocab) + "\n")
 
-    result = train(corpus, cfg, out, resume=resume)
+    objective = None
+    if phase2 is not None:
+        cfg.phase2_epochs = phase2.epochs
+        log(f"phase 2 (LLM-XTM): {phase2.epochs} epochs after {cfg.epochs}, refiner {phase2.refiner.backend}, "
+            f"R={phase2.rounds}, every {phase2.refine_every} epochs")
+        context = BuildContext(cache_dir=Path(cfg.cache_dir) if cfg.cache_dir else cache_dir(), seed=cfg.seed,
+                               progress=cfg.progress)
+        objective = Phase2Objective(corpus, cfg.num_topics, phase2, context, pick_device(cfg.device))
+    result = train(corpus, cfg, out, resume=resume, phase2=objective)
     model = result.model
     write_json(out / "config.json", {
         "xtm_version": xtm.__version__, "model_config": model.config(), "train_config": cfg.to_dict(),
         "data": {**data.__dict__, "name": corpus.name}, "langs": corpus.langs,
         "tokenizers": {lc.lang: lc.tokenizer.to_dict() for lc in corpus.languages},
-        "corpus_info": corpus.info})
+        "corpus_info": corpus.info, "phase2": phase2.to_dict() if phase2 is not None else None})
     write_json(out / "history.json", result.history)
 
     log("evaluating")
@@ -103,6 +131,12 @@ def run_training(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool = F
     top = metrics.pop("top_words")
     for lang, topics in top.items():
         write_text(out / f"topics_{lang}.txt", "".join(" ".join(words) + "\n" for words in topics))
+    if objective is not None:
+        refined = objective.refined_topics(model)
+        for lang, topics in refined.items():
+            write_text(out / f"refined_topics_{lang}.txt", "".join(" ".join(words) + "\n" for words in topics))
+        metrics["refined"] = refined_metrics(refined, data.ref_corpus)
+        metrics["phase2"] = objective.report()
     metrics.update({
         "model": cfg.model, "dataset": corpus.name, "langs": corpus.langs, "num_topics": cfg.num_topics,
         "epochs": result.epochs_done, "interrupted": result.interrupted,

@@ -48,3 +48,16 @@ def dataset_suffixes(lang: str) -> list[str]:
     """File-name suffixes a benchmark directory may use for `lang` (ISO code first, then aliases)."""
     lang = normalize_lang(lang)
     return [lang] + sorted(a for a, v in ALIASES.items() if v == lang and len(a) == 2)
+
+
+# English names for prompts (an LLM reads "English and Chinese" better than "en and zh").
+NAMES: dict[str, str] = {
+    "en": "English", "zh": "Chinese", "ja": "Japanese", "ko": "Korean", "fr": "French", "de": "German",
+    "es": "Spanish", "it": "Italian", "pt": "Portuguese", "ru": "Russian", "ar": "Arabic", "nl": "Dutch",
+    "pl": "Polish", "tr": "Turkish", "th": "Thai", "vi": "Vietnamese", "hi": "Hindi", "sv": "Swedish",
+}
+
+
+def language_name(code: str) -> str:
+    """'zh' -> 'Chinese'; unknown codes are returned as given."""
+    return NAMES.get(normalize_lang(code), code)

@@ -1,0 +1,262 @@
+"""Phase 2 of LLM-XTM (seed 001, Algorithm 1): refine topics every F epochs, then train on
+L_phase1 + lambda_mmd * L_MMD + lambda_qa * L_doc-align.
+
+A refinement step takes each topic's top-N words per language from the current model, asks the
+refiner for R answers, votes them (self-consistency, section 3.2) into a refined set of M words
+per language with counts, and rebuilds what the losses need until the next step:
+  * MMD targets: the refined words' embeddings with count weights (section 3.3);
+  * theta_hat for every training document: softmax(cos(h_d, t_k) / tau), with h_d the cached
+    document embedding and t_k the embedding of topic k's refined bilingual word list (3.4).
+A topic whose answers are all unusable keeps its last good refined set; one that never had a set
+is left out of L_MMD and represented by its own top words in L_doc-align. Each such event is
+counted and reported in metrics.json.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from xtm.corpus import Corpus
+from xtm.errors import XtmError
+from xtm.models_zoo.base import BuildContext, CrossLingualTopicModel
+from xtm.models_zoo.encoders import DEFAULT_ENCODER, Encoder, embed_cached, load_encoder
+from xtm.trainer.evaluation import top_words
+from xtm.trainer.phase2_losses import doc_align_kl, similarity_targets, topic_raw_distribution, weighted_mmd2
+from xtm.trainer.refine_prompt import ParsedAnswer, TopicWords
+from xtm.trainer.refiners import RefinerConfig, Sampling, make_refiner
+
+MULTI_KERNEL_SCALES = (0.5, 1.0, 2.0)
+
+
+@dataclass
+class Phase2Config:
+    """Defaults from seed 001 (section 4, appendix G): 30 epochs, R = 5, F = 8, top-15 words,
+    lambda_mmd = 20,000, lambda_qa in {100, 200, 300}; tau = 0.1 as in the public code."""
+
+    epochs: int = 30
+    refine_every: int = 8
+    rounds: int = 5
+    top_words: int = 15
+    refined_words: int = 15
+    lambda_mmd: float = 20000.0
+    lambda_doc: float = 100.0
+    doc_tau: float = 0.1
+    mmd: bool = True
+    doc_align: bool = True
+    multi_kernel: bool = False
+    encoder: str = DEFAULT_ENCODER
+    refiner: RefinerConfig = field(default_factory=RefinerConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Phase2Config:
+        d = dict(d)
+        r = dict(d.pop("refiner", {}))
+        r["sampling"] = Sampling(**r.get("sampling", {}))
+        return cls(**d, refiner=RefinerConfig(**r))
+
+
+@dataclass
+class RefinedTopic:
+    """A topic's voted refined set: words per language, best first, with their vote counts."""
+
+    words: dict[str, list[str]]
+    counts: dict[str, list[int]]
+
+
+def vote(answers: Sequence[ParsedAnswer | None], langs: Sequence[str], m: int) -> RefinedTopic | None:
+    """Self-consistency: f_k(v) = share of rounds naming v; keep the top-M words per language.
+
+    Ties go to the word named earlier (earlier round, then earlier position), so the result is
+    deterministic. None when no answer had a usable word.
+    """
+    usable = [a for a in answers if a is not None and a.usable]
+    if not usable:
+        return None
+    words, counts = {}, {}
+    for lang in langs:
+        freq: Counter[str] = Counter()
+        first: dict[str, tuple[int, int]] = {}
+        for r, a in enumerate(usable):
+            for pos, w in enumerate(dict.fromkeys(a.words.get(lang, []))):
+                freq[w] += 1
+                first.setdefault(w, (r, pos))
+        ranked = sorted(freq, key=lambda w: (-freq[w], first[w]))[:m]
+        words[lang], counts[lang] = ranked, [freq[w] for w in ranked]
+    return RefinedTopic(words, counts)
+
+
+def log(msg: str) -> None:
+    print(f"xtm-train: {msg}", file=sys.stderr, flush=True)
+
+
+class Phase2Objective:
+    """The refinement state and the phase-2 losses for one model and corpus."""
+
+    def __init__(self, corpus: Corpus, num_topics: int, cfg: Phase2Config, context: BuildContext,
+                 device: torch.device) -> None:
+        if cfg.refine_every < 1 or cfg.rounds < 1 or cfg.top_words < 1 or cfg.refined_words < 1:
+            raise XtmError("phase 2: --refine-every, --rounds, --top-words and --refined-words must be >= 1")
+        self.cfg, self.device, self.num_topics = cfg, device, num_topics
+        self.langs = list(corpus.langs)
+        self.vocabs = {lc.lang: list(lc.vocab) for lc in corpus.languages}
+        self.cache_dir = context.cache_dir
+        self.progress = context.progress
+        self._encoder: Encoder | None = None
+        self.word_vectors = {lang: embed_cached(cfg.encoder, vocab, self.cache_dir, progress=self.progress,
+                                                encoder=self.encoder)
+                             for lang, vocab in self.vocabs.items()}
+        self._word_t = {lang: torch.from_numpy(v).to(device) for lang, v in self.word_vectors.items()}
+        self.doc_embeddings: dict[str, np.ndarray] = {}
+        if cfg.doc_align:
+            for lc in corpus.languages:
+                if lc.train_texts is None:
+                    raise XtmError(f"phase 2 document alignment embeds the training documents, but the corpus "
+                                   f"has no text for '{lc.lang}': use --no-doc-align, or JSONL input")
+                self.doc_embeddings[lc.lang] = embed_cached(cfg.encoder, lc.train_texts, self.cache_dir,
+                                                            progress=self.progress, encoder=self.encoder)
+        self.refiner = make_refiner(cfg.refiner, self.vocabs, lambda: self.word_vectors, cfg.top_words,
+                                    self.cache_dir, seed=context.seed)
+        self.refined: list[RefinedTopic | None] = [None] * num_topics
+        self.events: Counter[str] = Counter()
+        self.steps: list[dict[str, Any]] = []
+        self._targets: dict[str, Tensor] = {}
+        self._theta_hat: dict[str, Tensor] = {}
+
+    @property
+    def encoder(self) -> Encoder:
+        if self._encoder is None:
+            self._encoder = load_encoder(self.cfg.encoder)
+        return self._encoder
+
+    # ---- schedule -----------------------------------------------------------------------------
+    def refines_at(self, phase2_epoch: int) -> bool:
+        """Refine before phase-2 epochs 1, 1 + F, 1 + 2F, ... (the first step needs targets at once)."""
+        return (phase2_epoch - 1) % self.cfg.refine_every == 0
+
+    # ---- refinement ---------------------------------------------------------------------------
+    def own_top_words(self, model: CrossLingualTopicModel) -> dict[str, list[list[str]]]:
+        with torch.no_grad():
+            betas = [b.detach().float().cpu().numpy() for b in model.topic_word()]
+        return {lang: top_words(b, self.vocabs[lang], self.cfg.top_words)
+                for lang, b in zip(self.langs, betas, strict=True)}
+
+    def refine(self, model: CrossLingualTopicModel, epoch: int) -> dict[str, Any]:
+        own = self.own_top_words(model)
+        topics = [TopicWords(k, {lang: own[lang][k] for lang in self.langs}) for k in range(self.num_topics)]
+        answers, stats = self.refiner.refine(topics, self.cfg.rounds)
+        usable = kept = missing = 0
+        for k, topic_answers in enumerate(answers):
+            for a in topic_answers:
+                usable += a.usable
+                self.events["unusable_answers"] += not a.usable
+                self.events["words_mapped"] += a.mapped
+                self.events["words_dropped"] += a.dropped
+            voted = vote(topic_answers, self.langs, self.cfg.refined_words)
+            if voted is not None:
+                self.refined[k] = voted
+            elif self.refined[k] is not None:
+                kept += 1
+            else:
+                missing += 1
+        self.events["topics_kept_previous_set"] += kept
+        self.events["topics_without_set"] += missing
+        self.build_targets(own)
+        step = {"epoch": epoch, "refiner": self.refiner.name, **stats.to_dict(),
+                "answers": len(topics) * self.cfg.rounds, "usable_answers": usable,
+                "topics_kept_previous_set": kept, "topics_without_set": missing}
+        self.steps.append(step)
+        log(f"refinement at epoch {epoch} ({self.refiner.name}): {usable}/{step['answers']} usable answers, "
+            f"{stats.calls} calls, {stats.cache_hits} cached, {stats.completion_tokens} tokens, "
+            f"{stats.seconds:.1f}s")
+        return step
+
+    def build_targets(self, own: dict[str, list[list[str]]]) -> None:
+        """Tensors for the losses from the current refined sets (own top words where there is none)."""
+        k_total, d = self.num_topics, next(iter(self.word_vectors.values())).shape[1]
+        m = max(1, max((sum(len(r.words[x]) for x in self.langs) for r in self.refined if r), default=1))
+        y = torch.zeros(k_total, m, d)
+        wy = torch.zeros(k_total, m)
+        texts = []
+        for k, r in enumerate(self.refined):
+            words = r.words if r is not None else {lang: own[lang][k] for lang in self.langs}
+            texts.append(" ".join(w for lang in self.langs for w in words[lang]))
+            if r is None:
+                continue
+            j = 0
+            for lang in self.langs:
+                index = {w: i for i, w in enumerate(self.vocabs[lang])}
+                for w, c in zip(r.words[lang], r.counts[lang], strict=True):
+                    y[k, j] = torch.from_numpy(self.word_vectors[lang][index[w]])
+                    wy[k, j] = float(c)
+                    j += 1
+        has_set = wy.sum(1) > 0
+        wy = wy / wy.sum(1, keepdim=True).clamp_min(1e-12)
+        self._targets = {"y": y.to(self.device), "wy": wy.to(self.device), "has_set": has_set.to(self.device)}
+        if self.cfg.doc_align:
+            topic_emb = torch.from_numpy(self.encoder.encode(texts))
+            self._theta_hat = {
+                lang: similarity_targets(torch.from_numpy(e), topic_emb, self.cfg.doc_tau).to(self.device)
+                for lang, e in self.doc_embeddings.items()}
+
+    # ---- losses -------------------------------------------------------------------------------
+    def mmd_loss(self, betas: list[Tensor]) -> Tensor:
+        idx, wx = topic_raw_distribution(betas, self.cfg.top_words)
+        x = torch.cat([self._word_t[lang][i] for lang, i in zip(self.langs, idx, strict=True)], dim=1)
+        scales = MULTI_KERNEL_SCALES if self.cfg.multi_kernel else (1.0,)
+        t = self._targets
+        per_topic = weighted_mmd2(x, wx, t["y"], t["wy"], scales)
+        return per_topic[t["has_set"]].mean() if bool(t["has_set"].any()) else per_topic.sum() * 0.0
+
+    def losses(self, thetas: list[Tensor], betas: list[Tensor], rows: list[Tensor] | None) -> dict[str, Tensor]:
+        """The weighted phase-2 terms for one training step."""
+        if not self._targets:
+            raise XtmError("phase 2: losses asked for before the first refinement step")
+        out: dict[str, Tensor] = {}
+        if self.cfg.mmd:
+            out["mmd"] = self.cfg.lambda_mmd * self.mmd_loss(betas)
+        if self.cfg.doc_align:
+            if rows is None:
+                raise XtmError("phase 2 document alignment needs the batch's document indices")
+            kl = [doc_align_kl(theta, self._theta_hat[lang][r])
+                  for lang, theta, r in zip(self.langs, thetas, rows, strict=True)]
+            out["doc_align"] = self.cfg.lambda_doc * torch.stack(kl).mean()
+        return out
+
+    # ---- reporting and checkpoints ------------------------------------------------------------
+    def refined_topics(self, model: CrossLingualTopicModel) -> dict[str, list[list[str]]]:
+        """Refined words per language and topic; a topic without a set shows its own top words."""
+        own = self.own_top_words(model)
+        return {lang: [r.words[lang] if r is not None and r.words[lang] else own[lang][k]
+                       for k, r in enumerate(self.refined)] for lang in self.langs}
+
+    def report(self) -> dict[str, Any]:
+        secs = [s["seconds"] for s in self.steps]
+        return {"config": self.cfg.to_dict(), "refinement_steps": len(self.steps),
+                "seconds_per_refinement": float(np.mean(secs)) if secs else None,
+                "events": dict(self.events), "steps": self.steps,
+                "topics_with_refined_set": sum(r is not None for r in self.refined)}
+
+    def state(self) -> dict[str, Any]:
+        return {"refined": [asdict(r) if r is not None else None for r in self.refined],
+                "events": dict(self.events), "steps": self.steps}
+
+    def load_state(self, state: dict[str, Any], model: CrossLingualTopicModel) -> None:
+        self.refined = [RefinedTopic(**r) if r is not None else None for r in state.get("refined", [])]
+        if len(self.refined) != self.num_topics:
+            raise XtmError(f"phase 2: the checkpoint has {len(self.refined)} refined topics, the model "
+                           f"{self.num_topics}")
+        self.events = Counter(state.get("events", {}))
+        self.steps = list(state.get("steps", []))
+        if self.steps:
+            self.build_targets(self.own_top_words(model))

@@ -1,0 +1,81 @@
+"""The two losses LLM-XTM adds in phase 2 (seed 001, sections 2.3, 3.3 and 3.4), batched over topics.
+
+Where the public implementation and the paper differ, these follow the paper:
+  * doc-align is KL(theta || theta_hat) in the direction written, with theta used as the
+    distribution the encoder produced (the reference code passes log_softmax(theta) to
+    F.kl_div, which is KL(theta_hat || softmax(theta)): the other direction of a twice-softmaxed
+    theta);
+  * the sum over documents is taken as a batch mean (so lambda_qa does not depend on the batch
+    size), averaged over languages.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def cosine_distance(x: Tensor, y: Tensor) -> Tensor:
+    """Pairwise chordal distance sqrt(2 - 2 cos) between rows of x [K,n,d] and y [K,m,d].
+
+    A distance induced by the cosine (Euclidean distance of the unit vectors): the Gaussian
+    kernel on it, exp(-(1 - cos) / sigma^2), is positive definite, so MMD^2 >= 0 always.
+    """
+    cos = torch.bmm(F.normalize(x, dim=-1), F.normalize(y, dim=-1).transpose(1, 2))
+    return torch.sqrt(torch.clamp(2.0 - 2.0 * cos, min=0.0) + 1e-12)
+
+
+def median_bandwidth(dists: list[Tensor], masks: list[Tensor]) -> Tensor:
+    """Median heuristic per topic over the pooled positive pairwise distances of both samples."""
+    pooled = torch.cat([torch.where(m & (d > 1e-5), d, torch.nan).flatten(1) for d, m in zip(dists, masks,
+                                                                                             strict=True)], 1)
+    sigma = torch.nanmedian(pooled, dim=1).values
+    return torch.nan_to_num(sigma, nan=1.0).clamp_min(1e-3)
+
+
+def weighted_mmd2(x: Tensor, wx: Tensor, y: Tensor, wy: Tensor, scales: tuple[float, ...] = (1.0,)) -> Tensor:
+    """Squared MMD per topic between weighted samples (x [K,n,d], wx [K,n]) and (y [K,m,d], wy [K,m]).
+
+    Weights of a topic sum to 1 (zero weight = padding). Gaussian kernel on the cosine-induced
+    distance, bandwidth sigma by the median heuristic; with several `scales` the kernel is the
+    mean of Gaussians at sigma * scale (a small multi-kernel set). Differentiable in the weights.
+    """
+    dxx, dyy, dxy = cosine_distance(x, x), cosine_distance(y, y), cosine_distance(x, y)
+    px, py = wx > 0, wy > 0
+    with torch.no_grad():
+        sigma = median_bandwidth([dxx, dyy, dxy], [px[:, :, None] & px[:, None, :], py[:, :, None] & py[:, None, :],
+                                                    px[:, :, None] & py[:, None, :]])
+    total = x.new_zeros(x.shape[0])
+    for s in scales:
+        two_s2 = 2.0 * (sigma * s) ** 2
+
+        def k(d: Tensor, two_s2: Tensor = two_s2) -> Tensor:
+            return torch.exp(-(d * d) / two_s2[:, None, None])
+
+        total = total + (torch.einsum("kn,knm,km->k", wx, k(dxx), wx) + torch.einsum("kn,knm,km->k", wy, k(dyy), wy)
+                         - 2.0 * torch.einsum("kn,knm,km->k", wx, k(dxy), wy))
+    return total / len(scales)
+
+
+def topic_raw_distribution(betas: list[Tensor], top_n: int) -> tuple[list[Tensor], Tensor]:
+    """beta_k^(raw) of section 3.3: each language's top-N words with their probabilities, renormalised
+    over the union. Returns per-language top indices [K, N] and the weights [K, L*N] (summing to 1)."""
+    idx, probs = [], []
+    for beta in betas:
+        p = F.softmax(beta, dim=1)
+        top = torch.topk(p, min(top_n, p.shape[1]), dim=1)
+        idx.append(top.indices)
+        probs.append(top.values)
+    w = torch.cat(probs, dim=1)
+    return idx, w / w.sum(1, keepdim=True).clamp_min(1e-12)
+
+
+def doc_align_kl(theta: Tensor, theta_hat: Tensor, eps: float = 1e-10) -> Tensor:
+    """Mean over documents of KL(theta || theta_hat); both rows are distributions (no softmax here)."""
+    return (theta * (torch.log(theta + eps) - torch.log(theta_hat + eps))).sum(1).mean()
+
+
+def similarity_targets(doc_emb: Tensor, topic_emb: Tensor, tau: float) -> Tensor:
+    """theta_hat = softmax(cos(h_d, t_k) / tau) for every document (section 3.4)."""
+    return F.softmax(F.normalize(doc_emb, dim=1) @ F.normalize(topic_emb, dim=1).t() / tau, dim=1)
