@@ -27,9 +27,13 @@ def cosine_distance(x: Tensor, y: Tensor) -> Tensor:
 
 
 def median_bandwidth(dists: list[Tensor], masks: list[Tensor]) -> Tensor:
-    """Median heuristic per topic over the pooled positive pairwise distances of both samples."""
-    pooled = torch.cat([torch.where(m & (d > 1e-5), d, torch.nan).flatten(1) for d, m in zip(dists, masks,
-                                                                                             strict=True)], 1)
+    """Median heuristic per topic over the pooled positive pairwise distances of both samples.
+
+    "Positive" is > 1e-3: a word paired with itself comes out at ~1e-4 from float32 rounding of
+    the cosine, and two different words are orders of magnitude further apart.
+    """
+    pooled = torch.cat([torch.where(m & (d > 1e-3), d, torch.nan).flatten(1)
+                        for d, m in zip(dists, masks, strict=True)], 1)
     sigma = torch.nanmedian(pooled, dim=1).values
     return torch.nan_to_num(sigma, nan=1.0).clamp_min(1e-3)
 

@@ -75,6 +75,7 @@ _LABEL_LINE = re.compile(r"^[\s>*#•·\-+|]*([^\W\d_][^\s:：]{0,15}?)[\s*_`\]\
 _SPLIT = re.compile(r"\s+[-–—]\s+|[,，、;；|/\n\t·•]+|\s+|(?<=\S)[-–—](?=\s|$)")
 _NUMBERING = re.compile(r"^\(?\d{1,3}[.)、:]\s*")
 _STRIP = "\"'“”‘’`*_()[]{}<>«»「」『』【】（）.,:;!?。！？：；…"
+_LIST_SEPARATOR = re.compile(r"\s[-–—]\s|[,，、;；|]")
 _TOPIC_LINE = re.compile(r"^\W*(topic|theme|main theme|主题|主題)\b", re.IGNORECASE)
 
 
@@ -185,6 +186,9 @@ def parse_answer(text: str | None, matcher: VocabMatcher, max_words: int = 30) -
         lines = [(lang, body) for lang, body in lines if lang is not None]
     else:
         answer.notes.append("no language labels: words assigned by vocabulary")
+        # Prefer lines that look like word lists over prose around them.
+        lists = [(lang, body) for lang, body in lines if len(_LIST_SEPARATOR.findall(body)) >= 2]
+        lines = lists or lines
 
     seen = {lang: set() for lang in langs}
     for line_lang, body in lines:

@@ -1,0 +1,174 @@
+"""LLM-XTM phase 2 with the LLM-free embedding refiner: losses as the paper writes them, training,
+checkpoints and resume, ablation switches, reporting."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from xtm.models_zoo.base import BuildContext
+from xtm.trainer.loop import TrainConfig, build_model, train
+from xtm.trainer.phase2 import Phase2Config, Phase2Objective
+from xtm.trainer.phase2_losses import doc_align_kl, topic_raw_distribution, weighted_mmd2
+from xtm.trainer.run import DataConfig, run_training
+
+# ---- the losses --------------------------------------------------------------------------------
+
+def naive_mmd2(x, wx, y, wy, sigma):
+    def k(a, b):
+        d2 = 2 - 2 * float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+        return np.exp(-d2 / (2 * sigma ** 2))
+    xx = sum(wx[i] * wx[j] * k(x[i], x[j]) for i in range(len(x)) for j in range(len(x)))
+    yy = sum(wy[i] * wy[j] * k(y[i], y[j]) for i in range(len(y)) for j in range(len(y)))
+    xy = sum(wx[i] * wy[j] * k(x[i], y[j]) for i in range(len(x)) for j in range(len(y)))
+    return xx + yy - 2 * xy
+
+
+def test_mmd_matches_the_quadratic_estimator_and_pads_with_zero_weights() -> None:
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(1, 5, 8, generator=g), torch.randn(1, 3, 8, generator=g)
+    wx, wy = F.softmax(torch.randn(1, 5, generator=g), 1), F.softmax(torch.randn(1, 3, generator=g), 1)
+    got = weighted_mmd2(x, wx, y, wy)[0].item()
+    # the bandwidth the median heuristic picked, recomputed by hand
+    pts = torch.cat([x[0], y[0]])
+    d = torch.cdist(F.normalize(pts, dim=1), F.normalize(pts, dim=1))
+    pooled = torch.cat([d[:5, :5].flatten(), d[5:, 5:].flatten(), d[:5, 5:].flatten()])
+    sigma = pooled[pooled > 1e-5].median().item()
+    assert got == pytest.approx(naive_mmd2(x[0].numpy(), wx[0].numpy(), y[0].numpy(), wy[0].numpy(), sigma),
+                                rel=1e-4)
+    # padding rows with zero weight change nothing
+    yp, wyp = torch.cat([y, torch.randn(1, 2, 8)], 1), torch.cat([wy, torch.zeros(1, 2)], 1)
+    assert weighted_mmd2(x, wx, yp, wyp)[0].item() == pytest.approx(got, rel=1e-5)
+
+
+def test_mmd_is_zero_for_equal_distributions_and_pulls_weights_towards_the_target() -> None:
+    e = F.normalize(torch.randn(1, 6, 16), dim=-1)
+    w = torch.full((1, 6), 1 / 6)
+    assert weighted_mmd2(e, w, e, w)[0].item() == pytest.approx(0.0, abs=1e-6)
+    target = torch.tensor([[1.0, 0, 0, 0, 0, 0]])
+    logits = torch.zeros(1, 6, requires_grad=True)
+    before = weighted_mmd2(e, F.softmax(logits, 1), e, target)[0]
+    before.backward()
+    assert logits.grad[0].argmin() == 0 and logits.grad[0, 0] < 0     # most mass moves to the target word
+    with torch.no_grad():
+        after = weighted_mmd2(e, F.softmax(logits - 0.5 * logits.grad, 1), e, target)[0]
+    assert after < before
+
+
+def test_doc_align_is_kl_theta_to_theta_hat_in_the_written_direction() -> None:
+    theta = torch.tensor([[0.90, 0.08, 0.02]])
+    hat = torch.tensor([[0.3, 0.3, 0.4]])
+    want = float((theta * (theta / hat).log()).sum())
+    reverse = float((hat * (hat / theta).log()).sum())
+    assert doc_align_kl(theta, hat).item() == pytest.approx(want, rel=1e-5)
+    assert abs(want - reverse) > 0.2                                    # the direction is observable
+    # theta is used as given: a second softmax would change the value
+    assert doc_align_kl(F.softmax(theta, 1), hat).item() != pytest.approx(want, rel=1e-3)
+
+
+def test_raw_distribution_is_the_union_of_top_words_renormalised() -> None:
+    betas = [torch.log(torch.tensor([[0.5, 0.3, 0.2]])), torch.log(torch.tensor([[0.1, 0.1, 0.8]]))]
+    idx, w = topic_raw_distribution(betas, top_n=2)
+    assert idx[0].tolist() == [[0, 1]] and idx[1][0, 0].item() == 2
+    np.testing.assert_allclose(w[0].numpy(), np.array([0.5, 0.3, 0.8, 0.1]) / 1.7, rtol=1e-5)
+
+
+# ---- the objective on the built-in example ------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def objective(example_corpus, tmp_path_factory) -> Phase2Objective:
+    cfg = Phase2Config(epochs=2, refine_every=1, rounds=3)
+    ctx = BuildContext(cache_dir=tmp_path_factory.mktemp("p2cache"), seed=0)
+    return Phase2Objective(example_corpus, 6, cfg, ctx, torch.device("cpu"))
+
+
+def test_word_embeddings_are_row_aligned_with_each_vocabulary(objective: Phase2Objective, example_corpus) -> None:
+    for lc in example_corpus.languages:
+        for word in (lc.vocab[0], lc.vocab[len(lc.vocab) // 2], lc.vocab[-1]):
+            direct = objective.encoder.encode([word])[0]
+            row = objective.word_vectors[lc.lang][lc.vocab.index(word)]
+            assert float(direct @ row) > 0.999, (lc.lang, word)
+
+
+def test_refinement_sets_targets_and_theta_hat(objective: Phase2Objective, example_corpus) -> None:
+    model = build_model(example_corpus, TrainConfig(model="nmtm", num_topics=6, seed=0, progress=False))
+    step = objective.refine(model, epoch=1)
+    assert step["usable_answers"] == 18 and step["topics_without_set"] == 0
+    for r in objective.refined:
+        assert 0 < len(r.words["en"]) <= 15 and all(c >= 1 for c in r.counts["en"])
+        assert set(r.words["zh"]) <= set(example_corpus.lang("zh").vocab)
+    for lang, hat in objective._theta_hat.items():
+        assert hat.shape == (example_corpus.lang(lang).num_train, 6)
+        torch.testing.assert_close(hat.sum(1), torch.ones(hat.shape[0]))
+
+
+def test_phase2_receives_distributions_even_under_theta_dropout(example_corpus, objective) -> None:
+    """XTRA drops out theta for its decoder; the KL must see the sum-to-one theta."""
+    from xtm.models_zoo.components import SparseRows
+
+    seen = []
+    model = build_model(example_corpus, TrainConfig(model="nmtm", num_topics=6, seed=0, progress=False,
+                                                    hparams={"dropout": 0.5}))
+    model.train()
+    bows = [SparseRows.from_csr(lc.train_bow[:16], torch.device("cpu")) for lc in example_corpus.languages]
+    model(bows, [torch.arange(16)] * 2, extra=lambda t, b, r: seen.extend(t) or {})
+    for theta in seen:
+        torch.testing.assert_close(theta.sum(1), torch.ones(16))
+
+
+# ---- training ----------------------------------------------------------------------------------
+
+def small(example_dir: Path, out: Path, resume: bool = False, epochs: int = 4, p2: int = 4, **kw) -> dict:
+    data = DataConfig(path=str(example_dir / "docs.jsonl"), dict_path=str(example_dir / "dict.tsv"),
+                      ref_corpus=str(example_dir / "ref_en_zh"))
+    cfg = TrainConfig(model="nmtm", num_topics=6, epochs=epochs, checkpoint_every=1, progress=False, seed=1)
+    phase2 = Phase2Config(epochs=p2, refine_every=2, rounds=3, **kw) if p2 else None
+    return run_training(data, cfg, out, resume=resume, phase2=phase2)
+
+
+def test_phase2_run_reports_refined_sets_next_to_the_models_words(example_dir: Path, tmp_path: Path) -> None:
+    m = small(example_dir, tmp_path / "run")
+    assert m["epochs"] == 8
+    assert m["phase2"]["refinement_steps"] == 2                     # before phase-2 epochs 1 and 3
+    assert [s["epoch"] for s in m["phase2"]["steps"]] == [5, 7]
+    assert m["refined"]["TU"] > 0 and m["refined"]["CNPMI"] is not None
+    assert m["TU"] > 0 and m["CNPMI"] is not None                  # the model's own words, what runtime serves
+    hist = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert "mmd" not in hist[3] and hist[4]["mmd"] > 0 and hist[4]["doc_align"] > 0
+    lines = (tmp_path / "run" / "refined_topics_zh.txt").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 6
+
+
+@pytest.mark.parametrize("flag,absent", [({"mmd": False}, "mmd"), ({"doc_align": False}, "doc_align")])
+def test_ablation_switches_drop_their_loss(example_dir: Path, tmp_path: Path, flag, absent) -> None:
+    small(example_dir, tmp_path / "run", epochs=2, p2=2, **flag)
+    hist = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert absent not in hist[-1] and ({"mmd", "doc_align"} - {absent}) <= set(hist[-1])
+
+
+def test_resume_inside_phase2_equals_an_uninterrupted_run(example_dir: Path, tmp_path: Path, example_corpus) -> None:
+    cfg = dict(model="nmtm", num_topics=6, batch_size=100, seed=2, checkpoint_every=1, progress=False)
+    ctx = BuildContext(cache_dir=tmp_path / "cache", seed=2)
+
+    def objective():
+        return Phase2Objective(example_corpus, 6, Phase2Config(epochs=4, refine_every=2, rounds=2), ctx,
+                               torch.device("cpu"))
+
+    full = train(example_corpus, TrainConfig(epochs=3, phase2_epochs=4, **cfg), tmp_path / "a", phase2=objective())
+    # stop after phase-2 epoch 2 (total epoch 5), then resume to the end
+    train(example_corpus, TrainConfig(epochs=3, phase2_epochs=2, **cfg), tmp_path / "b", phase2=objective())
+    resumed = train(example_corpus, TrainConfig(epochs=3, phase2_epochs=4, **cfg), tmp_path / "b", resume=True,
+                    phase2=objective())
+    for k, v in full.model.state_dict().items():
+        torch.testing.assert_close(v, resumed.model.state_dict()[k], rtol=0, atol=0, msg=k)
+
+
+def test_phase2_continues_a_finished_phase1_run(example_dir: Path, tmp_path: Path) -> None:
+    small(example_dir, tmp_path / "run", epochs=3, p2=0)
+    m = small(example_dir, tmp_path / "run", epochs=3, p2=2, resume=True)
+    assert m["epochs"] == 5 and m["phase2"]["steps"][0]["epoch"] == 4
