@@ -1,0 +1,195 @@
+"""Refiner backends: the OpenAI-compatible client against a local HTTP server that injects failures
+(retries, fatal auth errors, concurrency bound, key handling), the answer cache, and the vLLM path.
+
+The vLLM engine needs a GPU, which tests cannot reach: `FakeVLLMEngine` stands in for it at that
+boundary only, to check that one refinement step is one batched `chat` call with n = R.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
+
+import pytest
+
+from xtm.errors import XtmError
+from xtm.trainer.refine_prompt import TopicWords, VocabMatcher
+from xtm.trainer.refiners import (
+    AnswerCache,
+    LLMRefiner,
+    OpenAICompatibleGenerator,
+    Sampling,
+    StepStats,
+    VLLMGenerator,
+    chat_completions_url,
+)
+
+VOCABS = {"en": ["player", "team", "market", "profit"], "zh": ["球员", "球队", "市场", "利润"]}
+TOPICS = [TopicWords(0, {"en": ["player", "team"], "zh": ["球员", "球队"]}),
+          TopicWords(1, {"en": ["market", "profit"], "zh": ["市场", "利润"]})]
+
+
+class ScriptedServer:
+    """An OpenAI-compatible chat endpoint on 127.0.0.1 whose status codes follow a script."""
+
+    def __init__(self, statuses: list[int] | None = None, delay: float = 0.0) -> None:
+        self.statuses = list(statuses or [])
+        self.delay = delay
+        self.requests: list[dict] = []
+        self.headers: list[dict] = []
+        self.in_flight = self.max_in_flight = 0
+        lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with lock:
+                    outer.requests.append(body)
+                    outer.headers.append(dict(self.headers))
+                    status = outer.statuses.pop(0) if outer.statuses else 200
+                    outer.in_flight += 1
+                    outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
+                time.sleep(outer.delay)
+                with lock:
+                    outer.in_flight -= 1
+                if status != 200:
+                    self.send_response(status)
+                    self.end_headers()
+                    return
+                topic = "market" if "market" in body["messages"][0]["content"] else "player"
+                text = (f"Topic: x\nEN: {topic} - team\nZH: 球员 - seed{body['seed']}" if topic == "player"
+                        else "EN: market - profit\nZH: 市场 - 利润")
+                payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}],
+                                      "usage": {"prompt_tokens": 10, "completion_tokens": 5}}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+
+
+@pytest.fixture
+def server():
+    made = []
+
+    def make(**kw) -> ScriptedServer:
+        made.append(ScriptedServer(**kw))
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.close()
+
+
+def refiner(url: str, tmp_path, **kw) -> LLMRefiner:
+    gen = OpenAICompatibleGenerator(url, "some-model", backoff=0.01, **kw)
+    return LLMRefiner(gen, VocabMatcher(VOCABS), n_words=5, sampling=Sampling(max_tokens=50, seed=7),
+                      cache=AnswerCache(tmp_path))
+
+
+def test_url_forms() -> None:
+    assert chat_completions_url("http://h:1") == "http://h:1/v1/chat/completions"
+    assert chat_completions_url("http://h:1/v1/") == "http://h:1/v1/chat/completions"
+    assert chat_completions_url("http://h:1/v1/chat/completions") == "http://h:1/v1/chat/completions"
+
+
+def test_k_times_r_requests_each_round_its_own_seed_then_all_cached(server, tmp_path) -> None:
+    s = server()
+    answers, stats = refiner(s.url, tmp_path).refine(TOPICS, rounds=3)
+    assert stats.calls == 6 and stats.completion_tokens == 30 and stats.failures == 0
+    assert sorted(r["seed"] for r in s.requests) == [7, 7, 8, 8, 9, 9]
+    assert all(r["model"] == "some-model" and r["max_tokens"] == 50 for r in s.requests)
+    assert answers[1][0].words == {"en": ["market", "profit"], "zh": ["市场", "利润"]}
+    assert answers[0][2].dropped == 1                    # "seed9" is in no vocabulary
+    again, stats2 = refiner(s.url, tmp_path).refine(TOPICS, rounds=3)
+    assert stats2.calls == 0 and stats2.cache_hits == 6 and len(s.requests) == 6
+    assert [[a.words for a in row] for row in again] == [[a.words for a in row] for row in answers]
+
+
+def test_transient_failures_are_retried(server, tmp_path) -> None:
+    s = server(statuses=[503, 429])
+    _, stats = refiner(s.url, tmp_path, concurrency=1).refine(TOPICS[:1], rounds=1)
+    assert stats.calls == 3 and stats.failures == 0
+
+
+def test_a_request_that_keeps_failing_yields_an_unusable_answer_not_a_crash(server, tmp_path, capsys) -> None:
+    s = server(statuses=[500] * 10)
+    answers, stats = refiner(s.url, tmp_path, concurrency=1, retries=2).refine(TOPICS[:1], rounds=1)
+    assert stats.failures == 1 and not answers[0][0].usable
+    assert "failed after 3 attempts" in capsys.readouterr().err
+
+
+def test_wrong_key_or_model_stops_with_a_clear_error(server, tmp_path) -> None:
+    s = server(statuses=[401])
+    with pytest.raises(XtmError, match="HTTP 401.*--llm-url, --llm-model"):
+        refiner(s.url, tmp_path, concurrency=1).refine(TOPICS[:1], rounds=1)
+
+
+def test_concurrency_is_bounded_and_the_key_comes_from_the_environment(server, tmp_path, monkeypatch,
+                                                                       capsys) -> None:
+    monkeypatch.setenv("XTM_TEST_KEY", "sk-secret-123")
+    s = server(delay=0.1)
+    refiner(s.url, tmp_path, concurrency=2, api_key_env="XTM_TEST_KEY").refine(TOPICS, rounds=3)
+    assert s.max_in_flight == 2
+    assert all(h.get("Authorization") == "Bearer sk-secret-123" for h in s.headers)
+    assert "sk-secret" not in capsys.readouterr().err
+    assert not any("sk-secret" in p.read_text() for p in tmp_path.rglob("*.json"))
+
+
+def test_unreachable_server_fails_soft(tmp_path) -> None:
+    answers, stats = refiner("http://127.0.0.1:9", tmp_path, retries=1).refine(TOPICS[:1], rounds=1)
+    assert stats.failures == 1 and not answers[0][0].usable
+
+
+class FakeVLLMEngine:
+    """Stands in for vllm.LLM (GPU only): records calls, answers n samples per conversation."""
+
+    def __init__(self) -> None:
+        self.calls = []
+
+    def chat(self, conversations, params, use_tqdm=False):
+        self.calls.append((conversations, params))
+        n = params["n"] if isinstance(params, dict) else params.n
+        return [SimpleNamespace(prompt_token_ids=[1, 2, 3],
+                                outputs=[SimpleNamespace(text=f"EN: player - team\nZH: 球员 {i}", token_ids=[1] * 4)
+                                         for i in range(n)]) for _ in conversations]
+
+
+def test_vllm_step_is_one_batched_call_with_n_samples(tmp_path) -> None:
+    engine = FakeVLLMEngine()
+    gen = VLLMGenerator("any/model", engine=engine)
+    r = LLMRefiner(gen, VocabMatcher(VOCABS), n_words=5, cache=AnswerCache(tmp_path))
+    answers, stats = r.refine(TOPICS, rounds=5)
+    assert len(engine.calls) == 1 and stats.calls == 1
+    conversations, params = engine.calls[0]
+    assert len(conversations) == 2 and conversations[0][0]["role"] == "user"
+    assert (params["n"] if isinstance(params, dict) else params.n) == 5
+    assert stats.prompt_tokens == 6 and stats.completion_tokens == 40
+    assert all(len(row) == 5 and row[0].words["zh"] == ["球员"] for row in answers)
+    r.refine(TOPICS, rounds=5)
+    assert len(engine.calls) == 1                          # cached
+
+
+def test_vllm_missing_gives_an_actionable_error() -> None:
+    pytest.importorskip("torch")
+    try:
+        import vllm  # noqa: F401
+        pytest.skip("vllm is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(XtmError, match="--refiner openai"):
+        VLLMGenerator("m").generate(["p"], 1, Sampling(), StepStats())
