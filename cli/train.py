@@ -84,6 +84,10 @@ config.json, history.json and checkpoints/ (safetensors + JSON).
 @click.option("--refiner", type=click.Choice(["embedding", "openai", "vllm", "transformers"]), default="embedding",
               show_default=True, help="Phase 2: who refines topics: embedding (no LLM), openai (any "
               "OpenAI-compatible server), vllm (in-process, GPU), transformers (small local model).")
+@click.option("--top-words", type=click.IntRange(1), default=15, show_default=True,
+              help="Phase 2: each topic's top words per language sent for refinement (N).")
+@click.option("--refined-words", type=click.IntRange(1), default=15, show_default=True,
+              help="Phase 2: voted words kept per language and topic (M).")
 @click.option("--llm-url", help="openai refiner: server URL, e.g. http://127.0.0.1:8000/v1.")
 @click.option("--llm-model", help="LLM name for the server, or a model path for vllm/transformers.")
 @click.option("--llm-api-key-env", default="OPENAI_API_KEY", show_default=True,
@@ -111,7 +115,8 @@ def main(data: str, model: str, num_topics: int, epochs: int, out: str, dict_pat
          langs: str | None, ref_corpus: str | None, seed: int, resume: bool, batch_size: int, lr: float,
          vocab_size: int, min_df: int, max_df: float, checkpoint_every: int, device: str,
          threads: int | None, overrides: tuple[str, ...], cache_dir: str | None, quiet: bool,
-         phase2_epochs: int, refine_every: int, rounds: int, refiner: str, llm_url: str | None,
+         phase2_epochs: int, refine_every: int, rounds: int, refiner: str, top_words: int, refined_words: int,
+         llm_url: str | None,
          llm_model: str | None, llm_api_key_env: str, llm_concurrency: int, llm_timeout: float,
          llm_max_tokens: int, llm_temperature: float, lambda_mmd: float, lambda_doc: float, doc_tau: float,
          no_mmd: bool, no_doc_align: bool, multi_kernel: bool, encoder: str) -> None:
@@ -132,7 +137,8 @@ def main(data: str, model: str, num_topics: int, epochs: int, out: str, dict_pat
         from xtm.trainer.refiners import RefinerConfig, Sampling
 
         phase2 = Phase2Config(
-            epochs=phase2_epochs, refine_every=refine_every, rounds=rounds, lambda_mmd=lambda_mmd,
+            epochs=phase2_epochs, refine_every=refine_every, rounds=rounds, top_words=top_words,
+            refined_words=refined_words, lambda_mmd=lambda_mmd,
             lambda_doc=lambda_doc, doc_tau=doc_tau, mmd=not no_mmd, doc_align=not no_doc_align,
             multi_kernel=multi_kernel, encoder=encoder,
             refiner=RefinerConfig(backend=refiner, llm_url=llm_url, llm_model=llm_model, api_key_env=llm_api_key_env,

@@ -69,3 +69,28 @@ def test_existing_run_needs_resume(example_dir: Path, tmp_path: Path) -> None:
     resumed = run(args[:-4] + ["--epochs", "2", "--out", str(tmp_path / "r"), "--resume"])
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads((tmp_path / "r" / "metrics.json").read_text())["epochs"] == 2
+
+
+def test_phase2_from_the_command_line(example_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    p = run(["--data", str(example_dir / "docs.jsonl"), "--dict", str(example_dir / "dict.tsv"),
+             "--model", "nmtm", "--topics", "6", "--epochs", "4", "--phase2-epochs", "2", "--refine-every", "1",
+             "--rounds", "2", "--refined-words", "8", "--no-doc-align", "--out", str(out)])
+    assert p.returncode == 0, p.stderr
+    assert "refinement at epoch 5 (embedding): 12/12 usable answers" in p.stderr
+    summary = json.loads(p.stdout)
+    assert summary["refined_sets"]["TU"] > 0
+    cfg = json.loads((out / "config.json").read_text())["phase2"]
+    assert cfg["rounds"] == 2 and cfg["doc_align"] is False and cfg["refined_words"] == 8
+    lines = (out / "refined_topics_en.txt").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 6 and all(0 < len(line.split()) <= 8 for line in lines)
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--refiner", "openai", "--llm-model", "m"], "--refiner openai needs --llm-url"),
+    (["--refiner", "vllm"], "--refiner vllm needs --llm-model"),
+])
+def test_phase2_misconfigured_refiner_is_a_clear_error(example_dir: Path, tmp_path: Path, extra, message) -> None:
+    p = run(["--data", str(example_dir / "docs.jsonl"), "--dict", str(example_dir / "dict.tsv"), "--model", "nmtm",
+             "--topics", "4", "--epochs", "1", "--phase2-epochs", "1", "--out", str(tmp_path / "r"), *extra])
+    assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr

@@ -1,0 +1,147 @@
+"""LLM-XTM phase 2 on the benchmarks: phase 1 vs phase 1 + refinement, ablations, published numbers.
+
+    python benchmarks/llm_xtm.py --dataset Rakuten_Amazon --phase1-epochs 10 --phase2-epochs 8 \
+        --refine-every 4 [--refiner embedding] [--out bench/llm_xtm]
+
+One phase-1 run (NMTM, K=50) is trained once; every variant continues a copy of it for the same
+number of epochs, so the rows differ only in what phase 2 adds:
+  phase 1 continued     no phase 2 (the fair baseline: same total epochs)
+  + LLM-XTM             MMD + doc-align, R rounds voted
+  w/o MMD, w/o doc-align, R=1 (w/o self-consistency)   seed 001 Table 3's ablations
+The refiner is the LLM-free `embedding` one by default (no LLM is reachable on CPU at benchmark
+scale); pass --refiner openai --llm-url ... --llm-model ... to use a served LLM.
+Published rows: seed 001 Tables 2, 3 and 5 (NMTM backbone, 500 phase-1 epochs + 30 phase-2 epochs,
+Gemini 2.5 Flash, CNPMI on WikiComp). Our CNPMI uses ../shared/data/ref_corpus/en_ja (Kyoto
+Wikipedia), so it compares our rows with each other, not with the published column.
+Prints one markdown table and writes OUT/<dataset>/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("XTM_SHARED_DATA", ROOT.parent / "shared" / "data"))
+DATASETS = {
+    "ECNews": {"langs": ("en", "zh"), "dict": "dict/ch_en_dict.dat", "ref": None},
+    "Rakuten_Amazon": {"langs": ("en", "ja"), "dict": "dict/MUSE/ja-en.txt", "ref": "ref_corpus/en_ja"},
+}
+# (CNPMI, TU, {classification}) from seed 001: Table 2 (CNPMI, TU), Table 5 (classification),
+# Table 3 (Rakuten ablations; its baseline row is Table 5's NMTM).
+PUBLISHED = {
+    "ECNews": {
+        "NMTM (published)": (0.034, 0.818, {"EN-I": .7917, "EN-C": .4941, "ZH-I": .7742, "ZH-C": .5139}),
+        "NMTM + LLM-XTM (published)": (0.039, 0.821, {"EN-I": .7975, "EN-C": .5173, "ZH-I": .7785, "ZH-C": .5333}),
+    },
+    "Rakuten_Amazon": {
+        "NMTM (published)": (0.012, 0.633, {"EN-I": .796, "EN-C": .610, "JA-I": .826, "JA-C": .681}),
+        "NMTM + LLM-XTM (published)": (0.016, 0.666, {"EN-I": .792, "EN-C": .621, "JA-I": .833, "JA-C": .728}),
+        "w/o doc-align (published)": (0.012, 0.679, {"EN-I": .791, "EN-C": .611, "JA-I": .832, "JA-C": .723}),
+        "w/o MMD (published)": (0.012, 0.641, {"EN-I": .795, "EN-C": .621, "JA-I": .833, "JA-C": .723}),
+        "w/o self-consistency (published)": (0.011, 0.654, {"EN-I": .792, "EN-C": .619, "JA-I": .832,
+                                                            "JA-C": .720}),
+    },
+}
+VARIANTS = {
+    "phase 1 continued": None,
+    "+ LLM-XTM": {},
+    "w/o MMD": {"mmd": False},
+    "w/o doc-align": {"doc_align": False},
+    "w/o self-consistency (R=1)": {"rounds": 1},
+}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", choices=sorted(DATASETS), default="Rakuten_Amazon")
+    p.add_argument("--model", default="nmtm")
+    p.add_argument("--topics", type=int, default=50)
+    p.add_argument("--phase1-epochs", type=int, default=10)
+    p.add_argument("--phase2-epochs", type=int, default=8)
+    p.add_argument("--refine-every", type=int, default=4)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--refiner", default="embedding")
+    p.add_argument("--llm-url")
+    p.add_argument("--llm-model")
+    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of the rows")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("bench/llm_xtm"))
+    args = p.parse_args()
+
+    import torch
+
+    from xtm.trainer.loop import TrainConfig
+    from xtm.trainer.phase2 import Phase2Config
+    from xtm.trainer.refiners import RefinerConfig
+    from xtm.trainer.run import DataConfig, run_training
+
+    torch.set_num_threads(2)
+    spec = DATASETS[args.dataset]
+    out = args.out / args.dataset
+    data = DataConfig(path=str(DATA / args.dataset), dict_path=str(DATA / spec["dict"]),
+                      ref_corpus=str(DATA / spec["ref"]) if spec["ref"] else None)
+
+    def cfg(epochs: int) -> TrainConfig:
+        return TrainConfig(model=args.model, num_topics=args.topics, epochs=epochs, seed=args.seed,
+                           checkpoint_every=0, progress=sys.stderr.isatty(), threads=2)
+
+    base = out / "phase1"
+    if not (base / "metrics.json").exists():
+        shutil.rmtree(base, ignore_errors=True)
+        run_training(data, cfg(args.phase1_epochs), base)
+    rows = {"phase 1": json.loads((base / "metrics.json").read_text())}
+    for name in [v.strip() for v in args.variants.split(",")]:
+        change = VARIANTS[name]
+        run = out / name.replace(" ", "_").replace("/", "").replace("(", "").replace(")", "").replace("=", "")
+        shutil.rmtree(run, ignore_errors=True)
+        shutil.copytree(base, run)
+        t0 = time.perf_counter()
+        if change is None:
+            m = run_training(data, cfg(args.phase1_epochs + args.phase2_epochs), run, resume=True)
+        else:
+            settings = {"rounds": args.rounds, **change}
+            p2 = Phase2Config(epochs=args.phase2_epochs, refine_every=args.refine_every,
+                              refiner=RefinerConfig(backend=args.refiner, llm_url=args.llm_url,
+                                                    llm_model=args.llm_model), **settings)
+            m = run_training(data, cfg(args.phase1_epochs), run, resume=True, phase2=p2)
+        m["wall_seconds"] = time.perf_counter() - t0
+        rows[name] = m
+    (out / "results.json").write_text(json.dumps(rows, indent=1, ensure_ascii=False))
+    print(table(args, rows, spec["langs"]))
+
+
+def fmt(x: float | None, digits: int = 3) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def table(args: argparse.Namespace, rows: dict, langs: tuple[str, str]) -> str:
+    l1, l2 = (x.upper() for x in langs)
+    cls_keys = [f"{l1}-I", f"{l1}-C", f"{l2}-I", f"{l2}-C"]
+    head = (f"{args.dataset}, {args.model.upper()} K={args.topics}: phase 1 = {args.phase1_epochs} epochs, "
+            f"phase 2 = {args.phase2_epochs} epochs (F={args.refine_every}, R={args.rounds}, refiner "
+            f"{args.refiner}); 2 CPU threads\n\n")
+    lines = ["| run | CNPMI | TU | TQ | " + " | ".join(cls_keys) + " | refined CNPMI / TU | s/epoch | s/refinement |",
+             "|---|" + "---|" * 10]
+    for name, m in rows.items():
+        c = m.get("classification") or {}
+        ref = m.get("refined") or {}
+        p2 = m.get("phase2") or {}
+        lines.append(f"| {name} | {fmt(m.get('CNPMI'))} | {fmt(m.get('TU'))} | {fmt(m.get('TQ'))} | "
+                     + " | ".join(fmt(c.get(k)) for k in cls_keys)
+                     + f" | {fmt(ref.get('CNPMI'))} / {fmt(ref.get('TU'))} | {fmt(m.get('seconds_per_epoch'), 1)} | "
+                     f"{fmt(p2.get('seconds_per_refinement'), 1)} |")
+    for name, (cnpmi, tu, c) in PUBLISHED[args.dataset].items():
+        tq = max(cnpmi, 0) * tu
+        lines.append(f"| {name} | {cnpmi:.3f}* | {tu:.3f} | {tq:.3f}* | " + " | ".join(fmt(c.get(k)) for k in cls_keys)
+                     + " | | | |")
+    return head + "\n".join(lines) + "\n\n* published CNPMI uses the WikiComp reference corpus; not comparable.\n"
+
+
+if __name__ == "__main__":
+    main()
