@@ -145,15 +145,17 @@ class Phase2Objective:
         return (phase2_epoch - 1) % self.cfg.refine_every == 0
 
     # ---- refinement ---------------------------------------------------------------------------
-    def own_top_words(self, model: CrossLingualTopicModel) -> dict[str, list[list[str]]]:
+    def own_top_words(self, model: CrossLingualTopicModel, n: int | None = None) -> dict[str, list[list[str]]]:
         with torch.no_grad():
             betas = [b.detach().float().cpu().numpy() for b in model.topic_word()]
-        return {lang: top_words(b, self.vocabs[lang], self.cfg.top_words)
+        return {lang: top_words(b, self.vocabs[lang], n or self.cfg.top_words)
                 for lang, b in zip(self.langs, betas, strict=True)}
 
     def refine(self, model: CrossLingualTopicModel, epoch: int) -> dict[str, Any]:
         own = self.own_top_words(model)
-        topics = [TopicWords(k, {lang: own[lang][k] for lang in self.langs}) for k in range(self.num_topics)]
+        deep = self.own_top_words(model, 4 * self.cfg.top_words)
+        topics = [TopicWords(k, {lang: own[lang][k] for lang in self.langs},
+                             {lang: deep[lang][k] for lang in self.langs}) for k in range(self.num_topics)]
         answers, stats = self.refiner.refine(topics, self.cfg.rounds)
         usable = kept = missing = 0
         for k, topic_answers in enumerate(answers):

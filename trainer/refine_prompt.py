@@ -24,10 +24,13 @@ from xtm.languages import UNSEGMENTED, language_name, normalize_lang
 
 @dataclass(frozen=True)
 class TopicWords:
-    """One topic's candidate pool: the model's own top words per language."""
+    """One topic's candidate pool: the model's own top words per language (`words`, what the
+    prompt shows), and optionally a longer ranked list per language (`more`) for refiners that
+    re-rank deeper into the topic (the embedding refiner)."""
 
     topic: int
     words: dict[str, list[str]]
+    more: dict[str, list[str]] | None = None
 
 
 def build_prompt(topic: TopicWords, langs: Sequence[str], n_words: int = 15) -> str:

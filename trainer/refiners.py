@@ -346,32 +346,46 @@ class TransformersGenerator:
 class EmbeddingRefiner:
     """Refined sets without an LLM, from multilingual word embeddings.
 
-    Per topic and round: resample the candidate pool (the model's top words of every language)
-    with replacement, take the embedding centroid of the resample, and keep, per language, the
-    n words closest to it among the candidates and that language's `neighbours` nearest
-    vocabulary words. Noisy candidates far from the theme drop out; missing words of the theme
-    (often in the other language) come in. Self-consistency voting over the rounds then keeps
-    what the resamples agree on, as it does for LLM answers.
+    Per topic and round: resample the topic's candidates (its top-N words in every language)
+    with replacement and take the embedding centroid c of the resample. Per language, score
+      - the topic's own deeper words (top 4N by beta: grounded in the corpus), and
+      - the `neighbours` vocabulary words nearest to the OTHER languages' candidates (the
+        cross-lingual coverage an LLM would add)
+    by CSLS, 2 cos(w, c) - r(w), where r(w) is w's mean similarity to its 10 nearest topic
+    centroids of this step. Without that hubness correction, short tokens that sit close to
+    everything in sentence-encoder space ("ie", "nd", "yr") win every topic. Keep the n best.
+    Self-consistency voting over the rounds then keeps what the resamples agree on, as it does
+    for LLM answers. Deterministic for given candidates (seeded by them).
     """
 
     name = "embedding"
+    HUB_K = 10
 
     def __init__(self, vocabs: dict[str, Sequence[str]], word_vectors: dict[str, np.ndarray],
                  n_words: int = 15, neighbours: int = 30, seed: int = 0) -> None:
         self.langs = list(vocabs)
         self.index = {lang: {w: i for i, w in enumerate(v)} for lang, v in vocabs.items()}
         self.vocabs = {lang: list(v) for lang, v in vocabs.items()}
-        self.vectors = word_vectors
+        self.vectors = {lang: v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+                        for lang, v in word_vectors.items()}
         self.n_words, self.neighbours = n_words, neighbours
         self.seed = seed
+
+    def _rows(self, lang: str, words: Sequence[str]) -> list[int]:
+        return [self.index[lang][w] for w in words if w in self.index[lang]]
 
     def refine(self, topics: list[TopicWords], rounds: int) -> tuple[list[list[ParsedAnswer]], StepStats]:
         stats = StepStats()
         t0 = time.perf_counter()
+        pools = [[(lang, j) for lang in self.langs for j in self._rows(lang, t.words.get(lang, []))] for t in topics]
+        centroids = np.stack([self._centroid(pool) for pool in pools])
+        hub = {}
+        for lang in self.langs:
+            sims = self.vectors[lang] @ centroids.T                       # [V, K]
+            k = min(self.HUB_K, sims.shape[1])
+            hub[lang] = np.sort(sims, axis=1)[:, -k:].mean(1)
         out = []
-        for topic in topics:
-            pool = [(lang, self.index[lang][w]) for lang in self.langs for w in topic.words.get(lang, [])
-                    if w in self.index[lang]]
+        for topic, pool in zip(topics, pools, strict=True):
             # Seeded by the candidates themselves: the same model state gives the same answers,
             # so a resumed run refines exactly as the uninterrupted one would.
             digest = hashlib.sha256(json.dumps([topic.topic, topic.words], ensure_ascii=False).encode()).digest()
@@ -381,21 +395,36 @@ class EmbeddingRefiner:
                 if not pool:
                     answers.append(ParsedAnswer(words={lang: [] for lang in self.langs}))
                     continue
-                pick = rng.integers(0, len(pool), size=len(pool))
-                centroid = np.mean([self.vectors[pool[j][0]][pool[j][1]] for j in pick], axis=0)
-                centroid /= max(float(np.linalg.norm(centroid)), 1e-12)
-                answers.append(ParsedAnswer(words={lang: self._closest(lang, centroid, topic)
+                sample = [pool[j] for j in rng.integers(0, len(pool), size=len(pool))]
+                c = self._centroid(sample)
+                answers.append(ParsedAnswer(words={lang: self._best(lang, c, sample, topic, hub[lang])
                                                    for lang in self.langs}))
             out.append(answers)
         stats.seconds = time.perf_counter() - t0
         return out, stats
 
-    def _closest(self, lang: str, centroid: np.ndarray, topic: TopicWords) -> list[str]:
-        sims = self.vectors[lang] @ centroid
-        near = np.argpartition(-sims, min(self.neighbours, len(sims) - 1))[: self.neighbours]
-        cand = {self.index[lang][w] for w in topic.words.get(lang, []) if w in self.index[lang]} | set(near.tolist())
-        ranked = sorted(cand, key=lambda j: (-sims[j], j))[: self.n_words]
-        return [self.vocabs[lang][j] for j in ranked]
+    def _centroid(self, pool: Sequence[tuple[str, int]]) -> np.ndarray:
+        d = next(iter(self.vectors.values())).shape[1]
+        if not pool:
+            return np.zeros(d, np.float32)
+        c = np.mean([self.vectors[lang][j] for lang, j in pool], axis=0)
+        return c / max(float(np.linalg.norm(c)), 1e-12)
+
+    def _best(self, lang: str, c: np.ndarray, sample: Sequence[tuple[str, int]], topic: TopicWords,
+              hub: np.ndarray) -> list[str]:
+        own = self._rows(lang, (topic.more or topic.words).get(lang, []))
+        cand = set(own)
+        others = [j for x, j in sample if x != lang]
+        if others and self.neighbours:
+            other_c = self._centroid([(x, j) for x, j in sample if x != lang])
+            csls_other = 2 * (self.vectors[lang] @ other_c) - hub
+            cand |= set(np.argpartition(-csls_other, min(self.neighbours, len(hub) - 1))[: self.neighbours].tolist())
+        if not cand:
+            return []
+        rows = np.fromiter(cand, dtype=np.int64)
+        score = 2 * (self.vectors[lang][rows] @ c) - hub[rows]
+        order = np.lexsort((rows, -score))[: self.n_words]
+        return [self.vocabs[lang][int(rows[i])] for i in order]
 
 
 # --------------------------------------------------------------------------------------------
