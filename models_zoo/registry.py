@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from xtm.errors import XtmError
 
-MODEL_NAMES = ("nmtm", "infoctm", "xtra")
+MODEL_NAMES = ("nmtm", "infoctm", "xtra", "gloctm")
 
 
 def model_class(name: str) -> type:
@@ -22,4 +22,8 @@ def model_class(name: str) -> type:
         from xtm.models_zoo.xtra import XTRA
 
         return XTRA
+    if key == "gloctm":
+        from xtm.models_zoo.gloctm import GloCTM
+
+        return GloCTM
     raise XtmError(f"unknown model '{name}'; choose one of {', '.join(MODEL_NAMES)}")

@@ -6,6 +6,8 @@ RUN_DIR layout (everything a later step needs, nothing pickled):
     topics_<lang>.txt      top words per topic, one topic per line, space-separated
     metrics.json           TU, CNPMI, TQ, classification, seconds_per_epoch, ...
     history.json           per-epoch mean losses and seconds
+    report_data.json       what report.html needs from the model (xtm.trainer.report_data)
+    report.html            topics side by side, metrics, plots (xtm.exporters.html_report; xtm-report redoes it)
     checkpoints/           safetensors checkpoints (see xtm.trainer.checkpoint)
   with LLM-XTM phase 2 also
     refined_topics_<lang>.txt  the last refinement's voted word sets, one topic per line
@@ -28,12 +30,20 @@ import xtm
 from xtm.atomic import write_json, write_text
 from xtm.corpus import Corpus
 from xtm.errors import XtmError
-from xtm.models_zoo.base import BuildContext
+from xtm.models_zoo.base import BuildContext, CrossLingualTopicModel
 from xtm.paths import cache_dir
 from xtm.trainer.corpus_loading import load_corpus
-from xtm.trainer.evaluation import cnpmi, crosslingual_tu, evaluate, load_reference_corpus, topic_quality
+from xtm.trainer.evaluation import (
+    ReferenceCorpus,
+    cnpmi,
+    crosslingual_tu,
+    evaluate,
+    load_reference_corpus,
+    topic_quality,
+)
 from xtm.trainer.loop import TrainConfig, TrainResult, infer_theta, pick_device, train
 from xtm.trainer.phase2 import Phase2Config, Phase2Objective
+from xtm.trainer.report_data import build_report_data
 
 
 @dataclass
@@ -58,8 +68,8 @@ def describe_corpus(corpus: Corpus) -> str:
 
 
 def check_links(corpus: Corpus, model: str) -> None:
-    if model == "xtra":
-        return  # aligns through sentence embeddings, not a dictionary
+    if model in ("xtra", "gloctm"):
+        return  # align through multilingual embeddings; a dictionary is optional (gloctm) or unused
     a, b = corpus.langs
     if corpus.link_matrix(a, b).nnz == 0:
         raise XtmError(f"--model {model} aligns topics through a bilingual dictionary, but no {a}-{b} word "
@@ -67,15 +77,31 @@ def check_links(corpus: Corpus, model: str) -> None:
                        "which needs none")
 
 
-def evaluate_model(corpus: Corpus, result: TrainResult, device: torch.device, ref_path: str | None) -> dict[str, Any]:
-    model = result.model
+@dataclass
+class ModelOutputs:
+    """Theta and beta of the trained model: computed once, used by evaluation and the report."""
+
+    train_theta: dict[str, np.ndarray]
+    test_theta: dict[str, np.ndarray]
+    beta: dict[str, np.ndarray]
+
+
+def model_outputs(corpus: Corpus, model: CrossLingualTopicModel, device: torch.device) -> ModelOutputs:
     train_theta = {lc.lang: infer_theta(model, lc.train_bow, i, device) for i, lc in enumerate(corpus.languages)}
     test_theta = {lc.lang: infer_theta(model, lc.test_bow, i, device)
                   for i, lc in enumerate(corpus.languages) if lc.test_bow is not None}
     with torch.no_grad():
         beta = {lang: b.detach().cpu().numpy() for lang, b in zip(corpus.langs, model.topic_word(), strict=True)}
-    ref = load_reference_corpus(ref_path, langs=tuple(corpus.langs)) if ref_path else None
-    return evaluate(corpus, train_theta, test_theta, beta, ref=ref)
+    return ModelOutputs(train_theta, test_theta, beta)
+
+
+def evaluate_model(corpus: Corpus, result: TrainResult, device: torch.device, ref_path: str | None,
+                   outputs: ModelOutputs | None = None, ref: ReferenceCorpus | None = None) -> dict[str, Any]:
+    """metrics.json's content; pass `outputs` / `ref` already computed to avoid doing it twice."""
+    outputs = outputs if outputs is not None else model_outputs(corpus, result.model, device)
+    if ref is None and ref_path:
+        ref = load_reference_corpus(ref_path, langs=tuple(corpus.langs))
+    return evaluate(corpus, outputs.train_theta, outputs.test_theta, outputs.beta, ref=ref)
 
 
 def refined_metrics(refined: dict[str, list[list[str]]], ref_path: str | None) -> dict[str, Any]:
@@ -127,10 +153,14 @@ def run_training(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool = F
     write_json(out / "history.json", result.history)
 
     log("evaluating")
-    metrics = evaluate_model(corpus, result, pick_device(cfg.device), data.ref_corpus)
+    device = pick_device(cfg.device)
+    outputs = model_outputs(corpus, model, device)
+    ref = load_reference_corpus(data.ref_corpus, langs=tuple(corpus.langs)) if data.ref_corpus else None
+    metrics = evaluate_model(corpus, result, device, data.ref_corpus, outputs=outputs, ref=ref)
     top = metrics.pop("top_words")
     for lang, topics in top.items():
         write_text(out / f"topics_{lang}.txt", "".join(" ".join(words) + "\n" for words in topics))
+    refined = None
     if objective is not None:
         refined = objective.refined_topics(model)
         for lang, topics in refined.items():
@@ -145,4 +175,24 @@ def run_training(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool = F
         "corpus": corpus.info,
     })
     write_json(out / "metrics.json", metrics)
+    write_report(out, corpus, model, outputs, top, refined, ref, device)
     return metrics
+
+
+def write_report(out: Path, corpus: Corpus, model: CrossLingualTopicModel, outputs: ModelOutputs,
+                 top: dict[str, list[list[str]]], refined: dict[str, list[list[str]]] | None,
+                 ref: ReferenceCorpus | None, device: torch.device) -> None:
+    """report_data.json, then report.html from the run directory's files.
+
+    The report is a view of a finished run: a failure here is logged, never raised, so it cannot
+    turn a trained and evaluated run into a failed one (`xtm-report RUN_DIR` renders it again).
+    """
+    from xtm.exporters.html_report import write_report_html
+
+    try:
+        vocabs = {lc.lang: list(lc.vocab) for lc in corpus.languages}
+        write_json(out / "report_data.json", build_report_data(
+            model, corpus.langs, vocabs, outputs.train_theta, outputs.beta, top, ref, device, refined=refined))
+        log(f"wrote {write_report_html(out)}")
+    except Exception as e:  # noqa: BLE001 - see the docstring
+        log(f"warning: report.html was not written ({type(e).__name__}: {e})")
