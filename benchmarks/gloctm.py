@@ -1,0 +1,96 @@
+"""GloCTM next to this project's NMTM, InfoCTM and XTRA, with and without a dictionary, plus ablations.
+
+    python benchmarks/gloctm.py --dataset Rakuten_Amazon --epochs 10 [--ablations] [--out bench/gloctm]
+
+Every row is trained here with the same settings (K=50, batch 200, lr 0.002, seed 0, 2 threads) and
+evaluated the same way; s/epoch and its ratio to InfoCTM's come from this run (InfoCTM is trained for
+--infoctm-epochs, 2 by default on ECNews where its epoch costs minutes, so only its cost is compared
+there unless --infoctm-epochs equals --epochs). The seed paper (000) is a summary without tables, so
+no published GloCTM numbers exist to print; seed 001's published backbones are in the table.
+Prints one markdown table and writes OUT/<dataset>/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("XTM_SHARED_DATA", ROOT.parent / "shared" / "data"))
+DATASETS = {
+    "ECNews": {"langs": ("en", "zh"), "dict": "dict/ch_en_dict.dat", "ref": None},
+    "Rakuten_Amazon": {"langs": ("en", "ja"), "dict": "dict/MUSE/ja-en.txt", "ref": "ref_corpus/en_ja"},
+}
+# name -> (model, uses the dictionary, hparams)
+ROWS = {
+    "NMTM": ("nmtm", True, {}),
+    "InfoCTM": ("infoctm", True, {}),
+    "XTRA (no dictionary)": ("xtra", False, {}),
+    "GloCTM + dictionary": ("gloctm", True, {}),
+    "GloCTM, no dictionary": ("gloctm", False, {}),
+}
+ABLATIONS = {
+    "GloCTM w/o augmentation": ("gloctm", False, {"aug_weight": 0.0}),
+    "GloCTM w/o dual pathway": ("gloctm", False, {"dual": False}),
+    "GloCTM w/o CKA": ("gloctm", False, {"weight_cka": 0.0}),
+    "GloCTM, RBF CKA": ("gloctm", False, {"cka": "rbf"}),
+}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", choices=sorted(DATASETS), default="Rakuten_Amazon")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--infoctm-epochs", type=int)
+    p.add_argument("--ablations", action="store_true")
+    p.add_argument("--rows", help="comma-separated subset of row names")
+    p.add_argument("--out", type=Path, default=Path("bench/gloctm"))
+    args = p.parse_args()
+    from xtm.trainer.loop import TrainConfig
+    from xtm.trainer.run import DataConfig, run_training
+
+    spec = DATASETS[args.dataset]
+    rows = dict(ROWS, **(ABLATIONS if args.ablations else {}))
+    if args.rows:
+        rows = {k: v for k, v in rows.items() if k in args.rows.split(",")}
+    out = args.out / args.dataset
+    results = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
+    for name, (model, with_dict, hparams) in rows.items():
+        epochs = (args.infoctm_epochs or args.epochs) if model == "infoctm" else args.epochs
+        run = out / "".join(ch if ch.isalnum() else "_" for ch in name)
+        shutil.rmtree(run, ignore_errors=True)
+        data = DataConfig(path=str(DATA / args.dataset), dict_path=str(DATA / spec["dict"]) if with_dict else None,
+                          ref_corpus=str(DATA / spec["ref"]) if spec["ref"] else None)
+        cfg = TrainConfig(model=model, num_topics=50, epochs=epochs, seed=0, checkpoint_every=0, threads=2,
+                          progress=sys.stderr.isatty(), hparams=hparams)
+        results[name] = run_training(data, cfg, run)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False))
+    print(table(args.dataset, results, spec["langs"]))
+
+
+def fmt(x: float | None, digits: int = 3) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def table(dataset: str, results: dict, langs: tuple[str, str]) -> str:
+    l1, l2 = (x.upper() for x in langs)
+    keys = [f"{l1}-I", f"{l1}-C", f"{l2}-I", f"{l2}-C"]
+    info = results.get("InfoCTM", {}).get("seconds_per_epoch")
+    lines = [f"| {dataset}, K=50 | epochs | CNPMI | TU | TQ | " + " | ".join(keys) + " | s/epoch | x InfoCTM |",
+             "|---|" + "---|" * 10]
+    for name, m in results.items():
+        c = m.get("classification") or {}
+        s = m.get("seconds_per_epoch")
+        ratio = f"{s / info:.2f}" if info and s else "–"
+        lines.append(f"| {name} | {m.get('epochs')} | {fmt(m.get('CNPMI'))} | {fmt(m.get('TU'))} | "
+                     f"{fmt(m.get('TQ'))} | " + " | ".join(fmt(c.get(k)) for k in keys) + f" | {fmt(s, 1)} | {ratio} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
