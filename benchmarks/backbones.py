@@ -7,7 +7,7 @@ Each run is a separate process (so peak RSS is that run's own) that trains with 
 the full benchmark corpus, K=50, 2 threads, and evaluates TU / CNPMI / TQ / classification with
 xtm's evaluation. The TopMost peer (benchmarks/peer_topmost.py, in its own venv) is trained on
 the same data and its outputs go through the same evaluation (theta = softmax of its eval-time
-encoder mean, the distribution a user gets). Published numbers: LLM-XTM paper (seed 001),
+encoder mean, the distribution a user gets). Published numbers (xtm.published): LLM-XTM paper (seed 001),
 Table 2 (TU, CNPMI) and Table 5 (classification), K=50, after 500 epochs (800 for XTRA), as
 reported there. Prints one markdown table and writes OUT/results.json.
 """
@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from xtm.published import published_rows
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("XTM_SHARED_DATA", ROOT.parent / "shared" / "data"))
 DATASETS = {
@@ -32,15 +34,6 @@ DATASETS = {
                "ref": None},
     "Rakuten_Amazon": {"langs": ("en", "ja"), "peer_langs": ("en", "ja"), "dict": "dict/MUSE/ja-en.txt",
                        "weight_mi": 50.0, "ref": "ref_corpus/en_ja"},
-}
-# (TU, CNPMI, {classification}) from seed 001 Tables 2 and 5.
-PUBLISHED = {
-    ("ECNews", "nmtm"): (0.818, 0.034, {"EN-I": 0.7917, "EN-C": 0.4941, "ZH-I": 0.7742, "ZH-C": 0.5139}),
-    ("ECNews", "infoctm"): (0.943, 0.041, {"EN-I": 0.7813, "EN-C": 0.5242, "ZH-I": 0.7652, "ZH-C": 0.5592}),
-    ("ECNews", "xtra"): (0.978, 0.078, {}),
-    ("Rakuten_Amazon", "nmtm"): (0.633, 0.012, {"EN-I": 0.7966, "EN-C": 0.6104, "JA-I": 0.8264, "JA-C": 0.6816}),
-    ("Rakuten_Amazon", "infoctm"): (0.870, 0.032, {"EN-I": 0.7940, "EN-C": 0.6910, "JA-I": 0.8256, "JA-C": 0.7342}),
-    ("Rakuten_Amazon", "xtra"): (0.966, 0.034, {}),
 }
 
 
@@ -133,11 +126,9 @@ def main() -> None:
         sys.exit(f"benchmark data not found at {DATA / args.dataset} (set XTM_SHARED_DATA)")
     rows = []
     for model in [m.strip() for m in args.models.split(",") if m.strip()]:
-        pub = PUBLISHED.get((args.dataset, model))
-        if pub:
-            tu, cnpmi, clf = pub
-            rows.append({"model": model, "impl": "published (500 ep)" if model != "xtra" else "published (800 ep)",
-                         "TU": tu, "CNPMI": cnpmi, "TQ": max(0.0, cnpmi) * tu, "classification": clf})
+        for pub in published_rows(args.dataset, model, phase2=False):
+            rows.append({"model": model, "impl": f"published ({pub.epochs} ep)", "TU": pub.TU, "CNPMI": pub.CNPMI,
+                         "TQ": pub.TQ, "classification": dict(pub.classification)})
         ours = run_ours(args.dataset, model, args.epochs, args.out / args.dataset / f"xtm-{model}", args.seed)
         rows.append({"model": model, "impl": "xtm", **ours})
         if args.peer_venv and model in ("nmtm", "infoctm"):

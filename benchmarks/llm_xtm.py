@@ -26,27 +26,13 @@ import sys
 import time
 from pathlib import Path
 
+from xtm.published import CNPMI_NOTE, published_rows
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("XTM_SHARED_DATA", ROOT.parent / "shared" / "data"))
 DATASETS = {
     "ECNews": {"langs": ("en", "zh"), "dict": "dict/ch_en_dict.dat", "ref": None},
     "Rakuten_Amazon": {"langs": ("en", "ja"), "dict": "dict/MUSE/ja-en.txt", "ref": "ref_corpus/en_ja"},
-}
-# (CNPMI, TU, {classification}) from seed 001: Table 2 (CNPMI, TU), Table 5 (classification),
-# Table 3 (Rakuten ablations; its baseline row is Table 5's NMTM).
-PUBLISHED = {
-    "ECNews": {
-        "NMTM (published)": (0.034, 0.818, {"EN-I": .7917, "EN-C": .4941, "ZH-I": .7742, "ZH-C": .5139}),
-        "NMTM + LLM-XTM (published)": (0.039, 0.821, {"EN-I": .7975, "EN-C": .5173, "ZH-I": .7785, "ZH-C": .5333}),
-    },
-    "Rakuten_Amazon": {
-        "NMTM (published)": (0.012, 0.633, {"EN-I": .796, "EN-C": .610, "JA-I": .826, "JA-C": .681}),
-        "NMTM + LLM-XTM (published)": (0.016, 0.666, {"EN-I": .792, "EN-C": .621, "JA-I": .833, "JA-C": .728}),
-        "w/o doc-align (published)": (0.012, 0.679, {"EN-I": .791, "EN-C": .611, "JA-I": .832, "JA-C": .723}),
-        "w/o MMD (published)": (0.012, 0.641, {"EN-I": .795, "EN-C": .621, "JA-I": .833, "JA-C": .723}),
-        "w/o self-consistency (published)": (0.011, 0.654, {"EN-I": .792, "EN-C": .619, "JA-I": .832,
-                                                            "JA-C": .720}),
-    },
 }
 VARIANTS = {
     "phase 1 continued": None,
@@ -136,11 +122,10 @@ def table(args: argparse.Namespace, rows: dict, langs: tuple[str, str]) -> str:
                      + " | ".join(fmt(c.get(k)) for k in cls_keys)
                      + f" | {fmt(ref.get('CNPMI'))} / {fmt(ref.get('TU'))} | {fmt(m.get('seconds_per_epoch'), 1)} | "
                      f"{fmt(p2.get('seconds_per_refinement'), 1)} |")
-    for name, (cnpmi, tu, c) in PUBLISHED[args.dataset].items():
-        tq = max(cnpmi, 0) * tu
-        lines.append(f"| {name} | {cnpmi:.3f}* | {tu:.3f} | {tq:.3f}* | " + " | ".join(fmt(c.get(k)) for k in cls_keys)
-                     + " | | | |")
-    return head + "\n".join(lines) + "\n\n* published CNPMI uses the WikiComp reference corpus; not comparable.\n"
+    for pub in published_rows(args.dataset, "nmtm"):  # the paper's phase-2 rows all use the NMTM backbone
+        lines.append(f"| {pub.name} (published) | {pub.CNPMI:.3f}* | {pub.TU:.3f} | {pub.TQ:.3f}* | "
+                     + " | ".join(fmt(pub.classification.get(k)) for k in cls_keys) + " | | | |")
+    return head + "\n".join(lines) + f"\n\n* {CNPMI_NOTE}; not comparable.\n"
 
 
 if __name__ == "__main__":

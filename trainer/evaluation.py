@@ -44,6 +44,7 @@ __all__ = [
     "top_words",
     "topic_quality",
     "topic_uniqueness",
+    "topic_uniqueness_per_topic",
 ]
 
 
@@ -74,6 +75,11 @@ def topic_uniqueness(topics: Sequence[Sequence[str]]) -> float:
     1/K, pairwise disjoint topics give 1.0. Matches BobXWu/InfoCTM `utils/TU.py` for topics
     without repeated words (which `top_words` never produces).
     """
+    return float(np.mean(topic_uniqueness_per_topic(topics)))
+
+
+def topic_uniqueness_per_topic(topics: Sequence[Sequence[str]]) -> list[float]:
+    """Each topic's term of TU: the mean over its words of 1 / cnt(word) (see `topic_uniqueness`)."""
     if len(topics) == 0:
         raise XtmError("topic uniqueness needs at least one topic")
     if any(len(t) == 0 for t in topics):
@@ -82,7 +88,7 @@ def topic_uniqueness(topics: Sequence[Sequence[str]]) -> float:
     for t in topics:
         for w in set(t):
             cnt[w] = cnt.get(w, 0) + 1
-    return float(np.mean([np.mean([1.0 / cnt[w] for w in t]) for t in topics]))
+    return [float(np.mean([1.0 / cnt[w] for w in t])) for t in topics]
 
 
 def crosslingual_tu(topics_by_lang: dict[str, Sequence[Sequence[str]]]) -> dict[str, Any]:

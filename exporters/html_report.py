@@ -1,0 +1,413 @@
+"""report.html: one self-contained page per training run (inline CSS, SVG and JS; nothing fetched).
+
+Torch-free: it reads only run-directory files, so `xtm-report RUN_DIR` works anywhere the run
+was copied. metrics.json and topics_<lang>.txt are required; history.json, config.json,
+refined_topics_<lang>.txt and report_data.json (what needs the model: prevalence, per-topic
+CNPMI, the topic map, the aligned-document confusion; see xtm.trainer.report_data) add their
+sections when present. Every word and name from the run is escaped before it reaches the page.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from xtm.atomic import write_text
+from xtm.errors import XtmError
+from xtm.exporters import report_svg as svg
+from xtm.published import CNPMI_NOTE, SOURCE, Published, published_rows
+from xtm.trainer.evaluation import topic_uniqueness_per_topic
+
+REPORT_NAME = "report.html"
+
+
+@dataclass
+class RunFiles:
+    """What the report reads from a run directory."""
+
+    run_dir: Path
+    metrics: dict[str, Any]
+    config: dict[str, Any]
+    history: list[dict[str, Any]]
+    langs: list[str]
+    topics: dict[str, list[list[str]]]
+    refined: dict[str, list[list[str]]] | None
+    data: dict[str, Any]
+    notes: list[str]
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise XtmError(f"cannot read {path.name}: {e}", path=path) from e
+
+
+def _read_topics(path: Path) -> list[list[str]]:
+    try:
+        return [line.split() for line in path.read_text(encoding="utf-8").splitlines()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise XtmError(f"cannot read {path.name}: {e}", path=path) from e
+
+
+def load_run(run_dir: str | Path) -> RunFiles:
+    """Read a run directory; XtmError naming the file when it is not a (complete) xtm-train run."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise XtmError("not a directory (expected an xtm-train run directory)", path=run_dir)
+    metrics_path = run_dir / "metrics.json"
+    if not metrics_path.is_file():
+        raise XtmError("not an xtm-train run directory: metrics.json is missing (xtm-train writes it when "
+                       "training ends)", path=metrics_path)
+    metrics = _read_json(metrics_path)
+    if not isinstance(metrics, dict):
+        raise XtmError("metrics.json must hold a JSON object", path=metrics_path)
+    config = _read_json(run_dir / "config.json") if (run_dir / "config.json").is_file() else {}
+    langs = list(metrics.get("langs") or config.get("langs") or [])
+    if not langs:
+        langs = sorted(p.name[len("topics_"):-len(".txt")] for p in run_dir.glob("topics_*.txt"))
+    if not langs:
+        raise XtmError("not an xtm-train run directory: no languages in metrics.json and no topics_<lang>.txt",
+                       path=metrics_path)
+    topics = {}
+    for lang in langs:
+        path = run_dir / f"topics_{lang}.txt"
+        if not path.is_file():
+            raise XtmError(f"topics_{lang}.txt is missing (metrics.json lists language '{lang}')", path=path)
+        topics[lang] = _read_topics(path)
+    ks = {len(t) for t in topics.values()}
+    if len(ks) != 1 or 0 in ks or any(not words for t in topics.values() for words in t):
+        counts = ", ".join(f"{lang}: {len(t)}" for lang, t in topics.items())
+        raise XtmError(f"topics_<lang>.txt disagree or have empty topics (lines: {counts}); line k must be "
+                       "topic k in every language", path=run_dir)
+    k = ks.pop()
+    notes: list[str] = []
+    refined = None
+    if all((run_dir / f"refined_topics_{lang}.txt").is_file() for lang in langs):
+        refined = {lang: _read_topics(run_dir / f"refined_topics_{lang}.txt") for lang in langs}
+        if any(len(t) != k for t in refined.values()):
+            notes.append("refined_topics_<lang>.txt do not have one line per topic; the refined sets are not shown")
+            refined = None
+    history: list[dict[str, Any]] = []
+    if (run_dir / "history.json").is_file():
+        history = [h for h in _read_json(run_dir / "history.json") if isinstance(h, dict)]
+    data: dict[str, Any] = {}
+    if (run_dir / "report_data.json").is_file():
+        data = _read_json(run_dir / "report_data.json")
+        if not isinstance(data, dict) or data.get("num_topics") != k:
+            notes.append(f"report_data.json is not for this run's {k} topics; sizes, map and confusion are not shown")
+            data = {}
+    else:
+        notes.append("report_data.json is missing (xtm-train writes it when training ends): topic sizes, "
+                     "per-topic CNPMI, the topic map and the confusion matrix need the model and are not shown")
+    return RunFiles(run_dir, metrics, config, history, langs, topics, refined, data, notes)
+
+
+# --------------------------------------------------------------------------------------------
+# Formatting helpers
+# --------------------------------------------------------------------------------------------
+
+
+def fmt(x: Any, digits: int = 3) -> str:
+    if x is None or isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+        return "—"
+    return f"{x:.{digits}f}"
+
+
+def _words(words: list[str], lang: str, mark: set[str] | None = None, cls: str = "") -> str:
+    """Space-separated words, those in `mark` wrapped in a span of class `cls`."""
+    out = []
+    for w in words:
+        e = escape(w)
+        out.append(f'<span class="{cls}">{e}</span>' if mark is not None and w in mark else e)
+    return f'<span lang="{escape(lang)}">{" ".join(out)}</span>'
+
+
+def _class_keys(langs: list[str], found: dict[str, Any]) -> list[str]:
+    keys = [f"{lang.upper()}-{kind}" for lang in langs for kind in ("I", "C")]
+    return keys + sorted(k for k in found if k not in keys)
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------
+
+
+def _header(run: RunFiles) -> str:
+    m, cfg = run.metrics, run.config.get("train_config", {})
+    k = len(next(iter(run.topics.values())))
+    epochs = f"{cfg.get('epochs', m.get('epochs', '?'))}"
+    if run.refined is not None or m.get("phase2"):
+        epochs += f" + {cfg.get('phase2_epochs', '?')} (phase 2, LLM-XTM)"
+    facts = [("model", m.get("model") or run.config.get("model_config", {}).get("model", "?")),
+             ("dataset", m.get("dataset", "?")), ("topics", k), ("languages", ", ".join(run.langs)),
+             ("epochs", epochs), ("xtm", run.config.get("xtm_version", "?"))]
+    items = "".join(f"<span><b>{escape(str(a))}</b> {escape(str(b))}</span>" for a, b in facts if b != "?")
+    warn = '<p class="warn">training was interrupted; these are the last saved parameters</p>' \
+        if m.get("interrupted") else ""
+    notes = "".join(f'<p class="note">{escape(n)}</p>' for n in run.notes)
+    return (f"<header><h1>xtm run <code>{escape(run.run_dir.resolve().name)}</code></h1>"
+            f'<div class="facts">{items}</div>{warn}{notes}'
+            '<nav><a href="#metrics">metrics</a> <a href="#plots">plots</a> <a href="#topics">topics</a></nav>'
+            "</header>")
+
+
+def _metric_row(name: str, values: dict[str, Any], keys: list[str], cls: str = "") -> str:
+    cells = "".join(f"<td>{fmt(values.get(key))}</td>" for key in keys)
+    return f'<tr class="{cls}"><th>{escape(name)}</th>{cells}</tr>'
+
+
+def _metrics(run: RunFiles) -> str:
+    m = run.metrics
+    classification = m.get("classification") or {}
+    pub = _published_for(run)
+    ckeys = _class_keys(run.langs, classification)
+    keys = ["TU", "CNPMI", "TQ", *ckeys, "seconds_per_epoch"]
+    heads = "".join(f"<th>{escape(key if key != 'seconds_per_epoch' else 's/epoch')}</th>" for key in keys)
+    rows = [_metric_row("this run", {**m, **classification}, keys, "ours")]
+    if isinstance(m.get("refined"), dict):
+        rows.append(_metric_row("refined sets (phase 2)", m["refined"], keys, "ours"))
+    for p in pub:
+        vals = {"TU": p.TU, "CNPMI": p.CNPMI, "TQ": p.TQ, **p.classification}
+        rows.append(_metric_row(f"published: {p.name} ({p.epochs} ep)", vals, keys, "pub"))
+    per_lang = ", ".join(f"{escape(k)} {fmt(v)}" for k, v in (m.get("TU_per_language") or {}).items())
+    notes = [f"TU per language: {per_lang}" if per_lang else ""]
+    if m.get("CNPMI") is None:
+        notes.append(escape(m.get("CNPMI_note", "CNPMI was not computed")))
+    elif isinstance(m.get("CNPMI_reference"), dict):
+        r = m["CNPMI_reference"]
+        notes.append(f"CNPMI ({escape(str(m.get('CNPMI_pair', '')))}) on {escape(str(r.get('documents')))} aligned "
+                     f"documents of {escape(str(r.get('source')))}")
+    if pub:
+        k = len(next(iter(run.topics.values())))
+        notes.append(f"Published: {escape(SOURCE)}; {escape(CNPMI_NOTE)}"
+                     + (f". This run has K={k}, so compare with care." if k != 50 else "."))
+    p2 = m.get("phase2")
+    if isinstance(p2, dict):
+        steps = p2.get("steps") or []
+        calls = sum(s.get("calls", 0) for s in steps)
+        tokens = sum(s.get("prompt_tokens", 0) + s.get("completion_tokens", 0) for s in steps)
+        events = ", ".join(f"{escape(k)} {v}" for k, v in (p2.get("events") or {}).items() if v)
+        backend = ((p2.get("config") or {}).get("refiner") or {}).get("backend", "?")
+        notes.append(f"Phase 2: refiner {escape(str(backend))}, {p2.get('refinement_steps', 0)} refinement steps, "
+                     f"{calls} LLM calls, {tokens} tokens, {fmt(p2.get('seconds_per_refinement'), 1)} s per "
+                     f"refinement; {p2.get('topics_with_refined_set', '?')} topics with a refined set"
+                     + (f"; events: {events}" if events else ""))
+    note_html = "".join(f"<li>{n}</li>" for n in notes if n)
+    return (f'<section id="metrics"><h2>Metrics</h2><div class="scroll"><table class="metrics"><thead><tr><th></th>'
+            f"{heads}</tr></thead><tbody>{''.join(rows)}</tbody></table></div><ul class='notes'>{note_html}</ul>"
+            f"{_settings(run)}</section>")
+
+
+def _published_for(run: RunFiles) -> list[Published]:
+    """The paper's rows for this dataset and backbone (all of the dataset's rows if the backbone has none)."""
+    dataset, model = run.metrics.get("dataset"), run.metrics.get("model")
+    phase2 = run.refined is not None or bool(run.metrics.get("phase2"))
+    rows = published_rows(dataset, model)
+    if rows and not phase2:
+        rows = [r for r in rows if not r.phase2] or rows
+    return rows or published_rows(dataset)
+
+
+def _settings(run: RunFiles) -> str:
+    keep = {k: run.config[k] for k in ("model_config", "train_config", "data", "phase2", "tokenizers")
+            if run.config.get(k) is not None}
+    if not keep:
+        return ""
+    text = json.dumps(keep, indent=1, ensure_ascii=False)
+    return f"<details><summary>settings (config.json)</summary><pre>{escape(text)}</pre></details>"
+
+
+def _loss_order(key: str) -> tuple[int, str]:
+    rank = 0 if key == "loss" else 1 if key.startswith("recon") else 2 if key.startswith("kl") else 3
+    return rank, key
+
+
+def _plots(run: RunFiles) -> str:
+    parts = ['<section id="plots"><h2>Plots</h2>']
+    if run.history:
+        keys = sorted({k for h in run.history for k, v in h.items()
+                       if k not in ("epoch", "seconds") and isinstance(v, (int, float))}, key=_loss_order)
+        epochs = run.config.get("train_config", {}).get("epochs")
+        mark = epochs if (run.refined is not None or run.metrics.get("phase2")) and epochs else None
+        panels = []
+        for key in keys:
+            pts = [(h.get("epoch", i + 1), h[key]) for i, h in enumerate(run.history) if key in h]
+            panels.append(svg.line_panel(key, [p[0] for p in pts], [p[1] for p in pts], mark_x=mark))
+        parts.append("<h3>Training losses per epoch</h3>"
+                     + ('<p class="note">dashed line: phase 2 starts</p>' if mark else "")
+                     + f'<div class="grid">{"".join(panels)}</div>')
+    else:
+        parts.append('<p class="note">history.json is missing or empty: no loss curves</p>')
+    d = run.data
+    if d.get("prevalence"):
+        prev = {lang: d["prevalence"][lang] for lang in run.langs if lang in d["prevalence"]}
+        legend = " ".join(f'<span class="sw" style="background:{svg.lang_color(i)}"></span>{escape(lang)}'
+                          for i, lang in enumerate(prev))
+        parts.append("<h3>Topic prevalence</h3><p class=\"note\">share of each language's training documents "
+                     f"whose top topic it is. {legend}</p>{svg.prevalence_bars(prev)}")
+    side = []
+    if d.get("topic_map"):
+        tm = d["topic_map"]
+        sizes = _mean_sizes(run)
+        first = run.langs[0]
+        tips = [f"topic {t}: " + " ".join(run.topics[first][t][:8]) for t in range(len(tm["x"]))]
+        side.append('<div><h3>Map of topics</h3><p class="note">PCA of each topic\'s word distributions '
+                    "(square roots, all languages side by side): near = similar words. Area: size; click a "
+                    f"topic to see its words.</p>{svg.topic_scatter(tm['x'], tm['y'], sizes, tips, tm['explained'])}"
+                    "</div>")
+    conf = d.get("confusion")
+    if isinstance(conf, dict) and conf.get("counts"):
+        a, b = conf["langs"]
+        share = conf.get("diagonal_share")
+        side.append(f'<div><h3>Aligned documents: top topic {escape(a)} vs {escape(b)}</h3><p class="note">'
+                    f"{conf.get('documents', 0)} aligned reference pairs (of {conf.get('reference_documents', '?')}; "
+                    "pairs without vocabulary words are left out). Same top topic in both languages "
+                    f'(diagonal): <b class="diagshare">{fmt(share * 100 if share is not None else None, 1)}%</b>'
+                    f"</p>{svg.confusion_heatmap(conf['counts'], [a, b])}</div>")
+    elif d:
+        side.append('<div><p class="note">No confusion matrix: it needs aligned documents (--ref-corpus).</p></div>')
+    if side:
+        parts.append(f'<div class="pair">{"".join(side)}</div>')
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def _mean_sizes(run: RunFiles) -> list[float]:
+    k = len(next(iter(run.topics.values())))
+    prev = run.data.get("prevalence") or {}
+    vals = [prev[lang] for lang in run.langs if lang in prev]
+    return [sum(v[t] for v in vals) / len(vals) for t in range(k)] if vals else [1.0] * k
+
+
+def _topic_rows(run: RunFiles) -> str:
+    langs, k = run.langs, len(next(iter(run.topics.values())))
+    tu = {lang: topic_uniqueness_per_topic(run.topics[lang]) for lang in langs}
+    rtu = {lang: topic_uniqueness_per_topic(run.refined[lang]) for lang in langs} if run.refined else {}
+    prev = run.data.get("prevalence") or {}
+    cnpmi = run.data.get("cnpmi_per_topic")
+    rcnpmi = run.data.get("refined_cnpmi_per_topic")
+    sizes = _mean_sizes(run) if prev else [float("nan")] * k
+    smax = max((v for lang in langs for v in prev.get(lang, [])), default=0.0) or 1.0
+    rows = []
+    for t in range(k):
+        size_cells = []
+        for i, lang in enumerate(langs):
+            if lang in prev:
+                v = prev[lang][t]
+                size_cells.append(f'<div class="sz"><span class="bar" style="width:{v / smax * 100:.0f}%;'
+                                  f'background:{svg.lang_color(i)}"></span>{escape(lang)} {v:.1%}</div>')
+        tu_cell = "<br>".join(f"{escape(lang)} {fmt(tu[lang][t], 2)}" + (
+            f' <span class="r">→ {fmt(rtu[lang][t], 2)}</span>' if rtu else "") for lang in langs)
+        c_own = cnpmi[t] if cnpmi else None
+        c_cell = fmt(c_own) + (f'<br><span class="r">→ {fmt(rcnpmi[t])}</span>' if rcnpmi else "")
+        word_cells, text = [], [f"#{t}"]
+        for lang in langs:
+            own = run.topics[lang][t]
+            text.extend(own)
+            if run.refined:
+                ref = run.refined[lang][t]
+                text.extend(ref)
+                added, removed = set(ref) - set(own), set(own) - set(ref)
+                # An unchanged set is not repeated: at 200 topics every saved line counts.
+                changes = (f'<span class="tag">refined +{len(added)} −{len(removed)}</span> '
+                           f'{_words(ref, lang, added, "add")}') if added or removed else \
+                    '<span class="tag">refined: the same words</span>'
+                cell = f'<div class="own">{_words(own, lang, removed, "del")}</div><div class="ref">{changes}</div>'
+            else:
+                cell = f'<div class="own">{_words(own, lang)}</div>'
+            word_cells.append(f'<td class="w" lang="{escape(lang)}">{cell}</td>')
+        mean_tu = sum(tu[lang][t] for lang in langs) / len(langs)
+        attrs = (f'id="topic-{t}" data-k="{t}" data-size="{sizes[t]:.6g}" data-tu="{mean_tu:.6g}" '
+                 f'data-cnpmi="{c_own if c_own is not None else "nan"}" '
+                 f'data-text="{escape(" ".join(text).lower(), quote=True)}"')
+        rows.append(f'<tr {attrs}><th><a href="#topic-{t}">{t}</a></th><td class="n">{"".join(size_cells) or "—"}'
+                    f'</td><td class="n">{tu_cell}</td><td class="n">{c_cell}</td>{"".join(word_cells)}</tr>')
+    return "".join(rows)
+
+
+def _topics(run: RunFiles) -> str:
+    langs, k = run.langs, len(next(iter(run.topics.values())))
+    heads = "".join(f'<th lang="{escape(lang)}">{escape(lang)} words</th>' for lang in langs)
+    legend = ('<p class="note">Each row: the model\'s own top words, then phase 2\'s refined set. '
+              '<span class="add">added</span> by refinement, <span class="del">dropped</span> from the '
+              "model's words. TU and CNPMI: own → refined.</p>") if run.refined else ""
+    return (f'<section id="topics"><h2>Topics</h2>{legend}<div class="controls">'
+            '<input id="q" type="search" placeholder="filter: a word or #topic" aria-label="filter topics">'
+            '<label>sort <select id="sort"><option value="k">topic number</option>'
+            '<option value="size">size</option><option value="cnpmi">CNPMI</option><option value="tu">TU</option>'
+            f'</select></label> <span class="note">showing <b id="shown">{k}</b> of {k}</span></div>'
+            '<div class="scroll"><table class="topics"><thead><tr><th>#</th><th>size (top topic of)</th><th>TU</th>'
+            f'<th>CNPMI</th>{heads}</tr></thead><tbody id="topics-body">{_topic_rows(run)}</tbody></table></div>'
+            "</section>")
+
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI","Noto Sans","Noto Sans CJK SC","Hiragino Sans",
+"Microsoft YaHei",sans-serif;margin:0 auto;max-width:1400px;padding:0 16px 40px;color:#222}
+h1{font-size:22px;margin:16px 0 6px}h2{font-size:18px;border-bottom:1px solid #ddd;padding-bottom:3px;margin-top:28px}
+h3{font-size:15px;margin:14px 0 4px}.facts span{margin-right:16px}.note{color:#555;font-size:13px;margin:4px 0}
+.warn{color:#a00;font-weight:bold}nav a{margin-right:12px}code{font-size:90%}
+table{border-collapse:collapse}th,td{padding:3px 7px;border-bottom:1px solid #eee;vertical-align:top;text-align:left}
+.metrics td{text-align:right;font-variant-numeric:tabular-nums}.metrics tr.pub{color:#666;background:#fafafa}
+.scroll{overflow-x:auto}.topics{width:100%;font-size:13px}.topics thead th{position:sticky;top:0;background:#fff}
+.topics td.n{white-space:nowrap;font-variant-numeric:tabular-nums}.topics td.w{overflow-wrap:anywhere;min-width:14em}
+.topics tr:target{background:#fff6cc}.sz{position:relative;min-width:7em}.bar{display:inline-block;height:8px;
+margin-right:4px;vertical-align:middle;max-width:4em}.ref{color:#333;margin-top:2px}.tag{font-size:11px;color:#777}
+.add{background:#d4f5d4;color:#064;border-radius:2px;padding:0 1px}.del{text-decoration:line-through;color:#b33}
+.r{color:#777}.controls{margin:8px 0}.controls input{font:inherit;padding:3px 6px;width:18em;margin-right:12px}
+.grid{display:flex;flex-wrap:wrap;gap:6px}.grid svg{width:300px;flex:0 0 auto}
+.pair{display:flex;flex-wrap:wrap;gap:20px}
+.pair>div{flex:1 1 480px;max-width:680px}.chart{width:100%;height:auto;font-size:10px}.chart text{fill:#333}
+.chart .t{font-size:12px;font-weight:bold}.frame{fill:none;stroke:#ccc}.line{fill:none;stroke:#0072B2;stroke-width:1.6}
+.dot{fill:#0072B2}.mark{stroke:#D55E00;stroke-dasharray:4 3}.pt{fill:#0072B2;fill-opacity:.55;stroke:#035}
+.pl{font-size:9px;pointer-events:none}.cell{fill:#555}.cell.d{fill:#0072B2}.diag{stroke:#0072B2;stroke-opacity:.25}
+.sw{display:inline-block;width:10px;height:10px;margin:0 3px 0 8px}pre{font-size:12px;background:#f6f6f6;padding:8px;
+overflow-x:auto}details{margin:8px 0}ul.notes{padding-left:18px}
+"""
+
+# Filter and sort the topic table in place; rows keep their ids so the map's links still work.
+JS = """
+(function () {
+  var q = document.getElementById('q'), sel = document.getElementById('sort');
+  var body = document.getElementById('topics-body'), shown = document.getElementById('shown');
+  var rows = Array.prototype.slice.call(body.rows);
+  function num(r, key) { var v = parseFloat(r.getAttribute('data-' + key)); return isNaN(v) ? -Infinity : v; }
+  function apply() {
+    var text = q.value.trim().toLowerCase(), key = sel.value, n = 0;
+    var order = rows.slice().sort(function (a, b) {
+      return key === 'k' ? num(a, 'k') - num(b, 'k') : num(b, key) - num(a, key);
+    });
+    order.forEach(function (r) {
+      var ok = !text || r.getAttribute('data-text').indexOf(text) >= 0;
+      r.hidden = !ok; if (ok) { n++; } body.appendChild(r);
+    });
+    shown.textContent = n;
+  }
+  q.addEventListener('input', apply); sel.addEventListener('change', apply); apply();
+  document.body.setAttribute('data-ready', '1');  // lets a headless browser test see the script ran
+})();
+"""
+
+
+def render_report(run_dir: str | Path) -> str:
+    """The whole page as a string."""
+    run = load_run(run_dir)
+    title = f"xtm run {run.run_dir.resolve().name}"
+    return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{escape(title)}</title><style>{CSS}</style></head><body>"
+            f"{_header(run)}{_metrics(run)}{_plots(run)}{_topics(run)}"
+            f"<script>{JS}</script></body></html>\n")
+
+
+def write_report_html(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Render RUN_DIR's report and write it atomically (default RUN_DIR/report.html); returns the path."""
+    html = render_report(run_dir)
+    path = Path(out) if out is not None else Path(run_dir) / REPORT_NAME
+    write_text(path, html)
+    return path

@@ -1,0 +1,268 @@
+"""report.html: written by every training run, re-rendered by xtm-report, usable at 6 or 200 topics."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from html import escape
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from xtm.errors import XtmError
+from xtm.exporters.html_report import load_run, render_report, write_report_html
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "PYTHONWARNINGS": "ignore"}
+
+
+def topic_rows(html: str) -> dict[int, str]:
+    """Topic k -> the HTML of its table row."""
+    return {int(m.group(1)): m.group(2) for m in re.finditer(r'<tr id="topic-(\d+)"[^>]*>(.*?)</tr>', html, re.S)}
+
+
+def read_topics(run: Path, prefix: str = "topics") -> dict[str, list[list[str]]]:
+    return {lang: [line.split() for line in (run / f"{prefix}_{lang}.txt").read_text(encoding="utf-8").splitlines()]
+            for lang in ("en", "zh")}
+
+
+def assert_self_contained(html: str) -> None:
+    assert '<meta charset="utf-8">' in html
+    # Nothing to fetch: the only URL is the SVG namespace, which browsers never load.
+    assert not re.search(r'(src|href)="(https?:)?//', html)
+    assert re.findall(r"https?://[^\s\"']+", html) == ["http://www.w3.org/2000/svg"] * html.count("<svg")
+
+
+@pytest.fixture(scope="module")
+def phase2_run(example_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A phase-2 (LLM-XTM, embedding refiner) run with the aligned reference corpus, via xtm-train."""
+    out = tmp_path_factory.mktemp("report-p2") / "run"
+    p = subprocess.run(
+        [sys.executable, "-m", "xtm.cli.train", "--data", str(example_dir / "docs.jsonl"),
+         "--dict", str(example_dir / "dict.tsv"), "--model", "nmtm", "--topics", "6", "--epochs", "10",
+         "--phase2-epochs", "2", "--refine-every", "1", "--rounds", "2", "--ref-corpus",
+         str(example_dir / "ref_en_zh"), "--out", str(out), "--seed", "0"],
+        capture_output=True, text=True, timeout=600,
+        env={**env(), "XTM_CACHE_DIR": str(tmp_path_factory.getbasetemp() / "xtm-cache")})
+    assert p.returncode == 0, p.stderr
+    assert "report.html" in p.stderr
+    return out
+
+
+def test_every_training_run_writes_its_report(example_run: Path) -> None:
+    html = (example_run / "report.html").read_text(encoding="utf-8")
+    assert_self_contained(html)
+    topics = read_topics(example_run)
+    rows = topic_rows(html)
+    assert sorted(rows) == list(range(6))
+    for k, row in rows.items():
+        for lang in ("en", "zh"):
+            assert f'lang="{lang}"' in row
+            assert all(escape(w) in row for w in topics[lang][k]), (k, lang)
+    metrics = json.loads((example_run / "metrics.json").read_text())
+    table = html[html.index('id="metrics"'):html.index('id="plots"')]
+    assert f"{metrics['TU']:.3f}" in table and f"{metrics['classification']['EN-C']:.3f}" in table
+    assert "no reference corpus" in table                  # CNPMI absent, and said why
+    assert html.count("<svg") >= 4 + 1 + 1                 # loss panels, prevalence, topic map
+    # report_data.json: prevalence from evaluation's theta, one share per topic, summing to 1
+    data = json.loads((example_run / "report_data.json").read_text())
+    for lang in ("en", "zh"):
+        assert len(data["prevalence"][lang]) == 6 and sum(data["prevalence"][lang]) == pytest.approx(1.0)
+    assert len(data["topic_map"]["x"]) == 6 and "confusion" not in data
+
+
+def test_phase2_report_shows_refined_sets_and_aligned_confusion(phase2_run: Path) -> None:
+    html = (phase2_run / "report.html").read_text(encoding="utf-8")
+    assert_self_contained(html)
+    own, refined = read_topics(phase2_run), read_topics(phase2_run, "refined_topics")
+    rows = topic_rows(html)
+    assert sorted(rows) == list(range(6))
+    changed = 0
+    for k, row in rows.items():
+        for lang in ("en", "zh"):
+            added, dropped = set(refined[lang][k]) - set(own[lang][k]), set(own[lang][k]) - set(refined[lang][k])
+            for w in added:
+                assert f'<span class="add">{escape(w)}</span>' in row
+            for w in dropped:
+                assert f'<span class="del">{escape(w)}</span>' in row
+            if added or dropped:
+                assert f'refined +{len(added)} −{len(dropped)}' in row
+            changed += len(added)
+    assert changed > 0
+    assert "refined sets (phase 2)" in html and "Phase 2: refiner embedding" in html
+    assert ">mmd</text>" in html and ">doc_align</text>" in html   # phase-2 losses have their curves
+    data = json.loads((phase2_run / "report_data.json").read_text())
+    conf = data["confusion"]
+    counts = np.array(conf["counts"])
+    assert counts.shape == (6, 6) and counts.sum() == conf["documents"] > 0
+    assert conf["diagonal_share"] == pytest.approx(np.trace(counts) / counts.sum())
+    assert conf["diagonal_share"] > 0.5                    # the example's topics align across languages
+    assert f"{conf['diagonal_share'] * 100:.1f}%" in html
+    assert len(data["cnpmi_per_topic"]) == 6 and len(data["refined_cnpmi_per_topic"]) == 6
+    metrics = json.loads((phase2_run / "metrics.json").read_text())
+    assert np.mean(data["cnpmi_per_topic"]) == pytest.approx(metrics["CNPMI"])
+    assert np.mean(data["refined_cnpmi_per_topic"]) == pytest.approx(metrics["refined"]["CNPMI"])
+
+
+def synthetic_run(run: Path, k: int = 200) -> Path:
+    """A run directory written by hand: K topics, an ECNews-named dataset, words that need escaping."""
+    rng = np.random.default_rng(0)
+    run.mkdir(parents=True)
+    words = {"en": [[f"w{t}_{i}" for i in range(15)] for t in range(k)],
+             "zh": [[f"词{t}字{i}" for i in range(15)] for t in range(k)]}
+    words["en"][7][0] = "<b>&amp;"                          # must arrive as text, not markup
+    refined = {lang: [ws[2:] + ws[:2] for ws in words[lang]] for lang in words}   # same sets, reordered
+    refined["en"][3] = ["w3_0", "added_word", "<i>"]
+    for lang in ("en", "zh"):
+        (run / f"topics_{lang}.txt").write_text("".join(" ".join(t) + "\n" for t in words[lang]), encoding="utf-8")
+        (run / f"refined_topics_{lang}.txt").write_text("".join(" ".join(t) + "\n" for t in refined[lang]),
+                                                        encoding="utf-8")
+    metrics = {"TU": 0.9, "TU_per_language": {"en": 0.9, "zh": 0.9}, "CNPMI": 0.05, "TQ": 0.045,
+               "classification": {"EN-I": 0.8, "ZH-I": 0.78, "EN-C": 0.5, "ZH-C": 0.52},
+               "refined": {"TU": 0.91, "CNPMI": 0.06, "TQ": 0.055}, "phase2": {"refinement_steps": 3, "steps": []},
+               "model": "nmtm", "dataset": "ECNews", "langs": ["en", "zh"], "num_topics": k, "epochs": 12,
+               "interrupted": False, "seconds_per_epoch": 3.5}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    history = [{"epoch": e, "loss": 100.0 / e, "recon_en": 50.0 / e, "recon_zh": 50.0 / e, "kl_en": 1.0, "kl_zh": 1.0,
+                "seconds": 1.0, **({"mmd": 5.0 - e / 10, "doc_align": 3.0} if e > 10 else {})} for e in range(1, 13)]
+    (run / "history.json").write_text(json.dumps(history))
+    (run / "config.json").write_text(json.dumps({"langs": ["en", "zh"], "train_config": {"epochs": 10,
+                                                                                         "phase2_epochs": 2}}))
+    top_a, top_b = rng.integers(0, k, 5000), rng.integers(0, k, 5000)
+    top_b[:4000] = top_a[:4000]
+    counts = np.zeros((k, k), dtype=int)
+    np.add.at(counts, (top_a, top_b), 1)
+    prev = rng.dirichlet(np.ones(k), size=2)
+    (run / "report_data.json").write_text(json.dumps({
+        "schema_version": 1, "num_topics": k, "langs": ["en", "zh"],
+        "prevalence": {"en": prev[0].tolist(), "zh": prev[1].tolist()},
+        "topic_map": {"x": rng.normal(size=k).tolist(), "y": rng.normal(size=k).tolist(), "explained": [0.2, 0.1]},
+        "cnpmi_per_topic": rng.normal(0.05, 0.02, k).tolist(),
+        "confusion": {"langs": ["en", "zh"], "counts": counts.tolist(), "documents": 5000,
+                      "reference_documents": 5000, "diagonal_share": float(np.trace(counts) / 5000)}}))
+    return run
+
+
+def test_200_topics_render_escaped_with_published_numbers(tmp_path: Path) -> None:
+    run = synthetic_run(tmp_path / "run")
+    html = render_report(run)
+    assert_self_contained(html)
+    rows = topic_rows(html)
+    assert sorted(rows) == list(range(200))
+    assert "词199字14" in rows[199] and 'lang="zh"' in rows[199]
+    assert "&lt;b&gt;&amp;amp;" in rows[7] and "<b>&amp;" not in rows[7]
+    assert '<span class="add">added_word</span>' in rows[3] and '<span class="add">&lt;i&gt;</span>' in rows[3]
+    assert '<span class="del">w3_1</span>' in rows[3]
+    assert "refined: the same words" in rows[4]                # reordered, same set: not repeated
+    # ECNews + nmtm: the paper's NMTM row and, for a phase-2 run, its LLM-XTM row
+    assert "published: NMTM (500 ep)" in html and "published: NMTM + LLM-XTM (500 ep)" in html
+    assert "0.7917" not in html and "0.792" in html and "This run has K=200" in html
+    assert html.count("<svg") == 7 + 3                        # 7 loss panels, prevalence, map, confusion
+    assert len(html) < 3_000_000                              # 200 topics stay a light page
+
+
+def test_published_numbers_have_one_home() -> None:
+    from xtm.published import published_rows
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    for script in ("backbones.py", "llm_xtm.py"):
+        text = (bench / script).read_text(encoding="utf-8")
+        assert "from xtm.published import" in text and "0.818" not in text, script
+    (nmtm,) = published_rows("ecnews", "nmtm", phase2=False)
+    assert (nmtm.TU, nmtm.CNPMI) == (0.818, 0.034) and nmtm.TQ == pytest.approx(0.034 * 0.818)
+    assert published_rows("docs") == []
+
+
+def test_xtm_report_cli_rewrites_and_errors_cleanly(tmp_path: Path) -> None:
+    run = synthetic_run(tmp_path / "run", k=10)
+    cli = [sys.executable, "-m", "xtm.cli.report"]
+    p = subprocess.run(cli + [str(run)], capture_output=True, text=True, env=env(), timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert (run / "report.html").is_file() and p.stdout.strip().endswith("report.html")
+    p = subprocess.run(cli + [str(run), "--out", str(tmp_path / "elsewhere.html")], capture_output=True, text=True,
+                       env=env(), timeout=120)
+    assert p.returncode == 0 and len(topic_rows((tmp_path / "elsewhere.html").read_text(encoding="utf-8"))) == 10
+    not_a_run = tmp_path / "empty"
+    not_a_run.mkdir()
+    p = subprocess.run(cli + [str(not_a_run)], capture_output=True, text=True, env=env(), timeout=120)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert str(not_a_run / "metrics.json") in p.stderr and "not an xtm-train run directory" in p.stderr
+    assert not (not_a_run / "report.html").exists()
+
+
+def test_missing_or_broken_run_files_are_named(tmp_path: Path) -> None:
+    run = synthetic_run(tmp_path / "run", k=10)
+    (run / "topics_zh.txt").unlink()
+    with pytest.raises(XtmError, match="topics_zh.txt"):
+        load_run(run)
+    (run / "metrics.json").write_text("{broken")
+    with pytest.raises(XtmError, match="metrics.json"):
+        write_report_html(run)
+    with pytest.raises(XtmError, match="not a directory"):
+        load_run(tmp_path / "nope")
+
+
+def test_report_without_report_data_still_renders(tmp_path: Path) -> None:
+    run = synthetic_run(tmp_path / "run", k=10)
+    (run / "report_data.json").unlink()
+    html = render_report(run)
+    assert len(topic_rows(html)) == 10 and "report_data.json is missing" in html
+
+
+# ---- in a real browser -------------------------------------------------------------------------
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (Debian: apt-get install "
+                                                              "chromium); the browser check is skipped")
+
+
+def chromium(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr",
+                           "--v=0", *args], capture_output=True, text=True, timeout=180)
+
+
+def console_messages(stderr: str) -> list[str]:
+    # Chromium logs every console message and uncaught exception of the page as a CONSOLE line.
+    return [line for line in stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
+
+
+@needs_chromium
+def test_browser_check_sees_script_errors(tmp_path: Path) -> None:
+    """The console check below is not vacuous: a failing script is caught."""
+    page = tmp_path / "broken.html"
+    page.write_text('<!DOCTYPE html><html><body><script>undefinedFunction();</script></body></html>')
+    p = chromium("--dump-dom", page.as_uri())
+    assert any("Uncaught" in line for line in console_messages(p.stderr)), p.stderr
+
+
+@needs_chromium
+@pytest.mark.parametrize("which", ["phase2", "200-topics"])
+def test_report_in_a_headless_browser(which: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    if which == "phase2":
+        run: Path = request.getfixturevalue("phase2_run")
+    else:
+        run = synthetic_run(tmp_path / "run")
+        write_report_html(run)
+    k = len(read_topics(run)["en"])
+    page = (run / "report.html").as_uri()
+    p = chromium("--dump-dom", page)
+    assert p.returncode == 0, p.stderr
+    assert console_messages(p.stderr) == []
+    dom = p.stdout
+    assert 'data-ready="1"' in dom                            # the page's script ran to its end
+    rows = topic_rows(dom)
+    assert sorted(rows) == list(range(k))
+    assert not re.search(r'<tr id="topic-\d+"[^>]*hidden', dom)   # the filter starts by showing every topic
+    assert f'<b id="shown">{k}</b>' in dom
+    shot = tmp_path / f"report-{which}.png"
+    p = chromium(f"--screenshot={shot}", "--window-size=1280,3000", page)
+    assert p.returncode == 0, p.stderr
+    assert console_messages(p.stderr) == []
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+    print(f"screenshot of the {which} report: {shot}")
