@@ -40,6 +40,7 @@ VARIANTS = {
     "w/o MMD": {"mmd": False},
     "w/o doc-align": {"doc_align": False},
     "w/o self-consistency (R=1)": {"rounds": 1},
+    "+ LLM-XTM, lambda_mmd 2,000": {"lambda_mmd": 2000.0},
 }
 
 
@@ -84,7 +85,7 @@ def main() -> None:
     rows = {"phase 1": json.loads((base / "metrics.json").read_text())}
     for name in [v.strip() for v in args.variants.split(",")]:
         change = VARIANTS[name]
-        run = out / name.replace(" ", "_").replace("/", "").replace("(", "").replace(")", "").replace("=", "")
+        run = out / "".join(ch if ch.isalnum() else "_" for ch in name).strip("_")
         shutil.rmtree(run, ignore_errors=True)
         shutil.copytree(base, run)
         t0 = time.perf_counter()
