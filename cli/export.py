@@ -14,9 +14,9 @@ Examples:
   xtm-export runs/ecnews-infoctm --out bundles/ecnews-int8 --quantize int8
 
 \b
-The bundle holds one ONNX encoder per training language (bow -> theta),
-the topic-word matrices, vocabularies, tokenizer settings, topics.json and
-manifest.json with the sha256 of every file. Export checks that ONNX Runtime
+The bundle holds one ONNX encoder per training language (word ids and counts
+-> theta), the topic-word matrices, vocabularies, tokenizer settings,
+topics.json and manifest.json with the sha256 of every file. Export checks that ONNX Runtime
 and torch give the same theta (within 1e-5) on the run's own documents; with
 --quantize int8 it reports the drift (mean L1 of theta, top-topic agreement).
 """
@@ -25,7 +25,8 @@ and torch give the same theta (within 1e-5) on the run's own documents; with
 @click.command(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Bundle directory to write.")
-@click.option("--quantize", type=click.Choice(["int8"]), help="Dynamic int8 quantization of the encoders.")
+@click.option("--quantize", type=click.Choice(["int8"]),
+              help="Smaller encoders: first-layer weights int8 (one scale per word), the rest float16.")
 @click.option("--opset", type=click.IntRange(17, 23), default=18, show_default=True)
 @click.option("-q", "--quiet", is_flag=True)
 @friendly_errors

@@ -3,6 +3,11 @@
 Never imports torch (nor xtm.trainer / xtm.models_zoo, which do): the base install has no torch.
 Texts are tokenized with the exact tokenizer recorded at training time (`xtm.runtime.tokenize`)
 and counted over the training vocabulary; out-of-vocabulary tokens are ignored.
+
+Sparse encoders (bundle schema 2) read each document as its word ids and counts, padded to the
+longest document of the batch. Documents are therefore batched by length: within a window of
+_SORT_WINDOW batches, they are sorted by their number of distinct words before being cut into
+batches, so padding stays small. Each row's result does not depend on its batch.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import json
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from itertools import repeat
 from pathlib import Path
 from typing import Any
@@ -26,6 +32,10 @@ from xtm.runtime.tokenize import KINDS
 
 __all__ = ["InferenceResult", "TopicModel"]
 
+# Batches whose documents are sorted by length together (sparse encoders): memory for one window
+# is its documents' word ids, a few bytes per token.
+_SORT_WINDOW = 8
+
 
 @dataclass(frozen=True)
 class InferenceResult:
@@ -33,7 +43,10 @@ class InferenceResult:
 
     theta: float32 [n, K], each row a distribution over topics (sums to 1 up to float rounding).
     langs: the language each document was read as (given, or detected among the bundle's).
-    top_topics: per document the `top_k` (topic id, weight) pairs, heaviest first.
+    top_ids, top_weights: int64 / float32 [n, top_k], each document's heaviest topics, heaviest
+        first (equal weights: lower id first), and their weights.
+    top_topics: the same as per-document lists of (topic id, weight) pairs, built on first access
+        (a Python object per pair costs more than the whole encoder for short documents).
     empty: bool [n], True where a document had no in-vocabulary token. Its theta is what the
         encoder gives for an all-zero bag of words (a fixed, document-independent prior), so it
         says nothing about the document: filter on this flag.
@@ -41,12 +54,17 @@ class InferenceResult:
 
     theta: np.ndarray
     langs: list[str]
-    top_topics: list[list[tuple[int, float]]]
+    top_ids: np.ndarray
+    top_weights: np.ndarray
     empty: np.ndarray
     topic_words: list[dict[str, list[str]]]
 
     def __len__(self) -> int:
         return len(self.langs)
+
+    @cached_property
+    def top_topics(self) -> list[list[tuple[int, float]]]:
+        return list(map(list, map(zip, self.top_ids.tolist(), self.top_weights.astype(np.float64).tolist())))
 
     def top_topics_with_words(self, n_words: int = 10) -> list[list[dict[str, Any]]]:
         """Per document: [{"id": k, "weight": w, "words": {lang: first n_words words}}, ...] for its top topics."""
@@ -148,6 +166,11 @@ class TopicModel:
             opts.intra_op_num_threads = int(threads)
         # onnxruntime logs provider fallbacks and graph notes as warnings; errors still raise.
         opts.log_severity_level = 3
+        # An encoder call takes about a millisecond and tokenizing the next batch several: idle
+        # onnxruntime workers spinning in between took a core from the tokenizer (and from
+        # anything else on the machine). Without spinning, 2 threads on a busy 2-core machine
+        # ran infer() at 55k docs/s instead of 27k, the same as 1 thread.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         encoders: dict[str, _Encoder] = {}
         for lang in manifest.languages:
             e = manifest.encoders[lang]
@@ -252,8 +275,15 @@ class TopicModel:
             given = langs
             if len(given) != n:
                 raise XtmError(f"langs has {len(given)} entries for {n} texts")
+        try:
+            distinct = set(given)
+        except TypeError:  # an unhashable entry: the loop below names it
+            distinct = {0}
+        if None not in distinct and all(isinstance(x, str) for x in distinct):
+            # Every language given: one check per distinct code, then a C-level map.
+            codes = {x: self._served_code(x) for x in distinct}
+            return list(map(codes.__getitem__, given))
         out: list[str] = []
-        served = self._encoders
         known: dict[str, str] = {}  # given code -> normalised: one check per distinct code, not per text
         for i, (text, lang) in enumerate(zip(texts, given, strict=True)):
             if lang is None:
@@ -266,18 +296,29 @@ class TopicModel:
             if code is None:
                 if not isinstance(lang, str):
                     raise XtmError(f"langs[{i}] must be a language code or None, got {type(lang).__name__}")
-                code = normalize_lang(lang)
-                if code not in served:
-                    raise XtmError(f"language '{lang}' is not served by this bundle (it serves "
-                                   f"{', '.join(self.languages)})")
-                known[lang] = code
+                code = known[lang] = self._served_code(lang)
             out.append(code)
         return out
 
-    def bag_of_words(self, texts: Sequence[str], lang: str) -> np.ndarray:
-        """Dense float32 [len(texts), V_lang] counts of in-vocabulary tokens (what the encoder reads)."""
+    def _served_code(self, lang: str) -> str:
+        code = normalize_lang(lang)
+        if code not in self._encoders:
+            raise XtmError(f"language '{lang}' is not served by this bundle (it serves {', '.join(self.languages)})")
+        return code
+
+    def bag_of_words(self, texts: Sequence[str], lang: str, *, sparse: bool = False) -> Any:
+        """Counts of in-vocabulary tokens, [len(texts), V_lang] float32: what the encoder reads.
+
+        A dense numpy array, or with `sparse=True` a scipy.sparse CSR matrix (indices sorted).
+        """
         enc = self._encoder(lang)
-        return _bow(texts, self._tokenizer(enc.entry.lang), enc.vocab, enc.entry.vocab_size)[0]
+        counts = _count_words(texts, self._tokenizer(enc.entry.lang), enc.vocab, enc.entry.vocab_size)
+        if sparse:
+            import scipy.sparse as sp
+
+            return sp.csr_matrix((counts.counts, counts.words, counts.indptr),
+                                 shape=(len(texts), enc.entry.vocab_size))
+        return counts.dense(np.arange(len(texts)), enc.entry.vocab_size)
 
     def infer(self, texts: Sequence[str], langs: Sequence[str | None] | str | None = None,
               batch_size: int = 256, top_k: int = 3) -> InferenceResult:
@@ -289,9 +330,9 @@ class TopicModel:
         """
         if isinstance(texts, str):
             raise TypeError("texts must be a sequence of strings, not one string")
-        for i, t in enumerate(texts):
-            if not isinstance(t, str):
-                raise XtmError(f"texts[{i}] must be a string, got {type(t).__name__}")
+        if not all(isinstance(t, str) for t in texts):
+            i, t = next((i, t) for i, t in enumerate(texts) if not isinstance(t, str))
+            raise XtmError(f"texts[{i}] must be a string, got {type(t).__name__}")
         if batch_size < 1:
             raise XtmError(f"batch_size must be at least 1, got {batch_size}")
         n, K = len(texts), self.num_topics
@@ -301,30 +342,86 @@ class TopicModel:
         groups: dict[str, list[int]] = {}
         for i, lang in enumerate(doc_langs):
             groups.setdefault(lang, []).append(i)
-        for lang, idx in groups.items():
+        for lang, idx_list in groups.items():
             enc = self._encoder(lang)
             tok = self._tokenizer(lang)
             V = enc.entry.vocab_size
-            # One zeroed buffer per call and language, never shared: concurrent calls stay independent.
-            buf = np.zeros((min(batch_size, len(idx)), V), dtype=np.float32)
-            for start in range(0, len(idx), batch_size):
-                rows = idx[start:start + batch_size]
-                bow, cells, nonempty = _bow([texts[i] for i in rows], tok, enc.vocab, V, out=buf)
-                theta[rows] = enc.session.run([enc.entry.output], {enc.entry.input: bow})[0]
-                empty[rows] = ~nonempty
-                buf.reshape(-1)[cells] = 0.0
-        return InferenceResult(theta=theta, langs=doc_langs, top_topics=_top_topics(theta, top_k), empty=empty,
+            idx = np.asarray(idx_list, dtype=np.int64)
+            run, out_name, (in0, *in1) = enc.session.run, [enc.entry.output], enc.entry.inputs
+            window = batch_size * _SORT_WINDOW if enc.entry.sparse else batch_size
+            for w0 in range(0, len(idx), window):
+                widx = idx[w0:w0 + window]
+                # Tokenized batch by batch: only word ids (not token strings) are held for a window.
+                counts = _concat([_count_words([texts[i] for i in widx[b:b + batch_size].tolist()], tok, enc.vocab, V)
+                                  for b in range(0, len(widx), batch_size)])
+                lens = counts.lengths()
+                empty[widx] = lens == 0
+                if enc.entry.sparse:
+                    # Shortest first; the stable sort keeps input order among equal lengths.
+                    order = np.argsort(lens, kind="stable")
+                    for b in range(0, len(order), batch_size):
+                        sel = order[b:b + batch_size]
+                        ids, cnt = counts.padded(sel)
+                        theta[widx[sel]] = run(out_name, {in0: ids, in1[0]: cnt})[0]
+                else:
+                    theta[widx] = run(out_name, {in0: counts.dense(np.arange(len(widx)), V)})[0]
+        top_ids, top_weights = _top_topics(theta, top_k)
+        return InferenceResult(theta=theta, langs=doc_langs, top_ids=top_ids, top_weights=top_weights, empty=empty,
                                topic_words=self._topics)
 
 
-def _bow(texts: Sequence[str], tok: Callable[[str], list[str]], vocab: dict[str, int], V: int,
-         out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Dense counts for one batch: (bow [len(texts), V] float32, flat indices set, non-empty mask).
+@dataclass(frozen=True)
+class _Counts:
+    """Bags of words of a list of documents, CSR-style: document i's distinct word ids are
+    words[indptr[i]:indptr[i+1]] (ascending) and their counts the same slice of counts."""
 
-    Token -> column lookups run in C (map over dict.get) and the counts are scattered with one
-    np.unique: no per-token Python bytecode beyond the tokenizer. `out`, when given, must be all
-    zeros and at least len(texts) rows; the caller re-zeroes only the returned cells afterwards,
-    which is far cheaper than a fresh 5 MB np.zeros (page faults) per batch.
+    indptr: np.ndarray  # int64 [n + 1]
+    words: np.ndarray   # int64 [nnz]
+    counts: np.ndarray  # float32 [nnz]
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.indptr)
+
+    def dense(self, rows: np.ndarray, V: int) -> np.ndarray:
+        """float32 [len(rows), V] counts of documents `rows`."""
+        lens = self.lengths()[rows]
+        pos = _ranges(self.indptr[rows], lens)
+        out = np.zeros((len(rows), V), dtype=np.float32)
+        out[np.repeat(np.arange(len(rows)), lens), self.words[pos]] = self.counts[pos]
+        return out
+
+    @cached_property
+    def _with_sentinel(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.append(self.words, 0), np.append(self.counts, np.float32(0))
+
+    def padded(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(word ids int64 [n, L], counts float32 [n, L]) of documents `rows`, L their longest
+        length (at least 1); padding is id 0 with count 0, which adds nothing."""
+        lens = self.lengths()[rows]
+        L = max(1, int(lens.max(initial=0)))
+        col = np.arange(L)
+        pos = self.indptr[rows][:, None] + col
+        # Out-of-row slots read a sentinel (id 0, count 0) appended at the end.
+        pos = np.where(col < lens[:, None], pos, len(self.words))
+        words, counts = self._with_sentinel
+        return words[pos], counts[pos]
+
+
+def _ranges(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    """Concatenated arange(s, s + n) for each (s, n), vectorised."""
+    total = int(lens.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    ends = np.cumsum(lens)
+    return np.arange(total, dtype=np.int64) + np.repeat(starts - (ends - lens), lens)
+
+
+def _count_words(texts: Sequence[str], tok: Callable[[str], list[str]], vocab: dict[str, int],
+                 V: int) -> _Counts:
+    """Tokenize and count one batch over the vocabulary.
+
+    Token -> id lookups run in C (map over dict.get) and the counting is one np.unique over
+    doc * V + id: no per-token Python bytecode beyond the tokenizer.
     """
     n = len(texts)
     flat: list[str] = []
@@ -336,34 +433,52 @@ def _bow(texts: Sequence[str], tok: Callable[[str], list[str]], vocab: dict[str,
     ids = np.fromiter(map(vocab.get, flat, repeat(-1)), dtype=np.int64, count=len(flat))
     rows = np.repeat(np.arange(n, dtype=np.int64), lens)
     keep = ids >= 0
-    rows = rows[keep]
-    cells, counts = np.unique(rows * V + ids[keep], return_counts=True)
-    bow = np.zeros((n, V), dtype=np.float32) if out is None else out[:n]
-    bow.reshape(-1)[cells] = counts
-    return bow, cells, np.bincount(rows, minlength=n) > 0
+    cells, counts = np.unique(rows[keep] * V + ids[keep], return_counts=True)
+    doc = cells // V
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(doc, minlength=n), out=indptr[1:])
+    return _Counts(indptr=indptr, words=cells - doc * V, counts=counts.astype(np.float32))
 
 
-def _top_topics(theta: np.ndarray, top_k: int) -> list[list[tuple[int, float]]]:
+def _concat(parts: list[_Counts]) -> _Counts:
+    if len(parts) == 1:
+        return parts[0]
+    offsets = np.cumsum([0] + [int(p.indptr[-1]) for p in parts[:-1]])
+    indptr = np.concatenate([np.zeros(1, dtype=np.int64)] + [p.indptr[1:] + o for p, o in zip(parts, offsets,
+                                                                                              strict=True)])
+    return _Counts(indptr=indptr, words=np.concatenate([p.words for p in parts]),
+                   counts=np.concatenate([p.counts for p in parts]))
+
+
+def _top_topics(theta: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
     k = max(0, min(int(top_k), theta.shape[1]))
     if k == 0 or theta.shape[0] == 0:
-        return [[] for _ in range(theta.shape[0])]
+        return np.zeros((theta.shape[0], k), dtype=np.int64), np.zeros((theta.shape[0], k), dtype=np.float32)
     # Stable sort of -theta: equal weights keep the lower topic id first, so output is deterministic.
     order = np.argsort(-theta, axis=1, kind="stable")[:, :k]
-    weights = np.take_along_axis(theta, order, axis=1).astype(np.float64)
-    return [list(zip(o, w, strict=True)) for o, w in zip(order.tolist(), weights.tolist(), strict=True)]
+    return order, np.take_along_axis(theta, order, axis=1)
 
 
 def _check_signature(session: Any, e: EncoderEntry, num_topics: int, path: Path) -> None:
-    """The ONNX graph must take the manifest's input [N, V] and give its output [N, K]."""
+    """The ONNX graph must take the manifest's inputs (dense [N, V] or sparse ids/counts [N, L])
+    and give its output [N, K]."""
     inputs = {i.name: i for i in session.get_inputs()}
     outputs = {o.name: o for o in session.get_outputs()}
-    if e.input not in inputs:
-        raise XtmError(f"no input named '{e.input}' (the graph has {', '.join(inputs)})", path=path)
+    for name in e.inputs:
+        if name not in inputs:
+            raise XtmError(f"no input named '{name}' (the graph has {', '.join(inputs)})", path=path)
     if e.output not in outputs:
         raise XtmError(f"no output named '{e.output}' (the graph has {', '.join(outputs)})", path=path)
-    in_shape, out_shape = inputs[e.input].shape, outputs[e.output].shape
+    out_shape = outputs[e.output].shape
     # Dimensions may be symbolic (str) or unknown (None); only fixed integers can be checked.
-    if len(in_shape) != 2 or (isinstance(in_shape[1], int) and in_shape[1] != e.vocab_size):
-        raise XtmError(f"input '{e.input}' has shape {in_shape}, expected [N, {e.vocab_size}]", path=path)
+    if e.sparse:
+        for name, kind in zip(e.inputs, ("tensor(int64)", "tensor(float)"), strict=True):
+            if len(inputs[name].shape) != 2 or inputs[name].type != kind:
+                raise XtmError(f"input '{name}' is {inputs[name].type} {inputs[name].shape}, expected {kind} [N, L]",
+                               path=path)
+    else:
+        in_shape = inputs[e.inputs[0]].shape
+        if len(in_shape) != 2 or (isinstance(in_shape[1], int) and in_shape[1] != e.vocab_size):
+            raise XtmError(f"input '{e.inputs[0]}' has shape {in_shape}, expected [N, {e.vocab_size}]", path=path)
     if len(out_shape) != 2 or (isinstance(out_shape[1], int) and out_shape[1] != num_topics):
         raise XtmError(f"output '{e.output}' has shape {out_shape}, expected [N, {num_topics}]", path=path)

@@ -11,6 +11,7 @@ import re
 import threading
 import warnings
 from collections.abc import Callable
+from itertools import chain
 from typing import Any
 
 from xtm.corpus import TokenizerSpec
@@ -25,6 +26,9 @@ KINDS = ("whitespace", "regex", "jieba", "janome")
 # Runs of Unicode letters/digits: \w minus the underscore. Apostrophes and hyphens split words
 # ("don't" -> "don", "t"); stopword lists carry the fragments.
 _WORD_RE = re.compile(r"[^\W_]+")
+
+# Distinct jieba blocks remembered per tokenizer (about 300 bytes each).
+_JIEBA_CACHE_SIZE = 1 << 16
 
 _lock = threading.Lock()
 _jieba: Any = None
@@ -91,6 +95,35 @@ def _finish(tokens: Any, lowercase: bool, min_len: int) -> list[str]:
     return out
 
 
+def _jieba_tokenizer(jieba: Any, lowercase: bool, min_len: int) -> Callable[[str], list[str]]:
+    """_finish(jieba.lcut(text)), memoised per whitespace-separated piece: the same tokens, faster.
+
+    jieba segments the runs of its `re_han_default` pattern (CJK letters, ASCII letters/digits,
+    +#&._%-) one by one and yields everything between them character by character, whitespace
+    included. That pattern never matches whitespace, so a text's tokens are the concatenation of
+    its whitespace-separated pieces' tokens plus whitespace tokens, which _finish drops anyway
+    (str.split and jieba's whitespace pattern both use Python's Unicode whitespace). Pieces repeat
+    a lot (one per word in pre-segmented text, clauses in raw text), so their finished tokens are
+    cached; the cache is cleared when it holds _JIEBA_CACHE_SIZE pieces, so memory stays flat.
+    """
+    lcut = jieba.lcut
+    cache: dict[str, list[str]] = {}
+    get = cache.get
+
+    def tok_jieba(text: str) -> list[str]:
+        pieces = text.split()
+        parts = list(map(get, pieces))
+        if None in parts:
+            for j, part in enumerate(parts):
+                if part is None:
+                    part = parts[j] = _finish(lcut(pieces[j]), lowercase, min_len)
+                    if len(cache) >= _JIEBA_CACHE_SIZE:
+                        cache.clear()
+                    cache[pieces[j]] = part
+        return list(chain.from_iterable(parts))  # copies: a cached list is never handed out
+    return tok_jieba
+
+
 def make_tokenizer(spec: TokenizerSpec) -> Callable[[str], list[str]]:
     """A function text -> tokens for `spec`.
 
@@ -105,10 +138,13 @@ def make_tokenizer(spec: TokenizerSpec) -> Callable[[str], list[str]]:
     min_len = max(1, int(spec.min_token_length))
 
     if kind == "regex":
-        def tok_regex(text: str) -> list[str]:
-            if lowercase:
-                text = text.lower()
-            return [t for t in _WORD_RE.findall(text) if len(t) >= min_len]
+        findall = _WORD_RE.findall
+        if min_len == 1:  # every match has at least one character: no filter pass
+            def tok_regex(text: str) -> list[str]:
+                return findall(text.lower() if lowercase else text)
+        else:
+            def tok_regex(text: str) -> list[str]:
+                return [t for t in findall(text.lower() if lowercase else text) if len(t) >= min_len]
         return tok_regex
 
     if kind == "whitespace":
@@ -117,11 +153,7 @@ def make_tokenizer(spec: TokenizerSpec) -> Callable[[str], list[str]]:
         return tok_ws
 
     if kind == "jieba":
-        jieba = _get_jieba()
-
-        def tok_jieba(text: str) -> list[str]:
-            return _finish(jieba.lcut(text), lowercase, min_len)
-        return tok_jieba
+        return _jieba_tokenizer(_get_jieba(), lowercase, min_len)
 
     if kind == "janome":
         janome = _get_janome()

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from xtm.errors import XtmError
-from xtm.exporters.onnx_export import export_run, load_run, sha256
+from xtm.exporters.onnx_export import export_run, load_run, run_onnx, sha256
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,9 @@ def bundle(example_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
 def test_bundle_layout_and_checksums(bundle) -> None:
     out, report = bundle
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["schema_version"] == 1 and manifest["format"] == "xtm-bundle"
+    assert manifest["schema_version"] == 2 and manifest["format"] == "xtm-bundle"
+    for e in manifest["encoders"].values():   # the runtime feeds word ids and counts, not [N, V] rows
+        assert e["input_format"] == "sparse" and e["inputs"] == ["word_ids", "counts"] and "input" not in e
     assert manifest["languages"] == ["en", "zh"] and manifest["num_topics"] == 6
     names = {p.name for p in out.iterdir()}
     assert names == {"manifest.json", "topics.json", *(f"{k}_{lang}.{ext}" for lang in ("en", "zh")
@@ -45,15 +47,26 @@ def test_onnx_matches_torch_on_real_documents(bundle, example_run: Path, example
     assert report.parity_source["en"].startswith("docs.jsonl")   # real documents, not random rows
     _, model = load_run(example_run)
     for i, lc in enumerate(example_corpus.languages):
-        proto = onnx.load(str(out / f"encoder_{lc.lang}.onnx"))
+        path = out / f"encoder_{lc.lang}.onnx"
+        proto = onnx.load(str(path))
         onnx.checker.check_model(proto)
+        # No node keeps the exporter's metadata (stack traces with local paths), no Softplus kernel.
+        assert not any(n.metadata_props for n in proto.graph.node)
+        assert "Softplus" not in {n.op_type for n in proto.graph.node}
         x = lc.test_bow.toarray().astype(np.float32)
-        sess = ort.InferenceSession(str(out / f"encoder_{lc.lang}.onnx"), providers=["CPUExecutionProvider"])
-        got = sess.run(["theta"], {"bow": x})[0]
+        got = run_onnx(path, lc.test_bow, sparse=True)
         with torch.no_grad():
             want = model.encoder_for(i)(torch.from_numpy(x)).numpy()
         assert np.abs(got - want).max() <= 1e-5
         assert np.allclose(got.sum(1), 1.0, atol=1e-5)
+        # Padding to a longer row changes nothing: document 0 alone, then padded to 3x its length.
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        row = lc.test_bow[0]
+        ids, cnt = row.indices.astype(np.int64), row.data.astype(np.float32)
+        pad = 2 * len(ids) + 1
+        padded = sess.run(["theta"], {"word_ids": np.concatenate([ids, np.zeros(pad, np.int64)])[None],
+                                      "counts": np.concatenate([cnt, np.zeros(pad, np.float32)])[None]})[0]
+        np.testing.assert_allclose(padded[0], got[0], atol=1e-6)
 
 
 def test_training_only_matrices_are_not_exported(bundle) -> None:
@@ -74,7 +87,8 @@ def test_int8_reports_its_drift_and_shrinks_the_encoders(example_run: Path, tmp_
     assert manifest["quantization"] == "int8"
     for lang, q in report.quantization.items():
         assert q["int8_bytes"] * 2 < q["fp32_bytes"], lang
-        assert 0.0 <= q["mean_l1"] < 0.1 and q["top_topic_agreement"] > 0.9
+        # Weight-only int8 of the first layer: theta barely moves (dynamic quantization: ~0.9 agreement).
+        assert 0.0 <= q["mean_l1"] < 0.01 and q["top_topic_agreement"] >= 0.98, q
 
 
 def test_export_refuses_to_clobber_a_foreign_directory(example_run: Path, tmp_path: Path) -> None:

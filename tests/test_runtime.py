@@ -177,8 +177,8 @@ def test_missing_manifest_and_wrong_format(hb: HandBundle, tmp_path: Path) -> No
 
 def test_newer_schema_is_refused_with_upgrade_advice(hb: HandBundle, tmp_path: Path) -> None:
     b = copy_bundle(hb, tmp_path)
-    edit_manifest(b, schema_version=2)
-    with pytest.raises(XtmError, match=r"bundle schema 2 is newer than this xtm \(reads 1\): upgrade xtm"):
+    edit_manifest(b, schema_version=3)
+    with pytest.raises(XtmError, match=r"bundle schema 3 is newer than this xtm \(reads 2\): upgrade xtm"):
         TopicModel.load(b)
 
 
@@ -219,3 +219,102 @@ def test_runtime_works_where_torch_cannot_be_imported(hb: HandBundle, tmp_path: 
     out = json.loads(p.stdout)
     assert out["langs"] == ["en", "en", "zh"]
     assert np.allclose(out["sums"], 1.0, atol=1e-5)
+
+
+# -- sparse encoders (bundle schema 2) ----------------------------------------------------------
+
+
+def sparse_copy(hb: HandBundle, dst: Path, int8: bool = False) -> Path:
+    """The hand bundle with its encoders rewritten to read word ids and counts, as xtm-export writes them."""
+    from xtm.exporters.onnx_export import finish_encoder, sha256
+
+    shutil.copytree(hb.path, dst)
+    m = json.loads((dst / "manifest.json").read_text())
+    for e in m["encoders"].values():
+        assert finish_encoder(dst / e["file"], dst / e["file"], int8=int8)
+        e.pop("input")
+        e.update(input_format="sparse", inputs=["word_ids", "counts"])
+        m["files"][e["file"]] = sha256(dst / e["file"])
+    m["schema_version"] = 2
+    (dst / "manifest.json").write_text(json.dumps(m))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def sparse_model(hb: HandBundle, tmp_path_factory: pytest.TempPathFactory) -> TopicModel:
+    return TopicModel.load(sparse_copy(hb, tmp_path_factory.mktemp("sparse") / "b"))
+
+
+def test_sparse_encoder_gives_the_numpy_theta(sparse_model: TopicModel, model: TopicModel, hb: HandBundle) -> None:
+    texts = EN_TEXTS + ["stock stock stock market", "", "zzz"]
+    res = sparse_model.infer(texts, langs="en")
+    np.testing.assert_allclose(res.theta, hb.numpy_theta(model.bag_of_words(texts, "en"), "en"), atol=1e-5)
+    assert res.empty.tolist() == [False] * len(EN_TEXTS) + [False, True, True]
+    np.testing.assert_allclose(res.theta, model.infer(texts, langs="en").theta, atol=1e-6)   # the dense graph
+    zh = sparse_model.infer(ZH_TEXTS, langs="zh")
+    np.testing.assert_allclose(zh.theta, hb.numpy_theta(model.bag_of_words(ZH_TEXTS, "zh"), "zh"), atol=1e-5)
+
+
+def test_sparse_batches_sorted_by_length_keep_input_order(sparse_model: TopicModel, hb: HandBundle) -> None:
+    rng = np.random.default_rng(0)
+    # Documents of 0 to 30 words: batches of 3 are cut from length-sorted windows of 24.
+    texts = [" ".join(rng.choice(EN_VOCAB, size=rng.integers(0, 30))) for _ in range(100)]
+    res = sparse_model.infer(texts, langs="en", batch_size=3)
+    want = hb.numpy_theta(sparse_model.bag_of_words(texts, "en"), "en")
+    np.testing.assert_allclose(res.theta, want, atol=1e-5)
+    np.testing.assert_allclose(res.theta, sparse_model.infer(texts, langs="en", batch_size=256).theta, atol=1e-6)
+    assert res.empty.tolist() == [not t for t in texts]
+    assert res.top_ids.shape == (100, 3) and res.top_topics[7] == list(zip(res.top_ids[7].tolist(),
+                                                                           res.top_weights[7].tolist(), strict=True))
+
+
+def test_sparse_encoder_is_deterministic_across_threads(hb: HandBundle, tmp_path: Path) -> None:
+    m = TopicModel.load(sparse_copy(hb, tmp_path / "b"), threads=2)
+    texts = (EN_TEXTS + ZH_TEXTS) * 60
+    ref = m.infer(texts, batch_size=64)
+    with ThreadPoolExecutor(4) as pool:
+        for r in pool.map(lambda _: m.infer(texts, batch_size=64), range(8)):
+            np.testing.assert_array_equal(r.theta, ref.theta)
+
+
+def test_int8_sparse_encoder_stays_close(hb: HandBundle, model: TopicModel, tmp_path: Path) -> None:
+    q = TopicModel.load(sparse_copy(hb, tmp_path / "q", int8=True))
+    import onnx
+
+    names = {t.name for t in onnx.load(str(tmp_path / "q" / "encoder_en.onnx")).graph.initializer}
+    assert "sparse_input_table_int8" in names and "sparse_input_table" not in names
+    texts = EN_TEXTS * 3
+    np.testing.assert_allclose(q.infer(texts, "en").theta, model.infer(texts, "en").theta, atol=0.02)
+
+
+def test_bag_of_words_sparse_equals_dense(model: TopicModel) -> None:
+    dense = model.bag_of_words(EN_TEXTS + [""], "en")
+    csr = model.bag_of_words(EN_TEXTS + [""], "en", sparse=True)
+    assert csr.shape == dense.shape and csr.dtype == np.float32
+    np.testing.assert_array_equal(csr.toarray(), dense)
+
+
+def test_unknown_input_format_asks_for_an_upgrade(hb: HandBundle, tmp_path: Path) -> None:
+    b = copy_bundle(hb, tmp_path)
+    m = json.loads((b / "manifest.json").read_text())
+    m["schema_version"] = 2
+    m["encoders"]["en"]["input_format"] = "ragged"
+    (b / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(XtmError, match="unknown input_format 'ragged'.*upgrade xtm"):
+        TopicModel.load(b)
+
+
+def test_jieba_piece_cache_gives_the_plain_jieba_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
+    import xtm.runtime.tokenize as T
+    from xtm.corpus import TokenizerSpec
+
+    jieba = T._get_jieba()
+    texts = ZH_TEXTS + ["我爱北京天安门。\r\n今天天气不错！\t\tABC def 123", "　全角空格　测试\u3000ok",
+                        "混合English和中文,with punctuation...!!", "C++ 与 C# 编程 3.14% a-b_c",
+                        "分隔\x1c符号\x85下一行\u2028段落", "", "   ", "北京 经济 增长 北京 经济"]
+    monkeypatch.setattr(T, "_JIEBA_CACHE_SIZE", 4)  # also exercises the clearing
+    for spec in (TokenizerSpec(lang="zh", kind="jieba"),
+                 TokenizerSpec(lang="zh", kind="jieba", lowercase=False, min_token_length=2)):
+        tok = T.make_tokenizer(spec)
+        for t in texts * 2:  # second round from the cache
+            assert tok(t) == T._finish(jieba.lcut(t), spec.lowercase, spec.min_token_length), t
