@@ -48,6 +48,7 @@ def main() -> None:
     p.add_argument("--infoctm-epochs", type=int)
     p.add_argument("--ablations", action="store_true")
     p.add_argument("--rows", help="comma-separated subset of row names")
+    p.add_argument("--threads", type=int, default=2, help="torch threads per run (1 when sharing the machine)")
     p.add_argument("--out", type=Path, default=Path("bench/gloctm"))
     args = p.parse_args()
     from xtm.trainer.loop import TrainConfig
@@ -65,7 +66,7 @@ def main() -> None:
         shutil.rmtree(run, ignore_errors=True)
         data = DataConfig(path=str(DATA / args.dataset), dict_path=str(DATA / spec["dict"]) if with_dict else None,
                           ref_corpus=str(DATA / spec["ref"]) if spec["ref"] else None)
-        cfg = TrainConfig(model=model, num_topics=50, epochs=epochs, seed=0, checkpoint_every=0, threads=2,
+        cfg = TrainConfig(model=model, num_topics=50, epochs=epochs, seed=0, checkpoint_every=0, threads=args.threads,
                           progress=sys.stderr.isatty(), hparams=hparams)
         results[name] = run_training(data, cfg, run)
         out.mkdir(parents=True, exist_ok=True)
