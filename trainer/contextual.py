@@ -1,0 +1,393 @@
+"""Fit the contextual inference network of a finished run (seed 002), saved in RUN_DIR/contextual/.
+
+Steps (`train_contextual`):
+ 1. Rebuild the run's model from its checkpoint and re-read its corpus (vocabularies must match).
+ 2. Teacher: the bag-of-words theta of every training document, and its argmax topic (the seed's
+    "topic classification" labels, taken from our own model instead of LDA).
+ 3. Optional fine-tuning of the sentence encoder on that topic-classification task (seed 002
+    sec. 3.2): encoder + a linear classifier, cross-entropy, `finetune_epochs` epochs.
+ 4. The head (xtm.models_zoo.contextual.ContextualHead) on the (fine-tuned) embeddings with
+      distill   KL(theta_bow || theta_ctx) per document: the head imitates the run's encoders;
+      ctm       the CTM objective through the run's frozen decoder: reconstruction of the
+                document's own bag of words + KL to the prior (the head as a second inference
+                network of the same generative model);
+    plus, for either, lambda_tc * cross-entropy to the teacher's argmax topic (TCCTM, sec. 3.4).
+ 5. Agreement with the bag-of-words route on the held-out documents of the training languages
+    (top-topic match, KL) and, with labels, classification accuracy of both thetas.
+
+RUN_DIR/contextual/ (written under a temporary name and renamed: never half-written):
+    contextual.json         settings, encoder, head shape, metrics
+    head.safetensors        the head
+    encoder_top.safetensors USE's fine-tuned top layers (when fine-tuned), or
+    encoder/                a fine-tuned sentence-transformers model
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+import xtm
+from xtm.atomic import write_json
+from xtm.corpus import Corpus
+from xtm.errors import XtmError
+from xtm.models_zoo.base import CrossLingualTopicModel
+from xtm.models_zoo.context_encoders import DEFAULT_MAX_TOKENS, TextEncoder, load_text_encoder, make_text_encoder
+from xtm.models_zoo.contextual import ContextualHead, HeadConfig
+from xtm.models_zoo.encoders import DEFAULT_ENCODER
+from xtm.paths import cache_dir as default_cache_dir
+from xtm.trainer.loop import infer_theta, pick_device, sparse_batch
+
+CONTEXTUAL_DIR = "contextual"
+CONTEXTUAL_FORMAT = 1
+OBJECTIVES = ("distill", "ctm")
+
+
+@dataclass
+class ContextualConfig:
+    encoder: str = DEFAULT_ENCODER
+    objective: str = "distill"
+    lambda_tc: float = 0.0
+    epochs: int = 30
+    batch_size: int = 256
+    lr: float = 2e-3
+    hidden: int = 200
+    dropout: float = 0.2
+    finetune_epochs: int = 0
+    finetune_lr: float = 1e-4
+    finetune_batch_size: int = 64
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    seed: int = 0
+    device: str = "cpu"
+    threads: int | None = None
+    cache_dir: str | None = None
+    progress: bool = False
+
+    def check(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise XtmError(f"contextual objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        for name in ("epochs", "batch_size", "hidden", "max_tokens", "finetune_batch_size"):
+            if getattr(self, name) < 1:
+                raise XtmError(f"contextual {name} must be at least 1, got {getattr(self, name)}")
+        if self.lambda_tc < 0 or self.finetune_epochs < 0 or not 0 <= self.dropout < 1:
+            raise XtmError("contextual lambda_tc and finetune_epochs must be >= 0, dropout in [0, 1)")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k in ("device", "threads", "cache_dir", "progress"):
+            d.pop(k)
+        return d
+
+
+def log(msg: str) -> None:
+    print(f"xtm-contextual: {msg}", file=sys.stderr, flush=True)
+
+
+# -- the run ------------------------------------------------------------------------------------
+
+def load_run_model(run_dir: Path) -> tuple[dict[str, Any], CrossLingualTopicModel]:
+    """config.json and the trained model (latest checkpoint), in eval mode."""
+    from xtm.trainer.checkpoint import load_checkpoint
+    from xtm.trainer.loop import model_from_state
+
+    cfg_path = run_dir / "config.json"
+    if not cfg_path.is_file():
+        raise XtmError("not a training run directory (no config.json): run xtm-train first", path=run_dir)
+    config = json.loads(cfg_path.read_text(encoding="utf-8"))
+    ckpt = load_checkpoint(run_dir)
+    return config, model_from_state(ckpt.state["model_config"], ckpt.model).eval()
+
+
+def load_run_corpus(run_dir: Path, config: dict[str, Any], progress: bool) -> Corpus:
+    """The run's corpus re-read from its data source, checked against the run's vocabularies."""
+    from xtm.trainer.corpus_loading import load_corpus
+
+    data = config.get("data", {})
+    path = data.get("path")
+    if not path or not Path(path).exists():
+        raise XtmError(f"the run's training data ({path!r}) is gone: the contextual network is fitted on the "
+                       "training documents' text", path=run_dir / "config.json")
+    # No dictionary: only bags of words, texts and labels are needed, and vocabularies do not depend on it.
+    corpus = load_corpus(path, langs=config.get("langs"), vocab_size=data.get("vocab_size", 5000),
+                         min_df=data.get("min_df", 2), max_df=data.get("max_df", 0.5),
+                         seed=config.get("train_config", {}).get("seed", 0), progress=progress)
+    for lc in corpus.languages:
+        vfile = run_dir / f"vocab_{lc.lang}.txt"
+        if vfile.is_file() and vfile.read_text(encoding="utf-8").splitlines() != list(lc.vocab):
+            raise XtmError(f"the data no longer gives the run's {lc.lang} vocabulary: it changed after training",
+                           path=vfile)
+        if lc.train_texts is None:
+            raise XtmError(f"the corpus has no document texts for '{lc.lang}' (the contextual network reads text)",
+                           path=path)
+    return corpus
+
+
+# -- training -------------------------------------------------------------------------------------
+
+@dataclass
+class _LangData:
+    lang: str
+    index: int
+    features: Any          # what encoder.embed reads (Tensor of pooled vectors, or token id lists)
+    teacher: np.ndarray    # bag-of-words theta [n, K]
+    bow: Any               # scipy CSR (for the ctm objective)
+
+
+def _rows(features: Any, idx: np.ndarray) -> Any:
+    return features[torch.from_numpy(idx)] if torch.is_tensor(features) else [features[i] for i in idx.tolist()]
+
+
+def _batches(sizes: list[int], batch_size: int, rng: np.random.Generator) -> list[tuple[int, np.ndarray]]:
+    """(language, rows) batches covering every document once, languages interleaved at random."""
+    out = [(i, order[s:s + batch_size]) for i, n in enumerate(sizes)
+           for order in [rng.permutation(n)] for s in range(0, n, batch_size)]
+    return [out[j] for j in rng.permutation(len(out))]
+
+
+@torch.no_grad()
+def embed_all(encoder: TextEncoder, features: Any, batch_size: int = 512) -> Tensor:
+    was = encoder.trainable().training
+    encoder.trainable().eval()
+    n = len(features)
+    parts = [encoder.embed(_rows(features, np.arange(s, min(s + batch_size, n)))) for s in range(0, n, batch_size)]
+    encoder.trainable().train(was)
+    return torch.cat(parts) if parts else torch.zeros(0, encoder.embedding_dim)
+
+
+def finetune_encoder(encoder: TextEncoder, data: list[_LangData], cfg: ContextualConfig,
+                     rng: np.random.Generator) -> list[float]:
+    """Seed 002's topic-classification fine-tuning: encoder + linear classifier on argmax topics."""
+    K = data[0].teacher.shape[1]
+    module = encoder.trainable().train()
+    clf = torch.nn.Linear(encoder.embedding_dim, K)
+    params = [p for p in module.parameters() if p.requires_grad] + list(clf.parameters())
+    opt = torch.optim.Adam(params, lr=cfg.finetune_lr)
+    labels = [torch.from_numpy(d.teacher.argmax(1)) for d in data]
+    losses = []
+    for epoch in range(cfg.finetune_epochs):
+        total = count = 0.0
+        for li, rows in _batches([len(d.teacher) for d in data], cfg.finetune_batch_size, rng):
+            emb = encoder.embed(_rows(data[li].features, rows))
+            loss = F.cross_entropy(clf(emb), labels[li][torch.from_numpy(rows)])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(rows)
+            count += len(rows)
+        losses.append(total / max(count, 1))
+        if cfg.progress:
+            log(f"fine-tune epoch {epoch + 1}/{cfg.finetune_epochs}: topic-classification loss {losses[-1]:.4f}")
+    module.eval()
+    return losses
+
+
+def head_loss(head: ContextualHead, model: CrossLingualTopicModel, emb: Tensor, teacher: Tensor, bow: Any,
+              lang_index: int, cfg: ContextualConfig) -> Tensor:
+    mu, logvar = head(emb)
+    if cfg.objective == "distill":
+        # KL(teacher || student) = cross-entropy minus the teacher's (constant) entropy.
+        log_student = F.log_softmax(mu, dim=1)
+        loss = (teacher * (teacher.clamp_min(1e-12).log() - log_student)).sum(1).mean()
+    else:
+        from xtm.models_zoo.components import reconstruction_nll, reparameterize
+
+        theta = F.softmax(reparameterize(mu, logvar, True), dim=1)
+        with torch.no_grad():
+            beta = model.topic_word()[lang_index]
+        log_probs = model.decoders[lang_index](theta, beta)
+        loss = (reconstruction_nll(bow, log_probs) + model.prior.kl(mu, logvar)).mean()
+    if cfg.lambda_tc > 0:
+        loss = loss + cfg.lambda_tc * F.cross_entropy(mu, teacher.argmax(1))
+    return loss
+
+
+def fit_head(encoder_dim: int, model: CrossLingualTopicModel, data: list[_LangData], embeddings: list[Tensor],
+             cfg: ContextualConfig, rng: np.random.Generator,
+             device: torch.device) -> tuple[ContextualHead, list[float]]:
+    if cfg.objective == "ctm" and not (hasattr(model, "decoders") and hasattr(model, "prior")):
+        raise XtmError(f"--objective ctm needs a VAE backbone with a decoder per language; {model.name} has none "
+                       "(use --objective distill)")
+    K = model.num_topics
+    head = ContextualHead(HeadConfig(in_dim=encoder_dim, num_topics=K, hidden=cfg.hidden, dropout=cfg.dropout))
+    head.to(device).train()
+    model.to(device).eval()  # frozen: its decoder's batch norm keeps its training statistics
+    for p in model.parameters():
+        p.requires_grad_(False)
+    opt = torch.optim.Adam(head.parameters(), lr=cfg.lr)
+    teachers = [torch.from_numpy(d.teacher) for d in data]
+    losses = []
+    for epoch in range(cfg.epochs):
+        total = count = 0.0
+        for li, rows in _batches([len(d.teacher) for d in data], cfg.batch_size, rng):
+            if len(rows) < 2:
+                continue
+            idx = torch.from_numpy(rows)
+            bow = sparse_batch(data[li].bow, rows, device) if cfg.objective == "ctm" else None
+            loss = head_loss(head, model, embeddings[li][idx].to(device), teachers[li][idx].to(device), bow,
+                             data[li].index, cfg)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(rows)
+            count += len(rows)
+        losses.append(total / max(count, 1))
+        if cfg.progress:
+            log(f"head epoch {epoch + 1}/{cfg.epochs}: {cfg.objective} loss {losses[-1]:.4f}")
+    return head.eval(), losses
+
+
+# -- evaluation -----------------------------------------------------------------------------------
+
+def agreement(bow_theta: np.ndarray, ctx_theta: np.ndarray) -> dict[str, float]:
+    """Top-topic match (share of documents) and mean KL(bow || ctx) between the two routes."""
+    eps = 1e-10
+    kl = (bow_theta * (np.log(bow_theta + eps) - np.log(ctx_theta + eps))).sum(1)
+    return {"match": float((bow_theta.argmax(1) == ctx_theta.argmax(1)).mean()), "kl": float(kl.mean()),
+            "docs": int(len(bow_theta))}
+
+
+@torch.no_grad()
+def head_theta(head: ContextualHead, emb: Tensor, batch_size: int = 4096) -> np.ndarray:
+    parts = [head.theta(emb[s:s + batch_size]).cpu().numpy() for s in range(0, len(emb), batch_size)]
+    return np.concatenate(parts) if parts else np.zeros((0, head.cfg.num_topics), np.float32)
+
+
+# -- the whole step -------------------------------------------------------------------------------
+
+def train_contextual(run_dir: str | Path, cfg: ContextualConfig) -> dict[str, Any]:
+    """Fit and save RUN_DIR/contextual/; returns its metrics."""
+    cfg.check()
+    t0 = time.perf_counter()
+    run_dir = Path(run_dir)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    cache = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+    config, model = load_run_model(run_dir)
+    corpus = load_run_corpus(run_dir, config, cfg.progress)
+    rng = np.random.default_rng(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    encoder = make_text_encoder(cfg.encoder, cfg.max_tokens)
+    log(f"{cfg.encoder}: features of {sum(lc.num_train for lc in corpus.languages)} training documents")
+    data: list[_LangData] = []
+    for i, lc in enumerate(corpus.languages):
+        teacher = infer_theta(model, lc.train_bow, i, torch.device("cpu"))
+        data.append(_LangData(lc.lang, i, encoder.features(lc.train_texts, cache, cfg.progress), teacher, lc.train_bow))
+
+    ft_losses: list[float] = []
+    if cfg.finetune_epochs:
+        log(f"fine-tuning {cfg.encoder} on topic classification ({cfg.finetune_epochs} epochs)")
+        ft_losses = finetune_encoder(encoder, data, cfg, rng)
+    embeddings = [embed_all(encoder, d.features) for d in data]
+    log(f"fitting the head ({cfg.objective}" + (f" + {cfg.lambda_tc} x topic classification" if cfg.lambda_tc else "")
+        + f", {cfg.epochs} epochs)")
+    head, losses = fit_head(encoder.embedding_dim, model, data, embeddings, cfg, rng, device)
+    head.cpu()
+
+    metrics = evaluate_contextual(model, corpus, encoder, head, embeddings, data, cache, cfg.progress)
+    metrics.update({"seconds": time.perf_counter() - t0, "head_loss": losses, "finetune_loss": ft_losses})
+    save_contextual(run_dir, cfg, encoder, head, metrics)
+    log(f"wrote {run_dir / CONTEXTUAL_DIR} in {metrics['seconds']:.0f}s")
+    return metrics
+
+
+def evaluate_contextual(model: CrossLingualTopicModel, corpus: Corpus, encoder: TextEncoder, head: ContextualHead,
+                        train_emb: list[Tensor], data: list[_LangData], cache: Path | None,
+                        progress: bool) -> dict[str, Any]:
+    from xtm.trainer.evaluation import classification
+
+    out: dict[str, Any] = {"train_agreement": {}, "test_agreement": {}}
+    train_ctx, test_ctx, test_bow = {}, {}, {}
+    for d, emb, lc in zip(data, train_emb, corpus.languages, strict=True):
+        train_ctx[d.lang] = head_theta(head, emb)
+        out["train_agreement"][d.lang] = agreement(d.teacher, train_ctx[d.lang])
+        if lc.test_bow is not None and lc.test_texts is not None and lc.test_bow.shape[0]:
+            test_bow[d.lang] = infer_theta(model, lc.test_bow, d.index, torch.device("cpu"))
+            test_ctx[d.lang] = head_theta(head, embed_all(encoder, encoder.features(lc.test_texts, cache, progress)))
+            out["test_agreement"][d.lang] = agreement(test_bow[d.lang], test_ctx[d.lang])
+    if corpus.has_labels and set(test_ctx) == set(corpus.langs):
+        train_labels = {lc.lang: lc.train_labels for lc in corpus.languages}
+        test_labels = {lc.lang: lc.test_labels for lc in corpus.languages}
+        train_bow = {d.lang: d.teacher for d in data}
+        out["classification"] = {
+            "bow": classification(train_bow, train_labels, test_bow, test_labels),
+            "contextual": classification(train_ctx, train_labels, test_ctx, test_labels),
+        }
+    return out
+
+
+def save_contextual(run_dir: Path, cfg: ContextualConfig, encoder: TextEncoder, head: ContextualHead,
+                    metrics: dict[str, Any]) -> Path:
+    from safetensors.torch import save_file
+
+    final = run_dir / CONTEXTUAL_DIR
+    tmp = Path(tempfile.mkdtemp(prefix=f".{CONTEXTUAL_DIR}.", dir=run_dir))
+    os.chmod(tmp, 0o755)
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()},
+                  str(tmp / "head.safetensors"))
+        enc_meta = encoder.save(tmp) if cfg.finetune_epochs else {"encoder": encoder.name,
+                                                                   "max_tokens": cfg.max_tokens}
+        write_json(tmp / "contextual.json", {
+            "format": CONTEXTUAL_FORMAT, "xtm_version": xtm.__version__, **enc_meta,
+            "finetuned": bool(cfg.finetune_epochs), "embedding_dim": encoder.embedding_dim,
+            "languages": list(encoder.languages), "head": head.cfg.to_dict(), "head_file": "head.safetensors",
+            "config": cfg.to_dict(), "metrics": _json_safe(metrics)})
+        old = run_dir / f".{CONTEXTUAL_DIR}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+@dataclass
+class LoadedContextual:
+    meta: dict[str, Any]
+    encoder: TextEncoder
+    head: ContextualHead
+
+
+def load_contextual(run_dir: str | Path) -> LoadedContextual:
+    """RUN_DIR/contextual/ back as (metadata, encoder with its fine-tuned weights, head in eval mode)."""
+    from safetensors.torch import load_file
+
+    d = Path(run_dir) / CONTEXTUAL_DIR
+    meta_path = d / "contextual.json"
+    if not meta_path.is_file():
+        raise XtmError("the run has no contextual network: train one with `xtm-contextual RUN_DIR` "
+                       "(or xtm-train --contextual)", path=d)
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    if meta.get("format") != CONTEXTUAL_FORMAT:
+        raise XtmError(f"contextual format {meta.get('format')!r} is not supported (this xtm reads "
+                       f"{CONTEXTUAL_FORMAT})", path=meta_path)
+    head = ContextualHead(HeadConfig(**meta["head"]))
+    head.load_state_dict(load_file(str(d / meta.get("head_file", "head.safetensors"))))
+    return LoadedContextual(meta=meta, encoder=load_text_encoder(d, meta), head=head.eval())
