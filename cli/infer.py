@@ -38,17 +38,30 @@ Examples:
   xtm-infer docs.jsonl --bundle bundles/ecnews --out topics.jsonl --top-k 5 --sparse-theta
   # from a pipe; stop at the first bad line
   cat docs.jsonl | xtm-infer - --bundle bundles/ecnews --strict > topics.jsonl
+  # French, German, Russian, ... documents through the bundle's contextual route
+  xtm-infer unseen.jsonl --bundle bundles/ecnews --route auto
+
+\b
+Routes (--route): a bundle reads its training languages with their
+bag-of-words encoders. A bundle exported from a run with a contextual route
+(xtm-contextual) also has a multilingual sentence encoder (USE multilingual
+v3 by default: ar de en es fr it ja ko nl pl pt ru th tr zh) that maps any
+text to the same topics. auto (default): bag of words for the training
+languages, contextual for the others; bow: training languages only (other
+languages are bad lines); contextual: every document through the sentence
+encoder. Without a contextual route, auto is bow.
 
 \b
 Input: JSONL, one object per line: {"id": ..., "text": "...", "lang": "en"}.
-"lang" is optional (detected among the bundle's languages); "id" is copied
-to the output (the line number when absent). Blank lines are ignored.
+"lang" is optional (detected among the languages the bundle can read); "id"
+is copied to the output (the line number when absent). Blank lines are ignored.
 
 \b
 Output: one JSON object per good input line, in input order:
 {"id": ..., "lang": "en", "theta": [K weights] (or {"topic_id": weight} for
 the top-k with --sparse-theta), "topics": [{"id": k, "weight": w, "words":
-{"en": [...], "zh": [...]}}, ...]}. Weights are rounded to 6 decimals.
+{"en": [...], "zh": [...]}}, ...]}, plus "route": "bow"|"contextual" when the
+bundle has a contextual route. Weights are rounded to 6 decimals.
 
 \b
 Bad lines (invalid JSON or UTF-8, missing/empty "text", a language the bundle
@@ -82,8 +95,11 @@ def _normalize_lang(lang: str) -> str:
     return normalize_lang(lang)
 
 
-def parse_line(raw: bytes, lineno: int, served: list[str]) -> tuple[dict[str, Any] | None, str | None, str | None]:
-    """(document, error, warning) for one input line; document is {"id", "text", "lang"} when good."""
+def parse_line(raw: bytes, lineno: int,
+               served: list[str] | None) -> tuple[dict[str, Any] | None, str | None, str | None]:
+    """(document, error, warning) for one input line; document is {"id", "text", "lang"} when good.
+
+    served: the languages a good line may name; None accepts any valid code (contextual route)."""
     import json
 
     try:
@@ -111,7 +127,7 @@ def parse_line(raw: bytes, lineno: int, served: list[str]) -> tuple[dict[str, An
             code = _normalize_lang(lang)
         except XtmError as e:
             return None, str(e), None
-        if code not in served:
+        if served is not None and code not in served:
             return None, f"language '{lang}' is not served by this bundle (it serves {', '.join(served)})", None
         lang = code
     warning = None
@@ -134,13 +150,19 @@ def parse_line(raw: bytes, lineno: int, served: list[str]) -> tuple[dict[str, An
 @click.option("--full-theta/--sparse-theta", default=True, show_default=True,
               help="All K topic weights, or only the top-k as {topic_id: weight}.")
 @click.option("--threads", type=click.IntRange(1), help="onnxruntime threads (default: all cores).")
+@click.option("--route", type=click.Choice(["auto", "bow", "contextual"]), default="auto", show_default=True,
+              help="auto: bag of words for the training languages, the contextual route for others; "
+                   "bow: training languages only; contextual: every document through the sentence encoder.")
 @friendly_errors
 def main(input_path: str, bundle: str, out: str | None, top_k: int, batch_size: int, strict: bool,
-         full_theta: bool, threads: int | None) -> None:
+         full_theta: bool, threads: int | None, route: str) -> None:
     """Infer topic distributions of JSONL documents INPUT ('-' for stdin) with a bundle."""
     from xtm.runtime.model import TopicModel
 
     model = TopicModel.load(bundle, threads=threads)
+    if route == "contextual" and not model.has_contextual:
+        raise XtmError("--route contextual: this bundle has no contextual route (export a run that has one: "
+                       "xtm-contextual RUN_DIR, then xtm-export)", path=bundle)
     name = "<stdin>" if input_path == "-" else input_path
 
     progress: Any = None
@@ -160,7 +182,7 @@ def main(input_path: str, bundle: str, out: str | None, top_k: int, batch_size: 
         if out is None:
             try:
                 counts = _run(model, stream, sys.stdout.buffer, name, top_k, batch_size, strict, full_theta,
-                              report, progress)
+                              report, progress, route)
             except BrokenPipeError:
                 # `xtm-infer ... | head`: the reader left; stop quietly, as a Unix filter should.
                 devnull = os.open(os.devnull, os.O_WRONLY)
@@ -170,7 +192,8 @@ def main(input_path: str, bundle: str, out: str | None, top_k: int, batch_size: 
             from xtm.atomic import atomic_open
 
             with atomic_open(out, "wb") as f:
-                counts = _run(model, stream, f, name, top_k, batch_size, strict, full_theta, report, progress)
+                counts = _run(model, stream, f, name, top_k, batch_size, strict, full_theta, report, progress,
+                              route)
     finally:
         if progress is not None:
             progress.close()
@@ -184,11 +207,13 @@ def main(input_path: str, bundle: str, out: str | None, top_k: int, batch_size: 
 
 
 def _run(model: Any, stream: IO[bytes], sink: IO[bytes], name: str, top_k: int, batch_size: int, strict: bool,
-         full_theta: bool, report: Callable[[str], None], progress: Any) -> tuple[int, int]:
+         full_theta: bool, report: Callable[[str], None], progress: Any, route: str = "auto") -> tuple[int, int]:
     """Read, infer and write chunk by chunk; returns (non-blank lines read, lines skipped)."""
     import json
 
-    served = model.languages
+    contextual = model.has_contextual and route != "bow"
+    # With a contextual route any language is readable; the bag-of-words route reads its own only.
+    served = None if contextual else model.languages
     dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
     # Topic descriptions are the same for every document: serialise each one once. json.dumps of
     # whole records was 60% of the CLI's time; records are assembled from these pieces instead.
@@ -213,7 +238,7 @@ def _run(model: Any, stream: IO[bytes], sink: IO[bytes], name: str, top_k: int, 
         total += len(chunk)
         if docs:
             res = model.infer([d["text"] for d in docs], [d["lang"] for d in docs], batch_size=batch_size,
-                              top_k=top_k)
+                              top_k=top_k, route=route)
             full = res.theta.tolist() if full_theta else None
             top_ids, top_weights = res.top_ids.tolist(), res.top_weights.tolist()
             lines = []
@@ -227,7 +252,8 @@ def _run(model: Any, stream: IO[bytes], sink: IO[bytes], name: str, top_k: int, 
                 else:
                     theta_json = "{" + ",".join(f'"{k}":{w}' for k, w in zip(ids, ws, strict=True)) + "}"
                 topics_json = ",".join(topic_head[k] + w + topic_tail[k] for k, w in zip(ids, ws, strict=True))
-                lines.append(f'{{"id":{dumps(d["id"])},"lang":"{res.langs[i]}","theta":{theta_json},'
+                route_json = f'"route":"{res.routes[i]}",' if contextual else ""
+                lines.append(f'{{"id":{dumps(d["id"])},"lang":"{res.langs[i]}",{route_json}"theta":{theta_json},'
                              f'"topics":[{topics_json}]}}')
             sink.write(("\n".join(lines) + "\n").encode("utf-8"))
             sink.flush()

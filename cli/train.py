@@ -28,6 +28,8 @@ Examples:
   # add phase 2 to a finished phase-1 run
   xtm-train ... --epochs 100 --out runs/ecnews-infoctm --resume --phase2-epochs 30
   # ablations (seed 001, Table 3): --no-mmd, --no-doc-align, --rounds 1
+  # add a contextual route (zero-shot topics for any language USE knows; see xtm-contextual --help)
+  xtm-train ... --out runs/ecnews-nmtm --contextual
 
 \b
 JSONL input: one object per line: {"id": "...", "text": "...", "lang": "en",
@@ -110,6 +112,10 @@ config.json, history.json and checkpoints/ (safetensors + JSON).
 @click.option("--encoder", default="use-multilingual", show_default=True,
               help="Phase 2: multilingual encoder for word, document and topic embeddings "
                    "(or st:<sentence-transformers model>).")
+@click.option("--contextual", is_flag=True,
+              help="After training, fit the contextual inference network (xtm-contextual with its defaults): "
+                   "documents in languages the bags of words cannot read get topics through a multilingual "
+                   "sentence encoder.")
 @friendly_errors
 def main(data: str, model: str, num_topics: int, epochs: int, out: str, dict_path: str | None,
          langs: str | None, ref_corpus: str | None, seed: int, resume: bool, batch_size: int, lr: float,
@@ -119,7 +125,7 @@ def main(data: str, model: str, num_topics: int, epochs: int, out: str, dict_pat
          llm_url: str | None,
          llm_model: str | None, llm_api_key_env: str, llm_concurrency: int, llm_timeout: float,
          llm_max_tokens: int, llm_temperature: float, lambda_mmd: float, lambda_doc: float, doc_tau: float,
-         no_mmd: bool, no_doc_align: bool, multi_kernel: bool, encoder: str) -> None:
+         no_mmd: bool, no_doc_align: bool, multi_kernel: bool, encoder: str, contextual: bool) -> None:
     """Train a cross-lingual topic model and evaluate it (TU, CNPMI, TQ, classification)."""
     from xtm.trainer.loop import TrainConfig
     from xtm.trainer.run import DataConfig, run_training
@@ -149,6 +155,13 @@ def main(data: str, model: str, num_topics: int, epochs: int, out: str, dict_pat
     summary = {k: metrics.get(k) for k in ("TU", "CNPMI", "TQ", "classification", "seconds_per_epoch")}
     if "refined" in metrics:
         summary["refined_sets"] = {k: metrics["refined"].get(k) for k in ("TU", "CNPMI", "TQ")}
+    if contextual:
+        from xtm.cli.contextual import summary as contextual_summary
+        from xtm.trainer.contextual import ContextualConfig, train_contextual
+
+        summary["contextual"] = contextual_summary(train_contextual(out, ContextualConfig(
+            seed=seed, device=device, threads=threads, cache_dir=cache_dir,
+            progress=cfg.progress)))
     click.echo(json.dumps(summary, indent=2, ensure_ascii=False))
     click.echo(f"wrote {out}/metrics.json and topics_<lang>.txt", err=True)
 

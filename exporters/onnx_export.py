@@ -56,6 +56,7 @@ class ExportReport:
     parity_docs: dict[str, int] = field(default_factory=dict)
     parity_source: dict[str, str] = field(default_factory=dict)
     quantization: dict[str, Any] | None = None
+    contextual: dict[str, Any] | None = None  # the contextual graph's parity report, when exported
     bundle_bytes: int = 0
     seconds: float = 0.0
 
@@ -411,8 +412,14 @@ def quantize_int8(src: Path, dst: Path) -> None:
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path, *, quantize: str | None = None,
-               opset: int = DEFAULT_OPSET, parity_docs: int = 1000, progress: bool = True) -> ExportReport:
-    """Export RUN_DIR into a bundle at OUT_DIR; checks ONNX-vs-torch parity on real documents."""
+               opset: int = DEFAULT_OPSET, parity_docs: int = 1000, progress: bool = True,
+               contextual: bool | None = None) -> ExportReport:
+    """Export RUN_DIR into a bundle at OUT_DIR; checks ONNX-vs-torch parity on real documents.
+
+    contextual: also export the run's contextual route (RUN_DIR/contextual/, see
+    xtm.exporters.contextual_export); None (default) when the run has one, False never, True
+    requires it.
+    """
     if quantize not in (None, "int8"):
         raise XtmError(f"--quantize {quantize!r} is not supported (choose int8)")
     t0 = time.perf_counter()
@@ -479,6 +486,14 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, quantize: str | None
             "num_topics": model.num_topics, "top_n": TOP_N, "languages": langs,
             "topics": [{"id": k, "words": {lang: topics_words[lang][k] for lang in langs}}
                        for k in range(model.num_topics)]})
+        contextual_entry = None
+        if contextual or contextual is None:
+            from xtm.exporters.contextual_export import export_contextual, has_contextual
+
+            if has_contextual(run_dir) or contextual:
+                # An optional manifest key and extra files: runtimes without the contextual route
+                # ignore both, so the schema version stays as it is.
+                contextual_entry, report.contextual = export_contextual(run_dir, tmp, opset=opset, progress=progress)
         files = {p.name: sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         write_json(tmp / "manifest.json", {
             "schema_version": SCHEMA_VERSION if any(e["input_format"] == "sparse" for e in encoders.values()) else 1,
@@ -487,6 +502,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, quantize: str | None
             "model": model.name, "num_topics": model.num_topics, "languages": langs, "opset": opset,
             "quantization": quantize, "encoders": encoders, "topics": "topics.json",
             "source_run": {"path": str(run_dir.resolve()), "train_config": config.get("train_config")},
+            **({"contextual": contextual_entry} if contextual_entry else {}),
             "files": files})
         if quant:
             report.quantization = quant

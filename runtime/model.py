@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import repeat
 from pathlib import Path
@@ -27,10 +27,16 @@ from xtm.corpus import TokenizerSpec
 from xtm.errors import XtmError
 from xtm.languages import normalize_lang
 from xtm.runtime.bundle import BundleManifest, EncoderEntry, read_manifest
+from xtm.runtime.contextual import ContextualEncoder, ContextualEntry, read_contextual_entry
 from xtm.runtime.langid import detect_language  # light: py3langid's model loads on first detection
 from xtm.runtime.tokenize import KINDS
 
-__all__ = ["InferenceResult", "TopicModel"]
+__all__ = ["ROUTES", "InferenceResult", "TopicModel"]
+
+# How documents reach theta: "bow" the training languages' bag-of-words encoders; "contextual" the
+# bundle's multilingual sentence encoder (any language it knows); "auto" bag of words for the
+# training languages and contextual for the others (= "bow" for a bundle without a contextual route).
+ROUTES = ("auto", "bow", "contextual")
 
 # Batches whose documents are sorted by length together (sparse encoders): memory for one window
 # is its documents' word ids, a few bytes per token.
@@ -49,7 +55,8 @@ class InferenceResult:
         (a Python object per pair costs more than the whole encoder for short documents).
     empty: bool [n], True where a document had no in-vocabulary token. Its theta is what the
         encoder gives for an all-zero bag of words (a fixed, document-independent prior), so it
-        says nothing about the document: filter on this flag.
+        says nothing about the document: filter on this flag. On the contextual route: a blank text.
+    routes: "bow" or "contextual" per document: which encoder gave its theta.
     """
 
     theta: np.ndarray
@@ -58,6 +65,7 @@ class InferenceResult:
     top_weights: np.ndarray
     empty: np.ndarray
     topic_words: list[dict[str, list[str]]]
+    routes: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.langs)
@@ -135,17 +143,23 @@ class TopicModel:
     """An exported cross-lingual topic model: `TopicModel.load(bundle_dir).infer(texts)`.
 
     Safe to share between threads: after loading, the only mutable state is a cache of
-    tokenizers made on first use (under a lock); onnxruntime sessions' run() is thread-safe.
+    tokenizers made on first use and the contextual session, opened on first use (both under a
+    lock); onnxruntime sessions' run() is thread-safe.
     """
 
     def __init__(self, manifest: BundleManifest, encoders: dict[str, _Encoder],
-                 topics: list[dict[str, list[str]]], providers: list[str]) -> None:
+                 topics: list[dict[str, list[str]]], providers: list[str], session_options: Any = None) -> None:
         self._manifest = manifest
         self._encoders = encoders
         self._topics = topics
         self._providers = providers
         self._tokenizers: dict[str, Callable[[str], list[str]]] = {}
         self._tok_lock = threading.Lock()
+        # The contextual graph (~80 MB, ~300 MB resident) is opened when first needed: a caller that
+        # only serves the training languages never pays for it. Its manifest entry is checked now.
+        self._contextual_entry: ContextualEntry | None = read_contextual_entry(manifest)
+        self._contextual: ContextualEncoder | None = None
+        self._session_options = session_options
 
     @classmethod
     def load(cls, bundle_dir: str | Path, *, threads: int | None = None, providers: list[str] | None = None,
@@ -187,7 +201,7 @@ class TopicModel:
             encoders[lang] = _Encoder(entry=e, session=session, vocab=_read_vocab(manifest.path(e.vocab), e.vocab_size),
                                       spec=spec)
         topics = _read_topics(manifest.path(manifest.topics), manifest.num_topics, manifest.languages)
-        return cls(manifest, encoders, topics, chosen)
+        return cls(manifest, encoders, topics, chosen, session_options=opts)
 
     # -- description ---------------------------------------------------------------------------
 
@@ -208,6 +222,32 @@ class TopicModel:
     @property
     def manifest(self) -> BundleManifest:
         return self._manifest
+
+    @property
+    def has_contextual(self) -> bool:
+        """Whether the bundle has a contextual route (documents in any language its encoder knows)."""
+        return self._contextual_entry is not None
+
+    @property
+    def contextual_languages(self) -> list[str]:
+        """Languages the contextual route's sentence encoder was trained on ([] without one, or unknown)."""
+        return list(self._contextual_entry.languages) if self._contextual_entry else []
+
+    def contextual_encoder(self) -> ContextualEncoder:
+        """The contextual route, opened on first use; XtmError when the bundle has none."""
+        if self._contextual_entry is None:
+            raise XtmError("this bundle has no contextual route: train one with `xtm-contextual RUN_DIR` and "
+                           "export again (only its training languages can be read: "
+                           f"{', '.join(self.languages)})")
+        if self._contextual is None:
+            with self._tok_lock:
+                if self._contextual is None:
+                    import onnxruntime as ort
+
+                    opts = self._session_options or ort.SessionOptions()
+                    self._contextual = ContextualEncoder.load(self._manifest, opts, self._providers)
+        assert self._contextual is not None
+        return self._contextual
 
     @property
     def providers(self) -> list[str]:
@@ -320,13 +360,48 @@ class TopicModel:
                                  shape=(len(texts), enc.entry.vocab_size))
         return counts.dense(np.arange(len(texts)), enc.entry.vocab_size)
 
+    def resolve_routes(self, texts: Sequence[str], langs: Sequence[str | None] | str | None = None,
+                       route: str = "auto") -> tuple[list[str], list[str]]:
+        """(language, route) of each text for `infer(..., route=route)`.
+
+        "bow" (or "auto" without a contextual route): `resolve_languages`. "auto": given languages
+        are taken as they are, missing ones detected among the bundle's and the contextual
+        encoder's languages; training languages go to "bow", the rest to "contextual".
+        "contextual": every text; languages given or detected (informational only).
+        """
+        if route not in ROUTES:
+            raise XtmError(f"route must be one of {', '.join(ROUTES)}, got {route!r}")
+        n = len(texts)
+        if route == "bow" or (route == "auto" and not self.has_contextual):
+            return self.resolve_languages(texts, langs), ["bow"] * n
+        self.contextual_encoder()  # a bundle without the route fails here, before any work
+        given: Sequence[str | None] = [langs] * n if langs is None or isinstance(langs, str) else langs
+        if len(given) != n:
+            raise XtmError(f"langs has {len(given)} entries for {n} texts")
+        candidates = sorted(set(self.languages) | set(self.contextual_languages)) or None
+        out_langs: list[str] = []
+        for i, (text, lang) in enumerate(zip(texts, given, strict=True)):
+            if lang is None:
+                out_langs.append(detect_language(text, candidates) if text.strip() else self._manifest.languages[0])
+            elif isinstance(lang, str):
+                out_langs.append(normalize_lang(lang))
+            else:
+                raise XtmError(f"langs[{i}] must be a language code or None, got {type(lang).__name__}")
+        if route == "contextual":
+            return out_langs, ["contextual"] * n
+        served = set(self._encoders)
+        return out_langs, ["bow" if lang in served else "contextual" for lang in out_langs]
+
     def infer(self, texts: Sequence[str], langs: Sequence[str | None] | str | None = None,
-              batch_size: int = 256, top_k: int = 3) -> InferenceResult:
+              batch_size: int = 256, top_k: int = 3, route: str = "auto") -> InferenceResult:
         """Topic distributions of `texts`, in input order.
 
         langs: one code for all texts, one per text (None entries are detected), or None to detect
-        all; detection only chooses among the bundle's languages. A language the bundle does not
-        serve raises XtmError. Documents are grouped by language and run in batches of `batch_size`.
+        all. route (see ROUTES and `resolve_routes`): "auto" (default) reads the training languages
+        with their bag-of-words encoders and any other language with the contextual route when the
+        bundle has one; "bow" only the training languages (detection chooses among them, another
+        language raises XtmError); "contextual" every text with the sentence encoder. Documents
+        are grouped by language and run in batches of `batch_size`.
         """
         if isinstance(texts, str):
             raise TypeError("texts must be a sequence of strings, not one string")
@@ -336,12 +411,22 @@ class TopicModel:
         if batch_size < 1:
             raise XtmError(f"batch_size must be at least 1, got {batch_size}")
         n, K = len(texts), self.num_topics
-        doc_langs = self.resolve_languages(texts, langs)
+        doc_langs, routes = self.resolve_routes(texts, langs, route)
         theta = np.empty((n, K), dtype=np.float32)
         empty = np.zeros(n, dtype=bool)
         groups: dict[str, list[int]] = {}
-        for i, lang in enumerate(doc_langs):
-            groups.setdefault(lang, []).append(i)
+        ctx_rows: list[int] = []
+        for i, (lang, r) in enumerate(zip(doc_langs, routes, strict=True)):
+            if r == "contextual":
+                ctx_rows.append(i)
+            else:
+                groups.setdefault(lang, []).append(i)
+        if ctx_rows:
+            # The sentence encoder costs per token, not per vocabulary word: smaller batches keep
+            # padding (batches are sorted by length) and peak memory low.
+            ctx_texts = [texts[i] for i in ctx_rows]
+            theta[ctx_rows] = self.contextual_encoder().encode(ctx_texts, batch_size=min(batch_size, 64))[0]
+            empty[ctx_rows] = [not texts[i].strip() for i in ctx_rows]
         for lang, idx_list in groups.items():
             enc = self._encoder(lang)
             tok = self._tokenizer(lang)
@@ -367,7 +452,11 @@ class TopicModel:
                     theta[widx] = run(out_name, {in0: counts.dense(np.arange(len(widx)), V)})[0]
         top_ids, top_weights = _top_topics(theta, top_k)
         return InferenceResult(theta=theta, langs=doc_langs, top_ids=top_ids, top_weights=top_weights, empty=empty,
-                               topic_words=self._topics)
+                               topic_words=self._topics, routes=routes)
+
+    def embed(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Sentence embeddings [n, D] (L2-normalised) from the contextual route's encoder."""
+        return self.contextual_encoder().encode(list(texts), batch_size=batch_size)[1]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,104 @@
+"""xtm-contextual: give a finished run a contextual route, so any language the sentence encoder knows gets topics."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from xtm.cli.common import friendly_errors
+
+EPILOG = """\b
+What it does:
+  A run's bag-of-words encoders read only its training languages (say
+  English and Chinese). This fits a small network from a multilingual
+  sentence embedding to the run's topic mixture, on the run's own training
+  documents, so French, German, Spanish, Russian, ... documents get topics
+  in the same topic space. xtm-export then puts it in the bundle as one
+  ONNX graph (token ids -> theta) and xtm-infer --route auto uses it for
+  languages the bag of words cannot read.
+
+\b
+Examples:
+  # default: USE multilingual v3 (offline), distilled from the bag-of-words theta
+  xtm-contextual runs/demo
+  # seed 002's topic-classification fine-tuning of the encoder first (3 epochs)
+  xtm-contextual runs/demo --finetune-epochs 3
+  # the CTM objective through the run's own decoder, plus TCCTM (lambda = 1)
+  xtm-contextual runs/demo --objective ctm --lambda-tc 1.0
+  # any sentence-transformers model (pip install -e ".[st]"), by name or local path
+  xtm-contextual runs/demo --encoder st:sentence-transformers/paraphrase-multilingual-MiniLM-L12-v2
+  # then
+  xtm-export runs/demo --out bundles/demo
+  xtm-infer unseen.jsonl --bundle bundles/demo --route auto
+
+\b
+Objectives (docs/contextual.md has the measurements behind the default):
+  distill  KL(theta_bow || theta_contextual) on every training document: the
+           network imitates the run's own encoders (default: closest to them,
+           so both routes tell the same story).
+  ctm      reconstruct each document's bag of words through the run's frozen
+           decoder (CTM / TCCTM of seed 002); topics stay the run's.
+  --lambda-tc adds seed 002's topic classification: cross-entropy to each
+  document's argmax bag-of-words topic.
+
+\b
+Writes RUN_DIR/contextual/ (contextual.json with settings and agreement
+metrics, head.safetensors, fine-tuned encoder weights when fine-tuned).
+The run's training data must still be where config.json says.
+"""
+
+
+@click.command(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--encoder", default="use-multilingual", show_default=True,
+              help="Sentence encoder: use-multilingual (offline) or st:<sentence-transformers model or path>.")
+@click.option("--objective", type=click.Choice(["distill", "ctm"]), default="distill", show_default=True,
+              help="distill: imitate the bag-of-words theta; ctm: ELBO through the run's frozen decoder.")
+@click.option("--lambda-tc", type=click.FloatRange(0), default=0.0, show_default=True,
+              help="Weight of topic classification (labels: each document's argmax bag-of-words topic).")
+@click.option("--epochs", type=click.IntRange(1), default=30, show_default=True, help="Epochs of the head.")
+@click.option("--finetune-epochs", type=click.IntRange(0), default=0, show_default=True,
+              help="Fine-tune the encoder on topic classification first (USE: its top layers; "
+                   "sentence-transformers: the whole model). 0: frozen encoder.")
+@click.option("--finetune-lr", type=click.FloatRange(0, min_open=True), default=1e-4, show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=2e-3, show_default=True)
+@click.option("--batch-size", type=click.IntRange(2), default=256, show_default=True)
+@click.option("--hidden", type=click.IntRange(1), default=200, show_default=True, help="Hidden width of the head.")
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True)
+@click.option("--max-tokens", type=click.IntRange(3), default=256, show_default=True,
+              help="Tokens read per document (training and inference); longer documents are cut.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--threads", type=click.IntRange(1), help="CPU threads for torch (default: all cores).")
+@click.option("--cache-dir", type=click.Path(file_okay=False),
+              help="Cache for sentence features (default: $XTM_CACHE_DIR or ~/.cache/xtm).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@friendly_errors
+def main(run_dir: str, encoder: str, objective: str, lambda_tc: float, epochs: int, finetune_epochs: int,
+         finetune_lr: float, lr: float, batch_size: int, hidden: int, dropout: float, max_tokens: int, seed: int,
+         device: str, threads: int | None, cache_dir: str | None, quiet: bool) -> None:
+    """Fit the contextual inference network of RUN_DIR (written by xtm-train)."""
+    from xtm.trainer.contextual import ContextualConfig, train_contextual
+
+    cfg = ContextualConfig(encoder=encoder, objective=objective, lambda_tc=lambda_tc, epochs=epochs,
+                           batch_size=batch_size, lr=lr, hidden=hidden, dropout=dropout,
+                           finetune_epochs=finetune_epochs, finetune_lr=finetune_lr, max_tokens=max_tokens,
+                           seed=seed, device=device, threads=threads, cache_dir=cache_dir,
+                           progress=not quiet and sys.stderr.isatty())
+    metrics = train_contextual(run_dir, cfg)
+    click.echo(json.dumps(summary(metrics), indent=2))
+
+
+def summary(metrics: dict) -> dict:
+    """What the terminal shows: agreement with the bag-of-words route and classification."""
+    out = {"test_agreement": metrics.get("test_agreement") or metrics.get("train_agreement")}
+    if metrics.get("classification"):
+        out["classification"] = metrics["classification"]
+    out["seconds"] = round(float(metrics.get("seconds", 0.0)), 1)
+    return out
+
+
+if __name__ == "__main__":
+    main()
