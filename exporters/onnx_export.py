@@ -493,7 +493,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, quantize: str | None
             if has_contextual(run_dir) or contextual:
                 # An optional manifest key and extra files: runtimes without the contextual route
                 # ignore both, so the schema version stays as it is.
-                contextual_entry, report.contextual = export_contextual(run_dir, tmp, opset=opset, progress=progress)
+                contextual_entry, report.contextual = export_contextual(run_dir, tmp, opset=opset, progress=progress,
+                                                                        quantize=quantize)
         files = {p.name: sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         write_json(tmp / "manifest.json", {
             "schema_version": SCHEMA_VERSION if any(e["input_format"] == "sparse" for e in encoders.values()) else 1,

@@ -326,3 +326,12 @@ def test_sentence_transformers_encoder_end_to_end(example_run: Path, example_dir
     loaded = load_contextual(run)
     ref = head_theta(loaded.head, embed_all(loaded.encoder, loaded.encoder.features(texts, None, False)))
     assert np.abs(got.theta - ref).max() < 1e-4
+
+
+def test_int8_contextual_graph_reports_its_drift(contextual_run: Path, tmp_path: Path) -> None:
+    from xtm.exporters.contextual_export import export_contextual
+
+    entry, report = export_contextual(contextual_run, tmp_path, progress=False, quantize="int8")
+    q = report["int8"]
+    assert entry["quantization"] == "int8" and q["onnx_bytes"] < report["onnx_bytes"]
+    assert q["embedding_cosine_vs_fp32"]["mean"] > 0.98 and q["top_topic_agreement"] > 0.9
