@@ -58,6 +58,7 @@ def main() -> None:
     p.add_argument("--llm-model")
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of the rows")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2, help="torch threads (1 when sharing the machine)")
     p.add_argument("--out", type=Path, default=Path("bench/llm_xtm"))
     args = p.parse_args()
 
@@ -68,7 +69,7 @@ def main() -> None:
     from xtm.trainer.refiners import RefinerConfig
     from xtm.trainer.run import DataConfig, run_training
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     spec = DATASETS[args.dataset]
     out = args.out / args.dataset
     data = DataConfig(path=str(DATA / args.dataset), dict_path=str(DATA / spec["dict"]),
@@ -76,7 +77,7 @@ def main() -> None:
 
     def cfg(epochs: int) -> TrainConfig:
         return TrainConfig(model=args.model, num_topics=args.topics, epochs=epochs, seed=args.seed,
-                           checkpoint_every=0, progress=sys.stderr.isatty(), threads=2)
+                           checkpoint_every=0, progress=sys.stderr.isatty(), threads=args.threads)
 
     base = out / "phase1"
     if not (base / "metrics.json").exists():
