@@ -113,7 +113,7 @@ def table(args: argparse.Namespace, rows: dict, langs: tuple[str, str]) -> str:
     cls_keys = [f"{l1}-I", f"{l1}-C", f"{l2}-I", f"{l2}-C"]
     head = (f"{args.dataset}, {args.model.upper()} K={args.topics}: phase 1 = {args.phase1_epochs} epochs, "
             f"phase 2 = {args.phase2_epochs} epochs (F={args.refine_every}, R={args.rounds}, refiner "
-            f"{args.refiner}); 2 CPU threads\n\n")
+            f"{args.refiner}); {args.threads} CPU thread(s)\n\n")
     lines = ["| run | CNPMI | TU | TQ | " + " | ".join(cls_keys) + " | refined CNPMI / TU | s/epoch | s/refinement |",
              "|---|" + "---|" * 10]
     for name, m in rows.items():
