@@ -40,7 +40,7 @@ VARIANTS = {
     "w/o MMD": {"mmd": False},
     "w/o doc-align": {"doc_align": False},
     "w/o self-consistency (R=1)": {"rounds": 1},
-    "+ LLM-XTM, lambda_mmd 2,000": {"lambda_mmd": 2000.0},
+    "+ LLM-XTM (lambda_mmd 2000)": {"lambda_mmd": 2000.0},
 }
 
 
@@ -56,7 +56,8 @@ def main() -> None:
     p.add_argument("--refiner", default="embedding")
     p.add_argument("--llm-url")
     p.add_argument("--llm-model")
-    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of the rows")
+    p.add_argument("--variants", default=";".join(VARIANTS), help="semicolon-separated subset of the rows")
+    p.add_argument("--table-only", action="store_true", help="print the table from the runs already in --out")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch threads (1 when sharing the machine)")
     p.add_argument("--out", type=Path, default=Path("bench/llm_xtm"))
@@ -80,13 +81,19 @@ def main() -> None:
                            checkpoint_every=0, progress=sys.stderr.isatty(), threads=args.threads)
 
     base = out / "phase1"
-    if not (base / "metrics.json").exists():
+    if not (base / "metrics.json").exists() and not args.table_only:
         shutil.rmtree(base, ignore_errors=True)
         run_training(data, cfg(args.phase1_epochs), base)
     rows = {"phase 1": json.loads((base / "metrics.json").read_text())}
-    for name in [v.strip() for v in args.variants.split(",")]:
+    for name in [v.strip() for v in args.variants.split(";")]:
+        if name not in VARIANTS:
+            raise SystemExit(f"unknown variant {name!r}; known: {'; '.join(VARIANTS)}")
         change = VARIANTS[name]
-        run = out / "".join(ch if ch.isalnum() else "_" for ch in name).strip("_")
+        run = out / run_dir_name(name)
+        if args.table_only:
+            if (run / "metrics.json").exists():
+                rows[name] = json.loads((run / "metrics.json").read_text())
+            continue
         shutil.rmtree(run, ignore_errors=True)
         shutil.copytree(base, run)
         t0 = time.perf_counter()
@@ -102,6 +109,10 @@ def main() -> None:
         rows[name] = m
     (out / "results.json").write_text(json.dumps(rows, indent=1, ensure_ascii=False))
     print(table(args, rows, spec["langs"]))
+
+
+def run_dir_name(variant: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in variant).strip("_")
 
 
 def fmt(x: float | None, digits: int = 3) -> str:
