@@ -47,7 +47,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--infoctm-epochs", type=int)
     p.add_argument("--ablations", action="store_true")
-    p.add_argument("--rows", help="comma-separated subset of row names")
+    p.add_argument("--rows", help="semicolon-separated subset of row names")
     p.add_argument("--threads", type=int, default=2, help="torch threads per run (1 when sharing the machine)")
     p.add_argument("--out", type=Path, default=Path("bench/gloctm"))
     args = p.parse_args()
@@ -57,7 +57,11 @@ def main() -> None:
     spec = DATASETS[args.dataset]
     rows = dict(ROWS, **(ABLATIONS if args.ablations else {}))
     if args.rows:
-        rows = {k: v for k, v in rows.items() if k in args.rows.split(",")}
+        wanted = [r.strip() for r in args.rows.split(";")]
+        unknown = set(wanted) - set(rows)
+        if unknown:
+            raise SystemExit(f"unknown rows {sorted(unknown)}; known: {'; '.join(rows)}")
+        rows = {k: v for k, v in rows.items() if k in wanted}
     out = args.out / args.dataset
     results = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
     for name, (model, with_dict, hparams) in rows.items():
