@@ -69,9 +69,33 @@ def match_kl(theta_en: np.ndarray, theta_other: np.ndarray) -> dict[str, float]:
 
 
 def with_random(theta_en: np.ndarray, theta_other: np.ndarray, seed: int = 0) -> dict[str, Any]:
-    """Match/KL of the aligned pairs and of the random-shuffle baseline (English rows permuted)."""
+    """Match/KL of the aligned pairs and of the random-shuffle baseline (English rows permuted),
+    plus how concentrated the top topics are: the share of documents whose top topic is the most
+    frequent one (English side). A high share explains a high random Match: most documents, aligned
+    or not, then land in that one topic."""
     perm = np.random.default_rng(seed).permutation(len(theta_en))
-    return {**match_kl(theta_en, theta_other), "random": match_kl(theta_en[perm], theta_other)}
+    top = np.bincount(theta_en.argmax(1), minlength=theta_en.shape[1])
+    return {**match_kl(theta_en, theta_other), "random": match_kl(theta_en[perm], theta_other),
+            "top_topic_share": float(top.max() / max(1, len(theta_en))),
+            "retrieval_p1": retrieval_p1(theta_en, theta_other)}
+
+
+def retrieval_p1(theta_en: np.ndarray, theta_other: np.ndarray, block: int = 1000) -> float:
+    """Share of English documents whose aligned document has the most similar theta among the
+    `block` documents of its block (cosine of centred log theta; random: 1/block).
+
+    Unlike Match it reads the whole distribution, so it still separates documents when one topic
+    tops most of them (out-of-domain text) or theta is nearly flat."""
+    hits = total = 0
+    for s in range(0, len(theta_en), block):
+        a, b = (np.log(t[s:s + block] + EPS) for t in (theta_en, theta_other))
+        a -= a.mean(1, keepdims=True)
+        b -= b.mean(1, keepdims=True)
+        a /= np.maximum(np.linalg.norm(a, axis=1, keepdims=True), EPS)
+        b /= np.maximum(np.linalg.norm(b, axis=1, keepdims=True), EPS)
+        hits += int((np.argmax(a @ b.T, axis=1) == np.arange(len(a))).sum())
+        total += len(a)
+    return hits / max(total, 1)
 
 
 # -- theta from a run -----------------------------------------------------------------------------
@@ -109,11 +133,26 @@ class RunThetas:
         m.sum_duplicates()
         return infer_theta(self.model, m, self.langs.index(lang), self._torch.device("cpu"))
 
-    def ctx(self, texts: list[str]) -> np.ndarray:
-        from xtm.trainer.contextual import embed_all, head_theta
+    def embeddings(self, texts: list[str]) -> Any:
+        from xtm.trainer.contextual import embed_all
 
         enc = self.loaded.encoder
-        return head_theta(self.loaded.head, embed_all(enc, enc.features(texts, self.cache, False)))
+        return embed_all(enc, enc.features(texts, self.cache, False))
+
+    def ctx(self, texts: list[str]) -> np.ndarray:
+        from xtm.trainer.contextual import head_theta
+
+        return head_theta(self.loaded.head, self.embeddings(texts))
+
+
+def embedding_p1(a: np.ndarray, b: np.ndarray, block: int = 1000) -> float:
+    """retrieval_p1 on the sentence embeddings themselves: what the encoder aligns before the K topics."""
+    hits = total = 0
+    for s in range(0, len(a), block):
+        sims = a[s:s + block] @ b[s:s + block].T
+        hits += int((np.argmax(sims, axis=1) == np.arange(len(sims))).sum())
+        total += len(sims)
+    return hits / max(total, 1)
 
 
 def tokenize_like_benchmark(texts: list[str], lang: str) -> list[str]:
@@ -161,37 +200,53 @@ def news_items() -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def ecnews_classifier(thetas: RunThetas) -> Any:
-    """LinearSVC on the ECNews training documents' bag-of-words theta (both languages)."""
+def ecnews_classifiers(thetas: RunThetas, per_lang: int = 6000) -> dict[str, Any]:
+    """LinearSVC per route ("bow", "ctx") on that route's theta of ECNews training documents
+    (`per_lang` sampled per language: a fit on all 77k takes minutes and gains nothing here).
+    One classifier per route, because the two routes' thetas need not share a scale (a sharpened
+    contextual theta under a scaler fitted on flat bag-of-words theta classifies at random)."""
     from xtm.trainer.corpus_loading import load_corpus
     from xtm.trainer.evaluation import _fit_svm
     from xtm.trainer.loop import infer_theta
 
     corpus = load_corpus(DATA / "ECNews", progress=False)
-    xs, ys = [], []
+    rng = np.random.default_rng(0)
+    xs: dict[str, list[np.ndarray]] = {"bow": [], "ctx": []}
+    ys = []
     for i, lc in enumerate(corpus.languages):
-        xs.append(infer_theta(thetas.model, lc.train_bow, i, thetas._torch.device("cpu")))
-        ys.append(np.asarray(lc.train_labels).ravel())
-    return _fit_svm(np.concatenate(xs).astype(np.float64), np.concatenate(ys), 0)
+        rows = np.sort(rng.choice(lc.num_train, size=min(per_lang, lc.num_train), replace=False))
+        xs["bow"].append(infer_theta(thetas.model, lc.train_bow[rows], i, thetas._torch.device("cpu")))
+        xs["ctx"].append(thetas.ctx([lc.train_texts[r] for r in rows]))
+        ys.append(np.asarray(lc.train_labels).ravel()[rows])
+    y = np.concatenate(ys)
+    return {route: _fit_svm(np.concatenate(x).astype(np.float64), y, 0) for route, x in xs.items()}
 
 
-def eval_news(thetas: RunThetas, clf: Any) -> dict[str, Any]:
+def eval_news(thetas: RunThetas, clf: dict[str, Any]) -> dict[str, Any]:
     items = news_items()
     labels = np.array([CATEGORIES.index(it["category"]) + 1 for it in items])
     texts = {lang: [it["texts"][lang] for it in items] for lang in ("en", *NEWS_LANGS)}
-    ctx = {lang: thetas.ctx(t) for lang, t in texts.items()}
+    from xtm.trainer.contextual import head_theta
+
+    emb = {lang: thetas.embeddings(t) for lang, t in texts.items()}
+    ctx = {lang: head_theta(thetas.loaded.head, e) for lang, e in emb.items()}
     bow = {lang: thetas.bow(tokenize_like_benchmark(texts[lang], lang), lang) for lang in thetas.langs}
-    out: dict[str, Any] = {"ctx-ctx": {}, "bow-ctx": {}, "category_accuracy": {"ctx": {}, "bow": {}}}
+    out: dict[str, Any] = {"ctx-ctx": {}, "bow-ctx": {}, "category_accuracy": {"ctx": {}, "bow": {}},
+                           "embedding_retrieval_p1": {}}
     for lang in NEWS_LANGS:
+        out["embedding_retrieval_p1"][lang] = embedding_p1(emb["en"].numpy(), emb[lang].numpy())
         out["ctx-ctx"][lang] = with_random(ctx["en"], ctx[lang])
         out["bow-ctx"][lang] = with_random(bow["en"], ctx[lang])
     for other in thetas.langs:
         if other != "en":
             out[f"bow-bow ({other})"] = with_random(bow["en"], bow[other])
+    def accuracy(route: str, theta: np.ndarray) -> float:
+        return float((clf[route].predict(theta.astype(np.float64)) == labels).mean())
+
     for lang in ("en", *NEWS_LANGS):
-        out["category_accuracy"]["ctx"][lang] = float((clf.predict(ctx[lang].astype(np.float64)) == labels).mean())
+        out["category_accuracy"]["ctx"][lang] = accuracy("ctx", ctx[lang])
     for lang in thetas.langs:
-        out["category_accuracy"]["bow"][lang] = float((clf.predict(bow[lang].astype(np.float64)) == labels).mean())
+        out["category_accuracy"]["bow"][lang] = accuracy("bow", bow[lang])
     return out
 
 
@@ -204,9 +259,13 @@ def eval_kyoto(thetas: RunThetas, pairs: int) -> dict[str, Any]:
     d = DATA / "ref_corpus" / "en_ja"
     raw = {lang: read_gz_lines(d / f"kyoto_wiki.{lang}.txt.gz", pairs) for lang in ("en", "ja")}
     tok = {lang: read_gz_lines(d / f"kyoto_wiki.{lang}.tok.txt.gz", pairs) for lang in ("en", "ja")}
-    ctx = {lang: thetas.ctx(raw[lang]) for lang in ("en", "ja")}
+    from xtm.trainer.contextual import head_theta
+
+    emb = {lang: thetas.embeddings(raw[lang]) for lang in ("en", "ja")}
+    ctx = {lang: head_theta(thetas.loaded.head, emb[lang]) for lang in ("en", "ja")}
     bow = {lang: thetas.bow(tok[lang], lang) for lang in ("en", "ja")}
-    return {"pairs": len(raw["en"]), "ctx-ctx": with_random(ctx["en"], ctx["ja"]),
+    return {"pairs": len(raw["en"]), "embedding_retrieval_p1": embedding_p1(emb["en"].numpy(), emb["ja"].numpy()),
+            "ctx-ctx": with_random(ctx["en"], ctx["ja"]),
             "bow-ctx": with_random(bow["en"], ctx["ja"]), "bow-bow": with_random(bow["en"], bow["ja"]),
             "ctx-bow": with_random(ctx["en"], bow["ja"])}
 
@@ -233,6 +292,10 @@ def fmt(x: dict[str, float]) -> str:
     return f"{100 * x['match']:.1f} / {x['kl']:.2f}"
 
 
+def pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.1f}%"
+
+
 def mean_over_langs(news: dict[str, Any], key: str) -> dict[str, float]:
     return {k: float(np.mean([news[key][lg][k] for lg in NEWS_LANGS])) for k in ("match", "kl")}
 
@@ -242,8 +305,9 @@ def print_tables(res: dict[str, Any]) -> None:
     if ec:
         print("\n## Variants on ECNews (NMTM K=50): agreement with the bag of words, classification, aligned news\n")
         print("| variant | test match en / zh | LinearSVC EN-I / ZH-I (bow) | ctx EN-I / ZH-I | ctx EN-C / ZH-C "
-              "| news ctx-ctx Match/KL (mean 6 langs) | news bow-ctx | news category acc (ctx, mean) |")
-        print("|---|---|---|---|---|---|---|---|")
+              "| news ctx-ctx Match/KL (mean 6 langs) | news bow-ctx | news category acc (ctx, mean) "
+              "| news retrieval P@1 ctx-ctx |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for name, v in ec["variants"].items():
             m, news = v["metrics"], v["news"]
             ta, cl = m["test_agreement"], m.get("classification") or {}
@@ -252,33 +316,39 @@ def print_tables(res: dict[str, Any]) -> None:
             pair = lambda d, a, b: f"{d.get(a, 0):.3f} / {d.get(b, 0):.3f}"  # noqa: E731
             print(f"| {name} | {100 * ta['en']['match']:.1f} / {100 * ta['zh']['match']:.1f} "
                   f"| {pair(bw, 'EN-I', 'ZH-I')} | {pair(cx, 'EN-I', 'ZH-I')} | {pair(cx, 'EN-C', 'ZH-C')} "
-                  f"| {fmt(mean_over_langs(news, 'ctx-ctx'))} | {fmt(mean_over_langs(news, 'bow-ctx'))} | {acc:.3f} |")
+                  f"| {fmt(mean_over_langs(news, 'ctx-ctx'))} | {fmt(mean_over_langs(news, 'bow-ctx'))} | {acc:.3f} "
+                  f"| {100 * np.mean([news['ctx-ctx'][lg].get('retrieval_p1', np.nan) for lg in NEWS_LANGS]):.1f}% |")
         d = ec["variants"].get(res["default"])
         if d:
             news = d["news"]
             print(f"\n## Aligned news per language (ECNews model, variant '{res['default']}'): "
                   "Match % / KL vs English\n")
-            print("| language | ctx-ctx | bow-ctx | random | category acc ctx | category acc bow |")
-            print("|---|---|---|---|---|---|")
+            print("| language | ctx-ctx | bow-ctx | random | category acc ctx | category acc bow "
+                  "| retrieval P@1 ctx-ctx |")
+            print("|---|---|---|---|---|---|---|")
             for lg in ("en", *NEWS_LANGS):
-                cc = news["ctx-ctx"].get(lg)
-                bc = news["bow-ctx"].get(lg)
+                cc, bc = news["ctx-ctx"].get(lg), news["bow-ctx"].get(lg)
                 bow_acc = news["category_accuracy"]["bow"].get(lg)
-                print(f"| {lg} | {fmt(cc) if cc else '—'} | {fmt(bc) if bc else '—'} "
-                      f"| {fmt(cc['random']) if cc else '—'} | {news['category_accuracy']['ctx'][lg]:.3f} "
-                      f"| {f'{bow_acc:.3f}' if bow_acc is not None else '—'} |")
+                cells = [fmt(cc) if cc else "—", fmt(bc) if bc else "—", fmt(cc["random"]) if cc else "—",
+                         f"{news['category_accuracy']['ctx'][lg]:.3f}",
+                         f"{bow_acc:.3f}" if bow_acc is not None else "—",
+                         pct(cc.get("retrieval_p1")) if cc else "—"]
+                print(f"| {lg} | {' | '.join(cells)} |")
             if "bow-bow (zh)" in news:
                 print(f"\nbow-bow en-zh (the backbone's own alignment): {fmt(news['bow-bow (zh)'])}, "
                       f"random {fmt(news['bow-bow (zh)']['random'])}")
     if rk:
         print(f"\n## Kyoto Wikipedia en-ja ({rk['variants'][next(iter(rk['variants']))]['kyoto']['pairs']} pairs), "
               "Rakuten_Amazon NMTM K=50: Match % / KL\n")
-        print("| variant | ctx-ctx | bow-ctx | ctx-bow | bow-bow | random (ctx-ctx) |")
-        print("|---|---|---|---|---|---|")
+        print("| variant | ctx-ctx | random | bow-ctx | random | bow-bow | random | top-topic share en (ctx / bow) "
+              "| retrieval P@1 / 1,000 (ctx-ctx / bow-ctx / bow-bow) | embeddings P@1 |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for name, v in rk["variants"].items():
             k = v["kyoto"]
-            print(f"| {name} | {fmt(k['ctx-ctx'])} | {fmt(k['bow-ctx'])} | {fmt(k['ctx-bow'])} | {fmt(k['bow-bow'])} "
-                  f"| {fmt(k['ctx-ctx']['random'])} |")
+            cells = " | ".join(f"{fmt(k[r])} | {fmt(k[r]['random'])}" for r in ("ctx-ctx", "bow-ctx", "bow-bow"))
+            shares = [f"{100 * k[r].get('top_topic_share', float('nan')):.0f}%" for r in ("ctx-ctx", "bow-bow")]
+            p1 = " / ".join(pct(k[r].get("retrieval_p1")) for r in ("ctx-ctx", "bow-ctx", "bow-bow"))
+            print(f"| {name} | {cells} | {' / '.join(shares)} | {p1} | {pct(k.get('embedding_retrieval_p1'))} |")
     if res.get("throughput"):
         print("\n## Throughput of the contextual route (torch-free runtime, TopicModel.infer(route='contextual'))\n")
         print("| documents | threads | tokens/doc | docs/s | 1-min load average |")
@@ -318,12 +388,11 @@ def main() -> None:
     if "ecnews" not in skip:
         base = ensure_run(args.ecnews_run or args.out / "ecnews-nmtm", "ECNews", "dict/ch_en_dict.dat", 20,
                           args.threads)
-        clf = None
         ec = res.setdefault("ecnews", {"run": str(base), "variants": {}})
         for name in names:
             d = variant_run(base, args.out, name, VARIANTS[name], args.threads, cache)
             thetas = RunThetas(d, cache)
-            clf = clf or ecnews_classifier(thetas)
+            clf = ecnews_classifiers(thetas)
             meta = thetas.loaded.meta
             ec["variants"][name] = {"dir": str(d), "metrics": meta["metrics"], "news": eval_news(thetas, clf)}
             save()
