@@ -335,3 +335,16 @@ def test_int8_contextual_graph_reports_its_drift(contextual_run: Path, tmp_path:
     q = report["int8"]
     assert entry["quantization"] == "int8" and q["onnx_bytes"] < report["onnx_bytes"]
     assert q["embedding_cosine_vs_fp32"]["mean"] > 0.98 and q["top_topic_agreement"] > 0.9
+
+
+def test_xtm_train_contextual_flag(example_dir: Path, tmp_path: Path) -> None:
+    from xtm.cli.train import main
+
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, ["--data", str(example_dir / "docs.jsonl"), "--dict", str(example_dir / "dict.tsv"),
+                                  "--model", "nmtm", "--topics", "6", "--epochs", "2", "--threads", "1",
+                                  "--out", str(out), "-q", "--contextual"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert set(summary["contextual"]["test_agreement"]) == {"en", "zh"}
+    assert (out / "contextual" / "contextual.json").is_file()
