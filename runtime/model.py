@@ -378,7 +378,8 @@ class TopicModel:
         given: Sequence[str | None] = [langs] * n if langs is None or isinstance(langs, str) else langs
         if len(given) != n:
             raise XtmError(f"langs has {len(given)} entries for {n} texts")
-        candidates = sorted(set(self.languages) | set(self.contextual_languages)) or None
+        # An encoder that does not list its languages (sentence-transformers models do not): any language.
+        candidates = sorted(set(self.languages) | set(self.contextual_languages)) if self.contextual_languages else None
         out_langs: list[str] = []
         for i, (text, lang) in enumerate(zip(texts, given, strict=True)):
             if lang is None:

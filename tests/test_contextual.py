@@ -322,7 +322,10 @@ def test_sentence_transformers_encoder_end_to_end(example_run: Path, example_dir
     assert report.contextual["embedding_cosine_vs_sentence_transformers"]["min"] >= 0.999
     assert (tmp_path / "bundle" / "contextual_tokenizer.json").is_file()
     texts = [d["text"] for d in _unseen(example_dir)][:12]
-    got = TopicModel.load(tmp_path / "bundle", threads=1).infer(texts, route="contextual")
+    model = TopicModel.load(tmp_path / "bundle", threads=1)
+    got = model.infer(texts, route="contextual")
+    # The model lists no languages: auto detects among all, so French still goes to the contextual route.
+    assert model.infer(["Le club de football a limogé son entraîneur après cinq défaites."]).routes == ["contextual"]
     loaded = load_contextual(run)
     ref = head_theta(loaded.head, embed_all(loaded.encoder, loaded.encoder.features(texts, None, False)))
     assert np.abs(got.theta - ref).max() < 1e-4
