@@ -292,8 +292,6 @@ def _load_benchmark(d: Path, want: list[str] | None) -> Corpus:
 class _LangDocs:
     """One language's documents while reading: token ids and counts, flat, plus per-doc fields."""
 
-    tokenize: Callable[[str], list[str]]
-    stop: frozenset[str]
     token_index: dict[str, int] = field(default_factory=dict)
     ids: array = field(default_factory=lambda: array("i"))      # token id per (doc, token)
     counts: array = field(default_factory=lambda: array("i"))   # its count in that doc
@@ -369,8 +367,7 @@ def _split(obj: dict[str, Any], f: Path, lineno: int) -> str | None:
     return v.strip().lower()
 
 
-def _load_jsonl(files: list[Path], source: Path, want: list[str] | None, *, vocab_size: int, min_df: int,
-                max_df: float, min_doc_tokens: int, seed: int, progress: bool) -> Corpus:
+def _check_preprocessing(vocab_size: int, min_df: int, max_df: float, min_doc_tokens: int) -> None:
     if not isinstance(vocab_size, int) or vocab_size < 1:
         raise XtmError(f"vocab_size must be a positive integer, got {vocab_size!r}", field="vocab_size")
     if not isinstance(min_df, int) or min_df < 1:
@@ -381,13 +378,40 @@ def _load_jsonl(files: list[Path], source: Path, want: list[str] | None, *, voca
         raise XtmError(f"min_doc_tokens must be an integer >= 1, got {min_doc_tokens!r}",
                        field="min_doc_tokens")
 
-    docs: dict[str, _LangDocs] = {}
-    dropped: Counter[str] = Counter()
-    dropped_by_lang: dict[str, Counter[str]] = {}
-    skipped_lang: Counter[str] = Counter()
-    detected = 0
-    multi = len(files) > 1
 
+@dataclass
+class _Doc:
+    """One usable document as read: its language, fields and token counts (stopwords removed)."""
+
+    lang: str
+    doc_id: str
+    text: str
+    label: Any
+    split: str | None
+    tokens: Counter[str]
+    explicit: bool  # its `lang` field named the language (else detected)
+
+
+@dataclass
+class _ReadStats:
+    """What reading dropped or skipped; `dropped_by_lang` has every language met, in order met."""
+
+    dropped: Counter[str] = field(default_factory=Counter)
+    dropped_by_lang: dict[str, Counter[str]] = field(default_factory=dict)
+    skipped_lang: Counter[str] = field(default_factory=Counter)
+    detected: int = 0
+
+
+def _read_documents(files: list[Path], want: list[str] | None, progress: bool,
+                    stats: _ReadStats) -> Iterator[_Doc]:
+    """Parse, validate and tokenize JSONL documents one at a time.
+
+    The one reader of JSONL corpora: the in-memory loader and the out-of-core preprocessor
+    (xtm.trainer.sharding) both consume it, so they see the same documents and tokens.
+    """
+    dropped, dropped_by_lang, skipped_lang = stats.dropped, stats.dropped_by_lang, stats.skipped_lang
+    tokenizers: dict[str, tuple[Callable[[str], list[str]], frozenset[str]]] = {}
+    multi = len(files) > 1
     for f, lineno, raw in _iter_lines(files, progress):
         try:
             line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
@@ -423,44 +447,34 @@ def _load_jsonl(files: list[Path], source: Path, want: list[str] | None, *, voca
             continue
         else:
             lang = detect_language(text, want)
-            detected += 1
+            stats.detected += 1
         if want is not None and lang not in want:
             skipped_lang[lang] += 1
             continue
-        ld = docs.get(lang)
-        if ld is None:
-            ld = docs[lang] = _LangDocs(tokenize=make_tokenizer(default_tokenizer_spec(lang)),
-                                        stop=stopwords(lang))
+        tok = tokenizers.get(lang)
+        if tok is None:
+            tok = tokenizers[lang] = (make_tokenizer(default_tokenizer_spec(lang)), stopwords(lang))
             dropped_by_lang[lang] = Counter()
         if not text.strip():
             dropped["empty_text"] += 1
             dropped_by_lang[lang]["empty_text"] += 1
             continue
-        stop = ld.stop
+        tokenize, stop = tok
         # Pure numbers make poor topic words (the benchmark vocabularies have none).
-        tokens = Counter(t for t in ld.tokenize(text) if t not in stop and not t.isdigit())
+        tokens = Counter(t for t in tokenize(text) if t not in stop and not t.isdigit())
         if not tokens:
             dropped["no_tokens"] += 1
             dropped_by_lang[lang]["no_tokens"] += 1
             continue
-        index = ld.token_index
-        for tok, c in tokens.items():
-            tid = index.get(tok)
-            if tid is None:
-                tid = index[tok] = len(index)
-            ld.ids.append(tid)
-            ld.counts.append(c)
-        ld.offsets.append(len(ld.ids))
-        ld.doc_ids.append(doc_id)
-        ld.texts.append(text)
-        ld.labels.append(label)
-        ld.splits.append(split)
-        if raw_lang is not None:
-            ld.explicit += 1
+        yield _Doc(lang, doc_id, text, label, split, tokens, raw_lang is not None)
 
-    # Languages in output order; a requested language without documents is an error.
+
+def _language_order(n_docs: dict[str, int], explicit: dict[str, int], want: list[str] | None, source: Path,
+                    stats: _ReadStats) -> list[str]:
+    """Languages in output order; a requested language without documents is an error."""
+    dropped, dropped_by_lang = stats.dropped, stats.dropped_by_lang
     if want is not None:
-        empty = [x for x in want if x not in docs or docs[x].n == 0]
+        empty = [x for x in want if n_docs.get(x, 0) == 0]
         if empty:
             raise XtmError(f"no documents left for requested language(s) {', '.join(empty)}"
                            + (f" ({sum(dropped.values())} dropped as empty)" if dropped else ""),
@@ -469,41 +483,125 @@ def _load_jsonl(files: list[Path], source: Path, want: list[str] | None, *, voca
     else:
         # Largest first (ties by code): a stable default; English first when present, the order
         # of the published tables.
-        order = sorted(docs, key=lambda x: (x != "en", -docs[x].n, x))
-        n_docs = sum(docs[x].n for x in order)
-        rare = [x for x in order if docs[x].explicit == 0 and 0 < docs[x].n < _RARE_DETECTED_SHARE * n_docs]
+        order = sorted(n_docs, key=lambda x: (x != "en", -n_docs[x], x))
+        total = sum(n_docs[x] for x in order)
+        rare = [x for x in order if explicit.get(x, 0) == 0 and 0 < n_docs[x] < _RARE_DETECTED_SHARE * total]
         if rare:
-            k = sum(docs[x].n for x in rare)
+            k = sum(n_docs[x] for x in rare)
             dropped["rare_detected_language"] += k
             for x in rare:
-                dropped_by_lang[x]["rare_detected_language"] += docs[x].n
+                dropped_by_lang[x]["rare_detected_language"] += n_docs[x]
                 order.remove(x)
             warnings.warn(f"{source}: dropped {k} document(s) detected as "
-                          f"{', '.join(f'{x} ({docs[x].n})' for x in rare)}: fewer than "
+                          f"{', '.join(f'{x} ({n_docs[x]})' for x in rare)}: fewer than "
                           f"{_RARE_DETECTED_SHARE:.0%} of the documents each, probably misdetected; "
-                          f"give documents a 'lang' field or pass langs", stacklevel=3)
-        for x in [x for x in order if docs[x].n == 0]:
+                          f"give documents a 'lang' field or pass langs", stacklevel=4)
+        for x in [x for x in order if n_docs[x] == 0]:
             warnings.warn(f"{source}: every '{x}' document was dropped as empty; language ignored",
-                          stacklevel=3)
+                          stacklevel=4)
             order.remove(x)
     if len(order) < 2:
-        found = ", ".join(f"{x} ({docs[x].n} docs)" for x in order) or "none"
+        found = ", ".join(f"{x} ({n_docs.get(x, 0)} docs)" for x in order) or "none"
         raise XtmError(f"a cross-lingual corpus needs documents in at least two languages; found {found}",
                        path=source)
+    return order
 
-    # Labels: all or nothing, mapped to 0..C-1 the same way in every language.
+
+def _label_names(n_total: int, n_labeled: int, values: set[Any], source: Path) -> list[Any] | None:
+    """Labels are all or nothing, mapped to 0..C-1 the same way in every language."""
+    if n_labeled == n_total:
+        return sorted(values, key=lambda v: (isinstance(v, str), v))
+    if n_labeled:
+        warnings.warn(f"{source}: only {n_labeled} of {n_total} documents have a label; "
+                      f"labels are ignored", stacklevel=4)
+    return None
+
+
+def _split_mode(has_split: bool, label_names: list[Any] | None) -> str:
+    return "file" if has_split else ("holdout" if label_names is not None else "none")
+
+
+def _test_mask(split_mode: str, n: int, file_test: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
+    """Which of a language's n documents are test documents; draws from `rng` in holdout mode only."""
+    if split_mode == "file":
+        assert file_test is not None
+        return file_test
+    is_test = np.zeros(n, dtype=bool)
+    if split_mode == "holdout":
+        # At least one test document per language once there are two to split.
+        n_test = max(1, int(round(HOLDOUT_FRACTION * n))) if n >= 2 else 0
+        is_test[rng.permutation(n)[:n_test]] = True
+    return is_test
+
+
+def _corpus_info(source: Path, files: list[Path], stats: _ReadStats, label_names: list[Any] | None,
+                 split_mode: str, lang_info: dict[str, Any], *, vocab_size: int, min_df: int, max_df: float,
+                 min_doc_tokens: int, seed: int) -> dict[str, Any]:
+    """corpus.info for JSONL input; warns about what was dropped or skipped."""
+    dropped, skipped_lang = stats.dropped, stats.skipped_lang
+    # Misdetected languages had their own warning.
+    empty = {k: v for k, v in dropped.items() if k != "rare_detected_language"}
+    if empty:
+        detail = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in sorted(empty.items()))
+        warnings.warn(f"{source}: dropped {sum(empty.values())} document(s) with no usable words "
+                      f"({detail})", stacklevel=4)
+    if skipped_lang:
+        warnings.warn(f"{source}: skipped {sum(skipped_lang.values())} document(s) in languages not "
+                      f"requested ({', '.join(f'{k}: {v}' for k, v in sorted(skipped_lang.items()))})",
+                      stacklevel=4)
+    return {
+        "source": str(source),
+        "format": "jsonl",
+        "files": [str(f) for f in files],
+        "dropped": {**dict(dropped), "total": sum(dropped.values())},
+        "skipped_other_languages": dict(skipped_lang),
+        "detected_lang": stats.detected,
+        "label_names": label_names,
+        "split": split_mode,
+        "languages": lang_info,
+        "preprocessing": {"vocab_size": vocab_size, "min_df": min_df, "max_df": float(max_df),
+                          "min_doc_tokens": min_doc_tokens, "seed": seed, "stopwords": "built-in",
+                          "holdout_fraction": HOLDOUT_FRACTION if split_mode == "holdout" else None},
+    }
+
+
+def corpus_name(source: Path) -> str:
+    return source.stem if source.is_file() else source.resolve().name
+
+
+def _load_jsonl(files: list[Path], source: Path, want: list[str] | None, *, vocab_size: int, min_df: int,
+                max_df: float, min_doc_tokens: int, seed: int, progress: bool) -> Corpus:
+    _check_preprocessing(vocab_size, min_df, max_df, min_doc_tokens)
+    stats = _ReadStats()
+    docs: dict[str, _LangDocs] = {}
+    for doc in _read_documents(files, want, progress, stats):
+        ld = docs.get(doc.lang)
+        if ld is None:
+            ld = docs[doc.lang] = _LangDocs()
+        index = ld.token_index
+        for tok, c in doc.tokens.items():
+            tid = index.get(tok)
+            if tid is None:
+                tid = index[tok] = len(index)
+            ld.ids.append(tid)
+            ld.counts.append(c)
+        ld.offsets.append(len(ld.ids))
+        ld.doc_ids.append(doc.doc_id)
+        ld.texts.append(doc.text)
+        ld.labels.append(doc.label)
+        ld.splits.append(doc.split)
+        ld.explicit += doc.explicit
+    for lang in stats.dropped_by_lang:  # languages met whose every document was dropped
+        docs.setdefault(lang, _LangDocs())
+
+    dropped, dropped_by_lang = stats.dropped, stats.dropped_by_lang
+    order = _language_order({x: d.n for x, d in docs.items()}, {x: d.explicit for x, d in docs.items()},
+                            want, source, stats)
     all_labels = [lab for x in order for lab in docs[x].labels]
-    n_labeled = sum(lab is not None for lab in all_labels)
-    label_names: list[Any] | None = None
-    if n_labeled == len(all_labels):
-        label_names = sorted(set(all_labels), key=lambda v: (isinstance(v, str), v))
-    elif n_labeled:
-        warnings.warn(f"{source}: only {n_labeled} of {len(all_labels)} documents have a label; "
-                      f"labels are ignored", stacklevel=3)
+    label_names = _label_names(len(all_labels), sum(lab is not None for lab in all_labels),
+                               {lab for lab in all_labels if lab is not None}, source)
     label_to_int = {v: i for i, v in enumerate(label_names)} if label_names is not None else None
-
-    has_split = any(s is not None for x in order for s in docs[x].splits)
-    split_mode = "file" if has_split else ("holdout" if label_names is not None else "none")
+    split_mode = _split_mode(any(s is not None for x in order for s in docs[x].splits), label_names)
     rng = np.random.default_rng(seed)
 
     languages: list[LanguageCorpus] = []
@@ -511,15 +609,8 @@ def _load_jsonl(files: list[Path], source: Path, want: list[str] | None, *, voca
     for x in order:
         ld = docs[x]
         n = ld.n
-        if split_mode == "file":
-            is_test = np.array([s == "test" for s in ld.splits], dtype=bool)
-        elif split_mode == "holdout":
-            # At least one test document per language once there are two to split.
-            n_test = max(1, int(round(HOLDOUT_FRACTION * n))) if n >= 2 else 0
-            is_test = np.zeros(n, dtype=bool)
-            is_test[rng.permutation(n)[:n_test]] = True
-        else:
-            is_test = np.zeros(n, dtype=bool)
+        is_test = _test_mask(split_mode, n, np.array([s == "test" for s in ld.splits], dtype=bool)
+                             if split_mode == "file" else None, rng)
         ids = np.frombuffer(ld.ids, dtype=np.int32) if len(ld.ids) else np.zeros(0, np.int32)
         cnts = np.frombuffer(ld.counts, dtype=np.int32) if len(ld.counts) else np.zeros(0, np.int32)
         offsets = np.asarray(ld.offsets, dtype=np.int64)
@@ -567,35 +658,11 @@ def _load_jsonl(files: list[Path], source: Path, want: list[str] | None, *, voca
                         "test_docs": 0 if test_bow is None else int(test_bow.shape[0]),
                         "vocab_size": len(vocab), "distinct_tokens": len(ld.token_index),
                         "dropped": dict(dropped_by_lang.get(x, {}))}
-        docs[x] = _LangDocs(tokenize=ld.tokenize, stop=ld.stop)  # free the token arrays early
+        docs[x] = _LangDocs()  # free the token arrays early
 
-    total_dropped = sum(dropped.values())
-    # Misdetected languages had their own warning above.
-    empty = {k: v for k, v in dropped.items() if k != "rare_detected_language"}
-    if empty:
-        detail = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in sorted(empty.items()))
-        warnings.warn(f"{source}: dropped {sum(empty.values())} document(s) with no usable words "
-                      f"({detail})", stacklevel=3)
-    if skipped_lang:
-        warnings.warn(f"{source}: skipped {sum(skipped_lang.values())} document(s) in languages not "
-                      f"requested ({', '.join(f'{k}: {v}' for k, v in sorted(skipped_lang.items()))})",
-                      stacklevel=3)
-    name = source.stem if source.is_file() else source.resolve().name
-    info: dict[str, Any] = {
-        "source": str(source),
-        "format": "jsonl",
-        "files": [str(f) for f in files],
-        "dropped": {**dict(dropped), "total": total_dropped},
-        "skipped_other_languages": dict(skipped_lang),
-        "detected_lang": detected,
-        "label_names": label_names,
-        "split": split_mode,
-        "languages": lang_info,
-        "preprocessing": {"vocab_size": vocab_size, "min_df": min_df, "max_df": float(max_df),
-                          "min_doc_tokens": min_doc_tokens, "seed": seed, "stopwords": "built-in",
-                          "holdout_fraction": HOLDOUT_FRACTION if split_mode == "holdout" else None},
-    }
-    return Corpus(languages=languages, name=name, info=info)
+    info = _corpus_info(source, files, stats, label_names, split_mode, lang_info, vocab_size=vocab_size,
+                        min_df=min_df, max_df=max_df, min_doc_tokens=min_doc_tokens, seed=seed)
+    return Corpus(languages=languages, name=corpus_name(source), info=info)
 
 
 def _select_vocab(token_index: dict[str, int], ids: np.ndarray, doc_of: np.ndarray, train_rows: np.ndarray,
@@ -604,11 +671,21 @@ def _select_vocab(token_index: dict[str, int], ids: np.ndarray, doc_of: np.ndarr
 
     Returns a non-empty message when the filters left nothing and were relaxed (tiny corpora).
     """
-    n_tok = len(token_index)
     in_train = train_rows[doc_of] if len(doc_of) else np.zeros(0, dtype=bool)
     # Each (doc, token) appears once in `ids`, so counting ids gives document frequency.
-    df = np.bincount(ids[in_train], minlength=n_tok)
-    n_train = int(train_rows.sum())
+    df = np.bincount(ids[in_train], minlength=len(token_index))
+    return _vocab_from_df(token_index, df, int(train_rows.sum()), vocab_size=vocab_size, min_df=min_df,
+                          max_df=max_df)
+
+
+def _vocab_from_df(token_index: dict[str, int], df: np.ndarray, n_train: int, *, vocab_size: int, min_df: int,
+                   max_df: float) -> tuple[list[str], np.ndarray, str]:
+    """The vocabulary rule, from document frequencies over `n_train` training documents.
+
+    Shared by the in-memory loader and the out-of-core preprocessor, which counts `df` while
+    streaming: the same corpus gives the same vocabulary either way.
+    """
+    n_tok = len(token_index)
     fallback = ""
     ok = (df >= min_df) & (df <= max_df * n_train)
     if not ok.any():
