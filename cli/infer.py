@@ -8,10 +8,9 @@ so `--help` and bad flags answer instantly.
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import IO, Any
 
 import click
@@ -19,16 +18,9 @@ import click
 from xtm.cli.common import friendly_errors
 from xtm.errors import XtmError
 
-# Longer documents are cut (with a warning): tokenizing megabytes of one line is almost always a
-# malformed record, and a bag of words of the first 100k characters already saturates the vocabulary.
-MAX_CHARS = 100_000
-# Words per language shown for each topic in the output.
-OUTPUT_WORDS = 10
-# Decimals kept for weights: float32 carries about 7 significant digits, and 6 decimals keep the
-# output about half as long as Python's full float repr. Written with "%.6f" (0.020000, 0.000001):
-# one C formatting call per row is twice as fast as repr() per weight, and parses to the same numbers.
-DECIMALS = 6
-WEIGHT = f"%.{DECIMALS}f"
+# The row semantics and the output format live in xtm.runtime.records, shared with the Ray engine
+# (xtm.runtime.ray) so both engines write the same bytes; re-exported here for existing callers.
+from xtm.runtime.records import DECIMALS, MAX_CHARS, OUTPUT_WORDS, WEIGHT, parse_line  # noqa: F401
 
 EPILOG = """\b
 Examples:
@@ -40,6 +32,10 @@ Examples:
   cat docs.jsonl | xtm-infer - --bundle bundles/ecnews --strict > topics.jsonl
   # French, German, Russian, ... documents through the bundle's contextual route
   xtm-infer unseen.jsonl --bundle bundles/ecnews --route auto
+  # files and directories of JSONL and Parquet on a local Ray instance, 4 actors
+  xtm-infer docs/ more.parquet --bundle bundles/ecnews --out topics.jsonl --engine ray --actors 4
+  # on a running Ray cluster (the inputs on a file system every node sees)
+  xtm-infer /shared/docs/ --bundle bundles/ecnews --out topics.jsonl --engine ray --address auto
 
 \b
 Routes (--route): a bundle reads its training languages with their
@@ -64,6 +60,18 @@ the top-k with --sparse-theta), "topics": [{"id": k, "weight": w, "words":
 bundle has a contextual route. Weights are rounded to 6 decimals.
 
 \b
+Engines (--engine): local (default) reads one JSONL file or stdin in this
+process. ray (pip install "xtm[ray]") reads any number of JSONL and Parquet
+files and directories (.jsonl/.ndjson/.json/.parquet inside, sorted by path;
+Parquet columns text, lang and id as above, the row number as line number)
+with Ray Data on --actors actors (default: CPUs / --threads), each holding one
+model with --threads onnxruntime threads (default 1). The bundle is sent to
+the cluster once. Output and bad-line reports are the same as local, in input
+order. Without --address a local Ray instance is started for the run; with
+it, the cluster at ADDR (auto, HOST:PORT, ray://HOST:10001) is used. Ray pays
+seconds of start-up: for one machine and small inputs, local is faster.
+
+\b
 Bad lines (invalid JSON or UTF-8, missing/empty "text", a language the bundle
 does not serve) are reported on stderr as INPUT:LINE: reason and skipped;
 --strict makes the first one fatal (exit 2, --out not written). Texts over
@@ -71,74 +79,9 @@ does not serve) are reported on stderr as INPUT:LINE: reason and skipped;
 """
 
 
-def _chunks(stream: IO[bytes], size: int) -> Iterator[list[tuple[int, bytes]]]:
-    """(line number, raw line) lists of up to `size` non-blank lines; never the whole input."""
-    chunk: list[tuple[int, bytes]] = []
-    for lineno, raw in enumerate(stream, start=1):
-        if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
-            raw = raw[3:]  # a UTF-8 byte-order mark (Windows editors) is not part of the JSON
-        if not raw.strip():
-            continue
-        chunk.append((lineno, raw))
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-@functools.lru_cache(maxsize=1024)
-def _normalize_lang(lang: str) -> str:
-    """normalize_lang, remembered: a file has a handful of distinct codes on millions of lines."""
-    from xtm.languages import normalize_lang
-
-    return normalize_lang(lang)
-
-
-def parse_line(raw: bytes, lineno: int,
-               served: list[str] | None) -> tuple[dict[str, Any] | None, str | None, str | None]:
-    """(document, error, warning) for one input line; document is {"id", "text", "lang"} when good.
-
-    served: the languages a good line may name; None accepts any valid code (contextual route)."""
-    import json
-
-    try:
-        line = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        return None, f"invalid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start})", None
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as e:
-        return None, f"invalid JSON: {e}", None
-    if not isinstance(obj, dict):
-        return None, f"expected a JSON object, got {type(obj).__name__}", None
-    if "text" not in obj:
-        return None, "missing field 'text'", None
-    text = obj["text"]
-    if not isinstance(text, str):
-        return None, f"field 'text' must be a string, got {type(text).__name__}", None
-    if not text.strip():
-        return None, "empty text", None
-    lang = obj.get("lang")
-    if lang is not None:
-        if not isinstance(lang, str):
-            return None, f"field 'lang' must be a string, got {type(lang).__name__}", None
-        try:
-            code = _normalize_lang(lang)
-        except XtmError as e:
-            return None, str(e), None
-        if served is not None and code not in served:
-            return None, f"language '{lang}' is not served by this bundle (it serves {', '.join(served)})", None
-        lang = code
-    warning = None
-    if len(text) > MAX_CHARS:
-        warning = f"text has {len(text):,} characters; using the first {MAX_CHARS:,}"
-        text = text[:MAX_CHARS]
-    return {"id": obj.get("id", lineno), "text": text, "lang": lang}, None, warning
-
-
 @click.command(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
+@click.argument("input_paths", metavar="INPUT...", nargs=-1, required=True,
+                type=click.Path(exists=True, allow_dash=True))
 @click.option("--bundle", required=True, type=click.Path(), help="Bundle directory written by xtm-export.")
 @click.option("--out", type=click.Path(dir_okay=False),
               help="Output JSONL file, written atomically (default: stdout).")
@@ -149,14 +92,37 @@ def parse_line(raw: bytes, lineno: int,
 @click.option("--strict", is_flag=True, help="Fail (exit 2) at the first bad line instead of skipping it.")
 @click.option("--full-theta/--sparse-theta", default=True, show_default=True,
               help="All K topic weights, or only the top-k as {topic_id: weight}.")
-@click.option("--threads", type=click.IntRange(1), help="onnxruntime threads (default: all cores).")
+@click.option("--threads", type=click.IntRange(1),
+              help="onnxruntime threads (local default: all cores; ray: per actor, default 1).")
 @click.option("--route", type=click.Choice(["auto", "bow", "contextual"]), default="auto", show_default=True,
               help="auto: bag of words for the training languages, the contextual route for others; "
                    "bow: training languages only; contextual: every document through the sentence encoder.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process, one JSONL file or '-'. ray: Ray Data actors, JSONL/Parquet files and "
+                   "directories (see Engines below).")
+@click.option("--address", metavar="ADDR",
+              help="--engine ray: a running Ray cluster (auto, HOST:PORT, ray://HOST:10001); default: start a "
+                   "local one.")
+@click.option("--actors", type=click.IntRange(1),
+              help="--engine ray: actors, one model each (default: CPUs / threads).")
 @friendly_errors
-def main(input_path: str, bundle: str, out: str | None, top_k: int, batch_size: int, strict: bool,
-         full_theta: bool, threads: int | None, route: str) -> None:
-    """Infer topic distributions of JSONL documents INPUT ('-' for stdin) with a bundle."""
+def main(input_paths: tuple[str, ...], bundle: str, out: str | None, top_k: int, batch_size: int, strict: bool,
+         full_theta: bool, threads: int | None, route: str, engine: str, address: str | None,
+         actors: int | None) -> None:
+    """Infer topic distributions of JSONL documents INPUT ('-' for stdin) with a bundle.
+
+    With --engine ray, INPUT... are JSONL and Parquet files and directories."""
+    if engine == "ray":
+        _main_ray(input_paths, bundle, out, top_k, batch_size, strict, full_theta, threads, route, address, actors)
+        return
+    if address is not None or actors is not None:
+        raise XtmError("--address and --actors go with --engine ray")
+    if len(input_paths) != 1 or (input_paths[0] != "-" and os.path.isdir(input_paths[0])):
+        raise XtmError("the local engine reads one JSONL file or '-'; several files or directories need "
+                       "--engine ray")
+    input_path = input_paths[0]
+    if input_path != "-" and input_path.lower().endswith((".parquet", ".pq")):
+        raise XtmError("the local engine reads JSONL; Parquet needs --engine ray", path=input_path)
     from xtm.runtime.model import TopicModel
 
     model = TopicModel.load(bundle, threads=threads)
@@ -184,10 +150,7 @@ def main(input_path: str, bundle: str, out: str | None, top_k: int, batch_size: 
                 counts = _run(model, stream, sys.stdout.buffer, name, top_k, batch_size, strict, full_theta,
                               report, progress, route)
             except BrokenPipeError:
-                # `xtm-infer ... | head`: the reader left; stop quietly, as a Unix filter should.
-                devnull = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(devnull, sys.stdout.fileno())
-                sys.exit(1)
+                _quiet_broken_pipe()
         else:
             from xtm.atomic import atomic_open
 
@@ -199,30 +162,50 @@ def main(input_path: str, bundle: str, out: str | None, top_k: int, batch_size: 
             progress.close()
         if stream is not sys.stdin.buffer:
             stream.close()
-    total, skipped = counts
+    _summary(*counts, out)
+
+
+def _quiet_broken_pipe() -> None:
+    """`xtm-infer ... | head`: the reader left; stop quietly, as a Unix filter should."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(1)
+
+
+def _summary(total: int, skipped: int, out: str | None) -> None:
     if skipped:
         click.echo(f"skipped {skipped} of {total} lines", err=True)
     if out is not None:
         click.echo(f"wrote {total - skipped} results to {out}", err=True)
 
 
+def _main_ray(input_paths: tuple[str, ...], bundle: str, out: str | None, top_k: int, batch_size: int, strict: bool,
+              full_theta: bool, threads: int | None, route: str, address: str | None, actors: int | None) -> None:
+    if "-" in input_paths:
+        raise XtmError("--engine ray reads files and directories, not stdin ('-'): Ray tasks open the inputs")
+    from xtm.runtime.ray import infer_files
+
+    def report(msg: str) -> None:
+        click.echo(msg, err=True)
+
+    try:
+        res = infer_files(list(input_paths), bundle, out, address=address, num_actors=actors,
+                          threads_per_actor=threads or 1, top_k=top_k, route=route, batch_size=batch_size,
+                          full_theta=full_theta, strict=strict, report=None if sys.stderr.isatty() else report)
+    except BrokenPipeError:
+        _quiet_broken_pipe()
+    _summary(res.total, res.skipped, out)
+
+
 def _run(model: Any, stream: IO[bytes], sink: IO[bytes], name: str, top_k: int, batch_size: int, strict: bool,
          full_theta: bool, report: Callable[[str], None], progress: Any, route: str = "auto") -> tuple[int, int]:
     """Read, infer and write chunk by chunk; returns (non-blank lines read, lines skipped)."""
-    import json
+    from xtm.runtime.records import LineFormatter, encode_id, line_chunks, served_languages
 
-    contextual = model.has_contextual and route != "bow"
-    # With a contextual route any language is readable; the bag-of-words route reads its own only.
-    served = None if contextual else model.languages
-    dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-    # Topic descriptions are the same for every document: serialise each one once. json.dumps of
-    # whole records was 60% of the CLI's time; records are assembled from these pieces instead.
-    words_json = [dumps({lang: ws[:OUTPUT_WORDS] for lang, ws in t.items()}) for t in model.topics]
-    topic_head = [f'{{"id":{k},"weight":' for k in range(model.num_topics)]
-    topic_tail = [f',"words":{w}}}' for w in words_json]
-    theta_row = "[" + ",".join([WEIGHT] * model.num_topics) + "]"
+    served = served_languages(model, route)
+    formatter = LineFormatter(model, full_theta=full_theta, route=route)
     total = skipped = 0
-    for chunk in _chunks(stream, batch_size * 4):
+    for chunk in line_chunks(stream, batch_size * 4):
         docs: list[dict[str, Any]] = []
         for lineno, raw in chunk:
             doc, error, warning = parse_line(raw, lineno, served)
@@ -239,22 +222,7 @@ def _run(model: Any, stream: IO[bytes], sink: IO[bytes], name: str, top_k: int, 
         if docs:
             res = model.infer([d["text"] for d in docs], [d["lang"] for d in docs], batch_size=batch_size,
                               top_k=top_k, route=route)
-            full = res.theta.tolist() if full_theta else None
-            top_ids, top_weights = res.top_ids.tolist(), res.top_weights.tolist()
-            lines = []
-            for i, d in enumerate(docs):
-                # Languages are validated codes; weights of the top topics are theta's own values,
-                # so both places print the same digits.
-                ws = [WEIGHT % w for w in top_weights[i]]
-                ids = top_ids[i]
-                if full is not None:
-                    theta_json = theta_row % tuple(full[i])
-                else:
-                    theta_json = "{" + ",".join(f'"{k}":{w}' for k, w in zip(ids, ws, strict=True)) + "}"
-                topics_json = ",".join(topic_head[k] + w + topic_tail[k] for k, w in zip(ids, ws, strict=True))
-                route_json = f'"route":"{res.routes[i]}",' if contextual else ""
-                lines.append(f'{{"id":{dumps(d["id"])},"lang":"{res.langs[i]}",{route_json}"theta":{theta_json},'
-                             f'"topics":[{topics_json}]}}')
+            lines = formatter.lines(res, [encode_id(d["id"]) for d in docs])
             sink.write(("\n".join(lines) + "\n").encode("utf-8"))
             sink.flush()
         if progress is not None:

@@ -1,0 +1,530 @@
+"""Batch inference on Ray Data: documents -> theta and top topics on a pool of actors.
+
+    from xtm.runtime.ray import infer_dataset, infer_files
+    out = infer_dataset(ray.data.read_parquet("s3://bucket/docs/"), "bundles/ecnews", num_actors=8)
+    infer_files(["docs/"], "bundles/ecnews", "topics.jsonl")      # what `xtm-infer --engine ray` runs
+
+Design (docs/ray_inference.md):
+- One actor holds ONE TopicModel (one set of onnxruntime sessions), made once in its constructor;
+  `Dataset.map_batches(..., concurrency=N)` streams batches through the pool.
+- The bundle travels once: the driver reads the files the manifest lists into a dict of bytes and
+  `ray.put`s it; each actor gets the ObjectRef, writes the files to a private temp dir and loads
+  them with checksum verification (the manifest's sha256 of every file), so a corrupted transfer
+  fails loudly instead of serving a wrong model. No pickled model object is ever loaded.
+- `infer_files` gives exactly `xtm-infer`'s output: rows are parsed and formatted by
+  `xtm.runtime.records` (the same functions the local engine uses), input order is kept
+  (`preserve_order`), bad rows are reported by file and line on the driver, in input order,
+  or stop the run under `strict`, and the output file is written atomically.
+
+Nothing else in the runtime imports this module; `ray` itself is imported only when a function
+here runs, and its absence is one clear XtmError.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from xtm.errors import XtmError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import ray.data
+
+__all__ = ["INSTALL_HINT", "InferFilesResult", "infer_dataset", "infer_files", "list_input_files", "pack_bundle"]
+
+INSTALL_HINT = 'pip install "xtm[ray]"'
+# File name endings read as Parquet; everything else given explicitly is read as JSONL, like
+# xtm-infer does. Inside a directory only these endings are picked up (other files are ignored).
+PARQUET_SUFFIXES = (".parquet", ".pq")
+JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
+# Rows per block the readers emit: large enough that per-block overhead vanishes, small enough to
+# stream a multi-GB file in constant memory.
+READ_BLOCK_ROWS = 8192
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+        import ray.data  # noqa: F401  (the extra, not only the core)
+    except ImportError as e:
+        raise XtmError(f"the Ray engine needs Ray Data, which is not installed: {INSTALL_HINT}") from e
+    return ray
+
+
+# -- the bundle, shipped once ---------------------------------------------------------------------
+
+
+def pack_bundle(bundle_dir: str | Path) -> dict[str, bytes]:
+    """manifest.json and every file it lists, as {file name: bytes}: what an actor needs to load it.
+
+    The manifest is read (structure only) here so a wrong path fails on the driver, before any
+    actor starts; checksums are verified where it matters, after the transfer, by each actor."""
+    from xtm.runtime.bundle import MANIFEST, read_manifest
+
+    manifest = read_manifest(bundle_dir, verify=False)
+    names = [MANIFEST, *manifest.files]
+    return {name: manifest.path(name).read_bytes() for name in names}
+
+
+def _materialize(files: dict[str, bytes], threads: int | None, route: str) -> Any:
+    """A TopicModel from packed bundle files; the temp dir is gone before this returns."""
+    from xtm.runtime.model import TopicModel
+
+    tmp = tempfile.mkdtemp(prefix="xtm-bundle-")
+    try:
+        for name, data in files.items():
+            # Names come from a manifest that read_manifest validated (plain names, no '/').
+            if os.path.basename(name) != name:
+                raise XtmError(f"invalid bundle file name {name!r}")
+            with open(os.path.join(tmp, name), "wb") as f:
+                f.write(data)
+        model = TopicModel.load(tmp, threads=threads, verify=True)
+        # Everything infer() reads from disk is read now (the contextual graph is otherwise opened
+        # on first use), so the temp dir can go at once: an actor killed by Ray leaves nothing.
+        if model.has_contextual and route != "bow":
+            model.contextual_encoder()
+        return model
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class _TopicActor:
+    """One Ray actor = one TopicModel. Called by map_batches with pyarrow tables.
+
+    mode "lines": input rows from `_read_rows` (raw JSONL line or pre-parsed Parquet fields);
+    output file, line, error, warning and the xtm-infer output line ("out", null for bad rows).
+    mode "columns": input columns text, lang (optional), id (optional, passed through); output
+    lang, route, theta (with full_theta), top_ids, top_weights, error (null for good rows)."""
+
+    def __init__(self, bundle: list[Any], threads: int | None, top_k: int, route: str, batch_size: int,
+                 full_theta: bool, mode: str) -> None:
+        import ray
+
+        from xtm.runtime.records import LineFormatter, served_languages
+
+        # The ref comes wrapped in a list so Ray hands it over unresolved; fetched once, here.
+        files = ray.get(bundle[0])
+        self.model = _materialize(files, threads, route)
+        self.top_k, self.route, self.batch_size, self.mode = top_k, route, batch_size, mode
+        self.served = served_languages(self.model, route)
+        self.formatter = LineFormatter(self.model, full_theta=full_theta, route=route)
+        self.full_theta = full_theta
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return self._lines(batch) if self.mode == "lines" else self._columns(batch)
+
+    def _infer(self, docs: list[dict[str, Any]]) -> Any:
+        return self.model.infer([d["text"] for d in docs], [d["lang"] for d in docs], batch_size=self.batch_size,
+                                top_k=self.top_k, route=self.route)
+
+    def _lines(self, batch: pa.Table) -> pa.Table:
+        import pyarrow as pa
+
+        from xtm.runtime.records import encode_id, parse_line, parse_record
+
+        cols = {name: batch.column(name).to_pylist() for name in ("line", "raw", "text", "lang", "id", "error",
+                                                                  "warning")}
+        n = batch.num_rows
+        errors, warnings = cols["error"], cols["warning"]
+        docs, id_json, rows = [], [], []
+        for i in range(n):
+            raw = cols["raw"][i]
+            if raw is not None:  # a JSONL line, parsed here (the readers only split lines)
+                doc, errors[i], warnings[i] = parse_line(raw, cols["line"][i], self.served)
+                if doc is None:
+                    continue
+                try:
+                    enc = encode_id(doc["id"])
+                except (TypeError, ValueError) as e:  # not for parsed JSON; kept for safety
+                    errors[i] = f"field 'id' cannot be written as JSON: {e}"
+                    continue
+            elif errors[i] is None:  # a Parquet row: types and id checked by the reader, the rest now
+                doc, errors[i], warnings[i] = parse_record(
+                    {"text": cols["text"][i], "lang": cols["lang"][i]}, cols["line"][i], self.served)
+                if doc is None:
+                    continue
+                enc = cols["id"][i]
+            else:
+                continue
+            docs.append(doc)
+            id_json.append(enc)
+            rows.append(i)
+        out: list[str | None] = [None] * n
+        if docs:
+            for i, line in zip(rows, self.formatter.lines(self._infer(docs), id_json), strict=True):
+                out[i] = line
+        return pa.table({"file": batch.column("file"), "line": batch.column("line"),
+                         "error": pa.array(errors, pa.string()), "warning": pa.array(warnings, pa.string()),
+                         "out": pa.array(out, pa.string())})
+
+    def _columns(self, batch: pa.Table) -> pa.Table:
+        import numpy as np
+        import pyarrow as pa
+
+        from xtm.runtime.records import parse_record
+
+        names = batch.column_names
+        if "text" not in names:
+            raise XtmError(f"the dataset has no 'text' column (it has {', '.join(names) or 'none'})")
+        texts = batch.column("text").to_pylist()
+        langs = batch.column("lang").to_pylist() if "lang" in names else [None] * len(texts)
+        n = len(texts)
+        errors: list[str | None] = [None] * n
+        docs, rows = [], []
+        for i in range(n):
+            doc, errors[i], _ = parse_record({"text": texts[i], "lang": langs[i]}, i, self.served)
+            if doc is not None:
+                docs.append(doc)
+                rows.append(i)
+        K, k = self.model.num_topics, min(self.top_k, self.model.num_topics)
+        theta = np.full((n, K), np.nan, dtype=np.float32)
+        top_ids = np.full((n, k), -1, dtype=np.int32)
+        top_w = np.full((n, k), np.nan, dtype=np.float32)
+        out_lang: list[str | None] = [None] * n
+        out_route: list[str | None] = [None] * n
+        if docs:
+            res = self._infer(docs)
+            idx = np.asarray(rows)
+            theta[idx], top_ids[idx], top_w[idx] = res.theta, res.top_ids, res.top_weights
+            for j, i in enumerate(rows):
+                out_lang[i], out_route[i] = res.langs[j], res.routes[j]
+        bad = np.asarray([e is not None for e in errors])
+
+        def fixed(a: np.ndarray, width: int, typ: pa.DataType) -> pa.Array:
+            flat = pa.array(a.reshape(-1), typ)
+            return pa.FixedSizeListArray.from_arrays(flat, width, mask=pa.array(bad))
+
+        cols: dict[str, Any] = {}
+        if "id" in names:
+            cols["id"] = batch.column("id")
+        cols["lang"] = pa.array(out_lang, pa.string())
+        cols["route"] = pa.array(out_route, pa.string())
+        if self.full_theta:
+            cols["theta"] = fixed(theta, K, pa.float32())
+        cols["top_ids"] = fixed(top_ids, k, pa.int32())
+        cols["top_weights"] = fixed(top_w, k, pa.float32())
+        cols["error"] = pa.array(errors, pa.string())
+        return pa.table(cols)
+
+
+def _check_route(bundle_dir: str | Path, route: str) -> None:
+    from xtm.runtime.bundle import read_manifest
+    from xtm.runtime.contextual import read_contextual_entry
+
+    if route not in ("auto", "bow", "contextual"):
+        raise XtmError(f"route must be auto, bow or contextual, got {route!r}")
+    if route == "contextual" and read_contextual_entry(read_manifest(bundle_dir, verify=False)) is None:
+        raise XtmError("--route contextual: this bundle has no contextual route (export a run that has one: "
+                       "xtm-contextual RUN_DIR, then xtm-export)", path=bundle_dir)
+
+
+def _default_actors(threads_per_actor: int) -> int:
+    ray = _import_ray()
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    return max(1, cpus // threads_per_actor)
+
+
+def _map_actors(ds: ray.data.Dataset, bundle_dir: str | Path, mode: str, *, num_actors: int | None,
+                threads_per_actor: int, top_k: int, route: str, batch_size: int, full_theta: bool,
+                restarts: bool = True) -> ray.data.Dataset:
+    ray = _import_ray()
+    if threads_per_actor < 1:
+        raise XtmError(f"threads_per_actor must be at least 1, got {threads_per_actor}")
+    if num_actors is not None and num_actors < 1:
+        raise XtmError(f"num_actors must be at least 1, got {num_actors}")
+    if batch_size < 1:
+        raise XtmError(f"batch_size must be at least 1, got {batch_size}")
+    if top_k < 0:
+        raise XtmError(f"top_k must be at least 0, got {top_k}")
+    _check_route(bundle_dir, route)
+    bundle_ref = ray.put(pack_bundle(bundle_dir))  # once per dataset, shared by every actor
+    return ds.map_batches(
+        _TopicActor,
+        # Rows per actor call: like xtm-infer's chunks, 4 encoder batches, so per-call overhead
+        # (Arrow conversion, scheduling) stays small next to tokenizing and the encoder.
+        batch_size=batch_size * 4,
+        batch_format="pyarrow",
+        zero_copy_batch=True,
+        fn_constructor_kwargs={"bundle": [bundle_ref], "threads": threads_per_actor, "top_k": top_k,
+                               "route": route, "batch_size": batch_size, "full_theta": full_theta, "mode": mode},
+        # A fixed pool: every actor loads the model once; Ray Data streams batches to whichever is free.
+        compute=ray.data.ActorPoolStrategy(size=num_actors or _default_actors(threads_per_actor)),
+        # An actor's onnxruntime sessions use threads_per_actor cores: reserve them, so Ray never
+        # packs more actors on a node than it has cores.
+        num_cpus=threads_per_actor,
+        **({} if restarts else {"max_restarts": 0}),
+    )
+
+
+def infer_dataset(ds: ray.data.Dataset, bundle_dir: str | Path, *, num_actors: int | None = None,
+                  threads_per_actor: int = 1, top_k: int = 3, route: str = "auto", batch_size: int = 256,
+                  full_theta: bool = True) -> ray.data.Dataset:
+    """Topic mixtures of a Ray Dataset of documents, computed on `num_actors` actors (lazy).
+
+    ds: columns "text" (str), optionally "lang" (ISO 639-1 or a name normalize_lang knows; null =
+    detect) and "id" (any type, passed through unchanged). Returns a Dataset with, per input row:
+    id (when the input has it), lang, route ("bow"|"contextual"), theta (K float32, with
+    full_theta), top_ids and top_weights (top_k each, by decreasing weight), and error: null for a
+    good row; for a bad row (text missing, not a string or empty; a language the bundle cannot
+    read) the reason, with null results. num_actors defaults to the cluster's CPUs divided by
+    threads_per_actor (onnxruntime threads in each actor, reserved as Ray CPUs). Set
+    `DataContext.get_current().execution_options.preserve_order = True` to keep input order.
+    """
+    return _map_actors(ds, bundle_dir, "columns", num_actors=num_actors, threads_per_actor=threads_per_actor,
+                       top_k=top_k, route=route, batch_size=batch_size, full_theta=full_theta)
+
+
+# -- files in, one JSONL file out -----------------------------------------------------------------
+
+
+def list_input_files(paths: Sequence[str | Path]) -> list[tuple[str, str]]:
+    """(path, "jsonl"|"parquet") for each input, directories expanded (recursively, sorted by path).
+
+    A file named explicitly is Parquet by its ending (.parquet, .pq) and JSONL otherwise, as for
+    xtm-infer; in a directory only .jsonl/.ndjson/.json and Parquet files are read."""
+    out: list[tuple[str, str]] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")
+                           and f.name.lower().endswith(PARQUET_SUFFIXES + JSONL_SUFFIXES))
+            if not found:
+                raise XtmError("no .jsonl, .ndjson, .json or .parquet files in this directory", path=p)
+            out += [(str(f), _kind(f)) for f in found]
+        elif p.is_file():
+            out.append((str(p), _kind(p)))
+        else:
+            raise XtmError("input not found", path=p)
+    return out
+
+
+def _kind(p: Path) -> str:
+    return "parquet" if p.name.lower().endswith(PARQUET_SUFFIXES) else "jsonl"
+
+
+_ROW_SCHEMA_FIELDS = (("file", "int32"), ("line", "int64"), ("raw", "binary"), ("text", "string"),
+                      ("lang", "string"), ("id", "string"), ("error", "string"), ("warning", "string"))
+
+
+def _row_schema() -> pa.Schema:
+    import pyarrow as pa
+
+    return pa.schema([(name, getattr(pa, typ)()) for name, typ in _ROW_SCHEMA_FIELDS])
+
+
+def _read_rows(batch: dict[str, Any]) -> Iterator[pa.Table]:
+    """map_batches reader: for each input file of the batch, its rows as blocks in file order.
+
+    JSONL: non-blank lines as raw bytes with their line numbers (parsed by the actors, exactly as
+    xtm-infer parses them). Parquet: row numbers (1-based) as line numbers; fields whose type is
+    wrong are reported here, where the column types are known, and the id is JSON-encoded here."""
+    for file_idx, path, kind in zip(batch["file"], batch["path"], batch["kind"], strict=True):
+        if kind == "parquet":
+            yield from _read_parquet(int(file_idx), str(path))
+        else:
+            yield from _read_jsonl(int(file_idx), str(path))
+
+
+def _read_jsonl(file_idx: int, path: str) -> Iterator[pa.Table]:
+    import pyarrow as pa
+
+    from xtm.runtime.records import line_chunks
+
+    schema = _row_schema()
+    with open(path, "rb") as f:
+        # The same line splitter as xtm-infer (byte-order mark, blank lines skipped).
+        for chunk in line_chunks(f, READ_BLOCK_ROWS):
+            n = len(chunk)
+            none = pa.nulls(n)
+            yield pa.table([pa.array([file_idx] * n, pa.int32()), pa.array([c[0] for c in chunk], pa.int64()),
+                            pa.array([c[1] for c in chunk], pa.binary()), none.cast(pa.string()),
+                            none.cast(pa.string()), none.cast(pa.string()), none.cast(pa.string()),
+                            none.cast(pa.string())], schema=schema)
+
+
+def _read_parquet(file_idx: int, path: str) -> Iterator[pa.Table]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from xtm.runtime.records import encode_id
+
+    schema = _row_schema()
+    try:
+        pf = pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as e:
+        raise XtmError(f"cannot read as Parquet: {e}", path=path) from e
+    names = pf.schema_arrow.names
+    if "text" not in names:
+        raise XtmError(f"Parquet file has no 'text' column (it has {', '.join(names)})", path=path)
+    columns = [c for c in ("text", "lang", "id") if c in names]
+    row = 0
+    for rb in pf.iter_batches(batch_size=READ_BLOCK_ROWS, columns=columns):
+        n = rb.num_rows
+        data = {c: rb.column(c).to_pylist() for c in columns}
+        texts, langs, ids, errors = [], [], [], []
+        for i in range(n):
+            text, lang = data["text"][i], data["lang"][i] if "lang" in data else None
+            error = None
+            # Type checks the string columns below cannot carry; the rest is parse_record's, in the actor.
+            if text is None:
+                error = "missing field 'text'"
+            elif not isinstance(text, str):
+                error = f"field 'text' must be a string, got {type(text).__name__}"
+            elif lang is not None and not isinstance(lang, str):
+                error = f"field 'lang' must be a string, got {type(lang).__name__}"
+            doc_id: str | None = None
+            if error is None:
+                try:
+                    # No id column: the row number, as a JSONL line without "id" gets its line number.
+                    doc_id = encode_id(data["id"][i] if "id" in data else row + i + 1)
+                except (TypeError, ValueError) as e:
+                    error = f"field 'id' cannot be written as JSON: {e}"
+            ok = error is None
+            texts.append(text if ok else None)
+            langs.append(lang if ok else None)
+            ids.append(doc_id)
+            errors.append(error)
+        yield pa.table([pa.array([file_idx] * n, pa.int32()), pa.array(range(row + 1, row + n + 1), pa.int64()),
+                        pa.nulls(n, pa.binary()), pa.array(texts, pa.string()), pa.array(langs, pa.string()),
+                        pa.array(ids, pa.string()), pa.array(errors, pa.string()), pa.nulls(n, pa.string())],
+                       schema=schema)
+        row += n
+
+
+class InferFilesResult:
+    """What infer_files did: rows read (non-blank lines / Parquet rows), rows skipped, results written."""
+
+    def __init__(self, total: int, skipped: int) -> None:
+        self.total, self.skipped = total, skipped
+
+    @property
+    def written(self) -> int:
+        return self.total - self.skipped
+
+    def __repr__(self) -> str:
+        return f"InferFilesResult(total={self.total}, skipped={self.skipped})"
+
+
+def infer_files(paths: Sequence[str | Path], bundle_dir: str | Path, out_path: str | Path | None, *,
+                address: str | None = None, num_actors: int | None = None, threads_per_actor: int = 1,
+                top_k: int = 3, route: str = "auto", batch_size: int = 256, full_theta: bool = True,
+                strict: bool = False, report: Callable[[str], None] | None = None,
+                progress: bool | None = None, sink: IO[bytes] | None = None) -> InferFilesResult:
+    """xtm-infer's output for JSONL and Parquet files and directories, computed on Ray actors.
+
+    Writes one line per good row, in input order (files in the given order, directories sorted),
+    byte-identical to the local engine's, to `out_path` atomically (nothing is written if the run
+    fails), or to `sink` (default stdout) when out_path is None. Bad rows are reported through
+    `report` (default: stderr) as PATH:LINE: reason and skipped; `strict` raises XtmError at the
+    first one. Connects to `address` (a running cluster: "auto", "HOST:PORT", "ray://HOST:10001"),
+    or uses the Ray already initialised in this process, or starts a local one (shut down again
+    at the end). The input files are read by Ray tasks: on a multi-node cluster they must be on a
+    file system every node sees.
+    """
+    ray = _import_ray()
+    from ray.data import DataContext
+
+    files = list_input_files(paths)
+    _check_route(bundle_dir, route)  # fail before starting anything
+    bar: Any = None
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(unit=" rows", unit_scale=True, file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+    if report is None:
+        def report(msg: str) -> None:
+            if bar is not None:
+                bar.write(msg, file=sys.stderr)  # keeps the bar intact
+            else:
+                print(msg, file=sys.stderr, flush=True)
+    started = False
+    if not ray.is_initialized():
+        # Ray's own INFO lines (dashboard, object store) would bury the per-row messages.
+        ray.init(address=address, logging_level="WARNING")
+        started = True
+    elif address is not None:
+        raise XtmError("Ray is already initialised in this process; address cannot be changed")
+    ctx = DataContext.get_current()
+    saved = (ctx.execution_options.preserve_order, ctx.enable_progress_bars)
+    data_logger = logging.getLogger("ray.data")
+    saved_level = data_logger.level
+    # Ray Data's INFO lines (execution plans, log locations) would bury the per-row messages on
+    # stderr; its warnings (e.g. resources too small to make progress) still come through.
+    data_logger.setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").addFilter(_quiet_ray_data)
+    ctx.execution_options.preserve_order = True  # output order = input order, as xtm-infer
+    # Our own bar counts rows; Ray Data's per-operator bars would interleave with the row messages.
+    ctx.enable_progress_bars = False
+    try:
+        listing = ray.data.from_items([{"file": i, "path": p, "kind": k} for i, (p, k) in enumerate(files)],
+                                      override_num_blocks=len(files))
+        # Reading is I/O: the readers reserve no CPU, so N actors on N cores never starve them
+        # (with num_cpus=1 each, 2 actors on 2 cores would leave no slot for a reader: a hang).
+        rows = listing.map_batches(_read_rows, batch_size=1, batch_format="numpy", num_cpus=0)
+        ds = _map_actors(rows, bundle_dir, "lines", num_actors=num_actors, threads_per_actor=threads_per_actor,
+                         top_k=top_k, route=route, batch_size=batch_size, full_theta=full_theta,
+                         # On the one-machine instance started here there is no node to lose, and
+                         # restartable actors whose arguments sit in the object store make Ray log
+                         # an alarming error line on every run. A cluster keeps Ray's restarts.
+                         restarts=not started)
+        names = [p for p, _ in files]
+        with warnings.catch_warnings():
+            # "only received N input(s) ... won't fully utilize the available concurrency": a small
+            # input fits in fewer batches than there are actors; nothing to act on.
+            warnings.filterwarnings("ignore", message=".*concurrent actors.*")
+            if out_path is None:
+                return _drain(ds, sink or sys.stdout.buffer, names, strict, report, bar)
+            from xtm.atomic import atomic_open
+
+            with atomic_open(out_path, "wb") as f:
+                return _drain(ds, f, names, strict, report, bar)
+    finally:
+        ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
+        data_logger.setLevel(saved_level)
+        logging.getLogger("ray.data._internal.progress").removeFilter(_quiet_ray_data)
+        if bar is not None:
+            bar.close()
+        if started:
+            ray.shutdown()
+
+
+def _quiet_ray_data(record: logging.LogRecord) -> bool:
+    """Drops the note that progress bars are off: infer_files turns them off on purpose."""
+    return not record.getMessage().startswith("Progress bars disabled")
+
+
+def _drain(ds: ray.data.Dataset, sink: IO[bytes], names: list[str], strict: bool, report: Callable[[str], None],
+           bar: Any) -> InferFilesResult:
+    """Write the results in order; report bad rows and warnings where they stand in the input."""
+    total = skipped = 0
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        files, lines = batch.column("file").to_pylist(), batch.column("line").to_pylist()
+        errors, warnings = batch.column("error").to_pylist(), batch.column("warning").to_pylist()
+        out = batch.column("out").to_pylist()
+        good = []
+        for i in range(batch.num_rows):
+            if errors[i] is not None:
+                if strict:
+                    raise XtmError(errors[i], path=names[files[i]], line=lines[i])
+                report(f"{names[files[i]]}:{lines[i]}: {errors[i]}")
+                skipped += 1
+                continue
+            if warnings[i] is not None:
+                report(f"{names[files[i]]}:{lines[i]}: warning: {warnings[i]}")
+            good.append(out[i])
+        total += batch.num_rows
+        if good:
+            sink.write(("\n".join(good) + "\n").encode("utf-8"))
+            sink.flush()
+        if bar is not None:
+            bar.update(batch.num_rows)
+    return InferFilesResult(total, skipped)
