@@ -1,0 +1,197 @@
+"""Batch inference on Ray Data (xtm.runtime.ray, xtm-infer --engine ray) against the local engine.
+
+One local Ray instance (2 CPUs, no dashboard) serves the whole module. Every comparison is with
+the single-process engine on the same rows: same bytes out, same bad-row messages.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from bundle_fixture import EN_VOCAB, ZH_VOCAB, HandBundle, make_bundle
+from click.testing import CliRunner
+
+from xtm.cli.infer import main
+from xtm.errors import XtmError
+
+# Protection for a bare runtime install only: ray is in the dev extra, so CI runs these tests.
+ray = pytest.importorskip("ray")
+pq = pytest.importorskip("pyarrow.parquet")
+
+N_DOCS = 400
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def hb(tmp_path_factory: pytest.TempPathFactory) -> HandBundle:
+    return make_bundle(tmp_path_factory.mktemp("bundle") / "b")
+
+
+def _docs(seed: int = 0) -> list[dict]:
+    """N_DOCS documents in the bundle's languages; ids of several types, some langs left to detection."""
+    rng = random.Random(seed)
+    rows: list[dict] = []
+    for i in range(N_DOCS):
+        if i % 2:
+            row = {"text": " ".join(rng.choices(EN_VOCAB, k=rng.randint(1, 15))), "lang": "en"}
+        else:
+            row = {"text": "".join(rng.choices(ZH_VOCAB, k=rng.randint(1, 10))), "lang": "zh"}
+        if i % 7 == 0:
+            del row["lang"]  # detected
+        if i % 5 == 0:
+            row["id"] = i
+        elif i % 5 != 1:  # i % 5 == 1: no id, the line number stands in
+            row["id"] = f"doc-{i}"
+        rows.append(row)
+    return rows
+
+
+def _write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n" for r in rows),
+                    encoding="utf-8")
+    return path
+
+
+def _local(args: list[str]) -> tuple[str, list[str]]:
+    r = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert r.exit_code == 0, r.stderr
+    return r.stdout, r.stderr.splitlines()
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("inputs")
+    rows: list = _docs()
+    # Bad lines the local engine reports and skips, at places that cross the actors' batches.
+    rows[3:3] = ["{not json", {"id": "x", "text": "  "}, {"text": "bonjour", "lang": "fr"}]
+    rows.insert(250, "")  # blank: not a row
+    rows.insert(300, {"id": "long", "text": "market " * 15_000, "lang": "en"})  # truncated, with a warning
+    src = _write_jsonl(d / "docs.jsonl", rows)
+    # A Parquet copy of other documents (one type per column: ids as strings), and its JSONL twin.
+    prow = [{"id": f"p{i}", "text": r["text"], "lang": r.get("lang")} for i, r in enumerate(_docs(seed=1))]
+    import pyarrow as pa
+
+    pq.write_table(pa.Table.from_pylist(prow), d / "docs.parquet", row_group_size=64)
+    twin = _write_jsonl(d / "parquet_twin.jsonl", [{k: v for k, v in r.items() if v is not None} for r in prow])
+    bad = pa.table({"text": ["the stock market", None, " ", "bonjour"], "lang": ["en", "en", "en", "fr"]})
+    pq.write_table(bad, d / "bad.parquet")
+    return {"jsonl": src, "parquet": d / "docs.parquet", "twin": twin, "bad_parquet": d / "bad.parquet"}
+
+
+def test_infer_files_jsonl_and_parquet_match_the_local_engine(ray_local, hb: HandBundle, inputs: dict[str, Path],
+                                                              tmp_path: Path) -> None:
+    from xtm.runtime.ray import infer_files
+
+    expected, local_err = _local([str(inputs["jsonl"]), "--bundle", str(hb.path), "--top-k", "3"])
+    twin, _ = _local([str(inputs["twin"]), "--bundle", str(hb.path), "--top-k", "3"])
+    messages: list[str] = []
+    out = tmp_path / "ray.jsonl"
+    res = infer_files([inputs["jsonl"], inputs["parquet"], inputs["bad_parquet"]], hb.path, out, num_actors=2,
+                      threads_per_actor=1, top_k=3, batch_size=32, report=messages.append, progress=False)
+    got = out.read_text(encoding="utf-8")
+    # Byte for byte: same ids, the same 6-decimal weights, the same top topics and words, same order.
+    assert got == expected + twin + _local([str(_write_jsonl(tmp_path / "one.jsonl", [
+        {"id": 1, "text": "the stock market", "lang": "en"}])), "--bundle", str(hb.path)])[0]
+    exp_rows = [json.loads(line) for line in (expected + twin).splitlines()]
+    got_rows = [json.loads(line) for line in got.splitlines()][:len(exp_rows)]
+    assert [r["id"] for r in got_rows] == [r["id"] for r in exp_rows]
+    assert len(got_rows) == 2 * N_DOCS + 1
+    # Same bad-row reports, in input order, named by file and line (Parquet: row number).
+    bp = inputs["bad_parquet"]
+    assert messages == [m for m in local_err if not m.startswith("skipped")] + [
+        f"{bp}:2: missing field 'text'", f"{bp}:3: empty text",
+        f"{bp}:4: language 'fr' is not served by this bundle (it serves en, zh)"]
+    assert any("warning: text has 105,000 characters" in m for m in messages)
+    assert (res.total, res.skipped) == (N_DOCS + 4 + N_DOCS + 4, 3 + 3)
+
+
+def test_cli_engine_ray_on_a_directory_matches_local_and_strict_writes_nothing(
+        ray_local, hb: HandBundle, inputs: dict[str, Path], tmp_path: Path) -> None:
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "a.jsonl").write_bytes(inputs["jsonl"].read_bytes())
+    (d / "b.parquet").write_bytes(inputs["parquet"].read_bytes())
+    (d / "notes.txt").write_text("not an input\n")  # ignored inside a directory
+    flags = ["--bundle", str(hb.path), "--top-k", "2", "--sparse-theta", "--batch-size", "64"]
+    out = tmp_path / "ray.jsonl"
+    r = CliRunner().invoke(main, [str(d), *flags, "--engine", "ray", "--actors", "2", "--out", str(out)],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.stderr
+    local_a, err_a = _local([str(inputs["jsonl"]), *flags])
+    local_b, _ = _local([str(inputs["twin"]), *flags])
+    assert out.read_text(encoding="utf-8") == local_a + local_b
+    assert f"{d / 'a.jsonl'}:4: invalid JSON" in r.stderr
+    assert f"skipped 3 of {N_DOCS + 4 + N_DOCS} lines" in r.stderr
+    assert f"wrote {2 * N_DOCS + 1} results to {out}" in r.stderr
+
+    # --strict: the first bad line (a.jsonl:4) is fatal and --out is not written at all.
+    out2 = tmp_path / "strict.jsonl"
+    r = CliRunner().invoke(main, [str(d), *flags, "--engine", "ray", "--actors", "1", "--out", str(out2), "--strict"])
+    assert r.exit_code == 2
+    assert f"error: {d / 'a.jsonl'}:4: invalid JSON" in r.stderr
+    assert not out2.exists() and not list(tmp_path.glob(".strict.jsonl.*"))
+
+
+def test_infer_dataset_columns_equal_the_runtime(ray_local, hb: HandBundle) -> None:
+    import numpy as np
+    from ray.data import DataContext
+
+    from xtm.runtime.model import TopicModel
+    from xtm.runtime.ray import infer_dataset
+
+    docs = _docs(seed=2)
+    items = [{"id": f"r{i}", "text": d["text"], "lang": d.get("lang")} for i, d in enumerate(docs)]
+    items.append({"id": "bad", "text": "", "lang": None})
+    ctx = DataContext.get_current()
+    saved = ctx.execution_options.preserve_order
+    ctx.execution_options.preserve_order = True
+    try:
+        out = infer_dataset(ray.data.from_items(items), hb.path, num_actors=1, top_k=2, batch_size=50).take_all()
+    finally:
+        ctx.execution_options.preserve_order = saved
+    ref = TopicModel.load(hb.path, threads=1).infer([d["text"] for d in docs], [d.get("lang") for d in docs],
+                                                     top_k=2)
+    assert [o["id"] for o in out] == [it["id"] for it in items]
+    assert [o["lang"] for o in out[:-1]] == ref.langs and {o["route"] for o in out[:-1]} == {"bow"}
+    np.testing.assert_array_equal(np.stack([o["theta"] for o in out[:-1]]), ref.theta)
+    np.testing.assert_array_equal(np.stack([o["top_ids"] for o in out[:-1]]), ref.top_ids)
+    np.testing.assert_array_equal(np.stack([o["top_weights"] for o in out[:-1]]), ref.top_weights)
+    assert all(o["error"] is None for o in out[:-1])
+    assert out[-1]["error"] == "empty text" and out[-1]["theta"] is None
+
+
+def test_runtime_and_cli_never_import_ray() -> None:
+    code = ("import sys, xtm.runtime, xtm.runtime.model, xtm.runtime.records, xtm.cli.infer; "
+            "assert 'ray' not in sys.modules, 'ray imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_missing_ray_is_one_clear_error(monkeypatch: pytest.MonkeyPatch, hb: HandBundle, tmp_path: Path) -> None:
+    from xtm.runtime import ray as xray
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    with pytest.raises(XtmError, match=r'pip install "xtm\[ray\]"'):
+        xray.infer_files([_write_jsonl(tmp_path / "d.jsonl", [{"text": "x"}])], hb.path, tmp_path / "o.jsonl")
+    r = CliRunner().invoke(main, [str(tmp_path / "d.jsonl"), "--bundle", str(hb.path), "--engine", "ray"])
+    assert r.exit_code == 2 and 'pip install "xtm[ray]"' in r.stderr
+
+
+def test_local_engine_refuses_what_only_ray_reads(hb: HandBundle, tmp_path: Path) -> None:
+    r = CliRunner().invoke(main, [str(tmp_path), "--bundle", str(hb.path)])
+    assert r.exit_code == 2 and "--engine ray" in r.stderr
+    r = CliRunner().invoke(main, [str(_write_jsonl(tmp_path / "d.jsonl", [{"text": "x"}])), "--bundle", str(hb.path),
+                                  "--actors", "2"])
+    assert r.exit_code == 2 and "--engine ray" in r.stderr
+    r = CliRunner().invoke(main, ["--help"])
+    assert "--engine" in r.stdout and "--address" in r.stdout and "Parquet" in r.stdout
