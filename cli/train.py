@@ -30,6 +30,21 @@ Examples:
   # ablations (seed 001, Table 3): --no-mmd, --no-doc-align, --rounds 1
   # add a contextual route (zero-shot topics for any language USE knows; see xtm-contextual --help)
   xtm-train ... --out runs/ecnews-nmtm --contextual
+  # a corpus larger than memory: JSONL preprocessed into shards on disk, streamed while training
+  xtm-train --data big/ --dict en-zh.tsv --model nmtm --out runs/big --out-of-core
+  # several GPUs (or CPU processes): one rank each, gradients averaged, rank 0 writes the run
+  torchrun --nproc-per-node 4 -m xtm.cli.train --data big/ --dict en-zh.tsv --model nmtm \\
+            --out runs/big --out-of-core --device cuda
+
+\b
+Out of core (--out-of-core, JSONL input, nmtm and infoctm): pass 1 tokenizes the
+documents and spills token ids to disk, the vocabulary is chosen with exactly the
+in-memory rules, pass 2 writes CSR shards of --shard-size documents (default
+RUN_DIR/shards, reused when the input files and settings are unchanged). Training
+reads shards in a new random order every epoch and shuffles rows within a few
+shards at a time; memory stays bounded as the corpus grows. Evaluation keeps the
+test split and at most --eval-train-docs training documents per language.
+See docs/large_corpora.md.
 
 \b
 JSONL input: one object per line: {"id": "...", "text": "...", "lang": "en",
@@ -116,6 +131,17 @@ config.json, history.json and checkpoints/ (safetensors + JSON).
               help="After training, fit the contextual inference network (xtm-contextual with its defaults): "
                    "documents in languages the bags of words cannot read get topics through a multilingual "
                    "sentence encoder.")
+@click.option("--out-of-core", is_flag=True,
+              help="Preprocess JSONL into sparse shards on disk and stream them while training, so memory "
+                   "does not grow with the corpus (nmtm and infoctm; see below).")
+@click.option("--shard-size", type=click.IntRange(1), default=10_000, show_default=True,
+              help="Out of core: documents per shard file.")
+@click.option("--shard-dir", type=click.Path(file_okay=False),
+              help="Out of core: where the shards go (default: RUN_DIR/shards); reused when the input files "
+                   "and preprocessing settings are unchanged.")
+@click.option("--eval-train-docs", type=click.IntRange(1), default=20_000, show_default=True,
+              help="Out of core: training documents per language (evenly spaced) kept in memory for evaluation "
+                   "(classification's training set, the report).")
 @friendly_errors
 def main(data: str, model: str, num_topics: int, epochs: int, out: str, dict_path: str | None,
          langs: str | None, ref_corpus: str | None, seed: int, resume: bool, batch_size: int, lr: float,
@@ -125,7 +151,8 @@ def main(data: str, model: str, num_topics: int, epochs: int, out: str, dict_pat
          llm_url: str | None,
          llm_model: str | None, llm_api_key_env: str, llm_concurrency: int, llm_timeout: float,
          llm_max_tokens: int, llm_temperature: float, lambda_mmd: float, lambda_doc: float, doc_tau: float,
-         no_mmd: bool, no_doc_align: bool, multi_kernel: bool, encoder: str, contextual: bool) -> None:
+         no_mmd: bool, no_doc_align: bool, multi_kernel: bool, encoder: str, contextual: bool,
+         out_of_core: bool, shard_size: int, shard_dir: str | None, eval_train_docs: int) -> None:
     """Train a cross-lingual topic model and evaluate it (TU, CNPMI, TQ, classification)."""
     from xtm.trainer.loop import TrainConfig
     from xtm.trainer.run import DataConfig, run_training
@@ -136,7 +163,14 @@ def main(data: str, model: str, num_topics: int, epochs: int, out: str, dict_pat
                       hparams=parse_overrides(overrides))
     data_cfg = DataConfig(path=data, dict_path=dict_path,
                           langs=[x.strip() for x in langs.split(",")] if langs else None,
-                          vocab_size=vocab_size, min_df=min_df, max_df=max_df, ref_corpus=ref_corpus)
+                          vocab_size=vocab_size, min_df=min_df, max_df=max_df, ref_corpus=ref_corpus,
+                          out_of_core=out_of_core, shard_size=shard_size, shard_dir=shard_dir,
+                          eval_train_docs=eval_train_docs)
+    if contextual and out_of_core:
+        from xtm.errors import XtmError
+
+        raise XtmError("--contextual embeds every training document's text; it cannot follow an --out-of-core "
+                       "run (fit it on a corpus that fits in memory with xtm-contextual)")
     phase2 = None
     if phase2_epochs:
         from xtm.trainer.phase2 import Phase2Config
@@ -152,6 +186,10 @@ def main(data: str, model: str, num_topics: int, epochs: int, out: str, dict_pat
                                   sampling=Sampling(temperature=llm_temperature, max_tokens=llm_max_tokens,
                                                     seed=seed)))
     metrics = run_training(data_cfg, cfg, out, resume=resume, phase2=phase2)
+    from xtm.trainer.distributed import is_main_process
+
+    if not is_main_process():
+        return  # torchrun: rank 0 reports and writes; the others have trained their share
     summary = {k: metrics.get(k) for k in ("TU", "CNPMI", "TQ", "classification", "seconds_per_epoch")}
     if "refined" in metrics:
         summary["refined_sets"] = {k: metrics["refined"].get(k) for k in ("TU", "CNPMI", "TQ")}

@@ -64,6 +64,9 @@ class CrossLingualTopicModel(nn.Module):
 
     name: ClassVar[str] = "base"
     defaults: ClassVar[dict[str, Any]] = {}
+    # Why the model cannot train from a streamed (out-of-core) corpus; empty when it can: it then
+    # needs from the corpus only vocabularies, links, word vectors and word counts.
+    in_memory_only: ClassVar[str] = ""
 
     def __init__(self, langs: list[str], vocab_sizes: list[int], num_topics: int,
                  aux: dict[str, Tensor] | None = None, **hparams: Any) -> None:

@@ -94,6 +94,9 @@ class GloCTM(CrossLingualTopicModel):
         "dual": True, "weight_internal": 1.0, "weight_cka": 50.0, "cka": "linear",
         "encoder": DEFAULT_ENCODER,
     }
+    in_memory_only: ClassVar[str] = (
+        "its dual pathway keeps an augmented copy of every training document, and its CKA grounding every "
+        "document's sentence embedding, in memory")
 
     def __init__(self, langs: list[str], vocab_sizes: list[int], num_topics: int,
                  aux: dict[str, Tensor] | None = None, **hparams: Any) -> None:

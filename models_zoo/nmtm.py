@@ -49,7 +49,7 @@ class NMTM(TwoLanguageVAE):
         a, b = corpus.langs
         aux: dict[str, Tensor] = {}
         for src, dst, key in ((a, b, "ab"), (b, a, "ba")):
-            counts = np.asarray(corpus.lang(src).train_bow.sum(axis=0)).ravel().astype(np.float64)
+            counts = corpus.lang(src).word_counts()
             scaled, inv_z = smoothed_map_factors(corpus.link_matrix(src, dst), counts)
             aux.update(sparse_to_aux(scaled, f"map_{key}"))
             aux[f"map_{key}_invz"] = torch.from_numpy(inv_z)

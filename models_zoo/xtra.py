@@ -81,6 +81,9 @@ class XTRA(TwoLanguageVAE):
         "tau_cluster": 0.2, "weight_cluster": 5.0, "weight_infonce": 80.0, "weight_beta": 7.0,
         "beta_proj_dim": 384, "encoder": DEFAULT_ENCODER, "grad_clip": 1.0,
     }
+    in_memory_only: ClassVar[str] = (
+        "it embeds the text of every training document, clusters all embeddings at once (K-means) and "
+        "keeps them in memory for its per-document losses")
 
     def __init__(self, langs: list[str], vocab_sizes: list[int], num_topics: int,
                  aux: dict[str, Tensor] | None = None, **hparams: Any) -> None:

@@ -4,11 +4,13 @@ One epoch = ceil(max_l N_l / batch_size) steps; every step draws one batch from 
 (shorter languages are re-shuffled and cycled), the way the NMTM/InfoCTM reference trainers do,
 so both languages' encoders and the cross-lingual terms see every step. Batches are sliced from
 CSR matrices and stay sparse (SparseRows): neither the corpus nor a batch is densified.
+Batches come from a `BatchSource` (xtm.trainer.batches): the in-memory corpus, or shards streamed
+from disk (xtm.trainer.sharding). Under torchrun each rank trains on its own steps of every
+epoch and gradients are averaged (xtm.trainer.distributed); rank 0 alone writes.
 """
 
 from __future__ import annotations
 
-import math
 import random
 import signal
 import sys
@@ -29,6 +31,8 @@ from xtm.models_zoo.base import BuildContext, CrossLingualTopicModel, load_uniqu
 from xtm.models_zoo.components import SparseRows
 from xtm.models_zoo.registry import model_class
 from xtm.paths import cache_dir
+from xtm.trainer import distributed
+from xtm.trainer.batches import BatchSource, InMemoryBatches, epoch_batches, steps_per_epoch
 from xtm.trainer.checkpoint import (
     load_checkpoint,
     numpy_rng_from_state,
@@ -36,7 +40,10 @@ from xtm.trainer.checkpoint import (
     restore_optimizer,
     save_checkpoint,
 )
+from xtm.trainer.distributed import DistContext
 from xtm.trainer.phase2 import Phase2Objective
+
+__all__ = ["TrainConfig", "TrainResult", "epoch_batches", "infer_theta", "model_from_state", "pick_device", "train"]
 
 
 @dataclass
@@ -67,6 +74,8 @@ class TrainResult:
     seconds_per_epoch: float
     history: list[dict[str, float]]
     interrupted: bool = False
+    # sha256 of each rank's final model state (distributed runs; all equal), else None.
+    rank_digests: list[str] | None = None
 
 
 def pick_device(name: str) -> torch.device:
@@ -89,19 +98,8 @@ def sparse_batch(bow: sp.csr_matrix, rows: np.ndarray, device: torch.device) -> 
     return SparseRows.from_csr(bow[rows], device)
 
 
-def epoch_batches(sizes: list[int], batch_size: int, rng: np.random.Generator) -> list[list[np.ndarray]]:
-    """Index batches for one epoch: steps x languages, each language shuffled and cycled to fit."""
-    steps = max(1, math.ceil(max(sizes) / batch_size))
-    per_lang = []
-    for n in sizes:
-        need = steps * batch_size
-        order = np.concatenate([rng.permutation(n) for _ in range(math.ceil(need / n))])[:need]
-        per_lang.append(order.reshape(steps, batch_size))
-    return [[per_lang[i][s] for i in range(len(sizes))] for s in range(steps)]
-
-
 @torch.no_grad()
-def recalibrate_batchnorm(model: CrossLingualTopicModel, bows: list[sp.csr_matrix], device: torch.device,
+def recalibrate_batchnorm(model: CrossLingualTopicModel, data: BatchSource, device: torch.device,
                           batch_size: int = 2048) -> None:
     """Set the encoders' batch-norm running statistics to their exact values over the training data.
 
@@ -117,12 +115,11 @@ def recalibrate_batchnorm(model: CrossLingualTopicModel, bows: list[sp.csr_matri
         bn.momentum = None
     was_training = model.training
     model.train()
-    for i, bow in enumerate(bows):
+    for i in range(len(data.sizes())):
         # Each language's encoder sees its own documents; a shared body sees both languages.
-        for start in range(0, bow.shape[0], batch_size):
-            rows = np.arange(start, min(start + batch_size, bow.shape[0]))
-            if len(rows) > 1:
-                model.encoders[i](sparse_batch(bow, rows, device))
+        for chunk in data.sequential(i, batch_size):
+            if chunk.shape[0] > 1:
+                model.encoders[i](SparseRows.from_csr(chunk, device))
     for bn, (momentum, tracked) in zip(bns, saved, strict=True):
         bn.momentum = momentum
         bn.num_batches_tracked.copy_(tracked)
@@ -168,12 +165,6 @@ def model_from_state(config: dict[str, Any], tensors: dict[str, torch.Tensor]) -
     return model
 
 
-def corpus_fingerprint(corpus: Corpus) -> dict[str, Any]:
-    """Enough to tell that a resumed run sees the same data (languages, vocab sizes, doc counts)."""
-    return {lc.lang: {"vocab": lc.vocab_size, "docs": lc.num_train, "nnz": int(lc.train_bow.nnz)}
-            for lc in corpus.languages}
-
-
 class _StopFlag:
     """SIGTERM handling: finish the current step, checkpoint, exit cleanly (like Ctrl-C)."""
 
@@ -186,28 +177,36 @@ class _StopFlag:
 
 def train(corpus: Corpus, cfg: TrainConfig, run_dir: Path, resume: bool = False,
           on_epoch_end: Callable[[int, CrossLingualTopicModel], None] | None = None,
-          phase2: Phase2Objective | None = None) -> TrainResult:
+          phase2: Phase2Objective | None = None, data: BatchSource | None = None,
+          dist: DistContext | None = None) -> TrainResult:
     """Train a backbone on `corpus`, checkpointing under run_dir; resume from its last checkpoint.
 
     With `phase2`, epochs cfg.epochs + 1 ... cfg.epochs + cfg.phase2_epochs add its losses and
     refine topics on its schedule; a finished phase-1 run resumed with phase 2 continues there.
+    `data` supplies the training batches (default: the corpus's own CSR matrices); the model is
+    built from `corpus` (vocabularies, links, word counts). With `dist` (torchrun), this process
+    is one rank: it trains on its share of every epoch and only rank 0 writes checkpoints.
     """
     total_epochs = cfg.epochs + (cfg.phase2_epochs if phase2 is not None else 0)
     run_dir = Path(run_dir)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = pick_device(cfg.device)
+    device = dist.device if dist is not None else pick_device(cfg.device)
+    rank, world = (dist.rank, dist.world) if dist is not None else (0, 1)
+    main = rank == 0
+    data = data if data is not None else InMemoryBatches(corpus)
     rng = seed_everything(cfg.seed)
     model = build_model(corpus, cfg)
     optimizer = make_optimizer(model, cfg.lr)
     start_epoch, history, seconds = 0, [], []
-    fingerprint = corpus_fingerprint(corpus)
+    fingerprint = data.fingerprint()
 
     if resume:
         from xtm.trainer.checkpoint import latest_checkpoint_dir
 
         if latest_checkpoint_dir(run_dir) is None:
-            print(f"xtm-train: no checkpoint in {run_dir}; starting from scratch", file=sys.stderr)
+            if main:
+                print(f"xtm-train: no checkpoint in {run_dir}; starting from scratch", file=sys.stderr)
         else:
             ckpt = load_checkpoint(run_dir)
             saved = ckpt.state
@@ -230,15 +229,18 @@ def train(corpus: Corpus, cfg: TrainConfig, run_dir: Path, resume: bool = False,
             if phase2 is not None and saved.get("phase2"):
                 model.to(device)
                 phase2.load_state(saved["phase2"], model)
-            print(f"xtm-train: resumed from {ckpt.path} (epoch {start_epoch})", file=sys.stderr)
+            if main:
+                print(f"xtm-train: resumed from {ckpt.path} (epoch {start_epoch})", file=sys.stderr)
 
     model.to(device)
     model.train()
+    distributed.broadcast_state(model, dist)  # identical start on every rank
     grad_clip = model.hparams.get("grad_clip")
-    bows = [lc.train_bow for lc in corpus.languages]
-    sizes = [b.shape[0] for b in bows]
+    params = [p for p in model.parameters() if p.requires_grad]
 
     def checkpoint(epoch: int) -> None:
+        if not main:
+            return
         save_checkpoint(run_dir, epoch, model, optimizer, {
             "model_config": model.config(), "train_config": cfg.to_dict(), "corpus": fingerprint,
             "numpy_rng": numpy_rng_state(rng), "history": history, "epoch_seconds": seconds,
@@ -249,7 +251,7 @@ def train(corpus: Corpus, cfg: TrainConfig, run_dir: Path, resume: bool = False,
     epoch = start_epoch
     interrupted = False
     bar = tqdm(total=total_epochs, initial=start_epoch, desc=f"{cfg.model} K={cfg.num_topics}",
-               unit="epoch", disable=not cfg.progress, dynamic_ncols=True, file=sys.stderr)
+               unit="epoch", disable=not (cfg.progress and main), dynamic_ncols=True, file=sys.stderr)
     try:
         for epoch in range(start_epoch + 1, total_epochs + 1):
             in_phase2 = phase2 is not None and epoch > cfg.epochs
@@ -258,25 +260,29 @@ def train(corpus: Corpus, cfg: TrainConfig, run_dir: Path, resume: bool = False,
             extra = phase2.losses if in_phase2 else None
             t0 = time.perf_counter()
             totals: dict[str, float] = {}
-            batches = epoch_batches(sizes, cfg.batch_size, rng)
-            for step, rows in enumerate(batches):
-                x = [sparse_batch(bows[i], rows[i], device) for i in range(len(bows))]
-                losses = model(x, [torch.from_numpy(r).to(device) for r in rows], extra=extra)
+            n_steps = steps_per_epoch(data.sizes(), cfg.batch_size, world) // world
+            steps = 0
+            for step, batch in enumerate(data.epoch(rng, cfg.batch_size, rank, world)):
+                x = [SparseRows.from_csr(m, device) for m, _ in batch]
+                losses = model(x, [torch.from_numpy(r).to(device) for _, r in batch], extra=extra)
                 optimizer.zero_grad(set_to_none=True)
                 losses["loss"].backward()
+                # All ranks leave together: the stop flag travels with the gradients.
+                stop.stop = distributed.average_gradients(params, stop.stop, dist)
                 if grad_clip:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
                 optimizer.step()
                 # .item() detaches: per-batch graphs are freed right away, not kept for the epoch.
                 for k, v in losses.items():
                     totals[k] = totals.get(k, 0.0) + float(v.item())
+                steps += 1
                 if step % 10 == 0:
-                    bar.set_postfix(loss=f"{totals['loss'] / (step + 1):.2f}", step=f"{step + 1}/{len(batches)}")
+                    bar.set_postfix(loss=f"{totals['loss'] / (step + 1):.2f}", step=f"{step + 1}/{n_steps}")
                 if stop.stop:
                     raise KeyboardInterrupt
             seconds.append(time.perf_counter() - t0)
-            history.append({"epoch": epoch, **{k: v / len(batches) for k, v in totals.items()},
-                            "seconds": seconds[-1]})
+            means = distributed.average_scalars({k: v / steps for k, v in totals.items()}, dist, device)
+            history.append({"epoch": epoch, **means, "seconds": seconds[-1], "steps": steps})
             bar.update(1)
             bar.set_postfix(loss=f"{history[-1]['loss']:.2f}", sec=f"{seconds[-1]:.1f}")
             if on_epoch_end is not None:
@@ -295,12 +301,18 @@ def train(corpus: Corpus, cfg: TrainConfig, run_dir: Path, resume: bool = False,
         bar.close()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-    recalibrate_batchnorm(model, bows, device)
+    if main:
+        recalibrate_batchnorm(model, data, device)
+    distributed.broadcast_state(model, dist)
     checkpoint(epochs_done)
     model.eval()
     per_epoch = float(np.median(seconds)) if seconds else float("nan")
+    digests = distributed.gather_digests(model, dist) if dist is not None else None
+    if digests is not None and len(set(digests)) != 1:
+        raise XtmError(f"distributed training: the ranks ended with different models (state digests "
+                       f"{[d[:12] for d in digests]}); please report this")
     return TrainResult(model=model, epochs_done=epochs_done, seconds_per_epoch=per_epoch,
-                       history=history, interrupted=interrupted)
+                       history=history, interrupted=interrupted, rank_digests=digests)
 
 
 def _in_main_thread() -> bool:

@@ -32,7 +32,10 @@ from xtm.corpus import Corpus
 from xtm.errors import XtmError
 from xtm.models_zoo.base import BuildContext, CrossLingualTopicModel
 from xtm.paths import cache_dir
+from xtm.trainer import distributed
+from xtm.trainer.batches import BatchSource
 from xtm.trainer.corpus_loading import load_corpus
+from xtm.trainer.distributed import DistContext, is_main_process
 from xtm.trainer.evaluation import (
     ReferenceCorpus,
     cnpmi,
@@ -55,10 +58,19 @@ class DataConfig:
     min_df: int = 2
     max_df: float = 0.5
     ref_corpus: str | None = None
+    # Out of core (xtm.trainer.sharding): JSONL preprocessed into shards under `shard_dir`
+    # (default RUN_DIR/shards), training streams them; evaluation keeps the test split and a
+    # sample of at most `eval_train_docs` training documents per language in memory.
+    out_of_core: bool = False
+    shard_size: int = 10_000
+    shard_dir: str | None = None
+    eval_train_docs: int = 20_000
 
 
 def log(msg: str) -> None:
-    print(f"xtm-train: {msg}", file=sys.stderr, flush=True)
+    # Under torchrun only rank 0 speaks.
+    if is_main_process():
+        print(f"xtm-train: {msg}", file=sys.stderr, flush=True)
 
 
 def describe_corpus(corpus: Corpus) -> str:
@@ -116,24 +128,87 @@ def refined_metrics(refined: dict[str, list[list[str]]], ref_path: str | None) -
     return out
 
 
+def check_out_of_core(data: DataConfig, cfg: TrainConfig, phase2: Phase2Config | None) -> None:
+    """Refuse, before any work, what cannot run from streamed shards."""
+    if not data.out_of_core:
+        return
+    from xtm.models_zoo.registry import model_class
+
+    reason = model_class(cfg.model).in_memory_only
+    if reason:
+        raise XtmError(f"--model {cfg.model} cannot train --out-of-core: {reason}. Train it without "
+                       "--out-of-core, or use nmtm or infoctm, which need only vocabularies, the dictionary "
+                       "and word counts from the corpus")
+    if phase2 is not None:
+        raise XtmError("LLM-XTM phase 2 (--phase2-epochs) embeds every training document; it cannot run "
+                       "--out-of-core")
+
+
 def run_training(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool = False,
                  phase2: Phase2Config | None = None) -> dict[str, Any]:
-    """Train and evaluate; returns metrics (also written to out/metrics.json)."""
+    """Train and evaluate; returns metrics (also written to out/metrics.json).
+
+    Under torchrun (WORLD_SIZE > 1) every rank calls this: all train, rank 0 alone preprocesses
+    shards, writes and evaluates; the other ranks return {"rank": r} after training.
+    """
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not resume and (out / "checkpoints").exists():
         raise XtmError("the run directory already holds a run: pass --resume to continue it, "
                        "or choose another --out", path=out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_out_of_core(data, cfg, phase2)
+    dist = distributed.init_from_env(cfg.device)
+    try:
+        if dist is not None:
+            if phase2 is not None:
+                raise XtmError("LLM-XTM phase 2 runs in one process; train phase 1 under torchrun, then add "
+                               "phase 2 with --resume --phase2-epochs N in a single process")
+            log(f"distributed: {dist.world} ranks, backend {dist.backend}, device {dist.device.type}")
+        distributed.barrier(dist)  # every rank checked the run directory before rank 0 writes to it
+        if dist is None or dist.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+        return _run(data, cfg, out, resume, phase2, dist)
+    finally:
+        distributed.close(dist)
+
+
+def load_training_data(data: DataConfig, cfg: TrainConfig, out: Path,
+                       dist: DistContext | None) -> tuple[Corpus, BatchSource | None]:
+    """The corpus models are built and evaluated from, and the training batches' source.
+
+    In memory: the corpus itself (None: batches come from its matrices). Out of core: rank 0
+    builds (or reuses) the shards while other ranks wait, then every rank streams them.
+    """
     t0 = time.perf_counter()
-    corpus = load_corpus(data.path, dict_path=data.dict_path, langs=data.langs, vocab_size=data.vocab_size,
-                         min_df=data.min_df, max_df=data.max_df, seed=cfg.seed, progress=cfg.progress)
-    log(f"loaded {describe_corpus(corpus)} in {time.perf_counter() - t0:.1f}s")
+    progress = cfg.progress and (dist is None or dist.is_main)
+    if not data.out_of_core:
+        corpus = load_corpus(data.path, dict_path=data.dict_path, langs=data.langs, vocab_size=data.vocab_size,
+                             min_df=data.min_df, max_df=data.max_df, seed=cfg.seed, progress=progress)
+        log(f"loaded {describe_corpus(corpus)} in {time.perf_counter() - t0:.1f}s")
+        return corpus, None
+    from xtm.trainer.sharding import ShardedCorpus, open_or_build_shards
+
+    shard_dir = Path(data.shard_dir) if data.shard_dir else out / "shards"
+    if dist is None or dist.is_main:
+        open_or_build_shards(data.path, shard_dir, langs=data.langs, vocab_size=data.vocab_size,
+                             min_df=data.min_df, max_df=data.max_df, seed=cfg.seed, shard_size=data.shard_size,
+                             progress=progress, log=log)
+    distributed.barrier(dist)
+    sharded = ShardedCorpus(shard_dir)
+    log(f"shards ready in {time.perf_counter() - t0:.1f}s: {sharded.describe()}")
+    return sharded.eval_corpus(data.eval_train_docs, dict_path=data.dict_path), sharded.batches()
+
+
+def _run(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool, phase2: Phase2Config | None,
+         dist: DistContext | None) -> dict[str, Any]:
+    main = dist is None or dist.is_main
+    corpus, batches = load_training_data(data, cfg, out, dist)
     if len(corpus.languages) > 2:
         raise XtmError(f"the data has {len(corpus.languages)} languages ({', '.join(corpus.langs)}); "
                        f"{cfg.model} models two: choose them with --langs")
     check_links(corpus, cfg.model)
-    for lc in corpus.languages:
-        write_text(out / f"vocab_{lc.lang}.txt", "\n".join(lc.vocab) + "\n")
+    if main:
+        for lc in corpus.languages:
+            write_text(out / f"vocab_{lc.lang}.txt", "\n".join(lc.vocab) + "\n")
 
     objective = None
     if phase2 is not None:
@@ -143,7 +218,9 @@ def run_training(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool = F
         context = BuildContext(cache_dir=Path(cfg.cache_dir) if cfg.cache_dir else cache_dir(), seed=cfg.seed,
                                progress=cfg.progress)
         objective = Phase2Objective(corpus, cfg.num_topics, phase2, context, pick_device(cfg.device))
-    result = train(corpus, cfg, out, resume=resume, phase2=objective)
+    result = train(corpus, cfg, out, resume=resume, phase2=objective, data=batches, dist=dist)
+    if not main:
+        return {"rank": dist.rank if dist is not None else 0}
     model = result.model
     write_json(out / "config.json", {
         "xtm_version": xtm.__version__, "model_config": model.config(), "train_config": cfg.to_dict(),
@@ -174,6 +251,10 @@ def run_training(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool = F
         "train_seconds_total": float(np.sum([h["seconds"] for h in result.history])) if result.history else 0.0,
         "corpus": corpus.info,
     })
+    if dist is not None:
+        metrics["distributed"] = {"world_size": dist.world, "backend": dist.backend,
+                                  "steps_per_epoch_per_rank": result.history[-1]["steps"] if result.history else 0,
+                                  "rank_state_sha256": result.rank_digests}
     write_json(out / "metrics.json", metrics)
     write_report(out, corpus, model, outputs, top, refined, ref, device)
     return metrics

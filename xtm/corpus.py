@@ -64,6 +64,9 @@ class LanguageCorpus:
     # bags of words: sentence encoders (XTRA, contextual inference) embed these.
     train_texts: list[str] | None = None
     test_texts: list[str] | None = None
+    # Word counts over ALL training documents when train_bow holds only a sample of them
+    # (out-of-core corpora: xtm.trainer.sharding); None: the column sums of train_bow.
+    train_word_counts: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         import scipy.sparse as sp
@@ -93,6 +96,12 @@ class LanguageCorpus:
     @property
     def num_train(self) -> int:
         return int(self.train_bow.shape[0])
+
+    def word_counts(self) -> np.ndarray:
+        """Each vocabulary word's total count over the training documents (float64, length V)."""
+        if self.train_word_counts is not None:
+            return np.asarray(self.train_word_counts, dtype=np.float64)
+        return np.asarray(self.train_bow.sum(axis=0), dtype=np.float64).ravel()
 
 
 @dataclass

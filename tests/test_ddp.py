@@ -1,0 +1,155 @@
+"""Large corpora: out-of-core shards (same vocabulary, streamed epochs, exact resume) and
+data-parallel training under torchrun (gloo, 2 processes on CPU)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from xtm.errors import XtmError
+from xtm.trainer.batches import InMemoryBatches
+from xtm.trainer.checkpoint import load_checkpoint
+from xtm.trainer.distributed import state_digest
+from xtm.trainer.loop import TrainConfig, model_from_state, train
+from xtm.trainer.run import DataConfig, run_training
+from xtm.trainer.sharding import ShardedCorpus, build_shards, open_or_build_shards
+
+BATCH = 40
+
+
+@pytest.fixture(scope="module")
+def shards(example_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> ShardedCorpus:
+    d = tmp_path_factory.mktemp("shards")
+    build_shards(example_dir / "docs.jsonl", d, shard_size=100, progress=False)
+    return ShardedCorpus(d)
+
+
+def config(**kw) -> TrainConfig:
+    base = dict(model="nmtm", num_topics=6, epochs=3, batch_size=BATCH, seed=1, checkpoint_every=1, progress=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_shards_hold_the_in_memory_vocabulary_and_documents(example_corpus, shards: ShardedCorpus) -> None:
+    assert shards.langs == example_corpus.langs
+    full = shards.eval_corpus(max_train_docs=10**9)
+    for mem, sh, lc in zip(example_corpus.languages, full.languages, shards.languages, strict=True):
+        assert sh.vocab == mem.vocab
+        assert all(e["docs"] <= 100 for e in lc.train) and lc.num_train == mem.num_train
+        # Same rows in the same order, same labels, same whole-corpus word counts.
+        assert (sh.train_bow != mem.train_bow).nnz == 0 and (sh.test_bow != mem.test_bow).nnz == 0
+        assert np.array_equal(sh.train_labels, mem.train_labels)
+        assert np.array_equal(sh.test_labels, mem.test_labels)
+        assert np.array_equal(sh.word_counts(), mem.word_counts())
+
+
+def test_evaluation_keeps_a_bounded_evenly_spaced_sample(example_corpus, shards: ShardedCorpus) -> None:
+    sample = shards.eval_corpus(max_train_docs=100)
+    for mem, sh in zip(example_corpus.languages, sample.languages, strict=True):
+        stride = math.ceil(mem.num_train / 100)
+        assert sh.num_train <= 100
+        assert (sh.train_bow != mem.train_bow[::stride]).nnz == 0
+        assert np.array_equal(sh.train_labels, mem.train_labels[::stride])
+        # Word counts still describe every training document (NMTM's dictionary map uses them).
+        assert np.array_equal(sh.word_counts(), mem.word_counts())
+
+
+def test_shards_are_reused_rebuilt_or_refused(example_dir: Path, tmp_path: Path) -> None:
+    d = tmp_path / "s"
+    open_or_build_shards(example_dir / "docs.jsonl", d, shard_size=200, progress=False)
+    stamp = (d / "index.json").stat().st_mtime_ns
+    open_or_build_shards(example_dir / "docs.jsonl", d, shard_size=200, progress=False)
+    assert (d / "index.json").stat().st_mtime_ns == stamp           # same files and settings: reused
+    open_or_build_shards(example_dir / "docs.jsonl", d, shard_size=200, vocab_size=50, progress=False)
+    assert len(ShardedCorpus(d).languages[0].vocab) == 50           # other settings: rebuilt
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(XtmError, match="holds other files"):
+        build_shards(example_dir / "docs.jsonl", foreign, progress=False)
+    assert (foreign / "notes.txt").exists()
+
+
+@pytest.mark.parametrize("kind", ["sharded", "in-memory"])
+def test_an_epoch_covers_every_document_and_ranks_split_it(kind: str, example_corpus, shards: ShardedCorpus) -> None:
+    source = shards.batches(buffer_shards=2) if kind == "sharded" else InMemoryBatches(example_corpus)
+    n = source.sizes()[0]                     # 480 documents: 12 full batches of 40
+
+    def rows(rank: int, world: int) -> list[np.ndarray]:
+        return [step[0][1] for step in source.epoch(np.random.default_rng(7), BATCH, rank, world)]
+
+    single = rows(0, 1)
+    assert len(single) == n // BATCH and sorted(np.concatenate(single).tolist()) == list(range(n))
+    r0, r1 = rows(0, 2), rows(1, 2)
+    assert len(r0) == len(r1) == len(single) // 2
+    assert not set(np.concatenate(r0).tolist()) & set(np.concatenate(r1).tolist())
+    assert sorted(np.concatenate(r0 + r1).tolist()) == list(range(n))
+    if kind == "sharded":   # the batches' rows are the documents the row ids name
+        full = shards.eval_corpus(max_train_docs=10**9).languages[0].train_bow
+        for (m, ids), _ in list(source.epoch(np.random.default_rng(3), BATCH))[:3]:
+            assert (m != full[ids]).nnz == 0
+
+
+def test_out_of_core_training_is_finite_and_resumes_exactly(example_dir: Path, shards: ShardedCorpus,
+                                                           tmp_path: Path) -> None:
+    corpus = shards.eval_corpus(dict_path=example_dir / "dict.tsv")
+    straight = train(corpus, config(epochs=3), tmp_path / "straight", data=shards.batches())
+    assert all(np.isfinite(h["loss"]) for h in straight.history)
+    assert [h["steps"] for h in straight.history] == [12, 12, 12]
+    train(corpus, config(epochs=2), tmp_path / "split", data=shards.batches())
+    resumed = train(corpus, config(epochs=3), tmp_path / "split", resume=True, data=shards.batches())
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    for k, v in a.items():
+        assert torch.allclose(v.float(), b[k].float(), atol=1e-6), k
+
+
+@pytest.mark.parametrize("model", ["xtra", "gloctm"])
+def test_models_that_hold_every_document_refuse_out_of_core(model: str, example_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(XtmError, match=f"--model {model} cannot train --out-of-core"):
+        run_training(DataConfig(path=str(example_dir / "docs.jsonl"), out_of_core=True),
+                     config(model=model), tmp_path / "run")
+    assert not (tmp_path / "run").exists()   # refused before any work
+
+
+def test_torchrun_two_processes_gloo(example_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "xtm.cli.train", "--data", str(example_dir / "docs.jsonl"), "--dict", str(example_dir / "dict.tsv"),
+           "--model", "nmtm", "--topics", "6", "--epochs", "2", "--batch-size", str(BATCH), "--out", str(out),
+           "--out-of-core", "--shard-size", "100", "--device", "cpu", "--threads", "1", "-q"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count('"TU"') == 1          # one summary: rank 0 reports, rank 1 stays quiet
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    d = metrics["distributed"]
+    assert d["world_size"] == 2 and d["backend"] == "gloo"
+    # One process takes 480 / 40 = 12 steps an epoch (test above); each of two ranks takes half.
+    assert d["steps_per_epoch_per_rank"] == 6
+    assert [h["steps"] for h in json.loads((out / "history.json").read_text())] == [6, 6]
+    assert len(d["rank_state_sha256"]) == 2 and len(set(d["rank_state_sha256"])) == 1
+    for name in ("config.json", "history.json", "report.html", "topics_en.txt", "topics_zh.txt",
+                 "vocab_en.txt", "vocab_zh.txt", "checkpoints/latest.json"):
+        assert (out / name).exists(), name
+    assert not list(out.rglob("*.tmp"))        # nothing half-written
+
+    # The checkpoint rank 0 wrote is the very model both ranks ended with.
+    ckpt = load_checkpoint(out)
+    assert ckpt.epoch == 2
+    rebuilt = model_from_state(ckpt.state["model_config"], ckpt.model)
+    assert state_digest(rebuilt) == d["rank_state_sha256"][1]
+
+    from xtm.exporters.onnx_export import export_run
+
+    export_run(out, tmp_path / "bundle", progress=False)
+    assert (tmp_path / "bundle" / "manifest.json").exists()

@@ -1,0 +1,80 @@
+"""Where training batches come from: one interface, an in-memory and a streamed implementation.
+
+The training loop consumes a `BatchSource` and nothing else about the training documents:
+  - `sizes()`                         training documents per language;
+  - `fingerprint()`                   what a resumed run checks it is training on the same data;
+  - `epoch(rng, batch, rank, world)`  this rank's steps of one epoch, each a list (one entry per
+                                      language) of (CSR rows, their document indices);
+  - `sequential(i, batch)`            every training document of language i once, in order
+                                      (the exact batch-norm statistics after training).
+`InMemoryBatches` slices a `Corpus`'s CSR matrices; `xtm.trainer.sharding.ShardedBatches`
+streams shards from disk. Both draw an epoch's order from the loop's generator only, so a run
+resumed at an epoch boundary continues exactly, and every rank of a distributed run draws the
+same order and keeps the steps s with s % world == rank: disjoint documents, equal step counts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import scipy.sparse as sp
+
+from xtm.corpus import Corpus
+
+Step = list[tuple[sp.csr_matrix, np.ndarray]]
+
+
+class BatchSource(Protocol):
+    def sizes(self) -> list[int]: ...
+
+    def fingerprint(self) -> dict[str, Any]: ...
+
+    def epoch(self, rng: np.random.Generator, batch_size: int, rank: int = 0, world: int = 1) -> Iterator[Step]: ...
+
+    def sequential(self, lang_index: int, batch_size: int) -> Iterator[sp.csr_matrix]: ...
+
+
+def steps_per_epoch(sizes: Sequence[int], batch_size: int, world: int = 1) -> int:
+    """ceil(max N / batch) steps, rounded up to a multiple of the number of ranks: every rank runs
+    the same number of steps (collectives need that) and together they see every document."""
+    return max(1, math.ceil(max(sizes) / (batch_size * world))) * world
+
+
+def epoch_batches(sizes: list[int], batch_size: int, rng: np.random.Generator,
+                  world: int = 1) -> list[list[np.ndarray]]:
+    """Index batches for one epoch: steps x languages, each language shuffled and cycled to fit."""
+    steps = steps_per_epoch(sizes, batch_size, world)
+    per_lang = []
+    for n in sizes:
+        need = steps * batch_size
+        order = np.concatenate([rng.permutation(n) for _ in range(math.ceil(need / n))])[:need]
+        per_lang.append(order.reshape(steps, batch_size))
+    return [[per_lang[i][s] for i in range(len(sizes))] for s in range(steps)]
+
+
+class InMemoryBatches:
+    """Batches sliced from the corpus's CSR training matrices."""
+
+    def __init__(self, corpus: Corpus) -> None:
+        self.corpus = corpus
+        self.bows = [lc.train_bow for lc in corpus.languages]
+
+    def sizes(self) -> list[int]:
+        return [b.shape[0] for b in self.bows]
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {lc.lang: {"vocab": lc.vocab_size, "docs": lc.num_train, "nnz": int(lc.train_bow.nnz)}
+                for lc in self.corpus.languages}
+
+    def epoch(self, rng: np.random.Generator, batch_size: int, rank: int = 0, world: int = 1) -> Iterator[Step]:
+        batches = epoch_batches(self.sizes(), batch_size, rng, world)
+        for rows in batches[rank::world]:
+            yield [(self.bows[i][r], r) for i, r in enumerate(rows)]
+
+    def sequential(self, lang_index: int, batch_size: int) -> Iterator[sp.csr_matrix]:
+        bow = self.bows[lang_index]
+        for start in range(0, bow.shape[0], batch_size):
+            yield bow[start:start + batch_size]
