@@ -226,15 +226,21 @@ def _check_route(bundle_dir: str | Path, route: str) -> None:
                        "xtm-contextual RUN_DIR, then xtm-export)", path=bundle_dir)
 
 
-def _default_actors(threads_per_actor: int) -> int:
+def _default_actors(threads_per_actor: int, reserve: int) -> int:
+    """Actors the cluster's CPUs hold, `reserve` CPUs left for the stages before them.
+
+    Measured: 2 actors on 2 CPUs behind ray.data.read_parquet (listing and read tasks take 1 CPU
+    each) hang for ever, the readers never get a CPU. infer_files' own readers reserve none."""
     ray = _import_ray()
     cpus = int(ray.cluster_resources().get("CPU", 1))
+    if cpus > threads_per_actor:
+        cpus -= reserve
     return max(1, cpus // threads_per_actor)
 
 
 def _map_actors(ds: ray.data.Dataset, bundle_dir: str | Path, mode: str, *, num_actors: int | None,
                 threads_per_actor: int, top_k: int, route: str, batch_size: int, full_theta: bool,
-                restarts: bool = True) -> ray.data.Dataset:
+                restarts: bool = True, reserve: int = 0) -> ray.data.Dataset:
     ray = _import_ray()
     if threads_per_actor < 1:
         raise XtmError(f"threads_per_actor must be at least 1, got {threads_per_actor}")
@@ -256,7 +262,7 @@ def _map_actors(ds: ray.data.Dataset, bundle_dir: str | Path, mode: str, *, num_
         fn_constructor_kwargs={"bundle": [bundle_ref], "threads": threads_per_actor, "top_k": top_k,
                                "route": route, "batch_size": batch_size, "full_theta": full_theta, "mode": mode},
         # A fixed pool: every actor loads the model once; Ray Data streams batches to whichever is free.
-        compute=ray.data.ActorPoolStrategy(size=num_actors or _default_actors(threads_per_actor)),
+        compute=ray.data.ActorPoolStrategy(size=num_actors or _default_actors(threads_per_actor, reserve)),
         # An actor's onnxruntime sessions use threads_per_actor cores: reserve them, so Ray never
         # packs more actors on a node than it has cores.
         num_cpus=threads_per_actor,
@@ -274,12 +280,18 @@ def infer_dataset(ds: ray.data.Dataset, bundle_dir: str | Path, *, num_actors: i
     id (when the input has it), lang, route ("bow"|"contextual"), theta (K float32, with
     full_theta), top_ids and top_weights (top_k each, by decreasing weight), and error: null for a
     good row; for a bad row (text missing, not a string or empty; a language the bundle cannot
-    read) the reason, with null results. num_actors defaults to the cluster's CPUs divided by
-    threads_per_actor (onnxruntime threads in each actor, reserved as Ray CPUs). Set
+    read) the reason, with null results. Set
     `DataContext.get_current().execution_options.preserve_order = True` to keep input order.
+
+    threads_per_actor: onnxruntime threads in each actor, reserved as Ray CPUs. num_actors
+    defaults to the cluster's CPUs, less one for the stages before (readers), divided by
+    threads_per_actor. Actors that take every CPU starve the upstream tasks that need one:
+    measured with Ray 2.60, `read_parquet` (its file listing and reading take a CPU each, whatever
+    ray_remote_args say) behind 2 actors on 2 CPUs never finishes. Keep num_actors *
+    threads_per_actor below the cluster's CPUs, or materialize() the input first.
     """
     return _map_actors(ds, bundle_dir, "columns", num_actors=num_actors, threads_per_actor=threads_per_actor,
-                       top_k=top_k, route=route, batch_size=batch_size, full_theta=full_theta)
+                       top_k=top_k, route=route, batch_size=batch_size, full_theta=full_theta, reserve=1)
 
 
 # -- files in, one JSONL file out -----------------------------------------------------------------
@@ -446,10 +458,14 @@ def infer_files(paths: Sequence[str | Path], bundle_dir: str | Path, out_path: s
                 bar.write(msg, file=sys.stderr)  # keeps the bar intact
             else:
                 print(msg, file=sys.stderr, flush=True)
-    started = False
+    started = local = False
     if not ray.is_initialized():
         # Ray's own INFO lines (dashboard, object store) would bury the per-row messages.
-        ray.init(address=address, logging_level="WARNING")
+        local = address is None and not os.environ.get("RAY_ADDRESS")
+        if local:  # a one-run instance on this machine: no dashboard to start (seconds saved)
+            ray.init(logging_level="WARNING", include_dashboard=False)
+        else:
+            ray.init(address=address, logging_level="WARNING")
         started = True
     elif address is not None:
         raise XtmError("Ray is already initialised in this process; address cannot be changed")
@@ -465,8 +481,11 @@ def infer_files(paths: Sequence[str | Path], bundle_dir: str | Path, out_path: s
     # Our own bar counts rows; Ray Data's per-operator bars would interleave with the row messages.
     ctx.enable_progress_bars = False
     try:
-        listing = ray.data.from_items([{"file": i, "path": p, "kind": k} for i, (p, k) in enumerate(files)],
-                                      override_num_blocks=len(files))
+        items = [{"file": i, "path": p, "kind": k} for i, (p, k) in enumerate(files)]
+        try:  # one block per file, so files are read in parallel
+            listing = ray.data.from_items(items, override_num_blocks=len(files))
+        except TypeError:  # Ray < 2.10 called it parallelism
+            listing = ray.data.from_items(items, parallelism=len(files))
         # Reading is I/O: the readers reserve no CPU, so N actors on N cores never starve them
         # (with num_cpus=1 each, 2 actors on 2 cores would leave no slot for a reader: a hang).
         rows = listing.map_batches(_read_rows, batch_size=1, batch_format="numpy", num_cpus=0)
@@ -475,7 +494,7 @@ def infer_files(paths: Sequence[str | Path], bundle_dir: str | Path, out_path: s
                          # On the one-machine instance started here there is no node to lose, and
                          # restartable actors whose arguments sit in the object store make Ray log
                          # an alarming error line on every run. A cluster keeps Ray's restarts.
-                         restarts=not started)
+                         restarts=not local)
         names = [p for p, _ in files]
         with warnings.catch_warnings():
             # "only received N input(s) ... won't fully utilize the available concurrency": a small
