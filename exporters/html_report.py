@@ -231,7 +231,7 @@ def _plots(run: RunFiles) -> str:
     parts = ['<section id="plots"><h2>Plots</h2>']
     if run.history:
         keys = sorted({k for h in run.history for k, v in h.items()
-                       if k not in ("epoch", "seconds") and isinstance(v, (int, float))}, key=_loss_order)
+                       if k not in ("epoch", "seconds", "steps") and isinstance(v, (int, float))}, key=_loss_order)
         epochs = run.config.get("train_config", {}).get("epochs")
         mark = epochs if (run.refined is not None or run.metrics.get("phase2")) and epochs else None
         panels = []

@@ -120,6 +120,13 @@ def test_models_that_hold_every_document_refuse_out_of_core(model: str, example_
     assert not (tmp_path / "run").exists()   # refused before any work
 
 
+def test_out_of_core_reads_jsonl_and_says_so_for_a_benchmark_directory(tmp_path: Path) -> None:
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "train_bow_matrix_en.npz").write_bytes(b"")
+    with pytest.raises(XtmError, match="benchmark directory"):
+        build_shards(tmp_path / "bench", tmp_path / "shards", progress=False)
+
+
 def test_torchrun_two_processes_gloo(example_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
