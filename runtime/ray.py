@@ -240,7 +240,7 @@ def _default_actors(threads_per_actor: int, reserve: int) -> int:
 
 def _map_actors(ds: ray.data.Dataset, bundle_dir: str | Path, mode: str, *, num_actors: int | None,
                 threads_per_actor: int, top_k: int, route: str, batch_size: int, full_theta: bool,
-                restarts: bool = True, reserve: int = 0) -> ray.data.Dataset:
+                reserve: int = 0) -> ray.data.Dataset:
     ray = _import_ray()
     if threads_per_actor < 1:
         raise XtmError(f"threads_per_actor must be at least 1, got {threads_per_actor}")
@@ -266,7 +266,10 @@ def _map_actors(ds: ray.data.Dataset, bundle_dir: str | Path, mode: str, *, num_
         # An actor's onnxruntime sessions use threads_per_actor cores: reserve them, so Ray never
         # packs more actors on a node than it has cores.
         num_cpus=threads_per_actor,
-        **({} if restarts else {"max_restarts": 0}),
+        # Ray's actor restarts are kept (a lost node's actors come back). Ray logs one
+        # "constructor arguments in the object store and max_restarts > 0" line for that: harmless
+        # here, the driver holds the bundle's ref until the run ends. max_restarts=0 would silence
+        # it, but only through ray_remote_args, which Ray 2.60 deprecates.
     )
 
 
@@ -458,11 +461,11 @@ def infer_files(paths: Sequence[str | Path], bundle_dir: str | Path, out_path: s
                 bar.write(msg, file=sys.stderr)  # keeps the bar intact
             else:
                 print(msg, file=sys.stderr, flush=True)
-    started = local = False
+    started = False
     if not ray.is_initialized():
         # Ray's own INFO lines (dashboard, object store) would bury the per-row messages.
-        local = address is None and not os.environ.get("RAY_ADDRESS")
-        if local:  # a one-run instance on this machine: no dashboard to start (seconds saved)
+        if address is None and not os.environ.get("RAY_ADDRESS"):
+            # A one-run instance on this machine: no dashboard to start (seconds saved).
             ray.init(logging_level="WARNING", include_dashboard=False)
         else:
             ray.init(address=address, logging_level="WARNING")
@@ -490,11 +493,7 @@ def infer_files(paths: Sequence[str | Path], bundle_dir: str | Path, out_path: s
         # (with num_cpus=1 each, 2 actors on 2 cores would leave no slot for a reader: a hang).
         rows = listing.map_batches(_read_rows, batch_size=1, batch_format="numpy", num_cpus=0)
         ds = _map_actors(rows, bundle_dir, "lines", num_actors=num_actors, threads_per_actor=threads_per_actor,
-                         top_k=top_k, route=route, batch_size=batch_size, full_theta=full_theta,
-                         # On the one-machine instance started here there is no node to lose, and
-                         # restartable actors whose arguments sit in the object store make Ray log
-                         # an alarming error line on every run. A cluster keeps Ray's restarts.
-                         restarts=not local)
+                         top_k=top_k, route=route, batch_size=batch_size, full_theta=full_theta)
         names = [p for p, _ in files]
         with warnings.catch_warnings():
             # "only received N input(s) ... won't fully utilize the available concurrency": a small
