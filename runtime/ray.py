@@ -65,13 +65,23 @@ def _import_ray() -> Any:
 def pack_bundle(bundle_dir: str | Path) -> dict[str, bytes]:
     """manifest.json and every file it lists, as {file name: bytes}: what an actor needs to load it.
 
-    The manifest is read (structure only) here so a wrong path fails on the driver, before any
-    actor starts; checksums are verified where it matters, after the transfer, by each actor."""
+    Checked here (manifest structure, every file's sha256) so a wrong or damaged bundle fails on
+    the driver, naming the user's file, before any actor starts; each actor checks its copy again
+    after the transfer."""
+    import hashlib
+
     from xtm.runtime.bundle import MANIFEST, read_manifest
 
     manifest = read_manifest(bundle_dir, verify=False)
-    names = [MANIFEST, *manifest.files]
-    return {name: manifest.path(name).read_bytes() for name in names}
+    files = {name: manifest.path(name).read_bytes() for name in [MANIFEST, *manifest.files]}
+    # The bytes are in memory anyway: checking them here names the user's bundle, on the driver,
+    # before any actor starts (each actor checks its copy again after the transfer).
+    for name, expected in manifest.files.items():
+        actual = hashlib.sha256(files[name]).hexdigest()
+        if actual != expected:
+            raise XtmError(f"checksum mismatch (sha256 {actual[:12]}..., manifest says {expected[:12]}...): the "
+                           "file changed after export or is corrupted; re-export the bundle", path=manifest.path(name))
+    return files
 
 
 def _materialize(files: dict[str, bytes], threads: int | None, route: str) -> Any:
@@ -105,20 +115,31 @@ class _TopicActor:
     lang, route, theta (with full_theta), top_ids, top_weights, error (null for good rows)."""
 
     def __init__(self, bundle: list[Any], threads: int | None, top_k: int, route: str, batch_size: int,
-                 full_theta: bool, mode: str) -> None:
+                 full_theta: bool, mode: str, origin: str) -> None:
         import ray
 
         from xtm.runtime.records import LineFormatter, served_languages
 
         # The ref comes wrapped in a list so Ray hands it over unresolved; fetched once, here.
         files = ray.get(bundle[0])
-        self.model = _materialize(files, threads, route)
+        self.init_error: XtmError | None = None
+        try:
+            self.model = _materialize(files, threads, route)
+        except XtmError as e:
+            # Raised from __init__, Ray reports only "the actor died" (the cause is not kept);
+            # raised from the first call, the driver gets this XtmError back and prints it clean.
+            where = f"{origin}/{Path(e.path).name}" if e.path else origin
+            self.init_error = XtmError(f"{e.reason} (in the copy shipped to a Ray worker)", path=where,
+                                       line=e.line, field=e.field)
+            return
         self.top_k, self.route, self.batch_size, self.mode = top_k, route, batch_size, mode
         self.served = served_languages(self.model, route)
         self.formatter = LineFormatter(self.model, full_theta=full_theta, route=route)
         self.full_theta = full_theta
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        if self.init_error is not None:
+            raise self.init_error
         return self._lines(batch) if self.mode == "lines" else self._columns(batch)
 
     def _infer(self, docs: list[dict[str, Any]]) -> Any:
@@ -260,7 +281,8 @@ def _map_actors(ds: ray.data.Dataset, bundle_dir: str | Path, mode: str, *, num_
         batch_format="pyarrow",
         zero_copy_batch=True,
         fn_constructor_kwargs={"bundle": [bundle_ref], "threads": threads_per_actor, "top_k": top_k,
-                               "route": route, "batch_size": batch_size, "full_theta": full_theta, "mode": mode},
+                               "route": route, "batch_size": batch_size, "full_theta": full_theta, "mode": mode,
+                               "origin": str(bundle_dir)},
         # A fixed pool: every actor loads the model once; Ray Data streams batches to whichever is free.
         compute=ray.data.ActorPoolStrategy(size=num_actors or _default_actors(threads_per_actor, reserve)),
         # An actor's onnxruntime sessions use threads_per_actor cores: reserve them, so Ray never
@@ -499,12 +521,20 @@ def infer_files(paths: Sequence[str | Path], bundle_dir: str | Path, out_path: s
             # "only received N input(s) ... won't fully utilize the available concurrency": a small
             # input fits in fewer batches than there are actors; nothing to act on.
             warnings.filterwarnings("ignore", message=".*concurrent actors.*")
-            if out_path is None:
-                return _drain(ds, sink or sys.stdout.buffer, names, strict, report, bar)
-            from xtm.atomic import atomic_open
+            try:
+                if out_path is None:
+                    return _drain(ds, sink or sys.stdout.buffer, names, strict, report, bar)
+                from xtm.atomic import atomic_open
 
-            with atomic_open(out_path, "wb") as f:
-                return _drain(ds, f, names, strict, report, bar)
+                with atomic_open(out_path, "wb") as f:
+                    return _drain(ds, f, names, strict, report, bar)
+            except ray.exceptions.RayError as e:
+                # A worker's XtmError (an unreadable file, a bundle that fails its checksums) comes
+                # back wrapped with the worker's traceback: re-raise the user-facing error alone.
+                cause = _xtm_cause(e)
+                if cause is None:
+                    raise
+                raise XtmError(cause.reason, path=cause.path, line=cause.line, field=cause.field) from None
     finally:
         ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
         data_logger.setLevel(saved_level)
@@ -513,6 +543,20 @@ def infer_files(paths: Sequence[str | Path], bundle_dir: str | Path, out_path: s
             bar.close()
         if started:
             ray.shutdown()
+
+
+def _xtm_cause(e: BaseException) -> XtmError | None:
+    """The XtmError a Ray exception wraps (RayTaskError.cause, then __cause__), if any."""
+    import ray
+
+    seen: BaseException | None = e
+    for _ in range(16):  # chains are short; never loop on a cycle
+        if seen is None:
+            return None
+        if isinstance(seen, XtmError) and not isinstance(seen, ray.exceptions.RayError):
+            return seen
+        seen = getattr(seen, "cause", None) or seen.__cause__
+    return None
 
 
 def _quiet_ray_data(record: logging.LogRecord) -> bool:

@@ -143,6 +143,21 @@ def test_cli_engine_ray_on_a_directory_matches_local_and_strict_writes_nothing(
     assert not out2.exists() and not list(tmp_path.glob(".strict.jsonl.*"))
 
 
+def test_damaged_bundle_fails_on_the_driver_naming_the_file(ray_local, hb: HandBundle, inputs: dict[str, Path],
+                                                            tmp_path: Path) -> None:
+    import shutil
+
+    bad = tmp_path / "bundle"
+    shutil.copytree(hb.path, bad)
+    with open(bad / "vocab_en.txt", "a", encoding="utf-8") as f:
+        f.write("extra\n")
+    r = CliRunner().invoke(main, [str(inputs["jsonl"]), "--bundle", str(bad), "--engine", "ray", "--out",
+                                  str(tmp_path / "o.jsonl")])
+    assert r.exit_code == 2
+    assert f"error: {bad / 'vocab_en.txt'}: checksum mismatch" in r.stderr
+    assert not (tmp_path / "o.jsonl").exists()
+
+
 def test_infer_dataset_columns_equal_the_runtime(ray_local, hb: HandBundle) -> None:
     import numpy as np
     from ray.data import DataContext
