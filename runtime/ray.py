@@ -220,6 +220,8 @@ class _TopicActor:
         bad = np.asarray([e is not None for e in errors])
 
         def fixed(a: np.ndarray, width: int, typ: pa.DataType) -> pa.Array:
+            if width == 0:  # top_k=0: Arrow has no fixed-size list of size 0
+                return pa.array([None if b else [] for b in bad.tolist()], pa.list_(typ))
             flat = pa.array(a.reshape(-1), typ)
             return pa.FixedSizeListArray.from_arrays(flat, width, mask=pa.array(bad))
 
