@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 import click
@@ -20,7 +20,7 @@ from xtm.errors import XtmError
 
 # The row semantics and the output format live in xtm.runtime.records, shared with the Ray engine
 # (xtm.runtime.ray) so both engines write the same bytes; re-exported here for existing callers.
-from xtm.runtime.records import DECIMALS, MAX_CHARS, OUTPUT_WORDS, WEIGHT, parse_line  # noqa: F401
+from xtm.runtime.records import DECIMALS, MAX_CHARS, OUTPUT_WORDS, WEIGHT, Parsed, parse_line  # noqa: F401
 
 EPILOG = """\b
 Examples:
@@ -51,6 +51,8 @@ encoder. Without a contextual route, auto is bow.
 Input: JSONL, one object per line: {"id": ..., "text": "...", "lang": "en"}.
 "lang" is optional (detected among the languages the bundle can read); "id"
 is copied to the output (the line number when absent). Blank lines are ignored.
+Parquet (.parquet/.pq): columns text, lang and id, the same rules; a null cell
+counts as an absent field; the row number stands for the line number.
 
 \b
 Output: one JSON object per good input line, in input order:
@@ -60,16 +62,16 @@ the top-k with --sparse-theta), "topics": [{"id": k, "weight": w, "words":
 bundle has a contextual route. Weights are rounded to 6 decimals.
 
 \b
-Engines (--engine): local (default) reads one JSONL file or stdin in this
-process. ray (pip install "xtm[ray]") reads any number of JSONL and Parquet
-files and directories (.jsonl/.ndjson/.json/.parquet inside, sorted by path;
-Parquet columns text, lang and id as above, the row number as line number)
-with Ray Data on --actors actors (default: CPUs / --threads), each holding one
-model with --threads onnxruntime threads (default 1). The bundle is sent to
-the cluster once. Output and bad-line reports are the same as local, in input
-order. Without --address a local Ray instance is started for the run; with
-it, the cluster at ADDR (auto, HOST:PORT, ray://HOST:10001) is used. Ray pays
-seconds of start-up: for one machine and small inputs, local is faster.
+Engines (--engine): local (default) reads one JSONL file, stdin, or one
+Parquet file in this process. ray (pip install "xtm[ray]") reads any number
+of JSONL and Parquet files and directories (.jsonl/.ndjson/.json/.parquet/.pq
+inside, sorted by path) with Ray Data on --actors actors (default: CPUs /
+--threads), each holding one model with --threads onnxruntime threads
+(default 1). The bundle is sent to the cluster once. Output and bad-line
+reports are the same as local, in input order. Without --address a local Ray
+instance is started for the run; with it, the cluster at ADDR (auto,
+HOST:PORT, ray://HOST:10001) is used. Ray pays seconds of start-up: for one
+machine and small inputs, local is faster (docs/ray_inference.md).
 
 \b
 Bad lines (invalid JSON or UTF-8, missing/empty "text", a language the bundle
@@ -98,8 +100,8 @@ does not serve) are reported on stderr as INPUT:LINE: reason and skipped;
               help="auto: bag of words for the training languages, the contextual route for others; "
                    "bow: training languages only; contextual: every document through the sentence encoder.")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="local: this process, one JSONL file or '-'. ray: Ray Data actors, JSONL/Parquet files and "
-                   "directories (see Engines below).")
+              help="local: this process, one JSONL or Parquet file or '-'. ray: Ray Data actors, JSONL/Parquet "
+                   "files and directories (see Engines below).")
 @click.option("--address", metavar="ADDR",
               help="--engine ray: a running Ray cluster (auto, HOST:PORT, ray://HOST:10001); default: start a "
                    "local one.")
@@ -118,11 +120,10 @@ def main(input_paths: tuple[str, ...], bundle: str, out: str | None, top_k: int,
     if address is not None or actors is not None:
         raise XtmError("--address and --actors go with --engine ray")
     if len(input_paths) != 1 or (input_paths[0] != "-" and os.path.isdir(input_paths[0])):
-        raise XtmError("the local engine reads one JSONL file or '-'; several files or directories need "
-                       "--engine ray")
+        raise XtmError("the local engine reads one JSONL or Parquet file or '-'; several files or directories "
+                       "need --engine ray")
     input_path = input_paths[0]
-    if input_path != "-" and input_path.lower().endswith((".parquet", ".pq")):
-        raise XtmError("the local engine reads JSONL; Parquet needs --engine ray", path=input_path)
+    parquet = input_path != "-" and input_path.lower().endswith((".parquet", ".pq"))
     from xtm.runtime.model import TopicModel
 
     model = TopicModel.load(bundle, threads=threads)
@@ -143,11 +144,21 @@ def main(input_paths: tuple[str, ...], bundle: str, out: str | None, top_k: int,
         else:
             click.echo(msg, err=True)
 
-    stream: IO[bytes] = sys.stdin.buffer if input_path == "-" else open(input_path, "rb")
+    from xtm.runtime.records import line_chunks, parquet_chunks, parse_parquet_row, served_languages
+
+    served = served_languages(model, route)
+    size = batch_size * 4
+    stream: IO[bytes] | None = None
+    chunks: Iterator[list[tuple[int, Parsed]]]
+    if parquet:
+        chunks = ([(n, parse_parquet_row(obj, n, served)) for n, obj in c] for c in parquet_chunks(input_path, size))
+    else:
+        stream = sys.stdin.buffer if input_path == "-" else open(input_path, "rb")
+        chunks = ([(n, parse_line(raw, n, served)) for n, raw in c] for c in line_chunks(stream, size))
     try:
         if out is None:
             try:
-                counts = _run(model, stream, sys.stdout.buffer, name, top_k, batch_size, strict, full_theta,
+                counts = _run(model, chunks, sys.stdout.buffer, name, top_k, batch_size, strict, full_theta,
                               report, progress, route)
             except BrokenPipeError:
                 _quiet_broken_pipe()
@@ -155,12 +166,12 @@ def main(input_paths: tuple[str, ...], bundle: str, out: str | None, top_k: int,
             from xtm.atomic import atomic_open
 
             with atomic_open(out, "wb") as f:
-                counts = _run(model, stream, f, name, top_k, batch_size, strict, full_theta, report, progress,
+                counts = _run(model, chunks, f, name, top_k, batch_size, strict, full_theta, report, progress,
                               route)
     finally:
         if progress is not None:
             progress.close()
-        if stream is not sys.stdin.buffer:
+        if stream is not None and stream is not sys.stdin.buffer:
             stream.close()
     _summary(*counts, out)
 
@@ -197,18 +208,17 @@ def _main_ray(input_paths: tuple[str, ...], bundle: str, out: str | None, top_k:
     _summary(res.total, res.skipped, out)
 
 
-def _run(model: Any, stream: IO[bytes], sink: IO[bytes], name: str, top_k: int, batch_size: int, strict: bool,
-         full_theta: bool, report: Callable[[str], None], progress: Any, route: str = "auto") -> tuple[int, int]:
-    """Read, infer and write chunk by chunk; returns (non-blank lines read, lines skipped)."""
-    from xtm.runtime.records import LineFormatter, encode_id, line_chunks, served_languages
+def _run(model: Any, chunks: Iterator[list[tuple[int, Parsed]]], sink: IO[bytes], name: str, top_k: int,
+         batch_size: int, strict: bool, full_theta: bool, report: Callable[[str], None], progress: Any,
+         route: str = "auto") -> tuple[int, int]:
+    """Infer and write chunk by chunk of parsed rows; returns (rows read, rows skipped)."""
+    from xtm.runtime.records import LineFormatter, encode_id
 
-    served = served_languages(model, route)
     formatter = LineFormatter(model, full_theta=full_theta, route=route)
     total = skipped = 0
-    for chunk in line_chunks(stream, batch_size * 4):
+    for chunk in chunks:
         docs: list[dict[str, Any]] = []
-        for lineno, raw in chunk:
-            doc, error, warning = parse_line(raw, lineno, served)
+        for lineno, (doc, error, warning) in chunk:
             if error is not None:
                 if strict:
                     raise XtmError(error, path=name, line=lineno)

@@ -362,8 +362,8 @@ def _read_rows(batch: dict[str, Any]) -> Iterator[pa.Table]:
     """map_batches reader: for each input file of the batch, its rows as blocks in file order.
 
     JSONL: non-blank lines as raw bytes with their line numbers (parsed by the actors, exactly as
-    xtm-infer parses them). Parquet: row numbers (1-based) as line numbers; fields whose type is
-    wrong are reported here, where the column types are known, and the id is JSON-encoded here."""
+    xtm-infer parses them). Parquet: row numbers (1-based) as line numbers; rows checked here
+    (all but the bundle's languages) and ids JSON-encoded, text and lang passed on typed."""
     for file_idx, path, kind in zip(batch["file"], batch["path"], batch["kind"], strict=True):
         if kind == "parquet":
             yield from _read_parquet(int(file_idx), str(path))
@@ -390,51 +390,26 @@ def _read_jsonl(file_idx: int, path: str) -> Iterator[pa.Table]:
 
 def _read_parquet(file_idx: int, path: str) -> Iterator[pa.Table]:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    from xtm.runtime.records import encode_id
+    from xtm.runtime.records import encode_id, parquet_chunks, parse_parquet_row
 
     schema = _row_schema()
-    try:
-        pf = pq.ParquetFile(path)
-    except (OSError, pa.ArrowException) as e:
-        raise XtmError(f"cannot read as Parquet: {e}", path=path) from e
-    names = pf.schema_arrow.names
-    if "text" not in names:
-        raise XtmError(f"Parquet file has no 'text' column (it has {', '.join(names)})", path=path)
-    columns = [c for c in ("text", "lang", "id") if c in names]
-    row = 0
-    for rb in pf.iter_batches(batch_size=READ_BLOCK_ROWS, columns=columns):
-        n = rb.num_rows
-        data = {c: rb.column(c).to_pylist() for c in columns}
+    for chunk in parquet_chunks(path, READ_BLOCK_ROWS):
+        n = len(chunk)
         texts, langs, ids, errors = [], [], [], []
-        for i in range(n):
-            text, lang = data["text"][i], data["lang"][i] if "lang" in data else None
-            error = None
-            # Type checks the string columns below cannot carry; the rest is parse_record's, in the actor.
-            if text is None:
-                error = "missing field 'text'"
-            elif not isinstance(text, str):
-                error = f"field 'text' must be a string, got {type(text).__name__}"
-            elif lang is not None and not isinstance(lang, str):
-                error = f"field 'lang' must be a string, got {type(lang).__name__}"
-            doc_id: str | None = None
-            if error is None:
-                try:
-                    # No id column: the row number, as a JSONL line without "id" gets its line number.
-                    doc_id = encode_id(data["id"][i] if "id" in data else row + i + 1)
-                except (TypeError, ValueError) as e:
-                    error = f"field 'id' cannot be written as JSON: {e}"
-            ok = error is None
-            texts.append(text if ok else None)
-            langs.append(lang if ok else None)
-            ids.append(doc_id)
+        for rownum, obj in chunk:
+            # Every check but the bundle's languages (the actor knows those, and truncates long
+            # texts with the warning): the first failing check is the one the local engine reports.
+            doc, error, _ = parse_parquet_row(obj, rownum, None)
+            ok = doc is not None
+            texts.append(obj["text"] if ok else None)
+            langs.append(obj.get("lang") if ok else None)
+            ids.append(encode_id(doc["id"]) if ok else None)
             errors.append(error)
-        yield pa.table([pa.array([file_idx] * n, pa.int32()), pa.array(range(row + 1, row + n + 1), pa.int64()),
+        yield pa.table([pa.array([file_idx] * n, pa.int32()), pa.array([c[0] for c in chunk], pa.int64()),
                         pa.nulls(n, pa.binary()), pa.array(texts, pa.string()), pa.array(langs, pa.string()),
                         pa.array(ids, pa.string()), pa.array(errors, pa.string()), pa.nulls(n, pa.string())],
                        schema=schema)
-        row += n
 
 
 class InferFilesResult:

@@ -18,8 +18,8 @@ from xtm.errors import XtmError
 if TYPE_CHECKING:
     from xtm.runtime.model import InferenceResult, TopicModel
 
-__all__ = ["DECIMALS", "MAX_CHARS", "OUTPUT_WORDS", "WEIGHT", "LineFormatter", "encode_id", "line_chunks", "parse_line",
-           "parse_record", "served_languages"]
+__all__ = ["DECIMALS", "MAX_CHARS", "OUTPUT_WORDS", "WEIGHT", "LineFormatter", "Parsed", "encode_id", "line_chunks",
+           "parquet_chunks", "parse_line", "parse_parquet_row", "parse_record", "served_languages"]
 
 # Longer documents are cut (with a warning): tokenizing megabytes of one line is almost always a
 # malformed record, and a bag of words of the first 100k characters already saturates the vocabulary.
@@ -34,6 +34,7 @@ WEIGHT = f"%.{DECIMALS}f"
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
+# (document, error, warning) for one input row; document is {"id", "text", "lang"} when good.
 Parsed = tuple[dict[str, Any] | None, str | None, str | None]
 
 
@@ -118,6 +119,45 @@ def encode_id(doc_id: Any) -> str:
 
     Raises TypeError for a value JSON cannot hold (only possible from Parquet: a timestamp, bytes)."""
     return _dumps(doc_id)
+
+
+def parquet_chunks(path: str, size: int) -> Iterator[list[tuple[int, dict[str, Any]]]]:
+    """(row number, record) lists of up to `size` rows of a Parquet file, streamed by record batch.
+
+    A record holds the row's text, lang and id columns (others are not read); a null cell is left
+    out, as an absent JSON field: a null lang is detected, a null id becomes the row number.
+    Raises XtmError when the file is not Parquet or has no text column."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as e:  # not a base dependency: the runtime serves JSONL without it
+        raise XtmError('reading Parquet needs pyarrow: pip install pyarrow (or "xtm[ray]")', path=path) from e
+    try:
+        pf = pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as e:
+        raise XtmError(f"cannot read as Parquet: {e}", path=path) from e
+    names = pf.schema_arrow.names
+    if "text" not in names:
+        raise XtmError(f"Parquet file has no 'text' column (it has {', '.join(names)})", path=path)
+    columns = [c for c in ("text", "lang", "id") if c in names]
+    row = 0
+    for rb in pf.iter_batches(batch_size=size, columns=columns):
+        data = {c: rb.column(c).to_pylist() for c in columns}
+        yield [(row + i + 1, {c: data[c][i] for c in columns if data[c][i] is not None})
+               for i in range(rb.num_rows)]
+        row += rb.num_rows
+
+
+def parse_parquet_row(obj: dict[str, Any], rownum: int, served: Sequence[str] | None) -> Parsed:
+    """parse_record, plus the id check JSON input never needs: Parquet ids can be of types JSON
+    cannot write (timestamps, bytes); such a row is bad, not a crash when its line is written."""
+    doc, error, warning = parse_record(obj, rownum, served)
+    if doc is not None:
+        try:
+            encode_id(doc["id"])
+        except (TypeError, ValueError) as e:
+            return None, f"field 'id' cannot be written as JSON: {e}", None
+    return doc, error, warning
 
 
 class LineFormatter:

@@ -94,24 +94,26 @@ def test_infer_files_jsonl_and_parquet_match_the_local_engine(ray_local, hb: Han
     from xtm.runtime.ray import infer_files
 
     expected, local_err = _local([str(inputs["jsonl"]), "--bundle", str(hb.path), "--top-k", "3"])
-    twin, _ = _local([str(inputs["twin"]), "--bundle", str(hb.path), "--top-k", "3"])
+    local_pq, _ = _local([str(inputs["parquet"]), "--bundle", str(hb.path), "--top-k", "3"])
+    local_bad, bad_err = _local([str(inputs["bad_parquet"]), "--bundle", str(hb.path), "--top-k", "3"])
+    # The local engine reads a Parquet file as it reads the same rows in JSONL.
+    assert local_pq == _local([str(inputs["twin"]), "--bundle", str(hb.path), "--top-k", "3"])[0]
     messages: list[str] = []
     out = tmp_path / "ray.jsonl"
     res = infer_files([inputs["jsonl"], inputs["parquet"], inputs["bad_parquet"]], hb.path, out, num_actors=2,
                       threads_per_actor=1, top_k=3, batch_size=32, report=messages.append, progress=False)
     got = out.read_text(encoding="utf-8")
     # Byte for byte: same ids, the same 6-decimal weights, the same top topics and words, same order.
-    assert got == expected + twin + _local([str(_write_jsonl(tmp_path / "one.jsonl", [
-        {"id": 1, "text": "the stock market", "lang": "en"}])), "--bundle", str(hb.path)])[0]
-    exp_rows = [json.loads(line) for line in (expected + twin).splitlines()]
+    assert got == expected + local_pq + local_bad
+    exp_rows = [json.loads(line) for line in (expected + local_pq).splitlines()]
     got_rows = [json.loads(line) for line in got.splitlines()][:len(exp_rows)]
     assert [r["id"] for r in got_rows] == [r["id"] for r in exp_rows]
     assert len(got_rows) == 2 * N_DOCS + 1
     # Same bad-row reports, in input order, named by file and line (Parquet: row number).
     bp = inputs["bad_parquet"]
-    assert messages == [m for m in local_err if not m.startswith("skipped")] + [
-        f"{bp}:2: missing field 'text'", f"{bp}:3: empty text",
-        f"{bp}:4: language 'fr' is not served by this bundle (it serves en, zh)"]
+    assert messages == [m for m in local_err + bad_err if not m.startswith("skipped")]
+    assert messages[-3:] == [f"{bp}:2: missing field 'text'", f"{bp}:3: empty text",
+                             f"{bp}:4: language 'fr' is not served by this bundle (it serves en, zh)"]
     assert any("warning: text has 105,000 characters" in m for m in messages)
     assert (res.total, res.skipped) == (N_DOCS + 4 + N_DOCS + 4, 3 + 3)
 
@@ -129,7 +131,7 @@ def test_cli_engine_ray_on_a_directory_matches_local_and_strict_writes_nothing(
                            catch_exceptions=False)
     assert r.exit_code == 0, r.stderr
     local_a, err_a = _local([str(inputs["jsonl"]), *flags])
-    local_b, _ = _local([str(inputs["twin"]), *flags])
+    local_b, _ = _local([str(inputs["parquet"]), *flags])
     assert out.read_text(encoding="utf-8") == local_a + local_b
     assert f"{d / 'a.jsonl'}:4: invalid JSON" in r.stderr
     assert f"skipped 3 of {N_DOCS + 4 + N_DOCS} lines" in r.stderr
