@@ -201,7 +201,9 @@ class _TopicActor:
         errors: list[str | None] = [None] * n
         docs, rows = [], []
         for i in range(n):
-            doc, errors[i], _ = parse_record({"text": texts[i], "lang": langs[i]}, i, self.served)
+            # Null cells are absent fields, as in Parquet files: a null text is a missing text.
+            obj = {k: v for k, v in (("text", texts[i]), ("lang", langs[i])) if v is not None}
+            doc, errors[i], _ = parse_record(obj, i, self.served)
             if doc is not None:
                 docs.append(doc)
                 rows.append(i)
