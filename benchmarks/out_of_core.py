@@ -144,7 +144,8 @@ def run_child(mode: str, data: Path, out: Path, epochs: int) -> dict:
 
 
 def table(results: dict[str, dict[int, dict]], base: int, scales: list[int], skipped: list[int]) -> str:
-    rows = ["| mode | scale | train docs (en+zh) | shards | preprocess s | preprocess peak MB | train s/epoch "
+    rows = ["| mode | scale | train docs (en+zh) | shard files (both languages, train+test) "
+            "| preprocess s | preprocess peak MB | train s/epoch "
             "| train+eval peak MB | whole-run peak MB | growth vs 1x |",
             "|---|---|---|---|---|---|---|---|---|---|"]
     for mode in ("out-of-core", "in-memory"):

@@ -452,7 +452,8 @@ class ShardedCorpus:
         for x in self.index["langs"]:
             meta = self.index["languages"][x]
             vocab_file = self.dir / f"vocab_{x}.txt"
-            vocab = vocab_file.read_text(encoding="utf-8").splitlines()
+            # split("\n"), not splitlines(): a word may hold other Unicode line-break characters.
+            vocab = vocab_file.read_text(encoding="utf-8").split("\n")[:-1]
             if _vocab_hash(vocab) != meta["vocab_sha256"]:
                 raise XtmError("vocabulary does not match the shard index (vocab_sha256): the shard "
                                "directory was modified; rebuild it", path=vocab_file)
