@@ -32,6 +32,15 @@ def shards(example_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Shard
     return ShardedCorpus(d)
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread while training here (2 shared cores: two threads contend), restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def config(**kw) -> TrainConfig:
     base = dict(model="nmtm", num_topics=6, epochs=3, batch_size=BATCH, seed=1, checkpoint_every=1, progress=False)
     base.update(kw)
@@ -99,7 +108,7 @@ def test_an_epoch_covers_every_document_and_ranks_split_it(kind: str, example_co
 
 
 def test_out_of_core_training_is_finite_and_resumes_exactly(example_dir: Path, shards: ShardedCorpus,
-                                                           tmp_path: Path) -> None:
+                                                           tmp_path: Path, one_thread: None) -> None:
     corpus = shards.eval_corpus(dict_path=example_dir / "dict.tsv")
     straight = train(corpus, config(epochs=3), tmp_path / "straight", data=shards.batches())
     assert all(np.isfinite(h["loss"]) for h in straight.history)
