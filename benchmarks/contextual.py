@@ -1,6 +1,6 @@
 """Contextual route (seed 002): zero-shot topics on aligned documents, classification, throughput.
 
-    python benchmarks/contextual.py --ecnews-run RUN --rakuten-run RUN [--variants all] [--kyoto-pairs 14111]
+    python benchmarks/contextual.py --ecnews-run RUN --rakuten-run RUN [--variants all|"NAME;NAME"] [--kyoto-pairs 14111]
                                     [--out bench/contextual] [--threads 2]
 
 RUN directories are finished xtm-train runs (trained here when missing, NMTM K=50 as in the issue:
@@ -366,7 +366,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ecnews-run", type=Path)
     p.add_argument("--rakuten-run", type=Path)
-    p.add_argument("--variants", default=DEFAULT_VARIANT, help=f"'all' or comma-separated names of {list(VARIANTS)}")
+    p.add_argument("--variants", default=DEFAULT_VARIANT, help=f"'all' or ';'-separated names (they contain commas) of {list(VARIANTS)}")
     p.add_argument("--kyoto-pairs", type=int, default=14111)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--skip", default="", help="comma-separated: ecnews, rakuten, throughput")
@@ -377,7 +377,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     cache = Path(os.environ.get("XTM_CACHE_DIR", args.out / "cache"))
-    names = list(VARIANTS) if args.variants == "all" else [v.strip() for v in args.variants.split(",")]
+    names = list(VARIANTS) if args.variants == "all" else [v.strip() for v in args.variants.split(";")]
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         p.error(f"unknown variants {unknown}; known: {list(VARIANTS)}")
