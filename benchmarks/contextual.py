@@ -1,7 +1,7 @@
 """Contextual route (seed 002): zero-shot topics on aligned documents, classification, throughput.
 
-    python benchmarks/contextual.py --ecnews-run RUN --rakuten-run RUN [--variants all|"NAME;NAME"] [--kyoto-pairs 14111]
-                                    [--out bench/contextual] [--threads 2]
+    python benchmarks/contextual.py --ecnews-run RUN --rakuten-run RUN [--variants all|"NAME;NAME"]
+                                    [--kyoto-pairs 14111] [--out bench/contextual] [--threads 2]
 
 RUN directories are finished xtm-train runs (trained here when missing, NMTM K=50 as in the issue:
 `xtm-train --data ../shared/data/Rakuten_Amazon --dict .../MUSE/ja-en.txt --model nmtm --topics 50
@@ -366,7 +366,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ecnews-run", type=Path)
     p.add_argument("--rakuten-run", type=Path)
-    p.add_argument("--variants", default=DEFAULT_VARIANT, help=f"'all' or ';'-separated names (they contain commas) of {list(VARIANTS)}")
+    p.add_argument("--variants", default=DEFAULT_VARIANT,
+                   help=f"'all' or ';'-separated names (they contain commas) of {list(VARIANTS)}")
     p.add_argument("--kyoto-pairs", type=int, default=14111)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--skip", default="", help="comma-separated: ecnews, rakuten, throughput")
