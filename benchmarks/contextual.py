@@ -44,16 +44,16 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("XTM_SHARED_DATA", ROOT.parent / "shared" / "data"))
 CATEGORIES = ("business", "education", "entertainment", "sports", "tech", "fashion")  # ECNews labels 1..6
 NEWS_LANGS = ("zh", "ja", "fr", "de", "es", "ru")
-# variant name -> ContextualConfig overrides
+# variant name -> ContextualConfig overrides (explicit lambda_tc: the default is 1.0)
 VARIANTS: dict[str, dict[str, Any]] = {
-    "distill": {},
+    "distill": {"lambda_tc": 0.0},
     "distill + TC (lambda 1)": {"lambda_tc": 1.0},
-    "ctm": {"objective": "ctm"},
+    "ctm": {"objective": "ctm", "lambda_tc": 0.0},
     "TCCTM (ctm + TC, lambda 1)": {"objective": "ctm", "lambda_tc": 1.0},
-    "FT(TC, 3 ep) + distill": {"finetune_epochs": 3},
+    "FT(TC, 3 ep) + distill": {"finetune_epochs": 3, "lambda_tc": 0.0},
     "FT(TC, 3 ep) + TCCTM": {"finetune_epochs": 3, "objective": "ctm", "lambda_tc": 1.0},
 }
-DEFAULT_VARIANT = "distill"
+DEFAULT_VARIANT = "distill + TC (lambda 1)"
 EPS = 1e-10
 
 

@@ -22,7 +22,10 @@ What it does:
 \b
 Examples:
   # default: USE multilingual v3 (offline), distilled from the bag-of-words theta
+  # plus topic classification (lambda 1)
   xtm-contextual runs/demo
+  # plain distillation
+  xtm-contextual runs/demo --lambda-tc 0
   # seed 002's topic-classification fine-tuning of the encoder first (3 epochs)
   xtm-contextual runs/demo --finetune-epochs 3
   # the CTM objective through the run's own decoder, plus TCCTM (lambda = 1)
@@ -40,8 +43,9 @@ Objectives (docs/contextual.md has the measurements behind the default):
            so both routes tell the same story).
   ctm      reconstruct each document's bag of words through the run's frozen
            decoder (CTM / TCCTM of seed 002); topics stay the run's.
-  --lambda-tc adds seed 002's topic classification: cross-entropy to each
-  document's argmax bag-of-words topic.
+  --lambda-tc weighs seed 002's topic classification: cross-entropy to each
+  document's argmax bag-of-words topic (default 1: sharper theta, better
+  agreement with the bag of words and better classification on ECNews).
 
 \b
 Writes RUN_DIR/contextual/ (contextual.json with settings and agreement
@@ -56,7 +60,7 @@ The run's training data must still be where config.json says.
               help="Sentence encoder: use-multilingual (offline) or st:<sentence-transformers model or path>.")
 @click.option("--objective", type=click.Choice(["distill", "ctm"]), default="distill", show_default=True,
               help="distill: imitate the bag-of-words theta; ctm: ELBO through the run's frozen decoder.")
-@click.option("--lambda-tc", type=click.FloatRange(0), default=0.0, show_default=True,
+@click.option("--lambda-tc", type=click.FloatRange(0), default=1.0, show_default=True,
               help="Weight of topic classification (labels: each document's argmax bag-of-words topic).")
 @click.option("--epochs", type=click.IntRange(1), default=30, show_default=True, help="Epochs of the head.")
 @click.option("--finetune-epochs", type=click.IntRange(0), default=0, show_default=True,

@@ -60,7 +60,8 @@ OBJECTIVES = ("distill", "ctm")
 class ContextualConfig:
     encoder: str = DEFAULT_ENCODER
     objective: str = "distill"
-    lambda_tc: float = 0.0
+    # distill + topic classification: measured best for the auto route (docs/contextual.md, Choice 1)
+    lambda_tc: float = 1.0
     epochs: int = 30
     batch_size: int = 256
     lr: float = 2e-3
