@@ -4,13 +4,24 @@ Torch-free: it reads only run-directory files, so `xtm-report RUN_DIR` works any
 was copied. metrics.json and topics_<lang>.txt are required; history.json, config.json,
 refined_topics_<lang>.txt and report_data.json (what needs the model: prevalence, per-topic
 CNPMI, the topic map, the aligned-document confusion; see xtm.trainer.report_data) add their
-sections when present. Every word and name from the run is escaped before it reaches the page.
+sections when present.
+
+A run directory is user input (copied, shared, edited by hand), so nothing from it reaches the page
+as markup: every word, name and key is escaped (text and attributes alike), every number is checked
+to be a finite JSON number before it is formatted (anything else shows as "—"), report_data.json's
+arrays are checked for shape before they are drawn, and language codes, which name files, must look
+like language codes. The page embeds no run data in its script (it reads data-* attributes), and a
+Content-Security-Policy allows only that script, by hash: no injected script or handler would run
+even if an escape were missed.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass
 from html import escape
 from pathlib import Path
@@ -43,7 +54,8 @@ class RunFiles:
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    # RecursionError: a file nested thousands of levels deep is broken input, not a crash
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise XtmError(f"cannot read {path.name}: {e}", path=path) from e
 
 
@@ -52,6 +64,25 @@ def _read_topics(path: Path) -> list[list[str]]:
         return [line.split() for line in path.read_text(encoding="utf-8").splitlines()]
     except (OSError, UnicodeDecodeError) as e:
         raise XtmError(f"cannot read {path.name}: {e}", path=path) from e
+
+
+# A language code names files (topics_<lang>.txt) and reaches the page: letters, then optional subtags.
+LANG_CODE = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{1,8}){0,3}")
+
+
+def _langs(run_dir: Path, metrics: dict[str, Any], config: dict[str, Any]) -> list[str]:
+    """The run's languages: metrics.json's, else config.json's, else the topics_<lang>.txt names."""
+    for name, source in (("metrics.json", metrics), ("config.json", config)):
+        value = source.get("langs")
+        if not value:
+            continue
+        if not isinstance(value, list) or not all(isinstance(v, str) and LANG_CODE.fullmatch(v) for v in value):
+            shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+            raise XtmError(f"expected a list of language codes such as [\"en\", \"zh\"], got {shown}",
+                           path=run_dir / name, field="langs")
+        return list(value)
+    names = (p.name[len("topics_"):-len(".txt")] for p in run_dir.glob("topics_*.txt"))
+    return sorted(n for n in names if LANG_CODE.fullmatch(n))
 
 
 def load_run(run_dir: str | Path) -> RunFiles:
@@ -66,10 +97,12 @@ def load_run(run_dir: str | Path) -> RunFiles:
     metrics = _read_json(metrics_path)
     if not isinstance(metrics, dict):
         raise XtmError("metrics.json must hold a JSON object", path=metrics_path)
+    notes: list[str] = []
     config = _read_json(run_dir / "config.json") if (run_dir / "config.json").is_file() else {}
-    langs = list(metrics.get("langs") or config.get("langs") or [])
-    if not langs:
-        langs = sorted(p.name[len("topics_"):-len(".txt")] for p in run_dir.glob("topics_*.txt"))
+    if not isinstance(config, dict):
+        notes.append("config.json does not hold a JSON object; the run's settings are not shown")
+        config = {}
+    langs = _langs(run_dir, metrics, config)
     if not langs:
         raise XtmError("not an xtm-train run directory: no languages in metrics.json and no topics_<lang>.txt",
                        path=metrics_path)
@@ -85,26 +118,111 @@ def load_run(run_dir: str | Path) -> RunFiles:
         raise XtmError(f"topics_<lang>.txt disagree or have empty topics (lines: {counts}); line k must be "
                        "topic k in every language", path=run_dir)
     k = ks.pop()
-    notes: list[str] = []
     refined = None
     if all((run_dir / f"refined_topics_{lang}.txt").is_file() for lang in langs):
         refined = {lang: _read_topics(run_dir / f"refined_topics_{lang}.txt") for lang in langs}
         if any(len(t) != k for t in refined.values()):
             notes.append("refined_topics_<lang>.txt do not have one line per topic; the refined sets are not shown")
             refined = None
-    history: list[dict[str, Any]] = []
-    if (run_dir / "history.json").is_file():
-        history = [h for h in _read_json(run_dir / "history.json") if isinstance(h, dict)]
+    history = _history(run_dir, notes)
     data: dict[str, Any] = {}
     if (run_dir / "report_data.json").is_file():
-        data = _read_json(run_dir / "report_data.json")
-        if not isinstance(data, dict) or data.get("num_topics") != k:
+        raw = _read_json(run_dir / "report_data.json")
+        if not isinstance(raw, dict) or _num(raw.get("num_topics")) != k:
             notes.append(f"report_data.json is not for this run's {k} topics; sizes, map and confusion are not shown")
-            data = {}
+        else:
+            data = _report_data(raw, k, langs, notes)
     else:
         notes.append("report_data.json is missing (xtm-train writes it when training ends): topic sizes, "
                      "per-topic CNPMI, the topic map and the confusion matrix need the model and are not shown")
     return RunFiles(run_dir, metrics, config, history, langs, topics, refined, data, notes)
+
+
+def _history(run_dir: Path, notes: list[str]) -> list[dict[str, float]]:
+    """history.json's epochs, each keeping only its finite numbers (a loss curve plots nothing else)."""
+    if not (run_dir / "history.json").is_file():
+        return []
+    raw = _read_json(run_dir / "history.json")
+    if not isinstance(raw, list):
+        notes.append("history.json does not hold a list of epochs; no loss curves")
+        return []
+    return [{key: v for key, v in ((key, _num(v)) for key, v in h.items()) if v is not None}
+            for h in raw if isinstance(h, dict)]
+
+
+def _numbers(x: Any, n: int, lo: float = -math.inf, hi: float = math.inf, nulls: bool = False) -> list[Any] | None:
+    """x as n finite floats in [lo, hi] (None for null/NaN where `nulls`), or None when it is anything else."""
+    if not isinstance(x, list) or len(x) != n:
+        return None
+    out = []
+    for v in x:
+        f = _num(v)
+        if f is None and nulls and (v is None or (isinstance(v, float) and math.isnan(v))):
+            out.append(None)
+        elif f is None or not lo <= f <= hi:
+            return None
+        else:
+            out.append(f)
+    return out
+
+
+def _confusion(c: Any, k: int) -> dict[str, Any] | None:
+    """report_data.json's confusion with its types checked; None when any part is not what xtm-train writes."""
+    if not isinstance(c, dict):
+        return None
+    langs, counts = c.get("langs"), c.get("counts")
+    if not (isinstance(langs, list) and len(langs) == 2 and all(isinstance(x, str) for x in langs)):
+        return None
+    if not (isinstance(counts, list) and len(counts) == k and all(
+            isinstance(row, list) and len(row) == k and all(type(v) is int and v >= 0 for v in row) for row in counts)):
+        return None
+    docs, ref_docs, share = (c.get(key) for key in ("documents", "reference_documents", "diagonal_share"))
+    if _num(docs) is None or (ref_docs is not None and _num(ref_docs) is None):
+        return None
+    if share is not None and not 0 <= (_num(share) if _num(share) is not None else -1.0) <= 1:
+        return None  # null is what xtm-train writes when no pair was usable
+    return {"langs": langs, "counts": counts, "documents": _num(docs), "reference_documents": _num(ref_docs),
+            "diagonal_share": _num(share)}
+
+
+def _report_data(raw: dict[str, Any], k: int, langs: list[str], notes: list[str]) -> dict[str, Any]:
+    """The parts of report_data.json whose shapes and types are right; a note names each part left out."""
+    data: dict[str, Any] = {}
+    bad: list[str] = []
+    prev = raw.get("prevalence")
+    if prev is not None:
+        checked = {lang: _numbers(prev[lang], k, 0.0, 1.0) for lang in langs if lang in prev} \
+            if isinstance(prev, dict) else {}
+        if checked and all(v is not None for v in checked.values()):
+            data["prevalence"] = checked
+        else:
+            bad.append(f"prevalence (a list of {k} shares per language)")
+    tm = raw.get("topic_map")
+    if tm is not None:
+        xy = [_numbers(tm.get(a), n) for a, n in (("x", k), ("y", k), ("explained", 2))] if isinstance(tm, dict) \
+            else [None]
+        if all(v is not None for v in xy):
+            data["topic_map"] = {"x": xy[0], "y": xy[1], "explained": xy[2]}
+        else:
+            bad.append(f"topic_map (x and y: {k} numbers, explained: 2)")
+    for key in ("cnpmi_per_topic", "refined_cnpmi_per_topic"):
+        if raw.get(key) is not None:
+            values = _numbers(raw[key], k, nulls=True)
+            if values is not None:
+                data[key] = values
+            else:
+                bad.append(f"{key} ({k} numbers)")
+    if raw.get("confusion") is not None:
+        conf = _confusion(raw["confusion"], k)
+        if conf is not None:
+            data["confusion"] = conf
+        else:
+            bad.append(f"confusion (2 languages, {k} x {k} counts)")
+            data["confusion_unusable"] = True
+    if bad:
+        notes.append("report_data.json: not in the expected shape, so not shown: " + "; ".join(bad))
+    data["num_topics"] = k
+    return data
 
 
 # --------------------------------------------------------------------------------------------
@@ -112,10 +230,39 @@ def load_run(run_dir: str | Path) -> RunFiles:
 # --------------------------------------------------------------------------------------------
 
 
+def _num(x: Any) -> float | None:
+    """A JSON number as a finite float; None for anything else (a string, a bool, NaN, an int too big for a float).
+
+    Numbers reach the page only through this, so a string where a number belongs is never shown raw.
+    """
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    try:
+        v = float(x)
+    except OverflowError:
+        return None
+    return v if math.isfinite(v) else None
+
+
 def fmt(x: Any, digits: int = 3) -> str:
-    if x is None or isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
-        return "—"
-    return f"{x:.{digits}f}"
+    v = _num(x)
+    return "—" if v is None else f"{v:.{digits}f}"
+
+
+def _count(x: Any) -> str:
+    """A count (steps, calls, documents) as digits; "—" when it is not a number."""
+    v = _num(x)
+    return "—" if v is None else str(int(v)) if v.is_integer() else f"{v:g}"
+
+
+def _obj(x: Any) -> dict[str, Any]:
+    """x where it is a JSON object, else an empty one: a section reads its fields without type checks."""
+    return x if isinstance(x, dict) else {}
+
+
+def _text(x: Any) -> str:
+    """Any JSON value as escaped text, safe in element content and in quoted attributes alike."""
+    return escape(x if isinstance(x, str) else json.dumps(x, ensure_ascii=False), quote=True)
 
 
 def _words(words: list[str], lang: str, mark: set[str] | None = None, cls: str = "") -> str:
@@ -138,17 +285,17 @@ def _class_keys(langs: list[str], found: dict[str, Any]) -> list[str]:
 
 
 def _header(run: RunFiles) -> str:
-    m, cfg = run.metrics, run.config.get("train_config", {})
+    m, cfg = run.metrics, _obj(run.config.get("train_config"))
     k = len(next(iter(run.topics.values())))
-    epochs = f"{cfg.get('epochs', m.get('epochs', '?'))}"
+    epochs = _count(cfg.get("epochs", m.get("epochs")))
     if run.refined is not None or m.get("phase2"):
-        epochs += f" + {cfg.get('phase2_epochs', '?')} (phase 2, LLM-XTM)"
-    facts = [("model", m.get("model") or run.config.get("model_config", {}).get("model", "?")),
-             ("dataset", m.get("dataset", "?")), ("topics", k), ("languages", ", ".join(run.langs)),
-             ("epochs", epochs), ("xtm", run.config.get("xtm_version", "?"))]
-    items = "".join(f"<span><b>{escape(str(a))}</b> {escape(str(b))}</span>" for a, b in facts if b != "?")
+        epochs += f" + {_count(cfg.get('phase2_epochs'))} (phase 2, LLM-XTM)"
+    facts = [("model", m.get("model") or _obj(run.config.get("model_config")).get("model")),
+             ("dataset", m.get("dataset")), ("topics", k), ("languages", ", ".join(run.langs)),
+             ("epochs", epochs), ("xtm", run.config.get("xtm_version"))]
+    items = "".join(f"<span><b>{a}</b> {_text(b)}</span>" for a, b in facts if b is not None and b != "—")
     warn = '<p class="warn">training was interrupted; these are the last saved parameters</p>' \
-        if m.get("interrupted") else ""
+        if m.get("interrupted") is True else ""
     notes = "".join(f'<p class="note">{escape(n)}</p>' for n in run.notes)
     return (f"<header><h1>xtm run <code>{escape(run.run_dir.resolve().name)}</code></h1>"
             f'<div class="facts">{items}</div>{warn}{notes}'
@@ -163,7 +310,7 @@ def _metric_row(name: str, values: dict[str, Any], keys: list[str], cls: str = "
 
 def _metrics(run: RunFiles) -> str:
     m = run.metrics
-    classification = m.get("classification") or {}
+    classification = _obj(m.get("classification"))
     pub = _published_for(run)
     ckeys = _class_keys(run.langs, classification)
     keys = ["TU", "CNPMI", "TQ", *ckeys, "seconds_per_epoch"]
@@ -174,38 +321,43 @@ def _metrics(run: RunFiles) -> str:
     for p in pub:
         vals = {"TU": p.TU, "CNPMI": p.CNPMI, "TQ": p.TQ, **p.classification}
         rows.append(_metric_row(f"published: {p.name} ({p.epochs} ep)", vals, keys, "pub"))
-    per_lang = ", ".join(f"{escape(k)} {fmt(v)}" for k, v in (m.get("TU_per_language") or {}).items())
+    per_lang = ", ".join(f"{escape(k)} {fmt(v)}" for k, v in _obj(m.get("TU_per_language")).items())
     notes = [f"TU per language: {per_lang}" if per_lang else ""]
-    if m.get("CNPMI") is None:
-        notes.append(escape(m.get("CNPMI_note", "CNPMI was not computed")))
+    if _num(m.get("CNPMI")) is None:
+        notes.append(_text(m.get("CNPMI_note", "CNPMI was not computed")))
     elif isinstance(m.get("CNPMI_reference"), dict):
         r = m["CNPMI_reference"]
-        notes.append(f"CNPMI ({escape(str(m.get('CNPMI_pair', '')))}) on {escape(str(r.get('documents')))} aligned "
-                     f"documents of {escape(str(r.get('source')))}")
+        notes.append(f"CNPMI ({_text(m.get('CNPMI_pair', ''))}) on {_count(r.get('documents'))} aligned "
+                     f"documents of {_text(r.get('source'))}")
     if pub:
         k = len(next(iter(run.topics.values())))
         notes.append(f"Published: {escape(SOURCE)}; {escape(CNPMI_NOTE)}"
                      + (f". This run has K={k}, so compare with care." if k != 50 else "."))
     p2 = m.get("phase2")
     if isinstance(p2, dict):
-        steps = p2.get("steps") or []
-        calls = sum(s.get("calls", 0) for s in steps)
-        tokens = sum(s.get("prompt_tokens", 0) + s.get("completion_tokens", 0) for s in steps)
-        events = ", ".join(f"{escape(k)} {v}" for k, v in (p2.get("events") or {}).items() if v)
-        backend = ((p2.get("config") or {}).get("refiner") or {}).get("backend", "?")
-        notes.append(f"Phase 2: refiner {escape(str(backend))}, {p2.get('refinement_steps', 0)} refinement steps, "
-                     f"{calls} LLM calls, {tokens} tokens, {fmt(p2.get('seconds_per_refinement'), 1)} s per "
-                     f"refinement; {p2.get('topics_with_refined_set', '?')} topics with a refined set"
-                     + (f"; events: {events}" if events else ""))
+        notes.append(_phase2_note(p2))
     note_html = "".join(f"<li>{n}</li>" for n in notes if n)
     return (f'<section id="metrics"><h2>Metrics</h2><div class="scroll"><table class="metrics"><thead><tr><th></th>'
             f"{heads}</tr></thead><tbody>{''.join(rows)}</tbody></table></div><ul class='notes'>{note_html}</ul>"
             f"{_settings(run)}</section>")
 
 
+def _phase2_note(p2: dict[str, Any]) -> str:
+    """metrics.json's phase-2 summary: every count typed (a string shows as "—"), every name escaped."""
+    steps = [s for s in p2.get("steps") or [] if isinstance(s, dict)] if isinstance(p2.get("steps"), list) else []
+    calls = sum(_num(s.get("calls")) or 0.0 for s in steps)
+    tokens = sum((_num(s.get("prompt_tokens")) or 0.0) + (_num(s.get("completion_tokens")) or 0.0) for s in steps)
+    events = ", ".join(f"{escape(k)} {_count(v)}" for k, v in _obj(p2.get("events")).items() if _num(v))
+    backend = _obj(_obj(p2.get("config")).get("refiner")).get("backend", "?")
+    return (f"Phase 2: refiner {_text(backend)}, {_count(p2.get('refinement_steps', 0))} refinement steps, "
+            f"{_count(calls)} LLM calls, {_count(tokens)} tokens, {fmt(p2.get('seconds_per_refinement'), 1)} s per "
+            f"refinement; {_count(p2.get('topics_with_refined_set'))} topics with a refined set"
+            + (f"; events: {events}" if events else ""))
+
+
 def _published_for(run: RunFiles) -> list[Published]:
     """The paper's rows for this dataset and backbone (all of the dataset's rows if the backbone has none)."""
-    dataset, model = run.metrics.get("dataset"), run.metrics.get("model")
+    dataset, model = (v if isinstance(v, str) else None for v in (run.metrics.get("dataset"), run.metrics.get("model")))
     phase2 = run.refined is not None or bool(run.metrics.get("phase2"))
     rows = published_rows(dataset, model)
     if rows and not phase2:
@@ -230,9 +382,8 @@ def _loss_order(key: str) -> tuple[int, str]:
 def _plots(run: RunFiles) -> str:
     parts = ['<section id="plots"><h2>Plots</h2>']
     if run.history:
-        keys = sorted({k for h in run.history for k, v in h.items()
-                       if k not in ("epoch", "seconds", "steps") and isinstance(v, (int, float))}, key=_loss_order)
-        epochs = run.config.get("train_config", {}).get("epochs")
+        keys = sorted({k for h in run.history for k in h if k not in ("epoch", "seconds", "steps")}, key=_loss_order)
+        epochs = _num(_obj(run.config.get("train_config")).get("epochs"))
         mark = epochs if (run.refined is not None or run.metrics.get("phase2")) and epochs else None
         panels = []
         for key in keys:
@@ -261,15 +412,15 @@ def _plots(run: RunFiles) -> str:
                     f"topic to see its words.</p>{svg.topic_scatter(tm['x'], tm['y'], sizes, tips, tm['explained'])}"
                     "</div>")
     conf = d.get("confusion")
-    if isinstance(conf, dict) and conf.get("counts"):
+    if conf:
         a, b = conf["langs"]
-        share = conf.get("diagonal_share")
+        share = conf["diagonal_share"]
         side.append(f'<div><h3>Aligned documents: top topic {escape(a)} vs {escape(b)}</h3><p class="note">'
-                    f"{conf.get('documents', 0)} aligned reference pairs (of {conf.get('reference_documents', '?')}; "
+                    f"{_count(conf['documents'])} aligned reference pairs (of {_count(conf['reference_documents'])}; "
                     "pairs without vocabulary words are left out). Same top topic in both languages "
                     f'(diagonal): <b class="diagshare">{fmt(share * 100 if share is not None else None, 1)}%</b>'
                     f"</p>{svg.confusion_heatmap(conf['counts'], [a, b])}</div>")
-    elif d:
+    elif d and not d.get("confusion_unusable"):
         side.append('<div><p class="note">No confusion matrix: it needs aligned documents (--ref-corpus).</p></div>')
     if side:
         parts.append(f'<div class="pair">{"".join(side)}</div>')
@@ -323,7 +474,7 @@ def _topic_rows(run: RunFiles) -> str:
             word_cells.append(f'<td class="w" lang="{escape(lang)}">{cell}</td>')
         mean_tu = sum(tu[lang][t] for lang in langs) / len(langs)
         attrs = (f'id="topic-{t}" data-k="{t}" data-size="{sizes[t]:.6g}" data-tu="{mean_tu:.6g}" '
-                 f'data-cnpmi="{c_own if c_own is not None else "nan"}" '
+                 f'data-cnpmi="{f"{c_own:.6g}" if c_own is not None else "nan"}" '
                  f'data-text="{escape(" ".join(text).lower(), quote=True)}"')
         rows.append(f'<tr {attrs}><th><a href="#topic-{t}">{t}</a></th><td class="n">{"".join(size_cells) or "—"}'
                     f'</td><td class="n">{tu_cell}</td><td class="n">{c_cell}</td>{"".join(word_cells)}</tr>')
@@ -347,8 +498,11 @@ def _topics(run: RunFiles) -> str:
 
 
 CSS = """
-body{font:14px/1.45 system-ui,-apple-system,"Segoe UI","Noto Sans","Noto Sans CJK SC","Hiragino Sans",
-"Microsoft YaHei",sans-serif;margin:0 auto;max-width:1400px;padding:0 16px 40px;color:#222}
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI","Noto Sans","Noto Sans CJK SC","PingFang SC",
+"Microsoft YaHei","Hiragino Sans",sans-serif;margin:0 auto;max-width:1400px;padding:0 16px 40px;color:#222}
+:lang(zh){font-family:system-ui,"Noto Sans CJK SC","PingFang SC","Microsoft YaHei","Source Han Sans SC",sans-serif}
+:lang(ja){font-family:system-ui,"Noto Sans CJK JP","Hiragino Sans","Yu Gothic","Meiryo",sans-serif}
+:lang(ko){font-family:system-ui,"Noto Sans CJK KR","Apple SD Gothic Neo","Malgun Gothic",sans-serif}
 h1{font-size:22px;margin:16px 0 6px}h2{font-size:18px;border-bottom:1px solid #ddd;padding-bottom:3px;margin-top:28px}
 h3{font-size:15px;margin:14px 0 4px}.facts span{margin-right:16px}.note{color:#555;font-size:13px;margin:4px 0}
 .warn{color:#a00;font-weight:bold}nav a{margin-right:12px}code{font-size:90%}
@@ -394,11 +548,20 @@ JS = """
 """
 
 
+def content_security_policy() -> str:
+    """Only the page's own script runs (allowed by its hash, so no injected script or handler would);
+    nothing is fetched, and there is no form or <base> to redirect. Inline styles stay: the bars use them."""
+    digest = base64.b64encode(hashlib.sha256(JS.encode("utf-8")).digest()).decode("ascii")
+    return (f"default-src 'none'; script-src 'sha256-{digest}'; style-src 'unsafe-inline'; base-uri 'none'; "
+            "form-action 'none'")
+
+
 def render_report(run_dir: str | Path) -> str:
     """The whole page as a string."""
     run = load_run(run_dir)
     title = f"xtm run {run.run_dir.resolve().name}"
     return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta http-equiv="Content-Security-Policy" content="{content_security_policy()}">'
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{escape(title)}</title><style>{CSS}</style></head><body>"
             f"{_header(run)}{_metrics(run)}{_plots(run)}{_topics(run)}"

@@ -2,7 +2,9 @@
 
 Every chart scales with its container (viewBox + width 100%) and stays cheap at 200 topics:
 bars and points are one element each, the confusion matrix draws only its non-zero cells.
-Every text that reaches the SVG goes through html.escape.
+Every text that reaches the SVG goes through html.escape, and every number through float() or
+int() before it is formatted: a value of the wrong type raises or is left out, it never reaches the
+markup as it was (the caller, xtm.exporters.html_report, checks run-directory values before this).
 """
 
 from __future__ import annotations
@@ -21,10 +23,16 @@ def lang_color(i: int) -> str:
 
 def _num(x: float) -> str:
     """Short coordinates keep a 200-topic SVG small."""
-    return f"{x:.1f}".rstrip("0").rstrip(".")
+    return f"{float(x):.1f}".rstrip("0").rstrip(".")
+
+
+def _finite(x: object) -> bool:
+    """A real, finite number (not a bool, a string or None): the only values a chart plots."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _tick(v: float) -> str:
+    v = float(v)
     if v == 0 or not math.isfinite(v):
         return "0" if v == 0 else str(v)
     return f"{v:.3g}" if 1e-3 <= abs(v) < 1e5 else f"{v:.2e}"
@@ -39,13 +47,14 @@ def line_panel(title: str, xs: Sequence[float], ys: Sequence[float], mark_x: flo
                width: int = 300, height: int = 170) -> str:
     """One small line chart (a loss curve) with its own y range; `mark_x` draws a dashed vertical line."""
     left, right, top, bottom = 52, 10, 22, 24
-    pts = [(x, y) for x, y in zip(xs, ys, strict=True) if y is not None and math.isfinite(y)]
+    pts = [(float(x), float(y)) for x, y in zip(xs, ys, strict=True) if _finite(x) and _finite(y)]
     body = [f'<text x="{width / 2}" y="14" text-anchor="middle" class="t">{escape(title)}</text>']
     if not pts:
         body.append(f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle">no values</text>')
         return _svg(width, height, "".join(body), title)
     x0, x1 = min(p[0] for p in pts), max(p[0] for p in pts)
     y0, y1 = min(p[1] for p in pts), max(p[1] for p in pts)
+    mark_x = float(mark_x) if mark_x is not None else None
     if mark_x is not None:
         x0, x1 = min(x0, mark_x), max(x1, mark_x)
     xspan, yspan = (x1 - x0) or 1.0, (y1 - y0) or (abs(y0) or 1.0)
@@ -148,7 +157,7 @@ def confusion_heatmap(counts: Sequence[Sequence[int]], langs: Sequence[str], siz
                 cls = "cell d" if i == j else "cell"
                 body.append(f'<rect x="{_num(pad + j * cell)}" y="{_num(i * cell)}" width="{_num(cell)}" '
                             f'height="{_num(cell)}" class="{cls}" fill-opacity="{alpha:.2f}"><title>{a} topic {i}'
-                            f', {b} topic {j}: {c} pair{"s" if c != 1 else ""}</title></rect>')
+                            f', {b} topic {j}: {int(c)} pair{"s" if c != 1 else ""}</title></rect>')
     if k <= 30:
         for t in range(k):
             body.append(f'<text x="{_num(pad + (t + 0.5) * cell)}" y="{size - pad + 14}" '
