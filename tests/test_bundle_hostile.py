@@ -1,0 +1,199 @@
+"""A bundle is only what its manifest lists (issue 13 item 14).
+
+Hostile bundles, each built from a real hand-made bundle and loaded by the real runtime: files that
+resolve outside the bundle through symlinks, ONNX graphs that pull weights from external data files
+(listed or not, in the bundle or anywhere on disk), and the same through the contextual route.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from bundle_fixture import HandBundle, make_bundle
+from onnx import TensorProto, helper, numpy_helper
+
+from xtm.errors import XtmError
+from xtm.runtime import TopicModel
+from xtm.runtime.bundle import onnx_external_data, read_manifest, sha256_file
+
+
+@pytest.fixture(scope="module")
+def hb(tmp_path_factory: pytest.TempPathFactory) -> HandBundle:
+    return make_bundle(tmp_path_factory.mktemp("bundle") / "b")
+
+
+def copy_bundle(hb: HandBundle, dst: Path) -> Path:
+    shutil.copytree(hb.path, dst)
+    return dst
+
+
+def rewrite_checksums(bundle: Path, **extra: object) -> None:
+    """Re-sign the manifest after an edit, as an attacker who can write the bundle would."""
+    p = bundle / "manifest.json"
+    m = json.loads(p.read_text())
+    m.update(extra)
+    m["files"] = {name: sha256_file(bundle / name) for name in m["files"]}
+    p.write_text(json.dumps(m))
+
+
+def externalize(path: Path, location: str) -> None:
+    """Rewrite an ONNX file so its weights live in `location` (relative to the file), as onnx allows."""
+    proto = onnx.load(str(path))
+    onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=location, size_threshold=0)
+
+
+# -- symlinks ------------------------------------------------------------------------------------
+
+
+def test_a_listed_file_that_resolves_outside_the_bundle_is_refused(hb: HandBundle, tmp_path: Path) -> None:
+    b = copy_bundle(hb, tmp_path / "b")
+    outside = tmp_path / "elsewhere.txt"
+    shutil.move(b / "vocab_en.txt", outside)
+    (b / "vocab_en.txt").symlink_to(outside)   # same bytes: the checksum alone cannot tell
+    with pytest.raises(XtmError, match="outside the bundle") as e:
+        read_manifest(b)
+    assert "vocab_en.txt" in str(e.value)
+    with pytest.raises(XtmError, match="outside the bundle"):
+        read_manifest(b, verify=False)
+
+
+def test_a_manifest_that_resolves_outside_the_bundle_is_refused(hb: HandBundle, tmp_path: Path) -> None:
+    b = copy_bundle(hb, tmp_path / "b")
+    outside = tmp_path / "manifest-elsewhere.json"
+    shutil.move(b / "manifest.json", outside)
+    (b / "manifest.json").symlink_to(outside)
+    with pytest.raises(XtmError, match="outside the bundle"):
+        read_manifest(b)
+
+
+def test_symlinks_within_the_bundle_and_a_linked_bundle_directory_load(hb: HandBundle, tmp_path: Path) -> None:
+    b = copy_bundle(hb, tmp_path / "b")
+    (b / "vocab_en.txt").rename(b / "vocab_en.real")
+    (b / "vocab_en.txt").symlink_to("vocab_en.real")   # inside the directory: harmless
+    link = tmp_path / "link-to-bundle"
+    link.symlink_to(b, target_is_directory=True)
+    m = TopicModel.load(link)
+    assert m.vocabulary("en") == hb.vocabs["en"]
+
+
+def test_a_fifo_in_place_of_a_listed_file_is_named(hb: HandBundle, tmp_path: Path) -> None:
+    b = copy_bundle(hb, tmp_path / "b")
+    (b / "topics.json").unlink()
+    os.mkfifo(b / "topics.json")   # opening it for the checksum would block forever
+    with pytest.raises(XtmError, match="not a regular file") as e:
+        read_manifest(b)
+    assert "topics.json" in str(e.value)
+
+
+# -- ONNX external data ---------------------------------------------------------------------------
+
+
+def test_external_data_outside_the_manifest_is_refused(hb: HandBundle, tmp_path: Path) -> None:
+    b = copy_bundle(hb, tmp_path / "b")
+    externalize(b / "encoder_en.onnx", "weights.bin")
+    rewrite_checksums(b)   # the .onnx is listed and signed; weights.bin is not
+    assert onnx_external_data(b / "encoder_en.onnx") == ["weights.bin"]
+    with pytest.raises(XtmError, match="external data") as e:
+        TopicModel.load(b)
+    assert "encoder_en.onnx" in str(e.value) and "weights.bin" in str(e.value)
+    # Swapping the unlisted weights would change theta with every checksum still valid.
+    with pytest.raises(XtmError, match="external data"):
+        read_manifest(b, verify=False)
+
+
+def test_external_data_even_when_listed_is_refused(hb: HandBundle, tmp_path: Path) -> None:
+    b = copy_bundle(hb, tmp_path / "b")
+    externalize(b / "encoder_zh.onnx", "encoder_zh.weights")
+    m = json.loads((b / "manifest.json").read_text())
+    m["files"]["encoder_zh.weights"] = ""
+    (b / "manifest.json").write_text(json.dumps(m))
+    rewrite_checksums(b)
+    with pytest.raises(XtmError, match="external data"):
+        read_manifest(b)
+
+
+def test_external_data_pointing_anywhere_on_disk_is_refused(hb: HandBundle, tmp_path: Path) -> None:
+    b = copy_bundle(hb, tmp_path / "b")
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    externalize(b / "encoder_en.onnx", "weights.bin")
+    shutil.move(b / "weights.bin", secret / "weights.bin")
+    proto = onnx.load(str(b / "encoder_en.onnx"), load_external_data=False)
+    for t in proto.graph.initializer:
+        for entry in t.external_data:
+            if entry.key == "location":
+                entry.value = "../secret/weights.bin"
+    onnx.save_model(proto, str(b / "encoder_en.onnx"))
+    rewrite_checksums(b)
+    with pytest.raises(XtmError, match=r"external data.*\.\./secret/weights\.bin"):
+        read_manifest(b)
+
+
+def _constant_with_external_tensor(path: Path) -> None:
+    """A graph whose only external tensor hides in a Constant node's attribute, not an initializer."""
+    value = numpy_helper.from_array(np.ones(3, np.float32), "c")
+    value.data_location = TensorProto.EXTERNAL
+    value.ClearField("raw_data")
+    for k, v in (("location", "hidden.bin"), ("offset", "0"), ("length", "12")):
+        value.external_data.add(key=k, value=v)
+    const = helper.make_node("Constant", [], ["c"], value=value)
+    add = helper.make_node("Add", ["x", "c"], ["y"])
+    inner = helper.make_graph([const, add], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])])
+    onnx.save_model(helper.make_model(inner), str(path))
+
+
+def test_external_tensor_inside_a_node_attribute_is_found(tmp_path: Path) -> None:
+    _constant_with_external_tensor(tmp_path / "m.onnx")
+    assert onnx_external_data(tmp_path / "m.onnx") == ["hidden.bin"]
+
+
+def test_the_exporters_own_encoders_have_no_external_data(hb: HandBundle) -> None:
+    for lang in hb.vocabs:
+        assert onnx_external_data(hb.path / f"encoder_{lang}.onnx") == []
+
+
+def test_a_truncated_onnx_file_is_a_clean_error(hb: HandBundle, tmp_path: Path) -> None:
+    b = copy_bundle(hb, tmp_path / "b")
+    data = (b / "encoder_en.onnx").read_bytes()
+    (b / "encoder_en.onnx").write_bytes(data[: len(data) // 2])
+    rewrite_checksums(b)
+    with pytest.raises(XtmError, match="encoder_en.onnx"):
+        TopicModel.load(b)
+
+
+def test_contextual_graph_with_external_data_is_refused(hb: HandBundle, tmp_path: Path) -> None:
+    b = copy_bundle(hb, tmp_path / "b")
+    _constant_with_external_tensor(b / "ctx.graph")   # a name without .onnx: the entry decides
+    (b / "tok.model").write_bytes(b"not read before the graph is checked")
+    m = json.loads((b / "manifest.json").read_text())
+    m["files"].update({"ctx.graph": "", "tok.model": ""})
+    (b / "manifest.json").write_text(json.dumps(m))
+    rewrite_checksums(b, contextual={"format": 1, "file": "ctx.graph", "inputs": ["token_ids", "mask"],
+                                     "outputs": ["theta", "sentence_embedding"], "embedding_dim": 4,
+                                     "tokenizer": {"kind": "sentencepiece", "file": "tok.model"}})
+    with pytest.raises(XtmError, match="external data") as e:
+        read_manifest(b)
+    assert "ctx.graph" in str(e.value)
+
+
+def test_cli_infer_on_a_hostile_bundle_exits_2_without_traceback(hb: HandBundle, tmp_path: Path) -> None:
+    b = copy_bundle(hb, tmp_path / "b")
+    externalize(b / "encoder_en.onnx", "weights.bin")
+    rewrite_checksums(b)
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text(json.dumps({"text": "stock market", "lang": "en"}) + "\n")
+    p = subprocess.run([sys.executable, "-m", "xtm.cli.infer", str(docs), "--bundle", str(b),
+                        "--out", str(tmp_path / "out.jsonl")], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2, p.stderr
+    assert "Traceback" not in p.stderr and "external data" in p.stderr
+    assert not (tmp_path / "out.jsonl").exists()
