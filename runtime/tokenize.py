@@ -6,12 +6,20 @@ tokenizer of that kind is first made, once per process, under a lock.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
 import logging
+import marshal
+import os
 import re
+import stat
+import tempfile
 import threading
 import warnings
 from collections.abc import Callable
 from itertools import chain
+from pathlib import Path
 from typing import Any
 
 from xtm.corpus import TokenizerSpec
@@ -59,17 +67,106 @@ def _get_jieba() -> Any:
                 # jieba logs "Building prefix dict ..." to stderr on first use; users need not see it.
                 jieba.setLogLevel(logging.WARNING)
                 logging.getLogger("jieba").setLevel(logging.WARNING)
-                # jieba caches its prefix dictionary in /tmp by default, which is often wiped;
-                # rebuilding it costs 2-3 s of every cold start. Keep it with xtm's other caches.
-                cache = cache_dir()
-                try:
-                    cache.mkdir(parents=True, exist_ok=True)
-                    jieba.dt.tmp_dir = str(cache)
-                except OSError:
-                    pass  # read-only home: jieba falls back to the temp dir
-                jieba.initialize()
+                _initialize_jieba(jieba)
                 _jieba = jieba
     return _jieba
+
+
+# -- jieba's prefix dictionary, cached by us ---------------------------------------------------------
+#
+# Building jieba's prefix dictionary from its word list costs 2-3 s of every cold start, so it is
+# cached. jieba's own cache is a marshal file it trusts blindly, by default in the shared temp
+# directory (/tmp, where anyone can plant one); a planted or edited cache changed segmentation,
+# and so every zh topic, silently. So xtm keeps the cache itself, in its cache directory:
+#   - keyed: the name holds jieba's version, Python's marshal format and a digest of the dictionary,
+#     so a cache built from another dictionary or jieba is never read;
+#   - validated before marshal sees a byte: a header with the SHA-256 of the payload, a file owned by
+#     this user and not writable by others; anything else is rebuilt (with a warning) and replaced.
+# The checksum catches corruption and tampering that does not recompute it (jieba's own format
+# planted in our place, edited bytes). A process that can rewrite files with this user's rights can
+# also rewrite the installed packages, so nothing stronger is attempted. With no writable cache
+# directory nothing is cached: never the shared temp directory.
+
+_JIEBA_CACHE_MAGIC = b"xtm-jieba-cache 1 sha256="
+
+
+def _initialize_jieba(jieba: Any) -> None:
+    """Give jieba's default tokenizer its prefix dictionary, from our validated cache or rebuilt."""
+    dt = jieba.dt
+    with dt.get_dict_file() as f:
+        dictionary = f.read()
+    key = hashlib.sha256(dictionary).hexdigest()[:16]
+    path = cache_dir() / f"jieba-{jieba.__version__}-m{marshal.version}-{key}.cache"
+    loaded = _read_jieba_cache(path)
+    if loaded is None:
+        loaded = dt.gen_pfdict(io.BytesIO(dictionary))
+        _write_jieba_cache(path, loaded)
+    # What jieba.Tokenizer.initialize sets; its own (unchecked) cache is then never consulted.
+    dt.FREQ, dt.total = loaded
+    dt.initialized = True
+
+
+def _read_jieba_cache(path: Path) -> tuple[dict[str, int], int] | None:
+    """The cached (prefix dict, total), or None when absent or not to be trusted (then a warning)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None  # absent (or unreadable directory): build it
+    problem = None
+    if not stat.S_ISREG(st.st_mode):
+        problem = "is not a regular file"
+    elif hasattr(os, "geteuid") and st.st_uid != os.geteuid():
+        problem = "belongs to another user"
+    elif st.st_mode & stat.S_IWOTH:
+        problem = "is writable by other users"
+    else:
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            problem = f"cannot be read ({e.strerror})"
+        else:
+            head, _, payload = data.partition(b"\n")
+            digest = hashlib.sha256(payload).hexdigest().encode()
+            if not head.startswith(_JIEBA_CACHE_MAGIC) or head[len(_JIEBA_CACHE_MAGIC):] != digest:
+                problem = "failed its checksum"
+            else:
+                try:
+                    freq, total = marshal.loads(payload)
+                    if isinstance(freq, dict) and isinstance(total, int):
+                        return freq, total
+                except (ValueError, EOFError, TypeError):
+                    pass
+                problem = "does not hold a prefix dictionary"
+    warnings.warn(f"xtm: jieba's dictionary cache {path} {problem}; not used, rebuilding it", RuntimeWarning,
+                  stacklevel=4)
+    return None
+
+
+def _write_jieba_cache(path: Path, loaded: tuple[dict[str, int], int]) -> None:
+    """Best effort: a cache that cannot be written costs the next cold start 2-3 s, nothing else.
+
+    Not xtm.atomic.atomic_open: that follows a symlink at the path and writes its target, and a
+    symlink where our cache belongs is exactly what must be replaced, never written through.
+    """
+    payload = marshal.dumps(loaded)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            f.write(_JIEBA_CACHE_MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n")
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)  # replaces a file or a link in place, atomically
+        tmp = None
+    except OSError:
+        pass
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
 
 def _get_janome() -> Any:

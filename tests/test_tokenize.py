@@ -133,3 +133,116 @@ def test_script_fast_path_agrees_with_the_model_where_scripts_differ() -> None:
     assert _by_script("東京大学", {"zh", "ja"}) is None
     assert _by_script("le chat noir", {"en", "fr"}) is None
     assert detect_language("le chat noir est sur la table", ["en", "fr"]) == "fr"
+
+
+# -- jieba's prefix-dictionary cache (issue 13 item 14) ---------------------------------------------
+#
+# jieba loads its cache with marshal and trusts it: a planted or edited cache changes segmentation
+# silently. Each check runs in a fresh process (jieba is initialised once per process), on a real
+# cache directory, attacked the way a file on disk can be.
+
+_JIEBA_TEXT = "我爱北京天安门，今天天气很好"
+_JIEBA_SCRIPT = ("import json, sys, warnings\n"
+                 "warnings.simplefilter('always')\n"
+                 "from xtm.runtime.tokenize import default_tokenizer_spec, make_tokenizer\n"
+                 "print(json.dumps(make_tokenizer(default_tokenizer_spec('zh'))(sys.argv[1])))\n")
+
+
+def _tokens_in_fresh_process(cache: object, tmp: object) -> tuple[list[str], str]:
+    import json
+    import os
+
+    env = {**os.environ, "XTM_CACHE_DIR": str(cache), "TMPDIR": str(tmp)}
+    p = subprocess.run([sys.executable, "-c", _JIEBA_SCRIPT, _JIEBA_TEXT], env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout), p.stderr
+
+
+def _planted_cache() -> bytes:
+    """What jieba itself would read as a cache: a marshal of (prefix dict, total) that segments
+    "爱北京" as one word."""
+    import marshal
+
+    return marshal.dumps(({"我": 5, "爱": 5, "爱北": 0, "爱北京": 10 ** 9, "北": 5, "京": 5}, 10 ** 9 + 20))
+
+
+def _cache_files(root: object) -> list:
+    from pathlib import Path
+
+    return [p for p in Path(str(root)).rglob("*") if p.is_file() and "jieba" in p.name and p.suffix == ".cache"]
+
+
+@pytest.fixture
+def jieba_dirs(tmp_path):
+    cache, tmp = tmp_path / "cache", tmp_path / "tmp"
+    tmp.mkdir()
+    return cache, tmp
+
+
+def test_jieba_cache_is_keyed_and_a_tampered_one_is_rebuilt(jieba_dirs) -> None:
+    cache, tmp = jieba_dirs
+    want, _ = _tokens_in_fresh_process(cache, tmp)
+    assert "北京" in want and "天安门" in want
+    files = _cache_files(cache)
+    assert len(files) == 1
+    import jieba
+
+    # Keyed: the name carries jieba's version and a digest of the dictionary it was built from.
+    assert jieba.__version__ in files[0].name and len(files[0].name) > len(f"jieba-{jieba.__version__}.cache") + 8
+    files[0].write_bytes(_planted_cache())
+    got, err = _tokens_in_fresh_process(cache, tmp)
+    assert got == want                                  # the planted cache was not used
+    assert "jieba" in err and "cache" in err and "rebuil" in err   # and the user is told
+    again, err = _tokens_in_fresh_process(cache, tmp)   # rebuilt: valid again, no more warnings
+    assert again == want and "cache" not in err
+
+
+def test_a_corrupted_jieba_cache_is_rebuilt(jieba_dirs) -> None:
+    cache, tmp = jieba_dirs
+    want, _ = _tokens_in_fresh_process(cache, tmp)
+    (f,) = _cache_files(cache)
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0xFF                        # one flipped byte deep in the marshal data
+    f.write_bytes(bytes(data))
+    got, err = _tokens_in_fresh_process(cache, tmp)
+    assert got == want and "rebuil" in err
+
+
+def test_a_cache_planted_in_the_temp_dir_is_never_read(jieba_dirs, tmp_path) -> None:
+    """With no usable cache directory jieba used to fall back to /tmp, where anyone can plant one."""
+    cache, tmp = jieba_dirs
+    want, _ = _tokens_in_fresh_process(cache, tmp)
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the cache directory should be")
+    (tmp / "jieba.cache").write_bytes(_planted_cache())
+    got, _ = _tokens_in_fresh_process(blocker / "xtm", tmp)
+    assert got == want
+    assert (tmp / "jieba.cache").read_bytes() == _planted_cache()   # not ours: left alone
+
+
+def test_a_cache_writable_by_others_is_not_trusted(jieba_dirs) -> None:
+    import os
+
+    cache, tmp = jieba_dirs
+    want, _ = _tokens_in_fresh_process(cache, tmp)
+    (f,) = _cache_files(cache)
+    os.chmod(f, 0o666)                                   # anyone could have rewritten it
+    got, err = _tokens_in_fresh_process(cache, tmp)
+    assert got == want and "rebuil" in err
+    (f,) = _cache_files(cache)
+    assert not f.stat().st_mode & 0o002
+
+
+def test_a_symlink_in_place_of_the_cache_is_replaced_not_written_through(jieba_dirs, tmp_path) -> None:
+    cache, tmp = jieba_dirs
+    want, _ = _tokens_in_fresh_process(cache, tmp)
+    (f,) = _cache_files(cache)
+    victim = tmp_path / "users-file.txt"
+    victim.write_text("the user's own file")
+    f.unlink()
+    f.symlink_to(victim)
+    got, err = _tokens_in_fresh_process(cache, tmp)
+    assert got == want and "rebuil" in err
+    assert victim.read_text() == "the user's own file"
+    assert not f.is_symlink() and f.is_file()
