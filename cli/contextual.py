@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 
-from xtm.cli.common import friendly_errors
+from xtm.cli.common import friendly_errors, stop_on_signals
 
 EPILOG = """\b
 What it does:
@@ -91,7 +92,12 @@ def main(run_dir: str, encoder: str, objective: str, lambda_tc: float, epochs: i
                            finetune_epochs=finetune_epochs, finetune_lr=finetune_lr, max_tokens=max_tokens,
                            seed=seed, device=device, threads=threads, cache_dir=cache_dir,
                            progress=not quiet and sys.stderr.isatty())
-    metrics = train_contextual(run_dir, cfg)
+    from xtm.trainer.rundir import hold_run_dir
+
+    stop_on_signals()
+    # Not while xtm-train (or another fit) writes the run: it would read a half-trained model.
+    with hold_run_dir(Path(run_dir), "xtm-contextual"):
+        metrics = train_contextual(run_dir, cfg)
     click.echo(json.dumps(summary(metrics), indent=2))
 
 

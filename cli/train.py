@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
+from contextlib import nullcontext
+from pathlib import Path
 
 import click
 
-from xtm.cli.common import friendly_errors
+from xtm.cli.common import friendly_errors, stop_on_signals
 from xtm.models_zoo.registry import MODEL_NAMES
 
 EPILOG = """\b
@@ -18,7 +21,7 @@ Examples:
   # a benchmark directory (InfoCTM layout), e.g. ECNews
   xtm-train --data ../shared/data/ECNews --dict ../shared/data/dict/ch_en_dict.dat \\
             --model infoctm --topics 50 --epochs 100 --out runs/ecnews-infoctm
-  # continue after a crash or Ctrl-C
+  # continue after a crash, Ctrl-C or SIGTERM (exact: it ends where an uninterrupted run would)
   xtm-train ... --out runs/ecnews-infoctm --resume
   # LLM-XTM phase 2 (30 epochs, R=5, F=8) with the LLM-free embedding refiner
   xtm-train ... --epochs 100 --phase2-epochs 30 --out runs/ecnews-llmxtm
@@ -53,7 +56,14 @@ language is detected. Languages are ISO 639-1 codes (aliases like cn -> zh).
 
 \b
 Outputs in --out: metrics.json, topics_<lang>.txt, vocab_<lang>.txt,
-config.json, history.json and checkpoints/ (safetensors + JSON).
+config.json, history.json and checkpoints/ (safetensors + JSON). --out must be
+new, empty, or an xtm run; one process at a time writes a run (RUN_DIR/.xtm.lock).
+
+\b
+Exit codes: 0 trained; 2 bad input or settings (one `error:` line); 130, 143,
+129 interrupted by SIGINT (Ctrl-C), SIGTERM, SIGHUP: the current step finishes,
+the checkpoint is saved, and --resume continues exactly (a second Ctrl-C
+abandons the current step; the checkpoint is still exact).
 """
 
 
@@ -185,21 +195,31 @@ def main(data: str, model: str, num_topics: int, epochs: int, out: str, dict_pat
                                   concurrency=llm_concurrency, timeout=llm_timeout,
                                   sampling=Sampling(temperature=llm_temperature, max_tokens=llm_max_tokens,
                                                     seed=seed)))
-    metrics = run_training(data_cfg, cfg, out, resume=resume, phase2=phase2)
     from xtm.trainer.distributed import is_main_process
+    from xtm.trainer.rundir import hold_run_dir
 
-    if not is_main_process():
-        return  # torchrun: rank 0 reports and writes; the others have trained their share
-    summary = {k: metrics.get(k) for k in ("TU", "CNPMI", "TQ", "classification", "seconds_per_epoch")}
-    if "refined" in metrics:
-        summary["refined_sets"] = {k: metrics["refined"].get(k) for k in ("TU", "CNPMI", "TQ")}
-    if contextual:
-        from xtm.cli.contextual import summary as contextual_summary
-        from xtm.trainer.contextual import ContextualConfig, train_contextual
+    stop_on_signals()
+    # The run stays locked from training to the contextual fit (run_training's own hold nests).
+    with hold_run_dir(Path(out), "xtm-train") if is_main_process() else nullcontext():
+        metrics = run_training(data_cfg, cfg, out, resume=resume, phase2=phase2)
+        if not is_main_process():
+            return  # torchrun: rank 0 reports and writes; the others have trained their share
+        if metrics.get("interrupted"):
+            # Not finished: no summary on stdout, and an exit code that stops `xtm-train && xtm-export`.
+            name = (metrics.get("interrupted_at") or {}).get("signal") or "SIGINT"
+            click.echo(f"interrupted ({name}): {out}/metrics.json describes the model so far; continue with --resume",
+                       err=True)
+            sys.exit(128 + int(getattr(signal.Signals, name, signal.SIGINT)))
+        summary = {k: metrics.get(k) for k in ("TU", "CNPMI", "TQ", "classification", "seconds_per_epoch")}
+        if "refined" in metrics:
+            summary["refined_sets"] = {k: metrics["refined"].get(k) for k in ("TU", "CNPMI", "TQ")}
+        if contextual:
+            from xtm.cli.contextual import summary as contextual_summary
+            from xtm.trainer.contextual import ContextualConfig, train_contextual
 
-        summary["contextual"] = contextual_summary(train_contextual(out, ContextualConfig(
-            seed=seed, device=device, threads=threads, cache_dir=cache_dir,
-            progress=cfg.progress)))
+            summary["contextual"] = contextual_summary(train_contextual(out, ContextualConfig(
+                seed=seed, device=device, threads=threads, cache_dir=cache_dir,
+                progress=cfg.progress)))
     click.echo(json.dumps(summary, indent=2, ensure_ascii=False))
     click.echo(f"wrote {out}/metrics.json and topics_<lang>.txt", err=True)
 

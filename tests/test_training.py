@@ -87,8 +87,15 @@ def test_resume_refuses_a_different_model(example_corpus, tmp_path: Path) -> Non
         train(example_corpus, config(epochs=2, num_topics=7), tmp_path, resume=True)
 
 
-def test_corrupt_checkpoint_pointer_is_a_clear_error(example_corpus, tmp_path: Path) -> None:
+def test_corrupt_checkpoint_pointer_is_a_clear_error(example_corpus, tmp_path: Path, capsys) -> None:
     train(example_corpus, config(epochs=1), tmp_path)
     (tmp_path / "checkpoints" / "latest.json").write_text('{"dir": "epoch-999999"}')
+    # The complete checkpoint still on disk is used, with a warning naming what was wrong (issue 13) ...
+    assert load_checkpoint(tmp_path).epoch == 1
+    assert "latest.json points to epoch-999999, which does not exist" in capsys.readouterr().err
+    # ... and without one it is a clear error naming the pointer's target.
+    import shutil
+
+    shutil.rmtree(tmp_path / "checkpoints" / "epoch-000001")
     with pytest.raises(XtmError, match="epoch-999999"):
         load_checkpoint(tmp_path)

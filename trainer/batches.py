@@ -3,13 +3,17 @@
 The training loop consumes a `BatchSource` and nothing else about the training documents:
   - `sizes()`                         training documents per language;
   - `fingerprint()`                   what a resumed run checks it is training on the same data;
-  - `epoch(rng, batch, rank, world)`  this rank's steps of one epoch, each a list (one entry per
-                                      language) of (CSR rows, their document indices);
+  - `epoch(rng, batch, rank, world, start_step)`
+                                      this rank's steps of one epoch from its `start_step`-th on,
+                                      each a list (one entry per language) of (CSR rows, their
+                                      document indices);
   - `sequential(i, batch)`            every training document of language i once, in order
                                       (the exact batch-norm statistics after training).
 `InMemoryBatches` slices a `Corpus`'s CSR matrices; `xtm.trainer.sharding.ShardedBatches`
-streams shards from disk. Both draw an epoch's order from the loop's generator only, so a run
-resumed at an epoch boundary continues exactly, and every rank of a distributed run draws the
+streams shards from disk. Both draw an epoch's whole order from the loop's generator when the
+epoch starts, and nothing else, so a run resumed at an epoch boundary continues exactly, and one
+stopped inside an epoch redraws the same order from the saved generator state and skips the
+steps it had done (`start_step`: their batches are never sliced). Every rank of a distributed run draws the
 same order and keeps the steps s with s % world == rank: disjoint documents, equal step counts.
 """
 
@@ -32,7 +36,8 @@ class BatchSource(Protocol):
 
     def fingerprint(self) -> dict[str, Any]: ...
 
-    def epoch(self, rng: np.random.Generator, batch_size: int, rank: int = 0, world: int = 1) -> Iterator[Step]: ...
+    def epoch(self, rng: np.random.Generator, batch_size: int, rank: int = 0, world: int = 1,
+              start_step: int = 0) -> Iterator[Step]: ...
 
     def sequential(self, lang_index: int, batch_size: int) -> Iterator[sp.csr_matrix]: ...
 
@@ -69,9 +74,10 @@ class InMemoryBatches:
         return {lc.lang: {"vocab": lc.vocab_size, "docs": lc.num_train, "nnz": int(lc.train_bow.nnz)}
                 for lc in self.corpus.languages}
 
-    def epoch(self, rng: np.random.Generator, batch_size: int, rank: int = 0, world: int = 1) -> Iterator[Step]:
+    def epoch(self, rng: np.random.Generator, batch_size: int, rank: int = 0, world: int = 1,
+              start_step: int = 0) -> Iterator[Step]:
         batches = epoch_batches(self.sizes(), batch_size, rng, world)
-        for rows in batches[rank::world]:
+        for rows in batches[rank::world][start_step:]:
             yield [(self.bows[i][r], r) for i, r in enumerate(rows)]
 
     def sequential(self, lang_index: int, batch_size: int) -> Iterator[sp.csr_matrix]:

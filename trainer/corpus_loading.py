@@ -407,31 +407,73 @@ def _read_documents(files: list[Path], want: list[str] | None, progress: bool,
     """Parse, validate and tokenize JSONL documents one at a time.
 
     The one reader of JSONL corpora: the in-memory loader and the out-of-core preprocessor
-    (xtm.trainer.sharding) both consume it, so they see the same documents and tokens.
+    (xtm.trainer.sharding) both consume it, so they see the same documents and tokens. A bad
+    line stops reading with an XtmError naming its file and line, whatever went wrong with it.
     """
-    dropped, dropped_by_lang, skipped_lang = stats.dropped, stats.dropped_by_lang, stats.skipped_lang
-    tokenizers: dict[str, tuple[Callable[[str], list[str]], frozenset[str]]] = {}
-    multi = len(files) > 1
+    reader = _DocumentReader(want, stats, multi=len(files) > 1)
     for f, lineno, raw in _iter_lines(files, progress):
+        try:
+            doc = reader.parse(f, lineno, raw)
+        except (XtmError, MemoryError):
+            raise
+        except Exception as e:  # noqa: BLE001 - whatever one record does (a tokenizer's error included) is its own
+            raise XtmError(f"cannot read this document ({type(e).__name__}: {e})", path=f, line=lineno) from None
+        if doc is not None:
+            yield doc
+
+
+def _json_object(line: str, f: Path, lineno: int) -> dict[str, Any]:
+    """One JSONL line as an object; what json.loads raises besides JSONDecodeError is bad input too."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise XtmError(f"invalid JSON: {e.msg} (column {e.colno})", path=f, line=lineno) from None
+    except RecursionError:
+        raise XtmError("invalid document: JSON nested too deeply", path=f, line=lineno) from None
+    except ValueError as e:  # e.g. an integer of more digits than Python converts (sys.get_int_max_str_digits)
+        raise XtmError(f"invalid JSON: {e}", path=f, line=lineno) from None
+    if not isinstance(obj, dict):
+        raise XtmError(f"expected a JSON object per line, got {type(obj).__name__}", path=f, line=lineno)
+    return obj
+
+
+def _check_unicode(obj: dict[str, Any], f: Path, lineno: int) -> None:
+    """A lone surrogate (JSON "\\ud800") is not Unicode text: it would fail when written or embedded later."""
+    for key in ("id", "text", "lang", "label", "split"):
+        v = obj.get(key)
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise XtmError(f"not valid Unicode text: a lone surrogate ({v[e.start]!r}) at character {e.start}",
+                               path=f, line=lineno, field=key) from None
+
+
+class _DocumentReader:
+    """The per-line work of `_read_documents`: one raw line -> a usable document, or None (counted)."""
+
+    def __init__(self, want: list[str] | None, stats: _ReadStats, multi: bool) -> None:
+        self.want, self.stats, self.multi = want, stats, multi
+        self.tokenizers: dict[str, tuple[Callable[[str], list[str]], frozenset[str]]] = {}
+
+    def parse(self, f: Path, lineno: int, raw: bytes) -> _Doc | None:
+        stats, want = self.stats, self.want
+        dropped, dropped_by_lang = stats.dropped, stats.dropped_by_lang
         try:
             line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
         except UnicodeDecodeError:
             raise XtmError("not valid UTF-8 text", path=f, line=lineno) from None
         if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise XtmError(f"invalid JSON: {e.msg} (column {e.colno})", path=f, line=lineno) from None
-        if not isinstance(obj, dict):
-            raise XtmError(f"expected a JSON object per line, got {type(obj).__name__}", path=f, line=lineno)
+            return None
+        obj = _json_object(line, f, lineno)
         if "text" not in obj:
             raise XtmError("missing: every document needs its text", path=f, line=lineno, field="text")
         text = obj["text"]
         if not isinstance(text, str):
             raise XtmError(f"must be a string, got {type(text).__name__}", path=f, line=lineno, field="text")
+        _check_unicode(obj, f, lineno)
         raw_lang = obj.get("lang")
-        doc_id = _doc_id(obj, f, lineno, multi)
+        doc_id = _doc_id(obj, f, lineno, self.multi)
         label = _label(obj, f, lineno)
         split = _split(obj, f, lineno)
         if raw_lang is not None:
@@ -444,29 +486,29 @@ def _read_documents(files: list[Path], want: list[str] | None, progress: bool,
                 raise XtmError(e.reason, path=f, line=lineno, field="lang") from None
         elif not text.strip():
             dropped["empty_text"] += 1  # no language to detect; counted without one
-            continue
+            return None
         else:
             lang = detect_language(text, want)
             stats.detected += 1
         if want is not None and lang not in want:
-            skipped_lang[lang] += 1
-            continue
-        tok = tokenizers.get(lang)
+            stats.skipped_lang[lang] += 1
+            return None
+        tok = self.tokenizers.get(lang)
         if tok is None:
-            tok = tokenizers[lang] = (make_tokenizer(default_tokenizer_spec(lang)), stopwords(lang))
+            tok = self.tokenizers[lang] = (make_tokenizer(default_tokenizer_spec(lang)), stopwords(lang))
             dropped_by_lang[lang] = Counter()
         if not text.strip():
             dropped["empty_text"] += 1
             dropped_by_lang[lang]["empty_text"] += 1
-            continue
+            return None
         tokenize, stop = tok
         # Pure numbers make poor topic words (the benchmark vocabularies have none).
         tokens = Counter(t for t in tokenize(text) if t not in stop and not t.isdigit())
         if not tokens:
             dropped["no_tokens"] += 1
             dropped_by_lang[lang]["no_tokens"] += 1
-            continue
-        yield _Doc(lang, doc_id, text, label, split, tokens, raw_lang is not None)
+            return None
+        return _Doc(lang, doc_id, text, label, split, tokens, raw_lang is not None)
 
 
 def _language_order(n_docs: dict[str, int], explicit: dict[str, int], want: list[str] | None, source: Path,

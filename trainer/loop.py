@@ -11,6 +11,7 @@ epoch and gradients are averaged (xtm.trainer.distributed); rank 0 alone writes.
 
 from __future__ import annotations
 
+import copy
 import random
 import signal
 import sys
@@ -27,7 +28,7 @@ from tqdm.auto import tqdm
 
 from xtm.corpus import Corpus
 from xtm.errors import XtmError
-from xtm.models_zoo.base import BuildContext, CrossLingualTopicModel, load_unique_state_dict
+from xtm.models_zoo.base import BuildContext, CrossLingualTopicModel, load_unique_state_dict, unique_state_dict
 from xtm.models_zoo.components import SparseRows
 from xtm.models_zoo.registry import model_class
 from xtm.paths import cache_dir
@@ -39,6 +40,7 @@ from xtm.trainer.checkpoint import (
     numpy_rng_state,
     restore_optimizer,
     save_checkpoint,
+    train_buffers,
 )
 from xtm.trainer.distributed import DistContext
 from xtm.trainer.phase2 import Phase2Objective
@@ -76,6 +78,10 @@ class TrainResult:
     interrupted: bool = False
     # sha256 of each rank's final model state (distributed runs; all equal), else None.
     rank_digests: list[str] | None = None
+    # Interrupted runs: the signal that stopped training (SIGINT for a KeyboardInterrupt), and
+    # where: {"epoch", "step", "steps_per_epoch", "signal"} (the checkpoint resumes there).
+    signal: int | None = None
+    stopped_at: dict[str, Any] | None = None
 
 
 def pick_device(name: str) -> torch.device:
@@ -165,14 +171,96 @@ def model_from_state(config: dict[str, Any], tensors: dict[str, torch.Tensor]) -
     return model
 
 
+_STOP_SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
+
+
 class _StopFlag:
-    """SIGTERM handling: finish the current step, checkpoint, exit cleanly (like Ctrl-C)."""
+    """SIGINT (Ctrl-C), SIGTERM, SIGHUP while training: finish the current step, checkpoint, stop.
+
+    The first signal is only recorded, never raised mid-step: a half-applied optimizer step could
+    not be resumed exactly. A second one stops at once (KeyboardInterrupt), except inside a
+    critical section (the optimizer step and its bookkeeping), which it lets finish first. Printing
+    is left to the loop: writing to stderr from a handler can collide with tqdm's own writes.
+    """
 
     def __init__(self) -> None:
-        self.stop = False
+        self.signum: int | None = None
+        self.critical = False
+        self.forced = False
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def stop(self) -> bool:
+        return self.signum is not None
 
     def __call__(self, signum: int, frame: Any) -> None:
-        self.stop = True
+        if self.signum is None:
+            self.signum = signum
+        elif self.critical:
+            self.forced = True
+        else:
+            raise KeyboardInterrupt
+
+    def install(self) -> None:
+        if _in_main_thread():
+            for s in _STOP_SIGNALS:
+                previous = signal.signal(s, self)
+                self._previous[s] = previous if previous is not None else signal.SIG_DFL
+
+    def restore(self) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous.clear()
+
+    def enter(self) -> None:
+        self.critical = True
+
+    def leave(self) -> None:
+        self.critical = False
+        if self.forced:
+            raise KeyboardInterrupt
+
+
+@dataclass
+class EpochProgress:
+    """How far training got inside one epoch: enough to finish it exactly as if never stopped.
+
+    An epoch's batch order is drawn from the numpy generator when the epoch starts, so its state
+    then (`rng_start`) and the steps done let a resumed run redraw the same order and skip the
+    steps already taken; loss totals and seconds carry over, so history.json is the same too.
+    """
+
+    epoch: int
+    rng_start: dict[str, Any]
+    phase: int = 1
+    steps_done: int = 0
+    totals: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    refined: bool = False  # phase 2: this epoch's refinement has happened (never redone on resume)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any, path: Path) -> EpochProgress:
+        try:
+            p = cls(epoch=int(d["epoch"]), rng_start=dict(d["rng_start"]), phase=int(d["phase"]),
+                    steps_done=int(d["steps_done"]), totals={str(k): float(v) for k, v in d["totals"].items()},
+                    seconds=float(d["seconds"]), refined=bool(d["refined"]))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise XtmError(f"--resume: the checkpoint's partial-epoch state is damaged ({e!r})", path=path) from None
+        if p.steps_done < 0 or p.epoch < 1:
+            raise XtmError("--resume: the checkpoint's partial-epoch state is damaged", path=path)
+        return p
+
+
+@dataclass
+class _Stopped:
+    """Where training stopped early: inside `progress` (None: at an epoch boundary), by which signal."""
+
+    progress: EpochProgress | None
+    signum: int
+    forced: bool
 
 
 def train(corpus: Corpus, cfg: TrainConfig, run_dir: Path, resume: bool = False,
@@ -186,133 +274,276 @@ def train(corpus: Corpus, cfg: TrainConfig, run_dir: Path, resume: bool = False,
     `data` supplies the training batches (default: the corpus's own CSR matrices); the model is
     built from `corpus` (vocabularies, links, word counts). With `dist` (torchrun), this process
     is one rank: it trains on its share of every epoch and only rank 0 writes checkpoints.
+
+    SIGINT, SIGTERM or SIGHUP (or a KeyboardInterrupt from `on_epoch_end`) stop training after the
+    current step; the checkpoint then records the position inside the epoch, and a resumed run
+    ends bit for bit where the uninterrupted one would (TrainResult.interrupted, .signal).
     """
-    total_epochs = cfg.epochs + (cfg.phase2_epochs if phase2 is not None else 0)
-    run_dir = Path(run_dir)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = dist.device if dist is not None else pick_device(cfg.device)
-    rank, world = (dist.rank, dist.world) if dist is not None else (0, 1)
-    main = rank == 0
-    data = data if data is not None else InMemoryBatches(corpus)
-    rng = seed_everything(cfg.seed)
-    model = build_model(corpus, cfg)
-    optimizer = make_optimizer(model, cfg.lr)
-    start_epoch, history, seconds = 0, [], []
-    fingerprint = data.fingerprint()
+    return _Training(corpus, cfg, Path(run_dir), on_epoch_end, phase2, data, dist).run(resume)
 
-    if resume:
-        from xtm.trainer.checkpoint import latest_checkpoint_dir
 
-        if latest_checkpoint_dir(run_dir) is None:
-            if main:
-                print(f"xtm-train: no checkpoint in {run_dir}; starting from scratch", file=sys.stderr)
-        else:
-            ckpt = load_checkpoint(run_dir)
-            saved = ckpt.state
-            if saved.get("model_config", {}).get("model") != cfg.model or \
-                    saved["model_config"]["num_topics"] != cfg.num_topics:
-                raise XtmError(f"--resume: the checkpoint is {saved['model_config']['model']} with "
-                               f"K={saved['model_config']['num_topics']}, but this run asks for "
-                               f"{cfg.model} with K={cfg.num_topics}", path=ckpt.path)
-            if saved.get("corpus") != fingerprint:
-                raise XtmError("--resume: the data differs from the data this checkpoint was trained on "
-                               f"(checkpoint {saved.get('corpus')}, now {fingerprint})", path=ckpt.path)
-            load_unique_state_dict(model, ckpt.model)
-            restore_optimizer(optimizer, ckpt)
-            rng = numpy_rng_from_state(saved["numpy_rng"])
-            start_epoch, history = ckpt.epoch, saved.get("history", [])
-            seconds = saved.get("epoch_seconds", [])
-            if start_epoch > total_epochs:
-                raise XtmError(f"--resume: the checkpoint is at epoch {start_epoch}, past the {total_epochs} "
-                               "epochs this run asks for", path=ckpt.path)
-            if phase2 is not None and saved.get("phase2"):
-                model.to(device)
-                phase2.load_state(saved["phase2"], model)
-            if main:
-                print(f"xtm-train: resumed from {ckpt.path} (epoch {start_epoch})", file=sys.stderr)
+class _Training:
+    """One call of `train`: the model, its optimizer, the data order, and where training stands."""
 
-    model.to(device)
-    model.train()
-    distributed.broadcast_state(model, dist)  # identical start on every rank
-    grad_clip = model.hparams.get("grad_clip")
-    params = [p for p in model.parameters() if p.requires_grad]
+    def __init__(self, corpus: Corpus, cfg: TrainConfig, run_dir: Path,
+                 on_epoch_end: Callable[[int, CrossLingualTopicModel], None] | None,
+                 phase2: Phase2Objective | None, data: BatchSource | None, dist: DistContext | None) -> None:
+        self.cfg, self.run_dir, self.on_epoch_end, self.phase2, self.dist = cfg, run_dir, on_epoch_end, phase2, dist
+        self.total_epochs = cfg.epochs + (cfg.phase2_epochs if phase2 is not None else 0)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.device = dist.device if dist is not None else pick_device(cfg.device)
+        self.rank, self.world = (dist.rank, dist.world) if dist is not None else (0, 1)
+        self.main = self.rank == 0
+        self.data = data if data is not None else InMemoryBatches(corpus)
+        self.rng = seed_everything(cfg.seed)
+        self.model = build_model(corpus, cfg)
+        self.optimizer = make_optimizer(self.model, cfg.lr)
+        self.fingerprint = self.data.fingerprint()
+        self.done = 0                                   # completed epochs
+        self.history: list[dict[str, float]] = []
+        self.seconds: list[float] = []
+        self.partial: EpochProgress | None = None       # resumed inside this epoch
+        self.own_words: dict[str, list[list[str]]] | None = None  # phase 2: own top words at the last refinement
+        self._rollback: tuple[dict[str, Any], Any] | None = None  # phase 2 state before an unfinished refinement
+        self._step_rng: tuple[torch.Tensor, torch.Tensor | None] | None = None  # RNG before an unfinished step
 
-    def checkpoint(epoch: int) -> None:
-        if not main:
+    # ---- resume ------------------------------------------------------------------------------
+    def resume(self) -> None:
+        from xtm.trainer.rundir import has_checkpoint
+
+        cfg = self.cfg
+        if not has_checkpoint(self.run_dir):
+            if self.main:
+                print(f"xtm-train: no checkpoint in {self.run_dir}; starting from scratch", file=sys.stderr)
             return
-        save_checkpoint(run_dir, epoch, model, optimizer, {
-            "model_config": model.config(), "train_config": cfg.to_dict(), "corpus": fingerprint,
-            "numpy_rng": numpy_rng_state(rng), "history": history, "epoch_seconds": seconds,
-            "phase2": phase2.state() if phase2 is not None else None})
+        ckpt = load_checkpoint(self.run_dir, required=("model_config", "numpy_rng", "corpus"))
+        saved = ckpt.state
+        mc = saved["model_config"] if isinstance(saved["model_config"], dict) else {}
+        if mc.get("model") != cfg.model or mc.get("num_topics") != cfg.num_topics:
+            raise XtmError(f"--resume: the checkpoint is {mc.get('model')} with K={mc.get('num_topics')}, but this "
+                           f"run asks for {cfg.model} with K={cfg.num_topics}", path=ckpt.path)
+        if saved.get("corpus") != self.fingerprint:
+            raise XtmError("--resume: the data differs from the data this checkpoint was trained on "
+                           f"(checkpoint {saved.get('corpus')}, now {self.fingerprint})", path=ckpt.path)
+        load_unique_state_dict(self.model, ckpt.model)
+        if train_buffers(ckpt):
+            # The saved model's batch-norm statistics were recalibrated for inference; training
+            # goes on from the running ones it had.
+            self.model.load_state_dict(train_buffers(ckpt), strict=False)
+        restore_optimizer(self.optimizer, ckpt)
+        self.partial = EpochProgress.from_dict(saved["partial"], ckpt.path) if saved.get("partial") else None
+        self.rng = numpy_rng_from_state(self.partial.rng_start if self.partial else saved["numpy_rng"])
+        self.done, self.history = ckpt.epoch, list(saved.get("history") or [])
+        self.seconds = list(saved.get("epoch_seconds") or [])
+        self._check_resume_position(ckpt.path)
+        if self.phase2 is not None and saved.get("phase2"):
+            self.model.to(self.device)
+            self.phase2.load_state(saved["phase2"], self.model)
+            if saved.get("phase2_own"):
+                # Targets exactly as the last refinement built them (its own top words), not from
+                # the parameters now.
+                self.own_words = saved["phase2_own"]
+                self.phase2.build_targets(self.own_words)
+        if self.main:
+            where = f"epoch {self.done}" + (f", {self.partial.steps_done} steps into epoch {self.partial.epoch}"
+                                            if self.partial else "")
+            print(f"xtm-train: resumed from {ckpt.path} ({where})", file=sys.stderr)
 
-    stop = _StopFlag()
-    previous = signal.signal(signal.SIGTERM, stop) if _in_main_thread() else None
-    epoch = start_epoch
-    interrupted = False
-    bar = tqdm(total=total_epochs, initial=start_epoch, desc=f"{cfg.model} K={cfg.num_topics}",
-               unit="epoch", disable=not (cfg.progress and main), dynamic_ncols=True, file=sys.stderr)
-    try:
-        for epoch in range(start_epoch + 1, total_epochs + 1):
-            in_phase2 = phase2 is not None and epoch > cfg.epochs
-            if in_phase2 and phase2.refines_at(epoch - cfg.epochs):
-                phase2.refine(model, epoch)
-            extra = phase2.losses if in_phase2 else None
-            t0 = time.perf_counter()
-            totals: dict[str, float] = {}
-            n_steps = steps_per_epoch(data.sizes(), cfg.batch_size, world) // world
-            steps = 0
-            for step, batch in enumerate(data.epoch(rng, cfg.batch_size, rank, world)):
-                x = [SparseRows.from_csr(m, device) for m, _ in batch]
-                losses = model(x, [torch.from_numpy(r).to(device) for _, r in batch], extra=extra)
-                optimizer.zero_grad(set_to_none=True)
-                losses["loss"].backward()
-                # All ranks leave together: the stop flag travels with the gradients.
-                stop.stop = distributed.average_gradients(params, stop.stop, dist)
-                if grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-                optimizer.step()
-                # .item() detaches: per-batch graphs are freed right away, not kept for the epoch.
-                for k, v in losses.items():
-                    totals[k] = totals.get(k, 0.0) + float(v.item())
-                steps += 1
-                if step % 10 == 0:
-                    bar.set_postfix(loss=f"{totals['loss'] / (step + 1):.2f}", step=f"{step + 1}/{n_steps}")
+    def _check_resume_position(self, path: Path) -> None:
+        if self.done > self.total_epochs:
+            raise XtmError(f"--resume: the checkpoint is at epoch {self.done}, past the {self.total_epochs} "
+                           "epochs this run asks for", path=path)
+        p = self.partial
+        if p is None:
+            return
+        if p.epoch != self.done + 1:
+            raise XtmError(f"--resume: the checkpoint's partial epoch {p.epoch} does not follow epoch {self.done}",
+                           path=path)
+        if p.epoch > self.total_epochs:
+            raise XtmError(f"--resume: the checkpoint stopped inside epoch {p.epoch}, past the {self.total_epochs} "
+                           "epochs this run asks for", path=path)
+        if p.phase != self._phase(p.epoch):
+            raise XtmError(f"--resume: the checkpoint stopped inside a phase-{p.phase} epoch ({p.epoch}), which "
+                           f"this run's settings make a phase-{self._phase(p.epoch)} epoch", path=path)
+
+    def _phase(self, epoch: int) -> int:
+        return 2 if self.phase2 is not None and epoch > self.cfg.epochs else 1
+
+    # ---- training ----------------------------------------------------------------------------
+    def run(self, resume: bool) -> TrainResult:
+        if resume:
+            self.resume()
+        model, cfg = self.model, self.cfg
+        model.to(self.device)
+        model.train()
+        distributed.broadcast_state(model, self.dist)  # identical start on every rank
+        stop = _StopFlag()
+        stop.install()
+        bar = tqdm(total=self.total_epochs, initial=self.done, desc=f"{cfg.model} K={cfg.num_topics}",
+                   unit="epoch", disable=not (cfg.progress and self.main), dynamic_ncols=True, file=sys.stderr)
+        stopped: _Stopped | None = None
+        progress: EpochProgress | None = None
+        try:
+            for epoch in range(self.done + 1, self.total_epochs + 1):
+                progress = self.partial if self.partial is not None else EpochProgress(
+                    epoch, numpy_rng_state(self.rng), phase=self._phase(epoch))
+                self.partial = None
+                self._epoch(progress, stop, bar)
                 if stop.stop:
-                    raise KeyboardInterrupt
-            seconds.append(time.perf_counter() - t0)
-            means = distributed.average_scalars({k: v / steps for k, v in totals.items()}, dist, device)
-            history.append({"epoch": epoch, **means, "seconds": seconds[-1], "steps": steps})
-            bar.update(1)
-            bar.set_postfix(loss=f"{history[-1]['loss']:.2f}", sec=f"{seconds[-1]:.1f}")
-            if on_epoch_end is not None:
-                on_epoch_end(epoch, model)
-            if (cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0 and epoch < total_epochs) or \
-                    (in_phase2 is False and phase2 is not None and epoch == cfg.epochs):
-                checkpoint(epoch)  # (phase 1's last epoch too: phase 2 can be redone from there)
-        epochs_done = total_epochs
-    except KeyboardInterrupt:
-        # Work is never lost: the parameters as they are now are saved under the last
-        # completed epoch; --resume repeats the interrupted epoch from them.
-        interrupted = True
-        epochs_done = epoch - 1
-        print(f"\nxtm-train: interrupted; saving checkpoint at epoch {epochs_done}", file=sys.stderr)
-    finally:
-        bar.close()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-    if main:
-        recalibrate_batchnorm(model, data, device)
-    distributed.broadcast_state(model, dist)
-    checkpoint(epochs_done)
-    model.eval()
-    per_epoch = float(np.median(seconds)) if seconds else float("nan")
-    digests = distributed.gather_digests(model, dist) if dist is not None else None
-    if digests is not None and len(set(digests)) != 1:
-        raise XtmError(f"distributed training: the ranks ended with different models (state digests "
-                       f"{[d[:12] for d in digests]}); please report this")
-    return TrainResult(model=model, epochs_done=epochs_done, seconds_per_epoch=per_epoch,
-                       history=history, interrupted=interrupted, rank_digests=digests)
+                    break
+                self._close_epoch(progress, stop, bar)
+                progress = None
+                if stop.stop:
+                    break
+            if stop.stop:
+                stopped = _Stopped(progress, stop.signum or signal.SIGINT, forced=False)
+        except KeyboardInterrupt:
+            # A second signal, or an interrupt from a callback: every point where it can land
+            # leaves a consistent state (see _epoch), so the checkpoint is still exact.
+            if progress is not None and progress.epoch <= self.done:
+                progress = None  # it came after the epoch was closed: an epoch boundary
+            stopped = _Stopped(progress, stop.signum or signal.SIGINT, forced=True)
+        finally:
+            bar.close()
+        try:
+            stop.enter()  # from here on, further signals wait for the checkpoint to be written
+            if stopped is not None and self.main:
+                print(f"\nxtm-train: {signal.Signals(stopped.signum).name}: stopping; saving the checkpoint",
+                      file=sys.stderr, flush=True)
+            self._finish(stopped)
+        finally:
+            stop.forced = False
+            stop.restore()
+        return self._result(stopped)
+
+    def _epoch(self, progress: EpochProgress, stop: _StopFlag, bar: Any) -> None:
+        """Run the epoch's remaining steps; returns early, at a step boundary, when asked to stop."""
+        model, phase2, cfg = self.model, self.phase2, self.cfg
+        epoch = progress.epoch
+        if progress.phase == 2 and not progress.refined and phase2 is not None \
+                and phase2.refines_at(epoch - cfg.epochs):
+            self._rollback = (copy.deepcopy(phase2.state()), self.own_words)
+            own = phase2.own_top_words(model)
+            phase2.refine(model, epoch)
+            stop.enter()
+            self.own_words, progress.refined, self._rollback = own, True, None
+            stop.leave()
+        extra = phase2.losses if progress.phase == 2 and phase2 is not None else None
+        grad_clip = model.hparams.get("grad_clip")
+        params = [p for p in model.parameters() if p.requires_grad]
+        n_steps = steps_per_epoch(self.data.sizes(), cfg.batch_size, self.world) // self.world
+        cuda = self.device.type == "cuda"
+        t0 = time.perf_counter() - progress.seconds
+        for batch in self.data.epoch(self.rng, cfg.batch_size, self.rank, self.world, start_step=progress.steps_done):
+            if stop.stop and self.dist is None:
+                return  # (distributed: the flag reaches the other ranks with the next gradients)
+            self._step_rng = (torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if cuda else None)
+            x = [SparseRows.from_csr(m, self.device) for m, _ in batch]
+            losses = model(x, [torch.from_numpy(r).to(self.device) for _, r in batch], extra=extra)
+            self.optimizer.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            # All ranks leave together: the stop flag travels with the gradients.
+            if distributed.average_gradients(params, stop.stop, self.dist) and not stop.stop:
+                stop.signum = signal.SIGTERM  # another rank was asked to stop
+            if grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            # .item() detaches: per-batch graphs are freed right away, not kept for the epoch.
+            values = {k: float(v.item()) for k, v in losses.items()}
+            stop.enter()
+            self.optimizer.step()
+            for k, v in values.items():
+                progress.totals[k] = progress.totals.get(k, 0.0) + v
+            progress.steps_done += 1
+            progress.seconds = time.perf_counter() - t0
+            self._step_rng = None
+            stop.leave()
+            if progress.steps_done % 10 == 1:
+                bar.set_postfix(loss=f"{progress.totals['loss'] / progress.steps_done:.2f}",
+                                step=f"{progress.steps_done}/{n_steps}")
+            if stop.stop:
+                return
+
+    def _close_epoch(self, progress: EpochProgress, stop: _StopFlag, bar: Any) -> None:
+        """History, callback and checkpoint of an epoch whose steps are all done."""
+        epoch, steps = progress.epoch, progress.steps_done
+        means = distributed.average_scalars({k: v / steps for k, v in progress.totals.items()}, self.dist,
+                                            self.device)
+        if self.on_epoch_end is not None:
+            self.on_epoch_end(epoch, self.model)
+        stop.enter()
+        self.seconds.append(progress.seconds)
+        self.history.append({"epoch": epoch, **means, "seconds": progress.seconds, "steps": steps})
+        self.done = epoch
+        stop.leave()
+        bar.update(1)
+        bar.set_postfix(loss=f"{self.history[-1]['loss']:.2f}", sec=f"{progress.seconds:.1f}")
+        cfg, in_phase2 = self.cfg, progress.phase == 2
+        if (cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0 and epoch < self.total_epochs) or \
+                (not in_phase2 and self.phase2 is not None and epoch == cfg.epochs):
+            self._save(None)  # (phase 1's last epoch too: phase 2 can be redone from there)
+
+    # ---- the end -----------------------------------------------------------------------------
+    def _finish(self, stopped: _Stopped | None) -> None:
+        """Recalibrate batch norm for inference, then save the final (or the stopping) checkpoint."""
+        progress = stopped.progress if stopped is not None else None
+        if progress is not None and self.dist is not None and not stopped.forced:
+            # Each rank summed its own losses; the resumed epoch's history mean stays the ranks' mean.
+            progress.totals = distributed.average_scalars(progress.totals, self.dist, self.device)
+        cuda = self.device.type == "cuda"
+        rng = self._step_rng or (torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if cuda else None)
+        buffers = {k: v.clone() for k, v in unique_state_dict(self.model).items()
+                   if k.endswith(("running_mean", "running_var"))}
+        if self.main:
+            recalibrate_batchnorm(self.model, self.data, self.device)
+        distributed.broadcast_state(self.model, self.dist)
+        self._save(progress, rng=rng, buffers=buffers)
+
+    def _save(self, progress: EpochProgress | None, rng: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+              buffers: dict[str, torch.Tensor] | None = None) -> None:
+        """Checkpoint at `self.done` completed epochs, plus `progress` inside the next one."""
+        if not self.main:
+            return
+        if progress is not None and not (progress.steps_done or progress.refined):
+            progress_rng, progress = progress.rng_start, None  # nothing done in it yet: an epoch boundary
+        else:
+            progress_rng = progress.rng_start if progress is not None else numpy_rng_state(self.rng)
+        phase2_state, own = None, self.own_words
+        if self.phase2 is not None:
+            phase2_state = self.phase2.state()
+            if self._rollback is not None:  # stopped inside a refinement: as before it started
+                phase2_state, own = self._rollback
+        done = self.done
+        save_checkpoint(self.run_dir, done, self.model, self.optimizer, {
+            "model_config": self.model.config(), "train_config": self.cfg.to_dict(), "corpus": self.fingerprint,
+            "numpy_rng": progress_rng, "history": self.history[:done], "epoch_seconds": self.seconds[:done],
+            "phase2": phase2_state, "phase2_own": own,
+            "partial": progress.to_dict() if progress is not None else None},
+            step=progress.steps_done if progress is not None else None,
+            torch_rng=rng[0] if rng else None, cuda_rng=rng[1] if rng else None, train_buffers=buffers)
+
+    def _result(self, stopped: _Stopped | None) -> TrainResult:
+        per_epoch = float(np.median(self.seconds)) if self.seconds else float("nan")
+        digests = distributed.gather_digests(self.model, self.dist) if self.dist is not None else None
+        if digests is not None and len(set(digests)) != 1:
+            raise XtmError(f"distributed training: the ranks ended with different models (state digests "
+                           f"{[d[:12] for d in digests]}); please report this")
+        self.model.eval()
+        stopped_at = None
+        if stopped is not None:
+            p = stopped.progress
+            stopped_at = {"epoch": p.epoch if p is not None else self.done + 1,
+                          "step": p.steps_done if p is not None else 0,
+                          "steps_per_epoch": steps_per_epoch(self.data.sizes(), self.cfg.batch_size, self.world)
+                          // self.world, "signal": signal.Signals(stopped.signum).name}
+            if self.main:
+                print(f"xtm-train: stopped at epoch {stopped_at['epoch']}, step {stopped_at['step']} of "
+                      f"{stopped_at['steps_per_epoch']}; checkpoint saved: continue with --resume",
+                      file=sys.stderr, flush=True)
+        return TrainResult(model=self.model, epochs_done=self.done, seconds_per_epoch=per_epoch,
+                           history=self.history[:self.done], interrupted=stopped is not None,
+                           rank_digests=digests, signal=stopped.signum if stopped is not None else None,
+                           stopped_at=stopped_at)
 
 
 def _in_main_thread() -> bool:

@@ -1,6 +1,8 @@
 """One training run end to end: load data, train, evaluate, write the run directory.
 
 RUN_DIR layout (everything a later step needs, nothing pickled):
+    run.json               the marker that makes a directory an xtm run, written first (xtm.trainer.rundir)
+    .xtm.lock              held (flock) by the process writing the run; names its pid and command
     config.json            model config, training settings, data source, tokenizers, languages
     vocab_<lang>.txt       each language's vocabulary (line i = column i of the topic-word matrix)
     topics_<lang>.txt      top words per topic, one topic per line, space-separated
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +50,7 @@ from xtm.trainer.evaluation import (
 from xtm.trainer.loop import TrainConfig, TrainResult, infer_theta, pick_device, train
 from xtm.trainer.phase2 import Phase2Config, Phase2Objective
 from xtm.trainer.report_data import build_report_data
+from xtm.trainer.rundir import has_checkpoint, hold_run_dir, refuse_foreign_dir
 
 
 @dataclass
@@ -152,9 +156,7 @@ def run_training(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool = F
     shards, writes and evaluates; the other ranks return {"rank": r} after training.
     """
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not resume and (out / "checkpoints").exists():
-        raise XtmError("the run directory already holds a run: pass --resume to continue it, "
-                       "or choose another --out", path=out)
+    refuse_foreign_dir(out)  # before anything: a user's directory is never written to
     check_out_of_core(data, cfg, phase2)
     dist = distributed.init_from_env(cfg.device)
     try:
@@ -163,12 +165,25 @@ def run_training(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool = F
                 raise XtmError("LLM-XTM phase 2 runs in one process; train phase 1 under torchrun, then add "
                                "phase 2 with --resume --phase2-epochs N in a single process")
             log(f"distributed: {dist.world} ranks, backend {dist.backend}, device {dist.device.type}")
-        distributed.barrier(dist)  # every rank checked the run directory before rank 0 writes to it
-        if dist is None or dist.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-        return _run(data, cfg, out, resume, phase2, dist)
+        # Rank 0 writes the run, holding its lock throughout; a second xtm-train on it is refused.
+        with hold_run_dir(out, "xtm-train") if dist is None or dist.is_main else nullcontext():
+            if not resume and has_checkpoint(out):
+                raise XtmError("the run directory already holds a run: pass --resume to continue it, "
+                               "or choose another --out", path=out)
+            distributed.barrier(dist)  # every rank checked the run directory before rank 0 writes to it
+            return _run(data, cfg, out, resume, phase2, dist)
     finally:
         distributed.close(dist)
+
+
+def check_topics(corpus: Corpus, num_topics: int) -> None:
+    """K topics over fewer than K words per language cannot be distinct topics: refuse before training."""
+    small = [lc for lc in corpus.languages if lc.vocab_size < num_topics]
+    if small:
+        words = ", ".join(f"'{lc.lang}' has {lc.vocab_size}" for lc in small)
+        raise XtmError(f"--topics {num_topics} is larger than the vocabulary ({words} words): topics would "
+                       f"repeat the same words. Choose --topics {min(lc.vocab_size for lc in small)} or fewer, "
+                       "or keep more words (JSONL input: --vocab-size, --min-df, --max-df)")
 
 
 def load_training_data(data: DataConfig, cfg: TrainConfig, out: Path,
@@ -206,6 +221,7 @@ def _run(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool, phase2: Ph
         raise XtmError(f"the data has {len(corpus.languages)} languages ({', '.join(corpus.langs)}); "
                        f"{cfg.model} models two: choose them with --langs")
     check_links(corpus, cfg.model)
+    check_topics(corpus, cfg.num_topics)
     if main:
         for lc in corpus.languages:
             write_text(out / f"vocab_{lc.lang}.txt", "\n".join(lc.vocab) + "\n")
@@ -229,7 +245,10 @@ def _run(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool, phase2: Ph
         "corpus_info": corpus.info, "phase2": phase2.to_dict() if phase2 is not None else None})
     write_json(out / "history.json", result.history)
 
-    log("evaluating")
+    # An interrupted run is still evaluated and reported (metrics.json "interrupted": true, and the
+    # report says so), so its topics can be looked at; its exit code says it did not finish.
+    log("evaluating the interrupted model (Ctrl-C to skip; the checkpoint is saved)" if result.interrupted
+        else "evaluating")
     device = pick_device(cfg.device)
     outputs = model_outputs(corpus, model, device)
     ref = load_reference_corpus(data.ref_corpus, langs=tuple(corpus.langs)) if data.ref_corpus else None
@@ -246,7 +265,7 @@ def _run(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool, phase2: Ph
         metrics["phase2"] = objective.report()
     metrics.update({
         "model": cfg.model, "dataset": corpus.name, "langs": corpus.langs, "num_topics": cfg.num_topics,
-        "epochs": result.epochs_done, "interrupted": result.interrupted,
+        "epochs": result.epochs_done, "interrupted": result.interrupted, "interrupted_at": result.stopped_at,
         "seconds_per_epoch": result.seconds_per_epoch,
         "train_seconds_total": float(np.sum([h["seconds"] for h in result.history])) if result.history else 0.0,
         "corpus": corpus.info,

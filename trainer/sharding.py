@@ -574,21 +574,25 @@ class ShardedBatches:
                 carry, carry_ids = m[rest], row_ids[rest]
 
     def epoch(self, rng: np.random.Generator, batch_size: int, rank: int = 0,
-              world: int = 1) -> Iterator[Step]:
+              world: int = 1, start_step: int = 0) -> Iterator[Step]:
         steps = steps_per_epoch(self.sizes(), batch_size, world)
         seeds = rng.integers(0, 2**63 - 1, size=len(self.corpus.languages))
+
+        def wanted(step: int) -> bool:
+            # This rank's steps, from its `start_step`-th on (a resumed epoch skips the ones done).
+            return step % world == rank and step // world >= start_step
 
         def mine() -> Iterator[bool]:
             k = 0
             while True:
-                yield k % world == rank
+                yield wanted(k)
                 k += 1
 
         streams = [self._stream(i, np.random.default_rng(int(seed)), batch_size, mine())
                    for i, seed in enumerate(seeds)]
         for step in range(steps):
             batch = [next(s) for s in streams]
-            if step % world == rank:
+            if wanted(step):
                 yield batch  # type: ignore[misc]
 
     def sequential(self, lang_index: int, batch_size: int) -> Iterator[sp.csr_matrix]:
