@@ -10,31 +10,39 @@ One interface, `Refiner.refine(topics, rounds) -> answers[topic][round]`, each a
   vllm          in-process vLLM engine: one batched `chat` call with n = R samples per topic
   transformers  a small local model through transformers (CPU is fine for tiny models)
 
-Every LLM answer is cached on disk, keyed by backend, model, prompt, round and sampling
-settings: a resumed or repeated run makes no new calls. Calls, tokens and seconds of each
-refinement step are kept in `stats` (and end up in history.json / metrics.json).
+Every usable LLM answer is cached on disk, keyed by backend, model, prompt, round and sampling
+settings: a resumed or repeated run makes no new calls. An unusable answer (no word of any
+vocabulary) is never cached, and one found in the cache is a miss. Calls, tokens, seconds and
+every kind of bad answer of each refinement step are kept in `stats` (and end up in
+history.json / metrics.json).
 """
 
 from __future__ import annotations
 
+import email.utils
 import hashlib
+import http.client
 import json
+import math
 import os
 import random
+import re
+import socket
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from datetime import timezone
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import SplitResult, urljoin, urlsplit
 
 import numpy as np
 
-from xtm.atomic import write_json
+from xtm.atomic import atomic_open
 from xtm.errors import XtmError
 from xtm.trainer.refine_prompt import ParsedAnswer, TopicWords, VocabMatcher, build_prompt, parse_answer
 
@@ -53,15 +61,29 @@ class Sampling:
 
 @dataclass
 class StepStats:
-    """What one refinement step cost."""
+    """What one refinement step cost, and what went wrong in it.
+
+    failures       answers with no text at all (every attempt failed: network, timeout, HTTP, bad body)
+    unusable       answers with text that named no word of any vocabulary (not cached)
+    bad_answers    HTTP 200 bodies refused: wrong-shaped or non-JSON, truncated, larger than the cap
+    ignored_usage  answers whose token counts were not believable (negative, non-integer, huge): not added
+    stale_cache    cached answers that turned out unusable (an older version cached them): asked again
+    """
 
     calls: int = 0
     cache_hits: int = 0
     failures: int = 0
+    unusable: int = 0
+    bad_answers: int = 0
+    ignored_usage: int = 0
+    stale_cache: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    FIELDS = ("calls", "cache_hits", "failures", "unusable", "bad_answers", "ignored_usage", "stale_cache",
+              "prompt_tokens", "completion_tokens", "seconds")
 
     def add(self, **kw: float) -> None:
         with self._lock:
@@ -69,8 +91,7 @@ class StepStats:
                 setattr(self, k, getattr(self, k) + v)
 
     def to_dict(self) -> dict[str, Any]:
-        return {f: getattr(self, f) for f in ("calls", "cache_hits", "failures", "prompt_tokens",
-                                              "completion_tokens", "seconds")}
+        return {f: getattr(self, f) for f in self.FIELDS}
 
 
 class Refiner(Protocol):
@@ -84,11 +105,32 @@ class Refiner(Protocol):
 # --------------------------------------------------------------------------------------------
 
 
-class AnswerCache:
-    """One small JSON file per (generator, prompt, round, sampling); written atomically."""
+_ENTRY_NAME = re.compile(r"^[0-9a-f]{64}\.json$")
 
-    def __init__(self, directory: Path | None) -> None:
+
+class AnswerCache:
+    """One small JSON file per (generator, prompt, round, sampling), written atomically, under a size bound.
+
+    The bound: an entry larger than `max_entry_bytes` is not written (the answer is still used), and
+    when the directory would grow past `max_bytes` the least recently used entries (oldest
+    modification time; a hit refreshes it) are deleted until it is back under 90 % of the bound, so
+    eviction is rare rather than once per write. Only files named like our entries
+    (`<2 hex>/<64 hex>.json`) are counted or deleted; anything else in the directory is left alone.
+    A cache that cannot be written (read-only, disk full, a file in the way) is reported once and
+    then skipped: caching saves calls, it is never a reason to stop training.
+    """
+
+    MAX_BYTES = 256 * 2**20
+    MAX_ENTRY_BYTES = 2**20
+    LOW_WATER = 0.9
+
+    def __init__(self, directory: Path | None, max_bytes: int = MAX_BYTES, max_entry_bytes: int = MAX_ENTRY_BYTES
+                 ) -> None:
         self.dir = Path(directory) / "llm-answers" if directory is not None else None
+        self.max_bytes, self.max_entry_bytes = int(max_bytes), int(max_entry_bytes)
+        self._lock = threading.Lock()
+        self._size: int | None = None            # bytes of our entries, scanned on the first write
+        self._broken = False
 
     @staticmethod
     def key(generator_id: str, prompt: str, round_index: int, sampling: Sampling) -> str:
@@ -101,17 +143,76 @@ class AnswerCache:
         return self.dir / key[:2] / f"{key}.json"
 
     def get(self, key: str) -> str | None:
+        """The cached text; None when there is no entry; "" (an unusable answer) for an entry that is
+        there but oversized, corrupt or of another shape, so the caller counts it and asks again."""
         if self.dir is None:
             return None
         p = self._path(key)
         try:
-            return json.loads(p.read_text(encoding="utf-8"))["text"]
-        except (OSError, ValueError, KeyError):
+            if p.stat().st_size > self.max_entry_bytes:
+                return ""
+            entry = json.loads(p.read_text(encoding="utf-8"))
+        except (FileNotFoundError, NotADirectoryError):
             return None
+        except (OSError, ValueError, RecursionError):
+            return ""
+        text = entry.get("text") if isinstance(entry, dict) else None
+        if not isinstance(text, str):
+            return ""
+        try:
+            os.utime(p)                          # recently used: evicted last
+        except OSError:
+            pass
+        return text
 
     def put(self, key: str, text: str) -> None:
-        if self.dir is not None:
-            write_json(self._path(key), {"text": text})
+        if self.dir is None or self._broken:
+            return
+        data = (json.dumps({"text": text}, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+        if len(data) > self.max_entry_bytes:
+            return
+        path = self._path(key)
+        with self._lock:
+            try:
+                if self._size is None:
+                    self._size = sum(size for _, size, _ in self._entries())
+                if self._size + len(data) > self.max_bytes:
+                    self._evict(int(self.max_bytes * self.LOW_WATER) - len(data))
+                old = path.stat().st_size if path.exists() else 0
+                with atomic_open(path, "wb", encoding=None) as f:
+                    f.write(data)
+                self._size += len(data) - old
+            except (OSError, XtmError) as e:      # atomic_open says XtmError for a path it cannot write
+                self._broken = True
+                print(f"xtm-train: the LLM answer cache at {self.dir} cannot be written ({type(e).__name__}); "
+                      "answers are used but not cached", file=sys.stderr)
+
+    def _entries(self) -> list[tuple[int, int, Path]]:
+        """(mtime_ns, size, path) of every file that is one of our entries."""
+        assert self.dir is not None
+        out = []
+        for p in self.dir.glob("[0-9a-f][0-9a-f]/*.json"):
+            if _ENTRY_NAME.match(p.name) and p.parent.name == p.name[:2]:
+                try:
+                    st = p.stat()
+                except OSError:
+                    continue
+                out.append((st.st_mtime_ns, st.st_size, p))
+        return out
+
+    def _evict(self, target: int) -> None:
+        """Delete least recently used entries until ours total at most `target` bytes."""
+        entries = sorted(self._entries(), key=lambda e: (e[0], e[2].name))
+        total = sum(size for _, size, _ in entries)
+        for _, size, p in entries:
+            if total <= max(target, 0):
+                break
+            try:
+                p.unlink()
+                total -= size
+            except FileNotFoundError:
+                total -= size
+        self._size = total
 
 
 # --------------------------------------------------------------------------------------------
@@ -145,20 +246,45 @@ class LLMRefiner:
         t0 = time.perf_counter()
         prompts = [build_prompt(t, self.matcher.langs, self.n_words) for t in topics]
         keys = [[AnswerCache.key(self.generator.id, p, r, self.sampling) for r in range(rounds)] for p in prompts]
-        texts: list[list[str | None]] = [[self.cache.get(k) for k in ks] for ks in keys]
-        todo = [i for i, row in enumerate(texts) if any(t is None for t in row)]
-        stats.cache_hits = sum(t is not None for row in texts for t in row)
+        answers: list[list[ParsedAnswer | None]] = [[self._cached(k, stats) for k in ks] for ks in keys]
+        todo = [i for i, row in enumerate(answers) if any(a is None for a in row)]
         if todo:
             fresh = self.generator.generate([prompts[i] for i in todo], rounds, self.sampling, stats)
-            for i, answers in zip(todo, fresh, strict=True):
-                for r, text in enumerate(answers):
-                    if texts[i][r] is None and text is not None:
-                        texts[i][r] = text
-                        self.cache.put(keys[i][r], text)
-        stats.failures = sum(t is None for row in texts for t in row)
-        parsed = [[parse_answer(t, self.matcher, max_words=2 * self.n_words) for t in row] for row in texts]
+            for i, texts in zip(todo, fresh, strict=True):
+                for r, text in enumerate(texts):
+                    if answers[i][r] is None:
+                        answers[i][r] = self._fresh(keys[i][r], text, stats)
+        parsed = [[a if a is not None else self._parse(None) for a in row] for row in answers]
         stats.seconds = time.perf_counter() - t0
         return parsed, stats
+
+    def _parse(self, text: str | None) -> ParsedAnswer:
+        return parse_answer(text, self.matcher, max_words=2 * self.n_words)
+
+    def _cached(self, key: str, stats: StepStats) -> ParsedAnswer | None:
+        """A usable cached answer, or None (a miss). An unusable entry, which older versions wrote,
+        is a miss too: one empty answer must not cost every later run with the same model."""
+        text = self.cache.get(key)
+        if text is None:
+            return None
+        answer = self._parse(text)
+        if not answer.usable:
+            stats.add(stale_cache=1)
+            return None
+        stats.add(cache_hits=1)
+        return answer
+
+    def _fresh(self, key: str, text: Any, stats: StepStats) -> ParsedAnswer:
+        """Parse a new answer; cache it only when usable, so the next run asks again otherwise."""
+        if not isinstance(text, str):
+            stats.add(failures=1)
+            return self._parse(None)
+        answer = self._parse(text)
+        if answer.usable:
+            self.cache.put(key, text)
+        else:
+            stats.add(unusable=1)
+        return answer
 
 
 def chat_completions_url(url: str) -> str:
@@ -171,60 +297,302 @@ def chat_completions_url(url: str) -> str:
     return url + "/v1/chat/completions"
 
 
+# Status codes: followed when the target has the same origin; the run stops (retrying cannot fix a
+# wrong key, URL or model); retried (the server is busy or briefly broken); anything else is given up at once.
+REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
+FATAL_CODES = frozenset({401, 403, 404})
+RETRY_CODES = frozenset({408, 409, 425, 429})
+MAX_REDIRECTS = 3
+MAX_USAGE_TOKENS = 10**7        # one request's token count above this is not a count
+
+
+class BadAnswerError(Exception):
+    """An HTTP 2xx whose body is no usable chat completion (wrong shape, not JSON, truncated, too large)."""
+
+
+class _TransientError(Exception):
+    """A failed attempt worth retrying; `retry_after` is the server's requested wait in seconds, if any."""
+
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+class _GiveUpError(Exception):
+    """A failed attempt that the same request would fail again (400, 413, 422, ...): no retry."""
+
+
+def _origin(parts: SplitResult) -> tuple[str, str, int]:
+    """(scheme, host, port): where the API key may go. Raises ValueError on a malformed port."""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return parts.scheme.lower(), (parts.hostname or "").lower(), port
+
+
+def _show_origin(origin: tuple[str, str, int]) -> str:
+    scheme, host, port = origin
+    host = f"[{host}]" if ":" in host else host
+    return _printable(f"{scheme}://{host}:{port}")
+
+
+def _printable(text: str, limit: int = 120) -> str:
+    """Server-controlled text made safe for one log line."""
+    return "".join(c if c.isprintable() else "?" for c in text[:limit])
+
+
+def _shutdown(sock: socket.socket) -> None:
+    """Shut a socket down under a reader blocked in recv, which then returns at once (EOF).
+
+    The plain socket method, also for TLS sockets: SSLSocket.shutdown would pull the SSL object from
+    under the reading thread."""
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Seconds a `Retry-After` header asks for (delta-seconds or an HTTP date); None when absent or garbage."""
+    if not value or not value.strip():
+        return None
+    try:
+        secs = float(value.strip())
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value.strip())
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        return max(0.0, when.timestamp() - time.time())
+    return secs if math.isfinite(secs) and secs >= 0 else None
+
+
+def parse_completion(body: bytes) -> tuple[str, Any]:
+    """(content text, usage object) of a chat-completion body; BadAnswerError when it has another shape."""
+    try:
+        out = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise BadAnswerError("the answer is not JSON") from None
+    choices = out.get("choices") if isinstance(out, dict) else None
+    first = choices[0] if isinstance(choices, list) and choices else None
+    message = first.get("message") if isinstance(first, dict) else None
+    content = message.get("content") if isinstance(message, dict) else None
+    if isinstance(content, list):         # content parts: [{"type": "text", "text": ...}, ...]
+        texts = [part.get("text") for part in content if isinstance(part, dict)]
+        content = "".join(t for t in texts if isinstance(t, str)) if any(isinstance(t, str) for t in texts) else None
+    if not isinstance(content, str):
+        raise BadAnswerError("the answer has no choices[0].message.content text")
+    return content, out.get("usage")
+
+
+def usage_tokens(usage: Any) -> tuple[int, int] | None:
+    """(prompt, completion) tokens of a `usage` object; (0, 0) when absent; None when not believable."""
+    if usage is None:
+        return 0, 0
+    if not isinstance(usage, dict):
+        return None
+    counts = []
+    for name in ("prompt_tokens", "completion_tokens"):
+        v = usage.get(name)
+        if v is None:
+            v = 0
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_USAGE_TOKENS:
+            return None
+        counts.append(v)
+    return counts[0], counts[1]
+
+
 class OpenAICompatibleGenerator:
     """K x R chat-completion requests to any OpenAI-compatible server, at most `concurrency` at once.
 
-    Each round is its own request with its own seed (many servers ignore `n`). Transient
-    failures (connection errors, timeouts, 429, 5xx) are retried with exponential backoff and
-    jitter; a request that still fails yields None (the topic keeps its last good set). Errors
-    that retrying cannot fix (401, 403, 404: wrong key, URL or model) stop with a clear message.
-    The API key comes from an environment variable and is never logged.
+    Each round is its own request with its own seed (many servers ignore `n`). The client trusts the
+    server with nothing (standard library http.client, explicit limits):
+      * `timeout` is a total deadline per attempt (connect, send, headers, body, redirects), enforced
+        by a watchdog that closes the socket, so a server dripping one byte a second costs `timeout`;
+      * redirects are followed only within the origin of --llm-url (scheme, host, port), at most
+        MAX_REDIRECTS times, re-sending the same POST; another origin stops the run: the API key is
+        never sent anywhere but the origin the user named;
+      * an answer larger than `max_response_bytes` is refused without reading it all, one of another
+        shape, not JSON or truncated is a bad answer (counted, retried, then None);
+      * token counts that are not believable are ignored (counted), never added to the stats.
+    Transient failures (connection errors, timeouts, bad answers, 408/409/425/429, 5xx) are retried
+    with exponential backoff and jitter, or after the server's Retry-After on 429/503; every wait is
+    capped at `max_retry_wait` seconds. A request that still fails yields None (the topic keeps its
+    last good set). Errors that retrying cannot fix (401, 403, 404, a redirect elsewhere or in a loop)
+    stop with a clear message. The API key comes from an environment variable and is never logged:
+    no message includes anything the server wrote back.
     """
 
+    MAX_RESPONSE_BYTES = 2 * 2**20      # a list of words is a few KB; JSON around it is small
+
     def __init__(self, url: str, model: str, api_key_env: str = "OPENAI_API_KEY", concurrency: int = 8,
-                 timeout: float = 120.0, retries: int = 4, backoff: float = 1.0) -> None:
+                 timeout: float = 120.0, retries: int = 4, backoff: float = 1.0, max_retry_wait: float = 60.0,
+                 max_response_bytes: int = MAX_RESPONSE_BYTES) -> None:
         if not url:
             raise XtmError("--refiner openai needs --llm-url (e.g. http://127.0.0.1:8000/v1)")
         if not model:
             raise XtmError("--refiner openai needs --llm-model (the model name the server knows)")
         self.url = chat_completions_url(url)
+        self.origin = self._check_url(self.url, api_key_env)
         self.model = model
         self.id = f"openai:{model}"
-        self._key = os.environ.get(api_key_env) or None
+        self._key = self._read_key(api_key_env)
         self.concurrency = max(1, int(concurrency))
-        self.timeout, self.retries, self.backoff = timeout, retries, backoff
+        self.timeout, self.retries, self.backoff = float(timeout), int(retries), float(backoff)
+        self.max_retry_wait = float(max_retry_wait)
+        self.max_response_bytes = int(max_response_bytes)
 
-    def _post(self, body: dict[str, Any]) -> dict[str, Any]:
-        headers = {"Content-Type": "application/json"}
+    @staticmethod
+    def _check_url(url: str, api_key_env: str) -> tuple[str, str, int]:
+        parts = urlsplit(url)
+        if parts.username is not None or parts.password is not None:
+            raise XtmError(f"--llm-url must not contain credentials: put the API key in ${api_key_env}")
+        try:
+            origin = _origin(parts)
+        except ValueError:
+            raise XtmError(f"--llm-url has an invalid port: {_printable(url)}") from None
+        if origin[0] not in ("http", "https") or not origin[1]:
+            raise XtmError(f"--llm-url must be an http:// or https:// address (e.g. http://127.0.0.1:8000/v1), "
+                           f"got '{_printable(url)}'")
+        return origin
+
+    @staticmethod
+    def _read_key(api_key_env: str) -> str | None:
+        key = os.environ.get(api_key_env, "").strip()
+        if any(not 0x21 <= ord(c) <= 0x7E for c in key):
+            # A header value with CR/LF would inject headers; never echo the key itself.
+            raise XtmError(f"the API key in ${api_key_env} contains spaces, control or non-ASCII characters")
+        return key or None
+
+    # ---- one HTTP exchange under a deadline -----------------------------------------------------
+    def _exchange(self, url: str, payload: bytes, deadline: float) -> tuple[int, http.client.HTTPMessage, bytes]:
+        """POST `payload` to `url`: (status, headers, body of a 2xx), all of it before `deadline`."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise _TransientError(f"no complete answer within {self.timeout:g}s")
+        parts = urlsplit(url)
+        cls = http.client.HTTPSConnection if parts.scheme.lower() == "https" else http.client.HTTPConnection
+        conn = cls(parts.hostname or "", parts.port, timeout=remaining)
+        killed = threading.Event()
+        sockets: list[socket.socket] = []     # kept here: http.client drops conn.sock on "Connection: close"
+
+        def kill() -> None:
+            killed.set()
+            for sock in sockets:
+                _shutdown(sock)
+
+        watchdog = threading.Timer(remaining, kill)
+        watchdog.daemon = True
+        watchdog.start()
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self._key:
             headers["Authorization"] = f"Bearer {self._key}"
-        req = urllib.request.Request(self.url, data=json.dumps(body).encode("utf-8"), headers=headers)
-        with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-            return json.loads(resp.read().decode("utf-8"))
+        try:
+            conn.connect()
+            sockets.append(conn.sock)
+            if killed.is_set():           # the watchdog fired while connecting
+                _shutdown(conn.sock)
+            conn.request("POST", (parts.path or "/") + (f"?{parts.query}" if parts.query else ""), body=payload,
+                         headers=headers)
+            resp = conn.getresponse()
+            body = self._read_body(resp) if 200 <= resp.status < 300 else b""
+            if killed.is_set():
+                raise _TransientError(f"no complete answer within {self.timeout:g}s")
+            return resp.status, resp.headers, body
+        except (http.client.HTTPException, OSError, ValueError, AttributeError) as e:
+            if killed.is_set():
+                raise _TransientError(f"no complete answer within {self.timeout:g}s") from None
+            if isinstance(e, http.client.IncompleteRead):
+                raise BadAnswerError("the answer was truncated") from None
+            raise _TransientError(type(e).__name__) from None
+        finally:
+            watchdog.cancel()
+            conn.close()
+
+    def _read_body(self, resp: http.client.HTTPResponse) -> bytes:
+        cap = self.max_response_bytes
+        if resp.length is not None and resp.length > cap:
+            raise BadAnswerError(f"an answer of {resp.length} bytes was refused (limit {cap})")
+        data = resp.read(cap + 1)
+        if len(data) > cap:
+            raise BadAnswerError(f"an answer over {cap} bytes was refused")
+        if resp.length:                 # Content-Length promised more than the server sent
+            raise BadAnswerError("the answer was truncated")
+        return data
+
+    def _post(self, payload: bytes) -> bytes:
+        """The body of a 2xx answer to one attempt, following same-origin redirects (bounded)."""
+        deadline = time.monotonic() + self.timeout
+        url = self.url
+        for _ in range(MAX_REDIRECTS + 1):
+            status, headers, body = self._exchange(url, payload, deadline)
+            if status in REDIRECT_CODES:
+                url = self._redirect_target(url, headers.get("Location"))
+                continue
+            if 200 <= status < 300:
+                return body
+            if status in FATAL_CODES:
+                phrase = HTTPStatus(status).phrase   # never the server's own reason text: it may echo the key
+                raise XtmError(f"the LLM server at {self.url} answered HTTP {status} ({phrase}): check "
+                               "--llm-url, --llm-model and the API key variable")
+            if status in RETRY_CODES or status >= 500:
+                wait = retry_after_seconds(headers.get("Retry-After")) if status in (429, 503) else None
+                raise _TransientError(f"HTTP {status}", wait)
+            raise _GiveUpError(f"HTTP {status}")
+        raise XtmError(f"the LLM server at {self.url} redirected more than {MAX_REDIRECTS} times: set --llm-url "
+                       "to the final address")
+
+    def _redirect_target(self, url: str, location: str | None) -> str:
+        """The URL to follow, only within the origin of --llm-url: the key must go nowhere else."""
+        if not location:
+            raise _GiveUpError("a redirect without a Location")
+        target = urljoin(url, location.strip())
+        try:
+            origin = _origin(urlsplit(target))
+        except ValueError:
+            origin = ("?", "?", 0)
+        if origin != self.origin:
+            raise XtmError(f"the LLM server at {_show_origin(self.origin)} redirected to another origin "
+                           f"({_show_origin(origin)}); xtm does not follow it, so the API key is never sent "
+                           "there: if you trust that address, pass it as --llm-url")
+        return target
+
+    # ---- one request: attempts, waits, accounting -----------------------------------------------
+    def _wait(self, attempt: int, retry_after: float | None) -> float:
+        wait = self.backoff * 2 ** attempt * (0.5 + random.random()) if retry_after is None else retry_after
+        return min(wait, self.max_retry_wait)
 
     def _one(self, prompt: str, round_index: int, sampling: Sampling, stats: StepStats) -> str | None:
         body = {"model": self.model, "messages": [{"role": "user", "content": prompt}],
                 "temperature": sampling.temperature, "top_p": sampling.top_p,
                 "max_tokens": sampling.max_tokens, "seed": sampling.seed + round_index, "stream": False}
+        payload = json.dumps(body).encode("utf-8")
+        reason, attempt = "", 0
         for attempt in range(self.retries + 1):
             stats.add(calls=1)
+            retry_after = None
             try:
-                out = self._post(body)
-                text = out["choices"][0]["message"]["content"]
-                usage = out.get("usage") or {}
-                stats.add(prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                          completion_tokens=int(usage.get("completion_tokens") or 0))
-                return text if isinstance(text, str) else None
-            except urllib.error.HTTPError as e:
-                if e.code in (401, 403, 404):
-                    raise XtmError(f"the LLM server at {self.url} answered HTTP {e.code} ({e.reason}): check "
-                                   "--llm-url, --llm-model and the API key variable") from e
-                reason = f"HTTP {e.code}"
-            except (urllib.error.URLError, TimeoutError, OSError, ValueError, KeyError, IndexError) as e:
-                reason = type(e).__name__
+                text, usage = parse_completion(self._post(payload))
+            except BadAnswerError as e:
+                stats.add(bad_answers=1)
+                reason = str(e)
+            except _TransientError as e:
+                reason, retry_after = str(e), e.retry_after
+            except _GiveUpError as e:
+                reason = str(e)
+                break
+            else:
+                tokens = usage_tokens(usage)
+                if tokens is None:
+                    stats.add(ignored_usage=1)
+                else:
+                    stats.add(prompt_tokens=tokens[0], completion_tokens=tokens[1])
+                return text
             if attempt < self.retries:
-                time.sleep(self.backoff * 2 ** attempt * (0.5 + random.random()))
-        print(f"xtm-train: LLM request failed after {self.retries + 1} attempts ({reason}); "
+                time.sleep(self._wait(attempt, retry_after))
+        print(f"xtm-train: LLM request failed after {attempt + 1} attempts ({reason}); "
               "the topic keeps its last refined set", file=sys.stderr)
         return None
 
@@ -232,10 +600,14 @@ class OpenAICompatibleGenerator:
                  stats: StepStats) -> list[list[str | None]]:
         jobs = [(i, r) for i in range(len(prompts)) for r in range(rounds)]
         out: list[list[str | None]] = [[None] * rounds for _ in prompts]
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            results = pool.map(lambda ir: self._one(prompts[ir[0]], ir[1], sampling, stats), jobs)
-            for (i, r), text in zip(jobs, results, strict=True):
-                out[i][r] = text
+        pool = ThreadPoolExecutor(max_workers=self.concurrency)
+        try:
+            futures = [pool.submit(self._one, prompts[i], r, sampling, stats) for i, r in jobs]
+            for (i, r), fut in zip(jobs, futures, strict=True):
+                out[i][r] = fut.result()
+        finally:
+            # A fatal error (wrong key, redirect elsewhere) stops the step without sending the rest.
+            pool.shutdown(wait=True, cancel_futures=True)
         return out
 
 

@@ -1,0 +1,302 @@
+"""The OpenAI-compatible LLM client against a hostile world (issue 13, items 9-12).
+
+Every test talks to a real HTTP server on 127.0.0.1 (`adversarial_llm_server.py`) that misbehaves
+on purpose: cross-origin redirects, wrong-shaped JSON, truncated bodies, a slow drip, 429 with
+Retry-After, 36 MB answers, empty answers, a server echoing the key. What must hold: the key never
+leaves its origin nor shows in logs, errors or the cache; a bad answer is counted and unusable,
+never a crash and never cached; every request costs at most about --llm-timeout; the cache is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from adversarial_llm_server import SHAPES, USAGES, AdversarialLLMServer, wait_until
+
+from xtm.errors import XtmError
+from xtm.trainer.phase2 import vote
+from xtm.trainer.refine_prompt import TopicWords, VocabMatcher, build_prompt
+from xtm.trainer.refiners import AnswerCache, LLMRefiner, OpenAICompatibleGenerator, Sampling
+
+VOCABS = {"en": ["player", "team", "market", "profit"], "zh": ["球员", "球队", "市场", "利润"]}
+TOPIC = TopicWords(0, {"en": ["player", "team"], "zh": ["球员", "球队"]})
+KEY = "sk-hostile-test-0123456789"
+SAMPLING = Sampling(max_tokens=50, seed=3)
+
+
+@pytest.fixture
+def servers():
+    made: list[AdversarialLLMServer] = []
+
+    def make(*script: str, **kw) -> AdversarialLLMServer:
+        made.append(AdversarialLLMServer(script, **kw))
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.close()
+
+
+@pytest.fixture
+def key(monkeypatch) -> str:
+    monkeypatch.setenv("XTM_HOSTILE_KEY", KEY)
+    return KEY
+
+
+def refiner(url: str, cache_dir: Path | None, **kw) -> LLMRefiner:
+    kw.setdefault("retries", 0)
+    kw.setdefault("backoff", 0.01)
+    kw.setdefault("timeout", 5.0)
+    gen = OpenAICompatibleGenerator(url, "hostile-model", api_key_env="XTM_HOSTILE_KEY", concurrency=1, **kw)
+    return LLMRefiner(gen, VocabMatcher(VOCABS), n_words=5, sampling=SAMPLING, cache=AnswerCache(cache_dir))
+
+
+def cache_files(cache_dir: Path) -> list[Path]:
+    return [p for p in cache_dir.rglob("*") if p.is_file()]
+
+
+def no_key_anywhere(cache_dir: Path, captured: str) -> None:
+    assert KEY not in captured
+    for p in cache_files(cache_dir):
+        assert KEY.encode() not in p.read_bytes(), p
+
+
+# ---- 9. the key never leaves its origin -------------------------------------------------------
+
+
+def test_cross_origin_redirect_is_refused_and_the_other_origin_never_sees_the_key(servers, key, tmp_path,
+                                                                                 capsys) -> None:
+    elsewhere = servers()
+    s = servers("redirect", redirect_to=elsewhere.url + "/chat/completions")
+    with pytest.raises(XtmError, match="another origin") as err:
+        refiner(s.url, tmp_path).refine([TOPIC], rounds=1)
+    assert s.requests[0]["headers"]["Authorization"] == f"Bearer {KEY}"     # its own origin gets the key
+    assert elsewhere.requests == []                                         # the other one gets nothing
+    assert elsewhere.origin in str(err.value) and KEY not in str(err.value)
+    no_key_anywhere(tmp_path, capsys.readouterr().err)
+
+
+def test_redirect_to_another_port_of_the_same_host_is_another_origin(servers, key, tmp_path) -> None:
+    elsewhere = servers()
+    s = servers("redirect", redirect_to=elsewhere.origin.replace("127.0.0.1", "localhost") + "/v1")
+    with pytest.raises(XtmError, match="another origin"):
+        refiner(s.url, tmp_path).refine([TOPIC], rounds=1)
+    assert elsewhere.requests == []
+
+
+def test_same_origin_redirect_is_followed_with_the_same_request(servers, key, tmp_path) -> None:
+    s = servers("redirect_same")
+    answers, stats = refiner(s.url, tmp_path).refine([TOPIC], rounds=1)
+    assert answers[0][0].usable and stats.failures == 0
+    assert [r["path"] for r in s.requests] == ["/v1/chat/completions", "/moved/v1/chat/completions"]
+    assert s.requests[1]["method"] == "POST" and s.requests[1]["body"] == s.requests[0]["body"]
+    assert s.requests[1]["headers"]["Authorization"] == f"Bearer {KEY}"
+
+
+def test_a_redirect_loop_stops_with_a_clear_error(servers, key, tmp_path) -> None:
+    s = servers(default="redirect_same")
+    with pytest.raises(XtmError, match="redirected more than"):
+        refiner(s.url, tmp_path).refine([TOPIC], rounds=1)
+    assert len(s.requests) <= 4
+
+
+def test_a_key_echoed_by_the_server_never_reaches_the_error_or_the_log(servers, key, tmp_path, capsys) -> None:
+    s = servers("echo_key")
+    with pytest.raises(XtmError, match="HTTP 401") as err:
+        refiner(s.url, tmp_path).refine([TOPIC], rounds=1)
+    assert KEY not in str(err.value) and "sk-hostile" not in str(err.value)
+    no_key_anywhere(tmp_path, capsys.readouterr().err)
+
+
+def test_the_key_is_in_no_log_line_and_no_cache_file(servers, key, tmp_path, capsys) -> None:
+    s = servers("status:500", "status:502", "shape:list", "truncated", "good")
+    answers, stats = refiner(s.url, tmp_path, retries=5).refine([TOPIC], rounds=1)
+    assert answers[0][0].usable and stats.calls == 5
+    s2 = servers(default="status:500")
+    refiner(s2.url, tmp_path, retries=1).refine([TopicWords(1, {"en": ["market"], "zh": []})], rounds=1)
+    err = capsys.readouterr().err
+    assert "failed after 2 attempts" in err
+    assert cache_files(tmp_path)
+    no_key_anywhere(tmp_path, err)
+
+
+def test_a_key_with_control_characters_is_refused_without_echoing_it(monkeypatch) -> None:
+    monkeypatch.setenv("XTM_HOSTILE_KEY", "sk-abc\r\nX-Injected: 1")
+    with pytest.raises(XtmError, match="XTM_HOSTILE_KEY") as err:
+        OpenAICompatibleGenerator("http://127.0.0.1:9/v1", "m", api_key_env="XTM_HOSTILE_KEY")
+    assert "sk-abc" not in str(err.value) and "Injected" not in str(err.value)
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://127.0.0.1/v1", "127.0.0.1:8000/v1"])
+def test_only_http_urls_are_accepted(url) -> None:
+    with pytest.raises(XtmError, match="--llm-url"):
+        OpenAICompatibleGenerator(url, "m")
+
+
+# ---- 10. wrong shapes, truncation, absurd counts: counted, unusable, never a crash ---------------
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_wrong_shaped_json_is_an_unusable_answer_never_a_crash_and_never_cached(servers, tmp_path, shape) -> None:
+    s = servers(f"shape:{shape}")
+    answers, stats = refiner(s.url, tmp_path).refine([TOPIC], rounds=1)
+    assert not answers[0][0].usable and stats.bad_answers == 1 and stats.failures == 1
+    assert vote(answers[0], list(VOCABS), 5) is None            # phase 2: the topic keeps its last set
+    assert cache_files(tmp_path) == []
+    again, stats2 = refiner(s.url, tmp_path).refine([TOPIC], rounds=1)
+    assert again[0][0].usable and stats2.calls == 1 and stats2.cache_hits == 0
+
+
+def test_a_truncated_body_is_an_unusable_answer_and_is_retried(servers, tmp_path) -> None:
+    s = servers("truncated")
+    answers, stats = refiner(s.url, tmp_path).refine([TOPIC], rounds=1)
+    assert not answers[0][0].usable and stats.bad_answers == 1 and cache_files(tmp_path) == []
+    s2 = servers("truncated", "good")
+    answers, stats = refiner(s2.url, tmp_path, retries=1).refine([TOPIC], rounds=1)
+    assert answers[0][0].usable and stats.calls == 2 and stats.bad_answers == 1
+
+
+@pytest.mark.parametrize("usage", sorted(USAGES))
+def test_absurd_token_counts_are_ignored_and_counted_never_a_crash(servers, tmp_path, usage) -> None:
+    s = servers(usage)
+    answers, stats = refiner(s.url, tmp_path).refine([TOPIC], rounds=1)
+    assert answers[0][0].usable                                  # the words themselves are fine
+    assert stats.ignored_usage == 1
+    assert 0 <= stats.prompt_tokens <= 10**6 and 0 <= stats.completion_tokens <= 10**6
+    assert isinstance(stats.prompt_tokens, int) and isinstance(stats.completion_tokens, int)
+    json.dumps(stats.to_dict(), allow_nan=False)                 # metrics.json stays valid JSON
+
+
+# ---- 11. deadlines, Retry-After, size caps -----------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["drip", "drip_headers"])
+def test_a_slow_drip_costs_at_most_the_timeout_per_attempt(servers, tmp_path, mode) -> None:
+    s = servers(default=mode, drip_interval=0.05)                 # ~300 bytes: 15 s to send in full
+    t0 = time.monotonic()
+    answers, stats = refiner(s.url, tmp_path, timeout=1.0, retries=1).refine([TOPIC], rounds=1)
+    elapsed = time.monotonic() - t0
+    assert not answers[0][0].usable and stats.calls == 2 and stats.failures == 1
+    assert 2.0 <= elapsed < 3.5, elapsed                          # 2 attempts x 1 s deadline + backoff
+
+
+def test_retry_after_is_honoured(servers, tmp_path) -> None:
+    s = servers("retry_after", "good", retry_after="1")
+    t0 = time.monotonic()
+    answers, stats = refiner(s.url, tmp_path, retries=2).refine([TOPIC], rounds=1)
+    elapsed = time.monotonic() - t0
+    assert answers[0][0].usable and stats.calls == 2
+    assert 0.95 <= elapsed < 2.5, elapsed                         # backoff alone would be 0.01 s
+
+
+def test_retry_after_as_an_http_date_is_honoured(servers, tmp_path) -> None:
+    from email.utils import formatdate
+
+    s = servers("unavailable", "good", retry_after=formatdate(time.time() + 2, usegmt=True))
+    t0 = time.monotonic()
+    answers, _ = refiner(s.url, tmp_path, retries=1).refine([TOPIC], rounds=1)
+    assert answers[0][0].usable and 0.9 <= time.monotonic() - t0 < 3.5
+
+
+def test_retry_after_is_bounded(servers, tmp_path) -> None:
+    s = servers("retry_after", "unavailable", "good", retry_after="86400")
+    t0 = time.monotonic()
+    answers, stats = refiner(s.url, tmp_path, retries=2, max_retry_wait=0.5).refine([TOPIC], rounds=1)
+    elapsed = time.monotonic() - t0
+    assert answers[0][0].usable and stats.calls == 3
+    assert 0.95 <= elapsed < 2.5, elapsed                         # 2 waits capped at 0.5 s, not a day
+
+
+@pytest.mark.parametrize("value", ["soon", "-5", "nan", "1e999"])
+def test_a_garbage_retry_after_falls_back_to_backoff(servers, tmp_path, value) -> None:
+    s = servers("retry_after", "good", retry_after=value)
+    t0 = time.monotonic()
+    answers, _ = refiner(s.url, tmp_path, retries=1, max_retry_wait=30).refine([TOPIC], rounds=1)
+    assert answers[0][0].usable and time.monotonic() - t0 < 1.5
+
+
+@pytest.mark.parametrize("mode", ["huge", "huge_chunked"])
+def test_a_huge_answer_is_refused_without_reading_it_and_never_cached(servers, tmp_path, mode) -> None:
+    s = servers(mode)
+    t0 = time.monotonic()
+    answers, stats = refiner(s.url, tmp_path).refine([TOPIC], rounds=1)
+    assert time.monotonic() - t0 < 5
+    assert not answers[0][0].usable and stats.bad_answers == 1
+    assert sum(p.stat().st_size for p in cache_files(tmp_path)) == 0
+    assert wait_until(lambda: s.requests) and s.bytes_sent < 20_000_000     # stopped far before 36 MB
+
+
+def test_an_answer_just_under_the_size_cap_is_used(servers, tmp_path) -> None:
+    s = servers("huge", huge_bytes=200_000)
+    answers, stats = refiner(s.url, tmp_path, max_response_bytes=1_000_000).refine([TOPIC], rounds=1)
+    assert answers[0][0].usable and stats.bad_answers == 0
+
+
+# ---- 12. unusable answers never poison the cache ----------------------------------------------
+
+
+def test_an_empty_answer_is_not_cached_so_the_next_run_asks_again(servers, tmp_path) -> None:
+    s = servers("empty", "good")
+    answers, stats = refiner(s.url, tmp_path).refine([TOPIC], rounds=1)
+    assert not answers[0][0].usable and stats.unusable == 1 and cache_files(tmp_path) == []
+    answers, stats = refiner(s.url, tmp_path).refine([TOPIC], rounds=1)
+    assert answers[0][0].usable and stats.calls == 1 and stats.cache_hits == 0
+    answers, stats = refiner(s.url, tmp_path).refine([TOPIC], rounds=1)
+    assert answers[0][0].usable and stats.calls == 0 and stats.cache_hits == 1
+    assert len(s.requests) == 2
+
+
+@pytest.mark.parametrize("entry", [{"text": ""}, {"text": "no vocabulary word here"}, {"text": 5}, [],
+                                   {"words": "player"}, "not json at all", None])
+def test_an_unusable_or_corrupt_cache_entry_is_a_miss(servers, tmp_path, entry) -> None:
+    s = servers()
+    r = refiner(s.url, tmp_path)
+    key = AnswerCache.key(r.generator.id, build_prompt(TOPIC, list(VOCABS), 5), 0, SAMPLING)
+    path = r.cache._path(key)
+    path.parent.mkdir(parents=True)
+    path.write_text(entry if isinstance(entry, str) else json.dumps(entry), encoding="utf-8")
+    if entry is None:
+        path.write_bytes(b"x" * 3_000_000)                       # an oversized planted file
+    answers, stats = r.refine([TOPIC], rounds=1)
+    assert answers[0][0].usable and stats.calls == 1 and stats.cache_hits == 0 and stats.stale_cache == 1
+    assert json.loads(path.read_text(encoding="utf-8"))["text"] == s.answer     # replaced by the good answer
+
+
+def test_an_unwritable_cache_never_stops_a_refinement(servers, tmp_path, capsys) -> None:
+    (tmp_path / "llm-answers").write_text("a file where the cache directory should be")
+    s = servers()
+    answers, stats = refiner(s.url, tmp_path).refine([TOPIC, TopicWords(1, {"en": ["market"], "zh": []})], rounds=2)
+    assert all(a.usable for row in answers for a in row) and stats.calls == 4
+    assert capsys.readouterr().err.count("answer cache") == 1              # said once, not per answer
+
+
+def test_the_cache_directory_is_bounded_oldest_entries_go_first(tmp_path) -> None:
+    cache = AnswerCache(tmp_path, max_bytes=20_000)
+    text = "EN: player - team\n" + "x" * 900
+    for i in range(100):
+        cache.put(f"{i:064x}", text)
+    total = sum(p.stat().st_size for p in cache_files(tmp_path))
+    assert 0 < total <= 20_000
+    assert cache.get(f"{99:064x}") == text and cache.get(f"{0:064x}") is None
+    (tmp_path / "llm-answers" / "mine.txt").write_text("not an answer: never evicted")
+    for i in range(100, 150):
+        cache.put(f"{i:064x}", text)
+    assert (tmp_path / "llm-answers" / "mine.txt").exists()
+
+
+def test_an_oversized_answer_is_used_but_not_cached(tmp_path) -> None:
+    cache = AnswerCache(tmp_path, max_entry_bytes=1000)
+    cache.put("ab" * 32, "EN: player " + "team - " * 500)
+    assert cache_files(tmp_path) == []
+
+
+def test_new_counters_reach_the_step_stats(servers, tmp_path) -> None:
+    s = servers("shape:list", "empty", "usage_list", "truncated")
+    topics = [TopicWords(k, {"en": ["player"], "zh": [str(k)]}) for k in range(4)]
+    _, stats = refiner(s.url, tmp_path).refine(topics, rounds=1)
+    d = stats.to_dict()
+    assert d["bad_answers"] == 2 and d["unusable"] == 1 and d["ignored_usage"] == 1 and d["failures"] == 2
+    assert d["stale_cache"] == 0 and d["calls"] == 4
