@@ -1,43 +1,227 @@
-"""Atomic file writes: a reader (or a crash) never sees a half-written output."""
+"""Atomic file writes: a reader (or a crash) never sees a half-written output, and what sits at the
+path is respected.
+
+What is at the path decides how `atomic_open` writes it:
+- nothing, or a regular file: a temporary beside it, fsync, rename over it. The old file stays whole
+  until the new one is complete; a replaced file keeps its permission bits (and owner, for root).
+  Another hard link to the old file keeps the old content (rename makes a new inode).
+- a symlink: followed (chains too); its target is written by these rules and the link stays a link.
+- a FIFO, a character or block device: opened and written in place, no temporary. Renaming over
+  them would turn `/dev/null` or a named pipe into a regular file (as root, the system's /dev/null).
+  A FIFO blocks until a reader opens it, as shell redirection does.
+- a directory or a socket: XtmError, as is any place that cannot be written (read-only, /proc).
+
+Temporaries are named `.NAME.xtm-PID-XXXXXXXX.tmp` and held under an exclusive flock while written.
+A writer killed with SIGKILL cannot remove its temporary; the next write of the same path removes
+the ones that are provably ours and dead: that name pattern, a regular file, a few seconds old,
+its writer's pid gone and its lock free. Anything else is left alone.
+SIGTERM and SIGHUP end a Python process without unwinding it: `exit_on_signals` turns them into
+SystemExit while a command writes, so `atomic_open` removes its temporary then too.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import signal
+import stat
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
+
+from xtm.errors import XtmError
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no locks, so stale temporaries are never removed (never provably ours)
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["atomic_open", "exit_on_signals", "write_json", "write_text"]
+
+# A temporary is locked microseconds after it is created; one younger than this may be a writer's that
+# has not taken its lock yet, and is never called stale.
+_GRACE_S = 2.0
+_TMP_TAG = ".xtm-"
+# Names are cut so the temporary stays under NAME_MAX (255 bytes) with its prefix and suffix.
+_MAX_STEM = 120
 
 
 @contextmanager
 def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO[Any]]:
-    """Write to a temp file beside `path`, fsync, then rename over it; on error leave `path` untouched."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    # mkstemp creates 0600; outputs get the permissions a plain open() would give them.
-    os.chmod(tmp, 0o666 & ~_umask())
+    """Open `path` for writing so that it is replaced whole or not at all (see the module docstring).
+
+    On an exception in the body, a regular file is left untouched and the temporary removed; a FIFO
+    or device has received what was written so far. XtmError when the path cannot be written."""
+    target = Path(os.path.realpath(path))  # symlinks followed: their target is what gets written
     try:
+        st: os.stat_result | None = os.stat(target)
+    except FileNotFoundError:
+        st = None
+    except OSError as e:  # a symlink loop, a path through a file, no permission to look
+        raise XtmError(f"cannot write: {e.strerror}", path=path) from e
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise XtmError("is a directory: give a file name", path=path)
+    if st is not None and stat.S_ISSOCK(st.st_mode):
+        raise XtmError("is a socket: give a file, a FIFO or a device", path=path)
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        with _in_place(target, mode, encoding, path) as f:
+            yield f
+        return
+    with _replacing(target, st, mode, encoding, path) as f:
+        yield f
+
+
+@contextmanager
+def _in_place(target: Path, mode: str, encoding: str | None, shown: str | Path) -> Iterator[IO[Any]]:
+    """A FIFO or device, written where it is: no O_CREAT, no O_TRUNC (nothing to create or cut)."""
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_NOCTTY)
+    except OSError as e:
+        raise XtmError(f"cannot write: {e.strerror}", path=shown) from e
+    if stat.S_ISREG(os.fstat(fd).st_mode):  # replaced by a regular file since we looked: never write in place
+        os.close(fd)
+        raise XtmError("changed while being opened (now a regular file); run again", path=shown)
+    kwargs = {} if "b" in mode else {"encoding": encoding}
+    with os.fdopen(fd, mode.replace("x", "w").replace("a", "w"), **kwargs) as f:
+        yield f
+
+
+@contextmanager
+def _replacing(target: Path, st: os.stat_result | None, mode: str, encoding: str | None,
+               shown: str | Path) -> Iterator[IO[Any]]:
+    """A new or regular file: temporary beside it, fsync, rename; the temporary never outlives us."""
+    parent, stem = target.parent, target.name[:_MAX_STEM]
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise XtmError(f"cannot write: cannot create its directory: {e.strerror}", path=shown) from e
+    _remove_stale(parent, stem)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{stem}{_TMP_TAG}{os.getpid()}-", suffix=".tmp", dir=parent)
+    except OSError as e:
+        raise XtmError(f"cannot write: {e.strerror}", path=shown) from e
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # "being written": the stale sweep skips it
+        _copy_permissions(fd, st)
         kwargs = {} if "b" in mode else {"encoding": encoding}
         with os.fdopen(fd, mode, **kwargs) as f:
             yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+            try:
+                f.flush()
+                os.fsync(f.fileno())
+            except OSError as e:  # a full disk shows here at the latest
+                raise XtmError(f"cannot write: {e.strerror}", path=shown) from e
         try:
+            os.replace(tmp, target)
+        except OSError as e:
+            raise XtmError(f"cannot write: {e.strerror}", path=shown) from e
+        _fsync_dir(parent)
+    except BaseException:
+        with suppress(OSError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
+
+
+def _copy_permissions(fd: int, st: os.stat_result | None) -> None:
+    """The replaced file's mode (and owner, where allowed); a new file gets what open() would give.
+
+    mkstemp creates 0600; replacing a 0644 output with it would hide it from its readers, and
+    replacing a 0600 one with 0644 would expose it."""
+    if st is None:
+        os.fchmod(fd, 0o666 & ~_umask())
+        return
+    os.fchmod(fd, stat.S_IMODE(st.st_mode))
+    if (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
+        with suppress(OSError):  # only root may give a file away; others keep their own ownership
+            os.fchown(fd, st.st_uid, st.st_gid)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename itself durable; some file systems cannot fsync a directory (ignored)."""
+    with suppress(OSError):
+        dfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def _remove_stale(parent: Path, stem: str) -> None:
+    """Remove temporaries of `stem` left by killed writers: only ones provably ours (module docstring).
+
+    Best effort: anything unexpected leaves the file where it is and never fails the write."""
+    if fcntl is None:
+        return
+    pattern = re.compile(re.escape(f".{stem}{_TMP_TAG}") + r"(\d+)-[a-z0-9_]{8}\.tmp")
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return
+    for entry in entries:
+        m = pattern.fullmatch(entry.name)
+        if m is None or int(m.group(1)) == os.getpid() or _alive(int(m.group(1))):
+            continue
+        with suppress(OSError):
+            st = entry.stat(follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode) or st.st_mtime > time.time() - _GRACE_S:
+                continue
+            fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises while a writer holds it
+                if os.path.samestat(os.fstat(fd), st):
+                    os.unlink(entry.path)
+            finally:
+                os.close(fd)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+@contextmanager
+def exit_on_signals(signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGHUP)) -> Iterator[None]:
+    """While active, SIGTERM/SIGHUP raise SystemExit(128 + signal number) in the main thread.
+
+    Their default action ends the process on the spot: `with atomic_open(...)` blocks never run
+    their cleanup and multi-hundred-MB temporaries stay behind. As an exception they unwind like
+    Ctrl-C does. Further signals are ignored while the first one unwinds (a second SIGTERM would
+    otherwise interrupt the cleanup). Outside the main thread this does nothing (Python allows
+    handlers only there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in signals}
+
+    def handler(signum: int, _frame: Any) -> None:
+        for s in signals:
+            signal.signal(s, signal.SIG_IGN)
+        raise SystemExit(128 + signum)
+
+    for s in signals:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
 
 
 def write_json(path: str | Path, obj: Any) -> None:

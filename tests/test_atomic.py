@@ -1,0 +1,202 @@
+"""xtm.atomic on what really sits at a path: regular files, new paths, symlinks, FIFOs, character devices,
+directories, unwritable places; and the temporaries a killed writer leaves behind.
+
+Tests run as root here: /dev/null is only ever written to, and asserted to stay a character device.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from xtm.atomic import atomic_open, write_text
+from xtm.errors import XtmError
+
+
+def litter(d: Path) -> list[str]:
+    return sorted(p.name for p in d.iterdir() if p.name.endswith(".tmp"))
+
+
+def test_regular_file_is_replaced_whole_and_keeps_its_permissions(tmp_path: Path) -> None:
+    p = tmp_path / "out.txt"
+    p.write_text("old")
+    os.chmod(p, 0o600)  # a private file must not become world-readable when rewritten
+    write_text(p, "new")
+    assert p.read_text() == "new"
+    assert stat.S_IMODE(p.stat().st_mode) == 0o600
+    assert litter(tmp_path) == []
+
+
+def test_a_failing_writer_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> None:
+    p = tmp_path / "out.txt"
+    p.write_text("old")
+    with pytest.raises(RuntimeError), atomic_open(p) as f:
+        f.write("half")
+        raise RuntimeError("boom")
+    assert p.read_text() == "old" and litter(tmp_path) == []
+
+
+def test_symlink_is_followed_and_its_target_replaced(tmp_path: Path) -> None:
+    real = tmp_path / "data" / "real.txt"
+    real.parent.mkdir()
+    real.write_text("old")
+    link = tmp_path / "link.txt"
+    link.symlink_to(real)
+    write_text(link, "new")
+    assert link.is_symlink() and os.readlink(link) == str(real)  # the link is still a link
+    assert real.read_text() == "new"
+    assert litter(tmp_path) == [] and litter(real.parent) == []
+
+
+def test_dangling_symlink_creates_its_target(tmp_path: Path) -> None:
+    link = tmp_path / "link.txt"
+    link.symlink_to(tmp_path / "target.txt")
+    write_text(link, "x")
+    assert link.is_symlink() and (tmp_path / "target.txt").read_text() == "x"
+
+
+def test_fifo_is_written_in_place(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    with atomic_open(fifo, "wb") as f:
+        f.write(b"through the pipe\n")
+    reader.join(10)
+    assert got == [b"through the pipe\n"]
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)  # still a FIFO, not a regular file
+    assert litter(tmp_path) == []
+
+
+def _private_null(tmp_path: Path) -> Path:
+    """A character device node (1, 3: the null device) of our own, so a broken atomic_open replaces
+    this node in a temp dir, never the system's /dev/null."""
+    node = tmp_path / "null"
+    try:
+        os.mknod(node, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    except PermissionError:
+        pytest.skip("mknod not permitted here")
+    return node
+
+
+def test_character_device_is_written_in_place(tmp_path: Path) -> None:
+    node = _private_null(tmp_path)
+    with atomic_open(node, "wb") as f:
+        f.write(b"discarded\n")
+    write_text(node, "discarded too")
+    assert stat.S_ISCHR(os.lstat(node).st_mode) and os.lstat(node).st_rdev == os.makedev(1, 3)
+    assert litter(tmp_path) == []
+
+
+def test_dev_null_stays_a_character_device(tmp_path: Path) -> None:
+    # The same check on a private node first: only an atomic_open that passes it may touch /dev/null.
+    node = _private_null(tmp_path)
+    write_text(node, "x")
+    assert stat.S_ISCHR(os.lstat(node).st_mode), "atomic_open replaces devices: not trying /dev/null"
+    before = os.stat("/dev/null")
+    with atomic_open("/dev/null", "wb") as f:
+        f.write(b"discarded\n")
+    after = os.stat("/dev/null")
+    assert stat.S_ISCHR(after.st_mode) and after.st_rdev == before.st_rdev and after.st_ino == before.st_ino
+    assert not any(n.startswith(".null.") for n in os.listdir("/dev"))
+
+
+def test_symlink_to_a_fifo_writes_into_the_fifo(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    link = tmp_path / "link"
+    link.symlink_to(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    write_text(link, "via link")
+    reader.join(10)
+    assert got == [b"via link"] and link.is_symlink() and stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+def test_directory_and_unwritable_places_are_clean_errors(tmp_path: Path) -> None:
+    with pytest.raises(XtmError, match="is a directory"):
+        write_text(tmp_path, "x")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    # Root ignores permission bits: a read-only bind is not available, /proc is never writable.
+    with pytest.raises(XtmError, match=r"/proc/xtm-out\.txt: cannot write"):
+        write_text("/proc/xtm-out.txt", "x")
+    with pytest.raises(XtmError, match="cannot write"):
+        write_text("/proc/self/status", "x")
+    assert "xtm-out" not in " ".join(os.listdir("/proc"))
+
+
+def test_socket_is_refused(tmp_path: Path) -> None:
+    import socket
+
+    path = tmp_path / "sock"
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.bind(str(path))
+        with pytest.raises(XtmError, match="socket"):
+            write_text(path, "x")
+        assert stat.S_ISSOCK(os.lstat(path).st_mode)
+    finally:
+        s.close()
+
+
+KILLED_WRITER = textwrap.dedent("""
+    import sys, time
+    from xtm.atomic import atomic_open
+    with atomic_open(sys.argv[1], "w") as f:
+        f.write("partial")
+        f.flush()
+        print("writing", flush=True)
+        time.sleep(60)
+""")
+
+
+def _killed_writer(path: Path) -> None:
+    p = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(path)], stdout=subprocess.PIPE)
+    assert p.stdout is not None and p.stdout.readline() == b"writing\n"
+    p.send_signal(signal.SIGKILL)
+    p.wait(10)
+
+
+def test_stale_temporary_of_a_killed_writer_is_removed_by_the_next_write(tmp_path: Path) -> None:
+    out = tmp_path / "out.txt"
+    out.write_text("old")
+    _killed_writer(out)
+    stale = litter(tmp_path)
+    assert len(stale) == 1 and out.read_text() == "old"  # kill -9 cannot clean up: the next run does
+    old = time.time() - 60
+    os.utime(tmp_path / stale[0], (old, old))  # killed a minute ago
+    # A stranger's files that only look similar are never touched.
+    for name in (".out.txt.mine.tmp", ".out.txt.xtm-1-abcdefgh.tmp.bak", ".other.txt.xtm-999999-abcdefgh.tmp"):
+        (tmp_path / name).write_text("not ours")
+        os.utime(tmp_path / name, (old, old))
+    write_text(out, "new")
+    assert out.read_text() == "new"
+    assert litter(tmp_path) == [".other.txt.xtm-999999-abcdefgh.tmp", ".out.txt.mine.tmp"]
+
+
+def test_temporary_of_a_live_writer_is_left_alone(tmp_path: Path) -> None:
+    out = tmp_path / "out.txt"
+    p = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(out)], stdout=subprocess.PIPE)
+    try:
+        assert p.stdout is not None and p.stdout.readline() == b"writing\n"
+        live = litter(tmp_path)
+        assert len(live) == 1
+        old = time.time() - 60
+        os.utime(tmp_path / live[0], (old, old))  # old, but its writer is alive and holds the lock
+        write_text(out, "mine")  # another writer of the same path, at the same time
+        assert litter(tmp_path) == live  # its temporary is still being written: kept
+    finally:
+        p.kill()
+        p.wait(10)
