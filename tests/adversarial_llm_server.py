@@ -18,6 +18,8 @@ stopped reading. Modes:
   huge            a valid completion of `huge_bytes` bytes announced by Content-Length
   huge_chunked    a valid completion streamed in chunks without any length, `huge_bytes` long
   echo_key        401 whose reason phrase and body repeat the request's Authorization header
+  header_flood    a status line and then thousands of header lines
+  garbage_status  a status line that is not HTTP at all
   status:<code>   that bare status code
 
 Nothing here is a mock of the client: it is a server that misbehaves on purpose.
@@ -186,6 +188,11 @@ class AdversarialLLMServer:
             head = (f"HTTP/1.1 401 Unauthorized key {secret}\r\nContent-Type: application/json\r\n"
                     f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
             self.write(h, head + body)
+        elif mode == "header_flood":
+            self.write(h, b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-Junk-%d: %s\r\n" % (i, b"j" * 100)
+                                                          for i in range(5000)) + b"\r\n")
+        elif mode == "garbage_status":
+            self.write(h, b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
         elif name == "status":
             self.send_bare(h, int(arg), {})
         else:

@@ -159,6 +159,29 @@ def test_a_truncated_body_is_an_unusable_answer_and_is_retried(servers, tmp_path
     assert answers[0][0].usable and stats.calls == 2 and stats.bad_answers == 1
 
 
+@pytest.mark.parametrize("mode", ["header_flood", "garbage_status"])
+def test_a_server_that_does_not_speak_http_is_a_failed_request_never_a_crash(servers, tmp_path, mode) -> None:
+    s = servers(default=mode)
+    answers, stats = refiner(s.url, tmp_path, retries=1).refine([TOPIC], rounds=1)
+    assert not answers[0][0].usable and stats.failures == 1 and stats.calls == 2 and cache_files(tmp_path) == []
+
+
+def test_a_request_the_server_rejects_as_malformed_is_not_retried(servers, tmp_path, capsys) -> None:
+    s = servers(default="status:400")
+    t0 = time.monotonic()
+    answers, stats = refiner(s.url, tmp_path, retries=4, backoff=1.0).refine([TOPIC], rounds=1)
+    assert not answers[0][0].usable and stats.calls == 1 and len(s.requests) == 1
+    assert time.monotonic() - t0 < 1.0 and "HTTP 400" in capsys.readouterr().err
+
+
+def test_a_fatal_answer_stops_the_step_without_sending_the_other_requests(servers, key, tmp_path) -> None:
+    s = servers("status:401", default="good")
+    topics = [TopicWords(k, {"en": ["player"], "zh": [str(k)]}) for k in range(20)]
+    with pytest.raises(XtmError, match="HTTP 401"):
+        refiner(s.url, tmp_path).refine(topics, rounds=2)
+    assert len(s.requests) < 40
+
+
 @pytest.mark.parametrize("usage", sorted(USAGES))
 def test_absurd_token_counts_are_ignored_and_counted_never_a_crash(servers, tmp_path, usage) -> None:
     s = servers(usage)
