@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import IO, Any
 
 import click
@@ -49,17 +49,25 @@ encoder. Without a contextual route, auto is bow.
 
 \b
 Input: JSONL, one object per line: {"id": ..., "text": "...", "lang": "en"}.
-"lang" is optional (detected among the languages the bundle can read); "id"
-is copied to the output (the line number when absent). Blank lines are ignored.
-Parquet (.parquet/.pq): columns text, lang and id, the same rules; a null cell
-counts as an absent field; the row number stands for the line number.
+"lang" is optional: detected among every language the detector knows (not
+only the bundle's), so a language the bundle cannot read is never read as
+another one. "id" is copied to the output (the line number when absent;
+NaN/Infinity ids are written as the strings "NaN", "Infinity"). Blank lines
+are ignored. Parquet (.parquet/.pq): columns text, lang and id, the same
+rules; a null cell counts as an absent field; the row number stands for the
+line number.
 
 \b
 Output: one JSON object per good input line, in input order:
-{"id": ..., "lang": "en", "theta": [K weights] (or {"topic_id": weight} for
-the top-k with --sparse-theta), "topics": [{"id": k, "weight": w, "words":
-{"en": [...], "zh": [...]}}, ...]}, plus "route": "bow"|"contextual" when the
-bundle has a contextual route. Weights are rounded to 6 decimals.
+{"id": ..., "lang": "en", "lang_conf": 0.976, "route": "bow", "empty": false,
+"oov_ratio": 0.25, "theta": [K weights] (or {"topic_id": weight} for the top-k
+with --sparse-theta), "topics": [{"id": k, "weight": w, "words": {"en": [...],
+"zh": [...]}}, ...]}. lang_conf: the detector's probability of lang (null when
+the input gave "lang"); route: "bow" or "contextual"; empty: true when no word
+of the document is in the vocabulary (its theta is the model's prior for an
+empty document: it says nothing about the document); oov_ratio: share of its
+words outside the vocabulary (null on the contextual route). Weights are
+rounded to 6 decimals.
 
 \b
 Engines (--engine): local (default) reads one JSONL file, stdin, or one
@@ -74,10 +82,22 @@ HOST:PORT, ray://HOST:10001) is used. Ray pays seconds of start-up: for one
 machine and small inputs, local is faster (docs/ray_inference.md).
 
 \b
-Bad lines (invalid JSON or UTF-8, missing/empty "text", a language the bundle
-does not serve) are reported on stderr as INPUT:LINE: reason and skipped;
---strict makes the first one fatal (exit 2, --out not written). Texts over
-100,000 characters are truncated with a warning.
+Bad lines (invalid JSON or UTF-8, missing/empty "text", a "lang" the bundle
+does not serve, a text whose language cannot be detected (no letters, too
+short to tell) or is one the bundle cannot read) are reported on stderr as
+INPUT:LINE: reason and skipped. --strict makes the first one fatal;
+--max-bad N fails the run at the (N+1)th bad line, --max-bad P% at the end
+when more than P% of the lines were bad. Texts over 100,000 characters are
+truncated with a warning.
+
+\b
+Exit status: 0 results written; 1 no line could be inferred (empty input, or
+every line bad); 2 an error: bad flags or bundle, unwritable --out, --strict
+or --max-bad triggered. Unless 0, an --out file is not written at all (a
+previous one stays as it was); on stdout, the lines before the failing one
+are written. 129/130/143: stopped by SIGHUP/SIGINT/SIGTERM (--out not written,
+no temporary file left). --out may be a FIFO or a device (written in place)
+or a symlink (its target is replaced).
 """
 
 
@@ -92,6 +112,8 @@ does not serve) are reported on stderr as INPUT:LINE: reason and skipped;
 @click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True,
               help="Documents per encoder call.")
 @click.option("--strict", is_flag=True, help="Fail (exit 2) at the first bad line instead of skipping it.")
+@click.option("--max-bad", metavar="N|P%",
+              help="Fail (exit 2) when more than N lines, or more than P percent of the lines, are bad.")
 @click.option("--full-theta/--sparse-theta", default=True, show_default=True,
               help="All K topic weights, or only the top-k as {topic_id: weight}.")
 @click.option("--threads", type=click.IntRange(1),
@@ -109,14 +131,38 @@ does not serve) are reported on stderr as INPUT:LINE: reason and skipped;
               help="--engine ray: actors, one model each (default: CPUs / threads).")
 @friendly_errors
 def main(input_paths: tuple[str, ...], bundle: str, out: str | None, top_k: int, batch_size: int, strict: bool,
-         full_theta: bool, threads: int | None, route: str, engine: str, address: str | None,
+         max_bad: str | None, full_theta: bool, threads: int | None, route: str, engine: str, address: str | None,
          actors: int | None) -> None:
     """Infer topic distributions of JSONL documents INPUT ('-' for stdin) with a bundle.
 
     With --engine ray, INPUT... are JSONL and Parquet files and directories."""
-    if engine == "ray":
-        _main_ray(input_paths, bundle, out, top_k, batch_size, strict, full_theta, threads, route, address, actors)
-        return
+    from xtm.atomic import exit_on_signals
+    from xtm.runtime.records import NoResultsError, parse_max_bad
+
+    limit, share = parse_max_bad(max_bad)
+    try:
+        # SIGTERM/SIGHUP unwind like Ctrl-C: the --out temporary is removed, the old file kept.
+        with exit_on_signals():
+            if engine == "ray":
+                res = _main_ray(input_paths, bundle, out, top_k, batch_size, strict, limit, share, full_theta,
+                                threads, route, address, actors)
+            else:
+                res = _main_local(input_paths, bundle, out, top_k, batch_size, strict, limit, share, full_theta,
+                                  threads, route, address, actors)
+    except NoResultsError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    except SystemExit as e:
+        if e.code in (128 + 1, 128 + 15):  # from exit_on_signals
+            click.echo(f"interrupted (signal {int(e.code) - 128}); {'no output written' if out else 'stopped'}",
+                       err=True)
+        raise
+    _summary(res.total, res.skipped, out)
+
+
+def _main_local(input_paths: tuple[str, ...], bundle: str, out: str | None, top_k: int, batch_size: int,
+                strict: bool, max_bad: int | None, max_share: float | None, full_theta: bool, threads: int | None,
+                route: str, address: str | None, actors: int | None) -> Any:
     if address is not None or actors is not None:
         raise XtmError("--address and --actors go with --engine ray")
     if len(input_paths) != 1 or (input_paths[0] != "-" and os.path.isdir(input_paths[0])):
@@ -124,6 +170,9 @@ def main(input_paths: tuple[str, ...], bundle: str, out: str | None, top_k: int,
                        "need --engine ray")
     input_path = input_paths[0]
     parquet = input_path != "-" and input_path.lower().endswith((".parquet", ".pq"))
+    from xtm.runtime.records import check_out_is_not_input
+
+    check_out_is_not_input(out, [] if input_path == "-" else [input_path])
     from xtm.runtime.model import TopicModel
 
     model = TopicModel.load(bundle, threads=threads)
@@ -144,7 +193,7 @@ def main(input_paths: tuple[str, ...], bundle: str, out: str | None, top_k: int,
         else:
             click.echo(msg, err=True)
 
-    from xtm.runtime.records import line_chunks, parquet_chunks, parse_parquet_row, served_languages
+    from xtm.runtime.records import BadLines, LineFormatter, parquet_chunks, parse_parquet_row, served_languages
 
     served = served_languages(model, route)
     size = batch_size * 4
@@ -153,27 +202,55 @@ def main(input_paths: tuple[str, ...], bundle: str, out: str | None, top_k: int,
     if parquet:
         chunks = ([(n, parse_parquet_row(obj, n, served)) for n, obj in c] for c in parquet_chunks(input_path, size))
     else:
-        stream = sys.stdin.buffer if input_path == "-" else open(input_path, "rb")
-        chunks = ([(n, parse_line(raw, n, served)) for n, raw in c] for c in line_chunks(stream, size))
+        try:
+            stream = sys.stdin.buffer if input_path == "-" else open(input_path, "rb")
+        except OSError as e:
+            raise XtmError(f"cannot read: {e.strerror}", path=name) from e
+        chunks = _parsed_chunks(stream, size, served, name)
+    tally = BadLines(report, strict=strict, max_bad=max_bad, max_share=max_share)
+    job = _Job(model, LineFormatter(model, full_theta=full_theta, route=route), name, tally, top_k, batch_size,
+               route, progress)
     try:
         if out is None:
             try:
-                counts = _run(model, chunks, sys.stdout.buffer, name, top_k, batch_size, strict, full_theta,
-                              report, progress, route)
+                job.run(chunks, sys.stdout.buffer, "<stdout>")
+                tally.finish(name)
             except BrokenPipeError:
                 _quiet_broken_pipe()
         else:
             from xtm.atomic import atomic_open
 
             with atomic_open(out, "wb") as f:
-                counts = _run(model, chunks, f, name, top_k, batch_size, strict, full_theta, report, progress,
-                              route)
+                job.run(chunks, f, out)
+                tally.finish(name)  # raising here leaves --out unwritten
     finally:
         if progress is not None:
             progress.close()
         if stream is not None and stream is not sys.stdin.buffer:
             stream.close()
-    _summary(*counts, out)
+    return tally
+
+
+def _parsed_chunks(stream: IO[bytes], size: int, served: Any, name: str) -> Iterator[list[tuple[int, Parsed]]]:
+    """Lists of up to `size` parsed lines, each parsed as soon as it is read: a chunk holds its
+    documents (texts cut to MAX_CHARS), never the raw lines."""
+    from xtm.runtime.records import read_lines
+
+    chunk: list[tuple[int, Parsed]] = []
+    lines = read_lines(stream)
+    while True:
+        try:
+            item = next(lines, None)
+        except OSError as e:  # an I/O error on the input (a failing disk, a vanished network file)
+            raise XtmError(f"cannot read: {e.strerror or e}", path=name) from e
+        if item is None:
+            break
+        chunk.append((item[0], parse_line(item[1], item[0], served)))
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _quiet_broken_pipe() -> None:
@@ -191,7 +268,8 @@ def _summary(total: int, skipped: int, out: str | None) -> None:
 
 
 def _main_ray(input_paths: tuple[str, ...], bundle: str, out: str | None, top_k: int, batch_size: int, strict: bool,
-              full_theta: bool, threads: int | None, route: str, address: str | None, actors: int | None) -> None:
+              max_bad: int | None, max_share: float | None, full_theta: bool, threads: int | None, route: str,
+              address: str | None, actors: int | None) -> Any:
     if "-" in input_paths:
         raise XtmError("--engine ray reads files and directories, not stdin ('-'): Ray tasks open the inputs")
     from xtm.runtime.ray import infer_files
@@ -200,44 +278,63 @@ def _main_ray(input_paths: tuple[str, ...], bundle: str, out: str | None, top_k:
         click.echo(msg, err=True)
 
     try:
-        res = infer_files(list(input_paths), bundle, out, address=address, num_actors=actors,
-                          threads_per_actor=threads or 1, top_k=top_k, route=route, batch_size=batch_size,
-                          full_theta=full_theta, strict=strict, report=None if sys.stderr.isatty() else report)
+        return infer_files(list(input_paths), bundle, out, address=address, num_actors=actors,
+                           threads_per_actor=threads or 1, top_k=top_k, route=route, batch_size=batch_size,
+                           full_theta=full_theta, strict=strict, max_bad=max_bad, max_share=max_share,
+                           report=None if sys.stderr.isatty() else report)
     except BrokenPipeError:
         _quiet_broken_pipe()
-    _summary(res.total, res.skipped, out)
 
 
-def _run(model: Any, chunks: Iterator[list[tuple[int, Parsed]]], sink: IO[bytes], name: str, top_k: int,
-         batch_size: int, strict: bool, full_theta: bool, report: Callable[[str], None], progress: Any,
-         route: str = "auto") -> tuple[int, int]:
-    """Infer and write chunk by chunk of parsed rows; returns (rows read, rows skipped)."""
-    from xtm.runtime.records import LineFormatter, encode_id
+class _Job:
+    """One local run: chunks of parsed lines in, output lines out, bad lines through a BadLines."""
 
-    formatter = LineFormatter(model, full_theta=full_theta, route=route)
-    total = skipped = 0
-    for chunk in chunks:
-        docs: list[dict[str, Any]] = []
-        for lineno, (doc, error, warning) in chunk:
-            if error is not None:
-                if strict:
-                    raise XtmError(error, path=name, line=lineno)
-                report(f"{name}:{lineno}: {error}")
-                skipped += 1
-                continue
-            if warning is not None:
-                report(f"{name}:{lineno}: warning: {warning}")
-            docs.append(doc)  # type: ignore[arg-type]
-        total += len(chunk)
-        if docs:
-            res = model.infer([d["text"] for d in docs], [d["lang"] for d in docs], batch_size=batch_size,
-                              top_k=top_k, route=route)
-            lines = formatter.lines(res, [encode_id(d["id"]) for d in docs])
-            sink.write(("\n".join(lines) + "\n").encode("utf-8"))
-            sink.flush()
-        if progress is not None:
-            progress.update(len(chunk))
-    return total, skipped
+    def __init__(self, model: Any, formatter: Any, name: str, tally: Any, top_k: int, batch_size: int, route: str,
+                 progress: Any) -> None:
+        self.model, self.formatter, self.name, self.tally = model, formatter, name, tally
+        self.top_k, self.batch_size, self.route, self.progress = top_k, batch_size, route, progress
+
+    def run(self, chunks: Iterator[list[tuple[int, Parsed]]], sink: IO[bytes], sink_name: str) -> None:
+        """Infer and write chunk by chunk, in input order. When a bad line is fatal (--strict,
+        --max-bad), the good lines before it are written first, then XtmError is raised."""
+        from xtm.runtime.records import infer_lines
+
+        for chunk in chunks:
+            docs = [doc for _, (doc, _, _) in chunk if doc is not None]
+            results = iter(infer_lines(self.model, docs, self.formatter, batch_size=self.batch_size,
+                                       top_k=self.top_k, route=self.route))
+            good: list[str] = []
+            try:
+                for lineno, (doc, error, warning) in chunk:
+                    self.tally.total += 1
+                    if doc is not None:
+                        line, error = next(results)
+                    if error is not None:
+                        self.tally.bad(self.name, lineno, error)
+                        continue
+                    if warning is not None:
+                        self.tally.report(f"{self.name}:{lineno}: warning: {warning}")
+                    good.append(line)
+            except XtmError:
+                _write(sink, good, sink_name)
+                raise
+            _write(sink, good, sink_name)
+            if self.progress is not None:
+                self.progress.update(len(chunk))
+
+
+def _write(sink: IO[bytes], lines: list[str], sink_name: str) -> None:
+    from xtm.runtime.records import encode_lines
+
+    if not lines:
+        return
+    try:
+        sink.write(encode_lines(lines))
+        sink.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as e:  # a full disk, a quota, an I/O error: a clean error, the temporary removed
+        raise XtmError(f"cannot write: {e.strerror or e}", path=sink_name) from e
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from xtm.errors import XtmError
 from xtm.languages import normalize_lang
 from xtm.runtime.bundle import BundleManifest, EncoderEntry, read_manifest
 from xtm.runtime.contextual import ContextualEncoder, ContextualEntry, read_contextual_entry
-from xtm.runtime.langid import detect_language  # light: py3langid's model loads on first detection
+from xtm.runtime.langid import identify  # light: py3langid's model loads on first detection
 from xtm.runtime.tokenize import KINDS
 
 __all__ = ["ROUTES", "InferenceResult", "TopicModel"]
@@ -47,25 +47,44 @@ _SORT_WINDOW = 8
 class InferenceResult:
     """What `TopicModel.infer` returns; row i is input document i.
 
-    theta: float32 [n, K], each row a distribution over topics (sums to 1 up to float rounding).
-    langs: the language each document was read as (given, or detected among the bundle's).
+    theta: float32 [n, K], each row a distribution over topics (sums to 1 up to float rounding);
+        NaN for an unsupported row.
+    langs: the language each document was read as: given, or detected (`xtm.runtime.langid.identify`,
+        among every language the detector knows). None where no language applies: a blank text
+        without a given language, or an unsupported row without a detected language.
     top_ids, top_weights: int64 / float32 [n, top_k], each document's heaviest topics, heaviest
-        first (equal weights: lower id first), and their weights.
+        first (equal weights: lower id first), and their weights; -1 / NaN for an unsupported row.
     top_topics: the same as per-document lists of (topic id, weight) pairs, built on first access
         (a Python object per pair costs more than the whole encoder for short documents).
     empty: bool [n], True where a document had no in-vocabulary token. Its theta is what the
         encoder gives for an all-zero bag of words (a fixed, document-independent prior), so it
-        says nothing about the document: filter on this flag. On the contextual route: a blank text.
-    routes: "bow" or "contextual" per document: which encoder gave its theta.
+        says nothing about the document: filter on this flag. On the contextual route: a blank
+        text. Also True for unsupported rows (nothing was read).
+    routes: "bow" or "contextual" per document: which encoder gave its theta; None if unsupported.
+    lang_conf: float32 [n], the detector's probability of langs[i]; NaN where the language was
+        given by the caller (or the text is blank).
+    oov_ratio: float32 [n], share of the document's tokens that are not in its language's
+        vocabulary (bag-of-words route); NaN on the contextual route, for unsupported rows and for
+        documents without any token.
+    unsupported: bool [n], True where nothing could read the document: no language could be
+        detected (no letters, too uncertain), or the detected language is one neither the
+        bag-of-words encoders nor the contextual route serve. Such a row is never read as another
+        language: its theta is NaN and notes[i] says why. infer() does not raise for them, so one
+        such text never costs the rest of a batch.
+    notes: per document, why it is unsupported (None for supported rows).
     """
 
     theta: np.ndarray
-    langs: list[str]
+    langs: list[str | None]
     top_ids: np.ndarray
     top_weights: np.ndarray
     empty: np.ndarray
     topic_words: list[dict[str, list[str]]]
-    routes: list[str] = field(default_factory=list)
+    routes: list[str | None] = field(default_factory=list)
+    lang_conf: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
+    oov_ratio: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
+    unsupported: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    notes: list[str | None] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.langs)
@@ -105,7 +124,14 @@ def _pick_providers(requested: list[str] | None) -> list[str]:
 
 
 def _read_vocab(path: Path, expected: int) -> dict[str, int]:
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = e.object[:e.start].count(b"\n") + 1
+        raise XtmError(f"not UTF-8 (byte 0x{e.object[e.start]:02x} on line {line}): a vocabulary is one UTF-8 word "
+                       "per line; re-export the bundle", path=path) from e
+    except OSError as e:
+        raise XtmError(f"cannot read: {e.strerror}", path=path) from e
     words = text.split("\n")
     if words and words[-1] == "":
         words.pop()
@@ -122,8 +148,8 @@ def _read_vocab(path: Path, expected: int) -> dict[str, int]:
 def _read_topics(path: Path, num_topics: int, languages: list[str]) -> list[dict[str, list[str]]]:
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise XtmError(f"invalid JSON: {e}", path=path) from e
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # ValueError: JSONDecodeError, huge numbers
+        raise XtmError(f"invalid JSON: {e or 'nested too deeply'}", path=path) from e
     topics = obj.get("topics") if isinstance(obj, dict) else None
     if not isinstance(topics, list) or len(topics) != num_topics:
         raise XtmError(f"expected a 'topics' list of {num_topics} topics", path=path)
@@ -131,9 +157,10 @@ def _read_topics(path: Path, num_topics: int, languages: list[str]) -> list[dict
     for pos, t in enumerate(topics):
         k = t.get("id", pos) if isinstance(t, dict) else None
         words = t.get("words") if isinstance(t, dict) else None
-        if not isinstance(k, int) or not 0 <= k < num_topics or not isinstance(words, dict):
-            raise XtmError(f"topic #{pos}: needs an integer 'id' in [0, {num_topics}) and a 'words' object",
-                           path=path)
+        if not isinstance(k, int) or not 0 <= k < num_topics or not isinstance(words, dict) or not all(
+                isinstance(ws, list) for ws in words.values()):
+            raise XtmError(f"topic #{pos}: needs an integer 'id' in [0, {num_topics}) and a 'words' object of "
+                           "word lists", path=path)
         out[k] = {normalize_lang(lang): [str(w) for w in ws] for lang, ws in words.items()
                   if normalize_lang(lang) in languages}
     return out
@@ -302,49 +329,128 @@ class TopicModel:
                     self._tokenizers[lang] = tok
         return tok
 
-    def resolve_languages(self, texts: Sequence[str], langs: Sequence[str | None] | str | None = None) -> list[str]:
-        """The language of each text: given ones normalised and checked, missing ones detected.
+    def resolve_languages(self, texts: Sequence[str],
+                          langs: Sequence[str | None] | str | None = None) -> list[str | None]:
+        """The language each text is read as by the bag-of-words encoders (`route="bow"`).
 
-        Detection is restricted to the bundle's languages. A blank text with no given language
-        cannot be detected; it is read as the bundle's first language (its bag is empty anyway).
-        """
-        n = len(texts)
-        if langs is None or isinstance(langs, str):
-            given: Sequence[str | None] = [langs] * n
-        else:
-            given = langs
-            if len(given) != n:
-                raise XtmError(f"langs has {len(given)} entries for {n} texts")
-        try:
-            distinct = set(given)
-        except TypeError:  # an unhashable entry: the loop below names it
-            distinct = {0}
-        if None not in distinct and all(isinstance(x, str) for x in distinct):
-            # Every language given: one check per distinct code, then a C-level map.
-            codes = {x: self._served_code(x) for x in distinct}
-            return list(map(codes.__getitem__, given))
-        out: list[str] = []
-        known: dict[str, str] = {}  # given code -> normalised: one check per distinct code, not per text
-        for i, (text, lang) in enumerate(zip(texts, given, strict=True)):
-            if lang is None:
-                if not text.strip():
-                    out.append(self._manifest.languages[0])
-                    continue
-                out.append(detect_language(text, self._manifest.languages))
-                continue
-            code = known.get(lang) if isinstance(lang, str) else None
-            if code is None:
-                if not isinstance(lang, str):
-                    raise XtmError(f"langs[{i}] must be a language code or None, got {type(lang).__name__}")
-                code = known[lang] = self._served_code(lang)
-            out.append(code)
-        return out
+        Given languages are normalised and must be served (XtmError otherwise). Missing ones are
+        detected among every language the detector knows; a text whose language the bundle cannot
+        read, or that has none (blank, no letters, too uncertain), gets None: it is never read as
+        another language."""
+        r = self._resolve(texts, langs, "bow")
+        return [lang if route is not None else None for lang, route in zip(r.langs, r.routes, strict=True)]
+
+    def resolve_routes(self, texts: Sequence[str], langs: Sequence[str | None] | str | None = None,
+                       route: str = "auto") -> tuple[list[str | None], list[str | None]]:
+        """(language, route) of each text for `infer(..., route=route)`. An unsupported text has route
+        None and, as language, the detected one (that the route cannot read) or None.
+
+        "bow" (or "auto" without a contextual route): the training languages only. "auto": training
+        languages go to "bow", languages the contextual encoder knows (any, when it lists none) to
+        "contextual". "contextual": every text the sentence encoder can read. Given languages are
+        taken as they are (XtmError if the route cannot serve them); missing ones are detected among
+        every language the detector knows (`xtm.runtime.langid.identify`)."""
+        r = self._resolve(texts, langs, route)
+        return r.langs, r.routes
 
     def _served_code(self, lang: str) -> str:
         code = normalize_lang(lang)
         if code not in self._encoders:
             raise XtmError(f"language '{lang}' is not served by this bundle (it serves {', '.join(self.languages)})")
         return code
+
+    def served_languages(self, route: str = "auto") -> list[str] | None:
+        """Languages `route` can read: the bag-of-words languages, plus the contextual encoder's
+        when the route uses it; None when that encoder does not list its languages (any)."""
+        if route not in ROUTES:
+            raise XtmError(f"route must be one of {', '.join(ROUTES)}, got {route!r}")
+        if route == "bow" or not self.has_contextual:
+            if route == "contextual":
+                self.contextual_encoder()  # raises: no contextual route
+            return self.languages
+        ctx = self.contextual_languages
+        if not ctx:
+            return None
+        return ctx if route == "contextual" else self.languages + [c for c in ctx if c not in self._encoders]
+
+    def _route_of(self, code: str, route: str, ctx_any: bool, ctx: frozenset[str]) -> str | None:
+        """Which encoder reads language `code` on `route`; None if none can."""
+        if route != "contextual" and code in self._encoders:
+            return "bow"
+        if route != "bow" and self.has_contextual and (ctx_any or code in ctx):
+            return "contextual"
+        return None
+
+    def _unserved(self, code: str, route: str) -> str:
+        """"not served by ... (it serves ...)": the reason a language cannot be read on `route`."""
+        where = "this bundle" if not self.has_contextual or route == "auto" else (
+            "the bag-of-words route" if route == "bow" else "the contextual route")
+        return f"not served by {where} (it serves {', '.join(self.served_languages(route) or [])})"
+
+    def _resolve(self, texts: Sequence[str], langs: Sequence[str | None] | str | None, route: str) -> _Resolved:
+        """Language, route, detection confidence and unsupported note of each text (see infer)."""
+        if route not in ROUTES:
+            raise XtmError(f"route must be one of {', '.join(ROUTES)}, got {route!r}")
+        n = len(texts)
+        if route == "contextual" or (route == "auto" and self.has_contextual):
+            self.contextual_encoder()  # a bundle without the route fails here, before any work
+        if langs is None or isinstance(langs, str):
+            given: Sequence[str | None] = [langs] * n
+        else:
+            given = langs
+            if len(given) != n:
+                raise XtmError(f"langs has {len(given)} entries for {n} texts")
+        ctx = frozenset(self.contextual_languages)
+        ctx_any = self.has_contextual and not ctx
+        known: dict[str, tuple[str, str]] = {}  # given code -> (normalised, route): one check per distinct code
+
+        def check(i: int, lang: Any) -> tuple[str, str]:
+            if not isinstance(lang, str):
+                raise XtmError(f"langs[{i}] must be a language code or None, got {type(lang).__name__}")
+            hit = known.get(lang)
+            if hit is None:
+                code = normalize_lang(lang)
+                r = self._route_of(code, route, ctx_any, ctx)
+                if r is None:
+                    raise XtmError(f"language '{lang}' is {self._unserved(code, route)}")
+                hit = known[lang] = (code, r)
+            return hit
+
+        try:
+            distinct = set(given)
+        except TypeError:  # an unhashable entry: check() names it below
+            distinct = {0}
+        conf = np.full(n, np.nan, dtype=np.float32)
+        if None not in distinct and all(isinstance(x, str) for x in distinct):
+            # Every language given: one check per distinct code, then C-level maps.
+            for x in distinct:
+                check(0, x)
+            pairs = list(map(known.__getitem__, given))
+            return _Resolved(langs=[p[0] for p in pairs], routes=[p[1] for p in pairs], conf=conf,
+                             notes=[None] * n)
+        prefer = self.served_languages(route)
+        out = _Resolved(langs=[None] * n, routes=[None] * n, conf=conf, notes=[None] * n)
+        blank_route = "contextual" if route == "contextual" else "bow"
+        for i, (text, lang) in enumerate(zip(texts, given, strict=True)):
+            if lang is not None:
+                out.langs[i], out.routes[i] = check(i, lang)
+                continue
+            if not text.strip():
+                # Nothing to detect: read as an empty document (flagged empty), with no language.
+                out.routes[i] = blank_route
+                continue
+            det = identify(text, prefer)
+            out.conf[i] = det.confidence
+            if det.lang is None:
+                out.notes[i] = det.note
+                continue
+            out.langs[i] = det.lang
+            r = self._route_of(det.lang, route, ctx_any, ctx)
+            if r is None:
+                out.notes[i] = (f"detected language '{det.lang}' (confidence {det.confidence:.2f}) is "
+                                f"{self._unserved(det.lang, route)}")
+            out.routes[i] = r
+        return out
 
     def bag_of_words(self, texts: Sequence[str], lang: str, *, sparse: bool = False) -> Any:
         """Counts of in-vocabulary tokens, [len(texts), V_lang] float32: what the encoder reads.
@@ -360,39 +466,6 @@ class TopicModel:
                                  shape=(len(texts), enc.entry.vocab_size))
         return counts.dense(np.arange(len(texts)), enc.entry.vocab_size)
 
-    def resolve_routes(self, texts: Sequence[str], langs: Sequence[str | None] | str | None = None,
-                       route: str = "auto") -> tuple[list[str], list[str]]:
-        """(language, route) of each text for `infer(..., route=route)`.
-
-        "bow" (or "auto" without a contextual route): `resolve_languages`. "auto": given languages
-        are taken as they are, missing ones detected among the bundle's and the contextual
-        encoder's languages; training languages go to "bow", the rest to "contextual".
-        "contextual": every text; languages given or detected (informational only).
-        """
-        if route not in ROUTES:
-            raise XtmError(f"route must be one of {', '.join(ROUTES)}, got {route!r}")
-        n = len(texts)
-        if route == "bow" or (route == "auto" and not self.has_contextual):
-            return self.resolve_languages(texts, langs), ["bow"] * n
-        self.contextual_encoder()  # a bundle without the route fails here, before any work
-        given: Sequence[str | None] = [langs] * n if langs is None or isinstance(langs, str) else langs
-        if len(given) != n:
-            raise XtmError(f"langs has {len(given)} entries for {n} texts")
-        # An encoder that does not list its languages (sentence-transformers models do not): any language.
-        candidates = sorted(set(self.languages) | set(self.contextual_languages)) if self.contextual_languages else None
-        out_langs: list[str] = []
-        for i, (text, lang) in enumerate(zip(texts, given, strict=True)):
-            if lang is None:
-                out_langs.append(detect_language(text, candidates) if text.strip() else self._manifest.languages[0])
-            elif isinstance(lang, str):
-                out_langs.append(normalize_lang(lang))
-            else:
-                raise XtmError(f"langs[{i}] must be a language code or None, got {type(lang).__name__}")
-        if route == "contextual":
-            return out_langs, ["contextual"] * n
-        served = set(self._encoders)
-        return out_langs, ["bow" if lang in served else "contextual" for lang in out_langs]
-
     def infer(self, texts: Sequence[str], langs: Sequence[str | None] | str | None = None,
               batch_size: int = 256, top_k: int = 3, route: str = "auto") -> InferenceResult:
         """Topic distributions of `texts`, in input order.
@@ -400,9 +473,16 @@ class TopicModel:
         langs: one code for all texts, one per text (None entries are detected), or None to detect
         all. route (see ROUTES and `resolve_routes`): "auto" (default) reads the training languages
         with their bag-of-words encoders and any other language with the contextual route when the
-        bundle has one; "bow" only the training languages (detection chooses among them, another
-        language raises XtmError); "contextual" every text with the sentence encoder. Documents
-        are grouped by language and run in batches of `batch_size`.
+        bundle has one; "bow" only the training languages; "contextual" every text with the
+        sentence encoder. Documents are grouped by language and run in batches of `batch_size`.
+
+        A given language the route cannot read raises XtmError (a caller's mistake). A detected
+        one, or a text without a language, never raises: its row is flagged `unsupported` (theta
+        NaN, the reason in `notes`) and the other rows are served; nothing is ever read as another
+        language. Detection covers every language py3langid knows, so a French or Arabic text
+        is not read as English by an English/Chinese bundle. A blank text without a language reads
+        as an empty document (first encoder's empty-bag prior; contextual route: the encoder's
+        output for "") and is flagged `empty`.
         """
         if isinstance(texts, str):
             raise TypeError("texts must be a sequence of strings, not one string")
@@ -412,16 +492,17 @@ class TopicModel:
         if batch_size < 1:
             raise XtmError(f"batch_size must be at least 1, got {batch_size}")
         n, K = len(texts), self.num_topics
-        doc_langs, routes = self.resolve_routes(texts, langs, route)
-        theta = np.empty((n, K), dtype=np.float32)
-        empty = np.zeros(n, dtype=bool)
+        res = self._resolve(texts, langs, route)
+        theta = np.full((n, K), np.nan, dtype=np.float32)
+        empty = np.ones(n, dtype=bool)
+        oov = np.full(n, np.nan, dtype=np.float32)
         groups: dict[str, list[int]] = {}
         ctx_rows: list[int] = []
-        for i, (lang, r) in enumerate(zip(doc_langs, routes, strict=True)):
+        for i, (lang, r) in enumerate(zip(res.langs, res.routes, strict=True)):
             if r == "contextual":
                 ctx_rows.append(i)
-            else:
-                groups.setdefault(lang, []).append(i)
+            elif r == "bow":
+                groups.setdefault(lang or self._manifest.languages[0], []).append(i)
         if ctx_rows:
             # The sentence encoder costs per token, not per vocabulary word: smaller batches keep
             # padding (batches are sorted by length) and peak memory low.
@@ -429,35 +510,55 @@ class TopicModel:
             theta[ctx_rows] = self.contextual_encoder().encode(ctx_texts, batch_size=min(batch_size, 64))[0]
             empty[ctx_rows] = [not texts[i].strip() for i in ctx_rows]
         for lang, idx_list in groups.items():
-            enc = self._encoder(lang)
-            tok = self._tokenizer(lang)
-            V = enc.entry.vocab_size
-            idx = np.asarray(idx_list, dtype=np.int64)
-            run, out_name, (in0, *in1) = enc.session.run, [enc.entry.output], enc.entry.inputs
-            window = batch_size * _SORT_WINDOW if enc.entry.sparse else batch_size
-            for w0 in range(0, len(idx), window):
-                widx = idx[w0:w0 + window]
-                # Tokenized batch by batch: only word ids (not token strings) are held for a window.
-                counts = _concat([_count_words([texts[i] for i in widx[b:b + batch_size].tolist()], tok, enc.vocab, V)
-                                  for b in range(0, len(widx), batch_size)])
-                lens = counts.lengths()
-                empty[widx] = lens == 0
-                if enc.entry.sparse:
-                    # Shortest first; the stable sort keeps input order among equal lengths.
-                    order = np.argsort(lens, kind="stable")
-                    for b in range(0, len(order), batch_size):
-                        sel = order[b:b + batch_size]
-                        ids, cnt = counts.padded(sel)
-                        theta[widx[sel]] = run(out_name, {in0: ids, in1[0]: cnt})[0]
-                else:
-                    theta[widx] = run(out_name, {in0: counts.dense(np.arange(len(widx)), V)})[0]
-        top_ids, top_weights = _top_topics(theta, top_k)
-        return InferenceResult(theta=theta, langs=doc_langs, top_ids=top_ids, top_weights=top_weights, empty=empty,
-                               topic_words=self._topics, routes=routes)
+            self._infer_bow(texts, lang, np.asarray(idx_list, dtype=np.int64), batch_size, theta, empty, oov)
+        unsupported = np.array([r is None for r in res.routes], dtype=bool)
+        top_ids, top_weights = _top_topics(np.where(unsupported[:, None], 0, theta), top_k)
+        top_ids[unsupported], top_weights[unsupported] = -1, np.nan
+        return InferenceResult(theta=theta, langs=res.langs, top_ids=top_ids, top_weights=top_weights, empty=empty,
+                               topic_words=self._topics, routes=res.routes, lang_conf=res.conf, oov_ratio=oov,
+                               unsupported=unsupported, notes=res.notes)
+
+    def _infer_bow(self, texts: Sequence[str], lang: str, idx: np.ndarray, batch_size: int, theta: np.ndarray,
+                   empty: np.ndarray, oov: np.ndarray) -> None:
+        """Rows `idx` of texts (all in `lang`) through its bag-of-words encoder, into theta/empty/oov."""
+        enc = self._encoder(lang)
+        tok = self._tokenizer(lang)
+        V = enc.entry.vocab_size
+        run, out_name, (in0, *in1) = enc.session.run, [enc.entry.output], enc.entry.inputs
+        window = batch_size * _SORT_WINDOW if enc.entry.sparse else batch_size
+        for w0 in range(0, len(idx), window):
+            widx = idx[w0:w0 + window]
+            # Tokenized batch by batch: only word ids (not token strings) are held for a window.
+            counts = _concat([_count_words([texts[i] for i in widx[b:b + batch_size].tolist()], tok, enc.vocab, V)
+                              for b in range(0, len(widx), batch_size)])
+            lens = counts.lengths()
+            empty[widx] = lens == 0
+            with np.errstate(divide="ignore", invalid="ignore"):
+                oov[widx] = np.where(counts.tokens > 0, 1.0 - counts.known / counts.tokens, np.nan)
+            if enc.entry.sparse:
+                # Shortest first; the stable sort keeps input order among equal lengths.
+                order = np.argsort(lens, kind="stable")
+                for b in range(0, len(order), batch_size):
+                    sel = order[b:b + batch_size]
+                    ids, cnt = counts.padded(sel)
+                    theta[widx[sel]] = run(out_name, {in0: ids, in1[0]: cnt})[0]
+            else:
+                theta[widx] = run(out_name, {in0: counts.dense(np.arange(len(widx)), V)})[0]
 
     def embed(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """Sentence embeddings [n, D] (L2-normalised) from the contextual route's encoder."""
         return self.contextual_encoder().encode(list(texts), batch_size=batch_size)[1]
+
+
+@dataclass
+class _Resolved:
+    """Per text: language (None: none applies), route (None: unsupported), detection confidence
+    (NaN: given or blank) and why it is unsupported."""
+
+    langs: list[str | None]
+    routes: list[str | None]
+    conf: np.ndarray
+    notes: list[str | None]
 
 
 @dataclass(frozen=True)
@@ -468,6 +569,8 @@ class _Counts:
     indptr: np.ndarray  # int64 [n + 1]
     words: np.ndarray   # int64 [nnz]
     counts: np.ndarray  # float32 [nnz]
+    tokens: np.ndarray  # int64 [n], every token of each document, in the vocabulary or not
+    known: np.ndarray   # int64 [n], tokens found in the vocabulary
 
     def lengths(self) -> np.ndarray:
         return np.diff(self.indptr)
@@ -527,7 +630,8 @@ def _count_words(texts: Sequence[str], tok: Callable[[str], list[str]], vocab: d
     doc = cells // V
     indptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(np.bincount(doc, minlength=n), out=indptr[1:])
-    return _Counts(indptr=indptr, words=cells - doc * V, counts=counts.astype(np.float32))
+    return _Counts(indptr=indptr, words=cells - doc * V, counts=counts.astype(np.float32), tokens=lens,
+                   known=np.bincount(rows[keep], minlength=n).astype(np.int64))
 
 
 def _concat(parts: list[_Counts]) -> _Counts:
@@ -537,7 +641,8 @@ def _concat(parts: list[_Counts]) -> _Counts:
     indptr = np.concatenate([np.zeros(1, dtype=np.int64)] + [p.indptr[1:] + o for p, o in zip(parts, offsets,
                                                                                               strict=True)])
     return _Counts(indptr=indptr, words=np.concatenate([p.words for p in parts]),
-                   counts=np.concatenate([p.counts for p in parts]))
+                   counts=np.concatenate([p.counts for p in parts]), tokens=np.concatenate([p.tokens for p in parts]),
+                   known=np.concatenate([p.known for p in parts]))
 
 
 def _top_topics(theta: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:

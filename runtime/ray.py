@@ -149,39 +149,34 @@ class _TopicActor:
     def _lines(self, batch: pa.Table) -> pa.Table:
         import pyarrow as pa
 
-        from xtm.runtime.records import encode_id, parse_line, parse_record
+        from xtm.runtime.records import infer_lines, parse_line, parse_record
 
         cols = {name: batch.column(name).to_pylist() for name in ("line", "raw", "text", "lang", "id", "error",
                                                                   "warning")}
         n = batch.num_rows
         errors, warnings = cols["error"], cols["warning"]
-        docs, id_json, rows = [], [], []
+        docs, rows = [], []
         for i in range(n):
             raw = cols["raw"][i]
             if raw is not None:  # a JSONL line, parsed here (the readers only split lines)
                 doc, errors[i], warnings[i] = parse_line(raw, cols["line"][i], self.served)
-                if doc is None:
-                    continue
-                try:
-                    enc = encode_id(doc["id"])
-                except (TypeError, ValueError) as e:  # not for parsed JSON; kept for safety
-                    errors[i] = f"field 'id' cannot be written as JSON: {e}"
-                    continue
             elif errors[i] is None:  # a Parquet row: types and id checked by the reader, the rest now
                 doc, errors[i], warnings[i] = parse_record(
                     {"text": cols["text"][i], "lang": cols["lang"][i]}, cols["line"][i], self.served)
-                if doc is None:
-                    continue
-                enc = cols["id"][i]
-            else:
+                if doc is not None:
+                    doc["id_json"] = cols["id"][i]
+            else:  # the reader's error (a Parquet row, an over-long JSONL line)
                 continue
-            docs.append(doc)
-            id_json.append(enc)
-            rows.append(i)
+            if doc is not None:
+                docs.append(doc)
+                rows.append(i)
         out: list[str | None] = [None] * n
-        if docs:
-            for i, line in zip(rows, self.formatter.lines(self._infer(docs), id_json), strict=True):
-                out[i] = line
+        # The same function as the local engine: unsupported documents and per-document failures
+        # become the row's error, with the same words.
+        results = infer_lines(self.model, docs, self.formatter, batch_size=self.batch_size, top_k=self.top_k,
+                              route=self.route)
+        for i, (line, error) in zip(rows, results, strict=True):
+            out[i], errors[i] = line, error
         return pa.table({"file": batch.column("file"), "line": batch.column("line"),
                          "error": pa.array(errors, pa.string()), "warning": pa.array(warnings, pa.string()),
                          "out": pa.array(out, pa.string())})
@@ -213,12 +208,18 @@ class _TopicActor:
         top_w = np.full((n, k), np.nan, dtype=np.float32)
         out_lang: list[str | None] = [None] * n
         out_route: list[str | None] = [None] * n
+        out_empty: list[bool | None] = [None] * n
+        out_conf = np.full(n, np.nan, dtype=np.float32)
+        out_oov = np.full(n, np.nan, dtype=np.float32)
         if docs:
             res = self._infer(docs)
             idx = np.asarray(rows)
             theta[idx], top_ids[idx], top_w[idx] = res.theta, res.top_ids, res.top_weights
+            out_conf[idx], out_oov[idx] = res.lang_conf, res.oov_ratio
             for j, i in enumerate(rows):
-                out_lang[i], out_route[i] = res.langs[j], res.routes[j]
+                out_lang[i], out_route[i], out_empty[i] = res.langs[j], res.routes[j], bool(res.empty[j])
+                if res.unsupported[j]:  # never read as another language: a bad row, with the reason
+                    errors[i], out_route[i], out_empty[i] = res.notes[j], None, None
         bad = np.asarray([e is not None for e in errors])
 
         def fixed(a: np.ndarray, width: int, typ: pa.DataType) -> pa.Array:
@@ -231,7 +232,10 @@ class _TopicActor:
         if "id" in names:
             cols["id"] = batch.column("id")
         cols["lang"] = pa.array(out_lang, pa.string())
+        cols["lang_conf"] = pa.array(out_conf, pa.float32(), mask=np.isnan(out_conf))
         cols["route"] = pa.array(out_route, pa.string())
+        cols["empty"] = pa.array(out_empty, pa.bool_())
+        cols["oov_ratio"] = pa.array(out_oov, pa.float32(), mask=np.isnan(out_oov))
         if self.full_theta:
             cols["theta"] = fixed(theta, K, pa.float32())
         cols["top_ids"] = fixed(top_ids, k, pa.int32())
@@ -306,10 +310,13 @@ def infer_dataset(ds: ray.data.Dataset, bundle_dir: str | Path, *, num_actors: i
 
     ds: columns "text" (str), optionally "lang" (ISO 639-1 or a name normalize_lang knows; null =
     detect) and "id" (any type, passed through unchanged). Returns a Dataset with, per input row:
-    id (when the input has it), lang, route ("bow"|"contextual"), theta (K float32, with
-    full_theta), top_ids and top_weights (top_k each, by decreasing weight), and error: null for a
-    good row; for a bad row (text missing, not a string or empty; a language the bundle cannot
-    read) the reason, with null results. Set
+    id (when the input has it), lang, lang_conf (detector's probability; null when given), route
+    ("bow"|"contextual"), empty (no in-vocabulary word: theta is the empty-document prior),
+    oov_ratio (share of words outside the vocabulary; null on the contextual route), theta (K
+    float32, with full_theta), top_ids and top_weights (top_k each, by decreasing weight), and
+    error: null for a good row; for a bad row (text missing, not a string or empty; a language
+    the bundle cannot read, given or detected; no language detected) the reason, with null
+    results. Set
     `DataContext.get_current().execution_options.preserve_order = True` to keep input order.
 
     threads_per_actor: onnxruntime threads in each actor, reserved as Ray CPUs. num_actors
@@ -376,24 +383,26 @@ def _read_rows(batch: dict[str, Any]) -> Iterator[pa.Table]:
 def _read_jsonl(file_idx: int, path: str) -> Iterator[pa.Table]:
     import pyarrow as pa
 
-    from xtm.runtime.records import line_chunks
+    from xtm.runtime.records import line_chunks, parse_line
 
     schema = _row_schema()
     with open(path, "rb") as f:
-        # The same line splitter as xtm-infer (byte-order mark, blank lines skipped).
+        # The same line splitter as xtm-infer (byte-order mark, blank lines skipped, over-long
+        # lines skipped unread: raw None, with parse_line's reason for them).
         for chunk in line_chunks(f, READ_BLOCK_ROWS):
             n = len(chunk)
             none = pa.nulls(n)
+            errors = [parse_line(None, 0, None)[1] if c[1] is None else None for c in chunk]
             yield pa.table([pa.array([file_idx] * n, pa.int32()), pa.array([c[0] for c in chunk], pa.int64()),
                             pa.array([c[1] for c in chunk], pa.binary()), none.cast(pa.string()),
-                            none.cast(pa.string()), none.cast(pa.string()), none.cast(pa.string()),
+                            none.cast(pa.string()), none.cast(pa.string()), pa.array(errors, pa.string()),
                             none.cast(pa.string())], schema=schema)
 
 
 def _read_parquet(file_idx: int, path: str) -> Iterator[pa.Table]:
     import pyarrow as pa
 
-    from xtm.runtime.records import encode_id, parquet_chunks, parse_parquet_row
+    from xtm.runtime.records import parquet_chunks, parse_parquet_row
 
     schema = _row_schema()
     for chunk in parquet_chunks(path, READ_BLOCK_ROWS):
@@ -406,7 +415,7 @@ def _read_parquet(file_idx: int, path: str) -> Iterator[pa.Table]:
             ok = doc is not None
             texts.append(obj["text"] if ok else None)
             langs.append(obj.get("lang") if ok else None)
-            ids.append(encode_id(doc["id"]) if ok else None)
+            ids.append(doc["id_json"] if ok else None)
             errors.append(error)
         yield pa.table([pa.array([file_idx] * n, pa.int32()), pa.array([c[0] for c in chunk], pa.int64()),
                         pa.nulls(n, pa.binary()), pa.array(texts, pa.string()), pa.array(langs, pa.string()),
@@ -431,15 +440,19 @@ class InferFilesResult:
 def infer_files(paths: Sequence[str | Path], bundle_dir: str | Path, out_path: str | Path | None, *,
                 address: str | None = None, num_actors: int | None = None, threads_per_actor: int = 1,
                 top_k: int = 3, route: str = "auto", batch_size: int = 256, full_theta: bool = True,
-                strict: bool = False, report: Callable[[str], None] | None = None,
-                progress: bool | None = None, sink: IO[bytes] | None = None) -> InferFilesResult:
+                strict: bool = False, max_bad: int | None = None, max_share: float | None = None,
+                report: Callable[[str], None] | None = None, progress: bool | None = None,
+                sink: IO[bytes] | None = None) -> InferFilesResult:
     """xtm-infer's output for JSONL and Parquet files and directories, computed on Ray actors.
 
     Writes one line per good row, in input order (files in the given order, directories sorted),
     byte-identical to the local engine's, to `out_path` atomically (nothing is written if the run
     fails), or to `sink` (default stdout) when out_path is None. Bad rows are reported through
     `report` (default: stderr) as PATH:LINE: reason and skipped; `strict` raises XtmError at the
-    first one. Connects to `address` (a running cluster: "auto", "HOST:PORT", "ray://HOST:10001"),
+    first one, `max_bad` at the first one over that count, `max_share` (0..1) at the end when a
+    larger share of the rows was bad; NoResultsError (an XtmError) when no row could be inferred.
+    Whatever raises, out_path is not written; to a sink, the lines before the failing row are.
+    Connects to `address` (a running cluster: "auto", "HOST:PORT", "ray://HOST:10001"),
     or uses the Ray already initialised in this process, or starts a local one (shut down again
     at the end). The input files are read by Ray tasks: on a multi-node cluster they must be on a
     file system every node sees.
@@ -447,7 +460,10 @@ def infer_files(paths: Sequence[str | Path], bundle_dir: str | Path, out_path: s
     ray = _import_ray()
     from ray.data import DataContext
 
+    from xtm.runtime.records import check_out_is_not_input
+
     files = list_input_files(paths)
+    check_out_is_not_input(out_path, [p for p, _ in files])
     _check_route(bundle_dir, route)  # fail before starting anything
     bar: Any = None
     if progress is None:
@@ -500,13 +516,21 @@ def infer_files(paths: Sequence[str | Path], bundle_dir: str | Path, out_path: s
             # "only received N input(s) ... won't fully utilize the available concurrency": a small
             # input fits in fewer batches than there are actors; nothing to act on.
             warnings.filterwarnings("ignore", message=".*concurrent actors.*")
+            from xtm.runtime.records import BadLines
+
+            tally = BadLines(report, strict=strict, max_bad=max_bad, max_share=max_share)
+            where = ", ".join(names) if len(names) <= 3 else f"{names[0]} and {len(names) - 1} more inputs"
             try:
                 if out_path is None:
-                    return _drain(ds, sink or sys.stdout.buffer, names, strict, report, bar)
-                from xtm.atomic import atomic_open
+                    _drain(ds, sink or sys.stdout.buffer, names, tally, bar)
+                    tally.finish(where)
+                else:
+                    from xtm.atomic import atomic_open
 
-                with atomic_open(out_path, "wb") as f:
-                    return _drain(ds, f, names, strict, report, bar)
+                    with atomic_open(out_path, "wb") as f:
+                        _drain(ds, f, names, tally, bar)
+                        tally.finish(where)  # raising here leaves out_path unwritten
+                return InferFilesResult(tally.total, tally.skipped)
             except ray.exceptions.RayError as e:
                 # A worker's XtmError (an unreadable file, a bundle that fails its checksums) comes
                 # back wrapped with the worker's traceback: re-raise the user-facing error alone.
@@ -543,29 +567,34 @@ def _quiet_ray_data(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith("Progress bars disabled")
 
 
-def _drain(ds: ray.data.Dataset, sink: IO[bytes], names: list[str], strict: bool, report: Callable[[str], None],
-           bar: Any) -> InferFilesResult:
-    """Write the results in order; report bad rows and warnings where they stand in the input."""
-    total = skipped = 0
+def _drain(ds: ray.data.Dataset, sink: IO[bytes], names: list[str], tally: Any, bar: Any) -> None:
+    """Write the results in order; report bad rows and warnings where they stand in the input. When
+    a bad row is fatal (strict, max_bad), the good lines before it are written, then XtmError."""
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         files, lines = batch.column("file").to_pylist(), batch.column("line").to_pylist()
         errors, warnings = batch.column("error").to_pylist(), batch.column("warning").to_pylist()
         out = batch.column("out").to_pylist()
         good = []
-        for i in range(batch.num_rows):
-            if errors[i] is not None:
-                if strict:
-                    raise XtmError(errors[i], path=names[files[i]], line=lines[i])
-                report(f"{names[files[i]]}:{lines[i]}: {errors[i]}")
-                skipped += 1
-                continue
-            if warnings[i] is not None:
-                report(f"{names[files[i]]}:{lines[i]}: warning: {warnings[i]}")
-            good.append(out[i])
-        total += batch.num_rows
-        if good:
-            sink.write(("\n".join(good) + "\n").encode("utf-8"))
-            sink.flush()
+        try:
+            for i in range(batch.num_rows):
+                tally.total += 1
+                if errors[i] is not None:
+                    tally.bad(names[files[i]], lines[i], errors[i])
+                    continue
+                if warnings[i] is not None:
+                    tally.report(f"{names[files[i]]}:{lines[i]}: warning: {warnings[i]}")
+                good.append(out[i])
+        except XtmError:
+            _write(sink, good)
+            raise
+        _write(sink, good)
         if bar is not None:
             bar.update(batch.num_rows)
-    return InferFilesResult(total, skipped)
+
+
+def _write(sink: IO[bytes], lines: list[str]) -> None:
+    from xtm.runtime.records import encode_lines
+
+    if lines:
+        sink.write(encode_lines(lines))
+        sink.flush()

@@ -8,9 +8,13 @@ language table only); the model is only touched through the InferenceResult hand
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
-from collections.abc import Iterator, Sequence
+import os
+import re
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from xtm.errors import XtmError
@@ -18,12 +22,18 @@ from xtm.errors import XtmError
 if TYPE_CHECKING:
     from xtm.runtime.model import InferenceResult, TopicModel
 
-__all__ = ["DECIMALS", "MAX_CHARS", "OUTPUT_WORDS", "WEIGHT", "LineFormatter", "Parsed", "encode_id", "line_chunks",
-           "parquet_chunks", "parse_line", "parse_parquet_row", "parse_record", "served_languages"]
+__all__ = ["DECIMALS", "MAX_CHARS", "MAX_LINE_BYTES", "OUTPUT_WORDS", "WEIGHT", "BadLines", "LineFormatter",
+           "NoResultsError", "Parsed", "check_out_is_not_input", "decode_json_line", "encode_id", "encode_lines",
+           "infer_lines", "line_chunks", "parquet_chunks", "parse_line", "parse_max_bad", "parse_parquet_row",
+           "parse_record", "read_lines", "served_languages"]
 
 # Longer documents are cut (with a warning): tokenizing megabytes of one line is almost always a
 # malformed record, and a bag of words of the first 100k characters already saturates the vocabulary.
 MAX_CHARS = 100_000
+# Longer lines are bad lines, skipped without being held in memory: a file without newlines (a
+# binary, a mis-split dump) would otherwise be read whole. Far above any record a 100k-character
+# text makes (at most ~600 kB, fully escaped), leaving room for large fields beside the text.
+MAX_LINE_BYTES = 64 * 1024 * 1024
 # Words per language shown for each topic in the output.
 OUTPUT_WORDS = 10
 # Decimals kept for weights: float32 carries about 7 significant digits, and 6 decimals keep the
@@ -31,27 +41,84 @@ OUTPUT_WORDS = 10
 # one C formatting call per row is twice as fast as repr() per weight, and parses to the same numbers.
 DECIMALS = 6
 WEIGHT = f"%.{DECIMALS}f"
+# Language confidence and out-of-vocabulary share: 3 decimals say all they mean.
+SHARE = "%.3f"
 
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+_dumps_ascii = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=False).encode
+_SURROGATES = re.compile("[\ud800-\udfff]")
 
-# (document, error, warning) for one input row; document is {"id", "text", "lang"} when good.
+# (document, error, warning) for one input row; document is {"id", "id_json", "text", "lang"} when good.
 Parsed = tuple[dict[str, Any] | None, str | None, str | None]
 
 
-def line_chunks(stream: IO[bytes], size: int) -> Iterator[list[tuple[int, bytes]]]:
-    """(line number, raw line) lists of up to `size` non-blank lines; never the whole input."""
-    chunk: list[tuple[int, bytes]] = []
-    for lineno, raw in enumerate(stream, start=1):
+class NoResultsError(XtmError):
+    """Not one input row could be inferred (empty input, or every row bad): xtm-infer exits 1 and
+    writes no --out file."""
+
+
+# -- reading ---------------------------------------------------------------------------------------
+
+
+def read_lines(stream: IO[bytes], max_bytes: int | None = None) -> Iterator[tuple[int, bytes | None]]:
+    """(line number, raw line) for each non-blank line; raw is None for a line over `max_bytes`
+    (default MAX_LINE_BYTES), which is skipped in pieces, never held whole."""
+    if max_bytes is None:
+        max_bytes = MAX_LINE_BYTES
+    lineno = 0
+    while True:
+        raw = stream.readline(max_bytes + 1)
+        if not raw:
+            return
+        lineno += 1
+        if len(raw) > max_bytes and not raw.endswith(b"\n"):
+            while raw and not raw.endswith(b"\n"):  # the rest of the line, a MiB at a time
+                raw = stream.readline(1 << 20)
+            yield lineno, None
+            continue
         if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
             raw = raw[3:]  # a UTF-8 byte-order mark (Windows editors) is not part of the JSON
         if not raw.strip():
             continue
-        chunk.append((lineno, raw))
+        yield lineno, raw
+
+
+def line_chunks(stream: IO[bytes], size: int) -> Iterator[list[tuple[int, bytes | None]]]:
+    """(line number, raw line) lists of up to `size` non-blank lines (see read_lines); never the whole input."""
+    chunk: list[tuple[int, bytes | None]] = []
+    for item in read_lines(stream):
+        chunk.append(item)
         if len(chunk) >= size:
             yield chunk
             chunk = []
     if chunk:
         yield chunk
+
+
+def decode_json_line(raw: bytes | None) -> tuple[Any, str | None]:
+    """(value, None) for one JSON line, or (None, reason) when it cannot be read. Never raises for
+    what the line contains: invalid UTF-8 or JSON, numbers Python refuses (over 4,300 digits),
+    nesting deeper than the parser's recursion limit, a line too large for memory or over
+    MAX_LINE_BYTES (raw None, from read_lines). For any reader of JSONL (inference, training)."""
+    if raw is None:
+        return None, f"line longer than {MAX_LINE_BYTES:,} bytes (skipped unread)"
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return None, f"invalid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start})"
+    try:
+        return json.loads(line), None
+    except json.JSONDecodeError as e:
+        return None, f"invalid JSON: {e}"
+    except RecursionError:
+        return None, "invalid JSON: nested too deeply"
+    except MemoryError:
+        return None, "line too large to parse in memory"
+    except ValueError as e:  # e.g. an integer of more digits than int() accepts
+        return None, f"invalid JSON: {e}"
+
+
+# -- checking --------------------------------------------------------------------------------------
 
 
 @functools.lru_cache(maxsize=1024)
@@ -62,24 +129,26 @@ def _normalize_lang(lang: str) -> str:
     return normalize_lang(lang)
 
 
+def _show(value: str) -> str:
+    """A value from the input, quoted for a one-line message: escapes (newlines, control and terminal
+    characters, lone surrogates) made visible, long values cut."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def served_languages(model: TopicModel, route: str) -> list[str] | None:
-    """Languages a good row may name: the bag-of-words languages, or None (any valid code) when the
-    contextual route can read whatever the bow encoders cannot."""
-    return None if model.has_contextual and route != "bow" else model.languages
+    """Languages a good row may name on `route`: the bag-of-words languages, plus the contextual
+    encoder's when the route uses it; None (any valid code) when that encoder lists none."""
+    return model.served_languages(route)
 
 
-def parse_line(raw: bytes, lineno: int, served: Sequence[str] | None) -> Parsed:
-    """(document, error, warning) for one JSONL line; document is {"id", "text", "lang"} when good.
+def parse_line(raw: bytes | None, lineno: int, served: Sequence[str] | None) -> Parsed:
+    """(document, error, warning) for one JSONL line (see parse_record); raw None is an over-long line.
 
     served: the languages a good line may name; None accepts any valid code (contextual route)."""
-    try:
-        line = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        return None, f"invalid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start})", None
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as e:
-        return None, f"invalid JSON: {e}", None
+    obj, error = decode_json_line(raw)
+    if error is not None:
+        return None, error, None
     if not isinstance(obj, dict):
         return None, f"expected a JSON object, got {type(obj).__name__}", None
     return parse_record(obj, lineno, served)
@@ -88,7 +157,9 @@ def parse_line(raw: bytes, lineno: int, served: Sequence[str] | None) -> Parsed:
 def parse_record(obj: dict[str, Any], lineno: int, served: Sequence[str] | None) -> Parsed:
     """(document, error, warning) for one record already decoded (a JSON object, a Parquet row).
 
-    "id" defaults to `lineno` when the record has no such key (a present null stays null)."""
+    document: {"id", "id_json" (the id as written in the output), "text", "lang"}. "id" defaults
+    to `lineno` when the record has no such key (a present null stays null). Lone surrogates in the
+    text (JSON's "\\ud800" escapes) become U+FFFD: no tokenizer or encoder can take them."""
     if "text" not in obj:
         return None, "missing field 'text'", None
     text = obj["text"]
@@ -102,23 +173,140 @@ def parse_record(obj: dict[str, Any], lineno: int, served: Sequence[str] | None)
             return None, f"field 'lang' must be a string, got {type(lang).__name__}", None
         try:
             code = _normalize_lang(lang)
-        except XtmError as e:
-            return None, str(e), None
+        except XtmError:
+            return None, f"field 'lang': invalid language code {_show(lang)}: expected an ISO 639-1 code such as " \
+                         "'en', 'zh', 'ja'", None
         if served is not None and code not in served:
-            return None, f"language '{lang}' is not served by this bundle (it serves {', '.join(served)})", None
+            return None, f"language {_show(lang)} is not served by this bundle (it serves {', '.join(served)})", None
         lang = code
+    doc_id = obj.get("id", lineno)
+    try:
+        id_json = encode_id(doc_id)
+    except (TypeError, ValueError) as e:
+        return None, f"field 'id' cannot be written as JSON: {e}", None
     warning = None
     if len(text) > MAX_CHARS:
         warning = f"text has {len(text):,} characters; using the first {MAX_CHARS:,}"
         text = text[:MAX_CHARS]
-    return {"id": obj.get("id", lineno), "text": text, "lang": lang}, None, warning
+    if not text.isascii():
+        text = _without_surrogates(text)
+    return {"id": doc_id, "id_json": id_json, "text": text, "lang": lang}, None, warning
+
+
+def _without_surrogates(text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATES.sub("\ufffd", text)
+    return text
 
 
 def encode_id(doc_id: Any) -> str:
-    """The id as it appears in the output line (compact JSON, non-ASCII kept).
+    """The id as it appears in the output line: compact JSON, valid UTF-8, non-ASCII kept.
 
-    Raises TypeError for a value JSON cannot hold (only possible from Parquet: a timestamp, bytes)."""
-    return _dumps(doc_id)
+    What JSON cannot hold is written so that the line stays valid JSON: NaN and +/-Infinity (which
+    Python's json reads, and a number over 1e308 becomes) as the strings "NaN", "Infinity",
+    "-Infinity"; a string with a lone surrogate with \\uXXXX escapes (Python's json reads it back
+    as the same string). Raises TypeError for a value of no JSON type (only possible from Parquet:
+    a timestamp, bytes), ValueError for one nested too deeply to write."""
+    try:
+        try:
+            s = _dumps(doc_id)
+        except ValueError:  # NaN or Infinity somewhere inside
+            s = _dumps(_finite(doc_id))
+        if not s.isascii():
+            try:
+                s.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate: escaped, so the bytes stay UTF-8
+                s = _dumps_ascii(_finite(doc_id))
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    return s
+
+
+def _finite(value: Any) -> Any:
+    """`value` with non-finite floats as strings (JSON has no NaN or Infinity)."""
+    if isinstance(value, float) and value != value:
+        return "NaN"
+    if isinstance(value, float) and value in (float("inf"), float("-inf")):
+        return "Infinity" if value > 0 else "-Infinity"
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def check_out_is_not_input(out: str | Path | None, inputs: Sequence[str | Path]) -> None:
+    """XtmError when the output path is one of the inputs: the atomic replace would destroy the
+    input a run reads (`xtm-infer docs.jsonl --out docs.jsonl`)."""
+    if out is None or not os.path.exists(out):
+        return
+    for p in inputs:
+        with contextlib.suppress(OSError):
+            if os.path.isfile(p) and os.path.samefile(out, p):
+                raise XtmError("--out is an input file: writing it would replace what is being read; choose "
+                               "another output path", path=out)
+
+
+def parse_max_bad(value: str | int | None) -> tuple[int | None, float | None]:
+    """--max-bad N or P%: (count, None) or (None, share in [0, 1]); (None, None) for no limit."""
+    if value is None:
+        return None, None
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise XtmError(f"--max-bad must be at least 0, got {value}")
+        return value, None
+    text = str(value).strip()
+    try:
+        if text.endswith("%"):
+            share = float(text[:-1])
+            if not 0 <= share <= 100:
+                raise ValueError
+            return None, share / 100
+        count = int(text)
+        if count < 0:
+            raise ValueError
+        return count, None
+    except ValueError:
+        raise XtmError(f"--max-bad takes a number of lines (10) or a percentage (0.5%), got {value!r}") from None
+
+
+class BadLines:
+    """The count of rows read, bad and written, and the rules that stop a run on bad rows.
+
+    strict: the first bad row is fatal. max_bad: more than that many bad rows is fatal, at the row
+    that exceeds it. max_share: judged at the end (`finish`), when the share of bad rows over all
+    rows read exceeds it. Fatal means XtmError: an --out file is then not written at all."""
+
+    def __init__(self, report: Callable[[str], None], *, strict: bool = False, max_bad: int | None = None,
+                 max_share: float | None = None) -> None:
+        self.report, self.strict, self.max_bad, self.max_share = report, strict, max_bad, max_share
+        self.total = self.skipped = 0
+
+    @property
+    def written(self) -> int:
+        return self.total - self.skipped
+
+    def bad(self, where: str, line: int, reason: str) -> None:
+        """One bad row: reported as WHERE:LINE: reason, or XtmError when it makes the run fail."""
+        self.skipped += 1
+        if self.strict:
+            raise XtmError(reason, path=where, line=line)
+        if self.max_bad is not None and self.skipped > self.max_bad:
+            raise XtmError(f"{reason}; too many bad lines: more than {self.max_bad} (--max-bad)", path=where,
+                           line=line)
+        self.report(f"{where}:{line}: {reason}")
+
+    def finish(self, name: str) -> None:
+        """End-of-run checks: the share of bad rows, and that something was inferred at all."""
+        if self.max_share is not None and self.total and self.skipped / self.total > self.max_share:
+            share = 100 * self.skipped / self.total
+            raise XtmError(f"too many bad lines: {self.skipped} of {self.total} ({share:.2f}%, --max-bad "
+                           f"{100 * self.max_share:g}%)", path=name)
+        if self.written == 0:
+            raise NoResultsError("no documents in the input" if self.total == 0 else
+                                 f"no line could be inferred: all {self.total} lines were bad", path=name)
 
 
 def parquet_chunks(path: str, size: int) -> Iterator[list[tuple[int, dict[str, Any]]]]:
@@ -126,7 +314,7 @@ def parquet_chunks(path: str, size: int) -> Iterator[list[tuple[int, dict[str, A
 
     A record holds the row's text, lang and id columns (others are not read); a null cell is left
     out, as an absent JSON field: a null lang is detected, a null id becomes the row number.
-    Raises XtmError when the file is not Parquet or has no text column."""
+    Raises XtmError when the file is not Parquet, has no text column, or cannot be read further."""
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -141,7 +329,14 @@ def parquet_chunks(path: str, size: int) -> Iterator[list[tuple[int, dict[str, A
         raise XtmError(f"Parquet file has no 'text' column (it has {', '.join(names)})", path=path)
     columns = [c for c in ("text", "lang", "id") if c in names]
     row = 0
-    for rb in pf.iter_batches(batch_size=size, columns=columns):
+    batches = pf.iter_batches(batch_size=size, columns=columns)
+    while True:
+        try:  # a damaged row group shows only when it is reached
+            rb = next(batches, None)
+        except (OSError, pa.ArrowException) as e:
+            raise XtmError(f"cannot read as Parquet after row {row}: {e}", path=path) from e
+        if rb is None:
+            return
         data = {c: rb.column(c).to_pylist() for c in columns}
         yield [(row + i + 1, {c: data[c][i] for c in columns if data[c][i] is not None})
                for i in range(rb.num_rows)]
@@ -149,15 +344,16 @@ def parquet_chunks(path: str, size: int) -> Iterator[list[tuple[int, dict[str, A
 
 
 def parse_parquet_row(obj: dict[str, Any], rownum: int, served: Sequence[str] | None) -> Parsed:
-    """parse_record, plus the id check JSON input never needs: Parquet ids can be of types JSON
-    cannot write (timestamps, bytes); such a row is bad, not a crash when its line is written."""
-    doc, error, warning = parse_record(obj, rownum, served)
-    if doc is not None:
-        try:
-            encode_id(doc["id"])
-        except (TypeError, ValueError) as e:
-            return None, f"field 'id' cannot be written as JSON: {e}", None
-    return doc, error, warning
+    """parse_record for a Parquet row: its ids can be of types JSON cannot write (timestamps, bytes);
+    parse_record reports such a row as bad, not a crash when its line is written."""
+    return parse_record(obj, rownum, served)
+
+
+# -- writing ---------------------------------------------------------------------------------------
+
+
+def _share(x: float) -> str:
+    return "null" if x != x else SHARE % x
 
 
 class LineFormatter:
@@ -165,24 +361,35 @@ class LineFormatter:
 
     Topic descriptions are the same for every document: each one is serialised once here.
     json.dumps of whole records was 60% of the CLI's time; records are assembled from these pieces.
+
+    A line: {"id", "lang", "lang_conf", "route", "empty", "oov_ratio", "theta", "topics"}.
+    lang_conf is the detector's probability of lang (null: given in the input); route "bow" or
+    "contextual"; empty true when the document had no in-vocabulary token (its theta is the
+    encoder's prior for an empty document and says nothing about it); oov_ratio the share of its
+    tokens outside the vocabulary (null on the contextual route). Unsupported rows get no line.
     """
 
     def __init__(self, model: TopicModel, *, full_theta: bool = True, route: str = "auto") -> None:
         self.full_theta = full_theta
-        # The "route" key appears exactly when the bundle could have used either route.
-        self.with_route = model.has_contextual and route != "bow"
-        words_json = [_dumps({lang: ws[:OUTPUT_WORDS] for lang, ws in t.items()}) for t in model.topics]
+        # Topic words come from the bundle: encode_id's escaping keeps a damaged word list valid UTF-8.
+        words_json = [encode_id({lang: ws[:OUTPUT_WORDS] for lang, ws in t.items()}) for t in model.topics]
         self._head = [f'{{"id":{k},"weight":' for k in range(model.num_topics)]
         self._tail = [f',"words":{w}}}' for w in words_json]
         self._theta_row = "[" + ",".join([WEIGHT] * model.num_topics) + "]"
 
-    def lines(self, res: InferenceResult, id_json: Sequence[str]) -> list[str]:
-        """One JSON line (no newline) per document; id_json[i] is encode_id of document i's id."""
+    def lines(self, res: InferenceResult, id_json: Sequence[str]) -> list[str | None]:
+        """One JSON line (no newline) per document, None for an unsupported one (see res.notes);
+        id_json[i] is encode_id of document i's id."""
         full = res.theta.tolist() if self.full_theta else None
         top_ids, top_weights = res.top_ids.tolist(), res.top_weights.tolist()
+        conf, oov, empty = res.lang_conf.tolist(), res.oov_ratio.tolist(), res.empty.tolist()
+        unsupported = res.unsupported.tolist()
         head, tail = self._head, self._tail
-        out = []
+        out: list[str | None] = []
         for i, doc_id in enumerate(id_json):
+            if unsupported[i]:
+                out.append(None)
+                continue
             # Languages are validated codes; weights of the top topics are theta's own values,
             # so both places print the same digits.
             ws = [WEIGHT % w for w in top_weights[i]]
@@ -192,7 +399,49 @@ class LineFormatter:
             else:
                 theta_json = "{" + ",".join(f'"{k}":{w}' for k, w in zip(ids, ws, strict=True)) + "}"
             topics_json = ",".join(head[k] + w + tail[k] for k, w in zip(ids, ws, strict=True))
-            route_json = f'"route":"{res.routes[i]}",' if self.with_route else ""
-            out.append(f'{{"id":{doc_id},"lang":"{res.langs[i]}",{route_json}"theta":{theta_json},'
-                       f'"topics":[{topics_json}]}}')
+            lang = res.langs[i]
+            lang_json = "null" if lang is None else f'"{lang}"'
+            out.append(f'{{"id":{doc_id},"lang":{lang_json},"lang_conf":{_share(conf[i])},"route":"{res.routes[i]}",'
+                       f'"empty":{"true" if empty[i] else "false"},"oov_ratio":{_share(oov[i])},'
+                       f'"theta":{theta_json},"topics":[{topics_json}]}}')
         return out
+
+
+def infer_lines(model: TopicModel, docs: Sequence[dict[str, Any]], formatter: LineFormatter, *, batch_size: int,
+                top_k: int, route: str) -> list[tuple[str | None, str | None]]:
+    """(output line, None) or (None, error) for each parsed document, in order.
+
+    The documents are inferred together; if that raises, one by one, so a document that breaks a
+    tokenizer or an encoder costs its own line only. An unsupported document (see
+    InferenceResult.unsupported) is an error with the reason. When every document fails alone with
+    the same error, the cause is not in the documents (a broken model): XtmError."""
+    if not docs:
+        return []
+    try:
+        res = model.infer([d["text"] for d in docs], [d["lang"] for d in docs], batch_size=batch_size, top_k=top_k,
+                          route=route)
+        lines = formatter.lines(res, [d["id_json"] for d in docs])
+    except Exception as e:
+        if len(docs) == 1:
+            return [(None, f"cannot infer this document: {_describe(e)}")]
+        out = [infer_lines(model, [d], formatter, batch_size=batch_size, top_k=top_k, route=route)[0] for d in docs]
+        errors = {err for line, err in out if line is None}
+        if all(line is None for line, _ in out) and len(errors) == 1:
+            raise XtmError(f"inference failed for every document: {_describe(e)}") from e
+        return out
+    return [(line, None) if line is not None else (None, res.notes[i] or "unsupported")
+            for i, line in enumerate(lines)]
+
+
+def _describe(e: BaseException) -> str:
+    return str(e) if isinstance(e, XtmError) else f"{type(e).__name__}: {e}"
+
+
+def encode_lines(lines: Sequence[str]) -> bytes:
+    """Output lines as UTF-8 bytes, one per line. Every piece is made encodable upstream (ids,
+    topic words); should one still hold a lone surrogate, it is escaped, never fatal."""
+    text = "\n".join(lines) + "\n"
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace")

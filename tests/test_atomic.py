@@ -68,7 +68,7 @@ def test_fifo_is_written_in_place(tmp_path: Path) -> None:
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
     got: list[bytes] = []
-    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
     reader.start()
     with atomic_open(fifo, "wb") as f:
         f.write(b"through the pipe\n")
@@ -117,7 +117,7 @@ def test_symlink_to_a_fifo_writes_into_the_fifo(tmp_path: Path) -> None:
     link = tmp_path / "link"
     link.symlink_to(fifo)
     got: list[bytes] = []
-    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
     reader.start()
     write_text(link, "via link")
     reader.join(10)
@@ -200,3 +200,43 @@ def test_temporary_of_a_live_writer_is_left_alone(tmp_path: Path) -> None:
     finally:
         p.kill()
         p.wait(10)
+
+
+def test_temporary_locked_by_a_live_process_is_left_even_if_its_pid_is_gone(tmp_path: Path) -> None:
+    """The pid in the name may be dead in our pid namespace and alive in another: the lock decides."""
+    out = tmp_path / "out.txt"
+    tmp = tmp_path / ".out.txt.xtm-4194303-abcdefgh.tmp"  # pid_max: no such process here
+    tmp.write_text("being written elsewhere")
+    old = time.time() - 60
+    os.utime(tmp, (old, old))
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import fcntl, os, sys, time
+        fd = os.open({str(tmp)!r}, os.O_RDONLY)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        print("locked", flush=True)
+        time.sleep(60)
+    """)], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
+        write_text(out, "x")
+        assert tmp.exists()
+    finally:
+        holder.kill()
+        holder.wait(10)
+    write_text(out, "y")  # lock released: now provably stale
+    assert not tmp.exists() and out.read_text() == "y"
+
+
+def test_very_long_name_still_gets_a_temporary(tmp_path: Path) -> None:
+    out = tmp_path / ("n" * 250 + ".json")  # 255 bytes: the name with a prefix and suffix would not fit
+    write_text(out, "x")
+    assert out.read_text() == "x" and litter(tmp_path) == []
+
+
+def test_new_file_gets_the_umask_permissions(tmp_path: Path) -> None:
+    old = os.umask(0o027)
+    try:
+        write_text(tmp_path / "new.txt", "x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "new.txt").stat().st_mode) == 0o640

@@ -77,6 +77,10 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     rows[3:3] = ["{not json", {"id": "x", "text": "  "}, {"text": "bonjour", "lang": "fr"}]
     rows.insert(250, "")  # blank: not a row
     rows.insert(300, {"id": "long", "text": "market " * 15_000, "lang": "en"})  # truncated, with a warning
+    # Hostile rows both engines must handle alike: ids JSON cannot hold as such (written escaped / as
+    # strings), languages the bundle cannot read (bad rows, never read as English).
+    rows[100:100] = ['{"id": "\\ud800", "text": "bank market", "lang": "en"}', '{"id": NaN, "text": "stock"}',
+                     {"id": "ar", "text": "مرحبا بالعالم، كيف حالك اليوم؟"}, {"id": "emoji", "text": "😀🎉"}]
     src = _write_jsonl(d / "docs.jsonl", rows)
     # A Parquet copy of other documents (one type per column: ids as strings), and its JSONL twin.
     prow = [{"id": f"p{i}", "text": r["text"], "lang": r.get("lang")} for i, r in enumerate(_docs(seed=1))]
@@ -108,14 +112,16 @@ def test_infer_files_jsonl_and_parquet_match_the_local_engine(ray_local, hb: Han
     exp_rows = [json.loads(line) for line in (expected + local_pq).splitlines()]
     got_rows = [json.loads(line) for line in got.splitlines()][:len(exp_rows)]
     assert [r["id"] for r in got_rows] == [r["id"] for r in exp_rows]
-    assert len(got_rows) == 2 * N_DOCS + 1
+    assert len(got_rows) == 2 * N_DOCS + 3
+    assert {"\ud800", "NaN"} <= {r["id"] for r in got_rows}
     # Same bad-row reports, in input order, named by file and line (Parquet: row number).
     bp = inputs["bad_parquet"]
     assert messages == [m for m in local_err + bad_err if not m.startswith("skipped")]
     assert messages[-3:] == [f"{bp}:2: missing field 'text'", f"{bp}:3: empty text",
                              f"{bp}:4: language 'fr' is not served by this bundle (it serves en, zh)"]
     assert any("warning: text has 105,000 characters" in m for m in messages)
-    assert (res.total, res.skipped) == (N_DOCS + 4 + N_DOCS + 4, 3 + 3)
+    assert any("detected language 'ar'" in m for m in messages) and any("no language detected" in m for m in messages)
+    assert (res.total, res.skipped) == (N_DOCS + 8 + N_DOCS + 4, 5 + 3)
 
 
 def test_cli_engine_ray_on_a_directory_matches_local_and_strict_writes_nothing(
@@ -134,8 +140,8 @@ def test_cli_engine_ray_on_a_directory_matches_local_and_strict_writes_nothing(
     local_b, _ = _local([str(inputs["parquet"]), *flags])
     assert out.read_text(encoding="utf-8") == local_a + local_b
     assert f"{d / 'a.jsonl'}:4: invalid JSON" in r.stderr
-    assert f"skipped 3 of {N_DOCS + 4 + N_DOCS} lines" in r.stderr
-    assert f"wrote {2 * N_DOCS + 1} results to {out}" in r.stderr
+    assert f"skipped 5 of {N_DOCS + 8 + N_DOCS} lines" in r.stderr
+    assert f"wrote {2 * N_DOCS + 3} results to {out}" in r.stderr
 
     # --strict: the first bad line (a.jsonl:4) is fatal and --out is not written at all.
     out2 = tmp_path / "strict.jsonl"
@@ -169,6 +175,7 @@ def test_infer_dataset_columns_equal_the_runtime(ray_local, hb: HandBundle) -> N
 
     docs = _docs(seed=2)
     items = [{"id": f"r{i}", "text": d["text"], "lang": d.get("lang")} for i, d in enumerate(docs)]
+    items.append({"id": "ar", "text": "مرحبا بالعالم، كيف حالك اليوم؟", "lang": None})  # detected, not served
     items.append({"id": "bad", "text": "", "lang": None})
     ctx = DataContext.get_current()
     saved = ctx.execution_options.preserve_order
@@ -179,12 +186,18 @@ def test_infer_dataset_columns_equal_the_runtime(ray_local, hb: HandBundle) -> N
         ctx.execution_options.preserve_order = saved
     ref = TopicModel.load(hb.path, threads=1).infer([d["text"] for d in docs], [d.get("lang") for d in docs],
                                                      top_k=2)
+    good = out[:-2]
     assert [o["id"] for o in out] == [it["id"] for it in items]
-    assert [o["lang"] for o in out[:-1]] == ref.langs and {o["route"] for o in out[:-1]} == {"bow"}
-    np.testing.assert_array_equal(np.stack([o["theta"] for o in out[:-1]]), ref.theta)
-    np.testing.assert_array_equal(np.stack([o["top_ids"] for o in out[:-1]]), ref.top_ids)
-    np.testing.assert_array_equal(np.stack([o["top_weights"] for o in out[:-1]]), ref.top_weights)
-    assert all(o["error"] is None for o in out[:-1])
+    assert [o["lang"] for o in good] == ref.langs and {o["route"] for o in good} == {"bow"}
+    np.testing.assert_array_equal(np.stack([o["theta"] for o in good]), ref.theta)
+    np.testing.assert_array_equal(np.stack([o["top_ids"] for o in good]), ref.top_ids)
+    np.testing.assert_array_equal(np.stack([o["top_weights"] for o in good]), ref.top_weights)
+    assert [o["empty"] for o in good] == ref.empty.tolist()
+    np.testing.assert_array_equal(np.array([np.nan if o["lang_conf"] is None else o["lang_conf"] for o in good],
+                                           dtype=np.float32), ref.lang_conf)
+    np.testing.assert_array_equal(np.array([o["oov_ratio"] for o in good], dtype=np.float32), ref.oov_ratio)
+    assert all(o["error"] is None for o in good)
+    assert "detected language 'ar'" in out[-2]["error"] and out[-2]["theta"] is None and out[-2]["route"] is None
     assert out[-1]["error"] == "empty text" and out[-1]["theta"] is None
 
 

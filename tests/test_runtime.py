@@ -120,8 +120,11 @@ def test_unserved_language_names_it_and_the_served_ones(model: TopicModel) -> No
 def test_empty_documents_are_flagged_and_get_the_zero_bag_output(model: TopicModel, hb: HandBundle) -> None:
     res = model.infer(["", "zzz qqq !!!", EN_TEXTS[0], "   "], langs=[None, "en", "en", None])
     assert res.empty.tolist() == [True, True, False, True]
-    # Blank texts cannot be detected: read as the bundle's first language.
-    assert res.langs == ["en", "en", "en", "en"]
+    # Blank texts have no language (they used to be reported as the bundle's first language); they
+    # read as an empty bag of the first encoder, flagged empty.
+    assert res.langs == [None, "en", "en", None] and res.routes == ["bow"] * 4
+    assert not res.unsupported.any() and np.isnan(res.lang_conf).all()  # nothing was detected
+    assert np.isnan(res.oov_ratio[[0, 3]]).all() and res.oov_ratio[1] == 1.0  # "zzz qqq": 2 tokens, none known
     zero = hb.numpy_theta(np.zeros((1, len(EN_VOCAB))), "en")[0]
     np.testing.assert_allclose(res.theta[0], zero, atol=1e-6)
     np.testing.assert_allclose(res.theta[1], zero, atol=1e-6)
