@@ -22,12 +22,18 @@ stopped reading. Modes:
   garbage_status  a status line that is not HTTP at all
   status:<code>   that bare status code
 
+`DripTLSServer` does the same as `drip` one level down: an https:// endpoint whose TLS handshake drips.
+
+`tls=(certfile, keyfile)` serves the same over https.
+
 Nothing here is a mock of the client: it is a server that misbehaves on purpose.
 """
 
 from __future__ import annotations
 
 import json
+import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterable
@@ -80,7 +86,7 @@ class AdversarialLLMServer:
 
     def __init__(self, script: Iterable[str] = (), default: str = "good", answer: str = GOOD_ANSWER,
                  redirect_to: str | None = None, retry_after: str = "1", drip_interval: float = 0.2,
-                 huge_bytes: int = 36_000_000) -> None:
+                 huge_bytes: int = 36_000_000, tls: tuple[str, str] | None = None) -> None:
         self.script = list(script)
         self.default = default
         self.answer = answer
@@ -94,7 +100,13 @@ class AdversarialLLMServer:
         self._lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.httpd.daemon_threads = True
-        self.origin = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        scheme = "http"
+        if tls is not None:                     # (certificate file, key file): serve https
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*tls)
+            self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+            scheme = "https"
+        self.origin = f"{scheme}://127.0.0.1:{self.httpd.server_address[1]}"
         self.url = self.origin + "/v1"
         # A short poll interval: close() (shutdown) returns within 50 ms instead of 500.
         self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
@@ -248,6 +260,48 @@ class AdversarialLLMServer:
             if self.stopping.is_set():
                 return
             self.write(h, part)
+
+
+class DripTLSServer:
+    """A TCP server on 127.0.0.1 that answers a TLS ClientHello with a record header announcing 16 KB,
+    then one byte every `interval` seconds: a TLS handshake that never ends (no certificate needed)."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval = interval
+        self.stopping = threading.Event()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"https://127.0.0.1:{self.sock.getsockname()[1]}/v1"
+        self.connections = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._drip, args=(conn,), daemon=True).start()
+
+    def _drip(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                conn.recv(4096)                                  # the ClientHello
+                conn.sendall(b"\x16\x03\x03\x40\x00")               # handshake record, 16384 bytes follow
+                while not self.stopping.wait(self.interval):
+                    conn.sendall(b"\x00")
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.sock.close()
+
+    def __enter__(self) -> DripTLSServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def wait_until(predicate: Any, timeout: float = 5.0) -> bool:

@@ -10,11 +10,13 @@ never a crash and never cached; every request costs at most about --llm-timeout;
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from adversarial_llm_server import SHAPES, USAGES, AdversarialLLMServer, wait_until
+from adversarial_llm_server import SHAPES, USAGES, AdversarialLLMServer, DripTLSServer, wait_until
 
 from xtm.errors import XtmError
 from xtm.trainer.phase2 import vote
@@ -46,12 +48,12 @@ def key(monkeypatch) -> str:
     return KEY
 
 
-def refiner(url: str, cache_dir: Path | None, **kw) -> LLMRefiner:
+def refiner(url: str, cache_dir: Path | None, sampling: Sampling = SAMPLING, **kw) -> LLMRefiner:
     kw.setdefault("retries", 0)
     kw.setdefault("backoff", 0.01)
     kw.setdefault("timeout", 5.0)
     gen = OpenAICompatibleGenerator(url, "hostile-model", api_key_env="XTM_HOSTILE_KEY", concurrency=1, **kw)
-    return LLMRefiner(gen, VocabMatcher(VOCABS), n_words=5, sampling=SAMPLING, cache=AnswerCache(cache_dir))
+    return LLMRefiner(gen, VocabMatcher(VOCABS), n_words=5, sampling=sampling, cache=AnswerCache(cache_dir))
 
 
 def cache_files(cache_dir: Path) -> list[Path]:
@@ -168,8 +170,9 @@ def test_a_server_that_does_not_speak_http_is_a_failed_request_never_a_crash(ser
 
 def test_a_request_the_server_rejects_as_malformed_is_not_retried(servers, tmp_path, capsys) -> None:
     s = servers(default="status:400")
+    r = refiner(s.url, tmp_path, retries=4, backoff=1.0)
     t0 = time.monotonic()
-    answers, stats = refiner(s.url, tmp_path, retries=4, backoff=1.0).refine([TOPIC], rounds=1)
+    answers, stats = r.refine([TOPIC], rounds=1)
     assert not answers[0][0].usable and stats.calls == 1 and len(s.requests) == 1
     assert time.monotonic() - t0 < 1.0 and "HTTP 400" in capsys.readouterr().err
 
@@ -199,17 +202,56 @@ def test_absurd_token_counts_are_ignored_and_counted_never_a_crash(servers, tmp_
 @pytest.mark.parametrize("mode", ["drip", "drip_headers"])
 def test_a_slow_drip_costs_at_most_the_timeout_per_attempt(servers, tmp_path, mode) -> None:
     s = servers(default=mode, drip_interval=0.05)                 # ~300 bytes: 15 s to send in full
+    r = refiner(s.url, tmp_path, timeout=1.0, retries=1)
     t0 = time.monotonic()
-    answers, stats = refiner(s.url, tmp_path, timeout=1.0, retries=1).refine([TOPIC], rounds=1)
+    answers, stats = r.refine([TOPIC], rounds=1)
     elapsed = time.monotonic() - t0
-    assert not answers[0][0].usable and stats.calls == 2 and stats.failures == 1
+    assert not answers[0][0].usable and stats.calls == 2 and stats.failures == 1 and stats.bad_answers == 0
     assert 2.0 <= elapsed < 3.5, elapsed                          # 2 attempts x 1 s deadline + backoff
+
+
+@pytest.fixture
+def self_signed(tmp_path, monkeypatch) -> tuple[str, str]:
+    """A certificate for 127.0.0.1 made with the openssl CLI, trusted through SSL_CERT_FILE."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    return str(cert), str(key)
+
+
+def test_https_answers_and_a_dripping_https_answer_is_cut_at_the_deadline(servers, self_signed, tmp_path,
+                                                                          capsys) -> None:
+    s = servers("good", "drip", drip_interval=0.05, tls=self_signed)
+    assert s.url.startswith("https://")
+    answers, _ = refiner(s.url, tmp_path / "a", timeout=5.0).refine([TOPIC], rounds=1)
+    assert answers[0][0].usable
+    r = refiner(s.url, tmp_path / "b", timeout=1.0)
+    t0 = time.monotonic()
+    answers, stats = r.refine([TOPIC], rounds=1)
+    assert not answers[0][0].usable and stats.failures == 1 and stats.bad_answers == 0
+    assert 1.0 <= time.monotonic() - t0 < 2.0
+    assert "within 1s" in capsys.readouterr().err
+
+
+def test_a_tls_handshake_that_drips_costs_at_most_the_timeout(tmp_path) -> None:
+    with DripTLSServer(interval=0.05) as s:
+        r = refiner(s.url, tmp_path, timeout=1.0)
+        t0 = time.monotonic()
+        answers, stats = r.refine([TOPIC], rounds=1)
+        elapsed = time.monotonic() - t0
+    assert not answers[0][0].usable and stats.failures == 1 and s.connections == 1
+    assert 1.0 <= elapsed < 2.0, elapsed
 
 
 def test_retry_after_is_honoured(servers, tmp_path) -> None:
     s = servers("retry_after", "good", retry_after="1")
+    r = refiner(s.url, tmp_path, retries=2)
     t0 = time.monotonic()
-    answers, stats = refiner(s.url, tmp_path, retries=2).refine([TOPIC], rounds=1)
+    answers, stats = r.refine([TOPIC], rounds=1)
     elapsed = time.monotonic() - t0
     assert answers[0][0].usable and stats.calls == 2
     assert 0.95 <= elapsed < 2.5, elapsed                         # backoff alone would be 0.01 s
@@ -219,15 +261,17 @@ def test_retry_after_as_an_http_date_is_honoured(servers, tmp_path) -> None:
     from email.utils import formatdate
 
     s = servers("unavailable", "good", retry_after=formatdate(time.time() + 2, usegmt=True))
+    r = refiner(s.url, tmp_path, retries=1)
     t0 = time.monotonic()
-    answers, _ = refiner(s.url, tmp_path, retries=1).refine([TOPIC], rounds=1)
+    answers, _ = r.refine([TOPIC], rounds=1)
     assert answers[0][0].usable and 0.9 <= time.monotonic() - t0 < 3.5
 
 
 def test_retry_after_is_bounded(servers, tmp_path) -> None:
     s = servers("retry_after", "unavailable", "good", retry_after="86400")
+    r = refiner(s.url, tmp_path, retries=2, max_retry_wait=0.5)
     t0 = time.monotonic()
-    answers, stats = refiner(s.url, tmp_path, retries=2, max_retry_wait=0.5).refine([TOPIC], rounds=1)
+    answers, stats = r.refine([TOPIC], rounds=1)
     elapsed = time.monotonic() - t0
     assert answers[0][0].usable and stats.calls == 3
     assert 0.95 <= elapsed < 2.5, elapsed                         # 2 waits capped at 0.5 s, not a day
@@ -236,26 +280,32 @@ def test_retry_after_is_bounded(servers, tmp_path) -> None:
 @pytest.mark.parametrize("value", ["soon", "-5", "nan", "1e999"])
 def test_a_garbage_retry_after_falls_back_to_backoff(servers, tmp_path, value) -> None:
     s = servers("retry_after", "good", retry_after=value)
+    r = refiner(s.url, tmp_path, retries=1, max_retry_wait=30)
     t0 = time.monotonic()
-    answers, _ = refiner(s.url, tmp_path, retries=1, max_retry_wait=30).refine([TOPIC], rounds=1)
+    answers, _ = r.refine([TOPIC], rounds=1)
     assert answers[0][0].usable and time.monotonic() - t0 < 1.5
 
 
 @pytest.mark.parametrize("mode", ["huge", "huge_chunked"])
 def test_a_huge_answer_is_refused_without_reading_it_and_never_cached(servers, tmp_path, mode) -> None:
     s = servers(mode)
+    r = refiner(s.url, tmp_path)
     t0 = time.monotonic()
-    answers, stats = refiner(s.url, tmp_path).refine([TOPIC], rounds=1)
+    answers, stats = r.refine([TOPIC], rounds=1)
     assert time.monotonic() - t0 < 5
     assert not answers[0][0].usable and stats.bad_answers == 1
     assert sum(p.stat().st_size for p in cache_files(tmp_path)) == 0
     assert wait_until(lambda: s.requests) and s.bytes_sent < 20_000_000     # stopped far before 36 MB
 
 
-def test_an_answer_just_under_the_size_cap_is_used(servers, tmp_path) -> None:
-    s = servers("huge", huge_bytes=200_000)
-    answers, stats = refiner(s.url, tmp_path, max_response_bytes=1_000_000).refine([TOPIC], rounds=1)
+def test_the_size_cap_follows_max_tokens(servers, tmp_path) -> None:
+    s = servers("huge", "huge", huge_bytes=200_000)                # about 140 KB of words
+    long = Sampling(max_tokens=2000, seed=3)                       # cap 64 KiB + 2000 x 256 B = 576 KiB
+    answers, stats = refiner(s.url, tmp_path, long, max_response_bytes=1_000_000).refine([TOPIC], rounds=1)
     assert answers[0][0].usable and stats.bad_answers == 0
+    short = Sampling(max_tokens=50, seed=3)                        # cap 64 KiB + 50 x 256 B = 77 KiB
+    answers, stats = refiner(s.url, tmp_path, short, max_response_bytes=1_000_000).refine([TOPIC], rounds=1)
+    assert not answers[0][0].usable and stats.bad_answers == 1
 
 
 # ---- 12. unusable answers never poison the cache ----------------------------------------------

@@ -350,6 +350,29 @@ def _shutdown(sock: socket.socket) -> None:
         pass
 
 
+class _WatchedHTTPConnection(http.client.HTTPConnection):
+    """HTTP whose socket is handed to `on_socket` (the deadline watchdog) as soon as it exists."""
+
+    on_socket: Callable[[socket.socket], None]
+
+    def connect(self) -> None:
+        super().connect()
+        self.on_socket(self.sock)
+
+
+class _WatchedHTTPSConnection(http.client.HTTPSConnection):
+    """HTTPS whose TLS socket reaches the watchdog before the handshake, so a dripping handshake
+    is cut at the deadline too (HTTPSConnection.connect without tunnels, handshake made explicit)."""
+
+    on_socket: Callable[[socket.socket], None]
+
+    def connect(self) -> None:
+        http.client.HTTPConnection.connect(self)
+        self.sock = self._context.wrap_socket(self.sock, server_hostname=self.host, do_handshake_on_connect=False)
+        self.on_socket(self.sock)
+        self.sock.do_handshake()
+
+
 def retry_after_seconds(value: str | None) -> float | None:
     """Seconds a `Retry-After` header asks for (delta-seconds or an HTTP date); None when absent or garbage."""
     if not value or not value.strip():
@@ -414,7 +437,7 @@ class OpenAICompatibleGenerator:
       * redirects are followed only within the origin of --llm-url (scheme, host, port), at most
         MAX_REDIRECTS times, re-sending the same POST; another origin stops the run: the API key is
         never sent anywhere but the origin the user named;
-      * an answer larger than `max_response_bytes` is refused without reading it all, one of another
+      * an answer larger than `response_cap(max_tokens)` is refused without reading it all, one of another
         shape, not JSON or truncated is a bad answer (counted, retried, then None);
       * token counts that are not believable are ignored (counted), never added to the stats.
     Transient failures (connection errors, timeouts, bad answers, 408/409/425/429, 5xx) are retried
@@ -425,7 +448,11 @@ class OpenAICompatibleGenerator:
     no message includes anything the server wrote back.
     """
 
-    MAX_RESPONSE_BYTES = 2 * 2**20      # a list of words is a few KB; JSON around it is small
+    # A token is a few bytes of text, at most ~100 as JSON escapes; the JSON around the text is small.
+    # The cap follows max_tokens so that parsing a hostile answer stays cheap (about 3 s per MB here).
+    MAX_RESPONSE_BYTES = 2 * 2**20
+    RESPONSE_BYTES_BASE = 64 * 2**10
+    RESPONSE_BYTES_PER_TOKEN = 256
 
     def __init__(self, url: str, model: str, api_key_env: str = "OPENAI_API_KEY", concurrency: int = 8,
                  timeout: float = 120.0, retries: int = 4, backoff: float = 1.0, max_retry_wait: float = 60.0,
@@ -467,22 +494,34 @@ class OpenAICompatibleGenerator:
         return key or None
 
     # ---- one HTTP exchange under a deadline -----------------------------------------------------
-    def _exchange(self, url: str, payload: bytes, deadline: float) -> tuple[int, http.client.HTTPMessage, bytes]:
-        """POST `payload` to `url`: (status, headers, body of a 2xx), all of it before `deadline`."""
+    def response_cap(self, max_tokens: int) -> int:
+        """The largest answer body accepted for a request of `max_tokens` tokens (bytes)."""
+        by_tokens = self.RESPONSE_BYTES_BASE + self.RESPONSE_BYTES_PER_TOKEN * max(0, int(max_tokens))
+        return min(self.max_response_bytes, by_tokens)
+
+    def _exchange(self, url: str, payload: bytes, deadline: float, cap: int
+                  ) -> tuple[int, http.client.HTTPMessage, bytes]:
+        """POST `payload` to `url`: (status, headers, body of a 2xx up to `cap` bytes), all before `deadline`."""
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise _TransientError(f"no complete answer within {self.timeout:g}s")
         parts = urlsplit(url)
-        cls = http.client.HTTPSConnection if parts.scheme.lower() == "https" else http.client.HTTPConnection
-        conn = cls(parts.hostname or "", parts.port, timeout=remaining)
+        cls = _WatchedHTTPSConnection if parts.scheme.lower() == "https" else _WatchedHTTPConnection
         killed = threading.Event()
         sockets: list[socket.socket] = []     # kept here: http.client drops conn.sock on "Connection: close"
+
+        def on_socket(sock: socket.socket) -> None:
+            sockets.append(sock)
+            if killed.is_set():               # the watchdog fired while connecting
+                _shutdown(sock)
 
         def kill() -> None:
             killed.set()
             for sock in sockets:
                 _shutdown(sock)
 
+        conn = cls(parts.hostname or "", parts.port, timeout=remaining)
+        conn.on_socket = on_socket
         watchdog = threading.Timer(remaining, kill)
         watchdog.daemon = True
         watchdog.start()
@@ -490,17 +529,17 @@ class OpenAICompatibleGenerator:
         if self._key:
             headers["Authorization"] = f"Bearer {self._key}"
         try:
-            conn.connect()
-            sockets.append(conn.sock)
-            if killed.is_set():           # the watchdog fired while connecting
-                _shutdown(conn.sock)
             conn.request("POST", (parts.path or "/") + (f"?{parts.query}" if parts.query else ""), body=payload,
                          headers=headers)
             resp = conn.getresponse()
-            body = self._read_body(resp) if 200 <= resp.status < 300 else b""
+            body = self._read_body(resp, cap) if 200 <= resp.status < 300 else b""
             if killed.is_set():
                 raise _TransientError(f"no complete answer within {self.timeout:g}s")
             return resp.status, resp.headers, body
+        except BadAnswerError:
+            if killed.is_set():               # cut by the watchdog, not truncated by the server
+                raise _TransientError(f"no complete answer within {self.timeout:g}s") from None
+            raise
         except (http.client.HTTPException, OSError, ValueError, AttributeError) as e:
             if killed.is_set():
                 raise _TransientError(f"no complete answer within {self.timeout:g}s") from None
@@ -511,8 +550,8 @@ class OpenAICompatibleGenerator:
             watchdog.cancel()
             conn.close()
 
-    def _read_body(self, resp: http.client.HTTPResponse) -> bytes:
-        cap = self.max_response_bytes
+    @staticmethod
+    def _read_body(resp: http.client.HTTPResponse, cap: int) -> bytes:
         if resp.length is not None and resp.length > cap:
             raise BadAnswerError(f"an answer of {resp.length} bytes was refused (limit {cap})")
         data = resp.read(cap + 1)
@@ -522,12 +561,12 @@ class OpenAICompatibleGenerator:
             raise BadAnswerError("the answer was truncated")
         return data
 
-    def _post(self, payload: bytes) -> bytes:
+    def _post(self, payload: bytes, cap: int) -> bytes:
         """The body of a 2xx answer to one attempt, following same-origin redirects (bounded)."""
         deadline = time.monotonic() + self.timeout
         url = self.url
         for _ in range(MAX_REDIRECTS + 1):
-            status, headers, body = self._exchange(url, payload, deadline)
+            status, headers, body = self._exchange(url, payload, deadline, cap)
             if status in REDIRECT_CODES:
                 url = self._redirect_target(url, headers.get("Location"))
                 continue
@@ -569,12 +608,13 @@ class OpenAICompatibleGenerator:
                 "temperature": sampling.temperature, "top_p": sampling.top_p,
                 "max_tokens": sampling.max_tokens, "seed": sampling.seed + round_index, "stream": False}
         payload = json.dumps(body).encode("utf-8")
+        cap = self.response_cap(sampling.max_tokens)
         reason, attempt = "", 0
         for attempt in range(self.retries + 1):
             stats.add(calls=1)
             retry_after = None
             try:
-                text, usage = parse_completion(self._post(payload))
+                text, usage = parse_completion(self._post(payload, cap))
             except BadAnswerError as e:
                 stats.add(bad_answers=1)
                 reason = str(e)
