@@ -43,19 +43,19 @@ bag-of-words encoders. A bundle exported from a run with a contextual route
 (xtm-contextual) also has a multilingual sentence encoder (USE multilingual
 v3 by default: ar de en es fr it ja ko nl pl pt ru th tr zh) that maps any
 text to the same topics. auto (default): bag of words for the training
-languages, contextual for the others; bow: training languages only (other
-languages are bad lines); contextual: every document through the sentence
-encoder. Without a contextual route, auto is bow.
+languages, contextual for the encoder's languages; bow: training languages
+only; contextual: every document through the sentence encoder. A language
+the route cannot read is a bad line. Without a contextual route, auto is bow.
 
 \b
 Input: JSONL, one object per line: {"id": ..., "text": "...", "lang": "en"}.
 "lang" is optional: detected among every language the detector knows (not
 only the bundle's), so a language the bundle cannot read is never read as
-another one. "id" is copied to the output (the line number when absent;
-NaN/Infinity ids are written as the strings "NaN", "Infinity"). Blank lines
-are ignored. Parquet (.parquet/.pq): columns text, lang and id, the same
-rules; a null cell counts as an absent field; the row number stands for the
-line number.
+another one; give it when known (detection costs 0.1-0.2 ms a line). "id"
+is copied to the output (the line number when absent; NaN/Infinity ids are
+written as the strings "NaN", "Infinity"). Blank lines are ignored.
+Parquet (.parquet/.pq): columns text, lang and id, the same rules; a null
+cell counts as an absent field; the row number stands for the line number.
 
 \b
 Output: one JSON object per good input line, in input order:
@@ -331,8 +331,10 @@ def _write(sink: IO[bytes], lines: list[str], sink_name: str) -> None:
     try:
         sink.write(encode_lines(lines))
         sink.flush()
-    except BrokenPipeError:
-        raise
+    except BrokenPipeError as e:
+        if sink_name == "<stdout>":
+            raise  # `| head`: the reader left, a quiet stop (_quiet_broken_pipe)
+        raise XtmError("cannot write: its reader went away (a FIFO closed before the end)", path=sink_name) from e
     except OSError as e:  # a full disk, a quota, an I/O error: a clean error, the temporary removed
         raise XtmError(f"cannot write: {e.strerror or e}", path=sink_name) from e
 

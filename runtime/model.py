@@ -491,6 +491,7 @@ class TopicModel:
             raise XtmError(f"texts[{i}] must be a string, got {type(t).__name__}")
         if batch_size < 1:
             raise XtmError(f"batch_size must be at least 1, got {batch_size}")
+        texts = _encodable(texts)
         n, K = len(texts), self.num_topics
         res = self._resolve(texts, langs, route)
         theta = np.full((n, K), np.nan, dtype=np.float32)
@@ -548,6 +549,22 @@ class TopicModel:
     def embed(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """Sentence embeddings [n, D] (L2-normalised) from the contextual route's encoder."""
         return self.contextual_encoder().encode(list(texts), batch_size=batch_size)[1]
+
+
+def _encodable(texts: Sequence[str]) -> Sequence[str]:
+    """texts, with lone surrogates replaced (a copy only when one has them): sentencepiece raises on
+    them, which would cost the whole batch its results."""
+    from xtm.runtime.records import without_surrogates
+
+    out: list[str] | None = None
+    for i, t in enumerate(texts):
+        if not t.isascii():
+            clean = without_surrogates(t)
+            if clean is not t:
+                if out is None:
+                    out = list(texts)
+                out[i] = clean
+    return texts if out is None else out
 
 
 @dataclass

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 __all__ = ["DECIMALS", "MAX_CHARS", "MAX_LINE_BYTES", "OUTPUT_WORDS", "WEIGHT", "BadLines", "LineFormatter",
            "NoResultsError", "Parsed", "check_out_is_not_input", "decode_json_line", "encode_id", "encode_lines",
            "infer_lines", "line_chunks", "parquet_chunks", "parse_line", "parse_max_bad", "parse_parquet_row",
-           "parse_record", "read_lines", "served_languages"]
+           "parse_record", "read_lines", "served_languages", "without_surrogates"]
 
 # Longer documents are cut (with a warning): tokenizing megabytes of one line is almost always a
 # malformed record, and a bag of words of the first 100k characters already saturates the vocabulary.
@@ -189,11 +189,13 @@ def parse_record(obj: dict[str, Any], lineno: int, served: Sequence[str] | None)
         warning = f"text has {len(text):,} characters; using the first {MAX_CHARS:,}"
         text = text[:MAX_CHARS]
     if not text.isascii():
-        text = _without_surrogates(text)
+        text = without_surrogates(text)
     return {"id": doc_id, "id_json": id_json, "text": text, "lang": lang}, None, warning
 
 
-def _without_surrogates(text: str) -> str:
+def without_surrogates(text: str) -> str:
+    """`text` with lone surrogates (from JSON's \\ud800 escapes) replaced by U+FFFD: UTF-8 cannot
+    encode them, and C++ tokenizers (sentencepiece) raise on them."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

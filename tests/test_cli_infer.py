@@ -131,6 +131,8 @@ def test_help_teaches_with_examples() -> None:
     r = invoke(["--help"])
     assert r.exit_code == 0
     assert "Examples:" in r.stdout and "--strict" in r.stdout and "--sparse-theta" in r.stdout
+    for needle in ("--max-bad", "Exit status", "lang_conf", "oov_ratio", '"empty"'):
+        assert needle in r.stdout, needle
 
 
 def test_ids_of_any_json_type_round_trip(hb: HandBundle, tmp_path: Path) -> None:

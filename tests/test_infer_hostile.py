@@ -181,6 +181,13 @@ def test_unsupported_languages_are_flagged_not_read_as_english(model: TopicModel
     assert forced.routes == ["bow"] and forced.empty.tolist() == [True] and np.isnan(forced.lang_conf[0])
 
 
+def test_api_lone_surrogates_in_texts_are_replaced_not_fatal(model: TopicModel) -> None:
+    # sentencepiece (the contextual route's tokenizer) raises on them; every route gets clean text.
+    res = model.infer(["market \ud800 bank", "北京\udfff经济"], langs=["en", "zh"])
+    ref = model.infer(["market \ufffd bank", "北京\ufffd经济"], langs=["en", "zh"])
+    np.testing.assert_array_equal(res.theta, ref.theta)
+
+
 def test_cli_reports_unsupported_lines_and_marks_empty_ones(hb: HandBundle, tmp_path: Path) -> None:
     src = write_lines(tmp_path / "docs.jsonl", [
         {"id": "ar", "text": ARABIC}, {"id": "hi", "text": HINDI}, {"id": "emoji", "text": "😀😀🎉"},
@@ -256,6 +263,53 @@ def test_unwritable_out_is_one_clean_error(hb: HandBundle, tmp_path: Path) -> No
         assert r.exit_code == 2 and r.stderr.startswith(f"error: {out}: cannot write"), (out, r.stderr)
         assert "Traceback" not in r.stderr
     assert plain.read_text() == "a file, not a directory"
+
+
+def test_full_device_and_a_fifo_whose_reader_leaves_are_clean_errors(hb: HandBundle, tmp_path: Path) -> None:
+    src = write_lines(tmp_path / "docs.jsonl", [{"id": i, **GOOD} for i in range(400)])
+    full = tmp_path / "full"
+    os.mknod(full, stat.S_IFCHR | 0o666, os.makedev(1, 7))  # a private /dev/full: every write is ENOSPC
+    r = invoke([str(src), "--bundle", str(hb.path), "--out", str(full)])
+    assert r.exit_code == 2 and r.stderr.startswith(f"error: {full}: cannot write: No space left on device")
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+
+    def read_one_line_and_leave() -> None:
+        with open(fifo, "rb") as f:
+            f.readline()
+
+    reader = threading.Thread(target=read_one_line_and_leave, daemon=True)
+    reader.start()
+    r = invoke([str(src), "--bundle", str(hb.path), "--out", str(fifo), "--batch-size", "1"])
+    reader.join(30)
+    assert r.exit_code == 2 and "its reader went away" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path):
+    """A 64 kB tmpfs mounted for the test (root only), unmounted after: a real full disk, a real
+    read-only file system."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_full_and_read_only_file_systems_keep_the_old_output(hb: HandBundle, tmp_path: Path, small_tmpfs: Path) -> None:
+    src = write_lines(tmp_path / "docs.jsonl", [{"id": i, **GOOD} for i in range(2000)])  # ~1 MB of results
+    out = small_tmpfs / "out.jsonl"
+    out.write_text("previous results\n")
+    r = invoke([str(src), "--bundle", str(hb.path), "--out", str(out)])
+    assert r.exit_code == 2 and r.stderr.startswith(f"error: {out}: cannot write: No space left on device")
+    assert out.read_text() == "previous results\n" and no_litter(small_tmpfs)
+    subprocess.run(["mount", "-o", "remount,ro", str(small_tmpfs)], check=True)
+    r = invoke([str(src), "--bundle", str(hb.path), "--out", str(out)])
+    assert r.exit_code == 2 and r.stderr.startswith(f"error: {out}: cannot write: Read-only file system")
+    assert out.read_text() == "previous results\n"
 
 
 def test_out_that_is_the_input_is_refused(hb: HandBundle, tmp_path: Path) -> None:

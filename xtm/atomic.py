@@ -87,8 +87,25 @@ def _in_place(target: Path, mode: str, encoding: str | None, shown: str | Path) 
         os.close(fd)
         raise XtmError("changed while being opened (now a regular file); run again", path=shown)
     kwargs = {} if "b" in mode else {"encoding": encoding}
-    with os.fdopen(fd, mode.replace("x", "w").replace("a", "w"), **kwargs) as f:
+    f = os.fdopen(fd, mode.replace("x", "w").replace("a", "w"), **kwargs)
+    with _closing(f, shown):
         yield f
+
+
+@contextmanager
+def _closing(f: IO[Any], shown: str | Path) -> Iterator[None]:
+    """Close `f` after the body. A failing close (its last flush: a full device, a FIFO whose reader
+    left) is an XtmError; after an error in the body it is ignored, so that error is the one seen."""
+    try:
+        yield
+    except BaseException:
+        with suppress(OSError):
+            f.close()
+        raise
+    try:
+        f.close()
+    except OSError as e:
+        raise XtmError(f"cannot write: {e.strerror or e}", path=shown) from e
 
 
 @contextmanager
@@ -107,10 +124,13 @@ def _replacing(target: Path, st: os.stat_result | None, mode: str, encoding: str
         raise XtmError(f"cannot write: {e.strerror}", path=shown) from e
     try:
         if fcntl is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # "being written": the stale sweep skips it
-        _copy_permissions(fd, st)
+            with suppress(OSError):  # no locks on this file system: the writer's live pid still protects it
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # "being written": the stale sweep skips it
+        with suppress(OSError):  # file systems without Unix permissions (vfat, some mounts) refuse chmod
+            _copy_permissions(fd, st)
         kwargs = {} if "b" in mode else {"encoding": encoding}
-        with os.fdopen(fd, mode, **kwargs) as f:
+        f = os.fdopen(fd, mode, **kwargs)
+        with _closing(f, shown):
             yield f
             try:
                 f.flush()
