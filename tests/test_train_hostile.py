@@ -1,0 +1,396 @@
+"""xtm-train in a hostile world (issue 13): a user's directory is never written to, one process per
+run, exit codes that tell the truth, an interrupted run resumes bit for bit, bad input is one clean
+error. Real processes, real signals, real damaged files."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from xtm.errors import XtmError
+from xtm.trainer.batches import InMemoryBatches
+from xtm.trainer.checkpoint import load_checkpoint
+from xtm.trainer.corpus_loading import load_corpus
+from xtm.trainer.loop import TrainConfig, train
+from xtm.trainer.run import DataConfig, run_training
+
+TRAIN = [sys.executable, "-m", "xtm.cli.train"]
+ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
+
+
+def cli(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(TRAIN + args, capture_output=True, text=True, env=ENV, timeout=timeout)
+
+
+def example_args(example_dir: Path, out: Path, *extra: str) -> list[str]:
+    return ["--data", str(example_dir / "docs.jsonl"), "--dict", str(example_dir / "dict.tsv"), "--model", "nmtm",
+            "--topics", "6", "--out", str(out), "-q", *extra]
+
+
+def config(**kw) -> TrainConfig:
+    base = dict(model="nmtm", num_topics=6, epochs=3, batch_size=100, seed=3, checkpoint_every=1, progress=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def assert_same_training_state(a: Path, b: Path) -> None:
+    """Two checkpoint directories hold bit-identical model and optimizer tensors (RNG states included)."""
+    for name in ("model.safetensors", "optimizer.safetensors"):
+        x, y = load_file(str(a / name)), load_file(str(b / name))
+        assert x.keys() == y.keys(), name
+        for k in x:
+            assert torch.equal(x[k], y[k]), f"{name}: {k} differs"
+
+
+def assert_same_model(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), f"{k} differs by up to {(sa[k].double() - sb[k].double()).abs().max():.3g}"
+
+
+class SignalAt:
+    """The in-memory batch source, sending this process a real signal just before one step of one epoch.
+
+    (Where the signal lands is then known: the mid-epoch path is exercised every time.)"""
+
+    def __init__(self, corpus, epoch: int, step: int, signals: tuple[int, ...]) -> None:
+        self.inner, self.at, self.signals, self.calls = InMemoryBatches(corpus), (epoch, step), signals, 0
+        self.sizes, self.fingerprint, self.sequential = self.inner.sizes, self.inner.fingerprint, self.inner.sequential
+
+    def epoch(self, rng, batch_size, rank=0, world=1, start_step=0):
+        self.calls += 1
+        steps = self.inner.epoch(rng, batch_size, rank, world, start_step) if start_step else \
+            self.inner.epoch(rng, batch_size, rank, world)
+        for i, batch in enumerate(steps):
+            if (self.calls, i) == self.at:
+                for s in self.signals:
+                    os.kill(os.getpid(), s)
+            yield batch
+
+
+# ---- the run directory is ours, or untouched ----------------------------------------------------
+
+def test_a_directory_that_is_not_a_run_is_refused_and_left_untouched(example_dir: Path, tmp_path: Path) -> None:
+    mine = tmp_path / "my-project"
+    mine.mkdir()
+    files = {"config.json": '{"my": "settings"}\n', "metrics.json": "[1, 2]\n", "report.html": "<p>mine</p>\n"}
+    for name, text in files.items():
+        (mine / name).write_text(text)
+    p = cli(example_args(example_dir, mine, "--epochs", "1", "--resume"))
+    assert p.returncode == 2, p.stderr
+    assert f"error: {mine} exists and is not an xtm run directory" in p.stderr and "Traceback" not in p.stderr
+    assert sorted(x.name for x in mine.iterdir()) == sorted(files)  # not even a lock file was added
+    assert all((mine / n).read_text() == t for n, t in files.items())
+
+
+def test_what_counts_as_a_run_directory(tmp_path: Path) -> None:
+    from xtm.trainer.rundir import has_checkpoint, is_run_dir, refuse_foreign_dir
+
+    early = tmp_path / "early"  # what a run stopped while loading its data leaves: ours, no --resume needed
+    early.mkdir()
+    (early / "run.json").write_text('{"xtm_run": 1}')
+    (early / "vocab_en.txt").write_text("a\n")
+    refuse_foreign_dir(early)
+    assert is_run_dir(early) and not has_checkpoint(early)
+    legacy = tmp_path / "legacy"  # written before run.json existed
+    legacy.mkdir()
+    (legacy / "config.json").write_text('{"xtm_version": "0.1.0"}')
+    assert is_run_dir(legacy)
+    user = tmp_path / "user"  # a config.json that is not ours
+    user.mkdir()
+    (user / "config.json").write_text('{"xtm_version_of_my_tool": 2}')
+    assert not is_run_dir(user)
+    with pytest.raises(XtmError, match="exists and is not an xtm run directory"):
+        refuse_foreign_dir(user)
+    refuse_foreign_dir(tmp_path / "new")  # absent: fine, and not created by the check
+    assert not (tmp_path / "new").exists()
+
+
+# ---- one process per run --------------------------------------------------------------------------
+
+HOLD = """
+import sys
+from pathlib import Path
+from xtm.trainer.rundir import hold_run_dir
+with hold_run_dir(Path(sys.argv[1]), "xtm-train"):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_second_process_on_a_held_run_is_refused_naming_the_holder(example_dir: Path, tmp_path: Path) -> None:
+    from xtm.trainer.rundir import hold_run_dir
+
+    run = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, env=ENV)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        busy = f"{run} is in use by xtm-train (pid {holder.pid})"
+        p = cli(example_args(example_dir, run, "--epochs", "2", "--resume"))
+        assert p.returncode == 2 and busy in p.stderr and "Traceback" not in p.stderr, p.stderr
+        c = subprocess.run([sys.executable, "-m", "xtm.cli.contextual", str(run), "-q"], capture_output=True,
+                           text=True, env=ENV, timeout=300)
+        assert c.returncode == 2 and busy in c.stderr, c.stderr
+        assert sorted(p.name for p in run.iterdir()) == [".xtm.lock", "run.json"]  # nothing else was written
+    finally:
+        holder.kill()  # kill -9: the kernel releases the lock; a dead holder never blocks the run
+        holder.wait()
+    with hold_run_dir(run, "xtm-train"):
+        assert json.loads((run / ".xtm.lock").read_text())["pid"] == os.getpid()
+
+
+# ---- signals: checkpoint, truthful exit code, exact resume -----------------------------------------
+
+@pytest.fixture(scope="module")
+def straight(example_corpus, tmp_path_factory: pytest.TempPathFactory):
+    """An uninterrupted run of config(): what every interrupted and resumed run must equal."""
+    d = tmp_path_factory.mktemp("straight")
+    return train(example_corpus, config(), d), d
+
+
+@pytest.mark.parametrize("signals", [(signal.SIGINT,), (signal.SIGTERM,), (signal.SIGHUP,),
+                                     (signal.SIGINT, signal.SIGINT)], ids=["int", "term", "hup", "int-twice"])
+def test_a_signal_mid_epoch_saves_where_it_stopped_and_resume_is_bit_identical(
+        example_corpus, straight, tmp_path: Path, signals: tuple[int, ...]) -> None:
+    straight, straight_dir = straight
+    stopped = train(example_corpus, config(), tmp_path, data=SignalAt(example_corpus, 2, 2, signals))
+    ckpt = load_checkpoint(tmp_path)
+    resumed = train(example_corpus, config(), tmp_path, resume=True)
+    assert_same_model(straight.model, resumed.model)
+    assert_same_training_state(load_checkpoint(straight_dir).path, load_checkpoint(tmp_path).path)
+    assert not resumed.interrupted and resumed.epochs_done == 3
+    assert stopped.interrupted and stopped.signal == signals[0] and stopped.epochs_done == 1
+    assert stopped.stopped_at["epoch"] == 2 and stopped.stopped_at["step"] == 2
+    assert ckpt.path.name == "epoch-000001-step-000002" and ckpt.state["partial"]["steps_done"] == 2
+    assert [{k: v for k, v in h.items() if k != "seconds"} for h in resumed.history] == \
+           [{k: v for k, v in h.items() if k != "seconds"} for h in straight.history]
+
+
+def test_out_of_core_batches_resume_exactly_inside_an_epoch(example_dir: Path, tmp_path: Path) -> None:
+    from xtm.trainer.sharding import ShardedCorpus, build_shards
+
+    shards = ShardedCorpus(build_shards(example_dir / "docs.jsonl", tmp_path / "shards", shard_size=100,
+                                        progress=False))
+    corpus = shards.eval_corpus(dict_path=example_dir / "dict.tsv")
+
+    class ShardSignal(SignalAt):
+        def __init__(self) -> None:
+            super().__init__(corpus, 2, 1, (signal.SIGTERM,))
+            self.inner = shards.batches()
+            self.sizes, self.fingerprint, self.sequential = (self.inner.sizes, self.inner.fingerprint,
+                                                             self.inner.sequential)
+
+    cfg = config(batch_size=40, epochs=2)
+    straight = train(corpus, cfg, tmp_path / "a", data=shards.batches())
+    assert train(corpus, cfg, tmp_path / "b", data=ShardSignal()).stopped_at["step"] == 1
+    resumed = train(corpus, cfg, tmp_path / "b", resume=True, data=shards.batches())
+    assert_same_model(straight.model, resumed.model)
+
+
+def test_phase2_interrupted_after_a_refinement_does_not_refine_again_and_resumes_exactly(
+        example_corpus, tmp_path: Path) -> None:
+    from xtm.models_zoo.base import BuildContext
+    from xtm.models_zoo.encoders import load_encoder
+    from xtm.trainer.phase2 import Phase2Config, Phase2Objective
+
+    class SharedEncoder(Phase2Objective):
+        """Phase 2 as it is, with one encoder loaded for the three runs here (it is stateless)."""
+
+        shared = None
+
+        @property
+        def encoder(self):
+            if SharedEncoder.shared is None:
+                SharedEncoder.shared = load_encoder(self.cfg.encoder)
+            return SharedEncoder.shared
+
+    ctx = BuildContext(cache_dir=Path(os.environ["XTM_CACHE_DIR"]), seed=2)
+    cfg = config(epochs=1, phase2_epochs=2, seed=2, checkpoint_every=0)
+
+    def objective() -> Phase2Objective:
+        return SharedEncoder(example_corpus, 6, Phase2Config(epochs=2, refine_every=1, rounds=2, doc_align=False),
+                             ctx, torch.device("cpu"))
+
+    straight = train(example_corpus, cfg, tmp_path / "a", phase2=objective())
+    # Stopped inside epoch 2, the first of phase 2, after its refinement and 1 step.
+    first = objective()
+    assert train(example_corpus, cfg, tmp_path / "b", phase2=first,
+                 data=SignalAt(example_corpus, 2, 1, (signal.SIGINT,))).stopped_at["step"] == 1
+    assert [s["epoch"] for s in first.steps] == [2]
+    again = objective()
+    resumed = train(example_corpus, cfg, tmp_path / "b", resume=True, phase2=again)
+    assert [s["epoch"] for s in again.steps] == [2, 3]  # epoch 2 was not refined a second time
+    assert_same_model(straight.model, resumed.model)
+
+
+CLI_RUN = ["--epochs", "4", "--batch-size", "8", "--checkpoint-every", "2", "--threads", "1"]
+
+
+def one_thread_config(**kw) -> TrainConfig:
+    """What `xtm-train ... CLI_RUN` trains, in this process."""
+    return TrainConfig(model="nmtm", num_topics=6, epochs=4, batch_size=8, seed=0, checkpoint_every=2, threads=1,
+                       progress=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def straight_one_thread(example_corpus, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """What `xtm-train ... CLI_RUN` trains uninterrupted, with one torch thread as the command uses
+    (bit-identical results need the same kernels); the thread count is restored after."""
+    d = tmp_path_factory.mktemp("straight-cli")
+    before = torch.get_num_threads()
+    try:
+        train(example_corpus, one_thread_config(), d)
+    finally:
+        torch.set_num_threads(before)
+    return d
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["int", "term"])
+def test_xtm_train_signalled_exits_128_plus_n_and_resume_equals_the_uninterrupted_run(
+        example_dir: Path, example_corpus, straight_one_thread: Path, tmp_path: Path, signum: int) -> None:
+    out = tmp_path / "run"
+    args = example_args(example_dir, out, *CLI_RUN)
+    proc = subprocess.Popen(TRAIN + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline = time.monotonic() + 240
+    while not (out / "checkpoints" / "epoch-000002").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signum)  # inside epoch 3 (of 60 steps), wherever exactly
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signum, stderr
+    assert stdout == "" and "continue with --resume" in stderr and "Traceback" not in stderr
+    assert json.loads((out / "metrics.json").read_text())["interrupted"] is True
+    before = torch.get_num_threads()
+    try:  # resumed here (xtm-train --resume is the same call; test_cli_train runs it as a command)
+        train(example_corpus, one_thread_config(), out, resume=True)
+    finally:
+        torch.set_num_threads(before)
+    assert_same_training_state(load_checkpoint(straight_one_thread).path, load_checkpoint(out).path)
+
+
+# ---- damaged checkpoints ---------------------------------------------------------------------------
+
+def _truncate(f: Path) -> None:
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+
+
+def _flip_last_byte(f: Path) -> None:
+    data = bytearray(f.read_bytes())
+    data[-1] ^= 0xFF  # inside the tensor data: the safetensors header still parses
+    f.write_bytes(bytes(data))
+
+
+DAMAGE = {
+    "truncated model": (lambda d: _truncate(d / "model.safetensors"), "model.safetensors is damaged"),
+    "empty state": (lambda d: (d / "state.json").write_text(""), "state.json is empty"),
+    "garbage state": (lambda d: (d / "state.json").write_text("{\"format\": 1, \"epo"), "state.json is not valid"),
+    "state not an object": (lambda d: (d / "state.json").write_text("[]"), "does not hold a JSON object"),
+    "flipped byte": (lambda d: _flip_last_byte(d / "optimizer.safetensors"), "checksum mismatch"),
+    "missing dir": (lambda d: shutil.rmtree(d), "latest.json points to epoch-000002, which does not exist"),
+}
+
+
+@pytest.fixture(scope="module")
+def two_checkpoints(example_corpus, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("two-checkpoints")
+    train(example_corpus, config(epochs=2), d)
+    return d
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one_with_a_warning(
+        two_checkpoints: Path, tmp_path: Path, capsys, damage: str) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(two_checkpoints, run)
+    spoil, message = DAMAGE[damage]
+    spoil(run / "checkpoints" / "epoch-000002")
+    capsys.readouterr()
+    ckpt = load_checkpoint(run)
+    assert ckpt.epoch == 1
+    assert_same_training_state(ckpt.path, two_checkpoints / "checkpoints" / "epoch-000001")
+    err = capsys.readouterr().err
+    assert "warning:" in err and message in err and "epoch-000001" in err
+
+
+def test_no_usable_checkpoint_is_one_clean_error(two_checkpoints: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    shutil.copytree(two_checkpoints, out)
+    for d in (out / "checkpoints").glob("epoch-*"):
+        _truncate(d / "model.safetensors")
+    with pytest.raises(XtmError, match="no usable checkpoint: .*epoch-000002: model.safetensors is damaged.*"
+                                       "epoch-000001: model.safetensors is damaged"):
+        load_checkpoint(out)
+
+
+# ---- bad input and settings ------------------------------------------------------------------------
+
+HOSTILE_LINES = {
+    "lone surrogate id": ('{"id": "\\ud800", "text": "the couture", "lang": "en"}', "field 'id'"),
+    "lone surrogate text": ('{"text": "the \\udfff couture", "lang": "en"}', "field 'text'"),
+    "lone surrogate label": ('{"text": "the couture", "lang": "en", "label": "\\ud800"}', "field 'label'"),
+    "nested 1000 deep": ('{"text": "x", "meta": ' + "[" * 1000 + "]" * 1000 + "}", "nested too deeply"),
+    "5000-digit id": ('{"id": ' + "9" * 5000 + ', "text": "x"}', "invalid JSON"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_LINES))
+def test_a_hostile_jsonl_line_is_that_lines_error(example_dir: Path, tmp_path: Path, case: str) -> None:
+    from xtm.trainer.sharding import build_shards
+
+    line, message = HOSTILE_LINES[case]
+    lines = (example_dir / "docs.jsonl").read_text(encoding="utf-8").splitlines()
+    f = tmp_path / "docs.jsonl"
+    f.write_text("\n".join(lines[:6] + [line] + lines[6:]) + "\n", encoding="utf-8")
+    with pytest.raises(XtmError, match=message) as e:
+        load_corpus(f, progress=False)
+    assert str(e.value).startswith(f"{f}:7: ")
+    with pytest.raises(XtmError, match=message):  # out of core: the same reader, the same error
+        build_shards(f, tmp_path / "shards", progress=False)
+
+
+def test_hostile_lines_through_the_command_are_one_error_line(tmp_path: Path) -> None:
+    f = tmp_path / "docs.jsonl"
+    f.write_text('{"text": "hello world", "lang": "en"}\n{"text": ' + "[" * 1000 + "]" * 1000 + "}\n")
+    p = cli(["--data", str(f), "--model", "nmtm", "--out", str(tmp_path / "r")])
+    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].startswith(f"error: {f}:2: ")
+    assert "Traceback" not in p.stderr
+
+
+def test_more_topics_than_words_is_refused_before_training(example_dir: Path, tmp_path: Path) -> None:
+    data = DataConfig(path=str(example_dir / "docs.jsonl"), dict_path=str(example_dir / "dict.tsv"), vocab_size=40)
+    with pytest.raises(XtmError, match=r"--topics 50 is larger than the vocabulary \('en' has 40, 'zh' has 40 words"):
+        run_training(data, config(num_topics=50), tmp_path / "r")
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_an_unwritable_out_is_one_clean_error(example_dir: Path, tmp_path: Path) -> None:
+    p = cli(example_args(example_dir, Path("/proc/xtm-run"), "--epochs", "1"))
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.stderr.strip().startswith("error: /proc/xtm-run: cannot write to the run directory"), p.stderr
+    (tmp_path / "file").write_text("x")
+    data = DataConfig(path=str(example_dir / "docs.jsonl"))
+    with pytest.raises(XtmError, match="cannot write to the run directory: Not a directory"):
+        run_training(data, config(), tmp_path / "file" / "run")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+def test_a_read_only_out_is_one_clean_error(example_dir: Path, tmp_path: Path) -> None:
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        p = cli(example_args(example_dir, ro, "--epochs", "1"))
+    finally:
+        ro.chmod(0o755)
+    assert p.returncode == 2 and "Traceback" not in p.stderr and "Permission denied" in p.stderr
