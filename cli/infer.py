@@ -150,6 +150,8 @@ def main(input_paths: tuple[str, ...], bundle: str, out: str | None, top_k: int,
                 res = _main_local(input_paths, bundle, out, top_k, batch_size, strict, limit, share, full_theta,
                                   threads, route, address, actors)
     except NoResultsError as e:
+        if e.skipped:
+            click.echo(f"skipped {e.skipped} of {e.total} lines", err=True)
         click.echo(f"error: {e}", err=True)
         sys.exit(1)
     except SystemExit as e:

@@ -54,7 +54,9 @@ Parsed = tuple[dict[str, Any] | None, str | None, str | None]
 
 class NoResultsError(XtmError):
     """Not one input row could be inferred (empty input, or every row bad): xtm-infer exits 1 and
-    writes no --out file."""
+    writes no --out file. total/skipped: the rows read and skipped."""
+
+    total = skipped = 0
 
 
 # -- reading ---------------------------------------------------------------------------------------
@@ -307,8 +309,10 @@ class BadLines:
             raise XtmError(f"too many bad lines: {self.skipped} of {self.total} ({share:.2f}%, --max-bad "
                            f"{100 * self.max_share:g}%)", path=name)
         if self.written == 0:
-            raise NoResultsError("no documents in the input" if self.total == 0 else
-                                 f"no line could be inferred: all {self.total} lines were bad", path=name)
+            e = NoResultsError("no documents in the input" if self.total == 0 else
+                               f"no line could be inferred: all {self.total} lines were bad", path=name)
+            e.total, e.skipped = self.total, self.skipped
+            raise e
 
 
 def parquet_chunks(path: str, size: int) -> Iterator[list[tuple[int, dict[str, Any]]]]:

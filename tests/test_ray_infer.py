@@ -151,6 +151,23 @@ def test_cli_engine_ray_on_a_directory_matches_local_and_strict_writes_nothing(
     assert not out2.exists() and not list(tmp_path.glob(".strict.jsonl.*"))
 
 
+def test_ray_max_bad_and_no_results_leave_out_unwritten(ray_local, hb: HandBundle, tmp_path: Path) -> None:
+    from xtm.runtime.ray import infer_files
+    from xtm.runtime.records import NoResultsError
+
+    out = tmp_path / "out.jsonl"
+    out.write_text("previous\n")
+    src = _write_jsonl(tmp_path / "d.jsonl", [{"text": "bank", "lang": "en"}, "{bad", "{bad", {"text": "😀"}])
+    with pytest.raises(XtmError, match=r"d\.jsonl:3: invalid JSON.*more than 1 \(--max-bad\)"):
+        infer_files([src], hb.path, out, num_actors=1, max_bad=1, report=lambda m: None, progress=False)
+    with pytest.raises(XtmError, match=r"too many bad lines: 3 of 4"):
+        infer_files([src], hb.path, out, num_actors=1, max_share=0.5, report=lambda m: None, progress=False)
+    bad = _write_jsonl(tmp_path / "bad.jsonl", ["{bad", {"text": "😀"}])
+    with pytest.raises(NoResultsError, match="no line could be inferred: all 2 lines were bad"):
+        infer_files([bad], hb.path, out, num_actors=1, report=lambda m: None, progress=False)
+    assert out.read_text() == "previous\n" and not list(tmp_path.glob(".out.jsonl*"))
+
+
 def test_damaged_bundle_fails_on_the_driver_naming_the_file(ray_local, hb: HandBundle, inputs: dict[str, Path],
                                                             tmp_path: Path) -> None:
     import shutil
