@@ -16,6 +16,7 @@ leaves a half-written bundle.
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime as _dt
 import hashlib
 import json
@@ -44,7 +45,6 @@ from xtm.trainer.loop import model_from_state
 
 SCHEMA_VERSION = 2  # sparse encoder inputs (xtm.runtime.bundle); 1 when every encoder is dense
 DEFAULT_OPSET = 18
-PARITY_ATOL = 1e-5
 TOP_N = 15
 
 
@@ -55,6 +55,8 @@ class ExportReport:
     parity_max_abs: dict[str, float] = field(default_factory=dict)
     parity_docs: dict[str, int] = field(default_factory=dict)
     parity_source: dict[str, str] = field(default_factory=dict)
+    # Per language: max |diff|, the tolerance it was judged by, float32 rounding, top-topic agreement
+    parity: dict[str, dict[str, Any]] = field(default_factory=dict)
     quantization: dict[str, Any] | None = None
     contextual: dict[str, Any] | None = None  # the contextual graph's parity report, when exported
     bundle_bytes: int = 0
@@ -377,8 +379,6 @@ def run_onnx(path: Path, bows: sp.csr_matrix, sparse: bool) -> np.ndarray:
     """theta of an encoder file on CSR bags of words, fed in the encoder's input format."""
     import onnxruntime as ort
 
-    from xtm.runtime.model import _Counts
-
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
@@ -387,10 +387,20 @@ def run_onnx(path: Path, bows: sp.csr_matrix, sparse: bool) -> np.ndarray:
     m.sort_indices()
     if not sparse:
         return sess.run(["theta"], {"bow": m.toarray()})[0]
-    counts = _Counts(indptr=m.indptr.astype(np.int64), words=m.indices.astype(np.int64),
-                     counts=m.data.astype(np.float32))
-    ids, cnt = counts.padded(np.arange(m.shape[0]))
-    return sess.run(["theta"], {"word_ids": ids, "counts": cnt})[0]
+    ids, counts = padded_rows(m)
+    return sess.run(["theta"], {"word_ids": ids, "counts": counts})[0]
+
+
+def padded_rows(m: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    """(word ids int64 [n, L], counts float32 [n, L]) of CSR rows, L the longest row (at least 1),
+    padded with id 0 and count 0: the sparse encoders' input format (xtm.runtime.bundle)."""
+    lens = np.diff(m.indptr)
+    col = np.arange(max(1, int(lens.max(initial=0))))
+    pos = m.indptr[:-1, None] + col
+    pos = np.where(col < lens[:, None], pos, len(m.indices))  # out-of-row slots read the sentinel
+    words = np.append(m.indices.astype(np.int64), 0)
+    counts = np.append(m.data.astype(np.float32), np.float32(0))
+    return words[pos], counts[pos]
 
 
 def quantize_int8(src: Path, dst: Path) -> None:
@@ -411,103 +421,210 @@ def quantize_int8(src: Path, dst: Path) -> None:
         plain.unlink(missing_ok=True)
 
 
+# -- parity: does the ONNX graph compute what torch computes? ------------------------------------
+#
+# ONNX Runtime and torch both compute in float32, in different orders (the sparse first layer, batch
+# norm folded into the matmul, the fast softplus), so their theta differ by float32 rounding. How
+# much depends on the model: after long training the topic heads' batch norm divides by the square
+# root of a near-zero running variance (1e-5 + 3e-7 on ECNews after 30 epochs: x316), so rounding
+# in the layers before it reaches theta amplified, and a fixed 1e-5 refused healthy runs (issue 13:
+# 1.06e-5). The tolerance therefore scales with this model's own float32 rounding on the parity
+# documents, measured as torch float32 against torch float64 with the same weights, times
+# PARITY_NOISE_FACTOR; it never goes below PARITY_ATOL. Measured on ECNews slices trained 30 epochs
+# (nmtm, infoctm, xtra; K=50), ONNX's distance to float64 was 0.6x to 3.5x torch's own, so 16 leaves
+# room; a real defect (a wrong weight, op or layer) moves theta by 1e-3 and more, far beyond it.
+# Top-topic agreement is reported next to it: near-ties may flip under rounding, so it is not a
+# pass/fail criterion by itself (within the tolerance a top topic can only change where torch's
+# top-two margin is under twice the tolerance; those are counted apart).
+
+PARITY_ATOL = 1e-5          # the tolerance's floor: what every healthy short run met
+PARITY_NOISE_FACTOR = 16.0  # times the model's own float32 rounding on the parity documents
+
+
+@dataclass
+class Parity:
+    """ONNX Runtime against torch on one language's parity documents."""
+
+    max_abs_diff: float          # max |theta_onnx - theta_torch| (torch in float32, as trained)
+    tolerance: float             # max(PARITY_ATOL, PARITY_NOISE_FACTOR * float32_rounding)
+    float32_rounding: float      # max |theta_torch32 - theta_torch64|: this model's own rounding
+    top_topic_agreement: float   # fraction of documents whose top topic is the same
+    top_topic_disagreements: int
+    near_ties: int               # of those, documents whose torch top-two margin is within 2 * tolerance
+    docs: int
+    source: str
+    passed: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def judge_parity(onnx_theta: np.ndarray, torch32: np.ndarray, torch64: np.ndarray | None,
+                 source: str = "") -> Parity:
+    """Compare the graph's theta with torch's (float32; float64 when available sets the tolerance)."""
+    n = len(torch32)
+    if n == 0:
+        return Parity(0.0, PARITY_ATOL, 0.0, 1.0, 0, 0, 0, source, True)
+    diff = float(np.abs(onnx_theta.astype(np.float64) - torch32).max())
+    rounding = float(np.abs(torch32.astype(np.float64) - torch64).max()) if torch64 is not None else 0.0
+    tol = max(PARITY_ATOL, PARITY_NOISE_FACTOR * rounding)
+    top = np.sort(torch32, axis=1)
+    margin = top[:, -1] - top[:, -2] if torch32.shape[1] > 1 else np.full(n, np.inf)
+    differ = onnx_theta.argmax(1) != torch32.argmax(1)
+    ties = int((differ & (margin <= 2 * tol)).sum())
+    return Parity(max_abs_diff=diff, tolerance=tol, float32_rounding=rounding,
+                  top_topic_agreement=float(1.0 - differ.mean()), top_topic_disagreements=int(differ.sum()),
+                  near_ties=ties, docs=n, source=source, passed=diff <= tol)
+
+
+def parity_failure(lang: str, p: Parity) -> str:
+    """The error for a failed parity check: both numbers, what they mean, what to do."""
+    return (f"ONNX and torch disagree for '{lang}': max |diff| of theta {p.max_abs_diff:.2e} > tolerance "
+            f"{p.tolerance:.2e} (this model's own float32 rounding on these documents is {p.float32_rounding:.1e}; "
+            f"the tolerance is {PARITY_NOISE_FACTOR:g}x that, at least {PARITY_ATOL:g}); the top topic agrees on "
+            f"{100 * p.top_topic_agreement:.1f}% of {p.docs} documents ({p.source}). That is more than rounding: "
+            "the exported graph computes something else. Try another --opset (17-23); if it persists, please "
+            "report it with this message. `--no-parity-check` writes the bundle anyway and records the failed "
+            "check in its manifest")
+
+
+def torch_reference(encoder: torch.nn.Module, dense: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """theta from the torch encoder in float32 (what was trained) and float64 (same weights: nearly
+    exact), the second None when the module cannot run in float64."""
+    x = torch.from_numpy(dense)
+    with torch.no_grad():
+        ref32 = encoder(x).numpy()
+        try:
+            ref64 = copy.deepcopy(encoder).double()(x.double()).numpy()
+        except (RuntimeError, TypeError):  # an op without a float64 kernel: the floor tolerance alone
+            ref64 = None
+    return ref32, ref64
+
+
+# -- where the bundle goes ---------------------------------------------------------------------------
+
+
+def _not_a_bundle(out_dir: Path, why: str) -> XtmError:
+    return XtmError(f"{out_dir} exists and is not an xtm bundle ({why}): it is never replaced; choose another "
+                    "--out, or move it away yourself")
+
+
+def bundle_entries(out_dir: Path) -> list[str]:
+    """Names in an existing directory that xtm-export may replace: [] for an empty directory, else
+    the entries of an xtm bundle (manifest.json says format "xtm-bundle" and lists every other entry,
+    each a regular file). Raises XtmError for anything else: a web app's or browser extension's
+    manifest.json, a bundle the user put files into, a file, a symlink."""
+    if out_dir.is_symlink():
+        raise XtmError(f"{out_dir} is a symbolic link: give the directory itself (a bundle is never written "
+                       "through a link)")
+    if not out_dir.is_dir():
+        raise XtmError(f"{out_dir} exists and is not a directory: choose another --out")
+    try:
+        entries = sorted(os.listdir(out_dir))
+    except OSError as e:
+        raise XtmError(f"cannot read the directory: {e.strerror}", path=out_dir) from e
+    if not entries:
+        return entries
+    mpath = out_dir / "manifest.json"
+    if "manifest.json" not in entries:
+        raise _not_a_bundle(out_dir, "no manifest.json")
+    if mpath.is_symlink() or not mpath.is_file():
+        raise _not_a_bundle(out_dir, "manifest.json is not a regular file")
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        raise _not_a_bundle(out_dir, "manifest.json is not readable JSON") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != "xtm-bundle":
+        raise _not_a_bundle(out_dir, "its manifest.json does not say format \"xtm-bundle\"")
+    listed = manifest.get("files")
+    listed = set(listed) if isinstance(listed, dict) else set()
+    for name in entries:
+        p = out_dir / name
+        if name != "manifest.json" and name not in listed:
+            raise _not_a_bundle(out_dir, f"{name} is not one of the files its manifest lists")
+        if p.is_symlink() or not p.is_file():
+            raise _not_a_bundle(out_dir, f"{name} is not a regular file")
+    return entries
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """Refuse, before any work, an --out that export would have to refuse at the end."""
+    if os.path.lexists(out_dir):
+        bundle_entries(out_dir)
+        real, cwd = out_dir.resolve(), Path.cwd().resolve()
+        if real == cwd or real in cwd.parents:
+            raise XtmError(f"{out_dir} is the current directory or holds it: it cannot be replaced while in use; "
+                           "choose another --out")
+        return
+    parent = out_dir.parent
+    while not os.path.lexists(parent) and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise XtmError(f"cannot create the bundle directory: {parent} is not a directory", path=out_dir)
+
+
+def _staging_dir(out_dir: Path) -> Path:
+    """A new, uniquely named directory beside out_dir, where the bundle is assembled."""
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.xtm-export-", dir=out_dir.parent))
+        os.chmod(tmp, 0o755)
+    except OSError as e:
+        raise XtmError(f"cannot write the bundle here: {e.strerror or e}", path=out_dir) from e
+    return tmp
+
+
+def _swap_into_place(tmp: Path, out_dir: Path) -> None:
+    """Replace out_dir by tmp. An existing directory must still be empty or a bundle (checked again:
+    the export took a while); it is first renamed to a new unique name (never a fixed name that may
+    be the user's), then removed once the new bundle is in place, or renamed back if that fails."""
+    if not os.path.lexists(out_dir):
+        os.rename(tmp, out_dir)
+        return
+    if not bundle_entries(out_dir):
+        os.rename(tmp, out_dir)  # onto an empty directory: rename replaces it
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.xtm-old-", dir=out_dir.parent))
+    os.rename(out_dir, old)  # onto our own empty directory
+    try:
+        os.rename(tmp, out_dir)
+    except BaseException:
+        os.rename(old, out_dir)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# -- the export ---------------------------------------------------------------------------------------
+
+
 def export_run(run_dir: str | Path, out_dir: str | Path, *, quantize: str | None = None,
                opset: int = DEFAULT_OPSET, parity_docs: int = 1000, progress: bool = True,
-               contextual: bool | None = None) -> ExportReport:
+               contextual: bool | None = None, parity_check: bool = True) -> ExportReport:
     """Export RUN_DIR into a bundle at OUT_DIR; checks ONNX-vs-torch parity on real documents.
 
-    contextual: also export the run's contextual route (RUN_DIR/contextual/, see
+    OUT_DIR may be new, an empty directory or a bundle (which is replaced); anything else is refused
+    before any work. contextual: also export the run's contextual route (RUN_DIR/contextual/, see
     xtm.exporters.contextual_export); None (default) when the run has one, False never, True
-    requires it.
+    requires it. parity_check=False: a failed parity check does not stop the export (it is still
+    measured, reported and recorded in the manifest as failed).
     """
     if quantize not in (None, "int8"):
         raise XtmError(f"--quantize {quantize!r} is not supported (choose int8)")
     t0 = time.perf_counter()
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    run_dir, out_dir = Path(run_dir), Path(os.path.abspath(out_dir))
+    check_out_dir(out_dir)
     config, model = load_run(run_dir)
     langs: list[str] = list(model.langs)
     report = ExportReport(bundle=out_dir, languages=langs)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    os.chmod(tmp, 0o755)
+    tmp = _staging_dir(out_dir)
     try:
-        with torch.no_grad():
-            betas = [b.detach().cpu().numpy().astype(np.float32) for b in model.topic_word()]
-        encoders: dict[str, Any] = {}
-        topics_words: dict[str, list[list[str]]] = {}
-        quant: dict[str, Any] = {}
-        for i, lang in enumerate(langs):
-            vocab_file = run_dir / f"vocab_{lang}.txt"
-            if not vocab_file.exists():
-                raise XtmError(f"the run has no vocabulary for '{lang}'", path=vocab_file)
-            vocab = vocab_file.read_text(encoding="utf-8").splitlines()
-            if len(vocab) != model.vocab_sizes[i]:
-                raise XtmError(f"vocab_{lang}.txt has {len(vocab)} words but the model expects "
-                               f"{model.vocab_sizes[i]}", path=vocab_file)
-            if progress:
-                print(f"xtm-export: exporting the {lang} encoder", file=sys.stderr, flush=True)
-            fp32 = tmp / f"encoder_{lang}.onnx"
-            exported = tmp / f"encoder_{lang}.dense.onnx"
-            export_encoder(model, i, len(vocab), exported, opset)
-            # ScatterND-free sparse input needs only opset-13 ops; opset >= 17 is enforced by the CLI.
-            sparse = finish_encoder(exported, fp32)
-            # Parity: ONNX Runtime against torch on real documents of this language.
-            bows, source = parity_bows(config, lang, vocab, parity_docs)
-            dense = bows.toarray().astype(np.float32)
-            with torch.no_grad():
-                ref = model.encoder_for(i)(torch.from_numpy(dense)).numpy()
-            got = run_onnx(fp32, bows, sparse)
-            err = float(np.abs(got - ref).max()) if len(dense) else 0.0
-            report.parity_max_abs[lang], report.parity_docs[lang], report.parity_source[lang] = err, len(dense), source
-            if err > PARITY_ATOL:
-                raise XtmError(f"ONNX and torch disagree for '{lang}' (max |diff| {err:.2e} > {PARITY_ATOL})")
-            if quantize == "int8":
-                q = tmp / f"encoder_{lang}.int8.onnx"
-                # Weight-only int8 of the first layer when the graph is sparse; dynamic
-                # quantization (weights and activations) for a graph that could not be rewritten.
-                if not finish_encoder(exported, q, int8=True):
-                    quantize_int8(fp32, q)
-                got_q = run_onnx(q, bows, sparse)
-                quant[lang] = {"mean_l1": float(np.abs(got_q - ref).sum(1).mean()),
-                               "top_topic_agreement": float((got_q.argmax(1) == ref.argmax(1)).mean()),
-                               "fp32_bytes": fp32.stat().st_size, "int8_bytes": q.stat().st_size}
-                fp32.unlink()
-                q.rename(fp32)
-            exported.unlink()
-            shutil.copyfile(vocab_file, tmp / f"vocab_{lang}.txt")
-            np.save(tmp / f"beta_{lang}.npy", betas[i], allow_pickle=False)
-            topics_words[lang] = top_words(betas[i], vocab, TOP_N)
-            inputs = ({"input_format": "sparse", "inputs": ["word_ids", "counts"]} if sparse
-                      else {"input_format": "dense", "input": "bow"})
-            encoders[lang] = {"file": f"encoder_{lang}.onnx", **inputs, "output": "theta",
-                              "vocab": f"vocab_{lang}.txt", "vocab_size": len(vocab), "beta": f"beta_{lang}.npy",
-                              "tokenizer": config["tokenizers"][lang]}
-        write_json(tmp / "topics.json", {
-            "num_topics": model.num_topics, "top_n": TOP_N, "languages": langs,
-            "topics": [{"id": k, "words": {lang: topics_words[lang][k] for lang in langs}}
-                       for k in range(model.num_topics)]})
-        contextual_entry = None
-        if contextual or contextual is None:
-            from xtm.exporters.contextual_export import export_contextual, has_contextual
-
-            if has_contextual(run_dir) or contextual:
-                # An optional manifest key and extra files: runtimes without the contextual route
-                # ignore both, so the schema version stays as it is.
-                contextual_entry, report.contextual = export_contextual(run_dir, tmp, opset=opset, progress=progress,
-                                                                        quantize=quantize)
-        files = {p.name: sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-        write_json(tmp / "manifest.json", {
-            "schema_version": SCHEMA_VERSION if any(e["input_format"] == "sparse" for e in encoders.values()) else 1,
-            "format": "xtm-bundle", "xtm_version": xtm.__version__,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "model": model.name, "num_topics": model.num_topics, "languages": langs, "opset": opset,
-            "quantization": quantize, "encoders": encoders, "topics": "topics.json",
-            "source_run": {"path": str(run_dir.resolve()), "train_config": config.get("train_config")},
-            **({"contextual": contextual_entry} if contextual_entry else {}),
-            "files": files})
-        if quant:
-            report.quantization = quant
-        _swap_into_place(tmp, out_dir)
+        try:
+            _write_bundle(tmp, run_dir, config, model, report, quantize=quantize, opset=opset,
+                          parity_docs=parity_docs, progress=progress, contextual=contextual,
+                          parity_check=parity_check)
+            _swap_into_place(tmp, out_dir)
+        except OSError as e:  # a full disk, a vanished directory: the old bundle (if any) stays as it was
+            raise XtmError(f"cannot write the bundle: {e.strerror or e}", path=out_dir) from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -516,15 +633,100 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, quantize: str | None
     return report
 
 
-def _swap_into_place(tmp: Path, out_dir: Path) -> None:
-    """Replace out_dir by tmp; an existing directory is only replaced if it is a bundle."""
-    if out_dir.exists():
-        if not (out_dir / "manifest.json").exists() and any(out_dir.iterdir()):
-            raise XtmError("refusing to overwrite a non-empty directory that is not an xtm bundle", path=out_dir)
-        old = out_dir.with_name(f".{out_dir.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        out_dir.rename(old)
-        tmp.rename(out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out_dir)
+def _read_vocab(run_dir: Path, lang: str, size: int) -> tuple[Path, list[str]]:
+    vocab_file = run_dir / f"vocab_{lang}.txt"
+    if not vocab_file.exists():
+        raise XtmError(f"the run has no vocabulary for '{lang}'", path=vocab_file)
+    vocab = vocab_file.read_text(encoding="utf-8").splitlines()
+    if len(vocab) != size:
+        raise XtmError(f"vocab_{lang}.txt has {len(vocab)} words but the model expects {size}", path=vocab_file)
+    return vocab_file, vocab
+
+
+def _export_encoder_checked(model: torch.nn.Module, i: int, lang: str, vocab: list[str], tmp: Path,
+                            config: dict[str, Any], report: ExportReport, *, quantize: str | None, opset: int,
+                            parity_docs: int, parity_check: bool) -> bool:
+    """encoder_<lang>.onnx in tmp, checked against torch (and quantized); returns whether it reads
+    sparse input."""
+    fp32 = tmp / f"encoder_{lang}.onnx"
+    exported = tmp / f"encoder_{lang}.dense.onnx"
+    export_encoder(model, i, len(vocab), exported, opset)
+    # ScatterND-free sparse input needs only opset-13 ops; opset >= 17 is enforced by the CLI.
+    sparse = finish_encoder(exported, fp32)
+    # Parity: ONNX Runtime against torch on real documents of this language.
+    bows, source = parity_bows(config, lang, vocab, parity_docs)
+    ref, ref64 = torch_reference(model.encoder_for(i).eval(), bows.toarray().astype(np.float32))
+    got = run_onnx(fp32, bows, sparse)
+    parity = judge_parity(got, ref, ref64, source)
+    report.parity[lang] = parity.to_dict()
+    report.parity_max_abs[lang], report.parity_docs[lang] = parity.max_abs_diff, parity.docs
+    report.parity_source[lang] = source
+    if not parity.passed and parity_check:
+        raise XtmError(parity_failure(lang, parity))
+    if quantize == "int8":
+        q = tmp / f"encoder_{lang}.int8.onnx"
+        # Weight-only int8 of the first layer when the graph is sparse; dynamic
+        # quantization (weights and activations) for a graph that could not be rewritten.
+        if not finish_encoder(exported, q, int8=True):
+            quantize_int8(fp32, q)
+        got_q = run_onnx(q, bows, sparse)
+        assert report.quantization is not None
+        report.quantization[lang] = {"mean_l1": float(np.abs(got_q - ref).sum(1).mean()),
+                                     "top_topic_agreement": float((got_q.argmax(1) == ref.argmax(1)).mean()),
+                                     "fp32_bytes": fp32.stat().st_size, "int8_bytes": q.stat().st_size}
+        fp32.unlink()
+        q.rename(fp32)
+    exported.unlink()
+    return sparse
+
+
+def _write_bundle(tmp: Path, run_dir: Path, config: dict[str, Any], model: torch.nn.Module, report: ExportReport,
+                  *, quantize: str | None, opset: int, parity_docs: int, progress: bool, contextual: bool | None,
+                  parity_check: bool) -> None:
+    """Every bundle file, manifest.json last, into the staging directory `tmp`."""
+    langs = report.languages
+    with torch.no_grad():
+        betas = [b.detach().cpu().numpy().astype(np.float32) for b in model.topic_word()]
+    encoders: dict[str, Any] = {}
+    topics_words: dict[str, list[list[str]]] = {}
+    report.quantization = {} if quantize == "int8" else None
+    for i, lang in enumerate(langs):
+        vocab_file, vocab = _read_vocab(run_dir, lang, model.vocab_sizes[i])
+        if progress:
+            print(f"xtm-export: exporting the {lang} encoder", file=sys.stderr, flush=True)
+        sparse = _export_encoder_checked(model, i, lang, vocab, tmp, config, report, quantize=quantize, opset=opset,
+                                         parity_docs=parity_docs, parity_check=parity_check)
+        shutil.copyfile(vocab_file, tmp / f"vocab_{lang}.txt")
+        np.save(tmp / f"beta_{lang}.npy", betas[i], allow_pickle=False)
+        topics_words[lang] = top_words(betas[i], vocab, TOP_N)
+        inputs = ({"input_format": "sparse", "inputs": ["word_ids", "counts"]} if sparse
+                  else {"input_format": "dense", "input": "bow"})
+        encoders[lang] = {"file": f"encoder_{lang}.onnx", **inputs, "output": "theta",
+                          "vocab": f"vocab_{lang}.txt", "vocab_size": len(vocab), "beta": f"beta_{lang}.npy",
+                          "tokenizer": config["tokenizers"][lang]}
+    write_json(tmp / "topics.json", {
+        "num_topics": model.num_topics, "top_n": TOP_N, "languages": langs,
+        "topics": [{"id": k, "words": {lang: topics_words[lang][k] for lang in langs}}
+                   for k in range(model.num_topics)]})
+    contextual_entry = None
+    if contextual or contextual is None:
+        from xtm.exporters.contextual_export import export_contextual, has_contextual
+
+        if has_contextual(run_dir) or contextual:
+            # An optional manifest key and extra files: runtimes without the contextual route
+            # ignore both, so the schema version stays as it is.
+            contextual_entry, report.contextual = export_contextual(run_dir, tmp, opset=opset, progress=progress,
+                                                                    quantize=quantize)
+    files = {p.name: sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+    # The training machine's paths stay there: the run is named, not located.
+    train_config = {k: v for k, v in (config.get("train_config") or {}).items() if k != "cache_dir"}
+    write_json(tmp / "manifest.json", {
+        "schema_version": SCHEMA_VERSION if any(e["input_format"] == "sparse" for e in encoders.values()) else 1,
+        "format": "xtm-bundle", "xtm_version": xtm.__version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "model": model.name, "num_topics": model.num_topics, "languages": langs, "opset": opset,
+        "quantization": quantize, "encoders": encoders, "topics": "topics.json",
+        "source_run": {"name": run_dir.resolve().name, "train_config": train_config or None},
+        "parity": {lang: {k: v for k, v in report.parity[lang].items() if k != "source"} for lang in langs},
+        **({"contextual": contextual_entry} if contextual_entry else {}),
+        "files": files})
