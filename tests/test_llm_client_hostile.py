@@ -322,6 +322,17 @@ def test_an_empty_answer_is_not_cached_so_the_next_run_asks_again(servers, tmp_p
     assert len(s.requests) == 2
 
 
+def test_only_the_rounds_missing_from_the_cache_are_asked_again(servers, tmp_path) -> None:
+    s = servers("good", "empty", "good", "empty")
+    topics = [TOPIC, TopicWords(1, {"en": ["market"], "zh": ["市场"]})]
+    _, stats = refiner(s.url, tmp_path).refine(topics, rounds=2)
+    assert stats.calls == 4 and stats.unusable == 2
+    answers, stats = refiner(s.url, tmp_path).refine(topics, rounds=2)
+    assert all(a.usable for row in answers for a in row)
+    assert stats.calls == 2 and stats.cache_hits == 2 and len(s.requests) == 6
+    assert sorted(r["body"]["seed"] for r in s.requests[4:]) == [SAMPLING.seed + 1] * 2     # the empty rounds
+
+
 @pytest.mark.parametrize("entry", [{"text": ""}, {"text": "no vocabulary word here"}, {"text": 5}, [],
                                    {"words": "player"}, "not json at all", None])
 def test_an_unusable_or_corrupt_cache_entry_is_a_miss(servers, tmp_path, entry) -> None:

@@ -248,7 +248,14 @@ class LLMRefiner:
         keys = [[AnswerCache.key(self.generator.id, p, r, self.sampling) for r in range(rounds)] for p in prompts]
         answers: list[list[ParsedAnswer | None]] = [[self._cached(k, stats) for k in ks] for ks in keys]
         todo = [i for i, row in enumerate(answers) if any(a is None for a in row)]
-        if todo:
+        if todo and hasattr(self.generator, "generate_jobs"):
+            # One request per missing (topic, round): a cached round is never asked again.
+            jobs = [(prompts[i], r) for i in todo for r in range(rounds) if answers[i][r] is None]
+            fresh_jobs = self.generator.generate_jobs(jobs, self.sampling, stats)
+            missing = [(i, r) for i in todo for r in range(rounds) if answers[i][r] is None]
+            for (i, r), text in zip(missing, fresh_jobs, strict=True):
+                answers[i][r] = self._fresh(keys[i][r], text, stats)
+        elif todo:
             fresh = self.generator.generate([prompts[i] for i in todo], rounds, self.sampling, stats)
             for i, texts in zip(todo, fresh, strict=True):
                 for r, text in enumerate(texts):
@@ -433,7 +440,7 @@ class OpenAICompatibleGenerator:
     Each round is its own request with its own seed (many servers ignore `n`). The client trusts the
     server with nothing (standard library http.client, explicit limits):
       * `timeout` is a total deadline per attempt (connect, send, headers, body, redirects), enforced
-        by a watchdog that closes the socket, so a server dripping one byte a second costs `timeout`;
+        by a watchdog that shuts the socket down, so a server dripping one byte a second costs `timeout`;
       * redirects are followed only within the origin of --llm-url (scheme, host, port), at most
         MAX_REDIRECTS times, re-sending the same POST; another origin stops the run: the API key is
         never sent anywhere but the origin the user named;
@@ -463,6 +470,8 @@ class OpenAICompatibleGenerator:
             raise XtmError("--refiner openai needs --llm-model (the model name the server knows)")
         self.url = chat_completions_url(url)
         self.origin = self._check_url(self.url, api_key_env)
+        # What messages show: no query string (some gateways take a key there).
+        self.shown_url = _show_origin(self.origin) + _printable(urlsplit(self.url).path)
         self.model = model
         self.id = f"openai:{model}"
         self._key = self._read_key(api_key_env)
@@ -574,13 +583,13 @@ class OpenAICompatibleGenerator:
                 return body
             if status in FATAL_CODES:
                 phrase = HTTPStatus(status).phrase   # never the server's own reason text: it may echo the key
-                raise XtmError(f"the LLM server at {self.url} answered HTTP {status} ({phrase}): check "
+                raise XtmError(f"the LLM server at {self.shown_url} answered HTTP {status} ({phrase}): check "
                                "--llm-url, --llm-model and the API key variable")
             if status in RETRY_CODES or status >= 500:
                 wait = retry_after_seconds(headers.get("Retry-After")) if status in (429, 503) else None
                 raise _TransientError(f"HTTP {status}", wait)
             raise _GiveUpError(f"HTTP {status}")
-        raise XtmError(f"the LLM server at {self.url} redirected more than {MAX_REDIRECTS} times: set --llm-url "
+        raise XtmError(f"the LLM server at {self.shown_url} redirected more than {MAX_REDIRECTS} times: set --llm-url "
                        "to the final address")
 
     def _redirect_target(self, url: str, location: str | None) -> str:
@@ -638,17 +647,19 @@ class OpenAICompatibleGenerator:
 
     def generate(self, prompts: list[str], rounds: int, sampling: Sampling,
                  stats: StepStats) -> list[list[str | None]]:
-        jobs = [(i, r) for i in range(len(prompts)) for r in range(rounds)]
-        out: list[list[str | None]] = [[None] * rounds for _ in prompts]
+        texts = self.generate_jobs([(p, r) for p in prompts for r in range(rounds)], sampling, stats)
+        return [texts[i * rounds:(i + 1) * rounds] for i in range(len(prompts))]
+
+    def generate_jobs(self, jobs: list[tuple[str, int]], sampling: Sampling, stats: StepStats) -> list[str | None]:
+        """One answer per (prompt, round index): rounds are independent requests, so the refiner
+        asks only for the ones its cache lacks."""
         pool = ThreadPoolExecutor(max_workers=self.concurrency)
         try:
-            futures = [pool.submit(self._one, prompts[i], r, sampling, stats) for i, r in jobs]
-            for (i, r), fut in zip(jobs, futures, strict=True):
-                out[i][r] = fut.result()
+            futures = [pool.submit(self._one, prompt, r, sampling, stats) for prompt, r in jobs]
+            return [fut.result() for fut in futures]
         finally:
             # A fatal error (wrong key, redirect elsewhere) stops the step without sending the rest.
             pool.shutdown(wait=True, cancel_futures=True)
-        return out
 
 
 class VLLMGenerator:
