@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from xtm.cli.common import friendly_errors, stop_on_signals
+from xtm.cli.common import friendly_errors
 
 EPILOG = """\b
 What it does:
@@ -92,11 +92,14 @@ def main(run_dir: str, encoder: str, objective: str, lambda_tc: float, epochs: i
                            finetune_epochs=finetune_epochs, finetune_lr=finetune_lr, max_tokens=max_tokens,
                            seed=seed, device=device, threads=threads, cache_dir=cache_dir,
                            progress=not quiet and sys.stderr.isatty())
-    from xtm.trainer.rundir import hold_run_dir
+    from xtm.atomic import exit_on_signals
+    from xtm.errors import XtmError
+    from xtm.trainer.rundir import hold_run_dir, is_run_dir
 
-    stop_on_signals()
+    if not is_run_dir(Path(run_dir)):
+        raise XtmError("not a training run directory: run xtm-train first", path=run_dir)
     # Not while xtm-train (or another fit) writes the run: it would read a half-trained model.
-    with hold_run_dir(Path(run_dir), "xtm-contextual"):
+    with exit_on_signals(), hold_run_dir(Path(run_dir), "xtm-contextual"):
         metrics = train_contextual(run_dir, cfg)
     click.echo(json.dumps(summary(metrics), indent=2))
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from xtm.cli.common import friendly_errors, stop_on_signals
+from xtm.cli.common import friendly_errors
 from xtm.models_zoo.registry import MODEL_NAMES
 
 EPILOG = """\b
@@ -195,12 +195,14 @@ def main(data: str, model: str, num_topics: int, epochs: int, out: str, dict_pat
                                   concurrency=llm_concurrency, timeout=llm_timeout,
                                   sampling=Sampling(temperature=llm_temperature, max_tokens=llm_max_tokens,
                                                     seed=seed)))
+    from xtm.atomic import exit_on_signals
     from xtm.trainer.distributed import is_main_process
     from xtm.trainer.rundir import hold_run_dir
 
-    stop_on_signals()
-    # The run stays locked from training to the contextual fit (run_training's own hold nests).
-    with hold_run_dir(Path(out), "xtm-train") if is_main_process() else nullcontext():
+    # SIGTERM/SIGHUP end the command like Ctrl-C (outputs cleaned up, exit 128 + N); while it trains
+    # the loop's own handlers save the checkpoint first. The run stays locked from training to the
+    # contextual fit (run_training's own hold nests).
+    with exit_on_signals(), hold_run_dir(Path(out), "xtm-train") if is_main_process() else nullcontext():
         metrics = run_training(data_cfg, cfg, out, resume=resume, phase2=phase2)
         if not is_main_process():
             return  # torchrun: rank 0 reports and writes; the others have trained their share

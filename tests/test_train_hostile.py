@@ -122,8 +122,8 @@ def test_what_counts_as_a_run_directory(tmp_path: Path) -> None:
 HOLD = """
 import sys
 from pathlib import Path
-from xtm.trainer.rundir import hold_run_dir
-with hold_run_dir(Path(sys.argv[1]), "xtm-train"):
+from xtm.trainer.rundir import hold_run_dir, lock_dir
+with hold_run_dir(Path(sys.argv[1]), "xtm-train"), lock_dir(Path(sys.argv[2]), "xtm-train"):
     print("held", flush=True)
     sys.stdin.read()
 """
@@ -132,14 +132,17 @@ with hold_run_dir(Path(sys.argv[1]), "xtm-train"):
 def test_a_second_process_on_a_held_run_is_refused_naming_the_holder(example_dir: Path, tmp_path: Path) -> None:
     from xtm.trainer.rundir import hold_run_dir
 
-    run = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True, env=ENV)
+    run, shards = tmp_path / "run", tmp_path / "shards"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run), str(shards)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=ENV)
     try:
         assert holder.stdout.readline().strip() == "held"
         busy = f"{run} is in use by xtm-train (pid {holder.pid})"
         p = cli(example_args(example_dir, run, "--epochs", "2", "--resume"))
         assert p.returncode == 2 and busy in p.stderr and "Traceback" not in p.stderr, p.stderr
+        # Shards another run is building or reading are not rebuilt under it either.
+        p = cli(example_args(example_dir, tmp_path / "other", "--out-of-core", "--shard-dir", str(shards)))
+        assert p.returncode == 2 and f"{shards} is in use by xtm-train (pid {holder.pid})" in p.stderr, p.stderr
         c = subprocess.run([sys.executable, "-m", "xtm.cli.contextual", str(run), "-q"], capture_output=True,
                            text=True, env=ENV, timeout=300)
         assert c.returncode == 2 and busy in c.stderr, c.stderr
@@ -149,6 +152,37 @@ def test_a_second_process_on_a_held_run_is_refused_naming_the_holder(example_dir
         holder.wait()
     with hold_run_dir(run, "xtm-train"):
         assert json.loads((run / ".xtm.lock").read_text())["pid"] == os.getpid()
+
+
+def test_a_symlinked_lock_file_is_refused_and_its_target_untouched(tmp_path: Path) -> None:
+    from xtm.trainer.rundir import hold_run_dir
+
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text('{"xtm_run": 1}')
+    (run / ".xtm.lock").symlink_to(precious)
+    with pytest.raises(XtmError, match="cannot write to the run directory"), hold_run_dir(run, "xtm-train"):
+        pass
+    assert precious.read_text() == "keep me"
+
+
+def test_a_run_stopped_while_loading_exits_143_and_is_still_recognisably_ours(example_dir: Path,
+                                                                              tmp_path: Path) -> None:
+    from xtm.trainer.rundir import is_run_dir
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen(TRAIN + example_args(example_dir, out, "--epochs", "1"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline = time.monotonic() + 120
+    while not (out / "run.json").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)  # while the corpus loads: the marker is the first file written
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and "Traceback" not in stderr, stderr
+    assert is_run_dir(out) and not (out / "checkpoints").exists()
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
 
 
 # ---- signals: checkpoint, truthful exit code, exact resume -----------------------------------------
@@ -339,7 +373,7 @@ HOSTILE_LINES = {
     "lone surrogate id": ('{"id": "\\ud800", "text": "the couture", "lang": "en"}', "field 'id'"),
     "lone surrogate text": ('{"text": "the \\udfff couture", "lang": "en"}', "field 'text'"),
     "lone surrogate label": ('{"text": "the couture", "lang": "en", "label": "\\ud800"}', "field 'label'"),
-    "nested 1000 deep": ('{"text": "x", "meta": ' + "[" * 1000 + "]" * 1000 + "}", "nested too deeply"),
+    "nested 1000 deep": ('{"text": "x", "meta": ' + "[" * 1000 + "]" * 1000 + "}", "invalid JSON: nested too deeply"),
     "5000-digit id": ('{"id": ' + "9" * 5000 + ', "text": "x"}', "invalid JSON"),
 }
 

@@ -11,7 +11,6 @@ Bags of words are built as CSR straight from token ids; nothing is ever densifie
 
 from __future__ import annotations
 
-import json
 import sys
 import warnings
 from array import array
@@ -29,6 +28,7 @@ from xtm.corpus import Corpus, LanguageCorpus
 from xtm.errors import XtmError
 from xtm.languages import normalize_lang
 from xtm.runtime.langid import detect_language
+from xtm.runtime.records import decode_json_line
 from xtm.runtime.tokenize import default_tokenizer_spec, make_tokenizer
 from xtm.trainer.dictionary import build_links, read_dictionary
 from xtm.trainer.stopwords import stopwords
@@ -422,16 +422,12 @@ def _read_documents(files: list[Path], want: list[str] | None, progress: bool,
             yield doc
 
 
-def _json_object(line: str, f: Path, lineno: int) -> dict[str, Any]:
-    """One JSONL line as an object; what json.loads raises besides JSONDecodeError is bad input too."""
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise XtmError(f"invalid JSON: {e.msg} (column {e.colno})", path=f, line=lineno) from None
-    except RecursionError:
-        raise XtmError("invalid document: JSON nested too deeply", path=f, line=lineno) from None
-    except ValueError as e:  # e.g. an integer of more digits than Python converts (sys.get_int_max_str_digits)
-        raise XtmError(f"invalid JSON: {e}", path=f, line=lineno) from None
+def _json_object(raw: bytes, f: Path, lineno: int) -> dict[str, Any]:
+    """One JSONL line as an object; whatever makes it unreadable (invalid UTF-8 or JSON, nesting too
+    deep, numbers Python refuses) is an XtmError naming the line (xtm.runtime.records.decode_json_line)."""
+    obj, reason = decode_json_line(raw)
+    if reason is not None:
+        raise XtmError(reason, path=f, line=lineno)
     if not isinstance(obj, dict):
         raise XtmError(f"expected a JSON object per line, got {type(obj).__name__}", path=f, line=lineno)
     return obj
@@ -459,13 +455,11 @@ class _DocumentReader:
     def parse(self, f: Path, lineno: int, raw: bytes) -> _Doc | None:
         stats, want = self.stats, self.want
         dropped, dropped_by_lang = stats.dropped, stats.dropped_by_lang
-        try:
-            line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-        except UnicodeDecodeError:
-            raise XtmError("not valid UTF-8 text", path=f, line=lineno) from None
-        if not line.strip():
+        if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]  # a UTF-8 byte-order mark (Windows editors) is not part of the JSON
+        if not raw.strip():
             return None
-        obj = _json_object(line, f, lineno)
+        obj = _json_object(raw, f, lineno)
         if "text" not in obj:
             raise XtmError("missing: every document needs its text", path=f, line=lineno, field="text")
         text = obj["text"]

@@ -532,13 +532,15 @@ class _Training:
         stopped_at = None
         if stopped is not None:
             p = stopped.progress
-            stopped_at = {"epoch": p.epoch if p is not None else self.done + 1,
-                          "step": p.steps_done if p is not None else 0,
-                          "steps_per_epoch": steps_per_epoch(self.data.sizes(), self.cfg.batch_size, self.world)
-                          // self.world, "signal": signal.Signals(stopped.signum).name}
+            n_steps = steps_per_epoch(self.data.sizes(), self.cfg.batch_size, self.world) // self.world
+            # At an epoch boundary: after the last step of the last completed epoch.
+            stopped_at = {"epoch": p.epoch if p is not None else self.done,
+                          "step": p.steps_done if p is not None else n_steps,
+                          "steps_per_epoch": n_steps, "signal": signal.Signals(stopped.signum).name}
             if self.main:
-                print(f"xtm-train: stopped at epoch {stopped_at['epoch']}, step {stopped_at['step']} of "
-                      f"{stopped_at['steps_per_epoch']}; checkpoint saved: continue with --resume",
+                where = f"after epoch {self.done}" if p is None else \
+                    f"at epoch {p.epoch}, step {p.steps_done} of {n_steps}"
+                print(f"xtm-train: stopped {where}; checkpoint saved: continue with --resume",
                       file=sys.stderr, flush=True)
         return TrainResult(model=self.model, epochs_done=self.done, seconds_per_epoch=per_epoch,
                            history=self.history[:self.done], interrupted=stopped is not None,

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,7 +50,7 @@ from xtm.trainer.evaluation import (
 from xtm.trainer.loop import TrainConfig, TrainResult, infer_theta, pick_device, train
 from xtm.trainer.phase2 import Phase2Config, Phase2Objective
 from xtm.trainer.report_data import build_report_data
-from xtm.trainer.rundir import has_checkpoint, hold_run_dir, refuse_foreign_dir
+from xtm.trainer.rundir import has_checkpoint, hold_run_dir, lock_dir, refuse_foreign_dir
 
 
 @dataclass
@@ -165,8 +165,16 @@ def run_training(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool = F
                 raise XtmError("LLM-XTM phase 2 runs in one process; train phase 1 under torchrun, then add "
                                "phase 2 with --resume --phase2-epochs N in a single process")
             log(f"distributed: {dist.world} ranks, backend {dist.backend}, device {dist.device.type}")
-        # Rank 0 writes the run, holding its lock throughout; a second xtm-train on it is refused.
-        with hold_run_dir(out, "xtm-train") if dist is None or dist.is_main else nullcontext():
+        # Rank 0 writes the run (and builds the shards), holding their locks throughout; a second
+        # xtm-train on the same run or shard directory is refused instead of rebuilding under it.
+        with ExitStack() as held:
+            if dist is None or dist.is_main:
+                held.enter_context(hold_run_dir(out, "xtm-train"))
+                if data.out_of_core:
+                    from xtm.trainer.sharding import refuse_foreign_shard_dir
+
+                    refuse_foreign_shard_dir(shard_dir(data, out))
+                    held.enter_context(lock_dir(shard_dir(data, out), "xtm-train"))
             if not resume and has_checkpoint(out):
                 raise XtmError("the run directory already holds a run: pass --resume to continue it, "
                                "or choose another --out", path=out)
@@ -186,6 +194,10 @@ def check_topics(corpus: Corpus, num_topics: int) -> None:
                        "or keep more words (JSONL input: --vocab-size, --min-df, --max-df)")
 
 
+def shard_dir(data: DataConfig, out: Path) -> Path:
+    return Path(data.shard_dir) if data.shard_dir else out / "shards"
+
+
 def load_training_data(data: DataConfig, cfg: TrainConfig, out: Path,
                        dist: DistContext | None) -> tuple[Corpus, BatchSource | None]:
     """The corpus models are built and evaluated from, and the training batches' source.
@@ -202,13 +214,13 @@ def load_training_data(data: DataConfig, cfg: TrainConfig, out: Path,
         return corpus, None
     from xtm.trainer.sharding import ShardedCorpus, open_or_build_shards
 
-    shard_dir = Path(data.shard_dir) if data.shard_dir else out / "shards"
+    shards = shard_dir(data, out)
     if dist is None or dist.is_main:
-        open_or_build_shards(data.path, shard_dir, langs=data.langs, vocab_size=data.vocab_size,
+        open_or_build_shards(data.path, shards, langs=data.langs, vocab_size=data.vocab_size,
                              min_df=data.min_df, max_df=data.max_df, seed=cfg.seed, shard_size=data.shard_size,
                              progress=progress, log=log)
     distributed.barrier(dist)
-    sharded = ShardedCorpus(shard_dir)
+    sharded = ShardedCorpus(shards)
     log(f"shards ready in {time.perf_counter() - t0:.1f}s: {sharded.describe()}")
     return sharded.eval_corpus(data.eval_train_docs, dict_path=data.dict_path), sharded.batches()
 

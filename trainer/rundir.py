@@ -29,7 +29,8 @@ import xtm
 from xtm.atomic import write_json
 from xtm.errors import XtmError
 
-__all__ = ["LOCK_NAME", "RUN_MARKER", "has_checkpoint", "hold_run_dir", "is_run_dir", "refuse_foreign_dir"]
+__all__ = ["LOCK_NAME", "RUN_MARKER", "has_checkpoint", "hold_run_dir", "is_run_dir", "lock_dir",
+           "refuse_foreign_dir"]
 
 RUN_MARKER = "run.json"
 LOCK_NAME = ".xtm.lock"
@@ -60,7 +61,7 @@ def has_checkpoint(d: Path) -> bool:
     return (root / "latest.json").exists() or any(p.is_dir() for p in root.glob("epoch-*"))
 
 
-def refuse_foreign_dir(d: Path) -> None:
+def refuse_foreign_dir(d: Path, hint: str = "choose a new or empty --out") -> None:
     """Raise unless `d` is absent, an empty directory, or an xtm run: nothing else is ever written to."""
     d = Path(d)
     if not d.exists():
@@ -75,7 +76,7 @@ def refuse_foreign_dir(d: Path) -> None:
         raise XtmError(f"cannot read the run directory: {e.strerror or e}", path=d) from None
     if not empty and not is_run_dir(d):
         raise XtmError(f"{d} exists and is not an xtm run directory (it holds other files, which would be "
-                       "overwritten): choose a new or empty --out")
+                       f"overwritten): {hint}")
 
 
 def _holder(fd: int) -> str:
@@ -91,7 +92,8 @@ def _lock(d: Path, command: str) -> int:
     """Open and flock RUN_DIR/LOCK_NAME, write who holds it; returns the fd (closing it unlocks)."""
     try:
         d.mkdir(parents=True, exist_ok=True)
-        fd = os.open(d / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        # O_NOFOLLOW: a lock file that is a symlink must not truncate whatever it points to.
+        fd = os.open(d / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
     except OSError as e:
         raise XtmError(f"cannot write to the run directory: {e.strerror or e}", path=d) from None
     try:
@@ -116,15 +118,12 @@ def _lock(d: Path, command: str) -> int:
 
 
 @contextmanager
-def hold_run_dir(d: Path, command: str) -> Iterator[Path]:
-    """Create or open the run directory `d` for writing, exclusively, for the duration of the block.
+def lock_dir(d: Path, command: str) -> Iterator[Path]:
+    """Hold the exclusive lock of directory `d` (created if absent) for the block; re-entrant per process.
 
-    Refuses a non-empty directory that is not an xtm run (before writing anything into it) and a
-    run another process holds ("DIR is in use by xtm-train (pid N)"); writes the run marker.
-    Re-entrant within one process.
+    Callers check first that `d` is theirs to write (`hold_run_dir` does): the lock file is created in it.
     """
     d = Path(d)
-    refuse_foreign_dir(d)
     key = str(d.resolve())
     if key in _held:
         _held[key][1] += 1
@@ -136,13 +135,28 @@ def hold_run_dir(d: Path, command: str) -> Iterator[Path]:
     fd = _lock(d, command)
     _held[key] = [fd, 1]
     try:
-        if not (d / RUN_MARKER).is_file():
-            try:
-                write_json(d / RUN_MARKER, {"xtm_run": 1, "xtm_version": xtm.__version__,
-                                            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "created_by": command})
-            except OSError as e:
-                raise XtmError(f"cannot write to the run directory: {e.strerror or e}", path=d) from None
         yield d
     finally:
         del _held[key]
         os.close(fd)
+
+
+@contextmanager
+def hold_run_dir(d: Path, command: str) -> Iterator[Path]:
+    """Create or open the run directory `d` for writing, exclusively, for the duration of the block.
+
+    Refuses a non-empty directory that is not an xtm run (before writing anything into it) and a
+    run another process holds ("DIR is in use by xtm-train (pid N)"); writes the run marker first.
+    Re-entrant within one process.
+    """
+    d = Path(d)
+    refuse_foreign_dir(d)
+    with lock_dir(d, command):
+        marker = d / RUN_MARKER
+        if not (marker.exists() or marker.is_symlink()):
+            try:
+                write_json(marker, {"xtm_run": 1, "xtm_version": xtm.__version__,
+                                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "created_by": command})
+            except OSError as e:
+                raise XtmError(f"cannot write to the run directory: {e.strerror or e}", path=d) from None
+        yield d

@@ -56,6 +56,7 @@ from xtm.trainer.corpus_loading import (
     _vocab_from_df,
     corpus_name,
 )
+from xtm.trainer.rundir import LOCK_NAME
 
 __all__ = ["DEFAULT_SHARD_SIZE", "ShardedCorpus", "build_shards", "open_or_build_shards"]
 
@@ -248,17 +249,25 @@ def build_shards(path: str | Path, out_dir: str | Path, *, langs: Sequence[str] 
         shutil.rmtree(spill_root, ignore_errors=True)
 
 
-def _prepare_dir(out: Path) -> None:
-    """Clear a previous (or half-written) shard directory; never a directory that is not ours."""
+def refuse_foreign_shard_dir(out: Path) -> None:
+    """Raise unless `out` is absent, empty, or a shard directory (complete, half-built, or locked)."""
     if out.exists():
         if not out.is_dir():
             raise XtmError("the shard directory is a file", path=out)
-        ours = (out / "index.json").exists() or (out / ".spill").exists() or (out / ".building").exists()
+        ours = any((out / name).exists() for name in ("index.json", ".spill", ".building", LOCK_NAME))
         if any(out.iterdir()) and not ours:
             raise XtmError("the shard directory exists and holds other files: choose an empty or new "
                            "--shard-dir", path=out)
+
+
+def _prepare_dir(out: Path) -> None:
+    """Clear a previous (or half-written) shard directory; never a directory that is not ours."""
+    refuse_foreign_shard_dir(out)
+    if out.exists():
         (out / "index.json").unlink(missing_ok=True)  # first: a half-rebuilt directory is never "complete"
         for child in out.iterdir():
+            if child.name == LOCK_NAME:
+                continue  # held by the process building here (xtm.trainer.run)
             if child.is_dir():
                 shutil.rmtree(child)
             else:
