@@ -46,7 +46,7 @@ from xtm.errors import XtmError
 from xtm.languages import normalize_lang
 
 __all__ = ["FORMAT", "INPUT_FORMATS", "MANIFEST", "SCHEMA_VERSION", "BundleManifest", "EncoderEntry",
-           "onnx_external_data", "read_manifest", "sha256_file"]
+           "graph_file", "listed_file", "onnx_external_data", "read_manifest", "sha256_file"]
 
 FORMAT = "xtm-bundle"
 # 2 added sparse encoder inputs; a schema-1 bundle (dense inputs only) reads unchanged.
@@ -280,11 +280,32 @@ def _check_files(m: BundleManifest, *, verify: bool) -> None:
                                "the file changed after export or is corrupted; re-export the bundle", path=p)
     # Also without `verify`: skipping checksums saves time, never this check (it reads only headers).
     for name in _graph_files(m):
-        external = onnx_external_data(paths[name])
-        if external:
-            raise XtmError(f"the ONNX graph reads external data ({', '.join(external)}), which the manifest does "
-                           "not vouch for: an xtm bundle keeps every weight inside its .onnx file; re-export it "
-                           "with xtm-export", path=paths[name])
+        _refuse_external_data(paths[name])
+
+
+def listed_file(m: BundleManifest, name: str) -> Path:
+    """Path of a file the manifest lists, checked again now: a regular file inside the bundle.
+
+    For files opened long after read_manifest (the contextual route opens on first use), so a file
+    swapped for a symlink in between is still refused."""
+    if name not in m.files:
+        raise XtmError(f"{name} is not listed in 'files'", path=m.directory / MANIFEST)
+    return _listed_path(m, name)
+
+
+def graph_file(m: BundleManifest, name: str) -> Path:
+    """listed_file for an ONNX graph, also checked again for external data."""
+    p = listed_file(m, name)
+    _refuse_external_data(p)
+    return p
+
+
+def _refuse_external_data(p: Path) -> None:
+    external = onnx_external_data(p)
+    if external:
+        raise XtmError(f"the ONNX graph reads external data ({', '.join(external)}), which the manifest does not "
+                       "vouch for: an xtm bundle keeps every weight inside its .onnx file; re-export it with "
+                       "xtm-export", path=p)
 
 
 # -- ONNX external data, read from the protobuf wire format ---------------------------------------

@@ -35,7 +35,7 @@ import numpy as np
 
 from xtm.errors import XtmError
 from xtm.languages import normalize_lang
-from xtm.runtime.bundle import BundleManifest
+from xtm.runtime.bundle import BundleManifest, graph_file, listed_file
 
 __all__ = ["CONTEXTUAL_FORMAT", "TOKENIZER_KINDS", "ContextualEntry", "ContextualEncoder", "make_text_tokenizer",
            "pad_batch", "read_contextual_entry"]
@@ -189,7 +189,10 @@ class ContextualEncoder:
         entry = read_contextual_entry(manifest)
         if entry is None:
             return None
-        path = manifest.path(entry.file)
+        # Opened on first use, maybe hours after the manifest was read: both files are checked
+        # again (inside the bundle, regular files, no external data), not trusted from then.
+        path = graph_file(manifest, entry.file)
+        listed_file(manifest, entry.tokenizer["file"])
         try:
             session = ort.InferenceSession(str(path), sess_options=session_options, providers=providers)
         except Exception as ex:  # onnxruntime raises its own non-public exception types

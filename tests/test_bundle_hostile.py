@@ -44,11 +44,12 @@ def rewrite_checksums(bundle: Path, **extra: object) -> None:
     p.write_text(json.dumps(m))
 
 
-def externalize(path: Path, location: str) -> None:
-    """Rewrite an ONNX file so its weights live in `location` (relative to the file), as onnx allows."""
+def externalize(path: Path, location: str, threshold: int = 0) -> None:
+    """Rewrite an ONNX file so its weights (tensors of `threshold` bytes and more) live in `location`
+    (relative to the file), as onnx allows."""
     proto = onnx.load(str(path))
     onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=location, size_threshold=0)
+                    location=location, size_threshold=threshold)
 
 
 # -- symlinks ------------------------------------------------------------------------------------
@@ -197,3 +198,71 @@ def test_cli_infer_on_a_hostile_bundle_exits_2_without_traceback(hb: HandBundle,
     assert p.returncode == 2, p.stderr
     assert "Traceback" not in p.stderr and "external data" in p.stderr
     assert not (tmp_path / "out.jsonl").exists()
+
+
+# -- the contextual route opens its files on first use: checked again then ---------------------------
+
+
+def _contextual_bundle(hb: HandBundle, dst: Path, dim: int = 8) -> Path:
+    """The hand bundle plus a real (tiny) contextual route: a SentencePiece model trained here and a
+    graph token ids -> mean of embeddings -> softmax(. @ W), both listed and signed."""
+    import io
+
+    import sentencepiece as spm
+
+    b = copy_bundle(hb, dst)
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(["stock market price", "football match goal"] * 50),
+                                   model_writer=model, vocab_size=20, model_type="char", minloglevel=2)
+    (b / "ctx_tok.model").write_bytes(model.getvalue())
+    rng = np.random.default_rng(0)
+    table = numpy_helper.from_array(rng.normal(size=(20, dim)).astype(np.float32), "table")
+    w = numpy_helper.from_array(rng.normal(size=(dim, hb.num_topics)).astype(np.float32), "w")
+    axes = numpy_helper.from_array(np.array([1], np.int64), "axes")
+    nodes = [helper.make_node("Gather", ["table", "token_ids"], ["rows"]),
+             helper.make_node("Unsqueeze", ["mask", "axes2"], ["m3"]),
+             helper.make_node("Mul", ["rows", "m3"], ["masked"]),
+             helper.make_node("ReduceSum", ["masked", "axes"], ["sentence_embedding"], keepdims=0),
+             helper.make_node("MatMul", ["sentence_embedding", "w"], ["logits"]),
+             helper.make_node("Softmax", ["logits"], ["theta"], axis=1)]
+    graph = helper.make_graph(
+        nodes, "ctx", [helper.make_tensor_value_info("token_ids", TensorProto.INT64, ["n", "l"]),
+                       helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["n", "l"])],
+        [helper.make_tensor_value_info("theta", TensorProto.FLOAT, ["n", hb.num_topics]),
+         helper.make_tensor_value_info("sentence_embedding", TensorProto.FLOAT, ["n", dim])],
+        [table, w, axes, numpy_helper.from_array(np.array([2], np.int64), "axes2")])
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(b / "ctx.onnx"))
+    m = json.loads((b / "manifest.json").read_text())
+    m["files"].update({"ctx.onnx": "", "ctx_tok.model": ""})
+    (b / "manifest.json").write_text(json.dumps(m))
+    rewrite_checksums(b, contextual={"format": 1, "file": "ctx.onnx", "inputs": ["token_ids", "mask"],
+                                     "outputs": ["theta", "sentence_embedding"], "embedding_dim": dim,
+                                     "encoder": "tiny", "languages": ["fr"],
+                                     "tokenizer": {"kind": "sentencepiece", "file": "ctx_tok.model"}})
+    return b
+
+
+def test_the_tiny_contextual_route_serves(hb: HandBundle, tmp_path: Path) -> None:
+    b = _contextual_bundle(hb, tmp_path / "b")
+    theta, emb = TopicModel.load(b).contextual_encoder().encode(["stock market", "football"])
+    assert theta.shape == (2, hb.num_topics) and np.allclose(theta.sum(1), 1.0, atol=1e-5)
+
+
+def test_a_contextual_graph_swapped_after_load_is_refused_on_first_use(hb: HandBundle, tmp_path: Path) -> None:
+    b = _contextual_bundle(hb, tmp_path / "b")
+    model = TopicModel.load(b)                   # checked here, opened later
+    # The weights (not the small shape constants onnxruntime must read inline) move to a file no
+    # manifest vouches for: onnxruntime would read it.
+    externalize(b / "ctx.onnx", "ctx.weights", threshold=64)
+    with pytest.raises(XtmError, match="external data"):
+        model.contextual_encoder()
+
+
+def test_a_contextual_tokenizer_swapped_for_a_link_after_load_is_refused(hb: HandBundle, tmp_path: Path) -> None:
+    b = _contextual_bundle(hb, tmp_path / "b")
+    model = TopicModel.load(b)
+    outside = tmp_path / "tok-elsewhere.model"
+    shutil.move(b / "ctx_tok.model", outside)
+    (b / "ctx_tok.model").symlink_to(outside)
+    with pytest.raises(XtmError, match="outside the bundle"):
+        model.contextual_encoder()

@@ -316,19 +316,29 @@ def test_judge_parity_counts_near_ties_apart() -> None:
 # -- longer-trained models of every backbone, on real data ------------------------------------------
 
 
-@pytest.mark.slow
-@pytest.mark.benchmark_data
-@pytest.mark.parametrize("model,epochs", [("nmtm", 20), ("infoctm", 10), ("xtra", 4), ("gloctm", 12)])
-def test_longer_trained_backbones_export_on_ecnews(ecnews_dir: Path, tmp_path: Path, model: str, epochs: int) -> None:
+@pytest.fixture(scope="module")
+def ecnews_1000(ecnews_dir: Path):
     from test_benchmark_slices import head
 
-    import xtm
-    from xtm.atomic import write_json, write_text
     from xtm.trainer.corpus_loading import load_corpus
-    from xtm.trainer.loop import TrainConfig, train
 
     full = load_corpus(ecnews_dir, dict_path=ecnews_dir.parent / "dict" / "ch_en_dict.dat", progress=False)
-    corpus = head(full, 1000, 500)
+    return head(full, 1000, 500)
+
+
+# Epochs chosen so each trains in about 20 s on 2 busy cores. Batch norm's running variance of the
+# topic heads is already down to ~1e-7 after a few epochs (nmtm, infoctm, gloctm): the regime where
+# float32 rounding reaches theta amplified 300x, which a fixed 1e-5 refused.
+@pytest.mark.slow
+@pytest.mark.benchmark_data
+@pytest.mark.parametrize("model,epochs", [("nmtm", 20), ("infoctm", 3), ("xtra", 5), ("gloctm", 4)])
+def test_longer_trained_backbones_export_on_ecnews(ecnews_1000, ecnews_dir: Path, tmp_path: Path, model: str,
+                                                   epochs: int) -> None:
+    import xtm
+    from xtm.atomic import write_json, write_text
+    from xtm.trainer.loop import TrainConfig, train
+
+    corpus = ecnews_1000
     cfg = TrainConfig(model=model, num_topics=50, epochs=epochs, checkpoint_every=0, progress=False, seed=1)
     run = tmp_path / "run"
     result = train(corpus, cfg, run)
