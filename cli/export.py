@@ -67,12 +67,15 @@ leaves it out. With --quantize int8 its matrix products run in int8 too
 def main(run_dir: str, out: str, quantize: str | None, opset: int, contextual: bool | None, no_parity_check: bool,
          quiet: bool) -> None:
     """Export RUN_DIR (written by xtm-train) to an ONNX bundle."""
+    from xtm.atomic import exit_on_signals
     from xtm.errors import XtmError
     from xtm.exporters.onnx_export import export_run
 
     try:
-        report = export_run(run_dir, out, quantize=quantize, opset=opset, progress=not quiet, contextual=contextual,
-                            parity_check=not no_parity_check)
+        # SIGTERM/SIGHUP unwind like Ctrl-C (exit 143/129): the half-built bundle is removed, an old one kept.
+        with exit_on_signals():
+            report = export_run(run_dir, out, quantize=quantize, opset=opset, progress=not quiet,
+                                contextual=contextual, parity_check=not no_parity_check)
     except OSError as e:  # a place that cannot be written, reached somewhere export_run did not expect
         raise XtmError(f"cannot write the bundle: {e.strerror or e}", path=e.filename or out) from e
     click.echo(json.dumps(report.to_dict(), indent=2))

@@ -11,6 +11,12 @@ It carries only what inference needs: NMTM's translation maps and InfoCTM's link
 (training-only buffers) are not exported, nor the exporter's per-node stack traces. The
 directory is assembled under a temporary name and renamed into place, so a failed export never
 leaves a half-written bundle.
+
+--out is only ever replaced when it is an empty directory or an xtm bundle whose manifest lists
+every entry in it (`bundle_entries`); the old bundle is moved to a new unique name first and
+removed only once the new one is in place. Everything else is refused before any work (a web
+app's manifest.json, user files in a bundle, the current directory, a symlink, a file).
+ONNX-vs-torch parity is judged against the model's own float32 rounding (`judge_parity`).
 """
 
 from __future__ import annotations
@@ -82,7 +88,12 @@ def load_run(run_dir: Path) -> tuple[dict[str, Any], torch.nn.Module]:
     cfg_path = run_dir / "config.json"
     if not cfg_path.exists():
         raise XtmError("not a training run directory (no config.json): run xtm-train first", path=run_dir)
-    config = json.loads(cfg_path.read_text(encoding="utf-8"))
+    try:
+        config = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise XtmError(f"unreadable config.json ({e.__class__.__name__}: {e})", path=cfg_path) from None
+    if not isinstance(config, dict):
+        raise XtmError("config.json does not hold a JSON object", path=cfg_path)
     ckpt = load_checkpoint(run_dir)
     model = model_from_state(ckpt.state["model_config"], ckpt.model).eval()
     return config, model
@@ -615,6 +626,11 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, quantize: str | None
     check_out_dir(out_dir)
     config, model = load_run(run_dir)
     langs: list[str] = list(model.langs)
+    tokenizers = config.get("tokenizers")
+    for lang in langs:
+        if not isinstance(tokenizers, dict) or not isinstance(tokenizers.get(lang), dict):
+            raise XtmError(f"config.json has no tokenizer settings for '{lang}' (tokenizers.{lang}): not written by "
+                           "this xtm-train, or edited", path=run_dir / "config.json")
     report = ExportReport(bundle=out_dir, languages=langs)
     tmp = _staging_dir(out_dir)
     try:
@@ -637,7 +653,10 @@ def _read_vocab(run_dir: Path, lang: str, size: int) -> tuple[Path, list[str]]:
     vocab_file = run_dir / f"vocab_{lang}.txt"
     if not vocab_file.exists():
         raise XtmError(f"the run has no vocabulary for '{lang}'", path=vocab_file)
-    vocab = vocab_file.read_text(encoding="utf-8").splitlines()
+    try:
+        vocab = vocab_file.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise XtmError(f"not UTF-8 at byte {e.start}: the run's vocabulary is damaged", path=vocab_file) from None
     if len(vocab) != size:
         raise XtmError(f"vocab_{lang}.txt has {len(vocab)} words but the model expects {size}", path=vocab_file)
     return vocab_file, vocab

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -201,6 +202,54 @@ def test_the_manifest_names_the_run_without_its_path(bundle: Path, example_run: 
     manifest = json.loads(text)
     assert manifest["source_run"]["name"] == example_run.name
     assert str(example_run.parent) not in text and "cache_dir" not in text
+
+
+# -- a damaged run, an interrupted export ------------------------------------------------------------
+
+
+def damaged_copy(run: Path, dst: Path, name: str, data: bytes) -> Path:
+    shutil.copytree(run, dst, ignore=shutil.ignore_patterns("report*"))
+    (dst / name).write_bytes(data)
+    return dst
+
+
+@pytest.mark.parametrize("name,data,phrase", [
+    ("config.json", b'{"model_config": ', "unreadable config.json"),
+    ("config.json", b"[1, 2]", "not hold a JSON object"),
+    ("config.json", None, "no tokenizer settings for 'en'"),
+    ("vocab_en.txt", b"stock\nmarket\xff\xfe\n", "not UTF-8"),
+])
+def test_a_damaged_run_is_one_error_line(example_run: Path, tmp_path: Path, name: str, data: bytes | None,
+                                        phrase: str) -> None:
+    if data is None:   # a config.json without the tokenizers (edited, or from another tool)
+        cfg = json.loads((example_run / "config.json").read_text())
+        cfg.pop("tokenizers")
+        data = json.dumps(cfg).encode()
+    run = damaged_copy(example_run, tmp_path / "run", name, data)
+    with pytest.raises(XtmError, match=phrase) as e:
+        export_run(run, tmp_path / "b", progress=False)
+    assert name in str(e.value)
+    assert sorted(os.listdir(tmp_path)) == ["run"]
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_mid_export_keeps_the_old_bundle_and_leaves_nothing(example_run: Path, bundle: Path, tmp_path: Path,
+                                                                     sig: int, code: int) -> None:
+    b = tmp_path / "b"
+    shutil.copytree(bundle, b)
+    before = snapshot(b)
+    proc = subprocess.Popen(CLI + [str(example_run), "--out", str(b)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    for line in proc.stderr:   # the staging directory exists once the first encoder is being exported
+        if "exporting the en encoder" in line:
+            break
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+    assert "Traceback" not in err
+    assert snapshot(b) == before
+    assert sorted(os.listdir(tmp_path)) == ["b"]
 
 
 # -- parity judges float32 rounding as rounding, and a wrong graph as wrong --------------------------
