@@ -199,17 +199,52 @@ def straight(example_corpus, tmp_path_factory: pytest.TempPathFactory):
 def test_a_signal_mid_epoch_saves_where_it_stopped_and_resume_is_bit_identical(
         example_corpus, straight, tmp_path: Path, signals: tuple[int, ...]) -> None:
     straight, straight_dir = straight
-    stopped = train(example_corpus, config(), tmp_path, data=SignalAt(example_corpus, 2, 2, signals))
-    ckpt = load_checkpoint(tmp_path)
-    resumed = train(example_corpus, config(), tmp_path, resume=True)
+    run = tmp_path / "run"
+    stopped = train(example_corpus, config(), run, data=SignalAt(example_corpus, 2, 2, signals))
+    ckpt = load_checkpoint(run)
+    if signals == (signal.SIGINT,):  # the stopped epoch's batches are only the same with the same batch size
+        shutil.copytree(run, tmp_path / "copy")
+        with pytest.raises(XtmError, match="stopped inside epoch 2 with --batch-size 100"):
+            train(example_corpus, config(batch_size=50), tmp_path / "copy", resume=True)
+    resumed = train(example_corpus, config(), run, resume=True)
     assert_same_model(straight.model, resumed.model)
-    assert_same_training_state(load_checkpoint(straight_dir).path, load_checkpoint(tmp_path).path)
+    assert_same_training_state(load_checkpoint(straight_dir).path, load_checkpoint(run).path)
     assert not resumed.interrupted and resumed.epochs_done == 3
     assert stopped.interrupted and stopped.signal == signals[0] and stopped.epochs_done == 1
     assert stopped.stopped_at["epoch"] == 2 and stopped.stopped_at["step"] == 2
     assert ckpt.path.name == "epoch-000001-step-000002" and ckpt.state["partial"]["steps_done"] == 2
     assert [{k: v for k, v in h.items() if k != "seconds"} for h in resumed.history] == \
            [{k: v for k, v in h.items() if k != "seconds"} for h in straight.history]
+
+
+def test_a_signal_while_the_final_checkpoint_is_written_waits_for_it_and_is_not_lost(
+        example_corpus, straight, tmp_path: Path) -> None:
+    class SignalInRecalibration:
+        """Sends SIGINT when batch norm is recalibrated, just before the final checkpoint is saved."""
+
+        def __init__(self) -> None:
+            self.inner = InMemoryBatches(example_corpus)
+            self.sizes, self.fingerprint, self.epoch = self.inner.sizes, self.inner.fingerprint, self.inner.epoch
+
+        def sequential(self, lang_index, batch_size):
+            if lang_index == 0:
+                os.kill(os.getpid(), signal.SIGINT)
+            yield from self.inner.sequential(lang_index, batch_size)
+
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C takes effect once the checkpoint is written
+        train(example_corpus, config(), tmp_path, data=SignalInRecalibration())
+    ckpt = load_checkpoint(tmp_path)
+    assert ckpt.epoch == 3 and ckpt.state["partial"] is None
+    assert_same_training_state(load_checkpoint(straight[1]).path, ckpt.path)
+
+
+def test_continuing_a_finished_run_with_dropout_equals_the_longer_run(example_corpus, tmp_path: Path) -> None:
+    # The final checkpoint's batch norm is recalibrated with a forward pass, which draws dropout
+    # masks: the RNG state saved for training must be the one from before it.
+    cfg = {"hparams": {"dropout": 0.3}, "checkpoint_every": 0}
+    longer = train(example_corpus, config(epochs=3, **cfg), tmp_path / "a")
+    train(example_corpus, config(epochs=2, **cfg), tmp_path / "b")
+    assert_same_model(longer.model, train(example_corpus, config(epochs=3, **cfg), tmp_path / "b", resume=True).model)
 
 
 def test_out_of_core_batches_resume_exactly_inside_an_epoch(example_dir: Path, tmp_path: Path) -> None:

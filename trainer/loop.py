@@ -185,6 +185,7 @@ class _StopFlag:
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.last: int | None = None
         self.critical = False
         self.forced = False
         self._previous: dict[int, Any] = {}
@@ -194,6 +195,7 @@ class _StopFlag:
         return self.signum is not None
 
     def __call__(self, signum: int, frame: Any) -> None:
+        self.last = signum
         if self.signum is None:
             self.signum = signum
         elif self.critical:
@@ -233,6 +235,8 @@ class EpochProgress:
     epoch: int
     rng_start: dict[str, Any]
     phase: int = 1
+    batch_size: int = 0  # the steps' size and the number of ranks sharing them: a resumed epoch
+    world: int = 1       # must cut it the same way to skip the same documents
     steps_done: int = 0
     totals: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
@@ -245,6 +249,7 @@ class EpochProgress:
     def from_dict(cls, d: Any, path: Path) -> EpochProgress:
         try:
             p = cls(epoch=int(d["epoch"]), rng_start=dict(d["rng_start"]), phase=int(d["phase"]),
+                    batch_size=int(d["batch_size"]), world=int(d["world"]),
                     steps_done=int(d["steps_done"]), totals={str(k): float(v) for k, v in d["totals"].items()},
                     seconds=float(d["seconds"]), refined=bool(d["refined"]))
         except (KeyError, TypeError, ValueError, AttributeError) as e:
@@ -363,6 +368,10 @@ class _Training:
         if p.epoch > self.total_epochs:
             raise XtmError(f"--resume: the checkpoint stopped inside epoch {p.epoch}, past the {self.total_epochs} "
                            "epochs this run asks for", path=path)
+        if (p.batch_size, p.world) != (self.cfg.batch_size, self.world):
+            raise XtmError(f"--resume: the checkpoint stopped inside epoch {p.epoch} with --batch-size {p.batch_size} "
+                           f"on {p.world} process(es); finish that epoch with the same (this run: --batch-size "
+                           f"{self.cfg.batch_size}, {self.world})", path=path)
         if p.phase != self._phase(p.epoch):
             raise XtmError(f"--resume: the checkpoint stopped inside a phase-{p.phase} epoch ({p.epoch}), which "
                            f"this run's settings make a phase-{self._phase(p.epoch)} epoch", path=path)
@@ -387,7 +396,8 @@ class _Training:
         try:
             for epoch in range(self.done + 1, self.total_epochs + 1):
                 progress = self.partial if self.partial is not None else EpochProgress(
-                    epoch, numpy_rng_state(self.rng), phase=self._phase(epoch))
+                    epoch, numpy_rng_state(self.rng), phase=self._phase(epoch), batch_size=cfg.batch_size,
+                    world=self.world)
                 self.partial = None
                 self._epoch(progress, stop, bar)
                 if stop.stop:
@@ -406,15 +416,19 @@ class _Training:
             stopped = _Stopped(progress, stop.signum or signal.SIGINT, forced=True)
         finally:
             bar.close()
+        stop.forced = False
+        stop.enter()  # from here on, signals wait for the checkpoint to be written
         try:
-            stop.enter()  # from here on, further signals wait for the checkpoint to be written
             if stopped is not None and self.main:
                 print(f"\nxtm-train: {signal.Signals(stopped.signum).name}: stopping; saving the checkpoint",
                       file=sys.stderr, flush=True)
             self._finish(stopped)
         finally:
-            stop.forced = False
             stop.restore()
+        if (stopped is None and stop.stop) or stop.forced:
+            # Asked to stop while the final checkpoint was being written: it is written; now the
+            # signal takes its ordinary effect (the command ends, 128 + N) instead of being lost.
+            signal.raise_signal(stop.last or signal.SIGINT)
         return self._result(stopped)
 
     def _epoch(self, progress: EpochProgress, stop: _StopFlag, bar: Any) -> None:
