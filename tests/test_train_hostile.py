@@ -392,6 +392,16 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one_with_a_warni
     assert "warning:" in err and message in err and "epoch-000001" in err
 
 
+def test_a_garbled_pointer_falls_back_to_the_newest_complete_checkpoint(two_checkpoints: Path, tmp_path: Path,
+                                                                        capsys) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(two_checkpoints, run)
+    (run / "checkpoints" / "latest.json").write_text("{")
+    capsys.readouterr()
+    assert load_checkpoint(run).path.name == "epoch-000002"
+    assert "latest.json is unreadable" in capsys.readouterr().err
+
+
 def test_no_usable_checkpoint_is_one_clean_error(two_checkpoints: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     shutil.copytree(two_checkpoints, out)
