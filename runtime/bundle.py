@@ -219,6 +219,11 @@ def read_manifest(directory: str | Path, *, verify: bool = True) -> BundleManife
         xtm_version=raw.get("xtm_version"), created=raw.get("created"), opset=raw.get("opset"),
         quantization=raw.get("quantization"), raw=raw,
     )
+    # The optional contextual entry is part of the manifest's structure: checked with it, before
+    # the files, so an error in the manifest is reported as such. (Imported here: it imports us.)
+    from xtm.runtime.contextual import read_contextual_entry
+
+    read_contextual_entry(manifest)
     _check_files(manifest, verify=verify)
     return manifest
 
