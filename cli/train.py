@@ -122,7 +122,8 @@ abandons the current step; the checkpoint is still exact).
 @click.option("--llm-concurrency", type=click.IntRange(1), default=8, show_default=True,
               help="openai refiner: requests in flight at once.")
 @click.option("--llm-timeout", type=click.FloatRange(1), default=120.0, show_default=True,
-              help="openai refiner: seconds per request before a retry.")
+              help="openai refiner: total seconds one attempt may take (connect, TLS, send, wait, read the "
+                   "whole answer, same-origin redirects) before it is retried.")
 @click.option("--llm-max-tokens", type=click.IntRange(16), default=400, show_default=True)
 @click.option("--llm-temperature", type=click.FloatRange(0), default=1.0, show_default=True)
 @click.option("--lambda-mmd", type=click.FloatRange(0), default=20000.0, show_default=True,

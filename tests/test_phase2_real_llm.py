@@ -53,11 +53,15 @@ def test_phase2_with_smollm2_behind_an_openai_compatible_server(smollm2_dir, exa
         assert len(refined) == K and all(line.split() for line in refined)
         assert m["TU"] > 0 and "refined" in m
 
-        # The same run again: every answer comes from the cache, no request reaches the server.
+        # The same run again: usable answers come from the cache; unusable ones were never cached
+        # (one empty answer must not poison later runs) and are asked again, and only they are.
         again = phase2_run(example_dir, tmp_path / "b", refiner, tmp_path / "cache")
         step2 = again["phase2"]["steps"][0]
-        assert step2["calls"] == 0 and step2["cache_hits"] == K * R
-        assert (tmp_path / "b" / "refined_topics_en.txt").read_text().splitlines() == refined
+        assert step2["cache_hits"] == step["usable_answers"] and step2["stale_cache"] == 0
+        assert step2["calls"] >= K * R - step["usable_answers"]
+        if step["usable_answers"] == K * R:
+            assert step2["calls"] == 0
+            assert (tmp_path / "b" / "refined_topics_en.txt").read_text().splitlines() == refined
     saved = json.loads((tmp_path / "a" / "config.json").read_text())
     assert saved["phase2"]["refiner"]["backend"] == "openai"
 
