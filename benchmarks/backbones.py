@@ -7,7 +7,7 @@ Each run is a separate process (so peak RSS is that run's own) that trains with 
 the full benchmark corpus, K=50, 2 threads, and evaluates TU / CNPMI / TQ / classification with
 xtm's evaluation. The TopMost peer (benchmarks/peer_topmost.py, in its own venv) is trained on
 the same data and its outputs go through the same evaluation (theta = softmax of its eval-time
-encoder mean, the distribution a user gets). Published numbers (xtm.published): LLM-XTM paper (seed 001),
+encoder mean, the distribution a user gets). Published numbers (xtm.evaluation.published): LLM-XTM paper (seed 001),
 Table 2 (TU, CNPMI) and Table 5 (classification), K=50, after 500 epochs (800 for XTRA), as
 reported there. Prints one markdown table and writes OUT/results.json.
 """
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xtm.published import published_rows
+from xtm.evaluation.published import published_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("XTM_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -48,7 +48,7 @@ def run_ours(dataset: str, model: str, epochs: int, out: Path, seed: int) -> dic
 def one(dataset: str, model: str, epochs: int, out: Path, seed: int) -> None:
     import torch
 
-    from xtm.trainer.loop import TrainConfig
+    from xtm.trainer.loop.training import TrainConfig
     from xtm.trainer.run import DataConfig, run_training
 
     torch.set_num_threads(2)
@@ -76,8 +76,8 @@ def run_peer(dataset: str, model: str, epochs: int, out: Path, venv: Path, seed:
     timing = json.loads((out / "peer_timing.json").read_text())
     arrays = np.load(out / "peer_outputs.npz", allow_pickle=False)
 
-    from xtm.trainer.corpus_loading import load_corpus
-    from xtm.trainer.evaluation import evaluate, load_reference_corpus
+    from xtm.evaluation.metrics import evaluate, load_reference_corpus
+    from xtm.trainer.data.loading import load_corpus
 
     corpus = load_corpus(DATA / dataset, progress=False)
     a, b = spec["langs"]

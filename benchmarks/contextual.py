@@ -19,7 +19,7 @@ where both languages are training languages: the backbone's own alignment).
 
 Data: (a) Kyoto Wikipedia en-ja, 14,111 hand-translated article pairs (raw text for the
 contextual route, the tokenized files for bags of words), Rakuten_Amazon model; (b)
-xtm/data/aligned_news.jsonl, 60 news items written in en, zh, ja, fr, de, es, ru (10 per ECNews
+core/data/aligned_news.jsonl, 60 news items written in en, zh, ja, fr, de, es, ru (10 per ECNews
 category), ECNews model; its category accuracy uses a linear SVM trained on the ECNews training
 documents' bag-of-words theta (labels 1-6 = business, education, entertainment, sports, tech,
 fashion) applied to each language's theta.
@@ -106,7 +106,7 @@ class RunThetas:
     def __init__(self, run_dir: Path, cache: Path) -> None:
         import torch
 
-        from xtm.trainer.contextual import load_contextual, load_run_model
+        from xtm.trainer.contextual.fit import load_contextual, load_run_model
 
         self.run_dir = run_dir
         self.cache = cache
@@ -121,7 +121,7 @@ class RunThetas:
         """theta of space-tokenized documents (the benchmark runs' tokenizer is `whitespace`)."""
         import scipy.sparse as sp
 
-        from xtm.trainer.loop import infer_theta
+        from xtm.trainer.loop.training import infer_theta
 
         vocab = self.vocab[lang]
         rows, cols = [], []
@@ -134,13 +134,13 @@ class RunThetas:
         return infer_theta(self.model, m, self.langs.index(lang), self._torch.device("cpu"))
 
     def embeddings(self, texts: list[str]) -> Any:
-        from xtm.trainer.contextual import embed_all
+        from xtm.trainer.contextual.fit import embed_all
 
         enc = self.loaded.encoder
         return embed_all(enc, enc.features(texts, self.cache, False))
 
     def ctx(self, texts: list[str]) -> np.ndarray:
-        from xtm.trainer.contextual import head_theta
+        from xtm.trainer.contextual.fit import head_theta
 
         return head_theta(self.loaded.head, self.embeddings(texts))
 
@@ -170,7 +170,7 @@ def tokenize_like_benchmark(texts: list[str], lang: str) -> list[str]:
 def ensure_run(path: Path, dataset: str, dict_rel: str, epochs: int, threads: int) -> Path:
     if (path / "config.json").exists():
         return path
-    from xtm.trainer.loop import TrainConfig
+    from xtm.trainer.loop.training import TrainConfig
     from xtm.trainer.run import DataConfig, run_training
 
     log(f"training {dataset} NMTM K=50 for {epochs} epochs -> {path}")
@@ -182,7 +182,7 @@ def ensure_run(path: Path, dataset: str, dict_rel: str, epochs: int, threads: in
 
 def variant_run(base: Path, out: Path, name: str, overrides: dict[str, Any], threads: int, cache: Path) -> Path:
     """A copy of `base` with the variant's contextual network (fitted once, reused afterwards)."""
-    from xtm.trainer.contextual import ContextualConfig, train_contextual
+    from xtm.trainer.contextual.fit import ContextualConfig, train_contextual
 
     slug = "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
     d = out / f"{base.name}--{slug}"
@@ -205,9 +205,9 @@ def ecnews_classifiers(thetas: RunThetas, per_lang: int = 6000) -> dict[str, Any
     (`per_lang` sampled per language: a fit on all 77k takes minutes and gains nothing here).
     One classifier per route, because the two routes' thetas need not share a scale (a sharpened
     contextual theta under a scaler fitted on flat bag-of-words theta classifies at random)."""
-    from xtm.trainer.corpus_loading import load_corpus
-    from xtm.trainer.evaluation import _fit_svm
-    from xtm.trainer.loop import infer_theta
+    from xtm.evaluation.metrics import _fit_svm
+    from xtm.trainer.data.loading import load_corpus
+    from xtm.trainer.loop.training import infer_theta
 
     corpus = load_corpus(DATA / "ECNews", progress=False)
     rng = np.random.default_rng(0)
@@ -226,7 +226,7 @@ def eval_news(thetas: RunThetas, clf: dict[str, Any]) -> dict[str, Any]:
     items = news_items()
     labels = np.array([CATEGORIES.index(it["category"]) + 1 for it in items])
     texts = {lang: [it["texts"][lang] for it in items] for lang in ("en", *NEWS_LANGS)}
-    from xtm.trainer.contextual import head_theta
+    from xtm.trainer.contextual.fit import head_theta
 
     emb = {lang: thetas.embeddings(t) for lang, t in texts.items()}
     ctx = {lang: head_theta(thetas.loaded.head, e) for lang, e in emb.items()}
@@ -259,7 +259,7 @@ def eval_kyoto(thetas: RunThetas, pairs: int) -> dict[str, Any]:
     d = DATA / "ref_corpus" / "en_ja"
     raw = {lang: read_gz_lines(d / f"kyoto_wiki.{lang}.txt.gz", pairs) for lang in ("en", "ja")}
     tok = {lang: read_gz_lines(d / f"kyoto_wiki.{lang}.tok.txt.gz", pairs) for lang in ("en", "ja")}
-    from xtm.trainer.contextual import head_theta
+    from xtm.trainer.contextual.fit import head_theta
 
     emb = {lang: thetas.embeddings(raw[lang]) for lang in ("en", "ja")}
     ctx = {lang: head_theta(thetas.loaded.head, emb[lang]) for lang in ("en", "ja")}

@@ -51,7 +51,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2, help="torch threads per run (1 when sharing the machine)")
     p.add_argument("--out", type=Path, default=Path("bench/gloctm"))
     args = p.parse_args()
-    from xtm.trainer.loop import TrainConfig
+    from xtm.trainer.loop.training import TrainConfig
     from xtm.trainer.run import DataConfig, run_training
 
     spec = DATASETS[args.dataset]

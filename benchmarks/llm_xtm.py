@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from xtm.published import CNPMI_NOTE, published_rows
+from xtm.evaluation.published import CNPMI_NOTE, published_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("XTM_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -65,9 +65,9 @@ def main() -> None:
 
     import torch
 
-    from xtm.trainer.loop import TrainConfig
-    from xtm.trainer.phase2 import Phase2Config
-    from xtm.trainer.refiners import RefinerConfig
+    from xtm.trainer.loop.training import TrainConfig
+    from xtm.trainer.phase2.objective import Phase2Config
+    from xtm.trainer.phase2.refiners import RefinerConfig
     from xtm.trainer.run import DataConfig, run_training
 
     torch.set_num_threads(args.threads)

@@ -87,9 +87,9 @@ def _reset_hwm() -> None:
 def child(mode: str, data: Path, out: Path, epochs: int) -> None:
     import torch
 
+    import xtm.trainer.data.sharding as sharding
     import xtm.trainer.run as run
-    import xtm.trainer.sharding as sharding
-    from xtm.trainer.loop import TrainConfig
+    from xtm.trainer.loop.training import TrainConfig
     from xtm.trainer.run import DataConfig, run_training
 
     torch.set_num_threads(1)

@@ -33,9 +33,9 @@ def main() -> None:
     p.add_argument("--llm-model")
     args = p.parse_args()
 
-    from xtm.trainer.phase2 import vote
-    from xtm.trainer.refine_prompt import TopicWords, VocabMatcher
-    from xtm.trainer.refiners import AnswerCache, LLMRefiner, OpenAICompatibleGenerator, Sampling
+    from xtm.trainer.phase2.objective import vote
+    from xtm.trainer.phase2.prompt import TopicWords, VocabMatcher
+    from xtm.trainer.phase2.refiners import AnswerCache, LLMRefiner, OpenAICompatibleGenerator, Sampling
 
     cfg = json.loads((args.run / "config.json").read_text())
     langs = cfg["langs"]

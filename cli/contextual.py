@@ -85,7 +85,7 @@ def main(run_dir: str, encoder: str, objective: str, lambda_tc: float, epochs: i
          finetune_lr: float, lr: float, batch_size: int, hidden: int, dropout: float, max_tokens: int, seed: int,
          device: str, threads: int | None, cache_dir: str | None, quiet: bool) -> None:
     """Fit the contextual inference network of RUN_DIR (written by xtm-train)."""
-    from xtm.trainer.contextual import ContextualConfig, train_contextual
+    from xtm.trainer.contextual.fit import ContextualConfig, train_contextual
 
     cfg = ContextualConfig(encoder=encoder, objective=objective, lambda_tc=lambda_tc, epochs=epochs,
                            batch_size=batch_size, lr=lr, hidden=hidden, dropout=dropout,
@@ -94,7 +94,7 @@ def main(run_dir: str, encoder: str, objective: str, lambda_tc: float, epochs: i
                            progress=not quiet and sys.stderr.isatty())
     from xtm.atomic import exit_on_signals
     from xtm.errors import XtmError
-    from xtm.trainer.rundir import hold_run_dir, is_run_dir
+    from xtm.run_dir import hold_run_dir, is_run_dir
 
     if not is_run_dir(Path(run_dir)):
         raise XtmError("not a training run directory: run xtm-train first", path=run_dir)

@@ -27,7 +27,7 @@ xtm-train writes it at the end of every run; this command renders it again.
 @friendly_errors
 def main(run_dir: str, out: str | None) -> None:
     """Write the HTML report of RUN_DIR (a directory written by xtm-train)."""
-    from xtm.exporters.html_report import write_report_html
+    from xtm.evaluation.report import write_report_html
 
     click.echo(str(write_report_html(run_dir, out)))
 

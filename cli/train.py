@@ -165,7 +165,7 @@ def main(data: str, model: str, num_topics: int, epochs: int, out: str, dict_pat
          no_mmd: bool, no_doc_align: bool, multi_kernel: bool, encoder: str, contextual: bool,
          out_of_core: bool, shard_size: int, shard_dir: str | None, eval_train_docs: int) -> None:
     """Train a cross-lingual topic model and evaluate it (TU, CNPMI, TQ, classification)."""
-    from xtm.trainer.loop import TrainConfig
+    from xtm.trainer.loop.training import TrainConfig
     from xtm.trainer.run import DataConfig, run_training
 
     cfg = TrainConfig(model=model.lower(), num_topics=num_topics, epochs=epochs, batch_size=batch_size, lr=lr,
@@ -184,8 +184,8 @@ def main(data: str, model: str, num_topics: int, epochs: int, out: str, dict_pat
                        "run (fit it on a corpus that fits in memory with xtm-contextual)")
     phase2 = None
     if phase2_epochs:
-        from xtm.trainer.phase2 import Phase2Config
-        from xtm.trainer.refiners import RefinerConfig, Sampling
+        from xtm.trainer.phase2.objective import Phase2Config
+        from xtm.trainer.phase2.refiners import RefinerConfig, Sampling
 
         phase2 = Phase2Config(
             epochs=phase2_epochs, refine_every=refine_every, rounds=rounds, top_words=top_words,
@@ -197,8 +197,8 @@ def main(data: str, model: str, num_topics: int, epochs: int, out: str, dict_pat
                                   sampling=Sampling(temperature=llm_temperature, max_tokens=llm_max_tokens,
                                                     seed=seed)))
     from xtm.atomic import exit_on_signals
-    from xtm.trainer.distributed import is_main_process
-    from xtm.trainer.rundir import hold_run_dir
+    from xtm.run_dir import hold_run_dir
+    from xtm.trainer.loop.distributed import is_main_process
 
     # SIGTERM/SIGHUP end the command like Ctrl-C (outputs cleaned up, exit 128 + N); while it trains
     # the loop's own handlers save the checkpoint first. The run stays locked from training to the
@@ -218,7 +218,7 @@ def main(data: str, model: str, num_topics: int, epochs: int, out: str, dict_pat
             summary["refined_sets"] = {k: metrics["refined"].get(k) for k in ("TU", "CNPMI", "TQ")}
         if contextual:
             from xtm.cli.contextual import summary as contextual_summary
-            from xtm.trainer.contextual import ContextualConfig, train_contextual
+            from xtm.trainer.contextual.fit import ContextualConfig, train_contextual
 
             summary["contextual"] = contextual_summary(train_contextual(out, ContextualConfig(
                 seed=seed, device=device, threads=threads, cache_dir=cache_dir,

@@ -12,7 +12,7 @@ activations quantized per batch; the token table is uint8 already): 1.6x the doc
 2 cores, at a measured cost reported as drift against the float32 graph (embedding cosine, theta
 top-topic agreement), never hidden.
 
-Checks, on real multilingual text (xtm/data/aligned_news.jsonl: the same news items in seven
+Checks, on real multilingual text (core/data/aligned_news.jsonl: the same news items in seven
 languages), before anything is written into the bundle:
   - onnxruntime against torch on the same ids: theta max |diff| <= THETA_ATOL;
   - the graph's embedding (tokenized by the runtime's tokenizer) against the encoder's reference
@@ -39,7 +39,7 @@ from xtm.errors import XtmError
 from xtm.models_zoo.contextual import ContextualGraph
 from xtm.models_zoo.encoders import DEFAULT_ENCODER
 from xtm.runtime.contextual import CONTEXTUAL_FORMAT, make_text_tokenizer, pad_batch
-from xtm.trainer.contextual import CONTEXTUAL_DIR, load_contextual
+from xtm.trainer.contextual.fit import CONTEXTUAL_DIR, load_contextual
 
 THETA_ATOL = 1e-4
 EMBED_MIN_COS = 0.999

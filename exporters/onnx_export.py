@@ -45,9 +45,9 @@ import torch
 import xtm
 from xtm.atomic import write_json
 from xtm.errors import XtmError
-from xtm.trainer.checkpoint import load_checkpoint
-from xtm.trainer.evaluation import top_words
-from xtm.trainer.loop import model_from_state
+from xtm.evaluation.metrics import top_words
+from xtm.trainer.loop.checkpoint import load_checkpoint
+from xtm.trainer.loop.training import model_from_state
 
 SCHEMA_VERSION = 2  # sparse encoder inputs (xtm.runtime.bundle); 1 when every encoder is dense
 DEFAULT_OPSET = 18

@@ -22,7 +22,7 @@ package's per-sentence zero padding exactly (parity is tested per document).
 
 Split in two modules on purpose: `UseTrunk` (ids -> pooled 512-d, 98% of the cost) and `UseTop`
 (pooled -> embedding, 1.3 M parameters). Fine-tuning the encoder for topic classification
-(seed 002, xtm.trainer.contextual) updates only the top, so the trunk's pooled output is computed
+(seed 002, xtm.trainer.contextual.fit) updates only the top, so the trunk's pooled output is computed
 once per document and cached.
 """
 

@@ -19,7 +19,7 @@ def example_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def example_corpus(example_dir: Path):
-    from xtm.trainer.corpus_loading import load_corpus
+    from xtm.trainer.data.loading import load_corpus
 
     return load_corpus(example_dir / "docs.jsonl", dict_path=example_dir / "dict.tsv", progress=False)
 
@@ -41,7 +41,7 @@ def _cache_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Mon
 @pytest.fixture(scope="session")
 def example_run(example_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A trained run directory (NMTM, K=6) on the built-in example, as xtm-train writes it."""
-    from xtm.trainer.loop import TrainConfig
+    from xtm.trainer.loop.training import TrainConfig
     from xtm.trainer.run import DataConfig, run_training
 
     out = tmp_path_factory.mktemp("example-run")

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from xtm.corpus import Corpus
-from xtm.trainer.corpus_loading import load_corpus
-from xtm.trainer.loop import TrainConfig
+from xtm.trainer.data.loading import load_corpus
+from xtm.trainer.loop.training import TrainConfig
 from xtm.trainer.run import evaluate_model, train
 
 

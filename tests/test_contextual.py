@@ -35,7 +35,7 @@ def _copy_run(src: Path, dst: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def contextual_run(example_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from xtm.trainer.contextual import ContextualConfig, train_contextual
+    from xtm.trainer.contextual.fit import ContextualConfig, train_contextual
 
     run = _copy_run(example_run, tmp_path_factory.mktemp("ctx") / "run")
     train_contextual(run, ContextualConfig(epochs=15, threads=1, seed=0))
@@ -97,7 +97,7 @@ def test_runtime_tokenizer_gives_the_package_ids() -> None:
 # -- training -------------------------------------------------------------------------------------
 
 def test_contextual_run_is_saved_with_its_metrics(contextual_run: Path) -> None:
-    from xtm.trainer.contextual import load_contextual
+    from xtm.trainer.contextual.fit import load_contextual
 
     d = contextual_run / "contextual"
     meta = json.loads((d / "contextual.json").read_text())
@@ -113,7 +113,7 @@ def test_ctm_objective_with_topic_classification_and_finetuning(example_run: Pat
     import torch
 
     from xtm.models_zoo.use_torch import load_use_weights
-    from xtm.trainer.contextual import ContextualConfig, load_contextual, train_contextual
+    from xtm.trainer.contextual.fit import ContextualConfig, load_contextual, train_contextual
 
     run = _copy_run(example_run, tmp_path / "run")
     m = train_contextual(run, ContextualConfig(objective="ctm", lambda_tc=1.0, epochs=2, finetune_epochs=1,
@@ -126,7 +126,7 @@ def test_ctm_objective_with_topic_classification_and_finetuning(example_run: Pat
 
 
 def test_bad_settings_and_missing_run_are_clean_errors(tmp_path: Path, example_run: Path) -> None:
-    from xtm.trainer.contextual import ContextualConfig, load_contextual, train_contextual
+    from xtm.trainer.contextual.fit import ContextualConfig, load_contextual, train_contextual
 
     with pytest.raises(XtmError, match="objective"):
         train_contextual(example_run, ContextualConfig(objective="lda"))
@@ -219,7 +219,7 @@ def test_auto_route_reads_unseen_languages_through_the_sentence_encoder(contextu
 def test_contextual_theta_equals_the_torch_head(contextual_bundle: Path, contextual_run: Path,
                                                 example_dir: Path) -> None:
     from xtm.runtime.model import TopicModel
-    from xtm.trainer.contextual import embed_all, head_theta, load_contextual
+    from xtm.trainer.contextual.fit import embed_all, head_theta, load_contextual
 
     texts = [d["text"] for d in _unseen(example_dir)] + ["", "Stocks fell sharply on Monday."]
     got = TopicModel.load(contextual_bundle, threads=1).infer(texts, route="contextual")
@@ -314,7 +314,7 @@ def test_sentence_transformers_encoder_end_to_end(example_run: Path, example_dir
 
     from xtm.exporters.onnx_export import export_run
     from xtm.runtime.model import TopicModel
-    from xtm.trainer.contextual import ContextualConfig, embed_all, head_theta, load_contextual, train_contextual
+    from xtm.trainer.contextual.fit import ContextualConfig, embed_all, head_theta, load_contextual, train_contextual
 
     st_dir = build_tiny_st(example_dir / "docs.jsonl", tmp_path / "tiny")
     run = _copy_run(example_run, tmp_path / "run")

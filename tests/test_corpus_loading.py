@@ -14,7 +14,7 @@ import scipy.sparse as sp
 from shared_data import need
 
 from xtm.errors import XtmError
-from xtm.trainer.corpus_loading import HOLDOUT_FRACTION, load_corpus
+from xtm.trainer.data.loading import HOLDOUT_FRACTION, load_corpus
 
 # --------------------------------------------------------------------------- helpers
 

@@ -11,7 +11,7 @@ import scipy.sparse as sp
 from shared_data import need
 
 from xtm.errors import XtmError
-from xtm.trainer.dictionary import build_links, read_dictionary
+from xtm.trainer.data.dictionary import build_links, read_dictionary
 
 
 def read_vocab(p: Path) -> list[str]:

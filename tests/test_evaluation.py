@@ -1,4 +1,4 @@
-"""Tests for xtm.trainer.evaluation: hand-computed TU / CNPMI, classification, reference corpora."""
+"""Tests for xtm.evaluation.metrics: hand-computed TU / CNPMI, classification, reference corpora."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from shared_data import shared_data_dir
 
 from xtm.corpus import Corpus, LanguageCorpus, TokenizerSpec
 from xtm.errors import XtmError
-from xtm.trainer.evaluation import (
+from xtm.evaluation.metrics import (
     classification,
     cnpmi,
     cnpmi_per_topic,

@@ -260,7 +260,7 @@ def long_trained_copy(run: Path, dst: Path, offset: float = 32.0, var: float = 1
     variance near zero (it divides by sqrt(1e-5 + var)) and an offset shared by the layer's bias and
     the running mean (they cancel). theta is mathematically unchanged; float32 rounding before the
     batch norm is amplified 300x, as after 30 epochs on ECNews."""
-    from xtm.trainer.checkpoint import load_checkpoint, save_checkpoint
+    from xtm.trainer.loop.checkpoint import load_checkpoint, save_checkpoint
 
     shutil.copytree(run, dst)
     _, model = load_run(dst)
@@ -369,7 +369,7 @@ def test_judge_parity_counts_near_ties_apart() -> None:
 def ecnews_1000(ecnews_dir: Path):
     from test_benchmark_slices import head
 
-    from xtm.trainer.corpus_loading import load_corpus
+    from xtm.trainer.data.loading import load_corpus
 
     full = load_corpus(ecnews_dir, dict_path=ecnews_dir.parent / "dict" / "ch_en_dict.dat", progress=False)
     return head(full, 1000, 500)
@@ -385,7 +385,7 @@ def test_longer_trained_backbones_export_on_ecnews(ecnews_1000, ecnews_dir: Path
                                                    epochs: int) -> None:
     import xtm
     from xtm.atomic import write_json, write_text
-    from xtm.trainer.loop import TrainConfig, train
+    from xtm.trainer.loop.training import TrainConfig, train
 
     corpus = ecnews_1000
     cfg = TrainConfig(model=model, num_topics=50, epochs=epochs, checkpoint_every=0, progress=False, seed=1)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from xtm.trainer.loop import TrainConfig
-from xtm.trainer.phase2 import Phase2Config
-from xtm.trainer.refiners import RefinerConfig, Sampling
+from xtm.trainer.loop.training import TrainConfig
+from xtm.trainer.phase2.objective import Phase2Config
+from xtm.trainer.phase2.refiners import RefinerConfig, Sampling
 from xtm.trainer.run import DataConfig, run_training
 
 pytest.importorskip("transformers")
@@ -67,8 +67,8 @@ def test_phase2_with_smollm2_behind_an_openai_compatible_server(smollm2_dir, exa
 
 
 def test_transformers_refiner_runs_the_model_in_process(smollm2_dir, example_corpus) -> None:
-    from xtm.trainer.refine_prompt import TopicWords, VocabMatcher
-    from xtm.trainer.refiners import LLMRefiner, TransformersGenerator
+    from xtm.trainer.phase2.prompt import TopicWords, VocabMatcher
+    from xtm.trainer.phase2.refiners import LLMRefiner, TransformersGenerator
 
     vocabs = {lc.lang: lc.vocab for lc in example_corpus.languages}
     gen = TransformersGenerator(str(smollm2_dir))

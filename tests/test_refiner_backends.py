@@ -16,8 +16,8 @@ from types import SimpleNamespace
 import pytest
 
 from xtm.errors import XtmError
-from xtm.trainer.refine_prompt import TopicWords, VocabMatcher
-from xtm.trainer.refiners import (
+from xtm.trainer.phase2.prompt import TopicWords, VocabMatcher
+from xtm.trainer.phase2.refiners import (
     AnswerCache,
     LLMRefiner,
     OpenAICompatibleGenerator,

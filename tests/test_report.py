@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from xtm.errors import XtmError
-from xtm.exporters.html_report import load_run, render_report, write_report_html
+from xtm.evaluation.report import load_run, render_report, write_report_html
 
 
 def env() -> dict[str, str]:
@@ -168,12 +168,12 @@ def test_200_topics_render_escaped_with_published_numbers(tmp_path: Path) -> Non
 
 
 def test_published_numbers_have_one_home() -> None:
-    from xtm.published import published_rows
+    from xtm.evaluation.published import published_rows
 
     bench = Path(__file__).resolve().parents[1] / "benchmarks"
     for script in ("backbones.py", "llm_xtm.py"):
         text = (bench / script).read_text(encoding="utf-8")
-        assert "from xtm.published import" in text and "0.818" not in text, script
+        assert "from xtm.evaluation.published import" in text and "0.818" not in text, script
     (nmtm,) = published_rows("ecnews", "nmtm", phase2=False)
     assert (nmtm.TU, nmtm.CNPMI) == (0.818, 0.034) and nmtm.TQ == pytest.approx(0.034 * 0.818)
     assert published_rows("docs") == []

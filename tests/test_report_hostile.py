@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from xtm.errors import XtmError
-from xtm.exporters.html_report import JS, load_run, render_report, write_report_html
+from xtm.evaluation.report import JS, load_run, render_report, write_report_html
 
 # Each payload, if it ever ran, marks <html> with data-xss (or logs to the console): the browser test looks for both.
 MARK = "document.documentElement.setAttribute('data-xss','{}')"

@@ -12,7 +12,7 @@ from xtm.corpus import TokenizerSpec
 from xtm.errors import XtmError
 from xtm.runtime.langid import detect_language, detect_languages
 from xtm.runtime.tokenize import default_tokenizer_spec, make_tokenizer
-from xtm.trainer.stopwords import stopwords
+from xtm.trainer.data.stopwords import stopwords
 
 
 def test_default_specs_pick_segmenters_for_cjk() -> None:

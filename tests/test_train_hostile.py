@@ -18,10 +18,10 @@ import torch
 from safetensors.torch import load_file
 
 from xtm.errors import XtmError
-from xtm.trainer.batches import InMemoryBatches
-from xtm.trainer.checkpoint import load_checkpoint
-from xtm.trainer.corpus_loading import load_corpus
-from xtm.trainer.loop import TrainConfig, train
+from xtm.trainer.data.batches import InMemoryBatches
+from xtm.trainer.data.loading import load_corpus
+from xtm.trainer.loop.checkpoint import load_checkpoint
+from xtm.trainer.loop.training import TrainConfig, train
 from xtm.trainer.run import DataConfig, run_training
 
 TRAIN = [sys.executable, "-m", "xtm.cli.train"]
@@ -95,7 +95,7 @@ def test_a_directory_that_is_not_a_run_is_refused_and_left_untouched(example_dir
 
 
 def test_what_counts_as_a_run_directory(tmp_path: Path) -> None:
-    from xtm.trainer.rundir import has_checkpoint, is_run_dir, refuse_foreign_dir
+    from xtm.run_dir import has_checkpoint, is_run_dir, refuse_foreign_dir
 
     early = tmp_path / "early"  # what a run stopped while loading its data leaves: ours, no --resume needed
     early.mkdir()
@@ -122,7 +122,7 @@ def test_what_counts_as_a_run_directory(tmp_path: Path) -> None:
 HOLD = """
 import sys
 from pathlib import Path
-from xtm.trainer.rundir import hold_run_dir, lock_dir
+from xtm.run_dir import hold_run_dir, lock_dir
 with hold_run_dir(Path(sys.argv[1]), "xtm-train"), lock_dir(Path(sys.argv[2]), "xtm-train"):
     print("held", flush=True)
     sys.stdin.read()
@@ -130,7 +130,7 @@ with hold_run_dir(Path(sys.argv[1]), "xtm-train"), lock_dir(Path(sys.argv[2]), "
 
 
 def test_a_second_process_on_a_held_run_is_refused_naming_the_holder(example_dir: Path, tmp_path: Path) -> None:
-    from xtm.trainer.rundir import hold_run_dir
+    from xtm.run_dir import hold_run_dir
 
     run, shards = tmp_path / "run", tmp_path / "shards"
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run), str(shards)], stdin=subprocess.PIPE,
@@ -155,7 +155,7 @@ def test_a_second_process_on_a_held_run_is_refused_naming_the_holder(example_dir
 
 
 def test_a_symlinked_lock_file_is_refused_and_its_target_untouched(tmp_path: Path) -> None:
-    from xtm.trainer.rundir import hold_run_dir
+    from xtm.run_dir import hold_run_dir
 
     precious = tmp_path / "precious.txt"
     precious.write_text("keep me")
@@ -170,7 +170,7 @@ def test_a_symlinked_lock_file_is_refused_and_its_target_untouched(tmp_path: Pat
 
 def test_a_run_stopped_while_loading_exits_143_and_is_still_recognisably_ours(example_dir: Path,
                                                                               tmp_path: Path) -> None:
-    from xtm.trainer.rundir import is_run_dir
+    from xtm.run_dir import is_run_dir
 
     out = tmp_path / "run"
     proc = subprocess.Popen(TRAIN + example_args(example_dir, out, "--epochs", "1"), stdout=subprocess.PIPE,
@@ -248,7 +248,7 @@ def test_continuing_a_finished_run_with_dropout_equals_the_longer_run(example_co
 
 
 def test_out_of_core_batches_resume_exactly_inside_an_epoch(example_dir: Path, tmp_path: Path) -> None:
-    from xtm.trainer.sharding import ShardedCorpus, build_shards
+    from xtm.trainer.data.sharding import ShardedCorpus, build_shards
 
     shards = ShardedCorpus(build_shards(example_dir / "docs.jsonl", tmp_path / "shards", shard_size=100,
                                         progress=False))
@@ -272,7 +272,7 @@ def test_phase2_interrupted_after_a_refinement_does_not_refine_again_and_resumes
         example_corpus, tmp_path: Path) -> None:
     from xtm.models_zoo.base import BuildContext
     from xtm.models_zoo.encoders import load_encoder
-    from xtm.trainer.phase2 import Phase2Config, Phase2Objective
+    from xtm.trainer.phase2.objective import Phase2Config, Phase2Objective
 
     class SharedEncoder(Phase2Objective):
         """Phase 2 as it is, with one encoder loaded for the three runs here (it is stateless)."""
@@ -425,7 +425,7 @@ HOSTILE_LINES = {
 
 @pytest.mark.parametrize("case", list(HOSTILE_LINES))
 def test_a_hostile_jsonl_line_is_that_lines_error(example_dir: Path, tmp_path: Path, case: str) -> None:
-    from xtm.trainer.sharding import build_shards
+    from xtm.trainer.data.sharding import build_shards
 
     line, message = HOSTILE_LINES[case]
     lines = (example_dir / "docs.jsonl").read_text(encoding="utf-8").splitlines()

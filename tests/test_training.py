@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from xtm.errors import XtmError
-from xtm.trainer.checkpoint import latest_checkpoint_dir, load_checkpoint
-from xtm.trainer.loop import TrainConfig, epoch_batches, model_from_state, train
+from xtm.trainer.loop.checkpoint import latest_checkpoint_dir, load_checkpoint
+from xtm.trainer.loop.training import TrainConfig, epoch_batches, model_from_state, train
 
 
 def config(**kw) -> TrainConfig:

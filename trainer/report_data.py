@@ -1,6 +1,6 @@
 """What report.html needs from the trained model, computed once at the end of training.
 
-The renderer (xtm.exporters.html_report) is torch-free and reads only run-directory files, so
+The renderer (xtm.evaluation.report) is torch-free and reads only run-directory files, so
 everything that needs the model, its theta or the reference corpus is computed here and written
 to RUN_DIR/report_data.json:
 
@@ -21,9 +21,9 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from xtm.evaluation.metrics import ReferenceCorpus, cnpmi_per_topic
 from xtm.models_zoo.base import CrossLingualTopicModel
-from xtm.trainer.evaluation import ReferenceCorpus, cnpmi_per_topic
-from xtm.trainer.loop import infer_theta
+from xtm.trainer.loop.training import infer_theta
 
 SCHEMA_VERSION = 1
 

@@ -1,7 +1,7 @@
 """One training run end to end: load data, train, evaluate, write the run directory.
 
 RUN_DIR layout (everything a later step needs, nothing pickled):
-    run.json               the marker that makes a directory an xtm run, written first (xtm.trainer.rundir)
+    run.json               the marker that makes a directory an xtm run, written first (xtm.run_dir)
     .xtm.lock              held (flock) by the process writing the run; names its pid and command
     config.json            model config, training settings, data source, tokenizers, languages
     vocab_<lang>.txt       each language's vocabulary (line i = column i of the topic-word matrix)
@@ -9,8 +9,8 @@ RUN_DIR layout (everything a later step needs, nothing pickled):
     metrics.json           TU, CNPMI, TQ, classification, seconds_per_epoch, ...
     history.json           per-epoch mean losses and seconds
     report_data.json       what report.html needs from the model (xtm.trainer.report_data)
-    report.html            topics side by side, metrics, plots (xtm.exporters.html_report; xtm-report redoes it)
-    checkpoints/           safetensors checkpoints (see xtm.trainer.checkpoint)
+    report.html            topics side by side, metrics, plots (xtm.evaluation.report; xtm-report redoes it)
+    checkpoints/           safetensors checkpoints (see xtm.trainer.loop.checkpoint)
   with LLM-XTM phase 2 also
     refined_topics_<lang>.txt  the last refinement's voted word sets, one topic per line
     (metrics.json then has "phase2": refinement steps, calls, tokens, seconds, fallback events,
@@ -33,13 +33,7 @@ import xtm
 from xtm.atomic import write_json, write_text
 from xtm.corpus import Corpus
 from xtm.errors import XtmError
-from xtm.models_zoo.base import BuildContext, CrossLingualTopicModel
-from xtm.paths import cache_dir
-from xtm.trainer import distributed
-from xtm.trainer.batches import BatchSource
-from xtm.trainer.corpus_loading import load_corpus
-from xtm.trainer.distributed import DistContext, is_main_process
-from xtm.trainer.evaluation import (
+from xtm.evaluation.metrics import (
     ReferenceCorpus,
     cnpmi,
     crosslingual_tu,
@@ -47,10 +41,16 @@ from xtm.trainer.evaluation import (
     load_reference_corpus,
     topic_quality,
 )
-from xtm.trainer.loop import TrainConfig, TrainResult, infer_theta, pick_device, train
-from xtm.trainer.phase2 import Phase2Config, Phase2Objective
+from xtm.models_zoo.base import BuildContext, CrossLingualTopicModel
+from xtm.paths import cache_dir
+from xtm.run_dir import has_checkpoint, hold_run_dir, lock_dir, refuse_foreign_dir
+from xtm.trainer.data.batches import BatchSource
+from xtm.trainer.data.loading import load_corpus
+from xtm.trainer.loop import distributed
+from xtm.trainer.loop.distributed import DistContext, is_main_process
+from xtm.trainer.loop.training import TrainConfig, TrainResult, infer_theta, pick_device, train
+from xtm.trainer.phase2.objective import Phase2Config, Phase2Objective
 from xtm.trainer.report_data import build_report_data
-from xtm.trainer.rundir import has_checkpoint, hold_run_dir, lock_dir, refuse_foreign_dir
 
 
 @dataclass
@@ -62,7 +62,7 @@ class DataConfig:
     min_df: int = 2
     max_df: float = 0.5
     ref_corpus: str | None = None
-    # Out of core (xtm.trainer.sharding): JSONL preprocessed into shards under `shard_dir`
+    # Out of core (xtm.trainer.data.sharding): JSONL preprocessed into shards under `shard_dir`
     # (default RUN_DIR/shards), training streams them; evaluation keeps the test split and a
     # sample of at most `eval_train_docs` training documents per language in memory.
     out_of_core: bool = False
@@ -171,7 +171,7 @@ def run_training(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool = F
             if dist is None or dist.is_main:
                 held.enter_context(hold_run_dir(out, "xtm-train"))
                 if data.out_of_core:
-                    from xtm.trainer.sharding import refuse_foreign_shard_dir
+                    from xtm.trainer.data.sharding import refuse_foreign_shard_dir
 
                     refuse_foreign_shard_dir(shard_dir(data, out))
                     held.enter_context(lock_dir(shard_dir(data, out), "xtm-train"))
@@ -212,7 +212,7 @@ def load_training_data(data: DataConfig, cfg: TrainConfig, out: Path,
                              min_df=data.min_df, max_df=data.max_df, seed=cfg.seed, progress=progress)
         log(f"loaded {describe_corpus(corpus)} in {time.perf_counter() - t0:.1f}s")
         return corpus, None
-    from xtm.trainer.sharding import ShardedCorpus, open_or_build_shards
+    from xtm.trainer.data.sharding import ShardedCorpus, open_or_build_shards
 
     shards = shard_dir(data, out)
     if dist is None or dist.is_main:
@@ -299,7 +299,7 @@ def write_report(out: Path, corpus: Corpus, model: CrossLingualTopicModel, outpu
     The report is a view of a finished run: a failure here is logged, never raised, so it cannot
     turn a trained and evaluated run into a failed one (`xtm-report RUN_DIR` renders it again).
     """
-    from xtm.exporters.html_report import write_report_html
+    from xtm.evaluation.report import write_report_html
 
     try:
         vocabs = {lc.lang: list(lc.vocab) for lc in corpus.languages}

@@ -4,7 +4,7 @@ Every chart scales with its container (viewBox + width 100%) and stays cheap at 
 bars and points are one element each, the confusion matrix draws only its non-zero cells.
 Every text that reaches the SVG goes through html.escape, and every number through float() or
 int() before it is formatted: a value of the wrong type raises or is left out, it never reaches the
-markup as it was (the caller, xtm.exporters.html_report, checks run-directory values before this).
+markup as it was (the caller, xtm.evaluation.report, checks run-directory values before this).
 """
 
 from __future__ import annotations

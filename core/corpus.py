@@ -65,7 +65,7 @@ class LanguageCorpus:
     train_texts: list[str] | None = None
     test_texts: list[str] | None = None
     # Word counts over ALL training documents when train_bow holds only a sample of them
-    # (out-of-core corpora: xtm.trainer.sharding); None: the column sums of train_bow.
+    # (out-of-core corpora: xtm.trainer.data.sharding); None: the column sums of train_bow.
     train_word_counts: np.ndarray | None = None
 
     def __post_init__(self) -> None:

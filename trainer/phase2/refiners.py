@@ -44,7 +44,7 @@ import numpy as np
 
 from xtm.atomic import atomic_open
 from xtm.errors import XtmError
-from xtm.trainer.refine_prompt import ParsedAnswer, TopicWords, VocabMatcher, build_prompt, parse_answer
+from xtm.trainer.phase2.prompt import ParsedAnswer, TopicWords, VocabMatcher, build_prompt, parse_answer
 
 REFINER_NAMES = ("embedding", "openai", "vllm", "transformers")
 

@@ -30,8 +30,8 @@ from xtm.languages import normalize_lang
 from xtm.runtime.langid import detect_language
 from xtm.runtime.records import decode_json_line
 from xtm.runtime.tokenize import default_tokenizer_spec, make_tokenizer
-from xtm.trainer.dictionary import build_links, read_dictionary
-from xtm.trainer.stopwords import stopwords
+from xtm.trainer.data.dictionary import build_links, read_dictionary
+from xtm.trainer.data.stopwords import stopwords
 
 __all__ = ["HOLDOUT_FRACTION", "load_corpus"]
 
@@ -407,7 +407,7 @@ def _read_documents(files: list[Path], want: list[str] | None, progress: bool,
     """Parse, validate and tokenize JSONL documents one at a time.
 
     The one reader of JSONL corpora: the in-memory loader and the out-of-core preprocessor
-    (xtm.trainer.sharding) both consume it, so they see the same documents and tokens. A bad
+    (xtm.trainer.data.sharding) both consume it, so they see the same documents and tokens. A bad
     line stops reading with an XtmError naming its file and line, whatever went wrong with it.
     """
     reader = _DocumentReader(want, stats, multi=len(files) > 1)

@@ -4,9 +4,9 @@ One epoch = ceil(max_l N_l / batch_size) steps; every step draws one batch from 
 (shorter languages are re-shuffled and cycled), the way the NMTM/InfoCTM reference trainers do,
 so both languages' encoders and the cross-lingual terms see every step. Batches are sliced from
 CSR matrices and stay sparse (SparseRows): neither the corpus nor a batch is densified.
-Batches come from a `BatchSource` (xtm.trainer.batches): the in-memory corpus, or shards streamed
-from disk (xtm.trainer.sharding). Under torchrun each rank trains on its own steps of every
-epoch and gradients are averaged (xtm.trainer.distributed); rank 0 alone writes.
+Batches come from a `BatchSource` (xtm.trainer.data.batches): the in-memory corpus, or shards streamed
+from disk (xtm.trainer.data.sharding). Under torchrun each rank trains on its own steps of every
+epoch and gradients are averaged (xtm.trainer.loop.distributed); rank 0 alone writes.
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ from xtm.models_zoo.base import BuildContext, CrossLingualTopicModel, load_uniqu
 from xtm.models_zoo.components import SparseRows
 from xtm.models_zoo.registry import model_class
 from xtm.paths import cache_dir
-from xtm.trainer import distributed
-from xtm.trainer.batches import BatchSource, InMemoryBatches, epoch_batches, steps_per_epoch
-from xtm.trainer.checkpoint import (
+from xtm.trainer.data.batches import BatchSource, InMemoryBatches, epoch_batches, steps_per_epoch
+from xtm.trainer.loop import distributed
+from xtm.trainer.loop.checkpoint import (
     load_checkpoint,
     numpy_rng_from_state,
     numpy_rng_state,
@@ -42,8 +42,8 @@ from xtm.trainer.checkpoint import (
     save_checkpoint,
     train_buffers,
 )
-from xtm.trainer.distributed import DistContext
-from xtm.trainer.phase2 import Phase2Objective
+from xtm.trainer.loop.distributed import DistContext
+from xtm.trainer.phase2.objective import Phase2Objective
 
 __all__ = ["TrainConfig", "TrainResult", "epoch_batches", "infer_theta", "model_from_state", "pick_device", "train"]
 
@@ -62,7 +62,7 @@ class TrainConfig:
     cache_dir: str | None = None
     progress: bool = True
     hparams: dict[str, Any] = field(default_factory=dict)
-    # LLM-XTM phase 2 epochs after `epochs` phase-1 epochs (0: phase 1 only); see trainer/phase2.py.
+    # LLM-XTM phase 2 epochs after `epochs` phase-1 epochs (0: phase 1 only); see trainer/phase2/objective.py.
     phase2_epochs: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -315,7 +315,7 @@ class _Training:
 
     # ---- resume ------------------------------------------------------------------------------
     def resume(self) -> None:
-        from xtm.trainer.rundir import has_checkpoint
+        from xtm.run_dir import has_checkpoint
 
         cfg = self.cfg
         if not has_checkpoint(self.run_dir):

@@ -49,7 +49,7 @@ from xtm.models_zoo.context_encoders import DEFAULT_MAX_TOKENS, TextEncoder, loa
 from xtm.models_zoo.contextual import ContextualHead, HeadConfig
 from xtm.models_zoo.encoders import DEFAULT_ENCODER
 from xtm.paths import cache_dir as default_cache_dir
-from xtm.trainer.loop import infer_theta, pick_device, sparse_batch
+from xtm.trainer.loop.training import infer_theta, pick_device, sparse_batch
 
 CONTEXTUAL_DIR = "contextual"
 CONTEXTUAL_FORMAT = 1
@@ -101,8 +101,8 @@ def log(msg: str) -> None:
 
 def load_run_model(run_dir: Path) -> tuple[dict[str, Any], CrossLingualTopicModel]:
     """config.json and the trained model (latest checkpoint), in eval mode."""
-    from xtm.trainer.checkpoint import load_checkpoint
-    from xtm.trainer.loop import model_from_state
+    from xtm.trainer.loop.checkpoint import load_checkpoint
+    from xtm.trainer.loop.training import model_from_state
 
     cfg_path = run_dir / "config.json"
     if not cfg_path.is_file():
@@ -114,7 +114,7 @@ def load_run_model(run_dir: Path) -> tuple[dict[str, Any], CrossLingualTopicMode
 
 def load_run_corpus(run_dir: Path, config: dict[str, Any], progress: bool) -> Corpus:
     """The run's corpus re-read from its data source, checked against the run's vocabularies."""
-    from xtm.trainer.corpus_loading import load_corpus
+    from xtm.trainer.data.loading import load_corpus
 
     data = config.get("data", {})
     path = data.get("path")
@@ -308,7 +308,7 @@ def train_contextual(run_dir: str | Path, cfg: ContextualConfig) -> dict[str, An
 def evaluate_contextual(model: CrossLingualTopicModel, corpus: Corpus, encoder: TextEncoder, head: ContextualHead,
                         train_emb: list[Tensor], data: list[_LangData], cache: Path | None,
                         progress: bool) -> dict[str, Any]:
-    from xtm.trainer.evaluation import classification
+    from xtm.evaluation.metrics import classification
 
     out: dict[str, Any] = {"train_agreement": {}, "test_agreement": {}}
     train_ctx, test_ctx, test_bow = {}, {}, {}

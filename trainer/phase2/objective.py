@@ -26,12 +26,12 @@ from torch import Tensor
 
 from xtm.corpus import Corpus
 from xtm.errors import XtmError
+from xtm.evaluation.metrics import top_words
 from xtm.models_zoo.base import BuildContext, CrossLingualTopicModel
 from xtm.models_zoo.encoders import DEFAULT_ENCODER, Encoder, embed_cached, load_encoder
-from xtm.trainer.evaluation import top_words
-from xtm.trainer.phase2_losses import doc_align_kl, similarity_targets, topic_raw_distribution, weighted_mmd2
-from xtm.trainer.refine_prompt import ParsedAnswer, TopicWords
-from xtm.trainer.refiners import RefinerConfig, Sampling, make_refiner
+from xtm.trainer.phase2.losses import doc_align_kl, similarity_targets, topic_raw_distribution, weighted_mmd2
+from xtm.trainer.phase2.prompt import ParsedAnswer, TopicWords
+from xtm.trainer.phase2.refiners import RefinerConfig, Sampling, make_refiner
 
 MULTI_KERNEL_SCALES = (0.5, 1.0, 2.0)
 

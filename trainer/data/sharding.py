@@ -40,9 +40,10 @@ import scipy.sparse as sp
 from xtm.atomic import write_json, write_text
 from xtm.corpus import Corpus, LanguageCorpus
 from xtm.errors import XtmError
+from xtm.run_dir import LOCK_NAME
 from xtm.runtime.tokenize import default_tokenizer_spec
-from xtm.trainer.batches import Step, steps_per_epoch
-from xtm.trainer.corpus_loading import (
+from xtm.trainer.data.batches import Step, steps_per_epoch
+from xtm.trainer.data.loading import (
     _attach_links,
     _check_preprocessing,
     _corpus_info,
@@ -56,7 +57,6 @@ from xtm.trainer.corpus_loading import (
     _vocab_from_df,
     corpus_name,
 )
-from xtm.trainer.rundir import LOCK_NAME
 
 __all__ = ["DEFAULT_SHARD_SIZE", "ShardedCorpus", "build_shards", "open_or_build_shards"]
 

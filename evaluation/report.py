@@ -29,9 +29,9 @@ from typing import Any
 
 from xtm.atomic import write_text
 from xtm.errors import XtmError
-from xtm.exporters import report_svg as svg
-from xtm.published import CNPMI_NOTE, SOURCE, Published, published_rows
-from xtm.trainer.evaluation import topic_uniqueness_per_topic
+from xtm.evaluation import report_svg as svg
+from xtm.evaluation.metrics import topic_uniqueness_per_topic
+from xtm.evaluation.published import CNPMI_NOTE, SOURCE, Published, published_rows
 
 REPORT_NAME = "report.html"
 

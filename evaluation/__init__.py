@@ -1,0 +1,2 @@
+"""Evaluation, torch-free: the papers' metrics (TU, CNPMI, TQ, classification), published numbers,
+and the run report (report.html)."""

@@ -1,0 +1,1 @@
+"""The contextual route: fitting the head that maps sentence embeddings to theta."""

@@ -1,0 +1,1 @@
+"""Training data: reading corpora (JSONL, benchmark directories), dictionaries, shards, batches."""
