@@ -4,8 +4,8 @@ Never imports torch (nor xtm.trainer / xtm.models_zoo, which do): the base insta
 Texts are tokenized with the exact tokenizer recorded at training time (`xtm.runtime.tokenize`)
 and counted over the training vocabulary; out-of-vocabulary tokens are ignored.
 
-Sparse encoders (bundle schema 2) read each document as its word ids and counts, padded to the
-longest document of the batch. Documents are therefore batched by length: within a window of
+Sparse encoders (bundle schema 2) read each document as its word ids and counts
+(`xtm.runtime.bow`), padded to the longest document of the batch. Documents are therefore batched by length: within a window of
 _SORT_WINDOW batches, they are sorted by their number of distinct words before being cut into
 batches, so padding stays small. Each row's result does not depend on its batch.
 """
@@ -17,7 +17,6 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ import numpy as np
 from xtm.corpus import TokenizerSpec
 from xtm.errors import XtmError
 from xtm.languages import normalize_lang
+from xtm.runtime.bow import concat, count_words
 from xtm.runtime.bundle import BundleManifest, EncoderEntry, read_manifest
 from xtm.runtime.contextual import ContextualEncoder, ContextualEntry, read_contextual_entry
 from xtm.runtime.langid import identify  # light: py3langid's model loads on first detection
@@ -458,12 +458,9 @@ class TopicModel:
         A dense numpy array, or with `sparse=True` a scipy.sparse CSR matrix (indices sorted).
         """
         enc = self._encoder(lang)
-        counts = _count_words(texts, self._tokenizer(enc.entry.lang), enc.vocab, enc.entry.vocab_size)
+        counts = count_words(texts, self._tokenizer(enc.entry.lang), enc.vocab, enc.entry.vocab_size)
         if sparse:
-            import scipy.sparse as sp
-
-            return sp.csr_matrix((counts.counts, counts.words, counts.indptr),
-                                 shape=(len(texts), enc.entry.vocab_size))
+            return counts.csr(enc.entry.vocab_size)
         return counts.dense(np.arange(len(texts)), enc.entry.vocab_size)
 
     def infer(self, texts: Sequence[str], langs: Sequence[str | None] | str | None = None,
@@ -530,7 +527,7 @@ class TopicModel:
         for w0 in range(0, len(idx), window):
             widx = idx[w0:w0 + window]
             # Tokenized batch by batch: only word ids (not token strings) are held for a window.
-            counts = _concat([_count_words([texts[i] for i in widx[b:b + batch_size].tolist()], tok, enc.vocab, V)
+            counts = concat([count_words([texts[i] for i in widx[b:b + batch_size].tolist()], tok, enc.vocab, V)
                               for b in range(0, len(widx), batch_size)])
             lens = counts.lengths()
             empty[widx] = lens == 0
@@ -576,90 +573,6 @@ class _Resolved:
     routes: list[str | None]
     conf: np.ndarray
     notes: list[str | None]
-
-
-@dataclass(frozen=True)
-class _Counts:
-    """Bags of words of a list of documents, CSR-style: document i's distinct word ids are
-    words[indptr[i]:indptr[i+1]] (ascending) and their counts the same slice of counts."""
-
-    indptr: np.ndarray  # int64 [n + 1]
-    words: np.ndarray   # int64 [nnz]
-    counts: np.ndarray  # float32 [nnz]
-    tokens: np.ndarray  # int64 [n], every token of each document, in the vocabulary or not
-    known: np.ndarray   # int64 [n], tokens found in the vocabulary
-
-    def lengths(self) -> np.ndarray:
-        return np.diff(self.indptr)
-
-    def dense(self, rows: np.ndarray, V: int) -> np.ndarray:
-        """float32 [len(rows), V] counts of documents `rows`."""
-        lens = self.lengths()[rows]
-        pos = _ranges(self.indptr[rows], lens)
-        out = np.zeros((len(rows), V), dtype=np.float32)
-        out[np.repeat(np.arange(len(rows)), lens), self.words[pos]] = self.counts[pos]
-        return out
-
-    @cached_property
-    def _with_sentinel(self) -> tuple[np.ndarray, np.ndarray]:
-        return np.append(self.words, 0), np.append(self.counts, np.float32(0))
-
-    def padded(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(word ids int64 [n, L], counts float32 [n, L]) of documents `rows`, L their longest
-        length (at least 1); padding is id 0 with count 0, which adds nothing."""
-        lens = self.lengths()[rows]
-        L = max(1, int(lens.max(initial=0)))
-        col = np.arange(L)
-        pos = self.indptr[rows][:, None] + col
-        # Out-of-row slots read a sentinel (id 0, count 0) appended at the end.
-        pos = np.where(col < lens[:, None], pos, len(self.words))
-        words, counts = self._with_sentinel
-        return words[pos], counts[pos]
-
-
-def _ranges(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
-    """Concatenated arange(s, s + n) for each (s, n), vectorised."""
-    total = int(lens.sum())
-    if total == 0:
-        return np.zeros(0, dtype=np.int64)
-    ends = np.cumsum(lens)
-    return np.arange(total, dtype=np.int64) + np.repeat(starts - (ends - lens), lens)
-
-
-def _count_words(texts: Sequence[str], tok: Callable[[str], list[str]], vocab: dict[str, int],
-                 V: int) -> _Counts:
-    """Tokenize and count one batch over the vocabulary.
-
-    Token -> id lookups run in C (map over dict.get) and the counting is one np.unique over
-    doc * V + id: no per-token Python bytecode beyond the tokenizer.
-    """
-    n = len(texts)
-    flat: list[str] = []
-    lens = np.empty(n, dtype=np.int64)
-    for j, text in enumerate(texts):
-        toks = tok(text)
-        flat += toks
-        lens[j] = len(toks)
-    ids = np.fromiter(map(vocab.get, flat, repeat(-1)), dtype=np.int64, count=len(flat))
-    rows = np.repeat(np.arange(n, dtype=np.int64), lens)
-    keep = ids >= 0
-    cells, counts = np.unique(rows[keep] * V + ids[keep], return_counts=True)
-    doc = cells // V
-    indptr = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(np.bincount(doc, minlength=n), out=indptr[1:])
-    return _Counts(indptr=indptr, words=cells - doc * V, counts=counts.astype(np.float32), tokens=lens,
-                   known=np.bincount(rows[keep], minlength=n).astype(np.int64))
-
-
-def _concat(parts: list[_Counts]) -> _Counts:
-    if len(parts) == 1:
-        return parts[0]
-    offsets = np.cumsum([0] + [int(p.indptr[-1]) for p in parts[:-1]])
-    indptr = np.concatenate([np.zeros(1, dtype=np.int64)] + [p.indptr[1:] + o for p, o in zip(parts, offsets,
-                                                                                              strict=True)])
-    return _Counts(indptr=indptr, words=np.concatenate([p.words for p in parts]),
-                   counts=np.concatenate([p.counts for p in parts]), tokens=np.concatenate([p.tokens for p in parts]),
-                   known=np.concatenate([p.known for p in parts]))
 
 
 def _top_topics(theta: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
