@@ -106,11 +106,12 @@ class RunThetas:
     def __init__(self, run_dir: Path, cache: Path) -> None:
         import torch
 
-        from xtm.trainer.contextual.fit import load_contextual, load_run_model
+        from xtm.trainer.contextual.fit import load_contextual
+        from xtm.trainer.loop.checkpoint import load_trained_model
 
         self.run_dir = run_dir
         self.cache = cache
-        self.config, self.model = load_run_model(run_dir)
+        self.config, self.model = load_trained_model(run_dir)
         self.langs = list(self.model.langs)
         self.vocab = {lang: {w: i for i, w in enumerate((run_dir / f"vocab_{lang}.txt").read_text(
             encoding="utf-8").splitlines())} for lang in self.langs}

@@ -207,6 +207,7 @@ def main(data: str, model: str, num_topics: int, epochs: int, out: str, dict_pat
         metrics = run_training(data_cfg, cfg, out, resume=resume, phase2=phase2)
         if not is_main_process():
             return  # torchrun: rank 0 reports and writes; the others have trained their share
+        render_report(Path(out))  # the interrupted model's too: its banner says so
         if metrics.get("interrupted"):
             # Not finished: no summary on stdout, and an exit code that stops `xtm-train && xtm-export`.
             name = (metrics.get("interrupted_at") or {}).get("signal") or "SIGINT"
@@ -225,6 +226,17 @@ def main(data: str, model: str, num_topics: int, epochs: int, out: str, dict_pat
                 progress=cfg.progress)))
     click.echo(json.dumps(summary, indent=2, ensure_ascii=False))
     click.echo(f"wrote {out}/metrics.json and topics_<lang>.txt", err=True)
+
+
+def render_report(run_dir: Path) -> None:
+    """report.html from the run directory's files. A view of a finished run: a failure is a warning,
+    never a failed run (`xtm-report RUN_DIR` renders it again)."""
+    from xtm.evaluation.report import write_report_html
+
+    try:
+        click.echo(f"xtm-train: wrote {write_report_html(run_dir)}", err=True)
+    except Exception as e:  # noqa: BLE001 - see the docstring
+        click.echo(f"xtm-train: warning: report.html was not written ({type(e).__name__}: {e})", err=True)
 
 
 def parse_overrides(items: tuple[str, ...]) -> dict[str, object]:

@@ -1,4 +1,5 @@
-"""The run directory: which directories are xtm runs, and one writing process per run at a time.
+"""The run directory: its format (`RunDir`: every file name, typed load and save), which directories
+are xtm runs, and one writing process per run at a time.
 
 xtm-train writes config.json, metrics.json, report.html, ... into --out. It must never do that
 in a directory of the user's that merely happens to be named there, and two processes writing
@@ -21,15 +22,16 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import xtm
-from xtm.atomic import write_json
+from xtm.atomic import atomic_open, write_json, write_text
 from xtm.errors import XtmError
 
-__all__ = ["LOCK_NAME", "RUN_MARKER", "has_checkpoint", "hold_run_dir", "is_run_dir", "lock_dir",
+__all__ = ["LOCK_NAME", "RUN_MARKER", "RunDir", "has_checkpoint", "hold_run_dir", "is_run_dir", "lock_dir",
            "refuse_foreign_dir"]
 
 RUN_MARKER = "run.json"
@@ -42,7 +44,7 @@ _held: dict[str, list[int]] = {}
 
 def _legacy_config(d: Path) -> bool:
     try:
-        cfg = json.loads((d / "config.json").read_text(encoding="utf-8"))
+        cfg = json.loads((d / RunDir.CONFIG).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     return isinstance(cfg, dict) and "xtm_version" in cfg
@@ -52,12 +54,12 @@ def is_run_dir(d: Path) -> bool:
     """Whether `d` was written by xtm-train (its marker, its lock, or an older run's files)."""
     d = Path(d)
     return ((d / RUN_MARKER).is_file() or (d / LOCK_NAME).is_file()
-            or (d / "checkpoints" / "latest.json").is_file() or _legacy_config(d))
+            or (d / RunDir.CHECKPOINTS / "latest.json").is_file() or _legacy_config(d))
 
 
 def has_checkpoint(d: Path) -> bool:
     """Whether the run holds a checkpoint (a pointer, or a complete epoch directory)."""
-    root = Path(d) / "checkpoints"
+    root = Path(d) / RunDir.CHECKPOINTS
     return (root / "latest.json").exists() or any(p.is_dir() for p in root.glob("epoch-*"))
 
 
@@ -160,3 +162,181 @@ def hold_run_dir(d: Path, command: str) -> Iterator[Path]:
             except OSError as e:
                 raise XtmError(f"cannot write to the run directory: {e.strerror or e}", path=d) from None
         yield d
+
+
+class RunDir:
+    """A training run's directory: the one owner of its file names and of how each file is read and written.
+
+    Torch-free, so the report, export and any tool can read a run without the training extras. The
+    trainer writes through it; export, the report and the contextual fit read through it. Checkpoint
+    tensors stay with the trainer (xtm.trainer.loop.checkpoint), under `checkpoints`.
+    """
+
+    CONFIG = "config.json"
+    METRICS = "metrics.json"
+    HISTORY = "history.json"
+    REPORT_DATA = "report_data.json"
+    REPORT = "report.html"
+    CHECKPOINTS = "checkpoints"
+    CONTEXTUAL = "contextual"
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    # -- paths ---------------------------------------------------------------------------------
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / self.CHECKPOINTS
+
+    @property
+    def contextual(self) -> Path:
+        return self.path / self.CONTEXTUAL
+
+    @property
+    def report(self) -> Path:
+        return self.path / self.REPORT
+
+    def vocab_path(self, lang: str) -> Path:
+        return self.path / f"vocab_{lang}.txt"
+
+    def topics_path(self, lang: str) -> Path:
+        return self.path / f"topics_{lang}.txt"
+
+    def refined_topics_path(self, lang: str) -> Path:
+        return self.path / f"refined_topics_{lang}.txt"
+
+    def parity_sample_path(self, lang: str) -> Path:
+        return self.path / f"parity_sample_{lang}.npz"
+
+    def topic_files(self) -> dict[str, Path]:
+        """{lang: topics_<lang>.txt} for every such file present (language taken from the name)."""
+        n = len("topics_")
+        return {p.name[n:-len(".txt")]: p for p in sorted(self.path.glob("topics_*.txt"))}
+
+    # -- JSON files ----------------------------------------------------------------------------
+
+    def read_json(self, name: str) -> Any:
+        """A JSON file of the run; XtmError naming it when missing, unreadable or not JSON."""
+        path = self.path / name
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise XtmError(f"{name} is missing: not a (complete) xtm-train run directory", path=path) from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise XtmError(f"cannot read: {e}", path=path) from None
+        except RecursionError:
+            raise XtmError("JSON nested too deeply", path=path) from None
+        except ValueError as e:
+            raise XtmError(f"invalid JSON: {e}", path=path) from None
+
+    def _object(self, name: str) -> dict[str, Any]:
+        obj = self.read_json(name)
+        if not isinstance(obj, dict):
+            raise XtmError("must hold a JSON object", path=self.path / name)
+        return obj
+
+    def load_config(self) -> dict[str, Any]:
+        """config.json (written when training ends): model, training, data and tokenizer settings."""
+        if not (self.path / self.CONFIG).exists() and self.path.is_dir():
+            raise XtmError("not a finished training run (no config.json): run xtm-train first", path=self.path)
+        return self._object(self.CONFIG)
+
+    def save_config(self, config: dict[str, Any]) -> None:
+        write_json(self.path / self.CONFIG, config)
+
+    def load_metrics(self) -> dict[str, Any]:
+        return self._object(self.METRICS)
+
+    def save_metrics(self, metrics: dict[str, Any]) -> None:
+        write_json(self.path / self.METRICS, metrics)
+
+    def load_history(self) -> Any:
+        return self.read_json(self.HISTORY)
+
+    def save_history(self, history: list[dict[str, Any]]) -> None:
+        write_json(self.path / self.HISTORY, history)
+
+    def load_report_data(self) -> Any:
+        return self.read_json(self.REPORT_DATA)
+
+    def save_report_data(self, data: dict[str, Any]) -> None:
+        write_json(self.path / self.REPORT_DATA, data)
+
+    def has(self, name: str) -> bool:
+        return (self.path / name).is_file()
+
+    # -- text files ------------------------------------------------------------------------------
+
+    def read_vocab(self, lang: str, expected_size: int | None = None) -> list[str]:
+        from xtm.vocabulary import read_vocabulary
+
+        path = self.vocab_path(lang)
+        if not path.exists():
+            raise XtmError(f"the run has no vocabulary for '{lang}'", path=path)
+        return read_vocabulary(path, expected_size)
+
+    def write_vocab(self, lang: str, words: Sequence[str]) -> None:
+        from xtm.vocabulary import write_vocabulary
+
+        write_vocabulary(self.vocab_path(lang), words)
+
+    @staticmethod
+    def _read_word_lines(path: Path) -> list[list[str]]:
+        try:
+            return [line.split() for line in path.read_text(encoding="utf-8").splitlines()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise XtmError(f"cannot read {path.name}: {e}", path=path) from None
+
+    def read_topics(self, lang: str) -> list[list[str]]:
+        """topics_<lang>.txt: line k = topic k's top words."""
+        return self._read_word_lines(self.topics_path(lang))
+
+    def write_topics(self, lang: str, topics: Sequence[Sequence[str]]) -> None:
+        write_text(self.topics_path(lang), "".join(" ".join(words) + "\n" for words in topics))
+
+    def read_refined_topics(self, lang: str) -> list[list[str]]:
+        """refined_topics_<lang>.txt (LLM-XTM phase 2): line k = topic k's voted word set."""
+        return self._read_word_lines(self.refined_topics_path(lang))
+
+    def write_refined_topics(self, lang: str, topics: Sequence[Sequence[str]]) -> None:
+        write_text(self.refined_topics_path(lang), "".join(" ".join(words) + "\n" for words in topics))
+
+    # -- the parity sample -------------------------------------------------------------------------
+    # A few hundred of the run's own documents as bags of words, saved by training, so export checks
+    # ONNX against torch on real documents without ever reopening the user's data (which may have
+    # moved, changed or be gone).
+
+    def save_parity_sample(self, lang: str, bows: Any) -> None:
+        """bows: a scipy CSR matrix [n, V_lang]; stored as plain arrays (no pickle)."""
+        import numpy as np
+
+        m = bows.tocsr()
+        with atomic_open(self.parity_sample_path(lang), "wb") as f:
+            np.savez(f, indptr=m.indptr.astype(np.int64), indices=m.indices.astype(np.int64),
+                     data=m.data.astype(np.float32), shape=np.asarray(m.shape, dtype=np.int64))
+
+    def load_parity_sample(self, lang: str, vocab_size: int) -> Any | None:
+        """The saved sample as a CSR matrix, or None when the run has none (runs from before it existed)."""
+        import numpy as np
+        import scipy.sparse as sp
+
+        path = self.parity_sample_path(lang)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                indptr, indices, data, shape = z["indptr"], z["indices"], z["data"], tuple(int(x) for x in z["shape"])
+            m = sp.csr_matrix((data, indices, indptr), shape=shape)
+            m.check_format(full_check=True)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise XtmError(f"damaged parity sample ({e}): delete it to export with random bags", path=path) from None
+        if shape[1] != vocab_size:
+            raise XtmError(f"parity sample has {shape[1]} columns, the vocabulary {vocab_size}", path=path)
+        return m

@@ -32,8 +32,9 @@ from xtm.errors import XtmError
 from xtm.evaluation import report_svg as svg
 from xtm.evaluation.metrics import topic_uniqueness_per_topic
 from xtm.evaluation.published import CNPMI_NOTE, SOURCE, Published, published_rows
+from xtm.run_dir import RunDir
 
-REPORT_NAME = "report.html"
+REPORT_NAME = RunDir.REPORT
 
 
 @dataclass
@@ -51,28 +52,13 @@ class RunFiles:
     notes: list[str]
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    # RecursionError: a file nested thousands of levels deep is broken input, not a crash
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise XtmError(f"cannot read {path.name}: {e}", path=path) from e
-
-
-def _read_topics(path: Path) -> list[list[str]]:
-    try:
-        return [line.split() for line in path.read_text(encoding="utf-8").splitlines()]
-    except (OSError, UnicodeDecodeError) as e:
-        raise XtmError(f"cannot read {path.name}: {e}", path=path) from e
-
-
 # A language code names files (topics_<lang>.txt) and reaches the page: letters, then optional subtags.
 LANG_CODE = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{1,8}){0,3}")
 
 
 def _langs(run_dir: Path, metrics: dict[str, Any], config: dict[str, Any]) -> list[str]:
     """The run's languages: metrics.json's, else config.json's, else the topics_<lang>.txt names."""
-    for name, source in (("metrics.json", metrics), ("config.json", config)):
+    for name, source in ((RunDir.METRICS, metrics), (RunDir.CONFIG, config)):
         value = source.get("langs")
         if not value:
             continue
@@ -81,24 +67,24 @@ def _langs(run_dir: Path, metrics: dict[str, Any], config: dict[str, Any]) -> li
             raise XtmError(f"expected a list of language codes such as [\"en\", \"zh\"], got {shown}",
                            path=run_dir / name, field="langs")
         return list(value)
-    names = (p.name[len("topics_"):-len(".txt")] for p in run_dir.glob("topics_*.txt"))
-    return sorted(n for n in names if LANG_CODE.fullmatch(n))
+    return sorted(n for n in RunDir(run_dir).topic_files() if LANG_CODE.fullmatch(n))
 
 
 def load_run(run_dir: str | Path) -> RunFiles:
     """Read a run directory; XtmError naming the file when it is not a (complete) xtm-train run."""
     run_dir = Path(run_dir)
+    run = RunDir(run_dir)
     if not run_dir.is_dir():
         raise XtmError("not a directory (expected an xtm-train run directory)", path=run_dir)
-    metrics_path = run_dir / "metrics.json"
+    metrics_path = run.file(RunDir.METRICS)
     if not metrics_path.is_file():
         raise XtmError("not an xtm-train run directory: metrics.json is missing (xtm-train writes it when "
                        "training ends)", path=metrics_path)
-    metrics = _read_json(metrics_path)
+    metrics = run.read_json(RunDir.METRICS)
     if not isinstance(metrics, dict):
         raise XtmError("metrics.json must hold a JSON object", path=metrics_path)
     notes: list[str] = []
-    config = _read_json(run_dir / "config.json") if (run_dir / "config.json").is_file() else {}
+    config = run.read_json(RunDir.CONFIG) if run.has(RunDir.CONFIG) else {}
     if not isinstance(config, dict):
         notes.append("config.json does not hold a JSON object; the run's settings are not shown")
         config = {}
@@ -108,10 +94,10 @@ def load_run(run_dir: str | Path) -> RunFiles:
                        path=metrics_path)
     topics = {}
     for lang in langs:
-        path = run_dir / f"topics_{lang}.txt"
+        path = run.topics_path(lang)
         if not path.is_file():
-            raise XtmError(f"topics_{lang}.txt is missing (metrics.json lists language '{lang}')", path=path)
-        topics[lang] = _read_topics(path)
+            raise XtmError(f"{path.name} is missing (metrics.json lists language '{lang}')", path=path)
+        topics[lang] = run.read_topics(lang)
     ks = {len(t) for t in topics.values()}
     if len(ks) != 1 or 0 in ks or any(not words for t in topics.values() for words in t):
         counts = ", ".join(f"{lang}: {len(t)}" for lang, t in topics.items())
@@ -119,15 +105,15 @@ def load_run(run_dir: str | Path) -> RunFiles:
                        "topic k in every language", path=run_dir)
     k = ks.pop()
     refined = None
-    if all((run_dir / f"refined_topics_{lang}.txt").is_file() for lang in langs):
-        refined = {lang: _read_topics(run_dir / f"refined_topics_{lang}.txt") for lang in langs}
+    if all(run.refined_topics_path(lang).is_file() for lang in langs):
+        refined = {lang: run.read_refined_topics(lang) for lang in langs}
         if any(len(t) != k for t in refined.values()):
             notes.append("refined_topics_<lang>.txt do not have one line per topic; the refined sets are not shown")
             refined = None
     history = _history(run_dir, notes)
     data: dict[str, Any] = {}
-    if (run_dir / "report_data.json").is_file():
-        raw = _read_json(run_dir / "report_data.json")
+    if run.has(RunDir.REPORT_DATA):
+        raw = run.load_report_data()
         if not isinstance(raw, dict) or _num(raw.get("num_topics")) != k:
             notes.append(f"report_data.json is not for this run's {k} topics; sizes, map and confusion are not shown")
         else:
@@ -140,9 +126,10 @@ def load_run(run_dir: str | Path) -> RunFiles:
 
 def _history(run_dir: Path, notes: list[str]) -> list[dict[str, float]]:
     """history.json's epochs, each keeping only its finite numbers (a loss curve plots nothing else)."""
-    if not (run_dir / "history.json").is_file():
+    run = RunDir(run_dir)
+    if not run.has(RunDir.HISTORY):
         return []
-    raw = _read_json(run_dir / "history.json")
+    raw = run.load_history()
     if not isinstance(raw, list):
         notes.append("history.json does not hold a list of epochs; no loss curves")
         return []

@@ -46,8 +46,8 @@ import xtm
 from xtm.atomic import write_json
 from xtm.errors import XtmError
 from xtm.evaluation.metrics import top_words
-from xtm.trainer.loop.checkpoint import load_checkpoint
-from xtm.trainer.loop.training import model_from_state
+from xtm.run_dir import RunDir
+from xtm.trainer.loop.checkpoint import load_trained_model
 
 SCHEMA_VERSION = 2  # sparse encoder inputs (xtm.runtime.bundle); 1 when every encoder is dense
 DEFAULT_OPSET = 18
@@ -80,23 +80,6 @@ def sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def load_run(run_dir: Path) -> tuple[dict[str, Any], torch.nn.Module]:
-    """The run's config.json and its trained model (from the latest checkpoint), in eval mode."""
-    run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.json"
-    if not cfg_path.exists():
-        raise XtmError("not a training run directory (no config.json): run xtm-train first", path=run_dir)
-    try:
-        config = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise XtmError(f"unreadable config.json ({e.__class__.__name__}: {e})", path=cfg_path) from None
-    if not isinstance(config, dict):
-        raise XtmError("config.json does not hold a JSON object", path=cfg_path)
-    ckpt = load_checkpoint(run_dir)
-    model = model_from_state(ckpt.state["model_config"], ckpt.model).eval()
-    return config, model
 
 
 @contextlib.contextmanager
@@ -335,55 +318,19 @@ def finish_encoder(dense_path: Path, out_path: Path, *, sparse: bool = True, int
     return is_sparse
 
 
-def parity_bows(config: dict[str, Any], lang: str, vocab: list[str], n: int = 1000,
+def parity_bows(run: RunDir, lang: str, vocab_size: int, n: int = 1000,
                 seed: int = 0) -> tuple[sp.csr_matrix, str]:
-    """Real documents of `lang` for the parity check: the run's own test (else train) documents,
-    re-read from its data source and mapped through the exported vocabulary and tokenizer; a
-    random sparse sample only when the data is gone."""
-    from xtm.corpus import TokenizerSpec
-    from xtm.runtime.tokenize import make_tokenizer
-
-    data_path = Path(config.get("data", {}).get("path", ""))
-    texts: list[str] = []
-    try:
-        if data_path.is_dir() and any(data_path.glob("train_bow_matrix_*.npz")):
-            from xtm.languages import dataset_suffixes
-
-            for suffix in dataset_suffixes(lang):
-                for split in ("test", "train"):
-                    f = data_path / f"{split}_bow_matrix_{suffix}.npz"
-                    if f.exists():
-                        m = sp.load_npz(f).tocsr()
-                        if m.shape[1] == len(vocab):
-                            return sp.csr_matrix(m[:n], dtype=np.float32), f"{f.name} (first {min(n, m.shape[0])})"
-        elif data_path.is_file():
-            with open(data_path, encoding="utf-8", errors="replace") as fh:
-                for line in fh:
-                    try:
-                        obj = json.loads(line)
-                    except ValueError:
-                        continue
-                    if isinstance(obj, dict) and isinstance(obj.get("text"), str) and obj.get("lang") in (lang, None):
-                        texts.append(obj["text"])
-                    if len(texts) >= n:
-                        break
-    except OSError:
-        texts = []
-    if texts:
-        tok = make_tokenizer(TokenizerSpec.from_dict(config["tokenizers"][lang]))
-        index = {w: j for j, w in enumerate(vocab)}
-        rows, cols = [], []
-        for r, t in enumerate(texts):
-            ids = [index[w] for w in tok(t) if w in index]
-            rows.extend([r] * len(ids))
-            cols.extend(ids)
-        m = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(len(texts), len(vocab)))
-        m.sum_duplicates()
-        return m, f"{data_path.name} ({len(texts)} documents)"
+    """Real documents of `lang` for the parity check: the sample of the run's own (test, else train)
+    documents that training saved into the run (RunDir.save_parity_sample); the user's data is never
+    reopened. Runs from before the sample existed get a random sparse sample, named as such."""
+    sample = run.load_parity_sample(lang, vocab_size)
+    if sample is not None:
+        m = sp.csr_matrix(sample[:n], dtype=np.float32)
+        return m, f"{run.parity_sample_path(lang).name} ({m.shape[0]} documents)"
     rng = np.random.default_rng(seed)
-    m = sp.random(n, len(vocab), density=min(1.0, 20 / len(vocab)), random_state=rng, format="csr",
+    m = sp.random(n, vocab_size, density=min(1.0, 20 / vocab_size), random_state=rng, format="csr",
                   data_rvs=lambda k: rng.integers(1, 4, k).astype(np.float32))
-    return sp.csr_matrix(m, dtype=np.float32), "random sparse sample (training data not found)"
+    return sp.csr_matrix(m, dtype=np.float32), "random sparse sample (the run has no parity sample)"
 
 
 def run_onnx(path: Path, bows: sp.csr_matrix, sparse: bool) -> np.ndarray:
@@ -624,13 +571,13 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, quantize: str | None
     t0 = time.perf_counter()
     run_dir, out_dir = Path(run_dir), Path(os.path.abspath(out_dir))
     check_out_dir(out_dir)
-    config, model = load_run(run_dir)
+    config, model = load_trained_model(run_dir)
     langs: list[str] = list(model.langs)
     tokenizers = config.get("tokenizers")
     for lang in langs:
         if not isinstance(tokenizers, dict) or not isinstance(tokenizers.get(lang), dict):
             raise XtmError(f"config.json has no tokenizer settings for '{lang}' (tokenizers.{lang}): not written by "
-                           "this xtm-train, or edited", path=run_dir / "config.json")
+                           "this xtm-train, or edited", path=RunDir(run_dir).file(RunDir.CONFIG))
     report = ExportReport(bundle=out_dir, languages=langs)
     tmp = _staging_dir(out_dir)
     try:
@@ -649,21 +596,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, quantize: str | None
     return report
 
 
-def _read_vocab(run_dir: Path, lang: str, size: int) -> tuple[Path, list[str]]:
-    vocab_file = run_dir / f"vocab_{lang}.txt"
-    if not vocab_file.exists():
-        raise XtmError(f"the run has no vocabulary for '{lang}'", path=vocab_file)
-    try:
-        vocab = vocab_file.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        raise XtmError(f"not UTF-8 at byte {e.start}: the run's vocabulary is damaged", path=vocab_file) from None
-    if len(vocab) != size:
-        raise XtmError(f"vocab_{lang}.txt has {len(vocab)} words but the model expects {size}", path=vocab_file)
-    return vocab_file, vocab
-
-
 def _export_encoder_checked(model: torch.nn.Module, i: int, lang: str, vocab: list[str], tmp: Path,
-                            config: dict[str, Any], report: ExportReport, *, quantize: str | None, opset: int,
+                            run: RunDir, report: ExportReport, *, quantize: str | None, opset: int,
                             parity_docs: int, parity_check: bool) -> bool:
     """encoder_<lang>.onnx in tmp, checked against torch (and quantized); returns whether it reads
     sparse input."""
@@ -673,7 +607,7 @@ def _export_encoder_checked(model: torch.nn.Module, i: int, lang: str, vocab: li
     # ScatterND-free sparse input needs only opset-13 ops; opset >= 17 is enforced by the CLI.
     sparse = finish_encoder(exported, fp32)
     # Parity: ONNX Runtime against torch on real documents of this language.
-    bows, source = parity_bows(config, lang, vocab, parity_docs)
+    bows, source = parity_bows(run, lang, len(vocab), parity_docs)
     ref, ref64 = torch_reference(model.encoder_for(i).eval(), bows.toarray().astype(np.float32))
     got = run_onnx(fp32, bows, sparse)
     parity = judge_parity(got, ref, ref64, source)
@@ -710,10 +644,11 @@ def _write_bundle(tmp: Path, run_dir: Path, config: dict[str, Any], model: torch
     topics_words: dict[str, list[list[str]]] = {}
     report.quantization = {} if quantize == "int8" else None
     for i, lang in enumerate(langs):
-        vocab_file, vocab = _read_vocab(run_dir, lang, model.vocab_sizes[i])
+        run = RunDir(run_dir)
+        vocab_file, vocab = run.vocab_path(lang), run.read_vocab(lang, model.vocab_sizes[i])
         if progress:
             print(f"xtm-export: exporting the {lang} encoder", file=sys.stderr, flush=True)
-        sparse = _export_encoder_checked(model, i, lang, vocab, tmp, config, report, quantize=quantize, opset=opset,
+        sparse = _export_encoder_checked(model, i, lang, vocab, tmp, run, report, quantize=quantize, opset=opset,
                                          parity_docs=parity_docs, parity_check=parity_check)
         shutil.copyfile(vocab_file, tmp / f"vocab_{lang}.txt")
         np.save(tmp / f"beta_{lang}.npy", betas[i], allow_pickle=False)

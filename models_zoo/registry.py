@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from xtm.errors import XtmError
+
+if TYPE_CHECKING:
+    import torch
+
+    from xtm.models_zoo.base import CrossLingualTopicModel
 
 MODEL_NAMES = ("nmtm", "infoctm", "xtra", "gloctm")
 
@@ -27,3 +34,15 @@ def model_class(name: str) -> type:
 
         return GloCTM
     raise XtmError(f"unknown model '{name}'; choose one of {', '.join(MODEL_NAMES)}")
+
+
+def model_from_state(config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> CrossLingualTopicModel:
+    """Rebuild a model from its config (`model.config()`) and state dict (aux buffers included): no
+    corpus needed, which is what lets a checkpoint alone be exported or evaluated."""
+    from xtm.models_zoo.base import load_unique_state_dict
+
+    cls = model_class(config["model"])
+    aux = {k[len("aux_"):]: v for k, v in tensors.items() if k.startswith("aux_")}
+    model = cls(config["langs"], config["vocab_sizes"], config["num_topics"], aux=aux, **config["hparams"])
+    load_unique_state_dict(model, tensors)
+    return model

@@ -41,10 +41,12 @@ def _cache_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Mon
 @pytest.fixture(scope="session")
 def example_run(example_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A trained run directory (NMTM, K=6) on the built-in example, as xtm-train writes it."""
+    from xtm.evaluation.report import write_report_html
     from xtm.trainer.loop.training import TrainConfig
     from xtm.trainer.run import DataConfig, run_training
 
     out = tmp_path_factory.mktemp("example-run")
     run_training(DataConfig(path=str(example_dir / "docs.jsonl"), dict_path=str(example_dir / "dict.tsv")),
                  TrainConfig(model="nmtm", num_topics=6, epochs=15, checkpoint_every=0, progress=False, seed=0), out)
+    write_report_html(out)  # as xtm-train does after training
     return out

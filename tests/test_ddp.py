@@ -15,11 +15,12 @@ import pytest
 import torch
 
 from xtm.errors import XtmError
+from xtm.models_zoo.registry import model_from_state
 from xtm.trainer.data.batches import InMemoryBatches
 from xtm.trainer.data.sharding import ShardedCorpus, build_shards, open_or_build_shards
 from xtm.trainer.loop.checkpoint import load_checkpoint
 from xtm.trainer.loop.distributed import state_digest
-from xtm.trainer.loop.training import TrainConfig, model_from_state, train
+from xtm.trainer.loop.training import TrainConfig, train
 from xtm.trainer.run import DataConfig, run_training
 
 BATCH = 40

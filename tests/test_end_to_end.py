@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from xtm.exporters.onnx_export import export_run, load_run
+from xtm.exporters.onnx_export import export_run
 from xtm.models_zoo.components import SparseRows
 from xtm.runtime import TopicModel
+from xtm.trainer.loop.checkpoint import load_trained_model
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def test_runtime_on_raw_text_equals_torch_on_training_bags(bundle_dir: Path, exa
     """Same tokenizer, same vocabulary mapping, same numbers: raw JSONL text through the runtime
     against the training loader's bags of words through the torch model."""
     docs = [json.loads(line) for line in (example_dir / "docs.jsonl").read_text(encoding="utf-8").splitlines()]
-    _, model = load_run(example_run)
+    _, model = load_trained_model(example_run)
     runtime = TopicModel.load(bundle_dir)
     for i, lc in enumerate(example_corpus.languages):
         by_id = {d["id"]: d["text"] for d in docs if d["lang"] == lc.lang}

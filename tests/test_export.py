@@ -14,7 +14,9 @@ import pytest
 import torch
 
 from xtm.errors import XtmError
-from xtm.exporters.onnx_export import export_run, load_run, run_onnx, sha256
+from xtm.exporters.onnx_export import export_run, run_onnx, sha256
+from xtm.run_dir import RunDir
+from xtm.trainer.loop.checkpoint import load_trained_model
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +46,12 @@ def test_bundle_layout_and_checksums(bundle) -> None:
 def test_onnx_matches_torch_on_real_documents(bundle, example_run: Path, example_corpus) -> None:
     out, report = bundle
     assert all(v <= 1e-5 for v in report.parity_max_abs.values())
-    assert report.parity_source["en"].startswith("docs.jsonl")   # real documents, not random rows
-    _, model = load_run(example_run)
+    # Real documents, not random rows: the run's own test documents, saved into the run by training.
+    assert report.parity_source["en"].startswith("parity_sample_en.npz")
+    _, model = load_trained_model(example_run)
     for i, lc in enumerate(example_corpus.languages):
+        sample = RunDir(example_run).load_parity_sample(lc.lang, lc.vocab_size)
+        assert (sample != lc.test_bow[:sample.shape[0]]).nnz == 0 and sample.shape[0] == lc.test_bow.shape[0]
         path = out / f"encoder_{lc.lang}.onnx"
         proto = onnx.load(str(path))
         onnx.checker.check_model(proto)
@@ -105,3 +110,21 @@ def test_cli_export_errors_cleanly_on_a_non_run(tmp_path: Path) -> None:
     p = subprocess.run([sys.executable, "-m", "xtm.cli.export", str(tmp_path), "--out", str(tmp_path / "b")],
                        capture_output=True, text=True)
     assert p.returncode == 2 and "config.json" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_export_never_reopens_the_training_data(example_dir: Path, tmp_path: Path) -> None:
+    """The parity check reads the sample saved in the run: a run whose data moved away exports the same."""
+    import shutil
+
+    from xtm.trainer.loop.training import TrainConfig
+    from xtm.trainer.run import DataConfig, run_training
+
+    data = tmp_path / "data"
+    shutil.copytree(example_dir, data)
+    run = tmp_path / "run"
+    run_training(DataConfig(path=str(data / "docs.jsonl"), dict_path=str(data / "dict.tsv")),
+                 TrainConfig(model="nmtm", num_topics=6, epochs=2, checkpoint_every=0, progress=False), run)
+    shutil.rmtree(data)
+    report = export_run(run, tmp_path / "bundle", progress=False, contextual=False)
+    assert all(s.startswith("parity_sample_") for s in report.parity_source.values())
+    assert all(report.parity_docs[lang] > 0 for lang in report.languages)

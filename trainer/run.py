@@ -1,6 +1,7 @@
 """One training run end to end: load data, train, evaluate, write the run directory.
 
-RUN_DIR layout (everything a later step needs, nothing pickled):
+RUN_DIR layout (everything a later step needs, nothing pickled; file names and formats are owned by
+xtm.run_dir.RunDir):
     run.json               the marker that makes a directory an xtm run, written first (xtm.run_dir)
     .xtm.lock              held (flock) by the process writing the run; names its pid and command
     config.json            model config, training settings, data source, tokenizers, languages
@@ -9,7 +10,9 @@ RUN_DIR layout (everything a later step needs, nothing pickled):
     metrics.json           TU, CNPMI, TQ, classification, seconds_per_epoch, ...
     history.json           per-epoch mean losses and seconds
     report_data.json       what report.html needs from the model (xtm.trainer.report_data)
-    report.html            topics side by side, metrics, plots (xtm.evaluation.report; xtm-report redoes it)
+    parity_sample_<lang>.npz  up to 1,000 of the run's own bags of words, for export's parity check
+    report.html            rendered from these files by xtm-train's CLI (xtm.evaluation.report; xtm-report
+                           redoes it); the trainer only hands it data
     checkpoints/           safetensors checkpoints (see xtm.trainer.loop.checkpoint)
   with LLM-XTM phase 2 also
     refined_topics_<lang>.txt  the last refinement's voted word sets, one topic per line
@@ -27,11 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 import xtm
-from xtm.atomic import write_json, write_text
-from xtm.corpus import Corpus
+from xtm.corpus import Corpus, LanguageCorpus
 from xtm.errors import XtmError
 from xtm.evaluation.metrics import (
     ReferenceCorpus,
@@ -43,7 +46,7 @@ from xtm.evaluation.metrics import (
 )
 from xtm.models_zoo.base import BuildContext, CrossLingualTopicModel
 from xtm.paths import cache_dir
-from xtm.run_dir import has_checkpoint, hold_run_dir, lock_dir, refuse_foreign_dir
+from xtm.run_dir import RunDir, has_checkpoint, hold_run_dir, lock_dir, refuse_foreign_dir
 from xtm.trainer.data.batches import BatchSource
 from xtm.trainer.data.loading import load_corpus
 from xtm.trainer.loop import distributed
@@ -234,9 +237,11 @@ def _run(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool, phase2: Ph
                        f"{cfg.model} models two: choose them with --langs")
     check_links(corpus, cfg.model)
     check_topics(corpus, cfg.num_topics)
+    run = RunDir(out)
     if main:
         for lc in corpus.languages:
-            write_text(out / f"vocab_{lc.lang}.txt", "\n".join(lc.vocab) + "\n")
+            run.write_vocab(lc.lang, lc.vocab)
+            run.save_parity_sample(lc.lang, parity_sample(lc))
 
     objective = None
     if phase2 is not None:
@@ -250,12 +255,12 @@ def _run(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool, phase2: Ph
     if not main:
         return {"rank": dist.rank if dist is not None else 0}
     model = result.model
-    write_json(out / "config.json", {
+    run.save_config({
         "xtm_version": xtm.__version__, "model_config": model.config(), "train_config": cfg.to_dict(),
         "data": {**data.__dict__, "name": corpus.name}, "langs": corpus.langs,
         "tokenizers": {lc.lang: lc.tokenizer.to_dict() for lc in corpus.languages},
         "corpus_info": corpus.info, "phase2": phase2.to_dict() if phase2 is not None else None})
-    write_json(out / "history.json", result.history)
+    run.save_history(result.history)
 
     # An interrupted run is still evaluated and reported (metrics.json "interrupted": true, and the
     # report says so), so its topics can be looked at; its exit code says it did not finish.
@@ -267,12 +272,12 @@ def _run(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool, phase2: Ph
     metrics = evaluate_model(corpus, result, device, data.ref_corpus, outputs=outputs, ref=ref)
     top = metrics.pop("top_words")
     for lang, topics in top.items():
-        write_text(out / f"topics_{lang}.txt", "".join(" ".join(words) + "\n" for words in topics))
+        run.write_topics(lang, topics)
     refined = None
     if objective is not None:
         refined = objective.refined_topics(model)
         for lang, topics in refined.items():
-            write_text(out / f"refined_topics_{lang}.txt", "".join(" ".join(words) + "\n" for words in topics))
+            run.write_refined_topics(lang, topics)
         metrics["refined"] = refined_metrics(refined, data.ref_corpus)
         metrics["phase2"] = objective.report()
     metrics.update({
@@ -286,25 +291,32 @@ def _run(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool, phase2: Ph
         metrics["distributed"] = {"world_size": dist.world, "backend": dist.backend,
                                   "steps_per_epoch_per_rank": result.history[-1]["steps"] if result.history else 0,
                                   "rank_state_sha256": result.rank_digests}
-    write_json(out / "metrics.json", metrics)
-    write_report(out, corpus, model, outputs, top, refined, ref, device)
+    run.save_metrics(metrics)
+    write_report_data(run, corpus, model, outputs, top, refined, ref, device)
     return metrics
 
 
-def write_report(out: Path, corpus: Corpus, model: CrossLingualTopicModel, outputs: ModelOutputs,
-                 top: dict[str, list[list[str]]], refined: dict[str, list[list[str]]] | None,
-                 ref: ReferenceCorpus | None, device: torch.device) -> None:
-    """report_data.json, then report.html from the run directory's files.
+def write_report_data(run: RunDir, corpus: Corpus, model: CrossLingualTopicModel, outputs: ModelOutputs,
+                      top: dict[str, list[list[str]]], refined: dict[str, list[list[str]]] | None,
+                      ref: ReferenceCorpus | None, device: torch.device) -> None:
+    """report_data.json: what the report needs from the model (the report itself is rendered from the
+    run directory's files by whoever shows it: xtm-train's CLI, xtm-report).
 
     The report is a view of a finished run: a failure here is logged, never raised, so it cannot
-    turn a trained and evaluated run into a failed one (`xtm-report RUN_DIR` renders it again).
+    turn a trained and evaluated run into a failed one.
     """
-    from xtm.evaluation.report import write_report_html
-
     try:
         vocabs = {lc.lang: list(lc.vocab) for lc in corpus.languages}
-        write_json(out / "report_data.json", build_report_data(
+        run.save_report_data(build_report_data(
             model, corpus.langs, vocabs, outputs.train_theta, outputs.beta, top, ref, device, refined=refined))
-        log(f"wrote {write_report_html(out)}")
     except Exception as e:  # noqa: BLE001 - see the docstring
-        log(f"warning: report.html was not written ({type(e).__name__}: {e})")
+        log(f"warning: report_data.json was not written ({type(e).__name__}: {e})")
+
+
+PARITY_SAMPLE_DOCS = 1000  # what export checks ONNX against torch on, per language
+
+
+def parity_sample(lc: LanguageCorpus) -> sp.csr_matrix:
+    """The first PARITY_SAMPLE_DOCS documents of the test split (else of the training split)."""
+    bows = lc.test_bow if lc.test_bow is not None and lc.test_bow.shape[0] else lc.train_bow
+    return bows[:PARITY_SAMPLE_DOCS]

@@ -49,9 +49,11 @@ from xtm.models_zoo.context_encoders import DEFAULT_MAX_TOKENS, TextEncoder, loa
 from xtm.models_zoo.contextual import ContextualHead, HeadConfig
 from xtm.models_zoo.encoders import DEFAULT_ENCODER
 from xtm.paths import cache_dir as default_cache_dir
+from xtm.run_dir import RunDir
+from xtm.trainer.loop.checkpoint import load_trained_model
 from xtm.trainer.loop.training import infer_theta, pick_device, sparse_batch
 
-CONTEXTUAL_DIR = "contextual"
+CONTEXTUAL_DIR = RunDir.CONTEXTUAL  # RUN_DIR/contextual/: the fitted head and its settings
 CONTEXTUAL_FORMAT = 1
 OBJECTIVES = ("distill", "ctm")
 
@@ -99,19 +101,6 @@ def log(msg: str) -> None:
 
 # -- the run ------------------------------------------------------------------------------------
 
-def load_run_model(run_dir: Path) -> tuple[dict[str, Any], CrossLingualTopicModel]:
-    """config.json and the trained model (latest checkpoint), in eval mode."""
-    from xtm.trainer.loop.checkpoint import load_checkpoint
-    from xtm.trainer.loop.training import model_from_state
-
-    cfg_path = run_dir / "config.json"
-    if not cfg_path.is_file():
-        raise XtmError("not a training run directory (no config.json): run xtm-train first", path=run_dir)
-    config = json.loads(cfg_path.read_text(encoding="utf-8"))
-    ckpt = load_checkpoint(run_dir)
-    return config, model_from_state(ckpt.state["model_config"], ckpt.model).eval()
-
-
 def load_run_corpus(run_dir: Path, config: dict[str, Any], progress: bool) -> Corpus:
     """The run's corpus re-read from its data source, checked against the run's vocabularies."""
     from xtm.trainer.data.loading import load_corpus
@@ -120,16 +109,16 @@ def load_run_corpus(run_dir: Path, config: dict[str, Any], progress: bool) -> Co
     path = data.get("path")
     if not path or not Path(path).exists():
         raise XtmError(f"the run's training data ({path!r}) is gone: the contextual network is fitted on the "
-                       "training documents' text", path=run_dir / "config.json")
+                       "training documents' text", path=RunDir(run_dir).file(RunDir.CONFIG))
     # No dictionary: only bags of words, texts and labels are needed, and vocabularies do not depend on it.
     corpus = load_corpus(path, langs=config.get("langs"), vocab_size=data.get("vocab_size", 5000),
                          min_df=data.get("min_df", 2), max_df=data.get("max_df", 0.5),
                          seed=config.get("train_config", {}).get("seed", 0), progress=progress)
+    run = RunDir(run_dir)
     for lc in corpus.languages:
-        vfile = run_dir / f"vocab_{lc.lang}.txt"
-        if vfile.is_file() and vfile.read_text(encoding="utf-8").splitlines() != list(lc.vocab):
+        if run.vocab_path(lc.lang).is_file() and run.read_vocab(lc.lang) != list(lc.vocab):
             raise XtmError(f"the data no longer gives the run's {lc.lang} vocabulary: it changed after training",
-                           path=vfile)
+                           path=run.vocab_path(lc.lang))
         if lc.train_texts is None:
             raise XtmError(f"the corpus has no document texts for '{lc.lang}' (the contextual network reads text)",
                            path=path)
@@ -277,7 +266,7 @@ def train_contextual(run_dir: str | Path, cfg: ContextualConfig) -> dict[str, An
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
     cache = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
-    config, model = load_run_model(run_dir)
+    config, model = load_trained_model(run_dir)
     corpus = load_run_corpus(run_dir, config, cfg.progress)
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)

@@ -32,6 +32,7 @@ from xtm.runtime.records import decode_json_line
 from xtm.runtime.tokenize import default_tokenizer_spec, make_tokenizer
 from xtm.trainer.data.dictionary import build_links, read_dictionary
 from xtm.trainer.data.stopwords import stopwords
+from xtm.vocabulary import read_vocabulary
 
 __all__ = ["HOLDOUT_FRACTION", "load_corpus"]
 
@@ -197,25 +198,6 @@ def _read_word_vectors(f: Path, vocab_size: int) -> np.ndarray:
     return np.ascontiguousarray(vec, dtype=np.float32)
 
 
-def _read_vocab(f: Path) -> list[str]:
-    try:
-        text = f.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise XtmError(f"vocabulary is not valid UTF-8 text ({e.reason})", path=f) from None
-    except OSError as e:
-        raise XtmError(f"cannot read vocabulary: {e.strerror or e}", path=f) from None
-    words = text.splitlines()
-    while words and not words[-1].strip():
-        words.pop()
-    for i, w in enumerate(words, start=1):
-        if not w.strip():
-            raise XtmError("empty vocabulary entry", path=f, line=i)
-    if len(set(words)) != len(words):
-        dup = next(w for w, c in Counter(words).items() if c > 1)
-        raise XtmError(f"vocabulary lists the word {dup!r} twice", path=f)
-    return words
-
-
 def _read_labels(f: Path, n_rows: int) -> np.ndarray | None:
     if not f.is_file():
         return None
@@ -263,7 +245,7 @@ def _load_benchmark(d: Path, want: list[str] | None) -> Corpus:
     languages: list[LanguageCorpus] = []
     for iso in order:
         s = found[iso]
-        vocab = _read_vocab(_require(d / f"vocab_{s}"))
+        vocab = read_vocabulary(_require(d / f"vocab_{s}"))
         v = len(vocab)
         train = _read_sparse(_require(d / f"{_BOW_PREFIX}{s}.npz"), cols=v)
         test = _read_sparse(_require(d / f"test_bow_matrix_{s}.npz"), cols=v)

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from xtm.atomic import write_json, write_text
+from xtm.atomic import write_json
 from xtm.corpus import Corpus, LanguageCorpus
 from xtm.errors import XtmError
 from xtm.run_dir import LOCK_NAME
@@ -57,6 +57,7 @@ from xtm.trainer.data.loading import (
     _vocab_from_df,
     corpus_name,
 )
+from xtm.vocabulary import read_vocabulary, write_vocabulary
 
 __all__ = ["DEFAULT_SHARD_SIZE", "ShardedCorpus", "build_shards", "open_or_build_shards"]
 
@@ -368,7 +369,7 @@ def _build(files: list[Path], src: Path, out: Path, spill_root: Path, want: list
             n_test = sum(sh["docs"] for sh in writers["test"].shards)
             if n_train == 0:
                 raise XtmError(f"no training documents left for language '{x}'", path=src)
-            write_text(out / f"vocab_{x}.txt", "\n".join(vocab) + "\n")
+            write_vocabulary(out / f"vocab_{x}.txt", vocab)
             np.save(out / f"word_counts_{x}.npy", word_counts)
             index_langs[x] = {"vocab_size": v, "vocab_sha256": _vocab_hash(vocab), "train_docs": n_train,
                               "test_docs": n_test, "train": writers["train"].shards, "test": writers["test"].shards}
@@ -461,8 +462,7 @@ class ShardedCorpus:
         for x in self.index["langs"]:
             meta = self.index["languages"][x]
             vocab_file = self.dir / f"vocab_{x}.txt"
-            # split("\n"), not splitlines(): a word may hold other Unicode line-break characters.
-            vocab = vocab_file.read_text(encoding="utf-8").split("\n")[:-1]
+            vocab = read_vocabulary(vocab_file)
             if _vocab_hash(vocab) != meta["vocab_sha256"]:
                 raise XtmError("vocabulary does not match the shard index (vocab_sha256): the shard "
                                "directory was modified; rebuild it", path=vocab_file)

@@ -37,6 +37,7 @@ from safetensors.torch import save as serialize_tensors
 from xtm.atomic import write_json
 from xtm.errors import XtmError
 from xtm.models_zoo.base import unique_state_dict
+from xtm.run_dir import RunDir
 
 CHECKPOINT_FORMAT = 1
 TENSOR_FILES = ("model.safetensors", "optimizer.safetensors")
@@ -100,7 +101,7 @@ def save_checkpoint(run_dir: Path, epoch: int, model: torch.nn.Module, optimizer
     train_buffers: batch-norm running statistics as training left them, when the model's own were
     recalibrated for inference before saving (a resumed run continues from the training ones).
     """
-    root = Path(run_dir) / "checkpoints"
+    root = RunDir(run_dir).checkpoints
     final = root / checkpoint_name(epoch, step)
     tmp = root / f".tmp-{final.name}"
     try:
@@ -158,9 +159,9 @@ def _pointer(root: Path, problems: list[str]) -> Path | None:
 def latest_checkpoint_dir(run_dir: Path) -> Path | None:
     """The directory latest.json points to (None without a pointer); a bad pointer is an error."""
     problems: list[str] = []
-    d = _pointer(Path(run_dir) / "checkpoints", problems)
+    d = _pointer(RunDir(run_dir).checkpoints, problems)
     if problems:
-        raise XtmError(problems[0], path=Path(run_dir) / "checkpoints" / "latest.json")
+        raise XtmError(problems[0], path=RunDir(run_dir).checkpoints / "latest.json")
     return d
 
 
@@ -176,13 +177,13 @@ def load_checkpoint(path: Path, required: Sequence[str] = ()) -> Checkpoint:
     them counts as damaged).
     """
     path = Path(path)
-    if (path / "checkpoints").is_dir() or not (path / "state.json").exists():
+    if RunDir(path).checkpoints.is_dir() or not (path / "state.json").exists():
         return _load_latest(path, required)
     return _load_dir(path, required)
 
 
 def _load_latest(run_dir: Path, required: Sequence[str]) -> Checkpoint:
-    root = run_dir / "checkpoints"
+    root = RunDir(run_dir).checkpoints
     problems: list[str] = []
     pointed = _pointer(root, problems)
     dirs = sorted((p for p in root.glob("epoch-*") if p.is_dir()), reverse=True)
@@ -288,3 +289,17 @@ def numpy_rng_from_state(state: dict[str, Any]) -> np.random.Generator:
     except (TypeError, ValueError, KeyError) as e:
         raise XtmError(f"checkpoint: the saved numpy RNG state is unusable ({e})") from None
     return rng
+
+
+def load_trained_model(run_dir: str | Path) -> tuple[dict[str, Any], torch.nn.Module]:
+    """A finished run's config.json and its trained model (latest usable checkpoint), in eval mode.
+
+    The one entry for what consumes a run's model (export, the contextual fit): they need neither
+    the checkpoint's layout nor how a model is rebuilt.
+    """
+    from xtm.models_zoo.registry import model_from_state
+
+    run = RunDir(run_dir)
+    config = run.load_config()
+    ckpt = load_checkpoint(run.path)
+    return config, model_from_state(ckpt.state["model_config"], ckpt.model).eval()

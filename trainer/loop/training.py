@@ -45,7 +45,7 @@ from xtm.trainer.loop.checkpoint import (
 from xtm.trainer.loop.distributed import DistContext
 from xtm.trainer.phase2.objective import Phase2Objective
 
-__all__ = ["TrainConfig", "TrainResult", "epoch_batches", "infer_theta", "model_from_state", "pick_device", "train"]
+__all__ = ["TrainConfig", "TrainResult", "epoch_batches", "infer_theta", "pick_device", "train"]
 
 
 @dataclass
@@ -160,15 +160,6 @@ def build_model(corpus: Corpus, cfg: TrainConfig) -> CrossLingualTopicModel:
     context = BuildContext(cache_dir=Path(cfg.cache_dir) if cfg.cache_dir else cache_dir(),
                            seed=cfg.seed, progress=cfg.progress)
     return cls.from_corpus(corpus, cfg.num_topics, context, **cfg.hparams)
-
-
-def model_from_state(config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> CrossLingualTopicModel:
-    """Rebuild a model from its config and a state dict (aux buffers included): no corpus needed."""
-    cls = model_class(config["model"])
-    aux = {k[len("aux_"):]: v for k, v in tensors.items() if k.startswith("aux_")}
-    model = cls(config["langs"], config["vocab_sizes"], config["num_topics"], aux=aux, **config["hparams"])
-    load_unique_state_dict(model, tensors)
-    return model
 
 
 _STOP_SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
