@@ -1,26 +1,23 @@
 """xtm-infer: topic distributions for JSONL documents with an exported bundle (onnxruntime, no torch).
 
-Streams: the input is read in chunks of batch_size*4 lines and each chunk's results are written
-before the next is read, so memory stays flat however long the input is. Only click and the
-error type are imported at module level; numpy/onnxruntime/the tokenizers load inside `main`,
-so `--help` and bad flags answer instantly.
+A thin shell over the inference engine (`xtm.runtime.engine`, local; `xtm.runtime.ray`, Ray): it
+reads the flags (their defaults and help are the engine's InferenceOptions), opens the bundle,
+hands the engine its input and output, prints the summary and turns the outcome into the exit
+status. Only click, the error type and the engine's options are imported at module level;
+numpy/onnxruntime/the tokenizers load inside `main`, so `--help` and bad flags answer instantly.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
-from typing import IO, Any
+from typing import Any
 
 import click
 
 from xtm.cli.common import friendly_errors
 from xtm.errors import XtmError
-
-# The row semantics and the output format live in xtm.runtime.records, shared with the Ray engine
-# (xtm.runtime.ray) so both engines write the same bytes; re-exported here for existing callers.
-from xtm.runtime.records import DECIMALS, MAX_CHARS, OUTPUT_WORDS, WEIGHT, Parsed, parse_line  # noqa: F401
+from xtm.runtime.engine import ROUTES, InferenceOptions
 
 EPILOG = """\b
 Examples:
@@ -101,26 +98,29 @@ or a symlink (its target is replaced).
 """
 
 
+def _flag(name: str, **kwargs: Any) -> dict[str, Any]:
+    """click option settings from InferenceOptions: its default, help and lower bound (one source)."""
+    default, help_text, minimum = InferenceOptions.describe(name)
+    if minimum is not None:
+        kwargs.setdefault("type", click.IntRange(minimum))
+    if default is not None and default is not False:
+        kwargs.update(default=default, show_default=True)
+    return {"help": help_text, **kwargs}
+
+
 @click.command(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.argument("input_paths", metavar="INPUT...", nargs=-1, required=True,
                 type=click.Path(exists=True, allow_dash=True))
 @click.option("--bundle", required=True, type=click.Path(), help="Bundle directory written by xtm-export.")
 @click.option("--out", type=click.Path(dir_okay=False),
               help="Output JSONL file, written atomically (default: stdout).")
-@click.option("--top-k", type=click.IntRange(0), default=3, show_default=True,
-              help="Topics listed per document.")
-@click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True,
-              help="Documents per encoder call.")
-@click.option("--strict", is_flag=True, help="Fail (exit 2) at the first bad line instead of skipping it.")
-@click.option("--max-bad", metavar="N|P%",
-              help="Fail (exit 2) when more than N lines, or more than P percent of the lines, are bad.")
-@click.option("--full-theta/--sparse-theta", default=True, show_default=True,
-              help="All K topic weights, or only the top-k as {topic_id: weight}.")
-@click.option("--threads", type=click.IntRange(1),
-              help="onnxruntime threads (local default: all cores; ray: per actor, default 1).")
-@click.option("--route", type=click.Choice(["auto", "bow", "contextual"]), default="auto", show_default=True,
-              help="auto: bag of words for the training languages, the contextual route for others; "
-                   "bow: training languages only; contextual: every document through the sentence encoder.")
+@click.option("--top-k", **_flag("top_k"))
+@click.option("--batch-size", **_flag("batch_size"))
+@click.option("--strict", is_flag=True, **_flag("strict"))
+@click.option("--max-bad", metavar="N|P%", **_flag("max_bad"))
+@click.option("--full-theta/--sparse-theta", **_flag("full_theta"))
+@click.option("--threads", **_flag("threads"))
+@click.option("--route", type=click.Choice(ROUTES), **_flag("route"))
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="local: this process, one JSONL or Parquet file or '-'. ray: Ray Data actors, JSONL/Parquet "
                    "files and directories (see Engines below).")
@@ -137,18 +137,17 @@ def main(input_paths: tuple[str, ...], bundle: str, out: str | None, top_k: int,
 
     With --engine ray, INPUT... are JSONL and Parquet files and directories."""
     from xtm.atomic import exit_on_signals
-    from xtm.runtime.records import NoResultsError, parse_max_bad
+    from xtm.runtime.engine import NoResultsError
 
-    limit, share = parse_max_bad(max_bad)
+    options = InferenceOptions(top_k=top_k, batch_size=batch_size, route=route, full_theta=full_theta,
+                               strict=strict, max_bad=max_bad, threads=threads)
     try:
         # SIGTERM/SIGHUP unwind like Ctrl-C: the --out temporary is removed, the old file kept.
         with exit_on_signals():
             if engine == "ray":
-                res = _main_ray(input_paths, bundle, out, top_k, batch_size, strict, limit, share, full_theta,
-                                threads, route, address, actors)
+                counts = _run_ray(input_paths, bundle, out, options, address, actors)
             else:
-                res = _main_local(input_paths, bundle, out, top_k, batch_size, strict, limit, share, full_theta,
-                                  threads, route, address, actors)
+                counts = _run_local(input_paths, bundle, out, options, address, actors)
     except NoResultsError as e:
         if e.skipped:
             click.echo(f"skipped {e.skipped} of {e.total} lines", err=True)
@@ -159,100 +158,73 @@ def main(input_paths: tuple[str, ...], bundle: str, out: str | None, top_k: int,
             click.echo(f"interrupted (signal {int(e.code) - 128}); {'no output written' if out else 'stopped'}",
                        err=True)
         raise
-    _summary(res.total, res.skipped, out)
+    if counts.skipped:
+        click.echo(f"skipped {counts.skipped} of {counts.total} lines", err=True)
+    if out is not None:
+        click.echo(f"wrote {counts.written} results to {out}", err=True)
 
 
-def _main_local(input_paths: tuple[str, ...], bundle: str, out: str | None, top_k: int, batch_size: int,
-                strict: bool, max_bad: int | None, max_share: float | None, full_theta: bool, threads: int | None,
-                route: str, address: str | None, actors: int | None) -> Any:
+def _run_local(input_paths: tuple[str, ...], bundle: str, out: str | None, options: InferenceOptions,
+               address: str | None, actors: int | None) -> Any:
+    """One file or stdin in this process: the engine's infer_file, with a progress bar on a terminal."""
     if address is not None or actors is not None:
         raise XtmError("--address and --actors go with --engine ray")
     if len(input_paths) != 1 or (input_paths[0] != "-" and os.path.isdir(input_paths[0])):
         raise XtmError("the local engine reads one JSONL or Parquet file or '-'; several files or directories "
                        "need --engine ray")
-    input_path = input_paths[0]
-    parquet = input_path != "-" and input_path.lower().endswith((".parquet", ".pq"))
+    from xtm.runtime.engine import infer_file
     from xtm.runtime.records import check_out_is_not_input
 
-    check_out_is_not_input(out, [] if input_path == "-" else [input_path])
+    source = input_paths[0]
+    check_out_is_not_input(out, [] if source == "-" else [source])  # before the bundle is opened
     from xtm.runtime.model import TopicModel
 
-    model = TopicModel.load(bundle, threads=threads)
-    if route == "contextual" and not model.has_contextual:
-        raise XtmError("--route contextual: this bundle has no contextual route (export a run that has one: "
-                       "xtm-contextual RUN_DIR, then xtm-export)", path=bundle)
-    name = "<stdin>" if input_path == "-" else input_path
+    model = TopicModel.load(bundle, threads=options.threads)
+    progress = _progress_bar()
+    try:
+        return infer_file(source, model, out, options=options, bundle=bundle, report=_reporter(progress),
+                          on_rows=None if progress is None else progress.update)
+    except BrokenPipeError:
+        _quiet_broken_pipe()
+    finally:
+        if progress is not None:
+            progress.close()
 
-    progress: Any = None
-    if sys.stderr.isatty():
-        from tqdm import tqdm
 
-        progress = tqdm(unit=" lines", unit_scale=True, file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+def _run_ray(input_paths: tuple[str, ...], bundle: str, out: str | None, options: InferenceOptions,
+             address: str | None, actors: int | None) -> Any:
+    if "-" in input_paths:
+        raise XtmError("--engine ray reads files and directories, not stdin ('-'): Ray tasks open the inputs")
+    from xtm.runtime.ray import infer_files
 
+    try:
+        return infer_files(list(input_paths), bundle, out, address=address, num_actors=actors,
+                           threads_per_actor=options.threads, top_k=options.top_k, route=options.route,
+                           batch_size=options.batch_size, full_theta=options.full_theta, strict=options.strict,
+                           max_bad=options.max_bad, max_share=options.max_share,
+                           report=None if sys.stderr.isatty() else _reporter(None))
+    except BrokenPipeError:
+        _quiet_broken_pipe()
+
+
+def _progress_bar() -> Any:
+    """A line counter on stderr when it is a terminal, else None."""
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(unit=" lines", unit_scale=True, file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+
+
+def _reporter(progress: Any) -> Any:
+    """Bad-line reports to stderr, above the progress bar when there is one."""
     def report(msg: str) -> None:
         if progress is not None:
             progress.write(msg, file=sys.stderr)  # keeps the bar intact
         else:
             click.echo(msg, err=True)
 
-    from xtm.runtime.records import BadLines, LineFormatter, parquet_chunks, parse_parquet_row, served_languages
-
-    served = served_languages(model, route)
-    size = batch_size * 4
-    stream: IO[bytes] | None = None
-    chunks: Iterator[list[tuple[int, Parsed]]]
-    if parquet:
-        chunks = ([(n, parse_parquet_row(obj, n, served)) for n, obj in c] for c in parquet_chunks(input_path, size))
-    else:
-        try:
-            stream = sys.stdin.buffer if input_path == "-" else open(input_path, "rb")
-        except OSError as e:
-            raise XtmError(f"cannot read: {e.strerror}", path=name) from e
-        chunks = _parsed_chunks(stream, size, served, name)
-    tally = BadLines(report, strict=strict, max_bad=max_bad, max_share=max_share)
-    job = _Job(model, LineFormatter(model, full_theta=full_theta, route=route), name, tally, top_k, batch_size,
-               route, progress)
-    try:
-        if out is None:
-            try:
-                job.run(chunks, sys.stdout.buffer, "<stdout>")
-                tally.finish(name)
-            except BrokenPipeError:
-                _quiet_broken_pipe()
-        else:
-            from xtm.atomic import atomic_open
-
-            with atomic_open(out, "wb") as f:
-                job.run(chunks, f, out)
-                tally.finish(name)  # raising here leaves --out unwritten
-    finally:
-        if progress is not None:
-            progress.close()
-        if stream is not None and stream is not sys.stdin.buffer:
-            stream.close()
-    return tally
-
-
-def _parsed_chunks(stream: IO[bytes], size: int, served: Any, name: str) -> Iterator[list[tuple[int, Parsed]]]:
-    """Lists of up to `size` parsed lines, each parsed as soon as it is read: a chunk holds its
-    documents (texts cut to MAX_CHARS), never the raw lines."""
-    from xtm.runtime.records import read_lines
-
-    chunk: list[tuple[int, Parsed]] = []
-    lines = read_lines(stream)
-    while True:
-        try:
-            item = next(lines, None)
-        except OSError as e:  # an I/O error on the input (a failing disk, a vanished network file)
-            raise XtmError(f"cannot read: {e.strerror or e}", path=name) from e
-        if item is None:
-            break
-        chunk.append((item[0], parse_line(item[1], item[0], served)))
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+    return report
 
 
 def _quiet_broken_pipe() -> None:
@@ -260,85 +232,6 @@ def _quiet_broken_pipe() -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
     sys.exit(1)
-
-
-def _summary(total: int, skipped: int, out: str | None) -> None:
-    if skipped:
-        click.echo(f"skipped {skipped} of {total} lines", err=True)
-    if out is not None:
-        click.echo(f"wrote {total - skipped} results to {out}", err=True)
-
-
-def _main_ray(input_paths: tuple[str, ...], bundle: str, out: str | None, top_k: int, batch_size: int, strict: bool,
-              max_bad: int | None, max_share: float | None, full_theta: bool, threads: int | None, route: str,
-              address: str | None, actors: int | None) -> Any:
-    if "-" in input_paths:
-        raise XtmError("--engine ray reads files and directories, not stdin ('-'): Ray tasks open the inputs")
-    from xtm.runtime.ray import infer_files
-
-    def report(msg: str) -> None:
-        click.echo(msg, err=True)
-
-    try:
-        return infer_files(list(input_paths), bundle, out, address=address, num_actors=actors,
-                           threads_per_actor=threads or 1, top_k=top_k, route=route, batch_size=batch_size,
-                           full_theta=full_theta, strict=strict, max_bad=max_bad, max_share=max_share,
-                           report=None if sys.stderr.isatty() else report)
-    except BrokenPipeError:
-        _quiet_broken_pipe()
-
-
-class _Job:
-    """One local run: chunks of parsed lines in, output lines out, bad lines through a BadLines."""
-
-    def __init__(self, model: Any, formatter: Any, name: str, tally: Any, top_k: int, batch_size: int, route: str,
-                 progress: Any) -> None:
-        self.model, self.formatter, self.name, self.tally = model, formatter, name, tally
-        self.top_k, self.batch_size, self.route, self.progress = top_k, batch_size, route, progress
-
-    def run(self, chunks: Iterator[list[tuple[int, Parsed]]], sink: IO[bytes], sink_name: str) -> None:
-        """Infer and write chunk by chunk, in input order. When a bad line is fatal (--strict,
-        --max-bad), the good lines before it are written first, then XtmError is raised."""
-        from xtm.runtime.records import infer_lines
-
-        for chunk in chunks:
-            docs = [doc for _, (doc, _, _) in chunk if doc is not None]
-            results = iter(infer_lines(self.model, docs, self.formatter, batch_size=self.batch_size,
-                                       top_k=self.top_k, route=self.route))
-            good: list[str] = []
-            try:
-                for lineno, (doc, error, warning) in chunk:
-                    self.tally.total += 1
-                    if doc is not None:
-                        line, error = next(results)
-                    if error is not None:
-                        self.tally.bad(self.name, lineno, error)
-                        continue
-                    if warning is not None:
-                        self.tally.report(f"{self.name}:{lineno}: warning: {warning}")
-                    good.append(line)
-            except XtmError:
-                _write(sink, good, sink_name)
-                raise
-            _write(sink, good, sink_name)
-            if self.progress is not None:
-                self.progress.update(len(chunk))
-
-
-def _write(sink: IO[bytes], lines: list[str], sink_name: str) -> None:
-    from xtm.runtime.records import encode_lines
-
-    if not lines:
-        return
-    try:
-        sink.write(encode_lines(lines))
-        sink.flush()
-    except BrokenPipeError as e:
-        if sink_name == "<stdout>":
-            raise  # `| head`: the reader left, a quiet stop (_quiet_broken_pipe)
-        raise XtmError("cannot write: its reader went away (a FIFO closed before the end)", path=sink_name) from e
-    except OSError as e:  # a full disk, a quota, an I/O error: a clean error, the temporary removed
-        raise XtmError(f"cannot write: {e.strerror or e}", path=sink_name) from e
 
 
 if __name__ == "__main__":

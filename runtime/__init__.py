@@ -1,4 +1,5 @@
-"""The torch-free runtime: tokenizers, language ID, bundles and `TopicModel` inference.
+"""The torch-free runtime: tokenizers, language ID, bundles, `TopicModel` inference and the batch
+engine (`xtm.runtime.engine`: records and files in, xtm-infer's lines out).
 
 Attributes are imported on first access (PEP 562) so `import xtm.runtime` stays cheap for code
 that only needs the tokenizers (the trainer) and onnxruntime loads only when a model does.
@@ -10,12 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from xtm.runtime.bundle import read_manifest
+    from xtm.runtime.engine import InferenceOptions, infer_file, infer_records
     from xtm.runtime.model import InferenceResult, TopicModel
 
-__all__ = ["InferenceResult", "TopicModel", "read_manifest"]
+__all__ = ["InferenceOptions", "InferenceResult", "TopicModel", "infer_file", "infer_records", "read_manifest"]
 
 _LAZY = {"TopicModel": "xtm.runtime.model", "InferenceResult": "xtm.runtime.model",
-         "read_manifest": "xtm.runtime.bundle"}
+         "read_manifest": "xtm.runtime.bundle", "InferenceOptions": "xtm.runtime.engine",
+         "infer_file": "xtm.runtime.engine", "infer_records": "xtm.runtime.engine"}
 
 
 def __getattr__(name: str) -> Any:

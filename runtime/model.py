@@ -5,16 +5,18 @@ Texts are tokenized with the exact tokenizer recorded at training time (`xtm.run
 and counted over the training vocabulary; out-of-vocabulary tokens are ignored.
 
 Sparse encoders (bundle schema 2) read each document as its word ids and counts
-(`xtm.runtime.bow`), padded to the longest document of the batch. Documents are therefore batched by length: within a window of
-_SORT_WINDOW batches, they are sorted by their number of distinct words before being cut into
-batches, so padding stays small. Each row's result does not depend on its batch.
+(`xtm.runtime.bow`), padded to the longest document of the batch. Documents are therefore batched
+by length: within a window of _SORT_WINDOW batches, they are sorted by their number of distinct
+words before being cut into batches, so padding stays small. Each row's result does not depend on
+its batch. Batch runs over records and files (ids, output lines, bad records) are the engine's
+(`xtm.runtime.engine`); `TopicModel.infer_records` is its shortcut.
 """
 
 from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -28,15 +30,11 @@ from xtm.languages import normalize_lang
 from xtm.runtime.bow import concat, count_words
 from xtm.runtime.bundle import BundleManifest, EncoderEntry, read_manifest
 from xtm.runtime.contextual import ContextualEncoder, ContextualEntry, read_contextual_entry
+from xtm.runtime.engine import InferenceOptions, check_route, infer_records, no_contextual_route
 from xtm.runtime.langid import identify  # light: py3langid's model loads on first detection
 from xtm.runtime.tokenize import KINDS
 
-__all__ = ["ROUTES", "InferenceResult", "TopicModel"]
-
-# How documents reach theta: "bow" the training languages' bag-of-words encoders; "contextual" the
-# bundle's multilingual sentence encoder (any language it knows); "auto" bag of words for the
-# training languages and contextual for the others (= "bow" for a bundle without a contextual route).
-ROUTES = ("auto", "bow", "contextual")
+__all__ = ["InferenceResult", "TopicModel"]
 
 # Batches whose documents are sorted by length together (sparse encoders): memory for one window
 # is its documents' word ids, a few bytes per token.
@@ -263,9 +261,7 @@ class TopicModel:
     def contextual_encoder(self) -> ContextualEncoder:
         """The contextual route, opened on first use; XtmError when the bundle has none."""
         if self._contextual_entry is None:
-            raise XtmError("this bundle has no contextual route: train one with `xtm-contextual RUN_DIR` and "
-                           "export again (only its training languages can be read: "
-                           f"{', '.join(self.languages)})")
+            raise no_contextual_route(None, self.languages)
         if self._contextual is None:
             with self._tok_lock:
                 if self._contextual is None:
@@ -341,7 +337,7 @@ class TopicModel:
         return [lang if route is not None else None for lang, route in zip(r.langs, r.routes, strict=True)]
 
     def resolve_routes(self, texts: Sequence[str], langs: Sequence[str | None] | str | None = None,
-                       route: str = "auto") -> tuple[list[str | None], list[str | None]]:
+                       route: str = InferenceOptions.route) -> tuple[list[str | None], list[str | None]]:
         """(language, route) of each text for `infer(..., route=route)`. An unsupported text has route
         None and, as language, the detected one (that the route cannot read) or None.
 
@@ -359,11 +355,10 @@ class TopicModel:
             raise XtmError(f"language '{lang}' is not served by this bundle (it serves {', '.join(self.languages)})")
         return code
 
-    def served_languages(self, route: str = "auto") -> list[str] | None:
+    def served_languages(self, route: str = InferenceOptions.route) -> list[str] | None:
         """Languages `route` can read: the bag-of-words languages, plus the contextual encoder's
         when the route uses it; None when that encoder does not list its languages (any)."""
-        if route not in ROUTES:
-            raise XtmError(f"route must be one of {', '.join(ROUTES)}, got {route!r}")
+        check_route(route)
         if route == "bow" or not self.has_contextual:
             if route == "contextual":
                 self.contextual_encoder()  # raises: no contextual route
@@ -389,8 +384,7 @@ class TopicModel:
 
     def _resolve(self, texts: Sequence[str], langs: Sequence[str | None] | str | None, route: str) -> _Resolved:
         """Language, route, detection confidence and unsupported note of each text (see infer)."""
-        if route not in ROUTES:
-            raise XtmError(f"route must be one of {', '.join(ROUTES)}, got {route!r}")
+        check_route(route)
         n = len(texts)
         if route == "contextual" or (route == "auto" and self.has_contextual):
             self.contextual_encoder()  # a bundle without the route fails here, before any work
@@ -464,11 +458,12 @@ class TopicModel:
         return counts.dense(np.arange(len(texts)), enc.entry.vocab_size)
 
     def infer(self, texts: Sequence[str], langs: Sequence[str | None] | str | None = None,
-              batch_size: int = 256, top_k: int = 3, route: str = "auto") -> InferenceResult:
+              batch_size: int = InferenceOptions.batch_size, top_k: int = InferenceOptions.top_k,
+              route: str = InferenceOptions.route) -> InferenceResult:
         """Topic distributions of `texts`, in input order.
 
         langs: one code for all texts, one per text (None entries are detected), or None to detect
-        all. route (see ROUTES and `resolve_routes`): "auto" (default) reads the training languages
+        all. route (see `xtm.runtime.engine.ROUTES` and `resolve_routes`): "auto" (default) reads the training languages
         with their bag-of-words encoders and any other language with the contextual route when the
         bundle has one; "bow" only the training languages; "contextual" every text with the
         sentence encoder. Documents are grouped by language and run in batches of `batch_size`.
@@ -515,6 +510,24 @@ class TopicModel:
         return InferenceResult(theta=theta, langs=res.langs, top_ids=top_ids, top_weights=top_weights, empty=empty,
                                topic_words=self._topics, routes=res.routes, lang_conf=res.conf, oov_ratio=oov,
                                unsupported=unsupported, notes=res.notes)
+
+    def infer_records(self, records: Iterable[Mapping[str, Any]], *, top_k: int = InferenceOptions.top_k,
+                      batch_size: int = InferenceOptions.batch_size, route: str = InferenceOptions.route,
+                      full_theta: bool = InferenceOptions.full_theta, strict: bool = InferenceOptions.strict,
+                      max_bad: int | str | None = None, report: Callable[[str], None] | None = None) -> Iterator[str]:
+        """xtm-infer's output line (JSON text) for each good record, in order, lazily: the batch
+        engine (`xtm.runtime.engine.infer_records`) on this model.
+
+        records: mappings with "text", optional "lang" (detected when absent) and "id" (the
+        record's 1-based position when absent). A bad record (no text, a language the route cannot
+        read, ...) is reported through `report` (default: the "xtm.runtime.engine" logger) as
+        <records>:N: reason and skipped; `strict` raises XtmError at the first, `max_bad` (N or
+        "P%") past the limit. `json.loads(line)` gives {"id", "lang", "lang_conf", "route",
+        "empty", "oov_ratio", "theta", "topics"}.
+        """
+        options = InferenceOptions(top_k=top_k, batch_size=batch_size, route=route, full_theta=full_theta,
+                                   strict=strict, max_bad=max_bad)
+        return infer_records(self, records, options=options, report=report)
 
     def _infer_bow(self, texts: Sequence[str], lang: str, idx: np.ndarray, batch_size: int, theta: np.ndarray,
                    empty: np.ndarray, oov: np.ndarray) -> None:

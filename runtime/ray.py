@@ -11,10 +11,11 @@ Design (docs/ray_inference.md):
   `ray.put`s it; each actor gets the ObjectRef, writes the files to a private temp dir and loads
   them with checksum verification (the manifest's sha256 of every file), so a corrupted transfer
   fails loudly instead of serving a wrong model. No pickled model object is ever loaded.
-- `infer_files` gives exactly `xtm-infer`'s output: rows are parsed and formatted by
-  `xtm.runtime.records` (the same functions the local engine uses), input order is kept
-  (`preserve_order`), bad rows are reported by file and line on the driver, in input order,
-  or stop the run under `strict`, and the output file is written atomically.
+- `infer_files` gives exactly `xtm-infer`'s output: each actor runs the inference engine
+  (`xtm.runtime.engine.Engine`: parsing, inference and formatting, the code the local engine runs)
+  on its batch; the driver keeps input order (`preserve_order`) and writes through the engine's
+  `OutputWriter` (bad rows reported by file and line, in input order, or stopping the run under
+  the same policy), atomically.
 
 Nothing else in the runtime imports this module; `ray` itself is imported only when a function
 here runs, and its absence is one clear XtmError.
@@ -22,6 +23,7 @@ here runs, and its absence is one clear XtmError.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -33,6 +35,19 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from xtm.errors import XtmError
+from xtm.runtime.engine import (
+    CHUNK_BATCHES,
+    RAY_THREADS_PER_ACTOR,
+    Engine,
+    InferenceCounts,
+    InferenceOptions,
+    OutputWriter,
+    Row,
+    check_route,
+    no_contextual_route,
+    open_output,
+)
+from xtm.runtime.records import PARQUET_SUFFIXES
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -41,9 +56,8 @@ if TYPE_CHECKING:
 __all__ = ["INSTALL_HINT", "InferFilesResult", "infer_dataset", "infer_files", "list_input_files", "pack_bundle"]
 
 INSTALL_HINT = 'pip install "xtm[ray]"'
-# File name endings read as Parquet; everything else given explicitly is read as JSONL, like
-# xtm-infer does. Inside a directory only these endings are picked up (other files are ignored).
-PARQUET_SUFFIXES = (".parquet", ".pq")
+# A file given explicitly is read as Parquet by its ending (records.PARQUET_SUFFIXES), as JSONL
+# otherwise, like xtm-infer does. Inside a directory only these endings and Parquet's are picked up.
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 # Rows per block the readers emit: large enough that per-block overhead vanishes, small enough to
 # stream a multi-GB file in constant memory.
@@ -114,17 +128,15 @@ class _TopicActor:
     mode "columns": input columns text, lang (optional), id (optional, passed through); output
     lang, route, theta (with full_theta), top_ids, top_weights, error (null for good rows)."""
 
-    def __init__(self, bundle: list[Any], threads: int | None, top_k: int, route: str, batch_size: int,
-                 full_theta: bool, mode: str, origin: str) -> None:
+    def __init__(self, bundle: list[Any], options: InferenceOptions, threads: int, mode: str, origin: str) -> None:
         import ray
-
-        from xtm.runtime.records import LineFormatter, served_languages
 
         # The ref comes wrapped in a list so Ray hands it over unresolved; fetched once, here.
         files = ray.get(bundle[0])
         self.init_error: XtmError | None = None
         try:
-            self.model = _materialize(files, threads, route)
+            model = _materialize(files, threads, options.route)
+            self.engine = Engine(model, options, bundle=origin)
         except XtmError as e:
             # Raised from __init__, Ray reports only "the actor died" (the cause is not kept);
             # raised from the first call, the driver gets this XtmError back and prints it clean.
@@ -132,51 +144,38 @@ class _TopicActor:
             self.init_error = XtmError(f"{e.reason} (in the copy shipped to a Ray worker)", path=where,
                                        line=e.line, field=e.field)
             return
-        self.top_k, self.route, self.batch_size, self.mode = top_k, route, batch_size, mode
-        self.served = served_languages(self.model, route)
-        self.formatter = LineFormatter(self.model, full_theta=full_theta, route=route)
-        self.full_theta = full_theta
+        self.mode = mode
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         if self.init_error is not None:
             raise self.init_error
         return self._lines(batch) if self.mode == "lines" else self._columns(batch)
 
-    def _infer(self, docs: list[dict[str, Any]]) -> Any:
-        return self.model.infer([d["text"] for d in docs], [d["lang"] for d in docs], batch_size=self.batch_size,
-                                top_k=self.top_k, route=self.route)
-
     def _lines(self, batch: pa.Table) -> pa.Table:
         import pyarrow as pa
 
-        from xtm.runtime.records import infer_lines, parse_line, parse_record
-
         cols = {name: batch.column(name).to_pylist() for name in ("line", "raw", "text", "lang", "id", "error",
                                                                   "warning")}
-        n = batch.num_rows
+        engine = self.engine
         errors, warnings = cols["error"], cols["warning"]
-        docs, rows = [], []
-        for i in range(n):
+        parsed, rows = [], []
+        for i in range(batch.num_rows):
             raw = cols["raw"][i]
             if raw is not None:  # a JSONL line, parsed here (the readers only split lines)
-                doc, errors[i], warnings[i] = parse_line(raw, cols["line"][i], self.served)
+                p = engine.parse_line(raw, cols["line"][i])
             elif errors[i] is None:  # a Parquet row: types and id checked by the reader, the rest now
-                doc, errors[i], warnings[i] = parse_record(
-                    {"text": cols["text"][i], "lang": cols["lang"][i]}, cols["line"][i], self.served)
-                if doc is not None:
-                    doc["id_json"] = cols["id"][i]
+                p = engine.parse_record({"text": cols["text"][i], "lang": cols["lang"][i]}, cols["line"][i])
+                if p[0] is not None:
+                    p[0]["id_json"] = cols["id"][i]
             else:  # the reader's error (a Parquet row, an over-long JSONL line)
                 continue
-            if doc is not None:
-                docs.append(doc)
-                rows.append(i)
-        out: list[str | None] = [None] * n
-        # The same function as the local engine: unsupported documents and per-document failures
-        # become the row's error, with the same words.
-        results = infer_lines(self.model, docs, self.formatter, batch_size=self.batch_size, top_k=self.top_k,
-                              route=self.route)
-        for i, (line, error) in zip(rows, results, strict=True):
-            out[i], errors[i] = line, error
+            parsed.append(p)
+            rows.append(i)
+        out: list[str | None] = [None] * batch.num_rows
+        # The local engine's code: unsupported documents and per-document failures become the
+        # row's error, with the same words.
+        for i, row in zip(rows, engine.infer(parsed), strict=True):
+            out[i], errors[i], warnings[i] = row
         return pa.table({"file": batch.column("file"), "line": batch.column("line"),
                          "error": pa.array(errors, pa.string()), "warning": pa.array(warnings, pa.string()),
                          "out": pa.array(out, pa.string())})
@@ -185,8 +184,7 @@ class _TopicActor:
         import numpy as np
         import pyarrow as pa
 
-        from xtm.runtime.records import parse_record
-
+        engine, opts = self.engine, self.engine.options
         names = batch.column_names
         if "text" not in names:
             raise XtmError(f"the dataset has no 'text' column (it has {', '.join(names) or 'none'})")
@@ -198,11 +196,11 @@ class _TopicActor:
         for i in range(n):
             # Null cells are absent fields, as in Parquet files: a null text is a missing text.
             obj = {k: v for k, v in (("text", texts[i]), ("lang", langs[i])) if v is not None}
-            doc, errors[i], _ = parse_record(obj, i, self.served)
+            doc, errors[i], _ = engine.parse_record(obj, i)
             if doc is not None:
                 docs.append(doc)
                 rows.append(i)
-        K, k = self.model.num_topics, min(self.top_k, self.model.num_topics)
+        K, k = engine.model.num_topics, min(opts.top_k, engine.model.num_topics)
         theta = np.full((n, K), np.nan, dtype=np.float32)
         top_ids = np.full((n, k), -1, dtype=np.int32)
         top_w = np.full((n, k), np.nan, dtype=np.float32)
@@ -212,7 +210,8 @@ class _TopicActor:
         out_conf = np.full(n, np.nan, dtype=np.float32)
         out_oov = np.full(n, np.nan, dtype=np.float32)
         if docs:
-            res = self._infer(docs)
+            res = engine.model.infer([d["text"] for d in docs], [d["lang"] for d in docs],
+                                     batch_size=opts.batch_size, top_k=opts.top_k, route=opts.route)
             idx = np.asarray(rows)
             theta[idx], top_ids[idx], top_w[idx] = res.theta, res.top_ids, res.top_weights
             out_conf[idx], out_oov[idx] = res.lang_conf, res.oov_ratio
@@ -236,7 +235,7 @@ class _TopicActor:
         cols["route"] = pa.array(out_route, pa.string())
         cols["empty"] = pa.array(out_empty, pa.bool_())
         cols["oov_ratio"] = pa.array(out_oov, pa.float32(), mask=np.isnan(out_oov))
-        if self.full_theta:
+        if opts.full_theta:
             cols["theta"] = fixed(theta, K, pa.float32())
         cols["top_ids"] = fixed(top_ids, k, pa.int32())
         cols["top_weights"] = fixed(top_w, k, pa.float32())
@@ -245,14 +244,12 @@ class _TopicActor:
 
 
 def _check_route(bundle_dir: str | Path, route: str) -> None:
+    """The route's error on the driver, from the manifest alone (no model loaded, no actor started)."""
     from xtm.runtime.bundle import read_manifest
     from xtm.runtime.contextual import read_contextual_entry
 
-    if route not in ("auto", "bow", "contextual"):
-        raise XtmError(f"route must be auto, bow or contextual, got {route!r}")
-    if route == "contextual" and read_contextual_entry(read_manifest(bundle_dir, verify=False)) is None:
-        raise XtmError("--route contextual: this bundle has no contextual route (export a run that has one: "
-                       "xtm-contextual RUN_DIR, then xtm-export)", path=bundle_dir)
+    if check_route(route) == "contextual" and read_contextual_entry(read_manifest(bundle_dir, verify=False)) is None:
+        raise no_contextual_route(bundle_dir)
 
 
 def _default_actors(threads_per_actor: int, reserve: int) -> int:
@@ -267,30 +264,23 @@ def _default_actors(threads_per_actor: int, reserve: int) -> int:
     return max(1, cpus // threads_per_actor)
 
 
-def _map_actors(ds: ray.data.Dataset, bundle_dir: str | Path, mode: str, *, num_actors: int | None,
-                threads_per_actor: int, top_k: int, route: str, batch_size: int, full_theta: bool,
-                reserve: int = 0) -> ray.data.Dataset:
+def _map_actors(ds: ray.data.Dataset, bundle_dir: str | Path, mode: str, options: InferenceOptions, *,
+                num_actors: int | None, threads_per_actor: int, reserve: int = 0) -> ray.data.Dataset:
     ray = _import_ray()
     if threads_per_actor < 1:
         raise XtmError(f"threads_per_actor must be at least 1, got {threads_per_actor}")
     if num_actors is not None and num_actors < 1:
         raise XtmError(f"num_actors must be at least 1, got {num_actors}")
-    if batch_size < 1:
-        raise XtmError(f"batch_size must be at least 1, got {batch_size}")
-    if top_k < 0:
-        raise XtmError(f"top_k must be at least 0, got {top_k}")
-    _check_route(bundle_dir, route)
+    _check_route(bundle_dir, options.route)
     bundle_ref = ray.put(pack_bundle(bundle_dir))  # once per dataset, shared by every actor
     return ds.map_batches(
         _TopicActor,
-        # Rows per actor call: like xtm-infer's chunks, 4 encoder batches, so per-call overhead
-        # (Arrow conversion, scheduling) stays small next to tokenizing and the encoder.
-        batch_size=batch_size * 4,
+        # Rows per actor call: the local engine's chunk (CHUNK_BATCHES encoder batches).
+        batch_size=options.batch_size * CHUNK_BATCHES,
         batch_format="pyarrow",
         zero_copy_batch=True,
-        fn_constructor_kwargs={"bundle": [bundle_ref], "threads": threads_per_actor, "top_k": top_k,
-                               "route": route, "batch_size": batch_size, "full_theta": full_theta, "mode": mode,
-                               "origin": str(bundle_dir)},
+        fn_constructor_kwargs={"bundle": [bundle_ref], "options": options, "threads": threads_per_actor,
+                               "mode": mode, "origin": str(bundle_dir)},
         # A fixed pool: every actor loads the model once; Ray Data streams batches to whichever is free.
         compute=ray.data.ActorPoolStrategy(size=num_actors or _default_actors(threads_per_actor, reserve)),
         # An actor's onnxruntime sessions use threads_per_actor cores: reserve them, so Ray never
@@ -304,8 +294,9 @@ def _map_actors(ds: ray.data.Dataset, bundle_dir: str | Path, mode: str, *, num_
 
 
 def infer_dataset(ds: ray.data.Dataset, bundle_dir: str | Path, *, num_actors: int | None = None,
-                  threads_per_actor: int = 1, top_k: int = 3, route: str = "auto", batch_size: int = 256,
-                  full_theta: bool = True) -> ray.data.Dataset:
+                  threads_per_actor: int | None = None, top_k: int = InferenceOptions.top_k,
+                  route: str = InferenceOptions.route, batch_size: int = InferenceOptions.batch_size,
+                  full_theta: bool = InferenceOptions.full_theta) -> ray.data.Dataset:
     """Topic mixtures of a Ray Dataset of documents, computed on `num_actors` actors (lazy).
 
     ds: columns "text" (str), optionally "lang" (ISO 639-1 or a name normalize_lang knows; null =
@@ -319,15 +310,17 @@ def infer_dataset(ds: ray.data.Dataset, bundle_dir: str | Path, *, num_actors: i
     results. Set
     `DataContext.get_current().execution_options.preserve_order = True` to keep input order.
 
-    threads_per_actor: onnxruntime threads in each actor, reserved as Ray CPUs. num_actors
+    threads_per_actor: onnxruntime threads in each actor (default RAY_THREADS_PER_ACTOR), reserved as
+    Ray CPUs. Other options and their defaults: `xtm.runtime.engine.InferenceOptions`. num_actors
     defaults to the cluster's CPUs, less one for the stages before (readers), divided by
     threads_per_actor. Actors that take every CPU starve the upstream tasks that need one:
     measured with Ray 2.60, `read_parquet` (its file listing and reading take a CPU each, whatever
     ray_remote_args say) behind 2 actors on 2 CPUs never finishes. Keep num_actors *
     threads_per_actor below the cluster's CPUs, or materialize() the input first.
     """
-    return _map_actors(ds, bundle_dir, "columns", num_actors=num_actors, threads_per_actor=threads_per_actor,
-                       top_k=top_k, route=route, batch_size=batch_size, full_theta=full_theta, reserve=1)
+    options = InferenceOptions(top_k=top_k, route=route, batch_size=batch_size, full_theta=full_theta)
+    return _map_actors(ds, bundle_dir, "columns", options, num_actors=num_actors,
+                       threads_per_actor=threads_per_actor or RAY_THREADS_PER_ACTOR, reserve=1)
 
 
 # -- files in, one JSONL file out -----------------------------------------------------------------
@@ -423,114 +416,49 @@ def _read_parquet(file_idx: int, path: str) -> Iterator[pa.Table]:
                        schema=schema)
 
 
-class InferFilesResult:
-    """What infer_files did: rows read (non-blank lines / Parquet rows), rows skipped, results written."""
-
-    def __init__(self, total: int, skipped: int) -> None:
-        self.total, self.skipped = total, skipped
-
-    @property
-    def written(self) -> int:
-        return self.total - self.skipped
-
-    def __repr__(self) -> str:
-        return f"InferFilesResult(total={self.total}, skipped={self.skipped})"
+# What infer_files returns: rows read (non-blank lines, Parquet rows) and skipped; .written.
+InferFilesResult = InferenceCounts
 
 
 def infer_files(paths: Sequence[str | Path], bundle_dir: str | Path, out_path: str | Path | None, *,
-                address: str | None = None, num_actors: int | None = None, threads_per_actor: int = 1,
-                top_k: int = 3, route: str = "auto", batch_size: int = 256, full_theta: bool = True,
-                strict: bool = False, max_bad: int | None = None, max_share: float | None = None,
-                report: Callable[[str], None] | None = None, progress: bool | None = None,
-                sink: IO[bytes] | None = None) -> InferFilesResult:
+                address: str | None = None, num_actors: int | None = None, threads_per_actor: int | None = None,
+                top_k: int = InferenceOptions.top_k, route: str = InferenceOptions.route,
+                batch_size: int = InferenceOptions.batch_size, full_theta: bool = InferenceOptions.full_theta,
+                strict: bool = InferenceOptions.strict, max_bad: int | str | None = None,
+                max_share: float | None = None, report: Callable[[str], None] | None = None,
+                progress: bool | None = None, sink: IO[bytes] | None = None) -> InferenceCounts:
     """xtm-infer's output for JSONL and Parquet files and directories, computed on Ray actors.
 
     Writes one line per good row, in input order (files in the given order, directories sorted),
     byte-identical to the local engine's, to `out_path` atomically (nothing is written if the run
     fails), or to `sink` (default stdout) when out_path is None. Bad rows are reported through
     `report` (default: stderr) as PATH:LINE: reason and skipped; `strict` raises XtmError at the
-    first one, `max_bad` at the first one over that count, `max_share` (0..1) at the end when a
-    larger share of the rows was bad; NoResultsError (an XtmError) when no row could be inferred.
+    first one, `max_bad` at the first one over that count (or "P%"), `max_share` (0..1) at the end
+    when a larger share of the rows was bad; NoResultsError (an XtmError) when no row could be
+    inferred: the engine's policy (`xtm.runtime.engine`), whose InferenceOptions give the defaults.
     Whatever raises, out_path is not written; to a sink, the lines before the failing row are.
+    threads_per_actor: onnxruntime threads per actor (default RAY_THREADS_PER_ACTOR).
     Connects to `address` (a running cluster: "auto", "HOST:PORT", "ray://HOST:10001"),
     or uses the Ray already initialised in this process, or starts a local one (shut down again
     at the end). The input files are read by Ray tasks: on a multi-node cluster they must be on a
     file system every node sees.
     """
     ray = _import_ray()
-    from ray.data import DataContext
-
     from xtm.runtime.records import check_out_is_not_input
 
+    options = InferenceOptions(top_k=top_k, route=route, batch_size=batch_size, full_theta=full_theta,
+                               strict=strict, max_bad=max_bad, max_share=max_share)
     files = list_input_files(paths)
     check_out_is_not_input(out_path, [p for p, _ in files])
     _check_route(bundle_dir, route)  # fail before starting anything
-    bar: Any = None
-    if progress is None:
-        progress = sys.stderr.isatty()
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(unit=" rows", unit_scale=True, file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
-    if report is None:
-        def report(msg: str) -> None:
-            if bar is not None:
-                bar.write(msg, file=sys.stderr)  # keeps the bar intact
-            else:
-                print(msg, file=sys.stderr, flush=True)
-    started = False
-    if not ray.is_initialized():
-        # Ray's own INFO lines (dashboard, object store) would bury the per-row messages.
-        if address is None and not os.environ.get("RAY_ADDRESS"):
-            # A one-run instance on this machine: no dashboard to start (seconds saved).
-            ray.init(logging_level="WARNING", include_dashboard=False)
-        else:
-            ray.init(address=address, logging_level="WARNING")
-        started = True
-    elif address is not None:
-        raise XtmError("Ray is already initialised in this process; address cannot be changed")
-    ctx = DataContext.get_current()
-    saved = (ctx.execution_options.preserve_order, ctx.enable_progress_bars)
-    data_logger = logging.getLogger("ray.data")
-    saved_level = data_logger.level
-    # Ray Data's INFO lines (execution plans, log locations) would bury the per-row messages on
-    # stderr; its warnings (e.g. resources too small to make progress) still come through.
-    data_logger.setLevel(logging.WARNING)
-    logging.getLogger("ray.data._internal.progress").addFilter(_quiet_ray_data)
-    ctx.execution_options.preserve_order = True  # output order = input order, as xtm-infer
-    # Our own bar counts rows; Ray Data's per-operator bars would interleave with the row messages.
-    ctx.enable_progress_bars = False
+    bar = _progress_bar(progress)
+    tally = options.policy(report or _stderr_report(bar))
     try:
-        items = [{"file": i, "path": p, "kind": k} for i, (p, k) in enumerate(files)]
-        try:  # one block per file, so files are read in parallel
-            listing = ray.data.from_items(items, override_num_blocks=len(files))
-        except TypeError:  # Ray < 2.10 called it parallelism
-            listing = ray.data.from_items(items, parallelism=len(files))
-        # Reading is I/O: the readers reserve no CPU, so N actors on N cores never starve them
-        # (with num_cpus=1 each, 2 actors on 2 cores would leave no slot for a reader: a hang).
-        rows = listing.map_batches(_read_rows, batch_size=1, batch_format="numpy", num_cpus=0)
-        ds = _map_actors(rows, bundle_dir, "lines", num_actors=num_actors, threads_per_actor=threads_per_actor,
-                         top_k=top_k, route=route, batch_size=batch_size, full_theta=full_theta)
-        names = [p for p, _ in files]
-        with warnings.catch_warnings():
-            # "only received N input(s) ... won't fully utilize the available concurrency": a small
-            # input fits in fewer batches than there are actors; nothing to act on.
-            warnings.filterwarnings("ignore", message=".*concurrent actors.*")
-            from xtm.runtime.records import BadLines
-
-            tally = BadLines(report, strict=strict, max_bad=max_bad, max_share=max_share)
-            where = ", ".join(names) if len(names) <= 3 else f"{names[0]} and {len(names) - 1} more inputs"
+        with _ray_session(address), _quiet_ray_data_context():
+            ds = _map_actors(_rows_dataset(files), bundle_dir, "lines", options, num_actors=num_actors,
+                             threads_per_actor=threads_per_actor or RAY_THREADS_PER_ACTOR)
             try:
-                if out_path is None:
-                    _drain(ds, sink or sys.stdout.buffer, names, tally, bar)
-                    tally.finish(where)
-                else:
-                    from xtm.atomic import atomic_open
-
-                    with atomic_open(out_path, "wb") as f:
-                        _drain(ds, f, names, tally, bar)
-                        tally.finish(where)  # raising here leaves out_path unwritten
-                return InferFilesResult(tally.total, tally.skipped)
+                _write_all(ds, [p for p, _ in files], tally, out_path, sink, bar)
             except ray.exceptions.RayError as e:
                 # A worker's XtmError (an unreadable file, a bundle that fails its checksums) comes
                 # back wrapped with the worker's traceback: re-raise the user-facing error alone.
@@ -538,14 +466,100 @@ def infer_files(paths: Sequence[str | Path], bundle_dir: str | Path, out_path: s
                 if cause is None:
                     raise
                 raise XtmError(cause.reason, path=cause.path, line=cause.line, field=cause.field) from None
+            return tally.counts()
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _progress_bar(progress: bool | None) -> Any:
+    """A row counter on stderr (default: when stderr is a terminal), or None."""
+    if not (sys.stderr.isatty() if progress is None else progress):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(unit=" rows", unit_scale=True, file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+
+
+def _stderr_report(bar: Any) -> Callable[[str], None]:
+    def report(msg: str) -> None:
+        if bar is not None:
+            bar.write(msg, file=sys.stderr)  # keeps the bar intact
+        else:
+            print(msg, file=sys.stderr, flush=True)
+
+    return report
+
+
+@contextlib.contextmanager
+def _ray_session(address: str | None) -> Iterator[None]:
+    """Ray for one run: the one already initialised in this process, the cluster at `address`, or a
+    local instance started now and shut down at the end."""
+    ray = _import_ray()
+    if ray.is_initialized():
+        if address is not None:
+            raise XtmError("Ray is already initialised in this process; address cannot be changed")
+        yield
+        return
+    # Ray's own INFO lines (dashboard, object store) would bury the per-row messages.
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        # A one-run instance on this machine: no dashboard to start (seconds saved).
+        ray.init(logging_level="WARNING", include_dashboard=False)
+    else:
+        ray.init(address=address, logging_level="WARNING")
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@contextlib.contextmanager
+def _quiet_ray_data_context() -> Iterator[None]:
+    """Ray Data set for xtm-infer's output: input order kept, no progress bars or INFO lines of its
+    own (they would bury the per-row messages; its warnings still come through). Restored after."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    saved = (ctx.execution_options.preserve_order, ctx.enable_progress_bars)
+    data_logger = logging.getLogger("ray.data")
+    saved_level = data_logger.level
+    data_logger.setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").addFilter(_quiet_ray_data)
+    ctx.execution_options.preserve_order = True  # output order = input order, as xtm-infer
+    # Our own bar counts rows; Ray Data's per-operator bars would interleave with the row messages.
+    ctx.enable_progress_bars = False
+    try:
+        with warnings.catch_warnings():
+            # "only received N input(s) ... won't fully utilize the available concurrency": a small
+            # input fits in fewer batches than there are actors; nothing to act on.
+            warnings.filterwarnings("ignore", message=".*concurrent actors.*")
+            yield
     finally:
         ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
         data_logger.setLevel(saved_level)
         logging.getLogger("ray.data._internal.progress").removeFilter(_quiet_ray_data)
-        if bar is not None:
-            bar.close()
-        if started:
-            ray.shutdown()
+
+
+def _rows_dataset(files: list[tuple[str, str]]) -> ray.data.Dataset:
+    """The input rows of `files`, read by Ray tasks (one block per file, read in parallel)."""
+    ray = _import_ray()
+    items = [{"file": i, "path": p, "kind": k} for i, (p, k) in enumerate(files)]
+    try:
+        listing = ray.data.from_items(items, override_num_blocks=len(files))
+    except TypeError:  # Ray < 2.10 called it parallelism
+        listing = ray.data.from_items(items, parallelism=len(files))
+    # Reading is I/O: the readers reserve no CPU, so N actors on N cores never starve them
+    # (with num_cpus=1 each, 2 actors on 2 cores would leave no slot for a reader: a hang).
+    return listing.map_batches(_read_rows, batch_size=1, batch_format="numpy", num_cpus=0)
+
+
+def _write_all(ds: ray.data.Dataset, names: list[str], tally: Any, out_path: str | Path | None,
+               sink: IO[bytes] | None, bar: Any) -> None:
+    """The results to out_path (atomically) or the sink (default stdout), then the end-of-run checks."""
+    where = ", ".join(names) if len(names) <= 3 else f"{names[0]} and {len(names) - 1} more inputs"
+    with open_output(out_path if out_path is not None else sink, tally) as out:
+        _drain(ds, out, names, bar)
+        tally.finish(where)  # raising here leaves out_path unwritten
 
 
 def _xtm_cause(e: BaseException) -> XtmError | None:
@@ -567,34 +581,13 @@ def _quiet_ray_data(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith("Progress bars disabled")
 
 
-def _drain(ds: ray.data.Dataset, sink: IO[bytes], names: list[str], tally: Any, bar: Any) -> None:
-    """Write the results in order; report bad rows and warnings where they stand in the input. When
-    a bad row is fatal (strict, max_bad), the good lines before it are written, then XtmError."""
+def _drain(ds: ray.data.Dataset, out: OutputWriter, names: list[str], bar: Any) -> None:
+    """The actors' rows, in input order, through the engine's writer: bad rows and warnings reported
+    where they stand in the input, a fatal one after the good lines before it."""
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         files, lines = batch.column("file").to_pylist(), batch.column("line").to_pylist()
-        errors, warnings = batch.column("error").to_pylist(), batch.column("warning").to_pylist()
-        out = batch.column("out").to_pylist()
-        good = []
-        try:
-            for i in range(batch.num_rows):
-                tally.total += 1
-                if errors[i] is not None:
-                    tally.bad(names[files[i]], lines[i], errors[i])
-                    continue
-                if warnings[i] is not None:
-                    tally.report(f"{names[files[i]]}:{lines[i]}: warning: {warnings[i]}")
-                good.append(out[i])
-        except XtmError:
-            _write(sink, good)
-            raise
-        _write(sink, good)
+        rows = map(Row, batch.column("out").to_pylist(), batch.column("error").to_pylist(),
+                   batch.column("warning").to_pylist())
+        out.take((names[f], n, row) for f, n, row in zip(files, lines, rows, strict=True))
         if bar is not None:
             bar.update(batch.num_rows)
-
-
-def _write(sink: IO[bytes], lines: list[str]) -> None:
-    from xtm.runtime.records import encode_lines
-
-    if lines:
-        sink.write(encode_lines(lines))
-        sink.flush()

@@ -1,9 +1,10 @@
 """Batch inference records: one input row -> a checked document, one result -> one output JSON line.
 
-The single definition of xtm-infer's row semantics and output format, shared by the local engine
-(`xtm.cli.infer`) and the Ray engine (`xtm.runtime.ray`), so both write byte-identical lines and
-report the same bad rows with the same reasons. Torch-free and cheap to import (json and the
-language table only); the model is only touched through the InferenceResult handed in.
+The single definition of xtm-infer's row semantics and output format, used by the inference engine
+(`xtm.runtime.engine`, which every batch run goes through: xtm-infer, the Ray engine, Python), so
+all write byte-identical lines and report the same bad rows with the same reasons. Torch-free and
+cheap to import (json and the language table only); the model is only touched through the
+InferenceResult handed in. What to do with a bad row (skip, stop) is the engine's policy.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import functools
 import json
 import os
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -22,10 +23,9 @@ from xtm.errors import XtmError
 if TYPE_CHECKING:
     from xtm.runtime.model import InferenceResult, TopicModel
 
-__all__ = ["DECIMALS", "MAX_CHARS", "MAX_LINE_BYTES", "OUTPUT_WORDS", "WEIGHT", "BadLines", "LineFormatter",
-           "NoResultsError", "Parsed", "check_out_is_not_input", "decode_json_line", "encode_id", "encode_lines",
-           "infer_lines", "line_chunks", "parquet_chunks", "parse_line", "parse_max_bad", "parse_parquet_row",
-           "parse_record", "read_lines", "served_languages", "without_surrogates"]
+__all__ = ["DECIMALS", "MAX_CHARS", "MAX_LINE_BYTES", "OUTPUT_WORDS", "PARQUET_SUFFIXES", "WEIGHT", "LineFormatter",
+           "Parsed", "check_out_is_not_input", "decode_json_line", "encode_id", "encode_lines", "line_chunks",
+           "parquet_chunks", "parse_line", "parse_parquet_row", "parse_record", "read_lines", "without_surrogates"]
 
 # Longer documents are cut (with a warning): tokenizing megabytes of one line is almost always a
 # malformed record, and a bag of words of the first 100k characters already saturates the vocabulary.
@@ -34,6 +34,8 @@ MAX_CHARS = 100_000
 # binary, a mis-split dump) would otherwise be read whole. Far above any record a 100k-character
 # text makes (at most ~600 kB, fully escaped), leaving room for large fields beside the text.
 MAX_LINE_BYTES = 64 * 1024 * 1024
+# File name endings read as Parquet (any other file is JSONL), by both engines.
+PARQUET_SUFFIXES = (".parquet", ".pq")
 # Words per language shown for each topic in the output.
 OUTPUT_WORDS = 10
 # Decimals kept for weights: float32 carries about 7 significant digits, and 6 decimals keep the
@@ -50,13 +52,6 @@ _SURROGATES = re.compile("[\ud800-\udfff]")
 
 # (document, error, warning) for one input row; document is {"id", "id_json", "text", "lang"} when good.
 Parsed = tuple[dict[str, Any] | None, str | None, str | None]
-
-
-class NoResultsError(XtmError):
-    """Not one input row could be inferred (empty input, or every row bad): xtm-infer exits 1 and
-    writes no --out file. total/skipped: the rows read and skipped."""
-
-    total = skipped = 0
 
 
 # -- reading ---------------------------------------------------------------------------------------
@@ -136,12 +131,6 @@ def _show(value: str) -> str:
     characters, lone surrogates) made visible, long values cut."""
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
-
-
-def served_languages(model: TopicModel, route: str) -> list[str] | None:
-    """Languages a good row may name on `route`: the bag-of-words languages, plus the contextual
-    encoder's when the route uses it; None (any valid code) when that encoder lists none."""
-    return model.served_languages(route)
 
 
 def parse_line(raw: bytes | None, lineno: int, served: Sequence[str] | None) -> Parsed:
@@ -253,68 +242,6 @@ def check_out_is_not_input(out: str | Path | None, inputs: Sequence[str | Path])
                                "another output path", path=out)
 
 
-def parse_max_bad(value: str | int | None) -> tuple[int | None, float | None]:
-    """--max-bad N or P%: (count, None) or (None, share in [0, 1]); (None, None) for no limit."""
-    if value is None:
-        return None, None
-    if isinstance(value, int) and not isinstance(value, bool):
-        if value < 0:
-            raise XtmError(f"--max-bad must be at least 0, got {value}")
-        return value, None
-    text = str(value).strip()
-    try:
-        if text.endswith("%"):
-            share = float(text[:-1])
-            if not 0 <= share <= 100:
-                raise ValueError
-            return None, share / 100
-        count = int(text)
-        if count < 0:
-            raise ValueError
-        return count, None
-    except ValueError:
-        raise XtmError(f"--max-bad takes a number of lines (10) or a percentage (0.5%), got {value!r}") from None
-
-
-class BadLines:
-    """The count of rows read, bad and written, and the rules that stop a run on bad rows.
-
-    strict: the first bad row is fatal. max_bad: more than that many bad rows is fatal, at the row
-    that exceeds it. max_share: judged at the end (`finish`), when the share of bad rows over all
-    rows read exceeds it. Fatal means XtmError: an --out file is then not written at all."""
-
-    def __init__(self, report: Callable[[str], None], *, strict: bool = False, max_bad: int | None = None,
-                 max_share: float | None = None) -> None:
-        self.report, self.strict, self.max_bad, self.max_share = report, strict, max_bad, max_share
-        self.total = self.skipped = 0
-
-    @property
-    def written(self) -> int:
-        return self.total - self.skipped
-
-    def bad(self, where: str, line: int, reason: str) -> None:
-        """One bad row: reported as WHERE:LINE: reason, or XtmError when it makes the run fail."""
-        self.skipped += 1
-        if self.strict:
-            raise XtmError(reason, path=where, line=line)
-        if self.max_bad is not None and self.skipped > self.max_bad:
-            raise XtmError(f"{reason}; too many bad lines: more than {self.max_bad} (--max-bad)", path=where,
-                           line=line)
-        self.report(f"{where}:{line}: {reason}")
-
-    def finish(self, name: str) -> None:
-        """End-of-run checks: the share of bad rows, and that something was inferred at all."""
-        if self.max_share is not None and self.total and self.skipped / self.total > self.max_share:
-            share = 100 * self.skipped / self.total
-            raise XtmError(f"too many bad lines: {self.skipped} of {self.total} ({share:.2f}%, --max-bad "
-                           f"{100 * self.max_share:g}%)", path=name)
-        if self.written == 0:
-            e = NoResultsError("no documents in the input" if self.total == 0 else
-                               f"no line could be inferred: all {self.total} lines were bad", path=name)
-            e.total, e.skipped = self.total, self.skipped
-            raise e
-
-
 def parquet_chunks(path: str, size: int) -> Iterator[list[tuple[int, dict[str, Any]]]]:
     """(row number, record) lists of up to `size` rows of a Parquet file, streamed by record batch.
 
@@ -375,7 +302,7 @@ class LineFormatter:
     tokens outside the vocabulary (null on the contextual route). Unsupported rows get no line.
     """
 
-    def __init__(self, model: TopicModel, *, full_theta: bool = True, route: str = "auto") -> None:
+    def __init__(self, model: TopicModel, *, full_theta: bool = True) -> None:
         self.full_theta = full_theta
         # Topic words come from the bundle: encode_id's escaping keeps a damaged word list valid UTF-8.
         words_json = [encode_id({lang: ws[:OUTPUT_WORDS] for lang, ws in t.items()}) for t in model.topics]
@@ -411,36 +338,6 @@ class LineFormatter:
                        f'"empty":{"true" if empty[i] else "false"},"oov_ratio":{_share(oov[i])},'
                        f'"theta":{theta_json},"topics":[{topics_json}]}}')
         return out
-
-
-def infer_lines(model: TopicModel, docs: Sequence[dict[str, Any]], formatter: LineFormatter, *, batch_size: int,
-                top_k: int, route: str) -> list[tuple[str | None, str | None]]:
-    """(output line, None) or (None, error) for each parsed document, in order.
-
-    The documents are inferred together; if that raises, one by one, so a document that breaks a
-    tokenizer or an encoder costs its own line only. An unsupported document (see
-    InferenceResult.unsupported) is an error with the reason. When every document fails alone with
-    the same error, the cause is not in the documents (a broken model): XtmError."""
-    if not docs:
-        return []
-    try:
-        res = model.infer([d["text"] for d in docs], [d["lang"] for d in docs], batch_size=batch_size, top_k=top_k,
-                          route=route)
-        lines = formatter.lines(res, [d["id_json"] for d in docs])
-    except Exception as e:
-        if len(docs) == 1:
-            return [(None, f"cannot infer this document: {_describe(e)}")]
-        out = [infer_lines(model, [d], formatter, batch_size=batch_size, top_k=top_k, route=route)[0] for d in docs]
-        errors = {err for line, err in out if line is None}
-        if all(line is None for line, _ in out) and len(errors) == 1:
-            raise XtmError(f"inference failed for every document: {_describe(e)}") from e
-        return out
-    return [(line, None) if line is not None else (None, res.notes[i] or "unsupported")
-            for i, line in enumerate(lines)]
-
-
-def _describe(e: BaseException) -> str:
-    return str(e) if isinstance(e, XtmError) else f"{type(e).__name__}: {e}"
 
 
 def encode_lines(lines: Sequence[str]) -> bytes:

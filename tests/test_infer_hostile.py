@@ -140,24 +140,28 @@ def test_control_characters_in_reported_values_are_escaped(hb: HandBundle, tmp_p
 def test_a_document_that_breaks_inference_costs_only_its_line(hb: HandBundle, model: TopicModel) -> None:
     """A tokenizer or encoder failure on one document (here: a tokenizer that cannot take one text)
     is isolated by retrying the chunk document by document."""
-    from xtm.runtime.records import LineFormatter, infer_lines, parse_record
+    from xtm.runtime.engine import Engine, InferenceOptions
 
     class Fragile:  # the real model, with a tokenizer that fails on one text
         def __init__(self, inner: TopicModel) -> None:
             self.inner = inner
+
+        def __getattr__(self, name: str):
+            return getattr(self.inner, name)
 
         def infer(self, texts, langs, **kw):
             if any("poison" in t for t in texts):
                 raise RuntimeError("tokenizer crashed")
             return self.inner.infer(texts, langs, **kw)
 
-    docs = [parse_record({"text": t, "lang": "en"}, i + 1, None)[0] for i, t in
-            enumerate(["bank market", "poison pill", "stock price"])]
-    fmt = LineFormatter(model)
-    got = infer_lines(Fragile(model), docs, fmt, batch_size=8, top_k=2, route="auto")
-    assert [e for _, e in got] == [None, "cannot infer this document: RuntimeError: tokenizer crashed", None]
-    alone = infer_lines(model, [docs[0]], fmt, batch_size=8, top_k=2, route="auto")
-    assert got[0][0] == alone[0][0]  # the retried rows give the same bytes
+    options = InferenceOptions(batch_size=8, top_k=2)
+    fragile = Engine(Fragile(model), options)
+    parsed = [fragile.parse_record({"text": t, "lang": "en"}, i + 1) for i, t in
+              enumerate(["bank market", "poison pill", "stock price"])]
+    got = fragile.infer(parsed)
+    assert [r.error for r in got] == [None, "cannot infer this document: RuntimeError: tokenizer crashed", None]
+    alone = Engine(model, options).infer(parsed[:1])
+    assert got[0].output == alone[0].output  # the retried rows give the same bytes
 
 
 # -- languages: detected among all, never read as another one --------------------------------------

@@ -152,8 +152,8 @@ def test_cli_engine_ray_on_a_directory_matches_local_and_strict_writes_nothing(
 
 
 def test_ray_max_bad_and_no_results_leave_out_unwritten(ray_local, hb: HandBundle, tmp_path: Path) -> None:
+    from xtm.runtime.engine import NoResultsError
     from xtm.runtime.ray import infer_files
-    from xtm.runtime.records import NoResultsError
 
     out = tmp_path / "out.jsonl"
     out.write_text("previous\n")
@@ -219,7 +219,7 @@ def test_infer_dataset_columns_equal_the_runtime(ray_local, hb: HandBundle) -> N
 
 
 def test_runtime_and_cli_never_import_ray() -> None:
-    code = ("import sys, xtm.runtime, xtm.runtime.model, xtm.runtime.records, xtm.cli.infer; "
+    code = ("import sys, xtm.runtime, xtm.runtime.model, xtm.runtime.records, xtm.runtime.engine, xtm.cli.infer; "
             "assert 'ray' not in sys.modules, 'ray imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -242,3 +242,17 @@ def test_local_engine_refuses_what_only_ray_reads(hb: HandBundle, tmp_path: Path
     assert r.exit_code == 2 and "--engine ray" in r.stderr
     r = CliRunner().invoke(main, ["--help"])
     assert "--engine" in r.stdout and "--address" in r.stdout and "Parquet" in r.stdout
+
+
+def test_ray_output_that_cannot_be_written_is_one_error(ray_local, hb: HandBundle, tmp_path: Path) -> None:
+    """A full device (or disk) under --out: one error line and exit 2, as the local engine (the
+    writer is the engine's, shared by both), not a traceback."""
+    import os
+
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
+    src = _write_jsonl(tmp_path / "d.jsonl", [{"text": "bank market", "lang": "en"}])
+    for engine in ("local", "ray"):
+        r = CliRunner().invoke(main, [str(src), "--bundle", str(hb.path), "--engine", engine, "--out", "/dev/full"])
+        assert r.exit_code == 2, (engine, r.output)
+        assert r.stderr == "error: /dev/full: cannot write: No space left on device\n", engine

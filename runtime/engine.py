@@ -1,0 +1,518 @@
+"""The inference engine: records in, xtm-infer's output lines out, bad records under one policy.
+
+Every way documents reach a bundle in batch runs goes through this module, so they all give the
+same bytes and the same bad-record reports: `xtm-infer` (it parses flags, opens files and prints
+the summary; the rest is here), the Ray engine (`xtm.runtime.ray`: each actor runs
+`Engine.infer` on its batch, the driver writes through an `OutputWriter`) and Python:
+
+    from xtm.runtime import TopicModel
+    from xtm.runtime.engine import InferenceOptions, infer_file
+
+    model = TopicModel.load("bundles/ecnews")
+
+    # A JSONL or Parquet file (or "-", or a binary stream) to a file, like
+    # `xtm-infer docs.jsonl --out topics.jsonl --top-k 5`: written atomically, never half.
+    counts = infer_file("docs.jsonl", model, "topics.jsonl", options=InferenceOptions(top_k=5))
+    print(counts.written, counts.skipped)
+
+    # Records from anywhere (dicts: "text", optional "lang" and "id") to output lines, lazily.
+    for line in model.infer_records(rows, top_k=5):      # or engine.infer_records(model, rows)
+        result = json.loads(line)                        # {"id", "lang", ..., "theta", "topics"}
+
+`TopicModel.infer(texts)` stays the array API (theta, top topics as numpy); this module adds what a
+pipeline needs around it: ids carried through, xtm-infer's line format (`records.LineFormatter`),
+memory that stays flat on any input length (chunks of 4 encoder batches), and the bad-record policy:
+
+- A bad record (unreadable JSON, no text, a language the route cannot read, a document inference
+  fails on alone) is reported through `report(message)` as WHERE:LINE: reason and skipped.
+  `strict` makes the first one an XtmError, `max_bad` N the (N+1)th, `max_bad` "P%" (or
+  `max_share`, 0..1) the end of the run when a larger share of records was bad. Good lines before
+  the failing record are still written (to a file, the atomic replace then never happens).
+- Outcome, what `xtm-infer` turns into its exit status: `InferenceCounts` (results written: 0),
+  `NoResultsError` (nothing could be inferred: 1), any other XtmError (2).
+
+Defaults of every option (`InferenceOptions`) and the routes (`ROUTES`) are defined here once: the
+CLI's flags, `TopicModel.infer` and the Ray engine read them. Cheap to import (no numpy, no
+onnxruntime): the CLI reads the defaults at start-up; the model comes in as an argument.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import numbers
+import sys
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
+
+from xtm.errors import XtmError
+from xtm.runtime import records
+from xtm.runtime.records import LineFormatter, Parsed, encode_lines
+
+if TYPE_CHECKING:
+    from xtm.runtime.model import TopicModel
+
+__all__ = ["CHUNK_BATCHES", "RAY_THREADS_PER_ACTOR", "ROUTES", "ROUTE_HELP", "BadLines", "Engine",
+           "InferenceCounts", "InferenceOptions", "NoResultsError", "OutputWriter", "Row", "check_route",
+           "infer_file", "infer_records", "no_contextual_route", "open_output", "parse_max_bad", "sink_writer"]
+
+log = logging.getLogger(__name__)
+
+# How documents reach theta: "bow" the training languages' bag-of-words encoders; "contextual" the
+# bundle's multilingual sentence encoder (any language it knows); "auto" bag of words for the
+# training languages and contextual for the others (= "bow" for a bundle without a contextual route).
+ROUTES = ("auto", "bow", "contextual")
+ROUTE_HELP = ("auto: bag of words for the training languages, the contextual route for others; "
+              "bow: training languages only; contextual: every document through the sentence encoder.")
+# Records per engine step (local chunks, Ray actor calls): 4 encoder batches, so per-step overhead
+# (formatting set-up, Arrow conversion, scheduling) stays small next to tokenizing and the encoder.
+CHUNK_BATCHES = 4
+# onnxruntime threads of each Ray actor when not given (the local engine lets onnxruntime choose).
+RAY_THREADS_PER_ACTOR = 1
+
+
+def check_route(route: Any) -> str:
+    """`route` when it is one of ROUTES; XtmError naming them otherwise."""
+    if route not in ROUTES:
+        raise XtmError(f"route must be one of {', '.join(ROUTES)}, got {route!r}")
+    return route
+
+
+def no_contextual_route(bundle: str | Path | None, languages: Sequence[str] | None = None) -> XtmError:
+    """The error for a contextual route a bundle does not have. With `languages` (a caller that did
+    not ask for the route by flag): what the bundle can read instead."""
+    how = "export a run that has one: xtm-contextual RUN_DIR, then xtm-export"
+    if languages is None:
+        return XtmError(f"--route contextual: this bundle has no contextual route ({how})", path=bundle)
+    return XtmError(f"this bundle has no contextual route ({how}); it reads only its training languages: "
+                    f"{', '.join(languages)}", path=bundle)
+
+
+def parse_max_bad(value: str | int | None) -> tuple[int | None, float | None]:
+    """--max-bad N or P%: (count, None) or (None, share in [0, 1]); (None, None) for no limit."""
+    if value is None:
+        return None, None
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise XtmError(f"--max-bad must be at least 0, got {value}")
+        return value, None
+    text = str(value).strip()
+    try:
+        if text.endswith("%"):
+            share = float(text[:-1])
+            if not 0 <= share <= 100:
+                raise ValueError
+            return None, share / 100
+        count = int(text)
+        if count < 0:
+            raise ValueError
+        return count, None
+    except ValueError:
+        raise XtmError(f"--max-bad takes a number of lines (10) or a percentage (0.5%), got {value!r}") from None
+
+
+def _option(default: Any, help: str, minimum: int | None = None) -> Any:
+    """A field with its CLI help (and lower bound) beside its default: xtm-infer reads both."""
+    return field(default=default, metadata={"help": help, "min": minimum})
+
+
+def _at_least(name: str, value: Any, low: int) -> int:
+    """`value` as a plain int when it is an integer >= low (numpy integers too); XtmError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise XtmError(f"{name} must be an integer, got {value!r}")
+    if value < low:
+        raise XtmError(f"{name} must be at least {low}, got {value}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """How a batch run infers and writes, and when bad records stop it (xtm-infer's flags).
+
+    top_k: topics listed per document. batch_size: documents per encoder call. route: see ROUTES.
+    full_theta: all K weights per line, or only the top-k as {topic_id: weight}. strict / max_bad /
+    max_share: the bad-record policy (module docstring); max_bad takes a count or "P%" (which sets
+    max_share). threads: onnxruntime threads where the engine loads the model itself (xtm-infer,
+    each Ray actor); a TopicModel already loaded keeps its own.
+    """
+
+    top_k: int = _option(3, "Topics listed per document.", minimum=0)
+    batch_size: int = _option(256, "Documents per encoder call.", minimum=1)
+    route: str = _option("auto", ROUTE_HELP)
+    full_theta: bool = _option(True, "All K topic weights, or only the top-k as {topic_id: weight}.")
+    strict: bool = _option(False, "Fail (exit 2) at the first bad line instead of skipping it.")
+    max_bad: int | str | None = _option(
+        None, "Fail (exit 2) when more than N lines, or more than P percent of the lines, are bad.")
+    max_share: float | None = None
+    threads: int | None = _option(
+        None, f"onnxruntime threads (local default: all cores; ray: per actor, default {RAY_THREADS_PER_ACTOR}).",
+        minimum=1)
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            if f.metadata.get("min") is not None and getattr(self, f.name) is not None:
+                object.__setattr__(self, f.name, _at_least(f.name, getattr(self, f.name), f.metadata["min"]))
+        check_route(self.route)
+        count, share = parse_max_bad(self.max_bad)
+        if share is not None:
+            if self.max_share is not None and self.max_share != share:
+                raise XtmError(f"max_bad {self.max_bad!r} and max_share {self.max_share} disagree: give one")
+            object.__setattr__(self, "max_share", share)
+        object.__setattr__(self, "max_bad", count)
+        if self.max_share is not None and not 0 <= self.max_share <= 1:
+            raise XtmError(f"max_share must be in [0, 1], got {self.max_share}")
+
+    @staticmethod
+    def describe(name: str) -> tuple[Any, str, int | None]:
+        """(default, help, lower bound or None) of option `name`: what a CLI flag shows and checks."""
+        f = {f.name: f for f in dataclasses.fields(InferenceOptions)}[name]
+        return f.default, f.metadata.get("help", ""), f.metadata.get("min")
+
+    def policy(self, report: Callable[[str], None]) -> BadLines:
+        """A fresh bad-record tally with these limits, reporting through `report`."""
+        return BadLines(report, strict=self.strict, max_bad=self.max_bad, max_share=self.max_share)
+
+
+# -- outcome and policy ----------------------------------------------------------------------------
+
+
+class NoResultsError(XtmError):
+    """Not one input row could be inferred (empty input, or every row bad): xtm-infer exits 1 and
+    writes no --out file. total/skipped: the rows read and skipped."""
+
+    total = skipped = 0
+
+
+@dataclass(frozen=True)
+class InferenceCounts:
+    """What a run did: rows read (non-blank lines, Parquet rows, records), rows skipped as bad."""
+
+    total: int
+    skipped: int
+
+    @property
+    def written(self) -> int:
+        return self.total - self.skipped
+
+
+class BadLines:
+    """The count of rows read, bad and written, and the rules that stop a run on bad rows.
+
+    strict: the first bad row is fatal. max_bad: more than that many bad rows is fatal, at the row
+    that exceeds it. max_share: judged at the end (`finish`), when the share of bad rows over all
+    rows read exceeds it. Fatal means XtmError: an --out file is then not written at all."""
+
+    def __init__(self, report: Callable[[str], None], *, strict: bool = False, max_bad: int | None = None,
+                 max_share: float | None = None) -> None:
+        self.report, self.strict, self.max_bad, self.max_share = report, strict, max_bad, max_share
+        self.total = self.skipped = 0
+
+    @property
+    def written(self) -> int:
+        return self.total - self.skipped
+
+    def counts(self) -> InferenceCounts:
+        return InferenceCounts(self.total, self.skipped)
+
+    def bad(self, where: str, line: int, reason: str) -> None:
+        """One bad row: reported as WHERE:LINE: reason, or XtmError when it makes the run fail."""
+        self.skipped += 1
+        if self.strict:
+            raise XtmError(reason, path=where, line=line)
+        if self.max_bad is not None and self.skipped > self.max_bad:
+            raise XtmError(f"{reason}; too many bad lines: more than {self.max_bad} (--max-bad)", path=where,
+                           line=line)
+        self.report(f"{where}:{line}: {reason}")
+
+    def finish(self, name: str, *, require_results: bool = True) -> InferenceCounts:
+        """End-of-run checks: the share of bad rows, and (require_results) that something was inferred."""
+        if self.max_share is not None and self.total and self.skipped / self.total > self.max_share:
+            share = 100 * self.skipped / self.total
+            raise XtmError(f"too many bad lines: {self.skipped} of {self.total} ({share:.2f}%, --max-bad "
+                           f"{100 * self.max_share:g}%)", path=name)
+        if require_results and self.written == 0:
+            e = NoResultsError("no documents in the input" if self.total == 0 else
+                               f"no line could be inferred: all {self.total} lines were bad", path=name)
+            e.total, e.skipped = self.total, self.skipped
+            raise e
+        return self.counts()
+
+
+# -- one model: parsed records -> rows -------------------------------------------------------------
+
+
+class Row(NamedTuple):
+    """One record's outcome: its output line (None when bad), why it is bad, a warning about it."""
+
+    output: str | None
+    error: str | None
+    warning: str | None
+
+
+class Engine:
+    """One model and its options: records parsed against the route, inferred, formatted.
+
+    Stateless after construction, so one Engine serves any number of chunks (a Ray actor keeps
+    one). `bundle` names the bundle in errors (default: the model's directory)."""
+
+    def __init__(self, model: TopicModel, options: InferenceOptions | None = None, *,
+                 bundle: str | Path | None = None) -> None:
+        self.model = model
+        self.options = options or InferenceOptions()
+        if self.options.route == "contextual" and not model.has_contextual:
+            raise no_contextual_route(bundle if bundle is not None else model.manifest.directory)
+        # Languages a good record may name on this route (None: any valid code).
+        self.served = model.served_languages(self.options.route)
+        self.formatter = LineFormatter(model, full_theta=self.options.full_theta)
+
+    @property
+    def chunk_size(self) -> int:
+        """Records per step: memory holds one chunk's documents and results, whatever the input length."""
+        return self.options.batch_size * CHUNK_BATCHES
+
+    def parse_line(self, raw: bytes | None, lineno: int) -> Parsed:
+        """A JSONL line (raw None: over-long) checked against the route (`records.parse_line`)."""
+        return records.parse_line(raw, lineno, self.served)
+
+    def parse_record(self, obj: Any, lineno: int) -> Parsed:
+        """A decoded record (JSON object, Parquet row, Python mapping) checked against the route."""
+        if not isinstance(obj, Mapping):
+            return None, f"expected a record (a mapping with a 'text' field), got {type(obj).__name__}", None
+        return records.parse_record(obj if isinstance(obj, dict) else dict(obj), lineno, self.served)
+
+    def infer(self, parsed: Sequence[Parsed]) -> list[Row]:
+        """One Row per parsed record, in order: its line, or the reason it is bad (a parse error,
+        an unsupported language, a document inference fails on alone)."""
+        results = iter(self._infer_docs([doc for doc, _, _ in parsed if doc is not None]))
+        rows: list[Row] = []
+        for doc, error, warning in parsed:
+            line = None
+            if doc is not None:
+                line, error = next(results)
+            rows.append(Row(line, error, warning))
+        return rows
+
+    def run(self, chunks: Iterable[Sequence[tuple[int, Parsed]]], out: OutputWriter, where: str,
+            on_rows: Callable[[int], None] | None = None) -> None:
+        """Infer and write chunk by chunk, in input order (see OutputWriter.take for bad rows)."""
+        for chunk in chunks:
+            rows = self.infer([p for _, p in chunk])
+            out.take((where, lineno, row) for (lineno, _), row in zip(chunk, rows, strict=True))
+            if on_rows is not None:
+                on_rows(len(chunk))
+
+    def _infer_docs(self, docs: Sequence[dict[str, Any]]) -> list[tuple[str | None, str | None]]:
+        """(output line, None) or (None, error) for each parsed document, in order.
+
+        The documents are inferred together; if that raises, one by one, so a document that breaks a
+        tokenizer or an encoder costs its own line only. An unsupported document (see
+        InferenceResult.unsupported) is an error with the reason. When every document fails alone
+        with the same error, the cause is not in the documents (a broken model): XtmError."""
+        if not docs:
+            return []
+        o = self.options
+        try:
+            res = self.model.infer([d["text"] for d in docs], [d["lang"] for d in docs], batch_size=o.batch_size,
+                                   top_k=o.top_k, route=o.route)
+            lines = self.formatter.lines(res, [d["id_json"] for d in docs])
+        except Exception as e:
+            if len(docs) == 1:
+                return [(None, f"cannot infer this document: {_describe(e)}")]
+            out = [self._infer_docs([d])[0] for d in docs]
+            errors = {err for line, err in out if line is None}
+            if all(line is None for line, _ in out) and len(errors) == 1:
+                raise XtmError(f"inference failed for every document: {_describe(e)}") from e
+            return out
+        return [(line, None) if line is not None else (None, res.notes[i] or "unsupported")
+                for i, line in enumerate(lines)]
+
+
+def _describe(e: BaseException) -> str:
+    return str(e) if isinstance(e, XtmError) else f"{type(e).__name__}: {e}"
+
+
+# -- rows -> a sink --------------------------------------------------------------------------------
+
+
+class OutputWriter:
+    """Good rows' lines to `write` in input order; bad rows and warnings through the policy.
+
+    `write` takes a list of lines (see `sink_writer` for a binary stream)."""
+
+    def __init__(self, policy: BadLines, write: Callable[[list[str]], None]) -> None:
+        self.policy, self.write = policy, write
+
+    def take(self, rows: Iterable[tuple[str, int, Row]]) -> None:
+        """(where, line number, Row) for each row read, in input order. When a bad row is fatal
+        (strict, max_bad), the good lines before it are written first, then XtmError is raised."""
+        good: list[str] = []
+        tally = self.policy
+        try:
+            for where, lineno, row in rows:
+                tally.total += 1
+                if row.error is not None:
+                    tally.bad(where, lineno, row.error)
+                    continue
+                if row.warning is not None:
+                    tally.report(f"{where}:{lineno}: warning: {row.warning}")
+                good.append(row.output)  # type: ignore[arg-type]  # good rows have a line
+        except XtmError:
+            if good:
+                self.write(good)
+            raise
+        if good:
+            self.write(good)
+
+
+@contextlib.contextmanager
+def open_output(out: str | Path | IO[bytes] | None, policy: BadLines) -> Iterator[OutputWriter]:
+    """An OutputWriter to `out`: a path, written atomically (replaced only when the block ends
+    without an error: a failed run never leaves half a file, nor touches the previous one), a
+    binary stream, or None for stdout, where a reader that leaves (`| head`) is BrokenPipeError."""
+    if isinstance(out, (str, Path)):
+        from xtm.atomic import atomic_open
+
+        with atomic_open(out, "wb") as f:
+            yield OutputWriter(policy, sink_writer(f, str(out)))
+        return
+    sink = sys.stdout.buffer if out is None else out
+    name = "<stdout>" if out is None else str(getattr(out, "name", "<output>"))
+    yield OutputWriter(policy, sink_writer(sink, name, pass_broken_pipe=out is None))
+
+
+def sink_writer(sink: IO[bytes], name: str, *, pass_broken_pipe: bool = False) -> Callable[[list[str]], None]:
+    """A `write` for OutputWriter: lines as UTF-8 to `sink`, flushed, errors as one XtmError naming
+    `name`. pass_broken_pipe: a reader that left is BrokenPipeError, for a caller that stops
+    quietly (`xtm-infer ... | head`); otherwise it is an error (a FIFO closed before the end)."""
+    def write(lines: list[str]) -> None:
+        try:
+            sink.write(encode_lines(lines))
+            sink.flush()
+        except BrokenPipeError as e:
+            if pass_broken_pipe:
+                raise
+            raise XtmError("cannot write: its reader went away (a FIFO closed before the end)", path=name) from e
+        except OSError as e:  # a full disk, a quota, an I/O error: a clean error, the temporary removed
+            raise XtmError(f"cannot write: {e.strerror or e}", path=name) from e
+
+    return write
+
+
+# -- sources: parsed chunks -------------------------------------------------------------------------
+
+
+def _jsonl_chunks(engine: Engine, stream: IO[bytes], name: str) -> Iterator[list[tuple[int, Parsed]]]:
+    """Lists of up to chunk_size parsed lines, each parsed as soon as it is read: a chunk holds its
+    documents (texts cut to MAX_CHARS), never the raw lines."""
+    size = engine.chunk_size
+    chunk: list[tuple[int, Parsed]] = []
+    lines = records.read_lines(stream)
+    while True:
+        try:
+            item = next(lines, None)
+        except OSError as e:  # an I/O error on the input (a failing disk, a vanished network file)
+            raise XtmError(f"cannot read: {e.strerror or e}", path=name) from e
+        if item is None:
+            break
+        chunk.append((item[0], engine.parse_line(item[1], item[0])))
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _parquet_chunks(engine: Engine, path: str) -> Iterator[list[tuple[int, Parsed]]]:
+    for chunk in records.parquet_chunks(path, engine.chunk_size):
+        yield [(n, records.parse_parquet_row(obj, n, engine.served)) for n, obj in chunk]
+
+
+def _record_chunks(engine: Engine, items: Iterable[Any]) -> Iterator[list[tuple[int, Parsed]]]:
+    size = engine.chunk_size
+    chunk: list[tuple[int, Parsed]] = []
+    for n, obj in enumerate(items, start=1):
+        chunk.append((n, engine.parse_record(obj, n)))
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+# -- the Python API ---------------------------------------------------------------------------------
+
+
+def infer_records(model: TopicModel, items: Iterable[Mapping[str, Any]], *, options: InferenceOptions | None = None,
+                  report: Callable[[str], None] | None = None, where: str = "<records>") -> Iterator[str]:
+    """xtm-infer's output line (JSON, no newline) for each good record of `items`, in order, lazily.
+
+    A record is a mapping with "text" and optionally "lang" (detected when absent) and "id" (its
+    1-based position when absent), as a JSONL line holds. Bad records are reported through
+    `report` (default: this module's logger, warning level) as WHERE:N: reason and skipped, or end
+    the iteration with XtmError under options.strict / max_bad, after the good lines before them;
+    max_share is judged when `items` is exhausted. Input with nothing to infer yields nothing
+    (no NoResultsError: that is a file run's outcome)."""
+    engine = Engine(model, options)
+    tally = engine.options.policy(report or log.warning)
+    pending: list[str] = []
+    out = OutputWriter(tally, pending.extend)
+    for chunk in _record_chunks(engine, items):
+        rows = engine.infer([p for _, p in chunk])
+        try:
+            out.take((where, n, row) for (n, _), row in zip(chunk, rows, strict=True))
+        except XtmError:
+            yield from pending
+            raise
+        yield from pending
+        pending.clear()
+    tally.finish(where, require_results=False)
+
+
+def infer_file(source: str | Path | IO[bytes], model: TopicModel, out: str | Path | IO[bytes] | None = None, *,
+               options: InferenceOptions | None = None, report: Callable[[str], None] | None = None,
+               bundle: str | Path | None = None, on_rows: Callable[[int], None] | None = None) -> InferenceCounts:
+    """`xtm-infer SOURCE --out OUT` (local engine) as a function: counts of rows read and skipped.
+
+    source: a JSONL file, a Parquet file (.parquet, .pq), "-" for stdin, or a binary stream of
+    JSONL. out: a path, written atomically (the previous file stays unless the run succeeds), a
+    binary stream, or None for stdout (a reader that leaves raises BrokenPipeError). Bad rows go
+    to `report` (default: the logger) as SOURCE:LINE: reason; raises XtmError when the policy
+    stops the run, NoResultsError when nothing could be inferred (neither writes a path `out`).
+    bundle: the name errors give the bundle; on_rows(n): after each chunk of n rows is written."""
+    options = options or InferenceOptions()
+    name, parquet = _source_name(source)
+    records.check_out_is_not_input(out if isinstance(out, (str, Path)) else None,
+                                   [] if name in ("<stdin>", "<stream>") else [name])
+    engine = Engine(model, options, bundle=bundle)
+    tally = options.policy(report or log.warning)
+    with contextlib.ExitStack() as stack:
+        if parquet:
+            chunks = _parquet_chunks(engine, name)
+        else:
+            chunks = _jsonl_chunks(engine, _open_source(source, name, stack), name)
+        engine.run(chunks, stack.enter_context(open_output(out, tally)), name, on_rows)
+        return tally.finish(name)  # raising here leaves a path `out` unwritten
+
+
+def _source_name(source: str | Path | IO[bytes]) -> tuple[str, bool]:
+    """(name in messages, whether to read it as Parquet)."""
+    if isinstance(source, (str, Path)):
+        s = str(source)
+        if s == "-":
+            return "<stdin>", False
+        return s, s.lower().endswith(records.PARQUET_SUFFIXES)
+    return "<stream>", False
+
+
+def _open_source(source: str | Path | IO[bytes], name: str, stack: contextlib.ExitStack) -> IO[bytes]:
+    if not isinstance(source, (str, Path)):
+        return source
+    if name == "<stdin>":
+        return sys.stdin.buffer
+    try:
+        return stack.enter_context(open(source, "rb"))
+    except OSError as e:
+        raise XtmError(f"cannot read: {e.strerror}", path=name) from e

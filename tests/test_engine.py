@@ -1,0 +1,230 @@
+"""The inference engine's Python API (xtm.runtime.engine): records in, xtm-infer's lines out, one
+bad-record policy, one set of defaults and routes. Real bundles, files, pipes and devices; the CLI
+runs beside it so both are held to the same bytes."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from bundle_fixture import HandBundle, make_bundle
+from click.testing import CliRunner
+
+from xtm.cli.infer import main
+from xtm.errors import XtmError
+from xtm.runtime import TopicModel
+from xtm.runtime.engine import (
+    ROUTES,
+    Engine,
+    InferenceCounts,
+    InferenceOptions,
+    NoResultsError,
+    check_route,
+    infer_file,
+    infer_records,
+)
+
+GOOD = [
+    {"id": "a", "text": "The stock market and the bank", "lang": "en"},
+    {"id": 2, "text": "北京的经济增长很快"},
+    {"text": "Football: the team scored a goal in the match"},
+    {"id": "d", "text": "中国足球队在比赛中进球", "lang": "cn"},
+]
+
+
+@pytest.fixture(scope="module")
+def hb(tmp_path_factory: pytest.TempPathFactory) -> HandBundle:
+    return make_bundle(tmp_path_factory.mktemp("bundle") / "b")
+
+
+@pytest.fixture(scope="module")
+def model(hb: HandBundle) -> TopicModel:
+    return TopicModel.load(hb.path, threads=1)
+
+
+def write_jsonl(path: Path, rows: list[object]) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n" for r in rows),
+                    encoding="utf-8")
+    return path
+
+
+def cli(args: list[str]):
+    return CliRunner().invoke(main, args, catch_exceptions=False)
+
+
+# -- records in, lines out -------------------------------------------------------------------------
+
+
+def test_records_give_the_cli_bytes(hb: HandBundle, model: TopicModel, tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "d.jsonl", GOOD)
+    r = cli([str(src), "--bundle", str(hb.path), "--top-k", "2", "--sparse-theta"])
+    assert r.exit_code == 0, r.stderr
+    lines = list(infer_records(model, iter(GOOD), options=InferenceOptions(top_k=2, full_theta=False)))
+    assert "".join(line + "\n" for line in lines) == r.stdout
+    assert list(model.infer_records(GOOD, top_k=2, full_theta=False)) == lines
+    out = [json.loads(line) for line in lines]
+    assert [o["id"] for o in out] == ["a", 2, 3, "d"]  # no id: the record's 1-based position
+    assert [o["lang"] for o in out] == ["en", "zh", "en", "zh"]
+
+
+def test_records_and_arrays_agree(model: TopicModel) -> None:
+    texts = [r["text"] for r in GOOD]
+    res = model.infer(texts, [r.get("lang") for r in GOOD])
+    got = [json.loads(line) for line in model.infer_records(GOOD)]
+    np.testing.assert_allclose(np.array([o["theta"] for o in got]), res.theta, atol=5e-7)
+    assert [[t["id"] for t in o["topics"]] for o in got] == res.top_ids.tolist()
+
+
+def test_a_chunk_boundary_changes_nothing(model: TopicModel) -> None:
+    rows = [dict(r, id=i) for i, r in enumerate(GOOD * 5)]
+    assert list(infer_records(model, rows, options=InferenceOptions(batch_size=1))) == list(model.infer_records(rows))
+
+
+# -- bad records: reported, skipped, or fatal ------------------------------------------------------
+
+
+BAD = [GOOD[0], {"text": ""}, "a plain string", {"text": "bonjour", "lang": "fr"}, {"id": 9}, GOOD[1],
+       {"text": "x", "lang": 3}]
+
+
+def test_bad_records_are_reported_with_their_position_and_skipped(model: TopicModel) -> None:
+    messages: list[str] = []
+    lines = list(infer_records(model, BAD, report=messages.append))
+    assert [json.loads(line)["id"] for line in lines] == ["a", 2]
+    assert messages == [
+        "<records>:2: empty text",
+        "<records>:3: expected a record (a mapping with a 'text' field), got str",
+        "<records>:4: language 'fr' is not served by this bundle (it serves en, zh)",
+        "<records>:5: missing field 'text'",
+        "<records>:7: field 'lang' must be a string, got int",
+    ]
+
+
+def test_default_report_is_the_engine_logger(model: TopicModel, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="xtm.runtime.engine"):
+        assert len(list(model.infer_records([{"text": ""}, GOOD[0]]))) == 1
+    assert [r.getMessage() for r in caplog.records] == ["<records>:1: empty text"]
+
+
+def test_strict_yields_the_good_prefix_then_raises(model: TopicModel) -> None:
+    got: list[str] = []
+    with pytest.raises(XtmError, match=r"^<records>:2: empty text$"):
+        for line in infer_records(model, BAD, options=InferenceOptions(strict=True)):
+            got.append(line)
+    assert [json.loads(line)["id"] for line in got] == ["a"]
+
+
+def test_max_bad_count_and_share(model: TopicModel) -> None:
+    with pytest.raises(XtmError, match=r"<records>:4: .*more than 2 \(--max-bad\)"):
+        list(model.infer_records(BAD, max_bad=2, report=lambda m: None))
+    assert len(list(model.infer_records(BAD, max_bad=5, report=lambda m: None))) == 2
+    with pytest.raises(XtmError, match=r"too many bad lines: 5 of 7 \(71.43%, --max-bad 50%\)"):
+        list(model.infer_records(BAD, max_bad="50%", report=lambda m: None))
+    assert len(list(model.infer_records(BAD, max_bad="80%", report=lambda m: None))) == 2
+
+
+def test_nothing_to_infer_yields_nothing_without_raising(model: TopicModel) -> None:
+    assert list(model.infer_records([])) == []
+    assert list(model.infer_records([{"text": " "}], report=lambda m: None)) == []
+
+
+# -- files: the local engine as a function ---------------------------------------------------------
+
+
+def test_infer_file_writes_the_cli_bytes_atomically(hb: HandBundle, model: TopicModel, tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "d.jsonl", [*GOOD, "{bad"])
+    expected = cli([str(src), "--bundle", str(hb.path)])
+    out = tmp_path / "o.jsonl"
+    messages: list[str] = []
+    counts = infer_file(src, model, out, report=messages.append)
+    assert counts == InferenceCounts(total=5, skipped=1) and counts.written == 4
+    assert out.read_text(encoding="utf-8") == expected.stdout
+    assert messages == [line for line in expected.stderr.splitlines() if not line.startswith("skipped")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl", "o.jsonl"]  # no temporary left
+
+
+def test_infer_file_streams_and_parquet(model: TopicModel, tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    rows = [dict(r, id=str(r.get("id", i + 1))) for i, r in enumerate(GOOD)]
+    src = write_jsonl(tmp_path / "d.jsonl", rows)
+    pq.write_table(pa.Table.from_pylist([{"id": r["id"], "text": r["text"], "lang": r.get("lang")} for r in rows]),
+                   tmp_path / "d.parquet")
+    sink = io.BytesIO()
+    assert infer_file(io.BytesIO(src.read_bytes()), model, sink).written == 4
+    via_parquet = tmp_path / "p.jsonl"
+    infer_file(tmp_path / "d.parquet", model, via_parquet)
+    assert via_parquet.read_bytes() == sink.getvalue()
+
+
+def test_infer_file_failures_leave_the_previous_output(model: TopicModel, tmp_path: Path) -> None:
+    out = tmp_path / "o.jsonl"
+    out.write_text("previous\n")
+    bad = write_jsonl(tmp_path / "bad.jsonl", ["{x", {"text": ""}])
+    with pytest.raises(NoResultsError, match="no line could be inferred: all 2 lines were bad") as e:
+        infer_file(bad, model, out, report=lambda m: None)
+    assert (e.value.total, e.value.skipped) == (2, 2)
+    with pytest.raises(XtmError, match=r"bad\.jsonl:1: invalid JSON"):
+        infer_file(bad, model, out, options=InferenceOptions(strict=True))
+    with pytest.raises(XtmError, match="--out is an input file"):
+        infer_file(out, model, out)
+    with pytest.raises(XtmError, match="cannot read: Is a directory"):
+        infer_file(tmp_path, model, out)
+    assert out.read_text() == "previous\n" and sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl", "o.jsonl"]
+
+
+def test_a_full_device_is_one_error_naming_it(model: TopicModel, tmp_path: Path) -> None:
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
+    src = write_jsonl(tmp_path / "d.jsonl", GOOD)
+    with open("/dev/full", "wb", buffering=0) as sink:  # unbuffered: close() has nothing left to flush
+        with pytest.raises(XtmError, match="^/dev/full: cannot write: No space left"):
+            infer_file(src, model, sink)
+
+
+# -- one set of defaults, one definition of routes -------------------------------------------------
+
+
+def test_cli_flags_read_the_engine_options() -> None:
+    params = {p.name: p for p in main.params}
+    for name in ("top_k", "batch_size", "route", "full_theta", "strict", "threads", "max_bad"):
+        default, help_text, minimum = InferenceOptions.describe(name)
+        assert params[name].help == help_text
+        if default is not None and default is not False:
+            assert params[name].default == default
+        if minimum is not None:
+            assert params[name].type.min == minimum
+    assert tuple(params["route"].type.choices) == ROUTES
+
+
+def test_options_are_checked_once_with_one_message_each(model: TopicModel) -> None:
+    with pytest.raises(XtmError, match=r"^batch_size must be at least 1, got 0$"):
+        InferenceOptions(batch_size=0)
+    with pytest.raises(XtmError, match=r"^top_k must be an integer, got True$"):
+        InferenceOptions(top_k=True)
+    with pytest.raises(XtmError, match=r"--max-bad takes a number of lines \(10\) or a percentage"):
+        InferenceOptions(max_bad="1x")
+    assert InferenceOptions(top_k=np.int64(2)).top_k == 2
+    o = InferenceOptions(max_bad="2.5%")
+    assert (o.max_bad, o.max_share) == (None, 0.025)
+    route_error = r"^route must be one of auto, bow, contextual, got 'fast'$"
+    for call in (lambda: check_route("fast"), lambda: InferenceOptions(route="fast"),
+                 lambda: model.infer(["bank"], route="fast"), lambda: model.served_languages("fast")):
+        with pytest.raises(XtmError, match=route_error):
+            call()
+
+
+def test_contextual_route_missing_is_the_same_error_everywhere(hb: HandBundle, model: TopicModel,
+                                                               tmp_path: Path) -> None:
+    r = cli([str(write_jsonl(tmp_path / "d.jsonl", GOOD)), "--bundle", str(hb.path), "--route", "contextual"])
+    assert r.exit_code == 2
+    with pytest.raises(XtmError) as e:
+        Engine(model, InferenceOptions(route="contextual"), bundle=str(hb.path))
+    assert r.stderr == f"error: {e.value}\n"
+    with pytest.raises(XtmError, match=r"no contextual route \(export a run that has one.*training languages: en, zh"):
+        model.embed(["x"])
