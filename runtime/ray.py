@@ -181,66 +181,74 @@ class _TopicActor:
                          "out": pa.array(out, pa.string())})
 
     def _columns(self, batch: pa.Table) -> pa.Table:
-        import numpy as np
-        import pyarrow as pa
-
         engine, opts = self.engine, self.engine.options
         names = batch.column_names
         if "text" not in names:
             raise XtmError(f"the dataset has no 'text' column (it has {', '.join(names) or 'none'})")
         texts = batch.column("text").to_pylist()
         langs = batch.column("lang").to_pylist() if "lang" in names else [None] * len(texts)
-        n = len(texts)
-        errors: list[str | None] = [None] * n
+        errors: list[str | None] = [None] * len(texts)
         docs, rows = [], []
-        for i in range(n):
+        for i, (text, lang) in enumerate(zip(texts, langs, strict=True)):
             # Null cells are absent fields, as in Parquet files: a null text is a missing text.
-            obj = {k: v for k, v in (("text", texts[i]), ("lang", langs[i])) if v is not None}
-            doc, errors[i], _ = engine.parse_record(obj, i)
+            doc, errors[i], _ = engine.parse_record({k: v for k, v in (("text", text), ("lang", lang))
+                                                     if v is not None}, i)
             if doc is not None:
                 docs.append(doc)
                 rows.append(i)
-        K, k = engine.model.num_topics, min(opts.top_k, engine.model.num_topics)
-        theta = np.full((n, K), np.nan, dtype=np.float32)
-        top_ids = np.full((n, k), -1, dtype=np.int32)
-        top_w = np.full((n, k), np.nan, dtype=np.float32)
-        out_lang: list[str | None] = [None] * n
-        out_route: list[str | None] = [None] * n
-        out_empty: list[bool | None] = [None] * n
-        out_conf = np.full(n, np.nan, dtype=np.float32)
-        out_oov = np.full(n, np.nan, dtype=np.float32)
+        res = None
         if docs:
             res = engine.model.infer([d["text"] for d in docs], [d["lang"] for d in docs],
                                      batch_size=opts.batch_size, top_k=opts.top_k, route=opts.route)
-            idx = np.asarray(rows)
-            theta[idx], top_ids[idx], top_w[idx] = res.theta, res.top_ids, res.top_weights
-            out_conf[idx], out_oov[idx] = res.lang_conf, res.oov_ratio
-            for j, i in enumerate(rows):
-                out_lang[i], out_route[i], out_empty[i] = res.langs[j], res.routes[j], bool(res.empty[j])
-                if res.unsupported[j]:  # never read as another language: a bad row, with the reason
-                    errors[i], out_route[i], out_empty[i] = res.notes[j], None, None
-        bad = np.asarray([e is not None for e in errors])
+        return _result_table(batch, res, rows, errors, engine.model.num_topics, opts)
 
-        def fixed(a: np.ndarray, width: int, typ: pa.DataType) -> pa.Array:
-            if width == 0:  # top_k=0: Arrow has no fixed-size list of size 0
-                return pa.array([None if b else [] for b in bad.tolist()], pa.list_(typ))
-            flat = pa.array(a.reshape(-1), typ)
-            return pa.FixedSizeListArray.from_arrays(flat, width, mask=pa.array(bad))
 
-        cols: dict[str, Any] = {}
-        if "id" in names:
-            cols["id"] = batch.column("id")
-        cols["lang"] = pa.array(out_lang, pa.string())
-        cols["lang_conf"] = pa.array(out_conf, pa.float32(), mask=np.isnan(out_conf))
-        cols["route"] = pa.array(out_route, pa.string())
-        cols["empty"] = pa.array(out_empty, pa.bool_())
-        cols["oov_ratio"] = pa.array(out_oov, pa.float32(), mask=np.isnan(out_oov))
-        if opts.full_theta:
-            cols["theta"] = fixed(theta, K, pa.float32())
-        cols["top_ids"] = fixed(top_ids, k, pa.int32())
-        cols["top_weights"] = fixed(top_w, k, pa.float32())
-        cols["error"] = pa.array(errors, pa.string())
-        return pa.table(cols)
+def _result_table(batch: pa.Table, res: Any, rows: list[int], errors: list[str | None], num_topics: int,
+                  opts: InferenceOptions) -> pa.Table:
+    """infer_dataset's output columns for one batch: rows[j] of the batch got result j of `res`
+    (None: no row was readable); every other row is bad, with errors[i] saying why."""
+    import numpy as np
+    import pyarrow as pa
+
+    n, K, k = batch.num_rows, num_topics, min(opts.top_k, num_topics)
+    theta = np.full((n, K), np.nan, dtype=np.float32)
+    top_ids = np.full((n, k), -1, dtype=np.int32)
+    top_w = np.full((n, k), np.nan, dtype=np.float32)
+    out_lang: list[str | None] = [None] * n
+    out_route: list[str | None] = [None] * n
+    out_empty: list[bool | None] = [None] * n
+    out_conf = np.full(n, np.nan, dtype=np.float32)
+    out_oov = np.full(n, np.nan, dtype=np.float32)
+    if res is not None:
+        idx = np.asarray(rows)
+        theta[idx], top_ids[idx], top_w[idx] = res.theta, res.top_ids, res.top_weights
+        out_conf[idx], out_oov[idx] = res.lang_conf, res.oov_ratio
+        for j, i in enumerate(rows):
+            out_lang[i], out_route[i], out_empty[i] = res.langs[j], res.routes[j], bool(res.empty[j])
+            if res.unsupported[j]:  # never read as another language: a bad row, with the reason
+                errors[i], out_route[i], out_empty[i] = res.notes[j], None, None
+    bad = np.asarray([e is not None for e in errors])
+
+    def fixed(a: np.ndarray, width: int, typ: pa.DataType) -> pa.Array:
+        if width == 0:  # top_k=0: Arrow has no fixed-size list of size 0
+            return pa.array([None if b else [] for b in bad.tolist()], pa.list_(typ))
+        flat = pa.array(a.reshape(-1), typ)
+        return pa.FixedSizeListArray.from_arrays(flat, width, mask=pa.array(bad))
+
+    cols: dict[str, Any] = {}
+    if "id" in batch.column_names:
+        cols["id"] = batch.column("id")
+    cols["lang"] = pa.array(out_lang, pa.string())
+    cols["lang_conf"] = pa.array(out_conf, pa.float32(), mask=np.isnan(out_conf))
+    cols["route"] = pa.array(out_route, pa.string())
+    cols["empty"] = pa.array(out_empty, pa.bool_())
+    cols["oov_ratio"] = pa.array(out_oov, pa.float32(), mask=np.isnan(out_oov))
+    if opts.full_theta:
+        cols["theta"] = fixed(theta, K, pa.float32())
+    cols["top_ids"] = fixed(top_ids, k, pa.int32())
+    cols["top_weights"] = fixed(top_w, k, pa.float32())
+    cols["error"] = pa.array(errors, pa.string())
+    return pa.table(cols)
 
 
 def _check_route(bundle_dir: str | Path, route: str) -> None:
