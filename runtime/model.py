@@ -285,6 +285,12 @@ class TopicModel:
             words[i] = w
         return words
 
+    def encoder_session(self, lang: str) -> Any:
+        """The onnxruntime session of `lang`'s bag-of-words encoder, for callers that feed it
+        directly (benchmarks, parity checks): inputs `manifest.encoders[lang].inputs`, built with
+        `xtm.runtime.bow` (BagsOfWords.padded for sparse encoders, .dense otherwise)."""
+        return self._encoder(lang).session
+
     def topic_word_weights(self, lang: str) -> np.ndarray:
         """beta for `lang`, float32 [K, V_lang], read from the bundle on each call (not kept in memory)."""
         enc = self._encoder(lang)

@@ -297,6 +297,23 @@ def test_bag_of_words_sparse_equals_dense(model: TopicModel) -> None:
     np.testing.assert_array_equal(csr.toarray(), dense)
 
 
+def test_an_encoder_fed_directly_with_public_bags_of_words_gives_infer_theta(sparse_model: TopicModel,
+                                                                             model: TopicModel) -> None:
+    """What the exporter's parity check and the benchmarks do, through public names only."""
+    from xtm.runtime.bow import BagsOfWords
+
+    texts = EN_TEXTS + ["", "stock stock zzz market"]
+    for m in (sparse_model, model):
+        bags = BagsOfWords.from_csr(m.bag_of_words(texts, "en", sparse=True))
+        entry = m.manifest.encoders["en"]
+        rows = np.arange(len(texts))
+        feed = bags.padded(rows) if entry.sparse else (bags.dense(rows, entry.vocab_size),)
+        theta = m.encoder_session("en").run([entry.output], dict(zip(entry.inputs, feed, strict=True)))[0]
+        np.testing.assert_allclose(theta, m.infer(texts, langs="en").theta, atol=1e-6)
+        assert bags.lengths()[-2] == 0 and bags.tokens[-1] == 3  # "zzz" is not a word of the vocabulary
+        np.testing.assert_array_equal(bags.csr(entry.vocab_size).toarray(), m.bag_of_words(texts, "en"))
+
+
 def test_unknown_input_format_asks_for_an_upgrade(hb: HandBundle, tmp_path: Path) -> None:
     b = copy_bundle(hb, tmp_path)
     m = json.loads((b / "manifest.json").read_text())
