@@ -97,10 +97,11 @@ def main() -> None:
 
     import torch
 
-    from xtm.exporters.onnx_export import export_run, load_run
+    from xtm.exporters.onnx_export import export_run
     from xtm.models_zoo.components import SparseRows
     from xtm.runtime import TopicModel
-    from xtm.runtime.model import _Counts
+    from xtm.runtime.bow import BagsOfWords
+    from xtm.trainer.loop.checkpoint import load_trained_model
 
     fp32, int8 = args.out / "bundle-fp32", args.out / "bundle-int8"
     rep32 = export_run(args.run, fp32, progress=False)
@@ -116,7 +117,7 @@ def main() -> None:
     rt.infer(texts, langs=langs)
     res["runtime_first_pass_docs_per_s"] = n / (time.perf_counter() - t0)
 
-    _, model = load_run(args.run)
+    _, model = load_trained_model(args.run)
     by_lang = {lang: [t for t, x in zip(texts, langs, strict=True) if x == lang] for lang in model.langs}
     encoders = {lang: model.encoder_for(i).eval() for i, lang in enumerate(model.langs)}
     batches = {lang: [docs[s:s + 256] for s in range(0, len(docs), 256)] for lang, docs in by_lang.items()}
@@ -158,13 +159,13 @@ def main() -> None:
     feeds = {}
     for lang in model.langs:
         m = rt.bag_of_words(by_lang[lang], lang, sparse=True)
-        counts = _Counts(indptr=m.indptr.astype(np.int64), words=m.indices.astype(np.int64), counts=m.data)
+        counts = BagsOfWords.from_csr(m)
         order = np.argsort(counts.lengths(), kind="stable")   # infer() sorts within windows of 2,048
-        names = rt._encoders[lang].entry.inputs
+        names = rt.manifest.encoders[lang].inputs
         feeds[lang] = [dict(zip(names, counts.padded(order[s:s + 256]), strict=True))
                        for s in range(0, len(order), 256)]
     contenders = {("encoder_runtime_docs_per_s", t): (
-        lambda t=t: [rts[t]._encoders[lang].session.run(["theta"], f) for lang in model.langs for f in feeds[lang]])
+        lambda t=t: [rts[t].encoder_session(lang).run(["theta"], f) for lang in model.langs for f in feeds[lang]])
         for t in (1, 2)}
     contenders |= {("encoder_torch_dense_docs_per_s", t): torch_threads(
         t, lambda: [encoders[lang](x) for lang in model.langs for x in dense_in[lang]]) for t in (1, 2)}
