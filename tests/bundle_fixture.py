@@ -1,19 +1,23 @@
-"""A hand-made bundle in the exporter's format (schema 1), for runtime tests before/independent of xtm-export.
+"""A hand-made bundle in the exporter's format (schema 1: dense encoders), for runtime tests
+independent of xtm-export.
 
 Each language's encoder is a tiny torch module, softmax(bow @ W + b), exported to ONNX, so the
-tests can recompute theta with numpy. Replace `make_bundle` with the real exporter when wanted:
-callers only need `.path`, `.vocabs` and (for the numpy check) `.weights`.
+tests can recompute theta with numpy. The files are made here; topics.json and manifest.json are
+written by the bundle format's own writer (xtm.runtime.bundle_write), as xtm-export writes them.
+Replace `make_bundle` with the real exporter when wanted: callers only need `.path`, `.vocabs`
+and (for the numpy check) `.weights`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from xtm.runtime.bundle import EncoderEntry
+from xtm.runtime.bundle_write import SourceRun, write_manifest, write_topics
 
 EN_VOCAB = ["economy", "market", "stock", "bank", "price", "trade", "growth", "money", "football", "match",
             "team", "goal", "player", "season", "coach", "league", "music", "film", "actor", "song", "album",
@@ -40,10 +44,6 @@ class HandBundle:
         return e / e.sum(axis=1, keepdims=True)
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def make_bundle(out_dir: str | Path, *, vocabs: dict[str, list[str]] | None = None, num_topics: int = 6,
                 seed: int = 0, top_n: int = 15) -> HandBundle:
     """Write a schema-1 bundle to `out_dir` (created) with one Linear+softmax encoder per language."""
@@ -55,9 +55,8 @@ def make_bundle(out_dir: str | Path, *, vocabs: dict[str, list[str]] | None = No
     K = num_topics
     rng = np.random.default_rng(seed)
     weights: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    encoders: dict[str, dict] = {}
+    encoders: list[EncoderEntry] = []
     topic_words: dict[str, list[list[str]]] = {}
-    files: list[str] = []
     for lang, vocab in vocabs.items():
         V = len(vocab)
         W = rng.normal(0.0, 1.0, size=(V, K)).astype(np.float32)
@@ -81,20 +80,11 @@ def make_bundle(out_dir: str | Path, *, vocabs: dict[str, list[str]] | None = No
         np.save(out / f"beta_{lang}.npy", beta, allow_pickle=False)
         topic_words[lang] = [[vocab[j] for j in np.argsort(-beta[k])[:top_n]] for k in range(K)]
         kind = {"zh": "jieba", "ja": "janome"}.get(lang, "regex")
-        encoders[lang] = {"file": onnx_name, "input": "bow", "output": "theta", "vocab": f"vocab_{lang}.txt",
-                          "vocab_size": V, "beta": f"beta_{lang}.npy",
-                          "tokenizer": {"lang": lang, "kind": kind, "lowercase": True, "min_token_length": 1}}
-        files += [onnx_name, f"vocab_{lang}.txt", f"beta_{lang}.npy"]
-    langs = list(vocabs)
-    topics = {"num_topics": K, "top_n": top_n, "languages": langs,
-              "topics": [{"id": k, "words": {lang: topic_words[lang][k] for lang in langs}} for k in range(K)]}
-    (out / "topics.json").write_text(json.dumps(topics, ensure_ascii=False, indent=1), encoding="utf-8")
-    files.append("topics.json")
-    manifest = {
-        "schema_version": 1, "format": "xtm-bundle", "xtm_version": "0.1.0", "created": "2026-01-01T00:00:00Z",
-        "model": "infoctm", "num_topics": K, "languages": langs, "opset": 18, "quantization": None,
-        "encoders": encoders, "topics": "topics.json",
-        "files": {name: _sha256(out / name) for name in files},
-    }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        encoders.append(EncoderEntry(lang=lang, file=onnx_name, inputs=("bow",), output="theta",
+                                     vocab=f"vocab_{lang}.txt", vocab_size=V, beta=f"beta_{lang}.npy",
+                                     tokenizer={"lang": lang, "kind": kind, "lowercase": True,
+                                                "min_token_length": 1}))
+    write_topics(out, topic_words, top_n)
+    write_manifest(out, model="infoctm", num_topics=K, languages=list(vocabs), encoders=encoders, opset=18,
+                   quantization=None, source_run=SourceRun(name="bundle_fixture"), parity={})
     return HandBundle(path=out, vocabs={k: list(v) for k, v in vocabs.items()}, weights=weights, num_topics=K)

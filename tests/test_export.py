@@ -14,8 +14,10 @@ import pytest
 import torch
 
 from xtm.errors import XtmError
-from xtm.exporters.onnx_export import export_run, run_onnx, sha256
+from xtm.exporters.onnx_export import export_run
+from xtm.exporters.parity import run_onnx
 from xtm.run_dir import RunDir
+from xtm.runtime.bundle import sha256_file
 from xtm.trainer.loop.checkpoint import load_trained_model
 
 
@@ -36,7 +38,7 @@ def test_bundle_layout_and_checksums(bundle) -> None:
     assert names == {"manifest.json", "topics.json", *(f"{k}_{lang}.{ext}" for lang in ("en", "zh")
                      for k, ext in (("encoder", "onnx"), ("vocab", "txt"), ("beta", "npy")))}
     for name, digest in manifest["files"].items():
-        assert sha256(out / name) == digest
+        assert sha256_file(out / name) == digest
     assert set(manifest["files"]) == names - {"manifest.json"}
     assert manifest["encoders"]["zh"]["tokenizer"]["kind"] == "jieba"
     topics = json.loads((out / "topics.json").read_text())

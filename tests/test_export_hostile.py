@@ -25,7 +25,8 @@ from onnx import numpy_helper
 
 import xtm.exporters.onnx_export as E
 from xtm.errors import XtmError
-from xtm.exporters.onnx_export import PARITY_ATOL, export_run, judge_parity, parity_bows
+from xtm.exporters.onnx_export import export_run
+from xtm.exporters.parity import PARITY_ATOL, judge_parity, parity_bows
 from xtm.run_dir import RunDir
 from xtm.runtime.bundle import read_manifest
 from xtm.trainer.loop.checkpoint import load_trained_model

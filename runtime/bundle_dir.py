@@ -1,0 +1,142 @@
+"""Where a bundle goes: which existing directory may be replaced, and replacing it whole.
+
+A bundle is assembled in a staging directory beside its destination and renamed into place, so
+a failed or interrupted write never leaves a half-written bundle, and an old bundle stays as it
+was until the new one is complete.
+
+The destination is only ever replaced when it is an empty directory or an xtm bundle whose
+manifest lists every entry in it (`replaceable_entries`); the old bundle is moved to a new unique
+name first and removed only once the new one is in place. Everything else is refused before any
+work: a web app's manifest.json, user files in a bundle, the current directory, a symlink, a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from xtm.errors import XtmError
+from xtm.runtime.bundle import FORMAT, MANIFEST
+
+__all__ = ["check_out_dir", "replaceable_entries", "staged_bundle", "staging_dir", "swap_into_place"]
+
+
+def _not_a_bundle(out_dir: Path, why: str) -> XtmError:
+    return XtmError(f"{out_dir} exists and is not an xtm bundle ({why}): it is never replaced; choose another "
+                    "--out, or move it away yourself")
+
+
+def replaceable_entries(out_dir: Path) -> list[str]:
+    """Names in an existing directory that a new bundle may replace: [] for an empty directory,
+    else the entries of an xtm bundle (manifest.json says format "xtm-bundle" and lists every other
+    entry, each a regular file). Raises XtmError for anything else: a web app's or browser
+    extension's manifest.json, a bundle the user put files into, a file, a symlink.
+
+    Deliberately looser than read_manifest: an old or damaged bundle of ours is still ours."""
+    if out_dir.is_symlink():
+        raise XtmError(f"{out_dir} is a symbolic link: give the directory itself (a bundle is never written "
+                       "through a link)")
+    if not out_dir.is_dir():
+        raise XtmError(f"{out_dir} exists and is not a directory: choose another --out")
+    try:
+        entries = sorted(os.listdir(out_dir))
+    except OSError as e:
+        raise XtmError(f"cannot read the directory: {e.strerror}", path=out_dir) from e
+    if not entries:
+        return entries
+    listed = _listed_by_our_manifest(out_dir, entries)
+    for name in entries:
+        p = out_dir / name
+        if name != MANIFEST and name not in listed:
+            raise _not_a_bundle(out_dir, f"{name} is not one of the files its manifest lists")
+        if p.is_symlink() or not p.is_file():
+            raise _not_a_bundle(out_dir, f"{name} is not a regular file")
+    return entries
+
+
+def _listed_by_our_manifest(out_dir: Path, entries: list[str]) -> set[str]:
+    """The names an xtm manifest in out_dir lists; XtmError when there is no such manifest."""
+    mpath = out_dir / MANIFEST
+    if MANIFEST not in entries:
+        raise _not_a_bundle(out_dir, f"no {MANIFEST}")
+    if mpath.is_symlink() or not mpath.is_file():
+        raise _not_a_bundle(out_dir, f"{MANIFEST} is not a regular file")
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        raise _not_a_bundle(out_dir, f"{MANIFEST} is not readable JSON") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise _not_a_bundle(out_dir, f"its {MANIFEST} does not say format \"{FORMAT}\"")
+    listed = manifest.get("files")
+    return set(listed) if isinstance(listed, dict) else set()
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """Refuse, before any work, a destination that would have to be refused at the end."""
+    if os.path.lexists(out_dir):
+        replaceable_entries(out_dir)
+        real, cwd = out_dir.resolve(), Path.cwd().resolve()
+        if real == cwd or real in cwd.parents:
+            raise XtmError(f"{out_dir} is the current directory or holds it: it cannot be replaced while in use; "
+                           "choose another --out")
+        return
+    parent = out_dir.parent
+    while not os.path.lexists(parent) and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise XtmError(f"cannot create the bundle directory: {parent} is not a directory", path=out_dir)
+
+
+def staging_dir(out_dir: Path) -> Path:
+    """A new, uniquely named directory beside out_dir, where the bundle is assembled."""
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.xtm-export-", dir=out_dir.parent))
+        os.chmod(tmp, 0o755)
+    except OSError as e:
+        raise XtmError(f"cannot write the bundle here: {e.strerror or e}", path=out_dir) from e
+    return tmp
+
+
+def swap_into_place(tmp: Path, out_dir: Path) -> None:
+    """Replace out_dir by tmp. An existing directory must still be empty or a bundle (checked again:
+    the bundle took a while to write); it is first renamed to a new unique name (never a fixed name
+    that may be the user's), then removed once the new bundle is in place, or renamed back if that
+    fails."""
+    if not os.path.lexists(out_dir):
+        os.rename(tmp, out_dir)
+        return
+    if not replaceable_entries(out_dir):
+        os.rename(tmp, out_dir)  # onto an empty directory: rename replaces it
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.xtm-old-", dir=out_dir.parent))
+    os.rename(out_dir, old)  # onto our own empty directory
+    try:
+        os.rename(tmp, out_dir)
+    except BaseException:
+        os.rename(old, out_dir)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_bundle(out_dir: Path) -> Iterator[Path]:
+    """A staging directory for a bundle bound for out_dir (call `check_out_dir` first, before the
+    work): swapped into place when the block ends, removed when it raises anything (an error,
+    Ctrl-C, SystemExit from a signal), leaving an old bundle as it was. A failing write or rename
+    (a full disk, a vanished directory) becomes one XtmError naming out_dir."""
+    tmp = staging_dir(out_dir)
+    try:
+        try:
+            yield tmp
+            swap_into_place(tmp, out_dir)
+        except OSError as e:
+            raise XtmError(f"cannot write the bundle: {e.strerror or e}", path=out_dir) from e
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
