@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
 from xtm.cli.common import friendly_errors
+from xtm.cli.options import SectionedCommand, build, options
+from xtm.config import ContextualConfig
 
 EPILOG = """\b
 What it does:
@@ -55,46 +57,18 @@ The run's training data must still be where config.json says.
 """
 
 
-@click.command(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.command(cls=SectionedCommand, epilog=EPILOG,
+               context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--encoder", default="use-multilingual", show_default=True,
-              help="Sentence encoder: use-multilingual (offline) or st:<sentence-transformers model or path>.")
-@click.option("--objective", type=click.Choice(["distill", "ctm"]), default="distill", show_default=True,
-              help="distill: imitate the bag-of-words theta; ctm: ELBO through the run's frozen decoder.")
-@click.option("--lambda-tc", type=click.FloatRange(0), default=1.0, show_default=True,
-              help="Weight of topic classification (labels: each document's argmax bag-of-words topic).")
-@click.option("--epochs", type=click.IntRange(1), default=30, show_default=True, help="Epochs of the head.")
-@click.option("--finetune-epochs", type=click.IntRange(0), default=0, show_default=True,
-              help="Fine-tune the encoder on topic classification first (USE: its top layers; "
-                   "sentence-transformers: the whole model). 0: frozen encoder.")
-@click.option("--finetune-lr", type=click.FloatRange(0, min_open=True), default=1e-4, show_default=True)
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=2e-3, show_default=True)
-@click.option("--batch-size", type=click.IntRange(2), default=256, show_default=True)
-@click.option("--hidden", type=click.IntRange(1), default=200, show_default=True, help="Hidden width of the head.")
-@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True)
-@click.option("--max-tokens", type=click.IntRange(3), default=256, show_default=True,
-              help="Tokens read per document (training and inference); longer documents are cut.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
-@click.option("--threads", type=click.IntRange(1), help="CPU threads for torch (default: all cores).")
-@click.option("--cache-dir", type=click.Path(file_okay=False),
-              help="Cache for sentence features (default: $XTM_CACHE_DIR or ~/.cache/xtm).")
-@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@options(ContextualConfig, "Options")
 @friendly_errors
-def main(run_dir: str, encoder: str, objective: str, lambda_tc: float, epochs: int, finetune_epochs: int,
-         finetune_lr: float, lr: float, batch_size: int, hidden: int, dropout: float, max_tokens: int, seed: int,
-         device: str, threads: int | None, cache_dir: str | None, quiet: bool) -> None:
+def main(run_dir: str, **parsed: Any) -> None:
     """Fit the contextual inference network of RUN_DIR (written by xtm-train)."""
-    from xtm.trainer.contextual.fit import ContextualConfig, train_contextual
-
-    cfg = ContextualConfig(encoder=encoder, objective=objective, lambda_tc=lambda_tc, epochs=epochs,
-                           batch_size=batch_size, lr=lr, hidden=hidden, dropout=dropout,
-                           finetune_epochs=finetune_epochs, finetune_lr=finetune_lr, max_tokens=max_tokens,
-                           seed=seed, device=device, threads=threads, cache_dir=cache_dir,
-                           progress=not quiet and sys.stderr.isatty())
+    cfg = build(ContextualConfig, parsed)
     from xtm.atomic import exit_on_signals
     from xtm.errors import XtmError
     from xtm.run_dir import hold_run_dir, is_run_dir
+    from xtm.trainer.contextual.fit import train_contextual
 
     if not is_run_dir(Path(run_dir)):
         raise XtmError("not a training run directory: run xtm-train first", path=run_dir)

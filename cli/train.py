@@ -7,11 +7,13 @@ import signal
 import sys
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import click
 
 from xtm.cli.common import friendly_errors
-from xtm.models_zoo.registry import MODEL_NAMES
+from xtm.cli.options import SectionedCommand, build, options
+from xtm.config import ContextualConfig, DataConfig, Phase2Config, RefinerConfig, RunConfig, Sampling, TrainConfig
 
 EPILOG = """\b
 Examples:
@@ -67,144 +69,29 @@ abandons the current step; the checkpoint is still exact).
 """
 
 
-@click.command(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--data", required=True, type=click.Path(exists=True),
-              help="Benchmark directory (train_bow_matrix_<L>.npz, vocab_<L>, ...) or JSONL file/directory.")
-@click.option("--model", type=click.Choice(MODEL_NAMES, case_sensitive=False), default="infoctm",
-              show_default=True, help="Backbone: nmtm and infoctm align through --dict; xtra through "
-                                      "multilingual sentence embeddings (no dictionary needed).")
-@click.option("--topics", "num_topics", type=click.IntRange(2, 10000), default=50, show_default=True,
-              help="Number of topics K (shared across languages).")
-@click.option("--epochs", type=click.IntRange(1), default=100, show_default=True)
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory to write.")
-@click.option("--dict", "dict_path", type=click.Path(exists=True, dir_okay=False),
-              help="Bilingual dictionary, TSV source<TAB>target (orientation and Porter-stemmed "
-                   "English are detected).")
-@click.option("--langs", help="Comma-separated languages to model, in order (e.g. en,zh).")
-@click.option("--ref-corpus", type=click.Path(exists=True),
-              help="Aligned reference corpus for CNPMI (dir with *.<lang>.tok.txt[.gz], line i aligned).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --out.")
-@click.option("--batch-size", type=click.IntRange(2), default=200, show_default=True)
-@click.option("--lr", type=float, default=0.002, show_default=True)
-@click.option("--vocab-size", type=click.IntRange(10), default=5000, show_default=True,
-              help="Words per language (JSONL input).")
-@click.option("--min-df", type=click.IntRange(1), default=2, show_default=True,
-              help="Minimum document frequency of a word (JSONL input).")
-@click.option("--max-df", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True,
-              help="Maximum share of documents containing a word (JSONL input).")
-@click.option("--checkpoint-every", type=click.IntRange(0), default=10, show_default=True,
-              help="Epochs between checkpoints (0: only at the end).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--threads", type=click.IntRange(1), help="CPU threads for torch (default: all cores).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Backbone hyper-parameter, e.g. --set weight_mi=50 --set hidden=100 (repeatable).")
-@click.option("--cache-dir", type=click.Path(file_okay=False),
-              help="Cache for document embeddings (default: $XTM_CACHE_DIR or ~/.cache/xtm).")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-@click.option("--phase2-epochs", type=click.IntRange(0), default=0, show_default=True,
-              help="LLM-XTM phase-2 epochs after the --epochs of phase 1 (the paper uses 30; 0: no phase 2).")
-@click.option("--refine-every", type=click.IntRange(1), default=8, show_default=True,
-              help="Phase 2: epochs between topic refinements (F).")
-@click.option("--rounds", type=click.IntRange(1), default=5, show_default=True,
-              help="Phase 2: sampled refinements per topic, voted for self-consistency (R).")
-@click.option("--refiner", type=click.Choice(["embedding", "openai", "vllm", "transformers"]), default="embedding",
-              show_default=True, help="Phase 2: who refines topics: embedding (no LLM), openai (any "
-              "OpenAI-compatible server), vllm (in-process, GPU), transformers (small local model).")
-@click.option("--top-words", type=click.IntRange(1), default=15, show_default=True,
-              help="Phase 2: each topic's top words per language sent for refinement (N).")
-@click.option("--refined-words", type=click.IntRange(1), default=15, show_default=True,
-              help="Phase 2: voted words kept per language and topic (M).")
-@click.option("--llm-url", help="openai refiner: server URL, e.g. http://127.0.0.1:8000/v1.")
-@click.option("--llm-model", help="LLM name for the server, or a model path for vllm/transformers.")
-@click.option("--llm-api-key-env", default="OPENAI_API_KEY", show_default=True,
-              help="Environment variable holding the API key (never logged; unset: no key sent).")
-@click.option("--llm-concurrency", type=click.IntRange(1), default=8, show_default=True,
-              help="openai refiner: requests in flight at once.")
-@click.option("--llm-timeout", type=click.FloatRange(1), default=120.0, show_default=True,
-              help="openai refiner: total seconds one attempt may take (connect, TLS, send, wait, read the "
-                   "whole answer, same-origin redirects) before it is retried.")
-@click.option("--llm-max-tokens", type=click.IntRange(16), default=400, show_default=True)
-@click.option("--llm-temperature", type=click.FloatRange(0), default=1.0, show_default=True)
-@click.option("--lambda-mmd", type=click.FloatRange(0), default=20000.0, show_default=True,
-              help="Phase 2: weight of the MMD loss between model and refined topic words.")
-@click.option("--lambda-doc", type=click.FloatRange(0), default=100.0, show_default=True,
-              help="Phase 2: weight of KL(theta || theta_hat) document alignment.")
-@click.option("--doc-tau", type=click.FloatRange(0, min_open=True), default=0.1, show_default=True,
-              help="Phase 2: temperature of theta_hat = softmax(cos(doc, topic) / tau).")
-@click.option("--no-mmd", is_flag=True, help="Phase 2 ablation: drop the MMD loss.")
-@click.option("--no-doc-align", is_flag=True, help="Phase 2 ablation: drop document alignment.")
-@click.option("--multi-kernel", is_flag=True, help="Phase 2: MMD with bandwidths 0.5/1/2 x median.")
-@click.option("--encoder", default="use-multilingual", show_default=True,
-              help="Phase 2: multilingual encoder for word, document and topic embeddings "
-                   "(or st:<sentence-transformers model>).")
-@click.option("--contextual", is_flag=True,
-              help="After training, fit the contextual inference network (xtm-contextual with its defaults): "
-                   "documents in languages the bags of words cannot read get topics through a multilingual "
-                   "sentence encoder.")
-@click.option("--out-of-core", is_flag=True,
-              help="Preprocess JSONL into sparse shards on disk and stream them while training, so memory "
-                   "does not grow with the corpus (nmtm and infoctm; see below).")
-@click.option("--shard-size", type=click.IntRange(1), default=10_000, show_default=True,
-              help="Out of core: documents per shard file.")
-@click.option("--shard-dir", type=click.Path(file_okay=False),
-              help="Out of core: where the shards go (default: RUN_DIR/shards); reused when the input files "
-                   "and preprocessing settings are unchanged.")
-@click.option("--eval-train-docs", type=click.IntRange(1), default=20_000, show_default=True,
-              help="Out of core: training documents per language (evenly spaced) kept in memory for evaluation "
-                   "(classification's training set, the report).")
+@click.command(cls=SectionedCommand, epilog=EPILOG,
+               context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@options(DataConfig, "Data")
+@options(RunConfig, "Run")
+@options(TrainConfig, "Training")
+@options(Phase2Config, "Phase 2 (LLM-XTM, with --phase2-epochs)")
+@options(RefinerConfig, "Phase 2: the refiner")
+@options(Sampling, "Phase 2: the refiner")
 @friendly_errors
-def main(data: str, model: str, num_topics: int, epochs: int, out: str, dict_path: str | None,
-         langs: str | None, ref_corpus: str | None, seed: int, resume: bool, batch_size: int, lr: float,
-         vocab_size: int, min_df: int, max_df: float, checkpoint_every: int, device: str,
-         threads: int | None, overrides: tuple[str, ...], cache_dir: str | None, quiet: bool,
-         phase2_epochs: int, refine_every: int, rounds: int, refiner: str, top_words: int, refined_words: int,
-         llm_url: str | None,
-         llm_model: str | None, llm_api_key_env: str, llm_concurrency: int, llm_timeout: float,
-         llm_max_tokens: int, llm_temperature: float, lambda_mmd: float, lambda_doc: float, doc_tau: float,
-         no_mmd: bool, no_doc_align: bool, multi_kernel: bool, encoder: str, contextual: bool,
-         out_of_core: bool, shard_size: int, shard_dir: str | None, eval_train_docs: int) -> None:
+def main(**parsed: Any) -> None:
     """Train a cross-lingual topic model and evaluate it (TU, CNPMI, TQ, classification)."""
-    from xtm.trainer.loop.training import TrainConfig
-    from xtm.trainer.run import DataConfig, run_training
-
-    cfg = TrainConfig(model=model.lower(), num_topics=num_topics, epochs=epochs, batch_size=batch_size, lr=lr,
-                      seed=seed, device=device, checkpoint_every=checkpoint_every, threads=threads,
-                      cache_dir=cache_dir, progress=not quiet and sys.stderr.isatty(),
-                      hparams=parse_overrides(overrides))
-    data_cfg = DataConfig(path=data, dict_path=dict_path,
-                          langs=[x.strip() for x in langs.split(",")] if langs else None,
-                          vocab_size=vocab_size, min_df=min_df, max_df=max_df, ref_corpus=ref_corpus,
-                          out_of_core=out_of_core, shard_size=shard_size, shard_dir=shard_dir,
-                          eval_train_docs=eval_train_docs)
-    if contextual and out_of_core:
-        from xtm.errors import XtmError
-
-        raise XtmError("--contextual embeds every training document's text; it cannot follow an --out-of-core "
-                       "run (fit it on a corpus that fits in memory with xtm-contextual)")
-    phase2 = None
-    if phase2_epochs:
-        from xtm.trainer.phase2.objective import Phase2Config
-        from xtm.trainer.phase2.refiners import RefinerConfig, Sampling
-
-        phase2 = Phase2Config(
-            epochs=phase2_epochs, refine_every=refine_every, rounds=rounds, top_words=top_words,
-            refined_words=refined_words, lambda_mmd=lambda_mmd,
-            lambda_doc=lambda_doc, doc_tau=doc_tau, mmd=not no_mmd, doc_align=not no_doc_align,
-            multi_kernel=multi_kernel, encoder=encoder,
-            refiner=RefinerConfig(backend=refiner, llm_url=llm_url, llm_model=llm_model, api_key_env=llm_api_key_env,
-                                  concurrency=llm_concurrency, timeout=llm_timeout,
-                                  sampling=Sampling(temperature=llm_temperature, max_tokens=llm_max_tokens,
-                                                    seed=seed)))
+    run = run_config(parsed)
     from xtm.atomic import exit_on_signals
     from xtm.run_dir import hold_run_dir
     from xtm.trainer.loop.distributed import is_main_process
+    from xtm.trainer.run import run_training
 
+    out, cfg = run.out, run.train
     # SIGTERM/SIGHUP end the command like Ctrl-C (outputs cleaned up, exit 128 + N); while it trains
     # the loop's own handlers save the checkpoint first. The run stays locked from training to the
     # contextual fit (run_training's own hold nests).
     with exit_on_signals(), hold_run_dir(Path(out), "xtm-train") if is_main_process() else nullcontext():
-        metrics = run_training(data_cfg, cfg, out, resume=resume, phase2=phase2)
+        metrics = run_training(run.data, cfg, out, resume=run.resume, phase2=run.phase2)
         if not is_main_process():
             return  # torchrun: rank 0 reports and writes; the others have trained their share
         render_report(Path(out))  # the interrupted model's too: its banner says so
@@ -217,15 +104,27 @@ def main(data: str, model: str, num_topics: int, epochs: int, out: str, dict_pat
         summary = {k: metrics.get(k) for k in ("TU", "CNPMI", "TQ", "classification", "seconds_per_epoch")}
         if "refined" in metrics:
             summary["refined_sets"] = {k: metrics["refined"].get(k) for k in ("TU", "CNPMI", "TQ")}
-        if contextual:
+        if run.contextual:
             from xtm.cli.contextual import summary as contextual_summary
-            from xtm.trainer.contextual.fit import ContextualConfig, train_contextual
+            from xtm.trainer.contextual.fit import train_contextual
 
+            # xtm-contextual with its defaults, on this run's seed and machine settings.
             summary["contextual"] = contextual_summary(train_contextual(out, ContextualConfig(
-                seed=seed, device=device, threads=threads, cache_dir=cache_dir,
+                seed=cfg.seed, device=cfg.device, threads=cfg.threads, cache_dir=cfg.cache_dir,
                 progress=cfg.progress)))
     click.echo(json.dumps(summary, indent=2, ensure_ascii=False))
     click.echo(f"wrote {out}/metrics.json and topics_<lang>.txt", err=True)
+
+
+def run_config(parsed: dict[str, Any]) -> RunConfig:
+    """The run the command line describes. Derived, not asked for: phase 2 exists when --phase2-epochs
+    is above 0 and runs that many epochs; LLM refiners sample with the run's --seed."""
+    train = build(TrainConfig, parsed)
+    phase2 = None
+    if train.phase2_epochs:
+        refiner = build(RefinerConfig, parsed, sampling=build(Sampling, parsed, seed=train.seed))
+        phase2 = build(Phase2Config, parsed, epochs=train.phase2_epochs, refiner=refiner)
+    return build(RunConfig, parsed, data=build(DataConfig, parsed), train=train, phase2=phase2)
 
 
 def render_report(run_dir: Path) -> None:
@@ -237,22 +136,6 @@ def render_report(run_dir: Path) -> None:
         click.echo(f"xtm-train: wrote {write_report_html(run_dir)}", err=True)
     except Exception as e:  # noqa: BLE001 - see the docstring
         click.echo(f"xtm-train: warning: report.html was not written ({type(e).__name__}: {e})", err=True)
-
-
-def parse_overrides(items: tuple[str, ...]) -> dict[str, object]:
-    """`key=value` pairs with values parsed as JSON where possible (numbers, true/false), else strings."""
-    from xtm.errors import XtmError
-
-    out: dict[str, object] = {}
-    for item in items:
-        if "=" not in item:
-            raise XtmError(f"--set expects KEY=VALUE, got '{item}'")
-        key, value = item.split("=", 1)
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
 
 
 if __name__ == "__main__":

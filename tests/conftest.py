@@ -41,9 +41,9 @@ def _cache_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Mon
 @pytest.fixture(scope="session")
 def example_run(example_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A trained run directory (NMTM, K=6) on the built-in example, as xtm-train writes it."""
+    from xtm.config import DataConfig, TrainConfig
     from xtm.evaluation.report import write_report_html
-    from xtm.trainer.loop.training import TrainConfig
-    from xtm.trainer.run import DataConfig, run_training
+    from xtm.trainer.run import run_training
 
     out = tmp_path_factory.mktemp("example-run")
     run_training(DataConfig(path=str(example_dir / "docs.jsonl"), dict_path=str(example_dir / "dict.tsv")),

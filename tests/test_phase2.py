@@ -11,11 +11,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from xtm.config import DataConfig, Phase2Config, TrainConfig
 from xtm.models_zoo.base import BuildContext
-from xtm.trainer.loop.training import TrainConfig, build_model, train
+from xtm.trainer.loop.training import build_model, train
 from xtm.trainer.phase2.losses import doc_align_kl, topic_raw_distribution, weighted_mmd2
-from xtm.trainer.phase2.objective import Phase2Config, Phase2Objective
-from xtm.trainer.run import DataConfig, run_training
+from xtm.trainer.phase2.objective import Phase2Objective
+from xtm.trainer.run import run_training
 
 # ---- the losses --------------------------------------------------------------------------------
 

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from xtm.config import TrainConfig
 from xtm.errors import XtmError
 from xtm.models_zoo.registry import model_from_state
 from xtm.trainer.loop.checkpoint import latest_checkpoint_dir, load_checkpoint
-from xtm.trainer.loop.training import TrainConfig, epoch_batches, train
+from xtm.trainer.loop.training import epoch_batches, train
 
 
 def config(**kw) -> TrainConfig:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import sys
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ import scipy.sparse as sp
 import torch
 
 import xtm
+from xtm.config import DataConfig, Phase2Config, TrainConfig
 from xtm.corpus import Corpus, LanguageCorpus
 from xtm.errors import XtmError
 from xtm.evaluation.metrics import (
@@ -51,27 +52,9 @@ from xtm.trainer.data.batches import BatchSource
 from xtm.trainer.data.loading import load_corpus
 from xtm.trainer.loop import distributed
 from xtm.trainer.loop.distributed import DistContext, is_main_process
-from xtm.trainer.loop.training import TrainConfig, TrainResult, infer_theta, pick_device, train
-from xtm.trainer.phase2.objective import Phase2Config, Phase2Objective
+from xtm.trainer.loop.training import TrainResult, infer_theta, pick_device, train
+from xtm.trainer.phase2.objective import Phase2Objective
 from xtm.trainer.report_data import build_report_data
-
-
-@dataclass
-class DataConfig:
-    path: str
-    dict_path: str | None = None
-    langs: list[str] | None = None
-    vocab_size: int = 5000
-    min_df: int = 2
-    max_df: float = 0.5
-    ref_corpus: str | None = None
-    # Out of core (xtm.trainer.data.sharding): JSONL preprocessed into shards under `shard_dir`
-    # (default RUN_DIR/shards), training streams them; evaluation keeps the test split and a
-    # sample of at most `eval_train_docs` training documents per language in memory.
-    out_of_core: bool = False
-    shard_size: int = 10_000
-    shard_dir: str | None = None
-    eval_train_docs: int = 20_000
 
 
 def log(msg: str) -> None:
@@ -159,6 +142,9 @@ def run_training(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool = F
     shards, writes and evaluates; the other ranks return {"rank": r} after training.
     """
     out = Path(out)
+    if phase2 is not None:
+        # One schedule: phase 2 runs phase2.epochs epochs, and the trainer (and train_config) count them there.
+        cfg = replace(cfg, phase2_epochs=phase2.epochs)
     refuse_foreign_dir(out)  # before anything: a user's directory is never written to
     check_out_of_core(data, cfg, phase2)
     dist = distributed.init_from_env(cfg.device)
@@ -211,17 +197,16 @@ def load_training_data(data: DataConfig, cfg: TrainConfig, out: Path,
     t0 = time.perf_counter()
     progress = cfg.progress and (dist is None or dist.is_main)
     if not data.out_of_core:
-        corpus = load_corpus(data.path, dict_path=data.dict_path, langs=data.langs, vocab_size=data.vocab_size,
-                             min_df=data.min_df, max_df=data.max_df, seed=cfg.seed, progress=progress)
+        corpus = load_corpus(data.path, dict_path=data.dict_path, langs=data.langs, prep=data.preprocessing,
+                             seed=cfg.seed, progress=progress)
         log(f"loaded {describe_corpus(corpus)} in {time.perf_counter() - t0:.1f}s")
         return corpus, None
     from xtm.trainer.data.sharding import ShardedCorpus, open_or_build_shards
 
     shards = shard_dir(data, out)
     if dist is None or dist.is_main:
-        open_or_build_shards(data.path, shards, langs=data.langs, vocab_size=data.vocab_size,
-                             min_df=data.min_df, max_df=data.max_df, seed=cfg.seed, shard_size=data.shard_size,
-                             progress=progress, log=log)
+        open_or_build_shards(data.path, shards, langs=data.langs, prep=data.preprocessing, seed=cfg.seed,
+                             shard_size=data.shard_size, progress=progress, log=log)
     distributed.barrier(dist)
     sharded = ShardedCorpus(shards)
     log(f"shards ready in {time.perf_counter() - t0:.1f}s: {sharded.describe()}")
@@ -245,7 +230,6 @@ def _run(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool, phase2: Ph
 
     objective = None
     if phase2 is not None:
-        cfg.phase2_epochs = phase2.epochs
         log(f"phase 2 (LLM-XTM): {phase2.epochs} epochs after {cfg.epochs}, refiner {phase2.refiner.backend}, "
             f"R={phase2.rounds}, every {phase2.refine_every} epochs")
         context = BuildContext(cache_dir=Path(cfg.cache_dir) if cfg.cache_dir else cache_dir(), seed=cfg.seed,
@@ -257,7 +241,7 @@ def _run(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool, phase2: Ph
     model = result.model
     run.save_config({
         "xtm_version": xtm.__version__, "model_config": model.config(), "train_config": cfg.to_dict(),
-        "data": {**data.__dict__, "name": corpus.name}, "langs": corpus.langs,
+        "data": {**data.to_dict(), "name": corpus.name}, "langs": corpus.langs,
         "tokenizers": {lc.lang: lc.tokenizer.to_dict() for lc in corpus.languages},
         "corpus_info": corpus.info, "phase2": phase2.to_dict() if phase2 is not None else None})
     run.save_history(result.history)

@@ -31,7 +31,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +42,12 @@ from torch import Tensor
 
 import xtm
 from xtm.atomic import write_json
+from xtm.config import ContextualConfig, Preprocessing, TrainConfig, default_of, from_dict
 from xtm.corpus import Corpus
 from xtm.errors import XtmError
 from xtm.models_zoo.base import CrossLingualTopicModel
-from xtm.models_zoo.context_encoders import DEFAULT_MAX_TOKENS, TextEncoder, load_text_encoder, make_text_encoder
+from xtm.models_zoo.context_encoders import TextEncoder, load_text_encoder, make_text_encoder
 from xtm.models_zoo.contextual import ContextualHead, HeadConfig
-from xtm.models_zoo.encoders import DEFAULT_ENCODER
 from xtm.paths import cache_dir as default_cache_dir
 from xtm.run_dir import RunDir
 from xtm.trainer.loop.checkpoint import load_trained_model
@@ -55,44 +55,6 @@ from xtm.trainer.loop.training import infer_theta, pick_device, sparse_batch
 
 CONTEXTUAL_DIR = RunDir.CONTEXTUAL  # RUN_DIR/contextual/: the fitted head and its settings
 CONTEXTUAL_FORMAT = 1
-OBJECTIVES = ("distill", "ctm")
-
-
-@dataclass
-class ContextualConfig:
-    encoder: str = DEFAULT_ENCODER
-    objective: str = "distill"
-    # distill + topic classification: measured best for the auto route (docs/contextual.md, Choice 1)
-    lambda_tc: float = 1.0
-    epochs: int = 30
-    batch_size: int = 256
-    lr: float = 2e-3
-    hidden: int = 200
-    dropout: float = 0.2
-    finetune_epochs: int = 0
-    finetune_lr: float = 1e-4
-    finetune_batch_size: int = 64
-    max_tokens: int = DEFAULT_MAX_TOKENS
-    seed: int = 0
-    device: str = "cpu"
-    threads: int | None = None
-    cache_dir: str | None = None
-    progress: bool = False
-
-    def check(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise XtmError(f"contextual objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
-        for name in ("epochs", "batch_size", "hidden", "max_tokens", "finetune_batch_size"):
-            if getattr(self, name) < 1:
-                raise XtmError(f"contextual {name} must be at least 1, got {getattr(self, name)}")
-        if self.lambda_tc < 0 or self.finetune_epochs < 0 or not 0 <= self.dropout < 1:
-            raise XtmError("contextual lambda_tc and finetune_epochs must be >= 0, dropout in [0, 1)")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        for k in ("device", "threads", "cache_dir", "progress"):
-            d.pop(k)
-        return d
 
 
 def log(msg: str) -> None:
@@ -111,9 +73,10 @@ def load_run_corpus(run_dir: Path, config: dict[str, Any], progress: bool) -> Co
         raise XtmError(f"the run's training data ({path!r}) is gone: the contextual network is fitted on the "
                        "training documents' text", path=RunDir(run_dir).file(RunDir.CONFIG))
     # No dictionary: only bags of words, texts and labels are needed, and vocabularies do not depend on it.
-    corpus = load_corpus(path, langs=config.get("langs"), vocab_size=data.get("vocab_size", 5000),
-                         min_df=data.get("min_df", 2), max_df=data.get("max_df", 0.5),
-                         seed=config.get("train_config", {}).get("seed", 0), progress=progress)
+    # Rules and seed as the run recorded them (a run written before a rule existed: its default).
+    corpus = load_corpus(path, langs=config.get("langs"), prep=from_dict(Preprocessing, data),
+                         seed=config.get("train_config", {}).get("seed", default_of(TrainConfig, "seed")),
+                         progress=progress)
     run = RunDir(run_dir)
     for lc in corpus.languages:
         if run.vocab_path(lc.lang).is_file() and run.read_vocab(lc.lang) != list(lc.vocab):

@@ -16,7 +16,7 @@ import warnings
 from array import array
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import combinations
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from xtm.config import PREPROCESSING, Preprocessing
 from xtm.corpus import Corpus, LanguageCorpus
 from xtm.errors import XtmError
 from xtm.languages import normalize_lang
@@ -53,24 +54,23 @@ def load_corpus(
     *,
     dict_path: str | Path | None = None,
     langs: Sequence[str] | None = None,
-    vocab_size: int = 5000,
-    min_df: int = 2,
-    max_df: float = 0.5,
-    min_doc_tokens: int = 1,
+    prep: Preprocessing = PREPROCESSING,
     seed: int = 0,
     progress: bool = True,
+    **rules: Any,
 ) -> Corpus:
     """Load a corpus from a benchmark directory, a JSONL file or a directory of JSONL files.
 
     langs: ISO codes (aliases accepted) selecting and ordering the languages; default all found.
     dict_path: bilingual dictionary (`source<TAB>target`) linking the vocabularies.
-    vocab_size, min_df, max_df, min_doc_tokens, seed: JSONL preprocessing only. The vocabulary of
-    each language is the `vocab_size` words with the highest document frequency among those in
-    at least `min_df` training documents and at most a `max_df` share of them; documents with
-    fewer than `min_doc_tokens` vocabulary tokens are dropped. When every document is labeled
-    but none has a `split`, HOLDOUT_FRACTION of each language is held out as test set, chosen
-    by `seed`.
+    prep, seed: JSONL preprocessing only (xtm.config.Preprocessing; keyword `rules` replace single
+    ones: `load_corpus(path, vocab_size=800)`). The vocabulary of each language is the `vocab_size`
+    words with the highest document frequency among those in at least `min_df` training documents
+    and at most a `max_df` share of them; documents with fewer than `min_doc_tokens` vocabulary
+    tokens are dropped. When every document is labeled but none has a `split`, HOLDOUT_FRACTION of
+    each language is held out as test set, chosen by `seed`.
     """
+    prep = replace(prep, **rules) if rules else prep
     p = Path(path)
     if not p.exists():
         raise XtmError("corpus path does not exist", path=p)
@@ -83,11 +83,11 @@ def load_corpus(
             if not files:
                 raise XtmError(f"not a corpus directory: it has neither benchmark files "
                                f"({_BOW_PREFIX}<lang>.npz, vocab_<lang>) nor *.jsonl files", path=p)
-            corpus = _load_jsonl(files, p, want, vocab_size=vocab_size, min_df=min_df, max_df=max_df,
-                                 min_doc_tokens=min_doc_tokens, seed=seed, progress=progress)
+            corpus = _load_jsonl(files, p, want, vocab_size=prep.vocab_size, min_df=prep.min_df,
+                                 max_df=prep.max_df, min_doc_tokens=prep.min_doc_tokens, seed=seed, progress=progress)
     else:
-        corpus = _load_jsonl([p], p, want, vocab_size=vocab_size, min_df=min_df, max_df=max_df,
-                             min_doc_tokens=min_doc_tokens, seed=seed, progress=progress)
+        corpus = _load_jsonl([p], p, want, vocab_size=prep.vocab_size, min_df=prep.min_df, max_df=prep.max_df,
+                             min_doc_tokens=prep.min_doc_tokens, seed=seed, progress=progress)
     if dict_path is not None:
         _attach_links(corpus, Path(dict_path))
     return corpus

@@ -30,7 +30,7 @@ import math
 import shutil
 from array import array
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from xtm.atomic import write_json
+from xtm.config import PREPROCESSING, DataConfig, Preprocessing, default_of
 from xtm.corpus import Corpus, LanguageCorpus
 from xtm.errors import XtmError
 from xtm.run_dir import LOCK_NAME
@@ -62,7 +63,8 @@ from xtm.vocabulary import read_vocabulary, write_vocabulary
 __all__ = ["DEFAULT_SHARD_SIZE", "ShardedCorpus", "build_shards", "open_or_build_shards"]
 
 SHARD_FORMAT = 1
-DEFAULT_SHARD_SIZE = 10_000
+DEFAULT_SHARD_SIZE = default_of(DataConfig, "shard_size")
+DEFAULT_EVAL_TRAIN_DOCS = default_of(DataConfig, "eval_train_docs")
 # Documents per chunk when reading the spill back (vocabulary counting, pass 2).
 _CHUNK_DOCS = 50_000
 # Spill buffers are written out at this many entries (4 MB of int32).
@@ -211,6 +213,12 @@ def _source_files(p: Path) -> list[Path]:
     return [p]
 
 
+def _settings(want: list[str] | None, prep: Preprocessing, seed: int, shard_size: int) -> dict[str, Any]:
+    """What the shards' content depends on besides the input files (index.json, the fingerprint)."""
+    return {"langs": want, "vocab_size": prep.vocab_size, "min_df": prep.min_df, "max_df": float(prep.max_df),
+            "min_doc_tokens": prep.min_doc_tokens, "seed": seed, "shard_size": shard_size}
+
+
 def _fingerprint(files: Sequence[Path], settings: dict[str, Any]) -> str:
     """What decides the shards' content: the input files (name, size, mtime) and the settings."""
     h = hashlib.sha256()
@@ -222,24 +230,24 @@ def _fingerprint(files: Sequence[Path], settings: dict[str, Any]) -> str:
 
 
 def build_shards(path: str | Path, out_dir: str | Path, *, langs: Sequence[str] | None = None,
-                 vocab_size: int = 5000, min_df: int = 2, max_df: float = 0.5, min_doc_tokens: int = 1,
-                 seed: int = 0, shard_size: int = DEFAULT_SHARD_SIZE, progress: bool = True) -> Path:
+                 prep: Preprocessing = PREPROCESSING, seed: int = 0, shard_size: int = DEFAULT_SHARD_SIZE,
+                 progress: bool = True, **rules: Any) -> Path:
     """Preprocess JSONL documents into shards under `out_dir`; returns `out_dir`.
 
     Same arguments and rules as `load_corpus` for JSONL (vocabulary, split, hold-out, dropped
     documents), plus `shard_size` documents per shard file.
     """
+    prep = replace(prep, **rules) if rules else prep
     src = Path(path)
     if not src.exists():
         raise XtmError("corpus path does not exist", path=src)
-    _check_preprocessing(vocab_size, min_df, max_df, min_doc_tokens)
+    _check_preprocessing(prep.vocab_size, prep.min_df, prep.max_df, prep.min_doc_tokens)
     if not isinstance(shard_size, int) or shard_size < 1:
         raise XtmError(f"shard_size must be a positive integer, got {shard_size!r}", field="shard_size")
     files = _source_files(src)
     want = _normalize_langs(langs)
     out = Path(out_dir)
-    settings = {"langs": want, "vocab_size": vocab_size, "min_df": min_df, "max_df": float(max_df),
-                "min_doc_tokens": min_doc_tokens, "seed": seed, "shard_size": shard_size}
+    settings = _settings(want, prep, seed, shard_size)
     fingerprint = _fingerprint(files, settings)
     _prepare_dir(out)
     spill_root = out / ".spill"
@@ -394,16 +402,16 @@ def _vocab_hash(vocab: Sequence[str]) -> str:
 
 
 def open_or_build_shards(path: str | Path, out_dir: str | Path, *, langs: Sequence[str] | None = None,
-                         vocab_size: int = 5000, min_df: int = 2, max_df: float = 0.5, seed: int = 0,
-                         shard_size: int = DEFAULT_SHARD_SIZE, progress: bool = True,
-                         log: Any = None) -> ShardedCorpus:
-    """The shards of `path` in `out_dir`: reused when built from the same files and settings."""
+                         prep: Preprocessing = PREPROCESSING, seed: int = 0, shard_size: int = DEFAULT_SHARD_SIZE,
+                         progress: bool = True, log: Any = None, **rules: Any) -> ShardedCorpus:
+    """The shards of `path` in `out_dir`: reused when built from the same files and settings
+    (`prep` and `rules` as for `build_shards`)."""
+    prep = replace(prep, **rules) if rules else prep
     src = Path(path)
     if not src.exists():
         raise XtmError("corpus path does not exist", path=src)
     want = _normalize_langs(langs)
-    settings = {"langs": want, "vocab_size": vocab_size, "min_df": min_df, "max_df": float(max_df),
-                "min_doc_tokens": 1, "seed": seed, "shard_size": shard_size}
+    settings = _settings(want, prep, seed, shard_size)
     out = Path(out_dir)
     index = out / "index.json"
     if index.exists():
@@ -417,8 +425,7 @@ def open_or_build_shards(path: str | Path, out_dir: str | Path, *, langs: Sequen
                 return ShardedCorpus(out)
         except ValueError:
             pass  # unreadable index: rebuilt below
-    build_shards(src, out, langs=want, vocab_size=vocab_size, min_df=min_df, max_df=max_df, seed=seed,
-                 shard_size=shard_size, progress=progress)
+    build_shards(src, out, langs=want, prep=prep, seed=seed, shard_size=shard_size, progress=progress)
     return ShardedCorpus(out)
 
 
@@ -488,7 +495,7 @@ class ShardedCorpus:
     def batches(self, buffer_shards: int = 4) -> ShardedBatches:
         return ShardedBatches(self, buffer_shards)
 
-    def eval_corpus(self, max_train_docs: int = 20_000, dict_path: str | Path | None = None) -> Corpus:
+    def eval_corpus(self, max_train_docs: int = DEFAULT_EVAL_TRAIN_DOCS, dict_path: str | Path | None = None) -> Corpus:
         """What evaluation and model building need, in bounded memory.
 
         Per language: the test split; every k-th training document (k = ceil(N / max_train_docs),

@@ -26,6 +26,7 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
+from xtm.config import TrainConfig
 from xtm.corpus import Corpus
 from xtm.errors import XtmError
 from xtm.models_zoo.base import BuildContext, CrossLingualTopicModel, load_unique_state_dict, unique_state_dict
@@ -46,27 +47,6 @@ from xtm.trainer.loop.distributed import DistContext
 from xtm.trainer.phase2.objective import Phase2Objective
 
 __all__ = ["TrainConfig", "TrainResult", "epoch_batches", "infer_theta", "pick_device", "train"]
-
-
-@dataclass
-class TrainConfig:
-    model: str = "infoctm"
-    num_topics: int = 50
-    epochs: int = 100
-    batch_size: int = 200
-    lr: float = 0.002
-    seed: int = 0
-    device: str = "auto"
-    checkpoint_every: int = 10
-    threads: int | None = None
-    cache_dir: str | None = None
-    progress: bool = True
-    hparams: dict[str, Any] = field(default_factory=dict)
-    # LLM-XTM phase 2 epochs after `epochs` phase-1 epochs (0: phase 1 only); see trainer/phase2/objective.py.
-    phase2_epochs: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass

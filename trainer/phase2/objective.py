@@ -17,53 +17,24 @@ from __future__ import annotations
 import sys
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from xtm.config import Phase2Config
 from xtm.corpus import Corpus
 from xtm.errors import XtmError
 from xtm.evaluation.metrics import top_words
 from xtm.models_zoo.base import BuildContext, CrossLingualTopicModel
-from xtm.models_zoo.encoders import DEFAULT_ENCODER, Encoder, embed_cached, load_encoder
+from xtm.models_zoo.encoders import Encoder, embed_cached, load_encoder
 from xtm.trainer.phase2.losses import doc_align_kl, similarity_targets, topic_raw_distribution, weighted_mmd2
 from xtm.trainer.phase2.prompt import ParsedAnswer, TopicWords
-from xtm.trainer.phase2.refiners import RefinerConfig, Sampling, make_refiner
+from xtm.trainer.phase2.refiners import make_refiner
 
 MULTI_KERNEL_SCALES = (0.5, 1.0, 2.0)
-
-
-@dataclass
-class Phase2Config:
-    """Defaults from seed 001 (section 4, appendix G): 30 epochs, R = 5, F = 8, top-15 words,
-    lambda_mmd = 20,000, lambda_qa in {100, 200, 300}; tau = 0.1 as in the public code."""
-
-    epochs: int = 30
-    refine_every: int = 8
-    rounds: int = 5
-    top_words: int = 15
-    refined_words: int = 15
-    lambda_mmd: float = 20000.0
-    lambda_doc: float = 100.0
-    doc_tau: float = 0.1
-    mmd: bool = True
-    doc_align: bool = True
-    multi_kernel: bool = False
-    encoder: str = DEFAULT_ENCODER
-    refiner: RefinerConfig = field(default_factory=RefinerConfig)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Phase2Config:
-        d = dict(d)
-        r = dict(d.pop("refiner", {}))
-        r["sampling"] = Sampling(**r.get("sampling", {}))
-        return cls(**d, refiner=RefinerConfig(**r))
 
 
 @dataclass

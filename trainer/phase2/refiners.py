@@ -43,20 +43,9 @@ from urllib.parse import SplitResult, urljoin, urlsplit
 import numpy as np
 
 from xtm.atomic import atomic_open
+from xtm.config import REFINER_NAMES, RefinerConfig, Sampling
 from xtm.errors import XtmError
 from xtm.trainer.phase2.prompt import ParsedAnswer, TopicWords, VocabMatcher, build_prompt, parse_answer
-
-REFINER_NAMES = ("embedding", "openai", "vllm", "transformers")
-
-
-@dataclass
-class Sampling:
-    """Sampling settings of LLM refiners (part of the cache key)."""
-
-    temperature: float = 1.0
-    top_p: float = 0.95
-    max_tokens: int = 400
-    seed: int = 0
 
 
 @dataclass
@@ -853,21 +842,6 @@ class EmbeddingRefiner:
 # --------------------------------------------------------------------------------------------
 # Construction from CLI settings
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class RefinerConfig:
-    backend: str = "embedding"
-    llm_url: str | None = None
-    llm_model: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
-    concurrency: int = 8
-    timeout: float = 120.0
-    retries: int = 4
-    sampling: Sampling = field(default_factory=Sampling)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def make_refiner(cfg: RefinerConfig, vocabs: dict[str, Sequence[str]],

@@ -1,0 +1,412 @@
+"""The configuration tree: every setting of a run, with its default and its help text, written once.
+
+    RunConfig                 one xtm-train run: where it goes, resume, contextual route, and
+      data:   DataConfig      the corpus and how JSONL becomes bags of words (Preprocessing)
+      train:  TrainConfig     the backbone and phase-1 training
+      phase2: Phase2Config    LLM-XTM phase 2 (None: phase 1 only)
+        refiner: RefinerConfig    who refines topics
+          sampling: Sampling      how LLM refiners sample (part of the answer cache key)
+    ContextualConfig          xtm-contextual: the contextual inference network of a finished run
+
+Each field is declared with `setting(default, help=..., cli=Cli(...))`: the CLIs (xtm.cli.options)
+build their options from these declarations, so a default, a help text or a valid range is never
+written a second time, and library functions take these objects (or their default objects) instead
+of restating numbers in their signatures. Configs are frozen: a value derived later is a new
+object (`dataclasses.replace`), never a mutation that a caller holding the old one would not see.
+
+The dictionaries the trainer writes (config.json "train_config", "data", "phase2"; contextual.json
+"config"; the checkpoints' "train_config") are the `to_dict()` of these classes; their keys are a
+file format that older runs were written with, so fields are only ever added at the end.
+
+Importing this module is cheap (no torch, numpy or click): `xtm-train --help` reads it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields, is_dataclass
+from typing import Any, TypeVar
+
+from xtm.errors import XtmError
+from xtm.models_zoo.registry import MODEL_NAMES
+
+__all__ = ["CONTEXTUAL_OBJECTIVES", "DEFAULT_ENCODER", "PREPROCESSING", "REFINER_NAMES", "Cli", "ContextualConfig",
+           "DataConfig", "Phase2Config", "Preprocessing", "RefinerConfig", "RunConfig", "Sampling", "TrainConfig",
+           "cli_spec", "default_of", "from_dict", "help_of", "parse_csv", "parse_key_values", "setting"]
+
+# The multilingual sentence encoder used unless a run names another (offline, no download).
+# xtm.models_zoo.encoders.DEFAULT_ENCODER names the same encoder (tests/test_config.py checks).
+DEFAULT_ENCODER = "use-multilingual"
+REFINER_NAMES = ("embedding", "openai", "vllm", "transformers")
+CONTEXTUAL_OBJECTIVES = ("distill", "ctm")
+
+C = TypeVar("C")
+
+
+# --------------------------------------------------------------------------- declaring settings
+
+
+@dataclass(frozen=True)
+class Cli:
+    """How a setting appears on the command line: plain data, made into a click option by xtm.cli.options.
+
+    flags: the option's names, space-separated ("--topics", "-q --quiet").
+    help: the option's own help where it must differ from the setting's (a switch that turns a
+        setting off, a repeatable KEY=VALUE form); None: the setting's help.
+    type: the value type where the default does not tell (a default of None).
+    min, max, min_open, max_open: the valid range of a number; choices, case_sensitive: of a word.
+    path: "any", "file" or "dir" for a path; exists: it must exist.
+    switch: for a flag without value, the value its presence gives the setting (absent: the default).
+    tty: absent, the setting is on only when stderr is a terminal (progress bars).
+    parse: turns the option's raw value into the setting's (a comma list, KEY=VALUE pairs).
+    """
+
+    flags: str
+    help: str | None = None
+    type: type | None = None
+    min: float | None = None
+    max: float | None = None
+    min_open: bool = False
+    max_open: bool = False
+    choices: tuple[str, ...] | None = None
+    case_sensitive: bool = True
+    path: str | None = None
+    exists: bool = False
+    switch: bool | None = None
+    tty: bool = False
+    required: bool = False
+    multiple: bool = False
+    metavar: str | None = None
+    parse: Callable[[Any], Any] | None = None
+
+    @property
+    def name(self) -> str:
+        """The option's parameter name: its last flag without dashes ("--llm-timeout" -> llm_timeout)."""
+        return self.flags.split()[-1].lstrip("-").replace("-", "_")
+
+
+def setting(default: Any = MISSING, *, help: str, cli: Cli | None = None,
+            factory: Callable[[], Any] | None = None) -> Any:
+    """A dataclass field with its help text and, when it has one, its command-line option."""
+    return field(default=default, default_factory=factory if factory is not None else MISSING,
+                 metadata={"help": help, "cli": cli})
+
+
+def _same_as(cls: type, name: str) -> Any:
+    """Another config's field, declared once: the same default, help and option."""
+    f = _field(cls, name)
+    return field(default=f.default, default_factory=f.default_factory, metadata=f.metadata)
+
+
+def _field(cls: type, name: str) -> Field:
+    return cls.__dataclass_fields__[name]  # type: ignore[attr-defined]
+
+
+def default_of(cls: type, name: str) -> Any:
+    """The declared default of `cls.name` (a fresh value for fields with a factory)."""
+    f = _field(cls, name)
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    if f.default is MISSING:
+        raise KeyError(f"{cls.__name__}.{name} has no default")
+    return f.default
+
+
+def help_of(cls: type, name: str) -> str:
+    return _field(cls, name).metadata["help"]
+
+
+def cli_spec(cls: type, name: str) -> Cli | None:
+    return _field(cls, name).metadata.get("cli")
+
+
+def from_dict(cls: type[C], d: dict[str, Any]) -> C:
+    """A config from its `to_dict()` (a run's config.json): nested configs rebuilt, unknown keys
+    (written by a newer xtm, or "name" next to "data") ignored, missing ones at their defaults."""
+    kwargs = {}
+    for f in fields(cls):  # type: ignore[arg-type]
+        if f.name not in d:
+            continue
+        value = d[f.name]
+        nested = f.default_factory if f.default_factory is not MISSING else None
+        if isinstance(value, dict) and is_dataclass(nested):
+            value = from_dict(nested, value)  # type: ignore[arg-type]
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+# --------------------------------------------------------------------------- option value parsers
+
+
+def parse_csv(text: str | None) -> tuple[str, ...] | None:
+    """"en, zh" -> ("en", "zh"); empty or absent -> None (every language found)."""
+    return tuple(x.strip() for x in text.split(",")) if text else None
+
+
+def parse_key_values(items: Sequence[str]) -> dict[str, Any]:
+    """`key=value` pairs with values parsed as JSON where possible (numbers, true/false), else strings."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise XtmError(f"--set expects KEY=VALUE, got '{item}'")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How JSONL documents become bags of words (in memory and out of core alike): which words make
+    each language's vocabulary and which documents are kept."""
+
+    vocab_size: int = setting(5000, help="Words per language (JSONL input).", cli=Cli("--vocab-size", min=10))
+    min_df: int = setting(2, help="Minimum document frequency of a word (JSONL input).", cli=Cli("--min-df", min=1))
+    max_df: float = setting(0.5, help="Maximum share of documents containing a word (JSONL input).",
+                            cli=Cli("--max-df", min=0, max=1, min_open=True))
+    min_doc_tokens: int = setting(1, help="Documents with fewer vocabulary tokens than this are dropped.")
+
+
+PREPROCESSING = Preprocessing()  # the default rules, for functions that take a Preprocessing
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the corpus comes from and how it is read (config.json "data")."""
+
+    path: str = setting(help="Benchmark directory (train_bow_matrix_<L>.npz, vocab_<L>, ...) or JSONL file/directory.",
+                        cli=Cli("--data", path="any", exists=True, required=True))
+    dict_path: str | None = setting(None, help="Bilingual dictionary, TSV source<TAB>target (orientation and "
+                                                "Porter-stemmed English are detected).",
+                                    cli=Cli("--dict", path="file", exists=True))
+    langs: Sequence[str] | None = setting(None, help="Comma-separated languages to model, in order (e.g. en,zh).",
+                                          cli=Cli("--langs", type=str, parse=parse_csv))
+    vocab_size: int = _same_as(Preprocessing, "vocab_size")
+    min_df: int = _same_as(Preprocessing, "min_df")
+    max_df: float = _same_as(Preprocessing, "max_df")
+    ref_corpus: str | None = setting(None, help="Aligned reference corpus for CNPMI (dir with *.<lang>.tok.txt[.gz], "
+                                                "line i aligned).", cli=Cli("--ref-corpus", path="any", exists=True))
+    # Out of core (xtm.trainer.data.sharding): JSONL preprocessed into shards under `shard_dir`, training
+    # streams them; evaluation keeps the test split and a sample of the training documents in memory.
+    out_of_core: bool = setting(False, help="Preprocess JSONL into sparse shards on disk and stream them while "
+                                            "training, so memory does not grow with the corpus (nmtm and infoctm; "
+                                            "see below).", cli=Cli("--out-of-core", switch=True))
+    shard_size: int = setting(10_000, help="Out of core: documents per shard file.", cli=Cli("--shard-size", min=1))
+    shard_dir: str | None = setting(None, help="Out of core: where the shards go (default: RUN_DIR/shards); reused "
+                                               "when the input files and preprocessing settings are unchanged.",
+                                    cli=Cli("--shard-dir", path="dir"))
+    eval_train_docs: int = setting(20_000, help="Out of core: training documents per language (evenly spaced) kept in "
+                                                "memory for evaluation (classification's training set, the report).",
+                                   cli=Cli("--eval-train-docs", min=1))
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing(vocab_size=self.vocab_size, min_df=self.min_df, max_df=self.max_df)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["langs"] = list(self.langs) if self.langs is not None else None  # JSON as it always was
+        return d
+
+
+# --------------------------------------------------------------------------- phase 2 (LLM-XTM)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling settings of LLM refiners (part of the answer cache key)."""
+
+    temperature: float = setting(1.0, help="LLM sampling temperature.", cli=Cli("--llm-temperature", min=0))
+    top_p: float = setting(0.95, help="LLM nucleus sampling: the share of probability mass sampled from.")
+    max_tokens: int = setting(400, help="Most tokens of one LLM answer.", cli=Cli("--llm-max-tokens", min=16))
+    seed: int = setting(0, help="Seed of the LLM's sampling (xtm-train passes its --seed; round r asks with seed + r).")
+
+
+@dataclass(frozen=True)
+class RefinerConfig:
+    """Who refines topics in phase 2, and how an LLM server is reached."""
+
+    backend: str = setting("embedding", help="Phase 2: who refines topics: embedding (no LLM), openai (any "
+                                             "OpenAI-compatible server), vllm (in-process, GPU), transformers (small "
+                                             "local model).", cli=Cli("--refiner", choices=REFINER_NAMES))
+    llm_url: str | None = setting(None, help="openai refiner: server URL, e.g. http://127.0.0.1:8000/v1.",
+                                  cli=Cli("--llm-url", type=str))
+    llm_model: str | None = setting(None, help="LLM name for the server, or a model path for vllm/transformers.",
+                                    cli=Cli("--llm-model", type=str))
+    api_key_env: str = setting("OPENAI_API_KEY", help="Environment variable holding the API key (never logged; "
+                                                      "unset: no key sent).", cli=Cli("--llm-api-key-env"))
+    concurrency: int = setting(8, help="openai refiner: requests in flight at once.",
+                               cli=Cli("--llm-concurrency", min=1))
+    timeout: float = setting(120.0, help="openai refiner: total seconds one attempt may take (connect, TLS, send, "
+                                         "wait, read the whole answer, same-origin redirects) before it is retried.",
+                             cli=Cli("--llm-timeout", min=1))
+    retries: int = setting(4, help="openai refiner: attempts after the first one failed (connection errors, "
+                                   "timeouts, 429, 5xx).")
+    sampling: Sampling = setting(help="How LLM refiners sample.", factory=Sampling)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Phase2Config:
+    """LLM-XTM phase 2. Defaults from seed 001 (section 4, appendix G): 30 epochs, R = 5, F = 8, top-15
+    words, lambda_mmd = 20,000, lambda_qa in {100, 200, 300}; tau = 0.1 as in the public code."""
+
+    epochs: int = setting(30, help="Phase-2 epochs after phase 1 (xtm-train: --phase2-epochs, TrainConfig).")
+    refine_every: int = setting(8, help="Phase 2: epochs between topic refinements (F).",
+                                cli=Cli("--refine-every", min=1))
+    rounds: int = setting(5, help="Phase 2: sampled refinements per topic, voted for self-consistency (R).",
+                          cli=Cli("--rounds", min=1))
+    top_words: int = setting(15, help="Phase 2: each topic's top words per language sent for refinement (N).",
+                             cli=Cli("--top-words", min=1))
+    refined_words: int = setting(15, help="Phase 2: voted words kept per language and topic (M).",
+                                 cli=Cli("--refined-words", min=1))
+    lambda_mmd: float = setting(20000.0, help="Phase 2: weight of the MMD loss between model and refined topic words.",
+                                cli=Cli("--lambda-mmd", min=0))
+    lambda_doc: float = setting(100.0, help="Phase 2: weight of KL(theta || theta_hat) document alignment.",
+                                cli=Cli("--lambda-doc", min=0))
+    doc_tau: float = setting(0.1, help="Phase 2: temperature of theta_hat = softmax(cos(doc, topic) / tau).",
+                             cli=Cli("--doc-tau", min=0, min_open=True))
+    mmd: bool = setting(True, help="Phase 2: train with the MMD loss.",
+                        cli=Cli("--no-mmd", switch=False, help="Phase 2 ablation: drop the MMD loss."))
+    doc_align: bool = setting(True, help="Phase 2: train with document alignment.",
+                              cli=Cli("--no-doc-align", switch=False,
+                                      help="Phase 2 ablation: drop document alignment."))
+    multi_kernel: bool = setting(False, help="Phase 2: MMD with bandwidths 0.5/1/2 x median.",
+                                 cli=Cli("--multi-kernel", switch=True))
+    encoder: str = setting(DEFAULT_ENCODER, help="Phase 2: multilingual encoder for word, document and topic "
+                                                 "embeddings (or st:<sentence-transformers model>).",
+                           cli=Cli("--encoder"))
+    refiner: RefinerConfig = setting(help="Phase 2: who refines topics.", factory=RefinerConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Phase2Config:
+        return from_dict(cls, d)
+
+
+# --------------------------------------------------------------------------- training
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The backbone and its phase-1 training (config.json and the checkpoints' "train_config")."""
+
+    model: str = setting("infoctm", help="Backbone: nmtm and infoctm align through --dict; xtra through "
+                                         "multilingual sentence embeddings (no dictionary needed).",
+                         cli=Cli("--model", choices=MODEL_NAMES, case_sensitive=False))
+    num_topics: int = setting(50, help="Number of topics K (shared across languages).",
+                              cli=Cli("--topics", min=2, max=10000))
+    epochs: int = setting(100, help="Phase-1 epochs (each draws every document of the largest language once).",
+                          cli=Cli("--epochs", min=1))
+    batch_size: int = setting(200, help="Documents per language in one training step.", cli=Cli("--batch-size", min=2))
+    lr: float = setting(0.002, help="Adam learning rate.", cli=Cli("--lr"))
+    seed: int = setting(0, help="Seed of the initialisation, the batch order, the JSONL hold-out split and "
+                                "phase 2's sampling.", cli=Cli("--seed"))
+    device: str = setting("auto", help="auto, cpu, cuda or cuda:N.", cli=Cli("--device"))
+    checkpoint_every: int = setting(10, help="Epochs between checkpoints (0: only at the end).",
+                                    cli=Cli("--checkpoint-every", min=0))
+    threads: int | None = setting(None, help="CPU threads for torch (default: all cores).",
+                                  cli=Cli("--threads", type=int, min=1))
+    cache_dir: str | None = setting(None, help="Cache for document embeddings (default: $XTM_CACHE_DIR or "
+                                               "~/.cache/xtm).", cli=Cli("--cache-dir", path="dir"))
+    progress: bool = setting(True, help="Progress bars on stderr.",
+                             cli=Cli("-q --quiet", switch=False, tty=True, help="No progress bars."))
+    hparams: dict[str, Any] = setting(
+        help="Backbone hyper-parameters over the backbone's own defaults (docs/backbones.md).", factory=dict,
+        cli=Cli("--set", multiple=True, metavar="KEY=VALUE", parse=parse_key_values,
+                help="Backbone hyper-parameter, e.g. --set weight_mi=50 --set hidden=100 (repeatable)."))
+    # LLM-XTM phase 2 epochs after `epochs` phase-1 epochs (0: phase 1 only); see trainer/phase2/objective.py.
+    phase2_epochs: int = setting(0, help=f"LLM-XTM phase-2 epochs after the --epochs of phase 1 (the paper uses "
+                                         f"{default_of(Phase2Config, 'epochs')}; 0: no phase 2).",
+                                 cli=Cli("--phase2-epochs", min=0))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- a run
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """One xtm-train run: the data, the training, phase 2, and what the command does around them."""
+
+    out: str = setting(help="Run directory to write.", cli=Cli("--out", path="dir", required=True))
+    data: DataConfig = setting(help="The corpus and how it is read.")
+    train: TrainConfig = setting(help="The backbone and phase-1 training.", factory=TrainConfig)
+    phase2: Phase2Config | None = setting(None, help="LLM-XTM phase 2 (None: phase 1 only).")
+    resume: bool = setting(False, help="Continue from the last checkpoint in --out.", cli=Cli("--resume", switch=True))
+    contextual: bool = setting(False, help="After training, fit the contextual inference network (xtm-contextual "
+                                           "with its defaults): documents in languages the bags of words cannot read "
+                                           "get topics through a multilingual sentence encoder.",
+                               cli=Cli("--contextual", switch=True))
+
+    def __post_init__(self) -> None:
+        if self.contextual and self.data.out_of_core:
+            raise XtmError("--contextual embeds every training document's text; it cannot follow an --out-of-core "
+                           "run (fit it on a corpus that fits in memory with xtm-contextual)")
+
+
+# --------------------------------------------------------------------------- the contextual route
+
+
+@dataclass(frozen=True)
+class ContextualConfig:
+    """xtm-contextual: the contextual inference network of a finished run (contextual.json "config")."""
+
+    encoder: str = setting(DEFAULT_ENCODER, help="Sentence encoder: use-multilingual (offline) or "
+                                                 "st:<sentence-transformers model or path>.", cli=Cli("--encoder"))
+    objective: str = setting("distill", help="distill: imitate the bag-of-words theta; ctm: ELBO through the run's "
+                                             "frozen decoder.", cli=Cli("--objective", choices=CONTEXTUAL_OBJECTIVES))
+    # distill + topic classification: measured best for the auto route (docs/contextual.md, Choice 1)
+    lambda_tc: float = setting(1.0, help="Weight of topic classification (labels: each document's argmax "
+                                         "bag-of-words topic).", cli=Cli("--lambda-tc", min=0))
+    epochs: int = setting(30, help="Epochs of the head.", cli=Cli("--epochs", min=1))
+    batch_size: int = setting(256, help="Documents per step of the head.", cli=Cli("--batch-size", min=2))
+    lr: float = setting(2e-3, help="Adam learning rate of the head.", cli=Cli("--lr", min=0, min_open=True))
+    hidden: int = setting(200, help="Hidden width of the head.", cli=Cli("--hidden", min=1))
+    dropout: float = setting(0.2, help="Dropout of the head.", cli=Cli("--dropout", min=0, max=1, max_open=True))
+    finetune_epochs: int = setting(0, help="Fine-tune the encoder on topic classification first (USE: its top "
+                                           "layers; sentence-transformers: the whole model). 0: frozen encoder.",
+                                   cli=Cli("--finetune-epochs", min=0))
+    finetune_lr: float = setting(1e-4, help="Adam learning rate of the encoder's fine-tuning.",
+                                 cli=Cli("--finetune-lr", min=0, min_open=True))
+    finetune_batch_size: int = setting(64, help="Documents per fine-tuning step.")
+    # xtm.models_zoo.context_encoders.DEFAULT_MAX_TOKENS is the same number (tests/test_config.py checks).
+    max_tokens: int = setting(256, help="Tokens read per document (training and inference); longer documents are cut.",
+                              cli=Cli("--max-tokens", min=3))
+    seed: int = setting(0, help="Seed of the head's initialisation and batch order.", cli=Cli("--seed"))
+    device: str = setting("cpu", help="cpu, cuda or cuda:N.", cli=Cli("--device"))
+    threads: int | None = setting(None, help="CPU threads for torch (default: all cores).",
+                                  cli=Cli("--threads", type=int, min=1))
+    cache_dir: str | None = setting(None, help="Cache for sentence features (default: $XTM_CACHE_DIR or "
+                                               "~/.cache/xtm).", cli=Cli("--cache-dir", path="dir"))
+    progress: bool = setting(False, help="Progress output on stderr.",
+                             cli=Cli("-q --quiet", switch=False, tty=True, help="No progress output."))
+
+    def check(self) -> None:
+        if self.objective not in CONTEXTUAL_OBJECTIVES:
+            raise XtmError(f"contextual objective must be one of {', '.join(CONTEXTUAL_OBJECTIVES)}, "
+                           f"got {self.objective!r}")
+        for name in ("epochs", "batch_size", "hidden", "max_tokens", "finetune_batch_size"):
+            if getattr(self, name) < 1:
+                raise XtmError(f"contextual {name} must be at least 1, got {getattr(self, name)}")
+        if self.lambda_tc < 0 or self.finetune_epochs < 0 or not 0 <= self.dropout < 1:
+            raise XtmError("contextual lambda_tc and finetune_epochs must be >= 0, dropout in [0, 1)")
+
+    def to_dict(self) -> dict[str, Any]:
+        """contextual.json's settings: those that shape the fitted network (not where or how fast it ran)."""
+        d = asdict(self)
+        for k in ("device", "threads", "cache_dir", "progress"):
+            d.pop(k)
+        return d

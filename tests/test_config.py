@@ -1,0 +1,297 @@
+"""The configuration tree (xtm.config) is the one source of defaults: the CLIs' options read their defaults,
+help and ranges from it, configs are frozen, and the dictionaries a run writes keep their format."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from xtm.cli.contextual import main as contextual_main
+from xtm.cli.options import SectionOption, build
+from xtm.cli.train import main as train_main
+from xtm.cli.train import run_config
+from xtm.config import (
+    PREPROCESSING,
+    Cli,
+    ContextualConfig,
+    DataConfig,
+    Phase2Config,
+    Preprocessing,
+    RefinerConfig,
+    RunConfig,
+    Sampling,
+    TrainConfig,
+    default_of,
+    from_dict,
+)
+from xtm.errors import XtmError
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN_TREE = (DataConfig, RunConfig, TrainConfig, Phase2Config, RefinerConfig, Sampling)
+ALL = (Preprocessing, *TRAIN_TREE, ContextualConfig)
+
+
+def declared(classes: tuple[type, ...]) -> list[tuple[type, dataclasses.Field, Cli]]:
+    return [(cls, f, f.metadata["cli"]) for cls in classes for f in dataclasses.fields(cls)
+            if f.metadata.get("cli") is not None]
+
+
+def params(command: click.Command) -> dict[str, click.Parameter]:
+    return {p.name: p for p in command.params}
+
+
+# --------------------------------------------------------------------------- options come from the tree
+
+
+@pytest.mark.parametrize("command,classes", [(train_main, TRAIN_TREE), (contextual_main, (ContextualConfig,))])
+def test_every_option_default_and_help_is_the_trees(command: click.Command, classes: tuple[type, ...],
+                                                   tmp_path: Path) -> None:
+    required = ["--data", str(tmp_path), "--out", str(tmp_path / "r")] if command is train_main else [str(tmp_path)]
+    parsed = command.make_context("xtm", required).params  # what the command gets when nothing is said
+    by_name = params(command)
+    settings = declared(classes)
+    assert len({spec.name for _, _, spec in settings}) == len(settings)  # one option per setting
+    for cls, f, spec in settings:
+        p = by_name.pop(spec.name)
+        where = f"{cls.__name__}.{f.name} ({spec.flags})"
+        assert isinstance(p, SectionOption), where
+        assert p.opts + p.secondary_opts == spec.flags.split(), where
+        assert p.help == (spec.help or f.metadata["help"]), where
+        if spec.switch is not None:
+            # A switch: absent it leaves the default, present it changes it (or, progress, turns it off).
+            assert p.is_flag and parsed[spec.name] is False, where
+            assert spec.tty or spec.switch != f.default, where
+        elif spec.multiple:
+            assert p.multiple and parsed[spec.name] == (), where
+        elif f.default is dataclasses.MISSING:
+            assert p.required, where
+        else:
+            assert parsed[spec.name] == f.default and type(parsed[spec.name]) is type(f.default), where
+            assert p.show_default or f.default is None, where
+    # What is left is not a setting: the contextual run directory argument and nothing else.
+    assert set(by_name) == ({"run_dir"} if command is contextual_main else set())
+
+
+def test_option_ranges_are_the_declared_ones() -> None:
+    p = params(train_main)
+    assert (p["topics"].type.min, p["topics"].type.max) == (2, 10000)
+    assert p["vocab_size"].type.min == 10 and p["max_df"].type.min_open and p["max_df"].type.max == 1
+    assert p["llm_timeout"].type.min == 1 and isinstance(p["llm_timeout"].type, click.FloatRange)
+    assert p["model"].type.case_sensitive is False and "gloctm" in p["model"].type.choices
+    assert p["dict"].type.dir_okay is False and p["dict"].type.exists
+    c = params(contextual_main)
+    assert c["dropout"].type.max_open and c["lr"].type.min_open and c["max_tokens"].type.min == 3
+
+
+@pytest.mark.parametrize("module", ["cli/train.py", "cli/contextual.py"])
+def test_the_clis_restate_no_default_or_range(module: str) -> None:
+    tree = ast.parse((ROOT / module).read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "option":
+            raise AssertionError(f"{module}:{node.lineno}: a click.option written by hand")
+        if isinstance(node, ast.Call):
+            for kw in node.keywords:
+                assert kw.arg not in ("default", "show_default"), f"{module}:{node.lineno}: {kw.arg}="
+        if isinstance(node, ast.Attribute) and node.attr in ("IntRange", "FloatRange", "Choice"):
+            raise AssertionError(f"{module}:{node.lineno}: a range or choice written by hand")
+
+
+def test_every_setting_has_help() -> None:
+    for cls in ALL:
+        for f in dataclasses.fields(cls):
+            assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help text"
+
+
+def test_library_signatures_take_the_config_not_numbers() -> None:
+    """load_corpus & co. take a Preprocessing (default: the tree's default object) and no numeric defaults
+    except the split seed."""
+    from xtm.trainer.data import loading, sharding
+
+    wanted = {"load_corpus", "build_shards", "open_or_build_shards", "eval_corpus"}
+    found = set()
+    for module in (loading, sharding):
+        for node in ast.walk(ast.parse(Path(module.__file__).read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef) and node.name in wanted:
+                found.add(node.name)
+                args = node.args.args + node.args.kwonlyargs
+                defaults = [*([None] * (len(node.args.args) - len(node.args.defaults))), *node.args.defaults,
+                            *node.args.kw_defaults]
+                for arg, default in zip(args, defaults, strict=True):
+                    if isinstance(default, ast.Constant) and type(default.value) in (int, float):
+                        assert arg.arg == "seed", f"{module.__name__}.{node.name}: {arg.arg}={default.value}"
+    assert found == wanted
+    assert sharding.DEFAULT_SHARD_SIZE == default_of(DataConfig, "shard_size")
+
+
+def test_shared_names_agree_with_the_model_zoo() -> None:
+    from xtm.models_zoo.context_encoders import DEFAULT_MAX_TOKENS
+    from xtm.models_zoo.encoders import DEFAULT_ENCODER
+
+    assert default_of(Phase2Config, "encoder") == default_of(ContextualConfig, "encoder") == DEFAULT_ENCODER
+    assert default_of(ContextualConfig, "max_tokens") == DEFAULT_MAX_TOKENS
+
+
+# --------------------------------------------------------------------------- frozen configs
+
+
+@pytest.mark.parametrize("config", [PREPROCESSING, DataConfig(path="x"), TrainConfig(), Phase2Config(),
+                                    RefinerConfig(), Sampling(), ContextualConfig(),
+                                    RunConfig(out="o", data=DataConfig(path="x"))], ids=lambda c: type(c).__name__)
+def test_configs_are_frozen(config: Any) -> None:
+    name = dataclasses.fields(config)[0].name
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(config, name, getattr(config, name))
+
+
+def test_run_training_derives_the_phase2_schedule_without_touching_the_callers_config(
+        example_dir: Path, tmp_path: Path) -> None:
+    """run.py used to write cfg.phase2_epochs into the caller's object; now it makes its own."""
+    from xtm.trainer.run import run_training
+
+    cfg = TrainConfig(model="nmtm", num_topics=4, epochs=1, checkpoint_every=0, progress=False, threads=1)
+    data = DataConfig(path=str(example_dir / "docs.jsonl"), dict_path=str(example_dir / "dict.tsv"))
+    m = run_training(data, cfg, tmp_path / "run", phase2=Phase2Config(epochs=1, refine_every=1, rounds=1,
+                                                                      doc_align=False))
+    assert cfg.phase2_epochs == 0
+    assert m["epochs"] == 2
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["train_config"]
+    assert saved == {**cfg.to_dict(), "phase2_epochs": 1}
+
+
+# --------------------------------------------------------------------------- from the command line
+
+
+def parse(args: list[str]) -> RunConfig:
+    ctx = train_main.make_context("xtm-train", args)
+    return run_config(dict(ctx.params))
+
+
+def test_the_command_line_builds_the_configs_the_run_gets(tmp_path: Path) -> None:
+    data = tmp_path / "docs.jsonl"
+    data.write_text("{}\n", encoding="utf-8")
+    run = parse(["--data", str(data), "--out", str(tmp_path / "r"), "--model", "NMTM", "--topics", "6",
+                 "--seed", "7", "--langs", "en, zh", "--set", "hidden=100", "--set", "act=relu", "-q",
+                 "--phase2-epochs", "3", "--no-mmd", "--refiner", "openai", "--llm-url", "http://h/v1",
+                 "--llm-max-tokens", "64", "--vocab-size", "900"])
+    assert run.train == TrainConfig(model="nmtm", num_topics=6, seed=7, progress=False, phase2_epochs=3,
+                                    hparams={"hidden": 100, "act": "relu"})
+    assert run.data == DataConfig(path=str(data), langs=("en", "zh"), vocab_size=900)
+    assert run.data.preprocessing == Preprocessing(vocab_size=900)
+    # phase 2 runs --phase2-epochs epochs; the refiner samples with the run's seed
+    assert run.phase2 == Phase2Config(epochs=3, mmd=False, refiner=RefinerConfig(
+        backend="openai", llm_url="http://h/v1", sampling=Sampling(max_tokens=64, seed=7)))
+    assert run.out == str(tmp_path / "r") and not run.resume and not run.contextual
+
+    plain = parse(["--data", str(data), "--out", str(tmp_path / "r")])
+    assert plain.phase2 is None and plain.train.hparams == {} and plain.data.langs is None
+    assert plain.train == TrainConfig(progress=False)  # stderr is not a terminal under pytest
+
+
+def test_progress_only_when_stderr_is_a_terminal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = tmp_path / "docs.jsonl"
+    data.write_text("{}\n", encoding="utf-8")
+    main_fd, sub_fd = os.openpty()  # a real terminal
+    try:
+        with os.fdopen(sub_fd, "w", closefd=False) as tty:
+            monkeypatch.setattr(sys, "stderr", tty)
+            assert parse(["--data", str(data), "--out", "r"]).train.progress is True
+            assert parse(["--data", str(data), "--out", "r", "--quiet"]).train.progress is False
+            ctx = contextual_main.make_context("xtm-contextual", [str(tmp_path)])
+            assert build(ContextualConfig, {k: v for k, v in ctx.params.items() if k != "run_dir"}).progress
+    finally:
+        os.close(main_fd)
+        os.close(sub_fd)
+
+
+def test_contextual_after_out_of_core_is_refused(tmp_path: Path) -> None:
+    data = tmp_path / "docs.jsonl"
+    data.write_text("{}\n", encoding="utf-8")
+    with pytest.raises(XtmError, match="--contextual .* --out-of-core"):
+        parse(["--data", str(data), "--out", "r", "--contextual", "--out-of-core"])
+
+
+def test_bad_set_is_one_error_line(tmp_path: Path) -> None:
+    data = tmp_path / "docs.jsonl"
+    data.write_text("{}\n", encoding="utf-8")
+    p = subprocess.run([sys.executable, "-m", "xtm.cli.train", "--data", str(data), "--out", str(tmp_path / "r"),
+                        "--set", "hidden"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and p.stderr.strip() == "error: --set expects KEY=VALUE, got 'hidden'"
+    assert not (tmp_path / "r").exists()
+
+
+def test_help_lists_options_by_part_of_the_configuration() -> None:
+    text = CliRunner().invoke(train_main, ["--help"], terminal_width=100).output
+    for heading in ("Data:", "Run:", "Training:", "Phase 2 (LLM-XTM", "Phase 2: the refiner:", "Examples:"):
+        assert heading in text
+    assert text.index("--vocab-size") < text.index("Training:") < text.index("--lr") < text.index("--lambda-mmd")
+    assert "total seconds one attempt" in text  # --llm-timeout says it is a deadline per attempt
+    assert "(the paper uses 30; 0: no phase 2)" in params(train_main)["phase2_epochs"].help
+
+
+def test_cli_imports_stay_light() -> None:
+    """`xtm-train --help` must stay instant: neither the CLI nor the tree imports torch or numpy."""
+    code = ("import sys, xtm.config; assert 'click' not in sys.modules; import xtm.cli.train, xtm.cli.contextual; "
+            "heavy = {'torch', 'numpy', 'scipy'} & set(sys.modules); assert not heavy, heavy")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+
+
+# --------------------------------------------------------------------------- what a run writes
+
+
+TRAIN_CONFIG_V1 = {"model": "infoctm", "num_topics": 50, "epochs": 100, "batch_size": 200, "lr": 0.002, "seed": 0,
+                   "device": "auto", "checkpoint_every": 10, "threads": None, "cache_dir": None, "progress": True,
+                   "hparams": {}, "phase2_epochs": 0}
+DATA_V1 = {"path": "d", "dict_path": None, "langs": None, "vocab_size": 5000, "min_df": 2, "max_df": 0.5,
+           "ref_corpus": None, "out_of_core": False, "shard_size": 10000, "shard_dir": None, "eval_train_docs": 20000}
+PHASE2_V1 = {"epochs": 30, "refine_every": 8, "rounds": 5, "top_words": 15, "refined_words": 15,
+             "lambda_mmd": 20000.0, "lambda_doc": 100.0, "doc_tau": 0.1, "mmd": True, "doc_align": True,
+             "multi_kernel": False, "encoder": "use-multilingual",
+             "refiner": {"backend": "embedding", "llm_url": None, "llm_model": None, "api_key_env": "OPENAI_API_KEY",
+                         "concurrency": 8, "timeout": 120.0, "retries": 4,
+                         "sampling": {"temperature": 1.0, "top_p": 0.95, "max_tokens": 400, "seed": 0}}}
+CONTEXTUAL_V1 = {"encoder": "use-multilingual", "objective": "distill", "lambda_tc": 1.0, "epochs": 30,
+                 "batch_size": 256, "lr": 0.002, "hidden": 200, "dropout": 0.2, "finetune_epochs": 0,
+                 "finetune_lr": 0.0001, "finetune_batch_size": 64, "max_tokens": 256, "seed": 0}
+
+
+def test_the_written_dictionaries_keep_their_keys_order_and_defaults() -> None:
+    """config.json, checkpoints and contextual.json written before the tree existed read the same (byte for byte
+    in JSON: same keys, same order, same values)."""
+    dump = json.dumps
+    assert dump(TrainConfig().to_dict()) == dump(TRAIN_CONFIG_V1)
+    assert dump(DataConfig(path="d").to_dict()) == dump(DATA_V1)
+    assert dump(DataConfig(path="d", langs=("en", "zh")).to_dict()["langs"]) == '["en", "zh"]'
+    assert dump(Phase2Config().to_dict()) == dump(PHASE2_V1)
+    assert dump(ContextualConfig().to_dict()) == dump(CONTEXTUAL_V1)
+
+
+def test_old_dictionaries_read_back_into_configs() -> None:
+    assert Phase2Config.from_dict(PHASE2_V1) == Phase2Config()
+    assert from_dict(DataConfig, {**DATA_V1, "name": "docs"}) == DataConfig(path="d")
+    assert from_dict(TrainConfig, TRAIN_CONFIG_V1) == TrainConfig()
+    # a run written before a rule existed: the rule's default
+    assert from_dict(Preprocessing, {"vocab_size": 800, "path": "d"}) == Preprocessing(vocab_size=800)
+
+
+@pytest.mark.filterwarnings("ignore:.*dropped")
+def test_load_corpus_takes_the_rules_as_an_object_or_by_name(example_dir: Path) -> None:
+    from xtm.trainer.data.loading import load_corpus
+
+    docs = example_dir / "docs.jsonl"
+    by_object = load_corpus(docs, prep=Preprocessing(vocab_size=30, min_df=3), progress=False)
+    by_name = load_corpus(docs, vocab_size=30, min_df=3, progress=False)
+    assert [lc.vocab for lc in by_object.languages] == [lc.vocab for lc in by_name.languages]
+    assert all(lc.vocab_size == 30 for lc in by_object.languages)
+    with pytest.raises(TypeError):
+        load_corpus(docs, vocab_sise=30, progress=False)
