@@ -48,8 +48,8 @@ def run_ours(dataset: str, model: str, epochs: int, out: Path, seed: int) -> dic
 def one(dataset: str, model: str, epochs: int, out: Path, seed: int) -> None:
     import torch
 
-    from xtm.trainer.loop.training import TrainConfig
-    from xtm.trainer.run import DataConfig, run_training
+    from xtm.config import DataConfig, TrainConfig
+    from xtm.trainer.run import run_training
 
     torch.set_num_threads(2)
     spec = DATASETS[dataset]

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("xtm", "trainer", "runtime", "exporters", "cli", "models_zoo")
+PACKAGES = ("core", "evaluation", "trainer", "runtime", "exporters", "cli", "models_zoo")
 # A string literal naming a run-directory file (f-string pieces included: f"vocab_{lang}.txt" has "vocab_").
 RUN_FILE = re.compile(r"^(config|metrics|history|report_data|latest|state)\.json$|^report\.html$|"
                       r"^(model|optimizer)\.safetensors$|^(vocab|topics|refined_topics)_$|^checkpoints$")

@@ -171,8 +171,8 @@ def tokenize_like_benchmark(texts: list[str], lang: str) -> list[str]:
 def ensure_run(path: Path, dataset: str, dict_rel: str, epochs: int, threads: int) -> Path:
     if (path / "config.json").exists():
         return path
-    from xtm.trainer.loop.training import TrainConfig
-    from xtm.trainer.run import DataConfig, run_training
+    from xtm.config import DataConfig, TrainConfig
+    from xtm.trainer.run import run_training
 
     log(f"training {dataset} NMTM K=50 for {epochs} epochs -> {path}")
     run_training(DataConfig(path=str(DATA / dataset), dict_path=str(DATA / dict_rel)),
@@ -183,7 +183,8 @@ def ensure_run(path: Path, dataset: str, dict_rel: str, epochs: int, threads: in
 
 def variant_run(base: Path, out: Path, name: str, overrides: dict[str, Any], threads: int, cache: Path) -> Path:
     """A copy of `base` with the variant's contextual network (fitted once, reused afterwards)."""
-    from xtm.trainer.contextual.fit import ContextualConfig, train_contextual
+    from xtm.config import ContextualConfig
+    from xtm.trainer.contextual.fit import train_contextual
 
     slug = "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
     d = out / f"{base.name}--{slug}"

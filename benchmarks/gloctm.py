@@ -51,8 +51,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2, help="torch threads per run (1 when sharing the machine)")
     p.add_argument("--out", type=Path, default=Path("bench/gloctm"))
     args = p.parse_args()
-    from xtm.trainer.loop.training import TrainConfig
-    from xtm.trainer.run import DataConfig, run_training
+    from xtm.config import DataConfig, TrainConfig
+    from xtm.trainer.run import run_training
 
     spec = DATASETS[args.dataset]
     rows = dict(ROWS, **(ABLATIONS if args.ablations else {}))

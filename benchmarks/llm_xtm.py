@@ -65,10 +65,8 @@ def main() -> None:
 
     import torch
 
-    from xtm.trainer.loop.training import TrainConfig
-    from xtm.trainer.phase2.objective import Phase2Config
-    from xtm.trainer.phase2.refiners import RefinerConfig
-    from xtm.trainer.run import DataConfig, run_training
+    from xtm.config import DataConfig, Phase2Config, RefinerConfig, TrainConfig
+    from xtm.trainer.run import run_training
 
     torch.set_num_threads(args.threads)
     spec = DATASETS[args.dataset]

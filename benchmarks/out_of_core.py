@@ -89,8 +89,8 @@ def child(mode: str, data: Path, out: Path, epochs: int) -> None:
 
     import xtm.trainer.data.sharding as sharding
     import xtm.trainer.run as run
-    from xtm.trainer.loop.training import TrainConfig
-    from xtm.trainer.run import DataConfig, run_training
+    from xtm.config import DataConfig, TrainConfig
+    from xtm.trainer.run import run_training
 
     torch.set_num_threads(1)
     phase: dict[str, float] = {}

@@ -33,9 +33,10 @@ def main() -> None:
     p.add_argument("--llm-model")
     args = p.parse_args()
 
+    from xtm.config import Sampling
     from xtm.trainer.phase2.objective import vote
     from xtm.trainer.phase2.prompt import TopicWords, VocabMatcher
-    from xtm.trainer.phase2.refiners import AnswerCache, LLMRefiner, OpenAICompatibleGenerator, Sampling
+    from xtm.trainer.phase2.refiners import AnswerCache, LLMRefiner, OpenAICompatibleGenerator
 
     cfg = json.loads((args.run / "config.json").read_text())
     langs = cfg["langs"]

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from xtm.config import TrainConfig
 from xtm.corpus import Corpus
 from xtm.trainer.data.loading import load_corpus
-from xtm.trainer.loop.training import TrainConfig
 from xtm.trainer.run import evaluate_model, train
 
 

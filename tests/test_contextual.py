@@ -35,7 +35,8 @@ def _copy_run(src: Path, dst: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def contextual_run(example_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from xtm.trainer.contextual.fit import ContextualConfig, train_contextual
+    from xtm.config import ContextualConfig
+    from xtm.trainer.contextual.fit import train_contextual
 
     run = _copy_run(example_run, tmp_path_factory.mktemp("ctx") / "run")
     train_contextual(run, ContextualConfig(epochs=15, threads=1, seed=0))
@@ -112,8 +113,9 @@ def test_contextual_run_is_saved_with_its_metrics(contextual_run: Path) -> None:
 def test_ctm_objective_with_topic_classification_and_finetuning(example_run: Path, tmp_path: Path) -> None:
     import torch
 
+    from xtm.config import ContextualConfig
     from xtm.models_zoo.use_torch import load_use_weights
-    from xtm.trainer.contextual.fit import ContextualConfig, load_contextual, train_contextual
+    from xtm.trainer.contextual.fit import load_contextual, train_contextual
 
     run = _copy_run(example_run, tmp_path / "run")
     m = train_contextual(run, ContextualConfig(objective="ctm", lambda_tc=1.0, epochs=2, finetune_epochs=1,
@@ -126,7 +128,8 @@ def test_ctm_objective_with_topic_classification_and_finetuning(example_run: Pat
 
 
 def test_bad_settings_and_missing_run_are_clean_errors(tmp_path: Path, example_run: Path) -> None:
-    from xtm.trainer.contextual.fit import ContextualConfig, load_contextual, train_contextual
+    from xtm.config import ContextualConfig
+    from xtm.trainer.contextual.fit import load_contextual, train_contextual
 
     with pytest.raises(XtmError, match="objective"):
         train_contextual(example_run, ContextualConfig(objective="lda"))
@@ -312,9 +315,10 @@ def test_sentence_transformers_encoder_end_to_end(example_run: Path, example_dir
     pytest.importorskip("tokenizers")
     from tiny_st import build_tiny_st
 
+    from xtm.config import ContextualConfig
     from xtm.exporters.onnx_export import export_run
     from xtm.runtime.model import TopicModel
-    from xtm.trainer.contextual.fit import ContextualConfig, embed_all, head_theta, load_contextual, train_contextual
+    from xtm.trainer.contextual.fit import embed_all, head_theta, load_contextual, train_contextual
 
     st_dir = build_tiny_st(example_dir / "docs.jsonl", tmp_path / "tiny")
     run = _copy_run(example_run, tmp_path / "run")

@@ -14,14 +14,15 @@ import numpy as np
 import pytest
 import torch
 
+from xtm.config import DataConfig, TrainConfig
 from xtm.errors import XtmError
 from xtm.models_zoo.registry import model_from_state
 from xtm.trainer.data.batches import InMemoryBatches
 from xtm.trainer.data.sharding import ShardedCorpus, build_shards, open_or_build_shards
 from xtm.trainer.loop.checkpoint import load_checkpoint
 from xtm.trainer.loop.distributed import state_digest
-from xtm.trainer.loop.training import TrainConfig, train
-from xtm.trainer.run import DataConfig, run_training
+from xtm.trainer.loop.training import train
+from xtm.trainer.run import run_training
 
 BATCH = 40
 

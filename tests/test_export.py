@@ -118,8 +118,8 @@ def test_export_never_reopens_the_training_data(example_dir: Path, tmp_path: Pat
     """The parity check reads the sample saved in the run: a run whose data moved away exports the same."""
     import shutil
 
-    from xtm.trainer.loop.training import TrainConfig
-    from xtm.trainer.run import DataConfig, run_training
+    from xtm.config import DataConfig, TrainConfig
+    from xtm.trainer.run import run_training
 
     data = tmp_path / "data"
     shutil.copytree(example_dir, data)

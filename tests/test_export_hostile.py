@@ -387,7 +387,8 @@ def test_longer_trained_backbones_export_on_ecnews(ecnews_1000, ecnews_dir: Path
                                                    epochs: int) -> None:
     import xtm
     from xtm.atomic import write_json, write_text
-    from xtm.trainer.loop.training import TrainConfig, train
+    from xtm.config import TrainConfig
+    from xtm.trainer.loop.training import train
 
     corpus = ecnews_1000
     cfg = TrainConfig(model=model, num_topics=50, epochs=epochs, checkpoint_every=0, progress=False, seed=1)

@@ -52,8 +52,8 @@ def test_cka_is_one_for_the_same_geometry_and_low_for_unrelated() -> None:
 
 @pytest.fixture(scope="module")
 def run_without_dictionary(example_dir, tmp_path_factory):
-    from xtm.trainer.loop.training import TrainConfig
-    from xtm.trainer.run import DataConfig, run_training
+    from xtm.config import DataConfig, TrainConfig
+    from xtm.trainer.run import run_training
 
     out = tmp_path_factory.mktemp("gloctm")
     metrics = run_training(DataConfig(path=str(example_dir / "docs.jsonl"), ref_corpus=str(example_dir / "ref_en_zh")),
@@ -83,7 +83,8 @@ def test_gloctm_exports_and_serves_unchanged(run_without_dictionary, tmp_path) -
 @pytest.mark.parametrize("hparams", [{"dual": False}, {"weight_cka": 0}, {"aug_weight": 0.0}, {"cka": "rbf"},
                                      {"neighbour_source": "dictionary"}])
 def test_ablations_and_options_train(example_corpus, tmp_path, hparams) -> None:
-    from xtm.trainer.loop.training import TrainConfig, train
+    from xtm.config import TrainConfig
+    from xtm.trainer.loop.training import train
 
     res = train(example_corpus, TrainConfig(model="gloctm", num_topics=4, epochs=1, checkpoint_every=0,
                                             progress=False, hparams=hparams), tmp_path)

@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 from adversarial_llm_server import SHAPES, USAGES, AdversarialLLMServer, DripTLSServer, wait_until
 
+from xtm.config import Sampling
 from xtm.errors import XtmError
 from xtm.trainer.phase2.objective import vote
 from xtm.trainer.phase2.prompt import TopicWords, VocabMatcher, build_prompt
-from xtm.trainer.phase2.refiners import AnswerCache, LLMRefiner, OpenAICompatibleGenerator, Sampling
+from xtm.trainer.phase2.refiners import AnswerCache, LLMRefiner, OpenAICompatibleGenerator
 
 VOCABS = {"en": ["player", "team", "market", "profit"], "zh": ["球员", "球队", "市场", "利润"]}
 TOPIC = TopicWords(0, {"en": ["player", "team"], "zh": ["球员", "球队"]})

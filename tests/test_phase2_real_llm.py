@@ -5,15 +5,14 @@ the fallbacks on real model output, and that a repeated run makes no new calls."
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 
-from xtm.trainer.loop.training import TrainConfig
-from xtm.trainer.phase2.objective import Phase2Config
-from xtm.trainer.phase2.refiners import RefinerConfig, Sampling
-from xtm.trainer.run import DataConfig, run_training
+from xtm.config import DataConfig, Phase2Config, RefinerConfig, Sampling, TrainConfig
+from xtm.trainer.run import run_training
 
 pytest.importorskip("transformers")
 from llm_server import convert_smollm2, serve  # noqa: E402
@@ -39,7 +38,7 @@ def test_phase2_with_smollm2_behind_an_openai_compatible_server(smollm2_dir, exa
     refiner = RefinerConfig(backend="openai", llm_model=str(smollm2_dir), concurrency=2, timeout=300, retries=1,
                             sampling=Sampling(temperature=1.0, max_tokens=48, seed=0))
     with serve(smollm2_dir) as url:
-        refiner.llm_url = url
+        refiner = dataclasses.replace(refiner, llm_url=url)
         m = phase2_run(example_dir, tmp_path / "a", refiner, tmp_path / "cache")
         step = m["phase2"]["steps"][0]
         assert m["epochs"] == 4 and not m["interrupted"]

@@ -17,12 +17,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from xtm.config import DataConfig, TrainConfig
 from xtm.errors import XtmError
 from xtm.trainer.data.batches import InMemoryBatches
 from xtm.trainer.data.loading import load_corpus
 from xtm.trainer.loop.checkpoint import load_checkpoint
-from xtm.trainer.loop.training import TrainConfig, train
-from xtm.trainer.run import DataConfig, run_training
+from xtm.trainer.loop.training import train
+from xtm.trainer.run import run_training
 
 TRAIN = [sys.executable, "-m", "xtm.cli.train"]
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
@@ -270,9 +271,10 @@ def test_out_of_core_batches_resume_exactly_inside_an_epoch(example_dir: Path, t
 
 def test_phase2_interrupted_after_a_refinement_does_not_refine_again_and_resumes_exactly(
         example_corpus, tmp_path: Path) -> None:
+    from xtm.config import Phase2Config
     from xtm.models_zoo.base import BuildContext
     from xtm.models_zoo.encoders import load_encoder
-    from xtm.trainer.phase2.objective import Phase2Config, Phase2Objective
+    from xtm.trainer.phase2.objective import Phase2Objective
 
     class SharedEncoder(Phase2Objective):
         """Phase 2 as it is, with one encoder loaded for the three runs here (it is stateless)."""

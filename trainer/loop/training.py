@@ -46,7 +46,7 @@ from xtm.trainer.loop.checkpoint import (
 from xtm.trainer.loop.distributed import DistContext
 from xtm.trainer.phase2.objective import Phase2Objective
 
-__all__ = ["TrainConfig", "TrainResult", "epoch_batches", "infer_theta", "pick_device", "train"]
+__all__ = ["TrainResult", "epoch_batches", "infer_theta", "pick_device", "train"]
 
 
 @dataclass
