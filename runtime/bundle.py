@@ -54,9 +54,9 @@ from xtm.languages import normalize_lang
 from xtm.runtime.bundle_onnx import onnx_external_data
 
 __all__ = ["CONTEXTUAL_FORMAT", "FORMAT", "INPUT_FORMATS", "MANIFEST", "SCHEMA_VERSION", "TOKENIZER_KINDS",
-           "BundleManifest", "ContextualEntry", "EncoderEntry", "check_files", "graph_file", "listed_file",
-           "onnx_external_data", "parse_manifest", "read_contextual_entry", "read_manifest", "sha256_file",
-           "validate_manifest"]
+           "BundleManifest", "ContextualEntry", "EncoderEntry", "check_checksum", "check_files", "graph_file",
+           "listed_file", "onnx_external_data", "parse_manifest", "read_contextual_entry", "read_manifest",
+           "sha256_bytes", "sha256_file", "validate_manifest"]
 
 FORMAT = "xtm-bundle"
 # 2 added sparse encoder inputs; a schema-1 bundle (dense inputs only) reads unchanged.
@@ -154,6 +154,18 @@ def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
         while chunk := f.read(chunk_size):
             h.update(chunk)
     return h.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Hex SHA-256 of a file's bytes already in memory (the Ray engine ships a bundle as bytes)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def check_checksum(path: Path, actual: str, expected: str) -> None:
+    """The one comparison of a file's SHA-256 with its manifest's (hex, either case) and its error."""
+    if actual != expected.lower():
+        raise XtmError(f"checksum mismatch (sha256 {actual[:12]}..., manifest says {expected[:12]}...): "
+                       "the file changed after export or is corrupted; re-export the bundle", path=path)
 
 
 def _require(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where: Path, ctx: str = "") -> Any:
@@ -399,11 +411,7 @@ def check_files(m: BundleManifest, *, verify: bool) -> None:
     paths = {name: _listed_path(m, name) for name in m.files}
     if verify:
         for name, expected in m.files.items():
-            p = paths[name]
-            actual = sha256_file(p)
-            if actual != expected.lower():
-                raise XtmError(f"checksum mismatch (sha256 {actual[:12]}..., manifest says {expected[:12]}...): "
-                               "the file changed after export or is corrupted; re-export the bundle", path=p)
+            check_checksum(paths[name], sha256_file(paths[name]), expected)
     # Also without `verify`: skipping checksums saves time, never this check (it reads only headers).
     for name in _graph_files(m):
         _refuse_external_data(paths[name])

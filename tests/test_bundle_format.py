@@ -108,6 +108,17 @@ def test_format_constants_and_the_checksum_are_defined_once() -> None:
     assert bundle_write.SCHEMA_VERSION is bundle.SCHEMA_VERSION and bundle_dir.FORMAT is bundle.FORMAT
 
 
+def test_one_checksum_rule_for_files_and_bytes(hb: HandBundle) -> None:
+    """The Ray engine checks bundles shipped as bytes: the same digest, the same comparison."""
+    for name, digest in read_manifest(hb.path).files.items():
+        p = hb.path / name
+        assert bundle.sha256_bytes(p.read_bytes()) == sha256_file(p) == digest
+        bundle.check_checksum(p, digest, digest.upper())   # manifests may spell hex in capitals
+        with pytest.raises(XtmError, match="checksum mismatch") as e:
+            bundle.check_checksum(p, "0" * 64, digest)
+        assert name in str(e.value)
+
+
 def test_reading_a_bundle_does_not_import_the_contextual_route(hb: HandBundle) -> None:
     """runtime.bundle and runtime.contextual imported each other (a cycle); the format owner now
     checks the contextual entry itself."""
