@@ -42,19 +42,15 @@ from xtm.exporters.graph_rewrites import finish_encoder, quantize_dynamic_int8
 from xtm.exporters.parity import Parity, judge_parity, parity_bows, parity_failure, run_onnx, torch_reference
 from xtm.exporters.torch_to_onnx import export_encoder
 from xtm.run_dir import RunDir
-from xtm.runtime.bundle import ContextualEntry, EncoderEntry, sha256_file
+from xtm.runtime.bundle import ContextualEntry, EncoderEntry
 from xtm.runtime.bundle_dir import check_out_dir, staged_bundle
 from xtm.runtime.bundle_write import SourceRun, write_manifest, write_topics
 from xtm.trainer.loop.checkpoint import load_trained_model
 
-__all__ = ["DEFAULT_OPSET", "TOP_N", "ExportOptions", "ExportReport", "export_run", "finish_encoder", "sha256"]
+__all__ = ["DEFAULT_OPSET", "TOP_N", "ExportOptions", "ExportReport", "export_run"]
 
 DEFAULT_OPSET = 18
 TOP_N = 15
-
-# Older names kept for callers outside the exporter (tests/test_runtime.py): the one checksum is
-# xtm.runtime.bundle.sha256_file, finish_encoder lives in graph_rewrites.
-sha256 = sha256_file
 
 
 @dataclass

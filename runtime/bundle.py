@@ -10,7 +10,7 @@ A bundle is a directory written by `xtm-export`:
     encoder_<lang>.onnx   a document's bag of words -> output "theta" float32 [N, K]
     vocab_<lang>.txt      V_lang lines; line j is word id j (column j of the bag of words)
     beta_<lang>.npy       float32 [K, V_lang] topic-word weights
-    topics.json           top words of every topic in every language
+    topics.json           top words of every topic in every language (`read_topics`)
 
 An encoder reads its bag of words in one of two input formats (the entry's "input_format"):
 
@@ -56,7 +56,7 @@ from xtm.runtime.bundle_onnx import onnx_external_data
 __all__ = ["CONTEXTUAL_FORMAT", "FORMAT", "INPUT_FORMATS", "MANIFEST", "SCHEMA_VERSION", "TOKENIZER_KINDS",
            "BundleManifest", "ContextualEntry", "EncoderEntry", "check_checksum", "check_files", "graph_file",
            "listed_file", "onnx_external_data", "parse_manifest", "read_contextual_entry", "read_manifest",
-           "sha256_bytes", "sha256_file", "validate_manifest"]
+           "read_topics", "sha256_bytes", "sha256_file", "validate_manifest"]
 
 FORMAT = "xtm-bundle"
 # 2 added sparse encoder inputs; a schema-1 bundle (dense inputs only) reads unchanged.
@@ -205,6 +205,33 @@ def read_manifest(directory: str | Path, *, verify: bool = True) -> BundleManife
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise XtmError(f"invalid JSON: {e}", path=mpath) from e
     return validate_manifest(raw, d, verify=verify)
+
+
+def read_topics(manifest: BundleManifest) -> list[dict[str, list[str]]]:
+    """topics.json (written by xtm.runtime.bundle_write.write_topics): topic k's top words by language,
+    `[k][lang] -> [word, ...]`, for the manifest's languages (others are ignored; alias keys such as
+    "cn" are read as their language). A topic may be listed in any order, by its "id" (else its
+    position). XtmError naming the file for anything that is not that."""
+    path = manifest.path(manifest.topics)
+    num_topics = manifest.num_topics
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # ValueError: JSONDecodeError, huge numbers
+        raise XtmError(f"invalid JSON: {e or 'nested too deeply'}", path=path) from e
+    topics = obj.get("topics") if isinstance(obj, dict) else None
+    if not isinstance(topics, list) or len(topics) != num_topics:
+        raise XtmError(f"expected a 'topics' list of {num_topics} topics", path=path)
+    out: list[dict[str, list[str]]] = [{} for _ in range(num_topics)]
+    for pos, t in enumerate(topics):
+        k = t.get("id", pos) if isinstance(t, dict) else None
+        words = t.get("words") if isinstance(t, dict) else None
+        if not isinstance(k, int) or not 0 <= k < num_topics or not isinstance(words, dict) or not all(
+                isinstance(ws, list) for ws in words.values()):
+            raise XtmError(f"topic #{pos}: needs an integer 'id' in [0, {num_topics}) and a 'words' object of "
+                           "word lists", path=path)
+        out[k] = {normalize_lang(lang): [str(w) for w in ws] for lang, ws in words.items()
+                  if normalize_lang(lang) in manifest.languages}
+    return out
 
 
 def validate_manifest(raw: Any, directory: Path, *, verify: bool) -> BundleManifest:

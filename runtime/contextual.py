@@ -4,7 +4,9 @@ Torch-free like the rest of the runtime: one ONNX graph (token ids and mask -> t
 sentence embedding) plus the tokenizer file it was trained with, both inside the bundle.
 
 Manifest entry (optional top-level key "contextual"; bundles without it are served as before, and
-runtimes that predate it ignore the key and the extra files, so no schema version changes):
+runtimes that predate it ignore the key and the extra files, so no schema version changes). The
+bundle format's owner, xtm.runtime.bundle, reads and checks it (`ContextualEntry`, its own
+`CONTEXTUAL_FORMAT`, `TOKENIZER_KINDS`); this module serves it:
 
     "contextual": {
       "format": 1,
@@ -27,74 +29,18 @@ Face `tokenizers` for sentence-transformers models (imported only for such bundl
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from xtm.errors import XtmError
-from xtm.languages import normalize_lang
-from xtm.runtime.bundle import BundleManifest, graph_file, listed_file
+from xtm.runtime.bundle import BundleManifest, ContextualEntry, graph_file, listed_file
 
-__all__ = ["CONTEXTUAL_FORMAT", "TOKENIZER_KINDS", "ContextualEntry", "ContextualEncoder", "make_text_tokenizer",
-           "pad_batch", "read_contextual_entry"]
+__all__ = ["ContextualEncoder", "make_text_tokenizer", "pad_batch"]
 
-CONTEXTUAL_FORMAT = 1
-TOKENIZER_KINDS = ("sentencepiece", "hf-tokenizers")
 # Batches sorted by length together (padding waste stays small, memory stays bounded).
 _SORT_WINDOW = 8
-
-
-@dataclass(frozen=True)
-class ContextualEntry:
-    file: str
-    inputs: tuple[str, str]
-    outputs: tuple[str, str]
-    encoder: str
-    embedding_dim: int
-    languages: tuple[str, ...]
-    tokenizer: dict[str, Any]
-
-
-def read_contextual_entry(manifest: BundleManifest) -> ContextualEntry | None:
-    """The manifest's "contextual" entry, checked; None when the bundle has no contextual route."""
-    raw = manifest.raw.get("contextual")
-    if raw is None:
-        return None
-    where = manifest.path("manifest.json")
-    ctx = "contextual: "
-    if not isinstance(raw, dict):
-        raise XtmError(f"{ctx}must be an object", path=where)
-    fmt = raw.get("format", 1)
-    if not isinstance(fmt, int) or fmt > CONTEXTUAL_FORMAT:
-        raise XtmError(f"{ctx}format {fmt!r} is newer than this xtm (reads {CONTEXTUAL_FORMAT}): upgrade xtm",
-                       path=where)
-
-    def need(obj: dict[str, Any], key: str, kind: type, c: str = ctx) -> Any:
-        if not isinstance(obj.get(key), kind) or isinstance(obj.get(key), bool) and kind is int:
-            raise XtmError(f"{c}'{key}' must be {kind.__name__}", path=where)
-        return obj[key]
-
-    inputs, outputs = need(raw, "inputs", list), need(raw, "outputs", list)
-    if len(inputs) != 2 or len(outputs) != 2 or not all(isinstance(x, str) for x in inputs + outputs):
-        raise XtmError(f"{ctx}'inputs' and 'outputs' must each name two tensors (ids, mask / theta, embedding)",
-                       path=where)
-    tok = need(raw, "tokenizer", dict)
-    kind = need(tok, "kind", str, ctx + "tokenizer: ")
-    if kind not in TOKENIZER_KINDS:
-        raise XtmError(f"{ctx}unknown tokenizer kind {kind!r} (this xtm reads {', '.join(TOKENIZER_KINDS)}): "
-                       "upgrade xtm", path=where)
-    files = [need(raw, "file", str), need(tok, "file", str, ctx + "tokenizer: ")]
-    for name in files:
-        if "/" in name or "\\" in name or name in ("", ".", "..") or name not in manifest.files:
-            raise XtmError(f"{ctx}{name!r} must be a bundle file listed (with its checksum) in 'files'", path=where)
-    langs = raw.get("languages", [])
-    if not isinstance(langs, list) or not all(isinstance(x, str) for x in langs):
-        raise XtmError(f"{ctx}'languages' must be a list of language codes", path=where)
-    return ContextualEntry(file=files[0], inputs=(inputs[0], inputs[1]), outputs=(outputs[0], outputs[1]),
-                           encoder=str(raw.get("encoder", "unknown")), embedding_dim=need(raw, "embedding_dim", int),
-                           languages=tuple(normalize_lang(x) for x in langs), tokenizer=dict(tok))
 
 
 def make_text_tokenizer(spec: dict[str, Any], directory: Path) -> Callable[[Sequence[str]], list[list[int]]]:
@@ -183,10 +129,11 @@ class ContextualEncoder:
 
     @classmethod
     def load(cls, manifest: BundleManifest, session_options: Any, providers: list[str]) -> ContextualEncoder | None:
-        """The bundle's contextual route, or None when it has none. Files are checked by the manifest reader."""
+        """The bundle's contextual route, or None when it has none. The entry and its files were checked
+        by the manifest reader (xtm.runtime.bundle)."""
         import onnxruntime as ort
 
-        entry = read_contextual_entry(manifest)
+        entry = manifest.contextual
         if entry is None:
             return None
         # Opened on first use, maybe hours after the manifest was read: both files are checked

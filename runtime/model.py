@@ -14,7 +14,6 @@ its batch. Batch runs over records and files (ids, output lines, bad records) ar
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,8 +27,8 @@ from xtm.corpus import TokenizerSpec
 from xtm.errors import XtmError
 from xtm.languages import normalize_lang
 from xtm.runtime.bow import concat, count_words
-from xtm.runtime.bundle import BundleManifest, EncoderEntry, read_manifest
-from xtm.runtime.contextual import ContextualEncoder, ContextualEntry, read_contextual_entry
+from xtm.runtime.bundle import MANIFEST, BundleManifest, ContextualEntry, EncoderEntry, read_manifest, read_topics
+from xtm.runtime.contextual import ContextualEncoder
 from xtm.runtime.engine import InferenceOptions, check_route, infer_records, no_contextual_route
 from xtm.runtime.langid import identify  # light: py3langid's model loads on first detection
 from xtm.runtime.tokenize import KINDS
@@ -143,27 +142,6 @@ def _read_vocab(path: Path, expected: int) -> dict[str, int]:
     return vocab
 
 
-def _read_topics(path: Path, num_topics: int, languages: list[str]) -> list[dict[str, list[str]]]:
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # ValueError: JSONDecodeError, huge numbers
-        raise XtmError(f"invalid JSON: {e or 'nested too deeply'}", path=path) from e
-    topics = obj.get("topics") if isinstance(obj, dict) else None
-    if not isinstance(topics, list) or len(topics) != num_topics:
-        raise XtmError(f"expected a 'topics' list of {num_topics} topics", path=path)
-    out: list[dict[str, list[str]]] = [{} for _ in range(num_topics)]
-    for pos, t in enumerate(topics):
-        k = t.get("id", pos) if isinstance(t, dict) else None
-        words = t.get("words") if isinstance(t, dict) else None
-        if not isinstance(k, int) or not 0 <= k < num_topics or not isinstance(words, dict) or not all(
-                isinstance(ws, list) for ws in words.values()):
-            raise XtmError(f"topic #{pos}: needs an integer 'id' in [0, {num_topics}) and a 'words' object of "
-                           "word lists", path=path)
-        out[k] = {normalize_lang(lang): [str(w) for w in ws] for lang, ws in words.items()
-                  if normalize_lang(lang) in languages}
-    return out
-
-
 class TopicModel:
     """An exported cross-lingual topic model: `TopicModel.load(bundle_dir).infer(texts)`.
 
@@ -181,8 +159,9 @@ class TopicModel:
         self._tokenizers: dict[str, Callable[[str], list[str]]] = {}
         self._tok_lock = threading.Lock()
         # The contextual graph (~80 MB, ~300 MB resident) is opened when first needed: a caller that
-        # only serves the training languages never pays for it. Its manifest entry is checked now.
-        self._contextual_entry: ContextualEntry | None = read_contextual_entry(manifest)
+        # only serves the training languages never pays for it. Its manifest entry was checked with
+        # the manifest (xtm.runtime.bundle).
+        self._contextual_entry: ContextualEntry | None = manifest.contextual
         self._contextual: ContextualEncoder | None = None
         self._session_options = session_options
 
@@ -222,10 +201,10 @@ class TopicModel:
             spec = TokenizerSpec.from_dict(e.tokenizer)
             if spec.kind not in KINDS:
                 raise XtmError(f"unknown tokenizer kind {spec.kind!r} for '{lang}' (this xtm knows "
-                               f"{', '.join(KINDS)}): upgrade xtm", path=manifest.path("manifest.json"))
+                               f"{', '.join(KINDS)}): upgrade xtm", path=manifest.path(MANIFEST))
             encoders[lang] = _Encoder(entry=e, session=session, vocab=_read_vocab(manifest.path(e.vocab), e.vocab_size),
                                       spec=spec)
-        topics = _read_topics(manifest.path(manifest.topics), manifest.num_topics, manifest.languages)
+        topics = read_topics(manifest)
         return cls(manifest, encoders, topics, chosen, session_options=opts)
 
     # -- description ---------------------------------------------------------------------------

@@ -82,19 +82,14 @@ def pack_bundle(bundle_dir: str | Path) -> dict[str, bytes]:
     Checked here (manifest structure, every file's sha256) so a wrong or damaged bundle fails on
     the driver, naming the user's file, before any actor starts; each actor checks its copy again
     after the transfer."""
-    import hashlib
-
-    from xtm.runtime.bundle import MANIFEST, read_manifest
+    from xtm.runtime.bundle import MANIFEST, check_checksum, read_manifest, sha256_bytes
 
     manifest = read_manifest(bundle_dir, verify=False)
     files = {name: manifest.path(name).read_bytes() for name in [MANIFEST, *manifest.files]}
     # The bytes are in memory anyway: checking them here names the user's bundle, on the driver,
     # before any actor starts (each actor checks its copy again after the transfer).
     for name, expected in manifest.files.items():
-        actual = hashlib.sha256(files[name]).hexdigest()
-        if actual != expected:
-            raise XtmError(f"checksum mismatch (sha256 {actual[:12]}..., manifest says {expected[:12]}...): the "
-                           "file changed after export or is corrupted; re-export the bundle", path=manifest.path(name))
+        check_checksum(manifest.path(name), sha256_bytes(files[name]), expected)
     return files
 
 
@@ -254,9 +249,8 @@ def _result_table(batch: pa.Table, res: Any, rows: list[int], errors: list[str |
 def _check_route(bundle_dir: str | Path, route: str) -> None:
     """The route's error on the driver, from the manifest alone (no model loaded, no actor started)."""
     from xtm.runtime.bundle import read_manifest
-    from xtm.runtime.contextual import read_contextual_entry
 
-    if check_route(route) == "contextual" and read_contextual_entry(read_manifest(bundle_dir, verify=False)) is None:
+    if check_route(route) == "contextual" and read_manifest(bundle_dir, verify=False).contextual is None:
         raise no_contextual_route(bundle_dir)
 
 

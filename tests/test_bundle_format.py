@@ -103,9 +103,58 @@ def test_format_constants_and_the_checksum_are_defined_once() -> None:
     assert assigned == {"SCHEMA_VERSION": [mine], "FORMAT": [mine], "MANIFEST": [mine]}
     assert all(x.startswith(mine + ":") for x in literals), literals
     assert hashing == [mine]
-    # The names others use are the owner's, not copies.
-    assert onnx_export.sha256 is bundle.sha256_file and bundle_write.sha256_file is bundle.sha256_file
+    # The names others use are the owner's, not copies (nor aliases kept for old callers).
+    assert not hasattr(onnx_export, "sha256") and bundle_write.sha256_file is bundle.sha256_file
     assert bundle_write.SCHEMA_VERSION is bundle.SCHEMA_VERSION and bundle_dir.FORMAT is bundle.FORMAT
+
+
+def test_the_runtime_reads_the_format_through_its_owner() -> None:
+    """The contextual entry, its constants, topics.json's reader and the checksum were also written
+    out in runtime/contextual.py, runtime/model.py and runtime/ray.py: each is defined once, in
+    runtime/bundle.py, and the others import it."""
+    owner = "runtime/bundle.py"
+    names = {"CONTEXTUAL_FORMAT", "TOKENIZER_KINDS", "ContextualEntry", "read_contextual_entry", "read_topics",
+             "_read_topics", "sha256", "sha256_file", "sha256_bytes", "check_checksum"}
+    defined: dict[str, list[str]] = {}
+    hashing = []
+    for path in sorted(ROOT.glob("runtime/*.py")) + sorted(ROOT.glob("exporters/*.py")):
+        rel = str(path.relative_to(ROOT))
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                found = [node.name]
+            elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                found = [t.id for t in targets if isinstance(t, ast.Name)]
+            else:
+                found = []
+            for name in set(found) & names:
+                defined.setdefault(name, []).append(rel)
+            if isinstance(node, (ast.Import, ast.ImportFrom)) and "hashlib" in [a.name for a in node.names]:
+                hashing.append(rel)
+    assert defined == {n: [owner] for n in names - {"_read_topics", "sha256"}}
+    # tokenize.py hashes its jieba cache (not a bundle file); nothing else in the runtime hashes.
+    assert sorted(hashing) == [owner, "runtime/tokenize.py"]
+    from xtm.runtime import contextual, model
+
+    assert model.read_topics is bundle.read_topics and model.ContextualEntry is bundle.ContextualEntry
+    assert contextual.ContextualEntry is bundle.ContextualEntry
+
+
+def test_topics_are_read_as_written(hb: HandBundle, tmp_path: Path) -> None:
+    """read_topics is write_topics' reader: topic ids keep their order, alias keys read as their
+    language, languages the bundle does not serve are left out, anything else names the file."""
+    m = read_manifest(hb.path)
+    d = tmp_path / "b"
+    shutil.copytree(hb.path, d)
+    words = {"en": [[f"e{k}"] for k in range(m.num_topics)], "cn": [[f"z{k}"] for k in range(m.num_topics)],
+             "fr": [[f"f{k}"] for k in range(m.num_topics)]}
+    bundle_write.write_topics(d, words, 1)
+    topics = bundle.read_topics(read_manifest(d, verify=False))
+    assert topics == [{"en": [f"e{k}"], "zh": [f"z{k}"]} for k in range(m.num_topics)]
+    (d / m.topics).write_text('{"topics": [{"id": 0, "words": {"en": "not a list"}}]}')
+    with pytest.raises(XtmError, match="expected a 'topics' list") as e:
+        bundle.read_topics(read_manifest(d, verify=False))
+    assert m.topics in str(e.value)
 
 
 def test_one_checksum_rule_for_files_and_bytes(hb: HandBundle) -> None:

@@ -256,3 +256,28 @@ def test_ray_output_that_cannot_be_written_is_one_error(ray_local, hb: HandBundl
         r = CliRunner().invoke(main, [str(src), "--bundle", str(hb.path), "--engine", engine, "--out", "/dev/full"])
         assert r.exit_code == 2, (engine, r.output)
         assert r.stderr == "error: /dev/full: cannot write: No space left on device\n", engine
+
+
+def test_a_bundle_the_local_engine_serves_is_packed_for_ray(hb: HandBundle, tmp_path: Path) -> None:
+    """A manifest may spell its checksums in capitals (read_manifest accepts them): the Ray engine
+    compared them case-sensitively with its own copy of the check and refused the bundle. Now both
+    engines use the format owner's check_checksum."""
+    import shutil
+
+    from xtm.runtime import TopicModel
+    from xtm.runtime.ray import pack_bundle
+
+    b = tmp_path / "upper"
+    shutil.copytree(hb.path, b)
+    m = json.loads((b / "manifest.json").read_text(encoding="utf-8"))
+    m["files"] = {name: digest.upper() for name, digest in m["files"].items()}
+    (b / "manifest.json").write_text(json.dumps(m), encoding="utf-8")
+    TopicModel.load(b)  # the local engine serves it
+    files = pack_bundle(b)
+    assert set(files) == {"manifest.json", *m["files"]}
+    assert files["vocab_en.txt"] == (b / "vocab_en.txt").read_bytes()
+    with open(b / "vocab_en.txt", "a", encoding="utf-8") as f:  # a changed file is still refused, naming it
+        f.write("extra\n")
+    with pytest.raises(XtmError, match="checksum mismatch") as e:
+        pack_bundle(b)
+    assert str(b / "vocab_en.txt") in str(e.value)

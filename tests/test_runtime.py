@@ -229,7 +229,8 @@ def test_runtime_works_where_torch_cannot_be_imported(hb: HandBundle, tmp_path: 
 
 def sparse_copy(hb: HandBundle, dst: Path, int8: bool = False) -> Path:
     """The hand bundle with its encoders rewritten to read word ids and counts, as xtm-export writes them."""
-    from xtm.exporters.onnx_export import finish_encoder, sha256
+    from xtm.exporters.graph_rewrites import finish_encoder
+    from xtm.runtime.bundle import sha256_file
 
     shutil.copytree(hb.path, dst)
     m = json.loads((dst / "manifest.json").read_text())
@@ -237,7 +238,7 @@ def sparse_copy(hb: HandBundle, dst: Path, int8: bool = False) -> Path:
         assert finish_encoder(dst / e["file"], dst / e["file"], int8=int8)
         e.pop("input")
         e.update(input_format="sparse", inputs=["word_ids", "counts"])
-        m["files"][e["file"]] = sha256(dst / e["file"])
+        m["files"][e["file"]] = sha256_file(dst / e["file"])
     m["schema_version"] = 2
     (dst / "manifest.json").write_text(json.dumps(m))
     return dst
