@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import click
 
-from xtm.cli.common import friendly_errors
+from xtm.cli.common import friendly_errors, setup_logging
 
 EPILOG = """\b
 Examples:
@@ -62,11 +63,13 @@ leaves it out. With --quantize int8 its matrix products run in int8 too
 @click.option("--no-parity-check", "no_parity_check", is_flag=True,
               help="Write the bundle even when ONNX and torch disagree beyond the tolerance (measured, "
                    "reported and recorded in the manifest as failed all the same).")
-@click.option("-q", "--quiet", is_flag=True)
+@click.option("-q", "--quiet", is_flag=True, help="No progress lines on stderr (warnings are still shown).")
 @friendly_errors
 def main(run_dir: str, out: str, quantize: str | None, opset: int, contextual: bool | None, no_parity_check: bool,
          quiet: bool) -> None:
     """Export RUN_DIR (written by xtm-train) to an ONNX bundle."""
+    # The library's progress lines (INFO) and warnings become `xtm-export: ...` lines; -q keeps warnings only.
+    setup_logging("xtm-export", logging.WARNING if quiet else logging.INFO)
     from xtm.atomic import exit_on_signals
     from xtm.errors import XtmError
     from xtm.exporters.onnx_export import export_run

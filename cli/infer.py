@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from xtm.cli.common import friendly_errors
+from xtm.cli.common import friendly_errors, setup_logging
 from xtm.errors import XtmError
 from xtm.runtime.engine import ROUTES, InferenceOptions
 
@@ -136,6 +136,7 @@ def main(input_paths: tuple[str, ...], bundle: str, out: str | None, top_k: int,
     """Infer topic distributions of JSONL documents INPUT ('-' for stdin) with a bundle.
 
     With --engine ray, INPUT... are JSONL and Parquet files and directories."""
+    setup_logging("xtm-infer")
     from xtm.atomic import exit_on_signals
     from xtm.runtime.engine import NoResultsError
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from xtm.cli.common import friendly_errors
+from xtm.cli.common import friendly_errors, setup_logging
 
 EPILOG = """\b
 Examples:
@@ -27,6 +27,7 @@ xtm-train writes it at the end of every run; this command renders it again.
 @friendly_errors
 def main(run_dir: str, out: str | None) -> None:
     """Write the HTML report of RUN_DIR (a directory written by xtm-train)."""
+    setup_logging("xtm-report")
     from xtm.evaluation.report import write_report_html
 
     click.echo(str(write_report_html(run_dir, out)))

@@ -19,8 +19,8 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import logging
 import os
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -36,6 +36,8 @@ __all__ = ["LOCK_NAME", "RUN_MARKER", "RunDir", "has_checkpoint", "hold_run_dir"
 
 RUN_MARKER = "run.json"
 LOCK_NAME = ".xtm.lock"
+
+logger = logging.getLogger(__name__)
 
 # Run directories this process holds (resolved path -> [lock fd, depth]): xtm-train --contextual
 # holds its run for training and the contextual fit; the inner hold must not lock itself out.
@@ -108,8 +110,8 @@ def _lock(d: Path, command: str) -> int:
         if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
             os.close(fd)
             raise XtmError(f"cannot lock the run directory: {e.strerror or e}", path=d) from None
-        print(f"warning: {d}: this file system cannot lock files ({e.strerror}); make sure no other xtm "
-              "process writes this run", file=sys.stderr)
+        logger.warning("%s: this file system cannot lock files (%s); make sure no other xtm process writes "
+                       "this run", d, e.strerror)
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps({"pid": os.getpid(), "command": command}).encode("utf-8"), 0)

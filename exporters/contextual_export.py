@@ -24,8 +24,8 @@ languages), before anything is written into the bundle:
 from __future__ import annotations
 
 import json
+import logging
 import shutil
-import sys
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -46,6 +46,8 @@ from xtm.trainer.contextual.fit import load_contextual
 
 __all__ = ["EMBED_MIN_COS", "INPUTS", "ONNX_FILE", "OUTPUTS", "THETA_ATOL", "aligned_news", "export_contextual",
            "export_contextual_route", "has_contextual", "parity_texts", "quantize_graph"]
+
+logger = logging.getLogger(__name__)
 
 THETA_ATOL = 1e-4
 EMBED_MIN_COS = 0.999
@@ -132,12 +134,13 @@ def export_contextual(run_dir: str | Path, bundle_dir: str | Path, opset: int = 
 def export_contextual_route(run_dir: str | Path, bundle_dir: str | Path, opset: int = 18, progress: bool = True,
                             quantize: str | None = None) -> tuple[ContextualEntry, dict[str, Any]]:
     """Write contextual.onnx and its tokenizer into `bundle_dir` (the bundle being assembled);
-    returns (manifest entry, report). Raises XtmError when a parity check fails."""
+    returns (manifest entry, report). Raises XtmError when a parity check fails. progress: log the
+    step (INFO, logger "xtm.exporters.contextual_export")."""
     run_dir, bundle_dir = Path(run_dir), Path(bundle_dir)
     loaded = load_contextual(run_dir)
     enc, meta = loaded.encoder, loaded.meta
     if progress:
-        print(f"xtm-export: exporting the contextual encoder ({enc.name})", file=sys.stderr, flush=True)
+        logger.info("exporting the contextual encoder (%s)", enc.name)
     graph = ContextualGraph(enc.graph_encoder(), loaded.head).eval()
     tok_name = "contextual_tokenizer" + Path(enc.tokenizer_file()).suffix
     spec = {**enc.tokenizer_spec(), "file": tok_name}

@@ -24,9 +24,9 @@ The trained model comes through the trainer's one public entry, load_trained_mod
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +48,8 @@ from xtm.runtime.bundle_write import SourceRun, write_manifest, write_topics
 from xtm.trainer.loop.checkpoint import load_trained_model
 
 __all__ = ["DEFAULT_OPSET", "TOP_N", "ExportOptions", "ExportReport", "export_run"]
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 18
 TOP_N = 15
@@ -99,7 +101,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, quantize: str | None
     before any work. contextual: also export the run's contextual route (RUN_DIR/contextual/, see
     xtm.exporters.contextual_export); None (default) when the run has one, False never, True
     requires it. parity_check=False: a failed parity check does not stop the export (it is still
-    measured, reported and recorded in the manifest as failed).
+    measured, reported and recorded in the manifest as failed). progress: log each step (INFO, to
+    the "xtm.exporters" loggers; xtm-export shows them, -q hides them).
     """
     if quantize not in (None, "int8"):
         raise XtmError(f"--quantize {quantize!r} is not supported (choose int8)")
@@ -143,7 +146,7 @@ def _write_bundle(tmp: Path, run: RunDir, config: dict[str, Any], tokenizers: di
     for i, lang in enumerate(langs):
         vocab = run.read_vocab(lang, model.vocab_sizes[i])
         if opts.progress:
-            print(f"xtm-export: exporting the {lang} encoder", file=sys.stderr, flush=True)
+            logger.info("exporting the %s encoder", lang)
         entry, parity[lang] = _export_language(tmp, run, model, i, vocab, tokenizers[lang], report, opts)
         shutil.copyfile(run.vocab_path(lang), tmp / entry.vocab)
         assert entry.beta is not None

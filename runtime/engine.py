@@ -59,7 +59,7 @@ __all__ = ["CHUNK_BATCHES", "RAY_THREADS_PER_ACTOR", "ROUTES", "ROUTE_HELP", "Ba
            "InferenceCounts", "InferenceOptions", "NoResultsError", "OutputWriter", "Row", "check_route",
            "infer_file", "infer_records", "no_contextual_route", "open_output", "parse_max_bad", "sink_writer"]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 # How documents reach theta: "bow" the training languages' bag-of-words encoders; "contextual" the
 # bundle's multilingual sentence encoder (any language it knows); "auto" bag of words for the
@@ -456,7 +456,7 @@ def infer_records(model: TopicModel, items: Iterable[Mapping[str, Any]], *, opti
     max_share is judged when `items` is exhausted. Input with nothing to infer yields nothing
     (no NoResultsError: that is a file run's outcome)."""
     engine = Engine(model, options)
-    tally = engine.options.policy(report or log.warning)
+    tally = engine.options.policy(report or logger.warning)
     pending: list[str] = []
     out = OutputWriter(tally, pending.extend)
     for chunk in _record_chunks(engine, items):
@@ -487,7 +487,7 @@ def infer_file(source: str | Path | IO[bytes], model: TopicModel, out: str | Pat
     records.check_out_is_not_input(out if isinstance(out, (str, Path)) else None,
                                    [] if name in ("<stdin>", "<stream>") else [name])
     engine = Engine(model, options, bundle=bundle)
-    tally = options.policy(report or log.warning)
+    tally = options.policy(report or logger.warning)
     with contextlib.ExitStack() as stack:
         if parquet:
             chunks = _parquet_chunks(engine, name)

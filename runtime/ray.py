@@ -55,6 +55,8 @@ if TYPE_CHECKING:
 
 __all__ = ["INSTALL_HINT", "InferFilesResult", "infer_dataset", "infer_files", "list_input_files", "pack_bundle"]
 
+logger = logging.getLogger(__name__)
+
 INSTALL_HINT = 'pip install "xtm[ray]"'
 # A file given explicitly is read as Parquet by its ending (records.PARQUET_SUFFIXES), as JSONL
 # otherwise, like xtm-infer does. Inside a directory only these endings and Parquet's are picked up.
@@ -434,7 +436,8 @@ def infer_files(paths: Sequence[str | Path], bundle_dir: str | Path, out_path: s
     Writes one line per good row, in input order (files in the given order, directories sorted),
     byte-identical to the local engine's, to `out_path` atomically (nothing is written if the run
     fails), or to `sink` (default stdout) when out_path is None. Bad rows are reported through
-    `report` (default: stderr) as PATH:LINE: reason and skipped; `strict` raises XtmError at the
+    `report` (default: above the progress bar, else the "xtm.runtime.ray" logger at warning level)
+    as PATH:LINE: reason and skipped; `strict` raises XtmError at the
     first one, `max_bad` at the first one over that count (or "P%"), `max_share` (0..1) at the end
     when a larger share of the rows was bad; NoResultsError (an XtmError) when no row could be
     inferred: the engine's policy (`xtm.runtime.engine`), whose InferenceOptions give the defaults.
@@ -454,7 +457,7 @@ def infer_files(paths: Sequence[str | Path], bundle_dir: str | Path, out_path: s
     check_out_is_not_input(out_path, [p for p, _ in files])
     _check_route(bundle_dir, route)  # fail before starting anything
     bar = _progress_bar(progress)
-    tally = options.policy(report or _stderr_report(bar))
+    tally = options.policy(report or _default_report(bar))
     try:
         with _ray_session(address), _quiet_ray_data_context():
             ds = _map_actors(_rows_dataset(files), bundle_dir, "lines", options, num_actors=num_actors,
@@ -483,12 +486,14 @@ def _progress_bar(progress: bool | None) -> Any:
     return tqdm(unit=" rows", unit_scale=True, file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
 
 
-def _stderr_report(bar: Any) -> Callable[[str], None]:
+def _default_report(bar: Any) -> Callable[[str], None]:
+    """Bad rows above the progress bar when there is one (a log line would break it), else to this
+    module's logger at warning level, like the local engine's default report."""
+    if bar is None:
+        return logger.warning
+
     def report(msg: str) -> None:
-        if bar is not None:
-            bar.write(msg, file=sys.stderr)  # keeps the bar intact
-        else:
-            print(msg, file=sys.stderr, flush=True)
+        bar.write(msg, file=sys.stderr)  # keeps the bar intact
 
     return report
 

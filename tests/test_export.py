@@ -12,6 +12,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from log_isolation import library_logging  # noqa: F401  (a fixture)
 
 from xtm.errors import XtmError
 from xtm.exporters.onnx_export import export_run
@@ -130,3 +131,38 @@ def test_export_never_reopens_the_training_data(example_dir: Path, tmp_path: Pat
     report = export_run(run, tmp_path / "bundle", progress=False, contextual=False)
     assert all(s.startswith("parity_sample_") for s in report.parity_source.values())
     assert all(report.parity_docs[lang] > 0 for lang in report.languages)
+
+
+@pytest.mark.usefixtures("library_logging")
+def test_cli_progress_lines_come_from_the_library_logger(example_run: Path, tmp_path: Path) -> None:
+    """export_run logs its steps ("xtm.exporters..." loggers, INFO) instead of printing them; xtm-export
+    shows them as `xtm-export: ...` lines on stderr (the text users saw before), -q hides them, and
+    stdout stays the JSON report alone."""
+    from click.testing import CliRunner
+
+    from xtm.cli.export import main
+
+    out = tmp_path / "b"
+    r = CliRunner().invoke(main, [str(example_run), "--out", str(out), "--no-contextual"], catch_exceptions=False)
+    assert r.exit_code == 0, r.stderr
+    assert r.stderr.splitlines() == ["xtm-export: exporting the en encoder", "xtm-export: exporting the zh encoder"]
+    assert json.loads(r.stdout)["languages"] == ["en", "zh"]
+    r = CliRunner().invoke(main, [str(example_run), "--out", str(out), "--no-contextual", "-q"],
+                           catch_exceptions=False)
+    assert r.exit_code == 0 and r.stderr == ""
+    assert json.loads(r.stdout)["bundle"] == str(out)
+
+
+@pytest.mark.usefixtures("library_logging")
+def test_the_library_logs_progress_and_prints_nothing(example_run: Path, tmp_path: Path,
+                                                      caplog: pytest.LogCaptureFixture,
+                                                      capfd: pytest.CaptureFixture[str]) -> None:
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="xtm.exporters"):
+        export_run(example_run, tmp_path / "b", progress=True, contextual=False)
+    assert [(r.name, r.getMessage()) for r in caplog.records if r.name.startswith("xtm.")] == [
+        ("xtm.exporters.onnx_export", "exporting the en encoder"),
+        ("xtm.exporters.onnx_export", "exporting the zh encoder")]
+    out, err = capfd.readouterr()
+    assert "exporting" not in out + err

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from bundle_fixture import EN_VOCAB, ZH_VOCAB, HandBundle, make_bundle
 from click.testing import CliRunner
+from log_isolation import library_logging  # noqa: F401  (a fixture)
 
 from xtm.cli.infer import main
 from xtm.errors import XtmError
@@ -281,3 +282,24 @@ def test_a_bundle_the_local_engine_serves_is_packed_for_ray(hb: HandBundle, tmp_
     with pytest.raises(XtmError, match="checksum mismatch") as e:
         pack_bundle(b)
     assert str(b / "vocab_en.txt") in str(e.value)
+
+
+@pytest.mark.usefixtures("library_logging")
+def test_bad_rows_go_to_the_logger_by_default(ray_local, hb: HandBundle, tmp_path: Path,
+                                              caplog: pytest.LogCaptureFixture,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """Without a report callback or a progress bar, infer_files reports bad rows to the
+    "xtm.runtime.ray" logger (warning level), as the local engine does to its own, never by
+    printing: a Python user's stderr stays theirs (xtm-infer passes its own reporter)."""
+    import logging
+
+    from xtm.runtime.ray import infer_files
+
+    src = _write_jsonl(tmp_path / "d.jsonl", ["{bad", {"text": "bank market", "lang": "en"}])
+    with caplog.at_level(logging.WARNING, logger="xtm.runtime"):
+        counts = infer_files([src], hb.path, tmp_path / "o.jsonl", num_actors=1, progress=False)
+    assert (counts.written, counts.skipped) == (1, 1)
+    got = [(r.name, r.levelno, r.getMessage()) for r in caplog.records if r.name.startswith("xtm.")]
+    assert len(got) == 1 and got[0][:2] == ("xtm.runtime.ray", logging.WARNING)
+    assert got[0][2].startswith(f"{src}:1: ")
+    assert str(src) not in capsys.readouterr().err
