@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,7 @@ from shared_data import need
 
 from xtm.errors import XtmError
 from xtm.trainer.data.loading import HOLDOUT_FRACTION, load_corpus
+from xtm.trainer.data.sharding import ShardedCorpus, build_shards, open_or_build_shards
 
 # --------------------------------------------------------------------------- helpers
 
@@ -451,3 +455,131 @@ def test_rakuten_with_muse_dictionary() -> None:
     assert c.langs == ["en", "ja"] and c.lang("ja").tokenizer.kind == "janome"
     assert c.info["links"]["en-ja"]["links"] > 1_000
     assert c.lang("ja").train_bow.shape == (20_000, 5_000)
+
+
+@pytest.mark.parametrize(("content", "line", "fragment"), [
+    (b"0\n99999999999999999999\n", 2, "'99999999999999999999' is out of range for a 64-bit integer"),
+    (b"0\n\xff\n", 2, "labels are not valid UTF-8 text (byte 0xff)"),
+    (b"+1\nx\n", 2, "label 'x' is not an integer"),
+])
+def test_benchmark_labels_that_are_not_int64_are_one_error(tmp_path: Path, content: bytes, line: int,
+                                                           fragment: str) -> None:
+    d = write_benchmark(tmp_path / "Tiny")
+    (d / "test_labels_en.txt").write_bytes(content)
+    with pytest.raises(XtmError) as e:
+        load_corpus(d)
+    assert (e.value.path, e.value.line) == (str(d / "test_labels_en.txt"), line)
+    assert fragment in str(e.value)
+
+
+# --------------------------------------------------------------------------- shared by both loaders
+
+
+def test_max_df_must_be_a_number(tmp_path: Path) -> None:
+    """A string passed float() and was then repeated, not compared, by the frequency filter: max_df
+    was silently ignored."""
+    f = write_jsonl(tmp_path / "c.jsonl", make_docs("en", 12) + make_docs("zh", 12))
+    for build in (lambda: load_corpus(f, max_df="0.5", progress=False),
+                  lambda: build_shards(f, tmp_path / "s", max_df="0.5", progress=False)):
+        with pytest.raises(XtmError, match=r"max_df must be a share of documents in \(0, 1\], got '0.5'"):
+            build()
+
+
+def test_warnings_name_the_callers_line(tmp_path: Path) -> None:
+    """Both loaders' warnings point at the line that called them, not somewhere inside xtm."""
+    rows = [{"lang": "en", "text": "apples oranges"}, {"lang": "en", "text": "pears plums"},
+            {"lang": "zh", "text": "苹果 橙子"}, {"lang": "zh", "text": "梨 李子"},
+            {"lang": "en", "text": "the and of"}]
+    f = write_jsonl(tmp_path / "c.jsonl", rows)
+    for build in (lambda: load_corpus(f, progress=False), lambda: build_shards(f, tmp_path / "s", progress=False)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            build()
+        assert len(caught) == 3  # two relaxed vocabularies, one dropped document
+        assert {w.filename for w in caught} == {__file__}
+
+
+# --------------------------------------------------------------------------- out of core
+
+
+def spill_files_open(out: Path) -> list[str]:
+    links = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            links.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            continue  # the fd listing's own descriptor, gone already
+    return [x for x in links if x.startswith(str(out))]
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
+def test_a_bad_line_out_of_core_leaves_no_spill_file_open(tmp_path: Path) -> None:
+    """The spill's files were closed only when the error's traceback was freed (5 descriptors per
+    language, on deleted files, for as long as a caller kept the exception)."""
+    f = write_jsonl(tmp_path / "c.jsonl", [*make_docs("en", 12), *make_docs("zh", 12), '{"lang": "en", "text": 7}'])
+    out = tmp_path / "shards"
+    with pytest.raises(XtmError, match="must be a string") as e:
+        build_shards(f, out, progress=False)
+    assert e.value.line == 25
+    assert spill_files_open(out) == []
+    assert not (out / ".spill").exists() and not (out / "index.json").exists()
+
+
+@pytest.fixture
+def data_log() -> Iterator[list[logging.LogRecord]]:
+    """The records the data modules log (the CLIs print them as `xtm-train: ...` lines)."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("xtm.trainer.data")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield records
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+def test_reused_shards_are_logged(tmp_path: Path, data_log: list[logging.LogRecord]) -> None:
+    f = write_jsonl(tmp_path / "c.jsonl", make_docs("en", 12) + make_docs("zh", 12))
+    out = tmp_path / "s"
+    open_or_build_shards(f, out, progress=False)
+    assert data_log == []
+    open_or_build_shards(f, out, progress=False)
+    assert [(r.levelno, r.getMessage()) for r in data_log] == [
+        (logging.INFO, f"reusing the shards in {out} (same input files and settings)")]
+
+
+def damage(out: Path, how: str) -> None:
+    if how.startswith("index="):
+        (out / "index.json").write_text(how[len("index="):], encoding="utf-8")
+    elif how == "no word counts":
+        (out / "word_counts_en.npy").unlink()
+    elif how == "short word counts":
+        np.save(out / "word_counts_en.npy", np.zeros(3))
+    elif how == "index without name":
+        index = json.loads((out / "index.json").read_text(encoding="utf-8"))
+        del index["name"]
+        (out / "index.json").write_text(json.dumps(index), encoding="utf-8")
+
+
+@pytest.mark.parametrize("how", ["index=[]", "index=null", 'index="x"', "no word counts", "short word counts",
+                                 "index without name"])
+def test_damaged_shards_are_one_error_and_rebuilt_when_reused(tmp_path: Path, how: str,
+                                                             data_log: list[logging.LogRecord]) -> None:
+    """A shard directory of ours with a damaged index or file: opening it is one XtmError (was an
+    AttributeError, FileNotFoundError or KeyError traceback), and reusing it rebuilds it."""
+    f = write_jsonl(tmp_path / "c.jsonl", make_docs("en", 12) + make_docs("zh", 12))
+    out = tmp_path / "s"
+    good = ShardedCorpus(build_shards(f, out, progress=False)).eval_corpus()
+    damage(out, how)
+    with pytest.raises(XtmError, match="shard|rebuild"):
+        ShardedCorpus(out)
+    again = open_or_build_shards(f, out, progress=False).eval_corpus()
+    assert (again.lang("en").train_bow != good.lang("en").train_bow).nnz == 0
+    assert np.array_equal(again.lang("en").word_counts(), good.lang("en").word_counts())
+    if how.startswith("index="):
+        assert data_log == []  # no index to match: rebuilt without a word
+    else:
+        assert [r.levelno for r in data_log] == [logging.WARNING]
+        assert "damaged" in data_log[0].getMessage() and "rebuilding" in data_log[0].getMessage()

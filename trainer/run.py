@@ -206,7 +206,7 @@ def load_training_data(data: DataConfig, cfg: TrainConfig, out: Path,
     shards = shard_dir(data, out)
     if dist is None or dist.is_main:
         open_or_build_shards(data.path, shards, langs=data.langs, prep=data.preprocessing, seed=cfg.seed,
-                             shard_size=data.shard_size, progress=progress, log=log)
+                             shard_size=data.shard_size, progress=progress)
     distributed.barrier(dist)
     sharded = ShardedCorpus(shards)
     log(f"shards ready in {time.perf_counter() - t0:.1f}s: {sharded.describe()}")

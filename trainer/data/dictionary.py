@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from itertools import combinations
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
+from xtm.corpus import Corpus
 from xtm.errors import XtmError
 
-__all__ = ["build_links", "read_dictionary"]
+__all__ = ["attach_links", "build_links", "read_dictionary"]
 
 # A dictionary side counts as stemmed when this share of its Latin words are fixed points of
 # the Porter stemmer: 0.97 for ch_en_dict.dat's English side, 0.58 for MUSE's plain English.
@@ -39,6 +41,19 @@ def read_dictionary(path: str | Path) -> list[tuple[str, str]]:
     that cannot be read, is binary, or holds no pair at all raises XtmError.
     """
     p = Path(path)
+    pairs, bad, first_bad = _parse_pairs(_read_text(p))
+    if not pairs:
+        if first_bad is not None:
+            raise XtmError("no valid `source<TAB>target` pair in the dictionary (this line is the first "
+                           "that is not one)", path=p, line=first_bad)
+        raise XtmError("the dictionary is empty: expected lines `source<TAB>target`", path=p)
+    if bad:
+        warnings.warn(f"{p}: skipped {bad} malformed line(s), first at line {first_bad}", stacklevel=2)
+    return pairs
+
+
+def _read_text(p: Path) -> str:
+    """The dictionary file as text; unreadable, binary or non-UTF-8 files are XtmErrors naming the line."""
     try:
         data = p.read_bytes()
     except IsADirectoryError:
@@ -52,52 +67,37 @@ def read_dictionary(path: str | Path) -> list[tuple[str, str]]:
         raise XtmError("binary data (NUL byte), expected a text dictionary `source<TAB>target`",
                        path=p, line=_line_of(data, nul))
     try:
-        text = data.decode("utf-8-sig")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise XtmError("not valid UTF-8 text, expected a dictionary `source<TAB>target`",
                        path=p, line=_line_of(data, e.start)) from None
-    del data
 
+
+def _parse_pairs(text: str) -> tuple[list[tuple[str, str]], int, int | None]:
+    """(pairs, malformed lines, first malformed line number); blank and comment lines are neither."""
     pairs: list[tuple[str, str]] = []
     bad = 0
     first_bad: int | None = None
-    append = pairs.append
     for lineno, line in enumerate(text.split("\n"), start=1):
-        if "\t" in line:
-            parts = line.split("\t")
-            if len(parts) == 2:
-                s, t = parts[0].strip(), parts[1].strip()
-                if s and t:
-                    append((s, t))
-                    continue
-            elif len(parts) > 2:
-                # Trailing empty columns (`a<TAB>b<TAB>`) are harmless; anything else is not a pair.
-                fields = [x.strip() for x in parts if x.strip()]
-                if len(fields) == 2:
-                    append((fields[0], fields[1]))
-                    continue
-        else:
-            stripped = line.strip()
-            if not stripped or stripped.startswith("#"):
-                continue
-            parts = stripped.split()
-            if len(parts) == 2:
-                append((parts[0], parts[1]))
-                continue
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        bad += 1
-        if first_bad is None:
-            first_bad = lineno
+        pair = _pair(line)
+        if pair is not None:
+            pairs.append(pair)
+        elif line.strip() and not line.lstrip().startswith("#"):
+            bad += 1
+            if first_bad is None:
+                first_bad = lineno
+    return pairs, bad, first_bad
 
-    if not pairs:
-        if first_bad is not None:
-            raise XtmError("no valid `source<TAB>target` pair in the dictionary (this line is the first "
-                           "that is not one)", path=p, line=first_bad)
-        raise XtmError("the dictionary is empty: expected lines `source<TAB>target`", path=p)
-    if bad:
-        warnings.warn(f"{p}: skipped {bad} malformed line(s), first at line {first_bad}", stacklevel=2)
-    return pairs
+
+def _pair(line: str) -> tuple[str, str] | None:
+    """The two words on a line, or None. A line with a tab is split at tabs only (words may hold
+    spaces), before the comment rule applies: `#<TAB>x` reads as a pair."""
+    if "\t" in line:
+        # Trailing empty columns (`a<TAB>b<TAB>`) are harmless; anything else is not a pair.
+        fields = [x.strip() for x in line.split("\t") if x.strip()]
+    else:
+        fields = [] if line.lstrip().startswith("#") else line.split()
+    return (fields[0], fields[1]) if len(fields) == 2 else None
 
 
 def _is_latin_word(w: str) -> bool:
@@ -180,45 +180,21 @@ def build_links(
     Raises XtmError when no pair links the vocabularies (probably the wrong languages).
     """
     na, nb = names
-    src_words = {s for s, _ in pairs}
-    tgt_words = {t for _, t in pairs}
-    stemmer = None
-    if any(_is_latin_word(w) for w in vocab_a) or any(_is_latin_word(w) for w in vocab_b):
-        stemmer = _porter()
-    src_stemmed = stemmer is not None and _looks_stemmed(src_words, stemmer)
-    tgt_stemmed = stemmer is not None and _looks_stemmed(tgt_words, stemmer)
-    if stemmer is None and any(_is_latin_word(w) for w in list(tgt_words)[:1000] + list(src_words)[:1000]):
-        warnings.warn("nltk is not installed: dictionary words are matched exactly, without Porter "
-                      "stemming (install xtm[train])", stacklevel=2)
-
-    # Indexes are only as stem-aware as the dictionary side they are matched against.
-    idx: dict[tuple[str, bool], dict[str, list[int]]] = {}
-
-    def index(which: str, stemmed: bool) -> dict[str, list[int]]:
-        key = (which, stemmed)
-        if key not in idx:
-            idx[key] = _index(vocab_a if which == "a" else vocab_b, stemmer if stemmed else None)
-        return idx[key]
-
+    stemmer, src_stemmed, tgt_stemmed = _stemming(pairs, vocab_a, vocab_b)
+    index = _Indexes(vocab_a, vocab_b, stemmer)
     # Orientation "a->b": the dictionary's source words are language a's.
-    ra, ca, ma = _match(pairs, index("a", src_stemmed), index("b", tgt_stemmed))
-    rb, cb, mb = _match(pairs, index("b", src_stemmed), index("a", tgt_stemmed))
+    ra, ca, ma = _match(pairs, index.get("a", src_stemmed), index.get("b", tgt_stemmed))
+    rb, cb, mb = _match(pairs, index.get("b", src_stemmed), index.get("a", tgt_stemmed))
     if mb > ma:
         rows, cols, matched, orientation = cb, rb, mb, f"{nb}->{na}"
         stemmed_sides = ([nb] if src_stemmed else []) + ([na] if tgt_stemmed else [])
     else:
         rows, cols, matched, orientation = ra, ca, ma, f"{na}->{nb}"
         stemmed_sides = ([na] if src_stemmed else []) + ([nb] if tgt_stemmed else [])
-
     if matched == 0:
         raise XtmError(f"the dictionary matches none of the vocabularies ({na}: {len(vocab_a)} words, "
                        f"{nb}: {len(vocab_b)} words): it is probably for other languages")
-    m = sp.csr_matrix((np.ones(len(rows), dtype=np.float32),
-                       (np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64))),
-                      shape=(len(vocab_a), len(vocab_b)), dtype=np.float32)
-    m.sum_duplicates()
-    m.data[:] = 1.0  # binary: a pair listed twice (or reached twice via stems) is still one link
-    m.sort_indices()
+    m = _link_matrix(rows, cols, (len(vocab_a), len(vocab_b)))
     stats: dict[str, Any] = {
         "pairs_read": len(pairs),
         "pairs_matched": matched,
@@ -231,3 +207,67 @@ def build_links(
         "stemmed_sides": stemmed_sides,
     }
     return m, stats
+
+
+def _stemming(pairs: Sequence[tuple[str, str]], vocab_a: Sequence[str],
+              vocab_b: Sequence[str]) -> tuple[Any, bool, bool]:
+    """(Porter stemmer or None, source side looks stemmed, target side looks stemmed)."""
+    src_words = {s for s, _ in pairs}
+    tgt_words = {t for _, t in pairs}
+    stemmer = None
+    if any(_is_latin_word(w) for w in vocab_a) or any(_is_latin_word(w) for w in vocab_b):
+        stemmer = _porter()
+    src_stemmed = stemmer is not None and _looks_stemmed(src_words, stemmer)
+    tgt_stemmed = stemmer is not None and _looks_stemmed(tgt_words, stemmer)
+    if stemmer is None and any(_is_latin_word(w) for w in list(tgt_words)[:1000] + list(src_words)[:1000]):
+        warnings.warn("nltk is not installed: dictionary words are matched exactly, without Porter "
+                      "stemming (install xtm[train])", stacklevel=3)
+    return stemmer, src_stemmed, tgt_stemmed
+
+
+class _Indexes:
+    """Vocabulary indexes, built on first use: each only as stem-aware as the dictionary side it is
+    matched against."""
+
+    def __init__(self, vocab_a: Sequence[str], vocab_b: Sequence[str], stemmer: Any) -> None:
+        self.vocabs = {"a": vocab_a, "b": vocab_b}
+        self.stemmer = stemmer
+        self.built: dict[tuple[str, bool], dict[str, list[int]]] = {}
+
+    def get(self, which: str, stemmed: bool) -> dict[str, list[int]]:
+        key = (which, stemmed)
+        if key not in self.built:
+            self.built[key] = _index(self.vocabs[which], self.stemmer if stemmed else None)
+        return self.built[key]
+
+
+def _link_matrix(rows: list[int], cols: list[int], shape: tuple[int, int]) -> sp.csr_matrix:
+    m = sp.csr_matrix((np.ones(len(rows), dtype=np.float32),
+                       (np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64))),
+                      shape=shape, dtype=np.float32)
+    m.sum_duplicates()
+    m.data[:] = 1.0  # binary: a pair listed twice (or reached twice via stems) is still one link
+    m.sort_indices()
+    return m
+
+
+def attach_links(corpus: Corpus, dict_path: Path) -> None:
+    """Link every pair of the corpus's languages that the dictionary covers (`corpus.links`, and the
+    matching statistics in `corpus.info["links"]`); XtmError when it covers none.
+
+    The in-memory loader and the out-of-core evaluation corpus both link through here.
+    """
+    pairs = read_dictionary(dict_path)
+    stats_all: dict[str, Any] = {}
+    for a, b in combinations(corpus.languages, 2):
+        try:
+            m, stats = build_links(pairs, a.vocab, b.vocab, names=(a.lang, b.lang))
+        except XtmError:
+            continue  # this pair of languages is not the dictionary's; others may be
+        corpus.links[(a.lang, b.lang)] = m
+        stats_all[f"{a.lang}-{b.lang}"] = stats
+    if not stats_all:
+        raise XtmError(f"the dictionary matches none of the vocabularies "
+                       f"({', '.join(corpus.langs)}): it is probably for other languages", path=dict_path)
+    corpus.info["dict"] = str(dict_path)
+    corpus.info["links"] = stats_all
