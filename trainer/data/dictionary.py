@@ -195,18 +195,16 @@ def build_links(
         raise XtmError(f"the dictionary matches none of the vocabularies ({na}: {len(vocab_a)} words, "
                        f"{nb}: {len(vocab_b)} words): it is probably for other languages")
     m = _link_matrix(rows, cols, (len(vocab_a), len(vocab_b)))
-    stats: dict[str, Any] = {
-        "pairs_read": len(pairs),
-        "pairs_matched": matched,
-        "links": int(m.nnz),
-        "words_covered": {na: int(np.count_nonzero(m.getnnz(axis=1))),
-                          nb: int(np.count_nonzero(m.getnnz(axis=0)))},
-        "vocab_size": {na: len(vocab_a), nb: len(vocab_b)},
-        "orientation": orientation,
-        "stemmed": bool(stemmed_sides),
-        "stemmed_sides": stemmed_sides,
-    }
+    stats = {"pairs_read": len(pairs), "pairs_matched": matched, **_coverage(m, names),
+             "orientation": orientation, "stemmed": bool(stemmed_sides), "stemmed_sides": stemmed_sides}
     return m, stats
+
+
+def _coverage(m: sp.csr_matrix, names: tuple[str, str]) -> dict[str, Any]:
+    na, nb = names
+    return {"links": int(m.nnz),
+            "words_covered": {na: int(np.count_nonzero(m.getnnz(axis=1))), nb: int(np.count_nonzero(m.getnnz(axis=0)))},
+            "vocab_size": {na: m.shape[0], nb: m.shape[1]}}
 
 
 def _stemming(pairs: Sequence[tuple[str, str]], vocab_a: Sequence[str],

@@ -137,7 +137,7 @@ def _reusable(src: Path, out: Path, settings: dict[str, Any]) -> ShardedCorpus |
     try:
         corpus = ShardedCorpus(out)
     except XtmError as e:  # ours (its index matches), so it is rebuilt rather than refused
-        logger.warning("the shards in %s are damaged (%s); rebuilding them", out, e)
+        logger.warning("the shards in %s are damaged, rebuilding them: %s", out, e)
         return None
     logger.info("reusing the shards in %s (same input files and settings)", out)
     return corpus
