@@ -9,7 +9,7 @@ The training loop consumes a `BatchSource` and nothing else about the training d
                                       document indices);
   - `sequential(i, batch)`            every training document of language i once, in order
                                       (the exact batch-norm statistics after training).
-`InMemoryBatches` slices a `Corpus`'s CSR matrices; `xtm.trainer.sharding.ShardedBatches`
+`InMemoryBatches` slices a `Corpus`'s CSR matrices; `xtm.trainer.data.shard_batches.ShardedBatches`
 streams shards from disk. Both draw an epoch's whole order from the loop's generator when the
 epoch starts, and nothing else, so a run resumed at an epoch boundary continues exactly, and one
 stopped inside an epoch redraws the same order from the saved generator state and skips the
