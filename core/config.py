@@ -29,15 +29,19 @@ from dataclasses import MISSING, Field, asdict, dataclass, field, fields, is_dat
 from typing import Any, TypeVar
 
 from xtm.errors import XtmError
-from xtm.models_zoo.registry import MODEL_NAMES
 
-__all__ = ["CONTEXTUAL_OBJECTIVES", "DEFAULT_ENCODER", "PREPROCESSING", "REFINER_NAMES", "Cli", "ContextualConfig",
-           "DataConfig", "Phase2Config", "Preprocessing", "RefinerConfig", "RunConfig", "Sampling", "TrainConfig",
-           "cli_spec", "default_of", "from_dict", "help_of", "parse_csv", "parse_key_values", "setting"]
+__all__ = ["CONTEXTUAL_OBJECTIVES", "DEFAULT_ENCODER", "DEFAULT_MAX_TOKENS", "MODEL_NAMES", "PREPROCESSING",
+           "REFINER_NAMES", "Cli", "ContextualConfig", "DataConfig", "Phase2Config", "Preprocessing", "RefinerConfig",
+           "RunConfig", "Sampling", "TrainConfig", "cli_spec", "default_of", "from_dict", "help_of", "parse_csv",
+           "parse_key_values", "setting"]
 
-# The multilingual sentence encoder used unless a run names another (offline, no download).
-# xtm.models_zoo.encoders.DEFAULT_ENCODER names the same encoder (tests/test_config.py checks).
+# The multilingual sentence encoder used unless a run names another (offline, no download), and the
+# tokens the contextual route reads per document. xtm.models_zoo.encoders takes both from here.
 DEFAULT_ENCODER = "use-multilingual"
+DEFAULT_MAX_TOKENS = 256
+# The backbones (--model choices); xtm.models_zoo.registry maps each to its class. Declared here, not
+# there, so that the model zoo may read its defaults from this module without an import cycle.
+MODEL_NAMES = ("nmtm", "infoctm", "xtra", "gloctm")
 REFINER_NAMES = ("embedding", "openai", "vllm", "transformers")
 CONTEXTUAL_OBJECTIVES = ("distill", "ctm")
 
@@ -382,9 +386,8 @@ class ContextualConfig:
     finetune_lr: float = setting(1e-4, help="Adam learning rate of the encoder's fine-tuning.",
                                  cli=Cli("--finetune-lr", min=0, min_open=True))
     finetune_batch_size: int = setting(64, help="Documents per fine-tuning step.")
-    # xtm.models_zoo.context_encoders.DEFAULT_MAX_TOKENS is the same number (tests/test_config.py checks).
-    max_tokens: int = setting(256, help="Tokens read per document (training and inference); longer documents are cut.",
-                              cli=Cli("--max-tokens", min=3))
+    max_tokens: int = setting(DEFAULT_MAX_TOKENS, help="Tokens read per document (training and inference); longer "
+                                                       "documents are cut.", cli=Cli("--max-tokens", min=3))
     seed: int = setting(0, help="Seed of the head's initialisation and batch order.", cli=Cli("--seed"))
     device: str = setting("cpu", help="cpu, cuda or cuda:N.", cli=Cli("--device"))
     threads: int | None = setting(None, help="CPU threads for torch (default: all cores).",

@@ -16,7 +16,7 @@ alone rebuilds the model: no pickle, no corpus needed to export.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -30,6 +30,8 @@ from torch import Tensor, nn
 from xtm.corpus import Corpus
 from xtm.errors import XtmError
 from xtm.models_zoo.components import BowEncoder, reparameterize
+
+_NUMBERS = {1: "one", 2: "two", 3: "three", 4: "four"}
 
 # Extra loss terms from a step's per-language theta [B, K] and beta [K, V_l] and document rows.
 ExtraLosses = Callable[[list[Tensor], list[Tensor], "list[Tensor] | None"], dict[str, Tensor]]
@@ -64,15 +66,22 @@ class CrossLingualTopicModel(nn.Module):
 
     name: ClassVar[str] = "base"
     defaults: ClassVar[dict[str, Any]] = {}
-    # Why the model cannot train from a streamed (out-of-core) corpus; empty when it can: it then
-    # needs from the corpus only vocabularies, links, word vectors and word counts.
-    in_memory_only: ClassVar[str] = ""
+    # What the backbone can train on, declared here and compared with a run in one place only
+    # (xtm.models_zoo.registry.check_capabilities, and `check_languages` below):
+    # how many languages it models together;
+    num_languages: ClassVar[int] = 2
+    # whether it aligns topics through bilingual dictionary links (and so needs some);
+    needs_dictionary: ClassVar[bool] = False
+    # why it cannot train from a streamed (out-of-core) corpus; None when it can: it then needs
+    # from the corpus only vocabularies, links, word vectors and word counts.
+    in_memory_only: ClassVar[str | None] = None
 
     def __init__(self, langs: list[str], vocab_sizes: list[int], num_topics: int,
                  aux: dict[str, Tensor] | None = None, **hparams: Any) -> None:
         super().__init__()
-        if len(langs) != 2 or len(vocab_sizes) != 2:
-            raise XtmError(f"{self.name} models exactly two languages; got {langs}")
+        self.check_languages(langs)
+        if len(vocab_sizes) != len(langs):
+            raise XtmError(f"{self.name}: {len(vocab_sizes)} vocabulary sizes for {len(langs)} languages")
         unknown = set(hparams) - set(self.defaults)
         if unknown:
             raise XtmError(f"{self.name}: unknown hyper-parameters {sorted(unknown)}; "
@@ -94,14 +103,20 @@ class CrossLingualTopicModel(nn.Module):
     @classmethod
     def from_corpus(cls, corpus: Corpus, num_topics: int, context: BuildContext | None = None,
                     **hparams: Any) -> CrossLingualTopicModel:
-        if len(corpus.languages) != 2:
-            raise XtmError(f"{cls.name} models exactly two languages; the corpus has {corpus.langs}. "
-                           "Choose two with --langs.")
+        cls.check_languages(corpus.langs)
         context = context or BuildContext()
         aux = cls.prepare_aux(corpus, num_topics, context, **{**cls.defaults, **hparams})
         model = cls(corpus.langs, [lc.vocab_size for lc in corpus.languages], num_topics, aux=aux, **hparams)
         model.prepare_training(corpus, context)
         return model
+
+    @classmethod
+    def check_languages(cls, langs: Sequence[str]) -> None:
+        """Refuse a corpus (or a saved model's config) with another number of languages than the model's."""
+        if len(langs) != cls.num_languages:
+            count = _NUMBERS.get(cls.num_languages, str(cls.num_languages))
+            raise XtmError(f"{cls.name} models exactly {count} languages; the data has {len(langs)} "
+                           f"({', '.join(map(str, langs))}): choose {count} with --langs")
 
     def prepare_training(self, corpus: Corpus, context: BuildContext) -> None:
         """Attach per-document training data (not saved in checkpoints). Default: nothing."""

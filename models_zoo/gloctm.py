@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from xtm.config import DEFAULT_ENCODER
 from xtm.corpus import Corpus
 from xtm.errors import XtmError
 from xtm.models_zoo.base import BuildContext, CrossLingualTopicModel, ExtraLosses, aux_to_sparse, sparse_to_aux
@@ -44,7 +45,7 @@ from xtm.models_zoo.components import (
     reparameterize,
     xavier_topic_matrix,
 )
-from xtm.models_zoo.encoders import DEFAULT_ENCODER, embed_cached
+from xtm.models_zoo.encoders import embed_cached
 from xtm.models_zoo.polyglot import (
     NEIGHBOUR_SOURCES,
     augment,
@@ -94,7 +95,8 @@ class GloCTM(CrossLingualTopicModel):
         "dual": True, "weight_internal": 1.0, "weight_cka": 50.0, "cka": "linear",
         "encoder": DEFAULT_ENCODER,
     }
-    in_memory_only: ClassVar[str] = (
+    needs_dictionary: ClassVar[bool] = False  # a dictionary is optional (neighbour_source)
+    in_memory_only: ClassVar[str | None] = (
         "its dual pathway keeps an augmented copy of every training document, and its CKA grounding every "
         "document's sentence embedding, in memory")
 

@@ -95,6 +95,7 @@ class InfoCTM(TwoLanguageVAE):
     name: ClassVar[str] = "infoctm"
     defaults: ClassVar[dict[str, Any]] = {**TwoLanguageVAE.defaults, "tau": 0.2, "pos_threshold": 0.4,
                                           "weight_mi": 30.0}
+    needs_dictionary: ClassVar[bool] = True  # TAMI's positives are dictionary-linked words
 
     @classmethod
     def prepare_aux(cls, corpus: Corpus, num_topics: int, context: BuildContext,

@@ -37,6 +37,7 @@ class NMTM(TwoLanguageVAE):
     name: ClassVar[str] = "nmtm"
     defaults: ClassVar[dict[str, Any]] = {**TwoLanguageVAE.defaults, "lam": 0.8,
                                           "bn_eps": 1e-3, "bn_momentum": 1e-3}
+    needs_dictionary: ClassVar[bool] = True  # beta borrows across dictionary links
 
     def make_encoders(self) -> nn.ModuleList:
         hid = self.hparams["hidden"]

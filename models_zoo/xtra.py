@@ -28,11 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from xtm.config import DEFAULT_ENCODER
 from xtm.corpus import Corpus
 from xtm.errors import XtmError
 from xtm.models_zoo.base import BuildContext
 from xtm.models_zoo.components import Bow, BowEncoder, EncoderBody, InputLayer
-from xtm.models_zoo.encoders import DEFAULT_ENCODER, embed_cached
+from xtm.models_zoo.encoders import embed_cached
 from xtm.models_zoo.vae import TwoLanguageVAE
 
 
@@ -81,7 +82,8 @@ class XTRA(TwoLanguageVAE):
         "tau_cluster": 0.2, "weight_cluster": 5.0, "weight_infonce": 80.0, "weight_beta": 7.0,
         "beta_proj_dim": 384, "encoder": DEFAULT_ENCODER, "grad_clip": 1.0,
     }
-    in_memory_only: ClassVar[str] = (
+    needs_dictionary: ClassVar[bool] = False  # aligns through sentence embeddings
+    in_memory_only: ClassVar[str | None] = (
         "it embeds the text of every training document, clusters all embeddings at once (K-means) and "
         "keeps them in memory for its per-document losses")
 

