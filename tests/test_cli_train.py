@@ -37,6 +37,10 @@ def test_train_on_the_builtin_example_writes_the_contract(example_dir: Path, tmp
     assert (out / "checkpoints" / "latest.json").exists()
     # stdout is machine-readable JSON summary
     assert json.loads(p.stdout)["TU"] == metrics["TU"]
+    # stderr is a pipe here, so no bar: the library's log lines, one per epoch among them (issue 16)
+    assert "xtm-train: loaded " in p.stderr and "xtm-train: evaluating" in p.stderr
+    epochs = [line for line in p.stderr.splitlines() if line.startswith("xtm-train: epoch ")]
+    assert [line.split(":")[1].strip() for line in epochs] == [f"epoch {e}/15" for e in range(1, 16)]
 
 
 def test_help_teaches_with_examples() -> None:
@@ -58,6 +62,18 @@ def test_dictionary_backbone_without_dictionary_says_what_to_do(example_dir: Pat
              "--epochs", "1", "--out", str(tmp_path / "r")])
     assert p.returncode == 2
     assert "--dict" in p.stderr and "xtra" in p.stderr and "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--model", "xtra", "--set", "encoder=5"], "error: unknown encoder '5': use 'use-multilingual' or 'st:<"),
+    (["--model", "nmtm", "--phase2-epochs", "1", "--encoder", "st:"], "error: encoder 'st:' names no model"),
+])
+def test_a_bad_encoder_name_is_one_error_line(example_dir: Path, tmp_path: Path, extra, message) -> None:
+    """Before: `--set encoder=5` died in AttributeError ('int' has no encode), `--encoder st:` built an empty
+    sentence-transformers model that failed later; both were tracebacks."""
+    p = run(["--data", str(example_dir / "docs.jsonl"), "--dict", str(example_dir / "dict.tsv"), "--topics", "4",
+             "--epochs", "1", "--out", str(tmp_path / "r"), *extra])
+    assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr, p.stderr
 
 
 def test_existing_run_needs_resume(example_dir: Path, tmp_path: Path) -> None:

@@ -133,12 +133,45 @@ def test_library_signatures_take_the_config_not_numbers() -> None:
     assert sharding.DEFAULT_SHARD_SIZE == default_of(DataConfig, "shard_size")
 
 
-def test_shared_names_agree_with_the_model_zoo() -> None:
-    from xtm.models_zoo.context_encoders import DEFAULT_MAX_TOKENS
-    from xtm.models_zoo.encoders import DEFAULT_ENCODER
+def test_the_model_zoo_takes_its_defaults_from_the_config() -> None:
+    """One definition: the encoders' DEFAULT_ENCODER / DEFAULT_MAX_TOKENS are xtm.config's objects."""
+    import xtm.config as config
+    from xtm.models_zoo import context_encoders, encoders, gloctm, registry, xtra
 
-    assert default_of(Phase2Config, "encoder") == default_of(ContextualConfig, "encoder") == DEFAULT_ENCODER
-    assert default_of(ContextualConfig, "max_tokens") == DEFAULT_MAX_TOKENS
+    assert encoders.DEFAULT_ENCODER is config.DEFAULT_ENCODER is context_encoders.DEFAULT_ENCODER
+    assert encoders.DEFAULT_MAX_TOKENS is config.DEFAULT_MAX_TOKENS is context_encoders.DEFAULT_MAX_TOKENS
+    assert default_of(Phase2Config, "encoder") is default_of(ContextualConfig, "encoder") is config.DEFAULT_ENCODER
+    assert default_of(ContextualConfig, "max_tokens") is config.DEFAULT_MAX_TOKENS
+    assert xtra.XTRA.defaults["encoder"] is gloctm.GloCTM.defaults["encoder"] is config.DEFAULT_ENCODER
+    assert registry.MODEL_NAMES is config.MODEL_NAMES
+
+
+def test_refiner_defaults_are_the_configs() -> None:
+    """The LLM client and the refiners restate no default: they are RefinerConfig's and Phase2Config's."""
+    import inspect
+
+    from xtm.trainer.phase2 import refiners
+
+    taken = {"api_key_env": (RefinerConfig, "api_key_env"), "concurrency": (RefinerConfig, "concurrency"),
+             "timeout": (RefinerConfig, "timeout"), "retries": (RefinerConfig, "retries"),
+             "n_words": (Phase2Config, "top_words")}
+    classes = {"OpenAICompatibleGenerator": ("api_key_env", "concurrency", "timeout", "retries"),
+               "LLMRefiner": ("n_words",), "EmbeddingRefiner": ("n_words",)}
+    for cls_name, names in classes.items():
+        params = inspect.signature(getattr(refiners, cls_name)).parameters
+        for name in names:
+            assert params[name].default == default_of(*taken[name]), (cls_name, name)
+    # ... and not by writing the same value again: no literal default for these in the source.
+    tree = ast.parse(Path(refiners.__file__).read_text(encoding="utf-8"))
+    seen = set()
+    for cls in (n for n in tree.body if isinstance(n, ast.ClassDef) and n.name in classes):
+        init = next(f for f in cls.body if isinstance(f, ast.FunctionDef) and f.name == "__init__")
+        args = init.args.args
+        for arg, default in zip(args[len(args) - len(init.args.defaults):], init.args.defaults, strict=True):
+            if arg.arg in classes[cls.name]:
+                seen.add((cls.name, arg.arg))
+                assert not isinstance(default, ast.Constant), f"{cls.name}({arg.arg}={ast.unparse(default)})"
+    assert seen == {(c, n) for c, names in classes.items() for n in names}
 
 
 # --------------------------------------------------------------------------- frozen configs

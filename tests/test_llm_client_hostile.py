@@ -17,12 +17,16 @@ from pathlib import Path
 
 import pytest
 from adversarial_llm_server import SHAPES, USAGES, AdversarialLLMServer, DripTLSServer, wait_until
+from command_logging import train_stderr  # noqa: F401  (a fixture)
 
 from xtm.config import Sampling
 from xtm.errors import XtmError
 from xtm.trainer.phase2.objective import vote
 from xtm.trainer.phase2.prompt import TopicWords, VocabMatcher, build_prompt
 from xtm.trainer.phase2.refiners import AnswerCache, LLMRefiner, OpenAICompatibleGenerator
+
+# The client logs its warnings; stderr shows them as xtm-train does, which is what "not in the log" means.
+pytestmark = pytest.mark.usefixtures("train_stderr")
 
 VOCABS = {"en": ["player", "team", "market", "profit"], "zh": ["球员", "球队", "市场", "利润"]}
 TOPIC = TopicWords(0, {"en": ["player", "team"], "zh": ["球员", "球队"]})

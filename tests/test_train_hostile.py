@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from command_logging import train_stderr  # noqa: F401  (a fixture)
 from safetensors.torch import load_file
 
 from xtm.config import DataConfig, TrainConfig
@@ -379,6 +380,7 @@ def two_checkpoints(example_corpus, tmp_path_factory: pytest.TempPathFactory) ->
     return d
 
 
+@pytest.mark.usefixtures("train_stderr")
 @pytest.mark.parametrize("damage", list(DAMAGE))
 def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one_with_a_warning(
         two_checkpoints: Path, tmp_path: Path, capsys, damage: str) -> None:
@@ -391,9 +393,10 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one_with_a_warni
     assert ckpt.epoch == 1
     assert_same_training_state(ckpt.path, two_checkpoints / "checkpoints" / "epoch-000001")
     err = capsys.readouterr().err
-    assert "warning:" in err and message in err and "epoch-000001" in err
+    assert "xtm-train: warning:" in err and message in err and "epoch-000001" in err
 
 
+@pytest.mark.usefixtures("train_stderr")
 def test_a_garbled_pointer_falls_back_to_the_newest_complete_checkpoint(two_checkpoints: Path, tmp_path: Path,
                                                                         capsys) -> None:
     run = tmp_path / "run"
@@ -401,7 +404,7 @@ def test_a_garbled_pointer_falls_back_to_the_newest_complete_checkpoint(two_chec
     (run / "checkpoints" / "latest.json").write_text("{")
     capsys.readouterr()
     assert load_checkpoint(run).path.name == "epoch-000002"
-    assert "latest.json is unreadable" in capsys.readouterr().err
+    assert "xtm-train: warning:" in (err := capsys.readouterr().err) and "latest.json is unreadable" in err
 
 
 def test_no_usable_checkpoint_is_one_clean_error(two_checkpoints: Path, tmp_path: Path) -> None:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from log_isolation import library_logging  # noqa: F401  (a fixture)
 
 from xtm.config import TrainConfig
 from xtm.errors import XtmError
@@ -89,15 +93,99 @@ def test_resume_refuses_a_different_model(example_corpus, tmp_path: Path) -> Non
         train(example_corpus, config(epochs=2, num_topics=7), tmp_path, resume=True)
 
 
-def test_corrupt_checkpoint_pointer_is_a_clear_error(example_corpus, tmp_path: Path, capsys) -> None:
+@pytest.mark.usefixtures("library_logging")
+def test_corrupt_checkpoint_pointer_is_a_clear_error(example_corpus, tmp_path: Path, caplog) -> None:
     train(example_corpus, config(epochs=1), tmp_path)
     (tmp_path / "checkpoints" / "latest.json").write_text('{"dir": "epoch-999999"}')
     # The complete checkpoint still on disk is used, with a warning naming what was wrong (issue 13) ...
-    assert load_checkpoint(tmp_path).epoch == 1
-    assert "latest.json points to epoch-999999, which does not exist" in capsys.readouterr().err
+    with caplog.at_level(logging.WARNING, logger="xtm"):
+        assert load_checkpoint(tmp_path).epoch == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("latest.json points to epoch-999999, which does not exist" in m for m in warnings), warnings
     # ... and without one it is a clear error naming the pointer's target.
     import shutil
 
     shutil.rmtree(tmp_path / "checkpoints" / "epoch-000001")
     with pytest.raises(XtmError, match="epoch-999999"):
         load_checkpoint(tmp_path)
+
+
+# -- what the trainer reports, and how (issue 17.4, issue 16) ---------------------------------------
+
+
+def epoch_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "xtm.trainer.loop.training"
+            and r.getMessage().startswith("epoch ")]
+
+
+@pytest.mark.usefixtures("library_logging")
+def test_without_a_bar_a_log_file_gets_one_line_per_epoch(example_corpus, tmp_path: Path, caplog) -> None:
+    """stderr is a pipe or a file (not a terminal), so no bar: each epoch is one INFO line."""
+    with caplog.at_level(logging.INFO, logger="xtm"):
+        result = train(example_corpus, config(epochs=3, checkpoint_every=0), tmp_path)
+    lines = epoch_lines(caplog)
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
+    for line, h in zip(lines, result.history, strict=True):
+        assert f"loss {h['loss']:.4f}, {h['seconds']:.1f}s" in line
+
+
+@pytest.mark.usefixtures("library_logging")
+def test_a_bar_is_not_doubled_by_epoch_lines(example_corpus, tmp_path: Path, caplog, capsys) -> None:
+    with caplog.at_level(logging.INFO, logger="xtm"):
+        train(example_corpus, config(epochs=2, checkpoint_every=0, progress=True), tmp_path)
+    assert "2/2" in capsys.readouterr().err  # the bar itself
+    assert epoch_lines(caplog) == []
+
+
+@pytest.mark.usefixtures("library_logging")
+def test_quiet_on_a_terminal_stays_quiet(example_corpus, tmp_path: Path, caplog, monkeypatch) -> None:
+    """-q on a terminal (a real pseudo-terminal here): no bar and no epoch lines."""
+    leader, follower = os.openpty()
+    with os.fdopen(follower, "w") as tty:
+        monkeypatch.setattr(sys, "stderr", tty)
+        with caplog.at_level(logging.INFO, logger="xtm"):
+            train(example_corpus, config(epochs=2, checkpoint_every=0), tmp_path)
+        monkeypatch.undo()
+    os.close(leader)
+    assert epoch_lines(caplog) == []
+
+
+@pytest.mark.usefixtures("library_logging")
+def test_resume_and_interruption_are_logged_not_printed(example_corpus, tmp_path: Path, caplog, capfd) -> None:
+    def interrupt(epoch: int, model) -> None:
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with caplog.at_level(logging.INFO, logger="xtm"):
+        train(example_corpus, config(epochs=2, checkpoint_every=0), tmp_path, on_epoch_end=interrupt)
+        train(example_corpus, config(epochs=2, checkpoint_every=0), tmp_path, resume=True)
+    messages = [r.getMessage() for r in caplog.records]
+    assert "SIGINT: stopping; saving the checkpoint" in messages
+    assert any(m.startswith("stopped after epoch 0; checkpoint saved: continue with --resume") or
+               m.startswith("stopped at epoch 1, step") for m in messages), messages
+    assert any(m.startswith("resumed from ") for m in messages), messages
+    out, err = capfd.readouterr()
+    assert "stopping" not in out + err and "resumed" not in out + err  # a library user's streams stay clean
+
+
+def test_trainer_and_model_zoo_never_print() -> None:
+    from test_no_print import ROOT, terminal_writes
+
+    files = sorted(p for folder in ("trainer", "models_zoo") for p in (ROOT / folder).rglob("*.py"))
+    assert len(files) > 20
+    offenders = [hit for p in files for hit in terminal_writes(p)]
+    assert offenders == [], "\n".join(offenders)
+
+
+def test_contextual_refuses_a_misspelt_encoder_before_reading_the_run(example_run: Path, tmp_path: Path) -> None:
+    """Before: the run's model and whole corpus were loaded first (and a moved corpus hid the typo)."""
+    import shutil
+
+    from xtm.config import ContextualConfig
+    from xtm.trainer.contextual.fit import train_contextual
+
+    run = tmp_path / "run"
+    shutil.copytree(example_run, run, ignore=shutil.ignore_patterns("checkpoints"))
+    with pytest.raises(XtmError, match="unknown encoder 'use-multilingal': use 'use-multilingual' or 'st:<"):
+        train_contextual(run, ContextualConfig(encoder="use-multilingal"))
+    assert not (run / "contextual").exists()

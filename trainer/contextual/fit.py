@@ -25,10 +25,10 @@ RUN_DIR/contextual/ (written under a temporary name and renamed: never half-writ
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -46,8 +46,9 @@ from xtm.config import ContextualConfig, Preprocessing, TrainConfig, default_of,
 from xtm.corpus import Corpus
 from xtm.errors import XtmError
 from xtm.models_zoo.base import CrossLingualTopicModel
-from xtm.models_zoo.context_encoders import TextEncoder, load_text_encoder, make_text_encoder
+from xtm.models_zoo.context_encoders import TrainableSentenceEncoder, load_text_encoder, make_text_encoder
 from xtm.models_zoo.contextual import ContextualHead, HeadConfig
+from xtm.models_zoo.encoders import parse_encoder_name
 from xtm.paths import cache_dir as default_cache_dir
 from xtm.run_dir import RunDir
 from xtm.trainer.loop.checkpoint import load_trained_model
@@ -57,8 +58,7 @@ CONTEXTUAL_DIR = RunDir.CONTEXTUAL  # RUN_DIR/contextual/: the fitted head and i
 CONTEXTUAL_FORMAT = 1
 
 
-def log(msg: str) -> None:
-    print(f"xtm-contextual: {msg}", file=sys.stderr, flush=True)
+logger = logging.getLogger(__name__)
 
 
 # -- the run ------------------------------------------------------------------------------------
@@ -111,7 +111,7 @@ def _batches(sizes: list[int], batch_size: int, rng: np.random.Generator) -> lis
 
 
 @torch.no_grad()
-def embed_all(encoder: TextEncoder, features: Any, batch_size: int = 512) -> Tensor:
+def embed_all(encoder: TrainableSentenceEncoder, features: Any, batch_size: int = 512) -> Tensor:
     was = encoder.trainable().training
     encoder.trainable().eval()
     n = len(features)
@@ -120,7 +120,7 @@ def embed_all(encoder: TextEncoder, features: Any, batch_size: int = 512) -> Ten
     return torch.cat(parts) if parts else torch.zeros(0, encoder.embedding_dim)
 
 
-def finetune_encoder(encoder: TextEncoder, data: list[_LangData], cfg: ContextualConfig,
+def finetune_encoder(encoder: TrainableSentenceEncoder, data: list[_LangData], cfg: ContextualConfig,
                      rng: np.random.Generator) -> list[float]:
     """Seed 002's topic-classification fine-tuning: encoder + linear classifier on argmax topics."""
     K = data[0].teacher.shape[1]
@@ -142,7 +142,8 @@ def finetune_encoder(encoder: TextEncoder, data: list[_LangData], cfg: Contextua
             count += len(rows)
         losses.append(total / max(count, 1))
         if cfg.progress:
-            log(f"fine-tune epoch {epoch + 1}/{cfg.finetune_epochs}: topic-classification loss {losses[-1]:.4f}")
+            logger.info(f"fine-tune epoch {epoch + 1}/{cfg.finetune_epochs}: topic-classification loss "
+                        f"{losses[-1]:.4f}")
     module.eval()
     return losses
 
@@ -198,7 +199,7 @@ def fit_head(encoder_dim: int, model: CrossLingualTopicModel, data: list[_LangDa
             count += len(rows)
         losses.append(total / max(count, 1))
         if cfg.progress:
-            log(f"head epoch {epoch + 1}/{cfg.epochs}: {cfg.objective} loss {losses[-1]:.4f}")
+            logger.info(f"head epoch {epoch + 1}/{cfg.epochs}: {cfg.objective} loss {losses[-1]:.4f}")
     return head.eval(), losses
 
 
@@ -223,6 +224,7 @@ def head_theta(head: ContextualHead, emb: Tensor, batch_size: int = 4096) -> np.
 def train_contextual(run_dir: str | Path, cfg: ContextualConfig) -> dict[str, Any]:
     """Fit and save RUN_DIR/contextual/; returns its metrics."""
     cfg.check()
+    parse_encoder_name(cfg.encoder)  # a misspelt encoder is refused before the run and its corpus are read
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
     if cfg.threads:
@@ -234,7 +236,7 @@ def train_contextual(run_dir: str | Path, cfg: ContextualConfig) -> dict[str, An
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
     encoder = make_text_encoder(cfg.encoder, cfg.max_tokens)
-    log(f"{cfg.encoder}: features of {sum(lc.num_train for lc in corpus.languages)} training documents")
+    logger.info(f"{cfg.encoder}: features of {sum(lc.num_train for lc in corpus.languages)} training documents")
     data: list[_LangData] = []
     for i, lc in enumerate(corpus.languages):
         teacher = infer_theta(model, lc.train_bow, i, torch.device("cpu"))
@@ -242,23 +244,23 @@ def train_contextual(run_dir: str | Path, cfg: ContextualConfig) -> dict[str, An
 
     ft_losses: list[float] = []
     if cfg.finetune_epochs:
-        log(f"fine-tuning {cfg.encoder} on topic classification ({cfg.finetune_epochs} epochs)")
+        logger.info(f"fine-tuning {cfg.encoder} on topic classification ({cfg.finetune_epochs} epochs)")
         ft_losses = finetune_encoder(encoder, data, cfg, rng)
     embeddings = [embed_all(encoder, d.features) for d in data]
-    log(f"fitting the head ({cfg.objective}" + (f" + {cfg.lambda_tc} x topic classification" if cfg.lambda_tc else "")
-        + f", {cfg.epochs} epochs)")
+    logger.info(f"fitting the head ({cfg.objective}"
+                + (f" + {cfg.lambda_tc} x topic classification" if cfg.lambda_tc else "") + f", {cfg.epochs} epochs)")
     head, losses = fit_head(encoder.embedding_dim, model, data, embeddings, cfg, rng, device)
     head.cpu()
 
     metrics = evaluate_contextual(model, corpus, encoder, head, embeddings, data, cache, cfg.progress)
     metrics.update({"seconds": time.perf_counter() - t0, "head_loss": losses, "finetune_loss": ft_losses})
     save_contextual(run_dir, cfg, encoder, head, metrics)
-    log(f"wrote {run_dir / CONTEXTUAL_DIR} in {metrics['seconds']:.0f}s")
+    logger.info(f"wrote {run_dir / CONTEXTUAL_DIR} in {metrics['seconds']:.0f}s")
     return metrics
 
 
-def evaluate_contextual(model: CrossLingualTopicModel, corpus: Corpus, encoder: TextEncoder, head: ContextualHead,
-                        train_emb: list[Tensor], data: list[_LangData], cache: Path | None,
+def evaluate_contextual(model: CrossLingualTopicModel, corpus: Corpus, encoder: TrainableSentenceEncoder,
+                        head: ContextualHead, train_emb: list[Tensor], data: list[_LangData], cache: Path | None,
                         progress: bool) -> dict[str, Any]:
     from xtm.evaluation.metrics import classification
 
@@ -282,7 +284,7 @@ def evaluate_contextual(model: CrossLingualTopicModel, corpus: Corpus, encoder: 
     return out
 
 
-def save_contextual(run_dir: Path, cfg: ContextualConfig, encoder: TextEncoder, head: ContextualHead,
+def save_contextual(run_dir: Path, cfg: ContextualConfig, encoder: TrainableSentenceEncoder, head: ContextualHead,
                     metrics: dict[str, Any]) -> Path:
     from safetensors.torch import save_file
 
@@ -324,7 +326,7 @@ def _json_safe(obj: Any) -> Any:
 @dataclass
 class LoadedContextual:
     meta: dict[str, Any]
-    encoder: TextEncoder
+    encoder: TrainableSentenceEncoder
     head: ContextualHead
 
 

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +38,8 @@ from xtm.atomic import write_json
 from xtm.errors import XtmError
 from xtm.models_zoo.base import unique_state_dict
 from xtm.run_dir import RunDir
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
 TENSOR_FILES = ("model.safetensors", "optimizer.safetensors")
@@ -165,10 +167,6 @@ def latest_checkpoint_dir(run_dir: Path) -> Path | None:
     return d
 
 
-def warn(msg: str) -> None:
-    print(f"warning: {msg}", file=sys.stderr, flush=True)
-
-
 def load_checkpoint(path: Path, required: Sequence[str] = ()) -> Checkpoint:
     """Load a checkpoint directory, or a run directory's latest usable checkpoint.
 
@@ -197,7 +195,7 @@ def _load_latest(run_dir: Path, required: Sequence[str]) -> Checkpoint:
             problems.append(f"{d.name}: {e.reason}")
             continue
         if problems:
-            warn(f"{root}: {'; '.join(problems)}. Using the previous complete checkpoint, {d.name}.")
+            logger.warning(f"{root}: {'; '.join(problems)}. Using the previous complete checkpoint, {d.name}.")
         return ckpt
     raise XtmError("no usable checkpoint: " + "; ".join(problems), path=root)
 

@@ -12,6 +12,7 @@ epoch and gradients are averaged (xtm.trainer.loop.distributed); rank 0 alone wr
 from __future__ import annotations
 
 import copy
+import logging
 import random
 import signal
 import sys
@@ -47,6 +48,8 @@ from xtm.trainer.loop.distributed import DistContext
 from xtm.trainer.phase2.objective import Phase2Objective
 
 __all__ = ["TrainResult", "epoch_batches", "infer_theta", "pick_device", "train"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -291,7 +294,7 @@ class _Training:
         cfg = self.cfg
         if not has_checkpoint(self.run_dir):
             if self.main:
-                print(f"xtm-train: no checkpoint in {self.run_dir}; starting from scratch", file=sys.stderr)
+                logger.info(f"no checkpoint in {self.run_dir}; starting from scratch")
             return
         ckpt = load_checkpoint(self.run_dir, required=("model_config", "numpy_rng", "corpus"))
         saved = ckpt.state
@@ -324,7 +327,7 @@ class _Training:
         if self.main:
             where = f"epoch {self.done}" + (f", {self.partial.steps_done} steps into epoch {self.partial.epoch}"
                                             if self.partial else "")
-            print(f"xtm-train: resumed from {ckpt.path} ({where})", file=sys.stderr)
+            logger.info(f"resumed from {ckpt.path} ({where})")
 
     def _check_resume_position(self, path: Path) -> None:
         if self.done > self.total_epochs:
@@ -391,8 +394,7 @@ class _Training:
         stop.enter()  # from here on, signals wait for the checkpoint to be written
         try:
             if stopped is not None and self.main:
-                print(f"\nxtm-train: {signal.Signals(stopped.signum).name}: stopping; saving the checkpoint",
-                      file=sys.stderr, flush=True)
+                logger.info(f"{signal.Signals(stopped.signum).name}: stopping; saving the checkpoint")
             self._finish(stopped)
         finally:
             stop.restore()
@@ -463,6 +465,12 @@ class _Training:
         stop.leave()
         bar.update(1)
         bar.set_postfix(loss=f"{self.history[-1]['loss']:.2f}", sec=f"{progress.seconds:.1f}")
+        if self.main and bar.disable and not _stderr_is_terminal():
+            # No bar, and stderr goes to a file or a pipe: one line per epoch, so a long run's log
+            # shows where it is (with a bar, the bar says it; -q on a terminal stays quiet).
+            phase = " (phase 2)" if progress.phase == 2 else ""
+            logger.info(f"epoch {epoch}/{self.total_epochs}{phase}: loss {self.history[-1]['loss']:.4f}, "
+                        f"{progress.seconds:.1f}s")
         cfg, in_phase2 = self.cfg, progress.phase == 2
         if (cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0 and epoch < self.total_epochs) or \
                 (not in_phase2 and self.phase2 is not None and epoch == cfg.epochs):
@@ -525,12 +533,18 @@ class _Training:
             if self.main:
                 where = f"after epoch {self.done}" if p is None else \
                     f"at epoch {p.epoch}, step {p.steps_done} of {n_steps}"
-                print(f"xtm-train: stopped {where}; checkpoint saved: continue with --resume",
-                      file=sys.stderr, flush=True)
+                logger.info(f"stopped {where}; checkpoint saved: continue with --resume")
         return TrainResult(model=self.model, epochs_done=self.done, seconds_per_epoch=per_epoch,
                            history=self.history[:self.done], interrupted=stopped is not None,
                            rank_digests=digests, signal=stopped.signum if stopped is not None else None,
                            stopped_at=stopped_at)
+
+
+def _stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced by an object without isatty, or closed
+        return False
 
 
 def _in_main_thread() -> bool:

@@ -14,7 +14,7 @@ counted and reported in metrics.json.
 
 from __future__ import annotations
 
-import sys
+import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -29,12 +29,14 @@ from xtm.corpus import Corpus
 from xtm.errors import XtmError
 from xtm.evaluation.metrics import top_words
 from xtm.models_zoo.base import BuildContext, CrossLingualTopicModel
-from xtm.models_zoo.encoders import Encoder, embed_cached, load_encoder
+from xtm.models_zoo.encoders import SentenceEncoder, embed_cached, load_encoder
 from xtm.trainer.phase2.losses import doc_align_kl, similarity_targets, topic_raw_distribution, weighted_mmd2
 from xtm.trainer.phase2.prompt import ParsedAnswer, TopicWords
 from xtm.trainer.phase2.refiners import make_refiner
 
 MULTI_KERNEL_SCALES = (0.5, 1.0, 2.0)
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -67,10 +69,6 @@ def vote(answers: Sequence[ParsedAnswer | None], langs: Sequence[str], m: int) -
     return RefinedTopic(words, counts)
 
 
-def log(msg: str) -> None:
-    print(f"xtm-train: {msg}", file=sys.stderr, flush=True)
-
-
 class Phase2Objective:
     """The refinement state and the phase-2 losses for one model and corpus."""
 
@@ -83,7 +81,7 @@ class Phase2Objective:
         self.vocabs = {lc.lang: list(lc.vocab) for lc in corpus.languages}
         self.cache_dir = context.cache_dir
         self.progress = context.progress
-        self._encoder: Encoder | None = None
+        self._encoder: SentenceEncoder | None = None
         self.word_vectors = {lang: embed_cached(cfg.encoder, vocab, self.cache_dir, progress=self.progress,
                                                 encoder=self.encoder)
                              for lang, vocab in self.vocabs.items()}
@@ -105,7 +103,7 @@ class Phase2Objective:
         self._theta_hat: dict[str, Tensor] = {}
 
     @property
-    def encoder(self) -> Encoder:
+    def encoder(self) -> SentenceEncoder:
         if self._encoder is None:
             self._encoder = load_encoder(self.cfg.encoder)
         return self._encoder
@@ -149,9 +147,9 @@ class Phase2Objective:
                 "answers": len(topics) * self.cfg.rounds, "usable_answers": usable,
                 "topics_kept_previous_set": kept, "topics_without_set": missing}
         self.steps.append(step)
-        log(f"refinement at epoch {epoch} ({self.refiner.name}): {usable}/{step['answers']} usable answers, "
-            f"{stats.calls} calls, {stats.cache_hits} cached, {stats.completion_tokens} tokens, "
-            f"{stats.seconds:.1f}s")
+        logger.info(f"refinement at epoch {epoch} ({self.refiner.name}): {usable}/{step['answers']} usable answers, "
+                    f"{stats.calls} calls, {stats.cache_hits} cached, {stats.completion_tokens} tokens, "
+                    f"{stats.seconds:.1f}s")
         return step
 
     def build_targets(self, own: dict[str, list[list[str]]]) -> None:

@@ -23,12 +23,12 @@ import email.utils
 import hashlib
 import http.client
 import json
+import logging
 import math
 import os
 import random
 import re
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -43,9 +43,16 @@ from urllib.parse import SplitResult, urljoin, urlsplit
 import numpy as np
 
 from xtm.atomic import atomic_open
-from xtm.config import REFINER_NAMES, RefinerConfig, Sampling
+from xtm.config import REFINER_NAMES, Phase2Config, RefinerConfig, Sampling, default_of
 from xtm.errors import XtmError
 from xtm.trainer.phase2.prompt import ParsedAnswer, TopicWords, VocabMatcher, build_prompt, parse_answer
+
+logger = logging.getLogger(__name__)
+
+# Defaults are xtm.config's: words asked for (LLM) or chosen (embedding) per language and topic are
+# phase 2's top-N; the LLM client's key variable, concurrency, timeout and retries a RefinerConfig's.
+N_WORDS = default_of(Phase2Config, "top_words")
+_DEFAULT = RefinerConfig()
 
 
 @dataclass
@@ -173,8 +180,8 @@ class AnswerCache:
                 self._size += len(data) - old
             except (OSError, XtmError) as e:      # atomic_open says XtmError for a path it cannot write
                 self._broken = True
-                print(f"xtm-train: the LLM answer cache at {self.dir} cannot be written ({type(e).__name__}); "
-                      "answers are used but not cached", file=sys.stderr)
+                logger.warning(f"the LLM answer cache at {self.dir} cannot be written ({type(e).__name__}); "
+                               "answers are used but not cached")
 
     def _entries(self) -> list[tuple[int, int, Path]]:
         """(mtime_ns, size, path) of every file that is one of our entries."""
@@ -221,7 +228,7 @@ class TextGenerator(Protocol):
 class LLMRefiner:
     """Prompts a text generator (with the answer cache in front) and parses its answers."""
 
-    def __init__(self, generator: TextGenerator, matcher: VocabMatcher, n_words: int = 15,
+    def __init__(self, generator: TextGenerator, matcher: VocabMatcher, n_words: int = N_WORDS,
                  sampling: Sampling | None = None, cache: AnswerCache | None = None) -> None:
         self.generator = generator
         self.name = generator.id
@@ -450,8 +457,9 @@ class OpenAICompatibleGenerator:
     RESPONSE_BYTES_BASE = 64 * 2**10
     RESPONSE_BYTES_PER_TOKEN = 256
 
-    def __init__(self, url: str, model: str, api_key_env: str = "OPENAI_API_KEY", concurrency: int = 8,
-                 timeout: float = 120.0, retries: int = 4, backoff: float = 1.0, max_retry_wait: float = 60.0,
+    def __init__(self, url: str, model: str, api_key_env: str = _DEFAULT.api_key_env,
+                 concurrency: int = _DEFAULT.concurrency, timeout: float = _DEFAULT.timeout,
+                 retries: int = _DEFAULT.retries, backoff: float = 1.0, max_retry_wait: float = 60.0,
                  max_response_bytes: int = MAX_RESPONSE_BYTES) -> None:
         if not url:
             raise XtmError("--refiner openai needs --llm-url (e.g. http://127.0.0.1:8000/v1)")
@@ -630,8 +638,8 @@ class OpenAICompatibleGenerator:
                 return text
             if attempt < self.retries:
                 time.sleep(self._wait(attempt, retry_after))
-        print(f"xtm-train: LLM request failed after {attempt + 1} attempts ({reason}); "
-              "the topic keeps its last refined set", file=sys.stderr)
+        logger.warning(f"LLM request failed after {attempt + 1} attempts ({reason}); "
+                       "the topic keeps its last refined set")
         return None
 
     def generate(self, prompts: list[str], rounds: int, sampling: Sampling,
@@ -774,7 +782,7 @@ class EmbeddingRefiner:
     HUB_K = 10
 
     def __init__(self, vocabs: dict[str, Sequence[str]], word_vectors: dict[str, np.ndarray],
-                 n_words: int = 15, neighbours: int = 30, seed: int = 0) -> None:
+                 n_words: int = N_WORDS, neighbours: int = 30, seed: int = 0) -> None:
         self.langs = list(vocabs)
         self.index = {lang: {w: i for i, w in enumerate(v)} for lang, v in vocabs.items()}
         self.vocabs = {lang: list(v) for lang, v in vocabs.items()}
@@ -852,8 +860,8 @@ def make_refiner(cfg: RefinerConfig, vocabs: dict[str, Sequence[str]],
         return EmbeddingRefiner(vocabs, word_vectors(), n_words=n_words, seed=seed)
     generator: TextGenerator
     if cfg.backend == "openai":
-        generator = OpenAICompatibleGenerator(cfg.llm_url or "", cfg.llm_model or "", cfg.api_key_env,
-                                              cfg.concurrency, cfg.timeout, cfg.retries)
+        generator = OpenAICompatibleGenerator(cfg.llm_url or "", cfg.llm_model or "", api_key_env=cfg.api_key_env,
+                                              concurrency=cfg.concurrency, timeout=cfg.timeout, retries=cfg.retries)
     elif cfg.backend == "vllm":
         if not cfg.llm_model:
             raise XtmError("--refiner vllm needs --llm-model (a hub name or local path vLLM can load)")
