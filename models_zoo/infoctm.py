@@ -111,7 +111,7 @@ class InfoCTM(TwoLanguageVAE):
     def alignment_losses(self, bows: list[Bow], thetas: list[Tensor],
                          rows: list[Tensor] | None) -> dict[str, Tensor]:
         if self.aux_pa_values.numel() == 0 and self.aux_pb_values.numel() == 0:
-            return {}  # no links at all: nothing to align (the CLI warns about this)
+            return {}  # no links at all: nothing to align (training refuses this: check_capabilities)
         return {"tami": self.hparams["weight_mi"] * self.tami()}
 
     def tami(self) -> Tensor:

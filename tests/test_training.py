@@ -126,7 +126,7 @@ def test_without_a_bar_a_log_file_gets_one_line_per_epoch(example_corpus, tmp_pa
     lines = epoch_lines(caplog)
     assert [line.split(":")[0] for line in lines] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
     for line, h in zip(lines, result.history, strict=True):
-        assert f"loss {h['loss']:.4f}, {h['seconds']:.1f}s" in line
+        assert f"loss {h['loss']:.4f}, {h['seconds']:.2f}s" in line
 
 
 @pytest.mark.usefixtures("library_logging")

@@ -470,7 +470,7 @@ class _Training:
             # shows where it is (with a bar, the bar says it; -q on a terminal stays quiet).
             phase = " (phase 2)" if progress.phase == 2 else ""
             logger.info(f"epoch {epoch}/{self.total_epochs}{phase}: loss {self.history[-1]['loss']:.4f}, "
-                        f"{progress.seconds:.1f}s")
+                        f"{progress.seconds:.2f}s")
         cfg, in_phase2 = self.cfg, progress.phase == 2
         if (cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0 and epoch < self.total_epochs) or \
                 (not in_phase2 and self.phase2 is not None and epoch == cfg.epochs):
