@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,6 +32,18 @@ def ecnews_dir() -> Path:
     if not (d / "train_bow_matrix_en.npz").exists():
         pytest.skip(f"benchmark data not found at {d}")
     return d
+
+
+@pytest.fixture(autouse=True)
+def _restore_xtm_logger() -> Iterator[None]:
+    """A command run in-process (click's CliRunner) installs its stderr handler on the "xtm" logger
+    (xtm.cli.common.setup_logging); put the logger back after each test so none leaks into the next."""
+    root = logging.getLogger("xtm")
+    saved = (root.handlers[:], root.level, root.propagate)
+    try:
+        yield
+    finally:
+        root.handlers, root.level, root.propagate = saved
 
 
 @pytest.fixture(autouse=True)

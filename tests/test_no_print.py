@@ -15,7 +15,7 @@ import pytest
 from log_isolation import library_logging  # noqa: F401  (a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
-LIBRARY = ("runtime", "exporters", "evaluation", "core")
+LIBRARY = ("runtime", "exporters", "evaluation", "core", "trainer", "models_zoo")
 # Command-line entries that live next to library code and may echo their results.
 ENTRY_POINTS = {("core/examples.py", "main")}
 STREAMS = {"sys.stdout.write", "sys.stderr.write", "click.echo", "click.secho"}
