@@ -333,6 +333,9 @@ class TrainConfig:
     phase2_epochs: int = setting(0, help=f"LLM-XTM phase-2 epochs after the --epochs of phase 1 (the paper uses "
                                          f"{default_of(Phase2Config, 'epochs')}; 0: no phase 2).",
                                  cli=Cli("--phase2-epochs", min=0))
+    eval_every: int = setting(0, help="Evaluate every N epochs (TU, classification, CNPMI with --ref-corpus) into "
+                                      "history.json and the report: one run gives its learning curve (0: only at "
+                                      "the end). Training itself is unchanged.", cli=Cli("--eval-every", min=0))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -189,3 +189,29 @@ def test_contextual_refuses_a_misspelt_encoder_before_reading_the_run(example_ru
     with pytest.raises(XtmError, match="unknown encoder 'use-multilingal': use 'use-multilingual' or 'st:<"):
         train_contextual(run, ContextualConfig(encoder="use-multilingal"))
     assert not (run / "contextual").exists()
+
+
+def test_eval_every_records_a_learning_curve_without_changing_the_run(example_dir: Path, tmp_path: Path) -> None:
+    """--eval-every N: TU and classification every N epochs in history.json; the trained weights are the
+    same bits as without it (evaluation works on a copy and takes no training randomness)."""
+    from safetensors.torch import load_file
+
+    from xtm.config import DataConfig, TrainConfig
+    from xtm.trainer.run import run_training
+
+    data = DataConfig(path=str(example_dir / "docs.jsonl"), dict_path=str(example_dir / "dict.tsv"))
+    runs = {}
+    for every in (0, 2):
+        out = tmp_path / f"every-{every}"
+        run_training(data, TrainConfig(model="nmtm", num_topics=6, epochs=5, checkpoint_every=0, progress=False,
+                                       seed=1, eval_every=every), out)
+        runs[every] = out
+    history = json.loads((runs[2] / "history.json").read_text())
+    points = {h["epoch"]: h["eval"] for h in history if "eval" in h}
+    assert sorted(points) == [2, 4]
+    for p in points.values():
+        assert 0 < p["TU"] <= 1 and set(p["classification"]) == {"EN-I", "ZH-I", "EN-C", "ZH-C"}
+    assert not any("eval" in h for h in json.loads((runs[0] / "history.json").read_text()))
+    weights = [load_file(str(latest_checkpoint_dir(r) / "model.safetensors")) for r in runs.values()]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -22,8 +22,10 @@ xtm.run_dir.RunDir):
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -49,11 +51,11 @@ from xtm.models_zoo.base import BuildContext, CrossLingualTopicModel
 from xtm.models_zoo.registry import check_capabilities
 from xtm.paths import cache_dir
 from xtm.run_dir import RunDir, has_checkpoint, hold_run_dir, lock_dir, refuse_foreign_dir
-from xtm.trainer.data.batches import BatchSource
+from xtm.trainer.data.batches import BatchSource, InMemoryBatches
 from xtm.trainer.data.loading import load_corpus
 from xtm.trainer.loop import distributed
 from xtm.trainer.loop.distributed import DistContext
-from xtm.trainer.loop.training import TrainResult, infer_theta, pick_device, train
+from xtm.trainer.loop.training import TrainResult, infer_theta, pick_device, recalibrate_batchnorm, train
 from xtm.trainer.phase2.objective import Phase2Objective
 from xtm.trainer.report_data import build_report_data
 
@@ -204,7 +206,9 @@ def _run(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool, phase2: Ph
         context = BuildContext(cache_dir=Path(cfg.cache_dir) if cfg.cache_dir else cache_dir(), seed=cfg.seed,
                                progress=cfg.progress)
         objective = Phase2Objective(corpus, cfg.num_topics, phase2, context, pick_device(cfg.device))
-    result = train(corpus, cfg, out, resume=resume, phase2=objective, data=batches, dist=dist)
+    ref = load_reference_corpus(data.ref_corpus, langs=tuple(corpus.langs)) if data.ref_corpus else None
+    every = periodic_evaluation(corpus, batches, ref, cfg) if cfg.eval_every and main else None
+    result = train(corpus, cfg, out, resume=resume, phase2=objective, data=batches, dist=dist, on_epoch_end=every)
     if not main:
         return {"rank": dist.rank if dist is not None else 0}
     model = result.model
@@ -221,7 +225,6 @@ def _run(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool, phase2: Ph
                 else "evaluating")
     device = pick_device(cfg.device)
     outputs = model_outputs(corpus, model, device)
-    ref = load_reference_corpus(data.ref_corpus, langs=tuple(corpus.langs)) if data.ref_corpus else None
     metrics = evaluate_model(corpus, result, device, data.ref_corpus, outputs=outputs, ref=ref)
     top = metrics.pop("top_words")
     for lang, topics in top.items():
@@ -247,6 +250,38 @@ def _run(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool, phase2: Ph
     run.save_metrics(metrics)
     write_report_data(run, corpus, model, outputs, top, refined, ref, device)
     return metrics
+
+
+def periodic_evaluation(corpus: Corpus, batches: BatchSource | None, ref: ReferenceCorpus | None,
+                        cfg: TrainConfig) -> Callable[[int, CrossLingualTopicModel], dict[str, Any] | None]:
+    """The `--eval-every` callback: every cfg.eval_every epochs, the metrics of the model as it is
+    (TU, classification, CNPMI/TQ with a reference corpus), logged and kept in history.json.
+
+    It evaluates a copy whose batch-norm statistics are recalibrated the way the final model's are,
+    so a curve point is what metrics.json would say had training stopped there; the model being
+    trained, its RNGs and therefore the run itself are untouched (tested: same weights with and
+    without it).
+    """
+    source = batches if batches is not None else InMemoryBatches(corpus)
+    device = pick_device(cfg.device)
+
+    def evaluate_now(epoch: int, model: CrossLingualTopicModel) -> dict[str, Any] | None:
+        if epoch % cfg.eval_every:
+            return None
+        t0 = time.perf_counter()
+        snapshot = copy.deepcopy(model)
+        recalibrate_batchnorm(snapshot, source, device)
+        outputs = model_outputs(corpus, snapshot, device)
+        metrics = evaluate(corpus, outputs.train_theta, outputs.test_theta, outputs.beta, ref=ref)
+        point = {k: metrics.get(k) for k in ("TU", "CNPMI", "TQ", "classification")}
+        point["seconds"] = time.perf_counter() - t0
+        cls = point["classification"] or {}
+        logger.info(f"epoch {epoch} evaluation: TU {point['TU']:.3f}"
+                    + "".join(f", {k} {v:.3f}" for k, v in cls.items() if "-C-" not in k)
+                    + (f", CNPMI {point['CNPMI']:.4f}" if point["CNPMI"] is not None else ""))
+        return point
+
+    return evaluate_now
 
 
 def write_report_data(run: RunDir, corpus: Corpus, model: CrossLingualTopicModel, outputs: ModelOutputs,

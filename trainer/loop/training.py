@@ -243,7 +243,7 @@ class _Stopped:
 
 
 def train(corpus: Corpus, cfg: TrainConfig, run_dir: Path, resume: bool = False,
-          on_epoch_end: Callable[[int, CrossLingualTopicModel], None] | None = None,
+          on_epoch_end: Callable[[int, CrossLingualTopicModel], dict[str, Any] | None] | None = None,
           phase2: Phase2Objective | None = None, data: BatchSource | None = None,
           dist: DistContext | None = None) -> TrainResult:
     """Train a backbone on `corpus`, checkpointing under run_dir; resume from its last checkpoint.
@@ -253,6 +253,9 @@ def train(corpus: Corpus, cfg: TrainConfig, run_dir: Path, resume: bool = False,
     `data` supplies the training batches (default: the corpus's own CSR matrices); the model is
     built from `corpus` (vocabularies, links, word counts). With `dist` (torchrun), this process
     is one rank: it trains on its share of every epoch and only rank 0 writes checkpoints.
+
+    `on_epoch_end(epoch, model)` may return a dict: it is kept as that epoch's "eval" in the history
+    (periodic evaluation, `--eval-every`); it must not change the model or consume the training RNGs.
 
     SIGINT, SIGTERM or SIGHUP (or a KeyboardInterrupt from `on_epoch_end`) stop training after the
     current step; the checkpoint then records the position inside the epoch, and a resumed run
@@ -265,7 +268,7 @@ class _Training:
     """One call of `train`: the model, its optimizer, the data order, and where training stands."""
 
     def __init__(self, corpus: Corpus, cfg: TrainConfig, run_dir: Path,
-                 on_epoch_end: Callable[[int, CrossLingualTopicModel], None] | None,
+                 on_epoch_end: Callable[[int, CrossLingualTopicModel], dict[str, Any] | None] | None,
                  phase2: Phase2Objective | None, data: BatchSource | None, dist: DistContext | None) -> None:
         self.cfg, self.run_dir, self.on_epoch_end, self.phase2, self.dist = cfg, run_dir, on_epoch_end, phase2, dist
         self.total_epochs = cfg.epochs + (cfg.phase2_epochs if phase2 is not None else 0)
@@ -456,11 +459,11 @@ class _Training:
         epoch, steps = progress.epoch, progress.steps_done
         means = distributed.average_scalars({k: v / steps for k, v in progress.totals.items()}, self.dist,
                                             self.device)
-        if self.on_epoch_end is not None:
-            self.on_epoch_end(epoch, self.model)
+        extra = self.on_epoch_end(epoch, self.model) if self.on_epoch_end is not None else None
         stop.enter()
         self.seconds.append(progress.seconds)
-        self.history.append({"epoch": epoch, **means, "seconds": progress.seconds, "steps": steps})
+        self.history.append({"epoch": epoch, **means, "seconds": progress.seconds, "steps": steps,
+                             **({"eval": extra} if extra else {})})
         self.done = epoch
         stop.leave()
         bar.update(1)
