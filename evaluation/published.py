@@ -1,8 +1,9 @@
 """Published numbers for the benchmark datasets, in one place: the benchmarks and report.html read them.
 
 Source: the LLM-XTM paper (seed 001), K=50: Table 2 (TU, CNPMI), Table 3 (Rakuten ablations of
-phase 2) and Table 5 (classification), after 500 phase-1 epochs (800 for XTRA) and 30 phase-2
-epochs with Gemini 2.5 Flash. Their CNPMI uses the WikiComp reference corpus, so it compares with
+phase 2) and Table 5 (classification); its NMTM and InfoCTM baseline rows are cited from Wu et al.
+2023a. The paper states 500 phase-1 epochs (800 for XTRA) and 30 phase-2 epochs with Gemini 2.5
+Flash; its public code runs 179 / 479 / 749 phase-1 epochs (NMTM / InfoCTM / XTRA) + 51 phase-2. Their CNPMI uses the WikiComp reference corpus, so it compares with
 our CNPMI only when ours uses WikiComp too.
 """
 
