@@ -7,16 +7,24 @@ Used as a library, xtm stays quiet except for warnings (Python's last-resort han
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import wraps
 from typing import Any
 
 import click
 
+from xtm import __version__
 from xtm.errors import XtmError
+
+TRAIN_INSTALL = 'pip install "xtm[train]"'
+# Distributions --version names beside xtm's own version (looked up in metadata, never imported).
+_VERSION_OF = ("onnxruntime", "onnxruntime-gpu", "torch")
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -82,3 +90,68 @@ def setup_logging(prog: str, level: int = logging.INFO) -> None:
     rank = os.environ.get("RANK", "0")
     root.setLevel(level if rank in ("", "0") else max(level, logging.WARNING))
     root.propagate = False
+
+
+def version_option(prog: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`--version`: `PROG (xtm) VERSION`, then the installed ONNX Runtime and torch versions, which a
+    bug report needs (from their metadata: nothing is imported)."""
+
+    def show(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+        if not value or ctx.resilient_parsing:
+            return
+        import importlib.metadata
+
+        lines = [f"{prog} (xtm) {__version__}"]
+        for dist in _VERSION_OF:
+            try:
+                lines.append(f"{dist} {importlib.metadata.version(dist)}")
+            except importlib.metadata.PackageNotFoundError:
+                continue
+        click.echo("\n".join(lines))
+        ctx.exit(0)
+
+    return click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=show,
+                        help="Show the version (and those of onnxruntime and torch) and exit.")
+
+
+def log_level_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`-v/--verbose` (debug lines: bundle, providers, timings), `-q/--quiet` (warnings only) and
+    `--log-level LEVEL`; the command gets `log_level` (a logging level) from `resolve_log_level`."""
+    fn = click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False),
+                      help="Lines on stderr from this level up (default info: progress and summary).")(fn)
+    fn = click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr (= --log-level "
+                      "warning).")(fn)
+    return click.option("-v", "--verbose", is_flag=True, help="Also debug lines: the bundle, the execution "
+                        "providers in use, timings (= --log-level debug).")(fn)
+
+
+def resolve_log_level(verbose: bool, quiet: bool, log_level: str | None) -> int:
+    """The logging level of -v / -q / --log-level (one of them at most)."""
+    given = [name for name, on in (("-v", verbose), ("-q", quiet), ("--log-level", log_level)) if on]
+    if len(given) > 1:
+        raise XtmError(f"{' and '.join(given)} contradict each other: give one")
+    if log_level:
+        return int(getattr(logging, log_level.upper()))
+    return logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+
+
+def require_modules(prog: str, install: str, imported: Sequence[str], present: Sequence[str] = ()) -> None:
+    """XtmError naming the install line when a module the command needs is missing.
+
+    imported: imported now (the command imports them next anyway; a broken install shows here,
+    with its reason). present: only looked up, for modules the command imports later or on some
+    paths only. A runtime-only install (`pip install xtm`) has no torch: xtm-train, xtm-export and
+    xtm-contextual then say `pip install "xtm[train]"` and exit 2 instead of a traceback."""
+    for name in imported:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            detail = "" if isinstance(e, ModuleNotFoundError) and e.name == name else f" ({e})"
+            raise XtmError(f"{prog} needs {name}, which is not installed{detail}: {install}") from e
+    for name in present:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            raise XtmError(f"{prog} needs {name}, which is not installed: {install}")

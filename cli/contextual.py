@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from xtm.cli.common import friendly_errors, setup_logging
+from xtm.cli.common import TRAIN_INSTALL, friendly_errors, require_modules, setup_logging, version_option
 from xtm.cli.options import SectionedCommand, build, options
 from xtm.config import ContextualConfig
 
@@ -61,11 +61,13 @@ The run's training data must still be where config.json says.
                context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @options(ContextualConfig, "Options")
+@version_option("xtm-contextual")
 @friendly_errors
 def main(run_dir: str, **parsed: Any) -> None:
     """Fit the contextual inference network of RUN_DIR (written by xtm-train)."""
     setup_logging("xtm-contextual")  # the library logs; this command shows it as `xtm-contextual: ...` lines
     cfg = build(ContextualConfig, parsed)
+    require_modules("xtm-contextual", TRAIN_INSTALL, imported=("torch", "safetensors", "scipy"))
     from xtm.atomic import exit_on_signals
     from xtm.errors import XtmError
     from xtm.run_dir import hold_run_dir, is_run_dir

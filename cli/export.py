@@ -7,7 +7,7 @@ import logging
 
 import click
 
-from xtm.cli.common import friendly_errors, setup_logging
+from xtm.cli.common import TRAIN_INSTALL, friendly_errors, require_modules, setup_logging, version_option
 
 EPILOG = """\b
 Examples:
@@ -64,12 +64,16 @@ leaves it out. With --quantize int8 its matrix products run in int8 too
               help="Write the bundle even when ONNX and torch disagree beyond the tolerance (measured, "
                    "reported and recorded in the manifest as failed all the same).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines on stderr (warnings are still shown).")
+@version_option("xtm-export")
 @friendly_errors
 def main(run_dir: str, out: str, quantize: str | None, opset: int, contextual: bool | None, no_parity_check: bool,
          quiet: bool) -> None:
     """Export RUN_DIR (written by xtm-train) to an ONNX bundle."""
     # The library's progress lines (INFO) and warnings become `xtm-export: ...` lines; -q keeps warnings only.
     setup_logging("xtm-export", logging.WARNING if quiet else logging.INFO)
+    # Export runs the trained torch model and checks its ONNX graph: the training install.
+    require_modules("xtm-export", TRAIN_INSTALL, imported=("torch", "safetensors", "scipy"),
+                    present=("onnx", "onnxscript", "onnxruntime"))
     from xtm.atomic import exit_on_signals
     from xtm.errors import XtmError
     from xtm.exporters.onnx_export import export_run

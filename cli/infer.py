@@ -1,4 +1,4 @@
-"""xtm-infer: topic distributions for JSONL documents with an exported bundle (onnxruntime, no torch).
+"""xtm-infer: topic distributions for JSONL, text or Parquet documents with an exported bundle (onnxruntime, no torch).
 
 A thin shell over the inference engine (`xtm.runtime.engine`, local; `xtm.runtime.ray`, Ray): it
 reads the flags (their defaults and help are the engine's InferenceOptions), opens the bundle,
@@ -9,15 +9,23 @@ numpy/onnxruntime/the tokenizers load inside `main`, so `--help` and bad flags a
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import time
 from typing import Any
 
 import click
 
-from xtm.cli.common import friendly_errors, setup_logging
+from xtm.cli.common import friendly_errors, log_level_options, resolve_log_level, setup_logging, version_option
 from xtm.errors import XtmError
 from xtm.runtime.engine import ROUTES, InferenceOptions
+from xtm.runtime.records import INPUT_FORMATS, OUTPUT_FORMATS
+
+logger = logging.getLogger("xtm.cli.infer")
+# Exit status when the reader of stdout went away (`xtm-infer ... | head`): 128 + SIGPIPE, what a
+# shell reports for `cat`, `grep` or `sort` in the same place, and "128+N after signal N" below.
+EXIT_BROKEN_PIPE = 128 + 13
 
 EPILOG = """\b
 Examples:
@@ -27,6 +35,11 @@ Examples:
   xtm-infer docs.jsonl --bundle bundles/ecnews --out topics.jsonl --top-k 5 --sparse-theta
   # from a pipe; stop at the first bad line
   cat docs.jsonl | xtm-infer - --bundle bundles/ecnews --strict > topics.jsonl
+  # plain text, one document per line, to a spreadsheet-friendly CSV or to Parquet
+  xtm-infer notes.txt --bundle bundles/ecnews --out topics.csv
+  xtm-infer docs.parquet --bundle bundles/ecnews --out topics.parquet
+  # on an NVIDIA GPU (pip install "xtm[gpu]"), the CPU as a fallback; -v says which one ran
+  xtm-infer docs.jsonl --bundle bundles/ecnews --providers cuda,cpu -v --out topics.jsonl
   # French, German, Russian, ... documents through the bundle's contextual route
   xtm-infer unseen.jsonl --bundle bundles/ecnews --route auto
   # files and directories of JSONL and Parquet on a local Ray instance, 4 actors
@@ -45,7 +58,9 @@ only; contextual: every document through the sentence encoder. A language
 the route cannot read is a bad line. Without a contextual route, auto is bow.
 
 \b
-Input: JSONL, one object per line: {"id": ..., "text": "...", "lang": "en"}.
+Input (--input-format, default by the file name: .txt/.text text,
+.parquet/.pq Parquet, anything else and '-' JSONL):
+JSONL, one object per line: {"id": ..., "text": "...", "lang": "en"}.
 "lang" is optional: detected among every language the detector knows (not
 only the bundle's), so a language the bundle cannot read is never read as
 another one; give it when known (detection costs 0.1-0.2 ms a line). "id"
@@ -53,6 +68,8 @@ is copied to the output (the line number when absent; NaN/Infinity ids are
 written as the strings "NaN", "Infinity"). Blank lines are ignored.
 Parquet (.parquet/.pq): columns text, lang and id, the same rules; a null
 cell counts as an absent field; the row number stands for the line number.
+Text: each non-blank line is one document, its id the line number, its
+language detected (UTF-8; a trailing \r is dropped).
 
 \b
 Output: one JSON object per good input line, in input order:
@@ -65,6 +82,14 @@ of the document is in the vocabulary (its theta is the model's prior for an
 empty document: it says nothing about the document); oov_ratio: share of its
 words outside the vocabulary (null on the contextual route). Weights are
 rounded to 6 decimals.
+--format csv (default for --out *.csv): a header row, then per document id,
+lang, lang_conf, route, empty, oov_ratio, topic_1, weight_1, ... topic_K',
+weight_K' (K' = --top-k), topic_1_words ("en: w1 w2 | zh: ..."), and with
+full theta theta_0 ... theta_{K-1}; UTF-8, empty cells for null.
+--format parquet (default for --out *.parquet, pip install "xtm[parquet]"):
+columns id, lang, lang_conf, route, empty, oov_ratio, topics (list of ids),
+weights, and theta (full theta). In both, ids are text (a string id as it
+is, another id as its JSON), and the values are those of the JSON line.
 
 \b
 Engines (--engine): local (default) reads one JSONL file, stdin, or one
@@ -88,13 +113,28 @@ when more than P% of the lines were bad. Texts over 100,000 characters are
 truncated with a warning.
 
 \b
+Execution providers (--providers, local engine): onnxruntime's, by short or
+full name, preferred first: cpu, cuda (pip install "xtm[gpu]": NVIDIA, CUDA
+12, cuDNN 9), tensorrt, coreml, dml, openvino... Default: cuda when this
+onnxruntime has it, else cpu. A provider that cannot start is an error
+unless the list ends with a fallback (cuda,cpu: a warning). -v logs the
+providers the model runs on.
+
+\b
+Logging: stderr gets bad lines, warnings and a summary; when stderr is not a
+terminal (a log file, a scheduler) also a progress line every
+--progress-every seconds (on a terminal: a progress bar). -v adds debug lines
+(bundle, providers, timings), -q keeps warnings and errors only.
+
+\b
 Exit status: 0 results written; 1 no line could be inferred (empty input, or
 every line bad); 2 an error: bad flags or bundle, unwritable --out, --strict
 or --max-bad triggered. Unless 0, an --out file is not written at all (a
 previous one stays as it was); on stdout, the lines before the failing one
 are written. 129/130/143: stopped by SIGHUP/SIGINT/SIGTERM (--out not written,
-no temporary file left). --out may be a FIFO or a device (written in place)
-or a symlink (its target is replaced).
+no temporary file left). 141: the reader of stdout went away (| head), as
+for any Unix filter killed by SIGPIPE; nothing is printed. --out may be a FIFO
+or a device (written in place) or a symlink (its target is replaced).
 """
 
 
@@ -113,7 +153,11 @@ def _flag(name: str, **kwargs: Any) -> dict[str, Any]:
                 type=click.Path(exists=True, allow_dash=True))
 @click.option("--bundle", required=True, type=click.Path(), help="Bundle directory written by xtm-export.")
 @click.option("--out", type=click.Path(dir_okay=False),
-              help="Output JSONL file, written atomically (default: stdout).")
+              help="Output file, written atomically (default: stdout).")
+@click.option("--input-format", type=click.Choice(("auto", *INPUT_FORMATS)), default="auto", show_default=True,
+              help="How to read INPUT: jsonl, text (one document per line) or parquet; auto: by the file name.")
+@click.option("--format", "output_format", type=click.Choice(("auto", *OUTPUT_FORMATS)), default="auto",
+              show_default=True, help="What to write: jsonl, csv or parquet; auto: by --out's name (else jsonl).")
 @click.option("--top-k", **_flag("top_k"))
 @click.option("--batch-size", **_flag("batch_size"))
 @click.option("--strict", is_flag=True, **_flag("strict"))
@@ -129,26 +173,36 @@ def _flag(name: str, **kwargs: Any) -> dict[str, Any]:
                    "local one.")
 @click.option("--actors", type=click.IntRange(1),
               help="--engine ray: actors, one model each (default: CPUs / threads).")
+@click.option("--providers", metavar="LIST",
+              help="onnxruntime execution providers, preferred first: cuda,cpu or cpu (see below). Default: cuda "
+                   "when available, else cpu.")
+@click.option("--progress-every", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
+              metavar="SECONDS", help="When stderr is not a terminal: a progress line this often.")
+@log_level_options
+@version_option("xtm-infer")
 @friendly_errors
-def main(input_paths: tuple[str, ...], bundle: str, out: str | None, top_k: int, batch_size: int, strict: bool,
-         max_bad: str | None, full_theta: bool, threads: int | None, route: str, engine: str, address: str | None,
-         actors: int | None) -> None:
-    """Infer topic distributions of JSONL documents INPUT ('-' for stdin) with a bundle.
+def main(input_paths: tuple[str, ...], bundle: str, out: str | None, input_format: str, output_format: str,
+         top_k: int, batch_size: int, strict: bool, max_bad: str | None, full_theta: bool, threads: int | None,
+         route: str, engine: str, address: str | None, actors: int | None, providers: str | None,
+         progress_every: float, verbose: bool, quiet: bool, log_level: str | None) -> None:
+    """Infer topic distributions of documents INPUT (JSONL, text or Parquet; '-' for stdin) with a bundle.
 
     With --engine ray, INPUT... are JSONL and Parquet files and directories."""
-    setup_logging("xtm-infer")
+    setup_logging("xtm-infer", resolve_log_level(verbose, quiet, log_level))
     from xtm.atomic import exit_on_signals
     from xtm.runtime.engine import NoResultsError
+    from xtm.runtime.records import output_format as pick_output_format
 
     options = InferenceOptions(top_k=top_k, batch_size=batch_size, route=route, full_theta=full_theta,
                                strict=strict, max_bad=max_bad, threads=threads)
+    io = _Io(input_format, pick_output_format(out, output_format), providers, progress_every)
     try:
         # SIGTERM/SIGHUP unwind like Ctrl-C: the --out temporary is removed, the old file kept.
         with exit_on_signals():
             if engine == "ray":
-                counts = _run_ray(input_paths, bundle, out, options, address, actors)
+                counts = _run_ray(input_paths, bundle, out, options, address, actors, io)
             else:
-                counts = _run_local(input_paths, bundle, out, options, address, actors)
+                counts = _run_local(input_paths, bundle, out, options, address, actors, io)
     except NoResultsError as e:
         if e.skipped:
             click.echo(f"skipped {e.skipped} of {e.total} lines", err=True)
@@ -165,47 +219,95 @@ def main(input_paths: tuple[str, ...], bundle: str, out: str | None, top_k: int,
         click.echo(f"wrote {counts.written} results to {out}", err=True)
 
 
+class _Io:
+    """The flags about formats, providers and progress, handed to either engine."""
+
+    def __init__(self, input_format: str, output_format: str, providers: str | None, progress_every: float) -> None:
+        self.input_format, self.output_format = input_format, output_format
+        self.providers, self.progress_every = providers, progress_every
+
+
 def _run_local(input_paths: tuple[str, ...], bundle: str, out: str | None, options: InferenceOptions,
-               address: str | None, actors: int | None) -> Any:
-    """One file or stdin in this process: the engine's infer_file, with a progress bar on a terminal."""
+               address: str | None, actors: int | None, io: _Io) -> Any:
+    """One file or stdin in this process: the engine's infer_file, with a progress bar on a terminal
+    and progress lines in a log."""
     if address is not None or actors is not None:
         raise XtmError("--address and --actors go with --engine ray")
     if len(input_paths) != 1 or (input_paths[0] != "-" and os.path.isdir(input_paths[0])):
-        raise XtmError("the local engine reads one JSONL or Parquet file or '-'; several files or directories "
+        raise XtmError("the local engine reads one JSONL, text or Parquet file or '-'; several files or directories "
                        "need --engine ray")
     from xtm.runtime.engine import infer_file
-    from xtm.runtime.records import check_out_is_not_input
+    from xtm.runtime.records import check_out_is_not_input, input_format
 
     source = input_paths[0]
     check_out_is_not_input(out, [] if source == "-" else [source])  # before the bundle is opened
+    fmt_in = input_format(source, io.input_format)
     from xtm.runtime.model import TopicModel
 
-    model = TopicModel.load(bundle, threads=options.threads)
+    started = time.perf_counter()
+    model = TopicModel.load(bundle, threads=options.threads, providers=io.providers)
+    logger.debug("bundle %s loaded in %.2f s; running on %s", bundle, time.perf_counter() - started,
+                 ", ".join(model.providers))
     progress = _progress_bar()
+    log_progress = _LogProgress(io.progress_every) if progress is None else None
     try:
         return infer_file(source, model, out, options=options, bundle=bundle, report=_reporter(progress),
-                          on_rows=None if progress is None else progress.update)
+                          on_rows=progress.update if progress is not None else log_progress,
+                          input_format=fmt_in, output_format=io.output_format)
     except BrokenPipeError:
         _quiet_broken_pipe()
     finally:
         if progress is not None:
             progress.close()
+        logger.debug("inference took %.2f s", time.perf_counter() - started)
 
 
 def _run_ray(input_paths: tuple[str, ...], bundle: str, out: str | None, options: InferenceOptions,
-             address: str | None, actors: int | None) -> Any:
+             address: str | None, actors: int | None, io: _Io) -> Any:
     if "-" in input_paths:
         raise XtmError("--engine ray reads files and directories, not stdin ('-'): Ray tasks open the inputs")
+    if io.input_format not in ("auto", "jsonl", "parquet"):
+        raise XtmError("--engine ray reads JSONL and Parquet (by file name); --input-format text is for the local "
+                       "engine")
+    if io.providers is not None:
+        raise XtmError("--providers goes with the local engine (Ray actors run on their nodes' CPUs)")
     from xtm.runtime.ray import infer_files
 
+    kwargs: dict[str, Any] = dict(
+        address=address, num_actors=actors, threads_per_actor=options.threads, top_k=options.top_k,
+        route=options.route, batch_size=options.batch_size, full_theta=options.full_theta, strict=options.strict,
+        max_bad=options.max_bad, max_share=options.max_share,
+        report=None if sys.stderr.isatty() else _reporter(None))
     try:
-        return infer_files(list(input_paths), bundle, out, address=address, num_actors=actors,
-                           threads_per_actor=options.threads, top_k=options.top_k, route=options.route,
-                           batch_size=options.batch_size, full_theta=options.full_theta, strict=options.strict,
-                           max_bad=options.max_bad, max_share=options.max_share,
-                           report=None if sys.stderr.isatty() else _reporter(None))
+        if io.output_format == "jsonl":
+            return infer_files(list(input_paths), bundle, out, **kwargs)
+        return _ray_table(list(input_paths), bundle, out, options, io.output_format, infer_files, kwargs)
     except BrokenPipeError:
         _quiet_broken_pipe()
+
+
+def _ray_table(paths: list[str], bundle: str, out: str | None, options: InferenceOptions, fmt: str,
+               infer_files: Any, kwargs: dict[str, Any]) -> Any:
+    """Ray's output lines into a CSV or Parquet table: the engine's TableStream as Ray's sink, over
+    --out written atomically (or stdout). A run that fails leaves --out as it was."""
+    import contextlib
+
+    from xtm.runtime.bundle import read_manifest
+    from xtm.runtime.records import TableShape, TableStream
+
+    # Only the topic count is read here (Ray's actors check the whole bundle).
+    shape = TableShape(read_manifest(bundle, verify=False).num_topics, options.top_k, options.full_theta)
+    with contextlib.ExitStack() as stack:
+        if out is not None:
+            from xtm.atomic import atomic_open
+
+            sink = stack.enter_context(atomic_open(out, "wb"))
+        else:
+            sink = sys.stdout.buffer
+        table = TableStream(sink, fmt, shape, out or "<stdout>")
+        counts = infer_files(paths, bundle, None, sink=table, **kwargs)
+        table.close()
+    return counts
 
 
 def _progress_bar() -> Any:
@@ -215,6 +317,24 @@ def _progress_bar() -> Any:
     from tqdm import tqdm
 
     return tqdm(unit=" lines", unit_scale=True, file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+
+
+class _LogProgress:
+    """Progress for logs (stderr not a terminal): `xtm-infer: 120,000 lines, 15,000 lines/s` at most
+    once per `every` seconds, so a scheduler's log shows a long run moving without a bar's
+    carriage returns."""
+
+    def __init__(self, every: float) -> None:
+        self.every, self.rows = every, 0
+        self.start = self.last = time.monotonic()
+
+    def __call__(self, n: int) -> None:
+        self.rows += n
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.last = now
+            rate = self.rows / max(now - self.start, 1e-9)
+            logger.info("%s lines, %s lines/s", f"{self.rows:,}", f"{rate:,.0f}")
 
 
 def _reporter(progress: Any) -> Any:
@@ -229,10 +349,12 @@ def _reporter(progress: Any) -> Any:
 
 
 def _quiet_broken_pipe() -> None:
-    """`xtm-infer ... | head`: the reader left; stop quietly, as a Unix filter should."""
+    """`xtm-infer ... | head`: the reader left; stop quietly, as a Unix filter should: no message,
+    exit 141 (128 + SIGPIPE) as the shell reports for `cat` or `grep` there. stdout goes to
+    /dev/null so the interpreter's last flush does not raise again."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
-    sys.exit(1)
+    sys.exit(EXIT_BROKEN_PIPE)
 
 
 if __name__ == "__main__":

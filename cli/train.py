@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from xtm.cli.common import friendly_errors, setup_logging
+from xtm.cli.common import TRAIN_INSTALL, friendly_errors, require_modules, setup_logging, version_option
 from xtm.cli.options import SectionedCommand, build, options
 from xtm.config import ContextualConfig, DataConfig, Phase2Config, RefinerConfig, RunConfig, Sampling, TrainConfig
 
@@ -77,11 +77,15 @@ abandons the current step; the checkpoint is still exact).
 @options(Phase2Config, "Phase 2 (LLM-XTM, with --phase2-epochs)")
 @options(RefinerConfig, "Phase 2: the refiner")
 @options(Sampling, "Phase 2: the refiner")
+@version_option("xtm-train")
 @friendly_errors
 def main(**parsed: Any) -> None:
     """Train a cross-lingual topic model and evaluate it (TU, CNPMI, TQ, classification)."""
     setup_logging("xtm-train")  # the library logs; this command shows it as `xtm-train: ...` lines
     run = run_config(parsed)
+    # A runtime-only install has no torch: say which install line trains, not a traceback.
+    require_modules("xtm-train", TRAIN_INSTALL, imported=("torch", "safetensors", "scipy"),
+                    present=("sklearn", "nltk"))
     from xtm.atomic import exit_on_signals
     from xtm.run_dir import hold_run_dir
     from xtm.trainer.loop.distributed import is_main_process

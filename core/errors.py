@@ -5,8 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 
-class XtmError(Exception):
-    """An error caused by user input (a file, a flag, a setting), with where it happened."""
+class XtmError(ValueError):
+    """An error caused by user input (a file, a flag, a setting), with where it happened.
+
+    A ValueError: what it reports is a bad value (a file's content, a flag, an argument), so code
+    that handles bad values in general (`except ValueError`, sklearn-style checks) handles it too.
+    """
 
     def __init__(
         self,

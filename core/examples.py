@@ -6,7 +6,7 @@ held-out set of short fr/de/es/ja documents for zero-shot inference. Everything 
 hand-written topic lexicons and sentence templates: no network, no external data, stdlib only,
 and the same seed always gives the same bytes.
 
-Run `python -m xtm.examples OUT_DIR` to write it from the command line.
+Run `xtm-example OUT_DIR` (or `python -m xtm.examples OUT_DIR`) to write it from the command line.
 """
 
 from __future__ import annotations
@@ -519,8 +519,20 @@ def write_example(out_dir: str | Path, *, docs_per_lang: int = 600, seed: int = 
     return paths
 
 
+def describe_written(paths: dict[str, Path]) -> list[str]:
+    """One line per written file: its name, path, lines and bytes (what the commands show)."""
+    out = []
+    for name, path in paths.items():
+        with open(path, encoding="utf-8") as f:
+            n_lines = sum(1 for _ in f)
+        out.append(f"{name:8s} {path}  ({n_lines} lines, {path.stat().st_size} bytes)")
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: `python -m xtm.examples OUT_DIR [--docs-per-lang N] [--seed S]`."""
+    """Command line: `python -m xtm.examples OUT_DIR [--docs-per-lang N] [--seed S]`.
+
+    `xtm-example` (xtm.cli.example) is the same on click, like the other commands."""
     p = argparse.ArgumentParser(prog="python -m xtm.examples", description=__doc__.splitlines()[0])
     p.add_argument("out_dir", help="directory to write the example into (created if missing)")
     p.add_argument("--docs-per-lang", type=int, default=600, help="documents per training language")
@@ -530,10 +542,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         paths = write_example(args.out_dir, docs_per_lang=args.docs_per_lang, seed=args.seed)
     except ValueError as e:
         p.error(str(e))
-    for name, path in paths.items():
-        with open(path, encoding="utf-8") as f:
-            n_lines = sum(1 for _ in f)
-        print(f"{name:8s} {path}  ({n_lines} lines, {path.stat().st_size} bytes)")
+    for line in describe_written(paths):
+        print(line)
     return 0
 
 

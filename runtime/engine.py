@@ -50,14 +50,15 @@ from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 from xtm.errors import XtmError
 from xtm.runtime import records
-from xtm.runtime.records import LineFormatter, Parsed, encode_lines
+from xtm.runtime.records import LineFormatter, Parsed, TableShape, TableStream, encode_lines
 
 if TYPE_CHECKING:
     from xtm.runtime.model import TopicModel
 
 __all__ = ["CHUNK_BATCHES", "RAY_THREADS_PER_ACTOR", "ROUTES", "ROUTE_HELP", "BadLines", "Engine",
            "InferenceCounts", "InferenceOptions", "NoResultsError", "OutputWriter", "Row", "check_route",
-           "infer_file", "infer_records", "no_contextual_route", "open_output", "parse_max_bad", "sink_writer"]
+           "infer_file", "infer_records", "no_contextual_route", "open_output", "parse_max_bad", "sink_writer",
+           "table_shape"]
 
 logger = logging.getLogger(__name__)
 
@@ -277,6 +278,14 @@ class Engine:
         """A JSONL line (raw None: over-long) checked against the route (`records.parse_line`)."""
         return records.parse_line(raw, lineno, self.served)
 
+    def parse_text_line(self, raw: bytes | None, lineno: int) -> Parsed:
+        """A line of plain text: the whole line is the document, its id the line number, its
+        language detected (`records.decode_text_line`)."""
+        obj, error = records.decode_text_line(raw)
+        if obj is None:
+            return None, error, None
+        return records.parse_record(obj, lineno, self.served)
+
     def parse_record(self, obj: Any, lineno: int) -> Parsed:
         """A decoded record (JSON object, Parquet row, Python mapping) checked against the route."""
         if not isinstance(obj, Mapping):
@@ -367,20 +376,50 @@ class OutputWriter:
             self.write(good)
 
 
+def table_shape(model: TopicModel, options: InferenceOptions) -> TableShape:
+    """The columns a CSV or Parquet output of `model` under `options` has."""
+    return TableShape(model.num_topics, options.top_k, options.full_theta)
+
+
 @contextlib.contextmanager
-def open_output(out: str | Path | IO[bytes] | None, policy: BadLines) -> Iterator[OutputWriter]:
+def open_output(out: str | Path | IO[bytes] | None, policy: BadLines, *, fmt: str = "jsonl",
+                shape: TableShape | None = None) -> Iterator[OutputWriter]:
     """An OutputWriter to `out`: a path, written atomically (replaced only when the block ends
     without an error: a failed run never leaves half a file, nor touches the previous one), a
-    binary stream, or None for stdout, where a reader that leaves (`| head`) is BrokenPipeError."""
+    binary stream, or None for stdout, where a reader that leaves (`| head`) is BrokenPipeError.
+
+    fmt: "jsonl" (the lines as they are), "csv" or "parquet" (`records.TableStream`, which needs
+    `shape`: see `table_shape`); a table is finished when the block ends without an error."""
+    if fmt != "jsonl" and shape is None:
+        raise XtmError(f"a {fmt} output needs the table's shape (engine.table_shape)")
     if isinstance(out, (str, Path)):
         from xtm.atomic import atomic_open
 
         with atomic_open(out, "wb") as f:
-            yield OutputWriter(policy, sink_writer(f, str(out)))
+            with _as_table(f, fmt, shape, str(out)) as sink:
+                yield OutputWriter(policy, sink_writer(sink, str(out)))
         return
-    sink = sys.stdout.buffer if out is None else out
+    base = sys.stdout.buffer if out is None else out
     name = "<stdout>" if out is None else str(getattr(out, "name", "<output>"))
-    yield OutputWriter(policy, sink_writer(sink, name, pass_broken_pipe=out is None))
+    with _as_table(base, fmt, shape, name) as sink:
+        yield OutputWriter(policy, sink_writer(sink, name, pass_broken_pipe=out is None))
+
+
+@contextlib.contextmanager
+def _as_table(sink: IO[bytes], fmt: str, shape: TableShape | None, name: str) -> Iterator[Any]:
+    """`sink` itself for JSONL; a TableStream over it, closed (finished) on success, for csv/parquet."""
+    if fmt == "jsonl":
+        yield sink
+        return
+    assert shape is not None
+    table = TableStream(sink, fmt, shape, name)
+    yield table
+    try:
+        table.close()
+    except BrokenPipeError:
+        raise
+    except OSError as e:
+        raise XtmError(f"cannot write: {e.strerror or e}", path=name) from e
 
 
 def sink_writer(sink: IO[bytes], name: str, *, pass_broken_pipe: bool = False) -> Callable[[list[str]], None]:
@@ -418,6 +457,26 @@ def _jsonl_chunks(engine: Engine, stream: IO[bytes], name: str) -> Iterator[list
         if item is None:
             break
         chunk.append((item[0], engine.parse_line(item[1], item[0])))
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _text_chunks(engine: Engine, stream: IO[bytes], name: str) -> Iterator[list[tuple[int, Parsed]]]:
+    """_jsonl_chunks for plain text: each non-blank line is a document, its id the line number."""
+    size = engine.chunk_size
+    chunk: list[tuple[int, Parsed]] = []
+    lines = records.read_lines(stream)
+    while True:
+        try:
+            item = next(lines, None)
+        except OSError as e:
+            raise XtmError(f"cannot read: {e.strerror or e}", path=name) from e
+        if item is None:
+            break
+        chunk.append((item[0], engine.parse_text_line(item[1], item[0])))
         if len(chunk) >= size:
             yield chunk
             chunk = []
@@ -473,38 +532,47 @@ def infer_records(model: TopicModel, items: Iterable[Mapping[str, Any]], *, opti
 
 def infer_file(source: str | Path | IO[bytes], model: TopicModel, out: str | Path | IO[bytes] | None = None, *,
                options: InferenceOptions | None = None, report: Callable[[str], None] | None = None,
-               bundle: str | Path | None = None, on_rows: Callable[[int], None] | None = None) -> InferenceCounts:
+               bundle: str | Path | None = None, on_rows: Callable[[int], None] | None = None,
+               input_format: str | None = None, output_format: str | None = None) -> InferenceCounts:
     """`xtm-infer SOURCE --out OUT` (local engine) as a function: counts of rows read and skipped.
 
-    source: a JSONL file, a Parquet file (.parquet, .pq), "-" for stdin, or a binary stream of
-    JSONL. out: a path, written atomically (the previous file stays unless the run succeeds), a
-    binary stream, or None for stdout (a reader that leaves raises BrokenPipeError). Bad rows go
-    to `report` (default: the logger) as SOURCE:LINE: reason; raises XtmError when the policy
-    stops the run, NoResultsError when nothing could be inferred (neither writes a path `out`).
+    source: a JSONL file, a Parquet file (.parquet, .pq), a plain-text file (.txt: one document per
+    line), "-" for stdin, or a binary stream. input_format: "jsonl", "text" or "parquet" (default:
+    by the name, `records.input_format`; stdin and streams are JSONL). out: a path, written
+    atomically (the previous file stays unless the run succeeds), a binary stream, or None for
+    stdout (a reader that leaves raises BrokenPipeError). output_format: "jsonl", "csv" or
+    "parquet" (default: by out's name, `records.output_format`). Bad rows go to `report`
+    (default: the logger) as SOURCE:LINE: reason; raises XtmError when the policy stops the run,
+    NoResultsError when nothing could be inferred (neither writes a path `out`).
     bundle: the name errors give the bundle; on_rows(n): after each chunk of n rows is written."""
     options = options or InferenceOptions()
-    name, parquet = _source_name(source)
+    name = _source_name(source)
+    fmt_in = records.input_format("-" if name in ("<stdin>", "<stream>") else name, input_format)
+    if fmt_in == "parquet" and name in ("<stdin>", "<stream>"):
+        raise XtmError("Parquet is read from a file, not from a stream or stdin", path=name)
+    fmt_out = records.output_format(out if isinstance(out, (str, Path)) else None, output_format)
     records.check_out_is_not_input(out if isinstance(out, (str, Path)) else None,
                                    [] if name in ("<stdin>", "<stream>") else [name])
     engine = Engine(model, options, bundle=bundle)
     tally = options.policy(report or logger.warning)
     with contextlib.ExitStack() as stack:
-        if parquet:
+        if fmt_in == "parquet":
             chunks = _parquet_chunks(engine, name)
+        elif fmt_in == "text":
+            chunks = _text_chunks(engine, _open_source(source, name, stack), name)
         else:
             chunks = _jsonl_chunks(engine, _open_source(source, name, stack), name)
-        engine.run(chunks, stack.enter_context(open_output(out, tally)), name, on_rows)
+        writer = stack.enter_context(open_output(out, tally, fmt=fmt_out, shape=table_shape(model, options)))
+        engine.run(chunks, writer, name, on_rows)
         return tally.finish(name)  # raising here leaves a path `out` unwritten
 
 
-def _source_name(source: str | Path | IO[bytes]) -> tuple[str, bool]:
-    """(name in messages, whether to read it as Parquet)."""
+def _source_name(source: str | Path | IO[bytes]) -> str:
+    """The name of the input in messages."""
     if isinstance(source, (str, Path)):
         s = str(source)
-        if s == "-":
-            return "<stdin>", False
-        return s, s.lower().endswith(records.PARQUET_SUFFIXES)
-    return "<stream>", False
+        return "<stdin>" if s == "-" else s
+    return "<stream>"
 
 
 def _open_source(source: str | Path | IO[bytes], name: str, stack: contextlib.ExitStack) -> IO[bytes]:

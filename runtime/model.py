@@ -14,6 +14,7 @@ its batch. Batch runs over records and files (ids, output lines, bad records) ar
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,9 +32,12 @@ from xtm.runtime.bundle import MANIFEST, BundleManifest, ContextualEntry, Encode
 from xtm.runtime.contextual import ContextualEncoder
 from xtm.runtime.engine import InferenceOptions, check_route, infer_records, no_contextual_route
 from xtm.runtime.langid import identify  # light: py3langid's model loads on first detection
-from xtm.runtime.tokenize import KINDS
+from xtm.runtime.providers import check_used, import_onnxruntime, parse_providers, resolve_providers
+from xtm.runtime.tokenize import KINDS, missing_tokenizer
 
 __all__ = ["InferenceResult", "TopicModel"]
+
+logger = logging.getLogger(__name__)
 
 # Batches whose documents are sorted by length together (sparse encoders): memory for one window
 # is its documents' word ids, a few bytes per token.
@@ -106,20 +110,6 @@ class _Encoder:
     spec: TokenizerSpec
 
 
-def _pick_providers(requested: list[str] | None) -> list[str]:
-    import onnxruntime as ort
-
-    available = ort.get_available_providers()
-    if requested is None:
-        # GPU when this onnxruntime build has it; CPU stays in the list as the fallback.
-        return (["CUDAExecutionProvider"] if "CUDAExecutionProvider" in available else []) + ["CPUExecutionProvider"]
-    missing = [p for p in requested if p not in available]
-    if missing:
-        raise XtmError(f"execution provider(s) {', '.join(missing)} not available in this onnxruntime "
-                       f"(it has {', '.join(available)})")
-    return list(requested)
-
-
 def _read_vocab(path: Path, expected: int) -> dict[str, int]:
     try:
         text = path.read_bytes().decode("utf-8")
@@ -166,23 +156,36 @@ class TopicModel:
         self._session_options = session_options
 
     @classmethod
-    def load(cls, bundle_dir: str | Path, *, threads: int | None = None, providers: list[str] | None = None,
-             verify: bool = True) -> TopicModel:
+    def load(cls, bundle_dir: str | Path, *, threads: int | None = None,
+             providers: str | Sequence[str] | None = None, verify: bool = True) -> TopicModel:
         """Validate the bundle (manifest, files, checksums when `verify`) and open one session per language.
 
         threads: onnxruntime intra-op threads per session (default: onnxruntime's choice, all cores).
-        providers: onnxruntime execution providers; default CUDA first when available, then CPU.
+        providers: onnxruntime execution providers in preference order, by name or short name
+            ("cuda,cpu", ["cuda", "cpu"], ["CPUExecutionProvider"]); checked against the installed
+            build (`xtm.runtime.providers`). Default: CUDA when this build has it, then the CPU.
+            `TopicModel.providers` says what the sessions actually run on: a requested provider
+            that cannot start (no GPU, CUDA libraries missing) is an XtmError unless the request
+            lists the CPU after it (then a warning).
+        A tokenizer the bundle needs that is not installed (janome for Japanese, jieba for Chinese)
+        is an XtmError naming the install line (`pip install "xtm[ja]"`).
         """
-        import onnxruntime as ort
-
+        ort = import_onnxruntime()
         manifest = read_manifest(bundle_dir, verify=verify)
-        chosen = _pick_providers(providers)
+        for lang in manifest.languages:
+            spec = TokenizerSpec.from_dict(manifest.encoders[lang].tokenizer)
+            missing = missing_tokenizer(spec.kind)
+            if missing is not None:
+                raise XtmError(f"this bundle reads '{lang}': {missing}", path=manifest.directory)
+        requested = parse_providers(providers)
+        chosen = resolve_providers(requested, ort.get_available_providers(), ort.get_all_providers())
         opts = ort.SessionOptions()
         if threads is not None:
             if threads < 1:
                 raise XtmError(f"threads must be at least 1, got {threads}")
             opts.intra_op_num_threads = int(threads)
         # onnxruntime logs provider fallbacks and graph notes as warnings; errors still raise.
+        # (A fallback is then reported by check_used, from what the session says it runs on.)
         opts.log_severity_level = 3
         # An encoder call takes about a millisecond and tokenizing the next batch several: idle
         # onnxruntime workers spinning in between took a core from the tokenizer (and from
@@ -190,6 +193,7 @@ class TopicModel:
         # ran infer() at 55k docs/s instead of 27k, the same as 1 thread.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         encoders: dict[str, _Encoder] = {}
+        used: list[str] = []
         for lang in manifest.languages:
             e = manifest.encoders[lang]
             path = manifest.path(e.file)
@@ -197,6 +201,9 @@ class TopicModel:
                 session = ort.InferenceSession(str(path), sess_options=opts, providers=chosen)
             except Exception as ex:  # onnxruntime raises its own non-public exception types
                 raise XtmError(f"onnxruntime cannot load this encoder: {ex}", path=path) from ex
+            if not used:
+                used = list(session.get_providers())
+                check_used(requested, chosen, used, str(path))
             _check_signature(session, e, manifest.num_topics, path)
             spec = TokenizerSpec.from_dict(e.tokenizer)
             if spec.kind not in KINDS:
@@ -205,7 +212,11 @@ class TopicModel:
             encoders[lang] = _Encoder(entry=e, session=session, vocab=_read_vocab(manifest.path(e.vocab), e.vocab_size),
                                       spec=spec)
         topics = read_topics(manifest)
-        return cls(manifest, encoders, topics, chosen, session_options=opts)
+        # The contextual graph opens later with the providers the encoders got (no second fallback).
+        logger.debug("loaded %s: %s, %d topics, languages %s; onnxruntime %s on %s", manifest.directory,
+                     manifest.model, manifest.num_topics, ", ".join(manifest.languages), ort.__version__,
+                     ", ".join(used))
+        return cls(manifest, encoders, topics, used or chosen, session_options=opts)
 
     # -- description ---------------------------------------------------------------------------
 
@@ -253,7 +264,8 @@ class TopicModel:
 
     @property
     def providers(self) -> list[str]:
-        """Execution providers the sessions were opened with (preference order)."""
+        """Execution providers the sessions run on, as onnxruntime reports them (preference order):
+        ["CUDAExecutionProvider", "CPUExecutionProvider"] on a GPU, ["CPUExecutionProvider"] otherwise."""
         return list(self._providers)
 
     def vocabulary(self, lang: str) -> list[str]:

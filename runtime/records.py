@@ -23,9 +23,11 @@ from xtm.errors import XtmError
 if TYPE_CHECKING:
     from xtm.runtime.model import InferenceResult, TopicModel
 
-__all__ = ["DECIMALS", "MAX_CHARS", "MAX_LINE_BYTES", "OUTPUT_WORDS", "PARQUET_SUFFIXES", "WEIGHT", "LineFormatter",
-           "Parsed", "check_out_is_not_input", "decode_json_line", "encode_id", "encode_lines", "line_chunks",
-           "parquet_chunks", "parse_line", "parse_parquet_row", "parse_record", "read_lines", "without_surrogates"]
+__all__ = ["DECIMALS", "INPUT_FORMATS", "MAX_CHARS", "MAX_LINE_BYTES", "OUTPUT_FORMATS", "OUTPUT_WORDS",
+           "PARQUET_SUFFIXES", "TEXT_SUFFIXES", "WEIGHT", "LineFormatter", "Parsed", "TableShape", "TableStream",
+           "check_out_is_not_input", "decode_json_line", "decode_text_line", "encode_id", "encode_lines",
+           "input_format", "line_chunks", "output_format", "parquet_chunks", "parse_line", "parse_parquet_row",
+           "parse_record", "read_lines", "without_surrogates"]
 
 # Longer documents are cut (with a warning): tokenizing megabytes of one line is almost always a
 # malformed record, and a bag of words of the first 100k characters already saturates the vocabulary.
@@ -36,6 +38,11 @@ MAX_CHARS = 100_000
 MAX_LINE_BYTES = 64 * 1024 * 1024
 # File name endings read as Parquet (any other file is JSONL), by both engines.
 PARQUET_SUFFIXES = (".parquet", ".pq")
+# File name endings read as plain text, one document per line, by the local engine's auto format.
+TEXT_SUFFIXES = (".txt", ".text")
+# What xtm-infer reads (--input-format) and writes (--format).
+INPUT_FORMATS = ("jsonl", "text", "parquet")
+OUTPUT_FORMATS = ("jsonl", "csv", "parquet")
 # Words per language shown for each topic in the output.
 OUTPUT_WORDS = 10
 # Decimals kept for weights: float32 carries about 7 significant digits, and 6 decimals keep the
@@ -248,11 +255,7 @@ def parquet_chunks(path: str, size: int) -> Iterator[list[tuple[int, dict[str, A
     A record holds the row's text, lang and id columns (others are not read); a null cell is left
     out, as an absent JSON field: a null lang is detected, a null id becomes the row number.
     Raises XtmError when the file is not Parquet, has no text column, or cannot be read further."""
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError as e:  # not a base dependency: the runtime serves JSONL without it
-        raise XtmError('reading Parquet needs pyarrow: pip install pyarrow (or "xtm[ray]")', path=path) from e
+    pa, pq = _pyarrow(path, "reading")  # not a base dependency: the runtime serves JSONL without it
     try:
         pf = pq.ParquetFile(path)
     except (OSError, pa.ArrowException) as e:
@@ -348,3 +351,207 @@ def encode_lines(lines: Sequence[str]) -> bytes:
         return text.encode("utf-8")
     except UnicodeEncodeError:
         return text.encode("utf-8", "backslashreplace")
+
+
+# -- formats: plain text in, CSV and Parquet out ----------------------------------------------------
+
+
+def input_format(path: str, given: str | None = None) -> str:
+    """The format to read `path` as: `given` (one of INPUT_FORMATS), else by its name: .parquet/.pq
+    Parquet, .txt/.text plain text (one document per line), anything else (and "-") JSONL."""
+    if given is not None and given != "auto":
+        if given not in INPUT_FORMATS:
+            raise XtmError(f"input format must be one of auto, {', '.join(INPUT_FORMATS)}, got {given!r}")
+        return given
+    low = str(path).lower()
+    if low.endswith(PARQUET_SUFFIXES):
+        return "parquet"
+    return "text" if low.endswith(TEXT_SUFFIXES) else "jsonl"
+
+
+def output_format(out: str | os.PathLike[str] | None, given: str | None = None) -> str:
+    """The format to write: `given` (one of OUTPUT_FORMATS), else by --out's name: .csv CSV,
+    .parquet/.pq Parquet, anything else (and stdout) JSONL."""
+    if given is not None and given != "auto":
+        if given not in OUTPUT_FORMATS:
+            raise XtmError(f"output format must be one of auto, {', '.join(OUTPUT_FORMATS)}, got {given!r}")
+        return given
+    low = "" if out is None else os.fspath(out).lower()
+    if low.endswith(".csv"):
+        return "csv"
+    return "parquet" if low.endswith(PARQUET_SUFFIXES) else "jsonl"
+
+
+def decode_text_line(raw: bytes | None) -> tuple[dict[str, Any] | None, str | None]:
+    """({"text": line}, None) for one line of a plain-text input (one document per line, its id the
+    line number), or (None, reason): invalid UTF-8, or over MAX_LINE_BYTES (raw None)."""
+    if raw is None:
+        return None, f"line longer than {MAX_LINE_BYTES:,} bytes (skipped unread)"
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return None, f"invalid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start})"
+    return {"text": text.rstrip("\r\n")}, None
+
+
+class TableShape:
+    """What a table of results holds: K theta columns (full theta only) and top_k topic columns."""
+
+    def __init__(self, num_topics: int, top_k: int, full_theta: bool) -> None:
+        self.num_topics, self.full_theta = int(num_topics), bool(full_theta)
+        self.top_k = max(0, min(int(top_k), self.num_topics))
+
+    def csv_header(self) -> list[str]:
+        head = ["id", "lang", "lang_conf", "route", "empty", "oov_ratio"]
+        for i in range(1, self.top_k + 1):
+            head += [f"topic_{i}", f"weight_{i}"]
+        if self.top_k:
+            head.append("topic_1_words")
+        if self.full_theta:
+            head += [f"theta_{k}" for k in range(self.num_topics)]
+        return head
+
+
+def _id_text(value: Any) -> str | None:
+    """An id as one text cell: a string as it is, null as null, anything else as its JSON (lone
+    surrogates, which no UTF-8 table can hold, as U+FFFD)."""
+    if value is None:
+        return None
+    return without_surrogates(value if isinstance(value, str) else _dumps(value))
+
+
+class _Utf8Text:
+    """str writes as UTF-8 bytes to a binary sink (csv.writer's file), never closing it."""
+
+    def __init__(self, sink: IO[bytes]) -> None:
+        self.sink = sink
+
+    def write(self, text: str) -> int:
+        self.sink.write(text.encode("utf-8"))
+        return len(text)
+
+
+def _words_cell(words: dict[str, list[str]]) -> str:
+    """"en: market stock bank | zh: 市场 股票": a topic's words per language, in one cell."""
+    return without_surrogates(" | ".join(f"{lang}: {' '.join(ws)}" for lang, ws in words.items()))
+
+
+class TableStream:
+    """A binary sink for xtm-infer's output lines that writes them as CSV or Parquet instead.
+
+    It takes exactly what the engine writes to any sink (whole UTF-8 lines, `encode_lines`), so the
+    local engine, the Ray engine and `engine.open_output` callers all get the same table from the
+    same lines: the JSON line stays the one definition of a result, a table is a view of it (the
+    same digits: weights keep their 6 decimals). `close()` finishes the table (Parquet's footer);
+    the sink itself stays open, for its owner to commit or drop.
+
+    CSV (RFC 4180, UTF-8, a header row): id, lang, lang_conf, route, empty, oov_ratio, then per top
+    topic i topic_i and weight_i, topic_1_words ("en: w1 w2 ... | zh: ..."), then theta_0..theta_K-1
+    with full theta. Empty cells for null. Parquet (pyarrow): id (string), lang, lang_conf
+    (float32), route, empty (bool), oov_ratio (float32), topics (list<int32>), weights
+    (list<float32>) and theta (list<float32>, full theta only); nulls for null.
+    Ids become text in both (a string id as it is, any other id as its JSON), one type per column.
+    """
+
+    # Rows held before a Parquet row group is written: row groups of a few thousand rows or more
+    # read efficiently; memory stays a few MB.
+    ROW_GROUP = 65_536
+
+    def __init__(self, sink: IO[bytes], fmt: str, shape: TableShape, name: str = "<output>") -> None:
+        if fmt not in ("csv", "parquet"):
+            raise XtmError(f"a table is csv or parquet, not {fmt!r}")
+        self.sink, self.fmt, self.shape, self.name = sink, fmt, shape, name
+        self._rows: list[dict[str, Any]] = []
+        self._started = False
+        self._writer: Any = None
+        if fmt == "parquet":
+            self._pa, self._pq = _pyarrow(name, "writing")
+
+    # The engine's sink interface (sink_writer): write whole lines, then flush.
+    def write(self, data: bytes) -> int:
+        rows = [json.loads(line) for line in data.decode("utf-8").split("\n") if line]
+        if self.fmt == "csv":
+            self._write_csv(rows)
+        else:
+            self._rows.extend(rows)
+            if len(self._rows) >= self.ROW_GROUP:
+                self._write_parquet()
+        return len(data)
+
+    def flush(self) -> None:
+        self.sink.flush()
+
+    def close(self) -> None:
+        """Finish the table: the CSV header of an empty result, Parquet's last row group and footer."""
+        if self.fmt == "csv":
+            self._write_csv([])
+        else:
+            self._write_parquet(last=True)
+        self.sink.flush()
+
+    def _write_csv(self, rows: list[dict[str, Any]]) -> None:
+        import csv
+
+        if not self._started:
+            self._csv = csv.writer(_Utf8Text(self.sink))
+            self._csv.writerow(self.shape.csv_header())
+            self._started = True
+        top_k, full = self.shape.top_k, self.shape.full_theta
+        out = []
+        for r in rows:
+            cells = [_id_text(r["id"]), r["lang"], _cell(r["lang_conf"], SHARE), r["route"],
+                     "true" if r["empty"] else "false", _cell(r["oov_ratio"], SHARE)]
+            topics = r["topics"]
+            for i in range(top_k):
+                cells += [topics[i]["id"], WEIGHT % topics[i]["weight"]] if i < len(topics) else ["", ""]
+            if top_k:
+                cells.append(_words_cell(topics[0]["words"]) if topics else "")
+            if full:
+                cells += [WEIGHT % w for w in r["theta"]]
+            out.append(cells)
+        self._csv.writerows(out)
+
+    def _write_parquet(self, last: bool = False) -> None:
+        pa = self._pa
+        if self._writer is None:
+            fields = [("id", pa.string()), ("lang", pa.string()), ("lang_conf", pa.float32()),
+                      ("route", pa.string()), ("empty", pa.bool_()), ("oov_ratio", pa.float32()),
+                      ("topics", pa.list_(pa.int32())), ("weights", pa.list_(pa.float32()))]
+            if self.shape.full_theta:
+                fields.append(("theta", pa.list_(pa.float32())))
+            self._schema = pa.schema(fields)
+            try:
+                self._writer = self._pq.ParquetWriter(self.sink, self._schema)
+            except (OSError, pa.ArrowException) as e:
+                raise XtmError(f"cannot write Parquet: {e}", path=self.name) from e
+        rows, self._rows = self._rows, []
+        if rows or last:
+            cols: dict[str, list[Any]] = {
+                "id": [_id_text(r["id"]) for r in rows], "lang": [r["lang"] for r in rows],
+                "lang_conf": [r["lang_conf"] for r in rows], "route": [r["route"] for r in rows],
+                "empty": [r["empty"] for r in rows], "oov_ratio": [r["oov_ratio"] for r in rows],
+                "topics": [[t["id"] for t in r["topics"]] for r in rows],
+                "weights": [[t["weight"] for t in r["topics"]] for r in rows]}
+            if self.shape.full_theta:
+                cols["theta"] = [r["theta"] for r in rows]
+            try:
+                if rows:
+                    self._writer.write_table(pa.table(cols, schema=self._schema))
+                if last:
+                    self._writer.close()
+            except (OSError, pa.ArrowException) as e:
+                raise XtmError(f"cannot write Parquet: {e}", path=self.name) from e
+
+
+def _cell(x: float | None, fmt: str) -> str:
+    return "" if x is None else fmt % x
+
+
+def _pyarrow(name: str, doing: str) -> tuple[Any, Any]:
+    """(pyarrow, pyarrow.parquet), or XtmError with the install line (pyarrow is optional)."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as e:
+        raise XtmError(f'{doing} Parquet needs pyarrow: pip install "xtm[parquet]"', path=name) from e
+    return pa, pq

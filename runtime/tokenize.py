@@ -27,9 +27,12 @@ from xtm.errors import XtmError
 from xtm.languages import normalize_lang
 from xtm.paths import cache_dir
 
-__all__ = ["KINDS", "default_tokenizer_spec", "make_tokenizer"]
+__all__ = ["KINDS", "default_tokenizer_spec", "make_tokenizer", "missing_tokenizer"]
 
 KINDS = ("whitespace", "regex", "jieba", "janome")
+# Kinds whose segmenter is an optional install (the base install serves other languages without
+# them): kind -> (module, language, extra that installs it).
+_OPTIONAL = {"jieba": ("jieba", "Chinese", "zh"), "janome": ("janome", "Japanese", "ja")}
 
 # Runs of Unicode letters/digits: \w minus the underscore. Apostrophes and hyphens split words
 # ("don't" -> "don", "t"); stopword lists carry the fragments.
@@ -51,6 +54,29 @@ def default_tokenizer_spec(lang: str) -> TokenizerSpec:
     return TokenizerSpec(lang=code, kind=kind)
 
 
+def _not_installed(kind: str, cause: BaseException | None = None) -> XtmError:
+    module, language, extra = _OPTIONAL[kind]
+    why = f" ({cause})" if cause is not None and not isinstance(cause, ModuleNotFoundError) else ""
+    return XtmError(f"{language} text is tokenized with {module}, which is not installed{why}: "
+                    f'pip install "xtm[{extra}]"')
+
+
+def missing_tokenizer(kind: str) -> XtmError | None:
+    """The error to raise when `kind`'s segmenter is not installed (None: it is, or none is needed).
+
+    Looked up without importing it (janome's dictionary costs seconds), so a bundle can be checked
+    when it is loaded rather than at its first Japanese document."""
+    if kind not in _OPTIONAL:
+        return None
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec(_OPTIONAL[kind][0]) is not None
+    except (ImportError, ValueError):  # a module object without a spec (set by hand in sys.modules)
+        found = False
+    return None if found else _not_installed(kind)
+
+
 def _has_word_char(tok: str) -> bool:
     return _WORD_RE.search(tok) is not None
 
@@ -63,7 +89,10 @@ def _get_jieba() -> Any:
                 with warnings.catch_warnings():
                     # jieba 0.42 imports pkg_resources, which warns about its own deprecation.
                     warnings.simplefilter("ignore")
-                    import jieba
+                    try:
+                        import jieba
+                    except ImportError as e:
+                        raise _not_installed("jieba", e) from e
                 # jieba logs "Building prefix dict ..." to stderr on first use; users need not see it.
                 jieba.setLogLevel(logging.WARNING)
                 logging.getLogger("jieba").setLevel(logging.WARNING)
@@ -174,7 +203,10 @@ def _get_janome() -> Any:
     if _janome is None:
         with _lock:
             if _janome is None:
-                from janome.tokenizer import Tokenizer
+                try:
+                    from janome.tokenizer import Tokenizer
+                except ImportError as e:
+                    raise _not_installed("janome", e) from e
 
                 # wakati mode yields surface strings only, the cheapest path through janome.
                 _janome = Tokenizer(wakati=True)
