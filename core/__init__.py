@@ -2,8 +2,30 @@
 
 The package root holds only what every part shares (version, language codes, errors, the
 corpus type). Importing `xtm` must stay cheap and torch-free: the runtime depends on it.
+
+`xtm.train(docs, langs=..., dictionary=...)` (xtm.trainer.api) trains from Python on documents in
+memory; it is looked up on first access (PEP 562, as xtm.runtime's attributes are), so `import xtm`
+loads neither the trainer nor torch, and a runtime-only install gets the install line when it calls it.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+if TYPE_CHECKING:
+    from xtm.trainer.api import TrainedRun, train
+
+__all__ = ["TrainedRun", "__version__", "train"]
+
+# Attributes served by other subpackages, imported when first used.
+_LAZY = {"train": "xtm.trainer.api", "TrainedRun": "xtm.trainer.api"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'xtm' has no attribute {name!r}")

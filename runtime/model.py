@@ -154,6 +154,9 @@ class TopicModel:
         self._contextual_entry: ContextualEntry | None = manifest.contextual
         self._contextual: ContextualEncoder | None = None
         self._session_options = session_options
+        # Made on first use (get_topic, topic_word_distribution): per language, read-only.
+        self._distributions: dict[str, np.ndarray] = {}
+        self._vocab_lists: dict[str, list[str]] = {}
 
     @classmethod
     def load(cls, bundle_dir: str | Path, *, threads: int | None = None,
@@ -295,6 +298,75 @@ class TopicModel:
         if beta.shape != (self.num_topics, enc.entry.vocab_size):
             raise XtmError(f"shape {beta.shape}, expected ({self.num_topics}, {enc.entry.vocab_size})", path=path)
         return beta.astype(np.float32, copy=False)
+
+    def topic_word_distribution(self, lang: str) -> np.ndarray:
+        """p(word | topic) for `lang`, float32 [K, V_lang], each row summing to 1: softmax(beta) per
+        topic, the distribution the report and the top words are drawn from. (The decoder adds a
+        per-word batch-norm shift before its softmax, which depends on the batch of documents, not
+        on the topic: it is left out, as in the reference models' topic-word matrices.) Computed
+        once per language and kept (K x V floats)."""
+        code = self._encoder(lang).entry.lang
+        dist = self._distributions.get(code)
+        if dist is None:
+            beta = self.topic_word_weights(code).astype(np.float64)
+            z = np.exp(beta - beta.max(axis=1, keepdims=True))
+            dist = (z / z.sum(axis=1, keepdims=True)).astype(np.float32)
+            dist.setflags(write=False)
+            with self._tok_lock:
+                dist = self._distributions.setdefault(code, dist)
+        return dist
+
+    def get_topic(self, topic: int, lang: str, n: int = 10) -> list[tuple[str, float]]:
+        """Topic `topic`'s n most probable words in `lang` with their probabilities, heaviest first:
+        [("market", 0.083), ...] (rows of `topic_word_distribution`; equal weights: vocabulary order)."""
+        k = self._topic_id(topic)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise XtmError(f"n must be a positive integer, got {n!r}")
+        row = self.topic_word_distribution(lang)[k]
+        top = np.argsort(-row, kind="stable")[:n]
+        vocab = self._words(lang)
+        return [(vocab[j], float(row[j])) for j in top.tolist()]
+
+    def topic_info(self, texts: Sequence[str] | None = None, langs: Sequence[str | None] | str | None = None, *,
+                   n_words: int = 10, **infer_kwargs: Any) -> list[dict[str, Any]]:
+        """One flat row per topic (`pandas.DataFrame(model.topic_info(docs))` is a table):
+        {"id": k, "words_<lang>": its n_words top words in each language, ...}; with `texts`
+        (inferred with `infer(texts, langs, **infer_kwargs)`), also "count_<lang>", the number of
+        that language's documents whose top topic is k, and "size_<lang>", their share of the
+        language's documents (the report's topic size). Unsupported and empty documents count nowhere."""
+        if isinstance(n_words, bool) or not isinstance(n_words, int) or n_words < 1:
+            raise XtmError(f"n_words must be a positive integer, got {n_words!r}")
+        rows: list[dict[str, Any]] = [{"id": k} for k in range(self.num_topics)]
+        for k, t in enumerate(self._topics):
+            for lang in self.languages:
+                rows[k][f"words_{lang}"] = list(t.get(lang, []))[:n_words]
+        if texts is None:
+            return rows
+        res = self.infer(texts, langs, top_k=1, **infer_kwargs)
+        counted = ~(res.unsupported | res.empty)
+        doc_langs = np.array([lang or "" for lang in res.langs], dtype=object)
+        present = sorted({lang for lang, ok in zip(res.langs, counted.tolist(), strict=True) if ok and lang})
+        for lang in sorted(set(self.languages) | set(present), key=lambda c: (c not in self.languages, c)):
+            mine = counted & (doc_langs == lang)
+            counts = np.bincount(res.top_ids[mine, 0], minlength=self.num_topics) if mine.any() else \
+                np.zeros(self.num_topics, dtype=np.int64)
+            total = int(mine.sum())
+            for k in range(self.num_topics):
+                rows[k][f"count_{lang}"] = int(counts[k])
+                rows[k][f"size_{lang}"] = float(counts[k] / total) if total else 0.0
+        return rows
+
+    def _topic_id(self, topic: Any) -> int:
+        if isinstance(topic, bool) or not isinstance(topic, (int, np.integer)) or not 0 <= topic < self.num_topics:
+            raise XtmError(f"topic must be an integer in 0..{self.num_topics - 1}, got {topic!r}")
+        return int(topic)
+
+    def _words(self, lang: str) -> list[str]:
+        code = self._encoder(lang).entry.lang
+        words = self._vocab_lists.get(code)
+        if words is None:
+            words = self._vocab_lists.setdefault(code, self.vocabulary(code))
+        return words
 
     def __repr__(self) -> str:
         return (f"TopicModel({str(self._manifest.directory)!r}, model={self._manifest.model!r}, "
@@ -456,8 +528,11 @@ class TopicModel:
 
     def infer(self, texts: Sequence[str], langs: Sequence[str | None] | str | None = None,
               batch_size: int = InferenceOptions.batch_size, top_k: int = InferenceOptions.top_k,
-              route: str = InferenceOptions.route) -> InferenceResult:
+              route: str = InferenceOptions.route, *, show_progress_bar: bool = False) -> InferenceResult:
         """Topic distributions of `texts`, in input order.
+
+        show_progress_bar: a bar on stderr counting documents through the encoders (tqdm), for
+        long lists in a notebook or terminal.
 
         langs: one code for all texts, one per text (None entries are detected), or None to detect
         all. route (see `xtm.runtime.engine.ROUTES` and `resolve_routes`): "auto" (default) reads the training languages
@@ -493,14 +568,20 @@ class TopicModel:
                 ctx_rows.append(i)
             elif r == "bow":
                 groups.setdefault(lang or self._manifest.languages[0], []).append(i)
-        if ctx_rows:
-            # The sentence encoder costs per token, not per vocabulary word: smaller batches keep
-            # padding (batches are sorted by length) and peak memory low.
-            ctx_texts = [texts[i] for i in ctx_rows]
-            theta[ctx_rows] = self.contextual_encoder().encode(ctx_texts, batch_size=min(batch_size, 64))[0]
-            empty[ctx_rows] = [not texts[i].strip() for i in ctx_rows]
-        for lang, idx_list in groups.items():
-            self._infer_bow(texts, lang, np.asarray(idx_list, dtype=np.int64), batch_size, theta, empty, oov)
+        bar = _progress_bar(len(ctx_rows) + sum(map(len, groups.values())), show_progress_bar)
+        try:
+            if ctx_rows:
+                # The sentence encoder costs per token, not per vocabulary word: smaller batches keep
+                # padding (batches are sorted by length) and peak memory low.
+                ctx_texts = [texts[i] for i in ctx_rows]
+                theta[ctx_rows] = self.contextual_encoder().encode(ctx_texts, batch_size=min(batch_size, 64))[0]
+                empty[ctx_rows] = [not texts[i].strip() for i in ctx_rows]
+                bar.update(len(ctx_rows))
+            for lang, idx_list in groups.items():
+                self._infer_bow(texts, lang, np.asarray(idx_list, dtype=np.int64), batch_size, theta, empty, oov,
+                                bar.update)
+        finally:
+            bar.close()
         unsupported = np.array([r is None for r in res.routes], dtype=bool)
         top_ids, top_weights = _top_topics(np.where(unsupported[:, None], 0, theta), top_k)
         top_ids[unsupported], top_weights[unsupported] = -1, np.nan
@@ -527,7 +608,7 @@ class TopicModel:
         return infer_records(self, records, options=options, report=report)
 
     def _infer_bow(self, texts: Sequence[str], lang: str, idx: np.ndarray, batch_size: int, theta: np.ndarray,
-                   empty: np.ndarray, oov: np.ndarray) -> None:
+                   empty: np.ndarray, oov: np.ndarray, on_rows: Callable[[int], Any] | None = None) -> None:
         """Rows `idx` of texts (all in `lang`) through its bag-of-words encoder, into theta/empty/oov."""
         enc = self._encoder(lang)
         tok = self._tokenizer(lang)
@@ -552,10 +633,35 @@ class TopicModel:
                     theta[widx[sel]] = run(out_name, {in0: ids, in1[0]: cnt})[0]
             else:
                 theta[widx] = run(out_name, {in0: counts.dense(np.arange(len(widx)), V)})[0]
+            if on_rows is not None:
+                on_rows(len(widx))
+
+    def transform(self, texts: Sequence[str], langs: Sequence[str | None] | str | None = None,
+                  **kwargs: Any) -> np.ndarray:
+        """theta, float32 [n, K]: `infer(texts, langs, **kwargs).theta`, the scikit-learn transformer
+        convention (a step of a Pipeline after the text; rows of unsupported texts are NaN)."""
+        return self.infer(texts, langs, **kwargs).theta
 
     def embed(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """Sentence embeddings [n, D] (L2-normalised) from the contextual route's encoder."""
         return self.contextual_encoder().encode(list(texts), batch_size=batch_size)[1]
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_bar(total: int, show: bool) -> Any:
+    """tqdm over `total` documents on stderr when asked for, else a bar that does nothing."""
+    if not show:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit=" docs", dynamic_ncols=True)
 
 
 def _encodable(texts: Sequence[str]) -> Sequence[str]:

@@ -126,3 +126,27 @@ def test_main_prints_paths(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert main([str(tmp_path / "cli"), "--docs-per-lang", "12", "--seed", "3"]) == 0
     out = capsys.readouterr().out
     assert "docs.jsonl" in out and "dict.tsv" in out and "ref.zh.tok.txt" in out
+
+
+def test_xtm_example_is_a_click_command_like_the_others(tmp_path: Path) -> None:
+    """`xtm-example` (issue 16): the same files and lines as `python -m xtm.examples`, --help with
+    examples, --version, bad values as usage errors and unwritable places as one `error:` line."""
+    from click.testing import CliRunner
+
+    import xtm
+    from xtm.cli.example import main as example_main
+
+    runner = CliRunner()
+    r = runner.invoke(example_main, [str(tmp_path / "a"), "--docs-per-lang", "12", "--seed", "3"])
+    assert r.exit_code == 0, r.output
+    write_example(tmp_path / "b", docs_per_lang=12, seed=3)
+    assert (tmp_path / "a" / "docs.jsonl").read_bytes() == (tmp_path / "b" / "docs.jsonl").read_bytes()
+    assert [line.split()[0] for line in r.stdout.splitlines()] == ["docs", "unseen", "dict", "ref_en", "ref_zh",
+                                                                   "readme"]
+    assert runner.invoke(example_main, ["--version"]).stdout.startswith(f"xtm-example (xtm) {xtm.__version__}\n")
+    assert "Examples:" in runner.invoke(example_main, ["--help"]).stdout
+    r = runner.invoke(example_main, [str(tmp_path / "c"), "--docs-per-lang", "3"])
+    assert r.exit_code == 2 and "--docs-per-lang" in r.stderr and not (tmp_path / "c").exists()
+    (tmp_path / "file").write_text("x", encoding="utf-8")
+    r = runner.invoke(example_main, [str(tmp_path / "file" / "sub")])
+    assert r.exit_code == 2 and r.stderr.startswith("error: ") and "Traceback" not in r.output

@@ -1,0 +1,127 @@
+"""Issue 16: looking at a loaded model's topics from Python (get_topic, topic_info, transform),
+progress for long lists, and XtmError as the ValueError it is."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from bundle_fixture import HandBundle, make_bundle
+
+from xtm.errors import XtmError
+from xtm.runtime import TopicModel
+
+EN = ["The stock market and the bank price fell", "The team scored a goal in the football match",
+      "The doctor said the virus reached the hospital"]
+ZH = ["股票市场价格下跌", "球队在足球比赛中进球"]
+
+
+@pytest.fixture(scope="module")
+def hb(tmp_path_factory: pytest.TempPathFactory) -> HandBundle:
+    return make_bundle(tmp_path_factory.mktemp("bundle") / "b")
+
+
+@pytest.fixture(scope="module")
+def model(hb: HandBundle) -> TopicModel:
+    return TopicModel.load(hb.path)
+
+
+def test_topic_word_distribution_is_softmax_of_beta_with_rows_summing_to_one(model: TopicModel) -> None:
+    for lang in model.languages:
+        beta = model.topic_word_weights(lang).astype(np.float64)
+        dist = model.topic_word_distribution(lang)
+        assert dist.shape == beta.shape and dist.dtype == np.float32
+        np.testing.assert_allclose(dist.sum(axis=1), 1.0, atol=1e-5)
+        expected = np.exp(beta - beta.max(axis=1, keepdims=True))
+        np.testing.assert_allclose(dist, expected / expected.sum(axis=1, keepdims=True), rtol=1e-5)
+        assert not dist.flags.writeable  # shared between calls: nobody edits it in place
+
+
+def test_get_topic_gives_the_top_words_with_normalised_weights(model: TopicModel) -> None:
+    for k in range(model.num_topics):
+        for lang in model.languages:
+            pairs = model.get_topic(k, lang, n=15)
+            words, weights = [w for w, _ in pairs], [w for _, w in pairs]
+            assert words == model.topics[k][lang]  # the bundle's top words, in the same order
+            assert weights == sorted(weights, reverse=True) and all(0 < w < 1 for w in weights)
+            assert all(isinstance(w, float) for w in weights)
+    full = model.get_topic(0, "cn", n=10_000)  # an alias of a served language; n past the vocabulary
+    assert len(full) == len(model.vocabulary("zh")) and abs(sum(w for _, w in full) - 1) < 1e-4
+
+
+@pytest.mark.parametrize(("args", "needle"), [((99, "en"), "topic must be an integer in 0..5"),
+                                              ((-1, "en"), "topic must be an integer"),
+                                              ((True, "en"), "topic must be an integer"),
+                                              ((0, "fr"), "language 'fr' is not served"),
+                                              ((0, "en", 0), "n must be a positive integer")])
+def test_get_topic_refuses_what_is_not_a_topic(model: TopicModel, args: tuple, needle: str) -> None:
+    with pytest.raises(XtmError, match=needle):
+        model.get_topic(*args)
+
+
+def test_topic_info_without_documents_lists_words_per_language(model: TopicModel) -> None:
+    info = model.topic_info(n_words=3)
+    assert [row["id"] for row in info] == list(range(model.num_topics))
+    for row, t in zip(info, model.topics, strict=True):
+        assert set(row) == {"id", "words_en", "words_zh"}
+        assert row["words_en"] == t["en"][:3] and row["words_zh"] == t["zh"][:3]
+
+
+def test_topic_info_with_documents_counts_each_languages_top_topics(model: TopicModel) -> None:
+    texts = EN + ZH + ["", "12345 !!!"]  # a blank text (empty) and one without a language (unsupported)
+    info = model.topic_info(texts)
+    res = model.infer(texts)
+    for lang, docs in (("en", EN), ("zh", ZH)):
+        counts = [row[f"count_{lang}"] for row in info]
+        assert sum(counts) == len(docs)
+        expected = np.bincount(res.top_ids[[i for i, t in enumerate(texts) if t in docs], 0],
+                               minlength=model.num_topics)
+        assert counts == expected.tolist()
+        np.testing.assert_allclose([row[f"size_{lang}"] for row in info], expected / len(docs))
+    json.dumps(info)  # plain Python values: JSON, pandas, a spreadsheet
+
+
+def test_transform_is_theta_in_input_order(model: TopicModel) -> None:
+    theta = model.transform(EN + ZH)
+    assert theta.shape == (5, model.num_topics) and theta.dtype == np.float32
+    np.testing.assert_array_equal(theta, model.infer(EN + ZH).theta)
+    np.testing.assert_array_equal(model.transform(EN, langs="en", batch_size=1), model.infer(EN, "en").theta)
+
+
+def test_show_progress_bar_draws_on_stderr_only_when_asked(hb: HandBundle) -> None:
+    code = ("from xtm.runtime import TopicModel\n"
+            f"m = TopicModel.load({str(hb.path)!r})\n"
+            "texts = ['the stock market'] * 3000\n"
+            "a = m.infer(texts, 'en', show_progress_bar=True).theta\n"
+            "import sys; sys.stderr.write('|MARK|')\n"
+            "b = m.infer(texts, 'en').theta\n"
+            "print((a == b).all())\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "True"
+    before, after = p.stderr.split("|MARK|")
+    assert "3000/3000" in before and "docs" in before
+    assert after == ""
+
+
+def test_xtm_error_is_a_value_error() -> None:
+    assert issubclass(XtmError, ValueError)
+    e = XtmError("bad value", path="docs.jsonl", line=3, field="text")
+    assert str(e) == "docs.jsonl:3: field 'text': bad value"
+    try:
+        TopicModel.load("/nonexistent/bundle")
+    except ValueError as caught:  # what a caller handling bad values catches
+        assert isinstance(caught, XtmError)
+    else:  # pragma: no cover
+        pytest.fail("no error")
+
+
+def test_a_bundle_for_one_language_has_topic_info_for_that_language(tmp_path) -> None:
+    b = make_bundle(tmp_path / "en", vocabs={"en": ["market", "stock", "team", "goal"]}, num_topics=2)
+    m = TopicModel.load(b.path)
+    info = m.topic_info(["the market and the stock", "the team and the goal"], langs="en")
+    assert [set(row) for row in info] == [{"id", "words_en", "count_en", "size_en"}] * 2
+    assert sum(row["count_en"] for row in info) == 2

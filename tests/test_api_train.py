@@ -1,0 +1,94 @@
+"""Issue 16: training from Python on documents in memory (`xtm.train`), the same run xtm-train makes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import xtm
+from xtm.errors import XtmError
+from xtm.examples import write_example
+from xtm.run_dir import RunDir
+
+DOCS_PER_LANG = 60
+
+
+@pytest.fixture(scope="module")
+def example(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return write_example(tmp_path_factory.mktemp("ex"), docs_per_lang=DOCS_PER_LANG, seed=0)
+
+
+def rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.mark.slow
+def test_train_on_lists_export_and_infer(example: dict[str, Path], tmp_path: Path) -> None:
+    docs = rows(example["docs"])
+    pairs = [tuple(line.split("\t")) for line in example["dict"].read_text(encoding="utf-8").splitlines()]
+    run = xtm.train([d["text"] for d in docs], langs=[d["lang"] for d in docs], labels=[d["label"] for d in docs],
+                    dictionary=pairs, model="NMTM", num_topics=6, epochs=3, out=tmp_path / "run", min_df=1, seed=1)
+    assert isinstance(run, xtm.TrainedRun) and not run.interrupted
+    assert run.run_dir == tmp_path / "run" and RunDir(run.run_dir).load_metrics() == run.metrics
+    assert run.metrics["model"] == "nmtm" and run.metrics["num_topics"] == 6 and run.metrics["epochs"] == 3
+    assert 0 < run.metrics["TU"] <= 1 and run.metrics["classification"]  # labels reached the evaluation
+    assert set(run.topics) == {"en", "zh"} and len(run.topics["en"]) == 6
+    # The documents went through the JSONL reader from a file the run records (xtm-contextual reads it again).
+    cfg = RunDir(run.run_dir).load_config()
+    assert Path(cfg["data"]["path"]) == run.data_path == tmp_path / "run.data" / "docs.jsonl"
+    assert [r["text"] for r in rows(run.data_path)] == [d["text"] for d in docs]
+    assert cfg["train_config"]["seed"] == 1 and cfg["data"]["min_df"] == 1
+
+    model = run.export(tmp_path / "bundle")
+    assert model.num_topics == 6 and model.languages == ["en", "zh"]
+    theta = model.transform(["The coach said the team will win the final.", "股市今天大幅下跌"])
+    assert theta.shape == (2, 6) and np.allclose(theta.sum(axis=1), 1, atol=1e-5)
+    assert [w for w, _ in model.get_topic(0, "en", 15)] == run.topics["en"][0]
+
+
+def test_records_and_a_dictionary_file_are_taken_as_xtm_train_takes_them(example: dict[str, Path],
+                                                                        tmp_path: Path) -> None:
+    """Records keep their fields; the dictionary file is used where it is. Refused before training:
+    a run directory that is someone else's."""
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me", encoding="utf-8")
+    with pytest.raises(XtmError, match="not an xtm run"):
+        xtm.train(rows(example["docs"]), dictionary=example["dict"], model="nmtm", num_topics=6, epochs=1,
+                  out=foreign)
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"] and not (tmp_path / "mine.data").exists()
+
+
+@pytest.mark.parametrize(("kwargs", "needle"), [
+    ({"docs": "one text"}, "docs must be a list of texts or records"),
+    ({"docs": []}, "docs is empty"),
+    ({"docs": ["a", 3]}, r"docs\[1\] must be a text or a record"),
+    ({"docs": ["a", "  "]}, r"docs\[1\]: 'text' must be a non-empty string"),
+    ({"docs": ["a", "b"], "langs": ["en"]}, r"langs must give one value per document \(2\), got 1 values"),
+    ({"docs": ["a", "b"], "langs": ["en", "q"]}, r"langs\[1\]: invalid language code 'q'"),
+    ({"docs": [{"text": "a", "lang": "en"}], "langs": "en"}, "give their languages and labels in the records"),
+    ({"docs": ["a"], "num_topics": 1}, "num_topics must be >= 2 and <= 10000, got 1"),
+    ({"docs": ["a"], "epochs": 0}, "epochs must be >= 1"),
+    ({"docs": ["a"], "model": "lda"}, "model must be one of nmtm, infoctm"),
+    ({"docs": ["a"], "vocab_sise": 10}, "unknown setting.*vocab_sise.*vocab_size"),
+    ({"docs": ["a"], "dictionary": [("a", "b", "c")]}, "dictionary entry 0 must be a pair"),
+    ({"docs": ["a"], "dictionary": {"a\tb": "c"}}, "without tabs or newlines"),
+])
+def test_bad_arguments_are_one_clear_error_before_anything_is_written(kwargs: dict, needle: str,
+                                                                     tmp_path: Path) -> None:
+    with pytest.raises(XtmError, match=needle):
+        xtm.train(**{"out": tmp_path / "run", **kwargs})
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_bad_document_is_named_by_its_line_in_the_written_jsonl(tmp_path: Path) -> None:
+    """What only the JSONL reader checks (a record's split) fails as xtm-train fails: one line naming
+    the file and line, and line N is docs[N - 1]."""
+    docs = [{"text": "The market fell sharply today.", "lang": "en"}, {"text": "股市今天大幅下跌", "lang": "zh"},
+            {"text": "The team won.", "lang": "en", "split": "validation"}]
+    with pytest.raises(XtmError) as e:
+        xtm.train(docs, model="nmtm", num_topics=2, epochs=1, out=tmp_path / "run")
+    assert "docs.jsonl:3: field 'split'" in str(e.value)

@@ -1,0 +1,201 @@
+"""Issue 16: xtm-infer in pipelines: plain text and Parquet in; JSONL, CSV or Parquet out; log
+levels; progress lines a log file keeps; a quiet exit when the reader of stdout goes away."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from bundle_fixture import HandBundle, make_bundle
+from click.testing import CliRunner
+
+from xtm.cli.infer import main
+
+TEXTS = ["The stock market and the bank", "北京的经济增长很快", "", "Football: the team scored a goal in the match",
+         "中国足球队在比赛中进球\r"]
+
+
+@pytest.fixture(scope="module")
+def hb(tmp_path_factory: pytest.TempPathFactory) -> HandBundle:
+    return make_bundle(tmp_path_factory.mktemp("bundle") / "b")
+
+
+def invoke(args: list[str], stdin: str | None = None):
+    return CliRunner().invoke(main, args, input=stdin, catch_exceptions=False)
+
+
+def jsonl_for(hb: HandBundle, tmp_path: Path, extra: list[str] | None = None) -> list[dict]:
+    """The reference: the same documents as JSONL records with line-number ids."""
+    src = tmp_path / "ref.jsonl"
+    src.write_text("".join(json.dumps({"id": i, "text": t.rstrip("\r")}, ensure_ascii=False) + "\n"
+                           for i, t in enumerate(TEXTS, start=1) if t.strip()), encoding="utf-8")
+    r = invoke([str(src), "--bundle", str(hb.path), *(extra or [])])
+    assert r.exit_code == 0, r.stderr
+    return [json.loads(line) for line in r.stdout.splitlines()]
+
+
+def test_plain_text_is_one_document_per_line_with_line_number_ids(hb: HandBundle, tmp_path: Path) -> None:
+    src = tmp_path / "notes.txt"
+    src.write_bytes("\n".join(TEXTS).encode("utf-8") + b"\n\xff\xfe broken\n")
+    r = invoke([str(src), "--bundle", str(hb.path)])
+    assert r.exit_code == 0
+    out = [json.loads(line) for line in r.stdout.splitlines()]
+    assert out == jsonl_for(hb, tmp_path)  # the same lines as the equivalent JSONL records
+    assert [o["id"] for o in out] == [1, 2, 4, 5] and [o["lang"] for o in out] == ["en", "zh", "en", "zh"]
+    assert f"{src}:6: invalid UTF-8 (byte 0xff at offset 0)" in r.stderr and "skipped 1 of 5 lines" in r.stderr
+    # The same file under another name, and from stdin, with --input-format text.
+    other = tmp_path / "notes.data"
+    other.write_bytes(src.read_bytes())
+    assert invoke([str(other), "--bundle", str(hb.path), "--input-format", "text"]).stdout == r.stdout
+    piped = invoke(["-", "--bundle", str(hb.path), "--input-format", "text"], stdin="\n".join(TEXTS) + "\n")
+    assert piped.stdout == r.stdout
+
+
+def test_a_text_line_is_never_read_as_json(hb: HandBundle, tmp_path: Path) -> None:
+    src = tmp_path / "t.txt"
+    src.write_text('{"text": "not this", "lang": "fr"}\n', encoding="utf-8")
+    out = json.loads(invoke([str(src), "--bundle", str(hb.path), "--top-k", "1"]).stdout)
+    assert out["id"] == 1 and out["lang"] == "en"  # the whole line is English-looking text, detected
+
+
+def test_csv_output_is_the_json_lines_as_a_table(hb: HandBundle, tmp_path: Path) -> None:
+    src = tmp_path / "notes.txt"
+    src.write_text("\n".join(TEXTS) + "\n", encoding="utf-8")
+    out = tmp_path / "topics.csv"
+    r = invoke([str(src), "--bundle", str(hb.path), "--out", str(out), "--top-k", "2"])
+    assert r.exit_code == 0 and f"wrote 4 results to {out}" in r.stderr
+    table = list(csv.reader(io.StringIO(out.read_text(encoding="utf-8"), newline="")))
+    K = hb.num_topics
+    assert table[0] == ["id", "lang", "lang_conf", "route", "empty", "oov_ratio", "topic_1", "weight_1", "topic_2",
+                        "weight_2", "topic_1_words"] + [f"theta_{k}" for k in range(K)]
+    ref = jsonl_for(hb, tmp_path, ["--top-k", "2"])
+    assert len(table) == 1 + len(ref)
+    for row, o in zip(table[1:], ref, strict=True):
+        assert row[0] == str(o["id"]) and row[1] == o["lang"] and row[3] == o["route"]
+        assert row[2] == ("" if o["lang_conf"] is None else f"{o['lang_conf']:.3f}")
+        assert row[4] == str(o["empty"]).lower()
+        assert [int(row[6]), int(row[8])] == [t["id"] for t in o["topics"]]
+        assert [float(row[7]), float(row[9])] == [t["weight"] for t in o["topics"]]
+        assert row[10].startswith("en: " + " ".join(o["topics"][0]["words"]["en"]) + " | zh: ")
+        assert [float(x) for x in row[11:]] == o["theta"] and all(len(x.split(".")[1]) == 6 for x in row[11:])
+
+
+def test_csv_with_sparse_theta_has_no_theta_columns_and_ids_as_text(hb: HandBundle, tmp_path: Path) -> None:
+    src = tmp_path / "d.jsonl"
+    src.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in [
+        {"id": "a,b \"quoted\"", "text": "the stock market", "lang": "en"},
+        {"id": {"k": [1, 2]}, "text": "the team scored", "lang": "en"},
+        {"id": None, "text": "the bank", "lang": "en"}]), encoding="utf-8")
+    r = invoke([str(src), "--bundle", str(hb.path), "--format", "csv", "--sparse-theta", "--top-k", "1"])
+    assert r.exit_code == 0, r.stderr
+    table = list(csv.reader(io.StringIO(r.stdout, newline="")))
+    assert table[0] == ["id", "lang", "lang_conf", "route", "empty", "oov_ratio", "topic_1", "weight_1",
+                        "topic_1_words"]
+    assert [row[0] for row in table[1:]] == ['a,b "quoted"', '{"k":[1,2]}', ""]
+    assert [row[2] for row in table[1:]] == ["", "", ""]  # lang given: no detection confidence
+
+
+def test_parquet_in_and_out(hb: HandBundle, tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    src = tmp_path / "docs.parquet"
+    pq.write_table(pa.table({"id": ["x", "y", "z"], "text": [TEXTS[0], TEXTS[1], TEXTS[3]]}), src)
+    out = tmp_path / "topics.parquet"
+    r = invoke([str(src), "--bundle", str(hb.path), "--out", str(out), "--top-k", "3"])
+    assert r.exit_code == 0, r.stderr
+    t = pq.read_table(out)
+    assert t.schema.names == ["id", "lang", "lang_conf", "route", "empty", "oov_ratio", "topics", "weights", "theta"]
+    assert pa.types.is_list(t.schema.field("theta").type) and t.schema.field("theta").type.value_type == pa.float32()
+    rows = t.to_pylist()
+    lines = invoke([str(src), "--bundle", str(hb.path), "--top-k", "3"]).stdout.splitlines()
+    ref = [json.loads(line) for line in lines]
+    for row, o in zip(rows, ref, strict=True):
+        assert row["id"] == o["id"] and row["lang"] == o["lang"] and row["route"] == o["route"]
+        assert row["topics"] == [x["id"] for x in o["topics"]]
+        assert row["weights"] == pytest.approx([x["weight"] for x in o["topics"]], abs=1e-6)
+        assert row["theta"] == pytest.approx(o["theta"], abs=1e-6)
+        assert row["oov_ratio"] == pytest.approx(o["oov_ratio"], abs=1e-6)
+    # an output that fails leaves the previous file as it was
+    before = out.read_bytes()
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"\xff\n")
+    r = invoke([str(bad), "--bundle", str(hb.path), "--out", str(out)])
+    assert r.exit_code == 1 and out.read_bytes() == before
+
+
+def test_parquet_without_pyarrow_names_the_extra(hb: HandBundle, tmp_path: Path) -> None:
+    src = tmp_path / "d.txt"
+    src.write_text("the stock market\n", encoding="utf-8")
+    code = ("import sys\nsys.modules['pyarrow'] = None\nsys.argv = ['xtm-infer', " +
+            f"{str(src)!r}, '--bundle', {str(hb.path)!r}, '--out', {str(tmp_path / 'o.parquet')!r}]\n"
+            "from xtm.cli.infer import main\nmain()\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.stderr.strip().endswith('writing Parquet needs pyarrow: pip install "xtm[parquet]"')
+    assert not (tmp_path / "o.parquet").exists()
+
+
+def test_formats_by_name_and_bad_combinations(hb: HandBundle, tmp_path: Path) -> None:
+    src = tmp_path / "d.jsonl"
+    src.write_text('{"text": "the stock market", "lang": "en"}\n', encoding="utf-8")
+    out = tmp_path / "o.jsonl.csv"
+    assert invoke([str(src), "--bundle", str(hb.path), "--out", str(out)]).exit_code == 0
+    assert out.read_text(encoding="utf-8").startswith("id,lang,")
+    out = tmp_path / "o.csv"
+    assert invoke([str(src), "--bundle", str(hb.path), "--out", str(out), "--format", "jsonl"]).exit_code == 0
+    assert json.loads(out.read_text(encoding="utf-8"))["lang"] == "en"
+    r = invoke(["-", "--bundle", str(hb.path), "--input-format", "parquet"], stdin="x\n")
+    assert r.exit_code == 2 and "Parquet is read from a file" in r.stderr
+    r = invoke([str(src), "--bundle", str(hb.path), "--format", "xml"])
+    assert r.exit_code == 2 and "'xml' is not one of" in r.stderr
+
+
+def test_log_levels(hb: HandBundle, tmp_path: Path) -> None:
+    src = tmp_path / "d.jsonl"
+    src.write_text('{"text": "the stock market", "lang": "en"}\n{"text": ""}\n', encoding="utf-8")
+    quiet = invoke([str(src), "--bundle", str(hb.path), "-q"])
+    assert quiet.exit_code == 0 and "xtm-infer:" not in quiet.stderr
+    verbose = invoke([str(src), "--bundle", str(hb.path), "--log-level", "DEBUG"])
+    assert "xtm-infer: bundle" in verbose.stderr and "xtm-infer: inference took" in verbose.stderr
+    both = invoke([str(src), "--bundle", str(hb.path), "-v", "-q"])
+    assert both.exit_code == 2 and "-v and -q contradict each other" in both.stderr
+    # Bad lines are reported at every level: they are the run's outcome, not a log line.
+    assert f"{src}:2: empty text" in quiet.stderr
+
+
+def test_progress_lines_reach_a_log_file(hb: HandBundle, tmp_path: Path) -> None:
+    """stderr is a file (a scheduler's log): progress comes as lines, not a terminal's bar."""
+    src = tmp_path / "d.txt"
+    src.write_text("the stock market and the bank\n" * 3000, encoding="utf-8")
+    log = tmp_path / "log.txt"
+    with open(log, "wb") as err:
+        p = subprocess.run([sys.executable, "-m", "xtm.cli.infer", str(src), "--bundle", str(hb.path), "--out",
+                            str(tmp_path / "o.jsonl"), "--batch-size", "50", "--progress-every", "0.001"],
+                           stderr=err, stdout=subprocess.DEVNULL, timeout=300)
+    text = log.read_text(encoding="utf-8")
+    assert p.returncode == 0, text
+    progress = [line for line in text.splitlines() if line.endswith("lines/s")]
+    assert len(progress) >= 3 and "\r" not in text
+    assert progress[0].startswith("xtm-infer: 200 lines, ") and progress[-1].startswith("xtm-infer: 3,000 lines, ")
+    assert text.splitlines()[-1] == f"wrote 3000 results to {tmp_path / 'o.jsonl'}"
+
+
+def test_a_closed_pipe_ends_quietly_with_sigpipes_status(hb: HandBundle, tmp_path: Path) -> None:
+    """`xtm-infer big.txt --bundle B | head -n 1`: the reader leaves after one line. xtm-infer stops
+    without a word and exits 141 (128 + SIGPIPE), as `cat` or `grep` do there."""
+    src = tmp_path / "big.txt"
+    src.write_text("the stock market and the bank\n" * 20000, encoding="utf-8")
+    script = (f"{sys.executable} -m xtm.cli.infer {src} --bundle {hb.path} --batch-size 64 2>{tmp_path / 'err'} "
+              "| head -n 1; echo \"status=${PIPESTATUS[0]}\"")
+    p = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    first, status = p.stdout.strip().splitlines()
+    assert json.loads(first)["id"] == 1
+    assert status == "status=141"
+    assert (tmp_path / "err").read_text() == ""

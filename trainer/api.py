@@ -1,0 +1,260 @@
+"""Training from Python on in-memory documents: `xtm.train(docs, langs=..., dictionary=...)`.
+
+    import xtm
+
+    run = xtm.train(["The market fell.", "股市大幅下跌。", ...], langs=["en", "zh", ...],
+                    dictionary=[("市场", "market"), ...], model="nmtm", num_topics=20, epochs=50)
+    run.metrics["TU"], run.topics["en"][0], run.run_dir
+    model = run.export("bundles/mine")          # a TopicModel, served without torch
+
+It is `xtm-train` without files: the documents are written once as JSONL (into `data_dir`, by
+default a new directory next to the run, kept: the run's config.json points at it, and
+xtm-contextual reads the documents again) and go through exactly the loader, tokenizers,
+vocabulary rules, training loop and evaluation that `xtm-train --data docs.jsonl` uses, into a run
+directory (`out`, default a new temporary directory). A problem with a document is the loader's
+one-line error naming its line: line N of the JSONL is docs[N - 1]. report.html is not rendered
+here (the trainer never imports the renderer): `xtm-report RUN_DIR` writes it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from xtm.atomic import write_text
+from xtm.config import DataConfig, Phase2Config, Preprocessing, TrainConfig, cli_spec, default_of
+from xtm.errors import XtmError
+from xtm.languages import normalize_lang
+from xtm.run_dir import RunDir, refuse_foreign_dir
+
+if TYPE_CHECKING:
+    from xtm.runtime.model import TopicModel
+
+__all__ = ["TrainedRun", "train"]
+
+logger = logging.getLogger(__name__)
+
+DOCS_FILE = "docs.jsonl"
+DICT_FILE = "dict.tsv"
+# Settings train() takes as keywords besides its named parameters: TrainConfig's and the JSONL
+# preprocessing rules (DataConfig's own file-oriented fields are set from the arguments).
+_TRAIN_SETTINGS = tuple(f.name for f in fields(TrainConfig) if f.name not in ("model", "num_topics", "epochs"))
+_DATA_SETTINGS = tuple(f.name for f in fields(Preprocessing) if f.name in {g.name for g in fields(DataConfig)})
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    """A finished (or interrupted) training run: where it is and what it measured.
+
+    run_dir: the run directory (xtm-export, xtm-report, xtm-contextual take it). data_path: the
+    JSONL the documents were written to. metrics: metrics.json (TU, CNPMI, TQ, classification, ...).
+    topics: each language's topics, their top words (topics_<lang>.txt)."""
+
+    run_dir: Path
+    data_path: Path
+    metrics: dict[str, Any]
+    topics: dict[str, list[list[str]]] = field(default_factory=dict)
+
+    @property
+    def interrupted(self) -> bool:
+        """True when training stopped early (Ctrl-C, SIGTERM): the checkpoint continues it
+        (`xtm-train --data DATA_PATH --out RUN_DIR --resume`)."""
+        return bool(self.metrics.get("interrupted"))
+
+    def export(self, bundle_dir: str | Path, **options: Any) -> TopicModel:
+        """`xtm-export RUN_DIR --out BUNDLE_DIR` and the loaded bundle (a torch-free TopicModel).
+
+        options: export_run's (quantize="int8", opset, parity_check, contextual)."""
+        # Imported here: exporting is the step after training, reached only when asked for.
+        from xtm.exporters.onnx_export import export_run
+        from xtm.runtime.model import TopicModel
+
+        export_run(self.run_dir, bundle_dir, progress=False, **options)
+        return TopicModel.load(bundle_dir)
+
+
+def train(docs: Sequence[str] | Sequence[Mapping[str, Any]], langs: Sequence[str | None] | str | None = None, *,
+          dictionary: str | Path | Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+          model: str = default_of(TrainConfig, "model"), num_topics: int = default_of(TrainConfig, "num_topics"),
+          epochs: int = default_of(TrainConfig, "epochs"), labels: Sequence[Any] | None = None,
+          out: str | Path | None = None, data_dir: str | Path | None = None, ref_corpus: str | Path | None = None,
+          phase2: Phase2Config | None = None, progress: bool = False, **settings: Any) -> TrainedRun:
+    """Train a cross-lingual topic model on documents held in memory; returns the run.
+
+    docs: texts, or records as a JSONL line holds them ({"text", "lang"?, "label"?, "split"?,
+        "id"?}). langs: with texts, one language code per text, one for all, or None to detect
+        them (py3langid). labels: with texts, one label per text (enables the classification metrics).
+    dictionary: a TSV file (source<TAB>target), a mapping or pairs (source, target); nmtm and
+        infoctm need one, xtra does not.
+    model, num_topics, epochs: as xtm-train's --model, --topics, --epochs.
+    out: the run directory (new, empty, or an xtm run; default: a new temporary directory).
+    data_dir: where the documents (and a dictionary given as pairs) are written (default: a new
+        directory beside the run, "<run>.data"; kept, see the module docstring).
+    ref_corpus: aligned documents for CNPMI (xtm-train --ref-corpus).
+    phase2: LLM-XTM phase 2 settings (xtm.config.Phase2Config), or `phase2_epochs=N` for the defaults.
+    progress: progress bars on stderr.
+    settings: any other xtm-train setting by its name in xtm.config: TrainConfig's (batch_size, lr,
+        seed, device, threads, checkpoint_every, hparams={...}, eval_every, phase2_epochs, ...) and
+        the vocabulary rules (vocab_size, min_df, max_df). Checked like the command line's options.
+    """
+    cfg, data_settings = _configs(model, num_topics, epochs, progress, settings)
+    records = _records(docs, langs, labels)
+    run_dir = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="xtm-run-"))
+    refuse_foreign_dir(run_dir, hint="choose a new or empty out")  # before anything is written
+    data = Path(data_dir) if data_dir is not None else run_dir.with_name(run_dir.name + ".data")
+    data_path, dict_path = _write_inputs(records, dictionary, data)
+    phase2 = _phase2(phase2, cfg)
+    data_cfg = DataConfig(path=str(data_path), dict_path=str(dict_path) if dict_path is not None else None,
+                          ref_corpus=str(ref_corpus) if ref_corpus is not None else None, **data_settings)
+    run_training = _run_training()
+
+    metrics = run_training(data_cfg, cfg, run_dir, phase2=phase2)
+    run = RunDir(run_dir)
+    topics = {lang: run.read_topics(lang) for lang in metrics.get("langs", []) if run.topics_path(lang).is_file()}
+    return TrainedRun(run_dir=run_dir, data_path=data_path, metrics=metrics, topics=topics)
+
+
+def _run_training() -> Any:
+    """xtm.trainer.run.run_training, imported when training starts (so `import xtm` and this module stay
+    torch-free); a runtime-only install gets the install line, as xtm-train gives it."""
+    try:
+        from xtm.trainer.run import run_training
+    except ImportError as e:
+        missing = e.name or str(e)
+        raise XtmError(f"training needs torch and the training extra ({missing} is missing): "
+                       'pip install "xtm[train]"') from e
+    return run_training
+
+
+def _check(cls: type, name: str, value: Any) -> Any:
+    """`value` for setting `cls.name`, checked against its command-line option's range and choices."""
+    spec = cli_spec(cls, name)
+    if spec is None or value is None:
+        return value
+    if spec.choices is not None:
+        if not isinstance(value, str):
+            raise XtmError(f"{name} must be one of {', '.join(spec.choices)}, got {value!r}")
+        match = [c for c in spec.choices if (c == value if spec.case_sensitive else c.lower() == value.lower())]
+        if not match:
+            raise XtmError(f"{name} must be one of {', '.join(spec.choices)}, got {value!r}")
+        return match[0]
+    if spec.min is not None or spec.max is not None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise XtmError(f"{name} must be a number, got {value!r}")
+        low_bad = spec.min is not None and (value <= spec.min if spec.min_open else value < spec.min)
+        high_bad = spec.max is not None and (value >= spec.max if spec.max_open else value > spec.max)
+        if low_bad or high_bad:
+            lo = "" if spec.min is None else f"{'>' if spec.min_open else '>='} {spec.min:g}"
+            hi = "" if spec.max is None else f"{'<' if spec.max_open else '<='} {spec.max:g}"
+            raise XtmError(f"{name} must be {' and '.join(x for x in (lo, hi) if x)}, got {value!r}")
+    return value
+
+
+def _configs(model: str, num_topics: int, epochs: int, progress: bool,
+             settings: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any]]:
+    unknown = sorted(set(settings) - set(_TRAIN_SETTINGS) - set(_DATA_SETTINGS))
+    if unknown:
+        raise XtmError(f"unknown setting(s) {', '.join(unknown)}: train() takes {', '.join(_TRAIN_SETTINGS)}, "
+                       f"{', '.join(_DATA_SETTINGS)}")
+    train_kw = {k: _check(TrainConfig, k, v) for k, v in settings.items() if k in _TRAIN_SETTINGS}
+    data_kw = {k: _check(DataConfig, k, v) for k, v in settings.items() if k in _DATA_SETTINGS}
+    named = {"model": model, "num_topics": num_topics, "epochs": epochs}
+    cfg = TrainConfig(**{k: _check(TrainConfig, k, v) for k, v in named.items()},
+                      **{"progress": bool(progress), **train_kw})
+    return cfg, data_kw
+
+
+def _phase2(phase2: Phase2Config | None, cfg: TrainConfig) -> Phase2Config | None:
+    """xtm-train's rule: phase 2 runs when phase2_epochs > 0 (or a Phase2Config is given), its LLM
+    sampling seeded with the run's seed."""
+    if phase2 is None and not cfg.phase2_epochs:
+        return None
+    p = phase2 or Phase2Config()
+    epochs = cfg.phase2_epochs or p.epochs
+    refiner = replace(p.refiner, sampling=replace(p.refiner.sampling, seed=cfg.seed))
+    return replace(p, epochs=epochs, refiner=refiner)
+
+
+def _records(docs: Any, langs: Any, labels: Any) -> list[dict[str, Any]]:
+    """docs as JSONL records, checked with messages naming docs[i] (the loader checks the rest)."""
+    if isinstance(docs, (str, bytes)) or not isinstance(docs, Sequence):
+        raise XtmError(f"docs must be a list of texts or records, got {type(docs).__name__}")
+    n = len(docs)
+    per_doc = _per_doc("langs", langs, n)
+    per_label = _per_doc("labels", labels, n) if labels is not None else None
+    out = []
+    for i, d in enumerate(docs):
+        if isinstance(d, str):
+            rec: dict[str, Any] = {"id": str(i), "text": d}
+            if per_doc[i] is not None:
+                rec["lang"] = _lang(per_doc[i], i)
+            if per_label is not None:
+                rec["label"] = per_label[i]
+        elif isinstance(d, Mapping):
+            if langs is not None or labels is not None:
+                raise XtmError("docs are records: give their languages and labels in the records "
+                               "(\"lang\", \"label\"), not as langs= / labels=")
+            rec = {"id": str(i), **d}
+        else:
+            raise XtmError(f"docs[{i}] must be a text or a record (a mapping), got {type(d).__name__}")
+        if not isinstance(rec.get("text"), str) or not rec["text"].strip():
+            raise XtmError(f"docs[{i}]: 'text' must be a non-empty string, got {rec.get('text')!r:.60}")
+        out.append(rec)
+    if not out:
+        raise XtmError("docs is empty: nothing to train on")
+    return out
+
+
+def _lang(code: Any, i: int) -> str:
+    if not isinstance(code, str):
+        raise XtmError(f"langs[{i}] must be a language code or None, got {type(code).__name__}")
+    try:
+        return normalize_lang(code)
+    except XtmError as e:
+        raise XtmError(f"langs[{i}]: {e.reason}") from None
+
+
+def _per_doc(name: str, value: Any, n: int) -> list[Any]:
+    """One value per document from a scalar or a sequence of n values."""
+    if value is None or isinstance(value, str):
+        return [value] * n
+    if not isinstance(value, Sequence) or len(value) != n:
+        got = f"{len(value)} values" if isinstance(value, Sequence) else type(value).__name__
+        raise XtmError(f"{name} must give one value per document ({n}), got {got}")
+    return list(value)
+
+
+def _write_inputs(records: list[dict[str, Any]], dictionary: Any, data: Path) -> tuple[Path, Path | None]:
+    """docs.jsonl (and dict.tsv for a dictionary given as pairs) in `data`: a new or empty directory, or
+    one holding only these files (an earlier call's: replaced, so a corrected call can run again)."""
+    ours = {DOCS_FILE, DICT_FILE}
+    if data.is_symlink() or (data.exists() and (not data.is_dir() or not {p.name for p in data.iterdir()} <= ours)):
+        raise XtmError(f"data_dir must be new, empty or hold only {', '.join(sorted(ours))} (the documents are "
+                       "written there)", path=data)
+    data.mkdir(parents=True, exist_ok=True)
+    docs_path = data / DOCS_FILE
+    try:
+        lines = [json.dumps(r, ensure_ascii=False, allow_nan=False) for r in records]
+    except (TypeError, ValueError) as e:
+        raise XtmError(f"a document record cannot be written as JSON: {e}") from e
+    write_text(docs_path, "".join(line + "\n" for line in lines))
+    if dictionary is None:
+        return docs_path, None
+    if isinstance(dictionary, (str, Path)):
+        return docs_path, Path(dictionary)
+    pairs = dictionary.items() if isinstance(dictionary, Mapping) else dictionary
+    rows = []
+    for i, pair in enumerate(pairs):
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(w, str) for w in pair)):
+            raise XtmError(f"dictionary entry {i} must be a pair of words (source, target), got {pair!r:.60}")
+        if any(c in w for w in pair for c in "\t\n\r") or not all(w.strip() for w in pair):
+            raise XtmError(f"dictionary entry {i} {pair!r:.60}: words must be non-empty, without tabs or newlines")
+        rows.append(f"{pair[0]}\t{pair[1]}\n")
+    dict_path = data / DICT_FILE
+    write_text(dict_path, "".join(rows))
+    return docs_path, dict_path
