@@ -114,8 +114,9 @@ truncated with a warning.
 
 \b
 Execution providers (--providers, local engine): onnxruntime's, by short or
-full name, preferred first: cpu, cuda (pip install "xtm[gpu]": NVIDIA, CUDA
-12, cuDNN 9), tensorrt, coreml, dml, openvino... Default: cuda when this
+full name, preferred first: cpu, cuda (pip install "xtm[gpu]": an NVIDIA GPU
+with the CUDA and cuDNN libraries of that onnxruntime-gpu release; 1.31: CUDA
+13, cuDNN 9), tensorrt, coreml, dml, openvino... Default: cuda when this
 onnxruntime has it, else cpu. A provider that cannot start is an error
 unless the list ends with a fallback (cuda,cpu: a warning). -v logs the
 providers the model runs on.

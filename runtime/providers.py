@@ -74,8 +74,8 @@ def import_onnxruntime() -> Any:
     except ImportError as e:
         if note is not None:
             raise XtmError(f"onnxruntime does not import ({e}): {note}") from e
-        raise XtmError(f"ONNX Runtime is not installed: {INSTALL_CPU} for the CPU, or {INSTALL_GPU} for NVIDIA GPUs "
-                       "(CUDA 12)") from e
+        raise XtmError(f"ONNX Runtime is not installed: {INSTALL_CPU} for the CPU, or {INSTALL_GPU} for NVIDIA "
+                       "GPUs") from e
     if note is not None:
         logger.warning(note)
     return onnxruntime
@@ -159,8 +159,9 @@ def check_used(requested: Sequence[str] | None, chosen: Sequence[str], used: Seq
     if first is None or first in used:
         return
     got = ", ".join(used) or "none"
-    why = (f"onnxruntime could not start {first} (for CUDA: an NVIDIA driver, CUDA 12 and cuDNN 9 libraries; "
-           f"onnxruntime's own log says which is missing) and runs {where} on {got}")
+    why = (f"onnxruntime could not start {first} (for CUDA: an NVIDIA driver and the CUDA and cuDNN libraries "
+           f"this onnxruntime-gpu release needs; onnxruntime's own log line names what is missing) and runs "
+           f"{where} on {got}")
     if requested is not None and CPU not in chosen:
         raise XtmError(f"{why}; ask for a fallback explicitly to accept that: providers {_short(first)},cpu")
     logger.warning(why)

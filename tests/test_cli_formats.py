@@ -199,3 +199,25 @@ def test_a_closed_pipe_ends_quietly_with_sigpipes_status(hb: HandBundle, tmp_pat
     assert json.loads(first)["id"] == 1
     assert status == "status=141"
     assert (tmp_path / "err").read_text() == ""
+
+
+@pytest.mark.slow
+def test_ray_engine_writes_the_same_csv_and_parquet_as_local(hb: HandBundle, tmp_path: Path) -> None:
+    """--engine ray hands its lines to the same table writer: the same bytes as the local engine."""
+    pytest.importorskip("ray")
+    pq = pytest.importorskip("pyarrow.parquet")
+    src = tmp_path / "d.jsonl"
+    src.write_text("".join(json.dumps({"id": i, "text": t}, ensure_ascii=False) + "\n"
+                           for i, t in enumerate(TEXTS) if t.strip()), encoding="utf-8")
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "RAY_AUTH_MODE": "disabled"}
+    for name in ("o.csv", "o.parquet"):
+        local, remote = tmp_path / f"local-{name}", tmp_path / f"ray-{name}"
+        assert invoke([str(src), "--bundle", str(hb.path), "--top-k", "2", "--out", str(local)]).exit_code == 0
+        p = subprocess.run([sys.executable, "-m", "xtm.cli.infer", str(src), "--bundle", str(hb.path), "--top-k",
+                            "2", "--out", str(remote), "--engine", "ray", "--actors", "1"], capture_output=True,
+                           text=True, timeout=300, env=env)
+        assert p.returncode == 0, p.stderr[-2000:]
+        if name.endswith(".csv"):
+            assert remote.read_bytes() == local.read_bytes()
+        else:
+            assert pq.read_table(remote).equals(pq.read_table(local))
