@@ -1,13 +1,17 @@
 """LLM-XTM phase 2 on the benchmarks: phase 1 vs phase 1 + refinement, ablations, published numbers.
 
     python benchmarks/llm_xtm.py --dataset Rakuten_Amazon --phase1-epochs 10 --phase2-epochs 8 \
-        --refine-every 4 [--refiner embedding] [--out bench/llm_xtm]
+        --refine-every 4 [--refiner embedding] [--out bench/llm_xtm] [--variants issue15]
 
 One phase-1 run (NMTM, K=50) is trained once; every variant continues a copy of it for the same
 number of epochs, so the rows differ only in what phase 2 adds:
   phase 1 continued     no phase 2 (the fair baseline: same total epochs)
   + LLM-XTM             MMD + doc-align, R rounds voted
   w/o MMD, w/o doc-align, R=1 (w/o self-consistency)   seed 001 Table 3's ablations
+`--variants issue15` instead runs issue 15's rows: phase 2 with the settings before issue 15 (Adam at
+the phase-1 rate, no clipping but XTRA's, MMD weights normalised over the union, tau 0.1, 15 words
+asked), each of the public code's settings added to it alone, and each taken away alone from today's
+defaults (which are all of them), so every setting's effect on TU and classification is measured.
 The refiner is the LLM-free `embedding` one by default (no LLM is reachable on CPU at benchmark
 scale); pass --refiner openai --llm-url ... --llm-model ... to use a served LLM.
 Published rows: seed 001 Tables 2, 3 and 5 (NMTM backbone, 500 phase-1 epochs + 30 phase-2 epochs,
@@ -34,6 +38,13 @@ DATASETS = {
     "ECNews": {"langs": ("en", "zh"), "dict": "dict/ch_en_dict.dat", "ref": None},
     "Rakuten_Amazon": {"langs": ("en", "ja"), "dict": "dict/MUSE/ja-en.txt", "ref": "ref_corpus/en_ja"},
 }
+# Phase 2 as it was before issue 15 (each value was then the default; today's follow the public code).
+BEFORE_ISSUE_15 = {"lr_scale": 1.0, "grad_clip": 0.0, "balanced_mmd": False, "doc_tau": 0.1, "asked_words": 15,
+                   "sampling": {"temperature": 1.0, "top_p": 0.95}}
+# Issue 15's settings, each as (name, value today, value before).
+ISSUE_15 = [("lr 0.3x", "lr_scale", 0.3, 1.0), ("clip 1.0", "grad_clip", 1.0, 0.0),
+            ("balanced MMD", "balanced_mmd", True, False), ("tau 0.2", "doc_tau", 0.2, 0.1),
+            ("20 words asked", "asked_words", 20, 15)]
 VARIANTS = {
     "phase 1 continued": None,
     "+ LLM-XTM": {},
@@ -41,6 +52,14 @@ VARIANTS = {
     "w/o doc-align": {"doc_align": False},
     "w/o self-consistency (R=1)": {"rounds": 1},
     "+ LLM-XTM (lambda_mmd 2000)": {"lambda_mmd": 2000.0},
+    "+ LLM-XTM, settings before issue 15": BEFORE_ISSUE_15,
+    **{f"before issue 15 + {name}": {**BEFORE_ISSUE_15, key: today} for name, key, today, _ in ISSUE_15},
+    **{f"+ LLM-XTM without {name}": {key: before} for name, key, _, before in ISSUE_15},
+}
+GROUPS = {
+    "ablations": list(VARIANTS)[:6],
+    "issue15": ["+ LLM-XTM", "+ LLM-XTM, settings before issue 15",
+                *[v for v in VARIANTS if v.startswith(("before issue 15 +", "+ LLM-XTM without"))]],
 }
 
 
@@ -56,7 +75,8 @@ def main() -> None:
     p.add_argument("--refiner", default="embedding")
     p.add_argument("--llm-url")
     p.add_argument("--llm-model")
-    p.add_argument("--variants", default=";".join(VARIANTS), help="semicolon-separated subset of the rows")
+    p.add_argument("--variants", default="ablations",
+                   help=f"semicolon-separated rows, or a group: {', '.join(GROUPS)} (default: ablations)")
     p.add_argument("--table-only", action="store_true", help="print the table from the runs already in --out")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch threads (1 when sharing the machine)")
@@ -65,7 +85,7 @@ def main() -> None:
 
     import torch
 
-    from xtm.config import DataConfig, Phase2Config, RefinerConfig, TrainConfig
+    from xtm.config import DataConfig, Phase2Config, RefinerConfig, Sampling, TrainConfig
     from xtm.trainer.run import run_training
 
     torch.set_num_threads(args.threads)
@@ -83,7 +103,8 @@ def main() -> None:
         shutil.rmtree(base, ignore_errors=True)
         run_training(data, cfg(args.phase1_epochs), base)
     rows = {"phase 1": json.loads((base / "metrics.json").read_text())}
-    for name in [v.strip() for v in args.variants.split(";")]:
+    names = GROUPS.get(args.variants) or [v.strip() for v in args.variants.split(";")]
+    for name in names:
         if name not in VARIANTS:
             raise SystemExit(f"unknown variant {name!r}; known: {'; '.join(VARIANTS)}")
         change = VARIANTS[name]
@@ -99,9 +120,10 @@ def main() -> None:
             m = run_training(data, cfg(args.phase1_epochs + args.phase2_epochs), run, resume=True)
         else:
             settings = {"rounds": args.rounds, **change}
+            sampling = Sampling(**settings.pop("sampling", {}), seed=args.seed)
             p2 = Phase2Config(epochs=args.phase2_epochs, refine_every=args.refine_every,
                               refiner=RefinerConfig(backend=args.refiner, llm_url=args.llm_url,
-                                                    llm_model=args.llm_model), **settings)
+                                                    llm_model=args.llm_model, sampling=sampling), **settings)
             m = run_training(data, cfg(args.phase1_epochs), run, resume=True, phase2=p2)
         m["wall_seconds"] = time.perf_counter() - t0
         rows[name] = m

@@ -154,7 +154,7 @@ def test_refiner_defaults_are_the_configs() -> None:
 
     taken = {"api_key_env": (RefinerConfig, "api_key_env"), "concurrency": (RefinerConfig, "concurrency"),
              "timeout": (RefinerConfig, "timeout"), "retries": (RefinerConfig, "retries"),
-             "n_words": (Phase2Config, "top_words")}
+             "n_words": (Phase2Config, "asked_words")}
     classes = {"OpenAICompatibleGenerator": ("api_key_env", "concurrency", "timeout", "retries"),
                "LLMRefiner": ("n_words",), "EmbeddingRefiner": ("n_words",)}
     for cls_name, names in classes.items():
@@ -295,6 +295,12 @@ PHASE2_V1 = {"epochs": 30, "refine_every": 8, "rounds": 5, "top_words": 15, "ref
              "refiner": {"backend": "embedding", "llm_url": None, "llm_model": None, "api_key_env": "OPENAI_API_KEY",
                          "concurrency": 8, "timeout": 120.0, "retries": 4,
                          "sampling": {"temperature": 1.0, "top_p": 0.95, "max_tokens": 400, "seed": 0}}}
+# Issue 15: tau, sampling and four settings of the public LLM-XTM code (fields at the end; values that were
+# defaults before: docs/llm_xtm.md). A run written with V1 reads its missing fields back as these defaults.
+PHASE2_V2 = {**PHASE2_V1, "doc_tau": 0.2,
+             "refiner": {**PHASE2_V1["refiner"], "sampling": {"temperature": 0.7, "top_p": 0.7, "max_tokens": 400,
+                                                              "seed": 0}},
+             "lr_scale": 0.3, "grad_clip": 1.0, "balanced_mmd": True, "asked_words": 20}
 CONTEXTUAL_V1 = {"encoder": "use-multilingual", "objective": "distill", "lambda_tc": 1.0, "epochs": 30,
                  "batch_size": 256, "lr": 0.002, "hidden": 200, "dropout": 0.2, "finetune_epochs": 0,
                  "finetune_lr": 0.0001, "finetune_batch_size": 64, "max_tokens": 256, "seed": 0}
@@ -307,12 +313,16 @@ def test_the_written_dictionaries_keep_their_keys_order_and_defaults() -> None:
     assert dump(TrainConfig().to_dict()) == dump(TRAIN_CONFIG_V2)
     assert dump(DataConfig(path="d").to_dict()) == dump(DATA_V1)
     assert dump(DataConfig(path="d", langs=("en", "zh")).to_dict()["langs"]) == '["en", "zh"]'
-    assert dump(Phase2Config().to_dict()) == dump(PHASE2_V1)
+    assert dump(Phase2Config().to_dict()) == dump(PHASE2_V2)
     assert dump(ContextualConfig().to_dict()) == dump(CONTEXTUAL_V1)
 
 
 def test_old_dictionaries_read_back_into_configs() -> None:
-    assert Phase2Config.from_dict(PHASE2_V1) == Phase2Config()
+    assert Phase2Config.from_dict(PHASE2_V2) == Phase2Config()
+    # a V1 run (before issue 15) keeps the values it wrote; what it lacks takes today's defaults
+    old = Phase2Config.from_dict(PHASE2_V1)
+    assert old.doc_tau == 0.1 and old.refiner.sampling.temperature == 1.0 and old.refiner.sampling.top_p == 0.95
+    assert (old.lr_scale, old.grad_clip, old.balanced_mmd, old.asked_words) == (0.3, 1.0, True, 20)
     assert from_dict(DataConfig, {**DATA_V1, "name": "docs"}) == DataConfig(path="d")
     assert from_dict(TrainConfig, TRAIN_CONFIG_V1) == TrainConfig()
     # a run written before a rule existed: the rule's default

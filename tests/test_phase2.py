@@ -4,17 +4,31 @@ checkpoints and resume, ablation switches, reporting."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import torch.optim.optimizer as optim_hooks
 
 from xtm.config import DataConfig, Phase2Config, TrainConfig
+from xtm.errors import XtmError
 from xtm.models_zoo.base import BuildContext
+from xtm.models_zoo.encoders import load_encoder
+from xtm.trainer.data.batches import InMemoryBatches
+from xtm.trainer.loop.checkpoint import load_checkpoint
 from xtm.trainer.loop.training import build_model, train
-from xtm.trainer.phase2.losses import doc_align_kl, topic_raw_distribution, weighted_mmd2
+from xtm.trainer.phase2.losses import (
+    balanced_raw_distribution,
+    balanced_target_weights,
+    doc_align_kl,
+    top_indices,
+    topic_raw_distribution,
+    weighted_mmd2,
+)
 from xtm.trainer.phase2.objective import Phase2Objective
 from xtm.trainer.run import run_training
 
@@ -173,3 +187,142 @@ def test_phase2_continues_a_finished_phase1_run(example_dir: Path, tmp_path: Pat
     small(example_dir, tmp_path / "run", epochs=3, p2=0)
     m = small(example_dir, tmp_path / "run", epochs=3, p2=2, resume=True)
     assert m["epochs"] == 5 and m["phase2"]["steps"][0]["epoch"] == 4
+
+
+# ---- issue 15: the public code's phase-2 optimisation and MMD form -----------------------------
+
+def test_balanced_raw_distribution_gives_each_language_an_equal_share_and_touches_only_its_words() -> None:
+    betas = [torch.log(torch.tensor([[0.5, 0.3, 0.2]])).requires_grad_(),
+             torch.log(torch.tensor([[0.15, 0.05, 0.8]])).requires_grad_()]
+    idx = top_indices(betas, top_n=2)
+    assert idx[0].tolist() == [[0, 1]] and idx[1].tolist() == [[2, 0]]
+    w = balanced_raw_distribution(betas, idx)
+    # each language's top words renormalised over themselves, then 0.5 each (the union form gives 0.8 / 1.75)
+    np.testing.assert_allclose(w[0].detach().numpy(), [0.5 * 0.5 / 0.8, 0.5 * 0.3 / 0.8,
+                                                       0.5 * 0.8 / 0.95, 0.5 * 0.15 / 0.95], rtol=1e-5)
+    (w * torch.tensor([[1.0, 2.0, 3.0, 4.0]])).sum().backward()
+    assert betas[0].grad[0, 2] == 0 and betas[1].grad[0, 1] == 0      # words outside the top-N: no pull
+    assert betas[0].grad[0, :2].abs().min() > 0
+
+
+def test_balanced_target_weights_normalise_counts_per_language() -> None:
+    counts = torch.tensor([[3.0, 1.0, 2.0, 0.0], [4.0, 2.0, 0.0, 0.0]])
+    lang_of = torch.tensor([[0, 0, 1, -1], [0, 0, -1, -1]])
+    w = balanced_target_weights(counts, lang_of, 2)
+    np.testing.assert_allclose(w.numpy(), [[0.375, 0.125, 0.5, 0.0], [4 / 6, 2 / 6, 0.0, 0.0]], rtol=1e-6)
+
+
+def test_refined_targets_are_balanced_and_mmd_words_stay_fixed_for_the_epoch(objective: Phase2Objective,
+                                                                             example_corpus) -> None:
+    model = build_model(example_corpus, TrainConfig(model="nmtm", num_topics=6, seed=0, progress=False))
+    objective.refine(model, epoch=1)
+    wy = objective._targets["wy"]
+    for k, r in enumerate(objective.refined):
+        n_en = len(r.words["en"])
+        assert float(wy[k, :n_en].sum()) == pytest.approx(0.5) and float(wy[k].sum()) == pytest.approx(1.0)
+    objective.start_epoch(model)
+    fixed = [i.clone() for i in objective.raw_indices]
+    with torch.no_grad():                      # the model moves: other words become its top words
+        for phi in model.phi:
+            phi.copy_(torch.roll(phi, shifts=7, dims=1))
+    objective.losses([torch.full((4, 6), 1 / 6)] * 2, model.topic_word(), [torch.arange(4)] * 2)
+    assert all(torch.equal(a, b) for a, b in zip(objective.raw_indices, fixed, strict=True))
+    objective.start_epoch(model)               # the next epoch takes the new ones
+    assert not all(torch.equal(a, b) for a, b in zip(objective.raw_indices, fixed, strict=True))
+    # a checkpoint keeps them; damaged or foreign ones are one clear error
+    state = json.loads(json.dumps(objective.state()))
+    objective.load_state(state, model)
+    assert [i.tolist() for i in objective.raw_indices] == state["raw_indices"]
+    state["raw_indices"][1][0][0] = 10 ** 6
+    with pytest.raises(XtmError, match="MMD word indices"):
+        objective.load_state(state, model)
+    with pytest.raises(XtmError, match="MMD word indices"):
+        objective.load_state({**state, "raw_indices": [[["a"]]]}, model)
+
+
+class SharedEncoder(Phase2Objective):
+    """Phase 2 as it is, with one sentence encoder for every objective of a test (it is stateless)."""
+
+    shared = None
+
+    @property
+    def encoder(self):
+        if SharedEncoder.shared is None:
+            SharedEncoder.shared = load_encoder(self.cfg.encoder)
+        return SharedEncoder.shared
+
+
+def steps_seen(corpus, cfg: TrainConfig, run: Path, p2: Phase2Config, ctx: BuildContext) -> list[tuple[float, float]]:
+    """(learning rate, gradient norm) of every optimizer step of a training, as the step saw them."""
+    seen = []
+
+    def hook(optimizer, args, kwargs) -> None:
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        seen.append((optimizer.param_groups[0]["lr"], float(torch.nn.utils.get_total_norm(grads))))
+
+    handle = optim_hooks.register_optimizer_step_pre_hook(hook)
+    try:
+        train(corpus, cfg, run, phase2=SharedEncoder(corpus, 6, p2, ctx, torch.device("cpu")))
+    finally:
+        handle.remove()
+    return seen
+
+
+def test_phase2_steps_at_a_third_of_the_rate_with_gradients_clipped(example_corpus, tmp_path: Path) -> None:
+    cfg = TrainConfig(model="nmtm", num_topics=6, epochs=1, phase2_epochs=1, batch_size=100, lr=0.01, seed=4,
+                      checkpoint_every=0, progress=False)
+    ctx = BuildContext(cache_dir=Path(os.environ["XTM_CACHE_DIR"]), seed=4)
+    new = steps_seen(example_corpus, cfg, tmp_path / "new", Phase2Config(epochs=1, rounds=2), ctx)
+    old = steps_seen(example_corpus, cfg, tmp_path / "old", Phase2Config(epochs=1, rounds=2, lr_scale=1.0,
+                                                                         grad_clip=0.0), ctx)
+    n = len(new) // 2
+    assert len(new) == len(old) == 2 * n and n > 0
+    assert {lr for lr, _ in new[:n]} == {0.01}                       # phase 1 unchanged
+    assert {lr for lr, _ in new[n:]} == {0.01 * 0.3}                # 0.3 x --lr from the first phase-2 step
+    assert max(g for _, g in new[n:]) <= 1.0 + 1e-5
+    # without them (the settings before issue 15): phase 1's rate, and gradients far above the clip
+    assert {lr for lr, _ in old} == {0.01} and max(g for _, g in old[n:]) > 10.0
+    assert max(g for _, g in new[:n]) > 1.0                         # phase 1 is not clipped (NMTM)
+
+
+class SignalAt:
+    """The in-memory batches, sending this process SIGTERM just before one step of the n-th epoch it runs."""
+
+    def __init__(self, corpus, epoch: int, step: int) -> None:
+        self.inner, self.at, self.calls = InMemoryBatches(corpus), (epoch, step), 0
+        self.sizes, self.fingerprint, self.sequential = self.inner.sizes, self.inner.fingerprint, self.inner.sequential
+
+    def epoch(self, rng, batch_size, rank=0, world=1, start_step=0):
+        self.calls += 1
+        for i, batch in enumerate(self.inner.epoch(rng, batch_size, rank, world, start_step)):
+            if (self.calls, i) == self.at:
+                os.kill(os.getpid(), signal.SIGTERM)
+            yield batch
+
+
+def test_a_signal_mid_phase2_epoch_resumes_bit_identical_with_its_rate_and_words(example_corpus,
+                                                                                  tmp_path: Path) -> None:
+    """Stopped inside phase-2 epoch 2 (no refinement there), after the model has moved since the epoch's
+    MMD words were fixed: the resumed run keeps those words and the 0.3 x rate, and ends bit for bit
+    where the uninterrupted one does."""
+    cfg = TrainConfig(model="nmtm", num_topics=6, epochs=1, phase2_epochs=2, batch_size=50, seed=5,
+                      checkpoint_every=0, progress=False)
+    ctx = BuildContext(cache_dir=Path(os.environ["XTM_CACHE_DIR"]), seed=5)
+
+    def objective() -> Phase2Objective:
+        return SharedEncoder(example_corpus, 6, Phase2Config(epochs=2, refine_every=2, rounds=2), ctx,
+                             torch.device("cpu"))
+
+    straight = train(example_corpus, cfg, tmp_path / "a", phase2=objective())
+    stopped = train(example_corpus, cfg, tmp_path / "b", phase2=objective(), data=SignalAt(example_corpus, 3, 2))
+    assert stopped.interrupted and stopped.stopped_at["epoch"] == 3 and stopped.stopped_at["step"] == 2
+    ckpt = load_checkpoint(tmp_path / "b")
+    assert ckpt.state["phase2"]["raw_indices"] is not None
+    assert {g["lr"] for g in ckpt.state["optimizer"]["param_groups"]} == {cfg.lr * 0.3}
+    again = objective()
+    resumed = train(example_corpus, cfg, tmp_path / "b", resume=True, phase2=again)
+    assert [s["epoch"] for s in again.steps] == [2]          # (from the checkpoint: no refinement again)
+    for k, v in straight.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+    assert [{k: v for k, v in h.items() if k != "seconds"} for h in resumed.history] == \
+           [{k: v for k, v in h.items() if k != "seconds"} for h in straight.history]

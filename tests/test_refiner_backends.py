@@ -16,7 +16,9 @@ from types import SimpleNamespace
 import pytest
 from command_logging import train_stderr  # noqa: F401  (a fixture)
 
+from xtm.config import Phase2Config, default_of
 from xtm.errors import XtmError
+from xtm.trainer.phase2.objective import vote
 from xtm.trainer.phase2.prompt import TopicWords, VocabMatcher
 from xtm.trainer.phase2.refiners import (
     AnswerCache,
@@ -39,8 +41,9 @@ TOPICS = [TopicWords(0, {"en": ["player", "team"], "zh": ["球员", "球队"]}),
 class ScriptedServer:
     """An OpenAI-compatible chat endpoint on 127.0.0.1 whose status codes follow a script."""
 
-    def __init__(self, statuses: list[int] | None = None, delay: float = 0.0) -> None:
+    def __init__(self, statuses: list[int] | None = None, delay: float = 0.0, answer=None) -> None:
         self.statuses = list(statuses or [])
+        self.answer = answer  # body -> answer text (default: the scripted two-topic answers below)
         self.delay = delay
         self.requests: list[dict] = []
         self.headers: list[dict] = []
@@ -70,6 +73,8 @@ class ScriptedServer:
                 topic = "market" if "market" in body["messages"][0]["content"] else "player"
                 text = (f"Topic: x\nEN: {topic} - team\nZH: 球员 - seed{body['seed']}" if topic == "player"
                         else "EN: market - profit\nZH: 市场 - 利润")
+                if outer.answer is not None:
+                    text = outer.answer(body)
                 payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}],
                                       "usage": {"prompt_tokens": 10, "completion_tokens": 5}}).encode()
                 self.send_response(200)
@@ -122,6 +127,30 @@ def test_k_times_r_requests_each_round_its_own_seed_then_all_cached(server, tmp_
     again, stats2 = refiner(s.url, tmp_path).refine(TOPICS, rounds=3)
     assert stats2.calls == 0 and stats2.cache_hits == 6 and len(s.requests) == 6
     assert [[a.words for a in row] for row in again] == [[a.words for a in row] for row in answers]
+
+
+def test_the_public_codes_sampling_20_words_asked_and_the_15_most_voted_kept(server, tmp_path) -> None:
+    """Issue 15: by default a request samples at temperature 0.7, top_p 0.7 and asks for 20 words per
+    language (the public LLM-XTM code); the vote keeps the 15 most frequent of what the rounds named."""
+    en, zh = [f"word{chr(97 + i)}" for i in range(24)], [f"词{chr(0x4e00 + i)}" for i in range(24)]
+
+    def answer(body: dict) -> str:  # round r names words r .. r + 19: the middle ones win the vote
+        r = body["seed"] - 7
+        return "EN: " + " - ".join(en[r:r + 20]) + "\nZH: " + " - ".join(zh[r:r + 20])
+
+    s = server(answer=answer)
+    gen = OpenAICompatibleGenerator(s.url, "some-model", backoff=0.01)
+    r = LLMRefiner(gen, VocabMatcher({"en": en, "zh": zh}), sampling=Sampling(seed=7), cache=AnswerCache(tmp_path))
+    topic = TopicWords(0, {"en": en[:15], "zh": zh[:15]})
+    answers, stats = r.refine([topic], rounds=5)
+    assert stats.calls == 5 and all(a.usable for a in answers[0])
+    assert all((q["temperature"], q["top_p"]) == (0.7, 0.7) for q in s.requests)
+    prompt = s.requests[0]["messages"][0]["content"]
+    assert "Return exactly 20 words per language" in prompt and "word20" in prompt
+    assert all(len(a.words["en"]) == 20 and len(a.words["zh"]) == 20 for a in answers[0])
+    kept = vote(answers[0], ["en", "zh"], default_of(Phase2Config, "refined_words"))
+    assert kept.words["en"] == en[4:19] and kept.counts["en"] == [5] * 15   # named by all five rounds
+    assert kept.words["zh"] == zh[4:19]
 
 
 def test_transient_failures_are_retried(server, tmp_path) -> None:

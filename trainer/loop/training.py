@@ -421,6 +421,8 @@ class _Training:
             stop.leave()
         extra = phase2.losses if progress.phase == 2 and phase2 is not None else None
         grad_clip = model.hparams.get("grad_clip")
+        if progress.phase == 2 and phase2 is not None:
+            grad_clip = self._phase2_optimisation(phase2, progress) or grad_clip
         params = [p for p in model.parameters() if p.requires_grad]
         n_steps = steps_per_epoch(self.data.sizes(), cfg.batch_size, self.world) // self.world
         cuda = self.device.type == "cuda"
@@ -453,6 +455,26 @@ class _Training:
                                 step=f"{progress.steps_done}/{n_steps}")
             if stop.stop:
                 return
+
+    def _phase2_optimisation(self, phase2: Phase2Objective, progress: EpochProgress) -> float:
+        """Phase 2's learning rate and its gradient clip (0: none of its own) for this epoch.
+
+        The rate is set from the settings at every phase-2 epoch, never carried over from where it
+        was: lr_scale x --lr, as the public LLM-XTM code resets it (0.3 x) at the phase-2 start, so a
+        resumed run (whose optimizer state restores the saved rate anyway) uses the same one. The top
+        words of the MMD source are fixed at the epoch's first step only: a resumed epoch keeps the
+        ones its checkpoint saved.
+        """
+        lr = self.cfg.lr * phase2.cfg.lr_scale
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        if progress.steps_done == 0:
+            phase2.start_epoch(self.model)
+            if progress.epoch == self.cfg.epochs + 1 and self.main:
+                clip = f"clipped at {phase2.cfg.grad_clip:g}" if phase2.cfg.grad_clip else "not clipped"
+                logger.info(f"phase 2: learning rate {lr:g} ({phase2.cfg.lr_scale:g} x {self.cfg.lr:g}), "
+                            f"gradient norm {clip}")
+        return phase2.cfg.grad_clip
 
     def _close_epoch(self, progress: EpochProgress, stop: _StopFlag, bar: Any) -> None:
         """History, callback and checkpoint of an epoch whose steps are all done."""

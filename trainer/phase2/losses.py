@@ -63,8 +63,10 @@ def weighted_mmd2(x: Tensor, wx: Tensor, y: Tensor, wy: Tensor, scales: tuple[fl
 
 
 def topic_raw_distribution(betas: list[Tensor], top_n: int) -> tuple[list[Tensor], Tensor]:
-    """beta_k^(raw) of section 3.3: each language's top-N words with their probabilities, renormalised
-    over the union. Returns per-language top indices [K, N] and the weights [K, L*N] (summing to 1)."""
+    """beta_k^(raw) normalised over the union (`--no-balanced-mmd`, the form before issue 15): each
+    language's top-N words, taken at every step, with their softmax probabilities renormalised over the
+    union, so a language weighs its share of the softmax mass. Returns per-language top indices [K, N]
+    and the weights [K, L*N] (summing to 1)."""
     idx, probs = [], []
     for beta in betas:
         p = F.softmax(beta, dim=1)
@@ -73,6 +75,38 @@ def topic_raw_distribution(betas: list[Tensor], top_n: int) -> tuple[list[Tensor
         probs.append(top.values)
     w = torch.cat(probs, dim=1)
     return idx, w / w.sum(1, keepdim=True).clamp_min(1e-12)
+
+
+def top_indices(betas: list[Tensor], top_n: int) -> list[Tensor]:
+    """Each language's top-N word indices per topic [K, N] (no gradient: which words, not how much)."""
+    with torch.no_grad():
+        return [torch.topk(beta, min(top_n, beta.shape[1]), dim=1).indices for beta in betas]
+
+
+def balanced_raw_distribution(betas: list[Tensor], idx: list[Tensor]) -> Tensor:
+    """beta_k^(raw) as a language-balanced mixture (seed 001 section 3.3; the public code's form): each
+    language's probabilities of its words `idx` renormalised over them, then weighted 1/L, so every
+    language carries the same mass whatever its share of the softmax. Weights [K, L*N], summing to 1.
+
+    Renormalising softmax(beta) over the chosen words is a softmax over their logits: the gradient
+    reaches only those logits, never the rest of the vocabulary.
+    """
+    w = [F.softmax(beta.gather(1, i), dim=1) for beta, i in zip(betas, idx, strict=True)]
+    return torch.cat(w, dim=1) / len(w)
+
+
+def balanced_target_weights(counts: Tensor, lang_of: Tensor, num_langs: int) -> Tensor:
+    """beta_k^(refined) as a language-balanced mixture: vote counts [K, M] normalised within each
+    language (`lang_of` [K, M]: the column's language, -1 for padding), each present language weighted
+    equally (a topic with refined words in one language only puts all its mass there)."""
+    out = torch.zeros_like(counts)
+    present = torch.zeros(counts.shape[0], dtype=counts.dtype, device=counts.device)
+    for lang in range(num_langs):
+        c = torch.where(lang_of == lang, counts, torch.zeros_like(counts))
+        total = c.sum(1, keepdim=True)
+        out = out + c / total.clamp_min(1e-12)
+        present = present + (total[:, 0] > 0).to(counts.dtype)
+    return out / present.clamp_min(1.0)[:, None]
 
 
 def doc_align_kl(theta: Tensor, theta_hat: Tensor, eps: float = 1e-10) -> Tensor:

@@ -30,7 +30,15 @@ from xtm.errors import XtmError
 from xtm.evaluation.metrics import top_words
 from xtm.models_zoo.base import BuildContext, CrossLingualTopicModel
 from xtm.models_zoo.encoders import SentenceEncoder, embed_cached, load_encoder
-from xtm.trainer.phase2.losses import doc_align_kl, similarity_targets, topic_raw_distribution, weighted_mmd2
+from xtm.trainer.phase2.losses import (
+    balanced_raw_distribution,
+    balanced_target_weights,
+    doc_align_kl,
+    similarity_targets,
+    top_indices,
+    topic_raw_distribution,
+    weighted_mmd2,
+)
 from xtm.trainer.phase2.prompt import ParsedAnswer, TopicWords
 from xtm.trainer.phase2.refiners import make_refiner
 
@@ -74,8 +82,12 @@ class Phase2Objective:
 
     def __init__(self, corpus: Corpus, num_topics: int, cfg: Phase2Config, context: BuildContext,
                  device: torch.device) -> None:
-        if cfg.refine_every < 1 or cfg.rounds < 1 or cfg.top_words < 1 or cfg.refined_words < 1:
-            raise XtmError("phase 2: --refine-every, --rounds, --top-words and --refined-words must be >= 1")
+        if min(cfg.refine_every, cfg.rounds, cfg.top_words, cfg.refined_words, cfg.asked_words) < 1:
+            raise XtmError("phase 2: --refine-every, --rounds, --top-words, --refined-words and --asked-words "
+                           "must be >= 1")
+        if not cfg.lr_scale > 0 or not cfg.grad_clip >= 0:
+            raise XtmError(f"phase 2: --phase2-lr-scale must be > 0 and --phase2-grad-clip >= 0 (got "
+                           f"{cfg.lr_scale}, {cfg.grad_clip})")
         self.cfg, self.device, self.num_topics = cfg, device, num_topics
         self.langs = list(corpus.langs)
         self.vocabs = {lc.lang: list(lc.vocab) for lc in corpus.languages}
@@ -94,13 +106,17 @@ class Phase2Objective:
                                    f"has no text for '{lc.lang}': use --no-doc-align, or JSONL input")
                 self.doc_embeddings[lc.lang] = embed_cached(cfg.encoder, lc.train_texts, self.cache_dir,
                                                             progress=self.progress, encoder=self.encoder)
-        self.refiner = make_refiner(cfg.refiner, self.vocabs, lambda: self.word_vectors, cfg.top_words,
+        # Each answer gives asked_words per language (the public code asks for 20); the vote keeps refined_words.
+        self.refiner = make_refiner(cfg.refiner, self.vocabs, lambda: self.word_vectors, cfg.asked_words,
                                     self.cache_dir, seed=context.seed)
         self.refined: list[RefinedTopic | None] = [None] * num_topics
         self.events: Counter[str] = Counter()
         self.steps: list[dict[str, Any]] = []
         self._targets: dict[str, Tensor] = {}
         self._theta_hat: dict[str, Tensor] = {}
+        # Balanced MMD: each language's top-N word indices, fixed at the start of every phase-2 epoch
+        # (the public code's schedule); part of the checkpointed state, so a resumed epoch keeps them.
+        self.raw_indices: list[Tensor] | None = None
 
     @property
     def encoder(self) -> SentenceEncoder:
@@ -112,6 +128,11 @@ class Phase2Objective:
     def refines_at(self, phase2_epoch: int) -> bool:
         """Refine before phase-2 epochs 1, 1 + F, 1 + 2F, ... (the first step needs targets at once)."""
         return (phase2_epoch - 1) % self.cfg.refine_every == 0
+
+    def start_epoch(self, model: CrossLingualTopicModel) -> None:
+        """At a phase-2 epoch's first step: fix the top-N words whose weights the MMD source uses this epoch."""
+        if self.cfg.balanced_mmd:
+            self.raw_indices = top_indices(model.topic_word(), self.cfg.top_words)
 
     # ---- refinement ---------------------------------------------------------------------------
     def own_top_words(self, model: CrossLingualTopicModel, n: int | None = None) -> dict[str, list[list[str]]]:
@@ -158,6 +179,7 @@ class Phase2Objective:
         m = max(1, max((sum(len(r.words[x]) for x in self.langs) for r in self.refined if r), default=1))
         y = torch.zeros(k_total, m, d)
         wy = torch.zeros(k_total, m)
+        lang_of = torch.full((k_total, m), -1, dtype=torch.long)
         texts = []
         for k, r in enumerate(self.refined):
             words = r.words if r is not None else {lang: own[lang][k] for lang in self.langs}
@@ -165,14 +187,18 @@ class Phase2Objective:
             if r is None:
                 continue
             j = 0
-            for lang in self.langs:
+            for li, lang in enumerate(self.langs):
                 index = {w: i for i, w in enumerate(self.vocabs[lang])}
                 for w, c in zip(r.words[lang], r.counts[lang], strict=True):
                     y[k, j] = torch.from_numpy(self.word_vectors[lang][index[w]])
                     wy[k, j] = float(c)
+                    lang_of[k, j] = li
                     j += 1
         has_set = wy.sum(1) > 0
-        wy = wy / wy.sum(1, keepdim=True).clamp_min(1e-12)
+        if self.cfg.balanced_mmd:
+            wy = balanced_target_weights(wy, lang_of, len(self.langs))
+        else:
+            wy = wy / wy.sum(1, keepdim=True).clamp_min(1e-12)
         self._targets = {"y": y.to(self.device), "wy": wy.to(self.device), "has_set": has_set.to(self.device)}
         if self.cfg.doc_align:
             topic_emb = torch.from_numpy(self.encoder.encode(texts))
@@ -182,7 +208,13 @@ class Phase2Objective:
 
     # ---- losses -------------------------------------------------------------------------------
     def mmd_loss(self, betas: list[Tensor]) -> Tensor:
-        idx, wx = topic_raw_distribution(betas, self.cfg.top_words)
+        if self.cfg.balanced_mmd:
+            if self.raw_indices is None:  # (a caller that never started an epoch: take them now)
+                self.raw_indices = top_indices(betas, self.cfg.top_words)
+            idx = self.raw_indices
+            wx = balanced_raw_distribution(betas, idx)
+        else:
+            idx, wx = topic_raw_distribution(betas, self.cfg.top_words)
         x = torch.cat([self._word_t[lang][i] for lang, i in zip(self.langs, idx, strict=True)], dim=1)
         scales = MULTI_KERNEL_SCALES if self.cfg.multi_kernel else (1.0,)
         t = self._targets
@@ -220,7 +252,8 @@ class Phase2Objective:
 
     def state(self) -> dict[str, Any]:
         return {"refined": [asdict(r) if r is not None else None for r in self.refined],
-                "events": dict(self.events), "steps": self.steps}
+                "events": dict(self.events), "steps": self.steps,
+                "raw_indices": [i.tolist() for i in self.raw_indices] if self.raw_indices is not None else None}
 
     def load_state(self, state: dict[str, Any], model: CrossLingualTopicModel) -> None:
         self.refined = [RefinedTopic(**r) if r is not None else None for r in state.get("refined", [])]
@@ -229,5 +262,21 @@ class Phase2Objective:
                            f"{self.num_topics}")
         self.events = Counter(state.get("events", {}))
         self.steps = list(state.get("steps", []))
+        self.raw_indices = self._indices_from_state(state.get("raw_indices"))
         if self.steps:
             self.build_targets(self.own_top_words(model))
+
+    def _indices_from_state(self, saved: Any) -> list[Tensor] | None:
+        """The epoch's MMD word indices from a checkpoint, checked against this model's shape."""
+        if saved is None:
+            return None
+        try:
+            idx = [torch.tensor(i, dtype=torch.long, device=self.device) for i in saved]
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise XtmError(f"phase 2: the checkpoint's MMD word indices are damaged ({e})") from None
+        sizes = [len(v) for v in self.vocabs.values()]
+        if len(idx) != len(sizes) or any(i.dim() != 2 or i.shape[0] != self.num_topics or
+                                         (i.numel() and not 0 <= int(i.min()) <= int(i.max()) < v)
+                                         for i, v in zip(idx, sizes, strict=False)):
+            raise XtmError("phase 2: the checkpoint's MMD word indices do not fit this model and vocabulary")
+        return idx

@@ -1,8 +1,11 @@
 """The refinement prompt (seed 001, Appendix E) and a tolerant parser for what LLMs answer.
 
-One prompt per topic. The paper lists all N topics in one prompt; one topic per request keeps
-R samples of a topic independent, lets requests run concurrently and means a garbled answer costs
-one topic, not all of them. The wording is otherwise the paper's, for any language pair.
+One prompt per topic, as the public LLM-XTM code sends (the paper's Appendix E lists all N topics in
+one prompt): R samples of a topic stay independent, requests run concurrently and a garbled answer
+costs one topic, not all of them. Unlike the public code the other topics are not shown as context
+(a small model cannot follow 50 topics of it). It asks for `n_words` per language: the public code
+asks for 20 and keeps the 15 most voted (Phase2Config.asked_words, refined_words). The wording is
+otherwise the paper's, for any language pair.
 
 The parser never raises on model output. Real answers (SmolLM2 included) number their words,
 mix separators, add prose, repeat words, put words of one language on the other's line, return
@@ -18,8 +21,11 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from xtm.config import Phase2Config, default_of
 from xtm.errors import XtmError
 from xtm.languages import UNSEGMENTED, language_name, normalize_lang
+
+ASKED_WORDS = default_of(Phase2Config, "asked_words")
 
 
 @dataclass(frozen=True)
@@ -33,7 +39,7 @@ class TopicWords:
     more: dict[str, list[str]] | None = None
 
 
-def build_prompt(topic: TopicWords, langs: Sequence[str], n_words: int = 15) -> str:
+def build_prompt(topic: TopicWords, langs: Sequence[str], n_words: int = ASKED_WORDS) -> str:
     """Appendix E's refinement prompt for one topic and any language pair."""
     names = " and ".join(language_name(lang) for lang in langs)
     labels = [lang.upper() for lang in langs]

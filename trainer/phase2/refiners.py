@@ -49,9 +49,10 @@ from xtm.trainer.phase2.prompt import ParsedAnswer, TopicWords, VocabMatcher, bu
 
 logger = logging.getLogger(__name__)
 
-# Defaults are xtm.config's: words asked for (LLM) or chosen (embedding) per language and topic are
-# phase 2's top-N; the LLM client's key variable, concurrency, timeout and retries a RefinerConfig's.
-N_WORDS = default_of(Phase2Config, "top_words")
+# Defaults are xtm.config's: words asked for (LLM) or chosen (embedding) per language and topic in one
+# answer are phase 2's asked_words (the vote then keeps refined_words); the LLM client's key variable,
+# concurrency, timeout and retries a RefinerConfig's.
+N_WORDS = default_of(Phase2Config, "asked_words")
 _DEFAULT = RefinerConfig()
 
 
