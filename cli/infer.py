@@ -92,8 +92,8 @@ weights, and theta (full theta). In both, ids are text (a string id as it
 is, another id as its JSON), and the values are those of the JSON line.
 
 \b
-Engines (--engine): local (default) reads one JSONL file, stdin, or one
-Parquet file in this process. ray (pip install "xtm[ray]") reads any number
+Engines (--engine): local (default) reads one JSONL, text or Parquet file,
+or stdin, in this process. ray (pip install "xtm[ray]") reads any number
 of JSONL and Parquet files and directories (.jsonl/.ndjson/.json/.parquet/.pq
 inside, sorted by path) with Ray Data on --actors actors (default: CPUs /
 --threads), each holding one model with --threads onnxruntime threads
@@ -167,7 +167,7 @@ def _flag(name: str, **kwargs: Any) -> dict[str, Any]:
 @click.option("--threads", **_flag("threads"))
 @click.option("--route", type=click.Choice(ROUTES), **_flag("route"))
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="local: this process, one JSONL or Parquet file or '-'. ray: Ray Data actors, JSONL/Parquet "
+              help="local: this process, one JSONL, text or Parquet file or '-'. ray: Ray Data actors, JSONL/Parquet "
                    "files and directories (see Engines below).")
 @click.option("--address", metavar="ADDR",
               help="--engine ray: a running Ray cluster (auto, HOST:PORT, ray://HOST:10001); default: start a "

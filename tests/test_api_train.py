@@ -49,10 +49,10 @@ def test_train_on_lists_export_and_infer(example: dict[str, Path], tmp_path: Pat
     assert [w for w, _ in model.get_topic(0, "en", 15)] == run.topics["en"][0]
 
 
-def test_records_and_a_dictionary_file_are_taken_as_xtm_train_takes_them(example: dict[str, Path],
-                                                                        tmp_path: Path) -> None:
-    """Records keep their fields; the dictionary file is used where it is. Refused before training:
-    a run directory that is someone else's."""
+def test_someone_elses_directory_is_refused_before_anything_is_written(example: dict[str, Path],
+                                                                       tmp_path: Path) -> None:
+    """out= holding other files is refused as xtm-train refuses it, before the documents are written
+    beside it (records and a dictionary file as input)."""
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me", encoding="utf-8")

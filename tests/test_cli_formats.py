@@ -91,14 +91,18 @@ def test_csv_with_sparse_theta_has_no_theta_columns_and_ids_as_text(hb: HandBund
     src.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in [
         {"id": "a,b \"quoted\"", "text": "the stock market", "lang": "en"},
         {"id": {"k": [1, 2]}, "text": "the team scored", "lang": "en"},
-        {"id": None, "text": "the bank", "lang": "en"}]), encoding="utf-8")
+        {"id": None, "text": "the bank", "lang": "en"},
+        {"id": "line\nbreak", "text": "the bank", "lang": "en"}])
+        + '{"id": "\\ud800x", "text": "a goal", "lang": "en"}\n', encoding="utf-8")
     r = invoke([str(src), "--bundle", str(hb.path), "--format", "csv", "--sparse-theta", "--top-k", "1"])
     assert r.exit_code == 0, r.stderr
     table = list(csv.reader(io.StringIO(r.stdout, newline="")))
     assert table[0] == ["id", "lang", "lang_conf", "route", "empty", "oov_ratio", "topic_1", "weight_1",
                         "topic_1_words"]
-    assert [row[0] for row in table[1:]] == ['a,b "quoted"', '{"k":[1,2]}', ""]
-    assert [row[2] for row in table[1:]] == ["", "", ""]  # lang given: no detection confidence
+    # Quotes, commas and newlines quoted; JSON ids as their JSON; null empty; a lone surrogate (which
+    # no UTF-8 file can hold) as U+FFFD.
+    assert [row[0] for row in table[1:]] == ['a,b "quoted"', '{"k":[1,2]}', "", "line\nbreak", "\ufffdx"]
+    assert [row[2] for row in table[1:]] == [""] * 5  # lang given: no detection confidence
 
 
 def test_parquet_in_and_out(hb: HandBundle, tmp_path: Path) -> None:
