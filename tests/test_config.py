@@ -78,8 +78,9 @@ def test_every_option_default_and_help_is_the_trees(command: click.Command, clas
         else:
             assert parsed[spec.name] == f.default and type(parsed[spec.name]) is type(f.default), where
             assert p.show_default or f.default is None, where
-    # What is left is not a setting: the contextual run directory argument and nothing else.
-    assert set(by_name) == ({"run_dir"} if command is contextual_main else set())
+    # What is left is not a setting: --version (eager, every command has it) and the contextual
+    # run directory argument, nothing else.
+    assert set(by_name) == ({"run_dir", "version"} if command is contextual_main else {"version"})
 
 
 def test_option_ranges_are_the_declared_ones() -> None:
