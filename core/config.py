@@ -318,6 +318,71 @@ class Phase2Config:
         return from_dict(cls, d)
 
 
+# --------------------------------------------------------------------------- topic labels
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    """Topic labels (xtm-label, and xtm-train when training ends): a short name per topic and language.
+
+    Without an LLM (the default: no network) a label is the topic's best-connected top words; with
+    one (--refiner openai/vllm/transformers here, or the LLM refiner a phase-2 run names) the LLM
+    writes it, and an answer that is not a label falls back. Sampling is labelling's own (a low
+    temperature and a few tokens: a label is a name, not an essay), part of the answer cache key.
+    """
+
+    backend: str = setting("embedding", help="Who writes the labels: embedding (no LLM: the topic's best-connected "
+                                             "top words), openai (any OpenAI-compatible server), vllm (in-process, "
+                                             "GPU), transformers (small local model).",
+                           cli=Cli("--refiner", choices=REFINER_NAMES))
+    llm_url: str | None = _same_as(RefinerConfig, "llm_url")
+    llm_model: str | None = _same_as(RefinerConfig, "llm_model")
+    api_key_env: str = _same_as(RefinerConfig, "api_key_env")
+    concurrency: int = _same_as(RefinerConfig, "concurrency")
+    timeout: float = _same_as(RefinerConfig, "timeout")
+    retries: int = _same_as(RefinerConfig, "retries")
+    top_words: int = setting(10, help="Top words per language a label is made from (shown to the LLM; the fallback "
+                                      "chooses among them).", cli=Cli("--top-words", min=2))
+    fallback_words: int = setting(3, help="LLM-free labels: how many of the best-connected top words make the label.",
+                                  cli=Cli("--fallback-words", min=1))
+    max_chars: int = setting(40, help="Longest label accepted from an LLM, in characters (longer: the fallback).",
+                             cli=Cli("--max-chars", min=8))
+    max_words: int = setting(6, help="Most words in a label accepted from an LLM (space-separated languages).")
+    temperature: float = setting(0.2, help="Labelling LLM's sampling temperature.",
+                                 cli=Cli("--llm-temperature", min=0))
+    top_p: float = setting(0.9, help="Labelling LLM's nucleus sampling share.",
+                           cli=Cli("--llm-top-p", min=0, max=1, min_open=True))
+    max_tokens: int = setting(24, help="Most tokens of one labelling answer.", cli=Cli("--llm-max-tokens", min=4))
+    seed: int = setting(0, help="Seed of the labelling LLM's sampling.", cli=Cli("--seed"))
+
+    @property
+    def uses_llm(self) -> bool:
+        return self.backend != "embedding"
+
+    @property
+    def sampling(self) -> Sampling:
+        return Sampling(temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens, seed=self.seed)
+
+    def refiner(self) -> RefinerConfig:
+        """The LLM connection as the refiner clients take it (xtm.trainer.phase2.refiners)."""
+        return RefinerConfig(backend=self.backend, llm_url=self.llm_url, llm_model=self.llm_model,
+                             api_key_env=self.api_key_env, concurrency=self.concurrency, timeout=self.timeout,
+                             retries=self.retries, sampling=self.sampling)
+
+    @classmethod
+    def after_training(cls, phase2: Phase2Config | None) -> LabelConfig:
+        """What xtm-train labels with: the LLM phase 2 was given, else the LLM-free fallback (no network
+        unless the run already uses one)."""
+        r = phase2.refiner if phase2 is not None else None
+        if r is None or r.backend == "embedding":
+            return cls()
+        return cls(backend=r.backend, llm_url=r.llm_url, llm_model=r.llm_model, api_key_env=r.api_key_env,
+                   concurrency=r.concurrency, timeout=r.timeout, retries=r.retries, seed=r.sampling.seed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 # --------------------------------------------------------------------------- training
 
 

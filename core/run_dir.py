@@ -178,6 +178,7 @@ class RunDir:
     METRICS = "metrics.json"
     HISTORY = "history.json"
     REPORT_DATA = "report_data.json"
+    LABELS = "labels.json"  # topic labels (format: xtm.labels; written by xtm.trainer.labels)
     REPORT = "report.html"
     CHECKPOINTS = "checkpoints"
     CONTEXTUAL = "contextual"
@@ -270,6 +271,19 @@ class RunDir:
 
     def save_report_data(self, data: dict[str, Any]) -> None:
         write_json(self.path / self.REPORT_DATA, data)
+
+    def load_labels(self, num_topics: int | None = None, langs: list[str] | None = None) -> Any:
+        """labels.json as an xtm.labels.TopicLabels (checked against the run's topics and languages when
+        given), or None when the run has none; XtmError naming the file when it is damaged."""
+        from xtm.labels import TopicLabels
+
+        if not self.has(self.LABELS):
+            return None
+        return TopicLabels.from_json(self.read_json(self.LABELS), self.path / self.LABELS, num_topics, langs)
+
+    def save_labels(self, labels: Any) -> None:
+        """labels: an xtm.labels.TopicLabels."""
+        write_json(self.path / self.LABELS, labels.to_json())
 
     def has(self, name: str) -> bool:
         return (self.path / name).is_file()

@@ -249,7 +249,21 @@ def _run(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool, phase2: Ph
                                   "rank_state_sha256": result.rank_digests}
     run.save_metrics(metrics)
     write_report_data(run, corpus, model, outputs, top, refined, ref, device)
+    write_labels(run, phase2, cfg)
     return metrics
+
+
+def write_labels(run: RunDir, phase2: Phase2Config | None, cfg: TrainConfig) -> None:
+    """labels.json (xtm.trainer.labels): with the LLM phase 2 was given, else LLM-free (no network).
+    Like the report, a view of the finished run: a failure is a warning (`xtm-label RUN_DIR` redoes it)."""
+    from xtm.config import LabelConfig
+    from xtm.trainer.labels import label_run
+
+    try:
+        label_run(run.path, LabelConfig.after_training(phase2), llm_errors="fallback",
+                  cache_dir=Path(cfg.cache_dir) if cfg.cache_dir else cache_dir())
+    except Exception as e:  # noqa: BLE001 - see the docstring
+        logger.warning(f"labels.json was not written ({type(e).__name__}: {e}); run xtm-label {run.path}")
 
 
 def periodic_evaluation(corpus: Corpus, batches: BatchSource | None, ref: ReferenceCorpus | None,

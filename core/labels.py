@@ -1,0 +1,212 @@
+"""Topic labels: the labels.json format of a run (and the labels in a bundle's topics.json), and what
+a label may be.
+
+A label is a short human name for one topic in one language ("stock market", "股市"). It comes
+from an LLM (xtm.trainer.labels asks any refiner backend) or from the LLM-free fallback (the
+topic's best-connected top words). Both end up here: `clean_label` decides whether an LLM's answer
+is a label at all (a 10 KB essay, markup, a refusal or an answer in the wrong script is not, and the
+fallback is used instead), and `check_label` is what a reader of a file accepts. Torch- and
+numpy-free: the report, the exporter and the runtime read labels too.
+
+labels.json (RUN_DIR/labels.json, named by xtm.run_dir.RunDir.LABELS):
+
+    {"format": "xtm-topic-labels", "schema_version": 1, "num_topics": K, "langs": ["en", "zh"],
+     "generator": "openai:model" | "fallback", "fallback": "<how fallback labels were made>",
+     "topics": [{"id": k, "labels": {"en": "...", "zh": "..."}, "sources": {"en": "llm" | "fallback", ...}}],
+     "stats": {"calls": n, "cache_hits": n, "rejected": n, ...}}
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from xtm.errors import XtmError
+
+__all__ = ["FORMAT", "MAX_ANSWER_CHARS", "MAX_LABEL_CHARS", "SCHEMA_VERSION", "TopicLabels", "check_label",
+           "clean_label", "script_matches"]
+
+FORMAT = "xtm-topic-labels"
+SCHEMA_VERSION = 1
+# A label a file may hold (readers); what an LLM answer may be is stricter (LabelConfig.max_chars).
+MAX_LABEL_CHARS = 120
+# An answer longer than this is an essay, not a label: refused without looking for a label in it.
+MAX_ANSWER_CHARS = 2000
+SOURCES = ("llm", "fallback")
+
+# The scripts a label in a language must (mostly) be written in, by Unicode character-name prefix.
+_SCRIPTS: dict[str, tuple[str, ...]] = {
+    "zh": ("CJK",), "ja": ("CJK", "HIRAGANA", "KATAKANA"), "ko": ("HANGUL", "CJK"),
+    "ru": ("CYRILLIC",), "uk": ("CYRILLIC",), "bg": ("CYRILLIC",), "sr": ("CYRILLIC", "LATIN"),
+    "ar": ("ARABIC",), "fa": ("ARABIC",), "he": ("HEBREW",), "el": ("GREEK",), "th": ("THAI",),
+    "hi": ("DEVANAGARI",), "mr": ("DEVANAGARI",), "bn": ("BENGALI",),
+}
+_LATIN = frozenset("en fr de es it pt nl pl tr vi sv da no nb fi cs sk sl hr ro hu et lv lt id ms ca eu gl ga "
+                   "is sq af sw tl".split())
+# Scripts written without spaces between words: a word count means nothing there.
+_NO_SPACES = frozenset({"zh", "ja", "th", "lo", "km", "my"})
+
+_PREFIX = re.compile(r"^(?:the\s+)?(?:topic|label|name|title|theme|answer|标签|主题|主題|ラベル|トピック|라벨|주제)"
+                     r"(?:\s*#?\d+)?(?:\s+(?:label|name|title))?(?:\s+for this topic)?\s*(?:[:：=]|\s-\s|\bis\b)\s*",
+                     re.IGNORECASE)
+_MARKDOWN = re.compile(r"^(?:[#>*\-•·+]+\s*|\d{1,3}[.)]\s+)+")
+_QUOTES = "\"'`*_“”‘’«»「」『』《》【】()（）[]"
+_TRAILING = ".。!！?？;；,，:：、 "
+_PREAMBLE = re.compile(r"^(sure|certainly|of course|okay|ok|here('s| is| are)|i (would|will|can|think|suggest)|"
+                       r"as an ai|i'm sorry|sorry|this topic|the topic is about|these words|based on)\b", re.IGNORECASE)
+# Markup, code and links are never a label (the report escapes them anyway; pipelines may not).
+_FORBIDDEN = re.compile(r"[<>{}\\]|://|www\.|&#?\w+;", re.IGNORECASE)
+
+
+def _script(c: str) -> str:
+    try:
+        return unicodedata.name(c).split()[0]
+    except ValueError:
+        return "?"
+
+
+def script_matches(label: str, lang: str) -> bool:
+    """Whether most letters of `label` are in the script `lang` is written in (a Chinese label must be
+    Chinese characters, an English one Latin letters; "NBA 总决赛" passes for zh). Languages not known
+    here accept any letters."""
+    letters = [c for c in label if c.isalpha()]
+    if not letters:
+        return False
+    wanted = _SCRIPTS.get(lang) or (("LATIN",) if lang in _LATIN else None)
+    if wanted is None:
+        return True
+    hits = sum(1 for c in letters if _script(c).startswith(wanted))
+    # CJK labels are few characters and may carry a Latin acronym; Latin ones must be Latin throughout.
+    return hits * 2 >= len(letters) if lang in _SCRIPTS else hits == len(letters)
+
+
+def _strip_invisible(text: str) -> str:
+    """Control and format characters (bidi overrides, zero-width joiners, NUL) removed; line breaks kept."""
+    return "".join(c for c in text if c in "\n\t" or unicodedata.category(c) not in ("Cc", "Cf", "Cs", "Co", "Cn"))
+
+
+def _words_in(label: str, lang: str) -> int:
+    return 1 if lang in _NO_SPACES else len(label.split())
+
+
+def clean_label(answer: Any, lang: str, max_chars: int = 40, max_words: int = 6) -> str | None:
+    """The label in an LLM's answer, or None when the answer is not one (the caller falls back).
+
+    Accepted: the first line that is not a preamble ("Sure! Here is a label:"), with list markers,
+    "Label:" prefixes, quotes and trailing punctuation removed, at most `max_chars` characters and
+    `max_words` words, letters mostly of `lang`'s script, and no markup, code or link. Everything
+    else (empty, an essay, HTML or script, prose sentences, the wrong language) is None.
+    """
+    if not isinstance(answer, str) or not answer.strip() or len(answer) > MAX_ANSWER_CHARS:
+        return None
+    text = _strip_invisible(answer)
+    if _FORBIDDEN.search(text):
+        return None
+    for line in text.splitlines():
+        line = " ".join(line.split())
+        if not line or line.endswith((":", "：")) or _PREAMBLE.match(line):
+            continue
+        label = _MARKDOWN.sub("", line)
+        for _ in range(2):                       # "Topic 3: Label: Sports"
+            label = _PREFIX.sub("", label, count=1)
+        label = label.strip(_QUOTES + " ").rstrip(_TRAILING).strip(_QUOTES + " ")
+        label = " ".join(label.split())
+        if not label or len(label) > max_chars or _words_in(label, lang) > max_words:
+            return None
+        # A sentence (". " inside, or a question) is prose, not a name.
+        if re.search(r"[.!?。！？]\s", label) or not script_matches(label, lang):
+            return None
+        return label
+    return None
+
+
+def check_label(value: Any) -> str | None:
+    """A label read from a file (labels.json, topics.json) if it is one: a non-empty string of at most
+    MAX_LABEL_CHARS characters without control characters or markup; None otherwise."""
+    if not isinstance(value, str):
+        return None
+    if not value.strip() or len(value) > MAX_LABEL_CHARS or _strip_invisible(value) != value or "\n" in value \
+            or "\t" in value or _FORBIDDEN.search(value):
+        return None
+    return value
+
+
+@dataclass
+class TopicLabels:
+    """Every topic's label in every language, with where each came from (`sources`: "llm" or "fallback")."""
+
+    langs: list[str]
+    labels: list[dict[str, str]]
+    sources: list[dict[str, str]]
+    generator: str = "fallback"
+    fallback: str = ""
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_topics(self) -> int:
+        return len(self.labels)
+
+    def label(self, topic: int, lang: str | None = None) -> str | None:
+        """Topic `topic`'s label in `lang` (else in the first language that has one)."""
+        row = self.labels[topic]
+        if lang is not None and lang in row:
+            return row[lang]
+        return next((row[x] for x in self.langs if x in row), None)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": FORMAT, "schema_version": SCHEMA_VERSION, "num_topics": self.num_topics,
+                "langs": list(self.langs), "generator": self.generator, "fallback": self.fallback,
+                "topics": [{"id": k, "labels": dict(lab), "sources": dict(src)}
+                           for k, (lab, src) in enumerate(zip(self.labels, self.sources, strict=True))],
+                "stats": dict(self.stats)}
+
+    @classmethod
+    def from_json(cls, raw: Any, path: Path | str, num_topics: int | None = None,
+                  langs: list[str] | None = None) -> TopicLabels:
+        """labels.json's content checked: XtmError naming the file and field for anything that is not
+        what `to_json` writes (labels that are not labels included), so no reader shows it."""
+        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+            raise XtmError(f"not an xtm labels file (expected \"format\": \"{FORMAT}\"): run xtm-label RUN_DIR",
+                           path=path)
+        file_langs = raw.get("langs")
+        if not isinstance(file_langs, list) or not all(isinstance(x, str) and re.fullmatch(r"[a-z]{2,3}", x)
+                                                       for x in file_langs):
+            raise XtmError("expected a list of language codes", path=path, field="langs")
+        topics = raw.get("topics")
+        if not isinstance(topics, list) or (num_topics is not None and len(topics) != num_topics):
+            want = f"{num_topics} topics" if num_topics is not None else "a list of topics"
+            raise XtmError(f"expected {want} (this run's); run xtm-label RUN_DIR again", path=path, field="topics")
+        labels: list[dict[str, str]] = []
+        sources: list[dict[str, str]] = []
+        for k, t in enumerate(topics):
+            lab = t.get("labels") if isinstance(t, dict) else None
+            src = t.get("sources") if isinstance(t, dict) else None
+            if not isinstance(t, dict) or t.get("id", k) != k or not isinstance(lab, dict):
+                raise XtmError(f"topic #{k}: needs \"id\": {k} and a \"labels\" object", path=path, field="topics")
+            row: dict[str, str] = {}
+            for lang in file_langs:
+                value = check_label(lab.get(lang))
+                if lang in lab and value is None:
+                    raise XtmError(f"topic {k}: the {lang!r} label is not a short line of text (at most "
+                                   f"{MAX_LABEL_CHARS} characters, no markup)", path=path, field="topics")
+                if value is not None:
+                    row[lang] = value
+            labels.append(row)
+            sources.append({lang: s for lang, s in (src.items() if isinstance(src, dict) else ())
+                            if lang in row and s in SOURCES})
+        if langs is not None:
+            missing = [x for x in langs if x not in file_langs]
+            if missing:
+                raise XtmError(f"no labels for {', '.join(missing)} (this run's languages: {', '.join(langs)})",
+                               path=path, field="langs")
+        gen = raw.get("generator")
+        fallback = raw.get("fallback")
+        stats = raw.get("stats")
+        return cls(langs=list(file_langs), labels=labels, sources=sources,
+                   generator=gen if isinstance(gen, str) and len(gen) <= 200 else "?",
+                   fallback=fallback if isinstance(fallback, str) and len(fallback) <= 500 else "",
+                   stats={k: v for k, v in stats.items() if isinstance(k, str) and type(v) in (int, float)}
+                   if isinstance(stats, dict) else {})
