@@ -153,12 +153,22 @@ def _write_bundle(tmp: Path, run: RunDir, config: dict[str, Any], tokenizers: di
         np.save(tmp / entry.beta, betas[i], allow_pickle=False)
         topic_words[lang] = top_words(betas[i], vocab, TOP_N)
         encoders.append(entry)
-    write_topics(tmp, topic_words, TOP_N)
+    write_topics(tmp, topic_words, TOP_N, labels=_run_labels(run, model.num_topics, langs))
     contextual = _export_contextual(run.path, tmp, report, opts)
     write_manifest(tmp, model=model.name, num_topics=model.num_topics, languages=langs, encoders=encoders,
                    opset=opts.opset, quantization=opts.quantize,
                    source_run=SourceRun.of(run.path, config.get("train_config")),
                    parity={lang: p.manifest_record() for lang, p in parity.items()}, contextual=contextual)
+
+
+def _run_labels(run: RunDir, num_topics: int, langs: list[str]) -> list[dict[str, str]] | None:
+    """The run's topic labels (labels.json, xtm-label) for topics.json; None when it has none. A damaged
+    labels.json is an XtmError naming it (load_labels): never exported half-read."""
+    labels = run.load_labels(num_topics, langs)
+    if labels is None:
+        logger.info("the run has no labels.json: the bundle's topics have no labels (xtm-label RUN_DIR adds them)")
+        return None
+    return [{lang: row[lang] for lang in langs if lang in row} for row in labels.labels]
 
 
 def _export_language(tmp: Path, run: RunDir, model: torch.nn.Module, i: int, vocab: list[str],

@@ -234,6 +234,37 @@ def read_topics(manifest: BundleManifest) -> list[dict[str, list[str]]]:
     return out
 
 
+def read_topic_labels(manifest: BundleManifest) -> list[dict[str, str]]:
+    """Each topic's label per language from topics.json (each topic's optional "labels" object, written
+    by xtm-export from the run's labels.json): `[k][lang] -> label`, {} for a topic without one. Bundles
+    from before labels have none. A value that is not a label (xtm.labels.check_label: markup, control
+    characters, over 120 characters, not a string) is left out, never shown; the structure itself is
+    read_topics' to check."""
+    from xtm.labels import check_label
+
+    try:
+        obj = json.loads(manifest.path(manifest.topics).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return [{} for _ in range(manifest.num_topics)]
+    topics = obj.get("topics") if isinstance(obj, dict) else None
+    out: list[dict[str, str]] = [{} for _ in range(manifest.num_topics)]
+    for pos, t in enumerate(topics if isinstance(topics, list) else []):
+        k = t.get("id", pos) if isinstance(t, dict) else None
+        labels = t.get("labels") if isinstance(t, dict) else None
+        if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k < manifest.num_topics \
+                or not isinstance(labels, dict):
+            continue
+        for lang, value in labels.items():
+            try:
+                code = normalize_lang(lang)
+            except XtmError:
+                continue
+            label = check_label(value)
+            if code in manifest.languages and label is not None:
+                out[k][code] = label
+    return out
+
+
 def validate_manifest(raw: Any, directory: Path, *, verify: bool) -> BundleManifest:
     """`parse_manifest`, then `check_files`: what read_manifest checks once the JSON is read, and
     what the writer checks before it writes a manifest."""

@@ -64,14 +64,17 @@ def manifest_schema_version(encoders: Sequence[EncoderEntry]) -> int:
     return SCHEMA_VERSION if any(e.sparse for e in encoders) else 1
 
 
-def write_topics(directory: str | Path, topic_words: Mapping[str, Sequence[Sequence[str]]], top_n: int) -> str:
+def write_topics(directory: str | Path, topic_words: Mapping[str, Sequence[Sequence[str]]], top_n: int,
+                 labels: Sequence[Mapping[str, str]] | None = None) -> str:
     """Write topics.json (top `top_n` words of every topic in every language; topic ids are shared
-    across languages) atomically; returns its name in the bundle."""
+    across languages; with `labels`, each topic's label per language under "labels", which runtimes
+    from before labels ignore) atomically; returns its name in the bundle."""
     langs = list(topic_words)
     num_topics = len(topic_words[langs[0]]) if langs else 0
     write_json(Path(directory) / TOPICS, {
         "num_topics": num_topics, "top_n": top_n, "languages": langs,
-        "topics": [{"id": k, "words": {lang: list(topic_words[lang][k]) for lang in langs}}
+        "topics": [{"id": k, "words": {lang: list(topic_words[lang][k]) for lang in langs},
+                    **({"labels": {lang: labels[k][lang] for lang in langs if lang in labels[k]}} if labels else {})}
                    for k in range(num_topics)]})
     return TOPICS
 

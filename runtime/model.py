@@ -132,6 +132,14 @@ def _read_vocab(path: Path, expected: int) -> dict[str, int]:
     return vocab
 
 
+class TopicWordList(list):
+    """get_topic's [(word, probability), ...], a plain list, with the topic's label as `.label`."""
+
+    def __init__(self, items: Iterable[tuple[str, float]] = (), label: str | None = None) -> None:
+        super().__init__(items)
+        self.label = label
+
+
 class TopicModel:
     """An exported cross-lingual topic model: `TopicModel.load(bundle_dir).infer(texts)`.
 
@@ -316,21 +324,49 @@ class TopicModel:
                 dist = self._distributions.setdefault(code, dist)
         return dist
 
-    def get_topic(self, topic: int, lang: str, n: int = 10) -> list[tuple[str, float]]:
+    def get_topic(self, topic: int, lang: str, n: int = 10) -> TopicWordList:
         """Topic `topic`'s n most probable words in `lang` with their probabilities, heaviest first:
-        [("market", 0.083), ...] (rows of `topic_word_distribution`; equal weights: vocabulary order)."""
+        [("market", 0.083), ...] (rows of `topic_word_distribution`; equal weights: vocabulary order).
+        The list's `.label` is the topic's label in `lang` (None when the bundle has none)."""
         k = self._topic_id(topic)
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise XtmError(f"n must be a positive integer, got {n!r}")
         row = self.topic_word_distribution(lang)[k]
         top = np.argsort(-row, kind="stable")[:n]
         vocab = self._words(lang)
-        return [(vocab[j], float(row[j])) for j in top.tolist()]
+        return TopicWordList([(vocab[j], float(row[j])) for j in top.tolist()],
+                             label=self.topic_label(k, self._encoder(lang).entry.lang))
+
+    @cached_property
+    def _labels(self) -> list[dict[str, str]]:
+        from xtm.runtime.bundle import read_topic_labels
+
+        return read_topic_labels(self._manifest)
+
+    @property
+    def labels(self) -> list[dict[str, str]]:
+        """Topic k's label per language: labels[k]["en"] -> "stock market" (xtm-label, exported from the
+        run's labels.json); [{}, ...] for a bundle without labels."""
+        return [dict(row) for row in self._labels]
+
+    @property
+    def has_labels(self) -> bool:
+        return any(self._labels)
+
+    def topic_label(self, topic: int, lang: str | None = None) -> str | None:
+        """Topic `topic`'s label in `lang` (a training language; else, or when it has none there, in
+        the first training language that has one); None when the bundle has no labels."""
+        row = self._labels[self._topic_id(topic)]
+        code = normalize_lang(lang) if lang is not None else None
+        if code is not None and code in row:
+            return row[code]
+        return next((row[x] for x in self.languages if x in row), None)
 
     def topic_info(self, texts: Sequence[str] | None = None, langs: Sequence[str | None] | str | None = None, *,
                    n_words: int = 10, **infer_kwargs: Any) -> list[dict[str, Any]]:
         """One flat row per topic (`pandas.DataFrame(model.topic_info(docs))` is a table):
-        {"id": k, "words_<lang>": its n_words top words in each language, ...}; with `texts`
+        {"id": k, "label": its label (first language), "label_<lang>": its label in each language (both
+        only when the bundle has labels), "words_<lang>": its n_words top words in each language, ...}; with `texts`
         (inferred with `infer(texts, langs, **infer_kwargs)`), also "count_<lang>", the number of
         that language's documents whose top topic is k, and "size_<lang>", their share of the
         language's documents (the report's topic size). Unsupported and empty documents count nowhere."""
@@ -338,6 +374,10 @@ class TopicModel:
             raise XtmError(f"n_words must be a positive integer, got {n_words!r}")
         rows: list[dict[str, Any]] = [{"id": k} for k in range(self.num_topics)]
         for k, t in enumerate(self._topics):
+            if self.has_labels:
+                rows[k]["label"] = self.topic_label(k)
+                for lang in self.languages:
+                    rows[k][f"label_{lang}"] = self._labels[k].get(lang)
             for lang in self.languages:
                 rows[k][f"words_{lang}"] = list(t.get(lang, []))[:n_words]
         if texts is None:

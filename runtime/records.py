@@ -310,6 +310,14 @@ class LineFormatter:
         # Topic words come from the bundle: encode_id's escaping keeps a damaged word list valid UTF-8.
         words_json = [encode_id({lang: ws[:OUTPUT_WORDS] for lang, ws in t.items()}) for t in model.topics]
         self._head = [f'{{"id":{k},"weight":' for k in range(model.num_topics)]
+        # With labels (xtm-label), "label" follows the topic id: the label in the document's language, else
+        # in the first training language (the contextual route's languages, and a topic without one there);
+        # null for a topic without any. A bundle without labels writes the lines it always wrote.
+        self._heads: dict[str | None, list[str]] = {}
+        if getattr(model, "has_labels", False):
+            for lang in [None, *model.languages]:
+                self._heads[lang] = [f'{{"id":{k},"label":{encode_id(model.topic_label(k, lang))},"weight":'
+                                     for k in range(model.num_topics)]
         self._tail = [f',"words":{w}}}' for w in words_json]
         self._theta_row = "[" + ",".join([WEIGHT] * model.num_topics) + "]"
 
@@ -320,7 +328,7 @@ class LineFormatter:
         top_ids, top_weights = res.top_ids.tolist(), res.top_weights.tolist()
         conf, oov, empty = res.lang_conf.tolist(), res.oov_ratio.tolist(), res.empty.tolist()
         unsupported = res.unsupported.tolist()
-        head, tail = self._head, self._tail
+        head, tail, heads = self._head, self._tail, self._heads
         out: list[str | None] = []
         for i, doc_id in enumerate(id_json):
             if unsupported[i]:
@@ -334,8 +342,10 @@ class LineFormatter:
                 theta_json = self._theta_row % tuple(full[i])
             else:
                 theta_json = "{" + ",".join(f'"{k}":{w}' for k, w in zip(ids, ws, strict=True)) + "}"
-            topics_json = ",".join(head[k] + w + tail[k] for k, w in zip(ids, ws, strict=True))
             lang = res.langs[i]
+            if heads:
+                head = heads.get(lang) or heads[None]
+            topics_json = ",".join(head[k] + w + tail[k] for k, w in zip(ids, ws, strict=True))
             lang_json = "null" if lang is None else f'"{lang}"'
             out.append(f'{{"id":{doc_id},"lang":{lang_json},"lang_conf":{_share(conf[i])},"route":"{res.routes[i]}",'
                        f'"empty":{"true" if empty[i] else "false"},"oov_ratio":{_share(oov[i])},'
@@ -397,14 +407,17 @@ def decode_text_line(raw: bytes | None) -> tuple[dict[str, Any] | None, str | No
 class TableShape:
     """What a table of results holds: K theta columns (full theta only) and top_k topic columns."""
 
-    def __init__(self, num_topics: int, top_k: int, full_theta: bool) -> None:
+    def __init__(self, num_topics: int, top_k: int, full_theta: bool, labels: bool | None = None) -> None:
         self.num_topics, self.full_theta = int(num_topics), bool(full_theta)
         self.top_k = max(0, min(int(top_k), self.num_topics))
+        # Label columns (label_i; Parquet: labels) when the bundle has labels. None: decided by the
+        # first lines written (they carry "label" exactly when the bundle has labels: LineFormatter).
+        self.labels = labels
 
     def csv_header(self) -> list[str]:
         head = ["id", "lang", "lang_conf", "route", "empty", "oov_ratio"]
         for i in range(1, self.top_k + 1):
-            head += [f"topic_{i}", f"weight_{i}"]
+            head += [f"topic_{i}", f"weight_{i}"] + ([f"label_{i}"] if self.labels else [])
         if self.top_k:
             head.append("topic_1_words")
         if self.full_theta:
@@ -446,10 +459,11 @@ class TableStream:
     the sink itself stays open, for its owner to commit or drop.
 
     CSV (RFC 4180, UTF-8, a header row): id, lang, lang_conf, route, empty, oov_ratio, then per top
-    topic i topic_i and weight_i, topic_1_words ("en: w1 w2 ... | zh: ..."), then theta_0..theta_K-1
-    with full theta. Empty cells for null. Parquet (pyarrow): id (string), lang, lang_conf
-    (float32), route, empty (bool), oov_ratio (float32), topics (list<int32>), weights
-    (list<float32>) and theta (list<float32>, full theta only); nulls for null.
+    topic i topic_i, weight_i (and label_i when the bundle has labels), topic_1_words ("en: w1 w2 ... |
+    zh: ..."), then theta_0..theta_K-1 with full theta. Empty cells for null. Parquet (pyarrow): id
+    (string), lang, lang_conf (float32), route, empty (bool), oov_ratio (float32), topics (list<int32>),
+    weights (list<float32>), labels (list<string>, when the bundle has labels) and theta
+    (list<float32>, full theta only); nulls for null.
     Ids become text in both (a string id as it is, any other id as its JSON), one type per column.
     """
 
@@ -489,14 +503,19 @@ class TableStream:
             self._write_parquet(last=True)
         self.sink.flush()
 
+    def _decide_labels(self, rows: list[dict[str, Any]]) -> None:
+        if self.shape.labels is None:
+            self.shape.labels = any("label" in t for r in rows for t in r["topics"])
+
     def _write_csv(self, rows: list[dict[str, Any]]) -> None:
         import csv
 
         if not self._started:
+            self._decide_labels(rows)
             self._csv = csv.writer(_Utf8Text(self.sink))
             self._csv.writerow(self.shape.csv_header())
             self._started = True
-        top_k, full = self.shape.top_k, self.shape.full_theta
+        top_k, full, labels = self.shape.top_k, self.shape.full_theta, self.shape.labels
         out = []
         for r in rows:
             cells = [_id_text(r["id"]), r["lang"], _cell(r["lang_conf"], SHARE), r["route"],
@@ -504,6 +523,8 @@ class TableStream:
             topics = r["topics"]
             for i in range(top_k):
                 cells += [topics[i]["id"], WEIGHT % topics[i]["weight"]] if i < len(topics) else ["", ""]
+                if labels:
+                    cells.append((topics[i].get("label") or "") if i < len(topics) else "")
             if top_k:
                 cells.append(_words_cell(topics[0]["words"]) if topics else "")
             if full:
@@ -514,9 +535,12 @@ class TableStream:
     def _write_parquet(self, last: bool = False) -> None:
         pa = self._pa
         if self._writer is None:
+            self._decide_labels(self._rows)
             fields = [("id", pa.string()), ("lang", pa.string()), ("lang_conf", pa.float32()),
                       ("route", pa.string()), ("empty", pa.bool_()), ("oov_ratio", pa.float32()),
                       ("topics", pa.list_(pa.int32())), ("weights", pa.list_(pa.float32()))]
+            if self.shape.labels:
+                fields.append(("labels", pa.list_(pa.string())))
             if self.shape.full_theta:
                 fields.append(("theta", pa.list_(pa.float32())))
             self._schema = pa.schema(fields)
@@ -532,6 +556,8 @@ class TableStream:
                 "empty": [r["empty"] for r in rows], "oov_ratio": [r["oov_ratio"] for r in rows],
                 "topics": [[t["id"] for t in r["topics"]] for r in rows],
                 "weights": [[t["weight"] for t in r["topics"]] for r in rows]}
+            if self.shape.labels:
+                cols["labels"] = [[t.get("label") for t in r["topics"]] for r in rows]
             if self.shape.full_theta:
                 cols["theta"] = [r["theta"] for r in rows]
             try:
