@@ -22,7 +22,7 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from xtm.errors import XtmError
 from xtm.evaluation import report_svg as svg
 from xtm.evaluation.metrics import topic_uniqueness_per_topic
 from xtm.evaluation.published import CNPMI_NOTE, SOURCE, Published, published_rows
+from xtm.labels import TopicLabels
 from xtm.run_dir import RunDir
 
 REPORT_NAME = RunDir.REPORT
@@ -50,6 +51,8 @@ class RunFiles:
     refined: dict[str, list[list[str]]] | None
     data: dict[str, Any]
     notes: list[str]
+    labels: TopicLabels | None = None
+    evals: list[dict[str, float]] = field(default_factory=list)
 
 
 # A language code names files (topics_<lang>.txt) and reaches the page: letters, then optional subtags.
@@ -118,10 +121,91 @@ def load_run(run_dir: str | Path) -> RunFiles:
             notes.append(f"report_data.json is not for this run's {k} topics; sizes, map and confusion are not shown")
         else:
             data = _report_data(raw, k, langs, notes)
+            data.update(_topic_details(raw, topics, notes))
     else:
         notes.append("report_data.json is missing (xtm-train writes it when training ends): topic sizes, "
                      "per-topic CNPMI, the topic map and the confusion matrix need the model and are not shown")
-    return RunFiles(run_dir, metrics, config, history, langs, topics, refined, data, notes)
+    labels = None
+    try:
+        labels = run.load_labels(k)
+    except XtmError as e:
+        notes.append(f"labels.json is not usable, so no labels are shown ({e}): run xtm-label again")
+    if labels is None and not notes_mention(notes, RunDir.LABELS):
+        notes.append("labels.json is missing: topics have no labels (xtm-label RUN_DIR writes them)")
+    return RunFiles(run_dir, metrics, config, history, langs, topics, refined, data, notes, labels,
+                    _evals(run_dir))
+
+
+def notes_mention(notes: list[str], name: str) -> bool:
+    return any(name in n for n in notes)
+
+
+def _evals(run_dir: Path) -> list[dict[str, float]]:
+    """history.json's "eval" points (xtm-train --eval-every N): epoch, TU, CNPMI, TQ and each
+    classification score, finite numbers only."""
+    run = RunDir(run_dir)
+    if not run.has(RunDir.HISTORY):
+        return []
+    try:
+        raw = run.load_history()
+    except XtmError:
+        return []
+    out = []
+    for i, h in enumerate(raw if isinstance(raw, list) else []):
+        ev = h.get("eval") if isinstance(h, dict) else None
+        if not isinstance(ev, dict):
+            continue
+        point = {"epoch": _num(h.get("epoch")) if _num(h.get("epoch")) is not None else float(i + 1)}
+        for key in ("TU", "CNPMI", "TQ"):
+            if _num(ev.get(key)) is not None:
+                point[key] = _num(ev[key])
+        for key, v in _obj(ev.get("classification")).items():
+            if isinstance(key, str) and _num(v) is not None:
+                point[key] = _num(v)
+        out.append(point)
+    return out
+
+
+def _topic_details(raw: dict[str, Any], topics: dict[str, list[list[str]]], notes: list[str]) -> dict[str, Any]:
+    """report_data.json's word weights (one per word of topics_<lang>.txt, in [0, 1]) and representative
+    documents ({"id", "weight", "text"}), each kept only when its shape and types are right."""
+    out: dict[str, Any] = {}
+    bad = []
+    ww = raw.get("word_weights")
+    if ww is not None:
+        checked = {lang: [_numbers(row, len(words), 0.0, 1.0) for row, words in zip(ww[lang], topics[lang],
+                                                                                    strict=False)]
+                   for lang in topics if isinstance(ww, dict) and isinstance(ww.get(lang), list)
+                   and len(ww[lang]) == len(topics[lang])}
+        if checked and all(row is not None for rows in checked.values() for row in rows):
+            out["word_weights"] = checked
+        else:
+            bad.append("word_weights (one weight in [0, 1] per word of topics_<lang>.txt)")
+    rd = raw.get("representative_docs")
+    if rd is not None:
+        docs = {lang: [_docs(row) for row in rd[lang]] for lang in topics
+                if isinstance(rd, dict) and isinstance(rd.get(lang), list) and len(rd[lang]) == len(topics[lang])}
+        if docs and all(row is not None for rows in docs.values() for row in rows):
+            out["representative_docs"] = docs
+        else:
+            bad.append("representative_docs (per topic: a list of {id, weight, text})")
+    if bad:
+        notes.append("report_data.json: not in the expected shape, so not shown: " + "; ".join(bad))
+    return out
+
+
+def _docs(row: Any) -> list[dict[str, Any]] | None:
+    if not isinstance(row, list) or len(row) > 20:
+        return None
+    out = []
+    for d in row:
+        if not isinstance(d, dict) or not isinstance(d.get("text"), str) or len(d["text"]) > 2000:
+            return None
+        w = _num(d.get("weight"))
+        if w is None or not 0 <= w <= 1 or not (d.get("id") is None or isinstance(d.get("id"), str)):
+            return None
+        out.append({"id": d.get("id"), "weight": w, "text": d["text"], "bag": d.get("bag") is True})
+    return out
 
 
 def _history(run_dir: Path, notes: list[str]) -> list[dict[str, float]]:
@@ -286,7 +370,8 @@ def _header(run: RunFiles) -> str:
     notes = "".join(f'<p class="note">{escape(n)}</p>' for n in run.notes)
     return (f"<header><h1>xtm run <code>{escape(run.run_dir.resolve().name)}</code></h1>"
             f'<div class="facts">{items}</div>{warn}{notes}'
-            '<nav><a href="#metrics">metrics</a> <a href="#plots">plots</a> <a href="#topics">topics</a></nav>'
+            '<nav><a href="#warnings">warnings</a> <a href="#metrics">metrics</a> <a href="#plots">plots</a> '
+            '<a href="#topics">topics</a> <a href="#details">topic details</a></nav>'
             "</header>")
 
 
@@ -324,9 +409,24 @@ def _metrics(run: RunFiles) -> str:
     if isinstance(p2, dict):
         notes.append(_phase2_note(p2))
     note_html = "".join(f"<li>{n}</li>" for n in notes if n)
-    return (f'<section id="metrics"><h2>Metrics</h2><div class="scroll"><table class="metrics"><thead><tr><th></th>'
-            f"{heads}</tr></thead><tbody>{''.join(rows)}</tbody></table></div><ul class='notes'>{note_html}</ul>"
-            f"{_settings(run)}</section>")
+    return (f'<section id="metrics"><h2>Metrics</h2><div class="pair"><div class="scroll"><table class="metrics">'
+            f"<thead><tr><th></th>{heads}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>{GLOSSARY}</div>"
+            f"<ul class='notes'>{note_html}</ul>{_settings(run)}</section>")
+
+
+# What the metrics mean, next to the table (the papers' definitions; higher is better for all of them).
+GLOSSARY = (
+    '<dl class="glossary" id="glossary">'
+    "<dt>TU</dt><dd>Topic uniqueness, 0 to 1: how rarely a topic's top words are also top words of other topics "
+    "(1: no word shared). Low TU means repeated topics.</dd>"
+    "<dt>CNPMI</dt><dd>Cross-lingual NPMI, -1 to 1: how often a topic's top words in one language appear in the "
+    "same aligned documents as its top words in the other (needs --ref-corpus). Above 0: the languages' words "
+    "go together.</dd>"
+    "<dt>TQ</dt><dd>Topic quality: CNPMI x TU, one number for coherent and distinct topics.</dd>"
+    "<dt>XX-I / XX-C</dt><dd>Classification accuracy from the topic shares (theta): -I trained and tested on "
+    "language XX (intra-lingual); -C trained on the other language, tested on XX (cross-lingual: do topics "
+    "mean the same in both?).</dd>"
+    "<dt>s/epoch</dt><dd>Training seconds per epoch.</dd></dl>")
 
 
 def _phase2_note(p2: dict[str, Any]) -> str:
@@ -381,6 +481,7 @@ def _plots(run: RunFiles) -> str:
                      + f'<div class="grid">{"".join(panels)}</div>')
     else:
         parts.append('<p class="note">history.json is missing or empty: no loss curves</p>')
+    parts.append(_eval_curves(run))
     d = run.data
     if d.get("prevalence"):
         prev = {lang: d["prevalence"][lang] for lang in run.langs if lang in d["prevalence"]}
@@ -393,7 +494,8 @@ def _plots(run: RunFiles) -> str:
         tm = d["topic_map"]
         sizes = _mean_sizes(run)
         first = run.langs[0]
-        tips = [f"topic {t}: " + " ".join(run.topics[first][t][:8]) for t in range(len(tm["x"]))]
+        tips = [f"topic {t}" + (f" ({_label(run, t)})" if _label(run, t) else "") + ": "
+                + " ".join(run.topics[first][t][:8]) for t in range(len(tm["x"]))]
         side.append('<div><h3>Map of topics</h3><p class="note">PCA of each topic\'s word distributions '
                     "(square roots, all languages side by side): near = similar words. Area: size; click a "
                     f"topic to see its words.</p>{svg.topic_scatter(tm['x'], tm['y'], sizes, tips, tm['explained'])}"
@@ -447,6 +549,9 @@ def _topic_rows(run: RunFiles) -> str:
         for lang in langs:
             own = run.topics[lang][t]
             text.extend(own)
+            label = _label(run, t, lang)
+            text.append(label or "")
+            label_html = f'<div class="lbl">{escape(label)}</div>' if label else ""
             if run.refined:
                 ref = run.refined[lang][t]
                 text.extend(ref)
@@ -455,9 +560,10 @@ def _topic_rows(run: RunFiles) -> str:
                 changes = (f'<span class="tag">refined +{len(added)} −{len(removed)}</span> '
                            f'{_words(ref, lang, added, "add")}') if added or removed else \
                     '<span class="tag">refined: the same words</span>'
-                cell = f'<div class="own">{_words(own, lang, removed, "del")}</div><div class="ref">{changes}</div>'
+                cell = (f'{label_html}<div class="own">{_words(own, lang, removed, "del")}</div>'
+                        f'<div class="ref">{changes}</div>')
             else:
-                cell = f'<div class="own">{_words(own, lang)}</div>'
+                cell = f'{label_html}<div class="own">{_words(own, lang)}</div>'
             word_cells.append(f'<td class="w" lang="{escape(lang)}">{cell}</td>')
         mean_tu = sum(tu[lang][t] for lang in langs) / len(langs)
         attrs = (f'id="topic-{t}" data-k="{t}" data-size="{sizes[t]:.6g}" data-tu="{mean_tu:.6g}" '
@@ -482,6 +588,142 @@ def _topics(run: RunFiles) -> str:
             '<div class="scroll"><table class="topics"><thead><tr><th>#</th><th>size (top topic of)</th><th>TU</th>'
             f'<th>CNPMI</th>{heads}</tr></thead><tbody id="topics-body">{_topic_rows(run)}</tbody></table></div>'
             "</section>")
+
+
+def _label(run: RunFiles, t: int, lang: str | None = None) -> str | None:
+    """Topic t's label in `lang` (else the first language's), None without labels.json."""
+    if run.labels is None or t >= run.labels.num_topics:
+        return None
+    return run.labels.label(t, lang)
+
+
+NEAR_EMPTY = 0.1   # a topic is near-empty below this share of an even split (1/K) in every language
+DUPLICATE = 0.5    # two topics are duplicates at this mean top-10-word Jaccard overlap across languages
+
+
+def near_empty_topics(prevalence: dict[str, list[float]], k: int) -> list[int]:
+    """Topics that are the top topic of under NEAR_EMPTY / K of the documents in every language."""
+    if not prevalence:
+        return []
+    limit = NEAR_EMPTY / k
+    return [t for t in range(k) if all(v[t] < limit for v in prevalence.values())]
+
+
+def duplicate_topics(topics: dict[str, list[list[str]]], n: int = 10) -> list[tuple[int, int, float]]:
+    """(i, j, overlap) for topic pairs whose top-n words overlap by DUPLICATE or more (Jaccard, mean over
+    languages), largest overlap first."""
+    langs = list(topics)
+    sets = {lang: [set(ws[:n]) for ws in topics[lang]] for lang in langs}
+    k = len(topics[langs[0]])
+    out = []
+    for i in range(k):
+        for j in range(i + 1, k):
+            overlap = sum(len(sets[x][i] & sets[x][j]) / max(len(sets[x][i] | sets[x][j]), 1)
+                          for x in langs) / len(langs)
+            if overlap >= DUPLICATE:
+                out.append((i, j, overlap))
+    return sorted(out, key=lambda x: (-x[2], x[0], x[1]))
+
+
+def _topic_link(run: RunFiles, t: int) -> str:
+    label = _label(run, t)
+    return f'<a href="#topic-{t}">{t}</a>' + (f" ({escape(label)})" if label else "")
+
+
+def _warnings(run: RunFiles) -> str:
+    """Topics to look at first: near-empty ones (almost no document's top topic) and duplicates."""
+    k = len(next(iter(run.topics.values())))
+    items = []
+    empty = near_empty_topics(run.data.get("prevalence") or {}, k)
+    if empty:
+        items.append(f"<li><b>{len(empty)} near-empty topic{'s' if len(empty) != 1 else ''}</b> (the top topic of "
+                     f"under {NEAR_EMPTY / k:.2%} of the documents in every language, a tenth of an even share): "
+                     + ", ".join(_topic_link(run, t) for t in empty)
+                     + ". Fewer topics (--topics) or more epochs may merge or fill them.</li>")
+    dups = duplicate_topics(run.topics)
+    if dups:
+        shown = ", ".join(f"{_topic_link(run, i)} and {_topic_link(run, j)} ({o:.0%})" for i, j, o in dups[:30])
+        more = f" and {len(dups) - 30} more pairs" if len(dups) > 30 else ""
+        items.append(f"<li><b>{len(dups)} duplicate pair{'s' if len(dups) != 1 else ''}</b> (top-10 words overlap "
+                     f"by {DUPLICATE:.0%} or more): {shown}{more}. Such topics split one theme; fewer topics may "
+                     "merge them.</li>")
+    if not run.data.get("prevalence"):
+        items.append('<li class="note">Near-empty topics are not checked: report_data.json has no topic '
+                     "sizes.</li>")
+    body = f'<ul class="warnings">{"".join(items)}</ul>' if items else \
+        '<p class="note ok">No near-empty or duplicate topics.</p>'
+    return f'<section id="warnings"><h2>Warnings</h2>{body}</section>'
+
+
+def _eval_curves(run: RunFiles) -> str:
+    """Evaluation every N epochs (history.json "eval", xtm-train --eval-every N): one panel per metric."""
+    if not run.evals:
+        return ('<h3>Evaluation during training</h3><p class="note">No evaluation curves: train with '
+                "--eval-every N to evaluate every N epochs.</p>")
+    keys = sorted({key for p in run.evals for key in p if key != "epoch"},
+                  key=lambda key: (["TU", "CNPMI", "TQ"].index(key) if key in ("TU", "CNPMI", "TQ") else 3, key))
+    panels = [svg.line_panel(key, [p["epoch"] for p in run.evals if key in p], [p[key] for p in run.evals if key in p])
+              for key in keys]
+    return (f'<h3 id="eval-curves">Evaluation during training</h3><p class="note">{len(run.evals)} evaluations '
+            f'(--eval-every): TU, classification and (with --ref-corpus) CNPMI by epoch.</p>'
+            f'<div class="grid">{"".join(panels)}</div>')
+
+
+def _word_bars(words: list[str], weights: list[float] | None, lang: str, n: int = 10) -> str:
+    if weights is None:
+        return f'<div class="own">{_words(words, lang)}</div>'
+    top = max(weights[:n], default=0.0) or 1.0
+    return "".join(f'<div class="wb"><span class="wbar" style="width:{w / top * 100:.0f}%"></span>'
+                   f'<span class="ww" lang="{escape(lang)}">{escape(word)}</span> <span class="wv">{w:.3f}</span></div>'
+                   for word, w in zip(words[:n], weights[:n], strict=True))
+
+
+def _doc_list(docs: list[dict[str, Any]] | None, lang: str) -> str:
+    if not docs:
+        return ""
+    items = "".join(f'<li><span class="dw">{d["weight"]:.2f}</span> <span lang="{escape(lang)}">{escape(d["text"])}'
+                    f'</span>' + (' <span class="tag">(its words)</span>' if d["bag"] else "")
+                    + (f' <span class="did">{escape(d["id"])}</span>' if d["id"] is not None else "") + "</li>"
+                    for d in docs)
+    return f'<ul class="docs">{items}</ul>'
+
+
+def _details(run: RunFiles) -> str:
+    """Per topic: its label, the weights of its top words (bars) and its most representative training
+    documents, in every language."""
+    langs, k = run.langs, len(next(iter(run.topics.values())))
+    ww = run.data.get("word_weights") or {}
+    rd = run.data.get("representative_docs") or {}
+    sizes = _mean_sizes(run) if run.data.get("prevalence") else None
+    cards = []
+    for t in range(k):
+        cols = []
+        for lang in langs:
+            label = _label(run, t, lang)
+            docs = rd.get(lang, [None] * k)[t] if lang in rd else None
+            cols.append(f'<div class="col" lang="{escape(lang)}"><b>{escape(lang)}</b>'
+                        + (f' <span class="lbl">{escape(label)}</span>' if label else "")
+                        + _word_bars(run.topics[lang][t], ww[lang][t] if lang in ww else None, lang)
+                        + (f'<div class="note">representative documents (share of this topic):</div>'
+                           f'{_doc_list(docs, lang)}' if docs else "") + "</div>")
+        label = _label(run, t)
+        size = f" · {sizes[t]:.1%} of documents" if sizes is not None else ""
+        opened = " open" if k <= 12 else ""
+        cards.append(f'<details class="card" id="card-{t}"{opened}><summary><b>#{t}</b> '
+                     f'{escape(label) if label else ""}{size}</summary><div class="cols">{"".join(cols)}</div>'
+                     "</details>")
+    notes = []
+    if not ww:
+        notes.append("word weights need report_data.json from this version of xtm-train")
+    if not rd:
+        notes.append("representative documents need report_data.json from this version of xtm-train")
+    source = ""
+    if run.labels is not None:
+        source = (f'<p class="note">Labels: {_text(run.labels.generator)}'
+                  + (f"; LLM-free labels are {_text(run.labels.fallback)}" if run.labels.fallback else "") + ".</p>")
+    return (f'<section id="details"><h2>Topic details</h2>{source}<p class="note">Each topic\'s top words with '
+            "p(word | topic) as bars, and the training documents with the largest share of it."
+            + "".join(f" ({escape(n)})" for n in notes) + f'</p>{"".join(cards)}</section>')
 
 
 CSS = """
@@ -509,6 +751,14 @@ margin-right:4px;vertical-align:middle;max-width:4em}.ref{color:#333;margin-top:
 .pl{font-size:9px;pointer-events:none}.cell{fill:#555}.cell.d{fill:#0072B2}.diag{stroke:#0072B2;stroke-opacity:.25}
 .sw{display:inline-block;width:10px;height:10px;margin:0 3px 0 8px}pre{font-size:12px;background:#f6f6f6;padding:8px;
 overflow-x:auto}details{margin:8px 0}ul.notes{padding-left:18px}
+.lbl{font-weight:600;color:#035}.glossary{flex:1 1 320px;max-width:520px;font-size:13px;margin:0}
+.glossary dt{font-weight:bold;margin-top:4px}.glossary dd{margin:0 0 0 12px;color:#444}
+.warnings li{margin:3px 0}.ok{color:#064}.card{border:1px solid #e4e4e4;border-radius:4px;padding:4px 8px}
+.card summary{cursor:pointer}.cols{display:flex;flex-wrap:wrap;gap:18px;margin-top:6px}.col{flex:1 1 380px}
+.wb{position:relative;font-size:13px;line-height:1.5;padding-left:4px}.wbar{position:absolute;left:0;top:3px;
+bottom:3px;background:#cfe3f3;z-index:-1}.ww{position:relative}.wv{color:#777;font-size:11px}
+.docs{padding-left:18px;font-size:13px}.docs li{margin:3px 0}.dw{font-variant-numeric:tabular-nums;color:#035}
+.did{color:#888;font-size:11px}
 """
 
 # Filter and sort the topic table in place; rows keep their ids so the map's links still work.
@@ -551,7 +801,7 @@ def render_report(run_dir: str | Path) -> str:
             f'<meta http-equiv="Content-Security-Policy" content="{content_security_policy()}">'
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{escape(title)}</title><style>{CSS}</style></head><body>"
-            f"{_header(run)}{_metrics(run)}{_plots(run)}{_topics(run)}"
+            f"{_header(run)}{_warnings(run)}{_metrics(run)}{_plots(run)}{_topics(run)}{_details(run)}"
             f"<script>{JS}</script></body></html>\n")
 
 

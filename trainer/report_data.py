@@ -10,6 +10,11 @@ to RUN_DIR/report_data.json:
     topic_map         {"x": [K], "y": [K], "explained": [2]}: PCA of the topics' word distributions
     confusion         top topic in language a vs in language b on aligned reference documents:
                       {"langs", "counts" K x K, "documents", "diagonal_share"} (only with a reference corpus)
+    word_weights      {lang: [K][N]} p(word | topic) of each word of topics_<lang>.txt line k, in its order
+                      (softmax of beta: the bars next to each topic's words)
+    representative_docs  {lang: [K][<=3]} the training documents with the highest share of topic k:
+                      {"id", "weight" (theta), "text" (shortened; a bag-of-words corpus without text shows
+                      the document's words, and "bag": true)}
 """
 
 from __future__ import annotations
@@ -21,11 +26,61 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from xtm.corpus import Corpus
 from xtm.evaluation.metrics import ReferenceCorpus, cnpmi_per_topic
 from xtm.models_zoo.base import CrossLingualTopicModel
 from xtm.trainer.loop.training import infer_theta
 
 SCHEMA_VERSION = 1
+REPRESENTATIVE_DOCS = 3      # per topic and language
+SNIPPET_CHARS = 240          # a representative document is shortened to this many characters
+
+
+def word_weights(beta: np.ndarray, vocab: list[str], top: list[list[str]]) -> list[list[float]]:
+    """p(word | topic) (softmax of beta's row) of each of topic k's top words, in their order."""
+    z = np.exp(beta - beta.max(axis=1, keepdims=True))
+    dist = z / z.sum(axis=1, keepdims=True)
+    index = {w: i for i, w in enumerate(vocab)}
+    return [[float(dist[k, index[w]]) if w in index else 0.0 for w in words] for k, words in enumerate(top)]
+
+
+def shorten(text: str, limit: int = SNIPPET_CHARS) -> str:
+    """One line of at most `limit` characters (whitespace collapsed; cut at a space where one is near)."""
+    text = " ".join(str(text).split())
+    if len(text) <= limit:
+        return text
+    cut = text[:limit]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > limit * 0.7 else cut).rstrip() + " …"
+
+
+def bag_text(row: sp.csr_matrix, vocab: list[str], limit: int = SNIPPET_CHARS) -> str:
+    """A document known only as a bag of words: its words, most frequent first."""
+    order = np.argsort(-row.data, kind="stable")
+    return shorten(" ".join(vocab[row.indices[i]] for i in order), limit)
+
+
+def representative_docs(theta: np.ndarray, bows: sp.csr_matrix | None, vocab: list[str], texts: list[str] | None,
+                        ids: list[str] | None, n: int = REPRESENTATIVE_DOCS) -> list[list[dict[str, Any]]]:
+    """For each topic, the n training documents with the largest theta[:, k] (ties: document order)."""
+    out = []
+    for k in range(theta.shape[1]):
+        col = theta[:, k]
+        best = np.lexsort((np.arange(len(col)), -col))[:n] if len(col) else []
+        docs = []
+        for i in best:
+            i = int(i)
+            doc: dict[str, Any] = {"id": str(ids[i]) if ids is not None and i < len(ids) else None,
+                                   "weight": float(col[i])}
+            if texts is not None and i < len(texts):
+                doc["text"] = shorten(texts[i])
+            elif bows is not None and i < bows.shape[0]:
+                doc["text"], doc["bag"] = bag_text(bows[i], vocab), True
+            else:
+                continue
+            docs.append(doc)
+        out.append(docs)
+    return out
 
 
 def prevalence(theta: np.ndarray, num_topics: int) -> list[float]:
@@ -88,8 +143,10 @@ def aligned_confusion(model: CrossLingualTopicModel, ref: ReferenceCorpus, langs
 def build_report_data(model: CrossLingualTopicModel, langs: Sequence[str], vocabs: dict[str, list[str]],
                       train_theta: dict[str, np.ndarray], beta: dict[str, np.ndarray],
                       top: dict[str, list[list[str]]], ref: ReferenceCorpus | None, device: torch.device,
-                      refined: dict[str, list[list[str]]] | None = None) -> dict[str, Any]:
-    """The content of report_data.json (JSON-serialisable); `train_theta` is evaluation's, reused."""
+                      refined: dict[str, list[list[str]]] | None = None,
+                      corpus: Corpus | None = None) -> dict[str, Any]:
+    """The content of report_data.json (JSON-serialisable); `train_theta` is evaluation's, reused.
+    `corpus` (the training corpus) gives the representative documents."""
     k = model.num_topics
     data: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
@@ -97,7 +154,12 @@ def build_report_data(model: CrossLingualTopicModel, langs: Sequence[str], vocab
         "langs": list(langs),
         "prevalence": {lang: prevalence(train_theta[lang], k) for lang in langs},
         "topic_map": topic_map({lang: beta[lang] for lang in langs}),
+        "word_weights": {lang: word_weights(beta[lang], vocabs[lang], top[lang]) for lang in langs},
     }
+    if corpus is not None:
+        data["representative_docs"] = {
+            lc.lang: representative_docs(train_theta[lc.lang], lc.train_bow, lc.vocab, lc.train_texts, lc.train_ids)
+            for lc in corpus.languages if lc.lang in train_theta}
     a, b = langs[0], langs[1]
     if ref is not None and ref.covers(a, b):
         n = max(len(t) for t in top[a])

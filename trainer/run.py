@@ -310,7 +310,8 @@ def write_report_data(run: RunDir, corpus: Corpus, model: CrossLingualTopicModel
     try:
         vocabs = {lc.lang: list(lc.vocab) for lc in corpus.languages}
         run.save_report_data(build_report_data(
-            model, corpus.langs, vocabs, outputs.train_theta, outputs.beta, top, ref, device, refined=refined))
+            model, corpus.langs, vocabs, outputs.train_theta, outputs.beta, top, ref, device, refined=refined,
+            corpus=corpus))
     except Exception as e:  # noqa: BLE001 - see the docstring
         logger.warning(f"report_data.json was not written ({type(e).__name__}: {e})")
 
