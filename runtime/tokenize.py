@@ -2,6 +2,24 @@
 
 Imports stay light: jieba and janome are imported (and their dictionaries loaded) only when a
 tokenizer of that kind is first made, once per process, under a lock.
+
+A bundle records its tokenizer kind; which implementation serves that kind is this process's choice
+(`SEGMENTERS`, environment variable XTM_SEGMENTERS, xtm-infer --segmenters), measured in
+benchmarks/raw_text_throughput.py and docs/benchmarks.md:
+
+- "auto" (default): kind jieba runs its blocks of Han characters and ASCII letters/digits through
+  rjieba (jieba-rs, the same dictionary and algorithm in Rust, 7x jieba's speed) when it is
+  installed, every other block through jieba itself. The bags of words, and so theta, are
+  jieba's; the token order may differ only where two segmentations score exactly the same, which
+  are then the same words in another order (1 document in 50,000 ECNews documents). Kind janome is
+  janome.
+- "reference": jieba and janome in Python for every block: the tokens, in order, of earlier releases.
+- "fast": "auto", and kind janome served by MeCab (fugashi with IPAdic, the dictionary janome
+  ships; 40x janome's speed). Not the same tokens: 99% of Rakuten documents come out identical,
+  0.1% of tokens differ (janome's unknown-word grouping), so it is an explicit opt-in.
+
+Kind "mecab" (fugashi + IPAdic surfaces, `pip install "xtm[ja-mecab]"`) is MeCab as a bundle's own
+recorded tokenizer, for models trained with it.
 """
 
 from __future__ import annotations
@@ -18,7 +36,6 @@ import tempfile
 import threading
 import warnings
 from collections.abc import Callable
-from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +44,20 @@ from xtm.errors import XtmError
 from xtm.languages import normalize_lang
 from xtm.paths import cache_dir
 
-__all__ = ["KINDS", "default_tokenizer_spec", "make_tokenizer", "missing_tokenizer"]
+__all__ = ["KINDS", "SEGMENTERS", "SEGMENTERS_ENV", "default_tokenizer_spec", "make_tokenizer", "missing_tokenizer",
+           "segmenter_mode", "segmenter_of"]
 
-KINDS = ("whitespace", "regex", "jieba", "janome")
+KINDS = ("whitespace", "regex", "jieba", "janome", "mecab")
 # Kinds whose segmenter is an optional install (the base install serves other languages without
 # them): kind -> (module, language, extra that installs it).
-_OPTIONAL = {"jieba": ("jieba", "Chinese", "zh"), "janome": ("janome", "Japanese", "ja")}
+_OPTIONAL = {"jieba": ("jieba", "Chinese", "zh"), "janome": ("janome", "Japanese", "ja"),
+             "mecab": ("fugashi", "Japanese", "ja-mecab")}
+# Modules a kind needs besides its segmenter (MeCab's dictionary is a package of its own).
+_ALSO_NEEDED = {"mecab": ("ipadic",)}
+# Which implementation serves a kind (module docstring); the environment variable sets it for a
+# process and the worker processes it starts.
+SEGMENTERS = ("auto", "reference", "fast")
+SEGMENTERS_ENV = "XTM_SEGMENTERS"
 
 # Runs of Unicode letters/digits: \w minus the underscore. Apostrophes and hyphens split words
 # ("don't" -> "don", "t"); stopword lists carry the fragments.
@@ -45,6 +70,10 @@ _lock = threading.Lock()
 _jieba: Any = None
 _janome: Any = None
 _janome_lock = threading.Lock()
+_mecab: Any = None
+_mecab_lock = threading.Lock()
+_NO_MODULE: Any = object()  # an accelerator looked for and not installed
+_rjieba: Any = None
 
 
 def default_tokenizer_spec(lang: str) -> TokenizerSpec:
@@ -68,13 +97,37 @@ def missing_tokenizer(kind: str) -> XtmError | None:
     when it is loaded rather than at its first Japanese document."""
     if kind not in _OPTIONAL:
         return None
+    return None if all(map(_installed, (_OPTIONAL[kind][0], *_ALSO_NEEDED.get(kind, ())))) else _not_installed(kind)
+
+
+def _installed(module: str) -> bool:
     import importlib.util
 
     try:
-        found = importlib.util.find_spec(_OPTIONAL[kind][0]) is not None
+        return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):  # a module object without a spec (set by hand in sys.modules)
-        found = False
-    return None if found else _not_installed(kind)
+        return False
+
+
+def segmenter_mode(mode: str | None = None) -> str:
+    """`mode`, else XTM_SEGMENTERS, else "auto"; XtmError for a value outside SEGMENTERS."""
+    value = mode if mode is not None else (os.environ.get(SEGMENTERS_ENV) or "auto")
+    value = value.strip().lower()
+    if value not in SEGMENTERS:
+        where = "segmenters" if mode is not None else f"environment variable {SEGMENTERS_ENV}"
+        raise XtmError(f"{where} must be one of {', '.join(SEGMENTERS)}, got {value!r}")
+    return value
+
+
+def segmenter_of(kind: str, mode: str | None = None) -> str:
+    """The implementation that serves tokenizer `kind` under `mode` (see the module docstring):
+    "jieba", "jieba+rjieba", "janome", "mecab" or the kind itself for regex/whitespace."""
+    mode = segmenter_mode(mode)
+    if kind == "jieba":
+        return "jieba" if mode == "reference" or _get_rjieba() is None else "jieba+rjieba"
+    if kind == "janome" and mode == "fast":
+        return "mecab"
+    return kind
 
 
 def _has_word_char(tok: str) -> bool:
@@ -213,6 +266,55 @@ def _get_janome() -> Any:
     return _janome
 
 
+def _get_rjieba() -> Any:
+    """rjieba (jieba-rs), or None when it is not installed: an accelerator, never required."""
+    global _rjieba
+    if _rjieba is None:
+        with _lock:
+            if _rjieba is None:
+                try:
+                    import rjieba
+                except ImportError:
+                    _rjieba = _NO_MODULE
+                else:
+                    _rjieba = rjieba
+    return None if _rjieba is _NO_MODULE else _rjieba
+
+
+def _get_mecab() -> Any:
+    """A MeCab tagger (fugashi) on IPAdic that writes surfaces separated by spaces."""
+    global _mecab
+    if _mecab is None:
+        with _lock:
+            if _mecab is None:
+                missing = missing_tokenizer("mecab")
+                if missing is not None:
+                    raise missing
+                try:
+                    import fugashi
+                    import ipadic
+                except ImportError as e:
+                    raise _not_installed("mecab", e) from e
+                _mecab = fugashi.GenericTagger(ipadic.MECAB_ARGS + " -Owakati")
+    return _mecab
+
+
+# MeCab reads C strings: a NUL ends the text there (the rest was silently lost) and lone surrogates
+# cannot be encoded; both become spaces, which separate tokens anyway.
+_MECAB_UNSAFE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _mecab_tokenizer(lowercase: bool, min_len: int) -> Callable[[str], list[str]]:
+    tagger = _get_mecab()
+
+    def tok_mecab(text: str) -> list[str]:
+        text = _MECAB_UNSAFE.sub(" ", text)
+        with _mecab_lock:  # one tagger per process; MeCab's lattice is per call but undocumented as shared
+            pieces = tagger.parse(text)
+        return _finish(pieces.split(), lowercase, min_len)
+    return tok_mecab
+
+
 def _finish(tokens: Any, lowercase: bool, min_len: int) -> list[str]:
     """Strip, lowercase, drop whitespace/pure punctuation and too-short tokens."""
     out: list[str] = []
@@ -224,37 +326,61 @@ def _finish(tokens: Any, lowercase: bool, min_len: int) -> list[str]:
     return out
 
 
-def _jieba_tokenizer(jieba: Any, lowercase: bool, min_len: int) -> Callable[[str], list[str]]:
-    """_finish(jieba.lcut(text)), memoised per whitespace-separated piece: the same tokens, faster.
+# jieba's tokens are the concatenation of those of its blocks: runs of `re_han_default` (CJK letters
+# U+4E00-U+9FD5, ASCII letters and digits, +#&._%-), each segmented alone, and everything between
+# them, yielded character by character (whitespace runs as one token), which _finish reduces to the
+# characters that have a letter or digit. Blocks of only CJK letters and ASCII letters/digits go to
+# rjieba when it serves: jieba-rs segments them with the same dictionary, DAG and HMM (the same bags
+# of words on every ECNews document and on 26,000 random mixes of dictionary words and ASCII, tests
+# in tests/test_tokenize.py). Blocks with +#&._%- stay with jieba: jieba-rs keeps "e-mail" or
+# "covid-19" whole where jieba splits them.
+_RJIEBA_BLOCK = re.compile("[\u4E00-\u9FD5a-zA-Z0-9]+").fullmatch
+# jieba 0.42's `re_han_default`, copied so that the rjieba path never imports jieba (a test checks
+# they are the same pattern).
+_JIEBA_BLOCKS = re.compile("([\u4E00-\u9FD5a-zA-Z0-9+#&\\._%\\-]+)", re.U)
 
-    jieba segments the runs of its `re_han_default` pattern (CJK letters, ASCII letters/digits,
-    +#&._%-) one by one and yields everything between them character by character, whitespace
-    included. That pattern never matches whitespace, so a text's tokens are the concatenation of
-    its whitespace-separated pieces' tokens plus whitespace tokens, which _finish drops anyway
-    (str.split and jieba's whitespace pattern both use Python's Unicode whitespace). Pieces repeat
-    a lot (one per word in pre-segmented text, clauses in raw text), so their finished tokens are
-    cached; the cache is cleared when it holds _JIEBA_CACHE_SIZE pieces, so memory stays flat.
+
+def _jieba_tokenizer(lowercase: bool, min_len: int, rjieba: Any) -> Callable[[str], list[str]]:
+    """_finish(jieba.lcut(text)) block by block (see above), memoised per block: the same tokens.
+
+    Blocks repeat a lot (words in pre-segmented text, clauses in raw text), so their finished tokens
+    are cached; the cache is cleared when it holds _JIEBA_CACHE_SIZE blocks, so memory stays flat.
+    With `rjieba`, plain blocks are segmented by it, and jieba (its dictionary costs most of a cold
+    start) is loaded only when a block needs it.
     """
-    lcut = jieba.lcut
+    split = _JIEBA_BLOCKS.split
+    plain = _RJIEBA_BLOCK if rjieba is not None else None
+    fast_cut = rjieba.cut if rjieba is not None else None
     cache: dict[str, list[str]] = {}
     get = cache.get
 
+    def segment(block: str) -> list[str]:
+        if plain is not None and plain(block):
+            return _finish(fast_cut(block), lowercase, min_len)
+        return _finish(_get_jieba().lcut(block), lowercase, min_len)
+
     def tok_jieba(text: str) -> list[str]:
-        pieces = text.split()
-        parts = list(map(get, pieces))
-        if None in parts:
-            for j, part in enumerate(parts):
-                if part is None:
-                    part = parts[j] = _finish(lcut(pieces[j]), lowercase, min_len)
-                    if len(cache) >= _JIEBA_CACHE_SIZE:
-                        cache.clear()
-                    cache[pieces[j]] = part
-        return list(chain.from_iterable(parts))  # copies: a cached list is never handed out
+        out: list[str] = []
+        for i, part in enumerate(split(text)):
+            if not part:
+                continue
+            if not i % 2:  # between blocks: single characters and whitespace
+                out += _finish(part, lowercase, min_len)
+                continue
+            toks = get(part)
+            if toks is None:
+                toks = segment(part)
+                if len(cache) >= _JIEBA_CACHE_SIZE:
+                    cache.clear()
+                cache[part] = toks
+            out += toks  # copies: a cached list is never handed out
+        return out
     return tok_jieba
 
 
-def make_tokenizer(spec: TokenizerSpec) -> Callable[[str], list[str]]:
-    """A function text -> tokens for `spec`.
+def make_tokenizer(spec: TokenizerSpec, mode: str | None = None) -> Callable[[str], list[str]]:
+    """A function text -> tokens for `spec`, served by the implementation `mode` picks (one of
+    SEGMENTERS; default XTM_SEGMENTERS, else "auto": see the module docstring).
 
     Works on raw text and on text already segmented with spaces (the benchmark files): spaces
     always separate tokens, and the segmenters keep nearly every pre-segmented word whole.
@@ -282,7 +408,16 @@ def make_tokenizer(spec: TokenizerSpec) -> Callable[[str], list[str]]:
         return tok_ws
 
     if kind == "jieba":
-        return _jieba_tokenizer(_get_jieba(), lowercase, min_len)
+        missing = missing_tokenizer("jieba")
+        if missing is not None:
+            raise missing
+        if segmenter_of("jieba", mode) == "jieba":
+            _get_jieba()  # the dictionary now, not at the first document
+            return _jieba_tokenizer(lowercase, min_len, None)
+        return _jieba_tokenizer(lowercase, min_len, _get_rjieba())
+
+    if kind == "mecab" or (kind == "janome" and segmenter_mode(mode) == "fast"):
+        return _mecab_tokenizer(lowercase, min_len)
 
     if kind == "janome":
         janome = _get_janome()

@@ -152,7 +152,8 @@ def _tokens_in_fresh_process(cache: object, tmp: object) -> tuple[list[str], str
     import json
     import os
 
-    env = {**os.environ, "XTM_CACHE_DIR": str(cache), "TMPDIR": str(tmp)}
+    # The cache is the Python jieba's (rjieba needs none): that segmenter, whatever is installed.
+    env = {**os.environ, "XTM_CACHE_DIR": str(cache), "TMPDIR": str(tmp), "XTM_SEGMENTERS": "reference"}
     p = subprocess.run([sys.executable, "-c", _JIEBA_SCRIPT, _JIEBA_TEXT], env=env, capture_output=True,
                        text=True, timeout=120)
     assert p.returncode == 0, p.stderr
@@ -246,3 +247,221 @@ def test_a_symlink_in_place_of_the_cache_is_replaced_not_written_through(jieba_d
     assert got == want and "rebuil" in err
     assert victim.read_text() == "the user's own file"
     assert not f.is_symlink() and f.is_file()
+
+
+# -- segmenter implementations (issue 16: throughput on raw text) -----------------------------------
+#
+# A bundle records its tokenizer kind; the process picks what serves it (XTM_SEGMENTERS). "auto" runs
+# jieba's plain blocks through rjieba: the promise is jieba's bags of words (theta depends on nothing
+# else), with the token order allowed to differ only between equally scored segmentations.
+
+_HOSTILE_ZH = [
+    "我爱北京天安门，今天天气很好！iPhone 2024年发布了新款T恤和A股AA制",
+    "e-mail地址是test@example.com，C++与C#编程，3.14%的增长，COVID-19疫情",
+    "全角ＡＢＣ１２３和半角abc123混合　全角空格\u3000和\t制表符\r\n换行",
+    "了解北大第一批文科计划数实际录取一一一零六零零分文科两名高考总分第一名",  # a tie jieba-rs breaks otherwise
+    "表情😀符号½Ⅲ①与_下划线__以及#话题#@用户&amp;",
+    "www.example.com/path?q=中文&x=1.5亿元 10:30开会",
+    "分隔\x1c符号\x85下一行\u2028段落\x00零字节", "孤立代理\ud800字符", "", "   ", "。！？",
+    "混合English和中文,with punctuation...!!", "北京 经济 增长 北京 经济",
+    "ＣＰＵ和ＧＰＵ的性能提升了５０％", "一一一一一一一一", "的的的的的的", "abc" * 50 + "中文" * 50,
+]
+
+
+def _bag(tokens: list[str]) -> dict[str, int]:
+    from collections import Counter
+
+    return dict(Counter(tokens))
+
+
+def _reference_tokens(text: str, lowercase: bool = True, min_len: int = 1) -> list[str]:
+    import xtm.runtime.tokenize as T
+
+    return T._finish(T._get_jieba().lcut(text), lowercase, min_len)
+
+
+def test_jieba_blocks_pattern_is_jiebas_own() -> None:
+    """The rjieba path splits text where jieba does without importing it: the pattern must be jieba's."""
+    import jieba
+
+    import xtm.runtime.tokenize as T
+
+    assert T._JIEBA_BLOCKS.pattern == jieba.re_han_default.pattern
+    assert T._JIEBA_BLOCKS.flags == jieba.re_han_default.flags
+
+
+@pytest.mark.parametrize("spec", [TokenizerSpec("zh", "jieba"),
+                                  TokenizerSpec("zh", "jieba", lowercase=False, min_token_length=2)])
+def test_reference_segmenter_gives_jiebas_tokens_in_order(spec: TokenizerSpec) -> None:
+    tok = make_tokenizer(spec, "reference")
+    for text in _HOSTILE_ZH * 2:  # the second round from the block cache
+        assert tok(text) == _reference_tokens(text, spec.lowercase, spec.min_token_length), text
+
+
+@pytest.mark.parametrize("spec", [TokenizerSpec("zh", "jieba"),
+                                  TokenizerSpec("zh", "jieba", lowercase=False, min_token_length=2)])
+def test_rjieba_segmenter_gives_jiebas_bags_of_words(spec: TokenizerSpec) -> None:
+    pytest.importorskip("rjieba")
+    from xtm.runtime.tokenize import segmenter_of
+
+    assert segmenter_of("jieba", "auto") == "jieba+rjieba"
+    tok = make_tokenizer(spec, "auto")
+    for text in _HOSTILE_ZH * 2:
+        want = _reference_tokens(text, spec.lowercase, spec.min_token_length)
+        got = tok(text)
+        assert _bag(got) == _bag(want), text
+        if "一一一零" not in text:  # the documented exception: a tie, broken the other way (same words)
+            assert got == want, text
+
+
+def test_rjieba_segmenter_on_random_mixes_of_dictionary_words_and_ascii() -> None:
+    """Blocks handed to rjieba are CJK letters with ASCII letters/digits: jieba's dictionary words with
+    ASCII (T恤, A股, C语言, AA制) glued to Chinese words and random ASCII runs, checked against jieba."""
+    pytest.importorskip("rjieba")
+    import random
+    import re
+
+    import xtm.runtime.tokenize as T
+
+    jieba = T._get_jieba()
+    with jieba.dt.get_dict_file() as f:
+        words = [line.split()[0].decode() for line in f]
+    ascii_words = [w for w in words if re.search("[a-zA-Z0-9]", w) and T._RJIEBA_BLOCK(w)]
+    han = [w for w in words if re.fullmatch("[\u4e00-\u9fd5]+", w)]
+    assert len(ascii_words) > 40
+    rng = random.Random(16)
+    alphabet = "abcxyzABCXYZ0123456789一二三了的是不我他年月日中国人大"
+    tok = make_tokenizer(TokenizerSpec("zh", "jieba"), "auto")
+    for _ in range(1500):
+        parts = []
+        for _ in range(rng.randint(1, 12)):
+            r = rng.random()
+            parts.append(rng.choice(ascii_words) if r < 0.3 else rng.choice(han) if r < 0.6 else
+                         "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 5))))
+        text = "".join(parts)
+        assert _bag(tok(text)) == _bag(_reference_tokens(text)), text
+
+
+def test_rjieba_segmenter_on_ecnews_raw_chinese() -> None:
+    """The real text users have: ECNews Chinese with its spaces removed. Every bag of words is jieba's."""
+    pytest.importorskip("rjieba")
+    from shared_data import need
+
+    lines = need("ECNews", "test_texts_cn.txt").read_text(encoding="utf-8").splitlines()[:4000]
+    tok = make_tokenizer(TokenizerSpec("zh", "jieba"), "auto")
+    same = 0
+    for line in lines:
+        text = line.replace(" ", "")
+        got, want = tok(text), _reference_tokens(text)
+        assert _bag(got) == _bag(want), text
+        same += got == want
+    assert same >= len(lines) - 2  # token order: ties only (1 in 50,000 documents of train + test)
+
+
+def _segmenter_script(code: str, tmp: object, **env: str) -> subprocess.CompletedProcess:
+    import os
+
+    full = {**os.environ, **env}
+    return subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True, timeout=120,
+                          cwd=str(tmp))
+
+
+def test_rjieba_path_loads_no_jieba_dictionary_for_plain_chinese(tmp_path) -> None:
+    """The cold start: rjieba's dictionary is in its binary (0.1 s); jieba's costs most of a second."""
+    pytest.importorskip("rjieba")
+    code = ("import sys\nfrom xtm.corpus import TokenizerSpec\nfrom xtm.runtime.tokenize import make_tokenizer\n"
+            "tok = make_tokenizer(TokenizerSpec('zh', 'jieba'))\n"
+            "print(tok('我爱北京天安门，今天天气很好'), 'jieba' in sys.modules)\n"
+            "print(tok('发邮件e-mail'), 'jieba' in sys.modules)\n")
+    p = _segmenter_script(code, tmp_path, XTM_SEGMENTERS="auto")
+    assert p.returncode == 0, p.stderr
+    first, second = p.stdout.strip().splitlines()
+    assert first.endswith("False") and "天安门" in first
+    assert second.endswith("True") and "'mail'" in second  # a block with '-' is jieba's, loaded then
+
+
+def test_without_rjieba_auto_is_plain_jieba(tmp_path) -> None:
+    code = ("import sys\nsys.modules['rjieba'] = None  # not installed\n"
+            "from xtm.corpus import TokenizerSpec\nfrom xtm.runtime import tokenize as T\n"
+            "print(T.segmenter_of('jieba'), T.make_tokenizer(TokenizerSpec('zh', 'jieba'))('北京天安门'))\n")
+    p = _segmenter_script(code, tmp_path, XTM_SEGMENTERS="auto")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split()[0] == "jieba" and "天安门" in p.stdout
+
+
+@pytest.mark.parametrize("value", ["turbo", "REFERENCE ", "Fast"])
+def test_segmenters_setting_is_checked(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from xtm.runtime.tokenize import SEGMENTERS_ENV, segmenter_mode
+
+    monkeypatch.setenv(SEGMENTERS_ENV, value)
+    if value.strip().lower() in ("reference", "fast"):
+        assert segmenter_mode() == value.strip().lower()
+    else:
+        with pytest.raises(XtmError, match="XTM_SEGMENTERS must be one of auto, reference, fast, got 'turbo'"):
+            make_tokenizer(TokenizerSpec("zh", "jieba"))
+    with pytest.raises(XtmError, match="segmenters must be one of"):
+        segmenter_mode("quick")
+
+
+# -- MeCab (fugashi + IPAdic): kind "mecab", and kind janome under XTM_SEGMENTERS=fast ----------------
+
+
+def test_mecab_kind_segments_japanese_and_keeps_presegmented_text() -> None:
+    pytest.importorskip("fugashi")
+    pytest.importorskip("ipadic")
+    tok = make_tokenizer(TokenizerSpec("ja", "mecab"))
+    out = tok("東京に行きました。とても楽しかった！")
+    assert out[:2] == ["東京", "に"] and "。" not in out and "！" not in out
+    line = "センチ 着丈 長 過ぎ バランス 悪い 着る"
+    assert tok(line) == line.split()
+
+
+def test_mecab_reads_past_a_nul_and_a_lone_surrogate() -> None:
+    """MeCab takes a C string: a NUL ended the document there (the rest was lost without a word) and
+    a lone surrogate raised UnicodeEncodeError."""
+    pytest.importorskip("fugashi")
+    pytest.importorskip("ipadic")
+    tok = make_tokenizer(TokenizerSpec("ja", "mecab"))
+    assert tok("東京\x00大阪") == ["東京", "大阪"]
+    assert tok("東京\ud800大阪") == ["東京", "大阪"]
+
+
+def test_fast_segmenters_serve_janome_bundles_with_mecab_only_when_asked() -> None:
+    pytest.importorskip("fugashi")
+    pytest.importorskip("ipadic")
+    from xtm.runtime.tokenize import segmenter_of
+
+    spec = TokenizerSpec("ja", "janome")
+    assert segmenter_of("janome", "auto") == "janome" and segmenter_of("janome", "reference") == "janome"
+    assert segmenter_of("janome", "fast") == "mecab"
+    text = "試着段階で大きさを確認しました"
+    janome, mecab = make_tokenizer(spec, "auto")(text), make_tokenizer(spec, "fast")(text)
+    assert janome != mecab  # the documented difference (janome groups this unknown word otherwise)
+    assert mecab == make_tokenizer(TokenizerSpec("ja", "mecab"))(text)
+
+
+def test_mecab_agrees_with_janome_on_most_rakuten_documents() -> None:
+    """The measured agreement (docs/benchmarks.md: 98.97% of 25,000 documents), on a sample."""
+    pytest.importorskip("fugashi")
+    pytest.importorskip("ipadic")
+    from shared_data import need
+
+    lines = need("Rakuten_Amazon", "test_texts_ja.txt").read_text(encoding="utf-8").splitlines()[:300]
+    janome = make_tokenizer(TokenizerSpec("ja", "janome"), "reference")
+    mecab = make_tokenizer(TokenizerSpec("ja", "mecab"))
+    texts = [line.replace(" ", "") for line in lines]
+    same = sum(janome(t) == mecab(t) for t in texts)
+    assert same >= 0.97 * len(texts)
+
+
+def test_missing_mecab_says_which_extra(tmp_path) -> None:
+    code = ("import sys\nsys.modules['ipadic'] = None  # not installed\n"
+            "from xtm.corpus import TokenizerSpec\nfrom xtm.errors import XtmError\n"
+            "from xtm.runtime.tokenize import make_tokenizer, missing_tokenizer\n"
+            "print('load:', missing_tokenizer('mecab'))\n"
+            "try:\n    make_tokenizer(TokenizerSpec('ja', 'janome'), 'fast')('東京')\n"
+            "except XtmError as e:\n    print('first use:', e)\n")
+    p = _segmenter_script(code, tmp_path)
+    assert p.returncode == 0, p.stderr
+    for line in p.stdout.strip().splitlines():
+        assert 'pip install "xtm[ja-mecab]"' in line and "Traceback" not in p.stderr
