@@ -1,6 +1,9 @@
-"""xtm-report: (re)write a run's report.html from its files; no torch, no model, no network."""
+"""xtm-report: (re)write a run's report.html from its files, or an inference report of a scored
+corpus; no torch, no model, no network."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import click
 
@@ -10,30 +13,75 @@ EPILOG = """\b
 Examples:
   xtm-report runs/demo                       # writes runs/demo/report.html
   xtm-report runs/demo --out /tmp/demo.html
+  xtm-infer docs.jsonl --bundle bundles/demo --out theta.jsonl
+  xtm-report --theta theta.jsonl --bundle bundles/demo   # writes theta.jsonl.report.html
 
 \b
-The page is self-contained (inline CSS, SVG and a few lines of JS; nothing is fetched):
-each topic's words in every language side by side with its size, TU and CNPMI, phase 2's
-refined sets with what changed, the metrics next to published numbers for known benchmarks,
-loss curves, topic prevalence, a map of the topics and, with aligned documents
-(--ref-corpus), how often a pair gets the same top topic in both languages.
-xtm-train writes it at the end of every run; this command renders it again.
+The run report is self-contained (inline CSS, SVG and a few lines of JS; nothing is
+fetched): warnings on near-empty and duplicate topics, the metrics next to published
+numbers for known benchmarks with a glossary, loss curves and evaluation curves
+(--eval-every), topic prevalence, a map of the topics, with aligned documents
+(--ref-corpus) how often a pair gets the same top topic in both languages, each
+topic's label and words in every language side by side with its size, TU and CNPMI,
+phase 2's refined sets with what changed, and per topic its word weights (bars) and
+its most representative training documents. xtm-train writes it at the end of every
+run; this command renders it again (after xtm-label, with the new labels).
+
+\b
+The inference report (--theta, xtm-infer's JSONL output, with the --bundle that scored
+it) shows how many documents each language has, how many were empty or took the
+contextual route, and every topic's prevalence per language with its label and words.
 """
 
 
 @click.command(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--out", type=click.Path(dir_okay=False), help="HTML file to write (default: RUN_DIR/report.html).")
+@click.argument("run_dir", type=click.Path(file_okay=False), required=False)
+@click.option("--out", type=click.Path(dir_okay=False),
+              help="HTML file to write (default: RUN_DIR/report.html; with --theta: THETA.report.html).")
+@click.option("--theta", type=click.Path(dir_okay=False, exists=True),
+              help="Inference report of this xtm-infer JSONL output (needs --bundle).")
+@click.option("--bundle", type=click.Path(file_okay=False, exists=True),
+              help="The bundle that scored --theta (its topics' words and labels).")
 @version_option("xtm-report")
 @friendly_errors
-def main(run_dir: str, out: str | None) -> None:
-    """Write the HTML report of RUN_DIR (a directory written by xtm-train)."""
+def main(run_dir: str | None, out: str | None, theta: str | None, bundle: str | None) -> None:
+    """Write the HTML report of RUN_DIR (a directory written by xtm-train), or with --theta and
+    --bundle the inference report of a scored corpus."""
     setup_logging("xtm-report")
+    from xtm.errors import XtmError
+
+    if theta is not None or bundle is not None:
+        if theta is None or bundle is None or run_dir is not None:
+            raise XtmError("the inference report takes --theta THETA.jsonl and --bundle BUNDLE, without RUN_DIR")
+        from xtm.evaluation.report_theta import write_theta_report
+
+        target = Path(out) if out is not None else Path(theta + ".report.html")
+        if out is None:
+            refuse_foreign_file(target)
+        click.echo(str(write_theta_report(theta, bundle, target)))
+        return
+    if run_dir is None:
+        raise XtmError("give RUN_DIR (a run's report) or --theta and --bundle (an inference report)")
     # No torch needed, but the metrics module reads scipy (not in the runtime-only install).
     require_modules("xtm-report", 'pip install "xtm[report]"', imported=("scipy",))
     from xtm.evaluation.report import write_report_html
 
     click.echo(str(write_report_html(run_dir, out)))
+
+
+def refuse_foreign_file(path: Path) -> None:
+    """The default output is replaced only when it is an inference report this command wrote."""
+    from xtm.errors import XtmError
+
+    if not path.exists() and not path.is_symlink():
+        return
+    try:
+        with path.open("rb") as f:
+            head = f.read(4096)
+    except OSError:
+        head = b""
+    if not (path.is_file() and head.startswith(b"<!DOCTYPE html>") and b"xtm inference report" in head):
+        raise XtmError("exists and is not an xtm inference report: choose the file with --out", path=path)
 
 
 if __name__ == "__main__":
