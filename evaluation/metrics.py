@@ -394,14 +394,24 @@ def cnpmi(
 # --------------------------------------------------------------------------------------------
 
 
-def _fit_svm(x_train: np.ndarray, y_train: np.ndarray, seed: int) -> Any:
+CLASSIFIERS = ("linear", "reference")
+
+
+def _fit_svm(x_train: np.ndarray, y_train: np.ndarray, seed: int, classifier: str = "linear") -> Any:
     # imported here: sklearn is only needed for this metric
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-    from sklearn.svm import LinearSVC
+    from sklearn.svm import SVC, LinearSVC
 
     if len(np.unique(y_train)) < 2:
         raise XtmError("classification needs at least two classes in the training labels")
+    if classifier == "reference":
+        # What the public code behind the published tables runs (TopMost, LLM-XTM, XTRA, GloCTM
+        # `utils/eval.py`): sklearn's SVC() as is (RBF, C=1, gamma='scale'), no scaling; the
+        # features they pass are the encoder's eval-mode mean (pre-softmax), see `classification`.
+        return SVC(gamma="scale").fit(x_train, y_train)
+    if classifier != "linear":
+        raise XtmError(f"classification: classifier must be one of {', '.join(CLASSIFIERS)}, got {classifier!r}")
     # C=1.0 is sklearn's (and TopMost's SVC) default; dual="auto" picks the primal solver when
     # documents outnumber topics, which converges fast; max_iter is raised so the dual solver
     # on small sets does not stop early with a ConvergenceWarning.
@@ -417,8 +427,13 @@ def classification(
     test_theta: dict[str, np.ndarray],
     test_labels: dict[str, np.ndarray],
     seed: int = 0,
+    classifier: str = "linear",
 ) -> dict[str, float]:
     """Accuracy of a linear SVM (LinearSVC) on document-topic proportions, per language.
+
+    `classifier="reference"` is the public code's protocol instead (SVC() with an RBF kernel, no
+    scaling), meant for the encoder's pre-softmax mean as features: what the published tables used
+    (benchmarks/reference_protocol.py puts both side by side).
 
     "<L>-I": trained on L's training theta, tested on L's test theta. "<L>-C": trained on the
     other language's training theta, tested on L's test theta (TopMost `cross_en` = train on cn,
@@ -455,7 +470,7 @@ def classification(
                        f"got {sorted(dims)}")
 
     # One classifier per training language serves its -I score and every other language's -C.
-    models = {lang: _fit_svm(data[lang][0], data[lang][1], seed) for lang in langs}
+    models = {lang: _fit_svm(data[lang][0], data[lang][1], seed, classifier) for lang in langs}
 
     def accuracy(train_lang: str, test_lang: str) -> float:
         _, _, xte, yte = data[test_lang]

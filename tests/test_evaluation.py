@@ -257,6 +257,25 @@ def test_classification_shape_errors() -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def test_classification_reference_protocol_is_the_rbf_svc() -> None:
+    # Labels by distance from the origin: no linear separator exists, the public code's RBF SVC()
+    # finds one. So the two protocols are really different classifiers, and an unknown name is refused.
+    rng = np.random.default_rng(4)
+
+    def ring(n: int) -> tuple[np.ndarray, np.ndarray]:
+        x = rng.normal(size=(n, 2))
+        return x, (np.linalg.norm(x, axis=1) > 1.1).astype(int)
+
+    (a, ya), (b, yb), (c, yc), (d, yd) = ring(600), ring(600), ring(300), ring(300)
+    args = ({"en": a, "zh": b}, {"en": ya, "zh": yb}, {"en": c, "zh": d}, {"en": yc, "zh": yd})
+    reference = classification(*args, classifier="reference")
+    linear = classification(*args)
+    assert min(reference.values()) > 0.9, reference
+    assert max(linear.values()) < 0.75, linear
+    with pytest.raises(XtmError, match="classifier must be one of linear, reference"):
+        classification(*args, classifier="rbf")
+
+
 def _toy_corpus(labels: bool) -> Corpus:
     rng = np.random.default_rng(0)
     langs = []

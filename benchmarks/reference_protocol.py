@@ -1,0 +1,85 @@
+"""Classification of finished runs under xtm's protocol and under the public code's (issue 15).
+
+    python benchmarks/reference_protocol.py runs/full/ecnews-nmtm-500 [more runs]
+
+The published tables (LLM-XTM Table 5 and the backbones' papers) come from code that runs
+sklearn's SVC() (RBF kernel, C=1, gamma='scale', no scaling) on the encoder's eval-mode mean,
+before the softmax (TopMost `evaluations/classification.py`, LLM-XTM/XTRA/GloCTM
+`utils/eval.py`). xtm reports a linear SVM on standardised theta, the distribution the runtime
+serves (evaluation/metrics.py). The two protocols give different absolute numbers for the same
+model, so a gap to a published row is only read under the published protocol. This prints, per
+run, both protocols and the published row (same datasets' fixed train/test files, all documents).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from xtm.evaluation.metrics import classification
+from xtm.evaluation.published import published_rows
+from xtm.trainer.contextual.fit import load_run_corpus
+from xtm.trainer.loop.checkpoint import load_trained_model
+from xtm.trainer.loop.training import sparse_batch
+
+
+@torch.no_grad()
+def encoder_means(model: torch.nn.Module, bow, lang_index: int, batch_size: int = 2048) -> np.ndarray:
+    """Eval-mode encoder mean (pre-softmax) of every row: what the reference code classifies."""
+    out = []
+    for start in range(0, bow.shape[0], batch_size):
+        rows = np.arange(start, min(start + batch_size, bow.shape[0]))
+        mu, _ = model.encoders[lang_index](sparse_batch(bow, rows, torch.device("cpu")))
+        out.append(mu.numpy())
+    return np.concatenate(out)
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def one_run(run: Path) -> list[str]:
+    config, model = load_trained_model(run)
+    corpus = load_run_corpus(run, config, progress=False)
+    mu_train = {lc.lang: encoder_means(model, lc.train_bow, i) for i, lc in enumerate(corpus.languages)}
+    mu_test = {lc.lang: encoder_means(model, lc.test_bow, i) for i, lc in enumerate(corpus.languages)}
+    labels_train = {lc.lang: lc.train_labels for lc in corpus.languages}
+    labels_test = {lc.lang: lc.test_labels for lc in corpus.languages}
+    rows = []
+    for name, classifier, feats in (("xtm: LinearSVC, standardised theta", "linear", softmax),
+                                    ("reference: SVC() RBF on mu", "reference", lambda m: m)):
+        t0 = time.perf_counter()
+        scores = classification({k: feats(v) for k, v in mu_train.items()}, labels_train,
+                                {k: feats(v) for k, v in mu_test.items()}, labels_test, classifier=classifier)
+        rows.append((name, scores, time.perf_counter() - t0))
+    model_name = config["model_config"]["model"]
+    epochs = config["train_config"]["epochs"]
+    keys = sorted(rows[0][1])
+    lines = [f"### {run.name}: {model_name}, {corpus.name}, {epochs} epochs", "",
+             "| protocol | " + " | ".join(keys) + " | seconds |", "|---" * (len(keys) + 2) + "|"]
+    for name, scores, secs in rows:
+        lines.append(f"| {name} | " + " | ".join(f"{scores[k]:.3f}" for k in keys) + f" | {secs:.0f} |")
+    for pub in published_rows(corpus.name, model_name, phase2=False):
+        lines.append(f"| published ({pub.name}, {pub.epochs} ep) | "
+                     + " | ".join(f"{pub.classification[k]:.3f}" if k in pub.classification else ""
+                                  for k in keys) + " | |")
+    return lines + [""]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    for run in args.runs:
+        print("\n".join(one_run(run)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
