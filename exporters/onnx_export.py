@@ -114,8 +114,9 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, quantize: str | None
                          contextual=contextual, parity_check=parity_check)
     report = ExportReport(bundle=out_dir, languages=list(model.langs))
     tokenizers = _tokenizers(config, report.languages, RunDir(run_dir))
+    labels = _run_labels(RunDir(run_dir), model.num_topics, report.languages)  # a damaged file: before any work
     with staged_bundle(out_dir) as tmp:
-        _write_bundle(tmp, RunDir(run_dir), config, tokenizers, model, report, opts)
+        _write_bundle(tmp, RunDir(run_dir), config, tokenizers, model, report, opts, labels)
     report.bundle_bytes = sum(p.stat().st_size for p in out_dir.iterdir() if p.is_file())
     report.seconds = time.perf_counter() - t0
     return report
@@ -134,8 +135,10 @@ def _tokenizers(config: dict[str, Any], langs: list[str], run: RunDir) -> dict[s
 
 
 def _write_bundle(tmp: Path, run: RunDir, config: dict[str, Any], tokenizers: dict[str, dict[str, Any]],
-                  model: torch.nn.Module, report: ExportReport, opts: ExportOptions) -> None:
-    """Every bundle file, manifest.json last, into the staging directory `tmp`."""
+                  model: torch.nn.Module, report: ExportReport, opts: ExportOptions,
+                  labels: list[dict[str, str]] | None = None) -> None:
+    """Every bundle file, manifest.json last, into the staging directory `tmp` (`labels`: the run's
+    topic labels for topics.json)."""
     langs = report.languages
     with torch.no_grad():
         betas = [b.detach().cpu().numpy().astype(np.float32) for b in model.topic_word()]
@@ -153,7 +156,7 @@ def _write_bundle(tmp: Path, run: RunDir, config: dict[str, Any], tokenizers: di
         np.save(tmp / entry.beta, betas[i], allow_pickle=False)
         topic_words[lang] = top_words(betas[i], vocab, TOP_N)
         encoders.append(entry)
-    write_topics(tmp, topic_words, TOP_N, labels=_run_labels(run, model.num_topics, langs))
+    write_topics(tmp, topic_words, TOP_N, labels=labels)
     contextual = _export_contextual(run.path, tmp, report, opts)
     write_manifest(tmp, model=model.name, num_topics=model.num_topics, languages=langs, encoders=encoders,
                    opset=opts.opset, quantization=opts.quantize,

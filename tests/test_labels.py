@@ -1,0 +1,355 @@
+"""Topic labels (issue 16.7): what an LLM answer may be, the LLM-free fallback, labels from a real
+OpenAI-compatible HTTP server on 127.0.0.1 (hostile answers included), the answer cache, xtm-label,
+the labels after training, in the bundle, in every xtm-infer line and in TopicModel."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from adversarial_llm_server import completion
+
+from xtm.config import LabelConfig, RefinerConfig, default_of
+from xtm.errors import XtmError
+from xtm.labels import MAX_ANSWER_CHARS, TopicLabels, check_label, clean_label
+from xtm.run_dir import RunDir
+from xtm.trainer.labels import central_words, label_run, label_topics
+
+LANGS = ("en", "zh")
+
+
+def env() -> dict[str, str]:
+    import os
+
+    return {**os.environ, "PYTHONWARNINGS": "ignore"}
+
+
+# ---- what an answer may be ----------------------------------------------------------------------
+
+GOOD = [("Sports", "en", "Sports"), ("Label: **Stock market**", "en", "Stock market"),
+        ("Topic 3: Football news.", "en", "Football news"), ('Sure! Here is a label:\n"Football"', "en", "Football"),
+        ("1. Finance\n2. Money", "en", "Finance"), ("体育", "zh", "体育"), ("标签：股市", "zh", "股市"),
+        ("NBA 总决赛", "zh", "NBA 总决赛"), ("Fin\u202eance", "en", "Finance"), ("「金融」", "zh", "金融")]
+BAD = [("", "en"), ("   \n\n", "en"), (None, "en"), (42, "en"),
+       ("This topic is about the economy. It covers markets, banks and the decisions of investors.", "en"),
+       ("The economy and the markets and the banks and the investors", "en"),       # too many words
+       ("<script>alert(1)</script>", "en"), ("<b>Sports</b>", "en"), ("Sports <img src=x onerror=alert(1)>", "en"),
+       ("{\"label\": \"Sports\"}", "en"), ("https://example.com/sports", "en"), ("Sports &amp; games", "en"),
+       ("x" * (MAX_ANSWER_CHARS + 1), "en"), ("Sports " * 2000, "en"),                 # 10 KB+
+       ("Sports", "zh"), ("体育", "en"), ("Спорт", "en"), ("I'm sorry, I cannot help with that.", "en"),
+       ("a" * 41, "en"), ("!!! ???", "en")]
+
+
+@pytest.mark.parametrize("answer,lang,label", GOOD)
+def test_an_answer_that_is_a_label_is_cleaned(answer: str, lang: str, label: str) -> None:
+    assert clean_label(answer, lang) == label
+    assert check_label(label) == label
+
+
+@pytest.mark.parametrize("answer,lang", BAD)
+def test_an_answer_that_is_not_a_label_is_refused(answer: Any, lang: str) -> None:
+    assert clean_label(answer, lang) is None
+
+
+def test_check_label_refuses_what_no_label_is() -> None:
+    for bad in ["", " ", "a\nb", "a\tb", "x" * 121, "<b>x</b>", "a\u202eb", "a\x00b", 5, None, ["x"]]:
+        assert check_label(bad) is None, bad
+    assert check_label("stock market · 股市") == "stock market · 股市"
+
+
+# ---- the LLM-free fallback --------------------------------------------------------------------------
+
+def test_the_fallback_takes_the_best_connected_top_words() -> None:
+    """'said' is the topic's most probable word but shows up at random; 'goal', 'team', 'match' appear
+    together: they are the label, in topic order. Without documents: the first words."""
+    rng = np.random.default_rng(0)
+    vocab = ["said", "year", "goal", "team", "match", "bank", "stock", "trade"]
+    rows = []
+    for i in range(400):
+        doc = {vocab.index("said"): 1} if rng.random() < 0.6 else {}
+        if i % 2 == 0:
+            doc.update({vocab.index(w): 1 for w in ("goal", "team", "match")})
+        else:
+            doc.update({vocab.index(w): 1 for w in ("bank", "stock")})
+        if rng.random() < 0.5:
+            doc[vocab.index("year")] = 1
+        rows.append(doc)
+    m = sp.lil_matrix((len(rows), len(vocab)))
+    for i, doc in enumerate(rows):
+        for j, c in doc.items():
+            m[i, j] = c
+    docs = m.tocsr()
+    index = {w: i for i, w in enumerate(vocab)}
+    words = ["said", "goal", "year", "team", "bank", "match"]
+    assert central_words(words, index, docs, 3) == ["goal", "team", "match"]
+    assert central_words(words, index, None, 3) == ["said", "goal", "year"]
+    assert central_words(["unknown", "goal", "team", "match"], index, docs, 3) == ["goal", "team", "match"]
+    labels = label_topics({"en": [words], "zh": [["足球", "比赛"]]}, docs={"en": (index, docs)})
+    assert labels.labels == [{"en": "goal · team · match", "zh": "足球 · 比赛"}]
+    assert labels.sources == [{"en": "fallback", "zh": "fallback"}] and labels.generator == "fallback"
+    assert labels.stats["calls"] == 0 and labels.stats["fallback_labels"] == 2
+
+
+# ---- an OpenAI-compatible server that answers per topic and language ---------------------------
+
+TOPICS = {"en": [["football", "team", "goal"], ["stock", "bank", "market"], ["film", "actor", "music"],
+                 ["school", "student", "exam"]],
+          "zh": [["足球", "球队", "进球"], ["股票", "银行", "市场"], ["电影", "演员", "音乐"],
+                 ["学校", "学生", "考试"]]}
+ESSAY = "Sports. " + "This topic is about sports and many other things. " * 220     # ~11 KB
+ANSWERS = {  # (topic, lang) -> what the server answers
+    (0, "en"): "Label: Football", (0, "zh"): "足球",
+    (1, "en"): "", (1, "zh"): "<script>alert('x')</script>",
+    (2, "en"): ESSAY, (2, "zh"): "Movies and music",              # English where Chinese was asked
+    (3, "en"): "<img src=x onerror=alert(1)>Schools", (3, "zh"): "教育",
+}
+
+
+class LabelServer:
+    """A real http.server on 127.0.0.1: each chat request's answer is chosen by the topic words and
+    the language its prompt names; every request is counted."""
+
+    def __init__(self, answers: dict[tuple[int, str], str], status: int = 200) -> None:
+        self.answers, self.status, self.requests = answers, status, 0
+        self._lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with server._lock:
+                    server.requests += 1
+                prompt = body["messages"][0]["content"]
+                data = json.dumps(completion(server.answer(prompt), {"prompt_tokens": 50, "completion_tokens": 5}))
+                self.send_response(server.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data.encode())))
+                self.end_headers()
+                self.wfile.write(data.encode())
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def answer(self, prompt: str) -> str:
+        lang = "zh" if "written in Chinese" in prompt else "en"
+        topic = next(k for k, ws in enumerate(TOPICS["en"]) if ", ".join(ws) in prompt)
+        return self.answers[(topic, lang)]
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def label_server() -> Iterator[LabelServer]:
+    s = LabelServer(ANSWERS)
+    yield s
+    s.close()
+
+
+def hand_run(root: Path, topics: dict[str, list[list[str]]] = TOPICS) -> Path:
+    """A finished run as label_run reads it: config.json, topics_<lang>.txt, vocab_<lang>.txt (no parity sample)."""
+    root.mkdir(parents=True, exist_ok=True)
+    run = RunDir(root)
+    (root / "run.json").write_text('{"xtm_run": 1}')
+    run.save_config({"langs": list(topics), "xtm_version": "test"})
+    for lang, ts in topics.items():
+        run.write_topics(lang, ts)
+        run.write_vocab(lang, sorted({w for t in ts for w in t}))
+    return root
+
+
+def llm_config(url: str) -> LabelConfig:
+    return LabelConfig(backend="openai", llm_url=url, llm_model="tiny", concurrency=2, timeout=10, retries=0)
+
+
+def test_llm_labels_from_a_real_server_fall_back_on_every_bad_answer(label_server: LabelServer,
+                                                                    tmp_path: Path) -> None:
+    run = hand_run(tmp_path / "run")
+    labels = label_run(run, llm_config(label_server.url), cache_dir=tmp_path / "cache")
+    assert label_server.requests == 8                       # one per topic and language
+    fallback = {(t, lang): " · ".join(TOPICS[lang][t]) for t in range(4) for lang in LANGS}
+    want = {(0, "en"): "Football", (0, "zh"): "足球", (3, "zh"): "教育"}
+    for t in range(4):
+        for lang in LANGS:
+            assert labels.labels[t][lang] == want.get((t, lang), fallback[(t, lang)]), (t, lang)
+            assert labels.sources[t][lang] == ("llm" if (t, lang) in want else "fallback")
+    # empty (not cached: no text), markup x2, an essay, the wrong language: 4 answers that were not labels
+    assert labels.stats["rejected"] == 4 and labels.stats["failures"] == 1 and labels.stats["llm_labels"] == 3
+    assert labels.generator == "openai:tiny" and labels.stats["prompt_tokens"] == 8 * 50
+    saved = RunDir(run).load_labels(4, list(LANGS))
+    assert saved.labels == labels.labels and saved.sources == labels.sources
+    # Cached like refinement answers: a rerun asks only for the one answer that had no text.
+    again = label_run(run, llm_config(label_server.url), cache_dir=tmp_path / "cache")
+    assert label_server.requests == 9 and again.labels == labels.labels
+    assert again.stats["cache_hits"] == 7 and again.stats["calls"] == 1
+    # A new sampling setting is a new cache key.
+    label_run(run, dataclasses.replace(llm_config(label_server.url), temperature=0.5), cache_dir=tmp_path / "cache")
+    assert label_server.requests == 17
+
+
+def test_every_answer_good_means_a_rerun_makes_no_call(tmp_path: Path) -> None:
+    answers = {(t, lang): ("Topic " + str(t) if lang == "en" else "主题" + "一二三四"[t])
+               for t in range(4) for lang in LANGS}
+    server = LabelServer(answers)
+    try:
+        first = label_run(hand_run(tmp_path / "a"), llm_config(server.url), cache_dir=tmp_path / "cache")
+        assert first.stats["llm_labels"] == 8 and server.requests == 8
+        second = label_run(hand_run(tmp_path / "b"), llm_config(server.url), cache_dir=tmp_path / "cache")
+        assert server.requests == 8 and second.stats["calls"] == 0 and second.stats["cache_hits"] == 8
+        assert second.labels == first.labels
+    finally:
+        server.close()
+
+
+def test_a_server_that_refuses_stops_xtm_label_and_keeps_the_old_labels(tmp_path: Path) -> None:
+    run = hand_run(tmp_path / "run")
+    label_run(run)                                          # LLM-free labels first
+    before = (run / "labels.json").read_bytes()
+    server = LabelServer(ANSWERS, status=401)
+    try:
+        p = subprocess.run([sys.executable, "-m", "xtm.cli.label", str(run), "--refiner", "openai", "--llm-url",
+                            server.url, "--llm-model", "tiny", "--no-report", "--cache-dir", str(tmp_path / "c")],
+                           capture_output=True, text=True, timeout=120, env=env())
+    finally:
+        server.close()
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.strip().splitlines()[-1].startswith("error:") and "HTTP 401" in p.stderr
+    assert (run / "labels.json").read_bytes() == before
+    # ... while training's own labelling never fails on it: fallback labels and a warning.
+    labels = label_topics(TOPICS, llm_config("http://127.0.0.1:1/v1"), llm_errors="fallback")
+    assert all(s == "fallback" for row in labels.sources for s in row.values())
+
+
+def test_xtm_label_cli_writes_labels_and_the_report(example_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(example_run, run)
+    (run / "labels.json").unlink()
+    p = subprocess.run([sys.executable, "-m", "xtm.cli.label", str(run), "--fallback-words", "2"],
+                       capture_output=True, text=True, timeout=120, env=env())
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["generator"] == "fallback" and len(out["labels"]) == 6
+    assert all(len(row["en"].split(" · ")) == 2 for row in out["labels"])
+    html = (run / "report.html").read_text(encoding="utf-8")
+    for row in out["labels"]:
+        assert f'<div class="lbl">{row["en"]}</div>' in html
+    p = subprocess.run([sys.executable, "-m", "xtm.cli.label", str(run), "--refiner", "openai"],
+                       capture_output=True, text=True, timeout=120, env=env())
+    assert p.returncode == 2 and "--llm-url" in p.stderr and "Traceback" not in p.stderr
+    p = subprocess.run([sys.executable, "-m", "xtm.cli.label", str(tmp_path)], capture_output=True, text=True,
+                       timeout=120, env=env())
+    assert p.returncode == 2 and "not a training run directory" in p.stderr
+
+
+def test_xtm_label_options_are_label_configs() -> None:
+    from xtm.cli.label import main
+    from xtm.cli.options import SectionOption
+
+    by_name = {p.name: p for p in main.params}
+    for f in dataclasses.fields(LabelConfig):
+        spec = f.metadata.get("cli")
+        if spec is None:
+            continue
+        p = by_name[spec.name]
+        assert isinstance(p, SectionOption) and p.help == (spec.help or f.metadata["help"])
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if default is not None:
+            assert p.default == default, f.name
+    assert by_name["llm_timeout"].default == default_of(RefinerConfig, "timeout")
+    assert LabelConfig.after_training(None).uses_llm is False
+
+
+def test_training_labels_every_run_without_network(example_run: Path) -> None:
+    labels = RunDir(example_run).load_labels(6, list(LANGS))
+    assert labels is not None and labels.generator == "fallback" and labels.num_topics == 6
+    for t, row in enumerate(labels.labels):
+        assert set(row) == set(LANGS) and all(0 < len(v) <= 120 for v in row.values())
+        top = RunDir(example_run).read_topics("en")[t][:10]
+        assert all(w in top for w in row["en"].split(" · "))
+
+
+def test_labels_in_the_bundle_every_infer_line_and_topic_model(example_run: Path, tmp_path: Path) -> None:
+    from xtm.runtime.bundle import read_manifest, read_topic_labels
+    from xtm.runtime.model import TopicModel
+
+    run = tmp_path / "run"
+    shutil.copytree(example_run, run)
+    labels = TopicLabels.from_json(json.loads((run / "labels.json").read_text()), run / "labels.json")
+    labels.labels[2]["en"] = 'A "quoted" & odd label'    # a label pipelines must get byte-exact
+    RunDir(run).save_labels(labels)
+    p = subprocess.run([sys.executable, "-m", "xtm.cli.export", str(run), "--out", str(tmp_path / "b"), "-q"],
+                       capture_output=True, text=True, timeout=300, env=env())
+    assert p.returncode == 0, p.stderr
+    topics = json.loads((tmp_path / "b" / "topics.json").read_text())
+    assert [t["labels"] for t in topics["topics"]] == labels.labels
+    m = TopicModel.load(tmp_path / "b")
+    assert m.labels == labels.labels and m.has_labels
+    assert m.get_topic(2, "en", 3).label == 'A "quoted" & odd label' and len(m.get_topic(2, "en", 3)) == 3
+    assert m.get_topic(2, "zh").label == labels.labels[2]["zh"]
+    info = m.topic_info(n_words=3)
+    assert info[2]["label"] == labels.labels[2]["en"] and info[2]["label_zh"] == labels.labels[2]["zh"]
+    src = tmp_path / "docs.jsonl"
+    src.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in [
+        {"id": 1, "text": "the football player scored a brilliant goal", "lang": "en"},
+        {"id": 2, "text": "公司 利润 市场 银行", "lang": "zh"}]), encoding="utf-8")
+    infer = [sys.executable, "-m", "xtm.cli.infer", str(src), "--bundle", str(tmp_path / "b"), "--top-k", "3"]
+    p = subprocess.run(infer, capture_output=True, text=True, timeout=120, env=env())
+    assert p.returncode == 0, p.stderr
+    lines = [json.loads(line) for line in p.stdout.splitlines()]
+    for line in lines:
+        for t in line["topics"]:
+            assert list(t)[:2] == ["id", "label"] and t["label"] == labels.labels[t["id"]][line["lang"]]
+    p = subprocess.run(infer + ["--format", "csv", "--sparse-theta"], capture_output=True, text=True, timeout=120,
+                       env=env())
+    table = list(csv.reader(io.StringIO(p.stdout, newline="")))
+    assert table[0][6:15] == ["topic_1", "weight_1", "label_1", "topic_2", "weight_2", "label_2", "topic_3",
+                              "weight_3", "label_3"]
+    for row, line in zip(table[1:], lines, strict=True):
+        assert row[8] == line["topics"][0]["label"] and row[11] == line["topics"][1]["label"]
+    pq = pytest.importorskip("pyarrow.parquet")
+    p = subprocess.run(infer + ["--out", str(tmp_path / "o.parquet")], capture_output=True, text=True, timeout=120,
+                       env=env())
+    assert p.returncode == 0, p.stderr
+    rows = pq.read_table(tmp_path / "o.parquet").to_pylist()
+    assert [r["labels"] for r in rows] == [[t["label"] for t in line["topics"]] for line in lines]
+    # topics.json edited by hand: a label that is not one is left out, never served
+    obj = json.loads((tmp_path / "b" / "topics.json").read_text())
+    obj["topics"][0]["labels"] = {"en": "<script>alert(1)</script>", "zh": "x" * 500, "xx": "ok"}
+    obj["topics"][1]["labels"] = "<b>"
+    (tmp_path / "b" / "topics.json").write_text(json.dumps(obj))
+    got = read_topic_labels(read_manifest(tmp_path / "b", verify=False))
+    assert got[0] == {} and got[1] == {} and got[2] == labels.labels[2]
+
+
+def test_a_damaged_labels_file_stops_export_with_its_name(example_run: Path, tmp_path: Path) -> None:
+
+    run = tmp_path / "run"
+    shutil.copytree(example_run, run)
+    obj = json.loads((run / "labels.json").read_text())
+    obj["topics"][1]["labels"]["en"] = "<img src=x onerror=alert(1)>"
+    (run / "labels.json").write_text(json.dumps(obj))
+    with pytest.raises(XtmError, match="labels.json"):
+        RunDir(run).load_labels(6, list(LANGS))
+    p = subprocess.run([sys.executable, "-m", "xtm.cli.export", str(run), "--out", str(tmp_path / "b"), "-q"],
+                       capture_output=True, text=True, timeout=300, env=env())
+    assert p.returncode == 2 and "labels.json" in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "b").exists()
