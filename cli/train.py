@@ -33,8 +33,9 @@ Examples:
   # add phase 2 to a finished phase-1 run
   xtm-train ... --epochs 100 --out runs/ecnews-infoctm --resume --phase2-epochs 30
   # ablations (seed 001, Table 3): --no-mmd, --no-doc-align, --rounds 1
-  # add a contextual route (zero-shot topics for any language USE knows; see xtm-contextual --help)
-  xtm-train ... --out runs/ecnews-nmtm --contextual
+  # without the contextual route (fitted by default: topics for any language USE knows, see
+  # xtm-contextual --help); bundles then read only the training languages
+  xtm-train ... --out runs/ecnews-nmtm --no-contextual
   # a corpus larger than memory: JSONL preprocessed into shards on disk, streamed while training
   xtm-train --data big/ --dict en-zh.tsv --model nmtm --out runs/big --out-of-core
   # several GPUs (or CPU processes): one rank each, gradients averaged, rank 0 writes the run
@@ -57,8 +58,20 @@ JSONL input: one object per line: {"id": "...", "text": "...", "lang": "en",
 language is detected. Languages are ISO 639-1 codes (aliases like cn -> zh).
 
 \b
+Any language, by default: after training, xtm-train fits the contextual
+route (xtm-contextual with its defaults, RUN_DIR/contextual/): a network from
+a multilingual sentence embedding (USE, offline) to the run's topics, trained
+so that a document and its translation get the same topics. Its bundle
+(xtm-export) then reads every language the encoder knows, the training
+languages included, through that one network (xtm-infer --route auto).
+It needs the documents' text (JSONL, or benchmark directories with texts);
+where the run cannot have it (no texts, --out-of-core) training finishes
+without it and says why. --no-contextual skips it; --contextual makes its
+failure an error. docs/contextual.md has the measurements.
+
+\b
 Outputs in --out: metrics.json, topics_<lang>.txt, vocab_<lang>.txt,
-config.json, history.json and checkpoints/ (safetensors + JSON). --out must be
+config.json, history.json and checkpoints/ (safetensors + JSON), contextual/. --out must be
 new, empty, or an xtm run; one process at a time writes a run (RUN_DIR/.xtm.lock).
 
 \b
@@ -109,14 +122,11 @@ def main(**parsed: Any) -> None:
         summary = {k: metrics.get(k) for k in ("TU", "CNPMI", "TQ", "classification", "seconds_per_epoch")}
         if "refined" in metrics:
             summary["refined_sets"] = {k: metrics["refined"].get(k) for k in ("TU", "CNPMI", "TQ")}
-        if run.contextual:
-            from xtm.cli.contextual import summary as contextual_summary
-            from xtm.trainer.contextual.fit import train_contextual
-
-            # xtm-contextual with its defaults, on this run's seed and machine settings.
-            summary["contextual"] = contextual_summary(train_contextual(out, ContextualConfig(
-                seed=cfg.seed, device=cfg.device, threads=cfg.threads, cache_dir=cfg.cache_dir,
-                progress=cfg.progress)))
+        if run.fits_contextual:
+            summary["contextual"] = fit_contextual(Path(out), cfg, required=bool(run.contextual))
+        elif not run.no_contextual:
+            click.echo("xtm-train: no contextual route for an --out-of-core run (it embeds every training "
+                       "document's text); bundles read only the training languages", err=True)
     click.echo(json.dumps(summary, indent=2, ensure_ascii=False))
     click.echo(f"wrote {out}/metrics.json and topics_<lang>.txt", err=True)
 
@@ -130,6 +140,28 @@ def run_config(parsed: dict[str, Any]) -> RunConfig:
         refiner = build(RefinerConfig, parsed, sampling=build(Sampling, parsed, seed=train.seed))
         phase2 = build(Phase2Config, parsed, epochs=train.phase2_epochs, refiner=refiner)
     return build(RunConfig, parsed, data=build(DataConfig, parsed), train=train, phase2=phase2)
+
+
+def fit_contextual(out: Path, cfg: TrainConfig, required: bool) -> dict[str, Any] | None:
+    """xtm-contextual with its defaults, on this run's seed and machine settings; its summary.
+
+    Fitted by default, so a run that cannot have it (a benchmark directory without document texts,
+    a missing encoder package) still finishes as a trained run: a warning says why and how to add it
+    later, and the bundle reads the training languages only. With --contextual (`required`) it fails."""
+    from xtm.cli.contextual import summary as contextual_summary
+    from xtm.errors import XtmError
+    from xtm.trainer.contextual.fit import train_contextual
+
+    ccfg = ContextualConfig(seed=cfg.seed, device=cfg.device, threads=cfg.threads, cache_dir=cfg.cache_dir,
+                            progress=cfg.progress)
+    try:
+        return contextual_summary(train_contextual(out, ccfg))
+    except (XtmError, ImportError) as e:
+        if required:
+            raise
+        click.echo(f"xtm-train: warning: no contextual route ({e}); bundles of this run read only its training "
+                   f"languages (add it later: xtm-contextual {out})", err=True)
+        return None
 
 
 def render_report(run_dir: Path) -> None:

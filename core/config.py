@@ -30,10 +30,10 @@ from typing import Any, TypeVar
 
 from xtm.errors import XtmError
 
-__all__ = ["CONTEXTUAL_OBJECTIVES", "DEFAULT_ENCODER", "DEFAULT_MAX_TOKENS", "MODEL_NAMES", "PREPROCESSING",
-           "REFINER_NAMES", "Cli", "ContextualConfig", "DataConfig", "Phase2Config", "Preprocessing", "RefinerConfig",
-           "RunConfig", "Sampling", "TrainConfig", "cli_spec", "default_of", "from_dict", "help_of", "parse_csv",
-           "parse_key_values", "setting"]
+__all__ = ["CONTEXTUAL_AUTO_ROUTES", "CONTEXTUAL_OBJECTIVES", "DEFAULT_ENCODER", "DEFAULT_MAX_TOKENS", "MODEL_NAMES",
+           "PREPROCESSING", "REFINER_NAMES", "Cli", "ContextualConfig", "DataConfig", "Phase2Config", "Preprocessing",
+           "RefinerConfig", "RunConfig", "Sampling", "TrainConfig", "cli_spec", "default_of", "from_dict", "help_of",
+           "parse_csv", "parse_key_values", "setting"]
 
 # The multilingual sentence encoder used unless a run names another (offline, no download), and the
 # tokens the contextual route reads per document. xtm.models_zoo.encoders takes both from here.
@@ -44,6 +44,9 @@ DEFAULT_MAX_TOKENS = 256
 MODEL_NAMES = ("nmtm", "infoctm", "xtra", "gloctm")
 REFINER_NAMES = ("embedding", "openai", "vllm", "transformers")
 CONTEXTUAL_OBJECTIVES = ("distill", "ctm")
+# What `--route auto` serves a training language with when the bundle has a contextual route (issue 14):
+# "contextual" (the same network as every other language) or "bow" (its bag of words).
+CONTEXTUAL_AUTO_ROUTES = ("contextual", "bow")
 
 C = TypeVar("C")
 
@@ -438,15 +441,28 @@ class RunConfig:
     train: TrainConfig = setting(help="The backbone and phase-1 training.", factory=TrainConfig)
     phase2: Phase2Config | None = setting(None, help="LLM-XTM phase 2 (None: phase 1 only).")
     resume: bool = setting(False, help="Continue from the last checkpoint in --out.", cli=Cli("--resume", switch=True))
-    contextual: bool = setting(False, help="After training, fit the contextual inference network (xtm-contextual "
-                                           "with its defaults): documents in languages the bags of words cannot read "
-                                           "get topics through a multilingual sentence encoder.",
-                               cli=Cli("--contextual", switch=True))
+    # The contextual route is fitted by default (issue 14: any language, by default). None: fit it when the
+    # run allows (not out of core, document texts at hand), else say why and finish without it; True
+    # (--contextual): required, its failure fails the command; no_contextual (--no-contextual): never.
+    contextual: bool | None = setting(None, help="Require the contextual route (fitted by default when the run "
+                                                 "allows it): fail instead of finishing without it.",
+                                      cli=Cli("--contextual", switch=True))
+    no_contextual: bool = setting(False, help="After training, do not fit the contextual inference network "
+                                              "(xtm-contextual with its defaults, fitted by default): bundles then "
+                                              "read only the training languages, by their bags of words.",
+                                  cli=Cli("--no-contextual", switch=True))
 
     def __post_init__(self) -> None:
+        if self.contextual and self.no_contextual:
+            raise XtmError("--contextual and --no-contextual contradict each other: choose one")
         if self.contextual and self.data.out_of_core:
             raise XtmError("--contextual embeds every training document's text; it cannot follow an --out-of-core "
                            "run (fit it on a corpus that fits in memory with xtm-contextual)")
+
+    @property
+    def fits_contextual(self) -> bool:
+        """Whether xtm-train fits the contextual route after training (default: unless out of core)."""
+        return not self.no_contextual and (bool(self.contextual) or not self.data.out_of_core)
 
 
 # --------------------------------------------------------------------------- the contextual route
@@ -484,6 +500,26 @@ class ContextualConfig:
                                                "~/.cache/xtm).", cli=Cli("--cache-dir", path="dir"))
     progress: bool = setting(False, help="Progress output on stderr.",
                              cli=Cli("-q --quiet", switch=False, tty=True, help="No progress output."))
+    # Issue 14 (fields at the end: contextual.json files written before lack them and read back as
+    # the defaults below; docs/contextual.md "Choice" has the measurements behind each value).
+    lambda_xl: float = setting(3.0, help="Weight of cross-lingual consistency: symmetric KL between the theta of "
+                                         "pseudo-parallel training documents of two languages, mined with the "
+                                         "sentence encoder (margin-based mutual nearest neighbours; 0: off).",
+                               cli=Cli("--lambda-xl", min=0))
+    xl_neighbors: int = setting(4, help="Neighbours k of the mining margin (cosine over the mean cosine of each "
+                                        "side's k nearest neighbours in the other language).",
+                                cli=Cli("--xl-neighbors", min=1))
+    lambda_smooth: float = setting(10.0, help="Weight of noise consistency: symmetric KL between theta(e) and "
+                                              "theta(e + Gaussian noise) of a sentence embedding e; needs no "
+                                              "language, so it also holds for languages the run never saw (0: off).",
+                                   cli=Cli("--lambda-smooth", min=0))
+    smooth_sigma: float = setting(0.05, help="Per-dimension standard deviation of that noise on the unit embedding.",
+                                  cli=Cli("--smooth-sigma", min=0))
+    auto_route: str = setting("contextual", help="What xtm-infer --route auto serves the training languages with in "
+                                                 "this run's bundles: contextual (one network for every language, so "
+                                                 "a document and its translation get topics from the same function) "
+                                                 "or bow (their bags of words, as before issue 14).",
+                              cli=Cli("--auto-route", choices=CONTEXTUAL_AUTO_ROUTES))
 
     def check(self) -> None:
         if self.objective not in CONTEXTUAL_OBJECTIVES:
@@ -494,6 +530,11 @@ class ContextualConfig:
                 raise XtmError(f"contextual {name} must be at least 1, got {getattr(self, name)}")
         if self.lambda_tc < 0 or self.finetune_epochs < 0 or not 0 <= self.dropout < 1:
             raise XtmError("contextual lambda_tc and finetune_epochs must be >= 0, dropout in [0, 1)")
+        if min(self.lambda_xl, self.lambda_smooth, self.smooth_sigma) < 0 or self.xl_neighbors < 1:
+            raise XtmError("contextual lambda_xl, lambda_smooth and smooth_sigma must be >= 0, xl_neighbors >= 1")
+        if self.auto_route not in CONTEXTUAL_AUTO_ROUTES:
+            raise XtmError(f"contextual auto_route must be one of {', '.join(CONTEXTUAL_AUTO_ROUTES)}, "
+                           f"got {self.auto_route!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """contextual.json's settings: those that shape the fitted network (not where or how fast it ran)."""

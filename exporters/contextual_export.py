@@ -160,7 +160,9 @@ def export_contextual_route(run_dir: str | Path, bundle_dir: str | Path, opset: 
         file=ONNX_FILE, inputs=INPUTS, outputs=OUTPUTS, encoder=enc.name, embedding_dim=enc.embedding_dim,
         languages=tuple(meta.get("languages", [])), tokenizer=spec, finetuned=bool(meta.get("finetuned")),
         quantization=quantize, objective=meta.get("config", {}).get("objective"),
-        test_agreement=meta.get("metrics", {}).get("test_agreement"))
+        test_agreement=meta.get("metrics", {}).get("test_agreement"),
+        # contextual.json files from before issue 14 have no auto_route: their bundles keep the bags of words
+        auto_route=meta.get("auto_route", "bow"))
     return entry, report
 
 

@@ -53,10 +53,10 @@ from xtm.errors import XtmError
 from xtm.languages import normalize_lang
 from xtm.runtime.bundle_onnx import onnx_external_data
 
-__all__ = ["CONTEXTUAL_FORMAT", "FORMAT", "INPUT_FORMATS", "MANIFEST", "SCHEMA_VERSION", "TOKENIZER_KINDS",
-           "BundleManifest", "ContextualEntry", "EncoderEntry", "check_checksum", "check_files", "graph_file",
-           "listed_file", "onnx_external_data", "parse_manifest", "read_contextual_entry", "read_manifest",
-           "read_topics", "sha256_bytes", "sha256_file", "validate_manifest"]
+__all__ = ["AUTO_ROUTES", "CONTEXTUAL_FORMAT", "FORMAT", "INPUT_FORMATS", "MANIFEST", "SCHEMA_VERSION",
+           "TOKENIZER_KINDS", "BundleManifest", "ContextualEntry", "EncoderEntry", "check_checksum", "check_files",
+           "graph_file", "listed_file", "onnx_external_data", "parse_manifest", "read_contextual_entry",
+           "read_manifest", "read_topics", "sha256_bytes", "sha256_file", "validate_manifest"]
 
 FORMAT = "xtm-bundle"
 # 2 added sparse encoder inputs; a schema-1 bundle (dense inputs only) reads unchanged.
@@ -65,6 +65,7 @@ MANIFEST = "manifest.json"
 INPUT_FORMATS = ("dense", "sparse")
 CONTEXTUAL_FORMAT = 1  # the "contextual" entry's own version (the key is optional, the schema unchanged)
 TOKENIZER_KINDS = ("sentencepiece", "hf-tokenizers")  # the contextual route's tokenizers
+AUTO_ROUTES = ("bow", "contextual")  # the contextual entry's "auto_route" (absent: "bow")
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,10 @@ class EncoderEntry:
 class ContextualEntry:
     """The optional "contextual" entry: one graph (token ids, mask -> theta, sentence embedding) and
     its tokenizer file (`tokenizer["file"]`); xtm.runtime.contextual serves it. The fields after
-    `tokenizer` describe the route for people and reports; the runtime does not need them."""
+    `tokenizer` describe the route for people and reports; the runtime does not need them, except
+    `auto_route`: what `--route auto` serves the training languages with, "contextual" (the same
+    network as every other language; new runs, issue 14) or "bow" (their bags of words; absent in
+    bundles from before issue 14, which keep that behaviour)."""
 
     file: str
     inputs: tuple[str, str]
@@ -113,6 +117,7 @@ class ContextualEntry:
     quantization: str | None = None
     objective: str | None = None
     test_agreement: float | None = None
+    auto_route: str = "bow"
 
     def to_json(self) -> dict[str, Any]:
         """The manifest's "contextual" entry (read back by `read_contextual_entry`)."""
@@ -120,7 +125,7 @@ class ContextualEntry:
                 "outputs": list(self.outputs), "encoder": self.encoder, "finetuned": self.finetuned,
                 "embedding_dim": self.embedding_dim, "quantization": self.quantization,
                 "languages": list(self.languages), "tokenizer": dict(self.tokenizer), "objective": self.objective,
-                "test_agreement": self.test_agreement}
+                "test_agreement": self.test_agreement, "auto_route": self.auto_route}
 
 
 @dataclass(frozen=True)
@@ -405,10 +410,16 @@ def _contextual(raw: Any, files: dict[str, Any], where: Path) -> ContextualEntry
     langs = raw.get("languages", [])
     if not isinstance(langs, list) or not all(isinstance(x, str) for x in langs):
         raise XtmError(f"{ctx}'languages' must be a list of language codes", path=where)
+    # It changes which encoder reads a document, so an unknown value is refused, never guessed.
+    auto_route = raw.get("auto_route", "bow")
+    if auto_route not in AUTO_ROUTES:
+        raise XtmError(f"{ctx}'auto_route' must be one of {', '.join(AUTO_ROUTES)}, got {auto_route!r}: "
+                       "upgrade xtm", path=where)
     return ContextualEntry(
         file=names[0], inputs=(inputs[0], inputs[1]), outputs=(outputs[0], outputs[1]),
         encoder=str(raw.get("encoder", "unknown")), embedding_dim=need(raw, "embedding_dim", int),
-        languages=tuple(normalize_lang(x) for x in langs), tokenizer=dict(tok), **_contextual_notes(raw))
+        languages=tuple(normalize_lang(x) for x in langs), tokenizer=dict(tok), auto_route=auto_route,
+        **_contextual_notes(raw))
 
 
 def _contextual_notes(raw: dict[str, Any]) -> dict[str, Any]:

@@ -63,11 +63,15 @@ __all__ = ["CHUNK_BATCHES", "RAY_THREADS_PER_ACTOR", "ROUTES", "ROUTE_HELP", "Ba
 logger = logging.getLogger(__name__)
 
 # How documents reach theta: "bow" the training languages' bag-of-words encoders; "contextual" the
-# bundle's multilingual sentence encoder (any language it knows); "auto" bag of words for the
-# training languages and contextual for the others (= "bow" for a bundle without a contextual route).
+# bundle's multilingual sentence encoder (any language it knows); "auto" what the bundle's contextual
+# entry says (`auto_route`): every language through the contextual route (new runs, issue 14: a
+# document and its translation through the same network), or bag of words for the training languages
+# and contextual for the others (bundles before issue 14); = "bow" for a bundle without a contextual route.
 ROUTES = ("auto", "bow", "contextual")
-ROUTE_HELP = ("auto: bag of words for the training languages, the contextual route for others; "
-              "bow: training languages only; contextual: every document through the sentence encoder.")
+ROUTE_HELP = ("auto: every language through the contextual route when the bundle has one (bundles from before "
+              "issue 14: bag of words for the training languages, the contextual route for others; no contextual "
+              "route: bag of words); bow: training languages only; contextual: every document through the "
+              "sentence encoder.")
 # Records per engine step (local chunks, Ray actor calls): 4 encoder batches, so per-step overhead
 # (formatting set-up, Arrow conversion, scheduling) stays small next to tokenizing and the encoder.
 CHUNK_BATCHES = 4

@@ -451,8 +451,9 @@ class TopicModel:
         None and, as language, the detected one (that the route cannot read) or None.
 
         "bow" (or "auto" without a contextual route): the training languages only. "auto": training
-        languages go to "bow", languages the contextual encoder knows (any, when it lists none) to
-        "contextual". "contextual": every text the sentence encoder can read. Given languages are
+        languages go to "bow" (or, when `auto_route` is "contextual", to "contextual" like every
+        other language the contextual encoder knows), languages the contextual encoder knows (any,
+        when it lists none) to "contextual". "contextual": every text the sentence encoder can read. Given languages are
         taken as they are (XtmError if the route cannot serve them); missing ones are detected among
         every language the detector knows (`xtm.runtime.langid.identify`)."""
         r = self._resolve(texts, langs, route)
@@ -477,8 +478,17 @@ class TopicModel:
             return None
         return ctx if route == "contextual" else self.languages + [c for c in ctx if c not in self._encoders]
 
+    @property
+    def auto_route(self) -> str:
+        """What `route="auto"` serves the training languages with: "contextual" when the bundle's
+        contextual entry says so (new runs, issue 14: a document and its translation then go through
+        the same network), else "bow" (bundles without the route or from before issue 14)."""
+        return self._contextual_entry.auto_route if self._contextual_entry else "bow"
+
     def _route_of(self, code: str, route: str, ctx_any: bool, ctx: frozenset[str]) -> str | None:
         """Which encoder reads language `code` on `route`; None if none can."""
+        if route == "auto" and self.auto_route == "contextual" and (ctx_any or code in ctx):
+            return "contextual"  # every language the sentence encoder knows, training languages included
         if route != "contextual" and code in self._encoders:
             return "bow"
         if route != "bow" and self.has_contextual and (ctx_any or code in ctx):
@@ -575,10 +585,12 @@ class TopicModel:
         long lists in a notebook or terminal.
 
         langs: one code for all texts, one per text (None entries are detected), or None to detect
-        all. route (see `xtm.runtime.engine.ROUTES` and `resolve_routes`): "auto" (default) reads the training languages
-        with their bag-of-words encoders and any other language with the contextual route when the
-        bundle has one; "bow" only the training languages; "contextual" every text with the
-        sentence encoder. Documents are grouped by language and run in batches of `batch_size`.
+        all. route (see `xtm.runtime.engine.ROUTES` and `resolve_routes`): "auto" (default) reads every
+        language the sentence encoder knows with the contextual route when the bundle has one and its
+        `auto_route` is "contextual" (new runs), else the training languages with their bag-of-words
+        encoders and any other language with the contextual route; "bow" only the training
+        languages; "contextual" every text with the sentence encoder. Documents are grouped by
+        language and run in batches of `batch_size`.
 
         A given language the route cannot read raises XtmError (a caller's mistake). A detected
         one, or a text without a language, never raises: its row is flagged `unsupported` (theta

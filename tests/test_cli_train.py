@@ -78,7 +78,7 @@ def test_a_bad_encoder_name_is_one_error_line(example_dir: Path, tmp_path: Path,
 
 def test_existing_run_needs_resume(example_dir: Path, tmp_path: Path) -> None:
     args = ["--data", str(example_dir / "docs.jsonl"), "--dict", str(example_dir / "dict.tsv"), "--model", "nmtm",
-            "--topics", "6", "--epochs", "1", "--out", str(tmp_path / "r")]
+            "--topics", "6", "--epochs", "1", "--no-contextual", "--out", str(tmp_path / "r")]
     assert run(args).returncode == 0
     again = run(args)
     assert again.returncode == 2 and "--resume" in again.stderr
@@ -91,7 +91,7 @@ def test_phase2_from_the_command_line(example_dir: Path, tmp_path: Path) -> None
     out = tmp_path / "run"
     p = run(["--data", str(example_dir / "docs.jsonl"), "--dict", str(example_dir / "dict.tsv"),
              "--model", "nmtm", "--topics", "6", "--epochs", "4", "--phase2-epochs", "2", "--refine-every", "1",
-             "--rounds", "2", "--refined-words", "8", "--no-doc-align", "--out", str(out)])
+             "--rounds", "2", "--refined-words", "8", "--no-doc-align", "--no-contextual", "--out", str(out)])
     assert p.returncode == 0, p.stderr
     assert "refinement at epoch 5 (embedding): 12/12 usable answers" in p.stderr
     summary = json.loads(p.stdout)

@@ -39,7 +39,10 @@ def contextual_run(example_run: Path, tmp_path_factory: pytest.TempPathFactory) 
     from xtm.trainer.contextual.fit import train_contextual
 
     run = _copy_run(example_run, tmp_path_factory.mktemp("ctx") / "run")
-    train_contextual(run, ContextualConfig(epochs=15, threads=1, seed=0))
+    # The default epochs (30): the example's ~960 training documents give 4 steps an epoch, and with the
+    # consistency terms (issue 14) 15 epochs (60 steps) left the head short of its teacher (zero-shot
+    # category accuracy 0.35 below; 0.67 at 30 epochs, seeds 0-2).
+    train_contextual(run, ContextualConfig(threads=1, seed=0))
     return run
 
 
@@ -108,6 +111,11 @@ def test_contextual_run_is_saved_with_its_metrics(contextual_run: Path) -> None:
         assert meta["metrics"]["test_agreement"][lang]["match"] > 0.5
     assert set(meta["metrics"]["classification"]) == {"bow", "contextual"}
     assert load_contextual(contextual_run).head.cfg.num_topics == 6
+    # issue 14 defaults: consistency terms on, pairs mined between the two training languages
+    assert meta["auto_route"] == "contextual"
+    assert meta["config"]["lambda_xl"] > 0 and meta["config"]["lambda_smooth"] > 0
+    (pairs,) = meta["metrics"]["mined_pairs"]
+    assert pairs["languages"] == ["en", "zh"] and pairs["pairs"] > 0
 
 
 def test_ctm_objective_with_topic_classification_and_finetuning(example_run: Path, tmp_path: Path) -> None:
@@ -133,6 +141,10 @@ def test_bad_settings_and_missing_run_are_clean_errors(tmp_path: Path, example_r
 
     with pytest.raises(XtmError, match="objective"):
         train_contextual(example_run, ContextualConfig(objective="lda"))
+    with pytest.raises(XtmError, match="auto_route"):
+        train_contextual(example_run, ContextualConfig(auto_route="fusion"))
+    with pytest.raises(XtmError, match="lambda_xl"):
+        train_contextual(example_run, ContextualConfig(lambda_xl=-1))
     with pytest.raises(XtmError, match="config.json"):
         train_contextual(tmp_path, ContextualConfig())
     with pytest.raises(XtmError, match="xtm-contextual"):
@@ -214,9 +226,37 @@ def test_auto_route_reads_unseen_languages_through_the_sentence_encoder(contextu
     assert set(res.routes) == {"contextual"}
     assert np.allclose(res.theta.sum(1), 1.0, atol=1e-5)
     train = [json.loads(line) for line in (example_dir / "docs.jsonl").read_text().splitlines()][:40]
-    mixed = model.infer([d["text"] for d in train[:3]] + [docs[0]["text"]], langs=["en", None, None, "fr"])
-    assert mixed.routes == ["bow", "bow", "bow", "contextual"]
+    texts = [d["text"] for d in train[:3]] + [docs[0]["text"]]
+    mixed = model.infer(texts, langs=["en", None, None, "fr"])
+    # A new run's bundle says "auto_route": "contextual": training languages go through the same network
+    # as every other language (issue 14), so a document and its translation get theta from one function.
+    assert model.auto_route == "contextual"
+    assert mixed.routes == ["contextual"] * 4 and mixed.langs[:3] == [d["lang"] for d in train[:3]]
+    assert np.allclose(mixed.theta, model.infer(texts, route="contextual").theta, atol=1e-6)
     assert np.allclose(mixed.theta[3], res.theta[0], atol=1e-6)  # a row does not depend on its batch
+    assert model.infer(texts[:1], langs="en", route="bow").routes == ["bow"]
+
+
+def test_bundles_without_auto_route_keep_the_bag_of_words_on_auto(contextual_bundle: Path, example_dir: Path,
+                                                                   tmp_path: Path) -> None:
+    """Bundles exported before issue 14 have no "auto_route": auto still reads training languages by their
+    bags of words; a value this xtm does not know is refused, naming manifest.json and the field."""
+    from xtm.runtime.model import TopicModel
+
+    def drop(m):
+        del m["contextual"]["auto_route"]
+
+    def bad(m):
+        m["contextual"]["auto_route"] = "fusion"
+
+    old = TopicModel.load(_linked_bundle(contextual_bundle, tmp_path / "old", drop), threads=1)
+    train = [json.loads(line) for line in (example_dir / "docs.jsonl").read_text().splitlines()][:3]
+    docs = _unseen(example_dir)
+    res = old.infer([d["text"] for d in train] + [docs[0]["text"]], langs=["en", None, None, "fr"])
+    assert old.auto_route == "bow" and res.routes == ["bow", "bow", "bow", "contextual"]
+    with pytest.raises(XtmError, match="'auto_route' must be one of bow, contextual") as e:
+        TopicModel.load(_linked_bundle(contextual_bundle, tmp_path / "bad", bad))
+    assert "manifest.json" in str(e.value)
 
 
 def test_contextual_theta_equals_the_torch_head(contextual_bundle: Path, contextual_run: Path,
@@ -269,14 +309,16 @@ def test_contextual_route_runs_where_torch_cannot_be_imported(contextual_bundle:
         from xtm.runtime import TopicModel
         m = TopicModel.load({str(contextual_bundle)!r}, threads=1)
         r = m.infer(["Le match de football était passionnant.", "The market fell today."])
+        b = m.infer(["The market fell today."], route="bow")
         assert "torch" not in sys.modules and "sentence_transformers" not in sys.modules
-        print(json.dumps({{"routes": r.routes, "sums": r.theta.sum(axis=1).tolist()}}))
+        print(json.dumps({{"routes": r.routes + b.routes, "sums": r.theta.sum(axis=1).tolist()}}))
     """)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake.parent), os.environ.get("PYTHONPATH", "")])}
     p = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
-    assert out["routes"] == ["contextual", "bow"] and np.allclose(out["sums"], 1.0, atol=1e-5)
+    # auto: every language through the contextual route (issue 14); bow still served without torch
+    assert out["routes"] == ["contextual", "contextual", "bow"] and np.allclose(out["sums"], 1.0, atol=1e-5)
 
 
 # -- command line ---------------------------------------------------------------------------------

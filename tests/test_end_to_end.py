@@ -62,7 +62,7 @@ def test_cli_pipeline_train_export_infer(example_dir: Path, tmp_path: Path) -> N
     run = tmp_path / "run"
     subprocess.run([sys.executable, "-m", "xtm.cli.train", "--data", str(example_dir / "docs.jsonl"),
                     "--dict", str(example_dir / "dict.tsv"), "--model", "nmtm", "--topics", "6",
-                    "--epochs", "3", "--out", str(run), "-q"], check=True, capture_output=True)
+                    "--epochs", "3", "--no-contextual", "--out", str(run), "-q"], check=True, capture_output=True)
     subprocess.run([sys.executable, "-m", "xtm.cli.export", str(run), "--out", str(tmp_path / "b"), "-q"],
                    check=True, capture_output=True)
     out = tmp_path / "theta.jsonl"

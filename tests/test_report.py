@@ -47,7 +47,7 @@ def phase2_run(example_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
         [sys.executable, "-m", "xtm.cli.train", "--data", str(example_dir / "docs.jsonl"),
          "--dict", str(example_dir / "dict.tsv"), "--model", "nmtm", "--topics", "6", "--epochs", "10",
          "--phase2-epochs", "2", "--refine-every", "1", "--rounds", "2", "--ref-corpus",
-         str(example_dir / "ref_en_zh"), "--out", str(out), "--seed", "0"],
+         str(example_dir / "ref_en_zh"), "--out", str(out), "--seed", "0", "--no-contextual"],
         capture_output=True, text=True, timeout=600,
         env={**env(), "XTM_CACHE_DIR": str(tmp_path_factory.getbasetemp() / "xtm-cache")})
     assert p.returncode == 0, p.stderr

@@ -36,7 +36,7 @@ def cli(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
 
 def example_args(example_dir: Path, out: Path, *extra: str) -> list[str]:
     return ["--data", str(example_dir / "docs.jsonl"), "--dict", str(example_dir / "dict.tsv"), "--model", "nmtm",
-            "--topics", "6", "--out", str(out), "-q", *extra]
+            "--topics", "6", "--out", str(out), "-q", "--no-contextual", *extra]
 
 
 def config(**kw) -> TrainConfig:

