@@ -26,6 +26,13 @@ logger = logging.getLogger("xtm.cli.infer")
 # Exit status when the reader of stdout went away (`xtm-infer ... | head`): 128 + SIGPIPE, what a
 # shell reports for `cat`, `grep` or `sort` in the same place, and "128+N after signal N" below.
 EXIT_BROKEN_PIPE = 128 + 13
+# --segmenters' choices: xtm.runtime.tokenize.SEGMENTERS (not imported here: it pulls numpy into
+# --help; tests/test_infer_workers.py checks they are the same) and its environment variable.
+SEGMENTERS = ("auto", "reference", "fast")
+SEGMENTERS_ENV = "XTM_SEGMENTERS"
+# Default --workers (see _workers): inputs smaller than this run in one process.
+WORKERS_MIN_BYTES = 4 << 20
+DEFAULT_MAX_WORKERS = 4
 
 EPILOG = """\b
 Examples:
@@ -177,6 +184,13 @@ def _flag(name: str, **kwargs: Any) -> dict[str, Any]:
 @click.option("--providers", metavar="LIST",
               help="onnxruntime execution providers, preferred first: cuda,cpu or cpu (see below). Default: cuda "
                    "when available, else cpu.")
+@click.option("--workers", type=click.IntRange(0), default=None, metavar="N",
+              help="Local engine: processes that parse, tokenize and infer in parallel, each with its own copy of "
+                   "the model; output identical to one process. 0: one per core. Default: see Workers below.")
+@click.option("--segmenters", type=click.Choice(SEGMENTERS), default=None,
+              help="What serves the bundle's Chinese/Japanese tokenizers: auto (default: rjieba for jieba's plain "
+                   "blocks when installed, jieba's bags of words), reference (jieba/janome only), fast (auto, and "
+                   "janome bundles through MeCab: not the same tokens). Default: $XTM_SEGMENTERS, else auto.")
 @click.option("--progress-every", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
               metavar="SECONDS", help="When stderr is not a terminal: a progress line this often.")
 @log_level_options
@@ -185,7 +199,8 @@ def _flag(name: str, **kwargs: Any) -> dict[str, Any]:
 def main(input_paths: tuple[str, ...], bundle: str, out: str | None, input_format: str, output_format: str,
          top_k: int, batch_size: int, strict: bool, max_bad: str | None, full_theta: bool, threads: int | None,
          route: str, engine: str, address: str | None, actors: int | None, providers: str | None,
-         progress_every: float, verbose: bool, quiet: bool, log_level: str | None) -> None:
+         workers: int | None, segmenters: str | None, progress_every: float, verbose: bool, quiet: bool,
+         log_level: str | None) -> None:
     """Infer topic distributions of documents INPUT (JSONL, text or Parquet; '-' for stdin) with a bundle.
 
     With --engine ray, INPUT... are JSONL and Parquet files and directories."""
@@ -197,6 +212,10 @@ def main(input_paths: tuple[str, ...], bundle: str, out: str | None, input_forma
     options = InferenceOptions(top_k=top_k, batch_size=batch_size, route=route, full_theta=full_theta,
                                strict=strict, max_bad=max_bad, threads=threads)
     io = _Io(input_format, pick_output_format(out, output_format), providers, progress_every)
+    io.workers = workers
+    if segmenters is not None:
+        # Through the environment: the tokenizers read it, and worker processes inherit it.
+        os.environ[SEGMENTERS_ENV] = segmenters
     try:
         # SIGTERM/SIGHUP unwind like Ctrl-C: the --out temporary is removed, the old file kept.
         with exit_on_signals():
@@ -226,6 +245,7 @@ class _Io:
     def __init__(self, input_format: str, output_format: str, providers: str | None, progress_every: float) -> None:
         self.input_format, self.output_format = input_format, output_format
         self.providers, self.progress_every = providers, progress_every
+        self.workers: int | None = None
 
 
 def _run_local(input_paths: tuple[str, ...], bundle: str, out: str | None, options: InferenceOptions,
@@ -252,15 +272,29 @@ def _run_local(input_paths: tuple[str, ...], bundle: str, out: str | None, optio
     progress = _progress_bar()
     log_progress = _LogProgress(io.progress_every) if progress is None else None
     try:
+        workers = _workers(io.workers, source)
+        logger.debug("%d inference process%s", workers, "es" if workers > 1 else "")
         return infer_file(source, model, out, options=options, bundle=bundle, report=_reporter(progress),
                           on_rows=progress.update if progress is not None else log_progress,
-                          input_format=fmt_in, output_format=io.output_format)
+                          input_format=fmt_in, output_format=io.output_format, workers=workers)
     except BrokenPipeError:
         _quiet_broken_pipe()
     finally:
         if progress is not None:
             progress.close()
         logger.debug("inference took %.2f s", time.perf_counter() - started)
+
+
+def _workers(asked: int | None, source: str) -> int:
+    """--workers: 0 means one per core; by default one per core (at most DEFAULT_MAX_WORKERS) for an
+    input file of at least WORKERS_MIN_BYTES, else 1: a worker costs a start (an interpreter and
+    the bundle, about half a second) that only a large input repays."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if asked is not None:
+        return asked or cores
+    if source == "-" or not os.path.isfile(source) or os.path.getsize(source) < WORKERS_MIN_BYTES:
+        return 1
+    return max(1, min(cores, DEFAULT_MAX_WORKERS))
 
 
 def _run_ray(input_paths: tuple[str, ...], bundle: str, out: str | None, options: InferenceOptions,
@@ -272,6 +306,8 @@ def _run_ray(input_paths: tuple[str, ...], bundle: str, out: str | None, options
                        "engine")
     if io.providers is not None:
         raise XtmError("--providers goes with the local engine (Ray actors run on their nodes' CPUs)")
+    if io.workers is not None:
+        raise XtmError("--workers goes with the local engine (with --engine ray: --actors)")
     from xtm.runtime.ray import infer_files
 
     kwargs: dict[str, Any] = dict(

@@ -56,7 +56,7 @@ if TYPE_CHECKING:
     from xtm.runtime.model import TopicModel
 
 __all__ = ["CHUNK_BATCHES", "RAY_THREADS_PER_ACTOR", "ROUTES", "ROUTE_HELP", "BadLines", "Engine",
-           "InferenceCounts", "InferenceOptions", "NoResultsError", "OutputWriter", "Row", "check_route",
+           "InferenceCounts", "InferenceOptions", "NoResultsError", "OutputWriter", "Row", "WorkerPool", "check_route",
            "infer_file", "infer_records", "no_contextual_route", "open_output", "parse_max_bad", "sink_writer",
            "table_shape"]
 
@@ -537,7 +537,8 @@ def infer_records(model: TopicModel, items: Iterable[Mapping[str, Any]], *, opti
 def infer_file(source: str | Path | IO[bytes], model: TopicModel, out: str | Path | IO[bytes] | None = None, *,
                options: InferenceOptions | None = None, report: Callable[[str], None] | None = None,
                bundle: str | Path | None = None, on_rows: Callable[[int], None] | None = None,
-               input_format: str | None = None, output_format: str | None = None) -> InferenceCounts:
+               input_format: str | None = None, output_format: str | None = None,
+               workers: int = 1) -> InferenceCounts:
     """`xtm-infer SOURCE --out OUT` (local engine) as a function: counts of rows read and skipped.
 
     source: a JSONL file, a Parquet file (.parquet, .pq), a plain-text file (.txt: one document per
@@ -548,8 +549,12 @@ def infer_file(source: str | Path | IO[bytes], model: TopicModel, out: str | Pat
     "parquet" (default: by out's name, `records.output_format`). Bad rows go to `report`
     (default: the logger) as SOURCE:LINE: reason; raises XtmError when the policy stops the run,
     NoResultsError when nothing could be inferred (neither writes a path `out`).
-    bundle: the name errors give the bundle; on_rows(n): after each chunk of n rows is written."""
+    bundle: the name errors give the bundle; on_rows(n): after each chunk of n rows is written.
+    workers: processes that parse, tokenize and infer chunks in parallel, each with its own copy of
+    the model (`WorkerPool`); the output and the bad-row reports are those of one process, byte for
+    byte. 1 (default): everything in this process."""
     options = options or InferenceOptions()
+    workers = _at_least("workers", workers, 1)
     name = _source_name(source)
     fmt_in = records.input_format("-" if name in ("<stdin>", "<stream>") else name, input_format)
     if fmt_in == "parquet" and name in ("<stdin>", "<stream>"):
@@ -560,6 +565,13 @@ def infer_file(source: str | Path | IO[bytes], model: TopicModel, out: str | Pat
     engine = Engine(model, options, bundle=bundle)
     tally = options.policy(report or logger.warning)
     with contextlib.ExitStack() as stack:
+        if workers > 1:
+            pool = stack.enter_context(WorkerPool(model, options, workers, bundle=bundle))
+            raw = (_raw_parquet_chunks(engine, name) if fmt_in == "parquet" else
+                   _raw_line_chunks(engine, _open_source(source, name, stack), name))
+            writer = stack.enter_context(open_output(out, tally, fmt=fmt_out, shape=table_shape(model, options)))
+            pool.run(fmt_in, raw, writer, name, on_rows)
+            return tally.finish(name)
         if fmt_in == "parquet":
             chunks = _parquet_chunks(engine, name)
         elif fmt_in == "text":
@@ -588,3 +600,128 @@ def _open_source(source: str | Path | IO[bytes], name: str, stack: contextlib.Ex
         return stack.enter_context(open(source, "rb"))
     except OSError as e:
         raise XtmError(f"cannot read: {e.strerror}", path=name) from e
+
+
+# -- worker processes (xtm-infer --workers) --------------------------------------------------------
+#
+# Tokenizing is most of the time per document (jieba, janome are Python), so a large file is read in
+# chunks of raw lines that worker processes parse, tokenize, infer and format; this process keeps the
+# order, the bad-row policy and the output, so the bytes written and the reports are those of one
+# process. Workers are started fresh ("spawn": onnxruntime is not fork-safe once it has sessions),
+# each loads the bundle (one onnxruntime thread unless --threads), ignores SIGINT (Ctrl-C reaches the
+# whole process group; this process decides) and dies with this process (Linux: PR_SET_PDEATHSIG),
+# so a signal or an error never leaves one behind. At most 2 chunks per worker are in flight:
+# memory stays flat whatever the input length.
+
+_worker_engine: Engine | None = None
+
+
+def _raw_line_chunks(engine: Engine, stream: IO[bytes], name: str) -> Iterator[list[tuple[int, Any]]]:
+    """records.line_chunks, an input I/O error as one XtmError (as _jsonl_chunks says it)."""
+    chunks = records.line_chunks(stream, engine.chunk_size)
+    while True:
+        try:
+            chunk = next(chunks, None)
+        except OSError as e:
+            raise XtmError(f"cannot read: {e.strerror or e}", path=name) from e
+        if chunk is None:
+            return
+        yield chunk
+
+
+def _raw_parquet_chunks(engine: Engine, path: str) -> Iterator[list[tuple[int, Any]]]:
+    yield from records.parquet_chunks(path, engine.chunk_size)
+
+
+def _worker_start(bundle_dir: str, threads: int, providers: list[str], options: InferenceOptions,
+                  bundle: str | None) -> None:
+    """A worker's initializer: signals as described above, then its own model and Engine."""
+    global _worker_engine
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):  # best effort: the pool also terminates its workers
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    from xtm.runtime.model import TopicModel
+
+    model = TopicModel.load(bundle_dir, threads=threads, providers=providers)
+    _worker_engine = Engine(model, options, bundle=bundle)
+
+
+def _worker_infer(fmt_in: str, chunk: list[tuple[int, Any]]) -> list[Row]:
+    """One chunk of raw lines (or Parquet records) -> its Rows, in order, as Engine.run makes them."""
+    engine = _worker_engine
+    assert engine is not None
+    if fmt_in == "parquet":
+        parsed = [records.parse_parquet_row(obj, n, engine.served) for n, obj in chunk]
+    elif fmt_in == "text":
+        parsed = [engine.parse_text_line(raw, n) for n, raw in chunk]
+    else:
+        parsed = [engine.parse_line(raw, n) for n, raw in chunk]
+    return engine.infer(parsed)
+
+
+class WorkerPool:
+    """`workers` processes, each with its own copy of `model` (loaded from its bundle directory with
+    the same providers), inferring chunks of raw input; `run` writes their rows in input order.
+
+    A context manager: leaving it (normally, on an error, on a signal's SystemExit) stops the workers
+    at once; a worker that dies (killed, out of memory) is an XtmError, never a hang."""
+
+    def __init__(self, model: TopicModel, options: InferenceOptions, workers: int, *,
+                 bundle: str | Path | None = None) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.workers = _at_least("workers", workers, 1)
+        threads = options.threads if options.threads is not None else 1
+        self._executor = ProcessPoolExecutor(
+            self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_start,
+            initargs=(str(model.manifest.directory), threads, model.providers, options,
+                      None if bundle is None else str(bundle)))
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the workers now: queued chunks are dropped, running ones killed (they write nothing)."""
+        procs = list(getattr(self._executor, "_processes", {}).values())
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        for p in procs:
+            with contextlib.suppress(Exception):
+                p.terminate()
+        for p in procs:
+            with contextlib.suppress(Exception):
+                p.join(5)
+
+    def run(self, fmt_in: str, chunks: Iterable[list[tuple[int, Any]]], out: OutputWriter, where: str,
+            on_rows: Callable[[int], None] | None = None) -> None:
+        """Engine.run with the chunks inferred by the workers: the same rows, written in input order."""
+        from collections import deque
+        from concurrent.futures.process import BrokenProcessPool
+
+        pending: deque[tuple[list[int], Any]] = deque()
+        limit = 2 * self.workers
+
+        def write_oldest() -> None:
+            linenos, future = pending.popleft()
+            rows = future.result()
+            out.take((where, n, row) for n, row in zip(linenos, rows, strict=True))
+            if on_rows is not None:
+                on_rows(len(linenos))
+
+        try:
+            for chunk in chunks:
+                pending.append(([n for n, _ in chunk], self._executor.submit(_worker_infer, fmt_in, chunk)))
+                if len(pending) >= limit:
+                    write_oldest()
+            while pending:
+                write_oldest()
+        except BrokenProcessPool as e:  # at submit or at a result, whichever comes first
+            raise XtmError(f"an inference worker process died ({e}); try fewer --workers, or --workers 1") from e

@@ -356,7 +356,12 @@ def _jieba_tokenizer(lowercase: bool, min_len: int, rjieba: Any) -> Callable[[st
 
     def segment(block: str) -> list[str]:
         if plain is not None and plain(block):
-            return _finish(fast_cut(block), lowercase, min_len)
+            # Every character of a plain block is a letter or digit, so each token is already what
+            # _finish keeps: only case and length are left to apply (and cost a pass only if needed).
+            toks = fast_cut(block)
+            if lowercase and block.lower() != block:
+                toks = [t.lower() for t in toks]
+            return toks if min_len == 1 else [t for t in toks if len(t) >= min_len]
         return _finish(_get_jieba().lcut(block), lowercase, min_len)
 
     def tok_jieba(text: str) -> list[str]:
