@@ -112,6 +112,10 @@ def clean_label(answer: Any, lang: str, max_chars: int = 40, max_words: int = 6)
         label = _MARKDOWN.sub("", line)
         for _ in range(2):                       # "Topic 3: Label: Sports"
             label = _PREFIX.sub("", label, count=1)
+        # "The Stock Market: A World of Finances", "School: School": a title and its subtitle, the title kept.
+        head, colon, _ = label.partition(": ")
+        if colon and head.strip(_QUOTES + " "):
+            label = head
         label = label.strip(_QUOTES + " ").rstrip(_TRAILING).strip(_QUOTES + " ")
         label = " ".join(label.split())
         if not label or len(label) > max_chars or _words_in(label, lang) > max_words:

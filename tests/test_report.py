@@ -117,6 +117,8 @@ def synthetic_run(run: Path, k: int = 200) -> Path:
     words = {"en": [[f"w{t}_{i}" for i in range(15)] for t in range(k)],
              "zh": [[f"词{t}字{i}" for i in range(15)] for t in range(k)]}
     words["en"][7][0] = "<b>&amp;"                          # must arrive as text, not markup
+    if k > 11:
+        words["en"][11], words["zh"][11] = list(words["en"][10]), list(words["zh"][10])   # a duplicate pair
     refined = {lang: [ws[2:] + ws[:2] for ws in words[lang]] for lang in words}   # same sets, reordered
     refined["en"][3] = ["w3_0", "added_word", "<i>"]
     for lang in ("en", "zh"):
@@ -130,7 +132,10 @@ def synthetic_run(run: Path, k: int = 200) -> Path:
                "interrupted": False, "seconds_per_epoch": 3.5}
     (run / "metrics.json").write_text(json.dumps(metrics))
     history = [{"epoch": e, "loss": 100.0 / e, "recon_en": 50.0 / e, "recon_zh": 50.0 / e, "kl_en": 1.0, "kl_zh": 1.0,
-                "seconds": 1.0, **({"mmd": 5.0 - e / 10, "doc_align": 3.0} if e > 10 else {})} for e in range(1, 13)]
+                "seconds": 1.0, **({"mmd": 5.0 - e / 10, "doc_align": 3.0} if e > 10 else {}),
+                **({"eval": {"TU": 0.5 + e / 30, "CNPMI": None, "TQ": None, "seconds": 0.1,
+                             "classification": {"EN-I": 0.5 + e / 40, "ZH-C": 0.4 + e / 50}}} if e % 4 == 0 else {})}
+               for e in range(1, 13)]
     (run / "history.json").write_text(json.dumps(history))
     (run / "config.json").write_text(json.dumps({"langs": ["en", "zh"], "train_config": {"epochs": 10,
                                                                                          "phase2_epochs": 2}}))
@@ -138,12 +143,27 @@ def synthetic_run(run: Path, k: int = 200) -> Path:
     top_b[:4000] = top_a[:4000]
     counts = np.zeros((k, k), dtype=int)
     np.add.at(counts, (top_a, top_b), 1)
-    prev = rng.dirichlet(np.ones(k), size=2)
+    prev = rng.dirichlet(np.ones(k), size=2) * 0.5 + 0.5 / k
+    prev[:, 5] = 0.0                                          # topic 5: nobody's top topic
+    prev /= prev.sum(axis=1, keepdims=True)
+    labels = [{"en": f"label {t}", "zh": f"标签{t}"} for t in range(k)]
+    labels[7]["en"] = 'Q&A "quoted"'
+    (run / "labels.json").write_text(json.dumps({
+        "format": "xtm-topic-labels", "schema_version": 1, "num_topics": k, "langs": ["en", "zh"],
+        "generator": "openai:qwen", "fallback": "best-connected words",
+        "topics": [{"id": t, "labels": lab, "sources": {"en": "llm", "zh": "fallback"}}
+                   for t, lab in enumerate(labels)],
+        "stats": {"calls": 2 * k}}, ensure_ascii=False), encoding="utf-8")
+    docs = {lang: [[{"id": f"d{t}-{i}", "weight": 0.9 - i / 10, "text": f"document {i} of topic {t} <i>{lang}</i>"}
+                    for i in range(3)] for t in range(k)] for lang in ("en", "zh")}
     (run / "report_data.json").write_text(json.dumps({
         "schema_version": 1, "num_topics": k, "langs": ["en", "zh"],
         "prevalence": {"en": prev[0].tolist(), "zh": prev[1].tolist()},
         "topic_map": {"x": rng.normal(size=k).tolist(), "y": rng.normal(size=k).tolist(), "explained": [0.2, 0.1]},
         "cnpmi_per_topic": rng.normal(0.05, 0.02, k).tolist(),
+        "word_weights": {lang: [np.sort(rng.dirichlet(np.ones(15)))[::-1].tolist() for _ in range(k)]
+                         for lang in ("en", "zh")},
+        "representative_docs": docs,
         "confusion": {"langs": ["en", "zh"], "counts": counts.tolist(), "documents": 5000,
                       "reference_documents": 5000, "diagonal_share": float(np.trace(counts) / 5000)}}))
     return run
@@ -163,8 +183,101 @@ def test_200_topics_render_escaped_with_published_numbers(tmp_path: Path) -> Non
     # ECNews + nmtm: the paper's NMTM row and, for a phase-2 run, its LLM-XTM row
     assert "published: NMTM (500 ep)" in html and "published: NMTM + LLM-XTM (500 ep)" in html
     assert "0.7917" not in html and "0.792" in html and "This run has K=200" in html
-    assert html.count("<svg") == 7 + 3                        # 7 loss panels, prevalence, map, confusion
+    assert html.count("<svg") == 7 + 3 + 3   # 7 loss panels, 3 eval curves (TU, EN-I, ZH-C), prevalence, map, conf.
     assert len(html) < 3_000_000                              # 200 topics stay a light page
+
+
+def test_report_sections_labels_warnings_glossary_eval_curves_details(tmp_path: Path) -> None:
+    """What issue 16.9 asks: labels, word-weight bars, representative documents, a metric glossary,
+    evaluation curves, warnings on near-empty and duplicate topics, each in its section."""
+    run = synthetic_run(tmp_path / "run", k=20)
+    html = render_report(run)
+    assert_self_contained(html)
+    rows = topic_rows(html)
+    assert '<div class="lbl">label 3</div>' in rows[3] and '<div class="lbl">标签3</div>' in rows[3]
+    assert '<div class="lbl">Q&amp;A &quot;quoted&quot;</div>' in rows[7]
+    warnings = html[html.index('id="warnings"'):html.index('id="metrics"')]
+    assert "1 near-empty topic" in warnings and '<a href="#topic-5">5</a> (label 5)' in warnings
+    assert "1 duplicate pair" in warnings and '<a href="#topic-10">10</a> (label 10) and <a href="#topic-11">11' \
+        in warnings and "(100%)" in warnings
+    glossary = html[html.index('id="glossary"'):html.index("</dl>")]
+    for term in ("TU", "CNPMI", "TQ", "XX-I / XX-C"):
+        assert f"<dt>{term}</dt>" in glossary
+    curves = html[html.index('id="eval-curves"'):html.index("Topic prevalence")]
+    assert "3 evaluations" in curves and curves.count("<svg") == 3       # TU, EN-I, ZH-C (CNPMI null: none)
+    details = html[html.index('id="details"'):]
+    cards = re.findall(r'<details class="card" id="card-(\d+)"', details)
+    assert cards == [str(t) for t in range(20)]
+    card = details[details.index('id="card-4"'):details.index('id="card-5"')]
+    assert card.count('class="wb"') == 20 and 'style="width:100%"' in card          # 10 words x 2 languages
+    assert "document 0 of topic 4 &lt;i&gt;en&lt;/i&gt;" in card and "<i>" not in card
+    assert "label 4" in card and "openai:qwen" in details
+
+
+def test_training_report_has_labels_bars_and_documents(example_run: Path) -> None:
+    html = (example_run / "report.html").read_text(encoding="utf-8")
+    labels = json.loads((example_run / "labels.json").read_text(encoding="utf-8"))
+    data = json.loads((example_run / "report_data.json").read_text(encoding="utf-8"))
+    rows = topic_rows(html)
+    for t in labels["topics"]:
+        assert f'<div class="lbl">{escape(t["labels"]["en"])}</div>' in rows[t["id"]]
+    for lang in ("en", "zh"):
+        assert len(data["word_weights"][lang]) == 6
+        assert all(w == sorted(w, reverse=True) and 0 < w[0] <= 1 for w in data["word_weights"][lang])
+        docs = data["representative_docs"][lang]
+        assert len(docs) == 6 and all(1 <= len(d) <= 3 for d in docs)
+        for d in docs[0]:
+            assert len(d["text"]) <= 242 and escape(d["text"]) in html
+    assert "No evaluation curves: train with --eval-every N" in html
+
+
+def test_inference_report_of_a_scored_corpus(example_run: Path, tmp_path: Path) -> None:
+    """xtm-report --theta over xtm-infer's output: documents and prevalence per language, labels."""
+    bundle = tmp_path / "bundle"
+    p = subprocess.run([sys.executable, "-m", "xtm.cli.export", str(example_run), "--out", str(bundle), "-q"],
+                       capture_output=True, text=True, env=env(), timeout=300)
+    assert p.returncode == 0, p.stderr
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in [
+        {"text": "the football player scored", "lang": "en"}, {"text": "the market and the bank", "lang": "en"},
+        {"text": "zzz qqq", "lang": "en"}, {"text": "公司 利润 市场", "lang": "zh"}]), encoding="utf-8")
+    theta = tmp_path / "theta.jsonl"
+    p = subprocess.run([sys.executable, "-m", "xtm.cli.infer", str(docs), "--bundle", str(bundle), "--out",
+                        str(theta)], capture_output=True, text=True, env=env(), timeout=120)
+    assert p.returncode == 0, p.stderr
+    with theta.open("a", encoding="utf-8") as f:
+        f.write('not json\n{"topics": [{"id": 99}]}\n')
+    cli = [sys.executable, "-m", "xtm.cli.report", "--theta", str(theta), "--bundle", str(bundle)]
+    p = subprocess.run(cli, capture_output=True, text=True, env=env(), timeout=120)
+    assert p.returncode == 0, p.stderr
+    page = Path(str(theta) + ".report.html")
+    html = page.read_text(encoding="utf-8")
+    assert_self_contained(html)
+    lines = [json.loads(line) for line in theta.read_text(encoding="utf-8").splitlines()[:4]]
+    top_en = [line["topics"][0]["id"] for line in lines if line["lang"] == "en" and not line["empty"]]
+    rows = topic_rows(html)
+    assert sorted(rows) == list(range(6))
+    for k in set(top_en):
+        assert f"en {top_en.count(k) / len(top_en):.1%}" in rows[k]
+    labels = json.loads((example_run / "labels.json").read_text(encoding="utf-8"))
+    assert all(escape(t["labels"]["zh"]) in rows[t["id"]] for t in labels["topics"])
+    assert "<th>en</th><td>3</td><td>1 (33.3%)</td>" in html                # one empty English document
+    assert "2 of 6 lines are not xtm-infer results" in html and "(the first: line 5)" in html
+    assert html.count("<svg") == 1                                         # the prevalence chart
+    # The default output is ours to replace; a user's file of that name is not.
+    assert subprocess.run(cli, capture_output=True, env=env(), timeout=120).returncode == 0
+    page.write_text("my notes", encoding="utf-8")
+    p = subprocess.run(cli, capture_output=True, text=True, env=env(), timeout=120)
+    assert p.returncode == 2 and "--out" in p.stderr and page.read_text(encoding="utf-8") == "my notes"
+    p = subprocess.run([sys.executable, "-m", "xtm.cli.report", "--theta", str(docs), "--bundle", str(bundle),
+                        "--out", str(tmp_path / "x.html")], capture_output=True, text=True, env=env(), timeout=120)
+    assert p.returncode == 2 and "no xtm-infer result lines" in p.stderr and "Traceback" not in p.stderr
+    p = subprocess.run([sys.executable, "-m", "xtm.cli.report", "--theta", str(theta)], capture_output=True,
+                       text=True, env=env(), timeout=120)
+    assert p.returncode == 2 and "--bundle" in p.stderr
+    if CHROMIUM is not None:
+        p = chromium("--dump-dom", page.as_uri())
+        assert p.returncode == 0 and console_messages(p.stderr) == [] and 'data-ready="1"' in p.stdout
 
 
 def test_published_numbers_have_one_home() -> None:
@@ -260,6 +373,10 @@ def test_report_in_a_headless_browser(which: str, request: pytest.FixtureRequest
     assert sorted(rows) == list(range(k))
     assert not re.search(r'<tr id="topic-\d+"[^>]*hidden', dom)   # the filter starts by showing every topic
     assert f'<b id="shown">{k}</b>' in dom
+    for section in ('id="warnings"', 'id="glossary"', 'id="details"', 'class="wb"', 'class="docs"',
+                    'class="lbl"', "Evaluation during training"):
+        assert section in dom, section
+    assert len(re.findall(r'<details class="card" id="card-\d+"', dom)) == k
     shot = tmp_path / f"report-{which}.png"
     p = chromium(f"--screenshot={shot}", "--window-size=1280,3000", page)
     assert p.returncode == 0, p.stderr

@@ -61,6 +61,7 @@ K = 3
 LANGS = ["en", "zh"]
 # The fields that say what the run *is*: hostile there is a clean error, tested on its own below.
 IDENTITY = {("metrics.json", "langs"), ("config.json", "langs"), ("report_data.json", "num_topics")}
+# Element names and attributes the report uses besides those below: the glossary and the topic cards.
 
 
 # ---- a complete phase-2 run directory, every field xtm-train writes --------------------------------
@@ -102,8 +103,15 @@ def run_files(k: int = K) -> dict[str, Any]:
         "corpus_info": {"source": "/data/docs.jsonl", "label_names": ["business", "sports"]}, "phase2": p2cfg,
     }
     history = [{"epoch": e, "recon_en": 130.0 / e, "kl_en": 2.5, "recon_zh": 180.0 / e, "kl_zh": 2.7, "loss": 300.0 / e,
-                "seconds": 0.1, "steps": 3, **({"mmd": 690.0, "doc_align": 59.0} if e > 1 else {})}
+                "seconds": 0.1, "steps": 3, **({"mmd": 690.0, "doc_align": 59.0} if e > 1 else {}),
+                "eval": {"TU": 0.8, "CNPMI": 0.1, "TQ": 0.08, "classification": {"EN-I": 0.7, "ZH-C": 0.6},
+                         "seconds": 0.2}}
                for e in (1, 2, 3)]
+    labels = {"format": "xtm-topic-labels", "schema_version": 1, "num_topics": k, "langs": LANGS,
+              "generator": "openai:qwen", "fallback": "the best-connected top words",
+              "topics": [{"id": t, "labels": {"en": f"label {t}", "zh": f"标签{t}"},
+                          "sources": {"en": "llm", "zh": "fallback"}} for t in range(k)],
+              "stats": {"calls": 6, "cache_hits": 0, "rejected": 1}}
     report_data = {
         "schema_version": 1, "num_topics": k, "langs": LANGS,
         "prevalence": {"en": [0.5, 0.3, 0.2][:k], "zh": [0.4, 0.4, 0.2][:k]},
@@ -111,8 +119,13 @@ def run_files(k: int = K) -> dict[str, Any]:
         "cnpmi_per_topic": [0.1, 0.2, 0.05][:k], "refined_cnpmi_per_topic": [0.12, 0.18, 0.07][:k],
         "confusion": {"langs": ["en", "zh"], "counts": [[8, 1, 0], [0, 7, 1], [1, 0, 6]],
                       "documents": 24, "reference_documents": 30, "diagonal_share": 21 / 24},
+        "word_weights": {lang: [[0.3, 0.2, 0.1, 0.05, 0.01] for _ in range(k)] for lang in LANGS},
+        "representative_docs": {lang: [[{"id": f"doc{t}", "weight": 0.9, "text": f"a document about topic {t}"},
+                                        {"id": None, "weight": 0.8, "text": "w1 w2", "bag": True}]
+                                       for t in range(k)] for lang in LANGS},
     }
-    files = {"metrics.json": metrics, "config.json": config, "history.json": history, "report_data.json": report_data}
+    files = {"metrics.json": metrics, "config.json": config, "history.json": history, "report_data.json": report_data,
+             "labels.json": labels}
     return json.loads(json.dumps(files))                   # no list shared between fields: each leaf is its own
 
 
@@ -218,7 +231,7 @@ def hostile_run(root: Path) -> Path:
 TAGS = {"html", "head", "meta", "title", "style", "body", "header", "h1", "h2", "h3", "code", "div", "p", "span",
         "b", "nav", "a", "section", "table", "thead", "tbody", "tr", "th", "td", "ul", "li", "details", "summary",
         "pre", "svg", "rect", "text", "line", "polyline", "circle", "input", "label", "select", "option", "br",
-        "script"}
+        "script", "dl", "dt", "dd"}
 
 
 class Elements(HTMLParser):
@@ -270,7 +283,8 @@ def assert_inert(html: str) -> None:
             assert name in {"id", "class", "lang", "style", "href", "title", "type", "placeholder", "aria-label",
                             "value", "role", "viewbox", "xmlns", "x", "y", "x1", "x2", "y1", "y2", "cx", "cy", "r",
                             "width", "height", "points", "fill", "fill-opacity", "text-anchor", "transform",
-                            "charset", "name", "content", "http-equiv", "hidden"} or name.startswith("data-"), name
+                            "charset", "name", "content", "http-equiv", "hidden", "open"} or name.startswith("data-"), \
+                name
             if name == "href":
                 assert re.fullmatch(r"#[a-z0-9-]+", value or ""), value     # only in-page links: no javascript:
             if name == "style":
@@ -300,7 +314,7 @@ def test_every_field_at_once_renders_inert(tmp_path: Path) -> None:
     assert (run / "report.html").read_text(encoding="utf-8") == html
 
 
-@pytest.mark.parametrize("name", ["metrics.json", "config.json", "history.json", "report_data.json"])
+@pytest.mark.parametrize("name", ["metrics.json", "config.json", "history.json", "report_data.json", "labels.json"])
 def test_each_field_alone_renders_inert(name: str, tmp_path: Path) -> None:
     """One markup leaf at a time, the rest valid: every section that shows the field is reached."""
     files = run_files()
@@ -315,6 +329,33 @@ def test_each_field_alone_renders_inert(name: str, tmp_path: Path) -> None:
             assert_inert(html)
         except AssertionError as e:
             raise AssertionError(f"{name} {list(path)}: {e}") from e
+
+
+def test_labels_and_documents_with_markup_are_text_or_refused(tmp_path: Path) -> None:
+    """Representative documents hold any text: markup in them is shown as text. A label that could
+    break an attribute is shown escaped; one with markup makes labels.json unusable (a note), never shown."""
+    files = run_files()
+    payloads = cycle(PAYLOADS)
+    for lang in LANGS:
+        for row in files["report_data.json"]["representative_docs"][lang]:
+            for d in row:
+                d["text"], d["id"] = next(payloads), next(payloads)
+    quote_breaker = "' onmouseover='alert(1)' x='"          # no markup: a valid label, shown escaped
+    files["labels.json"]["topics"][1]["labels"]["en"] = quote_breaker
+    html = render_report(write_run(tmp_path / "docs", files))
+    assert_inert(html)
+    assert html.count("&#x27; onmouseover=&#x27;alert(1)&#x27; x=&#x27;") >= 3   # topic table, card title and column
+    assert escape_text(PAYLOADS[0]) in html and 'class="docs"' in html
+    files["labels.json"]["topics"][0]["labels"]["zh"] = PAYLOADS[3]
+    html = render_report(write_run(tmp_path / "markup-label", files))
+    assert_inert(html)
+    assert "labels.json is not usable" in html and 'class="lbl"' not in html
+
+
+def escape_text(s: str) -> str:
+    from html import escape
+
+    return escape(s, quote=True)
 
 
 def test_numbers_that_are_not_numbers_render_as_none(tmp_path: Path) -> None:

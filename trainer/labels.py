@@ -93,12 +93,13 @@ def fallback_label(words: Sequence[str], index: dict[str, int], docs: Any, n: in
 
 
 def label_prompt(words: dict[str, Sequence[str]], lang: str) -> str:
-    """One topic, one language: the topic's top words in every language, a 1-4 word name asked in `lang`."""
+    """One topic, one language: a short title asked in `lang` for the topic's top words in every language.
+    Worded for small models too: SmolLM2-135M echoed "1 to 4 words" back for an instruction-style
+    prompt, and answers this one with titles ("The Stock Market: A World of Finances")."""
     target = language_name(lang)
-    shown = "\n".join(f"{language_name(x)}: {', '.join(ws)}" for x, ws in words.items() if ws)
-    return (f"These are the most important words of one topic found in a collection of documents:\n{shown}\n\n"
-            f"Write a short label for this topic in {target}: 1 to 4 words, like a news section title. "
-            f"Answer with the label only, written in {target}, without explanation.")
+    shown = "; ".join(f"{', '.join(ws)} ({language_name(x)})" for x, ws in words.items() if ws)
+    return (f"Give a short {target} title (one to three words) for a topic with these words: {shown}. "
+            f"Reply with the {target} title only.")
 
 
 def make_generator(cfg: LabelConfig) -> TextGenerator:
