@@ -111,6 +111,20 @@ HOST:PORT, ray://HOST:10001) is used. Ray pays seconds of start-up: for one
 machine and small inputs, local is faster (docs/ray_inference.md).
 
 \b
+Workers (--workers, local engine): tokenizing is most of the time per
+document, so a large input is read in chunks that N worker processes parse,
+tokenize and infer, each with its own copy of the model (1 onnxruntime
+thread unless --threads); this process writes their results in input order:
+the output, bad-line reports and exit status are those of one process, byte
+for byte. A worker costs a start (about half a second): by default inputs of
+4 MiB or more use one per core (at most 4), smaller files and stdin one
+process. Tokenizers (--segmenters): a bundle records its tokenizer; auto
+serves jieba's plain blocks with rjieba (pip install "xtm[zh-fast]") with
+jieba's bags of words, so theta is unchanged; reference uses jieba and janome
+only; fast also reads janome bundles with MeCab (pip install
+"xtm[ja-mecab]"), 40x faster but not the same tokens (99% of documents).
+
+\b
 Bad lines (invalid JSON or UTF-8, missing/empty "text", a "lang" the bundle
 does not serve, a text whose language cannot be detected (no letters, too
 short to tell) or is one the bundle cannot read) are reported on stderr as
