@@ -1,8 +1,15 @@
 """GloCTM next to this project's NMTM, InfoCTM and XTRA, with and without a dictionary, plus ablations.
 
-    python benchmarks/gloctm.py --dataset Rakuten_Amazon --epochs 10 [--ablations] [--out bench/gloctm]
+    python benchmarks/gloctm.py --dataset Rakuten_Amazon --epochs 10 [--ablations] [--reference] [--out bench/gloctm]
 
-Every row is trained here with the same settings (K=50, batch 200, lr 0.002, seed 0, 2 threads) and
+--reference adds the authors' setting (tienphat140205/GloCTM, `--set reference=<dataset>` and their batch
+of 128; docs/gloctm.md) next to xtm's variant, e.g. the issue-15 comparison, one run at a time:
+
+    python benchmarks/gloctm.py --dataset ECNews --reference --seed 1 --threads 1 \
+        --rows "GloCTM, no dictionary;GloCTM, authors' setting"
+
+Every row is trained here with the same settings (K=50, batch 200 unless the row says otherwise, lr 0.002,
+seed --seed, --threads threads) and
 evaluated the same way; s/epoch and its ratio to InfoCTM's come from this run (InfoCTM is trained for
 --infoctm-epochs, 2 by default on ECNews where its epoch costs minutes, so only its cost is compared
 there unless --infoctm-epochs equals --epochs). The seed paper (000) is a summary without tables, so
@@ -25,20 +32,30 @@ DATASETS = {
     "ECNews": {"langs": ("en", "zh"), "dict": "dict/ch_en_dict.dat", "ref": None},
     "Rakuten_Amazon": {"langs": ("en", "ja"), "dict": "dict/MUSE/ja-en.txt", "ref": "ref_corpus/en_ja"},
 }
-# name -> (model, uses the dictionary, hparams)
-ROWS = {
-    "NMTM": ("nmtm", True, {}),
-    "InfoCTM": ("infoctm", True, {}),
-    "XTRA (no dictionary)": ("xtra", False, {}),
-    "GloCTM + dictionary": ("gloctm", True, {}),
-    "GloCTM, no dictionary": ("gloctm", False, {}),
+# name -> (model, uses the dictionary, hparams, TrainConfig overrides)
+Row = tuple[str, bool, dict, dict]
+ROWS: dict[str, Row] = {
+    "NMTM": ("nmtm", True, {}, {}),
+    "InfoCTM": ("infoctm", True, {}, {}),
+    "XTRA (no dictionary)": ("xtra", False, {}, {}),
+    "GloCTM + dictionary": ("gloctm", True, {}, {}),
+    "GloCTM, no dictionary": ("gloctm", False, {}, {}),
 }
-ABLATIONS = {
-    "GloCTM w/o augmentation": ("gloctm", False, {"aug_weight": 0.0}),
-    "GloCTM w/o dual pathway": ("gloctm", False, {"dual": False}),
-    "GloCTM w/o CKA": ("gloctm", False, {"weight_cka": 0.0}),
-    "GloCTM, RBF CKA": ("gloctm", False, {"cka": "rbf"}),
+ABLATIONS: dict[str, Row] = {
+    "GloCTM w/o augmentation": ("gloctm", False, {"aug_weight": 0.0}, {}),
+    "GloCTM w/o dual pathway": ("gloctm", False, {"dual": False}, {}),
+    "GloCTM w/o CKA": ("gloctm", False, {"weight_cka": 0.0}, {}),
+    "GloCTM, RBF CKA": ("gloctm", False, {"cka": "rbf"}, {}),
 }
+
+
+def reference_rows(dataset: str) -> dict[str, Row]:
+    """The authors' public setting for `dataset` (their run.sh values, batch 128), and the same at xtm's
+    batch of 200, which separates the model's settings from the extra steps of the smaller batch."""
+    return {
+        "GloCTM, authors' setting": ("gloctm", False, {"reference": dataset}, {"batch_size": 128}),
+        "GloCTM, authors' setting, batch 200": ("gloctm", False, {"reference": dataset}, {}),
+    }
 
 
 def main() -> None:
@@ -47,6 +64,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--infoctm-epochs", type=int)
     p.add_argument("--ablations", action="store_true")
+    p.add_argument("--reference", action="store_true", help="add the authors' setting (docs/gloctm.md)")
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rows", help="semicolon-separated subset of row names")
     p.add_argument("--threads", type=int, default=2, help="torch threads per run (1 when sharing the machine)")
     p.add_argument("--out", type=Path, default=Path("bench/gloctm"))
@@ -56,6 +75,8 @@ def main() -> None:
 
     spec = DATASETS[args.dataset]
     rows = dict(ROWS, **(ABLATIONS if args.ablations else {}))
+    if args.reference:
+        rows.update(reference_rows(args.dataset))
     if args.rows:
         wanted = [r.strip() for r in args.rows.split(";")]
         unknown = set(wanted) - set(rows)
@@ -64,14 +85,14 @@ def main() -> None:
         rows = {k: v for k, v in rows.items() if k in wanted}
     out = args.out / args.dataset
     results = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
-    for name, (model, with_dict, hparams) in rows.items():
+    for name, (model, with_dict, hparams, overrides) in rows.items():
         epochs = (args.infoctm_epochs or args.epochs) if model == "infoctm" else args.epochs
         run = out / "".join(ch if ch.isalnum() else "_" for ch in name)
         shutil.rmtree(run, ignore_errors=True)
         data = DataConfig(path=str(DATA / args.dataset), dict_path=str(DATA / spec["dict"]) if with_dict else None,
                           ref_corpus=str(DATA / spec["ref"]) if spec["ref"] else None)
-        cfg = TrainConfig(model=model, num_topics=50, epochs=epochs, seed=0, checkpoint_every=0, threads=args.threads,
-                          progress=sys.stderr.isatty(), hparams=hparams)
+        cfg = TrainConfig(model=model, num_topics=50, epochs=epochs, seed=args.seed, checkpoint_every=0,
+                          threads=args.threads, progress=sys.stderr.isatty(), hparams=hparams, **overrides)
         results[name] = run_training(data, cfg, run)
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False))
