@@ -78,7 +78,7 @@ def test_a_bad_encoder_name_is_one_error_line(example_dir: Path, tmp_path: Path,
 
 def test_existing_run_needs_resume(example_dir: Path, tmp_path: Path) -> None:
     args = ["--data", str(example_dir / "docs.jsonl"), "--dict", str(example_dir / "dict.tsv"), "--model", "nmtm",
-            "--topics", "6", "--epochs", "1", "--no-contextual", "--out", str(tmp_path / "r")]
+            "--no-contextual", "--topics", "6", "--epochs", "1", "--out", str(tmp_path / "r")]
     assert run(args).returncode == 0
     again = run(args)
     assert again.returncode == 2 and "--resume" in again.stderr
