@@ -19,14 +19,17 @@ What it does:
   sentence embedding to the run's topic mixture, on the run's own training
   documents, so French, German, Spanish, Russian, ... documents get topics
   in the same topic space. xtm-export then puts it in the bundle as one
-  ONNX graph (token ids -> theta) and xtm-infer --route auto uses it for
-  languages the bag of words cannot read.
+  ONNX graph (token ids -> theta) and xtm-infer --route auto reads every
+  language through it (--auto-route bow: only the languages the bags of
+  words cannot read).
 
 \b
 Examples:
   # default: USE multilingual v3 (offline), distilled from the bag-of-words theta
-  # plus topic classification (lambda 1)
+  # plus topic classification (lambda 1), mined-pair and noise consistency
   xtm-contextual runs/demo
+  # the route and the routing of before issue 14
+  xtm-contextual runs/demo --lambda-xl 0 --lambda-smooth 0 --auto-route bow
   # plain distillation
   xtm-contextual runs/demo --lambda-tc 0
   # seed 002's topic-classification fine-tuning of the encoder first (3 epochs)
@@ -49,6 +52,20 @@ Objectives (docs/contextual.md has the measurements behind the default):
   --lambda-tc weighs seed 002's topic classification: cross-entropy to each
   document's argmax bag-of-words topic (default 1: sharper theta, better
   agreement with the bag of words and better classification on ECNews).
+
+\b
+Any language, the same topics (issue 14; xtm-train fits this by default):
+  --lambda-xl   consistency on pseudo-parallel pairs: training documents of
+                two languages mined with the sentence encoder itself
+                (margin-based mutual nearest neighbours); their theta is
+                pulled together (symmetric KL).
+  --lambda-smooth  noise consistency: theta(e) against theta(e + noise);
+                it needs no language, so it holds for unseen languages too.
+  --auto-route  contextual (default): the bundle's --route auto reads every
+                language, the training languages included, through this
+                network, so a document and its translation get topics from
+                the same function; bow: training languages by their bags of
+                words (the behaviour before). Measured: docs/contextual.md.
 
 \b
 Writes RUN_DIR/contextual/ (contextual.json with settings and agreement

