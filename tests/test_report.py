@@ -264,6 +264,9 @@ def test_inference_report_of_a_scored_corpus(example_run: Path, tmp_path: Path) 
     assert "<th>en</th><td>3</td><td>1 (33.3%)</td>" in html                # one empty English document
     assert "2 of 6 lines are not xtm-infer results" in html and "(the first: line 5)" in html
     assert html.count("<svg") == 1                                         # the prevalence chart
+    if CHROMIUM is not None:                                               # the page's script runs, cleanly
+        p = chromium("--dump-dom", page.as_uri())
+        assert p.returncode == 0 and console_messages(p.stderr) == [] and 'data-ready="1"' in p.stdout
     # The default output is ours to replace; a user's file of that name is not.
     assert subprocess.run(cli, capture_output=True, env=env(), timeout=120).returncode == 0
     page.write_text("my notes", encoding="utf-8")
@@ -275,9 +278,6 @@ def test_inference_report_of_a_scored_corpus(example_run: Path, tmp_path: Path) 
     p = subprocess.run([sys.executable, "-m", "xtm.cli.report", "--theta", str(theta)], capture_output=True,
                        text=True, env=env(), timeout=120)
     assert p.returncode == 2 and "--bundle" in p.stderr
-    if CHROMIUM is not None:
-        p = chromium("--dump-dom", page.as_uri())
-        assert p.returncode == 0 and console_messages(p.stderr) == [] and 'data-ready="1"' in p.stdout
 
 
 def test_published_numbers_have_one_home() -> None:
