@@ -399,3 +399,19 @@ def test_xtm_train_contextual_flag(example_dir: Path, tmp_path: Path) -> None:
     summary = json.loads(r.stdout)
     assert set(summary["contextual"]["test_agreement"]) == {"en", "zh"}
     assert (out / "contextual" / "contextual.json").is_file()
+
+
+def test_a_run_fitted_before_issue_14_exports_a_bag_of_words_auto_route(contextual_run: Path, tmp_path: Path) -> None:
+    """contextual.json written before issue 14 has no "auto_route": its bundle keeps reading the training
+    languages by their bags of words on `auto` (what it did when it was fitted), never the new default."""
+    from xtm.exporters.contextual_export import export_contextual
+
+    run = _copy_run(contextual_run, tmp_path / "run")
+    shutil.copytree(contextual_run / "contextual", run / "contextual")
+    meta_path = run / "contextual" / "contextual.json"
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    del meta["auto_route"]
+    meta_path.write_text(json.dumps(meta), encoding="utf-8")
+    (tmp_path / "b").mkdir()
+    entry, _ = export_contextual(run, tmp_path / "b", progress=False)
+    assert entry["auto_route"] == "bow"
