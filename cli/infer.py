@@ -117,8 +117,8 @@ tokenize and infer, each with its own copy of the model (1 onnxruntime
 thread unless --threads); this process writes their results in input order:
 the output, bad-line reports and exit status are those of one process, byte
 for byte. A worker costs a start (about half a second): by default inputs of
-4 MiB or more use one per core (at most 4), smaller files and stdin one
-process. Tokenizers (--segmenters): a bundle records its tokenizer; auto
+4 MiB or more use one per idle core (cores minus the load average, at most
+4), smaller files and stdin one process. Tokenizers (--segmenters): a bundle records its tokenizer; auto
 serves jieba's plain blocks with rjieba (pip install "xtm[zh-fast]") with
 jieba's bags of words, so theta is unchanged; reference uses jieba and janome
 only; fast also reads janome bundles with MeCab (pip install
@@ -300,15 +300,22 @@ def _run_local(input_paths: tuple[str, ...], bundle: str, out: str | None, optio
 
 
 def _workers(asked: int | None, source: str) -> int:
-    """--workers: 0 means one per core; by default one per core (at most DEFAULT_MAX_WORKERS) for an
-    input file of at least WORKERS_MIN_BYTES, else 1: a worker costs a start (an interpreter and
-    the bundle, about half a second) that only a large input repays."""
+    """--workers: 0 means one per core. Default: 1 for stdin and files under WORKERS_MIN_BYTES (a
+    worker costs a start, an interpreter and the bundle, that only a large input repays); else one
+    per idle core (cores minus the 1-minute load average), at most DEFAULT_MAX_WORKERS. Idle,
+    because on a busy machine extra processes get no more CPU (Linux shares it per session) and
+    workers cost about 30% more CPU in all: measured 0.75-0.85x of one process there
+    (docs/benchmarks.md)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if asked is not None:
         return asked or cores
     if source == "-" or not os.path.isfile(source) or os.path.getsize(source) < WORKERS_MIN_BYTES:
         return 1
-    return max(1, min(cores, DEFAULT_MAX_WORKERS))
+    try:
+        idle = int(cores - os.getloadavg()[0] + 0.5)
+    except OSError:  # no load average on this system
+        idle = cores
+    return max(1, min(idle, cores, DEFAULT_MAX_WORKERS))
 
 
 def _run_ray(input_paths: tuple[str, ...], bundle: str, out: str | None, options: InferenceOptions,

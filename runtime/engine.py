@@ -633,9 +633,10 @@ def _raw_parquet_chunks(engine: Engine, path: str) -> Iterator[list[tuple[int, A
     yield from records.parquet_chunks(path, engine.chunk_size)
 
 
-def _worker_start(bundle_dir: str, threads: int, providers: list[str], options: InferenceOptions,
-                  bundle: str | None) -> None:
-    """A worker's initializer: signals as described above, then its own model and Engine."""
+def _worker_start(model_cls: type[TopicModel], bundle_dir: str, threads: int, providers: list[str],
+                  options: InferenceOptions, bundle: str | None) -> None:
+    """A worker's initializer: signals as described above, then its own model and Engine. The model's
+    class comes in as an argument (pickled by name), so this module never imports the model's."""
     global _worker_engine
     import signal
 
@@ -645,9 +646,7 @@ def _worker_start(bundle_dir: str, threads: int, providers: list[str], options: 
             import ctypes
 
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    from xtm.runtime.model import TopicModel
-
-    model = TopicModel.load(bundle_dir, threads=threads, providers=providers)
+    model = model_cls.load(bundle_dir, threads=threads, providers=providers)
     _worker_engine = Engine(model, options, bundle=bundle)
 
 
@@ -680,7 +679,7 @@ class WorkerPool:
         threads = options.threads if options.threads is not None else 1
         self._executor = ProcessPoolExecutor(
             self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_start,
-            initargs=(str(model.manifest.directory), threads, model.providers, options,
+            initargs=(type(model), str(model.manifest.directory), threads, model.providers, options,
                       None if bundle is None else str(bundle)))
 
     def __enter__(self) -> WorkerPool:

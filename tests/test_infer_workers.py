@@ -254,8 +254,11 @@ def test_a_worker_that_dies_is_an_error_not_a_hang(hb: HandBundle, tmp_path: Pat
 # -- the flags ------------------------------------------------------------------------------------
 
 
-def test_default_workers_one_for_small_inputs_and_zero_means_every_core(hb: HandBundle, tmp_path: Path) -> None:
+def test_default_workers_one_for_small_inputs_and_zero_means_every_core(hb: HandBundle, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     from xtm.cli import infer as cli
+
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))  # an idle machine
 
     src = _write(tmp_path / "docs.jsonl", _mixed_rows(20))
     assert cli._workers(None, str(src)) == 1 and cli._workers(None, "-") == 1
@@ -265,6 +268,11 @@ def test_default_workers_one_for_small_inputs_and_zero_means_every_core(hb: Hand
     with open(big, "wb") as f:
         f.truncate(cli.WORKERS_MIN_BYTES)
     assert cli._workers(None, str(big)) == max(1, min(cores, cli.DEFAULT_MAX_WORKERS))
+    # A busy machine: no idle core, one process (extra ones would get no more CPU there).
+    monkeypatch.setattr(os, "getloadavg", lambda: (float(cores) + 3, 0.0, 0.0))
+    assert cli._workers(None, str(big)) == 1 and cli._workers(2, str(big)) == 2
+    monkeypatch.setattr(os, "getloadavg", lambda: (cores - 1.0, 0.0, 0.0))  # one core idle
+    assert cli._workers(None, str(big)) == 1
     p = _run([str(src), "--bundle", str(hb.path), "-v", "--out", str(tmp_path / "o.jsonl")])
     assert p.returncode == 0 and b"1 inference process" in p.stderr
 
