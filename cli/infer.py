@@ -230,6 +230,10 @@ def main(input_paths: tuple[str, ...], bundle: str, out: str | None, input_forma
     if segmenters is not None:
         # Through the environment: the tokenizers read it, and worker processes inherit it.
         os.environ[SEGMENTERS_ENV] = segmenters
+    else:
+        from xtm.runtime.tokenize import segmenter_mode
+
+        segmenter_mode()  # a bad XTM_SEGMENTERS is an error now, not at the first Chinese document
     try:
         # SIGTERM/SIGHUP unwind like Ctrl-C: the --out temporary is removed, the old file kept.
         with exit_on_signals():

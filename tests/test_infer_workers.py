@@ -319,3 +319,17 @@ def test_segmenters_flag_reaches_the_workers(tmp_path: Path) -> None:
             res[m, w] = p.stdout
     assert res["auto", "1"] == res["auto", "2"] and res["fast", "1"] == res["fast", "2"]
     assert res["auto", "1"] != res["fast", "1"]  # janome and MeCab read 試着段階 differently
+
+
+def test_a_bad_segmenters_variable_is_one_error_before_any_document(hb: HandBundle, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """It used to pass unnoticed on English input and cost every Chinese line of a mixed file."""
+    src = _write(tmp_path / "docs.jsonl", [json.dumps({"id": 1, **GOOD_EN}),
+                                           json.dumps({"id": 2, "text": "中国经济增长", "lang": "zh"},
+                                                      ensure_ascii=False)])
+    monkeypatch.setenv("XTM_SEGMENTERS", "turbo")
+    out = tmp_path / "out.jsonl"
+    r = _run([str(src), "--bundle", str(hb.path), "--out", str(out)])
+    assert r.returncode == 2 and not out.exists()
+    assert b"XTM_SEGMENTERS must be one of auto, reference, fast, got 'turbo'" in r.stderr
+    assert b"Traceback" not in r.stderr
