@@ -120,8 +120,10 @@ def clean_label(answer: Any, lang: str, max_chars: int = 40, max_words: int = 6)
         label = " ".join(label.split())
         if not label or len(label) > max_chars or _words_in(label, lang) > max_words:
             return None
-        # A sentence (". " inside, or a question) is prose, not a name.
-        if re.search(r"[.!?。！？]\s", label) or not script_matches(label, lang):
+        # A sentence (". " inside, or a question) is prose, and a list of words ("足球, 球队, 进球") the
+        # topic's words again: neither is a name.
+        if re.search(r"[.!?。！？]\s", label) or len(re.findall(r"[,，、;；]", label)) >= 2 \
+                or not script_matches(label, lang):
             return None
         return label
     return None

@@ -52,7 +52,7 @@ BAD = [("", "en"), ("   \n\n", "en"), (None, "en"), (42, "en"),
        ("{\"label\": \"Sports\"}", "en"), ("https://example.com/sports", "en"), ("Sports &amp; games", "en"),
        ("x" * (MAX_ANSWER_CHARS + 1), "en"), ("Sports " * 2000, "en"),                 # 10 KB+
        ("Sports", "zh"), ("体育", "en"), ("Спорт", "en"), ("I'm sorry, I cannot help with that.", "en"),
-       ("a" * 41, "en"), ("!!! ???", "en")]
+       ("a" * 41, "en"), ("!!! ???", "en"), ("足球, 球队, 进球, 三国", "zh"), ("stock, bank, market", "en")]
 
 
 @pytest.mark.parametrize("answer,lang,label", GOOD)
@@ -379,7 +379,7 @@ def test_smollm2_labels_topics_through_transformers_serve(smollm2_dir: Path, tmp
 
     run = hand_run(tmp_path / "run")
     with serve(smollm2_dir) as url:
-        cfg = LabelConfig(backend="openai", llm_url=url, llm_model=str(smollm2_dir), concurrency=2, timeout=300,
+        cfg = LabelConfig(backend="openai", llm_url=url, llm_model=str(smollm2_dir), concurrency=2, timeout=600,
                           retries=1)
         t0 = time.perf_counter()
         labels = label_run(run, cfg, cache_dir=tmp_path / "cache")
@@ -387,7 +387,8 @@ def test_smollm2_labels_topics_through_transformers_serve(smollm2_dir: Path, tmp
         again = label_run(run, cfg, cache_dir=tmp_path / "cache")
     print(f"SmolLM2 labels in {seconds:.1f}s: {labels.labels} (sources {labels.sources}; stats {labels.stats})")
     s = labels.stats
-    assert s["calls"] == 8 and s["failures"] == 0 and s["completion_tokens"] > 0
+    # 8 answers (a request cut by the timeout on a loaded machine is retried once: calls may be 9)
+    assert 8 <= s["calls"] <= 9 and s["failures"] == 0 and s["completion_tokens"] > 0
     assert s["llm_labels"] >= 1 and s["llm_labels"] + s["rejected"] == 8
     for t, row in enumerate(labels.labels):
         for lang in LANGS:
