@@ -92,7 +92,9 @@ def cli_seconds(src: Path, bundle: Path, out: Path, segmenters: str, workers: in
 _FIRST_PASS = """
 import json, sys, time
 from xtm.runtime import TopicModel
-bundle, lang, path = sys.argv[1:4]
+from xtm.runtime.tokenize import use_segmenters
+bundle, lang, path, segmenters = sys.argv[1:5]
+use_segmenters(segmenters)
 texts = json.loads(open(path, encoding="utf-8").read())
 m = TopicModel.load(bundle)
 t, c = time.perf_counter(), time.process_time()
@@ -104,8 +106,7 @@ print(time.perf_counter() - t, time.process_time() - c)
 def first_pass_seconds(bundle: Path, lang: str, texts_file: Path, segmenters: str) -> tuple[float, float]:
     """infer() over the texts in a fresh process: cold tokenizer caches and dictionaries loaded inside.
     (wall, CPU) seconds."""
-    env = {**os.environ, "XTM_SEGMENTERS": segmenters}
-    p = subprocess.run([sys.executable, "-c", _FIRST_PASS, str(bundle), lang, str(texts_file)], env=env,
+    p = subprocess.run([sys.executable, "-c", _FIRST_PASS, str(bundle), lang, str(texts_file), segmenters],
                        capture_output=True, text=True, check=True)
     wall, cpu = p.stdout.strip().splitlines()[-1].split()
     return float(wall), float(cpu)
@@ -116,12 +117,13 @@ def ja_theta_agreement(bundle: Path, texts: list[str]) -> dict[str, float]:
     import numpy as np
 
     from xtm.runtime import TopicModel
+    from xtm.runtime.tokenize import use_segmenters
 
     thetas = {}
     for mode in ("reference", "fast"):
-        os.environ["XTM_SEGMENTERS"] = mode
+        use_segmenters(mode)
         thetas[mode] = TopicModel.load(bundle).infer(texts, langs="ja").theta  # a fresh model: fresh tokenizers
-    os.environ.pop("XTM_SEGMENTERS", None)
+    use_segmenters(None)
     a, b = thetas["reference"], thetas["fast"]
     return {"docs": len(texts), "top_topic_agreement": float((a.argmax(1) == b.argmax(1)).mean()),
             "mean_l1": float(np.abs(a - b).sum(1).mean()), "identical_theta": float((a == b).all(1).mean())}

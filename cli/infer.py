@@ -27,9 +27,8 @@ logger = logging.getLogger("xtm.cli.infer")
 # shell reports for `cat`, `grep` or `sort` in the same place, and "128+N after signal N" below.
 EXIT_BROKEN_PIPE = 128 + 13
 # --segmenters' choices: xtm.runtime.tokenize.SEGMENTERS (not imported here: it pulls numpy into
-# --help; tests/test_infer_workers.py checks they are the same) and its environment variable.
+# --help; tests/test_infer_workers.py checks they are the same).
 SEGMENTERS = ("auto", "reference", "fast")
-SEGMENTERS_ENV = "XTM_SEGMENTERS"
 # Default --workers (see _workers): inputs smaller than this run in one process.
 WORKERS_MIN_BYTES = 4 << 20
 DEFAULT_MAX_WORKERS = 4
@@ -204,7 +203,8 @@ def _flag(name: str, **kwargs: Any) -> dict[str, Any]:
 @click.option("--segmenters", type=click.Choice(SEGMENTERS), default=None,
               help="What serves the bundle's Chinese/Japanese tokenizers: auto (default: rjieba for jieba's plain "
                    "blocks when installed, jieba's bags of words), reference (jieba/janome only), fast (auto, and "
-                   "janome bundles through MeCab: not the same tokens). Default: $XTM_SEGMENTERS, else auto.")
+                   "janome bundles through MeCab: not the same tokens). Default: $XTM_SEGMENTERS (auto or "
+                   "reference), else auto.")
 @click.option("--progress-every", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
               metavar="SECONDS", help="When stderr is not a terminal: a progress line this often.")
 @log_level_options
@@ -227,13 +227,14 @@ def main(input_paths: tuple[str, ...], bundle: str, out: str | None, input_forma
                                strict=strict, max_bad=max_bad, threads=threads)
     io = _Io(input_format, pick_output_format(out, output_format), providers, progress_every)
     io.workers = workers
-    if segmenters is not None:
-        # Through the environment: the tokenizers read it, and worker processes inherit it.
-        os.environ[SEGMENTERS_ENV] = segmenters
-    else:
-        from xtm.runtime.tokenize import segmenter_mode
+    from xtm.runtime.tokenize import segmenter_mode, use_segmenters
 
-        segmenter_mode()  # a bad XTM_SEGMENTERS is an error now, not at the first Chinese document
+    # This process's tokenizers (worker processes get the same mode from the engine); without the
+    # flag, a bad XTM_SEGMENTERS is an error now, not at the first Chinese document.
+    if segmenters is not None:
+        use_segmenters(segmenters)
+    else:
+        segmenter_mode()
     try:
         # SIGTERM/SIGHUP unwind like Ctrl-C: the --out temporary is removed, the old file kept.
         with exit_on_signals():

@@ -634,9 +634,10 @@ def _raw_parquet_chunks(engine: Engine, path: str) -> Iterator[list[tuple[int, A
 
 
 def _worker_start(model_cls: type[TopicModel], bundle_dir: str, threads: int, providers: list[str],
-                  options: InferenceOptions, bundle: str | None) -> None:
-    """A worker's initializer: signals as described above, then its own model and Engine. The model's
-    class comes in as an argument (pickled by name), so this module never imports the model's."""
+                  options: InferenceOptions, bundle: str | None, segmenters: str) -> None:
+    """A worker's initializer: signals as described above, then the parent's segmenters, its own model
+    and Engine. The model's class comes in as an argument (pickled by name), so this module never
+    imports the model's."""
     global _worker_engine
     import signal
 
@@ -646,6 +647,9 @@ def _worker_start(model_cls: type[TopicModel], bundle_dir: str, threads: int, pr
             import ctypes
 
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    from xtm.runtime.tokenize import use_segmenters
+
+    use_segmenters(segmenters)
     model = model_cls.load(bundle_dir, threads=threads, providers=providers)
     _worker_engine = Engine(model, options, bundle=bundle)
 
@@ -675,12 +679,14 @@ class WorkerPool:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
+        from xtm.runtime.tokenize import segmenter_mode
+
         self.workers = _at_least("workers", workers, 1)
         threads = options.threads if options.threads is not None else 1
         self._executor = ProcessPoolExecutor(
             self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_start,
             initargs=(type(model), str(model.manifest.directory), threads, model.providers, options,
-                      None if bundle is None else str(bundle)))
+                      None if bundle is None else str(bundle), segmenter_mode()))
 
     def __enter__(self) -> WorkerPool:
         return self

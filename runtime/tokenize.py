@@ -4,8 +4,8 @@ Imports stay light: jieba and janome are imported (and their dictionaries loaded
 tokenizer of that kind is first made, once per process, under a lock.
 
 A bundle records its tokenizer kind; which implementation serves that kind is this process's choice
-(`SEGMENTERS`, environment variable XTM_SEGMENTERS, xtm-infer --segmenters), measured in
-benchmarks/raw_text_throughput.py and docs/benchmarks.md:
+(`SEGMENTERS`: `use_segmenters`, xtm-infer --segmenters; auto and reference also from the environment
+variable XTM_SEGMENTERS), measured in benchmarks/raw_text_throughput.py and docs/benchmarks.md:
 
 - "auto" (default): kind jieba runs its blocks of Han characters and ASCII letters/digits through
   rjieba (jieba-rs, the same dictionary and algorithm in Rust, 7x jieba's speed) when it is
@@ -16,7 +16,8 @@ benchmarks/raw_text_throughput.py and docs/benchmarks.md:
 - "reference": jieba and janome in Python for every block: the tokens, in order, of earlier releases.
 - "fast": "auto", and kind janome served by MeCab (fugashi with IPAdic, the dictionary janome
   ships; 40x janome's speed). Not the same tokens: 99% of Rakuten documents come out identical,
-  0.1% of tokens differ (janome's unknown-word grouping), so it is an explicit opt-in.
+  0.1% of tokens differ (janome's unknown-word grouping), so it is an explicit opt-in of a process
+  that serves bundles (never from the environment, which training reads too).
 
 Kind "mecab" (fugashi + IPAdic surfaces, `pip install "xtm[ja-mecab]"`) is MeCab as a bundle's own
 recorded tokenizer, for models trained with it.
@@ -45,7 +46,7 @@ from xtm.languages import normalize_lang
 from xtm.paths import cache_dir
 
 __all__ = ["KINDS", "SEGMENTERS", "SEGMENTERS_ENV", "default_tokenizer_spec", "make_tokenizer", "missing_tokenizer",
-           "segmenter_mode", "segmenter_of"]
+           "segmenter_mode", "segmenter_of", "use_segmenters"]
 
 KINDS = ("whitespace", "regex", "jieba", "janome", "mecab")
 # Kinds whose segmenter is an optional install (the base install serves other languages without
@@ -54,10 +55,15 @@ _OPTIONAL = {"jieba": ("jieba", "Chinese", "zh"), "janome": ("janome", "Japanese
              "mecab": ("fugashi", "Japanese", "ja-mecab")}
 # Modules a kind needs besides its segmenter (MeCab's dictionary is a package of its own).
 _ALSO_NEEDED = {"mecab": ("ipadic",)}
-# Which implementation serves a kind (module docstring); the environment variable sets it for a
-# process and the worker processes it starts.
+# Which implementation serves a kind (module docstring). The environment variable may say auto or
+# reference (the same bags of words: safe for training too); fast changes tokens, so only a process
+# that serves bundles asks for it, with use_segmenters (xtm-infer --segmenters fast): a shell-wide
+# XTM_SEGMENTERS=fast would also reach xtm-train, which would then count MeCab's tokens into a model
+# whose bundle says janome.
 SEGMENTERS = ("auto", "reference", "fast")
 SEGMENTERS_ENV = "XTM_SEGMENTERS"
+_ENV_SEGMENTERS = ("auto", "reference")
+_process_segmenters: str | None = None
 
 # Runs of Unicode letters/digits: \w minus the underscore. Apostrophes and hyphens split words
 # ("don't" -> "don", "t"); stopword lists carry the fragments.
@@ -110,13 +116,30 @@ def _installed(module: str) -> bool:
 
 
 def segmenter_mode(mode: str | None = None) -> str:
-    """`mode`, else XTM_SEGMENTERS, else "auto"; XtmError for a value outside SEGMENTERS."""
-    value = mode if mode is not None else (os.environ.get(SEGMENTERS_ENV) or "auto")
-    value = value.strip().lower()
-    if value not in SEGMENTERS:
-        where = "segmenters" if mode is not None else f"environment variable {SEGMENTERS_ENV}"
-        raise XtmError(f"{where} must be one of {', '.join(SEGMENTERS)}, got {value!r}")
+    """`mode`, else the process's (`use_segmenters`), else XTM_SEGMENTERS (auto or reference), else
+    "auto"; XtmError for anything else."""
+    if mode is None:
+        mode = _process_segmenters
+    if mode is not None:
+        value = str(mode).strip().lower()
+        if value not in SEGMENTERS:
+            raise XtmError(f"segmenters must be one of {', '.join(SEGMENTERS)}, got {value!r}")
+        return value
+    value = (os.environ.get(SEGMENTERS_ENV) or "auto").strip().lower()
+    if value not in _ENV_SEGMENTERS:
+        why = (": fast changes tokens, so it is asked for by the process that serves bundles (xtm-infer "
+               "--segmenters fast, xtm.runtime.tokenize.use_segmenters('fast')), never by the environment, "
+               "which training reads too" if value == "fast" else "")
+        raise XtmError(f"environment variable {SEGMENTERS_ENV} must be one of {', '.join(_ENV_SEGMENTERS)}, "
+                       f"got {value!r}{why}")
     return value
+
+
+def use_segmenters(mode: str | None) -> None:
+    """This process's choice of segmenters (one of SEGMENTERS; None: back to XTM_SEGMENTERS/auto), for
+    tokenizers made from now on (a loaded TopicModel keeps those it has made)."""
+    global _process_segmenters
+    _process_segmenters = None if mode is None else segmenter_mode(mode)
 
 
 def segmenter_of(kind: str, mode: str | None = None) -> str:

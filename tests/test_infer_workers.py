@@ -25,9 +25,13 @@ GOOD_EN = {"text": "The stock market and the bank", "lang": "en"}
 
 
 @pytest.fixture(autouse=True)
-def _segmenters_restored(monkeypatch: pytest.MonkeyPatch) -> None:
-    """--segmenters sets XTM_SEGMENTERS in the process (for its workers): undone after each test."""
+def _segmenters_restored(monkeypatch: pytest.MonkeyPatch):
+    """--segmenters sets the process's segmenters (xtm-infer runs in this process): undone after each test."""
+    from xtm.runtime.tokenize import use_segmenters
+
     monkeypatch.delenv("XTM_SEGMENTERS", raising=False)
+    yield
+    use_segmenters(None)
 
 
 @pytest.fixture(scope="module")
@@ -294,7 +298,7 @@ def test_segmenter_choices_are_the_tokenizers(hb: HandBundle, tmp_path: Path) ->
     from xtm.cli import infer as cli
     from xtm.runtime import tokenize
 
-    assert cli.SEGMENTERS == tokenize.SEGMENTERS and cli.SEGMENTERS_ENV == tokenize.SEGMENTERS_ENV
+    assert cli.SEGMENTERS == tokenize.SEGMENTERS
     src = _write(tmp_path / "docs.jsonl", _mixed_rows(40))
     got = {m: _run([str(src), "--bundle", str(hb.path), "--segmenters", m, "--batch-size", "2"])
            for m in ("auto", "reference")}
@@ -331,5 +335,15 @@ def test_a_bad_segmenters_variable_is_one_error_before_any_document(hb: HandBund
     out = tmp_path / "out.jsonl"
     r = _run([str(src), "--bundle", str(hb.path), "--out", str(out)])
     assert r.returncode == 2 and not out.exists()
-    assert b"XTM_SEGMENTERS must be one of auto, reference, fast, got 'turbo'" in r.stderr
+    assert b"XTM_SEGMENTERS must be one of auto, reference, got 'turbo'" in r.stderr
     assert b"Traceback" not in r.stderr
+
+
+def test_fast_from_the_environment_is_refused_but_the_flag_is_served(hb: HandBundle, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    src = _write(tmp_path / "docs.jsonl", [json.dumps({"id": 1, **GOOD_EN})])
+    monkeypatch.setenv("XTM_SEGMENTERS", "fast")
+    r = _run([str(src), "--bundle", str(hb.path)])
+    assert r.returncode == 2 and b"never by the environment" in r.stderr and b"Traceback" not in r.stderr
+    r = _run([str(src), "--bundle", str(hb.path), "--segmenters", "fast"])
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 1

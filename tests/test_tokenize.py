@@ -394,13 +394,33 @@ def test_segmenters_setting_is_checked(value: str, monkeypatch: pytest.MonkeyPat
     from xtm.runtime.tokenize import SEGMENTERS_ENV, segmenter_mode
 
     monkeypatch.setenv(SEGMENTERS_ENV, value)
-    if value.strip().lower() in ("reference", "fast"):
-        assert segmenter_mode() == value.strip().lower()
+    if value.strip().lower() == "reference":
+        assert segmenter_mode() == "reference"
     else:
-        with pytest.raises(XtmError, match="XTM_SEGMENTERS must be one of auto, reference, fast, got 'turbo'"):
-            make_tokenizer(TokenizerSpec("zh", "jieba"))
+        with pytest.raises(XtmError, match=f"XTM_SEGMENTERS must be one of auto, reference, got '{value.lower()}'"):
+            make_tokenizer(TokenizerSpec("ja", "janome"))
     with pytest.raises(XtmError, match="segmenters must be one of"):
         segmenter_mode("quick")
+
+
+def test_fast_segmenters_never_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shell-wide XTM_SEGMENTERS=fast would reach xtm-train too, which tokenizes with make_tokenizer:
+    MeCab's tokens counted into a model whose bundle records janome. Only a serving process asks."""
+    from xtm.runtime.tokenize import SEGMENTERS_ENV, segmenter_mode, use_segmenters
+
+    monkeypatch.setenv(SEGMENTERS_ENV, "fast")
+    with pytest.raises(XtmError, match="never by the environment"):
+        make_tokenizer(TokenizerSpec("ja", "janome"))
+    monkeypatch.setenv(SEGMENTERS_ENV, "reference")
+    try:
+        use_segmenters("fast")
+        assert segmenter_mode() == "fast"              # the process's choice wins over the environment
+        assert segmenter_mode("auto") == "auto"        # and an explicit argument over both
+    finally:
+        use_segmenters(None)
+    assert segmenter_mode() == "reference"
+    with pytest.raises(XtmError, match="segmenters must be one of"):
+        use_segmenters("turbo")
 
 
 # -- MeCab (fugashi + IPAdic): kind "mecab", and kind janome under XTM_SEGMENTERS=fast ----------------
