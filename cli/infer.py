@@ -355,11 +355,13 @@ def _ray_table(paths: list[str], bundle: str, out: str | None, options: Inferenc
     --out written atomically (or stdout). A run that fails leaves --out as it was."""
     import contextlib
 
-    from xtm.runtime.bundle import read_manifest
+    from xtm.runtime.bundle import read_manifest, read_topic_labels
     from xtm.runtime.records import TableShape, TableStream
 
-    # Only the topic count is read here (Ray's actors check the whole bundle).
-    shape = TableShape(read_manifest(bundle, verify=False).num_topics, options.top_k, options.full_theta)
+    # Only the topic count and labels are read here (Ray's actors check the whole bundle).
+    manifest = read_manifest(bundle, verify=False)
+    shape = TableShape(manifest.num_topics, options.top_k, options.full_theta,
+                       labels=any(read_topic_labels(manifest)))
     with contextlib.ExitStack() as stack:
         if out is not None:
             from xtm.atomic import atomic_open

@@ -12,8 +12,17 @@ from typing import Any
 import click
 
 from xtm.cli.common import TRAIN_INSTALL, friendly_errors, require_modules, setup_logging, version_option
-from xtm.cli.options import SectionedCommand, build, options
-from xtm.config import ContextualConfig, DataConfig, Phase2Config, RefinerConfig, RunConfig, Sampling, TrainConfig
+from xtm.cli.options import SectionedCommand, build, options, settings
+from xtm.config import (
+    ContextualConfig,
+    DataConfig,
+    Phase2Config,
+    RefinerConfig,
+    RunConfig,
+    Sampling,
+    TrainConfig,
+    default_of,
+)
 
 EPILOG = """\b
 Examples:
@@ -136,6 +145,12 @@ def run_config(parsed: dict[str, Any]) -> RunConfig:
     is above 0 and runs that many epochs; LLM refiners sample with the run's --seed."""
     train = build(TrainConfig, parsed)
     phase2 = None
+    refiner_backend = settings(RefinerConfig, parsed).get("backend", default_of(RefinerConfig, "backend"))
+    if not train.phase2_epochs and refiner_backend != default_of(RefinerConfig, "backend"):
+        # An LLM named for nothing would be silently unused (training labels its topics without one).
+        raise click.UsageError(f"--refiner {refiner_backend} is phase 2's refiner and this run has no phase 2: "
+                               "add --phase2-epochs N, or label the finished run's topics with the LLM: "
+                               f"xtm-label RUN_DIR --refiner {refiner_backend} ...")
     if train.phase2_epochs:
         refiner = build(RefinerConfig, parsed, sampling=build(Sampling, parsed, seed=train.seed))
         phase2 = build(Phase2Config, parsed, epochs=train.phase2_epochs, refiner=refiner)

@@ -31,9 +31,9 @@ from typing import Any, TypeVar
 from xtm.errors import XtmError
 
 __all__ = ["CONTEXTUAL_AUTO_ROUTES", "CONTEXTUAL_OBJECTIVES", "DEFAULT_ENCODER", "DEFAULT_MAX_TOKENS", "MODEL_NAMES",
-           "PREPROCESSING", "REFINER_NAMES", "Cli", "ContextualConfig", "DataConfig", "Phase2Config", "Preprocessing",
-           "RefinerConfig", "RunConfig", "Sampling", "TrainConfig", "cli_spec", "default_of", "from_dict", "help_of",
-           "parse_csv", "parse_key_values", "setting"]
+           "PREPROCESSING", "REFINER_NAMES", "Cli", "ContextualConfig", "DataConfig", "LabelConfig", "Phase2Config",
+           "Preprocessing", "RefinerConfig", "RunConfig", "Sampling", "TrainConfig", "cli_spec", "default_of",
+           "from_dict", "help_of", "parse_csv", "parse_key_values", "setting"]
 
 # The multilingual sentence encoder used unless a run names another (offline, no download), and the
 # tokens the contextual route reads per document. xtm.models_zoo.encoders takes both from here.

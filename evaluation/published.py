@@ -3,8 +3,8 @@
 Source: the LLM-XTM paper (seed 001), K=50: Table 2 (TU, CNPMI), Table 3 (Rakuten ablations of
 phase 2) and Table 5 (classification); its NMTM and InfoCTM baseline rows are cited from Wu et al.
 2023a. The paper states 500 phase-1 epochs (800 for XTRA) and 30 phase-2 epochs with Gemini 2.5
-Flash; its public code runs 179 / 479 / 749 phase-1 epochs (NMTM / InfoCTM / XTRA) + 51 phase-2. Their CNPMI uses the WikiComp reference corpus, so it compares with
-our CNPMI only when ours uses WikiComp too.
+Flash; its public code runs 179 / 479 / 749 phase-1 epochs (NMTM / InfoCTM / XTRA) + 51 phase-2.
+Their CNPMI uses the WikiComp reference corpus, so it compares with our CNPMI only when ours uses WikiComp too.
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ from xtm.runtime.bundle_onnx import onnx_external_data
 __all__ = ["AUTO_ROUTES", "CONTEXTUAL_FORMAT", "FORMAT", "INPUT_FORMATS", "MANIFEST", "SCHEMA_VERSION",
            "TOKENIZER_KINDS", "BundleManifest", "ContextualEntry", "EncoderEntry", "check_checksum", "check_files",
            "graph_file", "listed_file", "onnx_external_data", "parse_manifest", "read_contextual_entry",
-           "read_manifest", "read_topics", "sha256_bytes", "sha256_file", "validate_manifest"]
+           "read_manifest", "read_topic_labels", "read_topics", "sha256_bytes", "sha256_file", "validate_manifest"]
 
 FORMAT = "xtm-bundle"
 # 2 added sparse encoder inputs; a schema-1 bundle (dense inputs only) reads unchanged.

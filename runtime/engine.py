@@ -382,7 +382,7 @@ class OutputWriter:
 
 def table_shape(model: TopicModel, options: InferenceOptions) -> TableShape:
     """The columns a CSV or Parquet output of `model` under `options` has."""
-    return TableShape(model.num_topics, options.top_k, options.full_theta)
+    return TableShape(model.num_topics, options.top_k, options.full_theta, labels=model.has_labels)
 
 
 @contextlib.contextmanager

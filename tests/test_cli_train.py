@@ -110,3 +110,13 @@ def test_phase2_misconfigured_refiner_is_a_clear_error(example_dir: Path, tmp_pa
     p = run(["--data", str(example_dir / "docs.jsonl"), "--dict", str(example_dir / "dict.tsv"), "--model", "nmtm",
              "--topics", "4", "--epochs", "1", "--phase2-epochs", "1", "--out", str(tmp_path / "r"), *extra])
     assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr
+
+
+def test_an_llm_refiner_without_phase_2_is_refused_not_ignored(example_dir: Path, tmp_path: Path) -> None:
+    """Before: `--refiner openai --llm-url ...` without --phase2-epochs trained, labelled the topics without the
+    LLM and never said the LLM went unused."""
+    p = run(["--data", str(example_dir / "docs.jsonl"), "--model", "nmtm", "--topics", "4", "--epochs", "1",
+             "--refiner", "openai", "--llm-url", "http://127.0.0.1:9/v1", "--llm-model", "m",
+             "--out", str(tmp_path / "r")])
+    assert p.returncode == 2 and "--phase2-epochs" in p.stderr and "xtm-label" in p.stderr, p.stderr
+    assert not (tmp_path / "r").exists()

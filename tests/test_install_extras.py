@@ -265,7 +265,8 @@ def test_every_command_answers_version(wheel: Path) -> None:
     parser = configparser.ConfigParser()
     parser.read_string(ini)
     scripts = dict(parser["console_scripts"])
-    assert set(scripts) == {"xtm-train", "xtm-export", "xtm-infer", "xtm-example", "xtm-report", "xtm-contextual"}
+    assert set(scripts) == {"xtm-train", "xtm-export", "xtm-infer", "xtm-example", "xtm-report",
+                            "xtm-contextual", "xtm-label"}
     for name, target in scripts.items():
         module, _, attr = target.partition(":")
         command = getattr(importlib.import_module(module), attr)
