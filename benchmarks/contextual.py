@@ -46,7 +46,8 @@ CATEGORIES = ("business", "education", "entertainment", "sports", "tech", "fashi
 NEWS_LANGS = ("zh", "ja", "fr", "de", "es", "ru")
 # variant name -> ContextualConfig overrides (explicit lambda_tc: the default is 1.0).
 # Variants from before issue 14 switch the consistency terms off and keep the bags of words on `auto`.
-_OLD = {"lambda_xl": 0.0, "lambda_smooth": 0.0, "auto_route": "bow"}
+_OLD = {"lambda_xl": 0.0, "lambda_smooth": 0.0, "auto_route": "bow", "teacher_debias": 0.0}
+_RAW = {"teacher_debias": 0.0, "lambda_xl": 3.0}  # issue 14's head, before the teacher was debiased (Choice 5)
 VARIANTS: dict[str, dict[str, Any]] = {
     "distill": {"lambda_tc": 0.0, **_OLD},
     "distill + TC (lambda 1)": {"lambda_tc": 1.0, **_OLD},
@@ -55,15 +56,20 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "FT(TC, 3 ep) + distill": {"finetune_epochs": 3, "lambda_tc": 0.0, **_OLD},
     "FT(TC, 3 ep) + TCCTM": {"finetune_epochs": 3, "objective": "ctm", "lambda_tc": 1.0, **_OLD},
     # issue 14: + cross-lingual consistency on mined pairs + noise consistency; `auto` = contextual for every
-    # language. The first one is the default (ContextualConfig's defaults, no override).
-    "distill + TC + XL 3 + smooth 10 (sigma 0.05)": {},
-    "distill + TC + XL 3 + smooth 10 (sigma 0.05), seed 1": {"seed": 1},
-    "distill + TC + XL 3 + smooth 10 (sigma 0.03)": {"smooth_sigma": 0.03},
-    "distill + TC + XL 3 + smooth 30 (sigma 0.03)": {"lambda_smooth": 30.0, "smooth_sigma": 0.03},
-    "distill + TC + XL 3": {"lambda_smooth": 0.0},
-    "distill + TC + smooth 10 (sigma 0.05)": {"lambda_xl": 0.0},
+    # language; the teacher as the bags of words give it.
+    "distill + TC + XL 3 + smooth 10 (sigma 0.05)": _RAW,
+    "distill + TC + XL 3 + smooth 10 (sigma 0.05), seed 1": {**_RAW, "seed": 1},
+    "distill + TC + XL 3 + smooth 10 (sigma 0.03)": {**_RAW, "smooth_sigma": 0.03},
+    "distill + TC + XL 3 + smooth 30 (sigma 0.03)": {**_RAW, "lambda_smooth": 30.0, "smooth_sigma": 0.03},
+    "distill + TC + XL 3": {**_RAW, "lambda_smooth": 0.0},
+    "distill + TC + smooth 10 (sigma 0.05)": {**_RAW, "lambda_xl": 0.0},
+    # since: each language's teacher divided by its mean theta (--teacher-debias 1), pairs at 5. The first
+    # one is the default (ContextualConfig's defaults, no override).
+    "debiased teacher + TC + XL 5 + smooth 10 (sigma 0.05)": {},
+    "debiased teacher + TC + XL 5 + smooth 10 (sigma 0.05), seed 1": {"seed": 1},
+    "debiased teacher + TC + XL 3 + smooth 10 (sigma 0.05)": {"lambda_xl": 3.0},
 }
-DEFAULT_VARIANT = "distill + TC + XL 3 + smooth 10 (sigma 0.05)"
+DEFAULT_VARIANT = "debiased teacher + TC + XL 5 + smooth 10 (sigma 0.05)"
 BASELINE_VARIANT = "distill + TC (lambda 1)"  # the default before issue 14
 # Reference points quoted in issue 14 (mean Match of aligned news items vs English, ctx-ctx).
 SEED002_BEST_MEAN_MATCH = 0.55  # seed 002's best rows (NLI fine-tuning)
@@ -95,7 +101,7 @@ def with_random(theta_en: np.ndarray, theta_other: np.ndarray, seed: int = 0) ->
     return {**mk, "match_ci95": wilson(round(mk["match"] * n), n), "random": match_kl(theta_en[perm], theta_other),
             # the expectation of the shuffled Match over all permutations (the seed-0 one above is one draw)
             "random_expected_match": float((top * other).sum() / max(1, n * n)),
-            "top_topic_share": float(top.max() / max(1, n)),
+            "top_topic_share": float(top.max() / max(1, n)), "topics_used": int((top > 0).sum()),
             "retrieval_p1": retrieval_p1(theta_en, theta_other)}
 
 
@@ -300,6 +306,33 @@ def eval_kyoto(thetas: RunThetas, pairs: int) -> dict[str, Any]:
             "ctx-bow": with_random(ctx["en"], bow["ja"])}
 
 
+def kyoto_bounds(thetas: RunThetas, pairs: int, topics: int) -> dict[str, Any]:
+    """What the sentence encoder alone allows on Kyoto, whatever the head: each article gets the nearest
+    of k centroids of USE embeddings (the same rule for en and ja), scored like a theta (Match, shuffled,
+    top-topic share). Centroids of the run's training documents (k = the run's K): the best a topic space
+    shaped by the training corpus can spread Kyoto; centroids of Kyoto's own English articles (k = 10, 20,
+    K): an in-domain partition, the encoder's upper bound at that many topics."""
+    from sklearn.cluster import KMeans
+
+    from xtm.trainer.data.loading import load_corpus
+
+    d = DATA / "ref_corpus" / "en_ja"
+    emb = {lang: thetas.embeddings(read_gz_lines(d / f"kyoto_wiki.{lang}.txt.gz", pairs)).numpy()
+           for lang in ("en", "ja")}
+    corpus = load_corpus(thetas.config["data"]["path"], progress=False)
+    train = np.concatenate([thetas.embeddings(lc.train_texts).numpy() for lc in corpus.languages])
+
+    def score(km: Any) -> dict[str, Any]:
+        k = km.n_clusters
+        onehot = [np.eye(k)[km.predict(emb[lang])] * 0.99 + 0.01 / k for lang in ("en", "ja")]
+        return with_random(*onehot)
+
+    out = {f"training centroids, k={topics}": score(KMeans(topics, n_init=1, random_state=0).fit(train))}
+    for k in (10, 20, topics):
+        out[f"Kyoto en centroids, k={k}"] = score(KMeans(k, n_init=1, random_state=0).fit(emb["en"]))
+    return out
+
+
 def throughput(bundle: Path, threads: int, texts: list[str], repeats: int = 3) -> dict[str, Any]:
     """docs/s of TopicModel.infer(route="contextual") in the torch-free runtime (best of `repeats`).
 
@@ -375,15 +408,25 @@ def print_tables(res: dict[str, Any]) -> None:
     if rk:
         print(f"\n## Kyoto Wikipedia en-ja ({rk['variants'][next(iter(rk['variants']))]['kyoto']['pairs']} pairs), "
               "Rakuten_Amazon NMTM K=50: Match % / KL\n")
-        print("| variant | ctx-ctx | random | bow-ctx | random | bow-bow | random | top-topic share en (ctx / bow) "
+        print("| variant | ctx-ctx | random | bow-ctx | random | bow-bow | random "
+              "| top-topic share en (ctx / bow), topics used "
               "| retrieval P@1 / 1,000 (ctx-ctx / bow-ctx / bow-bow) | embeddings P@1 |")
         print("|---|---|---|---|---|---|---|---|---|---|")
         for name, v in rk["variants"].items():
             k = v["kyoto"]
             cells = " | ".join(f"{fmt(k[r])} | {fmt(k[r]['random'])}" for r in ("ctx-ctx", "bow-ctx", "bow-bow"))
-            shares = [f"{100 * k[r].get('top_topic_share', float('nan')):.0f}%" for r in ("ctx-ctx", "bow-bow")]
+            shares = [f"{100 * k[r].get('top_topic_share', float('nan')):.0f}% ({k[r].get('topics_used', '?')})"
+                      for r in ("ctx-ctx", "bow-bow")]
             p1 = " / ".join(pct(k[r].get("retrieval_p1")) for r in ("ctx-ctx", "bow-ctx", "bow-bow"))
             print(f"| {name} | {cells} | {' / '.join(shares)} | {p1} | {pct(k.get('embedding_retrieval_p1'))} |")
+    if rk.get("kyoto_bounds"):
+        print("\n## Kyoto en-ja, the encoder alone (nearest k-means centroid of USE embeddings, en and ja)\n")
+        print("| centroids | Match % | shuffled % (expected) | top-topic share en | topics used |")
+        print("|---|---|---|---|---|")
+        for name, b in rk["kyoto_bounds"].items():
+            print(f"| {name} | {100 * b['match']:.1f} | {100 * b['random']['match']:.1f} "
+                  f"({100 * b['random_expected_match']:.1f}) | {100 * b['top_topic_share']:.0f}% | "
+                  f"{b.get('topics_used', '—')} |")
     if res.get("throughput"):
         print("\n## Throughput of the contextual route (torch-free runtime, TopicModel.infer(route='contextual'))\n")
         print("| documents | graph | threads | tokens/doc | docs/s (wall) | docs per CPU-second | 1-min load average |")
@@ -442,7 +485,9 @@ def print_default_route(res: dict[str, Any]) -> None:
         k = rk["kyoto"]["ctx-ctx" if default_route_of(rk) == "contextual" else "bow-bow"]
         print(f"Kyoto en-ja ({rk['kyoto']['pairs']} pairs, Rakuten_Amazon model, default route): Match "
               f"{100 * k['match']:.1f}% (shuffled {100 * k['random']['match']:.1f}%, expected "
-              f"{100 * k.get('random_expected_match', np.nan):.1f}%), P@1 among 1,000 {100 * k['retrieval_p1']:.1f}%")
+              f"{100 * k.get('random_expected_match', np.nan):.1f}%), "
+              f"top-topic share {100 * k['top_topic_share']:.0f}% "
+              f"({k.get('topics_used', '?')} topics used), P@1 among 1,000 {100 * k['retrieval_p1']:.1f}%")
     cl = new["metrics"].get("classification") or {}
     if cl:
         keys = ("EN-I", "ZH-I", "EN-C", "ZH-C")
@@ -460,6 +505,8 @@ def main() -> None:
                    help=f"'all' or ';'-separated names (they contain commas) of {list(VARIANTS)}")
     p.add_argument("--kyoto-pairs", type=int, default=14111)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--kyoto-bounds", action="store_true",
+                   help="also the encoder-only bounds on Kyoto (nearest k-means centroid of USE embeddings)")
     p.add_argument("--skip", default="", help="comma-separated: ecnews, rakuten, throughput")
     p.add_argument("--out", type=Path, default=Path("bench/contextual"))
     args = p.parse_args()
@@ -504,6 +551,10 @@ def main() -> None:
             rk["variants"][name] = {"dir": str(d), "metrics": thetas.loaded.meta["metrics"],
                                     "auto_route": thetas.loaded.meta.get("auto_route", "bow"),
                                     "kyoto": eval_kyoto(thetas, args.kyoto_pairs)}
+            save()
+        if args.kyoto_bounds and "kyoto_bounds" not in rk:
+            log("Kyoto: the encoder-only bounds (k-means)")
+            rk["kyoto_bounds"] = kyoto_bounds(thetas, args.kyoto_pairs, thetas.model.num_topics)
             save()
     if "throughput" not in skip and res.get("ecnews", {}).get("variants", {}).get(DEFAULT_VARIANT):
         from xtm.exporters.onnx_export import export_run

@@ -502,7 +502,7 @@ class ContextualConfig:
                              cli=Cli("-q --quiet", switch=False, tty=True, help="No progress output."))
     # Issue 14 (fields at the end: contextual.json files written before lack them and read back as
     # the defaults below; docs/contextual.md "Choice" has the measurements behind each value).
-    lambda_xl: float = setting(3.0, help="Weight of cross-lingual consistency: symmetric KL between the theta of "
+    lambda_xl: float = setting(5.0, help="Weight of cross-lingual consistency: symmetric KL between the theta of "
                                          "pseudo-parallel training documents of two languages, mined with the "
                                          "sentence encoder (margin-based mutual nearest neighbours; 0: off).",
                                cli=Cli("--lambda-xl", min=0))
@@ -520,6 +520,12 @@ class ContextualConfig:
                                                  "a document and its translation get topics from the same function) "
                                                  "or bow (their bags of words, as before issue 14).",
                               cli=Cli("--auto-route", choices=CONTEXTUAL_AUTO_ROUTES))
+    # After issue 14: contextual.json files written before lack it (they were fitted with 0).
+    teacher_debias: float = setting(1.0, help="Divide each language's bag-of-words theta by that language's mean "
+                                              "theta (to this power) before the head learns from it: removes the "
+                                              "topics a language's bag of words gives every document, which the "
+                                              "other languages' do not (0: the raw theta).",
+                                    cli=Cli("--teacher-debias", min=0))
 
     def check(self) -> None:
         if self.objective not in CONTEXTUAL_OBJECTIVES:
@@ -530,8 +536,9 @@ class ContextualConfig:
                 raise XtmError(f"contextual {name} must be at least 1, got {getattr(self, name)}")
         if self.lambda_tc < 0 or self.finetune_epochs < 0 or not 0 <= self.dropout < 1:
             raise XtmError("contextual lambda_tc and finetune_epochs must be >= 0, dropout in [0, 1)")
-        if min(self.lambda_xl, self.lambda_smooth, self.smooth_sigma) < 0 or self.xl_neighbors < 1:
-            raise XtmError("contextual lambda_xl, lambda_smooth and smooth_sigma must be >= 0, xl_neighbors >= 1")
+        if min(self.lambda_xl, self.lambda_smooth, self.smooth_sigma, self.teacher_debias) < 0 or self.xl_neighbors < 1:
+            raise XtmError("contextual lambda_xl, lambda_smooth, smooth_sigma and teacher_debias must be >= 0, "
+                           "xl_neighbors >= 1")
         if self.auto_route not in CONTEXTUAL_AUTO_ROUTES:
             raise XtmError(f"contextual auto_route must be one of {', '.join(CONTEXTUAL_AUTO_ROUTES)}, "
                            f"got {self.auto_route!r}")

@@ -2,8 +2,10 @@
 
 Steps (`train_contextual`):
  1. Rebuild the run's model from its checkpoint and re-read its corpus (vocabularies must match).
- 2. Teacher: the bag-of-words theta of every training document, and its argmax topic (the seed's
-    "topic classification" labels, taken from our own model instead of LDA).
+ 2. Teacher: the bag-of-words theta of every training document, divided by its language's mean theta
+    (`teacher_debias`; `teacher_targets`: a topic every document of one language gets, and the other's
+    do not, is a language prior, not content), and its argmax topic (the seed's "topic
+    classification" labels, taken from our own model instead of LDA).
  3. Optional fine-tuning of the sentence encoder on that topic-classification task (seed 002
     sec. 3.2): encoder + a linear classifier, cross-entropy, `finetune_epochs` epochs.
  4. The head (xtm.models_zoo.contextual.ContextualHead) on the (fine-tuned) embeddings with
@@ -109,6 +111,23 @@ class _LangData:
     bow: Any               # scipy CSR (for the ctm objective)
 
 
+def teacher_targets(teacher: np.ndarray, power: float) -> np.ndarray:
+    """The head's targets from one language's bag-of-words theta: each topic divided by its mean over that
+    language's training documents (to `power`; 0 leaves the teacher as is), rows renormalised.
+
+    Why: a bag-of-words encoder gives every document of its language a share of a few background topics,
+    a prior the other language's encoder does not share (Rakuten_Amazon's 10-epoch NMTM: one topic tops
+    81% of the English reviews and 6% of the Japanese ones). Distilled as is, the head learns that prior
+    as content, and the consistency terms, which ask translations for one theta, spread it to everything
+    far from the training documents: every Kyoto Wikipedia article got that one topic. Divided by its
+    language's mean, a theta says which topics the document has more of than its language's average;
+    the ranking among documents of one language is unchanged. docs/contextual.md "Choice 5"."""
+    if not power:
+        return teacher
+    lift = teacher / np.maximum(teacher.mean(0), 1e-12) ** power
+    return (lift / lift.sum(1, keepdims=True)).astype(teacher.dtype)
+
+
 def _rows(features: Any, idx: np.ndarray) -> Any:
     return features[torch.from_numpy(idx)] if torch.is_tensor(features) else [features[i] for i in idx.tolist()]
 
@@ -138,7 +157,7 @@ def finetune_encoder(encoder: TrainableSentenceEncoder, data: list[_LangData], c
     clf = torch.nn.Linear(encoder.embedding_dim, K)
     params = [p for p in module.parameters() if p.requires_grad] + list(clf.parameters())
     opt = torch.optim.Adam(params, lr=cfg.finetune_lr)
-    labels = [torch.from_numpy(d.teacher.argmax(1)) for d in data]
+    labels = [torch.from_numpy(teacher_targets(d.teacher, cfg.teacher_debias).argmax(1)) for d in data]
     losses = []
     for epoch in range(cfg.finetune_epochs):
         total = count = 0.0
@@ -203,14 +222,17 @@ class MinedPairs:
     rows_b: np.ndarray
     scores: np.ndarray
 
-    def stats(self, data: list[_LangData], labels: list[np.ndarray | None]) -> dict[str, Any]:
-        """What contextual.json records: how many pairs, and how often their teacher topics (and labels,
-        where the corpus has them) agree: a check on the mining, not used by training."""
+    def stats(self, data: list[_LangData], labels: list[np.ndarray | None], debias: float = 0.0) -> dict[str, Any]:
+        """What contextual.json records: how many pairs, and how often their teacher topics (raw, and as the
+        head's targets: teacher_targets with `debias`) and labels, where the corpus has them, agree: a check
+        on the mining and on the teachers' alignment, not used by training."""
         out: dict[str, Any] = {"languages": [data[self.a].lang, data[self.b].lang], "pairs": int(len(self.rows_a)),
                                "min_margin": float(self.scores.min()) if len(self.scores) else None}
         if len(self.rows_a):
-            out["teacher_top_topic_match"] = float((data[self.a].teacher[self.rows_a].argmax(1)
-                                                    == data[self.b].teacher[self.rows_b].argmax(1)).mean())
+            for key, a, b in (("teacher", data[self.a].teacher, data[self.b].teacher),
+                              ("target", teacher_targets(data[self.a].teacher, debias),
+                               teacher_targets(data[self.b].teacher, debias))):
+                out[f"{key}_top_topic_match"] = float((a[self.rows_a].argmax(1) == b[self.rows_b].argmax(1)).mean())
             la, lb = labels[self.a], labels[self.b]
             if la is not None and lb is not None:
                 out["label_match"] = float((la[self.rows_a] == lb[self.rows_b]).mean())
@@ -271,7 +293,7 @@ def fit_head(encoder_dim: int, model: CrossLingualTopicModel, data: list[_LangDa
     for p in model.parameters():
         p.requires_grad_(False)
     opt = torch.optim.Adam(head.parameters(), lr=cfg.lr)
-    teachers = [torch.from_numpy(d.teacher) for d in data]
+    teachers = [torch.from_numpy(teacher_targets(d.teacher, cfg.teacher_debias)) for d in data]
     pair_sets = [p for p in (pairs or []) if len(p.rows_a) >= 2] if cfg.lambda_xl > 0 else []
     losses = []
     for epoch in range(cfg.epochs):
@@ -352,7 +374,7 @@ def train_contextual(run_dir: str | Path, cfg: ContextualConfig) -> dict[str, An
         pairs = mine_training_pairs(embeddings, cfg.xl_neighbors)
         labels = [np.asarray(lc.train_labels).ravel() if lc.train_labels is not None else None
                   for lc in corpus.languages]
-        pair_stats = [p.stats(data, labels) for p in pairs]
+        pair_stats = [p.stats(data, labels, cfg.teacher_debias) for p in pairs]
         logger.info("mined pseudo-parallel pairs: " + ", ".join(f"{'-'.join(st['languages'])} {st['pairs']}"
                                                                for st in pair_stats))
     logger.info(f"fitting the head ({cfg.objective}"
