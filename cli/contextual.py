@@ -29,7 +29,7 @@ Examples:
   # plus topic classification (lambda 1), mined-pair and noise consistency
   xtm-contextual runs/demo
   # the route and the routing of before issue 14
-  xtm-contextual runs/demo --lambda-xl 0 --lambda-smooth 0 --auto-route bow
+  xtm-contextual runs/demo --lambda-xl 0 --lambda-smooth 0 --teacher-debias 0 --auto-route bow
   # plain distillation
   xtm-contextual runs/demo --lambda-tc 0
   # seed 002's topic-classification fine-tuning of the encoder first (3 epochs)
@@ -66,6 +66,11 @@ Any language, the same topics (issue 14; xtm-train fits this by default):
                 network, so a document and its translation get topics from
                 the same function; bow: training languages by their bags of
                 words (the behaviour before). Measured: docs/contextual.md.
+  --teacher-debias  learn each language's bag-of-words theta divided by
+                that language's mean theta (to this power; default 1):
+                a topic one language's bag of words gives every document,
+                and the other's does not, is not passed on to the network
+                (0: the raw theta, as before).
 
 \b
 Writes RUN_DIR/contextual/ (contextual.json with settings and agreement
