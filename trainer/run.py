@@ -142,7 +142,11 @@ def run_training(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool = F
                 raise XtmError("the run directory already holds a run: pass --resume to continue it, "
                                "or choose another --out", path=out)
             distributed.barrier(dist)  # every rank checked the run directory before rank 0 writes to it
-            return _run(data, cfg, out, resume, phase2, dist)
+            metrics = _run(data, cfg, out, resume, phase2, dist)
+            # Every rank leaves the group together: a rank that destroyed it while rank 0 was still
+            # evaluating was aborted by gloo at exit ("terminate called without an active exception").
+            distributed.barrier(dist)
+            return metrics
     finally:
         distributed.close(dist)
 
