@@ -424,6 +424,9 @@ class TrainConfig:
     eval_every: int = setting(0, help="Evaluate every N epochs (TU, classification, CNPMI with --ref-corpus) into "
                                       "history.json and the report: one run gives its learning curve (0: only at "
                                       "the end). Training itself is unchanged.", cli=Cli("--eval-every", min=0))
+    topic_lr_scale: float = setting(1.0, help="Learning rate of the topic-word weights = this x --lr (the "
+                                              "encoders keep --lr).", cli=Cli("--topic-lr-scale", min=0,
+                                                                              min_open=True))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -9,10 +9,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from xtm.models_zoo.base import CrossLingualTopicModel, ExtraLosses
+from xtm.config import DEFAULT_ENCODER
+from xtm.corpus import Corpus
+from xtm.errors import XtmError
+from xtm.models_zoo.base import BuildContext, CrossLingualTopicModel, ExtraLosses
+from xtm.models_zoo.cluster_init import cluster_topic_init, embed_and_cluster
 from xtm.models_zoo.components import (
     Bow,
     BowDecoder,
@@ -29,7 +34,12 @@ from xtm.models_zoo.components import (
 class TwoLanguageVAE(CrossLingualTopicModel):
     """Defaults every VAE backbone understands; subclasses extend `defaults`."""
 
-    defaults = {"hidden": 200, "dropout": 0.0, "alpha": 1.0, "bn_eps": 1e-5, "bn_momentum": 0.1}
+    # init: how the topic-word weights phi start. "random" (Xavier uniform) is the papers';
+    # "clusters" starts topic k from the words of the k-th K-means cluster of the training documents'
+    # multilingual sentence embeddings (as XTRA does), the same cluster in every language.
+    defaults = {"hidden": 200, "dropout": 0.0, "alpha": 1.0, "bn_eps": 1e-5, "bn_momentum": 0.1,
+                "init": "random"}
+    INITS = ("random", "clusters")
 
     def __init__(self, langs: list[str], vocab_sizes: list[int], num_topics: int,
                  aux: dict[str, Tensor] | None = None, **hparams: Any) -> None:
@@ -39,6 +49,22 @@ class TwoLanguageVAE(CrossLingualTopicModel):
         self.decoders = nn.ModuleList(BowDecoder(v, h["bn_eps"], h["bn_momentum"]) for v in self.vocab_sizes)
         self.prior = LaplacePrior(num_topics, self.prior_alpha())
         self.phi = nn.ParameterList(nn.Parameter(xavier_topic_matrix(num_topics, v)) for v in self.vocab_sizes)
+
+    @classmethod
+    def from_corpus(cls, corpus: Corpus, num_topics: int, context: BuildContext | None = None,
+                    **hparams: Any) -> CrossLingualTopicModel:
+        init = {**cls.defaults, **hparams}["init"]
+        if init not in cls.INITS:
+            raise XtmError(f"{cls.name}: init={init!r} is not one of {', '.join(cls.INITS)}")
+        context = context or BuildContext()
+        model = super().from_corpus(corpus, num_topics, context, **hparams)
+        if init == "clusters":
+            encoder = model.hparams.get("encoder", DEFAULT_ENCODER)
+            _, labels = embed_and_cluster(corpus, num_topics, encoder, context)
+            with torch.no_grad():
+                for i, lc in enumerate(corpus.languages):
+                    model.phi[i].copy_(torch.from_numpy(cluster_topic_init(lc.train_bow, labels[i], num_topics)))
+        return model
 
     def body(self, in_dim: int) -> EncoderBody:
         h = self.hparams

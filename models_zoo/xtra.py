@@ -23,7 +23,6 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -32,47 +31,9 @@ from xtm.config import DEFAULT_ENCODER
 from xtm.corpus import Corpus
 from xtm.errors import XtmError
 from xtm.models_zoo.base import BuildContext
+from xtm.models_zoo.cluster_init import embed_and_cluster
 from xtm.models_zoo.components import Bow, BowEncoder, EncoderBody, InputLayer
-from xtm.models_zoo.encoders import embed_cached
 from xtm.models_zoo.vae import TwoLanguageVAE
-
-
-def document_embeddings(corpus: Corpus, encoder: str, context: BuildContext) -> list[np.ndarray]:
-    out = []
-    for lc in corpus.languages:
-        if lc.train_texts is None:
-            raise XtmError(f"xtra needs the documents' text to embed them; the corpus has none for '{lc.lang}'")
-        out.append(embed_cached(encoder, lc.train_texts, context.cache_dir, progress=context.progress))
-    return out
-
-
-def cluster_documents(embeddings: list[np.ndarray], k: int, seed: int, svd_dims: int = 100) -> list[np.ndarray]:
-    """K-means on language 0's reduced embeddings; other languages go to the nearest centroid."""
-    from sklearn.cluster import KMeans
-
-    stacked = np.concatenate(embeddings).astype(np.float64)
-    # u-SVD: left singular vectors without singular-value scaling, as the reference does.
-    u, _, _ = np.linalg.svd(stacked, full_matrices=False)
-    u = u[:, : min(svd_dims, u.shape[1])]
-    u /= np.maximum(np.linalg.norm(u, axis=1, keepdims=True), 1e-12)
-    parts = np.split(u, np.cumsum([e.shape[0] for e in embeddings])[:-1])
-    km = KMeans(n_clusters=k, random_state=seed, n_init=1, max_iter=300).fit(parts[0])
-    labels = [km.labels_.astype(np.int64)]
-    for p in parts[1:]:
-        labels.append(np.argmax(p @ km.cluster_centers_.T, axis=1).astype(np.int64))
-    return labels
-
-
-def cluster_topic_init(bow: sp.csr_matrix, labels: np.ndarray, k: int) -> np.ndarray:
-    """Topic-word init from clusters: summed BoW per cluster, row-normalised, times cluster idf."""
-    assign = sp.csr_matrix((np.ones(len(labels), np.float32), (labels, np.arange(len(labels)))),
-                           shape=(k, bow.shape[0]))
-    b = np.asarray((assign @ bow).todense(), dtype=np.float64)
-    b /= np.maximum(b.sum(1, keepdims=True), 1e-12)
-    df = (b > 0).sum(0)
-    b *= np.log((k + 1) / (df + 1)) + 1
-    b /= np.maximum(b.sum(1, keepdims=True), 1e-12)
-    return (b + 1e-8).astype(np.float32)
 
 
 class XTRA(TwoLanguageVAE):
@@ -80,7 +41,7 @@ class XTRA(TwoLanguageVAE):
     defaults: ClassVar[dict[str, Any]] = {
         **TwoLanguageVAE.defaults, "hidden": 300, "share_dim": 1000, "dropout": 0.2,
         "tau_cluster": 0.2, "weight_cluster": 5.0, "weight_infonce": 80.0, "weight_beta": 7.0,
-        "beta_proj_dim": 384, "encoder": DEFAULT_ENCODER, "grad_clip": 1.0,
+        "beta_proj_dim": 384, "encoder": DEFAULT_ENCODER, "grad_clip": 1.0, "init": "clusters",
     }
     needs_dictionary: ClassVar[bool] = False  # aligns through sentence embeddings
     in_memory_only: ClassVar[str | None] = (
@@ -108,33 +69,14 @@ class XTRA(TwoLanguageVAE):
     @classmethod
     def prepare_aux(cls, corpus: Corpus, num_topics: int, context: BuildContext,
                     **hparams: Any) -> dict[str, Tensor]:
-        emb = document_embeddings(corpus, hparams["encoder"], context)
-        labels = cluster_documents(emb, num_topics, context.seed)
+        emb, labels = embed_and_cluster(corpus, num_topics, hparams["encoder"], context)
         sizes = np.bincount(np.concatenate(labels), minlength=num_topics).astype(np.float64)
         alpha = sizes / sizes.mean() + 1e-6
-        # Kept for prepare_training / the init below; not part of the model's saved state.
-        context.scratch["xtra"] = (emb, labels)
         return {"prior_alpha": torch.from_numpy(alpha.astype(np.float32)),
                 "embedding_dim": torch.tensor(emb[0].shape[1])}
 
-    @classmethod
-    def from_corpus(cls, corpus: Corpus, num_topics: int, context: BuildContext | None = None,
-                    **hparams: Any) -> XTRA:
-        context = context or BuildContext()
-        model = super().from_corpus(corpus, num_topics, context, **hparams)
-        _, labels = context.scratch["xtra"]
-        with torch.no_grad():
-            for i, lc in enumerate(corpus.languages):
-                model.phi[i].copy_(torch.from_numpy(cluster_topic_init(lc.train_bow, labels[i], num_topics)))
-        return model
-
     def prepare_training(self, corpus: Corpus, context: BuildContext) -> None:
-        stash = context.scratch.get("xtra")
-        if stash is None:
-            emb = document_embeddings(corpus, self.hparams["encoder"], context)
-            labels = cluster_documents(emb, self.num_topics, context.seed)
-        else:
-            emb, labels = stash
+        emb, labels = embed_and_cluster(corpus, self.num_topics, self.hparams["encoder"], context)
         for i in range(2):
             self.register_buffer(f"doc_emb_{i}", torch.from_numpy(np.ascontiguousarray(emb[i])), persistent=False)
             self.register_buffer(f"cluster_{i}", torch.from_numpy(labels[i]), persistent=False)

@@ -339,3 +339,36 @@ def test_the_contextual_features_cache_keeps_its_file_name(use_encoders, tmp_pat
     cached = np.full((1, 512), 0.5, dtype=np.float32)
     np.save(tmp_path / "embeddings" / "use-multilingual-pooled-t256-d9a42c7664804937693c61ed.npy", cached)
     assert np.array_equal(torch_use.features(["market news"], tmp_path, False).numpy(), cached)
+
+
+# -- how the topic-word weights start (issue 15: time to quality) ---------------------------------
+
+
+def test_cluster_start_gives_every_language_the_same_clusters_topics(tmp_path) -> None:
+    """init=clusters: topic k starts as cluster k's words in each language (XTRA's start), not at random."""
+    from xtm.models_zoo.base import BuildContext
+    from xtm.models_zoo.cluster_init import cluster_topic_init, embed_and_cluster
+
+    corpus = tiny_corpus(va=30, vb=45, texts=True)
+    context = BuildContext(cache_dir=tmp_path, seed=2)
+    model = NMTM.from_corpus(corpus, 4, context, init="clusters")
+    _, labels = embed_and_cluster(corpus, 4, "use-multilingual", context)
+    for i, lc in enumerate(corpus.languages):
+        expected = torch.from_numpy(cluster_topic_init(lc.train_bow, labels[i], 4))
+        assert torch.equal(model.phi[i].detach(), expected)
+    random_start = NMTM.from_corpus(corpus, 4, BuildContext(cache_dir=tmp_path, seed=2))
+    assert not torch.equal(random_start.phi[0].detach(), model.phi[0].detach())
+
+
+def test_an_unknown_start_is_refused_naming_the_choices(tmp_path) -> None:
+    from xtm.models_zoo.base import BuildContext
+
+    with pytest.raises(XtmError, match="init='kmeans' is not one of random, clusters"):
+        InfoCTM.from_corpus(tiny_corpus(), 4, BuildContext(cache_dir=tmp_path), init="kmeans")
+
+
+def test_the_cluster_start_needs_text_and_says_what_to_use_instead(tmp_path) -> None:
+    from xtm.models_zoo.base import BuildContext
+
+    with pytest.raises(XtmError, match="needs their text.*--set init=random"):
+        NMTM.from_corpus(tiny_corpus(), 4, BuildContext(cache_dir=tmp_path), init="clusters")

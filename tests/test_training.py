@@ -215,3 +215,23 @@ def test_eval_every_records_a_learning_curve_without_changing_the_run(example_di
     weights = [load_file(str(latest_checkpoint_dir(r) / "model.safetensors")) for r in runs.values()]
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_topic_lr_scale_gives_the_topic_word_weights_their_own_rate_and_resumes(example_corpus, tmp_path) -> None:
+    """--topic-lr-scale: phi at scale x lr, everything else at lr; a split run equals a straight one."""
+    cfg = config(epochs=2, topic_lr_scale=4.0)
+    straight = train(example_corpus, cfg, tmp_path / "straight")
+    from xtm.trainer.loop.training import make_optimizer
+
+    opt = make_optimizer(straight.model, 0.002, 4.0)
+    assert [g["lr"] for g in opt.param_groups] == [0.002, 0.008]
+    phi = {id(p) for p in straight.model.phi}
+    assert {id(p) for p in opt.param_groups[1]["params"]} == phi
+    assert not phi & {id(p) for p in opt.param_groups[0]["params"]}
+    assert len(make_optimizer(straight.model, 0.002).param_groups) == 1   # scale 1: the old single group
+    train(example_corpus, config(epochs=1, topic_lr_scale=4.0), tmp_path / "split")
+    resumed = train(example_corpus, cfg, tmp_path / "split", resume=True)
+    for k, v in params(straight.model).items():
+        assert torch.allclose(v.float(), params(resumed.model)[k].float(), atol=1e-6), k
+    plain = train(example_corpus, config(epochs=2), tmp_path / "plain")
+    assert not torch.allclose(plain.model.phi[0], straight.model.phi[0])   # the scale changed training

@@ -129,13 +129,25 @@ def infer_theta(model: CrossLingualTopicModel, bow: sp.csr_matrix, lang_index: i
     return out
 
 
-def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, lr: float, topic_lr_scale: float = 1.0) -> torch.optim.Optimizer:
+    """Adam over the trainable parameters; the topic-word weights phi at topic_lr_scale x lr.
+
+    Each group records its multiplier ("lr_scale") so a later change of the base rate (phase 2)
+    keeps the ratio. With a scale of 1 there is one group, as before (old checkpoints resume).
+    """
     params = [p for p in model.parameters() if p.requires_grad]
+    groups: list[dict[str, Any]] = [{"params": params, "lr_scale": 1.0}]
+    if topic_lr_scale != 1.0:
+        topic = {id(p) for name, p in model.named_parameters() if name.split(".")[0] == "phi"}
+        groups = [{"params": [p for p in params if id(p) not in topic], "lr_scale": 1.0},
+                  {"params": [p for p in params if id(p) in topic], "lr_scale": float(topic_lr_scale)}]
+    for group in groups:
+        group["lr"] = lr * group["lr_scale"]
     # The fused kernel is ~20% faster per step on CPU and exact; fall back where unsupported.
     try:
-        return torch.optim.Adam(params, lr=lr, fused=True)
+        return torch.optim.Adam(groups, lr=lr, fused=True)
     except (RuntimeError, TypeError):
-        return torch.optim.Adam(params, lr=lr)
+        return torch.optim.Adam(groups, lr=lr)
 
 
 def build_model(corpus: Corpus, cfg: TrainConfig) -> CrossLingualTopicModel:
@@ -280,7 +292,7 @@ class _Training:
         self.data = data if data is not None else InMemoryBatches(corpus)
         self.rng = seed_everything(cfg.seed)
         self.model = build_model(corpus, cfg)
-        self.optimizer = make_optimizer(self.model, cfg.lr)
+        self.optimizer = make_optimizer(self.model, cfg.lr, cfg.topic_lr_scale)
         self.fingerprint = self.data.fingerprint()
         self.done = 0                                   # completed epochs
         self.history: list[dict[str, float]] = []
@@ -467,7 +479,7 @@ class _Training:
         """
         lr = self.cfg.lr * phase2.cfg.lr_scale
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         if progress.steps_done == 0:
             phase2.start_epoch(self.model)
             if progress.epoch == self.cfg.epochs + 1 and self.main:
