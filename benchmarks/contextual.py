@@ -68,10 +68,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "debiased teacher + TC + XL 5 + smooth 10 (sigma 0.05)": {},
     "debiased teacher + TC + XL 5 + smooth 10 (sigma 0.05), seed 1": {"seed": 1},
     "debiased teacher + TC + XL 3 + smooth 10 (sigma 0.05)": {"lambda_xl": 3.0},
-    # after: a language critic on the mined pairs through a reversed gradient (--lambda-adv)
-    "debiased teacher + TC + XL 5 + smooth 10 + adversary 1": {"lambda_adv": 1.0},
-    "debiased teacher + TC + XL 5 + smooth 10 + adversary 3": {"lambda_adv": 3.0},
-    "debiased teacher + TC + XL 5 + smooth 10 + adversary 1, seed 1": {"lambda_adv": 1.0, "seed": 1},
 }
 DEFAULT_VARIANT = "debiased teacher + TC + XL 5 + smooth 10 (sigma 0.05)"
 BASELINE_VARIANT = "distill + TC (lambda 1)"  # the default before issue 14

@@ -529,10 +529,6 @@ class ContextualConfig:
                                               "topics a language's bag of words gives every document, which the "
                                               "other languages' do not (0: the raw theta).",
                                     cli=Cli("--teacher-debias", min=0))
-    lambda_adv: float = setting(0.0, help="Weight of language-adversarial training: a classifier guesses each mined "
-                                          "pair's language from the head's hidden layer through a reversed "
-                                          "gradient, so the head learns features that do not tell the training "
-                                          "languages apart (0: off).", cli=Cli("--lambda-adv", min=0))
 
     def check(self) -> None:
         if self.objective not in CONTEXTUAL_OBJECTIVES:
@@ -543,10 +539,9 @@ class ContextualConfig:
                 raise XtmError(f"contextual {name} must be at least 1, got {getattr(self, name)}")
         if self.lambda_tc < 0 or self.finetune_epochs < 0 or not 0 <= self.dropout < 1:
             raise XtmError("contextual lambda_tc and finetune_epochs must be >= 0, dropout in [0, 1)")
-        weights = (self.lambda_xl, self.lambda_smooth, self.smooth_sigma, self.teacher_debias, self.lambda_adv)
-        if min(weights) < 0 or self.xl_neighbors < 1:
-            raise XtmError("contextual lambda_xl, lambda_smooth, smooth_sigma, teacher_debias and lambda_adv must be "
-                           ">= 0, xl_neighbors >= 1")
+        if min(self.lambda_xl, self.lambda_smooth, self.smooth_sigma, self.teacher_debias) < 0 or self.xl_neighbors < 1:
+            raise XtmError("contextual lambda_xl, lambda_smooth, smooth_sigma and teacher_debias must be >= 0, "
+                           "xl_neighbors >= 1")
         if self.auto_route not in CONTEXTUAL_AUTO_ROUTES:
             raise XtmError(f"contextual auto_route must be one of {', '.join(CONTEXTUAL_AUTO_ROUTES)}, "
                            f"got {self.auto_route!r}")

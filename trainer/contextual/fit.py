@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 import xtm
 from xtm.atomic import write_json
@@ -272,32 +272,12 @@ def head_loss(head: ContextualHead, model: CrossLingualTopicModel, emb: Tensor, 
     return loss
 
 
-class _ReverseGradient(torch.autograd.Function):
-    """Identity forward; minus the gradient backward (Ganin & Lempitsky, 2015)."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:  # noqa: D102
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:  # noqa: D102
-        return -grad
-
-
 def pair_loss(head: ContextualHead, embeddings: list[Tensor], pairs: MinedPairs, sel: np.ndarray,
-              device: torch.device, critic: nn.Module | None = None, lambda_adv: float = 0.0) -> Tensor:
-    """Symmetric KL between the head's theta of the selected mined pairs (cross-lingual consistency);
-    with a critic, plus lambda_adv x its cross-entropy at telling the pair's two languages apart from
-    the head's hidden layer, through a reversed gradient (the head learns to make it fail)."""
+              device: torch.device) -> Tensor:
+    """Symmetric KL between the head's theta of the selected mined pairs (cross-lingual consistency)."""
     ea = embeddings[pairs.a][torch.from_numpy(pairs.rows_a[sel])].to(device)
     eb = embeddings[pairs.b][torch.from_numpy(pairs.rows_b[sel])].to(device)
-    ha, hb = head.hidden(ea), head.hidden(eb)
-    loss = symmetric_kl(head.mu(ha), head.mu(hb))
-    if critic is not None and lambda_adv > 0:
-        h = _ReverseGradient.apply(torch.cat([ha, hb]))
-        side = torch.cat([torch.zeros(len(ha), dtype=torch.long), torch.ones(len(hb), dtype=torch.long)]).to(device)
-        loss = loss + lambda_adv * F.cross_entropy(critic(h), side)
-    return loss
+    return symmetric_kl(head(ea)[0], head(eb)[0])
 
 
 def fit_head(encoder_dim: int, model: CrossLingualTopicModel, data: list[_LangData], embeddings: list[Tensor],
@@ -312,11 +292,9 @@ def fit_head(encoder_dim: int, model: CrossLingualTopicModel, data: list[_LangDa
     model.to(device).eval()  # frozen: its decoder's batch norm keeps its training statistics
     for p in model.parameters():
         p.requires_grad_(False)
-    pair_sets = [p for p in (pairs or []) if len(p.rows_a) >= 2] if cfg.lambda_xl > 0 else []
-    # The language critic (only with mined pairs: each pair batch holds both languages, balanced).
-    critic = nn.Linear(cfg.hidden, 2).to(device) if pair_sets and cfg.lambda_adv > 0 else None
-    opt = torch.optim.Adam(list(head.parameters()) + (list(critic.parameters()) if critic else []), lr=cfg.lr)
+    opt = torch.optim.Adam(head.parameters(), lr=cfg.lr)
     teachers = [torch.from_numpy(teacher_targets(d.teacher, cfg.teacher_debias)) for d in data]
+    pair_sets = [p for p in (pairs or []) if len(p.rows_a) >= 2] if cfg.lambda_xl > 0 else []
     losses = []
     for epoch in range(cfg.epochs):
         total = count = 0.0
@@ -334,8 +312,7 @@ def fit_head(encoder_dim: int, model: CrossLingualTopicModel, data: list[_LangDa
                 order = pair_orders[ps]
                 nb = max(1, len(order) // cfg.batch_size)
                 sel = order[((step // len(pair_sets)) % nb) * cfg.batch_size:][:cfg.batch_size]
-                loss = loss + cfg.lambda_xl * pair_loss(head, embeddings, pair_sets[ps], sel, device, critic,
-                                                         cfg.lambda_adv / cfg.lambda_xl)
+                loss = loss + cfg.lambda_xl * pair_loss(head, embeddings, pair_sets[ps], sel, device)
             opt.zero_grad()
             loss.backward()
             opt.step()
