@@ -1,7 +1,7 @@
 """Document clusters from multilingual sentence embeddings, and topic-word rows started from them.
 
 XTRA (Nguyen et al., 2025) starts its topics this way; the other VAE backbones can too
-(`--set init=clusters`, see docs/benchmarks.md "Cluster start"): K-means groups the training
+(`--set init=clusters`; measured in docs/benchmarks.md "Full length"): K-means groups the training
 documents of both languages by meaning, so topic k starts as cluster k's words in every language,
 already aligned across languages.
 """
@@ -22,8 +22,7 @@ def document_embeddings(corpus: Corpus, encoder: str, context: BuildContext) -> 
     out = []
     for lc in corpus.languages:
         if lc.train_texts is None:
-            raise XtmError(f"clustering documents needs their text; the corpus has none for '{lc.lang}' "
-                           f"(an out-of-core run keeps none: use --set init=random)")
+            raise XtmError(f"clustering the documents needs their text; the corpus has none for '{lc.lang}'")
         out.append(embed_cached(encoder, lc.train_texts, context.cache_dir, progress=context.progress))
     return out
 

@@ -56,6 +56,9 @@ class TwoLanguageVAE(CrossLingualTopicModel):
         init = {**cls.defaults, **hparams}["init"]
         if init not in cls.INITS:
             raise XtmError(f"{cls.name}: init={init!r} is not one of {', '.join(cls.INITS)}")
+        if init == "clusters" and any(lc.train_texts is None for lc in corpus.languages):
+            raise XtmError(f"{cls.name}: init=clusters embeds the training documents, but this corpus keeps no "
+                           "text (an out-of-core run keeps none): use --set init=random")
         context = context or BuildContext()
         model = super().from_corpus(corpus, num_topics, context, **hparams)
         if init == "clusters":

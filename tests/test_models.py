@@ -370,5 +370,5 @@ def test_an_unknown_start_is_refused_naming_the_choices(tmp_path) -> None:
 def test_the_cluster_start_needs_text_and_says_what_to_use_instead(tmp_path) -> None:
     from xtm.models_zoo.base import BuildContext
 
-    with pytest.raises(XtmError, match="needs their text.*--set init=random"):
+    with pytest.raises(XtmError, match="keeps no text.*--set init=random"):
         NMTM.from_corpus(tiny_corpus(), 4, BuildContext(cache_dir=tmp_path), init="clusters")

@@ -233,5 +233,8 @@ def test_topic_lr_scale_gives_the_topic_word_weights_their_own_rate_and_resumes(
     resumed = train(example_corpus, cfg, tmp_path / "split", resume=True)
     for k, v in params(straight.model).items():
         assert torch.allclose(v.float(), params(resumed.model)[k].float(), atol=1e-6), k
+    with pytest.raises(XtmError, match="trained with --topic-lr-scale 4, this run asks for 1: resume with "
+                                       "--topic-lr-scale 4"):
+        train(example_corpus, config(epochs=3), tmp_path / "split", resume=True)
     plain = train(example_corpus, config(epochs=2), tmp_path / "plain")
     assert not torch.allclose(plain.model.phi[0], straight.model.phi[0])   # the scale changed training

@@ -320,6 +320,7 @@ class _Training:
         if saved.get("corpus") != self.fingerprint:
             raise XtmError("--resume: the data differs from the data this checkpoint was trained on "
                            f"(checkpoint {saved.get('corpus')}, now {self.fingerprint})", path=ckpt.path)
+        self._check_topic_lr_scale(ckpt)
         load_unique_state_dict(self.model, ckpt.model)
         if train_buffers(ckpt):
             # The saved model's batch-norm statistics were recalibrated for inference; training
@@ -343,6 +344,17 @@ class _Training:
             where = f"epoch {self.done}" + (f", {self.partial.steps_done} steps into epoch {self.partial.epoch}"
                                             if self.partial else "")
             logger.info(f"resumed from {ckpt.path} ({where})")
+
+    def _check_topic_lr_scale(self, ckpt: Any) -> None:
+        """A checkpoint continues with the learning-rate groups it was trained with: refuse another
+        --topic-lr-scale by name (the optimizer would fail with a bare group count, or keep the old rate)."""
+        groups = ckpt.state.get("optimizer", {}).get("param_groups") if isinstance(ckpt.state, dict) else None
+        if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+            return  # restore_optimizer says what is wrong with it
+        saved = max((float(g.get("lr_scale", 1.0)) for g in groups), default=1.0)
+        if saved != float(self.cfg.topic_lr_scale):
+            raise XtmError(f"--resume: the checkpoint was trained with --topic-lr-scale {saved:g}, this run asks for "
+                           f"{self.cfg.topic_lr_scale:g}: resume with --topic-lr-scale {saved:g}", path=ckpt.path)
 
     def _check_resume_position(self, path: Path) -> None:
         if self.done > self.total_epochs:
