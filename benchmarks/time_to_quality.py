@@ -32,8 +32,12 @@ DICTS = {"ECNews": "dict/ch_en_dict.dat", "Rakuten_Amazon": "dict/MUSE/ja-en.txt
 
 
 def read_history(run: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The per-epoch history and the train settings of a run, finished or not."""
-    if (run / "history.json").is_file():
+    """The per-epoch history and the train settings of a run, finished or not (a finished run resumed
+    for more epochs keeps its old history.json until it ends: the newer checkpoint wins then)."""
+    from_checkpoint = _checkpoint_history(run)
+    if (run / "history.json").is_file() and not (
+            from_checkpoint and from_checkpoint[0][-1:] and
+            from_checkpoint[0][-1].get("epoch", 0) > _last_epoch(run / "history.json")):
         history = json.loads((run / "history.json").read_text(encoding="utf-8"))
         config_file = run / "config.json"
         config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
@@ -44,12 +48,23 @@ def read_history(run: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
             history[-1] = {**history[-1], "eval": {"TU": metrics.get("TU"),
                                                    "classification": metrics.get("classification")}}
         return history, {**config.get("data", {}), **config.get("train_config", {})}
+    if from_checkpoint is None:
+        raise SystemExit(f"{run}: no history.json and no checkpoints/latest.json")
+    return from_checkpoint
+
+
+def _checkpoint_history(run: Path) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
     latest = run / "checkpoints" / "latest.json"
     if not latest.is_file():
-        raise SystemExit(f"{run}: no history.json and no checkpoints/latest.json")
+        return None
     state_dir = run / "checkpoints" / json.loads(latest.read_text(encoding="utf-8"))["dir"]
     state = json.loads((state_dir / "state.json").read_text(encoding="utf-8"))
     return state["history"], dict(state.get("train_config", {}))
+
+
+def _last_epoch(history_file: Path) -> int:
+    history = json.loads(history_file.read_text(encoding="utf-8"))
+    return int(history[-1].get("epoch", 0)) if history else 0
 
 
 def dataset_of(run: Path, settings: dict[str, Any]) -> str | None:
