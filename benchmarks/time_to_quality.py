@@ -35,10 +35,9 @@ def read_history(run: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The per-epoch history and the train settings of a run, finished or not (a finished run resumed
     for more epochs keeps its old history.json until it ends: the newer checkpoint wins then)."""
     from_checkpoint = _checkpoint_history(run)
-    if (run / "history.json").is_file() and not (
-            from_checkpoint and from_checkpoint[0][-1:] and
-            from_checkpoint[0][-1].get("epoch", 0) > _last_epoch(run / "history.json")):
-        history = json.loads((run / "history.json").read_text(encoding="utf-8"))
+    history_file = run / "history.json"
+    history = json.loads(history_file.read_text(encoding="utf-8")) if history_file.is_file() else None
+    if history is not None and (from_checkpoint is None or _last_epoch(from_checkpoint[0]) <= _last_epoch(history)):
         config_file = run / "config.json"
         config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
         metrics_file = run / "metrics.json"
@@ -62,8 +61,7 @@ def _checkpoint_history(run: Path) -> tuple[list[dict[str, Any]], dict[str, Any]
     return state["history"], dict(state.get("train_config", {}))
 
 
-def _last_epoch(history_file: Path) -> int:
-    history = json.loads(history_file.read_text(encoding="utf-8"))
+def _last_epoch(history: list[dict[str, Any]]) -> int:
     return int(history[-1].get("epoch", 0)) if history else 0
 
 

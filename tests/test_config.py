@@ -288,7 +288,7 @@ TRAIN_CONFIG_V1 = {"model": "infoctm", "num_topics": 50, "epochs": 100, "batch_s
                    "hparams": {}, "phase2_epochs": 0}
 # Fields added since, at the end (what an older run's config lacks reads back as the default).
 TRAIN_CONFIG_V2 = {**TRAIN_CONFIG_V1, "eval_every": 0}
-# Issue 15: the topic-word weights' own learning rate (docs/benchmarks.md "Time to quality").
+# Issue 15: the topic-word weights' own learning rate (docs/benchmarks.md "Full length").
 TRAIN_CONFIG_V3 = {**TRAIN_CONFIG_V2, "topic_lr_scale": 1.0}
 DATA_V1 = {"path": "d", "dict_path": None, "langs": None, "vocab_size": 5000, "min_df": 2, "max_df": 0.5,
            "ref_corpus": None, "out_of_core": False, "shard_size": 10000, "shard_dir": None, "eval_train_docs": 20000}

@@ -17,7 +17,7 @@ from xtm.config import TrainConfig
 from xtm.errors import XtmError
 from xtm.models_zoo.registry import model_from_state
 from xtm.trainer.loop.checkpoint import latest_checkpoint_dir, load_checkpoint
-from xtm.trainer.loop.training import epoch_batches, train
+from xtm.trainer.loop.training import epoch_batches, make_optimizer, train
 
 
 def config(**kw) -> TrainConfig:
@@ -221,8 +221,6 @@ def test_topic_lr_scale_gives_the_topic_word_weights_their_own_rate_and_resumes(
     """--topic-lr-scale: phi at scale x lr, everything else at lr; a split run equals a straight one."""
     cfg = config(epochs=2, topic_lr_scale=4.0)
     straight = train(example_corpus, cfg, tmp_path / "straight")
-    from xtm.trainer.loop.training import make_optimizer
-
     opt = make_optimizer(straight.model, 0.002, 4.0)
     assert [g["lr"] for g in opt.param_groups] == [0.002, 0.008]
     phi = {id(p) for p in straight.model.phi}
