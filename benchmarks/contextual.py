@@ -68,6 +68,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "debiased teacher + TC + XL 5 + smooth 10 (sigma 0.05)": {},
     "debiased teacher + TC + XL 5 + smooth 10 (sigma 0.05), seed 1": {"seed": 1},
     "debiased teacher + TC + XL 3 + smooth 10 (sigma 0.05)": {"lambda_xl": 3.0},
+    # on sharp teachers (InfoCTM 100 epochs): half the debiasing, or pairs at 10
+    "half-debiased teacher (0.5) + TC + XL 5 + smooth 10": {"teacher_debias": 0.5},
+    "debiased teacher + TC + XL 10 + smooth 10": {"lambda_xl": 10.0},
 }
 DEFAULT_VARIANT = "debiased teacher + TC + XL 5 + smooth 10 (sigma 0.05)"
 BASELINE_VARIANT = "distill + TC (lambda 1)"  # the default before issue 14
