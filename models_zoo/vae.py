@@ -56,8 +56,8 @@ class TwoLanguageVAE(CrossLingualTopicModel):
         init = {**cls.defaults, **hparams}["init"]
         if init not in cls.INITS:
             raise XtmError(f"{cls.name}: init={init!r} is not one of {', '.join(cls.INITS)}")
-        # (a backbone that always clusters, XTRA, says for itself that it needs the text)
-        if init == "clusters" != cls.defaults["init"] and any(lc.train_texts is None for lc in corpus.languages):
+        asked_for_clusters = init == "clusters" and cls.defaults["init"] != "clusters"  # XTRA explains itself
+        if asked_for_clusters and any(lc.train_texts is None for lc in corpus.languages):
             raise XtmError(f"{cls.name}: init=clusters embeds the training documents, but this corpus keeps no "
                            "text (an out-of-core run keeps none): use --set init=random")
         context = context or BuildContext()

@@ -234,5 +234,8 @@ def test_topic_lr_scale_gives_the_topic_word_weights_their_own_rate_and_resumes(
     with pytest.raises(XtmError, match="trained with --topic-lr-scale 4, this run asks for 1: resume with "
                                        "--topic-lr-scale 4"):
         train(example_corpus, config(epochs=3), tmp_path / "split", resume=True)
+    # a scale below 1 resumes too (phi's group, not the larger of the rates, is the saved scale)
+    train(example_corpus, config(epochs=1, topic_lr_scale=0.5), tmp_path / "slow")
+    assert train(example_corpus, config(epochs=2, topic_lr_scale=0.5), tmp_path / "slow", resume=True).epochs_done == 2
     plain = train(example_corpus, config(epochs=2), tmp_path / "plain")
     assert not torch.allclose(plain.model.phi[0], straight.model.phi[0])   # the scale changed training

@@ -37,6 +37,7 @@ from xtm.paths import cache_dir
 from xtm.trainer.data.batches import BatchSource, InMemoryBatches, epoch_batches, steps_per_epoch
 from xtm.trainer.loop import distributed
 from xtm.trainer.loop.checkpoint import (
+    Checkpoint,
     load_checkpoint,
     numpy_rng_from_state,
     numpy_rng_state,
@@ -345,13 +346,14 @@ class _Training:
                                             if self.partial else "")
             logger.info(f"resumed from {ckpt.path} ({where})")
 
-    def _check_topic_lr_scale(self, ckpt: Any) -> None:
+    def _check_topic_lr_scale(self, ckpt: Checkpoint) -> None:
         """A checkpoint continues with the learning-rate groups it was trained with: refuse another
         --topic-lr-scale by name (the optimizer would fail with a bare group count, or keep the old rate)."""
         groups = ckpt.state.get("optimizer", {}).get("param_groups") if isinstance(ckpt.state, dict) else None
-        if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+        if not isinstance(groups, list) or not groups or not all(isinstance(g, dict) for g in groups):
             return  # restore_optimizer says what is wrong with it
-        saved = max((float(g.get("lr_scale", 1.0)) for g in groups), default=1.0)
+        # make_optimizer puts phi last: its group's multiplier (the only group's, 1, without a scale)
+        saved = float(groups[-1].get("lr_scale", 1.0))
         if saved != float(self.cfg.topic_lr_scale):
             raise XtmError(f"--resume: the checkpoint was trained with --topic-lr-scale {saved:g}, this run asks for "
                            f"{self.cfg.topic_lr_scale:g}: resume with --topic-lr-scale {saved:g}", path=ckpt.path)
