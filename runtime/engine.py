@@ -609,7 +609,9 @@ def _open_source(source: str | Path | IO[bytes], name: str, stack: contextlib.Ex
 # order, the bad-row policy and the output, so the bytes written and the reports are those of one
 # process. Workers are started fresh ("spawn": onnxruntime is not fork-safe once it has sessions),
 # each loads the bundle (one onnxruntime thread unless --threads), ignores SIGINT (Ctrl-C reaches the
-# whole process group; this process decides) and dies with this process (Linux: PR_SET_PDEATHSIG),
+# whole process group; this process decides; workers are started with SIGINT blocked, so a Ctrl-C
+# while one is still importing cannot print its KeyboardInterrupt) and dies with this process (Linux:
+# PR_SET_PDEATHSIG),
 # so a signal or an error never leaves one behind. At most 2 chunks per worker are in flight:
 # memory stays flat whatever the input length.
 
@@ -642,6 +644,8 @@ def _worker_start(model_cls: type[TopicModel], bundle_dir: str, threads: int, pr
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):  # blocked by _sigint_blocked at spawn; pending ones are dropped
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     if sys.platform.startswith("linux"):
         with contextlib.suppress(Exception):  # best effort: the pool also terminates its workers
             import ctypes
@@ -665,6 +669,22 @@ def _worker_infer(fmt_in: str, chunk: list[tuple[int, Any]]) -> list[Row]:
     else:
         parsed = [engine.parse_line(raw, n) for n, raw in chunk]
     return engine.infer(parsed)
+
+
+@contextlib.contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """SIGINT held back in this thread, and so in any process it spawns (the mask is inherited across
+    fork and exec); one that arrives meanwhile is delivered here when the block ends."""
+    import signal
+
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 class WorkerPool:
@@ -697,6 +717,8 @@ class WorkerPool:
     def close(self) -> None:
         """Stop the workers now: queued chunks are dropped, running ones killed (they write nothing)."""
         procs = list(getattr(self._executor, "_processes", {}).values())
+        # shutdown() forgets its manager thread; keep it to wait for below.
+        manager = getattr(self._executor, "_executor_manager_thread", None)
         self._executor.shutdown(wait=False, cancel_futures=True)
         for p in procs:
             with contextlib.suppress(Exception):
@@ -704,6 +726,11 @@ class WorkerPool:
         for p in procs:
             with contextlib.suppress(Exception):
                 p.join(5)
+        # Wait for the manager thread to close its wake-up pipe. Python 3.11's exit hook writes to that
+        # pipe without a lock, so if the thread is still closing it at exit the hook prints
+        # "OSError: Bad file descriptor" after a signal (about 1 run in 10).
+        if manager is not None:
+            manager.join(10)
 
     def run(self, fmt_in: str, chunks: Iterable[list[tuple[int, Any]]], out: OutputWriter, where: str,
             on_rows: Callable[[int], None] | None = None) -> None:
@@ -723,7 +750,9 @@ class WorkerPool:
 
         try:
             for chunk in chunks:
-                pending.append(([n for n, _ in chunk], self._executor.submit(_worker_infer, fmt_in, chunk)))
+                with _sigint_blocked():  # submit is where the pool spawns its workers
+                    future = self._executor.submit(_worker_infer, fmt_in, chunk)
+                pending.append(([n for n, _ in chunk], future))
                 if len(pending) >= limit:
                     write_oldest()
             while pending:
