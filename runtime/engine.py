@@ -42,6 +42,7 @@ import contextlib
 import dataclasses
 import logging
 import numbers
+import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -636,7 +637,7 @@ def _raw_parquet_chunks(engine: Engine, path: str) -> Iterator[list[tuple[int, A
 
 
 def _worker_start(model_cls: type[TopicModel], bundle_dir: str, threads: int, providers: list[str],
-                  options: InferenceOptions, bundle: str | None, segmenters: str) -> None:
+                  options: InferenceOptions, bundle: str | None, segmenters: str, parent: int) -> None:
     """A worker's initializer: signals as described above, then the parent's segmenters, its own model
     and Engine. The model's class comes in as an argument (pickled by name), so this module never
     imports the model's."""
@@ -651,6 +652,8 @@ def _worker_start(model_cls: type[TopicModel], bundle_dir: str, threads: int, pr
             import ctypes
 
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # it died before the line above: nobody would send that signal
+            os._exit(1)
     from xtm.runtime.tokenize import use_segmenters
 
     use_segmenters(segmenters)
@@ -706,7 +709,7 @@ class WorkerPool:
         self._executor = ProcessPoolExecutor(
             self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_start,
             initargs=(type(model), str(model.manifest.directory), threads, model.providers, options,
-                      None if bundle is None else str(bundle), segmenter_mode()))
+                      None if bundle is None else str(bundle), segmenter_mode(), os.getpid()))
 
     def __enter__(self) -> WorkerPool:
         return self
