@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from xtm.corpus import Corpus, LanguageCorpus, TokenizerSpec
 from xtm.errors import XtmError
 from xtm.models_zoo.components import SparseRows
-from xtm.models_zoo.infoctm import ExpSimilaritySums, InfoCTM
+from xtm.models_zoo.infoctm import ExpSimilaritySums, InfoCTM, PairPlan
 from xtm.models_zoo.nmtm import NMTM
 from xtm.models_zoo.registry import MODEL_NAMES, model_class
 
@@ -120,7 +120,11 @@ def test_tami_equals_dense_formulation_value_and_gradient() -> None:
 def test_exp_similarity_sums_gradcheck_across_blocks() -> None:
     a = torch.randn(ExpSimilaritySums.BLOCK + 37, 3, dtype=torch.float64, requires_grad=True)
     b = torch.randn(11, 3, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x, y: ExpSimilaritySums.apply(x * 0.5, y), (a, b))
+    rows, cols = torch.tensor([0, 3, ExpSimilaritySums.BLOCK + 36, 5, 3]), torch.tensor([10, 0, 4, 5, 0])
+    plan = PairPlan.of(rows, cols, a.shape[0], b.shape[0], ExpSimilaritySums.BLOCK)
+    assert torch.autograd.gradcheck(lambda x, y: ExpSimilaritySums.apply(x * 0.5, y, plan), (a, b))
+    _, _, pairs = ExpSimilaritySums.apply(a * 0.5, b, plan)
+    assert torch.allclose(pairs, ((a * 0.5) @ b.t())[rows, cols])
 
 
 def test_backbones_refuse_other_than_two_languages() -> None:
