@@ -11,7 +11,8 @@ translates to j; link counts weight the positives. Negatives are all unlinked wo
 
 The reference code materialises dense V_a x V_b masks and multiplies them every step (~2 s per
 batch on 2 cores). Here the negative sum is the full row (or column) sum of e^s minus the few
-linked entries, one V_a x V_b similarity matrix serves both directions, and links stay sparse.
+linked entries, one V_a x V_b similarity matrix, walked in row blocks and never kept, serves both
+directions and gives the linked pairs' similarities, and links stay sparse.
 """
 
 from __future__ import annotations

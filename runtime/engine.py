@@ -610,11 +610,10 @@ def _open_source(source: str | Path | IO[bytes], name: str, stack: contextlib.Ex
 # order, the bad-row policy and the output, so the bytes written and the reports are those of one
 # process. Workers are started fresh ("spawn": onnxruntime is not fork-safe once it has sessions),
 # each loads the bundle (one onnxruntime thread unless --threads), ignores SIGINT (Ctrl-C reaches the
-# whole process group; this process decides; workers are started with SIGINT blocked, so a Ctrl-C
-# while one is still importing cannot print its KeyboardInterrupt) and dies with this process (Linux:
-# PR_SET_PDEATHSIG),
-# so a signal or an error never leaves one behind. At most 2 chunks per worker are in flight:
-# memory stays flat whatever the input length.
+# whole process group; this process decides; workers start with SIGINT blocked, so a Ctrl-C while one
+# is still importing cannot print its KeyboardInterrupt) and dies with this process (Linux:
+# PR_SET_PDEATHSIG), so a signal or an error never leaves one behind. At most 2 chunks per worker are
+# in flight: memory stays flat whatever the input length.
 
 _worker_engine: Engine | None = None
 
