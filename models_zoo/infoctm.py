@@ -68,7 +68,7 @@ class PairPlan(NamedTuple):
     @classmethod
     def of(cls, rows: Tensor, cols: Tensor, n_rows: int, n_cols: int, block: int) -> PairPlan:
         flat, order = torch.sort(rows.long() * n_cols + cols.long(), stable=True)
-        starts = torch.arange(0, n_rows + block, block, dtype=torch.long) * n_cols
+        starts = torch.arange(0, n_rows + block, block, dtype=torch.long, device=flat.device) * n_cols
         return cls(flat, order, torch.searchsorted(flat, starts).tolist())
 
 
