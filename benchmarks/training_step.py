@@ -1,0 +1,79 @@
+"""Milliseconds per training step of a backbone on a benchmark corpus (issue 15: InfoCTM per epoch).
+
+    python benchmarks/training_step.py --model infoctm --threads 2 [--steps 30] [--profile]
+
+Builds the model as `xtm-train` does (default hyper-parameters, K=50, seed 1), takes the first
+batches of an epoch's order, runs 5 warm-up steps, then times `--steps` full steps (forward, backward,
+Adam). Steps x steps-per-epoch is the epoch's training time without the loader and the checkpoint;
+use it to compare code versions in one quiet window (the machine has 2 cores: nothing else running).
+`--profile` adds torch's operator table for 10 steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("XTM_SHARED_DATA", ROOT.parent / "shared" / "data"))
+DATASETS = {"ECNews": "dict/ch_en_dict.dat", "Rakuten_Amazon": "dict/MUSE/ja-en.txt"}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="infoctm")
+    p.add_argument("--dataset", default="ECNews", choices=list(DATASETS))
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--profile", action="store_true")
+    args = p.parse_args()
+
+    from xtm.config import TrainConfig
+    from xtm.models_zoo.components import SparseRows
+    from xtm.trainer.data.batches import InMemoryBatches
+    from xtm.trainer.data.loading import load_corpus
+    from xtm.trainer.loop.training import build_model, make_optimizer, seed_everything
+
+    torch.set_num_threads(args.threads)
+    corpus = load_corpus(DATA / args.dataset, dict_path=DATA / DATASETS[args.dataset], progress=False)
+    cfg = TrainConfig(model=args.model, num_topics=50, seed=1)
+    rng = seed_everything(cfg.seed)
+    model = build_model(corpus, cfg)
+    optimizer = make_optimizer(model, cfg.lr)
+    data = InMemoryBatches(corpus)
+    per_epoch = sum(1 for _ in data.epoch(np.random.default_rng(0), cfg.batch_size))
+    batches = list(itertools.islice(data.epoch(rng, cfg.batch_size), args.steps + 15))
+    cpu = torch.device("cpu")
+
+    def step(batch: list) -> None:
+        x = [SparseRows.from_csr(m, cpu) for m, _ in batch]
+        losses = model(x, [torch.from_numpy(r) for _, r in batch])
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        optimizer.step()
+
+    for b in batches[:5]:
+        step(b)
+    t = time.perf_counter()
+    for b in batches[5:5 + args.steps]:
+        step(b)
+    ms = (time.perf_counter() - t) / args.steps * 1000
+    print(f"{args.model} on {args.dataset}, {args.threads} thread(s): {ms:.1f} ms/step x {per_epoch} steps "
+          f"= {ms * per_epoch / 1000:.1f} s/epoch of steps")
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for b in batches[5:15]:
+                step(b)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
+
+
+if __name__ == "__main__":
+    main()
