@@ -71,6 +71,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # on sharp teachers (InfoCTM 100 epochs): half the debiasing, or pairs at 10
     "half-debiased teacher (0.5) + TC + XL 5 + smooth 10": {"teacher_debias": 0.5},
     "debiased teacher + TC + XL 10 + smooth 10": {"lambda_xl": 10.0},
+    # the head's dropout 0.5 instead of 0.2 (docs/contextual.md "Choice 6": measured, not the default)
+    "debiased teacher + TC + XL 5 + smooth 10, dropout 0.5": {"dropout": 0.5},
+    "debiased teacher + TC + XL 5 + smooth 10, dropout 0.5, seed 1": {"dropout": 0.5, "seed": 1},
 }
 DEFAULT_VARIANT = "debiased teacher + TC + XL 5 + smooth 10 (sigma 0.05)"
 BASELINE_VARIANT = "distill + TC (lambda 1)"  # the default before issue 14
