@@ -17,7 +17,6 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +35,7 @@ def main() -> None:
 
     from xtm.config import TrainConfig
     from xtm.models_zoo.components import SparseRows
-    from xtm.trainer.data.batches import InMemoryBatches
+    from xtm.trainer.data.batches import InMemoryBatches, steps_per_epoch
     from xtm.trainer.data.loading import load_corpus
     from xtm.trainer.loop.training import build_model, make_optimizer, seed_everything
 
@@ -47,7 +46,7 @@ def main() -> None:
     model = build_model(corpus, cfg)
     optimizer = make_optimizer(model, cfg.lr)
     data = InMemoryBatches(corpus)
-    per_epoch = sum(1 for _ in data.epoch(np.random.default_rng(0), cfg.batch_size))
+    per_epoch = steps_per_epoch(data.sizes(), cfg.batch_size)
     batches = list(itertools.islice(data.epoch(rng, cfg.batch_size), args.steps + 15))
     cpu = torch.device("cpu")
 
