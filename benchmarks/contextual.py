@@ -64,7 +64,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "distill + TC + XL 3": {**_RAW, "lambda_smooth": 0.0},
     "distill + TC + smooth 10 (sigma 0.05)": {**_RAW, "lambda_xl": 0.0},
     # since: each language's teacher divided by its mean theta (--teacher-debias 1), pairs at 5. The first
-    # one is the default (ContextualConfig's defaults, no override).
+    # one was the default until Choice 8 (docs/contextual.md).
     "debiased teacher + TC + XL 5 + smooth 10 (sigma 0.05)": {},
     "debiased teacher + TC + XL 5 + smooth 10 (sigma 0.05), seed 1": {"seed": 1},
     "debiased teacher + TC + XL 3 + smooth 10 (sigma 0.05)": {"lambda_xl": 3.0},
@@ -79,7 +79,18 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "debiased teacher + TC + XL 5 + smooth 10 (sigma 0.05), seed 2": {"seed": 2},
     "debiased teacher + TC + XL 5 + smooth 10 (sigma 0.05), seed 3": {"seed": 3},
 }
-DEFAULT_VARIANT = "debiased teacher + TC + XL 5 + smooth 10 (sigma 0.05)"
+# Every variant above was fitted with each training language's own teacher (teacher_others 1, the default
+# before Choice 8); below, the other languages learn from the first language's teacher only through the pairs.
+VARIANTS = {name: {"teacher_others": 1.0, **over} for name, over in VARIANTS.items()}
+_FIRST = "first-language teacher + TC + XL 5 + smooth 10"
+VARIANTS.update({_FIRST: {"teacher_others": 0.0}, **{f"{_FIRST}, seed {s}": {"teacher_others": 0.0, "seed": s}
+                                                    for s in (1, 2, 3)},
+                 "others' teacher at 0.3 + TC + XL 5 + smooth 10": {"teacher_others": 0.3},
+                 "others' teacher at 0.3 + TC + XL 5 + smooth 10, seed 1": {"teacher_others": 0.3, "seed": 1}})
+_TENTH = "others' teacher at 0.1 + TC + XL 5 + smooth 10"
+VARIANTS.update({_TENTH: {}, **{f"{_TENTH}, seed {s}": {"seed": s}
+                                                    for s in (1, 2, 3)}})
+DEFAULT_VARIANT = _TENTH  # ContextualConfig's defaults since Choice 8 (before: the debiased teacher row)
 BASELINE_VARIANT = "distill + TC (lambda 1)"  # the default before issue 14
 # Reference points quoted in issue 14 (mean Match of aligned news items vs English, ctx-ctx).
 SEED002_BEST_MEAN_MATCH = 0.55  # seed 002's best rows (NLI fine-tuning)

@@ -164,7 +164,8 @@ def test_teachers_that_disagree_across_languages_do_not_collapse_the_head(dropou
     divided by its language's mean theta (teacher_debias 0, issue 14's head) every held-out document of
     both languages got the same topic (share 100%): the Kyoto collapse on the Rakuten model. Also with the
     head's dropout at 0.5: while the consistency terms compared two dropout masks, that put 400 of 400
-    documents in one topic at seeds 0 and 2 (docs/contextual.md, Choice 7)."""
+    documents in one topic at seeds 0 and 2 (docs/contextual.md, Choice 7). With the default teacher_others
+    (0.1: the second language learns mostly through the pairs) translations agree on 85-98% of documents."""
     import torch
 
     from xtm.models_zoo.registry import model_class
@@ -189,7 +190,8 @@ def test_teachers_that_disagree_across_languages_do_not_collapse_the_head(dropou
     match = (top["en"] == top["ja"]).mean()
     shuffled = (np.bincount(top["en"], minlength=s["K"]) * np.bincount(top["ja"], minlength=s["K"])).sum() / len(
         top["en"]) ** 2
-    assert match >= 0.5 and match >= 2.5 * shuffled, (match, shuffled)
+    # 0.5 with every language's own teacher (teacher_others 1, before Choice 8); 0.85-0.98 with the default 0.1
+    assert match >= 0.75 and match >= 2.5 * shuffled, (match, shuffled)
 
 
 def test_consistency_terms_compare_the_heads_function_without_dropout() -> None:
@@ -221,6 +223,42 @@ def test_consistency_terms_compare_the_heads_function_without_dropout() -> None:
     torch.manual_seed(1)
     distill = (teacher * (teacher.log() - torch.log_softmax(head(emb[0])[0], 1))).sum(1).mean()
     assert distill.item() > 1e-3 and abs(loss.item() - distill.item()) < 1e-6
+
+
+def test_first_language_teacher_makes_translations_agree_where_the_teachers_disagree() -> None:
+    """teacher_others 0: documents of the second language carry no teacher term (their batches train only
+    the noise consistency), so the head takes its topics from the first language's teacher and the second
+    language reaches them through the mined pairs: on the disagreeing teachers translations then get the same
+    top topic far more often than with both teachers (0.92-0.97 against 0.50-0.61 over seeds 0-2), with
+    every topic used."""
+    import torch
+
+    from xtm.models_zoo.contextual import ContextualHead, HeadConfig
+    from xtm.models_zoo.registry import model_class
+    from xtm.trainer.contextual.fit import MinedPairs, _LangData, fit_head, head_loss, head_theta, mine_pairs
+
+    head = ContextualHead(HeadConfig(in_dim=8, num_topics=3, hidden=8))
+    emb, teacher = torch.randn(5, 8), torch.full((5, 3), 1 / 3)
+    cfg = ContextualConfig(teacher_others=0.0, lambda_smooth=0.0)
+    assert head_loss(head, None, emb, teacher, None, 1, cfg).item() == 0  # second language: no teacher term
+    assert head_loss(head, None, emb, teacher, None, 0, cfg).item() > 0
+    with pytest.raises(XtmError, match="teacher_others"):
+        ContextualConfig(teacher_others=1.5).check()
+
+    s = _disagreeing_teachers()
+    data = [_LangData(lang, i, None, s["teacher"][lang], None) for i, lang in enumerate(("en", "ja"))]
+    i, j, score = mine_pairs(s["emb"]["en"], s["emb"]["ja"])
+    model = model_class("nmtm")(["en", "ja"], [20, 20], s["K"])
+    match = {}
+    for weight in (1.0, 0.0):
+        torch.manual_seed(0)
+        head, _ = fit_head(s["D"], model, data, [s["emb"]["en"], s["emb"]["ja"]],
+                           ContextualConfig(threads=1, teacher_others=weight), np.random.default_rng(0),
+                           torch.device("cpu"), [MinedPairs(0, 1, i, j, score)])
+        top = {lang: head_theta(head, e).argmax(1) for lang, e in s["held_out"].items()}
+        assert all((np.bincount(t, minlength=s["K"]) > 0).sum() >= 6 for t in top.values())
+        match[weight] = (top["en"] == top["ja"]).mean()
+    assert match[0.0] >= 0.85 and match[0.0] >= match[1.0] + 0.2, match
 
 
 def test_teacher_targets_remove_a_language_prior_and_keep_the_ranking() -> None:
