@@ -13,7 +13,9 @@ Steps (`train_contextual`):
       ctm       the CTM objective through the run's frozen decoder: reconstruction of the
                 document's own bag of words + KL to the prior (the head as a second inference
                 network of the same generative model);
-    plus, for either, lambda_tc * cross-entropy to the teacher's argmax topic (TCCTM, sec. 3.4),
+    plus, for either, lambda_tc * cross-entropy to the teacher's argmax topic (TCCTM, sec. 3.4); these
+    teacher terms count fully for the first training language and `teacher_others` (0.1) for the others,
+    which learn the first language's topics mostly through the mined pairs (docs/contextual.md Choice 8),
     plus two consistency terms that make theta a function of what a document says, not of its
     language (issue 14; measurements in docs/contextual.md, "Choice: any language by default"):
       lambda_xl      symmetric KL between the head's theta of pseudo-parallel pairs of training
@@ -22,6 +24,7 @@ Steps (`train_contextual`):
       lambda_smooth  symmetric KL between theta(e) and theta(e + noise) (Gaussian, smooth_sigma
                      per dimension, on the unit embedding): it needs no language, so it also holds
                      for languages the run never saw.
+    Both compare the head without dropout (`without_dropout`, Choice 7).
  5. Agreement with the bag-of-words route on the held-out documents of the training languages
     (top-topic match, KL) and, with labels, classification accuracy of both thetas.
 
