@@ -80,7 +80,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "debiased teacher + TC + XL 5 + smooth 10 (sigma 0.05), seed 3": {"seed": 3},
 }
 # Every variant above was fitted with each training language's own teacher (teacher_others 1, the default
-# before Choice 8); below, the other languages learn from the first language's teacher only through the pairs.
+# before Choice 8); below, the other languages' own teachers weigh 0, 0.3 or 0.1 (the default).
 VARIANTS = {name: {"teacher_others": 1.0, **over} for name, over in VARIANTS.items()}
 _FIRST = "first-language teacher + TC + XL 5 + smooth 10"
 VARIANTS.update({_FIRST: {"teacher_others": 0.0}, **{f"{_FIRST}, seed {s}": {"teacher_others": 0.0, "seed": s}
@@ -88,8 +88,7 @@ VARIANTS.update({_FIRST: {"teacher_others": 0.0}, **{f"{_FIRST}, seed {s}": {"te
                  "others' teacher at 0.3 + TC + XL 5 + smooth 10": {"teacher_others": 0.3},
                  "others' teacher at 0.3 + TC + XL 5 + smooth 10, seed 1": {"teacher_others": 0.3, "seed": 1}})
 _TENTH = "others' teacher at 0.1 + TC + XL 5 + smooth 10"
-VARIANTS.update({_TENTH: {}, **{f"{_TENTH}, seed {s}": {"seed": s}
-                                                    for s in (1, 2, 3)}})
+VARIANTS.update({_TENTH: {}, **{f"{_TENTH}, seed {s}": {"seed": s} for s in (1, 2, 3)}})
 DEFAULT_VARIANT = _TENTH  # ContextualConfig's defaults since Choice 8 (before: the debiased teacher row)
 BASELINE_VARIANT = "distill + TC (lambda 1)"  # the default before issue 14
 # Reference points quoted in issue 14 (mean Match of aligned news items vs English, ctx-ctx).
