@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import logging
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from shared_data import shared_data_dir
+
+# A suite started in the background by a shell without job control (`cmd &`, nohup) inherits SIGINT
+# ignored; Python then never raises KeyboardInterrupt, neither here nor in the CLIs the tests start (an
+# ignored signal stays ignored across exec), and the Ctrl-C tests would test the launcher instead of xtm
+# (2026-12-03: 4 of them failed that way). A handler is reset to the default in children, so installing
+# Python's own restores SIGINT for both.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")

@@ -314,6 +314,7 @@ CONTEXTUAL_V2 = {**CONTEXTUAL_V1, "lambda_xl": 3.0, "xl_neighbors": 4, "lambda_s
 # After issue 14: pairs weigh 5 and each language's teacher is debiased. Files written with V2 keep their
 # lambda_xl and lack teacher_debias (they were fitted with 0).
 CONTEXTUAL_V3 = {**CONTEXTUAL_V2, "lambda_xl": 5.0, "teacher_debias": 1.0}
+CONTEXTUAL_V4 = {**CONTEXTUAL_V3, "teacher_others": 0.1}  # issue 14, Choice 8
 
 
 def test_the_written_dictionaries_keep_their_keys_order_and_defaults() -> None:
@@ -324,7 +325,7 @@ def test_the_written_dictionaries_keep_their_keys_order_and_defaults() -> None:
     assert dump(DataConfig(path="d").to_dict()) == dump(DATA_V1)
     assert dump(DataConfig(path="d", langs=("en", "zh")).to_dict()["langs"]) == '["en", "zh"]'
     assert dump(Phase2Config().to_dict()) == dump(PHASE2_V2)
-    assert dump(ContextualConfig().to_dict()) == dump(CONTEXTUAL_V3)
+    assert dump(ContextualConfig().to_dict()) == dump(CONTEXTUAL_V4)
 
 
 def test_old_dictionaries_read_back_into_configs() -> None:
