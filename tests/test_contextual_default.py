@@ -244,6 +244,12 @@ def test_first_language_teacher_makes_translations_agree_where_the_teachers_disa
     assert head_loss(head, None, emb, teacher, None, 0, cfg).item() > 0
     with pytest.raises(XtmError, match="teacher_others"):
         ContextualConfig(teacher_others=1.5).check()
+    # with nothing else to learn from, a second-language batch still trains (it once had no graph: backward
+    # raised "element 0 of tensors does not require grad")
+    lone = [_LangData(lang, i, None, np.full((8, 3), 1 / 3, np.float32), None) for i, lang in enumerate(("en", "ja"))]
+    fit_head(8, model_class("nmtm")(["en", "ja"], [5, 5], 3), lone, [torch.randn(8, 8), torch.randn(8, 8)],
+             ContextualConfig(threads=1, epochs=1, batch_size=4, teacher_others=0.0, lambda_smooth=0.0, lambda_xl=0.0),
+             np.random.default_rng(0), torch.device("cpu"), [])
 
     s = _disagreeing_teachers()
     data = [_LangData(lang, i, None, s["teacher"][lang], None) for i, lang in enumerate(("en", "ja"))]

@@ -257,10 +257,7 @@ def head_loss(head: ContextualHead, model: CrossLingualTopicModel, emb: Tensor, 
     """The loss of one batch of documents of one language. The teacher terms (distillation or CTM, topic
     classification) count fully for the first training language and `cfg.teacher_others` for the others."""
     mu, logvar = head(emb)
-    weight = 1.0 if lang_index == 0 else cfg.teacher_others
-    if weight == 0:
-        loss = mu.new_zeros(())
-    elif cfg.objective == "distill":
+    if cfg.objective == "distill":
         # KL(teacher || student) = cross-entropy minus the teacher's (constant) entropy.
         log_student = F.log_softmax(mu, dim=1)
         loss = (teacher * (teacher.clamp_min(1e-12).log() - log_student)).sum(1).mean()
@@ -272,9 +269,11 @@ def head_loss(head: ContextualHead, model: CrossLingualTopicModel, emb: Tensor, 
             beta = model.topic_word()[lang_index]
         log_probs = model.decoders[lang_index](theta, beta)
         loss = (reconstruction_nll(bow, log_probs) + model.prior.kl(mu, logvar)).mean()
-    if cfg.lambda_tc > 0 and weight > 0:
+    if cfg.lambda_tc > 0:
         loss = loss + cfg.lambda_tc * F.cross_entropy(mu, teacher.argmax(1))
-    loss = weight * loss
+    # Scaled, not skipped at 0: the batch's loss then stays a function of the head even when no other term
+    # applies (teacher_others 0 without noise or pair terms), and backward has something to run.
+    loss = (1.0 if lang_index == 0 else cfg.teacher_others) * loss
     if cfg.lambda_smooth > 0:
         noisy = F.normalize(emb + cfg.smooth_sigma * torch.randn_like(emb), dim=1)
         with without_dropout(head):
