@@ -4,8 +4,9 @@
 
 Builds the model as `xtm-train` does (default hyper-parameters, K=50, seed 1), takes the first
 batches of an epoch's order, runs 5 warm-up steps, then times `--steps` full steps (forward, backward,
-Adam). Steps x steps-per-epoch is the epoch's training time without the loader and the checkpoint;
-use it to compare code versions in one quiet window (the machine has 2 cores: nothing else running).
+the model's gradient clipping if it has one, Adam). Steps x steps-per-epoch is the epoch's training
+time without the loader and the checkpoint; use it to compare code versions in one quiet window (the
+machine has 2 cores: nothing else running).
 `--profile` adds torch's operator table for 10 steps.
 """
 
@@ -49,12 +50,15 @@ def main() -> None:
     per_epoch = steps_per_epoch(data.sizes(), cfg.batch_size)
     batches = list(itertools.islice(data.epoch(rng, cfg.batch_size), args.steps + 15))
     cpu = torch.device("cpu")
+    grad_clip = model.hparams.get("grad_clip")  # as the training loop does in phase 1 (XTRA clips)
 
     def step(batch: list) -> None:
         x = [SparseRows.from_csr(m, cpu) for m, _ in batch]
         losses = model(x, [torch.from_numpy(r) for _, r in batch])
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
 
     for b in batches[:5]:

@@ -156,6 +156,23 @@ def _disagreeing_teachers() -> dict:
     return {"K": K, "D": D, "emb": emb, "held_out": held_out, "teacher": teacher}
 
 
+def _held_out_top_topics(s: dict, cfg: ContextualConfig, seed: int) -> dict[str, np.ndarray]:
+    """Fit a head on the disagreeing teachers (pairs mined from their embeddings) and return each language's
+    top topic of the held-out documents. The head's start comes from `seed`, so that the result does not
+    hang on which tests ran before in the process."""
+    import torch
+
+    from xtm.models_zoo.registry import model_class
+    from xtm.trainer.contextual.fit import MinedPairs, _LangData, fit_head, head_theta, mine_pairs
+
+    data = [_LangData(lang, i, None, s["teacher"][lang], None) for i, lang in enumerate(("en", "ja"))]
+    model = model_class("nmtm")(["en", "ja"], [20, 20], s["K"])  # frozen; the distill objective never runs it
+    torch.manual_seed(seed)
+    head, _ = fit_head(s["D"], model, data, [s["emb"]["en"], s["emb"]["ja"]], cfg, np.random.default_rng(seed),
+                       torch.device("cpu"), [MinedPairs(0, 1, *mine_pairs(s["emb"]["en"], s["emb"]["ja"]))])
+    return {lang: head_theta(head, e).argmax(1) for lang, e in s["held_out"].items()}
+
+
 @pytest.mark.parametrize("dropout,seed", [(None, 0), (None, 1), (0.5, 0), (0.5, 2)])
 def test_teachers_that_disagree_across_languages_do_not_collapse_the_head(dropout: float | None, seed: int) -> None:
     """With the default settings, a head fitted on teachers whose languages disagree (and one of which puts
@@ -166,24 +183,15 @@ def test_teachers_that_disagree_across_languages_do_not_collapse_the_head(dropou
     head's dropout at 0.5: while the consistency terms compared two dropout masks, that put 400 of 400
     documents in one topic at seeds 0 and 2 (docs/contextual.md, Choice 7). With the default teacher_others
     (0.1: the second language learns mostly through the pairs) translations agree on 85-98% of documents."""
-    import torch
-
-    from xtm.models_zoo.registry import model_class
-    from xtm.trainer.contextual.fit import MinedPairs, _LangData, fit_head, head_theta, mine_pairs
+    from xtm.trainer.contextual.fit import mine_pairs
 
     s = _disagreeing_teachers()
-    data = [_LangData(lang, i, None, s["teacher"][lang], None) for i, lang in enumerate(("en", "ja"))]
-    i, j, score = mine_pairs(s["emb"]["en"], s["emb"]["ja"])
+    i, j, _ = mine_pairs(s["emb"]["en"], s["emb"]["ja"])
     assert (i == j).mean() > 0.95  # the mining finds the translations; the teachers disagree on all of them
     assert (s["teacher"]["en"].argmax(1) == 0).all()
     assert (s["teacher"]["en"][i].argmax(1) == s["teacher"]["ja"][j].argmax(1)).mean() < 0.2
-    model = model_class("nmtm")(["en", "ja"], [20, 20], s["K"])  # frozen; the distill objective never runs it
-    # The head's start from a fixed seed, so that the result does not hang on which tests ran before.
-    torch.manual_seed(seed)
     cfg = ContextualConfig(threads=1) if dropout is None else ContextualConfig(threads=1, dropout=dropout)
-    head, _ = fit_head(s["D"], model, data, [s["emb"]["en"], s["emb"]["ja"]], cfg,
-                       np.random.default_rng(seed), torch.device("cpu"), [MinedPairs(0, 1, i, j, score)])
-    top = {lang: head_theta(head, e).argmax(1) for lang, e in s["held_out"].items()}
+    top = _held_out_top_topics(s, cfg, seed)
     for lang, t in top.items():
         counts = np.bincount(t, minlength=s["K"])
         assert counts.max() <= 0.5 * len(t) and (counts > 0).sum() >= 6, (lang, counts)
@@ -235,7 +243,7 @@ def test_first_language_teacher_makes_translations_agree_where_the_teachers_disa
 
     from xtm.models_zoo.contextual import ContextualHead, HeadConfig
     from xtm.models_zoo.registry import model_class
-    from xtm.trainer.contextual.fit import MinedPairs, _LangData, fit_head, head_loss, head_theta, mine_pairs
+    from xtm.trainer.contextual.fit import _LangData, fit_head, head_loss
 
     head = ContextualHead(HeadConfig(in_dim=8, num_topics=3, hidden=8))
     emb, teacher = torch.randn(5, 8), torch.full((5, 3), 1 / 3)
@@ -252,16 +260,9 @@ def test_first_language_teacher_makes_translations_agree_where_the_teachers_disa
              np.random.default_rng(0), torch.device("cpu"), [])
 
     s = _disagreeing_teachers()
-    data = [_LangData(lang, i, None, s["teacher"][lang], None) for i, lang in enumerate(("en", "ja"))]
-    i, j, score = mine_pairs(s["emb"]["en"], s["emb"]["ja"])
-    model = model_class("nmtm")(["en", "ja"], [20, 20], s["K"])
     match = {}
     for weight in (1.0, 0.0):
-        torch.manual_seed(0)
-        head, _ = fit_head(s["D"], model, data, [s["emb"]["en"], s["emb"]["ja"]],
-                           ContextualConfig(threads=1, teacher_others=weight), np.random.default_rng(0),
-                           torch.device("cpu"), [MinedPairs(0, 1, i, j, score)])
-        top = {lang: head_theta(head, e).argmax(1) for lang, e in s["held_out"].items()}
+        top = _held_out_top_topics(s, ContextualConfig(threads=1, teacher_others=weight), 0)
         assert all((np.bincount(t, minlength=s["K"]) > 0).sum() >= 6 for t in top.values())
         match[weight] = (top["en"] == top["ja"]).mean()
     assert match[0.0] >= 0.85 and match[0.0] >= match[1.0] + 0.2, match
