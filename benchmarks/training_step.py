@@ -1,6 +1,6 @@
 """Milliseconds per training step of a backbone on a benchmark corpus (issue 15: InfoCTM per epoch).
 
-    python benchmarks/training_step.py --model infoctm --threads 2 [--steps 30] [--profile]
+    python benchmarks/training_step.py --model infoctm --threads 2 [--steps 30] [--profile] [--set K=V]
 
 Builds the model as `xtm-train` does (default hyper-parameters, K=50, seed 1), takes the first
 batches of an epoch's order, runs 5 warm-up steps, then times `--steps` full steps (forward, backward,
@@ -32,9 +32,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="backbone hyper-parameter, as xtm-train's --set (e.g. tami_every=2)")
     args = p.parse_args()
 
-    from xtm.config import TrainConfig
+    from xtm.config import TrainConfig, parse_key_values
     from xtm.models_zoo.components import SparseRows
     from xtm.trainer.data.batches import InMemoryBatches, steps_per_epoch
     from xtm.trainer.data.loading import load_corpus
@@ -42,7 +44,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     corpus = load_corpus(DATA / args.dataset, dict_path=DATA / DATASETS[args.dataset], progress=False)
-    cfg = TrainConfig(model=args.model, num_topics=50, seed=1)
+    cfg = TrainConfig(model=args.model, num_topics=50, seed=1, hparams=parse_key_values(args.set))
     rng = seed_everything(cfg.seed)
     model = build_model(corpus, cfg)
     optimizer = make_optimizer(model, cfg.lr)

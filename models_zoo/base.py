@@ -75,6 +75,8 @@ class CrossLingualTopicModel(nn.Module):
     # why it cannot train from a streamed (out-of-core) corpus; None when it can: it then needs
     # from the corpus only vocabularies, links, word vectors and word counts.
     in_memory_only: ClassVar[str | None] = None
+    # state-dict entries that saves from older versions may lack (they keep their initial value)
+    optional_state: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, langs: list[str], vocab_sizes: list[int], num_topics: int,
                  aux: dict[str, Tensor] | None = None, **hparams: Any) -> None:
@@ -185,10 +187,10 @@ def unique_state_dict(model: nn.Module) -> dict[str, Tensor]:
     return out
 
 
-def load_unique_state_dict(model: nn.Module, tensors: dict[str, Tensor]) -> None:
+def load_unique_state_dict(model: CrossLingualTopicModel, tensors: dict[str, Tensor]) -> None:
     """Inverse of `unique_state_dict`: names missing from `tensors` must be aliases of loaded ones."""
-    expected = unique_state_dict(model).keys()
-    missing = sorted(set(expected) - set(tensors))
+    expected = set(unique_state_dict(model)) - set(model.optional_state)
+    missing = sorted(expected - set(tensors))
     unexpected = sorted(set(tensors) - set(model.state_dict()))
     if missing or unexpected:
         raise XtmError(f"saved weights do not fit this model (missing {missing[:5]}, unexpected {unexpected[:5]})")

@@ -117,6 +117,71 @@ def test_tami_equals_dense_formulation_value_and_gradient() -> None:
     assert torch.allclose(g_fast, g_slow, atol=1e-5, rtol=1e-4)
 
 
+def test_tami_every_reuses_the_last_exact_value_and_gradient_until_its_refresh() -> None:
+    corpus = tiny_corpus()
+    torch.manual_seed(1)
+    model = InfoCTM.from_corpus(corpus, 6, tami_every=3).train()
+    phis = list(model.phi)
+
+    def exact() -> tuple[float, list[torch.Tensor]]:
+        value = model.hparams["weight_mi"] * model.tami()
+        return value.item(), list(torch.autograd.grad(value, phis))
+
+    def step() -> tuple[float, list[torch.Tensor]]:
+        value = model.alignment_losses([], [], None)["tami"]
+        return value.item(), list(torch.autograd.grad(value, phis))
+
+    def nudge() -> None:
+        with torch.no_grad():
+            for p in phis:
+                p.add_(0.05 * torch.randn_like(p))
+
+    first = exact()
+    got = step()
+    assert got[0] == pytest.approx(first[0], rel=1e-6)
+    assert all(torch.allclose(g, e, atol=1e-7) for g, e in zip(got[1], first[1], strict=True))
+    for _ in range(2):  # steps 2 and 3: phi moved, the cached loss and gradient are reused
+        nudge()
+        moved = exact()
+        assert not torch.allclose(moved[1][0], first[1][0])
+        got = step()
+        assert got[0] == pytest.approx(first[0], rel=1e-6)
+        assert all(torch.equal(g, e) for g, e in zip(got[1], first[1], strict=True))
+    nudge()
+    refreshed, got = exact(), step()  # step 4 computes afresh
+    assert got[0] == pytest.approx(refreshed[0], rel=1e-6)
+    assert all(torch.allclose(g, e, atol=1e-7) for g, e in zip(got[1], refreshed[1], strict=True))
+    # Evaluation (eval mode, or no gradient) is always exact and leaves the training cache alone.
+    cached_step = int(model.tami_cache_step)
+    nudge()
+    with torch.no_grad():
+        plain = model.hparams["weight_mi"] * model.tami().item()
+        assert model.alignment_losses([], [], None)["tami"].item() == pytest.approx(plain, rel=1e-6)
+    model.eval()
+    assert model.alignment_losses([], [], None)["tami"].item() == pytest.approx(exact()[0], rel=1e-6)
+    assert int(model.tami_cache_step) == cached_step
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, True, "2"])
+def test_tami_every_must_be_a_whole_number_of_steps(bad) -> None:
+    with pytest.raises(XtmError, match="tami_every must be a whole number >= 1"):
+        InfoCTM.from_corpus(tiny_corpus(), 4, tami_every=bad)
+
+
+def test_a_checkpoint_saved_before_the_tami_cache_existed_still_loads() -> None:
+    from xtm.models_zoo.base import unique_state_dict
+    from xtm.models_zoo.registry import model_from_state
+
+    model = InfoCTM.from_corpus(tiny_corpus(), 4)
+    old = {k: v for k, v in unique_state_dict(model).items() if not k.startswith("tami_cache")}
+    loaded = model_from_state({**model.config(), "hparams": {k: v for k, v in model.hparams.items()
+                                                             if k != "tami_every"}}, old)
+    assert int(loaded.tami_cache_step) == -1 and loaded.hparams["tami_every"] == 1
+    assert torch.equal(loaded.phi[0], model.phi[0])
+    with pytest.raises(XtmError, match="missing"):  # anything else missing is still refused
+        model_from_state(model.config(), {k: v for k, v in old.items() if k != "phi.0"})
+
+
 def test_exp_similarity_sums_gradcheck_across_blocks() -> None:
     a = torch.randn(ExpSimilaritySums.BLOCK + 37, 3, dtype=torch.float64, requires_grad=True)
     b = torch.randn(11, 3, dtype=torch.float64, requires_grad=True)

@@ -4,6 +4,7 @@ error. Real processes, real signals, real damaged files."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from command_logging import train_stderr  # noqa: F401  (a fixture)
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from xtm.config import DataConfig, TrainConfig
 from xtm.errors import XtmError
@@ -217,6 +218,31 @@ def test_a_signal_mid_epoch_saves_where_it_stopped_and_resume_is_bit_identical(
     assert ckpt.path.name == "epoch-000001-step-000002" and ckpt.state["partial"]["steps_done"] == 2
     assert [{k: v for k, v in h.items() if k != "seconds"} for h in resumed.history] == \
            [{k: v for k, v in h.items() if k != "seconds"} for h in straight.history]
+
+
+def test_infoctm_reusing_its_tami_gradient_resumes_bit_identical_from_a_reuse_step(example_corpus,
+                                                                                 tmp_path: Path) -> None:
+    # The reused gradient is training state: a run stopped between two refreshes must carry it over.
+    cfg = config(model="infoctm", epochs=2, hparams={"tami_every": 3})
+    straight = train(example_corpus, cfg, tmp_path / "straight")
+    run = tmp_path / "run"
+    train(example_corpus, cfg, run, data=SignalAt(example_corpus, 2, 2, (signal.SIGTERM,)))
+    stopped = load_file(str(load_checkpoint(run).path / "model.safetensors"))
+    assert int(stopped["tami_cache_step"]) % 3 != 0  # the resumed run's first step reuses the cache
+    shutil.copytree(run, tmp_path / "forgetful")
+    resumed = train(example_corpus, cfg, run, resume=True)
+    assert_same_model(straight.model, resumed.model)
+    assert_same_training_state(load_checkpoint(tmp_path / "straight").path, load_checkpoint(run).path)
+    # Without the cache (as if it were not saved) the resumed run recomputes there and ends elsewhere.
+    ckpt_dir = load_checkpoint(tmp_path / "forgetful").path
+    saved = ckpt_dir / "model.safetensors"
+    save_file({k: v for k, v in load_file(str(saved)).items() if not k.startswith("tami_cache")}, str(saved))
+    state = json.loads((ckpt_dir / "state.json").read_text())  # a consistent checkpoint, not a damaged one
+    data = saved.read_bytes()
+    state["files"]["model.safetensors"] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    (ckpt_dir / "state.json").write_text(json.dumps(state))
+    forgetful = train(example_corpus, cfg, tmp_path / "forgetful", resume=True)
+    assert not torch.equal(forgetful.model.phi[0], straight.model.phi[0])
 
 
 def test_a_signal_while_the_final_checkpoint_is_written_waits_for_it_and_is_not_lost(
