@@ -77,6 +77,9 @@ class CrossLingualTopicModel(nn.Module):
     in_memory_only: ClassVar[str | None] = None
     # state-dict entries that saves from older versions may lack (they keep their initial value)
     optional_state: ClassVar[tuple[str, ...]] = ()
+    # hyper-parameters added after models were first saved, with the value a save that lacks them was
+    # trained with (which may differ from today's default): see `saved_hparams`
+    legacy_hparams: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, langs: list[str], vocab_sizes: list[int], num_topics: int,
                  aux: dict[str, Tensor] | None = None, **hparams: Any) -> None:
@@ -122,6 +125,12 @@ class CrossLingualTopicModel(nn.Module):
 
     def prepare_training(self, corpus: Corpus, context: BuildContext) -> None:
         """Attach per-document training data (not saved in checkpoints). Default: nothing."""
+
+    @classmethod
+    def saved_hparams(cls, saved: dict[str, Any]) -> dict[str, Any]:
+        """The hyper-parameters a saved model was trained with, from its config's "hparams": a key added
+        since takes the value the model had before the key existed, not today's default."""
+        return {**cls.legacy_hparams, **saved}
 
     def config(self) -> dict[str, Any]:
         return {"model": self.name, "langs": self.langs, "vocab_sizes": self.vocab_sizes,

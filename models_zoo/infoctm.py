@@ -140,6 +140,7 @@ class InfoCTM(TwoLanguageVAE):
     # from before it existed load with an empty cache, which the next step refills.
     optional_state: ClassVar[tuple[str, ...]] = ("tami_cache_step", "tami_cache_value", "tami_cache_grad_0",
                                                  "tami_cache_grad_1")
+    legacy_hparams: ClassVar[dict[str, Any]] = {"tami_every": 1}  # before it existed, TAMI ran every step
 
     def __init__(self, langs: list[str], vocab_sizes: list[int], num_topics: int,
                  aux: dict[str, Tensor] | None = None, **hparams: Any) -> None:

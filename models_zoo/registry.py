@@ -52,7 +52,8 @@ def model_from_state(config: dict[str, Any], tensors: dict[str, torch.Tensor]) -
 
     cls = model_class(config["model"])
     aux = {k[len("aux_"):]: v for k, v in tensors.items() if k.startswith("aux_")}
-    model = cls(config["langs"], config["vocab_sizes"], config["num_topics"], aux=aux, **config["hparams"])
+    model = cls(config["langs"], config["vocab_sizes"], config["num_topics"], aux=aux,
+                **cls.saved_hparams(config["hparams"]))
     load_unique_state_dict(model, tensors)
     return model
 

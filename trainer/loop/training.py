@@ -12,6 +12,7 @@ epoch and gradients are averaged (xtm.trainer.loop.distributed); rank 0 alone wr
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import random
 import signal
@@ -322,6 +323,7 @@ class _Training:
             raise XtmError("--resume: the data differs from the data this checkpoint was trained on "
                            f"(checkpoint {saved.get('corpus')}, now {self.fingerprint})", path=ckpt.path)
         self._check_topic_lr_scale(ckpt)
+        self._check_hparams(mc, ckpt.path)
         load_unique_state_dict(self.model, ckpt.model)
         if train_buffers(ckpt):
             # The saved model's batch-norm statistics were recalibrated for inference; training
@@ -345,6 +347,24 @@ class _Training:
             where = f"epoch {self.done}" + (f", {self.partial.steps_done} steps into epoch {self.partial.epoch}"
                                             if self.partial else "")
             logger.info(f"resumed from {ckpt.path} ({where})")
+
+    def _check_hparams(self, model_config: dict, path: Path) -> None:
+        """A checkpoint continues with the hyper-parameters it was trained with: refuse others by name
+        (they would silently change the run half-way, and a default changed since counts too)."""
+        saved = model_config.get("hparams")
+        if not isinstance(saved, dict):
+            return
+        saved = type(self.model).saved_hparams(saved)
+
+        def as_saved(value: Any) -> Any:  # the state went through JSON: tuples came back as lists
+            return json.loads(json.dumps(value))
+
+        differ = sorted(k for k, v in self.model.hparams.items() if k in saved and as_saved(saved[k]) != as_saved(v))
+        if differ:
+            asked = ", ".join(f"{k}={self.model.hparams[k]!r}" for k in differ)
+            keep = " ".join(f"--set {k}={json.dumps(saved[k])}" for k in differ)
+            raise XtmError(f"--resume: the checkpoint was trained with other backbone hyper-parameters than this run "
+                           f"asks for ({asked}): resume with {keep}", path=path)
 
     def _check_topic_lr_scale(self, ckpt: Checkpoint) -> None:
         """A checkpoint continues with the learning-rate groups it was trained with: refuse another
