@@ -32,6 +32,8 @@ Examples:
   # a benchmark directory (InfoCTM layout), e.g. ECNews
   xtm-train --data ../shared/data/ECNews --dict ../shared/data/dict/ch_en_dict.dat \\
             --model infoctm --topics 50 --epochs 100 --out runs/ecnews-infoctm
+  # the papers' batch size and learning rates (the default fast recipe differs for nmtm only)
+  xtm-train ... --model nmtm --epochs 500 --recipe paper --out runs/ecnews-nmtm-paper
   # continue after a crash, Ctrl-C or SIGTERM (exact: it ends where an uninterrupted run would)
   xtm-train ... --out runs/ecnews-infoctm --resume
   # LLM-XTM phase 2 (30 epochs, R=5, F=8) with the LLM-free embedding refiner

@@ -290,6 +290,8 @@ TRAIN_CONFIG_V1 = {"model": "infoctm", "num_topics": 50, "epochs": 100, "batch_s
 TRAIN_CONFIG_V2 = {**TRAIN_CONFIG_V1, "eval_every": 0}
 # Issue 15: the topic-word weights' own learning rate (docs/benchmarks.md "Full length").
 TRAIN_CONFIG_V3 = {**TRAIN_CONFIG_V2, "topic_lr_scale": 1.0}
+# Issue 15: --recipe (fast: NMTM at batch 50 and a 5x topic rate; the default backbone is as before).
+TRAIN_CONFIG_V4 = {**TRAIN_CONFIG_V3, "recipe": "fast"}
 DATA_V1 = {"path": "d", "dict_path": None, "langs": None, "vocab_size": 5000, "min_df": 2, "max_df": 0.5,
            "ref_corpus": None, "out_of_core": False, "shard_size": 10000, "shard_dir": None, "eval_train_docs": 20000}
 PHASE2_V1 = {"epochs": 30, "refine_every": 8, "rounds": 5, "top_words": 15, "refined_words": 15,
@@ -321,7 +323,7 @@ def test_the_written_dictionaries_keep_their_keys_order_and_defaults() -> None:
     """config.json, checkpoints and contextual.json written before the tree existed read the same (byte for byte
     in JSON: same keys, same order, same values)."""
     dump = json.dumps
-    assert dump(TrainConfig().to_dict()) == dump(TRAIN_CONFIG_V3)
+    assert dump(TrainConfig().to_dict()) == dump(TRAIN_CONFIG_V4)
     assert dump(DataConfig(path="d").to_dict()) == dump(DATA_V1)
     assert dump(DataConfig(path="d", langs=("en", "zh")).to_dict()["langs"]) == '["en", "zh"]'
     assert dump(Phase2Config().to_dict()) == dump(PHASE2_V2)
@@ -336,6 +338,29 @@ def test_old_dictionaries_read_back_into_configs() -> None:
     assert (old.lr_scale, old.grad_clip, old.balanced_mmd, old.asked_words) == (0.3, 1.0, True, 20)
     assert from_dict(DataConfig, {**DATA_V1, "name": "docs"}) == DataConfig(path="d")
     assert from_dict(TrainConfig, TRAIN_CONFIG_V1) == TrainConfig()
+    # an NMTM run written before the recipes keeps the batch and rate it recorded
+    old_nmtm = from_dict(TrainConfig, {**TRAIN_CONFIG_V3, "model": "nmtm"})
+    assert (old_nmtm.batch_size, old_nmtm.topic_lr_scale) == (200, 1.0)
+
+
+@pytest.mark.parametrize(("model", "recipe", "given", "expected"), [
+    ("nmtm", "fast", {}, (50, 5.0)),
+    ("nmtm", "paper", {}, (200, 1.0)),
+    ("nmtm", "fast", {"batch_size": 64}, (64, 5.0)),           # what is given wins over the recipe
+    ("nmtm", "fast", {"topic_lr_scale": 1.0}, (50, 1.0)),
+    ("infoctm", "fast", {}, (200, 1.0)),
+    ("xtra", "fast", {}, (200, 1.0)),
+    ("gloctm", "paper", {"batch_size": 100}, (100, 1.0)),
+])
+def test_the_recipe_fills_only_the_training_settings_not_given(model, recipe, given, expected) -> None:
+    cfg = TrainConfig(model=model, recipe=recipe, **given)
+    assert (cfg.batch_size, cfg.topic_lr_scale) == expected
+    assert TrainConfig(**cfg.to_dict()) == cfg  # config.json reads back as the same run
+
+
+def test_an_unknown_recipe_is_refused_naming_the_choices() -> None:
+    with pytest.raises(XtmError, match="recipe must be one of fast, paper"):
+        TrainConfig(recipe="quick")
     # a run written before a rule existed: the rule's default
     assert from_dict(Preprocessing, {"vocab_size": 800, "path": "d"}) == Preprocessing(vocab_size=800)
 

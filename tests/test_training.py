@@ -258,7 +258,12 @@ def test_topic_lr_scale_gives_the_topic_word_weights_their_own_rate_and_resumes(
         assert torch.allclose(v.float(), params(resumed.model)[k].float(), atol=1e-6), k
     with pytest.raises(XtmError, match="trained with --topic-lr-scale 4, this run asks for 1: resume with "
                                        "--topic-lr-scale 4"):
-        train(example_corpus, config(epochs=3), tmp_path / "split", resume=True)
+        train(example_corpus, config(epochs=3, topic_lr_scale=1.0), tmp_path / "split", resume=True)
+    # an NMTM run with the papers' settings, resumed under the default (fast) recipe, is told how to go on
+    train(example_corpus, config(epochs=1, recipe="paper"), tmp_path / "paper")
+    with pytest.raises(XtmError, match="asks for 5: resume with --topic-lr-scale 1 .*--recipe paper"):
+        train(example_corpus, config(epochs=2), tmp_path / "paper", resume=True)
+    assert train(example_corpus, config(epochs=2, recipe="paper"), tmp_path / "paper", resume=True).epochs_done == 2
     # a scale below 1 resumes too (phi's group, not the larger of the rates, is the saved scale)
     train(example_corpus, config(epochs=1, topic_lr_scale=0.5), tmp_path / "slow")
     assert train(example_corpus, config(epochs=2, topic_lr_scale=0.5), tmp_path / "slow", resume=True).epochs_done == 2

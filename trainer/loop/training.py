@@ -376,7 +376,8 @@ class _Training:
         saved = float(groups[-1].get("lr_scale", 1.0))
         if saved != float(self.cfg.topic_lr_scale):
             raise XtmError(f"--resume: the checkpoint was trained with --topic-lr-scale {saved:g}, this run asks for "
-                           f"{self.cfg.topic_lr_scale:g}: resume with --topic-lr-scale {saved:g}", path=ckpt.path)
+                           f"{self.cfg.topic_lr_scale:g}: resume with --topic-lr-scale {saved:g} (a run "
+                           "started with the papers' settings continues with --recipe paper)", path=ckpt.path)
 
     def _check_resume_position(self, path: Path) -> None:
         if self.done > self.total_epochs:
