@@ -46,7 +46,8 @@ MODEL_NAMES = ("nmtm", "infoctm", "xtra", "gloctm")
 # default) differs only where learning curves showed the papers' quality reached within the default 100 epochs
 # that the papers' settings reach in 500 (issue 15, docs/benchmarks.md "Time to quality"): NMTM at batch 50
 # with a 5x topic-word rate. "paper" reproduces the papers.
-PAPER_TRAINING: dict[str, Any] = {"batch_size": 200, "topic_lr_scale": 1.0}
+PAPER_TRAINING: dict[str, Any] = {"batch_size": 200, "topic_lr_scale": 1.0, "lr_schedule": "constant"}
+LR_SCHEDULES = ("constant", "cosine")
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {"fast": {"nmtm": {"batch_size": 50, "topic_lr_scale": 5.0}},
                                                  "paper": {}}
 REFINER_NAMES = ("embedding", "openai", "vllm", "transformers")
@@ -444,10 +445,16 @@ class TrainConfig:
                                        "curves in docs/benchmarks.md; differs from the papers for nmtm only: "
                                        "batch 50, topic rate 5x) or paper (the papers': batch 200, one rate).",
                           cli=Cli("--recipe", choices=tuple(RECIPES)))
+    lr_schedule: str | None = setting(None, help="How the phase-1 learning rate moves: constant (the papers') or "
+                                                 "cosine (from --lr down to 0 along a half cosine over --epochs; "
+                                                 "phase 2 keeps its own rate); default: the --recipe's: constant.",
+                                      cli=Cli("--lr-schedule", type=str, choices=LR_SCHEDULES))
 
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:
             raise XtmError(f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
+        if self.lr_schedule is not None and self.lr_schedule not in LR_SCHEDULES:
+            raise XtmError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         chosen = {**PAPER_TRAINING, **RECIPES[self.recipe].get(str(self.model).lower(), {})}
         for name, value in chosen.items():
             if getattr(self, name) is None:  # not given: the recipe's (frozen: set once, here)

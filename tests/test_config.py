@@ -292,6 +292,7 @@ TRAIN_CONFIG_V2 = {**TRAIN_CONFIG_V1, "eval_every": 0}
 TRAIN_CONFIG_V3 = {**TRAIN_CONFIG_V2, "topic_lr_scale": 1.0}
 # Issue 15: --recipe (fast: NMTM at batch 50 and a 5x topic rate; the default backbone is as before).
 TRAIN_CONFIG_V4 = {**TRAIN_CONFIG_V3, "recipe": "fast"}
+TRAIN_CONFIG_V5 = {**TRAIN_CONFIG_V4, "lr_schedule": "constant"}
 DATA_V1 = {"path": "d", "dict_path": None, "langs": None, "vocab_size": 5000, "min_df": 2, "max_df": 0.5,
            "ref_corpus": None, "out_of_core": False, "shard_size": 10000, "shard_dir": None, "eval_train_docs": 20000}
 PHASE2_V1 = {"epochs": 30, "refine_every": 8, "rounds": 5, "top_words": 15, "refined_words": 15,
@@ -323,7 +324,7 @@ def test_the_written_dictionaries_keep_their_keys_order_and_defaults() -> None:
     """config.json, checkpoints and contextual.json written before the tree existed read the same (byte for byte
     in JSON: same keys, same order, same values)."""
     dump = json.dumps
-    assert dump(TrainConfig().to_dict()) == dump(TRAIN_CONFIG_V4)
+    assert dump(TrainConfig().to_dict()) == dump(TRAIN_CONFIG_V5)
     assert dump(DataConfig(path="d").to_dict()) == dump(DATA_V1)
     assert dump(DataConfig(path="d", langs=("en", "zh")).to_dict()["langs"]) == '["en", "zh"]'
     assert dump(Phase2Config().to_dict()) == dump(PHASE2_V2)
@@ -341,6 +342,7 @@ def test_old_dictionaries_read_back_into_configs() -> None:
     # an NMTM run written before the recipes keeps the batch and rate it recorded
     old_nmtm = from_dict(TrainConfig, {**TRAIN_CONFIG_V3, "model": "nmtm"})
     assert (old_nmtm.batch_size, old_nmtm.topic_lr_scale) == (200, 1.0)
+    assert from_dict(TrainConfig, TRAIN_CONFIG_V4).lr_schedule == "constant"  # before the setting: constant
 
 
 @pytest.mark.parametrize(("model", "recipe", "given", "expected"), [

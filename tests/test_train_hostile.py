@@ -504,3 +504,26 @@ def test_a_read_only_out_is_one_clean_error(example_dir: Path, tmp_path: Path) -
     finally:
         ro.chmod(0o755)
     assert p.returncode == 2 and "Traceback" not in p.stderr and "Permission denied" in p.stderr
+
+
+def test_a_cosine_learning_rate_resumes_on_its_curve_and_refuses_to_change(example_corpus, tmp_path: Path) -> None:
+    """--lr-schedule cosine: the rate is a function of the position, so a run stopped mid-epoch continues
+    bit-identically; resuming with another schedule or another --epochs (the curve's end) is refused by name."""
+    cfg = config(epochs=3, lr_schedule="cosine")
+    straight = train(example_corpus, cfg, tmp_path / "straight")
+    run = tmp_path / "run"
+    train(example_corpus, cfg, run, data=SignalAt(example_corpus, 2, 1, (signal.SIGTERM,)))
+    for name in ("schedule", "longer"):
+        shutil.copytree(run, tmp_path / name)
+    resumed = train(example_corpus, cfg, run, resume=True)
+    assert_same_model(straight.model, resumed.model)
+    assert_same_training_state(load_checkpoint(tmp_path / "straight").path, load_checkpoint(run).path)
+    with pytest.raises(XtmError, match="trained with --lr-schedule cosine, this run asks for constant: resume with "
+                                       "--lr-schedule cosine"):
+        train(example_corpus, config(epochs=3), tmp_path / "schedule", resume=True)
+    with pytest.raises(XtmError, match="cosine learning rate ends at epoch 3, this run asks for --epochs 5"):
+        train(example_corpus, config(epochs=5, lr_schedule="cosine"), tmp_path / "longer", resume=True)
+    constant = train(example_corpus, config(epochs=3), tmp_path / "constant")
+    assert not torch.equal(constant.model.phi[0], straight.model.phi[0])  # the schedule changed training
+    with pytest.raises(XtmError, match="trained with --lr-schedule constant"):
+        train(example_corpus, config(epochs=4, lr_schedule="cosine"), tmp_path / "constant", resume=True)

@@ -17,7 +17,7 @@ from xtm.config import TrainConfig
 from xtm.errors import XtmError
 from xtm.models_zoo.registry import model_from_state
 from xtm.trainer.loop.checkpoint import latest_checkpoint_dir, load_checkpoint
-from xtm.trainer.loop.training import epoch_batches, make_optimizer, train
+from xtm.trainer.loop.training import epoch_batches, lr_factor, make_optimizer, train
 
 
 def config(**kw) -> TrainConfig:
@@ -269,3 +269,15 @@ def test_topic_lr_scale_gives_the_topic_word_weights_their_own_rate_and_resumes(
     assert train(example_corpus, config(epochs=2, topic_lr_scale=0.5), tmp_path / "slow", resume=True).epochs_done == 2
     plain = train(example_corpus, config(epochs=2), tmp_path / "plain")
     assert not torch.allclose(plain.model.phi[0], straight.model.phi[0])   # the scale changed training
+
+
+def test_the_cosine_learning_rate_falls_from_lr_to_near_zero_over_phase_one(example_corpus, tmp_path) -> None:
+    assert lr_factor("constant", 7, 10) == 1.0
+    assert lr_factor("cosine", 0, 10) == 1.0 and lr_factor("cosine", 5, 10) == pytest.approx(0.5)
+    assert 0 < lr_factor("cosine", 9, 10) < 0.03 and lr_factor("cosine", 12, 10) == 0.0
+    run = train(example_corpus, config(epochs=2, lr_schedule="cosine", topic_lr_scale=4.0), tmp_path / "cos")
+    groups = load_checkpoint(tmp_path / "cos").state["optimizer"]["param_groups"]
+    # the last step's rate: a small fraction of each group's own (lr 0.002, phi 4x)
+    assert [g["lr_scale"] for g in groups] == [1.0, 4.0]
+    assert all(0 < g["lr"] < 0.05 * 0.002 * g["lr_scale"] for g in groups), groups
+    assert run.epochs_done == 2

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import random
 import signal
 import sys
@@ -150,6 +151,17 @@ def make_optimizer(model: torch.nn.Module, lr: float, topic_lr_scale: float = 1.
         return torch.optim.Adam(groups, lr=lr, fused=True)
     except (RuntimeError, TypeError):
         return torch.optim.Adam(groups, lr=lr)
+
+
+def lr_factor(schedule: str, step: int, total_steps: int) -> float:
+    """Multiplier of the phase-1 learning rate at 0-based global step `step` of `total_steps`.
+
+    constant: 1 (the papers'). cosine: a half cosine from 1 at the first step towards 0 after the
+    last, a function of the position only, so a resumed run continues on the same curve.
+    """
+    if schedule == "constant":
+        return 1.0
+    return 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
 
 
 def build_model(corpus: Corpus, cfg: TrainConfig) -> CrossLingualTopicModel:
@@ -323,6 +335,7 @@ class _Training:
             raise XtmError("--resume: the data differs from the data this checkpoint was trained on "
                            f"(checkpoint {saved.get('corpus')}, now {self.fingerprint})", path=ckpt.path)
         self._check_topic_lr_scale(ckpt)
+        self._check_lr_schedule(ckpt)
         self._check_hparams(mc, ckpt.path)
         load_unique_state_dict(self.model, ckpt.model)
         if train_buffers(ckpt):
@@ -378,6 +391,21 @@ class _Training:
             raise XtmError(f"--resume: the checkpoint was trained with --topic-lr-scale {saved:g}, this run asks for "
                            f"{self.cfg.topic_lr_scale:g}: resume with --topic-lr-scale {saved:g} (a run "
                            "started with the papers' settings continues with --recipe paper)", path=ckpt.path)
+
+    def _check_lr_schedule(self, ckpt: Checkpoint) -> None:
+        """A checkpoint continues on the learning-rate curve it was trained on: refuse another --lr-schedule,
+        and for a cosine one another --epochs (the curve ends at the run's last phase-1 epoch)."""
+        saved = ckpt.state.get("train_config") if isinstance(ckpt.state, dict) else None
+        if not isinstance(saved, dict):
+            return
+        schedule = saved.get("lr_schedule") or "constant"  # checkpoints from before the setting: constant
+        if schedule != self.cfg.lr_schedule:
+            raise XtmError(f"--resume: the checkpoint was trained with --lr-schedule {schedule}, this run asks for "
+                           f"{self.cfg.lr_schedule}: resume with --lr-schedule {schedule}", path=ckpt.path)
+        if schedule == "cosine" and saved.get("epochs") != self.cfg.epochs:
+            raise XtmError(f"--resume: the checkpoint's cosine learning rate ends at epoch {saved.get('epochs')}, "
+                           f"this run asks for --epochs {self.cfg.epochs}: resume with --epochs {saved.get('epochs')} "
+                           "(a cosine run is not extended; start a longer one)", path=ckpt.path)
 
     def _check_resume_position(self, path: Path) -> None:
         if self.done > self.total_epochs:
@@ -473,11 +501,16 @@ class _Training:
         params = [p for p in model.parameters() if p.requires_grad]
         n_steps = steps_per_epoch(self.data.sizes(), cfg.batch_size, self.world) // self.world
         cuda = self.device.type == "cuda"
+        scheduled = progress.phase == 1 and cfg.lr_schedule != "constant"
         t0 = time.perf_counter() - progress.seconds
         for batch in self.data.epoch(self.rng, cfg.batch_size, self.rank, self.world, start_step=progress.steps_done):
             if stop.stop and self.dist is None:
                 return  # (distributed: the flag reaches the other ranks with the next gradients)
             self._step_rng = (torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if cuda else None)
+            if scheduled:
+                f = lr_factor(cfg.lr_schedule, (epoch - 1) * n_steps + progress.steps_done, cfg.epochs * n_steps)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = cfg.lr * group.get("lr_scale", 1.0) * f
             x = [SparseRows.from_csr(m, self.device) for m, _ in batch]
             losses = model(x, [torch.from_numpy(r).to(self.device) for _, r in batch], extra=extra)
             self.optimizer.zero_grad(set_to_none=True)
