@@ -508,9 +508,8 @@ class _Training:
                 return  # (distributed: the flag reaches the other ranks with the next gradients)
             self._step_rng = (torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if cuda else None)
             if scheduled:
-                f = lr_factor(cfg.lr_schedule, (epoch - 1) * n_steps + progress.steps_done, cfg.epochs * n_steps)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = cfg.lr * group.get("lr_scale", 1.0) * f
+                self._set_rate(cfg.lr * lr_factor(cfg.lr_schedule, (epoch - 1) * n_steps + progress.steps_done,
+                                                  cfg.epochs * n_steps))
             x = [SparseRows.from_csr(m, self.device) for m, _ in batch]
             losses = model(x, [torch.from_numpy(r).to(self.device) for _, r in batch], extra=extra)
             self.optimizer.zero_grad(set_to_none=True)
@@ -536,6 +535,11 @@ class _Training:
             if stop.stop:
                 return
 
+    def _set_rate(self, lr: float) -> None:
+        """Every parameter group at lr x its own multiplier (phi's --topic-lr-scale)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+
     def _phase2_optimisation(self, phase2: Phase2Objective, progress: EpochProgress) -> float:
         """Phase 2's learning rate and its gradient clip (0: none of its own) for this epoch.
 
@@ -546,8 +550,7 @@ class _Training:
         ones its checkpoint saved.
         """
         lr = self.cfg.lr * phase2.cfg.lr_scale
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
+        self._set_rate(lr)
         if progress.steps_done == 0:
             phase2.start_epoch(self.model)
             if progress.epoch == self.cfg.epochs + 1 and self.main:
