@@ -30,6 +30,8 @@ Examples:
   xtm-contextual runs/demo
   # the route and the routing of before issue 14
   xtm-contextual runs/demo --lambda-xl 0 --lambda-smooth 0 --teacher-debias 0 --auto-route bow
+  # your own translations as extra consistency pairs
+  xtm-contextual runs/demo --parallel pairs.jsonl
   # plain distillation
   xtm-contextual runs/demo --lambda-tc 0
   # seed 002's topic-classification fine-tuning of the encoder first (3 epochs)
@@ -66,6 +68,11 @@ Any language, the same topics (issue 14; xtm-train fits this by default):
                 network, so a document and its translation get topics from
                 the same function; bow: training languages by their bags of
                 words (the behaviour before). Measured: docs/contextual.md.
+  --parallel FILE  translations you have (JSONL, one object per line:
+                {"en": "...", "ja": "...", "fr": "..."}; any languages the
+                encoder reads, not only the run's): their theta is pulled
+                together like the mined pairs'. Real translations are better
+                pairs than mined ones (docs/contextual.md, Choice 9).
   --teacher-debias  learn each language's bag-of-words theta divided by
                 that language's mean theta (to this power; default 1):
                 a topic one language's bag of words gives every document,

@@ -572,6 +572,13 @@ class ContextualConfig:
                                               "pairs and the multilingual encoder, as unseen languages do). Low "
                                               "values make a document and its translation agree more.",
                                     cli=Cli("--teacher-others", min=0, max=1))
+    # After Choice 9: real translations as extra consistency pairs (docs/contextual.md). Not in
+    # contextual.json's config (a path on the fitting machine); its metrics name the file by name and hash.
+    parallel: str | None = setting(None, help="JSONL of translations, one object per line mapping language codes "
+                                              "to the same text ({\"en\": \"...\", \"ja\": \"...\"}; any "
+                                              "languages the encoder reads): their theta is pulled together like "
+                                              "the mined pairs', with weight --lambda-xl.",
+                                   cli=Cli("--parallel", path="file", exists=True))
 
     def check(self) -> None:
         if self.objective not in CONTEXTUAL_OBJECTIVES:
@@ -590,10 +597,13 @@ class ContextualConfig:
         if self.auto_route not in CONTEXTUAL_AUTO_ROUTES:
             raise XtmError(f"contextual auto_route must be one of {', '.join(CONTEXTUAL_AUTO_ROUTES)}, "
                            f"got {self.auto_route!r}")
+        if self.parallel is not None and self.lambda_xl <= 0:
+            raise XtmError("contextual parallel text is used by the cross-lingual consistency term: it needs "
+                           f"lambda_xl > 0, got {self.lambda_xl}")
 
     def to_dict(self) -> dict[str, Any]:
         """contextual.json's settings: those that shape the fitted network (not where or how fast it ran)."""
         d = asdict(self)
-        for k in ("device", "threads", "cache_dir", "progress"):
+        for k in ("device", "threads", "cache_dir", "progress", "parallel"):
             d.pop(k)
         return d

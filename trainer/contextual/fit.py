@@ -24,7 +24,8 @@ Steps (`train_contextual`):
       lambda_smooth  symmetric KL between theta(e) and theta(e + noise) (Gaussian, smooth_sigma
                      per dimension, on the unit embedding): it needs no language, so it also holds
                      for languages the run never saw.
-    Both compare the head without dropout (`without_dropout`, Choice 7).
+    Both compare the head without dropout (`without_dropout`, Choice 7). With `parallel` (a JSONL of the
+    user's translations, xtm.trainer.contextual.parallel) its pairs are one more set of the lambda_xl term.
  5. Agreement with the bag-of-words route on the held-out documents of the training languages
     (top-topic match, KL) and, with labels, classification accuracy of both thetas.
 
@@ -66,6 +67,7 @@ from xtm.models_zoo.contextual import ContextualHead, HeadConfig
 from xtm.models_zoo.encoders import parse_encoder_name
 from xtm.paths import cache_dir as default_cache_dir
 from xtm.run_dir import RunDir
+from xtm.trainer.contextual.parallel import ParallelText, read_parallel
 from xtm.trainer.loop.checkpoint import load_trained_model
 from xtm.trainer.loop.training import infer_theta, pick_device, sparse_batch
 
@@ -252,6 +254,22 @@ def mine_training_pairs(embeddings: list[Tensor], k: int) -> list[MinedPairs]:
     return out
 
 
+def add_parallel_pairs(parallel: ParallelText, encoder: TrainableSentenceEncoder, data: list[_LangData],
+                       embeddings: list[Tensor], pairs: list[MinedPairs], cache: Path, progress: bool,
+                       ) -> tuple[list[Tensor], list[MinedPairs], dict[str, Any]]:
+    """The user's translations (`--parallel`) as one more pair set, anchored on the first training language:
+    their two sides' embeddings are appended after the training languages' (so the set's indices point past
+    `data`), pairs in file order. Returns the embeddings, the pair sets and what contextual.json records."""
+    left, right, counts = parallel.pairs(data[0].lang)
+    logger.info(f"parallel text {parallel.file}: {len(left)} pairs (" + ", ".join(f"{k} {v}" for k, v in counts.items())
+                + ")")
+    sides = [embed_all(encoder, encoder.features(texts, cache, progress)) for texts in (left, right)]
+    rows = np.arange(len(left))
+    extra = MinedPairs(len(embeddings), len(embeddings) + 1, rows, rows, np.ones(len(left), np.float32))
+    summary = {"file": parallel.file, "sha256": parallel.sha256, "pairs": len(left), "languages": dict(counts)}
+    return [*embeddings, *sides], [*pairs, extra], summary
+
+
 def head_loss(head: ContextualHead, model: CrossLingualTopicModel, emb: Tensor, teacher: Tensor, bow: Any,
               lang_index: int, cfg: ContextualConfig) -> Tensor:
     """The loss of one batch of documents of one language. The teacher terms (distillation or CTM, topic
@@ -372,6 +390,7 @@ def train_contextual(run_dir: str | Path, cfg: ContextualConfig) -> dict[str, An
     """Fit and save RUN_DIR/contextual/; returns its metrics."""
     cfg.check()
     parse_encoder_name(cfg.encoder)  # a misspelt encoder is refused before the run and its corpus are read
+    parallel = read_parallel(cfg.parallel) if cfg.parallel is not None else None  # a bad file fails here too
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
     if cfg.threads:
@@ -408,14 +427,20 @@ def train_contextual(run_dir: str | Path, cfg: ContextualConfig) -> dict[str, An
                 + (f" + {cfg.lambda_xl} x cross-lingual consistency" if pairs else "")
                 + (f" + {cfg.lambda_smooth} x noise consistency" if cfg.lambda_smooth else "")
                 + f", {cfg.epochs} epochs)")
+    pair_embeddings, parallel_summary = embeddings, None
+    if parallel is not None:
+        pair_embeddings, pairs, parallel_summary = add_parallel_pairs(parallel, encoder, data, embeddings, pairs,
+                                                                      cache, cfg.progress)
     with _head_threads(cfg, device):
-        head, losses = fit_head(encoder.embedding_dim, model, data, embeddings, cfg, rng, device, pairs)
+        head, losses = fit_head(encoder.embedding_dim, model, data, pair_embeddings, cfg, rng, device, pairs)
     head.cpu()
 
     metrics = evaluate_contextual(model, corpus, encoder, head, embeddings, data, cache, cfg.progress)
     metrics.update({"seconds": time.perf_counter() - t0, "head_loss": losses, "finetune_loss": ft_losses})
     if pair_stats:
         metrics["mined_pairs"] = pair_stats
+    if parallel_summary is not None:
+        metrics["parallel_pairs"] = parallel_summary
     save_contextual(run_dir, cfg, encoder, head, metrics)
     logger.info(f"wrote {run_dir / CONTEXTUAL_DIR} in {metrics['seconds']:.0f}s")
     return metrics

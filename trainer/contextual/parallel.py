@@ -1,0 +1,105 @@
+"""Parallel text a user gives the contextual head (`xtm-contextual RUN_DIR --parallel FILE`).
+
+The head's cross-lingual consistency term (`lambda_xl`) pulls together the theta of documents that say
+the same thing in two languages. By default those are pseudo-parallel training documents mined with the
+sentence encoder: comparable, not parallel (about half of ECNews' mined en-zh pairs share a category).
+Real translations are better pairs, and they need not be in the run's languages: the term teaches the
+head to ignore the direction in which the encoder separates languages, which it shares across languages
+(docs/contextual.md, Choice 9: Kyoto en-ja sentences raise every language's Match on an en-zh model).
+
+FILE is JSONL, one object per line mapping language codes to the same text in each language:
+
+    {"en": "The central bank raised rates.", "ja": "中央銀行は利上げした。", "fr": "La banque a relevé ses taux."}
+
+Codes are ISO 639-1 (aliases such as `cn` are mapped); an `id` key is allowed and ignored. Each line
+gives one pair per language after the anchor: the run's first training language when the line has it,
+else the line's first language. Blank lines are skipped; anything else that is not such an object is an
+XtmError naming the file, line and field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from xtm.errors import XtmError
+from xtm.languages import normalize_lang
+from xtm.runtime.records import decode_json_line
+
+__all__ = ["ParallelText", "read_parallel"]
+
+IGNORED_KEYS = frozenset({"id"})
+
+
+@dataclass
+class ParallelText:
+    """The translations of one file, line by line ({language: text}, at least two languages each)."""
+
+    lines: list[dict[str, str]]
+    file: str
+    sha256: str
+
+    def pairs(self, anchor: str) -> tuple[list[str], list[str], Counter[str]]:
+        """(left, right, pairs per "a-b"): left[i] translates right[i]. Each line pairs its anchor (`anchor`
+        where the line has it, else the line's first language) with each of its other languages."""
+        left: list[str] = []
+        right: list[str] = []
+        counts: Counter[str] = Counter()
+        for texts in self.lines:
+            first = anchor if anchor in texts else next(iter(texts))
+            for lang, text in texts.items():
+                if lang != first:
+                    left.append(texts[first])
+                    right.append(text)
+                    counts[f"{first}-{lang}"] += 1
+        return left, right, counts
+
+
+def read_parallel(path: str | Path) -> ParallelText:
+    """A parallel JSONL file (module doc), every line checked: read before any expensive step, so a bad
+    file fails in seconds."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise XtmError(f"cannot read the parallel text: {e.strerror or e}", path=path) from None
+    lines = [_line_texts(raw, path, lineno) for lineno, raw in enumerate(data.splitlines(), start=1) if raw.strip()]
+    if not lines:
+        raise XtmError("no parallel text: expected JSONL lines such as {\"en\": \"...\", \"ja\": \"...\"}",
+                       path=path)
+    return ParallelText(lines=lines, file=path.name, sha256=hashlib.sha256(data).hexdigest())
+
+
+def _line_texts(raw: bytes, path: Path, lineno: int) -> dict[str, str]:
+    """One line's {language: text}, in the line's order, with at least two languages."""
+    obj, reason = decode_json_line(raw)
+    if reason is not None:
+        raise XtmError(reason, path=path, line=lineno)
+    if not isinstance(obj, dict):
+        raise XtmError(f"expected a JSON object of language code -> text, got {type(obj).__name__}",
+                       path=path, line=lineno)
+    texts: dict[str, str] = {}
+    for key, text in obj.items():
+        if key in IGNORED_KEYS:
+            continue
+        try:
+            lang = normalize_lang(key)
+        except XtmError as e:
+            raise XtmError(e.reason, path=path, line=lineno, field=key) from None
+        if lang in texts:
+            raise XtmError(f"names language '{lang}' twice", path=path, line=lineno, field=key)
+        if not isinstance(text, str):
+            raise XtmError(f"must be a string, got {type(text).__name__}", path=path, line=lineno, field=key)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise XtmError(f"not valid Unicode text: a lone surrogate at character {e.start}",
+                           path=path, line=lineno, field=key) from None
+        if text.strip():
+            texts[lang] = text
+    if len(texts) < 2:
+        raise XtmError(f"needs the same text in at least two languages, got {sorted(texts) or 'none'}",
+                       path=path, line=lineno)
+    return texts
