@@ -71,8 +71,8 @@ Any language, the same topics (issue 14; xtm-train fits this by default):
   --parallel FILE  translations you have (JSONL, one object per line:
                 {"en": "...", "ja": "...", "fr": "..."}; any languages the
                 encoder reads, not only the run's): their theta is pulled
-                together like the mined pairs'. Real translations are better
-                pairs than mined ones (docs/contextual.md, Choice 9).
+                together like the mined pairs' (what they are worth is
+                measured in docs/contextual.md, Choice 9).
   --teacher-debias  learn each language's bag-of-words theta divided by
                 that language's mean theta (to this power; default 1):
                 a topic one language's bag of words gives every document,

@@ -3,9 +3,9 @@
 The head's cross-lingual consistency term (`lambda_xl`) pulls together the theta of documents that say
 the same thing in two languages. By default those are pseudo-parallel training documents mined with the
 sentence encoder: comparable, not parallel (about half of ECNews' mined en-zh pairs share a category).
-Real translations are better pairs, and they need not be in the run's languages: the term teaches the
-head to ignore the direction in which the encoder separates languages, which it shares across languages
-(docs/contextual.md, Choice 9: Kyoto en-ja sentences raise every language's Match on an en-zh model).
+Translations a user has are exact pairs, in the run's languages or in others the encoder reads; what they
+are worth depends on how close they are to the user's documents (docs/contextual.md, Choice 9 measures
+out-of-domain and in-domain pairs).
 
 FILE is JSONL, one object per line mapping language codes to the same text in each language:
 
