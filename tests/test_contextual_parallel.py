@@ -54,6 +54,8 @@ def test_a_bad_line_is_named_by_file_line_and_field(tmp_path: Path, content: byt
 def test_an_empty_or_missing_file_is_a_clean_error(tmp_path: Path) -> None:
     with pytest.raises(XtmError, match="no parallel text"):
         read_parallel(_write(tmp_path, "\n\n"))
+    with pytest.raises(XtmError, match="at least two"):
+        read_parallel(_write(tmp_path, '{"en": "one", "fr": "un"}\n'))
     with pytest.raises(XtmError, match="cannot read"):
         read_parallel(tmp_path / "absent.jsonl")
 

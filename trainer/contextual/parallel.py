@@ -69,6 +69,8 @@ def read_parallel(path: str | Path) -> ParallelText:
     if not lines:
         raise XtmError("no parallel text: expected JSONL lines such as {\"en\": \"...\", \"ja\": \"...\"}",
                        path=path)
+    if sum(len(texts) - 1 for texts in lines) < 2:  # the consistency term compares a batch of at least two pairs
+        raise XtmError("one pair is not enough parallel text: give at least two", path=path)
     return ParallelText(lines=lines, file=path.name, sha256=hashlib.sha256(data).hexdigest())
 
 
