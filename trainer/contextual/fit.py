@@ -422,15 +422,15 @@ def train_contextual(run_dir: str | Path, cfg: ContextualConfig) -> dict[str, An
         pair_stats = [p.stats(data, labels, cfg.teacher_debias) for p in pairs]
         logger.info("mined pseudo-parallel pairs: " + ", ".join(f"{'-'.join(st['languages'])} {st['pairs']}"
                                                                for st in pair_stats))
+    pair_embeddings, parallel_summary = embeddings, None
+    if parallel is not None:
+        pair_embeddings, pairs, parallel_summary = add_parallel_pairs(parallel, encoder, data, embeddings, pairs,
+                                                                      cache, cfg.progress)
     logger.info(f"fitting the head ({cfg.objective}"
                 + (f" + {cfg.lambda_tc} x topic classification" if cfg.lambda_tc else "")
                 + (f" + {cfg.lambda_xl} x cross-lingual consistency" if pairs else "")
                 + (f" + {cfg.lambda_smooth} x noise consistency" if cfg.lambda_smooth else "")
                 + f", {cfg.epochs} epochs)")
-    pair_embeddings, parallel_summary = embeddings, None
-    if parallel is not None:
-        pair_embeddings, pairs, parallel_summary = add_parallel_pairs(parallel, encoder, data, embeddings, pairs,
-                                                                      cache, cfg.progress)
     with _head_threads(cfg, device):
         head, losses = fit_head(encoder.embedding_dim, model, data, pair_embeddings, cfg, rng, device, pairs)
     head.cpu()

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from xtm.errors import XtmError
 from xtm.languages import normalize_lang
-from xtm.runtime.records import decode_json_line
+from xtm.trainer.data.jsonl import json_object
 
 __all__ = ["ParallelText", "read_parallel"]
 
@@ -76,12 +76,7 @@ def read_parallel(path: str | Path) -> ParallelText:
 
 def _line_texts(raw: bytes, path: Path, lineno: int) -> dict[str, str]:
     """One line's {language: text}, in the line's order, with at least two languages."""
-    obj, reason = decode_json_line(raw)
-    if reason is not None:
-        raise XtmError(reason, path=path, line=lineno)
-    if not isinstance(obj, dict):
-        raise XtmError(f"expected a JSON object of language code -> text, got {type(obj).__name__}",
-                       path=path, line=lineno)
+    obj = json_object(raw, path, lineno)
     texts: dict[str, str] = {}
     for key, text in obj.items():
         if key in IGNORED_KEYS:

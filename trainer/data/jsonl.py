@@ -24,7 +24,7 @@ from xtm.runtime.records import decode_json_line
 from xtm.runtime.tokenize import default_tokenizer_spec, make_tokenizer
 from xtm.trainer.data.stopwords import stopwords
 
-__all__ = ["Document", "ReadStats", "corpus_name", "jsonl_files", "read_documents"]
+__all__ = ["Document", "ReadStats", "corpus_name", "json_object", "jsonl_files", "read_documents"]
 
 # Show a progress bar from this input size on (smaller inputs load in about a second).
 _PROGRESS_MIN_BYTES = 2_000_000
@@ -130,9 +130,10 @@ def _file_lines(f: Path) -> Iterator[tuple[int, bytes]]:
 # --------------------------------------------------------------------------- one line
 
 
-def _json_object(raw: bytes, f: Path, lineno: int) -> dict[str, Any]:
-    """One JSONL line as an object; whatever makes it unreadable (invalid UTF-8 or JSON, nesting too
-    deep, numbers Python refuses) is an XtmError naming the line (xtm.runtime.records.decode_json_line)."""
+def json_object(raw: bytes, f: Path, lineno: int) -> dict[str, Any]:
+    """One JSONL line as an object (documents here, parallel text in xtm.trainer.contextual.parallel);
+    whatever makes it unreadable (invalid UTF-8 or JSON, nesting too deep, numbers Python refuses) is an
+    XtmError naming the line (xtm.runtime.records.decode_json_line)."""
     obj, reason = decode_json_line(raw)
     if reason is not None:
         raise XtmError(reason, path=f, line=lineno)
@@ -213,7 +214,7 @@ class _DocumentReader:
             raw = raw[3:]  # a UTF-8 byte-order mark (Windows editors) is not part of the JSON
         if not raw.strip():
             return None
-        obj = _json_object(raw, f, lineno)
+        obj = json_object(raw, f, lineno)
         text = _text(obj, f, lineno)
         _check_unicode(obj, f, lineno)
         raw_lang = obj.get("lang")
