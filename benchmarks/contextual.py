@@ -96,6 +96,10 @@ KYOTO_PARALLEL = "kyoto-first-sentences"
 _PAR = "others' teacher at 0.1 + TC + XL 5 + smooth 10 + Kyoto en-ja parallel"
 VARIANTS.update({_PAR: {"parallel": KYOTO_PARALLEL}, **{f"{_PAR}, seed {s}": {"parallel": KYOTO_PARALLEL, "seed": s}
                                                       for s in (1, 2, 3)}})
+# The other training languages read as unseen ones: no teacher and no mined pairs, only the noise term.
+_ALONE = "first-language teacher + TC + smooth 10 (other training languages as unseen)"
+VARIANTS.update({_ALONE: {"teacher_others": 0.0, "lambda_xl": 0.0},
+                 **{f"{_ALONE}, seed {s}": {"teacher_others": 0.0, "lambda_xl": 0.0, "seed": s} for s in (1, 2, 3)}})
 DEFAULT_VARIANT = _TENTH  # ContextualConfig's defaults since Choice 8 (before: the debiased teacher row)
 BASELINE_VARIANT = "distill + TC (lambda 1)"  # the default before issue 14
 # Reference points quoted in issue 14 (mean Match of aligned news items vs English, ctx-ctx).

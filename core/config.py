@@ -266,6 +266,12 @@ class RefinerConfig:
     retries: int = setting(4, help="openai refiner: attempts after the first one failed (connection errors, "
                                    "timeouts, 429, 5xx).")
     sampling: Sampling = setting(help="How LLM refiners sample.", factory=Sampling)
+    # Added for issue 15 (phase 2 kept TU within 0.01 of phase 1 instead of losing 0.06; docs/llm_xtm.md).
+    exclusive: bool = setting(True, help="embedding refiner: a word enters only the refined set of the topic whose "
+                                         "embedding centroid it is nearest, so the refined sets are disjoint.",
+                              cli=Cli("--shared-refined-words", switch=False,
+                                      help="Phase 2, embedding refiner: let a word enter several topics' refined "
+                                           "sets (before issue 15: costs topic diversity)."))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -326,6 +332,9 @@ class Phase2Config:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Phase2Config:
+        refiner = d.get("refiner")
+        if isinstance(refiner, dict) and "exclusive" not in refiner:
+            d = {**d, "refiner": {**refiner, "exclusive": False}}  # written before exclusive sets: shared ones
         return from_dict(cls, d)
 
 

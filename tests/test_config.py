@@ -155,9 +155,9 @@ def test_refiner_defaults_are_the_configs() -> None:
 
     taken = {"api_key_env": (RefinerConfig, "api_key_env"), "concurrency": (RefinerConfig, "concurrency"),
              "timeout": (RefinerConfig, "timeout"), "retries": (RefinerConfig, "retries"),
-             "n_words": (Phase2Config, "asked_words")}
+             "n_words": (Phase2Config, "asked_words"), "exclusive": (RefinerConfig, "exclusive")}
     classes = {"OpenAICompatibleGenerator": ("api_key_env", "concurrency", "timeout", "retries"),
-               "LLMRefiner": ("n_words",), "EmbeddingRefiner": ("n_words",)}
+               "LLMRefiner": ("n_words",), "EmbeddingRefiner": ("n_words", "exclusive")}
     for cls_name, names in classes.items():
         params = inspect.signature(getattr(refiners, cls_name)).parameters
         for name in names:
@@ -307,6 +307,8 @@ PHASE2_V2 = {**PHASE2_V1, "doc_tau": 0.2,
              "refiner": {**PHASE2_V1["refiner"], "sampling": {"temperature": 0.7, "top_p": 0.7, "max_tokens": 400,
                                                               "seed": 0}},
              "lr_scale": 0.3, "grad_clip": 1.0, "balanced_mmd": True, "asked_words": 20}
+# Issue 15: the embedding refiner's sets are disjoint by default; V2 files lack the key (they refined shared sets).
+PHASE2_V3 = {**PHASE2_V2, "refiner": {**PHASE2_V2["refiner"], "exclusive": True}}
 CONTEXTUAL_V1 = {"encoder": "use-multilingual", "objective": "distill", "lambda_tc": 1.0, "epochs": 30,
                  "batch_size": 256, "lr": 0.002, "hidden": 200, "dropout": 0.2, "finetune_epochs": 0,
                  "finetune_lr": 0.0001, "finetune_batch_size": 64, "max_tokens": 256, "seed": 0}
@@ -327,12 +329,13 @@ def test_the_written_dictionaries_keep_their_keys_order_and_defaults() -> None:
     assert dump(TrainConfig().to_dict()) == dump(TRAIN_CONFIG_V5)
     assert dump(DataConfig(path="d").to_dict()) == dump(DATA_V1)
     assert dump(DataConfig(path="d", langs=("en", "zh")).to_dict()["langs"]) == '["en", "zh"]'
-    assert dump(Phase2Config().to_dict()) == dump(PHASE2_V2)
+    assert dump(Phase2Config().to_dict()) == dump(PHASE2_V3)
     assert dump(ContextualConfig().to_dict()) == dump(CONTEXTUAL_V4)
 
 
 def test_old_dictionaries_read_back_into_configs() -> None:
-    assert Phase2Config.from_dict(PHASE2_V2) == Phase2Config()
+    assert Phase2Config.from_dict(PHASE2_V3) == Phase2Config()
+    assert Phase2Config.from_dict(PHASE2_V2).refiner.exclusive is False
     # a V1 run (before issue 15) keeps the values it wrote; what it lacks takes today's defaults
     old = Phase2Config.from_dict(PHASE2_V1)
     assert old.doc_tau == 0.1 and old.refiner.sampling.temperature == 1.0 and old.refiner.sampling.top_p == 0.95

@@ -328,3 +328,31 @@ def test_a_signal_mid_phase2_epoch_resumes_bit_identical_with_its_rate_and_words
         assert torch.equal(v, resumed.model.state_dict()[k]), k
     assert [{k: v for k, v in h.items() if k != "seconds"} for h in resumed.history] == \
            [{k: v for k, v in h.items() if k != "seconds"} for h in straight.history]
+
+
+def test_exclusive_embedding_refiner_gives_each_word_to_one_topic_only() -> None:
+    """Two topics that share a generic word ("common", near both centroids, nearer to topic 0's):
+    the shared refiner puts it in both sets; the exclusive one only in topic 0's, the topic it is
+    nearest to, and the sets become disjoint."""
+    from xtm.trainer.phase2.prompt import TopicWords
+    from xtm.trainer.phase2.refiners import EmbeddingRefiner
+
+    rng = np.random.default_rng(0)
+    axes = np.eye(8, dtype=np.float32)
+    vocab = ["a1", "a2", "a3", "b1", "b2", "b3", "common"]
+    vectors = np.stack([axes[0] + 0.1 * rng.standard_normal(8).astype(np.float32) for _ in range(3)]
+                       + [axes[1] + 0.1 * rng.standard_normal(8).astype(np.float32) for _ in range(3)]
+                       + [0.75 * axes[0] + 0.66 * axes[1]])
+    topics = [TopicWords(0, {"en": ["a1", "a2", "common"]}, {"en": ["a1", "a2", "a3", "common"]}),
+              TopicWords(1, {"en": ["b1", "b2", "common"]}, {"en": ["b1", "b2", "b3", "common"]})]
+
+    def sets(exclusive: bool) -> list[set[str]]:
+        refiner = EmbeddingRefiner({"en": vocab}, {"en": vectors}, n_words=4, neighbours=0, exclusive=exclusive)
+        answers, _ = refiner.refine(topics, rounds=3)
+        return [set().union(*(a.words["en"] for a in per_topic)) for per_topic in answers]
+
+    shared, exclusive = sets(False), sets(True)
+    assert "common" in shared[0] and "common" in shared[1]
+    assert "common" in exclusive[0] and "common" not in exclusive[1]
+    assert not exclusive[0] & exclusive[1]
+    assert {"b1", "b2", "b3"} <= exclusive[1]

@@ -777,20 +777,25 @@ class EmbeddingRefiner:
     everything in sentence-encoder space ("ie", "nd", "yr") win every topic. Keep the n best.
     Self-consistency voting over the rounds then keeps what the resamples agree on, as it does
     for LLM answers. Deterministic for given candidates (seeded by them).
+
+    exclusive: a word may enter only the refined set of the topic whose centroid it is nearest,
+    so the sets are disjoint. An LLM shown every topic as context keeps its answers apart; without
+    this the sets share generic words and the MMD pulls the topics together (docs/llm_xtm.md).
     """
 
     name = "embedding"
     HUB_K = 10
 
     def __init__(self, vocabs: dict[str, Sequence[str]], word_vectors: dict[str, np.ndarray],
-                 n_words: int = N_WORDS, neighbours: int = 30, seed: int = 0) -> None:
+                 n_words: int = N_WORDS, neighbours: int = 30, seed: int = 0,
+                 exclusive: bool = _DEFAULT.exclusive) -> None:
         self.langs = list(vocabs)
         self.index = {lang: {w: i for i, w in enumerate(v)} for lang, v in vocabs.items()}
         self.vocabs = {lang: list(v) for lang, v in vocabs.items()}
         self.vectors = {lang: v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
                         for lang, v in word_vectors.items()}
         self.n_words, self.neighbours = n_words, neighbours
-        self.seed = seed
+        self.seed, self.exclusive = seed, exclusive
 
     def _rows(self, lang: str, words: Sequence[str]) -> list[int]:
         return [self.index[lang][w] for w in words if w in self.index[lang]]
@@ -800,13 +805,14 @@ class EmbeddingRefiner:
         t0 = time.perf_counter()
         pools = [[(lang, j) for lang in self.langs for j in self._rows(lang, t.words.get(lang, []))] for t in topics]
         centroids = np.stack([self._centroid(pool) for pool in pools])
-        hub = {}
+        hub, home = {}, {}
         for lang in self.langs:
             sims = self.vectors[lang] @ centroids.T                       # [V, K]
             k = min(self.HUB_K, sims.shape[1])
             hub[lang] = np.sort(sims, axis=1)[:, -k:].mean(1)
+            home[lang] = sims.argmax(1) if self.exclusive else None     # each word's nearest topic
         out = []
-        for topic, pool in zip(topics, pools, strict=True):
+        for position, (topic, pool) in enumerate(zip(topics, pools, strict=True)):
             # Seeded by the candidates themselves: the same model state gives the same answers,
             # so a resumed run refines exactly as the uninterrupted one would.
             digest = hashlib.sha256(json.dumps([topic.topic, topic.words], ensure_ascii=False).encode()).digest()
@@ -818,8 +824,10 @@ class EmbeddingRefiner:
                     continue
                 sample = [pool[j] for j in rng.integers(0, len(pool), size=len(pool))]
                 c = self._centroid(sample)
-                answers.append(ParsedAnswer(words={lang: self._best(lang, c, sample, topic, hub[lang])
-                                                   for lang in self.langs}))
+                answers.append(ParsedAnswer(words={
+                    lang: self._best(lang, c, sample, topic, hub[lang],
+                                     None if home[lang] is None else home[lang] == position)
+                    for lang in self.langs}))
             out.append(answers)
         stats.seconds = time.perf_counter() - t0
         return out, stats
@@ -832,7 +840,7 @@ class EmbeddingRefiner:
         return c / max(float(np.linalg.norm(c)), 1e-12)
 
     def _best(self, lang: str, c: np.ndarray, sample: Sequence[tuple[str, int]], topic: TopicWords,
-              hub: np.ndarray) -> list[str]:
+              hub: np.ndarray, allowed: np.ndarray | None = None) -> list[str]:
         own = self._rows(lang, (topic.more or topic.words).get(lang, []))
         cand = set(own)
         others = [j for x, j in sample if x != lang]
@@ -840,9 +848,11 @@ class EmbeddingRefiner:
             other_c = self._centroid([(x, j) for x, j in sample if x != lang])
             csls_other = 2 * (self.vectors[lang] @ other_c) - hub
             cand |= set(np.argpartition(-csls_other, min(self.neighbours, len(hub) - 1))[: self.neighbours].tolist())
-        if not cand:
-            return []
         rows = np.fromiter(cand, dtype=np.int64)
+        if allowed is not None:
+            rows = rows[allowed[rows]]
+        if not rows.size:
+            return []
         score = 2 * (self.vectors[lang][rows] @ c) - hub[rows]
         order = np.lexsort((rows, -score))[: self.n_words]
         return [self.vocabs[lang][int(rows[i])] for i in order]
@@ -858,7 +868,7 @@ def make_refiner(cfg: RefinerConfig, vocabs: dict[str, Sequence[str]],
                  cache_dir: Path | None, seed: int = 0) -> Refiner:
     """The refiner a run asked for; `word_vectors` is called only by the embedding refiner."""
     if cfg.backend == "embedding":
-        return EmbeddingRefiner(vocabs, word_vectors(), n_words=n_words, seed=seed)
+        return EmbeddingRefiner(vocabs, word_vectors(), n_words=n_words, seed=seed, exclusive=cfg.exclusive)
     generator: TextGenerator
     if cfg.backend == "openai":
         generator = OpenAICompatibleGenerator(cfg.llm_url or "", cfg.llm_model or "", api_key_env=cfg.api_key_env,
