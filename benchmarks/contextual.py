@@ -82,24 +82,27 @@ VARIANTS: dict[str, dict[str, Any]] = {
 # Every variant above was fitted with each training language's own teacher (teacher_others 1, the default
 # before Choice 8); below, the other languages' own teachers weigh 0, 0.3 or 0.1 (the default).
 VARIANTS = {name: {"teacher_others": 1.0, **over} for name, over in VARIANTS.items()}
+
+
+def _seeded(name: str, overrides: dict[str, Any], seeds: tuple[int, ...] = (1, 2, 3)) -> dict[str, dict[str, Any]]:
+    """A variant and its reruns with other head seeds ("NAME, seed N")."""
+    return {name: overrides, **{f"{name}, seed {s}": {**overrides, "seed": s} for s in seeds}}
+
+
 _FIRST = "first-language teacher + TC + XL 5 + smooth 10"
-VARIANTS.update({_FIRST: {"teacher_others": 0.0}, **{f"{_FIRST}, seed {s}": {"teacher_others": 0.0, "seed": s}
-                                                    for s in (1, 2, 3)},
-                 "others' teacher at 0.3 + TC + XL 5 + smooth 10": {"teacher_others": 0.3},
-                 "others' teacher at 0.3 + TC + XL 5 + smooth 10, seed 1": {"teacher_others": 0.3, "seed": 1}})
+VARIANTS.update({**_seeded(_FIRST, {"teacher_others": 0.0}),
+                 **_seeded("others' teacher at 0.3 + TC + XL 5 + smooth 10", {"teacher_others": 0.3}, seeds=(1,))})
 _TENTH = "others' teacher at 0.1 + TC + XL 5 + smooth 10"
-VARIANTS.update({_TENTH: {}, **{f"{_TENTH}, seed {s}": {"seed": s} for s in (1, 2, 3)}})
+VARIANTS.update(_seeded(_TENTH, {}))
 # Choice 9: the default head plus real translations through --parallel: the first sentence (title included) of
 # each Kyoto Wikipedia article in English and Japanese, 14,111 pairs (`kyoto_parallel_file`). ECNews only: on
 # the Rakuten model Kyoto is the evaluation set.
 KYOTO_PARALLEL = "kyoto-first-sentences"
 _PAR = "others' teacher at 0.1 + TC + XL 5 + smooth 10 + Kyoto en-ja parallel"
-VARIANTS.update({_PAR: {"parallel": KYOTO_PARALLEL}, **{f"{_PAR}, seed {s}": {"parallel": KYOTO_PARALLEL, "seed": s}
-                                                      for s in (1, 2, 3)}})
+VARIANTS.update(_seeded(_PAR, {"parallel": KYOTO_PARALLEL}))
 # The other training languages read as unseen ones: no teacher and no mined pairs, only the noise term.
 _ALONE = "first-language teacher + TC + smooth 10 (other training languages as unseen)"
-VARIANTS.update({_ALONE: {"teacher_others": 0.0, "lambda_xl": 0.0},
-                 **{f"{_ALONE}, seed {s}": {"teacher_others": 0.0, "lambda_xl": 0.0, "seed": s} for s in (1, 2, 3)}})
+VARIANTS.update(_seeded(_ALONE, {"teacher_others": 0.0, "lambda_xl": 0.0}))
 DEFAULT_VARIANT = _TENTH  # ContextualConfig's defaults since Choice 8 (before: the debiased teacher row)
 BASELINE_VARIANT = "distill + TC (lambda 1)"  # the default before issue 14
 # Reference points quoted in issue 14 (mean Match of aligned news items vs English, ctx-ctx).
