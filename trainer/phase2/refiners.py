@@ -817,6 +817,7 @@ class EmbeddingRefiner:
             # so a resumed run refines exactly as the uninterrupted one would.
             digest = hashlib.sha256(json.dumps([topic.topic, topic.words], ensure_ascii=False).encode()).digest()
             rng = np.random.default_rng([self.seed, int.from_bytes(digest[:8], "little")])
+            allowed = {lang: None if home[lang] is None else home[lang] == position for lang in self.langs}
             answers = []
             for _ in range(rounds):
                 if not pool:
@@ -824,10 +825,8 @@ class EmbeddingRefiner:
                     continue
                 sample = [pool[j] for j in rng.integers(0, len(pool), size=len(pool))]
                 c = self._centroid(sample)
-                answers.append(ParsedAnswer(words={
-                    lang: self._best(lang, c, sample, topic, hub[lang],
-                                     None if home[lang] is None else home[lang] == position)
-                    for lang in self.langs}))
+                answers.append(ParsedAnswer(words={lang: self._best(lang, c, sample, topic, hub[lang], allowed[lang])
+                                                   for lang in self.langs}))
             out.append(answers)
         stats.seconds = time.perf_counter() - t0
         return out, stats
