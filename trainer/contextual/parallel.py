@@ -26,7 +26,7 @@ from pathlib import Path
 
 from xtm.errors import XtmError
 from xtm.languages import normalize_lang
-from xtm.trainer.data.jsonl import json_object
+from xtm.trainer.data.jsonl import check_unicode_text, json_object
 
 __all__ = ["ParallelText", "read_parallel"]
 
@@ -89,11 +89,7 @@ def _line_texts(raw: bytes, path: Path, lineno: int) -> dict[str, str]:
             raise XtmError(f"names language '{lang}' twice", path=path, line=lineno, field=key)
         if not isinstance(text, str):
             raise XtmError(f"must be a string, got {type(text).__name__}", path=path, line=lineno, field=key)
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as e:
-            raise XtmError(f"not valid Unicode text: a lone surrogate at character {e.start}",
-                           path=path, line=lineno, field=key) from None
+        check_unicode_text(text, path, lineno, key)
         if text.strip():
             texts[lang] = text
     if len(texts) < 2:

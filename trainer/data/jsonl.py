@@ -24,7 +24,7 @@ from xtm.runtime.records import decode_json_line
 from xtm.runtime.tokenize import default_tokenizer_spec, make_tokenizer
 from xtm.trainer.data.stopwords import stopwords
 
-__all__ = ["Document", "ReadStats", "corpus_name", "json_object", "jsonl_files", "read_documents"]
+__all__ = ["Document", "ReadStats", "check_unicode_text", "corpus_name", "json_object", "jsonl_files", "read_documents"]
 
 # Show a progress bar from this input size on (smaller inputs load in about a second).
 _PROGRESS_MIN_BYTES = 2_000_000
@@ -152,15 +152,19 @@ def _text(obj: dict[str, Any], f: Path, lineno: int) -> str:
 
 
 def _check_unicode(obj: dict[str, Any], f: Path, lineno: int) -> None:
-    """A lone surrogate (JSON "\\ud800") is not Unicode text: it would fail when written or embedded later."""
     for key in ("id", "text", "lang", "label", "split"):
         v = obj.get(key)
         if isinstance(v, str):
-            try:
-                v.encode("utf-8")
-            except UnicodeEncodeError as e:
-                raise XtmError(f"not valid Unicode text: a lone surrogate ({v[e.start]!r}) at character {e.start}",
-                               path=f, line=lineno, field=key) from None
+            check_unicode_text(v, f, lineno, key)
+
+
+def check_unicode_text(v: str, f: Path, lineno: int, key: str) -> None:
+    """A lone surrogate (JSON "\\ud800") is not Unicode text: it would fail when written or embedded later."""
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise XtmError(f"not valid Unicode text: a lone surrogate ({v[e.start]!r}) at character {e.start}",
+                       path=f, line=lineno, field=key) from None
 
 
 def _doc_id(obj: dict[str, Any], f: Path, lineno: int, multi: bool) -> str:
