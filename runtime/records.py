@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DECIMALS", "INPUT_FORMATS", "MAX_CHARS", "MAX_LINE_BYTES", "OUTPUT_FORMATS", "OUTPUT_WORDS",
            "PARQUET_SUFFIXES", "TEXT_SUFFIXES", "WEIGHT", "LineFormatter", "Parsed", "TableShape", "TableStream",
-           "check_out_is_not_input", "decode_json_line", "decode_text_line", "encode_id", "encode_lines",
+           "check_out_is_not_input", "decode_json_line", "drop_bom", "decode_text_line", "encode_id", "encode_lines",
            "input_format", "line_chunks", "output_format", "parquet_chunks", "parse_line", "parse_parquet_row",
            "parse_record", "read_lines", "without_surrogates"]
 
@@ -80,11 +80,16 @@ def read_lines(stream: IO[bytes], max_bytes: int | None = None) -> Iterator[tupl
                 raw = stream.readline(1 << 20)
             yield lineno, None
             continue
-        if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
-            raw = raw[3:]  # a UTF-8 byte-order mark (Windows editors) is not part of the JSON
+        raw = drop_bom(lineno, raw)
         if not raw.strip():
             continue
         yield lineno, raw
+
+
+def drop_bom(lineno: int, raw: bytes) -> bytes:
+    """Line `lineno` without the UTF-8 byte-order mark a Windows editor puts at the start of a file:
+    it is not part of the JSON. Every JSONL reader (inference, documents, parallel text) calls this."""
+    return raw[3:] if lineno == 1 and raw.startswith(b"\xef\xbb\xbf") else raw
 
 
 def line_chunks(stream: IO[bytes], size: int) -> Iterator[list[tuple[int, bytes | None]]]:

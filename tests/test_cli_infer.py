@@ -52,6 +52,14 @@ def test_good_file_gives_one_json_line_per_document_in_order(hb: HandBundle, tmp
     assert r.stderr == ""
 
 
+def test_a_byte_order_mark_before_line_1_is_not_part_of_the_json(hb: HandBundle, tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "docs.jsonl", GOOD)
+    src.write_bytes(b"\xef\xbb\xbf" + src.read_bytes())  # as a Windows editor saves it
+    r = invoke([str(src), "--bundle", str(hb.path)])
+    assert r.exit_code == 0 and r.stderr == "", r.stderr
+    assert [json.loads(line)["id"] for line in r.stdout.splitlines()] == ["a", 2, "c", "d"]
+
+
 def test_sparse_theta_keeps_only_the_top_k(hb: HandBundle, tmp_path: Path) -> None:
     src = write_jsonl(tmp_path / "docs.jsonl", GOOD[:1])
     r = invoke([str(src), "--bundle", str(hb.path), "--top-k", "3", "--sparse-theta"])

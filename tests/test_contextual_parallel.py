@@ -51,6 +51,15 @@ def test_a_bad_line_is_named_by_file_line_and_field(tmp_path: Path, content: byt
     assert e.value.path == str(p) and e.value.line == line
 
 
+def test_a_byte_order_mark_opens_the_file_but_is_an_error_anywhere_else(tmp_path: Path) -> None:
+    """A Windows editor's UTF-8 BOM before line 1 is not part of the JSON (as for documents and inference)."""
+    text = read_parallel(_write(tmp_path, b'\xef\xbb\xbf{"en": "one", "fr": "un"}\n{"en": "two", "fr": "deux"}\n'))
+    assert text.pairs("en")[:2] == (["one", "two"], ["un", "deux"])
+    with pytest.raises(XtmError, match="JSON") as e:
+        read_parallel(_write(tmp_path, b'{"en": "one", "fr": "un"}\n\xef\xbb\xbf{"en": "two", "fr": "deux"}\n'))
+    assert e.value.line == 2
+
+
 def test_an_empty_or_missing_file_is_a_clean_error(tmp_path: Path) -> None:
     with pytest.raises(XtmError, match="no parallel text"):
         read_parallel(_write(tmp_path, "\n\n"))

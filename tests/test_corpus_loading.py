@@ -300,6 +300,15 @@ def test_invalid_utf8_line(tmp_path: Path) -> None:
     assert (e.value.path, e.value.line) == (str(f), 2)
 
 
+def test_a_byte_order_mark_before_line_1_is_not_part_of_the_json(tmp_path: Path) -> None:
+    plain = write_jsonl(tmp_path / "plain.jsonl", make_docs("en", 12) + make_docs("zh", 12))
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
+    a, b = load_quiet(plain), load_quiet(bom)
+    assert b.lang("en").train_ids == a.lang("en").train_ids and b.lang("en").vocab == a.lang("en").vocab
+    assert (b.lang("en").train_bow != a.lang("en").train_bow).nnz == 0
+
+
 def test_one_language_is_not_enough(tmp_path: Path) -> None:
     f = write_jsonl(tmp_path / "c.jsonl", make_docs("en", 12))
     with pytest.raises(XtmError, match="at least two languages") as e:

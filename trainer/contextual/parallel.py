@@ -26,6 +26,7 @@ from pathlib import Path
 
 from xtm.errors import XtmError
 from xtm.languages import normalize_lang
+from xtm.runtime.records import drop_bom
 from xtm.trainer.data.jsonl import check_unicode_text, json_object
 
 __all__ = ["ParallelText", "read_parallel"]
@@ -65,7 +66,11 @@ def read_parallel(path: str | Path) -> ParallelText:
         data = path.read_bytes()
     except OSError as e:
         raise XtmError(f"cannot read the parallel text: {e.strerror or e}", path=path) from None
-    lines = [_line_texts(raw, path, lineno) for lineno, raw in enumerate(data.splitlines(), start=1) if raw.strip()]
+    lines = []
+    for lineno, raw in enumerate(data.splitlines(), start=1):
+        raw = drop_bom(lineno, raw)
+        if raw.strip():
+            lines.append(_line_texts(raw, path, lineno))
     if not lines:
         raise XtmError("no parallel text: expected JSONL lines such as {\"en\": \"...\", \"ja\": \"...\"}",
                        path=path)

@@ -20,7 +20,7 @@ from typing import Any
 from xtm.errors import XtmError
 from xtm.languages import normalize_lang
 from xtm.runtime.langid import detect_language
-from xtm.runtime.records import decode_json_line
+from xtm.runtime.records import decode_json_line, drop_bom
 from xtm.runtime.tokenize import default_tokenizer_spec, make_tokenizer
 from xtm.trainer.data.stopwords import stopwords
 
@@ -29,7 +29,6 @@ __all__ = ["Document", "ReadStats", "check_unicode_text", "corpus_name", "json_o
 # Show a progress bar from this input size on (smaller inputs load in about a second).
 _PROGRESS_MIN_BYTES = 2_000_000
 _SPLITS = ("train", "test")
-_UTF8_BOM = b"\xef\xbb\xbf"
 
 
 @dataclass
@@ -214,8 +213,7 @@ class _DocumentReader:
         self.tokenizers: dict[str, tuple[Callable[[str], list[str]], frozenset[str]]] = {}
 
     def parse(self, f: Path, lineno: int, raw: bytes) -> Document | None:
-        if lineno == 1 and raw.startswith(_UTF8_BOM):
-            raw = raw[3:]  # a UTF-8 byte-order mark (Windows editors) is not part of the JSON
+        raw = drop_bom(lineno, raw)
         if not raw.strip():
             return None
         obj = json_object(raw, f, lineno)
