@@ -11,6 +11,9 @@ TopMost's own (forward, loss accumulation, zero_grad, backward, step). One TopMo
 ceil(max(N_lang1, N_lang2) / batch) steps, each with one batch of each language (smaller corpus cycled).
 After the loop, train() itself also computes top words and eval-mode train theta (`post_train_seconds`).
 Outputs: OUT/peer_outputs.npz (beta_<iso>, {train,test}_theta_<iso>[_softmax]) and OUT/peer_timing.json.
+With --snapshot-every N, the same arrays after every N-th epoch go to OUT/snapshots/epoch-NNNN.npz (with
+the epochs' own seconds so far), taken outside the timed loop body: a run stopped early still leaves its
+learning curve, which `benchmarks/time_to_quality.py --runs OUT` evaluates with xtm's evaluation.
 Note: TopMost's get_theta in eval mode returns the batch-normed encoder mean `mu` (pre-softmax).
 """
 
@@ -52,10 +55,12 @@ def import_topmost():
 
 
 class EpochTimer:
-    """Drop-in for tqdm(range(...)) in TopMost's trainer: times each pass of the epoch loop body."""
+    """Drop-in for tqdm(range(...)) in TopMost's trainer: times each pass of the epoch loop body and,
+    after it, calls `after_epoch(epoch, seconds so far)` (untimed; TopMost sets train mode each epoch)."""
 
-    def __init__(self):
+    def __init__(self, after_epoch=None):
         self.seconds = []
+        self.after_epoch = after_epoch
 
     def __call__(self, iterable, *args, **kwargs):
         for epoch in iterable:
@@ -63,6 +68,47 @@ class EpochTimer:
             yield epoch
             self.seconds.append(time.perf_counter() - t0)
             print(f"epoch {epoch}: {self.seconds[-1]:.2f} s, peak RSS {rss_mb():.0f} MB", flush=True)
+            if self.after_epoch is not None:
+                self.after_epoch(epoch, list(self.seconds))
+
+
+def softmax(x):
+    import numpy as np
+
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def output_arrays(trainer, iso1, iso2):
+    """beta and train/test theta (TopMost's eval-time mu, and its softmax) under ISO-keyed names."""
+    import numpy as np
+
+    beta_1, beta_2 = trainer.get_beta()
+    train_theta_1, train_theta_2, test_theta_1, test_theta_2 = trainer.export_theta()
+    arrays = {f"beta_{iso1}": beta_1, f"beta_{iso2}": beta_2}
+    for split, th1, th2 in (("train", train_theta_1, train_theta_2), ("test", test_theta_1, test_theta_2)):
+        for iso, th in ((iso1, th1), (iso2, th2)):
+            arrays[f"{split}_theta_{iso}"] = th.astype(np.float32)
+            arrays[f"{split}_theta_{iso}_softmax"] = softmax(th).astype(np.float32)
+    return arrays
+
+
+def snapshot_writer(trainer, out, every, iso1, iso2):
+    """after_epoch callback saving OUT/snapshots/epoch-NNNN.npz every `every` epochs (written whole, then renamed)."""
+    import numpy as np
+
+    folder = os.path.join(out, "snapshots")
+    os.makedirs(folder, exist_ok=True)
+
+    def after_epoch(epoch, seconds):
+        if epoch % every:
+            return
+        path = os.path.join(folder, f"epoch-{epoch:04d}.npz")
+        with open(path + ".tmp", "wb") as fh:
+            np.savez_compressed(fh, epoch_seconds=np.asarray(seconds), **output_arrays(trainer, iso1, iso2))
+        os.replace(path + ".tmp", path)
+
+    return after_epoch
 
 
 def parse_args(argv=None):
@@ -81,6 +127,7 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=0.002)
     p.add_argument("--lr-scheduler", default=None, choices=[None, "StepLR"], help="TopMost default: none")
     p.add_argument("--weight-mi", type=float, default=None, help="InfoCTM; default 30 ECNews, 50 Rakuten")
+    p.add_argument("--snapshot-every", type=int, default=0, help="save outputs every N epochs (0: only at the end)")
     return p.parse_args(argv)
 
 
@@ -126,26 +173,19 @@ def main(argv=None):
 
     trainer = topmost.CrosslingualTrainer(model, dataset, epochs=args.epochs, learning_rate=args.lr,
                                           batch_size=args.batch_size, lr_scheduler=args.lr_scheduler)
-    timer = EpochTimer()
+    with open(os.path.join(args.out, "peer_run.json"), "w") as f:  # what time_to_quality.py needs to read snapshots
+        json.dump({"model": args.model.lower(), "path": os.path.abspath(args.data), "langs": [iso1, iso2],
+                   "seed": args.seed, "epochs": args.epochs, "impl": f"TopMost {_version('topmost')}"}, f, indent=2)
+    timer = EpochTimer(snapshot_writer(trainer, args.out, args.snapshot_every, iso1, iso2)
+                       if args.snapshot_every > 0 else None)
     sys.modules[type(trainer).__module__].tqdm = timer  # time TopMost's own epoch loop
     t0 = time.perf_counter()
     top_words_1, top_words_2, _, _ = trainer.train()
     train_seconds = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    beta_1, beta_2 = trainer.get_beta()
-    train_theta_1, train_theta_2, test_theta_1, test_theta_2 = trainer.export_theta()
+    arrays = output_arrays(trainer, iso1, iso2)
     export_seconds = time.perf_counter() - t0
-
-    def softmax(x):
-        e = np.exp(x - x.max(axis=1, keepdims=True))
-        return e / e.sum(axis=1, keepdims=True)
-
-    arrays = {f"beta_{iso1}": beta_1, f"beta_{iso2}": beta_2}
-    for split, th1, th2 in (("train", train_theta_1, train_theta_2), ("test", test_theta_1, test_theta_2)):
-        for iso, th in ((iso1, th1), (iso2, th2)):
-            arrays[f"{split}_theta_{iso}"] = th.astype(np.float32)
-            arrays[f"{split}_theta_{iso}_softmax"] = softmax(th).astype(np.float32)
     np.savez_compressed(os.path.join(args.out, "peer_outputs.npz"), **arrays)
     for iso, words in ((iso1, top_words_1), (iso2, top_words_2)):
         with open(os.path.join(args.out, f"peer_top_words_{iso}.txt"), "w", encoding="utf-8") as f:

@@ -13,7 +13,10 @@ epoch at which the run reached it and the training minutes up to that epoch (the
 epochs' own seconds: evaluation time is not training time). "-" = not reached within the run.
 
 The curve is read from RUN/history.json, or, for a run still training, from the history inside
-its latest checkpoint, so a long run can be summarised while it goes on.
+its latest checkpoint, so a long run can be summarised while it goes on. A TopMost peer run
+(`benchmarks/peer_topmost.py --snapshot-every N --out DIR`, its own venv) is summarised the same way:
+its snapshots go through xtm's evaluation (softmax of TopMost's eval-time mu, as benchmarks/backbones.py
+does), cached in DIR/peer_history.json, so both implementations' curves print side by side.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ DICTS = {"ECNews": "dict/ch_en_dict.dat", "Rakuten_Amazon": "dict/MUSE/ja-en.txt
 def read_history(run: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The per-epoch history and the train settings of a run, finished or not (a finished run resumed
     for more epochs keeps its old history.json until it ends: the newer checkpoint wins then)."""
+    if (run / "peer_run.json").is_file():
+        return peer_history(run)
     from_checkpoint = _checkpoint_history(run)
     history_file = run / "history.json"
     history = json.loads(history_file.read_text(encoding="utf-8")) if history_file.is_file() else None
@@ -50,6 +55,38 @@ def read_history(run: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     if from_checkpoint is None:
         raise SystemExit(f"{run}: no history.json and no checkpoints/latest.json")
     return from_checkpoint
+
+
+def peer_history(run: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """A TopMost peer run's curve: every epoch's own seconds, and xtm's evaluation of each snapshot."""
+    import numpy as np
+
+    from xtm.evaluation.metrics import evaluate
+
+    settings = json.loads((run / "peer_run.json").read_text(encoding="utf-8"))
+    cache_file = run / "peer_history.json"
+    cache = json.loads(cache_file.read_text(encoding="utf-8")) if cache_file.is_file() else {}
+    snapshots = sorted((run / "snapshots").glob("epoch-*.npz"))
+    corpus = None
+    seconds: list[float] = []
+    for snap in snapshots:
+        with np.load(snap, allow_pickle=False) as arrays:
+            seconds = arrays["epoch_seconds"].tolist()
+            if snap.name not in cache:
+                if corpus is None:
+                    from xtm.trainer.data.loading import load_corpus
+
+                    corpus = load_corpus(settings["path"], progress=False)
+                langs = settings["langs"]
+                ev = evaluate(corpus, {x: arrays[f"train_theta_{x}_softmax"] for x in langs},
+                              {x: arrays[f"test_theta_{x}_softmax"] for x in langs},
+                              {x: arrays[f"beta_{x}"] for x in langs})
+                cache[snap.name] = {"epoch": len(seconds), "TU": ev["TU"], "classification": ev["classification"]}
+                cache_file.write_text(json.dumps(cache, indent=2), encoding="utf-8")
+    evals = {e["epoch"]: e for e in cache.values()}
+    history = [{"epoch": i, "seconds": s, **({"eval": evals[i]} if i in evals else {})}
+               for i, s in enumerate(seconds, start=1)]
+    return history, settings
 
 
 def _checkpoint_history(run: Path) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
@@ -103,7 +140,8 @@ def summarise(run: Path) -> tuple[str, list[str]]:
             if reached[k] is None and values.get(k) is not None and values[k] >= target:
                 reached[k] = (entry["epoch"], minutes)
     keys = ["TU"] + sorted({k for _, _, v in curve for k in v if k != "TU" and v[k] is not None})
-    lines = [f"### {run.name}: {model}, {dataset}, {len(history)} epochs trained so far", "",
+    impl = settings.get("impl", "xtm")
+    lines = [f"### {run.name}: {impl} {model}, {dataset}, {len(history)} epochs trained so far", "",
              "| epoch | train min | " + " | ".join(keys) + " |", "|---" * (len(keys) + 2) + "|"]
     for epoch, mins, values in curve:
         cells = [f"{values[k]:.3f}" if values.get(k) is not None else "" for k in keys]
