@@ -156,7 +156,8 @@ def summarise(run: Path) -> tuple[str, list[str]]:
         summary.append(f"{k} >= {target:.3f}: " + (f"epoch {hit[0]}, {hit[1]:.1f} train min" if hit else "-"))
     lines.append(("first reached: " + "; ".join(summary)) if summary else "no published row for this backbone/dataset")
     if not curve:
-        lines.append("(no evaluated epochs: train with --eval-every N)")
+        lines.append("(no evaluated epochs: train with --eval-every N)" if impl == "xtm"
+                     else "(no snapshots yet: run the peer with --snapshot-every N)")
     lines.append("")
     return "\n".join(lines), summary
 
