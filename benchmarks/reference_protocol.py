@@ -1,6 +1,7 @@
 """Classification of finished runs under xtm's protocol and under the public code's (issue 15).
 
     python benchmarks/reference_protocol.py runs/full/ecnews-nmtm-500 [more runs]
+    python benchmarks/reference_protocol.py PEER/snapshots/epoch-0200.npz   # a TopMost peer snapshot
 
 The published tables (LLM-XTM Table 5 and the backbones' papers) come from code that runs
 sklearn's SVC() (RBF kernel, C=1, gamma='scale', no scaling) on the encoder's eval-mode mean,
@@ -9,20 +10,25 @@ before the softmax (TopMost `evaluations/classification.py`, LLM-XTM/XTRA/GloCTM
 serves (evaluation/metrics.py). The two protocols give different absolute numbers for the same
 model, so a gap to a published row is only read under the published protocol. This prints, per
 run, both protocols and the published row (same datasets' fixed train/test files, all documents).
+A TopMost peer's snapshot (benchmarks/peer_topmost.py --snapshot-every N) holds the same eval-mode
+mean, so it goes through both protocols too.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from xtm.corpus import Corpus
 from xtm.evaluation.metrics import classification
 from xtm.evaluation.published import published_rows
 from xtm.trainer.contextual.fit import load_run_corpus
+from xtm.trainer.data.loading import load_corpus
 from xtm.trainer.loop.checkpoint import load_trained_model
 from xtm.trainer.loop.training import sparse_batch
 
@@ -43,11 +49,26 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(1, keepdims=True)
 
 
-def one_run(run: Path) -> list[str]:
+def run_means(run: Path) -> tuple[str, str, int, Corpus, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(title, model, epochs, corpus, train mu, test mu) of an xtm run directory or a peer snapshot."""
+    if run.suffix == ".npz":  # PEER/snapshots/epoch-NNNN.npz
+        settings = json.loads((run.parent.parent / "peer_run.json").read_text(encoding="utf-8"))
+        corpus = load_corpus(settings["path"], progress=False)
+        with np.load(run, allow_pickle=False) as arrays:
+            mu = {split: {x: arrays[f"{split}_theta_{x}"] for x in corpus.langs} for split in ("train", "test")}
+            epochs = len(arrays["epoch_seconds"])
+        title = f"{run.parent.parent.name} ({settings['impl']})"
+        return title, settings["model"], epochs, corpus, mu["train"], mu["test"]
     config, model = load_trained_model(run)
     corpus = load_run_corpus(run, config, progress=False)
     mu_train = {lc.lang: encoder_means(model, lc.train_bow, i) for i, lc in enumerate(corpus.languages)}
     mu_test = {lc.lang: encoder_means(model, lc.test_bow, i) for i, lc in enumerate(corpus.languages)}
+    return (run.name, config["model_config"]["model"], config["train_config"]["epochs"], corpus,
+            mu_train, mu_test)
+
+
+def one_run(run: Path) -> list[str]:
+    title, model_name, epochs, corpus, mu_train, mu_test = run_means(run)
     labels_train = {lc.lang: lc.train_labels for lc in corpus.languages}
     labels_test = {lc.lang: lc.test_labels for lc in corpus.languages}
     rows = []
@@ -57,10 +78,8 @@ def one_run(run: Path) -> list[str]:
         scores = classification({k: feats(v) for k, v in mu_train.items()}, labels_train,
                                 {k: feats(v) for k, v in mu_test.items()}, labels_test, classifier=classifier)
         rows.append((name, scores, time.perf_counter() - t0))
-    model_name = config["model_config"]["model"]
-    epochs = config["train_config"]["epochs"]
     keys = sorted(rows[0][1])
-    lines = [f"### {run.name}: {model_name}, {corpus.name}, {epochs} epochs", "",
+    lines = [f"### {title}: {model_name}, {corpus.name}, {epochs} epochs", "",
              "| protocol | " + " | ".join(keys) + " | seconds |", "|---" * (len(keys) + 2) + "|"]
     for name, scores, secs in rows:
         lines.append(f"| {name} | " + " | ".join(f"{scores[k]:.3f}" for k in keys) + f" | {secs:.0f} |")
