@@ -49,7 +49,7 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(1, keepdims=True)
 
 
-def run_means(run: Path) -> tuple[str, str, int, Corpus, dict[str, np.ndarray], dict[str, np.ndarray]]:
+def run_means(run: Path) -> tuple[str, str, int | str, Corpus, dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(title, model, epochs, corpus, train mu, test mu) of an xtm run directory or a peer snapshot."""
     if run.suffix == ".npz":  # PEER/snapshots/epoch-NNNN.npz
         settings = json.loads((run.parent.parent / "peer_run.json").read_text(encoding="utf-8"))
@@ -63,8 +63,9 @@ def run_means(run: Path) -> tuple[str, str, int, Corpus, dict[str, np.ndarray], 
     corpus = load_run_corpus(run, config, progress=False)
     mu_train = {lc.lang: encoder_means(model, lc.train_bow, i) for i, lc in enumerate(corpus.languages)}
     mu_test = {lc.lang: encoder_means(model, lc.test_bow, i) for i, lc in enumerate(corpus.languages)}
-    return (run.name, config["model_config"]["model"], config["train_config"]["epochs"], corpus,
-            mu_train, mu_test)
+    train = config["train_config"]
+    epochs = f"{train['epochs']} + {train['phase2_epochs']} phase-2" if train.get("phase2_epochs") else train["epochs"]
+    return run.name, config["model_config"]["model"], epochs, corpus, mu_train, mu_test
 
 
 def one_run(run: Path) -> list[str]:
@@ -83,7 +84,9 @@ def one_run(run: Path) -> list[str]:
              "| protocol | " + " | ".join(keys) + " | seconds |", "|---" * (len(keys) + 2) + "|"]
     for name, scores, secs in rows:
         lines.append(f"| {name} | " + " | ".join(f"{scores[k]:.3f}" for k in keys) + f" | {secs:.0f} |")
-    for pub in published_rows(corpus.name, model_name, phase2=False):
+    phase2 = "phase-2" in str(epochs)  # a phase-2 run stands beside the published LLM-XTM rows too
+    for pub in published_rows(corpus.name, model_name, phase2=False) + (
+            published_rows(corpus.name, model_name, phase2=True) if phase2 else []):
         lines.append(f"| published ({pub.name}, {pub.epochs} ep) | "
                      + " | ".join(f"{pub.classification[k]:.3f}" if k in pub.classification else ""
                                   for k in keys) + " | |")
