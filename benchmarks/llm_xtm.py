@@ -155,7 +155,7 @@ def table(args: argparse.Namespace, rows: dict, langs: tuple[str, str]) -> str:
                      + " | ".join(fmt(c.get(k)) for k in cls_keys)
                      + f" | {fmt(ref.get('CNPMI'))} / {fmt(ref.get('TU'))} | {fmt(m.get('seconds_per_epoch'), 1)} | "
                      f"{fmt(p2.get('seconds_per_refinement'), 1)} |")
-    for pub in published_rows(args.dataset, "nmtm"):  # the paper's phase-2 rows all use the NMTM backbone
+    for pub in published_rows(args.dataset, "nmtm"):  # this benchmark's backbone is NMTM (the paper's ablations too)
         lines.append(f"| {pub.name} (published) | {pub.CNPMI:.3f}* | {pub.TU:.3f} | {pub.TQ:.3f}* | "
                      + " | ".join(fmt(pub.classification.get(k)) for k in cls_keys) + " | | | |")
     return head + "\n".join(lines) + f"\n\n* {CNPMI_NOTE}; not comparable.\n"

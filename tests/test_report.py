@@ -290,6 +290,12 @@ def test_published_numbers_have_one_home() -> None:
     (nmtm,) = published_rows("ecnews", "nmtm", phase2=False)
     assert (nmtm.TU, nmtm.CNPMI) == (0.818, 0.034) and nmtm.TQ == pytest.approx(0.034 * 0.818)
     assert published_rows("docs") == []
+    # every backbone has its phase-2 row (Table 2), and the paper's printed TQ is CNPMI x TU
+    for dataset, tq in (("ECNews", {"nmtm": .032, "infoctm": .056, "xtra": .084}),
+                        ("Rakuten_Amazon", {"nmtm": .011, "infoctm": .035, "xtra": .035})):
+        for model, printed in tq.items():
+            (row,) = [r for r in published_rows(dataset, model, phase2=True) if r.name.endswith("+ LLM-XTM")]
+            assert row.TQ == pytest.approx(printed, abs=6e-4), (dataset, model)
 
 
 def test_xtm_report_cli_rewrites_and_errors_cleanly(tmp_path: Path) -> None:
