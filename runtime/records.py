@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DECIMALS", "INPUT_FORMATS", "MAX_CHARS", "MAX_LINE_BYTES", "OUTPUT_FORMATS", "OUTPUT_WORDS",
            "PARQUET_SUFFIXES", "TEXT_SUFFIXES", "WEIGHT", "LineFormatter", "Parsed", "TableShape", "TableStream",
-           "check_out_is_not_input", "decode_json_line", "drop_bom", "decode_text_line", "encode_id", "encode_lines",
+           "check_out_is_not_input", "decode_json_line", "decode_text_line", "drop_bom", "encode_id", "encode_lines",
            "input_format", "line_chunks", "output_format", "parquet_chunks", "parse_line", "parse_parquet_row",
            "parse_record", "read_lines", "without_surrogates"]
 
