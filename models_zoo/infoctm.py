@@ -169,6 +169,8 @@ class InfoCTM(TwoLanguageVAE):
                          rows: list[Tensor] | None) -> dict[str, Tensor]:
         if self.aux_pa_values.numel() == 0 and self.aux_pb_values.numel() == 0:
             return {}  # no links at all: nothing to align (training refuses this: check_capabilities)
+        if self.hparams["weight_mi"] == 0:
+            return {}  # the term switched off: skip its [V x V] pass, most of a step's time
         if self.hparams["tami_every"] > 1 and self.training and torch.is_grad_enabled():
             return {"tami": self._tami_reusing_gradient()}
         return {"tami": self.hparams["weight_mi"] * self.tami()}

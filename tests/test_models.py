@@ -162,6 +162,16 @@ def test_tami_every_reuses_the_last_exact_value_and_gradient_until_its_refresh()
     assert int(model.tami_cache_step) == cached_step
 
 
+def test_weight_mi_zero_skips_the_tami_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = InfoCTM.from_corpus(tiny_corpus(), 6, weight_mi=0.0).train()
+
+    def never() -> torch.Tensor:
+        raise AssertionError("TAMI computed with weight 0")
+
+    monkeypatch.setattr(model, "tami", never)
+    assert model.alignment_losses([], [], None) == {}
+
+
 @pytest.mark.parametrize("bad", [0, -2, 1.5, True, "2"])
 def test_tami_every_must_be_a_whole_number_of_steps(bad) -> None:
     with pytest.raises(XtmError, match="tami_every must be a whole number >= 1"):
