@@ -20,6 +20,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -49,8 +50,20 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(1, keepdims=True)
 
 
-def run_means(run: Path) -> tuple[str, str, int | str, Corpus, dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """(title, model, epochs, corpus, train mu, test mu) of an xtm run directory or a peer snapshot."""
+class RunMeans(NamedTuple):
+    """What one_run classifies: a run's (or a peer snapshot's) eval-mode means and what it is."""
+
+    title: str
+    model: str
+    epochs: int
+    phase2_epochs: int
+    corpus: Corpus
+    mu_train: dict[str, np.ndarray]
+    mu_test: dict[str, np.ndarray]
+
+
+def run_means(run: Path) -> RunMeans:
+    """The eval-mode means of an xtm run directory or a peer snapshot (PEER/snapshots/epoch-NNNN.npz)."""
     if run.suffix == ".npz":  # PEER/snapshots/epoch-NNNN.npz
         settings = json.loads((run.parent.parent / "peer_run.json").read_text(encoding="utf-8"))
         corpus = load_corpus(settings["path"], progress=False)
@@ -58,18 +71,18 @@ def run_means(run: Path) -> tuple[str, str, int | str, Corpus, dict[str, np.ndar
             mu = {split: {x: arrays[f"{split}_theta_{x}"] for x in corpus.langs} for split in ("train", "test")}
             epochs = len(arrays["epoch_seconds"])
         title = f"{run.parent.parent.name} ({settings['impl']})"
-        return title, settings["model"], epochs, corpus, mu["train"], mu["test"]
+        return RunMeans(title, settings["model"], epochs, 0, corpus, mu["train"], mu["test"])
     config, model = load_trained_model(run)
     corpus = load_run_corpus(run, config, progress=False)
     mu_train = {lc.lang: encoder_means(model, lc.train_bow, i) for i, lc in enumerate(corpus.languages)}
     mu_test = {lc.lang: encoder_means(model, lc.test_bow, i) for i, lc in enumerate(corpus.languages)}
     train = config["train_config"]
-    epochs = f"{train['epochs']} + {train['phase2_epochs']} phase-2" if train.get("phase2_epochs") else train["epochs"]
-    return run.name, config["model_config"]["model"], epochs, corpus, mu_train, mu_test
+    return RunMeans(run.name, config["model_config"]["model"], train["epochs"], train.get("phase2_epochs") or 0,
+                    corpus, mu_train, mu_test)
 
 
 def one_run(run: Path) -> list[str]:
-    title, model_name, epochs, corpus, mu_train, mu_test = run_means(run)
+    title, model_name, epochs, phase2_epochs, corpus, mu_train, mu_test = run_means(run)
     labels_train = {lc.lang: lc.train_labels for lc in corpus.languages}
     labels_test = {lc.lang: lc.test_labels for lc in corpus.languages}
     rows = []
@@ -80,13 +93,14 @@ def one_run(run: Path) -> list[str]:
                                 {k: feats(v) for k, v in mu_test.items()}, labels_test, classifier=classifier)
         rows.append((name, scores, time.perf_counter() - t0))
     keys = sorted(rows[0][1])
-    lines = [f"### {title}: {model_name}, {corpus.name}, {epochs} epochs", "",
+    length = f"{epochs} + {phase2_epochs} phase-2" if phase2_epochs else f"{epochs}"
+    lines = [f"### {title}: {model_name}, {corpus.name}, {length} epochs", "",
              "| protocol | " + " | ".join(keys) + " | seconds |", "|---" * (len(keys) + 2) + "|"]
     for name, scores, secs in rows:
         lines.append(f"| {name} | " + " | ".join(f"{scores[k]:.3f}" for k in keys) + f" | {secs:.0f} |")
-    phase2 = "phase-2" in str(epochs)  # a phase-2 run stands beside the published LLM-XTM rows too
+    # a phase-2 run stands beside the published LLM-XTM rows too
     for pub in published_rows(corpus.name, model_name, phase2=False) + (
-            published_rows(corpus.name, model_name, phase2=True) if phase2 else []):
+            published_rows(corpus.name, model_name, phase2=True) if phase2_epochs else []):
         lines.append(f"| published ({pub.name}, {pub.epochs} ep) | "
                      + " | ".join(f"{pub.classification[k]:.3f}" if k in pub.classification else ""
                                   for k in keys) + " | |")
