@@ -112,6 +112,22 @@ def test_interrupt_saves_a_checkpoint_that_resumes(example_corpus, tmp_path: Pat
     assert resumed.epochs_done == 3 and not resumed.interrupted
 
 
+def test_history_json_is_current_after_every_epoch(example_corpus, tmp_path: Path) -> None:
+    # A long run's learning curve must be readable while it trains, and survive a kill between
+    # checkpoints (checkpoint_every=0: none until the end).
+    seen: dict[int, list[int]] = {}
+
+    def look(epoch: int, model) -> dict[str, float]:
+        path = tmp_path / "run" / "history.json"
+        seen[epoch] = [h["epoch"] for h in json.loads(path.read_text())] if path.exists() else []
+        return {"TU": 0.5 + epoch / 10}
+
+    train(example_corpus, config(epochs=3, checkpoint_every=0), tmp_path / "run", on_epoch_end=look)
+    assert seen == {1: [], 2: [1], 3: [1, 2]}
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3] and history[1]["eval"] == {"TU": 0.7}
+
+
 def test_resume_refuses_a_different_model(example_corpus, tmp_path: Path) -> None:
     train(example_corpus, config(epochs=1), tmp_path)
     with pytest.raises(XtmError, match="checkpoint is nmtm with K=6"):

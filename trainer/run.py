@@ -8,7 +8,7 @@ xtm.run_dir.RunDir):
     vocab_<lang>.txt       each language's vocabulary (line i = column i of the topic-word matrix)
     topics_<lang>.txt      top words per topic, one topic per line, space-separated
     metrics.json           TU, CNPMI, TQ, classification, seconds_per_epoch, ...
-    history.json           per-epoch mean losses and seconds
+    history.json           per-epoch mean losses and seconds, rewritten after every epoch
     report_data.json       what report.html needs from the model (xtm.trainer.report_data)
     parity_sample_<lang>.npz  up to 1,000 of the run's own bags of words, for export's parity check
     report.html            rendered from these files by xtm-train's CLI (xtm.evaluation.report; xtm-report

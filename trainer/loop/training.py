@@ -36,6 +36,7 @@ from xtm.models_zoo.base import BuildContext, CrossLingualTopicModel, load_uniqu
 from xtm.models_zoo.components import SparseRows
 from xtm.models_zoo.registry import model_class
 from xtm.paths import cache_dir
+from xtm.run_dir import RunDir
 from xtm.trainer.data.batches import BatchSource, InMemoryBatches, epoch_batches, steps_per_epoch
 from xtm.trainer.loop import distributed
 from xtm.trainer.loop.checkpoint import (
@@ -571,6 +572,10 @@ class _Training:
                              **({"eval": extra} if extra else {})})
         self.done = epoch
         stop.leave()
+        if self.main:
+            # Current after every epoch, not only at the end: a long run's learning curve can be read
+            # (and plotted) while it trains, and survives a kill between checkpoints.
+            RunDir(self.run_dir).save_history(self.history)
         bar.update(1)
         bar.set_postfix(loss=f"{self.history[-1]['loss']:.2f}", sec=f"{progress.seconds:.1f}")
         if self.main and bar.disable and not _stderr_is_terminal():
