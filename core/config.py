@@ -302,7 +302,9 @@ class Phase2Config:
     doc_tau: float = setting(0.2, help="Phase 2: temperature of theta_hat = softmax(cos(doc, topic) / tau).",
                              cli=Cli("--doc-tau", min=0, min_open=True))
     mmd: bool = setting(True, help="Phase 2: train with the MMD loss.",
-                        cli=Cli("--no-mmd", switch=False, help="Phase 2 ablation: drop the MMD loss."))
+                        cli=Cli("--no-mmd", switch=False,
+                                help="Phase 2 without the MMD loss: keeps phase 1's TU and the cross-lingual "
+                                     "gain, gives up the coherence (CNPMI) gain (docs/llm_xtm.md)."))
     doc_align: bool = setting(True, help="Phase 2: train with document alignment.",
                               cli=Cli("--no-doc-align", switch=False,
                                       help="Phase 2 ablation: drop document alignment."))
