@@ -81,6 +81,11 @@ class CrossLingualTopicModel(nn.Module):
     # trained with (which may differ from today's default): see `saved_hparams`
     legacy_hparams: ClassVar[dict[str, Any]] = {}
 
+    # Where training stands, set by the training loop before every step: 0 at phase 1's first step, 1
+    # after its last, above 1 in phase 2. A loss weight scheduled over training reads it; being a function
+    # of the step (not saved state), a resumed run continues on the same schedule.
+    training_position: float = 0.0
+
     def __init__(self, langs: list[str], vocab_sizes: list[int], num_topics: int,
                  aux: dict[str, Tensor] | None = None, **hparams: Any) -> None:
         super().__init__()
@@ -131,6 +136,11 @@ class CrossLingualTopicModel(nn.Module):
         """The hyper-parameters a saved model was trained with, from its config's "hparams": a key added
         since takes the value the model had before the key existed, not today's default."""
         return {**cls.legacy_hparams, **saved}
+
+    def schedule_spans_epochs(self) -> bool:
+        """Whether a loss weight follows a schedule over phase 1's --epochs (a resumed run must then keep
+        them: its schedule would move otherwise). Default: no."""
+        return False
 
     def config(self) -> dict[str, Any]:
         return {"model": self.name, "langs": self.langs, "vocab_sizes": self.vocab_sizes,

@@ -172,6 +172,40 @@ def test_weight_mi_zero_skips_the_tami_pass(monkeypatch: pytest.MonkeyPatch) -> 
     assert model.alignment_losses([], [], None) == {}
 
 
+def test_the_mutual_information_weight_fades_from_mi_decay_from_to_the_end_of_phase_1() -> None:
+    model = InfoCTM.from_corpus(tiny_corpus(), 6, weight_mi=15.0, mi_decay_from=0.4).train()
+    factors = {}
+    for position in (0.0, 0.4, 0.7, 0.85, 1.0, 1.3):  # 1.3: phase 2
+        model.training_position = position
+        factors[position] = model.mi_factor()
+    assert factors == pytest.approx({0.0: 1.0, 0.4: 1.0, 0.7: 0.5, 0.85: 0.25, 1.0: 0.0, 1.3: 0.0})
+    model.training_position = 0.7
+    with torch.no_grad():
+        assert model.alignment_losses([], [], None)["tami"].item() == pytest.approx(0.5 * 15.0 * model.tami().item())
+    assert model.schedule_spans_epochs()
+    # the paper's constant weight by default, wherever training stands
+    constant = InfoCTM.from_corpus(tiny_corpus(), 6).train()
+    constant.training_position = 0.99
+    assert constant.mi_factor() == 1.0 and not constant.schedule_spans_epochs()
+
+
+def test_a_faded_mutual_information_term_is_not_computed(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = InfoCTM.from_corpus(tiny_corpus(), 6, mi_decay_from=0.4).train()
+    model.training_position = 1.0
+
+    def never() -> torch.Tensor:
+        raise AssertionError("TAMI computed with weight 0")
+
+    monkeypatch.setattr(model, "tami", never)
+    assert model.alignment_losses([], [], None) == {}
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, True, "0.4", None])
+def test_mi_decay_from_must_be_a_position_in_phase_1(bad) -> None:
+    with pytest.raises(XtmError, match="mi_decay_from must be a number from 0 to 1"):
+        InfoCTM.from_corpus(tiny_corpus(), 4, mi_decay_from=bad)
+
+
 @pytest.mark.parametrize("bad", [0, -2, 1.5, True, "2"])
 def test_tami_every_must_be_a_whole_number_of_steps(bad) -> None:
     with pytest.raises(XtmError, match="tami_every must be a whole number >= 1"):
@@ -182,11 +216,12 @@ def test_a_checkpoint_saved_before_the_tami_cache_existed_still_loads() -> None:
     from xtm.models_zoo.base import unique_state_dict
     from xtm.models_zoo.registry import model_from_state
 
-    model = InfoCTM.from_corpus(tiny_corpus(), 4)
+    model = InfoCTM.from_corpus(tiny_corpus(), 4, mi_decay_from=0.5)
     old = {k: v for k, v in unique_state_dict(model).items() if not k.startswith("tami_cache")}
     loaded = model_from_state({**model.config(), "hparams": {k: v for k, v in model.hparams.items()
-                                                             if k != "tami_every"}}, old)
+                                                             if k not in ("tami_every", "mi_decay_from")}}, old)
     assert int(loaded.tami_cache_step) == -1 and loaded.hparams["tami_every"] == 1
+    assert loaded.hparams["mi_decay_from"] == 1.0  # saved before the schedule: a constant weight
     assert torch.equal(loaded.phi[0], model.phi[0])
     with pytest.raises(XtmError, match="missing"):  # anything else missing is still refused
         model_from_state(model.config(), {k: v for k, v in old.items() if k != "phi.0"})

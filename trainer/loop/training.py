@@ -169,7 +169,7 @@ def build_model(corpus: Corpus, cfg: TrainConfig) -> CrossLingualTopicModel:
     cls = model_class(cfg.model)
     context = BuildContext(cache_dir=Path(cfg.cache_dir) if cfg.cache_dir else cache_dir(),
                            seed=cfg.seed, progress=cfg.progress)
-    return cls.from_corpus(corpus, cfg.num_topics, context, **cfg.hparams)
+    return cls.from_corpus(corpus, cfg.num_topics, context, **cfg.model_hparams())
 
 
 _STOP_SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
@@ -336,8 +336,8 @@ class _Training:
             raise XtmError("--resume: the data differs from the data this checkpoint was trained on "
                            f"(checkpoint {saved.get('corpus')}, now {self.fingerprint})", path=ckpt.path)
         self._check_topic_lr_scale(ckpt)
-        self._check_lr_schedule(ckpt)
         self._check_hparams(mc, ckpt.path)
+        self._check_lr_schedule(ckpt)
         load_unique_state_dict(self.model, ckpt.model)
         if train_buffers(ckpt):
             # The saved model's batch-norm statistics were recalibrated for inference; training
@@ -394,8 +394,8 @@ class _Training:
                            "started with the papers' settings continues with --recipe paper)", path=ckpt.path)
 
     def _check_lr_schedule(self, ckpt: Checkpoint) -> None:
-        """A checkpoint continues on the learning-rate curve it was trained on: refuse another --lr-schedule,
-        and for a cosine one another --epochs (the curve ends at the run's last phase-1 epoch)."""
+        """A checkpoint continues on the curves it was trained on: refuse another --lr-schedule, and another
+        --epochs where a curve ends at the run's last phase-1 epoch (a cosine rate, a fading loss weight)."""
         saved = ckpt.state.get("train_config") if isinstance(ckpt.state, dict) else None
         if not isinstance(saved, dict):
             return
@@ -403,10 +403,17 @@ class _Training:
         if schedule != self.cfg.lr_schedule:
             raise XtmError(f"--resume: the checkpoint was trained with --lr-schedule {schedule}, this run asks for "
                            f"{self.cfg.lr_schedule}: resume with --lr-schedule {schedule}", path=ckpt.path)
-        if schedule == "cosine" and saved.get("epochs") != self.cfg.epochs:
+        if saved.get("epochs") == self.cfg.epochs:
+            return
+        if schedule == "cosine":
             raise XtmError(f"--resume: the checkpoint's cosine learning rate ends at epoch {saved.get('epochs')}, "
                            f"this run asks for --epochs {self.cfg.epochs}: resume with --epochs {saved.get('epochs')} "
                            "(a cosine run is not extended; start a longer one)", path=ckpt.path)
+        if self.model.schedule_spans_epochs():
+            raise XtmError(f"--resume: the checkpoint's {self.model.name} loss weights follow a schedule that ends at "
+                           f"epoch {saved.get('epochs')} (the fast recipe's), this run asks for --epochs "
+                           f"{self.cfg.epochs}: resume with --epochs {saved.get('epochs')} (--recipe paper trains "
+                           "without such schedules, for runs to be extended later)", path=ckpt.path)
 
     def _check_resume_position(self, path: Path) -> None:
         if self.done > self.total_epochs:
@@ -508,9 +515,10 @@ class _Training:
             if stop.stop and self.dist is None:
                 return  # (distributed: the flag reaches the other ranks with the next gradients)
             self._step_rng = (torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if cuda else None)
+            step = (epoch - 1) * n_steps + progress.steps_done  # 0-based, over both phases
+            model.training_position = step / (cfg.epochs * n_steps)
             if scheduled:
-                self._set_rate(cfg.lr * lr_factor(cfg.lr_schedule, (epoch - 1) * n_steps + progress.steps_done,
-                                                  cfg.epochs * n_steps))
+                self._set_rate(cfg.lr * lr_factor(cfg.lr_schedule, step, cfg.epochs * n_steps))
             x = [SparseRows.from_csr(m, self.device) for m, _ in batch]
             losses = model(x, [torch.from_numpy(r).to(self.device) for _, r in batch], extra=extra)
             self.optimizer.zero_grad(set_to_none=True)
