@@ -485,6 +485,15 @@ class TrainConfig:
         recipe = RECIPES[self.recipe].get(str(self.model).lower(), {}).get("hparams", {})
         return {**recipe, **self.hparams}
 
+    def describe(self) -> str:
+        """One log line: the backbone and what the recipe and the options make of its training."""
+        hp = self.model_hparams()
+        over = f"; {', '.join(f'{k}={v:g}' if isinstance(v, float) else f'{k}={v}' for k, v in hp.items())}" \
+            if hp else ""
+        return (f"training {self.model}, K={self.num_topics}, {self.epochs} epochs, recipe {self.recipe}: batch "
+                f"{self.batch_size}, Adam {self.lr:g} ({self.topic_lr_scale:g}x for the topic-word weights), "
+                f"{self.lr_schedule} rate{over}")
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -377,6 +377,13 @@ def test_the_recipe_gives_backbone_hyper_parameters_under_set() -> None:
     assert TrainConfig(model="xtra", hparams={"hidden": 100}).model_hparams() == {"hidden": 100}
 
 
+def test_the_training_line_says_what_the_recipe_made_of_the_run() -> None:
+    assert TrainConfig().describe() == ("training infoctm, K=50, 100 epochs, recipe fast: batch 200, Adam 0.002 (3x "
+                                        "for the topic-word weights), constant rate; weight_mi=15, mi_decay_from=0.4")
+    assert TrainConfig(model="nmtm", recipe="paper", hparams={"hidden": 100}).describe().endswith(
+        "recipe paper: batch 200, Adam 0.002 (1x for the topic-word weights), constant rate; hidden=100")
+
+
 def test_an_unknown_recipe_is_refused_naming_the_choices() -> None:
     with pytest.raises(XtmError, match="recipe must be one of fast, paper"):
         TrainConfig(recipe="quick")

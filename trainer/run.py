@@ -199,6 +199,7 @@ def _run(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool, phase2: Ph
     check_topics(corpus, cfg.num_topics)
     run = RunDir(out)
     if main:
+        logger.info(cfg.describe())
         for lc in corpus.languages:
             run.write_vocab(lc.lang, lc.vocab)
             run.save_parity_sample(lc.lang, parity_sample(lc))
