@@ -45,15 +45,11 @@ MODEL_NAMES = ("nmtm", "infoctm", "xtra", "gloctm")
 # Training settings the papers use for every backbone, and what each recipe changes per backbone. "fast" (the
 # default) differs only where learning curves showed the papers' quality reached within the default 100 epochs
 # that the papers' settings reach in 500 (issue 15, docs/benchmarks.md "Time to quality"): NMTM at batch 50
-# with a 5x topic-word rate; InfoCTM with a 3x topic-word rate and half the mutual-information weight, which
-# fades over the last 60% of phase 1. "paper" reproduces the papers.
+# with a 5x topic-word rate. "paper" reproduces the papers.
 PAPER_TRAINING: dict[str, Any] = {"batch_size": 200, "topic_lr_scale": 1.0, "lr_schedule": "constant"}
 LR_SCHEDULES = ("constant", "cosine")
-RECIPES: dict[str, dict[str, dict[str, Any]]] = {
-    "fast": {"nmtm": {"batch_size": 50, "topic_lr_scale": 5.0},
-             # "hparams": backbone hyper-parameters under --set (TrainConfig.model_hparams)
-             "infoctm": {"topic_lr_scale": 3.0, "hparams": {"weight_mi": 15.0, "mi_decay_from": 0.4}}},
-    "paper": {}}
+RECIPES: dict[str, dict[str, dict[str, Any]]] = {"fast": {"nmtm": {"batch_size": 50, "topic_lr_scale": 5.0}},
+                                                 "paper": {}}
 REFINER_NAMES = ("embedding", "openai", "vllm", "transformers")
 CONTEXTUAL_OBJECTIVES = ("distill", "ctm")
 # What `--route auto` serves a training language with when the bundle has a contextual route (issue 14):
@@ -450,17 +446,15 @@ class TrainConfig:
                                       "history.json and the report: one run gives its learning curve (0: only at "
                                       "the end). Training itself is unchanged.", cli=Cli("--eval-every", min=0))
     topic_lr_scale: float | None = setting(None, help="Learning rate of the topic-word weights = this x --lr (the "
-                                                     "encoders keep --lr; default: the --recipe's: 1; nmtm 5 and "
-                                                     "infoctm 3 under the fast recipe).",
+                                                     "encoders keep --lr; default: the --recipe's: 1; nmtm 5 under "
+                                                     "the fast recipe).",
                                            cli=Cli("--topic-lr-scale", type=float, min=0, min_open=True))
     # Issue 15 (field at the end: config.json files written before lack it; they record batch_size and
     # topic_lr_scale themselves, so they read back as they were trained).
-    recipe: str = setting("fast", help="Defaults of --batch-size, --topic-lr-scale and some --set values: fast "
-                                       "(gives in the default 100 epochs what the papers' settings give in 500, "
-                                       "measured on learning curves in docs/benchmarks.md; differs from the "
-                                       "papers for nmtm: batch 50, topic rate 5x; and infoctm: topic rate 3x, "
-                                       "weight_mi 15 fading to 0 from 40% of --epochs on, so such a run is not "
-                                       "extended with --resume) or paper (the papers': batch 200, one rate).",
+    recipe: str = setting("fast", help="Defaults of --batch-size and --topic-lr-scale: fast (gives in the default 100 "
+                                       "epochs what the papers' settings give in 500, measured on learning "
+                                       "curves in docs/benchmarks.md; differs from the papers for nmtm only: "
+                                       "batch 50, topic rate 5x) or paper (the papers': batch 200, one rate).",
                           cli=Cli("--recipe", choices=tuple(RECIPES)))
     lr_schedule: str | None = setting(None, help="How the phase-1 learning rate moves: constant (the papers') or "
                                                  "cosine (from --lr down to 0 along a half cosine over --epochs; "
@@ -472,24 +466,15 @@ class TrainConfig:
             raise XtmError(f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
         if self.lr_schedule is not None and self.lr_schedule not in LR_SCHEDULES:
             raise XtmError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
-        recipe = {k: v for k, v in RECIPES[self.recipe].get(str(self.model).lower(), {}).items() if k != "hparams"}
-        for name, value in {**PAPER_TRAINING, **recipe}.items():
+        chosen = {**PAPER_TRAINING, **RECIPES[self.recipe].get(str(self.model).lower(), {})}
+        for name, value in chosen.items():
             if getattr(self, name) is None:  # not given: the recipe's (frozen: set once, here)
                 object.__setattr__(self, name, value)
 
-    def model_hparams(self) -> dict[str, Any]:
-        """The backbone's hyper-parameters over its own defaults: the recipe's, then --set's.
-
-        Applied when the model is built, not stored in `hparams` (config.json keeps what was given, as
-        before recipes had any); the model's config in the checkpoint records every value it trained with."""
-        recipe = RECIPES[self.recipe].get(str(self.model).lower(), {}).get("hparams", {})
-        return {**recipe, **self.hparams}
-
     def describe(self) -> str:
         """One log line: the backbone and what the recipe and the options make of its training."""
-        hp = self.model_hparams()
-        over = f"; {', '.join(f'{k}={v:g}' if isinstance(v, float) else f'{k}={v}' for k, v in hp.items())}" \
-            if hp else ""
+        over = "; " + ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.hparams.items()) \
+            if self.hparams else ""
         return (f"training {self.model}, K={self.num_topics}, {self.epochs} epochs, recipe {self.recipe}: batch "
                 f"{self.batch_size}, Adam {self.lr:g} ({self.topic_lr_scale:g}x for the topic-word weights), "
                 f"{self.lr_schedule} rate{over}")

@@ -188,11 +188,11 @@ class InfoCTM(TwoLanguageVAE):
         """TAMI's weight at this training position, as a multiple of weight_mi: 1 until mi_decay_from of
         phase 1, then falling linearly to 0 at phase 1's end, 0 in phase 2.
 
-        Not the paper's (a constant weight), and so only under the fast recipe: TAMI aligns the languages
-        early and costs topic uniqueness the longer it pulls (InfoCTM on Rakuten_Amazon without it: TU 0.96,
-        cross-lingual classification at chance; with it, constant: TU 0.85 at 100 epochs); letting it fade
-        over the last 60% of phase 1 keeps the alignment and gives the published TU within 100 epochs
-        (docs/benchmarks.md, "InfoCTM at the default 100 epochs").
+        Not the paper's (a constant weight), and not the default: TAMI aligns the languages early and costs
+        topic uniqueness the longer it pulls (InfoCTM on Rakuten_Amazon without it: TU 0.96, cross-lingual
+        classification at chance; with it, constant: TU 0.85 at 100 epochs). Fading it over the last 60% of
+        phase 1 gives Rakuten_Amazon the published TU within 100 epochs with its classification cells, but
+        halves CNPMI and costs ECNews 10 points of ZH-C (docs/benchmarks.md, "TAMI fading").
         """
         start, position = float(self.hparams["mi_decay_from"]), self.training_position
         if start >= 1 or position <= start:

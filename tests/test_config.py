@@ -293,9 +293,6 @@ TRAIN_CONFIG_V3 = {**TRAIN_CONFIG_V2, "topic_lr_scale": 1.0}
 # Issue 15: --recipe (fast: NMTM at batch 50 and a 5x topic rate; the default backbone is as before).
 TRAIN_CONFIG_V4 = {**TRAIN_CONFIG_V3, "recipe": "fast"}
 TRAIN_CONFIG_V5 = {**TRAIN_CONFIG_V4, "lr_schedule": "constant"}
-# Issue 15: the fast recipe's InfoCTM (the default backbone) trains its topic-word weights at 3x the rate; the
-# keys are unchanged (its weight_mi and mi_decay_from go to the model's config, not to "hparams").
-TRAIN_CONFIG_V6 = {**TRAIN_CONFIG_V5, "topic_lr_scale": 3.0}
 DATA_V1 = {"path": "d", "dict_path": None, "langs": None, "vocab_size": 5000, "min_df": 2, "max_df": 0.5,
            "ref_corpus": None, "out_of_core": False, "shard_size": 10000, "shard_dir": None, "eval_train_docs": 20000}
 PHASE2_V1 = {"epochs": 30, "refine_every": 8, "rounds": 5, "top_words": 15, "refined_words": 15,
@@ -329,7 +326,7 @@ def test_the_written_dictionaries_keep_their_keys_order_and_defaults() -> None:
     """config.json, checkpoints and contextual.json written before the tree existed read the same (byte for byte
     in JSON: same keys, same order, same values)."""
     dump = json.dumps
-    assert dump(TrainConfig().to_dict()) == dump(TRAIN_CONFIG_V6)
+    assert dump(TrainConfig().to_dict()) == dump(TRAIN_CONFIG_V5)
     assert dump(DataConfig(path="d").to_dict()) == dump(DATA_V1)
     assert dump(DataConfig(path="d", langs=("en", "zh")).to_dict()["langs"]) == '["en", "zh"]'
     assert dump(Phase2Config().to_dict()) == dump(PHASE2_V3)
@@ -356,8 +353,7 @@ def test_old_dictionaries_read_back_into_configs() -> None:
     ("nmtm", "paper", {}, (200, 1.0)),
     ("nmtm", "fast", {"batch_size": 64}, (64, 5.0)),           # what is given wins over the recipe
     ("nmtm", "fast", {"topic_lr_scale": 1.0}, (50, 1.0)),
-    ("infoctm", "fast", {}, (200, 3.0)),
-    ("infoctm", "paper", {}, (200, 1.0)),
+    ("infoctm", "fast", {}, (200, 1.0)),
     ("xtra", "fast", {}, (200, 1.0)),
     ("gloctm", "paper", {"batch_size": 100}, (100, 1.0)),
 ])
@@ -367,19 +363,11 @@ def test_the_recipe_fills_only_the_training_settings_not_given(model, recipe, gi
     assert TrainConfig(**cfg.to_dict()) == cfg  # config.json reads back as the same run
 
 
-def test_the_recipe_gives_backbone_hyper_parameters_under_set() -> None:
-    fast = TrainConfig(model="infoctm")
-    assert fast.model_hparams() == {"weight_mi": 15.0, "mi_decay_from": 0.4}
-    assert fast.hparams == {}  # config.json keeps what was given; the model's config records the rest
-    assert TrainConfig(model="infoctm", hparams={"weight_mi": 30}).model_hparams() == \
-        {"weight_mi": 30, "mi_decay_from": 0.4}  # --set wins
-    assert TrainConfig(model="infoctm", recipe="paper").model_hparams() == {}
-    assert TrainConfig(model="xtra", hparams={"hidden": 100}).model_hparams() == {"hidden": 100}
-
-
 def test_the_training_line_says_what_the_recipe_made_of_the_run() -> None:
-    assert TrainConfig().describe() == ("training infoctm, K=50, 100 epochs, recipe fast: batch 200, Adam 0.002 (3x "
-                                        "for the topic-word weights), constant rate; weight_mi=15, mi_decay_from=0.4")
+    assert TrainConfig().describe() == ("training infoctm, K=50, 100 epochs, recipe fast: batch 200, Adam 0.002 (1x "
+                                        "for the topic-word weights), constant rate")
+    assert TrainConfig(hparams={"weight_mi": 15.0, "mi_decay_from": 0.4}).describe().endswith(
+        "constant rate; weight_mi=15, mi_decay_from=0.4")
     assert TrainConfig(model="nmtm", recipe="paper", hparams={"hidden": 100}).describe().endswith(
         "recipe paper: batch 200, Adam 0.002 (1x for the topic-word weights), constant rate; hidden=100")
 

@@ -531,11 +531,11 @@ def test_a_cosine_learning_rate_resumes_on_its_curve_and_refuses_to_change(examp
 
 def test_a_fading_mutual_information_weight_resumes_on_its_schedule_and_refuses_other_epochs(
         example_corpus, tmp_path: Path) -> None:
-    """InfoCTM under the fast recipe: TAMI's weight is a function of the position in phase 1, so a run
+    """InfoCTM with --set mi_decay_from: TAMI's weight is a function of the position in phase 1, so a run
     stopped mid-epoch continues bit-identically, a longer --epochs (which would move the schedule) is refused
-    by name, and the paper's recipe (a constant weight) can be extended as before."""
-    cfg = config(model="infoctm", epochs=3)
-    assert cfg.model_hparams()["mi_decay_from"] == 0.4  # the fast recipe's
+    by name, and a constant weight (the default) can be extended as before."""
+    fading = {"mi_decay_from": 0.4}
+    cfg = config(model="infoctm", epochs=3, hparams=fading)
     straight = train(example_corpus, cfg, tmp_path / "straight")
     assert straight.history[-1]["tami"] < straight.history[0]["tami"] / 3  # faded (epoch 3: factor 0.55 -> 0)
     run = tmp_path / "run"
@@ -543,10 +543,9 @@ def test_a_fading_mutual_information_weight_resumes_on_its_schedule_and_refuses_
     shutil.copytree(run, tmp_path / "longer")
     resumed = train(example_corpus, cfg, run, resume=True)
     assert_same_model(straight.model, resumed.model)
-    with pytest.raises(XtmError, match="infoctm loss weights follow a schedule that ends at epoch 3 .*this run asks "
+    with pytest.raises(XtmError, match="infoctm loss weights follow a schedule that ends at epoch 3, this run asks "
                                        "for --epochs 5: resume with --epochs 3"):
-        train(example_corpus, config(model="infoctm", epochs=5), tmp_path / "longer", resume=True)
-    paper = config(model="infoctm", epochs=2, recipe="paper")
-    train(example_corpus, paper, tmp_path / "paper")
-    assert train(example_corpus, config(model="infoctm", epochs=3, recipe="paper"), tmp_path / "paper",
+        train(example_corpus, config(model="infoctm", epochs=5, hparams=fading), tmp_path / "longer", resume=True)
+    train(example_corpus, config(model="infoctm", epochs=2), tmp_path / "constant")
+    assert train(example_corpus, config(model="infoctm", epochs=3), tmp_path / "constant",
                  resume=True).epochs_done == 3

@@ -57,33 +57,31 @@ def test_resume_continues_exactly_where_it_stopped(example_corpus, tmp_path: Pat
 
 
 def test_resume_refuses_other_hyperparameters_naming_the_ones_to_keep(example_corpus, tmp_path: Path) -> None:
-    # (the paper's recipe: the fast one's fading TAMI weight ties a run to its --epochs)
-    train(example_corpus, config(model="infoctm", recipe="paper", epochs=1, hparams={"weight_mi": 30}), tmp_path)
+    train(example_corpus, config(model="infoctm", epochs=1, hparams={"weight_mi": 30}), tmp_path)
     with pytest.raises(XtmError, match=r"weight_mi=50\): resume with --set weight_mi=30"):
-        train(example_corpus, config(model="infoctm", recipe="paper", epochs=2, hparams={"weight_mi": 50}), tmp_path,
+        train(example_corpus, config(model="infoctm", epochs=2, hparams={"weight_mi": 50}), tmp_path,
               resume=True)
     # The same values given again (ints for floats, as JSON gives them back) are no difference.
-    assert train(example_corpus, config(model="infoctm", recipe="paper", epochs=2, hparams={"weight_mi": 30.0}),
+    assert train(example_corpus, config(model="infoctm", epochs=2, hparams={"weight_mi": 30.0}),
                  tmp_path, resume=True).epochs_done == 2
 
 
 def test_a_run_saved_before_a_hyperparameter_existed_resumes_with_the_value_it_had(example_corpus,
                                                                                 tmp_path: Path) -> None:
     # Checkpoints written before tami_every and mi_decay_from existed ran TAMI every step with a constant
-    # weight: resuming them with other values (such as a recipe's) is refused naming the ones they had, and
-    # those values continue them as they were.
-    train(example_corpus, config(model="infoctm", recipe="paper", epochs=1), tmp_path)
+    # weight: resuming them with other values is refused naming the ones they had, which continue them.
+    train(example_corpus, config(model="infoctm", epochs=1), tmp_path)
     state_path = latest_checkpoint_dir(tmp_path) / "state.json"
     state = json.loads(state_path.read_text())
     del state["model_config"]["hparams"]["tami_every"], state["model_config"]["hparams"]["mi_decay_from"]
     state_path.write_text(json.dumps(state))
     with pytest.raises(XtmError, match="resume with --set tami_every=1"):
-        train(example_corpus, config(model="infoctm", recipe="paper", epochs=2, hparams={"tami_every": 2}), tmp_path,
+        train(example_corpus, config(model="infoctm", epochs=2, hparams={"tami_every": 2}), tmp_path,
               resume=True)
     with pytest.raises(XtmError, match="resume with --set mi_decay_from=1.0"):
-        train(example_corpus, config(model="infoctm", recipe="paper", epochs=2, hparams={"mi_decay_from": 0.4}),
+        train(example_corpus, config(model="infoctm", epochs=2, hparams={"mi_decay_from": 0.4}),
               tmp_path, resume=True)
-    resumed = train(example_corpus, config(model="infoctm", recipe="paper", epochs=2, hparams={"tami_every": 1}),
+    resumed = train(example_corpus, config(model="infoctm", epochs=2, hparams={"tami_every": 1}),
                     tmp_path, resume=True)
     assert resumed.epochs_done == 2 and resumed.model.hparams["tami_every"] == 1
     assert resumed.model.hparams["mi_decay_from"] == 1.0

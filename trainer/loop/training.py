@@ -169,7 +169,7 @@ def build_model(corpus: Corpus, cfg: TrainConfig) -> CrossLingualTopicModel:
     cls = model_class(cfg.model)
     context = BuildContext(cache_dir=Path(cfg.cache_dir) if cfg.cache_dir else cache_dir(),
                            seed=cfg.seed, progress=cfg.progress)
-    return cls.from_corpus(corpus, cfg.num_topics, context, **cfg.model_hparams())
+    return cls.from_corpus(corpus, cfg.num_topics, context, **cfg.hparams)
 
 
 _STOP_SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
@@ -411,9 +411,9 @@ class _Training:
                            "(a cosine run is not extended; start a longer one)", path=ckpt.path)
         if self.model.schedule_spans_epochs():
             raise XtmError(f"--resume: the checkpoint's {self.model.name} loss weights follow a schedule that ends at "
-                           f"epoch {saved.get('epochs')} (the fast recipe's), this run asks for --epochs "
-                           f"{self.cfg.epochs}: resume with --epochs {saved.get('epochs')} (--recipe paper trains "
-                           "without such schedules, for runs to be extended later)", path=ckpt.path)
+                           f"epoch {saved.get('epochs')}, this run asks for --epochs {self.cfg.epochs}: resume with "
+                           f"--epochs {saved.get('epochs')} (such a run is not extended; start a longer one)",
+                           path=ckpt.path)
 
     def _check_resume_position(self, path: Path) -> None:
         if self.done > self.total_epochs:
