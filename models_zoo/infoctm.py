@@ -192,7 +192,7 @@ class InfoCTM(TwoLanguageVAE):
         topic uniqueness the longer it pulls (InfoCTM on Rakuten_Amazon without it: TU 0.96, cross-lingual
         classification at chance; with it, constant: TU 0.85 at 100 epochs). Fading it over the last 60% of
         phase 1 gives Rakuten_Amazon the published TU within 100 epochs with its classification cells, but
-        halves CNPMI and costs ECNews 10 points of ZH-C (docs/benchmarks.md, "TAMI fading").
+        halves its CNPMI (docs/benchmarks.md, "TAMI fading").
         """
         start, position = float(self.hparams["mi_decay_from"]), self.training_position
         if start >= 1 or position <= start:
