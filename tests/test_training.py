@@ -134,6 +134,17 @@ def test_history_json_is_current_after_every_epoch(example_corpus, tmp_path: Pat
     assert [h["epoch"] for h in history] == [1, 2, 3] and history[1]["eval"] == {"TU": 0.7}
 
 
+@pytest.mark.usefixtures("library_logging")
+def test_a_history_json_that_cannot_be_written_does_not_stop_training(example_corpus, tmp_path: Path,
+                                                                         caplog) -> None:
+    (tmp_path / "history.json").mkdir()  # something in its place: the epochs' rewrites fail
+    result = train(example_corpus, config(epochs=3, checkpoint_every=0), tmp_path)
+    assert result.epochs_done == 3 and not result.interrupted
+    assert [h["epoch"] for h in load_checkpoint(tmp_path).state["history"]] == [1, 2, 3]
+    warned = [r.getMessage() for r in caplog.records if "history.json not updated" in r.getMessage()]
+    assert len(warned) == 1 and "checkpoints keep the history" in warned[0]  # once, not every epoch
+
+
 def test_resume_refuses_a_different_model(example_corpus, tmp_path: Path) -> None:
     train(example_corpus, config(epochs=1), tmp_path)
     with pytest.raises(XtmError, match="checkpoint is nmtm with K=6"):

@@ -316,6 +316,7 @@ class _Training:
         self.own_words: dict[str, list[list[str]]] | None = None  # phase 2: own top words at the last refinement
         self._rollback: tuple[dict[str, Any], Any] | None = None  # phase 2 state before an unfinished refinement
         self._step_rng: tuple[torch.Tensor, torch.Tensor | None] | None = None  # RNG before an unfinished step
+        self._history_warned = False
 
     # ---- resume ------------------------------------------------------------------------------
     def resume(self) -> None:
@@ -581,9 +582,7 @@ class _Training:
         self.done = epoch
         stop.leave()
         if self.main:
-            # Current after every epoch, not only at the end: a long run's learning curve can be read
-            # (and plotted) while it trains, and survives a kill between checkpoints.
-            RunDir(self.run_dir).save_history(self.history)
+            self._write_history()
         bar.update(1)
         bar.set_postfix(loss=f"{self.history[-1]['loss']:.2f}", sec=f"{progress.seconds:.1f}")
         if self.main and bar.disable and not _stderr_is_terminal():
@@ -596,6 +595,17 @@ class _Training:
         if (cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0 and epoch < self.total_epochs) or \
                 (not in_phase2 and self.phase2 is not None and epoch == cfg.epochs):
             self._save(None)  # (phase 1's last epoch too: phase 2 can be redone from there)
+
+    def _write_history(self) -> None:
+        """history.json, current after every epoch (not only at the end): a long run's learning curve can be
+        read while it trains and survives a kill between checkpoints. It is a view of the checkpoints' own
+        history, so failing to write it (a full disk, a directory in its place) warns once and training goes on."""
+        try:
+            RunDir(self.run_dir).save_history(self.history)
+        except (XtmError, OSError) as e:
+            if not self._history_warned:
+                logger.warning(f"history.json not updated during training ({e}); the checkpoints keep the history")
+                self._history_warned = True
 
     # ---- the end -----------------------------------------------------------------------------
     def _finish(self, stopped: _Stopped | None) -> None:
