@@ -338,7 +338,7 @@ class _Training:
                            f"(checkpoint {saved.get('corpus')}, now {self.fingerprint})", path=ckpt.path)
         self._check_topic_lr_scale(ckpt)
         self._check_hparams(mc, ckpt.path)
-        self._check_lr_schedule(ckpt)
+        self._check_schedules(ckpt)
         load_unique_state_dict(self.model, ckpt.model)
         if train_buffers(ckpt):
             # The saved model's batch-norm statistics were recalibrated for inference; training
@@ -394,7 +394,7 @@ class _Training:
                            f"{self.cfg.topic_lr_scale:g}: resume with --topic-lr-scale {saved:g} (a run "
                            "started with the papers' settings continues with --recipe paper)", path=ckpt.path)
 
-    def _check_lr_schedule(self, ckpt: Checkpoint) -> None:
+    def _check_schedules(self, ckpt: Checkpoint) -> None:
         """A checkpoint continues on the curves it was trained on: refuse another --lr-schedule, and another
         --epochs where a curve ends at the run's last phase-1 epoch (a cosine rate, a fading loss weight)."""
         saved = ckpt.state.get("train_config") if isinstance(ckpt.state, dict) else None
