@@ -133,17 +133,18 @@ class InfoCTM(TwoLanguageVAE):
     name: ClassVar[str] = "infoctm"
     # tami_every: the exact TAMI gradient is computed on every N-th training step and reused on the
     # steps between (see `_tami_reusing_gradient`). 1 is the paper's every-step TAMI.
-    # mi_decay_from: the position in phase 1 (0-1) from which TAMI's weight falls linearly to 0 at its end
-    # (see `mi_factor`); 1 is the paper's constant weight.
+    # mi_decay_from: the position in phase 1 (0-1) from which TAMI's weight falls linearly to mi_floor (a
+    # fraction of weight_mi) at its end (see `mi_factor`); 1 is the paper's constant weight.
     defaults: ClassVar[dict[str, Any]] = {**TwoLanguageVAE.defaults, "tau": 0.2, "pos_threshold": 0.4,
-                                          "weight_mi": 30.0, "tami_every": 1, "mi_decay_from": 1.0}
+                                          "weight_mi": 30.0, "tami_every": 1, "mi_decay_from": 1.0,
+                                          "mi_floor": 0.0}
     needs_dictionary: ClassVar[bool] = True  # TAMI's positives are dictionary-linked words
     # The reused TAMI gradient is training state (a resumed run must reuse the same one); checkpoints
     # from before it existed load with an empty cache, which the next step refills.
     optional_state: ClassVar[tuple[str, ...]] = ("tami_cache_step", "tami_cache_value", "tami_cache_grad_0",
                                                  "tami_cache_grad_1")
     # before they existed, TAMI ran every step with a constant weight
-    legacy_hparams: ClassVar[dict[str, Any]] = {"tami_every": 1, "mi_decay_from": 1.0}
+    legacy_hparams: ClassVar[dict[str, Any]] = {"tami_every": 1, "mi_decay_from": 1.0, "mi_floor": 0.0}
 
     def __init__(self, langs: list[str], vocab_sizes: list[int], num_topics: int,
                  aux: dict[str, Tensor] | None = None, **hparams: Any) -> None:
@@ -151,9 +152,10 @@ class InfoCTM(TwoLanguageVAE):
         every = self.hparams["tami_every"]
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise XtmError(f"infoctm: tami_every must be a whole number >= 1, got {every!r}")
-        start = self.hparams["mi_decay_from"]
-        if isinstance(start, bool) or not isinstance(start, (int, float)) or not 0 <= start <= 1:
-            raise XtmError(f"infoctm: mi_decay_from must be a number from 0 to 1 (1: constant weight), got {start!r}")
+        for name, meaning in (("mi_decay_from", "1: constant weight"), ("mi_floor", "the fraction kept")):
+            value = self.hparams[name]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise XtmError(f"infoctm: {name} must be a number from 0 to 1 ({meaning}), got {value!r}")
         # Training steps taken with reuse on (-1: nothing cached), the cached loss and its gradient.
         self.register_buffer("tami_cache_step", torch.tensor(-1, dtype=torch.long))
         self.register_buffer("tami_cache_value", torch.zeros(()))
@@ -186,18 +188,19 @@ class InfoCTM(TwoLanguageVAE):
 
     def mi_factor(self) -> float:
         """TAMI's weight at this training position, as a multiple of weight_mi: 1 until mi_decay_from of
-        phase 1, then falling linearly to 0 at phase 1's end, 0 in phase 2.
+        phase 1, then falling linearly to mi_floor at phase 1's end, mi_floor in phase 2.
 
         Not the paper's (a constant weight), and not the default: TAMI aligns the languages early and costs
         topic uniqueness the longer it pulls (InfoCTM on Rakuten_Amazon without it: TU 0.96, cross-lingual
         classification at chance; with it, constant: TU 0.85 at 100 epochs). Fading it over the last 60% of
-        phase 1 gives Rakuten_Amazon the published TU within 100 epochs with its classification cells, but
-        halves its CNPMI (docs/benchmarks.md, "TAMI fading").
+        phase 1 gives Rakuten_Amazon the published TU within 100 epochs with its classification cells; to 0
+        it halves CNPMI, to a floor of 0.3 it costs 13% of it (docs/benchmarks.md, "TAMI fading").
         """
         start, position = float(self.hparams["mi_decay_from"]), self.training_position
         if start >= 1 or position <= start:
             return 1.0
-        return max(0.0, (1.0 - position) / (1.0 - start))
+        floor = float(self.hparams["mi_floor"])
+        return floor + (1.0 - floor) * max(0.0, (1.0 - position) / (1.0 - start))
 
     def schedule_spans_epochs(self) -> bool:
         return float(self.hparams["mi_decay_from"]) < 1

@@ -194,10 +194,26 @@ def test_the_mutual_information_weight_fades_from_mi_decay_from_to_the_end_of_ph
     assert constant.mi_factor() == 1.0 and not constant.schedule_spans_epochs()
 
 
+def test_the_mutual_information_weight_fades_to_mi_floor_and_keeps_it_in_phase_2() -> None:
+    model = InfoCTM.from_corpus(tiny_corpus(), 6, mi_decay_from=0.4, mi_floor=0.3).train()
+    factors = {}
+    for position in (0.0, 0.4, 0.7, 1.0, 1.3):  # 1.3: phase 2
+        model.training_position = position
+        factors[position] = model.mi_factor()
+    assert factors == pytest.approx({0.0: 1.0, 0.4: 1.0, 0.7: 0.65, 1.0: 0.3, 1.3: 0.3})
+    with torch.no_grad():
+        assert model.alignment_losses([], [], None)["tami"].item() == pytest.approx(0.3 * 30.0 * model.tami().item())
+    # a floor without a fade leaves the paper's constant weight
+    unfaded = InfoCTM.from_corpus(tiny_corpus(), 6, mi_floor=0.3).train()
+    unfaded.training_position = 0.99
+    assert unfaded.mi_factor() == 1.0
+
+
+@pytest.mark.parametrize("name", ["mi_decay_from", "mi_floor"])
 @pytest.mark.parametrize("bad", [-0.1, 1.5, True, "0.4", None])
-def test_mi_decay_from_must_be_a_position_in_phase_1(bad) -> None:
-    with pytest.raises(XtmError, match="mi_decay_from must be a number from 0 to 1"):
-        InfoCTM.from_corpus(tiny_corpus(), 4, mi_decay_from=bad)
+def test_the_fading_schedule_takes_fractions_from_0_to_1(name, bad) -> None:
+    with pytest.raises(XtmError, match=f"{name} must be a number from 0 to 1"):
+        InfoCTM.from_corpus(tiny_corpus(), 4, **{name: bad})
 
 
 @pytest.mark.parametrize("bad", [0, -2, 1.5, True, "2"])
@@ -213,9 +229,11 @@ def test_a_checkpoint_saved_before_the_tami_cache_existed_still_loads() -> None:
     model = InfoCTM.from_corpus(tiny_corpus(), 4, mi_decay_from=0.5)
     old = {k: v for k, v in unique_state_dict(model).items() if not k.startswith("tami_cache")}
     loaded = model_from_state({**model.config(), "hparams": {k: v for k, v in model.hparams.items()
-                                                             if k not in ("tami_every", "mi_decay_from")}}, old)
+                                                             if k not in ("tami_every", "mi_decay_from",
+                                                                          "mi_floor")}}, old)
     assert int(loaded.tami_cache_step) == -1 and loaded.hparams["tami_every"] == 1
-    assert loaded.hparams["mi_decay_from"] == 1.0  # saved before the schedule: a constant weight
+    # saved before the schedule: a constant weight
+    assert loaded.hparams["mi_decay_from"] == 1.0 and loaded.hparams["mi_floor"] == 0.0
     assert torch.equal(loaded.phi[0], model.phi[0])
     with pytest.raises(XtmError, match="missing"):  # anything else missing is still refused
         model_from_state(model.config(), {k: v for k, v in old.items() if k != "phi.0"})

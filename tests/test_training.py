@@ -68,12 +68,13 @@ def test_resume_refuses_other_hyperparameters_naming_the_ones_to_keep(example_co
 
 def test_a_run_saved_before_a_hyperparameter_existed_resumes_with_the_value_it_had(example_corpus,
                                                                                 tmp_path: Path) -> None:
-    # Checkpoints written before tami_every and mi_decay_from existed ran TAMI every step with a constant
-    # weight: resuming them with other values is refused naming the ones they had, which continue them.
+    # Checkpoints written before tami_every, mi_decay_from and mi_floor existed ran TAMI every step with a
+    # constant weight: resuming them with other values is refused naming the ones they had, which continue them.
     train(example_corpus, config(model="infoctm", epochs=1), tmp_path)
     state_path = latest_checkpoint_dir(tmp_path) / "state.json"
     state = json.loads(state_path.read_text())
-    del state["model_config"]["hparams"]["tami_every"], state["model_config"]["hparams"]["mi_decay_from"]
+    for name in ("tami_every", "mi_decay_from", "mi_floor"):
+        del state["model_config"]["hparams"][name]
     state_path.write_text(json.dumps(state))
     with pytest.raises(XtmError, match="resume with --set tami_every=1"):
         train(example_corpus, config(model="infoctm", epochs=2, hparams={"tami_every": 2}), tmp_path,
@@ -81,10 +82,12 @@ def test_a_run_saved_before_a_hyperparameter_existed_resumes_with_the_value_it_h
     with pytest.raises(XtmError, match="resume with --set mi_decay_from=1.0"):
         train(example_corpus, config(model="infoctm", epochs=2, hparams={"mi_decay_from": 0.4}),
               tmp_path, resume=True)
+    with pytest.raises(XtmError, match="resume with --set mi_floor=0.0"):
+        train(example_corpus, config(model="infoctm", epochs=2, hparams={"mi_floor": 0.3}), tmp_path, resume=True)
     resumed = train(example_corpus, config(model="infoctm", epochs=2, hparams={"tami_every": 1}),
                     tmp_path, resume=True)
     assert resumed.epochs_done == 2 and resumed.model.hparams["tami_every"] == 1
-    assert resumed.model.hparams["mi_decay_from"] == 1.0
+    assert resumed.model.hparams["mi_decay_from"] == 1.0 and resumed.model.hparams["mi_floor"] == 0.0
 
 
 def test_checkpoint_is_safetensors_and_json_and_rebuilds_the_model(example_corpus, tmp_path: Path) -> None:
