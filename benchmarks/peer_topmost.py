@@ -14,6 +14,8 @@ Outputs: OUT/peer_outputs.npz (beta_<iso>, {train,test}_theta_<iso>[_softmax]) a
 With --snapshot-every N, the same arrays after every N-th epoch go to OUT/snapshots/epoch-NNNN.npz (with
 the epochs' own seconds so far), taken outside the timed loop body: a run stopped early still leaves its
 learning curve, which `benchmarks/time_to_quality.py --runs OUT` evaluates with xtm's evaluation.
+With --log-kl (InfoCTM), each language's mean KL term per epoch goes to OUT/kl.jsonl, to set beside xtm's
+kl_<lang> in history.json.
 Note: TopMost's get_theta in eval mode returns the batch-normed encoder mean `mu` (pre-softmax).
 """
 
@@ -111,6 +113,41 @@ def snapshot_writer(trainer, out, every, iso1, iso2):
     return after_epoch
 
 
+def kl_recorder(model, out, iso1, iso2):
+    """Wrap TopMost's per-language VAE loss to record each language's mean KL term (nats per document) and
+    return an after_epoch callback appending {"epoch", "kl_<iso1>", "kl_<iso2>"} to OUT/kl.jsonl: xtm's
+    history.json has these terms, and comparing them tells whether an encoder's near posterior collapse is
+    the method's or xtm's. TopMost's forward calls compute_loss_TM for lang1 then lang2 on every step, so
+    calls alternate between the languages. The KL is the loss's own Gaussian KL to the Laplace prior,
+    recomputed without gradient (a small cost inside the timed loop, beside TAMI's [V x V] pass)."""
+    import torch
+
+    sums, counts, calls = [0.0, 0.0], [0, 0], [0]
+    original = model.compute_loss_TM
+
+    def recording(recon_x, x, mu, logvar):
+        with torch.no_grad():
+            var = logvar.exp()
+            kld = 0.5 * ((var / model.var2 + (mu - model.mu2) ** 2 / model.var2 + model.var2.log() - logvar).sum(1)
+                         - model.num_topics)
+            side = calls[0] % 2
+            sums[side] += float(kld.sum())
+            counts[side] += kld.shape[0]
+            calls[0] += 1
+        return original(recon_x, x, mu, logvar)
+
+    model.compute_loss_TM = recording
+
+    def after_epoch(epoch, seconds):
+        row = {"epoch": epoch, **{f"kl_{iso}": sums[i] / max(counts[i], 1) for i, iso in enumerate((iso1, iso2))}}
+        with open(os.path.join(out, "kl.jsonl"), "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        print(f"epoch {epoch}: KL {iso1} {row[f'kl_{iso1}']:.2f}, {iso2} {row[f'kl_{iso2}']:.2f}", flush=True)
+        sums[:], counts[:] = [0.0, 0.0], [0, 0]
+
+    return after_epoch
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True, help="dataset dir, e.g. ../shared/data/ECNews")
@@ -128,6 +165,8 @@ def parse_args(argv=None):
     p.add_argument("--lr-scheduler", default=None, choices=[None, "StepLR"], help="TopMost default: none")
     p.add_argument("--weight-mi", type=float, default=None, help="InfoCTM; default 30 ECNews, 50 Rakuten")
     p.add_argument("--snapshot-every", type=int, default=0, help="save outputs every N epochs (0: only at the end)")
+    p.add_argument("--log-kl", action="store_true",
+                   help="InfoCTM: each language's mean KL term per epoch into OUT/kl.jsonl (xtm's kl_<lang>)")
     return p.parse_args(argv)
 
 
@@ -176,8 +215,13 @@ def main(argv=None):
     with open(os.path.join(args.out, "peer_run.json"), "w") as f:  # what time_to_quality.py needs to read snapshots
         json.dump({"model": args.model.lower(), "path": os.path.abspath(args.data), "langs": [iso1, iso2],
                    "seed": args.seed, "epochs": args.epochs, "impl": f"TopMost {_version('topmost')}"}, f, indent=2)
-    timer = EpochTimer(snapshot_writer(trainer, args.out, args.snapshot_every, iso1, iso2)
-                       if args.snapshot_every > 0 else None)
+    callbacks = [snapshot_writer(trainer, args.out, args.snapshot_every, iso1, iso2)] if args.snapshot_every > 0 else []
+    if args.log_kl:
+        if args.model != "InfoCTM":
+            raise SystemExit("peer_topmost: --log-kl reads InfoCTM's compute_loss_TM; not available for NMTM")
+        open(os.path.join(args.out, "kl.jsonl"), "w").close()  # this run's rows only
+        callbacks.append(kl_recorder(model, args.out, iso1, iso2))
+    timer = EpochTimer((lambda epoch, seconds: [cb(epoch, seconds) for cb in callbacks]) if callbacks else None)
     sys.modules[type(trainer).__module__].tqdm = timer  # time TopMost's own epoch loop
     t0 = time.perf_counter()
     top_words_1, top_words_2, _, _ = trainer.train()
