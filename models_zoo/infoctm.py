@@ -194,7 +194,8 @@ class InfoCTM(TwoLanguageVAE):
         topic uniqueness the longer it pulls (InfoCTM on Rakuten_Amazon without it: TU 0.96, cross-lingual
         classification at chance; with it, constant: TU 0.85 at 100 epochs). Fading it over the last 60% of
         phase 1 gives Rakuten_Amazon the published TU within 100 epochs with its classification cells; to 0
-        it halves CNPMI, to a floor of 0.3 it costs 13% of it (docs/benchmarks.md, "TAMI fading").
+        it halves CNPMI, to a floor of 0.3 it costs 13% of it, and either costs ECNews about 8 points of
+        ZH-C (docs/benchmarks.md, "TAMI fading").
         """
         start, position = float(self.hparams["mi_decay_from"]), self.training_position
         if start >= 1 or position <= start:
