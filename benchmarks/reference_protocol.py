@@ -11,7 +11,8 @@ serves (evaluation/metrics.py). The two protocols give different absolute number
 model, so a gap to a published row is only read under the published protocol. This prints, per
 run, both protocols and the published row (same datasets' fixed train/test files, all documents).
 A TopMost peer's snapshot (benchmarks/peer_topmost.py --snapshot-every N) holds the same eval-mode
-mean, so it goes through both protocols too.
+mean, so it goes through both protocols too. A last line per run gives each language's spread of
+that mean and its mean largest topic share: an encoder near posterior collapse shows there.
 """
 
 from __future__ import annotations
@@ -104,7 +105,23 @@ def one_run(run: Path) -> list[str]:
         lines.append(f"| published ({pub.name}, {pub.epochs} ep) | "
                      + " | ".join(f"{pub.classification[k]:.3f}" if k in pub.classification else ""
                                   for k in keys) + " | |")
-    return lines + [""]
+    return lines + ["", spread_line(mu_test), ""]
+
+
+def spread_line(mu_test: dict[str, np.ndarray]) -> str:
+    """How far each language's encoder is from posterior collapse, from its test documents' means.
+
+    An open encoder's eval-mode mean has sd about 1 per topic (its batch norm standardises it); one
+    whose pre-norm variance fell below the batch norm's eps has sd sqrt(var / eps) < 1 and a nearly
+    uniform theta. The RBF protocol then compares languages on different scales (docs/benchmarks.md,
+    "Near-collapse").
+    """
+    parts, topics = [], 0
+    for lang, mu in mu_test.items():
+        topics = mu.shape[1]
+        theta = softmax(mu)
+        parts.append(f"{lang} sd of mu {mu.std(0).mean():.2f}, mean max theta {theta.max(1).mean():.3f}")
+    return "encoders (test documents): " + "; ".join(parts) + f" (uniform theta: {1 / max(topics, 1):.3f})"
 
 
 def main() -> None:

@@ -317,3 +317,54 @@ def test_the_cosine_learning_rate_falls_from_lr_to_near_zero_over_phase_one(exam
     assert [g["lr_scale"] for g in groups] == [1.0, 4.0]
     assert all(0 < g["lr"] < 0.05 * 0.002 * g["lr_scale"] for g in groups), groups
     assert run.epochs_done == 2
+
+
+@pytest.mark.usefixtures("library_logging")
+def test_one_language_near_posterior_collapse_is_named_with_the_remedy(example_corpus, tmp_path: Path,
+                                                                        caplog) -> None:
+    from xtm.trainer.loop.training import warn_near_collapse
+
+    model = train(example_corpus, config(model="infoctm", epochs=1), tmp_path).model
+    first, second = model.langs
+    # What ECNews's English encoder ends at in 3 runs of 4: its mean head varies less than the
+    # batch norm's eps (1e-6 against 1e-5), the Chinese one does not.
+    model.encoders[0].body.bn_mu.running_var.fill_(1e-7)
+    with caplog.at_level(logging.WARNING, logger="xtm"):
+        warn_near_collapse(model)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1
+    assert f"the {first} encoder ended near posterior collapse" in warned[0]
+    assert "1.0e-07 < 1e-05" in warned[0] and f"while {second} theta is not" in warned[0]
+    assert "--set bn_eps=1e-10" in warned[0]
+
+    # Every language there is the method's state (NMTM's shared body), not one falling behind: silent.
+    caplog.clear()
+    model.encoders[1].body.bn_mu.running_var.fill_(1e-7)
+    with caplog.at_level(logging.WARNING, logger="xtm"):
+        warn_near_collapse(model)
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+
+
+@pytest.mark.usefixtures("library_logging")
+def test_a_trained_run_checks_its_encoders_for_near_collapse(example_corpus, tmp_path: Path, caplog,
+                                                             monkeypatch) -> None:
+    import xtm.trainer.loop.training as training
+    from xtm.models_zoo.components import near_collapsed_languages
+
+    # The default eps on this corpus leaves both encoders open: nothing to say.
+    with caplog.at_level(logging.WARNING, logger="xtm"):
+        model = train(example_corpus, config(model="infoctm", epochs=1), tmp_path / "default").model
+    assert near_collapsed_languages(model.encoders, model.langs) == {}
+    assert not [r for r in caplog.records if "posterior collapse" in r.getMessage()]
+    # The trainer asks about the trained, recalibrated model once, at the end of a finished run.
+    seen = []
+
+    def one_collapsed(encoders, langs):
+        seen.append([float(e.body.bn_mu.running_var.median()) for e in encoders])
+        return {langs[0]: (1e-7, 1e-5)}
+
+    monkeypatch.setattr(training, "near_collapsed_languages", one_collapsed)
+    with caplog.at_level(logging.WARNING, logger="xtm"):
+        train(example_corpus, config(model="infoctm", epochs=2), tmp_path / "run")
+    assert len(seen) == 1
+    assert len([r for r in caplog.records if "posterior collapse" in r.getMessage()]) == 1

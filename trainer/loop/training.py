@@ -33,7 +33,7 @@ from xtm.config import TrainConfig
 from xtm.corpus import Corpus
 from xtm.errors import XtmError
 from xtm.models_zoo.base import BuildContext, CrossLingualTopicModel, load_unique_state_dict, unique_state_dict
-from xtm.models_zoo.components import SparseRows
+from xtm.models_zoo.components import SparseRows, near_collapsed_languages
 from xtm.models_zoo.registry import model_class
 from xtm.paths import cache_dir
 from xtm.run_dir import RunDir
@@ -51,7 +51,7 @@ from xtm.trainer.loop.checkpoint import (
 from xtm.trainer.loop.distributed import DistContext
 from xtm.trainer.phase2.objective import Phase2Objective
 
-__all__ = ["TrainResult", "epoch_batches", "infer_theta", "pick_device", "train"]
+__all__ = ["TrainResult", "epoch_batches", "infer_theta", "pick_device", "train", "warn_near_collapse"]
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +120,26 @@ def recalibrate_batchnorm(model: CrossLingualTopicModel, data: BatchSource, devi
 
 
 @torch.no_grad()
+def warn_near_collapse(model: CrossLingualTopicModel) -> None:
+    """Warn when some languages' encoders ended near posterior collapse and others did not.
+
+    Such a language's theta is close to uniform and on another scale than the others' (its
+    documents' topics barely differ), which no loss printed during training makes obvious.
+    When every language is there (NMTM's shared body always is) it is the method's state, not
+    one language falling behind, so nothing is said.
+    """
+    collapsed = near_collapsed_languages(model.encoders, model.langs)
+    if not collapsed or len(collapsed) == len(model.langs):
+        return
+    others = ", ".join(lang for lang in model.langs if lang not in collapsed)
+    for lang, (variance, eps) in collapsed.items():
+        logger.warning(
+            f"the {lang} encoder ended near posterior collapse: its topic means vary less than its batch "
+            f"norm's eps (variance {variance:.1e} < {eps:.0e}), so {lang} theta is close to uniform while "
+            f"{others} theta is not. `--set bn_eps=1e-10` keeps every encoder open (docs/benchmarks.md, "
+            "\"Near-collapse\", says what it changes)")
+
+
 def infer_theta(model: CrossLingualTopicModel, bow: sp.csr_matrix, lang_index: int,
                 device: torch.device, batch_size: int = 2048) -> np.ndarray:
     """Deterministic theta for every row of a sparse matrix, in batches."""
@@ -485,6 +505,8 @@ class _Training:
             self._finish(stopped)
         finally:
             stop.restore()
+        if stopped is None and self.main:
+            warn_near_collapse(self.model)
         if (stopped is None and stop.stop) or stop.forced:
             # Asked to stop while the final checkpoint was being written: it is written; now the
             # signal takes its ordinary effect (the command ends, 128 + N) instead of being lost.
