@@ -119,7 +119,6 @@ def recalibrate_batchnorm(model: CrossLingualTopicModel, data: BatchSource, devi
     model.train(was_training)
 
 
-@torch.no_grad()
 def warn_near_collapse(model: CrossLingualTopicModel) -> None:
     """Warn when some languages' encoders ended near posterior collapse and others did not.
 
@@ -140,6 +139,7 @@ def warn_near_collapse(model: CrossLingualTopicModel) -> None:
             "\"Near-collapse\", says what it changes)")
 
 
+@torch.no_grad()
 def infer_theta(model: CrossLingualTopicModel, bow: sp.csr_matrix, lang_index: int,
                 device: torch.device, batch_size: int = 2048) -> np.ndarray:
     """Deterministic theta for every row of a sparse matrix, in batches."""
