@@ -138,9 +138,11 @@ def near_collapsed_languages(encoders: nn.ModuleList, langs: list[str]) -> dict[
     out = {}
     for lang, encoder in zip(langs, encoders, strict=True):
         for body in encoder.modules():
-            if isinstance(body, EncoderBody) and body.mu_variance() < body.bn_mu.eps:
-                out[lang] = (body.mu_variance(), float(body.bn_mu.eps))
-                break
+            if isinstance(body, EncoderBody):
+                variance, eps = body.mu_variance(), float(body.bn_mu.eps)
+                if variance < eps:
+                    out[lang] = (variance, eps)
+                    break
     return out
 
 

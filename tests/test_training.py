@@ -360,7 +360,7 @@ def test_a_trained_run_checks_its_encoders_for_near_collapse(example_corpus, tmp
     seen = []
 
     def one_collapsed(encoders, langs):
-        seen.append([float(e.body.bn_mu.running_var.median()) for e in encoders])
+        seen.append(langs)
         return {langs[0]: (1e-7, 1e-5)}
 
     monkeypatch.setattr(training, "near_collapsed_languages", one_collapsed)
