@@ -32,7 +32,7 @@ Examples:
   # a benchmark directory (InfoCTM layout), e.g. ECNews
   xtm-train --data ../shared/data/ECNews --dict ../shared/data/dict/ch_en_dict.dat \\
             --model infoctm --topics 50 --epochs 100 --out runs/ecnews-infoctm
-  # the papers' batch size and learning rates (the default fast recipe differs for nmtm only)
+  # the papers' settings (the default fast recipe differs for nmtm: batch, rate; infoctm: bn eps)
   xtm-train ... --model nmtm --epochs 500 --recipe paper --out runs/ecnews-nmtm-paper
   # continue after a crash, Ctrl-C or SIGTERM (exact: it ends where an uninterrupted run would)
   xtm-train ... --out runs/ecnews-infoctm --resume

@@ -45,10 +45,13 @@ MODEL_NAMES = ("nmtm", "infoctm", "xtra", "gloctm")
 # Training settings the papers use for every backbone, and what each recipe changes per backbone. "fast" (the
 # default) differs only where learning curves showed the papers' quality reached within the default 100 epochs
 # that the papers' settings reach in 500 (issue 15, docs/benchmarks.md "Time to quality"): NMTM at batch 50
-# with a 5x topic-word rate. "paper" reproduces the papers.
+# with a 5x topic-word rate; InfoCTM with batch-norm eps 1e-10 (a backbone hyper-parameter, under "hparams"),
+# so that no language's encoder stays near posterior collapse (docs/benchmarks.md "Near-collapse"). "paper"
+# reproduces the papers.
 PAPER_TRAINING: dict[str, Any] = {"batch_size": 200, "topic_lr_scale": 1.0, "lr_schedule": "constant"}
 LR_SCHEDULES = ("constant", "cosine")
-RECIPES: dict[str, dict[str, dict[str, Any]]] = {"fast": {"nmtm": {"batch_size": 50, "topic_lr_scale": 5.0}},
+RECIPES: dict[str, dict[str, dict[str, Any]]] = {"fast": {"nmtm": {"batch_size": 50, "topic_lr_scale": 5.0},
+                                                          "infoctm": {"hparams": {"bn_eps": 1e-10}}},
                                                  "paper": {}}
 REFINER_NAMES = ("embedding", "openai", "vllm", "transformers")
 CONTEXTUAL_OBJECTIVES = ("distill", "ctm")
@@ -451,10 +454,12 @@ class TrainConfig:
                                            cli=Cli("--topic-lr-scale", type=float, min=0, min_open=True))
     # Issue 15 (field at the end: config.json files written before lack it; they record batch_size and
     # topic_lr_scale themselves, so they read back as they were trained).
-    recipe: str = setting("fast", help="Defaults of --batch-size and --topic-lr-scale: fast (gives in the default 100 "
-                                       "epochs what the papers' settings give in 500, measured on learning "
-                                       "curves in docs/benchmarks.md; differs from the papers for nmtm only: "
-                                       "batch 50, topic rate 5x) or paper (the papers': batch 200, one rate).",
+    recipe: str = setting("fast", help="Defaults of --batch-size, --topic-lr-scale and some --set values: fast "
+                                       "(gives in the default 100 epochs what the papers' settings give in 500, "
+                                       "measured on learning curves in docs/benchmarks.md; differs from the "
+                                       "papers for nmtm: batch 50, topic rate 5x, and infoctm: --set "
+                                       "bn_eps=1e-10) or paper (the papers': batch 200, one rate, their "
+                                       "batch-norm eps).",
                           cli=Cli("--recipe", choices=tuple(RECIPES)))
     lr_schedule: str | None = setting(None, help="How the phase-1 learning rate moves: constant (the papers') or "
                                                  "cosine (from --lr down to 0 along a half cosine over --epochs; "
@@ -466,8 +471,13 @@ class TrainConfig:
             raise XtmError(f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
         if self.lr_schedule is not None and self.lr_schedule not in LR_SCHEDULES:
             raise XtmError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
-        chosen = {**PAPER_TRAINING, **RECIPES[self.recipe].get(str(self.model).lower(), {})}
-        for name, value in chosen.items():
+        if not isinstance(self.hparams, dict):
+            raise XtmError(f"hparams must map backbone hyper-parameters to values (KEY=VALUE), got "
+                           f"{type(self.hparams).__name__}")
+        recipe = dict(RECIPES[self.recipe].get(str(self.model).lower(), {}))
+        # backbone hyper-parameters the recipe sets, under what --set gives (recorded in config.json with them)
+        object.__setattr__(self, "hparams", {**recipe.pop("hparams", {}), **self.hparams})
+        for name, value in {**PAPER_TRAINING, **recipe}.items():
             if getattr(self, name) is None:  # not given: the recipe's (frozen: set once, here)
                 object.__setattr__(self, name, value)
 

@@ -227,7 +227,8 @@ def test_the_command_line_builds_the_configs_the_run_gets(tmp_path: Path) -> Non
     assert run.out == str(tmp_path / "r") and not run.resume and not run.contextual
 
     plain = parse(["--data", str(data), "--out", str(tmp_path / "r")])
-    assert plain.phase2 is None and plain.train.hparams == {} and plain.data.langs is None
+    # no --set: the default backbone (infoctm) gets only what the fast recipe sets
+    assert plain.phase2 is None and plain.train.hparams == {"bn_eps": 1e-10} and plain.data.langs is None
     assert plain.train == TrainConfig(progress=False)  # stderr is not a terminal under pytest
 
 
@@ -293,6 +294,9 @@ TRAIN_CONFIG_V3 = {**TRAIN_CONFIG_V2, "topic_lr_scale": 1.0}
 # Issue 15: --recipe (fast: NMTM at batch 50 and a 5x topic rate; the default backbone is as before).
 TRAIN_CONFIG_V4 = {**TRAIN_CONFIG_V3, "recipe": "fast"}
 TRAIN_CONFIG_V5 = {**TRAIN_CONFIG_V4, "lr_schedule": "constant"}
+# Issue 15: the fast recipe sets InfoCTM's batch-norm eps (a value under "hparams", no new key: a file written
+# before keeps its {}, and its model_config records the eps it was trained with).
+TRAIN_CONFIG_V6 = {**TRAIN_CONFIG_V5, "hparams": {"bn_eps": 1e-10}}
 DATA_V1 = {"path": "d", "dict_path": None, "langs": None, "vocab_size": 5000, "min_df": 2, "max_df": 0.5,
            "ref_corpus": None, "out_of_core": False, "shard_size": 10000, "shard_dir": None, "eval_train_docs": 20000}
 PHASE2_V1 = {"epochs": 30, "refine_every": 8, "rounds": 5, "top_words": 15, "refined_words": 15,
@@ -326,7 +330,7 @@ def test_the_written_dictionaries_keep_their_keys_order_and_defaults() -> None:
     """config.json, checkpoints and contextual.json written before the tree existed read the same (byte for byte
     in JSON: same keys, same order, same values)."""
     dump = json.dumps
-    assert dump(TrainConfig().to_dict()) == dump(TRAIN_CONFIG_V5)
+    assert dump(TrainConfig().to_dict()) == dump(TRAIN_CONFIG_V6)
     assert dump(DataConfig(path="d").to_dict()) == dump(DATA_V1)
     assert dump(DataConfig(path="d", langs=("en", "zh")).to_dict()["langs"]) == '["en", "zh"]'
     assert dump(Phase2Config().to_dict()) == dump(PHASE2_V3)
@@ -363,11 +367,28 @@ def test_the_recipe_fills_only_the_training_settings_not_given(model, recipe, gi
     assert TrainConfig(**cfg.to_dict()) == cfg  # config.json reads back as the same run
 
 
+@pytest.mark.parametrize(("model", "recipe", "given", "expected"), [
+    ("infoctm", "fast", {}, {"bn_eps": 1e-10}),
+    ("infoctm", "paper", {}, {}),                                  # the papers' (the backbone's default, 1e-5)
+    ("infoctm", "fast", {"bn_eps": 1e-5}, {"bn_eps": 1e-5}),       # --set wins over the recipe
+    ("infoctm", "fast", {"weight_mi": 15.0}, {"bn_eps": 1e-10, "weight_mi": 15.0}),
+    ("nmtm", "fast", {}, {}),
+    ("xtra", "fast", {}, {}),
+    ("gloctm", "fast", {}, {}),
+])
+def test_the_recipe_fills_only_the_backbone_settings_not_given(model, recipe, given, expected) -> None:
+    cfg = TrainConfig(model=model, recipe=recipe, hparams=given)
+    assert cfg.hparams == expected
+    assert TrainConfig(**cfg.to_dict()) == cfg  # config.json reads back as the same run
+
+
 def test_the_training_line_says_what_the_recipe_made_of_the_run() -> None:
     assert TrainConfig().describe() == ("training infoctm, K=50, 100 epochs, recipe fast: batch 200, Adam 0.002 (1x "
-                                        "for the topic-word weights), constant rate")
+                                        "for the topic-word weights), constant rate; bn_eps=1e-10")
     assert TrainConfig(hparams={"weight_mi": 15.0, "mi_decay_from": 0.4}).describe().endswith(
-        "constant rate; weight_mi=15, mi_decay_from=0.4")
+        "constant rate; bn_eps=1e-10, weight_mi=15, mi_decay_from=0.4")
+    assert TrainConfig(recipe="paper").describe().endswith("recipe paper: batch 200, Adam 0.002 (1x for the "
+                                                           "topic-word weights), constant rate")
     assert TrainConfig(model="nmtm", recipe="paper", hparams={"hidden": 100}).describe().endswith(
         "recipe paper: batch 200, Adam 0.002 (1x for the topic-word weights), constant rate; hidden=100")
 
@@ -375,6 +396,10 @@ def test_the_training_line_says_what_the_recipe_made_of_the_run() -> None:
 def test_an_unknown_recipe_is_refused_naming_the_choices() -> None:
     with pytest.raises(XtmError, match="recipe must be one of fast, paper"):
         TrainConfig(recipe="quick")
+    # a hand-edited config.json whose hparams is not a mapping is named, not a TypeError
+    for bad in (None, [1], "bn_eps=1"):
+        with pytest.raises(XtmError, match="hparams must map backbone hyper-parameters"):
+            from_dict(TrainConfig, {"hparams": bad})
     # a run written before a rule existed: the rule's default
     assert from_dict(Preprocessing, {"vocab_size": 800, "path": "d"}) == Preprocessing(vocab_size=800)
 
