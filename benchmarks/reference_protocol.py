@@ -32,18 +32,7 @@ from xtm.evaluation.published import published_rows
 from xtm.trainer.contextual.fit import load_run_corpus
 from xtm.trainer.data.loading import load_corpus
 from xtm.trainer.loop.checkpoint import load_trained_model
-from xtm.trainer.loop.training import sparse_batch
-
-
-@torch.no_grad()
-def encoder_means(model: torch.nn.Module, bow, lang_index: int, batch_size: int = 2048) -> np.ndarray:
-    """Eval-mode encoder mean (pre-softmax) of every row: what the reference code classifies."""
-    out = []
-    for start in range(0, bow.shape[0], batch_size):
-        rows = np.arange(start, min(start + batch_size, bow.shape[0]))
-        mu, _ = model.encoders[lang_index](sparse_batch(bow, rows, torch.device("cpu")))
-        out.append(mu.numpy())
-    return np.concatenate(out)
+from xtm.trainer.loop.training import infer_mean
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -75,8 +64,9 @@ def run_means(run: Path) -> RunMeans:
         return RunMeans(title, settings["model"], epochs, 0, corpus, mu["train"], mu["test"])
     config, model = load_trained_model(run)
     corpus = load_run_corpus(run, config, progress=False)
-    mu_train = {lc.lang: encoder_means(model, lc.train_bow, i) for i, lc in enumerate(corpus.languages)}
-    mu_test = {lc.lang: encoder_means(model, lc.test_bow, i) for i, lc in enumerate(corpus.languages)}
+    cpu = torch.device("cpu")
+    mu_train = {lc.lang: infer_mean(model, lc.train_bow, i, cpu) for i, lc in enumerate(corpus.languages)}
+    mu_test = {lc.lang: infer_mean(model, lc.test_bow, i, cpu) for i, lc in enumerate(corpus.languages)}
     train = config["train_config"]
     return RunMeans(run.name, config["model_config"]["model"], train["epochs"], train.get("phase2_epochs") or 0,
                     corpus, mu_train, mu_test)

@@ -130,7 +130,8 @@ def main(**parsed: Any) -> None:
             click.echo(f"interrupted ({name}): {out}/metrics.json describes the model so far; continue with --resume",
                        err=True)
             sys.exit(128 + int(getattr(signal.Signals, name, signal.SIGINT)))
-        summary = {k: metrics.get(k) for k in ("TU", "CNPMI", "TQ", "classification", "seconds_per_epoch")}
+        summary = {k: metrics.get(k) for k in ("TU", "CNPMI", "TQ", "classification", "classification_published",
+                                               "seconds_per_epoch")}
         if "refined" in metrics:
             summary["refined_sets"] = {k: metrics["refined"].get(k) for k in ("TU", "CNPMI", "TQ")}
         if run.fits_contextual:

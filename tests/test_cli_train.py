@@ -30,6 +30,9 @@ def test_train_on_the_builtin_example_writes_the_contract(example_dir: Path, tmp
     assert set(metrics["classification"]) == {"EN-I", "ZH-I", "EN-C", "ZH-C"}
     # The example's six categories are learnable: far above chance (1/6) in and across languages.
     assert min(metrics["classification"].values()) > 0.5, metrics["classification"]
+    # and under the published tables' protocol (RBF SVC on the encoder means), on stdout too
+    assert set(metrics["classification_published"]) == {"EN-I", "ZH-I", "EN-C", "ZH-C"}
+    assert min(metrics["classification_published"].values()) > 0.5, metrics["classification_published"]
     assert metrics["CNPMI"] > 0.05 and metrics["TQ"] == pytest.approx(metrics["CNPMI"] * metrics["TU"])
     for lang in ("en", "zh"):
         lines = (out / f"topics_{lang}.txt").read_text(encoding="utf-8").splitlines()
@@ -37,6 +40,7 @@ def test_train_on_the_builtin_example_writes_the_contract(example_dir: Path, tmp
     assert (out / "checkpoints" / "latest.json").exists()
     # stdout is machine-readable JSON summary
     assert json.loads(p.stdout)["TU"] == metrics["TU"]
+    assert json.loads(p.stdout)["classification_published"] == metrics["classification_published"]
     # stderr is a pipe here, so no bar: the library's log lines, one per epoch among them (issue 16)
     assert "xtm-train: loaded " in p.stderr and "xtm-train: evaluating" in p.stderr
     epochs = [line for line in p.stderr.splitlines() if line.startswith("xtm-train: epoch ")]

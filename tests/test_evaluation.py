@@ -320,6 +320,32 @@ def test_evaluate_full_and_without_reference(tiny_ref, tmp_path: Path) -> None:
 
     m4 = evaluate(_toy_corpus(labels=False), train, test, beta, ref=None, n=2)
     assert m4["classification"] is None
+    assert "classification_published" not in m and "classification_published" not in m4  # no means given
+
+
+def test_evaluate_reports_the_published_protocol_on_the_encoder_means(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Given the encoder means, metrics.json also holds the published tables' protocol (RBF SVC on the means):
+    it classifies the means, not theta, and is skipped with a note where its cost would explode."""
+    from xtm.evaluation import metrics as metrics_module
+
+    corpus = _toy_corpus(labels=True)
+    beta = {"en": np.eye(2, 4), "zh": np.eye(2, 4)}
+    y = np.arange(40) % 2
+    flat = {lang: np.full((40, 2), 0.5) for lang in ("en", "zh")}           # theta says nothing
+    mean = np.stack([y, 1 - y], axis=1) * 3.0 - 1.5                         # the means separate the classes
+    means = {"en": mean, "zh": mean.copy()}
+    m = evaluate(corpus, flat, {k: v[:20] for k, v in flat.items()}, beta, n=2,
+                 train_mean=means, test_mean={k: v[:20] for k, v in means.items()})
+    json.dumps(m)
+    assert m["classification_published"] == {"EN-I": 1.0, "ZH-I": 1.0, "EN-C": 1.0, "ZH-C": 1.0}
+    assert max(m["classification"].values()) <= 0.5 + 1e-9                # xtm's protocol saw only theta
+    assert "classification_published_note" not in m
+
+    monkeypatch.setattr(metrics_module, "PUBLISHED_PROTOCOL_MAX_DOCS", 39)
+    big = evaluate(corpus, flat, {k: v[:20] for k, v in flat.items()}, beta, n=2,
+                   train_mean=means, test_mean={k: v[:20] for k, v in means.items()})
+    assert big["classification_published"] is None and big["classification"] is not None
+    assert "en 40" in big["classification_published_note"] and "at most 39" in big["classification_published_note"]
 
 
 # --------------------------------------------------------------------------------------------

@@ -127,6 +127,7 @@ def synthetic_run(run: Path, k: int = 200) -> Path:
                                                         encoding="utf-8")
     metrics = {"TU": 0.9, "TU_per_language": {"en": 0.9, "zh": 0.9}, "CNPMI": 0.05, "TQ": 0.045,
                "classification": {"EN-I": 0.8, "ZH-I": 0.78, "EN-C": 0.5, "ZH-C": 0.52},
+               "classification_published": {"EN-I": 0.8125, "ZH-I": 0.7715, "EN-C": 0.5015, "ZH-C": 0.5338},
                "refined": {"TU": 0.91, "CNPMI": 0.06, "TQ": 0.055}, "phase2": {"refinement_steps": 3, "steps": []},
                "model": "nmtm", "dataset": "ECNews", "langs": ["en", "zh"], "num_topics": k, "epochs": 12,
                "interrupted": False, "seconds_per_epoch": 3.5}
@@ -183,6 +184,10 @@ def test_200_topics_render_escaped_with_published_numbers(tmp_path: Path) -> Non
     # ECNews + nmtm: the paper's NMTM row and, for a phase-2 run, its LLM-XTM row
     assert "published: NMTM (500 ep)" in html and "published: NMTM + LLM-XTM (500 ep)" in html
     assert "0.7917" not in html and "0.792" in html and "This run has K=200" in html
+    # the run's accuracies under both protocols, the published rows to be read against the second
+    metrics = html[html.index('id="metrics"'):html.index('id="plots"')]
+    assert "this run (xtm&#x27;s protocol)" in metrics and "this run (published protocol)" in metrics
+    assert "0.534" in metrics and "read a published row against it" in metrics
     assert html.count("<svg") == 7 + 3 + 3   # 7 loss panels, 3 eval curves (TU, EN-I, ZH-C), prevalence, map, conf.
     assert len(html) < 3_000_000                              # 200 topics stay a light page
 

@@ -51,7 +51,7 @@ from xtm.trainer.loop.checkpoint import (
 from xtm.trainer.loop.distributed import DistContext
 from xtm.trainer.phase2.objective import Phase2Objective
 
-__all__ = ["TrainResult", "epoch_batches", "infer_theta", "pick_device", "train", "warn_near_collapse"]
+__all__ = ["TrainResult", "epoch_batches", "infer_mean", "infer_theta", "pick_device", "train", "warn_near_collapse"]
 
 logger = logging.getLogger(__name__)
 
@@ -143,12 +143,25 @@ def warn_near_collapse(model: CrossLingualTopicModel) -> None:
 def infer_theta(model: CrossLingualTopicModel, bow: sp.csr_matrix, lang_index: int,
                 device: torch.device, batch_size: int = 2048) -> np.ndarray:
     """Deterministic theta for every row of a sparse matrix, in batches."""
+    return _eval_rows(model, bow, device, batch_size, lambda x: model.theta(x, lang_index))
+
+
+@torch.no_grad()
+def infer_mean(model: CrossLingualTopicModel, bow: sp.csr_matrix, lang_index: int,
+               device: torch.device, batch_size: int = 2048) -> np.ndarray:
+    """The encoder's eval-mode mean (pre-softmax) of every row: the features the public code behind
+    the published tables classifies (evaluation.metrics.published_classification)."""
+    return _eval_rows(model, bow, device, batch_size, lambda x: model.encoders[lang_index](x)[0])
+
+
+def _eval_rows(model: CrossLingualTopicModel, bow: sp.csr_matrix, device: torch.device, batch_size: int,
+               fn: Callable[[Any], torch.Tensor]) -> np.ndarray:
     was_training = model.training
     model.eval()
     out = np.empty((bow.shape[0], model.num_topics), dtype=np.float32)
     for start in range(0, bow.shape[0], batch_size):
         rows = np.arange(start, min(start + batch_size, bow.shape[0]))
-        out[rows] = model.theta(sparse_batch(bow, rows, device), lang_index).cpu().numpy()
+        out[rows] = fn(sparse_batch(bow, rows, device)).cpu().numpy()
     model.train(was_training)
     return out
 
