@@ -144,7 +144,8 @@ class InfoCTM(TwoLanguageVAE):
     optional_state: ClassVar[tuple[str, ...]] = ("tami_cache_step", "tami_cache_value", "tami_cache_grad_0",
                                                  "tami_cache_grad_1")
     # before they existed, TAMI ran every step with a constant weight
-    legacy_hparams: ClassVar[dict[str, Any]] = {"tami_every": 1, "mi_decay_from": 1.0, "mi_floor": 0.0}
+    legacy_hparams: ClassVar[dict[str, Any]] = {**TwoLanguageVAE.legacy_hparams, "tami_every": 1,
+                                                "mi_decay_from": 1.0, "mi_floor": 0.0}
 
     def __init__(self, langs: list[str], vocab_sizes: list[int], num_topics: int,
                  aux: dict[str, Tensor] | None = None, **hparams: Any) -> None:

@@ -7,7 +7,7 @@ how encoders are shared, how beta is formed from phi, and which alignment losses
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -37,8 +37,12 @@ class TwoLanguageVAE(CrossLingualTopicModel):
     # init: how the topic-word weights phi start. "random" (Xavier uniform) is the papers';
     # "clusters" starts topic k from the words of the k-th K-means cluster of the training documents'
     # multilingual sentence embeddings (as XTRA does), the same cluster in every language.
+    # grad_clip: the phase-1 gradient norm is clipped at this (0: not clipped, as in the NMTM and InfoCTM
+    # papers' code and TopMost; the LLM-XTM authors' runner clips every backbone at 1.0, XTRA's default).
     defaults = {"hidden": 200, "dropout": 0.0, "alpha": 1.0, "bn_eps": 1e-5, "bn_momentum": 0.1,
-                "init": "random"}
+                "init": "random", "grad_clip": 0.0}
+    # runs saved before grad_clip was a setting of every VAE backbone trained unclipped (XTRA saved its own)
+    legacy_hparams: ClassVar[dict[str, Any]] = {"grad_clip": 0.0}
     INITS = ("random", "clusters")
 
     def __init__(self, langs: list[str], vocab_sizes: list[int], num_topics: int,

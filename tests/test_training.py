@@ -102,6 +102,31 @@ def test_an_infoctm_run_from_before_the_fast_recipes_eps_resumes_only_with_its_o
     assert resumed.model.encoders[0].body.bn_mu.eps == 1e-5
 
 
+def test_grad_clip_clips_phase_one_of_every_vae_backbone_and_an_older_run_resumes_unclipped(
+        example_corpus, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # --set grad_clip=N: the LLM-XTM authors' runner clips every backbone at 1.0; the papers' own code does not.
+    norms: list[float] = []
+    real = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda params, max_norm: norms.append(max_norm)
+                        or real(params, max_norm))
+    for model in ("nmtm", "infoctm"):
+        norms.clear()
+        train(example_corpus, config(model=model, epochs=1), tmp_path / f"{model}-plain")
+        assert norms == []                                     # the papers' default: not clipped
+        run = train(example_corpus, config(model=model, epochs=1, hparams={"grad_clip": 0.5}), tmp_path / model)
+        assert norms and set(norms) == {0.5} and run.model.hparams["grad_clip"] == 0.5
+    # a run saved before the setting existed trained unclipped, and is told so when resumed with a clip
+    state_path = latest_checkpoint_dir(tmp_path / "infoctm-plain") / "state.json"
+    state = json.loads(state_path.read_text())
+    del state["model_config"]["hparams"]["grad_clip"]
+    state_path.write_text(json.dumps(state))
+    with pytest.raises(XtmError, match="resume with --set grad_clip=0.0"):
+        train(example_corpus, config(model="infoctm", epochs=2, hparams={"grad_clip": 1.0}), tmp_path / "infoctm-plain",
+              resume=True)
+    assert train(example_corpus, config(model="infoctm", epochs=2), tmp_path / "infoctm-plain",
+                 resume=True).epochs_done == 2
+
+
 def test_checkpoint_is_safetensors_and_json_and_rebuilds_the_model(example_corpus, tmp_path: Path) -> None:
     result = train(example_corpus, config(epochs=2), tmp_path)
     d = latest_checkpoint_dir(tmp_path)
