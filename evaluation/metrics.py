@@ -517,7 +517,7 @@ def published_classification(corpus: Corpus, train_mean: dict[str, np.ndarray],
 
 
 # The published protocol's RBF SVC costs about n^2 in the training documents (ECNews's 40,000 per
-# language: about 45 s a language here); above this many it is skipped, with a note, rather than
+# language: about 45 s a language on a quiet machine here); above this many it is skipped, with a note, rather than
 # holding a large user corpus's run for hours at its very end.
 PUBLISHED_PROTOCOL_MAX_DOCS = 50_000
 

@@ -91,7 +91,7 @@ def evaluate_model(corpus: Corpus, result: TrainResult, device: torch.device, re
     """metrics.json's content; pass `outputs` / `ref` already computed to avoid doing it twice.
 
     Unlike a `--eval-every` point it includes "classification_published" (the published tables'
-    protocol, on the encoder means): its RBF SVC takes a minute on the benchmark datasets, once.
+    protocol, on the encoder means): its RBF SVC takes 25-90 s on the benchmark datasets, once.
     """
     model = result.model
     outputs = outputs if outputs is not None else model_outputs(corpus, model, device)
