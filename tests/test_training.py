@@ -406,3 +406,43 @@ def test_a_trained_run_checks_its_encoders_for_near_collapse(example_corpus, tmp
         train(example_corpus, config(model="infoctm", epochs=2), tmp_path / "run")
     assert len(seen) == 1
     assert len([r for r in caplog.records if "posterior collapse" in r.getMessage()]) == 1
+
+
+def test_evaluate_model_spends_the_encoder_pass_only_where_the_published_protocol_runs(
+        example_corpus, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The encoder means (a full pass over every document) are computed only for the published protocol:
+    not for an unlabelled corpus, and not above the size where that protocol is skipped with a note."""
+    from dataclasses import replace
+
+    from xtm.corpus import Corpus
+    from xtm.evaluation import metrics as metrics_module
+    from xtm.trainer import run as run_module
+
+    result = train(example_corpus, TrainConfig(model="nmtm", num_topics=4, epochs=1, checkpoint_every=0,
+                                               progress=False, seed=0), tmp_path)
+    calls: list[int] = []
+    real = run_module.infer_mean
+
+    def counting_infer_mean(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(run_module, "infer_mean", counting_infer_mean)
+    cpu = torch.device("cpu")
+
+    labelled = run_module.evaluate_model(example_corpus, result, cpu, None)
+    assert set(labelled["classification_published"]) == {"EN-I", "ZH-I", "EN-C", "ZH-C"}
+    assert len(calls) == 4                                     # train and test, both languages
+
+    calls.clear()
+    unlabelled = Corpus([replace(lc, train_labels=None, test_labels=None) for lc in example_corpus.languages],
+                        example_corpus.links, example_corpus.name, example_corpus.info)
+    m = run_module.evaluate_model(unlabelled, result, cpu, None)
+    assert m["classification"] is None and "classification_published" not in m
+    assert calls == []
+
+    monkeypatch.setattr(metrics_module, "PUBLISHED_PROTOCOL_MAX_DOCS", 100)
+    big = run_module.evaluate_model(example_corpus, result, cpu, None)
+    assert big["classification"] is not None and big["classification_published"] is None
+    assert "en 480" in big["classification_published_note"]
+    assert calls == []

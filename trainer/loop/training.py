@@ -150,7 +150,7 @@ def infer_theta(model: CrossLingualTopicModel, bow: sp.csr_matrix, lang_index: i
 def infer_mean(model: CrossLingualTopicModel, bow: sp.csr_matrix, lang_index: int,
                device: torch.device, batch_size: int = 2048) -> np.ndarray:
     """The encoder's eval-mode mean (pre-softmax) of every row: the features the public code behind
-    the published tables classifies (evaluation.metrics.published_classification)."""
+    the published tables classifies ("classification_published" in evaluation.metrics.evaluate)."""
     return _eval_rows(model, bow, device, batch_size, lambda x: model.encoders[lang_index](x)[0])
 
 
