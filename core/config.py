@@ -49,7 +49,12 @@ MODEL_NAMES = ("nmtm", "infoctm", "xtra", "gloctm")
 # so that no language's encoder stays near posterior collapse (docs/benchmarks.md "Near-collapse"). "paper"
 # reproduces the papers.
 PAPER_TRAINING: dict[str, Any] = {"batch_size": 200, "topic_lr_scale": 1.0, "lr_schedule": "constant"}
-LR_SCHEDULES = ("constant", "cosine")
+LR_SCHEDULES = ("constant", "cosine", "step")
+# --lr-schedule step is the authors' own code's torch StepLR: the rate halves every this many epochs (InfoCTM,
+# NMTM in LLM-XTM, GloCTM: 125; XTRA: 250). TopMost's trainer has it off by default, as xtm's recipes do.
+LR_STEP_EPOCHS: dict[str, int] = {"xtra": 250}
+LR_STEP_EPOCHS_DEFAULT = 125
+LR_STEP_GAMMA = 0.5
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {"fast": {"nmtm": {"batch_size": 50, "topic_lr_scale": 5.0},
                                                           "infoctm": {"hparams": {"bn_eps": 1e-10}}},
                                                  "paper": {}}
@@ -461,9 +466,10 @@ class TrainConfig:
                                        "bn_eps=1e-10) or paper (the papers': batch 200, one rate, their "
                                        "batch-norm eps).",
                           cli=Cli("--recipe", choices=tuple(RECIPES)))
-    lr_schedule: str | None = setting(None, help="How the phase-1 learning rate moves: constant (the papers') or "
-                                                 "cosine (from --lr down to 0 along a half cosine over --epochs; "
-                                                 "phase 2 keeps its own rate); default: the --recipe's: constant.",
+    lr_schedule: str | None = setting(None, help="How the phase-1 learning rate moves: constant (TopMost's), "
+                                                 "cosine (from --lr down to 0 along a half cosine over --epochs) "
+                                                 "or step (the authors' code: halved every 125 epochs, xtra 250); "
+                                                 "phase 2 keeps its own rate; default: the --recipe's: constant.",
                                       cli=Cli("--lr-schedule", type=str, choices=LR_SCHEDULES))
 
     def __post_init__(self) -> None:

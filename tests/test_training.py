@@ -356,6 +356,34 @@ def test_the_cosine_learning_rate_falls_from_lr_to_near_zero_over_phase_one(exam
     assert run.epochs_done == 2
 
 
+
+def test_the_step_learning_rate_halves_every_step_size_epochs_and_a_run_extends_on_it(
+        example_corpus, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--lr-schedule step is the authors' StepLR: the full rate for the first step_epochs epochs, then halved
+    each step_epochs; a function of the epoch alone, so a run extended with --resume --epochs N is the same
+    run as one trained that long at once."""
+    from xtm.config import LR_STEP_EPOCHS
+    from xtm.trainer.loop.training import lr_step_epochs
+
+    assert lr_step_epochs("infoctm") == 125 and lr_step_epochs("XTRA") == 250   # the authors' configs
+    # 10 steps an epoch, 125-epoch steps: epochs 1-125 at 1, 126-250 at 0.5, from 251 at 0.25
+    assert [lr_factor("step", s, 10 ** 6, 10, 125) for s in (0, 1249, 1250, 2499, 2500)] == [1, 1, 0.5, 0.5, 0.25]
+    monkeypatch.setitem(LR_STEP_EPOCHS, "nmtm", 2)           # a short step, so that a test sees it move
+
+    def last_rates(run: Path) -> list[float]:
+        return [g["lr"] for g in load_checkpoint(run).state["optimizer"]["param_groups"]]
+
+    straight = train(example_corpus, config(epochs=5, lr_schedule="step", topic_lr_scale=4.0), tmp_path / "s")
+    assert last_rates(tmp_path / "s") == pytest.approx([0.002 * 0.25, 0.008 * 0.25])   # epoch 5: halved twice
+    train(example_corpus, config(epochs=3, lr_schedule="step", topic_lr_scale=4.0), tmp_path / "r")
+    assert last_rates(tmp_path / "r") == pytest.approx([0.002 * 0.5, 0.008 * 0.5])
+    extended = train(example_corpus, config(epochs=5, lr_schedule="step", topic_lr_scale=4.0), tmp_path / "r",
+                     resume=True)
+    for k, v in straight.model.state_dict().items():
+        assert torch.equal(v, extended.model.state_dict()[k]), k
+    constant = train(example_corpus, config(epochs=5, topic_lr_scale=4.0), tmp_path / "c")
+    assert not torch.equal(constant.model.phi[0], straight.model.phi[0])   # the schedule changed training
+
 @pytest.mark.usefixtures("library_logging")
 def test_one_language_near_posterior_collapse_is_named_with_the_remedy(example_corpus, tmp_path: Path,
                                                                         caplog) -> None:

@@ -29,7 +29,7 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
-from xtm.config import TrainConfig
+from xtm.config import LR_STEP_EPOCHS, LR_STEP_EPOCHS_DEFAULT, LR_STEP_GAMMA, TrainConfig
 from xtm.corpus import Corpus
 from xtm.errors import XtmError
 from xtm.models_zoo.base import BuildContext, CrossLingualTopicModel, load_unique_state_dict, unique_state_dict
@@ -187,15 +187,25 @@ def make_optimizer(model: torch.nn.Module, lr: float, topic_lr_scale: float = 1.
         return torch.optim.Adam(groups, lr=lr)
 
 
-def lr_factor(schedule: str, step: int, total_steps: int) -> float:
+def lr_factor(schedule: str, step: int, total_steps: int, steps_per_epoch: int = 1,
+              step_epochs: int = LR_STEP_EPOCHS_DEFAULT) -> float:
     """Multiplier of the phase-1 learning rate at 0-based global step `step` of `total_steps`.
 
-    constant: 1 (the papers'). cosine: a half cosine from 1 at the first step towards 0 after the
-    last, a function of the position only, so a resumed run continues on the same curve.
+    constant: 1. cosine: a half cosine from 1 at the first step towards 0 after the last, a function
+    of the position only, so a resumed run continues on the same curve. step: torch's StepLR as the
+    authors' code steps it once an epoch: LR_STEP_GAMMA ** (0-based epoch // step_epochs), so epochs
+    1..step_epochs run at the full rate; it does not depend on --epochs, so such a run may be extended.
     """
     if schedule == "constant":
         return 1.0
+    if schedule == "step":
+        return LR_STEP_GAMMA ** ((step // max(steps_per_epoch, 1)) // step_epochs)
     return 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+
+
+def lr_step_epochs(model: str) -> int:
+    """Epochs between two halvings of --lr-schedule step for a backbone (the authors' StepLR step size)."""
+    return LR_STEP_EPOCHS.get(model.lower(), LR_STEP_EPOCHS_DEFAULT)
 
 
 def build_model(corpus: Corpus, cfg: TrainConfig) -> CrossLingualTopicModel:
@@ -554,7 +564,8 @@ class _Training:
             step = (epoch - 1) * n_steps + progress.steps_done  # 0-based, over both phases
             model.training_position = step / (cfg.epochs * n_steps)
             if scheduled:
-                self._set_rate(cfg.lr * lr_factor(cfg.lr_schedule, step, cfg.epochs * n_steps))
+                self._set_rate(cfg.lr * lr_factor(cfg.lr_schedule, step, cfg.epochs * n_steps, n_steps,
+                                                  lr_step_epochs(cfg.model)))
             x = [SparseRows.from_csr(m, self.device) for m, _ in batch]
             losses = model(x, [torch.from_numpy(r).to(self.device) for _, r in batch], extra=extra)
             self.optimizer.zero_grad(set_to_none=True)
