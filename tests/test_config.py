@@ -360,6 +360,8 @@ def test_old_dictionaries_read_back_into_configs() -> None:
     ("infoctm", "fast", {}, (200, 1.0)),
     ("xtra", "fast", {}, (200, 1.0)),
     ("gloctm", "paper", {"batch_size": 100}, (100, 1.0)),
+    ("infoctm", "authors", {}, (128, 1.0)),
+    ("nmtm", "authors", {"batch_size": 64}, (64, 1.0)),
 ])
 def test_the_recipe_fills_only_the_training_settings_not_given(model, recipe, given, expected) -> None:
     cfg = TrainConfig(model=model, recipe=recipe, **given)
@@ -375,6 +377,9 @@ def test_the_recipe_fills_only_the_training_settings_not_given(model, recipe, gi
     ("nmtm", "fast", {}, {}),
     ("xtra", "fast", {}, {}),
     ("gloctm", "fast", {}, {}),
+    ("infoctm", "authors", {}, {"hidden": 100, "grad_clip": 1.0}),        # their eps: the backbone's default
+    ("nmtm", "authors", {"grad_clip": 0.0}, {"hidden": 100, "grad_clip": 0.0}),
+    ("xtra", "authors", {}, {}),                                   # XTRA's defaults are its authors' already
 ])
 def test_the_recipe_fills_only_the_backbone_settings_not_given(model, recipe, given, expected) -> None:
     cfg = TrainConfig(model=model, recipe=recipe, hparams=given)
@@ -393,8 +398,23 @@ def test_the_training_line_says_what_the_recipe_made_of_the_run() -> None:
         "recipe paper: batch 200, Adam 0.002 (1x for the topic-word weights), constant rate; hidden=100")
 
 
+def test_the_authors_recipe_is_the_llm_xtm_code_per_backbone() -> None:
+    """--recipe authors: the published rows' code (LLM-XTM configs/model/*.yaml, runners/Runner.py): batch 128,
+    StepLR (125 epochs, XTRA 250), NMTM at Adam 1e-3; what is given still wins, and config.json reads back."""
+    nmtm, infoctm, xtra = (TrainConfig(model=m, recipe="authors") for m in ("nmtm", "infoctm", "xtra"))
+    assert (nmtm.lr, infoctm.lr, xtra.lr) == (0.001, 0.002, 0.002)
+    assert {c.lr_schedule for c in (nmtm, infoctm, xtra)} == {"step"}
+    assert xtra.describe().endswith("recipe authors: batch 128, Adam 0.002 (1x for the topic-word weights), step "
+                                    "rate (halved every 250 epochs)")
+    assert infoctm.describe().endswith("step rate (halved every 125 epochs); hidden=100, grad_clip=1")
+    given = TrainConfig(model="nmtm", recipe="authors", lr=0.004, lr_schedule="constant")
+    assert (given.lr, given.lr_schedule) == (0.004, "constant")
+    assert TrainConfig(**given.to_dict()) == given
+    assert (TrainConfig().lr, TrainConfig(recipe="paper", model="nmtm").lr) == (0.002, 0.002)
+
+
 def test_an_unknown_recipe_is_refused_naming_the_choices() -> None:
-    with pytest.raises(XtmError, match="recipe must be one of fast, paper"):
+    with pytest.raises(XtmError, match="recipe must be one of fast, paper, authors"):
         TrainConfig(recipe="quick")
     # a hand-edited config.json whose hparams is not a mapping is named, not a TypeError
     for bad in (None, [1], "bn_eps=1"):

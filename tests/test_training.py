@@ -474,3 +474,11 @@ def test_evaluate_model_spends_the_encoder_pass_only_where_the_published_protoco
     assert big["classification"] is not None and big["classification_published"] is None
     assert "en 480" in big["classification_published_note"]
     assert calls == []
+
+
+def test_the_authors_recipe_trains_with_their_rate_width_and_clip(example_corpus, tmp_path: Path) -> None:
+    """--recipe authors reaches the training loop: NMTM at Adam 1e-3 with 100 hidden units and a clip of 1."""
+    run = train(example_corpus, TrainConfig(model="nmtm", recipe="authors", num_topics=6, epochs=1, progress=False,
+                                            seed=0, checkpoint_every=1), tmp_path)
+    assert run.model.hparams["hidden"] == 100 and run.model.hparams["grad_clip"] == 1.0
+    assert [g["lr"] for g in load_checkpoint(tmp_path).state["optimizer"]["param_groups"]] == [0.001]
