@@ -59,6 +59,13 @@ LR_SCHEDULES = ("constant", "cosine", "step")
 LR_STEP_EPOCHS: dict[str, int] = {"xtra": 250}
 LR_STEP_EPOCHS_DEFAULT = 125
 LR_STEP_GAMMA = 0.5
+
+
+def lr_step_epochs(model: str) -> int:
+    """Epochs between two halvings of --lr-schedule step for a backbone (the authors' StepLR step size)."""
+    return LR_STEP_EPOCHS.get(model.lower(), LR_STEP_EPOCHS_DEFAULT)
+
+
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {"fast": {"nmtm": {"batch_size": 50, "topic_lr_scale": 5.0},
                                                           "infoctm": {"hparams": {"bn_eps": 1e-10}}},
                                                  "paper": {},
@@ -505,8 +512,7 @@ class TrainConfig:
 
     def describe(self) -> str:
         """One log line: the backbone and what the recipe and the options make of its training."""
-        step = (f" (halved every {LR_STEP_EPOCHS.get(str(self.model).lower(), LR_STEP_EPOCHS_DEFAULT)} epochs)"
-                if self.lr_schedule == "step" else "")
+        step = f" (halved every {lr_step_epochs(str(self.model))} epochs)" if self.lr_schedule == "step" else ""
         over = "; " + ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.hparams.items()) \
             if self.hparams else ""
         return (f"training {self.model}, K={self.num_topics}, {self.epochs} epochs, recipe {self.recipe}: batch "

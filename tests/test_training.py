@@ -356,14 +356,12 @@ def test_the_cosine_learning_rate_falls_from_lr_to_near_zero_over_phase_one(exam
     assert run.epochs_done == 2
 
 
-
 def test_the_step_learning_rate_halves_every_step_size_epochs_and_a_run_extends_on_it(
         example_corpus, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     """--lr-schedule step is the authors' StepLR: the full rate for the first step_epochs epochs, then halved
     each step_epochs; a function of the epoch alone, so a run extended with --resume --epochs N is the same
     run as one trained that long at once."""
-    from xtm.config import LR_STEP_EPOCHS
-    from xtm.trainer.loop.training import lr_step_epochs
+    from xtm.config import LR_STEP_EPOCHS, lr_step_epochs
 
     assert lr_step_epochs("infoctm") == 125 and lr_step_epochs("XTRA") == 250   # the authors' configs
     # 10 steps an epoch, 125-epoch steps: epochs 1-125 at 1, 126-250 at 0.5, from 251 at 0.25
@@ -383,6 +381,7 @@ def test_the_step_learning_rate_halves_every_step_size_epochs_and_a_run_extends_
         assert torch.equal(v, extended.model.state_dict()[k]), k
     constant = train(example_corpus, config(epochs=5, topic_lr_scale=4.0), tmp_path / "c")
     assert not torch.equal(constant.model.phi[0], straight.model.phi[0])   # the schedule changed training
+
 
 @pytest.mark.usefixtures("library_logging")
 def test_one_language_near_posterior_collapse_is_named_with_the_remedy(example_corpus, tmp_path: Path,

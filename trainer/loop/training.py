@@ -29,7 +29,7 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
-from xtm.config import LR_STEP_EPOCHS, LR_STEP_EPOCHS_DEFAULT, LR_STEP_GAMMA, TrainConfig
+from xtm.config import LR_STEP_EPOCHS_DEFAULT, LR_STEP_GAMMA, TrainConfig, lr_step_epochs
 from xtm.corpus import Corpus
 from xtm.errors import XtmError
 from xtm.models_zoo.base import BuildContext, CrossLingualTopicModel, load_unique_state_dict, unique_state_dict
@@ -201,11 +201,6 @@ def lr_factor(schedule: str, step: int, total_steps: int, steps_per_epoch: int =
     if schedule == "step":
         return LR_STEP_GAMMA ** ((step // max(steps_per_epoch, 1)) // step_epochs)
     return 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
-
-
-def lr_step_epochs(model: str) -> int:
-    """Epochs between two halvings of --lr-schedule step for a backbone (the authors' StepLR step size)."""
-    return LR_STEP_EPOCHS.get(model.lower(), LR_STEP_EPOCHS_DEFAULT)
 
 
 def build_model(corpus: Corpus, cfg: TrainConfig) -> CrossLingualTopicModel:
