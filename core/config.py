@@ -456,7 +456,7 @@ class TrainConfig:
     device: str = setting("auto", help="auto, cpu, cuda or cuda:N.", cli=Cli("--device"))
     checkpoint_every: int = setting(10, help="Epochs between checkpoints (0: only at the end).",
                                     cli=Cli("--checkpoint-every", min=0))
-    threads: int | None = setting(None, help="CPU threads for torch (default: all cores).",
+    threads: int | None = setting(None, help="CPU threads for torch (default: the cores other processes leave free).",
                                   cli=Cli("--threads", type=int, min=1))
     cache_dir: str | None = setting(None, help="Cache for document embeddings (default: $XTM_CACHE_DIR or "
                                                "~/.cache/xtm).", cli=Cli("--cache-dir", path="dir"))
@@ -492,7 +492,8 @@ class TrainConfig:
     lr_schedule: str | None = setting(None, help="How the phase-1 learning rate moves: constant (TopMost's), "
                                                  "cosine (from --lr down to 0 along a half cosine over --epochs) "
                                                  "or step (the authors' code: halved every 125 epochs, xtra 250); "
-                                                 "phase 2 keeps its own rate; default: the --recipe's: constant.",
+                                                 "phase 2 resets to its own rate (step: halved at the same epochs); "
+                                                 "default: the --recipe's: constant.",
                                       cli=Cli("--lr-schedule", type=str, choices=LR_SCHEDULES))
 
     def __post_init__(self) -> None:
@@ -588,7 +589,7 @@ class ContextualConfig:
                                                        "documents are cut.", cli=Cli("--max-tokens", min=3))
     seed: int = setting(0, help="Seed of the head's initialisation and batch order.", cli=Cli("--seed"))
     device: str = setting("cpu", help="cpu, cuda or cuda:N.", cli=Cli("--device"))
-    threads: int | None = setting(None, help="CPU threads for torch (default: all cores).",
+    threads: int | None = setting(None, help="CPU threads for torch (default: the cores other processes leave free).",
                                   cli=Cli("--threads", type=int, min=1))
     cache_dir: str | None = setting(None, help="Cache for sentence features (default: $XTM_CACHE_DIR or "
                                                "~/.cache/xtm).", cli=Cli("--cache-dir", path="dir"))

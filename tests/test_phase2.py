@@ -183,6 +183,32 @@ def test_resume_inside_phase2_equals_an_uninterrupted_run(example_dir: Path, tmp
         torch.testing.assert_close(v, resumed.model.state_dict()[k], rtol=0, atol=0, msg=k)
 
 
+def test_with_the_step_schedule_phase2_resets_to_its_rate_and_keeps_halving_at_the_same_epochs(
+        example_corpus, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The authors' code resets the rate to 0.3 x base at phase 2's start and its StepLR goes on halving it at
+    the same epoch boundaries (their InfoCTM: phase 2 from 480, 0.15 x base after epoch 500)."""
+    from xtm.config import LR_STEP_EPOCHS
+    from xtm.trainer.loop.training import phase2_step_factor
+
+    lx = TrainConfig(model="infoctm", epochs=479, lr_schedule="step")        # LX InfoCTM: 530 = 479 + 51
+    assert [phase2_step_factor(lx, e) for e in (480, 500, 501, 530)] == [1, 1, 0.5, 0.5]
+    assert phase2_step_factor(TrainConfig(model="infoctm", epochs=479), 501) == 1     # constant: 0.3 x throughout
+    monkeypatch.setitem(LR_STEP_EPOCHS, "nmtm", 2)           # a short step, so that a test sees it move
+    cfg = dict(model="nmtm", num_topics=6, batch_size=100, seed=2, progress=False, lr_schedule="step")
+    ctx = BuildContext(cache_dir=tmp_path / "cache", seed=2)
+
+    def rate_after(phase2_epochs: int) -> float:
+        p2 = Phase2Objective(example_corpus, 6, Phase2Config(epochs=phase2_epochs, refine_every=2, rounds=2), ctx,
+                             torch.device("cpu"))
+        train(example_corpus, TrainConfig(epochs=3, phase2_epochs=phase2_epochs, **cfg), tmp_path / "run", phase2=p2,
+              resume=phase2_epochs > 1)
+        return load_checkpoint(tmp_path / "run").state["optimizer"]["param_groups"][0]["lr"]
+
+    # phase 1 ends at epoch 3 (halved once, after epoch 2); phase 2 (epochs 4-7) restarts at 0.3 x base and is
+    # halved after epochs 4 and 6, as StepLR would be
+    assert [rate_after(n) for n in (1, 2, 4)] == pytest.approx([0.002 * 0.3, 0.002 * 0.3 * 0.5, 0.002 * 0.3 * 0.25])
+
+
 def test_phase2_continues_a_finished_phase1_run(example_dir: Path, tmp_path: Path) -> None:
     small(example_dir, tmp_path / "run", epochs=3, p2=0)
     m = small(example_dir, tmp_path / "run", epochs=3, p2=2, resume=True)

@@ -69,7 +69,7 @@ from xtm.paths import cache_dir as default_cache_dir
 from xtm.run_dir import RunDir
 from xtm.trainer.contextual.parallel import ParallelText, read_parallel
 from xtm.trainer.loop.checkpoint import load_trained_model
-from xtm.trainer.loop.training import infer_theta, pick_device, sparse_batch
+from xtm.trainer.loop.training import infer_theta, pick_device, set_threads, sparse_batch
 
 CONTEXTUAL_DIR = RunDir.CONTEXTUAL  # RUN_DIR/contextual/: the fitted head and its settings
 CONTEXTUAL_FORMAT = 1
@@ -393,9 +393,8 @@ def train_contextual(run_dir: str | Path, cfg: ContextualConfig) -> dict[str, An
     parallel = read_parallel(cfg.parallel) if cfg.parallel is not None else None  # a bad file fails here too
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
+    set_threads(cfg.threads, device)
     cache = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
     config, model = load_trained_model(run_dir)
     corpus = load_run_corpus(run_dir, config, cfg.progress)

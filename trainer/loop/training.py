@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from xtm.config import LR_STEP_EPOCHS_DEFAULT, LR_STEP_GAMMA, TrainConfig, lr_step_epochs
 from xtm.corpus import Corpus
+from xtm.cpu import threads_beside_others
 from xtm.errors import XtmError
 from xtm.models_zoo.base import BuildContext, CrossLingualTopicModel, load_unique_state_dict, unique_state_dict
 from xtm.models_zoo.components import SparseRows, near_collapsed_languages
@@ -203,6 +204,36 @@ def lr_factor(schedule: str, step: int, total_steps: int, steps_per_epoch: int =
     return 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
 
 
+def phase2_step_factor(cfg: TrainConfig, epoch: int) -> float:
+    """Multiplier of phase 2's rate at 1-based epoch `epoch` (after cfg.epochs of phase 1).
+
+    1 unless --lr-schedule step: then, as in the authors' code, the phase-2 reset to lr_scale x --lr
+    is followed by StepLR's halvings at the epoch boundaries the run crosses after it (their
+    InfoCTM: phase 2 from epoch 480, halved after epoch 500). A function of the epoch, so resuming
+    inside phase 2 gives the same rate.
+    """
+    if cfg.lr_schedule != "step":
+        return 1.0
+    every = lr_step_epochs(cfg.model)
+    return LR_STEP_GAMMA ** ((epoch - 1) // every - cfg.epochs // every)
+
+
+def set_threads(threads: int | None, device: torch.device) -> None:
+    """torch's CPU threads: `threads` where given; on a CPU otherwise torch's default less the cores other
+    processes keep busy (xtm.cpu: spinning threads on a shared core are many times slower)."""
+    if threads:
+        torch.set_num_threads(threads)
+        return
+    if device.type != "cpu":
+        return
+    default = torch.get_num_threads()
+    chosen = threads_beside_others(default)
+    if chosen < default:
+        torch.set_num_threads(chosen)
+        logger.info(f"{chosen} CPU thread{'s' if chosen > 1 else ''} of {default}: other processes keep "
+                    f"{default - chosen} core{'s' if default - chosen > 1 else ''} busy (--threads N to choose)")
+
+
 def build_model(corpus: Corpus, cfg: TrainConfig) -> CrossLingualTopicModel:
     cls = model_class(cfg.model)
     context = BuildContext(cache_dir=Path(cfg.cache_dir) if cfg.cache_dir else cache_dir(),
@@ -337,9 +368,8 @@ class _Training:
                  phase2: Phase2Objective | None, data: BatchSource | None, dist: DistContext | None) -> None:
         self.cfg, self.run_dir, self.on_epoch_end, self.phase2, self.dist = cfg, run_dir, on_epoch_end, phase2, dist
         self.total_epochs = cfg.epochs + (cfg.phase2_epochs if phase2 is not None else 0)
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
         self.device = dist.device if dist is not None else pick_device(cfg.device)
+        set_threads(cfg.threads, self.device)
         self.rank, self.world = (dist.rank, dist.world) if dist is not None else (0, 1)
         self.main = self.rank == 0
         self.data = data if data is not None else InMemoryBatches(corpus)
@@ -601,12 +631,14 @@ class _Training:
         ones its checkpoint saved.
         """
         lr = self.cfg.lr * phase2.cfg.lr_scale
-        self._set_rate(lr)
+        self._set_rate(lr * phase2_step_factor(self.cfg, progress.epoch))
         if progress.steps_done == 0:
             phase2.start_epoch(self.model)
             if progress.epoch == self.cfg.epochs + 1 and self.main:
                 clip = f"clipped at {phase2.cfg.grad_clip:g}" if phase2.cfg.grad_clip else "not clipped"
-                logger.info(f"phase 2: learning rate {lr:g} ({phase2.cfg.lr_scale:g} x {self.cfg.lr:g}), "
+                step = (f", halved every {lr_step_epochs(self.cfg.model)} epochs of the whole run"
+                        if self.cfg.lr_schedule == "step" else "")
+                logger.info(f"phase 2: learning rate {lr:g} ({phase2.cfg.lr_scale:g} x {self.cfg.lr:g}{step}), "
                             f"gradient norm {clip}")
         return phase2.cfg.grad_clip
 
