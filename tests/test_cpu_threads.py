@@ -76,22 +76,37 @@ def test_a_busy_process_beside_the_job_takes_a_thread_away(monkeypatch) -> None:
 
 
 @pytest.mark.usefixtures("library_logging")
-def test_training_without_threads_takes_the_free_cores_and_says_so(example_corpus, tmp_path: Path, caplog,
-                                                                     monkeypatch) -> None:
+def test_training_without_threads_takes_the_free_cores_says_so_and_gives_them_back(
+        example_corpus, example_dir: Path, tmp_path: Path, caplog, monkeypatch) -> None:
     import xtm.trainer.loop.training as training
-    from xtm.config import TrainConfig
+    from xtm.config import DataConfig, TrainConfig
+    from xtm.trainer.run import run_training
 
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # a 2-core machine's default, here as anywhere
-    monkeypatch.setattr(training, "threads_beside_others", lambda default: 1)   # one of its cores busy
-    set_to: list[int] = []
-    monkeypatch.setattr(torch, "set_num_threads", set_to.append)
+    sampled: list[int] = []
+
+    def one_core_busy(default: int) -> int:
+        sampled.append(default)
+        return default - 1
+
+    monkeypatch.setattr(training, "threads_beside_others", one_core_busy)
+    seen: list[int] = []
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)                                   # a 2-core machine's default, here as anywhere
     cfg = TrainConfig(model="nmtm", num_topics=4, epochs=1, batch_size=100, progress=False, device="cpu")
-    with caplog.at_level(logging.INFO, logger="xtm"):
-        training.train(example_corpus, cfg, tmp_path / "auto")
-    assert set_to == [1]
-    assert "1 CPU thread of 2: other processes keep 1 core busy (--threads N to choose)" in caplog.text
-    # --threads wins, without sampling the load
-    set_to.clear()
-    monkeypatch.setattr(training, "threads_beside_others", lambda default: pytest.fail("sampled"))
-    training.train(example_corpus, replace(cfg, threads=2), tmp_path / "given")
-    assert set_to == [2]
+    try:
+        with caplog.at_level(logging.INFO, logger="xtm"):
+            training.train(example_corpus, cfg, tmp_path / "auto",
+                           on_epoch_end=lambda epoch, model: seen.append(torch.get_num_threads()))
+        assert seen == [1] and sampled == [2]
+        assert "1 CPU thread of 2: other processes keep 1 core busy (--threads N to choose)" in caplog.text
+        assert torch.get_num_threads() == 2                    # a library caller gets its own count back
+        # --threads wins, without sampling the load
+        training.train(example_corpus, replace(cfg, threads=3), tmp_path / "given",
+                       on_epoch_end=lambda epoch, model: seen.append(torch.get_num_threads()))
+        assert seen == [1, 3] and sampled == [2] and torch.get_num_threads() == 2
+        # a whole training command (training, then evaluation) samples the load once
+        data = DataConfig(path=str(example_dir / "docs.jsonl"), dict_path=str(example_dir / "dict.tsv"))
+        run_training(data, cfg, tmp_path / "run")
+        assert sampled == [2, 2] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -57,7 +57,15 @@ from xtm.trainer.data.batches import BatchSource, InMemoryBatches
 from xtm.trainer.data.loading import load_corpus
 from xtm.trainer.loop import distributed
 from xtm.trainer.loop.distributed import DistContext
-from xtm.trainer.loop.training import TrainResult, infer_mean, infer_theta, pick_device, recalibrate_batchnorm, train
+from xtm.trainer.loop.training import (
+    TrainResult,
+    infer_mean,
+    infer_theta,
+    pick_device,
+    recalibrate_batchnorm,
+    torch_threads,
+    train,
+)
 from xtm.trainer.phase2.objective import Phase2Objective
 from xtm.trainer.report_data import build_report_data
 
@@ -156,6 +164,8 @@ def run_training(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool = F
                 raise XtmError("the run directory already holds a run: pass --resume to continue it, "
                                "or choose another --out", path=out)
             distributed.barrier(dist)  # every rank checked the run directory before rank 0 writes to it
+            # one choice of CPU threads for training and evaluation alike (sampled once: the load now)
+            held.enter_context(torch_threads(cfg.threads, dist.device if dist is not None else pick_device(cfg.device)))
             metrics = _run(data, cfg, out, resume, phase2, dist)
             # Every rank leaves the group together: a rank that destroyed it while rank 0 was still
             # evaluating was aborted by gloo at exit ("terminate called without an active exception").

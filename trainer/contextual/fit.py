@@ -69,7 +69,7 @@ from xtm.paths import cache_dir as default_cache_dir
 from xtm.run_dir import RunDir
 from xtm.trainer.contextual.parallel import ParallelText, read_parallel
 from xtm.trainer.loop.checkpoint import load_trained_model
-from xtm.trainer.loop.training import infer_theta, pick_device, set_threads, sparse_batch
+from xtm.trainer.loop.training import infer_theta, pick_device, sparse_batch, torch_threads
 
 CONTEXTUAL_DIR = RunDir.CONTEXTUAL  # RUN_DIR/contextual/: the fitted head and its settings
 CONTEXTUAL_FORMAT = 1
@@ -392,9 +392,14 @@ def train_contextual(run_dir: str | Path, cfg: ContextualConfig) -> dict[str, An
     parse_encoder_name(cfg.encoder)  # a misspelt encoder is refused before the run and its corpus are read
     parallel = read_parallel(cfg.parallel) if cfg.parallel is not None else None  # a bad file fails here too
     t0 = time.perf_counter()
-    run_dir = Path(run_dir)
     device = pick_device(cfg.device)
-    set_threads(cfg.threads, device)
+    with torch_threads(cfg.threads, device):
+        return _fit_and_save(Path(run_dir), cfg, parallel, device, t0)
+
+
+def _fit_and_save(run_dir: Path, cfg: ContextualConfig, parallel: ParallelText | None, device: torch.device,
+                  t0: float) -> dict[str, Any]:
+    """train_contextual's work under its thread count (t0: when the call began, for metrics' seconds)."""
     cache = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
     config, model = load_trained_model(run_dir)
     corpus = load_run_corpus(run_dir, config, cfg.progress)

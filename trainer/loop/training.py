@@ -11,6 +11,7 @@ epoch and gradients are averaged (xtm.trainer.loop.distributed); rank 0 alone wr
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -19,7 +20,7 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -218,20 +219,38 @@ def phase2_step_factor(cfg: TrainConfig, epoch: int) -> float:
     return LR_STEP_GAMMA ** ((epoch - 1) // every - cfg.epochs // every)
 
 
-def set_threads(threads: int | None, device: torch.device) -> None:
-    """torch's CPU threads: `threads` where given; on a CPU otherwise torch's default less the cores other
-    processes keep busy (xtm.cpu: spinning threads on a shared core are many times slower)."""
-    if threads:
-        torch.set_num_threads(threads)
+_threads_chosen = False  # inside a torch_threads block: an inner one (train() under run_training) keeps its choice
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None, device: torch.device) -> Iterator[None]:
+    """torch's CPU threads for one training or command, and the previous count back at its end.
+
+    `threads` where given; on a CPU otherwise torch's default less the cores other processes keep busy
+    (xtm.cpu: spinning threads on a shared core are many times slower), logged when fewer. A block
+    inside another one keeps the outer choice, so the load is sampled once per command.
+    """
+    global _threads_chosen
+    if _threads_chosen:
+        yield
         return
-    if device.type != "cpu":
-        return
-    default = torch.get_num_threads()
-    chosen = threads_beside_others(default)
-    if chosen < default:
-        torch.set_num_threads(chosen)
-        logger.info(f"{chosen} CPU thread{'s' if chosen > 1 else ''} of {default}: other processes keep "
-                    f"{default - chosen} core{'s' if default - chosen > 1 else ''} busy (--threads N to choose)")
+    before = torch.get_num_threads()
+    chosen = threads or before
+    if not threads and device.type == "cpu":
+        chosen = threads_beside_others(before)
+        if chosen < before:
+            busy = before - chosen
+            logger.info(f"{chosen} CPU thread{'s' if chosen > 1 else ''} of {before}: other processes keep "
+                        f"{busy} core{'s' if busy > 1 else ''} busy (--threads N to choose)")
+    _threads_chosen = True
+    try:
+        if chosen != before:
+            torch.set_num_threads(chosen)
+        yield
+    finally:
+        _threads_chosen = False
+        if chosen != before:
+            torch.set_num_threads(before)
 
 
 def build_model(corpus: Corpus, cfg: TrainConfig) -> CrossLingualTopicModel:
@@ -357,7 +376,8 @@ def train(corpus: Corpus, cfg: TrainConfig, run_dir: Path, resume: bool = False,
     current step; the checkpoint then records the position inside the epoch, and a resumed run
     ends bit for bit where the uninterrupted one would (TrainResult.interrupted, .signal).
     """
-    return _Training(corpus, cfg, Path(run_dir), on_epoch_end, phase2, data, dist).run(resume)
+    with torch_threads(cfg.threads, dist.device if dist is not None else pick_device(cfg.device)):
+        return _Training(corpus, cfg, Path(run_dir), on_epoch_end, phase2, data, dist).run(resume)
 
 
 class _Training:
@@ -369,7 +389,6 @@ class _Training:
         self.cfg, self.run_dir, self.on_epoch_end, self.phase2, self.dist = cfg, run_dir, on_epoch_end, phase2, dist
         self.total_epochs = cfg.epochs + (cfg.phase2_epochs if phase2 is not None else 0)
         self.device = dist.device if dist is not None else pick_device(cfg.device)
-        set_threads(cfg.threads, self.device)
         self.rank, self.world = (dist.rank, dist.world) if dist is not None else (0, 1)
         self.main = self.rank == 0
         self.data = data if data is not None else InMemoryBatches(corpus)
