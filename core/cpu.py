@@ -1,10 +1,11 @@
 """How many CPU threads a job should take: the cores that other processes leave free.
 
 Why: torch's OpenMP threads spin at every barrier while they wait for each other. On a core another
-process keeps busy, one of them is descheduled and the others spin for it: on 2 cores beside one
-busy process, an NMTM Rakuten epoch took 53-127 s with 2 threads against 5.3 s with 1 (3.9 s with 2
-on a quiet machine). OMP_WAIT_POLICY=PASSIVE avoids the stall but costs 2.2x on a quiet machine
-(docs/benchmarks.md "Sharing the CPU"), so a job takes fewer threads where cores are busy instead.
+process keeps busy, one of them is descheduled and the others spin for it: on 2 cores beside one busy
+process, an NMTM Rakuten epoch took 125-176 s with 2 threads against 7 s with 1 (4.3-4.6 s with 2 on a
+quiet machine). OMP_WAIT_POLICY=PASSIVE avoids the stall but doubles the quiet case, so a job takes
+fewer threads where cores are busy instead (`python benchmarks/threads.py`, docs/benchmarks.md
+"Sharing the CPU").
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from pathlib import Path
 PROC_STAT = Path("/proc/stat")
 # Long enough for the kernel's per-CPU counters (100 ticks a second) to tell a busy core from an idle one.
 SAMPLE_SECONDS = 0.2
+
+
 def usable_cores() -> list[int]:
     """The CPUs this process may run on (its affinity; all CPUs where the platform does not say)."""
     try:
