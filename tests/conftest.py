@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,13 @@ from shared_data import shared_data_dir
 # Python's own restores SIGINT for both.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+# Many tests compare two separate runs bit for bit, and torch's thread count orders its sums: without
+# --threads a training takes the cores other processes leave free (xtm.cpu), which follows the machine's
+# load. A fixed OMP_NUM_THREADS (here and in the CLIs the tests start) leaves the choice to torch, as it
+# was; tests/test_cpu_threads.py tests the load-following choice itself.
+os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                             else os.cpu_count() or 1))
 
 
 @pytest.fixture(scope="session")

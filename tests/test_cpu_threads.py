@@ -104,6 +104,15 @@ def test_training_without_threads_takes_the_free_cores_says_so_and_gives_them_ba
         training.train(example_corpus, replace(cfg, threads=3), tmp_path / "given",
                        on_epoch_end=lambda epoch, model: seen.append(torch.get_num_threads()))
         assert seen == [1, 3] and sampled == [2] and torch.get_num_threads() == 2
+        # resumed, a run takes the count it was started with whatever the load now (the same arithmetic),
+        # and gives the caller's back at the end
+        monkeypatch.setattr(training, "threads_beside_others", lambda default: default)   # a quiet machine now
+        with caplog.at_level(logging.INFO, logger="xtm"):
+            training.train(example_corpus, replace(cfg, epochs=2), tmp_path / "auto", resume=True,
+                           on_epoch_end=lambda epoch, model: seen.append(torch.get_num_threads()))
+        assert seen == [1, 3, 1] and torch.get_num_threads() == 2
+        assert "1 CPU thread, as this run was started with" in caplog.text
+        monkeypatch.setattr(training, "threads_beside_others", one_core_busy)
         # a whole training command (training, then evaluation) samples the load once
         data = DataConfig(path=str(example_dir / "docs.jsonl"), dict_path=str(example_dir / "dict.tsv"))
         run_training(data, cfg, tmp_path / "run")

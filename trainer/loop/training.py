@@ -249,7 +249,7 @@ def torch_threads(threads: int | None, device: torch.device) -> Iterator[None]:
         yield
     finally:
         _threads_chosen = False
-        if chosen != before:
+        if torch.get_num_threads() != before:  # (a resumed run may have taken its own count since)
             torch.set_num_threads(before)
 
 
@@ -426,6 +426,7 @@ class _Training:
         self._check_topic_lr_scale(ckpt)
         self._check_hparams(mc, ckpt.path)
         self._check_schedules(ckpt)
+        self._keep_threads(saved.get("threads"))
         load_unique_state_dict(self.model, ckpt.model)
         if train_buffers(ckpt):
             # The saved model's batch-norm statistics were recalibrated for inference; training
@@ -467,6 +468,18 @@ class _Training:
             keep = " ".join(f"--set {k}={json.dumps(saved[k])}" for k in differ)
             raise XtmError(f"--resume: the checkpoint was trained with other backbone hyper-parameters than this run "
                            f"asks for ({asked}): resume with {keep}", path=path)
+
+    def _keep_threads(self, saved: Any) -> None:
+        """Without --threads, a resumed CPU run takes the thread count it was started with, whatever the
+        load now: the count orders torch's sums, and a resumed run repeats the uninterrupted one bit for bit
+        only with the same count (torch_threads gives the caller's count back at the end)."""
+        if (self.cfg.threads or self.device.type != "cpu" or not isinstance(saved, int) or isinstance(saved, bool)
+                or not 1 <= saved <= 4096 or saved == torch.get_num_threads()):
+            return
+        torch.set_num_threads(saved)
+        if self.main:
+            logger.info(f"{saved} CPU thread{'s' if saved > 1 else ''}, as this run was started with "
+                        "(the same arithmetic as an uninterrupted run; --threads N to choose)")
 
     def _check_topic_lr_scale(self, ckpt: Checkpoint) -> None:
         """A checkpoint continues with the learning-rate groups it was trained with: refuse another
@@ -733,7 +746,7 @@ class _Training:
         save_checkpoint(self.run_dir, done, self.model, self.optimizer, {
             "model_config": self.model.config(), "train_config": self.cfg.to_dict(), "corpus": self.fingerprint,
             "numpy_rng": progress_rng, "history": self.history[:done], "epoch_seconds": self.seconds[:done],
-            "phase2": phase2_state, "phase2_own": own,
+            "phase2": phase2_state, "phase2_own": own, "threads": torch.get_num_threads(),
             "partial": progress.to_dict() if progress is not None else None},
             step=progress.steps_done if progress is not None else None,
             torch_rng=rng[0] if rng else None, cuda_rng=rng[1] if rng else None, train_buffers=buffers)
