@@ -456,7 +456,8 @@ class TrainConfig:
     device: str = setting("auto", help="auto, cpu, cuda or cuda:N.", cli=Cli("--device"))
     checkpoint_every: int = setting(10, help="Epochs between checkpoints (0: only at the end).",
                                     cli=Cli("--checkpoint-every", min=0))
-    threads: int | None = setting(None, help="CPU threads for torch (default: the cores other processes leave free).",
+    threads: int | None = setting(None, help="CPU threads for torch (default: the cores other processes leave "
+                                             "free; with --resume, the count the run started with).",
                                   cli=Cli("--threads", type=int, min=1))
     cache_dir: str | None = setting(None, help="Cache for document embeddings (default: $XTM_CACHE_DIR or "
                                                "~/.cache/xtm).", cli=Cli("--cache-dir", path="dir"))
