@@ -65,6 +65,7 @@ from xtm.trainer.loop.training import (
     recalibrate_batchnorm,
     torch_threads,
     train,
+    training_device,
 )
 from xtm.trainer.phase2.objective import Phase2Objective
 from xtm.trainer.report_data import build_report_data
@@ -165,7 +166,7 @@ def run_training(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool = F
                                "or choose another --out", path=out)
             distributed.barrier(dist)  # every rank checked the run directory before rank 0 writes to it
             # one choice of CPU threads for training and evaluation alike (sampled once: the load now)
-            held.enter_context(torch_threads(cfg.threads, dist.device if dist is not None else pick_device(cfg.device)))
+            held.enter_context(torch_threads(cfg.threads, training_device(cfg.device, dist)))
             metrics = _run(data, cfg, out, resume, phase2, dist)
             # Every rank leaves the group together: a rank that destroyed it while rank 0 was still
             # evaluating was aborted by gloo at exit ("terminate called without an active exception").

@@ -81,6 +81,11 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def training_device(name: str, dist: DistContext | None) -> torch.device:
+    """Where a training runs: its rank's device under torchrun, else --device."""
+    return dist.device if dist is not None else pick_device(name)
+
+
 def seed_everything(seed: int) -> np.random.Generator:
     random.seed(seed)
     torch.manual_seed(seed)
@@ -376,7 +381,7 @@ def train(corpus: Corpus, cfg: TrainConfig, run_dir: Path, resume: bool = False,
     current step; the checkpoint then records the position inside the epoch, and a resumed run
     ends bit for bit where the uninterrupted one would (TrainResult.interrupted, .signal).
     """
-    with torch_threads(cfg.threads, dist.device if dist is not None else pick_device(cfg.device)):
+    with torch_threads(cfg.threads, training_device(cfg.device, dist)):
         return _Training(corpus, cfg, Path(run_dir), on_epoch_end, phase2, data, dist).run(resume)
 
 
@@ -388,7 +393,7 @@ class _Training:
                  phase2: Phase2Objective | None, data: BatchSource | None, dist: DistContext | None) -> None:
         self.cfg, self.run_dir, self.on_epoch_end, self.phase2, self.dist = cfg, run_dir, on_epoch_end, phase2, dist
         self.total_epochs = cfg.epochs + (cfg.phase2_epochs if phase2 is not None else 0)
-        self.device = dist.device if dist is not None else pick_device(cfg.device)
+        self.device = training_device(cfg.device, dist)
         self.rank, self.world = (dist.rank, dist.world) if dist is not None else (0, 1)
         self.main = self.rank == 0
         self.data = data if data is not None else InMemoryBatches(corpus)
