@@ -105,17 +105,22 @@ def test_training_without_threads_takes_the_free_cores_says_so_and_gives_them_ba
                        on_epoch_end=lambda epoch, model: seen.append(torch.get_num_threads()))
         assert seen == [1, 3] and sampled == [2] and torch.get_num_threads() == 2
         # resumed, a run takes the count it was started with whatever the load now (the same arithmetic),
-        # and gives the caller's back at the end
-        monkeypatch.setattr(training, "threads_beside_others", lambda default: default)   # a quiet machine now
+        # without sampling the load, and gives the caller's back at the end
+        caplog.clear()
         with caplog.at_level(logging.INFO, logger="xtm"):
             training.train(example_corpus, replace(cfg, epochs=2), tmp_path / "auto", resume=True,
                            on_epoch_end=lambda epoch, model: seen.append(torch.get_num_threads()))
-        assert seen == [1, 3, 1] and torch.get_num_threads() == 2
+        assert seen == [1, 3, 1] and sampled == [2] and torch.get_num_threads() == 2
         assert "1 CPU thread, as this run was started with" in caplog.text
-        monkeypatch.setattr(training, "threads_beside_others", one_core_busy)
-        # a whole training command (training, then evaluation) samples the load once
+        assert "other processes keep" not in caplog.text
+        # a whole training command (training, then evaluation) samples the load once, and not when resumed
         data = DataConfig(path=str(example_dir / "docs.jsonl"), dict_path=str(example_dir / "dict.tsv"))
         run_training(data, cfg, tmp_path / "run")
         assert sampled == [2, 2] and torch.get_num_threads() == 2
+        run_training(data, replace(cfg, epochs=2), tmp_path / "run", resume=True)
+        assert sampled == [2, 2] and torch.get_num_threads() == 2
+        # --resume on a directory without a checkpoint starts from scratch, and samples as a new run does
+        run_training(data, cfg, tmp_path / "fresh", resume=True)
+        assert sampled == [2, 2, 2]
     finally:
         torch.set_num_threads(before)

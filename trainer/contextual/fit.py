@@ -69,7 +69,7 @@ from xtm.paths import cache_dir as default_cache_dir
 from xtm.run_dir import RunDir
 from xtm.trainer.contextual.parallel import ParallelText, read_parallel
 from xtm.trainer.loop.checkpoint import load_trained_model
-from xtm.trainer.loop.training import infer_theta, pick_device, sparse_batch, torch_threads
+from xtm.trainer.loop.training import infer_theta, pick_device, sparse_batch, thread_count, torch_threads
 
 CONTEXTUAL_DIR = RunDir.CONTEXTUAL  # RUN_DIR/contextual/: the fitted head and its settings
 CONTEXTUAL_FORMAT = 1
@@ -459,12 +459,8 @@ def _head_threads(cfg: ContextualConfig, device: torch.device) -> Iterator[None]
     if cfg.threads or device.type != "cpu":
         yield
         return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with thread_count(1):
         yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def evaluate_contextual(model: CrossLingualTopicModel, corpus: Corpus, encoder: TrainableSentenceEncoder,

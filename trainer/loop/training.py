@@ -38,7 +38,7 @@ from xtm.models_zoo.base import BuildContext, CrossLingualTopicModel, load_uniqu
 from xtm.models_zoo.components import SparseRows, near_collapsed_languages
 from xtm.models_zoo.registry import model_class
 from xtm.paths import cache_dir
-from xtm.run_dir import RunDir
+from xtm.run_dir import RunDir, has_checkpoint
 from xtm.trainer.data.batches import BatchSource, InMemoryBatches, epoch_batches, steps_per_epoch
 from xtm.trainer.loop import distributed
 from xtm.trainer.loop.checkpoint import (
@@ -228,12 +228,28 @@ _threads_chosen = False  # inside a torch_threads block: an inner one (train() u
 
 
 @contextlib.contextmanager
-def torch_threads(threads: int | None, device: torch.device) -> Iterator[None]:
+def thread_count(n: int) -> Iterator[None]:
+    """torch's CPU threads at `n` for a block and the previous count back at its end: torch's count is
+    process-wide, and a library caller keeps its own."""
+    before = torch.get_num_threads()
+    if n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:  # (a resumed run may have taken its own count since)
+            torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None, device: torch.device, resuming: bool = False) -> Iterator[None]:
     """torch's CPU threads for one training or command, and the previous count back at its end.
 
     `threads` where given; on a CPU otherwise torch's default less the cores other processes keep busy
-    (xtm.cpu: spinning threads on a shared core are many times slower), logged when fewer. A block
-    inside another one keeps the outer choice, so the load is sampled once per command.
+    (xtm.cpu: spinning threads on a shared core are many times slower), logged when fewer. `resuming`
+    (a checkpoint will be loaded) samples nothing: the run takes the count its checkpoint records
+    (_Training._keep_threads). A block inside another one keeps the outer choice, so the load is sampled
+    once per command.
     """
     global _threads_chosen
     if _threads_chosen:
@@ -241,7 +257,7 @@ def torch_threads(threads: int | None, device: torch.device) -> Iterator[None]:
         return
     before = torch.get_num_threads()
     chosen = threads or before
-    if not threads and device.type == "cpu":
+    if not threads and device.type == "cpu" and not resuming:
         chosen = threads_beside_others(before)
         if chosen < before:
             busy = before - chosen
@@ -249,13 +265,10 @@ def torch_threads(threads: int | None, device: torch.device) -> Iterator[None]:
                         f"{busy} core{'s' if busy > 1 else ''} busy (--threads N to choose)")
     _threads_chosen = True
     try:
-        if chosen != before:
-            torch.set_num_threads(chosen)
-        yield
+        with thread_count(chosen):
+            yield
     finally:
         _threads_chosen = False
-        if torch.get_num_threads() != before:  # (a resumed run may have taken its own count since)
-            torch.set_num_threads(before)
 
 
 def build_model(corpus: Corpus, cfg: TrainConfig) -> CrossLingualTopicModel:
@@ -381,7 +394,8 @@ def train(corpus: Corpus, cfg: TrainConfig, run_dir: Path, resume: bool = False,
     current step; the checkpoint then records the position inside the epoch, and a resumed run
     ends bit for bit where the uninterrupted one would (TrainResult.interrupted, .signal).
     """
-    with torch_threads(cfg.threads, training_device(cfg.device, dist)):
+    resuming = resume and has_checkpoint(Path(run_dir))
+    with torch_threads(cfg.threads, training_device(cfg.device, dist), resuming=resuming):
         return _Training(corpus, cfg, Path(run_dir), on_epoch_end, phase2, data, dist).run(resume)
 
 
@@ -412,8 +426,6 @@ class _Training:
 
     # ---- resume ------------------------------------------------------------------------------
     def resume(self) -> None:
-        from xtm.run_dir import has_checkpoint
-
         cfg = self.cfg
         if not has_checkpoint(self.run_dir):
             if self.main:
