@@ -23,7 +23,7 @@ from __future__ import annotations
 import gzip
 import itertools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -538,8 +538,7 @@ def evaluate(
     beta: dict[str, np.ndarray],
     ref: ReferenceCorpus | None = None,
     n: int = 15,
-    train_mean: dict[str, np.ndarray] | None = None,
-    test_mean: dict[str, np.ndarray] | None = None,
+    encoder_means: Callable[[], tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] | None = None,
 ) -> dict[str, Any]:
     """Every metric of a trained model, as the content of metrics.json (JSON-serialisable).
 
@@ -547,10 +546,11 @@ def evaluate(
     theta), "top_words". CNPMI and TQ are None, with "CNPMI_note" saying why, unless `ref` aligns
     two of the corpus languages; CNPMI is never estimated from anything else.
 
-    Given the encoders' eval-mode means (pre-softmax) too, "classification_published" is the same
-    accuracies under the public code's protocol (`classifier="reference"`), the one the published
-    tables were measured with: a run is read against a published row there. It is None, with
-    "classification_published_note" saying why, above PUBLISHED_PROTOCOL_MAX_DOCS training
+    Given `encoder_means` too (returning the encoders' eval-mode means, pre-softmax, of the training
+    and test documents: a full encoder pass, so it is called only when used), "classification_published"
+    is the same accuracies under the public code's protocol (`classifier="reference"`), the one the
+    published tables were measured with: a run is read against a published row there. It is None,
+    with "classification_published_note" saying why, above PUBLISHED_PROTOCOL_MAX_DOCS training
     documents in a language.
     """
     langs = corpus.langs
@@ -595,8 +595,8 @@ def evaluate(
         if note is not None:
             metrics["classification_published"] = None
             metrics["classification_published_note"] = note
-        elif train_mean is not None and test_mean is not None:
-            metrics["classification_published"] = _classify_corpus(corpus, train_mean, test_mean, "reference")
+        elif encoder_means is not None:
+            metrics["classification_published"] = _classify_corpus(corpus, *encoder_means(), "reference")
     else:
         metrics["classification"] = None
     metrics["top_words"] = topics

@@ -334,17 +334,25 @@ def test_evaluate_reports_the_published_protocol_on_the_encoder_means(monkeypatc
     flat = {lang: np.full((40, 2), 0.5) for lang in ("en", "zh")}           # theta says nothing
     mean = np.stack([y, 1 - y], axis=1) * 3.0 - 1.5                         # the means separate the classes
     means = {"en": mean, "zh": mean.copy()}
-    m = evaluate(corpus, flat, {k: v[:20] for k, v in flat.items()}, beta, n=2,
-                 train_mean=means, test_mean={k: v[:20] for k, v in means.items()})
+    calls: list[int] = []
+
+    def encoder_means() -> tuple[dict, dict]:
+        calls.append(1)
+        return means, {k: v[:20] for k, v in means.items()}
+
+    m = evaluate(corpus, flat, {k: v[:20] for k, v in flat.items()}, beta, n=2, encoder_means=encoder_means)
     json.dumps(m)
     assert m["classification_published"] == {"EN-I": 1.0, "ZH-I": 1.0, "EN-C": 1.0, "ZH-C": 1.0}
     assert max(m["classification"].values()) <= 0.5 + 1e-9                # xtm's protocol saw only theta
     assert "classification_published_note" not in m
 
     monkeypatch.setattr(metrics_module, "PUBLISHED_PROTOCOL_MAX_DOCS", 39)
-    big = evaluate(corpus, flat, {k: v[:20] for k, v in flat.items()}, beta, n=2,
-                   train_mean=means, test_mean={k: v[:20] for k, v in means.items()})
+    big = evaluate(corpus, flat, {k: v[:20] for k, v in flat.items()}, beta, n=2, encoder_means=encoder_means)
     assert big["classification_published"] is None and big["classification"] is not None
+    assert calls == [1]                                 # the encoder pass is not made where it is not used
+    evaluate(_toy_corpus(labels=False), flat, {k: v[:20] for k, v in flat.items()}, beta, n=2,
+             encoder_means=encoder_means)
+    assert calls == [1]
     assert "en 40" in big["classification_published_note"] and "at most 39" in big["classification_published_note"]
 
 

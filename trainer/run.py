@@ -44,9 +44,7 @@ from xtm.evaluation.metrics import (
     cnpmi,
     crosslingual_tu,
     evaluate,
-    has_labels,
     load_reference_corpus,
-    published_protocol_note,
     topic_quality,
 )
 from xtm.models_zoo.base import BuildContext, CrossLingualTopicModel
@@ -108,14 +106,14 @@ def evaluate_model(corpus: Corpus, result: TrainResult, device: torch.device, re
     outputs = outputs if outputs is not None else model_outputs(corpus, model, device)
     if ref is None and ref_path:
         ref = load_reference_corpus(ref_path, langs=tuple(corpus.langs))
-    train_mean = test_mean = None
-    # The means cost a full encoder pass over every document: only when the published protocol will use them.
-    if (has_labels(corpus) and published_protocol_note(corpus) is None
-            and all(lc.test_bow is not None for lc in corpus.languages)):
-        train_mean = {lc.lang: infer_mean(model, lc.train_bow, i, device) for i, lc in enumerate(corpus.languages)}
-        test_mean = {lc.lang: infer_mean(model, lc.test_bow, i, device) for i, lc in enumerate(corpus.languages)}
+
+    def encoder_means() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        langs = list(enumerate(corpus.languages))
+        return ({lc.lang: infer_mean(model, lc.train_bow, i, device) for i, lc in langs},
+                {lc.lang: infer_mean(model, lc.test_bow, i, device) for i, lc in langs})
+
     return evaluate(corpus, outputs.train_theta, outputs.test_theta, outputs.beta, ref=ref,
-                    train_mean=train_mean, test_mean=test_mean)
+                    encoder_means=encoder_means)
 
 
 def refined_metrics(refined: dict[str, list[list[str]]], ref_path: str | None) -> dict[str, Any]:
