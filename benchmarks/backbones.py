@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -24,17 +23,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_data import DATA, DATASETS, dataset_dir, dict_file, ref_corpus
 
 from xtm.evaluation.published import published_rows
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("XTM_SHARED_DATA", ROOT.parent / "shared" / "data"))
-DATASETS = {
-    "ECNews": {"langs": ("en", "zh"), "peer_langs": ("en", "cn"), "dict": "dict/ch_en_dict.dat", "weight_mi": 30.0,
-               "ref": None},
-    "Rakuten_Amazon": {"langs": ("en", "ja"), "peer_langs": ("en", "ja"), "dict": "dict/MUSE/ja-en.txt",
-                       "weight_mi": 50.0, "ref": "ref_corpus/en_ja"},
-}
 
 
 def run_ours(dataset: str, model: str, epochs: int, out: Path, seed: int) -> dict:
@@ -56,8 +49,8 @@ def one(dataset: str, model: str, epochs: int, out: Path, seed: int) -> None:
     hparams = {"weight_mi": spec["weight_mi"]} if model == "infoctm" else {}
     t0 = time.perf_counter()
     metrics = run_training(
-        DataConfig(path=str(DATA / dataset), dict_path=str(DATA / spec["dict"]),
-                   ref_corpus=str(DATA / spec["ref"]) if spec["ref"] else None),
+        DataConfig(path=str(DATA / dataset), dict_path=dict_file(dataset),
+                   ref_corpus=ref_corpus(dataset)),
         # the papers' batch and rates, as the peer trains: equal epochs compare like with like
         TrainConfig(model=model, num_topics=50, epochs=epochs, seed=seed, checkpoint_every=0, threads=2,
                     progress=sys.stderr.isatty(), hparams=hparams, recipe="paper"), out)
@@ -70,7 +63,7 @@ def run_peer(dataset: str, model: str, epochs: int, out: Path, venv: Path, seed:
     spec = DATASETS[dataset]
     l1, l2 = spec["peer_langs"]
     cmd = [str(venv / "bin" / "python"), str(ROOT / "benchmarks" / "peer_topmost.py"), "--data", str(DATA / dataset),
-           "--lang1", l1, "--lang2", l2, "--dict", str(DATA / spec["dict"]),
+           "--lang1", l1, "--lang2", l2, "--dict", dict_file(dataset),
            "--model", {"nmtm": "NMTM", "infoctm": "InfoCTM"}[model], "--topics", "50", "--epochs", str(epochs),
            "--out", str(out), "--seed", str(seed), "--threads", "2"]
     subprocess.run(cmd, check=True)
@@ -82,7 +75,7 @@ def run_peer(dataset: str, model: str, epochs: int, out: Path, venv: Path, seed:
 
     corpus = load_corpus(DATA / dataset, progress=False)
     a, b = spec["langs"]
-    ref = load_reference_corpus(DATA / spec["ref"], langs=(a, b)) if spec["ref"] else None
+    ref = load_reference_corpus(ref_corpus(dataset), langs=(a, b)) if ref_corpus(dataset) else None
     metrics = evaluate(corpus, {x: arrays[f"train_theta_{x}_softmax"] for x in (a, b)},
                        {x: arrays[f"test_theta_{x}_softmax"] for x in (a, b)},
                        {x: arrays[f"beta_{x}"] for x in (a, b)}, ref=ref)
@@ -123,8 +116,7 @@ def main() -> None:
     if args.one:
         one(args.dataset, args.one, args.epochs, args.out, args.seed)
         return
-    if not (DATA / args.dataset).exists():
-        sys.exit(f"benchmark data not found at {DATA / args.dataset} (set XTM_SHARED_DATA)")
+    dataset_dir(args.dataset)
     rows = []
     for model in [m.strip() for m in args.models.split(",") if m.strip()]:
         for pub in published_rows(args.dataset, model, phase2=False):

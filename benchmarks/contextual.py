@@ -39,9 +39,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from bench_data import DATA
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("XTM_SHARED_DATA", ROOT.parent / "shared" / "data"))
 CATEGORIES = ("business", "education", "entertainment", "sports", "tech", "fashion")  # ECNews labels 1..6
 NEWS_LANGS = ("zh", "ja", "fr", "de", "es", "ru")
 # variant name -> ContextualConfig overrides (explicit lambda_tc: the default is 1.0).

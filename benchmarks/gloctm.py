@@ -21,17 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("XTM_SHARED_DATA", ROOT.parent / "shared" / "data"))
-DATASETS = {
-    "ECNews": {"langs": ("en", "zh"), "dict": "dict/ch_en_dict.dat", "ref": None},
-    "Rakuten_Amazon": {"langs": ("en", "ja"), "dict": "dict/MUSE/ja-en.txt", "ref": "ref_corpus/en_ja"},
-}
+from bench_data import DATA, DATASETS, dict_file, ref_corpus
+
 # name -> (model, uses the dictionary, hparams, TrainConfig overrides)
 Row = tuple[str, bool, dict, dict]
 ROWS: dict[str, Row] = {
@@ -89,8 +84,8 @@ def main() -> None:
         epochs = (args.infoctm_epochs or args.epochs) if model == "infoctm" else args.epochs
         run = out / "".join(ch if ch.isalnum() else "_" for ch in name)
         shutil.rmtree(run, ignore_errors=True)
-        data = DataConfig(path=str(DATA / args.dataset), dict_path=str(DATA / spec["dict"]) if with_dict else None,
-                          ref_corpus=str(DATA / spec["ref"]) if spec["ref"] else None)
+        data = DataConfig(path=str(DATA / args.dataset), dict_path=dict_file(args.dataset) if with_dict else None,
+                          ref_corpus=ref_corpus(args.dataset))
         cfg = TrainConfig(model=model, num_topics=50, epochs=epochs, seed=args.seed, checkpoint_every=0,
                           threads=args.threads, progress=sys.stderr.isatty(), hparams=hparams, **overrides)
         results[name] = run_training(data, cfg, run)

@@ -24,20 +24,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import time
 from pathlib import Path
 
+from bench_data import DATA, DATASETS, dict_file, ref_corpus
+
 from xtm.evaluation.published import CNPMI_NOTE, published_rows
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("XTM_SHARED_DATA", ROOT.parent / "shared" / "data"))
-DATASETS = {
-    "ECNews": {"langs": ("en", "zh"), "dict": "dict/ch_en_dict.dat", "ref": None},
-    "Rakuten_Amazon": {"langs": ("en", "ja"), "dict": "dict/MUSE/ja-en.txt", "ref": "ref_corpus/en_ja"},
-}
 # Phase 2 as it was before issue 15 (each value was then the default; today's follow the public code).
 BEFORE_ISSUE_15 = {"lr_scale": 1.0, "grad_clip": 0.0, "balanced_mmd": False, "doc_tau": 0.1, "asked_words": 15,
                    "sampling": {"temperature": 1.0, "top_p": 0.95}}
@@ -91,8 +86,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     spec = DATASETS[args.dataset]
     out = args.out / args.dataset
-    data = DataConfig(path=str(DATA / args.dataset), dict_path=str(DATA / spec["dict"]),
-                      ref_corpus=str(DATA / spec["ref"]) if spec["ref"] else None)
+    data = DataConfig(path=str(DATA / args.dataset), dict_path=dict_file(args.dataset),
+                      ref_corpus=ref_corpus(args.dataset))
 
     def cfg(epochs: int) -> TrainConfig:
         return TrainConfig(model=args.model, num_topics=args.topics, epochs=epochs, seed=args.seed,

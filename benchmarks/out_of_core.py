@@ -32,9 +32,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_data import DATA
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("XTM_SHARED_DATA", ROOT.parent / "shared" / "data"))
 ECNEWS = DATA / "ECNews"
 DICT = DATA / "dict" / "ch_en_dict.dat"
 TEST_DOCS = 2000

@@ -36,12 +36,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def shared_data() -> Path:
-    env = os.environ.get("XTM_SHARED_DATA")
-    return Path(env) if env else ROOT.parent / "shared" / "data"
+from bench_data import DATA
 
 
 def raw_lines(path: Path, lang: str) -> list[str]:
@@ -147,7 +142,7 @@ def main() -> None:
     p.add_argument("--workers", default="1,2", help="Worker counts to time (comma-separated).")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    data = shared_data()
+    data = DATA
     workers = [int(w) for w in args.workers.split(",")]
 
     suites = []  # (name, bundle, jsonl, docs, segmenters, first-pass lang, first-pass texts file, n)

@@ -36,9 +36,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("XTM_SHARED_DATA", ROOT.parent / "shared" / "data"))
+from bench_data import DATA
 
 # Runs a command and prints its wall time and its peak RSS (kB). As a fresh small process, its
 # children's ru_maxrss is theirs alone.

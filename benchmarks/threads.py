@@ -18,9 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("XTM_SHARED_DATA", ROOT.parent / "shared" / "data"))
-DICTS = {"ECNews": "dict/ch_en_dict.dat", "Rakuten_Amazon": "dict/MUSE/ja-en.txt"}
+from bench_data import DATA, DATASETS, dataset_dir, dict_file
+
 CASES = [(2, {}), (2, {"OMP_WAIT_POLICY": "PASSIVE"}), (2, {"GOMP_SPINCOUNT": "10000"}),
          (2, {"GOMP_SPINCOUNT": "1000"}), (1, {})]
 ONE_CASE = """
@@ -39,7 +38,7 @@ print(json.dumps([e["seconds"] for e in json.loads((Path(out) / "history.json").
 
 def epoch_seconds(dataset: str, epochs: int, threads: int, env: dict[str, str]) -> list[float]:
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-c", ONE_CASE, str(DATA / dataset), str(DATA / DICTS[dataset]), str(epochs),
+        cmd = [sys.executable, "-c", ONE_CASE, str(DATA / dataset), dict_file(dataset), str(epochs),
                str(threads), str(Path(tmp) / "run")]
         clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT",
                                                                   "OMP_NUM_THREADS")}
@@ -49,11 +48,10 @@ def epoch_seconds(dataset: str, epochs: int, threads: int, env: dict[str, str]) 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", default="Rakuten_Amazon", choices=sorted(DICTS))
+    ap.add_argument("--dataset", default="Rakuten_Amazon", choices=sorted(DATASETS))
     ap.add_argument("--epochs", type=int, default=2)
     args = ap.parse_args()
-    if not (DATA / args.dataset).is_dir():
-        sys.exit(f"benchmark data not found at {DATA / args.dataset} (set XTM_SHARED_DATA)")
+    dataset_dir(args.dataset)
     rows = {}
     for load in ("quiet", "busy"):
         busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if load == "busy" else None

@@ -23,15 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("XTM_SHARED_DATA", ROOT.parent / "shared" / "data"))
-DICTS = {"ECNews": "dict/ch_en_dict.dat", "Rakuten_Amazon": "dict/MUSE/ja-en.txt"}
+from bench_data import DATA, DATASETS, dict_file
 
 
 def read_history(run: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -167,7 +164,7 @@ def train(args: argparse.Namespace) -> list[Path]:
     for model in args.models.split(","):
         out = Path(args.out) / f"{args.dataset.lower()}-{model}-{args.epochs}"
         cmd = [sys.executable, "-m", "xtm.cli.train", "--data", str(DATA / args.dataset),
-               "--dict", str(DATA / DICTS[args.dataset]), "--model", model, "--topics", "50",
+               "--dict", dict_file(args.dataset), "--model", model, "--topics", "50",
                "--epochs", str(args.epochs), "--seed", str(args.seed), "--eval-every", str(args.eval_every),
                "--threads", str(args.threads), "--out", str(out), *args.extra.split()]
         if (out / "checkpoints" / "latest.json").is_file():
@@ -182,7 +179,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", nargs="*", default=[], help="run directories to summarise")
     ap.add_argument("--train", action="store_true", help="train the runs first (one at a time)")
-    ap.add_argument("--dataset", default="ECNews", choices=sorted(DICTS))
+    ap.add_argument("--dataset", default="ECNews", choices=sorted(DATASETS))
     ap.add_argument("--models", default="nmtm,infoctm,xtra")
     ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--eval-every", type=int, default=10)

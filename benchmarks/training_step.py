@@ -14,15 +14,10 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
 import time
-from pathlib import Path
 
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("XTM_SHARED_DATA", ROOT.parent / "shared" / "data"))
-DATASETS = {"ECNews": "dict/ch_en_dict.dat", "Rakuten_Amazon": "dict/MUSE/ja-en.txt"}
+from bench_data import DATA, DATASETS, dict_file
 
 
 def main() -> None:
@@ -43,7 +38,7 @@ def main() -> None:
     from xtm.trainer.loop.training import build_model, make_optimizer, seed_everything
 
     torch.set_num_threads(args.threads)
-    corpus = load_corpus(DATA / args.dataset, dict_path=DATA / DATASETS[args.dataset], progress=False)
+    corpus = load_corpus(DATA / args.dataset, dict_path=dict_file(args.dataset), progress=False)
     cfg = TrainConfig(model=args.model, num_topics=50, seed=1, hparams=parse_key_values(args.set))
     rng = seed_everything(cfg.seed)
     model = build_model(corpus, cfg)
