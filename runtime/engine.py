@@ -448,10 +448,11 @@ def sink_writer(sink: IO[bytes], name: str, *, pass_broken_pipe: bool = False) -
 # -- sources: parsed chunks -------------------------------------------------------------------------
 
 
-def _jsonl_chunks(engine: Engine, stream: IO[bytes], name: str) -> Iterator[list[tuple[int, Parsed]]]:
-    """Lists of up to chunk_size parsed lines, each parsed as soon as it is read: a chunk holds its
-    documents (texts cut to MAX_CHARS), never the raw lines."""
-    size = engine.chunk_size
+def _line_chunks(stream: IO[bytes], name: str, size: int,
+                 parse: Callable[[bytes | None, int], Parsed]) -> Iterator[list[tuple[int, Parsed]]]:
+    """Lists of up to `size` parsed lines (`parse`: Engine.parse_line for JSONL, parse_text_line for plain
+    text), each parsed as soon as it is read: a chunk holds its documents (texts cut to MAX_CHARS), never
+    the raw lines."""
     chunk: list[tuple[int, Parsed]] = []
     lines = records.read_lines(stream)
     while True:
@@ -461,27 +462,7 @@ def _jsonl_chunks(engine: Engine, stream: IO[bytes], name: str) -> Iterator[list
             raise XtmError(f"cannot read: {e.strerror or e}", path=name) from e
         if item is None:
             break
-        chunk.append((item[0], engine.parse_line(item[1], item[0])))
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-def _text_chunks(engine: Engine, stream: IO[bytes], name: str) -> Iterator[list[tuple[int, Parsed]]]:
-    """_jsonl_chunks for plain text: each non-blank line is a document, its id the line number."""
-    size = engine.chunk_size
-    chunk: list[tuple[int, Parsed]] = []
-    lines = records.read_lines(stream)
-    while True:
-        try:
-            item = next(lines, None)
-        except OSError as e:
-            raise XtmError(f"cannot read: {e.strerror or e}", path=name) from e
-        if item is None:
-            break
-        chunk.append((item[0], engine.parse_text_line(item[1], item[0])))
+        chunk.append((item[0], parse(item[1], item[0])))
         if len(chunk) >= size:
             yield chunk
             chunk = []
@@ -575,10 +556,9 @@ def infer_file(source: str | Path | IO[bytes], model: TopicModel, out: str | Pat
             return tally.finish(name)
         if fmt_in == "parquet":
             chunks = _parquet_chunks(engine, name)
-        elif fmt_in == "text":
-            chunks = _text_chunks(engine, _open_source(source, name, stack), name)
         else:
-            chunks = _jsonl_chunks(engine, _open_source(source, name, stack), name)
+            parse = engine.parse_text_line if fmt_in == "text" else engine.parse_line
+            chunks = _line_chunks(_open_source(source, name, stack), name, engine.chunk_size, parse)
         writer = stack.enter_context(open_output(out, tally, fmt=fmt_out, shape=table_shape(model, options)))
         engine.run(chunks, writer, name, on_rows)
         return tally.finish(name)  # raising here leaves a path `out` unwritten
@@ -619,7 +599,7 @@ _worker_engine: Engine | None = None
 
 
 def _raw_line_chunks(engine: Engine, stream: IO[bytes], name: str) -> Iterator[list[tuple[int, Any]]]:
-    """records.line_chunks, an input I/O error as one XtmError (as _jsonl_chunks says it)."""
+    """records.line_chunks, an input I/O error as one XtmError (as _line_chunks says it)."""
     chunks = records.line_chunks(stream, engine.chunk_size)
     while True:
         try:
