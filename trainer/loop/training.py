@@ -260,9 +260,10 @@ def torch_threads(threads: int | None, device: torch.device, resuming: bool = Fa
     if not threads and device.type == "cpu" and not resuming:
         chosen = threads_beside_others(before)
         if chosen < before:
+            # "at least": a count held at one thread says nothing of how many more cores are busy
             busy = before - chosen
-            logger.info(f"{chosen} CPU thread{'s' if chosen > 1 else ''} of {before}: other processes keep "
-                        f"{busy} core{'s' if busy > 1 else ''} busy (--threads N to choose)")
+            logger.info(f"{chosen} CPU thread{'s' if chosen > 1 else ''} of {before}: other processes keep at "
+                        f"least {busy} core{'s' if busy > 1 else ''} busy (--threads N to choose)")
     _threads_chosen = True
     try:
         with thread_count(chosen):
