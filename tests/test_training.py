@@ -382,6 +382,20 @@ def test_the_step_learning_rate_halves_every_step_size_epochs_and_a_run_extends_
     constant = train(example_corpus, config(epochs=5, topic_lr_scale=4.0), tmp_path / "c")
     assert not torch.equal(constant.model.phi[0], straight.model.phi[0])   # the schedule changed training
 
+    # Inside StepLR's first step both schedules train alike, so a constant run may go on with step (and the
+    # other way round) and is the same run as one trained on the new schedule from the start; past it, refused.
+    train(example_corpus, config(epochs=2, topic_lr_scale=4.0), tmp_path / "c2")
+    switched = train(example_corpus, config(epochs=5, lr_schedule="step", topic_lr_scale=4.0), tmp_path / "c2",
+                     resume=True)
+    for k, v in straight.model.state_dict().items():
+        assert torch.equal(v, switched.model.state_dict()[k]), k
+    train(example_corpus, config(epochs=2, lr_schedule="step", topic_lr_scale=4.0), tmp_path / "s2")
+    back = train(example_corpus, config(epochs=5, topic_lr_scale=4.0), tmp_path / "s2", resume=True)
+    for k, v in constant.model.state_dict().items():
+        assert torch.equal(v, back.model.state_dict()[k]), k
+    with pytest.raises(XtmError, match="trained with --lr-schedule constant, this run asks for step"):
+        train(example_corpus, config(epochs=5, lr_schedule="step", topic_lr_scale=4.0), tmp_path / "c", resume=True)
+
 
 @pytest.mark.usefixtures("library_logging")
 def test_one_language_near_posterior_collapse_is_named_with_the_remedy(example_corpus, tmp_path: Path,

@@ -519,7 +519,7 @@ class _Training:
         if not isinstance(saved, dict):
             return
         schedule = saved.get("lr_schedule") or "constant"  # checkpoints from before the setting: constant
-        if schedule != self.cfg.lr_schedule:
+        if schedule != self.cfg.lr_schedule and not self._same_rates_so_far(schedule, ckpt):
             raise XtmError(f"--resume: the checkpoint was trained with --lr-schedule {schedule}, this run asks for "
                            f"{self.cfg.lr_schedule}: resume with --lr-schedule {schedule}", path=ckpt.path)
         if saved.get("epochs") == self.cfg.epochs:
@@ -533,6 +533,21 @@ class _Training:
                            f"epoch {saved.get('epochs')}, this run asks for --epochs {self.cfg.epochs}: resume with "
                            f"--epochs {saved.get('epochs')} (such a run is not extended; start a longer one)",
                            path=ckpt.path)
+
+    def _same_rates_so_far(self, schedule: str, ckpt: Checkpoint) -> bool:
+        """Whether a run trained with `schedule` may go on with --lr-schedule constant <-> step: StepLR keeps the
+        full rate through its first step (125 epochs for most backbones), phase 2's reset included, so a
+        checkpoint inside it holds exactly what the other schedule would have trained (say, a 100-epoch
+        constant run continued to the authors' 500 with their StepLR). Logged; cosine differs from step 1."""
+        every = lr_step_epochs(self.cfg.model)
+        begun = ckpt.epoch + (1 if ckpt.state.get("partial") else 0)
+        if {schedule, self.cfg.lr_schedule} != {"constant", "step"} or begun > every:
+            return False
+        if self.main:
+            new = self.cfg.lr_schedule
+            logger.info(f"--lr-schedule {new}: the checkpoint was trained with {schedule}, at the same rate as {new} "
+                        f"through epoch {begun} (the two part after epoch {every})")
+        return True
 
     def _check_resume_position(self, path: Path) -> None:
         if self.done > self.total_epochs:
