@@ -75,7 +75,8 @@ def run_peer(dataset: str, model: str, epochs: int, out: Path, venv: Path, seed:
 
     corpus = load_corpus(DATA / dataset, progress=False)
     a, b = spec["langs"]
-    ref = load_reference_corpus(ref_corpus(dataset), langs=(a, b)) if ref_corpus(dataset) else None
+    ref_path = ref_corpus(dataset)
+    ref = load_reference_corpus(ref_path, langs=(a, b)) if ref_path else None
     metrics = evaluate(corpus, {x: arrays[f"train_theta_{x}_softmax"] for x in (a, b)},
                        {x: arrays[f"test_theta_{x}_softmax"] for x in (a, b)},
                        {x: arrays[f"beta_{x}"] for x in (a, b)}, ref=ref)

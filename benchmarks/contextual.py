@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bench_data import DATA
+from bench_data import DATA, dict_file, ref_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 CATEGORIES = ("business", "education", "entertainment", "sports", "tech", "fashion")  # ECNews labels 1..6
@@ -236,14 +236,14 @@ def tokenize_like_benchmark(texts: list[str], lang: str) -> list[str]:
 
 # -- steps ----------------------------------------------------------------------------------------
 
-def ensure_run(path: Path, dataset: str, dict_rel: str, epochs: int, threads: int) -> Path:
+def ensure_run(path: Path, dataset: str, epochs: int, threads: int) -> Path:
     if (path / "config.json").exists():
         return path
     from xtm.config import DataConfig, TrainConfig
     from xtm.trainer.run import run_training
 
     log(f"training {dataset} NMTM K=50 for {epochs} epochs -> {path}")
-    run_training(DataConfig(path=str(DATA / dataset), dict_path=str(DATA / dict_rel)),
+    run_training(DataConfig(path=str(DATA / dataset), dict_path=dict_file(dataset)),
                  TrainConfig(model="nmtm", num_topics=50, epochs=epochs, checkpoint_every=0, progress=False,
                              threads=threads, recipe="paper"), path)  # the runs docs/contextual.md measured
     return path
@@ -254,7 +254,7 @@ def kyoto_parallel_file(out: Path) -> Path:
     English and "。" in Japanese; the title is its start), for `xtm-contextual --parallel`."""
     path = out / "kyoto_parallel.jsonl"
     if not path.exists():
-        d = DATA / "ref_corpus" / "en_ja"
+        d = Path(ref_corpus("Rakuten_Amazon"))
         raw = {lang: read_gz_lines(d / f"kyoto_wiki.{lang}.txt.gz", 14111) for lang in ("en", "ja")}
 
         def first(text: str, end: str) -> str:
@@ -356,7 +356,7 @@ def read_gz_lines(path: Path, n: int) -> list[str]:
 
 
 def eval_kyoto(thetas: RunThetas, pairs: int) -> dict[str, Any]:
-    d = DATA / "ref_corpus" / "en_ja"
+    d = Path(ref_corpus("Rakuten_Amazon"))
     raw = {lang: read_gz_lines(d / f"kyoto_wiki.{lang}.txt.gz", pairs) for lang in ("en", "ja")}
     tok = {lang: read_gz_lines(d / f"kyoto_wiki.{lang}.tok.txt.gz", pairs) for lang in ("en", "ja")}
     from xtm.trainer.contextual.fit import head_theta
@@ -380,7 +380,7 @@ def kyoto_bounds(thetas: RunThetas, pairs: int, topics: int) -> dict[str, Any]:
 
     from xtm.trainer.data.loading import load_corpus
 
-    d = DATA / "ref_corpus" / "en_ja"
+    d = Path(ref_corpus("Rakuten_Amazon"))
     emb = {lang: thetas.embeddings(read_gz_lines(d / f"kyoto_wiki.{lang}.txt.gz", pairs)).numpy()
            for lang in ("en", "ja")}
     corpus = load_corpus(thetas.config["data"]["path"], progress=False)
@@ -599,7 +599,7 @@ def main() -> None:
         results_path.write_text(json.dumps(res, indent=1))
 
     if "ecnews" not in skip:
-        base = ensure_run(args.ecnews_run or args.out / "ecnews-nmtm", "ECNews", "dict/ch_en_dict.dat", 20,
+        base = ensure_run(args.ecnews_run or args.out / "ecnews-nmtm", "ECNews", 20,
                           args.threads)
         ec = res.setdefault("ecnews", {"run": str(base), "variants": {}})
         for name in names:
@@ -611,7 +611,7 @@ def main() -> None:
                                     "auto_route": meta.get("auto_route", "bow")}
             save()
     if "rakuten" not in skip:
-        base = ensure_run(args.rakuten_run or args.out / "rakuten-nmtm", "Rakuten_Amazon", "dict/MUSE/ja-en.txt", 10,
+        base = ensure_run(args.rakuten_run or args.out / "rakuten-nmtm", "Rakuten_Amazon", 10,
                           args.threads)
         rk = res.setdefault("rakuten", {"run": str(base), "variants": {}})
         for name in names:

@@ -32,10 +32,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_data import DATA
+from bench_data import DATA, dict_file
 
 ECNEWS = DATA / "ECNews"
-DICT = DATA / "dict" / "ch_en_dict.dat"
+DICT = Path(dict_file("ECNews"))
 TEST_DOCS = 2000
 SUFFIX = {"en": "en", "zh": "cn"}
 

@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench_data import DATA
+from bench_data import DATA, dict_file
 
 
 def write_docs(path: Path, repeat: int) -> int:
@@ -53,7 +53,7 @@ def ensure_bundle(out: Path) -> Path:
     run = out / "run"
     print("training a small ECNews NMTM for the benchmark bundle (2 epochs) ...", file=sys.stderr)
     subprocess.run([sys.executable, "-m", "xtm.cli.train", "--data", str(DATA / "ECNews"), "--dict",
-                    str(DATA / "dict" / "ch_en_dict.dat"), "--model", "nmtm", "--topics", "50", "--epochs", "2",
+                    dict_file("ECNews"), "--model", "nmtm", "--topics", "50", "--epochs", "2",
                     "--checkpoint-every", "0", "--out", str(run)], check=True)
     subprocess.run([sys.executable, "-m", "xtm.cli.export", str(run), "--out", str(bundle)], check=True)
     return bundle
