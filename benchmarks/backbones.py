@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_data import DATA, DATASETS, dataset_dir, dict_file, ref_corpus
+from bench_data import DATASETS, dataset_dir, dict_file, ref_corpus
 
 from xtm.evaluation.published import published_rows
 
@@ -49,7 +49,7 @@ def one(dataset: str, model: str, epochs: int, out: Path, seed: int) -> None:
     hparams = {"weight_mi": spec["weight_mi"]} if model == "infoctm" else {}
     t0 = time.perf_counter()
     metrics = run_training(
-        DataConfig(path=str(DATA / dataset), dict_path=dict_file(dataset),
+        DataConfig(path=str(dataset_dir(dataset)), dict_path=dict_file(dataset),
                    ref_corpus=ref_corpus(dataset)),
         # the papers' batch and rates, as the peer trains: equal epochs compare like with like
         TrainConfig(model=model, num_topics=50, epochs=epochs, seed=seed, checkpoint_every=0, threads=2,
@@ -62,8 +62,8 @@ def one(dataset: str, model: str, epochs: int, out: Path, seed: int) -> None:
 def run_peer(dataset: str, model: str, epochs: int, out: Path, venv: Path, seed: int) -> dict:
     spec = DATASETS[dataset]
     l1, l2 = spec["peer_langs"]
-    cmd = [str(venv / "bin" / "python"), str(ROOT / "benchmarks" / "peer_topmost.py"), "--data", str(DATA / dataset),
-           "--lang1", l1, "--lang2", l2, "--dict", dict_file(dataset),
+    cmd = [str(venv / "bin" / "python"), str(ROOT / "benchmarks" / "peer_topmost.py"),
+           "--data", str(dataset_dir(dataset)), "--lang1", l1, "--lang2", l2, "--dict", dict_file(dataset),
            "--model", {"nmtm": "NMTM", "infoctm": "InfoCTM"}[model], "--topics", "50", "--epochs", str(epochs),
            "--out", str(out), "--seed", str(seed), "--threads", "2"]
     subprocess.run(cmd, check=True)
@@ -73,7 +73,7 @@ def run_peer(dataset: str, model: str, epochs: int, out: Path, venv: Path, seed:
     from xtm.evaluation.metrics import evaluate, load_reference_corpus
     from xtm.trainer.data.loading import load_corpus
 
-    corpus = load_corpus(DATA / dataset, progress=False)
+    corpus = load_corpus(dataset_dir(dataset), progress=False)
     a, b = spec["langs"]
     ref_path = ref_corpus(dataset)
     ref = load_reference_corpus(ref_path, langs=(a, b)) if ref_path else None

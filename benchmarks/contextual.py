@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bench_data import DATA, dict_file, ref_corpus
+from bench_data import dataset_dir, dict_file, ref_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 CATEGORIES = ("business", "education", "entertainment", "sports", "tech", "fashion")  # ECNews labels 1..6
@@ -243,7 +243,7 @@ def ensure_run(path: Path, dataset: str, epochs: int, threads: int) -> Path:
     from xtm.trainer.run import run_training
 
     log(f"training {dataset} NMTM K=50 for {epochs} epochs -> {path}")
-    run_training(DataConfig(path=str(DATA / dataset), dict_path=dict_file(dataset)),
+    run_training(DataConfig(path=str(dataset_dir(dataset)), dict_path=dict_file(dataset)),
                  TrainConfig(model="nmtm", num_topics=50, epochs=epochs, checkpoint_every=0, progress=False,
                              threads=threads, recipe="paper"), path)  # the runs docs/contextual.md measured
     return path
@@ -302,7 +302,7 @@ def ecnews_classifiers(thetas: RunThetas, per_lang: int = 6000) -> dict[str, Any
     from xtm.trainer.data.loading import load_corpus
     from xtm.trainer.loop.training import infer_theta
 
-    corpus = load_corpus(DATA / "ECNews", progress=False)
+    corpus = load_corpus(dataset_dir("ECNews"), progress=False)
     rng = np.random.default_rng(0)
     xs: dict[str, list[np.ndarray]] = {"bow": [], "ctx": []}
     ys = []
@@ -634,7 +634,7 @@ def main() -> None:
 
         run = Path(res["ecnews"]["variants"][DEFAULT_VARIANT]["dir"])
         ec_texts = [line.strip() for f in ("test_texts_en.txt", "test_texts_cn.txt")
-                    for line in (DATA / "ECNews" / f).read_text(encoding="utf-8").splitlines()[:2000]]
+                    for line in (dataset_dir("ECNews") / f).read_text(encoding="utf-8").splitlines()[:2000]]
         news = [t for it in news_items() for t in it["texts"].values()]
         res["throughput"] = {}
         for graph, quantize in (("float32", None), ("int8", "int8")):

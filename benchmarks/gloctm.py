@@ -25,7 +25,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from bench_data import DATA, DATASETS, dict_file, ref_corpus
+from bench_data import DATASETS, dataset_dir, dict_file, ref_corpus
 
 # name -> (model, uses the dictionary, hparams, TrainConfig overrides)
 Row = tuple[str, bool, dict, dict]
@@ -84,7 +84,7 @@ def main() -> None:
         epochs = (args.infoctm_epochs or args.epochs) if model == "infoctm" else args.epochs
         run = out / "".join(ch if ch.isalnum() else "_" for ch in name)
         shutil.rmtree(run, ignore_errors=True)
-        data = DataConfig(path=str(DATA / args.dataset), dict_path=dict_file(args.dataset) if with_dict else None,
+        data = DataConfig(path=str(dataset_dir(args.dataset)), dict_path=dict_file(args.dataset) if with_dict else None,
                           ref_corpus=ref_corpus(args.dataset))
         cfg = TrainConfig(model=model, num_topics=50, epochs=epochs, seed=args.seed, checkpoint_every=0,
                           threads=args.threads, progress=sys.stderr.isatty(), hparams=hparams, **overrides)

@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench_data import DATA, DATASETS, dict_file, ref_corpus
+from bench_data import DATASETS, dataset_dir, dict_file, ref_corpus
 
 from xtm.evaluation.published import CNPMI_NOTE, published_rows
 
@@ -86,7 +86,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     spec = DATASETS[args.dataset]
     out = args.out / args.dataset
-    data = DataConfig(path=str(DATA / args.dataset), dict_path=dict_file(args.dataset),
+    data = DataConfig(path=str(dataset_dir(args.dataset)), dict_path=dict_file(args.dataset),
                       ref_corpus=ref_corpus(args.dataset))
 
     def cfg(epochs: int) -> TrainConfig:

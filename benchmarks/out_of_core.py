@@ -32,9 +32,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_data import DATA, dict_file
+from bench_data import dataset_dir, dict_file
 
-ECNEWS = DATA / "ECNews"
 DICT = Path(dict_file("ECNews"))
 TEST_DOCS = 2000
 SUFFIX = {"en": "en", "zh": "cn"}
@@ -45,11 +44,12 @@ SUFFIX = {"en": "en", "zh": "cn"}
 
 def write_corpus(path: Path, docs_per_lang: int, seed: int = 0) -> int:
     """JSONL with docs_per_lang training documents per language plus the fixed test split."""
+    ecnews = dataset_dir("ECNews")
     n = 0
     with open(path, "w", encoding="utf-8") as f:
         for lang, s in SUFFIX.items():
-            texts = (ECNEWS / f"train_texts_{s}.txt").read_text(encoding="utf-8").split("\n")[:-1]
-            labels = (ECNEWS / f"train_labels_{s}.txt").read_text().split()
+            texts = (ecnews / f"train_texts_{s}.txt").read_text(encoding="utf-8").split("\n")[:-1]
+            labels = (ecnews / f"train_labels_{s}.txt").read_text().split()
             rng = np.random.default_rng(seed)
             for i in range(docs_per_lang):
                 j, copy = i % len(texts), i // len(texts)
@@ -60,8 +60,8 @@ def write_corpus(path: Path, docs_per_lang: int, seed: int = 0) -> int:
                 f.write(json.dumps({"id": f"{lang}-{i}", "lang": lang, "text": " ".join(tokens),
                                     "label": int(labels[j]), "split": "train"}, ensure_ascii=False) + "\n")
                 n += 1
-            test = (ECNEWS / f"test_texts_{s}.txt").read_text(encoding="utf-8").split("\n")[:TEST_DOCS]
-            test_labels = (ECNEWS / f"test_labels_{s}.txt").read_text().split()
+            test = (ecnews / f"test_texts_{s}.txt").read_text(encoding="utf-8").split("\n")[:TEST_DOCS]
+            test_labels = (ecnews / f"test_labels_{s}.txt").read_text().split()
             for i, t in enumerate(test):
                 f.write(json.dumps({"id": f"{lang}-t{i}", "lang": lang, "text": t, "label": int(test_labels[i]),
                                     "split": "test"}, ensure_ascii=False) + "\n")
@@ -177,8 +177,7 @@ def main() -> None:
     if args.child:
         child(args.child, args.data, args.out, args.epochs)
         return
-    if not (ECNEWS / "train_texts_en.txt").exists():
-        raise SystemExit(f"ECNews not found at {ECNEWS} (set XTM_SHARED_DATA)")
+    dataset_dir("ECNews")
     scales = [int(x) for x in args.scales.split(",")]
     skip = [int(x) for x in args.skip_in_memory.split(",") if x]
     modes = args.modes.split(",")

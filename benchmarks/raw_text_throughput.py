@@ -36,7 +36,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench_data import DATA
+from bench_data import dataset_dir
 
 
 def raw_lines(path: Path, lang: str) -> list[str]:
@@ -52,14 +52,14 @@ def write_jsonl(path: Path, docs: list[tuple[str, str]]) -> int:
     return len(docs)
 
 
-def ecnews_docs(data: Path) -> list[tuple[str, str]]:
-    d = data / "ECNews"
+def ecnews_docs() -> list[tuple[str, str]]:
+    d = dataset_dir("ECNews")
     return [(t, lang) for split in ("train", "test") for name, lang in (("en", "en"), ("cn", "zh"))
             for t in raw_lines(d / f"{split}_texts_{name}.txt", lang)]
 
 
-def rakuten_docs(data: Path) -> list[tuple[str, str]]:
-    d = data / "Rakuten_Amazon"
+def rakuten_docs() -> list[tuple[str, str]]:
+    d = dataset_dir("Rakuten_Amazon")
     return [(t, lang) for lang in ("en", "ja") for t in raw_lines(d / f"test_texts_{lang}.txt", lang)]
 
 
@@ -142,7 +142,6 @@ def main() -> None:
     p.add_argument("--workers", default="1,2", help="Worker counts to time (comma-separated).")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    data = DATA
     workers = [int(w) for w in args.workers.split(",")]
 
     suites = []  # (name, bundle, jsonl, docs, segmenters, first-pass lang, first-pass texts file, n)
@@ -150,8 +149,8 @@ def main() -> None:
     if zh_bundle is None:
         p.error("give --zh-run or --zh-bundle")
     src = args.out / "ecnews_raw.jsonl"
-    n_zh = write_jsonl(src, ecnews_docs(data))
-    zh_first = raw_lines(data / "ECNews" / "test_texts_cn.txt", "zh")[:10000]
+    n_zh = write_jsonl(src, ecnews_docs())
+    zh_first = raw_lines(dataset_dir("ECNews") / "test_texts_cn.txt", "zh")[:10000]
     (args.out / "zh_first.json").write_text(json.dumps(zh_first, ensure_ascii=False), encoding="utf-8")
     suites.append(("ECNews", zh_bundle, src, n_zh, ("reference", "auto"), "zh", args.out / "zh_first.json",
                    len(zh_first)))
@@ -159,8 +158,8 @@ def main() -> None:
     ja_first: list[str] = []
     if ja_bundle is not None:
         src = args.out / "rakuten_raw.jsonl"
-        n_ja = write_jsonl(src, rakuten_docs(data))
-        ja_first = raw_lines(data / "Rakuten_Amazon" / "test_texts_ja.txt", "ja")[:2000]
+        n_ja = write_jsonl(src, rakuten_docs())
+        ja_first = raw_lines(dataset_dir("Rakuten_Amazon") / "test_texts_ja.txt", "ja")[:2000]
         (args.out / "ja_first.json").write_text(json.dumps(ja_first, ensure_ascii=False), encoding="utf-8")
         suites.append(("Rakuten", ja_bundle, src, n_ja, ("reference", "fast"), "ja", args.out / "ja_first.json",
                        len(ja_first)))

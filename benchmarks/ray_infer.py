@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench_data import DATA, dict_file
+from bench_data import dataset_dir, dict_file
 
 
 def write_docs(path: Path, repeat: int) -> int:
@@ -38,7 +38,7 @@ def write_docs(path: Path, repeat: int) -> int:
     with open(path, "w", encoding="utf-8") as f:
         for r in range(repeat):
             for code, lang in (("en", "en"), ("cn", "zh")):
-                lines = (DATA / "ECNews" / f"test_texts_{code}.txt").read_text(encoding="utf-8").splitlines()
+                lines = (dataset_dir("ECNews") / f"test_texts_{code}.txt").read_text(encoding="utf-8").splitlines()
                 for i, text in enumerate(lines):
                     f.write(json.dumps({"id": f"{lang}-{r}-{i}", "text": text, "lang": lang}, ensure_ascii=False)
                             + "\n")
@@ -52,7 +52,7 @@ def ensure_bundle(out: Path) -> Path:
         return bundle
     run = out / "run"
     print("training a small ECNews NMTM for the benchmark bundle (2 epochs) ...", file=sys.stderr)
-    subprocess.run([sys.executable, "-m", "xtm.cli.train", "--data", str(DATA / "ECNews"), "--dict",
+    subprocess.run([sys.executable, "-m", "xtm.cli.train", "--data", str(dataset_dir("ECNews")), "--dict",
                     dict_file("ECNews"), "--model", "nmtm", "--topics", "50", "--epochs", "2",
                     "--checkpoint-every", "0", "--out", str(run)], check=True)
     subprocess.run([sys.executable, "-m", "xtm.cli.export", str(run), "--out", str(bundle)], check=True)
@@ -75,8 +75,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="copies of the ECNews test set in the input")
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
-    if not (DATA / "ECNews" / "test_texts_en.txt").exists():
-        sys.exit(f"ECNews not found under {DATA} (set XTM_SHARED_DATA)")
+    dataset_dir("ECNews")
     args.out.mkdir(parents=True, exist_ok=True)
     bundle = args.bundle or ensure_bundle(args.out)
     docs = args.out / "docs.jsonl"

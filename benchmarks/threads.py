@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench_data import DATA, DATASETS, dataset_dir, dict_file
+from bench_data import DATASETS, dataset_dir, dict_file
 
 CASES = [(2, {}), (2, {"OMP_WAIT_POLICY": "PASSIVE"}), (2, {"GOMP_SPINCOUNT": "10000"}),
          (2, {"GOMP_SPINCOUNT": "1000"}), (1, {})]
@@ -38,7 +38,7 @@ print(json.dumps([e["seconds"] for e in json.loads((Path(out) / "history.json").
 
 def epoch_seconds(dataset: str, epochs: int, threads: int, env: dict[str, str]) -> list[float]:
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-c", ONE_CASE, str(DATA / dataset), dict_file(dataset), str(epochs),
+        cmd = [sys.executable, "-c", ONE_CASE, str(dataset_dir(dataset)), dict_file(dataset), str(epochs),
                str(threads), str(Path(tmp) / "run")]
         clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT",
                                                                   "OMP_NUM_THREADS")}

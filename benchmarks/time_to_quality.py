@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench_data import DATA, DATASETS, dict_file
+from bench_data import DATASETS, dataset_dir, dict_file
 
 
 def read_history(run: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -163,7 +163,7 @@ def train(args: argparse.Namespace) -> list[Path]:
     runs = []
     for model in args.models.split(","):
         out = Path(args.out) / f"{args.dataset.lower()}-{model}-{args.epochs}"
-        cmd = [sys.executable, "-m", "xtm.cli.train", "--data", str(DATA / args.dataset),
+        cmd = [sys.executable, "-m", "xtm.cli.train", "--data", str(dataset_dir(args.dataset)),
                "--dict", dict_file(args.dataset), "--model", model, "--topics", "50",
                "--epochs", str(args.epochs), "--seed", str(args.seed), "--eval-every", str(args.eval_every),
                "--threads", str(args.threads), "--out", str(out), *args.extra.split()]

@@ -17,7 +17,7 @@ import itertools
 import time
 
 import torch
-from bench_data import DATA, DATASETS, dict_file
+from bench_data import DATASETS, dataset_dir, dict_file
 
 
 def main() -> None:
@@ -38,7 +38,7 @@ def main() -> None:
     from xtm.trainer.loop.training import build_model, make_optimizer, seed_everything
 
     torch.set_num_threads(args.threads)
-    corpus = load_corpus(DATA / args.dataset, dict_path=dict_file(args.dataset), progress=False)
+    corpus = load_corpus(dataset_dir(args.dataset), dict_path=dict_file(args.dataset), progress=False)
     cfg = TrainConfig(model=args.model, num_topics=50, seed=1, hparams=parse_key_values(args.set))
     rng = seed_everything(cfg.seed)
     model = build_model(corpus, cfg)

@@ -166,7 +166,7 @@ def run_training(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool = F
             # one choice of CPU threads for training and evaluation alike (sampled once: the load now;
             # a resumed run takes the count its checkpoint records)
             held.enter_context(torch_threads(cfg.threads, training_device(cfg.device, dist),
-                                             resuming=resume and has_checkpoint(out)))
+                                             resume_dir=out if resume else None))
             metrics = _run(data, cfg, out, resume, phase2, dist)
             # Every rank leaves the group together: a rank that destroyed it while rank 0 was still
             # evaluating was aborted by gloo at exit ("terminate called without an active exception").

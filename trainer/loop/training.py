@@ -242,12 +242,12 @@ def thread_count(n: int) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def torch_threads(threads: int | None, device: torch.device, resuming: bool = False) -> Iterator[None]:
+def torch_threads(threads: int | None, device: torch.device, resume_dir: Path | None = None) -> Iterator[None]:
     """torch's CPU threads for one training or command, and the previous count back at its end.
 
     `threads` where given; on a CPU otherwise torch's default less the cores other processes keep busy
-    (xtm.cpu: spinning threads on a shared core are many times slower), logged when fewer. `resuming`
-    (a checkpoint will be loaded) samples nothing: the run takes the count its checkpoint records
+    (xtm.cpu: spinning threads on a shared core are many times slower), logged when fewer. A run resumed
+    from a checkpoint in `resume_dir` samples nothing: it takes the count its checkpoint records
     (_Training._keep_threads). A block inside another one keeps the outer choice, so the load is sampled
     once per command.
     """
@@ -257,6 +257,7 @@ def torch_threads(threads: int | None, device: torch.device, resuming: bool = Fa
         return
     before = torch.get_num_threads()
     chosen = threads or before
+    resuming = resume_dir is not None and has_checkpoint(resume_dir)
     if not threads and device.type == "cpu" and not resuming:
         chosen = threads_beside_others(before)
         if chosen < before:
@@ -395,8 +396,7 @@ def train(corpus: Corpus, cfg: TrainConfig, run_dir: Path, resume: bool = False,
     current step; the checkpoint then records the position inside the epoch, and a resumed run
     ends bit for bit where the uninterrupted one would (TrainResult.interrupted, .signal).
     """
-    resuming = resume and has_checkpoint(Path(run_dir))
-    with torch_threads(cfg.threads, training_device(cfg.device, dist), resuming=resuming):
+    with torch_threads(cfg.threads, training_device(cfg.device, dist), resume_dir=Path(run_dir) if resume else None):
         return _Training(corpus, cfg, Path(run_dir), on_epoch_end, phase2, data, dist).run(resume)
 
 
@@ -519,9 +519,13 @@ class _Training:
         if not isinstance(saved, dict):
             return
         schedule = saved.get("lr_schedule") or "constant"  # checkpoints from before the setting: constant
-        if schedule != self.cfg.lr_schedule and not self._same_rates_so_far(schedule, ckpt):
-            raise XtmError(f"--resume: the checkpoint was trained with --lr-schedule {schedule}, this run asks for "
-                           f"{self.cfg.lr_schedule}: resume with --lr-schedule {schedule}", path=ckpt.path)
+        if schedule != self.cfg.lr_schedule:
+            switch = self._schedule_switch(schedule, ckpt)
+            if switch is None:
+                raise XtmError(f"--resume: the checkpoint was trained with --lr-schedule {schedule}, this run asks "
+                               f"for {self.cfg.lr_schedule}: resume with --lr-schedule {schedule}", path=ckpt.path)
+            if self.main:
+                logger.info(switch)
         if saved.get("epochs") == self.cfg.epochs:
             return
         if schedule == "cosine":
@@ -534,20 +538,18 @@ class _Training:
                            f"--epochs {saved.get('epochs')} (such a run is not extended; start a longer one)",
                            path=ckpt.path)
 
-    def _same_rates_so_far(self, schedule: str, ckpt: Checkpoint) -> bool:
-        """Whether a run trained with `schedule` may go on with --lr-schedule constant <-> step: StepLR keeps the
-        full rate through its first step (125 epochs for most backbones), phase 2's reset included, so a
-        checkpoint inside it holds exactly what the other schedule would have trained (say, a 100-epoch
-        constant run continued to the authors' 500 with their StepLR). Logged; cosine differs from step 1."""
+    def _schedule_switch(self, schedule: str, ckpt: Checkpoint) -> str | None:
+        """What to log when a run trained with `schedule` goes on with --lr-schedule constant <-> step, None where
+        it may not: StepLR keeps the full rate through its first step (125 epochs for most backbones), phase 2's
+        reset included, so a checkpoint inside it holds exactly what the other schedule would have trained (say,
+        a 100-epoch constant run continued to the authors' 500 with their StepLR). Cosine differs from step 1."""
         every = lr_step_epochs(self.cfg.model)
         begun = ckpt.epoch + (1 if ckpt.state.get("partial") else 0)
         if {schedule, self.cfg.lr_schedule} != {"constant", "step"} or begun > every:
-            return False
-        if self.main:
-            new = self.cfg.lr_schedule
-            logger.info(f"--lr-schedule {new}: the checkpoint was trained with {schedule}, at the same rate as {new} "
-                        f"through epoch {begun} (the two part after epoch {every})")
-        return True
+            return None
+        new = self.cfg.lr_schedule
+        return (f"--lr-schedule {new}: the checkpoint was trained with {schedule}, at the same rate as {new} "
+                f"through epoch {begun} (the two part after epoch {every})")
 
     def _check_resume_position(self, path: Path) -> None:
         if self.done > self.total_epochs:
