@@ -354,6 +354,10 @@ class Phase2Config:
     asked_words: int = setting(20, help="Phase 2: words per language each refinement answer gives (the LLM prompt "
                                         "asks for this many); the vote keeps --refined-words of them.",
                                cli=Cli("--asked-words", min=1))
+    refined_support: bool = setting(False, help="Phase 2: the MMD source holds each topic's refined words beside its "
+                                                "top-N, so the loss can raise a refined word the model ranks "
+                                                "lower (not only lower the top words off the set).",
+                                    cli=Cli("--mmd-refined-support", switch=True))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -264,6 +265,42 @@ def test_refined_targets_are_balanced_and_mmd_words_stay_fixed_for_the_epoch(obj
         objective.load_state(state, model)
     with pytest.raises(XtmError, match="MMD word indices"):
         objective.load_state({**state, "raw_indices": [[["a"]]]}, model)
+
+
+def test_refined_support_lets_the_mmd_raise_refined_words_below_the_top_n(objective: Phase2Objective,
+                                                                          example_corpus) -> None:
+    model = build_model(example_corpus, TrainConfig(model="nmtm", num_topics=6, seed=0, progress=False))
+    objective.refine(model, epoch=1)
+    objective.start_epoch(model)
+    top = [i.clone() for i in objective.raw_indices]
+    refined = objective.refined[0].words["en"]
+    vocab = objective.vocabs["en"]
+    below = [vocab.index(w) for w in refined if vocab.index(w) not in top[0][0].tolist()]
+    assert below, "the example's refined set lies wholly in the top-N: the test would prove nothing"
+
+    cfg = objective.cfg
+
+    def grad_of_topic0(support: bool) -> torch.Tensor:
+        objective.cfg = replace(cfg, refined_support=support)
+        betas = [b.detach().clone().requires_grad_() for b in model.topic_word()]
+        objective.mmd_loss(betas).backward()
+        return betas[0].grad[0]
+
+    try:
+        without, widened = grad_of_topic0(False), grad_of_topic0(True)
+    finally:
+        objective.cfg = cfg
+    assert torch.all(without[below] == 0)          # the paper's source: no pull on words below the top-N
+    # widened: every one of them is pulled, and descending the loss raises them (as a whole: the MMD may hold
+    # back a word already above its target share)
+    assert torch.all(widened[below] != 0) and widened[below].sum() < 0 and (widened[below] < 0).float().mean() > 0.5
+    outside = torch.ones_like(widened, dtype=torch.bool)
+    outside[top[0][0]] = False
+    outside[below] = False
+    assert torch.all(widened[outside] == 0)        # and nothing else moves
+    with pytest.raises(XtmError, match="--no-balanced-mmd"):
+        Phase2Objective(example_corpus, 6, Phase2Config(refined_support=True, balanced_mmd=False),
+                        BuildContext(cache_dir=objective.cache_dir, seed=0), torch.device("cpu"))
 
 
 class SharedEncoder(Phase2Objective):

@@ -83,7 +83,7 @@ def top_indices(betas: list[Tensor], top_n: int) -> list[Tensor]:
         return [torch.topk(beta, min(top_n, beta.shape[1]), dim=1).indices for beta in betas]
 
 
-def balanced_raw_distribution(betas: list[Tensor], idx: list[Tensor]) -> Tensor:
+def balanced_raw_distribution(betas: list[Tensor], idx: list[Tensor], masks: list[Tensor] | None = None) -> Tensor:
     """beta_k^(raw) as a language-balanced mixture (seed 001 section 3.3; the public code's form): each
     language's probabilities of its words `idx` renormalised over them, then weighted 1/L, so every
     language carries the same mass whatever its share of the softmax. Weights [K, L*N], summing to 1.
@@ -91,7 +91,11 @@ def balanced_raw_distribution(betas: list[Tensor], idx: list[Tensor]) -> Tensor:
     Renormalising softmax(beta) over the chosen words is a softmax over their logits: the gradient
     reaches only those logits, never the rest of the vocabulary.
     """
-    w = [F.softmax(beta.gather(1, i), dim=1) for beta, i in zip(betas, idx, strict=True)]
+    if masks is None:
+        w = [F.softmax(beta.gather(1, i), dim=1) for beta, i in zip(betas, idx, strict=True)]
+    else:  # masks [K, n]: False marks padding (weight 0); every row keeps at least one word
+        w = [F.softmax(beta.gather(1, i).masked_fill(~m, float("-inf")), dim=1)
+             for beta, i, m in zip(betas, idx, masks, strict=True)]
     return torch.cat(w, dim=1) / len(w)
 
 

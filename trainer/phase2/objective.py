@@ -88,6 +88,9 @@ class Phase2Objective:
         if not cfg.lr_scale > 0 or not cfg.grad_clip >= 0:
             raise XtmError(f"phase 2: --phase2-lr-scale must be > 0 and --phase2-grad-clip >= 0 (got "
                            f"{cfg.lr_scale}, {cfg.grad_clip})")
+        if cfg.refined_support and not cfg.balanced_mmd:
+            raise XtmError("phase 2: --mmd-refined-support widens the language-balanced MMD source; it does not "
+                           "combine with --no-balanced-mmd")
         self.cfg, self.device, self.num_topics = cfg, device, num_topics
         self.langs = list(corpus.langs)
         self.vocabs = {lc.lang: list(lc.vocab) for lc in corpus.languages}
@@ -114,6 +117,7 @@ class Phase2Objective:
         self.steps: list[dict[str, Any]] = []
         self._targets: dict[str, Tensor] = {}
         self._theta_hat: dict[str, Tensor] = {}
+        self._refined_rows: list[tuple[Tensor, Tensor]] = []
         # Balanced MMD: each language's top-N word indices, fixed at the start of every phase-2 epoch
         # (the public code's schedule); part of the checkpointed state, so a resumed epoch keeps them.
         self.raw_indices: list[Tensor] | None = None
@@ -200,19 +204,46 @@ class Phase2Objective:
         else:
             wy = wy / wy.sum(1, keepdim=True).clamp_min(1e-12)
         self._targets = {"y": y.to(self.device), "wy": wy.to(self.device), "has_set": has_set.to(self.device)}
+        self._refined_rows = self._refined_word_rows()
         if self.cfg.doc_align:
             topic_emb = torch.from_numpy(self.encoder.encode(texts))
             self._theta_hat = {
                 lang: similarity_targets(torch.from_numpy(e), topic_emb, self.cfg.doc_tau).to(self.device)
                 for lang, e in self.doc_embeddings.items()}
 
+    def _refined_word_rows(self) -> list[tuple[Tensor, Tensor]]:
+        """Per language: each topic's refined word indices [K, M] and which are real [K, M] (padding False)."""
+        out = []
+        for lang in self.langs:
+            index = {w: i for i, w in enumerate(self.vocabs[lang])}
+            rows = [[index[w] for w in r.words[lang]] if r is not None else [] for r in self.refined]
+            m = max(1, max(len(r) for r in rows))
+            idx = torch.zeros(self.num_topics, m, dtype=torch.long)
+            real = torch.zeros(self.num_topics, m, dtype=torch.bool)
+            for k, r in enumerate(rows):
+                idx[k, :len(r)] = torch.tensor(r, dtype=torch.long)
+                real[k, :len(r)] = True
+            out.append((idx.to(self.device), real.to(self.device)))
+        return out
+
+    def _with_refined(self, idx: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        """The top-N indices widened by each topic's refined words not among them, with their masks."""
+        wide, masks = [], []
+        for top, (ref, real) in zip(idx, self._refined_rows, strict=True):
+            new = real & ~(ref[:, :, None] == top[:, None, :]).any(-1)
+            wide.append(torch.cat([top, ref], dim=1))
+            masks.append(torch.cat([torch.ones_like(top, dtype=torch.bool), new], dim=1))
+        return wide, masks
+
     # ---- losses -------------------------------------------------------------------------------
     def mmd_loss(self, betas: list[Tensor]) -> Tensor:
         if self.cfg.balanced_mmd:
             if self.raw_indices is None:  # (a caller that never started an epoch: take them now)
                 self.raw_indices = top_indices(betas, self.cfg.top_words)
-            idx = self.raw_indices
-            wx = balanced_raw_distribution(betas, idx)
+            idx, masks = self.raw_indices, None
+            if self.cfg.refined_support:
+                idx, masks = self._with_refined(idx)
+            wx = balanced_raw_distribution(betas, idx, masks)
         else:
             idx, wx = topic_raw_distribution(betas, self.cfg.top_words)
         x = torch.cat([self._word_t[lang][i] for lang, i in zip(self.langs, idx, strict=True)], dim=1)
