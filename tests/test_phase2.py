@@ -27,7 +27,7 @@ from xtm.trainer.phase2.losses import (
     balanced_target_weights,
     doc_align_kl,
     top_indices,
-    topic_raw_distribution,
+    union_raw_distribution,
     weighted_mmd2,
 )
 from xtm.trainer.phase2.objective import Phase2Objective
@@ -89,7 +89,8 @@ def test_doc_align_is_kl_theta_to_theta_hat_in_the_written_direction() -> None:
 
 def test_raw_distribution_is_the_union_of_top_words_renormalised() -> None:
     betas = [torch.log(torch.tensor([[0.5, 0.3, 0.2]])), torch.log(torch.tensor([[0.1, 0.1, 0.8]]))]
-    idx, w = topic_raw_distribution(betas, top_n=2)
+    idx = top_indices(betas, top_n=2)
+    w = union_raw_distribution(betas, idx)
     assert idx[0].tolist() == [[0, 1]] and idx[1][0, 0].item() == 2
     np.testing.assert_allclose(w[0].numpy(), np.array([0.5, 0.3, 0.8, 0.1]) / 1.7, rtol=1e-5)
 
@@ -280,27 +281,28 @@ def test_refined_support_lets_the_mmd_raise_refined_words_below_the_top_n(object
 
     cfg = objective.cfg
 
-    def grad_of_topic0(support: bool) -> torch.Tensor:
-        objective.cfg = replace(cfg, refined_support=support)
+    def grad_of_topic0(support: bool, balanced: bool) -> torch.Tensor:
+        objective.cfg = replace(cfg, refined_support=support, balanced_mmd=balanced)
         betas = [b.detach().clone().requires_grad_() for b in model.topic_word()]
         objective.mmd_loss(betas).backward()
         return betas[0].grad[0]
 
-    try:
-        without, widened = grad_of_topic0(False), grad_of_topic0(True)
-    finally:
-        objective.cfg = cfg
-    assert torch.all(without[below] == 0)          # the paper's source: no pull on words below the top-N
-    # widened: every one of them is pulled, and descending the loss raises them (as a whole: the MMD may hold
-    # back a word already above its target share)
-    assert torch.all(widened[below] != 0) and widened[below].sum() < 0 and (widened[below] < 0).float().mean() > 0.5
-    outside = torch.ones_like(widened, dtype=torch.bool)
-    outside[top[0][0]] = False
-    outside[below] = False
-    assert torch.all(widened[outside] == 0)        # and nothing else moves
-    with pytest.raises(XtmError, match="--no-balanced-mmd"):
-        Phase2Objective(example_corpus, 6, Phase2Config(refined_support=True, balanced_mmd=False),
-                        BuildContext(cache_dir=objective.cache_dir, seed=0), torch.device("cpu"))
+    for balanced in (True, False):                 # the language-balanced source and the union one
+        try:
+            without, widened = grad_of_topic0(False, balanced), grad_of_topic0(True, balanced)
+        finally:
+            objective.cfg = cfg
+        if balanced:                               # the paper's source: no pull on words below the top-N
+            assert torch.all(without[below] == 0)
+        # widened: every one of them is pulled, and descending the loss raises them (as a whole: the MMD may
+        # hold back a word already above its target share)
+        assert torch.all(widened[below] != 0) and widened[below].sum() < 0
+        assert (widened[below] < 0).float().mean() > 0.5
+        if balanced:                               # and nothing else moves (the union form's softmax spans all)
+            outside = torch.ones_like(widened, dtype=torch.bool)
+            outside[top[0][0]] = False
+            outside[below] = False
+            assert torch.all(widened[outside] == 0)
 
 
 class SharedEncoder(Phase2Objective):

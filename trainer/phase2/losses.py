@@ -62,19 +62,16 @@ def weighted_mmd2(x: Tensor, wx: Tensor, y: Tensor, wy: Tensor, scales: tuple[fl
     return total / len(scales)
 
 
-def topic_raw_distribution(betas: list[Tensor], top_n: int) -> tuple[list[Tensor], Tensor]:
-    """beta_k^(raw) normalised over the union (`--no-balanced-mmd`, the form before issue 15): each
-    language's top-N words, taken at every step, with their softmax probabilities renormalised over the
-    union, so a language weighs its share of the softmax mass. Returns per-language top indices [K, N]
-    and the weights [K, L*N] (summing to 1)."""
-    idx, probs = [], []
-    for beta in betas:
-        p = F.softmax(beta, dim=1)
-        top = torch.topk(p, min(top_n, p.shape[1]), dim=1)
-        idx.append(top.indices)
-        probs.append(top.values)
-    w = torch.cat(probs, dim=1)
-    return idx, w / w.sum(1, keepdim=True).clamp_min(1e-12)
+def union_raw_distribution(betas: list[Tensor], idx: list[Tensor], masks: list[Tensor] | None = None) -> Tensor:
+    """beta_k^(raw) normalised over the union (`--no-balanced-mmd`, the form before issue 15): the softmax
+    probabilities of each language's words `idx` [K, n] (top-N, taken at every step), renormalised over the
+    union, so a language weighs its share of the softmax mass. `masks` [K, n]: False marks padding (weight 0).
+    Weights [K, L*n], summing to 1."""
+    w = [F.softmax(beta, dim=1).gather(1, i) for beta, i in zip(betas, idx, strict=True)]
+    if masks is not None:
+        w = [p * m for p, m in zip(w, masks, strict=True)]
+    u = torch.cat(w, dim=1)
+    return u / u.sum(1, keepdim=True).clamp_min(1e-12)
 
 
 def top_indices(betas: list[Tensor], top_n: int) -> list[Tensor]:

@@ -36,7 +36,7 @@ from xtm.trainer.phase2.losses import (
     doc_align_kl,
     similarity_targets,
     top_indices,
-    topic_raw_distribution,
+    union_raw_distribution,
     weighted_mmd2,
 )
 from xtm.trainer.phase2.prompt import ParsedAnswer, TopicWords
@@ -88,9 +88,6 @@ class Phase2Objective:
         if not cfg.lr_scale > 0 or not cfg.grad_clip >= 0:
             raise XtmError(f"phase 2: --phase2-lr-scale must be > 0 and --phase2-grad-clip >= 0 (got "
                            f"{cfg.lr_scale}, {cfg.grad_clip})")
-        if cfg.refined_support and not cfg.balanced_mmd:
-            raise XtmError("phase 2: --mmd-refined-support widens the language-balanced MMD source; it does not "
-                           "combine with --no-balanced-mmd")
         self.cfg, self.device, self.num_topics = cfg, device, num_topics
         self.langs = list(corpus.langs)
         self.vocabs = {lc.lang: list(lc.vocab) for lc in corpus.languages}
@@ -240,12 +237,13 @@ class Phase2Objective:
         if self.cfg.balanced_mmd:
             if self.raw_indices is None:  # (a caller that never started an epoch: take them now)
                 self.raw_indices = top_indices(betas, self.cfg.top_words)
-            idx, masks = self.raw_indices, None
-            if self.cfg.refined_support:
-                idx, masks = self._with_refined(idx)
-            wx = balanced_raw_distribution(betas, idx, masks)
+            idx = self.raw_indices
         else:
-            idx, wx = topic_raw_distribution(betas, self.cfg.top_words)
+            idx = top_indices(betas, self.cfg.top_words)
+        masks = None
+        if self.cfg.refined_support:
+            idx, masks = self._with_refined(idx)
+        wx = (balanced_raw_distribution if self.cfg.balanced_mmd else union_raw_distribution)(betas, idx, masks)
         x = torch.cat([self._word_t[lang][i] for lang, i in zip(self.langs, idx, strict=True)], dim=1)
         scales = MULTI_KERNEL_SCALES if self.cfg.multi_kernel else (1.0,)
         t = self._targets
