@@ -329,8 +329,9 @@ class Phase2Config:
                              cli=Cli("--doc-tau", min=0, min_open=True))
     mmd: bool = setting(True, help="Phase 2: train with the MMD loss.",
                         cli=Cli("--no-mmd", switch=False,
-                                help="Phase 2 without the MMD loss: keeps phase 1's TU and the cross-lingual "
-                                     "gain, gives up the coherence (CNPMI) gain (docs/llm_xtm.md)."))
+                                help="Phase 2 without the MMD loss (ablation): the cross-lingual gain stays "
+                                     "(it is the document alignment's), the coherence (CNPMI) gain goes "
+                                     "(docs/llm_xtm.md)."))
     doc_align: bool = setting(True, help="Phase 2: train with document alignment.",
                               cli=Cli("--no-doc-align", switch=False,
                                       help="Phase 2 ablation: drop document alignment."))
@@ -354,10 +355,13 @@ class Phase2Config:
     asked_words: int = setting(20, help="Phase 2: words per language each refinement answer gives (the LLM prompt "
                                         "asks for this many); the vote keeps --refined-words of them.",
                                cli=Cli("--asked-words", min=1))
-    refined_support: bool = setting(False, help="Phase 2: the MMD source holds each topic's refined words beside its "
-                                                "top-N, so the loss can raise a refined word the model ranks "
-                                                "lower (not only lower the top words off the set).",
-                                    cli=Cli("--mmd-refined-support", switch=True))
+    refined_support: bool = setting(True, help="Phase 2: the MMD source holds each topic's refined words beside its "
+                                               "top-N, so the loss can raise a refined word the model ranks lower "
+                                               "instead of only lowering the top words off the set (docs/llm_xtm.md).",
+                                    cli=Cli("--mmd-top-only", switch=False,
+                                            help="Phase 2: the public code's MMD source, each topic's top-N words "
+                                                 "only: the MMD can only push words off the refined set down, and "
+                                                 "frequent words take their places (TU falls; docs/llm_xtm.md)."))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -367,6 +371,8 @@ class Phase2Config:
         refiner = d.get("refiner")
         if isinstance(refiner, dict) and "exclusive" not in refiner:
             d = {**d, "refiner": {**refiner, "exclusive": False}}  # written before exclusive sets: shared ones
+        if "refined_support" not in d:
+            d = {**d, "refined_support": False}  # written before the widened MMD source: top-N only
         return from_dict(cls, d)
 
 

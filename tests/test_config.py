@@ -313,7 +313,8 @@ PHASE2_V2 = {**PHASE2_V1, "doc_tau": 0.2,
              "lr_scale": 0.3, "grad_clip": 1.0, "balanced_mmd": True, "asked_words": 20}
 # Issue 15: the embedding refiner's sets are disjoint by default; V2 files lack the key (they refined shared sets).
 PHASE2_V3 = {**PHASE2_V2, "refiner": {**PHASE2_V2["refiner"], "exclusive": True}}
-PHASE2_V4 = {**PHASE2_V3, "refined_support": False}  # the MMD source's widening (an option at the end)
+# Issue 15: the MMD source holds the refined words beside the top-N; V3 files lack the key (top-N only).
+PHASE2_V4 = {**PHASE2_V3, "refined_support": True}
 CONTEXTUAL_V1 = {"encoder": "use-multilingual", "objective": "distill", "lambda_tc": 1.0, "epochs": 30,
                  "batch_size": 256, "lr": 0.002, "hidden": 200, "dropout": 0.2, "finetune_epochs": 0,
                  "finetune_lr": 0.0001, "finetune_batch_size": 64, "max_tokens": 256, "seed": 0}
@@ -339,7 +340,8 @@ def test_the_written_dictionaries_keep_their_keys_order_and_defaults() -> None:
 
 
 def test_old_dictionaries_read_back_into_configs() -> None:
-    assert Phase2Config.from_dict(PHASE2_V3) == Phase2Config()
+    assert Phase2Config.from_dict(PHASE2_V4) == Phase2Config()
+    assert Phase2Config.from_dict(PHASE2_V3).refined_support is False
     assert Phase2Config.from_dict(PHASE2_V2).refiner.exclusive is False
     # a V1 run (before issue 15) keeps the values it wrote; what it lacks takes today's defaults
     old = Phase2Config.from_dict(PHASE2_V1)
