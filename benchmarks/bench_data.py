@@ -34,6 +34,14 @@ def dataset_dir(name: str) -> Path:
     return path
 
 
+def test_texts(name: str) -> dict[str, list[str]]:
+    """The dataset's test documents per language (ISO code), one line each, as its files hold them."""
+    d = dataset_dir(name)
+    spec = DATASETS[name]
+    return {lang: (d / f"test_texts_{suffix}.txt").read_text(encoding="utf-8").splitlines()
+            for lang, suffix in zip(spec["langs"], spec["peer_langs"], strict=True)}
+
+
 def dict_file(name: str) -> str:
     """The dataset's bilingual dictionary."""
     return str(DATA / DATASETS[name]["dict"])

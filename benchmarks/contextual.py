@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bench_data import dataset_dir, dict_file, ref_corpus
+from bench_data import dataset_dir, dict_file, ref_corpus, test_texts
 
 ROOT = Path(__file__).resolve().parents[1]
 CATEGORIES = ("business", "education", "entertainment", "sports", "tech", "fashion")  # ECNews labels 1..6
@@ -633,8 +633,7 @@ def main() -> None:
         from xtm.exporters.onnx_export import export_run
 
         run = Path(res["ecnews"]["variants"][DEFAULT_VARIANT]["dir"])
-        ec_texts = [line.strip() for f in ("test_texts_en.txt", "test_texts_cn.txt")
-                    for line in (dataset_dir("ECNews") / f).read_text(encoding="utf-8").splitlines()[:2000]]
+        ec_texts = [line.strip() for lines in test_texts("ECNews").values() for line in lines[:2000]]
         news = [t for it in news_items() for t in it["texts"].values()]
         res["throughput"] = {}
         for graph, quantize in (("float32", None), ("int8", "int8")):

@@ -30,15 +30,15 @@ import sys
 import time
 from pathlib import Path
 
-from bench_data import dataset_dir, dict_file
+from bench_data import dataset_dir, dict_file, test_texts
 
 
 def write_docs(path: Path, repeat: int) -> int:
     n = 0
+    texts = test_texts("ECNews")
     with open(path, "w", encoding="utf-8") as f:
         for r in range(repeat):
-            for code, lang in (("en", "en"), ("cn", "zh")):
-                lines = (dataset_dir("ECNews") / f"test_texts_{code}.txt").read_text(encoding="utf-8").splitlines()
+            for lang, lines in texts.items():
                 for i, text in enumerate(lines):
                     f.write(json.dumps({"id": f"{lang}-{r}-{i}", "text": text, "lang": lang}, ensure_ascii=False)
                             + "\n")

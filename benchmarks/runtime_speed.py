@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_data import dataset_dir
+from bench_data import test_texts
 
 # Runs a command and prints its wall time and its peak RSS (kB). As a fresh small process, its
 # children's ru_maxrss is theirs alone.
@@ -47,8 +47,7 @@ LAUNCHER = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
 
 def texts_and_langs() -> tuple[list[str], list[str]]:
     texts, langs = [], []
-    for code, lang in (("en", "en"), ("cn", "zh")):
-        lines = (dataset_dir("ECNews") / f"test_texts_{code}.txt").read_text(encoding="utf-8").splitlines()
+    for lang, lines in test_texts("ECNews").items():
         texts += lines
         langs += [lang] * len(lines)
     return texts, langs
