@@ -91,6 +91,7 @@ class Phase2Objective:
         self.cfg, self.device, self.num_topics = cfg, device, num_topics
         self.langs = list(corpus.langs)
         self.vocabs = {lc.lang: list(lc.vocab) for lc in corpus.languages}
+        self.word_index = {lang: {w: i for i, w in enumerate(v)} for lang, v in self.vocabs.items()}
         self.cache_dir = context.cache_dir
         self.progress = context.progress
         self._encoder: SentenceEncoder | None = None
@@ -189,9 +190,8 @@ class Phase2Objective:
                 continue
             j = 0
             for li, lang in enumerate(self.langs):
-                index = {w: i for i, w in enumerate(self.vocabs[lang])}
                 for w, c in zip(r.words[lang], r.counts[lang], strict=True):
-                    y[k, j] = torch.from_numpy(self.word_vectors[lang][index[w]])
+                    y[k, j] = torch.from_numpy(self.word_vectors[lang][self.word_index[lang][w]])
                     wy[k, j] = float(c)
                     lang_of[k, j] = li
                     j += 1
@@ -212,7 +212,7 @@ class Phase2Objective:
         """Per language: each topic's refined word indices [K, M] and which are real [K, M] (padding False)."""
         out = []
         for lang in self.langs:
-            index = {w: i for i, w in enumerate(self.vocabs[lang])}
+            index = self.word_index[lang]
             rows = [[index[w] for w in r.words[lang]] if r is not None else [] for r in self.refined]
             m = max(1, max(len(r) for r in rows))
             idx = torch.zeros(self.num_topics, m, dtype=torch.long)
