@@ -20,6 +20,7 @@ import click
 
 from xtm import __version__
 from xtm.errors import XtmError
+from xtm.interruptible import exit_now
 
 TRAIN_INSTALL = 'pip install "xtm[train]"'
 # Distributions --version names beside xtm's own version (looked up in metadata, never imported).
@@ -39,7 +40,7 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
-            sys.exit(130)
+            exit_now(130)  # not sys.exit: a computation Ctrl-C left running (xtm.interruptible) must not crash it
         except BrokenPipeError:
             raise  # the reader went away (`| head`): not a user error to report
         except OSError as e:

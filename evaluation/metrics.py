@@ -33,6 +33,7 @@ import scipy.sparse as sp
 
 from xtm.corpus import Corpus
 from xtm.errors import XtmError
+from xtm.interruptible import interruptible
 from xtm.languages import dataset_suffixes, normalize_lang
 
 __all__ = [
@@ -474,11 +475,12 @@ def classification(
                        f"got {sorted(dims)}")
 
     # One classifier per training language serves its -I score and every other language's -C.
-    models = {lang: _fit_svm(data[lang][0], data[lang][1], seed, classifier) for lang in langs}
+    # Fits and predictions run where Ctrl-C reaches them (xtm.interruptible): the RBF SVC takes minutes.
+    models = {lang: interruptible(_fit_svm, data[lang][0], data[lang][1], seed, classifier) for lang in langs}
 
     def accuracy(train_lang: str, test_lang: str) -> float:
         _, _, xte, yte = data[test_lang]
-        return float(np.mean(models[train_lang].predict(xte) == yte))
+        return float(np.mean(interruptible(models[train_lang].predict, xte) == yte))
 
     out: dict[str, float] = {f"{lang.upper()}-I": accuracy(lang, lang) for lang in langs}
     for lang in langs:

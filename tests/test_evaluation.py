@@ -415,3 +415,67 @@ def test_real_reference_corpus_load_and_cnpmi(kyoto) -> None:
     temple = cnpmi(en, [["寺", "神社", "仏教", "僧"]], ref, "en", "ja")
     railway = cnpmi(en, [["駅", "鉄道", "列車", "路線"]], ref, "en", "ja")
     assert temple > 0.1 > railway
+
+
+def test_ctrl_c_stops_a_long_svm_fit_at_once_not_when_it_returns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The published protocol's RBF SVC holds its thread for minutes on a benchmark corpus: the KeyboardInterrupt
+    comes while the fit still runs, and the fit ends later on its own (in the main thread it would come only
+    once the fit returned, and the fit's end would never be recorded)."""
+    import os
+    import signal
+    import threading
+
+    import sklearn.svm  # noqa: F401 (imported now, so that the signal lands inside the fit, not the import)
+
+    from xtm.evaluation import metrics
+
+    fit_ended: list[float] = []
+    fit = metrics._fit_svm
+    monkeypatch.setattr(metrics, "_fit_svm", lambda *a: (fit(*a), fit_ended.append(time.monotonic()))[0])
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(8_000, 50)), rng.integers(0, 6, 8_000)  # noise in 6 classes: a fit of seconds
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            classification({"en": x}, {"en": y}, {"en": x[:10]}, {"en": y[:10]}, classifier="reference")
+        interrupted = time.monotonic()
+    finally:
+        timer.cancel()
+    deadline = interrupted + 60
+    while not fit_ended and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert fit_ended and fit_ended[0] > interrupted
+
+
+def test_a_command_interrupted_inside_a_fit_exits_130_at_once_instead_of_crashing_under_it(tmp_path: Path) -> None:
+    """The interpreter's teardown under a worker still inside libsvm died of SIGSEGV: commands leave at once."""
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "cmd.py"
+    script.write_text(
+        "import numpy as np, sklearn.svm, sys\n"
+        "from xtm.cli.common import friendly_errors\n"
+        "from xtm.evaluation.metrics import classification\n"
+        "x = np.random.default_rng(0).normal(size=(8000, 50)); y = np.arange(8000) % 6\n"
+        "@friendly_errors\n"
+        "def cmd():\n"
+        "    print('fitting', flush=True)\n"
+        "    classification({'en': x}, {'en': y}, {'en': x[:10]}, {'en': y[:10]}, classifier='reference')\n"
+        "cmd()\n")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline() == "fitting\n"
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    t0 = time.monotonic()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted" in err, (proc.returncode, err)
+    assert time.monotonic() - t0 < 2
+
+
+def test_an_error_inside_the_fit_reaches_the_caller_as_it_is() -> None:
+    x = np.ones((4, 3))
+    with pytest.raises(XtmError, match="at least two classes"):
+        classification({"en": x}, {"en": np.zeros(4)}, {"en": x}, {"en": np.zeros(4)})
