@@ -89,7 +89,8 @@ new, empty, or an xtm run; one process at a time writes a run (RUN_DIR/.xtm.lock
 Exit codes: 0 trained; 2 bad input or settings (one `error:` line); 130, 143,
 129 interrupted by SIGINT (Ctrl-C), SIGTERM, SIGHUP: the current step finishes,
 the checkpoint is saved, and --resume continues exactly (a second Ctrl-C
-abandons the current step; the checkpoint is still exact).
+abandons the current step; the checkpoint is still exact; Ctrl-C while the
+model is evaluated stops at once).
 """
 
 

@@ -33,7 +33,7 @@ from xtm.errors import XtmError
 __all__ = ["CONTEXTUAL_AUTO_ROUTES", "CONTEXTUAL_OBJECTIVES", "DEFAULT_ENCODER", "DEFAULT_MAX_TOKENS", "MODEL_NAMES",
            "PREPROCESSING", "REFINER_NAMES", "Cli", "ContextualConfig", "DataConfig", "LabelConfig", "Phase2Config",
            "Preprocessing", "RefinerConfig", "RunConfig", "Sampling", "TrainConfig", "cli_spec", "default_of",
-           "from_dict", "help_of", "parse_csv", "parse_key_values", "setting"]
+           "flat_settings", "from_dict", "help_of", "option_text", "parse_csv", "parse_key_values", "setting"]
 
 # The multilingual sentence encoder used unless a run names another (offline, no download), and the
 # tokens the contextual route reads per document. xtm.models_zoo.encoders takes both from here.
@@ -160,6 +160,31 @@ def help_of(cls: type, name: str) -> str:
 
 def cli_spec(cls: type, name: str) -> Cli | None:
     return _field(cls, name).metadata.get("cli")
+
+
+def flat_settings(cfg: Any, prefix: str = "") -> dict[str, tuple[Any, Cli | None]]:
+    """A config's leaf settings by dotted name ("refiner.sampling.top_p"), each with its option (None: none)."""
+    out: dict[str, tuple[Any, Cli | None]] = {}
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if is_dataclass(value):
+            out.update(flat_settings(value, f"{prefix}{f.name}."))
+        else:
+            out[prefix + f.name] = (value, f.metadata.get("cli"))
+    return out
+
+
+def option_text(cli: Cli | None, name: str, value: Any) -> str:
+    """The command-line words that give a setting `value`: "--lambda-mmd 20000", "--mmd-top-only",
+    "drop --mmd-top-only"; a setting without an option is named as it is ("refiner.sampling.seed=1")."""
+    if cli is None:
+        return f"{name}={json.dumps(value)}"
+    flag = cli.flags.split()[-1]
+    if cli.switch is not None:
+        return flag if value == cli.switch else f"drop {flag}"
+    if value is None:
+        return f"drop {flag}"
+    return f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}"
 
 
 def from_dict(cls: type[C], d: dict[str, Any]) -> C:

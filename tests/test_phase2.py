@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 import torch.optim.optimizer as optim_hooks
 
-from xtm.config import DataConfig, Phase2Config, TrainConfig
+from xtm.config import DataConfig, Phase2Config, RefinerConfig, Sampling, TrainConfig
 from xtm.errors import XtmError
 from xtm.models_zoo.base import BuildContext
 from xtm.models_zoo.encoders import load_encoder
@@ -183,6 +183,56 @@ def test_resume_inside_phase2_equals_an_uninterrupted_run(example_dir: Path, tmp
                     phase2=objective())
     for k, v in full.model.state_dict().items():
         torch.testing.assert_close(v, resumed.model.state_dict()[k], rtol=0, atol=0, msg=k)
+
+
+def test_resume_inside_phase2_refuses_other_phase2_settings_by_flag_and_allows_its_length_and_server(
+        example_corpus, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A run stopped inside phase 2 and resumed under another MMD source (say, a default changed since) would
+    go on as neither run: refused, naming the flags that continue it; phase 2's length and the server may change."""
+    cfg = dict(model="nmtm", num_topics=6, batch_size=100, seed=2, checkpoint_every=1, progress=False)
+    ctx = BuildContext(cache_dir=tmp_path / "cache", seed=2)
+
+    def objective(**kw):
+        return Phase2Objective(example_corpus, 6, Phase2Config(epochs=4, refine_every=2, rounds=2, **kw), ctx,
+                               torch.device("cpu"))
+
+    def resume(p2_epochs: int = 4, **kw):
+        return train(example_corpus, TrainConfig(epochs=3, phase2_epochs=p2_epochs, **cfg), tmp_path / "run",
+                     resume=True, phase2=objective(**kw))
+
+    train(example_corpus, TrainConfig(epochs=3, phase2_epochs=2, **cfg), tmp_path / "run", phase2=objective())
+    with pytest.raises(XtmError, match=r"refined_support True -> False\): resume with the checkpoint's "
+                                       r"\(drop --mmd-top-only\)"):
+        resume(refined_support=False)
+    with pytest.raises(XtmError, match=r"lambda_mmd 20000.0 -> 5000.0, doc_tau 0.2 -> 0.1\): resume with the "
+                                       r"checkpoint's \(--lambda-mmd 20000, --doc-tau 0.2\)"):
+        resume(lambda_mmd=5000.0, doc_tau=0.1)
+    with pytest.raises(XtmError, match=r"refiner.sampling.top_p 0.7 -> 0.9.*--llm-top-p 0.7"):
+        resume(refiner=RefinerConfig(sampling=Sampling(top_p=0.9)))
+    # a longer phase 2 and another server: allowed
+    assert resume(p2_epochs=3, refiner=RefinerConfig(llm_url="http://127.0.0.1:9/v1", timeout=5.0)).epochs_done == 6
+
+    # a checkpoint written before the settings were recorded: resumed unchecked, and said so
+    state = tmp_path / "run" / "checkpoints" / json.loads((tmp_path / "run" / "checkpoints" / "latest.json")
+                                                          .read_text())["dir"] / "state.json"
+    saved = json.loads(state.read_text())
+    saved.pop("phase2_config")
+    state.write_text(json.dumps(saved))
+    with caplog.at_level("WARNING", logger="xtm"):
+        assert resume(refined_support=False).epochs_done == 7
+    assert "predates the phase-2 settings being recorded" in caplog.text
+
+
+def test_phase2_settings_may_change_when_resuming_at_the_end_of_phase1(example_corpus, tmp_path: Path) -> None:
+    cfg = dict(model="nmtm", num_topics=6, batch_size=100, seed=2, checkpoint_every=1, progress=False)
+    ctx = BuildContext(cache_dir=tmp_path / "cache", seed=2)
+    first = Phase2Objective(example_corpus, 6, Phase2Config(epochs=2, refine_every=2, rounds=2), ctx,
+                            torch.device("cpu"))
+    train(example_corpus, TrainConfig(epochs=3, phase2_epochs=0, **cfg), tmp_path / "run", phase2=first)
+    other = Phase2Objective(example_corpus, 6, Phase2Config(epochs=2, refine_every=2, rounds=2, lambda_mmd=1.0), ctx,
+                            torch.device("cpu"))
+    assert train(example_corpus, TrainConfig(epochs=3, phase2_epochs=2, **cfg), tmp_path / "run", resume=True,
+                 phase2=other).epochs_done == 5
 
 
 def test_with_the_step_schedule_phase2_resets_to_its_rate_and_keeps_halving_at_the_same_epochs(

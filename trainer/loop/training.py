@@ -30,7 +30,15 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
-from xtm.config import LR_STEP_EPOCHS_DEFAULT, LR_STEP_GAMMA, TrainConfig, lr_step_epochs
+from xtm.config import (
+    LR_STEP_EPOCHS_DEFAULT,
+    LR_STEP_GAMMA,
+    Phase2Config,
+    TrainConfig,
+    flat_settings,
+    lr_step_epochs,
+    option_text,
+)
 from xtm.corpus import Corpus
 from xtm.cpu import threads_beside_others
 from xtm.errors import XtmError
@@ -283,6 +291,12 @@ def build_model(corpus: Corpus, cfg: TrainConfig) -> CrossLingualTopicModel:
 _STOP_SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
 
 
+# Phase-2 settings a resumed run may change: its length, and where and how the refiner is reached (not what
+# it is asked or how it samples). Everything else shapes the objective and is checked against the checkpoint.
+_PHASE2_SERVING = frozenset({"epochs", "refiner.llm_url", "refiner.api_key_env", "refiner.concurrency",
+                             "refiner.timeout", "refiner.retries"})
+
+
 class _StopFlag:
     """SIGINT (Ctrl-C), SIGTERM, SIGHUP while training: finish the current step, checkpoint, stop.
 
@@ -444,6 +458,7 @@ class _Training:
         self._check_topic_lr_scale(ckpt)
         self._check_hparams(mc, ckpt.path)
         self._check_schedules(ckpt)
+        self._check_phase2_settings(ckpt)
         self._keep_threads(saved.get("threads"))
         load_unique_state_dict(self.model, ckpt.model)
         if train_buffers(ckpt):
@@ -486,6 +501,34 @@ class _Training:
             keep = " ".join(f"--set {k}={json.dumps(saved[k])}" for k in differ)
             raise XtmError(f"--resume: the checkpoint was trained with other backbone hyper-parameters than this run "
                            f"asks for ({asked}): resume with {keep}", path=path)
+
+    def _check_phase2_settings(self, ckpt: Checkpoint) -> None:
+        """A checkpoint inside phase 2 continues with the phase-2 settings it was trained with: refuse others by
+        name, as for the backbone's (a changed default counts too). Phase 2's length may change, and so may where
+        and how the refiner is reached (_PHASE2_SERVING)."""
+        state = ckpt.state if isinstance(ckpt.state, dict) else {}
+        p2 = state.get("phase2")
+        started = isinstance(p2, dict) and (bool(p2.get("steps"))
+                                            or any(r is not None for r in p2.get("refined") or []))
+        if self.phase2 is None or not started:
+            return
+        saved = state.get("phase2_config")
+        if not isinstance(saved, dict):
+            if self.main:
+                logger.warning("--resume: this checkpoint is inside phase 2 but predates the phase-2 settings being "
+                               "recorded in checkpoints, so this run's are not checked against its (a run started "
+                               "before the widened MMD source goes on as it began only with --mmd-top-only: "
+                               "docs/llm_xtm.md)")
+            return
+        before = flat_settings(Phase2Config.from_dict(saved))
+        now = flat_settings(self.phase2.cfg)
+        differ = [k for k in now if k not in _PHASE2_SERVING and k in before and before[k][0] != now[k][0]]
+        if differ:
+            asked = ", ".join(f"{k} {before[k][0]!r} -> {now[k][0]!r}" for k in differ)
+            keep = ", ".join(option_text(now[k][1], k, before[k][0]) for k in differ)
+            raise XtmError(f"--resume: the checkpoint is inside phase 2, trained with other phase-2 settings than this "
+                           f"run asks for (checkpoint -> now: {asked}): resume with the checkpoint's ({keep})",
+                           path=ckpt.path)
 
     def _keep_threads(self, saved: Any) -> None:
         """Without --threads, a resumed CPU run takes the thread count it was started with, whatever the
@@ -782,6 +825,7 @@ class _Training:
             "model_config": self.model.config(), "train_config": self.cfg.to_dict(), "corpus": self.fingerprint,
             "numpy_rng": progress_rng, "history": self.history[:done], "epoch_seconds": self.seconds[:done],
             "phase2": phase2_state, "phase2_own": own, "threads": torch.get_num_threads(),
+            "phase2_config": self.phase2.cfg.to_dict() if self.phase2 is not None else None,
             "partial": progress.to_dict() if progress is not None else None},
             step=progress.steps_done if progress is not None else None,
             torch_rng=rng[0] if rng else None, cuda_rng=rng[1] if rng else None, train_buffers=buffers)
