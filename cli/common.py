@@ -20,7 +20,7 @@ import click
 
 from xtm import __version__
 from xtm.errors import XtmError
-from xtm.interruptible import exit_now
+from xtm.interruptible import exit_now, running_abandoned
 
 TRAIN_INSTALL = 'pip install "xtm[train]"'
 # Distributions --version names beside xtm's own version (looked up in metadata, never imported).
@@ -41,6 +41,11 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             exit_now(130)  # not sys.exit: a computation Ctrl-C left running (xtm.interruptible) must not crash it
+        except SystemExit as e:
+            # SIGTERM / SIGHUP (exit_on_signals), or an exit code chosen after one: the same care
+            if running_abandoned():
+                exit_now(0 if e.code is None else e.code if isinstance(e.code, int) else 1)
+            raise
         except BrokenPipeError:
             raise  # the reader went away (`| head`): not a user error to report
         except OSError as e:

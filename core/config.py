@@ -184,7 +184,7 @@ def option_text(cli: Cli | None, name: str, value: Any) -> str:
         return flag if value == cli.switch else f"drop {flag}"
     if value is None:
         return f"drop {flag}"
-    return f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}"
+    return f"{flag} {value}"  # str(), not a format: "--lambda-mmd 12345.678" must come back exactly
 
 
 def from_dict(cls: type[C], d: dict[str, Any]) -> C:

@@ -40,9 +40,10 @@ def interruptible(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     if threading.current_thread() is not threading.main_thread():
         return fn(*args, **kwargs)
     box: dict[str, Any] = {}
-    done = threading.Event()
+    began, done = threading.Event(), threading.Event()
 
     def work() -> None:
+        began.set()
         try:
             box["value"] = fn(*args, **kwargs)
         except BaseException as e:  # handed to the caller as it is
@@ -50,14 +51,17 @@ def interruptible(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         finally:
             done.set()
 
-    threading.Thread(target=work, name="xtm-interruptible", daemon=True).start()
     try:
+        # started inside: a signal can land in start() itself, before or after the worker exists
+        threading.Thread(target=work, name="xtm-interruptible", daemon=True).start()
         while not done.wait(0.1):
             pass
     except BaseException:
         if not _abandoned:
             atexit.register(_wait_for_abandoned)
         _abandoned.append(done)
+        if not began.wait(1.0):
+            done.set()  # the signal came before the worker was created: it never runs
         raise
     if "error" in box:
         raise box["error"]

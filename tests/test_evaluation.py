@@ -448,8 +448,11 @@ def test_ctrl_c_stops_a_long_svm_fit_at_once_not_when_it_returns(monkeypatch: py
     assert fit_ended and fit_ended[0] > interrupted
 
 
-def test_a_command_interrupted_inside_a_fit_exits_130_at_once_instead_of_crashing_under_it(tmp_path: Path) -> None:
-    """The interpreter's teardown under a worker still inside libsvm died of SIGSEGV: commands leave at once."""
+@pytest.mark.parametrize("signame,code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_command_stopped_inside_a_fit_exits_at_once_instead_of_crashing_under_it(tmp_path: Path, signame: str,
+                                                                                   code: int) -> None:
+    """The interpreter's teardown under a worker still inside libsvm died of SIGSEGV, and waiting for the worker
+    instead takes as long as the fit: commands leave at once, with the signal's exit code."""
     import signal
     import subprocess
     import sys
@@ -457,22 +460,25 @@ def test_a_command_interrupted_inside_a_fit_exits_130_at_once_instead_of_crashin
     script = tmp_path / "cmd.py"
     script.write_text(
         "import numpy as np, sklearn.svm, sys\n"
+        "from xtm.atomic import exit_on_signals\n"
         "from xtm.cli.common import friendly_errors\n"
         "from xtm.evaluation.metrics import classification\n"
         "x = np.random.default_rng(0).normal(size=(8000, 50)); y = np.arange(8000) % 6\n"
         "@friendly_errors\n"
         "def cmd():\n"
-        "    print('fitting', flush=True)\n"
-        "    classification({'en': x}, {'en': y}, {'en': x[:10]}, {'en': y[:10]}, classifier='reference')\n"
+        "    with exit_on_signals():\n"
+        "        print('fitting', flush=True)\n"
+        "        classification({'en': x}, {'en': y}, {'en': x[:10]}, {'en': y[:10]}, classifier='reference')\n"
         "cmd()\n")
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline() == "fitting\n"
     time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(getattr(signal, signame))
     t0 = time.monotonic()
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "interrupted" in err, (proc.returncode, err)
+    assert proc.returncode == code, (proc.returncode, err)
     assert time.monotonic() - t0 < 2
+    assert ("interrupted" in err) == (signame == "SIGINT")
 
 
 def test_an_error_inside_the_fit_reaches_the_caller_as_it_is() -> None:

@@ -188,29 +188,45 @@ def test_resume_inside_phase2_equals_an_uninterrupted_run(example_dir: Path, tmp
 def test_resume_inside_phase2_refuses_other_phase2_settings_by_flag_and_allows_its_length_and_server(
         example_corpus, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A run stopped inside phase 2 and resumed under another MMD source (say, a default changed since) would
-    go on as neither run: refused, naming the flags that continue it; phase 2's length and the server may change."""
+    go on as neither run: refused, naming the options that continue it; phase 2's length, the server, and what
+    the checkpoint's refiner never reads may change."""
     cfg = dict(model="nmtm", num_topics=6, batch_size=100, seed=2, checkpoint_every=1, progress=False)
     ctx = BuildContext(cache_dir=tmp_path / "cache", seed=2)
 
-    def objective(**kw):
-        return Phase2Objective(example_corpus, 6, Phase2Config(epochs=4, refine_every=2, rounds=2, **kw), ctx,
+    def objective(epochs: int, **kw):
+        return Phase2Objective(example_corpus, 6, Phase2Config(epochs=epochs, refine_every=2, rounds=2, **kw), ctx,
                                torch.device("cpu"))
 
-    def resume(p2_epochs: int = 4, **kw):
-        return train(example_corpus, TrainConfig(epochs=3, phase2_epochs=p2_epochs, **cfg), tmp_path / "run",
-                     resume=True, phase2=objective(**kw))
+    def resume(p2_epochs: int = 4, epochs: int = 3, **kw):
+        return train(example_corpus, TrainConfig(epochs=epochs, phase2_epochs=p2_epochs, **cfg), tmp_path / "run",
+                     resume=True, phase2=objective(p2_epochs, **kw))
 
-    train(example_corpus, TrainConfig(epochs=3, phase2_epochs=2, **cfg), tmp_path / "run", phase2=objective())
+    train(example_corpus, TrainConfig(epochs=3, phase2_epochs=2, **cfg), tmp_path / "run", phase2=objective(2))
     with pytest.raises(XtmError, match=r"refined_support True -> False\): resume with the checkpoint's "
                                        r"\(drop --mmd-top-only\)"):
         resume(refined_support=False)
-    with pytest.raises(XtmError, match=r"lambda_mmd 20000.0 -> 5000.0, doc_tau 0.2 -> 0.1\): resume with the "
-                                       r"checkpoint's \(--lambda-mmd 20000, --doc-tau 0.2\)"):
-        resume(lambda_mmd=5000.0, doc_tau=0.1)
-    with pytest.raises(XtmError, match=r"refiner.sampling.top_p 0.7 -> 0.9.*--llm-top-p 0.7"):
-        resume(refiner=RefinerConfig(sampling=Sampling(top_p=0.9)))
-    # a longer phase 2 and another server: allowed
-    assert resume(p2_epochs=3, refiner=RefinerConfig(llm_url="http://127.0.0.1:9/v1", timeout=5.0)).epochs_done == 6
+    with pytest.raises(XtmError, match=r"lambda_mmd 20000.0 -> 12345.678, doc_tau 0.2 -> 0.1\): resume with the "
+                                       r"checkpoint's \(--lambda-mmd 20000.0, --doc-tau 0.2\)"):
+        resume(lambda_mmd=12345.678, doc_tau=0.1)
+    with pytest.raises(XtmError, match=r"refiner.sampling.seed 0 -> 5\): resume with the checkpoint's \(--seed 0\)"):
+        resume(refiner=RefinerConfig(sampling=Sampling(seed=5)))  # xtm-train fills it from --seed
+    with pytest.raises(XtmError, match=r"phase 1's epochs 3 -> 2\): resume with the checkpoint's \(--epochs 3\)"):
+        resume(epochs=2, p2_epochs=5)  # phase 2 would start an epoch earlier
+    # the same refusal for an LLM-refined checkpoint's sampling (the embedding refiner never reads it)
+    state = tmp_path / "run" / "checkpoints" / json.loads((tmp_path / "run" / "checkpoints" / "latest.json")
+                                                          .read_text())["dir"] / "state.json"
+    original = state.read_text()
+    saved = json.loads(original)
+    saved["phase2_config"]["refiner"].update(backend="openai", llm_model="m")
+    state.write_text(json.dumps(saved))
+    llm = RefinerConfig(backend="openai", llm_model="m", llm_url="http://127.0.0.1:9/v1", sampling=Sampling(top_p=0.9))
+    with pytest.raises(XtmError, match=r"refiner.sampling.top_p 0.7 -> 0.9\): resume with the checkpoint's "
+                                       r"\(--llm-top-p 0.7\)"):
+        resume(refiner=llm)
+    state.write_text(original)
+    # a longer phase 2, another server, and sampling the embedding refiner never reads: allowed
+    assert resume(p2_epochs=3, refiner=RefinerConfig(llm_url="http://127.0.0.1:9/v1", timeout=5.0,
+                                                     sampling=Sampling(top_p=0.9))).epochs_done == 6
 
     # a checkpoint written before the settings were recorded: resumed unchecked, and said so
     state = tmp_path / "run" / "checkpoints" / json.loads((tmp_path / "run" / "checkpoints" / "latest.json")
@@ -219,7 +235,7 @@ def test_resume_inside_phase2_refuses_other_phase2_settings_by_flag_and_allows_i
     saved.pop("phase2_config")
     state.write_text(json.dumps(saved))
     with caplog.at_level("WARNING", logger="xtm"):
-        assert resume(refined_support=False).epochs_done == 7
+        assert resume(p2_epochs=4, refined_support=False).epochs_done == 7
     assert "predates the phase-2 settings being recorded" in caplog.text
 
 

@@ -158,6 +158,35 @@ def test_interrupt_saves_a_checkpoint_that_resumes(example_corpus, tmp_path: Pat
     assert resumed.epochs_done == 3 and not resumed.interrupted
 
 
+def test_the_first_signal_during_the_evaluation_between_epochs_ends_it_at_once(example_corpus, tmp_path: Path) -> None:
+    """An --eval-every evaluation can be minutes of SVM fits on a large corpus and holds nothing a checkpoint needs:
+    the first Ctrl-C ends it at once (elsewhere the first one waits for the step to finish), and the epoch it
+    followed is kept whole: the resumed run evaluates it again and goes on."""
+    import signal
+    import threading
+    import time
+
+    from xtm.interruptible import interruptible
+
+    release = threading.Event()
+
+    def evaluate(epoch: int, model) -> dict[str, float]:
+        if epoch == 2:
+            threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
+            interruptible(release.wait, 60)  # a long call outside Python, as sklearn's fits are
+        return {"TU": 0.5}
+
+    t0 = time.monotonic()
+    try:
+        result = train(example_corpus, config(epochs=4, checkpoint_every=0), tmp_path, on_epoch_end=evaluate)
+        assert time.monotonic() - t0 < 45 and result.interrupted and result.epochs_done == 1
+    finally:
+        release.set()
+    resumed = train(example_corpus, config(epochs=4, checkpoint_every=0), tmp_path, resume=True,
+                    on_epoch_end=lambda epoch, model: {"TU": 0.5})
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4] and all("eval" in h for h in resumed.history)
+
+
 def test_history_json_is_current_after_every_epoch(example_corpus, tmp_path: Path) -> None:
     # A long run's learning curve must be readable while it trains, and survive a kill between
     # checkpoints (checkpoint_every=0: none until the end).

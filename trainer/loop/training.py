@@ -295,6 +295,24 @@ _STOP_SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal,
 # it is asked or how it samples). Everything else shapes the objective and is checked against the checkpoint.
 _PHASE2_SERVING = frozenset({"epochs", "refiner.llm_url", "refiner.api_key_env", "refiner.concurrency",
                              "refiner.timeout", "refiner.retries"})
+# Settings a refiner never reads (so a resumed run may change them), by backend; the LLM backends' default.
+_UNREAD_BY = {"embedding": frozenset({"refiner.llm_model", "refiner.sampling.temperature", "refiner.sampling.top_p",
+                                      "refiner.sampling.max_tokens"})}
+_UNREAD_BY_LLMS = frozenset({"refiner.exclusive"})
+# Settings xtm-train fills from another option: named by that option in a refusal.
+_PHASE2_FROM_OPTION = {"refiner.sampling.seed": "--seed"}
+
+
+def phase2_differences(saved: dict[str, Any], cfg: Phase2Config) -> list[tuple[str, Any, Any, str]]:
+    """(setting, the checkpoint's value, this run's, the option that gives the checkpoint's) for every phase-2
+    setting a resumed run may not change: not _PHASE2_SERVING, nor what neither run's refiner reads."""
+    before, now = flat_settings(Phase2Config.from_dict(saved)), flat_settings(cfg)
+    ignored = set(_PHASE2_SERVING)
+    backends = {b for b in (before["refiner.backend"][0], now["refiner.backend"][0]) if isinstance(b, str)}
+    ignored |= frozenset.intersection(*(_UNREAD_BY.get(b, _UNREAD_BY_LLMS) for b in backends)) if backends else set()
+    return [(k, before[k][0], value, f"{_PHASE2_FROM_OPTION[k]} {before[k][0]}" if k in _PHASE2_FROM_OPTION
+             else option_text(option, k, before[k][0]))
+            for k, (value, option) in now.items() if k not in ignored and k in before and before[k][0] != value]
 
 
 class _StopFlag:
@@ -302,14 +320,17 @@ class _StopFlag:
 
     The first signal is only recorded, never raised mid-step: a half-applied optimizer step could
     not be resumed exactly. A second one stops at once (KeyboardInterrupt), except inside a
-    critical section (the optimizer step and its bookkeeping), which it lets finish first. Printing
-    is left to the loop: writing to stderr from a handler can collide with tqdm's own writes.
+    critical section (the optimizer step and its bookkeeping), which it lets finish first. Inside
+    an abandonable section (the `--eval-every` evaluation: minutes of SVM fits on a large corpus,
+    and nothing a checkpoint needs) the first one stops at once too. Printing is left to the loop:
+    writing to stderr from a handler can collide with tqdm's own writes.
     """
 
     def __init__(self) -> None:
         self.signum: int | None = None
         self.last: int | None = None
         self.critical = False
+        self.abandonable = False
         self.forced = False
         self._previous: dict[int, Any] = {}
 
@@ -319,11 +340,12 @@ class _StopFlag:
 
     def __call__(self, signum: int, frame: Any) -> None:
         self.last = signum
-        if self.signum is None:
+        first = self.signum is None
+        if first:
             self.signum = signum
-        elif self.critical:
-            self.forced = True
-        else:
+        if self.critical:
+            self.forced = self.forced or not first
+        elif not first or self.abandonable:
             raise KeyboardInterrupt
 
     def install(self) -> None:
@@ -520,12 +542,14 @@ class _Training:
                                "before the widened MMD source goes on as it began only with --mmd-top-only: "
                                "docs/llm_xtm.md)")
             return
-        before = flat_settings(Phase2Config.from_dict(saved))
-        now = flat_settings(self.phase2.cfg)
-        differ = [k for k in now if k not in _PHASE2_SERVING and k in before and before[k][0] != now[k][0]]
+        differ = phase2_differences(saved, self.phase2.cfg)
+        trained = state.get("train_config") if isinstance(state.get("train_config"), dict) else {}
+        if trained.get("epochs") not in (None, self.cfg.epochs):
+            # phase 2 counts from phase 1's last epoch: another --epochs would move its refinements and rate
+            differ.append(("phase 1's epochs", trained["epochs"], self.cfg.epochs, f"--epochs {trained['epochs']}"))
         if differ:
-            asked = ", ".join(f"{k} {before[k][0]!r} -> {now[k][0]!r}" for k in differ)
-            keep = ", ".join(option_text(now[k][1], k, before[k][0]) for k in differ)
+            asked = ", ".join(f"{name} {was!r} -> {now!r}" for name, was, now, _ in differ)
+            keep = ", ".join(option for *_, option in differ)
             raise XtmError(f"--resume: the checkpoint is inside phase 2, trained with other phase-2 settings than this "
                            f"run asks for (checkpoint -> now: {asked}): resume with the checkpoint's ({keep})",
                            path=ckpt.path)
@@ -757,7 +781,13 @@ class _Training:
         epoch, steps = progress.epoch, progress.steps_done
         means = distributed.average_scalars({k: v / steps for k, v in progress.totals.items()}, self.dist,
                                             self.device)
-        extra = self.on_epoch_end(epoch, self.model) if self.on_epoch_end is not None else None
+        extra = None
+        if self.on_epoch_end is not None:
+            stop.abandonable = True  # a signal ends it at once; the epoch's steps are all kept (see run)
+            try:
+                extra = self.on_epoch_end(epoch, self.model)
+            finally:
+                stop.abandonable = False
         stop.enter()
         self.seconds.append(progress.seconds)
         self.history.append({"epoch": epoch, **means, "seconds": progress.seconds, "steps": steps,
