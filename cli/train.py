@@ -90,7 +90,7 @@ Exit codes: 0 trained; 2 bad input or settings (one `error:` line); 130, 143,
 129 interrupted by SIGINT (Ctrl-C), SIGTERM, SIGHUP: the current step finishes,
 the checkpoint is saved, and --resume continues exactly (a second Ctrl-C
 abandons the current step; the checkpoint is still exact; Ctrl-C while the
-model is evaluated stops at once).
+model is evaluated or phase 2 refines its topics stops at once).
 """
 
 

@@ -333,6 +333,45 @@ def test_phase2_interrupted_after_a_refinement_does_not_refine_again_and_resumes
     assert_same_model(straight.model, resumed.model)
 
 
+def test_the_first_signal_during_a_refinement_ends_it_at_once_and_the_resumed_run_redoes_it_exactly(
+        example_corpus, tmp_path: Path) -> None:
+    """An LLM refinement can take minutes: the first Ctrl-C ends it at once (elsewhere the first one waits for the
+    step), the checkpoint holds phase 2 as it was before the refinement, and --resume refines that epoch again."""
+    import threading
+
+    from xtm.config import Phase2Config
+    from xtm.interruptible import interruptible
+    from xtm.models_zoo.base import BuildContext
+    from xtm.trainer.phase2.objective import Phase2Objective
+
+    release = threading.Event()
+
+    class SlowToAnswer(Phase2Objective):
+        """Phase 2 whose refinement first waits as on an LLM server (outside Python), stopped by a SIGINT."""
+
+        def refine(self, model, epoch):
+            threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
+            interruptible(release.wait, 60)
+            return super().refine(model, epoch)
+
+    ctx = BuildContext(cache_dir=Path(os.environ["XTM_CACHE_DIR"]), seed=2)
+    cfg = config(epochs=1, phase2_epochs=2, seed=2, checkpoint_every=0)
+    p2 = Phase2Config(epochs=2, refine_every=1, rounds=2, doc_align=False)
+    straight = train(example_corpus, cfg, tmp_path / "a", phase2=Phase2Objective(example_corpus, 6, p2, ctx,
+                                                                                   torch.device("cpu")))
+    slow = SlowToAnswer(example_corpus, 6, p2, ctx, torch.device("cpu"))
+    t0 = time.monotonic()
+    try:
+        stopped = train(example_corpus, cfg, tmp_path / "b", phase2=slow)
+    finally:
+        release.set()
+    assert time.monotonic() - t0 < 45 and stopped.interrupted and stopped.epochs_done == 1 and slow.steps == []
+    again = Phase2Objective(example_corpus, 6, p2, ctx, torch.device("cpu"))
+    resumed = train(example_corpus, cfg, tmp_path / "b", resume=True, phase2=again)
+    assert [s["epoch"] for s in again.steps] == [2, 3]  # epoch 2 refined by the resumed run
+    assert_same_model(straight.model, resumed.model)
+
+
 CLI_RUN = ["--epochs", "4", "--batch-size", "8", "--checkpoint-every", "2", "--threads", "1"]
 
 

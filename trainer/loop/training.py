@@ -321,9 +321,10 @@ class _StopFlag:
     The first signal is only recorded, never raised mid-step: a half-applied optimizer step could
     not be resumed exactly. A second one stops at once (KeyboardInterrupt), except inside a
     critical section (the optimizer step and its bookkeeping), which it lets finish first. Inside
-    an abandonable section (the `--eval-every` evaluation: minutes of SVM fits on a large corpus,
-    and nothing a checkpoint needs) the first one stops at once too. Printing is left to the loop:
-    writing to stderr from a handler can collide with tqdm's own writes.
+    an abandonable section (the `--eval-every` evaluation: minutes of SVM fits on a large corpus;
+    a phase-2 refinement: minutes of LLM answers; neither needed by a checkpoint) the first one
+    stops at once too. Printing is left to the loop: writing to stderr from a handler can collide
+    with tqdm's own writes.
     """
 
     def __init__(self) -> None:
@@ -703,7 +704,13 @@ class _Training:
                 and phase2.refines_at(epoch - cfg.epochs):
             self._rollback = (copy.deepcopy(phase2.state()), self.own_words)
             own = phase2.own_top_words(model)
-            phase2.refine(model, epoch)
+            # A signal ends a refinement at once (an LLM's answers can take minutes): the checkpoint holds the
+            # state from before it (_rollback), and the answers already given are cached for the redo.
+            stop.abandonable = True
+            try:
+                phase2.refine(model, epoch)
+            finally:
+                stop.abandonable = False
             stop.enter()
             self.own_words, progress.refined, self._rollback = own, True, None
             stop.leave()
