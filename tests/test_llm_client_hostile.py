@@ -338,6 +338,48 @@ def test_only_the_rounds_missing_from_the_cache_are_asked_again(servers, tmp_pat
     assert sorted(r["body"]["seed"] for r in s.requests[4:]) == [SAMPLING.seed + 1] * 2     # the empty rounds
 
 
+def test_answers_are_cached_as_they_arrive_so_a_stopped_refinement_keeps_them(servers, tmp_path) -> None:
+    """Ctrl-C in a refinement (an LLM's answers take minutes) stops it: the answers already given must be in the
+    cache then, not only once every request has come back, so that the redo asks only for the rest."""
+    import os
+    import signal
+    import threading
+
+    s = servers("good", "good", "drip", drip_interval=0.05)       # the third answer would take ~15 s
+    refiner(s.url, None).refine([TOPIC], rounds=1)                # imports done: the signal lands in the refinement
+    topics = [TOPIC, TopicWords(1, {"en": ["market"], "zh": ["市场"]})]
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            refiner(s.url, tmp_path, timeout=2.0).refine(topics, rounds=1)
+    finally:
+        timer.cancel()
+    assert len(cache_files(tmp_path)) == 1                        # the first answer, cached when it came
+    answers, stats = refiner(s.url, tmp_path).refine(topics, rounds=1)
+    assert all(a.usable for row in answers for a in row) and stats.cache_hits == 1 and stats.calls == 1
+
+
+def test_a_stopped_refinement_waits_out_no_retry_and_makes_no_new_attempt(servers, tmp_path) -> None:
+    """A request waiting to retry (503, Retry-After 5 s, three retries left) when Ctrl-C stops the refinement
+    gives up at once instead of holding the command for its retries."""
+    import os
+    import signal
+    import threading
+
+    s = servers("good", default="unavailable", retry_after="5")
+    refiner(s.url, None).refine([TOPIC], rounds=1)                # imports done: the signal lands in the refinement
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+    t0 = time.monotonic()
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            refiner(s.url, tmp_path, retries=3).refine([TOPIC], rounds=1)
+    finally:
+        timer.cancel()
+    assert time.monotonic() - t0 < 3 and len(s.requests) == 2
+
+
 @pytest.mark.parametrize("entry", [{"text": ""}, {"text": "no vocabulary word here"}, {"text": 5}, [],
                                    {"words": "player"}, "not json at all", None])
 def test_an_unusable_or_corrupt_cache_entry_is_a_miss(servers, tmp_path, entry) -> None:

@@ -246,12 +246,18 @@ class LLMRefiner:
         answers: list[list[ParsedAnswer | None]] = [[self._cached(k, stats) for k in ks] for ks in keys]
         todo = [i for i, row in enumerate(answers) if any(a is None for a in row)]
         if todo and hasattr(self.generator, "generate_jobs"):
-            # One request per missing (topic, round): a cached round is never asked again.
-            jobs = [(prompts[i], r) for i in todo for r in range(rounds) if answers[i][r] is None]
-            fresh_jobs = self.generator.generate_jobs(jobs, self.sampling, stats)
+            # One request per missing (topic, round): a cached round is never asked again. Each answer is
+            # parsed and cached as it arrives, so a refinement stopped half-way (Ctrl-C) keeps what came.
             missing = [(i, r) for i in todo for r in range(rounds) if answers[i][r] is None]
-            for (i, r), text in zip(missing, fresh_jobs, strict=True):
-                answers[i][r] = self._fresh(keys[i][r], text, stats)
+            one_at_a_time = threading.Lock()  # the parser's stemmer is not promised to be thread-safe
+
+            def arrived(job: int, text: str | None) -> None:
+                i, r = missing[job]
+                with one_at_a_time:
+                    answers[i][r] = self._fresh(keys[i][r], text, stats)
+
+            self.generator.generate_jobs([(prompts[i], r) for i, r in missing], self.sampling, stats,
+                                         on_answer=arrived)
         elif todo:
             fresh = self.generator.generate([prompts[i] for i in todo], rounds, self.sampling, stats)
             for i, texts in zip(todo, fresh, strict=True):
@@ -610,7 +616,8 @@ class OpenAICompatibleGenerator:
         wait = self.backoff * 2 ** attempt * (0.5 + random.random()) if retry_after is None else retry_after
         return min(wait, self.max_retry_wait)
 
-    def _one(self, prompt: str, round_index: int, sampling: Sampling, stats: StepStats) -> str | None:
+    def _one(self, prompt: str, round_index: int, sampling: Sampling, stats: StepStats,
+             give_up: threading.Event | None = None) -> str | None:
         body = {"model": self.model, "messages": [{"role": "user", "content": prompt}],
                 "temperature": sampling.temperature, "top_p": sampling.top_p,
                 "max_tokens": sampling.max_tokens, "seed": sampling.seed + round_index, "stream": False}
@@ -638,7 +645,10 @@ class OpenAICompatibleGenerator:
                     stats.add(prompt_tokens=tokens[0], completion_tokens=tokens[1])
                 return text
             if attempt < self.retries:
-                time.sleep(self._wait(attempt, retry_after))
+                if give_up is None:
+                    time.sleep(self._wait(attempt, retry_after))
+                elif give_up.wait(self._wait(attempt, retry_after)):
+                    return None  # the refinement was stopped: no warning, nothing more to ask
         logger.warning(f"LLM request failed after {attempt + 1} attempts ({reason}); "
                        "the topic keeps its last refined set")
         return None
@@ -648,13 +658,27 @@ class OpenAICompatibleGenerator:
         texts = self.generate_jobs([(p, r) for p in prompts for r in range(rounds)], sampling, stats)
         return [texts[i * rounds:(i + 1) * rounds] for i in range(len(prompts))]
 
-    def generate_jobs(self, jobs: list[tuple[str, int]], sampling: Sampling, stats: StepStats) -> list[str | None]:
+    def generate_jobs(self, jobs: list[tuple[str, int]], sampling: Sampling, stats: StepStats,
+                      on_answer: Callable[[int, str | None], None] | None = None) -> list[str | None]:
         """One answer per (prompt, round index): rounds are independent requests, so the refiner
-        asks only for the ones its cache lacks."""
+        asks only for the ones its cache lacks. `on_answer(job index, answer)` is called (in the
+        request's thread) as each one arrives."""
+
+        give_up = threading.Event()  # set when the caller stops waiting: requests in flight make no new attempt
+
+        def one(index: int, prompt: str, r: int) -> str | None:
+            text = self._one(prompt, r, sampling, stats, give_up)
+            if on_answer is not None:
+                on_answer(index, text)
+            return text
+
         pool = ThreadPoolExecutor(max_workers=self.concurrency)
         try:
-            futures = [pool.submit(self._one, prompt, r, sampling, stats) for prompt, r in jobs]
+            futures = [pool.submit(one, index, prompt, r) for index, (prompt, r) in enumerate(jobs)]
             return [fut.result() for fut in futures]
+        except BaseException:
+            give_up.set()  # Ctrl-C or a fatal answer: wait for no more than the attempts already under way
+            raise
         finally:
             # A fatal error (wrong key, redirect elsewhere) stops the step without sending the rest.
             pool.shutdown(wait=True, cancel_futures=True)
