@@ -360,6 +360,17 @@ class _StopFlag:
             signal.signal(s, handler)
         self._previous.clear()
 
+    @contextlib.contextmanager
+    def abandonable_section(self) -> Iterator[None]:
+        """Work a signal may end at once; one that came just before it stops it from starting."""
+        if self.stop:
+            raise KeyboardInterrupt
+        self.abandonable = True
+        try:
+            yield
+        finally:
+            self.abandonable = False
+
     def enter(self) -> None:
         self.critical = True
 
@@ -706,11 +717,8 @@ class _Training:
             own = phase2.own_top_words(model)
             # A signal ends a refinement at once (an LLM's answers can take minutes): the checkpoint holds the
             # state from before it (_rollback), and the answers already given are cached for the redo.
-            stop.abandonable = True
-            try:
+            with stop.abandonable_section():
                 phase2.refine(model, epoch)
-            finally:
-                stop.abandonable = False
             stop.enter()
             self.own_words, progress.refined, self._rollback = own, True, None
             stop.leave()
@@ -790,11 +798,8 @@ class _Training:
                                             self.device)
         extra = None
         if self.on_epoch_end is not None:
-            stop.abandonable = True  # a signal ends it at once; the epoch's steps are all kept (see run)
-            try:
+            with stop.abandonable_section():  # a signal ends it at once; the epoch's steps are all kept (see run)
                 extra = self.on_epoch_end(epoch, self.model)
-            finally:
-                stop.abandonable = False
         stop.enter()
         self.seconds.append(progress.seconds)
         self.history.append({"epoch": epoch, **means, "seconds": progress.seconds, "steps": steps,
