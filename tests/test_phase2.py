@@ -20,7 +20,7 @@ from xtm.errors import XtmError
 from xtm.models_zoo.base import BuildContext
 from xtm.models_zoo.encoders import load_encoder
 from xtm.trainer.data.batches import InMemoryBatches
-from xtm.trainer.loop.checkpoint import load_checkpoint
+from xtm.trainer.loop.checkpoint import latest_checkpoint_dir, load_checkpoint
 from xtm.trainer.loop.training import build_model, train
 from xtm.trainer.phase2.losses import (
     balanced_raw_distribution,
@@ -213,8 +213,7 @@ def test_resume_inside_phase2_refuses_other_phase2_settings_by_flag_and_allows_i
     with pytest.raises(XtmError, match=r"phase 1's epochs 3 -> 2\): resume with the checkpoint's \(--epochs 3\)"):
         resume(epochs=2, p2_epochs=5)  # phase 2 would start an epoch earlier
     # the same refusal for an LLM-refined checkpoint's sampling (the embedding refiner never reads it)
-    state = tmp_path / "run" / "checkpoints" / json.loads((tmp_path / "run" / "checkpoints" / "latest.json")
-                                                          .read_text())["dir"] / "state.json"
+    state = latest_checkpoint_dir(tmp_path / "run") / "state.json"
     original = state.read_text()
     saved = json.loads(original)
     saved["phase2_config"]["refiner"].update(backend="openai", llm_model="m")
@@ -229,8 +228,7 @@ def test_resume_inside_phase2_refuses_other_phase2_settings_by_flag_and_allows_i
                                                      sampling=Sampling(top_p=0.9))).epochs_done == 6
 
     # a checkpoint written before the settings were recorded: resumed unchecked, and said so
-    state = tmp_path / "run" / "checkpoints" / json.loads((tmp_path / "run" / "checkpoints" / "latest.json")
-                                                          .read_text())["dir"] / "state.json"
+    state = latest_checkpoint_dir(tmp_path / "run") / "state.json"
     saved = json.loads(state.read_text())
     saved.pop("phase2_config")
     state.write_text(json.dumps(saved))
