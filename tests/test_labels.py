@@ -124,9 +124,11 @@ class LabelServer:
     """A real http.server on 127.0.0.1: each chat request's answer is chosen by the topic words and
     the language its prompt names; every request is counted."""
 
-    def __init__(self, answers: dict[tuple[int, str], str], status: int = 200) -> None:
-        self.answers, self.status, self.requests = answers, status, 0
+    def __init__(self, answers: dict[tuple[int, str], str], status: int = 200,
+                 hold: frozenset[tuple[int, str]] = frozenset()) -> None:
+        self.answers, self.status, self.requests, self.hold = answers, status, 0, hold
         self._lock = threading.Lock()
+        self._released = threading.Event()      # the answers in `hold` wait for it (or 30 s)
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -138,6 +140,8 @@ class LabelServer:
                 with server._lock:
                     server.requests += 1
                 prompt = body["messages"][0]["content"]
+                if server.key(prompt) in server.hold:
+                    server._released.wait(30)
                 data = json.dumps(completion(server.answer(prompt), {"prompt_tokens": 50, "completion_tokens": 5}))
                 self.send_response(server.status)
                 self.send_header("Content-Type", "application/json")
@@ -150,12 +154,15 @@ class LabelServer:
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
-    def answer(self, prompt: str) -> str:
+    def key(self, prompt: str) -> tuple[int, str]:
         lang = "zh" if "short Chinese title" in prompt else "en"
-        topic = next(k for k, ws in enumerate(TOPICS["en"]) if ", ".join(ws) in prompt)
-        return self.answers[(topic, lang)]
+        return next(k for k, ws in enumerate(TOPICS["en"]) if ", ".join(ws) in prompt), lang
+
+    def answer(self, prompt: str) -> str:
+        return self.answers[self.key(prompt)]
 
     def close(self) -> None:
+        self._released.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -220,6 +227,38 @@ def test_every_answer_good_means_a_rerun_makes_no_call(tmp_path: Path) -> None:
         assert second.labels == first.labels
     finally:
         server.close()
+
+
+def test_labels_stopped_half_way_keep_the_answers_that_came(tmp_path: Path) -> None:
+    """Ctrl-C while the last label is still being answered: the answers already given are in the cache, so
+    the redo asks only for the rest (the empty answer, never cached, and the one that had not come)."""
+    import os
+    import signal
+
+    warm = LabelServer(ANSWERS)
+    try:
+        label_run(hand_run(tmp_path / "warm"), llm_config(warm.url))   # imports done: the signal lands in the requests
+    finally:
+        warm.close()
+    server = LabelServer(ANSWERS, hold=frozenset({(3, "zh")}))
+    cfg = dataclasses.replace(llm_config(server.url), timeout=2)
+    run = hand_run(tmp_path / "run")
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            label_run(run, cfg, cache_dir=tmp_path / "cache")
+    finally:
+        timer.cancel()
+        server.close()
+    assert not (run / "labels.json").exists()
+    again_server = LabelServer(ANSWERS)
+    try:
+        labels = label_run(run, llm_config(again_server.url), cache_dir=tmp_path / "cache")
+    finally:
+        again_server.close()
+    assert labels.stats["cache_hits"] == 6 and labels.stats["calls"] == 2 and again_server.requests == 2
+    assert labels.labels[3]["zh"] == "教育"
 
 
 def test_a_server_that_refuses_stops_xtm_label_and_keeps_the_old_labels(tmp_path: Path) -> None:

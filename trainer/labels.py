@@ -112,7 +112,7 @@ def make_generator(cfg: LabelConfig) -> TextGenerator:
 
 def ask(generator: TextGenerator, prompts: list[str], cfg: LabelConfig, cache: AnswerCache,
         stats: StepStats) -> list[str | None]:
-    """One answer per prompt, from the cache where it has one; new non-empty answers are cached."""
+    """One answer per prompt, from the cache where it has one; new non-empty answers are cached as they arrive."""
     sampling = cfg.sampling
     keys = [AnswerCache.key(generator.id, p, 0, sampling) for p in prompts]
     texts: list[str | None] = []
@@ -124,18 +124,22 @@ def ask(generator: TextGenerator, prompts: list[str], cfg: LabelConfig, cache: A
             stats.add(stale_cache=1)             # a damaged entry: asked again
         texts.append(text or None)
     todo = [i for i, t in enumerate(texts) if t is None]
-    if not todo:
-        return texts
-    if hasattr(generator, "generate_jobs"):
-        fresh = generator.generate_jobs([(prompts[i], 0) for i in todo], sampling, stats)
-    else:
-        fresh = [row[0] if row else None for row in generator.generate([prompts[i] for i in todo], 1, sampling, stats)]
-    for i, text in zip(todo, fresh, strict=True):
+
+    def arrived(job: int, text: str | None) -> None:
+        # Cached as it arrives (in the request's thread), so labelling stopped half-way keeps what came.
+        i = todo[job]
         if isinstance(text, str) and text.strip():
             cache.put(keys[i], text)
             texts[i] = text
         else:
             stats.add(failures=1)
+
+    if todo and hasattr(generator, "generate_jobs"):
+        generator.generate_jobs([(prompts[i], 0) for i in todo], sampling, stats, on_answer=arrived)
+    elif todo:
+        fresh = generator.generate([prompts[i] for i in todo], 1, sampling, stats)
+        for job, row in enumerate(fresh):
+            arrived(job, row[0] if row else None)
     return texts
 
 
