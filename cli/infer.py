@@ -91,7 +91,9 @@ rounded to 6 decimals.
 --format csv (default for --out *.csv): a header row, then per document id,
 lang, lang_conf, route, empty, oov_ratio, topic_1, weight_1, ... topic_K',
 weight_K' (K' = --top-k), topic_1_words ("en: w1 w2 | zh: ..."), and with
-full theta theta_0 ... theta_{K-1}; UTF-8, empty cells for null.
+full theta theta_0 ... theta_{K-1}; UTF-8, empty cells for null. An id or
+label a spreadsheet would run as a formula (starting with = + - @, not a
+plain number) is written with a leading ' (shown as text, not run).
 --format parquet (default for --out *.parquet, pip install "xtm[parquet]"):
 columns id, lang, lang_conf, route, empty, oov_ratio, topics (list of ids),
 weights, and theta (full theta). In both, ids are text (a string id as it
@@ -155,7 +157,10 @@ previous one stays as it was); on stdout, the lines before the failing one
 are written. 129/130/143: stopped by SIGHUP/SIGINT/SIGTERM (--out not written,
 no temporary file left). 141: the reader of stdout went away (| head), as
 for any Unix filter killed by SIGPIPE; nothing is printed. --out may be a FIFO
-or a device (written in place) or a symlink (its target is replaced).
+or a device (written in place) or a symlink (its target is replaced). An
+existing --out file is replaced only when it is an xtm-infer output (JSONL, CSV
+or Parquet as xtm-infer writes them) or empty; any other file is refused
+(exit 2) before any work: remove it or choose another path.
 """
 
 
@@ -277,10 +282,10 @@ def _run_local(input_paths: tuple[str, ...], bundle: str, out: str | None, optio
         raise XtmError("the local engine reads one JSONL, text or Parquet file or '-'; several files or directories "
                        "need --engine ray")
     from xtm.runtime.engine import infer_file
-    from xtm.runtime.records import check_out_is_not_input, input_format
+    from xtm.runtime.records import check_out_path, input_format
 
     source = input_paths[0]
-    check_out_is_not_input(out, [] if source == "-" else [source])  # before the bundle is opened
+    check_out_path(out, [] if source == "-" else [source])  # before the bundle is opened
     fmt_in = input_format(source, io.input_format)
     from xtm.runtime.model import TopicModel
 
@@ -356,8 +361,11 @@ def _ray_table(paths: list[str], bundle: str, out: str | None, options: Inferenc
     import contextlib
 
     from xtm.runtime.bundle import read_manifest, read_topic_labels
-    from xtm.runtime.records import TableShape, TableStream
+    from xtm.runtime.ray import list_input_files
+    from xtm.runtime.records import TableShape, TableStream, check_out_path
 
+    # infer_files writes to the table here, not to --out: --out is checked here, before it is opened.
+    check_out_path(out, [p for p, _ in list_input_files(paths)])
     # Only the topic count and labels are read here (Ray's actors check the whole bundle).
     manifest = read_manifest(bundle, verify=False)
     shape = TableShape(manifest.num_topics, options.top_k, options.full_theta,

@@ -30,6 +30,7 @@ from typing import Any
 import xtm
 from xtm.atomic import atomic_open, write_json, write_text
 from xtm.errors import XtmError
+from xtm.json_files import read_json
 
 __all__ = ["LOCK_NAME", "RUN_MARKER", "RunDir", "has_checkpoint", "hold_run_dir", "is_run_dir", "lock_dir",
            "refuse_foreign_dir"]
@@ -46,8 +47,8 @@ _held: dict[str, list[int]] = {}
 
 def _legacy_config(d: Path) -> bool:
     try:
-        cfg = json.loads((d / RunDir.CONFIG).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        cfg = read_json(d / RunDir.CONFIG)
+    except XtmError:
         return False
     return isinstance(cfg, dict) and "xtm_version" in cfg
 
@@ -228,16 +229,9 @@ class RunDir:
     def read_json(self, name: str) -> Any:
         """A JSON file of the run; XtmError naming it when missing, unreadable or not JSON."""
         path = self.path / name
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise XtmError(f"{name} is missing: not a (complete) xtm-train run directory", path=path) from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise XtmError(f"cannot read: {e}", path=path) from None
-        except RecursionError:
-            raise XtmError("JSON nested too deeply", path=path) from None
-        except ValueError as e:
-            raise XtmError(f"invalid JSON: {e}", path=path) from None
+        if not path.exists() and not path.is_symlink():
+            raise XtmError(f"{name} is missing: not a (complete) xtm-train run directory", path=path)
+        return read_json(path)
 
     def _object(self, name: str) -> dict[str, Any]:
         obj = self.read_json(name)

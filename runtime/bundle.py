@@ -42,19 +42,22 @@ is refused, because then the meaning of the keys we do read may have changed.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from xtm.errors import XtmError
+from xtm.json_files import read_json
 from xtm.languages import normalize_lang
 from xtm.runtime.bundle_onnx import onnx_external_data
 
 __all__ = ["AUTO_ROUTES", "CONTEXTUAL_FORMAT", "FORMAT", "INPUT_FORMATS", "MANIFEST", "SCHEMA_VERSION",
            "TOKENIZER_KINDS", "BundleManifest", "ContextualEntry", "EncoderEntry", "check_checksum", "check_files",
+           "check_theta",
            "graph_file", "listed_file", "onnx_external_data", "parse_manifest", "read_contextual_entry",
            "read_manifest", "read_topic_labels", "read_topics", "sha256_bytes", "sha256_file", "validate_manifest"]
 
@@ -64,6 +67,7 @@ SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
 INPUT_FORMATS = ("dense", "sparse")
 CONTEXTUAL_FORMAT = 1  # the "contextual" entry's own version (the key is optional, the schema unchanged)
+MAX_MIN_TOKEN_LENGTH = 100  # longer than any word: a larger value can only be a broken manifest
 TOKENIZER_KINDS = ("sentencepiece", "hf-tokenizers")  # the contextual route's tokenizers
 AUTO_ROUTES = ("bow", "contextual")  # the contextual entry's "auto_route" (absent: "bow")
 
@@ -205,11 +209,7 @@ def read_manifest(directory: str | Path, *, verify: bool = True) -> BundleManife
     if not mpath.is_file():
         raise XtmError(f"no {MANIFEST}: not an xtm bundle (write one with xtm-export)", path=mpath)
     _require_inside(d, mpath)
-    try:
-        raw = json.loads(mpath.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise XtmError(f"invalid JSON: {e}", path=mpath) from e
-    return validate_manifest(raw, d, verify=verify)
+    return validate_manifest(read_json(mpath), d, verify=verify)
 
 
 def read_topics(manifest: BundleManifest) -> list[dict[str, list[str]]]:
@@ -219,24 +219,31 @@ def read_topics(manifest: BundleManifest) -> list[dict[str, list[str]]]:
     position). XtmError naming the file for anything that is not that."""
     path = manifest.path(manifest.topics)
     num_topics = manifest.num_topics
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # ValueError: JSONDecodeError, huge numbers
-        raise XtmError(f"invalid JSON: {e or 'nested too deeply'}", path=path) from e
+    obj = read_json(path)
     topics = obj.get("topics") if isinstance(obj, dict) else None
     if not isinstance(topics, list) or len(topics) != num_topics:
         raise XtmError(f"expected a 'topics' list of {num_topics} topics", path=path)
-    out: list[dict[str, list[str]]] = [{} for _ in range(num_topics)]
+    out: list[dict[str, list[str]] | None] = [None] * num_topics
     for pos, t in enumerate(topics):
         k = t.get("id", pos) if isinstance(t, dict) else None
         words = t.get("words") if isinstance(t, dict) else None
-        if not isinstance(k, int) or not 0 <= k < num_topics or not isinstance(words, dict) or not all(
-                isinstance(ws, list) for ws in words.values()):
+        # bool is an int subclass: an id given as true is a broken file, not topic 1.
+        if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k < num_topics or not isinstance(words, dict) \
+                or not all(isinstance(ws, list) for ws in words.values()):
             raise XtmError(f"topic #{pos}: needs an integer 'id' in [0, {num_topics}) and a 'words' object of "
                            "word lists", path=path)
-        out[k] = {normalize_lang(lang): [str(w) for w in ws] for lang, ws in words.items()
-                  if normalize_lang(lang) in manifest.languages}
-    return out
+        if out[k] is not None:
+            raise XtmError(f"topic #{pos}: id {k} is listed twice (so another topic would have no words)", path=path)
+        served = {}
+        for lang, ws in words.items():
+            try:
+                code = normalize_lang(lang)
+            except XtmError:
+                continue                      # not a language code: not one of the manifest's languages
+            if code in manifest.languages:
+                served[code] = [str(w) for w in ws]
+        out[k] = served
+    return [t or {} for t in out]
 
 
 def read_topic_labels(manifest: BundleManifest) -> list[dict[str, str]]:
@@ -248,8 +255,8 @@ def read_topic_labels(manifest: BundleManifest) -> list[dict[str, str]]:
     from xtm.labels import check_label
 
     try:
-        obj = json.loads(manifest.path(manifest.topics).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        obj = read_json(manifest.path(manifest.topics))
+    except XtmError:
         return [{} for _ in range(manifest.num_topics)]
     topics = obj.get("topics") if isinstance(obj, dict) else None
     out: list[dict[str, str]] = [{} for _ in range(manifest.num_topics)]
@@ -343,10 +350,7 @@ def _encoder(enc_raw: dict[str, Any], lang: str, version: int, mpath: Path) -> E
     ctx = f"encoders.{lang}: "
     if not isinstance(entry, dict):
         raise XtmError(f"{ctx}must be an object", path=mpath)
-    tok = _require(entry, "tokenizer", dict, mpath, ctx)
-    for key in ("lang", "kind"):
-        if not isinstance(tok.get(key), str):
-            raise XtmError(f"{ctx}tokenizer needs a string '{key}'", path=mpath)
+    tok = _tokenizer(_require(entry, "tokenizer", dict, mpath, ctx), mpath, ctx)
     vocab_size = _require(entry, "vocab_size", int, mpath, ctx)
     if vocab_size < 1:
         raise XtmError(f"{ctx}vocab_size must be positive, got {vocab_size}", path=mpath)
@@ -359,6 +363,26 @@ def _encoder(enc_raw: dict[str, Any], lang: str, version: int, mpath: Path) -> E
         vocab=_plain_name(_require(entry, "vocab", str, mpath, ctx), mpath, ctx), vocab_size=vocab_size,
         beta=_plain_name(beta, mpath, ctx) if isinstance(beta, str) else None, tokenizer=dict(tok),
     )
+
+
+def _tokenizer(tok: dict[str, Any], mpath: Path, ctx: str) -> dict[str, Any]:
+    """The encoder's tokenizer settings, each of the type TokenizerSpec reads (a "false" string
+    would otherwise read as True, a non-number would fail at the first document)."""
+    from xtm.runtime.tokenize import KINDS
+
+    ctx += "tokenizer: "
+    for key in ("lang", "kind"):
+        _require(tok, key, str, mpath, ctx)
+    if tok["kind"] not in KINDS:
+        raise XtmError(f"{ctx}unknown kind {tok['kind']!r} (this xtm reads {', '.join(KINDS)}): a newer xtm may "
+                       "read it", path=mpath)
+    if "lowercase" in tok:
+        _require(tok, "lowercase", bool, mpath, ctx)
+    if "min_token_length" in tok:
+        n = _require(tok, "min_token_length", int, mpath, ctx)
+        if not 1 <= n <= MAX_MIN_TOKEN_LENGTH:
+            raise XtmError(f"{ctx}'min_token_length' must be in [1, {MAX_MIN_TOKEN_LENGTH}], got {n}", path=mpath)
+    return tok
 
 
 def _encoder_inputs(entry: dict[str, Any], input_format: Any, mpath: Path, ctx: str) -> tuple[str, ...]:
@@ -509,3 +533,19 @@ def _refuse_external_data(p: Path) -> None:
         raise XtmError(f"the ONNX graph reads external data ({', '.join(external)}), which the manifest does not "
                        "vouch for: an xtm bundle keeps every weight inside its .onnx file; re-export it with "
                        "xtm-export", path=p)
+
+
+def check_theta(theta: Any, n: int, num_topics: int, path: Path) -> np.ndarray:
+    """What a graph gave as theta for `n` documents: float [n, K] rows that are topic mixtures
+    (finite, non-negative, summing to 1). XtmError naming the graph otherwise: a NaN must never
+    reach an output line (JSON has no NaN) or a caller's pipeline as if it were a result."""
+    theta = np.asarray(theta)
+    if theta.shape != (n, num_topics) or theta.dtype.kind != "f":
+        raise XtmError(f"the graph gave {theta.dtype} {list(theta.shape)} for {n} documents, expected float "
+                       f"[{n}, {num_topics}]", path=path)
+    if not np.isfinite(theta).all():
+        raise XtmError("the graph gave topic weights that are NaN or infinite", path=path)
+    if theta.size and (theta.min() < -1e-6 or np.abs(theta.sum(axis=1) - 1.0).max() > 1e-3):
+        raise XtmError("the graph gave topic weights that are not a distribution (negative, or rows not summing "
+                       "to 1)", path=path)
+    return theta

@@ -13,7 +13,6 @@ work: a web app's manifest.json, user files in a bundle, the current directory, 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import tempfile
@@ -21,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from xtm.errors import XtmError
+from xtm.json_files import read_json
 from xtm.runtime.bundle import FORMAT, MANIFEST
 
 __all__ = ["check_out_dir", "replaceable_entries", "staged_bundle", "staging_dir", "swap_into_place"]
@@ -67,8 +67,8 @@ def _listed_by_our_manifest(out_dir: Path, entries: list[str]) -> set[str]:
     if mpath.is_symlink() or not mpath.is_file():
         raise _not_a_bundle(out_dir, f"{MANIFEST} is not a regular file")
     try:
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
+        manifest = read_json(mpath)
+    except XtmError:
         raise _not_a_bundle(out_dir, f"{MANIFEST} is not readable JSON") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise _not_a_bundle(out_dir, f"its {MANIFEST} does not say format \"{FORMAT}\"")

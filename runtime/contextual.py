@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from xtm.errors import XtmError
-from xtm.runtime.bundle import BundleManifest, ContextualEntry, graph_file, listed_file
+from xtm.runtime.bundle import BundleManifest, ContextualEntry, check_theta, graph_file, listed_file
 
 __all__ = ["ContextualEncoder", "make_text_tokenizer", "pad_batch"]
 
@@ -120,8 +120,9 @@ class ContextualEncoder:
     """The loaded contextual route: `encode(texts) -> (theta [n, K], embedding [n, D])`."""
 
     def __init__(self, entry: ContextualEntry, session: Any, tokenizer: Callable[[Sequence[str]], list[list[int]]],
-                 num_topics: int) -> None:
+                 num_topics: int, path: Path | None = None) -> None:
         self.entry = entry
+        self._path = path or Path(entry.file)  # the graph, named in errors
         self._session = session
         self._tokenize = tokenizer
         self._num_topics = num_topics
@@ -148,12 +149,14 @@ class ContextualEncoder:
         names_out = [o.name for o in session.get_outputs()]
         for name in entry.inputs:
             if name not in names_in:
-                raise XtmError(f"contextual graph has no input '{name}' (it has {', '.join(names_in)})", path=path)
+                raise XtmError(f"contextual graph has no input {name!r} (it has {', '.join(map(repr, names_in))})",
+                               path=path)
         for name in entry.outputs:
             if name not in names_out:
-                raise XtmError(f"contextual graph has no output '{name}' (it has {', '.join(names_out)})", path=path)
+                raise XtmError(f"contextual graph has no output {name!r} (it has {', '.join(map(repr, names_out))})",
+                               path=path)
         tokenizer = make_text_tokenizer(entry.tokenizer, manifest.directory)
-        return cls(entry, session, tokenizer, manifest.num_topics)
+        return cls(entry, session, tokenizer, manifest.num_topics, path)
 
     def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
         return self._tokenize(texts)
@@ -174,5 +177,9 @@ class ContextualEncoder:
                 sel = order[b:b + batch_size]
                 x, m = pad_batch([ids[i] for i in sel.tolist()], self._pad_id)
                 t, e = run(outputs, {in_ids: x, in_mask: m})
-                theta[w0 + sel], emb[w0 + sel] = t, e
+                theta[w0 + sel] = check_theta(t, len(sel), self._num_topics, self._path)
+                if np.shape(e) != (len(sel), self.entry.embedding_dim) or not np.isfinite(e).all():
+                    raise XtmError(f"the graph gave embeddings of shape {list(np.shape(e))} or not finite, expected "
+                                   f"finite [{len(sel)}, {self.entry.embedding_dim}]", path=self._path)
+                emb[w0 + sel] = e
         return theta, emb

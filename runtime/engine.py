@@ -542,8 +542,8 @@ def infer_file(source: str | Path | IO[bytes], model: TopicModel, out: str | Pat
     if fmt_in == "parquet" and name in ("<stdin>", "<stream>"):
         raise XtmError("Parquet is read from a file, not from a stream or stdin", path=name)
     fmt_out = records.output_format(out if isinstance(out, (str, Path)) else None, output_format)
-    records.check_out_is_not_input(out if isinstance(out, (str, Path)) else None,
-                                   [] if name in ("<stdin>", "<stream>") else [name])
+    records.check_out_path(out if isinstance(out, (str, Path)) else None,
+                           [] if name in ("<stdin>", "<stream>") else [name])
     engine = Engine(model, options, bundle=bundle)
     tally = options.policy(report or logger.warning)
     with contextlib.ExitStack() as stack:

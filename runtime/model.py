@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -28,12 +29,12 @@ from xtm.corpus import TokenizerSpec
 from xtm.errors import XtmError
 from xtm.languages import normalize_lang
 from xtm.runtime.bow import concat, count_words
-from xtm.runtime.bundle import MANIFEST, BundleManifest, ContextualEntry, EncoderEntry, read_manifest, read_topics
+from xtm.runtime.bundle import BundleManifest, ContextualEntry, EncoderEntry, check_theta, read_manifest, read_topics
 from xtm.runtime.contextual import ContextualEncoder
 from xtm.runtime.engine import InferenceOptions, check_route, infer_records, no_contextual_route
 from xtm.runtime.langid import identify  # light: py3langid's model loads on first detection
 from xtm.runtime.providers import check_used, import_onnxruntime, parse_providers, resolve_providers
-from xtm.runtime.tokenize import KINDS, missing_tokenizer
+from xtm.runtime.tokenize import missing_tokenizer
 
 __all__ = ["InferenceResult", "TopicModel"]
 
@@ -119,7 +120,7 @@ def _read_vocab(path: Path, expected: int) -> dict[str, int]:
                        "per line; re-export the bundle", path=path) from e
     except OSError as e:
         raise XtmError(f"cannot read: {e.strerror}", path=path) from e
-    words = text.split("\n")
+    words = text.removeprefix("\ufeff").split("\n")  # a BOM (a hand-edited file) is not part of the first word
     if words and words[-1] == "":
         words.pop()
     words = [w.rstrip("\r") for w in words]
@@ -127,8 +128,9 @@ def _read_vocab(path: Path, expected: int) -> dict[str, int]:
         raise XtmError(f"has {len(words)} words but the manifest says vocab_size {expected}", path=path)
     vocab: dict[str, int] = {}
     for i, w in enumerate(words):
-        # setdefault: a duplicated line keeps its first column, like any lookup would expect.
-        vocab.setdefault(w, i)
+        # NFC, as the tokenizer puts text (xtm.runtime.tokenize.make_tokenizer); setdefault: a duplicated
+        # line keeps its first column, like any lookup would expect.
+        vocab.setdefault(unicodedata.normalize("NFC", w), i)
     return vocab
 
 
@@ -216,10 +218,7 @@ class TopicModel:
                 used = list(session.get_providers())
                 check_used(requested, chosen, used, str(path))
             _check_signature(session, e, manifest.num_topics, path)
-            spec = TokenizerSpec.from_dict(e.tokenizer)
-            if spec.kind not in KINDS:
-                raise XtmError(f"unknown tokenizer kind {spec.kind!r} for '{lang}' (this xtm knows "
-                               f"{', '.join(KINDS)}): upgrade xtm", path=manifest.path(MANIFEST))
+            spec = TokenizerSpec.from_dict(e.tokenizer)  # its fields were checked by read_manifest
             encoders[lang] = _Encoder(entry=e, session=session, vocab=_read_vocab(manifest.path(e.vocab), e.vocab_size),
                                       spec=spec)
         topics = read_topics(manifest)
@@ -299,13 +298,19 @@ class TopicModel:
         if enc.entry.beta is None:
             raise XtmError(f"this bundle has no topic-word weights for '{lang}'")
         path = self._manifest.path(enc.entry.beta)
+        want = (self.num_topics, enc.entry.vocab_size)
         try:
-            beta = np.load(path, allow_pickle=False)
-        except ValueError as e:
+            # Mapped, not read: the header's shape and type are checked before anything is allocated
+            # (a header may claim terabytes), and a file shorter than its header claims is refused.
+            beta = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
             raise XtmError(f"not a plain .npy array: {e}", path=path) from e
-        if beta.shape != (self.num_topics, enc.entry.vocab_size):
-            raise XtmError(f"shape {beta.shape}, expected ({self.num_topics}, {enc.entry.vocab_size})", path=path)
-        return beta.astype(np.float32, copy=False)
+        if beta.shape != want or beta.dtype.kind != "f":
+            raise XtmError(f"{beta.dtype} {beta.shape}, expected floats {want}", path=path)
+        beta = np.array(beta, dtype=np.float32)
+        if not np.isfinite(beta).all():
+            raise XtmError("holds NaN or infinite weights", path=path)
+        return beta
 
     def topic_word_distribution(self, lang: str) -> np.ndarray:
         """p(word | topic) for `lang`, float32 [K, V_lang], each row summing to 1: softmax(beta) per
@@ -664,7 +669,7 @@ class TopicModel:
         """Rows `idx` of texts (all in `lang`) through its bag-of-words encoder, into theta/empty/oov."""
         enc = self._encoder(lang)
         tok = self._tokenizer(lang)
-        V = enc.entry.vocab_size
+        V, K, graph = enc.entry.vocab_size, self.num_topics, self._manifest.path(enc.entry.file)
         run, out_name, (in0, *in1) = enc.session.run, [enc.entry.output], enc.entry.inputs
         window = batch_size * _SORT_WINDOW if enc.entry.sparse else batch_size
         for w0 in range(0, len(idx), window):
@@ -682,9 +687,10 @@ class TopicModel:
                 for b in range(0, len(order), batch_size):
                     sel = order[b:b + batch_size]
                     ids, cnt = counts.padded(sel)
-                    theta[widx[sel]] = run(out_name, {in0: ids, in1[0]: cnt})[0]
+                    theta[widx[sel]] = check_theta(run(out_name, {in0: ids, in1[0]: cnt})[0], len(sel), K, graph)
             else:
-                theta[widx] = run(out_name, {in0: counts.dense(np.arange(len(widx)), V)})[0]
+                theta[widx] = check_theta(run(out_name, {in0: counts.dense(np.arange(len(widx)), V)})[0], len(widx),
+                                          K, graph)
             if on_rows is not None:
                 on_rows(len(widx))
 
@@ -752,26 +758,45 @@ def _top_topics(theta: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
     return order, np.take_along_axis(theta, order, axis=1)
 
 
+def _names(items: Iterable[Any]) -> str:
+    return ", ".join(repr(i.name) for i in items)
+
+
 def _check_signature(session: Any, e: EncoderEntry, num_topics: int, path: Path) -> None:
-    """The ONNX graph must take the manifest's inputs (dense [N, V] or sparse ids/counts [N, L])
-    and give its output [N, K]."""
+    """The ONNX graph must take exactly the manifest's inputs (dense float [N, V] or sparse int64
+    ids / float counts [N, L]) and give its output [N, K]. Names from the manifest or the graph are
+    shown with repr: they are someone else's strings (a terminal escape stays visible text)."""
     inputs = {i.name: i for i in session.get_inputs()}
     outputs = {o.name: o for o in session.get_outputs()}
     for name in e.inputs:
         if name not in inputs:
-            raise XtmError(f"no input named '{name}' (the graph has {', '.join(inputs)})", path=path)
+            raise XtmError(f"no input named {name!r} (the graph has {_names(inputs.values())})", path=path)
+    extra = [i for name, i in inputs.items() if name not in e.inputs]
+    if extra:
+        raise XtmError(f"the graph needs inputs the manifest does not name: {_names(extra)}", path=path)
     if e.output not in outputs:
-        raise XtmError(f"no output named '{e.output}' (the graph has {', '.join(outputs)})", path=path)
+        raise XtmError(f"no output named {e.output!r} (the graph has {_names(outputs.values())})", path=path)
     out_shape = outputs[e.output].shape
     # Dimensions may be symbolic (str) or unknown (None); only fixed integers can be checked.
-    if e.sparse:
-        for name, kind in zip(e.inputs, ("tensor(int64)", "tensor(float)"), strict=True):
-            if len(inputs[name].shape) != 2 or inputs[name].type != kind:
-                raise XtmError(f"input '{name}' is {inputs[name].type} {inputs[name].shape}, expected {kind} [N, L]",
-                               path=path)
-    else:
-        in_shape = inputs[e.inputs[0]].shape
-        if len(in_shape) != 2 or (isinstance(in_shape[1], int) and in_shape[1] != e.vocab_size):
-            raise XtmError(f"input '{e.inputs[0]}' has shape {in_shape}, expected [N, {e.vocab_size}]", path=path)
+    kinds = ("tensor(int64)", "tensor(float)") if e.sparse else ("tensor(float)",)
+    for name, kind in zip(e.inputs, kinds, strict=True):
+        shape = inputs[name].shape
+        if len(shape) != 2 or inputs[name].type != kind or (
+                not e.sparse and isinstance(shape[1], int) and shape[1] != e.vocab_size):
+            want = "[N, L]" if e.sparse else f"[N, {e.vocab_size}]"
+            raise XtmError(f"input {name!r} is {inputs[name].type} {shape}, expected {kind} {want}", path=path)
     if len(out_shape) != 2 or (isinstance(out_shape[1], int) and out_shape[1] != num_topics):
-        raise XtmError(f"output '{e.output}' has shape {out_shape}, expected [N, {num_topics}]", path=path)
+        raise XtmError(f"output {e.output!r} has shape {out_shape}, expected [N, {num_topics}]", path=path)
+    # Two documents through the graph (one empty, one of one word): a graph that fails or gives no topic
+    # mixture is refused here, not blamed on every document later.
+    if e.sparse:
+        feeds = {e.inputs[0]: np.zeros((2, 1), np.int64), e.inputs[1]: np.array([[0.0], [1.0]], np.float32)}
+    else:
+        x = np.zeros((2, e.vocab_size), np.float32)
+        x[1, 0] = 1.0
+        feeds = {e.inputs[0]: x}
+    try:
+        theta = session.run([e.output], feeds)[0]
+    except Exception as ex:  # onnxruntime raises its own non-public exception types
+        raise XtmError(f"the encoder fails on a one-word document: {ex}", path=path) from ex
+    check_theta(theta, 2, num_topics, path)

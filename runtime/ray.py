@@ -449,12 +449,12 @@ def infer_files(paths: Sequence[str | Path], bundle_dir: str | Path, out_path: s
     file system every node sees.
     """
     ray = _import_ray()
-    from xtm.runtime.records import check_out_is_not_input
+    from xtm.runtime.records import check_out_path
 
     options = InferenceOptions(top_k=top_k, route=route, batch_size=batch_size, full_theta=full_theta,
                                strict=strict, max_bad=max_bad, max_share=max_share)
     files = list_input_files(paths)
-    check_out_is_not_input(out_path, [p for p, _ in files])
+    check_out_path(out_path, [p for p, _ in files])
     _check_route(bundle_dir, route)  # fail before starting anything
     bar = _progress_bar(progress)
     tally = options.policy(report or _default_report(bar))

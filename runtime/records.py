@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DECIMALS", "INPUT_FORMATS", "MAX_CHARS", "MAX_LINE_BYTES", "OUTPUT_FORMATS", "OUTPUT_WORDS",
            "PARQUET_SUFFIXES", "TEXT_SUFFIXES", "WEIGHT", "LineFormatter", "Parsed", "TableShape", "TableStream",
-           "check_out_is_not_input", "decode_json_line", "decode_text_line", "drop_bom", "encode_id", "encode_lines",
+           "check_out_path", "decode_json_line", "decode_text_line", "drop_bom", "encode_id", "encode_lines",
            "input_format", "line_chunks", "output_format", "parquet_chunks", "parse_line", "parse_parquet_row",
            "parse_record", "read_lines", "without_surrogates"]
 
@@ -242,9 +242,13 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def check_out_is_not_input(out: str | Path | None, inputs: Sequence[str | Path]) -> None:
-    """XtmError when the output path is one of the inputs: the atomic replace would destroy the
-    input a run reads (`xtm-infer docs.jsonl --out docs.jsonl`)."""
+def check_out_path(out: str | Path | None, inputs: Sequence[str | Path]) -> None:
+    """XtmError, before any work, when writing `out` would destroy a user's file: it is one of the
+    inputs (`xtm-infer docs.jsonl --out docs.jsonl`: the atomic replace would destroy what the run
+    reads), or an existing file that is not an xtm-infer output (`--out thesis.docx`, a typo, a
+    path in the wrong directory). xtm-infer replaces only what it provably wrote: an empty file, or
+    a JSONL, CSV or Parquet file that starts as its outputs do. FIFOs and devices are written in
+    place (xtm.atomic), never replaced, so they pass."""
     if out is None or not os.path.exists(out):
         return
     for p in inputs:
@@ -252,6 +256,36 @@ def check_out_is_not_input(out: str | Path | None, inputs: Sequence[str | Path])
             if os.path.isfile(p) and os.path.samefile(out, p):
                 raise XtmError("--out is an input file: writing it would replace what is being read; choose "
                                "another output path", path=out)
+    if os.path.isfile(out) and not is_infer_output(out):
+        raise XtmError("exists and is not an xtm-infer output: xtm-infer replaces only its own outputs; remove "
+                       "the file or choose another --out", path=out)
+
+
+def is_infer_output(path: str | Path) -> bool:
+    """Whether the regular file `path` is empty or begins as xtm-infer's outputs do: a JSONL line
+    with its keys, its CSV header, or a Parquet file with its columns."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 20)
+    except OSError:
+        return False
+    if not head:
+        return True
+    if head.startswith(b"PAR1"):
+        try:
+            import pyarrow.parquet as pq
+
+            return {"id", "lang", "route", "topics"} <= set(pq.read_schema(path).names)
+        except Exception:  # no pyarrow, or not a readable Parquet footer: not provably ours
+            return False
+    first = head.split(b"\n", 1)[0].rstrip(b"\r")
+    if first.startswith(b"id,lang,lang_conf,route,"):
+        return True
+    try:
+        obj = json.loads(first)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(obj, dict) and {"id", "lang", "topics"} <= obj.keys()
 
 
 def parquet_chunks(path: str, size: int) -> Iterator[list[tuple[int, dict[str, Any]]]]:
@@ -449,6 +483,20 @@ class _Utf8Text:
         return len(text)
 
 
+# A cell a spreadsheet would run as a formula: it starts with one of these (OWASP's "CSV injection").
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _csv_safe(text: str | None) -> str | None:
+    """A text cell from someone else (a document's id, a bundle's or an LLM's label) that a spreadsheet
+    will not run: one that would start a formula ("=HYPERLINK(...)", "@SUM(...)", "-2+3") gets a
+    leading apostrophe, which spreadsheets read as "text" and do not show; plain numbers ("-5") stay."""
+    if text and text.startswith(_FORMULA_START) and not _PLAIN_NUMBER.fullmatch(text):
+        return "'" + text
+    return text
+
+
 def _words_cell(words: dict[str, list[str]]) -> str:
     """"en: market stock bank | zh: 市场 股票": a topic's words per language, in one cell."""
     return without_surrogates(" | ".join(f"{lang}: {' '.join(ws)}" for lang, ws in words.items()))
@@ -523,13 +571,13 @@ class TableStream:
         top_k, full, labels = self.shape.top_k, self.shape.full_theta, self.shape.labels
         out = []
         for r in rows:
-            cells = [_id_text(r["id"]), r["lang"], _cell(r["lang_conf"], SHARE), r["route"],
+            cells = [_csv_safe(_id_text(r["id"])), r["lang"], _cell(r["lang_conf"], SHARE), r["route"],
                      "true" if r["empty"] else "false", _cell(r["oov_ratio"], SHARE)]
             topics = r["topics"]
             for i in range(top_k):
                 cells += [topics[i]["id"], WEIGHT % topics[i]["weight"]] if i < len(topics) else ["", ""]
                 if labels:
-                    cells.append((topics[i].get("label") or "") if i < len(topics) else "")
+                    cells.append(_csv_safe(topics[i].get("label") or "") if i < len(topics) else "")
             if top_k:
                 cells.append(_words_cell(topics[0]["words"]) if topics else "")
             if full:

@@ -35,6 +35,7 @@ import re
 import stat
 import tempfile
 import threading
+import unicodedata
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -410,12 +411,26 @@ def make_tokenizer(spec: TokenizerSpec, mode: str | None = None) -> Callable[[st
     """A function text -> tokens for `spec`, served by the implementation `mode` picks (one of
     SEGMENTERS; default XTM_SEGMENTERS, else "auto": see the module docstring).
 
+    The text is put in Unicode NFC first: the same word typed on another keyboard or copied from
+    a PDF may come decomposed ("é" as "e" + U+0301), and a word pattern does not match a combining
+    mark, so decomposed words split at every accent ("naïve" -> "nai", "ve") and match nothing in
+    the vocabulary. The runtime reads vocabularies in NFC too (xtm.runtime.model).
+
     Works on raw text and on text already segmented with spaces (the benchmark files): spaces
     always separate tokens, and the segmenters keep nearly every pre-segmented word whole.
     Japanese tokens are janome surface forms, not base forms: the Rakuten vocabulary is MeCab
     surfaces (作っ, 作ら, 作る are separate words), so surfaces match it (97% of its
     pre-segmented words survive as one token, against 75% with base forms).
     """
+    tokenize = _segmenting_tokenizer(spec, mode)
+
+    def tok_nfc(text: str) -> list[str]:
+        # normalize() returns its argument when a quick check says it is already NFC (nearly always).
+        return tokenize(unicodedata.normalize("NFC", text))
+    return tok_nfc
+
+
+def _segmenting_tokenizer(spec: TokenizerSpec, mode: str | None) -> Callable[[str], list[str]]:
     kind = spec.kind
     lowercase = bool(spec.lowercase)
     min_len = max(1, int(spec.min_token_length))

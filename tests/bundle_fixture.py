@@ -28,6 +28,12 @@ ZH_VOCAB = ["经济", "市场", "股票", "银行", "价格", "贸易", "增长"
             "北京", "中国", "美国", "总统", "世界", "新闻"]
 
 
+# An earlier xtm-infer result line: what an --out file must begin with to be replaced (xtm-infer replaces
+# only its own outputs; tests/test_infer_hostile.py checks that another file is refused).
+PREVIOUS_OUTPUT = ('{"id": "old", "lang": "en", "lang_conf": 1.0, "route": "bow", "empty": false, "oov_ratio": 0.0, '
+                   '"topics": []}\n')
+
+
 @dataclass
 class HandBundle:
     path: Path

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -266,3 +267,144 @@ def test_a_contextual_tokenizer_swapped_for_a_link_after_load_is_refused(hb: Han
     (b / "ctx_tok.model").symlink_to(outside)
     with pytest.raises(XtmError, match="outside the bundle"):
         model.contextual_encoder()
+
+
+# -- hostile values: a manifest, a graph, topic words and weights someone else wrote ------------------
+
+
+def _dense_graph(path: Path, vocab_size: int, num_topics: int, weights: np.ndarray | None = None, *,
+                 in_type: int = TensorProto.FLOAT, extra_input: bool = False) -> None:
+    """softmax(bow @ W) as one ONNX graph, input "bow" and output "theta" (the bundle fixture's names),
+    with a chosen input type, weights (NaN ones included) and optionally a second required input."""
+    w = np.ones((vocab_size, num_topics), np.float32) if weights is None else weights.astype(np.float32)
+    nodes, x = [], "bow"
+    if in_type != TensorProto.FLOAT:
+        nodes.append(helper.make_node("Cast", ["bow"], ["xf"], to=TensorProto.FLOAT))
+        x = "xf"
+    inputs = [helper.make_tensor_value_info("bow", in_type, ["n", vocab_size])]
+    if extra_input:
+        inputs.append(helper.make_tensor_value_info("extra", TensorProto.FLOAT, ["n", num_topics]))
+        nodes += [helper.make_node("MatMul", [x, "W"], ["z0"]), helper.make_node("Add", ["z0", "extra"], ["z"])]
+    else:
+        nodes.append(helper.make_node("MatMul", [x, "W"], ["z"]))
+    nodes.append(helper.make_node("Softmax", ["z"], ["theta"], axis=-1))
+    graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("theta", TensorProto.FLOAT,
+                                                                                 ["n", num_topics])],
+                              initializer=[numpy_helper.from_array(w, "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def _edit_manifest(b: Path, edit) -> None:
+    p = b / "manifest.json"
+    m = json.loads(p.read_text())
+    edit(m)
+    p.write_text(json.dumps(m))
+    rewrite_checksums(b)
+
+
+@pytest.mark.parametrize("field,value", [("min_token_length", "abc"), ("min_token_length", None),
+                                         ("min_token_length", [1]), ("min_token_length", 10**400),
+                                         ("min_token_length", 0), ("min_token_length", True),
+                                         ("lowercase", "false"), ("lowercase", 1), ("kind", "evil"), ("kind", 5)])
+def test_a_tokenizer_setting_of_the_wrong_type_is_a_clean_error(hb: HandBundle, tmp_path: Path, field: str,
+                                                               value: object) -> None:
+    """Before: "abc" / null / [1] raised ValueError / TypeError tracebacks at load, 10**400 OverflowError, and
+    "false" read as True (a non-empty string)."""
+    b = copy_bundle(hb, tmp_path / "b")
+    _edit_manifest(b, lambda m: m["encoders"]["en"]["tokenizer"].__setitem__(field, value))
+    with pytest.raises(XtmError, match=f"encoders.en: tokenizer: .*{field if field != 'kind' else ''}") as e:
+        read_manifest(b)
+    assert "manifest.json" in str(e.value)
+
+
+@pytest.mark.parametrize("text", ['{"opset": ' + "9" * 5000 + "}", "[" * 100_000 + "]" * 100_000,
+                                  '{"a": 1', "\udcff"])
+def test_a_manifest_that_no_json_parser_takes_is_a_clean_error(hb: HandBundle, tmp_path: Path, text: str) -> None:
+    """Before: a 5,000-digit number (ValueError) and 100,000 nested brackets (RecursionError) were tracebacks."""
+    b = copy_bundle(hb, tmp_path / "b")
+    (b / "manifest.json").write_bytes(text.encode("utf-8", "surrogateescape"))
+    with pytest.raises(XtmError, match="manifest.json: (invalid JSON|not UTF-8)"):
+        read_manifest(b)
+
+
+@pytest.mark.parametrize("graph", ["nan", "int64 input", "extra input", "not a distribution"])
+def test_a_graph_that_gives_no_topic_mixture_is_refused_at_load(hb: HandBundle, tmp_path: Path, graph: str) -> None:
+    """Before: a NaN graph wrote `"theta":[nan,...]` (not JSON) with exit 0 and crashed the CSV/Parquet writers; a
+    graph wanting int64 or a second input failed every document one by one, exit 0. Now refused when loaded."""
+    b = copy_bundle(hb, tmp_path / "b")
+    V, K = len(hb.vocabs["en"]), hb.num_topics
+    if graph == "nan":
+        _dense_graph(b / "encoder_en.onnx", V, K, np.full((V, K), np.nan))
+    elif graph == "int64 input":
+        _dense_graph(b / "encoder_en.onnx", V, K, in_type=TensorProto.INT64)
+    elif graph == "extra input":
+        _dense_graph(b / "encoder_en.onnx", V, K, extra_input=True)
+    else:                                           # a Softmax over the wrong axis: columns sum to 1, not rows
+        _dense_graph(b / "encoder_en.onnx", V, K)
+        proto = onnx.load(str(b / "encoder_en.onnx"))
+        proto.graph.node[-1].attribute[0].i = 0
+        onnx.save(proto, str(b / "encoder_en.onnx"))
+    rewrite_checksums(b)
+    with pytest.raises(XtmError, match="encoder_en.onnx") as e:
+        TopicModel.load(b)
+    want = {"nan": "NaN or infinite", "int64 input": "tensor\\(int64\\)", "extra input": "'extra'",
+            "not a distribution": "not a distribution"}[graph]
+    assert re.search(want, str(e.value)), str(e.value)
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text(json.dumps({"text": "stock market", "lang": "en"}) + "\n")
+    p = subprocess.run([sys.executable, "-m", "xtm.cli.infer", str(docs), "--bundle", str(b)],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "Traceback" not in p.stderr and p.stdout == "", p.stderr
+
+
+def test_names_from_a_manifest_reach_an_error_escaped(hb: HandBundle, tmp_path: Path) -> None:
+    b = copy_bundle(hb, tmp_path / "b")
+    _edit_manifest(b, lambda m: m["encoders"]["en"].__setitem__("output", "\x1b]0;owned\x07theta"))
+    with pytest.raises(XtmError) as e:
+        TopicModel.load(b)
+    assert "\x1b" not in str(e.value) and "\\x1b]0;owned\\x07" in str(e.value)
+
+
+@pytest.mark.parametrize("topics", [[{"id": True, "words": {}}], "duplicate"])
+def test_topic_ids_that_are_not_one_topic_each_are_refused(hb: HandBundle, tmp_path: Path, topics: object) -> None:
+    """Before: "id": true read as topic 1, and a duplicated id left another topic without words."""
+    b = copy_bundle(hb, tmp_path / "b")
+    obj = json.loads((b / "topics.json").read_text())
+    if topics == "duplicate":
+        obj["topics"][1]["id"] = obj["topics"][0]["id"]
+    else:
+        obj["topics"][0]["id"] = True
+    (b / "topics.json").write_text(json.dumps(obj))
+    rewrite_checksums(b)
+    with pytest.raises(XtmError, match="topics.json: topic #"):
+        TopicModel.load(b)
+
+
+@pytest.mark.parametrize("beta", ["huge header", "strings", "complex", "nan", "truncated"])
+def test_topic_word_weights_are_checked_before_they_are_read(hb: HandBundle, tmp_path: Path, beta: str) -> None:
+    """Before: a header claiming 6e9 x 40 floats made numpy allocate 894 GiB (MemoryError), strings raised
+    ValueError, complex numbers were silently made real."""
+    b = copy_bundle(hb, tmp_path / "b")
+    p = b / json.loads((b / "manifest.json").read_text())["encoders"]["en"]["beta"]
+    K, V = hb.num_topics, len(hb.vocabs["en"])
+    if beta == "huge header":
+        header = np.lib.format.header_data_from_array_1_0(np.zeros((1, 1), np.float32))
+        header["shape"] = (6_000_000_000, V)
+        with open(p, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, header)
+            f.write(b"\0" * 64)
+    elif beta == "strings":
+        np.save(p, np.full((K, V), "ab"))
+    elif beta == "complex":
+        np.save(p, np.ones((K, V), np.complex64))
+    elif beta == "nan":
+        np.save(p, np.full((K, V), np.nan, np.float32))
+    else:
+        data = p.read_bytes()
+        p.write_bytes(data[:len(data) // 2])
+    rewrite_checksums(b)
+    model = TopicModel.load(b)
+    with pytest.raises(XtmError, match=p.name):
+        model.topic_word_weights("en")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bundle_fixture import HandBundle, make_bundle
+from bundle_fixture import PREVIOUS_OUTPUT, HandBundle, make_bundle
 from click.testing import CliRunner
 
 from xtm.cli.infer import main
@@ -164,7 +164,7 @@ def test_infer_file_streams_and_parquet(model: TopicModel, tmp_path: Path) -> No
 
 def test_infer_file_failures_leave_the_previous_output(model: TopicModel, tmp_path: Path) -> None:
     out = tmp_path / "o.jsonl"
-    out.write_text("previous\n")
+    out.write_text(PREVIOUS_OUTPUT)
     bad = write_jsonl(tmp_path / "bad.jsonl", ["{x", {"text": ""}])
     with pytest.raises(NoResultsError, match="no line could be inferred: all 2 lines were bad") as e:
         infer_file(bad, model, out, report=lambda m: None)
@@ -175,7 +175,7 @@ def test_infer_file_failures_leave_the_previous_output(model: TopicModel, tmp_pa
         infer_file(out, model, out)
     with pytest.raises(XtmError, match="cannot read: Is a directory"):
         infer_file(tmp_path, model, out)
-    assert out.read_text() == "previous\n" and sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl", "o.jsonl"]
+    assert out.read_text() == PREVIOUS_OUTPUT and sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl", "o.jsonl"]
 
 
 def test_a_full_device_is_one_error_naming_it(model: TopicModel, tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bundle_fixture import HandBundle, make_bundle
+from bundle_fixture import PREVIOUS_OUTPUT, HandBundle, make_bundle
 from click.testing import CliRunner
 
 from xtm.cli.infer import main
@@ -217,12 +217,12 @@ def test_cli_reports_unsupported_lines_and_marks_empty_ones(hb: HandBundle, tmp_
 
 def test_no_line_inferred_exits_1_and_leaves_the_old_output(hb: HandBundle, tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
-    out.write_text("previous results\n")
+    out.write_text(PREVIOUS_OUTPUT)
     bad = write_lines(tmp_path / "bad.jsonl", ["{nope", {"text": "😀"}])
     r = invoke([str(bad), "--bundle", str(hb.path), "--out", str(out)])
     assert r.exit_code == 1
     assert r.stderr.endswith(f"skipped 2 of 2 lines\nerror: {bad}: no line could be inferred: all 2 lines were bad\n")
-    assert out.read_text() == "previous results\n" and no_litter(tmp_path)
+    assert out.read_text() == PREVIOUS_OUTPUT and no_litter(tmp_path)
     empty = write_lines(tmp_path / "empty.jsonl", ["", "   "])
     r = invoke([str(empty), "--bundle", str(hb.path)])
     assert r.exit_code == 1 and "no documents in the input" in r.stderr and r.stdout == ""
@@ -231,11 +231,11 @@ def test_no_line_inferred_exits_1_and_leaves_the_old_output(hb: HandBundle, tmp_
 def test_max_bad_count_stops_at_the_line_that_exceeds_it(hb: HandBundle, tmp_path: Path) -> None:
     rows: list[object] = [{"id": i, **GOOD} if i % 3 else "{bad" for i in range(30)]  # bad: 0, 3, 6, ...
     src, out = write_lines(tmp_path / "docs.jsonl", rows), tmp_path / "out.jsonl"
-    out.write_text("previous\n")
+    out.write_text(PREVIOUS_OUTPUT)
     r = invoke([str(src), "--bundle", str(hb.path), "--out", str(out), "--max-bad", "2", "--batch-size", "2"])
     assert r.exit_code == 2
     assert f"error: {src}:7: invalid JSON" in r.stderr and "more than 2 (--max-bad)" in r.stderr
-    assert out.read_text() == "previous\n" and no_litter(tmp_path)
+    assert out.read_text() == PREVIOUS_OUTPUT and no_litter(tmp_path)
     # To stdout: exactly the good lines before the failing one.
     r = invoke([str(src), "--bundle", str(hb.path), "--max-bad", "2", "--batch-size", "2"])
     assert r.exit_code == 2 and [strict_json(x)["id"] for x in r.stdout.splitlines()] == [1, 2, 4, 5]
@@ -306,14 +306,14 @@ def small_tmpfs(tmp_path: Path):
 def test_full_and_read_only_file_systems_keep_the_old_output(hb: HandBundle, tmp_path: Path, small_tmpfs: Path) -> None:
     src = write_lines(tmp_path / "docs.jsonl", [{"id": i, **GOOD} for i in range(2000)])  # ~1 MB of results
     out = small_tmpfs / "out.jsonl"
-    out.write_text("previous results\n")
+    out.write_text(PREVIOUS_OUTPUT)
     r = invoke([str(src), "--bundle", str(hb.path), "--out", str(out)])
     assert r.exit_code == 2 and r.stderr.startswith(f"error: {out}: cannot write: No space left on device")
-    assert out.read_text() == "previous results\n" and no_litter(small_tmpfs)
+    assert out.read_text() == PREVIOUS_OUTPUT and no_litter(small_tmpfs)
     subprocess.run(["mount", "-o", "remount,ro", str(small_tmpfs)], check=True)
     r = invoke([str(src), "--bundle", str(hb.path), "--out", str(out)])
     assert r.exit_code == 2 and r.stderr.startswith(f"error: {out}: cannot write: Read-only file system")
-    assert out.read_text() == "previous results\n"
+    assert out.read_text() == PREVIOUS_OUTPUT
 
 
 def test_out_that_is_the_input_is_refused(hb: HandBundle, tmp_path: Path) -> None:
@@ -359,12 +359,87 @@ def test_out_fifo_device_and_symlink(hb: HandBundle, tmp_path: Path) -> None:
     assert stat.S_ISCHR(os.lstat(node).st_mode)
     target = tmp_path / "results" / "real.jsonl"
     target.parent.mkdir()
-    target.write_text("old\n")
+    target.write_text(PREVIOUS_OUTPUT)
     link = tmp_path / "latest.jsonl"
     link.symlink_to(target)
     assert invoke([str(src), "--bundle", str(hb.path), "--out", str(link)]).exit_code == 0
     assert link.is_symlink() and len(target.read_text().splitlines()) == 2
     assert no_litter(tmp_path) and no_litter(target.parent)
+
+
+def test_an_existing_file_that_is_not_an_xtm_infer_output_is_refused(hb: HandBundle, tmp_path: Path) -> None:
+    """A user's file is replaced only when provably ours. Before: `--out thesis.docx` (a typo, a path in the wrong
+    directory) was replaced by the results, exit 0; through a symlink too."""
+    src = write_lines(tmp_path / "docs.jsonl", [GOOD])
+    thesis = tmp_path / "thesis.docx"
+    thesis.write_bytes(b"PK\x03\x04 my thesis")
+    link = tmp_path / "latest.csv"
+    link.symlink_to(thesis)
+    notes = tmp_path / "notes.csv"
+    notes.write_text("name,phone\nAda,555\n")
+    fake_parquet = tmp_path / "other.parquet"
+    fake_parquet.write_bytes(b"PAR1 not xtm's")
+    for out in (thesis, link, notes, fake_parquet):
+        before = out.read_bytes()
+        r = invoke([str(src), "--bundle", str(hb.path), "--out", str(out)])
+        assert r.exit_code == 2 and "exists and is not an xtm-infer output" in r.stderr, r.stderr
+        assert out.read_bytes() == before and no_litter(tmp_path)
+    # Its own outputs, in each format, and an empty file are replaced (reruns into the same path work).
+    for name in ("r.jsonl", "r.csv", "r.parquet"):
+        out = tmp_path / name
+        for _ in range(2):
+            r = invoke([str(src), "--bundle", str(hb.path), "--out", str(out)])
+            assert r.exit_code == 0, r.stderr
+    empty = tmp_path / "empty.jsonl"
+    empty.touch()
+    assert invoke([str(src), "--bundle", str(hb.path), "--out", str(empty)]).exit_code == 0
+    assert strict_json(empty.read_text().splitlines()[0])["lang"] == "en"
+
+
+def test_csv_cells_a_spreadsheet_would_run_are_written_as_text(hb: HandBundle, tmp_path: Path) -> None:
+    """An id or a label that starts a formula (a hostile document id, a bundle's or an LLM's label) gets a leading
+    apostrophe in CSV; plain numbers stay numbers. Before: `=cmd|' /C calc'!A0` went into the cell as it was."""
+    import csv
+    import hashlib
+    import shutil
+
+    b = tmp_path / "bundle"
+    shutil.copytree(hb.path, b)
+    topics = json.loads((b / "topics.json").read_text())
+    for t in topics["topics"]:
+        t["labels"] = {"en": "=cmd|' /C calc'!A0"}
+    (b / "topics.json").write_text(json.dumps(topics))
+    m = json.loads((b / "manifest.json").read_text())
+    m["files"]["topics.json"] = hashlib.sha256((b / "topics.json").read_bytes()).hexdigest()
+    (b / "manifest.json").write_text(json.dumps(m))
+    src = write_lines(tmp_path / "d.jsonl", [{"id": "=1+2", **GOOD}, {"id": "@SUM(A1)", **GOOD}, {"id": -5, **GOOD},
+                                             {"id": "-2.5e3", **GOOD}, {"id": "+HYPERLINK(x)", **GOOD}])
+    out = tmp_path / "o.csv"
+    assert invoke([str(src), "--bundle", str(b), "--out", str(out), "--top-k", "1"]).exit_code == 0
+    rows = list(csv.DictReader(out.open(encoding="utf-8")))
+    assert [r["id"] for r in rows] == ["'=1+2", "'@SUM(A1)", "-5", "-2.5e3", "'+HYPERLINK(x)"]
+    assert {r["label_1"] for r in rows} == {"'=cmd|' /C calc'!A0"}
+    # JSONL keeps every value exactly as it is: nothing runs a JSON string.
+    jl = tmp_path / "o.jsonl"
+    assert invoke([str(src), "--bundle", str(b), "--out", str(jl), "--top-k", "1"]).exit_code == 0
+    assert strict_json(jl.read_text().splitlines()[0])["id"] == "=1+2"
+
+
+def test_decomposed_unicode_reads_as_the_composed_text(tmp_path: Path) -> None:
+    """The same words typed as base letters plus combining accents (NFD: macOS file names, text copied from
+    PDFs) read as the composed words. Before: every accented word split at its accents and matched nothing
+    ("naïve" -> "nai", "ve"), so the document came out empty."""
+    import unicodedata
+
+    vocab = ["café", "naïve", "résumé", "crème", "brûlée", "fiancé", "marché", "économie"]
+    fr = make_bundle(tmp_path / "fr", vocabs={"fr": vocab, "en": ["market", "bank", "stock", "money"]})
+    model = TopicModel.load(fr.path, threads=1)
+    composed = "café naïve résumé crème brûlée marché économie"
+    decomposed = unicodedata.normalize("NFD", composed)
+    assert decomposed != composed
+    res = model.infer([composed, decomposed], "fr")
+    assert not res.empty.any() and res.oov_ratio.tolist() == [0.0, 0.0]
+    np.testing.assert_array_equal(res.theta[0], res.theta[1])
 
 
 # -- signals: no litter, the old output untouched --------------------------------------------------
@@ -394,12 +469,12 @@ def _start_blocked_run(hb: HandBundle, out: Path) -> subprocess.Popen:
 def test_signal_mid_run_removes_the_temporary_and_keeps_the_old_output(hb: HandBundle, tmp_path: Path, sig: int,
                                                                        code: int) -> None:
     out = tmp_path / "out.jsonl"
-    out.write_text("previous results\n")
+    out.write_text(PREVIOUS_OUTPUT)
     p = _start_blocked_run(hb, out)
     p.send_signal(sig)
     _, err = p.communicate(timeout=60)
     assert p.returncode == code, err.decode()
-    assert out.read_text() == "previous results\n"
+    assert out.read_text() == PREVIOUS_OUTPUT
     assert no_litter(tmp_path), list(tmp_path.iterdir())
     assert b"Traceback" not in err
 

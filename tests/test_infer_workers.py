@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from bundle_fixture import HandBundle, make_bundle
+from bundle_fixture import PREVIOUS_OUTPUT, HandBundle, make_bundle
 from click.testing import CliRunner
 
 from xtm.cli.infer import main
@@ -71,8 +71,10 @@ class _Done:
 
 
 def _run(args: list[str]) -> _Done:
-    """xtm-infer in this process (its workers are real processes): saves an interpreter start per run."""
-    r = CliRunner().invoke(main, args, catch_exceptions=False)
+    """xtm-infer in this process (its workers are real processes): saves an interpreter start per run.
+    No progress lines (every 30 s by default): on a loaded machine one run would log one and the other
+    not, and the tests compare stderr byte for byte."""
+    r = CliRunner().invoke(main, [*args, "--progress-every", "3600"], catch_exceptions=False)
     return _Done(r.exit_code, r.stdout_bytes, r.stderr_bytes or b"")
 
 
@@ -209,7 +211,7 @@ def test_a_signal_stops_the_workers_and_leaves_no_litter(hb: HandBundle, tmp_pat
                                                          group: bool) -> None:
     """SIGINT goes to the whole process group, as Ctrl-C does: workers ignore it, xtm-infer stops them."""
     out = tmp_path / "out.jsonl"
-    out.write_text("previous results\n")
+    out.write_text(PREVIOUS_OUTPUT)
     p, kids = _start_blocked_run(hb, out)
     if group:
         os.killpg(p.pid, sig)
@@ -217,7 +219,7 @@ def test_a_signal_stops_the_workers_and_leaves_no_litter(hb: HandBundle, tmp_pat
         p.send_signal(sig)
     _, err = p.communicate(timeout=60)
     assert p.returncode == code, err.decode()
-    assert out.read_text() == "previous results\n"
+    assert out.read_text() == PREVIOUS_OUTPUT
     assert not [t for t in tmp_path.iterdir() if t.name.endswith(".tmp")]
     assert b"Traceback" not in err and b"KeyboardInterrupt" not in err
     assert _gone(kids), [k for k in kids if _alive(k)]
@@ -234,7 +236,7 @@ def test_kill_9_of_xtm_infer_takes_its_workers_along(hb: HandBundle, tmp_path: P
 
 def test_a_worker_that_dies_is_an_error_not_a_hang(hb: HandBundle, tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
-    out.write_text("previous results\n")
+    out.write_text(PREVIOUS_OUTPUT)
     p, kids = _start_blocked_run(hb, out)
     workers = [k for k in kids if b"multiprocessing" in Path(f"/proc/{k}/cmdline").read_bytes()
                and b"resource_tracker" not in Path(f"/proc/{k}/cmdline").read_bytes()]
@@ -250,7 +252,7 @@ def test_a_worker_that_dies_is_an_error_not_a_hang(hb: HandBundle, tmp_path: Pat
     err = p.stderr.read()
     assert p.returncode == 2, err.decode()
     assert b"worker process died" in err and b"Traceback" not in err
-    assert out.read_text() == "previous results\n"
+    assert out.read_text() == PREVIOUS_OUTPUT
     assert not [t for t in tmp_path.iterdir() if t.name.endswith(".tmp")]
     assert _gone(kids)
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from bundle_fixture import EN_VOCAB, ZH_VOCAB, HandBundle, make_bundle
+from bundle_fixture import EN_VOCAB, PREVIOUS_OUTPUT, ZH_VOCAB, HandBundle, make_bundle
 from click.testing import CliRunner
 from log_isolation import library_logging  # noqa: F401  (a fixture)
 
@@ -157,7 +157,7 @@ def test_ray_max_bad_and_no_results_leave_out_unwritten(ray_local, hb: HandBundl
     from xtm.runtime.ray import infer_files
 
     out = tmp_path / "out.jsonl"
-    out.write_text("previous\n")
+    out.write_text(PREVIOUS_OUTPUT)
     src = _write_jsonl(tmp_path / "d.jsonl", [{"text": "bank", "lang": "en"}, "{bad", "{bad", {"text": "😀"}])
     with pytest.raises(XtmError, match=r"d\.jsonl:3: invalid JSON.*more than 1 \(--max-bad\)"):
         infer_files([src], hb.path, out, num_actors=1, max_bad=1, report=lambda m: None, progress=False)
@@ -166,7 +166,7 @@ def test_ray_max_bad_and_no_results_leave_out_unwritten(ray_local, hb: HandBundl
     bad = _write_jsonl(tmp_path / "bad.jsonl", ["{bad", {"text": "😀"}])
     with pytest.raises(NoResultsError, match="no line could be inferred: all 2 lines were bad"):
         infer_files([bad], hb.path, out, num_actors=1, report=lambda m: None, progress=False)
-    assert out.read_text() == "previous\n" and not list(tmp_path.glob(".out.jsonl*"))
+    assert out.read_text() == PREVIOUS_OUTPUT and not list(tmp_path.glob(".out.jsonl*"))
 
 
 def test_damaged_bundle_fails_on_the_driver_naming_the_file(ray_local, hb: HandBundle, inputs: dict[str, Path],

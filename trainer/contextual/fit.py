@@ -39,7 +39,6 @@ RUN_DIR/contextual/ (written under a temporary name and renamed: never half-writ
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -61,6 +60,7 @@ from xtm.atomic import write_json
 from xtm.config import ContextualConfig, Preprocessing, TrainConfig, default_of, from_dict
 from xtm.corpus import Corpus
 from xtm.errors import XtmError
+from xtm.json_files import read_json
 from xtm.models_zoo.base import CrossLingualTopicModel
 from xtm.models_zoo.context_encoders import TrainableSentenceEncoder, load_text_encoder, make_text_encoder
 from xtm.models_zoo.contextual import ContextualHead, HeadConfig
@@ -546,9 +546,10 @@ def load_contextual(run_dir: str | Path) -> LoadedContextual:
     if not meta_path.is_file():
         raise XtmError("the run has no contextual network: train one with `xtm-contextual RUN_DIR` "
                        "(or xtm-train --contextual)", path=d)
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    if meta.get("format") != CONTEXTUAL_FORMAT:
-        raise XtmError(f"contextual format {meta.get('format')!r} is not supported (this xtm reads "
+    meta = read_json(meta_path)
+    if not isinstance(meta, dict) or meta.get("format") != CONTEXTUAL_FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise XtmError(f"contextual format {found!r} is not supported (this xtm reads "
                        f"{CONTEXTUAL_FORMAT})", path=meta_path)
     head = ContextualHead(HeadConfig(**meta["head"]))
     head.load_state_dict(load_file(str(d / meta.get("head_file", "head.safetensors"))))

@@ -14,7 +14,6 @@ sha256, label names, corpus info. Whatever is damaged is an XtmError saying to r
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from xtm.errors import XtmError
+from xtm.json_files import read_json
 
 __all__ = ["INDEX", "SHARD_FORMAT", "ShardWriter", "index_fingerprint", "load_shard", "load_word_counts",
            "read_index", "save_shard", "vocab_hash"]
@@ -122,8 +122,8 @@ def vocab_hash(vocab: Sequence[str]) -> str:
 def index_fingerprint(directory: Path) -> str | None:
     """The fingerprint a complete shard directory was built with; None when there is no readable index."""
     try:
-        index = json.loads((directory / INDEX).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        index = read_json(directory / INDEX)
+    except XtmError:
         return None
     fingerprint = index.get("fingerprint") if isinstance(index, dict) else None
     return fingerprint if isinstance(fingerprint, str) else None
@@ -135,10 +135,7 @@ def read_index(directory: Path) -> dict[str, Any]:
     if not path.exists():
         raise XtmError("not a complete shard directory (no index.json): preprocessing did not finish; "
                        "run again to rebuild it", path=directory)
-    try:
-        index = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise XtmError(f"unreadable shard index ({e})", path=path) from None
+    index = read_json(path)
     if not isinstance(index, dict) or index.get("format") != SHARD_FORMAT:
         found = index.get("format") if isinstance(index, dict) else None
         raise XtmError(f"shard format {found} is not supported (this xtm writes {SHARD_FORMAT}); rebuild the "

@@ -1,0 +1,36 @@
+"""Reading a JSON file someone else may have written (a manifest, a run's record, an index).
+
+One way to do it, so every reader refuses the same hostile files the same way: invalid UTF-8, not
+JSON, nesting deep enough to exhaust the parser's recursion (RecursionError), and integers longer than
+Python parses (ValueError since 3.11's int-digit limit) all become an XtmError naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from xtm.errors import XtmError
+
+__all__ = ["read_json"]
+
+
+def read_json(path: str | Path) -> Any:
+    """The JSON value in `path`. XtmError naming the file when it is missing, unreadable or not JSON
+    (callers that treat a missing file differently look before they read)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise XtmError("missing", path=path) from None
+    except UnicodeDecodeError as e:
+        raise XtmError(f"not UTF-8 text ({e.reason} at byte {e.start})", path=path) from None
+    except OSError as e:
+        raise XtmError(f"cannot read: {e.strerror or e}", path=path) from None
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise XtmError("invalid JSON: nested too deeply", path=path) from None
+    except ValueError as e:  # JSONDecodeError, and an integer too long to parse
+        raise XtmError(f"invalid JSON: {e}", path=path) from None
