@@ -39,7 +39,7 @@ def normalize_lang(code: str) -> str:
     c = ALIASES.get(c, c)
     if "-" in c:  # region subtags: en-US -> en
         c = ALIASES.get(c.split("-", 1)[0], c.split("-", 1)[0])
-    if len(c) != 2 or not c.isalpha():
+    if len(c) != 2 or not (c.isascii() and c.isalpha()):  # "中文" and "éé" are letters, not ISO 639-1 codes
         raise XtmError(f"invalid language code {code!r}: expected an ISO 639-1 code such as 'en', 'zh', 'ja'")
     return c
 

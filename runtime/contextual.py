@@ -156,7 +156,16 @@ class ContextualEncoder:
                 raise XtmError(f"contextual graph has no output {name!r} (it has {', '.join(map(repr, names_out))})",
                                path=path)
         tokenizer = make_text_tokenizer(entry.tokenizer, manifest.directory)
-        return cls(entry, session, tokenizer, manifest.num_topics, path)
+        encoder = cls(entry, session, tokenizer, manifest.num_topics, path)
+        # One probe text through the graph: wrong shapes, a wrong embedding_dim or pad id, NaN output
+        # are the bundle's error here, not every contextual document's later.
+        try:
+            encoder.encode(["probe"])
+        except XtmError:
+            raise
+        except Exception as ex:  # onnxruntime raises its own non-public exception types
+            raise XtmError(f"the contextual graph fails on a one-word text: {ex}", path=path) from ex
+        return encoder
 
     def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
         return self._tokenize(texts)

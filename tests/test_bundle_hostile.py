@@ -249,6 +249,18 @@ def test_the_tiny_contextual_route_serves(hb: HandBundle, tmp_path: Path) -> Non
     assert theta.shape == (2, hb.num_topics) and np.allclose(theta.sum(1), 1.0, atol=1e-5)
 
 
+def test_a_contextual_graph_that_disagrees_with_its_entry_is_refused_when_opened(hb: HandBundle,
+                                                                                tmp_path: Path) -> None:
+    """The entry says 16-dimensional embeddings, the graph gives 8: before, every contextual document failed
+    on its own with a numpy broadcasting error; now opening the route is the bundle's error."""
+    b = _contextual_bundle(hb, tmp_path / "b")
+    m = json.loads((b / "manifest.json").read_text())
+    m["contextual"]["embedding_dim"] = 16
+    (b / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(XtmError, match="ctx.onnx: the graph gave embeddings of shape \\[1, 8\\]"):
+        TopicModel.load(b).contextual_encoder()
+
+
 def test_a_contextual_graph_swapped_after_load_is_refused_on_first_use(hb: HandBundle, tmp_path: Path) -> None:
     b = _contextual_bundle(hb, tmp_path / "b")
     model = TopicModel.load(b)                   # checked here, opened later

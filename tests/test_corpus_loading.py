@@ -273,6 +273,8 @@ GOOD = json.dumps({"id": "ok", "lang": "en", "text": "football match"})
     ('{"lang": "en", "text": 42}', "text", "must be a string"),
     ('{"lang": "en", "text": null}', "text", "must be a string"),
     ('{"lang": "klingon!", "text": "qapla"}', "lang", "invalid language code"),
+    ('{"lang": "中文", "text": "你好"}', "lang", "invalid language code"),
+    ('{"lang": "éé", "text": "bonjour"}', "lang", "invalid language code"),
     ('{"lang": 7, "text": "hello"}', "lang", "must be a language code string"),
     ('{"lang": "en", "text": "hello", "split": "dev"}', "split", "\"train\" or \"test\""),
     ('{"lang": "en", "text": "hello", "label": [1]}', "label", "integer or a string"),
