@@ -92,12 +92,14 @@ rounded to 6 decimals.
 lang, lang_conf, route, empty, oov_ratio, topic_1, weight_1, ... topic_K',
 weight_K' (K' = --top-k), topic_1_words ("en: w1 w2 | zh: ..."), and with
 full theta theta_0 ... theta_{K-1}; UTF-8, empty cells for null. An id or
-label a spreadsheet would run as a formula (starting with = + - @, not a
-plain number) is written with a leading ' (shown as text, not run).
+label a spreadsheet would run as a formula (starting with = + - @, a tab or
+a carriage return, and not a plain number) gets a leading ' in CSV only
+(shown as text, not run; "@user" is written "'@user").
 --format parquet (default for --out *.parquet, pip install "xtm[parquet]"):
 columns id, lang, lang_conf, route, empty, oov_ratio, topics (list of ids),
 weights, and theta (full theta). In both, ids are text (a string id as it
-is, another id as its JSON), and the values are those of the JSON line.
+is, another id as its JSON; CSV's formula rule above aside), and the values
+are those of the JSON line.
 
 \b
 Engines (--engine): local (default) reads one JSONL, text or Parquet file,

@@ -89,7 +89,7 @@ def _holder(fd: int) -> str:
     try:
         info = json.loads(os.pread(fd, 4096, 0).decode("utf-8"))
         return f"{info['command']} (pid {int(info['pid'])})"
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return "another xtm process (pid unknown)"
 
 
@@ -229,9 +229,12 @@ class RunDir:
     def read_json(self, name: str) -> Any:
         """A JSON file of the run; XtmError naming it when missing, unreadable or not JSON."""
         path = self.path / name
-        if not path.exists() and not path.is_symlink():
-            raise XtmError(f"{name} is missing: not a (complete) xtm-train run directory", path=path)
-        return read_json(path)
+        try:
+            return read_json(path)
+        except XtmError as e:
+            if e.reason == "missing":
+                raise XtmError(f"{name} is missing: not a (complete) xtm-train run directory", path=path) from None
+            raise
 
     def _object(self, name: str) -> dict[str, Any]:
         obj = self.read_json(name)

@@ -55,11 +55,11 @@ from xtm.json_files import read_json
 from xtm.languages import normalize_lang
 from xtm.runtime.bundle_onnx import onnx_external_data
 
-__all__ = ["AUTO_ROUTES", "CONTEXTUAL_FORMAT", "FORMAT", "INPUT_FORMATS", "MANIFEST", "SCHEMA_VERSION",
-           "TOKENIZER_KINDS", "BundleManifest", "ContextualEntry", "EncoderEntry", "check_checksum", "check_files",
-           "check_theta",
-           "graph_file", "listed_file", "onnx_external_data", "parse_manifest", "read_contextual_entry",
-           "read_manifest", "read_topic_labels", "read_topics", "sha256_bytes", "sha256_file", "validate_manifest"]
+__all__ = ["AUTO_ROUTES", "CONTEXTUAL_FORMAT", "FORMAT", "INPUT_FORMATS", "MANIFEST", "MAX_MIN_TOKEN_LENGTH",
+           "SCHEMA_VERSION", "TOKENIZER_KINDS", "BundleManifest", "ContextualEntry", "EncoderEntry", "check_checksum",
+           "check_files", "check_theta", "graph_file", "listed_file", "onnx_external_data", "parse_manifest",
+           "read_contextual_entry", "read_manifest", "read_topic_labels", "read_topics", "sha256_bytes", "sha256_file",
+           "validate_manifest"]
 
 FORMAT = "xtm-bundle"
 # 2 added sparse encoder inputs; a schema-1 bundle (dense inputs only) reads unchanged.

@@ -526,7 +526,8 @@ def infer_file(source: str | Path | IO[bytes], model: TopicModel, out: str | Pat
     source: a JSONL file, a Parquet file (.parquet, .pq), a plain-text file (.txt: one document per
     line), "-" for stdin, or a binary stream. input_format: "jsonl", "text" or "parquet" (default:
     by the name, `records.input_format`; stdin and streams are JSONL). out: a path, written
-    atomically (the previous file stays unless the run succeeds), a binary stream, or None for
+    atomically (the previous file stays unless the run succeeds; an existing file that is not an
+    xtm-infer output is refused first, `records.check_out_path`), a binary stream, or None for
     stdout (a reader that leaves raises BrokenPipeError). output_format: "jsonl", "csv" or
     "parquet" (default: by out's name, `records.output_format`). Bad rows go to `report`
     (default: the logger) as SOURCE:LINE: reason; raises XtmError when the policy stops the run,

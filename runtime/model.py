@@ -107,11 +107,13 @@ class _Encoder:
 
     entry: EncoderEntry
     session: Any  # onnxruntime.InferenceSession (run() is thread-safe)
-    vocab: dict[str, int]
+    vocab: dict[str, int]  # lookup: the NFC form of each word -> its column
+    words: list[str]       # the file's words as written: word j is column j
     spec: TokenizerSpec
 
 
-def _read_vocab(path: Path, expected: int) -> dict[str, int]:
+def _read_vocab(path: Path, expected: int) -> tuple[list[str], dict[str, int]]:
+    """(the words as written, NFC word -> column)."""
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
@@ -130,8 +132,11 @@ def _read_vocab(path: Path, expected: int) -> dict[str, int]:
     for i, w in enumerate(words):
         # NFC, as the tokenizer puts text (xtm.runtime.tokenize.make_tokenizer); setdefault: a duplicated
         # line keeps its first column, like any lookup would expect.
-        vocab.setdefault(unicodedata.normalize("NFC", w), i)
-    return vocab
+        key = unicodedata.normalize("NFC", w)
+        if vocab.setdefault(key, i) != i:
+            logger.warning("%s: line %d (%r) is the same word as line %d in Unicode NFC; documents count it "
+                           "in column %d", path, i + 1, w, vocab[key] + 1, vocab[key])
+    return words, vocab
 
 
 class TopicWordList(list):
@@ -219,8 +224,8 @@ class TopicModel:
                 check_used(requested, chosen, used, str(path))
             _check_signature(session, e, manifest.num_topics, path)
             spec = TokenizerSpec.from_dict(e.tokenizer)  # its fields were checked by read_manifest
-            encoders[lang] = _Encoder(entry=e, session=session, vocab=_read_vocab(manifest.path(e.vocab), e.vocab_size),
-                                      spec=spec)
+            words, lookup = _read_vocab(manifest.path(e.vocab), e.vocab_size)
+            encoders[lang] = _Encoder(entry=e, session=session, vocab=lookup, words=words, spec=spec)
         topics = read_topics(manifest)
         # The contextual graph opens later with the providers the encoders got (no second fallback).
         logger.debug("loaded %s: %s, %d topics, languages %s; onnxruntime %s on %s", manifest.directory,
@@ -280,11 +285,7 @@ class TopicModel:
 
     def vocabulary(self, lang: str) -> list[str]:
         """The encoder's vocabulary for `lang`: word j is column j of the bag of words."""
-        enc = self._encoder(lang)
-        words = [""] * enc.entry.vocab_size
-        for w, i in enc.vocab.items():
-            words[i] = w
-        return words
+        return list(self._encoder(lang).words)
 
     def encoder_session(self, lang: str) -> Any:
         """The onnxruntime session of `lang`'s bag-of-words encoder, for callers that feed it
@@ -300,14 +301,22 @@ class TopicModel:
         path = self._manifest.path(enc.entry.beta)
         want = (self.num_topics, enc.entry.vocab_size)
         try:
-            # Mapped, not read: the header's shape and type are checked before anything is allocated
-            # (a header may claim terabytes), and a file shorter than its header claims is refused.
-            beta = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError, EOFError) as e:
+            with open(path, "rb") as f:
+                # The header first: its shape and type are checked before anything is allocated (a
+                # header may claim terabytes); then exactly that many values, or the file is short.
+                version = np.lib.format.read_magic(f)
+                shape, fortran, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
+                                         else np.lib.format.read_array_header_2_0(f))
+                if shape != want or dtype.kind != "f" or dtype.hasobject:
+                    raise XtmError(f"{dtype} {shape}, expected floats {want}", path=path)
+                beta = np.fromfile(f, dtype=dtype, count=want[0] * want[1])
+        except (ValueError, OSError, EOFError) as e:  # XtmError is a ValueError: kept as it is
+            if isinstance(e, XtmError):
+                raise
             raise XtmError(f"not a plain .npy array: {e}", path=path) from e
-        if beta.shape != want or beta.dtype.kind != "f":
-            raise XtmError(f"{beta.dtype} {beta.shape}, expected floats {want}", path=path)
-        beta = np.array(beta, dtype=np.float32)
+        if beta.size != want[0] * want[1]:
+            raise XtmError(f"holds {beta.size} values, its header says {want}", path=path)
+        beta = beta.reshape(want, order="F" if fortran else "C").astype(np.float32)
         if not np.isfinite(beta).all():
             raise XtmError("holds NaN or infinite weights", path=path)
         return beta

@@ -26,8 +26,8 @@ if TYPE_CHECKING:
 __all__ = ["DECIMALS", "INPUT_FORMATS", "MAX_CHARS", "MAX_LINE_BYTES", "OUTPUT_FORMATS", "OUTPUT_WORDS",
            "PARQUET_SUFFIXES", "TEXT_SUFFIXES", "WEIGHT", "LineFormatter", "Parsed", "TableShape", "TableStream",
            "check_out_path", "decode_json_line", "decode_text_line", "drop_bom", "encode_id", "encode_lines",
-           "input_format", "line_chunks", "output_format", "parquet_chunks", "parse_line", "parse_parquet_row",
-           "parse_record", "read_lines", "without_surrogates"]
+           "input_format", "is_infer_output", "line_chunks", "output_format", "parquet_chunks", "parse_line",
+           "parse_parquet_row", "parse_record", "read_lines", "without_surrogates"]
 
 # Longer documents are cut (with a warning): tokenizing megabytes of one line is almost always a
 # malformed record, and a bag of words of the first 100k characters already saturates the vocabulary.
@@ -256,19 +256,23 @@ def check_out_path(out: str | Path | None, inputs: Sequence[str | Path]) -> None
             if os.path.isfile(p) and os.path.samefile(out, p):
                 raise XtmError("--out is an input file: writing it would replace what is being read; choose "
                                "another output path", path=out)
-    if os.path.isfile(out) and not is_infer_output(out):
+    if not os.path.isfile(out):
+        return
+    try:
+        ours = is_infer_output(out)
+    except OSError as e:
+        raise XtmError(f"exists and cannot be read to check that it is an xtm-infer output ({e.strerror or e}); "
+                       "remove it or choose another --out", path=out) from None
+    if not ours:
         raise XtmError("exists and is not an xtm-infer output: xtm-infer replaces only its own outputs; remove "
                        "the file or choose another --out", path=out)
 
 
 def is_infer_output(path: str | Path) -> bool:
     """Whether the regular file `path` is empty or begins as xtm-infer's outputs do: a JSONL line
-    with its keys, its CSV header, or a Parquet file with its columns."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(1 << 20)
-    except OSError:
-        return False
+    with its keys, its CSV header, or a Parquet file with its columns. OSError when it cannot be read."""
+    with open(path, "rb") as f:
+        head = f.readline(MAX_LINE_BYTES + 1)   # an output line may be long (a long id); no longer than an input line
     if not head:
         return True
     if head.startswith(b"PAR1"):
@@ -278,7 +282,7 @@ def is_infer_output(path: str | Path) -> bool:
             return {"id", "lang", "route", "topics"} <= set(pq.read_schema(path).names)
         except Exception:  # no pyarrow, or not a readable Parquet footer: not provably ours
             return False
-    first = head.split(b"\n", 1)[0].rstrip(b"\r")
+    first = head.rstrip(b"\r\n")
     if first.startswith(b"id,lang,lang_conf,route,"):
         return True
     try:
@@ -517,7 +521,8 @@ class TableStream:
     (string), lang, lang_conf (float32), route, empty (bool), oov_ratio (float32), topics (list<int32>),
     weights (list<float32>), labels (list<string>, when the bundle has labels) and theta
     (list<float32>, full theta only); nulls for null.
-    Ids become text in both (a string id as it is, any other id as its JSON), one type per column.
+    Ids become text in both (a string id as it is, any other id as its JSON), one type per column; in
+    CSV an id or label that would start a spreadsheet formula gets a leading apostrophe (`_csv_safe`).
     """
 
     # Rows held before a Parquet row group is written: row groups of a few thousand rows or more

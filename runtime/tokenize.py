@@ -46,8 +46,8 @@ from xtm.errors import XtmError
 from xtm.languages import normalize_lang
 from xtm.paths import cache_dir
 
-__all__ = ["KINDS", "SEGMENTERS", "SEGMENTERS_ENV", "default_tokenizer_spec", "make_tokenizer", "missing_tokenizer",
-           "segmenter_mode", "segmenter_of", "use_segmenters"]
+__all__ = ["KINDS", "SEGMENTERS", "SEGMENTERS_ENV", "TEXT_NORMALIZATION", "default_tokenizer_spec", "make_tokenizer",
+           "missing_tokenizer", "segmenter_mode", "segmenter_of", "use_segmenters"]
 
 KINDS = ("whitespace", "regex", "jieba", "janome", "mecab")
 # Kinds whose segmenter is an optional install (the base install serves other languages without
@@ -61,6 +61,8 @@ _ALSO_NEEDED = {"mecab": ("ipadic",)}
 # that serves bundles asks for it, with use_segmenters (xtm-infer --segmenters fast): a shell-wide
 # XTM_SEGMENTERS=fast would also reach xtm-train, which would then count MeCab's tokens into a model
 # whose bundle says janome.
+# The Unicode normal form every tokenizer puts text in (make_tokenizer); recorded where tokens are stored.
+TEXT_NORMALIZATION = "NFC"
 SEGMENTERS = ("auto", "reference", "fast")
 SEGMENTERS_ENV = "XTM_SEGMENTERS"
 _ENV_SEGMENTERS = ("auto", "reference")
@@ -426,7 +428,7 @@ def make_tokenizer(spec: TokenizerSpec, mode: str | None = None) -> Callable[[st
 
     def tok_nfc(text: str) -> list[str]:
         # normalize() returns its argument when a quick check says it is already NFC (nearly always).
-        return tokenize(unicodedata.normalize("NFC", text))
+        return tokenize(unicodedata.normalize(TEXT_NORMALIZATION, text))
     return tok_nfc
 
 

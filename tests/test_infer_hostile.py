@@ -394,6 +394,11 @@ def test_an_existing_file_that_is_not_an_xtm_infer_output_is_refused(hb: HandBun
     empty.touch()
     assert invoke([str(src), "--bundle", str(hb.path), "--out", str(empty)]).exit_code == 0
     assert strict_json(empty.read_text().splitlines()[0])["lang"] == "en"
+    # An output whose first line is longer than any fixed look-ahead (a 1.2 MB id) is still recognised.
+    long_id = write_lines(tmp_path / "long.jsonl", [{"id": "x" * 1_200_000, **GOOD}])
+    for _ in range(2):
+        r = invoke([str(long_id), "--bundle", str(hb.path), "--out", str(tmp_path / "long-out.jsonl")])
+        assert r.exit_code == 0, r.stderr
 
 
 def test_csv_cells_a_spreadsheet_would_run_are_written_as_text(hb: HandBundle, tmp_path: Path) -> None:
@@ -440,6 +445,12 @@ def test_decomposed_unicode_reads_as_the_composed_text(tmp_path: Path) -> None:
     res = model.infer([composed, decomposed], "fr")
     assert not res.empty.any() and res.oov_ratio.tolist() == [0.0, 0.0]
     np.testing.assert_array_equal(res.theta[0], res.theta[1])
+    # A vocabulary written decomposed is matched the same way and still shown as the file has it.
+    nfd_vocab = [unicodedata.normalize("NFD", w) for w in vocab]
+    fr2 = make_bundle(tmp_path / "fr2", vocabs={"fr": nfd_vocab, "en": ["market", "bank", "stock", "money"]})
+    model2 = TopicModel.load(fr2.path, threads=1)
+    assert model2.vocabulary("fr") == nfd_vocab
+    assert model2.infer([composed], "fr").oov_ratio.tolist() == [0.0]
 
 
 # -- signals: no litter, the old output untouched --------------------------------------------------

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -127,6 +128,7 @@ class LabelServer:
     def __init__(self, answers: dict[tuple[int, str], str], status: int = 200,
                  hold: frozenset[tuple[int, str]] = frozenset()) -> None:
         self.answers, self.status, self.requests, self.hold = answers, status, 0, hold
+        self.answered, self.holding = 0, 0      # answers sent; requests waiting in `hold`
         self._lock = threading.Lock()
         self._released = threading.Event()      # the answers in `hold` wait for it (or 30 s)
         server = self
@@ -141,6 +143,8 @@ class LabelServer:
                     server.requests += 1
                 prompt = body["messages"][0]["content"]
                 if server.key(prompt) in server.hold:
+                    with server._lock:
+                        server.holding += 1
                     server._released.wait(30)
                 data = json.dumps(completion(server.answer(prompt), {"prompt_tokens": 50, "completion_tokens": 5}))
                 self.send_response(server.status)
@@ -148,6 +152,8 @@ class LabelServer:
                 self.send_header("Content-Length", str(len(data.encode())))
                 self.end_headers()
                 self.wfile.write(data.encode())
+                with server._lock:
+                    server.answered += 1
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
@@ -241,15 +247,23 @@ def test_labels_stopped_half_way_keep_the_answers_that_came(tmp_path: Path) -> N
     finally:
         warm.close()
     server = LabelServer(ANSWERS, hold=frozenset({(3, "zh")}))
-    cfg = dataclasses.replace(llm_config(server.url), timeout=2)
+    cfg = dataclasses.replace(llm_config(server.url), timeout=5)
     run = hand_run(tmp_path / "run")
-    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))
-    timer.start()
+
+    def interrupt_once_the_rest_came() -> None:
+        # The signal when the other 7 answers have been sent and the last request waits: on a loaded machine
+        # a fixed delay could come before the answers did.
+        deadline = time.monotonic() + 60
+        while not (server.answered >= 7 and server.holding) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)                     # the 7th answer read by its client thread
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_once_the_rest_came, daemon=True).start()
     try:
         with pytest.raises(KeyboardInterrupt):
             label_run(run, cfg, cache_dir=tmp_path / "cache")
     finally:
-        timer.cancel()
         server.close()
     assert not (run / "labels.json").exists()
     again_server = LabelServer(ANSWERS)

@@ -462,11 +462,13 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one_with_a_warni
 
 
 @pytest.mark.usefixtures("train_stderr")
+@pytest.mark.parametrize("pointer", ["{", "[" * 200_000 + "]" * 200_000, '{"dir": ' + "9" * 5000 + "}"])
 def test_a_garbled_pointer_falls_back_to_the_newest_complete_checkpoint(two_checkpoints: Path, tmp_path: Path,
-                                                                        capsys) -> None:
+                                                                        capsys, pointer: str) -> None:
+    """Nesting deep enough to exhaust the parser and a number too long to parse were tracebacks before."""
     run = tmp_path / "run"
     shutil.copytree(two_checkpoints, run)
-    (run / "checkpoints" / "latest.json").write_text("{")
+    (run / "checkpoints" / "latest.json").write_text(pointer)
     capsys.readouterr()
     assert load_checkpoint(run).path.name == "epoch-000002"
     assert "xtm-train: warning:" in (err := capsys.readouterr().err) and "latest.json is unreadable" in err

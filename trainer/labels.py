@@ -138,7 +138,7 @@ def ask(generator: TextGenerator, prompts: list[str], cfg: LabelConfig, cache: A
         generator.generate_jobs([(prompts[i], 0) for i in todo], sampling, stats, on_answer=arrived)
     elif todo:
         fresh = generator.generate([prompts[i] for i in todo], 1, sampling, stats)
-        for job, row in enumerate(fresh):
+        for job, row in zip(range(len(todo)), fresh, strict=True):
             arrived(job, row[0] if row else None)
     return texts
 

@@ -43,7 +43,7 @@ from xtm.config import PREPROCESSING, DataConfig, Preprocessing, default_of
 from xtm.corpus import Corpus, LanguageCorpus
 from xtm.errors import XtmError
 from xtm.run_dir import LOCK_NAME
-from xtm.runtime.tokenize import default_tokenizer_spec
+from xtm.runtime.tokenize import TEXT_NORMALIZATION, default_tokenizer_spec
 from xtm.trainer.data.benchmark import BOW_PREFIX
 from xtm.trainer.data.corpus_rules import (
     choose_test_documents,
@@ -169,7 +169,9 @@ def _source_files(p: Path) -> list[Path]:
 def _settings(want: list[str] | None, prep: Preprocessing, seed: int, shard_size: int) -> dict[str, Any]:
     """What the shards' content depends on besides the input files (index.json, the fingerprint)."""
     return {"langs": want, "vocab_size": prep.vocab_size, "min_df": prep.min_df, "max_df": float(prep.max_df),
-            "min_doc_tokens": prep.min_doc_tokens, "seed": seed, "shard_size": shard_size}
+            "min_doc_tokens": prep.min_doc_tokens, "seed": seed, "shard_size": shard_size,
+            # Tokens depend on the text's normal form: shards cut before NFC are rebuilt, not reused.
+            "text": TEXT_NORMALIZATION}
 
 
 def _fingerprint(files: Sequence[Path], settings: dict[str, Any]) -> str:

@@ -36,6 +36,7 @@ from safetensors.torch import save as serialize_tensors
 
 from xtm.atomic import write_json
 from xtm.errors import XtmError
+from xtm.json_files import read_json
 from xtm.models_zoo.base import unique_state_dict
 from xtm.run_dir import RunDir
 
@@ -145,8 +146,11 @@ def _pointer(root: Path, problems: list[str]) -> Path | None:
     if not pointer.exists():
         return None
     try:
-        name = json.loads(pointer.read_text(encoding="utf-8"))["dir"]
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        name = read_json(pointer)["dir"]
+    except XtmError as e:
+        problems.append(f"latest.json is unreadable ({e.reason})")
+        return None
+    except (KeyError, TypeError) as e:
         problems.append(f"latest.json is unreadable ({type(e).__name__}: {e})")
         return None
     if not isinstance(name, str) or "/" in name or not name.startswith("epoch-"):
