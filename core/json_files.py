@@ -16,14 +16,14 @@ from xtm.errors import XtmError
 __all__ = ["read_json"]
 
 
-def read_json(path: str | Path) -> Any:
-    """The JSON value in `path`. XtmError naming the file when it is missing, unreadable or not JSON
-    (callers that treat a missing file differently look before they read)."""
+def read_json(path: str | Path, *, missing: str = "missing") -> Any:
+    """The JSON value in `path`. XtmError naming the file when it is missing (with the message
+    `missing`, for callers that can say what a missing file means), unreadable or not JSON."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise XtmError("missing", path=path) from None
+        raise XtmError(missing, path=path) from None
     except UnicodeDecodeError as e:
         raise XtmError(f"not UTF-8 text ({e.reason} at byte {e.start})", path=path) from None
     except OSError as e:

@@ -228,13 +228,7 @@ class RunDir:
 
     def read_json(self, name: str) -> Any:
         """A JSON file of the run; XtmError naming it when missing, unreadable or not JSON."""
-        path = self.path / name
-        try:
-            return read_json(path)
-        except XtmError as e:
-            if e.reason == "missing":
-                raise XtmError(f"{name} is missing: not a (complete) xtm-train run directory", path=path) from None
-            raise
+        return read_json(self.path / name, missing=f"{name} is missing: not a (complete) xtm-train run directory")
 
     def _object(self, name: str) -> dict[str, Any]:
         obj = self.read_json(name)

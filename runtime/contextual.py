@@ -120,9 +120,9 @@ class ContextualEncoder:
     """The loaded contextual route: `encode(texts) -> (theta [n, K], embedding [n, D])`."""
 
     def __init__(self, entry: ContextualEntry, session: Any, tokenizer: Callable[[Sequence[str]], list[list[int]]],
-                 num_topics: int, path: Path | None = None) -> None:
+                 num_topics: int, path: Path) -> None:
         self.entry = entry
-        self._path = path or Path(entry.file)  # the graph, named in errors
+        self._path = path  # the graph, named in errors
         self._session = session
         self._tokenize = tokenizer
         self._num_topics = num_topics

@@ -34,7 +34,7 @@ from xtm.runtime.contextual import ContextualEncoder
 from xtm.runtime.engine import InferenceOptions, check_route, infer_records, no_contextual_route
 from xtm.runtime.langid import identify  # light: py3langid's model loads on first detection
 from xtm.runtime.providers import check_used, import_onnxruntime, parse_providers, resolve_providers
-from xtm.runtime.tokenize import missing_tokenizer
+from xtm.runtime.tokenize import TEXT_NORMALIZATION, missing_tokenizer
 
 __all__ = ["InferenceResult", "TopicModel"]
 
@@ -132,7 +132,7 @@ def _read_vocab(path: Path, expected: int) -> tuple[list[str], dict[str, int]]:
     for i, w in enumerate(words):
         # NFC, as the tokenizer puts text (xtm.runtime.tokenize.make_tokenizer); setdefault: a duplicated
         # line keeps its first column, like any lookup would expect.
-        key = unicodedata.normalize("NFC", w)
+        key = unicodedata.normalize(TEXT_NORMALIZATION, w)
         if vocab.setdefault(key, i) != i:
             logger.warning("%s: line %d (%r) is the same word as line %d in Unicode NFC; documents count it "
                            "in column %d", path, i + 1, w, vocab[key] + 1, vocab[key])
@@ -223,6 +223,7 @@ class TopicModel:
                 used = list(session.get_providers())
                 check_used(requested, chosen, used, str(path))
             _check_signature(session, e, manifest.num_topics, path)
+            _probe(session, e, manifest.num_topics, path)
             spec = TokenizerSpec.from_dict(e.tokenizer)  # its fields were checked by read_manifest
             words, lookup = _read_vocab(manifest.path(e.vocab), e.vocab_size)
             encoders[lang] = _Encoder(entry=e, session=session, vocab=lookup, words=words, spec=spec)
@@ -307,13 +308,12 @@ class TopicModel:
                 version = np.lib.format.read_magic(f)
                 shape, fortran, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
                                          else np.lib.format.read_array_header_2_0(f))
-                if shape != want or dtype.kind != "f" or dtype.hasobject:
-                    raise XtmError(f"{dtype} {shape}, expected floats {want}", path=path)
-                beta = np.fromfile(f, dtype=dtype, count=want[0] * want[1])
-        except (ValueError, OSError, EOFError) as e:  # XtmError is a ValueError: kept as it is
-            if isinstance(e, XtmError):
-                raise
+                floats = shape == want and dtype.kind == "f" and not dtype.hasobject
+                beta = np.fromfile(f, dtype=dtype, count=want[0] * want[1]) if floats else None
+        except (ValueError, OSError, EOFError) as e:
             raise XtmError(f"not a plain .npy array: {e}", path=path) from e
+        if beta is None:
+            raise XtmError(f"{dtype} {shape}, expected floats {want}", path=path)
         if beta.size != want[0] * want[1]:
             raise XtmError(f"holds {beta.size} values, its header says {want}", path=path)
         beta = beta.reshape(want, order="F" if fortran else "C").astype(np.float32)
@@ -796,8 +796,11 @@ def _check_signature(session: Any, e: EncoderEntry, num_topics: int, path: Path)
             raise XtmError(f"input {name!r} is {inputs[name].type} {shape}, expected {kind} {want}", path=path)
     if len(out_shape) != 2 or (isinstance(out_shape[1], int) and out_shape[1] != num_topics):
         raise XtmError(f"output {e.output!r} has shape {out_shape}, expected [N, {num_topics}]", path=path)
-    # Two documents through the graph (one empty, one of one word): a graph that fails or gives no topic
-    # mixture is refused here, not blamed on every document later.
+
+
+def _probe(session: Any, e: EncoderEntry, num_topics: int, path: Path) -> None:
+    """Two documents through the graph (one empty, one of one word): a graph that fails or gives no
+    topic mixture is refused when the bundle loads, not blamed on every document later (0.3 ms)."""
     if e.sparse:
         feeds = {e.inputs[0]: np.zeros((2, 1), np.int64), e.inputs[1]: np.array([[0.0], [1.0]], np.float32)}
     else:

@@ -23,11 +23,11 @@ from xtm.errors import XtmError
 if TYPE_CHECKING:
     from xtm.runtime.model import InferenceResult, TopicModel
 
-__all__ = ["DECIMALS", "INPUT_FORMATS", "MAX_CHARS", "MAX_LINE_BYTES", "OUTPUT_FORMATS", "OUTPUT_WORDS",
-           "PARQUET_SUFFIXES", "TEXT_SUFFIXES", "WEIGHT", "LineFormatter", "Parsed", "TableShape", "TableStream",
-           "check_out_path", "decode_json_line", "decode_text_line", "drop_bom", "encode_id", "encode_lines",
-           "input_format", "is_infer_output", "line_chunks", "output_format", "parquet_chunks", "parse_line",
-           "parse_parquet_row", "parse_record", "read_lines", "without_surrogates"]
+__all__ = ["CSV_LEADING_COLUMNS", "DECIMALS", "INPUT_FORMATS", "MAX_CHARS", "MAX_LINE_BYTES", "OUTPUT_FORMATS",
+           "OUTPUT_WORDS", "PARQUET_SUFFIXES", "TEXT_SUFFIXES", "WEIGHT", "LineFormatter", "Parsed", "TableShape",
+           "TableStream", "check_out_path", "decode_json_line", "decode_text_line", "drop_bom", "encode_id",
+           "encode_lines", "input_format", "is_infer_output", "line_chunks", "output_format", "parquet_chunks",
+           "parse_line", "parse_parquet_row", "parse_record", "read_lines", "without_surrogates"]
 
 # Longer documents are cut (with a warning): tokenizing megabytes of one line is almost always a
 # malformed record, and a bag of words of the first 100k characters already saturates the vocabulary.
@@ -36,6 +36,8 @@ MAX_CHARS = 100_000
 # binary, a mis-split dump) would otherwise be read whole. Far above any record a 100k-character
 # text makes (at most ~600 kB, fully escaped), leaving room for large fields beside the text.
 MAX_LINE_BYTES = 64 * 1024 * 1024
+# The columns every CSV output begins with (TableShape.csv_header), which also tell an earlier output.
+CSV_LEADING_COLUMNS = ("id", "lang", "lang_conf", "route", "empty", "oov_ratio")
 # File name endings read as Parquet (any other file is JSONL), by both engines.
 PARQUET_SUFFIXES = (".parquet", ".pq")
 # File name endings read as plain text, one document per line, by the local engine's auto format.
@@ -283,7 +285,7 @@ def is_infer_output(path: str | Path) -> bool:
         except Exception:  # no pyarrow, or not a readable Parquet footer: not provably ours
             return False
     first = head.rstrip(b"\r\n")
-    if first.startswith(b"id,lang,lang_conf,route,"):
+    if first.startswith(",".join(CSV_LEADING_COLUMNS).encode()):
         return True
     try:
         obj = json.loads(first)
@@ -458,7 +460,7 @@ class TableShape:
         self.labels = labels
 
     def csv_header(self) -> list[str]:
-        head = ["id", "lang", "lang_conf", "route", "empty", "oov_ratio"]
+        head = list(CSV_LEADING_COLUMNS)
         for i in range(1, self.top_k + 1):
             head += [f"topic_{i}", f"weight_{i}"] + ([f"label_{i}"] if self.labels else [])
         if self.top_k:

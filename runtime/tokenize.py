@@ -50,6 +50,9 @@ __all__ = ["KINDS", "SEGMENTERS", "SEGMENTERS_ENV", "TEXT_NORMALIZATION", "defau
            "missing_tokenizer", "segmenter_mode", "segmenter_of", "use_segmenters"]
 
 KINDS = ("whitespace", "regex", "jieba", "janome", "mecab")
+# The Unicode normal form every tokenizer puts text in (make_tokenizer) and the runtime reads vocabularies
+# in; recorded where tokens are stored (shard settings).
+TEXT_NORMALIZATION = "NFC"
 # Kinds whose segmenter is an optional install (the base install serves other languages without
 # them): kind -> (module, language, extra that installs it).
 _OPTIONAL = {"jieba": ("jieba", "Chinese", "zh"), "janome": ("janome", "Japanese", "ja"),
@@ -61,8 +64,6 @@ _ALSO_NEEDED = {"mecab": ("ipadic",)}
 # that serves bundles asks for it, with use_segmenters (xtm-infer --segmenters fast): a shell-wide
 # XTM_SEGMENTERS=fast would also reach xtm-train, which would then count MeCab's tokens into a model
 # whose bundle says janome.
-# The Unicode normal form every tokenizer puts text in (make_tokenizer); recorded where tokens are stored.
-TEXT_NORMALIZATION = "NFC"
 SEGMENTERS = ("auto", "reference", "fast")
 SEGMENTERS_ENV = "XTM_SEGMENTERS"
 _ENV_SEGMENTERS = ("auto", "reference")
