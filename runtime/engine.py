@@ -594,7 +594,8 @@ def _open_source(source: str | Path | IO[bytes], name: str, stack: contextlib.Ex
 # whole process group; this process decides; workers start with SIGINT blocked, so a Ctrl-C while one
 # is still importing cannot print its KeyboardInterrupt) and dies with this process (Linux:
 # PR_SET_PDEATHSIG), so a signal or an error never leaves one behind. At most 2 chunks per worker are
-# in flight: memory stays flat whatever the input length.
+# in flight, each of at most records.CHUNK_BYTES plus one line: memory stays flat whatever the input's
+# length and however long its lines.
 
 _worker_engine: Engine | None = None
 

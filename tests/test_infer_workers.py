@@ -100,6 +100,35 @@ def test_workers_write_the_bytes_and_reports_of_one_process(hb: HandBundle, tmp_
         assert code == 0 and data is not None and len(data.splitlines()) > 50
 
 
+def test_chunks_for_workers_are_cut_by_bytes_as_well_as_lines() -> None:
+    """A chunk goes whole to a worker (pickled: held twice) with 2 per worker in flight, so its raw bytes
+    are bounded, not only its line count: 1,024 lines of 2 MB once made one 2 GB chunk (4.2 GB resident)."""
+    import io
+
+    from xtm.runtime.records import line_chunks
+
+    lines = [b"x" * 1000 + b"\n"] * 10 + [b"y" * 5000 + b"\n", b"\n", b"z\n"]
+    chunks = list(line_chunks(io.BytesIO(b"".join(lines)), 100, max_bytes=2500))
+    assert [len(c) for c in chunks] == [3, 3, 3, 2, 1]  # the 5 kB line ends its chunk; the blank one is skipped
+    assert [n for c in chunks for n, _ in c] == [*range(1, 12), 13]
+    assert all(sum(len(raw or b"") for _, raw in c[:-1]) < 2500 for c in chunks)  # the budget, plus one line
+    assert [len(c) for c in line_chunks(io.BytesIO(b"".join(lines)), 4)] == [4, 4, 4]  # default: 16 MiB
+
+
+def test_workers_keep_the_order_of_chunks_cut_by_bytes(hb: HandBundle, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import xtm.runtime.records as records
+
+    src = _write(tmp_path / "docs.jsonl", _mixed_rows(60))
+    single = _run([str(src), "--bundle", str(hb.path), "--workers", "1"])
+    monkeypatch.setattr(records, "CHUNK_BYTES", 150)  # read in this process: 1-3 lines per chunk
+    with open(src, "rb") as f:
+        assert len(list(records.line_chunks(f, 1024))) > 20
+    many = _run([str(src), "--bundle", str(hb.path), "--workers", "2"])
+    assert single.returncode == many.returncode == 0
+    assert single.stdout == many.stdout and single.stderr == many.stderr
+
+
 def test_workers_on_stdout_text_csv_and_parquet(hb: HandBundle, tmp_path: Path) -> None:
     text = _write(tmp_path / "notes.txt", ["The stock market and the bank", "中国经济增长，北京市场", "!!!", "",
                                             "Football team and coach"] * 30)
