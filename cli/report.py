@@ -56,8 +56,7 @@ def main(run_dir: str | None, out: str | None, theta: str | None, bundle: str | 
         from xtm.evaluation.report_theta import write_theta_report
 
         target = Path(out) if out is not None else Path(theta + ".report.html")
-        if out is None:
-            refuse_foreign_file(target)
+        refuse_foreign_file(target, given=out is not None)
         click.echo(str(write_theta_report(theta, bundle, target)))
         return
     if run_dir is None:
@@ -66,11 +65,15 @@ def main(run_dir: str | None, out: str | None, theta: str | None, bundle: str | 
     require_modules("xtm-report", 'pip install "xtm[report]"', imported=("scipy",))
     from xtm.evaluation.report import write_report_html
 
+    if out is not None:
+        refuse_foreign_file(Path(out), given=True)
     click.echo(str(write_report_html(run_dir, out)))
 
 
-def refuse_foreign_file(path: Path) -> None:
-    """The default output is replaced only when it is an inference report this command wrote."""
+def refuse_foreign_file(path: Path, *, given: bool) -> None:
+    """An existing output is replaced only when it is empty or a report this command wrote (a run's
+    or an inference report): `--out thesis.docx`, or `--out` naming the --theta input, is refused
+    before anything is read, as xtm-infer refuses such an --out."""
     from xtm.errors import XtmError
 
     if not path.exists() and not path.is_symlink():
@@ -80,8 +83,10 @@ def refuse_foreign_file(path: Path) -> None:
             head = f.read(4096)
     except OSError:
         head = b""
-    if not (path.is_file() and head.startswith(b"<!DOCTYPE html>") and b"xtm inference report" in head):
-        raise XtmError("exists and is not an xtm inference report: choose the file with --out", path=path)
+    ours = head.startswith(b"<!DOCTYPE html>") and (b"xtm inference report" in head or b"<title>xtm run " in head)
+    if not (path.is_file() and (ours or not head)):
+        hint = "choose another --out" if given else "choose the file with --out"
+        raise XtmError(f"exists and is not an xtm report (it would be replaced): {hint}", path=path)
 
 
 if __name__ == "__main__":

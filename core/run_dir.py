@@ -45,19 +45,26 @@ logger = logging.getLogger(__name__)
 _held: dict[str, list[int]] = {}
 
 
-def _legacy_config(d: Path) -> bool:
+def _json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in regular file `path`; {} when absent, not a file, unreadable or not an object."""
+    if not path.is_file():
+        return {}
     try:
-        cfg = read_json(d / RunDir.CONFIG)
+        obj = read_json(path)
     except XtmError:
-        return False
-    return isinstance(cfg, dict) and "xtm_version" in cfg
+        return {}
+    return obj if isinstance(obj, dict) else {}
 
 
 def is_run_dir(d: Path) -> bool:
-    """Whether `d` was written by xtm-train (its marker, its lock, or an older run's files)."""
+    """Whether `d` was written by xtm-train: its marker (RUN_MARKER with "xtm_run": other tools write a
+    run.json too, Sacred's runs beside a config.json and metrics.json), its lock, or, for runs older
+    than the marker, config.json with "xtm_version" or xtm's checkpoints/latest.json."""
     d = Path(d)
-    return ((d / RUN_MARKER).is_file() or (d / LOCK_NAME).is_file()
-            or (d / RunDir.CHECKPOINTS / "latest.json").is_file() or _legacy_config(d))
+    pointer = _json_object(d / RunDir.CHECKPOINTS / "latest.json")
+    return ("xtm_run" in _json_object(d / RUN_MARKER) or (d / LOCK_NAME).is_file()
+            or "xtm_version" in _json_object(d / RunDir.CONFIG)
+            or (str(pointer.get("dir", "")).startswith("epoch-") and "epoch" in pointer))
 
 
 def has_checkpoint(d: Path) -> bool:

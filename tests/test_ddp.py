@@ -87,6 +87,23 @@ def test_shards_are_reused_rebuilt_or_refused(example_dir: Path, tmp_path: Path)
     with pytest.raises(XtmError, match="holds other files"):
         build_shards(example_dir / "docs.jsonl", foreign, progress=False)
     assert (foreign / "notes.txt").exists()
+    # Names other directories share are not proof: a web site's index.json, a run's lock file.
+    (foreign / "index.json").write_text('{"pages": 3}')
+    run = tmp_path / "run"
+    run.mkdir()
+    for name, text in ((".xtm.lock", "{}"), ("run.json", '{"xtm_run": 1}'), ("metrics.json", "{}")):
+        (run / name).write_text(text)
+    for d in (foreign, run):
+        before = sorted(p.name for p in d.iterdir())
+        with pytest.raises(XtmError, match="holds other files"):
+            build_shards(example_dir / "docs.jsonl", d, progress=False)
+        assert sorted(p.name for p in d.iterdir()) == before
+    half = tmp_path / "half"  # a build that stopped half-way is ours: rebuilt
+    half.mkdir()
+    (half / ".building").touch()
+    (half / "en.vocab.txt").write_text("a\n")
+    build_shards(example_dir / "docs.jsonl", half, shard_size=200, progress=False)
+    assert not (half / ".building").exists() and ShardedCorpus(half).languages
 
 
 @pytest.mark.parametrize("kind", ["sharded", "in-memory"])

@@ -283,6 +283,9 @@ def test_inference_report_of_a_scored_corpus(example_run: Path, tmp_path: Path) 
     p = subprocess.run([sys.executable, "-m", "xtm.cli.report", "--theta", str(theta)], capture_output=True,
                        text=True, env=env(), timeout=120)
     assert p.returncode == 2 and "--bundle" in p.stderr
+    scored = theta.read_bytes()  # --out naming its own input: refused, the scored corpus kept
+    p = subprocess.run([*cli, "--out", str(theta)], capture_output=True, text=True, env=env(), timeout=120)
+    assert p.returncode == 2 and "is not an xtm report" in p.stderr and theta.read_bytes() == scored
 
 
 def test_published_numbers_have_one_home() -> None:
@@ -312,6 +315,19 @@ def test_xtm_report_cli_rewrites_and_errors_cleanly(tmp_path: Path) -> None:
     p = subprocess.run(cli + [str(run), "--out", str(tmp_path / "elsewhere.html")], capture_output=True, text=True,
                        env=env(), timeout=120)
     assert p.returncode == 0 and len(topic_rows((tmp_path / "elsewhere.html").read_text(encoding="utf-8"))) == 10
+    # An existing --out is replaced only when it is a report xtm-report wrote (a run's or an inference
+    # report) or empty: a user's file, or one of the run's own files, is refused and left as it was.
+    (tmp_path / "empty.html").touch()
+    for out in (tmp_path / "elsewhere.html", tmp_path / "empty.html"):
+        p = subprocess.run(cli + [str(run), "--out", str(out)], capture_output=True, text=True, env=env(), timeout=120)
+        assert p.returncode == 0 and out.read_text(encoding="utf-8").startswith("<!DOCTYPE html>"), p.stderr
+    thesis = tmp_path / "thesis.docx"
+    thesis.write_bytes(b"PK\x03\x04 my thesis")
+    metrics = (run / "metrics.json").read_bytes()
+    for out, before in ((thesis, thesis.read_bytes()), (run / "metrics.json", metrics)):
+        p = subprocess.run(cli + [str(run), "--out", str(out)], capture_output=True, text=True, env=env(), timeout=120)
+        assert p.returncode == 2 and "is not an xtm report" in p.stderr and "choose another --out" in p.stderr
+        assert out.read_bytes() == before and "Traceback" not in p.stderr
     not_a_run = tmp_path / "empty"
     not_a_run.mkdir()
     p = subprocess.run(cli + [str(not_a_run)], capture_output=True, text=True, env=env(), timeout=120)

@@ -116,6 +116,22 @@ def test_what_counts_as_a_run_directory(tmp_path: Path) -> None:
     assert not is_run_dir(user)
     with pytest.raises(XtmError, match="exists and is not an xtm run directory"):
         refuse_foreign_dir(user)
+    # Names other tools use too are not proof: Sacred's FileStorageObserver writes run.json, config.json
+    # and metrics.json; another trainer may keep a checkpoints/latest.json.
+    for name, files in (("sacred", {"run.json": '{"status": "COMPLETED"}', "config.json": "{}",
+                                    "metrics.json": "{}"}),
+                        ("other", {"checkpoints/latest.json": '{"step": 5, "dir": "ckpt-5"}'})):
+        d = tmp_path / name
+        for rel, text in files.items():
+            (d / rel).parent.mkdir(parents=True, exist_ok=True)
+            (d / rel).write_text(text)
+        assert not is_run_dir(d)
+        with pytest.raises(XtmError, match="exists and is not an xtm run directory"):
+            refuse_foreign_dir(d)
+    ours = tmp_path / "ours"  # an older run's pointer, as xtm writes it
+    (ours / "checkpoints").mkdir(parents=True)
+    (ours / "checkpoints" / "latest.json").write_text('{"dir": "epoch-000003", "epoch": 3, "step": 0}')
+    assert is_run_dir(ours)
     refuse_foreign_dir(tmp_path / "new")  # absent: fine, and not created by the check
     assert not (tmp_path / "new").exists()
 
@@ -516,6 +532,20 @@ def test_hostile_lines_through_the_command_are_one_error_line(tmp_path: Path) ->
     p = cli(["--data", str(f), "--model", "nmtm", "--out", str(tmp_path / "r")])
     assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].startswith(f"error: {f}:2: ")
     assert "Traceback" not in p.stderr
+
+
+def test_a_refused_resume_leaves_the_runs_vocabularies_and_parity_samples_as_they_were(example_dir: Path,
+                                                                                      tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert cli(example_args(example_dir, run, "--epochs", "1")).returncode == 0
+    kept = {p.name: p.read_bytes() for p in sorted(run.glob("vocab_*.txt")) + sorted(run.glob("parity_sample_*"))}
+    assert len(kept) == 4
+    p = cli(example_args(example_dir, run, "--epochs", "2", "--resume", "--vocab-size", "20"))
+    assert p.returncode == 2 and "--resume" in p.stderr and "Traceback" not in p.stderr, p.stderr
+    assert {name: (run / name).read_bytes() for name in kept} == kept  # the run still exports as trained
+    p = cli(example_args(example_dir, run, "--epochs", "2", "--resume"))
+    assert p.returncode == 0, p.stderr
+    assert {name: (run / name).read_bytes() for name in kept} == kept
 
 
 def test_more_topics_than_words_is_refused_before_training(example_dir: Path, tmp_path: Path) -> None:

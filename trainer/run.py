@@ -216,6 +216,23 @@ def load_training_data(data: DataConfig, cfg: TrainConfig, out: Path,
     return sharded.eval_corpus(data.eval_train_docs, dict_path=data.dict_path), sharded.batches()
 
 
+def _write_vocabularies(run: RunDir, corpus: Corpus, *, resuming: bool) -> None:
+    """The vocabularies and parity samples export reads. A run resumed from a checkpoint keeps its
+    own: the checkpoint's columns are those words, so a vocabulary that differs is refused here,
+    before anything is written (a refused --resume once left the run unexportable)."""
+    for lc in corpus.languages:
+        if resuming and run.vocab_path(lc.lang).exists():
+            if run.read_vocab(lc.lang) != list(lc.vocab):
+                raise XtmError(f"--resume: the '{lc.lang}' vocabulary built from this data differs from the one "
+                               "this run was trained with (other data or preprocessing settings?)",
+                               path=run.vocab_path(lc.lang))
+        else:
+            run.write_vocab(lc.lang, lc.vocab)
+    for lc in corpus.languages:
+        if not (resuming and run.parity_sample_path(lc.lang).exists()):
+            run.save_parity_sample(lc.lang, parity_sample(lc))
+
+
 def _run(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool, phase2: Phase2Config | None,
          dist: DistContext | None) -> dict[str, Any]:
     main = dist is None or dist.is_main
@@ -225,9 +242,7 @@ def _run(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool, phase2: Ph
     run = RunDir(out)
     if main:
         logger.info(cfg.describe())
-        for lc in corpus.languages:
-            run.write_vocab(lc.lang, lc.vocab)
-            run.save_parity_sample(lc.lang, parity_sample(lc))
+        _write_vocabularies(run, corpus, resuming=resume and has_checkpoint(out))
 
     objective = None
     if phase2 is not None:

@@ -42,6 +42,7 @@ from xtm.atomic import write_json
 from xtm.config import PREPROCESSING, DataConfig, Preprocessing, default_of
 from xtm.corpus import Corpus, LanguageCorpus
 from xtm.errors import XtmError
+from xtm.json_files import read_json
 from xtm.run_dir import LOCK_NAME
 from xtm.runtime.tokenize import TEXT_NORMALIZATION, default_tokenizer_spec
 from xtm.trainer.data.benchmark import BOW_PREFIX
@@ -144,14 +145,23 @@ def _reusable(src: Path, out: Path, settings: dict[str, Any]) -> ShardedCorpus |
 
 
 def refuse_foreign_shard_dir(out: Path) -> None:
-    """Raise unless `out` is absent, empty, or a shard directory (complete, half-built, or locked)."""
-    if out.exists():
-        if not out.is_dir():
-            raise XtmError("the shard directory is a file", path=out)
-        ours = any((out / name).exists() for name in (INDEX, ".spill", ".building", LOCK_NAME))
-        if any(out.iterdir()) and not ours:
-            raise XtmError("the shard directory exists and holds other files: choose an empty or new "
-                           "--shard-dir", path=out)
+    """Raise unless `out` is absent, empty, or a shard directory: complete (an index in the shard format),
+    half-built (the .building marker), or holding nothing but what a build starts with. Its content is
+    deleted when rebuilt, so names other directories share prove nothing: every run directory holds
+    the lock file, and an index.json is any web site's."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise XtmError("the shard directory is a file", path=out)
+    names = {p.name for p in out.iterdir()}
+    try:
+        index = read_json(out / INDEX) if (out / INDEX).is_file() else None
+    except XtmError:
+        index = None
+    complete = isinstance(index, dict) and index.get("format") == SHARD_FORMAT and "fingerprint" in index
+    if not (complete or (out / ".building").is_file() or names <= {LOCK_NAME, ".spill"}):
+        raise XtmError("the shard directory exists and holds other files: choose an empty or new "
+                       "--shard-dir", path=out)
 
 
 def _source_files(p: Path) -> list[Path]:
