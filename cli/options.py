@@ -8,6 +8,7 @@ A command using `SectionedCommand` lists its options under one heading per part 
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable
 from dataclasses import MISSING, Field, fields
@@ -20,7 +21,7 @@ from xtm.config import Cli
 F = TypeVar("F", bound=Callable[..., Any])
 C = TypeVar("C")
 
-__all__ = ["SectionedCommand", "build", "options", "settings"]
+__all__ = ["FiniteFloat", "SectionedCommand", "build", "options", "settings"]
 
 
 class SectionOption(click.Option):
@@ -51,15 +52,27 @@ def _default(f: Field) -> Any:
     return f.default
 
 
+class FiniteFloat(click.FloatRange):
+    """A number option that refuses NaN and the infinities: click's ranges let NaN through (every
+    comparison with it is false), and `--lr nan` trained a model of NaNs that exited 0."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
 def _click_type(spec: Cli, default: Any) -> Any:
     if spec.choices is not None:
         return click.Choice(spec.choices, case_sensitive=spec.case_sensitive)
     if spec.path is not None:
         return click.Path(exists=spec.exists, file_okay=spec.path != "dir", dir_okay=spec.path != "file")
     kind = spec.type or type(default)
+    if kind is float:
+        return FiniteFloat(spec.min, spec.max, min_open=spec.min_open, max_open=spec.max_open)
     if spec.min is not None or spec.max is not None:
-        bounded = click.IntRange if kind is int else click.FloatRange
-        return bounded(spec.min, spec.max, min_open=spec.min_open, max_open=spec.max_open)
+        return click.IntRange(spec.min, spec.max, min_open=spec.min_open, max_open=spec.max_open)
     return kind
 
 

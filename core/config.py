@@ -52,6 +52,8 @@ MODEL_NAMES = ("nmtm", "infoctm", "xtra", "gloctm")
 # runners/Runner.py: batch 128, StepLR, every gradient clipped at 1.0; NMTM and InfoCTM with 100 hidden units,
 # NMTM at Adam 1e-3; GloCTM from its authors' code: batch 128, StepLR); docs/benchmarks.md "The LLM-XTM authors'
 # InfoCTM setting" measures it. Epochs and dataset weights (InfoCTM's weight_mi: 30 ECNews, 50 Rakuten) stay options.
+# The largest --seed: numpy and torch seed from 32-bit words (a negative or 20-digit seed was a traceback).
+SEED_MAX = 2**32 - 1
 PAPER_TRAINING: dict[str, Any] = {"batch_size": 200, "lr": 0.002, "topic_lr_scale": 1.0, "lr_schedule": "constant"}
 LR_SCHEDULES = ("constant", "cosine", "step")
 # --lr-schedule step is the authors' own code's torch StepLR: the rate halves every this many epochs (InfoCTM,
@@ -436,7 +438,7 @@ class LabelConfig:
     top_p: float = setting(0.9, help="Labelling LLM's nucleus sampling share.",
                            cli=Cli("--llm-top-p", min=0, max=1, min_open=True))
     max_tokens: int = setting(24, help="Most tokens of one labelling answer.", cli=Cli("--llm-max-tokens", min=4))
-    seed: int = setting(0, help="Seed of the labelling LLM's sampling.", cli=Cli("--seed"))
+    seed: int = setting(0, help="Seed of the labelling LLM's sampling.", cli=Cli("--seed", min=0, max=SEED_MAX))
 
     @property
     def uses_llm(self) -> bool:
@@ -482,12 +484,12 @@ class TrainConfig:
                           cli=Cli("--epochs", min=1))
     batch_size: int | None = setting(None, help="Documents per language in one training step (default: the "
                                                 "--recipe's: 200; nmtm 50 under the fast recipe).",
-                                     cli=Cli("--batch-size", type=int, min=2))
+                                     cli=Cli("--batch-size", type=int, min=2, max=1_000_000))
     # None until the recipe fills it in (every config.json records the rate it trained with)
     lr: float | None = setting(None, help="Adam learning rate (default: the --recipe's: 0.002; nmtm 0.001 under "
-                                          "the authors recipe).", cli=Cli("--lr", type=float))
+                                          "the authors recipe).", cli=Cli("--lr", type=float, min=0, min_open=True))
     seed: int = setting(0, help="Seed of the initialisation, the batch order, the JSONL hold-out split and "
-                                "phase 2's sampling.", cli=Cli("--seed"))
+                                "phase 2's sampling.", cli=Cli("--seed", min=0, max=SEED_MAX))
     device: str = setting("auto", help="auto, cpu, cuda or cuda:N.", cli=Cli("--device"))
     checkpoint_every: int = setting(10, help="Epochs between checkpoints (0: only at the end).",
                                     cli=Cli("--checkpoint-every", min=0))
@@ -623,7 +625,8 @@ class ContextualConfig:
     finetune_batch_size: int = setting(64, help="Documents per fine-tuning step.")
     max_tokens: int = setting(DEFAULT_MAX_TOKENS, help="Tokens read per document (training and inference); longer "
                                                        "documents are cut.", cli=Cli("--max-tokens", min=3))
-    seed: int = setting(0, help="Seed of the head's initialisation and batch order.", cli=Cli("--seed"))
+    seed: int = setting(0, help="Seed of the head's initialisation and batch order.",
+                        cli=Cli("--seed", min=0, max=SEED_MAX))
     device: str = setting("cpu", help="cpu, cuda or cuda:N.", cli=Cli("--device"))
     threads: int | None = setting(None, help="CPU threads for torch (default: the cores other processes leave free).",
                                   cli=Cli("--threads", type=int, min=1))

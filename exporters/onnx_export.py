@@ -140,6 +140,12 @@ def _write_bundle(tmp: Path, run: RunDir, config: dict[str, Any], tokenizers: di
     """Every bundle file, manifest.json last, into the staging directory `tmp` (`labels`: the run's
     topic labels for topics.json)."""
     langs = report.languages
+    bad = [name for name, t in [*model.named_parameters(), *model.named_buffers()]
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:  # a run that diverged (an older xtm saved it): its topics and every theta would be NaN
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise XtmError(f"the run's model holds non-finite values ({bad[0]}{more}): it diverged in training; train "
+                       "it again with a lower --lr", path=run.path)
     with torch.no_grad():
         betas = [b.detach().cpu().numpy().astype(np.float32) for b in model.topic_word()]
     report.quantization = {} if opts.quantize == "int8" else None

@@ -16,6 +16,7 @@ alone rebuilds the model: no pickle, no corpus needed to export.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,39 @@ from xtm.errors import XtmError
 from xtm.models_zoo.components import BowEncoder, reparameterize
 
 _NUMBERS = {1: "one", 2: "two", 3: "three", 4: "four"}
+
+# Valid ranges of the numeric hyper-parameters where "a finite number >= 0" (the rule for every other
+# one; a whole number where the default is one) is too loose: (low, high, low open, high open). They
+# come from --set and from a saved config.json, either of which may hold anything JSON does.
+_HPARAM_RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    **{k: (1, 100_000, False, False) for k in ("hidden", "global_hidden", "share_dim", "beta_proj_dim")},
+    "dropout": (0, 1, False, True), "bn_momentum": (0, 1, False, False), "bn_eps": (0, 1, True, False),
+    "alpha": (0, float("inf"), True, True), "tau": (0, float("inf"), True, True),
+    "tau_cluster": (0, float("inf"), True, True), "tami_every": (1, 1_000_000, False, False),
+    "mi_decay_from": (0, 1, False, False), "mi_floor": (0, 1, False, False), "lam": (0, 1, False, False),
+    "pos_threshold": (-1, 1, False, False), "min_similarity": (-1, 1, False, False),
+    "neighbours": (0, 10_000, False, False), "same_neighbours": (0, 10_000, False, False),
+}
+_WHOLE = {"global_hidden", "same_neighbours"}  # whole numbers whose default is None
+
+
+def check_hparam(model: str, key: str, value: Any, default: Any) -> None:
+    """XtmError naming the hyper-parameter unless `value` is valid for a numeric one (see _HPARAM_RANGES);
+    other kinds (words, switches) are checked by their model."""
+    whole = key in _WHOLE or (isinstance(default, int) and not isinstance(default, bool))
+    if value is None and default is None:
+        return
+    if not (isinstance(default, (int, float)) and not isinstance(default, bool)) and key not in _WHOLE:
+        return
+    low, high, low_open, high_open = _HPARAM_RANGES.get(key, (0, float("inf"), False, True))
+    number = not isinstance(value, bool) and isinstance(value, int if whole else (int, float))
+    if not (number and math.isfinite(value) and (low < value if low_open else low <= value)
+            and (value < high if high_open else value <= high)):
+        kind = "a whole number" if whole else "a number"
+        span = f"{'above' if low_open else 'at least'} {low:,g}"
+        if high != float("inf"):
+            span += f" and {'below' if high_open else 'at most'} {high:,}"
+        raise XtmError(f"{model}: {key} must be {kind} {span}, got {value!r}")
 
 # Extra loss terms from a step's per-language theta [B, K] and beta [K, V_l] and document rows.
 ExtraLosses = Callable[[list[Tensor], list[Tensor], "list[Tensor] | None"], dict[str, Tensor]]
@@ -92,10 +126,7 @@ class CrossLingualTopicModel(nn.Module):
         self.check_languages(langs)
         if len(vocab_sizes) != len(langs):
             raise XtmError(f"{self.name}: {len(vocab_sizes)} vocabulary sizes for {len(langs)} languages")
-        unknown = set(hparams) - set(self.defaults)
-        if unknown:
-            raise XtmError(f"{self.name}: unknown hyper-parameters {sorted(unknown)}; "
-                           f"known: {sorted(self.defaults)}")
+        self.check_hparams(hparams)
         self.langs = list(langs)
         self.vocab_sizes = [int(v) for v in vocab_sizes]
         self.num_topics = int(num_topics)
@@ -111,9 +142,19 @@ class CrossLingualTopicModel(nn.Module):
         return {}
 
     @classmethod
+    def check_hparams(cls, hparams: dict[str, Any]) -> None:
+        """Refuse unknown hyper-parameters and numeric values out of range (check_hparam)."""
+        unknown = set(hparams) - set(cls.defaults)
+        if unknown:
+            raise XtmError(f"{cls.name}: unknown hyper-parameters {sorted(unknown)}; known: {sorted(cls.defaults)}")
+        for key, value in hparams.items():
+            check_hparam(cls.name, key, value, cls.defaults[key])
+
+    @classmethod
     def from_corpus(cls, corpus: Corpus, num_topics: int, context: BuildContext | None = None,
                     **hparams: Any) -> CrossLingualTopicModel:
         cls.check_languages(corpus.langs)
+        cls.check_hparams(hparams)  # before prepare_aux reads them
         context = context or BuildContext()
         aux = cls.prepare_aux(corpus, num_topics, context, **{**cls.defaults, **hparams})
         model = cls(corpus.langs, [lc.vocab_size for lc in corpus.languages], num_topics, aux=aux, **hparams)

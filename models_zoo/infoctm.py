@@ -26,7 +26,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from xtm.corpus import Corpus
-from xtm.errors import XtmError
 from xtm.models_zoo.base import BuildContext, sparse_to_aux
 from xtm.models_zoo.components import Bow
 from xtm.models_zoo.vae import TwoLanguageVAE
@@ -150,13 +149,7 @@ class InfoCTM(TwoLanguageVAE):
     def __init__(self, langs: list[str], vocab_sizes: list[int], num_topics: int,
                  aux: dict[str, Tensor] | None = None, **hparams: Any) -> None:
         super().__init__(langs, vocab_sizes, num_topics, aux=aux, **hparams)
-        every = self.hparams["tami_every"]
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise XtmError(f"infoctm: tami_every must be a whole number >= 1, got {every!r}")
-        for name, meaning in (("mi_decay_from", "1: constant weight"), ("mi_floor", "the fraction kept")):
-            value = self.hparams[name]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-                raise XtmError(f"infoctm: {name} must be a number from 0 to 1 ({meaning}), got {value!r}")
+        # (tami_every, mi_decay_from and mi_floor are range-checked with the other numbers: base.check_hparam)
         # Training steps taken with reuse on (-1: nothing cached), the cached loss and its gradient.
         self.register_buffer("tami_cache_step", torch.tensor(-1, dtype=torch.long))
         self.register_buffer("tami_cache_value", torch.zeros(()))

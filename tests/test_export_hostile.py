@@ -281,6 +281,24 @@ def long_trained_copy(run: Path, dst: Path, offset: float = 32.0, var: float = 1
     return dst
 
 
+def test_a_run_with_non_finite_weights_is_not_exported(example_run: Path, tmp_path: Path) -> None:
+    """A run that diverged (saved by an xtm before training checked its numbers): every topic was the
+    vocabulary in alphabetical order and every theta NaN, exported with exit 0."""
+    from xtm.trainer.loop.checkpoint import load_checkpoint, save_checkpoint
+
+    run = tmp_path / "run"
+    shutil.copytree(example_run, run)
+    _, model = load_trained_model(run)
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))
+    ckpt = load_checkpoint(run)
+    state = {k: v for k, v in ckpt.state.items() if k not in ("format", "epoch", "optimizer", "files")}
+    save_checkpoint(run, ckpt.epoch + 1, model, torch.optim.SGD(model.parameters(), lr=0.0), state)
+    p = cli([str(run), "--out", str(tmp_path / "b"), "-q"])
+    clean_error(p, "holds non-finite values", "diverged in training")
+    assert not (tmp_path / "b").exists()
+
+
 @pytest.fixture(scope="module")
 def long_run(example_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return long_trained_copy(example_run, tmp_path_factory.mktemp("long") / "run")

@@ -212,14 +212,25 @@ def test_the_mutual_information_weight_fades_to_mi_floor_and_keeps_it_in_phase_2
 @pytest.mark.parametrize("name", ["mi_decay_from", "mi_floor"])
 @pytest.mark.parametrize("bad", [-0.1, 1.5, True, "0.4", None])
 def test_the_fading_schedule_takes_fractions_from_0_to_1(name, bad) -> None:
-    with pytest.raises(XtmError, match=f"{name} must be a number from 0 to 1"):
+    with pytest.raises(XtmError, match=f"{name} must be a number at least 0 and at most 1"):
         InfoCTM.from_corpus(tiny_corpus(), 4, **{name: bad})
 
 
 @pytest.mark.parametrize("bad", [0, -2, 1.5, True, "2"])
 def test_tami_every_must_be_a_whole_number_of_steps(bad) -> None:
-    with pytest.raises(XtmError, match="tami_every must be a whole number >= 1"):
+    with pytest.raises(XtmError, match="tami_every must be a whole number at least 1"):
         InfoCTM.from_corpus(tiny_corpus(), 4, tami_every=bad)
+
+
+@pytest.mark.parametrize(("key", "bad"), [("hidden", "abc"), ("hidden", 2.5), ("hidden", 0), ("hidden", 10**9),
+                                        ("hidden", [1]), ("dropout", 1.5), ("dropout", float("nan")),
+                                        ("alpha", -1), ("tau", float("inf")), ("bn_eps", 0), ("weight_mi", -3),
+                                        ("grad_clip", float("nan")), ("pos_threshold", "x")])
+def test_numeric_hyper_parameters_out_of_range_are_one_error_naming_them(key, bad) -> None:
+    """--set values and a saved config.json's hparams: a traceback (TypeError: empty(), a negative
+    dimension) or a NaN model before; now XtmError naming the key, before anything is built."""
+    with pytest.raises(XtmError, match=f"infoctm: {key} must be a "):
+        InfoCTM.from_corpus(tiny_corpus(), 4, **{key: bad})
 
 
 def test_a_checkpoint_saved_before_the_tami_cache_existed_still_loads() -> None:

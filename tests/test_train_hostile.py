@@ -548,6 +548,19 @@ def test_a_refused_resume_leaves_the_runs_vocabularies_and_parity_samples_as_the
     assert {name: (run / name).read_bytes() for name in kept} == kept
 
 
+def test_a_diverging_run_stops_with_one_error_and_saves_nothing(example_dir: Path, tmp_path: Path) -> None:
+    """--lr 1e30 (or a --set value that makes the loss NaN) trained a model of NaNs, saved it, and ended
+    in a LinearSVC traceback, or exited 0 and exported it. NaN and infinite options are refused first."""
+    run = tmp_path / "run"
+    p = cli(example_args(example_dir, run, "--epochs", "2", "--lr", "1e30"))
+    assert p.returncode == 2 and "error: training diverged: the loss is nan" in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr and not (run / "checkpoints").exists() and not (run / "metrics.json").exists()
+    for bad in (["--lr", "nan"], ["--topic-lr-scale", "inf"], ["--seed", "-1"], ["--set", "hidden=abc"],
+                ["--set", "dropout=NaN"]):
+        p = cli(example_args(example_dir, tmp_path / "other", "--epochs", "1", *bad))
+        assert p.returncode == 2 and "Traceback" not in p.stderr and bad[-1].split("=")[0] in p.stderr, p.stderr
+
+
 def test_more_topics_than_words_is_refused_before_training(example_dir: Path, tmp_path: Path) -> None:
     data = DataConfig(path=str(example_dir / "docs.jsonl"), dict_path=str(example_dir / "dict.tsv"), vocab_size=40)
     with pytest.raises(XtmError, match=r"--topics 50 is larger than the vocabulary \('en' has 40, 'zh' has 40 words"):

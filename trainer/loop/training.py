@@ -751,6 +751,10 @@ class _Training:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             # .item() detaches: per-batch graphs are freed right away, not kept for the epoch.
             values = {k: float(v.item()) for k, v in losses.items()}
+            # (Under torchrun one rank alone must not stop: the others would wait at the next collective.
+            # Its gradients make every rank's parameters non-finite, which _close_epoch finds on all.)
+            if not math.isfinite(values["loss"]) and self.dist is None:
+                self._diverged(f"the loss is {values['loss']} at step {progress.steps_done + 1} of epoch {epoch}")
             stop.enter()
             self.optimizer.step()
             for k, v in values.items():
@@ -791,9 +795,19 @@ class _Training:
                             f"gradient norm {clip}")
         return phase2.cfg.grad_clip
 
+    def _diverged(self, what: str) -> None:
+        """Stop a run whose numbers left the finite range: nothing of it is saved (the last checkpoint,
+        if any, stays the newest), so no NaN model is evaluated, exported or resumed from."""
+        saved = "the last checkpoint is kept" if has_checkpoint(self.run_dir) else "nothing was saved"
+        raise XtmError(f"training diverged: {what}; {saved}. Lower --lr (now {self.cfg.lr:g}) or "
+                       "--topic-lr-scale, or check the --set values")
+
     def _close_epoch(self, progress: EpochProgress, stop: _StopFlag, bar: Any) -> None:
         """History, callback and checkpoint of an epoch whose steps are all done."""
         epoch, steps = progress.epoch, progress.steps_done
+        bad = [name for name, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:  # the epoch's last step made them so: its loss was still finite
+            self._diverged(f"parameter {bad[0]} holds non-finite values after epoch {epoch}")
         means = distributed.average_scalars({k: v / steps for k, v in progress.totals.items()}, self.dist,
                                             self.device)
         extra = None
