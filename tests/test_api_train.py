@@ -60,6 +60,14 @@ def test_someone_elses_directory_is_refused_before_anything_is_written(example: 
         xtm.train(rows(example["docs"]), dictionary=example["dict"], model="nmtm", num_topics=6, epochs=1,
                   out=foreign)
     assert [p.name for p in foreign.iterdir()] == ["notes.txt"] and not (tmp_path / "mine.data").exists()
+    # A data_dir holding only the user's own docs.jsonl is not ours either (it was overwritten).
+    data = tmp_path / "corpus"
+    data.mkdir()
+    (data / "docs.jsonl").write_text('{"text": "my only copy"}\n', encoding="utf-8")
+    with pytest.raises(XtmError, match="data_dir must be new, empty or one an earlier xtm.train call wrote"):
+        xtm.train(rows(example["docs"]), dictionary=example["dict"], model="nmtm", num_topics=6, epochs=1,
+                  out=tmp_path / "run2", data_dir=data)
+    assert (data / "docs.jsonl").read_text(encoding="utf-8") == '{"text": "my only copy"}\n'
 
 
 @pytest.mark.parametrize(("kwargs", "needle"), [
@@ -72,6 +80,8 @@ def test_someone_elses_directory_is_refused_before_anything_is_written(example: 
     ({"docs": [{"text": "a", "lang": "en"}], "langs": "en"}, "give their languages and labels in the records"),
     ({"docs": ["a"], "num_topics": 1}, "num_topics must be >= 2 and <= 10000, got 1"),
     ({"docs": ["a"], "epochs": 0}, "epochs must be >= 1"),
+    ({"docs": ["a"], "lr": float("nan")}, "lr must be a finite number, got nan"),
+    ({"docs": ["a"], "seed": -1}, "seed must be >= 0"),
     ({"docs": ["a"], "model": "lda"}, "model must be one of nmtm, infoctm"),
     ({"docs": ["a"], "vocab_sise": 10}, "unknown setting.*vocab_sise.*vocab_size"),
     ({"docs": ["a"], "dictionary": [("a", "b", "c")]}, "dictionary entry 0 must be a pair"),

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -41,6 +42,9 @@ logger = logging.getLogger(__name__)
 
 DOCS_FILE = "docs.jsonl"
 DICT_FILE = "dict.tsv"
+# Written into data_dir before the inputs: a later call replaces docs.jsonl and dict.tsv only where it
+# finds this (a user's own docs.jsonl, alone in a directory, was overwritten).
+INPUTS_MARKER = ".xtm-inputs"
 # Settings train() takes as keywords besides its named parameters: TrainConfig's and the JSONL
 # preprocessing rules (DataConfig's own file-oriented fields are set from the arguments).
 _TRAIN_SETTINGS = tuple(f.name for f in fields(TrainConfig) if f.name not in ("model", "num_topics", "epochs"))
@@ -143,6 +147,8 @@ def _check(cls: type, name: str, value: Any) -> Any:
         if not match:
             raise XtmError(f"{name} must be one of {', '.join(spec.choices)}, got {value!r}")
         return match[0]
+    if isinstance(value, float) and not math.isfinite(value):  # NaN passes every comparison below
+        raise XtmError(f"{name} must be a finite number, got {value!r}")
     if spec.min is not None or spec.max is not None:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise XtmError(f"{name} must be a number, got {value!r}")
@@ -231,12 +237,15 @@ def _per_doc(name: str, value: Any, n: int) -> list[Any]:
 
 def _write_inputs(records: list[dict[str, Any]], dictionary: Any, data: Path) -> tuple[Path, Path | None]:
     """docs.jsonl (and dict.tsv for a dictionary given as pairs) in `data`: a new or empty directory, or
-    one holding only these files (an earlier call's: replaced, so a corrected call can run again)."""
-    ours = {DOCS_FILE, DICT_FILE}
-    if data.is_symlink() or (data.exists() and (not data.is_dir() or not {p.name for p in data.iterdir()} <= ours)):
-        raise XtmError(f"data_dir must be new, empty or hold only {', '.join(sorted(ours))} (the documents are "
+    an earlier call's (its INPUTS_MARKER and these files only: replaced, so a corrected call can run again)."""
+    ours = {DOCS_FILE, DICT_FILE, INPUTS_MARKER}
+    names = {p.name for p in data.iterdir()} if data.is_dir() and not data.is_symlink() else set()
+    if data.is_symlink() or (data.exists() and not data.is_dir()) or \
+            (names and not (INPUTS_MARKER in names and names <= ours)):
+        raise XtmError("data_dir must be new, empty or one an earlier xtm.train call wrote (the documents are "
                        "written there)", path=data)
     data.mkdir(parents=True, exist_ok=True)
+    write_text(data / INPUTS_MARKER, "written by xtm.train: docs.jsonl and dict.tsv are replaced by its next call\n")
     docs_path = data / DOCS_FILE
     try:
         lines = [json.dumps(r, ensure_ascii=False, allow_nan=False) for r in records]
