@@ -205,7 +205,10 @@ def make_text_encoder(name: str, max_tokens: int = DEFAULT_MAX_TOKENS) -> Traina
 
 def load_text_encoder(directory: Path, meta: dict[str, Any]) -> TrainableSentenceEncoder:
     """The encoder a contextual run saved (fine-tuned weights included) from its contextual.json."""
-    max_tokens = int(meta.get("max_tokens", DEFAULT_MAX_TOKENS))
+    max_tokens = meta.get("max_tokens", DEFAULT_MAX_TOKENS)
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 3 <= max_tokens <= 1_000_000:
+        raise XtmError(f"field 'max_tokens': expected a whole number from 3 to 1,000,000, got {max_tokens!r:.40}",
+                       path=directory / "contextual.json")
     try:
         parsed = parse_encoder_name(meta["encoder"])
     except XtmError as e:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -116,6 +117,33 @@ def test_contextual_run_is_saved_with_its_metrics(contextual_run: Path) -> None:
     assert meta["config"]["lambda_xl"] > 0 and meta["config"]["lambda_smooth"] > 0
     (pairs,) = meta["metrics"]["mined_pairs"]
     assert pairs["languages"] == ["en", "zh"] and pairs["pairs"] > 0
+
+
+@pytest.mark.parametrize(("edit", "needle"), [
+    ({"head_file": "../../../../../etc/passwd"}, "field 'head_file': expected a file name inside contextual/"),
+    ({"encoder_top": "/etc/passwd"}, "field 'encoder_top': expected a file name inside contextual/"),
+    ({"head": "x"}, "field 'head': expected in_dim"),
+    ({"head": None}, "field 'head': expected in_dim"),
+    ({"head": {"in_dim": 10**12, "num_topics": 6}}, "field 'head.in_dim': expected a whole number"),
+    ({"head": {"in_dim": 512, "num_topics": "6"}}, "field 'head.num_topics'"),
+    ({"head": {"in_dim": 512, "num_topics": 6, "dropout": float("nan")}}, "field 'head.dropout'"),
+    ({"head": {"in_dim": 512, "num_topics": 7, "hidden": 200, "dropout": 0.2}}, "cannot load the contextual head"),
+    ({"max_tokens": "abc"}, "field 'max_tokens'"),
+])
+def test_an_edited_contextual_json_is_one_error_naming_the_field(contextual_run: Path, tmp_path: Path,
+                                                                 edit: dict, needle: str) -> None:
+    """contextual.json is read back by xtm-export and xtm-contextual: someone else's edit was a KeyError
+    or TypeError, a path outside the run opened, or an 800 TB allocation."""
+    from xtm.trainer.contextual.fit import load_contextual
+
+    run = tmp_path / "run"
+    shutil.copytree(contextual_run, run)
+    path = run / "contextual" / "contextual.json"
+    meta = json.loads(path.read_text())
+    meta.update(edit)
+    path.write_text(json.dumps(meta))
+    with pytest.raises(XtmError, match=re.escape(needle)):
+        load_contextual(run)
 
 
 def test_ctm_objective_with_topic_classification_and_finetuning(example_run: Path, tmp_path: Path) -> None:

@@ -551,6 +551,41 @@ def load_contextual(run_dir: str | Path) -> LoadedContextual:
         found = meta.get("format") if isinstance(meta, dict) else None
         raise XtmError(f"contextual format {found!r} is not supported (this xtm reads "
                        f"{CONTEXTUAL_FORMAT})", path=meta_path)
-    head = ContextualHead(HeadConfig(**meta["head"]))
-    head.load_state_dict(load_file(str(d / meta.get("head_file", "head.safetensors"))))
+    for key in ("head_file", "encoder_top", "encoder_dir"):
+        _check_file_name(meta, key, meta_path)
+    head = ContextualHead(_head_config(meta.get("head"), meta_path))
+    head_path = d / meta.get("head_file", "head.safetensors")
+    try:
+        head.load_state_dict(load_file(str(head_path)))
+    except Exception as e:  # SafetensorError, OSError, or tensors of other names or shapes
+        raise XtmError(f"cannot load the contextual head: {type(e).__name__}: {str(e)[:300]}", path=head_path) from None
     return LoadedContextual(meta=meta, encoder=load_text_encoder(d, meta), head=head.eval())
+
+
+def _check_file_name(meta: dict[str, Any], key: str, meta_path: Path) -> None:
+    """A file contextual.json names must be a plain name inside contextual/ ("../../etc/passwd" was opened)."""
+    name = meta.get(key)
+    if name is None or (key != "head_file" and not name):
+        return
+    if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise XtmError(f"field '{key}': expected a file name inside contextual/, got {name!r:.80}", path=meta_path)
+
+
+def _head_config(head: Any, meta_path: Path) -> HeadConfig:
+    """HeadConfig from contextual.json's "head", every field typed and bounded (an in_dim of 10**12 was an
+    800 TB allocation; a missing or mistyped head a KeyError or TypeError)."""
+    bounds = {"in_dim": (1, 100_000), "num_topics": (1, 100_000), "hidden": (1, 100_000)}
+    if not isinstance(head, dict) or not {"in_dim", "num_topics"} <= head.keys() or \
+            not head.keys() <= {*bounds, "dropout"}:
+        raise XtmError(f"field 'head': expected in_dim, num_topics, hidden and dropout, got {head!r:.120}",
+                       path=meta_path)
+    for key, (low, high) in bounds.items():
+        value = head.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise XtmError(f"field 'head.{key}': expected a whole number from {low} to {high:,}, got {value!r:.40}",
+                           path=meta_path)
+    dropout = head.get("dropout", 0.0)
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise XtmError(f"field 'head.dropout': expected a number from 0 to below 1, got {dropout!r:.40}",
+                       path=meta_path)
+    return HeadConfig(**head)
