@@ -254,4 +254,9 @@ def load_unique_state_dict(model: CrossLingualTopicModel, tensors: dict[str, Ten
     unexpected = sorted(set(tensors) - set(model.state_dict()))
     if missing or unexpected:
         raise XtmError(f"saved weights do not fit this model (missing {missing[:5]}, unexpected {unexpected[:5]})")
+    own = model.state_dict()
+    wrong = [f"{k} {list(v.shape)} (this model: {list(own[k].shape)})" for k, v in tensors.items()
+             if not isinstance(v, Tensor) or v.shape != own[k].shape]
+    if wrong:  # load_state_dict's own error is a RuntimeError listing every tensor
+        raise XtmError(f"saved weights do not fit this model: {'; '.join(wrong[:3])}")
     model.load_state_dict(tensors, strict=False)

@@ -50,12 +50,37 @@ def model_from_state(config: dict[str, Any], tensors: dict[str, torch.Tensor]) -
     corpus needed, which is what lets a checkpoint alone be exported or evaluated."""
     from xtm.models_zoo.base import load_unique_state_dict
 
+    _check_model_config(config)
     cls = model_class(config["model"])
     aux = {k[len("aux_"):]: v for k, v in tensors.items() if k.startswith("aux_")}
     model = cls(config["langs"], config["vocab_sizes"], config["num_topics"], aux=aux,
-                **cls.saved_hparams(config["hparams"]))
+                **cls.saved_hparams(config.get("hparams", {})))
     load_unique_state_dict(model, tensors)
     return model
+
+
+def _check_model_config(config: Any) -> None:
+    """A saved model_config (a checkpoint's state.json) as model.config() writes it: anything else, from an
+    edit or another tool, was a KeyError, TypeError or RuntimeError traceback."""
+    def whole(v: Any, low: int, high: int) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
+
+    problem = None
+    if not isinstance(config, dict):
+        problem = f"expected an object, got {type(config).__name__}"
+    elif not isinstance(config.get("model"), str):
+        problem = "'model' must be a model name"
+    elif not (isinstance(config.get("langs"), list) and all(isinstance(x, str) for x in config["langs"])):
+        problem = "'langs' must be a list of language codes"
+    elif not (isinstance(config.get("vocab_sizes"), list) and len(config["vocab_sizes"]) == len(config["langs"])
+              and all(whole(v, 1, 10_000_000) for v in config["vocab_sizes"])):
+        problem = "'vocab_sizes' must be one whole number per language"
+    elif not whole(config.get("num_topics"), 1, 10_000):
+        problem = "'num_topics' must be a whole number from 1 to 10,000"
+    elif not isinstance(config.get("hparams", {}), dict):
+        problem = "'hparams' must be an object"
+    if problem is not None:
+        raise XtmError(f"the checkpoint's model_config is not one xtm wrote: {problem}")
 
 
 def _names(where: Callable[[type[CrossLingualTopicModel]], bool]) -> list[str]:

@@ -299,6 +299,30 @@ def test_a_run_with_non_finite_weights_is_not_exported(example_run: Path, tmp_pa
     assert not (tmp_path / "b").exists()
 
 
+@pytest.mark.parametrize(("edit", "needle"), [
+    ({"num_topics": "3"}, "model_config is not one xtm wrote: 'num_topics'"),
+    ({"hparams": [1]}, "'hparams' must be an object"),
+    ({"vocab_sizes": None}, "'vocab_sizes' must be one whole number per language"),
+    ({"num_topics": 3}, "saved weights do not fit this model"),
+])
+def test_a_checkpoint_whose_model_config_was_edited_is_one_error(example_run: Path, tmp_path: Path, edit: dict,
+                                                                 needle: str) -> None:
+    """state.json edited with its checksums kept consistent (or copied from another run): KeyError,
+    TypeError or a RuntimeError listing every tensor before."""
+    from xtm.trainer.loop.checkpoint import load_checkpoint, save_checkpoint
+
+    run = tmp_path / "run"
+    shutil.copytree(example_run, run)
+    _, model = load_trained_model(run)
+    ckpt = load_checkpoint(run)
+    state = {k: v for k, v in ckpt.state.items() if k not in ("format", "epoch", "optimizer", "files")}
+    state["model_config"] = {**state["model_config"], **edit}
+    save_checkpoint(run, ckpt.epoch + 1, model, torch.optim.SGD(model.parameters(), lr=0.0), state)
+    p = cli([str(run), "--out", str(tmp_path / "b"), "-q"])
+    clean_error(p, needle)
+    assert not (tmp_path / "b").exists()
+
+
 @pytest.fixture(scope="module")
 def long_run(example_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return long_trained_copy(example_run, tmp_path_factory.mktemp("long") / "run")

@@ -303,5 +303,9 @@ def load_trained_model(run_dir: str | Path) -> tuple[dict[str, Any], torch.nn.Mo
 
     run = RunDir(run_dir)
     config = run.load_config()
-    ckpt = load_checkpoint(run.path)
-    return config, model_from_state(ckpt.state["model_config"], ckpt.model).eval()
+    ckpt = load_checkpoint(run.path, required=("model_config",))
+    try:
+        model = model_from_state(ckpt.state["model_config"], ckpt.model)
+    except XtmError as e:
+        raise XtmError(e.reason, path=e.path or ckpt.path) from None
+    return config, model.eval()
