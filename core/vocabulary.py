@@ -40,6 +40,9 @@ def read_vocabulary(path: str | Path, expected_size: int | None = None) -> list[
     for i, w in enumerate(words, start=1):
         if not w.strip():
             raise XtmError("empty vocabulary entry", path=path, line=i)
+        if any(c.isspace() for c in w):  # topic files list words separated by spaces, one topic a line
+            raise XtmError(f"the word {w!r} contains whitespace (a space, tab or line separator): a vocabulary "
+                           "word is one token", path=path, line=i)
         first = seen.setdefault(w, i)
         if first != i:
             raise XtmError(f"the word {w!r} is listed twice (lines {first} and {i})", path=path, line=i)
@@ -51,6 +54,6 @@ def read_vocabulary(path: str | Path, expected_size: int | None = None) -> list[
 def write_vocabulary(path: str | Path, words: Sequence[str]) -> None:
     """Write `words` one per line (atomically); refuses words `read_vocabulary` could not read back."""
     for i, w in enumerate(words, start=1):
-        if not w.strip() or "\n" in w or w.endswith("\r"):
+        if not w.strip() or any(c.isspace() for c in w):
             raise XtmError(f"word {i} ({w!r}) cannot be written to a vocabulary file", path=path)
     write_text(path, "".join(w + "\n" for w in words))

@@ -414,6 +414,36 @@ def test_benchmark_inconsistent_files(tmp_path: Path) -> None:
         load_corpus(d, langs=["en", "ja"])
 
 
+def _coo(rows: int, data: list[Any], dtype: Any = np.float64) -> sp.coo_matrix:
+    return sp.coo_matrix((np.array(data, dtype=dtype), ([0] * len(data), list(range(len(data))))), shape=(rows, 3))
+
+
+@pytest.mark.parametrize(("matrix", "needle"), [
+    (_coo(10**15, [1.0]), "declares 1,000,000,000,000,000 rows"),  # converting it asked for 7 PiB
+    (_coo(8, [1.0, -2.0]), "finite and non-negative"),
+    (_coo(8, [1.0, np.nan]), "finite and non-negative"),
+    (_coo(8, [1.0, 1e300]), "finite and non-negative"),  # infinite as float32
+    (_coo(8, [1 + 2j], np.complex128), "must hold real numbers"),
+])
+def test_benchmark_matrices_hold_counts(tmp_path: Path, matrix: sp.coo_matrix, needle: str) -> None:
+    d = write_benchmark(tmp_path / "Tiny")
+    sp.save_npz(d / "train_bow_matrix_en.npz", matrix)
+    with pytest.raises(XtmError, match=needle) as e:
+        load_corpus(d)
+    assert e.value.path == str(d / "train_bow_matrix_en.npz")
+
+
+@pytest.mark.parametrize("word", ["new york", "a\u2028b", "c\x85d", "tab\tbed"])
+def test_vocabulary_words_are_single_tokens(tmp_path: Path, word: str) -> None:
+    """A word with whitespace or a line separator broke the run's topic files (one topic a line, words
+    separated by spaces): the report and the labels were not written."""
+    d = write_benchmark(tmp_path / "Tiny")
+    (d / "vocab_en").write_text(f"apple\n{word}\ncherry\n", encoding="utf-8")
+    with pytest.raises(XtmError, match="contains whitespace") as e:
+        load_corpus(d)
+    assert (e.value.path, e.value.line) == (str(d / "vocab_en"), 2)
+
+
 @pytest.mark.benchmark_data
 def test_ecnews_benchmark() -> None:
     d = need("ECNews")

@@ -106,22 +106,36 @@ def _read_language(d: Path, iso: str, s: str) -> LanguageCorpus:
     )
 
 
+# More documents a language than any benchmark matrix is read with (a bound on what a header may claim).
+MAX_DOCUMENTS = 100_000_000
+
+
 def _require(f: Path) -> Path:
     if not f.is_file():
         raise XtmError("required file is missing", path=f)
     return f
 
 
-def _read_sparse(f: Path, *, cols: int | None = None, rows: int | None = None) -> sp.csr_matrix:
+def _read_sparse(f: Path, *, cols: int | None = None, rows: int | None = None,
+                 counts: bool = True) -> sp.csr_matrix:
+    """A sparse .npz as float32 CSR: bag-of-words counts (`counts`: finite, non-negative), or word vectors."""
     try:
         m = sp.load_npz(f)  # allow_pickle stays False inside load_npz
     except Exception as e:  # a truncated zip, wrong arrays, a dense npz: all are bad input here
         raise XtmError(f"not a scipy sparse .npz matrix ({type(e).__name__}: {e})", path=f) from None
-    m = sp.csr_matrix(m, dtype=np.float32)
+    # Checked before the conversion, which allocates per row: a matrix declaring 10**15 rows asked for PiB.
     if cols is not None and m.shape[1] != cols:
         raise XtmError(f"matrix has {m.shape[1]} columns but the vocabulary has {cols} words", path=f)
     if rows is not None and m.shape[0] != rows:
         raise XtmError(f"matrix has {m.shape[0]} rows but the vocabulary has {rows} words", path=f)
+    if m.shape[0] > MAX_DOCUMENTS:
+        raise XtmError(f"matrix declares {m.shape[0]:,} rows (documents), more than {MAX_DOCUMENTS:,}", path=f)
+    if m.dtype.kind not in "biuf":
+        raise XtmError(f"the matrix must hold real numbers, it holds {m.dtype}", path=f)
+    m = sp.csr_matrix(m, dtype=np.float32)
+    if m.nnz and not (np.isfinite(m.data).all() and (m.data.min() >= 0 or not counts)):
+        what = "word counts must be finite and non-negative" if counts else "word vectors must be finite"
+        raise XtmError(f"{what} (the matrix holds NaN, infinite, too large or negative values)", path=f)
     return m
 
 
@@ -133,7 +147,7 @@ def _read_word_vectors(f: Path, vocab_size: int) -> np.ndarray:
     except Exception as e:
         raise XtmError(f"cannot read word vectors ({type(e).__name__}: {e})", path=f) from None
     if is_sparse:
-        vec = _read_sparse(f, rows=vocab_size).toarray()  # V x d is small (5000 x 300 = 6 MB)
+        vec = _read_sparse(f, rows=vocab_size, counts=False).toarray()  # V x d is small (5000 x 300 = 6 MB)
     else:
         vec = dense
         if vec is None or vec.ndim != 2 or vec.shape[0] != vocab_size:

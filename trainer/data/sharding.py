@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import re
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -159,9 +160,22 @@ def refuse_foreign_shard_dir(out: Path) -> None:
     except XtmError:
         index = None
     complete = isinstance(index, dict) and index.get("format") == SHARD_FORMAT and "fingerprint" in index
-    if not (complete or (out / ".building").is_file() or names <= {LOCK_NAME, ".spill"}):
+    if not (complete or (out / ".building").is_file() or names <= {LOCK_NAME, ".spill"} or _shard_layout(out)):
         raise XtmError("the shard directory exists and holds other files: choose an empty or new "
                        "--shard-dir", path=out)
+
+
+def _shard_layout(out: Path) -> bool:
+    """Whether every entry of `out` is one a build writes (a complete directory whose index was damaged
+    is still ours, and rebuilt): index.json, the lock, word_counts_<lang>.npy, vocab_<lang>.txt, and
+    per-language directories of train-N.npz / test-N.npz shards."""
+    for p in out.iterdir():
+        if p.is_dir() and not p.is_symlink():
+            if not all(re.fullmatch(r"(train|test)-\d+\.npz", q.name) for q in p.iterdir()):
+                return False
+        elif not (p.name in (INDEX, LOCK_NAME) or re.fullmatch(r"(word_counts_[^/]+\.npy|vocab_[^/]+\.txt)", p.name)):
+            return False
+    return True
 
 
 def _source_files(p: Path) -> list[Path]:
