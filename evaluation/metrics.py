@@ -23,6 +23,7 @@ from __future__ import annotations
 import gzip
 import itertools
 import math
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,7 +203,7 @@ def _read_lines(path: Path) -> list[str]:
     try:
         with opener(path, "rt", encoding="utf-8") as f:  # type: ignore[operator]
             return f.read().split("\n")
-    except (OSError, UnicodeDecodeError, EOFError) as e:
+    except (OSError, UnicodeDecodeError, EOFError, zlib.error) as e:  # zlib.error: a damaged .gz stream
         raise XtmError(f"cannot read reference corpus file: {e}", path=path) from e
 
 

@@ -166,6 +166,12 @@ def test_reference_pair_subfolder_and_errors(tmp_path: Path) -> None:
     _write(bad / "t.zh.tok.txt.gz", ZH_DOCS[:3])
     with pytest.raises(XtmError, match="differ in length"):
         load_reference_corpus(bad, langs=("en", "zh"))
+    # A damaged .gz stream: zlib.error was a traceback (EOFError and OSError were already caught).
+    data = bytearray(gzip.compress(b"hello world 1\n" * 1000))
+    data[10] ^= 0xFF
+    (bad / "t.zh.tok.txt.gz").write_bytes(bytes(data))
+    with pytest.raises(XtmError, match="cannot read reference corpus file: Error -3"):
+        load_reference_corpus(bad, langs=("en", "zh"))
     # A tokenized file in one language and only raw text in the other is refused, not mixed.
     mixed = tmp_path / "mixed"
     mixed.mkdir()

@@ -526,6 +526,24 @@ def test_a_hostile_jsonl_line_is_that_lines_error(example_dir: Path, tmp_path: P
         build_shards(f, tmp_path / "shards", progress=False)
 
 
+def test_an_over_long_line_is_refused_unread(example_dir: Path, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file without newlines (/dev/zero, a binary) was read whole: 900 MB resident for a 300 MB line,
+    a MemoryError traceback for /dev/zero. Lines are read as xtm-infer reads them, at most MAX_LINE_BYTES."""
+    import xtm.runtime.records as records
+    from xtm.trainer.data.sharding import build_shards
+
+    monkeypatch.setattr(records, "MAX_LINE_BYTES", 1000)
+    lines = (example_dir / "docs.jsonl").read_text(encoding="utf-8").splitlines()[:6]
+    f = tmp_path / "docs.jsonl"
+    f.write_text("\n".join(lines) + "\n" + "x" * 5000, encoding="utf-8")
+    with pytest.raises(XtmError, match="line longer than 1,000 bytes") as e:
+        load_corpus(f, progress=False)
+    assert str(e.value).startswith(f"{f}:7: ")
+    with pytest.raises(XtmError, match="line longer than 1,000 bytes"):
+        build_shards(f, tmp_path / "shards", progress=False)
+
+
 def test_hostile_lines_through_the_command_are_one_error_line(tmp_path: Path) -> None:
     f = tmp_path / "docs.jsonl"
     f.write_text('{"text": "hello world", "lang": "en"}\n{"text": ' + "[" * 1000 + "]" * 1000 + "}\n")

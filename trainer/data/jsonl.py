@@ -19,6 +19,7 @@ from typing import Any
 
 from xtm.errors import XtmError
 from xtm.languages import normalize_lang
+from xtm.runtime import records
 from xtm.runtime.langid import detect_language
 from xtm.runtime.records import decode_json_line, drop_bom
 from xtm.runtime.tokenize import default_tokenizer_spec, make_tokenizer
@@ -123,7 +124,17 @@ def _file_lines(f: Path) -> Iterator[tuple[int, bytes]]:
     except OSError as e:
         raise XtmError(f"cannot read: {e.strerror or e}", path=f) from None
     with fh:
-        yield from enumerate(fh, start=1)
+        lineno = 0
+        while True:
+            # Bounded as xtm-infer's reader is: a file without newlines (/dev/zero, a binary) was read whole.
+            raw = fh.readline(records.MAX_LINE_BYTES + 1)
+            if not raw:
+                return
+            lineno += 1
+            if len(raw) > records.MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                raise XtmError(f"line longer than {records.MAX_LINE_BYTES:,} bytes: not a JSONL document", path=f,
+                               line=lineno)
+            yield lineno, raw
 
 
 # --------------------------------------------------------------------------- one line
