@@ -76,8 +76,19 @@ def _listed_by_our_manifest(out_dir: Path, entries: list[str]) -> set[str]:
     return set(listed) if isinstance(listed, dict) else set()
 
 
+def _is_bundle(d: Path) -> bool:
+    try:
+        manifest = read_json(d / MANIFEST) if (d / MANIFEST).is_file() else None
+    except XtmError:
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == FORMAT
+
+
 def check_out_dir(out_dir: Path) -> None:
     """Refuse, before any work, a destination that would have to be refused at the end."""
+    for above in Path(os.path.abspath(out_dir)).parents:
+        if _is_bundle(above):  # the outer bundle would hold a file its manifest does not list: never replaced again
+            raise XtmError(f"{out_dir} is inside the bundle {above}: choose an --out outside it")
     if os.path.lexists(out_dir):
         replaceable_entries(out_dir)
         real, cwd = out_dir.resolve(), Path.cwd().resolve()

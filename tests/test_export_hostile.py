@@ -138,6 +138,15 @@ def test_out_dot_inside_a_bundle_is_refused(example_run: Path, bundle: Path) -> 
     assert snapshot(bundle) == before
 
 
+def test_out_inside_a_bundle_is_refused(example_run: Path, bundle: Path) -> None:
+    """A bundle written inside another left the outer one holding a directory its manifest does not list:
+    it could not be replaced again."""
+    before = snapshot(bundle)
+    p = cli([str(example_run), "--out", str(bundle / "sub" / "b"), "-q"])
+    clean_error(p, f"is inside the bundle {bundle}")
+    assert snapshot(bundle) == before and not (bundle / "sub").exists()
+
+
 def test_out_the_run_directory_or_its_parent_is_refused(example_run: Path) -> None:
     before = snapshot(example_run)
     for out in (example_run, example_run.parent):
