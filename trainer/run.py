@@ -181,9 +181,10 @@ def check_topics(corpus: Corpus, num_topics: int) -> None:
     small = [lc for lc in corpus.languages if lc.vocab_size < num_topics]
     if small:
         words = ", ".join(f"'{lc.lang}' has {lc.vocab_size}" for lc in small)
+        fewest = min(lc.vocab_size for lc in small)
+        choose = f"Choose --topics {fewest} or fewer, or keep" if fewest >= 2 else "Keep"  # (--topics is at least 2)
         raise XtmError(f"--topics {num_topics} is larger than the vocabulary ({words} words): topics would "
-                       f"repeat the same words. Choose --topics {min(lc.vocab_size for lc in small)} or fewer, "
-                       "or keep more words (JSONL input: --vocab-size, --min-df, --max-df)")
+                       f"repeat the same words. {choose} more words (JSONL input: --vocab-size, --min-df, --max-df)")
 
 
 def shard_dir(data: DataConfig, out: Path) -> Path:
