@@ -42,7 +42,7 @@ from xtm.exporters.graph_rewrites import finish_encoder, quantize_dynamic_int8
 from xtm.exporters.parity import Parity, judge_parity, parity_bows, parity_failure, run_onnx, torch_reference
 from xtm.exporters.torch_to_onnx import export_encoder
 from xtm.run_dir import RunDir
-from xtm.runtime.bundle import ContextualEntry, EncoderEntry
+from xtm.runtime.bundle import ContextualEntry, EncoderEntry, check_tokenizer
 from xtm.runtime.bundle_dir import check_out_dir, staged_bundle
 from xtm.runtime.bundle_write import SourceRun, write_manifest, write_topics
 from xtm.trainer.loop.checkpoint import load_trained_model
@@ -131,7 +131,10 @@ def _tokenizers(config: dict[str, Any], langs: list[str], run: RunDir) -> dict[s
             raise XtmError(f"config.json has no tokenizer settings for '{lang}' (tokenizers.{lang}): not written by "
                            "this xtm-train, or edited", path=run.file(RunDir.CONFIG))
     assert isinstance(tokenizers, dict)
-    return {lang: tokenizers[lang] for lang in langs}
+    # Checked as a bundle's are read, naming config.json (else the error named the staging manifest,
+    # a temporary already removed).
+    return {lang: check_tokenizer(tokenizers[lang], run.file(RunDir.CONFIG), f"tokenizers.{lang}: ")
+            for lang in langs}
 
 
 def _write_bundle(tmp: Path, run: RunDir, config: dict[str, Any], tokenizers: dict[str, dict[str, Any]],

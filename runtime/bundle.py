@@ -57,9 +57,9 @@ from xtm.runtime.bundle_onnx import onnx_external_data
 
 __all__ = ["AUTO_ROUTES", "CONTEXTUAL_FORMAT", "FORMAT", "INPUT_FORMATS", "MANIFEST", "MAX_MIN_TOKEN_LENGTH",
            "SCHEMA_VERSION", "TOKENIZER_KINDS", "BundleManifest", "ContextualEntry", "EncoderEntry", "check_checksum",
-           "check_files", "check_theta", "graph_file", "listed_file", "onnx_external_data", "parse_manifest",
-           "read_contextual_entry", "read_manifest", "read_topic_labels", "read_topics", "sha256_bytes", "sha256_file",
-           "validate_manifest"]
+           "check_files", "check_tokenizer", "check_theta", "graph_file", "listed_file", "onnx_external_data",
+           "parse_manifest", "read_contextual_entry", "read_manifest", "read_topic_labels", "read_topics",
+           "sha256_bytes", "sha256_file", "validate_manifest"]
 
 FORMAT = "xtm-bundle"
 # 2 added sparse encoder inputs; a schema-1 bundle (dense inputs only) reads unchanged.
@@ -350,7 +350,7 @@ def _encoder(enc_raw: dict[str, Any], lang: str, version: int, mpath: Path) -> E
     ctx = f"encoders.{lang}: "
     if not isinstance(entry, dict):
         raise XtmError(f"{ctx}must be an object", path=mpath)
-    tok = _tokenizer(_require(entry, "tokenizer", dict, mpath, ctx), mpath, ctx)
+    tok = check_tokenizer(_require(entry, "tokenizer", dict, mpath, ctx), mpath, ctx)
     vocab_size = _require(entry, "vocab_size", int, mpath, ctx)
     if vocab_size < 1:
         raise XtmError(f"{ctx}vocab_size must be positive, got {vocab_size}", path=mpath)
@@ -365,7 +365,7 @@ def _encoder(enc_raw: dict[str, Any], lang: str, version: int, mpath: Path) -> E
     )
 
 
-def _tokenizer(tok: dict[str, Any], mpath: Path, ctx: str) -> dict[str, Any]:
+def check_tokenizer(tok: dict[str, Any], mpath: Path, ctx: str) -> dict[str, Any]:
     """The encoder's tokenizer settings, each of the type TokenizerSpec reads (a "false" string
     would otherwise read as True, a non-number would fail at the first document)."""
     from xtm.runtime.tokenize import KINDS

@@ -229,13 +229,17 @@ def damaged_copy(run: Path, dst: Path, name: str, data: bytes) -> Path:
     ("config.json", b'{"model_config": ', "config.json: invalid JSON"),
     ("config.json", b"[1, 2]", "config.json: must hold a JSON object"),
     ("config.json", None, "no tokenizer settings for 'en'"),
+    ("config.json", {"min_token_length": "abc"}, "tokenizers.en: tokenizer: 'min_token_length'"),
     ("vocab_en.txt", b"stock\nmarket\xff\xfe\n", "not UTF-8"),
 ])
-def test_a_damaged_run_is_one_error_line(example_run: Path, tmp_path: Path, name: str, data: bytes | None,
+def test_a_damaged_run_is_one_error_line(example_run: Path, tmp_path: Path, name: str, data: bytes | dict | None,
                                         phrase: str) -> None:
-    if data is None:   # a config.json without the tokenizers (edited, or from another tool)
+    if not isinstance(data, bytes):   # a config.json without the tokenizers, or with one edited
         cfg = json.loads((example_run / "config.json").read_text())
-        cfg.pop("tokenizers")
+        if data is None:
+            cfg.pop("tokenizers")
+        else:  # (named the staging manifest, a temporary already removed)
+            cfg["tokenizers"]["en"].update(data)
         data = json.dumps(cfg).encode()
     run = damaged_copy(example_run, tmp_path / "run", name, data)
     with pytest.raises(XtmError, match=phrase) as e:
