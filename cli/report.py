@@ -78,13 +78,18 @@ def refuse_foreign_file(path: Path, *, given: bool) -> None:
 
     if not path.exists() and not path.is_symlink():
         return
-    try:
-        with path.open("rb") as f:
-            head = f.read(4096)
-    except OSError:
-        head = b""
-    ours = head.startswith(b"<!DOCTYPE html>") and (b"xtm inference report" in head or b"<title>xtm run " in head)
-    if not (path.is_file() and (ours or not head)):
+    if path.is_fifo() or path.is_char_device():
+        return  # written in place, as xtm-infer writes them (a pipe to another program, /dev/null)
+    head = None
+    if path.is_file():  # (only a regular file is opened: opening a FIFO to read would wait for a writer)
+        try:
+            with path.open("rb") as f:
+                head = f.read(4096)
+        except OSError:
+            pass
+    ours = head is not None and (not head or head.startswith(b"<!DOCTYPE html>") and (
+        b"xtm inference report" in head or b"<title>xtm run " in head))
+    if not ours:
         hint = "choose another --out" if given else "choose the file with --out"
         raise XtmError(f"exists and is not an xtm report (it would be replaced): {hint}", path=path)
 

@@ -234,7 +234,8 @@ class Preprocessing:
     """How JSONL documents become bags of words (in memory and out of core alike): which words make
     each language's vocabulary and which documents are kept."""
 
-    vocab_size: int = setting(5000, help="Words per language (JSONL input).", cli=Cli("--vocab-size", min=10))
+    vocab_size: int = setting(5000, help="Words per language (JSONL input).",
+                              cli=Cli("--vocab-size", min=10, max=10_000_000))
     min_df: int = setting(2, help="Minimum document frequency of a word (JSONL input).", cli=Cli("--min-df", min=1))
     max_df: float = setting(0.5, help="Maximum share of documents containing a word (JSONL input).",
                             cli=Cli("--max-df", min=0, max=1, min_open=True))
@@ -615,7 +616,7 @@ class ContextualConfig:
     epochs: int = setting(30, help="Epochs of the head.", cli=Cli("--epochs", min=1))
     batch_size: int = setting(256, help="Documents per step of the head.", cli=Cli("--batch-size", min=2))
     lr: float = setting(2e-3, help="Adam learning rate of the head.", cli=Cli("--lr", min=0, min_open=True))
-    hidden: int = setting(200, help="Hidden width of the head.", cli=Cli("--hidden", min=1))
+    hidden: int = setting(200, help="Hidden width of the head.", cli=Cli("--hidden", min=1, max=100_000))
     dropout: float = setting(0.2, help="Dropout of the head.", cli=Cli("--dropout", min=0, max=1, max_open=True))
     finetune_epochs: int = setting(0, help="Fine-tune the encoder on topic classification first (USE: its top "
                                            "layers; sentence-transformers: the whole model). 0: frozen encoder.",
@@ -624,7 +625,8 @@ class ContextualConfig:
                                  cli=Cli("--finetune-lr", min=0, min_open=True))
     finetune_batch_size: int = setting(64, help="Documents per fine-tuning step.")
     max_tokens: int = setting(DEFAULT_MAX_TOKENS, help="Tokens read per document (training and inference); longer "
-                                                       "documents are cut.", cli=Cli("--max-tokens", min=3))
+                                                       "documents are cut.",
+                              cli=Cli("--max-tokens", min=3, max=1_000_000))
     seed: int = setting(0, help="Seed of the head's initialisation and batch order.",
                         cli=Cli("--seed", min=0, max=SEED_MAX))
     device: str = setting("cpu", help="cpu, cuda or cuda:N.", cli=Cli("--device"))

@@ -209,17 +209,28 @@ def load_text_encoder(directory: Path, meta: dict[str, Any]) -> TrainableSentenc
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 3 <= max_tokens <= 1_000_000:
         raise XtmError(f"field 'max_tokens': expected a whole number from 3 to 1,000,000, got {max_tokens!r:.40}",
                        path=directory / "contextual.json")
+    if not isinstance(meta.get("encoder"), str):
+        raise XtmError(f"field 'encoder': expected an encoder name, got {meta.get('encoder')!r:.60}",
+                       path=directory / "contextual.json")
     try:
         parsed = parse_encoder_name(meta["encoder"])
     except XtmError as e:
         raise XtmError(e.reason, path=directory / "contextual.json") from None
     if parsed.kind == "use":
-        top = None
-        if meta.get("encoder_top"):
-            from safetensors.torch import load_file
+        if not meta.get("encoder_top"):
+            return UseTextEncoder(max_tokens)
+        from safetensors.torch import load_file
 
-            top = load_file(str(directory / meta["encoder_top"]))
-        return UseTextEncoder(max_tokens, top_state=top)
+        top_path = directory / meta["encoder_top"]
+        try:
+            top = load_file(str(top_path))
+        except Exception as e:  # SafetensorError, OSError
+            raise XtmError(f"cannot load the fine-tuned encoder: {type(e).__name__}: {str(e)[:300]}",
+                           path=top_path) from None
+        try:
+            return UseTextEncoder(max_tokens, top_state=top)
+        except RuntimeError as e:  # load_state_dict: tensors of other names or shapes
+            raise XtmError(f"the fine-tuned encoder does not fit: {str(e)[:300]}", path=top_path) from None
     if meta.get("encoder_dir"):
         enc = STTextEncoder(str(directory / meta["encoder_dir"]), max_tokens)
         enc.name = parsed.name  # the original name, not the run's copy

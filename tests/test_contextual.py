@@ -129,6 +129,9 @@ def test_contextual_run_is_saved_with_its_metrics(contextual_run: Path) -> None:
     ({"head": {"in_dim": 512, "num_topics": 6, "dropout": float("nan")}}, "field 'head.dropout'"),
     ({"head": {"in_dim": 512, "num_topics": 7, "hidden": 200, "dropout": 0.2}}, "cannot load the contextual head"),
     ({"max_tokens": "abc"}, "field 'max_tokens'"),
+    ({"head_file": None}, "field 'head_file': expected a file name inside contextual/"),
+    ({"encoder": None}, "field 'encoder': expected an encoder name"),
+    ({"encoder_top": "head.safetensors"}, "the fine-tuned encoder does not fit"),
 ])
 def test_an_edited_contextual_json_is_one_error_naming_the_field(contextual_run: Path, tmp_path: Path,
                                                                  edit: dict, needle: str) -> None:

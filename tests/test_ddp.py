@@ -87,17 +87,27 @@ def test_shards_are_reused_rebuilt_or_refused(example_dir: Path, tmp_path: Path)
     with pytest.raises(XtmError, match="holds other files"):
         build_shards(example_dir / "docs.jsonl", foreign, progress=False)
     assert (foreign / "notes.txt").exists()
-    # Names other directories share are not proof: a web site's index.json, a run's lock file.
+    # Names other directories share are not proof: a web site's index.json, a run's lock file, a folder of
+    # vocabularies, an empty subdirectory, a .spill of someone else's.
     (foreign / "index.json").write_text('{"pages": 3}')
     run = tmp_path / "run"
     run.mkdir()
     for name, text in ((".xtm.lock", "{}"), ("run.json", '{"xtm_run": 1}'), ("metrics.json", "{}")):
         (run / name).write_text(text)
-    for d in (foreign, run):
+    lone_index, vocabs, empty_sub, spill = (tmp_path / n for n in ("lone", "vocabs", "empty_sub", "spill"))
+    for d in (lone_index, vocabs, empty_sub, spill / ".spill"):
+        d.mkdir(parents=True)
+    (lone_index / "index.json").write_text('{"name": "site"}')
+    (vocabs / "vocab_notes.txt").write_text("mine\n")
+    (vocabs / "word_counts_x.npy").write_bytes(b"mine")
+    (empty_sub / "sub").mkdir()
+    (spill / ".spill" / "notes.txt").write_text("mine")
+    for d in (foreign, run, lone_index, vocabs, empty_sub, spill):
         before = sorted(p.name for p in d.iterdir())
         with pytest.raises(XtmError, match="holds other files"):
             build_shards(example_dir / "docs.jsonl", d, progress=False)
-        assert sorted(p.name for p in d.iterdir()) == before
+        assert sorted(p.name for p in d.iterdir()) == before, d
+    # A directory of ours whose index was damaged is still ours (rebuilt): test_corpus_loading.py.
     half = tmp_path / "half"  # a build that stopped half-way is ours: rebuilt
     half.mkdir()
     (half / ".building").touch()

@@ -328,6 +328,11 @@ def test_xtm_report_cli_rewrites_and_errors_cleanly(tmp_path: Path) -> None:
         p = subprocess.run(cli + [str(run), "--out", str(out)], capture_output=True, text=True, env=env(), timeout=120)
         assert p.returncode == 2 and "is not an xtm report" in p.stderr and "choose another --out" in p.stderr
         assert out.read_bytes() == before and "Traceback" not in p.stderr
+    fifo = tmp_path / "pipe"  # written in place (it was opened to read first, and waited for a writer)
+    os.mkfifo(fifo)
+    reader = subprocess.Popen(["cat", str(fifo)], stdout=subprocess.PIPE)
+    p = subprocess.run(cli + [str(run), "--out", str(fifo)], capture_output=True, text=True, env=env(), timeout=120)
+    assert p.returncode == 0 and reader.communicate(timeout=60)[0].startswith(b"<!DOCTYPE html>"), p.stderr
     not_a_run = tmp_path / "empty"
     not_a_run.mkdir()
     p = subprocess.run(cli + [str(not_a_run)], capture_output=True, text=True, env=env(), timeout=120)

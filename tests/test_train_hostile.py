@@ -579,6 +579,28 @@ def test_a_diverging_run_stops_with_one_error_and_saves_nothing(example_dir: Pat
         assert p.returncode == 2 and "Traceback" not in p.stderr and bad[-1].split("=")[0] in p.stderr, p.stderr
 
 
+def test_a_run_stopped_right_after_a_diverging_step_saves_no_checkpoint(example_corpus, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stopping checkpoint (a signal inside an epoch) is checked too: a step that made the parameters
+    infinite, then Ctrl-C, saved them, and evaluating the run was a LinearSVC traceback. (Under torchrun a
+    NaN step is not stopped at once, so a preemption before the epoch's end is this case.)"""
+    step = torch.optim.Adam.step
+    calls = []
+
+    def step_then_ctrl_c(self, *a, **kw):
+        out = step(self, *a, **kw)
+        if not calls:
+            calls.append(1)
+            signal.raise_signal(signal.SIGINT)  # arrives between two steps, as a Ctrl-C would
+        return out
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step_then_ctrl_c)
+    run = tmp_path / "run"
+    with pytest.raises(XtmError, match=r"training diverged: parameter .* in epoch 1 \(stopped after step 1\)"):
+        train(example_corpus, config(epochs=2, lr=1e39, batch_size=5), run)
+    assert calls and not (run / "checkpoints").exists()
+
+
 def test_more_topics_than_words_is_refused_before_training(example_dir: Path, tmp_path: Path) -> None:
     data = DataConfig(path=str(example_dir / "docs.jsonl"), dict_path=str(example_dir / "dict.tsv"), vocab_size=40)
     with pytest.raises(XtmError, match=r"--topics 50 is larger than the vocabulary \('en' has 40, 'zh' has 40 words"):

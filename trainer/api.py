@@ -242,8 +242,9 @@ def _write_inputs(records: list[dict[str, Any]], dictionary: Any, data: Path) ->
     names = {p.name for p in data.iterdir()} if data.is_dir() and not data.is_symlink() else set()
     if data.is_symlink() or (data.exists() and not data.is_dir()) or \
             (names and not (INPUTS_MARKER in names and names <= ours)):
-        raise XtmError("data_dir must be new, empty or one an earlier xtm.train call wrote (the documents are "
-                       "written there)", path=data)
+        raise XtmError(f"data_dir must be new, empty or one an earlier xtm.train call wrote (the documents are "
+                       f"written there); it holds other files and no {INPUTS_MARKER} marker (written since "
+                       "2026-12-06: delete a directory an older xtm.train wrote, or pass another data_dir)", path=data)
     data.mkdir(parents=True, exist_ok=True)
     write_text(data / INPUTS_MARKER, "written by xtm.train: docs.jsonl and dict.tsv are replaced by its next call\n")
     docs_path = data / DOCS_FILE

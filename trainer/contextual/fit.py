@@ -564,9 +564,9 @@ def load_contextual(run_dir: str | Path) -> LoadedContextual:
 
 def _check_file_name(meta: dict[str, Any], key: str, meta_path: Path) -> None:
     """A file contextual.json names must be a plain name inside contextual/ ("../../etc/passwd" was opened)."""
-    name = meta.get(key)
-    if name is None or (key != "head_file" and not name):
+    if key not in meta or (key != "head_file" and not meta[key]):  # (encoder_top, encoder_dir: optional)
         return
+    name = meta[key]
     if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
         raise XtmError(f"field '{key}': expected a file name inside contextual/, got {name!r:.80}", path=meta_path)
 

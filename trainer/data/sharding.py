@@ -160,22 +160,28 @@ def refuse_foreign_shard_dir(out: Path) -> None:
     except XtmError:
         index = None
     complete = isinstance(index, dict) and index.get("format") == SHARD_FORMAT and "fingerprint" in index
-    if not (complete or (out / ".building").is_file() or names <= {LOCK_NAME, ".spill"} or _shard_layout(out)):
+    if not (complete or (out / ".building").is_file() or names <= {LOCK_NAME} or _shard_layout(out)):
         raise XtmError("the shard directory exists and holds other files: choose an empty or new "
                        "--shard-dir", path=out)
 
 
 def _shard_layout(out: Path) -> bool:
-    """Whether every entry of `out` is one a build writes (a complete directory whose index was damaged
-    is still ours, and rebuilt): index.json, the lock, word_counts_<lang>.npy, vocab_<lang>.txt, and
-    per-language directories of train-N.npz / test-N.npz shards."""
+    """Whether `out` is laid out as a build leaves it (a complete directory whose index was damaged is
+    still ours, and rebuilt): at least one language directory of train-N.npz / test-N.npz shards with its
+    vocab_<lang>.txt, and nothing but index.json, the lock, vocab_<lang>.txt and word_counts_<lang>.npy
+    beside them."""
+    langs, vocabs = set(), set()
     for p in out.iterdir():
         if p.is_dir() and not p.is_symlink():
-            if not all(re.fullmatch(r"(train|test)-\d+\.npz", q.name) for q in p.iterdir()):
+            shards = [q.name for q in p.iterdir()]
+            if not shards or not all(re.fullmatch(r"(train|test)-\d+\.npz", name) for name in shards):
                 return False
-        elif not (p.name in (INDEX, LOCK_NAME) or re.fullmatch(r"(word_counts_[^/]+\.npy|vocab_[^/]+\.txt)", p.name)):
+            langs.add(p.name)
+        elif m := re.fullmatch(r"vocab_(.+)\.txt", p.name):
+            vocabs.add(m.group(1))
+        elif not (p.name in (INDEX, LOCK_NAME) or re.fullmatch(r"word_counts_.+\.npy", p.name)):
             return False
-    return True
+    return bool(langs) and langs <= vocabs
 
 
 def _source_files(p: Path) -> list[Path]:

@@ -802,12 +802,16 @@ class _Training:
         raise XtmError(f"training diverged: {what}; {saved}. Lower --lr (now {self.cfg.lr:g}) or "
                        "--topic-lr-scale, or check the --set values")
 
+    def _check_parameters(self, when: str) -> None:
+        """_diverged unless every parameter is finite (identical on every rank: all stop together)."""
+        bad = [name for name, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            self._diverged(f"parameter {bad[0]} holds non-finite values {when}")
+
     def _close_epoch(self, progress: EpochProgress, stop: _StopFlag, bar: Any) -> None:
         """History, callback and checkpoint of an epoch whose steps are all done."""
         epoch, steps = progress.epoch, progress.steps_done
-        bad = [name for name, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())]
-        if bad:  # the epoch's last step made them so: its loss was still finite
-            self._diverged(f"parameter {bad[0]} holds non-finite values after epoch {epoch}")
+        self._check_parameters(f"after epoch {epoch}")  # the epoch's last step may have made them so
         means = distributed.average_scalars({k: v / steps for k, v in progress.totals.items()}, self.dist,
                                             self.device)
         extra = None
@@ -850,6 +854,8 @@ class _Training:
     def _finish(self, stopped: _Stopped | None) -> None:
         """Recalibrate batch norm for inference, then save the final (or the stopping) checkpoint."""
         progress = stopped.progress if stopped is not None else None
+        if progress is not None:  # stopped inside an epoch: its steps since _close_epoch are unchecked
+            self._check_parameters(f"in epoch {progress.epoch} (stopped after step {progress.steps_done})")
         if progress is not None and self.dist is not None and not stopped.forced:
             # Each rank summed its own losses; the resumed epoch's history mean stays the ranks' mean.
             progress.totals = distributed.average_scalars(progress.totals, self.dist, self.device)
