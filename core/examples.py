@@ -506,6 +506,7 @@ def write_example(out_dir: str | Path, *, docs_per_lang: int = 600, seed: int = 
         "ref_zh": out / "ref_en_zh" / "ref.zh.tok.txt",
         "readme": out / "README.txt",
     }
+    _refuse_replacing_others(out, paths)
     docs = _train_docs(docs_per_lang, seed)
     unseen = _unseen_docs(seed)
     ref_en, ref_zh = _reference(seed)
@@ -517,6 +518,23 @@ def write_example(out_dir: str | Path, *, docs_per_lang: int = 600, seed: int = 
     _atomic_write(paths["readme"], README.format(seed=seed, n_docs=len(docs), n_unseen=len(unseen),
                                                  cats=", ".join(CATEGORIES)))
     return paths
+
+
+def _refuse_replacing_others(out: Path, paths: dict[str, Path]) -> None:
+    """The example's files replace files of those names only in a directory the example was written to
+    (its README.txt says so): `xtm-example demo` replaced a user's own demo/docs.jsonl."""
+    readme = paths["readme"]
+    try:
+        ours = readme.is_file() and readme.read_text(encoding="utf-8").startswith(README.split("\n", 1)[0])
+    except (OSError, UnicodeDecodeError):
+        ours = False
+    taken = [p for p in paths.values() if os.path.lexists(p)]
+    if taken and not ours:
+        from xtm.errors import XtmError
+
+        names = ", ".join(str(p.relative_to(out)) for p in taken)
+        raise XtmError(f"holds {names}, not written by xtm-example (it would replace them): choose a new or "
+                       "empty directory", path=out)
 
 
 def describe_written(paths: dict[str, Path]) -> list[str]:

@@ -128,6 +128,24 @@ def test_main_prints_paths(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert "docs.jsonl" in out and "dict.tsv" in out and "ref.zh.tok.txt" in out
 
 
+def test_files_of_those_names_are_replaced_only_where_the_example_was_written(tmp_path: Path) -> None:
+    from xtm.errors import XtmError
+
+    write_example(tmp_path / "ex", docs_per_lang=12)
+    write_example(tmp_path / "ex", docs_per_lang=12, seed=1)  # its own directory: rewritten
+    mine = tmp_path / "demo"  # a user's own demo/docs.jsonl was replaced
+    mine.mkdir()
+    (mine / "docs.jsonl").write_text("my corpus\n", encoding="utf-8")
+    with pytest.raises(XtmError, match="holds docs.jsonl, not written by xtm-example"):
+        write_example(mine, docs_per_lang=12)
+    assert sorted(p.name for p in mine.iterdir()) == ["docs.jsonl"]
+    assert (mine / "docs.jsonl").read_text(encoding="utf-8") == "my corpus\n"
+    (tmp_path / "project").mkdir()  # other files are left beside the example
+    (tmp_path / "project" / "notes.txt").write_text("x", encoding="utf-8")
+    write_example(tmp_path / "project", docs_per_lang=12)
+    assert (tmp_path / "project" / "notes.txt").read_text(encoding="utf-8") == "x"
+
+
 def test_xtm_example_is_a_click_command_like_the_others(tmp_path: Path) -> None:
     """`xtm-example` (issue 16): the same files and lines as `python -m xtm.examples`, --help with
     examples, --version, bad values as usage errors and unwritable places as one `error:` line."""
