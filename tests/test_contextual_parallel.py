@@ -51,6 +51,18 @@ def test_a_bad_line_is_named_by_file_line_and_field(tmp_path: Path, content: byt
     assert e.value.path == str(p) and e.value.line == line
 
 
+def test_endless_and_huge_files_are_not_read_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--parallel /dev/zero was read whole (a MemoryError traceback)."""
+    import xtm.trainer.contextual.parallel as parallel
+
+    with pytest.raises(XtmError, match="invalid JSON") as e:
+        read_parallel("/dev/zero")
+    assert e.value.line == 1
+    monkeypatch.setattr(parallel, "MAX_PARALLEL_BYTES", 100)
+    with pytest.raises(XtmError, match="larger than 0 MiB"):
+        read_parallel(_write(tmp_path, b'{"en": "one", "fr": "un"}\n' * 10))
+
+
 def test_a_byte_order_mark_opens_the_file_but_is_an_error_anywhere_else(tmp_path: Path) -> None:
     """A Windows editor's UTF-8 BOM before line 1 is not part of the JSON (as for documents and inference)."""
     text = read_parallel(_write(tmp_path, b'\xef\xbb\xbf{"en": "one", "fr": "un"}\n{"en": "two", "fr": "deux"}\n'))

@@ -53,6 +53,23 @@ def test_binary_and_undecodable_files(tmp_path: Path) -> None:
     assert (e.value.path, e.value.line) == (str(g), 2)
 
 
+def test_endless_and_huge_files_are_not_read_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--dict /dev/zero was read whole (a MemoryError traceback); a file past the bound is not a dictionary."""
+    import xtm.trainer.data.dictionary as dictionary
+
+    with pytest.raises(XtmError, match="binary data") as e:
+        read_dictionary("/dev/zero")
+    assert e.value.line == 1
+    monkeypatch.setattr(dictionary, "MAX_DICTIONARY_BYTES", 3 << 20)
+    big = tmp_path / "big.tsv"
+    big.write_bytes(b"word\tmot\n" * 400_000)  # 4 MB
+    with pytest.raises(XtmError, match="larger than 3 MiB"):
+        read_dictionary(big)
+    ok = tmp_path / "ok.tsv"
+    ok.write_bytes(b"word\tmot\n" * 300_000)  # 3,000,000 bytes: under the bound, read
+    assert len(read_dictionary(ok)) == 300_000
+
+
 def test_empty_missing_and_directory(tmp_path: Path) -> None:
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n", encoding="utf-8")

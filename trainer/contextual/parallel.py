@@ -27,7 +27,11 @@ from pathlib import Path
 from xtm.errors import XtmError
 from xtm.languages import normalize_lang
 from xtm.runtime.records import drop_bom
-from xtm.trainer.data.jsonl import check_unicode_text, json_object
+from xtm.trainer.data.jsonl import check_unicode_text, json_object, read_bounded
+
+# Parallel text is held in memory whole (every pair is a training example); past this it is not a parallel text
+# a contextual fit reads.
+MAX_PARALLEL_BYTES = 1 << 30
 
 __all__ = ["ParallelText", "read_parallel"]
 
@@ -63,9 +67,11 @@ def read_parallel(path: str | Path) -> ParallelText:
     file fails in seconds."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        data = read_bounded(path, MAX_PARALLEL_BYTES)  # (--parallel /dev/zero was read whole: a MemoryError)
     except OSError as e:
         raise XtmError(f"cannot read the parallel text: {e.strerror or e}", path=path) from None
+    if len(data) > MAX_PARALLEL_BYTES:
+        raise XtmError(f"larger than {MAX_PARALLEL_BYTES >> 20} MiB: split the parallel text or sample it", path=path)
     lines = []
     for lineno, raw in enumerate(data.splitlines(), start=1):
         raw = drop_bom(lineno, raw)

@@ -19,6 +19,7 @@ import scipy.sparse as sp
 
 from xtm.corpus import Corpus
 from xtm.errors import XtmError
+from xtm.trainer.data.jsonl import read_bounded
 
 __all__ = ["attach_links", "build_links", "read_dictionary"]
 
@@ -27,6 +28,10 @@ __all__ = ["attach_links", "build_links", "read_dictionary"]
 _STEMMED_FIXED_POINT_SHARE = 0.85
 _STEM_SAMPLE = 3000
 _MIN_LATIN_WORDS = 20
+
+
+# Bilingual dictionaries are a few MB (MUSE's full en-zh: 2 MB); a file past this is another kind of file.
+MAX_DICTIONARY_BYTES = 256 << 20
 
 
 def _line_of(data: bytes, offset: int) -> int:
@@ -55,13 +60,15 @@ def read_dictionary(path: str | Path) -> list[tuple[str, str]]:
 def _read_text(p: Path) -> str:
     """The dictionary file as text; unreadable, binary or non-UTF-8 files are XtmErrors naming the line."""
     try:
-        data = p.read_bytes()
+        data = read_bounded(p, MAX_DICTIONARY_BYTES)
     except IsADirectoryError:
         raise XtmError("is a directory, expected a dictionary file", path=p) from None
     except FileNotFoundError:
         raise XtmError("dictionary file not found", path=p) from None
     except OSError as e:
         raise XtmError(f"cannot read dictionary: {e.strerror or e}", path=p) from None
+    if len(data) > MAX_DICTIONARY_BYTES:
+        raise XtmError(f"larger than {MAX_DICTIONARY_BYTES >> 20} MiB: not a dictionary `source<TAB>target`", path=p)
     nul = data.find(b"\x00")
     if nul >= 0:
         raise XtmError("binary data (NUL byte), expected a text dictionary `source<TAB>target`",

@@ -137,6 +137,17 @@ def _file_lines(f: Path) -> Iterator[tuple[int, bytes]]:
             yield lineno, raw
 
 
+def read_bounded(path: Path, limit: int) -> bytes:
+    """A text input read whole (a dictionary, parallel text), at most `limit` + 1 bytes: a longer result
+    means the file is over the bound. Reading stops after the first MiB when it holds a NUL byte (never in
+    text), so /dev/zero or a binary fails at once instead of filling memory. OSError passes through."""
+    with open(path, "rb") as f:
+        data = f.read(min(1 << 20, limit + 1))
+        if b"\x00" not in data and len(data) <= limit:
+            data += f.read(limit + 1 - len(data))
+    return data
+
+
 # --------------------------------------------------------------------------- one line
 
 
