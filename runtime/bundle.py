@@ -53,6 +53,7 @@ import numpy as np
 from xtm.errors import XtmError
 from xtm.json_files import read_json
 from xtm.languages import normalize_lang
+from xtm.paths import is_plain_file_name
 from xtm.runtime.bundle_onnx import onnx_external_data
 
 __all__ = ["AUTO_ROUTES", "CONTEXTUAL_FORMAT", "FORMAT", "INPUT_FORMATS", "MANIFEST", "MAX_MIN_TOKEN_LENGTH",
@@ -190,7 +191,7 @@ def _require(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where
 
 def _plain_name(name: str, where: Path, ctx: str) -> str:
     """A file name inside the bundle: no directories, so a manifest cannot point outside it."""
-    if not name or name in (".", "..") or "/" in name or "\\" in name or name == MANIFEST:
+    if not is_plain_file_name(name) or name == MANIFEST:
         raise XtmError(f"{ctx}invalid bundle file name {name!r}", path=where)
     return name
 

@@ -66,6 +66,7 @@ from xtm.models_zoo.context_encoders import TrainableSentenceEncoder, load_text_
 from xtm.models_zoo.contextual import ContextualHead, HeadConfig
 from xtm.models_zoo.encoders import parse_encoder_name
 from xtm.paths import cache_dir as default_cache_dir
+from xtm.paths import is_plain_file_name
 from xtm.run_dir import RunDir
 from xtm.trainer.contextual.parallel import ParallelText, read_parallel
 from xtm.trainer.loop.checkpoint import load_trained_model
@@ -567,7 +568,7 @@ def _check_file_name(meta: dict[str, Any], key: str, meta_path: Path) -> None:
     if key not in meta or (key != "head_file" and not meta[key]):  # (encoder_top, encoder_dir: optional)
         return
     name = meta[key]
-    if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+    if not isinstance(name, str) or not is_plain_file_name(name):
         raise XtmError(f"field '{key}': expected a file name inside contextual/, got {name!r:.80}", path=meta_path)
 
 
