@@ -73,25 +73,17 @@ def main(run_dir: str | None, out: str | None, theta: str | None, bundle: str | 
 def refuse_foreign_file(path: Path, *, given: bool) -> None:
     """An existing output is replaced only when it is empty or a report this command wrote (a run's
     or an inference report): `--out thesis.docx`, or `--out` naming the --theta input, is refused
-    before anything is read, as xtm-infer refuses such an --out."""
-    from xtm.errors import XtmError
+    before anything is read, by the rule xtm-infer's --out follows (`xtm.atomic.check_replaceable`)."""
+    from xtm.atomic import check_replaceable
 
-    if not path.exists() and not path.is_symlink():
-        return
-    if path.is_fifo() or path.is_char_device():
-        return  # written in place, as xtm-infer writes them (a pipe to another program, /dev/null)
-    head = None
-    if path.is_file():  # (only a regular file is opened: opening a FIFO to read would wait for a writer)
-        try:
-            with path.open("rb") as f:
-                head = f.read(4096)
-        except OSError:
-            pass
-    ours = head is not None and (not head or head.startswith(b"<!DOCTYPE html>") and (
-        b"xtm inference report" in head or b"<title>xtm run " in head))
-    if not ours:
-        hint = "choose another --out" if given else "choose the file with --out"
-        raise XtmError(f"exists and is not an xtm report (it would be replaced): {hint}", path=path)
+    check_replaceable(path, _is_report, what="an xtm report",
+                      hint="choose another --out" if given else "choose the file with --out")
+
+
+def _is_report(path: Path) -> bool:
+    with path.open("rb") as f:
+        head = f.read(4096)
+    return head.startswith(b"<!DOCTYPE html>") and (b"xtm inference report" in head or b"<title>xtm run " in head)
 
 
 if __name__ == "__main__":

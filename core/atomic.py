@@ -29,7 +29,7 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
@@ -41,7 +41,7 @@ try:
 except ImportError:  # not POSIX: no locks, so stale temporaries are never removed (never provably ours)
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["atomic_open", "exit_on_signals", "write_json", "write_text"]
+__all__ = ["atomic_open", "check_replaceable", "exit_on_signals", "write_json", "write_text"]
 
 # A temporary is locked microseconds after it is created; one younger than this may be a writer's that
 # has not taken its lock yet, and is never called stale.
@@ -74,6 +74,34 @@ def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8
         return
     with _replacing(target, st, mode, encoding, path) as f:
         yield f
+
+
+def check_replaceable(path: str | Path, is_ours: Callable[[Path], bool], *, what: str, hint: str) -> None:
+    """XtmError, before any work, unless `atomic_open(path)` would destroy nothing of a user's: nothing
+    is there (or a symlink to nothing: its target is created), a FIFO or device (written in place), or
+    a regular file that is empty or that `is_ours` recognises as the command's own output (`what`
+    names that output in the error, `hint` says what to do). Directories and sockets are refused with
+    atomic_open's own words, before the command reads anything. The one rule behind every `--out FILE`
+    a command replaces (xtm-infer's outputs, xtm-report's reports)."""
+    try:
+        st = os.stat(path)  # symlinks followed, as atomic_open follows them
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise XtmError(f"cannot write: {e.strerror}", path=path) from e
+    if stat.S_ISDIR(st.st_mode):
+        raise XtmError("is a directory: give a file name", path=path)
+    if stat.S_ISSOCK(st.st_mode):
+        raise XtmError("is a socket: give a file, a FIFO or a device", path=path)
+    if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
+        return
+    try:
+        ours = is_ours(Path(path))
+    except OSError as e:
+        raise XtmError(f"exists and cannot be read to check that it is {what} ({e.strerror or e}); {hint}",
+                       path=path) from None
+    if not ours:
+        raise XtmError(f"exists and is not {what} (it would be replaced): {hint}", path=path)
 
 
 @contextmanager

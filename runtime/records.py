@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from xtm.atomic import check_replaceable
 from xtm.errors import XtmError
 
 if TYPE_CHECKING:
@@ -259,8 +260,8 @@ def check_out_path(out: str | Path | None, inputs: Sequence[str | Path]) -> None
     inputs (`xtm-infer docs.jsonl --out docs.jsonl`: the atomic replace would destroy what the run
     reads), or an existing file that is not an xtm-infer output (`--out thesis.docx`, a typo, a
     path in the wrong directory). xtm-infer replaces only what it provably wrote: an empty file, or
-    a JSONL, CSV or Parquet file that starts as its outputs do. FIFOs and devices are written in
-    place (xtm.atomic), never replaced, so they pass."""
+    a JSONL, CSV or Parquet file that starts as its outputs do (`xtm.atomic.check_replaceable`: FIFOs
+    and devices, written in place, pass; a directory is refused)."""
     if out is None or not os.path.exists(out):
         return
     for p in inputs:
@@ -268,16 +269,8 @@ def check_out_path(out: str | Path | None, inputs: Sequence[str | Path]) -> None
             if os.path.isfile(p) and os.path.samefile(out, p):
                 raise XtmError("--out is an input file: writing it would replace what is being read; choose "
                                "another output path", path=out)
-    if not os.path.isfile(out):
-        return
-    try:
-        ours = is_infer_output(out)
-    except OSError as e:
-        raise XtmError(f"exists and cannot be read to check that it is an xtm-infer output ({e.strerror or e}); "
-                       "remove it or choose another --out", path=out) from None
-    if not ours:
-        raise XtmError("exists and is not an xtm-infer output: xtm-infer replaces only its own outputs; remove "
-                       "the file or choose another --out", path=out)
+    check_replaceable(out, is_infer_output, what="an xtm-infer output",
+                      hint="xtm-infer replaces only its own outputs; remove the file or choose another --out")
 
 
 def is_infer_output(path: str | Path) -> bool:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from xtm.atomic import atomic_open, write_text
+from xtm.atomic import atomic_open, check_replaceable, write_text
 from xtm.errors import XtmError
 
 
@@ -149,6 +149,45 @@ def test_socket_is_refused(tmp_path: Path) -> None:
         assert stat.S_ISSOCK(os.lstat(path).st_mode)
     finally:
         s.close()
+
+
+def test_check_replaceable_lets_through_only_what_destroys_nothing_of_a_users(tmp_path: Path) -> None:
+    """The one rule behind xtm-infer's and xtm-report's --out: absent, a link to nothing, a FIFO, a device, an
+    empty file, or a file the command recognises pass; anything else is refused before any work, and the
+    recogniser is never asked about what it cannot be (a FIFO would block a reader)."""
+    asked: list[Path] = []
+
+    def ours(p: Path) -> bool:
+        asked.append(p)
+        return p.read_bytes().startswith(b"OURS")
+
+    def check(p: Path) -> None:
+        check_replaceable(p, ours, what="a test output", hint="choose another --out")
+
+    fifo, empty, mine, theirs = tmp_path / "pipe", tmp_path / "empty", tmp_path / "mine", tmp_path / "theirs"
+    os.mkfifo(fifo)
+    empty.touch()
+    mine.write_bytes(b"OURS and more")
+    theirs.write_bytes(b"my thesis")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "to-theirs").symlink_to(theirs)
+    for ok in (tmp_path / "absent", tmp_path / "dangling", fifo, Path("/dev/null"), empty, mine):
+        check(ok)
+    assert asked == [mine]
+    for bad in (theirs, tmp_path / "to-theirs"):
+        with pytest.raises(XtmError, match=r"exists and is not a test output \(it would be replaced\): choose another"):
+            check(bad)
+    with pytest.raises(XtmError, match="is a directory: give a file name"):
+        check(tmp_path)
+    unreadable = tmp_path / "unreadable"
+    unreadable.write_bytes(b"x")
+
+    def cannot_read(p: Path) -> bool:
+        raise PermissionError(13, "Permission denied")
+
+    with pytest.raises(XtmError, match="cannot be read to check that it is a test output .Permission denied"):
+        check_replaceable(unreadable, cannot_read, what="a test output", hint="remove it")
+    assert theirs.read_bytes() == b"my thesis" and not (tmp_path / "nowhere").exists()
 
 
 KILLED_WRITER = textwrap.dedent("""
