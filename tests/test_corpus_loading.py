@@ -602,10 +602,14 @@ def damage(out: Path, how: str) -> None:
         index = json.loads((out / "index.json").read_text(encoding="utf-8"))
         del index["name"]
         (out / "index.json").write_text(json.dumps(index), encoding="utf-8")
+    elif how == "an older shard format":  # built by an earlier xtm: not opened, rebuilt
+        index = json.loads((out / "index.json").read_text(encoding="utf-8"))
+        index["format"] -= 1
+        (out / "index.json").write_text(json.dumps(index), encoding="utf-8")
 
 
 @pytest.mark.parametrize("how", ["index=[]", "index=null", 'index="x"', "no word counts", "short word counts",
-                                 "index without name"])
+                                 "index without name", "an older shard format"])
 def test_damaged_shards_are_one_error_and_rebuilt_when_reused(tmp_path: Path, how: str,
                                                              data_log: list[logging.LogRecord]) -> None:
     """A shard directory of ours with a damaged index or file: opening it is one XtmError (was an
@@ -619,8 +623,8 @@ def test_damaged_shards_are_one_error_and_rebuilt_when_reused(tmp_path: Path, ho
     again = open_or_build_shards(f, out, progress=False).eval_corpus()
     assert (again.lang("en").train_bow != good.lang("en").train_bow).nnz == 0
     assert np.array_equal(again.lang("en").word_counts(), good.lang("en").word_counts())
-    if how.startswith("index="):
-        assert data_log == []  # no index to match: rebuilt without a word
+    if how.startswith("index=") or how == "an older shard format":
+        assert data_log == []  # no index of this format to match: rebuilt without a word
     else:
         assert [r.levelno for r in data_log] == [logging.WARNING]
         assert "damaged" in data_log[0].getMessage() and "rebuilding" in data_log[0].getMessage()

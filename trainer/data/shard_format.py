@@ -120,12 +120,15 @@ def vocab_hash(vocab: Sequence[str]) -> str:
 
 
 def index_fingerprint(directory: Path) -> str | None:
-    """The fingerprint a complete shard directory was built with; None when there is no readable index."""
+    """The fingerprint a complete shard directory was built with; None when there is no readable index in
+    this shard format (a directory to rebuild, or, for `sharding.refuse_foreign_shard_dir`, not one)."""
     try:
-        index = read_json(directory / INDEX)
+        index = read_json(directory / INDEX) if (directory / INDEX).is_file() else None
     except XtmError:
         return None
-    fingerprint = index.get("fingerprint") if isinstance(index, dict) else None
+    if not isinstance(index, dict) or index.get("format") != SHARD_FORMAT:
+        return None
+    fingerprint = index.get("fingerprint")
     return fingerprint if isinstance(fingerprint, str) else None
 
 

@@ -43,7 +43,6 @@ from xtm.atomic import write_json
 from xtm.config import PREPROCESSING, DataConfig, Preprocessing, default_of
 from xtm.corpus import Corpus, LanguageCorpus
 from xtm.errors import XtmError
-from xtm.json_files import read_json
 from xtm.run_dir import LOCK_NAME
 from xtm.runtime.tokenize import TEXT_NORMALIZATION, default_tokenizer_spec
 from xtm.trainer.data.benchmark import BOW_PREFIX
@@ -155,11 +154,7 @@ def refuse_foreign_shard_dir(out: Path) -> None:
     if not out.is_dir():
         raise XtmError("the shard directory is a file", path=out)
     names = {p.name for p in out.iterdir()}
-    try:
-        index = read_json(out / INDEX) if (out / INDEX).is_file() else None
-    except XtmError:
-        index = None
-    complete = isinstance(index, dict) and index.get("format") == SHARD_FORMAT and "fingerprint" in index
+    complete = index_fingerprint(out) is not None
     if not (complete or (out / ".building").is_file() or names <= {LOCK_NAME} or _shard_layout(out)):
         raise XtmError("the shard directory exists and holds other files: choose an empty or new "
                        "--shard-dir", path=out)
