@@ -24,9 +24,11 @@ Importing this module is cheap (no torch, numpy or click): `xtm-train --help` re
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields, is_dataclass
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from xtm.errors import XtmError
 
@@ -299,6 +301,29 @@ class Sampling:
     seed: int = setting(0, help="Seed of the LLM's sampling (xtm-train passes its --seed; round r asks with seed + r).")
 
 
+# A query parameter named like a credential (api_key, key, access_token, sig, X-Amz-Signature, ...).
+_CREDENTIAL_PARAMETER = re.compile(r"key|token|secret|pass|pwd|auth|sig|credential|session", re.IGNORECASE)
+
+
+def check_llm_url(url: str | None, api_key_env: str) -> None:
+    """XtmError when --llm-url carries a credential: user:password@, a query parameter named like a key, or
+    a bare query word (`?sk-...`). The URL is recorded where keys must never be (config.json, every
+    checkpoint, metrics.json, the report); the key belongs in $api_key_env, sent as the Authorization
+    header. Other query parameters (Azure's api-version=...) are kept. Never echoes the URL's query."""
+    if not url:
+        return
+    try:
+        parts = urlsplit(url)
+        credentials = parts.username is not None or parts.password is not None
+    except ValueError:
+        raise XtmError("--llm-url is not a URL (e.g. http://127.0.0.1:8000/v1)") from None
+    query = [q for q in re.split("[&;]", parts.query) if q]
+    if credentials or any("=" not in q or _CREDENTIAL_PARAMETER.search(q.split("=", 1)[0]) for q in query):
+        raise XtmError(f"--llm-url must not carry a credential (user:password@, or a key in its query string): "
+                       f"the URL is recorded in the run's config, checkpoints and report; put the API key in "
+                       f"${api_key_env} (--llm-api-key-env), which is sent as the Authorization header")
+
+
 @dataclass(frozen=True)
 class RefinerConfig:
     """Who refines topics in phase 2, and how an LLM server is reached."""
@@ -326,6 +351,9 @@ class RefinerConfig:
                               cli=Cli("--shared-refined-words", switch=False,
                                       help="Phase 2, embedding refiner: let a word enter several topics' refined "
                                            "sets (before issue 15: costs topic diversity)."))
+
+    def __post_init__(self) -> None:
+        check_llm_url(self.llm_url, self.api_key_env)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -440,6 +468,9 @@ class LabelConfig:
                            cli=Cli("--llm-top-p", min=0, max=1, min_open=True))
     max_tokens: int = setting(24, help="Most tokens of one labelling answer.", cli=Cli("--llm-max-tokens", min=4))
     seed: int = setting(0, help="Seed of the labelling LLM's sampling.", cli=Cli("--seed", min=0, max=SEED_MAX))
+
+    def __post_init__(self) -> None:
+        check_llm_url(self.llm_url, self.api_key_env)
 
     @property
     def uses_llm(self) -> bool:

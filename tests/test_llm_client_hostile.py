@@ -19,7 +19,7 @@ import pytest
 from adversarial_llm_server import SHAPES, USAGES, AdversarialLLMServer, DripTLSServer, wait_until
 from command_logging import train_stderr  # noqa: F401  (a fixture)
 
-from xtm.config import Sampling
+from xtm.config import LabelConfig, RefinerConfig, Sampling
 from xtm.errors import XtmError
 from xtm.trainer.phase2.objective import vote
 from xtm.trainer.phase2.prompt import TopicWords, VocabMatcher, build_prompt
@@ -135,6 +135,33 @@ def test_a_key_with_control_characters_is_refused_without_echoing_it(monkeypatch
     with pytest.raises(XtmError, match="XTM_HOSTILE_KEY") as err:
         OpenAICompatibleGenerator("http://127.0.0.1:9/v1", "m", api_key_env="XTM_HOSTILE_KEY")
     assert "sk-abc" not in str(err.value) and "Injected" not in str(err.value)
+
+
+CREDENTIAL_URLS = ["http://127.0.0.1:8000/v1?api_key=SECRET-1", "http://127.0.0.1:8000/v1?api-version=1&key=SECRET-1",
+                   "http://h/v1?access_token=SECRET-1", "http://h/v1?X-Amz-Signature=SECRET-1", "http://h/v1?sk-SECRET-1",
+                   "http://h/v1?a=1;auth=SECRET-1", "http://user:SECRET-1@h/v1", "http://[::1/v1?SECRET-1"]
+
+
+@pytest.mark.parametrize("url", CREDENTIAL_URLS)
+def test_a_credential_in_the_url_is_refused_by_every_config_without_echoing_it(url) -> None:
+    """Found by a review: `--llm-url 'http://host/v1?api_key=K'` went into config.json, every checkpoint,
+    metrics.json and the HTML report (the client hid only its own messages' query strings)."""
+    for make in (lambda: RefinerConfig(backend="openai", llm_url=url, llm_model="m"),
+                 lambda: LabelConfig(backend="openai", llm_url=url, llm_model="m"),
+                 lambda: OpenAICompatibleGenerator(url, "m")):
+        with pytest.raises(XtmError, match="--llm-url") as err:
+            make()
+        assert "SECRET-1" not in str(err.value)
+
+
+def test_a_query_string_that_is_no_credential_reaches_the_server_after_the_path(servers, tmp_path) -> None:
+    """A gateway's api-version=... is kept, after the path (it was mangled: /v1?api-version=1/v1/chat/completions)."""
+    s = servers()
+    answers, _ = refiner(s.url + "?api-version=2024-06-01", tmp_path).refine([TOPIC], rounds=1)
+    assert answers[0][0].usable and [r["path"] for r in s.requests] == ["/v1/chat/completions?api-version=2024-06-01"]
+    with pytest.raises(XtmError, match="invalid port") as err:  # messages show no query string
+        OpenAICompatibleGenerator("http://127.0.0.1:99999/v1?api-version=QUERY-WORD", "m")
+    assert "QUERY-WORD" not in str(err.value)
 
 
 @pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://127.0.0.1/v1", "127.0.0.1:8000/v1"])

@@ -114,6 +114,7 @@ def test_url_forms() -> None:
     assert chat_completions_url("http://h:1") == "http://h:1/v1/chat/completions"
     assert chat_completions_url("http://h:1/v1/") == "http://h:1/v1/chat/completions"
     assert chat_completions_url("http://h:1/v1/chat/completions") == "http://h:1/v1/chat/completions"
+    assert chat_completions_url("http://h:1/v1/?api-version=2") == "http://h:1/v1/chat/completions?api-version=2"
 
 
 def test_k_times_r_requests_each_round_its_own_seed_then_all_cached(server, tmp_path) -> None:

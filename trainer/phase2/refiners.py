@@ -38,12 +38,12 @@ from datetime import timezone
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import SplitResult, urljoin, urlsplit
+from urllib.parse import SplitResult, urljoin, urlsplit, urlunsplit
 
 import numpy as np
 
 from xtm.atomic import atomic_open
-from xtm.config import REFINER_NAMES, Phase2Config, RefinerConfig, Sampling, default_of
+from xtm.config import REFINER_NAMES, Phase2Config, RefinerConfig, Sampling, check_llm_url, default_of
 from xtm.errors import XtmError
 from xtm.trainer.phase2.prompt import ParsedAnswer, TopicWords, VocabMatcher, build_prompt, parse_answer
 
@@ -298,13 +298,13 @@ class LLMRefiner:
 
 
 def chat_completions_url(url: str) -> str:
-    """Accept http://host:port, http://host:port/v1 or the full .../chat/completions URL."""
-    url = url.rstrip("/")
-    if url.endswith("/chat/completions"):
-        return url
-    if url.endswith("/v1"):
-        return url + "/chat/completions"
-    return url + "/v1/chat/completions"
+    """Accept http://host:port, http://host:port/v1 or the full .../chat/completions URL; a query string
+    (a gateway's api-version=...) stays at the end, after the path."""
+    parts = urlsplit(url)
+    path = parts.path.rstrip("/")
+    if not path.endswith("/chat/completions"):
+        path += "/chat/completions" if path.endswith("/v1") else "/v1/chat/completions"
+    return urlunsplit(parts._replace(path=path))
 
 
 # Status codes: followed when the target has the same origin; the run stops (retrying cannot fix a
@@ -342,6 +342,11 @@ def _show_origin(origin: tuple[str, str, int]) -> str:
     scheme, host, port = origin
     host = f"[{host}]" if ":" in host else host
     return _printable(f"{scheme}://{host}:{port}")
+
+
+def _without_query(parts: SplitResult) -> str:
+    """A URL as messages show it: no query string or fragment (a gateway may take a key there)."""
+    return _printable(urlunsplit(parts._replace(query="", fragment="")))
 
 
 def _printable(text: str, limit: int = 120) -> str:
@@ -472,8 +477,9 @@ class OpenAICompatibleGenerator:
             raise XtmError("--refiner openai needs --llm-url (e.g. http://127.0.0.1:8000/v1)")
         if not model:
             raise XtmError("--refiner openai needs --llm-model (the model name the server knows)")
+        check_llm_url(url, api_key_env)  # no credential in it: before anything shows or records it
         self.url = chat_completions_url(url)
-        self.origin = self._check_url(self.url, api_key_env)
+        self.origin = self._check_url(self.url)
         # What messages show: no query string (some gateways take a key there).
         self.shown_url = _show_origin(self.origin) + _printable(urlsplit(self.url).path)
         self.model = model
@@ -485,17 +491,15 @@ class OpenAICompatibleGenerator:
         self.max_response_bytes = int(max_response_bytes)
 
     @staticmethod
-    def _check_url(url: str, api_key_env: str) -> tuple[str, str, int]:
+    def _check_url(url: str) -> tuple[str, str, int]:
         parts = urlsplit(url)
-        if parts.username is not None or parts.password is not None:
-            raise XtmError(f"--llm-url must not contain credentials: put the API key in ${api_key_env}")
         try:
             origin = _origin(parts)
         except ValueError:
-            raise XtmError(f"--llm-url has an invalid port: {_printable(url)}") from None
+            raise XtmError(f"--llm-url has an invalid port: {_without_query(parts)}") from None
         if origin[0] not in ("http", "https") or not origin[1]:
             raise XtmError(f"--llm-url must be an http:// or https:// address (e.g. http://127.0.0.1:8000/v1), "
-                           f"got '{_printable(url)}'")
+                           f"got '{_without_query(parts)}'")
         return origin
 
     @staticmethod
