@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from xtm.errors import XtmError
+from xtm.labels import MAX_LABEL_CHARS
 
 __all__ = ["CONTEXTUAL_AUTO_ROUTES", "CONTEXTUAL_OBJECTIVES", "DEFAULT_ENCODER", "DEFAULT_MAX_TOKENS", "MODEL_NAMES",
            "PREPROCESSING", "REFINER_NAMES", "Cli", "ContextualConfig", "DataConfig", "LabelConfig", "Phase2Config",
@@ -341,7 +342,7 @@ class RefinerConfig:
                                cli=Cli("--llm-concurrency", min=1))
     timeout: float = setting(120.0, help="openai refiner: total seconds one attempt may take (connect, TLS, send, "
                                          "wait, read the whole answer, same-origin redirects) before it is retried.",
-                             cli=Cli("--llm-timeout", min=1))
+                             cli=Cli("--llm-timeout", min=1, max=86400))  # (1e10 overflowed the timers)
     retries: int = setting(4, help="openai refiner: attempts after the first one failed (connection errors, "
                                    "timeouts, 429, 5xx).")
     sampling: Sampling = setting(help="How LLM refiners sample.", factory=Sampling)
@@ -460,7 +461,7 @@ class LabelConfig:
     fallback_words: int = setting(3, help="LLM-free labels: how many of the best-connected top words make the label.",
                                   cli=Cli("--fallback-words", min=1))
     max_chars: int = setting(40, help="Longest label accepted from an LLM, in characters (longer: the fallback).",
-                             cli=Cli("--max-chars", min=8))
+                             cli=Cli("--max-chars", min=8, max=MAX_LABEL_CHARS))  # what readers of labels.json accept
     max_words: int = setting(6, help="Most words in a label accepted from an LLM (space-separated languages).")
     temperature: float = setting(0.2, help="Labelling LLM's sampling temperature.",
                                  cli=Cli("--llm-temperature", min=0))

@@ -333,6 +333,19 @@ def test_xtm_label_options_are_label_configs() -> None:
     assert LabelConfig.after_training(None).uses_llm is False
 
 
+@pytest.mark.parametrize("option", [["--max-chars", "400"], ["--llm-timeout", "1e10"]])
+def test_label_options_beyond_what_works_are_refused(example_run: Path, option: list[str]) -> None:
+    """Found by a review: --max-chars 400 wrote labels that xtm-export then refused (labels.json holds at most
+    120 characters); --llm-timeout 1e10 overflowed the client's timers (13 tracebacks)."""
+    from click.testing import CliRunner
+
+    from xtm.cli.label import main
+
+    r = CliRunner().invoke(main, [str(example_run), "--refiner", "openai", "--llm-url", "http://127.0.0.1:9/v1",
+                                  "--llm-model", "m", *option])
+    assert r.exit_code == 2 and option[0] in r.output and "range" in r.output, r.output
+
+
 def test_training_labels_every_run_without_network(example_run: Path) -> None:
     labels = RunDir(example_run).load_labels(6, list(LANGS))
     assert labels is not None and labels.generator == "fallback" and labels.num_topics == 6

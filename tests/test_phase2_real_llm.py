@@ -67,7 +67,7 @@ def test_phase2_with_smollm2_behind_an_openai_compatible_server(smollm2_dir, exa
 
 def test_transformers_refiner_runs_the_model_in_process(smollm2_dir, example_corpus) -> None:
     from xtm.trainer.phase2.prompt import TopicWords, VocabMatcher
-    from xtm.trainer.phase2.refiners import LLMRefiner, TransformersGenerator
+    from xtm.trainer.phase2.refiners import LLMRefiner, StepStats, TransformersGenerator
 
     vocabs = {lc.lang: lc.vocab for lc in example_corpus.languages}
     gen = TransformersGenerator(str(smollm2_dir))
@@ -75,3 +75,26 @@ def test_transformers_refiner_runs_the_model_in_process(smollm2_dir, example_cor
     topic = TopicWords(0, {"en": ["player", "team", "match"], "zh": ["球员", "比赛"]})
     answers, stats = r.refine([topic], rounds=2)
     assert stats.calls == 1 and stats.completion_tokens > 0 and len(answers[0]) == 2
+    # Temperature 0 is greedy decoding: one answer, the same for every round (was a ValueError traceback).
+    greedy = LLMRefiner(gen, VocabMatcher(vocabs), n_words=5, sampling=Sampling(temperature=0, max_tokens=16))
+    texts = gen.generate(["Name two sports words."], 3, Sampling(temperature=0, max_tokens=16), StepStats())
+    assert len(texts[0]) == 3 and len(set(texts[0])) == 1 and texts[0][0]
+    answers, stats = greedy.refine([topic], rounds=2)
+    assert stats.calls == 1 and len(answers[0]) == 2
+
+
+def test_a_model_transformers_cannot_load_stops_before_phase_1(tmp_path: Path) -> None:
+    """Found by a review: an empty directory as --llm-model was a ValueError traceback, in xtm-train only
+    after the whole of phase 1 (the model was loaded at the first refinement)."""
+    from xtm.errors import XtmError
+    from xtm.trainer.phase2.refiners import make_refiner
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    for model in (empty, broken):
+        cfg = RefinerConfig(backend="transformers", llm_model=str(model))
+        with pytest.raises(XtmError, match=f"--llm-model '{model}' cannot be loaded by transformers"):
+            make_refiner(cfg, {"en": ["a"]}, dict, n_words=5, cache_dir=None)

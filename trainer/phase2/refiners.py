@@ -750,9 +750,11 @@ class TransformersGenerator:
         self._tok: Any = None
         self._lm: Any = None
 
-    def _load(self) -> None:
+    def load(self) -> TransformersGenerator:
+        """Load the model now (make_refiner does, so a wrong --llm-model stops a run before phase 1, not
+        after it); an XtmError naming it when it cannot be loaded."""
         if self._lm is not None:
-            return
+            return self
         try:
             from transformers import AutoModelForCausalLM, AutoTokenizer
         except ImportError as e:
@@ -763,14 +765,22 @@ class TransformersGenerator:
         where = self.model_name
         if path.suffix == ".gguf":
             where, kw = str(path.parent), {"gguf_file": path.name}
-        self._tok = AutoTokenizer.from_pretrained(where, **kw)
-        self._lm = AutoModelForCausalLM.from_pretrained(where, **kw).to(self.device).eval()
+        try:
+            self._tok = AutoTokenizer.from_pretrained(where, **kw)
+            self._lm = AutoModelForCausalLM.from_pretrained(where, **kw).to(self.device).eval()
+        except Exception as e:  # OSError, ValueError, JSONDecodeError, ...: transformers raises many kinds
+            raise XtmError(f"--llm-model '{self.model_name}' cannot be loaded by transformers: "
+                           f"{type(e).__name__}: {_printable(str(e), 300)}") from None
+        return self
 
     def generate(self, prompts: list[str], rounds: int, sampling: Sampling,
                  stats: StepStats) -> list[list[str | None]]:
         import torch
 
-        self._load()
+        self.load()
+        # Temperature 0 is greedy decoding (transformers refuses do_sample with it): one answer per
+        # prompt, the same for every round, as a server answers a greedy request.
+        greedy = sampling.temperature <= 0
         out: list[list[str | None]] = []
         for i, prompt in enumerate(prompts):
             ids = self._tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
@@ -778,12 +788,15 @@ class TransformersGenerator:
             torch.manual_seed(sampling.seed + i)
             stats.add(calls=1, prompt_tokens=int(ids["input_ids"].shape[1]))
             with torch.no_grad():
-                gen = self._lm.generate(**ids, do_sample=True, temperature=sampling.temperature,
-                                        top_p=sampling.top_p, max_new_tokens=sampling.max_tokens,
-                                        num_return_sequences=rounds, pad_token_id=self._tok.eos_token_id)
+                how = {"do_sample": False} if greedy else {
+                    "do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p,
+                    "num_return_sequences": rounds}
+                gen = self._lm.generate(**ids, **how, max_new_tokens=sampling.max_tokens,
+                                        pad_token_id=self._tok.eos_token_id)
             new = gen[:, ids["input_ids"].shape[1]:]
             stats.add(completion_tokens=int((new != self._tok.eos_token_id).sum()))
-            out.append([self._tok.decode(row, skip_special_tokens=True) for row in new])
+            texts = [self._tok.decode(row, skip_special_tokens=True) for row in new]
+            out.append(texts * rounds if greedy else texts)
         return out
 
 
@@ -907,7 +920,7 @@ def make_refiner(cfg: RefinerConfig, vocabs: dict[str, Sequence[str]],
     elif cfg.backend == "transformers":
         if not cfg.llm_model:
             raise XtmError("--refiner transformers needs --llm-model (a local directory, hub name or .gguf file)")
-        generator = TransformersGenerator(cfg.llm_model)
+        generator = TransformersGenerator(cfg.llm_model).load()
     else:
         raise XtmError(f"unknown refiner '{cfg.backend}': choose one of {', '.join(REFINER_NAMES)}")
     return LLMRefiner(generator, VocabMatcher(vocabs), n_words=n_words, sampling=cfg.sampling,
