@@ -20,8 +20,10 @@ import errno
 import fcntl
 import json
 import logging
+import math
 import os
 import time
+import zipfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -345,12 +347,33 @@ class RunDir:
         if not path.is_file():
             return None
         try:
+            _check_npz_sizes(path, PARITY_SAMPLE_MAX_VALUES)
             with np.load(path, allow_pickle=False) as z:
                 indptr, indices, data, shape = z["indptr"], z["indices"], z["data"], tuple(int(x) for x in z["shape"])
             m = sp.csr_matrix((data, indices, indptr), shape=shape)
             m.check_format(full_check=True)
-        except (OSError, ValueError, KeyError, TypeError) as e:
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
             raise XtmError(f"damaged parity sample ({e}): delete it to export with random bags", path=path) from None
         if shape[1] != vocab_size:
             raise XtmError(f"parity sample has {shape[1]} columns, the vocabulary {vocab_size}", path=path)
         return m
+
+
+# A parity sample holds at most 1,000 bags of words: far fewer values than this. A member whose header
+# declares more is refused before it is read (an 8 MB compressed file can declare 8 GiB).
+PARITY_SAMPLE_MAX_VALUES = 10**8
+
+
+def _check_npz_sizes(path: Path, max_values: int) -> None:
+    """ValueError when a member array of the .npz at `path` declares more than `max_values` values or
+    object dtype; only the members' headers are read."""
+    import numpy as np
+
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            with zf.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                shape, _, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
+                                   else np.lib.format.read_array_header_2_0(f))
+            if dtype.hasobject or math.prod(shape) > max_values:
+                raise ValueError(f"{info.filename} declares {dtype} {shape}")

@@ -460,3 +460,37 @@ def test_longer_trained_backbones_export_on_ecnews(ecnews_1000, ecnews_dir: Path
         assert p["passed"] and p["docs"] == 500, (lang, p)
         assert p["max_abs_diff"] <= p["tolerance"] / 2, (lang, p)   # room to spare, not a near miss
         assert p["top_topic_agreement"] >= 0.99, (lang, p)
+
+
+def _bomb(path: Path) -> None:
+    """An .npz whose data member's header declares 2**31 float32 values, compressed to a few MB."""
+    import zipfile
+
+    header = {"descr": "<f4", "fortran_order": False, "shape": (2**31,)}
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        with zf.open("data.npy", "w", force_zip64=True) as f:
+            np.lib.format.write_array_header_1_0(f, header)
+            f.write(b"\0" * 2**20)
+        for name, value in (("indptr", np.array([0, 1])), ("indices", np.array([0])),
+                            ("shape", np.array([1, 3]))):
+            with zf.open(f"{name}.npy", "w") as f:
+                np.lib.format.write_array(f, value)
+
+
+@pytest.mark.parametrize("how", ["truncated", "empty", "bomb"])
+def test_a_damaged_parity_sample_is_one_error_naming_it(example_run: Path, tmp_path: Path, how: str) -> None:
+    """Found by a review: a truncated sample was a BadZipFile traceback in xtm-export and xtm-label, an empty one
+    a bare 'Aborted!' (EOFError), and a compressed member declaring 8 GiB was allocated."""
+    run = tmp_path / "run"
+    shutil.copytree(example_run, run)
+    lang = "en"
+    sample = run / f"parity_sample_{lang}.npz"
+    if how == "truncated":
+        sample.write_bytes(sample.read_bytes()[: sample.stat().st_size // 2])
+    elif how == "empty":
+        sample.write_bytes(b"")
+    else:
+        _bomb(sample)
+    with pytest.raises(XtmError, match="damaged parity sample") as err:
+        RunDir(run).load_parity_sample(lang, len(RunDir(run).read_vocab(lang)))
+    assert str(err.value.path) == str(sample)
