@@ -321,10 +321,33 @@ def parquet_chunks(path: str, size: int) -> Iterator[list[tuple[int, dict[str, A
             raise XtmError(f"cannot read as Parquet after row {row}: {e}", path=path) from e
         if rb is None:
             return
-        data = {c: rb.column(c).to_pylist() for c in columns}
+        data = {c: _cells(rb.column(c), pa) for c in columns}
         yield [(row + i + 1, {c: data[c][i] for c in columns if data[c][i] is not None})
                for i in range(rb.num_rows)]
         row += rb.num_rows
+
+
+class OutOfRangeValue:
+    """A Parquet cell Python cannot hold (a date32 of 2**31 - 1 days, a timestamp beyond year 9999): its
+    row is reported bad by parse_record (not a string, not writable as JSON), like any other wrong type."""
+
+    def __repr__(self) -> str:
+        return "OutOfRangeValue"
+
+
+def _cells(column: Any, pa: Any) -> list[Any]:
+    """A column's cells as Python values; a cell that cannot be converted (to_pylist raised
+    OverflowError for the whole batch) becomes an OutOfRangeValue, so only its row is bad."""
+    try:
+        return column.to_pylist()
+    except (OverflowError, ValueError, pa.ArrowException):
+        cells: list[Any] = []
+        for i in range(len(column)):
+            try:
+                cells.append(column[i].as_py())
+            except (OverflowError, ValueError, pa.ArrowException):
+                cells.append(OutOfRangeValue())
+        return cells
 
 
 def parse_parquet_row(obj: dict[str, Any], rownum: int, served: Sequence[str] | None) -> Parsed:

@@ -133,6 +133,24 @@ def test_parquet_in_and_out(hb: HandBundle, tmp_path: Path) -> None:
     assert r.exit_code == 1 and out.read_bytes() == before
 
 
+@pytest.mark.parametrize("column", ["id", "lang", "text"])
+def test_parquet_cells_python_cannot_hold_cost_their_rows_only(hb: HandBundle, tmp_path: Path, column: str) -> None:
+    """Found by a review: a date32 of 2**31 - 1 days or a timestamp/duration of 2**62 in any read column was an
+    OverflowError traceback for the whole file (both engines read Parquet through records.parquet_chunks)."""
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    for kind, big in ((pa.date32(), 2**31 - 1), (pa.timestamp("ms"), 2**62), (pa.duration("s"), 2**62)):
+        cols = {"id": pa.array(["a", "b"]), "lang": pa.array(["en", "en"]), "text": pa.array([TEXTS[0], TEXTS[0]])}
+        cols[column] = pa.array([big, 0], kind)
+        src = tmp_path / "odd.parquet"
+        pq.write_table(pa.table(cols), src)
+        r = invoke([str(src), "--bundle", str(hb.path)])
+        # Row 1's cell is out of range, row 2's (0) a date, time or duration: a wrong type; each its own error.
+        assert r.exit_code == 1 and "Traceback" not in r.stderr, (kind, r.stderr)
+        assert f"odd.parquet:1: field '{column}'" in r.stderr and "OutOfRangeValue" in r.stderr, (kind, r.stderr)
+        assert f"odd.parquet:2: field '{column}'" in r.stderr, (kind, r.stderr)
+
+
 def test_parquet_without_pyarrow_names_the_extra(hb: HandBundle, tmp_path: Path) -> None:
     src = tmp_path / "d.txt"
     src.write_text("the stock market\n", encoding="utf-8")
