@@ -27,8 +27,10 @@ import contextlib
 import logging
 import os
 import shutil
+import socket
 import sys
 import tempfile
+import urllib.parse
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -64,6 +66,9 @@ JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 # Rows per block the readers emit: large enough that per-block overhead vanishes, small enough to
 # stream a multi-GB file in constant memory.
 READ_BLOCK_ROWS = 8192
+# Seconds to wait for a TCP connection to a cluster's address before calling it unreachable (ray.init
+# itself waits for ever); a live head answers in milliseconds, even across a continent.
+CONNECT_TIMEOUT_S = 5.0
 
 
 def _import_ray() -> Any:
@@ -268,6 +273,33 @@ def _default_actors(threads_per_actor: int, reserve: int) -> int:
     return max(1, cpus // threads_per_actor)
 
 
+def _check_cpus(threads_per_actor: int, num_actors: int) -> None:
+    """Refuses an actor no alive node can hold; warns when the nodes hold fewer than num_actors.
+
+    Each actor reserves threads_per_actor CPUs on ONE node. Where no node has that many, Ray never
+    starts it and the run waits for ever (Ray Data only logs that it "may hang forever"). A cluster
+    whose nodes report no CPU at all is left alone: only an autoscaler adding nodes could run
+    anything there, and its nodes cannot be seen before they come up."""
+    ray = _import_ray()
+    cpus = [float(n.get("Resources", {}).get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
+    largest = max(cpus, default=0.0)
+    if 0 < largest < threads_per_actor and _cluster_at_address:
+        # Someone else's cluster may have an autoscaler that adds a larger node on demand: say so, wait.
+        logger.warning("--threads %d: no Ray node up now has %d CPUs (the largest has %g); the actors wait for "
+                       "a node that has (an autoscaler's), else for ever", threads_per_actor, threads_per_actor,
+                       largest)
+    elif 0 < largest < threads_per_actor:
+        raise XtmError(f"--threads {threads_per_actor} needs {threads_per_actor} CPUs on one Ray node for each "
+                       f"actor, and the largest node has {largest:g}: no actor could start (use --threads "
+                       f"{max(1, int(largest))} or fewer)")
+    fits = sum(int(c // threads_per_actor) for c in cpus)
+    if 0 < fits < num_actors:
+        # Not an error: they start as CPUs free up (other jobs' actors end, nodes are added). Until then
+        # the first ones do all the work and the others only hold their place in Ray's queue.
+        logger.warning("--actors %d x --threads %d: the Ray nodes (%g CPUs) hold %d such actors at a time; the "
+                       "others wait for free CPUs", num_actors, threads_per_actor, sum(cpus), fits)
+
+
 def _map_actors(ds: ray.data.Dataset, bundle_dir: str | Path, mode: str, options: InferenceOptions, *,
                 num_actors: int | None, threads_per_actor: int, reserve: int = 0) -> ray.data.Dataset:
     ray = _import_ray()
@@ -276,7 +308,9 @@ def _map_actors(ds: ray.data.Dataset, bundle_dir: str | Path, mode: str, options
     if num_actors is not None and num_actors < 1:
         raise XtmError(f"num_actors must be at least 1, got {num_actors}")
     _check_route(bundle_dir, options.route)
-    bundle_ref = ray.put(pack_bundle(bundle_dir))  # once per dataset, shared by every actor
+    bundle_ref = ray.put(pack_bundle(bundle_dir))  # once per dataset, shared by every actor (Ray is up now)
+    size = num_actors or _default_actors(threads_per_actor, reserve)
+    _check_cpus(threads_per_actor, size)
     return ds.map_batches(
         _TopicActor,
         # Rows per actor call: the local engine's chunk (CHUNK_BATCHES encoder batches).
@@ -286,7 +320,7 @@ def _map_actors(ds: ray.data.Dataset, bundle_dir: str | Path, mode: str, options
         fn_constructor_kwargs={"bundle": [bundle_ref], "options": options, "threads": threads_per_actor,
                                "mode": mode, "origin": str(bundle_dir)},
         # A fixed pool: every actor loads the model once; Ray Data streams batches to whichever is free.
-        compute=ray.data.ActorPoolStrategy(size=num_actors or _default_actors(threads_per_actor, reserve)),
+        compute=ray.data.ActorPoolStrategy(size=size),
         # An actor's onnxruntime sessions use threads_per_actor cores: reserve them, so Ray never
         # packs more actors on a node than it has cores.
         num_cpus=threads_per_actor,
@@ -334,12 +368,12 @@ def list_input_files(paths: Sequence[str | Path]) -> list[tuple[str, str]]:
     """(path, "jsonl"|"parquet") for each input, directories expanded (recursively, sorted by path).
 
     A file named explicitly is Parquet by its ending (.parquet, .pq) and JSONL otherwise, as for
-    xtm-infer; in a directory only .jsonl/.ndjson/.json and Parquet files are read."""
+    xtm-infer; in a directory only .jsonl/.ndjson/.json and Parquet files are read, hidden files
+    and directories (a name starting with ".") skipped."""
     out: list[tuple[str, str]] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")
-                           and f.name.lower().endswith(PARQUET_SUFFIXES + JSONL_SUFFIXES))
+            found = sorted(f for f in _visible_files(p) if f.name.lower().endswith(PARQUET_SUFFIXES + JSONL_SUFFIXES))
             if not found:
                 raise XtmError("no .jsonl, .ndjson, .json or .parquet files in this directory", path=p)
             out += [(str(f), _kind(f)) for f in found]
@@ -348,6 +382,18 @@ def list_input_files(paths: Sequence[str | Path]) -> list[tuple[str, str]]:
         else:
             raise XtmError("input not found", path=p)
     return out
+
+
+def _visible_files(root: Path) -> Iterator[Path]:
+    """Files below `root`, none inside a hidden directory: .ipynb_checkpoints holds a copy of each
+    notebook's data (every document read twice), .git, .cache and the like hold no input. The root
+    itself may be hidden (the user named it). Symlinked directories are not entered, as rglob."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # pruned: never walked
+        for name in filenames:
+            f = Path(dirpath, name)
+            if not name.startswith(".") and f.is_file():
+                yield f
 
 
 def _kind(p: Path) -> str:
@@ -371,10 +417,18 @@ def _read_rows(batch: dict[str, Any]) -> Iterator[pa.Table]:
     xtm-infer parses them). Parquet: row numbers (1-based) as line numbers; rows checked here
     (all but the bundle's languages) and ids JSON-encoded, text and lang passed on typed."""
     for file_idx, path, kind in zip(batch["file"], batch["path"], batch["kind"], strict=True):
-        if kind == "parquet":
-            yield from _read_parquet(int(file_idx), str(path))
-        else:
-            yield from _read_jsonl(int(file_idx), str(path))
+        read = _read_parquet if kind == "parquet" else _read_jsonl
+        yield from _naming_io_errors(read(int(file_idx), str(path)), str(path))
+
+
+def _naming_io_errors(blocks: Iterator[pa.Table], path: str) -> Iterator[pa.Table]:
+    """`blocks`, an I/O error on the input (a failing disk, a vanished network file, /proc/self/mem)
+    raised as the local engine's XtmError naming the file: infer_files prints that one line, where an
+    OSError would reach the user as Ray's task traceback, without the file's name."""
+    try:
+        yield from blocks
+    except OSError as e:
+        raise XtmError(f"cannot read: {e.strerror or e}", path=path) from e
 
 
 def _read_jsonl(file_idx: int, path: str) -> Iterator[pa.Table]:
@@ -508,22 +562,70 @@ def _ray_session(address: str | None) -> Iterator[None]:
             raise XtmError("Ray is already initialised in this process; address cannot be changed")
         yield
         return
+    _check_reachable(address)
     # Ray's own INFO lines (dashboard, object store) would bury the per-row messages.
+    global _cluster_at_address
     if address is None and not os.environ.get("RAY_ADDRESS"):
         # A one-run instance on this machine: no dashboard to start (seconds saved).
         ray.init(logging_level="WARNING", include_dashboard=False)
     else:
         ray.init(address=address, logging_level="WARNING")
+        _cluster_at_address = True
     try:
         yield
     finally:
+        _cluster_at_address = False
         ray.shutdown()
+
+
+# Whether this run joined a cluster at an address (--address, RAY_ADDRESS), which may have an autoscaler
+# that adds larger nodes on demand: an actor no node up now can hold is then a warning and a wait. A
+# local instance (started here, or by the caller's own ray.init()) has no autoscaler: an error.
+_cluster_at_address = False
+
+
+def _check_reachable(address: str | None) -> None:
+    """Refuses a cluster address nothing answers at, before ray.init: ray.init retries an unreachable
+    GCS for ever (a "Failed to connect to GCS" line every few seconds, deaf to SIGTERM meanwhile).
+
+    The address is the one ray.init uses: RAY_ADDRESS, when set, stands in for none or "auto". Only
+    HOST:PORT and ray://HOST:PORT are tried; "auto" and "local" name no host, and Ray answers for them."""
+    source = ""
+    if os.environ.get("RAY_ADDRESS") and address in (None, "auto"):
+        address, source = os.environ["RAY_ADDRESS"], "; it comes from RAY_ADDRESS (unset it for a local Ray)"
+    target = _host_port(address)
+    if target is None:
+        return
+    try:
+        socket.create_connection(target, timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as e:
+        why = f"no answer in {CONNECT_TIMEOUT_S:g} s" if isinstance(e, TimeoutError) else e.strerror or str(e)
+        raise XtmError(f"cannot reach the Ray cluster at {address} ({why}){source}") from None
+
+
+def _host_port(address: str | None) -> tuple[str, int] | None:
+    """(host, port) of a HOST:PORT or ray://HOST:PORT address; None for anything else (Ray judges it)."""
+    if not address or address in ("auto", "local"):
+        return None
+    if "://" in address:
+        if not address.startswith("ray://"):
+            return None
+        address = address[len("ray://"):]
+    try:
+        parts = urllib.parse.urlsplit("//" + address)  # brackets an IPv6 host: [::1]:6379
+        port = parts.port
+    except ValueError:
+        return None
+    if not parts.hostname or port is None:
+        return None
+    return parts.hostname, port
 
 
 @contextlib.contextmanager
 def _quiet_ray_data_context() -> Iterator[None]:
     """Ray Data set for xtm-infer's output: input order kept, no progress bars or INFO lines of its
-    own (they would bury the per-row messages; its warnings still come through). Restored after."""
+    own (they would bury the per-row messages; its warnings still come through), a failed task's
+    traceback in its log file only. Restored after."""
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
@@ -532,6 +634,8 @@ def _quiet_ray_data_context() -> Iterator[None]:
     saved_level = data_logger.level
     data_logger.setLevel(logging.WARNING)
     logging.getLogger("ray.data._internal.progress").addFilter(_quiet_ray_data)
+    for name in _TRACEBACK_LOGGERS:
+        logging.getLogger(name).addFilter(_off_the_console)
     ctx.execution_options.preserve_order = True  # output order = input order, as xtm-infer
     # Our own bar counts rows; Ray Data's per-operator bars would interleave with the row messages.
     ctx.enable_progress_bars = False
@@ -545,6 +649,8 @@ def _quiet_ray_data_context() -> Iterator[None]:
         ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
         data_logger.setLevel(saved_level)
         logging.getLogger("ray.data._internal.progress").removeFilter(_quiet_ray_data)
+        for name in _TRACEBACK_LOGGERS:
+            logging.getLogger(name).removeFilter(_off_the_console)
 
 
 def _rows_dataset(files: list[tuple[str, str]]) -> ray.data.Dataset:
@@ -581,6 +687,19 @@ def _xtm_cause(e: BaseException) -> XtmError | None:
             return seen
         seen = getattr(seen, "cause", None) or seen.__cause__
     return None
+
+
+# Ray Data's loggers that write a failed task's traceback (tens of lines) to stderr before the error
+# reaches infer_files, which raises it itself: an XtmError as one line, anything else whole.
+_TRACEBACK_LOGGERS = ("ray.data._internal.execution.streaming_executor_state", "ray.data.exceptions")
+
+
+def _off_the_console(record: logging.LogRecord) -> bool:
+    """Ray Data's error records marked hidden: its console handler drops those (HiddenRecordFilter,
+    the mark Ray Data puts on the traces it keeps off stdout), its log file (ray-data.log) keeps them."""
+    if record.levelno >= logging.ERROR:
+        record.hide = True
+    return True
 
 
 def _quiet_ray_data(record: logging.LogRecord) -> bool:

@@ -6,10 +6,16 @@ the single-process engine on the same rows: same bytes out, same bad-row message
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import random
+import signal
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -62,6 +68,22 @@ def _write_jsonl(path: Path, rows: list) -> Path:
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n" for r in rows),
                     encoding="utf-8")
     return path
+
+
+@contextlib.contextmanager
+def _deadline(seconds: int) -> Iterator[None]:
+    """TimeoutError in this (the main) thread after `seconds`: a run that hangs fails its test instead
+    of stalling the suite for ever."""
+    def expire(signum: int, frame: object) -> None:
+        raise TimeoutError(f"still running after {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
 
 
 def _local(args: list[str]) -> tuple[str, list[str]]:
@@ -132,6 +154,9 @@ def test_cli_engine_ray_on_a_directory_matches_local_and_strict_writes_nothing(
     (d / "a.jsonl").write_bytes(inputs["jsonl"].read_bytes())
     (d / "b.parquet").write_bytes(inputs["parquet"].read_bytes())
     (d / "notes.txt").write_text("not an input\n")  # ignored inside a directory
+    # Jupyter's copy of a.jsonl, in a hidden directory: read, it doubled every document.
+    (d / ".ipynb_checkpoints").mkdir()
+    (d / ".ipynb_checkpoints" / "a-checkpoint.jsonl").write_bytes(inputs["jsonl"].read_bytes())
     flags = ["--bundle", str(hb.path), "--top-k", "2", "--sparse-theta", "--batch-size", "64"]
     out = tmp_path / "ray.jsonl"
     r = CliRunner().invoke(main, [str(d), *flags, "--engine", "ray", "--actors", "2", "--out", str(out)],
@@ -303,3 +328,111 @@ def test_bad_rows_go_to_the_logger_by_default(ray_local, hb: HandBundle, tmp_pat
     assert len(got) == 1 and got[0][:2] == ("xtm.runtime.ray", logging.WARNING)
     assert got[0][2].startswith(f"{src}:1: ")
     assert str(src) not in capsys.readouterr().err
+
+
+def test_hidden_directories_are_not_inputs(tmp_path: Path) -> None:
+    """A directory's hidden files were skipped but not the files inside its hidden directories:
+    .ipynb_checkpoints/a-checkpoint.jsonl doubled every document, .git/HEAD.json was read as input.
+    Nothing below a hidden directory is read now; a hidden directory named as the input still is."""
+    from xtm.runtime.ray import list_input_files
+
+    root = tmp_path / ".data"  # named by the user: read
+    for rel in ("a.jsonl", "sub/b.parquet", ".ipynb_checkpoints/a-checkpoint.jsonl", ".git/HEAD.json",
+                "sub/.cache/c.jsonl", ".hidden.jsonl"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text("{}\n")
+    assert list_input_files([root]) == [(str(root / "a.jsonl"), "jsonl"), (str(root / "sub" / "b.parquet"), "parquet")]
+    only = tmp_path / "only"
+    (only / ".ipynb_checkpoints").mkdir(parents=True)
+    (only / ".ipynb_checkpoints" / "a-checkpoint.jsonl").write_text("{}\n")
+    with pytest.raises(XtmError, match="no .jsonl"):
+        list_input_files([only])
+
+
+def test_threads_no_node_has_are_refused_not_a_hang(ray_local, hb: HandBundle, tmp_path: Path) -> None:
+    """--threads 4 on a 2-CPU cluster: each actor reserves 4 CPUs on one node, Ray never starts one and
+    the run waited for ever ("Cluster resources are not enough ... may hang forever"). Now one error
+    before any actor starts."""
+    src = _write_jsonl(tmp_path / "d.jsonl", [{"text": "bank market", "lang": "en"}])
+    out = tmp_path / "o.jsonl"
+    start = time.monotonic()
+    with _deadline(60):
+        r = CliRunner().invoke(main, [str(src), "--bundle", str(hb.path), "--engine", "ray", "--actors", "2",
+                                      "--threads", "4", "--out", str(out)])
+    assert time.monotonic() - start < 60
+    assert r.exit_code == 2, (r.exception, r.output)
+    assert r.stderr == ("error: --threads 4 needs 4 CPUs on one Ray node for each actor, and the largest node has "
+                        "2: no actor could start (use --threads 2 or fewer)\n")
+    assert not out.exists()
+
+
+@pytest.mark.usefixtures("library_logging")
+def test_more_actors_than_the_nodes_hold_is_a_warning(ray_local, caplog: pytest.LogCaptureFixture) -> None:
+    """Actors beyond what the nodes hold wait for CPUs (they start as CPUs free up): said, not refused."""
+    import logging
+
+    from xtm.runtime.ray import _check_cpus
+
+    with caplog.at_level(logging.WARNING, logger="xtm.runtime.ray"):
+        _check_cpus(1, 2)
+        assert not caplog.records
+        _check_cpus(1, 3)
+    assert [r.getMessage() for r in caplog.records] == [
+        "--actors 3 x --threads 1: the Ray nodes (2 CPUs) hold 2 such actors at a time; the others wait for free CPUs"]
+
+
+@pytest.mark.usefixtures("library_logging")
+def test_on_a_cluster_at_an_address_a_node_too_small_is_a_warning(ray_local, caplog: pytest.LogCaptureFixture,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cluster joined by --address may have an autoscaler that adds a larger node: warned, not refused."""
+    import logging
+
+    import xtm.runtime.ray as xray
+
+    monkeypatch.setattr(xray, "_cluster_at_address", True)
+    with caplog.at_level(logging.WARNING, logger="xtm.runtime.ray"):
+        xray._check_cpus(4, 1)
+    assert "no Ray node up now has 4 CPUs (the largest has 2)" in caplog.records[0].getMessage()
+
+
+def test_an_unreachable_cluster_address_is_one_error_not_a_hang(hb: HandBundle, tmp_path: Path) -> None:
+    """--address (or RAY_ADDRESS) naming a port nothing listens on: ray.init retried for ever, logging
+    "Failed to connect to GCS" every 5 s and ignoring SIGTERM for ~20 s. Now a TCP connection is tried
+    first (CONNECT_TIMEOUT_S) and the run stops with one error line. A fresh process: this module's
+    Ray is already initialised, and ray.init must be the first."""
+    from xtm.runtime.ray import _host_port
+
+    assert _host_port("ray://head:10001") == ("head", 10001) and _host_port("[::1]:6379") == ("::1", 6379)
+    assert _host_port("auto") is _host_port("local") is _host_port("head") is _host_port("http://h:1") is None
+    src = _write_jsonl(tmp_path / "d.jsonl", [{"text": "bank market", "lang": "en"}])
+    cmd = [sys.executable, "-m", "xtm.cli.infer", str(src), "--bundle", str(hb.path), "--engine", "ray"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    with socket.socket() as held:  # bound, not listening: connections to its port are refused
+        held.bind(("127.0.0.1", 0))
+        addr = f"127.0.0.1:{held.getsockname()[1]}"
+        for args, extra_env, tail in ((["--address", addr], {}, ""),
+                                      ([], {"RAY_ADDRESS": addr}, "; it comes from RAY_ADDRESS (unset it for a "
+                                                                   "local Ray)")):
+            start = time.monotonic()
+            r = subprocess.run([*cmd, *args, "--out", str(tmp_path / "o.jsonl")], env={**env, **extra_env},
+                               capture_output=True, text=True, timeout=60)
+            assert time.monotonic() - start < 60
+            assert r.returncode == 2, r.stderr
+            want = f"error: cannot reach the Ray cluster at {addr} (Connection refused){tail}"
+            assert r.stderr.splitlines()[-1] == want
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_an_unreadable_input_is_one_error_naming_it(ray_local, hb: HandBundle, tmp_path: Path) -> None:
+    """An I/O error in a reader task (/proc/self/mem reads as EIO) printed 150 lines of Ray tracebacks
+    and ended `error: ray::MapBatches(_read_rows)() ... OSError: [Errno 5]`, no file named. Now the
+    local engine's one line: the reader names the file, Ray Data's traces go to its log file only."""
+    if not os.path.exists("/proc/self/mem"):
+        pytest.skip("no /proc/self/mem here")
+    out = tmp_path / "o.jsonl"
+    with _deadline(120):
+        r = CliRunner().invoke(main, ["/proc/self/mem", "--bundle", str(hb.path), "--engine", "ray", "--out",
+                                      str(out)])
+    assert r.exit_code == 2, (r.exception, r.output)
+    assert r.stderr == "error: /proc/self/mem: cannot read: Input/output error\n"
+    assert not out.exists()
