@@ -16,8 +16,10 @@ package and the model are available.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import sys
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +35,8 @@ from xtm.errors import XtmError
 __all__ = ["DEFAULT_ENCODER", "DEFAULT_MAX_TOKENS", "USE_LANGUAGES", "EncoderName", "SentenceEncoder",
            "SentenceTransformerEncoder", "USEMultilingual", "cached_vectors", "embed_cached", "l2_normalize",
            "load_encoder", "load_sentence_transformer", "parse_encoder_name", "texts_key"]
+
+logger = logging.getLogger(__name__)
 
 # USE multilingual v3's training languages (Yang et al. 2019): where zero-shot topics are meaningful.
 USE_LANGUAGES = ("ar", "de", "en", "es", "fr", "it", "ja", "ko", "nl", "pl", "pt", "ru", "th", "tr", "zh")
@@ -126,8 +130,13 @@ def load_sentence_transformer(name_or_path: str, device: str | None = None) -> A
         raise XtmError("st:<model> encoders need `pip install sentence-transformers` (or the `st` extra)") from e
     try:
         return SentenceTransformer(str(name_or_path), device=device)
-    except OSError as e:  # not a local model, and not on the hub (or offline): say which encoder
-        raise XtmError(f"encoder 'st:{name_or_path}' cannot be loaded: {e}") from None
+    except Exception as e:  # whatever the model's files make it raise is this encoder's error
+        # Not only OSError (not a local model, not on the hub, offline): a directory that is no model (an empty
+        # one, `st:../../etc`) or holds a broken config.json / modules.json raises ValueError, JSONDecodeError,
+        # KeyError... from transformers. Exception, not BaseException: Ctrl-C stays Ctrl-C. One line: the CLI
+        # prints `error: reason`, and transformers' messages span several.
+        reason = " ".join(str(e).split())[:300]
+        raise XtmError(f"encoder 'st:{name_or_path}' cannot be loaded: {type(e).__name__}: {reason}") from None
 
 
 class SentenceTransformerEncoder:
@@ -168,21 +177,47 @@ def texts_key(encoder_name: str, texts: list[str]) -> str:
 
 def cached_vectors(key_name: str, texts: list[str], cache_dir: Path | None,
                    compute: Callable[[list[str]], np.ndarray]) -> np.ndarray:
-    """`compute(texts)`, read from `cache_dir` when vectors under the same `key_name` were computed
-    for the same texts before (written atomically, so a cache file is whole or absent)."""
+    """`compute(texts)` (float32 [n, d], as every encoder gives), read from `cache_dir` when vectors under
+    the same `key_name` were computed for the same texts before (written atomically, so a cache file
+    is whole or absent). An entry that cannot be read back as such is a miss: recomputed and rewritten."""
     path = None
     if cache_dir is not None:
         path = Path(cache_dir) / "embeddings" / f"{key_name.replace('/', '_').replace(':', '_')}-" \
                                                  f"{texts_key(key_name, texts)}.npy"
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            # Not ours: a FIFO would block the read, and atomic_open writes through a link to its target.
+            logger.warning(f"embedding cache entry {path} is not a regular file: ignored, vectors recomputed "
+                           "and not cached")
+            return compute(texts)
         if path.exists():
-            emb = np.load(path, allow_pickle=False)
-            if emb.shape[0] == len(texts):
+            emb = _read_cached(path, len(texts))
+            if emb is not None:
                 return emb
     emb = compute(texts)
     if path is not None:
         with atomic_open(path, "wb") as f:
             np.save(f, emb, allow_pickle=False)
     return emb
+
+
+def _read_cached(path: Path, rows: int) -> np.ndarray | None:
+    """The float32 [rows, d] array cached at `path`, or None (with a warning naming the file) when it is
+    anything else. A cache entry is only a copy: a file cut short by a full disk or a crash of an older
+    xtm, damaged on disk, or written by something else must cost its recomputation, never the run
+    (a truncated one was a ValueError traceback on every rerun of xtm-train and xtm-contextual)."""
+    try:
+        # Memory-mapped: a header claiming more than the file holds, or another shape, is refused unread.
+        emb = np.load(path, mmap_mode="r", allow_pickle=False)
+        if not isinstance(emb, np.ndarray):  # an .npz archive
+            emb.close()
+            raise ValueError("not a .npy array")
+        if emb.ndim != 2 or emb.shape[0] != rows or emb.dtype != np.float32:
+            raise ValueError(f"{emb.dtype} {list(emb.shape)}, expected float32 [{rows}, d]")
+        return np.array(emb)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile) as e:
+        logger.warning(f"embedding cache entry {path} is unreadable ({type(e).__name__}: {str(e)[:200]}): "
+                       "recomputing it")
+        return None
 
 
 def embed_cached(encoder_name: str, texts: list[str], cache_dir: Path | None, progress: bool = True,

@@ -29,7 +29,8 @@ Steps (`train_contextual`):
  5. Agreement with the bag-of-words route on the held-out documents of the training languages
     (top-topic match, KL) and, with labels, classification accuracy of both thetas.
 
-RUN_DIR/contextual/ (written under a temporary name and renamed: never half-written):
+RUN_DIR/contextual/ (written under a temporary name and renamed: never half-written; a fit refuses, before
+any work, to replace one that holds files it did not write, `check_contextual_replaceable`):
     contextual.json         settings, encoder, head shape, metrics
     head.safetensors        the head
     encoder_top.safetensors USE's fine-tuned top layers (when fine-tuned), or
@@ -391,6 +392,7 @@ def train_contextual(run_dir: str | Path, cfg: ContextualConfig) -> dict[str, An
     """Fit and save RUN_DIR/contextual/; returns its metrics."""
     cfg.check()
     parse_encoder_name(cfg.encoder)  # a misspelt encoder is refused before the run and its corpus are read
+    check_contextual_replaceable(Path(run_dir))  # and a contextual/ holding the user's files, before the fit
     parallel = read_parallel(cfg.parallel) if cfg.parallel is not None else None  # a bad file fails here too
     t0 = time.perf_counter()
     device = pick_device(cfg.device)
@@ -509,16 +511,71 @@ def save_contextual(run_dir: Path, cfg: ContextualConfig, encoder: TrainableSent
             "auto_route": cfg.auto_route,
             "languages": list(encoder.languages), "head": head.cfg.to_dict(), "head_file": "head.safetensors",
             "config": cfg.to_dict(), "metrics": _json_safe(metrics)})
-        old = run_dir / f".{CONTEXTUAL_DIR}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
+        check_contextual_replaceable(run_dir)  # again: files may have been added while the fit ran
+        _swap_into_place(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+# What a fit writes in contextual/ (save_contextual and the encoders' `save`): these names have never changed.
+FIT_FILES = frozenset({"contextual.json", "head.safetensors", "encoder_top.safetensors", "encoder"})
+
+
+def check_contextual_replaceable(run_dir: Path) -> None:
+    """XtmError unless RUN_DIR/contextual/ is absent or holds only what a fit wrote, which a new fit replaces
+    whole. A user's file there (notes beside the model) is refused, not deleted and not carried over: the
+    directory is the fit's output, and a file kept across refits could be taken for part of it (the
+    rule in docs/reliability.md: a user's files are never deleted unless provably ours)."""
+    d = run_dir / CONTEXTUAL_DIR
+    if not os.path.lexists(d):
+        return
+    if d.is_symlink() or not d.is_dir():
+        raise XtmError("is not a directory a fit wrote (a symlink or a file): move it away, then fit again", path=d)
+    try:
+        foreign = sorted(set(os.listdir(d)) - _fit_names(d))
+    except OSError as e:
+        raise XtmError(f"cannot read the contextual directory: {e.strerror or e}", path=d) from e
+    if foreign:
+        listed = ", ".join(repr(n) for n in foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise XtmError(f"holds {listed}, not written by xtm-contextual (a new fit replaces the whole directory): "
+                       "move what is yours elsewhere, then fit again", path=d)
+
+
+def _fit_names(d: Path) -> set[str]:
+    """The entries of contextual/ a fit wrote: contextual.json and the files it names when it is a contextual.json
+    xtm wrote (a USE fit without fine-tuning left no encoder/; one found there is not ours), else every name a
+    fit writes (contextual.json missing or damaged: what is left can only be proven ours by its name)."""
+    try:
+        meta = read_json(d / "contextual.json") if (d / "contextual.json").is_file() else None
+    except XtmError:
+        meta = None
+    if not isinstance(meta, dict) or meta.get("format") != CONTEXTUAL_FORMAT or "xtm_version" not in meta:
+        return set(FIT_FILES)
+    named = (meta.get(key) for key in ("head_file", "encoder_top", "encoder_dir"))
+    return {"contextual.json", *(n for n in named if isinstance(n, str) and is_plain_file_name(n))}
+
+
+def _swap_into_place(tmp: Path, final: Path) -> None:
+    """Replace `final` (checked: absent or ours) by `tmp`. The old directory is first renamed to a new unique
+    name only this process uses (never a fixed name such as `.contextual.old`, which may be the user's: one
+    was deleted), then removed once the new one is in place, or renamed back if that fails."""
+    if not os.path.lexists(final):
+        os.rename(tmp, final)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{final.name}.xtm-old-", dir=final.parent))
+    try:
+        os.rename(final, old)  # onto our own empty directory
+    except BaseException:
+        os.rmdir(old)
+        raise
+    try:
+        os.rename(tmp, final)
+    except BaseException:
+        os.rename(old, final)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _json_safe(obj: Any) -> Any:
