@@ -28,7 +28,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields, is_dataclass
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import unquote_plus, urlsplit
 
 from xtm.errors import XtmError
 from xtm.labels import MAX_LABEL_CHARS
@@ -302,15 +302,29 @@ class Sampling:
     seed: int = setting(0, help="Seed of the LLM's sampling (xtm-train passes its --seed; round r asks with seed + r).")
 
 
-# A query parameter named like a credential (api_key, key, access_token, sig, X-Amz-Signature, ...).
-_CREDENTIAL_PARAMETER = re.compile(r"key|token|secret|pass|pwd|auth|sig|credential|session", re.IGNORECASE)
+# Words of a query parameter's name that mark a credential (api_key, access_token, X-Amz-Signature, Azure's
+# sig= and its Functions' code=, jwt=); matched as whole words, so passthrough= or session_affinity= pass.
+_CREDENTIAL_WORDS = frozenset({"key", "apikey", "token", "secret", "password", "passwd", "pwd", "pass", "auth",
+                               "authorization", "sig", "signature", "credential", "credentials", "code", "jwt"})
+
+
+def _credential_name(name: str) -> bool:
+    words = [w for w in re.split(r"[^a-z0-9]+", unquote_plus(name).lower()) if w]
+    return not words or any(w in _CREDENTIAL_WORDS or w.endswith(("key", "token", "secret")) for w in words)
+
+
+def _check_timeout(timeout: Any) -> None:
+    """The option's range, for the Python API too: a timeout beyond a day overflowed the client's timers."""
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 1 <= timeout <= 86400:
+        raise XtmError(f"the LLM timeout must be 1 to 86400 seconds, got {timeout!r}")
 
 
 def check_llm_url(url: str | None, api_key_env: str) -> None:
-    """XtmError when --llm-url carries a credential: user:password@, a query parameter named like a key, or
-    a bare query word (`?sk-...`). The URL is recorded where keys must never be (config.json, every
-    checkpoint, metrics.json, the report); the key belongs in $api_key_env, sent as the Authorization
-    header. Other query parameters (Azure's api-version=...) are kept. Never echoes the URL's query."""
+    """XtmError when --llm-url may carry a credential: user:password@, a query parameter named like a key
+    (by whole words of its decoded name), a bare query word (`?sk-...`) or a #fragment. The URL is
+    recorded where keys must never be (config.json, every checkpoint, metrics.json, the report); the
+    key belongs in $api_key_env, sent as the Authorization header. Other query parameters (Azure's
+    api-version=...) are kept. Never echoes the URL's query."""
     if not url:
         return
     try:
@@ -319,10 +333,10 @@ def check_llm_url(url: str | None, api_key_env: str) -> None:
     except ValueError:
         raise XtmError("--llm-url is not a URL (e.g. http://127.0.0.1:8000/v1)") from None
     query = [q for q in re.split("[&;]", parts.query) if q]
-    if credentials or any("=" not in q or _CREDENTIAL_PARAMETER.search(q.split("=", 1)[0]) for q in query):
-        raise XtmError(f"--llm-url must not carry a credential (user:password@, or a key in its query string): "
-                       f"the URL is recorded in the run's config, checkpoints and report; put the API key in "
-                       f"${api_key_env} (--llm-api-key-env), which is sent as the Authorization header")
+    if credentials or parts.fragment or any("=" not in q or _credential_name(q.split("=", 1)[0]) for q in query):
+        raise XtmError(f"--llm-url must not carry a credential (user:password@, a key in its query string, a "
+                       f"#fragment): the URL is recorded in the run's config, checkpoints and report; put the API "
+                       f"key in ${api_key_env} (--llm-api-key-env), which is sent as the Authorization header")
 
 
 @dataclass(frozen=True)
@@ -355,6 +369,7 @@ class RefinerConfig:
 
     def __post_init__(self) -> None:
         check_llm_url(self.llm_url, self.api_key_env)
+        _check_timeout(self.timeout)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -428,6 +443,12 @@ class Phase2Config:
         refiner = d.get("refiner")
         if isinstance(refiner, dict) and "exclusive" not in refiner:
             d = {**d, "refiner": {**refiner, "exclusive": False}}  # written before exclusive sets: shared ones
+        refiner = d.get("refiner")
+        if isinstance(refiner, dict) and isinstance(refiner.get("llm_url"), str):
+            try:  # recorded before credentials were refused: a serving setting a resume replaces anyway
+                check_llm_url(refiner["llm_url"], "OPENAI_API_KEY")
+            except XtmError:
+                d = {**d, "refiner": {**refiner, "llm_url": None}}
         if "refined_support" not in d:
             d = {**d, "refined_support": False}  # written before the widened MMD source: top-N only
         return from_dict(cls, d)
@@ -472,6 +493,10 @@ class LabelConfig:
 
     def __post_init__(self) -> None:
         check_llm_url(self.llm_url, self.api_key_env)
+        _check_timeout(self.timeout)
+        if not isinstance(self.max_chars, int) or not 8 <= self.max_chars <= MAX_LABEL_CHARS:
+            raise XtmError(f"max_chars must be 8 to {MAX_LABEL_CHARS} (what labels.json readers accept), "
+                           f"got {self.max_chars!r}")
 
     @property
     def uses_llm(self) -> bool:

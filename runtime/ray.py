@@ -283,7 +283,7 @@ def _check_cpus(threads_per_actor: int, num_actors: int) -> None:
     ray = _import_ray()
     cpus = [float(n.get("Resources", {}).get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
     largest = max(cpus, default=0.0)
-    if 0 < largest < threads_per_actor and _cluster_at_address:
+    if 0 < largest < threads_per_actor and not (_started_here or _one_node_here(ray)):
         # Someone else's cluster may have an autoscaler that adds a larger node on demand: say so, wait.
         logger.warning("--threads %d: no Ray node up now has %d CPUs (the largest has %g); the actors wait for "
                        "a node that has (an autoscaler's), else for ever", threads_per_actor, threads_per_actor,
@@ -564,24 +564,36 @@ def _ray_session(address: str | None) -> Iterator[None]:
         return
     _check_reachable(address)
     # Ray's own INFO lines (dashboard, object store) would bury the per-row messages.
-    global _cluster_at_address
-    if address is None and not os.environ.get("RAY_ADDRESS"):
-        # A one-run instance on this machine: no dashboard to start (seconds saved).
-        ray.init(logging_level="WARNING", include_dashboard=False)
+    global _started_here
+    if (address is None and not os.environ.get("RAY_ADDRESS")) or address == "local":
+        # A one-run instance on this machine, as --address documents: "local" starts one even where a `ray
+        # start` cluster runs here (ray.init() alone would join it); no dashboard to start (seconds saved).
+        ray.init(address="local", logging_level="WARNING", include_dashboard=False)
+        _started_here = True
     else:
         ray.init(address=address, logging_level="WARNING")
-        _cluster_at_address = True
     try:
         yield
     finally:
-        _cluster_at_address = False
+        _started_here = False
         ray.shutdown()
 
 
-# Whether this run joined a cluster at an address (--address, RAY_ADDRESS), which may have an autoscaler
-# that adds larger nodes on demand: an actor no node up now can hold is then a warning and a wait. A
-# local instance (started here, or by the caller's own ray.init()) has no autoscaler: an error.
-_cluster_at_address = False
+# Whether the Ray in use is the one-run instance _ray_session started: its nodes are all there will ever
+# be, so an actor none of them can hold is an error. A cluster joined at an address may have an
+# autoscaler that adds a larger node on demand: there it is a warning and a wait.
+_started_here = False
+
+
+def _one_node_here(ray: Any) -> bool:
+    """Whether the caller's own Ray (initialised before infer_dataset) is a single node on this machine:
+    what a plain `ray.init()` starts, which no autoscaler grows."""
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    try:
+        here = ray.util.get_node_ip_address()
+    except Exception:  # noqa: BLE001 - no address to compare: not provably local
+        return False
+    return len(nodes) == 1 and nodes[0].get("NodeManagerAddress") == here
 
 
 def _check_reachable(address: str | None) -> None:

@@ -477,7 +477,18 @@ def _bomb(path: Path) -> None:
                 np.lib.format.write_array(f, value)
 
 
-@pytest.mark.parametrize("how", ["truncated", "empty", "bomb"])
+def _encrypted(path: Path) -> None:
+    """Every member flagged encrypted (zipfile then raises RuntimeError, not BadZipFile)."""
+    raw = bytearray(path.read_bytes())
+    for sig, at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        i = raw.find(sig)
+        while i >= 0:
+            raw[i + at] |= 1
+            i = raw.find(sig, i + 4)
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("how", ["truncated", "empty", "bomb", "encrypted"])
 def test_a_damaged_parity_sample_is_one_error_naming_it(example_run: Path, tmp_path: Path, how: str) -> None:
     """Found by a review: a truncated sample was a BadZipFile traceback in xtm-export and xtm-label, an empty one
     a bare 'Aborted!' (EOFError), and a compressed member declaring 8 GiB was allocated."""
@@ -489,6 +500,8 @@ def test_a_damaged_parity_sample_is_one_error_naming_it(example_run: Path, tmp_p
         sample.write_bytes(sample.read_bytes()[: sample.stat().st_size // 2])
     elif how == "empty":
         sample.write_bytes(b"")
+    elif how == "encrypted":
+        _encrypted(sample)
     else:
         _bomb(sample)
     with pytest.raises(XtmError, match="damaged parity sample") as err:

@@ -139,7 +139,9 @@ def test_a_key_with_control_characters_is_refused_without_echoing_it(monkeypatch
 
 CREDENTIAL_URLS = ["http://127.0.0.1:8000/v1?api_key=SECRET-1", "http://127.0.0.1:8000/v1?api-version=1&key=SECRET-1",
                    "http://h/v1?access_token=SECRET-1", "http://h/v1?X-Amz-Signature=SECRET-1", "http://h/v1?sk-SECRET-1",
-                   "http://h/v1?a=1;auth=SECRET-1", "http://user:SECRET-1@h/v1", "http://[::1/v1?SECRET-1"]
+                   "http://h/v1?a=1;auth=SECRET-1", "http://user:SECRET-1@h/v1", "http://[::1/v1?SECRET-1",
+                   "https://f.azurewebsites.net/api/v1?code=SECRET-1", "http://h/v1?k%65y=SECRET-1", "http://h/v1?=SECRET-1",
+                   "http://h/v1#SECRET-1", "http://h/v1?subscription-key=SECRET-1", "http://h/v1?accessToken=SECRET-1"]
 
 
 @pytest.mark.parametrize("url", CREDENTIAL_URLS)
@@ -152,6 +154,25 @@ def test_a_credential_in_the_url_is_refused_by_every_config_without_echoing_it(u
         with pytest.raises(XtmError, match="--llm-url") as err:
             make()
         assert "SECRET-1" not in str(err.value)
+
+
+def test_query_parameters_that_name_no_credential_are_kept() -> None:
+    for url in ("https://x.openai.azure.com/openai/deployments/d?api-version=2024-06-01", "http://h/v1?passthrough=1",
+                "http://h/v1?session_affinity=a", "http://127.0.0.1:11434/v1", "https://openrouter.ai/api/v1"):
+        assert RefinerConfig(backend="openai", llm_url=url, llm_model="m").llm_url == url
+
+
+def test_a_checkpoint_that_recorded_a_credential_url_still_resumes_with_a_clean_one() -> None:
+    """Runs checkpointed before the refusal hold the old URL; it is a serving setting a resume replaces, so it
+    is dropped when the checkpoint's settings are read, not refused (the resume named the new --llm-url)."""
+    from xtm.config import Phase2Config
+    from xtm.trainer.loop.training import phase2_differences
+
+    now = Phase2Config(refiner=RefinerConfig(backend="openai", llm_url="https://gw.example/v1", llm_model="m"))
+    saved = now.to_dict()
+    saved["refiner"]["llm_url"] = "https://gw.example/v1?api_key=SECRET-1"
+    assert Phase2Config.from_dict(saved).refiner.llm_url is None
+    assert phase2_differences(saved, now) == []
 
 
 def test_a_query_string_that_is_no_credential_reaches_the_server_after_the_path(servers, tmp_path) -> None:

@@ -77,8 +77,9 @@ def test_transformers_refiner_runs_the_model_in_process(smollm2_dir, example_cor
     assert stats.calls == 1 and stats.completion_tokens > 0 and len(answers[0]) == 2
     # Temperature 0 is greedy decoding: one answer, the same for every round (was a ValueError traceback).
     greedy = LLMRefiner(gen, VocabMatcher(vocabs), n_words=5, sampling=Sampling(temperature=0, max_tokens=16))
-    texts = gen.generate(["Name two sports words."], 3, Sampling(temperature=0, max_tokens=16), StepStats())
-    assert len(texts[0]) == 3 and len(set(texts[0])) == 1 and texts[0][0]
+    texts = gen.generate(["Name two sports words."], 3, Sampling(temperature=0, max_tokens=16, seed=1), StepStats())
+    again = gen.generate(["Name two sports words."], 1, Sampling(temperature=0, max_tokens=16, seed=2), StepStats())
+    assert len(texts[0]) == 3 and texts[0][0] and again[0] == texts[0][:1]  # the seed changes nothing: greedy
     answers, stats = greedy.refine([topic], rounds=2)
     assert stats.calls == 1 and len(answers[0]) == 2
 
@@ -98,3 +99,12 @@ def test_a_model_transformers_cannot_load_stops_before_phase_1(tmp_path: Path) -
         cfg = RefinerConfig(backend="transformers", llm_model=str(model))
         with pytest.raises(XtmError, match=f"--llm-model '{model}' cannot be loaded by transformers"):
             make_refiner(cfg, {"en": ["a"]}, dict, n_words=5, cache_dir=None)
+
+
+def test_a_loadable_model_is_checked_not_loaded_when_the_refiner_is_built(smollm2_dir: Path) -> None:
+    """The weights load at the first answer not in the cache: none during phase 1, none on a fully cached rerun."""
+    from xtm.trainer.phase2.refiners import make_refiner
+
+    r = make_refiner(RefinerConfig(backend="transformers", llm_model=str(smollm2_dir)), {"en": ["a"]}, dict,
+                     n_words=5, cache_dir=None)
+    assert r.generator._lm is None

@@ -384,12 +384,15 @@ def test_more_actors_than_the_nodes_hold_is_a_warning(ray_local, caplog: pytest.
 @pytest.mark.usefixtures("library_logging")
 def test_on_a_cluster_at_an_address_a_node_too_small_is_a_warning(ray_local, caplog: pytest.LogCaptureFixture,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    """A cluster joined by --address may have an autoscaler that adds a larger node: warned, not refused."""
+    """A cluster joined by --address may have an autoscaler that adds a larger node: warned, not refused. (The
+    fixture's Ray is one node on this machine, the caller's own: refused, as the CLI test above shows; here it
+    stands for a cluster elsewhere.)"""
     import logging
 
     import xtm.runtime.ray as xray
 
-    monkeypatch.setattr(xray, "_cluster_at_address", True)
+    assert xray._one_node_here(ray) and not xray._started_here
+    monkeypatch.setattr(xray, "_one_node_here", lambda ray: False)
     with caplog.at_level(logging.WARNING, logger="xtm.runtime.ray"):
         xray._check_cpus(4, 1)
     assert "no Ray node up now has 4 CPUs (the largest has 2)" in caplog.records[0].getMessage()

@@ -50,7 +50,7 @@ from xtm.evaluation.metrics import (
 from xtm.models_zoo.base import BuildContext, CrossLingualTopicModel
 from xtm.models_zoo.registry import check_capabilities
 from xtm.paths import cache_dir
-from xtm.run_dir import RunDir, has_checkpoint, hold_run_dir, lock_dir, refuse_foreign_dir
+from xtm.run_dir import PARITY_SAMPLE_DOCS, RunDir, has_checkpoint, hold_run_dir, lock_dir, refuse_foreign_dir
 from xtm.trainer.data.batches import BatchSource, InMemoryBatches
 from xtm.trainer.data.loading import load_corpus
 from xtm.trainer.loop import distributed
@@ -360,9 +360,6 @@ def write_report_data(run: RunDir, corpus: Corpus, model: CrossLingualTopicModel
             corpus=corpus))
     except Exception as e:  # noqa: BLE001 - see the docstring
         logger.warning(f"report_data.json was not written ({type(e).__name__}: {e})")
-
-
-PARITY_SAMPLE_DOCS = 1000  # what export checks ONNX against torch on, per language
 
 
 def parity_sample(lc: LanguageCorpus) -> sp.csr_matrix:

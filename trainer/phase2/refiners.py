@@ -750,34 +750,53 @@ class TransformersGenerator:
         self._tok: Any = None
         self._lm: Any = None
 
-    def load(self) -> TransformersGenerator:
-        """Load the model now (make_refiner does, so a wrong --llm-model stops a run before phase 1, not
-        after it); an XtmError naming it when it cannot be loaded."""
-        if self._lm is not None:
-            return self
+    def _where(self) -> tuple[str, dict[str, Any]]:
+        """What from_pretrained takes: a directory or hub name, or a .gguf file's directory and name."""
+        path = Path(self.model_name)
+        if path.suffix == ".gguf":
+            return str(path.parent), {"gguf_file": path.name}
+        return self.model_name, {}
+
+    def _transformers(self) -> Any:
         try:
-            from transformers import AutoModelForCausalLM, AutoTokenizer
+            import transformers
         except ImportError as e:
             raise XtmError("--refiner transformers needs `pip install transformers` (and `gguf` for "
                            ".gguf files)") from e
-        path = Path(self.model_name)
-        kw: dict[str, Any] = {}
-        where = self.model_name
-        if path.suffix == ".gguf":
-            where, kw = str(path.parent), {"gguf_file": path.name}
+        return transformers
+
+    def _cannot_load(self, e: Exception) -> XtmError:
+        return XtmError(f"--llm-model '{self.model_name}' cannot be loaded by transformers: "
+                        f"{type(e).__name__}: {_printable(' '.join(str(e).split()), 300)}")
+
+    def check(self) -> TransformersGenerator:
+        """Read the model's configuration only (make_refiner does, so a wrong --llm-model stops a run before
+        phase 1, not after it); the weights load at the first answer not in the cache, so they take no
+        memory during phase 1, and a run whose answers are all cached never loads them."""
+        transformers = self._transformers()
+        where, kw = self._where()
         try:
-            self._tok = AutoTokenizer.from_pretrained(where, **kw)
-            self._lm = AutoModelForCausalLM.from_pretrained(where, **kw).to(self.device).eval()
+            transformers.AutoConfig.from_pretrained(where, **kw)
         except Exception as e:  # OSError, ValueError, JSONDecodeError, ...: transformers raises many kinds
-            raise XtmError(f"--llm-model '{self.model_name}' cannot be loaded by transformers: "
-                           f"{type(e).__name__}: {_printable(str(e), 300)}") from None
+            raise self._cannot_load(e) from None
         return self
+
+    def _load(self) -> None:
+        if self._lm is not None:
+            return
+        transformers = self._transformers()
+        where, kw = self._where()
+        try:
+            self._tok = transformers.AutoTokenizer.from_pretrained(where, **kw)
+            self._lm = transformers.AutoModelForCausalLM.from_pretrained(where, **kw).to(self.device).eval()
+        except Exception as e:
+            raise self._cannot_load(e) from None
 
     def generate(self, prompts: list[str], rounds: int, sampling: Sampling,
                  stats: StepStats) -> list[list[str | None]]:
         import torch
 
-        self.load()
+        self._load()
         # Temperature 0 is greedy decoding (transformers refuses do_sample with it): one answer per
         # prompt, the same for every round, as a server answers a greedy request.
         greedy = sampling.temperature <= 0
@@ -920,7 +939,7 @@ def make_refiner(cfg: RefinerConfig, vocabs: dict[str, Sequence[str]],
     elif cfg.backend == "transformers":
         if not cfg.llm_model:
             raise XtmError("--refiner transformers needs --llm-model (a local directory, hub name or .gguf file)")
-        generator = TransformersGenerator(cfg.llm_model).load()
+        generator = TransformersGenerator(cfg.llm_model).check()
     else:
         raise XtmError(f"unknown refiner '{cfg.backend}': choose one of {', '.join(REFINER_NAMES)}")
     return LLMRefiner(generator, VocabMatcher(vocabs), n_words=n_words, sampling=cfg.sampling,
