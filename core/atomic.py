@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import stat
 import tempfile
@@ -41,7 +42,7 @@ try:
 except ImportError:  # not POSIX: no locks, so stale temporaries are never removed (never provably ours)
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["atomic_open", "check_replaceable", "exit_on_signals", "write_json", "write_text"]
+__all__ = ["atomic_open", "check_replaceable", "exit_on_signals", "replace_directory", "write_json", "write_text"]
 
 # A temporary is locked microseconds after it is created; one younger than this may be a writer's that
 # has not taken its lock yet, and is never called stale.
@@ -281,3 +282,25 @@ def write_json(path: str | Path, obj: Any) -> None:
 def write_text(path: str | Path, text: str) -> None:
     with atomic_open(path) as f:
         f.write(text)
+
+
+def replace_directory(tmp: Path, final: Path) -> None:
+    """Put the directory `tmp` (complete) where `final` is. An existing `final` (the caller has checked it is
+    ours) is first renamed to a new unique name only this process uses (never a fixed name such as
+    `.NAME.old`, which may be the user's), then removed once `tmp` is in place, or renamed back if that
+    fails: `final` is never missing and never half-replaced. (Bundles and a run's contextual/ both.)"""
+    if not os.path.lexists(final):
+        os.rename(tmp, final)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{final.name}.xtm-old-", dir=final.parent))
+    try:
+        os.rename(final, old)  # onto our own empty directory
+    except BaseException:
+        os.rmdir(old)
+        raise
+    try:
+        os.rename(tmp, final)
+    except BaseException:
+        os.rename(old, final)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

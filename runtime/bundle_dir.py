@@ -19,6 +19,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from xtm.atomic import replace_directory
 from xtm.errors import XtmError
 from xtm.json_files import read_json
 from xtm.runtime.bundle import FORMAT, MANIFEST
@@ -119,20 +120,9 @@ def swap_into_place(tmp: Path, out_dir: Path) -> None:
     the bundle took a while to write); it is first renamed to a new unique name (never a fixed name
     that may be the user's), then removed once the new bundle is in place, or renamed back if that
     fails."""
-    if not os.path.lexists(out_dir):
-        os.rename(tmp, out_dir)
-        return
-    if not replaceable_entries(out_dir):
-        os.rename(tmp, out_dir)  # onto an empty directory: rename replaces it
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.xtm-old-", dir=out_dir.parent))
-    os.rename(out_dir, old)  # onto our own empty directory
-    try:
-        os.rename(tmp, out_dir)
-    except BaseException:
-        os.rename(old, out_dir)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+    if os.path.lexists(out_dir):
+        replaceable_entries(out_dir)
+    replace_directory(tmp, out_dir)
 
 
 @contextlib.contextmanager

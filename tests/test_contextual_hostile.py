@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_errors import clean_error
 
 from xtm.errors import XtmError
 
@@ -35,15 +36,6 @@ def snapshot(d: Path) -> dict[str, bytes]:
     """Every file under d with its bytes (symlinks not followed; the CLI's run lock aside)."""
     return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*"))
             if p.is_file() and not p.is_symlink() and p.name != ".xtm.lock"}
-
-
-def clean_error(p: subprocess.CompletedProcess[str], *phrases: str) -> None:
-    assert p.returncode == 2, (p.returncode, p.stderr[-2000:])
-    assert "Traceback" not in p.stderr, p.stderr[-2000:]
-    last = p.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: "), p.stderr[-2000:]
-    for phrase in phrases:
-        assert phrase in last, last
 
 
 def contextual_cli(*args: str) -> subprocess.CompletedProcess[str]:

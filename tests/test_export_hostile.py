@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from cli_errors import clean_error
 from onnx import numpy_helper
 
 import xtm.exporters.onnx_export as E
@@ -44,15 +45,6 @@ def cli(args: list[str], cwd: Path | None = None, preexec: str = "") -> subproce
         return subprocess.run(CLI + args, capture_output=True, text=True, cwd=cwd, timeout=300)
     code = preexec + "\nfrom xtm.cli.export import main\nmain(sys.argv[1:])\n"
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
-
-
-def clean_error(p: subprocess.CompletedProcess[str], *phrases: str) -> None:
-    assert p.returncode == 2, (p.returncode, p.stderr[-2000:])
-    assert "Traceback" not in p.stderr, p.stderr[-2000:]
-    last = p.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: "), p.stderr[-2000:]
-    for phrase in phrases:
-        assert phrase in last, last
 
 
 @pytest.fixture(scope="module")

@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import xtm
-from xtm.atomic import write_json
+from xtm.atomic import replace_directory, write_json
 from xtm.config import ContextualConfig, Preprocessing, TrainConfig, default_of, from_dict
 from xtm.corpus import Corpus
 from xtm.errors import XtmError
@@ -512,7 +512,7 @@ def save_contextual(run_dir: Path, cfg: ContextualConfig, encoder: TrainableSent
             "languages": list(encoder.languages), "head": head.cfg.to_dict(), "head_file": "head.safetensors",
             "config": cfg.to_dict(), "metrics": _json_safe(metrics)})
         check_contextual_replaceable(run_dir)  # again: files may have been added while the fit ran
-        _swap_into_place(tmp, final)
+        replace_directory(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -555,27 +555,6 @@ def _fit_names(d: Path) -> set[str]:
         return set(FIT_FILES)
     named = (meta.get(key) for key in ("head_file", "encoder_top", "encoder_dir"))
     return {"contextual.json", *(n for n in named if isinstance(n, str) and is_plain_file_name(n))}
-
-
-def _swap_into_place(tmp: Path, final: Path) -> None:
-    """Replace `final` (checked: absent or ours) by `tmp`. The old directory is first renamed to a new unique
-    name only this process uses (never a fixed name such as `.contextual.old`, which may be the user's: one
-    was deleted), then removed once the new one is in place, or renamed back if that fails."""
-    if not os.path.lexists(final):
-        os.rename(tmp, final)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{final.name}.xtm-old-", dir=final.parent))
-    try:
-        os.rename(final, old)  # onto our own empty directory
-    except BaseException:
-        os.rmdir(old)
-        raise
-    try:
-        os.rename(tmp, final)
-    except BaseException:
-        os.rename(old, final)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _json_safe(obj: Any) -> Any:
