@@ -59,16 +59,7 @@ def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8
     On an exception in the body, a regular file is left untouched and the temporary removed; a FIFO
     or device has received what was written so far. XtmError when the path cannot be written."""
     target = Path(os.path.realpath(path))  # symlinks followed: their target is what gets written
-    try:
-        st: os.stat_result | None = os.stat(target)
-    except FileNotFoundError:
-        st = None
-    except OSError as e:  # a symlink loop, a path through a file, no permission to look
-        raise XtmError(f"cannot write: {e.strerror}", path=path) from e
-    if st is not None and stat.S_ISDIR(st.st_mode):
-        raise XtmError("is a directory: give a file name", path=path)
-    if st is not None and stat.S_ISSOCK(st.st_mode):
-        raise XtmError("is a socket: give a file, a FIFO or a device", path=path)
+    st = _writable_target(target, path)
     if st is not None and not stat.S_ISREG(st.st_mode):
         with _in_place(target, mode, encoding, path) as f:
             yield f
@@ -84,17 +75,8 @@ def check_replaceable(path: str | Path, is_ours: Callable[[Path], bool], *, what
     names that output in the error, `hint` says what to do). Directories and sockets are refused with
     atomic_open's own words, before the command reads anything. The one rule behind every `--out FILE`
     a command replaces (xtm-infer's outputs, xtm-report's reports)."""
-    try:
-        st = os.stat(path)  # symlinks followed, as atomic_open follows them
-    except FileNotFoundError:
-        return
-    except OSError as e:
-        raise XtmError(f"cannot write: {e.strerror}", path=path) from e
-    if stat.S_ISDIR(st.st_mode):
-        raise XtmError("is a directory: give a file name", path=path)
-    if stat.S_ISSOCK(st.st_mode):
-        raise XtmError("is a socket: give a file, a FIFO or a device", path=path)
-    if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
+    st = _writable_target(path, path)  # symlinks followed, as atomic_open follows them
+    if st is None or not stat.S_ISREG(st.st_mode) or st.st_size == 0:
         return
     try:
         ours = is_ours(Path(path))
@@ -103,6 +85,23 @@ def check_replaceable(path: str | Path, is_ours: Callable[[Path], bool], *, what
                        path=path) from None
     if not ours:
         raise XtmError(f"exists and is not {what} (it would be replaced): {hint}", path=path)
+
+
+def _writable_target(target: str | Path, shown: str | Path) -> os.stat_result | None:
+    """What is at `target` (symlinks followed; None: nothing), or XtmError naming `shown` where no file can
+    be written: a directory, a socket, or a path that cannot be looked at (a symlink loop, a path through
+    a file, no permission)."""
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise XtmError(f"cannot write: {e.strerror}", path=shown) from e
+    if stat.S_ISDIR(st.st_mode):
+        raise XtmError("is a directory: give a file name", path=shown)
+    if stat.S_ISSOCK(st.st_mode):
+        raise XtmError("is a socket: give a file, a FIFO or a device", path=shown)
+    return st
 
 
 @contextmanager
