@@ -33,3 +33,11 @@ class XtmError(ValueError):
         if field is not None:
             message = f"field '{field}': {message}"
         super().__init__(where + message)
+
+
+def exception_text(e: BaseException, limit: int = 300) -> str:
+    """`Type: message` of an exception raised by a third-party library, for an XtmError's one line:
+    whitespace runs (newlines included) become one space, unprintable characters '?', at most `limit`
+    characters of message (transformers and sentence-transformers raise pages of advice)."""
+    message = " ".join(str(e).split())[:limit]
+    return f"{type(e).__name__}: " + "".join(c if c.isprintable() else "?" for c in message)

@@ -368,13 +368,11 @@ PARITY_SAMPLE_DOCS = 1000  # bags of words per language that export checks ONNX 
 def _check_npz_sizes(path: Path, max_values: int) -> None:
     """ValueError when a member array of the .npz at `path` declares more than `max_values` values or
     object dtype; only the members' headers are read."""
-    import numpy as np
+    from xtm.npy_header import read_npy_header
 
     with zipfile.ZipFile(path) as zf:
         for info in zf.infolist():
             with zf.open(info) as f:
-                version = np.lib.format.read_magic(f)
-                shape, _, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
-                                   else np.lib.format.read_array_header_2_0(f))
+                shape, _, dtype = read_npy_header(f)
             if dtype.hasobject or math.prod(shape) > max_values:
                 raise ValueError(f"{info.filename} declares {dtype} {shape}")

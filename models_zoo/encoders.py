@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from xtm.atomic import atomic_open
 from xtm.config import DEFAULT_ENCODER, DEFAULT_MAX_TOKENS
-from xtm.errors import XtmError
+from xtm.errors import XtmError, exception_text
 
 __all__ = ["DEFAULT_ENCODER", "DEFAULT_MAX_TOKENS", "USE_LANGUAGES", "EncoderName", "SentenceEncoder",
            "SentenceTransformerEncoder", "USEMultilingual", "cached_vectors", "embed_cached", "l2_normalize",
@@ -135,8 +135,7 @@ def load_sentence_transformer(name_or_path: str, device: str | None = None) -> A
         # one, `st:../../etc`) or holds a broken config.json / modules.json raises ValueError, JSONDecodeError,
         # KeyError... from transformers. Exception, not BaseException: Ctrl-C stays Ctrl-C. One line: the CLI
         # prints `error: reason`, and transformers' messages span several.
-        reason = " ".join(str(e).split())[:300]
-        raise XtmError(f"encoder 'st:{name_or_path}' cannot be loaded: {type(e).__name__}: {reason}") from None
+        raise XtmError(f"encoder 'st:{name_or_path}' cannot be loaded: {exception_text(e)}") from None
 
 
 class SentenceTransformerEncoder:
@@ -194,6 +193,11 @@ def cached_vectors(key_name: str, texts: list[str], cache_dir: Path | None,
             if emb is not None:
                 return emb
     emb = compute(texts)
+    bad = ~np.isfinite(emb).all(axis=1) if emb.ndim == 2 else np.zeros(0, bool)
+    if bad.any():  # never trained on, never cached (a cached NaN would be a miss on every later run)
+        first = int(np.flatnonzero(bad)[0])
+        raise XtmError(f"'{key_name}' gave NaN or infinite values for {int(bad.sum())} of {len(texts)} texts "
+                       f"(the first: #{first + 1}, {texts[first][:60]!r})")
     if path is not None:
         with atomic_open(path, "wb") as f:
             np.save(f, emb, allow_pickle=False)
@@ -213,10 +217,12 @@ def _read_cached(path: Path, rows: int) -> np.ndarray | None:
             raise ValueError("not a .npy array")
         if emb.ndim != 2 or emb.shape[0] != rows or emb.dtype != np.float32:
             raise ValueError(f"{emb.dtype} {list(emb.shape)}, expected float32 [{rows}, d]")
-        return np.array(emb)
+        emb = np.array(emb)
+        if not np.isfinite(emb).all():  # what cached_vectors writes never holds one: damaged, or not ours
+            raise ValueError("holds NaN or infinite values")
+        return emb
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile) as e:
-        logger.warning(f"embedding cache entry {path} is unreadable ({type(e).__name__}: {str(e)[:200]}): "
-                       "recomputing it")
+        logger.warning(f"embedding cache entry {path} is unreadable ({exception_text(e, 200)}): recomputing it")
         return None
 
 

@@ -28,6 +28,7 @@ import numpy as np
 from xtm.corpus import TokenizerSpec
 from xtm.errors import XtmError
 from xtm.languages import normalize_lang
+from xtm.npy_header import read_npy_header
 from xtm.runtime.bow import concat, count_words
 from xtm.runtime.bundle import BundleManifest, ContextualEntry, EncoderEntry, check_theta, read_manifest, read_topics
 from xtm.runtime.contextual import ContextualEncoder
@@ -305,9 +306,7 @@ class TopicModel:
             with open(path, "rb") as f:
                 # The header first: its shape and type are checked before anything is allocated (a
                 # header may claim terabytes); then exactly that many values, or the file is short.
-                version = np.lib.format.read_magic(f)
-                shape, fortran, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
-                                         else np.lib.format.read_array_header_2_0(f))
+                shape, fortran, dtype = read_npy_header(f)
                 floats = shape == want and dtype.kind == "f" and not dtype.hasobject
                 beta = np.fromfile(f, dtype=dtype, count=want[0] * want[1]) if floats else None
         except (ValueError, OSError, EOFError) as e:

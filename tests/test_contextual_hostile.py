@@ -76,6 +76,8 @@ DAMAGES = {  # what an entry may hold instead of float32 [8, d]: name -> its byt
     "float64": lambda good: _npy(np.ones((len(TEXTS), 512), np.float64)),
     "one dimension": lambda good: _npy(np.ones(len(TEXTS) * 512, np.float32)),
     "big-endian float32": lambda good: _npy(np.ones((len(TEXTS), 512), ">f4")),
+    "a NaN": lambda good: _npy(np.where(np.arange(512) == 7, np.nan, np.ones((len(TEXTS), 512))).astype(np.float32)),
+    "an infinity": lambda good: _npy(np.full((len(TEXTS), 512), np.inf, np.float32)),
 }
 
 
@@ -115,6 +117,21 @@ def test_a_good_cache_entry_is_read_not_recomputed(tmp_path: Path) -> None:
     b = cached_vectors("k", TEXTS, tmp_path, compute)
     assert calls == [len(TEXTS)] and np.array_equal(a, b) and type(b) is np.ndarray  # not a memory map
     assert cached_vectors("k", [], tmp_path, compute).shape[0] == 0
+
+
+def test_an_encoder_that_gives_nan_stops_with_the_text_named_and_caches_nothing(tmp_path: Path) -> None:
+    """Before: NaN vectors were cached and trained on (a NaN theta for every document of the batch)."""
+    from xtm.errors import XtmError
+    from xtm.models_zoo.encoders import cached_vectors
+
+    def compute(texts: list[str]) -> np.ndarray:
+        out = np.ones((len(texts), 4), np.float32)
+        out[2, 1] = np.nan
+        return out
+
+    with pytest.raises(XtmError, match=r"'k' gave NaN or infinite values for 1 of 8 texts \(the first: #3, "):
+        cached_vectors("k", TEXTS, tmp_path, compute)
+    assert not (tmp_path / "embeddings").exists() or not any((tmp_path / "embeddings").iterdir())
 
 
 def test_a_cache_entry_that_is_a_symlink_is_neither_read_nor_written_through(use_encoder, tmp_path: Path) -> None:

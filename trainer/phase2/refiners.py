@@ -44,7 +44,7 @@ import numpy as np
 
 from xtm.atomic import atomic_open
 from xtm.config import REFINER_NAMES, Phase2Config, RefinerConfig, Sampling, check_llm_url, default_of
-from xtm.errors import XtmError
+from xtm.errors import XtmError, exception_text
 from xtm.trainer.phase2.prompt import ParsedAnswer, TopicWords, VocabMatcher, build_prompt, parse_answer
 
 logger = logging.getLogger(__name__)
@@ -480,8 +480,7 @@ class OpenAICompatibleGenerator:
         check_llm_url(url, api_key_env)  # no credential in it: before anything shows or records it
         self.url = chat_completions_url(url)
         self.origin = self._check_url(self.url)
-        # What messages show: no query string (some gateways take a key there).
-        self.shown_url = _show_origin(self.origin) + _printable(urlsplit(self.url).path)
+        self.shown_url = _without_query(urlsplit(self.url))  # what messages show
         self.model = model
         self.id = f"openai:{model}"
         self._key = self._read_key(api_key_env)
@@ -766,8 +765,7 @@ class TransformersGenerator:
         return transformers
 
     def _cannot_load(self, e: Exception) -> XtmError:
-        return XtmError(f"--llm-model '{self.model_name}' cannot be loaded by transformers: "
-                        f"{type(e).__name__}: {_printable(' '.join(str(e).split()), 300)}")
+        return XtmError(f"--llm-model '{self.model_name}' cannot be loaded by transformers: {exception_text(e)}")
 
     def check(self) -> TransformersGenerator:
         """Read the model's configuration only (make_refiner does, so a wrong --llm-model stops a run before
