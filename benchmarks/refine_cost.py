@@ -34,9 +34,11 @@ def main() -> None:
     args = p.parse_args()
 
     from xtm.config import Sampling
+    from xtm.trainer.phase2.answer_cache import AnswerCache
+    from xtm.trainer.phase2.llm_http import OpenAICompatibleGenerator
     from xtm.trainer.phase2.objective import vote
     from xtm.trainer.phase2.prompt import TopicWords, VocabMatcher
-    from xtm.trainer.phase2.refiners import AnswerCache, LLMRefiner, OpenAICompatibleGenerator
+    from xtm.trainer.phase2.refiners import LLMRefiner
 
     cfg = json.loads((args.run / "config.json").read_text())
     langs = cfg["langs"]

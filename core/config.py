@@ -507,7 +507,7 @@ class LabelConfig:
         return Sampling(temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens, seed=self.seed)
 
     def refiner(self) -> RefinerConfig:
-        """The LLM connection as the refiner clients take it (xtm.trainer.phase2.refiners)."""
+        """The LLM connection as the refiner clients take it (xtm.trainer.phase2.refiners, llm_http, local_llms)."""
         return RefinerConfig(backend=self.backend, llm_url=self.llm_url, llm_model=self.llm_model,
                              api_key_env=self.api_key_env, concurrency=self.concurrency, timeout=self.timeout,
                              retries=self.retries, sampling=self.sampling)

@@ -151,21 +151,22 @@ def test_refiner_defaults_are_the_configs() -> None:
     """The LLM client and the refiners restate no default: they are RefinerConfig's and Phase2Config's."""
     import inspect
 
-    from xtm.trainer.phase2 import refiners
+    from xtm.trainer.phase2 import llm_http, refiners
 
     taken = {"api_key_env": (RefinerConfig, "api_key_env"), "concurrency": (RefinerConfig, "concurrency"),
              "timeout": (RefinerConfig, "timeout"), "retries": (RefinerConfig, "retries"),
              "n_words": (Phase2Config, "asked_words"), "exclusive": (RefinerConfig, "exclusive")}
     classes = {"OpenAICompatibleGenerator": ("api_key_env", "concurrency", "timeout", "retries"),
                "LLMRefiner": ("n_words",), "EmbeddingRefiner": ("n_words", "exclusive")}
+    homes = {"OpenAICompatibleGenerator": llm_http, "LLMRefiner": refiners, "EmbeddingRefiner": refiners}
     for cls_name, names in classes.items():
-        params = inspect.signature(getattr(refiners, cls_name)).parameters
+        params = inspect.signature(getattr(homes[cls_name], cls_name)).parameters
         for name in names:
             assert params[name].default == default_of(*taken[name]), (cls_name, name)
     # ... and not by writing the same value again: no literal default for these in the source.
-    tree = ast.parse(Path(refiners.__file__).read_text(encoding="utf-8"))
+    trees = [ast.parse(Path(module.__file__).read_text(encoding="utf-8")) for module in (llm_http, refiners)]
     seen = set()
-    for cls in (n for n in tree.body if isinstance(n, ast.ClassDef) and n.name in classes):
+    for cls in (n for tree in trees for n in tree.body if isinstance(n, ast.ClassDef) and n.name in classes):
         init = next(f for f in cls.body if isinstance(f, ast.FunctionDef) and f.name == "__init__")
         args = init.args.args
         for arg, default in zip(args[len(args) - len(init.args.defaults):], init.args.defaults, strict=True):

@@ -6,8 +6,9 @@
 
 Two ways to a label, one per (topic, language):
   * an LLM (any refiner backend: an OpenAI-compatible server, vLLM, transformers; the clients, the
-    answer cache and the client's hardening are phase 2's, xtm.trainer.phase2.refiners). It is shown
-    the topic's top words in every language and asked for a 1-4 word name in one language.
+    answer cache and the client's hardening are phase 2's: xtm.trainer.phase2.refiners, llm_http,
+    local_llms, answer_cache). It is shown the topic's top words in every language and asked for a
+    1-4 word name in one language.
     `xtm.labels.clean_label` decides whether the answer is a label; when it is not (empty, an essay,
     markup, a refusal, the wrong script) or the request failed, the fallback label is used.
   * the LLM-free fallback (FALLBACK): the topic's best-connected top words. The first top words by
@@ -38,7 +39,8 @@ from xtm.errors import XtmError
 from xtm.labels import TopicLabels, clean_label
 from xtm.languages import language_name
 from xtm.run_dir import RunDir
-from xtm.trainer.phase2.refiners import AnswerCache, StepStats, TextGenerator, make_refiner
+from xtm.trainer.phase2.answer_cache import AnswerCache
+from xtm.trainer.phase2.refiners import StepStats, TextGenerator, make_refiner
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,144 @@
+"""The in-process LLM generators: vLLM and transformers, each imported only when its backend is used,
+so that nothing else needs them installed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from xtm.config import Sampling
+from xtm.errors import XtmError, exception_text
+
+if TYPE_CHECKING:
+    from xtm.trainer.phase2.refiners import StepStats
+
+
+class VLLMGenerator:
+    """In-process vLLM: every topic of a step in one batched `chat` call, n = R samples each.
+
+    GPU only in practice; vLLM is imported here and nowhere else, so nothing else needs it.
+    `engine` may be passed in (tests use a stand-in named FakeVLLMEngine, because no GPU is
+    reachable there); otherwise `vllm.LLM(model, **engine_kwargs)` is built on first use.
+    """
+
+    def __init__(self, model: str, engine: Any = None, **engine_kwargs: Any) -> None:
+        self.model = model
+        self.id = f"vllm:{model}"
+        self._engine = engine
+        self._engine_kwargs = engine_kwargs
+
+    def _llm(self) -> Any:
+        if self._engine is None:
+            try:
+                from vllm import LLM
+            except ImportError as e:
+                raise XtmError("--refiner vllm needs vLLM (`pip install 'xtm[vllm]'`, Linux + CUDA GPU); "
+                               "without a GPU use --refiner openai with any OpenAI-compatible server, "
+                               "or --refiner embedding") from e
+            self._engine = LLM(model=self.model, **self._engine_kwargs)
+        return self._engine
+
+    @staticmethod
+    def sampling_params(rounds: int, sampling: Sampling) -> Any:
+        try:
+            from vllm import SamplingParams
+        except ImportError:
+            return {"n": rounds, "temperature": sampling.temperature, "top_p": sampling.top_p,
+                    "max_tokens": sampling.max_tokens, "seed": sampling.seed}
+        return SamplingParams(n=rounds, temperature=sampling.temperature, top_p=sampling.top_p,
+                              max_tokens=sampling.max_tokens, seed=sampling.seed)
+
+    def generate(self, prompts: list[str], rounds: int, sampling: Sampling,
+                 stats: StepStats) -> list[list[str | None]]:
+        llm = self._llm()
+        conversations = [[{"role": "user", "content": p}] for p in prompts]
+        stats.add(calls=1)
+        outputs = llm.chat(conversations, self.sampling_params(rounds, sampling), use_tqdm=False)
+        result: list[list[str | None]] = []
+        for req in outputs:
+            stats.add(prompt_tokens=len(getattr(req, "prompt_token_ids", None) or []))
+            texts: list[str | None] = []
+            for o in req.outputs[:rounds]:
+                stats.add(completion_tokens=len(getattr(o, "token_ids", None) or []))
+                texts.append(o.text)
+            result.append(texts + [None] * (rounds - len(texts)))
+        return result
+
+
+class TransformersGenerator:
+    """A small local chat model through transformers (a directory, hub name, or a .gguf file)."""
+
+    def __init__(self, model: str, device: str = "cpu") -> None:
+        self.model_name = model
+        self.id = f"transformers:{Path(model).name}"
+        self.device = device
+        self._tok: Any = None
+        self._lm: Any = None
+
+    def _where(self) -> tuple[str, dict[str, Any]]:
+        """What from_pretrained takes: a directory or hub name, or a .gguf file's directory and name."""
+        path = Path(self.model_name)
+        if path.suffix == ".gguf":
+            return str(path.parent), {"gguf_file": path.name}
+        return self.model_name, {}
+
+    def _transformers(self) -> Any:
+        try:
+            import transformers
+        except ImportError as e:
+            raise XtmError("--refiner transformers needs `pip install transformers` (and `gguf` for "
+                           ".gguf files)") from e
+        return transformers
+
+    def _cannot_load(self, e: Exception) -> XtmError:
+        return XtmError(f"--llm-model '{self.model_name}' cannot be loaded by transformers: {exception_text(e)}")
+
+    def check(self) -> TransformersGenerator:
+        """Read the model's configuration only (make_refiner does, so a wrong --llm-model stops a run before
+        phase 1, not after it); the weights load at the first answer not in the cache, so they take no
+        memory during phase 1, and a run whose answers are all cached never loads them."""
+        transformers = self._transformers()
+        where, kw = self._where()
+        try:
+            transformers.AutoConfig.from_pretrained(where, **kw)
+        except Exception as e:  # OSError, ValueError, JSONDecodeError, ...: transformers raises many kinds
+            raise self._cannot_load(e) from None
+        return self
+
+    def _load(self) -> None:
+        if self._lm is not None:
+            return
+        transformers = self._transformers()
+        where, kw = self._where()
+        try:
+            self._tok = transformers.AutoTokenizer.from_pretrained(where, **kw)
+            self._lm = transformers.AutoModelForCausalLM.from_pretrained(where, **kw).to(self.device).eval()
+        except Exception as e:
+            raise self._cannot_load(e) from None
+
+    def generate(self, prompts: list[str], rounds: int, sampling: Sampling,
+                 stats: StepStats) -> list[list[str | None]]:
+        import torch
+
+        self._load()
+        # Temperature 0 is greedy decoding (transformers refuses do_sample with it): one answer per
+        # prompt, the same for every round, as a server answers a greedy request.
+        greedy = sampling.temperature <= 0
+        out: list[list[str | None]] = []
+        for i, prompt in enumerate(prompts):
+            ids = self._tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                                return_tensors="pt", return_dict=True).to(self.device)
+            torch.manual_seed(sampling.seed + i)
+            stats.add(calls=1, prompt_tokens=int(ids["input_ids"].shape[1]))
+            with torch.no_grad():
+                how = {"do_sample": False} if greedy else {
+                    "do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p,
+                    "num_return_sequences": rounds}
+                gen = self._lm.generate(**ids, **how, max_new_tokens=sampling.max_tokens,
+                                        pad_token_id=self._tok.eos_token_id)
+            new = gen[:, ids["input_ids"].shape[1]:]
+            stats.add(completion_tokens=int((new != self._tok.eos_token_id).sum()))
+            texts = [self._tok.decode(row, skip_special_tokens=True) for row in new]
+            out.append(texts * rounds if greedy else texts)
+        return out
