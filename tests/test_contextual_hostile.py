@@ -263,7 +263,7 @@ def test_a_refit_keeps_the_users_dot_contextual_old(fitted_run: Path, tmp_path: 
     load_contextual(run)
 
 
-@pytest.mark.parametrize("planted", ["mine.txt", ".DS_Store", "encoder/config.json", "notes/todo.md"])
+@pytest.mark.parametrize("planted", ["mine.txt", ".DS_Store/mine.txt", "encoder/config.json", "notes/todo.md"])
 def test_a_contextual_directory_holding_a_users_file_is_refused_before_any_work(planted: str, fitted_run: Path,
                                                                                tmp_path: Path) -> None:
     """Reproduced: RUN/contextual/mine.txt was deleted, exit 0. Refused instead (not carried over: a file kept
@@ -277,6 +277,19 @@ def test_a_contextual_directory_holding_a_users_file_is_refused_before_any_work(
     p = contextual_cli(str(run), "--epochs", "1", "--threads", "1", "--cache-dir", str(cache))
     clean_error(p, f"{run / 'contextual'}: holds '{planted.split('/')[0]}'", "not written by xtm-contextual")
     assert snapshot(run) == before and not cache.exists()  # nothing embedded: refused before any work
+
+
+def test_a_finder_ds_store_does_not_block_a_refit(fitted_run: Path, tmp_path: Path) -> None:
+    """Before: a refit was refused because the user had opened contextual/ in the Finder. A .DS_Store file (a
+    directory of that name is refused above) goes with the old directory; nothing else of the user's exists."""
+    from xtm.config import ContextualConfig
+    from xtm.trainer.contextual.fit import load_contextual, train_contextual
+
+    run = _copy(fitted_run, tmp_path / "run")
+    (run / "contextual" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    train_contextual(run, ContextualConfig(epochs=1, threads=1, cache_dir=str(tmp_path / "cache")))
+    assert not (run / "contextual" / ".DS_Store").exists()
+    load_contextual(run)
 
 
 def test_a_contextual_symlink_is_refused(fitted_run: Path, tmp_path: Path) -> None:
