@@ -556,3 +556,26 @@ def test_a_periodic_checkpoint_is_servable_and_taking_it_does_not_change_the_run
         assert torch.allclose(saved.state_dict()[k], again.state_dict()[k], rtol=0.05, atol=0.05), k
     assert any(not torch.allclose(saved.state_dict()[k], train_buffers(ckpt)[k], rtol=0.05, atol=0.05)
                for k in stats if k in train_buffers(ckpt))
+
+
+def test_a_recalibration_cut_short_leaves_the_batch_norms_settings_as_they_were(example_corpus,
+                                                                              tmp_path: Path) -> None:
+    """A second Ctrl-C during the pass raised out of it with every batch norm left on a cumulative average
+    (momentum None): the rest of the run would have averaged its running statistics over all its steps."""
+    from xtm.trainer.data.batches import InMemoryBatches
+    from xtm.trainer.loop.training import recalibrate_batchnorm
+
+    model = train(example_corpus, config(model="infoctm", epochs=1, checkpoint_every=0), tmp_path).model
+
+    class CutShort(InMemoryBatches):
+        def sequential(self, lang_index, batch_size):
+            it = super().sequential(lang_index, batch_size)
+            yield next(it)
+            raise KeyboardInterrupt
+
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    before = [(bn.momentum, int(bn.num_batches_tracked)) for bn in bns]
+    was = model.training
+    with pytest.raises(KeyboardInterrupt):
+        recalibrate_batchnorm(model, CutShort(example_corpus), torch.device("cpu"), batch_size=16)
+    assert [(bn.momentum, int(bn.num_batches_tracked)) for bn in bns] == before and model.training == was

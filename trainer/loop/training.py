@@ -123,15 +123,17 @@ def recalibrate_batchnorm(model: CrossLingualTopicModel, data: BatchSource, devi
         bn.momentum = None
     was_training = model.training
     model.train()
-    for i in range(len(data.sizes())):
-        # Each language's encoder sees its own documents; a shared body sees both languages.
-        for chunk in data.sequential(i, batch_size):
-            if chunk.shape[0] > 1:
-                model.encoders[i](SparseRows.from_csr(chunk, device))
-    for bn, (momentum, tracked) in zip(bns, saved, strict=True):
-        bn.momentum = momentum
-        bn.num_batches_tracked.copy_(tracked)
-    model.train(was_training)
+    try:
+        for i in range(len(data.sizes())):
+            # Each language's encoder sees its own documents; a shared body sees both languages.
+            for chunk in data.sequential(i, batch_size):
+                if chunk.shape[0] > 1:
+                    model.encoders[i](SparseRows.from_csr(chunk, device))
+    finally:  # also when a second Ctrl-C ends the pass: the caller restores the statistics themselves
+        for bn, (momentum, tracked) in zip(bns, saved, strict=True):
+            bn.momentum = momentum
+            bn.num_batches_tracked.copy_(tracked)
+        model.train(was_training)
 
 
 def warn_near_collapse(model: CrossLingualTopicModel) -> None:
@@ -882,10 +884,10 @@ class _Training:
         rng_cuda = torch.cuda.get_rng_state(self.device) if cuda else None
         buffers = {k: v.clone() for k, v in unique_state_dict(self.model).items()
                    if k.endswith(("running_mean", "running_var"))}
-        recalibrate_batchnorm(self.model, self.data, self.device)
         try:
+            recalibrate_batchnorm(self.model, self.data, self.device)
             self._save(None, rng=(rng_cpu, None), buffers=buffers)
-        finally:
+        finally:  # also after a second Ctrl-C inside: the stopping checkpoint then saves training's state
             self.model.load_state_dict(buffers, strict=False)
             torch.set_rng_state(rng_cpu)
             if rng_cuda is not None:
