@@ -11,11 +11,11 @@ serves (evaluation/metrics.py). The two protocols give different absolute number
 model, so a gap to a published row is only read under the published protocol. This prints, per
 run, both protocols and the published row (same datasets' fixed train/test files, all documents).
 A TopMost peer's snapshot (benchmarks/peer_topmost.py --snapshot-every N) holds the same eval-mode
-mean, so it goes through both protocols too. A run directory whose latest checkpoint is a periodic one
-(a copy holding an earlier epoch) has its batch-norm statistics recalibrated first, as xtm-train does
-before it evaluates or saves a final model: scored as saved, its cross-lingual cells are noise. A
-last line per run gives each language's spread of that mean and its mean largest topic share: an
-encoder near posterior collapse shows there.
+mean, so it goes through both protocols too. A checkpoint saved without recalibrated batch-norm
+statistics (a periodic one from before 2026-12-06) is recalibrated first, as xtm-train does before
+it evaluates or saves a model: scored as saved, its cross-lingual cells are noise. A last line per
+run gives each language's spread of that mean and its mean largest topic share: an encoder near
+posterior collapse shows there.
 """
 
 from __future__ import annotations
@@ -72,12 +72,13 @@ def run_means(run: Path) -> RunMeans:
     title = run.name
     ckpt = load_checkpoint(run)
     if not train_buffers(ckpt):
-        # A periodic checkpoint keeps training's batch-norm running statistics: xtm evaluates and serves a
-        # model only with them recalibrated (the final checkpoint, every --eval-every point). Scored as
+        # A periodic checkpoint saved before 2026-12-06 (or a final one before 2026-12-02) holds training's
+        # batch-norm running statistics: xtm evaluates and serves a model only with them recalibrated. Scored as
         # saved, such checkpoints' cross-lingual cells moved by up to 12 points from one to the next while
         # the recalibrated ones moved by 2-3 (docs/benchmarks.md, "Periodic checkpoints").
+        torch.manual_seed(0)  # the pass runs dropout: the same numbers on every call
         recalibrate_batchnorm(model, InMemoryBatches(corpus), cpu)
-        title += f" (periodic checkpoint, epoch {ckpt.epoch}: batch norm recalibrated here, as xtm's evaluation does)"
+        title += f" (epoch {ckpt.epoch}, saved without recalibrated batch norm: recalibrated here)"
     mu_train = {lc.lang: infer_mean(model, lc.train_bow, i, cpu) for i, lc in enumerate(corpus.languages)}
     mu_test = {lc.lang: infer_mean(model, lc.test_bow, i, cpu) for i, lc in enumerate(corpus.languages)}
     train = config["train_config"]

@@ -187,20 +187,26 @@ def cached_vectors(key_name: str, texts: list[str], cache_dir: Path | None,
             # Not ours: a FIFO would block the read, and atomic_open writes through a link to its target.
             logger.warning(f"embedding cache entry {path} is not a regular file: ignored, vectors recomputed "
                            "and not cached")
-            return compute(texts)
+            return _checked(compute(texts), key_name, texts)
         if path.exists():
             emb = _read_cached(path, len(texts))
             if emb is not None:
                 return emb
-    emb = compute(texts)
-    bad = ~np.isfinite(emb).all(axis=1) if emb.ndim == 2 else np.zeros(0, bool)
-    if bad.any():  # never trained on, never cached (a cached NaN would be a miss on every later run)
-        first = int(np.flatnonzero(bad)[0])
-        raise XtmError(f"'{key_name}' gave NaN or infinite values for {int(bad.sum())} of {len(texts)} texts "
-                       f"(the first: #{first + 1}, {texts[first][:60]!r})")
+    emb = _checked(compute(texts), key_name, texts)
     if path is not None:
         with atomic_open(path, "wb") as f:
             np.save(f, emb, allow_pickle=False)
+    return emb
+
+
+def _checked(emb: np.ndarray, key_name: str, texts: list[str]) -> np.ndarray:
+    """`emb`, unless a row holds NaN or infinities: never trained on, never cached (a cached NaN would be a
+    miss on every later run)."""
+    bad = ~np.isfinite(emb).all(axis=1) if emb.ndim == 2 else np.zeros(0, bool)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise XtmError(f"'{key_name}' gave NaN or infinite values for {int(bad.sum())} of {len(texts)} texts "
+                       f"(the first: #{first + 1}, {texts[first][:60]!r})")
     return emb
 
 

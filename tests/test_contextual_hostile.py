@@ -122,7 +122,7 @@ def test_a_good_cache_entry_is_read_not_recomputed(tmp_path: Path) -> None:
 def test_an_encoder_that_gives_nan_stops_with_the_text_named_and_caches_nothing(tmp_path: Path) -> None:
     """Before: NaN vectors were cached and trained on (a NaN theta for every document of the batch)."""
     from xtm.errors import XtmError
-    from xtm.models_zoo.encoders import cached_vectors
+    from xtm.models_zoo.encoders import cached_vectors, texts_key
 
     def compute(texts: list[str]) -> np.ndarray:
         out = np.ones((len(texts), 4), np.float32)
@@ -132,6 +132,12 @@ def test_an_encoder_that_gives_nan_stops_with_the_text_named_and_caches_nothing(
     with pytest.raises(XtmError, match=r"'k' gave NaN or infinite values for 1 of 8 texts \(the first: #3, "):
         cached_vectors("k", TEXTS, tmp_path, compute)
     assert not (tmp_path / "embeddings").exists() or not any((tmp_path / "embeddings").iterdir())
+    # the same where the cache entry is a link (vectors recomputed, not cached): still refused
+    entry = tmp_path / "embeddings" / f"k-{texts_key('k', TEXTS)}.npy"
+    entry.parent.mkdir(exist_ok=True)
+    entry.symlink_to(tmp_path / "elsewhere.npy")
+    with pytest.raises(XtmError, match="gave NaN or infinite values"):
+        cached_vectors("k", TEXTS, tmp_path, compute)
 
 
 def test_a_cache_entry_that_is_a_symlink_is_neither_read_nor_written_through(use_encoder, tmp_path: Path) -> None:

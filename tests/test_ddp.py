@@ -198,3 +198,39 @@ def test_torchrun_two_processes_gloo(example_dir: Path, tmp_path: Path) -> None:
 
     export_run(out, tmp_path / "bundle", progress=False)
     assert (tmp_path / "bundle" / "manifest.json").exists()
+
+
+# Rank 0 is sent SIGTERM while it writes epoch 1's periodic checkpoint (inside the batch-norm pass, the longest
+# part of it on a large corpus), then training goes on under torchrun's launcher as `xtm-train` would.
+_SIGNAL_DURING_CHECKPOINT = """
+import os, signal, sys
+import xtm.trainer.loop.training as training
+real, calls = training.recalibrate_batchnorm, []
+def signalled(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 1 and os.environ.get("RANK") == "0":
+        os.kill(os.getpid(), signal.SIGTERM)
+    return real(*args, **kwargs)
+training.recalibrate_batchnorm = signalled
+from xtm.cli.train import main
+sys.argv = ["xtm-train", *sys.argv[1:]]
+main()
+"""
+
+
+def test_torchrun_a_signal_to_rank_0_while_it_checkpoints_stops_every_rank(example_dir: Path, tmp_path: Path) -> None:
+    """Reproduced: rank 0 stopped at the epoch boundary while rank 1 was already in the next epoch's gradient
+    all-reduce; rank 0's stopping checkpoint then waited on rank 1 for ever (the collective timeout: 3 hours)."""
+    script = tmp_path / "worker.py"
+    script.write_text(_SIGNAL_DURING_CHECKPOINT)
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script),
+           "--data", str(example_dir / "docs.jsonl"), "--dict", str(example_dir / "dict.tsv"),
+           "--model", "nmtm", "--topics", "6", "--epochs", "4", "--batch-size", str(BATCH), "--out", str(out),
+           "--checkpoint-every", "1", "--device", "cpu", "--threads", "1", "-q", "--no-contextual"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+    assert r.returncode != 0 and "SIGTERM: stopping; saving the checkpoint" in r.stderr, r.stderr[-3000:]
+    ckpt = load_checkpoint(out)
+    assert ckpt.epoch == 1 and ckpt.state["partial"] is None  # stopped at the boundary where it was signalled
+    assert [h["epoch"] for h in json.loads((out / "history.json").read_text())] == [1]

@@ -318,9 +318,12 @@ def test_contextual_refuses_a_misspelt_encoder_before_reading_the_run(example_ru
     assert not (run / "contextual").exists()
 
 
-def test_eval_every_records_a_learning_curve_without_changing_the_run(example_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("model, hparams", [("nmtm", {}), ("infoctm", {"dropout": 0.2})])
+def test_eval_every_records_a_learning_curve_without_changing_the_run(model: str, hparams: dict, example_dir: Path,
+                                                                     tmp_path: Path) -> None:
     """--eval-every N: TU and classification every N epochs in history.json; the trained weights are the
-    same bits as without it (evaluation works on a copy and takes no training randomness)."""
+    same bits as without it (evaluation works on a copy and takes no training randomness). With dropout, the
+    copy's batch-norm recalibration drew from the run's RNG and changed the weights (XTRA's default 0.2)."""
     from safetensors.torch import load_file
 
     from xtm.config import DataConfig, TrainConfig
@@ -330,8 +333,8 @@ def test_eval_every_records_a_learning_curve_without_changing_the_run(example_di
     runs = {}
     for every in (0, 2):
         out = tmp_path / f"every-{every}"
-        run_training(data, TrainConfig(model="nmtm", num_topics=6, epochs=5, checkpoint_every=0, progress=False,
-                                       seed=1, eval_every=every), out)
+        run_training(data, TrainConfig(model=model, num_topics=6, epochs=5, checkpoint_every=0, progress=False,
+                                       seed=1, eval_every=every, hparams=hparams), out)
         runs[every] = out
     history = json.loads((runs[2] / "history.json").read_text())
     points = {h["epoch"]: h["eval"] for h in history if "eval" in h}

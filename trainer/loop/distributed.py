@@ -139,6 +139,17 @@ def average_gradients(params: list[torch.nn.Parameter], stop: bool, ctx: DistCon
     return bool(flat[-1] > 0)
 
 
+def any_rank(flag: bool, ctx: DistContext | None, device: torch.device) -> bool:
+    """Whether `flag` is set on any rank. A collective: every rank calls it at the same point."""
+    if ctx is None:
+        return flag
+    import torch.distributed as dist
+
+    t = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(t)
+    return bool(t.item() > 0)
+
+
 def average_scalars(values: dict[str, float], ctx: DistContext | None, device: torch.device) -> dict[str, float]:
     if ctx is None or not values:
         return values

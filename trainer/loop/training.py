@@ -123,12 +123,16 @@ def recalibrate_batchnorm(model: CrossLingualTopicModel, data: BatchSource, devi
         bn.momentum = None
     was_training = model.training
     model.train()
+    # In train mode dropout draws random numbers: from a fork of the RNGs, so that recalibrating (a periodic
+    # checkpoint, an --eval-every copy) leaves the run's own random sequence, and so the run, unchanged.
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
     try:
-        for i in range(len(data.sizes())):
-            # Each language's encoder sees its own documents; a shared body sees both languages.
-            for chunk in data.sequential(i, batch_size):
-                if chunk.shape[0] > 1:
-                    model.encoders[i](SparseRows.from_csr(chunk, device))
+        with torch.random.fork_rng(devices=cuda):
+            for i in range(len(data.sizes())):
+                # Each language's encoder sees its own documents; a shared body sees both languages.
+                for chunk in data.sequential(i, batch_size):
+                    if chunk.shape[0] > 1:
+                        model.encoders[i](SparseRows.from_csr(chunk, device))
     finally:  # also when a second Ctrl-C ends the pass: the caller restores the statistics themselves
         for bn, (momentum, tracked) in zip(bns, saved, strict=True):
             bn.momentum = momentum
@@ -681,6 +685,11 @@ class _Training:
                     break
                 self._close_epoch(progress, stop, bar)
                 progress = None
+                # A signal that reached one rank while the epoch closed (evaluation, checkpoint: rank 0's
+                # alone) did not travel with any gradient: all ranks leave here together, or a lone rank's
+                # checkpoint would wait for ever on the others, already in the next epoch's collectives.
+                if distributed.any_rank(stop.stop, self.dist, self.device) and not stop.stop:
+                    stop.signum = signal.SIGTERM  # another rank was asked to stop
                 if stop.stop:
                     break
             if stop.stop:
@@ -876,22 +885,16 @@ class _Training:
         With training's running statistics, a copy of a periodic checkpoint (or the fallback when the final
         one is damaged) scored ECNews's cross-lingual cells up to 10 points off, in either direction
         (docs/benchmarks.md, "Periodic checkpoints"). Training then goes on from its own running statistics
-        and RNG state (the recalibration pass runs dropout), so the run is the same with or without it."""
+        (and RNG state: the pass draws from a fork), so the run is the same with or without it."""
         if not self.main:
             return
-        cuda = self.device.type == "cuda"
-        rng_cpu = torch.get_rng_state()
-        rng_cuda = torch.cuda.get_rng_state(self.device) if cuda else None
         buffers = {k: v.clone() for k, v in unique_state_dict(self.model).items()
                    if k.endswith(("running_mean", "running_var"))}
         try:
             recalibrate_batchnorm(self.model, self.data, self.device)
-            self._save(None, rng=(rng_cpu, None), buffers=buffers)
+            self._save(None, buffers=buffers)
         finally:  # also after a second Ctrl-C inside: the stopping checkpoint then saves training's state
             self.model.load_state_dict(buffers, strict=False)
-            torch.set_rng_state(rng_cpu)
-            if rng_cuda is not None:
-                torch.cuda.set_rng_state(rng_cuda, self.device)
 
     def _save(self, progress: EpochProgress | None, rng: tuple[torch.Tensor, torch.Tensor | None] | None = None,
               buffers: dict[str, torch.Tensor] | None = None) -> None:
