@@ -264,14 +264,16 @@ def test_infoctm_reusing_its_tami_gradient_resumes_bit_identical_from_a_reuse_st
 def test_a_signal_while_the_final_checkpoint_is_written_waits_for_it_and_is_not_lost(
         example_corpus, straight, tmp_path: Path) -> None:
     class SignalInRecalibration:
-        """Sends SIGINT when batch norm is recalibrated, just before the final checkpoint is saved."""
+        """Sends SIGINT when batch norm is recalibrated just before the final checkpoint is saved (the third
+        pass: the periodic checkpoints of epochs 1 and 2 are recalibrated too)."""
 
         def __init__(self) -> None:
-            self.inner = InMemoryBatches(example_corpus)
+            self.inner, self.passes = InMemoryBatches(example_corpus), 0
             self.sizes, self.fingerprint, self.epoch = self.inner.sizes, self.inner.fingerprint, self.inner.epoch
 
         def sequential(self, lang_index, batch_size):
-            if lang_index == 0:
+            self.passes += lang_index == 0
+            if lang_index == 0 and self.passes == 3:
                 os.kill(os.getpid(), signal.SIGINT)
             yield from self.inner.sequential(lang_index, batch_size)
 
@@ -280,6 +282,29 @@ def test_a_signal_while_the_final_checkpoint_is_written_waits_for_it_and_is_not_
     ckpt = load_checkpoint(tmp_path)
     assert ckpt.epoch == 3 and ckpt.state["partial"] is None
     assert_same_training_state(load_checkpoint(straight[1]).path, ckpt.path)
+
+
+def test_a_signal_while_a_periodic_checkpoint_is_recalibrated_stops_there_and_resumes_exactly(
+        example_corpus, straight, tmp_path: Path) -> None:
+    """Periodic checkpoints are recalibrated too (the longest part of writing one on a large corpus): a
+    Ctrl-C there stops at that epoch boundary, and the resumed run is the uninterrupted one, bit for bit."""
+    class SignalInFirstPass:
+        def __init__(self) -> None:
+            self.inner, self.passes = InMemoryBatches(example_corpus), 0
+            self.sizes, self.fingerprint, self.epoch = self.inner.sizes, self.inner.fingerprint, self.inner.epoch
+
+        def sequential(self, lang_index, batch_size):
+            self.passes += lang_index == 0
+            if lang_index == 0 and self.passes == 1:
+                os.kill(os.getpid(), signal.SIGINT)
+            yield from self.inner.sequential(lang_index, batch_size)
+
+    stopped = train(example_corpus, config(), tmp_path, data=SignalInFirstPass())
+    assert stopped.interrupted and stopped.signal == signal.SIGINT and stopped.epochs_done == 1
+    ckpt = load_checkpoint(tmp_path)
+    assert ckpt.epoch == 1 and ckpt.state["partial"] is None
+    assert not train(example_corpus, config(), tmp_path, resume=True).interrupted
+    assert_same_training_state(load_checkpoint(straight[1]).path, load_checkpoint(tmp_path).path)
 
 
 def test_continuing_a_finished_run_with_dropout_equals_the_longer_run(example_corpus, tmp_path: Path) -> None:
