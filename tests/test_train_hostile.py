@@ -82,6 +82,21 @@ class SignalAt:
             yield batch
 
 
+class SignalInRecalibration:
+    """The in-memory batch source, sending this process SIGINT as batch norm's `at_pass`-th recalibration
+    pass starts (every checkpoint's model is recalibrated before it is saved)."""
+
+    def __init__(self, corpus, at_pass: int) -> None:
+        self.inner, self.at_pass, self.passes = InMemoryBatches(corpus), at_pass, 0
+        self.sizes, self.fingerprint, self.epoch = self.inner.sizes, self.inner.fingerprint, self.inner.epoch
+
+    def sequential(self, lang_index, batch_size):
+        self.passes += lang_index == 0
+        if lang_index == 0 and self.passes == self.at_pass:
+            os.kill(os.getpid(), signal.SIGINT)
+        yield from self.inner.sequential(lang_index, batch_size)
+
+
 # ---- the run directory is ours, or untouched ----------------------------------------------------
 
 def test_a_directory_that_is_not_a_run_is_refused_and_left_untouched(example_dir: Path, tmp_path: Path) -> None:
@@ -263,22 +278,9 @@ def test_infoctm_reusing_its_tami_gradient_resumes_bit_identical_from_a_reuse_st
 
 def test_a_signal_while_the_final_checkpoint_is_written_waits_for_it_and_is_not_lost(
         example_corpus, straight, tmp_path: Path) -> None:
-    class SignalInRecalibration:
-        """Sends SIGINT when batch norm is recalibrated just before the final checkpoint is saved (the third
-        pass: the periodic checkpoints of epochs 1 and 2 are recalibrated too)."""
-
-        def __init__(self) -> None:
-            self.inner, self.passes = InMemoryBatches(example_corpus), 0
-            self.sizes, self.fingerprint, self.epoch = self.inner.sizes, self.inner.fingerprint, self.inner.epoch
-
-        def sequential(self, lang_index, batch_size):
-            self.passes += lang_index == 0
-            if lang_index == 0 and self.passes == 3:
-                os.kill(os.getpid(), signal.SIGINT)
-            yield from self.inner.sequential(lang_index, batch_size)
-
+    # The third pass is the final checkpoint's: the periodic checkpoints of epochs 1 and 2 are recalibrated too.
     with pytest.raises(KeyboardInterrupt):  # Ctrl-C takes effect once the checkpoint is written
-        train(example_corpus, config(), tmp_path, data=SignalInRecalibration())
+        train(example_corpus, config(), tmp_path, data=SignalInRecalibration(example_corpus, 3))
     ckpt = load_checkpoint(tmp_path)
     assert ckpt.epoch == 3 and ckpt.state["partial"] is None
     assert_same_training_state(load_checkpoint(straight[1]).path, ckpt.path)
@@ -288,18 +290,7 @@ def test_a_signal_while_a_periodic_checkpoint_is_recalibrated_stops_there_and_re
         example_corpus, straight, tmp_path: Path) -> None:
     """Periodic checkpoints are recalibrated too (the longest part of writing one on a large corpus): a
     Ctrl-C there stops at that epoch boundary, and the resumed run is the uninterrupted one, bit for bit."""
-    class SignalInFirstPass:
-        def __init__(self) -> None:
-            self.inner, self.passes = InMemoryBatches(example_corpus), 0
-            self.sizes, self.fingerprint, self.epoch = self.inner.sizes, self.inner.fingerprint, self.inner.epoch
-
-        def sequential(self, lang_index, batch_size):
-            self.passes += lang_index == 0
-            if lang_index == 0 and self.passes == 1:
-                os.kill(os.getpid(), signal.SIGINT)
-            yield from self.inner.sequential(lang_index, batch_size)
-
-    stopped = train(example_corpus, config(), tmp_path, data=SignalInFirstPass())
+    stopped = train(example_corpus, config(), tmp_path, data=SignalInRecalibration(example_corpus, 1))
     assert stopped.interrupted and stopped.signal == signal.SIGINT and stopped.epochs_done == 1
     ckpt = load_checkpoint(tmp_path)
     assert ckpt.epoch == 1 and ckpt.state["partial"] is None
