@@ -200,37 +200,45 @@ def test_torchrun_two_processes_gloo(example_dir: Path, tmp_path: Path) -> None:
     assert (tmp_path / "bundle" / "manifest.json").exists()
 
 
-# Rank 0 is sent SIGTERM while it writes epoch 1's periodic checkpoint (inside the batch-norm pass, the longest
-# part of it on a large corpus), then training goes on under torchrun's launcher as `xtm-train` would.
-_SIGNAL_DURING_CHECKPOINT = """
+# Rank 0 is sent SIGTERM as its first batch-norm recalibration starts: in epoch 1's periodic checkpoint
+# (the longest part of writing one on a large corpus) or in epoch 1's --eval-every evaluation (rank 0's
+# alone); training then goes on under torchrun's launcher as `xtm-train` would.
+_SIGNAL_DURING_RECALIBRATION = """
 import os, signal, sys
 import xtm.trainer.loop.training as training
-real, calls = training.recalibrate_batchnorm, []
+import xtm.trainer.run as run
+module = {"checkpoint": training, "evaluation": run}[sys.argv.pop(1)]
+real, calls = module.recalibrate_batchnorm, []
 def signalled(*args, **kwargs):
     calls.append(1)
     if len(calls) == 1 and os.environ.get("RANK") == "0":
         os.kill(os.getpid(), signal.SIGTERM)
     return real(*args, **kwargs)
-training.recalibrate_batchnorm = signalled
+module.recalibrate_batchnorm = signalled
 from xtm.cli.train import main
 sys.argv = ["xtm-train", *sys.argv[1:]]
 main()
 """
 
 
-def test_torchrun_a_signal_to_rank_0_while_it_checkpoints_stops_every_rank(example_dir: Path, tmp_path: Path) -> None:
-    """Reproduced: rank 0 stopped at the epoch boundary while rank 1 was already in the next epoch's gradient
-    all-reduce; rank 0's stopping checkpoint then waited on rank 1 for ever (the collective timeout: 3 hours)."""
+@pytest.mark.parametrize("during", ["checkpoint", "evaluation"])
+def test_torchrun_a_signal_to_rank_0_at_an_epochs_end_stops_every_rank(during: str, example_dir: Path,
+                                                                       tmp_path: Path) -> None:
+    """Reproduced: rank 0 stopped at the epoch boundary (checkpoint) or left the evaluation at once
+    (evaluation) while rank 1 was already in the next epoch's gradient all-reduce; rank 0's stopping
+    checkpoint then waited on rank 1 for the collective timeout (3 hours; 2 minutes here)."""
     script = tmp_path / "worker.py"
-    script.write_text(_SIGNAL_DURING_CHECKPOINT)
+    script.write_text(_SIGNAL_DURING_RECALIBRATION)
     out = tmp_path / "run"
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1", "XTM_DIST_TIMEOUT_MIN": "2"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script),
-           "--data", str(example_dir / "docs.jsonl"), "--dict", str(example_dir / "dict.tsv"),
+           during, "--data", str(example_dir / "docs.jsonl"), "--dict", str(example_dir / "dict.tsv"),
            "--model", "nmtm", "--topics", "6", "--epochs", "4", "--batch-size", str(BATCH), "--out", str(out),
-           "--checkpoint-every", "1", "--device", "cpu", "--threads", "1", "-q", "--no-contextual"]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+           "--checkpoint-every", "1", "--eval-every", "1" if during == "evaluation" else "0",
+           "--device", "cpu", "--threads", "1", "-q", "--no-contextual"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=400)
     assert r.returncode != 0 and "SIGTERM: stopping; saving the checkpoint" in r.stderr, r.stderr[-3000:]
     ckpt = load_checkpoint(out)
     assert ckpt.epoch == 1 and ckpt.state["partial"] is None  # stopped at the boundary where it was signalled
-    assert [h["epoch"] for h in json.loads((out / "history.json").read_text())] == [1]
+    history = json.loads((out / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1] and "eval" not in history[0]  # (the evaluation was abandoned)

@@ -680,15 +680,16 @@ class _Training:
                     epoch, numpy_rng_state(self.rng), phase=self._phase(epoch), batch_size=cfg.batch_size,
                     world=self.world)
                 self.partial = None
-                self._epoch(progress, stop, bar)
-                if stop.stop:
+                if self._epoch(progress, stop, bar):
                     break
                 self._close_epoch(progress, stop, bar)
                 progress = None
-                # A signal that reached one rank while the epoch closed (evaluation, checkpoint: rank 0's
-                # alone) did not travel with any gradient: all ranks leave here together, or a lone rank's
-                # checkpoint would wait for ever on the others, already in the next epoch's collectives.
-                if distributed.any_rank(stop.stop, self.dist, self.device) and not stop.stop:
+                # A signal that reached one rank after its epoch's last gradients (its close: evaluation,
+                # checkpoint, rank 0's alone) travelled with none: all ranks leave here together, or a lone
+                # rank's checkpoint would wait for ever on the others, already in the next epoch's
+                # collectives. (After the last epoch every rank goes on to _finish anyway.)
+                if epoch < self.total_epochs and distributed.any_rank(stop.stop, self.dist, self.device) \
+                        and not stop.stop:
                     stop.signum = signal.SIGTERM  # another rank was asked to stop
                 if stop.stop:
                     break
@@ -718,8 +719,11 @@ class _Training:
             signal.raise_signal(stop.last or signal.SIGINT)
         return self._result(stopped)
 
-    def _epoch(self, progress: EpochProgress, stop: _StopFlag, bar: Any) -> None:
-        """Run the epoch's remaining steps; returns early, at a step boundary, when asked to stop."""
+    def _epoch(self, progress: EpochProgress, stop: _StopFlag, bar: Any) -> bool:
+        """Run the epoch's remaining steps; returns early, at a step boundary, when asked to stop. Returns
+        whether training stops here. Under torchrun that is decided by the all-reduced flag only, the same
+        on every rank: a signal that lands on one rank after a step's all-reduce travels with the next one
+        (or, after the epoch's last step, with the epoch boundary's in `run`)."""
         model, phase2, cfg = self.model, self.phase2, self.cfg
         epoch = progress.epoch
         if progress.phase == 2 and not progress.refined and phase2 is not None \
@@ -744,7 +748,7 @@ class _Training:
         t0 = time.perf_counter() - progress.seconds
         for batch in self.data.epoch(self.rng, cfg.batch_size, self.rank, self.world, start_step=progress.steps_done):
             if stop.stop and self.dist is None:
-                return  # (distributed: the flag reaches the other ranks with the next gradients)
+                return True  # (distributed: the flag reaches the other ranks with the next gradients)
             self._step_rng = (torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if cuda else None)
             step = (epoch - 1) * n_steps + progress.steps_done  # 0-based, over both phases
             model.training_position = step / (cfg.epochs * n_steps)
@@ -756,7 +760,8 @@ class _Training:
             self.optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
             # All ranks leave together: the stop flag travels with the gradients.
-            if distributed.average_gradients(params, stop.stop, self.dist) and not stop.stop:
+            leave = distributed.average_gradients(params, stop.stop, self.dist)
+            if leave and not stop.stop:
                 stop.signum = signal.SIGTERM  # another rank was asked to stop
             if grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -777,8 +782,9 @@ class _Training:
             if progress.steps_done % 10 == 1:
                 bar.set_postfix(loss=f"{progress.totals['loss'] / progress.steps_done:.2f}",
                                 step=f"{progress.steps_done}/{n_steps}")
-            if stop.stop:
-                return
+            if leave if self.dist is not None else stop.stop:
+                return True
+        return stop.stop and self.dist is None
 
     def _set_rate(self, lr: float) -> None:
         """Every parameter group at lr x its own multiplier (phi's --topic-lr-scale)."""
@@ -827,8 +833,15 @@ class _Training:
                                             self.device)
         extra = None
         if self.on_epoch_end is not None:
-            with stop.abandonable_section():  # a signal ends it at once; the epoch's steps are all kept (see run)
-                extra = self.on_epoch_end(epoch, self.model)
+            try:
+                with stop.abandonable_section():  # a signal ends it at once; the epoch's steps are all kept (see run)
+                    extra = self.on_epoch_end(epoch, self.model)
+            except KeyboardInterrupt:
+                if self.dist is None:
+                    raise
+                # Under torchrun this rank alone was signalled: the epoch closes without its evaluation point,
+                # and every rank leaves at the boundary (run), where the others learn of the signal.
+                stop.signum = stop.signum or signal.SIGINT
         stop.enter()
         self.seconds.append(progress.seconds)
         self.history.append({"epoch": epoch, **means, "seconds": progress.seconds, "steps": steps,
