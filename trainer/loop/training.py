@@ -903,9 +903,12 @@ class _Training:
             return
         buffers = {k: v.clone() for k, v in unique_state_dict(self.model).items()
                    if k.endswith(("running_mean", "running_var"))}
+        # The CUDA generator too (periodic checkpoints used to save only the CPU one), so that a GPU run with
+        # dropout resumes from one bit for bit, as from a stopping checkpoint.
+        cuda_rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
         try:
             recalibrate_batchnorm(self.model, self.data, self.device)
-            self._save(None, buffers=buffers)
+            self._save(None, rng=(torch.get_rng_state(), cuda_rng), buffers=buffers)
         finally:  # also after a second Ctrl-C inside: the stopping checkpoint then saves training's state
             self.model.load_state_dict(buffers, strict=False)
 
