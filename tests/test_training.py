@@ -535,7 +535,7 @@ def test_a_periodic_checkpoint_is_servable_and_taking_it_does_not_change_the_run
     fallback from a damaged final checkpoint) served theta off by up to 10 points of ECNews cross-lingual
     accuracy. Now its model is recalibrated like the final one's, with training's statistics kept aside for
     resuming, and the run is the same bits with or without periodic checkpoints (dropout on: the
-    recalibration pass draws from the RNG, which is restored)."""
+    recalibration pass draws from a fork of the RNGs)."""
     import copy
 
     from xtm.trainer.data.batches import InMemoryBatches

@@ -743,13 +743,12 @@ class _Training:
             grad_clip = self._phase2_optimisation(phase2, progress) or grad_clip
         params = [p for p in model.parameters() if p.requires_grad]
         n_steps = steps_per_epoch(self.data.sizes(), cfg.batch_size, self.world) // self.world
-        cuda = self.device.type == "cuda"
         scheduled = progress.phase == 1 and cfg.lr_schedule != "constant"
         t0 = time.perf_counter() - progress.seconds
         for batch in self.data.epoch(self.rng, cfg.batch_size, self.rank, self.world, start_step=progress.steps_done):
             if stop.stop and self.dist is None:
                 return True  # (distributed: the flag reaches the other ranks with the next gradients)
-            self._step_rng = (torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if cuda else None)
+            self._step_rng = self._rng_state()
             step = (epoch - 1) * n_steps + progress.steps_done  # 0-based, over both phases
             model.training_position = step / (cfg.epochs * n_steps)
             if scheduled:
@@ -883,10 +882,7 @@ class _Training:
         if progress is not None and self.dist is not None and not stopped.forced:
             # Each rank summed its own losses; the resumed epoch's history mean stays the ranks' mean.
             progress.totals = distributed.average_scalars(progress.totals, self.dist, self.device)
-        cuda = self.device.type == "cuda"
-        rng = self._step_rng or (torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if cuda else None)
-        buffers = {k: v.clone() for k, v in unique_state_dict(self.model).items()
-                   if k.endswith(("running_mean", "running_var"))}
+        rng, buffers = self._step_rng or self._rng_state(), self._training_buffers()
         if self.main:
             recalibrate_batchnorm(self.model, self.data, self.device)
         distributed.broadcast_state(self.model, self.dist)
@@ -901,16 +897,25 @@ class _Training:
         (and RNG state: the pass draws from a fork), so the run is the same with or without it."""
         if not self.main:
             return
-        buffers = {k: v.clone() for k, v in unique_state_dict(self.model).items()
-                   if k.endswith(("running_mean", "running_var"))}
         # The CUDA generator too (periodic checkpoints used to save only the CPU one), so that a GPU run with
         # dropout resumes from one bit for bit, as from a stopping checkpoint.
-        cuda_rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        rng, buffers = self._rng_state(), self._training_buffers()
         try:
             recalibrate_batchnorm(self.model, self.data, self.device)
-            self._save(None, rng=(torch.get_rng_state(), cuda_rng), buffers=buffers)
+            self._save(None, rng=rng, buffers=buffers)
         finally:  # also after a second Ctrl-C inside: the stopping checkpoint then saves training's state
             self.model.load_state_dict(buffers, strict=False)
+
+    def _rng_state(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The torch generators training draws from now: the CPU one, and the device's when it is CUDA."""
+        cuda = self.device.type == "cuda"
+        return torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if cuda else None
+
+    def _training_buffers(self) -> dict[str, torch.Tensor]:
+        """A copy of batch norm's running statistics as training has them, before a recalibration replaces
+        them (checkpoints keep it for a resume)."""
+        return {k: v.clone() for k, v in unique_state_dict(self.model).items()
+                if k.endswith(("running_mean", "running_var"))}
 
     def _save(self, progress: EpochProgress | None, rng: tuple[torch.Tensor, torch.Tensor | None] | None = None,
               buffers: dict[str, torch.Tensor] | None = None) -> None:
