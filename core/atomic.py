@@ -42,7 +42,8 @@ try:
 except ImportError:  # not POSIX: no locks, so stale temporaries are never removed (never provably ours)
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["atomic_open", "check_replaceable", "exit_on_signals", "replace_directory", "write_json", "write_text"]
+__all__ = ["atomic_open", "check_replaceable", "exit_on_signals", "is_desktop_metadata", "replace_directory",
+           "write_json", "write_text"]
 
 # A temporary is locked microseconds after it is created; one younger than this may be a writer's that
 # has not taken its lock yet, and is never called stale.
@@ -281,6 +282,32 @@ def write_json(path: str | Path, obj: Any) -> None:
 def write_text(path: str | Path, text: str) -> None:
     with atomic_open(path) as f:
         f.write(text)
+
+
+# Files a desktop writes into any folder a user merely opens or copies: the Finder's .DS_Store, Windows
+# Explorer's Thumbs.db and desktop.ini (any case: Windows names are case-insensitive), and the AppleDouble
+# "._NAME" companion macOS writes beside each file on a network or FAT volume. No one's content, so a directory
+# xtm may replace (a bundle, a run's contextual/) is still replaceable with them in it, and they go with the old
+# directory, instead of blocking the next export or fit until the user finds and deletes an invisible file.
+DESKTOP_METADATA_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
+# An AppleDouble file starts with this magic number: a user's own "._notes" without it is the user's.
+APPLEDOUBLE_MAGIC = b"\x00\x05\x16\x07"
+
+
+def is_desktop_metadata(path: Path) -> bool:
+    """True when `path` is a regular file (not a link, not a directory) that a desktop wrote for itself: one of
+    DESKTOP_METADATA_NAMES, or a "._NAME" file that starts with the AppleDouble magic number."""
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return False
+        if path.name.lower() in DESKTOP_METADATA_NAMES:
+            return True
+        if not path.name.startswith("._"):
+            return False
+        with open(path, "rb") as f:
+            return f.read(len(APPLEDOUBLE_MAGIC)) == APPLEDOUBLE_MAGIC
+    except OSError:
+        return False  # unreadable: not provably the desktop's
 
 
 def replace_directory(tmp: Path, final: Path) -> None:

@@ -5,7 +5,8 @@ a failed or interrupted write never leaves a half-written bundle, and an old bun
 was until the new one is complete.
 
 The destination is only ever replaced when it is an empty directory or an xtm bundle whose
-manifest lists every entry in it (`replaceable_entries`); the old bundle is moved to a new unique
+manifest lists every entry in it (`replaceable_entries`; a desktop's own files, such as the Finder's
+.DS_Store, do not count: `xtm.atomic.is_desktop_metadata`); the old bundle is moved to a new unique
 name first and removed only once the new one is in place. Everything else is refused before any
 work: a web app's manifest.json, user files in a bundle, the current directory, a symlink, a file.
 """
@@ -19,7 +20,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from xtm.atomic import replace_directory
+from xtm.atomic import is_desktop_metadata, replace_directory
 from xtm.errors import XtmError
 from xtm.json_files import read_json
 from xtm.runtime.bundle import FORMAT, MANIFEST
@@ -36,7 +37,9 @@ def replaceable_entries(out_dir: Path) -> list[str]:
     """Names in an existing directory that a new bundle may replace: [] for an empty directory,
     else the entries of an xtm bundle (manifest.json says format "xtm-bundle" and lists every other
     entry, each a regular file). Raises XtmError for anything else: a web app's or browser
-    extension's manifest.json, a bundle the user put files into, a file, a symlink.
+    extension's manifest.json, a bundle the user put files into, a file, a symlink. A desktop's own
+    files (`is_desktop_metadata`: .DS_Store, Thumbs.db, AppleDouble "._NAME") are not counted: they
+    go with the old directory.
 
     Deliberately looser than read_manifest: an old or damaged bundle of ours is still ours."""
     if out_dir.is_symlink():
@@ -45,7 +48,7 @@ def replaceable_entries(out_dir: Path) -> list[str]:
     if not out_dir.is_dir():
         raise XtmError(f"{out_dir} exists and is not a directory: choose another --out")
     try:
-        entries = sorted(os.listdir(out_dir))
+        entries = sorted(n for n in os.listdir(out_dir) if not is_desktop_metadata(out_dir / n))
     except OSError as e:
         raise XtmError(f"cannot read the directory: {e.strerror}", path=out_dir) from e
     if not entries:

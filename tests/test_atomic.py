@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from xtm.atomic import atomic_open, check_replaceable, write_text
+from xtm.atomic import APPLEDOUBLE_MAGIC, atomic_open, check_replaceable, is_desktop_metadata, write_text
 from xtm.errors import XtmError
 
 
@@ -279,3 +279,26 @@ def test_new_file_gets_the_umask_permissions(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "new.txt").stat().st_mode) == 0o640
+
+
+@pytest.mark.parametrize(("name", "make", "expected"), [
+    (".DS_Store", "file", True), ("DESKTOP.INI", "file", True), ("thumbs.db", "file", True),
+    ("._manifest.json", "appledouble", True),
+    ("._manifest.json", "file", False),      # "._" without the AppleDouble header: the user's
+    ("._short", "two bytes", False),
+    (".DS_Store", "dir", False), (".DS_Store", "link", False), (".DS_Store", "fifo", False),
+    ("notes.txt", "file", False),
+])
+def test_only_a_regular_file_a_desktop_wrote_is_its_metadata(tmp_path: Path, name: str, make: str,
+                                                             expected: bool) -> None:
+    p = tmp_path / name
+    if make == "dir":
+        p.mkdir()
+    elif make == "link":
+        (tmp_path / "target").write_bytes(b"\0\0\0\1Bud1")
+        p.symlink_to(tmp_path / "target")
+    elif make == "fifo":
+        os.mkfifo(p)     # never opened: reading it would block
+    else:
+        p.write_bytes({"appledouble": APPLEDOUBLE_MAGIC + b"\0\2\0\0", "two bytes": b"\0\5"}.get(make, b"mine"))
+    assert is_desktop_metadata(p) is expected

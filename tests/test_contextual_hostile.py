@@ -269,7 +269,8 @@ def test_a_refit_keeps_the_users_dot_contextual_old(fitted_run: Path, tmp_path: 
     load_contextual(run)
 
 
-@pytest.mark.parametrize("planted", ["mine.txt", ".DS_Store/mine.txt", "encoder/config.json", "notes/todo.md"])
+@pytest.mark.parametrize("planted", ["mine.txt", ".DS_Store/mine.txt", "._mine.txt", "encoder/config.json",
+                                     "notes/todo.md"])
 def test_a_contextual_directory_holding_a_users_file_is_refused_before_any_work(planted: str, fitted_run: Path,
                                                                                tmp_path: Path) -> None:
     """Reproduced: RUN/contextual/mine.txt was deleted, exit 0. Refused instead (not carried over: a file kept
@@ -285,16 +286,20 @@ def test_a_contextual_directory_holding_a_users_file_is_refused_before_any_work(
     assert snapshot(run) == before and not cache.exists()  # nothing embedded: refused before any work
 
 
-def test_a_finder_ds_store_does_not_block_a_refit(fitted_run: Path, tmp_path: Path) -> None:
-    """Before: a refit was refused because the user had opened contextual/ in the Finder. A .DS_Store file (a
-    directory of that name is refused above) goes with the old directory; nothing else of the user's exists."""
+def test_a_desktops_own_files_do_not_block_a_refit(fitted_run: Path, tmp_path: Path) -> None:
+    """Before: a refit was refused because the user had opened contextual/ in the Finder or Explorer. A
+    .DS_Store, Desktop.ini (any case) or AppleDouble "._NAME" file (a directory of that name, or "._NAME"
+    without the AppleDouble header, is refused above) goes with the old directory."""
     from xtm.config import ContextualConfig
     from xtm.trainer.contextual.fit import load_contextual, train_contextual
 
     run = _copy(fitted_run, tmp_path / "run")
-    (run / "contextual" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    desktop = {".DS_Store": b"\0\0\0\1Bud1", "Desktop.ini": b"[.ShellClassInfo]\r\n",
+               "._head.safetensors": b"\x00\x05\x16\x07\x00\x02\x00\x00"}
+    for name, data in desktop.items():
+        (run / "contextual" / name).write_bytes(data)
     train_contextual(run, ContextualConfig(epochs=1, threads=1, cache_dir=str(tmp_path / "cache")))
-    assert not (run / "contextual" / ".DS_Store").exists()
+    assert not any((run / "contextual" / name).exists() for name in desktop)
     load_contextual(run)
 
 

@@ -96,6 +96,55 @@ def test_a_bundle_the_user_added_files_to_is_not_replaced(example_run: Path, bun
     assert snapshot(b) == before
 
 
+APPLEDOUBLE = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        "   # the header macOS writes in "._NAME"
+
+
+def _desktop_files(d: Path) -> None:
+    """What the Finder and Explorer leave in a folder a user opened or copied to a network or FAT volume."""
+    (d / ".DS_Store").write_bytes(b"\0\0\0\1Bud1" + bytes(100))
+    (d / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1")
+    (d / "Desktop.ini").write_text("[.ShellClassInfo]\r\nIconResource=x.ico,0\r\n")
+    (d / "._manifest.json").write_bytes(APPLEDOUBLE)
+
+
+def test_a_bundle_opened_on_a_desktop_is_still_replaced(example_run: Path, bundle: Path, tmp_path: Path) -> None:
+    """Before: a bundle the user had merely opened in the Finder (or copied through a network share) was
+    refused as "not an xtm bundle (.DS_Store is not one of the files its manifest lists)" until they found
+    and deleted an invisible file. The desktop's own files go with the old bundle; so does a directory
+    holding nothing else."""
+    b = tmp_path / "b"
+    shutil.copytree(bundle, b)
+    _desktop_files(b)
+    export_run(example_run, b, progress=False)
+    assert not any(n.startswith("._") or n in {".DS_Store", "Thumbs.db", "Desktop.ini"} for n in os.listdir(b))
+    read_manifest(b)
+    opened = tmp_path / "opened"
+    opened.mkdir()
+    _desktop_files(opened)
+    export_run(example_run, opened, progress=False)
+    read_manifest(opened)
+    assert sorted(os.listdir(tmp_path)) == ["b", "opened"]   # no staging or renamed leftovers
+
+
+@pytest.mark.parametrize("planted", ["._notes.txt", ".DS_Store/mine.txt", "Thumbs.db -> link"])
+def test_files_that_only_look_like_a_desktops_are_the_users(example_run: Path, bundle: Path, tmp_path: Path,
+                                                            planted: str) -> None:
+    """Only a regular file is the desktop's, and a "._NAME" one only with the AppleDouble header: a user's
+    "._notes.txt", a directory named .DS_Store, a link named Thumbs.db keep the bundle from being replaced."""
+    b = tmp_path / "b"
+    shutil.copytree(bundle, b)
+    (tmp_path / "thesis.tex").write_text("mine")
+    if planted.endswith(" -> link"):
+        (b / planted.split()[0]).symlink_to(tmp_path / "thesis.tex")
+    else:
+        (b / planted).parent.mkdir(exist_ok=True)
+        (b / planted).write_text("mine")
+    before = snapshot(b)
+    with pytest.raises(XtmError, match=f"exists and is not an xtm bundle \\({planted.split('/')[0].split()[0]} is not"):
+        export_run(example_run, b, progress=False)
+    assert snapshot(b) == before and (tmp_path / "thesis.tex").read_text() == "mine"
+
+
 def test_an_empty_directory_then_a_bundle_is_replaced_and_siblings_kept(example_run: Path, tmp_path: Path) -> None:
     parent = tmp_path / "bundles"
     (parent / "b").mkdir(parents=True)                     # empty: may be used

@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import xtm
-from xtm.atomic import replace_directory, write_json
+from xtm.atomic import is_desktop_metadata, replace_directory, write_json
 from xtm.config import ContextualConfig, Preprocessing, TrainConfig, default_of, from_dict
 from xtm.corpus import Corpus
 from xtm.errors import XtmError
@@ -523,11 +523,6 @@ def save_contextual(run_dir: Path, cfg: ContextualConfig, encoder: TrainableSent
 FIT_FILES = frozenset({"contextual.json", "head.safetensors", "encoder_top.safetensors", "encoder"})
 
 
-# Files a desktop writes into any folder a user merely opens (Finder, Explorer): no one's content, so they
-# go with the old directory instead of blocking a refit until the user finds and deletes them.
-OS_METADATA_FILES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
-
-
 def check_contextual_replaceable(run_dir: Path) -> None:
     """XtmError unless RUN_DIR/contextual/ is absent or holds only what a fit wrote, which a new fit replaces
     whole. A user's file there (notes beside the model) is refused, not deleted and not carried over: the
@@ -539,8 +534,8 @@ def check_contextual_replaceable(run_dir: Path) -> None:
     if d.is_symlink() or not d.is_dir():
         raise XtmError("is not a directory a fit wrote (a symlink or a file): move it away, then fit again", path=d)
     try:
-        foreign = sorted(n for n in set(os.listdir(d)) - _fit_names(d)
-                         if not (n in OS_METADATA_FILES and (d / n).is_file() and not (d / n).is_symlink()))
+        # a desktop's own files (.DS_Store, ...) are no one's content: they go with the old directory
+        foreign = sorted(n for n in set(os.listdir(d)) - _fit_names(d) if not is_desktop_metadata(d / n))
     except OSError as e:
         raise XtmError(f"cannot read the contextual directory: {e.strerror or e}", path=d) from e
     if foreign:
