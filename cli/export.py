@@ -22,10 +22,10 @@ topics.json and manifest.json with the sha256 of every file.
 \b
 --out is created, or must be an empty directory or an earlier bundle (whose
 manifest.json says format "xtm-bundle" and lists every file in it), which is
-replaced whole once the new bundle is complete (a desktop's .DS_Store,
-Thumbs.db or ._* file there goes with it). Anything else (a directory holding
-other files, a web app's manifest.json, the current directory, a symlink, a
-file) is refused and left untouched.
+replaced whole once the new bundle is complete (a desktop's own .DS_Store,
+Thumbs.db, desktop.ini or AppleDouble ._NAME file there goes with it).
+Anything else (a directory holding other files, a web app's manifest.json,
+the current directory, a symlink, a file) is refused and left untouched.
 
 \b
 Parity: export checks that ONNX Runtime gives the theta torch gives, on up to

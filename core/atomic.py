@@ -285,29 +285,48 @@ def write_text(path: str | Path, text: str) -> None:
 
 
 # Files a desktop writes into any folder a user merely opens or copies: the Finder's .DS_Store, Windows
-# Explorer's Thumbs.db and desktop.ini (any case: Windows names are case-insensitive), and the AppleDouble
-# "._NAME" companion macOS writes beside each file on a network or FAT volume. No one's content, so a directory
-# xtm may replace (a bundle, a run's contextual/) is still replaceable with them in it, and they go with the old
-# directory, instead of blocking the next export or fit until the user finds and deletes an invisible file.
-DESKTOP_METADATA_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
-# An AppleDouble file starts with this magic number: a user's own "._notes" without it is the user's.
-APPLEDOUBLE_MAGIC = b"\x00\x05\x16\x07"
+# Explorer's Thumbs.db and desktop.ini, and the AppleDouble "._NAME" companion macOS writes beside a file NAME on
+# a network or FAT volume. No one's content, so a directory xtm may replace (a bundle, a run's contextual/) is
+# still replaceable with them in it, and they go with the old directory, instead of blocking the next export or
+# fit until the user finds and deletes an invisible file. A name alone proves nothing (a user may call a file
+# anything): each must also start as the desktop writes it. Names in any case (Windows' and macOS's default
+# volumes ignore it).
+DESKTOP_METADATA_HEADERS = {".ds_store": b"\x00\x00\x00\x01Bud1",              # the Finder's buddy allocator
+                            "thumbs.db": b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1",  # an OLE compound file
+                            "desktop.ini": b"["}                                  # an INI section, after any BOM
+APPLEDOUBLE_MAGIC = b"\x00\x05\x16\x07\x00\x02\x00\x00"  # magic number and version 2 (RFC 1740)
+DESKTOP_INI_MAX_BYTES = 65536
+_BOMS = (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")
 
 
 def is_desktop_metadata(path: Path) -> bool:
-    """True when `path` is a regular file (not a link, not a directory) that a desktop wrote for itself: one of
-    DESKTOP_METADATA_NAMES, or a "._NAME" file that starts with the AppleDouble magic number."""
+    """True when `path` is a regular file (not a link, a directory or a FIFO) that a desktop wrote for itself:
+    .DS_Store, Thumbs.db or desktop.ini starting with its format's header, or a "._NAME" AppleDouble file (its
+    header) beside an existing NAME (an orphan may hold what remains of someone's file). Never blocks: the file
+    is opened without following a link or waiting on a FIFO swapped in since the directory was listed."""
+    name = path.name.lower()
+    appledouble = path.name.startswith("._") and len(path.name) > 2
+    if name not in DESKTOP_METADATA_HEADERS and not appledouble:
+        return False
     try:
-        if not stat.S_ISREG(os.lstat(path).st_mode):
-            return False
-        if path.name.lower() in DESKTOP_METADATA_NAMES:
-            return True
-        if not path.name.startswith("._"):
-            return False
-        with open(path, "rb") as f:
-            return f.read(len(APPLEDOUBLE_MAGIC)) == APPLEDOUBLE_MAGIC
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     except OSError:
-        return False  # unreadable: not provably the desktop's
+        return False  # a link, unreadable, gone: not provably the desktop's
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return False
+        head = os.read(fd, 16)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    if name == "desktop.ini":
+        text = next((head[len(b):] for b in _BOMS if head.startswith(b)), head).replace(b"\x00", b"").lstrip()
+        return st.st_size <= DESKTOP_INI_MAX_BYTES and text.startswith(b"[")
+    if name in DESKTOP_METADATA_HEADERS:
+        return head.startswith(DESKTOP_METADATA_HEADERS[name])
+    return head.startswith(APPLEDOUBLE_MAGIC) and os.path.lexists(path.with_name(path.name[2:]))
 
 
 def replace_directory(tmp: Path, final: Path) -> None:

@@ -281,24 +281,39 @@ def test_new_file_gets_the_umask_permissions(tmp_path: Path) -> None:
     assert stat.S_IMODE((tmp_path / "new.txt").stat().st_mode) == 0o640
 
 
-@pytest.mark.parametrize(("name", "make", "expected"), [
-    (".DS_Store", "file", True), ("DESKTOP.INI", "file", True), ("thumbs.db", "file", True),
-    ("._manifest.json", "appledouble", True),
-    ("._manifest.json", "file", False),      # "._" without the AppleDouble header: the user's
-    ("._short", "two bytes", False),
-    (".DS_Store", "dir", False), (".DS_Store", "link", False), (".DS_Store", "fifo", False),
-    ("notes.txt", "file", False),
+BUD1 = b"\0\0\0\1Bud1" + bytes(24)
+OLE = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(24)
+APPLEDOUBLE = APPLEDOUBLE_MAGIC + b"Mac OS X        "
+
+
+@pytest.mark.parametrize(("name", "content", "expected"), [
+    (".DS_Store", BUD1, True), (".DS_STORE", BUD1, True), ("Thumbs.db", OLE, True),
+    ("DESKTOP.INI", b"[.ShellClassInfo]\r\n", True),
+    ("desktop.ini", b"\xff\xfe" + "\r\n[.ShellClassInfo]".encode("utf-16-le"), True),   # Explorer writes UTF-16 too
+    ("._manifest.json", APPLEDOUBLE, True),                # beside manifest.json (made below)
+    # a name proves nothing: the user's own file called so is the user's
+    (".DS_Store", b"my notes", False), (".DS_Store", b"", False), ("thumbs.db", b"my notes", False),
+    ("desktop.ini", b"my notes", False), ("desktop.ini", b"[" + bytes(70000), False),
+    ("._manifest.json", b"my notes", False), ("._short", b"\0\5", False),
+    ("._thesis.tex", APPLEDOUBLE, False),                  # an orphan: what is left of a file that is not ours
+    ("notes.txt", BUD1, False),
 ])
-def test_only_a_regular_file_a_desktop_wrote_is_its_metadata(tmp_path: Path, name: str, make: str,
-                                                             expected: bool) -> None:
-    p = tmp_path / name
+def test_a_desktops_metadata_is_known_by_its_name_and_its_header(tmp_path: Path, name: str, content: bytes,
+                                                                   expected: bool) -> None:
+    (tmp_path / "manifest.json").write_text("{}")
+    (tmp_path / name).write_bytes(content)
+    assert is_desktop_metadata(tmp_path / name) is expected
+
+
+@pytest.mark.parametrize("make", ["dir", "link", "fifo"])
+def test_only_a_regular_file_is_a_desktops_metadata(tmp_path: Path, make: str) -> None:
+    """A FIFO is never waited on (opened non-blocking), a link never followed, even to a real .DS_Store."""
+    p = tmp_path / ".DS_Store"
     if make == "dir":
         p.mkdir()
     elif make == "link":
-        (tmp_path / "target").write_bytes(b"\0\0\0\1Bud1")
+        (tmp_path / "target").write_bytes(BUD1)
         p.symlink_to(tmp_path / "target")
-    elif make == "fifo":
-        os.mkfifo(p)     # never opened: reading it would block
     else:
-        p.write_bytes({"appledouble": APPLEDOUBLE_MAGIC + b"\0\2\0\0", "two bytes": b"\0\5"}.get(make, b"mine"))
-    assert is_desktop_metadata(p) is expected
+        os.mkfifo(p)
+    assert is_desktop_metadata(p) is False

@@ -100,11 +100,13 @@ APPLEDOUBLE = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        "   # the header
 
 
 def _desktop_files(d: Path) -> None:
-    """What the Finder and Explorer leave in a folder a user opened or copied to a network or FAT volume."""
+    """What the Finder and Explorer leave in a folder a user opened or copied to a network or FAT volume: an
+    AppleDouble "._NAME" beside each file NAME (of a bundle: its manifest; of an empty folder: the .DS_Store)."""
     (d / ".DS_Store").write_bytes(b"\0\0\0\1Bud1" + bytes(100))
-    (d / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1")
+    (d / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(504))
     (d / "Desktop.ini").write_text("[.ShellClassInfo]\r\nIconResource=x.ico,0\r\n")
-    (d / "._manifest.json").write_bytes(APPLEDOUBLE)
+    for name in os.listdir(d):
+        (d / f"._{name}").write_bytes(APPLEDOUBLE)
 
 
 def test_a_bundle_opened_on_a_desktop_is_still_replaced(example_run: Path, bundle: Path, tmp_path: Path) -> None:
@@ -126,16 +128,20 @@ def test_a_bundle_opened_on_a_desktop_is_still_replaced(example_run: Path, bundl
     assert sorted(os.listdir(tmp_path)) == ["b", "opened"]   # no staging or renamed leftovers
 
 
-@pytest.mark.parametrize("planted", ["._notes.txt", ".DS_Store/mine.txt", "Thumbs.db -> link"])
+@pytest.mark.parametrize("planted", ["._notes.txt", ".DS_Store/mine.txt", "Thumbs.db -> link", ".DS_Store",
+                                     "._thesis.tex (AppleDouble)"])
 def test_files_that_only_look_like_a_desktops_are_the_users(example_run: Path, bundle: Path, tmp_path: Path,
                                                             planted: str) -> None:
-    """Only a regular file is the desktop's, and a "._NAME" one only with the AppleDouble header: a user's
-    "._notes.txt", a directory named .DS_Store, a link named Thumbs.db keep the bundle from being replaced."""
+    """Only a regular file that starts as the desktop writes it is the desktop's, and a "._NAME" one only beside
+    its NAME: a user's "._notes.txt" or text file named .DS_Store, a directory named .DS_Store, a link named
+    Thumbs.db, an AppleDouble file whose NAME is not there keep the bundle from being replaced."""
     b = tmp_path / "b"
     shutil.copytree(bundle, b)
     (tmp_path / "thesis.tex").write_text("mine")
     if planted.endswith(" -> link"):
         (b / planted.split()[0]).symlink_to(tmp_path / "thesis.tex")
+    elif planted.endswith("(AppleDouble)"):
+        (b / planted.split()[0]).write_bytes(APPLEDOUBLE + b"what is left of the user's thesis")
     else:
         (b / planted).parent.mkdir(exist_ok=True)
         (b / planted).write_text("mine")
