@@ -190,7 +190,7 @@ class RunThetas:
         """theta of space-tokenized documents (the benchmark runs' tokenizer is `whitespace`)."""
         import scipy.sparse as sp
 
-        from xtm.trainer.loop.training import infer_theta
+        from xtm.trainer.loop.model_passes import infer_theta
 
         vocab = self.vocab[lang]
         rows, cols = [], []
@@ -300,7 +300,7 @@ def ecnews_classifiers(thetas: RunThetas, per_lang: int = 6000) -> dict[str, Any
     contextual theta under a scaler fitted on flat bag-of-words theta classifies at random)."""
     from xtm.evaluation.metrics import _fit_svm
     from xtm.trainer.data.loading import load_corpus
-    from xtm.trainer.loop.training import infer_theta
+    from xtm.trainer.loop.model_passes import infer_theta
 
     corpus = load_corpus(dataset_dir("ECNews"), progress=False)
     rng = np.random.default_rng(0)

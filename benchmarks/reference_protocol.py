@@ -36,7 +36,7 @@ from xtm.trainer.contextual.fit import load_run_corpus
 from xtm.trainer.data.batches import InMemoryBatches
 from xtm.trainer.data.loading import load_corpus
 from xtm.trainer.loop.checkpoint import load_checkpoint, load_trained_model, train_buffers
-from xtm.trainer.loop.training import infer_mean, recalibrate_batchnorm
+from xtm.trainer.loop.model_passes import infer_mean, recalibrate_batchnorm
 
 
 def softmax(x: np.ndarray) -> np.ndarray:

@@ -168,7 +168,7 @@ def test_a_checkpoint_that_recorded_a_credential_url_still_resumes_with_a_clean_
     """Runs checkpointed before the refusal hold the old URL; it is a serving setting a resume replaces, so it
     is dropped when the checkpoint's settings are read, not refused (the resume named the new --llm-url)."""
     from xtm.config import Phase2Config
-    from xtm.trainer.loop.training import phase2_differences
+    from xtm.trainer.loop.phase2_resume import phase2_differences
 
     now = Phase2Config(refiner=RefinerConfig(backend="openai", llm_url="https://gw.example/v1", llm_model="m"))
     saved = now.to_dict()

@@ -432,7 +432,7 @@ def test_the_step_learning_rate_halves_every_step_size_epochs_and_a_run_extends_
 @pytest.mark.usefixtures("library_logging")
 def test_one_language_near_posterior_collapse_is_named_with_the_remedy(example_corpus, tmp_path: Path,
                                                                         caplog) -> None:
-    from xtm.trainer.loop.training import warn_near_collapse
+    from xtm.trainer.loop.model_passes import warn_near_collapse
 
     # The papers' eps (--recipe paper; the fast recipe's 1e-10 is what the warning recommends).
     model = train(example_corpus, config(model="infoctm", epochs=1, recipe="paper"), tmp_path).model
@@ -459,7 +459,7 @@ def test_one_language_near_posterior_collapse_is_named_with_the_remedy(example_c
 @pytest.mark.usefixtures("library_logging")
 def test_a_trained_run_checks_its_encoders_for_near_collapse(example_corpus, tmp_path: Path, caplog,
                                                              monkeypatch) -> None:
-    import xtm.trainer.loop.training as training
+    import xtm.trainer.loop.model_passes as model_passes
     from xtm.models_zoo.components import near_collapsed_languages
 
     # The default eps on this corpus leaves both encoders open: nothing to say.
@@ -474,7 +474,7 @@ def test_a_trained_run_checks_its_encoders_for_near_collapse(example_corpus, tmp
         seen.append(langs)
         return {langs[0]: (1e-7, 1e-5)}
 
-    monkeypatch.setattr(training, "near_collapsed_languages", one_collapsed)
+    monkeypatch.setattr(model_passes, "near_collapsed_languages", one_collapsed)
     with caplog.at_level(logging.WARNING, logger="xtm"):
         train(example_corpus, config(model="infoctm", epochs=2), tmp_path / "run")
     assert len(seen) == 1
@@ -540,7 +540,7 @@ def test_a_periodic_checkpoint_is_servable_and_taking_it_does_not_change_the_run
 
     from xtm.trainer.data.batches import InMemoryBatches
     from xtm.trainer.loop.checkpoint import train_buffers
-    from xtm.trainer.loop.training import recalibrate_batchnorm
+    from xtm.trainer.loop.model_passes import recalibrate_batchnorm
 
     hp = {"dropout": 0.2}
     every = train(example_corpus, config(model="infoctm", epochs=3, checkpoint_every=1, hparams=hp), tmp_path / "a")
@@ -566,7 +566,7 @@ def test_a_recalibration_cut_short_leaves_the_batch_norms_settings_as_they_were(
     """A second Ctrl-C during the pass raised out of it with every batch norm left on a cumulative average
     (momentum None): the rest of the run would have averaged its running statistics over all its steps."""
     from xtm.trainer.data.batches import InMemoryBatches
-    from xtm.trainer.loop.training import recalibrate_batchnorm
+    from xtm.trainer.loop.model_passes import recalibrate_batchnorm
 
     model = train(example_corpus, config(model="infoctm", epochs=1, checkpoint_every=0), tmp_path).model
 

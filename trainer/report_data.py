@@ -29,7 +29,7 @@ import torch
 from xtm.corpus import Corpus
 from xtm.evaluation.metrics import ReferenceCorpus, cnpmi_per_topic
 from xtm.models_zoo.base import CrossLingualTopicModel
-from xtm.trainer.loop.training import infer_theta
+from xtm.trainer.loop.model_passes import infer_theta
 
 SCHEMA_VERSION = 1
 REPRESENTATIVE_DOCS = 3      # per topic and language

@@ -55,16 +55,8 @@ from xtm.trainer.data.batches import BatchSource, InMemoryBatches
 from xtm.trainer.data.loading import load_corpus
 from xtm.trainer.loop import distributed
 from xtm.trainer.loop.distributed import DistContext
-from xtm.trainer.loop.training import (
-    TrainResult,
-    infer_mean,
-    infer_theta,
-    pick_device,
-    recalibrate_batchnorm,
-    torch_threads,
-    train,
-    training_device,
-)
+from xtm.trainer.loop.model_passes import infer_mean, infer_theta, recalibrate_batchnorm
+from xtm.trainer.loop.training import TrainResult, pick_device, torch_threads, train, training_device
 from xtm.trainer.phase2.objective import Phase2Objective
 from xtm.trainer.report_data import build_report_data
 

@@ -71,7 +71,8 @@ from xtm.paths import is_plain_file_name
 from xtm.run_dir import RunDir
 from xtm.trainer.contextual.parallel import ParallelText, read_parallel
 from xtm.trainer.loop.checkpoint import load_trained_model
-from xtm.trainer.loop.training import infer_theta, pick_device, sparse_batch, thread_count, torch_threads
+from xtm.trainer.loop.model_passes import infer_theta, sparse_batch
+from xtm.trainer.loop.training import pick_device, thread_count, torch_threads
 
 CONTEXTUAL_DIR = RunDir.CONTEXTUAL  # RUN_DIR/contextual/: the fitted head and its settings
 CONTEXTUAL_FORMAT = 1

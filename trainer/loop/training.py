@@ -7,6 +7,8 @@ CSR matrices and stay sparse (SparseRows): neither the corpus nor a batch is den
 Batches come from a `BatchSource` (xtm.trainer.data.batches): the in-memory corpus, or shards streamed
 from disk (xtm.trainer.data.sharding). Under torchrun each rank trains on its own steps of every
 epoch and gradients are averaged (xtm.trainer.loop.distributed); rank 0 alone writes.
+Beside it: stopping (the signal handler), model_passes (batch-norm recalibration, inference) and
+phase2_resume (the phase-2 settings a resumed run may change).
 """
 
 from __future__ import annotations
@@ -26,24 +28,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
-from xtm.config import (
-    LR_STEP_EPOCHS_DEFAULT,
-    LR_STEP_GAMMA,
-    Phase2Config,
-    TrainConfig,
-    flat_settings,
-    lr_step_epochs,
-    option_text,
-)
+from xtm.config import LR_STEP_EPOCHS_DEFAULT, LR_STEP_GAMMA, TrainConfig, lr_step_epochs
 from xtm.corpus import Corpus
 from xtm.cpu import threads_beside_others
 from xtm.errors import XtmError
 from xtm.models_zoo.base import BuildContext, CrossLingualTopicModel, load_unique_state_dict, unique_state_dict
-from xtm.models_zoo.components import SparseRows, near_collapsed_languages
+from xtm.models_zoo.components import SparseRows
 from xtm.models_zoo.registry import model_class
 from xtm.paths import cache_dir
 from xtm.run_dir import RunDir, has_checkpoint
@@ -59,9 +52,12 @@ from xtm.trainer.loop.checkpoint import (
     train_buffers,
 )
 from xtm.trainer.loop.distributed import DistContext
+from xtm.trainer.loop.model_passes import recalibrate_batchnorm, warn_near_collapse
+from xtm.trainer.loop.phase2_resume import phase2_differences
+from xtm.trainer.loop.stopping import StopFlag
 from xtm.trainer.phase2.objective import Phase2Objective
 
-__all__ = ["TrainResult", "epoch_batches", "infer_mean", "infer_theta", "pick_device", "train", "warn_near_collapse"]
+__all__ = ["TrainResult", "epoch_batches", "pick_device", "train"]
 
 logger = logging.getLogger(__name__)
 
@@ -100,91 +96,6 @@ def seed_everything(seed: int) -> np.random.Generator:
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
     return np.random.default_rng(seed)
-
-
-def sparse_batch(bow: sp.csr_matrix, rows: np.ndarray, device: torch.device) -> SparseRows:
-    return SparseRows.from_csr(bow[rows], device)
-
-
-@torch.no_grad()
-def recalibrate_batchnorm(model: CrossLingualTopicModel, data: BatchSource, device: torch.device,
-                          batch_size: int = 2048) -> None:
-    """Set the encoders' batch-norm running statistics to their exact values over the training data.
-
-    Inference normalises with running statistics. With the reference momentum (1e-3 for NMTM) they
-    lag far behind the weights in any run shorter than hundreds of epochs, and eval-time theta
-    then collapses towards uniform. One pass with a cumulative average (momentum=None) over the
-    training documents, for the final weights, fixes that; training itself is unchanged.
-    """
-    bns = [m for enc in model.encoders for m in enc.modules() if isinstance(m, torch.nn.BatchNorm1d)]
-    saved = [(bn.momentum, bn.num_batches_tracked.clone()) for bn in bns]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None
-    was_training = model.training
-    model.train()
-    # In train mode dropout draws random numbers: from a fork of the RNGs, so that recalibrating (a periodic
-    # checkpoint, an --eval-every copy) leaves the run's own random sequence, and so the run, unchanged.
-    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
-    try:
-        with torch.random.fork_rng(devices=cuda):
-            for i in range(len(data.sizes())):
-                # Each language's encoder sees its own documents; a shared body sees both languages.
-                for chunk in data.sequential(i, batch_size):
-                    if chunk.shape[0] > 1:
-                        model.encoders[i](SparseRows.from_csr(chunk, device))
-    finally:  # also when a second Ctrl-C ends the pass: the caller restores the statistics themselves
-        for bn, (momentum, tracked) in zip(bns, saved, strict=True):
-            bn.momentum = momentum
-            bn.num_batches_tracked.copy_(tracked)
-        model.train(was_training)
-
-
-def warn_near_collapse(model: CrossLingualTopicModel) -> None:
-    """Warn when some languages' encoders ended near posterior collapse and others did not.
-
-    Such a language's theta is close to uniform and on another scale than the others' (its
-    documents' topics barely differ), which no loss printed during training makes obvious.
-    When every language is there (NMTM's shared body always is) it is the method's state, not
-    one language falling behind, so nothing is said.
-    """
-    collapsed = near_collapsed_languages(model.encoders, model.langs)
-    if not collapsed or len(collapsed) == len(model.langs):
-        return
-    others = ", ".join(lang for lang in model.langs if lang not in collapsed)
-    for lang, (variance, eps) in collapsed.items():
-        logger.warning(
-            f"the {lang} encoder ended near posterior collapse: its topic means vary less than its batch "
-            f"norm's eps (variance {variance:.1e} < {eps:.0e}), so {lang} theta is close to uniform while "
-            f"{others} theta is not. `--set bn_eps=1e-10` keeps every encoder open (docs/benchmarks.md, "
-            "\"Near-collapse\", says what it changes)")
-
-
-@torch.no_grad()
-def infer_theta(model: CrossLingualTopicModel, bow: sp.csr_matrix, lang_index: int,
-                device: torch.device, batch_size: int = 2048) -> np.ndarray:
-    """Deterministic theta for every row of a sparse matrix, in batches."""
-    return _eval_rows(model, bow, device, batch_size, lambda x: model.theta(x, lang_index))
-
-
-@torch.no_grad()
-def infer_mean(model: CrossLingualTopicModel, bow: sp.csr_matrix, lang_index: int,
-               device: torch.device, batch_size: int = 2048) -> np.ndarray:
-    """The encoder's eval-mode mean (pre-softmax) of every row: the features the public code behind
-    the published tables classifies ("classification_published" in evaluation.metrics.evaluate)."""
-    return _eval_rows(model, bow, device, batch_size, lambda x: model.encoders[lang_index](x)[0])
-
-
-def _eval_rows(model: CrossLingualTopicModel, bow: sp.csr_matrix, device: torch.device, batch_size: int,
-               fn: Callable[[Any], torch.Tensor]) -> np.ndarray:
-    was_training = model.training
-    model.eval()
-    out = np.empty((bow.shape[0], model.num_topics), dtype=np.float32)
-    for start in range(0, bow.shape[0], batch_size):
-        rows = np.arange(start, min(start + batch_size, bow.shape[0]))
-        out[rows] = fn(sparse_batch(bow, rows, device)).cpu().numpy()
-    model.train(was_training)
-    return out
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, topic_lr_scale: float = 1.0) -> torch.optim.Optimizer:
@@ -292,98 +203,6 @@ def build_model(corpus: Corpus, cfg: TrainConfig) -> CrossLingualTopicModel:
     context = BuildContext(cache_dir=Path(cfg.cache_dir) if cfg.cache_dir else cache_dir(),
                            seed=cfg.seed, progress=cfg.progress)
     return cls.from_corpus(corpus, cfg.num_topics, context, **cfg.hparams)
-
-
-_STOP_SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
-
-
-# Phase-2 settings a resumed run may change: its length, and where and how the refiner is reached (not what
-# it is asked or how it samples). Everything else shapes the objective and is checked against the checkpoint.
-_PHASE2_SERVING = frozenset({"epochs", "refiner.llm_url", "refiner.api_key_env", "refiner.concurrency",
-                             "refiner.timeout", "refiner.retries"})
-# Settings a refiner never reads (so a resumed run may change them), by backend; the LLM backends' default.
-_UNREAD_BY = {"embedding": frozenset({"refiner.llm_model", "refiner.sampling.temperature", "refiner.sampling.top_p",
-                                      "refiner.sampling.max_tokens"})}
-_UNREAD_BY_LLMS = frozenset({"refiner.exclusive"})
-# Settings xtm-train fills from another option: named by that option in a refusal.
-_PHASE2_FROM_OPTION = {"refiner.sampling.seed": "--seed"}
-
-
-def phase2_differences(saved: dict[str, Any], cfg: Phase2Config) -> list[tuple[str, Any, Any, str]]:
-    """(setting, the checkpoint's value, this run's, the option that gives the checkpoint's) for every phase-2
-    setting a resumed run may not change: not _PHASE2_SERVING, nor what neither run's refiner reads."""
-    before, now = flat_settings(Phase2Config.from_dict(saved)), flat_settings(cfg)
-    ignored = set(_PHASE2_SERVING)
-    backends = {b for b in (before["refiner.backend"][0], now["refiner.backend"][0]) if isinstance(b, str)}
-    ignored |= frozenset.intersection(*(_UNREAD_BY.get(b, _UNREAD_BY_LLMS) for b in backends)) if backends else set()
-    return [(k, before[k][0], value, f"{_PHASE2_FROM_OPTION[k]} {before[k][0]}" if k in _PHASE2_FROM_OPTION
-             else option_text(option, k, before[k][0]))
-            for k, (value, option) in now.items() if k not in ignored and k in before and before[k][0] != value]
-
-
-class _StopFlag:
-    """SIGINT (Ctrl-C), SIGTERM, SIGHUP while training: finish the current step, checkpoint, stop.
-
-    The first signal is only recorded, never raised mid-step: a half-applied optimizer step could
-    not be resumed exactly. A second one stops at once (KeyboardInterrupt), except inside a
-    critical section (the optimizer step and its bookkeeping), which it lets finish first. Inside
-    an abandonable section (the `--eval-every` evaluation: minutes of SVM fits on a large corpus;
-    a phase-2 refinement: minutes of LLM answers; neither needed by a checkpoint) the first one
-    stops at once too. Printing is left to the loop: writing to stderr from a handler can collide
-    with tqdm's own writes.
-    """
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self.last: int | None = None
-        self.critical = False
-        self.abandonable = False
-        self.forced = False
-        self._previous: dict[int, Any] = {}
-
-    @property
-    def stop(self) -> bool:
-        return self.signum is not None
-
-    def __call__(self, signum: int, frame: Any) -> None:
-        self.last = signum
-        first = self.signum is None
-        if first:
-            self.signum = signum
-        if self.critical:
-            self.forced = self.forced or not first
-        elif not first or self.abandonable:
-            raise KeyboardInterrupt
-
-    def install(self) -> None:
-        if _in_main_thread():
-            for s in _STOP_SIGNALS:
-                previous = signal.signal(s, self)
-                self._previous[s] = previous if previous is not None else signal.SIG_DFL
-
-    def restore(self) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-        self._previous.clear()
-
-    @contextlib.contextmanager
-    def abandonable_section(self) -> Iterator[None]:
-        """Work a signal may end at once; one that came just before it stops it from starting."""
-        if self.stop:
-            raise KeyboardInterrupt
-        self.abandonable = True
-        try:
-            yield
-        finally:
-            self.abandonable = False
-
-    def enter(self) -> None:
-        self.critical = True
-
-    def leave(self) -> None:
-        self.critical = False
-        if self.forced:
-            raise KeyboardInterrupt
 
 
 @dataclass
@@ -545,7 +364,7 @@ class _Training:
     def _check_phase2_settings(self, ckpt: Checkpoint) -> None:
         """A checkpoint inside phase 2 continues with the phase-2 settings it was trained with: refuse others by
         name, as for the backbone's (a changed default counts too). Phase 2's length may change, and so may where
-        and how the refiner is reached (_PHASE2_SERVING)."""
+        and how the refiner is reached (phase2_resume._PHASE2_SERVING)."""
         state = ckpt.state if isinstance(ckpt.state, dict) else {}
         p2 = state.get("phase2")
         started = isinstance(p2, dict) and (bool(p2.get("steps"))
@@ -668,7 +487,7 @@ class _Training:
         model.to(self.device)
         model.train()
         distributed.broadcast_state(model, self.dist)  # identical start on every rank
-        stop = _StopFlag()
+        stop = StopFlag()
         stop.install()
         bar = tqdm(total=self.total_epochs, initial=self.done, desc=f"{cfg.model} K={cfg.num_topics}",
                    unit="epoch", disable=not (cfg.progress and self.main), dynamic_ncols=True, file=sys.stderr)
@@ -719,7 +538,7 @@ class _Training:
             signal.raise_signal(stop.last or signal.SIGINT)
         return self._result(stopped)
 
-    def _epoch(self, progress: EpochProgress, stop: _StopFlag, bar: Any) -> bool:
+    def _epoch(self, progress: EpochProgress, stop: StopFlag, bar: Any) -> bool:
         """Run the epoch's remaining steps; returns early, at a step boundary, when asked to stop. Returns
         whether training stops here. Under torchrun that is decided by the all-reduced flag only, the same
         on every rank: a signal that lands on one rank after a step's all-reduce travels with the next one
@@ -824,7 +643,7 @@ class _Training:
         if bad:
             self._diverged(f"parameter {bad[0]} holds non-finite values {when}")
 
-    def _close_epoch(self, progress: EpochProgress, stop: _StopFlag, bar: Any) -> None:
+    def _close_epoch(self, progress: EpochProgress, stop: StopFlag, bar: Any) -> None:
         """History, callback and checkpoint of an epoch whose steps are all done."""
         epoch, steps = progress.epoch, progress.steps_done
         self._check_parameters(f"after epoch {epoch}")  # the epoch's last step may have made them so
@@ -971,9 +790,3 @@ def _stderr_is_terminal() -> bool:
         return sys.stderr.isatty()
     except (AttributeError, ValueError):  # replaced by an object without isatty, or closed
         return False
-
-
-def _in_main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
