@@ -66,9 +66,15 @@ JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 # Rows per block the readers emit: large enough that per-block overhead vanishes, small enough to
 # stream a multi-GB file in constant memory.
 READ_BLOCK_ROWS = 8192
-# Seconds to wait for a TCP connection to a cluster's address before calling it unreachable (ray.init
-# itself waits for ever); a live head answers in milliseconds, even across a continent.
+# Seconds to wait for a TCP connection to a cluster's address, and then for its first answer, before calling
+# it unreachable (ray.init itself waits for ever); a live head answers in milliseconds, even across a continent.
 CONNECT_TIMEOUT_S = 5.0
+# What a gRPC client sends first (HTTP/2's connection preface, then an empty SETTINGS frame). Ray's GCS and
+# its client server (ray://) are gRPC servers, and every HTTP/2 server answers with a SETTINGS frame (frame
+# type 4 in the fourth byte of the first 9-byte frame header); a web server, a database or a silent port does
+# not, and ray.init would wait on it for ever as on a dead one.
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes.fromhex("000000040000000000")
+_HTTP2_SETTINGS = 0x04
 
 
 def _import_ray() -> Any:
@@ -597,22 +603,42 @@ def _one_node_here(ray: Any) -> bool:
 
 
 def _check_reachable(address: str | None) -> None:
-    """Refuses a cluster address nothing answers at, before ray.init: ray.init retries an unreachable
-    GCS for ever (a "Failed to connect to GCS" line every few seconds, deaf to SIGTERM meanwhile).
+    """Refuses a cluster address nothing answers at, or something other than Ray, before ray.init: ray.init
+    retries an unreachable GCS for ever (a "Failed to connect to GCS" line every few seconds, deaf to SIGTERM
+    meanwhile), and waits as long on a port where a web server or a silent program listens.
 
     The address is the one ray.init uses: RAY_ADDRESS, when set, stands in for none or "auto". Only
-    HOST:PORT and ray://HOST:PORT are tried; "auto" and "local" name no host, and Ray answers for them."""
+    HOST:PORT and ray://HOST:PORT are tried; "auto" and "local" name no host, and Ray answers for them.
+    The port must accept a TCP connection and answer a gRPC greeting as an HTTP/2 server does (_speaks_grpc);
+    a cluster with TLS on (RAY_USE_TLS) expects a TLS handshake first, so there only the connection is tried."""
     source = ""
     if os.environ.get("RAY_ADDRESS") and address in (None, "auto"):
         address, source = os.environ["RAY_ADDRESS"], "; it comes from RAY_ADDRESS (unset it for a local Ray)"
     target = _host_port(address)
     if target is None:
         return
+    tls = os.environ.get("RAY_USE_TLS", "").strip().lower() in ("1", "true", "yes")
     try:
-        socket.create_connection(target, timeout=CONNECT_TIMEOUT_S).close()
+        with socket.create_connection(target, timeout=CONNECT_TIMEOUT_S) as sock:
+            if tls or _speaks_grpc(sock):
+                return
+        why = "it answers, but not as a Ray cluster: no gRPC server listens there"
     except OSError as e:
         why = f"no answer in {CONNECT_TIMEOUT_S:g} s" if isinstance(e, TimeoutError) else e.strerror or str(e)
-        raise XtmError(f"cannot reach the Ray cluster at {address} ({why}){source}") from None
+    raise XtmError(f"cannot reach the Ray cluster at {address} ({why}){source}")
+
+
+def _speaks_grpc(sock: socket.socket) -> bool:
+    """Whether the server on `sock` answers a gRPC client's greeting with HTTP/2's SETTINGS frame. A server
+    that says nothing for CONNECT_TIMEOUT_S raises TimeoutError."""
+    sock.sendall(_HTTP2_PREFACE)
+    head = b""
+    while len(head) < 9:
+        chunk = sock.recv(9 - len(head))
+        if not chunk:
+            return False  # closed on us: an HTTP/1 server refusing the greeting, or anything else
+        head += chunk
+    return head[3] == _HTTP2_SETTINGS
 
 
 def _host_port(address: str | None) -> tuple[str, int] | None:

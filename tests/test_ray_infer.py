@@ -426,6 +426,71 @@ def test_an_unreachable_cluster_address_is_one_error_not_a_hang(hb: HandBundle, 
     assert not (tmp_path / "o.jsonl").exists()
 
 
+@contextlib.contextmanager
+def _tcp_server(answer: bytes | None) -> Iterator[str]:
+    """A port that accepts connections and is not Ray: it answers `answer` to whatever comes (a web server's
+    400), or says nothing and keeps the connection open (None). Yields HOST:PORT."""
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = server.accept()
+                held.append(conn)
+                if answer is not None:
+                    conn.recv(1024)
+                    conn.sendall(answer)
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield f"127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        server.close()
+        for conn in held:
+            conn.close()
+
+
+def test_an_address_where_something_else_listens_is_one_error_not_a_hang(hb: HandBundle, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A port that accepts TCP but is not Ray (a web server, a silent program): the TCP check passed and
+    ray.init waited there for ever. Now a gRPC greeting must be answered as an HTTP/2 server does (Ray's GCS
+    and its ray:// client server are gRPC servers: the positive case is the test below). With TLS on, the
+    greeting cannot be sent in clear, so only the connection is tried."""
+    import xtm.runtime.ray as xray
+
+    monkeypatch.delenv("RAY_USE_TLS", raising=False)
+    monkeypatch.setattr(xray, "CONNECT_TIMEOUT_S", 1.0)
+    with _tcp_server(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n") as web:
+        for address in (web, f"ray://{web}"):
+            with pytest.raises(XtmError, match=rf"cannot reach the Ray cluster at {address} \(it answers, but not "
+                                               r"as a Ray cluster: no gRPC server listens there\)$"):
+                xray._check_reachable(address)
+        monkeypatch.setenv("RAY_USE_TLS", "1")
+        xray._check_reachable(web)
+        monkeypatch.delenv("RAY_USE_TLS")
+        src = _write_jsonl(tmp_path / "d.jsonl", [{"text": "bank market", "lang": "en"}])
+        env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_USE_TLS")}
+        r = subprocess.run([sys.executable, "-m", "xtm.cli.infer", str(src), "--bundle", str(hb.path), "--engine",
+                            "ray", "--address", web, "--out", str(tmp_path / "o.jsonl")],
+                           env=env, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and r.stderr.splitlines()[-1] == (
+            f"error: cannot reach the Ray cluster at {web} (it answers, but not as a Ray cluster: no gRPC server "
+            "listens there)"), r.stderr
+        assert not (tmp_path / "o.jsonl").exists()
+    with _tcp_server(None) as silent, pytest.raises(XtmError, match=r"\(no answer in 1 s\)$"):
+        xray._check_reachable(silent)
+
+
+def test_a_real_clusters_address_passes_the_check(ray_local) -> None:
+    """The GCS of a running Ray answers the gRPC greeting: an address that works is never refused."""
+    import xtm.runtime.ray as xray
+
+    xray._check_reachable(ray.get_runtime_context().gcs_address)
+
+
 def test_an_unreadable_input_is_one_error_naming_it(ray_local, hb: HandBundle, tmp_path: Path) -> None:
     """An I/O error in a reader task (/proc/self/mem reads as EIO) printed 150 lines of Ray tracebacks
     and ended `error: ray::MapBatches(_read_rows)() ... OSError: [Errno 5]`, no file named. Now the
