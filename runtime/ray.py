@@ -30,6 +30,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import time
 import urllib.parse
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -610,33 +611,47 @@ def _check_reachable(address: str | None) -> None:
     The address is the one ray.init uses: RAY_ADDRESS, when set, stands in for none or "auto". Only
     HOST:PORT and ray://HOST:PORT are tried; "auto" and "local" name no host, and Ray answers for them.
     The port must accept a TCP connection and answer a gRPC greeting as an HTTP/2 server does (_speaks_grpc);
-    a cluster with TLS on (RAY_USE_TLS) expects a TLS handshake first, so there only the connection is tried."""
+    a cluster with TLS on (RAY_USE_TLS, as Ray reads it) expects a TLS handshake first, so there only the
+    connection is tried. Through an HTTP proxy (RAY_grpc_enable_http_proxy) the cluster may not be reachable
+    directly at all: nothing is tried, and Ray judges."""
     source = ""
     if os.environ.get("RAY_ADDRESS") and address in (None, "auto"):
         address, source = os.environ["RAY_ADDRESS"], "; it comes from RAY_ADDRESS (unset it for a local Ray)"
     target = _host_port(address)
-    if target is None:
+    if target is None or _ray_switch("RAY_grpc_enable_http_proxy"):
         return
-    tls = os.environ.get("RAY_USE_TLS", "").strip().lower() in ("1", "true", "yes")
     try:
         with socket.create_connection(target, timeout=CONNECT_TIMEOUT_S) as sock:
-            if tls or _speaks_grpc(sock):
+            if _ray_switch("RAY_USE_TLS") or _speaks_grpc(sock):
                 return
-        why = "it answers, but not as a Ray cluster: no gRPC server listens there"
+        why = ("something listens there, but not a Ray GCS or ray:// server speaking gRPC in clear text; if the "
+               "cluster uses TLS, set RAY_USE_TLS=1")
     except OSError as e:
         why = f"no answer in {CONNECT_TIMEOUT_S:g} s" if isinstance(e, TimeoutError) else e.strerror or str(e)
+    except UnicodeError:  # an IDNA-invalid host name ("a..b")
+        why = "not a valid host name"
     raise XtmError(f"cannot reach the Ray cluster at {address} ({why}){source}")
 
 
+def _ray_switch(name: str) -> bool:
+    """An environment switch as Ray reads it ("1" or "true", any case)."""
+    return os.environ.get(name, "0").lower() in ("1", "true")
+
+
 def _speaks_grpc(sock: socket.socket) -> bool:
-    """Whether the server on `sock` answers a gRPC client's greeting with HTTP/2's SETTINGS frame. A server
-    that says nothing for CONNECT_TIMEOUT_S raises TimeoutError."""
+    """Whether the server on `sock` answers a gRPC client's greeting with HTTP/2's SETTINGS frame, within
+    CONNECT_TIMEOUT_S in all (TimeoutError otherwise, however slowly the bytes trickle in)."""
+    deadline = time.monotonic() + CONNECT_TIMEOUT_S
     sock.sendall(_HTTP2_PREFACE)
     head = b""
     while len(head) < 9:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        sock.settimeout(left)
         chunk = sock.recv(9 - len(head))
         if not chunk:
-            return False  # closed on us: an HTTP/1 server refusing the greeting, or anything else
+            return False  # closed on us: an HTTP/1 server refusing the greeting, a TLS server, anything else
         head += chunk
     return head[3] == _HTTP2_SETTINGS
 

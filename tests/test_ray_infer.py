@@ -436,19 +436,25 @@ def _tcp_server(answer: bytes | None) -> Iterator[str]:
     held: list[socket.socket] = []
 
     def serve() -> None:
-        with contextlib.suppress(OSError):
-            while True:
+        while True:
+            try:
                 conn, _ = server.accept()
-                held.append(conn)
-                if answer is not None:
+            except OSError:
+                return  # shut down
+            held.append(conn)
+            if answer is not None:
+                with contextlib.suppress(OSError):  # one client gone early does not end the serving
                     conn.recv(1024)
                     conn.sendall(answer)
 
-    threading.Thread(target=serve, daemon=True).start()
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
     try:
         yield f"127.0.0.1:{server.getsockname()[1]}"
     finally:
+        server.shutdown(socket.SHUT_RDWR)  # wakes accept(): close() alone leaves the port serving
         server.close()
+        thread.join(5)
         for conn in held:
             conn.close()
 
@@ -457,37 +463,45 @@ def test_an_address_where_something_else_listens_is_one_error_not_a_hang(hb: Han
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """A port that accepts TCP but is not Ray (a web server, a silent program): the TCP check passed and
     ray.init waited there for ever. Now a gRPC greeting must be answered as an HTTP/2 server does (Ray's GCS
-    and its ray:// client server are gRPC servers: the positive case is the test below). With TLS on, the
-    greeting cannot be sent in clear, so only the connection is tried."""
+    and its ray:// client server are gRPC servers; the GCS is the positive case below, the ray:// server
+    needs grpcio, which the dev install lacks). With TLS on, the greeting cannot be sent in clear, so only the
+    connection is tried; through an HTTP proxy, nothing."""
     import xtm.runtime.ray as xray
 
-    monkeypatch.delenv("RAY_USE_TLS", raising=False)
+    for name in ("RAY_USE_TLS", "RAY_grpc_enable_http_proxy"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(xray, "CONNECT_TIMEOUT_S", 1.0)
     with _tcp_server(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n") as web:
         for address in (web, f"ray://{web}"):
-            with pytest.raises(XtmError, match=rf"cannot reach the Ray cluster at {address} \(it answers, but not "
-                                               r"as a Ray cluster: no gRPC server listens there\)$"):
+            with pytest.raises(XtmError, match=rf"cannot reach the Ray cluster at {address} \(something listens "
+                                               r"there, but not a Ray GCS or ray:// server speaking gRPC in clear "
+                                               r"text; if the cluster uses TLS, set RAY_USE_TLS=1\)$"):
                 xray._check_reachable(address)
-        monkeypatch.setenv("RAY_USE_TLS", "1")
-        xray._check_reachable(web)
-        monkeypatch.delenv("RAY_USE_TLS")
+        for switch in ("RAY_USE_TLS", "RAY_grpc_enable_http_proxy"):
+            monkeypatch.setenv(switch, "True")
+            xray._check_reachable(web)
+            monkeypatch.delenv(switch)
         src = _write_jsonl(tmp_path / "d.jsonl", [{"text": "bank market", "lang": "en"}])
         env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_USE_TLS")}
         r = subprocess.run([sys.executable, "-m", "xtm.cli.infer", str(src), "--bundle", str(hb.path), "--engine",
                             "ray", "--address", web, "--out", str(tmp_path / "o.jsonl")],
                            env=env, capture_output=True, text=True, timeout=60)
-        assert r.returncode == 2 and r.stderr.splitlines()[-1] == (
-            f"error: cannot reach the Ray cluster at {web} (it answers, but not as a Ray cluster: no gRPC server "
-            "listens there)"), r.stderr
+        assert r.returncode == 2 and r.stderr.endswith(
+            f"error: cannot reach the Ray cluster at {web} (something listens there, but not a Ray GCS or ray:// "
+            "server speaking gRPC in clear text; if the cluster uses TLS, set RAY_USE_TLS=1)\n"), r.stderr
         assert not (tmp_path / "o.jsonl").exists()
     with _tcp_server(None) as silent, pytest.raises(XtmError, match=r"\(no answer in 1 s\)$"):
         xray._check_reachable(silent)
+    with pytest.raises(XtmError, match=r"at a\.\.b:80 \(not a valid host name\)$"):
+        xray._check_reachable("a..b:80")
 
 
-def test_a_real_clusters_address_passes_the_check(ray_local) -> None:
+def test_a_real_clusters_address_passes_the_check(ray_local, monkeypatch: pytest.MonkeyPatch) -> None:
     """The GCS of a running Ray answers the gRPC greeting: an address that works is never refused."""
     import xtm.runtime.ray as xray
 
+    for name in ("RAY_USE_TLS", "RAY_grpc_enable_http_proxy"):  # either would skip the greeting
+        monkeypatch.delenv(name, raising=False)
     xray._check_reachable(ray.get_runtime_context().gcs_address)
 
 
