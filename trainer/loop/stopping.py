@@ -1,4 +1,5 @@
-"""Stopping training on a signal: SIGINT (Ctrl-C), SIGTERM or SIGHUP end it at a step boundary.
+"""Stopping training on a signal: SIGINT (Ctrl-C), SIGTERM or SIGHUP end it at a step boundary (at once inside an
+abandonable section, such as an evaluation, or on a second signal).
 
 `StopFlag` is the handler the training loop (xtm.trainer.loop.training) installs for one run. It is apart
 from the loop because it knows nothing of models, data or checkpoints: only when a signal may end work at once
