@@ -321,9 +321,10 @@ def is_desktop_metadata(path: Path) -> bool:
         return False
     finally:
         os.close(fd)
-    if name == "desktop.ini":
-        text = next((head[len(b):] for b in _BOMS if head.startswith(b)), head).replace(b"\x00", b"").lstrip()
-        return st.st_size <= DESKTOP_INI_MAX_BYTES and text.startswith(b"[")
+    if name == "desktop.ini":  # text, maybe UTF-16 after a byte-order mark: its header past the BOM and NULs
+        if st.st_size > DESKTOP_INI_MAX_BYTES:
+            return False
+        head = next((head[len(b):] for b in _BOMS if head.startswith(b)), head).replace(b"\x00", b"").lstrip()
     if name in DESKTOP_METADATA_HEADERS:
         return head.startswith(DESKTOP_METADATA_HEADERS[name])
     return head.startswith(APPLEDOUBLE_MAGIC) and os.path.lexists(path.with_name(path.name[2:]))
