@@ -116,21 +116,28 @@ def resolve_providers(requested: Sequence[str] | None, available: Sequence[str],
     requested: names or short names, most preferred first; None: CUDA when this build has it, then
     the CPU. available: what the installed build offers (`onnxruntime.get_available_providers()`);
     known: every provider onnxruntime knows of (`get_all_providers()`), to tell a misspelt name from
-    one this build lacks. runtimes: the installed ONNX Runtime wheels (for the fix in the message).
+    one this build lacks. A provider this build lacks is an error unless the list ends with one it has
+    (`cuda,cpu` on the CPU build: a warning, and the CPU), as for a provider that cannot start.
+    runtimes: the installed ONNX Runtime wheels (for the fix in the message).
     """
     if requested is None:
         return ([CUDA] if CUDA in available else []) + [CPU]
-    chosen: list[str] = []
+    wanted: list[str] = []
     for name in requested:
         full = _full_name(name, [*available, *known])
-        if full is None:
+        if full is None:  # a misspelt name is an error wherever it stands in the list
             raise XtmError(f"execution provider {name!r} is not available: onnxruntime knows no such provider "
                            f"(names such as cuda, cpu, tensorrt, coreml, dml, openvino; this onnxruntime has "
                            f"{', '.join(_short(a) for a in available)})")
-        if full not in available:
-            raise XtmError(_missing_provider(full, available, runtimes))
-        if full not in chosen:
-            chosen.append(full)
+        if full not in wanted:
+            wanted.append(full)
+    chosen = [p for p in wanted if p in available]
+    missing = [p for p in wanted if p not in available]
+    if wanted[-1] not in available:  # the list does not end with a fallback this build has
+        raise XtmError(_missing_provider(missing[0], available, runtimes))
+    for p in missing:  # a fallback follows: the same rule as a provider that cannot start (check_used)
+        logger.warning(f"{_missing_provider(p, available, runtimes)}; running on {_short(chosen[0])}, "
+                       "the next provider asked for")
     return chosen
 
 

@@ -55,6 +55,25 @@ def test_a_provider_the_build_lacks_names_the_gpu_install_line() -> None:
     assert "installed: onnxruntime 1.32.0" in msg and 'pip uninstall -y onnxruntime && pip install "xtm[gpu]"' in msg
 
 
+@pytest.mark.usefixtures("library_logging")
+def test_a_provider_the_build_lacks_falls_back_only_when_the_list_ends_with_one_it_has(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """`cuda,cpu` is what a script meant for any machine asks: on the CPU build it runs on the CPU, saying why."""
+    cpu_build, runtimes = ["AzureExecutionProvider", CPU], {"onnxruntime": "1.32.0"}
+    with caplog.at_level(logging.WARNING, logger="xtm.runtime.providers"):
+        assert resolve_providers(["cuda", "cpu"], cpu_build, ALL, runtimes=runtimes) == [CPU]
+        assert resolve_providers(["tensorrt", "cuda", "cpu"], cpu_build, ALL, runtimes=runtimes) == [CPU]
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 3 and all(m.endswith("running on cpu, the next provider asked for") for m in messages)
+    assert "cuda (CUDAExecutionProvider) is not available in this onnxruntime" in messages[0]
+    assert 'pip install "xtm[gpu]"' in messages[0]
+    for no_fallback in (["cuda"], ["cpu", "cuda"], ["tensorrt", "cuda"]):
+        with pytest.raises(XtmError, match="is not available in this onnxruntime"):
+            resolve_providers(no_fallback, cpu_build, ALL, runtimes=runtimes)
+    with pytest.raises(XtmError, match="'cudaa' is not available: onnxruntime knows no such provider"):
+        resolve_providers(["cudaa", "cpu"], cpu_build, ALL)  # a misspelt name is never skipped
+
+
 def test_a_misspelt_or_empty_provider_is_refused() -> None:
     with pytest.raises(XtmError, match="'cudaa' is not available: onnxruntime knows no such provider"):
         resolve_providers(["cudaa"], [CPU], ALL)
@@ -88,11 +107,12 @@ def test_load_with_providers_reports_what_the_sessions_run_on(hb: HandBundle) ->
     np.testing.assert_array_equal(m.infer(["the stock market"], "en").theta, m2.infer(["the stock market"], "en").theta)
 
 
-def test_load_refuses_cuda_on_the_cpu_build(hb: HandBundle) -> None:
+def test_load_refuses_cuda_alone_on_the_cpu_build_and_falls_back_when_asked(hb: HandBundle) -> None:
     if CUDA in ort.get_available_providers():
         pytest.skip("this onnxruntime has CUDA")
     with pytest.raises(XtmError, match=r"cuda \(CUDAExecutionProvider\) is not available"):
-        TopicModel.load(hb.path, providers=["cuda", "cpu"])
+        TopicModel.load(hb.path, providers=["cuda"])
+    assert TopicModel.load(hb.path, providers=["cuda", "cpu"]).providers == [CPU]
 
 
 def test_xtm_infer_providers_flag_and_verbose_log(hb: HandBundle, tmp_path: Path) -> None:
