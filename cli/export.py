@@ -60,7 +60,8 @@ leaves it out. With --quantize int8 its matrix products run in int8 too
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Bundle directory to write.")
 @click.option("--quantize", type=click.Choice(["int8"]),
               help="Smaller encoders: first-layer weights int8 (one scale per word), the rest float16.")
-@click.option("--opset", type=click.IntRange(17, 23), default=18, show_default=True)
+@click.option("--opset", type=click.IntRange(17, 23), default=18, show_default=True,
+              help="ONNX opset of the exported graphs; try another if the parity check fails.")
 @click.option("--contextual/--no-contextual", default=None,
               help="Include the run's contextual route (default: when the run has one).")
 @click.option("--no-parity-check", "no_parity_check", is_flag=True,

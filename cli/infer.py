@@ -58,10 +58,15 @@ Routes (--route): a bundle reads its training languages with their
 bag-of-words encoders. A bundle exported from a run with a contextual route
 (xtm-contextual) also has a multilingual sentence encoder (USE multilingual
 v3 by default: ar de en es fr it ja ko nl pl pt ru th tr zh) that maps any
-text to the same topics. auto (default): bag of words for the training
-languages, contextual for the encoder's languages; bow: training languages
-only; contextual: every document through the sentence encoder. A language
-the route cannot read is a bad line. Without a contextual route, auto is bow.
+text to the same topics. auto (default): what the bundle's manifest says in
+"auto_route". contextual (every new run's default): every language the
+encoder knows goes through the contextual route, the training languages
+included (a training language it does not know keeps its bag of words);
+bow, or no "auto_route" (older bundles): bag of words for the training
+languages, the contextual route for the encoder's other languages. bow:
+training languages only; contextual: every document in a language the
+encoder knows. A language the route cannot read is a bad line. Without a
+contextual route, auto is bow.
 
 \b
 Input (--input-format, default by the file name: .txt/.text text,
@@ -75,7 +80,7 @@ written as the strings "NaN", "Infinity"). Blank lines are ignored.
 Parquet (.parquet/.pq): columns text, lang and id, the same rules; a null
 cell counts as an absent field; the row number stands for the line number.
 Text: each non-blank line is one document, its id the line number, its
-language detected (UTF-8; a trailing \r is dropped).
+language detected (UTF-8; a trailing \\r is dropped).
 
 \b
 Output: one JSON object per good input line, in input order:
@@ -87,19 +92,23 @@ the input gave "lang"); route: "bow" or "contextual"; empty: true when no word
 of the document is in the vocabulary (its theta is the model's prior for an
 empty document: it says nothing about the document); oov_ratio: share of its
 words outside the vocabulary (null on the contextual route). Weights are
-rounded to 6 decimals.
+rounded to 6 decimals. When the bundle has labels (xtm-train writes them,
+xtm-label redoes them), each topic also has "label" after its id: in the
+document's language for a training language, else in the first training
+language that has one (null for a topic without any).
 --format csv (default for --out *.csv): a header row, then per document id,
 lang, lang_conf, route, empty, oov_ratio, topic_1, weight_1, ... topic_K',
-weight_K' (K' = --top-k), topic_1_words ("en: w1 w2 | zh: ..."), and with
-full theta theta_0 ... theta_{K-1}; UTF-8, empty cells for null. An id or
-label a spreadsheet would run as a formula (starting with = + - @, a tab or
-a carriage return, and not a plain number) gets a leading ' in CSV only
-(shown as text, not run; "@user" is written "'@user").
+weight_K' (K' = --top-k; with labels, label_i after each weight_i),
+topic_1_words ("en: w1 w2 | zh: ..."), and with full theta theta_0 ...
+theta_{K-1}; UTF-8, empty cells for null. An id or label a spreadsheet
+would run as a formula (starting with = + - @, a tab or a carriage return,
+and not a plain number) gets a leading ' in CSV only (shown as text, not
+run; "@user" is written "'@user").
 --format parquet (default for --out *.parquet, pip install "xtm[parquet]"):
 columns id, lang, lang_conf, route, empty, oov_ratio, topics (list of ids),
-weights, and theta (full theta). In both, ids are text (a string id as it
-is, another id as its JSON; CSV's formula rule above aside), and the values
-are those of the JSON line.
+weights, labels (with labels) and theta (full theta). In both, ids are text
+(a string id as it is, another id as its JSON; CSV's formula rule above
+aside), and the values are those of the JSON line.
 
 \b
 Engines (--engine): local (default) reads one JSONL, text or Parquet file,

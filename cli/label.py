@@ -25,13 +25,15 @@ xtm-export puts them into the bundle (topics.json), so every xtm-infer line and
 TopicModel.topic_info() carry them. xtm-train already labels every run when it ends
 (with phase 2's LLM when it has one, else without an LLM): run this to label again,
 with an LLM. An LLM answer that is not a label (empty, an essay, markup, the wrong
-language) gets the LLM-free label instead. Answers are cached ($XTM_CACHE_DIR or
-~/.cache/xtm, llm-answers/): a rerun makes no new request. The API key comes from
+language) gets the LLM-free label instead. Answers are cached (--cache-dir, in
+llm-answers/): a rerun makes no new request. The API key comes from
 the variable --llm-api-key-env names, never from the command line. See docs/labels.md.
 
 \b
-Exit codes: 0 labelled; 2 bad input or settings, or an LLM server that refuses the
-request (wrong URL, model or key): one `error:` line.
+Exit codes: 0 labelled; 2 bad input or settings, an LLM server that refuses the
+requests (HTTP 401/403/404: wrong URL path, model or key), or one that answers none
+of them (nothing listens at --llm-url, the server is down): one `error:` line, and
+labels.json is left as it was.
 """
 
 
@@ -40,7 +42,8 @@ request (wrong URL, model or key): one `error:` line.
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @options(LabelConfig, "Labels")
 @click.option("--cache-dir", type=click.Path(file_okay=False),
-              help="Cache of LLM answers (default: $XTM_CACHE_DIR or ~/.cache/xtm).")
+              help="Cache of LLM answers, in llm-answers/ (default: $XTM_CACHE_DIR, else $XDG_CACHE_HOME/xtm, "
+                   "else ~/.cache/xtm).")
 @click.option("--no-report", is_flag=True, help="Do not render RUN_DIR/report.html again.")
 @version_option("xtm-label")
 @friendly_errors

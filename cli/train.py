@@ -81,9 +81,15 @@ without it and says why. --no-contextual skips it; --contextual makes its
 failure an error. docs/contextual.md has the measurements.
 
 \b
-Outputs in --out: metrics.json, topics_<lang>.txt, vocab_<lang>.txt,
-config.json, history.json and checkpoints/ (safetensors + JSON), contextual/. --out must be
-new, empty, or an xtm run; one process at a time writes a run (RUN_DIR/.xtm.lock).
+Outputs in --out: run.json (written first: it marks the directory as an xtm
+run), config.json, vocab_<lang>.txt, parity_sample_<lang>.npz (up to 1,000
+of the run's documents per language, for export's parity check and the
+labels), topics_<lang>.txt, metrics.json, history.json and checkpoints/
+(safetensors + JSON); report_data.json, labels.json and report.html unless
+writing them fails (a warning says so; xtm-label and xtm-report redo the
+last two); refined_topics_<lang>.txt with phase 2; contextual/ unless
+--no-contextual or the run cannot have it. --out must be new, empty, or an
+xtm run; one process at a time writes a run (RUN_DIR/.xtm.lock).
 
 \b
 Exit codes: 0 trained; 2 bad input or settings (one `error:` line); 130, 143,

@@ -358,7 +358,8 @@ class RefinerConfig:
                                          "wait, read the whole answer, same-origin redirects) before it is retried.",
                              cli=Cli("--llm-timeout", min=1, max=86400))  # (1e10 overflowed the timers)
     retries: int = setting(4, help="openai refiner: attempts after the first one failed (connection errors, "
-                                   "timeouts, 429, 5xx).")
+                                   "timeouts, 429, 5xx), with growing waits between them.",
+                           cli=Cli("--llm-retries", min=0, max=100))
     sampling: Sampling = setting(help="How LLM refiners sample.", factory=Sampling)
     # Added for issue 15 (phase 2 kept TU within 0.01 of phase 1 instead of losing 0.06; docs/llm_xtm.md).
     exclusive: bool = setting(True, help="embedding refiner: a word enters only the refined set of the topic whose "
@@ -534,7 +535,9 @@ class TrainConfig:
     """The backbone and its phase-1 training (config.json and the checkpoints' "train_config")."""
 
     model: str = setting("infoctm", help="Backbone: nmtm and infoctm align through --dict; xtra through "
-                                         "multilingual sentence embeddings (no dictionary needed).",
+                                         "multilingual sentence embeddings (no dictionary needed); gloctm "
+                                         "through multilingual word and sentence embeddings, --dict optional "
+                                         "(its links are added to the word neighbours).",
                          cli=Cli("--model", choices=MODEL_NAMES, case_sensitive=False))
     num_topics: int = setting(50, help="Number of topics K (shared across languages).",
                               cli=Cli("--topics", min=2, max=10000))
@@ -554,8 +557,11 @@ class TrainConfig:
     threads: int | None = setting(None, help="CPU threads for torch (default: the cores other processes leave "
                                              "free; with --resume, the count the run started with).",
                                   cli=Cli("--threads", type=int, min=1))
-    cache_dir: str | None = setting(None, help="Cache for document embeddings (default: $XTM_CACHE_DIR or "
-                                               "~/.cache/xtm).", cli=Cli("--cache-dir", path="dir"))
+    cache_dir: str | None = setting(None, help="Cache directory: embeddings/ (documents, words, the contextual "
+                                               "route's sentence features) and llm-answers/ (LLM answers of "
+                                               "phase 2 and of the labels); default: $XTM_CACHE_DIR, else "
+                                               "$XDG_CACHE_HOME/xtm, else ~/.cache/xtm.",
+                                    cli=Cli("--cache-dir", path="dir"))
     progress: bool = setting(True, help="Progress bars on stderr.",
                              cli=Cli("-q --quiet", switch=False, tty=True, help="No progress bars."))
     hparams: dict[str, Any] = setting(
@@ -687,10 +693,12 @@ class ContextualConfig:
     seed: int = setting(0, help="Seed of the head's initialisation and batch order.",
                         cli=Cli("--seed", min=0, max=SEED_MAX))
     device: str = setting("cpu", help="cpu, cuda or cuda:N.", cli=Cli("--device"))
-    threads: int | None = setting(None, help="CPU threads for torch (default: the cores other processes leave free).",
+    threads: int | None = setting(None, help="CPU threads for torch (default: the cores other processes leave "
+                                             "free, except for the head's training steps on a CPU: 1).",
                                   cli=Cli("--threads", type=int, min=1))
-    cache_dir: str | None = setting(None, help="Cache for sentence features (default: $XTM_CACHE_DIR or "
-                                               "~/.cache/xtm).", cli=Cli("--cache-dir", path="dir"))
+    cache_dir: str | None = setting(None, help="Cache for sentence features, in embeddings/ (default: "
+                                               "$XTM_CACHE_DIR, else $XDG_CACHE_HOME/xtm, else ~/.cache/xtm).",
+                                    cli=Cli("--cache-dir", path="dir"))
     progress: bool = setting(False, help="Progress output on stderr.",
                              cli=Cli("-q --quiet", switch=False, tty=True, help="No progress output."))
     # Issue 14 (fields at the end: contextual.json files written before lack them and read back as

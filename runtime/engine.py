@@ -69,10 +69,11 @@ logger = logging.getLogger(__name__)
 # document and its translation through the same network), or bag of words for the training languages
 # and contextual for the others (bundles before issue 14); = "bow" for a bundle without a contextual route.
 ROUTES = ("auto", "bow", "contextual")
-ROUTE_HELP = ("auto: every language through the contextual route when the bundle has one (bundles from before "
-              "issue 14: bag of words for the training languages, the contextual route for others; no contextual "
-              "route: bag of words); bow: training languages only; contextual: every document through the "
-              "sentence encoder.")
+ROUTE_HELP = ("auto: as the bundle's manifest says (auto_route): contextual (every new bundle) reads every language "
+              "the sentence encoder knows through the contextual route; bow or none (older bundles): bag of words "
+              "for the training languages, the contextual route for the others; no contextual route: bag of "
+              "words. bow: training languages only. contextual: every document in a language the sentence "
+              "encoder knows.")
 # Records per engine step (local chunks, Ray actor calls): 4 encoder batches, so per-step overhead
 # (formatting set-up, Arrow conversion, scheduling) stays small next to tokenizing and the encoder.
 CHUNK_BATCHES = 4

@@ -9,6 +9,7 @@ import dataclasses
 import io
 import json
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -292,6 +293,28 @@ def test_a_server_that_refuses_stops_xtm_label_and_keeps_the_old_labels(tmp_path
     # ... while training's own labelling never fails on it: fallback labels and a warning.
     labels = label_topics(TOPICS, llm_config("http://127.0.0.1:1/v1"), llm_errors="fallback")
     assert all(s == "fallback" for row in labels.sources for s in row.values())
+
+
+def test_a_server_that_answers_nothing_stops_xtm_label_and_keeps_the_old_labels(tmp_path: Path) -> None:
+    """Nothing listening at --llm-url: every request fails every attempt. Labels from that would all be the
+    fallback under the LLM's name, replacing good ones; it is the same error as a refusing server."""
+    run = hand_run(tmp_path / "run")
+    label_run(run)
+    before = (run / "labels.json").read_bytes()
+    with socket.socket() as s:  # a port nothing listens on once closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    p = subprocess.run([sys.executable, "-m", "xtm.cli.label", str(run), "--refiner", "openai", "--llm-url",
+                        f"http://127.0.0.1:{port}/v1", "--llm-model", "tiny", "--llm-retries", "0", "--no-report",
+                        "--cache-dir", str(tmp_path / "c")], capture_output=True, text=True, timeout=120, env=env())
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:") and "answered none of the 8 label requests" in last, p.stderr
+    assert "that label is the LLM-free one" in p.stderr and "refined set" not in p.stderr
+    assert (run / "labels.json").read_bytes() == before
+    # Training's own labelling goes on with the fallback, and says that it is the fallback.
+    labels = label_topics(TOPICS, llm_config(f"http://127.0.0.1:{port}/v1"), llm_errors="fallback")
+    assert labels.generator == "fallback"
 
 
 def test_xtm_label_cli_writes_labels_and_the_report(example_run: Path, tmp_path: Path) -> None:

@@ -109,7 +109,10 @@ def make_generator(cfg: LabelConfig) -> TextGenerator:
     if not cfg.uses_llm:
         raise XtmError("LLM-free labels need no generator")
     refiner = make_refiner(cfg.refiner(), {}, dict, n_words=1, cache_dir=None)
-    return refiner.generator  # type: ignore[attr-defined]  # every LLM backend is an LLMRefiner
+    generator = refiner.generator  # type: ignore[attr-defined]  # every LLM backend is an LLMRefiner
+    if hasattr(generator, "failure_note"):  # the HTTP client's warning for a request that failed every attempt
+        generator.failure_note = "that label is the LLM-free one"
+    return generator
 
 
 def ask(generator: TextGenerator, prompts: list[str], cfg: LabelConfig, cache: AnswerCache,
@@ -175,11 +178,18 @@ def label_topics(topics: dict[str, list[list[str]]], cfg: LabelConfig = DEFAULT,
         prompts = [label_prompt({x: top[x][t] for x in langs}, lang) for t, lang in jobs]
         try:
             answers = ask(generator, prompts, cfg, AnswerCache(cache_dir), stats)
+            if stats.failures and all(a is None for a in answers):
+                # Not one answer (a wrong URL, a server that is down): labels from it would all be the fallback
+                # under the LLM's name, replacing whatever labels.json held.
+                raise XtmError(f"{name} answered none of the {len(prompts)} label requests (each failed every "
+                               "attempt: the warnings above say why); check --llm-url and that the server runs, "
+                               "or label without an LLM (no --refiner)")
         except XtmError as e:
             if llm_errors != "fallback":
                 raise
             logger.warning(f"topic labels: the LLM could not be used ({e}); the labels are the LLM-free fallback")
             answers = [None] * len(jobs)
+            name = "fallback"
         for (t, lang), text in zip(jobs, answers, strict=True):
             label = clean_label(text, lang, cfg.max_chars, cfg.max_words)
             if label is not None:

@@ -203,6 +203,8 @@ class OpenAICompatibleGenerator:
     # A token is a few bytes of text, at most ~100 as JSON escapes; the JSON around the text is small.
     # The cap follows max_tokens so that parsing a hostile answer stays cheap (about 3 s per MB here).
     MAX_RESPONSE_BYTES = 2 * 2**20
+    # What a request that failed every attempt leaves, in its warning: phase 2's words; xtm-label sets its own.
+    failure_note = "the topic keeps its last refined set"
     RESPONSE_BYTES_BASE = 64 * 2**10
     RESPONSE_BYTES_PER_TOKEN = 256
 
@@ -389,8 +391,7 @@ class OpenAICompatibleGenerator:
                     time.sleep(self._wait(attempt, retry_after))
                 elif give_up.wait(self._wait(attempt, retry_after)):
                     return None  # the refinement was stopped: no warning, nothing more to ask
-        logger.warning(f"LLM request failed after {attempt + 1} attempts ({reason}); "
-                       "the topic keeps its last refined set")
+        logger.warning(f"LLM request failed after {attempt + 1} attempts ({reason}); {self.failure_note}")
         return None
 
     def generate(self, prompts: list[str], rounds: int, sampling: Sampling,
