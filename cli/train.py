@@ -14,7 +14,6 @@ import click
 from xtm.cli.common import TRAIN_INSTALL, friendly_errors, require_modules, setup_logging, version_option
 from xtm.cli.options import SectionedCommand, build, options, settings
 from xtm.config import (
-    ContextualConfig,
     DataConfig,
     Phase2Config,
     RefinerConfig,
@@ -168,25 +167,12 @@ def run_config(parsed: dict[str, Any]) -> RunConfig:
 
 
 def fit_contextual(out: Path, cfg: TrainConfig, required: bool) -> dict[str, Any] | None:
-    """xtm-contextual with its defaults, on this run's seed and machine settings; its summary.
-
-    Fitted by default, so a run that cannot have it (a benchmark directory without document texts,
-    a missing encoder package) still finishes as a trained run: a warning says why and how to add it
-    later, and the bundle reads the training languages only. With --contextual (`required`) it fails."""
+    """The contextual route after training (`fit_after_training`), as the terminal summary shows it."""
     from xtm.cli.contextual import summary as contextual_summary
-    from xtm.errors import XtmError
-    from xtm.trainer.contextual.fit import train_contextual
+    from xtm.trainer.contextual.fit import fit_after_training
 
-    ccfg = ContextualConfig(seed=cfg.seed, device=cfg.device, threads=cfg.threads, cache_dir=cfg.cache_dir,
-                            progress=cfg.progress)
-    try:
-        return contextual_summary(train_contextual(out, ccfg))
-    except (XtmError, ImportError) as e:
-        if required:
-            raise
-        click.echo(f"xtm-train: warning: no contextual route ({e}); bundles of this run read only its training "
-                   f"languages (add it later: xtm-contextual {out})", err=True)
-        return None
+    metrics = fit_after_training(out, cfg, required)
+    return contextual_summary(metrics) if metrics is not None else None
 
 
 def render_report(run_dir: Path) -> None:

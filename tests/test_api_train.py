@@ -42,11 +42,23 @@ def test_train_on_lists_export_and_infer(example: dict[str, Path], tmp_path: Pat
     assert [r["text"] for r in rows(run.data_path)] == [d["text"] for d in docs]
     assert cfg["train_config"]["seed"] == 1 and cfg["data"]["min_df"] == 1
 
+    # As xtm-train: the contextual route is fitted by default, so the bundle serves languages never trained on.
+    assert run.contextual is not None and (run.run_dir / "contextual" / "contextual.json").is_file()
+
     model = run.export(tmp_path / "bundle")
     assert model.num_topics == 6 and model.languages == ["en", "zh"]
     theta = model.transform(["The coach said the team will win the final.", "股市今天大幅下跌"])
     assert theta.shape == (2, 6) and np.allclose(theta.sum(axis=1), 1, atol=1e-5)
     assert [w for w, _ in model.get_topic(0, "en", 15)] == run.topics["en"][0]
+    assert model.infer(["L'entraîneur a dit que l'équipe gagnera la finale."], langs="fr").routes == ["contextual"]
+
+
+def test_contextual_false_trains_without_the_route(example: dict[str, Path], tmp_path: Path) -> None:
+    run = xtm.train(rows(example["docs"]), dictionary=example["dict"], model="nmtm", num_topics=6, epochs=1,
+                    out=tmp_path / "run", min_df=1, contextual=False)
+    assert run.contextual is None and not (run.run_dir / "contextual").exists()
+    with pytest.raises(XtmError, match="contextual must be True, False or None"):
+        xtm.train(rows(example["docs"]), dictionary=example["dict"], out=tmp_path / "run2", contextual="yes")
 
 
 def test_someone_elses_directory_is_refused_before_anything_is_written(example: dict[str, Path],

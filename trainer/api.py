@@ -11,9 +11,10 @@ It is `xtm-train` without files: the documents are written once as JSONL (into `
 default a new directory next to the run, kept: the run's config.json points at it, and
 xtm-contextual reads the documents again) and go through exactly the loader, tokenizers,
 vocabulary rules, training loop and evaluation that `xtm-train --data docs.jsonl` uses, into a run
-directory (`out`, default a new temporary directory). A problem with a document is the loader's
-one-line error naming its line: line N of the JSONL is docs[N - 1]. report.html is not rendered
-here (the trainer never imports the renderer): `xtm-report RUN_DIR` writes it.
+directory (`out`, default a new temporary directory), then fits the contextual route as xtm-train does
+(`contextual=`). A problem with a document is the loader's one-line error naming its line: line N of the
+JSONL is docs[N - 1]. report.html is not rendered here (the trainer never imports the renderer):
+`xtm-report RUN_DIR` writes it.
 """
 
 from __future__ import annotations
@@ -57,12 +58,14 @@ class TrainedRun:
 
     run_dir: the run directory (xtm-export, xtm-report, xtm-contextual take it). data_path: the
     JSONL the documents were written to. metrics: metrics.json (TU, CNPMI, TQ, classification, ...).
-    topics: each language's topics, their top words (topics_<lang>.txt)."""
+    topics: each language's topics, their top words (topics_<lang>.txt). contextual: the contextual
+    route's metrics (RUN_DIR/contextual/contextual.json), None when the run has none."""
 
     run_dir: Path
     data_path: Path
     metrics: dict[str, Any]
     topics: dict[str, list[list[str]]] = field(default_factory=dict)
+    contextual: dict[str, Any] | None = None
 
     @property
     def interrupted(self) -> bool:
@@ -87,7 +90,8 @@ def train(docs: Sequence[str] | Sequence[Mapping[str, Any]], langs: Sequence[str
           model: str = default_of(TrainConfig, "model"), num_topics: int = default_of(TrainConfig, "num_topics"),
           epochs: int = default_of(TrainConfig, "epochs"), labels: Sequence[Any] | None = None,
           out: str | Path | None = None, data_dir: str | Path | None = None, ref_corpus: str | Path | None = None,
-          phase2: Phase2Config | None = None, progress: bool = False, **settings: Any) -> TrainedRun:
+          phase2: Phase2Config | None = None, contextual: bool | None = None, progress: bool = False,
+          **settings: Any) -> TrainedRun:
     """Train a cross-lingual topic model on documents held in memory; returns the run.
 
     docs: texts, or records as a JSONL line holds them ({"text", "lang"?, "label"?, "split"?,
@@ -101,11 +105,17 @@ def train(docs: Sequence[str] | Sequence[Mapping[str, Any]], langs: Sequence[str
         directory beside the run, "<run>.data"; kept, see the module docstring).
     ref_corpus: aligned documents for CNPMI (xtm-train --ref-corpus).
     phase2: LLM-XTM phase 2 settings (xtm.config.Phase2Config), or `phase2_epochs=N` for the defaults.
+    contextual: the contextual route that serves every language (xtm-train's default): None fits it when
+        the run allows and otherwise warns and finishes without it; True requires it (--contextual);
+        False skips it (--no-contextual: bundles then read only the training languages).
     progress: progress bars on stderr.
     settings: any other xtm-train setting by its name in xtm.config: TrainConfig's (batch_size, lr,
         seed, device, threads, checkpoint_every, hparams={...}, eval_every, phase2_epochs, ...) and
         the vocabulary rules (vocab_size, min_df, max_df). Checked like the command line's options.
     """
+    if contextual not in (None, True, False):
+        raise XtmError(f"contextual must be True, False or None (the default: fitted when the run allows), "
+                       f"got {contextual!r}")
     cfg, data_settings = _configs(model, num_topics, epochs, progress, settings)
     records = _records(docs, langs, labels)
     run_dir = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="xtm-run-"))
@@ -120,7 +130,12 @@ def train(docs: Sequence[str] | Sequence[Mapping[str, Any]], langs: Sequence[str
     metrics = run_training(data_cfg, cfg, run_dir, phase2=phase2)
     run = RunDir(run_dir)
     topics = {lang: run.read_topics(lang) for lang in metrics.get("langs", []) if run.topics_path(lang).is_file()}
-    return TrainedRun(run_dir=run_dir, data_path=data_path, metrics=metrics, topics=topics)
+    route = None
+    if contextual is not False and not metrics.get("interrupted"):  # an interrupted run is continued first
+        from xtm.trainer.contextual.fit import fit_after_training
+
+        route = fit_after_training(run_dir, cfg, required=bool(contextual))
+    return TrainedRun(run_dir=run_dir, data_path=data_path, metrics=metrics, topics=topics, contextual=route)
 
 
 def _run_training() -> Any:

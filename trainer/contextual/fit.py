@@ -389,6 +389,25 @@ def head_theta(head: ContextualHead, emb: Tensor, batch_size: int = 4096) -> np.
 
 # -- the whole step -------------------------------------------------------------------------------
 
+def fit_after_training(run_dir: str | Path, train: TrainConfig, required: bool = False) -> dict[str, Any] | None:
+    """The contextual route fitted right after training (xtm-train, and xtm.train), with xtm-contextual's
+    defaults on the run's seed and machine settings; its metrics.
+
+    Fitted by default, so a run that cannot have it (a benchmark directory without document texts, a missing
+    encoder package) still finishes as a trained run: a warning says why and how to add it later, the bundle
+    reads the training languages only, and None is returned. `required` (--contextual) makes that an error."""
+    cfg = ContextualConfig(seed=train.seed, device=train.device, threads=train.threads, cache_dir=train.cache_dir,
+                           progress=train.progress)
+    try:
+        return train_contextual(run_dir, cfg)
+    except (XtmError, ImportError) as e:
+        if required:
+            raise
+        logger.warning(f"no contextual route ({e}); bundles of this run read only its training languages "
+                       f"(add it later: xtm-contextual {run_dir})")
+        return None
+
+
 def train_contextual(run_dir: str | Path, cfg: ContextualConfig) -> dict[str, Any]:
     """Fit and save RUN_DIR/contextual/; returns its metrics."""
     cfg.check()
