@@ -216,7 +216,7 @@ def test_a_history_json_that_cannot_be_written_does_not_stop_training(example_co
 
 def test_resume_refuses_a_different_model(example_corpus, tmp_path: Path) -> None:
     train(example_corpus, config(epochs=1), tmp_path)
-    with pytest.raises(XtmError, match="checkpoint is nmtm with K=6"):
+    with pytest.raises(XtmError, match="checkpoint is nmtm with K=6.*resume with --model nmtm --topics 6"):
         train(example_corpus, config(epochs=2, num_topics=7), tmp_path, resume=True)
 
 

@@ -310,7 +310,8 @@ class _Training:
         mc = saved["model_config"] if isinstance(saved["model_config"], dict) else {}
         if mc.get("model") != cfg.model or mc.get("num_topics") != cfg.num_topics:
             raise XtmError(f"--resume: the checkpoint is {mc.get('model')} with K={mc.get('num_topics')}, but this "
-                           f"run asks for {cfg.model} with K={cfg.num_topics}", path=ckpt.path)
+                           f"run asks for {cfg.model} with K={cfg.num_topics}: resume with --model {mc.get('model')} "
+                           f"--topics {mc.get('num_topics')}, or train a new run in another --out", path=ckpt.path)
         if saved.get("corpus") != self.fingerprint:
             raise XtmError("--resume: the data differs from the data this checkpoint was trained on "
                            f"(checkpoint {saved.get('corpus')}, now {self.fingerprint})", path=ckpt.path)
