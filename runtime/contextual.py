@@ -35,7 +35,16 @@ from typing import Any
 import numpy as np
 
 from xtm.errors import XtmError
-from xtm.runtime.bundle import BundleManifest, ContextualEntry, check_theta, graph_file, listed_file
+from xtm.runtime.bundle import (
+    BundleManifest,
+    ContextualEntry,
+    check_checksum,
+    check_theta,
+    graph_file,
+    listed_file,
+    sha256_bytes,
+    sha256_file,
+)
 
 __all__ = ["ContextualEncoder", "make_text_tokenizer", "pad_batch"]
 
@@ -129,9 +138,11 @@ class ContextualEncoder:
         self._pad_id = int(entry.tokenizer.get("pad_id", 0))
 
     @classmethod
-    def load(cls, manifest: BundleManifest, session_options: Any, providers: list[str]) -> ContextualEncoder | None:
+    def load(cls, manifest: BundleManifest, session_options: Any, providers: list[str],
+             verify: bool = True) -> ContextualEncoder | None:
         """The bundle's contextual route, or None when it has none. The entry and its files were checked
-        by the manifest reader (xtm.runtime.bundle)."""
+        by the manifest reader (xtm.runtime.bundle); with `verify`, the graph and tokenizer read now must
+        still be the files whose checksums that manifest lists (a bundle replaced in place since fails)."""
         import onnxruntime as ort
 
         entry = manifest.contextual
@@ -140,9 +151,15 @@ class ContextualEncoder:
         # Opened on first use, maybe hours after the manifest was read: both files are checked
         # again (inside the bundle, regular files, no external data), not trusted from then.
         path = graph_file(manifest, entry.file)
-        listed_file(manifest, entry.tokenizer["file"])
+        tokenizer_path = listed_file(manifest, entry.tokenizer["file"])
+        # The graph is read once into memory and both checked and loaded from those bytes: nothing can swap
+        # the file between the check and the load.
+        graph = path.read_bytes()
+        if verify:
+            check_checksum(path, sha256_bytes(graph), manifest.files[entry.file])
+            check_checksum(tokenizer_path, sha256_file(tokenizer_path), manifest.files[entry.tokenizer["file"]])
         try:
-            session = ort.InferenceSession(str(path), sess_options=session_options, providers=providers)
+            session = ort.InferenceSession(graph, sess_options=session_options, providers=providers)
         except Exception as ex:  # onnxruntime raises its own non-public exception types
             raise XtmError(f"onnxruntime cannot load the contextual graph: {ex}", path=path) from ex
         names_in = [i.name for i in session.get_inputs()]
@@ -171,7 +188,8 @@ class ContextualEncoder:
         return self._tokenize(texts)
 
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-        """theta and embedding of each text, in input order (a row does not depend on its batch)."""
+        """theta and embedding of each text, in input order (a row does not depend on its batch beyond
+        float32 rounding)."""
         n = len(texts)
         theta = np.empty((n, self._num_topics), dtype=np.float32)
         emb = np.empty((n, self.entry.embedding_dim), dtype=np.float32)

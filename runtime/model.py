@@ -8,12 +8,14 @@ Sparse encoders (bundle schema 2) read each document as its word ids and counts
 (`xtm.runtime.bow`), padded to the longest document of the batch. Documents are therefore batched
 by length: within a window of _SORT_WINDOW batches, they are sorted by their number of distinct
 words before being cut into batches, so padding stays small. Each row's result does not depend on
-its batch. Batch runs over records and files (ids, output lines, bad records) are the engine's
-(`xtm.runtime.engine`); `TopicModel.infer_records` is its shortcut.
+its batch beyond float32 rounding (a few 1e-7: onnxruntime's kernels sum in another order for another
+batch shape; the top topics are the same). Batch runs over records and files (ids, output lines,
+bad records) are the engine's (`xtm.runtime.engine`); `TopicModel.infer_records` is its shortcut.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import unicodedata
@@ -30,7 +32,18 @@ from xtm.errors import XtmError
 from xtm.languages import normalize_lang
 from xtm.npy_header import read_npy_header
 from xtm.runtime.bow import concat, count_words
-from xtm.runtime.bundle import BundleManifest, ContextualEntry, EncoderEntry, check_theta, read_manifest, read_topics
+from xtm.runtime.bundle import (
+    MANIFEST,
+    BundleManifest,
+    ContextualEntry,
+    EncoderEntry,
+    check_checksum,
+    check_theta,
+    read_manifest,
+    read_topic_labels,
+    read_topics,
+    sha256_file,
+)
 from xtm.runtime.contextual import ContextualEncoder
 from xtm.runtime.engine import InferenceOptions, check_route, infer_records, no_contextual_route
 from xtm.runtime.langid import identify  # light: py3langid's model loads on first detection
@@ -97,9 +110,10 @@ class InferenceResult:
         return list(map(list, map(zip, self.top_ids.tolist(), self.top_weights.astype(np.float64).tolist())))
 
     def top_topics_with_words(self, n_words: int = 10) -> list[list[dict[str, Any]]]:
-        """Per document: [{"id": k, "weight": w, "words": {lang: first n_words words}}, ...] for its top topics."""
+        """Per document: [{"id": k, "weight": w, "words": {lang: first n_words words}}, ...] for its top topics;
+        [] for an unsupported document (it has no topics)."""
         return [[{"id": k, "weight": w, "words": {lang: ws[:n_words] for lang, ws in self.topic_words[k].items()}}
-                 for k, w in doc] for doc in self.top_topics]
+                 for k, w in doc if k >= 0] for doc in self.top_topics]
 
 
 @dataclass(frozen=True)
@@ -154,13 +168,25 @@ class TopicModel:
     Safe to share between threads: after loading, the only mutable state is a cache of
     tokenizers made on first use and the contextual session, opened on first use (both under a
     lock); onnxruntime sessions' run() is thread-safe.
+
+    Between processes: it pickles as its bundle's path (multiprocessing, joblib, Ray load the bundle
+    again on the other side, and refuse one that changed since). A fork while other threads of this
+    process run inference can leave the child's onnxruntime waiting for ever (its thread pools are not
+    fork-safe): fork before the threads start, or use the "spawn" start method.
     """
 
     def __init__(self, manifest: BundleManifest, encoders: dict[str, _Encoder],
-                 topics: list[dict[str, list[str]]], providers: list[str], session_options: Any = None) -> None:
+                 topics: list[dict[str, list[str]]], providers: list[str], session_options: Any = None,
+                 labels: list[dict[str, str]] | None = None, *, verify: bool = True,
+                 reload: tuple[dict[str, Any], str] | None = None) -> None:
         self._manifest = manifest
         self._encoders = encoders
         self._topics = topics
+        self._labels = labels if labels is not None else [{} for _ in topics]
+        # Files read after loading (the contextual graph, beta) are checked against the manifest read at load
+        # when `verify`: a bundle replaced in place (a redeploy) cannot give this object another model's parts.
+        self._verify = verify
+        self._reload = reload  # (load's keyword arguments, the manifest's sha256): how a pickled copy reloads
         self._providers = providers
         self._tokenizers: dict[str, Callable[[str], list[str]]] = {}
         self._tok_lock = threading.Lock()
@@ -189,8 +215,10 @@ class TopicModel:
         A tokenizer the bundle needs that is not installed (janome for Japanese, jieba for Chinese)
         is an XtmError naming the install line (`pip install "xtm[ja]"`).
         """
+        _check_whole("threads", threads, allow_none=True)
         ort = import_onnxruntime()
         manifest = read_manifest(bundle_dir, verify=verify)
+        digest = sha256_file(manifest.directory / MANIFEST)
         for lang in manifest.languages:
             spec = TokenizerSpec.from_dict(manifest.encoders[lang].tokenizer)
             missing = missing_tokenizer(spec.kind)
@@ -200,8 +228,6 @@ class TopicModel:
         chosen = resolve_providers(requested, ort.get_available_providers(), ort.get_all_providers())
         opts = ort.SessionOptions()
         if threads is not None:
-            if threads < 1:
-                raise XtmError(f"threads must be at least 1, got {threads}")
             opts.intra_op_num_threads = int(threads)
         # onnxruntime logs provider fallbacks and graph notes as warnings; errors still raise.
         # (A fallback is then reported by check_used, from what the session says it runs on.)
@@ -228,12 +254,22 @@ class TopicModel:
             spec = TokenizerSpec.from_dict(e.tokenizer)  # its fields were checked by read_manifest
             words, lookup = _read_vocab(manifest.path(e.vocab), e.vocab_size)
             encoders[lang] = _Encoder(entry=e, session=session, vocab=lookup, words=words, spec=spec)
-        topics = read_topics(manifest)
+        topics, labels = read_topics(manifest), read_topic_labels(manifest)
         # The contextual graph opens later with the providers the encoders got (no second fallback).
         logger.debug("loaded %s: %s, %d topics, languages %s; onnxruntime %s on %s", manifest.directory,
                      manifest.model, manifest.num_topics, ", ".join(manifest.languages), ort.__version__,
                      ", ".join(used))
-        return cls(manifest, encoders, topics, used or chosen, session_options=opts)
+        reload = ({"threads": threads, "providers": providers, "verify": verify}, digest)
+        return cls(manifest, encoders, topics, used or chosen, session_options=opts, labels=labels, verify=verify,
+                   reload=reload)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled (multiprocessing, joblib, Ray) as its bundle's path: the copy loads the bundle again where it
+        is unpickled, with the same settings, and refuses a bundle that changed since (its manifest's sha256)."""
+        if self._reload is None:
+            raise XtmError("this TopicModel was not made by TopicModel.load: it cannot be pickled")
+        options, digest = self._reload
+        return (_reload, (str(self._manifest.directory), options, digest))
 
     # -- description ---------------------------------------------------------------------------
 
@@ -275,7 +311,8 @@ class TopicModel:
                     import onnxruntime as ort
 
                     opts = self._session_options or ort.SessionOptions()
-                    self._contextual = ContextualEncoder.load(self._manifest, opts, self._providers)
+                    self._contextual = ContextualEncoder.load(self._manifest, opts, self._providers,
+                                                              verify=self._verify)
         assert self._contextual is not None
         return self._contextual
 
@@ -308,9 +345,21 @@ class TopicModel:
                 # header may claim terabytes); then exactly that many values, or the file is short.
                 shape, fortran, dtype = read_npy_header(f)
                 floats = shape == want and dtype.kind == "f" and not dtype.hasobject
-                beta = np.fromfile(f, dtype=dtype, count=want[0] * want[1]) if floats else None
+                start = f.tell()
+                data = f.read(want[0] * want[1] * dtype.itemsize) if floats else b""
+                if floats and self._verify:  # the bytes just read are those the manifest lists (checked at load)
+                    f.seek(0)
+                    h = hashlib.sha256(f.read(start))
+                    h.update(data)
+                    f.seek(start + len(data))
+                    while chunk := f.read(1 << 20):
+                        h.update(chunk)
+                    digest = h.hexdigest()
+                beta = np.frombuffer(data, dtype=dtype, count=len(data) // dtype.itemsize) if floats else None
         except (ValueError, OSError, EOFError) as e:
             raise XtmError(f"not a plain .npy array: {e}", path=path) from e
+        if floats and self._verify:
+            check_checksum(path, digest, self._manifest.files[enc.entry.beta])
         if beta is None:
             raise XtmError(f"{dtype} {shape}, expected floats {want}", path=path)
         if beta.size != want[0] * want[1]:
@@ -349,12 +398,6 @@ class TopicModel:
         vocab = self._words(lang)
         return TopicWordList([(vocab[j], float(row[j])) for j in top.tolist()],
                              label=self.topic_label(k, self._encoder(lang).entry.lang))
-
-    @cached_property
-    def _labels(self) -> list[dict[str, str]]:
-        from xtm.runtime.bundle import read_topic_labels
-
-        return read_topic_labels(self._manifest)
 
     @property
     def labels(self) -> list[dict[str, str]]:
@@ -584,6 +627,7 @@ class TopicModel:
         A dense numpy array, or with `sparse=True` a scipy.sparse CSR matrix (indices sorted).
         """
         enc = self._encoder(lang)
+        texts = list(texts)  # by position (see infer)
         counts = count_words(texts, self._tokenizer(enc.entry.lang), enc.vocab, enc.entry.vocab_size)
         if sparse:
             return counts.csr(enc.entry.vocab_size)
@@ -615,11 +659,16 @@ class TopicModel:
         """
         if isinstance(texts, str):
             raise TypeError("texts must be a sequence of strings, not one string")
+        # By position, whatever the container: a pandas Series indexes by its labels, which after a filter
+        # or a shuffle are not 0..n-1 (its values would be read against other rows' languages).
+        texts = list(texts)
+        if langs is not None and not isinstance(langs, str):
+            langs = list(langs)
+        _check_whole("batch_size", batch_size)
+        _check_whole("top_k", top_k, low=0)
         if not all(isinstance(t, str) for t in texts):
             i, t = next((i, t) for i, t in enumerate(texts) if not isinstance(t, str))
             raise XtmError(f"texts[{i}] must be a string, got {type(t).__name__}")
-        if batch_size < 1:
-            raise XtmError(f"batch_size must be at least 1, got {batch_size}")
         texts = _encodable(texts)
         n, K = len(texts), self.num_topics
         res = self._resolve(texts, langs, route)
@@ -651,7 +700,7 @@ class TopicModel:
         top_ids, top_weights = _top_topics(np.where(unsupported[:, None], 0, theta), top_k)
         top_ids[unsupported], top_weights[unsupported] = -1, np.nan
         return InferenceResult(theta=theta, langs=res.langs, top_ids=top_ids, top_weights=top_weights, empty=empty,
-                               topic_words=self._topics, routes=res.routes, lang_conf=res.conf, oov_ratio=oov,
+                               topic_words=self.topics, routes=res.routes, lang_conf=res.conf, oov_ratio=oov,
                                unsupported=unsupported, notes=res.notes)
 
     def infer_records(self, records: Iterable[Mapping[str, Any]], *, top_k: int = InferenceOptions.top_k,
@@ -811,3 +860,20 @@ def _probe(session: Any, e: EncoderEntry, num_topics: int, path: Path) -> None:
     except Exception as ex:  # onnxruntime raises its own non-public exception types
         raise XtmError(f"the encoder fails on a one-word document: {ex}", path=path) from ex
     check_theta(theta, 2, num_topics, path)
+
+
+def _reload(directory: str, options: dict[str, Any], digest: str) -> TopicModel:
+    """A pickled TopicModel, loaded again from its bundle (TopicModel.__reduce__)."""
+    model = TopicModel.load(directory, **options)
+    if model._reload is None or model._reload[1] != digest:
+        raise XtmError("the bundle changed since this TopicModel was pickled (its manifest differs): load the "
+                       "bundle you mean with TopicModel.load", path=directory)
+    return model
+
+
+def _check_whole(name: str, value: Any, *, low: int = 1, allow_none: bool = False) -> None:
+    """XtmError unless `value` is a whole number of at least `low` (None too when allowed)."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise XtmError(f"{name} must be a whole number of at least {low}, got {value!r}")

@@ -225,8 +225,9 @@ def encode_id(doc_id: Any) -> str:
     What JSON cannot hold is written so that the line stays valid JSON: NaN and +/-Infinity (which
     Python's json reads, and a number over 1e308 becomes) as the strings "NaN", "Infinity",
     "-Infinity"; a string with a lone surrogate with \\uXXXX escapes (Python's json reads it back
-    as the same string). Raises TypeError for a value of no JSON type (only possible from Parquet:
-    a timestamp, bytes), ValueError for one nested too deeply to write."""
+    as the same string); U+2028 and U+2029 escaped, so that no line reader splits the line there.
+    Raises TypeError for a value of no JSON type (only possible from Parquet: a timestamp, bytes),
+    ValueError for one nested too deeply to write."""
     try:
         try:
             s = _dumps(doc_id)
@@ -237,6 +238,9 @@ def encode_id(doc_id: Any) -> str:
                 s.encode("utf-8")
             except UnicodeEncodeError:  # a lone surrogate: escaped, so the bytes stay UTF-8
                 s = _dumps_ascii(_finite(doc_id))
+            # Line and paragraph separators are valid raw inside JSON strings, but str.splitlines() and
+            # many JSONL readers end a line there: escaped (they can only stand inside a string here).
+            s = s.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
     except RecursionError:
         raise ValueError("nested too deeply") from None
     return s

@@ -224,6 +224,23 @@ def _linked_bundle(src: Path, dst: Path, edit) -> Path:
     return dst
 
 
+def test_a_contextual_graph_replaced_after_loading_is_refused_when_it_opens(contextual_bundle: Path,
+                                                                            tmp_path: Path) -> None:
+    """The graph opens on first use, maybe hours after load: a bundle re-exported in place by then (same size,
+    one weight changed) would serve another model's theta under this one's topics."""
+    from xtm.runtime.model import TopicModel
+
+    bundle = tmp_path / "b"
+    shutil.copytree(contextual_bundle, bundle)
+    model = TopicModel.load(bundle)
+    graph = bundle / json.loads((bundle / "manifest.json").read_text())["contextual"]["file"]
+    data = bytearray(graph.read_bytes())
+    data[-100] ^= 0xFF
+    graph.write_bytes(bytes(data))
+    with pytest.raises(XtmError, match="checksum mismatch"):
+        model.infer(["Le marché a chuté."], langs="fr")
+
+
 def test_broken_contextual_entries_name_the_problem(contextual_bundle: Path, tmp_path: Path) -> None:
     from xtm.runtime.model import TopicModel
 

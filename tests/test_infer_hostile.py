@@ -80,6 +80,17 @@ def test_lone_surrogate_id_costs_nothing_and_comes_out_escaped(hb: HandBundle, t
     assert b"\\ud800" in raw
 
 
+def test_line_separators_in_an_id_keep_the_output_one_line_per_document(hb: HandBundle, tmp_path: Path) -> None:
+    """U+2028 / U+2029 are legal raw in a JSON string, but str.splitlines() (and many JSONL readers) end a line
+    there: an id holding them split its output line in two."""
+    src = write_lines(tmp_path / "docs.jsonl", ['{"id": "a\u2028b", "text": "market bank", "lang": "en"}',
+                                                '{"id": ["c\u2029"], "text": "market bank", "lang": "en"}'])
+    r = invoke([str(src), "--bundle", str(hb.path)])
+    assert r.exit_code == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert [strict_json(line)["id"] for line in lines] == ["a\u2028b", ["c\u2029"]]
+
+
 def test_lone_surrogates_in_text_are_read_not_fatal(hb: HandBundle, tmp_path: Path) -> None:
     src = write_lines(tmp_path / "docs.jsonl", ['{"id": 1, "text": "market \\udc80 bank", "lang": "en"}',
                                                 '{"id": 2, "text": "\\ud83d\\u5e02\\u573a", "lang": "zh"}', GOOD])

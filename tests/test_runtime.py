@@ -339,3 +339,69 @@ def test_jieba_piece_cache_gives_the_plain_jieba_tokens(monkeypatch: pytest.Monk
         tok = T.make_tokenizer(spec)
         for t in texts * 2:  # second round from the cache
             assert tok(t) == T._finish(jieba.lcut(t), spec.lowercase, spec.min_token_length), t
+
+
+# ---- embedding the runtime in a pipeline (review of 2026-12-06) ----------------------------------
+
+
+def test_texts_are_read_by_position_whatever_the_container(model: TopicModel) -> None:
+    """A pandas Series left by a filter or a shuffle indexes by its labels, not 0..n-1: its rows must still
+    be read in their order, with their own languages (it gave three rows of four another document's theta)."""
+    pd = pytest.importorskip("pandas")
+    texts, langs = EN_TEXTS[:3] + ZH_TEXTS[:1], ["en", "en", "en", "zh"]
+    shuffled = pd.Series(texts, index=[3, 1, 0, 2])
+    expected = model.infer(texts, langs)
+    got = model.infer(shuffled, pd.Series(langs, index=[7, 5, 6, 4]))
+    np.testing.assert_array_equal(got.theta, expected.theta)
+    filtered = pd.Series(texts)[1:3]  # index 1, 2: there is no label 0
+    np.testing.assert_array_equal(model.transform(filtered, "en"), model.transform(texts[1:3], "en"))
+    np.testing.assert_array_equal(model.bag_of_words(filtered, "en"), model.bag_of_words(texts[1:3], "en"))
+
+
+def test_unsupported_rows_list_no_topics_and_results_do_not_share_the_models_words(model: TopicModel) -> None:
+    res = model.infer(["बाज़ार आज तेज़ी से गिर गया", EN_TEXTS[0]])
+    assert res.unsupported.tolist() == [True, False]
+    described = res.top_topics_with_words(3)
+    assert described[0] == [] and len(described[1]) == 3  # not topic -1, the last topic, at NaN
+    res.topic_words[0]["en"][:2] = ["EDITED", "EDITED"]  # a caller editing its result in place ...
+    assert model.topics[0]["en"][:2] != ["EDITED", "EDITED"]  # ... edits nothing the next result shows
+    assert model.infer(EN_TEXTS[:1]).topic_words[0]["en"][:2] != ["EDITED", "EDITED"]
+
+
+@pytest.mark.parametrize("kwargs", [{"batch_size": 1.5}, {"batch_size": "2"}, {"top_k": -1}, {"top_k": True}])
+def test_infer_arguments_that_are_not_whole_numbers_are_one_error(model: TopicModel, kwargs: dict) -> None:
+    with pytest.raises(XtmError, match=f"{next(iter(kwargs))} must be a whole number"):
+        model.infer(EN_TEXTS[:1], **kwargs)
+
+
+@pytest.mark.parametrize("threads", [0, 2.5, "2"])
+def test_load_threads_must_be_a_whole_number(hb: HandBundle, threads: object) -> None:
+    with pytest.raises(XtmError, match="threads must be a whole number of at least 1"):
+        TopicModel.load(hb.path, threads=threads)  # type: ignore[arg-type]
+
+
+def test_a_file_read_after_loading_must_still_be_the_loaded_bundles(hb: HandBundle, tmp_path: Path) -> None:
+    """beta is read on use: a bundle re-exported in place since the load (a redeploy) would give this object
+    another model's topic words next to its own encoders; it is refused, naming the file."""
+    bundle = copy_bundle(hb, tmp_path)
+    loaded = TopicModel.load(bundle)
+    beta = bundle / "beta_en.npy"
+    arr = np.load(beta)
+    np.save(beta, arr[::-1].copy())  # same shape and type, other values
+    with pytest.raises(XtmError, match=r"beta_en.npy: checksum mismatch"):
+        loaded.get_topic(0, "en")
+    assert TopicModel.load(bundle, verify=False).topic_word_weights("en").shape == arr.shape  # asked not to check
+
+
+def test_a_model_pickles_as_its_bundle_and_refuses_one_that_changed(hb: HandBundle, tmp_path: Path) -> None:
+    import pickle
+
+    bundle = copy_bundle(hb, tmp_path)
+    model = TopicModel.load(bundle, threads=1)
+    copy = pickle.loads(pickle.dumps(model))  # what multiprocessing, joblib and Ray do
+    assert copy is not model and copy.languages == model.languages
+    np.testing.assert_array_equal(copy.transform(EN_TEXTS), model.transform(EN_TEXTS))
+    data = pickle.dumps(model)
+    edit_manifest(bundle, model="changed")
+    with pytest.raises(XtmError, match="the bundle changed since this TopicModel was pickled"):
+        pickle.loads(data)
