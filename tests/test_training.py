@@ -278,6 +278,30 @@ def test_quiet_on_a_terminal_stays_quiet(example_corpus, tmp_path: Path, caplog,
 
 
 @pytest.mark.usefixtures("library_logging")
+def test_resume_refuses_the_languages_in_another_order(example_dir: Path, tmp_path: Path) -> None:
+    """With equal vocabulary sizes nothing else would notice: each encoder would go on with the other
+    language's documents (the reviewer's run: EN-C 0.79 -> 0.18, exit 0)."""
+    from xtm.trainer.data.loading import load_corpus
+
+    def corpus(langs: list[str]):
+        return load_corpus(example_dir / "docs.jsonl", dict_path=example_dir / "dict.tsv", langs=langs,
+                           progress=False, vocab_size=100)
+
+    train(corpus(["en", "zh"]), config(epochs=1), tmp_path)
+    with pytest.raises(XtmError, match=r"checkpoint models en,zh .*this run zh,en .*resume with --langs en,zh"):
+        train(corpus(["zh", "en"]), config(epochs=2), tmp_path, resume=True)
+
+
+@pytest.mark.parametrize(("setting", "flag"), [({"lr": 0.01}, "--lr 0.002"), ({"seed": 7}, "--seed 3")])
+def test_resume_refuses_a_learning_rate_or_seed_it_would_not_use(example_corpus, tmp_path: Path, setting: dict,
+                                                                   flag: str) -> None:
+    """The optimizer's saved groups keep the rate and the random state continues from the checkpoint: another
+    value would only be recorded (config.json, the bundle) as if it had been used."""
+    train(example_corpus, config(epochs=1), tmp_path)
+    with pytest.raises(XtmError, match=f"trained with {flag.split()[0]} .*resume with {flag}"):
+        train(example_corpus, config(epochs=2, **setting), tmp_path, resume=True)
+
+
 def test_resume_and_interruption_are_logged_not_printed(example_corpus, tmp_path: Path, caplog, capfd) -> None:
     def interrupt(epoch: int, model) -> None:
         if epoch == 1:

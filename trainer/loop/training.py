@@ -312,6 +312,16 @@ class _Training:
             raise XtmError(f"--resume: the checkpoint is {mc.get('model')} with K={mc.get('num_topics')}, but this "
                            f"run asks for {cfg.model} with K={cfg.num_topics}: resume with --model {mc.get('model')} "
                            f"--topics {mc.get('num_topics')}, or train a new run in another --out", path=ckpt.path)
+        if mc.get("langs") != self.model.langs or mc.get("vocab_sizes") != self.model.vocab_sizes:
+            # The weights are per language position: another order (--langs zh,en on an en,zh run) would
+            # continue each language's encoder on the other language's documents, with no other error when
+            # the vocabularies are the same size (a --vocab-size cap makes them so).
+            langs = mc.get("langs")
+            order = ",".join(map(str, langs)) if isinstance(langs, list) else langs
+            raise XtmError(f"--resume: the checkpoint models {order} (vocabularies {mc.get('vocab_sizes')}), this run "
+                           f"{','.join(self.model.langs)} ({self.model.vocab_sizes}): resume with --langs {order} "
+                           "and the data it was trained on", path=ckpt.path)
+        self._check_settings(ckpt)
         if saved.get("corpus") != self.fingerprint:
             raise XtmError("--resume: the data differs from the data this checkpoint was trained on "
                            f"(checkpoint {saved.get('corpus')}, now {self.fingerprint})", path=ckpt.path)
@@ -403,6 +413,20 @@ class _Training:
         if self.main:
             logger.info(f"{saved} CPU thread{'s' if saved > 1 else ''}, as this run was started with "
                         "(the same arithmetic as an uninterrupted run; --threads N to choose)")
+
+    def _check_settings(self, ckpt: Checkpoint) -> None:
+        """Settings a checkpoint continues with whatever this run asks: the learning rate (the optimizer's saved
+        groups carry it) and the seed (the random state continues from the checkpoint). Another value would be
+        recorded in config.json and the bundle as if it had been used: refused by name."""
+        saved = ckpt.state.get("train_config") if isinstance(ckpt.state, dict) else None
+        if not isinstance(saved, dict):
+            return
+        for key, flag in (("lr", "--lr"), ("seed", "--seed")):
+            old, new = saved.get(key), getattr(self.cfg, key)
+            if isinstance(old, (int, float)) and not isinstance(old, bool) and float(old) != float(new):
+                raise XtmError(f"--resume: the checkpoint was trained with {flag} {old:g}, this run asks for {new:g}: "
+                               f"resume with {flag} {old:g} (a checkpoint continues at its own {key}; start a new "
+                               "run in another --out to change it)", path=ckpt.path)
 
     def _check_topic_lr_scale(self, ckpt: Checkpoint) -> None:
         """A checkpoint continues with the learning-rate groups it was trained with: refuse another
