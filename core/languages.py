@@ -22,10 +22,16 @@ ALIASES: dict[str, str] = {
     "deu": "de",
     "ger": "de",
     "spa": "es",
-    "kr": "ko",
     "kor": "ko",
     "rus": "ru",
+    # ISO 639-1's withdrawn codes, which Java's Locale still writes: the same languages as their new codes.
+    "iw": "he",
+    "in": "id",
+    "ji": "yi",
+    "jw": "jv",
 }
+# Not aliases, though datasets use them so: ISO 639-1 codes of other languages ("kr" is Kanuri, not Korean;
+# "ko" is Korean). A code ISO 639-1 assigns is read as that language.
 
 # Scripts that do not separate words with spaces: they need a word segmenter.
 UNSEGMENTED = frozenset({"zh", "ja", "th", "lo", "km", "my"})
