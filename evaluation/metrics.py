@@ -46,6 +46,7 @@ __all__ = [
     "evaluate",
     "has_labels",
     "load_reference_corpus",
+    "one_class_note",
     "published_protocol_note",
     "top_words",
     "topic_quality",
@@ -505,6 +506,18 @@ def has_labels(corpus: Corpus) -> bool:
     return all(lc.train_labels is not None and lc.test_labels is not None for lc in corpus.languages)
 
 
+def one_class_note(corpus: Corpus) -> str | None:
+    """Why classification cannot be computed although every language has labels (a language whose training
+    documents all share one label: nothing to tell apart), or None."""
+    single = {lc.lang: np.unique(lc.train_labels) for lc in corpus.languages
+              if lc.train_labels is not None and len(np.unique(lc.train_labels)) < 2}
+    if not single:
+        return None
+    which = "; ".join(f"'{lang}': {len(v)} class{'es' if len(v) != 1 else ''}" for lang, v in single.items())
+    return (f"not computed: a language's training documents must carry at least two labels ({which}; the labels "
+            "are those of the run's data file)")
+
+
 def published_protocol_note(corpus: Corpus) -> str | None:
     """Why "classification_published" is not computed for `corpus`, or None when it is affordable
     (no language above PUBLISHED_PROTOCOL_MAX_DOCS training documents)."""
@@ -592,7 +605,11 @@ def evaluate(
     metrics["CNPMI"] = value
     metrics["TQ"] = topic_quality(value, metrics["TU"]) if value is not None else None
 
-    if has_labels(corpus) and all(x in train_theta and x in test_theta for x in langs):
+    single = one_class_note(corpus) if has_labels(corpus) else None
+    if single is not None:  # a trained run is still evaluated and saved: only this metric is left out
+        metrics["classification"] = metrics["classification_published"] = None
+        metrics["classification_note"] = single
+    elif has_labels(corpus) and all(x in train_theta and x in test_theta for x in langs):
         metrics["classification"] = _classify_corpus(corpus, train_theta, test_theta, "linear")
         note = published_protocol_note(corpus)
         if note is not None:

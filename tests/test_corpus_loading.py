@@ -183,6 +183,15 @@ def test_partial_labels_are_ignored_with_warning(tmp_path: Path) -> None:
     assert c.info["label_names"] is None
 
 
+def test_a_number_and_the_same_string_as_labels_are_two_classes_with_a_warning(tmp_path: Path) -> None:
+    rows = make_docs("en", 12) + make_docs("zh", 12)
+    for i, r in enumerate(rows):
+        r["label"] = 1 if i % 2 else "1"
+    with pytest.warns(UserWarning, match='labels 1 and "1" are different classes'):
+        c = load_corpus(write_jsonl(tmp_path / "c.jsonl", rows), progress=False)
+    assert c.info["label_names"] == [1, "1"]
+
+
 def test_integer_labels_map_in_order(tmp_path: Path) -> None:
     rows = make_docs("en", 12) + make_docs("zh", 12)
     for r in rows:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -689,3 +690,26 @@ def test_a_fading_mutual_information_weight_resumes_on_its_schedule_and_refuses_
     train(example_corpus, config(model="infoctm", epochs=2), tmp_path / "constant")
     assert train(example_corpus, config(model="infoctm", epochs=3), tmp_path / "constant",
                  resume=True).epochs_done == 3
+
+
+def test_a_language_whose_training_documents_share_one_label_trains_and_leaves_classification_out(
+        example_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A corpus whose Chinese side is all one category: training used to run every epoch and then fail on
+    classification with no metrics, topics or report, and every --resume failed the same way."""
+    from xtm.trainer.run import run_training
+
+    rows = [json.loads(line) for line in (example_dir / "docs.jsonl").read_text(encoding="utf-8").splitlines()]
+    for r in rows:
+        if r["lang"] == "zh":
+            r["label"] = "tech"
+    data = tmp_path / "docs.jsonl"
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    cfg = TrainConfig(model="nmtm", num_topics=4, epochs=1, progress=False, threads=1)
+    with caplog.at_level(logging.WARNING, logger="xtm"):
+        metrics = run_training(DataConfig(path=str(data), dict_path=str(example_dir / "dict.tsv")), cfg,
+                               tmp_path / "run")
+    assert metrics["classification"] is None and metrics["classification_published"] is None
+    assert "'zh': 1 class" in metrics["classification_note"]
+    assert any("classification will be left out of the metrics" in r.getMessage() for r in caplog.records)
+    assert (tmp_path / "run" / "topics_zh.txt").is_file() and metrics["TU"] > 0
+

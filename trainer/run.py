@@ -44,7 +44,9 @@ from xtm.evaluation.metrics import (
     cnpmi,
     crosslingual_tu,
     evaluate,
+    has_labels,
     load_reference_corpus,
+    one_class_note,
     topic_quality,
 )
 from xtm.models_zoo.base import BuildContext, CrossLingualTopicModel
@@ -232,6 +234,8 @@ def _run(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool, phase2: Ph
     corpus, batches = load_training_data(data, cfg, out, dist)
     check_capabilities(cfg.model, corpus)  # its languages, and the dictionary links the model may need
     check_topics(corpus, cfg.num_topics)
+    if main and has_labels(corpus) and (single := one_class_note(corpus)) is not None:
+        logger.warning(f"classification will be left out of the metrics: {single.removeprefix('not computed: ')}")
     run = RunDir(out)
     if main:
         logger.info(cfg.describe())

@@ -126,7 +126,12 @@ def label_names(n_total: int, n_labeled: int, values: set[Any], source: Path) ->
     """Label values in class order, or None: labels are all or nothing, mapped to 0..C-1 the same way
     in every language (integers before strings, each sorted)."""
     if n_labeled == n_total:
-        return sorted(values, key=lambda v: (isinstance(v, str), v))
+        names = sorted(values, key=lambda v: (isinstance(v, str), v))
+        twins = sorted(str(v) for v in names if not isinstance(v, str) and str(v) in values)
+        if twins:  # 1 and "1" in one file: two classes, which is rarely what was meant
+            warn_user(f"{source}: labels {', '.join(f'{t} and {chr(34)}{t}{chr(34)}' for t in twins)} are different "
+                      "classes (a number and a string); write each label one way if they are one class")
+        return names
     if n_labeled:
         warn_user(f"{source}: only {n_labeled} of {n_total} documents have a label; labels are ignored")
     return None
