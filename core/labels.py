@@ -18,6 +18,8 @@ labels.json (RUN_DIR/labels.json, named by xtm.run_dir.RunDir.LABELS):
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -140,6 +142,13 @@ def check_label(value: Any) -> str | None:
     return value
 
 
+def topics_digest(topics: dict[str, list[list[str]]]) -> str:
+    """SHA-256 of each language's topics (their top words, in order): what a set of labels was made for."""
+    canonical = json.dumps({lang: [list(t) for t in topics[lang]] for lang in sorted(topics)}, ensure_ascii=False,
+                           separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
 @dataclass
 class TopicLabels:
     """Every topic's label in every language, with where each came from (`sources`: "llm" or "fallback")."""
@@ -150,6 +159,9 @@ class TopicLabels:
     generator: str = "fallback"
     fallback: str = ""
     stats: dict[str, Any] = field(default_factory=dict)
+    # `topics_digest` of the top words labelled: export leaves out labels made for other topics (the run
+    # trained on after labelling); None in files written before it was recorded.
+    topics_sha256: str | None = None
 
     @property
     def num_topics(self) -> int:
@@ -167,7 +179,8 @@ class TopicLabels:
                 "langs": list(self.langs), "generator": self.generator, "fallback": self.fallback,
                 "topics": [{"id": k, "labels": dict(lab), "sources": dict(src)}
                            for k, (lab, src) in enumerate(zip(self.labels, self.sources, strict=True))],
-                "stats": dict(self.stats)}
+                "stats": dict(self.stats),
+                **({"topics_sha256": self.topics_sha256} if self.topics_sha256 is not None else {})}
 
     @classmethod
     def from_json(cls, raw: Any, path: Path | str, num_topics: int | None = None,
@@ -211,7 +224,10 @@ class TopicLabels:
         gen = raw.get("generator")
         fallback = raw.get("fallback")
         stats = raw.get("stats")
-        return cls(langs=list(file_langs), labels=labels, sources=sources,
+        digest = raw.get("topics_sha256")
+        if digest is not None and not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)):
+            raise XtmError("expected the SHA-256 of the labelled topics in hex", path=path, field="topics_sha256")
+        return cls(langs=list(file_langs), labels=labels, sources=sources, topics_sha256=digest,
                    generator=gen if isinstance(gen, str) and len(gen) <= 200 else "?",
                    fallback=fallback if isinstance(fallback, str) and len(fallback) <= 500 else "",
                    stats={k: v for k, v in stats.items() if isinstance(k, str) and type(v) in (int, float)}

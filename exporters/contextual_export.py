@@ -37,15 +37,16 @@ import torch
 from xtm.errors import XtmError
 from xtm.exporters.graph_rewrites import quantize_dynamic_int8, strip_exporter_metadata
 from xtm.exporters.torch_to_onnx import torch_to_onnx
+from xtm.models_zoo.base import state_digest
 from xtm.models_zoo.contextual import ContextualGraph
 from xtm.models_zoo.encoders import DEFAULT_ENCODER
 from xtm.run_dir import RunDir
 from xtm.runtime.bundle import ContextualEntry
 from xtm.runtime.contextual import make_text_tokenizer, pad_batch
-from xtm.trainer.contextual.fit import load_contextual
+from xtm.trainer.contextual.fit import load_contextual, load_contextual_meta
 
 __all__ = ["EMBED_MIN_COS", "INPUTS", "ONNX_FILE", "OUTPUTS", "THETA_ATOL", "aligned_news", "export_contextual",
-           "export_contextual_route", "has_contextual", "parity_texts", "quantize_graph"]
+           "export_contextual_route", "has_contextual", "parity_texts", "quantize_graph", "stale_contextual"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,19 @@ BATCH = 64
 
 def has_contextual(run_dir: str | Path) -> bool:
     return (RunDir(run_dir).contextual / "contextual.json").is_file()
+
+
+def stale_contextual(run_dir: str | Path, model: torch.nn.Module) -> str | None:
+    """Why the run's contextual route does not belong to `model` (the checkpoint being exported), or None.
+
+    The head was fitted to one state of the run's model (contextual.json "teacher_sha256"); a run resumed and
+    trained further since (with --no-contextual, or stopped before its fit) has another. Routes fitted before
+    the digest was recorded are taken as they are."""
+    teacher = load_contextual_meta(run_dir).get("teacher_sha256")
+    if teacher is None or teacher == state_digest(model):
+        return None
+    return ("the run's contextual route was fitted to another state of its model (training went on since): "
+            f"fit it again with `xtm-contextual {run_dir}`")
 
 
 def aligned_news() -> list[dict[str, Any]]:

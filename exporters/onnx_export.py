@@ -41,6 +41,7 @@ from xtm.evaluation.metrics import top_words
 from xtm.exporters.graph_rewrites import finish_encoder, quantize_dynamic_int8
 from xtm.exporters.parity import Parity, judge_parity, parity_bows, parity_failure, run_onnx, torch_reference
 from xtm.exporters.torch_to_onnx import export_encoder
+from xtm.labels import TopicLabels, topics_digest
 from xtm.run_dir import RunDir
 from xtm.runtime.bundle import ContextualEntry, EncoderEntry, check_tokenizer
 from xtm.runtime.bundle_dir import check_out_dir, staged_bundle
@@ -139,7 +140,7 @@ def _tokenizers(config: dict[str, Any], langs: list[str], run: RunDir) -> dict[s
 
 def _write_bundle(tmp: Path, run: RunDir, config: dict[str, Any], tokenizers: dict[str, dict[str, Any]],
                   model: torch.nn.Module, report: ExportReport, opts: ExportOptions,
-                  labels: list[dict[str, str]] | None = None) -> None:
+                  labels: TopicLabels | None = None) -> None:
     """Every bundle file, manifest.json last, into the staging directory `tmp` (`labels`: the run's
     topic labels for topics.json)."""
     langs = report.languages
@@ -165,22 +166,34 @@ def _write_bundle(tmp: Path, run: RunDir, config: dict[str, Any], tokenizers: di
         np.save(tmp / entry.beta, betas[i], allow_pickle=False)
         topic_words[lang] = top_words(betas[i], vocab, TOP_N)
         encoders.append(entry)
-    write_topics(tmp, topic_words, TOP_N, labels=labels)
-    contextual = _export_contextual(run.path, tmp, report, opts)
+    write_topics(tmp, topic_words, TOP_N, labels=_labels_for(labels, topic_words, run))
+    contextual = _export_contextual(run.path, tmp, report, opts, model)
     write_manifest(tmp, model=model.name, num_topics=model.num_topics, languages=langs, encoders=encoders,
                    opset=opts.opset, quantization=opts.quantize,
                    source_run=SourceRun.of(run.path, config.get("train_config")),
                    parity={lang: p.manifest_record() for lang, p in parity.items()}, contextual=contextual)
 
 
-def _run_labels(run: RunDir, num_topics: int, langs: list[str]) -> list[dict[str, str]] | None:
+def _run_labels(run: RunDir, num_topics: int, langs: list[str]) -> TopicLabels | None:
     """The run's topic labels (labels.json, xtm-label) for topics.json; None when it has none. A damaged
     labels.json is an XtmError naming it (load_labels): never exported half-read."""
     labels = run.load_labels(num_topics, langs)
     if labels is None:
         logger.info("the run has no labels.json: the bundle's topics have no labels (xtm-label RUN_DIR adds them)")
+    return labels
+
+
+def _labels_for(labels: TopicLabels | None, topic_words: dict[str, list[list[str]]],
+                run: RunDir) -> list[dict[str, str]] | None:
+    """Each topic's labels for topics.json, when they were made for these topics: labels.json written before
+    the run trained on (a resumed run stopped before it labelled again) names other topics, and is left out."""
+    if labels is None:
         return None
-    return [{lang: row[lang] for lang in langs if lang in row} for row in labels.labels]
+    if labels.topics_sha256 is not None and labels.topics_sha256 != topics_digest(topic_words):
+        logger.warning(f"{run.file(RunDir.LABELS)} labels other topics than the model's (the run trained on after "
+                       f"labelling): the bundle has no labels; label this state with `xtm-label {run.path}`")
+        return None
+    return [{lang: row[lang] for lang in topic_words if lang in row} for row in labels.labels]
 
 
 def _export_language(tmp: Path, run: RunDir, model: torch.nn.Module, i: int, vocab: list[str],
@@ -229,15 +242,22 @@ def _quantize_encoder(exported: Path, fp32: Path, bows: sp.csr_matrix, ref: np.n
     return drift
 
 
-def _export_contextual(run_dir: Path, tmp: Path, report: ExportReport, opts: ExportOptions) -> ContextualEntry | None:
+def _export_contextual(run_dir: Path, tmp: Path, report: ExportReport, opts: ExportOptions,
+                       model: torch.nn.Module) -> ContextualEntry | None:
     """The contextual route's files into tmp when asked (or, by default, when the run has one);
     its manifest entry, or None."""
     if opts.contextual is False:
         return None
     # Imported here: the contextual encoders' libraries are only needed by runs that have the route.
-    from xtm.exporters.contextual_export import export_contextual_route, has_contextual
+    from xtm.exporters.contextual_export import export_contextual_route, has_contextual, stale_contextual
 
     if not (opts.contextual or has_contextual(run_dir)):
+        return None
+    stale = stale_contextual(run_dir, model)
+    if stale is not None:
+        if opts.contextual:
+            raise XtmError(stale, path=run_dir)
+        logger.warning(f"{stale}; the bundle reads only the training languages")
         return None
     entry, report.contextual = export_contextual_route(run_dir, tmp, opset=opts.opset, progress=opts.progress,
                                                        quantize=opts.quantize)

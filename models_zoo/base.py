@@ -16,6 +16,7 @@ alone rebuilds the model: no pickle, no corpus needed to export.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -245,6 +246,16 @@ def unique_state_dict(model: nn.Module) -> dict[str, Tensor]:
         seen.add(ident)
         out[key] = t.detach().cpu().contiguous()
     return out
+
+
+def state_digest(model: nn.Module) -> str:
+    """SHA-256 of a model's state (every tensor's name, type, shape and bytes, in name order): what a file
+    derived from the model records, so that a reader can tell it was derived from another state of the run."""
+    h = hashlib.sha256()
+    for name, t in sorted(unique_state_dict(model).items()):
+        h.update(f"{name}\0{t.dtype}\0{list(t.shape)}\0".encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()
 
 
 def load_unique_state_dict(model: CrossLingualTopicModel, tensors: dict[str, Tensor]) -> None:

@@ -241,6 +241,26 @@ def test_a_contextual_graph_replaced_after_loading_is_refused_when_it_opens(cont
         model.infer(["Le marché a chuté."], langs="fr")
 
 
+def test_a_route_fitted_to_another_state_of_the_model_is_left_out_of_the_bundle(contextual_run: Path, example_dir: Path,
+                                                                                 tmp_path: Path) -> None:
+    """A run resumed and trained further with --no-contextual (or stopped before its fit) keeps the contextual/
+    of its earlier state: exported with today's model, the two routes disagreed (top topics 0.83 against 0.97)."""
+    from xtm.config import DataConfig, TrainConfig
+    from xtm.exporters.onnx_export import export_run
+    from xtm.trainer.run import run_training
+
+    run = tmp_path / "run"
+    shutil.copytree(contextual_run, run)
+    run_training(DataConfig(path=str(example_dir / "docs.jsonl"), dict_path=str(example_dir / "dict.tsv")),
+                 TrainConfig(model="nmtm", num_topics=6, epochs=16, checkpoint_every=0, progress=False, seed=0), run,
+                 resume=True)
+    assert (run / "contextual" / "contextual.json").is_file()  # still there, from epoch 15
+    with pytest.raises(XtmError, match="fitted to another state of its model .*xtm-contextual"):
+        export_run(run, tmp_path / "b1", progress=False, contextual=True)
+    report = export_run(run, tmp_path / "b2", progress=False)  # the default: without it, and a warning
+    assert report.contextual is None and "contextual" not in json.loads((tmp_path / "b2" / "manifest.json").read_text())
+
+
 def test_broken_contextual_entries_name_the_problem(contextual_bundle: Path, tmp_path: Path) -> None:
     from xtm.runtime.model import TopicModel
 

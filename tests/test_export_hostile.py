@@ -554,3 +554,26 @@ def test_a_damaged_parity_sample_is_one_error_naming_it(example_run: Path, tmp_p
     with pytest.raises(XtmError, match="damaged parity sample") as err:
         RunDir(run).load_parity_sample(lang, len(RunDir(run).read_vocab(lang)))
     assert str(err.value.path) == str(sample)
+
+
+def test_labels_made_for_other_topics_are_left_out_of_the_bundle(example_run: Path, example_dir: Path,
+                                                                 tmp_path: Path) -> None:
+    """A run resumed and trained further, stopped before it labelled again, kept the old labels.json: the
+    bundle showed the new topics under the old topics' labels ("model · create · photographer" on football)."""
+    from xtm.config import DataConfig, TrainConfig
+    from xtm.exporters.onnx_export import export_run
+    from xtm.runtime import TopicModel
+    from xtm.trainer.run import run_training
+
+    run = tmp_path / "run"
+    shutil.copytree(example_run, run, ignore=shutil.ignore_patterns("contextual"))
+    old_labels = (run / "labels.json").read_bytes()
+    assert b"topics_sha256" in old_labels
+    run_training(DataConfig(path=str(example_dir / "docs.jsonl"), dict_path=str(example_dir / "dict.tsv")),
+                 TrainConfig(model="nmtm", num_topics=6, epochs=17, checkpoint_every=0, progress=False, seed=0), run,
+                 resume=True)
+    assert TopicModel.load(export_run(run, tmp_path / "fresh", progress=False).bundle).has_labels
+    (run / "labels.json").write_bytes(old_labels)  # as a stop before the labelling left it
+    model = TopicModel.load(export_run(run, tmp_path / "stale", progress=False).bundle)
+    assert not model.has_labels and model.topic_label(0) is None
+

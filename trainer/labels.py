@@ -36,7 +36,7 @@ import numpy as np
 
 from xtm.config import LabelConfig
 from xtm.errors import XtmError
-from xtm.labels import TopicLabels, clean_label
+from xtm.labels import TopicLabels, clean_label, topics_digest
 from xtm.languages import language_name
 from xtm.run_dir import RunDir
 from xtm.trainer.phase2.answer_cache import AnswerCache
@@ -204,7 +204,8 @@ def label_topics(topics: dict[str, list[list[str]]], cfg: LabelConfig = DEFAULT,
         logger.info(f"topic labels: {by_llm} of {k * len(langs)} by {name} ({out_stats['calls']} calls, "
                     f"{out_stats['cache_hits']} cached; {rejected} answers were not labels), the rest the fallback")
     return TopicLabels(langs=langs, labels=labels, sources=sources, generator=name,
-                       fallback=FALLBACK.format(n=cfg.fallback_words, m=cfg.top_words), stats=out_stats)
+                       fallback=FALLBACK.format(n=cfg.fallback_words, m=cfg.top_words), stats=out_stats,
+                       topics_sha256=topics_digest(topics))
 
 
 def run_documents(run: RunDir, langs: Sequence[str]) -> dict[str, tuple[dict[str, int], Any]]:

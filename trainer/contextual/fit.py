@@ -62,7 +62,7 @@ from xtm.config import ContextualConfig, Preprocessing, TrainConfig, default_of,
 from xtm.corpus import Corpus
 from xtm.errors import XtmError
 from xtm.json_files import read_json
-from xtm.models_zoo.base import CrossLingualTopicModel
+from xtm.models_zoo.base import CrossLingualTopicModel, state_digest
 from xtm.models_zoo.context_encoders import TrainableSentenceEncoder, load_text_encoder, make_text_encoder
 from xtm.models_zoo.contextual import ContextualHead, HeadConfig
 from xtm.models_zoo.encoders import parse_encoder_name
@@ -425,6 +425,7 @@ def _fit_and_save(run_dir: Path, cfg: ContextualConfig, parallel: ParallelText |
     """train_contextual's work under its thread count (t0: when the call began, for metrics' seconds)."""
     cache = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
     config, model = load_trained_model(run_dir)
+    teacher_digest = state_digest(model)  # the state the head learns from, as loaded
     corpus = load_run_corpus(run_dir, config, cfg.progress)
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -468,7 +469,7 @@ def _fit_and_save(run_dir: Path, cfg: ContextualConfig, parallel: ParallelText |
         metrics["mined_pairs"] = pair_stats
     if parallel_summary is not None:
         metrics["parallel_pairs"] = parallel_summary
-    save_contextual(run_dir, cfg, encoder, head, metrics)
+    save_contextual(run_dir, cfg, encoder, head, metrics, teacher=teacher_digest)
     logger.info(f"wrote {run_dir / CONTEXTUAL_DIR} in {metrics['seconds']:.0f}s")
     return metrics
 
@@ -512,7 +513,9 @@ def evaluate_contextual(model: CrossLingualTopicModel, corpus: Corpus, encoder: 
 
 
 def save_contextual(run_dir: Path, cfg: ContextualConfig, encoder: TrainableSentenceEncoder, head: ContextualHead,
-                    metrics: dict[str, Any]) -> Path:
+                    metrics: dict[str, Any], teacher: str | None = None) -> Path:
+    """contextual/ replaced by this fit. teacher: `state_digest` of the run's model the head learned from (export
+    leaves the route out of a bundle of another state of the run: a resumed, longer run)."""
     from safetensors.torch import save_file
 
     final = run_dir / CONTEXTUAL_DIR
@@ -530,7 +533,8 @@ def save_contextual(run_dir: Path, cfg: ContextualConfig, encoder: TrainableSent
             # contextual.json files from before issue 14: their bundles keep the bags of words)
             "auto_route": cfg.auto_route,
             "languages": list(encoder.languages), "head": head.cfg.to_dict(), "head_file": "head.safetensors",
-            "config": cfg.to_dict(), "metrics": _json_safe(metrics)})
+            "config": cfg.to_dict(), "metrics": _json_safe(metrics),
+            **({"teacher_sha256": teacher} if teacher is not None else {})})
         check_contextual_replaceable(run_dir)  # again: files may have been added while the fit ran
         replace_directory(tmp, final)
     except BaseException:
@@ -595,10 +599,8 @@ class LoadedContextual:
     head: ContextualHead
 
 
-def load_contextual(run_dir: str | Path) -> LoadedContextual:
-    """RUN_DIR/contextual/ back as (metadata, encoder with its fine-tuned weights, head in eval mode)."""
-    from safetensors.torch import load_file
-
+def load_contextual_meta(run_dir: str | Path) -> dict[str, Any]:
+    """RUN_DIR/contextual/contextual.json, checked to be one this xtm reads."""
     d = Path(run_dir) / CONTEXTUAL_DIR
     meta_path = d / "contextual.json"
     if not meta_path.is_file():
@@ -609,6 +611,19 @@ def load_contextual(run_dir: str | Path) -> LoadedContextual:
         found = meta.get("format") if isinstance(meta, dict) else None
         raise XtmError(f"contextual format {found!r} is not supported (this xtm reads "
                        f"{CONTEXTUAL_FORMAT})", path=meta_path)
+    teacher = meta.get("teacher_sha256")
+    if teacher is not None and not (isinstance(teacher, str) and len(teacher) == 64):
+        raise XtmError(f"teacher_sha256 must be a SHA-256 in hex, got {teacher!r:.80}", path=meta_path)
+    return meta
+
+
+def load_contextual(run_dir: str | Path) -> LoadedContextual:
+    """RUN_DIR/contextual/ back as (metadata, encoder with its fine-tuned weights, head in eval mode)."""
+    from safetensors.torch import load_file
+
+    d = Path(run_dir) / CONTEXTUAL_DIR
+    meta_path = d / "contextual.json"
+    meta = load_contextual_meta(run_dir)
     for key in ("head_file", "encoder_top", "encoder_dir"):
         _check_file_name(meta, key, meta_path)
     head = ContextualHead(_head_config(meta.get("head"), meta_path))
