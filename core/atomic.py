@@ -245,6 +245,23 @@ def _umask() -> int:
     return mask
 
 
+# The signal exit_on_signals last turned into an exception, until its block ends. Python runs a handler between
+# bytecodes of the main thread, which may be inside a finalizer (__del__, a weakref callback): an exception raised
+# there is printed as "Exception ignored in ..." and lost, and the command went on (1 load in 14 in a review).
+# A long command checks it at its next safe point (raise_pending_signal).
+_pending: int | None = None
+
+
+def raise_pending_signal() -> None:
+    """Raise again a signal whose exception was lost (see _pending): KeyboardInterrupt for SIGINT, else
+    SystemExit(128 + its number). Called where work would start that a signal must not let begin (training)."""
+    if _pending is None:
+        return
+    if _pending == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise SystemExit(128 + _pending)
+
+
 @contextmanager
 def exit_on_signals(signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGHUP)) -> Iterator[None]:
     """While active, SIGTERM/SIGHUP raise SystemExit(128 + signal number) in the main thread.
@@ -257,18 +274,30 @@ def exit_on_signals(signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGHUP)) 
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    global _pending
     previous = {s: signal.getsignal(s) for s in signals}
 
     def handler(signum: int, _frame: Any) -> None:
+        global _pending
+        _pending = signum
         for s in signals:
             signal.signal(s, signal.SIG_IGN)
         raise SystemExit(128 + signum)
 
+    def interrupt(signum: int, _frame: Any) -> None:  # Ctrl-C as Python's own handler, remembered
+        global _pending
+        _pending = signum
+        raise KeyboardInterrupt
+
     for s in signals:
         signal.signal(s, handler)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        previous[signal.SIGINT] = signal.default_int_handler
+        signal.signal(signal.SIGINT, interrupt)
     try:
         yield
     finally:
+        _pending = None
         for s, h in previous.items():
             signal.signal(s, h if h is not None else signal.SIG_DFL)
 

@@ -317,3 +317,35 @@ def test_only_a_regular_file_is_a_desktops_metadata(tmp_path: Path, make: str) -
     else:
         os.mkfifo(p)
     assert is_desktop_metadata(p) is False
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, None)])
+def test_a_signal_whose_exception_a_finalizer_swallowed_is_raised_again_before_training(sig: int,
+                                                                                         code: int | None) -> None:
+    """Python runs a signal handler between bytecodes, maybe inside a __del__: its exception is then printed as
+    "Exception ignored in ..." and lost (1 load in 14, in a review), and the run trained to the end. The
+    training loop's handler install raises it again."""
+    script = textwrap.dedent(f"""
+        import gc, os, signal, sys, time
+        from xtm.atomic import exit_on_signals
+        from xtm.trainer.loop.stopping import StopFlag
+
+        class Finalised:
+            def __del__(self):
+                os.kill(os.getpid(), {int(sig)})
+                for _ in range(1000):  # bytecodes: the handler runs in here, and its exception is lost
+                    pass
+
+        with exit_on_signals():
+            Finalised()
+            gc.collect()
+            print("loading went on", flush=True)
+            StopFlag().install()   # where training would start
+            print("trained", flush=True)
+        """)
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert "Exception ignored" in p.stderr  # the lost exception, as Python reports it
+    assert p.stdout.splitlines() == ["loading went on"] and "trained" not in p.stdout
+    # SystemExit(143); an uncaught KeyboardInterrupt ends Python by SIGINT itself (-2); the CLIs make it 130
+    assert p.returncode == (code if sig == signal.SIGTERM else -signal.SIGINT), p.stderr
+    assert sig != signal.SIGINT or p.stderr.rstrip().endswith("KeyboardInterrupt")

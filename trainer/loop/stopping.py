@@ -13,6 +13,8 @@ import signal
 from collections.abc import Iterator
 from typing import Any
 
+from xtm.atomic import raise_pending_signal
+
 __all__ = ["StopFlag"]
 
 _STOP_SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
@@ -53,6 +55,9 @@ class StopFlag:
             raise KeyboardInterrupt
 
     def install(self) -> None:
+        # A signal that came while the data loaded and whose exception a finalizer swallowed stops the run here,
+        # before its first step (xtm.atomic._pending).
+        raise_pending_signal()
         if _in_main_thread():
             for s in _STOP_SIGNALS:
                 previous = signal.signal(s, self)
