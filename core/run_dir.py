@@ -5,9 +5,11 @@ xtm-train writes config.json, metrics.json, report.html, ... into --out. It must
 in a directory of the user's that merely happens to be named there, and two processes writing
 one run would interleave checkpoints and outputs. So:
   - a directory is a run when it holds RUN_MARKER (written first, before any other output, so a
-    run interrupted while loading its data is still recognisably ours) or the lock file, or, for
-    runs written before the marker existed, config.json with "xtm_version" or
-    checkpoints/latest.json (`is_run_dir`);
+    run interrupted while loading its data is still recognisably ours), or, for runs written
+    before the marker existed, config.json with "xtm_version" or checkpoints/latest.json
+    (`is_run_dir`). The lock file alone proves nothing: every shard directory holds one too. A
+    directory holding nothing but the lock (a run stopped between taking it and writing the
+    marker) is written to as an empty one is (`refuse_foreign_dir`);
   - a process writing a run holds an exclusive flock on RUN_DIR/LOCK_NAME while it writes, with
     its pid and command in the file, so a second process is refused with the holder's name
     (`hold_run_dir`). The kernel drops the lock when the holder exits, however it exits (even
@@ -18,10 +20,13 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import itertools
 import json
 import logging
 import math
 import os
+import re
+import stat
 import time
 import zipfile
 from collections.abc import Iterator, Sequence
@@ -34,11 +39,17 @@ from xtm.atomic import atomic_open, write_json, write_text
 from xtm.errors import XtmError
 from xtm.json_files import read_json
 
-__all__ = ["LOCK_NAME", "RUN_MARKER", "RunDir", "has_checkpoint", "hold_run_dir", "is_run_dir", "lock_dir",
-           "refuse_foreign_dir"]
+__all__ = ["LOCK_NAME", "RUN_MARKER", "RunDir", "checkpoint_order", "has_checkpoint", "hold_run_dir",
+           "is_checkpoint_name", "is_run_dir", "lock_dir", "refuse_foreign_dir"]
 
 RUN_MARKER = "run.json"
 LOCK_NAME = ".xtm.lock"
+# The name of a checkpoint directory under RUN_DIR/checkpoints (xtm.trainer.loop.checkpoint.checkpoint_name):
+# epoch-000010, or epoch-000010-step-000037 (stopped 37 steps into epoch 11). Only these are checkpoints,
+# listed, loaded and pruned: a user's copy beside them ("epoch-000003-best", "epoch-notes") is not ours.
+# At least six digits, not exactly six: the names are zero-padded to six, and a millionth step is written
+# with seven (an epoch of 10**8 documents at a batch of 100).
+_CHECKPOINT_NAME = re.compile(r"epoch-([0-9]{6,})(?:-step-([0-9]{6,}))?")
 
 logger = logging.getLogger(__name__)
 
@@ -58,25 +69,66 @@ def _json_object(path: Path) -> dict[str, Any]:
     return obj if isinstance(obj, dict) else {}
 
 
+def is_checkpoint_name(name: str) -> bool:
+    """Whether `name` is a checkpoint directory's name as xtm writes it (epoch-000010[-step-000037])."""
+    return _CHECKPOINT_NAME.fullmatch(name) is not None
+
+
+def checkpoint_order(name: str) -> tuple[int, int]:
+    """Sort key of a checkpoint name in training order: epoch-000003 < epoch-000003-step-000005 (5 steps
+    into epoch 4) < epoch-000004, by number (a seven-digit step sorts after a six-digit one)."""
+    m = _CHECKPOINT_NAME.fullmatch(name)
+    if m is None:
+        raise ValueError(f"not a checkpoint name: {name!r}")
+    return int(m.group(1)), -1 if m.group(2) is None else int(m.group(2))
+
+
 def is_run_dir(d: Path) -> bool:
     """Whether `d` was written by xtm-train: its marker (RUN_MARKER with "xtm_run": other tools write a
-    run.json too, Sacred's runs beside a config.json and metrics.json), its lock, or, for runs older
-    than the marker, config.json with "xtm_version" or xtm's checkpoints/latest.json."""
+    run.json too, Sacred's runs beside a config.json and metrics.json), or, for runs older than the
+    marker, config.json with "xtm_version" or xtm's checkpoints/latest.json. Not the lock file: xtm-train
+    locks its shard directories with the same file, and a shard directory taken for a run would have the
+    run's checkpoints deleted by the next rebuild of its shards."""
     d = Path(d)
     pointer = _json_object(d / RunDir.CHECKPOINTS / "latest.json")
-    return ("xtm_run" in _json_object(d / RUN_MARKER) or (d / LOCK_NAME).is_file()
+    return ("xtm_run" in _json_object(d / RUN_MARKER)
             or "xtm_version" in _json_object(d / RunDir.CONFIG)
-            or (str(pointer.get("dir", "")).startswith("epoch-") and "epoch" in pointer))
+            or (is_checkpoint_name(str(pointer.get("dir", ""))) and "epoch" in pointer))
 
 
 def has_checkpoint(d: Path) -> bool:
-    """Whether the run holds a checkpoint (a pointer, or a complete epoch directory)."""
+    """Whether the run holds a checkpoint (a pointer, or a checkpoint directory)."""
     root = Path(d) / RunDir.CHECKPOINTS
-    return (root / "latest.json").exists() or any(p.is_dir() for p in root.glob("epoch-*"))
+    if (root / "latest.json").exists():
+        return True
+    try:
+        return any(is_checkpoint_name(p.name) and p.is_dir() for p in root.iterdir())
+    except OSError:  # no checkpoints/ (or not a directory): no checkpoint
+        return False
+
+
+# What `hold_run_dir` leaves before the marker is in place: the lock, and (killed while writing the marker)
+# xtm.atomic's temporary of it, `.run.json.xtm-PID-XXXXXXXX.tmp`.
+_MARKER_TMP = re.compile(re.escape(f".{RUN_MARKER}.xtm-") + r"[0-9]+-[a-z0-9_]{8}\.tmp")
+_STARTING_MAX = 8  # entries read before deciding a directory is more than a starting run
+
+
+def _starting_run(d: Path, names: list[str]) -> bool:
+    """Whether `d` holds nothing but a regular lock file and temporaries of the marker: a run stopped between
+    taking its lock and writing its marker (nothing in it can be overwritten, and the next run takes it on)."""
+    if LOCK_NAME not in names or len(names) >= _STARTING_MAX:
+        return False
+    if not all(n == LOCK_NAME or _MARKER_TMP.fullmatch(n) for n in names):
+        return False
+    try:
+        return all(stat.S_ISREG(os.lstat(d / n).st_mode) for n in names)
+    except OSError:
+        return False
 
 
 def refuse_foreign_dir(d: Path, hint: str = "choose a new or empty --out") -> None:
-    """Raise unless `d` is absent, an empty directory, or an xtm run: nothing else is ever written to."""
+    """Raise unless `d` is absent, an empty directory, an xtm run, or one starting (only its lock, maybe a
+    temporary of its marker: `_starting_run`): nothing else is ever written to."""
     d = Path(d)
     if not d.exists():
         if d.is_symlink():
@@ -85,10 +137,11 @@ def refuse_foreign_dir(d: Path, hint: str = "choose a new or empty --out") -> No
     if not d.is_dir():
         raise XtmError("exists and is not a directory", path=d)
     try:
-        empty = next(d.iterdir(), None) is None
+        with os.scandir(d) as entries:  # a few names tell empty, a starting run, or more (a home directory)
+            names = [e.name for e in itertools.islice(entries, _STARTING_MAX)]
     except OSError as e:
         raise XtmError(f"cannot read the run directory: {e.strerror or e}", path=d) from None
-    if not empty and not is_run_dir(d):
+    if names and not _starting_run(d, names) and not is_run_dir(d):
         raise XtmError(f"{d} exists and is not an xtm run directory (it holds other files, which would be "
                        f"overwritten): {hint}")
 

@@ -111,7 +111,7 @@ def test_shards_are_reused_rebuilt_or_refused(example_dir: Path, tmp_path: Path)
     half = tmp_path / "half"  # a build that stopped half-way is ours: rebuilt
     half.mkdir()
     (half / ".building").touch()
-    (half / "en.vocab.txt").write_text("a\n")
+    (half / "vocab_en.txt").write_text("a\n")
     build_shards(example_dir / "docs.jsonl", half, shard_size=200, progress=False)
     assert not (half / ".building").exists() and ShardedCorpus(half).languages
 

@@ -26,12 +26,15 @@ for the models that use them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
+import os
 import re
 import shutil
-from collections.abc import Sequence
+import stat
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -39,7 +42,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from xtm.atomic import write_json
+from xtm.atomic import is_desktop_metadata, write_json
 from xtm.config import PREPROCESSING, DataConfig, Preprocessing, default_of
 from xtm.corpus import Corpus, LanguageCorpus
 from xtm.errors import XtmError
@@ -146,37 +149,123 @@ def _reusable(src: Path, out: Path, settings: dict[str, Any]) -> ShardedCorpus |
 
 def refuse_foreign_shard_dir(out: Path) -> None:
     """Raise unless `out` is absent, empty, or a shard directory: complete (an index in the shard format),
-    half-built (the .building marker), or holding nothing but what a build starts with. Its content is
-    deleted when rebuilt, so names other directories share prove nothing: every run directory holds
-    the lock file, and an index.json is any web site's."""
+    half-built (the .building marker), holding nothing but what a build starts with, or (its index damaged)
+    laid out as a build leaves it and holding nothing else. Names other directories share prove nothing:
+    every run directory holds the lock file, and an index.json is any web site's.
+
+    This says whose directory it is; what a rebuild may delete in it is `_shard_entries`' (a user's notes
+    beside the shards are refused then, not deleted: `_prepare_dir`)."""
     if not out.exists():
         return
     if not out.is_dir():
         raise XtmError("the shard directory is a file", path=out)
-    names = {p.name for p in out.iterdir()}
+    layout = _shard_entries(out)
     complete = index_fingerprint(out) is not None
-    if not (complete or (out / ".building").is_file() or names <= {LOCK_NAME} or _shard_layout(out)):
-        raise XtmError("the shard directory exists and holds other files: choose an empty or new "
+    starting = not layout.foreign and {p.name for p in layout.ours} <= {LOCK_NAME}
+    damaged = (not layout.foreign and bool(layout.langs) and layout.langs == layout.filled
+               and layout.langs <= layout.vocabs)
+    if not (complete or layout.building or starting or damaged):
+        listed = f" ({_listed(layout.foreign)})" if layout.foreign else ""
+        raise XtmError(f"the shard directory exists and holds other files{listed}: choose an empty or new "
                        "--shard-dir", path=out)
 
 
-def _shard_layout(out: Path) -> bool:
-    """Whether `out` is laid out as a build leaves it (a complete directory whose index was damaged is
-    still ours, and rebuilt): at least one language directory of train-N.npz / test-N.npz shards with its
-    vocab_<lang>.txt, and nothing but index.json, the lock, vocab_<lang>.txt and word_counts_<lang>.npy
-    beside them."""
-    langs, vocabs = set(), set()
-    for p in out.iterdir():
-        if p.is_dir() and not p.is_symlink():
-            shards = [q.name for q in p.iterdir()]
-            if not shards or not all(re.fullmatch(r"(train|test)-\d+\.npz", name) for name in shards):
-                return False
-            langs.add(p.name)
-        elif m := re.fullmatch(r"vocab_(.+)\.txt", p.name):
-            vocabs.add(m.group(1))
-        elif not (p.name in (INDEX, LOCK_NAME) or re.fullmatch(r"word_counts_.+\.npy", p.name)):
-            return False
-    return bool(langs) and langs <= vocabs
+def _listed(names: list[str]) -> str:
+    """The first few names, escaped (repr: a name may hold anything), and how many more."""
+    shown = ", ".join(repr(n) for n in names[:5])
+    return shown + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+# The shard layout (xtm.trainer.data.shard_format) by name: only these entries are ever deleted when the
+# shards are rebuilt. Beside them: INDEX, LOCK_NAME and _BUILDING.
+_BUILDING = ".building"  # present from the start of a build until its index is written
+_SPILL = ".spill"  # pass 1's temporary files, `.spill/<lang>/<name>.bin` (xtm.trainer.data.spill)
+_SPILL_FILES = frozenset(f"{name}.bin" for name in ("ids", "counts", "lens", "labels", "splits"))
+# a shard, or save_shard's temporary of one
+_SHARD = re.compile(r"(?:train|test)-[0-9]+\.npz|\.(?:train|test)-[0-9]+\.npz\.tmp")
+_VOCAB, _WORD_COUNTS = re.compile(r"vocab_(.+)\.txt"), re.compile(r"word_counts_(.+)\.npy")
+# xtm.atomic's temporary of the index or a vocabulary, left by a build killed while writing it.
+_ATOMIC_TMP = re.compile(r"\.(index\.json|vocab_.+\.txt)\.xtm-[0-9]+-[a-z0-9_]{8}\.tmp")
+
+
+@dataclass
+class _Entries:
+    """A shard directory's entries: `ours` (the layout's, each a regular file or a directory holding only the
+    layout's files), `foreign` (anything else, by name), the language directories and vocabularies found,
+    and whether the .building marker is there. A desktop's own files (`is_desktop_metadata`) are in neither:
+    nobody's content, they stay where they are (inside a language directory, they go with it)."""
+
+    ours: list[Path] = field(default_factory=list)
+    foreign: list[str] = field(default_factory=list)
+    langs: set[str] = field(default_factory=set)
+    filled: set[str] = field(default_factory=set)  # the language directories holding at least one shard
+    vocabs: set[str] = field(default_factory=set)
+    building: bool = False
+
+
+def _shard_entries(out: Path) -> _Entries:
+    """Sort the entries of the shard directory `out` into the layout's and everyone else's."""
+    try:
+        names = sorted(os.listdir(out))
+    except OSError as e:
+        raise XtmError(f"cannot read the shard directory: {e.strerror or e}", path=out) from None
+    found = _Entries(building=_BUILDING in names and _is_plain_file(out / _BUILDING))
+    found.vocabs = {m.group(1) for n in names if (m := _VOCAB.fullmatch(n)) and _is_plain_file(out / n)}
+    for name in names:
+        p = out / name
+        if is_desktop_metadata(p):
+            continue
+        if _is_plain_file(p) and (name in (INDEX, LOCK_NAME, _BUILDING) or _VOCAB.fullmatch(name)
+                                  or _WORD_COUNTS.fullmatch(name) or _ATOMIC_TMP.fullmatch(name)):
+            found.ours.append(p)
+        elif name == _SPILL and _is_plain_dir(p) and all(
+                is_desktop_metadata(q) or _holds_only(q, _SPILL_FILES.__contains__) for q in _listing(p)):
+            found.ours.append(p)
+        elif (not name.startswith(".") and _holds_only(p, _SHARD.fullmatch)
+              and ((filled := any(_SHARD.fullmatch(q.name) for q in _listing(p)))
+                   or name in found.vocabs or found.building)):
+            # a language's shards (an empty directory only where its vocabulary or a build in progress says so)
+            found.ours.append(p)
+            found.langs.add(name)
+            if filled:
+                found.filled.add(name)
+        else:
+            found.foreign.append(name + "/" if p.is_dir() else name)
+    return found
+
+
+def _is_plain_file(p: Path) -> bool:
+    """A regular file, not a symbolic link to one (a link's target may be the user's file)."""
+    try:
+        return stat.S_ISREG(os.lstat(p).st_mode)
+    except OSError:
+        return False
+
+
+def _is_plain_dir(p: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(p).st_mode)
+    except OSError:
+        return False
+
+
+def _listing(d: Path) -> list[Path]:
+    try:
+        return [d / n for n in os.listdir(d)]
+    except OSError:
+        return []
+
+
+def _holds_only(d: Path, is_ours: Callable[[str], Any]) -> bool:
+    """Whether `d` is a directory (not a link) whose entries are all regular files `is_ours` accepts by name,
+    or a desktop's own files."""
+    if not _is_plain_dir(d):
+        return False
+    try:
+        names = os.listdir(d)
+    except OSError:
+        return False
+    return all((is_ours(n) and _is_plain_file(d / n)) or is_desktop_metadata(d / n) for n in names)
 
 
 def _source_files(p: Path) -> list[Path]:
@@ -210,19 +299,39 @@ def _fingerprint(files: Sequence[Path], settings: dict[str, Any]) -> str:
 
 
 def _prepare_dir(out: Path) -> None:
-    """Clear a previous (or half-written) shard directory; never a directory that is not ours."""
+    """Clear a previous (or half-written) shard directory for a rebuild: only what the shard layout names.
+    Anything else there (a user's notes beside the shards) is refused, naming it, before anything is
+    deleted: a directory is not ours whole because it holds our index."""
     refuse_foreign_shard_dir(out)
     if out.exists():
+        layout = _shard_entries(out)
+        if layout.foreign:
+            raise XtmError(f"the shard directory holds other files than the shards: {_listed(layout.foreign)}. "
+                           "The shards must be rebuilt (the input files or settings changed, or they are damaged), "
+                           "which replaces everything in it: move what is yours elsewhere, or choose an empty or "
+                           "new --shard-dir", path=out)
         (out / INDEX).unlink(missing_ok=True)  # first: a half-rebuilt directory is never "complete"
-        for child in out.iterdir():
-            if child.name == LOCK_NAME:
+        for p in layout.ours:
+            if p.name == LOCK_NAME:
                 continue  # held by the process building here (xtm.trainer.run)
-            if child.is_dir():
-                shutil.rmtree(child)
+            if _is_plain_dir(p):
+                _remove_layout_dir(p)
             else:
-                child.unlink()
+                p.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    (out / ".building").touch()
+    (out / _BUILDING).touch()
+
+
+def _remove_layout_dir(d: Path) -> None:
+    """Remove a language (or spill) directory `_shard_entries` found to hold only the layout's files, file by
+    file: what appeared in it since is left (and the directory with it)."""
+    for p in _listing(d):
+        if d.name == _SPILL and _is_plain_dir(p):  # the spill's language directories (nothing else nests)
+            _remove_layout_dir(p)
+        elif _is_plain_file(p) and (_SHARD.fullmatch(p.name) or p.name in _SPILL_FILES or is_desktop_metadata(p)):
+            p.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # not empty: something not ours is in it now
+        d.rmdir()
 
 
 @dataclass
@@ -243,7 +352,7 @@ class _Job:
 
     @property
     def spill_root(self) -> Path:
-        return self.out / ".spill"
+        return self.out / _SPILL
 
 
 @dataclass
@@ -265,7 +374,7 @@ def _build(job: _Job) -> Path:
     write_json(job.out / INDEX, {"format": SHARD_FORMAT, "fingerprint": job.fingerprint, "settings": job.settings,
                                  "name": corpus_name(job.src), "langs": order, "label_names": labels.names,
                                  "languages": index_langs, "info": info})
-    (job.out / ".building").unlink(missing_ok=True)
+    (job.out / _BUILDING).unlink(missing_ok=True)
     return job.out
 
 

@@ -435,8 +435,10 @@ class _Training:
         if not isinstance(groups, list) or not groups or not all(isinstance(g, dict) for g in groups):
             return  # restore_optimizer says what is wrong with it
         # make_optimizer puts phi last: its group's multiplier (the only group's, 1, without a scale)
-        saved = float(groups[-1].get("lr_scale", 1.0))
-        if saved != float(self.cfg.topic_lr_scale):
+        saved = groups[-1].get("lr_scale", 1.0)
+        if isinstance(saved, bool) or not isinstance(saved, (int, float)):
+            return  # restore_optimizer names the bad setting
+        if float(saved) != float(self.cfg.topic_lr_scale):
             raise XtmError(f"--resume: the checkpoint was trained with --topic-lr-scale {saved:g}, this run asks for "
                            f"{self.cfg.topic_lr_scale:g}: resume with --topic-lr-scale {saved:g} (a run "
                            "started with the papers' settings continues with --recipe paper)", path=ckpt.path)
