@@ -123,6 +123,24 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, quantize: str | None
     return report
 
 
+def _source_run(run: RunDir, config: dict[str, Any]) -> SourceRun:
+    """The manifest's record of the run: the settings the exported checkpoint was trained with and how far it
+    got. A run stopped before its last epoch (Ctrl-C, a kill while resumed) exports with a warning."""
+    ckpt = config.get("checkpoint") or {}
+    train_config = ckpt.get("train_config") or config.get("train_config") or {}
+    epoch = ckpt.get("epoch")
+    planned = [train_config.get(k) for k in ("epochs", "phase2_epochs")]
+    if not isinstance(epoch, int) or not all(isinstance(n, int) or n is None for n in planned):
+        return SourceRun.of(run.path, train_config)
+    total = sum(n or 0 for n in planned)
+    finished = epoch >= total and not ckpt.get("partial")
+    if not finished:
+        inside = f", stopped inside epoch {epoch + 1}" if ckpt.get("partial") else ""
+        logger.warning(f"{run.path} stopped at epoch {epoch} of {total}{inside} (its checkpoint {ckpt.get('name')}): "
+                       "the bundle serves the model as it was then; `xtm-train ... --resume` finishes the run")
+    return SourceRun.of(run.path, train_config, epochs_done=epoch, finished=finished)
+
+
 def _tokenizers(config: dict[str, Any], langs: list[str], run: RunDir) -> dict[str, dict[str, Any]]:
     """Each language's tokenizer settings from the run's config.json (the runtime must tokenize as
     training did); XtmError naming the file when one is missing."""
@@ -170,7 +188,7 @@ def _write_bundle(tmp: Path, run: RunDir, config: dict[str, Any], tokenizers: di
     contextual = _export_contextual(run.path, tmp, report, opts, model)
     write_manifest(tmp, model=model.name, num_topics=model.num_topics, languages=langs, encoders=encoders,
                    opset=opts.opset, quantization=opts.quantize,
-                   source_run=SourceRun.of(run.path, config.get("train_config")),
+                   source_run=_source_run(run, config),
                    parity={lang: p.manifest_record() for lang, p in parity.items()}, contextual=contextual)
 
 

@@ -60,7 +60,7 @@ __all__ = ["AUTO_ROUTES", "CONTEXTUAL_FORMAT", "FORMAT", "INPUT_FORMATS", "MANIF
            "SCHEMA_VERSION", "TOKENIZER_KINDS", "BundleManifest", "ContextualEntry", "EncoderEntry", "check_checksum",
            "check_files", "check_tokenizer", "check_theta", "graph_file", "listed_file", "onnx_external_data",
            "parse_manifest", "read_contextual_entry", "read_manifest", "read_topic_labels", "read_topics",
-           "sha256_bytes", "sha256_file", "validate_manifest"]
+           "read_verified", "sha256_bytes", "sha256_file", "validate_manifest"]
 
 FORMAT = "xtm-bundle"
 # 2 added sparse encoder inputs; a schema-1 bundle (dense inputs only) reads unchanged.
@@ -169,6 +169,21 @@ def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
 def sha256_bytes(data: bytes) -> str:
     """Hex SHA-256 of a file's bytes already in memory (the Ray engine ships a bundle as bytes)."""
     return hashlib.sha256(data).hexdigest()
+
+
+def read_verified(path: Path, size: int, expected: str | None) -> bytes:
+    """The first `size` bytes of `path`, from one open; with `expected`, the whole file's SHA-256 must be it (what
+    follows `size` goes through the hash, never into memory): the bytes used are the bytes checked."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        data = f.read(size)
+        if expected is not None:
+            h.update(data)
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    if expected is not None:
+        check_checksum(path, h.hexdigest(), expected)
+    return data
 
 
 def check_checksum(path: Path, actual: str, expected: str) -> None:

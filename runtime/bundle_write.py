@@ -47,15 +47,24 @@ class SourceRun:
 
     name: str
     train_config: dict[str, Any] | None = None
+    # The epochs the exported model completed, and whether that is all train_config asked for (an interrupted
+    # run exported as it was); None in bundles from before they were recorded.
+    epochs_done: int | None = None
+    finished: bool | None = None
 
     @classmethod
-    def of(cls, run_dir: str | Path, train_config: Mapping[str, Any] | None) -> SourceRun:
+    def of(cls, run_dir: str | Path, train_config: Mapping[str, Any] | None, epochs_done: int | None = None,
+           finished: bool | None = None) -> SourceRun:
         """The run's directory name (never its path) and its training settings without machine paths."""
         kept = {k: v for k, v in (train_config or {}).items() if k not in _MACHINE_KEYS}
-        return cls(name=Path(run_dir).resolve().name, train_config=kept or None)
+        return cls(name=Path(run_dir).resolve().name, train_config=kept or None, epochs_done=epochs_done,
+                   finished=finished)
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "train_config": self.train_config}
+        out: dict[str, Any] = {"name": self.name, "train_config": self.train_config}
+        if self.epochs_done is not None:
+            out.update(epochs_done=self.epochs_done, finished=self.finished)
+        return out
 
 
 def manifest_schema_version(encoders: Sequence[EncoderEntry]) -> int:

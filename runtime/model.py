@@ -15,7 +15,6 @@ bad records) are the engine's (`xtm.runtime.engine`); `TopicModel.infer_records`
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import unicodedata
@@ -37,11 +36,11 @@ from xtm.runtime.bundle import (
     BundleManifest,
     ContextualEntry,
     EncoderEntry,
-    check_checksum,
     check_theta,
     read_manifest,
     read_topic_labels,
     read_topics,
+    read_verified,
     sha256_file,
 )
 from xtm.runtime.contextual import ContextualEncoder
@@ -345,21 +344,17 @@ class TopicModel:
                 # header may claim terabytes); then exactly that many values, or the file is short.
                 shape, fortran, dtype = read_npy_header(f)
                 floats = shape == want and dtype.kind == "f" and not dtype.hasobject
-                start = f.tell()
-                data = f.read(want[0] * want[1] * dtype.itemsize) if floats else b""
-                if floats and self._verify:  # the bytes just read are those the manifest lists (checked at load)
-                    f.seek(0)
-                    h = hashlib.sha256(f.read(start))
-                    h.update(data)
-                    f.seek(start + len(data))
-                    while chunk := f.read(1 << 20):
-                        h.update(chunk)
-                    digest = h.hexdigest()
-                beta = np.frombuffer(data, dtype=dtype, count=len(data) // dtype.itemsize) if floats else None
+                start, nbytes = f.tell(), want[0] * want[1] * dtype.itemsize
+            # Then header and values again from one read, checked against the manifest read at load: a bundle
+            # re-exported in place since (a redeploy) is refused, not mixed into this model.
+            expected = self._manifest.files[enc.entry.beta] if self._verify else None
+            raw = read_verified(path, start + nbytes, expected) if floats else b""
         except (ValueError, OSError, EOFError) as e:
             raise XtmError(f"not a plain .npy array: {e}", path=path) from e
-        if floats and self._verify:
-            check_checksum(path, digest, self._manifest.files[enc.entry.beta])
+        beta = np.frombuffer(raw, dtype=dtype, offset=start, count=(len(raw) - start) // dtype.itemsize) \
+            if floats and len(raw) >= start else None
+        if floats and beta is None:
+            raise XtmError(f"holds 0 values, its header says {want}", path=path)
         if beta is None:
             raise XtmError(f"{dtype} {shape}, expected floats {want}", path=path)
         if beta.size != want[0] * want[1]:

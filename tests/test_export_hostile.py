@@ -577,3 +577,28 @@ def test_labels_made_for_other_topics_are_left_out_of_the_bundle(example_run: Pa
     model = TopicModel.load(export_run(run, tmp_path / "stale", progress=False).bundle)
     assert not model.has_labels and model.topic_label(0) is None
 
+
+
+def test_a_run_stopped_before_its_last_epoch_exports_with_a_warning_and_says_so(
+        example_run: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A run killed while resumed for more epochs kept config.json of its last finished command: the manifest
+    said "epochs": 3 for a model at epoch 7, and nothing warned. The checkpoint's own settings and epoch count."""
+    import logging
+
+    from xtm.exporters.onnx_export import export_run
+
+    run = tmp_path / "run"
+    shutil.copytree(example_run, run, ignore=shutil.ignore_patterns("contextual"))
+    latest = json.loads((run / "checkpoints" / "latest.json").read_text())["dir"]
+    state_path = run / "checkpoints" / latest / "state.json"
+    state = json.loads(state_path.read_text())
+    state["train_config"]["epochs"] = 20  # as a resume to 20 epochs, stopped at 15, leaves it
+    state_path.write_text(json.dumps(state))
+    with caplog.at_level(logging.WARNING, logger="xtm"):
+        export_run(run, tmp_path / "bundle", progress=False)
+    assert any("stopped at epoch 15 of 20" in r.getMessage() for r in caplog.records)
+    source = json.loads((tmp_path / "bundle" / "manifest.json").read_text())["source_run"]
+    assert source["epochs_done"] == 15 and source["finished"] is False and source["train_config"]["epochs"] == 20
+    finished = json.loads((example_run / "config.json").read_text())  # the untouched run: finished
+    assert export_run(example_run, tmp_path / "b2", progress=False) and finished["train_config"]["epochs"] == 15
+    assert json.loads((tmp_path / "b2" / "manifest.json").read_text())["source_run"]["finished"] is True

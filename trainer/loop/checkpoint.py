@@ -517,7 +517,10 @@ def load_trained_model(run_dir: str | Path) -> tuple[dict[str, Any], torch.nn.Mo
     """A finished run's config.json and its trained model (latest usable checkpoint), in eval mode.
 
     The one entry for what consumes a run's model (export, the contextual fit): they need neither
-    the checkpoint's layout nor how a model is rebuilt.
+    the checkpoint's layout nor how a model is rebuilt. The config also says which checkpoint the model
+    is, under "checkpoint": its "name", "epoch" (completed), "partial" (stopped inside the next one) and
+    the "train_config" it was trained with (config.json's is the last command's, which may not have
+    reached its checkpoint: a run killed while resumed).
     """
     from xtm.models_zoo.registry import model_from_state
 
@@ -528,4 +531,8 @@ def load_trained_model(run_dir: str | Path) -> tuple[dict[str, Any], torch.nn.Mo
         model = model_from_state(ckpt.state["model_config"], ckpt.model)
     except XtmError as e:
         raise XtmError(e.reason, path=e.path or ckpt.path) from None
+    saved = ckpt.state.get("train_config")
+    config = {**config, "checkpoint": {"name": ckpt.path.name, "epoch": ckpt.epoch,
+                                       "partial": bool(ckpt.state.get("partial")),
+                                       "train_config": saved if isinstance(saved, dict) else None}}
     return config, model.eval()
