@@ -302,6 +302,23 @@ def test_resume_refuses_a_learning_rate_or_seed_it_would_not_use(example_corpus,
         train(example_corpus, config(epochs=2, **setting), tmp_path, resume=True)
 
 
+def test_resume_refuses_another_dictionary(example_dir: Path, tmp_path: Path) -> None:
+    """The model keeps its checkpoint's links: another --dict only changed what config.json named."""
+    from xtm.trainer.data.loading import load_corpus
+
+    pairs = (example_dir / "dict.tsv").read_text(encoding="utf-8").splitlines()
+    other = tmp_path / "other.tsv"
+    other.write_text("\n".join(pairs[: len(pairs) // 2]) + "\n", encoding="utf-8")
+    train(load_corpus(example_dir / "docs.jsonl", dict_path=example_dir / "dict.tsv", progress=False),
+          config(epochs=1), tmp_path / "run")
+    with pytest.raises(XtmError, match="dictionary links differ .*resume with the --dict the run was trained with"):
+        train(load_corpus(example_dir / "docs.jsonl", dict_path=other, progress=False), config(epochs=2),
+              tmp_path / "run", resume=True)
+    resumed = train(load_corpus(example_dir / "docs.jsonl", dict_path=example_dir / "dict.tsv", progress=False),
+                    config(epochs=2), tmp_path / "run", resume=True)
+    assert resumed.epochs_done == 2
+
+
 def test_resume_and_interruption_are_logged_not_printed(example_corpus, tmp_path: Path, caplog, capfd) -> None:
     def interrupt(epoch: int, model) -> None:
         if epoch == 1:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import json
 import logging
 import math
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
@@ -96,6 +98,20 @@ def seed_everything(seed: int) -> np.random.Generator:
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
     return np.random.default_rng(seed)
+
+
+def links_digest(corpus: Corpus) -> str:
+    """SHA-256 of the corpus's cross-lingual word links (which word of which language links to which): what a
+    resumed run must have been trained with."""
+    h = hashlib.sha256()
+    for (a, b), m in sorted(corpus.links.items()):
+        c = sp.csr_matrix(m, dtype=np.float32)
+        c.sum_duplicates()
+        c.sort_indices()
+        h.update(f"{a}>{b}:{c.shape}:".encode())
+        h.update(np.ascontiguousarray(c.indptr, dtype=np.int64).tobytes())
+        h.update(np.ascontiguousarray(c.indices, dtype=np.int64).tobytes())
+    return h.hexdigest()
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, topic_lr_scale: float = 1.0) -> torch.optim.Optimizer:
@@ -289,6 +305,7 @@ class _Training:
         self.model = build_model(corpus, cfg)
         self.optimizer = make_optimizer(self.model, cfg.lr, cfg.topic_lr_scale)
         self.fingerprint = self.data.fingerprint()
+        self.links = links_digest(corpus)
         self.done = 0                                   # completed epochs
         self.history: list[dict[str, float]] = []
         self.seconds: list[float] = []
@@ -325,6 +342,11 @@ class _Training:
         if saved.get("corpus") != self.fingerprint:
             raise XtmError("--resume: the data differs from the data this checkpoint was trained on "
                            f"(checkpoint {saved.get('corpus')}, now {self.fingerprint})", path=ckpt.path)
+        if saved.get("links") is not None and saved.get("links") != self.links:
+            # The model keeps the checkpoint's links (its aux buffers), so another dictionary would change
+            # nothing but config.json, which would name it. (Checkpoints from before the digest: not checked.)
+            raise XtmError("--resume: the dictionary links differ from those this checkpoint was trained with "
+                           "(another --dict?): resume with the --dict the run was trained with", path=ckpt.path)
         self._check_topic_lr_scale(ckpt)
         self._check_hparams(mc, ckpt.path)
         self._check_schedules(ckpt)
@@ -780,6 +802,7 @@ class _Training:
         done = self.done
         save_checkpoint(self.run_dir, done, self.model, self.optimizer, {
             "model_config": self.model.config(), "train_config": self.cfg.to_dict(), "corpus": self.fingerprint,
+            "links": self.links,
             "numpy_rng": progress_rng, "history": self.history[:done], "epoch_seconds": self.seconds[:done],
             "phase2": phase2_state, "phase2_own": own, "threads": torch.get_num_threads(),
             "phase2_config": self.phase2.cfg.to_dict() if self.phase2 is not None else None,
