@@ -245,21 +245,24 @@ def _umask() -> int:
     return mask
 
 
-# The signal exit_on_signals last turned into an exception, until its block ends. Python runs a handler between
-# bytecodes of the main thread, which may be inside a finalizer (__del__, a weakref callback): an exception raised
-# there is printed as "Exception ignored in ..." and lost, and the command went on (1 load in 14 in a review).
-# A long command checks it at its next safe point (raise_pending_signal).
+# The signal exit_on_signals last turned into an exception, until it is raised again or the outermost block
+# ends. Python runs a handler between bytecodes of the main thread, which may be inside a finalizer (__del__, a
+# weakref callback): an exception raised there is printed as "Exception ignored in ..." and lost, and the command
+# went on (1 load in 14 in a review). A long command checks it at its next safe point (raise_pending_signal).
 _pending: int | None = None
+_depth = 0  # exit_on_signals blocks open (nested in one thread)
 
 
 def raise_pending_signal() -> None:
     """Raise again a signal whose exception was lost (see _pending): KeyboardInterrupt for SIGINT, else
     SystemExit(128 + its number). Called where work would start that a signal must not let begin (training)."""
-    if _pending is None:
+    global _pending
+    pending, _pending = _pending, None  # raised once: what catches it decides what follows
+    if pending is None:
         return
-    if _pending == signal.SIGINT:
+    if pending == signal.SIGINT:
         raise KeyboardInterrupt
-    raise SystemExit(128 + _pending)
+    raise SystemExit(128 + pending)
 
 
 @contextmanager
@@ -274,7 +277,7 @@ def exit_on_signals(signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGHUP)) 
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    global _pending
+    global _pending, _depth
     previous = {s: signal.getsignal(s) for s in signals}
 
     def handler(signum: int, _frame: Any) -> None:
@@ -294,10 +297,13 @@ def exit_on_signals(signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGHUP)) 
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         previous[signal.SIGINT] = signal.default_int_handler
         signal.signal(signal.SIGINT, interrupt)
+    _depth += 1
     try:
         yield
     finally:
-        _pending = None
+        _depth -= 1
+        if _depth == 0:  # the outermost block ends (a nested one keeps what is remembered for its outer one)
+            _pending = None
         for s, h in previous.items():
             signal.signal(s, h if h is not None else signal.SIG_DFL)
 

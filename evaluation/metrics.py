@@ -38,6 +38,7 @@ from xtm.interruptible import interruptible
 from xtm.languages import dataset_suffixes, normalize_lang
 
 __all__ = [
+    "TOP_WORDS",
     "ReferenceCorpus",
     "classification",
     "cnpmi",
@@ -60,7 +61,12 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 
 
-def top_words(beta: np.ndarray, vocab: Sequence[str], n: int = 15) -> list[list[str]]:
+# Top words per topic, as topics_<lang>.txt, the report, TU and the bundle's topics.json list them (the papers'
+# 15). One constant: labels.json records a digest of the topics it labelled, which export compares.
+TOP_WORDS = 15
+
+
+def top_words(beta: np.ndarray, vocab: Sequence[str], n: int = TOP_WORDS) -> list[list[str]]:
     """The n highest-weighted words of each topic (rows of the K x V matrix beta), best first."""
     beta = np.asarray(beta)
     if beta.ndim != 2:
@@ -553,7 +559,7 @@ def evaluate(
     test_theta: dict[str, np.ndarray],
     beta: dict[str, np.ndarray],
     ref: ReferenceCorpus | None = None,
-    n: int = 15,
+    n: int = TOP_WORDS,
     encoder_means: Callable[[], tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] | None = None,
 ) -> dict[str, Any]:
     """Every metric of a trained model, as the content of metrics.json (JSON-serialisable).

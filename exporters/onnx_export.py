@@ -37,7 +37,7 @@ import scipy.sparse as sp
 import torch
 
 from xtm.errors import XtmError
-from xtm.evaluation.metrics import top_words
+from xtm.evaluation.metrics import TOP_WORDS, top_words
 from xtm.exporters.graph_rewrites import finish_encoder, quantize_dynamic_int8
 from xtm.exporters.parity import Parity, judge_parity, parity_bows, parity_failure, run_onnx, torch_reference
 from xtm.exporters.torch_to_onnx import export_encoder
@@ -53,7 +53,7 @@ __all__ = ["DEFAULT_OPSET", "TOP_N", "ExportOptions", "ExportReport", "export_ru
 logger = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 18
-TOP_N = 15
+TOP_N = TOP_WORDS  # the training run's own topics_<lang>.txt length (labels are checked against it)
 
 
 @dataclass

@@ -107,6 +107,9 @@ class CrossLingualTopicModel(nn.Module):
     num_languages: ClassVar[int] = 2
     # whether it aligns topics through bilingual dictionary links (and so needs some);
     needs_dictionary: ClassVar[bool] = False
+    # whether it reads the links at all (GloCTM uses them when given; XTRA never): a resumed run must then have
+    # the checkpoint's;
+    reads_links: ClassVar[bool] = True
     # why it cannot train from a streamed (out-of-core) corpus; None when it can: it then needs
     # from the corpus only vocabularies, links, word vectors and word counts.
     in_memory_only: ClassVar[str | None] = None

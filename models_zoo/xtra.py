@@ -44,6 +44,7 @@ class XTRA(TwoLanguageVAE):
         "beta_proj_dim": 384, "encoder": DEFAULT_ENCODER, "grad_clip": 1.0, "init": "clusters",
     }
     needs_dictionary: ClassVar[bool] = False  # aligns through sentence embeddings
+    reads_links: ClassVar[bool] = False       # never: a resume with another --dict (or none) changes nothing
     in_memory_only: ClassVar[str | None] = (
         "it embeds the text of every training document, clusters all embeddings at once (K-means) and "
         "keeps them in memory for its per-document losses")

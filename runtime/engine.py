@@ -619,7 +619,8 @@ def _raw_parquet_chunks(engine: Engine, path: str) -> Iterator[list[tuple[int, A
 
 
 def _worker_start(model_cls: type[TopicModel], bundle_dir: str, threads: int, providers: list[str],
-                  options: InferenceOptions, bundle: str | None, segmenters: str, parent: int) -> None:
+                  options: InferenceOptions, bundle: str | None, segmenters: str, parent: int,
+                  manifest_sha256: str | None = None) -> None:
     """A worker's initializer: signals as described above, then the parent's segmenters, its own model
     and Engine. The model's class comes in as an argument (pickled by name), so this module never
     imports the model's."""
@@ -640,6 +641,9 @@ def _worker_start(model_cls: type[TopicModel], bundle_dir: str, threads: int, pr
 
     use_segmenters(segmenters)
     model = model_cls.load(bundle_dir, threads=threads, providers=providers)
+    if manifest_sha256 is not None and model.manifest_sha256 != manifest_sha256:  # re-exported since the parent's load
+        raise XtmError("the bundle changed since xtm-infer loaded it (its manifest differs): run it again",
+                       path=bundle_dir)
     _worker_engine = Engine(model, options, bundle=bundle)
 
 
@@ -690,8 +694,8 @@ class WorkerPool:
         threads = options.threads if options.threads is not None else 1
         self._executor = ProcessPoolExecutor(
             self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_start,
-            initargs=(type(model), str(model.manifest.directory), threads, model.providers, options,
-                      None if bundle is None else str(bundle), segmenter_mode(), os.getpid()))
+            initargs=(type(model), str(model.manifest.directory.resolve()), threads, model.providers, options,
+                      None if bundle is None else str(bundle), segmenter_mode(), os.getpid(), model.manifest_sha256))
 
     def __enter__(self) -> WorkerPool:
         return self

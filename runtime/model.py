@@ -15,6 +15,7 @@ bad records) are the engine's (`xtm.runtime.engine`); `TopicModel.infer_records`
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 import unicodedata
@@ -177,7 +178,7 @@ class TopicModel:
     def __init__(self, manifest: BundleManifest, encoders: dict[str, _Encoder],
                  topics: list[dict[str, list[str]]], providers: list[str], session_options: Any = None,
                  labels: list[dict[str, str]] | None = None, *, verify: bool = True,
-                 reload: tuple[dict[str, Any], str] | None = None) -> None:
+                 reload: tuple[str, dict[str, Any], str] | None = None) -> None:
         self._manifest = manifest
         self._encoders = encoders
         self._topics = topics
@@ -185,7 +186,9 @@ class TopicModel:
         # Files read after loading (the contextual graph, beta) are checked against the manifest read at load
         # when `verify`: a bundle replaced in place (a redeploy) cannot give this object another model's parts.
         self._verify = verify
-        self._reload = reload  # (load's keyword arguments, the manifest's sha256): how a pickled copy reloads
+        # (the bundle's absolute path, load's keyword arguments, the manifest's sha256): how a pickled copy reloads,
+        # in a process that may have another working directory (a Ray actor, a spawned worker)
+        self._reload = reload
         self._providers = providers
         self._tokenizers: dict[str, Callable[[str], list[str]]] = {}
         self._tok_lock = threading.Lock()
@@ -258,7 +261,8 @@ class TopicModel:
         logger.debug("loaded %s: %s, %d topics, languages %s; onnxruntime %s on %s", manifest.directory,
                      manifest.model, manifest.num_topics, ", ".join(manifest.languages), ort.__version__,
                      ", ".join(used))
-        reload = ({"threads": threads, "providers": providers, "verify": verify}, digest)
+        reload = (str(manifest.directory.resolve()), {"threads": threads, "providers": providers, "verify": verify},
+                  digest)
         return cls(manifest, encoders, topics, used or chosen, session_options=opts, labels=labels, verify=verify,
                    reload=reload)
 
@@ -267,8 +271,7 @@ class TopicModel:
         is unpickled, with the same settings, and refuses a bundle that changed since (its manifest's sha256)."""
         if self._reload is None:
             raise XtmError("this TopicModel was not made by TopicModel.load: it cannot be pickled")
-        options, digest = self._reload
-        return (_reload, (str(self._manifest.directory), options, digest))
+        return (_reload, self._reload)
 
     # -- description ---------------------------------------------------------------------------
 
@@ -289,6 +292,12 @@ class TopicModel:
     @property
     def manifest(self) -> BundleManifest:
         return self._manifest
+
+    @property
+    def manifest_sha256(self) -> str | None:
+        """SHA-256 of the manifest.json this model was loaded from (it lists every file's checksum, so it names the
+        bundle's content): another process loading "the same" bundle compares it. None when not loaded from disk."""
+        return self._reload[2] if self._reload is not None else None
 
     @property
     def has_contextual(self) -> bool:
@@ -351,6 +360,8 @@ class TopicModel:
             raw = read_verified(path, start + nbytes, expected) if floats else b""
         except (ValueError, OSError, EOFError) as e:
             raise XtmError(f"not a plain .npy array: {e}", path=path) from e
+        if floats and read_npy_header(io.BytesIO(raw))[:3] != (shape, fortran, dtype):
+            raise XtmError("changed while it was read (its header differs between two reads)", path=path)
         beta = np.frombuffer(raw, dtype=dtype, offset=start, count=(len(raw) - start) // dtype.itemsize) \
             if floats and len(raw) >= start else None
         if floats and beta is None:
@@ -860,7 +871,7 @@ def _probe(session: Any, e: EncoderEntry, num_topics: int, path: Path) -> None:
 def _reload(directory: str, options: dict[str, Any], digest: str) -> TopicModel:
     """A pickled TopicModel, loaded again from its bundle (TopicModel.__reduce__)."""
     model = TopicModel.load(directory, **options)
-    if model._reload is None or model._reload[1] != digest:
+    if model.manifest_sha256 != digest:
         raise XtmError("the bundle changed since this TopicModel was pickled (its manifest differs): load the "
                        "bundle you mean with TopicModel.load", path=directory)
     return model

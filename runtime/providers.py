@@ -116,8 +116,8 @@ def resolve_providers(requested: Sequence[str] | None, available: Sequence[str],
     requested: names or short names, most preferred first; None: CUDA when this build has it, then
     the CPU. available: what the installed build offers (`onnxruntime.get_available_providers()`);
     known: every provider onnxruntime knows of (`get_all_providers()`), to tell a misspelt name from
-    one this build lacks. A provider this build lacks is an error unless the list ends with one it has
-    (`cuda,cpu` on the CPU build: a warning, and the CPU), as for a provider that cannot start.
+    one this build lacks. A provider this build lacks is left out with a warning when the list names one it
+    has (`cuda,cpu` on the CPU build: the CPU), and an error when it names none (`cuda` alone).
     runtimes: the installed ONNX Runtime wheels (for the fix in the message).
     """
     if requested is None:
@@ -133,11 +133,11 @@ def resolve_providers(requested: Sequence[str] | None, available: Sequence[str],
             wanted.append(full)
     chosen = [p for p in wanted if p in available]
     missing = [p for p in wanted if p not in available]
-    if wanted[-1] not in available:  # the list does not end with a fallback this build has
+    if not chosen:  # nothing asked for is here: no fallback was allowed
         raise XtmError(_missing_provider(missing[0], available, runtimes))
-    for p in missing:  # a fallback follows: the same rule as a provider that cannot start (check_used)
-        logger.warning(f"{_missing_provider(p, available, runtimes)}; running on {_short(chosen[0])}, "
-                       "the next provider asked for")
+    for p in missing:
+        logger.warning(f"{_missing_provider(p, available, runtimes)}; left out: running on "
+                       f"{', '.join(_short(c) for c in chosen)}, as asked")
     return chosen
 
 

@@ -56,7 +56,7 @@ def test_a_provider_the_build_lacks_names_the_gpu_install_line() -> None:
 
 
 @pytest.mark.usefixtures("library_logging")
-def test_a_provider_the_build_lacks_falls_back_only_when_the_list_ends_with_one_it_has(
+def test_a_provider_the_build_lacks_is_left_out_when_the_list_names_one_it_has(
         caplog: pytest.LogCaptureFixture) -> None:
     """`cuda,cpu` is what a script meant for any machine asks: on the CPU build it runs on the CPU, saying why."""
     cpu_build, runtimes = ["AzureExecutionProvider", CPU], {"onnxruntime": "1.32.0"}
@@ -64,10 +64,11 @@ def test_a_provider_the_build_lacks_falls_back_only_when_the_list_ends_with_one_
         assert resolve_providers(["cuda", "cpu"], cpu_build, ALL, runtimes=runtimes) == [CPU]
         assert resolve_providers(["tensorrt", "cuda", "cpu"], cpu_build, ALL, runtimes=runtimes) == [CPU]
     messages = [r.getMessage() for r in caplog.records]
-    assert len(messages) == 3 and all(m.endswith("running on cpu, the next provider asked for") for m in messages)
+    assert len(messages) == 3 and all(m.endswith("left out: running on cpu, as asked") for m in messages)
     assert "cuda (CUDAExecutionProvider) is not available in this onnxruntime" in messages[0]
     assert 'pip install "xtm[gpu]"' in messages[0]
-    for no_fallback in (["cuda"], ["cpu", "cuda"], ["tensorrt", "cuda"]):
+    assert resolve_providers(["cpu", "cuda"], cpu_build, ALL, runtimes=runtimes) == [CPU]  # the CPU first: kept
+    for no_fallback in (["cuda"], ["tensorrt", "cuda"]):
         with pytest.raises(XtmError, match="is not available in this onnxruntime"):
             resolve_providers(no_fallback, cpu_build, ALL, runtimes=runtimes)
     with pytest.raises(XtmError, match="'cudaa' is not available: onnxruntime knows no such provider"):

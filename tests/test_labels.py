@@ -295,7 +295,8 @@ def test_a_server_that_refuses_stops_xtm_label_and_keeps_the_old_labels(tmp_path
     assert all(s == "fallback" for row in labels.sources for s in row.values())
 
 
-def test_a_server_that_answers_nothing_stops_xtm_label_and_keeps_the_old_labels(tmp_path: Path) -> None:
+def test_a_server_that_answers_nothing_stops_xtm_label_and_keeps_the_old_labels(tmp_path: Path,
+                                                                                label_server: LabelServer) -> None:
     """Nothing listening at --llm-url: every request fails every attempt. Labels from that would all be the
     fallback under the LLM's name, replacing good ones; it is the same error as a refusing server."""
     run = hand_run(tmp_path / "run")
@@ -309,12 +310,16 @@ def test_a_server_that_answers_nothing_stops_xtm_label_and_keeps_the_old_labels(
                         "--cache-dir", str(tmp_path / "c")], capture_output=True, text=True, timeout=120, env=env())
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
     last = p.stderr.strip().splitlines()[-1]
-    assert last.startswith("error:") and "answered none of the 8 label requests" in last, p.stderr
+    assert last.startswith("error:") and "answered none of the 8 label requests sent" in last, p.stderr
     assert "that label is the LLM-free one" in p.stderr and "refined set" not in p.stderr
     assert (run / "labels.json").read_bytes() == before
     # Training's own labelling goes on with the fallback, and says that it is the fallback.
     labels = label_topics(TOPICS, llm_config(f"http://127.0.0.1:{port}/v1"), llm_errors="fallback")
     assert labels.generator == "fallback"
+    # Answers cached from an earlier run do not hide a server that answers nothing now.
+    label_run(run, llm_config(label_server.url), cache_dir=tmp_path / "c2")  # 7 answers cached, one empty
+    with pytest.raises(XtmError, match="answered none of the 1 label requests sent"):
+        label_run(run, llm_config(f"http://127.0.0.1:{port}/v1"), cache_dir=tmp_path / "c2")
 
 
 def test_xtm_label_cli_writes_labels_and_the_report(example_run: Path, tmp_path: Path) -> None:

@@ -402,6 +402,14 @@ def test_a_model_pickles_as_its_bundle_and_refuses_one_that_changed(hb: HandBund
     assert copy is not model and copy.languages == model.languages
     np.testing.assert_array_equal(copy.transform(EN_TEXTS), model.transform(EN_TEXTS))
     data = pickle.dumps(model)
+    here = os.getcwd()
+    try:  # loaded by a relative path, unpickled where the working directory is another (a Ray actor's)
+        os.chdir(bundle.parent)
+        relative = pickle.dumps(TopicModel.load(bundle.name))
+        os.chdir(tmp_path.parent)
+        assert pickle.loads(relative).languages == model.languages
+    finally:
+        os.chdir(here)
     edit_manifest(bundle, model="changed")
     with pytest.raises(XtmError, match="the bundle changed since this TopicModel was pickled"):
         pickle.loads(data)

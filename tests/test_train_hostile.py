@@ -712,4 +712,10 @@ def test_a_language_whose_training_documents_share_one_label_trains_and_leaves_c
     assert "'zh': 1 class" in metrics["classification_note"]
     assert any("classification will be left out of the metrics" in r.getMessage() for r in caplog.records)
     assert (tmp_path / "run" / "topics_zh.txt").is_file() and metrics["TU"] > 0
+    # ... and the contextual route is fitted too, without that metric (it failed the same way, so did every refit)
+    from xtm.config import ContextualConfig
+    from xtm.trainer.contextual.fit import train_contextual
+
+    route = train_contextual(tmp_path / "run", ContextualConfig(threads=1, epochs=2))
+    assert "'zh': 1 class" in route["classification_note"] and "classification" not in route
 

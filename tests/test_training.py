@@ -277,7 +277,6 @@ def test_quiet_on_a_terminal_stays_quiet(example_corpus, tmp_path: Path, caplog,
     assert epoch_lines(caplog) == []
 
 
-@pytest.mark.usefixtures("library_logging")
 def test_resume_refuses_the_languages_in_another_order(example_dir: Path, tmp_path: Path) -> None:
     """With equal vocabulary sizes nothing else would notice: each encoder would go on with the other
     language's documents (the reviewer's run: EN-C 0.79 -> 0.18, exit 0)."""
@@ -302,6 +301,17 @@ def test_resume_refuses_a_learning_rate_or_seed_it_would_not_use(example_corpus,
         train(example_corpus, config(epochs=2, **setting), tmp_path, resume=True)
 
 
+def test_the_values_a_resume_refusal_names_are_the_checkpoints_exactly(example_corpus, tmp_path: Path) -> None:
+    """`:g` formatting named --seed 2.02401e+07 (not a seed) and a rounded --lr that was refused again."""
+    train(example_corpus, config(epochs=1, seed=20240101, lr=0.000316227766), tmp_path)
+    with pytest.raises(XtmError, match=r"resume with --lr 0\.000316227766 "):
+        train(example_corpus, config(epochs=2, seed=20240101), tmp_path, resume=True)
+    with pytest.raises(XtmError, match=r"resume with --seed 20240101 "):
+        train(example_corpus, config(epochs=2, lr=0.000316227766), tmp_path, resume=True)
+    assert train(example_corpus, config(epochs=2, seed=20240101, lr=0.000316227766), tmp_path,
+                 resume=True).epochs_done == 2
+
+
 def test_resume_refuses_another_dictionary(example_dir: Path, tmp_path: Path) -> None:
     """The model keeps its checkpoint's links: another --dict only changed what config.json named."""
     from xtm.trainer.data.loading import load_corpus
@@ -317,8 +327,13 @@ def test_resume_refuses_another_dictionary(example_dir: Path, tmp_path: Path) ->
     resumed = train(load_corpus(example_dir / "docs.jsonl", dict_path=example_dir / "dict.tsv", progress=False),
                     config(epochs=2), tmp_path / "run", resume=True)
     assert resumed.epochs_done == 2
+    from xtm.models_zoo.registry import model_class
+
+    # XTRA never reads the links: a resume of an XTRA run with another dictionary is not refused for them
+    assert not model_class("xtra").reads_links and model_class("gloctm").reads_links and model_class("nmtm").reads_links
 
 
+@pytest.mark.usefixtures("library_logging")
 def test_resume_and_interruption_are_logged_not_printed(example_corpus, tmp_path: Path, caplog, capfd) -> None:
     def interrupt(epoch: int, model) -> None:
         if epoch == 1:

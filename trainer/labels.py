@@ -116,8 +116,10 @@ def make_generator(cfg: LabelConfig) -> TextGenerator:
 
 
 def ask(generator: TextGenerator, prompts: list[str], cfg: LabelConfig, cache: AnswerCache,
-        stats: StepStats) -> list[str | None]:
-    """One answer per prompt, from the cache where it has one; new non-empty answers are cached as they arrive."""
+        stats: StepStats) -> tuple[list[str | None], int, int]:
+    """One answer per prompt, from the cache where it has one; new non-empty answers are cached as they arrive.
+    Also how many requests were sent, and how many of them got no answer at all (every attempt failed: not an
+    empty answer, which a server that runs gives)."""
     sampling = cfg.sampling
     keys = [AnswerCache.key(generator.id, p, 0, sampling) for p in prompts]
     texts: list[str | None] = []
@@ -129,6 +131,7 @@ def ask(generator: TextGenerator, prompts: list[str], cfg: LabelConfig, cache: A
             stats.add(stale_cache=1)             # a damaged entry: asked again
         texts.append(text or None)
     todo = [i for i, t in enumerate(texts) if t is None]
+    unanswered: list[int] = []  # jobs with no answer at all (list.append: safe from the requests' threads)
 
     def arrived(job: int, text: str | None) -> None:
         # Cached as it arrives (in the request's thread), so labelling stopped half-way keeps what came.
@@ -138,6 +141,8 @@ def ask(generator: TextGenerator, prompts: list[str], cfg: LabelConfig, cache: A
             texts[i] = text
         else:
             stats.add(failures=1)
+            if text is None:
+                unanswered.append(job)
 
     if todo and hasattr(generator, "generate_jobs"):
         generator.generate_jobs([(prompts[i], 0) for i in todo], sampling, stats, on_answer=arrived)
@@ -145,7 +150,7 @@ def ask(generator: TextGenerator, prompts: list[str], cfg: LabelConfig, cache: A
         fresh = generator.generate([prompts[i] for i in todo], 1, sampling, stats)
         for job, row in zip(range(len(todo)), fresh, strict=True):
             arrived(job, row[0] if row else None)
-    return texts
+    return texts, len(todo), len(unanswered)
 
 
 def label_topics(topics: dict[str, list[list[str]]], cfg: LabelConfig = DEFAULT, *,
@@ -177,11 +182,11 @@ def label_topics(topics: dict[str, list[list[str]]], cfg: LabelConfig = DEFAULT,
         jobs = [(t, lang) for t in range(k) for lang in langs]
         prompts = [label_prompt({x: top[x][t] for x in langs}, lang) for t, lang in jobs]
         try:
-            answers = ask(generator, prompts, cfg, AnswerCache(cache_dir), stats)
-            if stats.failures and all(a is None for a in answers):
-                # Not one answer (a wrong URL, a server that is down): labels from it would all be the fallback
-                # under the LLM's name, replacing whatever labels.json held.
-                raise XtmError(f"{name} answered none of the {len(prompts)} label requests (each failed every "
+            answers, sent, unanswered = ask(generator, prompts, cfg, AnswerCache(cache_dir), stats)
+            if sent and unanswered == sent:
+                # Not one answer to what was asked (a wrong URL, a server that is down; cached answers aside):
+                # labels from it would be the fallback's under the LLM's name, replacing what labels.json held.
+                raise XtmError(f"{name} answered none of the {sent} label requests sent (each failed every "
                                "attempt: the warnings above say why); check --llm-url and that the server runs, "
                                "or label without an LLM (no --refiner)")
         except XtmError as e:

@@ -490,7 +490,7 @@ def _head_threads(cfg: ContextualConfig, device: torch.device) -> Iterator[None]
 def evaluate_contextual(model: CrossLingualTopicModel, corpus: Corpus, encoder: TrainableSentenceEncoder,
                         head: ContextualHead, train_emb: list[Tensor], data: list[_LangData], cache: Path | None,
                         progress: bool) -> dict[str, Any]:
-    from xtm.evaluation.metrics import classification
+    from xtm.evaluation.metrics import classification, one_class_note
 
     out: dict[str, Any] = {"train_agreement": {}, "test_agreement": {}}
     train_ctx, test_ctx, test_bow = {}, {}, {}
@@ -501,7 +501,10 @@ def evaluate_contextual(model: CrossLingualTopicModel, corpus: Corpus, encoder: 
             test_bow[d.lang] = infer_theta(model, lc.test_bow, d.index, torch.device("cpu"))
             test_ctx[d.lang] = head_theta(head, embed_all(encoder, encoder.features(lc.test_texts, cache, progress)))
             out["test_agreement"][d.lang] = agreement(test_bow[d.lang], test_ctx[d.lang])
-    if corpus.has_labels and set(test_ctx) == set(corpus.langs):
+    single = one_class_note(corpus) if corpus.has_labels else None
+    if single is not None:  # a language with one label: the route is still fitted and saved, without this metric
+        out["classification_note"] = single
+    elif corpus.has_labels and set(test_ctx) == set(corpus.langs):
         train_labels = {lc.lang: lc.train_labels for lc in corpus.languages}
         test_labels = {lc.lang: lc.test_labels for lc in corpus.languages}
         train_bow = {d.lang: d.teacher for d in data}

@@ -165,9 +165,13 @@ def refuse_foreign_shard_dir(out: Path) -> None:
     damaged = (not layout.foreign and bool(layout.langs) and layout.langs == layout.filled
                and layout.langs <= layout.vocabs)
     if not (complete or layout.building or starting or damaged):
-        listed = f" ({_listed(layout.foreign)})" if layout.foreign else ""
-        raise XtmError(f"the shard directory exists and holds other files{listed}: choose an empty or new "
-                       "--shard-dir", path=out)
+        if layout.foreign:
+            raise XtmError(f"the shard directory exists and holds other files ({_listed(layout.foreign)}): choose "
+                           "an empty or new --shard-dir", path=out)
+        names = _listed(sorted(p.name for p in layout.ours))
+        raise XtmError(f"the shard directory exists and holds other files ({names}: no index in the shard format "
+                       "and no build under way): choose an empty or new --shard-dir, or delete it if an earlier, "
+                       "stopped build of xtm's left it", path=out)
 
 
 def _listed(names: list[str]) -> str:
@@ -310,10 +314,13 @@ def _prepare_dir(out: Path) -> None:
                            "The shards must be rebuilt (the input files or settings changed, or they are damaged), "
                            "which replaces everything in it: move what is yours elsewhere, or choose an empty or "
                            "new --shard-dir", path=out)
-        (out / INDEX).unlink(missing_ok=True)  # first: a half-rebuilt directory is never "complete"
+        # The marker first, then the index out: a rebuild stopped anywhere below leaves a directory that is
+        # still ours, half-built, never "complete" (without the marker, one stopped while deleting was refused)
+        (out / _BUILDING).touch()
+        (out / INDEX).unlink(missing_ok=True)
         for p in layout.ours:
-            if p.name == LOCK_NAME:
-                continue  # held by the process building here (xtm.trainer.run)
+            if p.name in (LOCK_NAME, _BUILDING):
+                continue  # the lock is held by the process building here (xtm.trainer.run); the marker stays
             if _is_plain_dir(p):
                 _remove_layout_dir(p)
             else:

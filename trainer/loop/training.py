@@ -100,6 +100,12 @@ def seed_everything(seed: int) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
+def _cli_number(value: float) -> str:
+    """A number as a command line takes it back exactly (`:g` gave --seed 2.02401e+07 and a rounded --lr)."""
+    return str(int(value)) if isinstance(value, int) or float(value).is_integer() and abs(value) < 2**53 \
+        else repr(float(value))
+
+
 def links_digest(corpus: Corpus) -> str:
     """SHA-256 of the corpus's cross-lingual word links (which word of which language links to which): what a
     resumed run must have been trained with."""
@@ -338,16 +344,16 @@ class _Training:
             raise XtmError(f"--resume: the checkpoint models {order} (vocabularies {mc.get('vocab_sizes')}), this run "
                            f"{','.join(self.model.langs)} ({self.model.vocab_sizes}): resume with --langs {order} "
                            "and the data it was trained on", path=ckpt.path)
-        self._check_settings(ckpt)
         if saved.get("corpus") != self.fingerprint:
             raise XtmError("--resume: the data differs from the data this checkpoint was trained on "
                            f"(checkpoint {saved.get('corpus')}, now {self.fingerprint})", path=ckpt.path)
-        if saved.get("links") is not None and saved.get("links") != self.links:
+        if self.model.reads_links and saved.get("links") is not None and saved.get("links") != self.links:
             # The model keeps the checkpoint's links (its aux buffers), so another dictionary would change
             # nothing but config.json, which would name it. (Checkpoints from before the digest: not checked.)
             raise XtmError("--resume: the dictionary links differ from those this checkpoint was trained with "
                            "(another --dict?): resume with the --dict the run was trained with", path=ckpt.path)
         self._check_topic_lr_scale(ckpt)
+        self._check_settings(ckpt)
         self._check_hparams(mc, ckpt.path)
         self._check_schedules(ckpt)
         self._check_phase2_settings(ckpt)
@@ -437,18 +443,25 @@ class _Training:
                         "(the same arithmetic as an uninterrupted run; --threads N to choose)")
 
     def _check_settings(self, ckpt: Checkpoint) -> None:
-        """Settings a checkpoint continues with whatever this run asks: the learning rate (the optimizer's saved
-        groups carry it) and the seed (the random state continues from the checkpoint). Another value would be
-        recorded in config.json and the bundle as if it had been used: refused by name."""
+        """Settings a checkpoint is not continued with another value of: the learning rate (the optimizer's saved
+        groups carry the checkpoint's, which a constant schedule keeps while cosine, step and phase 2 would set
+        the new one: a run of two rates) and the seed (the random state continues from the checkpoint, so a new
+        seed would only be recorded, in config.json and the bundle). Refused by name, with the value to give."""
         saved = ckpt.state.get("train_config") if isinstance(ckpt.state, dict) else None
         if not isinstance(saved, dict):
             return
         for key, flag in (("lr", "--lr"), ("seed", "--seed")):
             old, new = saved.get(key), getattr(self.cfg, key)
             if isinstance(old, (int, float)) and not isinstance(old, bool) and float(old) != float(new):
-                raise XtmError(f"--resume: the checkpoint was trained with {flag} {old:g}, this run asks for {new:g}: "
-                               f"resume with {flag} {old:g} (a checkpoint continues at its own {key}; start a new "
+                raise XtmError(f"--resume: the checkpoint was trained with {flag} {_cli_number(old)}, this run asks "
+                               f"for {_cli_number(new)}: resume with {flag} {_cli_number(old)}"
+                               f"{self._recipe_hint(saved)} (a checkpoint continues at its own {key}; start a new "
                                "run in another --out to change it)", path=ckpt.path)
+
+    def _recipe_hint(self, saved: dict[str, Any]) -> str:
+        """' or --recipe R' when the checkpoint was trained under another recipe than this run's (it sets the rest)."""
+        recipe = saved.get("recipe")
+        return f" or --recipe {recipe}" if isinstance(recipe, str) and recipe != self.cfg.recipe else ""
 
     def _check_topic_lr_scale(self, ckpt: Checkpoint) -> None:
         """A checkpoint continues with the learning-rate groups it was trained with: refuse another
@@ -461,9 +474,11 @@ class _Training:
         if isinstance(saved, bool) or not isinstance(saved, (int, float)):
             return  # restore_optimizer names the bad setting
         if float(saved) != float(self.cfg.topic_lr_scale):
-            raise XtmError(f"--resume: the checkpoint was trained with --topic-lr-scale {saved:g}, this run asks for "
-                           f"{self.cfg.topic_lr_scale:g}: resume with --topic-lr-scale {saved:g} (a run "
-                           "started with the papers' settings continues with --recipe paper)", path=ckpt.path)
+            train_config = ckpt.state.get("train_config")
+            hint = self._recipe_hint(train_config) if isinstance(train_config, dict) else ""
+            raise XtmError(f"--resume: the checkpoint was trained with --topic-lr-scale {_cli_number(saved)}, this "
+                           f"run asks for {_cli_number(self.cfg.topic_lr_scale)}: resume with --topic-lr-scale "
+                           f"{_cli_number(saved)}{hint}", path=ckpt.path)
 
     def _check_schedules(self, ckpt: Checkpoint) -> None:
         """A checkpoint continues on the curves it was trained on: refuse another --lr-schedule, and another
