@@ -147,16 +147,17 @@ def _reusable(src: Path, out: Path, settings: dict[str, Any]) -> ShardedCorpus |
     return corpus
 
 
-def refuse_foreign_shard_dir(out: Path) -> None:
+def refuse_foreign_shard_dir(out: Path) -> _Entries | None:
     """Raise unless `out` is absent, empty, or a shard directory: complete (an index in the shard format),
     half-built (the .building marker), holding nothing but what a build starts with, or (its index damaged)
     laid out as a build leaves it and holding nothing else. Names other directories share prove nothing:
     every run directory holds the lock file, and an index.json is any web site's.
 
     This says whose directory it is; what a rebuild may delete in it is `_shard_entries`' (a user's notes
-    beside the shards are refused then, not deleted: `_prepare_dir`)."""
+    beside the shards are refused then, not deleted: `_prepare_dir`). Returns the entries it sorted (None: no
+    directory yet)."""
     if not out.exists():
-        return
+        return None
     if not out.is_dir():
         raise XtmError("the shard directory is a file", path=out)
     layout = _shard_entries(out)
@@ -172,6 +173,7 @@ def refuse_foreign_shard_dir(out: Path) -> None:
         raise XtmError(f"the shard directory exists and holds other files ({names}: no index in the shard format "
                        "and no build under way): choose an empty or new --shard-dir, or delete it if an earlier, "
                        "stopped build of xtm's left it", path=out)
+    return layout
 
 
 def _listed(names: list[str]) -> str:
@@ -306,9 +308,8 @@ def _prepare_dir(out: Path) -> None:
     """Clear a previous (or half-written) shard directory for a rebuild: only what the shard layout names.
     Anything else there (a user's notes beside the shards) is refused, naming it, before anything is
     deleted: a directory is not ours whole because it holds our index."""
-    refuse_foreign_shard_dir(out)
-    if out.exists():
-        layout = _shard_entries(out)
+    layout = refuse_foreign_shard_dir(out)
+    if layout is not None:
         if layout.foreign:
             raise XtmError(f"the shard directory holds other files than the shards: {_listed(layout.foreign)}. "
                            "The shards must be rebuilt (the input files or settings changed, or they are damaged), "
