@@ -42,6 +42,7 @@ is refused, because then the meaning of the keys we do read may have changed.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
 from dataclasses import dataclass, field
@@ -155,6 +156,13 @@ class BundleManifest:
     def path(self, name: str) -> Path:
         """Absolute path of a bundle file named in the manifest."""
         return self.directory / name
+
+    @property
+    def content_sha256(self) -> str:
+        """SHA-256 of the manifest as read (its object in canonical JSON): it lists every file's checksum, so it
+        names the bundle's content; another load of "the same" bundle compares it."""
+        return sha256_bytes(json.dumps(self.raw, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+                            .encode("utf-8"))
 
 
 def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:

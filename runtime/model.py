@@ -33,7 +33,6 @@ from xtm.languages import normalize_lang
 from xtm.npy_header import read_npy_header
 from xtm.runtime.bow import concat, count_words
 from xtm.runtime.bundle import (
-    MANIFEST,
     BundleManifest,
     ContextualEntry,
     EncoderEntry,
@@ -42,7 +41,6 @@ from xtm.runtime.bundle import (
     read_topic_labels,
     read_topics,
     read_verified,
-    sha256_file,
 )
 from xtm.runtime.contextual import ContextualEncoder
 from xtm.runtime.engine import InferenceOptions, check_route, infer_records, no_contextual_route
@@ -220,7 +218,6 @@ class TopicModel:
         _check_whole("threads", threads, allow_none=True)
         ort = import_onnxruntime()
         manifest = read_manifest(bundle_dir, verify=verify)
-        digest = sha256_file(manifest.directory / MANIFEST)
         for lang in manifest.languages:
             spec = TokenizerSpec.from_dict(manifest.encoders[lang].tokenizer)
             missing = missing_tokenizer(spec.kind)
@@ -262,7 +259,7 @@ class TopicModel:
                      manifest.model, manifest.num_topics, ", ".join(manifest.languages), ort.__version__,
                      ", ".join(used))
         reload = (str(manifest.directory.resolve()), {"threads": threads, "providers": providers, "verify": verify},
-                  digest)
+                  manifest.content_sha256)
         return cls(manifest, encoders, topics, used or chosen, session_options=opts, labels=labels, verify=verify,
                    reload=reload)
 
@@ -295,8 +292,9 @@ class TopicModel:
 
     @property
     def manifest_sha256(self) -> str | None:
-        """SHA-256 of the manifest.json this model was loaded from (it lists every file's checksum, so it names the
-        bundle's content): another process loading "the same" bundle compares it. None when not loaded from disk."""
+        """SHA-256 of the manifest this model was loaded from (`BundleManifest.content_sha256`: it lists every file's
+        checksum, so it names the bundle's content): another process loading "the same" bundle compares it. None
+        when not loaded from disk."""
         return self._reload[2] if self._reload is not None else None
 
     @property
