@@ -126,12 +126,13 @@ def _option(default: Any, help: str, minimum: int | None = None) -> Any:
     return field(default=default, metadata={"help": help, "min": minimum})
 
 
-def _at_least(name: str, value: Any, low: int) -> int:
-    """`value` as a plain int when it is an integer >= low (numpy integers too); XtmError otherwise."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise XtmError(f"{name} must be an integer, got {value!r}")
-    if value < low:
-        raise XtmError(f"{name} must be at least {low}, got {value}")
+def whole_number(name: str, value: Any, low: int = 1) -> int:
+    """`value` as a plain int when it is a whole number >= low (numpy integers too); XtmError otherwise.
+
+    The one check for every count the runtime takes (options, workers, TopicModel's arguments, Ray's
+    actors), so each gives the same message."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise XtmError(f"{name} must be a whole number of at least {low}, got {value!r}")
     return int(value)
 
 
@@ -161,7 +162,7 @@ class InferenceOptions:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             if f.metadata.get("min") is not None and getattr(self, f.name) is not None:
-                object.__setattr__(self, f.name, _at_least(f.name, getattr(self, f.name), f.metadata["min"]))
+                object.__setattr__(self, f.name, whole_number(f.name, getattr(self, f.name), f.metadata["min"]))
         check_route(self.route)
         count, share = parse_max_bad(self.max_bad)
         if share is not None:
@@ -538,7 +539,7 @@ def infer_file(source: str | Path | IO[bytes], model: TopicModel, out: str | Pat
     the model (`WorkerPool`); the output and the bad-row reports are those of one process, byte for
     byte. 1 (default): everything in this process."""
     options = options or InferenceOptions()
-    workers = _at_least("workers", workers, 1)
+    workers = whole_number("workers", workers)
     name = _source_name(source)
     fmt_in = records.input_format("-" if name in ("<stdin>", "<stream>") else name, input_format)
     if fmt_in == "parquet" and name in ("<stdin>", "<stream>"):
@@ -690,7 +691,7 @@ class WorkerPool:
 
         from xtm.runtime.tokenize import segmenter_mode
 
-        self.workers = _at_least("workers", workers, 1)
+        self.workers = whole_number("workers", workers)
         threads = options.threads if options.threads is not None else 1
         self._executor = ProcessPoolExecutor(
             self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_start,

@@ -43,7 +43,7 @@ from xtm.runtime.bundle import (
     read_verified,
 )
 from xtm.runtime.contextual import ContextualEncoder
-from xtm.runtime.engine import InferenceOptions, check_route, infer_records, no_contextual_route
+from xtm.runtime.engine import InferenceOptions, check_route, infer_records, no_contextual_route, whole_number
 from xtm.runtime.langid import identify  # light: py3langid's model loads on first detection
 from xtm.runtime.providers import check_used, import_onnxruntime, parse_providers, resolve_providers
 from xtm.runtime.tokenize import TEXT_NORMALIZATION, missing_tokenizer
@@ -215,7 +215,8 @@ class TopicModel:
         A tokenizer the bundle needs that is not installed (janome for Japanese, jieba for Chinese)
         is an XtmError naming the install line (`pip install "xtm[ja]"`).
         """
-        _check_whole("threads", threads, allow_none=True)
+        if threads is not None:
+            whole_number("threads", threads)
         ort = import_onnxruntime()
         manifest = read_manifest(bundle_dir, verify=verify)
         for lang in manifest.languages:
@@ -668,8 +669,8 @@ class TopicModel:
         texts = list(texts)
         if langs is not None and not isinstance(langs, str):
             langs = list(langs)
-        _check_whole("batch_size", batch_size)
-        _check_whole("top_k", top_k, low=0)
+        whole_number("batch_size", batch_size)
+        whole_number("top_k", top_k, 0)
         if not all(isinstance(t, str) for t in texts):
             i, t = next((i, t) for i, t in enumerate(texts) if not isinstance(t, str))
             raise XtmError(f"texts[{i}] must be a string, got {type(t).__name__}")
@@ -873,11 +874,3 @@ def _reload(directory: str, options: dict[str, Any], digest: str) -> TopicModel:
         raise XtmError("the bundle changed since this TopicModel was pickled (its manifest differs): load the "
                        "bundle you mean with TopicModel.load", path=directory)
     return model
-
-
-def _check_whole(name: str, value: Any, *, low: int = 1, allow_none: bool = False) -> None:
-    """XtmError unless `value` is a whole number of at least `low` (None too when allowed)."""
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise XtmError(f"{name} must be a whole number of at least {low}, got {value!r}")

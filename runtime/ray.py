@@ -49,6 +49,7 @@ from xtm.runtime.engine import (
     check_route,
     no_contextual_route,
     open_output,
+    whole_number,
 )
 from xtm.runtime.records import PARQUET_SUFFIXES
 
@@ -310,10 +311,9 @@ def _check_cpus(threads_per_actor: int, num_actors: int) -> None:
 def _map_actors(ds: ray.data.Dataset, bundle_dir: str | Path, mode: str, options: InferenceOptions, *,
                 num_actors: int | None, threads_per_actor: int, reserve: int = 0) -> ray.data.Dataset:
     ray = _import_ray()
-    if threads_per_actor < 1:
-        raise XtmError(f"threads_per_actor must be at least 1, got {threads_per_actor}")
-    if num_actors is not None and num_actors < 1:
-        raise XtmError(f"num_actors must be at least 1, got {num_actors}")
+    threads_per_actor = whole_number("threads_per_actor", threads_per_actor)
+    if num_actors is not None:
+        num_actors = whole_number("num_actors", num_actors)
     _check_route(bundle_dir, options.route)
     bundle_ref = ray.put(pack_bundle(bundle_dir))  # once per dataset, shared by every actor (Ray is up now)
     size = num_actors or _default_actors(threads_per_actor, reserve)

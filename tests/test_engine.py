@@ -203,9 +203,9 @@ def test_cli_flags_read_the_engine_options() -> None:
 
 
 def test_options_are_checked_once_with_one_message_each(model: TopicModel) -> None:
-    with pytest.raises(XtmError, match=r"^batch_size must be at least 1, got 0$"):
+    with pytest.raises(XtmError, match=r"^batch_size must be a whole number of at least 1, got 0$"):
         InferenceOptions(batch_size=0)
-    with pytest.raises(XtmError, match=r"^top_k must be an integer, got True$"):
+    with pytest.raises(XtmError, match=r"^top_k must be a whole number of at least 0, got True$"):
         InferenceOptions(top_k=True)
     with pytest.raises(XtmError, match=r"--max-bad takes a number of lines \(10\) or a percentage"):
         InferenceOptions(max_bad="1x")
@@ -217,6 +217,21 @@ def test_options_are_checked_once_with_one_message_each(model: TopicModel) -> No
                  lambda: model.infer(["bank"], route="fast"), lambda: model.served_languages("fast")):
         with pytest.raises(XtmError, match=route_error):
             call()
+
+
+@pytest.mark.parametrize("bad", [0, 2.5, "2", True])
+def test_every_runtime_count_is_checked_by_one_rule_with_one_message(model: TopicModel, hb: HandBundle,
+                                                                    tmp_path: Path, bad: object) -> None:
+    # Options, workers, TopicModel.load's threads and infer's batch_size: one validator, one wording.
+    src = io.StringIO('{"text": "bank"}\n')
+    calls = [("threads", lambda: InferenceOptions(threads=bad)),
+             ("workers", lambda: infer_file(src, model, tmp_path / "o.jsonl", workers=bad)),
+             ("batch_size", lambda: model.infer(["bank"], batch_size=bad)),
+             ("threads", lambda: TopicModel.load(hb.path, threads=bad))]
+    for name, call in calls:
+        with pytest.raises(XtmError, match=rf"^{name} must be a whole number of at least 1, got {bad!r}$"):
+            call()
+    assert not (tmp_path / "o.jsonl").exists()
 
 
 def test_contextual_route_missing_is_the_same_error_everywhere(hb: HandBundle, model: TopicModel,

@@ -194,6 +194,19 @@ def test_ray_max_bad_and_no_results_leave_out_unwritten(ray_local, hb: HandBundl
     assert out.read_text() == PREVIOUS_OUTPUT and not list(tmp_path.glob(".out.jsonl*"))
 
 
+@pytest.mark.parametrize(("kwargs", "needle"), [({"num_actors": 0}, "num_actors"),
+                                                ({"num_actors": 1.5}, "num_actors"),
+                                                ({"threads_per_actor": "2"}, "threads_per_actor")])
+def test_ray_counts_must_be_whole_numbers(ray_local, hb: HandBundle, tmp_path: Path, kwargs: dict,
+                                          needle: str) -> None:
+    from xtm.runtime.ray import infer_files
+
+    src = _write_jsonl(tmp_path / "d.jsonl", [{"text": "bank", "lang": "en"}])
+    with pytest.raises(XtmError, match=rf"^{needle} must be a whole number of at least 1"):
+        infer_files([src], hb.path, tmp_path / "o.jsonl", report=lambda m: None, progress=False, **kwargs)
+    assert not (tmp_path / "o.jsonl").exists()
+
+
 def test_damaged_bundle_fails_on_the_driver_naming_the_file(ray_local, hb: HandBundle, inputs: dict[str, Path],
                                                             tmp_path: Path) -> None:
     import shutil
