@@ -43,7 +43,6 @@ from xtm.runtime.bundle import (
     graph_file,
     listed_file,
     sha256_bytes,
-    sha256_file,
 )
 
 __all__ = ["ContextualEncoder", "make_text_tokenizer", "pad_batch"]
@@ -52,9 +51,12 @@ __all__ = ["ContextualEncoder", "make_text_tokenizer", "pad_batch"]
 _SORT_WINDOW = 8
 
 
-def make_text_tokenizer(spec: dict[str, Any], directory: Path) -> Callable[[Sequence[str]], list[list[int]]]:
+def make_text_tokenizer(spec: dict[str, Any], directory: Path,
+                        data: bytes | None = None) -> Callable[[Sequence[str]], list[list[int]]]:
     """texts -> token id lists, as the contextual graph was trained on (special tokens included,
-    cut to spec["max_tokens"]). `directory` holds the tokenizer file named in the spec."""
+    cut to spec["max_tokens"]). `directory` holds the tokenizer file named in the spec; `data`, when
+    given, is that file's content already read (and checked): the tokenizer is built from it and the
+    file is not opened again."""
     path = Path(directory) / spec["file"]
     max_tokens = int(spec.get("max_tokens", 256))
     if max_tokens < 3:
@@ -65,7 +67,8 @@ def make_text_tokenizer(spec: dict[str, Any], directory: Path) -> Callable[[Sequ
         except ImportError as e:
             raise XtmError("the contextual route needs `pip install sentencepiece`") from e
         try:
-            sp = sentencepiece.SentencePieceProcessor(model_file=str(path))
+            sp = (sentencepiece.SentencePieceProcessor(model_file=str(path)) if data is None
+                  else sentencepiece.SentencePieceProcessor(model_proto=data))
         except (OSError, RuntimeError) as e:
             raise XtmError(f"not a SentencePiece model: {e}", path=path) from e
         bos, eos = bool(spec.get("add_bos", True)), bool(spec.get("add_eos", True))
@@ -102,7 +105,7 @@ def make_text_tokenizer(spec: dict[str, Any], directory: Path) -> Callable[[Sequ
     except ImportError as e:
         raise XtmError("this bundle's contextual route uses a Hugging Face tokenizer: `pip install tokenizers`") from e
     try:
-        tk = Tokenizer.from_file(str(path))
+        tk = Tokenizer.from_file(str(path)) if data is None else Tokenizer.from_buffer(data)
     except Exception as e:  # tokenizers raises its own exception type
         raise XtmError(f"not a tokenizers JSON file: {e}", path=path) from e
     tk.no_padding()
@@ -152,12 +155,12 @@ class ContextualEncoder:
         # again (inside the bundle, regular files, no external data), not trusted from then.
         path = graph_file(manifest, entry.file)
         tokenizer_path = listed_file(manifest, entry.tokenizer["file"])
-        # The graph is read once into memory and both checked and loaded from those bytes: nothing can swap
-        # the file between the check and the load.
-        graph = path.read_bytes()
+        # The graph and the tokenizer are each read once into memory, checked and loaded from those bytes:
+        # nothing can swap a file between the check and the load.
+        graph, tokenizer_bytes = path.read_bytes(), tokenizer_path.read_bytes()
         if verify:
             check_checksum(path, sha256_bytes(graph), manifest.files[entry.file])
-            check_checksum(tokenizer_path, sha256_file(tokenizer_path), manifest.files[entry.tokenizer["file"]])
+            check_checksum(tokenizer_path, sha256_bytes(tokenizer_bytes), manifest.files[entry.tokenizer["file"]])
         try:
             session = ort.InferenceSession(graph, sess_options=session_options, providers=providers)
         except Exception as ex:  # onnxruntime raises its own non-public exception types
@@ -172,7 +175,7 @@ class ContextualEncoder:
             if name not in names_out:
                 raise XtmError(f"contextual graph has no output {name!r} (it has {', '.join(map(repr, names_out))})",
                                path=path)
-        tokenizer = make_text_tokenizer(entry.tokenizer, manifest.directory)
+        tokenizer = make_text_tokenizer(entry.tokenizer, manifest.directory, tokenizer_bytes)
         encoder = cls(entry, session, tokenizer, manifest.num_topics, path)
         # One probe text through the graph: wrong shapes, a wrong embedding_dim or pad id, NaN output
         # are the bundle's error here, not every contextual document's later.

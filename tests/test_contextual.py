@@ -241,6 +241,31 @@ def test_a_contextual_graph_replaced_after_loading_is_refused_when_it_opens(cont
         model.infer(["Le marché a chuté."], langs="fr")
 
 
+def test_the_contextual_tokenizer_is_built_from_the_bytes_that_were_checked(contextual_bundle: Path, tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tokenizer file swapped just after its checksum passed (a re-export in place racing the first contextual
+    call) must not be the one that tokenizes: the route is built from the bytes checked, not the path read again."""
+    from xtm.runtime import contextual as ctx
+    from xtm.runtime.model import TopicModel
+
+    bundle = tmp_path / "b"
+    shutil.copytree(contextual_bundle, bundle)
+    text = ["Le marché a chuté après la décision de la banque centrale."]
+    want = TopicModel.load(contextual_bundle).infer(text, langs="fr")
+    tokenizer = bundle / json.loads((bundle / "manifest.json").read_text())["contextual"]["tokenizer"]["file"]
+    checked = ctx.check_checksum
+
+    def check_then_swap(path: Path, actual: str, expected: str) -> None:
+        checked(path, actual, expected)
+        if Path(path).name == tokenizer.name:
+            tokenizer.write_bytes(b"not a tokenizer")  # the swap, right after the check
+
+    monkeypatch.setattr(ctx, "check_checksum", check_then_swap)
+    got = TopicModel.load(bundle).infer(text, langs="fr")
+    assert tokenizer.read_bytes() == b"not a tokenizer"
+    assert got.routes == ["contextual"] and np.allclose(got.theta, want.theta)
+
+
 def test_a_route_fitted_to_another_state_of_the_model_is_left_out_of_the_bundle(contextual_run: Path, example_dir: Path,
                                                                                  tmp_path: Path) -> None:
     """A run resumed and trained further with --no-contextual (or stopped before its fit) keeps the contextual/
