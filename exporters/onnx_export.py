@@ -174,8 +174,9 @@ def _write_bundle(tmp: Path, run: RunDir, config: dict[str, Any], tokenizers: di
     encoders: list[EncoderEntry] = []
     parity: dict[str, Parity] = {}
     topic_words: dict[str, list[list[str]]] = {}
+    vocabs: dict[str, list[str]] = {}
     for i, lang in enumerate(langs):
-        vocab = run.read_vocab(lang, model.vocab_sizes[i])
+        vocab = vocabs[lang] = run.read_vocab(lang, model.vocab_sizes[i])
         if opts.progress:
             logger.info("exporting the %s encoder", lang)
         entry, parity[lang] = _export_language(tmp, run, model, i, vocab, tokenizers[lang], report, opts)
@@ -184,7 +185,8 @@ def _write_bundle(tmp: Path, run: RunDir, config: dict[str, Any], tokenizers: di
         np.save(tmp / entry.beta, betas[i], allow_pickle=False)
         topic_words[lang] = top_words(betas[i], vocab, TOP_N)
         encoders.append(entry)
-    write_topics(tmp, topic_words, TOP_N, labels=_labels_for(labels, topic_words, run))
+    write_topics(tmp, topic_words, TOP_N,
+                 labels=_labels_for(labels, topic_words, run, dict(zip(langs, betas, strict=True)), vocabs))
     contextual = _export_contextual(run.path, tmp, report, opts, model)
     write_manifest(tmp, model=model.name, num_topics=model.num_topics, languages=langs, encoders=encoders,
                    opset=opts.opset, quantization=opts.quantize,
@@ -201,17 +203,44 @@ def _run_labels(run: RunDir, num_topics: int, langs: list[str]) -> TopicLabels |
     return labels
 
 
-def _labels_for(labels: TopicLabels | None, topic_words: dict[str, list[list[str]]],
-                run: RunDir) -> list[dict[str, str]] | None:
+def _labels_for(labels: TopicLabels | None, topic_words: dict[str, list[list[str]]], run: RunDir,
+                betas: dict[str, np.ndarray], vocabs: dict[str, list[str]]) -> list[dict[str, str]] | None:
     """Each topic's labels for topics.json, when they were made for these topics: labels.json written before
     the run trained on (a resumed run stopped before it labelled again) names other topics, and is left out."""
     if labels is None:
         return None
-    if labels.topics_sha256 is not None and labels.topics_sha256 != topics_digest(topic_words):
+    if (labels.topics_sha256 is not None and labels.topics_sha256 != topics_digest(topic_words)
+            and not _labelled_topics_are_these(labels.topics_sha256, run, betas, vocabs)):
         logger.warning(f"{run.file(RunDir.LABELS)} labels other topics than the model's (the run trained on after "
                        f"labelling): the bundle has no labels; label this state with `xtm-label {run.path}`")
         return None
     return [{lang: row[lang] for lang in topic_words if lang in row} for row in labels.labels]
+
+
+def _labelled_topics_are_these(digest: str, run: RunDir, betas: dict[str, np.ndarray],
+                               vocabs: dict[str, list[str]], rtol: float = 1e-5) -> bool:
+    """True when the topics the labels were made for (the run's topics_<lang>.txt, matching `digest`) are this
+    model's top words up to float noise: each listed word's weight is, within rtol, the weight of that rank.
+
+    Training ranks its topics' words on its own device, export on the CPU: two words tied within a float's last
+    bits (a GPU softmax against a CPU one) can swap places, which changes the digest but not the topics."""
+    try:
+        labelled = {lang: run.read_topics(lang) for lang in betas}
+    except (OSError, XtmError):
+        return False
+    if topics_digest(labelled) != digest:
+        return False  # labels made for topics that are no longer the run's
+    for lang, beta in betas.items():
+        index = {w: j for j, w in enumerate(vocabs[lang])}
+        if len(labelled[lang]) != beta.shape[0]:
+            return False
+        for row, words in zip(beta, labelled[lang], strict=True):
+            if len(set(words)) != len(words) or any(w not in index for w in words):
+                return False
+            ranked = np.sort(row)[::-1][:len(words)]
+            if not np.allclose(row[[index[w] for w in words]], ranked, rtol=rtol, atol=0):
+                return False
+    return True
 
 
 def _export_language(tmp: Path, run: RunDir, model: torch.nn.Module, i: int, vocab: list[str],

@@ -579,6 +579,32 @@ def test_labels_made_for_other_topics_are_left_out_of_the_bundle(example_run: Pa
 
 
 
+def test_labels_survive_a_near_tie_ranked_differently_at_export_and_nothing_else(tmp_path: Path) -> None:
+    """Training ranks topic words on its device (a GPU), export on the CPU: two words tied to a float's last bits
+    can swap places, which changed the digest and dropped every label of a run that had not changed."""
+    from xtm.labels import topics_digest
+
+    run = RunDir(tmp_path)
+    vocab = {"en": ["bank", "loan", "goal", "team"]}
+    beta = {"en": np.array([[0.4, 0.4 * (1 + 1e-6), 0.1, 0.1],  # bank and loan tied to 1e-6: the CPU says loan first
+                            [0.05, 0.05, 0.5, 0.4]], dtype=np.float32)}
+    as_trained = [["bank", "loan"], ["goal", "team"]]  # the GPU's order, in topics_en.txt and in the labels' digest
+    assert E.top_words(beta["en"], vocab["en"], 2) == [["loan", "bank"], ["goal", "team"]]
+    run.write_topics("en", as_trained)
+    assert E._labelled_topics_are_these(topics_digest({"en": as_trained}), run, beta, vocab)
+    # Anything more than a tie is other topics: a real difference in weight, a digest of other topics, an unknown
+    # word, a repeated word, another number of topics.
+    moved = {"en": beta["en"] * np.array([1, 1.001, 1, 1], dtype=np.float32)}
+    assert not E._labelled_topics_are_these(topics_digest({"en": as_trained}), run, moved, vocab)
+    assert not E._labelled_topics_are_these(topics_digest({"en": [["loan", "bank"], ["goal", "team"]]}), run,
+                                            beta, vocab)
+    for topics in ([["bank", "cash"], ["goal", "team"]], [["bank", "bank"], ["goal", "team"]], [["bank", "loan"]]):
+        run.write_topics("en", topics)
+        assert not E._labelled_topics_are_these(topics_digest({"en": topics}), run, beta, vocab)
+    (tmp_path / "topics_en.txt").unlink()
+    assert not E._labelled_topics_are_these(topics_digest({"en": as_trained}), run, beta, vocab)
+
+
 def test_a_run_stopped_before_its_last_epoch_exports_with_a_warning_and_says_so(
         example_run: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A run killed while resumed for more epochs kept config.json of its last finished command: the manifest
