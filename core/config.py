@@ -339,6 +339,26 @@ def check_llm_url(url: str | None, api_key_env: str) -> None:
                        f"key in ${api_key_env} (--llm-api-key-env), which is sent as the Authorization header")
 
 
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
+def check_api_key_env(name: str) -> None:
+    """XtmError unless `name` is an environment variable's name: --llm-api-key-env is recorded in the run's
+    config, checkpoints, metrics and report, so a key pasted there instead of its variable's name would be
+    written into all of them. The message never echoes the value."""
+    if not isinstance(name, str) or not _ENV_NAME.fullmatch(name):
+        raise XtmError("--llm-api-key-env takes the NAME of the environment variable that holds the API key (e.g. "
+                       "OPENAI_API_KEY), not the key: this value is not a variable name (letters, digits, _; at most "
+                       "64), and it would be recorded in the run's config, checkpoints and report")
+    # A mixed-case name with digits and 20+ characters is a key's shape, not a variable's (OPENAI_API_KEY,
+    # AZURE_OPENAI_KEY_2, my_llm_key): the same refusal, before it is recorded.
+    if len(name) >= 20 and any(c.islower() for c in name) and any(c.isupper() for c in name) \
+            and any(c.isdigit() for c in name):
+        raise XtmError("--llm-api-key-env takes the NAME of the environment variable that holds the API key (e.g. "
+                       "OPENAI_API_KEY), not the key: this value looks like a key itself, and it would be recorded "
+                       "in the run's config, checkpoints and report")
+
+
 @dataclass(frozen=True)
 class RefinerConfig:
     """Who refines topics in phase 2, and how an LLM server is reached."""
@@ -350,8 +370,9 @@ class RefinerConfig:
                                   cli=Cli("--llm-url", type=str))
     llm_model: str | None = setting(None, help="LLM name for the server, or a model path for vllm/transformers.",
                                     cli=Cli("--llm-model", type=str))
-    api_key_env: str = setting("OPENAI_API_KEY", help="Environment variable holding the API key (never logged; "
-                                                      "unset: no key sent).", cli=Cli("--llm-api-key-env"))
+    api_key_env: str = setting("OPENAI_API_KEY", help="NAME of the environment variable holding the API key, not "
+                                                      "the key (the key is never logged; a variable not set: no key "
+                                                      "sent, with a warning).", cli=Cli("--llm-api-key-env"))
     concurrency: int = setting(8, help="openai refiner: requests in flight at once.",
                                cli=Cli("--llm-concurrency", min=1))
     timeout: float = setting(120.0, help="openai refiner: total seconds one attempt may take (connect, TLS, send, "
@@ -369,6 +390,7 @@ class RefinerConfig:
                                            "sets (before issue 15: costs topic diversity)."))
 
     def __post_init__(self) -> None:
+        check_api_key_env(self.api_key_env)
         check_llm_url(self.llm_url, self.api_key_env)
         _check_timeout(self.timeout)
 
@@ -493,6 +515,7 @@ class LabelConfig:
     seed: int = setting(0, help="Seed of the labelling LLM's sampling.", cli=Cli("--seed", min=0, max=SEED_MAX))
 
     def __post_init__(self) -> None:
+        check_api_key_env(self.api_key_env)
         check_llm_url(self.llm_url, self.api_key_env)
         _check_timeout(self.timeout)
         if not isinstance(self.max_chars, int) or not 8 <= self.max_chars <= MAX_LABEL_CHARS:

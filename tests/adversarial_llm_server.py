@@ -207,6 +207,9 @@ class AdversarialLLMServer:
             self.write(h, b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
         elif name == "status":
             self.send_bare(h, int(arg), {})
+        elif name == "slow":  # a good answer after `arg` seconds
+            if not self.stopping.wait(float(arg)):
+                self.send_json(h, 200, json.dumps(completion(self.answer, {"prompt_tokens": 1})).encode())
         else:
             raise ValueError(f"unknown mode {mode!r}")
 

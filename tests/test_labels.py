@@ -127,7 +127,7 @@ class LabelServer:
     the language its prompt names; every request is counted."""
 
     def __init__(self, answers: dict[tuple[int, str], str], status: int = 200,
-                 hold: frozenset[tuple[int, str]] = frozenset()) -> None:
+                 hold: frozenset[tuple[int, str]] = frozenset(), port: int = 0) -> None:
         self.answers, self.status, self.requests, self.hold = answers, status, 0, hold
         self.answered, self.holding = 0, 0      # answers sent; requests waiting in `hold`
         self._lock = threading.Lock()
@@ -156,7 +156,7 @@ class LabelServer:
                 with server._lock:
                     server.answered += 1
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
@@ -267,7 +267,8 @@ def test_labels_stopped_half_way_keep_the_answers_that_came(tmp_path: Path) -> N
     finally:
         server.close()
     assert not (run / "labels.json").exists()
-    again_server = LabelServer(ANSWERS)
+    # The same server again (answers are cached per server and model): restarted on its address.
+    again_server = LabelServer(ANSWERS, port=int(server.url.rsplit(":", 1)[1].split("/")[0]))
     try:
         labels = label_run(run, llm_config(again_server.url), cache_dir=tmp_path / "cache")
     finally:
@@ -295,8 +296,7 @@ def test_a_server_that_refuses_stops_xtm_label_and_keeps_the_old_labels(tmp_path
     assert all(s == "fallback" for row in labels.sources for s in row.values())
 
 
-def test_a_server_that_answers_nothing_stops_xtm_label_and_keeps_the_old_labels(tmp_path: Path,
-                                                                                label_server: LabelServer) -> None:
+def test_a_server_that_answers_nothing_stops_xtm_label_and_keeps_the_old_labels(tmp_path: Path) -> None:
     """Nothing listening at --llm-url: every request fails every attempt. Labels from that would all be the
     fallback under the LLM's name, replacing good ones; it is the same error as a refusing server."""
     run = hand_run(tmp_path / "run")
@@ -316,10 +316,14 @@ def test_a_server_that_answers_nothing_stops_xtm_label_and_keeps_the_old_labels(
     # Training's own labelling goes on with the fallback, and says that it is the fallback.
     labels = label_topics(TOPICS, llm_config(f"http://127.0.0.1:{port}/v1"), llm_errors="fallback")
     assert labels.generator == "fallback"
-    # Answers cached from an earlier run do not hide a server that answers nothing now.
-    label_run(run, llm_config(label_server.url), cache_dir=tmp_path / "c2")  # 7 answers cached, one empty
+    # Answers cached from an earlier run do not hide a server that answers nothing now (the same address, down).
+    earlier = LabelServer(ANSWERS)
+    try:
+        label_run(run, llm_config(earlier.url), cache_dir=tmp_path / "c2")  # 7 answers cached, one empty
+    finally:
+        earlier.close()
     with pytest.raises(XtmError, match="answered none of the 1 label requests sent"):
-        label_run(run, llm_config(f"http://127.0.0.1:{port}/v1"), cache_dir=tmp_path / "c2")
+        label_run(run, llm_config(earlier.url), cache_dir=tmp_path / "c2")
 
 
 def test_xtm_label_cli_writes_labels_and_the_report(example_run: Path, tmp_path: Path) -> None:

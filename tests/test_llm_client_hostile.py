@@ -59,7 +59,8 @@ def refiner(url: str, cache_dir: Path | None, sampling: Sampling = SAMPLING, **k
     kw.setdefault("retries", 0)
     kw.setdefault("backoff", 0.01)
     kw.setdefault("timeout", 5.0)
-    gen = OpenAICompatibleGenerator(url, "hostile-model", api_key_env="XTM_HOSTILE_KEY", concurrency=1, **kw)
+    kw.setdefault("concurrency", 1)
+    gen = OpenAICompatibleGenerator(url, "hostile-model", api_key_env="XTM_HOSTILE_KEY", **kw)
     return LLMRefiner(gen, VocabMatcher(VOCABS), n_words=5, sampling=sampling, cache=AnswerCache(cache_dir))
 
 
@@ -238,6 +239,65 @@ def test_a_fatal_answer_stops_the_step_without_sending_the_other_requests(server
     with pytest.raises(XtmError, match="HTTP 401"):
         refiner(s.url, tmp_path).refine(topics, rounds=2)
     assert len(s.requests) < 40
+
+
+def test_a_fatal_answer_stops_the_requests_queued_behind_a_slow_one(servers, key, tmp_path) -> None:
+    """Results were awaited in order: while the first request was slow, the free worker sent every other request
+    with the rejected key (all 250 of phase 2's defaults) before the 401 stopped anything."""
+    s = servers("slow:2", default="status:401")
+    topics = [TopicWords(k, {"en": ["player"], "zh": [str(k)]}) for k in range(20)]
+    with pytest.raises(XtmError, match="HTTP 401"):
+        refiner(s.url, tmp_path, concurrency=2).refine(topics, rounds=2)
+    assert len(s.requests) <= 3  # the slow one, the 401, at most one the other worker had already begun
+
+
+def test_a_malformed_redirect_location_is_an_error_not_a_traceback(servers, key, tmp_path) -> None:
+    """`Location: http://[oops/` raised ValueError from urljoin, outside every handler: xtm-train died after
+    phase 1 with a traceback."""
+    s = servers("redirect", redirect_to="http://[oops/")
+    with pytest.raises(XtmError, match="another origin"):
+        refiner(s.url, tmp_path).refine([TOPIC], rounds=1)
+
+
+def test_an_answer_with_a_lone_surrogate_is_used_and_cached_never_a_crash(servers, tmp_path) -> None:
+    """JSON's "\\ud800" decodes to a lone surrogate, which UTF-8 cannot encode: caching the answer crashed
+    xtm-train and xtm-label with a UnicodeEncodeError traceback."""
+    s = servers(answer="Topic 0: sport\nEN: player - team - \ud800\nZH: 球员 - 球队")
+    answers, stats = refiner(s.url, tmp_path).refine([TOPIC], rounds=1)
+    assert answers[0][0].usable and answers[0][0].words["en"][:2] == ["player", "team"]
+    (entry,) = cache_files(tmp_path)
+    assert "\ufffd" in json.loads(entry.read_text(encoding="utf-8"))["text"]
+    again, stats = refiner(s.url, tmp_path).refine([TOPIC], rounds=1)  # served from the cache
+    assert stats.calls == 0 and again[0][0].words == answers[0][0].words
+
+
+def test_two_servers_given_the_same_model_name_do_not_share_cached_answers(servers, tmp_path) -> None:
+    """The cache was keyed by the model name only: a second server (llama.cpp ignores the name; "local" is a
+    common one) was never asked, and its run used the first server's answers."""
+    first, second = servers(), servers(answer="Topic 0: money\nEN: market - profit\nZH: 市场 - 利润")
+    refiner(first.url, tmp_path).refine([TOPIC], rounds=1)
+    answers, stats = refiner(second.url, tmp_path).refine([TOPIC], rounds=1)
+    assert stats.calls == 1 and len(second.requests) == 1 and answers[0][0].words["en"] == ["market", "profit"]
+
+
+@pytest.mark.parametrize("value", ["sk-proj-LIVEKEY1234567890abcdef", "AIzaSyD4f8Xk2LmQ9wR7tV3bN6", "OPENAI KEY", "",
+                                   "X" * 65])
+def test_a_key_passed_as_the_variable_name_is_refused_before_it_is_recorded(value: str) -> None:
+    """--llm-api-key-env "sk-..." was taken as a variable name: the key went into config.json, every checkpoint,
+    metrics.json and report.html, and the run went on without a key."""
+    for make in (lambda: RefinerConfig(api_key_env=value), lambda: LabelConfig(api_key_env=value),
+                 lambda: OpenAICompatibleGenerator("http://127.0.0.1:9/v1", "m", api_key_env=value)):
+        with pytest.raises(XtmError, match="NAME of the environment variable") as err:
+            make()
+        assert not value or value not in str(err.value)
+
+
+def test_a_named_key_variable_that_is_not_set_is_a_warning(monkeypatch, capsys) -> None:
+    monkeypatch.delenv("XTM_UNSET_KEY_VAR", raising=False)
+    for name in ("OPENAI_API_KEY", "AZURE_OPENAI_KEY_2", "my_llm_key"):
+        RefinerConfig(api_key_env=name)  # variable names, whatever their case
+    OpenAICompatibleGenerator("http://127.0.0.1:9/v1", "m", api_key_env="XTM_UNSET_KEY_VAR")
+    assert "XTM_UNSET_KEY_VAR: that variable is not set" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("usage", sorted(USAGES))
@@ -435,7 +495,7 @@ def test_a_stopped_refinement_waits_out_no_retry_and_makes_no_new_attempt(server
 def test_an_unusable_or_corrupt_cache_entry_is_a_miss(servers, tmp_path, entry) -> None:
     s = servers()
     r = refiner(s.url, tmp_path)
-    key = AnswerCache.key(r.generator.id, build_prompt(TOPIC, list(VOCABS), 5), 0, SAMPLING)
+    key = AnswerCache.key(r.generator.cache_id, build_prompt(TOPIC, list(VOCABS), 5), 0, SAMPLING)
     path = r.cache._path(key)
     path.parent.mkdir(parents=True)
     path.write_text(entry if isinstance(entry, str) else json.dumps(entry), encoding="utf-8")

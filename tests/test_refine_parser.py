@@ -89,3 +89,73 @@ def test_vote_keeps_the_most_frequent_words_per_language() -> None:
     assert r.words == {"en": ["b", "c"], "zh": ["x", "y"]}     # b and c named 3 times; ties -> earlier
     assert r.counts == {"en": [3, 3], "zh": [2, 1]}
     assert vote([ParsedAnswer({"en": [], "zh": []}), None], ["en", "zh"], m=5) is None
+
+
+# Review defects F3, F4 and F10 (docs/llm_xtm.md, "Parsing answers").
+
+def test_prose_after_the_lists_is_not_read_as_words(matcher: VocabMatcher) -> None:
+    """A blank line ends a language's line, and an unlabelled sentence never continues one: the
+    explanation LLMs add after the lists (naming words they removed) gives no topic words."""
+    lists = "Topic 0: sports\nEN: player - team - football\nZH: 球员 - 球队 - 比赛\n"
+    prose = "These words were chosen because they fit the topic better than school or exam."
+    for text in (lists + "\n" + prose, lists + prose, lists + "\n" + "school, exam"):
+        a = parse_answer(text, matcher)
+        assert a.words == {"en": ["player", "team", "football"], "zh": ["球员", "球队", "比赛"]}, text
+        assert a.mapped == 0
+
+
+def test_wrapped_lists_and_bullet_points_still_continue_a_language(matcher: VocabMatcher) -> None:
+    wrapped = parse_answer("EN: player - team -\nfootball, referee\nZH: 球员 - 球队\n比赛、足球", matcher)
+    assert wrapped.words == {"en": ["player", "team", "football", "referee"], "zh": ["球员", "球队", "比赛", "足球"]}
+    bullets = parse_answer("EN:\n\n- player\n- team\n2. football\n\nZH:\n* 球员\n* 球队\n\nHope this helps!", matcher)
+    assert bullets.words == {"en": ["player", "team", "football"], "zh": ["球员", "球队"]}
+
+
+HEADER_VOCABS = {"en": ["english", "chinese", "japanese", "words", "simplified", "player", "team", "coach"],
+                 "zh": ["球员", "球队", "教练", "中文", "词语"], "ja": ["選手", "チーム", "監督"],
+                 "de": ["spieler", "mannschaft", "wörter"], "fr": ["joueur", "équipe", "mots"]}
+EN_ZH = {"en": ["player", "team"], "zh": ["球员", "球队"]}
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("English words: player - team - coach\nChinese words: 球员 - 球队 - 教练",
+     {"en": ["player", "team", "coach"], "zh": ["球员", "球队", "教练"]}),
+    ("EN: player - team\nChinese (Simplified): 球员 - 球队", EN_ZH),
+    ("**English (EN):** player - team\n**Chinese (ZH):** 球员 - 球队", EN_ZH),
+    ("Refined English keywords:\nplayer, team\n中文词语：球员、球队", EN_ZH),
+    ("English words - player - team\nJapanese words - 選手 - チーム",
+     {"en": ["player", "team"], "ja": ["選手", "チーム"]}),
+    ("Japanese words -\n選手 - チーム - 監督\nEnglish (EN): player",
+     {"en": ["player"], "ja": ["選手", "チーム", "監督"]}),
+    ("German words: spieler - mannschaft\nFrench (FR): joueur - équipe",
+     {"de": ["spieler", "mannschaft"], "fr": ["joueur", "équipe"]}),
+], ids=["words", "parenthesis", "markdown-code", "keywords-next-line-native", "dash", "dash-alone", "de-fr"])
+def test_language_headers_are_labels_and_their_words_are_not_topic_words(text: str, expected: dict) -> None:
+    langs = list(expected)
+    a = parse_answer(text, VocabMatcher({lang: HEADER_VOCABS[lang] for lang in langs}))
+    assert a.words == expected
+    assert a.notes == [] and a.mapped == 0
+
+
+def test_a_header_for_a_language_not_asked_for_is_no_label_and_gives_no_words() -> None:
+    a = parse_answer("English words: player - team\nFrench words: joueur\nChinese words: 球员",
+                     VocabMatcher({"en": HEADER_VOCABS["en"], "zh": HEADER_VOCABS["zh"]}))
+    assert a.words == {"en": ["player", "team"], "zh": ["球员"]}
+
+
+def test_stem_matches_are_inflections_not_other_words_with_the_same_porter_stem() -> None:
+    """Porter gives internationally/internal, animation/animal, communism/communication,
+    generous/general, experiments/experience one stem each; only inflections are matched."""
+    vocab = ["experience", "experiment", "internal", "animal", "communication", "general", "market", "player",
+             "invest", "threatened", "customer", "study"]
+    m = VocabMatcher({"en": vocab})
+    for word in ("internationally", "animation", "anime", "communism", "generous", "generator", "custom"):
+        assert m.match(word, "en") is None, word
+    for word, base in [("markets", "market"), ("players", "player"), ("investing", "invest"), ("invested", "invest"),
+                       ("threatens", "threatened"), ("experiments", "experiment"), ("studies", "study"),
+                       ("Markets", "market")]:
+        assert m.match(word, "en") == (base, False), word
+    both = VocabMatcher({"en": ["internal", "international"]})
+    assert both.match("internationally", "en") == ("international", False)
+    a = parse_answer("EN: markets - animation - generous - players", m)
+    assert a.words["en"] == ["market", "player"] and a.dropped == 2 and a.mapped == 2

@@ -1,5 +1,7 @@
 """Refiner backends: the OpenAI-compatible client against a local HTTP server that injects failures
-(retries, fatal auth errors, concurrency bound, key handling), the answer cache, and the vLLM path.
+(retries, fatal auth errors, concurrency bound, key handling), the answer cache, the vLLM path, and the
+transformers backend's cache key and random numbers (with tiny random Llama models built here, never
+downloaded).
 
 The vLLM engine needs a GPU, which tests cannot reach: `FakeVLLMEngine` stands in for it at that
 boundary only, to check that one refinement step is one batched `chat` call with n = R.
@@ -8,9 +10,11 @@ boundary only, to check that one refinement step is one batched `chat` call with
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -20,7 +24,7 @@ from xtm.config import Phase2Config, Sampling, default_of
 from xtm.errors import XtmError
 from xtm.trainer.phase2.answer_cache import AnswerCache
 from xtm.trainer.phase2.llm_http import OpenAICompatibleGenerator, chat_completions_url
-from xtm.trainer.phase2.local_llms import VLLMGenerator
+from xtm.trainer.phase2.local_llms import TransformersGenerator, VLLMGenerator
 from xtm.trainer.phase2.objective import vote
 from xtm.trainer.phase2.prompt import TopicWords, VocabMatcher
 from xtm.trainer.phase2.refiners import LLMRefiner, StepStats
@@ -222,3 +226,120 @@ def test_vllm_missing_gives_an_actionable_error() -> None:
         pass
     with pytest.raises(XtmError, match="--refiner openai"):
         VLLMGenerator("m").generate(["p"], 1, Sampling(), StepStats())
+
+
+# -- local backends: what their answers are cached under ------------------------------------------------------
+# Found by a review (F5): the transformers backend filed answers under `transformers:<base name>`, so a model in
+# a sibling directory with the same name (a/SmolLM2, b/SmolLM2), a hub name with the same suffix, or a
+# checkpoint overwritten in place got the first model's answers, with 0 calls.
+
+TINY_WORDS = ["<pad>", "<unk>", "</s>", "EN:", "ZH:", "-", "\n", *VOCABS["en"], *VOCABS["zh"]]
+
+
+def build_tiny_llm(out: Path, seed: int) -> Path:
+    """A random 1-layer Llama (hidden size 16) with a word-level tokenizer over TINY_WORDS and a chat template."""
+    pytest.importorskip("transformers")
+    import torch
+    from tokenizers import Tokenizer, pre_tokenizers
+    from tokenizers.models import WordLevel
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(WordLevel({w: i for i, w in enumerate(TINY_WORDS)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", eos_token="</s>")
+    fast.chat_template = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(TINY_WORDS), hidden_size=16, intermediate_size=32,
+                                          num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                                          head_dim=8, max_position_embeddings=4096, eos_token_id=2, pad_token_id=0,
+                                          bos_token_id=None))
+    lm.save_pretrained(out)
+    fast.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_llms(tmp_path_factory) -> tuple[Path, Path]:
+    """Two different tiny models with one base name, in sibling directories: a/tiny and b/tiny."""
+    root = tmp_path_factory.mktemp("llms")
+    return build_tiny_llm(root / "a" / "tiny", seed=1), build_tiny_llm(root / "b" / "tiny", seed=2)
+
+
+SAMPLED = Sampling(temperature=1.0, top_p=1.0, max_tokens=12, seed=3)
+
+
+def test_two_local_models_with_one_base_name_are_cached_apart(tiny_llms, tmp_path) -> None:
+    a, b = (TransformersGenerator(str(d)) for d in tiny_llms)
+    assert a.id == b.id == "transformers:tiny"           # what reports show is unchanged
+    assert a.cache_id != b.cache_id and a.cache_id.startswith("transformers:tiny@")
+    assert str(tiny_llms[0].parent) not in a.cache_id    # short: the path and the fingerprint are hashed
+    assert TransformersGenerator(str(tiny_llms[0])).cache_id == a.cache_id  # stable
+    cache = AnswerCache(tmp_path)
+    usable = []
+    for gen in (a, b):
+        r = LLMRefiner(gen, VocabMatcher(VOCABS), n_words=5, sampling=SAMPLED, cache=cache)
+        answers, stats = r.refine(TOPICS[:1], rounds=2)
+        assert stats.calls == 1 and stats.cache_hits == 0   # b was: 0 calls, a's answers
+        usable.append(sum(x.usable for x in answers[0]))
+    assert usable[0] > 0                                    # something of a's was cached
+    _, stats = LLMRefiner(a, VocabMatcher(VOCABS), n_words=5, sampling=SAMPLED, cache=cache).refine(TOPICS[:1], 2)
+    assert stats.cache_hits == usable[0]                    # a's own answers are still a's
+
+
+def test_a_local_model_changed_in_place_is_another_cache_key(tmp_path) -> None:
+    """A checkpoint overwritten at the same path (new weights, same names) is another model."""
+    d = tmp_path / "final"
+    d.mkdir()
+    (d / "config.json").write_text('{"model_type": "llama", "hidden_size": 16}')
+    (d / "model.safetensors").write_bytes(b"\0" * 100)
+    first = TransformersGenerator(str(d)).cache_id
+    assert TransformersGenerator(str(d)).cache_id == first
+    (d / "model.safetensors").write_bytes(b"\1" * 101)
+    second = TransformersGenerator(str(d)).cache_id
+    (d / "config.json").write_text('{"model_type": "llama", "hidden_size": 32}')
+    os.utime(d / "config.json", ns=(1, 1))
+    third = TransformersGenerator(str(d)).cache_id
+    assert len({first, second, third}) == 3
+
+
+def test_hub_names_and_gguf_files_are_keyed_by_all_of_their_name(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)                          # no local directory of these names
+    qwen, unsloth = (TransformersGenerator(f"{org}/Qwen2.5-0.5B-Instruct") for org in ("Qwen", "unsloth"))
+    assert qwen.cache_id == "transformers:Qwen/Qwen2.5-0.5B-Instruct" != unsloth.cache_id
+    assert VLLMGenerator("any/model").cache_id == "vllm:any/model"   # a hub name keeps its key
+    for sub, body in (("x", b"GGUF one"), ("y", b"GGUF two")):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "model.gguf").write_bytes(body)
+    for make in (TransformersGenerator, VLLMGenerator):
+        x, y = make("x/model.gguf"), make("y/model.gguf")
+        assert x.cache_id != y.cache_id and "@" in x.cache_id and str(tmp_path) not in x.cache_id
+
+
+# -- the transformers backend's random numbers ----------------------------------------------------------------
+# Found by a review (F7): generate called torch.manual_seed(seed + i) on the global RNG, in the middle of
+# training, with i the prompt's index among the uncached ones: training's random stream after a refinement was
+# fixed by the LLM seed and by what happened to be cached, so a rerun served from the cache trained another model.
+
+
+def test_transformers_sampling_leaves_the_global_rng_alone(tiny_llms) -> None:
+    import torch
+
+    gen = TransformersGenerator(str(tiny_llms[0]))
+    for training_seed in (1, 2):
+        torch.manual_seed(training_seed)
+        gen.generate(["player team"], 2, SAMPLED, StepStats())
+        after = torch.rand(4)
+        torch.manual_seed(training_seed)
+        assert torch.equal(after, torch.rand(4))         # was: the same numbers whatever the training's seed
+
+
+def test_transformers_sampling_of_a_prompt_does_not_depend_on_the_others_asked(tiny_llms) -> None:
+    gen = TransformersGenerator(str(tiny_llms[0]))
+    both = gen.generate(["market profit", "player team"], 3, SAMPLED, StepStats())
+    alone = gen.generate(["player team"], 3, SAMPLED, StepStats())
+    assert alone[0] == both[1]                           # was: seed + 1 in the pair, seed + 0 alone
+    assert gen.generate(["market profit"], 3, SAMPLED, StepStats())[0] == both[0]
+    other_seed = gen.generate(["player team"], 3, Sampling(temperature=1.0, top_p=1.0, max_tokens=12, seed=4),
+                              StepStats())
+    assert other_seed[0] != alone[0]                     # the LLM seed still decides the samples

@@ -121,7 +121,7 @@ def ask(generator: TextGenerator, prompts: list[str], cfg: LabelConfig, cache: A
     Also how many requests were sent, and how many of them got no answer at all (every attempt failed: not an
     empty answer, which a server that runs gives)."""
     sampling = cfg.sampling
-    keys = [AnswerCache.key(generator.id, p, 0, sampling) for p in prompts]
+    keys = [AnswerCache.key(generator.cache_id, p, 0, sampling) for p in prompts]
     texts: list[str | None] = []
     for key in keys:
         text = cache.get(key)

@@ -4,23 +4,34 @@ bound. It lets a resumed or repeated run, and xtm-label, make no call an earlier
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
 import re
+import secrets
+import stat
 import threading
+import time
+from contextlib import suppress
 from dataclasses import asdict
 from pathlib import Path
 
-from xtm.atomic import atomic_open
 from xtm.config import Sampling
-from xtm.errors import XtmError
 
 logger = logging.getLogger(__name__)
 
 
 _ENTRY_NAME = re.compile(r"^[0-9a-f]{64}\.json$")
+_SHARD_NAME = re.compile(r"^[0-9a-f]{2}$")
+# The temporary an entry is written to before it is renamed over the entry: `.<entry>.xtm-<pid>-<8 hex>.tmp`.
+_TMP_NAME = re.compile(r"^\.[0-9a-f]{64}\.json\.xtm-\d+-[0-9a-f]{8}\.tmp$")
+_STALE_TMP_S = 3600.0  # a write takes milliseconds: a temporary this old was left by a killed writer
+# Opening an entry never follows a symlink (ELOOP instead) and never waits for a FIFO's writer.
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+_CREATE_FLAGS = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+                 | getattr(os, "O_BINARY", 0))
 
 
 class AnswerCache:
@@ -32,7 +43,15 @@ class AnswerCache:
     eviction is rare rather than once per write. Only files named like our entries
     (`<2 hex>/<64 hex>.json`) are counted or deleted; anything else in the directory is left alone.
     A cache that cannot be written (read-only, disk full, a file in the way) is reported once and
-    then skipped: caching saves calls, it is never a reason to stop training.
+    then skipped: caching saves calls, it is never a reason to stop training. An answer that cannot be
+    stored (a lone surrogate, which UTF-8 cannot encode) is used and not cached, with one warning.
+
+    An entry is only ever a regular file of ours. One that is a symlink, a FIFO, a device or a socket
+    (planted in a shared cache directory, or left by another tool) is never read through: lstat first,
+    then opened with O_NOFOLLOW | O_NONBLOCK, so reading it is a miss and never blocks. It is never
+    written through either: a new entry is written to a temporary beside it and renamed over the path,
+    which replaces the link or node itself and never its target. A directory there is left alone (the
+    answer is not cached). The same rule as the embeddings cache (docs/reliability.md).
     """
 
     MAX_BYTES = 256 * 2**20
@@ -46,44 +65,85 @@ class AnswerCache:
         self._lock = threading.Lock()
         self._size: int | None = None            # bytes of our entries, scanned on the first write
         self._broken = False
+        self._warned: set[str] = set()           # the kinds of warning given already (each once per cache)
 
     @staticmethod
     def key(generator_id: str, prompt: str, round_index: int, sampling: Sampling) -> str:
         blob = json.dumps({"g": generator_id, "p": prompt, "r": round_index, "s": asdict(sampling)},
                           sort_keys=True, ensure_ascii=False)
-        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+        # surrogatepass: a prompt holding a lone surrogate still has a key (valid text hashes as before).
+        return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()
 
     def _path(self, key: str) -> Path:
         assert self.dir is not None
         return self.dir / key[:2] / f"{key}.json"
 
+    def _warn_once(self, kind: str, message: str) -> None:
+        if kind not in self._warned:
+            self._warned.add(kind)
+            logger.warning(message)
+
+    def _not_ours(self, path: Path, what: str) -> None:
+        self._warn_once("not-ours", f"{path} in the LLM answer cache is {what}, not an entry of ours: it is "
+                                    "neither read nor written through (a cache miss)")
+
     def get(self, key: str) -> str | None:
-        """The cached text; None when there is no entry; "" (an unusable answer) for an entry that is
-        there but oversized, corrupt or of another shape, so the caller counts it and asks again."""
+        """The cached text; None when there is no entry (or what is there is not a regular file: a symlink,
+        a FIFO, a device); "" (an unusable answer) for an entry that is there but oversized, corrupt or of
+        another shape, so the caller counts it and asks again."""
         if self.dir is None:
             return None
         p = self._path(key)
         try:
-            if p.stat().st_size > self.max_entry_bytes:
-                return ""
-            entry = json.loads(p.read_text(encoding="utf-8"))
+            st = os.lstat(p)                     # never follows a link, never opens a FIFO
         except (FileNotFoundError, NotADirectoryError):
             return None
-        except (OSError, ValueError, RecursionError):
+        except OSError:
             return ""
-        text = entry.get("text") if isinstance(entry, dict) else None
-        if not isinstance(text, str):
+        if not stat.S_ISREG(st.st_mode):
+            self._not_ours(p, _kind(st.st_mode))
+            return None
+        if st.st_size > self.max_entry_bytes:
             return ""
         try:
-            os.utime(p)                          # recently used: evicted last
-        except OSError:
-            pass
-        return text
+            fd = os.open(p, _READ_FLAGS)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as e:
+            if e.errno == errno.ELOOP:           # became a symlink since the lstat
+                self._not_ours(p, "a symlink")
+                return None
+            return ""
+        try:
+            fst = os.fstat(fd)
+            if not stat.S_ISREG(fst.st_mode):    # replaced by a FIFO or device since the lstat: not read
+                self._not_ours(p, _kind(fst.st_mode))
+                return None
+            raw = _read_at_most(fd, self.max_entry_bytes + 1)
+            if len(raw) > self.max_entry_bytes:
+                return ""
+            entry = json.loads(raw.decode("utf-8"))
+            text = entry.get("text") if isinstance(entry, dict) else None
+            if not isinstance(text, str):
+                return ""
+            with suppress(OSError, NotImplementedError, TypeError):
+                os.utime(fd)                     # recently used: evicted last (the file opened, not a path)
+            return text
+        except (OSError, ValueError, RecursionError):  # ValueError: not UTF-8, not JSON
+            return ""
+        finally:
+            os.close(fd)
 
     def put(self, key: str, text: str) -> None:
+        """Cache `text` under `key`; never raises: a write that fails is a warning and the answer is used."""
         if self.dir is None or self._broken:
             return
-        data = (json.dumps({"text": text}, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+        try:
+            data = (json.dumps({"text": text}, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+        except (ValueError, TypeError, RecursionError) as e:  # UnicodeEncodeError: a lone surrogate
+            self._warn_once("unstorable", f"an LLM answer cannot be stored in the answer cache at {self.dir} "
+                                          f"({type(e).__name__}); it is used but not cached")
+            return
         if len(data) > self.max_entry_bytes:
             return
         path = self._path(key)
@@ -93,26 +153,82 @@ class AnswerCache:
                     self._size = sum(size for _, size, _ in self._entries())
                 if self._size + len(data) > self.max_bytes:
                     self._evict(int(self.max_bytes * self.LOW_WATER) - len(data))
-                old = path.stat().st_size if path.exists() else 0
-                with atomic_open(path, "wb", encoding=None) as f:
-                    f.write(data)
-                self._size += len(data) - old
-            except (OSError, XtmError) as e:      # atomic_open says XtmError for a path it cannot write
+                old = self._write(path, data)
+                if old is not None:
+                    self._size += len(data) - old
+            except OSError as e:  # read-only, disk full, a file where a directory should be
                 self._broken = True
                 logger.warning(f"the LLM answer cache at {self.dir} cannot be written ({type(e).__name__}); "
                                "answers are used but not cached")
 
+    def _write(self, path: Path, data: bytes) -> int | None:
+        """Write one entry: a temporary beside it, fsync, rename over the path. The rename replaces whatever
+        non-directory is at the path (a planted symlink or FIFO: the link itself, never its target).
+        The size of the regular file replaced (0 when there was none), or None when nothing was written
+        (a directory at the path, a symlink where the entry's directory should be). OSError for a cache
+        that cannot be written."""
+        shard = path.parent
+        try:
+            sst = os.lstat(shard)
+        except FileNotFoundError:
+            shard.mkdir(parents=True, exist_ok=True)
+            sst = os.lstat(shard)
+        if not stat.S_ISDIR(sst.st_mode):
+            if stat.S_ISLNK(sst.st_mode):        # a link to somewhere else: never written into
+                self._not_ours(shard, "a symlink")
+                return None
+            raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(shard))
+        try:
+            est = os.lstat(path)
+        except FileNotFoundError:
+            est = None
+        if est is not None and stat.S_ISDIR(est.st_mode):
+            self._not_ours(path, "a directory")
+            return None
+        if est is not None and not stat.S_ISREG(est.st_mode):
+            self._not_ours(path, _kind(est.st_mode))  # replaced below, its target untouched
+        old = est.st_size if est is not None and stat.S_ISREG(est.st_mode) else 0
+        tmp = shard / f".{path.name}.xtm-{os.getpid()}-{secrets.token_hex(4)}.tmp"
+        fd = os.open(tmp, _CREATE_FLAGS, 0o666)  # the umask applies, as for any new file
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with suppress(OSError):
+                os.unlink(tmp)
+            raise
+        return old
+
     def _entries(self) -> list[tuple[int, int, Path]]:
-        """(mtime_ns, size, path) of every file that is one of our entries."""
+        """(mtime_ns, size, path) of every regular file that is one of our entries (symlinks are not
+        followed, into a shard or out of one). Temporaries left by a killed writer are removed here."""
         assert self.dir is not None
         out = []
-        for p in self.dir.glob("[0-9a-f][0-9a-f]/*.json"):
-            if _ENTRY_NAME.match(p.name) and p.parent.name == p.name[:2]:
+        try:
+            shards = [s for s in os.scandir(self.dir) if _SHARD_NAME.match(s.name) and s.is_dir(follow_symlinks=False)]
+        except OSError:
+            return out
+        now = time.time()
+        for shard in shards:
+            try:
+                files = list(os.scandir(shard.path))
+            except OSError:
+                continue
+            for e in files:
                 try:
-                    st = p.stat()
+                    st = e.stat(follow_symlinks=False)
                 except OSError:
                     continue
-                out.append((st.st_mtime_ns, st.st_size, p))
+                if not stat.S_ISREG(st.st_mode):
+                    continue
+                if _ENTRY_NAME.match(e.name) and e.name[:2] == shard.name:
+                    out.append((st.st_mtime_ns, st.st_size, Path(e.path)))
+                elif _TMP_NAME.match(e.name) and st.st_mtime < now - _STALE_TMP_S:
+                    with suppress(OSError):
+                        os.unlink(e.path)
         return out
 
     def _evict(self, target: int) -> None:
@@ -128,3 +244,28 @@ class AnswerCache:
             except FileNotFoundError:
                 total -= size
         self._size = total
+
+
+def _read_at_most(fd: int, limit: int) -> bytes:
+    chunks, n = [], 0
+    while n < limit:
+        chunk = os.read(fd, min(limit - n, 1 << 16))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        n += len(chunk)
+    return b"".join(chunks)
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "a symlink"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"

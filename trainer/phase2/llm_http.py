@@ -12,17 +12,18 @@ import logging
 import math
 import os
 import random
+import re
 import socket
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from datetime import timezone
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult, urljoin, urlsplit, urlunsplit
 
-from xtm.config import RefinerConfig, Sampling, check_llm_url
+from xtm.config import RefinerConfig, Sampling, check_api_key_env, check_llm_url
 from xtm.errors import XtmError
 
 if TYPE_CHECKING:
@@ -142,6 +143,9 @@ def retry_after_seconds(value: str | None) -> float | None:
     return secs if math.isfinite(secs) and secs >= 0 else None
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def parse_completion(body: bytes) -> tuple[str, Any]:
     """(content text, usage object) of a chat-completion body; BadAnswerError when it has another shape."""
     try:
@@ -157,7 +161,9 @@ def parse_completion(body: bytes) -> tuple[str, Any]:
         content = "".join(t for t in texts if isinstance(t, str)) if any(isinstance(t, str) for t in texts) else None
     if not isinstance(content, str):
         raise BadAnswerError("the answer has no choices[0].message.content text")
-    return content, out.get("usage")
+    # JSON's \ud800 escapes decode to lone surrogates, which no UTF-8 writer (the answer cache, a log, labels.json)
+    # can encode: U+FFFD instead, as a decoder does with broken UTF-8. A valid pair is one character already.
+    return _LONE_SURROGATE.sub("\ufffd", content), out.get("usage")
 
 
 def usage_tokens(usage: Any) -> tuple[int, int] | None:
@@ -222,6 +228,9 @@ class OpenAICompatibleGenerator:
         self.shown_url = _without_query(urlsplit(self.url))  # what messages show
         self.model = model
         self.id = f"openai:{model}"
+        # Answers are cached per server as well as per model name: two servers given the same --llm-model (a
+        # llama.cpp server ignores the name; "local" and "default" are common) are not one model.
+        self.cache_id = f"openai:{model}@{self.shown_url}"
         self._key = self._read_key(api_key_env)
         self.concurrency = max(1, int(concurrency))
         self.timeout, self.retries, self.backoff = float(timeout), int(retries), float(backoff)
@@ -242,6 +251,10 @@ class OpenAICompatibleGenerator:
 
     @staticmethod
     def _read_key(api_key_env: str) -> str | None:
+        check_api_key_env(api_key_env)
+        if api_key_env not in os.environ and api_key_env != _DEFAULT.api_key_env:
+            logger.warning(f"--llm-api-key-env {api_key_env}: that variable is not set, so requests go without an "
+                           "API key")
         key = os.environ.get(api_key_env, "").strip()
         if any(not 0x21 <= ord(c) <= 0x7E for c in key):
             # A header value with CR/LF would inject headers; never echo the key itself.
@@ -342,11 +355,11 @@ class OpenAICompatibleGenerator:
         """The URL to follow, only within the origin of --llm-url: the key must go nowhere else."""
         if not location:
             raise _GiveUpError("a redirect without a Location")
-        target = urljoin(url, location.strip())
-        try:
+        try:  # a malformed Location (`http://[oops/`) is an origin xtm cannot name: never followed
+            target = urljoin(url, location.strip())
             origin = _origin(urlsplit(target))
         except ValueError:
-            origin = ("?", "?", 0)
+            target, origin = "", ("?", "?", 0)
         if origin != self.origin:
             raise XtmError(f"the LLM server at {_show_origin(self.origin)} redirected to another origin "
                            f"({_show_origin(origin)}); xtm does not follow it, so the API key is never sent "
@@ -408,7 +421,13 @@ class OpenAICompatibleGenerator:
         give_up = threading.Event()  # set when the caller stops waiting: requests in flight make no new attempt
 
         def one(index: int, prompt: str, r: int) -> str | None:
-            text = self._one(prompt, r, sampling, stats, give_up)
+            if give_up.is_set():
+                return None  # a fatal answer came back to another request: this one is never sent
+            try:
+                text = self._one(prompt, r, sampling, stats, give_up)
+            except BaseException:
+                give_up.set()  # at once, not when the caller reaches this future: queued requests stay unsent
+                raise
             if on_answer is not None:
                 on_answer(index, text)
             return text
@@ -416,6 +435,12 @@ class OpenAICompatibleGenerator:
         pool = ThreadPoolExecutor(max_workers=self.concurrency)
         try:
             futures = [pool.submit(one, index, prompt, r) for index, (prompt, r) in enumerate(jobs)]
+            # The first failure is raised as it happens, not after the requests submitted before it (one slow
+            # request would otherwise hold a wrong key's error while every other request went out with it).
+            wait(futures, return_when=FIRST_EXCEPTION)
+            for fut in futures:
+                if fut.done() and fut.exception() is not None:
+                    fut.result()  # raises it
             return [fut.result() for fut in futures]
         except BaseException:
             give_up.set()  # Ctrl-C or a fatal answer: wait for no more than the attempts already under way

@@ -4,6 +4,11 @@ so that nothing else needs them installed.
 
 from __future__ import annotations
 
+import hashlib
+import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +17,86 @@ from xtm.errors import XtmError, exception_text
 
 if TYPE_CHECKING:
     from xtm.trainer.phase2.refiners import StepStats
+
+# Files whose bytes enter a local model directory's fingerprint (small: what the model is and how it is
+# prompted); every other file there enters by name, size and modification time (the weights).
+_FINGERPRINT_BYTES = ("config.json", "generation_config.json", "tokenizer_config.json", "chat_template.jinja")
+_HEAD_BYTES = 2**20  # how much of a single model file (a .gguf: its header and metadata) is hashed
+
+
+def model_cache_id(backend: str, model: str) -> str:
+    """What a local backend's answers are cached under: `backend:model` for a hub name (the full name: the
+    organisation is part of it), and for a local directory or file `backend:<base name>@<hash>`, the hash
+    over its resolved absolute path and its content's fingerprint. Two models in sibling directories with
+    one base name, or a checkpoint overwritten at the same path, are then two keys. The fingerprint is
+    cheap: the bytes of a directory's small configuration files and every top-level file's name, size and
+    modification time; a file's size, modification time and the hash of its first MiB."""
+    path = Path(model)
+    try:
+        st = path.stat()
+    except (OSError, ValueError):  # nothing here (ValueError: a NUL in the name): a hub name
+        return f"{backend}:{model}"
+    h = hashlib.sha256()
+    h.update(os.fsencode(str(path.resolve())) + b"\0")
+    try:
+        if stat.S_ISDIR(st.st_mode):
+            _fingerprint_dir(path, h)
+        else:
+            h.update(f"{st.st_size}\0{st.st_mtime_ns}\0".encode())
+            if stat.S_ISREG(st.st_mode):
+                with open(path, "rb") as f:
+                    h.update(f.read(_HEAD_BYTES))
+    except OSError as e:  # unreadable: the load reports it; the path alone still tells models apart
+        h.update(f"unreadable {e.errno}".encode())
+    return f"{backend}:{path.resolve().name or model}@{h.hexdigest()[:24]}"
+
+
+def _fingerprint_dir(directory: Path, h: Any) -> None:
+    for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+        try:
+            st = entry.stat()  # links followed: a hub snapshot's files are links to its blobs
+        except OSError:
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            continue
+        h.update(os.fsencode(entry.name) + f"\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+        if entry.name in _FINGERPRINT_BYTES and st.st_size <= _HEAD_BYTES:
+            with open(entry.path, "rb") as f:
+                h.update(f.read(_HEAD_BYTES) + b"\0")
+
+
+def _prompt_seed(seed: int, prompt: str) -> int:
+    """The sampling seed of one prompt: from the run's LLM seed and the prompt's text, so a prompt gets the same
+    seed whichever other prompts were cached (an index among the uncached ones depended on that)."""
+    digest = hashlib.sha256(f"{seed}\0{prompt}".encode("utf-8", "surrogatepass")).digest()
+    return int.from_bytes(digest[:8], "big") >> 1  # 63 bits: every torch generator takes it
+
+
+@contextmanager
+def _own_rng(torch: Any, device: str, seed: int) -> Iterator[None]:
+    """Sampling's random numbers from `seed`, inside a fork of the global RNG: the states of the CPU generator
+    and of the model's device are restored after, so training's random stream does not depend on whether
+    (or what) the LLM generated. transformers' generate takes no generator argument; it draws from these."""
+    dev = torch.device(device)
+    if dev.type == "cpu":
+        with torch.random.fork_rng(devices=[]):
+            torch.random.default_generator.manual_seed(seed)
+            yield
+        return
+    if dev.type == "cuda":
+        index = dev.index if dev.index is not None else torch.cuda.current_device()
+        with torch.random.fork_rng(devices=[index], device_type="cuda"):
+            torch.random.default_generator.manual_seed(seed)
+            with torch.cuda.device(index):
+                torch.cuda.manual_seed(seed)
+            yield
+        return
+    with torch.random.fork_rng(device_type=dev.type):  # mps, xpu, ...: every device of that type
+        torch.random.default_generator.manual_seed(seed)
+        module = getattr(torch, dev.type, None)
+        if hasattr(module, "manual_seed"):
+            module.manual_seed(seed)
+        yield
 
 
 class VLLMGenerator:
@@ -25,6 +110,7 @@ class VLLMGenerator:
     def __init__(self, model: str, engine: Any = None, **engine_kwargs: Any) -> None:
         self.model = model
         self.id = f"vllm:{model}"
+        self.cache_id = model_cache_id("vllm", model)
         self._engine = engine
         self._engine_kwargs = engine_kwargs
 
@@ -71,7 +157,8 @@ class TransformersGenerator:
 
     def __init__(self, model: str, device: str = "cpu") -> None:
         self.model_name = model
-        self.id = f"transformers:{Path(model).name}"
+        self.id = f"transformers:{Path(model).name}"  # what reports name it
+        self.cache_id = model_cache_id("transformers", model)  # what tells two models apart
         self.device = device
         self._tok: Any = None
         self._lm: Any = None
@@ -126,12 +213,11 @@ class TransformersGenerator:
         # prompt, the same for every round, as a server answers a greedy request.
         greedy = sampling.temperature <= 0
         out: list[list[str | None]] = []
-        for i, prompt in enumerate(prompts):
+        for prompt in prompts:
             ids = self._tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                                 return_tensors="pt", return_dict=True).to(self.device)
-            torch.manual_seed(sampling.seed + i)
             stats.add(calls=1, prompt_tokens=int(ids["input_ids"].shape[1]))
-            with torch.no_grad():
+            with torch.no_grad(), _own_rng(torch, self.device, _prompt_seed(sampling.seed, prompt)):
                 how = {"do_sample": False} if greedy else {
                     "do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p,
                     "num_return_sequences": rounds}

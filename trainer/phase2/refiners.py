@@ -95,7 +95,8 @@ class Refiner(Protocol):
 
 
 class TextGenerator(Protocol):
-    id: str
+    id: str  # what reports and labels.json name it (backend:model)
+    cache_id: str  # what its cached answers are filed under: everything that tells two models apart (server, path)
 
     def generate(self, prompts: list[str], rounds: int, sampling: Sampling,
                  stats: StepStats) -> list[list[str | None]]:
@@ -119,7 +120,7 @@ class LLMRefiner:
         stats = StepStats()
         t0 = time.perf_counter()
         prompts = [build_prompt(t, self.matcher.langs, self.n_words) for t in topics]
-        keys = [[AnswerCache.key(self.generator.id, p, r, self.sampling) for r in range(rounds)] for p in prompts]
+        keys = [[AnswerCache.key(self.generator.cache_id, p, r, self.sampling) for r in range(rounds)] for p in prompts]
         answers: list[list[ParsedAnswer | None]] = [[self._cached(k, stats) for k in ks] for ks in keys]
         todo = [i for i, row in enumerate(answers) if any(a is None for a in row)]
         if todo and hasattr(self.generator, "generate_jobs"):
