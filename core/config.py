@@ -350,10 +350,10 @@ def check_api_key_env(name: str) -> None:
         raise XtmError("--llm-api-key-env takes the NAME of the environment variable that holds the API key (e.g. "
                        "OPENAI_API_KEY), not the key: this value is not a variable name (letters, digits, _; at most "
                        "64), and it would be recorded in the run's config, checkpoints and report")
-    # A mixed-case name with digits and 20+ characters is a key's shape, not a variable's (OPENAI_API_KEY,
-    # AZURE_OPENAI_KEY_2, my_llm_key): the same refusal, before it is recorded.
-    if len(name) >= 20 and any(c.islower() for c in name) and any(c.isupper() for c in name) \
-            and any(c.isdigit() for c in name):
+    # A key's shape, not a variable's: mixed case with digits, 20+ characters and no underscore to part words
+    # (a variable's name has them: OPENAI_API_KEY, AzureOpenAI_Key_2024), or 40+ characters of that mix.
+    mixed = any(c.islower() for c in name) and any(c.isupper() for c in name) and any(c.isdigit() for c in name)
+    if mixed and ((len(name) >= 20 and "_" not in name) or len(name) >= 40):
         raise XtmError("--llm-api-key-env takes the NAME of the environment variable that holds the API key (e.g. "
                        "OPENAI_API_KEY), not the key: this value looks like a key itself, and it would be recorded "
                        "in the run's config, checkpoints and report")
@@ -472,6 +472,12 @@ class Phase2Config:
                 check_llm_url(refiner["llm_url"], "OPENAI_API_KEY")
             except XtmError:
                 d = {**d, "refiner": {**refiner, "llm_url": None}}
+        refiner = d.get("refiner")
+        if isinstance(refiner, dict) and "api_key_env" in refiner:
+            try:  # recorded before a key pasted as the name was refused: a serving setting, replaced on resume
+                check_api_key_env(refiner["api_key_env"])
+            except XtmError:
+                d = {**d, "refiner": {**refiner, "api_key_env": default_of(RefinerConfig, "api_key_env")}}
         if "refined_support" not in d:
             d = {**d, "refined_support": False}  # written before the widened MMD source: top-N only
         return from_dict(cls, d)

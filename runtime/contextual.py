@@ -67,6 +67,8 @@ def make_text_tokenizer(spec: dict[str, Any], directory: Path,
         except ImportError as e:
             raise XtmError("the contextual route needs `pip install sentencepiece`") from e
         try:
+            if data is not None and not data:  # empty bytes build an uninitialised processor instead of failing
+                raise RuntimeError("the file is empty")
             sp = (sentencepiece.SentencePieceProcessor(model_file=str(path)) if data is None
                   else sentencepiece.SentencePieceProcessor(model_proto=data))
         except (OSError, RuntimeError) as e:

@@ -308,12 +308,16 @@ def _check_cpus(threads_per_actor: int, num_actors: int) -> None:
                        "others wait for free CPUs", num_actors, threads_per_actor, sum(cpus), fits)
 
 
+def _actor_counts(num_actors: Any, threads_per_actor: Any) -> tuple[int | None, int]:
+    """(num_actors, threads_per_actor) checked, before Ray is started or joined; None threads: the default."""
+    threads = whole_number("threads_per_actor", RAY_THREADS_PER_ACTOR if threads_per_actor is None
+                           else threads_per_actor)
+    return (None if num_actors is None else whole_number("num_actors", num_actors)), threads
+
+
 def _map_actors(ds: ray.data.Dataset, bundle_dir: str | Path, mode: str, options: InferenceOptions, *,
                 num_actors: int | None, threads_per_actor: int, reserve: int = 0) -> ray.data.Dataset:
     ray = _import_ray()
-    threads_per_actor = whole_number("threads_per_actor", threads_per_actor)
-    if num_actors is not None:
-        num_actors = whole_number("num_actors", num_actors)
     _check_route(bundle_dir, options.route)
     bundle_ref = ray.put(pack_bundle(bundle_dir))  # once per dataset, shared by every actor (Ray is up now)
     size = num_actors or _default_actors(threads_per_actor, reserve)
@@ -363,9 +367,10 @@ def infer_dataset(ds: ray.data.Dataset, bundle_dir: str | Path, *, num_actors: i
     ray_remote_args say) behind 2 actors on 2 CPUs never finishes. Keep num_actors *
     threads_per_actor below the cluster's CPUs, or materialize() the input first.
     """
+    num_actors, threads_per_actor = _actor_counts(num_actors, threads_per_actor)
     options = InferenceOptions(top_k=top_k, route=route, batch_size=batch_size, full_theta=full_theta)
     return _map_actors(ds, bundle_dir, "columns", options, num_actors=num_actors,
-                       threads_per_actor=threads_per_actor or RAY_THREADS_PER_ACTOR, reserve=1)
+                       threads_per_actor=threads_per_actor, reserve=1)
 
 
 # -- files in, one JSONL file out -----------------------------------------------------------------
@@ -509,6 +514,7 @@ def infer_files(paths: Sequence[str | Path], bundle_dir: str | Path, out_path: s
     at the end). The input files are read by Ray tasks: on a multi-node cluster they must be on a
     file system every node sees.
     """
+    num_actors, threads_per_actor = _actor_counts(num_actors, threads_per_actor)
     ray = _import_ray()
     from xtm.runtime.records import check_out_path
 
@@ -522,7 +528,7 @@ def infer_files(paths: Sequence[str | Path], bundle_dir: str | Path, out_path: s
     try:
         with _ray_session(address), _quiet_ray_data_context():
             ds = _map_actors(_rows_dataset(files), bundle_dir, "lines", options, num_actors=num_actors,
-                             threads_per_actor=threads_per_actor or RAY_THREADS_PER_ACTOR)
+                             threads_per_actor=threads_per_actor)
             try:
                 _write_all(ds, [p for p, _ in files], tally, out_path, sink, bar)
             except ray.exceptions.RayError as e:

@@ -166,6 +166,20 @@ def test_a_shard_directory_that_is_a_symlink_is_neither_written_into_nor_evicted
     assert (mine / f"{k1}.json").read_text().startswith('{"text": "xxx')
 
 
+def test_an_entry_behind_a_symlinked_shard_is_not_served(tmp_path) -> None:
+    """get() followed a shard directory that is a link and served a file planted behind it as the answer."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    k = key(1)
+    (elsewhere / f"{k}.json").write_text('{"text": "EN: planted"}\n')
+    cache = AnswerCache(tmp_path / "c")
+    cache.dir.mkdir(parents=True)
+    (cache.dir / k[:2]).symlink_to(elsewhere, target_is_directory=True)
+    assert cache.get(k) is None
+    cache.put(k, "EN: team")  # nor written into it
+    assert (elsewhere / f"{k}.json").read_text() == '{"text": "EN: planted"}\n' and len(list(elsewhere.iterdir())) == 1
+
+
 def test_temporaries_left_by_a_killed_writer_are_removed_and_nothing_else(tmp_path) -> None:
     cache = AnswerCache(tmp_path)
     k = key(1)

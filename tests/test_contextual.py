@@ -97,6 +97,12 @@ def test_runtime_tokenizer_gives_the_package_ids() -> None:
     assert tok(texts) == [ref.encode(t, out_type=int, add_bos=True, add_eos=True) for t in texts]
     short = make_text_tokenizer({**spec, "max_tokens": 8}, d)(["word " * 50])[0]
     assert len(short) == 8 and short[0] == 1 and short[-1] == 2  # cut inside, BOS and EOS kept
+    # Built from checked bytes (the bundle's route), the same ids; empty bytes are no model (they built an
+    # uninitialised processor, and the route failed later blaming the graph).
+    from_bytes = make_text_tokenizer(spec, d, (d / "sp.model").read_bytes())
+    assert from_bytes(texts) == tok(texts)
+    with pytest.raises(XtmError, match="not a SentencePiece model: the file is empty"):
+        make_text_tokenizer(spec, d, b"")
 
 
 # -- training -------------------------------------------------------------------------------------

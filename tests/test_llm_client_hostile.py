@@ -292,9 +292,23 @@ def test_a_key_passed_as_the_variable_name_is_refused_before_it_is_recorded(valu
         assert not value or value not in str(err.value)
 
 
+def test_a_checkpoint_that_recorded_a_key_as_the_variable_name_still_resumes() -> None:
+    """Runs checkpointed before the refusal hold the pasted key as api_key_env; it is a serving setting the
+    resume replaces, so it is dropped when the checkpoint's settings are read, not refused."""
+    from xtm.config import Phase2Config
+    from xtm.trainer.loop.phase2_resume import phase2_differences
+
+    now = Phase2Config(refiner=RefinerConfig(backend="openai", llm_url="https://gw.example/v1", llm_model="m"))
+    saved = now.to_dict()
+    saved["refiner"]["api_key_env"] = "sk-proj-LIVEKEY1234567890abcdef"
+    assert Phase2Config.from_dict(saved).refiner.api_key_env == "OPENAI_API_KEY"
+    assert phase2_differences(saved, now) == []
+
+
 def test_a_named_key_variable_that_is_not_set_is_a_warning(monkeypatch, capsys) -> None:
     monkeypatch.delenv("XTM_UNSET_KEY_VAR", raising=False)
-    for name in ("OPENAI_API_KEY", "AZURE_OPENAI_KEY_2", "my_llm_key"):
+    for name in ("OPENAI_API_KEY", "AZURE_OPENAI_KEY_2", "my_llm_key", "AzureOpenAI_Key_2024", "OpenRouter_API_Key_1",
+                 "DeepSeek_V3_API_Token"):
         RefinerConfig(api_key_env=name)  # variable names, whatever their case
     OpenAICompatibleGenerator("http://127.0.0.1:9/v1", "m", api_key_env="XTM_UNSET_KEY_VAR")
     assert "XTM_UNSET_KEY_VAR: that variable is not set" in capsys.readouterr().err

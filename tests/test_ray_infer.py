@@ -196,7 +196,8 @@ def test_ray_max_bad_and_no_results_leave_out_unwritten(ray_local, hb: HandBundl
 
 @pytest.mark.parametrize(("kwargs", "needle"), [({"num_actors": 0}, "num_actors"),
                                                 ({"num_actors": 1.5}, "num_actors"),
-                                                ({"threads_per_actor": "2"}, "threads_per_actor")])
+                                                ({"threads_per_actor": "2"}, "threads_per_actor"),
+                                                ({"threads_per_actor": 0}, "threads_per_actor")])
 def test_ray_counts_must_be_whole_numbers(ray_local, hb: HandBundle, tmp_path: Path, kwargs: dict,
                                           needle: str) -> None:
     from xtm.runtime.ray import infer_files

@@ -111,6 +111,36 @@ def test_wrapped_lists_and_bullet_points_still_continue_a_language(matcher: Voca
     assert bullets.words == {"en": ["player", "team", "football"], "zh": ["球员", "球队"]}
 
 
+LIST_VOCABS = {"en": ["player", "team", "match", "goal", "football", "club", "world", "cup", "final"],
+               "zh": ["球员", "球队", "比赛", "进球"],
+               "ja": ["選手", "チーム", "試合", "チャンピオンズリーグ", "コミュニケーション", "サッカー"]}
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("EN:\nplayer team match goal\nZH:\n球员 球队 比赛 进球",
+     {"en": ["player", "team", "match", "goal"], "zh": ["球员", "球队", "比赛", "进球"]}),
+    ("EN: player, team, match,\ngoal, football club, world cup final",
+     {"en": ["player", "team", "match", "goal", "football", "club", "world", "cup", "final"]}),
+    ("English:\n\n1. player\n\n2. team\n\n3. match\n\nChinese:\n\n1. 球员\n\n2. 球队",
+     {"en": ["player", "team", "match"], "zh": ["球员", "球队"]}),
+    ("EN:\n- player (球员)\n- team (球队)\n- match\nZH:\n- 球员 (player)\n- 球队 (team)",
+     {"en": ["player", "team", "match"], "zh": ["球员", "球队"]}),
+    ("JA: 選手 - チーム - 試合 -\nチャンピオンズリーグ - コミュニケーション - サッカー",
+     {"ja": ["選手", "チーム", "試合", "チャンピオンズリーグ", "コミュニケーション", "サッカー"]}),
+    ("JA:\n- 選手\n- コミュニケーション\n- チーム\n- 試合", {"ja": ["選手", "コミュニケーション", "チーム", "試合"]}),
+    ("EN: player, team, match, goal\nThese words reflect the football topic, removing the club and the cup.",
+     {"en": ["player", "team", "match", "goal"]}),
+    ("ZH: 球员、球队\n这些词语反映了比赛的主题。", {"zh": ["球员", "球队"]}),
+], ids=["header-alone-space-list", "wrapped-multiword-items", "loose-markdown", "glosses", "ja-wrapped-long-words",
+        "ja-bullets-long-word", "prose-directly-below", "zh-prose-below"])
+def test_lists_in_every_layout_keep_their_words_and_prose_gives_none(text: str, expected: dict) -> None:
+    """Lists that parsed before the prose rule must still parse: a header alone with a space-separated list
+    below lost the whole answer, one long Japanese word ended a list, a blank line between bullets kept one."""
+    langs = {"en", "zh"} | set(expected)
+    a = parse_answer(text, VocabMatcher({lang: LIST_VOCABS[lang] for lang in sorted(langs)}))
+    assert {lang: words for lang, words in a.words.items() if words} == expected
+
+
 HEADER_VOCABS = {"en": ["english", "chinese", "japanese", "words", "simplified", "player", "team", "coach"],
                  "zh": ["球员", "球队", "教练", "中文", "词语"], "ja": ["選手", "チーム", "監督"],
                  "de": ["spieler", "mannschaft", "wörter"], "fr": ["joueur", "équipe", "mots"]}

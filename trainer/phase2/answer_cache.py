@@ -30,6 +30,7 @@ _TMP_NAME = re.compile(r"^\.[0-9a-f]{64}\.json\.xtm-\d+-[0-9a-f]{8}\.tmp$")
 _STALE_TMP_S = 3600.0  # a write takes milliseconds: a temporary this old was left by a killed writer
 # Opening an entry never follows a symlink (ELOOP instead) and never waits for a FIFO's writer.
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 _CREATE_FLAGS = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
                  | getattr(os, "O_BINARY", 0))
 
@@ -89,13 +90,28 @@ class AnswerCache:
 
     def get(self, key: str) -> str | None:
         """The cached text; None when there is no entry (or what is there is not a regular file: a symlink,
-        a FIFO, a device); "" (an unusable answer) for an entry that is there but oversized, corrupt or of
-        another shape, so the caller counts it and asks again."""
+        a FIFO, a device; or its shard directory is a symlink); "" (an unusable answer) for an entry that is
+        there but oversized, corrupt or of another shape, so the caller counts it and asks again."""
         if self.dir is None:
             return None
         p = self._path(key)
         try:
-            st = os.lstat(p)                     # never follows a link, never opens a FIFO
+            shard = _open_shard(p.parent)        # the shard itself never through a link
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                self._not_ours(p.parent, "a symlink")
+                return None
+            return ""
+        try:
+            return self._read_entry(p, shard)
+        finally:
+            os.close(shard)
+
+    def _read_entry(self, p: Path, shard: int) -> str | None:
+        try:
+            st = os.lstat(p.name, dir_fd=shard)  # never follows a link, never opens a FIFO or device
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError:
@@ -106,8 +122,8 @@ class AnswerCache:
         if st.st_size > self.max_entry_bytes:
             return ""
         try:
-            fd = os.open(p, _READ_FLAGS)
-        except (FileNotFoundError, NotADirectoryError):
+            fd = os.open(p.name, _READ_FLAGS, dir_fd=shard)
+        except FileNotFoundError:
             return None
         except OSError as e:
             if e.errno == errno.ELOOP:           # became a symlink since the lstat
@@ -162,45 +178,48 @@ class AnswerCache:
                                "answers are used but not cached")
 
     def _write(self, path: Path, data: bytes) -> int | None:
-        """Write one entry: a temporary beside it, fsync, rename over the path. The rename replaces whatever
-        non-directory is at the path (a planted symlink or FIFO: the link itself, never its target).
-        The size of the regular file replaced (0 when there was none), or None when nothing was written
-        (a directory at the path, a symlink where the entry's directory should be). OSError for a cache
-        that cannot be written."""
-        shard = path.parent
+        """Write one entry: a temporary beside it, fsync, rename over the path, all relative to the shard
+        directory opened once without following a link (a link swapped in after a check cannot redirect the
+        write). The rename replaces whatever non-directory is at the path (a planted symlink or FIFO: the link
+        itself, never its target). The size of the regular file replaced (0 when there was none), or None when
+        nothing was written (a directory at the path, a symlink where the shard directory should be). OSError
+        for a cache that cannot be written."""
         try:
-            sst = os.lstat(shard)
+            shard = _open_shard(path.parent)
         except FileNotFoundError:
-            shard.mkdir(parents=True, exist_ok=True)
-            sst = os.lstat(shard)
-        if not stat.S_ISDIR(sst.st_mode):
-            if stat.S_ISLNK(sst.st_mode):        # a link to somewhere else: never written into
-                self._not_ours(shard, "a symlink")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            shard = _open_shard(path.parent)
+        except OSError as e:
+            if e.errno == errno.ELOOP:           # a link to somewhere else: never written into
+                self._not_ours(path.parent, "a symlink")
                 return None
-            raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(shard))
-        try:
-            est = os.lstat(path)
-        except FileNotFoundError:
-            est = None
-        if est is not None and stat.S_ISDIR(est.st_mode):
-            self._not_ours(path, "a directory")
-            return None
-        if est is not None and not stat.S_ISREG(est.st_mode):
-            self._not_ours(path, _kind(est.st_mode))  # replaced below, its target untouched
-        old = est.st_size if est is not None and stat.S_ISREG(est.st_mode) else 0
-        tmp = shard / f".{path.name}.xtm-{os.getpid()}-{secrets.token_hex(4)}.tmp"
-        fd = os.open(tmp, _CREATE_FLAGS, 0o666)  # the umask applies, as for any new file
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with suppress(OSError):
-                os.unlink(tmp)
             raise
-        return old
+        try:
+            try:
+                est = os.lstat(path.name, dir_fd=shard)
+            except FileNotFoundError:
+                est = None
+            if est is not None and stat.S_ISDIR(est.st_mode):
+                self._not_ours(path, "a directory")
+                return None
+            if est is not None and not stat.S_ISREG(est.st_mode):
+                self._not_ours(path, _kind(est.st_mode))  # replaced below, its target untouched
+            old = est.st_size if est is not None and stat.S_ISREG(est.st_mode) else 0
+            tmp = f".{path.name}.xtm-{os.getpid()}-{secrets.token_hex(4)}.tmp"
+            fd = os.open(tmp, _CREATE_FLAGS, 0o666, dir_fd=shard)  # the umask applies, as for any new file
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path.name, src_dir_fd=shard, dst_dir_fd=shard)
+            except BaseException:
+                with suppress(OSError):
+                    os.unlink(tmp, dir_fd=shard)
+                raise
+            return old
+        finally:
+            os.close(shard)
 
     def _entries(self) -> list[tuple[int, int, Path]]:
         """(mtime_ns, size, path) of every regular file that is one of our entries (symlinks are not
@@ -244,6 +263,18 @@ class AnswerCache:
             except FileNotFoundError:
                 total -= size
         self._size = total
+
+
+def _open_shard(path: Path) -> int:
+    """A shard directory opened for *at() calls; OSError ELOOP when it is a symlink, NotADirectoryError when it
+    is not a directory."""
+    try:
+        return os.open(path, _DIR_FLAGS)
+    except OSError as e:
+        # Linux answers O_NOFOLLOW | O_DIRECTORY on a symlink with ENOTDIR, not ELOOP: tell the two apart.
+        if e.errno in (errno.ENOTDIR, errno.ELOOP) and os.path.islink(path):
+            raise OSError(errno.ELOOP, "a symlink", str(path)) from None
+        raise
 
 
 def _read_at_most(fd: int, limit: int) -> bytes:

@@ -11,11 +11,12 @@ The parser never raises on model output. Real answers (SmolLM2 included) number 
 mix separators, add prose, repeat words, put words of one language on the other's line, return
 phrases or words outside the vocabulary, label their lines "EN:", "English words:", "Chinese
 (Simplified):" or "中文：". A label's own words are never topic words; a language's line goes on
-over following lines only while they look like a list, up to a blank line, so prose after the
-lists is not read as words. Every token is matched to a vocabulary entry (exact, then
-case-folded, then a regular inflection of a vocabulary word for Latin-script words, then
-longest-match segmentation for unsegmented scripts) of the line's language first and of any
-other language second; tokens that match nothing are dropped and counted.
+over following lines until one reads as a sentence (after a blank line: until one is no bullet
+or numbered item), so prose after the lists is not read as words. Every token is matched to a
+vocabulary entry (exact, then case-folded, then a regular inflection of a vocabulary word for
+Latin-script words, then longest-match segmentation for unsegmented scripts) of the line's
+language first and of any other language second; tokens that match nothing are dropped and
+counted.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from xtm.config import Phase2Config, default_of
 from xtm.errors import XtmError
 from xtm.languages import NAMES, UNSEGMENTED, language_name, normalize_lang
+from xtm.trainer.data.stopwords import stopwords
 
 ASKED_WORDS = default_of(Phase2Config, "asked_words")
 
@@ -125,8 +127,8 @@ _NUMBERING = re.compile(r"^\(?\d{1,3}[.)、:]\s*")
 _STRIP = "\"'“”‘’`*_()[]{}<>«»「」『』【】（）.,:;!?。！？：；…"
 _LIST_SEPARATOR = re.compile(r"\s[-–—]\s|[,，、;；|]")
 _TOPIC_LINE = re.compile(r"^\W*(topic|theme|main theme|主题|主題)\b", re.IGNORECASE)
-# Where a continuation line's list items part: the separators above, "/", tabs and inline numbering.
-_ITEM_SPLIT = re.compile(r"\s[-–—]\s|[,，、;；|/\t]|(?:^|\s)\(?\d{1,3}[.)、]\s")
+# A bullet or a number at the start of a line: an item of a list, even after a blank line (loose markdown).
+_ITEM_MARKER = re.compile(r"^\s*(?:[>*•·+]|[-–—](?=\s|\S)|\(?\d{1,3}[.)、])")
 _BULLET = re.compile(r"^[\s>*#•·\-–—+|]*")
 _SENTENCE_END = tuple(".!?。！？")
 
@@ -150,22 +152,23 @@ def _is_cjk(text: str) -> bool:
     return any(ord(ch) >= 0x2E80 for ch in text)
 
 
-def _looks_like_list(line: str) -> bool:
-    """Whether an unlabelled line may continue a language's word list: list items (between the
-    separators `_LIST_SEPARATOR` knows, "/" or inline numbering) of at most two words each, or one
-    short item (a bullet point). A sentence has longer runs of words between its commas, and a
-    prose line in an unsegmented script is one long item that ends like a sentence."""
-    s = _NUMBERING.sub("", _BULLET.sub("", line.strip()))
-    items = [it.strip().strip(_STRIP).strip() for it in _ITEM_SPLIT.split(s)]
-    items = [it for it in items if it]
-    if not items:
+def _is_prose(line: str, lang: str) -> bool:
+    """Whether an unlabelled line reads as a sentence rather than more of a word list: it holds function words
+    (two or more, a quarter of its words: "These words were chosen because ..."), or it ends like a sentence
+    with a function word in it, or, in an unsegmented script, it ends like a sentence at all (。！？). A list
+    holds content words, however it is separated (spaces, commas, one long Japanese word per bullet)."""
+    s = _NUMBERING.sub("", _BULLET.sub("", line.strip())).strip()
+    words = [w.strip(_STRIP).lower() for w in s.split()]
+    words = [w for w in words if w]
+    if not words:
         return False
-    for it in items:
-        if len(it.split()) > 2 or (_is_cjk(it) and len(it) > 8):
-            return False
-    if len(items) == 1:
-        return len(items[0].split()) == 1 or not s.rstrip().endswith(_SENTENCE_END)
-    return True
+    function_words = stopwords("en") | stopwords(lang)
+    n = sum(w in function_words for w in words)
+    if n >= 2 and 4 * n >= len(words):
+        return True
+    if s.endswith(_SENTENCE_END):
+        return n >= 1 or (_is_cjk(s) and len(words) == 1 and len(s) >= 6)
+    return False
 
 
 def _is_latin(word: str) -> bool:
@@ -335,11 +338,11 @@ def parse_answer(text: str | None, matcher: VocabMatcher, max_words: int = 30) -
         answer.notes.append("empty answer")
         return answer
     lines: list[tuple[str | None, str]] = []
-    open_lang, has_words = None, False   # the language a following line may continue
+    # The language a following line may continue; whether it has words yet; whether a blank line came since.
+    open_lang, has_words, after_blank = None, False, False
     for line in text.splitlines():
         if not line.strip():
-            if has_words:  # a blank line ends a language's line (not a header's own empty line)
-                open_lang = None
+            after_blank = has_words
             continue
         if _TOPIC_LINE.match(line):
             open_lang = None
@@ -347,11 +350,13 @@ def parse_answer(text: str | None, matcher: VocabMatcher, max_words: int = 30) -
         labelled, lang, body = _split_label(line, langs)
         if lang is not None:
             lines.append((lang, body))
-            open_lang, has_words = lang, bool(body.strip())
-        elif open_lang is not None and not labelled and _looks_like_list(line):
-            # A wrapped continuation of the open language's line, or its next bullet point.
+            open_lang, has_words, after_blank = lang, bool(body.strip()), False
+        elif (open_lang is not None and not labelled and not _is_prose(line, open_lang)
+              and (not after_blank or _ITEM_MARKER.match(line))):
+            # A wrapped continuation of the open language's line, or its next bullet point (also after a blank
+            # line, as loose markdown lists have them). After a blank line anything else is a new paragraph.
             lines.append((open_lang, line))
-            has_words = True
+            has_words, after_blank = True, False
         else:
             # Prose, or a line under a label that names no language: only the text after the label.
             lines.append((None, body))
