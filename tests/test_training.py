@@ -513,8 +513,8 @@ def test_one_language_near_posterior_collapse_is_named_with_the_remedy(example_c
 
 
 @pytest.mark.usefixtures("library_logging")
-def test_a_trained_run_checks_its_encoders_for_near_collapse(example_corpus, tmp_path: Path, caplog,
-                                                             monkeypatch) -> None:
+def test_a_trained_run_checks_its_encoders_for_near_collapse(example_corpus, example_dir: Path, tmp_path: Path,
+                                                             caplog, monkeypatch) -> None:
     import xtm.trainer.loop.model_passes as model_passes
     from xtm.models_zoo.components import near_collapsed_languages
 
@@ -535,6 +535,18 @@ def test_a_trained_run_checks_its_encoders_for_near_collapse(example_corpus, tmp
         train(example_corpus, config(model="infoctm", epochs=2), tmp_path / "run")
     assert len(seen) == 1
     assert len([r for r in caplog.records if "posterior collapse" in r.getMessage()]) == 1
+
+    # With --eval-every, the first evaluation point that shows it warns (hours before the end of a long run), once.
+    from xtm.config import DataConfig
+    from xtm.trainer.run import run_training
+
+    seen.clear()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="xtm"):
+        run_training(DataConfig(path=str(example_dir / "docs.jsonl"), dict_path=str(example_dir / "dict.tsv")),
+                     config(model="infoctm", epochs=3, eval_every=1), tmp_path / "curve")
+    warned = [r.getMessage() for r in caplog.records if "posterior collapse" in r.getMessage()]
+    assert len(warned) == 2 and "is, at epoch 1, near posterior collapse" in warned[0] and "ended" in warned[1]
 
 
 def test_evaluate_model_spends_the_encoder_pass_only_where_the_published_protocol_runs(

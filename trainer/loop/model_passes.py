@@ -63,24 +63,28 @@ def recalibrate_batchnorm(model: CrossLingualTopicModel, data: BatchSource, devi
         model.train(was_training)
 
 
-def warn_near_collapse(model: CrossLingualTopicModel) -> None:
-    """Warn when some languages' encoders ended near posterior collapse and others did not.
+def warn_near_collapse(model: CrossLingualTopicModel, epoch: int | None = None) -> bool:
+    """Warn when some languages' encoders are near posterior collapse and others are not; True if it warned.
 
     Such a language's theta is close to uniform and on another scale than the others' (its
     documents' topics barely differ), which no loss printed during training makes obvious.
     When every language is there (NMTM's shared body always is) it is the method's state, not
-    one language falling behind, so nothing is said.
+    one language falling behind, so nothing is said. `epoch`: said of a model still training (an
+    `--eval-every` point: the state shows within a few epochs, hours before the end), else of the
+    model training ended with.
     """
     collapsed = near_collapsed_languages(model.encoders, model.langs)
     if not collapsed or len(collapsed) == len(model.langs):
-        return
+        return False
     others = ", ".join(lang for lang in model.langs if lang not in collapsed)
+    state = "ended" if epoch is None else f"is, at epoch {epoch},"
     for lang, (variance, eps) in collapsed.items():
         logger.warning(
-            f"the {lang} encoder ended near posterior collapse: its topic means vary less than its batch "
+            f"the {lang} encoder {state} near posterior collapse: its topic means vary less than its batch "
             f"norm's eps (variance {variance:.1e} < {eps:.0e}), so {lang} theta is close to uniform while "
             f"{others} theta is not. `--set bn_eps=1e-10` keeps every encoder open (docs/benchmarks.md, "
             "\"Near-collapse\", says what it changes)")
+    return True
 
 
 @torch.no_grad()

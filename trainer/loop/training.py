@@ -594,7 +594,7 @@ class _Training:
             self._finish(stopped)
         finally:
             stop.restore()
-        if stopped is None and self.main:
+        if self.main:  # a stopped run too: its model is evaluated and reported as well
             warn_near_collapse(self.model)
         if (stopped is None and stop.stop) or stop.forced:
             # Asked to stop while the final checkpoint was being written: it is written; now the
