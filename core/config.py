@@ -371,8 +371,9 @@ class RefinerConfig:
     llm_model: str | None = setting(None, help="LLM name for the server, or a model path for vllm/transformers.",
                                     cli=Cli("--llm-model", type=str))
     api_key_env: str = setting("OPENAI_API_KEY", help="NAME of the environment variable holding the API key, not "
-                                                      "the key (the key is never logged; a variable not set: no key "
-                                                      "sent, with a warning).", cli=Cli("--llm-api-key-env"))
+                                                      "the key (the key is never logged; not set: no key sent, with "
+                                                      "a warning unless it is the default).",
+                               cli=Cli("--llm-api-key-env"))
     concurrency: int = setting(8, help="openai refiner: requests in flight at once.",
                                cli=Cli("--llm-concurrency", min=1))
     timeout: float = setting(120.0, help="openai refiner: total seconds one attempt may take (connect, TLS, send, "
