@@ -621,7 +621,7 @@ def _raw_parquet_chunks(engine: Engine, path: str) -> Iterator[list[tuple[int, A
 
 def _worker_start(model_cls: type[TopicModel], bundle_dir: str, threads: int, providers: list[str],
                   options: InferenceOptions, bundle: str | None, segmenters: str, parent: int,
-                  manifest_sha256: str | None = None) -> None:
+                  manifest_sha256: str | None) -> None:
     """A worker's initializer: signals as described above, then the parent's segmenters, its own model
     and Engine. The model's class comes in as an argument (pickled by name), so this module never
     imports the model's."""
@@ -641,10 +641,9 @@ def _worker_start(model_cls: type[TopicModel], bundle_dir: str, threads: int, pr
     from xtm.runtime.tokenize import use_segmenters
 
     use_segmenters(segmenters)
-    model = model_cls.load(bundle_dir, threads=threads, providers=providers)
-    if manifest_sha256 is not None and model.manifest_sha256 != manifest_sha256:  # re-exported since the parent's load
-        raise XtmError("the bundle changed since xtm-infer loaded it (its manifest differs): run it again",
-                       path=bundle_dir)
+    # The parent's bundle, not one re-exported in place since the parent loaded it.
+    model = model_cls.load_unchanged(bundle_dir, manifest_sha256, since="xtm-infer loaded it", advice="run it again",
+                                     threads=threads, providers=providers)
     _worker_engine = Engine(model, options, bundle=bundle)
 
 

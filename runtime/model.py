@@ -264,6 +264,17 @@ class TopicModel:
         return cls(manifest, encoders, topics, used or chosen, session_options=opts, labels=labels, verify=verify,
                    reload=reload)
 
+    @classmethod
+    def load_unchanged(cls, bundle_dir: str | Path, manifest_sha256: str | None, *, since: str, advice: str,
+                       **options: Any) -> TopicModel:
+        """`load`, refusing a bundle whose manifest is no longer the one an earlier load saw (`manifest_sha256`;
+        None: a model not loaded from disk, nothing to compare): a bundle re-exported in place `since` then (a
+        pickled copy, a worker process of xtm-infer)."""
+        model = cls.load(bundle_dir, **options)
+        if manifest_sha256 is not None and model.manifest_sha256 != manifest_sha256:
+            raise XtmError(f"the bundle changed since {since} (its manifest differs): {advice}", path=bundle_dir)
+        return model
+
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickled (multiprocessing, joblib, Ray) as its bundle's path: the copy loads the bundle again where it
         is unpickled, with the same settings, and refuses a bundle that changed since (its manifest's sha256)."""
@@ -869,8 +880,5 @@ def _probe(session: Any, e: EncoderEntry, num_topics: int, path: Path) -> None:
 
 def _reload(directory: str, options: dict[str, Any], digest: str) -> TopicModel:
     """A pickled TopicModel, loaded again from its bundle (TopicModel.__reduce__)."""
-    model = TopicModel.load(directory, **options)
-    if model.manifest_sha256 != digest:
-        raise XtmError("the bundle changed since this TopicModel was pickled (its manifest differs): load the "
-                       "bundle you mean with TopicModel.load", path=directory)
-    return model
+    return TopicModel.load_unchanged(directory, digest, since="this TopicModel was pickled",
+                                     advice="load the bundle you mean with TopicModel.load", **options)

@@ -413,3 +413,6 @@ def test_a_model_pickles_as_its_bundle_and_refuses_one_that_changed(hb: HandBund
     edit_manifest(bundle, model="changed")
     with pytest.raises(XtmError, match="the bundle changed since this TopicModel was pickled"):
         pickle.loads(data)
+    # xtm-infer's worker processes go through the same check (TopicModel.load_unchanged), with their own words.
+    with pytest.raises(XtmError, match="the bundle changed since xtm-infer loaded it .*: run it again"):
+        TopicModel.load_unchanged(bundle, model.manifest_sha256, since="xtm-infer loaded it", advice="run it again")
