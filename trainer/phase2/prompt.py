@@ -79,7 +79,7 @@ _NATIVE_HEADER_SUFFIXES = ("词语", "詞語", "词汇", "詞彙", "单词", "�
 _NAME_CODES = {name.lower(): code for code, name in NAMES.items()}
 
 
-def _one_label(lab: str, langs: Sequence[str]) -> str | None:
+def _one_label(lab: str) -> str | None:
     """The language one label word names (a code, an alias, an English or native name), or None.
     The code may be of a language the answer was not asked for."""
     if lab in _NATIVE_LABELS:
@@ -87,10 +87,7 @@ def _one_label(lab: str, langs: Sequence[str]) -> str | None:
     for native, code in _NATIVE_LABELS.items():
         if lab.startswith(native) and lab[len(native):] in _NATIVE_HEADER_SUFFIXES:
             return code
-    names = {language_name(x).lower(): x for x in langs}
-    if lab in names:
-        return names[lab]
-    if lab in _NAME_CODES:
+    if lab in _NAME_CODES:  # an English name (a language without one in NAMES is named by its code)
         return _NAME_CODES[lab]
     try:
         return normalize_lang(lab)
@@ -103,13 +100,13 @@ def _label_lang(label: str, langs: Sequence[str]) -> str | None:
     "中文", "zh-CN") or a header: names of one language among header words ("English words",
     "Chinese (Simplified)", "English (EN)"); any other word makes it no language label."""
     lab = label.strip().strip("*_#`[]()（）").strip().lower()
-    code = _one_label(lab, langs)
+    code = _one_label(lab)
     if code is None:
         codes = set()
         for part in re.findall(r"[^\W\d_]+", lab):
             if part in _HEADER_WORDS:
                 continue
-            one = _one_label(part, langs)
+            one = _one_label(part)
             if one is None:
                 return None
             codes.add(one)
