@@ -15,15 +15,23 @@ Temporaries are named `.NAME.xtm-PID-XXXXXXXX.tmp` and held under an exclusive f
 A writer killed with SIGKILL cannot remove its temporary; the next write of the same path removes
 the ones that are provably ours and dead: that name pattern, a regular file, a few seconds old,
 its writer's pid gone and its lock free. Anything else is left alone.
+
+Caches are the other kind of output: a directory of xtm's own whose entries are ours by name
+(`replacing_at`). There the rule is the opposite for links: an entry is written relative to its
+directory opened once without following a link, and the rename replaces whatever non-directory is
+at the name, a planted symlink or FIFO included, never its target. Same temporaries, same sweep.
+
 SIGTERM and SIGHUP end a Python process without unwinding it: `exit_on_signals` turns them into
 SystemExit while a command writes, so `atomic_open` removes its temporary then too.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import stat
@@ -42,8 +50,8 @@ try:
 except ImportError:  # not POSIX: no locks, so stale temporaries are never removed (never provably ours)
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["atomic_open", "check_replaceable", "exit_on_signals", "is_desktop_metadata", "replace_directory",
-           "write_json", "write_text"]
+__all__ = ["atomic_open", "check_replaceable", "exit_on_signals", "is_desktop_metadata", "open_directory",
+           "open_entry", "remove_stale_temporaries", "replace_directory", "replacing_at", "write_json", "write_text"]
 
 # A temporary is locked microseconds after it is created; one younger than this may be a writer's that
 # has not taken its lock yet, and is never called stale.
@@ -51,6 +59,12 @@ _GRACE_S = 2.0
 _TMP_TAG = ".xtm-"
 # Names are cut so the temporary stays under NAME_MAX (255 bytes) with its prefix and suffix.
 _MAX_STEM = 120
+# Never through a symlink (ELOOP instead), never waiting for a FIFO's other end.
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+_CREATE_FLAGS = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+                 | getattr(os, "O_BINARY", 0))
 
 
 @contextmanager
@@ -146,7 +160,12 @@ def _replacing(target: Path, st: os.stat_result | None, mode: str, encoding: str
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise XtmError(f"cannot write: cannot create its directory: {e.strerror}", path=shown) from e
-    _remove_stale(parent, stem)
+    with suppress(OSError):  # best effort: a sweep never fails the write
+        dfd = os.open(parent, _DIR_FLAGS & ~_NOFOLLOW)  # the parent of a resolved path: no link to refuse
+        try:
+            _remove_stale(dfd, stem)
+        finally:
+            os.close(dfd)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{stem}{_TMP_TAG}{os.getpid()}-", suffix=".tmp", dir=parent)
     except OSError as e:
@@ -201,32 +220,99 @@ def _fsync_dir(directory: Path) -> None:
             os.close(dfd)
 
 
-def _remove_stale(parent: Path, stem: str) -> None:
-    """Remove temporaries of `stem` left by killed writers: only ones provably ours (module docstring).
-
-    Best effort: anything unexpected leaves the file where it is and never fails the write."""
+def _remove_stale(dfd: int, stem: str | None) -> None:
+    """Remove the temporaries of `stem` (None: of any name) in the directory `dfd` left by killed writers: only
+    ones provably ours (module docstring). Best effort: anything unexpected leaves the file where it is and never
+    fails the write."""
     if fcntl is None:
         return
-    pattern = re.compile(re.escape(f".{stem}{_TMP_TAG}") + r"(\d+)-[a-z0-9_]{8}\.tmp")
+    name = re.escape(f".{stem}") if stem is not None else r"\..+"
+    pattern = re.compile(name + re.escape(_TMP_TAG) + r"(?P<pid>\d+)-[a-z0-9_]{8}\.tmp")
     try:
-        entries = list(os.scandir(parent))
+        entries = list(os.scandir(dfd))  # names relative to dfd: a directory swapped for a link meanwhile is not us
     except OSError:
         return
     for entry in entries:
         m = pattern.fullmatch(entry.name)
-        if m is None or int(m.group(1)) == os.getpid() or _alive(int(m.group(1))):
+        if m is None or int(m["pid"]) == os.getpid() or _alive(int(m["pid"])):
             continue
         with suppress(OSError):
             st = entry.stat(follow_symlinks=False)
             if not stat.S_ISREG(st.st_mode) or st.st_mtime > time.time() - _GRACE_S:
                 continue
-            fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            fd = os.open(entry.name, os.O_RDONLY | _NOFOLLOW | _NONBLOCK, dir_fd=dfd)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises while a writer holds it
                 if os.path.samestat(os.fstat(fd), st):
-                    os.unlink(entry.path)
+                    os.unlink(entry.name, dir_fd=dfd)
             finally:
                 os.close(fd)
+
+
+def remove_stale_temporaries(dfd: int) -> None:
+    """Remove every temporary in the directory `dfd` that a killed writer left (any entry's: a cache whose entries
+    are written once each would never meet a stale temporary again by rewriting its entry)."""
+    _remove_stale(dfd, None)
+
+
+# --------------------------------------------------------------------------- cache entries
+
+def open_directory(path: str | Path, *, create: bool = False) -> int:
+    """`path` opened as a directory for the *at() calls of `replacing_at`, never through a symlink at its last
+    component. OSError ELOOP when it is a symlink, NotADirectoryError when it is something else,
+    FileNotFoundError when it is missing and not `create` (else it is made, with its parents). The caller closes
+    the descriptor."""
+    path = Path(path)
+    try:
+        return os.open(path, _DIR_FLAGS)
+    except FileNotFoundError:
+        if not create:
+            raise
+        path.mkdir(parents=True, exist_ok=True)
+        return open_directory(path)
+    except OSError as e:
+        # Linux answers O_NOFOLLOW | O_DIRECTORY on a symlink with ENOTDIR, not ELOOP: tell the two apart.
+        if e.errno in (errno.ENOTDIR, errno.ELOOP) and os.path.islink(path):
+            raise OSError(errno.ELOOP, "a symlink", str(path)) from None
+        raise
+
+
+def open_entry(dfd: int, name: str) -> int:
+    """The entry `name` of the directory `dfd` opened for reading, never through a symlink (OSError ELOOP) and
+    never waiting for a FIFO's writer. It may still be a FIFO, a device or a directory: the caller checks
+    fstat before reading. FileNotFoundError when there is none."""
+    return os.open(name, os.O_RDONLY | _NOFOLLOW | _NONBLOCK | getattr(os, "O_CLOEXEC", 0), dir_fd=dfd)
+
+
+@contextmanager
+def replacing_at(dfd: int, name: str) -> Iterator[IO[bytes]]:
+    """Write the cache entry `name` of the directory `dfd` (from `open_directory`) whole or not at all, in binary.
+
+    Unlike atomic_open, nothing at the name is followed or kept: a temporary beside it (the same name pattern,
+    lock and stale sweep), fsync, then a rename over the name, which replaces a regular file, a symlink or a FIFO
+    itself and never opens or writes its target. Every step is relative to `dfd`, so a directory swapped for a
+    link after it was opened cannot redirect the write. For entries that are xtm's by name in a directory of
+    xtm's own (the caches); users' outputs go through atomic_open. OSError when it cannot be written (a
+    directory at the name: IsADirectoryError), the temporary removed."""
+    stem = name[:_MAX_STEM]
+    _remove_stale(dfd, stem)
+    tmp = f".{stem}{_TMP_TAG}{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, _CREATE_FLAGS, 0o666, dir_fd=dfd)  # the umask applies, as for any new file
+    try:
+        if fcntl is not None:
+            with suppress(OSError):  # "being written": the stale sweep skips it
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        with suppress(OSError):
+            os.fsync(dfd)
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(tmp, dir_fd=dfd)
+        raise
 
 
 def _alive(pid: int) -> bool:
@@ -344,7 +430,7 @@ def is_desktop_metadata(path: Path) -> bool:
     if name not in DESKTOP_METADATA_HEADERS and not appledouble:
         return False
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _NONBLOCK)
     except OSError:
         return False  # a link, unreadable, gone: not provably the desktop's
     try:

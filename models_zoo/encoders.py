@@ -15,11 +15,12 @@ package and the model are available.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
+import stat
 import sys
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,15 +29,17 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from tqdm.auto import tqdm
 
-from xtm.atomic import atomic_open
+from xtm.atomic import open_directory, open_entry, replacing_at
 from xtm.config import DEFAULT_ENCODER, DEFAULT_MAX_TOKENS
 from xtm.errors import XtmError, exception_text
+from xtm.npy_header import read_npy_header
 
 __all__ = ["DEFAULT_ENCODER", "DEFAULT_MAX_TOKENS", "USE_LANGUAGES", "EncoderName", "SentenceEncoder",
            "SentenceTransformerEncoder", "USEMultilingual", "cached_vectors", "embed_cached", "l2_normalize",
            "load_encoder", "load_sentence_transformer", "parse_encoder_name", "texts_key"]
 
 logger = logging.getLogger(__name__)
+
 
 # USE multilingual v3's training languages (Yang et al. 2019): where zero-shot topics are meaningful.
 USE_LANGUAGES = ("ar", "de", "en", "es", "fr", "it", "ja", "ko", "nl", "pl", "pt", "ru", "th", "tr", "zh")
@@ -177,25 +180,23 @@ def texts_key(encoder_name: str, texts: list[str]) -> str:
 def cached_vectors(key_name: str, texts: list[str], cache_dir: Path | None,
                    compute: Callable[[list[str]], np.ndarray]) -> np.ndarray:
     """`compute(texts)` (float32 [n, d], as every encoder gives), read from `cache_dir` when vectors under
-    the same `key_name` were computed for the same texts before (written atomically, so a cache file
-    is whole or absent). An entry that cannot be read back as such is a miss: recomputed and rewritten."""
-    path = None
-    if cache_dir is not None:
-        path = Path(cache_dir) / "embeddings" / f"{key_name.replace('/', '_').replace(':', '_')}-" \
-                                                 f"{texts_key(key_name, texts)}.npy"
-        if path.is_symlink() or (path.exists() and not path.is_file()):
-            # Not ours: a FIFO would block the read, and atomic_open writes through a link to its target.
-            logger.warning(f"embedding cache entry {path} is not a regular file: ignored, vectors recomputed "
-                           "and not cached")
-            return _checked(compute(texts), key_name, texts)
-        if path.exists():
-            emb = _read_cached(path, len(texts))
-            if emb is not None:
-                return emb
+    the same `key_name` were computed for the same texts before. A cache entry is only a copy: one that cannot
+    be read back as such is a miss, recomputed and rewritten; a cache that cannot be written is a warning.
+
+    Entries are ours by name, in xtm's own `embeddings/` directory, and never read or written through a link:
+    the directory is opened once without following one and everything is relative to it (xtm.atomic's
+    `replacing_at`). Something other than a regular file at an entry (a symlink, a FIFO) is not read, and the
+    recomputed vectors replace it itself, never its target; a directory there is left alone. The same rule as
+    the LLM answer cache."""
+    if cache_dir is None:
+        return _checked(compute(texts), key_name, texts)
+    directory = Path(cache_dir) / "embeddings"
+    name = f"{key_name.replace('/', '_').replace(':', '_')}-{texts_key(key_name, texts)}.npy"
+    emb = _read_cached(directory, name, len(texts))
+    if emb is not None:
+        return emb
     emb = _checked(compute(texts), key_name, texts)
-    if path is not None:
-        with atomic_open(path, "wb") as f:
-            np.save(f, emb, allow_pickle=False)
+    _write_cached(directory, name, emb)
     return emb
 
 
@@ -210,26 +211,82 @@ def _checked(emb: np.ndarray, key_name: str, texts: list[str]) -> np.ndarray:
     return emb
 
 
-def _read_cached(path: Path, rows: int) -> np.ndarray | None:
-    """The float32 [rows, d] array cached at `path`, or None (with a warning naming the file) when it is
-    anything else. A cache entry is only a copy: a file cut short by a full disk or a crash of an older
-    xtm, damaged on disk, or written by something else must cost its recomputation, never the run
-    (a truncated one was a ValueError traceback on every rerun of xtm-train and xtm-contextual)."""
+def _read_cached(directory: Path, name: str, rows: int) -> np.ndarray | None:
+    """The float32 [rows, d] array cached as `directory/name`, or None: nothing there, or (with a warning naming
+    the file) anything else. A file cut short by a full disk or a crash of an older xtm, damaged on disk, or
+    written by something else costs its recomputation, never the run (a truncated one was a ValueError
+    traceback on every rerun of xtm-train and xtm-contextual)."""
+    path = directory / name
     try:
-        # Memory-mapped: a header claiming more than the file holds, or another shape, is refused unread.
-        emb = np.load(path, mmap_mode="r", allow_pickle=False)
-        if not isinstance(emb, np.ndarray):  # an .npz archive
-            emb.close()
-            raise ValueError("not a .npy array")
-        if emb.ndim != 2 or emb.shape[0] != rows or emb.dtype != np.float32:
-            raise ValueError(f"{emb.dtype} {list(emb.shape)}, expected float32 [{rows}, d]")
-        emb = np.array(emb)
-        if not np.isfinite(emb).all():  # what cached_vectors writes never holds one: damaged, or not ours
-            raise ValueError("holds NaN or infinite values")
-        return emb
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile) as e:
-        logger.warning(f"embedding cache entry {path} is unreadable ({exception_text(e, 200)}): recomputing it")
+        dfd = open_directory(directory)
+    except FileNotFoundError:
         return None
+    except OSError as e:
+        logger.warning(f"embedding cache directory {directory} cannot be used ({_os_reason(e)}): vectors recomputed")
+        return None
+    try:
+        fd = open_entry(dfd, name)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        _not_read(path, "is a symlink" if e.errno == errno.ELOOP else f"cannot be read ({_os_reason(e)})")
+        return None
+    finally:
+        os.close(dfd)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):  # a FIFO, a device (opened without waiting), a directory: never read
+        os.close(fd)
+        _not_read(path, "is not a regular file")
+        return None
+    size = st.st_size
+    with os.fdopen(fd, "rb") as f:
+        try:
+            # The header first: shape and type are checked before anything is allocated (a header may claim
+            # terabytes); then exactly that many values, or the file is short.
+            shape, fortran, dtype = read_npy_header(f)
+            if len(shape) != 2 or shape[0] != rows or dtype != np.float32:
+                raise ValueError(f"{dtype} {list(shape)}, expected float32 [{rows}, d]")
+            nbytes = shape[0] * shape[1] * dtype.itemsize
+            if size - f.tell() != nbytes:
+                raise ValueError(f"holds {size - f.tell()} bytes of values, its header says {nbytes}")
+            raw = bytearray(nbytes)  # writable: the array below is the caller's own, not a read-only view
+            if f.readinto(raw) != nbytes:
+                raise ValueError("changed while it was read")
+            emb = np.frombuffer(raw, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+            emb = np.ascontiguousarray(emb, dtype=np.float32)
+            if not np.isfinite(emb).all():  # what cached_vectors writes never holds one: damaged, or not ours
+                raise ValueError("holds NaN or infinite values")
+            return emb
+        except (OSError, ValueError, EOFError) as e:
+            logger.warning(f"embedding cache entry {path} is unreadable ({exception_text(e, 200)}): recomputing it")
+            return None
+
+
+def _write_cached(directory: Path, name: str, emb: np.ndarray) -> None:
+    """`emb` as `directory/name`, replacing whatever non-directory is there (never through a link); a cache that
+    cannot be written is a warning, the vectors are used."""
+    path = directory / name
+    try:
+        dfd = open_directory(directory, create=True)
+    except OSError as e:
+        reason = "is a symlink" if e.errno == errno.ELOOP else f"cannot be written ({_os_reason(e)})"
+        logger.warning(f"embedding cache directory {directory} {reason}: vectors not cached")
+        return
+    try:
+        with replacing_at(dfd, name) as f:
+            np.save(f, emb, allow_pickle=False)
+    except OSError as e:  # a directory at the entry, a read-only or full disk
+        logger.warning(f"embedding cache entry {path} cannot be written ({_os_reason(e)}): vectors not cached")
+    finally:
+        os.close(dfd)
+
+
+def _not_read(path: Path, what: str) -> None:
+    logger.warning(f"embedding cache entry {path} {what}: not read, the vectors are recomputed")
+
+
+def _os_reason(e: OSError) -> str:
+    return e.strerror or type(e).__name__
 
 
 def embed_cached(encoder_name: str, texts: list[str], cache_dir: Path | None, progress: bool = True,

@@ -25,7 +25,7 @@ recorded tokenizer, for models trained with it.
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import hashlib
 import io
 import logging
@@ -33,7 +33,6 @@ import marshal
 import os
 import re
 import stat
-import tempfile
 import threading
 import unicodedata
 import warnings
@@ -41,6 +40,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from xtm.atomic import open_directory, open_entry, replacing_at
 from xtm.corpus import TokenizerSpec
 from xtm.errors import XtmError
 from xtm.languages import normalize_lang
@@ -205,7 +205,9 @@ def _initialize_jieba(jieba: Any) -> None:
     with dt.get_dict_file() as f:
         dictionary = f.read()
     key = hashlib.sha256(dictionary).hexdigest()[:16]
-    path = cache_dir() / f"jieba-{jieba.__version__}-m{marshal.version}-{key}.cache"
+    # In a directory of our own inside the cache: that one is never taken through a link (the cache directory
+    # itself may be a link the user made).
+    path = cache_dir() / "jieba" / f"jieba-{jieba.__version__}-m{marshal.version}-{key}.cache"
     loaded = _read_jieba_cache(path)
     if loaded is None:
         loaded = dt.gen_pfdict(io.BytesIO(dictionary))
@@ -216,66 +218,84 @@ def _initialize_jieba(jieba: Any) -> None:
 
 
 def _read_jieba_cache(path: Path) -> tuple[dict[str, int], int] | None:
-    """The cached (prefix dict, total), or None when absent or not to be trusted (then a warning)."""
+    """The cached (prefix dict, total), or None when absent or not to be trusted (then a warning). Opened
+    relative to the cache directory without following a link (xtm.atomic.open_directory) and checked on the
+    descriptor read, so nothing swapped in after a check is read."""
     try:
-        st = os.lstat(path)
+        dfd = open_directory(path.parent)
     except OSError:
-        return None  # absent (or unreadable directory): build it
-    problem = None
-    if not stat.S_ISREG(st.st_mode):
-        problem = "is not a regular file"
-    elif hasattr(os, "geteuid") and st.st_uid != os.geteuid():
-        problem = "belongs to another user"
-    elif st.st_mode & stat.S_IWOTH:
-        problem = "is writable by other users"
-    else:
-        try:
-            data = path.read_bytes()
-        except OSError as e:
-            problem = f"cannot be read ({e.strerror})"
-        else:
-            head, _, payload = data.partition(b"\n")
-            digest = hashlib.sha256(payload).hexdigest().encode()
-            if not head.startswith(_JIEBA_CACHE_MAGIC) or head[len(_JIEBA_CACHE_MAGIC):] != digest:
-                problem = "failed its checksum"
-            else:
+        return None  # absent, a link where our directory should be, unreadable: build it (and not cache it)
+    try:
+        fd = open_entry(dfd, path.name)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        fd, problem = None, "is not a regular file" if e.errno == errno.ELOOP else f"cannot be read ({e.strerror})"
+    finally:
+        os.close(dfd)
+    if fd is not None:
+        with os.fdopen(fd, "rb") as f:
+            problem = _jieba_cache_problem(os.fstat(fd))
+            if problem is None:
                 try:
-                    freq, total = marshal.loads(payload)
-                    if isinstance(freq, dict) and isinstance(total, int):
-                        return freq, total
-                except (ValueError, EOFError, TypeError):
-                    pass
-                problem = "does not hold a prefix dictionary"
+                    data = f.read()
+                except OSError as e:
+                    problem = f"cannot be read ({e.strerror})"
+                else:
+                    loaded = _jieba_cache_payload(data)
+                    if isinstance(loaded, tuple):
+                        return loaded
+                    problem = loaded
     warnings.warn(f"xtm: jieba's dictionary cache {path} {problem}; not used, rebuilding it", RuntimeWarning,
                   stacklevel=4)
     return None
 
 
+def _jieba_cache_problem(st: os.stat_result) -> str | None:
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file"
+    if hasattr(os, "geteuid") and st.st_uid != os.geteuid():
+        return "belongs to another user"
+    if st.st_mode & stat.S_IWOTH:
+        return "is writable by other users"
+    return None
+
+
+def _jieba_cache_payload(data: bytes) -> tuple[dict[str, int], int] | str:
+    """(prefix dict, total) from a cache file's bytes, or what is wrong with them. The checksum is checked
+    before marshal sees a byte."""
+    head, _, payload = data.partition(b"\n")
+    digest = hashlib.sha256(payload).hexdigest().encode()
+    if not head.startswith(_JIEBA_CACHE_MAGIC) or head[len(_JIEBA_CACHE_MAGIC):] != digest:
+        return "failed its checksum"
+    try:
+        freq, total = marshal.loads(payload)
+        if isinstance(freq, dict) and isinstance(total, int):
+            return freq, total
+    except (ValueError, EOFError, TypeError):
+        pass
+    return "does not hold a prefix dictionary"
+
+
 def _write_jieba_cache(path: Path, loaded: tuple[dict[str, int], int]) -> None:
     """Best effort: a cache that cannot be written costs the next cold start 2-3 s, nothing else.
 
-    Not xtm.atomic.atomic_open: that follows a symlink at the path and writes its target, and a
-    symlink where our cache belongs is exactly what must be replaced, never written through.
-    """
+    xtm.atomic.replacing_at, as every cache: a symlink where our cache belongs is replaced, never written
+    through (atomic_open, for users' outputs, would follow it)."""
     payload = marshal.dumps(loaded)
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
+        dfd = open_directory(path.parent, create=True)
+    except OSError:
+        return
+    try:
+        with replacing_at(dfd, path.name) as f:
+            os.fchmod(f.fileno(), 0o644)  # never writable by others, whatever the umask: the reader refuses that
             f.write(_JIEBA_CACHE_MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n")
             f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)  # replaces a file or a link in place, atomically
-        tmp = None
     except OSError:
         pass
     finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+        os.close(dfd)
 
 
 def _get_janome() -> Any:

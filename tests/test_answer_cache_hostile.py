@@ -181,19 +181,18 @@ def test_an_entry_behind_a_symlinked_shard_is_not_served(tmp_path) -> None:
 
 
 def test_temporaries_left_by_a_killed_writer_are_removed_and_nothing_else(tmp_path) -> None:
+    """xtm.atomic's rule, for any entry's temporary (an entry is written once: its own rewrite never comes)."""
     cache = AnswerCache(tmp_path)
-    k = key(1)
+    k, other_key = key(1), key(2)
     shard = planted(cache, k).parent
-    old = shard / f".{k}.json.xtm-999999-0123abcd.tmp"
-    fresh = shard / f".{k}.json.xtm-999999-89abcdef.tmp"
+    dead = shard / f".{other_key}.json.xtm-4194303-0123abcd.tmp"  # pid_max: no such process
+    live = shard / f".{other_key}.json.xtm-{os.getppid()}-89abcdef.tmp"  # a writer that is still running
     other = shard / "notes.tmp"
-    for f in (old, fresh, other):
+    for f in (dead, live, other):
         f.write_text("partial")
-    two_hours_ago = time.time() - 7200
-    os.utime(old, (two_hours_ago, two_hours_ago))
-    os.utime(other, (two_hours_ago, two_hours_ago))
+        os.utime(f, (time.time() - 60, time.time() - 60))
     cache.put(k, "EN: team")                     # the first write scans the cache
-    assert not old.exists() and fresh.exists() and other.exists()
+    assert not dead.exists() and live.exists() and other.exists()
     assert cache.get(k) == "EN: team"
     assert not [q for q in shard.iterdir() if q.name.startswith(f".{k}.json.xtm-{os.getpid()}-")]
 

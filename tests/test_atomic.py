@@ -355,3 +355,115 @@ def test_a_signal_whose_exception_a_finalizer_swallowed_is_raised_again_before_t
     # SystemExit(143); an uncaught KeyboardInterrupt ends Python by SIGINT itself (-2); the CLIs make it 130
     assert p.returncode == (code if sig == signal.SIGTERM else -signal.SIGINT), p.stderr
     assert sig != signal.SIGINT or p.stderr.rstrip().endswith("KeyboardInterrupt")
+
+
+# -- cache entries: replaced, never followed (replacing_at) ----------------------------------------------
+
+
+def _write_entry(directory: Path, name: str, data: bytes) -> None:
+    from xtm.atomic import open_directory, replacing_at
+
+    dfd = open_directory(directory, create=True)
+    try:
+        with replacing_at(dfd, name) as f:
+            f.write(data)
+    finally:
+        os.close(dfd)
+
+
+@pytest.mark.parametrize("planted", ["symlink to a user's file", "dangling symlink", "FIFO", "regular file"])
+def test_a_cache_entry_replaces_what_is_at_its_name_and_never_writes_through_it(planted: str, tmp_path: Path) -> None:
+    cache, mine = tmp_path / "cache", tmp_path / "thesis.txt"
+    cache.mkdir()
+    mine.write_text("my thesis")
+    entry = cache / "e.json"
+    if planted == "symlink to a user's file":
+        entry.symlink_to(mine)
+    elif planted == "dangling symlink":
+        entry.symlink_to(tmp_path / "created-by-xtm.txt")
+    elif planted == "FIFO":
+        os.mkfifo(entry)  # a write through it would block until a reader came
+    else:
+        entry.write_text("old")
+    _write_entry(cache, "e.json", b"new")
+    assert stat.S_ISREG(os.lstat(entry).st_mode) and entry.read_bytes() == b"new"
+    assert mine.read_text() == "my thesis" and not (tmp_path / "created-by-xtm.txt").exists()
+    assert litter(cache) == []
+
+
+def test_a_cache_entry_is_written_into_the_directory_opened_even_if_its_path_is_swapped_for_a_link(
+        tmp_path: Path) -> None:
+    """The race a path-based write has: the directory checked, then replaced by a link to a user's folder."""
+    from xtm.atomic import open_directory, replacing_at
+
+    cache, moved, users = tmp_path / "cache", tmp_path / "moved", tmp_path / "users"
+    cache.mkdir()
+    users.mkdir()
+    dfd = open_directory(cache)
+    try:
+        cache.rename(moved)
+        cache.symlink_to(users)  # the path now leads somewhere else
+        with replacing_at(dfd, "e.json") as f:
+            f.write(b"entry")
+    finally:
+        os.close(dfd)
+    assert (moved / "e.json").read_bytes() == b"entry" and list(users.iterdir()) == []
+
+
+def test_a_cache_directory_that_is_a_symlink_is_not_opened(tmp_path: Path) -> None:
+    import errno
+
+    from xtm.atomic import open_directory
+
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    with pytest.raises(OSError) as e:
+        open_directory(tmp_path / "link", create=True)
+    assert e.value.errno == errno.ELOOP
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError):
+        open_directory(tmp_path / "file", create=True)
+
+
+def test_a_directory_at_a_cache_entry_is_left_alone_and_no_temporary_stays(tmp_path: Path) -> None:
+    (tmp_path / "e.json" / "inside").mkdir(parents=True)
+    with pytest.raises(IsADirectoryError):
+        _write_entry(tmp_path, "e.json", b"x")
+    assert (tmp_path / "e.json" / "inside").is_dir() and litter(tmp_path) == []
+
+
+def test_a_failing_cache_writer_leaves_the_old_entry_and_no_temporary(tmp_path: Path) -> None:
+    from xtm.atomic import open_directory, replacing_at
+
+    (tmp_path / "e.json").write_bytes(b"old")
+    dfd = open_directory(tmp_path)
+    try:
+        with pytest.raises(RuntimeError), replacing_at(dfd, "e.json") as f:
+            f.write(b"half")
+            raise RuntimeError("killed mid-write")
+    finally:
+        os.close(dfd)
+    assert (tmp_path / "e.json").read_bytes() == b"old" and litter(tmp_path) == []
+
+
+def test_stale_temporaries_of_any_entry_are_swept_by_the_rule_and_nothing_else(tmp_path: Path) -> None:
+    from xtm.atomic import open_directory, remove_stale_temporaries
+
+    old = time.time() - 60
+    names = {"dead": ".a.json.xtm-4194303-0123abcd.tmp",            # pid_max: no such process
+             "live": f".b.json.xtm-{os.getppid()}-0123abcd.tmp",    # its writer still runs
+             "fresh": ".c.json.xtm-4194303-89abcdef.tmp",           # younger than the grace period
+             "stranger": ".d.json.mine.tmp"}
+    for kind, name in names.items():
+        (tmp_path / name).write_text("partial")
+        if kind != "fresh":
+            os.utime(tmp_path / name, (old, old))
+    (tmp_path / ".e.json.xtm-4194303-aaaabbbb.tmp").symlink_to(tmp_path / "target")  # not a regular file
+    dfd = open_directory(tmp_path)
+    try:
+        remove_stale_temporaries(dfd)
+    finally:
+        os.close(dfd)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert names["dead"] not in left
+    assert {names["live"], names["fresh"], names["stranger"], ".e.json.xtm-4194303-aaaabbbb.tmp"} <= set(left)

@@ -140,26 +140,31 @@ def test_an_encoder_that_gives_nan_stops_with_the_text_named_and_caches_nothing(
         cached_vectors("k", TEXTS, tmp_path, compute)
 
 
-def test_a_cache_entry_that_is_a_symlink_is_neither_read_nor_written_through(use_encoder, tmp_path: Path) -> None:
-    """atomic_open follows links: rewriting a 'bad' entry that links to a user's file would replace that file."""
+def test_a_cache_entry_that_is_a_symlink_is_not_read_and_its_target_never_written(use_encoder, tmp_path: Path,
+                                                                                  caplog) -> None:
+    """atomic_open follows links: rewriting a 'bad' entry that links to a user's file would replace that file.
+    The recomputed vectors replace the link itself (the cache is ours by name), as the LLM answer cache does."""
     from xtm.models_zoo.encoders import embed_cached
 
     cache = tmp_path / "cache"
-    embed_cached("use-multilingual", TEXTS, cache, progress=False, encoder=use_encoder)
+    first = embed_cached("use-multilingual", TEXTS, cache, progress=False, encoder=use_encoder)
     [entry] = (cache / "embeddings").iterdir()
-    mine = tmp_path / "thesis.txt"
-    mine.write_text("my thesis")
+    mine = tmp_path / "thesis.npy"
+    mine.write_bytes(_npy(np.zeros((len(TEXTS), 512), np.float32)))  # even a well-formed array is not read
+    before = mine.read_bytes()
     entry.unlink()
     entry.symlink_to(mine)
-    got = embed_cached("use-multilingual", TEXTS, cache, progress=False, encoder=use_encoder)
-    assert got.shape == (len(TEXTS), 512)
-    assert mine.read_text() == "my thesis" and entry.is_symlink()
+    with caplog.at_level(logging.WARNING, logger="xtm"):
+        got = embed_cached("use-multilingual", TEXTS, cache, progress=False, encoder=use_encoder)
+    assert np.allclose(got, first, atol=1e-6) and "is a symlink: not read" in caplog.text
+    assert mine.read_bytes() == before and not entry.is_symlink() and entry.is_file()
+    assert np.array_equal(np.load(entry, allow_pickle=False), got)
 
 
-def test_a_cache_entry_that_is_a_fifo_does_not_hang(tmp_path: Path) -> None:
+def test_a_cache_entry_that_is_a_fifo_does_not_hang_and_is_replaced(tmp_path: Path) -> None:
     """np.load on a FIFO waits for a writer for ever: an entry that is not a regular file is not read."""
     code = textwrap.dedent("""
-        import logging, os, sys
+        import logging, os, stat, sys
         from pathlib import Path
         import numpy as np
         from xtm.models_zoo.encoders import cached_vectors, texts_key
@@ -169,11 +174,52 @@ def test_a_cache_entry_that_is_a_fifo_does_not_hang(tmp_path: Path) -> None:
         entry.parent.mkdir()
         os.mkfifo(entry)
         v = cached_vectors("k", ["a"], cache, lambda t: np.ones((len(t), 3), np.float32))
-        assert v.shape == (1, 3) and not entry.is_file()
+        assert v.shape == (1, 3) and stat.S_ISREG(os.lstat(entry).st_mode)
     """)
     p = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "is not a regular file" in p.stderr
+
+
+def test_an_embeddings_directory_that_is_a_symlink_is_neither_read_nor_written(tmp_path: Path, caplog) -> None:
+    """A link where xtm's own directory should be points somewhere that is not ours: nothing is read from it or
+    written into it; the vectors are computed and used."""
+    from xtm.models_zoo.encoders import cached_vectors, texts_key
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    planted = elsewhere / f"k-{texts_key('k', TEXTS)}.npy"
+    planted.write_bytes(_npy(np.zeros((len(TEXTS), 4), np.float32)))
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "embeddings").symlink_to(elsewhere)
+    with caplog.at_level(logging.WARNING, logger="xtm"):
+        v = cached_vectors("k", TEXTS, cache, lambda t: np.ones((len(t), 4), np.float32))
+        v2 = cached_vectors("k2", TEXTS, cache, lambda t: np.ones((len(t), 4), np.float32))
+    assert (v == 1).all() and (v2 == 1).all()  # the planted zeros were not served
+    assert sorted(p.name for p in elsewhere.iterdir()) == [planted.name]  # and nothing written there
+    assert "is a symlink" in caplog.text
+
+
+@pytest.mark.parametrize("obstacle", ["a directory at the entry", "a file where the directory should be"])
+def test_a_cache_that_cannot_be_written_is_a_warning_and_the_vectors_are_used(obstacle: str, tmp_path: Path,
+                                                                            caplog) -> None:
+    """Before: atomic_open's XtmError stopped xtm-train's phase 2 or xtm-contextual over a cache."""
+    from xtm.models_zoo.encoders import cached_vectors, texts_key
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    if obstacle == "a directory at the entry":
+        (cache / "embeddings" / f"k-{texts_key('k', TEXTS)}.npy" / "inside").mkdir(parents=True)
+    else:
+        (cache / "embeddings").write_text("my notes")
+    with caplog.at_level(logging.WARNING, logger="xtm"):
+        v = cached_vectors("k", TEXTS, cache, lambda t: np.ones((len(t), 4), np.float32))
+    assert v.shape == (len(TEXTS), 4) and "not cached" in caplog.text
+    if obstacle != "a directory at the entry":
+        assert (cache / "embeddings").read_text() == "my notes"
+    else:
+        assert [p.name for p in (cache / "embeddings").iterdir()] == [f"k-{texts_key('k', TEXTS)}.npy"]
 
 
 # -- sentence-transformers models that cannot be loaded ---------------------------------------------

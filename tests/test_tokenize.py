@@ -249,6 +249,29 @@ def test_a_symlink_in_place_of_the_cache_is_replaced_not_written_through(jieba_d
     assert not f.is_symlink() and f.is_file()
 
 
+def test_a_cache_directory_the_user_linked_elsewhere_still_caches(jieba_dirs, tmp_path) -> None:
+    """The cache directory itself may be a link the user made (a bigger disk): followed. The cache's own
+    subdirectory inside it is xtm's, never taken through a link."""
+    cache, tmp = jieba_dirs
+    real = tmp_path / "bigger-disk"
+    real.mkdir()
+    cache.symlink_to(real)
+    want, _ = _tokens_in_fresh_process(cache, tmp)
+    assert "北京" in want and len(_cache_files(real)) == 1
+    again, err = _tokens_in_fresh_process(cache, tmp)  # read back: no warning
+    assert again == want and "cache" not in err
+
+
+def test_a_link_where_the_jieba_cache_directory_belongs_is_not_written_into(jieba_dirs, tmp_path) -> None:
+    cache, tmp = jieba_dirs
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    cache.mkdir()
+    (cache / "jieba").symlink_to(elsewhere)
+    want, _ = _tokens_in_fresh_process(cache, tmp)
+    assert "北京" in want and list(elsewhere.iterdir()) == []
+
+
 # -- segmenter implementations (issue 16: throughput on raw text) -----------------------------------
 #
 # A bundle records its tokenizer kind; the process picks what serves it (XTM_SEGMENTERS). "auto" runs

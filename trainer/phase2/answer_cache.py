@@ -10,14 +10,13 @@ import json
 import logging
 import os
 import re
-import secrets
 import stat
 import threading
-import time
 from contextlib import suppress
 from dataclasses import asdict
 from pathlib import Path
 
+from xtm.atomic import open_directory, open_entry, remove_stale_temporaries, replacing_at
 from xtm.config import Sampling
 
 logger = logging.getLogger(__name__)
@@ -25,14 +24,6 @@ logger = logging.getLogger(__name__)
 
 _ENTRY_NAME = re.compile(r"^[0-9a-f]{64}\.json$")
 _SHARD_NAME = re.compile(r"^[0-9a-f]{2}$")
-# The temporary an entry is written to before it is renamed over the entry: `.<entry>.xtm-<pid>-<8 hex>.tmp`.
-_TMP_NAME = re.compile(r"^\.[0-9a-f]{64}\.json\.xtm-\d+-[0-9a-f]{8}\.tmp$")
-_STALE_TMP_S = 3600.0  # a write takes milliseconds: a temporary this old was left by a killed writer
-# Opening an entry never follows a symlink (ELOOP instead) and never waits for a FIFO's writer.
-_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
-_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-_CREATE_FLAGS = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-                 | getattr(os, "O_BINARY", 0))
 
 
 class AnswerCache:
@@ -96,7 +87,7 @@ class AnswerCache:
             return None
         p = self._path(key)
         try:
-            shard = _open_shard(p.parent)        # the shard itself never through a link
+            shard = open_directory(p.parent)     # the shard itself never through a link
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as e:
@@ -122,7 +113,7 @@ class AnswerCache:
         if st.st_size > self.max_entry_bytes:
             return ""
         try:
-            fd = os.open(p.name, _READ_FLAGS, dir_fd=shard)
+            fd = open_entry(shard, p.name)
         except FileNotFoundError:
             return None
         except OSError as e:
@@ -166,7 +157,7 @@ class AnswerCache:
         with self._lock:
             try:
                 if self._size is None:
-                    self._size = sum(size for _, size, _ in self._entries())
+                    self._size = sum(e[1] for e in self._entries())
                 if self._size + len(data) > self.max_bytes:
                     self._evict(int(self.max_bytes * self.LOW_WATER) - len(data))
                 old = self._write(path, data)
@@ -178,17 +169,13 @@ class AnswerCache:
                                "answers are used but not cached")
 
     def _write(self, path: Path, data: bytes) -> int | None:
-        """Write one entry: a temporary beside it, fsync, rename over the path, all relative to the shard
-        directory opened once without following a link (a link swapped in after a check cannot redirect the
-        write). The rename replaces whatever non-directory is at the path (a planted symlink or FIFO: the link
-        itself, never its target). The size of the regular file replaced (0 when there was none), or None when
-        nothing was written (a directory at the path, a symlink where the shard directory should be). OSError
-        for a cache that cannot be written."""
+        """Write one entry with `replacing_at`, relative to the shard directory opened once without following a
+        link (a link swapped in after a check cannot redirect the write): whatever non-directory is at the path
+        (a planted symlink or FIFO) is itself replaced, never its target. The size of the regular file replaced
+        (0 when there was none), or None when nothing was written (a directory at the path, a symlink where the
+        shard directory should be). OSError for a cache that cannot be written."""
         try:
-            shard = _open_shard(path.parent)
-        except FileNotFoundError:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            shard = _open_shard(path.parent)
+            shard = open_directory(path.parent, create=True)
         except OSError as e:
             if e.errno == errno.ELOOP:           # a link to somewhere else: never written into
                 self._not_ours(path.parent, "a symlink")
@@ -204,77 +191,66 @@ class AnswerCache:
                 return None
             if est is not None and not stat.S_ISREG(est.st_mode):
                 self._not_ours(path, _kind(est.st_mode))  # replaced below, its target untouched
-            old = est.st_size if est is not None and stat.S_ISREG(est.st_mode) else 0
-            tmp = f".{path.name}.xtm-{os.getpid()}-{secrets.token_hex(4)}.tmp"
-            fd = os.open(tmp, _CREATE_FLAGS, 0o666, dir_fd=shard)  # the umask applies, as for any new file
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path.name, src_dir_fd=shard, dst_dir_fd=shard)
-            except BaseException:
-                with suppress(OSError):
-                    os.unlink(tmp, dir_fd=shard)
-                raise
-            return old
+            with replacing_at(shard, path.name) as f:
+                f.write(data)
+            return est.st_size if est is not None and stat.S_ISREG(est.st_mode) else 0
         finally:
             os.close(shard)
 
-    def _entries(self) -> list[tuple[int, int, Path]]:
-        """(mtime_ns, size, path) of every regular file that is one of our entries (symlinks are not
-        followed, into a shard or out of one). Temporaries left by a killed writer are removed here."""
+    def _entries(self) -> list[tuple[int, int, str, str]]:
+        """(mtime_ns, size, shard, name) of every regular file that is one of our entries, listed relative to each
+        shard directory opened without following a link (symlinks are not followed, into a shard or out of one).
+        Temporaries left by killed writers are removed here."""
         assert self.dir is not None
         out = []
         try:
-            shards = [s for s in os.scandir(self.dir) if _SHARD_NAME.match(s.name) and s.is_dir(follow_symlinks=False)]
+            shards = [s.name for s in os.scandir(self.dir)
+                      if _SHARD_NAME.match(s.name) and s.is_dir(follow_symlinks=False)]
         except OSError:
             return out
-        now = time.time()
         for shard in shards:
             try:
-                files = list(os.scandir(shard.path))
+                fd = open_directory(self.dir / shard)
             except OSError:
                 continue
-            for e in files:
-                try:
-                    st = e.stat(follow_symlinks=False)
-                except OSError:
-                    continue
-                if not stat.S_ISREG(st.st_mode):
-                    continue
-                if _ENTRY_NAME.match(e.name) and e.name[:2] == shard.name:
-                    out.append((st.st_mtime_ns, st.st_size, Path(e.path)))
-                elif _TMP_NAME.match(e.name) and st.st_mtime < now - _STALE_TMP_S:
+            try:
+                remove_stale_temporaries(fd)     # left by killed writers (xtm.atomic's rule: dead and unlocked)
+                for e in os.scandir(fd):
+                    if not (_ENTRY_NAME.match(e.name) and e.name[:2] == shard):
+                        continue
                     with suppress(OSError):
-                        os.unlink(e.path)
+                        st = e.stat(follow_symlinks=False)
+                        if stat.S_ISREG(st.st_mode):
+                            out.append((st.st_mtime_ns, st.st_size, shard, e.name))
+            except OSError:
+                continue
+            finally:
+                os.close(fd)
         return out
 
     def _evict(self, target: int) -> None:
-        """Delete least recently used entries until ours total at most `target` bytes."""
-        entries = sorted(self._entries(), key=lambda e: (e[0], e[2].name))
-        total = sum(size for _, size, _ in entries)
-        for _, size, p in entries:
+        """Delete least recently used entries until ours total at most `target` bytes (each relative to its shard
+        directory opened without following a link, as listed)."""
+        assert self.dir is not None
+        entries = sorted(self._entries(), key=lambda e: (e[0], e[3]))
+        total = sum(e[1] for e in entries)
+        for _, size, shard, name in entries:
             if total <= max(target, 0):
                 break
             try:
-                p.unlink()
-                total -= size
+                fd = open_directory(self.dir / shard)
+            except OSError:
+                continue                          # not removed: still counted
+            try:
+                os.unlink(name, dir_fd=fd)
             except FileNotFoundError:
-                total -= size
+                pass                              # gone already (another process evicting)
+            except OSError:
+                continue
+            finally:
+                os.close(fd)
+            total -= size
         self._size = total
-
-
-def _open_shard(path: Path) -> int:
-    """A shard directory opened for *at() calls; OSError ELOOP when it is a symlink, NotADirectoryError when it
-    is not a directory."""
-    try:
-        return os.open(path, _DIR_FLAGS)
-    except OSError as e:
-        # Linux answers O_NOFOLLOW | O_DIRECTORY on a symlink with ENOTDIR, not ELOOP: tell the two apart.
-        if e.errno in (errno.ENOTDIR, errno.ELOOP) and os.path.islink(path):
-            raise OSError(errno.ELOOP, "a symlink", str(path)) from None
-        raise
 
 
 def _read_at_most(fd: int, limit: int) -> bytes:
