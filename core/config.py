@@ -325,8 +325,10 @@ def check_llm_url(url: str | None, api_key_env: str) -> None:
     recorded where keys must never be (config.json, every checkpoint, metrics.json, the report); the
     key belongs in $api_key_env, sent as the Authorization header. Other query parameters (Azure's
     api-version=...) are kept. Never echoes the URL's query."""
-    if not url:
+    if url is None or url == "":
         return
+    if not isinstance(url, str):  # a hand-edited config.json or checkpoint: one message, not a traceback
+        raise XtmError(f"--llm-url must be a URL (text), not {type(url).__name__}")
     try:
         parts = urlsplit(url)
         credentials = parts.username is not None or parts.password is not None
@@ -468,20 +470,28 @@ class Phase2Config:
         if isinstance(refiner, dict) and "exclusive" not in refiner:
             d = {**d, "refiner": {**refiner, "exclusive": False}}  # written before exclusive sets: shared ones
         refiner = d.get("refiner")
-        if isinstance(refiner, dict) and isinstance(refiner.get("llm_url"), str):
-            try:  # recorded before credentials were refused: a serving setting a resume replaces anyway
-                check_llm_url(refiner["llm_url"], "OPENAI_API_KEY")
-            except XtmError:
-                d = {**d, "refiner": {**refiner, "llm_url": None}}
-        refiner = d.get("refiner")
-        if isinstance(refiner, dict) and "api_key_env" in refiner:
-            try:  # recorded before a key pasted as the name was refused: a serving setting, replaced on resume
-                check_api_key_env(refiner["api_key_env"])
-            except XtmError:
-                d = {**d, "refiner": {**refiner, "api_key_env": default_of(RefinerConfig, "api_key_env")}}
+        if isinstance(refiner, dict):
+            # Serving settings recorded before xtm refused them (a credential in the URL, a key pasted as the
+            # variable's name): a resume replaces them anyway, so such a run still loads, without the value.
+            refiner = _without_refused(refiner, "llm_url", None, lambda v: check_llm_url(v, "OPENAI_API_KEY"))
+            refiner = _without_refused(refiner, "api_key_env", default_of(RefinerConfig, "api_key_env"),
+                                       check_api_key_env)
+            d = {**d, "refiner": refiner}
         if "refined_support" not in d:
             d = {**d, "refined_support": False}  # written before the widened MMD source: top-N only
         return from_dict(cls, d)
+
+
+def _without_refused(refiner: dict[str, Any], key: str, replacement: Any, check: Callable[[Any], None]
+                     ) -> dict[str, Any]:
+    """`refiner` with its recorded `key` replaced by `replacement` where `check` (XtmError) now refuses it."""
+    if key not in refiner:
+        return refiner
+    try:
+        check(refiner[key])
+    except XtmError:
+        return {**refiner, key: replacement}
+    return refiner
 
 
 # --------------------------------------------------------------------------- topic labels

@@ -176,6 +176,10 @@ def test_a_checkpoint_that_recorded_a_credential_url_still_resumes_with_a_clean_
     saved["refiner"]["llm_url"] = "https://gw.example/v1?api_key=SECRET-1"
     assert Phase2Config.from_dict(saved).refiner.llm_url is None
     assert phase2_differences(saved, now) == []
+    saved["refiner"]["llm_url"] = 5  # a hand-edited checkpoint: was an AttributeError traceback from urllib
+    assert Phase2Config.from_dict(saved).refiner.llm_url is None
+    with pytest.raises(XtmError, match="--llm-url must be a URL"):
+        RefinerConfig(backend="openai", llm_url=5, llm_model="m")  # type: ignore[arg-type]
 
 
 def test_a_query_string_that_is_no_credential_reaches_the_server_after_the_path(servers, tmp_path) -> None:
