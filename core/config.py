@@ -35,8 +35,9 @@ from xtm.labels import MAX_LABEL_CHARS
 
 __all__ = ["CONTEXTUAL_AUTO_ROUTES", "CONTEXTUAL_OBJECTIVES", "DEFAULT_ENCODER", "DEFAULT_MAX_TOKENS", "MODEL_NAMES",
            "PREPROCESSING", "REFINER_NAMES", "Cli", "ContextualConfig", "DataConfig", "LabelConfig", "Phase2Config",
-           "Preprocessing", "RefinerConfig", "RunConfig", "Sampling", "TrainConfig", "cli_spec", "default_of",
-           "flat_settings", "from_dict", "help_of", "option_text", "parse_csv", "parse_key_values", "setting"]
+           "Preprocessing", "RefinerConfig", "RunConfig", "Sampling", "TrainConfig", "cli_spec", "cli_value",
+           "default_of", "flat_settings", "from_dict", "help_of", "option_text", "parse_csv", "parse_key_values",
+           "setting"]
 
 # The multilingual sentence encoder used unless a run names another (offline, no download), and the
 # tokens the contextual route reads per document. xtm.models_zoo.encoders takes both from here.
@@ -189,7 +190,17 @@ def option_text(cli: Cli | None, name: str, value: Any) -> str:
         return flag if value == cli.switch else f"drop {flag}"
     if value is None:
         return f"drop {flag}"
-    return f"{flag} {value}"  # str(), not a format: "--lambda-mmd 12345.678" must come back exactly
+    return f"{flag} {cli_value(value)}"
+
+
+def cli_value(value: Any) -> str:
+    """A value as a command line takes it back exactly: a whole number without ".0" (an int option refuses
+    "2.0"), any other float by repr (`:g` gave --seed 2.02401e+07 and a rounded --lr), the rest by str()."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, int) or value.is_integer() and abs(value) < 2**53:
+        return str(int(value))
+    return repr(float(value))
 
 
 def from_dict(cls: type[C], d: dict[str, Any]) -> C:

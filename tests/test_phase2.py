@@ -206,7 +206,7 @@ def test_resume_inside_phase2_refuses_other_phase2_settings_by_flag_and_allows_i
                                        r"\(drop --mmd-top-only\)"):
         resume(refined_support=False)
     with pytest.raises(XtmError, match=r"lambda_mmd 20000.0 -> 12345.678, doc_tau 0.2 -> 0.1\): resume with the "
-                                       r"checkpoint's \(--lambda-mmd 20000.0, --doc-tau 0.2\)"):
+                                       r"checkpoint's \(--lambda-mmd 20000, --doc-tau 0.2\)"):
         resume(lambda_mmd=12345.678, doc_tau=0.1)
     with pytest.raises(XtmError, match=r"refiner.sampling.seed 0 -> 5\): resume with the checkpoint's \(--seed 0\)"):
         resume(refiner=RefinerConfig(sampling=Sampling(seed=5)))  # xtm-train fills it from --seed

@@ -33,7 +33,7 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
-from xtm.config import LR_STEP_EPOCHS_DEFAULT, LR_STEP_GAMMA, TrainConfig, lr_step_epochs
+from xtm.config import LR_STEP_EPOCHS_DEFAULT, LR_STEP_GAMMA, TrainConfig, cli_value, lr_step_epochs
 from xtm.corpus import Corpus
 from xtm.cpu import threads_beside_others
 from xtm.errors import XtmError
@@ -98,12 +98,6 @@ def seed_everything(seed: int) -> np.random.Generator:
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
     return np.random.default_rng(seed)
-
-
-def _cli_number(value: float) -> str:
-    """A number as a command line takes it back exactly (`:g` gave --seed 2.02401e+07 and a rounded --lr)."""
-    return str(int(value)) if isinstance(value, int) or float(value).is_integer() and abs(value) < 2**53 \
-        else repr(float(value))
 
 
 def links_digest(corpus: Corpus) -> str:
@@ -453,8 +447,8 @@ class _Training:
         for key, flag in (("lr", "--lr"), ("seed", "--seed")):
             old, new = saved.get(key), getattr(self.cfg, key)
             if isinstance(old, (int, float)) and not isinstance(old, bool) and float(old) != float(new):
-                raise XtmError(f"--resume: the checkpoint was trained with {flag} {_cli_number(old)}, this run asks "
-                               f"for {_cli_number(new)}: resume with {flag} {_cli_number(old)}"
+                raise XtmError(f"--resume: the checkpoint was trained with {flag} {cli_value(old)}, this run asks "
+                               f"for {cli_value(new)}: resume with {flag} {cli_value(old)}"
                                f"{self._recipe_hint(saved)} (a checkpoint continues at its own {key}; start a new "
                                "run in another --out to change it)", path=ckpt.path)
 
@@ -476,9 +470,9 @@ class _Training:
         if float(saved) != float(self.cfg.topic_lr_scale):
             train_config = ckpt.state.get("train_config")
             hint = self._recipe_hint(train_config) if isinstance(train_config, dict) else ""
-            raise XtmError(f"--resume: the checkpoint was trained with --topic-lr-scale {_cli_number(saved)}, this "
-                           f"run asks for {_cli_number(self.cfg.topic_lr_scale)}: resume with --topic-lr-scale "
-                           f"{_cli_number(saved)}{hint}", path=ckpt.path)
+            raise XtmError(f"--resume: the checkpoint was trained with --topic-lr-scale {cli_value(saved)}, this "
+                           f"run asks for {cli_value(self.cfg.topic_lr_scale)}: resume with --topic-lr-scale "
+                           f"{cli_value(saved)}{hint}", path=ckpt.path)
 
     def _check_schedules(self, ckpt: Checkpoint) -> None:
         """A checkpoint continues on the curves it was trained on: refuse another --lr-schedule, and another
