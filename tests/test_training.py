@@ -523,7 +523,8 @@ def test_a_trained_run_checks_its_encoders_for_near_collapse(example_corpus, exa
         model = train(example_corpus, config(model="infoctm", epochs=1), tmp_path / "default").model
     assert near_collapsed_languages(model.encoders, model.langs) == {}
     assert not [r for r in caplog.records if "posterior collapse" in r.getMessage()]
-    # The trainer asks about the trained, recalibrated model once, at the end of a finished run.
+    # The trainer asks about the trained, recalibrated model at the end of a run, and at its periodic checkpoints
+    # (recalibrated too) until one shows it: hours before the end of a long run, once.
     seen = []
 
     def one_collapsed(encoders, langs):
@@ -531,10 +532,12 @@ def test_a_trained_run_checks_its_encoders_for_near_collapse(example_corpus, exa
         return {langs[0]: (1e-7, 1e-5)}
 
     monkeypatch.setattr(model_passes, "near_collapsed_languages", one_collapsed)
+    caplog.clear()
     with caplog.at_level(logging.WARNING, logger="xtm"):
-        train(example_corpus, config(model="infoctm", epochs=2), tmp_path / "run")
-    assert len(seen) == 1
-    assert len([r for r in caplog.records if "posterior collapse" in r.getMessage()]) == 1
+        train(example_corpus, config(model="infoctm", epochs=3, checkpoint_every=1), tmp_path / "run")
+    warned = [r.getMessage() for r in caplog.records if "posterior collapse" in r.getMessage()]
+    assert len(seen) == 2  # epoch 1's checkpoint warned; epoch 2's did not ask again; the end did
+    assert len(warned) == 2 and "is, at epoch 1, near posterior collapse" in warned[0] and "ended" in warned[1]
 
     # With --eval-every, the first evaluation point that shows it warns (hours before the end of a long run), once.
     from xtm.config import DataConfig
@@ -546,6 +549,7 @@ def test_a_trained_run_checks_its_encoders_for_near_collapse(example_corpus, exa
         run_training(DataConfig(path=str(example_dir / "docs.jsonl"), dict_path=str(example_dir / "dict.tsv")),
                      config(model="infoctm", epochs=3, eval_every=1), tmp_path / "curve")
     warned = [r.getMessage() for r in caplog.records if "posterior collapse" in r.getMessage()]
+    # (checkpoints every epoch here too: the evaluation point says it, the checkpoint does not say it again)
     assert len(warned) == 2 and "is, at epoch 1, near posterior collapse" in warned[0] and "ended" in warned[1]
 
 

@@ -314,6 +314,7 @@ class _Training:
         self._rollback: tuple[dict[str, Any], Any] | None = None  # phase 2 state before an unfinished refinement
         self._step_rng: tuple[torch.Tensor, torch.Tensor | None] | None = None  # RNG before an unfinished step
         self._history_warned = False
+        self._collapse_warned = False  # about one language's near-collapse, at a periodic checkpoint: once
 
     # ---- resume ------------------------------------------------------------------------------
     def resume(self) -> None:
@@ -779,6 +780,10 @@ class _Training:
         rng, buffers = self._rng_state(), self._training_buffers()
         try:
             recalibrate_batchnorm(self.model, self.data, self.device)
+            if not self.cfg.eval_every and not self._collapse_warned:
+                # The state shows within a few epochs: say so then, not hours later at the end (--eval-every
+                # points say it where there are any, from the same recalibrated statistics).
+                self._collapse_warned = warn_near_collapse(self.model, self.done)
             self._save(None, rng=rng, buffers=buffers)
         finally:  # also after a second Ctrl-C inside: the stopping checkpoint then saves training's state
             self.model.load_state_dict(buffers, strict=False)
