@@ -50,8 +50,9 @@ try:
 except ImportError:  # not POSIX: no locks, so stale temporaries are never removed (never provably ours)
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["atomic_open", "check_replaceable", "exit_on_signals", "is_desktop_metadata", "open_directory",
-           "open_entry", "remove_stale_temporaries", "replace_directory", "replacing_at", "write_json", "write_text"]
+__all__ = ["NotRegularFileError", "atomic_open", "check_replaceable", "exit_on_signals", "file_kind",
+           "is_desktop_metadata", "open_directory", "open_entry", "remove_stale_temporaries", "replace_directory",
+           "replacing_at", "write_json", "write_text"]
 
 # A temporary is locked microseconds after it is created; one younger than this may be a writer's that
 # has not taken its lock yet, and is never called stale.
@@ -155,7 +156,7 @@ def _closing(f: IO[Any], shown: str | Path) -> Iterator[None]:
 def _replacing(target: Path, st: os.stat_result | None, mode: str, encoding: str | None,
                shown: str | Path) -> Iterator[IO[Any]]:
     """A new or regular file: temporary beside it, fsync, rename; the temporary never outlives us."""
-    parent, stem = target.parent, target.name[:_MAX_STEM]
+    parent, stem = target.parent, _stem(target.name)
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -163,7 +164,7 @@ def _replacing(target: Path, st: os.stat_result | None, mode: str, encoding: str
     with suppress(OSError):  # best effort: a sweep never fails the write
         dfd = os.open(parent, _DIR_FLAGS & ~_NOFOLLOW)  # the parent of a resolved path: no link to refuse
         try:
-            _remove_stale(dfd, stem)
+            _remove_stale(dfd, re.escape(stem))
         finally:
             os.close(dfd)
     try:
@@ -196,6 +197,12 @@ def _replacing(target: Path, st: os.stat_result | None, mode: str, encoding: str
         raise
 
 
+def _stem(name: str) -> str:
+    """`name` cut to at most _MAX_STEM bytes of UTF-8 (a temporary's name must fit NAME_MAX, counted in bytes:
+    70 CJK characters are 210), never inside a character."""
+    return name.encode("utf-8", "surrogateescape")[:_MAX_STEM].decode("utf-8", "ignore")
+
+
 def _copy_permissions(fd: int, st: os.stat_result | None) -> None:
     """The replaced file's mode (and owner, where allowed); a new file gets what open() would give.
 
@@ -220,14 +227,13 @@ def _fsync_dir(directory: Path) -> None:
             os.close(dfd)
 
 
-def _remove_stale(dfd: int, stem: str | None) -> None:
-    """Remove the temporaries of `stem` (None: of any name) in the directory `dfd` left by killed writers: only
-    ones provably ours (module docstring). Best effort: anything unexpected leaves the file where it is and never
-    fails the write."""
+def _remove_stale(dfd: int, stem_pattern: str) -> None:
+    """Remove the temporaries whose stem matches the regular expression `stem_pattern` in the directory `dfd`, left
+    by killed writers: only ones provably ours (module docstring). Best effort: anything unexpected leaves the
+    file where it is and never fails the write."""
     if fcntl is None:
         return
-    name = re.escape(f".{stem}") if stem is not None else r"\..+"
-    pattern = re.compile(name + re.escape(_TMP_TAG) + r"(?P<pid>\d+)-[a-z0-9_]{8}\.tmp")
+    pattern = re.compile(r"\.(?:" + stem_pattern + ")" + re.escape(_TMP_TAG) + r"(?P<pid>\d{1,10})-[a-z0-9_]{8}\.tmp")
     try:
         entries = list(os.scandir(dfd))  # names relative to dfd: a directory swapped for a link meanwhile is not us
     except OSError:
@@ -249,27 +255,47 @@ def _remove_stale(dfd: int, stem: str | None) -> None:
                 os.close(fd)
 
 
-def remove_stale_temporaries(dfd: int) -> None:
-    """Remove every temporary in the directory `dfd` that a killed writer left (any entry's: a cache whose entries
-    are written once each would never meet a stale temporary again by rewriting its entry)."""
-    _remove_stale(dfd, None)
+def remove_stale_temporaries(dfd: int, entry_pattern: str) -> None:
+    """Remove the temporaries a killed writer left in the directory `dfd` for any entry whose name matches the
+    regular expression `entry_pattern` (a cache whose entries are written once each never rewrites the entry a
+    stale temporary belongs to, which is when `replacing_at` sweeps). Files of other names are left alone."""
+    _remove_stale(dfd, entry_pattern)
 
 
 # --------------------------------------------------------------------------- cache entries
 
-def open_directory(path: str | Path, *, create: bool = False) -> int:
-    """`path` opened as a directory for the *at() calls of `replacing_at`, never through a symlink at its last
-    component. OSError ELOOP when it is a symlink, NotADirectoryError when it is something else,
-    FileNotFoundError when it is missing and not `create` (else it is made, with its parents). The caller closes
-    the descriptor."""
+class NotRegularFileError(OSError):
+    """What is at a cache entry's name is not a regular file: `kind` says what ("a symlink", "a FIFO", ...)."""
+
+    def __init__(self, kind: str, name: str) -> None:
+        super().__init__(errno.EINVAL, f"{kind}, not a regular file", name)
+        self.kind = kind
+
+
+def file_kind(mode: int) -> str:
+    """What a stat mode is, in words ("a symlink", "a FIFO", "a directory", ...)."""
+    for test, kind in ((stat.S_ISLNK, "a symlink"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a directory"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"),
+                       (stat.S_ISREG, "a regular file")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def open_directory(path: str | Path, *, create: bool = False, follow: bool = False) -> int:
+    """`path` opened as a directory for the *at() calls of `open_entry` and `replacing_at`. Unless `follow`, never
+    through a symlink at its last component (a directory of xtm's own inside a cache: a link there was planted):
+    OSError ELOOP. `follow`: a cache's top folder, which a user may have linked to a bigger disk. NotADirectoryError
+    when it is something else, FileNotFoundError when it is missing and not `create` (else it is made, with its
+    parents). The caller closes the descriptor."""
     path = Path(path)
     try:
-        return os.open(path, _DIR_FLAGS)
+        return os.open(path, _DIR_FLAGS & ~_NOFOLLOW if follow else _DIR_FLAGS)
     except FileNotFoundError:
-        if not create:
+        if not create or os.path.lexists(path):  # a dangling link: never made through
             raise
         path.mkdir(parents=True, exist_ok=True)
-        return open_directory(path)
+        return open_directory(path, follow=follow)
     except OSError as e:
         # Linux answers O_NOFOLLOW | O_DIRECTORY on a symlink with ENOTDIR, not ELOOP: tell the two apart.
         if e.errno in (errno.ENOTDIR, errno.ELOOP) and os.path.islink(path):
@@ -278,10 +304,23 @@ def open_directory(path: str | Path, *, create: bool = False) -> int:
 
 
 def open_entry(dfd: int, name: str) -> int:
-    """The entry `name` of the directory `dfd` opened for reading, never through a symlink (OSError ELOOP) and
-    never waiting for a FIFO's writer. It may still be a FIFO, a device or a directory: the caller checks
-    fstat before reading. FileNotFoundError when there is none."""
-    return os.open(name, os.O_RDONLY | _NOFOLLOW | _NONBLOCK | getattr(os, "O_CLOEXEC", 0), dir_fd=dfd)
+    """The regular file `name` of the directory `dfd` opened for reading. Anything else there is never opened
+    (lstat first: a FIFO would block, a device may act on open) and is NotRegularFileError; one swapped in between the
+    lstat and the open is refused too (O_NOFOLLOW, O_NONBLOCK, then fstat). FileNotFoundError when there is none."""
+    st = os.lstat(name, dir_fd=dfd)
+    if not stat.S_ISREG(st.st_mode):
+        raise NotRegularFileError(file_kind(st.st_mode), name)
+    try:
+        fd = os.open(name, os.O_RDONLY | _NOFOLLOW | _NONBLOCK | getattr(os, "O_CLOEXEC", 0), dir_fd=dfd)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise NotRegularFileError("a symlink", name) from None
+        raise
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise NotRegularFileError(file_kind(mode), name)
+    return fd
 
 
 @contextmanager
@@ -294,15 +333,22 @@ def replacing_at(dfd: int, name: str) -> Iterator[IO[bytes]]:
     link after it was opened cannot redirect the write. For entries that are xtm's by name in a directory of
     xtm's own (the caches); users' outputs go through atomic_open. OSError when it cannot be written (a
     directory at the name: IsADirectoryError), the temporary removed."""
-    stem = name[:_MAX_STEM]
-    _remove_stale(dfd, stem)
+    stem = _stem(name)
+    _remove_stale(dfd, re.escape(stem))
     tmp = f".{stem}{_TMP_TAG}{os.getpid()}-{secrets.token_hex(4)}.tmp"
     fd = os.open(tmp, _CREATE_FLAGS, 0o666, dir_fd=dfd)  # the umask applies, as for any new file
     try:
-        if fcntl is not None:
-            with suppress(OSError):  # "being written": the stale sweep skips it
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        with os.fdopen(fd, "wb") as f:
+        f = os.fdopen(fd, "wb")
+    except BaseException:
+        os.close(fd)
+        with suppress(OSError):
+            os.unlink(tmp, dir_fd=dfd)
+        raise
+    try:
+        with f:
+            if fcntl is not None:
+                with suppress(OSError):  # "being written": the stale sweep skips it
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -316,11 +362,14 @@ def replacing_at(dfd: int, name: str) -> Iterator[IO[bytes]]:
 
 
 def _alive(pid: int) -> bool:
+    """False only when no process has this pid (then its temporary may be ours and dead)."""
+    if pid <= 0:  # kill(0) and kill(-1) signal groups, not a process: never provably dead
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except OSError:  # exists, owned by someone else
+    except (OSError, OverflowError, ValueError):  # exists, owned by someone else; or beyond pid_t: not provable
         return True
     return True
 

@@ -18,7 +18,12 @@ def read_npy_header(f: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype]:
     its utf-8 field names are never what xtm writes); EOFError for a cut header."""
     version = np.lib.format.read_magic(f)
     if version == (1, 0):
-        return np.lib.format.read_array_header_1_0(f)
-    if version == (2, 0):
-        return np.lib.format.read_array_header_2_0(f)
-    raise ValueError(f"unsupported .npy format version {version}")
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+        raise ValueError(f"unsupported .npy format version {version}")
+    # numpy's own check takes True for a 1 (bool is an int): a shape of anything but counts is no array of ours
+    if not all(type(n) is int and n >= 0 for n in shape):
+        raise ValueError(f"its header's shape is not a list of counts: {shape!r}"[:200])
+    return shape, fortran, dtype

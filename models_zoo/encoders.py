@@ -15,11 +15,9 @@ package and the model are available.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import logging
 import os
-import stat
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,7 +27,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from tqdm.auto import tqdm
 
-from xtm.atomic import open_directory, open_entry, replacing_at
+from xtm.atomic import NotRegularFileError, open_directory, open_entry, replacing_at
 from xtm.config import DEFAULT_ENCODER, DEFAULT_MAX_TOKENS
 from xtm.errors import XtmError, exception_text
 from xtm.npy_header import read_npy_header
@@ -183,11 +181,11 @@ def cached_vectors(key_name: str, texts: list[str], cache_dir: Path | None,
     the same `key_name` were computed for the same texts before. A cache entry is only a copy: one that cannot
     be read back as such is a miss, recomputed and rewritten; a cache that cannot be written is a warning.
 
-    Entries are ours by name, in xtm's own `embeddings/` directory, and never read or written through a link:
-    the directory is opened once without following one and everything is relative to it (xtm.atomic's
-    `replacing_at`). Something other than a regular file at an entry (a symlink, a FIFO) is not read, and the
-    recomputed vectors replace it itself, never its target; a directory there is left alone. The same rule as
-    the LLM answer cache."""
+    Entries are ours by name, in `embeddings/` (which may be a link the user made), and never read or written
+    through a link: the directory is opened once and everything is relative to it (xtm.atomic's `open_entry`
+    and `replacing_at`). Something other than a regular file at an entry (a symlink, a FIFO) is not read, and
+    the recomputed vectors replace it itself, never its target; a directory there is left alone. The same rule
+    as the LLM answer cache."""
     if cache_dir is None:
         return _checked(compute(texts), key_name, texts)
     directory = Path(cache_dir) / "embeddings"
@@ -218,33 +216,31 @@ def _read_cached(directory: Path, name: str, rows: int) -> np.ndarray | None:
     traceback on every rerun of xtm-train and xtm-contextual)."""
     path = directory / name
     try:
-        dfd = open_directory(directory)
+        dfd = open_directory(directory, follow=True)  # embeddings/ may be a link the user made (a bigger disk)
     except FileNotFoundError:
         return None
     except OSError as e:
         logger.warning(f"embedding cache directory {directory} cannot be used ({_os_reason(e)}): vectors recomputed")
         return None
     try:
-        fd = open_entry(dfd, name)
+        fd = open_entry(dfd, name)  # a regular file, never through a link; a FIFO or device is never opened
     except FileNotFoundError:
         return None
+    except NotRegularFileError as e:
+        _not_read(path, f"is {e.kind}, not a regular file")
+        return None
     except OSError as e:
-        _not_read(path, "is a symlink" if e.errno == errno.ELOOP else f"cannot be read ({_os_reason(e)})")
+        _not_read(path, f"cannot be read ({_os_reason(e)})")
         return None
     finally:
         os.close(dfd)
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):  # a FIFO, a device (opened without waiting), a directory: never read
-        os.close(fd)
-        _not_read(path, "is not a regular file")
-        return None
-    size = st.st_size
+    size = os.fstat(fd).st_size
     with os.fdopen(fd, "rb") as f:
         try:
             # The header first: shape and type are checked before anything is allocated (a header may claim
             # terabytes); then exactly that many values, or the file is short.
             shape, fortran, dtype = read_npy_header(f)
-            if len(shape) != 2 or shape[0] != rows or dtype != np.float32:
+            if len(shape) != 2 or shape[0] != rows or shape[1] < 1 or dtype != np.float32:
                 raise ValueError(f"{dtype} {list(shape)}, expected float32 [{rows}, d]")
             nbytes = shape[0] * shape[1] * dtype.itemsize
             if size - f.tell() != nbytes:
@@ -267,10 +263,9 @@ def _write_cached(directory: Path, name: str, emb: np.ndarray) -> None:
     cannot be written is a warning, the vectors are used."""
     path = directory / name
     try:
-        dfd = open_directory(directory, create=True)
+        dfd = open_directory(directory, create=True, follow=True)
     except OSError as e:
-        reason = "is a symlink" if e.errno == errno.ELOOP else f"cannot be written ({_os_reason(e)})"
-        logger.warning(f"embedding cache directory {directory} {reason}: vectors not cached")
+        logger.warning(f"embedding cache directory {directory} cannot be written ({_os_reason(e)}): vectors not cached")
         return
     try:
         with replacing_at(dfd, name) as f:

@@ -25,7 +25,6 @@ recorded tokenizer, for models trained with it.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import io
 import logging
@@ -40,7 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from xtm.atomic import open_directory, open_entry, replacing_at
+from xtm.atomic import NotRegularFileError, open_directory, open_entry, replacing_at
 from xtm.corpus import TokenizerSpec
 from xtm.errors import XtmError
 from xtm.languages import normalize_lang
@@ -205,13 +204,15 @@ def _initialize_jieba(jieba: Any) -> None:
     with dt.get_dict_file() as f:
         dictionary = f.read()
     key = hashlib.sha256(dictionary).hexdigest()[:16]
-    # In a directory of our own inside the cache: that one is never taken through a link (the cache directory
-    # itself may be a link the user made).
-    path = cache_dir() / "jieba" / f"jieba-{jieba.__version__}-m{marshal.version}-{key}.cache"
+    # In a folder of its own inside the cache, as every cache of xtm's (a link there is followed, as for
+    # embeddings/: a user may have moved it to a bigger disk; the entry itself never is).
+    name = f"jieba-{jieba.__version__}-m{marshal.version}-{key}.cache"
+    path = cache_dir() / "jieba" / name
     loaded = _read_jieba_cache(path)
     if loaded is None:
         loaded = dt.gen_pfdict(io.BytesIO(dictionary))
         _write_jieba_cache(path, loaded)
+        _remove_old_jieba_cache(cache_dir() / name)
     # What jieba.Tokenizer.initialize sets; its own (unchecked) cache is then never consulted.
     dt.FREQ, dt.total = loaded
     dt.initialized = True
@@ -222,15 +223,17 @@ def _read_jieba_cache(path: Path) -> tuple[dict[str, int], int] | None:
     relative to the cache directory without following a link (xtm.atomic.open_directory) and checked on the
     descriptor read, so nothing swapped in after a check is read."""
     try:
-        dfd = open_directory(path.parent)
+        dfd = open_directory(path.parent, follow=True)
     except OSError:
-        return None  # absent, a link where our directory should be, unreadable: build it (and not cache it)
+        return None  # absent, not a directory, unreadable: build it (and not cache it)
     try:
-        fd = open_entry(dfd, path.name)
+        fd = open_entry(dfd, path.name)  # a regular file, never through a link; a FIFO or device never opened
     except FileNotFoundError:
         return None
+    except NotRegularFileError as e:
+        fd, problem = None, f"is {e.kind}, not a regular file"
     except OSError as e:
-        fd, problem = None, "is not a regular file" if e.errno == errno.ELOOP else f"cannot be read ({e.strerror})"
+        fd, problem = None, f"cannot be read ({e.strerror})"
     finally:
         os.close(dfd)
     if fd is not None:
@@ -252,8 +255,6 @@ def _read_jieba_cache(path: Path) -> tuple[dict[str, int], int] | None:
 
 
 def _jieba_cache_problem(st: os.stat_result) -> str | None:
-    if not stat.S_ISREG(st.st_mode):
-        return "is not a regular file"
     if hasattr(os, "geteuid") and st.st_uid != os.geteuid():
         return "belongs to another user"
     if st.st_mode & stat.S_IWOTH:
@@ -284,7 +285,7 @@ def _write_jieba_cache(path: Path, loaded: tuple[dict[str, int], int]) -> None:
     through (atomic_open, for users' outputs, would follow it)."""
     payload = marshal.dumps(loaded)
     try:
-        dfd = open_directory(path.parent, create=True)
+        dfd = open_directory(path.parent, create=True, follow=True)
     except OSError:
         return
     try:
@@ -292,6 +293,27 @@ def _write_jieba_cache(path: Path, loaded: tuple[dict[str, int], int]) -> None:
             os.fchmod(f.fileno(), 0o644)  # never writable by others, whatever the umask: the reader refuses that
             f.write(_JIEBA_CACHE_MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n")
             f.write(payload)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
+
+
+def _remove_old_jieba_cache(path: Path) -> None:
+    """The same cache where xtm kept it until 2026-12-07 (the cache directory's root), removed once the new one
+    is built: only a regular file that starts with our header (provably ours; anything else stays)."""
+    try:
+        dfd = open_directory(path.parent, follow=True)
+    except OSError:
+        return
+    try:
+        fd = open_entry(dfd, path.name)
+        try:
+            ours = os.read(fd, len(_JIEBA_CACHE_MAGIC)) == _JIEBA_CACHE_MAGIC
+        finally:
+            os.close(fd)
+        if ours:
+            os.unlink(path.name, dir_fd=dfd)
     except OSError:
         pass
     finally:

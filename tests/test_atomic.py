@@ -446,13 +446,15 @@ def test_a_failing_cache_writer_leaves_the_old_entry_and_no_temporary(tmp_path: 
     assert (tmp_path / "e.json").read_bytes() == b"old" and litter(tmp_path) == []
 
 
-def test_stale_temporaries_of_any_entry_are_swept_by_the_rule_and_nothing_else(tmp_path: Path) -> None:
+def test_stale_temporaries_of_a_caches_entries_are_swept_by_the_rule_and_nothing_else(tmp_path: Path) -> None:
     from xtm.atomic import open_directory, remove_stale_temporaries
 
     old = time.time() - 60
     names = {"dead": ".a.json.xtm-4194303-0123abcd.tmp",            # pid_max: no such process
              "live": f".b.json.xtm-{os.getppid()}-0123abcd.tmp",    # its writer still runs
              "fresh": ".c.json.xtm-4194303-89abcdef.tmp",           # younger than the grace period
+             "another name": ".notes.xtm-4194303-abcdefgh.tmp",     # not an entry's: a user's, whatever it says
+             "beyond pid_t": ".d.json.xtm-9999999999-abcdefgh.tmp", # kill() cannot even be asked: not provable
              "stranger": ".d.json.mine.tmp"}
     for kind, name in names.items():
         (tmp_path / name).write_text("partial")
@@ -461,9 +463,53 @@ def test_stale_temporaries_of_any_entry_are_swept_by_the_rule_and_nothing_else(t
     (tmp_path / ".e.json.xtm-4194303-aaaabbbb.tmp").symlink_to(tmp_path / "target")  # not a regular file
     dfd = open_directory(tmp_path)
     try:
-        remove_stale_temporaries(dfd)
+        remove_stale_temporaries(dfd, r"[a-z]\.json")
     finally:
         os.close(dfd)
-    left = sorted(p.name for p in tmp_path.iterdir())
+    left = set(p.name for p in tmp_path.iterdir())
     assert names["dead"] not in left
-    assert {names["live"], names["fresh"], names["stranger"], ".e.json.xtm-4194303-aaaabbbb.tmp"} <= set(left)
+    assert {n for k, n in names.items() if k != "dead"} | {".e.json.xtm-4194303-aaaabbbb.tmp"} <= left
+
+
+@pytest.mark.parametrize("how", ["atomic_open", "replacing_at"])
+def test_a_name_of_many_bytes_still_gets_a_temporary(how: str, tmp_path: Path) -> None:
+    """The stem was cut at 120 characters: 80 CJK characters are 240 bytes, and the temporary's name went past
+    NAME_MAX (an embeddings cache keyed by a Chinese model name was never written)."""
+    name = "模" * 80 + ".npy"  # 244 bytes: fits NAME_MAX itself
+    if how == "atomic_open":
+        write_text(tmp_path / name, "x")
+    else:
+        _write_entry(tmp_path, name, b"x")
+    assert (tmp_path / name).read_bytes() == b"x" and litter(tmp_path) == []
+
+
+def test_a_cache_entry_that_is_not_a_regular_file_is_never_opened(tmp_path: Path) -> None:
+    import errno
+
+    from xtm.atomic import NotRegularFileError, open_directory, open_entry
+
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    (tmp_path / "real").write_text("x")
+    dfd = open_directory(tmp_path)
+    try:
+        for name, kind in (("fifo", "a FIFO"), ("dir", "a directory"), ("link", "a symlink")):
+            with pytest.raises(NotRegularFileError) as e:
+                open_entry(dfd, name)
+            assert e.value.kind == kind
+        with pytest.raises(FileNotFoundError):
+            open_entry(dfd, "missing")
+        fd = open_entry(dfd, "real")
+        assert os.read(fd, 1) == b"x"
+        os.close(fd)
+    finally:
+        os.close(dfd)
+    # a dangling link where a cache directory belongs is not created through, even when links are followed
+    (tmp_path / "cache").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError):
+        open_directory(tmp_path / "cache", create=True, follow=True)
+    assert not (tmp_path / "nowhere").exists()
+    with pytest.raises(OSError) as loop:
+        open_directory(tmp_path / "link", create=True)
+    assert loop.value.errno == errno.ELOOP

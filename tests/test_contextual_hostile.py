@@ -156,7 +156,7 @@ def test_a_cache_entry_that_is_a_symlink_is_not_read_and_its_target_never_writte
     entry.symlink_to(mine)
     with caplog.at_level(logging.WARNING, logger="xtm"):
         got = embed_cached("use-multilingual", TEXTS, cache, progress=False, encoder=use_encoder)
-    assert np.allclose(got, first, atol=1e-6) and "is a symlink: not read" in caplog.text
+    assert np.allclose(got, first, atol=1e-6) and "is a symlink, not a regular file: not read" in caplog.text
     assert mine.read_bytes() == before and not entry.is_symlink() and entry.is_file()
     assert np.array_equal(np.load(entry, allow_pickle=False), got)
 
@@ -178,27 +178,46 @@ def test_a_cache_entry_that_is_a_fifo_does_not_hang_and_is_replaced(tmp_path: Pa
     """)
     p = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr[-2000:]
-    assert "is not a regular file" in p.stderr
+    assert "is a FIFO, not a regular file" in p.stderr
 
 
-def test_an_embeddings_directory_that_is_a_symlink_is_neither_read_nor_written(tmp_path: Path, caplog) -> None:
-    """A link where xtm's own directory should be points somewhere that is not ours: nothing is read from it or
-    written into it; the vectors are computed and used."""
-    from xtm.models_zoo.encoders import cached_vectors, texts_key
+def test_an_embeddings_directory_the_user_linked_elsewhere_is_used(tmp_path: Path, caplog) -> None:
+    """A user may move the embeddings (the largest cache) to a bigger disk with a link: followed, as the cache
+    directory itself is; the entries inside are still never read or written through a link."""
+    from xtm.models_zoo.encoders import cached_vectors
 
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    planted = elsewhere / f"k-{texts_key('k', TEXTS)}.npy"
-    planted.write_bytes(_npy(np.zeros((len(TEXTS), 4), np.float32)))
+    bigger = tmp_path / "bigger-disk"
+    bigger.mkdir()
     cache = tmp_path / "cache"
     cache.mkdir()
-    (cache / "embeddings").symlink_to(elsewhere)
+    (cache / "embeddings").symlink_to(bigger)
+    calls = []
+
+    def compute(texts: list[str]) -> np.ndarray:
+        calls.append(len(texts))
+        return np.ones((len(texts), 4), np.float32)
+
     with caplog.at_level(logging.WARNING, logger="xtm"):
-        v = cached_vectors("k", TEXTS, cache, lambda t: np.ones((len(t), 4), np.float32))
-        v2 = cached_vectors("k2", TEXTS, cache, lambda t: np.ones((len(t), 4), np.float32))
-    assert (v == 1).all() and (v2 == 1).all()  # the planted zeros were not served
-    assert sorted(p.name for p in elsewhere.iterdir()) == [planted.name]  # and nothing written there
-    assert "is a symlink" in caplog.text
+        cached_vectors("k", TEXTS, cache, compute)
+        cached_vectors("k", TEXTS, cache, compute)
+    assert calls == [len(TEXTS)] and len(list(bigger.iterdir())) == 1 and "embedding cache" not in caplog.text
+
+
+def test_a_header_that_lies_about_its_shape_is_a_miss(tmp_path: Path, caplog) -> None:
+    """numpy's header check takes True for 1: `(8, True)` passed the size check, then reshape raised TypeError;
+    `(8, 0)` was served as an empty cache hit."""
+    from xtm.models_zoo.encoders import cached_vectors, texts_key
+
+    entry = tmp_path / "embeddings" / f"k-{texts_key('k', TEXTS)}.npy"
+    entry.parent.mkdir()
+    good = _npy(np.ones((len(TEXTS), 1), np.float32))
+    bool_shape = good.replace(b"(8, 1), }   ", b"(8, True), }")  # the header's length kept
+    for planted in (bool_shape, _npy(np.ones((len(TEXTS), 0), np.float32))):
+        entry.write_bytes(planted)
+        with caplog.at_level(logging.WARNING, logger="xtm"):
+            v = cached_vectors("k", TEXTS, tmp_path, lambda t: np.full((len(t), 4), 2, np.float32))
+        assert v.shape == (len(TEXTS), 4) and (v == 2).all() and "is unreadable" in caplog.text
+        caplog.clear()
 
 
 @pytest.mark.parametrize("obstacle", ["a directory at the entry", "a file where the directory should be"])

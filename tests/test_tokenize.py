@@ -262,14 +262,47 @@ def test_a_cache_directory_the_user_linked_elsewhere_still_caches(jieba_dirs, tm
     assert again == want and "cache" not in err
 
 
-def test_a_link_where_the_jieba_cache_directory_belongs_is_not_written_into(jieba_dirs, tmp_path) -> None:
+def test_a_jieba_folder_the_user_linked_elsewhere_is_used(jieba_dirs, tmp_path) -> None:
     cache, tmp = jieba_dirs
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     cache.mkdir()
     (cache / "jieba").symlink_to(elsewhere)
     want, _ = _tokens_in_fresh_process(cache, tmp)
-    assert "北京" in want and list(elsewhere.iterdir()) == []
+    assert "北京" in want and len(_cache_files(elsewhere)) == 1
+
+
+@pytest.mark.parametrize("thing", ["a directory", "a FIFO"])
+def test_something_else_at_the_jieba_cache_entry_is_a_warning_not_a_failure(thing: str, jieba_dirs) -> None:
+    """A directory there made every Chinese tokenization fail with IsADirectoryError (the descriptor was wrapped
+    before its type was checked); a FIFO must not block."""
+    import os
+
+    cache, tmp = jieba_dirs
+    want, _ = _tokens_in_fresh_process(cache, tmp)
+    (f,) = _cache_files(cache)
+    f.unlink()
+    if thing == "a directory":
+        f.mkdir()
+    else:
+        os.mkfifo(f)
+    got, err = _tokens_in_fresh_process(cache, tmp)
+    assert got == want and f"is {thing}, not a regular file" in err
+
+
+def test_the_cache_an_older_xtm_kept_in_the_cache_root_is_removed_only_when_ours(jieba_dirs) -> None:
+    cache, tmp = jieba_dirs
+    want, _ = _tokens_in_fresh_process(cache, tmp)
+    (f,) = _cache_files(cache)
+    old = cache / f.name  # where xtm kept it before 2026-12-07
+    old.write_bytes(f.read_bytes())
+    f.unlink()
+    _tokens_in_fresh_process(cache, tmp)  # rebuilt in jieba/: the old one is provably ours, removed
+    assert not old.exists() and [p.parent.name for p in _cache_files(cache)] == ["jieba"]
+    (cache / "jieba" / f.name).unlink()
+    old.write_text("a user's file that happens to have this name")
+    _tokens_in_fresh_process(cache, tmp)
+    assert old.read_text() == "a user's file that happens to have this name"
 
 
 # -- segmenter implementations (issue 16: throughput on raw text) -----------------------------------

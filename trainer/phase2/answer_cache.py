@@ -16,13 +16,21 @@ from contextlib import suppress
 from dataclasses import asdict
 from pathlib import Path
 
-from xtm.atomic import open_directory, open_entry, remove_stale_temporaries, replacing_at
+from xtm.atomic import (
+    NotRegularFileError,
+    file_kind,
+    open_directory,
+    open_entry,
+    remove_stale_temporaries,
+    replacing_at,
+)
 from xtm.config import Sampling
 
 logger = logging.getLogger(__name__)
 
 
-_ENTRY_NAME = re.compile(r"^[0-9a-f]{64}\.json$")
+_ENTRY = r"[0-9a-f]{64}\.json"
+_ENTRY_NAME = re.compile(f"^{_ENTRY}$")
 _SHARD_NAME = re.compile(r"^[0-9a-f]{2}$")
 
 
@@ -102,30 +110,17 @@ class AnswerCache:
 
     def _read_entry(self, p: Path, shard: int) -> str | None:
         try:
-            st = os.lstat(p.name, dir_fd=shard)  # never follows a link, never opens a FIFO or device
+            fd = open_entry(shard, p.name)       # never follows a link, never opens a FIFO or device
         except (FileNotFoundError, NotADirectoryError):
+            return None
+        except NotRegularFileError as e:
+            self._not_ours(p, e.kind)
             return None
         except OSError:
             return ""
-        if not stat.S_ISREG(st.st_mode):
-            self._not_ours(p, _kind(st.st_mode))
-            return None
-        if st.st_size > self.max_entry_bytes:
-            return ""
         try:
-            fd = open_entry(shard, p.name)
-        except FileNotFoundError:
-            return None
-        except OSError as e:
-            if e.errno == errno.ELOOP:           # became a symlink since the lstat
-                self._not_ours(p, "a symlink")
-                return None
-            return ""
-        try:
-            fst = os.fstat(fd)
-            if not stat.S_ISREG(fst.st_mode):    # replaced by a FIFO or device since the lstat: not read
-                self._not_ours(p, _kind(fst.st_mode))
-                return None
+            if os.fstat(fd).st_size > self.max_entry_bytes:
+                return ""
             raw = _read_at_most(fd, self.max_entry_bytes + 1)
             if len(raw) > self.max_entry_bytes:
                 return ""
@@ -190,7 +185,7 @@ class AnswerCache:
                 self._not_ours(path, "a directory")
                 return None
             if est is not None and not stat.S_ISREG(est.st_mode):
-                self._not_ours(path, _kind(est.st_mode))  # replaced below, its target untouched
+                self._not_ours(path, file_kind(est.st_mode))  # replaced below, its target untouched
             with replacing_at(shard, path.name) as f:
                 f.write(data)
             return est.st_size if est is not None and stat.S_ISREG(est.st_mode) else 0
@@ -214,7 +209,7 @@ class AnswerCache:
             except OSError:
                 continue
             try:
-                remove_stale_temporaries(fd)     # left by killed writers (xtm.atomic's rule: dead and unlocked)
+                remove_stale_temporaries(fd, _ENTRY)  # killed writers' (xtm.atomic's rule)
                 for e in os.scandir(fd):
                     if not (_ENTRY_NAME.match(e.name) and e.name[:2] == shard):
                         continue
@@ -262,17 +257,3 @@ def _read_at_most(fd: int, limit: int) -> bytes:
         chunks.append(chunk)
         n += len(chunk)
     return b"".join(chunks)
-
-
-def _kind(mode: int) -> str:
-    if stat.S_ISLNK(mode):
-        return "a symlink"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISDIR(mode):
-        return "a directory"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    return "not a regular file"
