@@ -52,7 +52,7 @@ except ImportError:  # not POSIX: no locks, so stale temporaries are never remov
 
 __all__ = ["NotRegularFileError", "atomic_open", "check_replaceable", "exit_on_signals", "file_kind",
            "is_desktop_metadata", "open_directory", "open_entry", "remove_stale_temporaries", "replace_directory",
-           "replacing_at", "write_json", "write_text"]
+           "replacing_at", "signals_held", "write_json", "write_text"]
 
 # A temporary is locked microseconds after it is created; one younger than this may be a writer's that
 # has not taken its lock yet, and is never called stale.
@@ -386,6 +386,7 @@ def _umask() -> int:
 # went on (1 load in 14 in a review). A long command checks it at its next safe point (raise_pending_signal).
 _pending: int | None = None
 _depth = 0  # exit_on_signals blocks open (nested in one thread)
+_HELD_SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
 
 
 def raise_pending_signal() -> None:
@@ -441,6 +442,42 @@ def exit_on_signals(signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGHUP)) 
             _pending = None
         for s, h in previous.items():
             signal.signal(s, h if h is not None else signal.SIG_DFL)
+
+
+@contextmanager
+def signals_held(signals: tuple[int, ...] = _HELD_SIGNALS) -> Iterator[None]:
+    """Run a block that an exception must not enter part-way: a signal that comes meanwhile is held, and
+    delivered to the handler installed before (exit_on_signals', Python's Ctrl-C) as soon as the block ends. A
+    second signal while one is held is delivered at once (the user insists; what the block protects is then
+    theirs to lose).
+
+    For torch's dynamo exporter: SystemExit raised from a handler inside its traced frames crashed the process
+    with SIGSEGV (xtm-export, exit -11 instead of 143, about 1 run in 10 under load) instead of ending it
+    cleanly. Outside the main thread it does nothing (handlers belong to the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {s: signal.getsignal(s) for s in signals}
+
+    def restore() -> None:
+        for s, h in previous.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
+
+    def hold(signum: int, _frame: Any) -> None:
+        held.append(signum)
+        if len(held) > 1:
+            restore()
+            signal.raise_signal(signum)
+
+    for s in signals:
+        signal.signal(s, hold)
+    try:
+        yield
+    finally:
+        restore()
+        if len(held) == 1:
+            signal.raise_signal(held[0])  # through the handler it would have met without this block
 
 
 def write_json(path: str | Path, obj: Any) -> None:

@@ -15,6 +15,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from xtm.atomic import signals_held
+
 __all__ = ["export_encoder", "quiet_logs", "torch_to_onnx"]
 
 
@@ -38,7 +40,8 @@ def torch_to_onnx(module: Any, args: tuple[Any, ...], path: Path, *, input_names
     reads external data) and its chatter sent to stderr or dropped."""
     import torch
 
-    with warnings.catch_warnings(), quiet_logs(), contextlib.redirect_stdout(sys.stderr):
+    # Signals wait for the exporter (seconds): one raised inside dynamo's traced frames was a SIGSEGV.
+    with signals_held(), warnings.catch_warnings(), quiet_logs(), contextlib.redirect_stdout(sys.stderr):
         warnings.simplefilter("ignore")  # the exporter's deprecation chatter is not the user's business
         torch.onnx.export(module, args, str(path), input_names=list(input_names), output_names=list(output_names),
                           dynamic_shapes=dynamic_shapes, opset_version=opset, dynamo=True, verbose=False,

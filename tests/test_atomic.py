@@ -513,3 +513,30 @@ def test_a_cache_entry_that_is_not_a_regular_file_is_never_opened(tmp_path: Path
     with pytest.raises(OSError) as loop:
         open_directory(tmp_path / "link", create=True)
     assert loop.value.errno == errno.ELOOP
+
+
+# -- signals held while a block must not be entered by an exception (signals_held) ------------------------
+
+HELD = textwrap.dedent("""
+    import os, signal, sys
+    from xtm.atomic import exit_on_signals, signals_held
+    done = []
+    try:
+        with exit_on_signals():
+            with signals_held():
+                for _ in range(int(sys.argv[1])):
+                    os.kill(os.getpid(), signal.SIGTERM)
+                done.append("block finished")
+            done.append("after the block")
+    except SystemExit as e:
+        print(done, e.code)
+""")
+
+
+@pytest.mark.parametrize("signals,expected", [(1, "['block finished'] 143"), (2, "[] 143"), (0, "")])
+def test_a_signal_inside_a_held_block_reaches_its_handler_when_the_block_ends(signals: int, expected: str) -> None:
+    """torch's dynamo exporter crashed with SIGSEGV when SystemExit was raised inside it (xtm-export exit -11):
+    one signal waits for the block and then ends the command as before; a second one does not wait."""
+    p = subprocess.run([sys.executable, "-c", HELD, str(signals)], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == expected
