@@ -97,9 +97,9 @@ def main(run_dir: str, **parsed: Any) -> None:
     setup_logging("xtm-contextual")  # the library logs; this command shows it as `xtm-contextual: ...` lines
     cfg = build(ContextualConfig, parsed)
     require_modules("xtm-contextual", TRAIN_INSTALL, imported=("torch", "safetensors", "scipy"))
-    from xtm.atomic import exit_on_signals
     from xtm.errors import XtmError
     from xtm.run_dir import hold_run_dir, is_run_dir
+    from xtm.signals import exit_on_signals
     from xtm.trainer.contextual.fit import train_contextual
 
     if not is_run_dir(Path(run_dir)):

@@ -78,9 +78,9 @@ def main(run_dir: str, out: str, quantize: str | None, opset: int, contextual: b
     # Export runs the trained torch model and checks its ONNX graph: the training install.
     require_modules("xtm-export", TRAIN_INSTALL, imported=("torch", "safetensors", "scipy"),
                     present=("onnx", "onnxscript", "onnxruntime"))
-    from xtm.atomic import exit_on_signals
     from xtm.errors import XtmError
     from xtm.exporters.onnx_export import export_run
+    from xtm.signals import exit_on_signals
 
     try:
         # SIGTERM/SIGHUP unwind like Ctrl-C (exit 143/129): the half-built bundle is removed, an old one kept.

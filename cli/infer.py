@@ -235,9 +235,9 @@ def main(input_paths: tuple[str, ...], bundle: str, out: str | None, input_forma
 
     With --engine ray, INPUT... are JSONL and Parquet files and directories."""
     setup_logging("xtm-infer", resolve_log_level(verbose, quiet, log_level))
-    from xtm.atomic import exit_on_signals
     from xtm.runtime.engine import NoResultsError
     from xtm.runtime.records import output_format as pick_output_format
+    from xtm.signals import exit_on_signals
 
     options = InferenceOptions(top_k=top_k, batch_size=batch_size, route=route, full_theta=full_theta,
                                strict=strict, max_bad=max_bad, threads=threads)

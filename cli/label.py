@@ -53,10 +53,10 @@ def main(run_dir: str, cache_dir: str | None, no_report: bool, **parsed: Any) ->
     cfg = build(LabelConfig, parsed)
     # The fallback reads the run's parity sample (scipy); the LLM clients are the standard library.
     require_modules("xtm-label", 'pip install "xtm[report]"', imported=("scipy",))
-    from xtm.atomic import exit_on_signals
     from xtm.errors import XtmError
     from xtm.paths import cache_dir as default_cache_dir
     from xtm.run_dir import hold_run_dir, is_run_dir
+    from xtm.signals import exit_on_signals
     from xtm.trainer.labels import label_run
 
     path = Path(run_dir)

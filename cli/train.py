@@ -116,8 +116,8 @@ def main(**parsed: Any) -> None:
     # A runtime-only install has no torch: say which install line trains, not a traceback.
     require_modules("xtm-train", TRAIN_INSTALL, imported=("torch", "safetensors", "scipy"),
                     present=("sklearn", "nltk"))
-    from xtm.atomic import exit_on_signals
     from xtm.run_dir import hold_run_dir
+    from xtm.signals import exit_on_signals
     from xtm.trainer.loop.distributed import is_main_process
     from xtm.trainer.run import run_training
 

@@ -21,8 +21,8 @@ Caches are the other kind of output: a directory of xtm's own whose entries are 
 directory opened once without following a link, and the rename replaces whatever non-directory is
 at the name, a planted symlink or FIFO included, never its target. Same temporaries, same sweep.
 
-SIGTERM and SIGHUP end a Python process without unwinding it: `exit_on_signals` turns them into
-SystemExit while a command writes, so `atomic_open` removes its temporary then too.
+SIGTERM and SIGHUP end a Python process without unwinding it: xtm.signals.exit_on_signals turns them
+into SystemExit while a command writes, so `atomic_open` removes its temporary then too.
 """
 
 from __future__ import annotations
@@ -33,10 +33,8 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import stat
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -50,9 +48,9 @@ try:
 except ImportError:  # not POSIX: no locks, so stale temporaries are never removed (never provably ours)
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["NotRegularFileError", "atomic_open", "check_replaceable", "exit_on_signals", "file_kind",
-           "is_desktop_metadata", "open_directory", "open_entry", "remove_stale_temporaries", "replace_directory",
-           "replacing_at", "signals_held", "write_json", "write_text"]
+__all__ = ["NotRegularFileError", "atomic_open", "check_replaceable", "file_kind", "is_desktop_metadata",
+           "open_directory", "open_entry", "remove_stale_temporaries", "replace_directory", "replacing_at",
+           "write_json", "write_text"]
 
 # A temporary is locked microseconds after it is created; one younger than this may be a writer's that
 # has not taken its lock yet, and is never called stale.
@@ -378,106 +376,6 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-# The signal exit_on_signals last turned into an exception, until it is raised again or the outermost block
-# ends. Python runs a handler between bytecodes of the main thread, which may be inside a finalizer (__del__, a
-# weakref callback): an exception raised there is printed as "Exception ignored in ..." and lost, and the command
-# went on (1 load in 14 in a review). A long command checks it at its next safe point (raise_pending_signal).
-_pending: int | None = None
-_depth = 0  # exit_on_signals blocks open (nested in one thread)
-_HELD_SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
-
-
-def raise_pending_signal() -> None:
-    """Raise again a signal whose exception was lost (see _pending): KeyboardInterrupt for SIGINT, else
-    SystemExit(128 + its number). Called where work would start that a signal must not let begin (training)."""
-    global _pending
-    pending, _pending = _pending, None  # raised once: what catches it decides what follows
-    if pending is None:
-        return
-    if pending == signal.SIGINT:
-        raise KeyboardInterrupt
-    raise SystemExit(128 + pending)
-
-
-@contextmanager
-def exit_on_signals(signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGHUP)) -> Iterator[None]:
-    """While active, SIGTERM/SIGHUP raise SystemExit(128 + signal number) in the main thread.
-
-    Their default action ends the process on the spot: `with atomic_open(...)` blocks never run
-    their cleanup and multi-hundred-MB temporaries stay behind. As an exception they unwind like
-    Ctrl-C does. Further signals are ignored while the first one unwinds (a second SIGTERM would
-    otherwise interrupt the cleanup). Outside the main thread this does nothing (Python allows
-    handlers only there)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    global _pending, _depth
-    previous = {s: signal.getsignal(s) for s in signals}
-
-    def handler(signum: int, _frame: Any) -> None:
-        global _pending
-        _pending = signum
-        for s in signals:
-            signal.signal(s, signal.SIG_IGN)
-        raise SystemExit(128 + signum)
-
-    def interrupt(signum: int, _frame: Any) -> None:  # Ctrl-C as Python's own handler, remembered
-        global _pending
-        _pending = signum
-        raise KeyboardInterrupt
-
-    for s in signals:
-        signal.signal(s, handler)
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        previous[signal.SIGINT] = signal.default_int_handler
-        signal.signal(signal.SIGINT, interrupt)
-    _depth += 1
-    try:
-        yield
-    finally:
-        _depth -= 1
-        if _depth == 0:  # the outermost block ends (a nested one keeps what is remembered for its outer one)
-            _pending = None
-        for s, h in previous.items():
-            signal.signal(s, h if h is not None else signal.SIG_DFL)
-
-
-@contextmanager
-def signals_held(signals: tuple[int, ...] = _HELD_SIGNALS) -> Iterator[None]:
-    """Run a block that an exception must not enter part-way: a signal that comes meanwhile is held, and
-    delivered to the handler installed before (exit_on_signals', Python's Ctrl-C) as soon as the block ends. A
-    second signal while one is held is delivered at once (the user insists; what the block protects is then
-    theirs to lose).
-
-    For torch's dynamo exporter: SystemExit raised from a handler inside its traced frames crashed the process
-    with SIGSEGV (xtm-export, exit -11 instead of 143, about 1 run in 10 under load) instead of ending it
-    cleanly. Outside the main thread it does nothing (handlers belong to the main thread)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held: list[int] = []
-    previous = {s: signal.getsignal(s) for s in signals}
-
-    def restore() -> None:
-        for s, h in previous.items():
-            signal.signal(s, h if h is not None else signal.SIG_DFL)
-
-    def hold(signum: int, _frame: Any) -> None:
-        held.append(signum)
-        if len(held) > 1:
-            restore()
-            signal.raise_signal(signum)
-
-    for s in signals:
-        signal.signal(s, hold)
-    try:
-        yield
-    finally:
-        restore()
-        if len(held) == 1:
-            signal.raise_signal(held[0])  # through the handler it would have met without this block
 
 
 def write_json(path: str | Path, obj: Any) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from xtm.atomic import signals_held
+from xtm.signals import signals_held
 
 __all__ = ["export_encoder", "quiet_logs", "torch_to_onnx"]
 

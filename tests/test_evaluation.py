@@ -466,7 +466,7 @@ def test_a_command_stopped_inside_a_fit_exits_at_once_instead_of_crashing_under_
     script = tmp_path / "cmd.py"
     script.write_text(
         "import numpy as np, sklearn.svm, sys\n"
-        "from xtm.atomic import exit_on_signals\n"
+        "from xtm.signals import exit_on_signals\n"
         "from xtm.cli.common import friendly_errors\n"
         "from xtm.evaluation.metrics import classification\n"
         "x = np.random.default_rng(0).normal(size=(8000, 50)); y = np.arange(8000) % 6\n"

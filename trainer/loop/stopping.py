@@ -13,11 +13,9 @@ import signal
 from collections.abc import Iterator
 from typing import Any
 
-from xtm.atomic import raise_pending_signal
+from xtm.signals import STOP_SIGNALS, raise_pending_signal
 
 __all__ = ["StopFlag"]
-
-_STOP_SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
 
 
 class StopFlag:
@@ -56,10 +54,10 @@ class StopFlag:
 
     def install(self) -> None:
         # A signal that came while the data loaded and whose exception a finalizer swallowed stops the run here,
-        # before its first step (xtm.atomic._pending).
+        # before its first step (xtm.signals._pending).
         raise_pending_signal()
         if _in_main_thread():
-            for s in _STOP_SIGNALS:
+            for s in STOP_SIGNALS:
                 previous = signal.signal(s, self)
                 self._previous[s] = previous if previous is not None else signal.SIG_DFL
 
