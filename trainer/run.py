@@ -57,7 +57,7 @@ from xtm.trainer.data.batches import BatchSource, InMemoryBatches
 from xtm.trainer.data.loading import load_corpus
 from xtm.trainer.loop import distributed
 from xtm.trainer.loop.distributed import DistContext
-from xtm.trainer.loop.model_passes import infer_mean, infer_theta, recalibrate_batchnorm, warn_near_collapse
+from xtm.trainer.loop.model_passes import infer_mean, infer_theta, lone_collapses, recalibrate_batchnorm
 from xtm.trainer.loop.training import TrainResult, pick_device, torch_threads, train, training_device
 from xtm.trainer.phase2.objective import Phase2Objective
 from xtm.trainer.report_data import build_report_data
@@ -320,19 +320,18 @@ def periodic_evaluation(corpus: Corpus, batches: BatchSource | None, ref: Refere
     """
     source = batches if batches is not None else InMemoryBatches(corpus)
     device = pick_device(cfg.device)
-    warned = False  # about one language's near-collapse: once, at the first point that shows it
-
     def evaluate_now(epoch: int, model: CrossLingualTopicModel) -> dict[str, Any] | None:
-        nonlocal warned
         if epoch % cfg.eval_every:
             return None
         t0 = time.perf_counter()
         snapshot = copy.deepcopy(model)
         recalibrate_batchnorm(snapshot, source, device)
-        warned = warned or warn_near_collapse(snapshot, epoch)
+        # Said by the training loop (once a run, whichever of an evaluation or a checkpoint shows it first).
+        collapsed = {lang: [v, eps] for lang, (v, eps) in lone_collapses(snapshot).items()}
         outputs = model_outputs(corpus, snapshot, device)
         metrics = evaluate(corpus, outputs.train_theta, outputs.test_theta, outputs.beta, ref=ref)
         point = {k: metrics.get(k) for k in ("TU", "CNPMI", "TQ", "classification")}
+        point["near_collapse"] = collapsed  # {lang: [variance, eps]} of the languages alone near collapse
         point["seconds"] = time.perf_counter() - t0
         cls = point["classification"] or {}
         logger.info(f"epoch {epoch} evaluation: TU {point['TU']:.3f}"

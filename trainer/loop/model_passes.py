@@ -20,7 +20,8 @@ from xtm.models_zoo.base import CrossLingualTopicModel
 from xtm.models_zoo.components import SparseRows, near_collapsed_languages
 from xtm.trainer.data.batches import BatchSource
 
-__all__ = ["infer_mean", "infer_theta", "recalibrate_batchnorm", "sparse_batch", "warn_near_collapse"]
+__all__ = ["infer_mean", "infer_theta", "lone_collapses", "recalibrate_batchnorm", "sparse_batch",
+           "warn_near_collapse"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,18 +64,26 @@ def recalibrate_batchnorm(model: CrossLingualTopicModel, data: BatchSource, devi
         model.train(was_training)
 
 
-def warn_near_collapse(model: CrossLingualTopicModel, epoch: int | None = None) -> bool:
+def lone_collapses(model: CrossLingualTopicModel) -> dict[str, tuple[float, float]]:
+    """The languages whose encoders are near posterior collapse while others' are not: {lang: (variance of the
+    mean head, its batch norm's eps)}; {} when none is, or when every language is (NMTM's shared body always
+    is one state for all: the method's state, not one language falling behind)."""
+    collapsed = near_collapsed_languages(model.encoders, model.langs)
+    return {} if len(collapsed) == len(model.langs) else collapsed
+
+
+def warn_near_collapse(model: CrossLingualTopicModel, epoch: int | None = None,
+                       collapsed: dict[str, tuple[float, float]] | None = None) -> bool:
     """Warn when some languages' encoders are near posterior collapse and others are not; True if it warned.
 
     Such a language's theta is close to uniform and on another scale than the others' (its
     documents' topics barely differ), which no loss printed during training makes obvious.
-    When every language is there (NMTM's shared body always is) it is the method's state, not
-    one language falling behind, so nothing is said. `epoch`: said of a model still training (an
-    `--eval-every` point: the state shows within a few epochs, hours before the end), else of the
-    model training ended with.
+    `epoch`: said of a model still training (an `--eval-every` point or a periodic checkpoint: the state
+    shows within a few epochs, hours before the end), else of the model training ended with. `collapsed`:
+    `lone_collapses` as measured elsewhere (an evaluation's recalibrated copy), else measured on `model`.
     """
-    collapsed = near_collapsed_languages(model.encoders, model.langs)
-    if not collapsed or len(collapsed) == len(model.langs):
+    collapsed = lone_collapses(model) if collapsed is None else collapsed
+    if not collapsed:
         return False
     others = ", ".join(lang for lang in model.langs if lang not in collapsed)
     state = "ended" if epoch is None else f"is, at epoch {epoch},"

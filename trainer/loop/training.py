@@ -100,6 +100,16 @@ def seed_everything(seed: int) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
+def _collapse_point(value: Any) -> dict[str, tuple[float, float]]:
+    """An evaluation point's "near_collapse" ({lang: [variance, eps]}, xtm.trainer.run), or {} for anything else
+    (a callback of the user's may return any dict)."""
+    if not isinstance(value, dict):
+        return {}
+    return {lang: (float(v[0]), float(v[1])) for lang, v in value.items()
+            if isinstance(lang, str) and isinstance(v, (list, tuple)) and len(v) == 2
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)}
+
+
 def links_digest(corpus: Corpus) -> str:
     """SHA-256 of the corpus's cross-lingual word links (which word of which language links to which): what a
     resumed run must have been trained with."""
@@ -314,7 +324,8 @@ class _Training:
         self._rollback: tuple[dict[str, Any], Any] | None = None  # phase 2 state before an unfinished refinement
         self._step_rng: tuple[torch.Tensor, torch.Tensor | None] | None = None  # RNG before an unfinished step
         self._history_warned = False
-        self._collapse_warned = False  # about one language's near-collapse, at a periodic checkpoint: once
+        # about one language's near-collapse, at the first --eval-every point or periodic checkpoint that shows it
+        self._collapse_warned = False
 
     # ---- resume ------------------------------------------------------------------------------
     def resume(self) -> None:
@@ -719,6 +730,9 @@ class _Training:
                 # Under torchrun this rank alone was signalled: the epoch closes without its evaluation point,
                 # and every rank leaves at the boundary (run), where the others learn of the signal.
                 stop.signum = stop.signum or signal.SIGINT
+        if self.main and isinstance(extra, dict) and not self._collapse_warned:
+            collapsed = _collapse_point(extra.get("near_collapse"))
+            self._collapse_warned = bool(collapsed) and warn_near_collapse(self.model, epoch, collapsed)
         stop.enter()
         self.seconds.append(progress.seconds)
         self.history.append({"epoch": epoch, **means, "seconds": progress.seconds, "steps": steps,
@@ -780,9 +794,9 @@ class _Training:
         rng, buffers = self._rng_state(), self._training_buffers()
         try:
             recalibrate_batchnorm(self.model, self.data, self.device)
-            if not self.cfg.eval_every and not self._collapse_warned:
-                # The state shows within a few epochs: say so then, not hours later at the end (--eval-every
-                # points say it where there are any, from the same recalibrated statistics).
+            if not self._collapse_warned:
+                # The state shows within a few epochs: say so then, not hours later at the end (an --eval-every
+                # point this epoch has said it already, from the same recalibrated statistics).
                 self._collapse_warned = warn_near_collapse(self.model, self.done)
             self._save(None, rng=rng, buffers=buffers)
         finally:  # also after a second Ctrl-C inside: the stopping checkpoint then saves training's state
