@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields, is_dataclass
 from typing import Any, TypeVar
@@ -194,8 +195,11 @@ def option_text(cli: Cli | None, name: str, value: Any) -> str:
 
 
 def cli_value(value: Any) -> str:
-    """A value as a command line takes it back exactly: a whole number without ".0" (an int option refuses
-    "2.0"), any other float by repr (`:g` gave --seed 2.02401e+07 and a rounded --lr), the rest by str()."""
+    """A value as a shell command line takes it back exactly: a whole number without ".0" (an int option refuses
+    "2.0"), any other float by repr (`:g` gave --seed 2.02401e+07 and a rounded --lr), text quoted where the
+    shell would split or expand it (a model path with a space), anything else by str()."""
+    if isinstance(value, str):
+        return shlex.quote(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return str(value)
     if isinstance(value, int) or value.is_integer() and abs(value) < 2**53:

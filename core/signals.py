@@ -47,12 +47,14 @@ def exit_on_signals(signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGHUP)) 
     Their default action ends the process on the spot: `with atomic_open(...)` blocks never run
     their cleanup and multi-hundred-MB temporaries stay behind. As an exception they unwind like
     Ctrl-C does. Further signals are ignored while the first one unwinds (a second SIGTERM would
-    otherwise interrupt the cleanup). Outside the main thread this does nothing (Python allows
-    handlers only there)."""
+    otherwise interrupt the cleanup). A signal already ignored stays ignored (`nohup` ignores SIGHUP so that a
+    closed terminal does not end the command: it did, exit 129). Outside the main thread this does nothing
+    (Python allows handlers only there)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     global _pending, _depth
+    signals = tuple(s for s in signals if signal.getsignal(s) is not signal.SIG_IGN)
     previous = {s: signal.getsignal(s) for s in signals}
 
     def handler(signum: int, _frame: Any) -> None:
@@ -86,34 +88,47 @@ def exit_on_signals(signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGHUP)) 
 @contextmanager
 def signals_held(signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[None]:
     """Run a block that an exception must not enter part-way: a signal that comes meanwhile is held, and
-    delivered to the handler installed before (exit_on_signals', Python's Ctrl-C) as soon as the block ends. A
-    second signal while one is held is delivered at once (the user insists; what the block protects is then
-    theirs to lose).
+    delivered to the handler installed before (exit_on_signals', Python's Ctrl-C, a library user's own) as soon
+    as the block ends. A second signal while one is held ends the holding at once: the handlers are put back and
+    every held signal is delivered, in order (the user insists; what the block protects is then theirs to lose).
+    A signal that was ignored (SIG_IGN: SIGINT in a background job) stays ignored and is never held.
 
-    For torch's dynamo exporter: SystemExit raised from a handler inside its traced frames crashed the process
-    with SIGSEGV (xtm-export, exit -11 instead of 143, about 1 run in 10 under load) instead of ending it
-    cleanly. Outside the main thread it does nothing (handlers belong to the main thread)."""
+    For torch's dynamo exporter: SystemExit raised from a handler inside its traced frames crashed xtm-export
+    with SIGSEGV (exit -11 instead of 143, seen under load in the test suite) instead of ending it cleanly.
+    Outside the main thread it does nothing (handlers belong to the main thread)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    held: list[int] = []
     previous = {s: signal.getsignal(s) for s in signals}
+    previous = {s: h for s, h in previous.items() if h is not signal.SIG_IGN}
+    held: list[int] = []
+    restored = False
 
-    def restore() -> None:
-        for s, h in previous.items():
-            signal.signal(s, h if h is not None else signal.SIG_DFL)
+    def restore() -> None:  # once: a handler's own changes afterwards (exit_on_signals ignoring more) are kept
+        nonlocal restored
+        if not restored:
+            restored = True
+            for s, h in previous.items():
+                signal.signal(s, h if h is not None else signal.SIG_DFL)
 
     def hold(signum: int, _frame: Any) -> None:
         held.append(signum)
         if len(held) > 1:
             restore()
-            signal.raise_signal(signum)
+            _deliver(held)
 
-    for s in signals:
-        signal.signal(s, hold)
     try:
+        for s in previous:
+            signal.signal(s, hold)
         yield
     finally:
-        restore()
-        if len(held) == 1:
-            signal.raise_signal(held[0])  # through the handler it would have met without this block
+        if not restored:
+            restore()
+            _deliver(held)
+
+
+def _deliver(signums: list[int]) -> None:
+    """Raise each signal again, in order, through the handlers now installed (one that raises ends the list)."""
+    pending, signums[:] = list(signums), []
+    for signum in pending:
+        signal.raise_signal(signum)

@@ -18,6 +18,10 @@ from shared_data import shared_data_dir
 # Python's own restores SIGINT for both.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+# Likewise SIGHUP under nohup: xtm leaves an ignored signal ignored (tests/test_signals.py tests that), so the
+# SIGHUP tests need the default a terminal session gives.
+if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 # Many tests compare two separate runs bit for bit, and torch's thread count orders its sums: without
 # --threads a training takes the cores other processes leave free (xtm.cpu), which follows the machine's

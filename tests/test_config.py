@@ -439,3 +439,16 @@ def test_load_corpus_takes_the_rules_as_an_object_or_by_name(example_dir: Path) 
     assert all(lc.vocab_size == 30 for lc in by_object.languages)
     with pytest.raises(TypeError):
         load_corpus(docs, vocab_sise=30, progress=False)
+
+
+def test_cli_value_gives_what_a_shell_command_line_takes_back() -> None:
+    import shlex
+
+    from xtm.config import cli_value
+
+    for value, shown in ((2.0, "2"), (20000.0, "20000"), (0.000316227766, "0.000316227766"), (20240101, "20240101"),
+                         (1e-10, "1e-10"), ("openai", "openai"), ("/m/My Models/q.gguf", "'/m/My Models/q.gguf'"),
+                         ("", "''"), ("x;rm -rf ~", "'x;rm -rf ~'")):
+        assert cli_value(value) == shown
+        if isinstance(value, str):
+            assert shlex.split(f"--llm-model {cli_value(value)}") == ["--llm-model", value]

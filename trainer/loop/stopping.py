@@ -58,6 +58,8 @@ class StopFlag:
         raise_pending_signal()
         if _in_main_thread():
             for s in STOP_SIGNALS:
+                if signal.getsignal(s) is signal.SIG_IGN:  # nohup's SIGHUP, a background job's SIGINT: still ignored
+                    continue
                 previous = signal.signal(s, self)
                 self._previous[s] = previous if previous is not None else signal.SIG_DFL
 
