@@ -99,8 +99,8 @@ def signals_held(signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {s: signal.getsignal(s) for s in signals}
-    previous = {s: h for s, h in previous.items() if h is not signal.SIG_IGN}
+    # Not held: an ignored signal, and one whose handler was set outside Python (None: it could not be put back).
+    previous = {s: h for s in signals if (h := signal.getsignal(s)) is not signal.SIG_IGN and h is not None}
     held: list[int] = []
     restored = False
 
@@ -109,7 +109,7 @@ def signals_held(signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[None]:
         if not restored:
             restored = True
             for s, h in previous.items():
-                signal.signal(s, h if h is not None else signal.SIG_DFL)
+                signal.signal(s, h)
 
     def hold(signum: int, _frame: Any) -> None:
         held.append(signum)
