@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from typing import Any
 
 __all__ = ["STOP_SIGNALS", "exit_on_signals", "raise_pending_signal", "signals_held"]
@@ -86,7 +86,8 @@ def exit_on_signals(signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGHUP)) 
 
 
 @contextmanager
-def signals_held(signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[None]:
+def signals_held(signals: tuple[int, ...] = STOP_SIGNALS, on_hold: Callable[[int], None] | None = None
+                 ) -> Iterator[None]:
     """Run a block that an exception must not enter part-way: a signal that comes meanwhile is held, and
     delivered to the handler installed before (exit_on_signals', Python's Ctrl-C, a library user's own) as soon
     as the block ends. A second signal while one is held ends the holding at once: the handlers are put back and
@@ -95,7 +96,9 @@ def signals_held(signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[None]:
 
     For torch's dynamo exporter: SystemExit raised from a handler inside its traced frames crashed xtm-export
     with SIGSEGV (exit -11 instead of 143, seen under load in the test suite) instead of ending it cleanly.
-    Outside the main thread it does nothing (handlers belong to the main thread)."""
+    `on_hold(signum)` is called when the first signal is held, so the user hears that it was (a Ctrl-C that
+    seems ignored is pressed again). Outside the main thread it does nothing (handlers belong to the main
+    thread)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -116,6 +119,9 @@ def signals_held(signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[None]:
         if len(held) > 1:
             restore()
             _deliver(held)
+        elif on_hold is not None:
+            with suppress(Exception):  # saying so must never be what breaks the block
+                on_hold(signum)
 
     try:
         for s in previous:

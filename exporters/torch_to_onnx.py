@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
@@ -18,6 +19,8 @@ from typing import Any
 from xtm.signals import signals_held
 
 __all__ = ["export_encoder", "quiet_logs", "torch_to_onnx"]
+
+logger = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -41,11 +44,17 @@ def torch_to_onnx(module: Any, args: tuple[Any, ...], path: Path, *, input_names
     import torch
 
     # Signals wait for the exporter (seconds): one raised inside dynamo's traced frames was a SIGSEGV.
-    with signals_held(), warnings.catch_warnings(), quiet_logs(), contextlib.redirect_stdout(sys.stderr):
+    with signals_held(on_hold=_say_held), warnings.catch_warnings(), quiet_logs(), \
+            contextlib.redirect_stdout(sys.stderr):
         warnings.simplefilter("ignore")  # the exporter's deprecation chatter is not the user's business
         torch.onnx.export(module, args, str(path), input_names=list(input_names), output_names=list(output_names),
                           dynamic_shapes=dynamic_shapes, opset_version=opset, dynamo=True, verbose=False,
                           external_data=False, report=False)
+
+
+def _say_held(signum: int) -> None:
+    logger.warning(f"{signal.Signals(signum).name}: stopping once this graph is exported (seconds); "
+                   "a second signal stops at once")
 
 
 def export_encoder(model: Any, lang_index: int, vocab_size: int, path: Path, opset: int) -> None:

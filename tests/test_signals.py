@@ -144,3 +144,24 @@ def test_a_signal_nohup_ignores_stays_ignored(where: str) -> None:
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert p.stdout.split() == ["went", "on", "True"]
+
+
+def test_the_first_held_signal_is_said_once() -> None:
+    """A Ctrl-C that seems ignored is pressed again: xtm-export says that it stops once the graph is exported."""
+    code = textwrap.dedent("""
+        import os, signal
+        from xtm.signals import exit_on_signals, signals_held
+        def broken(signum):
+            raise RuntimeError("a notice that fails never breaks the block")
+        for notice in (broken, None):
+            said = []
+            try:
+                with exit_on_signals(), signals_held(on_hold=notice or said.append):
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    said.append("block finished")
+            except SystemExit as e:
+                print(said, e.code)
+    """)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == ["['block finished'] 143", f"[{int(signal.SIGTERM)}, 'block finished'] 143"]

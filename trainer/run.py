@@ -320,6 +320,7 @@ def periodic_evaluation(corpus: Corpus, batches: BatchSource | None, ref: Refere
     """
     source = batches if batches is not None else InMemoryBatches(corpus)
     device = pick_device(cfg.device)
+
     def evaluate_now(epoch: int, model: CrossLingualTopicModel) -> dict[str, Any] | None:
         if epoch % cfg.eval_every:
             return None
