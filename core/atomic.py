@@ -160,9 +160,9 @@ def _replacing(target: Path, st: os.stat_result | None, mode: str, encoding: str
     except OSError as e:
         raise XtmError(f"cannot write: cannot create its directory: {e.strerror}", path=shown) from e
     with suppress(OSError):  # best effort: a sweep never fails the write
-        dfd = os.open(parent, _DIR_FLAGS & ~_NOFOLLOW)  # the parent of a resolved path: no link to refuse
+        dfd = open_directory(parent, follow=True)  # the parent of a resolved path: no link to refuse
         try:
-            _remove_stale(dfd, re.escape(stem))
+            remove_stale_temporaries(dfd, re.escape(stem))
         finally:
             os.close(dfd)
     try:
@@ -225,13 +225,15 @@ def _fsync_dir(directory: Path) -> None:
             os.close(dfd)
 
 
-def _remove_stale(dfd: int, stem_pattern: str) -> None:
-    """Remove the temporaries whose stem matches the regular expression `stem_pattern` in the directory `dfd`, left
-    by killed writers: only ones provably ours (module docstring). Best effort: anything unexpected leaves the
-    file where it is and never fails the write."""
+def remove_stale_temporaries(dfd: int, entry_pattern: str) -> None:
+    """Remove the temporaries killed writers left in the directory `dfd` for any name that matches the regular
+    expression `entry_pattern` (atomic_open and replacing_at: the name they write, escaped; a cache whose
+    entries are written once each: every entry's name, as it never rewrites the entry a stale temporary belongs
+    to). Only ones provably ours (module docstring); files of other names are left alone. Best effort: anything
+    unexpected leaves the file where it is and never fails the write."""
     if fcntl is None:
         return
-    pattern = re.compile(r"\.(?:" + stem_pattern + ")" + re.escape(_TMP_TAG) + r"(?P<pid>\d{1,10})-[a-z0-9_]{8}\.tmp")
+    pattern = re.compile(r"\.(?:" + entry_pattern + ")" + re.escape(_TMP_TAG) + r"(?P<pid>\d{1,10})-[a-z0-9_]{8}\.tmp")
     try:
         entries = list(os.scandir(dfd))  # names relative to dfd: a directory swapped for a link meanwhile is not us
     except OSError:
@@ -251,13 +253,6 @@ def _remove_stale(dfd: int, stem_pattern: str) -> None:
                     os.unlink(entry.name, dir_fd=dfd)
             finally:
                 os.close(fd)
-
-
-def remove_stale_temporaries(dfd: int, entry_pattern: str) -> None:
-    """Remove the temporaries a killed writer left in the directory `dfd` for any entry whose name matches the
-    regular expression `entry_pattern` (a cache whose entries are written once each never rewrites the entry a
-    stale temporary belongs to, which is when `replacing_at` sweeps). Files of other names are left alone."""
-    _remove_stale(dfd, entry_pattern)
 
 
 # --------------------------------------------------------------------------- cache entries
@@ -332,7 +327,7 @@ def replacing_at(dfd: int, name: str) -> Iterator[IO[bytes]]:
     xtm's own (the caches); users' outputs go through atomic_open. OSError when it cannot be written (a
     directory at the name: IsADirectoryError), the temporary removed."""
     stem = _stem(name)
-    _remove_stale(dfd, re.escape(stem))
+    remove_stale_temporaries(dfd, re.escape(stem))
     tmp = f".{stem}{_TMP_TAG}{os.getpid()}-{secrets.token_hex(4)}.tmp"
     fd = os.open(tmp, _CREATE_FLAGS, 0o666, dir_fd=dfd)  # the umask applies, as for any new file
     try:

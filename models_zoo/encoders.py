@@ -38,7 +38,6 @@ __all__ = ["DEFAULT_ENCODER", "DEFAULT_MAX_TOKENS", "USE_LANGUAGES", "EncoderNam
 
 logger = logging.getLogger(__name__)
 
-
 # USE multilingual v3's training languages (Yang et al. 2019): where zero-shot topics are meaningful.
 USE_LANGUAGES = ("ar", "de", "en", "es", "fr", "it", "ja", "ko", "nl", "pl", "pt", "ru", "th", "tr", "zh")
 

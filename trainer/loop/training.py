@@ -732,7 +732,7 @@ class _Training:
                 stop.signum = stop.signum or signal.SIGINT
         if self.main and isinstance(extra, dict) and not self._collapse_warned:
             collapsed = _collapse_point(extra.get("near_collapse"))
-            self._collapse_warned = bool(collapsed) and warn_near_collapse(self.model, epoch, collapsed)
+            self._collapse_warned = warn_near_collapse(self.model, epoch, collapsed)
         stop.enter()
         self.seconds.append(progress.seconds)
         self.history.append({"epoch": epoch, **means, "seconds": progress.seconds, "steps": steps,
