@@ -543,22 +543,20 @@ def test_a_trained_run_checks_its_encoders_for_near_collapse(example_corpus, exa
     from xtm.config import DataConfig
     from xtm.trainer.run import run_training
 
-    seen.clear()
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="xtm"):
-        run_training(DataConfig(path=str(example_dir / "docs.jsonl"), dict_path=str(example_dir / "dict.tsv")),
-                     config(model="infoctm", epochs=3, eval_every=1), tmp_path / "curve")
-    warned = [r.getMessage() for r in caplog.records if "posterior collapse" in r.getMessage()]
+    def warnings_of_a_run(eval_every: int, out: str) -> list[str]:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="xtm"):
+            run_training(DataConfig(path=str(example_dir / "docs.jsonl"), dict_path=str(example_dir / "dict.tsv")),
+                         config(model="infoctm", epochs=3, eval_every=eval_every), tmp_path / out)
+        return [r.getMessage() for r in caplog.records if "posterior collapse" in r.getMessage()]
+
+    warned = warnings_of_a_run(1, "curve")
     # (checkpoints every epoch here too: the evaluation point says it, the checkpoint does not say it again)
     assert len(warned) == 2 and "is, at epoch 1, near posterior collapse" in warned[0] and "ended" in warned[1]
     history = json.loads((tmp_path / "curve" / "history.json").read_text())
     assert history[0]["eval"]["near_collapse"] == {"en": [1e-7, 1e-5]}  # the curve records it too
     # An --eval-every longer than the run: the checkpoints still say it early (they were silent with one set).
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="xtm"):
-        run_training(DataConfig(path=str(example_dir / "docs.jsonl"), dict_path=str(example_dir / "dict.tsv")),
-                     config(model="infoctm", epochs=3, eval_every=10), tmp_path / "long-eval")
-    warned = [r.getMessage() for r in caplog.records if "posterior collapse" in r.getMessage()]
+    warned = warnings_of_a_run(10, "long-eval")
     assert len(warned) == 2 and "is, at epoch 1, near posterior collapse" in warned[0] and "ended" in warned[1]
 
 
