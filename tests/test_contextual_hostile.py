@@ -119,6 +119,28 @@ def test_a_good_cache_entry_is_read_not_recomputed(tmp_path: Path) -> None:
     assert cached_vectors("k", [], tmp_path, compute).shape[0] == 0
 
 
+def test_a_long_embedding_pass_is_said_in_the_log_and_a_cache_hit_is_silent(tmp_path: Path, caplog) -> None:
+    """A training log without a progress bar was silent for the minutes XTRA spent embedding its documents."""
+    from xtm.models_zoo.encoders import cached_vectors
+
+    texts = [f"document {i}" for i in range(1500)]
+
+    def compute(batch: list[str]) -> np.ndarray:
+        return np.ones((len(batch), 4), dtype=np.float32)
+
+    with caplog.at_level(logging.INFO, logger="xtm"):
+        cached_vectors("k", texts, tmp_path, compute)
+        lines = [r.getMessage() for r in caplog.records]
+        assert any(m.startswith("embedding 1,500 texts with k (once: cached in ") for m in lines), lines
+        assert any(m.startswith("embedded 1,500 texts in ") for m in lines), lines
+        caplog.clear()
+        cached_vectors("k", texts, tmp_path, compute)  # a hit: nothing computed, nothing said
+        cached_vectors("k", texts[:10], None, compute)  # a short pass: no lines either
+        assert not caplog.records
+        cached_vectors("k", texts, None, compute)
+        assert any(m == "embedding 1,500 texts with k (not cached)" for m in (r.getMessage() for r in caplog.records))
+
+
 def test_an_encoder_that_gives_nan_stops_with_the_text_named_and_caches_nothing(tmp_path: Path) -> None:
     """Before: NaN vectors were cached and trained on (a NaN theta for every document of the batch)."""
     from xtm.errors import XtmError
