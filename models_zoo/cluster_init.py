@@ -8,13 +8,17 @@ already aligned across languages.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import scipy.sparse as sp
 
 from xtm.corpus import Corpus
 from xtm.errors import XtmError
 from xtm.models_zoo.base import BuildContext
-from xtm.models_zoo.encoders import embed_cached
+from xtm.models_zoo.encoders import embed_cached, encoder_languages
+
+logger = logging.getLogger(__name__)
 
 
 def document_embeddings(corpus: Corpus, encoder: str, context: BuildContext) -> list[np.ndarray]:
@@ -22,9 +26,24 @@ def document_embeddings(corpus: Corpus, encoder: str, context: BuildContext) -> 
     out = []
     for lc in corpus.languages:
         if lc.train_texts is None:
-            raise XtmError(f"clustering the documents needs their text; the corpus has none for '{lc.lang}'")
+            raise XtmError(f"the documents' sentence embeddings need their text, and the data has none for "
+                           f"'{lc.lang}' (a benchmark directory without train_texts_{lc.lang}.txt): give JSONL "
+                           "documents, or train a backbone that reads bags of words alone (--model infoctm or "
+                           "nmtm, with --dict)")
+        warn_unseen_language(encoder, lc.lang)
         out.append(embed_cached(encoder, lc.train_texts, context.cache_dir, progress=context.progress))
     return out
+
+
+def warn_unseen_language(encoder: str, lang: str) -> None:
+    """Say so when the encoder was not trained on `lang`: the embeddings then say little about what its
+    documents mean, and topics aligned or started through them may not match across languages."""
+    known = encoder_languages(encoder)
+    if known and lang not in known:
+        logger.warning(f"'{lang}' is not among the languages {encoder} was trained on ({', '.join(known)}): "
+                       f"the '{lang}' documents' sentence embeddings say little about their meaning, so topics "
+                       "aligned through them may not match across languages. With a bilingual dictionary, "
+                       "--model infoctm aligns through it instead")
 
 
 def cluster_documents(embeddings: list[np.ndarray], k: int, seed: int, svd_dims: int = 100) -> list[np.ndarray]:

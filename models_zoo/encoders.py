@@ -34,8 +34,8 @@ from xtm.errors import XtmError, exception_text
 from xtm.npy_header import read_npy_header
 
 __all__ = ["DEFAULT_ENCODER", "DEFAULT_MAX_TOKENS", "USE_LANGUAGES", "EncoderName", "SentenceEncoder",
-           "SentenceTransformerEncoder", "USEMultilingual", "cached_vectors", "embed_cached", "l2_normalize",
-           "load_encoder", "load_sentence_transformer", "parse_encoder_name", "texts_key"]
+           "SentenceTransformerEncoder", "USEMultilingual", "cached_vectors", "embed_cached", "encoder_languages",
+           "l2_normalize", "load_encoder", "load_sentence_transformer", "parse_encoder_name", "texts_key"]
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +81,12 @@ def parse_encoder_name(name: str) -> EncoderName:
             raise XtmError(f"encoder '{name}' names no model: write st:<sentence-transformers model name or path>")
         return EncoderName(name, "st", model)
     raise XtmError(f"unknown encoder '{name}': use '{DEFAULT_ENCODER}' or 'st:<sentence-transformers model>'")
+
+
+def encoder_languages(name: str) -> tuple[str, ...]:
+    """The languages the encoder `name` was trained on, without loading it; () when unknown (a
+    sentence-transformers model says nothing of its languages)."""
+    return USE_LANGUAGES if parse_encoder_name(name).kind == "use" else ()
 
 
 # --------------------------------------------------------------------------- the numpy encoders

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from xtm.corpus import Corpus
     from xtm.models_zoo.base import CrossLingualTopicModel
 
-__all__ = ["MODEL_NAMES", "check_capabilities", "model_class", "model_from_state"]
+__all__ = ["MODEL_NAMES", "check_capabilities", "model_class", "model_from_state", "unused_dictionary_note"]
 
 
 def model_class(name: str) -> type[CrossLingualTopicModel]:
@@ -116,3 +116,14 @@ def check_capabilities(model_name: str, corpus: Corpus | None = None, *, out_of_
             raise XtmError(f"--model {cls.name} aligns topics through a bilingual dictionary, but no {a}-{b} word "
                            f"pairs are known: pass --dict PATH (TSV source<TAB>target), or use {without}, which "
                            "need none")
+
+
+def unused_dictionary_note(model_name: str) -> str | None:
+    """What to say when --dict is given to a backbone that never reads it (None when it does): the
+    dictionary is loaded all the same, and a user who expected it to align the topics learns otherwise."""
+    cls = model_class(model_name)
+    if cls.reads_links:
+        return None
+    readers = " or ".join(f"--model {n}" for n in _names(lambda c: c.needs_dictionary))
+    return (f"--dict is not used by {cls.name}: it aligns topics through multilingual sentence embeddings "
+            f"({readers} align through the dictionary)")

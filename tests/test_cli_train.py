@@ -43,6 +43,7 @@ def test_train_on_the_builtin_example_writes_the_contract(example_dir: Path, tmp
     assert json.loads(p.stdout)["classification_published"] == metrics["classification_published"]
     # stderr is a pipe here, so no bar: the library's log lines, one per epoch among them (issue 16)
     assert "xtm-train: loaded " in p.stderr and "xtm-train: evaluating" in p.stderr
+    assert "is not used by" not in p.stderr  # nmtm reads the --dict it is given
     epochs = [line for line in p.stderr.splitlines() if line.startswith("xtm-train: epoch ")]
     assert [line.split(":")[1].strip() for line in epochs] == [f"epoch {e}/15" for e in range(1, 16)]
 
@@ -78,6 +79,17 @@ def test_a_bad_encoder_name_is_one_error_line(example_dir: Path, tmp_path: Path,
     p = run(["--data", str(example_dir / "docs.jsonl"), "--dict", str(example_dir / "dict.tsv"), "--topics", "4",
              "--epochs", "1", "--out", str(tmp_path / "r"), *extra])
     assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+def test_a_dictionary_xtra_never_reads_is_said_not_silently_ignored(example_dir: Path, tmp_path: Path) -> None:
+    p = run(["--data", str(example_dir / "docs.jsonl"), "--dict", str(example_dir / "dict.tsv"), "--model", "xtra",
+             "--topics", "4", "--epochs", "1", "--no-contextual", "--out", str(tmp_path / "r")])
+    assert p.returncode == 0, p.stderr
+    assert "xtm-train: --dict is not used by xtra: it aligns topics through multilingual sentence embeddings " \
+           "(--model nmtm or --model infoctm align through the dictionary)" in p.stderr
+    without = run(["--data", str(example_dir / "docs.jsonl"), "--model", "xtra", "--topics", "4", "--epochs", "1",
+                   "--no-contextual", "--out", str(tmp_path / "r2")])
+    assert without.returncode == 0 and "--dict" not in without.stderr, without.stderr
 
 
 def test_existing_run_needs_resume(example_dir: Path, tmp_path: Path) -> None:

@@ -377,3 +377,13 @@ def test_default_fit_that_cannot_run_leaves_a_trained_run(example_corpus, exampl
     required = _cli("train", *args, "--out", str(tmp_path / "run2"), "--contextual")
     assert required.returncode == 2 and "Traceback" not in required.stderr
     assert "error:" in required.stderr and "no document texts" in required.stderr
+
+
+def test_xtra_on_bags_of_words_alone_says_which_backbones_can(example_corpus, tmp_path: Path) -> None:
+    """XTRA embeds each training document's text: on a benchmark directory without texts it is one error line
+    naming the missing file and the backbones that read bags of words alone."""
+    data = _benchmark_without_texts(example_corpus, tmp_path / "bench")
+    p = _cli("train", "--data", str(data), "--model", "xtra", "--topics", "6", "--epochs", "1", "--threads", "1",
+             "-q", "--out", str(tmp_path / "run"))
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-3000:]
+    assert "train_texts_en.txt" in p.stderr and "--model infoctm or nmtm, with --dict" in p.stderr

@@ -509,3 +509,21 @@ def test_the_cluster_start_needs_text_and_says_what_to_use_instead(tmp_path) -> 
 
     with pytest.raises(XtmError, match="keeps no text.*--set init=random"):
         NMTM.from_corpus(tiny_corpus(), 4, BuildContext(cache_dir=tmp_path), init="clusters")
+
+
+def test_a_language_the_sentence_encoder_never_saw_is_a_warning(caplog) -> None:
+    """XTRA (and a cluster start) align through sentence embeddings: for a language outside the encoder's, they
+    say little, and the user hears it before training."""
+    import logging
+
+    from xtm.models_zoo.cluster_init import warn_unseen_language
+
+    with caplog.at_level(logging.WARNING, logger="xtm"):
+        warn_unseen_language("use-multilingual", "zh")
+        warn_unseen_language("st:some/model", "sw")  # a sentence-transformers model's languages are unknown
+        assert not caplog.records
+        warn_unseen_language("use-multilingual", "sw")
+    assert len(caplog.records) == 1
+    text = caplog.records[0].getMessage()
+    assert text.startswith("'sw' is not among the languages use-multilingual was trained on (ar, de, en, ")
+    assert "--model infoctm" in text

@@ -50,7 +50,7 @@ from xtm.evaluation.metrics import (
     topic_quality,
 )
 from xtm.models_zoo.base import BuildContext, CrossLingualTopicModel
-from xtm.models_zoo.registry import check_capabilities
+from xtm.models_zoo.registry import check_capabilities, unused_dictionary_note
 from xtm.paths import cache_dir
 from xtm.run_dir import PARITY_SAMPLE_DOCS, RunDir, has_checkpoint, hold_run_dir, lock_dir, refuse_foreign_dir
 from xtm.trainer.data.batches import BatchSource, InMemoryBatches
@@ -136,6 +136,8 @@ def run_training(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool = F
     refuse_foreign_dir(out)  # before anything: a user's directory is never written to
     # What the settings alone rule out (the model or phase 2 from streamed shards), before any work.
     check_capabilities(cfg.model, out_of_core=data.out_of_core, phase2=phase2 is not None)
+    if data.dict_path is not None and (note := unused_dictionary_note(cfg.model)) is not None:
+        logger.info(note)
     dist = distributed.init_from_env(cfg.device)
     try:
         if dist is not None:
