@@ -13,7 +13,7 @@ from typing import Any
 
 from xtm.errors import XtmError
 
-__all__ = ["read_json"]
+__all__ = ["parse_json_bytes", "read_json"]
 
 
 def read_json(path: str | Path, *, missing: str = "missing") -> Any:
@@ -21,13 +21,22 @@ def read_json(path: str | Path, *, missing: str = "missing") -> Any:
     `missing`, for callers that can say what a missing file means), unreadable or not JSON."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise XtmError(missing, path=path) from None
-    except UnicodeDecodeError as e:
-        raise XtmError(f"not UTF-8 text ({e.reason} at byte {e.start})", path=path) from None
     except OSError as e:
         raise XtmError(f"cannot read: {e.strerror or e}", path=path) from None
+    return parse_json_bytes(data, path)
+
+
+def parse_json_bytes(data: bytes, path: str | Path) -> Any:
+    """The JSON value in `data`, a file's bytes already read (and checked against a checksum): read_json's
+    checks, its errors naming `path`."""
+    path = Path(path)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise XtmError(f"not UTF-8 text ({e.reason} at byte {e.start})", path=path) from None
     try:
         return json.loads(text)
     except RecursionError:

@@ -61,7 +61,7 @@ __all__ = ["AUTO_ROUTES", "CONTEXTUAL_FORMAT", "FORMAT", "INPUT_FORMATS", "MANIF
            "SCHEMA_VERSION", "TOKENIZER_KINDS", "BundleManifest", "ContextualEntry", "EncoderEntry", "check_checksum",
            "check_files", "check_tokenizer", "check_theta", "graph_file", "listed_file", "onnx_external_data",
            "parse_manifest", "read_contextual_entry", "read_manifest", "read_topic_labels", "read_topics",
-           "read_verified", "sha256_bytes", "sha256_file", "validate_manifest"]
+           "read_listed", "read_verified", "sha256_bytes", "sha256_file", "validate_manifest"]
 
 FORMAT = "xtm-bundle"
 # 2 added sparse encoder inputs; a schema-1 bundle (dense inputs only) reads unchanged.
@@ -236,14 +236,16 @@ def read_manifest(directory: str | Path, *, verify: bool = True) -> BundleManife
     return validate_manifest(read_json(mpath), d, verify=verify)
 
 
-def read_topics(manifest: BundleManifest) -> list[dict[str, list[str]]]:
+def read_topics(manifest: BundleManifest, obj: Any = None) -> list[dict[str, list[str]]]:
     """topics.json (written by xtm.runtime.bundle_write.write_topics): topic k's top words by language,
     `[k][lang] -> [word, ...]`, for the manifest's languages (others are ignored; alias keys such as
     "cn" are read as their language). A topic may be listed in any order, by its "id" (else its
-    position). XtmError naming the file for anything that is not that."""
+    position). XtmError naming the file for anything that is not that. `obj`: the file's JSON value
+    when the caller read it already (from bytes it checked against the manifest)."""
     path = manifest.path(manifest.topics)
     num_topics = manifest.num_topics
-    obj = read_json(path)
+    if obj is None:
+        obj = read_json(path)
     topics = obj.get("topics") if isinstance(obj, dict) else None
     if not isinstance(topics, list) or len(topics) != num_topics:
         raise XtmError(f"expected a 'topics' list of {num_topics} topics", path=path)
@@ -270,18 +272,19 @@ def read_topics(manifest: BundleManifest) -> list[dict[str, list[str]]]:
     return [t or {} for t in out]
 
 
-def read_topic_labels(manifest: BundleManifest) -> list[dict[str, str]]:
+def read_topic_labels(manifest: BundleManifest, obj: Any = None) -> list[dict[str, str]]:
     """Each topic's label per language from topics.json (each topic's optional "labels" object, written
     by xtm-export from the run's labels.json): `[k][lang] -> label`, {} for a topic without one. Bundles
     from before labels have none. A value that is not a label (xtm.labels.check_label: markup, control
     characters, over 120 characters, not a string) is left out, never shown; the structure itself is
-    read_topics' to check."""
+    read_topics' to check. `obj`: as read_topics'."""
     from xtm.labels import check_label
 
-    try:
-        obj = read_json(manifest.path(manifest.topics))
-    except XtmError:
-        return [{} for _ in range(manifest.num_topics)]
+    if obj is None:
+        try:
+            obj = read_json(manifest.path(manifest.topics))
+        except XtmError:
+            return [{} for _ in range(manifest.num_topics)]
     topics = obj.get("topics") if isinstance(obj, dict) else None
     out: list[dict[str, str]] = [{} for _ in range(manifest.num_topics)]
     for pos, t in enumerate(topics if isinstance(topics, list) else []):
@@ -491,10 +494,20 @@ def _listed_path(m: BundleManifest, name: str) -> Path:
     if not os.path.lexists(p):
         raise XtmError("missing from the bundle (listed in manifest.json)", path=p)
     _require_inside(m.directory, p)
-    if not stat.S_ISREG(os.stat(p).st_mode):
+    try:
+        mode = os.stat(p).st_mode
+    except OSError as e:  # gone since: the bundle replaced while it is read
+        raise _unreadable(p, e) from e
+    if not stat.S_ISREG(mode):
         # A FIFO would block the checksum forever, a directory would fail later with a vaguer error.
         raise XtmError("not a regular file (listed in manifest.json)", path=p)
     return p
+
+
+def _unreadable(p: Path, e: OSError) -> XtmError:
+    """A listed file that was there a moment ago and cannot be read now."""
+    return XtmError(f"cannot read: {e.strerror or type(e).__name__} (was the bundle replaced while it loaded?)",
+                    path=p)
 
 
 def _require_inside(directory: Path, p: Path) -> None:
@@ -528,7 +541,11 @@ def check_files(m: BundleManifest, *, verify: bool) -> None:
     paths = {name: _listed_path(m, name) for name in m.files}
     if verify:
         for name, expected in m.files.items():
-            check_checksum(paths[name], sha256_file(paths[name]), expected)
+            try:
+                actual = sha256_file(paths[name])
+            except OSError as e:  # gone or changed since it was listed
+                raise _unreadable(paths[name], e) from e
+            check_checksum(paths[name], actual, expected)
     # Also without `verify`: skipping checksums saves time, never this check (it reads only headers).
     for name in _graph_files(m):
         _refuse_external_data(paths[name])
@@ -542,6 +559,20 @@ def listed_file(m: BundleManifest, name: str) -> Path:
     if name not in m.files:
         raise XtmError(f"{name} is not listed in 'files'", path=m.directory / MANIFEST)
     return _listed_path(m, name)
+
+
+def read_listed(m: BundleManifest, name: str, *, verify: bool) -> bytes:
+    """A listed file's bytes, read once; with `verify`, checked against the manifest's checksum. A loader builds
+    from these bytes, never by opening the path again: a bundle re-exported (renamed into place) while it loads
+    is then a checksum error, never another bundle's file inside this one."""
+    p = listed_file(m, name)
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise _unreadable(p, e) from e
+    if verify:
+        check_checksum(p, sha256_bytes(data), m.files[name])
+    return data
 
 
 def graph_file(m: BundleManifest, name: str) -> Path:

@@ -29,6 +29,7 @@ import numpy as np
 
 from xtm.corpus import TokenizerSpec
 from xtm.errors import XtmError
+from xtm.json_files import parse_json_bytes
 from xtm.languages import normalize_lang
 from xtm.npy_header import read_npy_header
 from xtm.runtime.bow import concat, count_words
@@ -37,6 +38,7 @@ from xtm.runtime.bundle import (
     ContextualEntry,
     EncoderEntry,
     check_theta,
+    read_listed,
     read_manifest,
     read_topic_labels,
     read_topics,
@@ -125,16 +127,14 @@ class _Encoder:
     spec: TokenizerSpec
 
 
-def _read_vocab(path: Path, expected: int) -> tuple[list[str], dict[str, int]]:
-    """(the words as written, NFC word -> column)."""
+def _read_vocab(data: bytes, path: Path, expected: int) -> tuple[list[str], dict[str, int]]:
+    """(the words as written, NFC word -> column), from the vocabulary file's bytes (`path` names it)."""
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = e.object[:e.start].count(b"\n") + 1
         raise XtmError(f"not UTF-8 (byte 0x{e.object[e.start]:02x} on line {line}): a vocabulary is one UTF-8 word "
                        "per line; re-export the bundle", path=path) from e
-    except OSError as e:
-        raise XtmError(f"cannot read: {e.strerror}", path=path) from e
     words = text.removeprefix("\ufeff").split("\n")  # a BOM (a hand-edited file) is not part of the first word
     if words and words[-1] == "":
         words.pop()
@@ -239,11 +239,14 @@ class TopicModel:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         encoders: dict[str, _Encoder] = {}
         used: list[str] = []
+        # Every file is read once and built from the bytes checked against this manifest (read_listed): a bundle
+        # re-exported while it loads is a checksum error, never the other bundle's vocabulary or topics mixed in.
         for lang in manifest.languages:
             e = manifest.encoders[lang]
             path = manifest.path(e.file)
+            graph = read_listed(manifest, e.file, verify=verify)
             try:
-                session = ort.InferenceSession(str(path), sess_options=opts, providers=chosen)
+                session = ort.InferenceSession(graph, sess_options=opts, providers=chosen)
             except Exception as ex:  # onnxruntime raises its own non-public exception types
                 raise XtmError(f"onnxruntime cannot load this encoder: {ex}", path=path) from ex
             if not used:
@@ -252,9 +255,12 @@ class TopicModel:
             _check_signature(session, e, manifest.num_topics, path)
             _probe(session, e, manifest.num_topics, path)
             spec = TokenizerSpec.from_dict(e.tokenizer)  # its fields were checked by read_manifest
-            words, lookup = _read_vocab(manifest.path(e.vocab), e.vocab_size)
+            words, lookup = _read_vocab(read_listed(manifest, e.vocab, verify=verify), manifest.path(e.vocab),
+                                        e.vocab_size)
             encoders[lang] = _Encoder(entry=e, session=session, vocab=lookup, words=words, spec=spec)
-        topics, labels = read_topics(manifest), read_topic_labels(manifest)
+        topics_json = parse_json_bytes(read_listed(manifest, manifest.topics, verify=verify),
+                                       manifest.path(manifest.topics))
+        topics, labels = read_topics(manifest, topics_json), read_topic_labels(manifest, topics_json)
         # The contextual graph opens later with the providers the encoders got (no second fallback).
         logger.debug("loaded %s: %s, %d topics, languages %s; onnxruntime %s on %s", manifest.directory,
                      manifest.model, manifest.num_topics, ", ".join(manifest.languages), ort.__version__,

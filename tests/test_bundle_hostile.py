@@ -53,6 +53,48 @@ def externalize(path: Path, location: str, threshold: int = 0) -> None:
                     location=location, size_threshold=threshold)
 
 
+# -- a bundle replaced while it loads ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("changed", ["vocab", "topics", "graph"])
+def test_a_bundle_re_exported_while_it_loads_is_an_error_never_a_mixed_model(
+        changed: str, hb: HandBundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """xtm-export replaces a bundle by renaming a new directory into place. Before: load checked every file
+    against the manifest, then opened the graphs, vocabularies and topics again by path, so a rename in between
+    gave a model with the new bundle's vocabulary under the old one's graphs, with no error."""
+    import xtm.runtime.model as model_module
+
+    live, other = copy_bundle(hb, tmp_path / "live"), copy_bundle(hb, tmp_path / "other")
+    m = json.loads((other / "manifest.json").read_text())
+    encoder = m["encoders"][sorted(m["encoders"])[0]]
+    name = {"vocab": encoder["vocab"], "topics": m["topics"], "graph": encoder["file"]}[changed]
+    if changed == "vocab":
+        words = (other / name).read_text(encoding="utf-8").splitlines()
+        (other / name).write_text("\n".join(reversed(words)) + "\n", encoding="utf-8")
+    elif changed == "topics":
+        topics = json.loads((other / name).read_text(encoding="utf-8"))
+        topics["topics"].reverse()
+        (other / name).write_text(json.dumps(topics), encoding="utf-8")
+    else:
+        proto = onnx.load(str(other / name))
+        proto.doc_string = "another export"
+        onnx.save_model(proto, str(other / name))
+    rewrite_checksums(other)  # a valid bundle of its own
+    TopicModel.load(other)
+    real = model_module.read_manifest
+
+    def read_then_replace(directory, **kw):
+        manifest = real(directory, **kw)
+        live.rename(tmp_path / "old")
+        other.rename(live)  # what xtm-export's rename into place does
+        return manifest
+
+    monkeypatch.setattr(model_module, "read_manifest", read_then_replace)
+    with pytest.raises(XtmError, match="checksum mismatch") as e:
+        TopicModel.load(live)
+    assert e.value.path == str(live / name)
+
+
 # -- symlinks ------------------------------------------------------------------------------------
 
 
