@@ -13,7 +13,7 @@ from typing import Any
 
 from xtm.errors import XtmError
 
-__all__ = ["parse_json_bytes", "read_json"]
+__all__ = ["json_default", "parse_json_bytes", "read_json"]
 
 
 def read_json(path: str | Path, *, missing: str = "missing") -> Any:
@@ -43,3 +43,16 @@ def parse_json_bytes(data: bytes, path: str | Path) -> Any:
         raise XtmError("invalid JSON: nested too deeply", path=path) from None
     except ValueError as e:  # JSONDecodeError, and an integer too long to parse
         raise XtmError(f"invalid JSON: {e}", path=path) from None
+
+
+def json_default(value: Any) -> Any:
+    """json's `default=` for values a caller's numpy data puts in a record: a numpy scalar (an id or label
+    from a DataFrame column, np.int64) is written as the Python number, boolean or string it holds. Anything
+    else is json's own TypeError."""
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        plain = value.item()
+        if isinstance(plain, (bool, int, float, str)):
+            return plain
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")

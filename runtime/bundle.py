@@ -454,6 +454,15 @@ def _contextual(raw: Any, files: dict[str, Any], where: Path) -> ContextualEntry
     if kind not in TOKENIZER_KINDS:
         raise XtmError(f"{ctx}unknown tokenizer kind {kind!r} (this xtm reads {', '.join(TOKENIZER_KINDS)}): "
                        "upgrade xtm", path=where)
+    # The optional fields change how every text is cut into tokens: checked here, where the manifest is named,
+    # not read later as int("abc") inside infer (a ValueError on every document).
+    for key, kinds, low in (("max_tokens", int, 3), ("pad_id", int, 0)):
+        value = tok.get(key, low)
+        if not isinstance(value, kinds) or isinstance(value, bool) or value < low:
+            raise XtmError(f"{ctx}tokenizer: '{key}' must be an integer of at least {low}, got {value!r}", path=where)
+    for key in ("add_bos", "add_eos", "unk_per_char"):
+        if not isinstance(tok.get(key, False), bool):
+            raise XtmError(f"{ctx}tokenizer: '{key}' must be true or false, got {tok[key]!r}", path=where)
     names = [need(raw, "file", str), need(tok, "file", str, ctx + "tokenizer: ")]
     for name in names:
         if "/" in name or "\\" in name or name in ("", ".", "..") or name not in files:

@@ -20,6 +20,7 @@ import logging
 import threading
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -413,8 +414,7 @@ class TopicModel:
         [("market", 0.083), ...] (rows of `topic_word_distribution`; equal weights: vocabulary order).
         The list's `.label` is the topic's label in `lang` (None when the bundle has none)."""
         k = self._topic_id(topic)
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise XtmError(f"n must be a positive integer, got {n!r}")
+        n = whole_number("n", n)
         row = self.topic_word_distribution(lang)[k]
         top = np.argsort(-row, kind="stable")[:n]
         vocab = self._words(lang)
@@ -448,8 +448,9 @@ class TopicModel:
         (inferred with `infer(texts, langs, **infer_kwargs)`), also "count_<lang>", the number of
         that language's documents whose top topic is k, and "size_<lang>", their share of the
         language's documents (the report's topic size). Unsupported and empty documents count nowhere."""
-        if isinstance(n_words, bool) or not isinstance(n_words, int) or n_words < 1:
-            raise XtmError(f"n_words must be a positive integer, got {n_words!r}")
+        n_words = whole_number("n_words", n_words)
+        if "top_k" in infer_kwargs:  # each document counts under its top topic: there is nothing to choose
+            raise XtmError("topic_info counts each document under its top topic: top_k is not one of its options")
         rows: list[dict[str, Any]] = [{"id": k} for k in range(self.num_topics)]
         for k, t in enumerate(self._topics):
             if self.has_labels:
@@ -520,7 +521,7 @@ class TopicModel:
         detected among every language the detector knows; a text whose language the bundle cannot
         read, or that has none (blank, no letters, too uncertain), gets None: it is never read as
         another language."""
-        r = self._resolve(texts, langs, "bow")
+        r = self._resolve(_text_list(texts), _lang_list(langs), "bow")
         return [lang if route is not None else None for lang, route in zip(r.langs, r.routes, strict=True)]
 
     def resolve_routes(self, texts: Sequence[str], langs: Sequence[str | None] | str | None = None,
@@ -534,7 +535,7 @@ class TopicModel:
         when it lists none) to "contextual". "contextual": every text the sentence encoder can read. Given languages are
         taken as they are (XtmError if the route cannot serve them); missing ones are detected among
         every language the detector knows (`xtm.runtime.langid.identify`)."""
-        r = self._resolve(texts, langs, route)
+        r = self._resolve(_text_list(texts), _lang_list(langs), route)
         return r.langs, r.routes
 
     def _served_code(self, lang: str) -> str:
@@ -583,8 +584,10 @@ class TopicModel:
         """Language, route, detection confidence and unsupported note of each text (see infer)."""
         check_route(route)
         n = len(texts)
-        if route == "contextual" or (route == "auto" and self.has_contextual):
+        if route == "contextual":
             self.contextual_encoder()  # a bundle without the route fails here, before any work
+        # On "auto" the graph opens with the first row that goes to it (infer): traffic the bag-of-words encoders
+        # serve never pays its memory (230 MB) or a failure to open it.
         if langs is None or isinstance(langs, str):
             given: Sequence[str | None] = [langs] * n
         else:
@@ -649,7 +652,7 @@ class TopicModel:
         A dense numpy array, or with `sparse=True` a scipy.sparse CSR matrix (indices sorted).
         """
         enc = self._encoder(lang)
-        texts = list(texts)  # by position (see infer)
+        texts = _text_list(texts)
         counts = count_words(texts, self._tokenizer(enc.entry.lang), enc.vocab, enc.entry.vocab_size)
         if sparse:
             return counts.csr(enc.entry.vocab_size)
@@ -679,18 +682,9 @@ class TopicModel:
         as an empty document (first encoder's empty-bag prior; contextual route: the encoder's
         output for "") and is flagged `empty`.
         """
-        if isinstance(texts, str):
-            raise TypeError("texts must be a sequence of strings, not one string")
-        # By position, whatever the container: a pandas Series indexes by its labels, which after a filter
-        # or a shuffle are not 0..n-1 (its values would be read against other rows' languages).
-        texts = list(texts)
-        if langs is not None and not isinstance(langs, str):
-            langs = list(langs)
+        texts, langs = _text_list(texts), _lang_list(langs)  # by position, whatever the container
         whole_number("batch_size", batch_size)
         whole_number("top_k", top_k, 0)
-        if not all(isinstance(t, str) for t in texts):
-            i, t = next((i, t) for i, t in enumerate(texts) if not isinstance(t, str))
-            raise XtmError(f"texts[{i}] must be a string, got {type(t).__name__}")
         texts = _encodable(texts)
         n, K = len(texts), self.num_topics
         res = self._resolve(texts, langs, route)
@@ -781,7 +775,9 @@ class TopicModel:
 
     def embed(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """Sentence embeddings [n, D] (L2-normalised) from the contextual route's encoder."""
-        return self.contextual_encoder().encode(list(texts), batch_size=batch_size)[1]
+        texts = _encodable(_text_list(texts))  # sentencepiece raises on a lone surrogate
+        whole_number("batch_size", batch_size)
+        return self.contextual_encoder().encode(texts, batch_size=batch_size)[1]
 
 
 class _NoBar:
@@ -799,6 +795,37 @@ def _progress_bar(total: int, show: bool) -> Any:
     from tqdm import tqdm
 
     return tqdm(total=total, unit=" docs", dynamic_ncols=True)
+
+
+def _text_list(texts: Any) -> list[str]:
+    """`texts` as a list, by position, every element a string; XtmError for anything else. A pandas Series
+    indexes by its labels, which after a filter or a shuffle are not 0..n-1, so it is read by position too."""
+    if isinstance(texts, str):
+        raise XtmError("texts must be a list of strings, not one string (wrap it: [text])")
+    _refuse_container("texts", texts, "a list of strings")
+    out = list(texts)
+    bad = next((i for i, t in enumerate(out) if not isinstance(t, str)), None)
+    if bad is not None:
+        raise XtmError(f"texts[{bad}] must be a string, got {type(out[bad]).__name__}")
+    return out
+
+
+def _lang_list(langs: Any) -> list[Any] | str | None:
+    """`langs` as infer takes it: None (detect all), one code for all texts, or a list by position."""
+    if langs is None or isinstance(langs, str):
+        return langs
+    _refuse_container("langs", langs, "one language code, a list of codes (None entries are detected) or None")
+    return list(langs)
+
+
+def _refuse_container(name: str, value: Any, expected: str) -> None:
+    """Refuse what `list(value)` would read as something else: a DataFrame (its column names), a mapping (its
+    keys), a set (no order), bytes (numbers), an array of more than one dimension (its rows), None."""
+    kind = type(value).__name__
+    if value is None or isinstance(value, (bytes, bytearray, Mapping, AbstractSet)) or hasattr(value, "columns") \
+            or not isinstance(value, Iterable) or getattr(value, "ndim", 1) != 1:
+        hint = " (pass the column: df['text'])" if hasattr(value, "columns") else ""
+        raise XtmError(f"{name} must be {expected}, got {kind}{hint}")
 
 
 def _encodable(texts: Sequence[str]) -> Sequence[str]:

@@ -20,6 +20,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from xtm.atomic import check_replaceable
 from xtm.errors import XtmError
+from xtm.json_files import json_default
 
 if TYPE_CHECKING:
     from xtm.runtime.model import InferenceResult, TopicModel
@@ -60,8 +61,10 @@ WEIGHT = f"%.{DECIMALS}f"
 # Language confidence and out-of-vocabulary share: 3 decimals say all they mean.
 SHARE = "%.3f"
 
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
-_dumps_ascii = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=False).encode
+# default=json_default: an id from a numpy column (np.int64) is its number; before, every such record was skipped.
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=json_default).encode
+_dumps_ascii = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=False,
+                                default=json_default).encode
 _SURROGATES = re.compile("[\ud800-\udfff]")
 
 # (document, error, warning) for one input row; document is {"id", "id_json", "text", "lang"} when good.
@@ -226,7 +229,7 @@ def encode_id(doc_id: Any) -> str:
     Python's json reads, and a number over 1e308 becomes) as the strings "NaN", "Infinity",
     "-Infinity"; a string with a lone surrogate with \\uXXXX escapes (Python's json reads it back
     as the same string); U+2028 and U+2029 escaped, so that no line reader splits the line there.
-    Raises TypeError for a value of no JSON type (only possible from Parquet: a timestamp, bytes),
+    Raises TypeError for a value of no JSON type (a timestamp, bytes; numpy numbers are written as numbers),
     ValueError for one nested too deeply to write."""
     try:
         try:

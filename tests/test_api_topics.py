@@ -56,7 +56,7 @@ def test_get_topic_gives_the_top_words_with_normalised_weights(model: TopicModel
                                               ((-1, "en"), "topic must be an integer"),
                                               ((True, "en"), "topic must be an integer"),
                                               ((0, "fr"), "language 'fr' is not served"),
-                                              ((0, "en", 0), "n must be a positive integer")])
+                                              ((0, "en", 0), "n must be a whole number of at least 1")])
 def test_get_topic_refuses_what_is_not_a_topic(model: TopicModel, args: tuple, needle: str) -> None:
     with pytest.raises(XtmError, match=needle):
         model.get_topic(*args)
@@ -125,3 +125,58 @@ def test_a_bundle_for_one_language_has_topic_info_for_that_language(tmp_path) ->
     info = m.topic_info(["the market and the stock", "the team and the goal"], langs="en")
     assert [set(row) for row in info] == [{"id", "words_en", "count_en", "size_en"}] * 2
     assert sum(row["count_en"] for row in info) == 2
+
+
+@pytest.mark.parametrize(("texts", "needle"), [
+    (None, "texts must be a list of strings, got NoneType"),
+    ({"a": "The stock market"}, "texts must be a list of strings, got dict"),  # was: its keys, read as texts
+    ({"The stock market"}, "got set"),
+    (b"The stock market", "got bytes"),
+    ("The stock market", "not one string"),
+    (np.array([EN, EN]), "got ndarray"),  # was: its rows
+    (5, "got int"),
+    ([EN[0], 5], r"texts\[1\] must be a string, got int"),
+])
+def test_texts_that_are_not_a_list_of_strings_are_one_error_in_every_method(model: TopicModel, texts, needle) -> None:
+    """Before: infer read a DataFrame as its column names and a dict as its keys, without a word; None and an
+    int were TypeErrors, and resolve_languages / bag_of_words split one string into its characters."""
+    for call in (model.infer, model.transform, model.resolve_languages, model.resolve_routes,
+                 lambda t: model.bag_of_words(t, "en")):
+        with pytest.raises(XtmError, match=needle):
+            call(texts)
+
+
+def test_a_dataframe_is_refused_with_the_column_to_pass_and_a_series_is_read_by_position(model: TopicModel) -> None:
+    pd = pytest.importorskip("pandas")
+    df = pd.DataFrame({"text": EN, "id": range(len(EN))})
+    with pytest.raises(XtmError, match=r"got DataFrame \(pass the column: df\['text'\]\)"):
+        model.infer(df, "en")
+    series = df["text"].iloc[::-1]  # labels no longer 0..n-1
+    assert np.array_equal(model.infer(series, "en").theta, model.infer(list(reversed(EN)), "en").theta)
+
+
+@pytest.mark.parametrize(("langs", "needle"), [({"en": 1}, "got dict"), (5, "got int"), ({"en"}, "got set")])
+def test_langs_that_are_not_codes_are_one_error(model: TopicModel, langs, needle) -> None:
+    with pytest.raises(XtmError, match=f"langs must be one language code, .*{needle}"):
+        model.infer(EN, langs)
+
+
+def test_counts_take_numpy_integers_and_topic_info_says_top_k_is_not_its_option(model: TopicModel) -> None:
+    assert len(model.get_topic(0, "en", n=np.int64(3))) == 3
+    assert len(model.topic_info(n_words=np.int64(2))[0]["words_en"]) == 2
+    with pytest.raises(XtmError, match="top_k is not one of its options"):
+        model.topic_info(EN, "en", top_k=3)
+
+
+def test_numpy_ids_are_written_as_their_numbers_not_skipped(model: TopicModel) -> None:
+    """Before: an id from a numpy column (np.int64) could not be written as JSON and every record was skipped
+    with a warning: a batch job over a DataFrame gave nothing."""
+    records = [{"id": i, "text": t, "lang": "en"} for i, t in zip(np.arange(2), EN[:2], strict=False)]
+    out = list(model.infer_records(records))
+    assert len(out) == 2 and [json.loads(line)["id"] for line in out] == [0, 1], out
+    from xtm.json_files import json_default
+
+    assert json.dumps({"a": np.float32(0.5), "b": np.bool_(True), "c": np.str_("x")}, default=json_default) \
+        == '{"a": 0.5, "b": true, "c": "x"}'
+    with pytest.raises(TypeError, match="datetime64"):
+        json.dumps(np.datetime64("2026-01-01"), default=json_default)

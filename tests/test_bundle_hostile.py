@@ -465,3 +465,36 @@ def test_topic_word_weights_are_checked_before_they_are_read(hb: HandBundle, tmp
     model = TopicModel.load(b)
     with pytest.raises(XtmError, match=p.name):
         model.topic_word_weights("en")
+
+
+@pytest.mark.parametrize(("field", "value", "needle"), [
+    ("max_tokens", "abc", "'max_tokens' must be an integer of at least 3, got 'abc'"),
+    ("max_tokens", 2, "'max_tokens' must be an integer of at least 3, got 2"),
+    ("pad_id", "x", "'pad_id' must be an integer of at least 0, got 'x'"),
+    ("pad_id", True, "'pad_id' must be an integer"),
+    ("add_bos", "yes", "'add_bos' must be true or false, got 'yes'"),
+])
+def test_a_contextual_tokenizer_field_of_the_wrong_type_is_the_manifests_error(
+        hb: HandBundle, tmp_path: Path, field: str, value: object, needle: str) -> None:
+    """Before: read as int('abc') inside infer, a ValueError traceback for every contextual document."""
+    b = _contextual_bundle(hb, tmp_path / "b")
+    m = json.loads((b / "manifest.json").read_text())
+    m["contextual"]["tokenizer"][field] = value
+    (b / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(XtmError, match=re.escape(needle)) as e:
+        TopicModel.load(b)
+    assert e.value.path == str(b / "manifest.json")
+
+
+def test_auto_opens_the_contextual_graph_only_for_a_row_that_goes_to_it(hb: HandBundle, tmp_path: Path) -> None:
+    """Before: route "auto" opened the contextual graph for every call, so traffic the bag-of-words encoders serve
+    paid its memory (230 MB for the real one) and failed with it when it could not open."""
+    b = _contextual_bundle(hb, tmp_path / "b")
+    model = TopicModel.load(b)
+    assert model.auto_route == "bow"
+    res = model.infer(["The stock market and the bank price fell"], "en")
+    assert res.routes == ["bow"] and model._contextual is None
+    (b / "ctx.onnx").write_bytes(b"broken")  # a graph that cannot open no longer matters to that traffic
+    assert model.infer(["The football match"], "en").routes == ["bow"]
+    with pytest.raises(XtmError, match="ctx.onnx: not a valid ONNX model"):
+        model.infer(["stock market"], "fr")  # the first row the graph reads opens it

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from xtm.atomic import write_text
 from xtm.config import DataConfig, Phase2Config, Preprocessing, TrainConfig, cli_spec, default_of
 from xtm.errors import XtmError
+from xtm.json_files import json_default
 from xtm.languages import normalize_lang
 from xtm.run_dir import RunDir, refuse_foreign_dir
 
@@ -264,7 +265,7 @@ def _write_inputs(records: list[dict[str, Any]], dictionary: Any, data: Path) ->
     write_text(data / INPUTS_MARKER, "written by xtm.train: docs.jsonl and dict.tsv are replaced by its next call\n")
     docs_path = data / DOCS_FILE
     try:
-        lines = [json.dumps(r, ensure_ascii=False, allow_nan=False) for r in records]
+        lines = [json.dumps(r, ensure_ascii=False, allow_nan=False, default=json_default) for r in records]
     except (TypeError, ValueError) as e:
         raise XtmError(f"a document record cannot be written as JSON: {e}") from e
     write_text(docs_path, "".join(line + "\n" for line in lines))
