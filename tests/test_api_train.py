@@ -61,6 +61,31 @@ def test_contextual_false_trains_without_the_route(example: dict[str, Path], tmp
         xtm.train(rows(example["docs"]), dictionary=example["dict"], out=tmp_path / "run2", contextual="yes")
 
 
+def test_train_leaves_the_callers_random_state_and_takes_numpy_labels_and_out_dot(
+        example: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: train() reseeded Python's and torch's global generators and left them so (every `random` user in
+    the calling service restarted the same sequence); numpy labels could not be written as JSON; out="." was a
+    ValueError (a path with no name to put ".data" after)."""
+    import random
+
+    import torch
+
+    docs = rows(example["docs"])
+    labels = np.array([d["label"] for d in docs])
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    random.seed(12345)
+    torch.manual_seed(12345)
+    expected = (random.random(), torch.rand(1).item())
+    random.seed(12345)
+    torch.manual_seed(12345)
+    run = xtm.train([d["text"] for d in docs], langs=[d["lang"] for d in docs], labels=labels,
+                    dictionary=example["dict"], model="nmtm", num_topics=6, epochs=1, out=".", min_df=1,
+                    contextual=False, seed=3)
+    assert (random.random(), torch.rand(1).item()) == expected
+    assert run.metrics["classification"] and (tmp_path / "here.data" / "docs.jsonl").is_file()
+
+
 def test_someone_elses_directory_is_refused_before_anything_is_written(example: dict[str, Path],
                                                                        tmp_path: Path) -> None:
     """out= holding other files is refused as xtm-train refuses it, before the documents are written
@@ -95,6 +120,15 @@ def test_someone_elses_directory_is_refused_before_anything_is_written(example: 
     ({"docs": ["a"], "lr": float("nan")}, "lr must be a finite number, got nan"),
     ({"docs": ["a"], "seed": -1}, "seed must be >= 0"),
     ({"docs": ["a"], "model": "lda"}, "model must be one of nmtm, infoctm"),
+    # Before: each of these passed the check and crashed inside training with a TypeError or AttributeError,
+    # after the run directory was written.
+    ({"docs": ["a"], "num_topics": 2.5}, "num_topics must be a whole number, got 2.5"),
+    ({"docs": ["a"], "num_topics": None}, r"num_topics must not be None: leave it out for its default \(50\)"),
+    ({"docs": ["a"], "epochs": 1.5}, "epochs must be a whole number, got 1.5"),
+    ({"docs": ["a"], "seed": None}, "seed must not be None"),
+    ({"docs": ["a"], "model": None}, "model must not be None"),
+    ({"docs": ["a"], "device": 5}, "device must be a string, got 5"),
+    ({"docs": ["a"], "lr": "0.1"}, "lr must be a number, got '0.1'"),
     ({"docs": ["a"], "vocab_sise": 10}, "unknown setting.*vocab_sise.*vocab_size"),
     ({"docs": ["a"], "dictionary": [("a", "b", "c")]}, "dictionary entry 0 must be a pair"),
     ({"docs": ["a"], "dictionary": {"a\tb": "c"}}, "without tabs or newlines"),
@@ -114,3 +148,20 @@ def test_a_bad_document_is_named_by_its_line_in_the_written_jsonl(tmp_path: Path
     with pytest.raises(XtmError) as e:
         xtm.train(docs, model="nmtm", num_topics=2, epochs=1, out=tmp_path / "run")
     assert "docs.jsonl:3: field 'split'" in str(e.value)
+
+
+def test_numpy_numbers_and_whole_floats_are_taken_as_the_command_line_takes_them() -> None:
+    from xtm.trainer.api import _configs
+
+    cfg, data = _configs("nmtm", np.int64(6), 3.0, False, {"lr": np.float32(0.01), "seed": np.uint32(7),
+                                                          "min_df": np.int64(1)})
+    assert (cfg.num_topics, cfg.epochs, cfg.seed, data["min_df"]) == (6, 3, 7, 1)
+    assert all(type(x) is int for x in (cfg.num_topics, cfg.epochs, cfg.seed, data["min_df"]))
+    assert type(cfg.lr) is float and cfg.lr == pytest.approx(0.01)
+
+
+def test_a_device_torch_does_not_know_is_one_error() -> None:
+    from xtm.trainer.loop.training import pick_device
+
+    with pytest.raises(XtmError, match="--device 'tpu' is not a device: give auto, cpu, cuda or cuda:N"):
+        pick_device("tpu")

@@ -22,8 +22,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import numbers
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -121,22 +123,45 @@ def train(docs: Sequence[str] | Sequence[Mapping[str, Any]], langs: Sequence[str
     records = _records(docs, langs, labels)
     run_dir = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="xtm-run-"))
     refuse_foreign_dir(run_dir, hint="choose a new or empty out")  # before anything is written
-    data = Path(data_dir) if data_dir is not None else run_dir.with_name(run_dir.name + ".data")
+    # absolute(): out="." has no name to put ".data" after
+    data = Path(data_dir) if data_dir is not None else run_dir.absolute().with_name(run_dir.absolute().name + ".data")
     data_path, dict_path = _write_inputs(records, dictionary, data)
     phase2 = _phase2(phase2, cfg)
     data_cfg = DataConfig(path=str(data_path), dict_path=str(dict_path) if dict_path is not None else None,
                           ref_corpus=str(ref_corpus) if ref_corpus is not None else None, **data_settings)
     run_training = _run_training()
 
-    metrics = run_training(data_cfg, cfg, run_dir, phase2=phase2)
-    run = RunDir(run_dir)
-    topics = {lang: run.read_topics(lang) for lang in metrics.get("langs", []) if run.topics_path(lang).is_file()}
-    route = None
-    if contextual is not False and not metrics.get("interrupted"):  # an interrupted run is continued first
-        from xtm.trainer.contextual.fit import fit_after_training
+    with _callers_random_state():
+        metrics = run_training(data_cfg, cfg, run_dir, phase2=phase2)
+        run = RunDir(run_dir)
+        topics = {lang: run.read_topics(lang) for lang in metrics.get("langs", []) if run.topics_path(lang).is_file()}
+        route = None
+        if contextual is not False and not metrics.get("interrupted"):  # an interrupted run is continued first
+            from xtm.trainer.contextual.fit import fit_after_training
 
-        route = fit_after_training(run_dir, cfg, required=bool(contextual))
+            route = fit_after_training(run_dir, cfg, required=bool(contextual))
     return TrainedRun(run_dir=run_dir, data_path=data_path, metrics=metrics, topics=topics, contextual=route)
+
+
+@contextmanager
+def _callers_random_state() -> Iterator[None]:
+    """Training seeds Python's and torch's global random generators (dropout and sampling draw from them, so a
+    seed repeats a run); the calling program gets its own states back afterwards, as if train() drew nothing.
+    (Two trainings in threads of one process still share those generators while they run.)"""
+    import random
+
+    import torch
+
+    python_state, torch_state = random.getstate(), torch.get_rng_state()
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() \
+        else None
+    try:
+        yield
+    finally:
+        random.setstate(python_state)
+        torch.set_rng_state(torch_state)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
 
 
 def _run_training() -> Any:
@@ -152,10 +177,17 @@ def _run_training() -> Any:
 
 
 def _check(cls: type, name: str, value: Any) -> Any:
-    """`value` for setting `cls.name`, checked against its command-line option's range and choices."""
+    """`value` for setting `cls.name`, checked as its command-line option checks it: its type (a whole number where
+    the option takes one: numpy integers and whole floats are converted, 2.5 is refused), its range and choices.
+    None is the default of a setting whose default is None (the recipe's, or automatic), refused elsewhere."""
     spec = cli_spec(cls, name)
-    if spec is None or value is None:
-        return value
+    default = default_of(cls, name)
+    if value is None:
+        if default is None:
+            return None
+        raise XtmError(f"{name} must not be None: leave it out for its default ({default!r})")
+    if spec is None or spec.parse is not None or spec.path is not None:
+        return value  # hparams (a dict, checked by the backbone), cache_dir (a path)
     if spec.choices is not None:
         if not isinstance(value, str):
             raise XtmError(f"{name} must be one of {', '.join(spec.choices)}, got {value!r}")
@@ -163,17 +195,31 @@ def _check(cls: type, name: str, value: Any) -> Any:
         if not match:
             raise XtmError(f"{name} must be one of {', '.join(spec.choices)}, got {value!r}")
         return match[0]
-    if isinstance(value, float) and not math.isfinite(value):  # NaN passes every comparison below
+    kind = spec.type or type(default)
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise XtmError(f"{name} must be True or False, got {value!r}")
+        return value
+    if kind is str:
+        if not isinstance(value, str):
+            raise XtmError(f"{name} must be a string, got {value!r}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise XtmError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value):  # NaN passes every comparison below
         raise XtmError(f"{name} must be a finite number, got {value!r}")
-    if spec.min is not None or spec.max is not None:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise XtmError(f"{name} must be a number, got {value!r}")
-        low_bad = spec.min is not None and (value <= spec.min if spec.min_open else value < spec.min)
-        high_bad = spec.max is not None and (value >= spec.max if spec.max_open else value > spec.max)
-        if low_bad or high_bad:
-            lo = "" if spec.min is None else f"{'>' if spec.min_open else '>='} {spec.min:g}"
-            hi = "" if spec.max is None else f"{'<' if spec.max_open else '<='} {spec.max:g}"
-            raise XtmError(f"{name} must be {' and '.join(x for x in (lo, hi) if x)}, got {value!r}")
+    if kind is int:
+        if not isinstance(value, numbers.Integral) and not float(value).is_integer():
+            raise XtmError(f"{name} must be a whole number, got {value!r}")
+        value = int(value)
+    else:
+        value = float(value)
+    low_bad = spec.min is not None and (value <= spec.min if spec.min_open else value < spec.min)
+    high_bad = spec.max is not None and (value >= spec.max if spec.max_open else value > spec.max)
+    if low_bad or high_bad:
+        lo = "" if spec.min is None else f"{'>' if spec.min_open else '>='} {spec.min:g}"
+        hi = "" if spec.max is None else f"{'<' if spec.max_open else '<='} {spec.max:g}"
+        raise XtmError(f"{name} must be {' and '.join(x for x in (lo, hi) if x)}, got {value!r}")
     return value
 
 
@@ -204,9 +250,10 @@ def _phase2(phase2: Phase2Config | None, cfg: TrainConfig) -> Phase2Config | Non
 
 def _records(docs: Any, langs: Any, labels: Any) -> list[dict[str, Any]]:
     """docs as JSONL records, checked with messages naming docs[i] (the loader checks the rest)."""
-    if isinstance(docs, (str, bytes)) or not isinstance(docs, Sequence):
+    listed = _as_list(docs)
+    if listed is None:
         raise XtmError(f"docs must be a list of texts or records, got {type(docs).__name__}")
-    n = len(docs)
+    docs, n = listed, len(listed)
     per_doc = _per_doc("langs", langs, n)
     per_label = _per_doc("labels", labels, n) if labels is not None else None
     out = []
@@ -242,13 +289,24 @@ def _lang(code: Any, i: int) -> str:
 
 
 def _per_doc(name: str, value: Any, n: int) -> list[Any]:
-    """One value per document from a scalar or a sequence of n values."""
+    """One value per document from a scalar or a sequence of n values (a list, or a 1-D array or Series)."""
     if value is None or isinstance(value, str):
         return [value] * n
-    if not isinstance(value, Sequence) or len(value) != n:
-        got = f"{len(value)} values" if isinstance(value, Sequence) else type(value).__name__
+    values = _as_list(value)
+    if values is None or len(values) != n:
+        got = f"{len(values)} values" if values is not None else type(value).__name__
         raise XtmError(f"{name} must give one value per document ({n}), got {got}")
-    return list(value)
+    return values
+
+
+def _as_list(value: Any) -> list[Any] | None:
+    """`value` as a list by position when it is a sequence (not a text) or a one-dimensional array or pandas
+    Series (whose labels after a filter are not 0..n-1); None for anything else."""
+    if isinstance(value, (str, bytes)):
+        return None
+    if isinstance(value, Sequence) or getattr(value, "ndim", None) == 1:
+        return list(value)
+    return None
 
 
 def _write_inputs(records: list[dict[str, Any]], dictionary: Any, data: Path) -> tuple[Path, Path | None]:

@@ -84,7 +84,10 @@ def pick_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise XtmError(f"--device {name} asked for, but torch sees no CUDA device")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except (RuntimeError, TypeError) as e:  # "tpu", "cuda:x": torch's own message lists its device types
+        raise XtmError(f"--device {name!r} is not a device: give auto, cpu, cuda or cuda:N") from e
 
 
 def training_device(name: str, dist: DistContext | None) -> torch.device:
