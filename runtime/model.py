@@ -196,6 +196,9 @@ class TopicModel:
         # the manifest (xtm.runtime.bundle).
         self._contextual_entry: ContextualEntry | None = manifest.contextual
         self._contextual: ContextualEncoder | None = None
+        # Why the graph could not open (checksum, a broken graph): a bundle problem this object cannot outgrow, so
+        # it is said again at once, not found again by reading 80 MB for each document of a failing batch.
+        self._contextual_failure: XtmError | None = None
         self._session_options = session_options
         # Made on first use (get_topic, topic_word_distribution): per language, read-only.
         self._distributions: dict[str, np.ndarray] = {}
@@ -332,12 +335,20 @@ class TopicModel:
             raise no_contextual_route(None, self.languages)
         if self._contextual is None:
             with self._tok_lock:
+                failed = self._contextual_failure
+                if failed is not None:
+                    raise XtmError(f"{failed.reason} (the contextual route could not open; load the bundle again "
+                                   "once it is fixed)", path=failed.path)
                 if self._contextual is None:
                     import onnxruntime as ort
 
                     opts = self._session_options or ort.SessionOptions()
-                    self._contextual = ContextualEncoder.load(self._manifest, opts, self._providers,
-                                                              verify=self._verify)
+                    try:
+                        self._contextual = ContextualEncoder.load(self._manifest, opts, self._providers,
+                                                                  verify=self._verify)
+                    except XtmError as e:
+                        self._contextual_failure = e
+                        raise
         assert self._contextual is not None
         return self._contextual
 

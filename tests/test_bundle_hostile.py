@@ -498,3 +498,21 @@ def test_auto_opens_the_contextual_graph_only_for_a_row_that_goes_to_it(hb: Hand
     assert model.infer(["The football match"], "en").routes == ["bow"]
     with pytest.raises(XtmError, match="ctx.onnx: not a valid ONNX model"):
         model.infer(["stock market"], "fr")  # the first row the graph reads opens it
+
+
+def test_a_contextual_graph_that_cannot_open_is_read_once_not_once_per_document(
+        hb: HandBundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failing batch is retried document by document (a bad document costs its own line); a graph that cannot
+    open was read and hashed again for each of them (80 MB per document of a 1,024-record chunk)."""
+    from xtm.runtime.contextual import ContextualEncoder
+
+    b = _contextual_bundle(hb, tmp_path / "b")
+    model = TopicModel.load(b)
+    (b / "ctx.onnx").write_bytes((b / "ctx.onnx").read_bytes() + b"\0")  # damaged after the load
+    real, opened = ContextualEncoder.load, []
+    monkeypatch.setattr(ContextualEncoder, "load", staticmethod(lambda *a, **k: (opened.append(1), real(*a, **k))[1]))
+    with pytest.raises(XtmError, match="inference failed for every document: .*ctx.onnx: "):
+        list(model.infer_records({"id": i, "text": "stock market", "lang": "fr"} for i in range(20)))
+    assert len(opened) == 1
+    with pytest.raises(XtmError, match="ctx.onnx: .*the contextual route could not open; load the bundle"):
+        model.contextual_encoder()
