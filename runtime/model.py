@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import threading
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -221,6 +222,8 @@ class TopicModel:
         """
         if threads is not None:
             whole_number("threads", threads)
+        if not isinstance(bundle_dir, (str, os.PathLike)):
+            raise XtmError(f"bundle_dir must be a path (a str or pathlib.Path), got {type(bundle_dir).__name__}")
         ort = import_onnxruntime()
         manifest = read_manifest(bundle_dir, verify=verify)
         for lang in manifest.languages:

@@ -85,6 +85,8 @@ def parse_providers(value: str | Sequence[str] | None) -> list[str] | None:
     """`--providers cuda,cpu` (or a list) as a list of names, in order; None stays None (the default)."""
     if value is None:
         return None
+    if not isinstance(value, (str, list, tuple)):
+        raise XtmError(f"providers: expected 'cuda,cpu' or a list of provider names, got {type(value).__name__}")
     items = value.split(",") if isinstance(value, str) else list(value)
     names = []
     for item in items:

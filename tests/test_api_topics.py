@@ -180,3 +180,13 @@ def test_numpy_ids_are_written_as_their_numbers_not_skipped(model: TopicModel) -
         == '{"a": 0.5, "b": true, "c": "x"}'
     with pytest.raises(TypeError, match="datetime64"):
         json.dumps(np.datetime64("2026-01-01"), default=json_default)
+
+
+@pytest.mark.parametrize(("kwargs", "needle"), [
+    ({"bundle_dir": None}, "bundle_dir must be a path .*got NoneType"),
+    ({"bundle_dir": b"bundle"}, "bundle_dir must be a path .*got bytes"),
+    ({"providers": 5}, "providers: expected 'cuda,cpu' or a list of provider names, got int"),
+])
+def test_load_arguments_of_the_wrong_type_are_one_error(hb: HandBundle, kwargs: dict, needle: str) -> None:
+    with pytest.raises(XtmError, match=needle):
+        TopicModel.load(**{"bundle_dir": hb.path, **kwargs})
