@@ -116,6 +116,127 @@ def test_shards_are_reused_rebuilt_or_refused(example_dir: Path, tmp_path: Path)
     assert not (half / ".building").exists() and ShardedCorpus(half).languages
 
 
+def _rewrite_shard(path: Path, **changes: object) -> None:
+    """A shard's arrays with some replaced (None: the member dropped), written back as plain .npz."""
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    for k, v in changes.items():
+        if v is None:
+            arrays.pop(k)
+        else:
+            arrays[k] = v
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def _huge_member(path: Path) -> None:
+    """A shard whose `data` member's header claims 2**40 floats (4 TiB) over a few bytes."""
+    import zipfile
+
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files if k != "data"}
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+    with zipfile.ZipFile(path, "a") as zf, zf.open("data.npy", "w") as member:
+        np.lib.format.write_array_header_1_0(member, {"descr": "<f4", "fortran_order": False, "shape": (2**40,)})
+        member.write(b"\0" * 16)
+
+
+def _damages() -> dict[str, object]:
+    def indptr(change):
+        def apply(p: Path) -> None:
+            with np.load(p) as z:
+                ptr = z["indptr"].copy()
+            change(ptr)
+            _rewrite_shard(p, indptr=ptr)
+        return apply
+
+    def member(key, change):
+        def apply(p: Path) -> None:
+            with np.load(p) as z:
+                value = z[key].copy()
+            _rewrite_shard(p, **{key: change(value)})
+        return apply
+
+    return {
+        "cut in half": lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]),
+        "emptied": lambda p: p.write_bytes(b""),
+        "a byte flipped": lambda p: p.write_bytes(p.read_bytes()[:200] + bytes([p.read_bytes()[200] ^ 0xFF])
+                                                  + p.read_bytes()[201:]),
+        "indptr far past the data (was a segfault)": indptr(lambda a: a.__setitem__(5, 10**9)),
+        "indptr decreasing (was heap corruption)": indptr(lambda a: a.__setitem__(5, 0)),
+        "a word index past the vocabulary": member("indices", lambda a: a + 10**6),
+        "another shape": member("shape", lambda a: a + np.array([0, 95])),
+        "labels cut short": member("labels", lambda a: a[:3]),
+        "label codes past the label names": member("labels", lambda a: a + 99),
+        "negative label codes": member("labels", lambda a: a - 10),
+        "negative counts": member("data", lambda a: -a),
+        "a NaN count": member("data", lambda a: np.where(np.arange(a.size) == 0, np.nan, a).astype(a.dtype)),
+        "float labels": member("labels", lambda a: a.astype(np.float64)),
+        "a header claiming 4 TiB": _huge_member,
+    }
+
+
+@pytest.mark.parametrize("damage", list(_damages()))
+def test_a_damaged_shard_is_one_error_naming_it_never_a_crash_or_silent_training(
+        damage: str, example_dir: Path, tmp_path: Path) -> None:
+    """Before: tracebacks (BadZipFile, IndexError), click's bare "Aborted!" (EOFError), a segmentation fault or
+    heap corruption inside scipy, a 4 TiB allocation, or training on negative counts and wrong labels with
+    exit 0."""
+    d = tmp_path / "s"
+    build_shards(example_dir / "docs.jsonl", d, shard_size=100, progress=False)
+    victim = d / "en" / "train-00001.npz"
+    _damages()[damage](victim)
+    with pytest.raises(XtmError, match="damaged shard file .*rebuild the shards") as e:
+        ShardedCorpus(d).eval_corpus(max_train_docs=10**9)
+    assert e.value.path == str(victim)
+
+
+def test_shards_cut_short_by_a_crash_or_a_damaged_index_are_rebuilt_when_reused(example_dir: Path,
+                                                                                tmp_path: Path, caplog) -> None:
+    """The shards are checked whole (headers against sizes) when reused: one emptied by a power cut after its index
+    was written, word counts emptied, or an index whose counts are text is rebuilt with a warning, as a damaged
+    index or vocabulary was already."""
+    import logging
+
+    d = tmp_path / "s"
+    open_or_build_shards(example_dir / "docs.jsonl", d, shard_size=100, progress=False)
+    index = json.loads((d / "index.json").read_text())
+
+    def counts_as_text() -> None:
+        en = index["languages"]["en"]
+        en["train"][0]["docs"] = "100"
+        (d / "index.json").write_text(json.dumps(index))
+
+    damages = [lambda: (d / "en" / "train-00002.npz").write_bytes(b""),
+               lambda: (d / "word_counts_zh.npy").write_bytes(b""), counts_as_text]
+    for damage in damages:
+        damage()
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="xtm"):
+            corpus = open_or_build_shards(example_dir / "docs.jsonl", d, shard_size=100, progress=False)
+        assert "damaged, rebuilding them" in caplog.text
+        corpus.eval_corpus(max_train_docs=10**9)  # whole again
+        index = json.loads((d / "index.json").read_text())
+
+
+def test_an_input_edited_back_to_its_size_and_mtime_is_not_taken_for_the_same(example_dir: Path,
+                                                                              tmp_path: Path) -> None:
+    """The fingerprint held path, size and mtime: an edit of the same length with the mtime put back (touch -r,
+    a restore tool) reused the old shards, labels and all."""
+    src = tmp_path / "docs.jsonl"
+    src.write_bytes((example_dir / "docs.jsonl").read_bytes())
+    d = tmp_path / "s"
+    open_or_build_shards(src, d, shard_size=200, progress=False)
+    before = os.stat(src)
+    text = src.read_text(encoding="utf-8")
+    assert '"label": "sports"' in text
+    src.write_text(text.replace('"label": "sports"', '"label": "sportz"'), encoding="utf-8")
+    os.utime(src, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert os.stat(src).st_size == before.st_size and os.stat(src).st_mtime_ns == before.st_mtime_ns
+    assert "sportz" in open_or_build_shards(src, d, shard_size=200, progress=False).label_names
+
+
 @pytest.mark.parametrize("kind", ["sharded", "in-memory"])
 def test_an_epoch_covers_every_document_and_ranks_split_it(kind: str, example_corpus, shards: ShardedCorpus) -> None:
     source = shards.batches(buffer_shards=2) if kind == "sharded" else InMemoryBatches(example_corpus)

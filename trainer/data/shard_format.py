@@ -14,6 +14,10 @@ sha256, label names, corpus info. Whatever is damaged is an XtmError saying to r
 from __future__ import annotations
 
 import hashlib
+import math
+import os
+import re
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,11 +25,14 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from xtm.atomic import atomic_open
 from xtm.errors import XtmError
 from xtm.json_files import read_json
+from xtm.npy_header import read_npy_header
 
-__all__ = ["INDEX", "SHARD_FORMAT", "ShardWriter", "index_fingerprint", "load_shard", "load_word_counts",
-           "read_index", "save_shard", "vocab_hash"]
+__all__ = ["INDEX", "SHARD_FORMAT", "ShardWriter", "check_shard_file", "index_fingerprint", "load_shard",
+           "load_word_counts",
+           "read_index", "save_shard", "save_word_counts", "vocab_hash"]
 
 SHARD_FORMAT = 1
 INDEX = "index.json"
@@ -35,7 +42,8 @@ _LANGUAGE_KEYS = ("vocab_sha256", "train", "test")
 
 
 def save_shard(path: Path, m: sp.csr_matrix, labels: np.ndarray | None) -> None:
-    """A CSR matrix (+ labels) as plain arrays in an .npz, written under a temp name then renamed."""
+    """A CSR matrix (+ labels) as plain arrays in an .npz, written under a temp name, made durable (fsync) and
+    renamed: the index, written last, never lists a shard a power cut left empty."""
     arrays: dict[str, np.ndarray] = {"indptr": m.indptr.astype(np.int64), "indices": m.indices.astype(np.int32),
                                      "data": m.data.astype(np.float32), "shape": np.asarray(m.shape, np.int64)}
     if labels is not None:
@@ -43,32 +51,88 @@ def save_shard(path: Path, m: sp.csr_matrix, labels: np.ndarray | None) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as f:
         np.savez(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
     tmp.replace(path)
 
 
-def load_shard(path: Path) -> tuple[sp.csr_matrix, np.ndarray | None]:
-    """A shard's matrix and labels (None: the corpus has none)."""
+def save_word_counts(path: Path, counts: np.ndarray) -> None:
+    """A language's word counts, replaced whole and durable before the index is written (xtm.atomic)."""
+    with atomic_open(path, "wb", encoding=None) as f:
+        np.save(f, counts, allow_pickle=False)
+
+
+def _damaged(path: Path, what: str) -> XtmError:
+    return XtmError(f"damaged shard file ({what}); rebuild the shards (delete the shard directory)", path=path)
+
+
+def _sized_members(path: Path) -> None:
+    """Every member of the .npz is a .npy whose header agrees with its size: a header claiming terabytes, or a
+    member cut short, is refused before numpy allocates or reads it."""
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            with zf.open(info) as f:
+                shape, _, dtype = read_npy_header(f)
+                if dtype.hasobject:
+                    raise ValueError(f"member {info.filename} holds Python objects")
+                if f.tell() + math.prod(shape) * dtype.itemsize != info.file_size:
+                    raise ValueError(f"member {info.filename}'s header says {list(shape)} {dtype}, which is not "
+                                     f"its {info.file_size} bytes")
+
+
+def check_shard_file(path: Path) -> None:
+    """The cheap part of load_shard's checks (the zip directory and each member's header against its size, no
+    values read): a shard cut short or emptied by a crash or a power cut is found before training starts."""
     try:
+        _sized_members(path)
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise _damaged(path, f"{type(e).__name__}: {e}"[:300]) from None
+
+
+def load_shard(path: Path, *, rows: int, cols: int, num_labels: int | None) -> tuple[sp.csr_matrix,
+                                                                                     np.ndarray | None]:
+    """A shard's matrix and labels (None: the corpus has none), checked to be what the index and vocabulary say:
+    `rows` documents over `cols` words, a valid CSR matrix (a decreasing or out-of-range indptr crashed scipy
+    with a segmentation fault), positive finite counts, labels in 0..num_labels-1. Anything else is an
+    XtmError saying to rebuild, never a traceback or silently wrong training."""
+    try:
+        _sized_members(path)
         with np.load(path, allow_pickle=False) as z:
             shape = tuple(int(x) for x in z["shape"])
-            m = sp.csr_matrix((z["data"], z["indices"], z["indptr"]), shape=shape)
+            data, indices, indptr = z["data"], z["indices"], z["indptr"]
             labels = z["labels"] if "labels" in z.files else None
-    except (OSError, KeyError, ValueError) as e:
-        raise XtmError(f"unreadable shard ({type(e).__name__}: {e}); rebuild the shards "
-                       "(delete the shard directory)", path=path) from None
+        if shape != (rows, cols):
+            raise ValueError(f"shape {list(shape)}, the index and vocabulary say [{rows}, {cols}]")
+        if data.dtype.kind != "f" or indices.dtype.kind not in "iu" or indptr.dtype.kind not in "iu":
+            raise ValueError(f"array types {data.dtype} / {indices.dtype} / {indptr.dtype}")
+        m = sp.csr_matrix((data, indices, indptr), shape=shape)
+        m.check_format(full_check=True)
+        if m.data.size and not (np.isfinite(m.data).all() and (m.data > 0).all()):
+            raise ValueError("word counts that are not positive finite numbers")
+        if labels is not None:
+            if labels.dtype.kind not in "iu" or labels.shape != (rows,):
+                raise ValueError(f"labels of type {labels.dtype} and shape {list(labels.shape)} for {rows} documents")
+            if num_labels is None or (labels.size and (labels.min() < 0 or labels.max() >= num_labels)):
+                raise ValueError(f"label codes outside the index's {num_labels or 0} label names")
+    except (OSError, KeyError, ValueError, EOFError, MemoryError, zipfile.BadZipFile) as e:
+        raise _damaged(path, f"{type(e).__name__}: {e}"[:300]) from None
     return m, labels
 
 
 def load_word_counts(path: Path, vocab_size: int) -> np.ndarray:
-    """A language's whole-training-set word counts, one per vocabulary word."""
+    """A language's whole-training-set word counts, one finite count >= 0 per vocabulary word."""
     try:
-        counts = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
+        with open(path, "rb") as f:
+            shape, _, dtype = read_npy_header(f)
+            if shape != (vocab_size,) or dtype.kind not in "iuf":
+                raise ValueError(f"{dtype} {list(shape)} for a vocabulary of {vocab_size} words")
+            f.seek(0)
+            counts = np.load(f, allow_pickle=False)
+        if not (np.isfinite(counts).all() and (counts >= 0).all()):
+            raise ValueError("counts that are not finite numbers >= 0")
+    except (OSError, ValueError, EOFError) as e:
         raise XtmError(f"unreadable word counts ({type(e).__name__}: {e}); rebuild the shards "
                        "(delete the shard directory)", path=path) from None
-    if counts.shape != (vocab_size,):
-        raise XtmError(f"word counts of shape {counts.shape} for a vocabulary of {vocab_size} words; rebuild the "
-                       "shards (delete the shard directory)", path=path)
     return counts
 
 
@@ -159,3 +223,28 @@ def _check_index(index: dict[str, Any], path: Path) -> None:
     if missing:
         raise XtmError(f"damaged shard index (missing {', '.join(missing)}); rebuild the shards "
                        "(delete the shard directory)", path=path)
+    # The values opening the shards relies on, with the right types (a string where a count belongs was a
+    # TypeError traceback): what is wrong is named, and the directory rebuilt as any damaged one.
+    problems = []
+    names = index.get("label_names")
+    if names is not None and not isinstance(names, list):
+        problems.append("label_names is not a list")
+    for x in index["langs"]:
+        for split in ("train", "test"):
+            entries = index["languages"][x][split]
+            if not isinstance(entries, list) or not all(_shard_entry(e, x, split) for e in entries):
+                problems.append(f"languages.{x}.{split} is not a list of shards (file, docs, nnz)")
+    if problems:
+        raise XtmError(f"damaged shard index ({'; '.join(problems)}); rebuild the shards (delete the shard "
+                       "directory)", path=path)
+
+
+def _shard_entry(entry: Any, lang: str, split: str) -> bool:
+    """An index entry as ShardWriter writes it: `<lang>/<split>-NNNNN.npz` (never a path out of the directory)
+    and whole-number counts."""
+    def count(key: str) -> bool:
+        return type(entry.get(key)) is int and entry[key] >= 0
+
+    return isinstance(entry, dict) and isinstance(entry.get("file"), str) \
+        and re.fullmatch(rf"{re.escape(lang)}/{split}-[0-9]+\.npz", entry["file"]) is not None \
+        and count("docs") and count("nnz")

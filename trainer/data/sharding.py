@@ -64,10 +64,12 @@ from xtm.trainer.data.shard_format import (
     INDEX,
     SHARD_FORMAT,
     ShardWriter,
+    check_shard_file,
     index_fingerprint,
     load_shard,
     load_word_counts,
     read_index,
+    save_word_counts,
     vocab_hash,
 )
 from xtm.trainer.data.spill import Spill
@@ -140,6 +142,7 @@ def _reusable(src: Path, out: Path, settings: dict[str, Any]) -> ShardedCorpus |
         return None
     try:
         corpus = ShardedCorpus(out)
+        corpus.check_files()
     except XtmError as e:  # ours (its index matches), so it is rebuilt rather than refused
         logger.warning("the shards in %s are damaged, rebuilding them: %s", out, e)
         return None
@@ -190,8 +193,8 @@ _SPILL_FILES = frozenset(f"{name}.bin" for name in ("ids", "counts", "lens", "la
 # a shard, or save_shard's temporary of one
 _SHARD = re.compile(r"(?:train|test)-[0-9]+\.npz|\.(?:train|test)-[0-9]+\.npz\.tmp")
 _VOCAB, _WORD_COUNTS = re.compile(r"vocab_(.+)\.txt"), re.compile(r"word_counts_(.+)\.npy")
-# xtm.atomic's temporary of the index or a vocabulary, left by a build killed while writing it.
-_ATOMIC_TMP = re.compile(r"\.(index\.json|vocab_.+\.txt)\.xtm-[0-9]+-[a-z0-9_]{8}\.tmp")
+# xtm.atomic's temporary of the index, a vocabulary or word counts, left by a build killed while writing it.
+_ATOMIC_TMP = re.compile(r"\.(index\.json|vocab_.+\.txt|word_counts_.+\.npy)\.xtm-[0-9]+-[a-z0-9_]{8}\.tmp")
 
 
 @dataclass
@@ -295,11 +298,12 @@ def _settings(want: list[str] | None, prep: Preprocessing, seed: int, shard_size
 
 
 def _fingerprint(files: Sequence[Path], settings: dict[str, Any]) -> str:
-    """What decides the shards' content: the input files (name, size, mtime) and the settings."""
+    """What decides the shards' content: the input files (name, size, mtime, ctime, inode) and the settings."""
     h = hashlib.sha256()
     for f in files:
         st = f.stat()
-        h.update(f"{f.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        # ctime and inode too: an edit that keeps the size and puts the mtime back (touch -r) still changes them
+        h.update(f"{f.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0{st.st_ino}\n".encode())
     h.update(repr(sorted(settings.items())).encode())
     return h.hexdigest()
 
@@ -447,7 +451,7 @@ def _write_language(job: _Job, x: str, s: Spill, is_test: np.ndarray, labels: _L
     if n_train == 0:
         raise XtmError(f"no training documents left for language '{x}'", path=job.src)
     write_vocabulary(job.out / f"vocab_{x}.txt", vocab)
-    np.save(job.out / f"word_counts_{x}.npy", word_counts)
+    save_word_counts(job.out / f"word_counts_{x}.npy", word_counts)
     index = {"vocab_size": len(vocab), "vocab_sha256": vocab_hash(vocab), "train_docs": n_train,
              "test_docs": n_test, "train": writers["train"].shards, "test": writers["test"].shards}
     info = {"train_docs": n_train, "test_docs": n_test, "vocab_size": len(vocab),
@@ -525,6 +529,7 @@ class ShardedCorpus:
         self.name: str = self.index["name"]
         self.label_names: list[Any] | None = self.index.get("label_names")
         self.languages: list[_Lang] = [self._open_language(x) for x in self.index["langs"]]
+        self._by_lang = {lc.lang: lc for lc in self.languages}
 
     def _open_language(self, x: str) -> _Lang:
         meta = self.index["languages"][x]
@@ -546,11 +551,16 @@ class ShardedCorpus:
         return f"{self.name} (out of core, {self.dir}): " + "; ".join(parts)
 
     def load(self, entry: dict[str, Any]) -> tuple[sp.csr_matrix, np.ndarray | None]:
-        m, labels = load_shard(self.dir / entry["file"])
-        if m.shape[0] != entry["docs"]:
-            raise XtmError(f"shard has {m.shape[0]} documents, the index says {entry['docs']}; rebuild "
-                           "the shards", path=self.dir / entry["file"])
-        return m, labels
+        lang = self._by_lang[entry["file"].split("/", 1)[0]]  # the index's entries are checked to name it
+        return load_shard(self.dir / entry["file"], rows=entry["docs"], cols=len(lang.vocab),
+                          num_labels=len(self.label_names) if self.label_names is not None else None)
+
+    def check_files(self) -> None:
+        """Every shard the index lists is there and whole (check_shard_file: headers and sizes, no values read).
+        Damage inside a shard's values is found when it is read (load_shard), with the same advice."""
+        for lc in self.languages:
+            for entry in lc.train + lc.test:
+                check_shard_file(self.dir / entry["file"])
 
     def batches(self, buffer_shards: int = 4) -> ShardedBatches:
         return ShardedBatches(self, buffer_shards)
