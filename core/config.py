@@ -36,7 +36,8 @@ from xtm.labels import MAX_LABEL_CHARS
 
 __all__ = ["CONTEXTUAL_AUTO_ROUTES", "CONTEXTUAL_OBJECTIVES", "DEFAULT_ENCODER", "DEFAULT_MAX_TOKENS", "MODEL_NAMES",
            "PREPROCESSING", "REFINER_NAMES", "Cli", "ContextualConfig", "DataConfig", "LabelConfig", "Phase2Config",
-           "Preprocessing", "RefinerConfig", "RunConfig", "Sampling", "TrainConfig", "cli_spec", "cli_value",
+           "Preprocessing", "RefinerConfig", "RunConfig", "Sampling", "TrainConfig", "check_device_name", "cli_spec",
+           "cli_value",
            "default_of", "flat_settings", "from_dict", "help_of", "option_text", "parse_csv", "parse_key_values",
            "setting"]
 
@@ -583,6 +584,16 @@ class LabelConfig:
 
 
 # --------------------------------------------------------------------------- training
+
+
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
+
+
+def check_device_name(name: str) -> str:
+    """`--device`'s value, refused before any work when it names no device torch trains on."""
+    if not isinstance(name, str) or not _DEVICE.fullmatch(name):
+        raise XtmError(f"--device {name!r} is not a device: give auto, cpu, cuda or cuda:N (mps on a Mac)")
+    return name
 
 
 @dataclass(frozen=True)

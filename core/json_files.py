@@ -8,12 +8,13 @@ Python parses (ValueError since 3.11's int-digit limit) all become an XtmError n
 from __future__ import annotations
 
 import json
+import numbers
 from pathlib import Path
 from typing import Any
 
 from xtm.errors import XtmError
 
-__all__ = ["json_default", "parse_json_bytes", "read_json"]
+__all__ = ["is_missing", "json_default", "parse_json_bytes", "read_json"]
 
 
 def read_json(path: str | Path, *, missing: str = "missing") -> Any:
@@ -56,3 +57,11 @@ def json_default(value: Any) -> Any:
         if isinstance(plain, (bool, int, float, str)):
             return plain
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def is_missing(value: Any) -> bool:
+    """A missing value as a caller's table holds one: None, a NaN (a pandas column's missing entry; numpy floats
+    included) or pandas' NA."""
+    if value is None or type(value).__name__ == "NAType":
+        return True
+    return isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) and bool(value != value)

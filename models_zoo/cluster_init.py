@@ -27,8 +27,8 @@ def document_embeddings(corpus: Corpus, encoder: str, context: BuildContext) -> 
     for lc in corpus.languages:
         if lc.train_texts is None:
             raise XtmError(f"the documents' sentence embeddings need their text, and the data has none for "
-                           f"'{lc.lang}' (a benchmark directory without train_texts_{lc.lang}.txt): give JSONL "
-                           "documents, or train a backbone that reads bags of words alone (--model infoctm or "
+                           f"'{lc.lang}' (a benchmark directory without its train_texts_<language>.txt files): give "
+                           "JSONL documents, or train a backbone that reads bags of words alone (--model infoctm or "
                            "nmtm, with --dict)")
         warn_unseen_language(encoder, lc.lang)
         out.append(embed_cached(encoder, lc.train_texts, context.cache_dir, progress=context.progress))
@@ -42,8 +42,8 @@ def warn_unseen_language(encoder: str, lang: str) -> None:
     if known and lang not in known:
         logger.warning(f"'{lang}' is not among the languages {encoder} was trained on ({', '.join(known)}): "
                        f"the '{lang}' documents' sentence embeddings say little about their meaning, so topics "
-                       "aligned through them may not match across languages. With a bilingual dictionary, "
-                       "--model infoctm aligns through it instead")
+                       "aligned or started through them may not match across languages (--model infoctm or nmtm "
+                       "with a bilingual dictionary, without --set init=clusters, do not use them)")
 
 
 def cluster_documents(embeddings: list[np.ndarray], k: int, seed: int, svd_dims: int = 100) -> list[np.ndarray]:

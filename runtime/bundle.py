@@ -219,11 +219,14 @@ def _plain_name(name: str, where: Path, ctx: str) -> str:
     return name
 
 
-def read_manifest(directory: str | Path, *, verify: bool = True) -> BundleManifest:
+def read_manifest(directory: str | Path, *, verify: bool = True, verified_on_read: bool = False) -> BundleManifest:
     """Read `directory/manifest.json`, check its structure and that every file it names exists.
 
     With `verify` (the default) every file's SHA-256 is compared with the manifest's `files`
-    table; a mismatch names the file. Raises XtmError for anything wrong.
+    table; a mismatch names the file. Raises XtmError for anything wrong. `verified_on_read`: the caller
+    checks the files it reads against their checksums as it reads them (TopicModel: the encoders, vocabularies
+    and topics through `read_listed`, beta through `read_verified`, the contextual route on first use), so only
+    the others are hashed here (each file hashed once, not twice).
     """
     d = Path(directory)
     if not d.is_dir():
@@ -233,7 +236,7 @@ def read_manifest(directory: str | Path, *, verify: bool = True) -> BundleManife
     if not mpath.is_file():
         raise XtmError(f"no {MANIFEST}: not an xtm bundle (write one with xtm-export)", path=mpath)
     _require_inside(d, mpath)
-    return validate_manifest(read_json(mpath), d, verify=verify)
+    return validate_manifest(read_json(mpath), d, verify=verify, verified_on_read=verified_on_read)
 
 
 def read_topics(manifest: BundleManifest, obj: Any = None) -> list[dict[str, list[str]]]:
@@ -304,11 +307,11 @@ def read_topic_labels(manifest: BundleManifest, obj: Any = None) -> list[dict[st
     return out
 
 
-def validate_manifest(raw: Any, directory: Path, *, verify: bool) -> BundleManifest:
+def validate_manifest(raw: Any, directory: Path, *, verify: bool, verified_on_read: bool = False) -> BundleManifest:
     """`parse_manifest`, then `check_files`: what read_manifest checks once the JSON is read, and
     what the writer checks before it writes a manifest."""
     manifest = parse_manifest(raw, directory)
-    check_files(manifest, verify=verify)
+    check_files(manifest, verify=verify, verified_on_read=verified_on_read)
     return manifest
 
 
@@ -536,9 +539,10 @@ def _graph_files(m: BundleManifest) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def check_files(m: BundleManifest, *, verify: bool) -> None:
+def check_files(m: BundleManifest, *, verify: bool, verified_on_read: bool = False) -> None:
     """Every referenced file is listed with a checksum and is a regular file inside the bundle; no
-    graph reads external data; with `verify`, checksums match. Raises XtmError naming the file."""
+    graph reads external data; with `verify`, checksums match (but for the files a loader checks as it reads
+    them, with `verified_on_read`: see read_manifest). Raises XtmError naming the file."""
     referenced = [m.topics]
     for e in m.encoders.values():
         referenced += [e.file, e.vocab] + ([e.beta] if e.beta else [])
@@ -548,8 +552,11 @@ def check_files(m: BundleManifest, *, verify: bool) -> None:
                            path=m.directory / MANIFEST)
     # Existence first for all files, so a missing file is reported as missing, not as a bad checksum.
     paths = {name: _listed_path(m, name) for name in m.files}
+    later = _verified_on_read(m) if verified_on_read else set()
     if verify:
         for name, expected in m.files.items():
+            if name in later:
+                continue
             try:
                 actual = sha256_file(paths[name])
             except OSError as e:  # gone or changed since it was listed
@@ -558,6 +565,14 @@ def check_files(m: BundleManifest, *, verify: bool) -> None:
     # Also without `verify`: skipping checksums saves time, never this check (it reads only headers).
     for name in _graph_files(m):
         _refuse_external_data(paths[name])
+
+
+def _verified_on_read(m: BundleManifest) -> set[str]:
+    """The files TopicModel checks against their checksums when it reads them."""
+    names = {m.topics} | {n for e in m.encoders.values() for n in (e.file, e.vocab, e.beta) if n}
+    if m.contextual is not None:
+        names |= {m.contextual.file, m.contextual.tokenizer["file"]}
+    return names
 
 
 def listed_file(m: BundleManifest, name: str) -> Path:

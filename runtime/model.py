@@ -19,9 +19,9 @@ import io
 import logging
 import os
 import threading
+import time
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -31,7 +31,7 @@ import numpy as np
 
 from xtm.corpus import TokenizerSpec
 from xtm.errors import XtmError
-from xtm.json_files import parse_json_bytes
+from xtm.json_files import is_missing, parse_json_bytes
 from xtm.languages import normalize_lang
 from xtm.npy_header import read_npy_header
 from xtm.runtime.bow import concat, count_words
@@ -197,9 +197,10 @@ class TopicModel:
         # the manifest (xtm.runtime.bundle).
         self._contextual_entry: ContextualEntry | None = manifest.contextual
         self._contextual: ContextualEncoder | None = None
-        # Why the graph could not open (checksum, a broken graph): a bundle problem this object cannot outgrow, so
-        # it is said again at once, not found again by reading 80 MB for each document of a failing batch.
-        self._contextual_failure: XtmError | None = None
+        # Why the graph could not open, and when: said again at once for a few seconds, so a failing batch
+        # retried document by document does not read and hash 80 MB per document; tried again after that (the
+        # cause may pass: file descriptors, GPU memory, a file missing for a moment during a redeploy).
+        self._contextual_failure: tuple[XtmError, float] | None = None
         self._session_options = session_options
         # Made on first use (get_topic, topic_word_distribution): per language, read-only.
         self._distributions: dict[str, np.ndarray] = {}
@@ -225,7 +226,7 @@ class TopicModel:
         if not isinstance(bundle_dir, (str, os.PathLike)):
             raise XtmError(f"bundle_dir must be a path (a str or pathlib.Path), got {type(bundle_dir).__name__}")
         ort = import_onnxruntime()
-        manifest = read_manifest(bundle_dir, verify=verify)
+        manifest = read_manifest(bundle_dir, verify=verify, verified_on_read=True)
         for lang in manifest.languages:
             spec = TokenizerSpec.from_dict(manifest.encoders[lang].tokenizer)
             missing = missing_tokenizer(spec.kind)
@@ -339,9 +340,8 @@ class TopicModel:
         if self._contextual is None:
             with self._tok_lock:
                 failed = self._contextual_failure
-                if failed is not None:
-                    raise XtmError(f"{failed.reason} (the contextual route could not open; load the bundle again "
-                                   "once it is fixed)", path=failed.path)
+                if failed is not None and time.monotonic() - failed[1] < _RETRY_OPEN_AFTER_S:
+                    raise XtmError(failed[0].reason, path=failed[0].path)
                 if self._contextual is None:
                     import onnxruntime as ort
 
@@ -350,7 +350,7 @@ class TopicModel:
                         self._contextual = ContextualEncoder.load(self._manifest, opts, self._providers,
                                                                   verify=self._verify)
                     except XtmError as e:
-                        self._contextual_failure = e
+                        self._contextual_failure = (e, time.monotonic())
                         raise
         assert self._contextual is not None
         return self._contextual
@@ -747,6 +747,9 @@ class TopicModel:
         "P%") past the limit. `json.loads(line)` gives {"id", "lang", "lang_conf", "route",
         "empty", "oov_ratio", "theta", "topics"}.
         """
+        if hasattr(records, "columns"):  # iterating a DataFrame gives its column names, each a "bad record"
+            raise XtmError(f"records must be an iterable of mappings, got {type(records).__name__} (pass "
+                           "df.to_dict('records'))")
         options = InferenceOptions(top_k=top_k, batch_size=batch_size, route=route, full_theta=full_theta,
                                    strict=strict, max_bad=max_bad)
         return infer_records(self, records, options=options, report=report)
@@ -794,6 +797,10 @@ class TopicModel:
         return self.contextual_encoder().encode(texts, batch_size=batch_size)[1]
 
 
+# How long a failure to open the contextual graph is said again without trying (see TopicModel.__init__).
+_RETRY_OPEN_AFTER_S = 10.0
+
+
 class _NoBar:
     def update(self, n: int = 1) -> None:
         pass
@@ -829,14 +836,15 @@ def _lang_list(langs: Any) -> list[Any] | str | None:
     if langs is None or isinstance(langs, str):
         return langs
     _refuse_container("langs", langs, "one language code, a list of codes (None entries are detected) or None")
-    return list(langs)
+    return [None if is_missing(x) else x for x in langs]  # a pandas column's NaN / pd.NA is a missing code
 
 
 def _refuse_container(name: str, value: Any, expected: str) -> None:
     """Refuse what `list(value)` would read as something else: a DataFrame (its column names), a mapping (its
-    keys), a set (no order), bytes (numbers), an array of more than one dimension (its rows), None."""
+    keys; `mapping.keys()` itself is fine), a set (no order), bytes (numbers), an array of more than one dimension
+    (its rows), None."""
     kind = type(value).__name__
-    if value is None or isinstance(value, (bytes, bytearray, Mapping, AbstractSet)) or hasattr(value, "columns") \
+    if value is None or isinstance(value, (bytes, bytearray, Mapping, set, frozenset)) or hasattr(value, "columns") \
             or not isinstance(value, Iterable) or getattr(value, "ndim", 1) != 1:
         hint = " (pass the column: df['text'])" if hasattr(value, "columns") else ""
         raise XtmError(f"{name} must be {expected}, got {kind}{hint}")

@@ -250,7 +250,9 @@ def encode_id(doc_id: Any) -> str:
 
 
 def _finite(value: Any) -> Any:
-    """`value` with non-finite floats as strings (JSON has no NaN or Infinity)."""
+    """`value` with non-finite floats as strings (JSON has no NaN or Infinity); numpy numbers too."""
+    if type(value).__module__ == "numpy" and hasattr(value, "item"):
+        value = value.item()  # np.float32 is no float: its NaN would not be seen below
     if isinstance(value, float) and value != value:
         return "NaN"
     if isinstance(value, float) and value in (float("inf"), float("-inf")):

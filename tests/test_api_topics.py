@@ -190,3 +190,16 @@ def test_numpy_ids_are_written_as_their_numbers_not_skipped(model: TopicModel) -
 def test_load_arguments_of_the_wrong_type_are_one_error(hb: HandBundle, kwargs: dict, needle: str) -> None:
     with pytest.raises(XtmError, match=needle):
         TopicModel.load(**{"bundle_dir": hb.path, **kwargs})
+
+
+def test_mapping_views_series_with_missing_languages_and_numpy_nan_ids(model: TopicModel) -> None:
+    """dict.keys() is ordered text (accepted as before); a pandas column's NaN language is one to detect; a
+    np.float32 NaN id is written as "NaN" like a float one; a DataFrame given as records is refused up front."""
+    texts = dict.fromkeys(EN)
+    assert model.infer(texts.keys(), "en").theta.shape == (len(EN), model.num_topics)
+    assert model.resolve_routes(EN[:2], ["en", np.nan])[0] == ["en", "en"]
+    out = list(model.infer_records([{"id": np.float32("nan"), "text": EN[0], "lang": "en"}]))
+    assert json.loads(out[0])["id"] == "NaN"
+    pd = pytest.importorskip("pandas")
+    with pytest.raises(XtmError, match=r"records must be an iterable of mappings, got DataFrame"):
+        model.infer_records(pd.DataFrame({"text": EN}))

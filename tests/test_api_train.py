@@ -129,6 +129,8 @@ def test_someone_elses_directory_is_refused_before_anything_is_written(example: 
     ({"docs": ["a"], "model": None}, "model must not be None"),
     ({"docs": ["a"], "device": 5}, "device must be a string, got 5"),
     ({"docs": ["a"], "lr": "0.1"}, "lr must be a number, got '0.1'"),
+    ({"docs": ["a"], "seed": 10**400}, "seed must be >= 0 and <= 4.29497e"),  # was an OverflowError
+    ({"docs": ["a"], "device": "tpu"}, "--device 'tpu' is not a device"),  # was written first, then refused
     ({"docs": ["a"], "vocab_sise": 10}, "unknown setting.*vocab_sise.*vocab_size"),
     ({"docs": ["a"], "dictionary": [("a", "b", "c")]}, "dictionary entry 0 must be a pair"),
     ({"docs": ["a"], "dictionary": {"a\tb": "c"}}, "without tabs or newlines"),
@@ -165,3 +167,10 @@ def test_a_device_torch_does_not_know_is_one_error() -> None:
 
     with pytest.raises(XtmError, match="--device 'tpu' is not a device: give auto, cpu, cuda or cuda:N"):
         pick_device("tpu")
+
+
+def test_a_pandas_column_with_missing_entries_reads_them_as_none() -> None:
+    pd = pytest.importorskip("pandas")
+    from xtm.trainer.api import _per_doc
+
+    assert _per_doc("labels", pd.Series(["a", np.nan, pd.NA, None], index=[9, 3, 1, 0]), 4) == ["a", None, None, None]

@@ -386,4 +386,4 @@ def test_xtra_on_bags_of_words_alone_says_which_backbones_can(example_corpus, tm
     p = _cli("train", "--data", str(data), "--model", "xtra", "--topics", "6", "--epochs", "1", "--threads", "1",
              "-q", "--out", str(tmp_path / "run"))
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-3000:]
-    assert "train_texts_en.txt" in p.stderr and "--model infoctm or nmtm, with --dict" in p.stderr
+    assert "train_texts_<language>.txt" in p.stderr and "--model infoctm or nmtm, with --dict" in p.stderr

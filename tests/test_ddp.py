@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -208,8 +209,14 @@ def test_shards_cut_short_by_a_crash_or_a_damaged_index_are_rebuilt_when_reused(
         en["train"][0]["docs"] = "100"
         (d / "index.json").write_text(json.dumps(index))
 
+    def field_as_text(key: str) -> Callable[[], None]:
+        def damage() -> None:
+            (d / "index.json").write_text(json.dumps({**index, key: "text"}))
+        return damage
+
     damages = [lambda: (d / "en" / "train-00002.npz").write_bytes(b""),
-               lambda: (d / "word_counts_zh.npy").write_bytes(b""), counts_as_text]
+               lambda: (d / "word_counts_zh.npy").write_bytes(b""), counts_as_text, field_as_text("info"),
+               field_as_text("settings")]
     for damage in damages:
         damage()
         caplog.clear()
@@ -222,8 +229,8 @@ def test_shards_cut_short_by_a_crash_or_a_damaged_index_are_rebuilt_when_reused(
 
 def test_an_input_edited_back_to_its_size_and_mtime_is_not_taken_for_the_same(example_dir: Path,
                                                                               tmp_path: Path) -> None:
-    """The fingerprint held path, size and mtime: an edit of the same length with the mtime put back (touch -r,
-    a restore tool) reused the old shards, labels and all."""
+    """The fingerprint held path, size and mtime: a rewrite of the same length with the mtime put back (sed -i,
+    then touch -r) reused the old shards, labels and all. A chmod rebuilds nothing."""
     src = tmp_path / "docs.jsonl"
     src.write_bytes((example_dir / "docs.jsonl").read_bytes())
     d = tmp_path / "s"
@@ -231,7 +238,13 @@ def test_an_input_edited_back_to_its_size_and_mtime_is_not_taken_for_the_same(ex
     before = os.stat(src)
     text = src.read_text(encoding="utf-8")
     assert '"label": "sports"' in text
-    src.write_text(text.replace('"label": "sports"', '"label": "sportz"'), encoding="utf-8")
+    stamp = (d / "index.json").stat().st_mtime_ns
+    os.chmod(src, 0o600)
+    open_or_build_shards(src, d, shard_size=200, progress=False)
+    assert (d / "index.json").stat().st_mtime_ns == stamp  # metadata alone: reused
+    edited = tmp_path / "docs.jsonl.new"  # as sed -i writes: a new file renamed over the old one
+    edited.write_text(text.replace('"label": "sports"', '"label": "sportz"'), encoding="utf-8")
+    edited.replace(src)
     os.utime(src, ns=(before.st_atime_ns, before.st_mtime_ns))
     assert os.stat(src).st_size == before.st_size and os.stat(src).st_mtime_ns == before.st_mtime_ns
     assert "sportz" in open_or_build_shards(src, d, shard_size=200, progress=False).label_names

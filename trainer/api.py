@@ -31,9 +31,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from xtm.atomic import write_text
-from xtm.config import DataConfig, Phase2Config, Preprocessing, TrainConfig, cli_spec, default_of
+from xtm.config import (
+    DataConfig,
+    Phase2Config,
+    Preprocessing,
+    TrainConfig,
+    check_device_name,
+    cli_spec,
+    default_of,
+)
 from xtm.errors import XtmError
-from xtm.json_files import json_default
+from xtm.json_files import is_missing, json_default
 from xtm.languages import normalize_lang
 from xtm.run_dir import RunDir, refuse_foreign_dir
 
@@ -147,7 +155,9 @@ def train(docs: Sequence[str] | Sequence[Mapping[str, Any]], langs: Sequence[str
 def _callers_random_state() -> Iterator[None]:
     """Training seeds Python's and torch's global random generators (dropout and sampling draw from them, so a
     seed repeats a run); the calling program gets its own states back afterwards, as if train() drew nothing.
-    (Two trainings in threads of one process still share those generators while they run.)"""
+    CUDA's are seeded only by a CUDA run, and given back when the caller had used CUDA before (a CUDA run started
+    in a program that had not leaves them at the run's state). Two trainings in threads of one process still
+    share those generators while they run."""
     import random
 
     import torch
@@ -203,10 +213,13 @@ def _check(cls: type, name: str, value: Any) -> Any:
     if kind is str:
         if not isinstance(value, str):
             raise XtmError(f"{name} must be a string, got {value!r}")
+        if name == "device":
+            check_device_name(value)  # before anything is written (torch would say so only inside training)
         return value
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise XtmError(f"{name} must be a number, got {value!r}")
-    if not math.isfinite(value):  # NaN passes every comparison below
+    if not isinstance(value, numbers.Integral) and not math.isfinite(value):  # NaN passes every comparison below
+        # (an int is finite, and math.isfinite(10**400) is an OverflowError)
         raise XtmError(f"{name} must be a finite number, got {value!r}")
     if kind is int:
         if not isinstance(value, numbers.Integral) and not float(value).is_integer():
@@ -296,7 +309,7 @@ def _per_doc(name: str, value: Any, n: int) -> list[Any]:
     if values is None or len(values) != n:
         got = f"{len(values)} values" if values is not None else type(value).__name__
         raise XtmError(f"{name} must give one value per document ({n}), got {got}")
-    return values
+    return [None if is_missing(v) else v for v in values]  # a pandas column's NaN / pd.NA: no value
 
 
 def _as_list(value: Any) -> list[Any] | None:

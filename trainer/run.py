@@ -36,7 +36,7 @@ import scipy.sparse as sp
 import torch
 
 import xtm
-from xtm.config import DataConfig, Phase2Config, TrainConfig
+from xtm.config import DataConfig, Phase2Config, TrainConfig, check_device_name
 from xtm.corpus import Corpus, LanguageCorpus
 from xtm.errors import XtmError
 from xtm.evaluation.metrics import (
@@ -133,6 +133,7 @@ def run_training(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool = F
     if phase2 is not None:
         # One schedule: phase 2 runs phase2.epochs epochs, and the trainer (and train_config) count them there.
         cfg = replace(cfg, phase2_epochs=phase2.epochs)
+    check_device_name(cfg.device)
     refuse_foreign_dir(out)  # before anything: a user's directory is never written to
     # What the settings alone rule out (the model or phase 2 from streamed shards), before any work.
     check_capabilities(cfg.model, out_of_core=data.out_of_core, phase2=phase2 is not None)

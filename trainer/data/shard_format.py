@@ -226,6 +226,11 @@ def _check_index(index: dict[str, Any], path: Path) -> None:
     # The values opening the shards relies on, with the right types (a string where a count belongs was a
     # TypeError traceback): what is wrong is named, and the directory rebuilt as any damaged one.
     problems = []
+    if not isinstance(index["info"], dict):
+        problems.append("info is not an object")
+    settings = index["settings"]
+    if not isinstance(settings, dict) or type(settings.get("shard_size")) is not int:
+        problems.append("settings is not an object with a whole-number shard_size")
     names = index.get("label_names")
     if names is not None and not isinstance(names, list):
         problems.append("label_names is not a list")

@@ -138,7 +138,11 @@ def open_or_build_shards(path: str | Path, out_dir: str | Path, *, langs: Sequen
 def _reusable(src: Path, out: Path, settings: dict[str, Any]) -> ShardedCorpus | None:
     """The shards in `out` if they were built from the same files and settings and open cleanly."""
     built_with = index_fingerprint(out)  # None: no readable index, rebuilt
-    if built_with is None or built_with != _fingerprint(_source_files(src), settings):
+    if built_with is None:
+        return None
+    if built_with != _fingerprint(_source_files(src), settings):
+        logger.info("the shards in %s were built from other input files or settings (or by an older xtm): "
+                    "rebuilding them", out)
         return None
     try:
         corpus = ShardedCorpus(out)
@@ -298,12 +302,14 @@ def _settings(want: list[str] | None, prep: Preprocessing, seed: int, shard_size
 
 
 def _fingerprint(files: Sequence[Path], settings: dict[str, Any]) -> str:
-    """What decides the shards' content: the input files (name, size, mtime, ctime, inode) and the settings."""
+    """What decides the shards' content: the input files (name, size, mtime, inode) and the settings."""
     h = hashlib.sha256()
     for f in files:
         st = f.stat()
-        # ctime and inode too: an edit that keeps the size and puts the mtime back (touch -r) still changes them
-        h.update(f"{f.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0{st.st_ino}\n".encode())
+        # The inode too: a file rewritten (editors, sed -i, a copy) is a new inode even when its size is the same
+        # and its mtime is put back (touch -r). Not the ctime: chmod, touch -a or a backup's hard link would
+        # rebuild shards that took hours. A rewrite in place with the mtime restored is still not seen.
+        h.update(f"{f.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\n".encode())
     h.update(repr(sorted(settings.items())).encode())
     return h.hexdigest()
 

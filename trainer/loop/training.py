@@ -33,7 +33,14 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
-from xtm.config import LR_STEP_EPOCHS_DEFAULT, LR_STEP_GAMMA, TrainConfig, cli_value, lr_step_epochs
+from xtm.config import (
+    LR_STEP_EPOCHS_DEFAULT,
+    LR_STEP_GAMMA,
+    TrainConfig,
+    check_device_name,
+    cli_value,
+    lr_step_epochs,
+)
 from xtm.corpus import Corpus
 from xtm.cpu import threads_beside_others
 from xtm.errors import XtmError
@@ -84,10 +91,7 @@ def pick_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise XtmError(f"--device {name} asked for, but torch sees no CUDA device")
-    try:
-        return torch.device(name)
-    except (RuntimeError, TypeError) as e:  # "tpu", "cuda:x": torch's own message lists its device types
-        raise XtmError(f"--device {name!r} is not a device: give auto, cpu, cuda or cuda:N") from e
+    return torch.device(check_device_name(name))
 
 
 def training_device(name: str, dist: DistContext | None) -> torch.device:
@@ -95,10 +99,12 @@ def training_device(name: str, dist: DistContext | None) -> torch.device:
     return dist.device if dist is not None else pick_device(name)
 
 
-def seed_everything(seed: int) -> np.random.Generator:
+def seed_everything(seed: int, device: torch.device | None = None) -> np.random.Generator:
+    """Seed what training draws from. CUDA's generators only for a CUDA run: on a CPU run they are not touched
+    (the seed would be queued until the caller's program first used CUDA)."""
     random.seed(seed)
     torch.manual_seed(seed)
-    if torch.cuda.is_available():
+    if device is not None and device.type == "cuda":
         torch.cuda.manual_seed_all(seed)
     return np.random.default_rng(seed)
 
@@ -314,7 +320,7 @@ class _Training:
         self.rank, self.world = (dist.rank, dist.world) if dist is not None else (0, 1)
         self.main = self.rank == 0
         self.data = data if data is not None else InMemoryBatches(corpus)
-        self.rng = seed_everything(cfg.seed)
+        self.rng = seed_everything(cfg.seed, self.device)
         self.model = build_model(corpus, cfg)
         self.optimizer = make_optimizer(self.model, cfg.lr, cfg.topic_lr_scale)
         self.fingerprint = self.data.fingerprint()
