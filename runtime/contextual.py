@@ -38,11 +38,9 @@ from xtm.errors import XtmError
 from xtm.runtime.bundle import (
     BundleManifest,
     ContextualEntry,
-    check_checksum,
     check_theta,
     graph_file,
-    listed_file,
-    sha256_bytes,
+    read_listed,
 )
 
 __all__ = ["ContextualEncoder", "make_text_tokenizer", "pad_batch"]
@@ -156,13 +154,10 @@ class ContextualEncoder:
         # Opened on first use, maybe hours after the manifest was read: both files are checked
         # again (inside the bundle, regular files, no external data), not trusted from then.
         path = graph_file(manifest, entry.file)
-        tokenizer_path = listed_file(manifest, entry.tokenizer["file"])
         # The graph and the tokenizer are each read once into memory, checked and loaded from those bytes:
         # nothing can swap a file between the check and the load.
-        graph, tokenizer_bytes = path.read_bytes(), tokenizer_path.read_bytes()
-        if verify:
-            check_checksum(path, sha256_bytes(graph), manifest.files[entry.file])
-            check_checksum(tokenizer_path, sha256_bytes(tokenizer_bytes), manifest.files[entry.tokenizer["file"]])
+        graph = read_listed(manifest, entry.file, verify=verify)
+        tokenizer_bytes = read_listed(manifest, entry.tokenizer["file"], verify=verify)
         try:
             session = ort.InferenceSession(graph, sess_options=session_options, providers=providers)
         except Exception as ex:  # onnxruntime raises its own non-public exception types

@@ -251,7 +251,7 @@ def test_the_contextual_tokenizer_is_built_from_the_bytes_that_were_checked(cont
                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """A tokenizer file swapped just after its checksum passed (a re-export in place racing the first contextual
     call) must not be the one that tokenizes: the route is built from the bytes checked, not the path read again."""
-    from xtm.runtime import contextual as ctx
+    from xtm.runtime import bundle as bundle_module  # the route reads its files through bundle.read_listed
     from xtm.runtime.model import TopicModel
 
     bundle = tmp_path / "b"
@@ -259,14 +259,14 @@ def test_the_contextual_tokenizer_is_built_from_the_bytes_that_were_checked(cont
     text = ["Le marché a chuté après la décision de la banque centrale."]
     want = TopicModel.load(contextual_bundle).infer(text, langs="fr")
     tokenizer = bundle / json.loads((bundle / "manifest.json").read_text())["contextual"]["tokenizer"]["file"]
-    checked = ctx.check_checksum
+    checked = bundle_module.check_checksum
 
     def check_then_swap(path: Path, actual: str, expected: str) -> None:
         checked(path, actual, expected)
         if Path(path).name == tokenizer.name:
             tokenizer.write_bytes(b"not a tokenizer")  # the swap, right after the check
 
-    monkeypatch.setattr(ctx, "check_checksum", check_then_swap)
+    monkeypatch.setattr(bundle_module, "check_checksum", check_then_swap)
     got = TopicModel.load(bundle).infer(text, langs="fr")
     assert tokenizer.read_bytes() == b"not a tokenizer"
     assert got.routes == ["contextual"] and np.allclose(got.theta, want.theta)

@@ -62,6 +62,10 @@ def save_word_counts(path: Path, counts: np.ndarray) -> None:
         np.save(f, counts, allow_pickle=False)
 
 
+# What a shard file cut short, corrupted or written by something else raises while it is read and checked.
+_DAMAGE = (OSError, KeyError, ValueError, EOFError, MemoryError, zipfile.BadZipFile)
+
+
 def _damaged(path: Path, what: str) -> XtmError:
     return XtmError(f"damaged shard file ({what}); rebuild the shards (delete the shard directory)", path=path)
 
@@ -85,7 +89,7 @@ def check_shard_file(path: Path) -> None:
     values read): a shard cut short or emptied by a crash or a power cut is found before training starts."""
     try:
         _sized_members(path)
-    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    except _DAMAGE as e:
         raise _damaged(path, f"{type(e).__name__}: {e}"[:300]) from None
 
 
@@ -114,7 +118,7 @@ def load_shard(path: Path, *, rows: int, cols: int, num_labels: int | None) -> t
                 raise ValueError(f"labels of type {labels.dtype} and shape {list(labels.shape)} for {rows} documents")
             if num_labels is None or (labels.size and (labels.min() < 0 or labels.max() >= num_labels)):
                 raise ValueError(f"label codes outside the index's {num_labels or 0} label names")
-    except (OSError, KeyError, ValueError, EOFError, MemoryError, zipfile.BadZipFile) as e:
+    except _DAMAGE as e:
         raise _damaged(path, f"{type(e).__name__}: {e}"[:300]) from None
     return m, labels
 
