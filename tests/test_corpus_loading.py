@@ -244,6 +244,54 @@ def test_vocab_filters(tmp_path: Path) -> None:
     assert small.lang("en").train_bow.shape[1] == 5
 
 
+def _glued_docs(lang: str, glue: list[str], topics: list[list[str]], n: int) -> list[dict[str, Any]]:
+    """n documents of two topic words and one of `glue`'s function words each: every function word sits in
+    a third of the documents, under max_df, which therefore keeps it."""
+    return [{"lang": lang, "text": f"{topics[i % 3][i % 4]} {glue[i % 3]} {topics[i % 3][(i + 1) % 4]}"}
+            for i in range(n)]
+
+
+def test_languages_without_an_xtm_list_take_stopwords_iso(tmp_path: Path) -> None:
+    # Italian and Portuguese: xtm has no list of its own. Their articles and prepositions are in a third of
+    # the documents, which max_df (0.5) keeps; stopwords-iso's lists remove them.
+    it = _glued_docs("it", ["della", "nel", "sono"], [["calcio", "squadra", "partita", "allenatore"],
+                     ["mercato", "banca", "azioni", "prezzo"], ["telefono", "computer", "robot", "software"]], 30)
+    pt = _glued_docs("pt", ["das", "pelo", "também"], [["futebol", "equipe", "jogo", "treinador"],
+                     ["mercado", "banco", "ações", "preço"], ["telefone", "computador", "robô", "programa"]], 30)
+    c = load_quiet(write_jsonl(tmp_path / "c.jsonl", it + pt))
+    assert not {"della", "nel", "sono"} & set(c.lang("it").vocab) and "calcio" in c.lang("it").vocab
+    assert not {"das", "pelo", "também"} & set(c.lang("pt").vocab) and "futebol" in c.lang("pt").vocab
+    stop = c.info["preprocessing"]["stopwords"]
+    assert set(stop) == {"it", "pt"} and all(v.startswith("stopwords-iso ") for v in stop.values())
+
+
+def test_a_language_without_any_stopword_list_is_a_warning(tmp_path: Path) -> None:
+    # Welsh: neither xtm nor stopwords-iso has a list. Its function words stay, and the run says so.
+    cy = _glued_docs("cy", ["yr", "mae", "gyda"], [["pêl", "tîm", "gêm", "hyfforddwr"],
+                     ["marchnad", "banc", "pris", "masnach"], ["ffôn", "cyfrifiadur", "robot", "meddalwedd"]], 30)
+    rows = cy + make_docs("en", 30, label=False)
+    with pytest.warns(UserWarning, match=r"no stopword list for cy \("):
+        c = load_corpus(write_jsonl(tmp_path / "c.jsonl", rows), progress=False)
+    assert "mae" in c.lang("cy").vocab
+    assert c.info["preprocessing"]["stopwords"] == {"cy": "none", "en": "xtm"}
+
+
+def test_without_stopwordsiso_only_xtm_lists_apply() -> None:
+    import sys
+
+    from xtm.trainer.data import stopwords as sw
+
+    sw._iso_list.cache_clear()
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setitem(sys.modules, "stopwordsiso", None)  # a runtime-only install: the package is absent
+            assert sw.stopwords("it") == frozenset() and sw.stopword_source("it") == "none"
+            assert "the" in sw.stopwords("en")
+    finally:
+        sw._iso_list.cache_clear()
+    assert "della" in sw.stopwords("it")
+
+
 def test_tiny_corpus_falls_back_with_warning(tmp_path: Path) -> None:
     rows = [{"lang": "en", "text": "apples oranges"}, {"lang": "en", "text": "pears plums"},
             {"lang": "zh", "text": "苹果 橙子"}, {"lang": "zh", "text": "梨 李子"}]

@@ -22,6 +22,7 @@ from xtm.config import Preprocessing
 from xtm.errors import XtmError
 from xtm.languages import normalize_lang
 from xtm.trainer.data.jsonl import ReadStats
+from xtm.trainer.data.stopwords import stopword_source
 
 __all__ = ["HOLDOUT_FRACTION", "corpus_info", "label_names", "language_order", "normalize_langs",
            "choose_test_documents", "split_mode", "warn_user"]
@@ -166,6 +167,8 @@ def corpus_info(source: Path, files: list[Path], stats: ReadStats, label_names: 
     """corpus.info for JSONL input (the shards' index.json holds the same); warns about what was dropped
     or skipped."""
     _warn_dropped(source, stats)
+    sources = {lang: stopword_source(lang) for lang in lang_info}
+    _warn_no_stopwords(sources)
     return {
         "source": str(source),
         "format": "jsonl",
@@ -177,9 +180,17 @@ def corpus_info(source: Path, files: list[Path], stats: ReadStats, label_names: 
         "split": split_mode,
         "languages": lang_info,
         "preprocessing": {"vocab_size": prep.vocab_size, "min_df": prep.min_df, "max_df": float(prep.max_df),
-                          "min_doc_tokens": prep.min_doc_tokens, "seed": seed, "stopwords": "built-in",
+                          "min_doc_tokens": prep.min_doc_tokens, "seed": seed, "stopwords": sources,
                           "holdout_fraction": HOLDOUT_FRACTION if split_mode == "holdout" else None},
     }
+
+
+def _warn_no_stopwords(sources: dict[str, str]) -> None:
+    missing = sorted(lang for lang, source in sources.items() if source == "none")
+    if missing:
+        warn_user(f"no stopword list for {', '.join(missing)} (neither xtm's nor stopwords-iso's): that "
+                  "language's function words will crowd its topics, as max_df removes only the most common; "
+                  "`pip install stopwordsiso` if it is missing, or remove them from the texts")
 
 
 def _warn_dropped(source: Path, stats: ReadStats) -> None:

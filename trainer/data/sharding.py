@@ -73,6 +73,7 @@ from xtm.trainer.data.shard_format import (
     vocab_hash,
 )
 from xtm.trainer.data.spill import Spill
+from xtm.trainer.data.stopwords import STOPWORDS_ID
 from xtm.trainer.data.vocab_rules import bags_of_words, check_preprocessing, vocab_from_df, warn_relaxed
 from xtm.vocabulary import read_vocabulary, write_vocabulary
 
@@ -297,8 +298,8 @@ def _settings(want: list[str] | None, prep: Preprocessing, seed: int, shard_size
     """What the shards' content depends on besides the input files (index.json, the fingerprint)."""
     return {"langs": want, "vocab_size": prep.vocab_size, "min_df": prep.min_df, "max_df": float(prep.max_df),
             "min_doc_tokens": prep.min_doc_tokens, "seed": seed, "shard_size": shard_size,
-            # Tokens depend on the text's normal form: shards cut before NFC are rebuilt, not reused.
-            "text": TEXT_NORMALIZATION}
+            # Tokens depend on the text's normal form and the stopword lists: shards cut under others are rebuilt.
+            "text": TEXT_NORMALIZATION, "stopwords": STOPWORDS_ID}
 
 
 def _fingerprint(files: Sequence[Path], settings: dict[str, Any]) -> str:
