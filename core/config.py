@@ -38,7 +38,7 @@ __all__ = ["CONTEXTUAL_AUTO_ROUTES", "CONTEXTUAL_OBJECTIVES", "DEFAULT_ENCODER",
            "PREPROCESSING", "REFINER_NAMES", "Cli", "ContextualConfig", "DataConfig", "LabelConfig", "Phase2Config",
            "Preprocessing", "RefinerConfig", "RunConfig", "Sampling", "TrainConfig", "check_device_name", "cli_spec",
            "cli_value",
-           "default_of", "flat_settings", "from_dict", "help_of", "option_text", "parse_csv", "parse_key_values",
+           "default_of", "flat_settings", "from_dict", "option_text", "parse_csv", "parse_key_values",
            "setting"]
 
 # The multilingual sentence encoder used unless a run names another (offline, no download), and the
@@ -160,10 +160,6 @@ def default_of(cls: type, name: str) -> Any:
     if f.default is MISSING:
         raise KeyError(f"{cls.__name__}.{name} has no default")
     return f.default
-
-
-def help_of(cls: type, name: str) -> str:
-    return _field(cls, name).metadata["help"]
 
 
 def cli_spec(cls: type, name: str) -> Cli | None:

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from xtm.atomic import write_text
+
 CATEGORIES = ("business", "education", "entertainment", "sports", "tech", "fashion")
 TRAIN_LANGS = ("en", "zh")
 UNSEEN_LANGS = ("fr", "de", "es", "ja")
@@ -377,16 +379,9 @@ def _en_text(sentences: list[list[str]]) -> str:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    """Write via a temp file + os.replace so readers never see a half-written file."""
+    """Readers never see a half-written file (xtm.atomic: temporary, fsync, rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_text(path, text)
 
 
 def _jsonl(rows: list[dict[str, str]]) -> str:

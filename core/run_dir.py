@@ -39,14 +39,17 @@ from xtm.atomic import atomic_open, write_json, write_text
 from xtm.errors import XtmError
 from xtm.json_files import read_json
 
-__all__ = ["LOCK_NAME", "RUN_MARKER", "RunDir", "checkpoint_order", "has_checkpoint", "hold_run_dir",
-           "is_checkpoint_name", "is_run_dir", "lock_dir", "refuse_foreign_dir"]
+__all__ = ["CHECKPOINT_POINTER", "LOCK_NAME", "RUN_MARKER", "RunDir", "checkpoint_name", "checkpoint_order",
+           "has_checkpoint", "hold_run_dir", "is_checkpoint_name", "is_run_dir", "lock_dir", "refuse_foreign_dir"]
 
 RUN_MARKER = "run.json"
 LOCK_NAME = ".xtm.lock"
-# The name of a checkpoint directory under RUN_DIR/checkpoints (xtm.trainer.loop.checkpoint.checkpoint_name):
-# epoch-000010, or epoch-000010-step-000037 (stopped 37 steps into epoch 11). Only these are checkpoints,
-# listed, loaded and pruned: a user's copy beside them ("epoch-000003-best", "epoch-notes") is not ours.
+# The checkpoints' names are here (the run directory's owner; no torch needed to list them), their tensors in
+# xtm.trainer.loop.checkpoint. RUN_DIR/checkpoints/latest.json points to the newest complete one.
+CHECKPOINT_POINTER = "latest.json"
+# The name of a checkpoint directory under RUN_DIR/checkpoints (checkpoint_name): epoch-000010, or
+# epoch-000010-step-000037 (stopped 37 steps into epoch 11). Only these are checkpoints, listed, loaded and
+# pruned: a user's copy beside them ("epoch-000003-best", "epoch-notes") is not ours.
 # At least six digits, not exactly six: the names are zero-padded to six, and a millionth step is written
 # with seven (an epoch of 10**8 documents at a batch of 100).
 _CHECKPOINT_NAME = re.compile(r"epoch-([0-9]{6,})(?:-step-([0-9]{6,}))?")
@@ -67,6 +70,11 @@ def _json_object(path: Path) -> dict[str, Any]:
     except XtmError:
         return {}
     return obj if isinstance(obj, dict) else {}
+
+
+def checkpoint_name(epoch: int, step: int | None = None) -> str:
+    """epoch-000010, or epoch-000010-step-000037 for 37 steps into the next epoch (sorts between)."""
+    return f"epoch-{epoch:06d}" + (f"-step-{step:06d}" if step is not None else "")
 
 
 def is_checkpoint_name(name: str) -> bool:
@@ -90,7 +98,7 @@ def is_run_dir(d: Path) -> bool:
     locks its shard directories with the same file, and a shard directory taken for a run would have the
     run's checkpoints deleted by the next rebuild of its shards."""
     d = Path(d)
-    pointer = _json_object(d / RunDir.CHECKPOINTS / "latest.json")
+    pointer = _json_object(d / RunDir.CHECKPOINTS / CHECKPOINT_POINTER)
     return ("xtm_run" in _json_object(d / RUN_MARKER)
             or "xtm_version" in _json_object(d / RunDir.CONFIG)
             or (is_checkpoint_name(str(pointer.get("dir", ""))) and "epoch" in pointer))
@@ -99,7 +107,7 @@ def is_run_dir(d: Path) -> bool:
 def has_checkpoint(d: Path) -> bool:
     """Whether the run holds a checkpoint (a pointer, or a checkpoint directory)."""
     root = Path(d) / RunDir.CHECKPOINTS
-    if (root / "latest.json").exists():
+    if (root / CHECKPOINT_POINTER).exists():
         return True
     try:
         return any(is_checkpoint_name(p.name) and p.is_dir() for p in root.iterdir())

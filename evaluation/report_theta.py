@@ -26,10 +26,9 @@ from xtm.errors import XtmError
 from xtm.evaluation import report_svg as svg
 from xtm.evaluation.report import CSS, JS, LANG_CODE, content_security_policy
 from xtm.runtime.bundle import read_manifest, read_topic_labels, read_topics
+from xtm.runtime.records import MAX_LINE_BYTES  # the longest line xtm-infer reads is the longest read back here
 
 __all__ = ["ThetaStats", "read_theta", "render_theta_report", "write_theta_report"]
-
-MAX_LINE_BYTES = 64 * 2**20
 
 
 @dataclass

@@ -45,7 +45,7 @@ from xtm.runtime.bundle import ContextualEntry
 from xtm.runtime.contextual import make_text_tokenizer, pad_batch
 from xtm.trainer.contextual.fit import load_contextual, load_contextual_meta
 
-__all__ = ["EMBED_MIN_COS", "INPUTS", "ONNX_FILE", "OUTPUTS", "THETA_ATOL", "aligned_news", "export_contextual",
+__all__ = ["EMBED_MIN_COS", "INPUTS", "ONNX_FILE", "OUTPUTS", "THETA_ATOL", "aligned_news",
            "export_contextual_route", "has_contextual", "parity_texts", "quantize_graph", "stale_contextual"]
 
 logger = logging.getLogger(__name__)
@@ -138,13 +138,6 @@ class _ParityBatches:
         order = np.argsort([len(x) for x in ids], kind="stable")
         texts, ids = [texts[i] for i in order], [ids[i] for i in order]
         return cls(texts, [pad_batch(ids[s:s + BATCH], pad_id) for s in range(0, len(ids), BATCH)])
-
-
-def export_contextual(run_dir: str | Path, bundle_dir: str | Path, opset: int = 18, progress: bool = True,
-                      quantize: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """`export_contextual_route`, with the manifest entry as its JSON object."""
-    entry, report = export_contextual_route(run_dir, bundle_dir, opset=opset, progress=progress, quantize=quantize)
-    return entry.to_json(), report
 
 
 def export_contextual_route(run_dir: str | Path, bundle_dir: str | Path, opset: int = 18, progress: bool = True,

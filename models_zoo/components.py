@@ -49,9 +49,6 @@ class SparseRows:
         out.index_put_((self.row_ids, self.indices), self.weights, accumulate=True)
         return out
 
-    def doc_lengths(self) -> Tensor:
-        return torch.zeros(self.num_rows, device=self.weights.device).index_add_(0, self.row_ids, self.weights)
-
 
 Bow = Tensor | SparseRows
 

@@ -163,12 +163,3 @@ class UseEncoder(nn.Module):
         return self.top(self.trunk(ids, mask))
 
 
-def pad_ids(batch: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-    """(ids int64 [N, L], mask float32 [N, L]) of token id lists; padding id 0, mask 0."""
-    L = max(1, max((len(x) for x in batch), default=1))
-    ids = np.zeros((len(batch), L), dtype=np.int64)
-    mask = np.zeros((len(batch), L), dtype=np.float32)
-    for i, x in enumerate(batch):
-        ids[i, :len(x)] = x
-        mask[i, :len(x)] = 1.0
-    return ids, mask

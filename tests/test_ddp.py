@@ -21,7 +21,7 @@ from xtm.models_zoo.registry import model_from_state
 from xtm.trainer.data.batches import InMemoryBatches
 from xtm.trainer.data.sharding import ShardedCorpus, build_shards, open_or_build_shards
 from xtm.trainer.loop.checkpoint import load_checkpoint
-from xtm.trainer.loop.distributed import state_digest
+from xtm.trainer.loop.distributed import rank_state_digest
 from xtm.trainer.loop.training import train
 from xtm.trainer.run import run_training
 
@@ -326,7 +326,7 @@ def test_torchrun_two_processes_gloo(example_dir: Path, tmp_path: Path) -> None:
     ckpt = load_checkpoint(out)
     assert ckpt.epoch == 2
     rebuilt = model_from_state(ckpt.state["model_config"], ckpt.model)
-    assert state_digest(rebuilt) == d["rank_state_sha256"][1]
+    assert rank_state_digest(rebuilt) == d["rank_state_sha256"][1]
 
     from xtm.exporters.onnx_export import export_run
 

@@ -14,6 +14,9 @@ xtm.run_dir.RunDir):
     report.html            rendered from these files by xtm-train's CLI (xtm.evaluation.report; xtm-report
                            redoes it); the trainer only hands it data
     checkpoints/           safetensors checkpoints (see xtm.trainer.loop.checkpoint)
+    contextual/            the contextual route's head and cached embeddings (xtm.trainer.contextual.fit),
+                           unless --no-contextual
+    labels.json            topic labels: by phase 2's LLM, else LLM-free (xtm.trainer.labels; xtm-label redoes them)
   with LLM-XTM phase 2 also
     refined_topics_<lang>.txt  the last refinement's voted word sets, one topic per line
     (metrics.json then has "phase2": refinement steps, calls, tokens, seconds, fallback events,

@@ -21,7 +21,7 @@ from xtm.corpus import Corpus
 from xtm.errors import XtmError
 from xtm.trainer.data.jsonl import read_bounded
 
-__all__ = ["attach_links", "build_links", "read_dictionary"]
+__all__ = ["attach_links", "build_links", "is_latin_word", "porter_stemmer", "read_dictionary"]
 
 # A dictionary side counts as stemmed when this share of its Latin words are fixed points of
 # the Porter stemmer: 0.97 for ch_en_dict.dat's English side, 0.58 for MUSE's plain English.
@@ -107,11 +107,12 @@ def _pair(line: str) -> tuple[str, str] | None:
     return (fields[0], fields[1]) if len(fields) == 2 else None
 
 
-def _is_latin_word(w: str) -> bool:
+def is_latin_word(w: str) -> bool:
+    """A word of ASCII letters only: the words Porter stemming applies to."""
     return w.isascii() and w.isalpha()
 
 
-def _porter() -> Any:
+def porter_stemmer() -> Any:
     """nltk's PorterStemmer (default NLTK_EXTENSIONS mode), or None when nltk is not installed."""
     try:
         from nltk.stem.porter import PorterStemmer
@@ -122,7 +123,7 @@ def _porter() -> Any:
 
 def _looks_stemmed(words: set[str], stemmer: Any) -> bool:
     """Whether a dictionary side is Porter stems: nearly all its Latin words are stemmer fixed points."""
-    latin = sorted(w for w in words if _is_latin_word(w))
+    latin = sorted(w for w in words if is_latin_word(w))
     if len(latin) < _MIN_LATIN_WORDS:
         return False
     step = max(1, len(latin) // _STEM_SAMPLE)
@@ -136,7 +137,7 @@ def _index(vocab: Sequence[str], stemmer: Any) -> dict[str, list[int]]:
     out: dict[str, list[int]] = {}
     for i, w in enumerate(vocab):
         keys = {w, w.lower()}
-        if stemmer is not None and _is_latin_word(w):
+        if stemmer is not None and is_latin_word(w):
             keys.add(stemmer.stem(w.lower()))
         for k in keys:
             out.setdefault(k, []).append(i)
@@ -220,11 +221,11 @@ def _stemming(pairs: Sequence[tuple[str, str]], vocab_a: Sequence[str],
     src_words = {s for s, _ in pairs}
     tgt_words = {t for _, t in pairs}
     stemmer = None
-    if any(_is_latin_word(w) for w in vocab_a) or any(_is_latin_word(w) for w in vocab_b):
-        stemmer = _porter()
+    if any(is_latin_word(w) for w in vocab_a) or any(is_latin_word(w) for w in vocab_b):
+        stemmer = porter_stemmer()
     src_stemmed = stemmer is not None and _looks_stemmed(src_words, stemmer)
     tgt_stemmed = stemmer is not None and _looks_stemmed(tgt_words, stemmer)
-    if stemmer is None and any(_is_latin_word(w) for w in list(tgt_words)[:1000] + list(src_words)[:1000]):
+    if stemmer is None and any(is_latin_word(w) for w in list(tgt_words)[:1000] + list(src_words)[:1000]):
         warnings.warn("nltk is not installed: dictionary words are matched exactly, without Porter "
                       "stemming (install xtm[train])", stacklevel=3)
     return stemmer, src_stemmed, tgt_stemmed

@@ -30,12 +30,26 @@ from xtm.errors import XtmError
 from xtm.json_files import read_json
 from xtm.npy_header import read_npy_header
 
-__all__ = ["INDEX", "SHARD_FORMAT", "ShardWriter", "check_shard_file", "index_fingerprint", "load_shard",
-           "load_word_counts",
-           "read_index", "save_shard", "save_word_counts", "vocab_hash"]
+__all__ = ["ATOMIC_TMP_NAME", "INDEX", "SHARD_FORMAT", "SHARD_NAME", "VOCAB_NAME", "WORD_COUNTS_NAME", "ShardWriter",
+           "check_shard_file", "index_fingerprint", "load_shard", "load_word_counts", "read_index", "save_shard",
+           "save_word_counts", "vocab_file", "vocab_hash", "word_counts_file"]
 
 SHARD_FORMAT = 1
 INDEX = "index.json"
+# The layout's names, for whoever lists a shard directory (a rebuild deletes only these).
+# A shard inside a language directory, or save_shard's temporary of one.
+SHARD_NAME = re.compile(r"(?:train|test)-[0-9]+\.npz|\.(?:train|test)-[0-9]+\.npz\.tmp")
+VOCAB_NAME, WORD_COUNTS_NAME = re.compile(r"vocab_(.+)\.txt"), re.compile(r"word_counts_(.+)\.npy")
+# xtm.atomic's temporary of the index, a vocabulary or word counts, left by a build killed while writing it.
+ATOMIC_TMP_NAME = re.compile(r"\.(index\.json|vocab_.+\.txt|word_counts_.+\.npy)\.xtm-[0-9]+-[a-z0-9_]{8}\.tmp")
+
+
+def vocab_file(shard_dir: Path, lang: str) -> Path:
+    return shard_dir / f"vocab_{lang}.txt"
+
+
+def word_counts_file(shard_dir: Path, lang: str) -> Path:
+    return shard_dir / f"word_counts_{lang}.npy"
 # What a readable index must hold (the rest is informational).
 _INDEX_KEYS = ("name", "langs", "languages", "settings", "info")
 _LANGUAGE_KEYS = ("vocab_sha256", "train", "test")

@@ -31,7 +31,6 @@ import hashlib
 import logging
 import math
 import os
-import re
 import shutil
 import stat
 from collections.abc import Callable, Sequence
@@ -61,8 +60,12 @@ from xtm.trainer.data.dictionary import attach_links
 from xtm.trainer.data.jsonl import ReadStats, corpus_name, jsonl_files, read_documents
 from xtm.trainer.data.shard_batches import ShardedBatches
 from xtm.trainer.data.shard_format import (
+    ATOMIC_TMP_NAME,
     INDEX,
     SHARD_FORMAT,
+    SHARD_NAME,
+    VOCAB_NAME,
+    WORD_COUNTS_NAME,
     ShardWriter,
     check_shard_file,
     index_fingerprint,
@@ -70,7 +73,9 @@ from xtm.trainer.data.shard_format import (
     load_word_counts,
     read_index,
     save_word_counts,
+    vocab_file,
     vocab_hash,
+    word_counts_file,
 )
 from xtm.trainer.data.spill import Spill
 from xtm.trainer.data.stopwords import STOPWORDS_ID
@@ -195,11 +200,6 @@ def _listed(names: list[str]) -> str:
 _BUILDING = ".building"  # present from the start of a build until its index is written
 _SPILL = ".spill"  # pass 1's temporary files, `.spill/<lang>/<name>.bin` (xtm.trainer.data.spill)
 _SPILL_FILES = frozenset(f"{name}.bin" for name in ("ids", "counts", "lens", "labels", "splits"))
-# a shard, or save_shard's temporary of one
-_SHARD = re.compile(r"(?:train|test)-[0-9]+\.npz|\.(?:train|test)-[0-9]+\.npz\.tmp")
-_VOCAB, _WORD_COUNTS = re.compile(r"vocab_(.+)\.txt"), re.compile(r"word_counts_(.+)\.npy")
-# xtm.atomic's temporary of the index, a vocabulary or word counts, left by a build killed while writing it.
-_ATOMIC_TMP = re.compile(r"\.(index\.json|vocab_.+\.txt|word_counts_.+\.npy)\.xtm-[0-9]+-[a-z0-9_]{8}\.tmp")
 
 
 @dataclass
@@ -224,19 +224,19 @@ def _shard_entries(out: Path) -> _Entries:
     except OSError as e:
         raise XtmError(f"cannot read the shard directory: {e.strerror or e}", path=out) from None
     found = _Entries(building=_BUILDING in names and _is_plain_file(out / _BUILDING))
-    found.vocabs = {m.group(1) for n in names if (m := _VOCAB.fullmatch(n)) and _is_plain_file(out / n)}
+    found.vocabs = {m.group(1) for n in names if (m := VOCAB_NAME.fullmatch(n)) and _is_plain_file(out / n)}
     for name in names:
         p = out / name
         if is_desktop_metadata(p):
             continue
-        if _is_plain_file(p) and (name in (INDEX, LOCK_NAME, _BUILDING) or _VOCAB.fullmatch(name)
-                                  or _WORD_COUNTS.fullmatch(name) or _ATOMIC_TMP.fullmatch(name)):
+        if _is_plain_file(p) and (name in (INDEX, LOCK_NAME, _BUILDING) or VOCAB_NAME.fullmatch(name)
+                                  or WORD_COUNTS_NAME.fullmatch(name) or ATOMIC_TMP_NAME.fullmatch(name)):
             found.ours.append(p)
         elif name == _SPILL and _is_plain_dir(p) and all(
                 is_desktop_metadata(q) or _holds_only(q, _SPILL_FILES.__contains__) for q in _listing(p)):
             found.ours.append(p)
-        elif (not name.startswith(".") and _holds_only(p, _SHARD.fullmatch)
-              and ((filled := any(_SHARD.fullmatch(q.name) for q in _listing(p)))
+        elif (not name.startswith(".") and _holds_only(p, SHARD_NAME.fullmatch)
+              and ((filled := any(SHARD_NAME.fullmatch(q.name) for q in _listing(p)))
                    or name in found.vocabs or found.building)):
             # a language's shards (an empty directory only where its vocabulary or a build in progress says so)
             found.ours.append(p)
@@ -347,7 +347,7 @@ def _remove_layout_dir(d: Path) -> None:
     for p in _listing(d):
         if d.name == _SPILL and _is_plain_dir(p):  # the spill's language directories (nothing else nests)
             _remove_layout_dir(p)
-        elif _is_plain_file(p) and (_SHARD.fullmatch(p.name) or p.name in _SPILL_FILES or is_desktop_metadata(p)):
+        elif _is_plain_file(p) and (SHARD_NAME.fullmatch(p.name) or p.name in _SPILL_FILES or is_desktop_metadata(p)):
             p.unlink(missing_ok=True)
     with contextlib.suppress(OSError):  # not empty: something not ours is in it now
         d.rmdir()
@@ -457,8 +457,8 @@ def _write_language(job: _Job, x: str, s: Spill, is_test: np.ndarray, labels: _L
     n_train, n_test = writers["train"].docs, writers["test"].docs
     if n_train == 0:
         raise XtmError(f"no training documents left for language '{x}'", path=job.src)
-    write_vocabulary(job.out / f"vocab_{x}.txt", vocab)
-    save_word_counts(job.out / f"word_counts_{x}.npy", word_counts)
+    write_vocabulary(vocab_file(job.out, x), vocab)
+    save_word_counts(word_counts_file(job.out, x), word_counts)
     index = {"vocab_size": len(vocab), "vocab_sha256": vocab_hash(vocab), "train_docs": n_train,
              "test_docs": n_test, "train": writers["train"].shards, "test": writers["test"].shards}
     info = {"train_docs": n_train, "test_docs": n_test, "vocab_size": len(vocab),
@@ -540,12 +540,12 @@ class ShardedCorpus:
 
     def _open_language(self, x: str) -> _Lang:
         meta = self.index["languages"][x]
-        vocab_file = self.dir / f"vocab_{x}.txt"
-        vocab = read_vocabulary(vocab_file)
+        vocab_path = vocab_file(self.dir, x)
+        vocab = read_vocabulary(vocab_path)
         if vocab_hash(vocab) != meta["vocab_sha256"]:
             raise XtmError("vocabulary does not match the shard index (vocab_sha256): the shard "
-                           "directory was modified; rebuild it", path=vocab_file)
-        counts = load_word_counts(self.dir / f"word_counts_{x}.npy", len(vocab))
+                           "directory was modified; rebuild it", path=vocab_path)
+        counts = load_word_counts(word_counts_file(self.dir, x), len(vocab))
         return _Lang(x, vocab, meta["train"], meta["test"], counts)
 
     @property

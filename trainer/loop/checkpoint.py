@@ -10,7 +10,8 @@ Layout under RUN_DIR/checkpoints/:
     latest.json                         {"dir": "epoch-000010", "epoch": 10}, replaced atomically
 Each checkpoint directory is written under a temporary name, its files fsynced, and renamed when
 complete; only then does latest.json move to it. Older directories beyond `keep` are removed.
-Only names of that form are checkpoints (`xtm.run_dir.is_checkpoint_name`): a user's copy beside them
+The names (directories and latest.json) are xtm.run_dir's, which lists them without torch; this module owns
+what is inside. Only names of that form are checkpoints (`xtm.run_dir.is_checkpoint_name`): a user's copy beside them
 ("epoch-000003-best") is never pruned, listed or loaded. They sort in training order by their numbers
 (`checkpoint_order`), so "the previous checkpoint" is the previous name.
 
@@ -45,7 +46,7 @@ from xtm.atomic import write_json
 from xtm.errors import XtmError
 from xtm.json_files import read_json
 from xtm.models_zoo.base import unique_state_dict
-from xtm.run_dir import RunDir, checkpoint_order, is_checkpoint_name
+from xtm.run_dir import CHECKPOINT_POINTER, RunDir, checkpoint_name, checkpoint_order, is_checkpoint_name
 
 logger = logging.getLogger(__name__)
 
@@ -75,11 +76,6 @@ def _flatten_optimizer(opt_state: dict[str, Any]) -> tuple[dict[str, torch.Tenso
             else:
                 scalars[key] = value
     return tensors, {"param_groups": opt_state["param_groups"], "scalars": scalars}
-
-
-def checkpoint_name(epoch: int, step: int | None = None) -> str:
-    """epoch-000010, or epoch-000010-step-000037 for 37 steps into the next epoch (sorts between)."""
-    return f"epoch-{epoch:06d}" + (f"-step-{step:06d}" if step is not None else "")
 
 
 def _write_synced(path: Path, data: bytes) -> dict[str, Any]:
@@ -127,7 +123,7 @@ def save_checkpoint(run_dir: Path, epoch: int, model: torch.nn.Module, optimizer
             final.rename(aside)
         tmp.rename(final)
         shutil.rmtree(aside, ignore_errors=True)
-        write_json(root / "latest.json", {"dir": final.name, "epoch": epoch, "step": step})
+        write_json(root / CHECKPOINT_POINTER, {"dir": final.name, "epoch": epoch, "step": step})
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise XtmError(f"cannot write the checkpoint: {e.strerror or e}", path=e.filename or final) from None
@@ -152,7 +148,7 @@ def _checkpoint_dirs(root: Path) -> list[Path]:
 
 def _pointer(root: Path, problems: list[str]) -> Path | None:
     """The directory latest.json names, or None (with the reason in `problems` when it is bad)."""
-    pointer = root / "latest.json"
+    pointer = root / CHECKPOINT_POINTER
     if not pointer.exists():
         return None
     try:
@@ -177,7 +173,7 @@ def latest_checkpoint_dir(run_dir: Path) -> Path | None:
     problems: list[str] = []
     d = _pointer(RunDir(run_dir).checkpoints, problems)
     if problems:
-        raise XtmError(problems[0], path=RunDir(run_dir).checkpoints / "latest.json")
+        raise XtmError(problems[0], path=RunDir(run_dir).checkpoints / CHECKPOINT_POINTER)
     return d
 
 

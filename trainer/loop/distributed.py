@@ -161,8 +161,10 @@ def average_scalars(values: dict[str, float], ctx: DistContext | None, device: t
     return {k: float(v) / ctx.world for k, v in zip(keys, t.tolist(), strict=True)}
 
 
-def state_digest(model: torch.nn.Module) -> str:
-    """sha256 over the model's state (names and bytes): equal digests = identical models."""
+def rank_state_digest(model: torch.nn.Module) -> str:
+    """sha256 over the model's state (names and bytes): equal digests = identical models. Not
+    xtm.models_zoo.base.state_digest (names, dtypes and shapes of the unique tensors): this one's values are
+    recorded in metrics.json as rank_state_sha256, so it keeps its own recipe."""
     h = hashlib.sha256()
     for k, t in sorted(model.state_dict().items()):
         h.update(k.encode())
@@ -174,7 +176,7 @@ def gather_digests(model: torch.nn.Module, ctx: DistContext) -> list[str]:
     """Every rank's state digest, on every rank (the run's check that the ranks agree)."""
     import torch.distributed as dist
 
-    d = state_digest(model)
+    d = rank_state_digest(model)
     mine = torch.tensor(list(bytes.fromhex(d)), dtype=torch.int64, device=ctx.device)
     out = [torch.empty_like(mine) for _ in range(ctx.world)]
     dist.all_gather(out, mine)
