@@ -11,6 +11,9 @@ from xtm.languages import normalize_lang
 @pytest.mark.parametrize(("given", "code"), [
     ("en", "en"), ("EN", "en"), (" en-US ", "en"), ("zh_TW", "zh"), ("zh-Hans", "zh"), ("cn", "zh"), ("jp", "ja"),
     ("eng", "en"), ("kor", "ko"),
+    # Every named language's ISO 639-2 codes (terminology and bibliographic) and English name, not some of them.
+    ("ita", "it"), ("por", "pt"), ("zho", "zh"), ("chi", "zh"), ("vie", "vi"), ("ara", "ar"), ("hin", "hi"),
+    ("Italian", "it"), ("PORTUGUESE", "pt"), ("Chinese", "zh"), ("wel", "cy"), ("pt-BR", "pt"), ("en_US", "en"),
     ("iw", "he"), ("in", "id"), ("ji", "yi"), ("jw", "jv"),  # withdrawn ISO codes Java's Locale still writes
     ("kr", "kr"),  # Kanuri's ISO 639-1 code: not an alias of Korean (ko)
 ])

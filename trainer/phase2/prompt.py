@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 
 from xtm.config import Phase2Config, default_of
 from xtm.errors import XtmError
-from xtm.languages import NAMES, UNSEGMENTED, language_name, normalize_lang
+from xtm.languages import UNSEGMENTED, language_name, normalize_lang
+from xtm.trainer.data.dictionary import is_latin_word, porter_stemmer
 from xtm.trainer.data.stopwords import stopwords
 
 ASKED_WORDS = default_of(Phase2Config, "asked_words")
@@ -76,7 +77,6 @@ _HEADER_WORDS = frozenset({
     "in", "the", "of", "and", "script", "mandarin", "简体", "繁体", "簡體", "繁體"})
 # The same after a native label written without a space ("中文词语：", "英文单词：").
 _NATIVE_HEADER_SUFFIXES = ("词语", "詞語", "词汇", "詞彙", "单词", "單詞", "关键词", "關鍵詞", "词", "詞")
-_NAME_CODES = {name.lower(): code for code, name in NAMES.items()}
 
 
 def _one_label(lab: str) -> str | None:
@@ -87,9 +87,7 @@ def _one_label(lab: str) -> str | None:
     for native, code in _NATIVE_LABELS.items():
         if lab.startswith(native) and lab[len(native):] in _NATIVE_HEADER_SUFFIXES:
             return code
-    if lab in _NAME_CODES:  # an English name (a language without one in NAMES is named by its code)
-        return _NAME_CODES[lab]
-    try:
+    try:  # a code, an ISO 639-2 code or an English name (xtm.languages.ALIASES)
         return normalize_lang(lab)
     except XtmError:
         return None
@@ -166,10 +164,6 @@ def _is_prose(line: str, lang: str) -> bool:
     if s.endswith(_SENTENCE_END):
         return n >= 1 or (_is_cjk(s) and len(words) == 1 and len(s) >= 6)
     return False
-
-
-def _is_latin(word: str) -> bool:
-    return word.isascii() and word.isalpha()
 
 
 _VOWELS = "aeiou"
@@ -251,13 +245,13 @@ class VocabMatcher:
         self.folded: dict[str, dict[str, str]] = {}
         self.stems: dict[str, dict[str, list[str]]] = {}
         self.max_len: dict[str, int] = {}
-        stemmer = _porter()
+        stemmer = porter_stemmer()
         for lang, vocab in vocabs.items():
             folded: dict[str, str] = {}
             stems: dict[str, list[str]] = {}
             for w in vocab:  # vocabulary order: the first (most frequent in most builds) wins
                 folded.setdefault(w.lower(), w)
-                if stemmer is not None and _is_latin(w):
+                if stemmer is not None and is_latin_word(w):
                     stems.setdefault(stemmer.stem(w.lower()), []).append(w)
             self.folded[lang], self.stems[lang] = folded, stems
             self.max_len[lang] = max((len(w) for w in vocab), default=1)
@@ -270,7 +264,7 @@ class VocabMatcher:
         low = token.lower()
         if low in self.folded[lang]:
             return self.folded[lang][low], False
-        if self._stemmer is not None and _is_latin(low):
+        if self._stemmer is not None and is_latin_word(low):
             best = None
             for i, w in enumerate(self.stems[lang].get(self._stemmer.stem(low), ())):
                 rank = _inflection_rank(low, w.lower())
@@ -294,14 +288,6 @@ class VocabMatcher:
             else:
                 return []
         return out if len(out) > 1 else []
-
-
-def _porter():
-    try:
-        from nltk.stem.porter import PorterStemmer
-    except ImportError:  # pragma: no cover - nltk is a dependency of the train extra
-        return None
-    return PorterStemmer()
 
 
 @dataclass
