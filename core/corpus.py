@@ -25,8 +25,9 @@ if TYPE_CHECKING:
 class TokenizerSpec:
     """How raw text of one language becomes tokens; saved with every model so inference matches.
 
-    kind: "whitespace" (text already tokenized, tokens split on spaces), "regex" (words of
-    letters/digits for space-delimited scripts), "jieba" (Chinese) or "janome" (Japanese).
+    kind: "whitespace" (text already tokenized, tokens split on spaces), "words" (letters and digits
+    with their combining marks, for space-delimited scripts), "regex" (the same without the marks: runs
+    made before 2026-12-07), "jieba" (Chinese), "janome" or "mecab" (Japanese).
     """
 
     lang: str

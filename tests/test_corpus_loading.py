@@ -88,7 +88,7 @@ def test_jsonl_split_labels_and_counts(tmp_path: Path) -> None:
         assert lc.vocab == sorted(lc.vocab)
     assert "football" in en.vocab and "the" not in en.vocab and "and" not in en.vocab
     assert "足球" in zh.vocab and "的" not in zh.vocab
-    assert zh.tokenizer.kind == "jieba" and en.tokenizer.kind == "regex"
+    assert zh.tokenizer.kind == "jieba" and en.tokenizer.kind == "words"
     # Counts: "twice" has football x2 (case folded), match x1, robot x1; "end" is in one doc only.
     row = en.train_bow[en.train_ids.index("twice")].toarray().ravel()
     assert row[en.vocab.index("football")] == 2 and row[en.vocab.index("match")] == 1
@@ -316,6 +316,47 @@ def test_jsonl_with_dictionary_links(tmp_path: Path) -> None:
     with pytest.raises(XtmError, match="matches none of the vocabularies") as e:
         load_quiet(f, dict_path=wrong)
     assert e.value.path == str(wrong)
+
+
+def test_another_tools_field_names_are_said_not_silently_ignored(tmp_path: Path) -> None:
+    # "language" for "lang" and "category" for "label": read as absent (the language detected, no labels), and
+    # said once per name with how many documents carry it.
+    rows = [{"text": r["text"], "language": r["lang"], "category": r["label"]}
+            for r in make_docs("en", 30) + make_docs("zh", 30)]
+    with pytest.warns(UserWarning, match=r"60 document\(s\) have 'category' and no 'label'; 60 document\(s\) "
+                                         r"have 'language' and no 'lang'"):
+        c = load_corpus(write_jsonl(tmp_path / "c.jsonl", rows), progress=False)
+    assert not c.has_labels
+    # A line without text that has 'content' says which field it has.
+    with pytest.raises(XtmError, match="this line has 'content': xtm reads 'text'") as e:
+        load_quiet(write_jsonl(tmp_path / "d.jsonl", [{"lang": "en", "content": "football match"}]))
+    assert (e.value.line, e.value.field) == (1, "text")
+    # A document with both names is read as it is: nothing to say.
+    both = [{**r, "language": r["lang"]} for r in make_docs("en", 30) + make_docs("zh", 30)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_corpus(write_jsonl(tmp_path / "e.jsonl", both), progress=False)
+
+
+def test_a_hindi_dictionary_links_hindi_words(tmp_path: Path) -> None:
+    # Hindi words keep their vowel signs, so a dictionary's Hindi words are found in the vocabulary (they were
+    # cut at every sign: "the dictionary matches none of the vocabularies").
+    hi = _glued_docs("hi", ["और", "के", "में"], [["फ़ुटबॉल", "टीम", "मैच", "खिलाड़ी"],
+                     ["बाज़ार", "बैंक", "शेयर", "कीमत"], ["फ़ोन", "कंप्यूटर", "रोबोट", "सॉफ़्टवेयर"]], 30)
+    en = _glued_docs("en", ["the", "of", "and"], [["football", "team", "match", "player"],
+                     ["market", "bank", "shares", "price"], ["phone", "computer", "robot", "software"]], 30)
+    dct = tmp_path / "hi_en.tsv"
+    dct.write_text("बाज़ार\tmarket\nकंप्यूटर\tcomputer\nखिलाड़ी\tplayer\n", encoding="utf-8")
+    c = load_quiet(write_jsonl(tmp_path / "c.jsonl", hi + en), dict_path=dct)
+    assert {"बाज़ार", "कंप्यूटर", "खिलाड़ी"} <= set(c.lang("hi").vocab)
+    assert c.link_matrix("hi", "en").nnz == 3
+    assert "और" not in c.lang("hi").vocab  # stopwords-iso's Hindi
+
+
+def test_a_language_without_word_spaces_is_a_warning(tmp_path: Path) -> None:
+    th = [{"lang": "th", "text": f"ตลาดหุ้น{i % 3} ลดลง ข่าว{i % 5}"} for i in range(30)]
+    with pytest.warns(UserWarning, match="no word segmenter for th"):
+        load_corpus(write_jsonl(tmp_path / "c.jsonl", th + make_docs("en", 30, label=False)), progress=False)
 
 
 # --------------------------------------------------------------------------- JSONL: bad input

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -20,8 +21,8 @@ def test_default_specs_pick_segmenters_for_cjk() -> None:
     cn = default_tokenizer_spec("cn")
     assert (cn.lang, cn.kind) == ("zh", "jieba")
     assert default_tokenizer_spec("JA").kind == "janome"
-    assert default_tokenizer_spec("en") == TokenizerSpec(lang="en", kind="regex")
-    assert default_tokenizer_spec("fr").kind == "regex"
+    assert default_tokenizer_spec("en") == TokenizerSpec(lang="en", kind="words")
+    assert default_tokenizer_spec("fr").kind == "words"
     with pytest.raises(XtmError):
         default_tokenizer_spec("not a language")
 
@@ -31,6 +32,37 @@ def test_regex_lowercases_and_drops_punctuation() -> None:
     assert tok("Hello, World! -- The café's 3 snake_case ...") == [
         "hello", "world", "the", "café", "s", "3", "snake", "case"]
     assert tok("?!... ---") == []
+
+
+# Words with combining marks: Hindi vowel signs and nukta, Tamil viramas, Arabic harakat, Thai vowels,
+# and the dot that lower() leaves on a Turkish capital I.
+MARKED = [("hi", "बाज़ार आज बहुत गिर गया", ["बाज़ार", "आज", "बहुत", "गिर", "गया"]),
+          ("ta", "சந்தை இன்று வீழ்ச்சி", ["சந்தை", "இன்று", "வீழ்ச்சி"]),
+          ("ar", "السُّوقُ انخفضَ اليوم", ["السُّوقُ", "انخفضَ", "اليوم"]),
+          ("th", "ตลาดหุ้น ลดลง", ["ตลาดหุ้น", "ลดลง"]),
+          ("tr", "İstanbul borsası", ["i\u0307stanbul", "borsası"])]
+
+
+@pytest.mark.parametrize(("lang", "text", "words"), MARKED)
+def test_words_keep_their_combining_marks(lang: str, text: str, words: list[str]) -> None:
+    tok = make_tokenizer(default_tokenizer_spec(lang))
+    assert tok(text) == words
+    # Decomposed input is the same words (NFC first), and a mark after a space starts no word.
+    assert tok(unicodedata.normalize("NFD", text)) == words
+    assert tok("\u0301" + text) == words
+
+
+def test_words_cut_latin_text_as_the_regex_kind_did() -> None:
+    # Text below U+0300 takes the plain pattern; above it (curly quotes, Greek, Cyrillic) the marked one.
+    words, regex = make_tokenizer(TokenizerSpec("fr", "words")), make_tokenizer(TokenizerSpec("fr", "regex"))
+    for text in ("L'économie s'effondre, dit-il: 3 snake_case", "l’économie — Δημοκρατία и экономика",
+                 "Hello, World! -- The café's 3 snake_case ...", "", "?!..."):
+        assert words(text) == regex(text)
+
+
+def test_the_regex_kind_still_cuts_as_its_bundles_were_trained() -> None:
+    # Runs and bundles made before "words" recorded kind regex: their vocabularies hold the pieces.
+    assert make_tokenizer(TokenizerSpec("hi", "regex"))("बाज़ार आज") == ["ब", "ज", "र", "आज"]
 
 
 def test_min_token_length_and_case_kept() -> None:

@@ -20,7 +20,8 @@ import numpy as np
 
 from xtm.config import Preprocessing
 from xtm.errors import XtmError
-from xtm.languages import normalize_lang
+from xtm.languages import UNSEGMENTED, normalize_lang
+from xtm.runtime.tokenize import default_tokenizer_spec
 from xtm.trainer.data.jsonl import ReadStats
 from xtm.trainer.data.stopwords import stopword_source
 
@@ -169,6 +170,7 @@ def corpus_info(source: Path, files: list[Path], stats: ReadStats, label_names: 
     _warn_dropped(source, stats)
     sources = {lang: stopword_source(lang) for lang in lang_info}
     _warn_no_stopwords(sources)
+    _warn_no_segmenter(lang_info)
     return {
         "source": str(source),
         "format": "jsonl",
@@ -193,12 +195,28 @@ def _warn_no_stopwords(sources: dict[str, str]) -> None:
                   "`pip install stopwordsiso` if it is missing, or remove them from the texts")
 
 
+def _warn_no_segmenter(langs: dict[str, Any]) -> None:
+    # Thai, Lao, Khmer and Burmese write no space between words, and xtm has no segmenter for them: the words
+    # tokenizer cuts at spaces and punctuation only, so a token is a phrase unless the text was segmented.
+    unsegmented = sorted(lang for lang in langs
+                         if lang in UNSEGMENTED and default_tokenizer_spec(lang).kind not in ("jieba", "janome"))
+    if unsegmented:
+        warn_user(f"xtm has no word segmenter for {', '.join(unsegmented)}, written without spaces between words: "
+                  "each run of text between spaces or punctuation is one token. Segment the texts first (words "
+                  "separated by spaces); the contextual route serves such text without a segmenter")
+
+
 def _warn_dropped(source: Path, stats: ReadStats) -> None:
     # Misdetected languages had their own warning.
     empty = {k: v for k, v in stats.dropped.items() if k != "rare_detected_language"}
     if empty:
         detail = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in sorted(empty.items()))
         warn_user(f"{source}: dropped {sum(empty.values())} document(s) with no usable words ({detail})")
+    if stats.unread_fields:
+        named = "; ".join(f"{n} document(s) have '{other}' and no '{name}'"
+                          for (other, name), n in sorted(stats.unread_fields.items()))
+        warn_user(f"{source}: {named}. xtm reads the fields id, text, lang, label and split: rename them, or "
+                  "those documents go on without them (a missing lang is detected, a missing label is no label)")
     skipped = stats.skipped_lang
     if skipped:
         warn_user(f"{source}: skipped {sum(skipped.values())} document(s) in languages not requested "

@@ -57,6 +57,8 @@ class ReadStats:
     dropped_by_lang: dict[str, Counter[str]] = field(default_factory=dict)
     skipped_lang: Counter[str] = field(default_factory=Counter)
     detected: int = 0
+    # "language -> lang": documents that lack a field xtm reads but carry a name other tools use for it.
+    unread_fields: Counter[tuple[str, str]] = field(default_factory=Counter)  # (their name, xtm's field)
 
     def drop(self, reason: str, lang: str | None, k: int = 1) -> None:
         """Count `k` documents dropped for `reason` (per language when there is one)."""
@@ -163,9 +165,29 @@ def json_object(raw: bytes, f: Path, lineno: int) -> dict[str, Any]:
     return obj
 
 
+# Names other tools give the fields xtm reads. A document that has one of them and not xtm's field is counted
+# (ReadStats.unread_fields) and said once: "language" for "lang" was ignored and the language detected, spread
+# over a dozen languages on short texts; "category" for "label" trained without classification.
+OTHER_FIELD_NAMES: dict[str, tuple[str, ...]] = {
+    "text": ("content", "body", "document", "doc", "sentence", "txt"),
+    "lang": ("language", "lng", "locale", "lang_code", "language_code"),
+    "label": ("labels", "category", "class"),
+    "split": ("subset", "fold"),
+    "id": ("doc_id", "docid", "_id"),
+}
+
+
+def _unread_fields(obj: dict[str, Any]) -> list[tuple[str, str]]:
+    """(their name, xtm's field) for each field the document lacks while it carries another tool's name for it."""
+    return [(other, name) for name, others in OTHER_FIELD_NAMES.items() if name not in obj
+            for other in others if other in obj]
+
+
 def _text(obj: dict[str, Any], f: Path, lineno: int) -> str:
     if "text" not in obj:
-        raise XtmError("missing: every document needs its text", path=f, line=lineno, field="text")
+        near = [k for k in OTHER_FIELD_NAMES["text"] if k in obj]
+        hint = f" (this line has {near[0]!r}: xtm reads 'text')" if near else ""
+        raise XtmError(f"missing: every document needs its text{hint}", path=f, line=lineno, field="text")
     text = obj["text"]
     if not isinstance(text, str):
         raise XtmError(f"must be a string, got {type(text).__name__}", path=f, line=lineno, field="text")
@@ -240,6 +262,8 @@ class _DocumentReader:
             return None
         obj = json_object(raw, f, lineno)
         text = _text(obj, f, lineno)
+        for unread in _unread_fields(obj):
+            self.stats.unread_fields[unread] += 1
         _check_unicode(obj, f, lineno)
         raw_lang = obj.get("lang")
         doc_id, label, split = _doc_id(obj, f, lineno, self.multi), _label(obj, f, lineno), _split(obj, f, lineno)
