@@ -12,6 +12,7 @@ import importlib.util
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from functools import wraps
 from typing import Any
@@ -22,7 +23,6 @@ from xtm import __version__
 from xtm.errors import XtmError
 from xtm.interruptible import exit_now, running_abandoned
 
-TRAIN_INSTALL = 'pip install "xtm[train]"'
 # Distributions --version names beside xtm's own version (looked up in metadata, never imported).
 _VERSION_OF = ("onnxruntime", "onnxruntime-gpu", "torch")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -96,6 +96,32 @@ def setup_logging(prog: str, level: int = logging.INFO) -> None:
     rank = os.environ.get("RANK", "0")
     root.setLevel(level if rank in ("", "0") else max(level, logging.WARNING))
     root.propagate = False
+    if not getattr(warnings.showwarning, "xtm_command", False):
+        warnings.showwarning = _command_warning(warnings.showwarning)
+
+
+def _command_warning(show: Callable[..., Any]) -> Callable[..., Any]:
+    """warnings.showwarning for a command: a warning xtm's own code raised is a `PROG: warning: message` line like
+    every other (it was printed as `/path/to/xtm/trainer/run.py:201: UserWarning: message` and its source
+    line); a library's keeps Python's form, which says where it came from."""
+
+    def command_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                        file: Any = None, line: str | None = None) -> None:
+        if file is None and _in_xtm(filename):
+            logging.getLogger("xtm").warning("%s", message)
+            return
+        show(message, category, filename, lineno, file, line)
+
+    command_warning.xtm_command = True  # type: ignore[attr-defined]
+    return command_warning
+
+
+def _in_xtm(filename: str) -> bool:
+    # xtm's packages are several directories in an editable install (core/, trainer/, ...), one when installed.
+    dirs = {os.path.dirname(os.path.abspath(m.__file__)) + os.sep for name, m in list(sys.modules.items())
+            if (name == "xtm" or name.startswith("xtm.")) and getattr(m, "__file__", None)}
+    path = os.path.abspath(filename)
+    return any(path.startswith(d) for d in dirs)
 
 
 def version_option(prog: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -147,7 +173,7 @@ def require_modules(prog: str, install: str, imported: Sequence[str], present: S
     imported: imported now (the command imports them next anyway; a broken install shows here,
     with its reason). present: only looked up, for modules the command imports later or on some
     paths only. A runtime-only install (`pip install xtm`) has no torch: xtm-train, xtm-export and
-    xtm-contextual then say `pip install "xtm[train]"` and exit 2 instead of a traceback."""
+    xtm-contextual then say TRAIN_INSTALL and exit 2 instead of a traceback."""
     for name in imported:
         try:
             importlib.import_module(name)

@@ -8,9 +8,10 @@ from typing import Any
 
 import click
 
-from xtm.cli.common import TRAIN_INSTALL, friendly_errors, require_modules, setup_logging, version_option
+from xtm.cli.common import friendly_errors, require_modules, setup_logging, version_option
 from xtm.cli.options import SectionedCommand, build, options
 from xtm.config import ContextualConfig
+from xtm.errors import TRAIN_INSTALL
 
 EPILOG = """\b
 What it does:

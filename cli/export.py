@@ -7,7 +7,8 @@ import logging
 
 import click
 
-from xtm.cli.common import TRAIN_INSTALL, friendly_errors, require_modules, setup_logging, version_option
+from xtm.cli.common import friendly_errors, require_modules, setup_logging, version_option
+from xtm.errors import TRAIN_INSTALL
 
 EPILOG = """\b
 Examples:

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from xtm.cli.common import TRAIN_INSTALL, friendly_errors, require_modules, setup_logging, version_option
+from xtm.cli.common import friendly_errors, require_modules, setup_logging, version_option
 from xtm.cli.options import SectionedCommand, build, options, settings
 from xtm.config import (
     DataConfig,
@@ -22,6 +22,7 @@ from xtm.config import (
     TrainConfig,
     default_of,
 )
+from xtm.errors import TRAIN_INSTALL
 
 EPILOG = """\b
 Examples:

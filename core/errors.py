@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# What a runtime-only install is told to run for training, export and the contextual fit. torch first, as the
+# README does: with no torch installed, the extra's plain `torch` requirement pulls a multi-GB CUDA build.
+TRAIN_INSTALL = 'pip install torch==2.13.0 "xtm[train]" (a CPU torch; for a GPU, your CUDA build of torch first)'
+
 
 class XtmError(ValueError):
     """An error caused by user input (a file, a flag, a setting), with where it happened.

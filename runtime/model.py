@@ -407,11 +407,12 @@ class TopicModel:
         return beta
 
     def topic_word_distribution(self, lang: str) -> np.ndarray:
-        """p(word | topic) for `lang`, float32 [K, V_lang], each row summing to 1: softmax(beta) per
-        topic, the distribution the report and the top words are drawn from. (The decoder adds a
-        per-word batch-norm shift before its softmax, which depends on the batch of documents, not
-        on the topic: it is left out, as in the reference models' topic-word matrices.) Computed
-        once per language and kept (K x V floats)."""
+        """softmax(beta) per topic for `lang`, float32 [K, V_lang], each row summing to 1: the ranking the
+        report and the top words use. Flat, and not word frequencies: the decoder batch-normalises theta @ beta
+        per word (centred and divided by its standard deviation over the batch, which depends on the
+        documents, not on the topic) before its softmax, so beta's scale per word is not the model's; that
+        step is left out, as in the reference models' topic-word matrices. Computed once per language and
+        kept (K x V floats)."""
         code = self._encoder(lang).entry.lang
         dist = self._distributions.get(code)
         if dist is None:
@@ -424,8 +425,8 @@ class TopicModel:
         return dist
 
     def get_topic(self, topic: int, lang: str, n: int = 10) -> TopicWordList:
-        """Topic `topic`'s n most probable words in `lang` with their probabilities, heaviest first:
-        [("market", 0.083), ...] (rows of `topic_word_distribution`; equal weights: vocabulary order).
+        """Topic `topic`'s n top words in `lang` with their weights, heaviest first: [("market", 0.0048), ...]
+        (rows of `topic_word_distribution`, flat: see there; equal weights: vocabulary order).
         The list's `.label` is the topic's label in `lang` (None when the bundle has none)."""
         k = self._topic_id(topic)
         n = whole_number("n", n)
@@ -551,12 +552,6 @@ class TopicModel:
         every language the detector knows (`xtm.runtime.langid.identify`)."""
         r = self._resolve(_text_list(texts), _lang_list(langs), route)
         return r.langs, r.routes
-
-    def _served_code(self, lang: str) -> str:
-        code = normalize_lang(lang)
-        if code not in self._encoders:
-            raise XtmError(f"language '{lang}' is not served by this bundle (it serves {', '.join(self.languages)})")
-        return code
 
     def served_languages(self, route: str = InferenceOptions.route) -> list[str] | None:
         """Languages `route` can read: the bag-of-words languages, plus the contextual encoder's

@@ -92,6 +92,23 @@ def test_a_dictionary_xtra_never_reads_is_said_not_silently_ignored(example_dir:
     assert without.returncode == 0 and "--dict" not in without.stderr, without.stderr
 
 
+def test_a_data_warning_is_a_command_line_not_a_python_traceback_line(example_dir: Path, tmp_path: Path) -> None:
+    # Warnings xtm raises while reading the data (here: one document without a label) read like every other
+    # line of the command, not as "/path/to/xtm/trainer/run.py:201: UserWarning: ..." plus a source line.
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text((example_dir / "docs.jsonl").read_text(encoding="utf-8")
+                    + json.dumps({"lang": "en", "text": "the coach praised the team after the match"}) + "\n",
+                    encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    p = subprocess.run(CLI + ["--data", str(docs), "--dict", str(example_dir / "dict.tsv"), "--model", "nmtm",
+                              "--topics", "4", "--epochs", "1", "--no-contextual", "--out", str(tmp_path / "r")],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr
+    lines = [ln for ln in p.stderr.splitlines() if "have a label" in ln]
+    assert len(lines) == 1 and lines[0].startswith("xtm-train: warning: "), p.stderr
+    assert "UserWarning" not in p.stderr, p.stderr
+
+
 def test_existing_run_needs_resume(example_dir: Path, tmp_path: Path) -> None:
     args = ["--data", str(example_dir / "docs.jsonl"), "--dict", str(example_dir / "dict.tsv"), "--model", "nmtm",
             "--no-contextual", "--topics", "6", "--epochs", "1", "--out", str(tmp_path / "r")]

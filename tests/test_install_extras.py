@@ -23,6 +23,7 @@ from bundle_fixture import HandBundle, make_bundle
 from click.testing import CliRunner
 
 import xtm
+from xtm.errors import TRAIN_INSTALL
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_FOLDERS = ("core", "cli", "runtime", "trainer", "evaluation", "exporters", "models_zoo")
@@ -229,7 +230,7 @@ def test_training_commands_without_torch_say_the_install_line_and_exit_2(module:
     assert "Traceback" not in p.stderr
     name = module.rsplit(".", 1)[1]
     assert p.stderr.strip().splitlines()[-1] == \
-        f'error: xtm-{name} needs torch, which is not installed: pip install "xtm[train]"'
+        f"error: xtm-{name} needs torch, which is not installed: {TRAIN_INSTALL}"
     assert not (tmp_path / "run").exists() and not (tmp_path / "bundle").exists()
 
 
@@ -250,7 +251,7 @@ def test_import_xtm_stays_torch_free_and_xtm_train_without_torch_names_the_extra
     p = run_python(code, tmp_path, no_torch_path(tmp_path))
     assert p.returncode == 0, p.stderr
     msg, torch_loaded = p.stdout.strip().splitlines()
-    assert 'pip install "xtm[train]"' in msg and "torch" in msg and torch_loaded == "False"
+    assert TRAIN_INSTALL in msg and "pip install torch==2.13.0" in msg and torch_loaded == "False"
 
 
 # -- --version everywhere ---------------------------------------------------------------------------

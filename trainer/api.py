@@ -40,7 +40,7 @@ from xtm.config import (
     cli_spec,
     default_of,
 )
-from xtm.errors import XtmError
+from xtm.errors import TRAIN_INSTALL, XtmError
 from xtm.json_files import is_missing, json_default
 from xtm.languages import normalize_lang
 from xtm.run_dir import RunDir, refuse_foreign_dir
@@ -181,8 +181,7 @@ def _run_training() -> Any:
         from xtm.trainer.run import run_training
     except ImportError as e:
         missing = e.name or str(e)
-        raise XtmError(f"training needs torch and the training extra ({missing} is missing): "
-                       'pip install "xtm[train]"') from e
+        raise XtmError(f"training needs torch and the training extra ({missing} is missing): {TRAIN_INSTALL}") from e
     return run_training
 
 
