@@ -35,11 +35,10 @@ from xtm.errors import XtmError
 from xtm.labels import MAX_LABEL_CHARS
 
 __all__ = ["CONTEXTUAL_AUTO_ROUTES", "CONTEXTUAL_OBJECTIVES", "DEFAULT_ENCODER", "DEFAULT_MAX_TOKENS", "MODEL_NAMES",
-           "PREPROCESSING", "REFINER_NAMES", "Cli", "ContextualConfig", "DataConfig", "LabelConfig", "Phase2Config",
-           "Preprocessing", "RefinerConfig", "RunConfig", "Sampling", "TrainConfig", "check_device_name", "cli_spec",
-           "cli_value",
-           "default_of", "flat_settings", "from_dict", "option_text", "parse_csv", "parse_key_values",
-           "setting"]
+           "PREPROCESSING", "REFINER_NAMES", "TOKEN_RULES", "TOKEN_RULES_BEFORE_RECORDED", "Cli", "ContextualConfig",
+           "DataConfig", "LabelConfig", "Phase2Config", "Preprocessing", "RefinerConfig", "RunConfig", "Sampling",
+           "TrainConfig", "check_device_name", "cli_spec", "cli_value", "default_of", "flat_settings", "from_dict",
+           "option_text", "parse_csv", "parse_key_values", "setting"]
 
 # The multilingual sentence encoder used unless a run names another (offline, no download), and the
 # tokens the contextual route reads per document. xtm.models_zoo.encoders takes both from here.
@@ -244,6 +243,15 @@ def parse_key_values(items: Sequence[str]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- data
 
 
+# How JSONL text becomes a training vocabulary's tokens, by version; a run records the version it was built with
+# (run.json "token_rules", xtm.run_dir.run_token_rules), so a resume or a contextual fit rebuilds the same
+# vocabulary after an upgrade.
+#   1: runs made before 2026-12-07: tokenizer kind "regex" for languages other than zh/ja, xtm's six stopword lists.
+#   2: kind "words" (a word keeps its combining marks), stopwords-iso's lists for 51 more languages.
+TOKEN_RULES = 2
+TOKEN_RULES_BEFORE_RECORDED = 1  # what a run that records no version was built with
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """How JSONL documents become bags of words (in memory and out of core alike): which words make
@@ -255,9 +263,13 @@ class Preprocessing:
     max_df: float = setting(0.5, help="Maximum share of documents containing a word (JSONL input).",
                             cli=Cli("--max-df", min=0, max=1, min_open=True))
     min_doc_tokens: int = setting(1, help="Documents with fewer vocabulary tokens than this are dropped.")
+    token_rules: int = setting(TOKEN_RULES, help="How text becomes tokens (xtm.corpus.TOKEN_RULES): recorded by "
+                                                 "each run, so a resume or a contextual fit after an upgrade "
+                                                 "rebuilds its vocabulary; not an option.")
 
 
-PREPROCESSING = Preprocessing()  # the default rules, for functions that take a Preprocessing
+PREPROCESSING = Preprocessing()
+  # the default rules, for functions that take a Preprocessing
 
 
 @dataclass(frozen=True)
@@ -288,10 +300,13 @@ class DataConfig:
     eval_train_docs: int = setting(20_000, help="Out of core: training documents per language (evenly spaced) kept in "
                                                 "memory for evaluation (classification's training set, the report).",
                                    cli=Cli("--eval-train-docs", min=1))
+    # At the end: config.json files written before it lack it (the rules a run used are read from run.json).
+    token_rules: int = _same_as(Preprocessing, "token_rules")
 
     @property
     def preprocessing(self) -> Preprocessing:
-        return Preprocessing(vocab_size=self.vocab_size, min_df=self.min_df, max_df=self.max_df)
+        return Preprocessing(vocab_size=self.vocab_size, min_df=self.min_df, max_df=self.max_df,
+                             token_rules=self.token_rules)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

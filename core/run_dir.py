@@ -36,11 +36,13 @@ from typing import Any
 
 import xtm
 from xtm.atomic import atomic_open, write_json, write_text
+from xtm.config import TOKEN_RULES, TOKEN_RULES_BEFORE_RECORDED
 from xtm.errors import XtmError
 from xtm.json_files import read_json
 
 __all__ = ["CHECKPOINT_POINTER", "LOCK_NAME", "RUN_MARKER", "RunDir", "checkpoint_name", "checkpoint_order",
-           "has_checkpoint", "hold_run_dir", "is_checkpoint_name", "is_run_dir", "lock_dir", "refuse_foreign_dir"]
+           "has_checkpoint", "hold_run_dir", "is_checkpoint_name", "is_run_dir", "lock_dir", "record_token_rules",
+           "refuse_foreign_dir", "run_token_rules"]
 
 RUN_MARKER = "run.json"
 LOCK_NAME = ".xtm.lock"
@@ -216,6 +218,26 @@ def lock_dir(d: Path, command: str) -> Iterator[Path]:
         os.close(fd)
 
 
+def run_token_rules(d: Path) -> int:
+    """The token rules (xtm.corpus.TOKEN_RULES) run `d` read its documents with, as its marker records them:
+    a resume or a contextual fit after an upgrade rebuilds the same vocabulary. A run whose marker records
+    none was made before they were recorded (TOKEN_RULES_BEFORE_RECORDED); a value this xtm does not know (a
+    newer xtm's run) is an XtmError."""
+    rules = _json_object(Path(d) / RUN_MARKER).get("token_rules", TOKEN_RULES_BEFORE_RECORDED)
+    if type(rules) is not int or not 1 <= rules <= TOKEN_RULES:
+        raise XtmError(f"records token rules {rules!r}; this xtm knows 1 to {TOKEN_RULES} (a run made by a newer "
+                       "xtm?)", path=Path(d) / RUN_MARKER, field="token_rules")
+    return rules
+
+
+def record_token_rules(d: Path, rules: int) -> None:
+    """Record in the marker of run `d` (held) the token rules a new run reads its documents with."""
+    marker = Path(d) / RUN_MARKER
+    obj = _json_object(marker)
+    if "xtm_run" in obj and obj.get("token_rules") != rules:
+        write_json(marker, {**obj, "token_rules": rules})
+
+
 @contextmanager
 def hold_run_dir(d: Path, command: str) -> Iterator[Path]:
     """Create or open the run directory `d` for writing, exclusively, for the duration of the block.
@@ -231,7 +253,8 @@ def hold_run_dir(d: Path, command: str) -> Iterator[Path]:
         if not (marker.exists() or marker.is_symlink()):
             try:
                 write_json(marker, {"xtm_run": 1, "xtm_version": xtm.__version__,
-                                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "created_by": command})
+                                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "created_by": command,
+                                    "token_rules": TOKEN_RULES})
             except OSError as e:
                 raise XtmError(f"cannot write to the run directory: {e.strerror or e}", path=d) from None
         yield d

@@ -270,7 +270,7 @@ def test_a_language_without_any_stopword_list_is_a_warning(tmp_path: Path) -> No
     cy = _glued_docs("cy", ["yr", "mae", "gyda"], [["pêl", "tîm", "gêm", "hyfforddwr"],
                      ["marchnad", "banc", "pris", "masnach"], ["ffôn", "cyfrifiadur", "robot", "meddalwedd"]], 30)
     rows = cy + make_docs("en", 30, label=False)
-    with pytest.warns(UserWarning, match=r"no stopword list for cy \("):
+    with pytest.warns(UserWarning, match=r"no stopword list for cy: "):
         c = load_corpus(write_jsonl(tmp_path / "c.jsonl", rows), progress=False)
     assert "mae" in c.lang("cy").vocab
     assert c.info["preprocessing"]["stopwords"] == {"cy": "none", "en": "xtm"}
@@ -327,6 +327,13 @@ def test_another_tools_field_names_are_said_not_silently_ignored(tmp_path: Path)
                                          r"have 'language' and no 'lang'"):
         c = load_corpus(write_jsonl(tmp_path / "c.jsonl", rows), progress=False)
     assert not c.has_labels
+    # Where the ignored field is what makes the corpus fail, the error says so (the warning never came).
+    english_only = [{"text": r["text"], "language": "en"} for r in make_docs("en", 30)]
+    with pytest.raises(XtmError, match="at least two languages.*30 document\\(s\\) name their language in a field "
+                                       "xtm does not read, such as 'language'"):
+        load_quiet(write_jsonl(tmp_path / "en.jsonl", english_only))
+    with pytest.raises(XtmError, match="no documents left for requested language\\(s\\) zh.*'language'"):
+        load_quiet(write_jsonl(tmp_path / "en2.jsonl", english_only), langs=["en", "zh"])
     # A line without text that has 'content' says which field it has.
     with pytest.raises(XtmError, match="this line has 'content': xtm reads 'text'") as e:
         load_quiet(write_jsonl(tmp_path / "d.jsonl", [{"lang": "en", "content": "football match"}]))

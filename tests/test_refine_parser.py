@@ -189,3 +189,13 @@ def test_stem_matches_are_inflections_not_other_words_with_the_same_porter_stem(
     assert both.match("internationally", "en") == ("international", False)
     a = parse_answer("EN: markets - animation - generous - players", m)
     assert a.words["en"] == ["market", "player"] and a.dropped == 2 and a.mapped == 2
+
+
+def test_a_word_line_of_a_language_with_a_broad_stopword_list_is_not_prose() -> None:
+    # Italian's stopword list (stopwords-iso) holds content words (anni, città): a line of topic words under its
+    # header must still be read as words, not as a sentence (it was dropped whole).
+    m = VocabMatcher({"en": ["government", "economy", "market", "bank", "price"],
+                      "it": ["governo", "economia", "mercato", "banca", "prezzo"]})
+    a = parse_answer("English: government, economy, market, bank, price\nItalian:\n"
+                     "governo, economia, mercato, banca, prezzo, anni, città\n", m)
+    assert a.words["it"] == ["governo", "economia", "mercato", "banca", "prezzo"]

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -581,6 +582,51 @@ def test_a_refused_resume_leaves_the_runs_vocabularies_and_parity_samples_as_the
     p = cli(example_args(example_dir, run, "--epochs", "2", "--resume"))
     assert p.returncode == 0, p.stderr
     assert {name: (run / name).read_bytes() for name in kept} == kept
+
+
+def _italian_english(tmp_path: Path) -> tuple[Path, Path]:
+    """60 Italian and 60 English documents whose glue words are function words under stopwords-iso's Italian
+    list (della, anni) but not under xtm's own lists, which were all there was before token rules 2."""
+    topics = {"it": [["calcio", "squadra", "partita"], ["mercato", "banca", "prezzo"], ["telefono", "robot", "chip"]],
+              "en": [["football", "team", "match"], ["market", "bank", "price"], ["phone", "robot", "chip"]]}
+    glue = {"it": ["della", "anni", "sono"], "en": ["the", "of", "and"]}
+    rows = [{"lang": x, "text": f"{topics[x][i % 3][i % 3]} {glue[x][i % 3]} {topics[x][i % 3][(i + 1) % 3]}",
+             "label": str(i % 3)} for x in ("it", "en") for i in range(60)]
+    docs, dct = tmp_path / "docs.jsonl", tmp_path / "dict.tsv"
+    docs.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    dct.write_text("calcio\tfootball\nmercato\tmarket\ntelefono\tphone\n", encoding="utf-8")
+    return docs, dct
+
+
+def test_a_run_made_before_the_token_rules_resumes_and_refits_with_its_own_vocabulary(tmp_path: Path) -> None:
+    # A run made before an upgrade changed how text becomes tokens (token rules 1: no stopwords-iso, kind regex)
+    # is resumed, and its contextual corpus rebuilt, with its own rules: "the vocabulary built from this data
+    # differs" blamed the data for xtm's change and left no way out.
+    from xtm.run_dir import RUN_MARKER, RunDir, run_token_rules
+    from xtm.trainer.contextual.fit import load_run_corpus
+
+    docs, dct = _italian_english(tmp_path)
+    cfg = TrainConfig(model="nmtm", num_topics=3, epochs=1, progress=False, seed=0)
+    old = tmp_path / "old"
+    run_training(DataConfig(path=str(docs), dict_path=str(dct), token_rules=1), cfg, old)
+    marker = json.loads((old / RUN_MARKER).read_text())
+    (old / RUN_MARKER).write_text(json.dumps({k: v for k, v in marker.items() if k != "token_rules"}))
+    vocab = (old / "vocab_it.txt").read_text(encoding="utf-8")
+    assert "della" in vocab.split() and run_token_rules(old) == 1
+    m = run_training(DataConfig(path=str(docs), dict_path=str(dct)), replace(cfg, epochs=2), old, resume=True)
+    assert (old / "vocab_it.txt").read_text(encoding="utf-8") == vocab
+    assert m["corpus"]["preprocessing"]["token_rules"] == 1
+    assert json.loads((old / "config.json").read_text())["tokenizers"]["it"]["kind"] == "regex"
+    assert load_run_corpus(old, RunDir(old).load_config(), progress=False).lang("it").vocab == vocab.split()
+    # A new run records its rules and reads with them.
+    new = tmp_path / "new"
+    run_training(DataConfig(path=str(docs), dict_path=str(dct)), cfg, new)
+    assert run_token_rules(new) == 2 and "della" not in (new / "vocab_it.txt").read_text(encoding="utf-8").split()
+    # A run from a newer xtm (rules it does not know) is refused, not read with other rules.
+    marker = json.loads((new / RUN_MARKER).read_text())
+    (new / RUN_MARKER).write_text(json.dumps({**marker, "token_rules": 99}))
+    with pytest.raises(XtmError, match="records token rules 99; this xtm knows 1 to 2"):
+        run_training(DataConfig(path=str(docs), dict_path=str(dct)), replace(cfg, epochs=2), new, resume=True)
 
 
 def test_a_diverging_run_stops_with_one_error_and_saves_nothing(example_dir: Path, tmp_path: Path) -> None:

@@ -55,7 +55,16 @@ from xtm.evaluation.metrics import (
 from xtm.models_zoo.base import BuildContext, CrossLingualTopicModel
 from xtm.models_zoo.registry import check_capabilities, unused_dictionary_note
 from xtm.paths import cache_dir
-from xtm.run_dir import PARITY_SAMPLE_DOCS, RunDir, has_checkpoint, hold_run_dir, lock_dir, refuse_foreign_dir
+from xtm.run_dir import (
+    PARITY_SAMPLE_DOCS,
+    RunDir,
+    has_checkpoint,
+    hold_run_dir,
+    lock_dir,
+    record_token_rules,
+    refuse_foreign_dir,
+    run_token_rules,
+)
 from xtm.trainer.data.batches import BatchSource, InMemoryBatches
 from xtm.trainer.data.loading import load_corpus
 from xtm.trainer.loop import distributed
@@ -162,6 +171,7 @@ def run_training(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool = F
             if not resume and has_checkpoint(out):
                 raise XtmError("the run directory already holds a run: pass --resume to continue it, "
                                "or choose another --out", path=out)
+            data = _token_rules_of_run(data, out, resume, record=dist is None or dist.is_main)
             distributed.barrier(dist)  # every rank checked the run directory before rank 0 writes to it
             # one choice of CPU threads for training and evaluation alike (sampled once: the load now;
             # a resumed run takes the count its checkpoint records)
@@ -174,6 +184,22 @@ def run_training(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool = F
             return metrics
     finally:
         distributed.close(dist)
+
+
+def _token_rules_of_run(data: DataConfig, out: Path, resume: bool, record: bool) -> DataConfig:
+    """A resumed run reads its documents with the token rules it recorded (a run made before an upgrade keeps
+    its vocabulary: the checkpoint's columns are those words); a new one records the rules it reads them with
+    (`record`: the rank that writes the run)."""
+    if resume and has_checkpoint(out):
+        rules = run_token_rules(out)
+        if rules != data.token_rules:
+            if record:
+                logger.info(f"token rules {rules}, as the run was made with (new runs: {data.token_rules})")
+            return replace(data, token_rules=rules)
+        return data
+    if record:
+        record_token_rules(out, data.token_rules)
+    return data
 
 
 def check_topics(corpus: Corpus, num_topics: int) -> None:

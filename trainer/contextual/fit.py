@@ -47,7 +47,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +68,7 @@ from xtm.models_zoo.contextual import ContextualHead, HeadConfig
 from xtm.models_zoo.encoders import parse_encoder_name
 from xtm.paths import cache_dir as default_cache_dir
 from xtm.paths import is_plain_file_name
-from xtm.run_dir import RunDir
+from xtm.run_dir import RunDir, run_token_rules
 from xtm.trainer.contextual.parallel import ParallelText, read_parallel
 from xtm.trainer.loop.checkpoint import load_trained_model
 from xtm.trainer.loop.model_passes import infer_theta, sparse_batch
@@ -94,7 +94,9 @@ def load_run_corpus(run_dir: Path, config: dict[str, Any], progress: bool) -> Co
                        "training documents' text", path=RunDir(run_dir).file(RunDir.CONFIG))
     # No dictionary: only bags of words, texts and labels are needed, and vocabularies do not depend on it.
     # Rules and seed as the run recorded them (a run written before a rule existed: its default).
-    corpus = load_corpus(path, langs=config.get("langs"), prep=from_dict(Preprocessing, data),
+    # Token rules as the run recorded them (a run made before an upgrade: those it was made with).
+    prep = replace(from_dict(Preprocessing, data), token_rules=run_token_rules(run_dir))
+    corpus = load_corpus(path, langs=config.get("langs"), prep=prep,
                          seed=config.get("train_config", {}).get("seed", default_of(TrainConfig, "seed")),
                          progress=progress)
     run = RunDir(run_dir)

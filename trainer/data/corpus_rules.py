@@ -92,9 +92,17 @@ def language_order(n_docs: dict[str, int], explicit: dict[str, int], want: list[
             order.remove(x)
     if len(order) < 2:
         found = ", ".join(f"{x} ({n_docs.get(x, 0)} docs)" for x in order) or "none"
-        raise XtmError(f"a cross-lingual corpus needs documents in at least two languages; found {found}",
-                       path=source)
+        raise XtmError(f"a cross-lingual corpus needs documents in at least two languages; found {found}"
+                       + _language_field_hint(stats), path=source)
     return order
+
+
+def _language_field_hint(stats: ReadStats) -> str:
+    """What to add to an error about languages when documents carry another tool's name for `lang` (the
+    warning that says so comes after the corpus is built, which such an error stops)."""
+    n = sum(k for (other, name), k in stats.unread_fields.items() if name == "lang")
+    return f" ({n} document(s) name their language in a field xtm does not read, such as 'language': " \
+           "rename it to 'lang')" if n else ""
 
 
 def _require_requested(n_docs: dict[str, int], want: list[str], source: Path, stats: ReadStats) -> None:
@@ -102,8 +110,8 @@ def _require_requested(n_docs: dict[str, int], want: list[str], source: Path, st
     if empty:
         dropped = stats.dropped
         raise XtmError(f"no documents left for requested language(s) {', '.join(empty)}"
-                       + (f" ({sum(dropped.values())} dropped as empty)" if dropped else ""),
-                       path=source, field="langs")
+                       + (f" ({sum(dropped.values())} dropped as empty)" if dropped else "")
+                       + _language_field_hint(stats), path=source, field="langs")
 
 
 def _drop_rare_detected(order: list[str], n_docs: dict[str, int], explicit: dict[str, int], source: Path,
@@ -168,8 +176,9 @@ def corpus_info(source: Path, files: list[Path], stats: ReadStats, label_names: 
     """corpus.info for JSONL input (the shards' index.json holds the same); warns about what was dropped
     or skipped."""
     _warn_dropped(source, stats)
-    sources = {lang: stopword_source(lang) for lang in lang_info}
-    _warn_no_stopwords(sources)
+    sources = {lang: stopword_source(lang, prep.token_rules) for lang in lang_info}
+    if prep.token_rules >= 2:  # a run made under rules 1 (xtm's lists only) is read as it was made: nothing new to say
+        _warn_no_stopwords(sources)
     _warn_no_segmenter(lang_info)
     return {
         "source": str(source),
@@ -182,7 +191,8 @@ def corpus_info(source: Path, files: list[Path], stats: ReadStats, label_names: 
         "split": split_mode,
         "languages": lang_info,
         "preprocessing": {"vocab_size": prep.vocab_size, "min_df": prep.min_df, "max_df": float(prep.max_df),
-                          "min_doc_tokens": prep.min_doc_tokens, "seed": seed, "stopwords": sources,
+                          "min_doc_tokens": prep.min_doc_tokens, "seed": seed, "token_rules": prep.token_rules,
+                          "stopwords": sources,
                           "holdout_fraction": HOLDOUT_FRACTION if split_mode == "holdout" else None},
     }
 
@@ -190,9 +200,10 @@ def corpus_info(source: Path, files: list[Path], stats: ReadStats, label_names: 
 def _warn_no_stopwords(sources: dict[str, str]) -> None:
     missing = sorted(lang for lang, source in sources.items() if source == "none")
     if missing:
-        warn_user(f"no stopword list for {', '.join(missing)} (neither xtm's nor stopwords-iso's): that "
-                  "language's function words will crowd its topics, as max_df removes only the most common; "
-                  "`pip install stopwordsiso` if it is missing, or remove them from the texts")
+        warn_user(f"no stopword list for {', '.join(missing)}: its function words will crowd its topics, as max_df "
+                  "removes only the most common (remove them from the texts). xtm uses its own lists (en, zh, ja, "
+                  "fr, de, es) and stopwords-iso's (the stopwordsiso package, which training installs) where its "
+                  "entries are single words for xtm's tokenizer (not Vietnamese's)")
 
 
 def _warn_no_segmenter(langs: dict[str, Any]) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from xtm.config import TOKEN_RULES
 from xtm.errors import XtmError
 from xtm.languages import normalize_lang
 from xtm.runtime import records
@@ -78,13 +79,14 @@ def corpus_name(source: Path) -> str:
 
 
 def read_documents(files: list[Path], want: list[str] | None, progress: bool,
-                   stats: ReadStats) -> Iterator[Document]:
+                   stats: ReadStats, rules: int = TOKEN_RULES) -> Iterator[Document]:
     """Parse, validate and tokenize JSONL documents one at a time, in file and line order.
 
     want: the languages to keep (None: all); documents in others are counted in `stats.skipped_lang`.
+    rules: the token rules (xtm.corpus.TOKEN_RULES) that pick each language's tokenizer and stopwords.
     Whatever goes wrong with one line (a tokenizer's error included) is an XtmError naming it.
     """
-    reader = _DocumentReader(want, stats, multi=len(files) > 1)
+    reader = _DocumentReader(want, stats, multi=len(files) > 1, rules=rules)
     for f, lineno, raw in _iter_lines(files, progress):
         try:
             doc = reader.parse(f, lineno, raw)
@@ -252,8 +254,8 @@ def _named_lang(raw_lang: Any, f: Path, lineno: int) -> str:
 class _DocumentReader:
     """The per-line work of `read_documents`: one raw line -> a usable document, or None (counted)."""
 
-    def __init__(self, want: list[str] | None, stats: ReadStats, multi: bool) -> None:
-        self.want, self.stats, self.multi = want, stats, multi
+    def __init__(self, want: list[str] | None, stats: ReadStats, multi: bool, rules: int) -> None:
+        self.want, self.stats, self.multi, self.rules = want, stats, multi, rules
         self.tokenizers: dict[str, tuple[Callable[[str], list[str]], frozenset[str]]] = {}
 
     def parse(self, f: Path, lineno: int, raw: bytes) -> Document | None:
@@ -294,7 +296,8 @@ class _DocumentReader:
         """Token counts of a kept document, or None when it has none (counted)."""
         tok = self.tokenizers.get(lang)
         if tok is None:
-            tok = self.tokenizers[lang] = (make_tokenizer(default_tokenizer_spec(lang)), stopwords(lang))
+            tok = self.tokenizers[lang] = (make_tokenizer(default_tokenizer_spec(lang, self.rules)),
+                                           stopwords(lang, self.rules))
             self.stats.dropped_by_lang[lang] = Counter()  # a language met, even if all its documents go
         if not text.strip():
             self.stats.drop("empty_text", lang)

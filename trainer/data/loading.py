@@ -143,7 +143,7 @@ def _load_jsonl(files: list[Path], source: Path, want: list[str] | None, prep: P
                 progress: bool) -> Corpus:
     check_preprocessing(prep)
     stats = ReadStats()
-    docs = _read(files, want, progress, stats)
+    docs = _read(files, want, progress, stats, prep.token_rules)
     order = language_order({x: d.n for x, d in docs.items()}, {x: d.explicit for x, d in docs.items()},
                            want, source, stats)
     all_labels = [lab for x in order for lab in docs[x].labels]
@@ -164,10 +164,11 @@ def _load_jsonl(files: list[Path], source: Path, want: list[str] | None, prep: P
     return Corpus(languages=languages, name=corpus_name(source), info=info)
 
 
-def _read(files: list[Path], want: list[str] | None, progress: bool, stats: ReadStats) -> dict[str, _LangDocs]:
+def _read(files: list[Path], want: list[str] | None, progress: bool, stats: ReadStats,
+          rules: int) -> dict[str, _LangDocs]:
     """Every document, by language; a language met whose every document was dropped has an empty entry."""
     docs: dict[str, _LangDocs] = {}
-    for doc in read_documents(files, want, progress, stats):
+    for doc in read_documents(files, want, progress, stats, rules):
         ld = docs.get(doc.lang)
         if ld is None:
             ld = docs[doc.lang] = _LangDocs()
@@ -194,7 +195,7 @@ def _language(x: str, ld: _LangDocs, is_test: np.ndarray, label_to_int: dict[Any
     test = _rows(bow, ld, test_mask, label_to_int) if test_mask.any() else _Rows(None, None, None, None)
     lc = LanguageCorpus(
         lang=x, vocab=vocab, train_bow=train.bow, test_bow=test.bow,
-        tokenizer=default_tokenizer_spec(x), train_labels=train.labels, test_labels=test.labels,
+        tokenizer=default_tokenizer_spec(x, prep.token_rules), train_labels=train.labels, test_labels=test.labels,
         train_ids=train.ids, test_ids=test.ids, train_texts=train.texts, test_texts=test.texts,
     )
     info = {"train_docs": int(train.bow.shape[0]), "test_docs": 0 if test.bow is None else int(test.bow.shape[0]),

@@ -42,7 +42,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from xtm.atomic import is_desktop_metadata, write_json
-from xtm.config import PREPROCESSING, DataConfig, Preprocessing, default_of
+from xtm.config import PREPROCESSING, TOKEN_RULES_BEFORE_RECORDED, DataConfig, Preprocessing, default_of
 from xtm.corpus import Corpus, LanguageCorpus
 from xtm.errors import XtmError
 from xtm.run_dir import LOCK_NAME
@@ -298,6 +298,7 @@ def _settings(want: list[str] | None, prep: Preprocessing, seed: int, shard_size
     """What the shards' content depends on besides the input files (index.json, the fingerprint)."""
     return {"langs": want, "vocab_size": prep.vocab_size, "min_df": prep.min_df, "max_df": float(prep.max_df),
             "min_doc_tokens": prep.min_doc_tokens, "seed": seed, "shard_size": shard_size,
+            "token_rules": prep.token_rules,
             # Tokens depend on the text's normal form and the stopword lists: shards cut under others are rebuilt.
             "text": TEXT_NORMALIZATION, "stopwords": STOPWORDS_ID}
 
@@ -402,7 +403,7 @@ def _spill_documents(job: _Job) -> tuple[dict[str, Spill], dict[Any, int]]:
     spills: dict[str, Spill] = {}
     label_codes: dict[Any, int] = {}
     try:
-        for doc in read_documents(job.files, job.want, job.progress, job.stats):
+        for doc in read_documents(job.files, job.want, job.progress, job.stats, job.prep.token_rules):
             s = spills.get(doc.lang)
             if s is None:
                 s = spills[doc.lang] = Spill(job.spill_root / doc.lang)
@@ -581,6 +582,8 @@ class ShardedCorpus:
         """
         languages = []
         sample_info = {}
+        # Shards cut before token rules were recorded have none in their settings: they were cut under rules 1.
+        rules = self.index["settings"].get("token_rules", TOKEN_RULES_BEFORE_RECORDED)
         for lc in self.languages:
             stride = max(1, math.ceil(lc.num_train / max_train_docs))
             train, train_labels = self._rows(lc.train, stride)
@@ -589,7 +592,7 @@ class ShardedCorpus:
                                     "sampled_docs": int(train.shape[0])}
             languages.append(LanguageCorpus(
                 lang=lc.lang, vocab=lc.vocab, train_bow=train, test_bow=test,
-                tokenizer=default_tokenizer_spec(lc.lang), train_labels=train_labels, test_labels=test_labels,
+                tokenizer=default_tokenizer_spec(lc.lang, rules), train_labels=train_labels, test_labels=test_labels,
                 train_word_counts=lc.word_counts))
         info = {**self.index["info"], "out_of_core": {"shard_dir": str(self.dir),
                                                       "shard_size": self.index["settings"]["shard_size"],

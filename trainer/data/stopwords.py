@@ -14,10 +14,11 @@ from __future__ import annotations
 import hashlib
 from functools import cache
 
+from xtm.config import TOKEN_RULES
 from xtm.errors import XtmError
 from xtm.languages import normalize_lang
 
-__all__ = ["STOPWORDS_ID", "stopword_source", "stopwords"]
+__all__ = ["STOPWORDS_ID", "function_words", "stopword_source", "stopwords"]
 
 _EN = """
 a about above after again against ago all almost also although always am among an and another
@@ -109,20 +110,29 @@ _LISTS: dict[str, frozenset[str]] = {
 _EMPTY: frozenset[str] = frozenset()
 
 
-def stopwords(lang: str) -> frozenset[str]:
-    """Stopwords for `lang` (ISO code or alias): xtm's list, else stopwords-iso's, else an empty set."""
+def stopwords(lang: str, rules: int = TOKEN_RULES) -> frozenset[str]:
+    """Stopwords for `lang` (ISO code or alias): xtm's list, else stopwords-iso's (token rules 2 on: a run made
+    before them keeps its vocabulary), else an empty set."""
     code = _code(lang)
     if code is None:
         return _EMPTY
-    return _LISTS.get(code) or _iso_list(code)
+    return _LISTS.get(code) or (_iso_list(code) if rules >= 2 else _EMPTY)
 
 
-def stopword_source(lang: str) -> str:
+def function_words(lang: str) -> frozenset[str]:
+    """xtm's own list for `lang` (function words only), else an empty set: for telling a sentence from a list of
+    content words (phase 2's answer parser), where stopwords-iso's content words (Italian anni, città) would
+    take a list of topic words for prose."""
+    code = _code(lang)
+    return _LISTS.get(code, _EMPTY) if code is not None else _EMPTY
+
+
+def stopword_source(lang: str, rules: int = TOKEN_RULES) -> str:
     """Where `lang`'s stopwords come from, as a run records it: "xtm", "stopwords-iso <version>" or "none"."""
     code = _code(lang)
     if code in _LISTS:
         return "xtm"
-    if code is not None and _iso_list(code):
+    if code is not None and stopwords(code, rules):
         return f"stopwords-iso {_iso_version()}"
     return "none"
 
@@ -132,6 +142,11 @@ def _code(lang: str) -> str | None:
         return normalize_lang(lang)
     except XtmError:
         return None
+
+
+# Above this share of entries longer than one token, a stopwords-iso list is not used (next to Vietnamese's 59%,
+# the most is Korean's 14%).
+_MAX_PHRASE_SHARE = 0.25
 
 
 @cache
@@ -147,7 +162,11 @@ def _iso_list(code: str) -> frozenset[str]:
     from xtm.runtime.tokenize import default_tokenizer_spec, make_tokenizer
 
     tokenize = make_tokenizer(default_tokenizer_spec(code))
-    cut = (tokenize(w) for w in stopwordsiso.stopwords(code))
+    cut = [tokenize(w) for w in stopwordsiso.stopwords(code)]
+    if sum(len(t) > 1 for t in cut) > _MAX_PHRASE_SHARE * len(cut):
+        # A list of words the tokenizer cuts smaller: Vietnamese (59% of its entries) is written a syllable per
+        # space, so its one-token entries are syllables of content words too ("chính" of "chính phủ").
+        return _EMPTY
     return frozenset(t[0] for t in cut if len(t) == 1)
 
 

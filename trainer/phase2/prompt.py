@@ -29,7 +29,7 @@ from xtm.config import Phase2Config, default_of
 from xtm.errors import XtmError
 from xtm.languages import UNSEGMENTED, language_name, normalize_lang
 from xtm.trainer.data.dictionary import is_latin_word, porter_stemmer
-from xtm.trainer.data.stopwords import stopwords
+from xtm.trainer.data.stopwords import function_words
 
 ASKED_WORDS = default_of(Phase2Config, "asked_words")
 
@@ -157,8 +157,8 @@ def _is_prose(line: str, lang: str) -> bool:
     words = [w for w in words if w]
     if not words:
         return False
-    function_words = stopwords("en") | stopwords(lang)
-    n = sum(w in function_words for w in words)
+    function = function_words("en") | function_words(lang)
+    n = sum(w in function for w in words)
     if n >= 2 and 4 * n >= len(words):
         return True
     if s.endswith(_SENTENCE_END):
