@@ -35,7 +35,8 @@ def main() -> None:
     from xtm.models_zoo.components import SparseRows
     from xtm.trainer.data.batches import InMemoryBatches, steps_per_epoch
     from xtm.trainer.data.loading import load_corpus
-    from xtm.trainer.loop.training import build_model, make_optimizer, seed_everything
+    from xtm.trainer.loop.torch_setup import seed_everything
+    from xtm.trainer.loop.training import build_model, make_optimizer
 
     torch.set_num_threads(args.threads)
     corpus = load_corpus(dataset_dir(args.dataset), dict_path=dict_file(args.dataset), progress=False)

@@ -263,13 +263,12 @@ class Preprocessing:
     max_df: float = setting(0.5, help="Maximum share of documents containing a word (JSONL input).",
                             cli=Cli("--max-df", min=0, max=1, min_open=True))
     min_doc_tokens: int = setting(1, help="Documents with fewer vocabulary tokens than this are dropped.")
-    token_rules: int = setting(TOKEN_RULES, help="How text becomes tokens (xtm.corpus.TOKEN_RULES): recorded by "
+    token_rules: int = setting(TOKEN_RULES, help="How text becomes tokens (xtm.config.TOKEN_RULES): recorded by "
                                                  "each run, so a resume or a contextual fit after an upgrade "
                                                  "rebuilds its vocabulary; not an option.")
 
 
-PREPROCESSING = Preprocessing()
-  # the default rules, for functions that take a Preprocessing
+PREPROCESSING = Preprocessing()  # the default rules, for functions that take a Preprocessing
 
 
 @dataclass(frozen=True)

@@ -219,7 +219,7 @@ def lock_dir(d: Path, command: str) -> Iterator[Path]:
 
 
 def run_token_rules(d: Path) -> int:
-    """The token rules (xtm.corpus.TOKEN_RULES) run `d` read its documents with, as its marker records them:
+    """The token rules (xtm.config.TOKEN_RULES) run `d` read its documents with, as its marker records them:
     a resume or a contextual fit after an upgrade rebuilds the same vocabulary. A run whose marker records
     none was made before they were recorded (TOKEN_RULES_BEFORE_RECORDED); a value this xtm does not know (a
     newer xtm's run) is an XtmError."""
@@ -231,10 +231,15 @@ def run_token_rules(d: Path) -> int:
 
 
 def record_token_rules(d: Path, rules: int) -> None:
-    """Record in the marker of run `d` (held) the token rules a new run reads its documents with."""
+    """Record in the marker of run `d` (held) the token rules a new training reads its documents with. A marker
+    that is not xtm's own regular file is an XtmError: unrecorded, a later resume would read the documents under
+    rules 1 (and through a link, another run's marker would be changed)."""
     marker = Path(d) / RUN_MARKER
-    obj = _json_object(marker)
-    if "xtm_run" in obj and obj.get("token_rules") != rules:
+    obj = _json_object(marker) if marker.is_file() and not marker.is_symlink() else {}
+    if "xtm_run" not in obj:
+        raise XtmError("is not xtm's run marker (a regular file holding a JSON object with \"xtm_run\"), so the "
+                       "run's token rules cannot be recorded in it: move it away", path=marker)
+    if type(obj.get("token_rules")) is not int or obj["token_rules"] != rules:
         write_json(marker, {**obj, "token_rules": rules})
 
 
@@ -252,9 +257,10 @@ def hold_run_dir(d: Path, command: str) -> Iterator[Path]:
         marker = d / RUN_MARKER
         if not (marker.exists() or marker.is_symlink()):
             try:
+                # No token rules here: the directory may hold a run made before the marker existed (its rules are
+                # 1); a new training records its own (record_token_rules).
                 write_json(marker, {"xtm_run": 1, "xtm_version": xtm.__version__,
-                                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "created_by": command,
-                                    "token_rules": TOKEN_RULES})
+                                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "created_by": command})
             except OSError as e:
                 raise XtmError(f"cannot write to the run directory: {e.strerror or e}", path=d) from None
         yield d

@@ -40,13 +40,12 @@ from xtm.exporters.torch_to_onnx import torch_to_onnx
 from xtm.models_zoo.base import state_digest
 from xtm.models_zoo.contextual import ContextualGraph
 from xtm.models_zoo.encoders import DEFAULT_ENCODER
-from xtm.run_dir import RunDir
 from xtm.runtime.bundle import ContextualEntry
 from xtm.runtime.contextual import make_text_tokenizer, pad_batch
 from xtm.trainer.contextual.fit import load_contextual, load_contextual_meta
 
 __all__ = ["EMBED_MIN_COS", "INPUTS", "ONNX_FILE", "OUTPUTS", "THETA_ATOL", "aligned_news",
-           "export_contextual_route", "has_contextual", "parity_texts", "quantize_graph", "stale_contextual"]
+           "export_contextual_route", "parity_texts", "quantize_graph", "stale_contextual"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,10 +55,6 @@ ONNX_FILE = "contextual.onnx"
 INPUTS = ("token_ids", "mask")
 OUTPUTS = ("theta", "sentence_embedding")
 BATCH = 64
-
-
-def has_contextual(run_dir: str | Path) -> bool:
-    return (RunDir(run_dir).contextual / "contextual.json").is_file()
 
 
 def stale_contextual(run_dir: str | Path, model: torch.nn.Module) -> str | None:

@@ -296,7 +296,8 @@ def _export_contextual(run_dir: Path, tmp: Path, report: ExportReport, opts: Exp
     if opts.contextual is False:
         return None
     # Imported here: the contextual encoders' libraries are only needed by runs that have the route.
-    from xtm.exporters.contextual_export import export_contextual_route, has_contextual, stale_contextual
+    from xtm.exporters.contextual_export import export_contextual_route, stale_contextual
+    from xtm.trainer.contextual.fit import has_contextual
 
     if not (opts.contextual or has_contextual(run_dir)):
         return None

@@ -163,7 +163,7 @@ def test_numpy_numbers_and_whole_floats_are_taken_as_the_command_line_takes_them
 
 
 def test_a_device_torch_does_not_know_is_one_error() -> None:
-    from xtm.trainer.loop.training import pick_device
+    from xtm.trainer.loop.torch_setup import pick_device
 
     with pytest.raises(XtmError, match="--device 'tpu' is not a device: give auto, cpu, cuda or cuda:N"):
         pick_device("tpu")

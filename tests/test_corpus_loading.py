@@ -16,6 +16,7 @@ import pytest
 import scipy.sparse as sp
 from shared_data import need
 
+from xtm.config import Preprocessing
 from xtm.errors import XtmError
 from xtm.trainer.data.loading import HOLDOUT_FRACTION, load_corpus
 from xtm.trainer.data.sharding import ShardedCorpus, build_shards, open_or_build_shards
@@ -494,6 +495,12 @@ def test_synthetic_benchmark_dir(tmp_path: Path) -> None:
     assert zh.train_labels is None and zh.test_labels is None and zh.word_vectors is None
     assert en.word_vectors.shape == (3, 4) and en.word_vectors.dtype == np.float32
     assert zh.tokenizer.kind == "jieba" and zh.vocab == ["苹果", "香蕉"]
+    # The tokenizer a run records for raw text follows its token rules (a run made before them: regex).
+    assert en.tokenizer.kind == "words"
+    old = load_corpus(write_benchmark(tmp_path / "Old"), prep=Preprocessing(token_rules=1))
+    assert old.lang("en").tokenizer.kind == "regex" and old.lang("zh").tokenizer.kind == "jieba"
+    with pytest.raises(XtmError, match="token_rules must be a whole number"):
+        load_corpus(write_benchmark(tmp_path / "Bad"), prep=Preprocessing(token_rules=True))
 
 
 @pytest.mark.parametrize("missing", ["vocab_cn", "train_bow_matrix_en.npz", "test_bow_matrix_cn.npz"])

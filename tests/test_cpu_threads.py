@@ -78,6 +78,7 @@ def test_a_busy_process_beside_the_job_takes_a_thread_away(monkeypatch) -> None:
 @pytest.mark.usefixtures("library_logging")
 def test_training_without_threads_takes_the_free_cores_says_so_and_gives_them_back(
         example_corpus, example_dir: Path, tmp_path: Path, caplog, monkeypatch) -> None:
+    import xtm.trainer.loop.torch_setup as torch_setup
     import xtm.trainer.loop.training as training
     from xtm.config import DataConfig, TrainConfig
     from xtm.trainer.run import run_training
@@ -88,7 +89,7 @@ def test_training_without_threads_takes_the_free_cores_says_so_and_gives_them_ba
         sampled.append(default)
         return default - 1
 
-    monkeypatch.setattr(training, "threads_beside_others", one_core_busy)
+    monkeypatch.setattr(torch_setup, "threads_beside_others", one_core_busy)
     seen: list[int] = []
     before = torch.get_num_threads()
     torch.set_num_threads(2)                                   # a 2-core machine's default, here as anywhere

@@ -622,6 +622,23 @@ def test_a_run_made_before_the_token_rules_resumes_and_refits_with_its_own_vocab
     new = tmp_path / "new"
     run_training(DataConfig(path=str(docs), dict_path=str(dct)), cfg, new)
     assert run_token_rules(new) == 2 and "della" not in (new / "vocab_it.txt").read_text(encoding="utf-8").split()
+    # A run made before the marker existed (no run.json) is resumed under rules 1: the marker then written
+    # records none (it recorded rules 2 and the resume failed for good).
+    (old / RUN_MARKER).unlink()
+    run_training(DataConfig(path=str(docs), dict_path=str(dct)), replace(cfg, epochs=3), old, resume=True)
+    assert run_token_rules(old) == 1 and (old / "vocab_it.txt").read_text(encoding="utf-8") == vocab
+    # A marker that is a link, or not xtm's object, is refused before a new training, not written through.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / RUN_MARKER).symlink_to(old / RUN_MARKER)
+    (other / "config.json").write_text(json.dumps({"xtm_version": "0.1.0"}))
+    before = (old / RUN_MARKER).read_text()
+    with pytest.raises(XtmError, match="is not xtm's run marker"):
+        run_training(DataConfig(path=str(docs), dict_path=str(dct)), cfg, other)
+    assert (old / RUN_MARKER).read_text() == before
+    # Rules this xtm does not know, given or recorded, are refused by name.
+    with pytest.raises(XtmError, match="token_rules must be a whole number from 1 to 2, got 3"):
+        run_training(DataConfig(path=str(docs), dict_path=str(dct), token_rules=3), cfg, tmp_path / "three")
     # A run from a newer xtm (rules it does not know) is refused, not read with other rules.
     marker = json.loads((new / RUN_MARKER).read_text())
     (new / RUN_MARKER).write_text(json.dumps({**marker, "token_rules": 99}))

@@ -16,8 +16,9 @@ from log_isolation import library_logging  # noqa: F401  (a fixture)
 from xtm.config import TrainConfig
 from xtm.errors import XtmError
 from xtm.models_zoo.registry import model_from_state
+from xtm.trainer.data.batches import epoch_batches
 from xtm.trainer.loop.checkpoint import latest_checkpoint_dir, load_checkpoint
-from xtm.trainer.loop.training import epoch_batches, lr_factor, make_optimizer, train
+from xtm.trainer.loop.training import lr_factor, make_optimizer, train
 
 
 def config(**kw) -> TrainConfig:

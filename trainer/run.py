@@ -67,10 +67,12 @@ from xtm.run_dir import (
 )
 from xtm.trainer.data.batches import BatchSource, InMemoryBatches
 from xtm.trainer.data.loading import load_corpus
+from xtm.trainer.data.vocab_rules import check_token_rules
 from xtm.trainer.loop import distributed
 from xtm.trainer.loop.distributed import DistContext
 from xtm.trainer.loop.model_passes import infer_mean, infer_theta, lone_collapses, recalibrate_batchnorm
-from xtm.trainer.loop.training import TrainResult, pick_device, torch_threads, train, training_device
+from xtm.trainer.loop.torch_setup import pick_device, torch_threads, training_device
+from xtm.trainer.loop.training import TrainResult, train
 from xtm.trainer.phase2.objective import Phase2Objective
 from xtm.trainer.report_data import build_report_data
 
@@ -190,6 +192,7 @@ def _token_rules_of_run(data: DataConfig, out: Path, resume: bool, record: bool)
     """A resumed run reads its documents with the token rules it recorded (a run made before an upgrade keeps
     its vocabulary: the checkpoint's columns are those words); a new one records the rules it reads them with
     (`record`: the rank that writes the run)."""
+    check_token_rules(data.token_rules)
     if resume and has_checkpoint(out):
         rules = run_token_rules(out)
         if rules != data.token_rules:

@@ -72,10 +72,11 @@ from xtm.run_dir import RunDir, run_token_rules
 from xtm.trainer.contextual.parallel import ParallelText, read_parallel
 from xtm.trainer.loop.checkpoint import load_trained_model
 from xtm.trainer.loop.model_passes import infer_theta, sparse_batch
-from xtm.trainer.loop.training import pick_device, thread_count, torch_threads
+from xtm.trainer.loop.torch_setup import pick_device, thread_count, torch_threads
 
 CONTEXTUAL_DIR = RunDir.CONTEXTUAL  # RUN_DIR/contextual/: the fitted head and its settings
 CONTEXTUAL_FORMAT = 1
+META = "contextual.json"  # in CONTEXTUAL_DIR: the fit's settings, encoder, head shape, metrics; written last
 
 
 logger = logging.getLogger(__name__)
@@ -531,7 +532,7 @@ def save_contextual(run_dir: Path, cfg: ContextualConfig, encoder: TrainableSent
                   str(tmp / "head.safetensors"))
         enc_meta = encoder.save(tmp) if cfg.finetune_epochs else {"encoder": encoder.name,
                                                                    "max_tokens": cfg.max_tokens}
-        write_json(tmp / "contextual.json", {
+        write_json(tmp / META, {
             "format": CONTEXTUAL_FORMAT, "xtm_version": xtm.__version__, **enc_meta,
             "finetuned": bool(cfg.finetune_epochs), "embedding_dim": encoder.embedding_dim,
             # what `--route auto` serves the training languages with in this run's bundles (absent in
@@ -549,7 +550,7 @@ def save_contextual(run_dir: Path, cfg: ContextualConfig, encoder: TrainableSent
 
 
 # What a fit writes in contextual/ (save_contextual and the encoders' `save`): these names have never changed.
-FIT_FILES = frozenset({"contextual.json", "head.safetensors", "encoder_top.safetensors", "encoder"})
+FIT_FILES = frozenset({META, "head.safetensors", "encoder_top.safetensors", "encoder"})
 
 
 def check_contextual_replaceable(run_dir: Path) -> None:
@@ -578,13 +579,13 @@ def _fit_names(d: Path) -> set[str]:
     xtm wrote (a USE fit without fine-tuning left no encoder/; one found there is not ours), else every name a
     fit writes (contextual.json missing or damaged: what is left can only be proven ours by its name)."""
     try:
-        meta = read_json(d / "contextual.json") if (d / "contextual.json").is_file() else None
+        meta = read_json(d / META) if (d / META).is_file() else None
     except XtmError:
         meta = None
     if not isinstance(meta, dict) or meta.get("format") != CONTEXTUAL_FORMAT or "xtm_version" not in meta:
         return set(FIT_FILES)
     named = (meta.get(key) for key in ("head_file", "encoder_top", "encoder_dir"))
-    return {"contextual.json", *(n for n in named if isinstance(n, str) and is_plain_file_name(n))}
+    return {META, *(n for n in named if isinstance(n, str) and is_plain_file_name(n))}
 
 
 def _json_safe(obj: Any) -> Any:
@@ -604,10 +605,15 @@ class LoadedContextual:
     head: ContextualHead
 
 
+def has_contextual(run_dir: str | Path) -> bool:
+    """Whether the run holds a fitted contextual route (its contextual.json; load_contextual_meta checks it)."""
+    return (Path(run_dir) / CONTEXTUAL_DIR / META).is_file()
+
+
 def load_contextual_meta(run_dir: str | Path) -> dict[str, Any]:
     """RUN_DIR/contextual/contextual.json, checked to be one this xtm reads."""
     d = Path(run_dir) / CONTEXTUAL_DIR
-    meta_path = d / "contextual.json"
+    meta_path = d / META
     if not meta_path.is_file():
         raise XtmError("the run has no contextual network: train one with `xtm-contextual RUN_DIR` "
                        "(or xtm-train --contextual)", path=d)
@@ -627,7 +633,7 @@ def load_contextual(run_dir: str | Path) -> LoadedContextual:
     from safetensors.torch import load_file
 
     d = Path(run_dir) / CONTEXTUAL_DIR
-    meta_path = d / "contextual.json"
+    meta_path = d / META
     meta = load_contextual_meta(run_dir)
     for key in ("head_file", "encoder_top", "encoder_dir"):
         _check_file_name(meta, key, meta_path)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from xtm.config import TOKEN_RULES
 from xtm.corpus import Corpus, LanguageCorpus
 from xtm.errors import XtmError
 from xtm.languages import normalize_lang
@@ -31,12 +32,13 @@ def is_benchmark_dir(d: Path) -> bool:
     return any(d.glob(f"{BOW_PREFIX}*.npz")) or any(d.glob(f"{_TEST_BOW_PREFIX}*.npz"))
 
 
-def load_benchmark(d: Path, want: list[str] | None) -> Corpus:
+def load_benchmark(d: Path, want: list[str] | None, rules: int = TOKEN_RULES) -> Corpus:
     """The corpus of a benchmark directory; `want` selects and orders languages (None: all found,
-    English first)."""
+    English first). Its bags of words are read as they are; `rules` (xtm.config.TOKEN_RULES) picks the tokenizer
+    the run records for raw text."""
     found = _benchmark_langs(d)
     order = _language_order(d, found, want)
-    languages = [_read_language(d, iso, found[iso]) for iso in order]
+    languages = [_read_language(d, iso, found[iso], rules) for iso in order]
     return Corpus(languages=languages, name=d.resolve().name,
                   info={"source": str(d), "format": "benchmark",
                         "file_suffixes": {iso: found[iso] for iso in order}})
@@ -85,7 +87,7 @@ def _language_order(d: Path, found: dict[str, str], want: list[str] | None) -> l
     return order
 
 
-def _read_language(d: Path, iso: str, s: str) -> LanguageCorpus:
+def _read_language(d: Path, iso: str, s: str, rules: int) -> LanguageCorpus:
     """One language's files (suffix `s`), each checked against the vocabulary and the matrices."""
     vocab = read_vocabulary(_require(d / f"vocab_{s}"))
     v = len(vocab)
@@ -97,7 +99,7 @@ def _read_language(d: Path, iso: str, s: str) -> LanguageCorpus:
         vocab=vocab,
         train_bow=train,
         test_bow=test,
-        tokenizer=default_tokenizer_spec(iso),
+        tokenizer=default_tokenizer_spec(iso, rules),
         train_labels=_read_labels(d / f"train_labels_{s}.txt", train.shape[0]),
         test_labels=_read_labels(d / f"test_labels_{s}.txt", test.shape[0]),
         word_vectors=_read_word_vectors(wv_path, v) if wv_path.is_file() else None,

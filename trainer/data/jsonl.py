@@ -83,7 +83,7 @@ def read_documents(files: list[Path], want: list[str] | None, progress: bool,
     """Parse, validate and tokenize JSONL documents one at a time, in file and line order.
 
     want: the languages to keep (None: all); documents in others are counted in `stats.skipped_lang`.
-    rules: the token rules (xtm.corpus.TOKEN_RULES) that pick each language's tokenizer and stopwords.
+    rules: the token rules (xtm.config.TOKEN_RULES) that pick each language's tokenizer and stopwords.
     Whatever goes wrong with one line (a tokenizer's error included) is an XtmError naming it.
     """
     reader = _DocumentReader(want, stats, multi=len(files) > 1, rules=rules)

@@ -37,7 +37,13 @@ from xtm.trainer.data.corpus_rules import (
 )
 from xtm.trainer.data.dictionary import attach_links
 from xtm.trainer.data.jsonl import Document, ReadStats, corpus_name, jsonl_files, read_documents
-from xtm.trainer.data.vocab_rules import bags_of_words, check_preprocessing, vocab_from_df, warn_relaxed
+from xtm.trainer.data.vocab_rules import (
+    bags_of_words,
+    check_preprocessing,
+    check_token_rules,
+    vocab_from_df,
+    warn_relaxed,
+)
 
 __all__ = ["HOLDOUT_FRACTION", "load_corpus"]
 
@@ -69,7 +75,8 @@ def load_corpus(
         raise XtmError("corpus path does not exist", path=p)
     want = normalize_langs(langs)
     if p.is_dir() and is_benchmark_dir(p):
-        corpus = load_benchmark(p, want)
+        check_token_rules(prep.token_rules)
+        corpus = load_benchmark(p, want, prep.token_rules)
     else:
         corpus = _load_jsonl(_jsonl_input(p), p, want, prep, seed, progress)
     if dict_path is not None:

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from xtm.config import Preprocessing
+from xtm.config import TOKEN_RULES, Preprocessing
 from xtm.errors import XtmError
 from xtm.trainer.data.corpus_rules import warn_user
 
-__all__ = ["bags_of_words", "check_preprocessing", "vocab_from_df", "warn_relaxed"]
+__all__ = ["bags_of_words", "check_preprocessing", "check_token_rules", "vocab_from_df", "warn_relaxed"]
 
 
 def check_preprocessing(prep: Preprocessing) -> None:
@@ -35,6 +35,14 @@ def check_preprocessing(prep: Preprocessing) -> None:
     if not isinstance(min_doc_tokens, int) or min_doc_tokens < 1:
         raise XtmError(f"min_doc_tokens must be an integer >= 1, got {min_doc_tokens!r}",
                        field="min_doc_tokens")
+    check_token_rules(prep.token_rules)
+
+
+def check_token_rules(rules: object) -> None:
+    """Refuse token rules this xtm does not know (xtm.config.TOKEN_RULES)."""
+    if type(rules) is not int or not 1 <= rules <= TOKEN_RULES:
+        raise XtmError(f"token_rules must be a whole number from 1 to {TOKEN_RULES}, got {rules!r}",
+                       field="token_rules")
 
 
 def vocab_from_df(token_index: dict[str, int], df: np.ndarray, n_train: int, *, vocab_size: int, min_df: int,

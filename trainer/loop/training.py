@@ -13,17 +13,15 @@ phase2_resume (the phase-2 settings a resumed run may change).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import json
 import logging
 import math
-import random
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,19 +35,17 @@ from xtm.config import (
     LR_STEP_EPOCHS_DEFAULT,
     LR_STEP_GAMMA,
     TrainConfig,
-    check_device_name,
     cli_value,
     lr_step_epochs,
 )
 from xtm.corpus import Corpus
-from xtm.cpu import threads_beside_others
 from xtm.errors import XtmError
 from xtm.models_zoo.base import BuildContext, CrossLingualTopicModel, load_unique_state_dict, unique_state_dict
 from xtm.models_zoo.components import SparseRows
 from xtm.models_zoo.registry import model_class
 from xtm.paths import cache_dir
 from xtm.run_dir import RunDir, has_checkpoint
-from xtm.trainer.data.batches import BatchSource, InMemoryBatches, epoch_batches, steps_per_epoch
+from xtm.trainer.data.batches import BatchSource, InMemoryBatches, steps_per_epoch
 from xtm.trainer.loop import distributed
 from xtm.trainer.loop.checkpoint import (
     Checkpoint,
@@ -64,9 +60,10 @@ from xtm.trainer.loop.distributed import DistContext
 from xtm.trainer.loop.model_passes import recalibrate_batchnorm, warn_near_collapse
 from xtm.trainer.loop.phase2_resume import phase2_differences
 from xtm.trainer.loop.stopping import StopFlag
+from xtm.trainer.loop.torch_setup import seed_everything, torch_threads, training_device
 from xtm.trainer.phase2.objective import Phase2Objective
 
-__all__ = ["TrainResult", "epoch_batches", "pick_device", "train"]
+__all__ = ["TrainResult", "train"]
 
 logger = logging.getLogger(__name__)
 
@@ -84,29 +81,6 @@ class TrainResult:
     # where: {"epoch", "step", "steps_per_epoch", "signal"} (the checkpoint resumes there).
     signal: int | None = None
     stopped_at: dict[str, Any] | None = None
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise XtmError(f"--device {name} asked for, but torch sees no CUDA device")
-    return torch.device(check_device_name(name))
-
-
-def training_device(name: str, dist: DistContext | None) -> torch.device:
-    """Where a training runs: its rank's device under torchrun, else --device."""
-    return dist.device if dist is not None else pick_device(name)
-
-
-def seed_everything(seed: int, device: torch.device | None = None) -> np.random.Generator:
-    """Seed what training draws from. CUDA's generators only for a CUDA run: on a CPU run they are not touched
-    (the seed would be queued until the caller's program first used CUDA)."""
-    random.seed(seed)
-    torch.manual_seed(seed)
-    if device is not None and device.type == "cuda":
-        torch.cuda.manual_seed_all(seed)
-    return np.random.default_rng(seed)
 
 
 def _collapse_point(value: Any) -> dict[str, tuple[float, float]]:
@@ -182,55 +156,6 @@ def phase2_step_factor(cfg: TrainConfig, epoch: int) -> float:
         return 1.0
     every = lr_step_epochs(cfg.model)
     return LR_STEP_GAMMA ** ((epoch - 1) // every - cfg.epochs // every)
-
-
-_threads_chosen = False  # inside a torch_threads block: an inner one (train() under run_training) keeps its choice
-
-
-@contextlib.contextmanager
-def thread_count(n: int) -> Iterator[None]:
-    """torch's CPU threads at `n` for a block and the previous count back at its end: torch's count is
-    process-wide, and a library caller keeps its own."""
-    before = torch.get_num_threads()
-    if n != before:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != before:  # (a resumed run may have taken its own count since)
-            torch.set_num_threads(before)
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int | None, device: torch.device, resume_dir: Path | None = None) -> Iterator[None]:
-    """torch's CPU threads for one training or command, and the previous count back at its end.
-
-    `threads` where given; on a CPU otherwise torch's default less the cores other processes keep busy
-    (xtm.cpu: spinning threads on a shared core are many times slower), logged when fewer. A run resumed
-    from a checkpoint in `resume_dir` samples nothing: it takes the count its checkpoint records
-    (_Training._keep_threads). A block inside another one keeps the outer choice, so the load is sampled
-    once per command.
-    """
-    global _threads_chosen
-    if _threads_chosen:
-        yield
-        return
-    before = torch.get_num_threads()
-    chosen = threads or before
-    resuming = resume_dir is not None and has_checkpoint(resume_dir)
-    if not threads and device.type == "cpu" and not resuming:
-        chosen = threads_beside_others(before)
-        if chosen < before:
-            # "at least": a count held at one thread says nothing of how many more cores are busy
-            busy = before - chosen
-            logger.info(f"{chosen} CPU thread{'s' if chosen > 1 else ''} of {before}: other processes keep at "
-                        f"least {busy} core{'s' if busy > 1 else ''} busy (--threads N to choose)")
-    _threads_chosen = True
-    try:
-        with thread_count(chosen):
-            yield
-    finally:
-        _threads_chosen = False
 
 
 def build_model(corpus: Corpus, cfg: TrainConfig) -> CrossLingualTopicModel:
