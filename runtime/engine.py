@@ -455,21 +455,8 @@ def _line_chunks(stream: IO[bytes], name: str, size: int,
     """Lists of up to `size` parsed lines (`parse`: Engine.parse_line for JSONL, parse_text_line for plain
     text), each parsed as soon as it is read: a chunk holds its documents (texts cut to MAX_CHARS), never
     the raw lines."""
-    chunk: list[tuple[int, Parsed]] = []
-    lines = records.read_lines(stream)
-    while True:
-        try:
-            item = next(lines, None)
-        except OSError as e:  # an I/O error on the input (a failing disk, a vanished network file)
-            raise XtmError(f"cannot read: {e.strerror or e}", path=name) from e
-        if item is None:
-            break
-        chunk.append((item[0], parse(item[1], item[0])))
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+    lines = records.naming_read_errors(records.read_lines(stream), name)
+    yield from records.chunked(((n, parse(raw, n)) for n, raw in lines), size)
 
 
 def _parquet_chunks(engine: Engine, path: str) -> Iterator[list[tuple[int, Parsed]]]:
@@ -478,15 +465,8 @@ def _parquet_chunks(engine: Engine, path: str) -> Iterator[list[tuple[int, Parse
 
 
 def _record_chunks(engine: Engine, items: Iterable[Any]) -> Iterator[list[tuple[int, Parsed]]]:
-    size = engine.chunk_size
-    chunk: list[tuple[int, Parsed]] = []
-    for n, obj in enumerate(items, start=1):
-        chunk.append((n, engine.parse_record(obj, n)))
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+    parsed = ((n, engine.parse_record(obj, n)) for n, obj in enumerate(items, start=1))
+    yield from records.chunked(parsed, engine.chunk_size)
 
 
 # -- the Python API ---------------------------------------------------------------------------------
@@ -603,16 +583,8 @@ _worker_engine: Engine | None = None
 
 
 def _raw_line_chunks(engine: Engine, stream: IO[bytes], name: str) -> Iterator[list[tuple[int, Any]]]:
-    """records.line_chunks, an input I/O error as one XtmError (as _line_chunks says it)."""
-    chunks = records.line_chunks(stream, engine.chunk_size)
-    while True:
-        try:
-            chunk = next(chunks, None)
-        except OSError as e:
-            raise XtmError(f"cannot read: {e.strerror or e}", path=name) from e
-        if chunk is None:
-            return
-        yield chunk
+    """records.line_chunks, an input I/O error as one XtmError naming the file."""
+    return records.naming_read_errors(records.line_chunks(stream, engine.chunk_size), name)
 
 
 def _raw_parquet_chunks(engine: Engine, path: str) -> Iterator[list[tuple[int, Any]]]:

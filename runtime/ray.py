@@ -51,7 +51,7 @@ from xtm.runtime.engine import (
     open_output,
     whole_number,
 )
-from xtm.runtime.records import PARQUET_SUFFIXES
+from xtm.runtime.records import PARQUET_SUFFIXES, naming_read_errors
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -430,17 +430,8 @@ def _read_rows(batch: dict[str, Any]) -> Iterator[pa.Table]:
     (all but the bundle's languages) and ids JSON-encoded, text and lang passed on typed."""
     for file_idx, path, kind in zip(batch["file"], batch["path"], batch["kind"], strict=True):
         read = _read_parquet if kind == "parquet" else _read_jsonl
-        yield from _naming_io_errors(read(int(file_idx), str(path)), str(path))
-
-
-def _naming_io_errors(blocks: Iterator[pa.Table], path: str) -> Iterator[pa.Table]:
-    """`blocks`, an I/O error on the input (a failing disk, a vanished network file, /proc/self/mem)
-    raised as the local engine's XtmError naming the file: infer_files prints that one line, where an
-    OSError would reach the user as Ray's task traceback, without the file's name."""
-    try:
-        yield from blocks
-    except OSError as e:
-        raise XtmError(f"cannot read: {e.strerror or e}", path=path) from e
+        # An I/O error on the input is the local engine's XtmError naming the file (not Ray's task traceback).
+        yield from naming_read_errors(read(int(file_idx), str(path)), str(path))
 
 
 def _read_jsonl(file_idx: int, path: str) -> Iterator[pa.Table]:

@@ -14,9 +14,9 @@ import functools
 import json
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from xtm.atomic import check_replaceable
 from xtm.errors import XtmError
@@ -27,9 +27,10 @@ if TYPE_CHECKING:
 
 __all__ = ["CHUNK_BYTES", "CSV_LEADING_COLUMNS", "DECIMALS", "INPUT_FORMATS", "MAX_CHARS", "MAX_LINE_BYTES",
            "OUTPUT_FORMATS", "OUTPUT_WORDS", "PARQUET_SUFFIXES", "TEXT_SUFFIXES", "WEIGHT", "LineFormatter", "Parsed",
-           "TableShape", "TableStream", "check_out_path", "decode_json_line", "decode_text_line", "drop_bom",
-           "encode_id", "encode_lines", "input_format", "is_infer_output", "line_chunks", "output_format",
-           "parquet_chunks", "parse_line", "parse_parquet_row", "parse_record", "read_lines", "without_surrogates"]
+           "TableShape", "TableStream", "check_out_path", "chunked", "decode_json_line", "decode_text_line",
+           "drop_bom", "encode_id", "encode_lines", "input_format", "is_infer_output", "line_chunks",
+           "naming_read_errors", "output_format", "parquet_chunks", "parse_line", "parse_parquet_row", "parse_record",
+           "read_lines", "without_surrogates"]
 
 # Longer documents are cut (with a warning): tokenizing megabytes of one line is almost always a
 # malformed record, and a bag of words of the first 100k characters already saturates the vocabulary.
@@ -72,6 +73,35 @@ Parsed = tuple[dict[str, Any] | None, str | None, str | None]
 
 
 # -- reading ---------------------------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+def naming_read_errors(items: Iterator[T], name: str) -> Iterator[T]:
+    """`items`, an I/O error while reading the input (a failing disk, a vanished network file, /proc/self/mem)
+    raised as one XtmError naming the file: the command prints that line, where an OSError was a traceback
+    (under Ray: its task's, without the file's name). Only the reading is covered, not what the caller does
+    with each item."""
+    while True:
+        try:
+            item = next(items)
+        except StopIteration:
+            return
+        except OSError as e:
+            raise XtmError(f"cannot read: {e.strerror or e}", path=name) from e
+        yield item
+
+
+def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """`items` in lists of `size` (the last one shorter)."""
+    chunk: list[T] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def read_lines(stream: IO[bytes], max_bytes: int | None = None) -> Iterator[tuple[int, bytes | None]]:
