@@ -152,6 +152,14 @@ def test_a_bad_document_is_named_by_its_line_in_the_written_jsonl(tmp_path: Path
     assert "docs.jsonl:3: field 'split'" in str(e.value)
 
 
+def test_a_dictionary_given_as_pairs_is_named_as_the_callers_pairs(example: dict[str, Path], tmp_path: Path) -> None:
+    # The error named only OUT.data/dict.tsv, a file the caller never wrote.
+    with pytest.raises(XtmError, match=r"^the dictionary given as pairs \(written to .*dict\.tsv\): the dictionary "
+                                       "matches none of the vocabularies"):
+        xtm.train(rows(example["docs"]), dictionary={"foo": "bar"}, model="nmtm", num_topics=6, epochs=1,
+                  out=tmp_path / "run", contextual=False)
+
+
 def test_numpy_numbers_and_whole_floats_are_taken_as_the_command_line_takes_them() -> None:
     from xtm.trainer.api import _configs
 

@@ -140,7 +140,14 @@ def train(docs: Sequence[str] | Sequence[Mapping[str, Any]], langs: Sequence[str
     run_training = _run_training()
 
     with _callers_random_state():
-        metrics = run_training(data_cfg, cfg, run_dir, phase2=phase2)
+        try:
+            metrics = run_training(data_cfg, cfg, run_dir, phase2=phase2)
+        except XtmError as e:
+            if dict_path is not None and not isinstance(dictionary, (str, Path)) and e.path == str(dict_path):
+                # The file is the one xtm wrote from the caller's pairs: say so, not only its name.
+                raise XtmError(f"the dictionary given as pairs (written to {dict_path}): {e.reason}", line=e.line,
+                               field=e.field) from None
+            raise
         run = RunDir(run_dir)
         topics = {lang: run.read_topics(lang) for lang in metrics.get("langs", []) if run.topics_path(lang).is_file()}
         route = None
