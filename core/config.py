@@ -38,7 +38,7 @@ __all__ = ["CONTEXTUAL_AUTO_ROUTES", "CONTEXTUAL_OBJECTIVES", "DEFAULT_ENCODER",
            "PREPROCESSING", "REFINER_NAMES", "TOKEN_RULES", "TOKEN_RULES_BEFORE_RECORDED", "Cli", "ContextualConfig",
            "DataConfig", "LabelConfig", "Phase2Config", "Preprocessing", "RefinerConfig", "RunConfig", "Sampling",
            "TrainConfig", "check_device_name", "cli_spec", "cli_value", "default_of", "flat_settings", "from_dict",
-           "option_text", "parse_csv", "parse_key_values", "setting"]
+           "known_token_rules", "option_text", "parse_csv", "parse_key_values", "setting"]
 
 # The multilingual sentence encoder used unless a run names another (offline, no download), and the
 # tokens the contextual route reads per document. xtm.models_zoo.encoders takes both from here.
@@ -250,6 +250,11 @@ def parse_key_values(items: Sequence[str]) -> dict[str, Any]:
 #   2: kind "words" (a word keeps its combining marks), stopwords-iso's lists for 51 more languages.
 TOKEN_RULES = 2
 TOKEN_RULES_BEFORE_RECORDED = 1  # what a run that records no version was built with
+
+
+def known_token_rules(value: object) -> bool:
+    """Whether `value` is token rules this xtm knows: a whole number (not a bool) from 1 to TOKEN_RULES."""
+    return type(value) is int and 1 <= value <= TOKEN_RULES
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from typing import Any
 
 import xtm
 from xtm.atomic import atomic_open, write_json, write_text
-from xtm.config import TOKEN_RULES, TOKEN_RULES_BEFORE_RECORDED
+from xtm.config import TOKEN_RULES, TOKEN_RULES_BEFORE_RECORDED, known_token_rules
 from xtm.errors import XtmError
 from xtm.json_files import read_json
 
@@ -224,7 +224,7 @@ def run_token_rules(d: Path) -> int:
     none was made before they were recorded (TOKEN_RULES_BEFORE_RECORDED); a value this xtm does not know (a
     newer xtm's run) is an XtmError."""
     rules = _json_object(Path(d) / RUN_MARKER).get("token_rules", TOKEN_RULES_BEFORE_RECORDED)
-    if type(rules) is not int or not 1 <= rules <= TOKEN_RULES:
+    if not known_token_rules(rules):
         raise XtmError(f"records token rules {rules!r}; this xtm knows 1 to {TOKEN_RULES} (a run made by a newer "
                        "xtm?)", path=Path(d) / RUN_MARKER, field="token_rules")
     return rules

@@ -26,7 +26,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from xtm.atomic import atomic_open
-from xtm.config import TOKEN_RULES
+from xtm.config import TOKEN_RULES, known_token_rules
 from xtm.errors import XtmError
 from xtm.json_files import read_json
 from xtm.npy_header import read_npy_header
@@ -250,8 +250,7 @@ def _check_index(index: dict[str, Any], path: Path) -> None:
     settings = index["settings"]
     if not isinstance(settings, dict) or type(settings.get("shard_size")) is not int:
         problems.append("settings is not an object with a whole-number shard_size")
-    elif settings.get("token_rules", TOKEN_RULES) not in range(1, TOKEN_RULES + 1) \
-            or type(settings.get("token_rules", TOKEN_RULES)) is not int:
+    elif not known_token_rules(settings.get("token_rules", TOKEN_RULES)):
         problems.append(f"settings.token_rules is not one of 1 to {TOKEN_RULES}")
     names = index.get("label_names")
     if names is not None and not isinstance(names, list):

@@ -78,7 +78,7 @@ from xtm.trainer.data.shard_format import (
     word_counts_file,
 )
 from xtm.trainer.data.spill import Spill
-from xtm.trainer.data.stopwords import STOPWORDS_ID
+from xtm.trainer.data.stopwords import stopwords_id
 from xtm.trainer.data.vocab_rules import bags_of_words, check_preprocessing, vocab_from_df, warn_relaxed
 from xtm.vocabulary import read_vocabulary, write_vocabulary
 
@@ -300,7 +300,7 @@ def _settings(want: list[str] | None, prep: Preprocessing, seed: int, shard_size
             "min_doc_tokens": prep.min_doc_tokens, "seed": seed, "shard_size": shard_size,
             "token_rules": prep.token_rules,
             # Tokens depend on the text's normal form and the stopword lists: shards cut under others are rebuilt.
-            "text": TEXT_NORMALIZATION, "stopwords": STOPWORDS_ID}
+            "text": TEXT_NORMALIZATION, "stopwords": stopwords_id()}
 
 
 def _fingerprint(files: Sequence[Path], settings: dict[str, Any]) -> str:

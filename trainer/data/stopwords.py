@@ -18,7 +18,7 @@ from xtm.config import TOKEN_RULES
 from xtm.errors import XtmError
 from xtm.languages import normalize_lang
 
-__all__ = ["STOPWORDS_ID", "function_words", "stopword_source", "stopwords"]
+__all__ = ["function_words", "stopword_source", "stopwords", "stopwords_id"]
 
 _EN = """
 a about above after again against ago all almost also although always am among an and another
@@ -180,12 +180,13 @@ def _iso_version() -> str:
         return "absent"
 
 
-def _stopwords_id() -> str:
+@cache
+def stopwords_id() -> str:
+    """What a corpus's tokens depend on besides the text and the token rules: the lists' content and the
+    stopwords-iso version (out-of-core shards cut under other lists are rebuilt). Computed on first use, not
+    at import."""
     h = hashlib.sha256()
     for code in sorted(_LISTS):
         h.update(f"{code}\0{' '.join(sorted(_LISTS[code]))}\n".encode())
     return f"xtm {h.hexdigest()[:12]}, stopwords-iso {_iso_version()}"
 
-
-# What a corpus's tokens depend on besides the text: out-of-core shards built under other lists are rebuilt.
-STOPWORDS_ID = _stopwords_id()

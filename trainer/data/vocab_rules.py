@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from xtm.config import TOKEN_RULES, Preprocessing
+from xtm.config import TOKEN_RULES, Preprocessing, known_token_rules
 from xtm.errors import XtmError
 from xtm.trainer.data.corpus_rules import warn_user
 
@@ -40,7 +40,7 @@ def check_preprocessing(prep: Preprocessing) -> None:
 
 def check_token_rules(rules: object) -> None:
     """Refuse token rules this xtm does not know (xtm.config.TOKEN_RULES)."""
-    if type(rules) is not int or not 1 <= rules <= TOKEN_RULES:
+    if not known_token_rules(rules):
         raise XtmError(f"token_rules must be a whole number from 1 to {TOKEN_RULES}, got {rules!r}",
                        field="token_rules")
 
