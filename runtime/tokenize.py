@@ -22,6 +22,9 @@ variable XTM_SEGMENTERS), measured in benchmarks/raw_text_throughput.py and docs
 Kind "mecab" (fugashi + IPAdic surfaces, `pip install "xtm[ja-mecab]"`) is MeCab as a bundle's own
 recorded tokenizer, for models trained with it.
 
+Kind "kiwi" (Korean from token rules 3; `pip install "xtm[ko]"`) keeps Korean's content words in their dictionary
+form, without particles and endings: xtm.runtime.korean.
+
 Kind "words" (every other language since 2026-12-07) cuts runs of letters and digits with the combining marks
 inside them: Indic vowel signs and viramas, Arabic harakat, Thai and Hebrew vowels. Kind "regex", what runs and
 bundles made before used, leaves the marks out and so cut "बाज़ार" into 'ब', 'ज', 'र' and Tamil, Thai or
@@ -51,20 +54,21 @@ from xtm.corpus import TokenizerSpec
 from xtm.errors import XtmError
 from xtm.languages import normalize_lang
 from xtm.paths import cache_dir
+from xtm.runtime import korean
 
 __all__ = ["KINDS", "SEGMENTERS", "SEGMENTERS_ENV", "TEXT_NORMALIZATION", "default_tokenizer_spec", "make_tokenizer",
            "missing_tokenizer", "segmenter_mode", "segmenter_of", "use_segmenters"]
 
-KINDS = ("whitespace", "words", "regex", "jieba", "janome", "mecab")
+KINDS = ("whitespace", "words", "regex", "jieba", "janome", "mecab", "kiwi")
 # The Unicode normal form every tokenizer puts text in (make_tokenizer) and the runtime reads vocabularies
 # in; recorded where tokens are stored (shard settings).
 TEXT_NORMALIZATION = "NFC"
 # Kinds whose segmenter is an optional install (the base install serves other languages without
 # them): kind -> (module, language, extra that installs it).
 _OPTIONAL = {"jieba": ("jieba", "Chinese", "zh"), "janome": ("janome", "Japanese", "ja"),
-             "mecab": ("fugashi", "Japanese", "ja-mecab")}
-# Modules a kind needs besides its segmenter (MeCab's dictionary is a package of its own).
-_ALSO_NEEDED = {"mecab": ("ipadic",)}
+             "mecab": ("fugashi", "Japanese", "ja-mecab"), "kiwi": (korean.MODULE, "Korean", "ko")}
+# Modules a kind needs besides its segmenter (MeCab's dictionary and Kiwi's model are packages of their own).
+_ALSO_NEEDED = {"mecab": ("ipadic",), "kiwi": (korean.MODEL_MODULE,)}
 # Which implementation serves a kind (module docstring). The environment variable may say auto or
 # reference (the same bags of words: safe for training too); fast changes tokens, so only a process
 # that serves bundles asks for it, with use_segmenters (xtm-infer --segmenters fast): a shell-wide
@@ -115,10 +119,11 @@ _rjieba: Any = None
 
 
 def default_tokenizer_spec(lang: str, rules: int = TOKEN_RULES) -> TokenizerSpec:
-    """The tokenizer used for `lang` unless told otherwise: jieba (zh), janome (ja), words (others; under
-    token rules 1, those of runs made before 2026-12-07: regex)."""
+    """The tokenizer used for `lang` unless told otherwise, under token `rules` (xtm.config.TOKEN_RULES): jieba
+    (zh), janome (ja), kiwi (ko; words under rules 1-2), words (others; regex under rules 1)."""
     code = normalize_lang(lang)
-    kind = {"zh": "jieba", "ja": "janome"}.get(code, "regex" if rules < 2 else "words")
+    segmenters = {"zh": "jieba", "ja": "janome", "ko": "kiwi"} if rules >= 3 else {"zh": "jieba", "ja": "janome"}
+    kind = segmenters.get(code, "regex" if rules < 2 else "words")
     return TokenizerSpec(lang=code, kind=kind)
 
 
@@ -559,6 +564,12 @@ def _segmenting_tokenizer(spec: TokenizerSpec, mode: str | None) -> Callable[[st
                 pieces = list(janome.tokenize(text, wakati=True))
             return _finish(pieces, lowercase, min_len)
         return tok_janome
+
+    if kind == "kiwi":
+        missing = missing_tokenizer("kiwi")
+        if missing is not None:
+            raise missing
+        return korean.korean_tokenizer(lowercase, min_len, lambda cause: _not_installed("kiwi", cause))
 
     raise XtmError(f"unknown tokenizer kind {kind!r}: expected one of {', '.join(KINDS)}",
                    field="tokenizer")

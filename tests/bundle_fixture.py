@@ -85,7 +85,7 @@ def make_bundle(out_dir: str | Path, *, vocabs: dict[str, list[str]] | None = No
         beta = rng.dirichlet(np.ones(V), size=K).astype(np.float32)
         np.save(out / f"beta_{lang}.npy", beta, allow_pickle=False)
         topic_words[lang] = [[vocab[j] for j in np.argsort(-beta[k])[:top_n]] for k in range(K)]
-        kind = {"zh": "jieba", "ja": "janome"}.get(lang, "regex")
+        kind = {"zh": "jieba", "ja": "janome", "ko": "kiwi"}.get(lang, "regex")
         encoders.append(EncoderEntry(lang=lang, file=onnx_name, inputs=("bow",), output="theta",
                                      vocab=f"vocab_{lang}.txt", vocab_size=V, beta=f"beta_{lang}.npy",
                                      tokenizer={"lang": lang, "kind": kind, "lowercase": True,

@@ -70,7 +70,7 @@ def test_the_base_install_carries_no_onnxruntime_wheel_no_segmenter_no_scipy_no_
     meta, _ = wheel_metadata
     base = requirements(meta, None)
     assert {"numpy", "click", "py3langid", "sentencepiece"} <= base
-    assert not base & {"onnxruntime", "onnxruntime-gpu", "janome", "jieba", "scipy", "torch"}, base
+    assert not base & {"onnxruntime", "onnxruntime-gpu", "janome", "jieba", "kiwipiepy", "scipy", "torch"}, base
 
 
 def test_each_target_has_one_install_line_with_exactly_one_onnxruntime(wheel_metadata) -> None:
@@ -78,12 +78,13 @@ def test_each_target_has_one_install_line_with_exactly_one_onnxruntime(wheel_met
     assert requirements(meta, "cpu") == {"onnxruntime"}
     assert requirements(meta, "gpu") == {"onnxruntime-gpu"}
     assert requirements(meta, "ja") == {"janome"} and requirements(meta, "zh") == {"jieba"}
+    assert requirements(meta, "ko") == {"kiwipiepy"}
     # The README's demo installs .[train]: it must bring the CPU runtime and the example's segmenters.
     train = requirements(meta, "train")
     assert "torch" in train and "onnxruntime-gpu" not in train
     assert any(r.startswith("xtm") for r in meta.get_all("Requires-Dist") if 'extra == "train"' in r)
     train_self = next(r for r in meta.get_all("Requires-Dist") if r.startswith("xtm[") and 'extra == "train"' in r)
-    assert {"cpu", "ja", "zh"} <= set(train_self.split("[")[1].split("]")[0].split(","))
+    assert {"cpu", "ja", "zh", "ko"} <= set(train_self.split("[")[1].split("]")[0].split(","))
 
 
 def test_the_wheel_ships_py_typed_and_its_version_is_the_packages(wheel_metadata) -> None:
@@ -120,6 +121,12 @@ def hb(tmp_path_factory: pytest.TempPathFactory) -> HandBundle:
 def ja_bundle(tmp_path_factory: pytest.TempPathFactory) -> HandBundle:
     return make_bundle(tmp_path_factory.mktemp("bundle") / "ja",
                        vocabs={"en": ["market", "stock", "team"], "ja": ["市場", "株", "チーム"]}, num_topics=2)
+
+
+@pytest.fixture(scope="module")
+def ko_bundle(tmp_path_factory: pytest.TempPathFactory) -> HandBundle:
+    return make_bundle(tmp_path_factory.mktemp("bundle") / "ko",
+                       vocabs={"en": ["market", "stock", "team"], "ko": ["시장", "주식", "팀"]}, num_topics=2)
 
 
 def test_both_onnxruntime_wheels_installed_is_detected_at_load_with_the_fix(hb: HandBundle, tmp_path: Path) -> None:
@@ -173,17 +180,20 @@ def test_no_onnxruntime_at_all_names_both_install_lines(hb: HandBundle, tmp_path
 # -- segmenters as extras ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("module", "extra", "texts"), [("janome", "ja", ["株式市場"]), ("jieba", "zh", ["股票市场"])])
-def test_a_bundle_whose_segmenter_is_missing_says_which_extra_at_load(module: str, extra: str, texts: list[str],
-                                                                      hb: HandBundle, ja_bundle: HandBundle,
+@pytest.mark.parametrize(("module", "kind", "extra", "texts"), [
+    ("janome", "janome", "ja", ["株式市場"]), ("jieba", "jieba", "zh", ["股票市场"]),
+    ("kiwipiepy", "kiwi", "ko", ["주식시장"])])
+def test_a_bundle_whose_segmenter_is_missing_says_which_extra_at_load(module: str, kind: str, extra: str,
+                                                                      texts: list[str], hb: HandBundle,
+                                                                      ja_bundle: HandBundle, ko_bundle: HandBundle,
                                                                       tmp_path: Path) -> None:
-    bundle = ja_bundle.path if extra == "ja" else hb.path
+    bundle = {"ja": ja_bundle, "zh": hb, "ko": ko_bundle}[extra].path
     code = (f"import sys\nsys.modules[{module!r}] = None  # not installed\n"
             "from xtm.runtime import TopicModel\nfrom xtm.errors import XtmError\n"
             f"try:\n    TopicModel.load({str(bundle)!r})\n"
             "except XtmError as e:\n    print('load:', e)\n"
             "from xtm.corpus import TokenizerSpec\nfrom xtm.runtime.tokenize import make_tokenizer\n"
-            f"try:\n    make_tokenizer(TokenizerSpec(lang={extra!r}, kind={module!r}))({texts[0]!r})\n"
+            f"try:\n    make_tokenizer(TokenizerSpec(lang={extra!r}, kind={kind!r}))({texts[0]!r})\n"
             "except XtmError as e:\n    print('first use:', e)\n")
     p = run_python(code, tmp_path)
     assert p.returncode == 0, p.stderr

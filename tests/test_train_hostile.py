@@ -21,7 +21,7 @@ import torch
 from command_logging import train_stderr  # noqa: F401  (a fixture)
 from safetensors.torch import load_file, save_file
 
-from xtm.config import DataConfig, TrainConfig
+from xtm.config import TOKEN_RULES, DataConfig, TrainConfig
 from xtm.errors import XtmError
 from xtm.trainer.data.batches import InMemoryBatches
 from xtm.trainer.data.loading import load_corpus
@@ -621,7 +621,8 @@ def test_a_run_made_before_the_token_rules_resumes_and_refits_with_its_own_vocab
     # A new run records its rules and reads with them.
     new = tmp_path / "new"
     run_training(DataConfig(path=str(docs), dict_path=str(dct)), cfg, new)
-    assert run_token_rules(new) == 2 and "della" not in (new / "vocab_it.txt").read_text(encoding="utf-8").split()
+    assert run_token_rules(new) == TOKEN_RULES
+    assert "della" not in (new / "vocab_it.txt").read_text(encoding="utf-8").split()
     # A run made before the marker existed (no run.json) is resumed under rules 1: the marker then written
     # records none (it recorded rules 2 and the resume failed for good).
     (old / RUN_MARKER).unlink()
@@ -637,12 +638,14 @@ def test_a_run_made_before_the_token_rules_resumes_and_refits_with_its_own_vocab
         run_training(DataConfig(path=str(docs), dict_path=str(dct)), cfg, other)
     assert (old / RUN_MARKER).read_text() == before
     # Rules this xtm does not know, given or recorded, are refused by name.
-    with pytest.raises(XtmError, match="token_rules must be a whole number from 1 to 2, got 3"):
-        run_training(DataConfig(path=str(docs), dict_path=str(dct), token_rules=3), cfg, tmp_path / "three")
+    unknown = TOKEN_RULES + 1
+    with pytest.raises(XtmError, match=f"token_rules must be a whole number from 1 to {TOKEN_RULES}, got {unknown}"):
+        run_training(DataConfig(path=str(docs), dict_path=str(dct), token_rules=unknown), cfg,
+                     tmp_path / "next")
     # A run from a newer xtm (rules it does not know) is refused, not read with other rules.
     marker = json.loads((new / RUN_MARKER).read_text())
     (new / RUN_MARKER).write_text(json.dumps({**marker, "token_rules": 99}))
-    with pytest.raises(XtmError, match="records token rules 99; this xtm knows 1 to 2"):
+    with pytest.raises(XtmError, match=f"records token rules 99; this xtm knows 1 to {TOKEN_RULES}"):
         run_training(DataConfig(path=str(docs), dict_path=str(dct)), replace(cfg, epochs=2), new, resume=True)
 
 

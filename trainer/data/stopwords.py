@@ -116,7 +116,7 @@ def stopwords(lang: str, rules: int = TOKEN_RULES) -> frozenset[str]:
     code = _code(lang)
     if code is None:
         return _EMPTY
-    return _LISTS.get(code) or (_iso_list(code) if rules >= 2 else _EMPTY)
+    return _LISTS.get(code) or (_iso_list(code, rules) if rules >= 2 else _EMPTY)
 
 
 def function_words(lang: str) -> frozenset[str]:
@@ -150,9 +150,10 @@ _MAX_PHRASE_SHARE = 0.25
 
 
 @cache
-def _iso_list(code: str) -> frozenset[str]:
-    """stopwords-iso's list for `code` as the language's tokenizer cuts it ("dell'" -> "dell"), entries of one
-    token only (a phrase such as Korean "줄은 몰랏다" would otherwise remove each of its words everywhere)."""
+def _iso_list(code: str, rules: int) -> frozenset[str]:
+    """stopwords-iso's list for `code` as the language's tokenizer under token `rules` cuts it ("dell'" -> "dell"),
+    entries of one token only (a phrase such as Korean "줄은 몰랏다" would otherwise remove each of its words
+    everywhere)."""
     try:
         import stopwordsiso
     except ImportError:  # a runtime-only install: training brings it
@@ -161,7 +162,7 @@ def _iso_list(code: str) -> frozenset[str]:
         return _EMPTY
     from xtm.runtime.tokenize import default_tokenizer_spec, make_tokenizer
 
-    tokenize = make_tokenizer(default_tokenizer_spec(code))
+    tokenize = make_tokenizer(default_tokenizer_spec(code, rules))
     cut = [tokenize(w) for w in stopwordsiso.stopwords(code)]
     if sum(len(t) > 1 for t in cut) > _MAX_PHRASE_SHARE * len(cut):
         # A list of words the tokenizer cuts smaller: Vietnamese (59% of its entries) is written a syllable per

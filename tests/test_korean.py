@@ -1,0 +1,150 @@
+"""Korean through Kiwi (tokenizer kind "kiwi", token rules 3), with the real kiwipiepy and its model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from xtm.config import TOKEN_RULES
+from xtm.corpus import TokenizerSpec
+from xtm.runtime import korean
+from xtm.runtime.tokenize import default_tokenizer_spec, make_tokenizer
+from xtm.trainer.data.stopwords import stopwords
+
+KO = TokenizerSpec("ko", "kiwi")
+
+
+def test_korean_is_cut_by_kiwi_from_token_rules_3_and_as_it_was_before() -> None:
+    assert TOKEN_RULES >= 3 and default_tokenizer_spec("ko") == KO and default_tokenizer_spec("kor").kind == "kiwi"
+    # Runs made under older rules keep their tokens (xtm.config.TOKEN_RULES).
+    assert default_tokenizer_spec("ko", 2).kind == "words" and default_tokenizer_spec("ko", 1).kind == "regex"
+    assert default_tokenizer_spec("en", 3).kind == "words" and default_tokenizer_spec("ja", 3).kind == "janome"
+
+
+def test_particles_and_endings_go_and_predicates_take_their_dictionary_form() -> None:
+    tok = make_tokenizer(KO)
+    # The words kind kept each noun under its particles: 학교에서 and 학교는 were two words, neither 학교.
+    assert make_tokenizer(TokenizerSpec("ko", "words"))("학교에서 친구를 만났다. 학교는 크다.") == [
+        "학교에서", "친구를", "만났다", "학교는", "크다"]
+    assert tok("학교에서 친구를 만났다. 학교는 크다.") == ["학교", "친구", "만나다", "학교", "크다"]
+    assert tok("삼성전자는 2024년에 새로운 스마트폰을 출시했습니다.") == [
+        "삼성전자", "2024", "새롭다", "스마트폰", "출시"]
+    assert tok("깨끗한 방") == ["깨끗하다", "방"]  # a root with the derivational 하
+    assert tok("Apple의 iPhone은 비싸다") == ["apple", "iphone", "비싸다"]
+    assert make_tokenizer(TokenizerSpec("ko", "kiwi", lowercase=False))("Apple의 iPhone") == ["Apple", "iPhone"]
+    # Hashtags keep their word; URLs, mentions, laughter and punctuation go.
+    assert tok("@user 안녕 #맛집 https://example.com ㅋㅋㅋ!!") == ["맛집"]
+    assert tok("") == [] and tok("   ") == []
+    assert make_tokenizer(TokenizerSpec("ko", "kiwi", min_token_length=2))("방 학교") == ["학교"]
+
+
+def test_kiwi_reads_past_a_nul_and_a_lone_surrogate() -> None:
+    # Kiwi reads UTF-16: a lone surrogate raised UnicodeDecodeError and lost the document.
+    tok = make_tokenizer(KO)
+    assert tok("학교\x00친구") == ["학교", "친구"]
+    assert tok("학교\ud800친구") == ["학교", "친구"]
+
+
+def test_a_long_text_is_cut_at_whitespace_and_no_word_is_split() -> None:
+    # Kiwi's time grew faster than the text (43 s for 400,000 characters); pieces make it linear.
+    sentence = "학교에서 친구를 만났다. "
+    text = sentence * 10_000  # 140,000 characters
+    pieces = korean._pieces(text)
+    assert len(pieces) > 1 and "".join(pieces) == text
+    assert all(len(p) <= korean._PIECE for p in pieces)
+    assert all(p[-1] != " " and q[0] == " " for p, q in zip(pieces, pieces[1:], strict=False))
+    assert make_tokenizer(KO)(text) == ["학교", "친구", "만나다"] * 10_000
+    unbroken = "가" * (3 * korean._PIECE + 5)  # no whitespace: cut at the limit
+    assert [len(p) for p in korean._pieces(unbroken)] == [korean._PIECE] * 3 + [5]
+
+
+def test_kiwi_is_thread_safe() -> None:
+    tok = make_tokenizer(KO)
+    texts = ["학교에서 친구를 만났다", "삼성전자는 새로운 스마트폰을 출시했습니다", "깨끗한 방에서 음식을 먹었다"] * 20
+    expected = [tok(t) for t in texts]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        assert list(pool.map(tok, texts)) == expected
+
+
+def test_korean_stopwords_are_cut_by_the_rules_tokenizer() -> None:
+    # stopwords-iso's Korean entries as Kiwi reads them, in the dictionary form its tokens take: 하다 ("to do"),
+    # 되다 ("to become"); under rules 2 the list was cut by the words kind (its inflected forms, no 하다).
+    assert {"하다", "되다"} <= stopwords("ko", 3) and "하다" not in stopwords("ko", 2)
+
+
+def test_missing_kiwi_says_which_extra(tmp_path: Path) -> None:
+    code = ("import sys\nsys.modules['kiwipiepy_model'] = None  # not installed\n"
+            "from xtm.corpus import TokenizerSpec\nfrom xtm.errors import XtmError\n"
+            "from xtm.runtime.tokenize import make_tokenizer, missing_tokenizer\n"
+            "print('load:', missing_tokenizer('kiwi'))\n"
+            "try:\n    make_tokenizer(TokenizerSpec('ko', 'kiwi'))('학교')\n"
+            "except XtmError as e:\n    print('first use:', e)\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.strip().splitlines()
+    assert len(lines) == 2 and "Traceback" not in p.stderr
+    for line in lines:
+        assert 'Korean text is tokenized with kiwipiepy, which is not installed: pip install "xtm[ko]"' in line
+
+
+def _korean_english(tmp_path: Path) -> tuple[list[dict], Path]:
+    topics = {"ko": [["축구", "선수", "경기"], ["시장", "은행", "가격"], ["전화", "로봇", "반도체"]],
+              "en": [["football", "player", "match"], ["market", "bank", "price"], ["phone", "robot", "chip"]]}
+    particles = ["에서", "도", "만"]  # they follow any noun (는/은, 를/을 depend on its last sound)
+    rows = []
+    for i in range(90):
+        t, a, b = i % 3, (i // 3) % 3, (i // 3 + 1) % 3
+        words = topics["ko"][t]
+        text = f"{words[a]}{particles[a]} {words[b]}{particles[b]} 좋았다"
+        rows.append({"lang": "ko", "label": str(t), "text": text})
+        rows.append({"lang": "en", "label": str(t), "text": f"{topics['en'][t][a]} {topics['en'][t][b]}"})
+    dct = tmp_path / "dict.tsv"
+    dct.write_text("축구\tfootball\n시장\tmarket\n전화\tphone\n은행\tbank\n", encoding="utf-8")
+    return rows, dct
+
+
+def test_a_korean_english_run_trains_exports_and_serves_korean_words(tmp_path: Path) -> None:
+    import xtm
+
+    docs, dct = _korean_english(tmp_path)
+    run = xtm.train(docs, dictionary=dct, model="nmtm", num_topics=3, epochs=2, out=tmp_path / "run", min_df=1,
+                    contextual=False, seed=0)
+    vocab = (run.run_dir / "vocab_ko.txt").read_text(encoding="utf-8").split()
+    assert {"축구", "선수", "경기", "시장", "은행", "가격"} <= set(vocab)
+    assert not {"축구에서", "축구도", "좋았다", "좋다"} & set(vocab)  # 좋다 is a stopword
+    cfg = json.loads((run.run_dir / "config.json").read_text(encoding="utf-8"))
+    assert cfg["tokenizers"]["ko"]["kind"] == "kiwi"
+    assert run.metrics["corpus"]["preprocessing"]["token_rules"] == TOKEN_RULES
+    model = run.export(tmp_path / "bundle")
+    out = model.infer(["시장에서 은행은 가격을 봤다", "market bank price"], langs=["ko", "en"], route="bow")
+    assert out.routes == ["bow", "bow"] and np.allclose(out.theta.sum(axis=1), 1, atol=1e-5)
+    assert model.bag_of_words(["시장에서 은행은 가격을"], "ko").sum() == 3  # every word found
+
+
+def test_a_korean_run_made_under_rules_2_resumes_with_its_own_words(tmp_path: Path) -> None:
+    # A run trained before Kiwi (rules 2: kind words) keeps its vocabulary of word+particle forms on resume, and
+    # its bundle says words: Kiwi's words would find none of them. (Under rules 2 the dictionary's 축구 matched
+    # nothing: this run's dictionary lists the particle forms.)
+    from xtm.config import DataConfig, TrainConfig
+    from xtm.run_dir import run_token_rules
+    from xtm.trainer.run import run_training
+
+    rows, _ = _korean_english(tmp_path)
+    dct = tmp_path / "dict_rules2.tsv"
+    dct.write_text("축구에서\tfootball\n시장에서\tmarket\n전화에서\tphone\n", encoding="utf-8")
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    cfg, old = TrainConfig(model="nmtm", num_topics=3, epochs=1, progress=False, seed=0), tmp_path / "old"
+    run_training(DataConfig(path=str(docs), dict_path=str(dct), min_df=1, token_rules=2), cfg, old)
+    vocab = (old / "vocab_ko.txt").read_text(encoding="utf-8")
+    assert "축구에서" in vocab.split() and run_token_rules(old) == 2
+    m = run_training(DataConfig(path=str(docs), dict_path=str(dct), min_df=1), TrainConfig(
+        model="nmtm", num_topics=3, epochs=2, progress=False, seed=0), old, resume=True)
+    assert (old / "vocab_ko.txt").read_text(encoding="utf-8") == vocab
+    assert m["corpus"]["preprocessing"]["token_rules"] == 2
+    assert json.loads((old / "config.json").read_text())["tokenizers"]["ko"]["kind"] == "words"
