@@ -89,7 +89,8 @@ def _option(f: Field, spec: Cli, section: str) -> Callable[[F], F]:
         kwargs["multiple"] = True
     else:
         kwargs["type"] = _click_type(spec, default)
-        if default is not MISSING and default is not None:
+        # (a parsed option's default is the setting's, not a value of the option: --stopwords FILE's is no words)
+        if default is not MISSING and default is not None and spec.parse is None:
             kwargs.update(default=default, show_default=True)
     return click.option(*spec.flags.split(), spec.name, **kwargs)
 

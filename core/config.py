@@ -33,6 +33,7 @@ from urllib.parse import unquote_plus, urlsplit
 
 from xtm.errors import XtmError
 from xtm.labels import MAX_LABEL_CHARS
+from xtm.text_files import word_list_option
 
 __all__ = ["CONTEXTUAL_AUTO_ROUTES", "CONTEXTUAL_OBJECTIVES", "DEFAULT_ENCODER", "DEFAULT_MAX_TOKENS", "MODEL_NAMES",
            "PREPROCESSING", "REFINER_NAMES", "TOKEN_RULES", "TOKEN_RULES_BEFORE_RECORDED", "Cli", "ContextualConfig",
@@ -272,6 +273,17 @@ class Preprocessing:
     token_rules: int = setting(TOKEN_RULES, help="How text becomes tokens (xtm.config.TOKEN_RULES): recorded by "
                                                  "each run, so a resume or a contextual fit after an upgrade "
                                                  "rebuilds its vocabulary; not an option.")
+    extra_stopwords: tuple[str, ...] = setting(
+        (), help="A file of words to drop from every language's vocabulary besides its stopword list, one word a "
+                 "line (# comments): domain words such as 'product' or 'customer'. Each is cut by the language's "
+                 "tokenizer like the lists (a word it cuts in several pieces is not used). The words are recorded "
+                 "in config.json: pass the same file to --resume.",
+        cli=Cli("--stopwords", path="file", exists=True, metavar="FILE", parse=word_list_option))
+
+    def __post_init__(self) -> None:
+        # config.json gives a list; anything else but a tuple is refused by name where settings are checked
+        if isinstance(self.extra_stopwords, list):
+            object.__setattr__(self, "extra_stopwords", tuple(self.extra_stopwords))
 
 
 PREPROCESSING = Preprocessing()  # the default rules, for functions that take a Preprocessing
@@ -307,11 +319,13 @@ class DataConfig:
                                    cli=Cli("--eval-train-docs", min=1))
     # At the end: config.json files written before it lack it (the rules a run used are read from run.json).
     token_rules: int = _same_as(Preprocessing, "token_rules")
+    # At the end: config.json files written before it lack it (their runs had none).
+    extra_stopwords: tuple[str, ...] = _same_as(Preprocessing, "extra_stopwords")
 
     @property
     def preprocessing(self) -> Preprocessing:
         return Preprocessing(vocab_size=self.vocab_size, min_df=self.min_df, max_df=self.max_df,
-                             token_rules=self.token_rules)
+                             token_rules=self.token_rules, extra_stopwords=self.extra_stopwords)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

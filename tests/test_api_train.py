@@ -134,6 +134,9 @@ def test_someone_elses_directory_is_refused_before_anything_is_written(example: 
     ({"docs": ["a"], "vocab_sise": 10}, "unknown setting.*vocab_sise.*vocab_size"),
     ({"docs": ["a"], "dictionary": [("a", "b", "c")]}, "dictionary entry 0 must be a pair"),
     ({"docs": ["a"], "dictionary": {"a\tb": "c"}}, "without tabs or newlines"),
+    ({"docs": ["a"], "extra_stopwords": "market"}, "extra_stopwords must be a list of words, got str"),
+    ({"docs": ["a"], "extra_stopwords": ["market", "new york"]}, "must be single words, got 'new york'"),
+    ({"docs": ["a"], "extra_stopwords": [3]}, "extra_stopwords must be single words, got 3"),
 ])
 def test_bad_arguments_are_one_clear_error_before_anything_is_written(kwargs: dict, needle: str,
                                                                      tmp_path: Path) -> None:

@@ -153,3 +153,50 @@ def test_an_llm_refiner_without_phase_2_is_refused_not_ignored(example_dir: Path
              "--out", str(tmp_path / "r")])
     assert p.returncode == 2 and "--phase2-epochs" in p.stderr and "xtm-label" in p.stderr, p.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_stopwords_from_a_file_leave_every_vocabulary_and_a_resume_without_them_says_so(
+        example_dir: Path, tmp_path: Path) -> None:
+    # Domain words the built-in lists do not hold ("experts", "reports"; 报道 "report"), dropped in every language,
+    # recorded in config.json and said back by metrics.json and by a --resume that forgot them.
+    words = tmp_path / "domain.txt"
+    words.write_text("\ufeff# words of this corpus's boilerplate\nExperts\r\nreports\n\n报道\nreports\n",
+                     encoding="utf-8")
+    out = tmp_path / "r"
+    base = ["--data", str(example_dir / "docs.jsonl"), "--dict", str(example_dir / "dict.tsv"), "--model", "nmtm",
+            "--no-contextual", "--topics", "4", "--out", str(out)]
+    p = run(base + ["--epochs", "1", "--stopwords", str(words)])
+    assert p.returncode == 0, p.stderr
+    en = (out / "vocab_en.txt").read_text(encoding="utf-8").split()
+    zh = (out / "vocab_zh.txt").read_text(encoding="utf-8").split()
+    assert "experts" not in en and "reports" not in en and "报道" not in zh
+    assert "agreed" in en and "计划" in zh  # only those
+    assert json.loads((out / "config.json").read_text())["data"]["extra_stopwords"] == ["Experts", "reports", "报道"]
+    prep = json.loads((out / "metrics.json").read_text())["corpus"]["preprocessing"]
+    assert prep["extra_stopwords"] == {"words": 3, "used": {"en": 3, "zh": 3}}
+    forgot = run(base + ["--epochs", "2", "--resume"])
+    assert forgot.returncode == 2
+    assert "--stopwords: 3 words then, none now" in forgot.stderr, forgot.stderr
+    again = run(base + ["--epochs", "2", "--resume", "--stopwords", str(words)])
+    assert again.returncode == 0, again.stderr
+    # A contextual fit rebuilds the run's vocabulary with the recorded words.
+    from xtm.run_dir import RunDir
+    from xtm.trainer.contextual.fit import load_run_corpus
+
+    assert load_run_corpus(out, RunDir(out).load_config(), progress=False).lang("en").vocab == en
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"market\nnew york\n", "domain.txt:2: 'new york' is several words: one word a line"),
+    (b"# nothing but a comment\n\n", "domain.txt: holds no words: expected one word a line"),
+    (b"market\n\xff\xfe\n", "domain.txt:2: not valid UTF-8 text, expected a word list (one word a line)"),
+    (b"market\nst\x00ock\n", "domain.txt:2: binary data (NUL byte), expected a text word list"),
+])
+def test_a_bad_stopword_file_is_one_error_naming_its_line(content: bytes, message: str, example_dir: Path,
+                                                          tmp_path: Path) -> None:
+    words = tmp_path / "domain.txt"
+    words.write_bytes(content)
+    p = run(["--data", str(example_dir / "docs.jsonl"), "--dict", str(example_dir / "dict.tsv"), "--model", "nmtm",
+             "--topics", "4", "--epochs", "1", "--stopwords", str(words), "--out", str(tmp_path / "r")])
+    assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr, p.stderr
+    assert not (tmp_path / "r").exists()  # refused before anything was written

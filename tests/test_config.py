@@ -75,6 +75,9 @@ def test_every_option_default_and_help_is_the_trees(command: click.Command, clas
             assert p.multiple and parsed[spec.name] == (), where
         elif f.default is dataclasses.MISSING:
             assert p.required, where
+        elif spec.parse is not None and spec.path is not None:
+            # A file the setting is read from (--stopwords FILE): absent, no file, and the parse gives the default.
+            assert parsed[spec.name] is None and spec.parse(None) == f.default and not p.show_default, where
         else:
             assert parsed[spec.name] == f.default and type(parsed[spec.name]) is type(f.default), where
             assert p.show_default or f.default is None, where
@@ -303,6 +306,7 @@ DATA_V1 = {"path": "d", "dict_path": None, "langs": None, "vocab_size": 5000, "m
 # Token rules 2 (stopwords-iso, kind words; 2026-12-07): recorded for information, the run's own are in run.json.
 DATA_V2 = {**DATA_V1, "token_rules": 2}
 DATA_V3 = {**DATA_V2, "token_rules": 3}  # Korean through Kiwi (2026-12-07, later)
+DATA_V4 = {**DATA_V3, "extra_stopwords": ()}  # xtm-train --stopwords FILE: the words (JSON: a list)
 PHASE2_V1 = {"epochs": 30, "refine_every": 8, "rounds": 5, "top_words": 15, "refined_words": 15,
              "lambda_mmd": 20000.0, "lambda_doc": 100.0, "doc_tau": 0.1, "mmd": True, "doc_align": True,
              "multi_kernel": False, "encoder": "use-multilingual",
@@ -337,7 +341,7 @@ def test_the_written_dictionaries_keep_their_keys_order_and_defaults() -> None:
     in JSON: same keys, same order, same values)."""
     dump = json.dumps
     assert dump(TrainConfig().to_dict()) == dump(TRAIN_CONFIG_V6)
-    assert dump(DataConfig(path="d").to_dict()) == dump(DATA_V3)
+    assert dump(DataConfig(path="d").to_dict()) == dump(DATA_V4)
     assert dump(DataConfig(path="d", langs=("en", "zh")).to_dict()["langs"]) == '["en", "zh"]'
     assert dump(Phase2Config().to_dict()) == dump(PHASE2_V4)
     assert dump(ContextualConfig().to_dict()) == dump(CONTEXTUAL_V4)

@@ -82,6 +82,11 @@ def test_shards_are_reused_rebuilt_or_refused(example_dir: Path, tmp_path: Path)
     assert (d / "index.json").stat().st_mtime_ns == stamp           # same files and settings: reused
     open_or_build_shards(example_dir / "docs.jsonl", d, shard_size=200, vocab_size=50, progress=False)
     assert len(ShardedCorpus(d).languages[0].vocab) == 50           # other settings: rebuilt
+    en = ShardedCorpus(d).languages[0]
+    assert en.lang == "en" and "experts" in en.vocab
+    open_or_build_shards(example_dir / "docs.jsonl", d, shard_size=200, vocab_size=50, progress=False,
+                         extra_stopwords=("experts",))
+    assert "experts" not in ShardedCorpus(d).languages[0].vocab    # other stopwords (--stopwords): rebuilt
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")

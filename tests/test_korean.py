@@ -148,3 +148,16 @@ def test_a_korean_run_made_under_rules_2_resumes_with_its_own_words(tmp_path: Pa
     assert (old / "vocab_ko.txt").read_text(encoding="utf-8") == vocab
     assert m["corpus"]["preprocessing"]["token_rules"] == 2
     assert json.loads((old / "config.json").read_text())["tokenizers"]["ko"]["kind"] == "words"
+
+
+def test_a_users_korean_stopwords_are_cut_by_kiwi_like_the_text(tmp_path: Path) -> None:
+    # A word list written as Korean is written (with its particle) still names the word Kiwi's tokens hold.
+    import xtm
+
+    docs, dct = _korean_english(tmp_path)
+    run = xtm.train(docs, dictionary=dct, model="nmtm", num_topics=3, epochs=1, out=tmp_path / "run", min_df=1,
+                    contextual=False, seed=0, extra_stopwords=["선수는", "match"])
+    assert "선수" not in (run.run_dir / "vocab_ko.txt").read_text(encoding="utf-8").split()
+    assert "match" not in (run.run_dir / "vocab_en.txt").read_text(encoding="utf-8").split()
+    # each word is cut by each language's tokenizer: both stay one word in both languages
+    assert run.metrics["corpus"]["preprocessing"]["extra_stopwords"] == {"words": 2, "used": {"ko": 2, "en": 2}}

@@ -122,7 +122,8 @@ def train(docs: Sequence[str] | Sequence[Mapping[str, Any]], langs: Sequence[str
     progress: progress bars on stderr.
     settings: any other xtm-train setting by its name in xtm.config: TrainConfig's (batch_size, lr,
         seed, device, threads, checkpoint_every, hparams={...}, eval_every, phase2_epochs, ...) and
-        the vocabulary rules (vocab_size, min_df, max_df). Checked like the command line's options.
+        the vocabulary rules (vocab_size, min_df, max_df; extra_stopwords=[words], xtm-train's --stopwords).
+        Checked like the command line's options.
     """
     if contextual not in (None, True, False):
         raise XtmError(f"contextual must be True, False or None (the default: fitted when the run allows), "
@@ -202,6 +203,14 @@ def _check(cls: type, name: str, value: Any) -> Any:
         if default is None:
             return None
         raise XtmError(f"{name} must not be None: leave it out for its default ({default!r})")
+    if name == "extra_stopwords":  # words, where the command line takes a file of them
+        if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+            raise XtmError(f"extra_stopwords must be a list of words, got {type(value).__name__}")
+        words = sorted(value, key=str) if isinstance(value, (set, frozenset)) else list(value)  # a set: repeatable
+        bad = next((w for w in words if not isinstance(w, str) or len(w.split()) != 1), None)
+        if bad is not None:
+            raise XtmError(f"extra_stopwords must be single words, got {bad!r}")
+        return tuple(dict.fromkeys(words))
     if spec is None or spec.parse is not None or spec.path is not None:
         return value  # hparams (a dict, checked by the backbone), cache_dir (a path)
     if spec.choices is not None:

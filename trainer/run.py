@@ -39,7 +39,7 @@ import scipy.sparse as sp
 import torch
 
 import xtm
-from xtm.config import DataConfig, Phase2Config, TrainConfig, check_device_name
+from xtm.config import DataConfig, Phase2Config, Preprocessing, TrainConfig, check_device_name, from_dict
 from xtm.corpus import Corpus, LanguageCorpus
 from xtm.errors import XtmError
 from xtm.evaluation.metrics import (
@@ -246,16 +246,40 @@ def load_training_data(data: DataConfig, cfg: TrainConfig, out: Path,
     return sharded.eval_corpus(data.eval_train_docs, dict_path=data.dict_path), sharded.batches()
 
 
-def _write_vocabularies(run: RunDir, corpus: Corpus, *, resuming: bool) -> None:
+_PREPROCESSING_OPTIONS = {"vocab_size": "--vocab-size", "min_df": "--min-df", "max_df": "--max-df",
+                          "extra_stopwords": "--stopwords"}
+
+
+def _preprocessing_changes(run: RunDir, prep: Preprocessing) -> str:
+    """The preprocessing options given now that differ from those the run's config.json records, said as options
+    ("--stopwords: 12 words then, none now"); empty when none differs or the record cannot be read."""
+    try:
+        recorded = run.load_config()["data"]
+        then_prep = from_dict(DataConfig, {"path": "", **recorded}).preprocessing
+    except (XtmError, OSError, ValueError, KeyError, TypeError):
+        return ""
+
+    def said(value: Any) -> str:
+        if isinstance(value, tuple):
+            return f"{len(value)} words" if value else "none"
+        return str(value)
+
+    changes = [f"{flag}: {said(getattr(then_prep, name))} then, {said(getattr(prep, name))} now"
+               for name, flag in _PREPROCESSING_OPTIONS.items() if getattr(then_prep, name) != getattr(prep, name)]
+    return "; ".join(changes)
+
+
+def _write_vocabularies(run: RunDir, corpus: Corpus, prep: Preprocessing, *, resuming: bool) -> None:
     """The vocabularies and parity samples export reads. A run resumed from a checkpoint keeps its
     own: the checkpoint's columns are those words, so a vocabulary that differs is refused here,
     before anything is written (a refused --resume once left the run unexportable)."""
     for lc in corpus.languages:
         if resuming and run.vocab_path(lc.lang).exists():
             if run.read_vocab(lc.lang) != list(lc.vocab):
+                changed = _preprocessing_changes(run, prep)
+                why = f": {changed}" if changed else " (other data or preprocessing settings?)"
                 raise XtmError(f"--resume: the '{lc.lang}' vocabulary built from this data differs from the one "
-                               "this run was trained with (other data or preprocessing settings?)",
-                               path=run.vocab_path(lc.lang))
+                               f"this run was trained with{why}", path=run.vocab_path(lc.lang))
         else:
             run.write_vocab(lc.lang, lc.vocab)
     for lc in corpus.languages:
@@ -274,7 +298,7 @@ def _run(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool, phase2: Ph
     run = RunDir(out)
     if main:
         logger.info(cfg.describe())
-        _write_vocabularies(run, corpus, resuming=resume and has_checkpoint(out))
+        _write_vocabularies(run, corpus, data.preprocessing, resuming=resume and has_checkpoint(out))
 
     objective = None
     if phase2 is not None:

@@ -27,7 +27,8 @@ from pathlib import Path
 from xtm.errors import XtmError
 from xtm.languages import normalize_lang
 from xtm.runtime.records import drop_bom
-from xtm.trainer.data.jsonl import check_unicode_text, json_object, read_bounded
+from xtm.text_files import read_bounded
+from xtm.trainer.data.jsonl import check_unicode_text, json_object
 
 # Parallel text is held in memory whole (every pair is a training example); past this it is not a parallel text
 # a contextual fit reads.

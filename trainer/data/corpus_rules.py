@@ -23,7 +23,7 @@ from xtm.errors import XtmError
 from xtm.languages import UNSEGMENTED, normalize_lang
 from xtm.runtime.tokenize import default_tokenizer_spec
 from xtm.trainer.data.jsonl import ReadStats
-from xtm.trainer.data.stopwords import stopword_source
+from xtm.trainer.data.stopwords import extra_stopwords, stopword_source
 
 __all__ = ["HOLDOUT_FRACTION", "corpus_info", "label_names", "language_order", "normalize_langs",
            "choose_test_documents", "split_mode", "warn_user"]
@@ -193,6 +193,10 @@ def corpus_info(source: Path, files: list[Path], stats: ReadStats, label_names: 
         "preprocessing": {"vocab_size": prep.vocab_size, "min_df": prep.min_df, "max_df": float(prep.max_df),
                           "min_doc_tokens": prep.min_doc_tokens, "seed": seed, "token_rules": prep.token_rules,
                           "stopwords": sources,
+                          # the user's words (--stopwords), and how many each language's tokenizer kept as one word
+                          "extra_stopwords": {"words": len(prep.extra_stopwords), "used": {
+                              lang: len(extra_stopwords(lang, prep.token_rules, prep.extra_stopwords))
+                              for lang in lang_info}} if prep.extra_stopwords else None,
                           "holdout_fraction": HOLDOUT_FRACTION if split_mode == "holdout" else None},
     }
 

@@ -19,7 +19,7 @@ import scipy.sparse as sp
 
 from xtm.corpus import Corpus
 from xtm.errors import XtmError
-from xtm.trainer.data.jsonl import read_bounded
+from xtm.text_files import read_text_file
 
 __all__ = ["attach_links", "build_links", "is_latin_word", "porter_stemmer", "read_dictionary"]
 
@@ -32,10 +32,7 @@ _MIN_LATIN_WORDS = 20
 
 # Bilingual dictionaries are a few MB (MUSE's full en-zh: 2 MB); a file past this is another kind of file.
 MAX_DICTIONARY_BYTES = 256 << 20
-
-
-def _line_of(data: bytes, offset: int) -> int:
-    return data.count(b"\n", 0, offset) + 1
+_FORM = "`source<TAB>target`"
 
 
 def read_dictionary(path: str | Path) -> list[tuple[str, str]]:
@@ -46,7 +43,7 @@ def read_dictionary(path: str | Path) -> list[tuple[str, str]]:
     that cannot be read, is binary, or holds no pair at all raises XtmError.
     """
     p = Path(path)
-    pairs, bad, first_bad = _parse_pairs(_read_text(p))
+    pairs, bad, first_bad = _parse_pairs(read_text_file(p, MAX_DICTIONARY_BYTES, "dictionary", _FORM))
     if not pairs:
         if first_bad is not None:
             raise XtmError("no valid `source<TAB>target` pair in the dictionary (this line is the first "
@@ -55,29 +52,6 @@ def read_dictionary(path: str | Path) -> list[tuple[str, str]]:
     if bad:
         warnings.warn(f"{p}: skipped {bad} malformed line(s), first at line {first_bad}", stacklevel=2)
     return pairs
-
-
-def _read_text(p: Path) -> str:
-    """The dictionary file as text; unreadable, binary or non-UTF-8 files are XtmErrors naming the line."""
-    try:
-        data = read_bounded(p, MAX_DICTIONARY_BYTES)
-    except IsADirectoryError:
-        raise XtmError("is a directory, expected a dictionary file", path=p) from None
-    except FileNotFoundError:
-        raise XtmError("dictionary file not found", path=p) from None
-    except OSError as e:
-        raise XtmError(f"cannot read dictionary: {e.strerror or e}", path=p) from None
-    if len(data) > MAX_DICTIONARY_BYTES:
-        raise XtmError(f"larger than {MAX_DICTIONARY_BYTES >> 20} MiB: not a dictionary `source<TAB>target`", path=p)
-    nul = data.find(b"\x00")
-    if nul >= 0:
-        raise XtmError("binary data (NUL byte), expected a text dictionary `source<TAB>target`",
-                       path=p, line=_line_of(data, nul))
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise XtmError("not valid UTF-8 text, expected a dictionary `source<TAB>target`",
-                       path=p, line=_line_of(data, e.start)) from None
 
 
 def _parse_pairs(text: str) -> tuple[list[tuple[str, str]], int, int | None]:

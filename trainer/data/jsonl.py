@@ -24,7 +24,7 @@ from xtm.runtime import records
 from xtm.runtime.langid import detect_language
 from xtm.runtime.records import decode_json_line, drop_bom
 from xtm.runtime.tokenize import default_tokenizer_spec, make_tokenizer
-from xtm.trainer.data.stopwords import stopwords
+from xtm.trainer.data.stopwords import extra_stopwords, stopwords
 
 __all__ = ["Document", "ReadStats", "check_unicode_text", "corpus_name", "json_object", "jsonl_files", "read_documents"]
 
@@ -79,14 +79,16 @@ def corpus_name(source: Path) -> str:
 
 
 def read_documents(files: list[Path], want: list[str] | None, progress: bool,
-                   stats: ReadStats, rules: int = TOKEN_RULES) -> Iterator[Document]:
+                   stats: ReadStats, rules: int = TOKEN_RULES, extra_stopwords: tuple[str, ...] = ()
+                   ) -> Iterator[Document]:
     """Parse, validate and tokenize JSONL documents one at a time, in file and line order.
 
     want: the languages to keep (None: all); documents in others are counted in `stats.skipped_lang`.
     rules: the token rules (xtm.config.TOKEN_RULES) that pick each language's tokenizer and stopwords.
+    extra_stopwords: the user's words dropped besides each language's list (xtm-train --stopwords).
     Whatever goes wrong with one line (a tokenizer's error included) is an XtmError naming it.
     """
-    reader = _DocumentReader(want, stats, multi=len(files) > 1, rules=rules)
+    reader = _DocumentReader(want, stats, multi=len(files) > 1, rules=rules, extra=extra_stopwords)
     for f, lineno, raw in _iter_lines(files, progress):
         try:
             doc = reader.parse(f, lineno, raw)
@@ -139,17 +141,6 @@ def _file_lines(f: Path) -> Iterator[tuple[int, bytes]]:
                 raise XtmError(f"line longer than {records.MAX_LINE_BYTES:,} bytes: not a JSONL document", path=f,
                                line=lineno)
             yield lineno, raw
-
-
-def read_bounded(path: Path, limit: int) -> bytes:
-    """A text input read whole (a dictionary, parallel text), at most `limit` + 1 bytes: a longer result
-    means the file is over the bound. Reading stops after the first MiB when it holds a NUL byte (never in
-    text), so /dev/zero or a binary fails at once instead of filling memory. OSError passes through."""
-    with open(path, "rb") as f:
-        data = f.read(min(1 << 20, limit + 1))
-        if b"\x00" not in data and len(data) <= limit:
-            data += f.read(limit + 1 - len(data))
-    return data
 
 
 # --------------------------------------------------------------------------- one line
@@ -254,8 +245,9 @@ def _named_lang(raw_lang: Any, f: Path, lineno: int) -> str:
 class _DocumentReader:
     """The per-line work of `read_documents`: one raw line -> a usable document, or None (counted)."""
 
-    def __init__(self, want: list[str] | None, stats: ReadStats, multi: bool, rules: int) -> None:
-        self.want, self.stats, self.multi, self.rules = want, stats, multi, rules
+    def __init__(self, want: list[str] | None, stats: ReadStats, multi: bool, rules: int,
+                 extra: tuple[str, ...]) -> None:
+        self.want, self.stats, self.multi, self.rules, self.extra = want, stats, multi, rules, extra
         self.tokenizers: dict[str, tuple[Callable[[str], list[str]], frozenset[str]]] = {}
 
     def parse(self, f: Path, lineno: int, raw: bytes) -> Document | None:
@@ -297,7 +289,7 @@ class _DocumentReader:
         tok = self.tokenizers.get(lang)
         if tok is None:
             tok = self.tokenizers[lang] = (make_tokenizer(default_tokenizer_spec(lang, self.rules)),
-                                           stopwords(lang, self.rules))
+                                           stopwords(lang, self.rules) | extra_stopwords(lang, self.rules, self.extra))
             self.stats.dropped_by_lang[lang] = Counter()  # a language met, even if all its documents go
         if not text.strip():
             self.stats.drop("empty_text", lang)

@@ -150,7 +150,7 @@ def _load_jsonl(files: list[Path], source: Path, want: list[str] | None, prep: P
                 progress: bool) -> Corpus:
     check_preprocessing(prep)
     stats = ReadStats()
-    docs = _read(files, want, progress, stats, prep.token_rules)
+    docs = _read(files, want, progress, stats, prep)
     order = language_order({x: d.n for x, d in docs.items()}, {x: d.explicit for x, d in docs.items()},
                            want, source, stats)
     all_labels = [lab for x in order for lab in docs[x].labels]
@@ -172,10 +172,10 @@ def _load_jsonl(files: list[Path], source: Path, want: list[str] | None, prep: P
 
 
 def _read(files: list[Path], want: list[str] | None, progress: bool, stats: ReadStats,
-          rules: int) -> dict[str, _LangDocs]:
+          prep: Preprocessing) -> dict[str, _LangDocs]:
     """Every document, by language; a language met whose every document was dropped has an empty entry."""
     docs: dict[str, _LangDocs] = {}
-    for doc in read_documents(files, want, progress, stats, rules):
+    for doc in read_documents(files, want, progress, stats, prep.token_rules, prep.extra_stopwords):
         ld = docs.get(doc.lang)
         if ld is None:
             ld = docs[doc.lang] = _LangDocs()

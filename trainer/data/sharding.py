@@ -296,11 +296,14 @@ def _source_files(p: Path) -> list[Path]:
 
 def _settings(want: list[str] | None, prep: Preprocessing, seed: int, shard_size: int) -> dict[str, Any]:
     """What the shards' content depends on besides the input files (index.json, the fingerprint)."""
-    return {"langs": want, "vocab_size": prep.vocab_size, "min_df": prep.min_df, "max_df": float(prep.max_df),
-            "min_doc_tokens": prep.min_doc_tokens, "seed": seed, "shard_size": shard_size,
-            "token_rules": prep.token_rules,
-            # Tokens depend on the text's normal form and the stopword lists: shards cut under others are rebuilt.
-            "text": TEXT_NORMALIZATION, "stopwords": stopwords_id()}
+    settings = {"langs": want, "vocab_size": prep.vocab_size, "min_df": prep.min_df, "max_df": float(prep.max_df),
+                "min_doc_tokens": prep.min_doc_tokens, "seed": seed, "shard_size": shard_size,
+                "token_rules": prep.token_rules,
+                # Tokens depend on the text's normal form and the stopword lists: shards cut under others are rebuilt.
+                "text": TEXT_NORMALIZATION, "stopwords": stopwords_id()}
+    if prep.extra_stopwords:  # (only then: shards cut before the option existed keep their fingerprint)
+        settings["extra_stopwords"] = list(prep.extra_stopwords)
+    return settings
 
 
 def _fingerprint(files: Sequence[Path], settings: dict[str, Any]) -> str:
@@ -403,7 +406,8 @@ def _spill_documents(job: _Job) -> tuple[dict[str, Spill], dict[Any, int]]:
     spills: dict[str, Spill] = {}
     label_codes: dict[Any, int] = {}
     try:
-        for doc in read_documents(job.files, job.want, job.progress, job.stats, job.prep.token_rules):
+        for doc in read_documents(job.files, job.want, job.progress, job.stats, job.prep.token_rules,
+                                  job.prep.extra_stopwords):
             s = spills.get(doc.lang)
             if s is None:
                 s = spills[doc.lang] = Spill(job.spill_root / doc.lang)

@@ -18,7 +18,7 @@ from xtm.config import TOKEN_RULES
 from xtm.errors import XtmError
 from xtm.languages import normalize_lang
 
-__all__ = ["function_words", "stopword_source", "stopwords", "stopwords_id"]
+__all__ = ["extra_stopwords", "function_words", "stopword_source", "stopwords", "stopwords_id"]
 
 _EN = """
 a about above after again against ago all almost also although always am among an and another
@@ -117,6 +117,18 @@ def stopwords(lang: str, rules: int = TOKEN_RULES) -> frozenset[str]:
     if code is None:
         return _EMPTY
     return _LISTS.get(code) or (_iso_list(code, rules) if rules >= 2 else _EMPTY)
+
+
+@cache
+def extra_stopwords(lang: str, rules: int, words: tuple[str, ...]) -> frozenset[str]:
+    """A user's stopwords (xtm-train --stopwords) as `lang`'s tokenizer under token `rules` cuts them: entries of
+    one token only, as for stopwords-iso's lists ("e-mail" would otherwise drop "mail" everywhere)."""
+    if not words:
+        return _EMPTY
+    from xtm.runtime.tokenize import default_tokenizer_spec, make_tokenizer
+
+    tokenize = make_tokenizer(default_tokenizer_spec(lang, rules))
+    return frozenset(t[0] for t in map(tokenize, words) if len(t) == 1)
 
 
 def function_words(lang: str) -> frozenset[str]:

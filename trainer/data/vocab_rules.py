@@ -36,6 +36,10 @@ def check_preprocessing(prep: Preprocessing) -> None:
         raise XtmError(f"min_doc_tokens must be an integer >= 1, got {min_doc_tokens!r}",
                        field="min_doc_tokens")
     check_token_rules(prep.token_rules)
+    words = prep.extra_stopwords
+    if not isinstance(words, tuple) or not all(isinstance(w, str) and len(w.split()) == 1 for w in words):
+        raise XtmError(f"extra_stopwords must be a list of single words, got {str(words)[:80]}",
+                       field="extra_stopwords")
 
 
 def check_token_rules(rules: object) -> None:
