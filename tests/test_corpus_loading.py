@@ -501,6 +501,9 @@ def test_synthetic_benchmark_dir(tmp_path: Path) -> None:
     assert old.lang("en").tokenizer.kind == "regex" and old.lang("zh").tokenizer.kind == "jieba"
     with pytest.raises(XtmError, match="token_rules must be a whole number"):
         load_corpus(write_benchmark(tmp_path / "Bad"), prep=Preprocessing(token_rules=True))
+    # --stopwords cannot reach bags of words already counted: said, not silently ignored.
+    with pytest.raises(XtmError, match="--stopwords applies to JSONL documents"):
+        load_corpus(write_benchmark(tmp_path / "Stop"), prep=Preprocessing(extra_stopwords=("apple",)))
 
 
 @pytest.mark.parametrize("missing", ["vocab_cn", "train_bow_matrix_en.npz", "test_bow_matrix_cn.npz"])

@@ -76,6 +76,9 @@ def load_corpus(
     want = normalize_langs(langs)
     if p.is_dir() and is_benchmark_dir(p):
         check_token_rules(prep.token_rules)
+        if prep.extra_stopwords:
+            raise XtmError("--stopwords applies to JSONL documents: a benchmark directory's bags of words are read "
+                           "as they are", path=p)
         corpus = load_benchmark(p, want, prep.token_rules)
     else:
         corpus = _load_jsonl(_jsonl_input(p), p, want, prep, seed, progress)
