@@ -57,9 +57,9 @@ if TYPE_CHECKING:
     from xtm.runtime.model import TopicModel
 
 __all__ = ["CHUNK_BATCHES", "RAY_THREADS_PER_ACTOR", "ROUTES", "ROUTE_HELP", "BadLines", "Engine",
-           "InferenceCounts", "InferenceOptions", "NoResultsError", "OutputWriter", "Row", "WorkerPool", "check_route",
-           "infer_file", "infer_records", "no_contextual_route", "open_output", "parse_max_bad", "sink_writer",
-           "table_shape"]
+           "check_min_lang_conf", "InferenceCounts", "InferenceOptions", "NoResultsError", "OutputWriter", "Row",
+           "WorkerPool", "check_route", "infer_file", "infer_records", "no_contextual_route", "open_output",
+           "parse_max_bad", "sink_writer", "table_shape"]
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +126,13 @@ def _option(default: Any, help: str, minimum: int | None = None) -> Any:
     return field(default=default, metadata={"help": help, "min": minimum})
 
 
+def check_min_lang_conf(value: Any) -> float:
+    """`value` as the float a detection's confidence is compared with; XtmError unless a number in [0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) <= 1.0:
+        raise XtmError(f"min_lang_conf must be a number from 0 to 1, got {value!r}")
+    return float(value)
+
+
 def whole_number(name: str, value: Any, low: int = 1) -> int:
     """`value` as a plain int when it is a whole number >= low (numpy integers too); XtmError otherwise.
 
@@ -158,12 +165,19 @@ class InferenceOptions:
     threads: int | None = _option(
         None, f"onnxruntime threads (local default: all cores; ray: per actor, default {RAY_THREADS_PER_ACTOR}).",
         minimum=1)
+    # At the end: positional callers of the fields above keep their meaning.
+    min_lang_conf: float = _option(
+        0.0, "A detected language under this probability (0-1) makes the line unsupported, a bad line, instead of "
+             "a guess: a text of a word or two ('bank market', a spreadsheet cell) is read as the served language "
+             "it most resembles with a low lang_conf (0.02-0.1; a sentence: 0.98). Given languages are not "
+             "judged. 0: every detection is taken.")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             if f.metadata.get("min") is not None and getattr(self, f.name) is not None:
                 object.__setattr__(self, f.name, whole_number(f.name, getattr(self, f.name), f.metadata["min"]))
         check_route(self.route)
+        object.__setattr__(self, "min_lang_conf", check_min_lang_conf(self.min_lang_conf))
         count, share = parse_max_bad(self.max_bad)
         if share is not None:
             if self.max_share is not None and self.max_share != share:
@@ -332,7 +346,7 @@ class Engine:
         o = self.options
         try:
             res = self.model.infer([d["text"] for d in docs], [d["lang"] for d in docs], batch_size=o.batch_size,
-                                   top_k=o.top_k, route=o.route)
+                                   top_k=o.top_k, route=o.route, min_lang_conf=o.min_lang_conf)
             lines = self.formatter.lines(res, [d["id_json"] for d in docs])
         except Exception as e:
             if len(docs) == 1:

@@ -47,7 +47,14 @@ from xtm.runtime.bundle import (
     read_verified,
 )
 from xtm.runtime.contextual import ContextualEncoder
-from xtm.runtime.engine import InferenceOptions, check_route, infer_records, no_contextual_route, whole_number
+from xtm.runtime.engine import (
+    InferenceOptions,
+    check_min_lang_conf,
+    check_route,
+    infer_records,
+    no_contextual_route,
+    whole_number,
+)
 from xtm.runtime.langid import identify  # light: py3langid's model loads on first detection
 from xtm.runtime.providers import check_used, import_onnxruntime, parse_providers, resolve_providers
 from xtm.runtime.tokenize import TEXT_NORMALIZATION, missing_tokenizer
@@ -589,7 +596,8 @@ class TopicModel:
             "the bag-of-words route" if route == "bow" else "the contextual route")
         return f"not served by {where} (it serves {', '.join(self.served_languages(route) or [])})"
 
-    def _resolve(self, texts: Sequence[str], langs: Sequence[str | None] | str | None, route: str) -> _Resolved:
+    def _resolve(self, texts: Sequence[str], langs: Sequence[str | None] | str | None, route: str,
+                 min_lang_conf: float = 0.0) -> _Resolved:
         """Language, route, detection confidence and unsupported note of each text (see infer)."""
         check_route(route)
         n = len(texts)
@@ -648,6 +656,10 @@ class TopicModel:
                 out.notes[i] = det.note
                 continue
             out.langs[i] = det.lang
+            if det.confidence < min_lang_conf:
+                out.notes[i] = (f"detected language '{det.lang}' with probability {det.confidence:.2f}, under "
+                                f"min_lang_conf {min_lang_conf:g}: a guess (give the line's lang)")
+                continue
             r = self._route_of(det.lang, route, ctx_any, ctx)
             if r is None:
                 out.notes[i] = (f"detected language '{det.lang}' (confidence {det.confidence:.2f}) is "
@@ -669,11 +681,14 @@ class TopicModel:
 
     def infer(self, texts: Sequence[str], langs: Sequence[str | None] | str | None = None,
               batch_size: int = InferenceOptions.batch_size, top_k: int = InferenceOptions.top_k,
-              route: str = InferenceOptions.route, *, show_progress_bar: bool = False) -> InferenceResult:
+              route: str = InferenceOptions.route, *, show_progress_bar: bool = False,
+              min_lang_conf: float = InferenceOptions.min_lang_conf) -> InferenceResult:
         """Topic distributions of `texts`, in input order.
 
         show_progress_bar: a bar on stderr counting documents through the encoders (tqdm), for
         long lists in a notebook or terminal.
+        min_lang_conf: a detected language with a lower probability (lang_conf) makes its row
+        unsupported (the reason in `notes`) instead of a guess; given languages are not judged.
 
         langs: one code for all texts, one per text (None entries are detected), or None to detect
         all. route (see `xtm.runtime.engine.ROUTES` and `resolve_routes`): "auto" (default) reads every
@@ -696,7 +711,7 @@ class TopicModel:
         whole_number("top_k", top_k, 0)
         texts = _encodable(texts)
         n, K = len(texts), self.num_topics
-        res = self._resolve(texts, langs, route)
+        res = self._resolve(texts, langs, route, check_min_lang_conf(min_lang_conf))
         theta = np.full((n, K), np.nan, dtype=np.float32)
         empty = np.ones(n, dtype=bool)
         oov = np.full(n, np.nan, dtype=np.float32)
@@ -731,7 +746,8 @@ class TopicModel:
     def infer_records(self, records: Iterable[Mapping[str, Any]], *, top_k: int = InferenceOptions.top_k,
                       batch_size: int = InferenceOptions.batch_size, route: str = InferenceOptions.route,
                       full_theta: bool = InferenceOptions.full_theta, strict: bool = InferenceOptions.strict,
-                      max_bad: int | str | None = None, report: Callable[[str], None] | None = None) -> Iterator[str]:
+                      max_bad: int | str | None = None, report: Callable[[str], None] | None = None,
+                      min_lang_conf: float = InferenceOptions.min_lang_conf) -> Iterator[str]:
         """xtm-infer's output line (JSON text) for each good record, in order, lazily: the batch
         engine (`xtm.runtime.engine.infer_records`) on this model.
 
@@ -746,7 +762,7 @@ class TopicModel:
             raise XtmError(f"records must be an iterable of mappings, got {type(records).__name__} (pass "
                            "df.to_dict('records'))")
         options = InferenceOptions(top_k=top_k, batch_size=batch_size, route=route, full_theta=full_theta,
-                                   strict=strict, max_bad=max_bad)
+                                   strict=strict, max_bad=max_bad, min_lang_conf=min_lang_conf)
         return infer_records(self, records, options=options, report=report)
 
     def _infer_bow(self, texts: Sequence[str], lang: str, idx: np.ndarray, batch_size: int, theta: np.ndarray,

@@ -209,7 +209,8 @@ class _TopicActor:
         res = None
         if docs:
             res = engine.model.infer([d["text"] for d in docs], [d["lang"] for d in docs],
-                                     batch_size=opts.batch_size, top_k=opts.top_k, route=opts.route)
+                                     batch_size=opts.batch_size, top_k=opts.top_k, route=opts.route,
+                                     min_lang_conf=opts.min_lang_conf)
         return _result_table(batch, res, rows, errors, engine.model.num_topics, opts)
 
 
@@ -345,7 +346,8 @@ def _map_actors(ds: ray.data.Dataset, bundle_dir: str | Path, mode: str, options
 def infer_dataset(ds: ray.data.Dataset, bundle_dir: str | Path, *, num_actors: int | None = None,
                   threads_per_actor: int | None = None, top_k: int = InferenceOptions.top_k,
                   route: str = InferenceOptions.route, batch_size: int = InferenceOptions.batch_size,
-                  full_theta: bool = InferenceOptions.full_theta) -> ray.data.Dataset:
+                  full_theta: bool = InferenceOptions.full_theta,
+                  min_lang_conf: float = InferenceOptions.min_lang_conf) -> ray.data.Dataset:
     """Topic mixtures of a Ray Dataset of documents, computed on `num_actors` actors (lazy).
 
     ds: columns "text" (str), optionally "lang" (ISO 639-1 or a name normalize_lang knows; null =
@@ -368,7 +370,8 @@ def infer_dataset(ds: ray.data.Dataset, bundle_dir: str | Path, *, num_actors: i
     threads_per_actor below the cluster's CPUs, or materialize() the input first.
     """
     num_actors, threads_per_actor = _actor_counts(num_actors, threads_per_actor)
-    options = InferenceOptions(top_k=top_k, route=route, batch_size=batch_size, full_theta=full_theta)
+    options = InferenceOptions(top_k=top_k, route=route, batch_size=batch_size, full_theta=full_theta,
+                               min_lang_conf=min_lang_conf)
     return _map_actors(ds, bundle_dir, "columns", options, num_actors=num_actors,
                        threads_per_actor=threads_per_actor, reserve=1)
 
@@ -487,7 +490,8 @@ def infer_files(paths: Sequence[str | Path], bundle_dir: str | Path, out_path: s
                 batch_size: int = InferenceOptions.batch_size, full_theta: bool = InferenceOptions.full_theta,
                 strict: bool = InferenceOptions.strict, max_bad: int | str | None = None,
                 max_share: float | None = None, report: Callable[[str], None] | None = None,
-                progress: bool | None = None, sink: IO[bytes] | None = None) -> InferenceCounts:
+                progress: bool | None = None, sink: IO[bytes] | None = None,
+                min_lang_conf: float = InferenceOptions.min_lang_conf) -> InferenceCounts:
     """xtm-infer's output for JSONL and Parquet files and directories, computed on Ray actors.
 
     Writes one line per good row, in input order (files in the given order, directories sorted),
@@ -510,7 +514,7 @@ def infer_files(paths: Sequence[str | Path], bundle_dir: str | Path, out_path: s
     from xtm.runtime.records import check_out_path
 
     options = InferenceOptions(top_k=top_k, route=route, batch_size=batch_size, full_theta=full_theta,
-                               strict=strict, max_bad=max_bad, max_share=max_share)
+                               strict=strict, max_bad=max_bad, max_share=max_share, min_lang_conf=min_lang_conf)
     files = list_input_files(paths)
     check_out_path(out_path, [p for p, _ in files])
     _check_route(bundle_dir, route)  # fail before starting anything

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from bundle_fixture import HandBundle, make_bundle
 from click.testing import CliRunner
@@ -150,3 +151,39 @@ def test_ids_of_any_json_type_round_trip(hb: HandBundle, tmp_path: Path) -> None
     r = invoke([str(src), "--bundle", str(hb.path), "--sparse-theta"])
     assert r.exit_code == 0
     assert [json.loads(line)["id"] for line in r.stdout.splitlines()] == ids + [5]  # line number when absent
+
+
+def test_min_lang_conf_makes_a_guessed_language_a_bad_line_with_its_reason(hb: HandBundle, tmp_path: Path) -> None:
+    # "bank market" is read as English with probability 0.04: a guess a pipeline can now refuse by line. A given
+    # language is not judged; a sentence passes.
+    rows = [{"id": "q", "text": "bank market"}, {"id": "s", "text": "The stock market fell sharply today."},
+            {"id": "g", "text": "bank market", "lang": "en"},
+            {"id": "z", "text": "北京的经济增长很快，股票市场也很活跃"}]
+    src = write_jsonl(tmp_path / "docs.jsonl", rows)
+    plain = invoke([str(src), "--bundle", str(hb.path)])
+    assert [json.loads(line)["id"] for line in plain.stdout.splitlines()] == ["q", "s", "g", "z"]
+    assert json.loads(plain.stdout.splitlines()[0])["lang_conf"] < 0.5
+    for workers in ([], ["--workers", "2"]):
+        r = invoke([str(src), "--bundle", str(hb.path), "--min-lang-conf", "0.5", *workers])
+        assert r.exit_code == 0, r.stderr
+        assert [json.loads(line)["id"] for line in r.stdout.splitlines()] == ["s", "g", "z"]
+        assert f"{src}:1: detected language 'en' with probability 0.0" in r.stderr
+        assert "under min_lang_conf 0.5: a guess (give the line's lang)" in r.stderr and "skipped 1 of 4" in r.stderr
+    bad = invoke([str(src), "--bundle", str(hb.path), "--min-lang-conf", "1.5"])
+    assert bad.exit_code == 2 and "1.5 is not in the range 0<=x<=1" in bad.stderr
+
+
+def test_min_lang_conf_in_the_python_api(hb: HandBundle) -> None:
+    from xtm.errors import XtmError
+    from xtm.runtime import TopicModel
+
+    model = TopicModel.load(hb.path)
+    res = model.infer(["bank market", "The stock market fell sharply today."], min_lang_conf=0.5)
+    assert res.unsupported.tolist() == [True, False] and res.routes[0] is None and res.langs[0] == "en"
+    assert "under min_lang_conf 0.5" in res.notes[0] and np.isnan(res.theta[0]).all()
+    assert not model.infer(["bank market"], langs="en", min_lang_conf=1.0).unsupported[0]  # given: not judged
+    with pytest.raises(XtmError, match="min_lang_conf must be a number from 0 to 1, got -0.1"):
+        model.infer(["bank market"], min_lang_conf=-0.1)
+    lines = list(model.infer_records([{"text": "bank market"}, {"text": "The stock market fell sharply today."}],
+                                     min_lang_conf=0.5, report=lambda msg: None))
+    assert len(lines) == 1 and json.loads(lines[0])["id"] == 2

@@ -532,3 +532,15 @@ def test_an_unreadable_input_is_one_error_naming_it(ray_local, hb: HandBundle, t
     assert r.exit_code == 2, (r.exception, r.output)
     assert r.stderr == "error: /proc/self/mem: cannot read: Input/output error\n"
     assert not out.exists()
+
+
+def test_min_lang_conf_reaches_the_ray_actors(ray_local, hb: HandBundle, tmp_path: Path) -> None:
+    rows = [{"id": "q", "text": "bank market"}, {"id": "s", "text": "The stock market fell sharply today."}]
+    src = _write_jsonl(tmp_path / "d.jsonl", rows)
+    args = [str(src), "--bundle", str(hb.path), "--min-lang-conf", "0.5"]
+    local, local_err = _local(args)
+    r = CliRunner().invoke(main, [*args, "--engine", "ray", "--actors", "1"], catch_exceptions=False)
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout == local and [json.loads(line)["id"] for line in local.splitlines()] == ["s"]
+    assert any(f"{src}:1: detected language 'en' with probability" in line for line in r.stderr.splitlines())
+    assert any("under min_lang_conf 0.5" in line for line in local_err)
