@@ -380,8 +380,10 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def write_text(path: str | Path, text: str) -> None:
-    with atomic_open(path) as f:
-        f.write(text)
+    """`text` as UTF-8, replaced whole (atomic_open). Written as bytes: the same "\n" line ends on every platform
+    (a text-mode file would write "\r\n" on Windows, and vocabulary files are read by their "\n")."""
+    with atomic_open(path, "wb", encoding=None) as f:
+        f.write(text.encode("utf-8"))
 
 
 # Files a desktop writes into any folder a user merely opens or copies: the Finder's .DS_Store, Windows
