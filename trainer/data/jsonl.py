@@ -171,14 +171,35 @@ OTHER_FIELD_NAMES: dict[str, tuple[str, ...]] = {
 
 
 def _unread_fields(obj: dict[str, Any]) -> list[tuple[str, str]]:
-    """(their name, xtm's field) for each field the document lacks while it carries another tool's name for it."""
-    return [(other, name) for name, others in OTHER_FIELD_NAMES.items() if name not in obj
-            for other in others if other in obj]
+    """(their name, xtm's field) for each field the document lacks while it carries another tool's name for it, or
+    a misspelling of it: another case ("Text", "LANG"), or one letter off ("lable", "lnag", "texts")."""
+    return [(other, name) for name in OTHER_FIELD_NAMES if name not in obj for other in _names_for(obj, name)]
+
+
+def _names_for(obj: dict[str, Any], name: str) -> list[str]:
+    """The keys of `obj` that are another tool's name for field `name` or a misspelling of it."""
+    others = OTHER_FIELD_NAMES[name]
+    return [k for k in obj if isinstance(k, str) and (k in others or _misspelt(k.lower(), name))]
+
+
+def _misspelt(key: str, name: str) -> bool:
+    """`key` (lowercased) is `name` or one edit from it (a letter added, dropped, changed, or two swapped); names
+    shorter than four letters ("id") only in another case."""
+    if key == name:
+        return True
+    if len(name) < 4 or abs(len(key) - len(name)) > 1:
+        return False
+    if len(key) == len(name):
+        diff = [i for i, (a, b) in enumerate(zip(key, name, strict=True)) if a != b]
+        return len(diff) == 1 or (len(diff) == 2 and diff[1] == diff[0] + 1
+                                  and key[diff[0]] == name[diff[1]] and key[diff[1]] == name[diff[0]])
+    short, long_ = (key, name) if len(key) < len(name) else (name, key)
+    return any(long_[:i] + long_[i + 1:] == short for i in range(len(long_)))
 
 
 def _text(obj: dict[str, Any], f: Path, lineno: int) -> str:
     if "text" not in obj:
-        near = [k for k in OTHER_FIELD_NAMES["text"] if k in obj]
+        near = _names_for(obj, "text")
         hint = f" (this line has {near[0]!r}: xtm reads 'text')" if near else ""
         raise XtmError(f"missing: every document needs its text{hint}", path=f, line=lineno, field="text")
     text = obj["text"]
