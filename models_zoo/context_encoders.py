@@ -29,12 +29,12 @@ import torch
 from torch import Tensor, nn
 
 from xtm.errors import XtmError
+from xtm.models_zoo.embedding_cache import cached_vectors
 from xtm.models_zoo.encoders import (
     DEFAULT_ENCODER,
     DEFAULT_MAX_TOKENS,
     USE_LANGUAGES,
     SentenceEncoder,
-    cached_vectors,
     l2_normalize,
     load_sentence_transformer,
     parse_encoder_name,

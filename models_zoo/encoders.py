@@ -15,12 +15,9 @@ package and the model are available.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -28,14 +25,13 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from tqdm.auto import tqdm
 
-from xtm.atomic import NotRegularFileError, open_directory, open_entry, replacing_at
 from xtm.config import DEFAULT_ENCODER, DEFAULT_MAX_TOKENS
 from xtm.errors import XtmError, exception_text
-from xtm.npy_header import read_npy_header
+from xtm.models_zoo.embedding_cache import cached_vectors
 
 __all__ = ["DEFAULT_ENCODER", "DEFAULT_MAX_TOKENS", "USE_LANGUAGES", "EncoderName", "SentenceEncoder",
-           "SentenceTransformerEncoder", "USEMultilingual", "cached_vectors", "embed_cached", "encoder_languages",
-           "l2_normalize", "load_encoder", "load_sentence_transformer", "parse_encoder_name", "texts_key"]
+           "SentenceTransformerEncoder", "USEMultilingual", "embed_cached", "encoder_languages", "l2_normalize",
+           "load_encoder", "load_sentence_transformer", "parse_encoder_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -168,145 +164,6 @@ def load_encoder(name: str = DEFAULT_ENCODER) -> SentenceEncoder:
     if parsed.kind == "use":
         return USEMultilingual()
     return SentenceTransformerEncoder(parsed.model or "")
-
-
-# --------------------------------------------------------------------------- the embedding cache
-
-
-def texts_key(encoder_name: str, texts: list[str]) -> str:
-    h = hashlib.sha256(encoder_name.encode())
-    for t in texts:
-        h.update(t.encode("utf-8", "surrogatepass"))
-        h.update(b"\0")
-    return h.hexdigest()[:24]
-
-
-def cached_vectors(key_name: str, texts: list[str], cache_dir: Path | None,
-                   compute: Callable[[list[str]], np.ndarray]) -> np.ndarray:
-    """`compute(texts)` (float32 [n, d], as every encoder gives), read from `cache_dir` when vectors under
-    the same `key_name` were computed for the same texts before. A cache entry is only a copy: one that cannot
-    be read back as such is a miss, recomputed and rewritten; a cache that cannot be written is a warning.
-
-    Entries are ours by name, in `embeddings/` (which may be a link the user made), and never read or written
-    through a link: the directory is opened once and everything is relative to it (xtm.atomic's `open_entry`
-    and `replacing_at`). Something other than a regular file at an entry (a symlink, a FIFO) is not read, and
-    the recomputed vectors replace it itself, never its target; a directory there is left alone. The same rule
-    as the LLM answer cache."""
-    if cache_dir is None:
-        return _checked(_computed(compute, texts, key_name, "not cached"), key_name, texts)
-    directory = Path(cache_dir) / "embeddings"
-    name = f"{key_name.replace('/', '_').replace(':', '_')}-{texts_key(key_name, texts)}.npy"
-    emb = _read_cached(directory, name, len(texts))
-    if emb is not None:
-        return emb
-    emb = _checked(_computed(compute, texts, key_name, f"once: cached in {directory}"), key_name, texts)
-    _write_cached(directory, name, emb)
-    return emb
-
-
-# A pass over this many texts takes seconds to minutes (about 1,000 per second with the default encoder on 2
-# cores): said in the log, where a progress bar is not shown (a non-interactive log) or gone afterwards.
-_SAID_FROM = 1000
-
-
-def _computed(compute: Callable[[list[str]], np.ndarray], texts: list[str], key_name: str,
-              caching: str) -> np.ndarray:
-    """`compute(texts)`, with a line before and after a long pass (a training log was silent for the minutes
-    XTRA spent embedding Rakuten's 40,000 documents before its first epoch)."""
-    if len(texts) < _SAID_FROM:
-        return compute(texts)
-    logger.info(f"embedding {len(texts):,} texts with {key_name} ({caching})")
-    t0 = time.perf_counter()
-    emb = compute(texts)
-    seconds = time.perf_counter() - t0
-    logger.info(f"embedded {len(texts):,} texts in {seconds:.1f}s ({len(texts) / max(seconds, 1e-9):,.0f}/s)")
-    return emb
-
-
-def _checked(emb: np.ndarray, key_name: str, texts: list[str]) -> np.ndarray:
-    """`emb`, unless a row holds NaN or infinities: never trained on, never cached (a cached NaN would be a
-    miss on every later run)."""
-    bad = ~np.isfinite(emb).all(axis=1) if emb.ndim == 2 else np.zeros(0, bool)
-    if bad.any():
-        first = int(np.flatnonzero(bad)[0])
-        raise XtmError(f"'{key_name}' gave NaN or infinite values for {int(bad.sum())} of {len(texts)} texts "
-                       f"(the first: #{first + 1}, {texts[first][:60]!r})")
-    return emb
-
-
-def _read_cached(directory: Path, name: str, rows: int) -> np.ndarray | None:
-    """The float32 [rows, d] array cached as `directory/name`, or None: nothing there, or (with a warning naming
-    the file) anything else. A file cut short by a full disk or a crash of an older xtm, damaged on disk, or
-    written by something else costs its recomputation, never the run (a truncated one was a ValueError
-    traceback on every rerun of xtm-train and xtm-contextual)."""
-    path = directory / name
-    try:
-        dfd = open_directory(directory, follow=True)  # embeddings/ may be a link the user made (a bigger disk)
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        logger.warning(f"embedding cache directory {directory} cannot be used ({_os_reason(e)}): vectors recomputed")
-        return None
-    try:
-        fd = open_entry(dfd, name)  # a regular file, never through a link; a FIFO or device is never opened
-    except FileNotFoundError:
-        return None
-    except NotRegularFileError as e:
-        _not_read(path, f"is {e.kind}, not a regular file")
-        return None
-    except OSError as e:
-        _not_read(path, f"cannot be read ({_os_reason(e)})")
-        return None
-    finally:
-        os.close(dfd)
-    size = os.fstat(fd).st_size
-    with os.fdopen(fd, "rb") as f:
-        try:
-            # The header first: shape and type are checked before anything is allocated (a header may claim
-            # terabytes); then exactly that many values, or the file is short.
-            shape, fortran, dtype = read_npy_header(f)
-            if len(shape) != 2 or shape[0] != rows or shape[1] < 1 or dtype != np.float32:
-                raise ValueError(f"{dtype} {list(shape)}, expected float32 [{rows}, d]")
-            nbytes = shape[0] * shape[1] * dtype.itemsize
-            if size - f.tell() != nbytes:
-                raise ValueError(f"holds {size - f.tell()} bytes of values, its header says {nbytes}")
-            raw = bytearray(nbytes)  # writable: the array below is the caller's own, not a read-only view
-            if f.readinto(raw) != nbytes:
-                raise ValueError("changed while it was read")
-            emb = np.frombuffer(raw, dtype=dtype).reshape(shape, order="F" if fortran else "C")
-            emb = np.ascontiguousarray(emb, dtype=np.float32)
-            if not np.isfinite(emb).all():  # what cached_vectors writes never holds one: damaged, or not ours
-                raise ValueError("holds NaN or infinite values")
-            return emb
-        except (OSError, ValueError, EOFError) as e:
-            logger.warning(f"embedding cache entry {path} is unreadable ({exception_text(e, 200)}): recomputing it")
-            return None
-
-
-def _write_cached(directory: Path, name: str, emb: np.ndarray) -> None:
-    """`emb` as `directory/name`, replacing whatever non-directory is there (never through a link); a cache that
-    cannot be written is a warning, the vectors are used."""
-    path = directory / name
-    try:
-        dfd = open_directory(directory, create=True, follow=True)
-    except OSError as e:
-        logger.warning(f"embedding cache directory {directory} cannot be written ({_os_reason(e)}): vectors not cached")
-        return
-    try:
-        with replacing_at(dfd, name) as f:
-            np.save(f, emb, allow_pickle=False)
-    except OSError as e:  # a directory at the entry, a read-only or full disk
-        logger.warning(f"embedding cache entry {path} cannot be written ({_os_reason(e)}): vectors not cached")
-    finally:
-        os.close(dfd)
-
-
-def _not_read(path: Path, what: str) -> None:
-    logger.warning(f"embedding cache entry {path} {what}: not read, the vectors are recomputed")
-
-
-def _os_reason(e: OSError) -> str:
-    return e.strerror or type(e).__name__
 
 
 def embed_cached(encoder_name: str, texts: list[str], cache_dir: Path | None, progress: bool = True,

@@ -105,7 +105,7 @@ def test_a_damaged_cache_entry_is_recomputed_and_rewritten(damage: str, use_enco
 
 
 def test_a_good_cache_entry_is_read_not_recomputed(tmp_path: Path) -> None:
-    from xtm.models_zoo.encoders import cached_vectors
+    from xtm.models_zoo.embedding_cache import cached_vectors
 
     calls = []
 
@@ -119,9 +119,57 @@ def test_a_good_cache_entry_is_read_not_recomputed(tmp_path: Path) -> None:
     assert cached_vectors("k", [], tmp_path, compute).shape[0] == 0
 
 
+def test_the_cache_keeps_within_its_budget_least_recently_used_first(tmp_path: Path, caplog,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every corpus a run embedded added an entry and nothing removed them: a machine that trains often filled its
+    disk. Now the least recently used entries go past $XTM_EMBEDDINGS_CACHE_MB; a read counts as a use; nothing
+    that is not provably an entry is touched."""
+    import os
+
+    from xtm.models_zoo.embedding_cache import CACHE_BUDGET_ENV, cached_vectors
+
+    def compute(texts: list[str]) -> np.ndarray:
+        return np.ones((len(texts), 256), dtype=np.float32)  # 1 KB a text
+
+    corpora = {c: [f"{c} {i}" for i in range(400)] for c in "abcd"}  # about 400 KB an entry
+    d = tmp_path / "embeddings"
+    d.mkdir()
+    mine = {"notes-0123456789abcdef01234567.npy": b"my notes", "photo.npy": b"\x93NUMPY mine", "other.txt": b"x"}
+    for name, data in mine.items():
+        (d / name).write_bytes(data)
+    (d / "link-0123456789abcdef01234567.npy").symlink_to(tmp_path / "elsewhere.npy")
+    monkeypatch.setenv(CACHE_BUDGET_ENV, "1")  # 1 MB: two entries
+    clock = iter(range(1_000, 10_000, 10))
+
+    def entry_of(c: str) -> list[Path]:
+        before = set(d.iterdir())
+        cached_vectors("k", corpora[c], tmp_path, compute)
+        new = set(d.iterdir()) - before
+        for p in new:
+            os.utime(p, (next(clock),) * 2)
+        return sorted(new)
+
+    a, b = entry_of("a")[0], entry_of("b")[0]
+    cached_vectors("k", corpora["a"], tmp_path, compute)  # a read: "a" is now the most recently used
+    assert os.stat(a).st_mtime > os.stat(b).st_mtime
+    with caplog.at_level(logging.INFO, logger="xtm"):
+        c = entry_of("c")[0]
+    assert a.exists() and c.exists() and not b.exists()  # b was the least recently used
+    assert "over 1 MB: removed the 1 least recently used entries" in caplog.text
+    for name, data in mine.items():
+        assert (d / name).read_bytes() == data  # not ours by name or by content: never removed
+    assert (d / "link-0123456789abcdef01234567.npy").is_symlink()
+    monkeypatch.setenv(CACHE_BUDGET_ENV, "0")  # no limit
+    entry_of("d")
+    assert a.exists() and c.exists()
+    monkeypatch.setenv(CACHE_BUDGET_ENV, "lots")
+    with pytest.raises(XtmError, match="XTM_EMBEDDINGS_CACHE_MB must be a number of megabytes"):
+        cached_vectors("k", ["new text"], tmp_path, compute)
+
+
 def test_a_long_embedding_pass_is_said_in_the_log_and_a_cache_hit_is_silent(tmp_path: Path, caplog) -> None:
     """A training log without a progress bar was silent for the minutes XTRA spent embedding its documents."""
-    from xtm.models_zoo.encoders import cached_vectors
+    from xtm.models_zoo.embedding_cache import cached_vectors
 
     texts = [f"document {i}" for i in range(1500)]
 
@@ -144,7 +192,7 @@ def test_a_long_embedding_pass_is_said_in_the_log_and_a_cache_hit_is_silent(tmp_
 def test_an_encoder_that_gives_nan_stops_with_the_text_named_and_caches_nothing(tmp_path: Path) -> None:
     """Before: NaN vectors were cached and trained on (a NaN theta for every document of the batch)."""
     from xtm.errors import XtmError
-    from xtm.models_zoo.encoders import cached_vectors, texts_key
+    from xtm.models_zoo.embedding_cache import cached_vectors, texts_key
 
     def compute(texts: list[str]) -> np.ndarray:
         out = np.ones((len(texts), 4), np.float32)
@@ -189,7 +237,7 @@ def test_a_cache_entry_that_is_a_fifo_does_not_hang_and_is_replaced(tmp_path: Pa
         import logging, os, stat, sys
         from pathlib import Path
         import numpy as np
-        from xtm.models_zoo.encoders import cached_vectors, texts_key
+        from xtm.models_zoo.embedding_cache import cached_vectors, texts_key
         logging.basicConfig()
         cache = Path(sys.argv[1])
         entry = cache / "embeddings" / f"k-{texts_key('k', ['a'])}.npy"
@@ -206,7 +254,7 @@ def test_a_cache_entry_that_is_a_fifo_does_not_hang_and_is_replaced(tmp_path: Pa
 def test_an_embeddings_directory_the_user_linked_elsewhere_is_used(tmp_path: Path, caplog) -> None:
     """A user may move the embeddings (the largest cache) to a bigger disk with a link: followed, as the cache
     directory itself is; the entries inside are still never read or written through a link."""
-    from xtm.models_zoo.encoders import cached_vectors
+    from xtm.models_zoo.embedding_cache import cached_vectors
 
     bigger = tmp_path / "bigger-disk"
     bigger.mkdir()
@@ -228,7 +276,7 @@ def test_an_embeddings_directory_the_user_linked_elsewhere_is_used(tmp_path: Pat
 def test_a_header_that_lies_about_its_shape_is_a_miss(tmp_path: Path, caplog) -> None:
     """numpy's header check takes True for 1: `(8, True)` passed the size check, then reshape raised TypeError;
     `(8, 0)` was served as an empty cache hit."""
-    from xtm.models_zoo.encoders import cached_vectors, texts_key
+    from xtm.models_zoo.embedding_cache import cached_vectors, texts_key
 
     entry = tmp_path / "embeddings" / f"k-{texts_key('k', TEXTS)}.npy"
     entry.parent.mkdir()
@@ -246,7 +294,7 @@ def test_a_header_that_lies_about_its_shape_is_a_miss(tmp_path: Path, caplog) ->
 def test_a_cache_that_cannot_be_written_is_a_warning_and_the_vectors_are_used(obstacle: str, tmp_path: Path,
                                                                             caplog) -> None:
     """Before: atomic_open's XtmError stopped xtm-train's phase 2 or xtm-contextual over a cache."""
-    from xtm.models_zoo.encoders import cached_vectors, texts_key
+    from xtm.models_zoo.embedding_cache import cached_vectors, texts_key
 
     cache = tmp_path / "cache"
     cache.mkdir()
