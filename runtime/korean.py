@@ -9,9 +9,10 @@ What is kept, by Kiwi's tag (the Sejong tag set):
 - nouns (NNG common, NNP proper) and word roots (XR), as written;
 - verb and adjective stems (VV, VA; irregular ones tagged VV-I, VA-R, ... too) in their dictionary form, stem + 다
   (먹 -> 먹다), the form bilingual dictionaries list; a root with the derivational 하 (깨끗 + 하 -> 깨끗하다) likewise;
-- Latin-script words (SL), Hanja (SH) and numbers (SN), as the "words" kind keeps them;
+- Latin-script words (SL) and Hanja (SH), as the "words" kind keeps them;
 - a hashtag's word, without the #.
-Dropped: particles (J*), endings (E*), other affixes, dependent nouns (것, 수), pronouns, numerals, determiners,
+Dropped: numbers (SN: "1,000" and "3.5" would be words, where the words kind's pieces are digits, which training
+drops), particles (J*), endings (E*), other affixes, dependent nouns (것, 수), pronouns, numerals, determiners,
 adverbs, interjections, auxiliaries and the copula, punctuation, URLs, e-mail addresses and mentions, and letters
 of scripts Kiwi does not analyse (Cyrillic, Arabic, Devanagari: tagged SW with symbols and ㅋㅋ).
 
@@ -34,7 +35,7 @@ __all__ = ["MODULE", "MODEL_MODULE", "korean_tokenizer"]
 MODULE = "kiwipiepy"
 MODEL_MODULE = "kiwipiepy_model"  # the analyser's model, a package of its own (about 100 MB)
 
-_NOUNS = frozenset({"NNG", "NNP", "XR", "SL", "SH", "SN"})
+_NOUNS = frozenset({"NNG", "NNP", "XR", "SL", "SH"})
 _PREDICATES = frozenset({"VV", "VA"})
 _DERIVING = frozenset({"XSA", "XSV"})  # 하 after a root: 깨끗 + 하 -> 깨끗하다
 _PIECE = 4096
