@@ -275,9 +275,10 @@ class Preprocessing:
                                                  "rebuilds its vocabulary; not an option.")
     extra_stopwords: tuple[str, ...] = setting(
         (), help="A file of words to drop from every language's vocabulary besides its stopword list, one word a "
-                 "line (# comments): domain words such as 'product' or 'customer'. Each is cut by the language's "
-                 "tokenizer like the lists (a word it cuts in several pieces is not used). The words are recorded "
-                 "in config.json: pass the same file to --resume.",
+                 "line (# comments): domain words such as 'product' or 'customer'. Each is matched as the "
+                 "language's tokenizer writes words (a word it cuts in several pieces, or rewrites, is not used: "
+                 "write Korean words in their dictionary form, 배송 not 배송은; a warning names them). The words are "
+                 "recorded in config.json: pass the same file to --resume.",
         cli=Cli("--stopwords", path="file", exists=True, metavar="FILE", parse=word_list_option))
 
     def __post_init__(self) -> None:

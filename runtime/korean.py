@@ -10,15 +10,22 @@ What is kept, by Kiwi's tag (the Sejong tag set):
 - verb and adjective stems (VV, VA; irregular ones tagged VV-I, VA-R, ... too) in their dictionary form, stem + 다
   (먹 -> 먹다), the form bilingual dictionaries list; a root with the derivational 하 (깨끗 + 하 -> 깨끗하다) likewise;
 - Latin-script words (SL) and Hanja (SH), as the "words" kind keeps them;
-- a hashtag's word, without the #.
+- a hashtag's words, analysed like the rest of the text (#맛집에서 -> 맛집).
 Dropped: numbers (SN: "1,000" and "3.5" would be words, where the words kind's pieces are digits, which training
 drops), particles (J*), endings (E*), other affixes, dependent nouns (것, 수), pronouns, numerals, determiners,
 adverbs, interjections, auxiliaries and the copula, punctuation, URLs, e-mail addresses and mentions, and letters
 of scripts Kiwi does not analyse (Cyrillic, Arabic, Devanagari: tagged SW with symbols and ㅋㅋ).
 
+A token is one word: Kiwi's dictionary of multi-word titles is not loaded ("해리 포터와 마법사의 돌" was one token,
+with spaces, which no vocabulary file can hold), and a token without a letter or digit (a zero-width space Kiwi
+tagged as a noun) is dropped; zero-width spaces and joiners separate words, as spaces do.
+
 Kiwi's time grows faster than the text (about 3 s for 100,000 characters, 43 s for 400,000), so a long text is
-cut at whitespace into pieces of at most _PIECE characters, each analysed alone: linear time, and a hostile
-megabyte line costs seconds, not minutes. Training and the runtime cut the same way.
+cut at whitespace into pieces of at most _PIECE characters, each analysed alone: linear time (a megabyte line of
+sentences about 3 s; of one word repeated without spaces, Kiwi's slowest, about 25 s). Training and the runtime
+cut the same way. Kiwi is slower than the other tokenizers (about 260 Korean reviews of 150 characters a second
+on one core, against 3,800 English ones), and one analyser serves a process: more cores help through processes
+(xtm-infer --workers), not threads.
 """
 
 from __future__ import annotations
@@ -39,8 +46,9 @@ _NOUNS = frozenset({"NNG", "NNP", "XR", "SL", "SH"})
 _PREDICATES = frozenset({"VV", "VA"})
 _DERIVING = frozenset({"XSA", "XSV"})  # 하 after a root: 깨끗 + 하 -> 깨끗하다
 _PIECE = 4096
-# Kiwi reads UTF-16: a lone surrogate raised UnicodeDecodeError; a NUL is replaced too, as for MeCab.
-_UNSAFE = re.compile("[\x00\ud800-\udfff]")
+# Kiwi reads UTF-16: a lone surrogate raised UnicodeDecodeError; a NUL is replaced too, as for MeCab; zero-width
+# spaces, joiners and the BOM separate words (Kiwi tagged U+200B as a noun).
+_UNSAFE = re.compile("[\x00\ud800-\udfff\u200b-\u200d\u2060\ufeff]")
 _SPACE = re.compile(r"\s")
 
 _lock = threading.Lock()
@@ -57,8 +65,16 @@ def _get_kiwi(not_installed: Callable[[BaseException | None], XtmError]) -> Any:
                 except ImportError as e:
                     raise not_installed(e) from e
                 # One worker thread: analysing one text uses one, and training already runs one reader per core.
-                _kiwi = Kiwi(num_workers=1)
+                _kiwi = Kiwi(num_workers=1, load_multi_dict=False)
     return _kiwi
+
+
+def _match_options() -> int:
+    """What Kiwi recognises as a whole: URLs, e-mail addresses and mentions (then dropped), not hashtags, whose
+    words are analysed like the text's (a hashtag token kept its particles: #맛집에서)."""
+    from kiwipiepy import Match
+
+    return int(Match.ALL & ~Match.HASHTAG)
 
 
 def _pieces(text: str) -> list[str]:
@@ -84,11 +100,12 @@ def _content_words(tokens: Any) -> list[str]:
         if tag in _NOUNS:
             if tag == "XR" and i + 1 < n and tokens[i + 1].tag in _DERIVING:
                 form += tokens[i + 1].form + "다"
-            out.append(form)
         elif tag in _PREDICATES:
-            out.append(form + "다")
-        elif tag == "W_HASHTAG" and len(form) > 1:
-            out.append(form[1:])
+            form += "다"
+        else:
+            continue
+        # one word a token, with a letter or digit in it (whatever Kiwi's dictionary or a stray character gives)
+        out += [w for w in form.split() if any(c.isalnum() for c in w)]
     return out
 
 
@@ -96,7 +113,7 @@ def korean_tokenizer(lowercase: bool, min_len: int,
                      not_installed: Callable[[BaseException | None], XtmError]) -> Callable[[str], list[str]]:
     """A function Korean text -> content words (module docstring); Latin words lowercased when `lowercase`,
     words shorter than `min_len` characters dropped. `not_installed` makes the error raised without kiwipiepy."""
-    kiwi = _get_kiwi(not_installed)
+    kiwi, options = _get_kiwi(not_installed), _match_options()
 
     def tok_kiwi(text: str) -> list[str]:
         text = _UNSAFE.sub(" ", text)
@@ -104,7 +121,7 @@ def korean_tokenizer(lowercase: bool, min_len: int,
         for piece in _pieces(text):
             # Nothing in Kiwi's documentation calls one analyser safe to share between threads.
             with _lock:
-                tokens = kiwi.tokenize(piece)
+                tokens = kiwi.tokenize(piece, match_options=options)
             words += _content_words(tokens)
         if lowercase:
             words = [w.lower() for w in words]

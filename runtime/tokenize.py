@@ -56,10 +56,15 @@ from xtm.languages import normalize_lang
 from xtm.paths import cache_dir
 from xtm.runtime import korean
 
-__all__ = ["KINDS", "SEGMENTERS", "SEGMENTERS_ENV", "TEXT_NORMALIZATION", "default_tokenizer_spec", "make_tokenizer",
-           "missing_tokenizer", "segmenter_mode", "segmenter_of", "use_segmenters"]
+__all__ = ["KINDS", "REWRITING_KINDS", "SEGMENTERS", "SEGMENTERS_ENV", "TEXT_NORMALIZATION", "default_tokenizer_spec",
+           "make_tokenizer", "missing_tokenizer", "normalized_token", "segmenter_mode", "segmenter_of",
+           "use_segmenters"]
 
 KINDS = ("whitespace", "words", "regex", "jieba", "janome", "mecab", "kiwi")
+# Kinds whose tokens are not always pieces of the text: Kiwi writes verbs and adjectives in their dictionary form
+# (만났다 -> 만나다) and drops particles (학교에서 -> 학교). A list's word (stopwords) is used only where such a
+# kind reads it as itself (xtm.trainer.data.stopwords).
+REWRITING_KINDS = frozenset({"kiwi"})
 # The Unicode normal form every tokenizer puts text in (make_tokenizer) and the runtime reads vocabularies
 # in; recorded where tokens are stored (shard settings).
 TEXT_NORMALIZATION = "NFC"
@@ -485,6 +490,13 @@ def _jieba_tokenizer(lowercase: bool, min_len: int, rjieba: Any) -> Callable[[st
             out += toks  # copies: a cached list is never handed out
         return out
     return tok_jieba
+
+
+def normalized_token(word: str, spec: TokenizerSpec) -> str:
+    """`word` as a token of `spec` would be written (NFC, lowercased if the spec lowercases): for comparing a word
+    with what the tokenizer made of it."""
+    word = unicodedata.normalize(TEXT_NORMALIZATION, word)
+    return word.lower() if spec.lowercase else word
 
 
 def make_tokenizer(spec: TokenizerSpec, mode: str | None = None) -> Callable[[str], list[str]]:

@@ -38,7 +38,7 @@ def test_particles_and_endings_go_and_predicates_take_their_dictionary_form() ->
     assert tok("Apple의 iPhone은 비싸다") == ["apple", "iphone", "비싸다"]
     assert make_tokenizer(TokenizerSpec("ko", "kiwi", lowercase=False))("Apple의 iPhone") == ["Apple", "iPhone"]
     # Hashtags keep their word; URLs, mentions, laughter and punctuation go.
-    assert tok("@user 안녕 #맛집 https://example.com ㅋㅋㅋ!!") == ["맛집"]
+    assert tok("@user #맛집 https://example.com ㅋㅋㅋ!!") == ["맛집"]
     assert tok("") == [] and tok("   ") == []
     assert make_tokenizer(TokenizerSpec("ko", "kiwi", min_token_length=2))("방 학교") == ["학교"]
 
@@ -116,7 +116,7 @@ def test_a_korean_english_run_trains_exports_and_serves_korean_words(tmp_path: P
                     contextual=False, seed=0)
     vocab = (run.run_dir / "vocab_ko.txt").read_text(encoding="utf-8").split()
     assert {"축구", "선수", "경기", "시장", "은행", "가격"} <= set(vocab)
-    assert not {"축구에서", "축구도", "좋았다", "좋다"} & set(vocab)  # 좋다 is a stopword
+    assert not {"축구에서", "축구도", "좋았다", "좋다"} & set(vocab)  # 좋다, in every document, goes by max_df
     cfg = json.loads((run.run_dir / "config.json").read_text(encoding="utf-8"))
     assert cfg["tokenizers"]["ko"]["kind"] == "kiwi"
     assert run.metrics["corpus"]["preprocessing"]["token_rules"] == TOKEN_RULES
@@ -150,14 +150,37 @@ def test_a_korean_run_made_under_rules_2_resumes_with_its_own_words(tmp_path: Pa
     assert json.loads((old / "config.json").read_text())["tokenizers"]["ko"]["kind"] == "words"
 
 
-def test_a_users_korean_stopwords_are_cut_by_kiwi_like_the_text(tmp_path: Path) -> None:
-    # A word list written as Korean is written (with its particle) still names the word Kiwi's tokens hold.
+def test_a_users_korean_stopwords_are_words_as_kiwi_writes_them(tmp_path: Path) -> None:
+    # A word Kiwi rewrites (경기는 -> 경기, 자기집 "one's own house" -> 집 "house") is another word: not used, and
+    # said; the word as the topics show it (선수) is.
+    import warnings
+
     import xtm
 
     docs, dct = _korean_english(tmp_path)
-    run = xtm.train(docs, dictionary=dct, model="nmtm", num_topics=3, epochs=1, out=tmp_path / "run", min_df=1,
-                    contextual=False, seed=0, extra_stopwords=["선수는", "match"])
-    assert "선수" not in (run.run_dir / "vocab_ko.txt").read_text(encoding="utf-8").split()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run = xtm.train(docs, dictionary=dct, model="nmtm", num_topics=3, epochs=1, out=tmp_path / "run", min_df=1,
+                        contextual=False, seed=0, extra_stopwords=["선수", "match", "경기는"])
+    ko = (run.run_dir / "vocab_ko.txt").read_text(encoding="utf-8").split()
+    assert "선수" not in ko and "경기" in ko
     assert "match" not in (run.run_dir / "vocab_en.txt").read_text(encoding="utf-8").split()
-    # each word is cut by each language's tokenizer: both stay one word in both languages
-    assert run.metrics["corpus"]["preprocessing"]["extra_stopwords"] == {"words": 2, "used": {"ko": 2, "en": 2}}
+    # each word as each language's tokenizer writes it: ko keeps 선수 and match (Latin), en all three as written
+    assert run.metrics["corpus"]["preprocessing"]["extra_stopwords"] == {"words": 3, "used": {"ko": 2, "en": 3}}
+    said = [str(w.message) for w in caught if "--stopwords" in str(w.message)]
+    assert said == ["--stopwords: 1 word(s) are not 'ko' words as its tokenizer writes them, and are not used for it "
+                    "(it reads 경기는 as 경기): write them as the vocabulary and topics show them"]
+    from xtm.trainer.data.stopwords import extra_stopwords
+
+    assert extra_stopwords("ko", 3, ("자기집", "비교적", "배송")) == {"배송"}
+
+
+def test_hostile_korean_text_gives_one_word_tokens_with_letters() -> None:
+    tok = make_tokenizer(KO)
+    # Kiwi's multi-word titles were one token with spaces, which no vocabulary file holds (training failed).
+    assert tok("해리 포터와 마법사의 돌을 읽었다") == ["해리", "포터", "마법사", "돌", "읽다"]
+    # A zero-width space was a noun of its own; joiners and the BOM separate words too.
+    assert tok("학교에서\u200b공부했다") == ["학교", "공부"] and tok("\ufeff학교\u2060친구") == ["학교", "친구"]
+    # A hashtag's words are analysed like the text's (the hashtag kept its particle: 맛집에서).
+    assert tok("#맛집에서 좋아요") == ["맛집", "좋다"]
+    assert all(" " not in w and "\xa0" not in w for w in tok("#태그\xa0다음 위대한 개츠비 반지 원정대"))

@@ -12,13 +12,15 @@ on English Wikipedia articles 42 of the top 100 remaining words were function wo
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Iterator
 from functools import cache
 
 from xtm.config import TOKEN_RULES
 from xtm.errors import XtmError
 from xtm.languages import normalize_lang
 
-__all__ = ["extra_stopwords", "function_words", "stopword_source", "stopwords", "stopwords_id"]
+__all__ = ["extra_stopwords", "function_words", "rewritten_stopwords", "stopword_source", "stopwords",
+           "stopwords_id"]
 
 _EN = """
 a about above after again against ago all almost also although always am among an and another
@@ -103,11 +105,27 @@ soy su sus suya suyas suyo suyos sí también tanto te tenemos tener tengo ti ti
 todos tu tus tuya tuyo tú un una uno unos usted ustedes vosotras vosotros y ya yo él éramos
 """
 
+# Korean as Kiwi writes it (xtm.runtime.korean: particles, endings, pronouns and adverbs are dropped by their tag):
+# light verbs and adjectives in dictionary form (하다 "do", 되다 "become", 있다 / 없다 "there is / is not") and
+# nouns used as grammar (경우 "in case", 때문 "because"). stopwords-iso's Korean list, cut by Kiwi, named content
+# words (시간 "time", 전자 "electronics", 토하다 "vomit"): token rules 3 use this list instead.
+_KO = """
+하다 되다 있다 없다 같다 않다 이다 아니다 이렇다 그렇다 저렇다 어떻다 위하다 대하다 통하다 관하다 의하다 인하다
+경우 정도 관련 이후 이전 때문 가운데 때 중 등 및 것 수 더 또 매우 너무 정말
+"""
+
 _LISTS: dict[str, frozenset[str]] = {
     lang: frozenset(text.split())
-    for lang, text in {"en": _EN, "zh": _ZH, "ja": _JA, "fr": _FR, "de": _DE, "es": _ES}.items()
+    for lang, text in {"en": _EN, "zh": _ZH, "ja": _JA, "fr": _FR, "de": _DE, "es": _ES, "ko": _KO}.items()
 }
+# xtm's lists that came with later token rules (a run made before keeps the stopwords it was made with).
+_LIST_SINCE_RULES = {"ko": 3}
 _EMPTY: frozenset[str] = frozenset()
+
+
+def _own_list(code: str, rules: int) -> frozenset[str] | None:
+    """xtm's list for `code` under token `rules`, or None."""
+    return _LISTS.get(code) if rules >= _LIST_SINCE_RULES.get(code, 1) else None
 
 
 def stopwords(lang: str, rules: int = TOKEN_RULES) -> frozenset[str]:
@@ -116,19 +134,44 @@ def stopwords(lang: str, rules: int = TOKEN_RULES) -> frozenset[str]:
     code = _code(lang)
     if code is None:
         return _EMPTY
-    return _LISTS.get(code) or (_iso_list(code, rules) if rules >= 2 else _EMPTY)
+    own = _own_list(code, rules)
+    if own is not None:
+        return own
+    return _iso_list(code, rules) if rules >= 2 else _EMPTY
 
 
 @cache
 def extra_stopwords(lang: str, rules: int, words: tuple[str, ...]) -> frozenset[str]:
-    """A user's stopwords (xtm-train --stopwords) as `lang`'s tokenizer under token `rules` cuts them: entries of
-    one token only, as for stopwords-iso's lists ("e-mail" would otherwise drop "mail" everywhere)."""
+    """A user's stopwords (xtm-train --stopwords) as `lang`'s tokenizer under token `rules` writes them: entries it
+    reads as one word, as for stopwords-iso's lists ("e-mail" would otherwise drop "mail" everywhere)."""
     if not words:
         return _EMPTY
-    from xtm.runtime.tokenize import default_tokenizer_spec, make_tokenizer
+    return frozenset(token for _, token, used in _cut_entries(words, lang, rules) if used)
 
-    tokenize = make_tokenizer(default_tokenizer_spec(lang, rules))
-    return frozenset(t[0] for t in map(tokenize, words) if len(t) == 1)
+
+@cache
+def rewritten_stopwords(lang: str, rules: int, words: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """(entry, the word the tokenizer makes of it) for a user's stopwords that `lang`'s rewriting tokenizer reads as
+    one other word and so are not used (Korean 배송은 -> 배송): said to the user, who meant that word."""
+    return tuple((entry, token) for entry, token, used in _cut_entries(words, lang, rules) if token and not used)
+
+
+def _cut_entries(entries: Iterable[str], lang: str, rules: int) -> Iterator[tuple[str, str, bool]]:
+    """(entry, its token or "", used) for each entry of a word list under `lang`'s tokenizer and token `rules`.
+    An entry is used when it is one word: one cut in several is not, nor is one a rewriting tokenizer (Korean's,
+    which writes dictionary forms) changes, since the word it gives is another: Kiwi reads 자기집 ("one's own
+    house") as 집 ("house"), 비교적 ("relatively") as 비교 ("comparison")."""
+    from xtm.runtime.tokenize import REWRITING_KINDS, default_tokenizer_spec, make_tokenizer, normalized_token
+
+    spec = default_tokenizer_spec(lang, rules)
+    tokenize = make_tokenizer(spec)
+    rewrites = spec.kind in REWRITING_KINDS
+    for entry in entries:
+        cut = tokenize(entry)
+        if len(cut) != 1:
+            yield entry, "", False
+        else:
+            yield entry, cut[0], not rewrites or cut[0] == normalized_token(entry.strip(), spec)
 
 
 def function_words(lang: str) -> frozenset[str]:
@@ -142,9 +185,11 @@ def function_words(lang: str) -> frozenset[str]:
 def stopword_source(lang: str, rules: int = TOKEN_RULES) -> str:
     """Where `lang`'s stopwords come from, as a run records it: "xtm", "stopwords-iso <version>" or "none"."""
     code = _code(lang)
-    if code in _LISTS:
+    if code is None:
+        return "none"
+    if _own_list(code, rules) is not None:
         return "xtm"
-    if code is not None and stopwords(code, rules):
+    if stopwords(code, rules):
         return f"stopwords-iso {_iso_version()}"
     return "none"
 
@@ -175,12 +220,12 @@ def _iso_list(code: str, rules: int) -> frozenset[str]:
     from xtm.runtime.tokenize import default_tokenizer_spec, make_tokenizer
 
     tokenize = make_tokenizer(default_tokenizer_spec(code, rules))
-    cut = [tokenize(w) for w in stopwordsiso.stopwords(code)]
-    if sum(len(t) > 1 for t in cut) > _MAX_PHRASE_SHARE * len(cut):
+    entries = sorted(stopwordsiso.stopwords(code))
+    if sum(len(tokenize(w)) > 1 for w in entries) > _MAX_PHRASE_SHARE * len(entries):
         # A list of words the tokenizer cuts smaller: Vietnamese (59% of its entries) is written a syllable per
         # space, so its one-token entries are syllables of content words too ("chính" of "chính phủ").
         return _EMPTY
-    return frozenset(t[0] for t in cut if len(t) == 1)
+    return frozenset(token for _, token, used in _cut_entries(entries, code, rules) if used)
 
 
 @cache
