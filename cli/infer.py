@@ -203,6 +203,7 @@ def _flag(name: str, **kwargs: Any) -> dict[str, Any]:
 @click.option("--full-theta/--sparse-theta", **_flag("full_theta"))
 @click.option("--threads", **_flag("threads"))
 @click.option("--route", type=click.Choice(ROUTES), **_flag("route"))
+@click.option("--lang", metavar="CODE", **_flag("lang"))
 @click.option("--min-lang-conf", type=click.FloatRange(0, 1), metavar="P", **_flag("min_lang_conf"))
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="local: this process, one JSONL, text or Parquet file or '-'. ray: Ray Data actors, JSONL/Parquet "
@@ -230,9 +231,9 @@ def _flag(name: str, **kwargs: Any) -> dict[str, Any]:
 @friendly_errors
 def main(input_paths: tuple[str, ...], bundle: str, out: str | None, input_format: str, output_format: str,
          top_k: int, batch_size: int, strict: bool, max_bad: str | None, full_theta: bool, threads: int | None,
-         route: str, min_lang_conf: float, engine: str, address: str | None, actors: int | None, providers: str | None,
-         workers: int | None, segmenters: str | None, progress_every: float, verbose: bool, quiet: bool,
-         log_level: str | None) -> None:
+         route: str, lang: str | None, min_lang_conf: float, engine: str, address: str | None, actors: int | None,
+         providers: str | None, workers: int | None, segmenters: str | None, progress_every: float, verbose: bool,
+         quiet: bool, log_level: str | None) -> None:
     """Infer topic distributions of documents INPUT (JSONL, text or Parquet; '-' for stdin) with a bundle.
 
     With --engine ray, INPUT... are JSONL and Parquet files and directories."""
@@ -242,7 +243,8 @@ def main(input_paths: tuple[str, ...], bundle: str, out: str | None, input_forma
     from xtm.signals import exit_on_signals
 
     options = InferenceOptions(top_k=top_k, batch_size=batch_size, route=route, full_theta=full_theta,
-                               strict=strict, max_bad=max_bad, threads=threads, min_lang_conf=min_lang_conf)
+                               strict=strict, max_bad=max_bad, threads=threads, min_lang_conf=min_lang_conf,
+                               lang=lang)
     io = _Io(input_format, pick_output_format(out, output_format), providers, progress_every)
     io.workers = workers
     from xtm.runtime.tokenize import segmenter_mode, use_segmenters
@@ -357,7 +359,7 @@ def _run_ray(input_paths: tuple[str, ...], bundle: str, out: str | None, options
     kwargs: dict[str, Any] = dict(
         address=address, num_actors=actors, threads_per_actor=options.threads, top_k=options.top_k,
         route=options.route, batch_size=options.batch_size, full_theta=options.full_theta, strict=options.strict,
-        max_bad=options.max_bad, max_share=options.max_share, min_lang_conf=options.min_lang_conf,
+        max_bad=options.max_bad, max_share=options.max_share, min_lang_conf=options.min_lang_conf, lang=options.lang,
         report=None if sys.stderr.isatty() else _reporter(None))
     try:
         if io.output_format == "jsonl":

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 from xtm.errors import XtmError
+from xtm.languages import normalize_lang
 from xtm.runtime import records
 from xtm.runtime.records import LineFormatter, Parsed, TableShape, TableStream, encode_lines
 
@@ -166,6 +167,9 @@ class InferenceOptions:
         None, f"onnxruntime threads (local default: all cores; ray: per actor, default {RAY_THREADS_PER_ACTOR}).",
         minimum=1)
     # At the end: positional callers of the fields above keep their meaning.
+    lang: str | None = _option(
+        None, "Language (ISO 639-1 code) of every line that names none, instead of detecting it: for plain text "
+              "files (--input-format text) and records without a lang field.")
     min_lang_conf: float = _option(
         0.0, "A detected language under this probability (0-1) makes the line unsupported, a bad line, instead of "
              "a guess: a text of a word or two ('bank market', a spreadsheet cell) is read as the served language "
@@ -178,6 +182,10 @@ class InferenceOptions:
                 object.__setattr__(self, f.name, whole_number(f.name, getattr(self, f.name), f.metadata["min"]))
         check_route(self.route)
         object.__setattr__(self, "min_lang_conf", check_min_lang_conf(self.min_lang_conf))
+        if self.lang is not None:
+            if not isinstance(self.lang, str):
+                raise XtmError(f"lang must be a language code, got {type(self.lang).__name__}")
+            object.__setattr__(self, "lang", normalize_lang(self.lang))
         count, share = parse_max_bad(self.max_bad)
         if share is not None:
             if self.max_share is not None and self.max_share != share:
@@ -288,6 +296,10 @@ class Engine:
             raise no_contextual_route(bundle if bundle is not None else model.manifest.directory)
         # Languages a good record may name on this route (None: any valid code).
         self.served = model.served_languages(self.options.route)
+        lang = self.options.lang
+        if lang is not None and self.served is not None and lang not in self.served:
+            raise XtmError(f"--lang '{lang}' is not served by this bundle on route {self.options.route} (it serves "
+                           f"{', '.join(self.served)})")
         self.formatter = LineFormatter(model, full_theta=self.options.full_theta)
 
     @property
@@ -345,8 +357,8 @@ class Engine:
             return []
         o = self.options
         try:
-            res = self.model.infer([d["text"] for d in docs], [d["lang"] for d in docs], batch_size=o.batch_size,
-                                   top_k=o.top_k, route=o.route, min_lang_conf=o.min_lang_conf)
+            res = self.model.infer([d["text"] for d in docs], [d["lang"] or o.lang for d in docs],
+                                   batch_size=o.batch_size, top_k=o.top_k, route=o.route, min_lang_conf=o.min_lang_conf)
             lines = self.formatter.lines(res, [d["id_json"] for d in docs])
         except Exception as e:
             if len(docs) == 1:

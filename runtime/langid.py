@@ -238,6 +238,28 @@ def _fits(code: str, script: str | None) -> bool:
     return script is None or script in _LANG_SCRIPTS.get(code, frozenset({"latin"}))
 
 
+# A Han, kana or Hangul character is a syllable or a word: about three Latin letters of text. A script holding at
+# least _PRESENT of a text's letters so weighted is one its language may be written in: "블루투스 이어폰 battery life
+# is great 음질도 좋아요" is Korean with English words (counted one to one, the Latin letters won, Korean was ruled
+# out and the text read as English or as no language).
+_WIDE = {"han": 3, "kana": 3, "hangul": 3}
+_PRESENT = 0.25
+
+
+def _present_scripts(text: str) -> frozenset[str]:
+    """The scripts a language of `text` may be written in (empty: no letters of a known script)."""
+    counts = {name: len(rx.findall(text)) * _WIDE.get(name, 1) for name, rx in _SCRIPTS.items()}
+    if counts["kana"]:  # any kana in CJK text means Japanese writing, whatever the kanji count
+        counts["kana"] += counts["han"]
+        counts["han"] = 0
+    total = sum(counts.values())
+    return frozenset(name for name, n in counts.items() if n and n >= _PRESENT * total)
+
+
+def _fits_any(code: str, scripts: frozenset[str]) -> bool:
+    return not scripts or any(_fits(code, s) for s in scripts)
+
+
 def identify(text: str, prefer: Collection[str] | None = None) -> Detection:
     """The language of `text` among all the model knows, with its probability (see Detection).
 
@@ -251,12 +273,15 @@ def identify(text: str, prefer: Collection[str] | None = None) -> Detection:
         return Detection(None, 0.0, "no language detected: the text has no letters (only digits, punctuation, "
                                     "symbols or emoji)")
     sample = text[:DETECT_CHARS]
-    script = _dominant_script(sample)
+    scripts = _present_scripts(sample)
     folder = _get_folder()
     probs = folder.probs(sample)
-    fits = folder.mask(("script", script), lambda c: _fits(c, script))
-    if probs[fits].sum() > 0:  # languages written in another script are out (short Latin text is not Arabic)
-        probs = probs * fits
+    fits = folder.mask(("scripts", scripts), lambda c: _fits_any(c, scripts))
+    mass = float(probs[fits].sum())
+    if mass > 0:
+        # Languages written in another script are out (short Latin text is not Arabic), and the probability is among
+        # those left: "책" is Korean whatever py3langid spread over languages that cannot write it (0.007 before).
+        probs = probs * fits / mass
     best = int(probs.argmax())
     p_best = float(probs[best])
     pick: tuple[str, float] | None = None

@@ -658,7 +658,7 @@ class TopicModel:
             out.langs[i] = det.lang
             if det.confidence < min_lang_conf:
                 out.notes[i] = (f"detected language '{det.lang}' with probability {det.confidence:.2f}, under "
-                                f"min_lang_conf {min_lang_conf:g}: a guess (give the line's lang)")
+                                f"min_lang_conf {min_lang_conf:g}: a guess (give the text's language)")
                 continue
             r = self._route_of(det.lang, route, ctx_any, ctx)
             if r is None:
@@ -747,7 +747,8 @@ class TopicModel:
                       batch_size: int = InferenceOptions.batch_size, route: str = InferenceOptions.route,
                       full_theta: bool = InferenceOptions.full_theta, strict: bool = InferenceOptions.strict,
                       max_bad: int | str | None = None, report: Callable[[str], None] | None = None,
-                      min_lang_conf: float = InferenceOptions.min_lang_conf) -> Iterator[str]:
+                      min_lang_conf: float = InferenceOptions.min_lang_conf,
+                      lang: str | None = InferenceOptions.lang) -> Iterator[str]:
         """xtm-infer's output line (JSON text) for each good record, in order, lazily: the batch
         engine (`xtm.runtime.engine.infer_records`) on this model.
 
@@ -762,7 +763,7 @@ class TopicModel:
             raise XtmError(f"records must be an iterable of mappings, got {type(records).__name__} (pass "
                            "df.to_dict('records'))")
         options = InferenceOptions(top_k=top_k, batch_size=batch_size, route=route, full_theta=full_theta,
-                                   strict=strict, max_bad=max_bad, min_lang_conf=min_lang_conf)
+                                   strict=strict, max_bad=max_bad, min_lang_conf=min_lang_conf, lang=lang)
         return infer_records(self, records, options=options, report=report)
 
     def _infer_bow(self, texts: Sequence[str], lang: str, idx: np.ndarray, batch_size: int, theta: np.ndarray,

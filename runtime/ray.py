@@ -208,7 +208,7 @@ class _TopicActor:
                 rows.append(i)
         res = None
         if docs:
-            res = engine.model.infer([d["text"] for d in docs], [d["lang"] for d in docs],
+            res = engine.model.infer([d["text"] for d in docs], [d["lang"] or opts.lang for d in docs],
                                      batch_size=opts.batch_size, top_k=opts.top_k, route=opts.route,
                                      min_lang_conf=opts.min_lang_conf)
         return _result_table(batch, res, rows, errors, engine.model.num_topics, opts)
@@ -347,7 +347,8 @@ def infer_dataset(ds: ray.data.Dataset, bundle_dir: str | Path, *, num_actors: i
                   threads_per_actor: int | None = None, top_k: int = InferenceOptions.top_k,
                   route: str = InferenceOptions.route, batch_size: int = InferenceOptions.batch_size,
                   full_theta: bool = InferenceOptions.full_theta,
-                  min_lang_conf: float = InferenceOptions.min_lang_conf) -> ray.data.Dataset:
+                  min_lang_conf: float = InferenceOptions.min_lang_conf,
+                  lang: str | None = InferenceOptions.lang) -> ray.data.Dataset:
     """Topic mixtures of a Ray Dataset of documents, computed on `num_actors` actors (lazy).
 
     ds: columns "text" (str), optionally "lang" (ISO 639-1 or a name normalize_lang knows; null =
@@ -371,7 +372,7 @@ def infer_dataset(ds: ray.data.Dataset, bundle_dir: str | Path, *, num_actors: i
     """
     num_actors, threads_per_actor = _actor_counts(num_actors, threads_per_actor)
     options = InferenceOptions(top_k=top_k, route=route, batch_size=batch_size, full_theta=full_theta,
-                               min_lang_conf=min_lang_conf)
+                               min_lang_conf=min_lang_conf, lang=lang)
     return _map_actors(ds, bundle_dir, "columns", options, num_actors=num_actors,
                        threads_per_actor=threads_per_actor, reserve=1)
 
@@ -491,7 +492,8 @@ def infer_files(paths: Sequence[str | Path], bundle_dir: str | Path, out_path: s
                 strict: bool = InferenceOptions.strict, max_bad: int | str | None = None,
                 max_share: float | None = None, report: Callable[[str], None] | None = None,
                 progress: bool | None = None, sink: IO[bytes] | None = None,
-                min_lang_conf: float = InferenceOptions.min_lang_conf) -> InferenceCounts:
+                min_lang_conf: float = InferenceOptions.min_lang_conf,
+                lang: str | None = InferenceOptions.lang) -> InferenceCounts:
     """xtm-infer's output for JSONL and Parquet files and directories, computed on Ray actors.
 
     Writes one line per good row, in input order (files in the given order, directories sorted),
@@ -514,7 +516,8 @@ def infer_files(paths: Sequence[str | Path], bundle_dir: str | Path, out_path: s
     from xtm.runtime.records import check_out_path
 
     options = InferenceOptions(top_k=top_k, route=route, batch_size=batch_size, full_theta=full_theta,
-                               strict=strict, max_bad=max_bad, max_share=max_share, min_lang_conf=min_lang_conf)
+                               strict=strict, max_bad=max_bad, max_share=max_share, min_lang_conf=min_lang_conf,
+                               lang=lang)
     files = list_input_files(paths)
     check_out_path(out_path, [p for p, _ in files])
     _check_route(bundle_dir, route)  # fail before starting anything

@@ -168,7 +168,8 @@ def test_min_lang_conf_makes_a_guessed_language_a_bad_line_with_its_reason(hb: H
         assert r.exit_code == 0, r.stderr
         assert [json.loads(line)["id"] for line in r.stdout.splitlines()] == ["s", "g", "z"]
         assert f"{src}:1: detected language 'en' with probability 0.0" in r.stderr
-        assert "under min_lang_conf 0.5: a guess (give the line's lang)" in r.stderr and "skipped 1 of 4" in r.stderr
+        assert "under min_lang_conf 0.5: a guess (give the text's language)" in r.stderr
+        assert "skipped 1 of 4" in r.stderr
     bad = invoke([str(src), "--bundle", str(hb.path), "--min-lang-conf", "1.5"])
     assert bad.exit_code == 2 and "1.5 is not in the range 0<=x<=1" in bad.stderr
 
@@ -187,3 +188,20 @@ def test_min_lang_conf_in_the_python_api(hb: HandBundle) -> None:
     lines = list(model.infer_records([{"text": "bank market"}, {"text": "The stock market fell sharply today."}],
                                      min_lang_conf=0.5, report=lambda msg: None))
     assert len(lines) == 1 and json.loads(lines[0])["id"] == 2
+
+
+def test_lang_gives_plain_text_lines_their_language(hb: HandBundle, tmp_path: Path) -> None:
+    # A text file has no lang field: a short line was a guess (or, with --min-lang-conf, a bad line) and nothing
+    # could say its language. --lang does, for every line that names none; a line that names one keeps it.
+    src = tmp_path / "queries.txt"
+    src.write_text("bank market\nstock\n", encoding="utf-8")
+    r = invoke([str(src), "--bundle", str(hb.path), "--input-format", "text", "--lang", "EN", "--min-lang-conf", "0.9"])
+    assert r.exit_code == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [(x["lang"], x["lang_conf"]) for x in rows] == [("en", None), ("en", None)]  # given, not detected
+    mixed = write_jsonl(tmp_path / "d.jsonl", [{"text": "北京的经济增长很快", "lang": "zh"}, {"text": "bank market"}])
+    r = invoke([str(mixed), "--bundle", str(hb.path), "--lang", "en"])
+    assert [json.loads(line)["lang"] for line in r.stdout.splitlines()] == ["zh", "en"]
+    for bad, message in (("fr", "--lang 'fr' is not served by this bundle"), ("not a language", "not a language")):
+        r = invoke([str(src), "--bundle", str(hb.path), "--input-format", "text", "--lang", bad, "--route", "bow"])
+        assert r.exit_code == 2 and message in r.stderr, r.stderr

@@ -583,3 +583,30 @@ def test_missing_mecab_says_which_extra(tmp_path) -> None:
     assert p.returncode == 0, p.stderr
     for line in p.stdout.strip().splitlines():
         assert 'pip install "xtm[ja-mecab]"' in line and "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize(("text", "lang"), [
+    # Korean with English product words: counted letter for syllable, the Latin letters won, Korean was ruled out
+    # and the text was read as English (confidence 0.000) or as no language at all.
+    ("블루투스 이어폰 battery life is great 음질도 좋아요", "ko"),
+    ("아이폰 15 pro max case 너무 좋아요", "ko"),
+    ("다이슨 hair dryer 강추", "ko"),
+    ("iPhone 케이스", "ko"),
+    ("The market fell sharply today.", "en"),
+    ("東京の天気は晴れです", "ja"),
+])
+def test_identify_reads_mixed_script_text_by_its_wide_characters(text: str, lang: str) -> None:
+    from xtm.runtime.langid import identify
+
+    for prefer in (None, ["en", "ko"], ["en", "zh"]):
+        assert identify(text, prefer).lang == lang, prefer
+
+
+def test_identify_gives_the_probability_among_languages_the_script_allows() -> None:
+    # "책" can only be Korean: py3langid spread 99% of its probability over languages that cannot write it, and
+    # --min-lang-conf refused it (0.007) while it took "laptop" for English at 0.014.
+    from xtm.runtime.langid import identify
+
+    assert identify("책").confidence > 0.99 and identify("밥", ["en", "zh"]).lang == "ko"
+    assert identify("bank market", ["en", "zh"]).confidence < 0.1  # a guess among Latin languages stays a guess
+    assert identify("Le marché a chuté fortement aujourd'hui.").lang == "fr"
