@@ -282,9 +282,10 @@ class Preprocessing:
         cli=Cli("--stopwords", path="file", exists=True, metavar="FILE", parse=word_list_option))
 
     def __post_init__(self) -> None:
-        # config.json gives a list; anything else but a tuple is refused by name where settings are checked
-        if isinstance(self.extra_stopwords, list):
-            object.__setattr__(self, "extra_stopwords", tuple(self.extra_stopwords))
+        # config.json gives a list (null, as a hand edit writes "none": no words); anything else but a tuple is
+        # refused by name where settings are checked
+        if self.extra_stopwords is None or isinstance(self.extra_stopwords, list):
+            object.__setattr__(self, "extra_stopwords", tuple(self.extra_stopwords or ()))
 
 
 PREPROCESSING = Preprocessing()  # the default rules, for functions that take a Preprocessing

@@ -184,6 +184,16 @@ def test_stopwords_from_a_file_leave_every_vocabulary_and_a_resume_without_them_
     from xtm.trainer.contextual.fit import load_run_corpus
 
     assert load_run_corpus(out, RunDir(out).load_config(), progress=False).lang("en").vocab == en
+    # A config.json edited by hand: a wrong type is named with the file; null is no words (then the vocabulary
+    # differs, which is said as such).
+    from xtm.errors import XtmError
+
+    cfg = RunDir(out).load_config()
+    with pytest.raises(XtmError, match="data.extra_stopwords: extra_stopwords must be a list of single words") as e:
+        load_run_corpus(out, {**cfg, "data": {**cfg["data"], "extra_stopwords": "the"}}, progress=False)
+    assert e.value.path == str(out / "config.json")
+    with pytest.raises(XtmError, match="the data no longer gives the run's en vocabulary"):
+        load_run_corpus(out, {**cfg, "data": {**cfg["data"], "extra_stopwords": None}}, progress=False)
 
 
 @pytest.mark.parametrize(("content", "message"), [

@@ -87,6 +87,7 @@ logger = logging.getLogger(__name__)
 def load_run_corpus(run_dir: Path, config: dict[str, Any], progress: bool) -> Corpus:
     """The run's corpus re-read from its data source, checked against the run's vocabularies."""
     from xtm.trainer.data.loading import load_corpus
+    from xtm.trainer.data.vocab_rules import check_preprocessing
 
     data = config.get("data", {})
     path = data.get("path")
@@ -97,6 +98,11 @@ def load_run_corpus(run_dir: Path, config: dict[str, Any], progress: bool) -> Co
     # Rules and seed as the run recorded them (a run written before a rule existed: its default).
     # Token rules as the run recorded them (a run made before an upgrade: those it was made with).
     prep = replace(from_dict(Preprocessing, data), token_rules=run_token_rules(run_dir))
+    try:
+        check_preprocessing(prep)
+    except XtmError as e:  # a config.json edited by hand: named, not only its field
+        raise XtmError(f"data.{e.field}: {e.reason}" if e.field else e.reason,
+                       path=RunDir(run_dir).file(RunDir.CONFIG)) from None
     corpus = load_corpus(path, langs=config.get("langs"), prep=prep,
                          seed=config.get("train_config", {}).get("seed", default_of(TrainConfig, "seed")),
                          progress=progress)
