@@ -185,3 +185,23 @@ def test_a_pandas_column_with_missing_entries_reads_them_as_none() -> None:
     from xtm.trainer.api import _per_doc
 
     assert _per_doc("labels", pd.Series(["a", np.nan, pd.NA, None], index=[9, 3, 1, 0]), 4) == ["a", None, None, None]
+
+
+def test_a_run_is_resumed_with_resume_true_and_never_written_over(example: dict[str, Path], tmp_path: Path) -> None:
+    # The error said "pass --resume", which train() did not take, and a second call had already replaced the run's
+    # documents with its own before refusing.
+    docs = rows(example["docs"])
+    out = tmp_path / "run"
+    xtm.train(docs, dictionary=example["dict"], model="nmtm", num_topics=4, epochs=1, out=out, min_df=1,
+              contextual=False)
+    written = (tmp_path / "run.data" / "docs.jsonl").read_bytes()
+    with pytest.raises(XtmError, match="out already holds a run: pass resume=True"):
+        xtm.train(docs[:50], dictionary=example["dict"], model="nmtm", num_topics=4, epochs=1, out=out, min_df=1,
+                  contextual=False)
+    with pytest.raises(XtmError, match="resume=True with other documents than the run was trained on"):
+        xtm.train(docs[:50], dictionary=example["dict"], model="nmtm", num_topics=4, epochs=2, out=out, min_df=1,
+                  contextual=False, resume=True)
+    assert (tmp_path / "run.data" / "docs.jsonl").read_bytes() == written
+    run = xtm.train(docs, dictionary=example["dict"], model="nmtm", num_topics=4, epochs=2, out=out, min_df=1,
+                    contextual=False, resume=True)
+    assert run.metrics["epochs"] == 2 and not run.interrupted

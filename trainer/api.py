@@ -43,7 +43,7 @@ from xtm.config import (
 from xtm.errors import TRAIN_INSTALL, XtmError
 from xtm.json_files import is_missing, json_default
 from xtm.languages import normalize_lang
-from xtm.run_dir import RunDir, refuse_foreign_dir
+from xtm.run_dir import RunDir, has_checkpoint, refuse_foreign_dir
 
 if TYPE_CHECKING:
     from xtm.runtime.model import TopicModel
@@ -102,7 +102,7 @@ def train(docs: Sequence[str] | Sequence[Mapping[str, Any]], langs: Sequence[str
           epochs: int = default_of(TrainConfig, "epochs"), labels: Sequence[Any] | None = None,
           out: str | Path | None = None, data_dir: str | Path | None = None, ref_corpus: str | Path | None = None,
           phase2: Phase2Config | None = None, contextual: bool | None = None, progress: bool = False,
-          **settings: Any) -> TrainedRun:
+          resume: bool = False, **settings: Any) -> TrainedRun:
     """Train a cross-lingual topic model on documents held in memory; returns the run.
 
     docs: texts, or records as a JSONL line holds them ({"text", "lang"?, "label"?, "split"?,
@@ -120,6 +120,8 @@ def train(docs: Sequence[str] | Sequence[Mapping[str, Any]], langs: Sequence[str
         the run allows and otherwise warns and finishes without it; True requires it (--contextual);
         False skips it (--no-contextual: bundles then read only the training languages).
     progress: progress bars on stderr.
+    resume: continue the run in `out` (xtm-train --resume): the same documents and settings, more epochs or phase
+        2; without it, an `out` that holds a run is refused before anything is written.
     settings: any other xtm-train setting by its name in xtm.config: TrainConfig's (batch_size, lr,
         seed, device, threads, checkpoint_every, hparams={...}, eval_every, phase2_epochs, ...) and
         the vocabulary rules (vocab_size, min_df, max_df; extra_stopwords=[words], xtm-train's --stopwords).
@@ -132,9 +134,15 @@ def train(docs: Sequence[str] | Sequence[Mapping[str, Any]], langs: Sequence[str
     records = _records(docs, langs, labels)
     run_dir = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="xtm-run-"))
     refuse_foreign_dir(run_dir, hint="choose a new or empty out")  # before anything is written
+    if resume not in (True, False):
+        raise XtmError(f"resume must be True or False, got {resume!r}")
+    if not resume and has_checkpoint(run_dir):
+        # (said here: the documents below would otherwise replace the ones that run was trained on)
+        raise XtmError("out already holds a run: pass resume=True to continue it, or choose another out",
+                       path=run_dir)
     # absolute(): out="." has no name to put ".data" after
     data = Path(data_dir) if data_dir is not None else run_dir.absolute().with_name(run_dir.absolute().name + ".data")
-    data_path, dict_path = _write_inputs(records, dictionary, data)
+    data_path, dict_path = _write_inputs(records, dictionary, data, resume=resume and has_checkpoint(run_dir))
     phase2 = _phase2(phase2, cfg)
     data_cfg = DataConfig(path=str(data_path), dict_path=str(dict_path) if dict_path is not None else None,
                           ref_corpus=str(ref_corpus) if ref_corpus is not None else None, **data_settings)
@@ -142,7 +150,7 @@ def train(docs: Sequence[str] | Sequence[Mapping[str, Any]], langs: Sequence[str
 
     with _callers_random_state():
         try:
-            metrics = run_training(data_cfg, cfg, run_dir, phase2=phase2)
+            metrics = run_training(data_cfg, cfg, run_dir, resume=resume, phase2=phase2)
         except XtmError as e:
             if dict_path is not None and not isinstance(dictionary, (str, Path)) and e.path == str(dict_path):
                 # The file is the one xtm wrote from the caller's pairs: say so, not only its name.
@@ -337,9 +345,11 @@ def _as_list(value: Any) -> list[Any] | None:
     return None
 
 
-def _write_inputs(records: list[dict[str, Any]], dictionary: Any, data: Path) -> tuple[Path, Path | None]:
+def _write_inputs(records: list[dict[str, Any]], dictionary: Any, data: Path,
+                  resume: bool = False) -> tuple[Path, Path | None]:
     """docs.jsonl (and dict.tsv for a dictionary given as pairs) in `data`: a new or empty directory, or
-    an earlier call's (its INPUTS_MARKER and these files only: replaced, so a corrected call can run again)."""
+    an earlier call's (its INPUTS_MARKER and these files only: replaced, so a corrected call can run again).
+    `resume`: the run trained on the documents there; other documents are refused, not written over them."""
     ours = {DOCS_FILE, DICT_FILE, INPUTS_MARKER}
     names = {p.name for p in data.iterdir()} if data.is_dir() and not data.is_symlink() else set()
     if data.is_symlink() or (data.exists() and not data.is_dir()) or \
@@ -354,7 +364,11 @@ def _write_inputs(records: list[dict[str, Any]], dictionary: Any, data: Path) ->
         lines = [json.dumps(r, ensure_ascii=False, allow_nan=False, default=json_default) for r in records]
     except (TypeError, ValueError) as e:
         raise XtmError(f"a document record cannot be written as JSON: {e}") from e
-    write_text(docs_path, "".join(line + "\n" for line in lines))
+    text = "".join(line + "\n" for line in lines)
+    if resume and docs_path.is_file() and docs_path.read_text(encoding="utf-8") != text:
+        raise XtmError("resume=True with other documents than the run was trained on: pass the same documents (the "
+                       "run's are in this file), or train a new run", path=docs_path)
+    write_text(docs_path, text)
     if dictionary is None:
         return docs_path, None
     if isinstance(dictionary, (str, Path)):
