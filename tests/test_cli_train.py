@@ -107,6 +107,10 @@ def test_a_data_warning_is_a_command_line_not_a_python_traceback_line(example_di
     lines = [ln for ln in p.stderr.splitlines() if "have a label" in ln]
     assert len(lines) == 1 and lines[0].startswith("xtm-train: warning: "), p.stderr
     assert "UserWarning" not in p.stderr, p.stderr
+    # One epoch of a small corpus is a few optimizer steps: said, with what to change.
+    few = [ln for ln in p.stderr.splitlines() if "optimizer steps in all" in ln]
+    assert len(few) == 1 and few[0].startswith("xtm-train: warning: 1 epoch(s) of "), p.stderr
+    assert "the topics may not settle. Train more (more --epochs, or a smaller --batch-size such as" in few[0]
 
 
 def test_existing_run_needs_resume(example_dir: Path, tmp_path: Path) -> None:
