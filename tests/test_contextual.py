@@ -517,3 +517,26 @@ def test_a_run_fitted_before_issue_14_exports_a_bag_of_words_auto_route(contextu
     entry_obj, _ = export_contextual_route(run, tmp_path / "b", progress=False)
     entry = entry_obj.to_json()
     assert entry["auto_route"] == "bow"
+
+
+def test_a_route_that_classifies_worse_than_the_bags_of_words_is_said(tmp_path, caplog) -> None:
+    import logging
+
+    from xtm.config import ContextualConfig
+    from xtm.trainer.contextual.fit import _warn_if_bags_of_words_serve_better
+
+    worse = {"classification": {"bow": {"EN-I": 0.64, "KO-I": 0.61, "EN-C": 0.6, "KO-C": 0.58},
+                                "contextual": {"EN-I": 0.5, "KO-I": 0.48, "EN-C": 0.5, "KO-C": 0.47}}}
+    # Rakuten's NMTM run: Japanese agreement 24%, yet the route classifies better: nothing to say.
+    better = {"classification": {"bow": {"EN-I": 0.748, "JA-I": 0.814, "EN-C": 0.579, "JA-C": 0.572},
+                                 "contextual": {"EN-I": 0.746, "JA-I": 0.726, "EN-C": 0.704, "JA-C": 0.696}},
+              "test_agreement": {"ja": {"match": 0.24}}}
+    with caplog.at_level(logging.WARNING, logger="xtm"):
+        _warn_if_bags_of_words_serve_better(better, ContextualConfig(), tmp_path)
+        _warn_if_bags_of_words_serve_better({}, ContextualConfig(), tmp_path)  # no labels: nothing to compare
+        _warn_if_bags_of_words_serve_better(worse, ContextualConfig(auto_route="bow"), tmp_path)  # already so
+        assert not caplog.records
+        _warn_if_bags_of_words_serve_better(worse, ContextualConfig(), tmp_path)
+    [record] = caplog.records
+    assert "(mean accuracy 0.49 against 0.61)" in record.getMessage()
+    assert f"xtm-contextual {tmp_path} --auto-route bow" in record.getMessage()
