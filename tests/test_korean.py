@@ -184,3 +184,25 @@ def test_hostile_korean_text_gives_one_word_tokens_with_letters() -> None:
     # A hashtag's words are analysed like the text's (the hashtag kept its particle: 맛집에서).
     assert tok("#맛집에서 좋아요") == ["맛집", "좋다"]
     assert all(" " not in w and "\xa0" not in w for w in tok("#태그\xa0다음 위대한 개츠비 반지 원정대"))
+
+
+def test_a_dictionarys_korean_words_match_as_kiwi_writes_them(tmp_path: Path) -> None:
+    # The vocabulary holds 선생 and 사람 (Kiwi drops the suffixes 님 and 들): the dictionary's 선생님 "teacher" and
+    # 사람들 "people" matched nothing. Words that match as written still do (학교).
+    from xtm.trainer.data.loading import load_corpus
+
+    rows = []
+    for i in range(30):
+        rows.append({"lang": "ko", "text": ["선생님이 학교에서 가르쳤다", "사람들이 학교에 모였다"][i % 2]})
+        rows.append({"lang": "en", "text": ["the teacher taught at school", "people gathered at school"][i % 2]})
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    dct = tmp_path / "dict.tsv"
+    dct.write_text("선생님\tteacher\n사람들\tpeople\n학교\tschool\n없는말\tnothing\n", encoding="utf-8")
+    corpus = load_corpus(docs, dict_path=dct, min_df=1, max_df=1.0, progress=False)
+    [stats] = corpus.info["links"].values()
+    assert stats["pairs_matched"] == 3 and stats["words_covered"]["ko"] == 3
+    ko, en = corpus.lang("ko"), corpus.lang("en")
+    [((a, _), link)] = corpus.links.items()
+    pair = (ko.vocab.index("선생"), en.vocab.index("teacher"))
+    assert link[pair if a == "ko" else pair[::-1]] == 1

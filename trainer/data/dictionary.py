@@ -9,7 +9,8 @@ the vocabulary's Porter stems as well as exactly.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import cache
 from itertools import combinations
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from xtm.corpus import Corpus
+from xtm.corpus import Corpus, TokenizerSpec
 from xtm.errors import XtmError
 from xtm.text_files import read_text_file
 
@@ -118,22 +119,32 @@ def _index(vocab: Sequence[str], stemmer: Any) -> dict[str, list[int]]:
     return out
 
 
-def _match(pairs: Sequence[tuple[str, str]], src: dict[str, list[int]],
-           tgt: dict[str, list[int]]) -> tuple[list[int], list[int], int]:
+Rewrite = Callable[[str], str | None]
+
+
+def _lookup(index: dict[str, list[int]], word: str, rewrite: Rewrite | None) -> list[int] | None:
+    """The rows `word` matches: as written, lowercased, or as the language's rewriting tokenizer writes it."""
+    rows = index.get(word)
+    if rows is None:
+        rows = index.get(word.lower())
+        if rows is None and rewrite is not None:
+            written = rewrite(word)
+            rows = index.get(written) if written is not None else None
+    return rows
+
+
+def _match(pairs: Sequence[tuple[str, str]], src: dict[str, list[int]], tgt: dict[str, list[int]],
+           rewrite_src: Rewrite | None = None, rewrite_tgt: Rewrite | None = None) -> tuple[list[int], list[int], int]:
     rows: list[int] = []
     cols: list[int] = []
     matched = 0
     for s, t in pairs:
-        r = src.get(s)
+        r = _lookup(src, s, rewrite_src)
         if r is None:
-            r = src.get(s.lower())
-            if r is None:
-                continue
-        c = tgt.get(t)
+            continue
+        c = _lookup(tgt, t, rewrite_tgt)
         if c is None:
-            c = tgt.get(t.lower())
-            if c is None:
-                continue
+            continue
         matched += 1
         if len(r) == 1 and len(c) == 1:
             rows.append(r[0])
@@ -152,21 +163,24 @@ def build_links(
     vocab_b: Sequence[str],
     *,
     names: tuple[str, str] = ("a", "b"),
+    rewrites: tuple[Rewrite | None, Rewrite | None] = (None, None),
 ) -> tuple[sp.csr_matrix, dict[str, Any]]:
     """Binary (V_a, V_b) float32 link matrix from dictionary pairs, plus matching statistics.
 
     The dictionary may run either way (source in language a or in b): both orientations are
     tried and the one linking more pairs wins. A vocabulary word matches a dictionary word
-    exactly, lowercased, or (on a dictionary side that looks Porter-stemmed) through its
-    Porter stem. `names` labels the two languages in the statistics and messages.
+    exactly, lowercased, (on a dictionary side that looks Porter-stemmed) through its
+    Porter stem, or as `rewrites` (per language: a word -> the one word its tokenizer writes, or None) gives it.
+    `names` labels the two languages in the statistics and messages.
     Raises XtmError when no pair links the vocabularies (probably the wrong languages).
     """
     na, nb = names
+    rw_a, rw_b = rewrites
     stemmer, src_stemmed, tgt_stemmed = _stemming(pairs, vocab_a, vocab_b)
     index = _Indexes(vocab_a, vocab_b, stemmer)
     # Orientation "a->b": the dictionary's source words are language a's.
-    ra, ca, ma = _match(pairs, index.get("a", src_stemmed), index.get("b", tgt_stemmed))
-    rb, cb, mb = _match(pairs, index.get("b", src_stemmed), index.get("a", tgt_stemmed))
+    ra, ca, ma = _match(pairs, index.get("a", src_stemmed), index.get("b", tgt_stemmed), rw_a, rw_b)
+    rb, cb, mb = _match(pairs, index.get("b", src_stemmed), index.get("a", tgt_stemmed), rw_b, rw_a)
     if mb > ma:
         rows, cols, matched, orientation = cb, rb, mb, f"{nb}->{na}"
         stemmed_sides = ([nb] if src_stemmed else []) + ([na] if tgt_stemmed else [])
@@ -231,6 +245,23 @@ def _link_matrix(rows: list[int], cols: list[int], shape: tuple[int, int]) -> sp
     return m
 
 
+def _rewrite(spec: TokenizerSpec | None) -> Rewrite | None:
+    """For a language whose tokenizer rewrites words (Korean's writes dictionary forms and drops suffixes: 선생님
+    "teacher" -> 선생, 사람들 "people" -> 사람), a dictionary word -> the one word the tokenizer makes of it (None
+    when it makes several or none); None for other tokenizers, whose words match as written."""
+    from xtm.runtime.tokenize import REWRITING_KINDS, make_tokenizer
+
+    if spec is None or spec.kind not in REWRITING_KINDS:
+        return None
+    tokenize = make_tokenizer(spec)
+
+    @cache
+    def rewrite(word: str) -> str | None:
+        cut = tokenize(word)
+        return cut[0] if len(cut) == 1 else None
+    return rewrite
+
+
 def attach_links(corpus: Corpus, dict_path: Path) -> None:
     """Link every pair of the corpus's languages that the dictionary covers (`corpus.links`, and the
     matching statistics in `corpus.info["links"]`); XtmError when it covers none.
@@ -239,9 +270,11 @@ def attach_links(corpus: Corpus, dict_path: Path) -> None:
     """
     pairs = read_dictionary(dict_path)
     stats_all: dict[str, Any] = {}
+    rewrites = {lc.lang: _rewrite(lc.tokenizer) for lc in corpus.languages}
     for a, b in combinations(corpus.languages, 2):
         try:
-            m, stats = build_links(pairs, a.vocab, b.vocab, names=(a.lang, b.lang))
+            m, stats = build_links(pairs, a.vocab, b.vocab, names=(a.lang, b.lang),
+                                   rewrites=(rewrites[a.lang], rewrites[b.lang]))
         except XtmError:
             continue  # this pair of languages is not the dictionary's; others may be
         corpus.links[(a.lang, b.lang)] = m
