@@ -21,7 +21,7 @@ from xtm.config import Cli
 F = TypeVar("F", bound=Callable[..., Any])
 C = TypeVar("C")
 
-__all__ = ["FiniteFloat", "SectionedCommand", "build", "options", "settings"]
+__all__ = ["FiniteFloat", "SectionedCommand", "build", "given", "options", "settings"]
 
 
 class SectionOption(click.Option):
@@ -126,6 +126,18 @@ def settings(cls: type, parsed: dict[str, Any]) -> dict[str, Any]:
         elif spec.parse is not None:
             value = spec.parse(value)
         out[f.name] = value
+    return out
+
+
+def given(cls: type, ctx: click.Context) -> set[str]:
+    """The settings of `cls` whose option the command line (or an environment variable) gave, not its default."""
+    from click.core import ParameterSource
+
+    out = set()
+    for f in fields(cls):
+        spec: Cli | None = f.metadata.get("cli")
+        if spec is not None and ctx.get_parameter_source(spec.name) not in (None, ParameterSource.DEFAULT):
+            out.add(f.name)
     return out
 
 

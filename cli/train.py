@@ -113,7 +113,7 @@ model is evaluated or phase 2 refines its topics stops at once).
 def main(**parsed: Any) -> None:
     """Train a cross-lingual topic model and evaluate it (TU, CNPMI, TQ, classification)."""
     setup_logging("xtm-train")  # the library logs; this command shows it as `xtm-train: ...` lines
-    run = run_config(parsed)
+    run = run_config(parsed, _recorded_settings(parsed, click.get_current_context()))
     # A runtime-only install has no torch: say which install line trains, not a traceback.
     require_modules("xtm-train", TRAIN_INSTALL, imported=("torch", "safetensors", "scipy"),
                     present=("sklearn", "nltk"))
@@ -150,10 +150,68 @@ def main(**parsed: Any) -> None:
     click.echo(f"wrote {out}/metrics.json and topics_<lang>.txt", err=True)
 
 
-def run_config(parsed: dict[str, Any]) -> RunConfig:
+class _Recorded:
+    """What a run's config.json records, for the options a --resume does not give (which those are: `given`)."""
+
+    def __init__(self, config: dict[str, Any], given_options: dict[type, set[str]]) -> None:
+        self.config, self.given = config, given_options
+        self.taken: list[str] = []
+
+    def fill(self, cfg: Any, cls: type, key: str, keep: frozenset[str] = frozenset()) -> Any:
+        """`cfg` with each setting the command line did not give taken from config.json[key] (read as that file's
+        `cls`, checked as any config is)."""
+        from dataclasses import fields, replace
+
+        from xtm.config import from_dict
+
+        record = self.config.get(key)
+        if not isinstance(record, dict):
+            return cfg
+        if cls is Phase2Config:
+            then = Phase2Config.from_dict(record)  # (what was written before its settings existed, read as it was)
+        else:
+            then = from_dict(cls, {"path": "", **record} if cls is DataConfig else record)
+        values = {f.name: getattr(then, f.name) for f in fields(cls)
+                  if f.name in record and f.name not in self.given[cls] and f.name not in keep}
+        for name, value in values.items():
+            if value != getattr(cfg, name):
+                spec = next(f for f in fields(cls) if f.name == name).metadata.get("cli")
+                self.taken.append(f"{spec.flags.split()[0] if spec else name} {_shown(value)}")
+        return replace(cfg, **values)
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, dict):  # --set KEY=VALUE pairs
+        return ",".join(f"{k}={v}" for k, v in value.items()) or "(none)"
+    if isinstance(value, tuple):  # --stopwords' words
+        return f"({len(value)} words)"
+    return str(value)
+
+
+def _recorded_settings(parsed: dict[str, Any], ctx: click.Context) -> _Recorded | None:
+    """With --resume, the run's recorded settings (None without, or before the run wrote its config.json)."""
+    from xtm.cli.options import given
+    from xtm.run_dir import RunDir
+
+    out = Path(parsed["out"])
+    if not parsed.get("resume") or not (out / RunDir.CONFIG).is_file():
+        return None
+    options = {cls: given(cls, ctx) for cls in (DataConfig, TrainConfig, Phase2Config, RefinerConfig, Sampling)}
+    return _Recorded(RunDir(out).load_config(), options)
+
+
+def run_config(parsed: dict[str, Any], recorded: _Recorded | None = None) -> RunConfig:
     """The run the command line describes. Derived, not asked for: phase 2 exists when --phase2-epochs
-    is above 0 and runs that many epochs; LLM refiners sample with the run's --seed."""
+    is above 0 and runs that many epochs; LLM refiners sample with the run's --seed. With `recorded` (a --resume):
+    what the command line does not give is what the run records."""
     train = build(TrainConfig, parsed)
+    data = build(DataConfig, parsed)
+    if recorded is not None:
+        # progress follows this terminal; the token rules come from run.json (xtm.trainer.run)
+        train = recorded.fill(train, TrainConfig, "train_config", keep=frozenset({"progress"}))
+        data = recorded.fill(data, DataConfig, "data", keep=frozenset({"token_rules"}))
+    if data.path is None:
+        raise click.UsageError("Missing option '--data' (only --resume takes the run's own).")
     phase2 = None
     refiner_backend = settings(RefinerConfig, parsed).get("backend", default_of(RefinerConfig, "backend"))
     if not train.phase2_epochs and refiner_backend != default_of(RefinerConfig, "backend"):
@@ -164,7 +222,12 @@ def run_config(parsed: dict[str, Any]) -> RunConfig:
     if train.phase2_epochs:
         refiner = build(RefinerConfig, parsed, sampling=build(Sampling, parsed, seed=train.seed))
         phase2 = build(Phase2Config, parsed, epochs=train.phase2_epochs, refiner=refiner)
-    return build(RunConfig, parsed, data=build(DataConfig, parsed), train=train, phase2=phase2)
+        if recorded is not None and not any(recorded.given[c] for c in (Phase2Config, RefinerConfig, Sampling)):
+            phase2 = recorded.fill(phase2, Phase2Config, "phase2", keep=frozenset({"epochs"}))
+    if recorded is not None and recorded.taken:
+        click.echo(f"xtm-train: --resume: the run's own settings where the command line gives none: "
+                   f"{', '.join(recorded.taken)}", err=True)
+    return build(RunConfig, parsed, data=data, train=train, phase2=phase2)
 
 
 def fit_contextual(out: Path, cfg: TrainConfig, required: bool) -> dict[str, Any] | None:

@@ -295,8 +295,10 @@ PREPROCESSING = Preprocessing()  # the default rules, for functions that take a 
 class DataConfig:
     """Where the corpus comes from and how it is read (config.json "data")."""
 
-    path: str = setting(help="Benchmark directory (train_bow_matrix_<L>.npz, vocab_<L>, ...) or JSONL file/directory.",
-                        cli=Cli("--data", path="any", exists=True, required=True))
+    # Required (xtm-train checks it: with --resume the run's recorded one is taken).
+    path: str = setting(help="Benchmark directory (train_bow_matrix_<L>.npz, vocab_<L>, ...) or JSONL file/directory "
+                             "(required; with --resume, the run's own unless given).",
+                        cli=Cli("--data", path="any", exists=True))
     dict_path: str | None = setting(None, help="Bilingual dictionary, TSV source<TAB>target (orientation and "
                                                 "Porter-stemmed English are detected).",
                                     cli=Cli("--dict", path="file", exists=True))
@@ -323,6 +325,9 @@ class DataConfig:
     token_rules: int = _same_as(Preprocessing, "token_rules")
     # At the end: config.json files written before it lack it (their runs had none).
     extra_stopwords: tuple[str, ...] = _same_as(Preprocessing, "extra_stopwords")
+
+    def __post_init__(self) -> None:
+        Preprocessing.__post_init__(self)  # type: ignore[arg-type]  # the same reading of config.json's list
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -735,7 +740,9 @@ class RunConfig:
     data: DataConfig = setting(help="The corpus and how it is read.")
     train: TrainConfig = setting(help="The backbone and phase-1 training.", factory=TrainConfig)
     phase2: Phase2Config | None = setting(None, help="LLM-XTM phase 2 (None: phase 1 only).")
-    resume: bool = setting(False, help="Continue from the last checkpoint in --out.", cli=Cli("--resume", switch=True))
+    resume: bool = setting(False, help="Continue from the last checkpoint in --out, with the settings the run's "
+                                       "config.json records for every option not given (--epochs N: train to N).",
+                           cli=Cli("--resume", switch=True))
     # The contextual route is fitted by default (issue 14: any language, by default). None: fit it when the
     # run allows (not out of core, document texts at hand), else say why and finish without it; True
     # (--contextual): required, its failure fails the command; no_contextual (--no-contextual): never.

@@ -159,7 +159,7 @@ def test_an_llm_refiner_without_phase_2_is_refused_not_ignored(example_dir: Path
     assert not (tmp_path / "r").exists()
 
 
-def test_stopwords_from_a_file_leave_every_vocabulary_and_a_resume_without_them_says_so(
+def test_stopwords_from_a_file_leave_every_vocabulary_and_a_resume_with_others_says_so(
         example_dir: Path, tmp_path: Path) -> None:
     # Domain words the built-in lists do not hold ("experts", "reports"; 报道 "report"), dropped in every language,
     # recorded in config.json and said back by metrics.json and by a --resume that forgot them.
@@ -178,11 +178,15 @@ def test_stopwords_from_a_file_leave_every_vocabulary_and_a_resume_without_them_
     assert json.loads((out / "config.json").read_text())["data"]["extra_stopwords"] == ["Experts", "reports", "报道"]
     prep = json.loads((out / "metrics.json").read_text())["corpus"]["preprocessing"]
     assert prep["extra_stopwords"] == {"words": 3, "used": {"en": 3, "zh": 3}}
-    forgot = run(base + ["--epochs", "2", "--resume"])
-    assert forgot.returncode == 2
-    assert "--stopwords: 3 words then, none now" in forgot.stderr, forgot.stderr
-    again = run(base + ["--epochs", "2", "--resume", "--stopwords", str(words)])
+    # A resume without --stopwords takes the run's words; one with other words is refused, saying which.
+    other = tmp_path / "other.txt"
+    other.write_text("agreed\n", encoding="utf-8")
+    changed = run(base + ["--epochs", "2", "--resume", "--stopwords", str(other)])
+    assert changed.returncode == 2
+    assert "--stopwords: 3 words then, 1 words now" in changed.stderr, changed.stderr
+    again = run(base + ["--epochs", "2", "--resume"])
     assert again.returncode == 0, again.stderr
+    assert "--stopwords (3 words)" in again.stderr
     # A contextual fit rebuilds the run's vocabulary with the recorded words.
     from xtm.run_dir import RunDir
     from xtm.trainer.contextual.fit import load_run_corpus
@@ -214,3 +218,29 @@ def test_a_bad_stopword_file_is_one_error_naming_its_line(content: bytes, messag
              "--topics", "4", "--epochs", "1", "--stopwords", str(words), "--out", str(tmp_path / "r")])
     assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr, p.stderr
     assert not (tmp_path / "r").exists()  # refused before anything was written
+
+
+def test_resume_takes_the_runs_own_settings_for_the_options_it_is_not_given(example_dir: Path, tmp_path: Path) -> None:
+    # `--out RUN --resume --epochs N` continues the run: every other option had to be repeated, and a forgotten
+    # --model or --topics was refused as another run ("the checkpoint is nmtm with K=4, but this run asks for
+    # infoctm with K=50"). Options given still win, and the checkpoint still refuses what contradicts it.
+    words = tmp_path / "stop.txt"
+    words.write_text("experts\n", encoding="utf-8")
+    out = tmp_path / "r"
+    first = run(["--data", str(example_dir / "docs.jsonl"), "--dict", str(example_dir / "dict.tsv"), "--model", "nmtm",
+                 "--topics", "4", "--epochs", "1", "--batch-size", "32", "--stopwords", str(words), "--no-contextual",
+                 "--out", str(out)])
+    assert first.returncode == 0, first.stderr
+    vocab = (out / "vocab_en.txt").read_text(encoding="utf-8")
+    p = run(["--out", str(out), "--resume", "--epochs", "2", "--no-contextual"])
+    assert p.returncode == 0, p.stderr
+    said = next(line for line in p.stderr.splitlines() if "--resume: the run's own settings" in line)
+    for part in ("--model nmtm", "--topics 4", "--batch-size 32", f"--data {example_dir / 'docs.jsonl'}",
+                 "--stopwords (1 words)"):
+        assert part in said, said
+    assert "--epochs" not in said and json.loads((out / "metrics.json").read_text())["epochs"] == 2
+    assert (out / "vocab_en.txt").read_text(encoding="utf-8") == vocab
+    other = run(["--out", str(out), "--resume", "--epochs", "3", "--topics", "5", "--no-contextual"])
+    assert other.returncode == 2 and "--topics 4" in other.stderr, other.stderr
+    missing = run(["--out", str(tmp_path / "new"), "--epochs", "1"])
+    assert missing.returncode == 2 and "Missing option '--data'" in missing.stderr
