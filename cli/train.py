@@ -191,10 +191,13 @@ def _shown(value: Any) -> str:
 def _recorded_settings(parsed: dict[str, Any], ctx: click.Context) -> _Recorded | None:
     """With --resume, the run's recorded settings (None without, or before the run wrote its config.json)."""
     from xtm.cli.options import given
-    from xtm.run_dir import RunDir
+    from xtm.run_dir import RunDir, refuse_foreign_dir
 
     out = Path(parsed["out"])
-    if not parsed.get("resume") or not (out / RunDir.CONFIG).is_file():
+    if not parsed.get("resume"):
+        return None
+    refuse_foreign_dir(out)  # another tool's config.json is never read as the run's settings
+    if not (out / RunDir.CONFIG).is_file():
         return None
     options = {cls: given(cls, ctx) for cls in (DataConfig, TrainConfig, Phase2Config, RefinerConfig, Sampling)}
     return _Recorded(RunDir(out).load_config(), options)
