@@ -202,6 +202,7 @@ def test_a_dictionarys_korean_words_match_as_kiwi_writes_them(tmp_path: Path) ->
     corpus = load_corpus(docs, dict_path=dct, min_df=1, max_df=1.0, progress=False)
     [stats] = corpus.info["links"].values()
     assert stats["pairs_matched"] == 3 and stats["words_covered"]["ko"] == 3
+    assert stats["unmatched_sample"] == ["없는말\tnothing"]  # what matched nothing, as examples
     ko, en = corpus.lang("ko"), corpus.lang("en")
     [((a, _), link)] = corpus.links.items()
     pair = (ko.vocab.index("선생"), en.vocab.index("teacher"))

@@ -133,17 +133,24 @@ def _lookup(index: dict[str, list[int]], word: str, rewrite: Rewrite | None) -> 
     return rows
 
 
+# Pairs that link no words, kept as examples in the run's statistics (a user diffing vocabularies by hand to find
+# which of a dictionary's pairs matched nothing: a multi-word side, a word the vocabulary holds in another form).
+UNMATCHED_SAMPLE = 10
+
+
 def _match(pairs: Sequence[tuple[str, str]], src: dict[str, list[int]], tgt: dict[str, list[int]],
-           rewrite_src: Rewrite | None = None, rewrite_tgt: Rewrite | None = None) -> tuple[list[int], list[int], int]:
+           rewrite_src: Rewrite | None = None, rewrite_tgt: Rewrite | None = None
+           ) -> tuple[list[int], list[int], int, list[str]]:
     rows: list[int] = []
     cols: list[int] = []
     matched = 0
+    unmatched: list[str] = []
     for s, t in pairs:
         r = _lookup(src, s, rewrite_src)
-        if r is None:
-            continue
-        c = _lookup(tgt, t, rewrite_tgt)
-        if c is None:
+        c = _lookup(tgt, t, rewrite_tgt) if r is not None else None
+        if r is None or c is None:
+            if len(unmatched) < UNMATCHED_SAMPLE:
+                unmatched.append(f"{s}\t{t}")
             continue
         matched += 1
         if len(r) == 1 and len(c) == 1:
@@ -154,7 +161,7 @@ def _match(pairs: Sequence[tuple[str, str]], src: dict[str, list[int]], tgt: dic
                 for j in c:
                     rows.append(i)
                     cols.append(j)
-    return rows, cols, matched
+    return rows, cols, matched, unmatched
 
 
 def build_links(
@@ -179,20 +186,21 @@ def build_links(
     stemmer, src_stemmed, tgt_stemmed = _stemming(pairs, vocab_a, vocab_b)
     index = _Indexes(vocab_a, vocab_b, stemmer)
     # Orientation "a->b": the dictionary's source words are language a's.
-    ra, ca, ma = _match(pairs, index.get("a", src_stemmed), index.get("b", tgt_stemmed), rw_a, rw_b)
-    rb, cb, mb = _match(pairs, index.get("b", src_stemmed), index.get("a", tgt_stemmed), rw_b, rw_a)
+    ra, ca, ma, ua = _match(pairs, index.get("a", src_stemmed), index.get("b", tgt_stemmed), rw_a, rw_b)
+    rb, cb, mb, ub = _match(pairs, index.get("b", src_stemmed), index.get("a", tgt_stemmed), rw_b, rw_a)
     if mb > ma:
-        rows, cols, matched, orientation = cb, rb, mb, f"{nb}->{na}"
+        rows, cols, matched, unmatched, orientation = cb, rb, mb, ub, f"{nb}->{na}"
         stemmed_sides = ([nb] if src_stemmed else []) + ([na] if tgt_stemmed else [])
     else:
-        rows, cols, matched, orientation = ra, ca, ma, f"{na}->{nb}"
+        rows, cols, matched, unmatched, orientation = ra, ca, ma, ua, f"{na}->{nb}"
         stemmed_sides = ([na] if src_stemmed else []) + ([nb] if tgt_stemmed else [])
     if matched == 0:
         raise XtmError(f"the dictionary matches none of the vocabularies ({na}: {len(vocab_a)} words, "
                        f"{nb}: {len(vocab_b)} words): it is probably for other languages")
     m = _link_matrix(rows, cols, (len(vocab_a), len(vocab_b)))
     stats = {"pairs_read": len(pairs), "pairs_matched": matched, **_coverage(m, names),
-             "orientation": orientation, "stemmed": bool(stemmed_sides), "stemmed_sides": stemmed_sides}
+             "orientation": orientation, "stemmed": bool(stemmed_sides), "stemmed_sides": stemmed_sides,
+             "unmatched_sample": unmatched}
     return m, stats
 
 
