@@ -206,9 +206,9 @@ def _warn_no_stopwords(sources: dict[str, str]) -> None:
     missing = sorted(lang for lang, source in sources.items() if source == "none")
     if missing:
         warn_user(f"no stopword list for {', '.join(missing)}: its function words will crowd its topics, as max_df "
-                  "removes only the most common (remove them from the texts). xtm uses its own lists (en, zh, ja, "
-                  "fr, de, es) and stopwords-iso's (the stopwordsiso package, which training installs) where its "
-                  "entries are single words for xtm's tokenizer (not Vietnamese's)")
+                  "removes only the most common (list them in a file for --stopwords). xtm uses its own lists (en, "
+                  "zh, ja, fr, de, es, ko) and stopwords-iso's (the stopwordsiso package, which training installs) "
+                  "where its entries are single words for xtm's tokenizer (not Vietnamese's)")
 
 
 def _warn_rewritten_stopwords(langs: dict[str, Any], prep: Preprocessing) -> None:
