@@ -249,7 +249,8 @@ def parse_key_values(items: Sequence[str]) -> dict[str, Any]:
 # vocabulary after an upgrade.
 #   1: runs made before 2026-12-07: tokenizer kind "regex" for languages other than zh/ja, xtm's six stopword lists.
 #   2: kind "words" (a word keeps its combining marks), stopwords-iso's lists for 51 more languages.
-#   3: kind "kiwi" for Korean (content words without particles and endings; xtm.runtime.korean).
+#   3: kind "kiwi" for Korean (content words without particles and endings; xtm.runtime.korean) and xtm's Korean
+#      stopword list; a language detected between candidates weighs Han, kana and Hangul as three letters.
 TOKEN_RULES = 3
 TOKEN_RULES_BEFORE_RECORDED = 1  # what a run that records no version was built with
 

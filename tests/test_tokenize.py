@@ -610,3 +610,12 @@ def test_identify_gives_the_probability_among_languages_the_script_allows() -> N
     assert identify("책").confidence > 0.99 and identify("밥", ["en", "zh"]).lang == "ko"
     assert identify("bank market", ["en", "zh"]).confidence < 0.1  # a guess among Latin languages stays a guess
     assert identify("Le marché a chuté fortement aujourd'hui.").lang == "fr"
+
+
+def test_training_detection_between_candidates_weighs_wide_characters_from_token_rules_3() -> None:
+    # Korean with English words, its language not given, in a run with --langs en,ko: the script decided letter
+    # for syllable, and the review trained as English. Runs made under older rules keep their detection.
+    text = "블루투스 이어폰 battery life is great 음질도 좋아요"
+    assert detect_language(text, ["en", "ko"], weighted=True) == "ko"
+    assert detect_language(text, ["en", "ko"]) == "en"
+    assert detect_language("The battery life is great", ["en", "ko"], weighted=True) == "en"

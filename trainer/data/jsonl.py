@@ -298,7 +298,7 @@ class _DocumentReader:
             self.stats.drop("empty_text", None)  # no language to detect; counted without one
             return None
         else:
-            lang = detect_language(text, self.want)
+            lang = detect_language(text, self.want, weighted=self.rules >= 3)
             self.stats.detected += 1
         if self.want is not None and lang not in self.want:
             self.stats.skipped_lang[lang] += 1
