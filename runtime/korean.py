@@ -48,7 +48,7 @@ _DERIVING = frozenset({"XSA", "XSV"})  # 하 after a root: 깨끗 + 하 -> 깨�
 _PIECE = 4096
 # Kiwi reads UTF-16: a lone surrogate raised UnicodeDecodeError; a NUL is replaced too, as for MeCab; zero-width
 # spaces, joiners and the BOM separate words (Kiwi tagged U+200B as a noun).
-_UNSAFE = re.compile("[\x00\ud800-\udfff\u200b-\u200d\u2060\ufeff]")
+_UNSAFE = re.compile("[\x00\ud800-\udfff\u200b-\u200d\u2060\ufeff\u115f\u1160\u3164\uffa0]")  # and Hangul fillers
 _SPACE = re.compile(r"\s")
 
 _lock = threading.Lock()

@@ -57,9 +57,11 @@ def _get_prob_identifier() -> Any:
 
 # Writing systems that tell candidate languages apart without a statistical model.
 _SCRIPTS = {
-    "kana": re.compile(r"[\u3040-\u30ff]"),
+    # kana letters: not the middle dot, the prolonged sound mark or the iteration marks (U+30FB-30FE), which
+    # Chinese names and kaomoji use too
+    "kana": re.compile(r"[\u3040-\u30fa\u30ff]"),
     "han": re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]"),
-    "hangul": re.compile(r"[\u1100-\u11ff\uac00-\ud7af]"),
+    "hangul": re.compile(r"[\u1100-\u11ff\u3130-\u318f\uac00-\ud7af]"),  # with compatibility jamo (ㅋㅋ)
     "cyrillic": re.compile(r"[\u0400-\u04ff]"),
     "arabic": re.compile(r"[\u0600-\u06ff\u0750-\u077f]"),
     "greek": re.compile(r"[\u0370-\u03ff]"),
@@ -249,10 +251,16 @@ _WIDE = {"han": 3, "kana": 3, "hangul": 3}
 _PRESENT = 0.25
 
 
+# Japanese writes kana between its kanji: a text whose kana are at least this share of its kana and Han characters
+# is Japanese writing (its kanji count as kana). A kana or two in Chinese (a kaomoji's ノ) is not: it read as
+# Japanese at 1.0.
+_KANA_SHARE = 0.2
+
+
 def _present_scripts(text: str) -> frozenset[str]:
     """The scripts a language of `text` may be written in (empty: no letters of a known script)."""
     counts = {name: len(rx.findall(text)) * _WIDE.get(name, 1) for name, rx in _SCRIPTS.items()}
-    if counts["kana"]:  # any kana in CJK text means Japanese writing, whatever the kanji count
+    if counts["kana"] and counts["kana"] >= _KANA_SHARE * (counts["kana"] + counts["han"]):
         counts["kana"] += counts["han"]
         counts["han"] = 0
     total = sum(counts.values())

@@ -181,6 +181,7 @@ def test_hostile_korean_text_gives_one_word_tokens_with_letters() -> None:
     assert tok("해리 포터와 마법사의 돌을 읽었다") == ["해리", "포터", "마법사", "돌", "읽다"]
     # A zero-width space was a noun of its own; joiners and the BOM separate words too.
     assert tok("학교에서\u200b공부했다") == ["학교", "공부"] and tok("\ufeff학교\u2060친구") == ["학교", "친구"]
+    assert tok("학교\u115f\u1160 친구") == ["학교", "친구"]  # Hangul fillers were an invisible word
     # A hashtag's words are analysed like the text's (the hashtag kept its particle: 맛집에서).
     assert tok("#맛집에서 좋아요") == ["맛집", "좋다"]
     assert all(" " not in w and "\xa0" not in w for w in tok("#태그\xa0다음 위대한 개츠비 반지 원정대"))

@@ -594,6 +594,11 @@ def test_missing_mecab_says_which_extra(tmp_path) -> None:
     ("iPhone 케이스", "ko"),
     ("The market fell sharply today.", "en"),
     ("東京の天気は晴れです", "ja"),
+    # A kaomoji's kana or a name's middle dot in Chinese made it Japanese at 1.0 (all its Han counted as kana).
+    ("今天天气很好，我们去公园散步吧ヽ(´▽`)ノ", "zh"),
+    ("迈克尔・杰克逊是美国著名的流行音乐歌手", "zh"),
+    ("这家店的拉面很好吃，一定要去尝尝ー", "zh"),
+    ("ㅋㅋㅋㅋㅋㅋㅋㅋ ㅠㅠㅠ", "ko"),  # compatibility jamo are Hangul
 ])
 def test_identify_reads_mixed_script_text_by_its_wide_characters(text: str, lang: str) -> None:
     from xtm.runtime.langid import identify
