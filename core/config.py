@@ -279,7 +279,7 @@ class Preprocessing:
                  "line (# comments): domain words such as 'product' or 'customer'. Each is matched as the "
                  "language's tokenizer writes words (a word it cuts in several pieces, or rewrites, is not used: "
                  "write Korean words in their dictionary form, 배송 not 배송은; a warning names them). The words are "
-                 "recorded in config.json: pass the same file to --resume.",
+                 "recorded in config.json, and --resume takes them.",
         cli=Cli("--stopwords", path="file", exists=True, metavar="FILE", parse=word_list_option))
 
     def __post_init__(self) -> None:

@@ -244,3 +244,34 @@ def test_resume_takes_the_runs_own_settings_for_the_options_it_is_not_given(exam
     assert other.returncode == 2 and "--topics 4" in other.stderr, other.stderr
     missing = run(["--out", str(tmp_path / "new"), "--epochs", "1"])
     assert missing.returncode == 2 and "Missing option '--data'" in missing.stderr
+
+
+def test_resume_fills_phase_2_setting_by_setting_and_checks_what_it_reads(example_dir: Path, tmp_path: Path) -> None:
+    # One phase-2 option given on a --resume reset every other recorded phase-2 setting to its default; a tampered
+    # config.json went round the command line's checks into tracebacks, or read the current directory as the data.
+    out = tmp_path / "r"
+    base = ["--data", str(example_dir / "docs.jsonl"), "--dict", str(example_dir / "dict.tsv"), "--model", "nmtm",
+            "--topics", "4", "--no-contextual", "--out", str(out)]
+    first = run(base + ["--epochs", "1", "--phase2-epochs", "1", "--refine-every", "1", "--rounds", "2",
+                        "--lambda-mmd", "5000"])
+    assert first.returncode == 0, first.stderr
+    p = run(["--out", str(out), "--resume", "--epochs", "1", "--phase2-epochs", "2", "--rounds", "2",
+             "--no-contextual"])
+    assert p.returncode == 0, p.stderr
+    phase2 = json.loads((out / "config.json").read_text())["phase2"]
+    assert (phase2["lambda_mmd"], phase2["refine_every"], phase2["rounds"], phase2["epochs"]) == (5000.0, 1, 2, 2)
+    config = json.loads((out / "config.json").read_text())
+    for where, name, value, said in (("train_config", "num_topics", "4", "num_topics must be a number, got '4'"),
+                                     ("train_config", "lr", "NaN", "lr must be"),
+                                     ("data", "path", "", "data.path: must be a path, got ''"),
+                                     ("data", "path", "moved/docs.jsonl", "is relative to the directory the run was "
+                                                                          "trained in and is not found from here")):
+        bad = json.loads(json.dumps(config))
+        bad[where][name] = float("nan") if value == "NaN" else value
+        (out / "config.json").write_text(json.dumps(bad))
+        p = run(["--out", str(out), "--resume", "--epochs", "1", "--phase2-epochs", "3", "--no-contextual"])
+        assert p.returncode == 2 and f"{out / 'config.json'}: " in p.stderr and said in p.stderr, p.stderr
+        assert "Traceback" not in p.stderr
+    (out / "config.json").write_text(json.dumps(config))
+    empty = run(["--out", str(tmp_path / "nothing"), "--resume"])
+    assert empty.returncode == 2 and "holds no finished or interrupted run" in empty.stderr

@@ -48,7 +48,7 @@ from xtm.run_dir import RunDir, has_checkpoint, refuse_foreign_dir
 if TYPE_CHECKING:
     from xtm.runtime.model import TopicModel
 
-__all__ = ["TrainedRun", "train"]
+__all__ = ["TrainedRun", "check_setting", "train"]
 
 logger = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ def _run_training() -> Any:
     return run_training
 
 
-def _check(cls: type, name: str, value: Any) -> Any:
+def check_setting(cls: type, name: str, value: Any) -> Any:
     """`value` for setting `cls.name`, checked as its command-line option checks it: its type (a whole number where
     the option takes one: numpy integers and whole floats are converted, 2.5 is refused), its range and choices.
     None is the default of a setting whose default is None (the recipe's, or automatic), refused elsewhere."""
@@ -265,10 +265,10 @@ def _configs(model: str, num_topics: int, epochs: int, progress: bool,
     if unknown:
         raise XtmError(f"unknown setting(s) {', '.join(unknown)}: train() takes {', '.join(_TRAIN_SETTINGS)}, "
                        f"{', '.join(_DATA_SETTINGS)}")
-    train_kw = {k: _check(TrainConfig, k, v) for k, v in settings.items() if k in _TRAIN_SETTINGS}
-    data_kw = {k: _check(DataConfig, k, v) for k, v in settings.items() if k in _DATA_SETTINGS}
+    train_kw = {k: check_setting(TrainConfig, k, v) for k, v in settings.items() if k in _TRAIN_SETTINGS}
+    data_kw = {k: check_setting(DataConfig, k, v) for k, v in settings.items() if k in _DATA_SETTINGS}
     named = {"model": model, "num_topics": num_topics, "epochs": epochs}
-    cfg = TrainConfig(**{k: _check(TrainConfig, k, v) for k, v in named.items()},
+    cfg = TrainConfig(**{k: check_setting(TrainConfig, k, v) for k, v in named.items()},
                       **{"progress": bool(progress), **train_kw})
     return cfg, data_kw
 

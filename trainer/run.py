@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -276,13 +277,18 @@ def _preprocessing_changes(run: RunDir, prep: Preprocessing) -> str:
 FEW_STEPS = 250
 
 
+def _absolute_paths(data: DataConfig) -> dict[str, str]:
+    return {name: os.path.abspath(value) for name in ("path", "dict_path", "ref_corpus", "shard_dir")
+            if isinstance(value := getattr(data, name), str) and value}
+
+
 def _warn_few_steps(cfg: TrainConfig, sizes: list[int]) -> None:
     steps = steps_per_epoch(sizes, cfg.batch_size) * cfg.epochs
     if steps < FEW_STEPS:
-        smaller = max(8, min(cfg.batch_size // 4, max(sizes) // 10))
+        smaller = min(cfg.batch_size // 4, max(sizes) // 10)
+        how = f"more --epochs, or a smaller --batch-size such as {smaller}" if smaller >= 8 else "more --epochs"
         logger.warning(f"{cfg.epochs} epoch(s) of {max(sizes):,} documents at batch {cfg.batch_size} are {steps:,} "
-                       f"optimizer steps in all: the topics may not settle. Train more (more "
-                       f"--epochs, or a smaller --batch-size such as {smaller})")
+                       f"optimizer steps in all: the topics may not settle. Train more ({how})")
 
 
 def _write_vocabularies(run: RunDir, corpus: Corpus, prep: Preprocessing, *, resuming: bool) -> None:
@@ -332,7 +338,8 @@ def _run(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool, phase2: Ph
     model = result.model
     run.save_config({
         "xtm_version": xtm.__version__, "model_config": model.config(), "train_config": cfg.to_dict(),
-        "data": {**data.to_dict(), "name": corpus.name}, "langs": corpus.langs,
+        # paths absolute: a --resume or a contextual fit from another directory finds the same files
+        "data": {**data.to_dict(), **_absolute_paths(data), "name": corpus.name}, "langs": corpus.langs,
         "tokenizers": {lc.lang: lc.tokenizer.to_dict() for lc in corpus.languages},
         "corpus_info": corpus.info, "phase2": phase2.to_dict() if phase2 is not None else None})
     run.save_history(result.history)
