@@ -97,6 +97,9 @@ def main(run_dir: str, **parsed: Any) -> None:
     """Fit the contextual inference network of RUN_DIR (written by xtm-train)."""
     setup_logging("xtm-contextual")  # the library logs; this command shows it as `xtm-contextual: ...` lines
     cfg = build(ContextualConfig, parsed)
+    from xtm.cli.train import check_cache_settings
+
+    check_cache_settings()
     require_modules("xtm-contextual", TRAIN_INSTALL, imported=("torch", "safetensors", "scipy"))
     from xtm.errors import XtmError
     from xtm.run_dir import hold_run_dir, is_run_dir

@@ -114,6 +114,7 @@ def main(**parsed: Any) -> None:
     """Train a cross-lingual topic model and evaluate it (TU, CNPMI, TQ, classification)."""
     setup_logging("xtm-train")  # the library logs; this command shows it as `xtm-train: ...` lines
     run = run_config(parsed, _recorded_settings(parsed, click.get_current_context()))
+    check_cache_settings()
     # A runtime-only install has no torch: say which install line trains, not a traceback.
     require_modules("xtm-train", TRAIN_INSTALL, imported=("torch", "safetensors", "scipy"),
                     present=("sklearn", "nltk"))
@@ -229,6 +230,13 @@ def _recorded_phase2(recorded: _Recorded, phase2: Phase2Config) -> Phase2Config:
     refiner = recorded.fill(phase2.refiner, RefinerConfig, "phase2.refiner", refiner_record)
     filled = recorded.fill(phase2, Phase2Config, "phase2", record, keep=frozenset({"epochs"}))
     return replace(filled, refiner=replace(refiner, sampling=sampling))
+
+
+def check_cache_settings() -> None:
+    """A bad $XTM_EMBEDDINGS_CACHE_MB is said when the command starts, not after the training it would follow."""
+    from xtm.models_zoo.embedding_cache import cache_budget
+
+    cache_budget()
 
 
 def _shown(value: Any) -> str:

@@ -31,9 +31,11 @@ logger = logging.getLogger(__name__)
 
 CACHE_BUDGET_ENV = "XTM_EMBEDDINGS_CACHE_MB"
 DEFAULT_CACHE_BUDGET_MB = 4096
-# What cached_vectors names its entries, and how an .npy file starts: an entry is removed only when both say ours.
-_ENTRY_NAME = re.compile(r"[^/\0]+-[0-9a-f]{24}\.npy")
-_NPY_MAGIC = b"\x93NUMPY"
+# What cached_vectors names its entries (its keys: use-multilingual, use-multilingual-pooled-t<N>, st_<model>) and
+# what they hold (a float32 matrix): an entry is removed only when both say ours (a user's "doc-<24 hex>.npy" in a
+# linked embeddings/ matched a looser pattern).
+_ENTRY_NAME = re.compile(r"(use-multilingual(-pooled-t[0-9]+)?|st_[^/\0]+)-[0-9a-f]{24}\.npy")
+_MAX_BUDGET_MB = 1 << 30  # a petabyte: past it, a typo
 
 
 def texts_key(encoder_name: str, texts: list[str]) -> str:
@@ -184,14 +186,16 @@ def cache_budget() -> int | None:
         mb = float(raw)
     except ValueError:
         mb = -1.0
-    if not mb >= 0 or mb == float("inf"):
-        raise XtmError(f"${CACHE_BUDGET_ENV} must be a number of megabytes (0: no limit), got {raw!r}")
+    if not (mb == 0 or 1 <= mb <= _MAX_BUDGET_MB):
+        raise XtmError(f"${CACHE_BUDGET_ENV} must be a number of megabytes from 1 to {_MAX_BUDGET_MB:,} (0: no "
+                       f"limit), got {raw!r}")
     return None if mb == 0 else int(mb * (1 << 20))
 
 
 def _keep_within_budget(dfd: int, directory: Path, keep: str) -> None:
-    """Remove the least recently used entries until the cache is within its budget; never `keep` (just written),
-    never anything not provably an entry (a name and a start cached_vectors writes, a regular file, not a link)."""
+    """Remove the least recently used entries until they are within the budget; never `keep` (just written), never
+    anything not provably an entry (xtm's name and a float32 matrix, a regular file, not a link): a user's files
+    in a linked folder are neither counted nor removed."""
     budget = cache_budget()
     if budget is None:
         return
@@ -203,7 +207,7 @@ def _keep_within_budget(dfd: int, directory: Path, keep: str) -> None:
             st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
         except OSError:
             continue
-        if stat.S_ISREG(st.st_mode):
+        if stat.S_ISREG(st.st_mode) and _holds_vectors(dfd, name):
             entries.append((st.st_mtime_ns, name, st.st_size))
     total = sum(size for _, _, size in entries)
     if total <= budget:
@@ -212,7 +216,7 @@ def _keep_within_budget(dfd: int, directory: Path, keep: str) -> None:
     for _, name, size in sorted(entries):
         if total <= budget:
             break
-        if name == keep or not _starts_as_npy(dfd, name):
+        if name == keep:
             continue
         try:
             os.unlink(name, dir_fd=dfd)
@@ -224,15 +228,18 @@ def _keep_within_budget(dfd: int, directory: Path, keep: str) -> None:
                     f"recently used entries ({freed / (1 << 20):,.1f} MB; ${CACHE_BUDGET_ENV} sets the limit)")
 
 
-def _starts_as_npy(dfd: int, name: str) -> bool:
+def _holds_vectors(dfd: int, name: str) -> bool:
+    """Whether entry `name` is an .npy file of a float32 matrix, as cached_vectors writes (read without a link)."""
     try:
         fd = open_entry(dfd, name)
     except OSError:
         return False
-    try:
-        return os.read(fd, len(_NPY_MAGIC)) == _NPY_MAGIC
-    finally:
-        os.close(fd)
+    with os.fdopen(fd, "rb") as f:
+        try:
+            shape, _, dtype = read_npy_header(f)
+        except (OSError, ValueError, EOFError):
+            return False
+    return len(shape) == 2 and dtype == np.float32
 
 
 def _not_read(path: Path, what: str) -> None:

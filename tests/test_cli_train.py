@@ -275,3 +275,13 @@ def test_resume_fills_phase_2_setting_by_setting_and_checks_what_it_reads(exampl
     (out / "config.json").write_text(json.dumps(config))
     empty = run(["--out", str(tmp_path / "nothing"), "--resume"])
     assert empty.returncode == 2 and "holds no finished or interrupted run" in empty.stderr
+
+
+def test_a_bad_cache_limit_is_said_before_training(example_dir: Path, tmp_path: Path) -> None:
+    # It was noticed when the contextual fit embedded the corpus, after the whole training.
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "XTM_EMBEDDINGS_CACHE_MB": "1e308"}
+    p = subprocess.run(CLI + ["--data", str(example_dir / "docs.jsonl"), "--dict", str(example_dir / "dict.tsv"),
+                              "--model", "nmtm", "--topics", "4", "--epochs", "1", "--out", str(tmp_path / "r")],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 2 and "XTM_EMBEDDINGS_CACHE_MB must be a number of megabytes" in p.stderr
+    assert not (tmp_path / "r").exists()

@@ -123,7 +123,7 @@ def test_the_cache_keeps_within_its_budget_least_recently_used_first(tmp_path: P
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """Every corpus a run embedded added an entry and nothing removed them: a machine that trains often filled its
     disk. Now the least recently used entries go past $XTM_EMBEDDINGS_CACHE_MB; a read counts as a use; nothing
-    that is not provably an entry is touched."""
+    that is not provably an entry is touched, in a linked embeddings/ folder of the user's either."""
     import os
 
     from xtm.models_zoo.embedding_cache import CACHE_BUDGET_ENV, cached_vectors
@@ -132,39 +132,44 @@ def test_the_cache_keeps_within_its_budget_least_recently_used_first(tmp_path: P
         return np.ones((len(texts), 256), dtype=np.float32)  # 1 KB a text
 
     corpora = {c: [f"{c} {i}" for i in range(400)] for c in "abcd"}  # about 400 KB an entry
-    d = tmp_path / "embeddings"
-    d.mkdir()
-    mine = {"notes-0123456789abcdef01234567.npy": b"my notes", "photo.npy": b"\x93NUMPY mine", "other.txt": b"x"}
-    for name, data in mine.items():
-        (d / name).write_bytes(data)
-    (d / "link-0123456789abcdef01234567.npy").symlink_to(tmp_path / "elsewhere.npy")
-    monkeypatch.setenv(CACHE_BUDGET_ENV, "1")  # 1 MB: two entries
+    folder = tmp_path / "my-vectors"  # the user's own folder, linked as the cache's embeddings/
+    folder.mkdir()
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "embeddings").symlink_to(folder)
+    d = tmp_path / "cache" / "embeddings"
+    np.save(folder / "doc-5f8d0d55b54764421b7156c3.npy", np.ones((300, 256), np.float32))  # a MongoDB id
+    np.save(folder / "use-multilingual-0123456789abcdef01234567.npy", np.ones((300, 256), np.int64))
+    mine = {p.name: p.read_bytes() for p in folder.iterdir()}
+    (folder / "notes.txt").write_text("x")
+    mine["notes.txt"] = b"x"
+    (folder / "use-multilingual-aaaaaaaaaaaaaaaaaaaaaaaa.npy").symlink_to(tmp_path / "elsewhere.npy")
+    monkeypatch.setenv(CACHE_BUDGET_ENV, "1")  # 1 MB: a user's 600 KB and two entries are over it
     clock = iter(range(1_000, 10_000, 10))
 
-    def entry_of(c: str) -> list[Path]:
-        before = set(d.iterdir())
-        cached_vectors("k", corpora[c], tmp_path, compute)
-        new = set(d.iterdir()) - before
-        for p in new:
-            os.utime(p, (next(clock),) * 2)
-        return sorted(new)
+    def entry_of(c: str) -> Path:
+        before = set(folder.iterdir())
+        cached_vectors("use-multilingual", corpora[c], tmp_path / "cache", compute)
+        [new] = set(folder.iterdir()) - before
+        os.utime(new, (next(clock),) * 2)
+        return new
 
-    a, b = entry_of("a")[0], entry_of("b")[0]
-    cached_vectors("k", corpora["a"], tmp_path, compute)  # a read: "a" is now the most recently used
+    a, b = entry_of("a"), entry_of("b")
+    cached_vectors("use-multilingual", corpora["a"], tmp_path / "cache", compute)  # a read: "a" most recently used
     assert os.stat(a).st_mtime > os.stat(b).st_mtime
     with caplog.at_level(logging.INFO, logger="xtm"):
-        c = entry_of("c")[0]
-    assert a.exists() and c.exists() and not b.exists()  # b was the least recently used
-    assert "over 1 MB: removed the 1 least recently used entries" in caplog.text
+        c = entry_of("c")
+    assert a.exists() and c.exists() and not b.exists()  # b was the least recently used entry
+    assert "removed the 1 least recently used entries" in caplog.text
     for name, data in mine.items():
-        assert (d / name).read_bytes() == data  # not ours by name or by content: never removed
-    assert (d / "link-0123456789abcdef01234567.npy").is_symlink()
+        assert (folder / name).read_bytes() == data  # not provably entries: never removed
+    assert (d / "use-multilingual-aaaaaaaaaaaaaaaaaaaaaaaa.npy").is_symlink()
     monkeypatch.setenv(CACHE_BUDGET_ENV, "0")  # no limit
     entry_of("d")
     assert a.exists() and c.exists()
-    monkeypatch.setenv(CACHE_BUDGET_ENV, "lots")
-    with pytest.raises(XtmError, match="XTM_EMBEDDINGS_CACHE_MB must be a number of megabytes"):
-        cached_vectors("k", ["new text"], tmp_path, compute)
+    for bad in ("lots", "0.5", "1e308", "-1", "nan"):
+        monkeypatch.setenv(CACHE_BUDGET_ENV, bad)
+        with pytest.raises(XtmError, match="XTM_EMBEDDINGS_CACHE_MB must be a number of megabytes from 1 to"):
+            cached_vectors("use-multilingual", ["new text"], tmp_path / "cache", compute)
 
 
 def test_a_long_embedding_pass_is_said_in_the_log_and_a_cache_hit_is_silent(tmp_path: Path, caplog) -> None:
