@@ -340,7 +340,7 @@ def test_another_tools_field_names_are_said_not_silently_ignored(tmp_path: Path)
         load_quiet(write_jsonl(tmp_path / "d.jsonl", [{"lang": "en", "content": "football match"}]))
     assert (e.value.line, e.value.field) == (1, "text")
     # Misspelt names are said too: another case ("Lang"), one letter off ("lable"); "Text" names the line's field.
-    typos = [{"text": r["text"], "Lang": r["lang"], "lable": r["label"], "url": "u"}
+    typos = [{"text": r["text"], "Lang": r["lang"], "lable": r["label"], "url": "u", "long": -122.4}
              for r in make_docs("en", 30) + make_docs("zh", 30)]
     with pytest.warns(UserWarning, match=r"60 document\(s\) have 'Lang' and no 'lang'; 60 document\(s\) "
                                          r"have 'lable' and no 'label'\. xtm reads"):

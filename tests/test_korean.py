@@ -173,6 +173,11 @@ def test_a_users_korean_stopwords_are_words_as_kiwi_writes_them(tmp_path: Path) 
     from xtm.trainer.data.stopwords import extra_stopwords
 
     assert extra_stopwords("ko", 3, ("자기집", "비교적", "배송")) == {"배송"}
+    # A compound Kiwi splits is not used either, and is said too (it was left out silently).
+    from xtm.trainer.data.stopwords import unused_stopwords
+
+    assert unused_stopwords("ko", 3, ("고객센터", "배송")) == (("고객센터", "고객 센터"),)
+    assert unused_stopwords("en", 3, ("e-mail", "product")) == (("e-mail", "e mail"),)
 
 
 def test_hostile_korean_text_gives_one_word_tokens_with_letters() -> None:

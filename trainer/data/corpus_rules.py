@@ -23,7 +23,7 @@ from xtm.errors import XtmError
 from xtm.languages import UNSEGMENTED, normalize_lang
 from xtm.runtime.tokenize import default_tokenizer_spec
 from xtm.trainer.data.jsonl import ReadStats
-from xtm.trainer.data.stopwords import extra_stopwords, rewritten_stopwords, stopword_source
+from xtm.trainer.data.stopwords import extra_stopwords, stopword_source, unused_stopwords
 
 __all__ = ["HOLDOUT_FRACTION", "corpus_info", "label_names", "language_order", "normalize_langs",
            "choose_test_documents", "split_mode", "warn_user"]
@@ -179,7 +179,7 @@ def corpus_info(source: Path, files: list[Path], stats: ReadStats, label_names: 
     sources = {lang: stopword_source(lang, prep.token_rules) for lang in lang_info}
     if prep.token_rules >= 2:  # a run made under rules 1 (xtm's lists only) is read as it was made: nothing new to say
         _warn_no_stopwords(sources)
-    _warn_rewritten_stopwords(lang_info, prep)
+    _warn_unused_stopwords(lang_info, prep)
     _warn_no_segmenter(lang_info)
     return {
         "source": str(source),
@@ -211,13 +211,13 @@ def _warn_no_stopwords(sources: dict[str, str]) -> None:
                   "where its entries are single words for xtm's tokenizer (not Vietnamese's)")
 
 
-def _warn_rewritten_stopwords(langs: dict[str, Any], prep: Preprocessing) -> None:
+def _warn_unused_stopwords(langs: dict[str, Any], prep: Preprocessing) -> None:
     for lang in langs:
-        rewritten = rewritten_stopwords(lang, prep.token_rules, prep.extra_stopwords)
-        if rewritten:
-            shown = ", ".join(f"{entry} as {token}" for entry, token in rewritten[:5])
-            more = f" and {len(rewritten) - 5} more" if len(rewritten) > 5 else ""
-            warn_user(f"--stopwords: {len(rewritten)} word(s) are not '{lang}' words as its tokenizer writes them, and "
+        unused = unused_stopwords(lang, prep.token_rules, prep.extra_stopwords)
+        if unused:
+            shown = ", ".join(f"{entry} as {token}" for entry, token in unused[:5])
+            more = f" and {len(unused) - 5} more" if len(unused) > 5 else ""
+            warn_user(f"--stopwords: {len(unused)} word(s) are not '{lang}' words as its tokenizer writes them, and "
                       f"are not used for it (it reads {shown}{more}): write them as the vocabulary and topics show "
                       "them")
 

@@ -183,16 +183,17 @@ def _names_for(obj: dict[str, Any], name: str) -> list[str]:
 
 
 def _misspelt(key: str, name: str) -> bool:
-    """`key` (lowercased) is `name` or one edit from it (a letter added, dropped, changed, or two swapped); names
-    shorter than four letters ("id") only in another case."""
+    """`key` (lowercased) is `name` or one slip from it (a letter added or dropped, or two swapped); names shorter
+    than four letters ("id") only in another case. Not a letter changed: "long" (a longitude) and "test" are other
+    fields, not "lang" and "text"."""
     if key == name:
         return True
     if len(name) < 4 or abs(len(key) - len(name)) > 1:
         return False
     if len(key) == len(name):
         diff = [i for i, (a, b) in enumerate(zip(key, name, strict=True)) if a != b]
-        return len(diff) == 1 or (len(diff) == 2 and diff[1] == diff[0] + 1
-                                  and key[diff[0]] == name[diff[1]] and key[diff[1]] == name[diff[0]])
+        return len(diff) == 2 and diff[1] == diff[0] + 1 and key[diff[0]] == name[diff[1]] \
+            and key[diff[1]] == name[diff[0]]
     short, long_ = (key, name) if len(key) < len(name) else (name, key)
     return any(long_[:i] + long_[i + 1:] == short for i in range(len(long_)))
 

@@ -19,7 +19,7 @@ from xtm.config import TOKEN_RULES
 from xtm.errors import XtmError
 from xtm.languages import normalize_lang
 
-__all__ = ["extra_stopwords", "function_words", "rewritten_stopwords", "stopword_source", "stopwords",
+__all__ = ["extra_stopwords", "function_words", "unused_stopwords", "stopword_source", "stopwords",
            "stopwords_id"]
 
 _EN = """
@@ -150,14 +150,16 @@ def extra_stopwords(lang: str, rules: int, words: tuple[str, ...]) -> frozenset[
 
 
 @cache
-def rewritten_stopwords(lang: str, rules: int, words: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
-    """(entry, the word the tokenizer makes of it) for a user's stopwords that `lang`'s rewriting tokenizer reads as
-    one other word and so are not used (Korean 배송은 -> 배송): said to the user, who meant that word."""
+def unused_stopwords(lang: str, rules: int, words: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """(entry, what the tokenizer makes of it) for a user's stopwords `lang`'s tokenizer does not read as themselves
+    and so are not used: one other word (Korean 배송은 -> 배송) or several (e-mail -> e mail; 고객센터 -> 고객 센터).
+    Said to the user, who meant them."""
     return tuple((entry, token) for entry, token, used in _cut_entries(words, lang, rules) if token and not used)
 
 
 def _cut_entries(entries: Iterable[str], lang: str, rules: int) -> Iterator[tuple[str, str, bool]]:
-    """(entry, its token or "", used) for each entry of a word list under `lang`'s tokenizer and token `rules`.
+    """(entry, its token, or its tokens joined by spaces, or "", used) for each entry of a word list under
+    `lang`'s tokenizer and token `rules`.
     An entry is used when it is one word: one cut in several is not, nor is one a rewriting tokenizer (Korean's,
     which writes dictionary forms) changes, since the word it gives is another: Kiwi reads 자기집 ("one's own
     house") as 집 ("house"), 비교적 ("relatively") as 비교 ("comparison")."""
@@ -169,7 +171,7 @@ def _cut_entries(entries: Iterable[str], lang: str, rules: int) -> Iterator[tupl
     for entry in entries:
         cut = tokenize(entry)
         if len(cut) != 1:
-            yield entry, "", False
+            yield entry, " ".join(cut), False
         else:
             yield entry, cut[0], not rewrites or cut[0] == normalized_token(entry.strip(), spec)
 
