@@ -137,6 +137,7 @@ def test_someone_elses_directory_is_refused_before_anything_is_written(example: 
     ({"docs": ["a"], "extra_stopwords": "market"}, "extra_stopwords must be a list of words, got str"),
     ({"docs": ["a"], "extra_stopwords": ["market", "new york"]}, "must be single words, got 'new york'"),
     ({"docs": ["a"], "extra_stopwords": [3]}, "extra_stopwords must be single words, got 3"),
+    ({"docs": ["caf\ud800"]}, "docs\\[0\\]: 'text' is not Unicode text: a lone surrogate at character 3"),
 ])
 def test_bad_arguments_are_one_clear_error_before_anything_is_written(kwargs: dict, needle: str,
                                                                      tmp_path: Path) -> None:

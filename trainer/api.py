@@ -309,6 +309,11 @@ def _records(docs: Any, langs: Any, labels: Any) -> list[dict[str, Any]]:
             raise XtmError(f"docs[{i}] must be a text or a record (a mapping), got {type(d).__name__}")
         if not isinstance(rec.get("text"), str) or not rec["text"].strip():
             raise XtmError(f"docs[{i}]: 'text' must be a non-empty string, got {rec.get('text')!r:.60}")
+        try:
+            rec["text"].encode("utf-8")
+        except UnicodeEncodeError as e:  # (it failed writing the JSONL, after the data directory was made)
+            raise XtmError(f"docs[{i}]: 'text' is not Unicode text: a lone surrogate at character {e.start} "
+                           "(a '\\ud800' escape or bytes decoded with 'surrogateescape')") from None
         out.append(rec)
     if not out:
         raise XtmError("docs is empty: nothing to train on")
