@@ -157,6 +157,18 @@ class BundleManifest:
         """Absolute path of a bundle file named in the manifest."""
         return self.directory / name
 
+    def served_languages(self, route: str) -> list[str] | None:
+        """Languages `route` ("auto", "bow", "contextual"; checked by the caller) can read: the bag-of-words
+        languages, plus the contextual encoder's when the route uses it; None when that encoder does not list its
+        languages (any). The "contextual" route of a bundle without one: the bag-of-words languages (the caller
+        refuses the route)."""
+        if route == "bow" or self.contextual is None:
+            return list(self.languages)
+        ctx = list(self.contextual.languages)
+        if not ctx:
+            return None
+        return ctx if route == "contextual" else list(self.languages) + [c for c in ctx if c not in self.languages]
+
     @property
     def content_sha256(self) -> str:
         """SHA-256 of the manifest as read (its object in canonical JSON): it lists every file's checksum, so it

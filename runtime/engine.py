@@ -58,9 +58,9 @@ if TYPE_CHECKING:
     from xtm.runtime.model import TopicModel
 
 __all__ = ["CHUNK_BATCHES", "RAY_THREADS_PER_ACTOR", "ROUTES", "ROUTE_HELP", "BadLines", "Engine",
-           "check_min_lang_conf", "InferenceCounts", "InferenceOptions", "NoResultsError", "OutputWriter", "Row",
-           "WorkerPool", "check_route", "infer_file", "infer_records", "no_contextual_route", "open_output",
-           "parse_max_bad", "sink_writer", "table_shape"]
+           "check_lang_served", "check_min_lang_conf", "InferenceCounts", "InferenceOptions", "NoResultsError",
+           "OutputWriter", "Row", "WorkerPool", "check_route", "infer_file", "infer_records", "no_contextual_route",
+           "open_output", "parse_max_bad", "sink_writer", "table_shape"]
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +132,14 @@ def check_min_lang_conf(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) <= 1.0:
         raise XtmError(f"min_lang_conf must be a number from 0 to 1, got {value!r}")
     return float(value)
+
+
+def check_lang_served(options: InferenceOptions, served: Sequence[str] | None) -> None:
+    """Refuse options.lang when the route does not serve it (before any work: the driver checks it for Ray)."""
+    lang = options.lang
+    if lang is not None and served is not None and lang not in served:
+        raise XtmError(f"--lang '{lang}' is not served by this bundle on route {options.route} (it serves "
+                       f"{', '.join(served)})")
 
 
 def whole_number(name: str, value: Any, low: int = 1) -> int:
@@ -296,10 +304,7 @@ class Engine:
             raise no_contextual_route(bundle if bundle is not None else model.manifest.directory)
         # Languages a good record may name on this route (None: any valid code).
         self.served = model.served_languages(self.options.route)
-        lang = self.options.lang
-        if lang is not None and self.served is not None and lang not in self.served:
-            raise XtmError(f"--lang '{lang}' is not served by this bundle on route {self.options.route} (it serves "
-                           f"{', '.join(self.served)})")
+        check_lang_served(self.options, self.served)
         self.formatter = LineFormatter(model, full_theta=self.options.full_theta)
 
     @property

@@ -564,14 +564,9 @@ class TopicModel:
         """Languages `route` can read: the bag-of-words languages, plus the contextual encoder's
         when the route uses it; None when that encoder does not list its languages (any)."""
         check_route(route)
-        if route == "bow" or not self.has_contextual:
-            if route == "contextual":
-                self.contextual_encoder()  # raises: no contextual route
-            return self.languages
-        ctx = self.contextual_languages
-        if not ctx:
-            return None
-        return ctx if route == "contextual" else self.languages + [c for c in ctx if c not in self._encoders]
+        if route == "contextual" and not self.has_contextual:
+            self.contextual_encoder()  # raises: no contextual route
+        return self._manifest.served_languages(route)
 
     @property
     def auto_route(self) -> str:

@@ -46,6 +46,7 @@ from xtm.runtime.engine import (
     InferenceOptions,
     OutputWriter,
     Row,
+    check_lang_served,
     check_route,
     no_contextual_route,
     open_output,
@@ -262,12 +263,14 @@ def _result_table(batch: pa.Table, res: Any, rows: list[int], errors: list[str |
     return pa.table(cols)
 
 
-def _check_route(bundle_dir: str | Path, route: str) -> None:
-    """The route's error on the driver, from the manifest alone (no model loaded, no actor started)."""
+def _check_route(bundle_dir: str | Path, options: InferenceOptions) -> None:
+    """The route's and --lang's errors on the driver, from the manifest alone (no model loaded, no actor started)."""
     from xtm.runtime.bundle import read_manifest
 
-    if check_route(route) == "contextual" and read_manifest(bundle_dir, verify=False).contextual is None:
+    manifest = read_manifest(bundle_dir, verify=False)
+    if check_route(options.route) == "contextual" and manifest.contextual is None:
         raise no_contextual_route(bundle_dir)
+    check_lang_served(options, manifest.served_languages(options.route))
 
 
 def _default_actors(threads_per_actor: int, reserve: int) -> int:
@@ -319,7 +322,7 @@ def _actor_counts(num_actors: Any, threads_per_actor: Any) -> tuple[int | None, 
 def _map_actors(ds: ray.data.Dataset, bundle_dir: str | Path, mode: str, options: InferenceOptions, *,
                 num_actors: int | None, threads_per_actor: int, reserve: int = 0) -> ray.data.Dataset:
     ray = _import_ray()
-    _check_route(bundle_dir, options.route)
+    _check_route(bundle_dir, options)
     bundle_ref = ray.put(pack_bundle(bundle_dir))  # once per dataset, shared by every actor (Ray is up now)
     size = num_actors or _default_actors(threads_per_actor, reserve)
     _check_cpus(threads_per_actor, size)
@@ -520,7 +523,7 @@ def infer_files(paths: Sequence[str | Path], bundle_dir: str | Path, out_path: s
                                lang=lang)
     files = list_input_files(paths)
     check_out_path(out_path, [p for p, _ in files])
-    _check_route(bundle_dir, route)  # fail before starting anything
+    _check_route(bundle_dir, options)  # fail before starting anything
     bar = _progress_bar(progress)
     tally = options.policy(report or _default_report(bar))
     try:

@@ -544,3 +544,14 @@ def test_min_lang_conf_reaches_the_ray_actors(ray_local, hb: HandBundle, tmp_pat
     assert r.stdout == local and [json.loads(line)["id"] for line in local.splitlines()] == ["s"]
     assert any(f"{src}:1: detected language 'en' with probability" in line for line in r.stderr.splitlines())
     assert any("under min_lang_conf 0.5" in line for line in local_err)
+
+
+def test_an_unserved_lang_is_refused_before_ray_starts(hb: HandBundle, tmp_path: Path) -> None:
+    # Checked on the driver from the manifest: each actor refused it after the bundle was shipped.
+    from xtm.errors import XtmError
+    from xtm.runtime.ray import infer_files
+
+    src = _write_jsonl(tmp_path / "d.jsonl", [{"text": "bank market"}])
+    with pytest.raises(XtmError, match="--lang 'fr' is not served by this bundle on route bow"):
+        infer_files([src], hb.path, tmp_path / "out.jsonl", lang="fr", route="bow")
+    assert not (tmp_path / "out.jsonl").exists()
