@@ -187,3 +187,10 @@ def require_modules(prog: str, install: str, imported: Sequence[str], present: S
             found = False
         if not found:
             raise XtmError(f"{prog} needs {name}, which is not installed: {install}")
+
+
+def check_cache_settings() -> None:
+    """A bad $XTM_EMBEDDINGS_CACHE_MB is said when the command starts, not after the training it would follow."""
+    from xtm.models_zoo.embedding_cache import cache_budget
+
+    cache_budget()

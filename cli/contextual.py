@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from xtm.cli.common import friendly_errors, require_modules, setup_logging, version_option
+from xtm.cli.common import check_cache_settings, friendly_errors, require_modules, setup_logging, version_option
 from xtm.cli.options import SectionedCommand, build, options
 from xtm.config import ContextualConfig
 from xtm.errors import TRAIN_INSTALL
@@ -97,8 +97,6 @@ def main(run_dir: str, **parsed: Any) -> None:
     """Fit the contextual inference network of RUN_DIR (written by xtm-train)."""
     setup_logging("xtm-contextual")  # the library logs; this command shows it as `xtm-contextual: ...` lines
     cfg = build(ContextualConfig, parsed)
-    from xtm.cli.train import check_cache_settings
-
     check_cache_settings()
     require_modules("xtm-contextual", TRAIN_INSTALL, imported=("torch", "safetensors", "scipy"))
     from xtm.errors import XtmError

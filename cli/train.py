@@ -11,8 +11,9 @@ from typing import Any
 
 import click
 
-from xtm.cli.common import friendly_errors, require_modules, setup_logging, version_option
+from xtm.cli.common import check_cache_settings, friendly_errors, require_modules, setup_logging, version_option
 from xtm.cli.options import SectionedCommand, build, options, settings
+from xtm.cli.recorded import RecordedSettings, recorded_phase2, recorded_settings
 from xtm.config import (
     DataConfig,
     Phase2Config,
@@ -113,7 +114,7 @@ model is evaluated or phase 2 refines its topics stops at once).
 def main(**parsed: Any) -> None:
     """Train a cross-lingual topic model and evaluate it (TU, CNPMI, TQ, classification)."""
     setup_logging("xtm-train")  # the library logs; this command shows it as `xtm-train: ...` lines
-    run = run_config(parsed, _recorded_settings(parsed, click.get_current_context()))
+    run = run_config(parsed, recorded_settings(parsed, click.get_current_context()))
     check_cache_settings()
     # A runtime-only install has no torch: say which install line trains, not a traceback.
     require_modules("xtm-train", TRAIN_INSTALL, imported=("torch", "safetensors", "scipy"),
@@ -151,121 +152,7 @@ def main(**parsed: Any) -> None:
     click.echo(f"wrote {out}/metrics.json and topics_<lang>.txt", err=True)
 
 
-class _Recorded:
-    """What a run's config.json records, for the options a --resume does not give (which those are: `given`)."""
-
-    def __init__(self, config: dict[str, Any], given_options: dict[type, set[str]], path: Path) -> None:
-        self.config, self.given, self.path = config, given_options, path
-        self.taken: list[str] = []
-
-    def fill(self, cfg: Any, cls: type, where: str, record: Any, keep: frozenset[str] = frozenset()) -> Any:
-        """`cfg` with each setting the command line did not give taken from `record` (config.json's `where`),
-        checked as the command line checks it; a value it refuses is an error naming config.json."""
-        from dataclasses import fields, is_dataclass, replace
-
-        from xtm.errors import XtmError
-        from xtm.trainer.api import check_setting
-
-        if not isinstance(record, dict):
-            return cfg
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            taken_elsewhere = f.name in self.given[cls] or f.name in keep or is_dataclass(getattr(cfg, f.name))
-            if f.name not in record or taken_elsewhere:
-                continue
-            spec = f.metadata.get("cli")
-            try:
-                value = self._checked(cls, f.name, record[f.name], spec, check_setting)
-            except XtmError as e:
-                raise XtmError(f"{where}.{f.name}: {e.reason}", path=self.path) from None
-            if value != getattr(cfg, f.name) and f.name not in _NOT_SHOWN and value not in ({}, ()):
-                self.taken.append(f"{spec.flags.split()[0] if spec else f.name} {_shown(value)}")
-            values[f.name] = value
-        try:
-            return replace(cfg, **values)
-        except XtmError as e:
-            raise XtmError(f"{where}: {e.reason}", path=self.path) from None
-
-    @staticmethod
-    def _checked(cls: type, name: str, value: Any, spec: Any, check: Any) -> Any:
-        from xtm.errors import XtmError
-
-        if name == "hparams" and not isinstance(value, dict):
-            raise XtmError(f"must be an object of settings, got {type(value).__name__}")
-        if name == "langs" and value is not None and not (
-                isinstance(value, list) and all(isinstance(x, str) for x in value)):
-            raise XtmError(f"must be a list of language codes or null, got {str(value)[:60]}")
-        if spec is None or spec.path is None or spec.parse is not None:  # (--stopwords FILE records its words)
-            value = check(cls, name, value)
-        elif value is not None:
-            if not isinstance(value, str) or not value:
-                raise XtmError(f"must be a path, got {value!r}")
-            if not Path(value).is_absolute() and not Path(value).exists():
-                raise XtmError(f"{value!r} is relative to the directory the run was trained in and is not found "
-                               f"from here: give {spec.flags.split()[0]}")
-        return tuple(value) if name == "langs" and value is not None else value
-
-
-# Settings a recipe derives (the training line says them): not listed among the settings a --resume took.
-_NOT_SHOWN = frozenset({"topic_lr_scale", "lr_schedule"})
-
-
-def _recorded_phase2(recorded: _Recorded, phase2: Phase2Config) -> Phase2Config:
-    """`phase2` with what the command line does not give taken from the run's phase 2, setting by setting: the
-    refiner and its sampling too (the epochs follow --phase2-epochs; the seed, the run's --seed)."""
-    from dataclasses import replace
-
-    from xtm.errors import XtmError
-
-    record = recorded.config.get("phase2")
-    if not isinstance(record, dict):
-        return phase2
-    try:  # read as it was written (settings added since, values refused since)
-        record = Phase2Config.from_dict(record).to_dict()
-    except (XtmError, TypeError, ValueError, AttributeError) as e:
-        raise XtmError(f"phase2: {e}", path=recorded.path) from None
-    refiner_record = record["refiner"]
-    sampling = recorded.fill(phase2.refiner.sampling, Sampling, "phase2.refiner.sampling",
-                             refiner_record.get("sampling"), keep=frozenset({"seed"}))
-    refiner = recorded.fill(phase2.refiner, RefinerConfig, "phase2.refiner", refiner_record)
-    filled = recorded.fill(phase2, Phase2Config, "phase2", record, keep=frozenset({"epochs"}))
-    return replace(filled, refiner=replace(refiner, sampling=sampling))
-
-
-def check_cache_settings() -> None:
-    """A bad $XTM_EMBEDDINGS_CACHE_MB is said when the command starts, not after the training it would follow."""
-    from xtm.models_zoo.embedding_cache import cache_budget
-
-    cache_budget()
-
-
-def _shown(value: Any) -> str:
-    if isinstance(value, dict):  # --set KEY=VALUE pairs
-        return ",".join(f"{k}={v}" for k, v in value.items()) or "(none)"
-    if isinstance(value, tuple):  # --stopwords' words
-        return f"({len(value)} words)"
-    return str(value)
-
-
-def _recorded_settings(parsed: dict[str, Any], ctx: click.Context) -> _Recorded | None:
-    """With --resume, the run's recorded settings (None without, or before the run wrote its config.json)."""
-    from xtm.cli.options import given
-    from xtm.run_dir import RunDir, refuse_foreign_dir
-
-    out = Path(parsed["out"])
-    if not parsed.get("resume"):
-        return None
-    refuse_foreign_dir(out)  # another tool's config.json is never read as the run's settings
-    if not (out / RunDir.CONFIG).is_file():
-        if parsed.get("path") is None:
-            raise click.UsageError(f"--resume: {out} holds no finished or interrupted run to take its settings from "
-                                   "(no config.json): give --data and the run's other options")
-        return None
-    options = {cls: given(cls, ctx) for cls in (DataConfig, TrainConfig, Phase2Config, RefinerConfig, Sampling)}
-    return _Recorded(RunDir(out).load_config(), options, out / RunDir.CONFIG)
-
-
-def run_config(parsed: dict[str, Any], recorded: _Recorded | None = None) -> RunConfig:
+def run_config(parsed: dict[str, Any], recorded: RecordedSettings | None = None) -> RunConfig:
     """The run the command line describes. Derived, not asked for: phase 2 exists when --phase2-epochs
     is above 0 and runs that many epochs; LLM refiners sample with the run's --seed. With `recorded` (a --resume):
     what the command line does not give is what the run records."""
@@ -289,7 +176,7 @@ def run_config(parsed: dict[str, Any], recorded: _Recorded | None = None) -> Run
         refiner = build(RefinerConfig, parsed, sampling=build(Sampling, parsed, seed=train.seed))
         phase2 = build(Phase2Config, parsed, epochs=train.phase2_epochs, refiner=refiner)
         if recorded is not None:
-            phase2 = _recorded_phase2(recorded, phase2)
+            phase2 = recorded_phase2(recorded, phase2)
     if recorded is not None and recorded.taken:
         click.echo(f"xtm-train: --resume: the run's own settings where the command line gives none: "
                    f"{', '.join(recorded.taken)}", err=True)

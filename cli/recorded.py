@@ -1,0 +1,121 @@
+"""What a --resume takes from the run it continues: the settings its config.json records, for every option the
+command line does not give (xtm-train --out RUN --resume --epochs 200), each checked as the command line checks it
+and named in one line of the log; options given still win, and the checkpoint refuses what contradicts it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from xtm.config import DataConfig, Phase2Config, RefinerConfig, Sampling, TrainConfig
+
+__all__ = ["RecordedSettings", "recorded_phase2", "recorded_settings"]
+
+
+class RecordedSettings:
+    """What a run's config.json records, for the options a --resume does not give (which those are: `given`)."""
+
+    def __init__(self, config: dict[str, Any], given_options: dict[type, set[str]], path: Path) -> None:
+        self.config, self.given, self.path = config, given_options, path
+        self.taken: list[str] = []
+
+    def fill(self, cfg: Any, cls: type, where: str, record: Any, keep: frozenset[str] = frozenset()) -> Any:
+        """`cfg` with each setting the command line did not give taken from `record` (config.json's `where`),
+        checked as the command line checks it; a value it refuses is an error naming config.json."""
+        from dataclasses import fields, is_dataclass, replace
+
+        from xtm.errors import XtmError
+        from xtm.trainer.api import check_setting
+
+        if not isinstance(record, dict):
+            return cfg
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            taken_elsewhere = f.name in self.given[cls] or f.name in keep or is_dataclass(getattr(cfg, f.name))
+            if f.name not in record or taken_elsewhere:
+                continue
+            spec = f.metadata.get("cli")
+            try:
+                value = self._checked(cls, f.name, record[f.name], spec, check_setting)
+            except XtmError as e:
+                raise XtmError(f"{where}.{f.name}: {e.reason}", path=self.path) from None
+            if value != getattr(cfg, f.name) and f.name not in _NOT_SHOWN and value not in ({}, ()):
+                self.taken.append(f"{spec.flags.split()[0] if spec else f.name} {_shown(value)}")
+            values[f.name] = value
+        try:
+            return replace(cfg, **values)
+        except XtmError as e:
+            raise XtmError(f"{where}: {e.reason}", path=self.path) from None
+
+    @staticmethod
+    def _checked(cls: type, name: str, value: Any, spec: Any, check: Any) -> Any:
+        from xtm.errors import XtmError
+
+        if name == "hparams" and not isinstance(value, dict):
+            raise XtmError(f"must be an object of settings, got {type(value).__name__}")
+        if name == "langs" and value is not None and not (
+                isinstance(value, list) and all(isinstance(x, str) for x in value)):
+            raise XtmError(f"must be a list of language codes or null, got {str(value)[:60]}")
+        if spec is None or spec.path is None or spec.parse is not None:  # (--stopwords FILE records its words)
+            value = check(cls, name, value)
+        elif value is not None:
+            if not isinstance(value, str) or not value:
+                raise XtmError(f"must be a path, got {value!r}")
+            if not Path(value).is_absolute() and not Path(value).exists():
+                raise XtmError(f"{value!r} is relative to the directory the run was trained in and is not found "
+                               f"from here: give {spec.flags.split()[0]}")
+        return tuple(value) if name == "langs" and value is not None else value
+
+
+# Settings a recipe derives (the training line says them): not listed among the settings a --resume took.
+_NOT_SHOWN = frozenset({"topic_lr_scale", "lr_schedule"})
+
+
+def recorded_phase2(recorded: RecordedSettings, phase2: Phase2Config) -> Phase2Config:
+    """`phase2` with what the command line does not give taken from the run's phase 2, setting by setting: the
+    refiner and its sampling too (the epochs follow --phase2-epochs; the seed, the run's --seed)."""
+    from dataclasses import replace
+
+    from xtm.errors import XtmError
+
+    record = recorded.config.get("phase2")
+    if not isinstance(record, dict):
+        return phase2
+    try:  # read as it was written (settings added since, values refused since)
+        record = Phase2Config.from_dict(record).to_dict()
+    except (XtmError, TypeError, ValueError, AttributeError) as e:
+        raise XtmError(f"phase2: {e}", path=recorded.path) from None
+    refiner_record = record["refiner"]
+    sampling = recorded.fill(phase2.refiner.sampling, Sampling, "phase2.refiner.sampling",
+                             refiner_record.get("sampling"), keep=frozenset({"seed"}))
+    refiner = recorded.fill(phase2.refiner, RefinerConfig, "phase2.refiner", refiner_record)
+    filled = recorded.fill(phase2, Phase2Config, "phase2", record, keep=frozenset({"epochs"}))
+    return replace(filled, refiner=replace(refiner, sampling=sampling))
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, dict):  # --set KEY=VALUE pairs
+        return ",".join(f"{k}={v}" for k, v in value.items()) or "(none)"
+    if isinstance(value, tuple):  # --stopwords' words
+        return f"({len(value)} words)"
+    return str(value)
+
+
+def recorded_settings(parsed: dict[str, Any], ctx: click.Context) -> RecordedSettings | None:
+    """With --resume, the run's recorded settings (None without, or before the run wrote its config.json)."""
+    from xtm.cli.options import given
+    from xtm.run_dir import RunDir, refuse_foreign_dir
+
+    out = Path(parsed["out"])
+    if not parsed.get("resume"):
+        return None
+    refuse_foreign_dir(out)  # another tool's config.json is never read as the run's settings
+    if not (out / RunDir.CONFIG).is_file():
+        if parsed.get("path") is None:
+            raise click.UsageError(f"--resume: {out} holds no finished or interrupted run to take its settings from "
+                                   "(no config.json): give --data and the run's other options")
+        return None
+    options = {cls: given(cls, ctx) for cls in (DataConfig, TrainConfig, Phase2Config, RefinerConfig, Sampling)}
+    return RecordedSettings(RunDir(out).load_config(), options, out / RunDir.CONFIG)
