@@ -204,7 +204,7 @@ def _flag(name: str, **kwargs: Any) -> dict[str, Any]:
 @click.option("--threads", **_flag("threads"))
 @click.option("--route", type=click.Choice(ROUTES), **_flag("route"))
 @click.option("--lang", metavar="CODE", **_flag("lang"))
-@click.option("--min-lang-conf", type=click.FloatRange(0, 1), metavar="P", **_flag("min_lang_conf"))
+@click.option("--min-lang-conf", type=click.FloatRange(0, 1, max_open=True), metavar="P", **_flag("min_lang_conf"))
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="local: this process, one JSONL, text or Parquet file or '-'. ray: Ray Data actors, JSONL/Parquet "
                    "files and directories (see Engines below).")

@@ -9,17 +9,79 @@ from typing import Any
 
 import click
 
-from xtm.config import DataConfig, Phase2Config, RefinerConfig, Sampling, TrainConfig
+from xtm.config import PAPER_TRAINING, DataConfig, Phase2Config, RefinerConfig, RunConfig, Sampling, TrainConfig
+from xtm.errors import XtmError
 
-__all__ = ["RecordedSettings", "recorded_phase2", "recorded_settings"]
+__all__ = ["COMMAND_KEY", "RecordedSettings", "record_contextual_route", "recorded_phase2", "recorded_settings"]
+
+# config.json's record of what xtm-train was told beyond the configs (whether to fit the contextual route).
+COMMAND_KEY = "command"
+
+
+def record_contextual_route(out: Path, run: RunConfig) -> None:
+    """--contextual / --no-contextual into the run's config.json, for a later --resume (`contextual_route`)."""
+    from xtm.run_dir import RunDir
+
+    rd = RunDir(out)
+    if (out / RunDir.CONFIG).is_file():
+        config = rd.load_config()
+        config[COMMAND_KEY] = {"contextual": run.contextual, "no_contextual": run.no_contextual}
+        rd.save_config(config)
 
 
 class RecordedSettings:
     """What a run's config.json records, for the options a --resume does not give (which those are: `given`)."""
 
-    def __init__(self, config: dict[str, Any], given_options: dict[type, set[str]], path: Path) -> None:
+    def __init__(self, config: dict[str, Any], given_options: dict[type, set[str]], path: Path,
+                 given_training: dict[str, Any]) -> None:
         self.config, self.given, self.path = config, given_options, path
+        self.given_training = given_training  # the training settings this command line gives, as it gives them
         self.taken: list[str] = []
+
+    def contextual_route(self) -> dict[str, Any]:
+        """--contextual / --no-contextual as the run was trained with them (config.json "command"), where this
+        command line gives neither: a resume of a --no-contextual run fitted the route (minutes of embedding) and
+        changed what its bundles serve."""
+        record = self.config.get(COMMAND_KEY)
+        if not isinstance(record, dict) or self.given[RunConfig] & {"contextual", "no_contextual"}:
+            return {}
+        out = {k: record[k] for k in ("contextual", "no_contextual") if record.get(k) in (True, False, None)
+               and k in record}
+        if out.get("no_contextual"):
+            self.taken.append("--no-contextual")
+        elif out.get("contextual"):
+            self.taken.append("--contextual")
+        return out
+
+    def fill_train(self, cfg: TrainConfig, record: Any) -> TrainConfig:
+        """The training settings: given ones as given; the rest recorded, except what the run's recipe derived
+        (batch, rates, schedule, its --set values), which the recipe of this command derives again, so a --recipe
+        given on a resume is the recipe trained with (the checkpoint refuses one that contradicts it) rather than a
+        name over the recorded recipe's values."""
+        from dataclasses import fields
+
+        if not isinstance(record, dict):
+            return cfg
+        try:
+            then = TrainConfig(model=record.get("model", cfg.model), recipe=record.get("recipe", cfg.recipe))
+        except Exception:  # noqa: BLE001 - a bad recorded model or recipe is named by fill's checks below
+            then = None
+        own = dict(record)
+        if then is not None:
+            for name in PAPER_TRAINING:
+                if name in own and own[name] == getattr(then, name):
+                    del own[name]
+            if isinstance(own.get("hparams"), dict):
+                own["hparams"] = {k: v for k, v in own["hparams"].items() if then.hparams.get(k, object()) != v}
+        # the values this command gives, then the recorded ones; the recipe derives what neither gives
+        given = self.given_training
+        bare = TrainConfig(**{**given, "progress": cfg.progress})
+        filled = self.fill(bare, TrainConfig, "train_config", own, keep=frozenset({"progress"}))
+        try:
+            return TrainConfig(**{f.name: getattr(filled, f.name) for f in fields(TrainConfig)
+                                  if f.name in given or f.name in own or f.name == "progress"})
+        except XtmError as e:
+            raise XtmError(f"train_config: {e.reason}", path=self.path) from None
 
     def fill(self, cfg: Any, cls: type, where: str, record: Any, keep: frozenset[str] = frozenset()) -> Any:
         """`cfg` with each setting the command line did not give taken from `record` (config.json's `where`),
@@ -42,7 +104,7 @@ class RecordedSettings:
             except XtmError as e:
                 raise XtmError(f"{where}.{f.name}: {e.reason}", path=self.path) from None
             if value != getattr(cfg, f.name) and f.name not in _NOT_SHOWN and value not in ({}, ()):
-                self.taken.append(f"{spec.flags.split()[0] if spec else f.name} {_shown(value)}")
+                self.taken.append(f"{spec.flags.split()[0] if spec else f.name}{_shown(f.name, value)}")
             values[f.name] = value
         try:
             return replace(cfg, **values)
@@ -95,17 +157,22 @@ def recorded_phase2(recorded: RecordedSettings, phase2: Phase2Config) -> Phase2C
     return replace(filled, refiner=replace(refiner, sampling=sampling))
 
 
-def _shown(value: Any) -> str:
+def _shown(name: str, value: Any) -> str:
+    """A setting's value as its option would be written (a switch: nothing)."""
+    if isinstance(value, bool):
+        return ""
     if isinstance(value, dict):  # --set KEY=VALUE pairs
-        return ",".join(f"{k}={v}" for k, v in value.items()) or "(none)"
-    if isinstance(value, tuple):  # --stopwords' words
-        return f"({len(value)} words)"
-    return str(value)
+        return " " + (",".join(f"{k}={v}" for k, v in value.items()) or "(none)")
+    if name == "extra_stopwords":  # a file of words: how many
+        return f" ({len(value)} words)"
+    if isinstance(value, (tuple, list)):  # --langs
+        return " " + ",".join(map(str, value))
+    return f" {value}"
 
 
 def recorded_settings(parsed: dict[str, Any], ctx: click.Context) -> RecordedSettings | None:
     """With --resume, the run's recorded settings (None without, or before the run wrote its config.json)."""
-    from xtm.cli.options import given
+    from xtm.cli.options import given, settings
     from xtm.run_dir import RunDir, refuse_foreign_dir
 
     out = Path(parsed["out"])
@@ -117,5 +184,7 @@ def recorded_settings(parsed: dict[str, Any], ctx: click.Context) -> RecordedSet
             raise click.UsageError(f"--resume: {out} holds no finished or interrupted run to take its settings from "
                                    "(no config.json): give --data and the run's other options")
         return None
-    options = {cls: given(cls, ctx) for cls in (DataConfig, TrainConfig, Phase2Config, RefinerConfig, Sampling)}
-    return RecordedSettings(RunDir(out).load_config(), options, out / RunDir.CONFIG)
+    options = {cls: given(cls, ctx) for cls in (DataConfig, TrainConfig, Phase2Config, RefinerConfig, Sampling,
+                                                RunConfig)}
+    given_training = {k: v for k, v in settings(TrainConfig, parsed).items() if k in options[TrainConfig]}
+    return RecordedSettings(RunDir(out).load_config(), options, out / RunDir.CONFIG, given_training)

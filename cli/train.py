@@ -13,7 +13,7 @@ import click
 
 from xtm.cli.common import check_cache_settings, friendly_errors, require_modules, setup_logging, version_option
 from xtm.cli.options import SectionedCommand, build, options, settings
-from xtm.cli.recorded import RecordedSettings, recorded_phase2, recorded_settings
+from xtm.cli.recorded import RecordedSettings, record_contextual_route, recorded_phase2, recorded_settings
 from xtm.config import (
     DataConfig,
     Phase2Config,
@@ -132,6 +132,7 @@ def main(**parsed: Any) -> None:
         metrics = run_training(run.data, cfg, out, resume=run.resume, phase2=run.phase2)
         if not is_main_process():
             return  # torchrun: rank 0 reports and writes; the others have trained their share
+        record_contextual_route(Path(out), run)
         render_report(Path(out))  # the interrupted model's too: its banner says so
         if metrics.get("interrupted"):
             # Not finished: no summary on stdout, and an exit code that stops `xtm-train && xtm-export`.
@@ -160,8 +161,7 @@ def run_config(parsed: dict[str, Any], recorded: RecordedSettings | None = None)
     data = build(DataConfig, parsed)
     if recorded is not None:
         # progress follows this terminal; the token rules come from run.json (xtm.trainer.run)
-        train = recorded.fill(train, TrainConfig, "train_config", recorded.config.get("train_config"),
-                              keep=frozenset({"progress"}))
+        train = recorded.fill_train(train, recorded.config.get("train_config"))
         data = recorded.fill(data, DataConfig, "data", recorded.config.get("data"), keep=frozenset({"token_rules"}))
     if data.path is None:
         raise click.UsageError("Missing option '--data' (only --resume takes the run's own).")
@@ -177,10 +177,11 @@ def run_config(parsed: dict[str, Any], recorded: RecordedSettings | None = None)
         phase2 = build(Phase2Config, parsed, epochs=train.phase2_epochs, refiner=refiner)
         if recorded is not None:
             phase2 = recorded_phase2(recorded, phase2)
+    route = recorded.contextual_route() if recorded is not None else {}
     if recorded is not None and recorded.taken:
         click.echo(f"xtm-train: --resume: the run's own settings where the command line gives none: "
                    f"{', '.join(recorded.taken)}", err=True)
-    return build(RunConfig, parsed, data=data, train=train, phase2=phase2)
+    return build(RunConfig, parsed, data=data, train=train, phase2=phase2, **route)
 
 
 def fit_contextual(out: Path, cfg: TrainConfig, required: bool) -> dict[str, Any] | None:

@@ -129,8 +129,9 @@ def _option(default: Any, help: str, minimum: int | None = None) -> Any:
 
 def check_min_lang_conf(value: Any) -> float:
     """`value` as the float a detection's confidence is compared with; XtmError unless a number in [0, 1]."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) <= 1.0:
-        raise XtmError(f"min_lang_conf must be a number from 0 to 1, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) < 1.0:
+        raise XtmError(f"min_lang_conf must be a number from 0 to under 1 (1 would refuse every detection), got "
+                       f"{value!r}")
     return float(value)
 
 

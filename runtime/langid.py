@@ -81,9 +81,10 @@ _LANG_SCRIPTS: dict[str, frozenset[str]] = {
 
 
 def _dominant_script(text: str, weighted: bool = False) -> str | None:
-    """The script most of `text`'s letters are in (`weighted`: a Han, kana or Hangul character as _WIDE letters)."""
+    """The script most of `text`'s letters are in (`weighted`, token rules 3 on: a Han, kana or Hangul character as
+    _WIDE letters, and Japanese writing as `_japanese_writing` tells it; else any kana makes Japanese writing)."""
     counts = {name: len(rx.findall(text)) * (_WIDE.get(name, 1) if weighted else 1) for name, rx in _SCRIPTS.items()}
-    if counts["kana"]:  # any kana in CJK text means Japanese writing, whatever the kanji count
+    if counts["kana"] and (not weighted or _japanese_writing(text, counts)):
         counts["kana"] += counts["han"]
         counts["han"] = 0
     name, best = max(counts.items(), key=lambda kv: kv[1])
@@ -251,16 +252,21 @@ _WIDE = {"han": 3, "kana": 3, "hangul": 3}
 _PRESENT = 0.25
 
 
-# Japanese writes kana between its kanji: a text whose kana are at least this share of its kana and Han characters
-# is Japanese writing (its kanji count as kana). A kana or two in Chinese (a kaomoji's ノ) is not: it read as
-# Japanese at 1.0.
+# Japanese writes kana between its kanji: a text with hiragana, or with katakana at least this share of its kana
+# and Han characters, is Japanese writing (its kanji count as kana). A katakana or two in Chinese (a kaomoji's ノ) is
+# not: it read as Japanese at 1.0; one hiragana is ("北海道大学大学院工学研究科の教授").
 _KANA_SHARE = 0.2
+_HIRAGANA = re.compile(r"[\u3041-\u309f]")
+
+
+def _japanese_writing(text: str, counts: dict[str, int]) -> bool:
+    return bool(_HIRAGANA.search(text)) or counts["kana"] >= _KANA_SHARE * (counts["kana"] + counts["han"])
 
 
 def _present_scripts(text: str) -> frozenset[str]:
     """The scripts a language of `text` may be written in (empty: no letters of a known script)."""
     counts = {name: len(rx.findall(text)) * _WIDE.get(name, 1) for name, rx in _SCRIPTS.items()}
-    if counts["kana"] and counts["kana"] >= _KANA_SHARE * (counts["kana"] + counts["han"]):
+    if counts["kana"] and _japanese_writing(text, counts):
         counts["kana"] += counts["han"]
         counts["han"] = 0
     total = sum(counts.values())

@@ -242,6 +242,12 @@ def test_resume_takes_the_runs_own_settings_for_the_options_it_is_not_given(exam
     assert (out / "vocab_en.txt").read_text(encoding="utf-8") == vocab
     other = run(["--out", str(out), "--resume", "--epochs", "3", "--topics", "5", "--no-contextual"])
     assert other.returncode == 2 and "--topics 4" in other.stderr, other.stderr
+    # A recipe given on a resume is the recipe (its batch and rates), refused by the checkpoint, not a name over
+    # the recorded recipe's values; --no-contextual is recorded too (a resume fitted the route, minutes of work).
+    recipe = run(["--out", str(out), "--resume", "--epochs", "3", "--recipe", "paper"])
+    assert recipe.returncode == 2 and "--recipe fast" in recipe.stderr, recipe.stderr
+    p = run(["--out", str(out), "--resume", "--epochs", "3"])
+    assert p.returncode == 0 and "--no-contextual" in p.stderr and not (out / "contextual").exists(), p.stderr
     missing = run(["--out", str(tmp_path / "new"), "--epochs", "1"])
     assert missing.returncode == 2 and "Missing option '--data'" in missing.stderr
 

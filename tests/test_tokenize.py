@@ -599,6 +599,7 @@ def test_missing_mecab_says_which_extra(tmp_path) -> None:
     ("迈克尔・杰克逊是美国著名的流行音乐歌手", "zh"),
     ("这家店的拉面很好吃，一定要去尝尝ー", "zh"),
     ("ㅋㅋㅋㅋㅋㅋㅋㅋ ㅠㅠㅠ", "ko"),  # compatibility jamo are Hangul
+    ("北海道大学大学院工学研究科の教授", "ja"),  # one hiragana among kanji: Japanese writing
 ])
 def test_identify_reads_mixed_script_text_by_its_wide_characters(text: str, lang: str) -> None:
     from xtm.runtime.langid import identify
@@ -624,3 +625,6 @@ def test_training_detection_between_candidates_weighs_wide_characters_from_token
     assert detect_language(text, ["en", "ko"], weighted=True) == "ko"
     assert detect_language(text, ["en", "ko"]) == "en"
     assert detect_language("The battery life is great", ["en", "ko"], weighted=True) == "en"
+    kaomoji = "我今天很开心，这个产品质量非常好，物流也很快 ノ"  # a katakana in Chinese made it Japanese
+    assert detect_language(kaomoji, ["zh", "ja"], weighted=True) == "zh"
+    assert detect_language(kaomoji, ["zh", "ja"]) == "ja"  # (rules 1-2, as they were)
