@@ -180,10 +180,10 @@ class InferenceOptions:
         None, "Language (ISO 639-1 code) of every line that names none, instead of detecting it: for plain text "
               "files (--input-format text) and records without a lang field.")
     min_lang_conf: float = _option(
-        0.0, "A detected language under this probability (0-1) makes the line unsupported, a bad line, instead of "
-             "a guess: a text of a word or two ('bank market', a spreadsheet cell) is read as the served language "
-             "it most resembles with a low lang_conf (0.02-0.1; a sentence: 0.98). Given languages are not "
-             "judged. 0: every detection is taken.")
+        0.0, "A detected language under this probability (0 to under 1) makes the line unsupported, a bad line, "
+             "instead of a guess: a text of a word or two ('bank market', a spreadsheet cell) is read as the "
+             "served language it most resembles with a low lang_conf (0.02-0.1; a sentence: 0.98). Given languages "
+             "are not judged. 0: every detection is taken.")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
