@@ -9,7 +9,16 @@ from typing import Any
 
 import click
 
-from xtm.config import PAPER_TRAINING, DataConfig, Phase2Config, RefinerConfig, RunConfig, Sampling, TrainConfig
+from xtm.config import (
+    PAPER_TRAINING,
+    DataConfig,
+    Phase2Config,
+    RefinerConfig,
+    RunConfig,
+    Sampling,
+    TrainConfig,
+    cli_spec,
+)
 from xtm.errors import XtmError
 
 __all__ = ["COMMAND_KEY", "RecordedSettings", "record_contextual_route", "recorded_phase2", "recorded_settings"]
@@ -180,7 +189,7 @@ def recorded_settings(parsed: dict[str, Any], ctx: click.Context) -> RecordedSet
         return None
     refuse_foreign_dir(out)  # another tool's config.json is never read as the run's settings
     if not (out / RunDir.CONFIG).is_file():
-        if parsed.get("path") is None:
+        if parsed.get(cli_spec(DataConfig, "path").name) is None:  # (--data's parameter)
             raise click.UsageError(f"--resume: {out} holds no finished or interrupted run to take its settings from "
                                    "(no config.json): give --data and the run's other options")
         return None
