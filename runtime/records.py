@@ -20,6 +20,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from xtm.atomic import check_replaceable
 from xtm.errors import XtmError
+from xtm.field_names import names_for
 from xtm.json_files import json_default
 
 if TYPE_CHECKING:
@@ -210,7 +211,8 @@ def parse_record(obj: dict[str, Any], lineno: int, served: Sequence[str] | None)
     to `lineno` when the record has no such key (a present null stays null). Lone surrogates in the
     text (JSON's "\\ud800" escapes) become U+FFFD: no tokenizer or encoder can take them."""
     if "text" not in obj:
-        return None, "missing field 'text'", None
+        near = names_for(obj, "text")  # another tool's name for it, or a slip ("Text", "txt", "content")
+        return None, "missing field 'text'" + (f" (this line has {near[0]!r}: xtm reads 'text')" if near else ""), None
     text = obj["text"]
     if not isinstance(text, str):
         return None, f"field 'text' must be a string, got {type(text).__name__}", None

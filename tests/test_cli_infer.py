@@ -206,3 +206,12 @@ def test_lang_gives_plain_text_lines_their_language(hb: HandBundle, tmp_path: Pa
     for bad, message in (("fr", "--lang 'fr' is not served by this bundle"), ("not a language", "not a language")):
         r = invoke([str(src), "--bundle", str(hb.path), "--input-format", "text", "--lang", bad, "--route", "bow"])
         assert r.exit_code == 2 and message in r.stderr, r.stderr
+
+
+def test_a_line_whose_text_field_is_named_otherwise_says_which_field_it_has(hb: HandBundle, tmp_path: Path) -> None:
+    # "missing field 'text'" left the user to find that the line had "Text" or another tool's "content".
+    src = write_jsonl(tmp_path / "docs.jsonl", [{"Text": "bank market"}, {"content": "stock"}, GOOD[0]])
+    r = invoke([str(src), "--bundle", str(hb.path)])
+    assert r.exit_code == 0
+    assert f"{src}:1: missing field 'text' (this line has 'Text': xtm reads 'text')" in r.stderr
+    assert f"{src}:2: missing field 'text' (this line has 'content': xtm reads 'text')" in r.stderr

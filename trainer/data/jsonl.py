@@ -19,6 +19,7 @@ from typing import Any
 
 from xtm.config import TOKEN_RULES
 from xtm.errors import XtmError
+from xtm.field_names import OTHER_FIELD_NAMES, names_for
 from xtm.languages import normalize_lang
 from xtm.runtime import records
 from xtm.runtime.langid import detect_language
@@ -158,49 +159,15 @@ def json_object(raw: bytes, f: Path, lineno: int) -> dict[str, Any]:
     return obj
 
 
-# Names other tools give the fields xtm reads. A document that has one of them and not xtm's field is counted
-# (ReadStats.unread_fields) and said once: "language" for "lang" was ignored and the language detected, spread
-# over a dozen languages on short texts; "category" for "label" trained without classification.
-OTHER_FIELD_NAMES: dict[str, tuple[str, ...]] = {
-    "text": ("content", "body", "document", "doc", "sentence", "txt"),
-    "lang": ("language", "lng", "locale", "lang_code", "language_code"),
-    "label": ("labels", "category", "class"),
-    "split": ("subset", "fold"),
-    "id": ("doc_id", "docid", "_id"),
-}
-
-
 def _unread_fields(obj: dict[str, Any]) -> list[tuple[str, str]]:
     """(their name, xtm's field) for each field the document lacks while it carries another tool's name for it, or
-    a misspelling of it: another case ("Text", "LANG"), or one letter off ("lable", "lnag", "texts")."""
-    return [(other, name) for name in OTHER_FIELD_NAMES if name not in obj for other in _names_for(obj, name)]
-
-
-def _names_for(obj: dict[str, Any], name: str) -> list[str]:
-    """The keys of `obj` that are another tool's name for field `name` or a misspelling of it."""
-    others = OTHER_FIELD_NAMES[name]
-    return [k for k in obj if isinstance(k, str) and (k in others or _misspelt(k.lower(), name))]
-
-
-def _misspelt(key: str, name: str) -> bool:
-    """`key` (lowercased) is `name` or one slip from it (a letter added or dropped, or two swapped); names shorter
-    than four letters ("id") only in another case. Not a letter changed: "long" (a longitude) and "test" are other
-    fields, not "lang" and "text"."""
-    if key == name:
-        return True
-    if len(name) < 4 or abs(len(key) - len(name)) > 1:
-        return False
-    if len(key) == len(name):
-        diff = [i for i, (a, b) in enumerate(zip(key, name, strict=True)) if a != b]
-        return len(diff) == 2 and diff[1] == diff[0] + 1 and key[diff[0]] == name[diff[1]] \
-            and key[diff[1]] == name[diff[0]]
-    short, long_ = (key, name) if len(key) < len(name) else (name, key)
-    return any(long_[:i] + long_[i + 1:] == short for i in range(len(long_)))
+    a misspelling of it (xtm.field_names)."""
+    return [(other, name) for name in OTHER_FIELD_NAMES if name not in obj for other in names_for(obj, name)]
 
 
 def _text(obj: dict[str, Any], f: Path, lineno: int) -> str:
     if "text" not in obj:
-        near = _names_for(obj, "text")
+        near = names_for(obj, "text")
         hint = f" (this line has {near[0]!r}: xtm reads 'text')" if near else ""
         raise XtmError(f"missing: every document needs its text{hint}", path=f, line=lineno, field="text")
     text = obj["text"]
