@@ -97,9 +97,6 @@ class RecordedSettings:
         checked as the command line checks it; a value it refuses is an error naming config.json."""
         from dataclasses import fields, is_dataclass, replace
 
-        from xtm.errors import XtmError
-        from xtm.trainer.api import check_setting
-
         if not isinstance(record, dict):
             return cfg
         values: dict[str, Any] = {}
@@ -109,7 +106,7 @@ class RecordedSettings:
                 continue
             spec = f.metadata.get("cli")
             try:
-                value = self._checked(cls, f.name, record[f.name], spec, check_setting)
+                value = self._checked(cls, f.name, record[f.name], spec)
             except XtmError as e:
                 raise XtmError(f"{where}.{f.name}: {e.reason}", path=self.path) from None
             if value != getattr(cfg, f.name) and f.name not in _NOT_SHOWN and value not in ({}, ()):
@@ -121,8 +118,10 @@ class RecordedSettings:
             raise XtmError(f"{where}: {e.reason}", path=self.path) from None
 
     @staticmethod
-    def _checked(cls: type, name: str, value: Any, spec: Any, check: Any) -> Any:
-        from xtm.errors import XtmError
+    def _checked(cls: type, name: str, value: Any, spec: Any) -> Any:
+        """A recorded value as the command line's option would give it, checked as that option is (check_setting,
+        which xtm.train's keywords go through too)."""
+        from xtm.trainer.api import check_setting
 
         if name == "hparams" and not isinstance(value, dict):
             raise XtmError(f"must be an object of settings, got {type(value).__name__}")
@@ -130,7 +129,7 @@ class RecordedSettings:
                 isinstance(value, list) and all(isinstance(x, str) for x in value)):
             raise XtmError(f"must be a list of language codes or null, got {str(value)[:60]}")
         if spec is None or spec.path is None or spec.parse is not None:  # (--stopwords FILE records its words)
-            value = check(cls, name, value)
+            value = check_setting(cls, name, value)
         elif value is not None:
             if not isinstance(value, str) or not value:
                 raise XtmError(f"must be a path, got {value!r}")
@@ -148,8 +147,6 @@ def recorded_phase2(recorded: RecordedSettings, phase2: Phase2Config) -> Phase2C
     """`phase2` with what the command line does not give taken from the run's phase 2, setting by setting: the
     refiner and its sampling too (the epochs follow --phase2-epochs; the seed, the run's --seed)."""
     from dataclasses import replace
-
-    from xtm.errors import XtmError
 
     record = recorded.config.get("phase2")
     if not isinstance(record, dict):

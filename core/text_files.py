@@ -7,7 +7,8 @@ from pathlib import Path
 
 from xtm.errors import XtmError
 
-__all__ = ["MAX_WORD_LIST_BYTES", "read_bounded", "read_text_file", "read_word_list", "word_list_option"]
+__all__ = ["MAX_WORD_LIST_BYTES", "is_one_word", "read_bounded", "read_text_file", "read_word_list",
+           "word_list_option"]
 
 # A list of stopwords is kilobytes; a file past this is another kind of file.
 MAX_WORD_LIST_BYTES = 16 << 20
@@ -52,6 +53,11 @@ def read_text_file(path: str | Path, limit: int, what: str, form: str) -> str:
                        line=_line_of(data, e.start)) from None
 
 
+def is_one_word(value: object) -> bool:
+    """Whether `value` is a string of one word (no whitespace inside or only around it): an entry of a word list."""
+    return isinstance(value, str) and len(value.split()) == 1
+
+
 def read_word_list(path: str | Path) -> tuple[str, ...]:
     """The words of a list with one word a line (blank lines and lines starting with # skipped), in file order
     without repeats. A line of several words, or a file without any, is an XtmError naming it."""
@@ -62,7 +68,7 @@ def read_word_list(path: str | Path) -> tuple[str, ...]:
         word = line.strip()
         if not word or word.startswith("#"):
             continue
-        if len(word.split()) > 1:
+        if not is_one_word(word):
             raise XtmError(f"{word[:60]!r} is several words: one word a line", path=p, line=lineno)
         words[word] = None
     if not words:

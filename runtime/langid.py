@@ -80,14 +80,20 @@ _LANG_SCRIPTS: dict[str, frozenset[str]] = {
 }
 
 
-def _dominant_script(text: str, weighted: bool = False) -> str | None:
-    """The script most of `text`'s letters are in (`weighted`, token rules 3 on: a Han, kana or Hangul character as
-    _WIDE letters, and Japanese writing as `_japanese_writing` tells it; else any kana makes Japanese writing)."""
+def _script_counts(text: str, weighted: bool) -> dict[str, int]:
+    """`text`'s letters per script, Japanese writing's kanji counted as kana. `weighted` (identify; training under
+    token rules 3 on): a Han, kana or Hangul character as _WIDE letters, and Japanese writing as `_japanese_writing`
+    tells it; else any kana makes Japanese writing."""
     counts = {name: len(rx.findall(text)) * (_WIDE.get(name, 1) if weighted else 1) for name, rx in _SCRIPTS.items()}
     if counts["kana"] and (not weighted or _japanese_writing(text, counts)):
         counts["kana"] += counts["han"]
         counts["han"] = 0
-    name, best = max(counts.items(), key=lambda kv: kv[1])
+    return counts
+
+
+def _dominant_script(text: str, weighted: bool = False) -> str | None:
+    """The script most of `text`'s letters are in (`weighted`: see _script_counts)."""
+    name, best = max(_script_counts(text, weighted).items(), key=lambda kv: kv[1])
     return name if best else None
 
 
@@ -265,10 +271,7 @@ def _japanese_writing(text: str, counts: dict[str, int]) -> bool:
 
 def _present_scripts(text: str) -> frozenset[str]:
     """The scripts a language of `text` may be written in (empty: no letters of a known script)."""
-    counts = {name: len(rx.findall(text)) * _WIDE.get(name, 1) for name, rx in _SCRIPTS.items()}
-    if counts["kana"] and _japanese_writing(text, counts):
-        counts["kana"] += counts["han"]
-        counts["han"] = 0
+    counts = _script_counts(text, weighted=True)
     total = sum(counts.values())
     return frozenset(name for name, n in counts.items() if n and n >= _PRESENT * total)
 

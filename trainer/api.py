@@ -44,6 +44,7 @@ from xtm.errors import TRAIN_INSTALL, XtmError
 from xtm.json_files import is_missing, json_default
 from xtm.languages import normalize_lang
 from xtm.run_dir import RunDir, has_checkpoint, refuse_foreign_dir
+from xtm.text_files import is_one_word
 
 if TYPE_CHECKING:
     from xtm.runtime.model import TopicModel
@@ -215,7 +216,7 @@ def check_setting(cls: type, name: str, value: Any) -> Any:
         if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
             raise XtmError(f"extra_stopwords must be a list of words, got {type(value).__name__}")
         words = sorted(value, key=str) if isinstance(value, (set, frozenset)) else list(value)  # a set: repeatable
-        bad = next((w for w in words if not isinstance(w, str) or len(w.split()) != 1), None)
+        bad = next((w for w in words if not is_one_word(w)), None)
         if bad is not None:
             raise XtmError(f"extra_stopwords must be single words, got {bad!r}")
         return tuple(dict.fromkeys(words))

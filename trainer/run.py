@@ -31,7 +31,7 @@ import os
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -247,10 +247,6 @@ def load_training_data(data: DataConfig, cfg: TrainConfig, out: Path,
     return sharded.eval_corpus(data.eval_train_docs, dict_path=data.dict_path), sharded.batches()
 
 
-_PREPROCESSING_OPTIONS = {"vocab_size": "--vocab-size", "min_df": "--min-df", "max_df": "--max-df",
-                          "extra_stopwords": "--stopwords"}
-
-
 def _preprocessing_changes(run: RunDir, prep: Preprocessing) -> str:
     """The preprocessing options given now that differ from those the run's config.json records, said as options
     ("--stopwords: 12 words then, none now"); empty when none differs or the record cannot be read."""
@@ -265,8 +261,10 @@ def _preprocessing_changes(run: RunDir, prep: Preprocessing) -> str:
             return f"{len(value)} words" if value else "none"
         return str(value)
 
+    # the preprocessing settings that are options (--vocab-size, --min-df, --max-df, --stopwords), by their flags
+    options = [(f.name, spec.flags.split()[0]) for f in fields(Preprocessing) if (spec := f.metadata.get("cli"))]
     changes = [f"{flag}: {said(getattr(then_prep, name))} then, {said(getattr(prep, name))} now"
-               for name, flag in _PREPROCESSING_OPTIONS.items() if getattr(then_prep, name) != getattr(prep, name)]
+               for name, flag in options if getattr(then_prep, name) != getattr(prep, name)]
     return "; ".join(changes)
 
 

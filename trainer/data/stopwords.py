@@ -12,7 +12,6 @@ on English Wikipedia articles 42 of the top 100 remaining words were function wo
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
 from functools import cache
 
 from xtm.config import TOKEN_RULES
@@ -146,7 +145,7 @@ def extra_stopwords(lang: str, rules: int, words: tuple[str, ...]) -> frozenset[
     reads as one word, as for stopwords-iso's lists ("e-mail" would otherwise drop "mail" everywhere)."""
     if not words:
         return _EMPTY
-    return frozenset(token for _, token, used in _cut_entries(words, lang, rules) if used)
+    return frozenset(token for _, token, used, _ in _cut_entries(lang, rules, words) if used)
 
 
 @cache
@@ -154,12 +153,13 @@ def unused_stopwords(lang: str, rules: int, words: tuple[str, ...]) -> tuple[tup
     """(entry, what the tokenizer makes of it) for a user's stopwords `lang`'s tokenizer does not read as themselves
     and so are not used: one other word (Korean 배송은 -> 배송) or several (e-mail -> e mail; 고객센터 -> 고객 센터).
     Said to the user, who meant them."""
-    return tuple((entry, token) for entry, token, used in _cut_entries(words, lang, rules) if token and not used)
+    return tuple((entry, token) for entry, token, used, _ in _cut_entries(lang, rules, words) if token and not used)
 
 
-def _cut_entries(entries: Iterable[str], lang: str, rules: int) -> Iterator[tuple[str, str, bool]]:
-    """(entry, its token, or its tokens joined by spaces, or "", used) for each entry of a word list under
-    `lang`'s tokenizer and token `rules`.
+@cache
+def _cut_entries(lang: str, rules: int, entries: tuple[str, ...]) -> tuple[tuple[str, str, bool, int], ...]:
+    """(entry, its token, or its tokens joined by spaces, or "", used, how many tokens) for each entry of a word
+    list under `lang`'s tokenizer and token `rules`, each entry tokenized once.
     An entry is used when it is one word: one cut in several is not, nor is one a rewriting tokenizer (Korean's,
     which writes dictionary forms) changes, since the word it gives is another: Kiwi reads 자기집 ("one's own
     house") as 집 ("house"), 비교적 ("relatively") as 비교 ("comparison")."""
@@ -168,12 +168,14 @@ def _cut_entries(entries: Iterable[str], lang: str, rules: int) -> Iterator[tupl
     spec = default_tokenizer_spec(lang, rules)
     tokenize = make_tokenizer(spec)
     rewrites = spec.kind in REWRITING_KINDS
+    out = []
     for entry in entries:
         cut = tokenize(entry)
         if len(cut) != 1:
-            yield entry, " ".join(cut), False
+            out.append((entry, " ".join(cut), False, len(cut)))
         else:
-            yield entry, cut[0], not rewrites or cut[0] == normalized_token(entry.strip(), spec)
+            out.append((entry, cut[0], not rewrites or cut[0] == normalized_token(entry.strip(), spec), 1))
+    return tuple(out)
 
 
 def function_words(lang: str) -> frozenset[str]:
@@ -219,15 +221,12 @@ def _iso_list(code: str, rules: int) -> frozenset[str]:
         return _EMPTY
     if not stopwordsiso.has_lang(code):
         return _EMPTY
-    from xtm.runtime.tokenize import default_tokenizer_spec, make_tokenizer
-
-    tokenize = make_tokenizer(default_tokenizer_spec(code, rules))
-    entries = sorted(stopwordsiso.stopwords(code))
-    if sum(len(tokenize(w)) > 1 for w in entries) > _MAX_PHRASE_SHARE * len(entries):
+    cut = _cut_entries(code, rules, tuple(sorted(stopwordsiso.stopwords(code))))
+    if sum(pieces > 1 for *_, pieces in cut) > _MAX_PHRASE_SHARE * len(cut):
         # A list of words the tokenizer cuts smaller: Vietnamese (59% of its entries) is written a syllable per
         # space, so its one-token entries are syllables of content words too ("chính" of "chính phủ").
         return _EMPTY
-    return frozenset(token for _, token, used in _cut_entries(entries, code, rules) if used)
+    return frozenset(token for _, token, used, _ in cut if used)
 
 
 @cache

@@ -17,6 +17,7 @@ import scipy.sparse as sp
 
 from xtm.config import TOKEN_RULES, Preprocessing, known_token_rules
 from xtm.errors import XtmError
+from xtm.text_files import is_one_word
 from xtm.trainer.data.corpus_rules import warn_user
 
 __all__ = ["bags_of_words", "check_preprocessing", "check_token_rules", "vocab_from_df", "warn_relaxed"]
@@ -37,7 +38,7 @@ def check_preprocessing(prep: Preprocessing) -> None:
                        field="min_doc_tokens")
     check_token_rules(prep.token_rules)
     words = prep.extra_stopwords
-    if not isinstance(words, tuple) or not all(isinstance(w, str) and len(w.split()) == 1 for w in words):
+    if not isinstance(words, tuple) or not all(map(is_one_word, words)):
         raise XtmError(f"extra_stopwords must be a list of single words, got {str(words)[:80]}",
                        field="extra_stopwords")
 
