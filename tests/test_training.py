@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -16,7 +17,7 @@ from log_isolation import library_logging  # noqa: F401  (a fixture)
 from xtm.config import TrainConfig
 from xtm.errors import XtmError
 from xtm.models_zoo.registry import model_from_state
-from xtm.trainer.data.batches import epoch_batches
+from xtm.trainer.data.batches import data_differences, epoch_batches
 from xtm.trainer.loop.checkpoint import latest_checkpoint_dir, load_checkpoint
 from xtm.trainer.loop.training import lr_factor, make_optimizer, train
 
@@ -55,6 +56,61 @@ def test_resume_continues_exactly_where_it_stopped(example_corpus, tmp_path: Pat
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
     for k, v in params(straight.model).items():
         assert torch.allclose(v.float(), params(resumed.model)[k].float(), atol=1e-6), k
+
+
+def _with_train_rows(corpus, lang_index: int, change):
+    """`corpus` with language `lang_index`'s training matrix replaced by change(matrix) (the rest shared)."""
+    langs = list(corpus.languages)
+    langs[lang_index] = dataclasses.replace(langs[lang_index], train_bow=change(langs[lang_index].train_bow))
+    return dataclasses.replace(corpus, languages=langs)
+
+
+def test_resume_refuses_the_same_sized_documents_in_another_order_or_with_other_counts(example_corpus,
+                                                                                        tmp_path: Path) -> None:
+    """The checkpoint held the documents' counts only: a corpus shuffled behind the same path (same vocabulary, same
+    sizes) resumed silently on other batches, and its history and metrics mixed two corpora."""
+    train(example_corpus, config(epochs=1), tmp_path)
+    n = example_corpus.languages[1].num_train
+    shuffled = _with_train_rows(example_corpus, 1, lambda m: m[np.r_[1:n, 0]])
+    lang = example_corpus.languages[1].lang
+    with pytest.raises(XtmError, match=rf"'{lang}': as many documents and words, but other documents or another order"):
+        train(shuffled, config(epochs=2), tmp_path, resume=True)
+
+    def recount(m):
+        m = m.copy()
+        m.data[0] += 1
+        return m
+
+    with pytest.raises(XtmError, match=rf"'{lang}': nnz|'{lang}': as many documents"):
+        train(_with_train_rows(example_corpus, 1, recount), config(epochs=2), tmp_path, resume=True)
+    assert train(example_corpus, config(epochs=2), tmp_path, resume=True).epochs_done == 2  # the same data resumes
+
+
+def test_a_checkpoint_from_before_the_documents_digest_is_judged_on_its_counts() -> None:
+    now = {"en": {"vocab": 9, "docs": 5, "nnz": 20, "train_sha256": "a"}}
+    assert data_differences({"en": {"vocab": 9, "docs": 5, "nnz": 20}}, now) == []
+    assert data_differences({"en": {"vocab": 9, "docs": 6, "nnz": 20}}, now) == ["'en': docs 6 then, 5 now"]
+    assert data_differences({"en": {"vocab": 9, "docs": 5, "nnz": 20, "train_sha256": "b"}}, now) == [
+        "'en': as many documents and words, but other documents or another order"]
+    assert "languages ['zh'] then, ['en'] now" in data_differences({"zh": {}}, now)[0]
+    assert data_differences(None, now)
+
+
+def test_shards_record_their_documents_digest_and_old_indexes_are_judged_on_counts(example_dir: Path,
+                                                                                  tmp_path: Path) -> None:
+    from xtm.trainer.data.sharding import ShardedCorpus, build_shards
+
+    build_shards(example_dir / "docs.jsonl", tmp_path / "s", shard_size=100, progress=False)
+    fp = ShardedCorpus(tmp_path / "s").batches().fingerprint()
+    assert all(len(v["shards_sha256"]) == 64 for v in fp.values())
+    index = json.loads((tmp_path / "s" / "index.json").read_text())
+    for lang in index["languages"].values():
+        for entry in lang["train"]:
+            del entry["sha256"]
+    (tmp_path / "s" / "index.json").write_text(json.dumps(index))
+    old = ShardedCorpus(tmp_path / "s").batches().fingerprint()
+    assert all("shards_sha256" not in v for v in old.values())
+    assert data_differences(fp, old) == []
 
 
 def test_resume_refuses_other_hyperparameters_naming_the_ones_to_keep(example_corpus, tmp_path: Path) -> None:

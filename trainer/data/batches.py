@@ -2,7 +2,9 @@
 
 The training loop consumes a `BatchSource` and nothing else about the training documents:
   - `sizes()`                         training documents per language;
-  - `fingerprint()`                   what a resumed run checks it is training on the same data;
+  - `fingerprint()`                   what a resumed run checks it is training on the same data: per
+                                      language the counts and a digest of the documents' word counts
+                                      (`same_data` compares them);
   - `epoch(rng, batch, rank, world, start_step)`
                                       this rank's steps of one epoch from its `start_step`-th on,
                                       each a list (one entry per language) of (CSR rows, their
@@ -19,8 +21,9 @@ same order and keeps the steps s with s % world == rank: disjoint documents, equ
 
 from __future__ import annotations
 
+import hashlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -60,6 +63,38 @@ def epoch_batches(sizes: list[int], batch_size: int, rng: np.random.Generator,
     return [[per_lang[i][s] for i in range(len(sizes))] for s in range(steps)]
 
 
+def csr_digest(matrices: Iterable[sp.csr_matrix]) -> str:
+    """SHA-256 of CSR matrices' rows in order (shape, column ids, values, as int64 / float64, so a matrix
+    loaded with other index or value types digests alike): another document, another count or another
+    order of the same documents is another digest."""
+    h = hashlib.sha256()
+    for m in matrices:
+        c = sp.csr_matrix(m)
+        c.sort_indices()
+        h.update(f"{c.shape}:".encode())
+        for array, dtype in ((c.indptr, np.int64), (c.indices, np.int64), (c.data, np.float64)):
+            h.update(np.ascontiguousarray(array, dtype=dtype).tobytes())
+    return h.hexdigest()
+
+
+def data_differences(saved: Any, now: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """How the training data `now` differs from the fingerprint a checkpoint `saved`, per language, said for a
+    user; empty when the same. Only what both record is compared: a checkpoint written before a key was recorded
+    (the documents' digest) is judged on the rest."""
+    if not isinstance(saved, dict) or set(saved) != set(now):
+        return [f"languages {sorted(saved) if isinstance(saved, dict) else saved} then, {sorted(now)} now"]
+    out = []
+    for lang, fp in now.items():
+        then = saved[lang] if isinstance(saved[lang], dict) else {}
+        counts = [f"{key} {then.get(key)} then, {fp[key]} now" for key in ("docs", "nnz", "vocab")
+                  if key in then and then[key] != fp[key]]
+        if counts:
+            out.append(f"'{lang}': {', '.join(counts)}")
+        elif any(key in then and then[key] != value for key, value in fp.items()):
+            out.append(f"'{lang}': as many documents and words, but other documents or another order")
+    return out
+
+
 class InMemoryBatches:
     """Batches sliced from the corpus's CSR training matrices."""
 
@@ -71,7 +106,8 @@ class InMemoryBatches:
         return [b.shape[0] for b in self.bows]
 
     def fingerprint(self) -> dict[str, Any]:
-        return {lc.lang: {"vocab": lc.vocab_size, "docs": lc.num_train, "nnz": int(lc.train_bow.nnz)}
+        return {lc.lang: {"vocab": lc.vocab_size, "docs": lc.num_train, "nnz": int(lc.train_bow.nnz),
+                          "train_sha256": csr_digest([lc.train_bow])}
                 for lc in self.corpus.languages}
 
     def epoch(self, rng: np.random.Generator, batch_size: int, rank: int = 0, world: int = 1,

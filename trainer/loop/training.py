@@ -45,7 +45,7 @@ from xtm.models_zoo.components import SparseRows
 from xtm.models_zoo.registry import model_class
 from xtm.paths import cache_dir
 from xtm.run_dir import RunDir, has_checkpoint
-from xtm.trainer.data.batches import BatchSource, InMemoryBatches, steps_per_epoch
+from xtm.trainer.data.batches import BatchSource, InMemoryBatches, data_differences, steps_per_epoch
 from xtm.trainer.loop import distributed
 from xtm.trainer.loop.checkpoint import (
     Checkpoint,
@@ -284,9 +284,11 @@ class _Training:
             raise XtmError(f"--resume: the checkpoint models {order} (vocabularies {mc.get('vocab_sizes')}), this run "
                            f"{','.join(self.model.langs)} ({self.model.vocab_sizes}): resume with --langs {order} "
                            "and the data it was trained on", path=ckpt.path)
-        if saved.get("corpus") != self.fingerprint:
-            raise XtmError("--resume: the data differs from the data this checkpoint was trained on "
-                           f"(checkpoint {saved.get('corpus')}, now {self.fingerprint})", path=ckpt.path)
+        if differences := data_differences(saved.get("corpus"), self.fingerprint):
+            # Refused, not warned: the run's history, metrics and test split would mix two corpora under one name.
+            raise XtmError(f"--resume: the training documents differ from those this checkpoint was trained on "
+                           f"({'; '.join(differences)}): resume with the data the run was trained on, or train a new "
+                           "run in another --out", path=ckpt.path)
         if self.model.reads_links and saved.get("links") is not None and saved.get("links") != self.links:
             # The model keeps the checkpoint's links (its aux buffers), so another dictionary would change
             # nothing but config.json, which would name it. (Checkpoints from before the digest: not checked.)
