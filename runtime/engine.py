@@ -237,6 +237,9 @@ class InferenceCounts:
         return self.total - self.skipped
 
 
+_DISTINCT_WARNINGS = 1000
+
+
 class BadLines:
     """The count of rows read, bad and written, and the rules that stop a run on bad rows.
 
@@ -248,6 +251,8 @@ class BadLines:
                  max_share: float | None = None) -> None:
         self.report, self.strict, self.max_bad, self.max_share = report, strict, max_bad, max_share
         self.total = self.skipped = 0
+        # a warning said on many rows (a misnamed field on every line) is reported at its first row, then counted
+        self._repeats: dict[str, int] = {}
 
     @property
     def written(self) -> int:
@@ -266,8 +271,23 @@ class BadLines:
                            line=line)
         self.report(f"{where}:{line}: {reason}")
 
+    def warn(self, where: str, line: int, text: str) -> None:
+        """A warning about a row that is served: reported as WHERE:LINE: warning: text the first time; the same text
+        again is counted, and `finish` says on how many more rows (up to _DISTINCT_WARNINGS distinct texts are
+        remembered; past them every warning is reported)."""
+        if text in self._repeats:
+            self._repeats[text] += 1
+            return
+        if len(self._repeats) < _DISTINCT_WARNINGS:
+            self._repeats[text] = 0
+        self.report(f"{where}:{line}: warning: {text}")
+
     def finish(self, name: str, *, require_results: bool = True) -> InferenceCounts:
         """End-of-run checks: the share of bad rows, and (require_results) that something was inferred."""
+        for text, more in self._repeats.items():
+            if more:
+                self.report(f"{name}: the same warning on {more:,} more line{'s' if more > 1 else ''}: {text}")
+        self._repeats.clear()
         if self.max_share is not None and self.total and self.skipped / self.total > self.max_share:
             share = 100 * self.skipped / self.total
             raise XtmError(f"too many bad lines: {self.skipped} of {self.total} ({share:.2f}%, --max-bad "
@@ -405,7 +425,7 @@ class OutputWriter:
                     tally.bad(where, lineno, row.error)
                     continue
                 if row.warning is not None:
-                    tally.report(f"{where}:{lineno}: warning: {row.warning}")
+                    tally.warn(where, lineno, row.warning)
                 good.append(row.output)  # type: ignore[arg-type]  # good rows have a line
         except XtmError:
             if good:

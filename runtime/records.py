@@ -235,13 +235,29 @@ def parse_record(obj: dict[str, Any], lineno: int, served: Sequence[str] | None)
         id_json = encode_id(doc_id)
     except (TypeError, ValueError) as e:
         return None, f"field 'id' cannot be written as JSON: {e}", None
-    warning = None
+    notes = _unread_fields(obj)
     if len(text) > MAX_CHARS:
-        warning = f"text has {len(text):,} characters; using the first {MAX_CHARS:,}"
+        notes.append(f"text has {len(text):,} characters; using the first {MAX_CHARS:,}")
         text = text[:MAX_CHARS]
+    warning = "; ".join(notes) or None
     if not text.isascii():
         text = without_surrogates(text)
     return {"id": doc_id, "id_json": id_json, "text": text, "lang": lang}, None, warning
+
+
+# What a record's field under another name or a slip ('Lang', 'language', 'doc_id') would have been read as: the
+# language is then detected (or --lang's) and the id is the line number, so a pipeline's ids and languages were
+# lost without a word (a newcomer's finding). Said as a warning; the line is still served.
+_UNREAD_MEANS = {"lang": "the language is detected", "id": "the id written is the line number"}
+
+
+def _unread_fields(obj: dict[str, Any]) -> list[str]:
+    """Warnings for `obj`'s fields that look like 'lang' or 'id' under another name while the real one is absent."""
+    notes = []
+    for name, means in _UNREAD_MEANS.items():
+        if name not in obj and (near := names_for(obj, name)):
+            notes.append(f"field {_show(near[0])} is not read ({means}): xtm reads '{name}'")
+    return notes
 
 
 def without_surrogates(text: str) -> str:

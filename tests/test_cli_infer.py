@@ -215,3 +215,34 @@ def test_a_line_whose_text_field_is_named_otherwise_says_which_field_it_has(hb: 
     assert r.exit_code == 0
     assert f"{src}:1: missing field 'text' (this line has 'Text': xtm reads 'text')" in r.stderr
     assert f"{src}:2: missing field 'text' (this line has 'content': xtm reads 'text')" in r.stderr
+
+
+def test_a_language_or_id_under_another_name_is_said_once_and_counted(hb: HandBundle, tmp_path: Path) -> None:
+    # 'Lang' and 'doc_id' were not read and nothing said so: every line's language was detected and its id was the
+    # line number, so a pipeline joined its results to the wrong documents. Said at the first line, then counted.
+    rows = [{"doc_id": f"d{i}", "Lang": "en", "text": "bank market stock"} for i in range(5)]
+    src = write_jsonl(tmp_path / "docs.jsonl", [*rows, {"id": "x", "lang": "en", "text": "bank"}])
+    r = invoke([str(src), "--bundle", str(hb.path)])
+    assert r.exit_code == 0, r.stderr
+    said = ("warning: field 'Lang' is not read (the language is detected): xtm reads 'lang'; field 'doc_id' is not "
+            "read (the id written is the line number): xtm reads 'id'")
+    assert f"{src}:1: {said}" in r.stderr
+    assert r.stderr.count("'Lang' is not read") == 2  # the first line's, and the count below
+    assert f"the same warning on 4 more lines: {said.removeprefix('warning: ')}" in r.stderr
+    assert [json.loads(line)["id"] for line in r.stdout.splitlines()] == [1, 2, 3, 4, 5, "x"]  # still served
+    quiet = write_jsonl(tmp_path / "ok.jsonl", [{"id": 1, "text": "bank", "locale_hint": "x", "lang_conf": 0.5}])
+    assert "warning" not in invoke([str(quiet), "--bundle", str(hb.path)]).stderr
+
+
+def test_distinct_warnings_past_the_remembered_number_are_all_reported() -> None:
+    from xtm.runtime import engine
+
+    said: list[str] = []
+    tally = engine.BadLines(said.append)
+    for i in range(engine._DISTINCT_WARNINGS + 3):
+        tally.warn("f", i, f"w{i}")
+    tally.warn("f", 1, "w0")
+    tally.warn("f", 2, "w0")
+    tally.total = 1
+    tally.finish("f")
+    assert len(said) == engine._DISTINCT_WARNINGS + 3 + 1 and said[-1] == "f: the same warning on 2 more lines: w0"
