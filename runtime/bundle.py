@@ -70,6 +70,7 @@ MANIFEST = "manifest.json"
 INPUT_FORMATS = ("dense", "sparse")
 CONTEXTUAL_FORMAT = 1  # the "contextual" entry's own version (the key is optional, the schema unchanged)
 MAX_MIN_TOKEN_LENGTH = 100  # longer than any word: a larger value can only be a broken manifest
+MAX_SEGMENTER_CHARS = 200
 TOKENIZER_KINDS = ("sentencepiece", "hf-tokenizers")  # the contextual route's tokenizers
 AUTO_ROUTES = ("bow", "contextual")  # the contextual entry's "auto_route" (absent: "bow")
 
@@ -424,6 +425,11 @@ def check_tokenizer(tok: dict[str, Any], mpath: Path, ctx: str) -> dict[str, Any
         n = _require(tok, "min_token_length", int, mpath, ctx)
         if not 1 <= n <= MAX_MIN_TOKEN_LENGTH:
             raise XtmError(f"{ctx}'min_token_length' must be in [1, {MAX_MIN_TOKEN_LENGTH}], got {n}", path=mpath)
+    if "segmenter" in tok:  # the releases training segmented with (said in a warning when the runtime's differ)
+        release = _require(tok, "segmenter", str, mpath, ctx)
+        if len(release) > MAX_SEGMENTER_CHARS or not release.isprintable():
+            raise XtmError(f"{ctx}'segmenter' must be a line of at most {MAX_SEGMENTER_CHARS} printable characters "
+                           "(as 'kiwipiepy 0.24.1, kiwipiepy_model 0.24.0')", path=mpath)
     return tok
 
 

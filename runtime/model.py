@@ -526,12 +526,14 @@ class TopicModel:
         tok = self._tokenizers.get(lang)
         if tok is None:
             # Made on first use: jieba's dictionary costs about a second, paid only if Chinese appears.
-            from xtm.runtime.tokenize import make_tokenizer
+            from xtm.runtime.tokenize import make_tokenizer, segmenter_drift
 
             with self._tok_lock:
                 tok = self._tokenizers.get(lang)
                 if tok is None:
                     tok = make_tokenizer(self._encoders[lang].spec)
+                    if (drift := segmenter_drift(self._encoders[lang].entry.tokenizer)) is not None:
+                        logger.warning(f"{self._manifest.directory}: {drift}")
                     self._tokenizers[lang] = tok
         return tok
 

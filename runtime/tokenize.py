@@ -57,8 +57,8 @@ from xtm.paths import cache_dir
 from xtm.runtime import korean
 
 __all__ = ["KINDS", "REWRITING_KINDS", "SEGMENTERS", "SEGMENTERS_ENV", "TEXT_NORMALIZATION", "default_tokenizer_spec",
-           "make_tokenizer", "missing_tokenizer", "normalized_token", "segmenter_mode", "segmenter_of",
-           "use_segmenters"]
+           "make_tokenizer", "missing_tokenizer", "normalized_token", "segmenter_drift", "segmenter_mode",
+           "segmenter_of", "segmenter_release", "use_segmenters", "with_segmenter"]
 
 KINDS = ("whitespace", "words", "regex", "jieba", "janome", "mecab", "kiwi")
 # Kinds whose tokens are not always pieces of the text: Kiwi writes verbs and adjectives in their dictionary form
@@ -74,6 +74,12 @@ _OPTIONAL = {"jieba": ("jieba", "Chinese", "zh"), "janome": ("janome", "Japanese
              "mecab": ("fugashi", "Japanese", "ja-mecab"), "kiwi": (korean.MODULE, "Korean", "ko")}
 # Modules a kind needs besides its segmenter (MeCab's dictionary and Kiwi's model are packages of their own).
 _ALSO_NEEDED = {"mecab": ("ipadic",), "kiwi": (korean.MODEL_MODULE,)}
+# The distributions whose release decides a segmenting kind's tokens (another dictionary or model cuts words
+# otherwise, and a bundle's vocabulary then misses them): recorded beside the tokenizer settings as "segmenter"
+# (config.json, a bundle's manifest) and compared where a tokenizer is made for a bundle (segmenter_drift). rjieba
+# is not named: it cuts as jieba does (tests/test_tokenize.py).
+_RELEASES = {"jieba": ("jieba",), "janome": ("janome",), "mecab": ("fugashi", "ipadic"),
+             "kiwi": (korean.MODULE, korean.MODEL_MODULE)}
 # Which implementation serves a kind (module docstring). The environment variable may say auto or
 # reference (the same bags of words: safe for training too); fast changes tokens, so only a process
 # that serves bundles asks for it, with use_segmenters (xtm-infer --segmenters fast): a shell-wide
@@ -194,6 +200,44 @@ def segmenter_of(kind: str, mode: str | None = None) -> str:
     if kind == "janome" and mode == "fast":
         return "mecab"
     return kind
+
+
+def segmenter_release(kind: str) -> str | None:
+    """The releases of the distributions that segment `kind` here ("kiwipiepy 0.24.1, kiwipiepy_model 0.24.0"; one
+    not installed: "name none"); None for a kind without a segmenter (words, regex, whitespace)."""
+    names = _RELEASES.get(kind)
+    if names is None:
+        return None
+    from importlib import metadata
+
+    def release(name: str) -> str:
+        try:
+            return f"{name} {metadata.version(name)}"
+        except metadata.PackageNotFoundError:
+            return f"{name} none"
+    return ", ".join(map(release, names))
+
+
+def with_segmenter(tokenizer: dict[str, Any]) -> dict[str, Any]:
+    """A tokenizer setting (TokenizerSpec.to_dict) with the releases that segment it here (`segmenter`), as a run
+    records it."""
+    release = segmenter_release(tokenizer["kind"])
+    return {**tokenizer, "segmenter": release} if release is not None else dict(tokenizer)
+
+
+def segmenter_drift(tokenizer: dict[str, Any], mode: str | None = None) -> str | None:
+    """What to tell a user whose process would cut `tokenizer`'s language with other segmenter releases than the
+    run recorded (None: the same, nothing recorded, or another implementation asked for with `mode` fast)."""
+    recorded, kind = tokenizer.get("segmenter"), tokenizer.get("kind")
+    if not isinstance(recorded, str) or not isinstance(kind, str) or segmenter_of(kind, mode) not in (kind,
+                                                                                                      "jieba+rjieba"):
+        return None
+    now = segmenter_release(kind)
+    if now is None or now == recorded:
+        return None
+    return (f"'{tokenizer.get('lang')}' was tokenized with {recorded} when the model was trained; this process has "
+            f"{now}: words may be cut otherwise and miss the vocabulary (install those releases to serve it as "
+            "trained)")
 
 
 def _has_word_char(tok: str) -> bool:

@@ -8,6 +8,7 @@ resolve outside the bundle through symlinks, ONNX graphs that pull weights from 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -361,7 +362,8 @@ def _edit_manifest(b: Path, edit) -> None:
 @pytest.mark.parametrize("field,value", [("min_token_length", "abc"), ("min_token_length", None),
                                          ("min_token_length", [1]), ("min_token_length", 10**400),
                                          ("min_token_length", 0), ("min_token_length", True),
-                                         ("lowercase", "false"), ("lowercase", 1), ("kind", "evil"), ("kind", 5)])
+                                         ("lowercase", "false"), ("lowercase", 1), ("kind", "evil"), ("kind", 5),
+                                         ("segmenter", 5), ("segmenter", "x" * 201), ("segmenter", "jieba\n1")])
 def test_a_tokenizer_setting_of_the_wrong_type_is_a_clean_error(hb: HandBundle, tmp_path: Path, field: str,
                                                                value: object) -> None:
     """Before: "abc" / null / [1] raised ValueError / TypeError tracebacks at load, 10**400 OverflowError, and
@@ -524,3 +526,26 @@ def test_a_contextual_graph_that_cannot_open_is_read_once_not_once_per_document(
 
     monkeypatch.setattr(model_module, "_RETRY_OPEN_AFTER_S", 0.0)
     assert model.infer(["stock market"], "fr").routes == ["contextual"] and len(opened) == 2
+
+
+def test_a_bundle_tokenized_with_other_segmenter_releases_says_so_once_and_still_serves(
+        hb: HandBundle, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A Kiwi, jieba or janome upgrade cuts words otherwise (a new dictionary), and the bundle's vocabulary then misses
+    them without a word: the run records the releases it segmented with, and the runtime names a difference."""
+    from xtm.runtime.tokenize import segmenter_release
+
+    b = copy_bundle(hb, tmp_path / "b")
+    _edit_manifest(b, lambda m: m["encoders"]["en"]["tokenizer"].update(kind="jieba", segmenter="jieba 0.0"))
+    model = TopicModel.load(b)
+    with caplog.at_level(logging.WARNING, logger="xtm"):
+        model.infer(["bank market", "stock"], "en")
+        model.infer(["bank"], "en")
+    said = [r.getMessage() for r in caplog.records if "segment" in r.getMessage() or "tokenized" in r.getMessage()]
+    assert said == [f"{b}: 'en' was tokenized with jieba 0.0 when the model was trained; this process has "
+                    f"{segmenter_release('jieba')}: words may be cut otherwise and miss the vocabulary (install those "
+                    "releases to serve it as trained)"]
+    caplog.clear()
+    _edit_manifest(b, lambda m: m["encoders"]["en"]["tokenizer"].update(segmenter=segmenter_release("jieba")))
+    with caplog.at_level(logging.WARNING, logger="xtm"):
+        TopicModel.load(b).infer(["bank market"], "en")
+    assert "tokenized with" not in caplog.text

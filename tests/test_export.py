@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +43,9 @@ def test_bundle_layout_and_checksums(bundle) -> None:
         assert sha256_file(out / name) == digest
     assert set(manifest["files"]) == names - {"manifest.json"}
     assert manifest["encoders"]["zh"]["tokenizer"]["kind"] == "jieba"
+    # the segmenter's release travels from training (config.json) to the bundle; a words kind has none
+    assert re.fullmatch(r"jieba \d+\.\d+(\.\d+)?", manifest["encoders"]["zh"]["tokenizer"]["segmenter"])
+    assert "segmenter" not in manifest["encoders"]["en"]["tokenizer"]
     topics = json.loads((out / "topics.json").read_text())
     assert len(topics["topics"]) == 6 and len(topics["topics"][0]["words"]["zh"]) == 15
 

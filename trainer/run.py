@@ -66,6 +66,7 @@ from xtm.run_dir import (
     refuse_foreign_dir,
     run_token_rules,
 )
+from xtm.runtime.tokenize import with_segmenter
 from xtm.trainer.data.batches import BatchSource, InMemoryBatches, steps_per_epoch
 from xtm.trainer.data.loading import load_corpus
 from xtm.trainer.data.vocab_rules import check_token_rules
@@ -338,7 +339,8 @@ def _run(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool, phase2: Ph
         "xtm_version": xtm.__version__, "model_config": model.config(), "train_config": cfg.to_dict(),
         # paths absolute: a --resume or a contextual fit from another directory finds the same files
         "data": {**data.to_dict(), **_absolute_paths(data), "name": corpus.name}, "langs": corpus.langs,
-        "tokenizers": {lc.lang: lc.tokenizer.to_dict() for lc in corpus.languages},
+        # with the segmenters' releases: a runtime with others says its words may be cut otherwise
+        "tokenizers": {lc.lang: with_segmenter(lc.tokenizer.to_dict()) for lc in corpus.languages},
         "corpus_info": corpus.info, "phase2": phase2.to_dict() if phase2 is not None else None})
     run.save_history(result.history)
 
