@@ -11,6 +11,7 @@ import click
 
 from xtm.config import (
     PAPER_TRAINING,
+    WORD_LIST_SETTINGS,
     DataConfig,
     Phase2Config,
     RefinerConfig,
@@ -128,7 +129,8 @@ class RecordedSettings:
         if name == "langs" and value is not None and not (
                 isinstance(value, list) and all(isinstance(x, str) for x in value)):
             raise XtmError(f"must be a list of language codes or null, got {str(value)[:60]}")
-        if spec is None or spec.path is None or spec.parse is not None:  # (--stopwords FILE records its words)
+        # (a file of words, --stopwords FILE or --user-words FILE, records its words)
+        if spec is None or spec.path is None or spec.parse is not None:
             value = check_setting(cls, name, value)
         elif value is not None:
             if not isinstance(value, str) or not value:
@@ -169,7 +171,7 @@ def _shown(name: str, value: Any) -> str:
         return ""
     if isinstance(value, dict):  # --set KEY=VALUE pairs
         return " " + (",".join(f"{k}={v}" for k, v in value.items()) or "(none)")
-    if name == "extra_stopwords":  # a file of words: how many
+    if name in WORD_LIST_SETTINGS:  # a file of words: how many
         return f" ({len(value)} words)"
     if isinstance(value, (tuple, list)):  # --langs
         return " " + ",".join(map(str, value))

@@ -36,10 +36,11 @@ from xtm.labels import MAX_LABEL_CHARS
 from xtm.text_files import word_list_option
 
 __all__ = ["CONTEXTUAL_AUTO_ROUTES", "CONTEXTUAL_OBJECTIVES", "DEFAULT_ENCODER", "DEFAULT_MAX_TOKENS", "MODEL_NAMES",
-           "PREPROCESSING", "REFINER_NAMES", "TOKEN_RULES", "TOKEN_RULES_BEFORE_RECORDED", "Cli", "ContextualConfig",
-           "DataConfig", "LabelConfig", "Phase2Config", "Preprocessing", "RefinerConfig", "RunConfig", "Sampling",
-           "TrainConfig", "check_device_name", "cli_spec", "cli_value", "default_of", "flat_settings", "from_dict",
-           "known_token_rules", "option_text", "parse_csv", "parse_key_values", "setting"]
+           "PREPROCESSING", "REFINER_NAMES", "TOKEN_RULES", "TOKEN_RULES_BEFORE_RECORDED", "WORD_LIST_SETTINGS",
+           "Cli", "ContextualConfig", "DataConfig", "LabelConfig", "Phase2Config", "Preprocessing", "RefinerConfig",
+           "RunConfig", "Sampling", "TrainConfig", "check_device_name", "cli_spec", "cli_value", "default_of",
+           "flat_settings", "from_dict", "known_token_rules", "option_text", "parse_csv", "parse_key_values",
+           "setting"]
 
 # The multilingual sentence encoder used unless a run names another (offline, no download), and the
 # tokens the contextual route reads per document. xtm.models_zoo.encoders takes both from here.
@@ -260,6 +261,10 @@ def known_token_rules(value: object) -> bool:
     return type(value) is int and 1 <= value <= TOKEN_RULES
 
 
+# The settings that are lists of words (a file of them on the command line, a list in config.json and xtm.train).
+WORD_LIST_SETTINGS = ("extra_stopwords", "user_words")
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """How JSONL documents become bags of words (in memory and out of core alike): which words make
@@ -281,12 +286,21 @@ class Preprocessing:
                  "write Korean words in their dictionary form, 배송 not 배송은; a warning names them). The words are "
                  "recorded in config.json, and --resume takes them.",
         cli=Cli("--stopwords", path="file", exists=True, metavar="FILE", parse=word_list_option))
+    user_words: tuple[str, ...] = setting(
+        (), help="A file of words the segmenter must keep whole, one word a line (# comments): domain terms and "
+                 "product names it would cut (Korean 선크림 'sunscreen' read as 선 + 크림). Korean's analyser (Kiwi) "
+                 "takes them, as nouns; other languages' tokenizers take none today (a warning says so). The words "
+                 "are recorded in config.json and in the bundle (inference cuts the same way), and --resume takes "
+                 "them.",
+        cli=Cli("--user-words", path="file", exists=True, metavar="FILE", parse=word_list_option))
 
     def __post_init__(self) -> None:
         # config.json gives a list (null, as a hand edit writes "none": no words); anything else but a tuple is
         # refused by name where settings are checked
-        if self.extra_stopwords is None or isinstance(self.extra_stopwords, list):
-            object.__setattr__(self, "extra_stopwords", tuple(self.extra_stopwords or ()))
+        for name in WORD_LIST_SETTINGS:
+            value = getattr(self, name)
+            if value is None or isinstance(value, list):
+                object.__setattr__(self, name, tuple(value or ()))
 
 
 PREPROCESSING = Preprocessing()  # the default rules, for functions that take a Preprocessing
@@ -324,8 +338,9 @@ class DataConfig:
                                    cli=Cli("--eval-train-docs", min=1))
     # At the end: config.json files written before it lack it (the rules a run used are read from run.json).
     token_rules: int = _same_as(Preprocessing, "token_rules")
-    # At the end: config.json files written before it lack it (their runs had none).
+    # At the end: config.json files written before them lack them (their runs had none).
     extra_stopwords: tuple[str, ...] = _same_as(Preprocessing, "extra_stopwords")
+    user_words: tuple[str, ...] = _same_as(Preprocessing, "user_words")
 
     def __post_init__(self) -> None:
         Preprocessing.__post_init__(self)  # type: ignore[arg-type]  # the same reading of config.json's list
@@ -333,7 +348,8 @@ class DataConfig:
     @property
     def preprocessing(self) -> Preprocessing:
         return Preprocessing(vocab_size=self.vocab_size, min_df=self.min_df, max_df=self.max_df,
-                             token_rules=self.token_rules, extra_stopwords=self.extra_stopwords)
+                             token_rules=self.token_rules, extra_stopwords=self.extra_stopwords,
+                             user_words=self.user_words)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

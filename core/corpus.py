@@ -27,22 +27,28 @@ class TokenizerSpec:
 
     kind: "whitespace" (text already tokenized, tokens split on spaces), "words" (letters and digits
     with their combining marks, for space-delimited scripts), "regex" (the same without the marks: runs
-    made before 2026-12-07), "jieba" (Chinese), "janome" or "mecab" (Japanese).
+    made before 2026-12-07), "jieba" (Chinese), "janome" or "mecab" (Japanese), "kiwi" (Korean).
+    user_words: words the segmenter keeps whole (xtm-train --user-words), those of them this kind takes (Kiwi: the
+    words with Hangul); written only when there are some, so older specs read and compare unchanged.
     """
 
     lang: str
     kind: str
     lowercase: bool = True
     min_token_length: int = 1
+    user_words: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"lang": self.lang, "kind": self.kind, "lowercase": self.lowercase,
-                "min_token_length": self.min_token_length}
+        d: dict[str, Any] = {"lang": self.lang, "kind": self.kind, "lowercase": self.lowercase,
+                             "min_token_length": self.min_token_length}
+        if self.user_words:
+            d["user_words"] = list(self.user_words)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TokenizerSpec:
         return cls(lang=d["lang"], kind=d["kind"], lowercase=bool(d.get("lowercase", True)),
-                   min_token_length=int(d.get("min_token_length", 1)))
+                   min_token_length=int(d.get("min_token_length", 1)), user_words=tuple(d.get("user_words", ())))
 
 
 @dataclass

@@ -64,13 +64,17 @@ __all__ = ["AUTO_ROUTES", "CONTEXTUAL_FORMAT", "FORMAT", "INPUT_FORMATS", "MANIF
            "read_listed", "read_verified", "sha256_bytes", "sha256_file", "validate_manifest"]
 
 FORMAT = "xtm-bundle"
-# 2 added sparse encoder inputs; a schema-1 bundle (dense inputs only) reads unchanged.
-SCHEMA_VERSION = 2
+# 2 added sparse encoder inputs; a schema-1 bundle (dense inputs only) reads unchanged. 3 added a tokenizer's
+# user_words (written only by runs trained with --user-words: a runtime that ignored them would cut those words
+# apart and miss the vocabulary, so it must refuse the bundle instead).
+SCHEMA_VERSION = 3
 MANIFEST = "manifest.json"
 INPUT_FORMATS = ("dense", "sparse")
 CONTEXTUAL_FORMAT = 1  # the "contextual" entry's own version (the key is optional, the schema unchanged)
 MAX_MIN_TOKEN_LENGTH = 100  # longer than any word: a larger value can only be a broken manifest
 MAX_SEGMENTER_CHARS = 200
+MAX_USER_WORDS = 1_000_000  # a word list is at most 16 MiB (xtm.text_files.MAX_WORD_LIST_BYTES)
+MAX_USER_WORD_CHARS = 100
 TOKENIZER_KINDS = ("sentencepiece", "hf-tokenizers")  # the contextual route's tokenizers
 AUTO_ROUTES = ("bow", "contextual")  # the contextual entry's "auto_route" (absent: "bow")
 
@@ -425,6 +429,14 @@ def check_tokenizer(tok: dict[str, Any], mpath: Path, ctx: str) -> dict[str, Any
         n = _require(tok, "min_token_length", int, mpath, ctx)
         if not 1 <= n <= MAX_MIN_TOKEN_LENGTH:
             raise XtmError(f"{ctx}'min_token_length' must be in [1, {MAX_MIN_TOKEN_LENGTH}], got {n}", path=mpath)
+    if "user_words" in tok:  # words the segmenter keeps whole (xtm-train --user-words)
+        words = _require(tok, "user_words", list, mpath, ctx)
+        bad = next((w for w in words if not (isinstance(w, str) and 0 < len(w) <= MAX_USER_WORD_CHARS
+                                             and len(w.split()) == 1 and w.isprintable())), None) \
+            if len(words) <= MAX_USER_WORDS else f"{len(words):,} of them"
+        if bad is not None:
+            raise XtmError(f"{ctx}'user_words' must be at most {MAX_USER_WORDS:,} single words of at most "
+                           f"{MAX_USER_WORD_CHARS} printable characters, got {str(bad)[:60]!r}", path=mpath)
     if "segmenter" in tok:  # the releases training segmented with (said in a warning when the runtime's differ)
         release = _require(tok, "segmenter", str, mpath, ctx)
         if len(release) > MAX_SEGMENTER_CHARS or not release.isprintable():

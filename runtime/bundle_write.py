@@ -68,9 +68,11 @@ class SourceRun:
 
 
 def manifest_schema_version(encoders: Sequence[EncoderEntry]) -> int:
-    """The oldest schema that describes these encoders: 1 when all are dense, so that runtimes
-    from before sparse inputs still read such a bundle."""
-    return SCHEMA_VERSION if any(e.sparse for e in encoders) else 1
+    """The oldest schema that describes these encoders: 1 when all are dense, 2 with sparse inputs, 3 when a
+    tokenizer has user words, so that runtimes from before each still read the bundles they can serve."""
+    if any(e.tokenizer.get("user_words") for e in encoders):
+        return SCHEMA_VERSION
+    return 2 if any(e.sparse for e in encoders) else 1
 
 
 def write_topics(directory: str | Path, topic_words: Mapping[str, Sequence[Sequence[str]]], top_n: int,

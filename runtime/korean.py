@@ -20,6 +20,9 @@ A token is one word: Kiwi's dictionary of multi-word titles is not loaded ("해�
 with spaces, which no vocabulary file can hold), and a token without a letter or digit (a zero-width space Kiwi
 tagged as a noun) is dropped; zero-width spaces and joiners separate words, as spaces do.
 
+Words Kiwi does not know are cut into pieces it does (선크림 "sunscreen" -> 선 + 크림): a user's list of them
+(xtm-train --user-words, the spec's `user_words`) is added to the analyser as common nouns, one analyser per list.
+
 Kiwi's time grows faster than the text (about 3 s for 100,000 characters, 43 s for 400,000), so a long text is
 cut at whitespace into pieces of at most _PIECE characters, each analysed alone: linear time (a megabyte line of
 sentences about 3 s; of one word repeated without spaces, Kiwi's slowest, about 25 s). Training and the runtime
@@ -37,7 +40,7 @@ from typing import Any
 
 from xtm.errors import XtmError
 
-__all__ = ["MODULE", "MODEL_MODULE", "korean_tokenizer"]
+__all__ = ["MODULE", "MODEL_MODULE", "has_hangul", "korean_tokenizer"]
 
 MODULE = "kiwipiepy"
 MODEL_MODULE = "kiwipiepy_model"  # the analyser's model, a package of its own (about 100 MB)
@@ -52,21 +55,34 @@ _UNSAFE = re.compile("[\x00\ud800-\udfff\u200b-\u200d\u2060\ufeff\u115f\u1160\u3
 _SPACE = re.compile(r"\s")
 
 _lock = threading.Lock()
-_kiwi: Any = None
+# One analyser per list of user words (a Kiwi's words are its own: a bundle's must not reach another's), about 260
+# MB each; nearly always one in a process.
+_kiwis: dict[tuple[str, ...], Any] = {}
+_HANGUL = re.compile("[\uac00-\ud7a3\u1100-\u11ff\u3130-\u318f]")
 
 
-def _get_kiwi(not_installed: Callable[[BaseException | None], XtmError]) -> Any:
-    global _kiwi
-    if _kiwi is None:
+def has_hangul(word: str) -> bool:
+    """Whether `word` has a Hangul syllable or letter (a word Kiwi takes as a user word)."""
+    return _HANGUL.search(word) is not None
+
+
+def _get_kiwi(not_installed: Callable[[BaseException | None], XtmError], user_words: tuple[str, ...] = ()) -> Any:
+    kiwi = _kiwis.get(user_words)
+    if kiwi is None:
         with _lock:
-            if _kiwi is None:
+            kiwi = _kiwis.get(user_words)
+            if kiwi is None:
                 try:
                     from kiwipiepy import Kiwi
                 except ImportError as e:
                     raise not_installed(e) from e
                 # One worker thread: analysing one text uses one, and training already runs one reader per core.
-                _kiwi = Kiwi(num_workers=1, load_multi_dict=False)
-    return _kiwi
+                kiwi = Kiwi(num_workers=1, load_multi_dict=False)
+                for word in user_words:
+                    # a common noun, at Kiwi's neutral score: kept whole where the text has it (선크림, not 선 + 크림)
+                    kiwi.add_user_word(word, "NNG", 0.0)
+                _kiwis[user_words] = kiwi
+    return kiwi
 
 
 def _match_options() -> int:
@@ -109,11 +125,12 @@ def _content_words(tokens: Any) -> list[str]:
     return out
 
 
-def korean_tokenizer(lowercase: bool, min_len: int,
-                     not_installed: Callable[[BaseException | None], XtmError]) -> Callable[[str], list[str]]:
+def korean_tokenizer(lowercase: bool, min_len: int, not_installed: Callable[[BaseException | None], XtmError],
+                     user_words: tuple[str, ...] = ()) -> Callable[[str], list[str]]:
     """A function Korean text -> content words (module docstring); Latin words lowercased when `lowercase`,
-    words shorter than `min_len` characters dropped. `not_installed` makes the error raised without kiwipiepy."""
-    kiwi, options = _get_kiwi(not_installed), _match_options()
+    words shorter than `min_len` characters dropped; `user_words` (one word each, with Hangul) kept whole, as nouns.
+    `not_installed` makes the error raised without kiwipiepy."""
+    kiwi, options = _get_kiwi(not_installed, tuple(user_words)), _match_options()
 
     def tok_kiwi(text: str) -> list[str]:
         text = _UNSAFE.sub(" ", text)

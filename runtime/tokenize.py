@@ -58,7 +58,7 @@ from xtm.runtime import korean
 
 __all__ = ["KINDS", "REWRITING_KINDS", "SEGMENTERS", "SEGMENTERS_ENV", "TEXT_NORMALIZATION", "default_tokenizer_spec",
            "make_tokenizer", "missing_tokenizer", "normalized_token", "segmenter_drift", "segmenter_mode",
-           "segmenter_of", "segmenter_release", "use_segmenters", "with_segmenter"]
+           "segmenter_of", "segmenter_release", "taken_user_words", "use_segmenters", "with_segmenter"]
 
 KINDS = ("whitespace", "words", "regex", "jieba", "janome", "mecab", "kiwi")
 # Kinds whose tokens are not always pieces of the text: Kiwi writes verbs and adjectives in their dictionary form
@@ -129,13 +129,24 @@ _NO_MODULE: Any = object()  # an accelerator looked for and not installed
 _rjieba: Any = None
 
 
-def default_tokenizer_spec(lang: str, rules: int = TOKEN_RULES) -> TokenizerSpec:
+def default_tokenizer_spec(lang: str, rules: int = TOKEN_RULES, user_words: tuple[str, ...] = ()) -> TokenizerSpec:
     """The tokenizer used for `lang` unless told otherwise, under token `rules` (xtm.config.TOKEN_RULES): jieba
-    (zh), janome (ja), kiwi (ko; words under rules 1-2), words (others; regex under rules 1)."""
+    (zh), janome (ja), kiwi (ko; words under rules 1-2), words (others; regex under rules 1); with those of
+    `user_words` (xtm-train --user-words) its kind keeps whole (`taken_user_words`)."""
     code = normalize_lang(lang)
     segmenters = {"zh": "jieba", "ja": "janome", "ko": "kiwi"} if rules >= 3 else {"zh": "jieba", "ja": "janome"}
     kind = segmenters.get(code, "regex" if rules < 2 else "words")
-    return TokenizerSpec(lang=code, kind=kind)
+    return TokenizerSpec(lang=code, kind=kind, user_words=taken_user_words(kind, user_words))
+
+
+def taken_user_words(kind: str, words: tuple[str, ...]) -> tuple[str, ...]:
+    """The words of a user's list (xtm-train --user-words) tokenizer `kind` keeps whole, in NFC and in order: Kiwi
+    takes those with Hangul (as nouns); the other kinds none (jieba, janome and MeCab would each need their own
+    dictionary format, and a words kind already keeps every run of letters whole)."""
+    if kind != "kiwi":
+        return ()
+    nfc = (unicodedata.normalize(TEXT_NORMALIZATION, w.strip()) for w in words)
+    return tuple(dict.fromkeys(w for w in nfc if korean.has_hangul(w) and len(w.split()) == 1))
 
 
 def _not_installed(kind: str, cause: BaseException | None = None) -> XtmError:
@@ -625,7 +636,8 @@ def _segmenting_tokenizer(spec: TokenizerSpec, mode: str | None) -> Callable[[st
         missing = missing_tokenizer("kiwi")
         if missing is not None:
             raise missing
-        return korean.korean_tokenizer(lowercase, min_len, lambda cause: _not_installed("kiwi", cause))
+        return korean.korean_tokenizer(lowercase, min_len, lambda cause: _not_installed("kiwi", cause),
+                                       spec.user_words)
 
     raise XtmError(f"unknown tokenizer kind {kind!r}: expected one of {', '.join(KINDS)}",
                    field="tokenizer")

@@ -363,7 +363,10 @@ def _edit_manifest(b: Path, edit) -> None:
                                          ("min_token_length", [1]), ("min_token_length", 10**400),
                                          ("min_token_length", 0), ("min_token_length", True),
                                          ("lowercase", "false"), ("lowercase", 1), ("kind", "evil"), ("kind", 5),
-                                         ("segmenter", 5), ("segmenter", "x" * 201), ("segmenter", "jieba\n1")])
+                                         ("segmenter", 5), ("segmenter", "x" * 201), ("segmenter", "jieba\n1"),
+                                         ("user_words", "선크림"), ("user_words", [5]), ("user_words", ["두 단어"]),
+                                         ("user_words", ["x" * 101]), ("user_words", [""]),
+                                         ("user_words", ["a"] * 1_000_001)])
 def test_a_tokenizer_setting_of_the_wrong_type_is_a_clean_error(hb: HandBundle, tmp_path: Path, field: str,
                                                                value: object) -> None:
     """Before: "abc" / null / [1] raised ValueError / TypeError tracebacks at load, 10**400 OverflowError, and

@@ -310,6 +310,7 @@ DATA_V1 = {"path": "d", "dict_path": None, "langs": None, "vocab_size": 5000, "m
 DATA_V2 = {**DATA_V1, "token_rules": 2}
 DATA_V3 = {**DATA_V2, "token_rules": 3}  # Korean through Kiwi (2026-12-07, later)
 DATA_V4 = {**DATA_V3, "extra_stopwords": ()}  # xtm-train --stopwords FILE: the words (JSON: a list)
+DATA_V5 = {**DATA_V4, "user_words": ()}  # xtm-train --user-words FILE: the words (JSON: a list)
 PHASE2_V1 = {"epochs": 30, "refine_every": 8, "rounds": 5, "top_words": 15, "refined_words": 15,
              "lambda_mmd": 20000.0, "lambda_doc": 100.0, "doc_tau": 0.1, "mmd": True, "doc_align": True,
              "multi_kernel": False, "encoder": "use-multilingual",
@@ -344,7 +345,7 @@ def test_the_written_dictionaries_keep_their_keys_order_and_defaults() -> None:
     in JSON: same keys, same order, same values)."""
     dump = json.dumps
     assert dump(TrainConfig().to_dict()) == dump(TRAIN_CONFIG_V6)
-    assert dump(DataConfig(path="d").to_dict()) == dump(DATA_V4)
+    assert dump(DataConfig(path="d").to_dict()) == dump(DATA_V5)
     assert dump(DataConfig(path="d", langs=("en", "zh")).to_dict()["langs"]) == '["en", "zh"]'
     assert dump(Phase2Config().to_dict()) == dump(PHASE2_V4)
     assert dump(ContextualConfig().to_dict()) == dump(CONTEXTUAL_V4)

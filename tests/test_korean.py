@@ -213,3 +213,84 @@ def test_a_dictionarys_korean_words_match_as_kiwi_writes_them(tmp_path: Path) ->
     [((a, _), link)] = corpus.links.items()
     pair = (ko.vocab.index("선생"), en.vocab.index("teacher"))
     assert link[pair if a == "ko" else pair[::-1]] == 1
+
+
+def _cosmetics(tmp_path: Path) -> tuple[list[dict], Path]:
+    """Korean and English reviews whose Korean nouns Kiwi splits (선크림 'sunscreen' -> 선 + 크림, 세럼 -> 세 + 럼)."""
+    ko = [["선크림", "자외선", "피부"], ["세럼", "보습", "수분"], ["배송", "포장", "택배"]]
+    en = [["sunscreen", "uv", "skin"], ["serum", "moisture", "hydration"], ["delivery", "package", "courier"]]
+    rows = []
+    for i in range(120):
+        t, a, b = i % 3, (i // 3) % 3, (i // 3 + 1) % 3
+        rows.append({"lang": "ko", "label": str(t), "text": f"{ko[t][a]}이 {ko[t][b]}도 좋았다"})
+        rows.append({"lang": "en", "label": str(t), "text": f"{en[t][a]} {en[t][b]}"})
+    dct = tmp_path / "dict.tsv"
+    dct.write_text("선크림\tsunscreen\n세럼\tserum\n배송\tdelivery\n", encoding="utf-8")
+    return rows, dct
+
+
+def test_user_words_are_kept_whole_by_kiwi_and_by_no_other_tokenizer() -> None:
+    plain = make_tokenizer(default_tokenizer_spec("ko"))
+    assert plain("선크림 세럼이 좋아요") == ["선", "크림", "럼", "좋다"]  # what the option is for
+    spec = default_tokenizer_spec("ko", TOKEN_RULES, ("선크림", "세럼", "skincare", "선크림"))
+    assert spec.user_words == ("선크림", "세럼")  # Hangul words, once; Kiwi is given nothing else
+    assert make_tokenizer(spec)("선크림 세럼이 좋아요") == ["선크림", "세럼", "좋다"]
+    assert plain("선크림") == ["선", "크림"]  # another list's analyser is not changed by this one's words
+    assert default_tokenizer_spec("ko", 2, ("선크림",)).user_words == ()  # rules 2 cut Korean without Kiwi
+    assert default_tokenizer_spec("zh", TOKEN_RULES, ("防晒霜",)).user_words == ()
+    assert TokenizerSpec.from_dict(spec.to_dict()) == spec
+    assert "user_words" not in default_tokenizer_spec("ko").to_dict()  # specs without words read as before
+
+
+def test_a_run_with_user_words_trains_serves_and_resumes_with_them(tmp_path: Path) -> None:
+    import warnings
+
+    import xtm
+    from xtm.runtime.bundle import SCHEMA_VERSION
+
+    docs, dct = _cosmetics(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run = xtm.train(docs, dictionary=dct, model="nmtm", num_topics=3, epochs=1, out=tmp_path / "run", min_df=1,
+                        contextual=False, seed=0, user_words=["선크림", "세럼", "skincare"],
+                        extra_stopwords=["선크림"])
+    ko = (run.run_dir / "vocab_ko.txt").read_text(encoding="utf-8").split()
+    assert "세럼" in ko and not {"선", "크림", "럼", "선크림"} & set(ko)  # 선크림: a stopword, as Kiwi now reads it
+    said = [str(w.message) for w in caught if "--user-words" in str(w.message)]
+    assert len(said) == 1 and "1 word(s) are kept whole by no tokenizer" in said[0] and "(skincare)" in said[0]
+    prep = run.metrics["corpus"]["preprocessing"]
+    assert prep["user_words"] == {"words": 3, "used": {"ko": 2, "en": 0}}
+    assert prep["extra_stopwords"]["used"]["ko"] == 1
+    model = run.export(tmp_path / "bundle")
+    manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["schema_version"] == SCHEMA_VERSION == 3  # a runtime that would cut 세럼 apart refuses it
+    assert manifest["encoders"]["ko"]["tokenizer"]["user_words"] == ["선크림", "세럼"]
+    assert manifest["encoders"]["en"]["tokenizer"].get("user_words") is None
+    assert model.bag_of_words(["세럼이 좋아요"], "ko").sum() == 1  # found whole at inference too
+    # --resume from the command line takes the recorded words; other words are refused, naming the option.
+    base = [sys.executable, "-m", "xtm.cli.train", "--data", str(run.data_path), "--dict", str(dct), "--out",
+            str(run.run_dir), "--resume", "--no-contextual"]
+    again = subprocess.run([*base, "--epochs", "2"], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "--user-words (3 words)" in again.stderr, again.stderr
+    other = tmp_path / "other.txt"
+    other.write_text("자외선\n", encoding="utf-8")
+    changed = subprocess.run([*base, "--epochs", "3", "--user-words", str(other)], capture_output=True, text=True,
+                             timeout=300)
+    assert changed.returncode == 2 and "--user-words: 3 words then, 1 words now" in changed.stderr, changed.stderr
+
+
+def test_out_of_core_shards_record_the_user_words_and_evaluate_with_them(tmp_path: Path) -> None:
+    from xtm.config import PREPROCESSING
+    from xtm.trainer.data.sharding import ShardedCorpus, build_shards
+
+    rows, _ = _cosmetics(tmp_path)
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    from dataclasses import replace
+
+    prep = replace(PREPROCESSING, min_df=1, user_words=("세럼",))
+    build_shards(docs, tmp_path / "s", prep=prep, shard_size=50, progress=False)
+    index = json.loads((tmp_path / "s" / "index.json").read_text(encoding="utf-8"))
+    assert index["settings"]["user_words"] == ["세럼"]
+    corpus = ShardedCorpus(tmp_path / "s").eval_corpus(1000)
+    assert corpus.lang("ko").tokenizer.user_words == ("세럼",) and "세럼" in corpus.lang("ko").vocab

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from xtm.atomic import write_text
 from xtm.config import (
+    WORD_LIST_SETTINGS,
     DataConfig,
     Phase2Config,
     Preprocessing,
@@ -125,7 +126,8 @@ def train(docs: Sequence[str] | Sequence[Mapping[str, Any]], langs: Sequence[str
         2; without it, an `out` that holds a run is refused before anything is written.
     settings: any other xtm-train setting by its name in xtm.config: TrainConfig's (batch_size, lr,
         seed, device, threads, checkpoint_every, hparams={...}, eval_every, phase2_epochs, ...) and
-        the vocabulary rules (vocab_size, min_df, max_df; extra_stopwords=[words], xtm-train's --stopwords).
+        the vocabulary rules (vocab_size, min_df, max_df; extra_stopwords=[words], xtm-train's --stopwords;
+        user_words=[words], its --user-words).
         Checked like the command line's options.
     """
     if contextual not in (None, True, False):
@@ -212,13 +214,13 @@ def check_setting(cls: type, name: str, value: Any) -> Any:
         if default is None:
             return None
         raise XtmError(f"{name} must not be None: leave it out for its default ({default!r})")
-    if name == "extra_stopwords":  # words, where the command line takes a file of them
+    if name in WORD_LIST_SETTINGS:  # words, where the command line takes a file of them
         if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
-            raise XtmError(f"extra_stopwords must be a list of words, got {type(value).__name__}")
+            raise XtmError(f"{name} must be a list of words, got {type(value).__name__}")
         words = sorted(value, key=str) if isinstance(value, (set, frozenset)) else list(value)  # a set: repeatable
         bad = next((w for w in words if not is_one_word(w)), None)
         if bad is not None:
-            raise XtmError(f"extra_stopwords must be single words, got {bad!r}")
+            raise XtmError(f"{name} must be single words, got {bad!r}")
         return tuple(dict.fromkeys(words))
     if spec is None or spec.parse is not None or spec.path is not None:
         return value  # hparams (a dict, checked by the backbone), cache_dir (a path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import unicodedata
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -180,6 +181,7 @@ def corpus_info(source: Path, files: list[Path], stats: ReadStats, label_names: 
     if prep.token_rules >= 2:  # a run made under rules 1 (xtm's lists only) is read as it was made: nothing new to say
         _warn_no_stopwords(sources)
     _warn_unused_stopwords(lang_info, prep)
+    _warn_untaken_user_words(lang_info, prep)
     _warn_no_segmenter(lang_info)
     return {
         "source": str(source),
@@ -196,8 +198,12 @@ def corpus_info(source: Path, files: list[Path], stats: ReadStats, label_names: 
                           "stopwords": sources,
                           # the user's words (--stopwords), and how many each language's tokenizer kept as one word
                           "extra_stopwords": {"words": len(prep.extra_stopwords), "used": {
-                              lang: len(extra_stopwords(lang, prep.token_rules, prep.extra_stopwords))
+                              lang: len(extra_stopwords(lang, prep.token_rules, prep.extra_stopwords, prep.user_words))
                               for lang in lang_info}} if prep.extra_stopwords else None,
+                          # the words the segmenters keep whole (--user-words), and how many each language's took
+                          "user_words": {"words": len(prep.user_words), "used": {
+                              lang: len(default_tokenizer_spec(lang, prep.token_rules, prep.user_words).user_words)
+                              for lang in lang_info}} if prep.user_words else None,
                           "holdout_fraction": HOLDOUT_FRACTION if split_mode == "holdout" else None},
     }
 
@@ -213,13 +219,23 @@ def _warn_no_stopwords(sources: dict[str, str]) -> None:
 
 def _warn_unused_stopwords(langs: dict[str, Any], prep: Preprocessing) -> None:
     for lang in langs:
-        unused = unused_stopwords(lang, prep.token_rules, prep.extra_stopwords)
+        unused = unused_stopwords(lang, prep.token_rules, prep.extra_stopwords, prep.user_words)
         if unused:
             shown = ", ".join(f"{entry} as {token}" for entry, token in unused[:5])
             more = f" and {len(unused) - 5} more" if len(unused) > 5 else ""
             warn_user(f"--stopwords: {len(unused)} word(s) are not '{lang}' words as its tokenizer writes them, and "
                       f"are not used for it (it reads {shown}{more}): write them as the vocabulary and topics show "
                       "them")
+
+
+def _warn_untaken_user_words(langs: dict[str, Any], prep: Preprocessing) -> None:
+    taken = {w for lang in langs for w in default_tokenizer_spec(lang, prep.token_rules, prep.user_words).user_words}
+    untaken = [w for w in prep.user_words if unicodedata.normalize("NFC", w) not in taken]
+    if untaken:
+        shown = ", ".join(untaken[:5]) + (f" and {len(untaken) - 5} more" if len(untaken) > 5 else "")
+        warn_user(f"--user-words: {len(untaken)} word(s) are kept whole by no tokenizer of this corpus's languages "
+                  f"({shown}): only Korean's analyser (Kiwi) takes user words today, those with Hangul; other "
+                  "languages' words are not used")
 
 
 def _warn_no_segmenter(langs: dict[str, Any]) -> None:

@@ -80,16 +80,18 @@ def corpus_name(source: Path) -> str:
 
 
 def read_documents(files: list[Path], want: list[str] | None, progress: bool,
-                   stats: ReadStats, rules: int = TOKEN_RULES, extra_stopwords: tuple[str, ...] = ()
-                   ) -> Iterator[Document]:
+                   stats: ReadStats, rules: int = TOKEN_RULES, extra_stopwords: tuple[str, ...] = (),
+                   user_words: tuple[str, ...] = ()) -> Iterator[Document]:
     """Parse, validate and tokenize JSONL documents one at a time, in file and line order.
 
     want: the languages to keep (None: all); documents in others are counted in `stats.skipped_lang`.
     rules: the token rules (xtm.config.TOKEN_RULES) that pick each language's tokenizer and stopwords.
     extra_stopwords: the user's words dropped besides each language's list (xtm-train --stopwords).
+    user_words: words the segmenters keep whole (xtm-train --user-words; xtm.runtime.tokenize.taken_user_words).
     Whatever goes wrong with one line (a tokenizer's error included) is an XtmError naming it.
     """
-    reader = _DocumentReader(want, stats, multi=len(files) > 1, rules=rules, extra=extra_stopwords)
+    reader = _DocumentReader(want, stats, multi=len(files) > 1, rules=rules, extra=extra_stopwords,
+                             user_words=user_words)
     for f, lineno, raw in _iter_lines(files, progress):
         try:
             doc = reader.parse(f, lineno, raw)
@@ -235,8 +237,9 @@ class _DocumentReader:
     """The per-line work of `read_documents`: one raw line -> a usable document, or None (counted)."""
 
     def __init__(self, want: list[str] | None, stats: ReadStats, multi: bool, rules: int,
-                 extra: tuple[str, ...]) -> None:
+                 extra: tuple[str, ...], user_words: tuple[str, ...] = ()) -> None:
         self.want, self.stats, self.multi, self.rules, self.extra = want, stats, multi, rules, extra
+        self.user_words = user_words
         self.tokenizers: dict[str, tuple[Callable[[str], list[str]], frozenset[str]]] = {}
 
     def parse(self, f: Path, lineno: int, raw: bytes) -> Document | None:
@@ -277,8 +280,9 @@ class _DocumentReader:
         """Token counts of a kept document, or None when it has none (counted)."""
         tok = self.tokenizers.get(lang)
         if tok is None:
-            tok = self.tokenizers[lang] = (make_tokenizer(default_tokenizer_spec(lang, self.rules)),
-                                           stopwords(lang, self.rules) | extra_stopwords(lang, self.rules, self.extra))
+            tok = self.tokenizers[lang] = (make_tokenizer(default_tokenizer_spec(lang, self.rules, self.user_words)),
+                                           stopwords(lang, self.rules)
+                                           | extra_stopwords(lang, self.rules, self.extra, self.user_words))
             self.stats.dropped_by_lang[lang] = Counter()  # a language met, even if all its documents go
         if not text.strip():
             self.stats.drop("empty_text", lang)

@@ -76,9 +76,10 @@ def load_corpus(
     want = normalize_langs(langs)
     if p.is_dir() and is_benchmark_dir(p):
         check_token_rules(prep.token_rules)
-        if prep.extra_stopwords:
-            raise XtmError("--stopwords applies to JSONL documents: a benchmark directory's bags of words are read "
-                           "as they are", path=p)
+        for name, flag in (("extra_stopwords", "--stopwords"), ("user_words", "--user-words")):
+            if getattr(prep, name):
+                raise XtmError(f"{flag} applies to JSONL documents: a benchmark directory's bags of words are read "
+                               "as they are", path=p)
         corpus = load_benchmark(p, want, prep.token_rules)
     else:
         corpus = _load_jsonl(_jsonl_input(p), p, want, prep, seed, progress)
@@ -178,7 +179,7 @@ def _read(files: list[Path], want: list[str] | None, progress: bool, stats: Read
           prep: Preprocessing) -> dict[str, _LangDocs]:
     """Every document, by language; a language met whose every document was dropped has an empty entry."""
     docs: dict[str, _LangDocs] = {}
-    for doc in read_documents(files, want, progress, stats, prep.token_rules, prep.extra_stopwords):
+    for doc in read_documents(files, want, progress, stats, prep.token_rules, prep.extra_stopwords, prep.user_words):
         ld = docs.get(doc.lang)
         if ld is None:
             ld = docs[doc.lang] = _LangDocs()
@@ -205,7 +206,8 @@ def _language(x: str, ld: _LangDocs, is_test: np.ndarray, label_to_int: dict[Any
     test = _rows(bow, ld, test_mask, label_to_int) if test_mask.any() else _Rows(None, None, None, None)
     lc = LanguageCorpus(
         lang=x, vocab=vocab, train_bow=train.bow, test_bow=test.bow,
-        tokenizer=default_tokenizer_spec(x, prep.token_rules), train_labels=train.labels, test_labels=test.labels,
+        tokenizer=default_tokenizer_spec(x, prep.token_rules, prep.user_words), train_labels=train.labels,
+        test_labels=test.labels,
         train_ids=train.ids, test_ids=test.ids, train_texts=train.texts, test_texts=test.texts,
     )
     info = {"train_docs": int(train.bow.shape[0]), "test_docs": 0 if test.bow is None else int(test.bow.shape[0]),

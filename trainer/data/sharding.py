@@ -303,6 +303,8 @@ def _settings(want: list[str] | None, prep: Preprocessing, seed: int, shard_size
                 "text": TEXT_NORMALIZATION, "stopwords": stopwords_id()}
     if prep.extra_stopwords:  # (only then: shards cut before the option existed keep their fingerprint)
         settings["extra_stopwords"] = list(prep.extra_stopwords)
+    if prep.user_words:  # (likewise)
+        settings["user_words"] = list(prep.user_words)
     return settings
 
 
@@ -407,7 +409,7 @@ def _spill_documents(job: _Job) -> tuple[dict[str, Spill], dict[Any, int]]:
     label_codes: dict[Any, int] = {}
     try:
         for doc in read_documents(job.files, job.want, job.progress, job.stats, job.prep.token_rules,
-                                  job.prep.extra_stopwords):
+                                  job.prep.extra_stopwords, job.prep.user_words):
             s = spills.get(doc.lang)
             if s is None:
                 s = spills[doc.lang] = Spill(job.spill_root / doc.lang)
@@ -588,6 +590,10 @@ class ShardedCorpus:
         sample_info = {}
         # Shards cut before token rules were recorded have none in their settings: they were cut under rules 1.
         rules = self.index["settings"].get("token_rules", TOKEN_RULES_BEFORE_RECORDED)
+        user_words = self.index["settings"].get("user_words", [])  # (recorded only when there are some)
+        if not (isinstance(user_words, list) and all(isinstance(w, str) for w in user_words)):
+            raise XtmError("damaged shard index (settings.user_words is not a list of words); rebuild the shards "
+                           "(delete the shard directory)", path=self.dir / INDEX)
         for lc in self.languages:
             stride = max(1, math.ceil(lc.num_train / max_train_docs))
             train, train_labels = self._rows(lc.train, stride)
@@ -596,7 +602,8 @@ class ShardedCorpus:
                                     "sampled_docs": int(train.shape[0])}
             languages.append(LanguageCorpus(
                 lang=lc.lang, vocab=lc.vocab, train_bow=train, test_bow=test,
-                tokenizer=default_tokenizer_spec(lc.lang, rules), train_labels=train_labels, test_labels=test_labels,
+                tokenizer=default_tokenizer_spec(lc.lang, rules, tuple(user_words)), train_labels=train_labels,
+                test_labels=test_labels,
                 train_word_counts=lc.word_counts))
         info = {**self.index["info"], "out_of_core": {"shard_dir": str(self.dir),
                                                       "shard_size": self.index["settings"]["shard_size"],

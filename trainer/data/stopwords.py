@@ -140,24 +140,28 @@ def stopwords(lang: str, rules: int = TOKEN_RULES) -> frozenset[str]:
 
 
 @cache
-def extra_stopwords(lang: str, rules: int, words: tuple[str, ...]) -> frozenset[str]:
-    """A user's stopwords (xtm-train --stopwords) as `lang`'s tokenizer under token `rules` writes them: entries it
-    reads as one word, as for stopwords-iso's lists ("e-mail" would otherwise drop "mail" everywhere)."""
+def extra_stopwords(lang: str, rules: int, words: tuple[str, ...], user_words: tuple[str, ...] = ()) -> frozenset[str]:
+    """A user's stopwords (xtm-train --stopwords) as `lang`'s tokenizer under token `rules` (and the user's words it
+    keeps whole, --user-words) writes them: entries it reads as one word, as for stopwords-iso's lists ("e-mail"
+    would otherwise drop "mail" everywhere)."""
     if not words:
         return _EMPTY
-    return frozenset(token for _, token, used, _ in _cut_entries(lang, rules, words) if used)
+    return frozenset(token for _, token, used, _ in _cut_entries(lang, rules, words, user_words) if used)
 
 
 @cache
-def unused_stopwords(lang: str, rules: int, words: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+def unused_stopwords(lang: str, rules: int, words: tuple[str, ...],
+                     user_words: tuple[str, ...] = ()) -> tuple[tuple[str, str], ...]:
     """(entry, what the tokenizer makes of it) for a user's stopwords `lang`'s tokenizer does not read as themselves
     and so are not used: one other word (Korean 배송은 -> 배송) or several (e-mail -> e mail; 고객센터 -> 고객 센터).
     Said to the user, who meant them."""
-    return tuple((entry, token) for entry, token, used, _ in _cut_entries(lang, rules, words) if token and not used)
+    return tuple((entry, token) for entry, token, used, _ in _cut_entries(lang, rules, words, user_words)
+                 if token and not used)
 
 
 @cache
-def _cut_entries(lang: str, rules: int, entries: tuple[str, ...]) -> tuple[tuple[str, str, bool, int], ...]:
+def _cut_entries(lang: str, rules: int, entries: tuple[str, ...],
+                 user_words: tuple[str, ...] = ()) -> tuple[tuple[str, str, bool, int], ...]:
     """(entry, its token, or its tokens joined by spaces, or "", used, how many tokens) for each entry of a word
     list under `lang`'s tokenizer and token `rules`, each entry tokenized once.
     An entry is used when it is one word: one cut in several is not, nor is one a rewriting tokenizer (Korean's,
@@ -165,7 +169,7 @@ def _cut_entries(lang: str, rules: int, entries: tuple[str, ...]) -> tuple[tuple
     house") as 집 ("house"), 비교적 ("relatively") as 비교 ("comparison")."""
     from xtm.runtime.tokenize import REWRITING_KINDS, default_tokenizer_spec, make_tokenizer, normalized_token
 
-    spec = default_tokenizer_spec(lang, rules)
+    spec = default_tokenizer_spec(lang, rules, user_words)
     tokenize = make_tokenizer(spec)
     rewrites = spec.kind in REWRITING_KINDS
     out = []

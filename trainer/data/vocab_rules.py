@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from xtm.config import TOKEN_RULES, Preprocessing, known_token_rules
+from xtm.config import TOKEN_RULES, WORD_LIST_SETTINGS, Preprocessing, known_token_rules
 from xtm.errors import XtmError
 from xtm.text_files import is_one_word
 from xtm.trainer.data.corpus_rules import warn_user
@@ -37,10 +37,10 @@ def check_preprocessing(prep: Preprocessing) -> None:
         raise XtmError(f"min_doc_tokens must be an integer >= 1, got {min_doc_tokens!r}",
                        field="min_doc_tokens")
     check_token_rules(prep.token_rules)
-    words = prep.extra_stopwords
-    if not isinstance(words, tuple) or not all(map(is_one_word, words)):
-        raise XtmError(f"extra_stopwords must be a list of single words, got {str(words)[:80]}",
-                       field="extra_stopwords")
+    for name in WORD_LIST_SETTINGS:
+        words = getattr(prep, name)
+        if not isinstance(words, tuple) or not all(map(is_one_word, words)):
+            raise XtmError(f"{name} must be a list of single words, got {str(words)[:80]}", field=name)
 
 
 def check_token_rules(rules: object) -> None:
