@@ -584,6 +584,25 @@ def test_a_refused_resume_leaves_the_runs_vocabularies_and_parity_samples_as_the
     assert {name: (run / name).read_bytes() for name in kept} == kept
 
 
+def test_an_out_of_core_resume_given_other_data_keeps_the_runs_shards(example_dir: Path, tmp_path: Path) -> None:
+    """A typo in --data on a resume rebuilt the run's shards from the other file (hours of preprocessing on a real
+    corpus) before the documents were refused; the next, correct resume rebuilt them again."""
+    run = tmp_path / "run"
+    assert cli(example_args(example_dir, run, "--epochs", "1", "--out-of-core", "--shard-size", "50")).returncode == 0
+    index = run / "shards" / "index.json"
+    before = (index.stat().st_ino, index.read_bytes())
+    lines = (example_dir / "docs.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+    other = tmp_path / "shuffled.jsonl"
+    other.write_text("".join(lines[1:] + lines[:1]), encoding="utf-8")
+    args = example_args(example_dir, run, "--epochs", "2", "--resume")
+    args[args.index("--data") + 1] = str(other)
+    p = cli(args)
+    assert p.returncode == 2 and "the run's shards were built from other input files" in p.stderr, p.stderr
+    assert (index.stat().st_ino, index.read_bytes()) == before  # kept, not rebuilt
+    p = cli(example_args(example_dir, run, "--epochs", "2", "--resume"))
+    assert p.returncode == 0 and "reusing the shards" in p.stderr, p.stderr
+
+
 def _italian_english(tmp_path: Path) -> tuple[Path, Path]:
     """60 Italian and 60 English documents whose glue words are function words under stopwords-iso's Italian
     list (della, anni) but not under xtm's own lists, which were all there was before token rules 2."""

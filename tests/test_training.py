@@ -94,23 +94,28 @@ def test_a_checkpoint_from_before_the_documents_digest_is_judged_on_its_counts()
         "'en': as many documents and words, but other documents or another order"]
     assert "languages ['zh'] then, ['en'] now" in data_differences({"zh": {}}, now)[0]
     assert data_differences(None, now)
+    assert data_differences({"en": None}, now) == ["'en': the checkpoint records None"]  # edited: not skipped
 
 
-def test_shards_record_their_documents_digest_and_old_indexes_are_judged_on_counts(example_dir: Path,
-                                                                                  tmp_path: Path) -> None:
+def test_the_documents_digest_is_the_same_in_memory_and_in_shards_of_any_size_and_old_indexes_go_by_counts(
+        example_dir: Path, example_corpus, tmp_path: Path) -> None:
+    """A digest per shard changed with --shard-size (a resume with another size was refused as 'other documents'),
+    and one of another kind in memory was not compared at all (a switch to --out-of-core skipped the check)."""
+    from xtm.trainer.data.batches import InMemoryBatches
     from xtm.trainer.data.sharding import ShardedCorpus, build_shards
 
-    build_shards(example_dir / "docs.jsonl", tmp_path / "s", shard_size=100, progress=False)
-    fp = ShardedCorpus(tmp_path / "s").batches().fingerprint()
-    assert all(len(v["shards_sha256"]) == 64 for v in fp.values())
-    index = json.loads((tmp_path / "s" / "index.json").read_text())
+    memory = InMemoryBatches(example_corpus).fingerprint()
+    for size in (100, 37):
+        build_shards(example_dir / "docs.jsonl", tmp_path / f"s{size}", shard_size=size, progress=False)
+        assert ShardedCorpus(tmp_path / f"s{size}").batches().fingerprint() == memory
+    index_path = tmp_path / "s37" / "index.json"
+    index = json.loads(index_path.read_text())
     for lang in index["languages"].values():
-        for entry in lang["train"]:
-            del entry["sha256"]
-    (tmp_path / "s" / "index.json").write_text(json.dumps(index))
-    old = ShardedCorpus(tmp_path / "s").batches().fingerprint()
-    assert all("shards_sha256" not in v for v in old.values())
-    assert data_differences(fp, old) == []
+        del lang["train_sha256"]
+    index_path.write_text(json.dumps(index))
+    old = ShardedCorpus(tmp_path / "s37").batches().fingerprint()
+    assert all("train_sha256" not in v for v in old.values())
+    assert data_differences(memory, old) == []
 
 
 def test_resume_refuses_other_hyperparameters_naming_the_ones_to_keep(example_corpus, tmp_path: Path) -> None:

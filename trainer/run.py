@@ -223,8 +223,9 @@ def shard_dir(data: DataConfig, out: Path) -> Path:
 
 
 def load_training_data(data: DataConfig, cfg: TrainConfig, out: Path,
-                       dist: DistContext | None) -> tuple[Corpus, BatchSource | None]:
+                       dist: DistContext | None, resuming: bool = False) -> tuple[Corpus, BatchSource | None]:
     """The corpus models are built and evaluated from, and the training batches' source.
+    `resuming`: a run continued from its checkpoint, whose shards are never rebuilt from other inputs.
 
     In memory: the corpus itself (None: batches come from its matrices). Out of core: rank 0
     builds (or reuses) the shards while other ranks wait, then every rank streams them.
@@ -241,7 +242,7 @@ def load_training_data(data: DataConfig, cfg: TrainConfig, out: Path,
     shards = shard_dir(data, out)
     if dist is None or dist.is_main:
         open_or_build_shards(data.path, shards, langs=data.langs, prep=data.preprocessing, seed=cfg.seed,
-                             shard_size=data.shard_size, progress=progress)
+                             shard_size=data.shard_size, progress=progress, keep_built=resuming)
     distributed.barrier(dist)
     sharded = ShardedCorpus(shards)
     logger.info(f"shards ready in {time.perf_counter() - t0:.1f}s: {sharded.describe()}")
@@ -311,7 +312,7 @@ def _write_vocabularies(run: RunDir, corpus: Corpus, prep: Preprocessing, *, res
 def _run(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool, phase2: Phase2Config | None,
          dist: DistContext | None) -> dict[str, Any]:
     main = dist is None or dist.is_main
-    corpus, batches = load_training_data(data, cfg, out, dist)
+    corpus, batches = load_training_data(data, cfg, out, dist, resuming=resume and has_checkpoint(out))
     check_capabilities(cfg.model, corpus)  # its languages, and the dictionary links the model may need
     check_topics(corpus, cfg.num_topics)
     if main and has_labels(corpus) and (single := one_class_note(corpus)) is not None:

@@ -63,18 +63,36 @@ def epoch_batches(sizes: list[int], batch_size: int, rng: np.random.Generator,
     return [[per_lang[i][s] for i in range(len(sizes))] for s in range(steps)]
 
 
-def csr_digest(matrices: Iterable[sp.csr_matrix]) -> str:
-    """SHA-256 of CSR matrices' rows in order (shape, column ids, values, as int64 / float64, so a matrix
-    loaded with other index or value types digests alike): another document, another count or another
-    order of the same documents is another digest."""
-    h = hashlib.sha256()
-    for m in matrices:
+class RowsDigest:
+    """SHA-256 of the rows of CSR matrices added in order: another document, another count or another order of
+    the same documents is another digest; how the rows are cut into matrices is not (a corpus in memory and its
+    shards at any --shard-size digest alike), nor the arrays' index or value types."""
+
+    def __init__(self) -> None:
+        # one stream each for the row lengths, the column ids and the values: each is the same bytes whatever
+        # the cut, where one stream of interleaved matrices would not be
+        self._streams = [hashlib.sha256() for _ in range(3)]
+        self.columns = -1
+
+    def add(self, m: sp.csr_matrix) -> None:
         c = sp.csr_matrix(m)
-        c.sort_indices()
-        h.update(f"{c.shape}:".encode())
-        for array, dtype in ((c.indptr, np.int64), (c.indices, np.int64), (c.data, np.float64)):
+        if not c.has_sorted_indices:
+            c = c.sorted_indices()
+        self.columns = c.shape[1]
+        for h, array, dtype in zip(self._streams, (np.diff(c.indptr), c.indices, c.data),
+                                   (np.int64, np.int64, np.float64), strict=True):
             h.update(np.ascontiguousarray(array, dtype=dtype).tobytes())
-    return h.hexdigest()
+
+    def hexdigest(self) -> str:
+        return hashlib.sha256(f"{self.columns}:".encode() + b"".join(h.digest() for h in self._streams)).hexdigest()
+
+
+def rows_digest(matrices: Iterable[sp.csr_matrix]) -> str:
+    """RowsDigest of `matrices`' rows, in order."""
+    digest = RowsDigest()
+    for m in matrices:
+        digest.add(m)
+    return digest.hexdigest()
 
 
 def data_differences(saved: Any, now: Mapping[str, Mapping[str, Any]]) -> list[str]:
@@ -85,7 +103,10 @@ def data_differences(saved: Any, now: Mapping[str, Mapping[str, Any]]) -> list[s
         return [f"languages {sorted(saved) if isinstance(saved, dict) else saved} then, {sorted(now)} now"]
     out = []
     for lang, fp in now.items():
-        then = saved[lang] if isinstance(saved[lang], dict) else {}
+        then = saved[lang]
+        if not isinstance(then, dict):  # (a checkpoint edited by hand: nothing to compare is a difference)
+            out.append(f"'{lang}': the checkpoint records {str(then)[:40]}")
+            continue
         counts = [f"{key} {then.get(key)} then, {fp[key]} now" for key in ("docs", "nnz", "vocab")
                   if key in then and then[key] != fp[key]]
         if counts:
@@ -107,7 +128,7 @@ class InMemoryBatches:
 
     def fingerprint(self) -> dict[str, Any]:
         return {lc.lang: {"vocab": lc.vocab_size, "docs": lc.num_train, "nnz": int(lc.train_bow.nnz),
-                          "train_sha256": csr_digest([lc.train_bow])}
+                          "train_sha256": rows_digest([lc.train_bow])}
                 for lc in self.corpus.languages}
 
     def epoch(self, rng: np.random.Generator, batch_size: int, rank: int = 0, world: int = 1,

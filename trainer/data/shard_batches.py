@@ -7,7 +7,6 @@ most `buffer_shards` shards per language in memory.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -47,9 +46,8 @@ class ShardedBatches:
         out: dict[str, Any] = {}
         for lc in self.corpus.languages:
             out[lc.lang] = {"vocab": len(lc.vocab), "docs": lc.num_train, "nnz": int(sum(s["nnz"] for s in lc.train))}
-            digests = [s.get("sha256") for s in lc.train]
-            if all(isinstance(d, str) for d in digests):  # (shards cut before the digest was recorded: counts only)
-                out[lc.lang]["shards_sha256"] = hashlib.sha256("\n".join(digests).encode()).hexdigest()
+            if lc.train_sha256 is not None:  # (shards cut before the digest was recorded: counts only)
+                out[lc.lang]["train_sha256"] = lc.train_sha256
         return out
 
     def _stream(self, i: int, rng: np.random.Generator, batch_size: int,

@@ -30,7 +30,7 @@ from xtm.config import TOKEN_RULES, known_token_rules
 from xtm.errors import XtmError
 from xtm.json_files import read_json
 from xtm.npy_header import read_npy_header
-from xtm.trainer.data.batches import csr_digest
+from xtm.trainer.data.batches import RowsDigest
 
 __all__ = ["ATOMIC_TMP_NAME", "INDEX", "SHARD_FORMAT", "SHARD_NAME", "VOCAB_NAME", "WORD_COUNTS_NAME", "ShardWriter",
            "check_shard_file", "index_fingerprint", "load_shard", "load_word_counts", "read_index", "save_shard",
@@ -159,7 +159,8 @@ def load_word_counts(path: Path, vocab_size: int) -> np.ndarray:
 class ShardWriter:
     """Rows in, fixed-size shards `<lang>/<split>-NNNNN.npz` out; keeps at most one shard's rows in memory.
 
-    `shards` lists what was written (file, docs, nnz, sha256), for the index.
+    `shards` lists what was written (file, docs, nnz), for the index; `digest` the rows written, in order (the
+    index's train_sha256, which a resumed run compares).
     """
 
     def __init__(self, root: Path, lang: str, split: str, size: int) -> None:
@@ -168,6 +169,7 @@ class ShardWriter:
         self.labels: list[np.ndarray] = []
         self.rows = 0
         self.shards: list[dict[str, Any]] = []
+        self.digest = RowsDigest()
         (root / lang).mkdir(parents=True, exist_ok=True)
 
     @property
@@ -194,8 +196,8 @@ class ShardWriter:
         labels = np.concatenate(self.labels) if self.labels else None
         name = f"{self.lang}/{self.split}-{len(self.shards):05d}.npz"
         save_shard(self.root / name, sp.csr_matrix(m), labels)
-        # sha256: the documents' digest, which a resumed run compares (ShardedBatches.fingerprint)
-        self.shards.append({"file": name, "docs": int(m.shape[0]), "nnz": int(m.nnz), "sha256": csr_digest([m])})
+        self.digest.add(m)
+        self.shards.append({"file": name, "docs": int(m.shape[0]), "nnz": int(m.nnz)})
         self.parts, self.labels, self.rows = [], [], 0
 
 

@@ -125,28 +125,38 @@ def build_shards(path: str | Path, out_dir: str | Path, *, langs: Sequence[str] 
 
 def open_or_build_shards(path: str | Path, out_dir: str | Path, *, langs: Sequence[str] | None = None,
                          prep: Preprocessing = PREPROCESSING, seed: int = 0, shard_size: int = DEFAULT_SHARD_SIZE,
-                         progress: bool = True, **rules: Any) -> ShardedCorpus:
+                         progress: bool = True, keep_built: bool = False, **rules: Any) -> ShardedCorpus:
     """The shards of `path` in `out_dir`: reused when built from the same files and settings
-    (`prep` and `rules` as for `build_shards`) and intact, else (re)built. Logs which."""
+    (`prep` and `rules` as for `build_shards`) and intact, else (re)built. Logs which. `keep_built` (a resumed
+    run): intact shards built from other files or settings are an XtmError, never rebuilt."""
     prep = replace(prep, **rules) if rules else prep
     src = Path(path)
     if not src.exists():
         raise XtmError("corpus path does not exist", path=src)
     want = normalize_langs(langs)
     out = Path(out_dir)
-    reused = _reusable(src, out, _settings(want, prep, seed, shard_size))
+    reused = _reusable(src, out, _settings(want, prep, seed, shard_size), keep_built)
     if reused is not None:
         return reused
     build_shards(src, out, langs=want, prep=prep, seed=seed, shard_size=shard_size, progress=progress)
     return ShardedCorpus(out)
 
 
-def _reusable(src: Path, out: Path, settings: dict[str, Any]) -> ShardedCorpus | None:
-    """The shards in `out` if they were built from the same files and settings and open cleanly."""
+def _reusable(src: Path, out: Path, settings: dict[str, Any], keep_built: bool = False) -> ShardedCorpus | None:
+    """The shards in `out` if they were built from the same files and settings and open cleanly. `keep_built`:
+    intact shards built from other files or settings are refused, not rebuilt (a resumed run's)."""
     built_with = index_fingerprint(out)  # None: no readable index, rebuilt
     if built_with is None:
         return None
     if built_with != _fingerprint(_source_files(src), settings):
+        if keep_built:
+            # A typo in --data on a resume deleted hours of preprocessing before the run refused the documents.
+            raise XtmError("--resume: the run's shards were built from other input files or settings than these "
+                           "(another --data, --vocab-size, --min-df, --max-df, --stopwords, --user-words, --seed, "
+                           "--shard-size or --langs; or the input file was moved or rewritten): resume with the run's "
+                           "own, which a --resume takes when they are not given. To rebuild the shards from these "
+                           "inputs (a moved file), delete the shard directory: the resume then checks that the "
+                           "documents are the run's", path=out)
         logger.info("the shards in %s were built from other input files or settings (or by an older xtm): "
                     "rebuilding them", out)
         return None
@@ -467,7 +477,9 @@ def _write_language(job: _Job, x: str, s: Spill, is_test: np.ndarray, labels: _L
     write_vocabulary(vocab_file(job.out, x), vocab)
     save_word_counts(word_counts_file(job.out, x), word_counts)
     index = {"vocab_size": len(vocab), "vocab_sha256": vocab_hash(vocab), "train_docs": n_train,
-             "test_docs": n_test, "train": writers["train"].shards, "test": writers["test"].shards}
+             "test_docs": n_test, "train": writers["train"].shards, "test": writers["test"].shards,
+             # the training documents' digest (xtm.trainer.data.batches.RowsDigest), which a resumed run compares
+             "train_sha256": writers["train"].digest.hexdigest()}
     info = {"train_docs": n_train, "test_docs": n_test, "vocab_size": len(vocab),
             "distinct_tokens": len(s.token_index), "dropped": dict(job.stats.dropped_by_lang.get(x, {}))}
     s.token_index = {}  # free this language's token table before the next one
@@ -528,6 +540,7 @@ class _Lang:
     train: list[dict[str, Any]]
     test: list[dict[str, Any]]
     word_counts: np.ndarray
+    train_sha256: str | None = None  # (shards cut before it was recorded: None)
 
     @property
     def num_train(self) -> int:
@@ -553,7 +566,8 @@ class ShardedCorpus:
             raise XtmError("vocabulary does not match the shard index (vocab_sha256): the shard "
                            "directory was modified; rebuild it", path=vocab_path)
         counts = load_word_counts(word_counts_file(self.dir, x), len(vocab))
-        return _Lang(x, vocab, meta["train"], meta["test"], counts)
+        digest = meta.get("train_sha256")
+        return _Lang(x, vocab, meta["train"], meta["test"], counts, digest if isinstance(digest, str) else None)
 
     @property
     def langs(self) -> list[str]:
