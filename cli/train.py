@@ -13,7 +13,7 @@ import click
 
 from xtm.cli.common import check_cache_settings, friendly_errors, require_modules, setup_logging, version_option
 from xtm.cli.options import SectionedCommand, build, options, settings
-from xtm.cli.recorded import RecordedSettings, record_contextual_route, recorded_phase2, recorded_settings
+from xtm.cli.recorded import record_contextual_route, recorded_settings
 from xtm.config import (
     DataConfig,
     Phase2Config,
@@ -24,6 +24,7 @@ from xtm.config import (
     default_of,
 )
 from xtm.errors import TRAIN_INSTALL
+from xtm.trainer.recorded import RecordedSettings, recorded_phase2
 
 EPILOG = """\b
 Examples:

@@ -41,8 +41,8 @@ from xtm.errors import XtmError
 from xtm.json_files import read_json
 
 __all__ = ["CHECKPOINT_POINTER", "LOCK_NAME", "RUN_MARKER", "RunDir", "checkpoint_name", "checkpoint_order",
-           "has_checkpoint", "hold_run_dir", "is_checkpoint_name", "is_run_dir", "lock_dir", "record_token_rules",
-           "refuse_foreign_dir", "run_token_rules"]
+           "has_checkpoint", "has_results_only", "hold_run_dir", "is_checkpoint_name", "is_run_dir", "lock_dir",
+           "reading_run", "record_token_rules", "refuse_foreign_dir", "run_token_rules"]
 
 RUN_MARKER = "run.json"
 LOCK_NAME = ".xtm.lock"
@@ -115,6 +115,14 @@ def has_checkpoint(d: Path) -> bool:
         return any(is_checkpoint_name(p.name) and p.is_dir() for p in root.iterdir())
     except OSError:  # no checkpoints/ (or not a directory): no checkpoint
         return False
+
+
+def has_results_only(d: Path) -> bool:
+    """Whether run `d` holds a training's results (config.json or metrics.json, written when it ended) but no
+    checkpoint: a finished run whose checkpoints/ was removed, which nothing can continue and a new training
+    would write over."""
+    d = Path(d)
+    return not has_checkpoint(d) and any((d / name).is_file() for name in (RunDir.CONFIG, RunDir.METRICS))
 
 
 # What `hold_run_dir` leaves before the marker is in place: the lock, and (killed while writing the marker)
@@ -195,6 +203,33 @@ def _lock(d: Path, command: str) -> int:
 
 
 @contextmanager
+def reading_run(d: Path) -> Iterator[Path]:
+    """Hold run `d` for reading for the block: refused while a process trains it (xtm-export once exported a run
+    that a --resume was still training, half of its state from each epoch), and a training that starts meanwhile is
+    refused. A shared lock on the lock file, which is never created here: a run directory one may only read is
+    read without one."""
+    d = Path(d)
+    if str(d.resolve()) in _held:  # this process holds it for writing (the reader is its own)
+        yield d
+        return
+    try:
+        fd = os.open(d / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:  # no lock file (nothing ever held it), a link, or unreadable: nothing to wait for
+        yield d
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise XtmError(f"{d} is in use by {_holder(fd)}: wait for it to finish, or stop it") from None
+        except OSError:  # a file system without locks: as without a lock file
+            pass
+        yield d
+    finally:
+        os.close(fd)
+
+
+@contextmanager
 def lock_dir(d: Path, command: str) -> Iterator[Path]:
     """Hold the exclusive lock of directory `d` (created if absent) for the block; re-entrant per process.
 
@@ -223,7 +258,14 @@ def run_token_rules(d: Path) -> int:
     a resume or a contextual fit after an upgrade rebuilds the same vocabulary. A run whose marker records
     none was made before they were recorded (TOKEN_RULES_BEFORE_RECORDED); a value this xtm does not know (a
     newer xtm's run) is an XtmError."""
-    rules = _json_object(Path(d) / RUN_MARKER).get("token_rules", TOKEN_RULES_BEFORE_RECORDED)
+    rules = _json_object(Path(d) / RUN_MARKER).get("token_rules")
+    if rules is None:
+        # A marker without them (deleted and rewritten, or a run from before): the rules config.json records, which
+        # runs since they existed write at the end; else the rules before any were recorded. (A deleted run.json
+        # read as rules 1 resumed a rules-3 run under other tokenizers.)
+        data = _json_object(Path(d) / RunDir.CONFIG).get("data")
+        recorded = data.get("token_rules") if isinstance(data, dict) else None
+        rules = recorded if known_token_rules(recorded) else TOKEN_RULES_BEFORE_RECORDED
     if not known_token_rules(rules):
         raise XtmError(f"records token rules {rules!r}; this xtm knows 1 to {TOKEN_RULES} (a run made by a newer "
                        "xtm?)", path=Path(d) / RUN_MARKER, field="token_rules")

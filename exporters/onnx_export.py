@@ -42,7 +42,7 @@ from xtm.exporters.graph_rewrites import finish_encoder, quantize_dynamic_int8
 from xtm.exporters.parity import Parity, judge_parity, parity_bows, parity_failure, run_onnx, torch_reference
 from xtm.exporters.torch_to_onnx import export_encoder
 from xtm.labels import TopicLabels, topics_digest
-from xtm.run_dir import RunDir
+from xtm.run_dir import RunDir, reading_run
 from xtm.runtime.bundle import ContextualEntry, EncoderEntry, check_tokenizer
 from xtm.runtime.bundle_dir import check_out_dir, staged_bundle
 from xtm.runtime.bundle_write import SourceRun, write_manifest, write_topics
@@ -110,14 +110,15 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, quantize: str | None
     t0 = time.perf_counter()
     run_dir, out_dir = Path(run_dir), Path(os.path.abspath(out_dir))
     check_out_dir(out_dir)
-    config, model = load_trained_model(run_dir)
-    opts = ExportOptions(quantize=quantize, opset=opset, parity_docs=parity_docs, progress=progress,
-                         contextual=contextual, parity_check=parity_check)
-    report = ExportReport(bundle=out_dir, languages=list(model.langs))
-    tokenizers = _tokenizers(config, report.languages, RunDir(run_dir))
-    labels = _run_labels(RunDir(run_dir), model.num_topics, report.languages)  # a damaged file: before any work
-    with staged_bundle(out_dir) as tmp:
-        _write_bundle(tmp, RunDir(run_dir), config, tokenizers, model, report, opts, labels)
+    with reading_run(run_dir):  # not while xtm-train (a --resume) writes it
+        config, model = load_trained_model(run_dir)
+        opts = ExportOptions(quantize=quantize, opset=opset, parity_docs=parity_docs, progress=progress,
+                             contextual=contextual, parity_check=parity_check)
+        report = ExportReport(bundle=out_dir, languages=list(model.langs))
+        tokenizers = _tokenizers(config, report.languages, RunDir(run_dir))
+        labels = _run_labels(RunDir(run_dir), model.num_topics, report.languages)  # a damaged file: before any work
+        with staged_bundle(out_dir) as tmp:
+            _write_bundle(tmp, RunDir(run_dir), config, tokenizers, model, report, opts, labels)
     report.bundle_bytes = sum(p.stat().st_size for p in out_dir.iterdir() if p.is_file())
     report.seconds = time.perf_counter() - t0
     return report

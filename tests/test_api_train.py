@@ -123,10 +123,10 @@ def test_someone_elses_directory_is_refused_before_anything_is_written(example: 
     # Before: each of these passed the check and crashed inside training with a TypeError or AttributeError,
     # after the run directory was written.
     ({"docs": ["a"], "num_topics": 2.5}, "num_topics must be a whole number, got 2.5"),
-    ({"docs": ["a"], "num_topics": None}, r"num_topics must not be None: leave it out for its default \(50\)"),
+    ({"docs": ["a"], "min_df": None}, r"min_df must not be None: leave it out for its default \(2\)"),
     ({"docs": ["a"], "epochs": 1.5}, "epochs must be a whole number, got 1.5"),
     ({"docs": ["a"], "seed": None}, "seed must not be None"),
-    ({"docs": ["a"], "model": None}, "model must not be None"),
+    ({"docs": ["a"], "model": 5}, "model must be one of"),
     ({"docs": ["a"], "device": 5}, "device must be a string, got 5"),
     ({"docs": ["a"], "lr": "0.1"}, "lr must be a number, got '0.1'"),
     ({"docs": ["a"], "seed": 10**400}, "seed must be >= 0 and <= 4.29497e"),  # was an OverflowError
@@ -167,8 +167,8 @@ def test_a_dictionary_given_as_pairs_is_named_as_the_callers_pairs(example: dict
 def test_numpy_numbers_and_whole_floats_are_taken_as_the_command_line_takes_them() -> None:
     from xtm.trainer.api import _configs
 
-    cfg, data = _configs("nmtm", np.int64(6), 3.0, False, {"lr": np.float32(0.01), "seed": np.uint32(7),
-                                                          "min_df": np.int64(1)})
+    cfg, data = _configs({"model": "nmtm", "num_topics": np.int64(6), "epochs": 3.0}, False,
+                         {"lr": np.float32(0.01), "seed": np.uint32(7), "min_df": np.int64(1)})
     assert (cfg.num_topics, cfg.epochs, cfg.seed, data["min_df"]) == (6, 3, 7, 1)
     assert all(type(x) is int for x in (cfg.num_topics, cfg.epochs, cfg.seed, data["min_df"]))
     assert type(cfg.lr) is float and cfg.lr == pytest.approx(0.01)
@@ -206,3 +206,70 @@ def test_a_run_is_resumed_with_resume_true_and_never_written_over(example: dict[
     run = xtm.train(docs, dictionary=example["dict"], model="nmtm", num_topics=4, epochs=2, out=out, min_df=1,
                     contextual=False, resume=True)
     assert run.metrics["epochs"] == 2 and not run.interrupted
+
+
+def _pairs(example: dict[str, Path]) -> list[tuple[str, str]]:
+    return [tuple(line.split("\t")) for line in example["dict"].read_text(encoding="utf-8").splitlines() if line]
+
+
+def test_a_refused_resume_leaves_the_runs_dictionary_and_a_resume_takes_the_runs_settings(
+        example: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A resume with other pairs replaced the run's dict.tsv before the links were refused, so the run could no
+    longer be resumed at all; and a resume without batch_size trained on at the default (50), recording it."""
+    import logging
+
+    docs, pairs = rows(example["docs"]), _pairs(example)
+    out = tmp_path / "run"
+    xtm.train(docs, dictionary=pairs, model="nmtm", num_topics=4, epochs=1, out=out, min_df=1, contextual=False,
+              batch_size=16)
+    written = (tmp_path / "run.data" / "dict.tsv").read_bytes()
+    with pytest.raises(XtmError, match="resume=True with other dictionary pairs than the run was trained with"):
+        xtm.train(docs, dictionary=pairs[:5], out=out, epochs=2, resume=True)
+    assert (tmp_path / "run.data" / "dict.tsv").read_bytes() == written
+    with caplog.at_level(logging.INFO, logger="xtm"):
+        run = xtm.train(docs, dictionary=pairs, out=out, epochs=2, resume=True)  # no model, K, min_df, batch
+    assert run.metrics["epochs"] == 2
+    train_config = RunDir(out).load_config()["train_config"]
+    assert (train_config["model"], train_config["num_topics"], train_config["batch_size"]) == ("nmtm", 4, 16)
+    assert "the run's own settings where the call gives none" in caplog.text and "--batch-size 16" in caplog.text
+
+
+def test_a_second_call_on_a_run_in_use_is_refused_before_it_writes_the_inputs(example: dict[str, Path],
+                                                                               tmp_path: Path) -> None:
+    """While one process trained, a second xtm.train on the same out replaced its docs.jsonl and dict.tsv, then
+    said 'in use'; the first then finished with a config.json naming the second's documents."""
+    import subprocess
+    import sys
+
+    docs, pairs = rows(example["docs"]), _pairs(example)
+    out = tmp_path / "run"
+    xtm.train(docs, dictionary=pairs, model="nmtm", num_topics=4, epochs=1, out=out, min_df=1, contextual=False)
+    written = {p.name: p.read_bytes() for p in (tmp_path / "run.data").iterdir()}
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from xtm.run_dir import lock_dir\nwith lock_dir(Path(sys.argv[1]), 'xtm-train'):\n"
+                               "    print('held', flush=True); time.sleep(60)", str(out)], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(XtmError, match="is in use by xtm-train"):
+            xtm.train(docs[:40], dictionary=pairs[:5], out=out, epochs=2, resume=True)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run.data").iterdir()} == written
+
+
+def test_a_finished_run_without_its_checkpoints_is_not_trained_over(example: dict[str, Path], tmp_path: Path) -> None:
+    import shutil
+
+    docs = rows(example["docs"])
+    out = tmp_path / "run"
+    xtm.train(docs, dictionary=example["dict"], model="nmtm", num_topics=4, epochs=1, out=out, min_df=1,
+              contextual=False)
+    shutil.rmtree(out / "checkpoints")
+    metrics = (out / "metrics.json").read_bytes()
+    for resume in (False, True):
+        with pytest.raises(XtmError, match="holds a finished run's results and no checkpoint"):
+            xtm.train(docs, dictionary=example["dict"], model="nmtm", num_topics=4, epochs=1, out=out, min_df=1,
+                      contextual=False, resume=resume)
+    assert (out / "metrics.json").read_bytes() == metrics

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -427,6 +428,24 @@ def test_a_numpy_generator_state_out_of_range_is_that_checkpoints_damage(two_epo
         numpy_rng_from_state(bad)
 
 
+@pytest.mark.usefixtures("train_stderr")
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("history", [1, 2, 3], "history must be a list of objects, got [1, 2, 3]"),
+    ("history", "abc", "history must be a list of objects"),
+    ("epoch_seconds", ["x"], "epoch_seconds must be a list of numbers"),
+    ("epoch_seconds", [float("inf")], "epoch_seconds must be a list of numbers"),
+])
+def test_a_history_that_is_not_one_is_that_checkpoints_damage(two_epochs: Path, tmp_path: Path, capsys,
+                                                              field: str, value: object, message: str) -> None:
+    """Before: a TypeError once every epoch had been trained (the run's metrics are built from the history), and
+    at every later resume too."""
+    ckpt = _copy(two_epochs, tmp_path / "run")
+    _edit_state(ckpt, lambda state: state.__setitem__(field, value))
+    capsys.readouterr()
+    assert load_checkpoint(tmp_path / "run", required=("model_config", "numpy_rng", "corpus")).epoch == 1
+    assert f"epoch-000002: state.json: {message}" in capsys.readouterr().err
+
+
 def test_a_checkpoints_own_numpy_state_is_taken_back_as_it_was(two_epochs: Path) -> None:
     state = json.loads((two_epochs / "checkpoints" / "epoch-000002" / "state.json").read_text())["numpy_rng"]
     assert numpy_rng_from_state(state).bit_generator.state == state
@@ -451,6 +470,20 @@ def test_pruning_leaves_the_users_copies_beside_the_checkpoints(example_corpus, 
                                                        "epoch-000003", "epoch-000004", "epoch-notes", "latest.json"]
     assert all(snapshot(root / n) == content for n, content in mine.items())
     assert (root / "epoch-000001.txt").read_text() == "mine"
+
+
+def test_pruning_keeps_a_checkpoint_that_holds_the_users_file(example_corpus, two_epochs: Path, tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """Before: notes saved inside checkpoints/epoch-000002 went with it when a later save pruned it."""
+    run = tmp_path / "run"
+    shutil.copytree(two_epochs, run)
+    root = run / "checkpoints"
+    (root / "epoch-000002" / "my_notes.txt").write_text("mine")
+    with caplog.at_level(logging.WARNING, logger="xtm"):
+        train(example_corpus, config(epochs=5), run, resume=True)
+    assert (root / "epoch-000002" / "my_notes.txt").read_text() == "mine"
+    assert not (root / "epoch-000003").exists()  # xtm's own are still pruned
+    assert caplog.text.count("it holds what xtm did not write (my_notes.txt)") == 1  # once, not at every save
 
 
 @pytest.mark.usefixtures("train_stderr")

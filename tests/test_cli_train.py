@@ -278,6 +278,14 @@ def test_resume_fills_phase_2_setting_by_setting_and_checks_what_it_reads(exampl
         p = run(["--out", str(out), "--resume", "--epochs", "1", "--phase2-epochs", "3", "--no-contextual"])
         assert p.returncode == 2 and f"{out / 'config.json'}: " in p.stderr and said in p.stderr, p.stderr
         assert "Traceback" not in p.stderr
+    # A part that is not an object was read as nothing recorded ("Missing option '--data'"), and a --no-contextual
+    # recorded as "yes" was ignored (the resume fitted the route).
+    for key, value, said in (("data", [], "data must be an object, got []"),
+                             ("command", {"no_contextual": "yes"}, "command.no_contextual must be true, false or null"),
+                             ("train_config", 5, "train_config must be an object, got 5")):
+        (out / "config.json").write_text(json.dumps({**config, key: value}))
+        p = run(["--out", str(out), "--resume", "--epochs", "1", "--phase2-epochs", "3"])
+        assert p.returncode == 2 and f"{out / 'config.json'}: {said}" in p.stderr, p.stderr
     (out / "config.json").write_text(json.dumps(config))
     empty = run(["--out", str(tmp_path / "nothing"), "--resume"])
     assert empty.returncode == 2 and "holds no finished or interrupted run" in empty.stderr

@@ -628,3 +628,29 @@ def test_a_run_stopped_before_its_last_epoch_exports_with_a_warning_and_says_so(
     finished = json.loads((example_run / "config.json").read_text())  # the untouched run: finished
     assert export_run(example_run, tmp_path / "b2", progress=False) and finished["train_config"]["epochs"] == 15
     assert json.loads((tmp_path / "b2" / "manifest.json").read_text())["source_run"]["finished"] is True
+
+
+def test_a_run_in_training_is_not_exported_and_a_read_only_one_is(example_run: Path, tmp_path: Path) -> None:
+    """xtm-export exported a run a --resume was still training (rc 0: a model of one epoch beside another epoch's
+    labels and contextual route). A run directory one may only read exports without a lock file."""
+    run = tmp_path / "run"
+    shutil.copytree(example_run, run)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from xtm.run_dir import lock_dir\nwith lock_dir(Path(sys.argv[1]), 'xtm-train'):\n"
+                               "    print('held', flush=True); time.sleep(60)", str(run)], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        p = cli([str(run), "--out", str(tmp_path / "b")])
+        assert p.returncode == 2 and f"{run} is in use by xtm-train (pid {holder.pid})" in p.stderr, p.stderr
+        assert not (tmp_path / "b").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    (run / ".xtm.lock").unlink(missing_ok=True)
+    run.chmod(0o555)
+    try:
+        export_run(run, tmp_path / "b2", progress=False)
+        assert (tmp_path / "b2" / "manifest.json").is_file() and not (run / ".xtm.lock").exists()
+    finally:
+        run.chmod(0o755)

@@ -603,6 +603,33 @@ def test_an_out_of_core_resume_given_other_data_keeps_the_runs_shards(example_di
     assert p.returncode == 0 and "reusing the shards" in p.stderr, p.stderr
 
 
+def test_a_finished_run_whose_checkpoints_were_removed_is_not_trained_over(example_dir: Path, tmp_path: Path) -> None:
+    """Removing checkpoints/ to save disk let a new training into the same --out (or a --resume, which then started
+    from scratch) replace the finished run's metrics, topics, report and config."""
+    run = tmp_path / "run"
+    assert cli(example_args(example_dir, run, "--epochs", "1")).returncode == 0
+    shutil.rmtree(run / "checkpoints")
+    kept = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".xtm.lock"}
+    for extra in ((), ("--resume",)):
+        p = cli(example_args(example_dir, run, "--epochs", "2", "--seed", "7", *extra))
+        assert p.returncode == 2 and "holds a finished run's results and no checkpoint" in p.stderr, p.stderr
+    assert {name: (run / name).read_bytes() for name in kept} == kept
+
+
+def test_a_run_whose_marker_was_deleted_resumes_under_the_rules_its_config_records(example_dir: Path,
+                                                                                   tmp_path: Path) -> None:
+    """Without run.json a resume read the run as made under token rules 1 (kind regex for English), and recorded
+    that in config.json, though the run was made under today's rules."""
+    run = tmp_path / "run"
+    assert cli(example_args(example_dir, run, "--epochs", "1")).returncode == 0
+    tokenizers = json.loads((run / "config.json").read_text())["tokenizers"]
+    (run / "run.json").unlink()
+    p = cli(example_args(example_dir, run, "--epochs", "2", "--resume"))
+    assert p.returncode == 0 and "token rules 1" not in p.stderr, p.stderr
+    assert json.loads((run / "config.json").read_text())["tokenizers"] == tokenizers
+    assert json.loads((run / "config.json").read_text())["data"]["token_rules"] == TOKEN_RULES
+
+
 def _italian_english(tmp_path: Path) -> tuple[Path, Path]:
     """60 Italian and 60 English documents whose glue words are function words under stopwords-iso's Italian
     list (della, anni) but not under xtm's own lists, which were all there was before token rules 2."""
@@ -653,6 +680,9 @@ def test_a_run_made_before_the_token_rules_resumes_and_refits_with_its_own_vocab
     (other / RUN_MARKER).symlink_to(old / RUN_MARKER)
     (other / "config.json").write_text(json.dumps({"xtm_version": "0.1.0"}))
     before = (old / RUN_MARKER).read_text()
+    with pytest.raises(XtmError, match="holds a finished run's results"):  # (that config.json's, refused first)
+        run_training(DataConfig(path=str(docs), dict_path=str(dct)), cfg, other)
+    (other / "config.json").unlink()  # the linked marker alone: refused on it
     with pytest.raises(XtmError, match="is not xtm's run marker"):
         run_training(DataConfig(path=str(docs), dict_path=str(dct)), cfg, other)
     assert (old / RUN_MARKER).read_text() == before

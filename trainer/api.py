@@ -36,6 +36,9 @@ from xtm.config import (
     DataConfig,
     Phase2Config,
     Preprocessing,
+    RefinerConfig,
+    RunConfig,
+    Sampling,
     TrainConfig,
     check_device_name,
     cli_spec,
@@ -44,7 +47,7 @@ from xtm.config import (
 from xtm.errors import TRAIN_INSTALL, XtmError
 from xtm.json_files import is_missing, json_default
 from xtm.languages import normalize_lang
-from xtm.run_dir import RunDir, has_checkpoint, refuse_foreign_dir
+from xtm.run_dir import RunDir, has_checkpoint, has_results_only, hold_run_dir, refuse_foreign_dir
 from xtm.text_files import is_one_word
 
 if TYPE_CHECKING:
@@ -100,8 +103,8 @@ class TrainedRun:
 
 def train(docs: Sequence[str] | Sequence[Mapping[str, Any]], langs: Sequence[str | None] | str | None = None, *,
           dictionary: str | Path | Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
-          model: str = default_of(TrainConfig, "model"), num_topics: int = default_of(TrainConfig, "num_topics"),
-          epochs: int = default_of(TrainConfig, "epochs"), labels: Sequence[Any] | None = None,
+          model: str | None = None, num_topics: int | None = None, epochs: int | None = None,
+          labels: Sequence[Any] | None = None,
           out: str | Path | None = None, data_dir: str | Path | None = None, ref_corpus: str | Path | None = None,
           phase2: Phase2Config | None = None, contextual: bool | None = None, progress: bool = False,
           resume: bool = False, **settings: Any) -> TrainedRun:
@@ -112,7 +115,8 @@ def train(docs: Sequence[str] | Sequence[Mapping[str, Any]], langs: Sequence[str
         them (py3langid). labels: with texts, one label per text (enables the classification metrics).
     dictionary: a TSV file (source<TAB>target), a mapping or pairs (source, target); nmtm and
         infoctm need one, xtra does not.
-    model, num_topics, epochs: as xtm-train's --model, --topics, --epochs.
+    model, num_topics, epochs: as xtm-train's --model, --topics, --epochs (default: 'infoctm', 50, 100; with
+        resume=True, the run's own).
     out: the run directory (new, empty, or an xtm run; default: a new temporary directory).
     data_dir: where the documents (and a dictionary given as pairs) are written (default: a new
         directory beside the run, "<run>.data"; kept, see the module docstring).
@@ -122,8 +126,10 @@ def train(docs: Sequence[str] | Sequence[Mapping[str, Any]], langs: Sequence[str
         the run allows and otherwise warns and finishes without it; True requires it (--contextual);
         False skips it (--no-contextual: bundles then read only the training languages).
     progress: progress bars on stderr.
-    resume: continue the run in `out` (xtm-train --resume): the same documents and settings, more epochs or phase
-        2; without it, an `out` that holds a run is refused before anything is written.
+    resume: continue the run in `out` (xtm-train --resume): the same documents (and a dictionary given as pairs,
+        the same pairs), more epochs or phase 2; every setting not given is the run's own, as config.json records
+        it (logged), and the checkpoint refuses what contradicts it. Without it, an `out` that holds a run is
+        refused before anything is written.
     settings: any other xtm-train setting by its name in xtm.config: TrainConfig's (batch_size, lr,
         seed, device, threads, checkpoint_every, hparams={...}, eval_every, phase2_epochs, ...) and
         the vocabulary rules (vocab_size, min_df, max_df; extra_stopwords=[words], xtm-train's --stopwords;
@@ -133,25 +139,36 @@ def train(docs: Sequence[str] | Sequence[Mapping[str, Any]], langs: Sequence[str
     if contextual not in (None, True, False):
         raise XtmError(f"contextual must be True, False or None (the default: fitted when the run allows), "
                        f"got {contextual!r}")
-    cfg, data_settings = _configs(model, num_topics, epochs, progress, settings)
+    if resume not in (True, False):
+        raise XtmError(f"resume must be True or False, got {resume!r}")
+    named = {k: v for k, v in (("model", model), ("num_topics", num_topics), ("epochs", epochs)) if v is not None}
+    cfg, data_settings = _configs(named, progress, settings)
     records = _records(docs, langs, labels)
     run_dir = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="xtm-run-"))
     refuse_foreign_dir(run_dir, hint="choose a new or empty out")  # before anything is written
-    if resume not in (True, False):
-        raise XtmError(f"resume must be True or False, got {resume!r}")
     if not resume and has_checkpoint(run_dir):
         # (said here: the documents below would otherwise replace the ones that run was trained on)
         raise XtmError("out already holds a run: pass resume=True to continue it, or choose another out",
                        path=run_dir)
+    if has_results_only(run_dir):
+        raise XtmError("out holds a finished run's results and no checkpoint to continue it from (checkpoints/ was "
+                       "removed): choose another out", path=run_dir)
+    inputs = _Inputs.of(records, dictionary)  # checked before anything is written
+    resuming = resume and has_checkpoint(run_dir)
     # absolute(): out="." has no name to put ".data" after
     data = Path(data_dir) if data_dir is not None else run_dir.absolute().with_name(run_dir.absolute().name + ".data")
-    data_path, dict_path = _write_inputs(records, dictionary, data, resume=resume and has_checkpoint(run_dir))
-    phase2 = _phase2(phase2, cfg)
-    data_cfg = DataConfig(path=str(data_path), dict_path=str(dict_path) if dict_path is not None else None,
-                          ref_corpus=str(ref_corpus) if ref_corpus is not None else None, **data_settings)
     run_training = _run_training()
 
-    with _callers_random_state():
+    # The run is held from before its inputs are written: a second call on the same out while one trains is
+    # refused ("in use") before it replaces the documents and dictionary the first is training on.
+    with hold_run_dir(run_dir, "xtm.train"), _callers_random_state():
+        if resuming:
+            cfg, data_settings, phase2, contextual = _recorded(run_dir, named, settings, cfg, data_settings, phase2,
+                                                               contextual)
+        data_path, dict_path = inputs.write(data, resume=resuming)
+        phase2 = _phase2(phase2, cfg)
+        data_cfg = DataConfig(path=str(data_path), dict_path=str(dict_path) if dict_path is not None else None,
+                              ref_corpus=str(ref_corpus) if ref_corpus is not None else None, **data_settings)
         try:
             metrics = run_training(data_cfg, cfg, run_dir, resume=resume, phase2=phase2)
         except XtmError as e:
@@ -168,6 +185,36 @@ def train(docs: Sequence[str] | Sequence[Mapping[str, Any]], langs: Sequence[str
 
             route = fit_after_training(run_dir, cfg, required=bool(contextual))
     return TrainedRun(run_dir=run_dir, data_path=data_path, metrics=metrics, topics=topics, contextual=route)
+
+
+def _recorded(run_dir: Path, named: dict[str, Any], settings: dict[str, Any], cfg: TrainConfig,
+              data_settings: dict[str, Any], phase2: Phase2Config | None,
+              contextual: bool | None) -> tuple[TrainConfig, dict[str, Any], Phase2Config | None, bool | None]:
+    """A resume's settings: those the caller gives, and the run's own (config.json) for the rest, as xtm-train
+    --resume takes them (xtm.trainer.recorded); the ones taken are logged. A run interrupted before it wrote
+    config.json has nothing recorded: the caller's settings stand."""
+    from xtm.trainer.recorded import RecordedSettings, recorded_phase2
+
+    run = RunDir(run_dir)
+    if not run.file(RunDir.CONFIG).is_file():
+        return cfg, data_settings, phase2, contextual
+    given_train = set(named) | {k for k in settings if k in _TRAIN_SETTINGS} | {"progress"}
+    given_data = {"path", "dict_path", "ref_corpus", "token_rules"} | {k for k in settings if k in _DATA_SETTINGS}
+    given = {TrainConfig: given_train, DataConfig: given_data, Phase2Config: set(), RefinerConfig: set(),
+             Sampling: set(), RunConfig: {"contextual", "no_contextual"} if contextual is not None else set()}
+    recorded = RecordedSettings(run.load_config(), given, run.file(RunDir.CONFIG),
+                                {k: getattr(cfg, k) for k in given_train})
+    cfg = recorded.fill_train(cfg, recorded.config.get("train_config"))
+    filled = recorded.fill(DataConfig(path="", **data_settings), DataConfig, "data", recorded.config.get("data"))
+    data_settings = {name: getattr(filled, name) for name in _DATA_SETTINGS}
+    if phase2 is None and cfg.phase2_epochs:
+        phase2 = recorded_phase2(recorded, Phase2Config(epochs=cfg.phase2_epochs))
+    if contextual is None and recorded.contextual_route().get("no_contextual"):
+        contextual = False
+    if recorded.taken:
+        logger.info(f"resume=True: the run's own settings where the call gives none (as xtm-train's options): "
+                    f"{', '.join(recorded.taken)}")
+    return cfg, data_settings, phase2, contextual
 
 
 @contextmanager
@@ -262,15 +309,13 @@ def check_setting(cls: type, name: str, value: Any) -> Any:
     return value
 
 
-def _configs(model: str, num_topics: int, epochs: int, progress: bool,
-             settings: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any]]:
+def _configs(named: dict[str, Any], progress: bool, settings: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any]]:
     unknown = sorted(set(settings) - set(_TRAIN_SETTINGS) - set(_DATA_SETTINGS))
     if unknown:
         raise XtmError(f"unknown setting(s) {', '.join(unknown)}: train() takes {', '.join(_TRAIN_SETTINGS)}, "
                        f"{', '.join(_DATA_SETTINGS)}")
     train_kw = {k: check_setting(TrainConfig, k, v) for k, v in settings.items() if k in _TRAIN_SETTINGS}
     data_kw = {k: check_setting(DataConfig, k, v) for k, v in settings.items() if k in _DATA_SETTINGS}
-    named = {"model": model, "num_topics": num_topics, "epochs": epochs}
     cfg = TrainConfig(**{k: check_setting(TrainConfig, k, v) for k, v in named.items()},
                       **{"progress": bool(progress), **train_kw})
     return cfg, data_kw
@@ -353,42 +398,61 @@ def _as_list(value: Any) -> list[Any] | None:
     return None
 
 
-def _write_inputs(records: list[dict[str, Any]], dictionary: Any, data: Path,
-                  resume: bool = False) -> tuple[Path, Path | None]:
-    """docs.jsonl (and dict.tsv for a dictionary given as pairs) in `data`: a new or empty directory, or
-    an earlier call's (its INPUTS_MARKER and these files only: replaced, so a corrected call can run again).
-    `resume`: the run trained on the documents there; other documents are refused, not written over them."""
-    ours = {DOCS_FILE, DICT_FILE, INPUTS_MARKER}
-    names = {p.name for p in data.iterdir()} if data.is_dir() and not data.is_symlink() else set()
-    if data.is_symlink() or (data.exists() and not data.is_dir()) or \
-            (names and not (INPUTS_MARKER in names and names <= ours)):
-        raise XtmError(f"data_dir must be new, empty or one an earlier xtm.train call wrote (the documents are "
-                       f"written there); it holds other files and no {INPUTS_MARKER} marker (written since "
-                       "2026-12-06: delete a directory an older xtm.train wrote, or pass another data_dir)", path=data)
-    data.mkdir(parents=True, exist_ok=True)
-    write_text(data / INPUTS_MARKER, "written by xtm.train: docs.jsonl and dict.tsv are replaced by its next call\n")
-    docs_path = data / DOCS_FILE
-    try:
-        lines = [json.dumps(r, ensure_ascii=False, allow_nan=False, default=json_default) for r in records]
-    except (TypeError, ValueError) as e:
-        raise XtmError(f"a document record cannot be written as JSON: {e}") from e
-    text = "".join(line + "\n" for line in lines)
-    if resume and docs_path.is_file() and docs_path.read_text(encoding="utf-8") != text:
-        raise XtmError("resume=True with other documents than the run was trained on: pass the same documents (the "
-                       "run's are in this file), or train a new run", path=docs_path)
-    write_text(docs_path, text)
-    if dictionary is None:
-        return docs_path, None
-    if isinstance(dictionary, (str, Path)):
-        return docs_path, Path(dictionary)
-    pairs = dictionary.items() if isinstance(dictionary, Mapping) else dictionary
-    rows = []
-    for i, pair in enumerate(pairs):
-        if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(w, str) for w in pair)):
-            raise XtmError(f"dictionary entry {i} must be a pair of words (source, target), got {pair!r:.60}")
-        if any(c in w for w in pair for c in "\t\n\r") or not all(w.strip() for w in pair):
-            raise XtmError(f"dictionary entry {i} {pair!r:.60}: words must be non-empty, without tabs or newlines")
-        rows.append(f"{pair[0]}\t{pair[1]}\n")
-    dict_path = data / DICT_FILE
-    write_text(dict_path, "".join(rows))
-    return docs_path, dict_path
+@dataclass(frozen=True)
+class _Inputs:
+    """The documents as docs.jsonl's text, and the dictionary: a path (the caller's file) or, given as pairs, dict.tsv's
+    text. Built and checked before anything is written (`of`); `write` puts them in the data directory."""
+
+    docs: str
+    dictionary: Path | str | None
+
+    @classmethod
+    def of(cls, records: list[dict[str, Any]], dictionary: Any) -> _Inputs:
+        try:
+            lines = [json.dumps(r, ensure_ascii=False, allow_nan=False, default=json_default) for r in records]
+        except (TypeError, ValueError) as e:
+            raise XtmError(f"a document record cannot be written as JSON: {e}") from e
+        docs = "".join(line + "\n" for line in lines)
+        if dictionary is None or isinstance(dictionary, (str, Path)):
+            return cls(docs, Path(dictionary) if dictionary is not None else None)
+        pairs = dictionary.items() if isinstance(dictionary, Mapping) else dictionary
+        rows = []
+        for i, pair in enumerate(pairs):
+            if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(w, str) for w in pair)):
+                raise XtmError(f"dictionary entry {i} must be a pair of words (source, target), got {pair!r:.60}")
+            if any(c in w for w in pair for c in "\t\n\r") or not all(w.strip() for w in pair):
+                raise XtmError(f"dictionary entry {i} {pair!r:.60}: words must be non-empty, without tabs or "
+                               "newlines")
+            rows.append(f"{pair[0]}\t{pair[1]}\n")
+        return cls(docs, "".join(rows))
+
+    def write(self, data: Path, resume: bool = False) -> tuple[Path, Path | None]:
+        """docs.jsonl (and dict.tsv for a dictionary given as pairs) in `data`: a new or empty directory, or an
+        earlier call's (its INPUTS_MARKER and these files only: replaced, so a corrected call can run again).
+        `resume`: the run trained on the files there; other documents or pairs are refused, and nothing is written
+        (a refused resume once left the run's dictionary replaced by the call's)."""
+        ours = {DOCS_FILE, DICT_FILE, INPUTS_MARKER}
+        names = {p.name for p in data.iterdir()} if data.is_dir() and not data.is_symlink() else set()
+        if data.is_symlink() or (data.exists() and not data.is_dir()) or \
+                (names and not (INPUTS_MARKER in names and names <= ours)):
+            raise XtmError(f"data_dir must be new, empty or one an earlier xtm.train call wrote (the documents are "
+                           f"written there); it holds other files and no {INPUTS_MARKER} marker (written since "
+                           "2026-12-06: delete a directory an older xtm.train wrote, or pass another data_dir)",
+                           path=data)
+        docs_path, dict_path = data / DOCS_FILE, data / DICT_FILE
+        if resume:
+            if docs_path.is_file() and docs_path.read_text(encoding="utf-8") != self.docs:
+                raise XtmError("resume=True with other documents than the run was trained on: pass the same "
+                               "documents (the run's are in this file), or train a new run", path=docs_path)
+            if isinstance(self.dictionary, str) and dict_path.is_file() and \
+                    dict_path.read_text(encoding="utf-8") != self.dictionary:
+                raise XtmError("resume=True with other dictionary pairs than the run was trained with: pass the same "
+                               "pairs (the run's are in this file), or train a new run", path=dict_path)
+        data.mkdir(parents=True, exist_ok=True)
+        write_text(data / INPUTS_MARKER, "written by xtm.train: docs.jsonl and dict.tsv are replaced by its next "
+                                         "call\n")
+        write_text(docs_path, self.docs)
+        if not isinstance(self.dictionary, str):
+            return docs_path, self.dictionary
+        write_text(dict_path, self.dictionary)
+        return docs_path, dict_path

@@ -60,6 +60,7 @@ from xtm.run_dir import (
     PARITY_SAMPLE_DOCS,
     RunDir,
     has_checkpoint,
+    has_results_only,
     hold_run_dir,
     lock_dir,
     record_token_rules,
@@ -175,6 +176,12 @@ def run_training(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool = F
             if not resume and has_checkpoint(out):
                 raise XtmError("the run directory already holds a run: pass --resume to continue it, "
                                "or choose another --out", path=out)
+            if has_results_only(out):
+                # (deleting checkpoints/ to save disk once let a new training, or a --resume starting from
+                # scratch, write over the finished run's metrics, topics and report)
+                raise XtmError("the run directory holds a finished run's results and no checkpoint to continue it "
+                               "from (checkpoints/ was removed): choose another --out, or move the results away to "
+                               "train here again", path=out)
             data = _token_rules_of_run(data, out, resume, record=dist is None or dist.is_main)
             distributed.barrier(dist)  # every rank checked the run directory before rank 0 writes to it
             # one choice of CPU threads for training and evaluation alike (sampled once: the load now;

@@ -131,8 +131,28 @@ def save_checkpoint(run_dir: Path, epoch: int, model: torch.nn.Module, optimizer
     # never through a symbolic link.
     older = [p for p in _checkpoint_dirs(root) if p != final and not p.is_symlink()]
     for p in older[: max(0, len(older) - (keep - 1))]:
+        if (foreign := _not_ours(p)):
+            # a user's notes or a copy saved beside a checkpoint's files would go with it (said once a directory)
+            if str(p) not in _KEPT:
+                _KEPT.add(str(p))
+                logger.warning(f"kept {p}: it holds what xtm did not write ({', '.join(foreign[:3])}); delete it "
+                               "when done with it")
+            continue
         shutil.rmtree(p, ignore_errors=True)
     return final
+
+
+_OWN_FILES = frozenset({*TENSOR_FILES, "state.json"})
+_KEPT: set[str] = set()
+
+
+def _not_ours(d: Path) -> list[str]:
+    """The entries of checkpoint directory `d` that save_checkpoint does not write (a directory, a link or another
+    name), sorted; empty when every entry is its own regular file."""
+    try:
+        return sorted(e.name for e in os.scandir(d) if e.name not in _OWN_FILES or not e.is_file(follow_symlinks=False))
+    except OSError:
+        return []
 
 
 def _checkpoint_dirs(root: Path) -> list[Path]:
@@ -236,6 +256,13 @@ def _read_state(d: Path, required: Sequence[str]) -> dict[str, Any]:
     missing = [k for k in required if k not in state]
     if missing:
         raise XtmError(f"state.json lacks {', '.join(missing)}", path=d)
+    # What a resumed run carries on and writes at its end: damage here was a TypeError after every epoch was
+    # trained, at every later resume too.
+    history, seconds = state.get("history"), state.get("epoch_seconds")
+    if history is not None and not (isinstance(history, list) and all(isinstance(h, dict) for h in history)):
+        raise XtmError(f"state.json: history must be a list of objects, got {_short(history)}", path=d)
+    if seconds is not None and not (isinstance(seconds, list) and all(_is_finite_number(x) for x in seconds)):
+        raise XtmError(f"state.json: epoch_seconds must be a list of numbers, got {_short(seconds)}", path=d)
     if "numpy_rng" in required:
         # A resume continues from these generator states: one numpy cannot take is this checkpoint's damage
         # (the previous one is used), not an OverflowError once training is set up.
