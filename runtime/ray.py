@@ -52,7 +52,7 @@ from xtm.runtime.engine import (
     open_output,
     whole_number,
 )
-from xtm.runtime.records import PARQUET_SUFFIXES, naming_read_errors
+from xtm.runtime.records import PARQUET_SUFFIXES, check_input_name, naming_read_errors
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -416,6 +416,7 @@ def _visible_files(root: Path) -> Iterator[Path]:
 
 
 def _kind(p: Path) -> str:
+    check_input_name(p)
     return "parquet" if p.name.lower().endswith(PARQUET_SUFFIXES) else "jsonl"
 
 
@@ -463,7 +464,7 @@ def _read_jsonl(file_idx: int, path: str) -> Iterator[pa.Table]:
 def _read_parquet(file_idx: int, path: str) -> Iterator[pa.Table]:
     import pyarrow as pa
 
-    from xtm.runtime.records import parquet_chunks, parse_parquet_row
+    from xtm.runtime.records import binary_as_text, parquet_chunks, parse_parquet_row
 
     schema = _row_schema()
     for chunk in parquet_chunks(path, READ_BLOCK_ROWS):
@@ -473,6 +474,7 @@ def _read_parquet(file_idx: int, path: str) -> Iterator[pa.Table]:
             # Every check but the bundle's languages (the actor knows those, and truncates long
             # texts with the warning): the first failing check is the one the local engine reports.
             doc, error, _ = parse_parquet_row(obj, rownum, None)
+            obj, _ = binary_as_text(obj)  # (the actor checks the text again: a binary column's, decoded)
             ok = doc is not None
             texts.append(obj["text"] if ok else None)
             langs.append(obj.get("lang") if ok else None)

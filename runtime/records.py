@@ -28,10 +28,10 @@ if TYPE_CHECKING:
 
 __all__ = ["CHUNK_BYTES", "CSV_LEADING_COLUMNS", "DECIMALS", "INPUT_FORMATS", "MAX_CHARS", "MAX_LINE_BYTES",
            "OUTPUT_FORMATS", "OUTPUT_WORDS", "PARQUET_SUFFIXES", "TEXT_SUFFIXES", "WEIGHT", "LineFormatter", "Parsed",
-           "TableShape", "TableStream", "check_out_path", "chunked", "decode_json_line", "decode_text_line",
-           "drop_bom", "encode_id", "encode_lines", "input_format", "is_infer_output", "line_chunks",
-           "naming_read_errors", "output_format", "parquet_chunks", "parse_line", "parse_parquet_row", "parse_record",
-           "read_lines", "without_surrogates"]
+           "TableShape", "TableStream", "binary_as_text", "check_input_name", "check_out_path", "chunked",
+           "decode_json_line", "decode_text_line", "drop_bom", "encode_id", "encode_lines", "input_format",
+           "is_infer_output", "line_chunks", "naming_read_errors", "output_format", "parquet_chunks", "parse_line",
+           "parse_parquet_row", "parse_record", "read_lines", "without_surrogates"]
 
 # Longer documents are cut (with a warning): tokenizing megabytes of one line is almost always a
 # malformed record, and a bag of words of the first 100k characters already saturates the vocabulary.
@@ -367,7 +367,9 @@ def parquet_chunks(path: str, size: int) -> Iterator[list[tuple[int, dict[str, A
         raise XtmError(f"cannot read as Parquet: {e}", path=path) from e
     names = pf.schema_arrow.names
     if "text" not in names:
-        raise XtmError(f"Parquet file has no 'text' column (it has {', '.join(names)})", path=path)
+        near = names_for(dict.fromkeys(names), "text")
+        hint = f": {near[0]!r} is read as the text when renamed 'text'" if near else ""
+        raise XtmError(f"Parquet file has no 'text' column (it has {', '.join(names)}){hint}", path=path)
     columns = [c for c in ("text", "lang", "id") if c in names]
     row = 0
     batches = pf.iter_batches(batch_size=size, columns=columns)
@@ -409,8 +411,26 @@ def _cells(column: Any, pa: Any) -> list[Any]:
 
 def parse_parquet_row(obj: dict[str, Any], rownum: int, served: Sequence[str] | None) -> Parsed:
     """parse_record for a Parquet row: its ids can be of types JSON cannot write (timestamps, bytes);
-    parse_record reports such a row as bad, not a crash when its line is written."""
+    parse_record reports such a row as bad, not a crash when its line is written. A text or lang column of
+    Parquet's binary type (as Spark and Hive write strings) is read as UTF-8: every row was bad ("must be a
+    string, got bytes")."""
+    obj, error = binary_as_text(obj)
+    if error is not None:
+        return None, error, None
     return parse_record(obj, rownum, served)
+
+
+def binary_as_text(obj: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """A Parquet row with its text and lang cells of the binary type read as UTF-8, or (obj, the reason) when one
+    is not UTF-8."""
+    for name in ("text", "lang"):
+        value = obj.get(name)
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            try:
+                obj = {**obj, name: bytes(value).decode("utf-8")}
+            except UnicodeDecodeError as e:
+                return obj, f"field '{name}' is binary and not UTF-8 text (byte at offset {e.start})"
+    return obj, None
 
 
 # -- writing ---------------------------------------------------------------------------------------
@@ -494,13 +514,31 @@ def encode_lines(lines: Sequence[str]) -> bytes:
 # -- formats: plain text in, CSV and Parquet out ----------------------------------------------------
 
 
+# Endings of inputs xtm-infer does not read, said before any work: a CSV file was read as JSONL ("invalid JSON" on
+# every line, then "all lines were bad"), and a gzip file as "invalid UTF-8".
+_NOT_READ = {(".csv", ".tsv"): "CSV and TSV are not read as input: convert the file to JSONL (one {\"text\": ..., "
+                               "\"lang\": ..., \"id\": ...} a line) or Parquet",
+             (".gz", ".bz2", ".xz", ".zst", ".zip", ".7z"): "compressed input is not read: decompress it first "
+                                                            "(zcat FILE | xtm-infer - ...)"}
+
+
+def check_input_name(path: str | os.PathLike[str]) -> None:
+    """Refuse an input whose name says a format xtm does not read (_NOT_READ), naming it."""
+    low = os.fspath(path).lower()
+    for endings, why in _NOT_READ.items():
+        if low.endswith(endings):
+            raise XtmError(f"{why} (--input-format jsonl or text reads it as such anyway)", path=os.fspath(path))
+
+
 def input_format(path: str, given: str | None = None) -> str:
     """The format to read `path` as: `given` (one of INPUT_FORMATS), else by its name: .parquet/.pq
-    Parquet, .txt/.text plain text (one document per line), anything else (and "-") JSONL."""
+    Parquet, .txt/.text plain text (one document per line), .csv, .tsv and compressed files refused
+    (check_input_name), anything else (and "-") JSONL."""
     if given is not None and given != "auto":
         if given not in INPUT_FORMATS:
             raise XtmError(f"input format must be one of auto, {', '.join(INPUT_FORMATS)}, got {given!r}")
         return given
+    check_input_name(path)
     low = str(path).lower()
     if low.endswith(PARQUET_SUFFIXES):
         return "parquet"
@@ -517,6 +555,9 @@ def output_format(out: str | os.PathLike[str] | None, given: str | None = None) 
     low = "" if out is None else os.fspath(out).lower()
     if low.endswith(".csv"):
         return "csv"
+    if low.endswith(".tsv"):  # (written as JSONL, silently)
+        raise XtmError("TSV is not written: --out FILE.csv writes CSV (or --format jsonl writes JSONL to this name)",
+                       path=os.fspath(out))
     return "parquet" if low.endswith(PARQUET_SUFFIXES) else "jsonl"
 
 

@@ -243,3 +243,46 @@ def test_ray_engine_writes_the_same_csv_and_parquet_as_local(hb: HandBundle, tmp
             assert remote.read_bytes() == local.read_bytes()
         else:
             assert pq.read_table(remote).equals(pq.read_table(local))
+
+
+def test_inputs_xtm_does_not_read_are_said_before_any_work(hb: HandBundle, tmp_path: Path) -> None:
+    """A .csv input was read as JSONL (every line 'invalid JSON', then 'all lines were bad', exit 1), a gzip file
+    as 'invalid UTF-8', and --out x.tsv wrote JSONL under that name."""
+    import gzip
+
+    src = tmp_path / "docs.csv"
+    src.write_text("id,text\n1,the stock market\n", encoding="utf-8")
+    r = invoke([str(src), "--bundle", str(hb.path)])
+    assert r.exit_code == 2 and f"{src}: CSV and TSV are not read as input: convert the file to JSONL" in r.stderr
+    assert "invalid JSON" not in r.stderr
+    packed = tmp_path / "docs.jsonl.gz"
+    packed.write_bytes(gzip.compress(b'{"text": "the stock market"}\n'))
+    r = invoke([str(packed), "--bundle", str(hb.path)])
+    assert r.exit_code == 2 and "compressed input is not read: decompress it first" in r.stderr, r.stderr
+    text = tmp_path / "docs.tsv"
+    text.write_text("the stock market\n", encoding="utf-8")
+    assert invoke([str(text), "--bundle", str(hb.path), "--input-format", "text"]).exit_code == 0  # told: read so
+    good = tmp_path / "d.jsonl"
+    good.write_text('{"text": "the stock market"}\n', encoding="utf-8")
+    r = invoke([str(good), "--bundle", str(hb.path), "--out", str(tmp_path / "o.tsv")])
+    assert r.exit_code == 2 and "TSV is not written: --out FILE.csv writes CSV" in r.stderr
+    assert not (tmp_path / "o.tsv").exists()
+
+
+def test_parquet_from_spark_binary_strings_and_another_text_column_name(hb: HandBundle, tmp_path: Path) -> None:
+    """Spark and Hive write strings as Parquet's binary type: every row was bad ('must be a string, got bytes');
+    a 'content' column was refused without saying it could be the text."""
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    src = tmp_path / "spark.parquet"
+    texts = [TEXTS[0].encode(), b"caf\xff", TEXTS[1].encode()]
+    pq.write_table(pa.table({"id": ["a", "b", "c"], "text": pa.array(texts, pa.binary()),
+                             "lang": pa.array([b"en", b"en", None], pa.binary())}), src)
+    r = invoke([str(src), "--bundle", str(hb.path)])
+    assert r.exit_code == 0, r.stderr
+    assert [json.loads(line)["id"] for line in r.stdout.splitlines()] == ["a", "c"]
+    assert "spark.parquet:2: field 'text' is binary and not UTF-8 text (byte at offset 3)" in r.stderr
+    other = tmp_path / "content.parquet"
+    pq.write_table(pa.table({"doc_id": ["a"], "content": [TEXTS[0]]}), other)
+    r = invoke([str(other), "--bundle", str(hb.path)])
+    assert r.exit_code == 2 and "'content' is read as the text when renamed 'text'" in r.stderr, r.stderr
