@@ -700,6 +700,35 @@ def _sigint_blocked() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
+def stop_executor(executor: Any) -> None:
+    """Stop a ProcessPoolExecutor now, leaving nothing Python's exit waits for: queued work dropped, the workers
+    killed, the pool's manager thread finished."""
+    procs = list(getattr(executor, "_processes", {}).values())
+    # shutdown() forgets its manager thread and result queue; keep them for below.
+    manager = getattr(executor, "_executor_manager_thread", None)
+    results = getattr(executor, "_result_queue", None)
+    executor.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        with contextlib.suppress(Exception):
+            p.terminate()
+    for p in procs:
+        with contextlib.suppress(Exception):
+            p.join(5)
+    # A worker stopped while it was sending its rows (Ctrl-C reaches the whole process group) leaves half a
+    # message in the result pipe, and the manager thread waits in recv() for the rest, which never comes while
+    # this process holds the pipe's write end too: Python's exit then waited for that thread without a limit (a
+    # reviewer's 2 runs in 30, gdb at concurrent.futures' _python_exit). Closing our write end once the workers are
+    # gone ends that recv() (EOFError): the manager thread takes the pool as broken and finishes.
+    if results is not None:
+        with contextlib.suppress(Exception):
+            results._writer.close()
+    # Wait for the manager thread to close its wake-up pipe. Python 3.11's exit hook writes to that
+    # pipe without a lock, so if the thread is still closing it at exit the hook prints
+    # "OSError: Bad file descriptor" after a signal (about 1 run in 10).
+    if manager is not None:
+        manager.join(10)
+
+
 class WorkerPool:
     """`workers` processes, each with its own copy of `model` (loaded from its bundle directory with
     the same providers), inferring chunks of raw input; `run` writes their rows in input order.
@@ -729,21 +758,7 @@ class WorkerPool:
 
     def close(self) -> None:
         """Stop the workers now: queued chunks are dropped, running ones killed (they write nothing)."""
-        procs = list(getattr(self._executor, "_processes", {}).values())
-        # shutdown() forgets its manager thread; keep it to wait for below.
-        manager = getattr(self._executor, "_executor_manager_thread", None)
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        for p in procs:
-            with contextlib.suppress(Exception):
-                p.terminate()
-        for p in procs:
-            with contextlib.suppress(Exception):
-                p.join(5)
-        # Wait for the manager thread to close its wake-up pipe. Python 3.11's exit hook writes to that
-        # pipe without a lock, so if the thread is still closing it at exit the hook prints
-        # "OSError: Bad file descriptor" after a signal (about 1 run in 10).
-        if manager is not None:
-            manager.join(10)
+        stop_executor(self._executor)
 
     def run(self, fmt_in: str, chunks: Iterable[list[tuple[int, Any]]], out: OutputWriter, where: str,
             on_rows: Callable[[int], None] | None = None) -> None:

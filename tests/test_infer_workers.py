@@ -378,3 +378,39 @@ def test_fast_from_the_environment_is_refused_but_the_flag_is_served(hb: HandBun
     assert r.returncode == 2 and b"never by the environment" in r.stderr and b"Traceback" not in r.stderr
     r = _run([str(src), "--bundle", str(hb.path), "--segmenters", "fast"])
     assert r.returncode == 0 and len(r.stdout.splitlines()) == 1
+
+
+_HALF_SENT = '''
+import gc, multiprocessing, os, struct, sys, time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing.queues import SimpleQueue
+
+def half_sent():
+    # what a worker stopped while it sends its rows leaves: a message's length, then part of it
+    queue = next(o for o in gc.get_objects() if isinstance(o, SimpleQueue) and o._writer is not None
+                 and not o._writer.closed and o._reader is not None)
+    os.write(queue._writer.fileno(), struct.pack("!i", 1000) + b"x" * 10)
+    time.sleep(0.5)
+    os._exit(1)
+
+if __name__ == "__main__":
+    from xtm.runtime.engine import stop_executor
+    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    pool.submit(half_sent)
+    time.sleep(3)  # the manager thread now waits in recv() for the other 990 bytes
+    if sys.argv[1] == "stop":
+        stop_executor(pool)
+    print("leaving", flush=True)
+'''
+
+
+def test_a_pool_whose_worker_died_mid_message_lets_the_process_exit(tmp_path: Path) -> None:
+    """Found by a review: Ctrl-C to `xtm-infer --workers 2`'s process group hung 2 runs in 30 at exit, the pool's
+    manager thread in recv() for the rest of a message a killed worker had half sent (Python's exit joins that
+    thread without a limit). The same state made on purpose: without stop_executor the process never exits."""
+    script = tmp_path / "half_sent.py"
+    script.write_text(_HALF_SENT, encoding="utf-8")
+    stopped = subprocess.run([sys.executable, str(script), "stop"], capture_output=True, text=True, timeout=60)
+    assert stopped.returncode == 0 and "leaving" in stopped.stdout, stopped.stderr
+    with pytest.raises(subprocess.TimeoutExpired):  # the state is real: left alone, exit waits for ever
+        subprocess.run([sys.executable, str(script), "plain"], capture_output=True, text=True, timeout=15)
