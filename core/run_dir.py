@@ -27,6 +27,7 @@ import math
 import os
 import re
 import stat
+import threading
 import time
 import zipfile
 from collections.abc import Iterator, Sequence
@@ -58,9 +59,18 @@ _CHECKPOINT_NAME = re.compile(r"epoch-([0-9]{6,})(?:-step-([0-9]{6,}))?")
 
 logger = logging.getLogger(__name__)
 
-# Run directories this process holds (resolved path -> [lock fd, depth]): xtm-train --contextual
-# holds its run for training and the contextual fit; the inner hold must not lock itself out.
-_held: dict[str, list[int]] = {}
+# Run directories this process holds (resolved path -> [lock fd, depth, holding thread, command]): xtm-train
+# --contextual holds its run for training and the contextual fit; the inner hold must not lock itself out. Re-entrant
+# for the holding thread only: another thread of the process (two xtm.train calls, or an export, in threads) is
+# refused as another process is (it trained beside the first, and the two runs' checkpoints mixed).
+_held: dict[str, list[Any]] = {}
+_held_lock = threading.Lock()
+
+
+def _held_elsewhere(key: str) -> str | None:
+    """The command of another thread of this process that holds run `key`, if one does."""
+    entry = _held.get(key)
+    return entry[3] if entry is not None and entry[2] != threading.get_ident() else None
 
 
 def _json_object(path: Path) -> dict[str, Any]:
@@ -209,7 +219,10 @@ def reading_run(d: Path) -> Iterator[Path]:
     refused. A shared lock on the lock file, which is never created here: a run directory one may only read is
     read without one."""
     d = Path(d)
-    if str(d.resolve()) in _held:  # this process holds it for writing (the reader is its own)
+    key = str(d.resolve())
+    if (other := _held_elsewhere(key)) is not None:
+        raise XtmError(f"{d} is in use by {other} in another thread of this process: wait for it to finish")
+    if key in _held:  # this thread holds it for writing (the reader is its own)
         yield d
         return
     try:
@@ -237,19 +250,29 @@ def lock_dir(d: Path, command: str) -> Iterator[Path]:
     """
     d = Path(d)
     key = str(d.resolve())
-    if key in _held:
-        _held[key][1] += 1
+    with _held_lock:
+        if (other := _held_elsewhere(key)) is not None:
+            raise XtmError(f"{d} is in use by {other} in another thread of this process: wait for it to finish")
+        entry = _held.get(key)
+        if entry is not None:
+            entry[1] += 1
+    if entry is not None:
         try:
             yield d
         finally:
-            _held[key][1] -= 1
+            with _held_lock:
+                entry[1] -= 1
         return
-    fd = _lock(d, command)
-    _held[key] = [fd, 1]
+    with _held_lock:
+        if (other := _held_elsewhere(key)) is not None:  # (taken by another thread meanwhile)
+            raise XtmError(f"{d} is in use by {other} in another thread of this process: wait for it to finish")
+        fd = _lock(d, command)
+        _held[key] = [fd, 1, threading.get_ident(), command]
     try:
         yield d
     finally:
-        del _held[key]
+        with _held_lock:
+            del _held[key]
         os.close(fd)
 
 

@@ -73,8 +73,6 @@ INPUT_FORMATS = ("dense", "sparse")
 CONTEXTUAL_FORMAT = 1  # the "contextual" entry's own version (the key is optional, the schema unchanged)
 MAX_MIN_TOKEN_LENGTH = 100  # longer than any word: a larger value can only be a broken manifest
 MAX_SEGMENTER_CHARS = 200
-MAX_USER_WORDS = 1_000_000  # a word list is at most 16 MiB (xtm.text_files.MAX_WORD_LIST_BYTES)
-MAX_USER_WORD_CHARS = 100
 TOKENIZER_KINDS = ("sentencepiece", "hf-tokenizers")  # the contextual route's tokenizers
 AUTO_ROUTES = ("bow", "contextual")  # the contextual entry's "auto_route" (absent: "bow")
 
@@ -430,13 +428,10 @@ def check_tokenizer(tok: dict[str, Any], mpath: Path, ctx: str) -> dict[str, Any
         if not 1 <= n <= MAX_MIN_TOKEN_LENGTH:
             raise XtmError(f"{ctx}'min_token_length' must be in [1, {MAX_MIN_TOKEN_LENGTH}], got {n}", path=mpath)
     if "user_words" in tok:  # words the segmenter keeps whole (xtm-train --user-words)
-        words = _require(tok, "user_words", list, mpath, ctx)
-        bad = next((w for w in words if not (isinstance(w, str) and 0 < len(w) <= MAX_USER_WORD_CHARS
-                                             and len(w.split()) == 1 and w.isprintable())), None) \
-            if len(words) <= MAX_USER_WORDS else f"{len(words):,} of them"
-        if bad is not None:
-            raise XtmError(f"{ctx}'user_words' must be at most {MAX_USER_WORDS:,} single words of at most "
-                           f"{MAX_USER_WORD_CHARS} printable characters, got {str(bad)[:60]!r}", path=mpath)
+        from xtm.runtime.tokenize import user_words_problem
+
+        if (problem := user_words_problem(_require(tok, "user_words", list, mpath, ctx))) is not None:
+            raise XtmError(f"{ctx}'user_words' {problem}", path=mpath)
     if "segmenter" in tok:  # the releases training segmented with (said in a warning when the runtime's differ)
         release = _require(tok, "segmenter", str, mpath, ctx)
         if len(release) > MAX_SEGMENTER_CHARS or not release.isprintable():

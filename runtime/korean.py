@@ -130,6 +130,8 @@ def korean_tokenizer(lowercase: bool, min_len: int, not_installed: Callable[[Bas
     """A function Korean text -> content words (module docstring); Latin words lowercased when `lowercase`,
     words shorter than `min_len` characters dropped; `user_words` (one word each, with Hangul) kept whole, as nouns.
     `not_installed` makes the error raised without kiwipiepy."""
+    if lowercase:  # matched before Latin letters are lowered: XTM크림 listed, xtm크림 in a text was cut apart
+        user_words = tuple(dict.fromkeys(v for w in user_words for v in (w, w.lower())))
     kiwi, options = _get_kiwi(not_installed, tuple(user_words)), _match_options()
 
     def tok_kiwi(text: str) -> list[str]:

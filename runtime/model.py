@@ -620,7 +620,9 @@ class TopicModel:
                 code = normalize_lang(lang)
                 r = self._route_of(code, route, ctx_any, ctx)
                 if r is None:
-                    raise XtmError(f"language '{lang}' is {self._unserved(code, route)}")
+                    # (a pipeline passing its records' languages lost the whole batch to one: say the way round)
+                    raise XtmError(f"language '{lang}' is {self._unserved(code, route)} (infer_records reports "
+                                   "such a record and serves the others)")
                 hit = known[lang] = (code, r)
             return hit
 

@@ -371,6 +371,9 @@ def parquet_chunks(path: str, size: int) -> Iterator[list[tuple[int, dict[str, A
         hint = f": {near[0]!r} is read as the text when renamed 'text'" if near else ""
         raise XtmError(f"Parquet file has no 'text' column (it has {', '.join(names)}){hint}", path=path)
     columns = [c for c in ("text", "lang", "id") if c in names]
+    # a language or id column under another name ('language', 'doc_id') is read too, for parse_record's warning
+    # that it is not xtm's (the ids were replaced by row numbers without a word)
+    columns += [near[0] for c in ("lang", "id") if c not in names and (near := names_for(dict.fromkeys(names), c))]
     row = 0
     batches = pf.iter_batches(batch_size=size, columns=columns)
     while True:
@@ -421,9 +424,9 @@ def parse_parquet_row(obj: dict[str, Any], rownum: int, served: Sequence[str] | 
 
 
 def binary_as_text(obj: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
-    """A Parquet row with its text and lang cells of the binary type read as UTF-8, or (obj, the reason) when one
-    is not UTF-8."""
-    for name in ("text", "lang"):
+    """A Parquet row with its text, lang and id cells of the binary type (such writers store every string so) read
+    as UTF-8, or (obj, the reason) when one is not UTF-8."""
+    for name in ("text", "lang", "id"):
         value = obj.get(name)
         if isinstance(value, (bytes, bytearray, memoryview)):
             try:
@@ -516,10 +519,10 @@ def encode_lines(lines: Sequence[str]) -> bytes:
 
 # Endings of inputs xtm-infer does not read, said before any work: a CSV file was read as JSONL ("invalid JSON" on
 # every line, then "all lines were bad"), and a gzip file as "invalid UTF-8".
+_COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".zip", ".7z")
 _NOT_READ = {(".csv", ".tsv"): "CSV and TSV are not read as input: convert the file to JSONL (one {\"text\": ..., "
                                "\"lang\": ..., \"id\": ...} a line) or Parquet",
-             (".gz", ".bz2", ".xz", ".zst", ".zip", ".7z"): "compressed input is not read: decompress it first "
-                                                            "(zcat FILE | xtm-infer - ...)"}
+             _COMPRESSED: "compressed input is not read: decompress it first (zcat FILE | xtm-infer - ...)"}
 
 
 def check_input_name(path: str | os.PathLike[str]) -> None:
@@ -527,7 +530,8 @@ def check_input_name(path: str | os.PathLike[str]) -> None:
     low = os.fspath(path).lower()
     for endings, why in _NOT_READ.items():
         if low.endswith(endings):
-            raise XtmError(f"{why} (--input-format jsonl or text reads it as such anyway)", path=os.fspath(path))
+            raise XtmError(f"{why} (the local engine's --input-format jsonl or text reads it as such anyway)",
+                           path=os.fspath(path))
 
 
 def input_format(path: str, given: str | None = None) -> str:
@@ -558,6 +562,9 @@ def output_format(out: str | os.PathLike[str] | None, given: str | None = None) 
     if low.endswith(".tsv"):  # (written as JSONL, silently)
         raise XtmError("TSV is not written: --out FILE.csv writes CSV (or --format jsonl writes JSONL to this name)",
                        path=os.fspath(out))
+    if low.endswith(_COMPRESSED):  # (likewise: o.csv.gz held plain JSONL)
+        raise XtmError("compressed output is not written: write to stdout and compress it (xtm-infer ... | gzip > "
+                       "FILE), or --format to write this name uncompressed", path=os.fspath(out))
     return "parquet" if low.endswith(PARQUET_SUFFIXES) else "jsonl"
 
 

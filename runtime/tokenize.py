@@ -58,7 +58,8 @@ from xtm.runtime import korean
 
 __all__ = ["KINDS", "REWRITING_KINDS", "SEGMENTERS", "SEGMENTERS_ENV", "TEXT_NORMALIZATION", "default_tokenizer_spec",
            "make_tokenizer", "missing_tokenizer", "normalized_token", "segmenter_drift", "segmenter_mode",
-           "segmenter_of", "segmenter_release", "taken_user_words", "use_segmenters", "with_segmenter"]
+           "segmenter_of", "segmenter_release", "taken_user_words", "use_segmenters", "user_words_problem",
+           "with_segmenter"]
 
 KINDS = ("whitespace", "words", "regex", "jieba", "janome", "mecab", "kiwi")
 # Kinds whose tokens are not always pieces of the text: Kiwi writes verbs and adjectives in their dictionary form
@@ -137,6 +138,27 @@ def default_tokenizer_spec(lang: str, rules: int = TOKEN_RULES, user_words: tupl
     segmenters = {"zh": "jieba", "ja": "janome", "ko": "kiwi"} if rules >= 3 else {"zh": "jieba", "ja": "janome"}
     kind = segmenters.get(code, "regex" if rules < 2 else "words")
     return TokenizerSpec(lang=code, kind=kind, user_words=taken_user_words(kind, user_words))
+
+
+MAX_USER_WORDS = 1_000_000  # a word list is at most 16 MiB (xtm.text_files.MAX_WORD_LIST_BYTES)
+MAX_USER_WORD_CHARS = 100
+
+
+def user_words_problem(words: Any) -> str | None:
+    """Why `words` cannot be a list of user words (xtm-train --user-words; a bundle's tokenizer `user_words`), or
+    None: at most MAX_USER_WORDS single words of printable characters, each at most MAX_USER_WORD_CHARS long. One
+    check for training and the manifest: a list training took once made a run no export could write (a BOM in the
+    middle of a concatenated file, a 102-letter word)."""
+    if not isinstance(words, (list, tuple)):
+        return f"must be a list of words, got {type(words).__name__}"
+    if len(words) > MAX_USER_WORDS:
+        return f"must be at most {MAX_USER_WORDS:,} words, got {len(words):,}"
+    for w in words:
+        if not (isinstance(w, str) and 0 < len(w) <= MAX_USER_WORD_CHARS and len(w.split()) == 1
+                and w.isprintable()):
+            return (f"must be single words of at most {MAX_USER_WORD_CHARS} printable characters, got "
+                    f"{str(w)[:60]!r}")
+    return None
 
 
 def taken_user_words(kind: str, words: tuple[str, ...]) -> tuple[str, ...]:

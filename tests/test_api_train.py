@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from run_lock import held_by_another_process
 
 import xtm
 from xtm.errors import XtmError
@@ -238,24 +239,12 @@ def test_a_second_call_on_a_run_in_use_is_refused_before_it_writes_the_inputs(ex
                                                                                tmp_path: Path) -> None:
     """While one process trained, a second xtm.train on the same out replaced its docs.jsonl and dict.tsv, then
     said 'in use'; the first then finished with a config.json naming the second's documents."""
-    import subprocess
-    import sys
-
     docs, pairs = rows(example["docs"]), _pairs(example)
     out = tmp_path / "run"
     xtm.train(docs, dictionary=pairs, model="nmtm", num_topics=4, epochs=1, out=out, min_df=1, contextual=False)
     written = {p.name: p.read_bytes() for p in (tmp_path / "run.data").iterdir()}
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
-                               "from xtm.run_dir import lock_dir\nwith lock_dir(Path(sys.argv[1]), 'xtm-train'):\n"
-                               "    print('held', flush=True); time.sleep(60)", str(out)], stdout=subprocess.PIPE,
-                              text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(XtmError, match="is in use by xtm-train"):
-            xtm.train(docs[:40], dictionary=pairs[:5], out=out, epochs=2, resume=True)
-    finally:
-        holder.kill()
-        holder.wait()
+    with held_by_another_process(out), pytest.raises(XtmError, match="is in use by xtm-train"):
+        xtm.train(docs[:40], dictionary=pairs[:5], out=out, epochs=2, resume=True)
     assert {p.name: p.read_bytes() for p in (tmp_path / "run.data").iterdir()} == written
 
 
@@ -273,3 +262,48 @@ def test_a_finished_run_without_its_checkpoints_is_not_trained_over(example: dic
             xtm.train(docs, dictionary=example["dict"], model="nmtm", num_topics=4, epochs=1, out=out, min_df=1,
                       contextual=False, resume=resume)
     assert (out / "metrics.json").read_bytes() == metrics
+
+
+def test_a_set_of_pairs_is_written_in_one_order_whatever_the_hash_seed(tmp_path: Path) -> None:
+    """A set's order follows PYTHONHASHSEED: a resume in a new process was refused as 'other dictionary pairs'."""
+    import subprocess
+    import sys
+
+    code = ("from xtm.trainer.api import _Inputs\n"
+            "print(_Inputs.of([], {('market', '市场'), ('bank', '银行'), ('stock', '股票'), ('team', '球队')})"
+            ".dictionary, end='')")
+    texts = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60,
+                            env={**__import__("os").environ, "PYTHONHASHSEED": seed}).stdout for seed in "1234"}
+    assert len(texts) == 1 and texts.pop().startswith("bank\t银行\n")
+
+
+def test_two_threads_of_one_process_do_not_share_a_run(tmp_path: Path) -> None:
+    """The run lock was re-entrant per process: a second xtm.train(resume=True), or an export, in another thread
+    trained or exported beside the first (their checkpoints mixed)."""
+    import threading
+
+    from xtm.run_dir import lock_dir, reading_run
+
+    run = tmp_path / "run"
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lock_dir(run, "xtm.train"):
+            held.set()
+            release.wait(30)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    try:
+        assert held.wait(30)
+        with pytest.raises(XtmError, match="in use by xtm.train in another thread of this process"):
+            with lock_dir(run, "xtm.train"):
+                pass
+        with pytest.raises(XtmError, match="in use by xtm.train in another thread of this process"):
+            with reading_run(run):
+                pass
+    finally:
+        release.set()
+        t.join()
+    with lock_dir(run, "xtm-train"), lock_dir(run, "xtm-train"), reading_run(run):  # the holder's own, nested
+        pass

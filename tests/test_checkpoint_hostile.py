@@ -479,10 +479,13 @@ def test_pruning_keeps_a_checkpoint_that_holds_the_users_file(example_corpus, tw
     shutil.copytree(two_epochs, run)
     root = run / "checkpoints"
     (root / "epoch-000002" / "my_notes.txt").write_text("mine")
+    # a desktop's metadata and a temporary of xtm's own keep nothing (a .DS_Store kept gigabytes for good)
+    (root / "epoch-000001" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1" + bytes(100))
+    (root / "epoch-000001" / ".state.json.xtm-123-abcd1234.tmp").write_text("{")
     with caplog.at_level(logging.WARNING, logger="xtm"):
         train(example_corpus, config(epochs=5), run, resume=True)
     assert (root / "epoch-000002" / "my_notes.txt").read_text() == "mine"
-    assert not (root / "epoch-000003").exists()  # xtm's own are still pruned
+    assert not (root / "epoch-000003").exists() and not (root / "epoch-000001").exists()  # xtm's own: pruned
     assert caplog.text.count("it holds what xtm did not write (my_notes.txt)") == 1  # once, not at every save
 
 

@@ -286,3 +286,26 @@ def test_parquet_from_spark_binary_strings_and_another_text_column_name(hb: Hand
     pq.write_table(pa.table({"doc_id": ["a"], "content": [TEXTS[0]]}), other)
     r = invoke([str(other), "--bundle", str(hb.path)])
     assert r.exit_code == 2 and "'content' is read as the text when renamed 'text'" in r.stderr, r.stderr
+
+
+def test_binary_ids_misnamed_parquet_columns_and_compressed_outputs(hb: HandBundle, tmp_path: Path) -> None:
+    """Writers that store every string as binary failed every row on the id ('Object of type bytes'); a doc_id or
+    language column was not read and not said (ids became row numbers); --out o.csv.gz wrote plain JSONL."""
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    src = tmp_path / "bin.parquet"
+    pq.write_table(pa.table({"id": pa.array([b"a", b"b"], pa.binary()),
+                             "text": pa.array([TEXTS[0].encode(), TEXTS[1].encode()], pa.binary())}), src)
+    r = invoke([str(src), "--bundle", str(hb.path)])
+    assert r.exit_code == 0 and [json.loads(x)["id"] for x in r.stdout.splitlines()] == ["a", "b"], r.stderr
+    named = tmp_path / "named.parquet"
+    pq.write_table(pa.table({"doc_id": ["a", "b"], "language": ["en", "en"], "text": [TEXTS[0], TEXTS[0]]}), named)
+    r = invoke([str(named), "--bundle", str(hb.path)])
+    assert r.exit_code == 0, r.stderr
+    assert "named.parquet:1: warning: field 'language' is not read (the language is detected)" in r.stderr
+    assert "field 'doc_id' is not read (the id written is the line number)" in r.stderr
+    assert "the same warning on 1 more line" in r.stderr
+    for name in ("o.jsonl.gz", "o.csv.gz"):
+        r = invoke([str(named), "--bundle", str(hb.path), "--out", str(tmp_path / name)])
+        assert r.exit_code == 2 and "compressed output is not written" in r.stderr, r.stderr
+        assert not (tmp_path / name).exists()

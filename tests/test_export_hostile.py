@@ -23,6 +23,7 @@ import pytest
 import torch
 from cli_errors import clean_error
 from onnx import numpy_helper
+from run_lock import held_by_another_process
 
 import xtm.exporters.onnx_export as E
 from xtm.errors import XtmError
@@ -635,18 +636,10 @@ def test_a_run_in_training_is_not_exported_and_a_read_only_one_is(example_run: P
     labels and contextual route). A run directory one may only read exports without a lock file."""
     run = tmp_path / "run"
     shutil.copytree(example_run, run)
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
-                               "from xtm.run_dir import lock_dir\nwith lock_dir(Path(sys.argv[1]), 'xtm-train'):\n"
-                               "    print('held', flush=True); time.sleep(60)", str(run)], stdout=subprocess.PIPE,
-                              text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with held_by_another_process(run) as pid:
         p = cli([str(run), "--out", str(tmp_path / "b")])
-        assert p.returncode == 2 and f"{run} is in use by xtm-train (pid {holder.pid})" in p.stderr, p.stderr
+        assert p.returncode == 2 and f"{run} is in use by xtm-train (pid {pid})" in p.stderr, p.stderr
         assert not (tmp_path / "b").exists()
-    finally:
-        holder.kill()
-        holder.wait()
     (run / ".xtm.lock").unlink(missing_ok=True)
     run.chmod(0o555)
     try:

@@ -240,6 +240,9 @@ def test_user_words_are_kept_whole_by_kiwi_and_by_no_other_tokenizer() -> None:
     assert default_tokenizer_spec("zh", TOKEN_RULES, ("防晒霜",)).user_words == ()
     assert TokenizerSpec.from_dict(spec.to_dict()) == spec
     assert "user_words" not in default_tokenizer_spec("ko").to_dict()  # specs without words read as before
+    # Latin letters are lowered after Kiwi reads the text: a listed XTM크림 is whole in either case
+    mixed = make_tokenizer(default_tokenizer_spec("ko", TOKEN_RULES, ("XTM크림",)))
+    assert mixed("XTM크림 좋아요 xtm크림") == ["xtm크림", "좋다", "xtm크림"]
 
 
 def test_a_run_with_user_words_trains_serves_and_resumes_with_them(tmp_path: Path) -> None:
@@ -294,3 +297,24 @@ def test_out_of_core_shards_record_the_user_words_and_evaluate_with_them(tmp_pat
     assert index["settings"]["user_words"] == ["세럼"]
     corpus = ShardedCorpus(tmp_path / "s").eval_corpus(1000)
     assert corpus.lang("ko").tokenizer.user_words == ("세럼",) and "세럼" in corpus.lang("ko").vocab
+
+
+def test_user_words_training_takes_are_those_a_bundle_takes_and_a_resume_keeps_its_own(tmp_path: Path) -> None:
+    """A BOM inside a concatenated list, a NUL or a 101-letter word trained and then no export could write the run
+    (the manifest check refused them); and a resume given one more word that no document has resumed silently and
+    recorded the new list for the bundle."""
+    import pytest
+
+    import xtm
+    from xtm.errors import XtmError
+
+    docs, dct = _cosmetics(tmp_path)
+    for bad in ("\ufeff세럼", "선\x00크림", "가" * 101):
+        with pytest.raises(XtmError, match="user_words must be single words of at most 100 printable characters"):
+            xtm.train(docs, dictionary=dct, model="nmtm", num_topics=3, epochs=1, out=tmp_path / "bad", min_df=1,
+                      contextual=False, user_words=["선크림", bad])
+    run = xtm.train(docs, dictionary=dct, model="nmtm", num_topics=3, epochs=1, out=tmp_path / "run", min_df=1,
+                    contextual=False, seed=0, user_words=["선크림"])
+    with pytest.raises(XtmError, match=r"--resume: --user-words: 1 words then, 2 words now"):
+        xtm.train(docs, dictionary=dct, out=run.run_dir, epochs=2, resume=True, user_words=["선크림", "수분크림"])
+    assert json.loads((run.run_dir / "config.json").read_text(encoding="utf-8"))["data"]["user_words"] == ["선크림"]

@@ -180,8 +180,8 @@ def test_missing_manifest_and_wrong_format(hb: HandBundle, tmp_path: Path) -> No
 
 def test_newer_schema_is_refused_with_upgrade_advice(hb: HandBundle, tmp_path: Path) -> None:
     b = copy_bundle(hb, tmp_path)
-    edit_manifest(b, schema_version=3)
-    with pytest.raises(XtmError, match=r"bundle schema 3 is newer than this xtm \(reads 2\): upgrade xtm"):
+    edit_manifest(b, schema_version=4)
+    with pytest.raises(XtmError, match=r"bundle schema 4 is newer than this xtm \(reads 3\): upgrade xtm"):
         TopicModel.load(b)
 
 

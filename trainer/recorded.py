@@ -18,6 +18,7 @@ from xtm.config import (
     TrainConfig,
 )
 from xtm.errors import XtmError
+from xtm.setting_values import check_setting
 
 __all__ = ["COMMAND_KEY", "RecordedSettings", "recorded_phase2"]
 
@@ -118,8 +119,6 @@ class RecordedSettings:
     def _checked(cls: type, name: str, value: Any, spec: Any) -> Any:
         """A recorded value as the command line's option would give it, checked as that option is (check_setting,
         which xtm.train's keywords go through too)."""
-        from xtm.trainer.api import check_setting
-
         if name == "hparams" and not isinstance(value, dict):
             raise XtmError(f"must be an object of settings, got {type(value).__name__}")
         if name == "langs" and value is not None and not (

@@ -319,6 +319,12 @@ def _write_vocabularies(run: RunDir, corpus: Corpus, prep: Preprocessing, *, res
 def _run(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool, phase2: Phase2Config | None,
          dist: DistContext | None) -> dict[str, Any]:
     main = dist is None or dist.is_main
+    if resume and has_checkpoint(out) and (changed := _preprocessing_changes(RunDir(out), data.preprocessing)):
+        # Before any document is read: other --user-words whose words the documents lack resumed silently and
+        # recorded the new list for the bundle (which then cut words as training had not); the others changed
+        # the documents or the vocabulary and were refused as "other data".
+        raise XtmError(f"--resume: {changed}: a run resumes with the preprocessing it was trained with (leave these "
+                       "options out to take the run's own), or train a new run", path=out)
     corpus, batches = load_training_data(data, cfg, out, dist, resuming=resume and has_checkpoint(out))
     check_capabilities(cfg.model, corpus)  # its languages, and the dictionary links the model may need
     check_topics(corpus, cfg.num_topics)

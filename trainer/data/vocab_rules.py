@@ -17,6 +17,7 @@ import scipy.sparse as sp
 
 from xtm.config import TOKEN_RULES, WORD_LIST_SETTINGS, Preprocessing, known_token_rules
 from xtm.errors import XtmError
+from xtm.runtime.tokenize import user_words_problem
 from xtm.text_files import is_one_word
 from xtm.trainer.data.corpus_rules import warn_user
 
@@ -41,6 +42,9 @@ def check_preprocessing(prep: Preprocessing) -> None:
         words = getattr(prep, name)
         if not isinstance(words, tuple) or not all(map(is_one_word, words)):
             raise XtmError(f"{name} must be a list of single words, got {str(words)[:80]}", field=name)
+    # what a bundle's manifest takes (checked here: a list training took once made a run no export could write)
+    if (problem := user_words_problem(prep.user_words)) is not None:
+        raise XtmError(f"user_words {problem}", field="user_words")
 
 
 def check_token_rules(rules: object) -> None:

@@ -42,7 +42,7 @@ import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as serialize_tensors
 
-from xtm.atomic import write_json
+from xtm.atomic import is_desktop_metadata, write_json
 from xtm.errors import XtmError
 from xtm.json_files import read_json
 from xtm.models_zoo.base import unique_state_dict
@@ -143,16 +143,22 @@ def save_checkpoint(run_dir: Path, epoch: int, model: torch.nn.Module, optimizer
 
 
 _OWN_FILES = frozenset({*TENSOR_FILES, "state.json"})
+# a temporary write_json left of state.json (a process killed while it wrote it): ours too
+_OWN_TEMPORARY = re.compile(r"\.(?:state\.json|model\.safetensors|optimizer\.safetensors)"
+                            r"\.xtm-\d{1,10}-[a-z0-9_]{8}\.tmp")
 _KEPT: set[str] = set()
 
 
 def _not_ours(d: Path) -> list[str]:
     """The entries of checkpoint directory `d` that save_checkpoint does not write (a directory, a link or another
-    name), sorted; empty when every entry is its own regular file."""
+    name), sorted; empty when every entry is its own regular file, a temporary of one, or a desktop's metadata (a
+    Finder's .DS_Store kept a checkpoint of gigabytes for good)."""
     try:
-        return sorted(e.name for e in os.scandir(d) if e.name not in _OWN_FILES or not e.is_file(follow_symlinks=False))
+        entries = list(os.scandir(d))
     except OSError:
         return []
+    return sorted(e.name for e in entries if not (e.is_file(follow_symlinks=False) and (
+        e.name in _OWN_FILES or _OWN_TEMPORARY.fullmatch(e.name) or is_desktop_metadata(Path(e.path)))))
 
 
 def _checkpoint_dirs(root: Path) -> list[Path]:
