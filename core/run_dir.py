@@ -244,7 +244,8 @@ def reading_run(d: Path) -> Iterator[Path]:
 
 @contextmanager
 def lock_dir(d: Path, command: str) -> Iterator[Path]:
-    """Hold the exclusive lock of directory `d` (created if absent) for the block; re-entrant per process.
+    """Hold the exclusive lock of directory `d` (created if absent) for the block; re-entrant for the thread that
+    holds it (another thread of the process is refused, as another process is).
 
     Callers check first that `d` is theirs to write (`hold_run_dir` does): the lock file is created in it.
     """
@@ -314,7 +315,7 @@ def hold_run_dir(d: Path, command: str) -> Iterator[Path]:
 
     Refuses a non-empty directory that is not an xtm run (before writing anything into it) and a
     run another process holds ("DIR is in use by xtm-train (pid N)"); writes the run marker first.
-    Re-entrant within one process.
+    Re-entrant for the thread that holds it.
     """
     d = Path(d)
     refuse_foreign_dir(d)
