@@ -381,3 +381,24 @@ def test_torchrun_a_signal_to_rank_0_at_an_epochs_end_stops_every_rank(during: s
     assert ckpt.epoch == 1 and ckpt.state["partial"] is None  # stopped at the boundary where it was signalled
     history = json.loads((out / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1] and "eval" not in history[0]  # (the evaluation was abandoned)
+
+
+def test_a_run_on_reused_shards_records_the_releases_that_cut_them(example_dir: Path, tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """The run recorded its own process's segmenter release even where the shards it reused were cut by another, so
+    the runtime's drift warning would have compared the wrong releases."""
+    import logging
+
+    d = tmp_path / "shards"
+    build_shards(example_dir / "docs.jsonl", d, shard_size=100, seed=config().seed, progress=False)
+    index = json.loads((d / "index.json").read_text())
+    assert index["segmenters"]["zh"].startswith("jieba ") and "en" not in index["segmenters"]
+    index["segmenters"]["zh"] = "jieba 0.0"  # as an older jieba cut them
+    (d / "index.json").write_text(json.dumps(index))
+    data = DataConfig(path=str(example_dir / "docs.jsonl"), dict_path=str(example_dir / "dict.tsv"), out_of_core=True,
+                      shard_dir=str(d), shard_size=100)
+    with caplog.at_level(logging.WARNING, logger="xtm"):
+        run_training(data, config(epochs=1), tmp_path / "run")
+    assert "cut 'zh' with jieba 0.0; this process has jieba " in caplog.text, caplog.text
+    tokenizers = json.loads((tmp_path / "run" / "config.json").read_text())["tokenizers"]
+    assert tokenizers["zh"]["segmenter"] == "jieba 0.0" and "segmenter" not in tokenizers["en"]

@@ -298,6 +298,15 @@ def _warn_few_steps(cfg: TrainConfig, sizes: list[int]) -> None:
                        f"optimizer steps in all: the topics may not settle. Train more ({how})")
 
 
+def _tokenizer_record(lc: LanguageCorpus, cut_with: dict[str, str]) -> dict[str, Any]:
+    """A language's tokenizer as config.json records it: its settings and the releases that cut its words (those
+    the shards record, out of core; else this process's)."""
+    record = with_segmenter(lc.tokenizer.to_dict())
+    if lc.lang in cut_with and "segmenter" in record:
+        record["segmenter"] = cut_with[lc.lang]
+    return record
+
+
 def _write_vocabularies(run: RunDir, corpus: Corpus, prep: Preprocessing, *, resuming: bool) -> None:
     """The vocabularies and parity samples export reads. A run resumed from a checkpoint keeps its
     own: the checkpoint's columns are those words, so a vocabulary that differs is refused here,
@@ -353,8 +362,10 @@ def _run(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool, phase2: Ph
         "xtm_version": xtm.__version__, "model_config": model.config(), "train_config": cfg.to_dict(),
         # paths absolute: a --resume or a contextual fit from another directory finds the same files
         "data": {**data.to_dict(), **_absolute_paths(data), "name": corpus.name}, "langs": corpus.langs,
-        # with the segmenters' releases: a runtime with others says its words may be cut otherwise
-        "tokenizers": {lc.lang: with_segmenter(lc.tokenizer.to_dict()) for lc in corpus.languages},
+        # with the segmenters' releases (out of core: those that cut the shards): a runtime with others says its
+        # words may be cut otherwise
+        "tokenizers": {lc.lang: _tokenizer_record(lc, corpus.info.get("segmenters") or {})
+                       for lc in corpus.languages},
         "corpus_info": corpus.info, "phase2": phase2.to_dict() if phase2 is not None else None})
     run.save_history(result.history)
 

@@ -46,7 +46,7 @@ from xtm.config import PREPROCESSING, TOKEN_RULES_BEFORE_RECORDED, DataConfig, P
 from xtm.corpus import Corpus, LanguageCorpus
 from xtm.errors import XtmError
 from xtm.run_dir import LOCK_NAME
-from xtm.runtime.tokenize import TEXT_NORMALIZATION, default_tokenizer_spec
+from xtm.runtime.tokenize import TEXT_NORMALIZATION, default_tokenizer_spec, segmenter_release
 from xtm.trainer.data.benchmark import BOW_PREFIX
 from xtm.trainer.data.corpus_rules import (
     choose_test_documents,
@@ -142,6 +142,18 @@ def open_or_build_shards(path: str | Path, out_dir: str | Path, *, langs: Sequen
     return ShardedCorpus(out)
 
 
+def _segmenters(langs: Sequence[str], rules: int) -> dict[str, str]:
+    """Each language's segmenter releases in this process (languages without a segmenter left out)."""
+    releases = {x: segmenter_release(default_tokenizer_spec(x, rules).kind) for x in langs}
+    return {x: r for x, r in releases.items() if r is not None}
+
+
+def recorded_segmenters(index: dict[str, Any]) -> dict[str, str]:
+    """The segmenter releases a shard index records per language ({} for shards cut before they were)."""
+    got = index.get("segmenters")
+    return {k: v for k, v in got.items() if isinstance(k, str) and isinstance(v, str)} if isinstance(got, dict) else {}
+
+
 def _reusable(src: Path, out: Path, settings: dict[str, Any], keep_built: bool = False) -> ShardedCorpus | None:
     """The shards in `out` if they were built from the same files and settings and open cleanly. `keep_built`:
     intact shards built from other files or settings are refused, not rebuilt (a resumed run's)."""
@@ -167,6 +179,11 @@ def _reusable(src: Path, out: Path, settings: dict[str, Any], keep_built: bool =
         logger.warning("the shards in %s are damaged, rebuilding them: %s", out, e)
         return None
     logger.info("reusing the shards in %s (same input files and settings)", out)
+    now = _segmenters(corpus.langs, settings.get("token_rules", TOKEN_RULES_BEFORE_RECORDED))
+    for lang, then in recorded_segmenters(corpus.index).items():
+        if now.get(lang, then) != then:
+            logger.warning("the shards in %s cut '%s' with %s; this process has %s: the run and its bundle keep the "
+                           "shards' words (delete the shard directory to cut them again)", out, lang, then, now[lang])
     return corpus
 
 
@@ -408,7 +425,10 @@ def _build(job: _Job) -> Path:
     info = corpus_info(job.src, job.files, job.stats, labels.names, mode, lang_info, job.prep, job.seed)
     write_json(job.out / INDEX, {"format": SHARD_FORMAT, "fingerprint": job.fingerprint, "settings": job.settings,
                                  "name": corpus_name(job.src), "langs": order, "label_names": labels.names,
-                                 "languages": index_langs, "info": info})
+                                 "languages": index_langs, "info": info,
+                                 # the releases that cut the words (a run reusing these shards records them, not
+                                 # its own process's; not in the fingerprint: an upgrade does not rebuild for hours)
+                                 "segmenters": _segmenters(order, job.prep.token_rules)})
     (job.out / _BUILDING).unlink(missing_ok=True)
     return job.out
 
@@ -619,7 +639,8 @@ class ShardedCorpus:
                 tokenizer=default_tokenizer_spec(lc.lang, rules, tuple(user_words)), train_labels=train_labels,
                 test_labels=test_labels,
                 train_word_counts=lc.word_counts))
-        info = {**self.index["info"], "out_of_core": {"shard_dir": str(self.dir),
+        info = {**self.index["info"], "segmenters": recorded_segmenters(self.index),
+                "out_of_core": {"shard_dir": str(self.dir),
                                                       "shard_size": self.index["settings"]["shard_size"],
                                                       "evaluation_train_sample": sample_info}}
         corpus = Corpus(languages=languages, name=self.name, info=info)
