@@ -70,7 +70,8 @@ contextual route, auto is bow.
 
 \b
 Input (--input-format, default by the file name: .txt/.text text,
-.parquet/.pq Parquet, anything else and '-' JSONL):
+.parquet/.pq Parquet, .csv/.tsv and compressed files refused (convert or
+decompress them first), anything else and '-' JSONL):
 JSONL, one object per line: {"id": ..., "text": "...", "lang": "en"}.
 "lang" is optional: detected among every language the detector knows (not
 only the bundle's), so a language the bundle cannot read is never read as
@@ -195,7 +196,8 @@ def _flag(name: str, **kwargs: Any) -> dict[str, Any]:
 @click.option("--input-format", type=click.Choice(("auto", *INPUT_FORMATS)), default="auto", show_default=True,
               help="How to read INPUT: jsonl, text (one document per line) or parquet; auto: by the file name.")
 @click.option("--format", "output_format", type=click.Choice(("auto", *OUTPUT_FORMATS)), default="auto",
-              show_default=True, help="What to write: jsonl, csv or parquet; auto: by --out's name (else jsonl).")
+              show_default=True, help="What to write: jsonl, csv or parquet; auto: by --out's name (else jsonl; .tsv "
+                   "and compressed names are refused).")
 @click.option("--top-k", **_flag("top_k"))
 @click.option("--batch-size", **_flag("batch_size"))
 @click.option("--strict", is_flag=True, **_flag("strict"))
