@@ -50,7 +50,7 @@ except ImportError:  # not POSIX: no locks, so stale temporaries are never remov
 
 __all__ = ["NotRegularFileError", "atomic_open", "check_replaceable", "file_kind", "is_desktop_metadata",
            "open_directory", "open_entry", "remove_stale_temporaries", "replace_directory", "replacing_at",
-           "write_json", "write_text"]
+           "temporary_names", "write_json", "write_text"]
 
 # A temporary is locked microseconds after it is created; one younger than this may be a writer's that
 # has not taken its lock yet, and is never called stale.
@@ -225,6 +225,12 @@ def _fsync_dir(directory: Path) -> None:
             os.close(dfd)
 
 
+def temporary_names(entry_pattern: str) -> re.Pattern[str]:
+    """The names of the temporaries xtm's atomic writes make for entries whose names match the regular expression
+    `entry_pattern`: `.NAME.xtm-PID-XXXXXXXX.tmp` (the writer's pid in group "pid"). What tells a leftover of ours."""
+    return re.compile(r"\.(?:" + entry_pattern + ")" + re.escape(_TMP_TAG) + r"(?P<pid>\d{1,10})-[a-z0-9_]{8}\.tmp")
+
+
 def remove_stale_temporaries(dfd: int, entry_pattern: str) -> None:
     """Remove the temporaries killed writers left in the directory `dfd` for any name that matches the regular
     expression `entry_pattern` (atomic_open and replacing_at: the name they write, escaped; a cache whose
@@ -233,7 +239,7 @@ def remove_stale_temporaries(dfd: int, entry_pattern: str) -> None:
     unexpected leaves the file where it is and never fails the write."""
     if fcntl is None:
         return
-    pattern = re.compile(r"\.(?:" + entry_pattern + ")" + re.escape(_TMP_TAG) + r"(?P<pid>\d{1,10})-[a-z0-9_]{8}\.tmp")
+    pattern = temporary_names(entry_pattern)
     try:
         entries = list(os.scandir(dfd))  # names relative to dfd: a directory swapped for a link meanwhile is not us
     except OSError:

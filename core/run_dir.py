@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import xtm
-from xtm.atomic import atomic_open, write_json, write_text
+from xtm.atomic import atomic_open, temporary_names, write_json, write_text
 from xtm.config import TOKEN_RULES, TOKEN_RULES_BEFORE_RECORDED, known_token_rules
 from xtm.errors import XtmError
 from xtm.json_files import read_json
@@ -137,7 +137,7 @@ def has_results_only(d: Path) -> bool:
 
 # What `hold_run_dir` leaves before the marker is in place: the lock, and (killed while writing the marker)
 # xtm.atomic's temporary of it, `.run.json.xtm-PID-XXXXXXXX.tmp`.
-_MARKER_TMP = re.compile(re.escape(f".{RUN_MARKER}.xtm-") + r"[0-9]+-[a-z0-9_]{8}\.tmp")
+_MARKER_TMP = temporary_names(re.escape(RUN_MARKER))
 _STARTING_MAX = 8  # entries read before deciding a directory is more than a starting run
 
 

@@ -366,14 +366,15 @@ def parquet_chunks(path: str, size: int) -> Iterator[list[tuple[int, dict[str, A
     except (OSError, pa.ArrowException) as e:
         raise XtmError(f"cannot read as Parquet: {e}", path=path) from e
     names = pf.schema_arrow.names
+    as_keys = dict.fromkeys(names)  # (names_for reads a record's keys)
     if "text" not in names:
-        near = names_for(dict.fromkeys(names), "text")
+        near = names_for(as_keys, "text")
         hint = f": {near[0]!r} is read as the text when renamed 'text'" if near else ""
         raise XtmError(f"Parquet file has no 'text' column (it has {', '.join(names)}){hint}", path=path)
     columns = [c for c in ("text", "lang", "id") if c in names]
     # a language or id column under another name ('language', 'doc_id') is read too, for parse_record's warning
     # that it is not xtm's (the ids were replaced by row numbers without a word)
-    columns += [near[0] for c in ("lang", "id") if c not in names and (near := names_for(dict.fromkeys(names), c))]
+    columns += [near[0] for c in ("lang", "id") if c not in names and (near := names_for(as_keys, c))]
     row = 0
     batches = pf.iter_batches(batch_size=size, columns=columns)
     while True:

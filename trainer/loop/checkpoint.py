@@ -42,7 +42,7 @@ import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as serialize_tensors
 
-from xtm.atomic import is_desktop_metadata, write_json
+from xtm.atomic import is_desktop_metadata, temporary_names, write_json
 from xtm.errors import XtmError
 from xtm.json_files import read_json
 from xtm.models_zoo.base import unique_state_dict
@@ -143,9 +143,8 @@ def save_checkpoint(run_dir: Path, epoch: int, model: torch.nn.Module, optimizer
 
 
 _OWN_FILES = frozenset({*TENSOR_FILES, "state.json"})
-# a temporary write_json left of state.json (a process killed while it wrote it): ours too
-_OWN_TEMPORARY = re.compile(r"\.(?:state\.json|model\.safetensors|optimizer\.safetensors)"
-                            r"\.xtm-\d{1,10}-[a-z0-9_]{8}\.tmp")
+# a temporary an atomic write left of one of them (a process killed while it wrote it): ours too
+_OWN_TEMPORARY = temporary_names("|".join(map(re.escape, sorted(_OWN_FILES))))
 _KEPT: set[str] = set()
 
 
