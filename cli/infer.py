@@ -80,6 +80,10 @@ is copied to the output (the line number when absent; NaN/Infinity ids are
 written as the strings "NaN", "Infinity"). Blank lines are ignored.
 Parquet (.parquet/.pq): columns text, lang and id, the same rules; a null
 cell counts as an absent field; the row number stands for the line number.
+--text-field, --lang-field and --id-field read other names (a pipeline's
+"body", "locale", "doc_id"); the output still says "id" and "lang". A
+renamed lang or id field missing from a record is a warning (detected
+language, line number); from a Parquet file's columns, an error.
 Text: each non-blank line is one document, its id the line number, its
 language detected (UTF-8; a trailing \\r is dropped).
 
@@ -207,6 +211,9 @@ def _flag(name: str, **kwargs: Any) -> dict[str, Any]:
 @click.option("--route", type=click.Choice(ROUTES), **_flag("route"))
 @click.option("--lang", metavar="CODE", **_flag("lang"))
 @click.option("--min-lang-conf", type=click.FloatRange(0, 1, max_open=True), metavar="P", **_flag("min_lang_conf"))
+@click.option("--text-field", metavar="NAME", **_flag("text_field"))
+@click.option("--lang-field", metavar="NAME", **_flag("lang_field"))
+@click.option("--id-field", metavar="NAME", **_flag("id_field"))
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="local: this process, one JSONL, text or Parquet file or '-'. ray: Ray Data actors, JSONL/Parquet "
                    "files and directories (see Engines below).")
@@ -233,7 +240,8 @@ def _flag(name: str, **kwargs: Any) -> dict[str, Any]:
 @friendly_errors
 def main(input_paths: tuple[str, ...], bundle: str, out: str | None, input_format: str, output_format: str,
          top_k: int, batch_size: int, strict: bool, max_bad: str | None, full_theta: bool, threads: int | None,
-         route: str, lang: str | None, min_lang_conf: float, engine: str, address: str | None, actors: int | None,
+         route: str, lang: str | None, min_lang_conf: float, text_field: str, lang_field: str, id_field: str,
+         engine: str, address: str | None, actors: int | None,
          providers: str | None, workers: int | None, segmenters: str | None, progress_every: float, verbose: bool,
          quiet: bool, log_level: str | None) -> None:
     """Infer topic distributions of documents INPUT (JSONL, text or Parquet; '-' for stdin) with a bundle.
@@ -246,7 +254,7 @@ def main(input_paths: tuple[str, ...], bundle: str, out: str | None, input_forma
 
     options = InferenceOptions(top_k=top_k, batch_size=batch_size, route=route, full_theta=full_theta,
                                strict=strict, max_bad=max_bad, threads=threads, min_lang_conf=min_lang_conf,
-                               lang=lang)
+                               lang=lang, text_field=text_field, lang_field=lang_field, id_field=id_field)
     io = _Io(input_format, pick_output_format(out, output_format), providers, progress_every)
     io.workers = workers
     from xtm.runtime.tokenize import segmenter_mode, use_segmenters
@@ -362,6 +370,7 @@ def _run_ray(input_paths: tuple[str, ...], bundle: str, out: str | None, options
         address=address, num_actors=actors, threads_per_actor=options.threads, top_k=options.top_k,
         route=options.route, batch_size=options.batch_size, full_theta=options.full_theta, strict=options.strict,
         max_bad=options.max_bad, max_share=options.max_share, min_lang_conf=options.min_lang_conf, lang=options.lang,
+        text_field=options.text_field, lang_field=options.lang_field, id_field=options.id_field,
         report=None if sys.stderr.isatty() else _reporter(None))
     try:
         if io.output_format == "jsonl":

@@ -184,12 +184,17 @@ class InferenceOptions:
              "instead of a guess: a text of a word or two ('bank market', a spreadsheet cell) is read as the "
              "served language it most resembles with a low lang_conf (0.02-0.1; a sentence: 0.98). Given languages "
              "are not judged. 0: every detection is taken.")
+    text_field: str = _option("text", "The input field (JSONL key, Parquet column) holding a record's text.")
+    lang_field: str = _option("lang", "The input field holding a record's language (absent or null: detected).")
+    id_field: str = _option("id", "The input field holding a record's id, written as the output's \"id\" (absent: "
+                                  "the line or row number).")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             if f.metadata.get("min") is not None and getattr(self, f.name) is not None:
                 object.__setattr__(self, f.name, whole_number(f.name, getattr(self, f.name), f.metadata["min"]))
         check_route(self.route)
+        records.check_fields(self.text_field, self.lang_field, self.id_field)
         object.__setattr__(self, "min_lang_conf", check_min_lang_conf(self.min_lang_conf))
         if self.lang is not None:
             if not isinstance(self.lang, str):
@@ -209,6 +214,11 @@ class InferenceOptions:
         """(default, help, lower bound or None) of option `name`: what a CLI flag shows and checks."""
         f = {f.name: f for f in dataclasses.fields(InferenceOptions)}[name]
         return f.default, f.metadata.get("help", ""), f.metadata.get("min")
+
+    @property
+    def fields(self) -> records.FieldNames:
+        """The input fields read as a record's text, language and id."""
+        return records.FieldNames(self.text_field, self.lang_field, self.id_field)
 
     def policy(self, report: Callable[[str], None]) -> BadLines:
         """A fresh bad-record tally with these limits, reporting through `report`."""
@@ -325,6 +335,7 @@ class Engine:
             raise no_contextual_route(bundle if bundle is not None else model.manifest.directory)
         # Languages a good record may name on this route (None: any valid code).
         self.served = model.served_languages(self.options.route)
+        self.fields = self.options.fields
         check_lang_served(self.options, self.served)
         self.formatter = LineFormatter(model, full_theta=self.options.full_theta)
 
@@ -335,21 +346,23 @@ class Engine:
 
     def parse_line(self, raw: bytes | None, lineno: int) -> Parsed:
         """A JSONL line (raw None: over-long) checked against the route (`records.parse_line`)."""
-        return records.parse_line(raw, lineno, self.served)
+        return records.parse_line(raw, lineno, self.served, self.fields)
 
     def parse_text_line(self, raw: bytes | None, lineno: int) -> Parsed:
         """A line of plain text: the whole line is the document, its id the line number, its
-        language detected (`records.decode_text_line`)."""
+        language detected (`records.decode_text_line`; the field names do not apply)."""
         obj, error = records.decode_text_line(raw)
         if obj is None:
             return None, error, None
         return records.parse_record(obj, lineno, self.served)
 
-    def parse_record(self, obj: Any, lineno: int) -> Parsed:
-        """A decoded record (JSON object, Parquet row, Python mapping) checked against the route."""
+    def parse_record(self, obj: Any, lineno: int, fields: records.FieldNames | None = None) -> Parsed:
+        """A decoded record (JSON object, Parquet row, Python mapping) checked against the route; `fields`
+        (default: the options') name its text, language and id."""
+        fields = fields or self.fields
         if not isinstance(obj, Mapping):
-            return None, f"expected a record (a mapping with a 'text' field), got {type(obj).__name__}", None
-        return records.parse_record(obj if isinstance(obj, dict) else dict(obj), lineno, self.served)
+            return None, f"expected a record (a mapping with a {fields.text!r} field), got {type(obj).__name__}", None
+        return records.parse_record(obj if isinstance(obj, dict) else dict(obj), lineno, self.served, fields)
 
     def infer(self, parsed: Sequence[Parsed]) -> list[Row]:
         """One Row per parsed record, in order: its line, or the reason it is bad (a parse error,
@@ -512,8 +525,8 @@ def _line_chunks(stream: IO[bytes], name: str, size: int,
 
 
 def _parquet_chunks(engine: Engine, path: str) -> Iterator[list[tuple[int, Parsed]]]:
-    for chunk in records.parquet_chunks(path, engine.chunk_size):
-        yield [(n, records.parse_parquet_row(obj, n, engine.served)) for n, obj in chunk]
+    for chunk in records.parquet_chunks(path, engine.chunk_size, engine.fields):
+        yield [(n, records.parse_parquet_row(obj, n, engine.served, engine.fields)) for n, obj in chunk]
 
 
 def _record_chunks(engine: Engine, items: Iterable[Any]) -> Iterator[list[tuple[int, Parsed]]]:
@@ -529,7 +542,8 @@ def infer_records(model: TopicModel, items: Iterable[Mapping[str, Any]], *, opti
     """xtm-infer's output line (JSON, no newline) for each good record of `items`, in order, lazily.
 
     A record is a mapping with "text" and optionally "lang" (detected when absent) and "id" (its
-    1-based position when absent), as a JSONL line holds. Bad records are reported through
+    1-based position when absent), as a JSONL line holds (options.text_field, lang_field and id_field
+    name other keys). Bad records are reported through
     `report` (default: this module's logger, warning level) as WHERE:N: reason and skipped, or end
     the iteration with XtmError under options.strict / max_bad, after the good lines before them;
     max_share is judged when `items` is exhausted. Input with nothing to infer yields nothing
@@ -574,6 +588,9 @@ def infer_file(source: str | Path | IO[bytes], model: TopicModel, out: str | Pat
     workers = whole_number("workers", workers)
     name = _source_name(source)
     fmt_in = records.input_format("-" if name in ("<stdin>", "<stream>") else name, input_format)
+    if fmt_in == "text" and options.fields != records.DEFAULT_FIELDS:
+        raise XtmError("plain text has no fields: --text-field, --lang-field and --id-field name fields of JSONL or "
+                       "Parquet records (each line of text is a document, its id the line number)", path=name)
     if fmt_in == "parquet" and name in ("<stdin>", "<stream>"):
         raise XtmError("Parquet is read from a file, not from a stream or stdin", path=name)
     fmt_out = records.output_format(out if isinstance(out, (str, Path)) else None, output_format)
@@ -640,7 +657,7 @@ def _raw_line_chunks(engine: Engine, stream: IO[bytes], name: str) -> Iterator[l
 
 
 def _raw_parquet_chunks(engine: Engine, path: str) -> Iterator[list[tuple[int, Any]]]:
-    yield from records.parquet_chunks(path, engine.chunk_size)
+    yield from records.parquet_chunks(path, engine.chunk_size, engine.fields)
 
 
 def _worker_start(model_cls: type[TopicModel], bundle_dir: str, threads: int, providers: list[str],
@@ -676,7 +693,7 @@ def _worker_infer(fmt_in: str, chunk: list[tuple[int, Any]]) -> list[Row]:
     engine = _worker_engine
     assert engine is not None
     if fmt_in == "parquet":
-        parsed = [records.parse_parquet_row(obj, n, engine.served) for n, obj in chunk]
+        parsed = [records.parse_parquet_row(obj, n, engine.served, engine.fields) for n, obj in chunk]
     elif fmt_in == "text":
         parsed = [engine.parse_text_line(raw, n) for n, raw in chunk]
     else:

@@ -747,12 +747,15 @@ class TopicModel:
                       full_theta: bool = InferenceOptions.full_theta, strict: bool = InferenceOptions.strict,
                       max_bad: int | str | None = None, report: Callable[[str], None] | None = None,
                       min_lang_conf: float = InferenceOptions.min_lang_conf,
-                      lang: str | None = InferenceOptions.lang) -> Iterator[str]:
+                      lang: str | None = InferenceOptions.lang, text_field: str = InferenceOptions.text_field,
+                      lang_field: str = InferenceOptions.lang_field,
+                      id_field: str = InferenceOptions.id_field) -> Iterator[str]:
         """xtm-infer's output line (JSON text) for each good record, in order, lazily: the batch
         engine (`xtm.runtime.engine.infer_records`) on this model.
 
         records: mappings with "text", optional "lang" (detected when absent) and "id" (the
-        record's 1-based position when absent). A bad record (no text, a language the route cannot
+        record's 1-based position when absent); text_field, lang_field and id_field name other keys
+        (the output line still says "id" and "lang"). A bad record (no text, a language the route cannot
         read, ...) is reported through `report` (default: the "xtm.runtime.engine" logger) as
         <records>:N: reason and skipped; `strict` raises XtmError at the first, `max_bad` (N or
         "P%") past the limit. `json.loads(line)` gives {"id", "lang", "lang_conf", "route",
@@ -762,7 +765,8 @@ class TopicModel:
             raise XtmError(f"records must be an iterable of mappings, got {type(records).__name__} (pass "
                            "df.to_dict('records'))")
         options = InferenceOptions(top_k=top_k, batch_size=batch_size, route=route, full_theta=full_theta,
-                                   strict=strict, max_bad=max_bad, min_lang_conf=min_lang_conf, lang=lang)
+                                   strict=strict, max_bad=max_bad, min_lang_conf=min_lang_conf, lang=lang,
+                                   text_field=text_field, lang_field=lang_field, id_field=id_field)
         return infer_records(self, records, options=options, report=report)
 
     def _infer_bow(self, texts: Sequence[str], lang: str, idx: np.ndarray, batch_size: int, theta: np.ndarray,

@@ -52,7 +52,7 @@ from xtm.runtime.engine import (
     open_output,
     whole_number,
 )
-from xtm.runtime.records import PARQUET_SUFFIXES, check_input_name, naming_read_errors
+from xtm.runtime.records import DEFAULT_FIELDS, PARQUET_SUFFIXES, FieldNames, check_input_name, naming_read_errors
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -175,7 +175,8 @@ class _TopicActor:
             if raw is not None:  # a JSONL line, parsed here (the readers only split lines)
                 p = engine.parse_line(raw, cols["line"][i])
             elif errors[i] is None:  # a Parquet row: types and id checked by the reader, the rest now
-                p = engine.parse_record({"text": cols["text"][i], "lang": cols["lang"][i]}, cols["line"][i])
+                p = engine.parse_record({"text": cols["text"][i], "lang": cols["lang"][i]}, cols["line"][i],
+                                        DEFAULT_FIELDS)  # (the reader's columns, under xtm's names)
                 if p[0] is not None:
                     p[0]["id_json"] = cols["id"][i]
             else:  # the reader's error (a Parquet row, an over-long JSONL line)
@@ -193,17 +194,17 @@ class _TopicActor:
 
     def _columns(self, batch: pa.Table) -> pa.Table:
         engine, opts = self.engine, self.engine.options
-        names = batch.column_names
-        if "text" not in names:
-            raise XtmError(f"the dataset has no 'text' column (it has {', '.join(names) or 'none'})")
-        texts = batch.column("text").to_pylist()
-        langs = batch.column("lang").to_pylist() if "lang" in names else [None] * len(texts)
+        names, fields = batch.column_names, opts.fields
+        if fields.text not in names:
+            raise XtmError(f"the dataset has no {fields.option('text')} column (it has {', '.join(names) or 'none'})")
+        texts = batch.column(fields.text).to_pylist()
+        langs = batch.column(fields.lang).to_pylist() if fields.lang in names else [None] * len(texts)
         errors: list[str | None] = [None] * len(texts)
         docs, rows = [], []
         for i, (text, lang) in enumerate(zip(texts, langs, strict=True)):
             # Null cells are absent fields, as in Parquet files: a null text is a missing text.
             doc, errors[i], _ = engine.parse_record({k: v for k, v in (("text", text), ("lang", lang))
-                                                     if v is not None}, i)
+                                                     if v is not None}, i, DEFAULT_FIELDS)
             if doc is not None:
                 docs.append(doc)
                 rows.append(i)
@@ -248,8 +249,8 @@ def _result_table(batch: pa.Table, res: Any, rows: list[int], errors: list[str |
         return pa.FixedSizeListArray.from_arrays(flat, width, mask=pa.array(bad))
 
     cols: dict[str, Any] = {}
-    if "id" in batch.column_names:
-        cols["id"] = batch.column("id")
+    if opts.id_field in batch.column_names:
+        cols["id"] = batch.column(opts.id_field)
     cols["lang"] = pa.array(out_lang, pa.string())
     cols["lang_conf"] = pa.array(out_conf, pa.float32(), mask=np.isnan(out_conf))
     cols["route"] = pa.array(out_route, pa.string())
@@ -351,11 +352,14 @@ def infer_dataset(ds: ray.data.Dataset, bundle_dir: str | Path, *, num_actors: i
                   route: str = InferenceOptions.route, batch_size: int = InferenceOptions.batch_size,
                   full_theta: bool = InferenceOptions.full_theta,
                   min_lang_conf: float = InferenceOptions.min_lang_conf,
-                  lang: str | None = InferenceOptions.lang) -> ray.data.Dataset:
+                  lang: str | None = InferenceOptions.lang, text_field: str = InferenceOptions.text_field,
+                  lang_field: str = InferenceOptions.lang_field,
+                  id_field: str = InferenceOptions.id_field) -> ray.data.Dataset:
     """Topic mixtures of a Ray Dataset of documents, computed on `num_actors` actors (lazy).
 
     ds: columns "text" (str), optionally "lang" (ISO 639-1 or a name normalize_lang knows; null =
-    detect) and "id" (any type, passed through unchanged). Returns a Dataset with, per input row:
+    detect) and "id" (any type, passed through unchanged); text_field, lang_field and id_field name
+    other columns. Returns a Dataset with, per input row:
     id (when the input has it), lang, lang_conf (detector's probability; null when given), route
     ("bow"|"contextual"), empty (no in-vocabulary word: theta is the empty-document prior),
     oov_ratio (share of words outside the vocabulary; null on the contextual route), theta (K
@@ -375,7 +379,8 @@ def infer_dataset(ds: ray.data.Dataset, bundle_dir: str | Path, *, num_actors: i
     """
     num_actors, threads_per_actor = _actor_counts(num_actors, threads_per_actor)
     options = InferenceOptions(top_k=top_k, route=route, batch_size=batch_size, full_theta=full_theta,
-                               min_lang_conf=min_lang_conf, lang=lang)
+                               min_lang_conf=min_lang_conf, lang=lang, text_field=text_field, lang_field=lang_field,
+                               id_field=id_field)
     return _map_actors(ds, bundle_dir, "columns", options, num_actors=num_actors,
                        threads_per_actor=threads_per_actor, reserve=1)
 
@@ -430,16 +435,17 @@ def _row_schema() -> pa.Schema:
     return pa.schema([(name, getattr(pa, typ)()) for name, typ in _ROW_SCHEMA_FIELDS])
 
 
-def _read_rows(batch: dict[str, Any]) -> Iterator[pa.Table]:
+def _read_rows(batch: dict[str, Any], fields: FieldNames = DEFAULT_FIELDS) -> Iterator[pa.Table]:
     """map_batches reader: for each input file of the batch, its rows as blocks in file order.
 
     JSONL: non-blank lines as raw bytes with their line numbers (parsed by the actors, exactly as
     xtm-infer parses them). Parquet: row numbers (1-based) as line numbers; rows checked here
     (all but the bundle's languages) and ids JSON-encoded, text and lang passed on typed."""
     for file_idx, path, kind in zip(batch["file"], batch["path"], batch["kind"], strict=True):
-        read = _read_parquet if kind == "parquet" else _read_jsonl
+        rows = _read_parquet(int(file_idx), str(path), fields) if kind == "parquet" else \
+            _read_jsonl(int(file_idx), str(path))
         # An I/O error on the input is the local engine's XtmError naming the file (not Ray's task traceback).
-        yield from naming_read_errors(read(int(file_idx), str(path)), str(path))
+        yield from naming_read_errors(rows, str(path))
 
 
 def _read_jsonl(file_idx: int, path: str) -> Iterator[pa.Table]:
@@ -461,23 +467,23 @@ def _read_jsonl(file_idx: int, path: str) -> Iterator[pa.Table]:
                             none.cast(pa.string())], schema=schema)
 
 
-def _read_parquet(file_idx: int, path: str) -> Iterator[pa.Table]:
+def _read_parquet(file_idx: int, path: str, fields: FieldNames) -> Iterator[pa.Table]:
     import pyarrow as pa
 
     from xtm.runtime.records import binary_as_text, parquet_chunks, parse_parquet_row
 
     schema = _row_schema()
-    for chunk in parquet_chunks(path, READ_BLOCK_ROWS):
+    for chunk in parquet_chunks(path, READ_BLOCK_ROWS, fields):
         n = len(chunk)
         texts, langs, ids, errors = [], [], [], []
         for rownum, obj in chunk:
             # Every check but the bundle's languages (the actor knows those, and truncates long
             # texts with the warning): the first failing check is the one the local engine reports.
-            doc, error, _ = parse_parquet_row(obj, rownum, None)
-            obj, _ = binary_as_text(obj)  # (the actor checks the text again: a binary column's, decoded)
+            doc, error, _ = parse_parquet_row(obj, rownum, None, fields)
+            obj, _ = binary_as_text(obj, fields)  # (the actor checks the text again: a binary column's, decoded)
             ok = doc is not None
-            texts.append(obj["text"] if ok else None)
-            langs.append(obj.get("lang") if ok else None)
+            texts.append(obj[fields.text] if ok else None)
+            langs.append(obj.get(fields.lang) if ok else None)
             ids.append(doc["id_json"] if ok else None)
             errors.append(error)
         yield pa.table([pa.array([file_idx] * n, pa.int32()), pa.array([c[0] for c in chunk], pa.int64()),
@@ -498,7 +504,9 @@ def infer_files(paths: Sequence[str | Path], bundle_dir: str | Path, out_path: s
                 max_share: float | None = None, report: Callable[[str], None] | None = None,
                 progress: bool | None = None, sink: IO[bytes] | None = None,
                 min_lang_conf: float = InferenceOptions.min_lang_conf,
-                lang: str | None = InferenceOptions.lang) -> InferenceCounts:
+                lang: str | None = InferenceOptions.lang, text_field: str = InferenceOptions.text_field,
+                lang_field: str = InferenceOptions.lang_field,
+                id_field: str = InferenceOptions.id_field) -> InferenceCounts:
     """xtm-infer's output for JSONL and Parquet files and directories, computed on Ray actors.
 
     Writes one line per good row, in input order (files in the given order, directories sorted),
@@ -522,7 +530,7 @@ def infer_files(paths: Sequence[str | Path], bundle_dir: str | Path, out_path: s
 
     options = InferenceOptions(top_k=top_k, route=route, batch_size=batch_size, full_theta=full_theta,
                                strict=strict, max_bad=max_bad, max_share=max_share, min_lang_conf=min_lang_conf,
-                               lang=lang)
+                               lang=lang, text_field=text_field, lang_field=lang_field, id_field=id_field)
     files = list_input_files(paths)
     check_out_path(out_path, [p for p, _ in files])
     _check_route(bundle_dir, options)  # fail before starting anything
@@ -530,7 +538,7 @@ def infer_files(paths: Sequence[str | Path], bundle_dir: str | Path, out_path: s
     tally = options.policy(report or _default_report(bar))
     try:
         with _ray_session(address), _quiet_ray_data_context():
-            ds = _map_actors(_rows_dataset(files), bundle_dir, "lines", options, num_actors=num_actors,
+            ds = _map_actors(_rows_dataset(files, options.fields), bundle_dir, "lines", options, num_actors=num_actors,
                              threads_per_actor=threads_per_actor)
             try:
                 _write_all(ds, [p for p, _ in files], tally, out_path, sink, bar)
@@ -715,7 +723,7 @@ def _quiet_ray_data_context() -> Iterator[None]:
             logging.getLogger(name).removeFilter(_off_the_console)
 
 
-def _rows_dataset(files: list[tuple[str, str]]) -> ray.data.Dataset:
+def _rows_dataset(files: list[tuple[str, str]], fields: FieldNames) -> ray.data.Dataset:
     """The input rows of `files`, read by Ray tasks (one block per file, read in parallel)."""
     ray = _import_ray()
     items = [{"file": i, "path": p, "kind": k} for i, (p, k) in enumerate(files)]
@@ -725,7 +733,8 @@ def _rows_dataset(files: list[tuple[str, str]]) -> ray.data.Dataset:
         listing = ray.data.from_items(items, parallelism=len(files))
     # Reading is I/O: the readers reserve no CPU, so N actors on N cores never starve them
     # (with num_cpus=1 each, 2 actors on 2 cores would leave no slot for a reader: a hang).
-    return listing.map_batches(_read_rows, batch_size=1, batch_format="numpy", num_cpus=0)
+    return listing.map_batches(_read_rows, batch_size=1, batch_format="numpy", num_cpus=0,
+                               fn_kwargs={"fields": fields})
 
 
 def _write_all(ds: ray.data.Dataset, names: list[str], tally: Any, out_path: str | Path | None,

@@ -14,9 +14,10 @@ import functools
 import json
 import os
 import re
+import shlex
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from xtm.atomic import check_replaceable
 from xtm.errors import XtmError
@@ -26,12 +27,13 @@ from xtm.json_files import json_default
 if TYPE_CHECKING:
     from xtm.runtime.model import InferenceResult, TopicModel
 
-__all__ = ["CHUNK_BYTES", "CSV_LEADING_COLUMNS", "DECIMALS", "INPUT_FORMATS", "MAX_CHARS", "MAX_LINE_BYTES",
-           "OUTPUT_FORMATS", "OUTPUT_WORDS", "PARQUET_SUFFIXES", "TEXT_SUFFIXES", "WEIGHT", "LineFormatter", "Parsed",
-           "TableShape", "TableStream", "binary_as_text", "check_input_name", "check_out_path", "chunked",
-           "decode_json_line", "decode_text_line", "drop_bom", "encode_id", "encode_lines", "input_format",
-           "is_infer_output", "line_chunks", "naming_read_errors", "output_format", "parquet_chunks", "parse_line",
-           "parse_parquet_row", "parse_record", "read_lines", "without_surrogates"]
+__all__ = ["CHUNK_BYTES", "CSV_LEADING_COLUMNS", "DECIMALS", "DEFAULT_FIELDS", "INPUT_FORMATS", "MAX_CHARS",
+           "MAX_LINE_BYTES", "OUTPUT_FORMATS", "OUTPUT_WORDS", "PARQUET_SUFFIXES", "TEXT_SUFFIXES", "WEIGHT",
+           "FieldNames", "LineFormatter", "Parsed", "TableShape", "TableStream", "binary_as_text", "check_fields",
+           "check_input_name", "check_out_path", "chunked", "decode_json_line", "decode_text_line", "drop_bom",
+           "encode_id", "encode_lines", "input_format", "is_infer_output", "line_chunks", "naming_read_errors",
+           "output_format", "parquet_chunks", "parse_line", "parse_parquet_row", "parse_record", "read_lines",
+           "without_surrogates"]
 
 # Longer documents are cut (with a warning): tokenizing megabytes of one line is almost always a
 # malformed record, and a bag of words of the first 100k characters already saturates the vocabulary.
@@ -71,6 +73,40 @@ _SURROGATES = re.compile("[\ud800-\udfff]")
 
 # (document, error, warning) for one input row; document is {"id", "id_json", "text", "lang"} when good.
 Parsed = tuple[dict[str, Any] | None, str | None, str | None]
+
+
+class FieldNames(NamedTuple):
+    """The input fields (JSONL keys, Parquet columns, mapping keys) read as a record's text, language and id:
+    xtm-infer's --text-field, --lang-field and --id-field. A pipeline's records keep their own names ('body',
+    'locale', 'doc_id') instead of being rewritten first; the output line still says "id" and "lang"."""
+
+    text: str = "text"
+    lang: str = "lang"
+    id: str = "id"
+
+    def option(self, field: str) -> str:
+        """How a message names field `field` ("text", "lang" or "id"): 'body' (--text-field) when renamed."""
+        name = getattr(self, field)
+        return repr(name) + (f" (--{field}-field)" if name != field else "")
+
+
+DEFAULT_FIELDS = FieldNames()
+# Longer field names are refused: a field name is a word, and it is shown in every bad line's message.
+_MAX_FIELD_NAME = 200
+
+
+def check_fields(text: Any = "text", lang: Any = "lang", id: Any = "id") -> FieldNames:  # noqa: A002
+    """FieldNames from the three names, checked: non-empty strings of printable characters, no two the same."""
+    given = {"text": text, "lang": lang, "id": id}
+    for field, name in given.items():
+        if not isinstance(name, str):
+            raise XtmError(f"{field}_field must be a string, got {type(name).__name__}")
+        if not name or len(name) > _MAX_FIELD_NAME or not name.isprintable():
+            raise XtmError(f"{field}_field must be 1 to {_MAX_FIELD_NAME} printable characters, got {_show(name)}")
+    if len(set(given.values())) < 3:
+        raise XtmError(f"text_field, lang_field and id_field must be three different fields, got {text!r}, {lang!r} "
+                       f"and {id!r}")
+    return FieldNames(text, lang, id)
 
 
 # -- reading ---------------------------------------------------------------------------------------
@@ -192,7 +228,8 @@ def _show(value: str) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def parse_line(raw: bytes | None, lineno: int, served: Sequence[str] | None) -> Parsed:
+def parse_line(raw: bytes | None, lineno: int, served: Sequence[str] | None,
+               fields: FieldNames = DEFAULT_FIELDS) -> Parsed:
     """(document, error, warning) for one JSONL line (see parse_record); raw None is an over-long line.
 
     served: the languages a good line may name; None accepts any valid code (contextual route)."""
@@ -201,41 +238,41 @@ def parse_line(raw: bytes | None, lineno: int, served: Sequence[str] | None) -> 
         return None, error, None
     if not isinstance(obj, dict):
         return None, f"expected a JSON object, got {type(obj).__name__}", None
-    return parse_record(obj, lineno, served)
+    return parse_record(obj, lineno, served, fields)
 
 
-def parse_record(obj: dict[str, Any], lineno: int, served: Sequence[str] | None) -> Parsed:
+def parse_record(obj: dict[str, Any], lineno: int, served: Sequence[str] | None,
+                 fields: FieldNames = DEFAULT_FIELDS) -> Parsed:
     """(document, error, warning) for one record already decoded (a JSON object, a Parquet row).
 
-    document: {"id", "id_json" (the id as written in the output), "text", "lang"}. "id" defaults
-    to `lineno` when the record has no such key (a present null stays null). Lone surrogates in the
-    text (JSON's "\\ud800" escapes) become U+FFFD: no tokenizer or encoder can take them."""
-    if "text" not in obj:
-        near = names_for(obj, "text")  # another tool's name for it, or a slip ("Text", "txt", "content")
-        return None, "missing field 'text'" + (f" (this line has {near[0]!r}: xtm reads 'text')" if near else ""), None
-    text = obj["text"]
+    document: {"id", "id_json" (the id as written in the output), "text", "lang"}, read from the record's
+    `fields`. "id" defaults to `lineno` when the record has no such key (a present null stays null). Lone
+    surrogates in the text (JSON's "\\ud800" escapes) become U+FFFD: no tokenizer or encoder can take them."""
+    if fields.text not in obj:
+        return None, f"missing field {fields.option('text')}{_text_hint(obj, fields)}", None
+    text = obj[fields.text]
     if not isinstance(text, str):
-        return None, f"field 'text' must be a string, got {type(text).__name__}", None
+        return None, f"field {fields.option('text')} must be a string, got {type(text).__name__}", None
     if not text.strip():
         return None, "empty text", None
-    lang = obj.get("lang")
+    lang = obj.get(fields.lang)
     if lang is not None:
         if not isinstance(lang, str):
-            return None, f"field 'lang' must be a string, got {type(lang).__name__}", None
+            return None, f"field {fields.option('lang')} must be a string, got {type(lang).__name__}", None
         try:
             code = _normalize_lang(lang)
         except XtmError:
-            return None, f"field 'lang': invalid language code {_show(lang)}: expected an ISO 639-1 code such as " \
-                         "'en', 'zh', 'ja'", None
+            return None, f"field {fields.option('lang')}: invalid language code {_show(lang)}: expected an ISO " \
+                         "639-1 code such as 'en', 'zh', 'ja'", None
         if served is not None and code not in served:
             return None, f"language {_show(lang)} is not served by this bundle (it serves {', '.join(served)})", None
         lang = code
-    doc_id = obj.get("id", lineno)
+    doc_id = obj.get(fields.id, lineno)
     try:
         id_json = encode_id(doc_id)
     except (TypeError, ValueError) as e:
-        return None, f"field 'id' cannot be written as JSON: {e}", None
-    notes = _unread_fields(obj)
+        return None, f"field {fields.option('id')} cannot be written as JSON: {e}", None
+    notes = _unread_fields(obj, fields)
     if len(text) > MAX_CHARS:
         notes.append(f"text has {len(text):,} characters; using the first {MAX_CHARS:,}")
         text = text[:MAX_CHARS]
@@ -245,18 +282,37 @@ def parse_record(obj: dict[str, Any], lineno: int, served: Sequence[str] | None)
     return {"id": doc_id, "id_json": id_json, "text": text, "lang": lang}, None, warning
 
 
+def _text_hint(obj: dict[str, Any], fields: FieldNames) -> str:
+    """What a record without its text field has instead: another tool's name for it or a slip ('Text', 'content'),
+    said with the option that reads it; nothing when the text field was renamed (the user chose that name)."""
+    if fields.text != "text":
+        return ""
+    near = names_for(obj, "text")
+    return f" (this line has {near[0]!r}: --text-field {shlex.quote(near[0])} reads it)" if near else ""
+
+
 # What a record's field under another name or a slip ('Lang', 'language', 'doc_id') would have been read as: the
 # language is then detected (or --lang's) and the id is the line number, so a pipeline's ids and languages were
-# lost without a word (a newcomer's finding). Said as a warning; the line is still served.
+# lost without a word (a newcomer's finding). Said as a warning; the line is still served. An id field renamed with
+# --id-field and absent from a record is said the same way (the user named it to join on it); a record without its
+# language is one to detect, renamed or not.
 _UNREAD_MEANS = {"lang": "the language is detected", "id": "the id written is the line number"}
 
 
-def _unread_fields(obj: dict[str, Any]) -> list[str]:
-    """Warnings for `obj`'s fields that look like 'lang' or 'id' under another name while the real one is absent."""
+def _unread_fields(obj: dict[str, Any], fields: FieldNames) -> list[str]:
+    """Warnings for `obj`'s missing lang or id: a renamed id field absent, or either under another name while the
+    default one is absent."""
     notes = []
     for name, means in _UNREAD_MEANS.items():
-        if name not in obj and (near := names_for(obj, name)):
-            notes.append(f"field {_show(near[0])} is not read ({means}): xtm reads '{name}'")
+        own = getattr(fields, name)
+        if own in obj:
+            continue
+        if own != name:
+            if name == "id":
+                notes.append(f"no field {fields.option(name)} ({means})")
+        elif near := [k for k in names_for(obj, name) if k not in fields]:  # (not a field read as another)
+            notes.append(f"field {_show(near[0])} is not read ({means}): xtm reads '{name}' (--{name}-field "
+                         f"{shlex.quote(near[0])} reads it)")
     return notes
 
 
@@ -354,12 +410,14 @@ def is_infer_output(path: str | Path) -> bool:
     return isinstance(obj, dict) and {"id", "lang", "topics"} <= obj.keys()
 
 
-def parquet_chunks(path: str, size: int) -> Iterator[list[tuple[int, dict[str, Any]]]]:
+def parquet_chunks(path: str, size: int,
+                   fields: FieldNames = DEFAULT_FIELDS) -> Iterator[list[tuple[int, dict[str, Any]]]]:
     """(row number, record) lists of up to `size` rows of a Parquet file, streamed by record batch.
 
-    A record holds the row's text, lang and id columns (others are not read); a null cell is left
+    A record holds the row's text, lang and id columns (`fields`; others are not read); a null cell is left
     out, as an absent JSON field: a null lang is detected, a null id becomes the row number.
-    Raises XtmError when the file is not Parquet, has no text column, or cannot be read further."""
+    Raises XtmError when the file is not Parquet, has no text column (or lacks a renamed lang or id column),
+    or cannot be read further."""
     pa, pq = _pyarrow(path, "reading")  # not a base dependency: the runtime serves JSONL without it
     try:
         pf = pq.ParquetFile(path)
@@ -367,14 +425,18 @@ def parquet_chunks(path: str, size: int) -> Iterator[list[tuple[int, dict[str, A
         raise XtmError(f"cannot read as Parquet: {e}", path=path) from e
     names = pf.schema_arrow.names
     as_keys = dict.fromkeys(names)  # (names_for reads a record's keys)
-    if "text" not in names:
-        near = names_for(as_keys, "text")
-        hint = f": {near[0]!r} is read as the text when renamed 'text'" if near else ""
-        raise XtmError(f"Parquet file has no 'text' column (it has {', '.join(names)}){hint}", path=path)
-    columns = [c for c in ("text", "lang", "id") if c in names]
+    for field in ("text", "lang", "id"):  # a column the user named is one the file must have (text: always)
+        name = getattr(fields, field)
+        if name not in names and (field == "text" or name != field):
+            near = names_for(as_keys, field) if name == field else []
+            hint = f": --{field}-field {shlex.quote(near[0])} reads {near[0]!r}" if near else ""
+            raise XtmError(f"Parquet file has no {fields.option(field)} column (it has {', '.join(names)}){hint}",
+                           path=path)
+    columns = [c for c in fields if c in names]
     # a language or id column under another name ('language', 'doc_id') is read too, for parse_record's warning
     # that it is not xtm's (the ids were replaced by row numbers without a word)
-    columns += [near[0] for c in ("lang", "id") if c not in names and (near := names_for(as_keys, c))]
+    columns += [near[0] for c in ("lang", "id") if getattr(fields, c) == c and c not in names
+                and (near := [k for k in names_for(as_keys, c) if k not in columns])]
     row = 0
     batches = pf.iter_batches(batch_size=size, columns=columns)
     while True:
@@ -413,27 +475,28 @@ def _cells(column: Any, pa: Any) -> list[Any]:
         return cells
 
 
-def parse_parquet_row(obj: dict[str, Any], rownum: int, served: Sequence[str] | None) -> Parsed:
+def parse_parquet_row(obj: dict[str, Any], rownum: int, served: Sequence[str] | None,
+                      fields: FieldNames = DEFAULT_FIELDS) -> Parsed:
     """parse_record for a Parquet row: its ids can be of types JSON cannot write (timestamps, bytes);
     parse_record reports such a row as bad, not a crash when its line is written. A text or lang column of
     Parquet's binary type (as Spark and Hive write strings) is read as UTF-8: every row was bad ("must be a
     string, got bytes")."""
-    obj, error = binary_as_text(obj)
+    obj, error = binary_as_text(obj, fields)
     if error is not None:
         return None, error, None
-    return parse_record(obj, rownum, served)
+    return parse_record(obj, rownum, served, fields)
 
 
-def binary_as_text(obj: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+def binary_as_text(obj: dict[str, Any], fields: FieldNames = DEFAULT_FIELDS) -> tuple[dict[str, Any], str | None]:
     """A Parquet row with its text, lang and id cells of the binary type (such writers store every string so) read
     as UTF-8, or (obj, the reason) when one is not UTF-8."""
-    for name in ("text", "lang", "id"):
+    for field, name in zip(("text", "lang", "id"), fields, strict=True):
         value = obj.get(name)
         if isinstance(value, (bytes, bytearray, memoryview)):
             try:
                 obj = {**obj, name: bytes(value).decode("utf-8")}
             except UnicodeDecodeError as e:
-                return obj, f"field '{name}' is binary and not UTF-8 text (byte at offset {e.start})"
+                return obj, f"field {fields.option(field)} is binary and not UTF-8 text (byte at offset {e.start})"
     return obj, None
 
 

@@ -285,7 +285,8 @@ def test_parquet_from_spark_binary_strings_and_another_text_column_name(hb: Hand
     other = tmp_path / "content.parquet"
     pq.write_table(pa.table({"doc_id": ["a"], "content": [TEXTS[0]]}), other)
     r = invoke([str(other), "--bundle", str(hb.path)])
-    assert r.exit_code == 2 and "'content' is read as the text when renamed 'text'" in r.stderr, r.stderr
+    assert r.exit_code == 2 and "no 'text' column (it has doc_id, content): --text-field content reads 'content'" \
+        in r.stderr, r.stderr
 
 
 def test_binary_ids_misnamed_parquet_columns_and_compressed_outputs(hb: HandBundle, tmp_path: Path) -> None:

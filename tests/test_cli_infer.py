@@ -213,8 +213,8 @@ def test_a_line_whose_text_field_is_named_otherwise_says_which_field_it_has(hb: 
     src = write_jsonl(tmp_path / "docs.jsonl", [{"Text": "bank market"}, {"content": "stock"}, GOOD[0]])
     r = invoke([str(src), "--bundle", str(hb.path)])
     assert r.exit_code == 0
-    assert f"{src}:1: missing field 'text' (this line has 'Text': xtm reads 'text')" in r.stderr
-    assert f"{src}:2: missing field 'text' (this line has 'content': xtm reads 'text')" in r.stderr
+    assert f"{src}:1: missing field 'text' (this line has 'Text': --text-field Text reads it)" in r.stderr
+    assert f"{src}:2: missing field 'text' (this line has 'content': --text-field content reads it)" in r.stderr
 
 
 def test_a_language_or_id_under_another_name_is_said_once_and_counted(hb: HandBundle, tmp_path: Path) -> None:
@@ -224,8 +224,9 @@ def test_a_language_or_id_under_another_name_is_said_once_and_counted(hb: HandBu
     src = write_jsonl(tmp_path / "docs.jsonl", [*rows, {"id": "x", "lang": "en", "text": "bank"}])
     r = invoke([str(src), "--bundle", str(hb.path)])
     assert r.exit_code == 0, r.stderr
-    said = ("warning: field 'Lang' is not read (the language is detected): xtm reads 'lang'; field 'doc_id' is not "
-            "read (the id written is the line number): xtm reads 'id'")
+    said = ("warning: field 'Lang' is not read (the language is detected): xtm reads 'lang' (--lang-field Lang reads "
+            "it); field 'doc_id' is not read (the id written is the line number): xtm reads 'id' (--id-field doc_id "
+            "reads it)")
     assert f"{src}:1: {said}" in r.stderr
     assert r.stderr.count("'Lang' is not read") == 2  # the first line's, and the count below
     assert f"the same warning on 4 more lines: {said.removeprefix('warning: ')}" in r.stderr

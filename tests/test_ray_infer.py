@@ -555,3 +555,37 @@ def test_an_unserved_lang_is_refused_before_ray_starts(hb: HandBundle, tmp_path:
     with pytest.raises(XtmError, match="--lang 'fr' is not served by this bundle on route bow"):
         infer_files([src], hb.path, tmp_path / "out.jsonl", lang="fr", route="bow")
     assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_renamed_fields_read_by_ray_as_by_the_local_engine(ray_local, hb: HandBundle, tmp_path: Path) -> None:
+    """--text-field/--lang-field/--id-field reach Ray's readers (Parquet columns) and actors (JSONL lines), and
+    infer_dataset's columns: the same lines as the local engine."""
+    import pyarrow as pa
+    from ray.data import DataContext
+
+    from xtm.runtime.ray import infer_dataset, infer_files
+
+    names = {"text": "body", "lang": "locale", "id": "doc_id"}
+    rows = [{**{names[k]: v for k, v in d.items()}, "doc_id": f"d{i}"} for i, d in enumerate(_docs(seed=3)[:60])]
+    src = _write_jsonl(tmp_path / "renamed.jsonl", rows)
+    pq.write_table(pa.Table.from_pylist([{"doc_id": r["doc_id"], "body": r["body"], "locale": r.get("locale")}
+                                         for r in rows]), tmp_path / "renamed.parquet")
+    flags = ["--text-field", "body", "--lang-field", "locale", "--id-field", "doc_id"]
+    expected = _local([str(src), "--bundle", str(hb.path), *flags])[0]
+    assert expected == _local([str(tmp_path / "renamed.parquet"), "--bundle", str(hb.path), *flags])[0]
+    out = tmp_path / "ray.jsonl"
+    res = infer_files([src, tmp_path / "renamed.parquet"], hb.path, out, num_actors=1, threads_per_actor=1,
+                      progress=False, text_field="body", lang_field="locale", id_field="doc_id")
+    assert out.read_text(encoding="utf-8") == expected * 2 and res.skipped == 0
+    ctx = DataContext.get_current()
+    saved = ctx.execution_options.preserve_order
+    ctx.execution_options.preserve_order = True
+    try:
+        got = infer_dataset(ray.data.from_items([{"doc_id": r["doc_id"], "body": r["body"], "locale": r.get("locale")}
+                                                 for r in rows]), hb.path, num_actors=1, text_field="body",
+                            lang_field="locale", id_field="doc_id").take_all()
+    finally:
+        ctx.execution_options.preserve_order = saved
+    lines = [json.loads(line) for line in expected.splitlines()]
+    assert [g["id"] for g in got] == [x["id"] for x in lines] and [g["lang"] for g in got] == [x["lang"] for x in lines]
+    assert all(g["error"] is None for g in got)
