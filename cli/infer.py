@@ -70,8 +70,8 @@ contextual route, auto is bow.
 
 \b
 Input (--input-format, default by the file name: .txt/.text text,
-.parquet/.pq Parquet, .csv/.tsv and compressed files refused (convert or
-decompress them first), anything else and '-' JSONL):
+.parquet/.pq Parquet, .csv CSV, .tsv TSV, compressed files refused
+(decompress them first), anything else and '-' JSONL):
 JSONL, one object per line: {"id": ..., "text": "...", "lang": "en"}.
 "lang" is optional: detected among every language the detector knows (not
 only the bundle's), so a language the bundle cannot read is never read as
@@ -80,6 +80,10 @@ is copied to the output (the line number when absent; NaN/Infinity ids are
 written as the strings "NaN", "Infinity"). Blank lines are ignored.
 Parquet (.parquet/.pq): columns text, lang and id, the same rules; a null
 cell counts as an absent field; the row number stands for the line number.
+CSV/TSV (.csv/.tsv): the first row names the columns (text, lang, id), each
+later row is a record; an empty cell is an absent field, ids are strings,
+a row is numbered by the line it starts on, malformed quoting or bytes that
+are not UTF-8 make a bad row.
 --text-field, --lang-field and --id-field read other names (a pipeline's
 "body", "locale", "doc_id"); the output still says "id" and "lang". A
 renamed lang or id field missing from a record is a warning (detected
@@ -198,7 +202,8 @@ def _flag(name: str, **kwargs: Any) -> dict[str, Any]:
 @click.option("--out", type=click.Path(dir_okay=False),
               help="Output file, written atomically (default: stdout).")
 @click.option("--input-format", type=click.Choice(("auto", *INPUT_FORMATS)), default="auto", show_default=True,
-              help="How to read INPUT: jsonl, text (one document per line) or parquet; auto: by the file name.")
+              help="How to read INPUT: jsonl, text (one document per line), parquet, csv or tsv (a header row, then "
+                   "a document a row); auto: by the file name.")
 @click.option("--format", "output_format", type=click.Choice(("auto", *OUTPUT_FORMATS)), default="auto",
               show_default=True, help="What to write: jsonl, csv or parquet; auto: by --out's name (else jsonl; .tsv "
                    "and compressed names are refused).")
@@ -215,8 +220,8 @@ def _flag(name: str, **kwargs: Any) -> dict[str, Any]:
 @click.option("--lang-field", metavar="NAME", **_flag("lang_field"))
 @click.option("--id-field", metavar="NAME", **_flag("id_field"))
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="local: this process, one JSONL, text or Parquet file or '-'. ray: Ray Data actors, JSONL/Parquet "
-                   "files and directories (see Engines below).")
+              help="local: this process, one JSONL, text, Parquet, CSV or TSV file or '-'. ray: Ray Data actors, "
+                   "JSONL/Parquet files and directories (see Engines below).")
 @click.option("--address", metavar="ADDR",
               help="--engine ray: a running Ray cluster (auto, HOST:PORT, ray://HOST:10001); default: start a "
                    "local one.")
@@ -244,7 +249,7 @@ def main(input_paths: tuple[str, ...], bundle: str, out: str | None, input_forma
          engine: str, address: str | None, actors: int | None,
          providers: str | None, workers: int | None, segmenters: str | None, progress_every: float, verbose: bool,
          quiet: bool, log_level: str | None) -> None:
-    """Infer topic distributions of documents INPUT (JSONL, text or Parquet; '-' for stdin) with a bundle.
+    """Infer topic distributions of documents INPUT (JSONL, text, Parquet, CSV or TSV; '-' for stdin) with a bundle.
 
     With --engine ray, INPUT... are JSONL and Parquet files and directories."""
     setup_logging("xtm-infer", resolve_log_level(verbose, quiet, log_level))

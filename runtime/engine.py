@@ -51,7 +51,7 @@ from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 from xtm.errors import XtmError
 from xtm.languages import normalize_lang
-from xtm.runtime import records
+from xtm.runtime import delimited, records
 from xtm.runtime.records import LineFormatter, Parsed, TableShape, TableStream, encode_lines
 
 if TYPE_CHECKING:
@@ -529,6 +529,11 @@ def _parquet_chunks(engine: Engine, path: str) -> Iterator[list[tuple[int, Parse
         yield [(n, records.parse_parquet_row(obj, n, engine.served, engine.fields)) for n, obj in chunk]
 
 
+def _delimited_chunks(engine: Engine, stream: IO[bytes], name: str, fmt_in: str) -> Iterator[list[tuple[int, Parsed]]]:
+    for chunk in _raw_delimited_chunks(engine, stream, name, fmt_in):
+        yield [(n, delimited.parse_csv_row(item, n, engine.served, engine.fields)) for n, item in chunk]
+
+
 def _record_chunks(engine: Engine, items: Iterable[Any]) -> Iterator[list[tuple[int, Parsed]]]:
     parsed = ((n, engine.parse_record(obj, n)) for n, obj in enumerate(items, start=1))
     yield from records.chunked(parsed, engine.chunk_size)
@@ -572,8 +577,9 @@ def infer_file(source: str | Path | IO[bytes], model: TopicModel, out: str | Pat
     """`xtm-infer SOURCE --out OUT` (local engine) as a function: counts of rows read and skipped.
 
     source: a JSONL file, a Parquet file (.parquet, .pq), a plain-text file (.txt: one document per
-    line), "-" for stdin, or a binary stream. input_format: "jsonl", "text" or "parquet" (default:
-    by the name, `records.input_format`; stdin and streams are JSONL). out: a path, written
+    line), a CSV or TSV file (.csv, .tsv: a header row, then a record a row; `xtm.runtime.delimited`),
+    "-" for stdin, or a binary stream. input_format: "jsonl", "text", "parquet", "csv" or "tsv"
+    (default: by the name, `records.input_format`; stdin and streams are JSONL). out: a path, written
     atomically (the previous file stays unless the run succeeds; an existing file that is not an
     xtm-infer output is refused first, `records.check_out_path`), a binary stream, or None for
     stdout (a reader that leaves raises BrokenPipeError). output_format: "jsonl", "csv" or
@@ -601,13 +607,19 @@ def infer_file(source: str | Path | IO[bytes], model: TopicModel, out: str | Pat
     with contextlib.ExitStack() as stack:
         if workers > 1:
             pool = stack.enter_context(WorkerPool(model, options, workers, bundle=bundle))
-            raw = (_raw_parquet_chunks(engine, name) if fmt_in == "parquet" else
-                   _raw_line_chunks(engine, _open_source(source, name, stack), name))
+            if fmt_in == "parquet":
+                raw = _raw_parquet_chunks(engine, name)
+            elif fmt_in in delimited.DELIMITERS:
+                raw = _raw_delimited_chunks(engine, _open_source(source, name, stack), name, fmt_in)
+            else:
+                raw = _raw_line_chunks(engine, _open_source(source, name, stack), name)
             writer = stack.enter_context(open_output(out, tally, fmt=fmt_out, shape=table_shape(model, options)))
             pool.run(fmt_in, raw, writer, name, on_rows)
             return tally.finish(name)
         if fmt_in == "parquet":
             chunks = _parquet_chunks(engine, name)
+        elif fmt_in in delimited.DELIMITERS:
+            chunks = _delimited_chunks(engine, _open_source(source, name, stack), name, fmt_in)
         else:
             parse = engine.parse_text_line if fmt_in == "text" else engine.parse_line
             chunks = _line_chunks(_open_source(source, name, stack), name, engine.chunk_size, parse)
@@ -660,6 +672,13 @@ def _raw_parquet_chunks(engine: Engine, path: str) -> Iterator[list[tuple[int, A
     yield from records.parquet_chunks(path, engine.chunk_size, engine.fields)
 
 
+def _raw_delimited_chunks(engine: Engine, stream: IO[bytes], name: str, fmt_in: str) -> Iterator[list[tuple[int, Any]]]:
+    """delimited.csv_chunks, an input I/O error as one XtmError naming the file."""
+    chunks = delimited.csv_chunks(stream, engine.chunk_size, engine.fields, delimiter=delimited.DELIMITERS[fmt_in],
+                                  name=name)
+    return records.naming_read_errors(chunks, name)
+
+
 def _worker_start(model_cls: type[TopicModel], bundle_dir: str, threads: int, providers: list[str],
                   options: InferenceOptions, bundle: str | None, segmenters: str, parent: int,
                   manifest_sha256: str | None) -> None:
@@ -694,6 +713,8 @@ def _worker_infer(fmt_in: str, chunk: list[tuple[int, Any]]) -> list[Row]:
     assert engine is not None
     if fmt_in == "parquet":
         parsed = [records.parse_parquet_row(obj, n, engine.served, engine.fields) for n, obj in chunk]
+    elif fmt_in in delimited.DELIMITERS:
+        parsed = [delimited.parse_csv_row(item, n, engine.served, engine.fields) for n, item in chunk]
     elif fmt_in == "text":
         parsed = [engine.parse_text_line(raw, n) for n, raw in chunk]
     else:

@@ -52,7 +52,14 @@ from xtm.runtime.engine import (
     open_output,
     whole_number,
 )
-from xtm.runtime.records import DEFAULT_FIELDS, PARQUET_SUFFIXES, FieldNames, check_input_name, naming_read_errors
+from xtm.runtime.records import (
+    DEFAULT_FIELDS,
+    DELIMITED_SUFFIXES,
+    PARQUET_SUFFIXES,
+    FieldNames,
+    check_input_name,
+    naming_read_errors,
+)
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -422,6 +429,9 @@ def _visible_files(root: Path) -> Iterator[Path]:
 
 def _kind(p: Path) -> str:
     check_input_name(p)
+    if p.name.lower().endswith(tuple(DELIMITED_SUFFIXES)):  # (else read as JSONL: "invalid JSON" on every line)
+        raise XtmError("--engine ray reads JSONL and Parquet: read CSV and TSV with the local engine, or convert "
+                       "them to Parquet", path=p)
     return "parquet" if p.name.lower().endswith(PARQUET_SUFFIXES) else "jsonl"
 
 

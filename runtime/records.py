@@ -53,7 +53,7 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 # File name endings read as plain text, one document per line, by the local engine's auto format.
 TEXT_SUFFIXES = (".txt", ".text")
 # What xtm-infer reads (--input-format) and writes (--format).
-INPUT_FORMATS = ("jsonl", "text", "parquet")
+INPUT_FORMATS = ("jsonl", "text", "parquet", "csv", "tsv")
 OUTPUT_FORMATS = ("jsonl", "csv", "parquet")
 # Words per language shown for each topic in the output.
 OUTPUT_WORDS = 10
@@ -584,9 +584,9 @@ def encode_lines(lines: Sequence[str]) -> bytes:
 # Endings of inputs xtm-infer does not read, said before any work: a CSV file was read as JSONL ("invalid JSON" on
 # every line, then "all lines were bad"), and a gzip file as "invalid UTF-8".
 _COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".zip", ".7z")
-_NOT_READ = {(".csv", ".tsv"): "CSV and TSV are not read as input: convert the file to JSONL (one {\"text\": ..., "
-                               "\"lang\": ..., \"id\": ...} a line) or Parquet",
-             _COMPRESSED: "compressed input is not read: decompress it first (zcat FILE | xtm-infer - ...)"}
+# File name endings read as CSV and TSV (a header row, then one record a row), by the local engine's auto format.
+DELIMITED_SUFFIXES = {".csv": "csv", ".tsv": "tsv"}
+_NOT_READ = {_COMPRESSED: "compressed input is not read: decompress it first (zcat FILE | xtm-infer - ...)"}
 
 
 def check_input_name(path: str | os.PathLike[str]) -> None:
@@ -600,7 +600,7 @@ def check_input_name(path: str | os.PathLike[str]) -> None:
 
 def input_format(path: str, given: str | None = None) -> str:
     """The format to read `path` as: `given` (one of INPUT_FORMATS), else by its name: .parquet/.pq
-    Parquet, .txt/.text plain text (one document per line), .csv, .tsv and compressed files refused
+    Parquet, .txt/.text plain text (one document per line), .csv CSV, .tsv TSV, compressed files refused
     (check_input_name), anything else (and "-") JSONL."""
     if given is not None and given != "auto":
         if given not in INPUT_FORMATS:
@@ -610,6 +610,8 @@ def input_format(path: str, given: str | None = None) -> str:
     low = str(path).lower()
     if low.endswith(PARQUET_SUFFIXES):
         return "parquet"
+    if low.endswith(tuple(DELIMITED_SUFFIXES)):
+        return DELIMITED_SUFFIXES[os.path.splitext(low)[1]]
     return "text" if low.endswith(TEXT_SUFFIXES) else "jsonl"
 
 

@@ -1,0 +1,141 @@
+"""CSV and TSV input to xtm-infer (xtm.runtime.delimited): the same lines as the same records in JSONL, and every
+hostile row (malformed quoting, bytes that are not UTF-8, short rows, a header without the text) a bad row or a
+clear error naming the file and line, never a crash or a silent loss of the rows after it."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from bundle_fixture import HandBundle, make_bundle
+from click.testing import CliRunner
+
+from xtm.cli.infer import main
+
+DOCS = [
+    {"id": "a", "text": "The stock market, and the bank", "lang": "en"},
+    {"id": "2", "text": "北京的经济增长很快"},
+    {"id": "c", "text": "Football:\nthe team scored a \"goal\" in the match"},
+    {"id": "d", "text": "中国足球队在比赛中进球", "lang": "zh"},
+]
+# The same records as a spreadsheet writes them: a byte-order mark, CRLF, quoted commas, quotes and a newline.
+CSV = ('\ufeffid,text,lang\r\na,"The stock market, and the bank",en\r\n2,北京的经济增长很快,\r\n'
+       'c,"Football:\nthe team scored a ""goal"" in the match",\r\nd,中国足球队在比赛中进球,zh\r\n')
+
+
+@pytest.fixture(scope="module")
+def hb(tmp_path_factory: pytest.TempPathFactory) -> HandBundle:
+    return make_bundle(tmp_path_factory.mktemp("bundle") / "b")
+
+
+def invoke(args: list[str], stdin: bytes | None = None):
+    return CliRunner().invoke(main, args, input=stdin, catch_exceptions=False)
+
+
+def jsonl_twin(tmp_path: Path, rows: list[dict]) -> str:
+    src = tmp_path / "twin.jsonl"
+    src.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return str(src)
+
+
+def test_csv_and_tsv_give_the_lines_of_the_same_records_in_jsonl(hb: HandBundle, tmp_path: Path) -> None:
+    expected = invoke([jsonl_twin(tmp_path, DOCS), "--bundle", str(hb.path)])
+    assert expected.exit_code == 0 and len(expected.stdout.splitlines()) == 4
+    src = tmp_path / "docs.csv"
+    src.write_bytes(CSV.encode("utf-8"))
+    r = invoke([str(src), "--bundle", str(hb.path)])
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout == expected.stdout and "warning" not in r.stderr
+    assert [json.loads(line)["lang_conf"] is None for line in r.stdout.splitlines()] == [True, False, False, True]
+    tsv = tmp_path / "docs.tsv"
+    with open(tsv, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, delimiter="\t")
+        writer.writerows([["id", "text", "lang"], *([d["id"], d["text"], d.get("lang", "")] for d in DOCS)])
+    r = invoke([str(tsv), "--bundle", str(hb.path)])
+    assert r.exit_code == 0 and r.stdout == expected.stdout, r.stderr
+    # From stdin, told the format; and by worker processes, the same bytes.
+    assert invoke(["-", "--bundle", str(hb.path), "--input-format", "csv"], stdin=CSV.encode()).stdout == r.stdout
+    many = tmp_path / "many.csv"
+    many.write_bytes(CSV.encode() + CSV.split("\r\n", 1)[1].encode() * 60)
+    one = invoke([str(many), "--bundle", str(hb.path)])
+    two = invoke([str(many), "--bundle", str(hb.path), "--workers", "2", "--batch-size", "8"])
+    assert one.exit_code == two.exit_code == 0 and one.stdout == two.stdout and len(one.stdout.splitlines()) == 244
+
+
+def test_hostile_rows_are_bad_rows_named_by_the_line_they_start_on(hb: HandBundle, tmp_path: Path) -> None:
+    src = tmp_path / "hostile.csv"
+    src.write_bytes(b"id,text,lang\n"
+                    b'1,"a quoted\nfield over\nthree lines",en\n'   # lines 2-4: good
+                    b'2,"stock" market,en\n'                        # line 5: text after a closing quote
+                    b"3,caf\xff bank,en\n"                          # line 6: not UTF-8
+                    b"4\n"                                          # line 7: a short row, no text
+                    b"5,bank market,en,extra,cells\n"               # line 8: extra cells are not read
+                    b",stock market,\n"                             # line 9: empty id and lang: absent
+                    b"7,   ,en\n"                                   # line 10: empty text
+                    b"8,bank\x00market,en\n"                        # line 11: a NUL inside a text
+                    b"\n"                                           # line 12: blank, not a row
+                    b"9,market,xx-nope\n"                           # line 13: not a language code
+                    b'10,"never closed,en\n11,bank,en\n')           # lines 14-15: one row to the end
+    r = invoke([str(src), "--bundle", str(hb.path)])
+    assert r.exit_code == 0, r.stderr
+    ids = [json.loads(line)["id"] for line in r.stdout.splitlines()]
+    assert ids == ["1", "5", 9, "8"]  # the empty id is the line number, as an absent JSONL id
+    err = r.stderr
+    assert f"{src}:5: malformed CSV: ',' expected after '\"'" in err
+    assert f"{src}:6: field 'text' is not UTF-8 text (byte 0xff)" in err
+    assert f"{src}:7: missing field 'text'" in err
+    assert f"{src}:10: empty text" in err
+    assert f"{src}:13: language 'xx-nope' is not served by this bundle" in err
+    assert f"{src}:14: malformed CSV: unexpected end of data (a quote opened on line 14 is never closed: lines " \
+           "14-15 are this one row)" in err
+
+
+def test_a_text_past_the_csv_modules_own_limit_is_cut_as_in_jsonl(hb: HandBundle, tmp_path: Path) -> None:
+    # The csv module refuses cells over 128 KiB by default: a long text was an error here and a warning in JSONL.
+    src = tmp_path / "long.csv"
+    src.write_text("id,text,lang\nlong," + "market " * 30_000 + ",en\n", encoding="utf-8")
+    r = invoke([str(src), "--bundle", str(hb.path)])
+    assert r.exit_code == 0, r.stderr
+    assert "text has 210,000 characters; using the first 100,000" in r.stderr
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("id,body,lang\n1,bank,en\n", "the header has no 'text' column (it has 'id', 'body', 'lang'; the first line is "
+                                  "read as the header)"),
+    ("text,id,text\nbank,1,market\n", "the header names column 'text' 2 times (columns 1 and 3)"),
+    ("the stock market\nbank\n", "the header has no 'text' column (it has 'the stock market'"),
+])
+def test_a_header_without_the_text_column_is_an_error_before_any_row(hb: HandBundle, tmp_path: Path, content: str,
+                                                                     message: str) -> None:
+    src = tmp_path / "docs.csv"
+    src.write_text(content, encoding="utf-8")
+    r = invoke([str(src), "--bundle", str(hb.path)])
+    assert r.exit_code == 2 and f"{src}:1: {message}" in r.stderr, r.stderr
+
+
+def test_renamed_columns_an_empty_file_and_a_header_alone(hb: HandBundle, tmp_path: Path) -> None:
+    src = tmp_path / "docs.csv"
+    src.write_text("doc_id,body,locale\nx,the stock market,en\n", encoding="utf-8")
+    r = invoke([str(src), "--bundle", str(hb.path), "--text-field", "body", "--lang-field", "locale",
+                "--id-field", "doc_id"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["id"] == "x", r.stderr
+    r = invoke([str(src), "--bundle", str(hb.path), "--text-field", "body", "--id-field", "uuid"])
+    assert r.exit_code == 2 and "no 'uuid' (--id-field) column" in r.stderr
+    for content in ("", "id,text,lang\n"):
+        src.write_text(content, encoding="utf-8")
+        r = invoke([str(src), "--bundle", str(hb.path)])
+        assert r.exit_code == 1 and "no documents in the input" in r.stderr, r.stderr
+
+
+def test_the_ray_engine_refuses_csv_by_name(hb: HandBundle, tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    src = tmp_path / "docs.csv"
+    src.write_bytes(CSV.encode())
+    r = subprocess.run([sys.executable, "-m", "xtm.cli.infer", str(src), "--bundle", str(hb.path), "--engine", "ray"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--engine ray reads JSONL and Parquet: read CSV and TSV with the local engine" \
+        in r.stderr, r.stderr
