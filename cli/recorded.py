@@ -1,5 +1,5 @@
 """What a --resume takes from the run it continues (xtm.trainer.recorded), as the command line gives it: which options
-it gives, and the record of --contextual / --no-contextual."""
+it gives."""
 
 from __future__ import annotations
 
@@ -9,20 +9,9 @@ from typing import Any
 import click
 
 from xtm.config import DataConfig, Phase2Config, RefinerConfig, RunConfig, Sampling, TrainConfig, cli_spec
-from xtm.trainer.recorded import COMMAND_KEY, RecordedSettings
+from xtm.trainer.recorded import RecordedSettings
 
-__all__ = ["record_contextual_route", "recorded_settings"]
-
-
-def record_contextual_route(out: Path, run: RunConfig) -> None:
-    """--contextual / --no-contextual into the run's config.json, for a later --resume (`contextual_route`)."""
-    from xtm.run_dir import RunDir
-
-    rd = RunDir(out)
-    if (out / RunDir.CONFIG).is_file():
-        config = rd.load_config()
-        config[COMMAND_KEY] = {"contextual": run.contextual, "no_contextual": run.no_contextual}
-        rd.save_config(config)
+__all__ = ["recorded_settings"]
 
 
 def recorded_settings(parsed: dict[str, Any], ctx: click.Context) -> RecordedSettings | None:

@@ -13,7 +13,7 @@ import click
 
 from xtm.cli.common import check_cache_settings, friendly_errors, require_modules, setup_logging, version_option
 from xtm.cli.options import SectionedCommand, build, options, settings
-from xtm.cli.recorded import record_contextual_route, recorded_settings
+from xtm.cli.recorded import recorded_settings
 from xtm.config import (
     DataConfig,
     Phase2Config,
@@ -133,7 +133,9 @@ def main(**parsed: Any) -> None:
         metrics = run_training(run.data, cfg, out, resume=run.resume, phase2=run.phase2)
         if not is_main_process():
             return  # torchrun: rank 0 reports and writes; the others have trained their share
-        record_contextual_route(Path(out), run)
+        from xtm.trainer.recorded import record_contextual_route
+
+        record_contextual_route(Path(out), run.contextual, run.no_contextual)
         render_report(Path(out))  # the interrupted model's too: its banner says so
         if metrics.get("interrupted"):
             # Not finished: no summary on stdout, and an exit code that stops `xtm-train && xtm-export`.

@@ -6,6 +6,8 @@ corpus type). Importing `xtm` must stay cheap and torch-free: the runtime depend
 `xtm.train(docs, langs=..., dictionary=...)` (xtm.trainer.api) trains from Python on documents in
 memory; it is looked up on first access (PEP 562, as xtm.runtime's attributes are), so `import xtm`
 loads neither the trainer nor torch, and a runtime-only install gets the install line when it calls it.
+`xtm.TopicModel` is the runtime's model (xtm.runtime.TopicModel), at the top as sentence-transformers has its main
+class: `xtm.TopicModel.load("bundle")`.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from xtm.runtime.model import TopicModel
     from xtm.trainer.api import TrainedRun, train
 
-__all__ = ["TrainedRun", "__version__", "train"]
+__all__ = ["TopicModel", "TrainedRun", "__version__", "train"]
 
 # Attributes served by other subpackages, imported when first used.
-_LAZY = {"train": "xtm.trainer.api", "TrainedRun": "xtm.trainer.api"}
+_LAZY = {"train": "xtm.trainer.api", "TrainedRun": "xtm.trainer.api", "TopicModel": "xtm.runtime.model"}
 
 
 def __getattr__(name: str) -> Any:

@@ -171,7 +171,8 @@ class CrossLingualTopicModel(nn.Module):
         if len(langs) != cls.num_languages:
             count = _NUMBERS.get(cls.num_languages, str(cls.num_languages))
             raise XtmError(f"{cls.name} models exactly {count} languages; the data has {len(langs)} "
-                           f"({', '.join(map(str, langs))}): choose {count} with --langs")
+                           f"({', '.join(map(str, langs))}): choose {count} with --langs (xtm.train: "
+                           "model_langs=[...])")
 
     def prepare_training(self, corpus: Corpus, context: BuildContext) -> None:
         """Attach per-document training data (not saved in checkpoints). Default: nothing."""

@@ -72,7 +72,13 @@ class BagsOfWords:
 
     def csr(self, V: int) -> Any:
         """All documents as a scipy.sparse CSR matrix [n, V] float32 (indices sorted)."""
-        import scipy.sparse as sp
+        try:
+            import scipy.sparse as sp
+        except ImportError:  # (a runtime-only install: a bare ModuleNotFoundError before)
+            from xtm.errors import XtmError
+
+            raise XtmError("sparse bags of words need scipy, which a runtime-only install leaves out: pip install "
+                           "scipy (or ask for sparse=False: a dense numpy array)") from None
 
         return sp.csr_matrix((self.counts, self.words, self.indptr), shape=(len(self), V))
 

@@ -68,7 +68,7 @@ logger = logging.getLogger(__name__)
 _SORT_WINDOW = 8
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # (numpy fields: a generated == raised "truth value of an array is ambiguous")
 class InferenceResult:
     """What `TopicModel.infer` returns; row i is input document i.
 
@@ -120,7 +120,9 @@ class InferenceResult:
 
     def top_topics_with_words(self, n_words: int = 10) -> list[list[dict[str, Any]]]:
         """Per document: [{"id": k, "weight": w, "words": {lang: first n_words words}}, ...] for its top topics;
-        [] for an unsupported document (it has no topics)."""
+        [] for an unsupported document (it has no topics). The words are the bundle's (TopicModel.topics: 15 a
+        topic and language by default), so n_words past those gives those; TopicModel.get_topic(k, lang, n) gives
+        any number."""
         return [[{"id": k, "weight": w, "words": {lang: ws[:n_words] for lang, ws in self.topic_words[k].items()}}
                  for k, w in doc if k >= 0] for doc in self.top_topics]
 
@@ -480,7 +482,10 @@ class TopicModel:
                 for lang in self.languages:
                     rows[k][f"label_{lang}"] = self._labels[k].get(lang)
             for lang in self.languages:
-                rows[k][f"words_{lang}"] = list(t.get(lang, []))[:n_words]
+                words = list(t.get(lang, []))
+                # (past the bundle's 15 words, from the topic-word matrix: n_words=50 gave 15)
+                rows[k][f"words_{lang}"] = words[:n_words] if n_words <= len(words) else \
+                    [w for w, _ in self.get_topic(k, lang, n_words)]
         if texts is None:
             return rows
         res = self.infer(texts, langs, top_k=1, **infer_kwargs)
@@ -802,8 +807,16 @@ class TopicModel:
     def transform(self, texts: Sequence[str], langs: Sequence[str | None] | str | None = None,
                   **kwargs: Any) -> np.ndarray:
         """theta, float32 [n, K]: `infer(texts, langs, **kwargs).theta`, the scikit-learn transformer
-        convention (a step of a Pipeline after the text; rows of unsupported texts are NaN)."""
+        convention (rows of unsupported texts are NaN). With `fit`, a first step of a scikit-learn Pipeline
+        over texts: make_pipeline(model, LogisticRegression()).fit(texts, y)."""
         return self.infer(texts, langs, **kwargs).theta
+
+    def fit(self, texts: Any = None, y: Any = None) -> TopicModel:
+        """Nothing to learn (the model is frozen): returns the model, so a scikit-learn Pipeline can hold it as a
+        step before a classifier. Cloning it (cross-validation, grid search) is not supported: sklearn rebuilds
+        steps from their parameters, and a TopicModel is its bundle; use it as a fixed feature step outside the
+        search, or pass model.transform(texts) as the features."""
+        return self
 
     def embed(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """Sentence embeddings [n, D] (L2-normalised) from the contextual route's encoder."""

@@ -203,3 +203,35 @@ def test_mapping_views_series_with_missing_languages_and_numpy_nan_ids(model: To
     pd = pytest.importorskip("pandas")
     with pytest.raises(XtmError, match=r"records must be an iterable of mappings, got DataFrame"):
         model.infer_records(pd.DataFrame({"text": EN}))
+
+
+def test_n_words_past_the_bundles_fifteen_gives_that_many(model: TopicModel) -> None:
+    # topic_info(n_words=50) gave the bundle's 15 words while get_topic(k, lang, 50) gave 50.
+    info = model.topic_info(n_words=40)
+    for k, row in enumerate(info):
+        for lang in model.languages:
+            assert row[f"words_{lang}"] == [w for w, _ in model.get_topic(k, lang, 40)]
+            assert row[f"words_{lang}"][:15] == model.topics[k][lang]
+
+
+def test_results_compare_by_identity_and_the_model_is_a_pipeline_step(model: TopicModel) -> None:
+    """InferenceResult's generated == raised ('truth value of an array is ambiguous') and hash() a TypeError; the
+    transform docstring promised a Pipeline step, which sklearn refused (no fit)."""
+    a, b = model.infer(EN, langs="en"), model.infer(EN, langs="en")
+    assert a != b and a == a and len({a, b}) == 2
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    pipe = make_pipeline(model, LogisticRegression()).fit(EN * 4, [0, 1, 2] * 4)
+    assert pipe.predict(EN).shape == (3,) and pipe[0] is model  # (the hand-made topics need not separate them)
+    assert model.fit(EN) is model
+
+
+def test_the_model_class_is_at_the_top_and_sparse_bags_say_what_they_need(model: TopicModel,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import xtm
+
+    assert xtm.TopicModel is TopicModel and "TopicModel" in xtm.__all__
+    monkeypatch.setitem(sys.modules, "scipy.sparse", None)  # a runtime-only install: no scipy
+    with pytest.raises(XtmError, match="sparse bags of words need scipy"):
+        model.bag_of_words(EN, "en", sparse=True)

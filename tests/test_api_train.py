@@ -112,7 +112,10 @@ def test_someone_elses_directory_is_refused_before_anything_is_written(example: 
     ({"docs": "one text"}, "docs must be a list of texts or records"),
     ({"docs": []}, "docs is empty"),
     ({"docs": ["a", 3]}, r"docs\[1\] must be a text or a record"),
-    ({"docs": ["a", "  "]}, r"docs\[1\]: 'text' must be a non-empty string"),
+    ({"docs": ["a", {"text": None}]}, r"docs\[1\]: 'text' must be a string, got None"),
+    ({"docs": ["a"], "model_langs": "en,ja"}, "model_langs must be a list of language codes"),
+    ({"docs": ["a"], "model_langs": ["en", "en"]}, "model_langs must name each language once"),
+    ({"docs": ["a"], "model_langs": ["en", "klingon"]}, "model_langs: invalid language code 'klingon'"),
     ({"docs": ["a", "b"], "langs": ["en"]}, r"langs must give one value per document \(2\), got 1 values"),
     ({"docs": ["a", "b"], "langs": ["en", "q"]}, r"langs\[1\]: invalid language code 'q'"),
     ({"docs": [{"text": "a", "lang": "en"}], "langs": "en"}, "give their languages and labels in the records"),
@@ -216,7 +219,8 @@ def _pairs(example: dict[str, Path]) -> list[tuple[str, str]]:
 def test_a_refused_resume_leaves_the_runs_dictionary_and_a_resume_takes_the_runs_settings(
         example: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A resume with other pairs replaced the run's dict.tsv before the links were refused, so the run could no
-    longer be resumed at all; and a resume without batch_size trained on at the default (50), recording it."""
+    longer be resumed at all; a resume without batch_size trained on at the default (50), recording it; and a resume
+    of a contextual=False run fitted the contextual route (xtm.train did not record contextual=False)."""
     import logging
 
     docs, pairs = rows(example["docs"]), _pairs(example)
@@ -233,6 +237,7 @@ def test_a_refused_resume_leaves_the_runs_dictionary_and_a_resume_takes_the_runs
     train_config = RunDir(out).load_config()["train_config"]
     assert (train_config["model"], train_config["num_topics"], train_config["batch_size"]) == ("nmtm", 4, 16)
     assert "the run's own settings where the call gives none" in caplog.text and "--batch-size 16" in caplog.text
+    assert "--no-contextual" in caplog.text and run.contextual is None and not (out / "contextual").exists()
 
 
 def test_a_second_call_on_a_run_in_use_is_refused_before_it_writes_the_inputs(example: dict[str, Path],
@@ -307,3 +312,22 @@ def test_two_threads_of_one_process_do_not_share_a_run(tmp_path: Path) -> None:
         t.join()
     with lock_dir(run, "xtm-train"), lock_dir(run, "xtm-train"), reading_run(run):  # the holder's own, nested
         pass
+
+
+def test_model_langs_chooses_two_of_three_languages_and_too_many_is_said_before_any_work(
+        example: dict[str, Path], tmp_path: Path) -> None:
+    """A 3-language corpus could not be trained from Python: the error said 'choose two with --langs', which
+    xtm.train did not take, and came after every document was tokenized. A blank text among them (a DataFrame's
+    empty cell) stopped the whole training; from a JSONL file it is dropped with the other short documents."""
+    docs = rows(example["docs"]) + [{"text": "Le marché boursier a chuté aujourd'hui.", "lang": "fr"}] * 30
+    docs.append({"text": "   ", "lang": "en"})
+    with pytest.raises(XtmError, match=r"nmtm models 2 languages; docs have 3 \(en, fr, zh\): choose 2 with "
+                                       r"model_langs=\[\.\.\.\] \(xtm-train --langs\)"):
+        xtm.train(docs, dictionary=example["dict"], model="nmtm", num_topics=4, epochs=1, out=tmp_path / "refused",
+                  min_df=1, contextual=False)
+    assert not (tmp_path / "refused.data").exists()  # said before the documents were written
+    run = xtm.train(docs, dictionary=example["dict"], model="nmtm", num_topics=4, epochs=1, out=tmp_path / "run",
+                    min_df=1, contextual=False, model_langs=["zh", "en"])
+    assert run.metrics["langs"] == ["zh", "en"] and RunDir(run.run_dir).load_config()["data"]["langs"] == ["zh", "en"]
+    again = xtm.train(docs, dictionary=example["dict"], out=tmp_path / "run", epochs=2, resume=True)
+    assert again.metrics["langs"] == ["zh", "en"]  # the run's own languages, taken by the resume

@@ -163,3 +163,15 @@ def test_rakuten_muse_ja_en_dictionary() -> None:
     assert stats["orientation"] == "ja->en" and stats["stemmed"] is False
     assert stats["links"] > 1_000
     assert m[vocab_en.index("japan"), vocab_ja.index("日本")] == 1.0
+
+
+def test_no_nltk_warning_where_no_vocabulary_has_latin_words() -> None:
+    """Linking zh and ja vocabularies with a dictionary that holds English words warned 'nltk is not installed'
+    with nltk installed: no stemmer was wanted, none was missing."""
+    import warnings
+
+    pairs = [("猫", "cat"), ("ねこ", "cat"), ("犬", "いぬ")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m, _ = build_links(pairs, ["猫", "犬"], ["いぬ", "ねこ"], names=("zh", "ja"))
+    assert m.nnz == 1

@@ -43,6 +43,7 @@ from xtm.json_files import is_missing, json_default
 from xtm.languages import normalize_lang
 from xtm.run_dir import RunDir, has_checkpoint, has_results_only, hold_run_dir, refuse_foreign_dir
 from xtm.setting_values import check_setting
+from xtm.trainer.recorded import record_contextual_route
 
 if TYPE_CHECKING:
     from xtm.runtime.model import TopicModel
@@ -101,7 +102,7 @@ def train(docs: Sequence[str] | Sequence[Mapping[str, Any]], langs: Sequence[str
           labels: Sequence[Any] | None = None,
           out: str | Path | None = None, data_dir: str | Path | None = None, ref_corpus: str | Path | None = None,
           phase2: Phase2Config | None = None, contextual: bool | None = None, progress: bool = False,
-          resume: bool = False, **settings: Any) -> TrainedRun:
+          resume: bool = False, model_langs: Sequence[str] | None = None, **settings: Any) -> TrainedRun:
     """Train a cross-lingual topic model on documents held in memory; returns the run.
 
     docs: texts, or records as a JSONL line holds them ({"text", "lang"?, "label"?, "split"?,
@@ -120,6 +121,9 @@ def train(docs: Sequence[str] | Sequence[Mapping[str, Any]], langs: Sequence[str
         the run allows and otherwise warns and finishes without it; True requires it (--contextual);
         False skips it (--no-contextual: bundles then read only the training languages).
     progress: progress bars on stderr.
+    model_langs: the languages to model, in order (xtm-train --langs), e.g. ["en", "ja"]: documents in other
+        languages are left out. Needed when docs hold more languages than the model takes (two for every
+        backbone); default: every language of docs.
     resume: continue the run in `out` (xtm-train --resume): the same documents (and a dictionary given as pairs,
         the same pairs), more epochs or phase 2; every setting not given is the run's own, as config.json records
         it (logged), and the checkpoint refuses what contradicts it. Without it, an `out` that holds a run is
@@ -137,6 +141,8 @@ def train(docs: Sequence[str] | Sequence[Mapping[str, Any]], langs: Sequence[str
         raise XtmError(f"resume must be True or False, got {resume!r}")
     named = {k: v for k, v in (("model", model), ("num_topics", num_topics), ("epochs", epochs)) if v is not None}
     cfg, data_settings = _configs(named, progress, settings)
+    if model_langs is not None:
+        data_settings["langs"] = _model_langs(model_langs)
     records = _records(docs, langs, labels)
     run_dir = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="xtm-run-"))
     refuse_foreign_dir(run_dir, hint="choose a new or empty out")  # before anything is written
@@ -152,6 +158,8 @@ def train(docs: Sequence[str] | Sequence[Mapping[str, Any]], langs: Sequence[str
     # absolute(): out="." has no name to put ".data" after
     data = Path(data_dir) if data_dir is not None else run_dir.absolute().with_name(run_dir.absolute().name + ".data")
     run_training = _run_training()
+    if model_langs is None and not resuming:
+        _check_language_count(records, cfg.model)  # before the documents are written and tokenized
 
     # The run is held from before its inputs are written: a second call on the same out while one trains is
     # refused ("in use") before it replaces the documents and dictionary the first is training on.
@@ -171,6 +179,7 @@ def train(docs: Sequence[str] | Sequence[Mapping[str, Any]], langs: Sequence[str
                 raise XtmError(f"the dictionary given as pairs (written to {dict_path}): {e.reason}", line=e.line,
                                field=e.field) from None
             raise
+        record_contextual_route(run_dir, contextual, contextual is False)
         run = RunDir(run_dir)
         topics = {lang: run.read_topics(lang) for lang in metrics.get("langs", []) if run.topics_path(lang).is_file()}
         route = None
@@ -193,14 +202,15 @@ def _recorded(run_dir: Path, named: dict[str, Any], settings: dict[str, Any], cf
     if not run.file(RunDir.CONFIG).is_file():
         return cfg, data_settings, phase2, contextual
     given_train = set(named) | {k for k in settings if k in _TRAIN_SETTINGS} | {"progress"}
-    given_data = {"path", "dict_path", "ref_corpus", "token_rules"} | {k for k in settings if k in _DATA_SETTINGS}
+    given_data = {"path", "dict_path", "ref_corpus", "token_rules"} | {k for k in data_settings if k in _DATA_SETTINGS}
+    given_data |= {"langs"} if "langs" in data_settings else set()
     given = {TrainConfig: given_train, DataConfig: given_data, Phase2Config: set(), RefinerConfig: set(),
              Sampling: set(), RunConfig: {"contextual", "no_contextual"} if contextual is not None else set()}
     recorded = RecordedSettings(run.load_config(), given, run.file(RunDir.CONFIG),
                                 {k: getattr(cfg, k) for k in given_train})
     cfg = recorded.fill_train(cfg, recorded.config.get("train_config"))
     filled = recorded.fill(DataConfig(path="", **data_settings), DataConfig, "data", recorded.config.get("data"))
-    data_settings = {name: getattr(filled, name) for name in _DATA_SETTINGS}
+    data_settings = {name: getattr(filled, name) for name in (*_DATA_SETTINGS, "langs")}
     if phase2 is None and cfg.phase2_epochs:
         phase2 = recorded_phase2(recorded, Phase2Config(epochs=cfg.phase2_epochs))
     if contextual is None and recorded.contextual_route().get("no_contextual"):
@@ -291,8 +301,10 @@ def _records(docs: Any, langs: Any, labels: Any) -> list[dict[str, Any]]:
             rec = {"id": str(i), **d}
         else:
             raise XtmError(f"docs[{i}] must be a text or a record (a mapping), got {type(d).__name__}")
-        if not isinstance(rec.get("text"), str) or not rec["text"].strip():
-            raise XtmError(f"docs[{i}]: 'text' must be a non-empty string, got {rec.get('text')!r:.60}")
+        if not isinstance(rec.get("text"), str):
+            # (an empty text is a document without words, dropped by the loader with the short ones, as from a
+            # JSONL file: one blank cell of a DataFrame stopped the whole training)
+            raise XtmError(f"docs[{i}]: 'text' must be a string, got {rec.get('text')!r:.60}")
         try:
             rec["text"].encode("utf-8")
         except UnicodeEncodeError as e:  # (it failed writing the JSONL, after the data directory was made)
@@ -302,6 +314,41 @@ def _records(docs: Any, langs: Any, labels: Any) -> list[dict[str, Any]]:
     if not out:
         raise XtmError("docs is empty: nothing to train on")
     return out
+
+
+def _model_langs(value: Any) -> tuple[str, ...]:
+    """model_langs= as ISO codes (aliases such as 'cn' mapped), checked: a list of distinct language codes."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise XtmError(f"model_langs must be a list of language codes (e.g. ['en', 'ja']), got {value!r:.60}")
+    codes = []
+    for code in value:
+        if not isinstance(code, str):
+            raise XtmError(f"model_langs must hold language codes, got {type(code).__name__}")
+        try:
+            codes.append(normalize_lang(code))
+        except XtmError as e:
+            raise XtmError(f"model_langs: {e.reason}") from None
+    if not codes or len(set(codes)) < len(codes):
+        raise XtmError(f"model_langs must name each language once, got {list(value)!r:.80}")
+    return tuple(codes)
+
+
+def _check_language_count(records: list[dict[str, Any]], model: str) -> None:
+    """More languages given than the model takes is said before the documents are written and tokenized (minutes
+    on a large corpus), with the keyword that chooses them; detected languages are counted by the loader."""
+    from xtm.models_zoo.registry import model_class
+
+    given = {r.get("lang") for r in records}
+    if None in given or not all(isinstance(code, str) for code in given):
+        return
+    try:
+        codes = sorted({normalize_lang(code) for code in given})
+    except XtmError:
+        return  # (the loader names the document)
+    wanted = model_class(model).num_languages
+    if len(codes) > wanted:
+        raise XtmError(f"{model} models {wanted} languages; docs have {len(codes)} ({', '.join(codes)}): choose "
+                       f"{wanted} with model_langs=[...] (xtm-train --langs)")
 
 
 def _lang(code: Any, i: int) -> str:

@@ -20,10 +20,24 @@ from xtm.config import (
 from xtm.errors import XtmError
 from xtm.setting_values import check_setting
 
-__all__ = ["COMMAND_KEY", "RecordedSettings", "recorded_phase2"]
+__all__ = ["COMMAND_KEY", "RecordedSettings", "record_contextual_route", "recorded_phase2"]
 
 # config.json's record of what xtm-train was told beyond the configs (whether to fit the contextual route).
 COMMAND_KEY = "command"
+
+
+def record_contextual_route(out: Path, contextual: bool | None, no_contextual: bool) -> None:
+    """Whether the run was told to fit the contextual route (--contextual, --no-contextual; xtm.train's contextual=
+    True / False) into its config.json, for a later resume (`RecordedSettings.contextual_route`). Both the command
+    line and xtm.train record it: a resume=True of an xtm.train(contextual=False) run fitted the route (minutes of
+    embedding, and bundles serving what the run was told not to)."""
+    from xtm.run_dir import RunDir
+
+    rd = RunDir(out)
+    if (out / RunDir.CONFIG).is_file():
+        config = rd.load_config()
+        config[COMMAND_KEY] = {"contextual": contextual, "no_contextual": no_contextual}
+        rd.save_config(config)
 
 
 class RecordedSettings:

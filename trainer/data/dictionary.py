@@ -219,11 +219,13 @@ def _stemming(pairs: Sequence[tuple[str, str]], vocab_a: Sequence[str],
     stemmer = None
     if any(is_latin_word(w) for w in vocab_a) or any(is_latin_word(w) for w in vocab_b):
         stemmer = porter_stemmer()
+        # Only where a stemmer was wanted and is missing: vocabularies without Latin words (zh and ja) need none,
+        # and said "nltk is not installed" with nltk installed.
+        if stemmer is None and any(is_latin_word(w) for w in list(tgt_words)[:1000] + list(src_words)[:1000]):
+            warnings.warn("nltk is not installed: dictionary words are matched exactly, without Porter "
+                          "stemming (install xtm[train])", stacklevel=3)
     src_stemmed = stemmer is not None and _looks_stemmed(src_words, stemmer)
     tgt_stemmed = stemmer is not None and _looks_stemmed(tgt_words, stemmer)
-    if stemmer is None and any(is_latin_word(w) for w in list(tgt_words)[:1000] + list(src_words)[:1000]):
-        warnings.warn("nltk is not installed: dictionary words are matched exactly, without Porter "
-                      "stemming (install xtm[train])", stacklevel=3)
     return stemmer, src_stemmed, tgt_stemmed
 
 
