@@ -111,6 +111,16 @@ class InferenceResult:
     unsupported: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
     notes: list[str | None] = field(default_factory=list)
 
+    def __repr__(self) -> str:
+        """A summary, not the arrays: the generated repr printed every list in full (193 KB for 10,000 documents in
+        a notebook cell)."""
+        from collections import Counter
+
+        routes = dict(Counter(r for r in self.routes if r is not None))
+        topics = self.theta.shape[1] if self.theta.ndim == 2 else 0
+        return (f"InferenceResult(documents={len(self.langs)}, topics={topics}, routes={routes}, "
+                f"empty={int(self.empty.sum())}, unsupported={int(self.unsupported.sum())})")
+
     def __len__(self) -> int:
         return len(self.langs)
 

@@ -219,6 +219,8 @@ def test_results_compare_by_identity_and_the_model_is_a_pipeline_step(model: Top
     transform docstring promised a Pipeline step, which sklearn refused (no fit)."""
     a, b = model.infer(EN, langs="en"), model.infer(EN, langs="en")
     assert a != b and a == a and len({a, b}) == 2
+    # (a summary, not every array: the generated repr of 10,000 documents was 193 KB in a notebook cell)
+    assert repr(a) == "InferenceResult(documents=3, topics=6, routes={'bow': 3}, empty=0, unsupported=0)"
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
