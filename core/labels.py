@@ -59,6 +59,16 @@ _QUOTES = "\"'`*_“”‘’«»「」『』《》【】()（）[]"
 _TRAILING = ".。!！?？;；,，:：、 "
 _PREAMBLE = re.compile(r"^(sure|certainly|of course|okay|ok|here('s| is| are)|i (would|will|can|think|suggest)|"
                        r"as an ai|i'm sorry|sorry|this topic|the topic is about|these words|based on)\b", re.IGNORECASE)
+# A refusal, an apology or an error's text is no label, whatever its shape ("I cannot help with that", "N/A",
+# "Error: rate limit exceeded" -> "Error", 抱歉，我无法回答): these were accepted, cached and served on every line.
+_REFUSAL = re.compile(r"^(i\s+(cannot|can't|can not|am unable|'m unable|am not able|'m not able|don't know|do not "
+                      r"know|won't)|i can't|as an? (ai|language model|assistant)\b.*\b(can't|cannot|unable|not able)"
+                      r"|unable to|no (suitable |appropriate )?(title|label|answer|topic|name)\b)"
+                      r"|我无法|我不能|我無法|无法回答|無法回答|无法提供|無法提供|不知道|申し訳ありませんが|できません|わかりません"
+                      r"|죄송하지만|모르겠|알 수 없", re.IGNORECASE)
+_NOT_A_NAME = re.compile(r"(n/?a|none|null|nil|unknown|undefined|error|not applicable|nothing|no label|no title|"
+                         r"untitled|label|title|topic|sorry|apologies|不明|未知|无|無|なし|エラー|错误|錯誤|抱歉|对不起|對不起|"
+                         r"すみません|없음|오류|죄송합니다)", re.IGNORECASE)
 # Markup, code and links are never a label (the report escapes them anyway; pipelines may not).
 _FORBIDDEN = re.compile(r"[<>{}\\]|://|www\.|&#?\w+;", re.IGNORECASE)
 
@@ -109,6 +119,8 @@ def clean_label(answer: Any, lang: str, max_chars: int = 40, max_words: int = 6)
         return None
     for line in text.splitlines():
         line = " ".join(line.split())
+        if _REFUSAL.search(" ".join(line.split())[:60]):
+            return None  # the model declined (an apology alone is a preamble: a label may follow it)
         if not line or line.endswith((":", "：")) or _PREAMBLE.match(line):
             continue
         label = _MARKDOWN.sub("", line)
@@ -120,7 +132,7 @@ def clean_label(answer: Any, lang: str, max_chars: int = 40, max_words: int = 6)
             label = head
         label = label.strip(_QUOTES + " ").rstrip(_TRAILING).strip(_QUOTES + " ")
         label = " ".join(label.split())
-        if not label or len(label) > max_chars or _words_in(label, lang) > max_words:
+        if not label or len(label) > max_chars or _words_in(label, lang) > max_words or _NOT_A_NAME.fullmatch(label):
             return None
         # A sentence (". " inside, or a question) is prose, and a list of words ("足球, 球队, 进球") the
         # topic's words again: neither is a name.

@@ -497,3 +497,23 @@ def test_smollm2_labels_topics_through_transformers_serve(smollm2_dir: Path, tmp
             else:
                 assert label == " · ".join(TOPICS[lang][t])
     assert again.stats["calls"] == 0 and again.stats["cache_hits"] == 8 and again.labels == labels.labels
+
+
+@pytest.mark.parametrize(("answer", "lang"), [
+    ("I cannot help with that", "en"), ("I am unable to answer", "en"), ("As a language model, I can't", "en"),
+    ("I don't know", "en"), ("No title available", "en"), ("N/A", "en"), ("None", "en"), ("Unknown", "en"),
+    ("Error: rate limit exceeded", "en"), ("抱歉，我无法回答", "zh"), ("我不能帮助你", "zh"), ("对不起", "zh"),
+    ("申し訳ありませんが、お答えできません", "ja"), ("죄송합니다", "ko"),
+])
+def test_a_refusal_or_an_error_text_is_no_label(answer: str, lang: str) -> None:
+    """These were accepted as labels (a hostile review): cached, exported and written on every xtm-infer line."""
+    assert clean_label(answer, lang) is None
+
+
+@pytest.mark.parametrize(("answer", "lang", "label"), [
+    ("Sorry! Here is a label:\nStock Market", "en", "Stock Market"),  # an apology is a preamble: the label follows
+    ("Unknown Pleasures", "en", "Unknown Pleasures"), ("No Country for Old Men", "en", "No Country for Old Men"),
+    ("国际新闻", "zh", "国际新闻"),
+])
+def test_names_that_begin_like_a_refusal_are_still_labels(answer: str, lang: str, label: str) -> None:
+    assert clean_label(answer, lang) == label

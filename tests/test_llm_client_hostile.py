@@ -559,3 +559,96 @@ def test_new_counters_reach_the_step_stats(servers, tmp_path) -> None:
     d = stats.to_dict()
     assert d["bad_answers"] == 2 and d["unusable"] == 1 and d["ignored_usage"] == 1 and d["failures"] == 2
     assert d["stale_cache"] == 0 and d["calls"] == 4
+
+
+# ---- a hostile review's findings (2026-12-07) --------------------------------------------------
+
+
+def test_two_urls_alike_in_their_first_120_characters_or_but_their_query_do_not_share_answers(servers,
+                                                                                              tmp_path) -> None:
+    """The cache key held the URL as messages show it: cut at 120 characters, without its query. Two gateway
+    deployments with long paths (or ?deployment=a / =b) shared one model's answers; the second was never asked."""
+    s = servers()
+    long_path = "/openai/deployments/" + "x" * 120
+    for deployment in ("legal", "medical"):
+        answers, stats = refiner(f"{s.origin}{long_path}/{deployment}/v1", tmp_path).refine([TOPIC], rounds=1)
+        assert answers[0][0].usable and stats.calls == 1 and stats.cache_hits == 0
+    assert [r["path"].split("/")[-4] for r in s.requests] == ["legal", "medical"]
+    g1 = OpenAICompatibleGenerator(s.url + "?deployment=a", "m")
+    g2 = OpenAICompatibleGenerator(s.url + "?deployment=b", "m")
+    assert g1.shown_url == g2.shown_url and g1.cache_id != g2.cache_id
+
+
+def test_an_ipv6_address_without_a_port_is_asked_on_the_schemes_port(monkeypatch) -> None:
+    """http://[::1]/v1 went to host ':' port 1 (http.client read the address's last group as the port), and
+    http://[::1:8082]/v1 took the key to port 8082."""
+    import http.client
+
+    seen: list[tuple[str, int | None]] = []
+
+    def connect(self) -> None:
+        seen.append((self.host, self.port))
+        raise ConnectionRefusedError
+
+    monkeypatch.setattr(http.client.HTTPConnection, "connect", connect)
+    for url, expected in (("http://[::1]/v1", ("::1", 80)), ("http://[::1:8082]/v1", ("::1:8082", 80)),
+                          ("http://[::1]:9000/v1", ("::1", 9000))):
+        gen = OpenAICompatibleGenerator(url, "m", retries=0, backoff=0.01)
+        gen.generate_jobs([("hello", 0)], SAMPLING, __import__("xtm.trainer.phase2.refiners",
+                                                                 fromlist=["StepStats"]).StepStats())
+        assert seen[-1] == expected, (url, seen[-1])
+
+
+@pytest.mark.parametrize(("url", "env", "sent"), [
+    ("http://10.1.2.3:8000/v1", "OPENAI_API_KEY", False),   # the default variable over plain http elsewhere
+    ("http://127.0.0.1:8000/v1", "OPENAI_API_KEY", True),   # this machine
+    ("http://localhost:8000/v1", "OPENAI_API_KEY", True),
+    ("https://10.1.2.3/v1", "OPENAI_API_KEY", True),        # over TLS
+    ("http://10.1.2.3:8000/v1", "LAB_VLLM_KEY", True),      # a variable named for this server: as asked
+])
+def test_the_default_key_variable_is_not_sent_in_cleartext_to_another_host(monkeypatch, capsys, url: str,
+                                                                           env: str, sent: bool) -> None:
+    """$OPENAI_API_KEY went to any http:// server, a keyless lab server included, in cleartext, unasked."""
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("LAB_VLLM_KEY", KEY)
+    gen = OpenAICompatibleGenerator(url, "m", api_key_env=env)
+    assert (gen._key == KEY) is sent
+    err = capsys.readouterr().err
+    assert ("is not sent to" in err) is not sent and KEY not in err
+
+
+def test_a_certificate_this_machine_does_not_trust_stops_at_once(servers, self_signed, tmp_path,
+                                                                 monkeypatch) -> None:
+    """A certificate that failed verification was retried as a passing failure (5 attempts, 17 s a request), and
+    phase 2 went on without any answer."""
+    s = servers(tls=self_signed)
+    monkeypatch.delenv("SSL_CERT_FILE")
+    r = refiner(s.url, tmp_path, retries=3)
+    t0 = time.monotonic()
+    with pytest.raises(XtmError, match="TLS certificate this machine does not trust.*SSL_CERT_FILE"):
+        r.refine([TOPIC], rounds=1)
+    assert time.monotonic() - t0 < 2.0 and not s.requests
+
+
+def test_an_interrupt_cuts_the_requests_under_way(servers, tmp_path) -> None:
+    """A Ctrl-C waited for every request under way (up to --llm-timeout each: a second and third Ctrl-C did not
+    stop a run waiting on a hung server)."""
+    import signal
+
+    s = servers(default="drip", drip_interval=1.0)                 # an answer that takes minutes to come
+    gen = OpenAICompatibleGenerator(s.url, "m", retries=0, timeout=60.0, concurrency=2)
+    from xtm.trainer.phase2.refiners import StepStats
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 1.0)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            gen.generate_jobs([("a", 0), ("b", 0), ("c", 0)], SAMPLING, StepStats())
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert time.monotonic() - t0 < 3.0 and len(s.requests) <= 2  # cut, and the queued one never sent

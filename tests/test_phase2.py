@@ -485,3 +485,14 @@ def test_exclusive_embedding_refiner_gives_each_word_to_one_topic_only() -> None
     assert "common" in exclusive[0] and "common" not in exclusive[1]
     assert not exclusive[0] & exclusive[1]
     assert {"b1", "b2", "b3"} <= exclusive[1]
+
+
+def test_phase2_whose_llm_answers_nothing_stops_at_phase_1s_checkpoint(example_dir: Path, tmp_path: Path) -> None:
+    """Every request failing (a server that is down, a wrong port) trained phase 2 towards the model's own words
+    under the LLM's name: rc 0, a "refined" TU in metrics.json and "refined sets" in the report."""
+    refiner = RefinerConfig(backend="openai", llm_model="m", llm_url="http://127.0.0.1:9/v1", retries=0)
+    with pytest.raises(XtmError, match=r"phase 2: openai:m answered none of the 18 requests sent .* the run stops "
+                                       r"at phase 1's checkpoint: check --llm-url"):
+        small(example_dir, tmp_path / "run", epochs=2, p2=2, refiner=refiner)
+    assert latest_checkpoint_dir(tmp_path / "run").name == "epoch-000002"  # phase 1's last: nothing trained lost
+    assert not (tmp_path / "run" / "metrics.json").exists()

@@ -343,3 +343,34 @@ def test_transformers_sampling_of_a_prompt_does_not_depend_on_the_others_asked(t
     other_seed = gen.generate(["player team"], 3, Sampling(temperature=1.0, top_p=1.0, max_tokens=12, seed=4),
                               StepStats())
     assert other_seed[0] != alone[0]                     # the LLM seed still decides the samples
+
+
+def test_vllm_asks_in_slices_of_prompts_per_call(tmp_path) -> None:
+    """A step's topics go in batched calls of prompts_per_call (64): a Ctrl-C loses one slice's answers at most."""
+    engine = FakeVLLMEngine()
+    gen = VLLMGenerator("any/model", engine=engine)
+    topics = [TopicWords(k, {"en": ["player", "team"], "zh": ["球员", "球队"]}) for k in range(70)]
+    answers, stats = LLMRefiner(gen, VocabMatcher(VOCABS), n_words=5, cache=AnswerCache(tmp_path)).refine(topics, 2)
+    assert [len(c[0]) for c in engine.calls] == [64, 6] and stats.calls == 2 and len(answers) == 70
+
+
+def test_a_local_model_interrupted_keeps_the_answers_it_gave(tiny_llms, tmp_path) -> None:
+    """Answers of an in-process model were handed over (and cached) only once every prompt was answered: a Ctrl-C
+    after minutes of answers (15 s a prompt on a CPU) kept none. Now each prompt's answer is handed over before
+    the next is asked (phase 2's refiner and the labels both take them through generate_in_slices)."""
+    from xtm.trainer.phase2.refiners import generate_in_slices
+
+    class CtrlCOnTheSecondPrompt(TransformersGenerator):  # a real model; the interrupt is the test's
+        asked = 0
+
+        def generate(self, prompts, rounds, sampling, stats):
+            if self.asked == 1:
+                raise KeyboardInterrupt
+            self.asked += 1
+            return super().generate(prompts, rounds, sampling, stats)
+
+    got: list[tuple[int, list]] = []
+    with pytest.raises(KeyboardInterrupt):
+        generate_in_slices(CtrlCOnTheSecondPrompt(str(tiny_llms[0])), ["EN: player", "EN: market", "ZH: 球员"], 2,
+                           SAMPLED, StepStats(), lambda first, rows: got.append((first, rows)))
+    assert [(first, len(rows), len(rows[0])) for first, rows in got] == [(0, 1, 2)]  # the first prompt's 2 rounds

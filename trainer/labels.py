@@ -40,7 +40,7 @@ from xtm.labels import TopicLabels, clean_label, topics_digest
 from xtm.languages import language_name
 from xtm.run_dir import RunDir
 from xtm.trainer.phase2.answer_cache import AnswerCache
-from xtm.trainer.phase2.refiners import StepStats, TextGenerator, make_refiner
+from xtm.trainer.phase2.refiners import StepStats, TextGenerator, generate_in_slices, make_refiner
 
 logger = logging.getLogger(__name__)
 
@@ -147,9 +147,11 @@ def ask(generator: TextGenerator, prompts: list[str], cfg: LabelConfig, cache: A
     if todo and hasattr(generator, "generate_jobs"):
         generator.generate_jobs([(prompts[i], 0) for i in todo], sampling, stats, on_answer=arrived)
     elif todo:
-        fresh = generator.generate([prompts[i] for i in todo], 1, sampling, stats)
-        for job, row in zip(range(len(todo)), fresh, strict=True):
-            arrived(job, row[0] if row else None)
+        def arrived_rows(first: int, rows: list[list[str | None]]) -> None:
+            for job, row in enumerate(rows, start=first):
+                arrived(job, row[0] if row else None)
+
+        generate_in_slices(generator, [prompts[i] for i in todo], 1, sampling, stats, arrived_rows)
     return texts, len(todo), len(unanswered)
 
 

@@ -6,7 +6,9 @@ hostile or broken server costs bounded time and never sees the API key outside t
 from __future__ import annotations
 
 import email.utils
+import hashlib
 import http.client
+import ipaddress
 import json
 import logging
 import math
@@ -14,6 +16,7 @@ import os
 import random
 import re
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -74,6 +77,16 @@ def _origin(parts: SplitResult) -> tuple[str, str, int]:
     """(scheme, host, port): where the API key may go. Raises ValueError on a malformed port."""
     port = parts.port or (443 if parts.scheme == "https" else 80)
     return parts.scheme.lower(), (parts.hostname or "").lower(), port
+
+
+def _is_loopback(host: str) -> bool:
+    """`host` (a URL's hostname, lowercased) is this machine: localhost or a loopback address."""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _show_origin(origin: tuple[str, str, int]) -> str:
@@ -229,13 +242,25 @@ class OpenAICompatibleGenerator:
         self.model = model
         self.id = f"openai:{model}"
         # Answers are cached per server as well as per model name: two servers given the same --llm-model (a
-        # llama.cpp server ignores the name; "local" and "default" are common) are not one model.
-        self.cache_id = f"openai:{model}@{self.shown_url}"
+        # llama.cpp server ignores the name; "local" and "default" are common) are not one model. The whole URL
+        # (its digest): the shown one is cut at 120 characters and loses its query, so two gateway deployments
+        # (`.../legal-v1`, `.../medical-v2`, or `?deployment=a` / `=b`) shared one model's answers.
+        url_digest = hashlib.sha256(self.url.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        self.cache_id = f"openai:{model}@{url_digest}"
         self._key = self._read_key(api_key_env)
+        if self._key and not self._may_send_key(api_key_env):
+            logger.warning(f"${api_key_env} is not sent to {_show_origin(self.origin)}: plain http to another host "
+                           "than this one would show it to the network; use https, or put the key for this server "
+                           "in its own variable and name it with --llm-api-key-env (sent as you ask, over http too)")
+            self._key = None
         self.concurrency = max(1, int(concurrency))
         self.timeout, self.retries, self.backoff = float(timeout), int(retries), float(backoff)
         self.max_retry_wait = float(max_retry_wait)
         self.max_response_bytes = int(max_response_bytes)
+        # The exchanges under way (their sockets' kill switches): a Ctrl-C cuts them at once instead of waiting up to
+        # --llm-timeout for each (a second and third Ctrl-C did not stop a run waiting on a hung server).
+        self._inflight: set[Callable[[], None]] = set()
+        self._inflight_lock = threading.Lock()
 
     @staticmethod
     def _check_url(url: str) -> tuple[str, str, int]:
@@ -248,6 +273,13 @@ class OpenAICompatibleGenerator:
             raise XtmError(f"--llm-url must be an http:// or https:// address (e.g. http://127.0.0.1:8000/v1), "
                            f"got '{_without_query(parts)}'")
         return origin
+
+    def _may_send_key(self, api_key_env: str) -> bool:
+        """Whether the key may go to --llm-url: over https, to this machine, or from a variable the user named for
+        it. The default variable ($OPENAI_API_KEY, often a real OpenAI key) went in cleartext to any http:// server,
+        a keyless lab server included, without being asked for."""
+        scheme, host, _ = self.origin
+        return scheme == "https" or _is_loopback(host) or api_key_env != _DEFAULT.api_key_env
 
     @staticmethod
     def _read_key(api_key_env: str) -> str | None:
@@ -288,7 +320,12 @@ class OpenAICompatibleGenerator:
             for sock in sockets:
                 _shutdown(sock)
 
-        conn = cls(parts.hostname or "", parts.port, timeout=remaining)
+        with self._inflight_lock:
+            self._inflight.add(kill)
+
+        # (the port always given: http.client reads a bare IPv6 address's last group as the port, so
+        # http://[::1]/v1 went to host ':' port 1, and http://[::1:8082]/v1 took the key to port 8082)
+        conn = cls(parts.hostname or "", _origin(parts)[2], timeout=remaining)
         conn.on_socket = on_socket
         watchdog = threading.Timer(remaining, kill)
         watchdog.daemon = True
@@ -313,9 +350,15 @@ class OpenAICompatibleGenerator:
                 raise _TransientError(f"no complete answer within {self.timeout:g}s") from None
             if isinstance(e, http.client.IncompleteRead):
                 raise BadAnswerError("the answer was truncated") from None
+            if isinstance(e, ssl.SSLCertVerificationError):  # (retried 5 times, 17 s a request, then skipped)
+                raise XtmError(f"the LLM server at {self.shown_url} has a TLS certificate this machine does not "
+                               f"trust ({_printable(str(e.verify_message or 'verification failed'), 80)}): for a "
+                               "private CA, point SSL_CERT_FILE at its certificate") from None
             raise _TransientError(type(e).__name__) from None
         finally:
             watchdog.cancel()
+            with self._inflight_lock:
+                self._inflight.discard(kill)
             conn.close()
 
     @staticmethod
@@ -399,6 +442,8 @@ class OpenAICompatibleGenerator:
                 else:
                     stats.add(prompt_tokens=tokens[0], completion_tokens=tokens[1])
                 return text
+            if give_up is not None and give_up.is_set():
+                return None  # stopped (Ctrl-C, another request's fatal answer): cut, not failed; nothing to say
             if attempt < self.retries:
                 if give_up is None:
                     time.sleep(self._wait(attempt, retry_after))
@@ -443,7 +488,11 @@ class OpenAICompatibleGenerator:
                     fut.result()  # raises it
             return [fut.result() for fut in futures]
         except BaseException:
-            give_up.set()  # Ctrl-C or a fatal answer: wait for no more than the attempts already under way
+            give_up.set()  # Ctrl-C or a fatal answer: no new attempt, and the ones under way cut now
+            with self._inflight_lock:
+                kills = list(self._inflight)
+            for kill in kills:
+                kill()
             raise
         finally:
             # A fatal error (wrong key, redirect elsewhere) stops the step without sending the rest.

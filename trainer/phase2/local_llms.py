@@ -100,12 +100,16 @@ def _own_rng(torch: Any, device: str, seed: int) -> Iterator[None]:
 
 
 class VLLMGenerator:
-    """In-process vLLM: every topic of a step in one batched `chat` call, n = R samples each.
+    """In-process vLLM: the topics of a step in batched `chat` calls (prompts_per_call each), n = R samples each.
 
     GPU only in practice; vLLM is imported here and nowhere else, so nothing else needs it.
     `engine` may be passed in (tests use a stand-in named FakeVLLMEngine, because no GPU is
     reachable there); otherwise `vllm.LLM(model, **engine_kwargs)` is built on first use.
     """
+
+    # Topics per batched call: vLLM's throughput needs a batch, and a Ctrl-C loses at most one slice's answers
+    # (seconds on a GPU) instead of the whole step's.
+    prompts_per_call = 64
 
     def __init__(self, model: str, engine: Any = None, **engine_kwargs: Any) -> None:
         self.model = model
@@ -154,6 +158,9 @@ class VLLMGenerator:
 
 class TransformersGenerator:
     """A small local chat model through transformers (a directory, hub name, or a .gguf file)."""
+
+    # One prompt at a time (it generates them one by one anyway): each answer is cached as it comes.
+    prompts_per_call = 1
 
     def __init__(self, model: str, device: str = "cpu") -> None:
         self.model_name = model

@@ -163,6 +163,15 @@ class Phase2Objective:
                 kept += 1
             else:
                 missing += 1
+        asked = len(topics) * self.cfg.rounds - stats.cache_hits
+        if asked and stats.failures >= asked and all(r is None for r in self.refined):
+            # Not one answer, and no refined set from before: phase 2 would train towards the model's own words
+            # under the LLM's name (it did: rc 0, "refined" TU in metrics.json and the report). Phase 1's last
+            # epoch is checkpointed before phase 2 starts, so nothing trained is lost.
+            raise XtmError(f"phase 2: {self.refiner.name} answered none of the {asked} requests sent (each failed "
+                           "every attempt: the warnings above say why), so no topic has a refined set; the run "
+                           "stops at phase 1's checkpoint: check --llm-url and that the server runs, then continue "
+                           "with xtm-train --out RUN --resume")
         self.events["topics_kept_previous_set"] += kept
         self.events["topics_without_set"] += missing
         self.build_targets(own)

@@ -104,6 +104,16 @@ class TextGenerator(Protocol):
         ...
 
 
+def generate_in_slices(generator: TextGenerator, prompts: list[str], rounds: int, sampling: Sampling,
+                       stats: StepStats, arrived: Callable[[int, list[list[str | None]]], None]) -> None:
+    """`generator.generate` over `prompts` a slice at a time (its `prompts_per_call`, default all at once), handing
+    each slice's answers to `arrived(index of its first prompt, answers)` before the next is asked: an in-process
+    model on a CPU (15 s a prompt) cached nothing until every prompt was answered, so a Ctrl-C lost them all."""
+    size = max(1, int(getattr(generator, "prompts_per_call", None) or len(prompts) or 1))
+    for first in range(0, len(prompts), size):
+        arrived(first, generator.generate(prompts[first:first + size], rounds, sampling, stats))
+
+
 class LLMRefiner:
     """Prompts a text generator (with the answer cache in front) and parses its answers."""
 
@@ -137,11 +147,13 @@ class LLMRefiner:
             self.generator.generate_jobs([(prompts[i], r) for i, r in missing], self.sampling, stats,
                                          on_answer=arrived)
         elif todo:
-            fresh = self.generator.generate([prompts[i] for i in todo], rounds, self.sampling, stats)
-            for i, texts in zip(todo, fresh, strict=True):
-                for r, text in enumerate(texts):
-                    if answers[i][r] is None:
-                        answers[i][r] = self._fresh(keys[i][r], text, stats)
+            def arrived_rows(first: int, rows: list[list[str | None]]) -> None:
+                for i, texts in zip(todo[first:first + len(rows)], rows, strict=True):
+                    for r, text in enumerate(texts):
+                        if answers[i][r] is None:
+                            answers[i][r] = self._fresh(keys[i][r], text, stats)
+
+            generate_in_slices(self.generator, [prompts[i] for i in todo], rounds, self.sampling, stats, arrived_rows)
         parsed = [[a if a is not None else self._parse(None) for a in row] for row in answers]
         stats.seconds = time.perf_counter() - t0
         return parsed, stats
