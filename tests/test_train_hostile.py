@@ -834,3 +834,23 @@ def test_a_language_whose_training_documents_share_one_label_trains_and_leaves_c
     route = train_contextual(tmp_path / "run", ContextualConfig(threads=1, epochs=2))
     assert "'zh': 1 class" in route["classification_note"] and "classification" not in route
 
+
+
+def test_documents_that_differ_after_a_segmenter_change_say_so(example_dir: Path, tmp_path: Path) -> None:
+    """A resume after a segmenter upgrade (the same files cut into other words) was refused as 'the training
+    documents differ' without a word on why: the user looked for a file they never changed."""
+    run = tmp_path / "run"
+    assert cli(example_args(example_dir, run, "--epochs", "1", "--no-contextual")).returncode == 0
+    config = json.loads((run / "config.json").read_text(encoding="utf-8"))
+    zh = config["tokenizers"]["zh"]
+    assert zh.get("segmenter"), zh  # the release recorded
+    zh["segmenter"] = "jieba 0.0.1"  # as if trained under another release; the documents below are cut otherwise
+    (run / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    lines = (example_dir / "docs.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+    other = tmp_path / "docs.jsonl"
+    other.write_text("".join(lines[1:] + lines[:1]), encoding="utf-8")
+    args = example_args(example_dir, run, "--epochs", "2", "--resume")
+    args[args.index("--data") + 1] = str(other)
+    p = cli(args)
+    assert p.returncode == 2 and "the training documents differ" in p.stderr, p.stderr
+    assert "perhaps because a segmenter changed since: 'zh' was tokenized with jieba 0.0.1" in p.stderr, p.stderr

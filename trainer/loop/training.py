@@ -68,6 +68,21 @@ __all__ = ["TrainResult", "train"]
 logger = logging.getLogger(__name__)
 
 
+def _segmenter_changes(run_dir: Path) -> str:
+    """Why the same files can give other training documents: a segmenter upgraded since the run recorded its
+    releases (config.json "tokenizers"), which cuts the same text into other words. Said with the refusal, which
+    otherwise sent a user looking for a file they never changed."""
+    from xtm.runtime.tokenize import segmenter_drift
+
+    try:
+        tokenizers = RunDir(run_dir).load_config().get("tokenizers")
+    except (XtmError, OSError):
+        return ""
+    notes = [note for t in (tokenizers.values() if isinstance(tokenizers, dict) else ())
+             if isinstance(t, dict) and (note := segmenter_drift(t)) is not None]
+    return "; perhaps because a segmenter changed since: " + "; ".join(notes) if notes else ""
+
+
 @dataclass
 class TrainResult:
     model: CrossLingualTopicModel
@@ -287,8 +302,8 @@ class _Training:
         if differences := data_differences(saved.get("corpus"), self.fingerprint):
             # Refused, not warned: the run's history, metrics and test split would mix two corpora under one name.
             raise XtmError(f"--resume: the training documents differ from those this checkpoint was trained on "
-                           f"({'; '.join(differences)}): resume with the data the run was trained on, or train a new "
-                           "run in another --out", path=ckpt.path)
+                           f"({'; '.join(differences)}){_segmenter_changes(self.run_dir)}: resume with the data the "
+                           "run was trained on, or train a new run in another --out", path=ckpt.path)
         if self.model.reads_links and saved.get("links") is not None and saved.get("links") != self.links:
             # The model keeps the checkpoint's links (its aux buffers), so another dictionary would change
             # nothing but config.json, which would name it. (Checkpoints from before the digest: not checked.)
