@@ -21,6 +21,7 @@ stopped reading. Modes:
   header_flood    a status line and then thousands of header lines
   garbage_status  a status line that is not HTTP at all
   status:<code>   that bare status code
+  early_hints     a 103 Early Hints interim response, then a good answer
 
 `DripTLSServer` does the same as `drip` one level down: an https:// endpoint whose TLS handshake drips.
 
@@ -175,6 +176,11 @@ class AdversarialLLMServer:
         if mode == "good" or mode in USAGES:
             usage = USAGES.get(mode, {"prompt_tokens": 10, "completion_tokens": 5})
             self.send_json(h, 200, json.dumps(completion(self.answer, usage)).encode())
+        elif mode == "early_hints":
+            body = json.dumps(completion(self.answer, {"prompt_tokens": 10, "completion_tokens": 5})).encode()
+            self.write(h, b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+                          + f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+                            "Connection: close\r\n\r\n".encode() + body)
         elif mode == "empty":
             self.send_json(h, 200, json.dumps(completion("", {"prompt_tokens": 10, "completion_tokens": 0})).encode())
         elif mode == "redirect":

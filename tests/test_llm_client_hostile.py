@@ -652,3 +652,10 @@ def test_an_interrupt_cuts_the_requests_under_way(servers, tmp_path) -> None:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
     assert time.monotonic() - t0 < 3.0 and len(s.requests) <= 2  # cut, and the queued one never sent
+
+
+def test_an_early_hints_interim_response_is_skipped_for_the_answer(servers, tmp_path) -> None:
+    """A 103 Early Hints before the answer was taken for the answer: the request was given up ('HTTP 103')."""
+    s = servers(default="early_hints")
+    answers, stats = refiner(s.url, tmp_path).refine([TOPIC], rounds=1)
+    assert answers[0][0].usable and stats.calls == 1 and stats.failures == 0

@@ -116,10 +116,26 @@ def _shutdown(sock: socket.socket) -> None:
         pass
 
 
+class _InterimSkippingResponse(http.client.HTTPResponse):
+    """http.client skips 100 Continue only: a 103 Early Hints (or another 1xx) before the answer was taken for the
+    answer, and the request given up ("HTTP 103"). Interim responses are skipped, at most MAX_INTERIM of them."""
+
+    MAX_INTERIM = 16
+
+    def _read_status(self) -> tuple[str, int, str]:
+        for _ in range(self.MAX_INTERIM):
+            version, status, reason = super()._read_status()  # type: ignore[misc]
+            if not (100 < status < 200) or status == 101:  # (100 is begin()'s own; 101 switches protocols)
+                return version, status, reason
+            http.client.parse_headers(self.fp)  # the interim response's headers, dropped
+        raise http.client.HTTPException(f"more than {self.MAX_INTERIM} interim responses")
+
+
 class _WatchedHTTPConnection(http.client.HTTPConnection):
     """HTTP whose socket is handed to `on_socket` (the deadline watchdog) as soon as it exists."""
 
     on_socket: Callable[[socket.socket], None]
+    response_class = _InterimSkippingResponse
 
     def connect(self) -> None:
         super().connect()
@@ -131,6 +147,7 @@ class _WatchedHTTPSConnection(http.client.HTTPSConnection):
     is cut at the deadline too (HTTPSConnection.connect without tunnels, handshake made explicit)."""
 
     on_socket: Callable[[socket.socket], None]
+    response_class = _InterimSkippingResponse
 
     def connect(self) -> None:
         http.client.HTTPConnection.connect(self)
