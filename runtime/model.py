@@ -374,6 +374,17 @@ class TopicModel:
         assert self._contextual is not None
         return self._contextual
 
+    def warm_up(self) -> TopicModel:
+        """Open now what the first request would open (the contextual graph and its checksum, each training
+        language's tokenizer and its dictionary) and run one document through each route, so a service's first
+        request costs what the others do (about 1 s before, 1 ms after, on a CPU). Returns the model:
+        `model = TopicModel.load(path).warm_up()`."""
+        for lang in self.languages:
+            self.infer(["warm up"], langs=lang, route="bow")
+        if self.has_contextual:
+            self.embed(["warm up"])  # (the sentence encoder itself: no language to choose)
+        return self
+
     @property
     def providers(self) -> list[str]:
         """Execution providers the sessions run on, as onnxruntime reports them (preference order):

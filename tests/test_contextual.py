@@ -540,3 +540,21 @@ def test_a_route_that_classifies_worse_than_the_bags_of_words_is_said(tmp_path, 
     [record] = caplog.records
     assert "(mean accuracy 0.49 against 0.61)" in record.getMessage()
     assert f"xtm-contextual {tmp_path} --auto-route bow" in record.getMessage()
+
+
+def test_warm_up_opens_what_the_first_request_would(contextual_bundle: Path, tmp_path: Path) -> None:
+    """A service's first request paid for opening and checksumming the contextual graph (about 1 s); warm_up() pays
+    it at start: a graph replaced after loading is found there, not by the first user."""
+    from xtm.runtime.model import TopicModel
+
+    model = TopicModel.load(contextual_bundle)
+    assert model.warm_up() is model and model._contextual is not None
+    bundle = tmp_path / "b"
+    shutil.copytree(contextual_bundle, bundle)
+    cold = TopicModel.load(bundle)
+    graph = bundle / json.loads((bundle / "manifest.json").read_text())["contextual"]["file"]
+    data = bytearray(graph.read_bytes())
+    data[-100] ^= 0xFF
+    graph.write_bytes(bytes(data))
+    with pytest.raises(XtmError, match="checksum mismatch"):
+        cold.warm_up()
