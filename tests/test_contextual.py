@@ -240,12 +240,17 @@ def test_a_contextual_graph_replaced_after_loading_is_refused_when_it_opens(cont
     bundle = tmp_path / "b"
     shutil.copytree(contextual_bundle, bundle)
     model = TopicModel.load(bundle)
+    _change_a_weight_of_the_graph(bundle)
+    with pytest.raises(XtmError, match="checksum mismatch"):
+        model.infer(["Le marché a chuté."], langs="fr")
+
+
+def _change_a_weight_of_the_graph(bundle: Path) -> None:
+    """One byte of the bundle's contextual graph flipped in place (same size): a re-export under a loaded model."""
     graph = bundle / json.loads((bundle / "manifest.json").read_text())["contextual"]["file"]
     data = bytearray(graph.read_bytes())
     data[-100] ^= 0xFF
     graph.write_bytes(bytes(data))
-    with pytest.raises(XtmError, match="checksum mismatch"):
-        model.infer(["Le marché a chuté."], langs="fr")
 
 
 def test_the_contextual_tokenizer_is_built_from_the_bytes_that_were_checked(contextual_bundle: Path, tmp_path: Path,
@@ -552,9 +557,6 @@ def test_warm_up_opens_what_the_first_request_would(contextual_bundle: Path, tmp
     bundle = tmp_path / "b"
     shutil.copytree(contextual_bundle, bundle)
     cold = TopicModel.load(bundle)
-    graph = bundle / json.loads((bundle / "manifest.json").read_text())["contextual"]["file"]
-    data = bytearray(graph.read_bytes())
-    data[-100] ^= 0xFF
-    graph.write_bytes(bytes(data))
+    _change_a_weight_of_the_graph(bundle)
     with pytest.raises(XtmError, match="checksum mismatch"):
         cold.warm_up()

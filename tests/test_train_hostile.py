@@ -591,12 +591,7 @@ def test_an_out_of_core_resume_given_other_data_keeps_the_runs_shards(example_di
     assert cli(example_args(example_dir, run, "--epochs", "1", "--out-of-core", "--shard-size", "50")).returncode == 0
     index = run / "shards" / "index.json"
     before = (index.stat().st_ino, index.read_bytes())
-    lines = (example_dir / "docs.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
-    other = tmp_path / "shuffled.jsonl"
-    other.write_text("".join(lines[1:] + lines[:1]), encoding="utf-8")
-    args = example_args(example_dir, run, "--epochs", "2", "--resume")
-    args[args.index("--data") + 1] = str(other)
-    p = cli(args)
+    p = cli(_resume_on_shuffled_docs(example_dir, run, tmp_path))
     assert p.returncode == 2 and "the run's shards were built from other input files" in p.stderr, p.stderr
     assert (index.stat().st_ino, index.read_bytes()) == before  # kept, not rebuilt
     p = cli(example_args(example_dir, run, "--epochs", "2", "--resume"))
@@ -846,11 +841,16 @@ def test_documents_that_differ_after_a_segmenter_change_say_so(example_dir: Path
     assert zh.get("segmenter"), zh  # the release recorded
     zh["segmenter"] = "jieba 0.0.1"  # as if trained under another release; the documents below are cut otherwise
     (run / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    p = cli(_resume_on_shuffled_docs(example_dir, run, tmp_path))
+    assert p.returncode == 2 and "the training documents differ" in p.stderr, p.stderr
+    assert "perhaps because a segmenter changed since: 'zh' was tokenized with jieba 0.0.1" in p.stderr, p.stderr
+
+
+def _resume_on_shuffled_docs(example_dir: Path, run: Path, tmp_path: Path) -> list[str]:
+    """xtm-train arguments resuming `run` to 2 epochs on the example's documents in another order (other data)."""
     lines = (example_dir / "docs.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
-    other = tmp_path / "docs.jsonl"
+    other = tmp_path / "shuffled.jsonl"
     other.write_text("".join(lines[1:] + lines[:1]), encoding="utf-8")
     args = example_args(example_dir, run, "--epochs", "2", "--resume")
     args[args.index("--data") + 1] = str(other)
-    p = cli(args)
-    assert p.returncode == 2 and "the training documents differ" in p.stderr, p.stderr
-    assert "perhaps because a segmenter changed since: 'zh' was tokenized with jieba 0.0.1" in p.stderr, p.stderr
+    return args
