@@ -59,16 +59,21 @@ _QUOTES = "\"'`*_“”‘’«»「」『』《》【】()（）[]"
 _TRAILING = ".。!！?？;；,，:：、 "
 _PREAMBLE = re.compile(r"^(sure|certainly|of course|okay|ok|here('s| is| are)|i (would|will|can|think|suggest)|"
                        r"as an ai|i'm sorry|sorry|this topic|the topic is about|these words|based on)\b", re.IGNORECASE)
-# A refusal, an apology or an error's text is no label, whatever its shape ("I cannot help with that", "N/A",
-# "Error: rate limit exceeded" -> "Error", 抱歉，我无法回答): these were accepted, cached and served on every line.
-_REFUSAL = re.compile(r"^(i\s+(cannot|can't|can not|am unable|'m unable|am not able|'m not able|don't know|do not "
-                      r"know|won't)|i can't|as an? (ai|language model|assistant)\b.*\b(can't|cannot|unable|not able)"
-                      r"|unable to|no (suitable |appropriate )?(title|label|answer|topic|name)\b)"
-                      r"|我无法|我不能|我無法|无法回答|無法回答|无法提供|無法提供|不知道|申し訳ありませんが|できません|わかりません"
-                      r"|죄송하지만|모르겠|알 수 없", re.IGNORECASE)
-_NOT_A_NAME = re.compile(r"(n/?a|none|null|nil|unknown|undefined|error|not applicable|nothing|no label|no title|"
-                         r"untitled|label|title|topic|sorry|apologies|不明|未知|无|無|なし|エラー|错误|錯誤|抱歉|对不起|對不起|"
-                         r"すみません|없음|오류|죄송합니다)", re.IGNORECASE)
+# A refusal or an error's text is no label ("I cannot help with that", "N/A", "Error: rate limit exceeded", 抱歉，
+# 我无法回答): these were accepted, cached and served on every line. Only what declines in the first person, an
+# error message's "Error:" prefix, or a whole answer that names nothing: "Unable to Work", "No Name Brands",
+# "予約できません" (a support topic), "Error" and "Nil" (the Nile) are labels.
+_REFUSAL = re.compile(r"^(?:i\s+(?:cannot|can't|can not|am unable|'m unable|am not able|'m not able|don't know|do "
+                      r"not know|won't)\b|i can't\b|i'm sorry,? but\b|sorry,? (?:but )?i\b|as an? (?:ai|language "
+                      r"model|assistant)\b.*\b(?:can't|cannot|unable|not able)\b|unable to (?:provide|generate|"
+                      r"determine|help|answer|create|come up|label|name)\b|no (?:suitable |appropriate )?(?:title|"
+                      r"label)s? (?:available|provided|found|possible|can)\b|(?:error|错误|錯誤|エラー|오류)\s*[:：]"
+                      r"|(?:抱歉|对不起|對不起)[，,、 ]*我|我(?:无法|不能|無法|不知道)"
+                      r"|申し訳(?:ありません|ございません)"
+                      r"|죄송합니다[,.]? ?(?:하지만|저는)?)", re.IGNORECASE)
+_NOT_A_NAME = re.compile(r"(?:n/?a|none|null|unknown|undefined|not applicable|nothing|no label|no title|untitled|"
+                         r"label|title|topic|sorry|apologies|不明|未知|无|無|なし|抱歉|对不起|對不起|不知道|无法回答|無法回答|"
+                         r"すみません|わかりません|답변할 수 없습니다|모르겠습니다|죄송합니다|없음)", re.IGNORECASE)
 # Markup, code and links are never a label (the report escapes them anyway; pipelines may not).
 _FORBIDDEN = re.compile(r"[<>{}\\]|://|www\.|&#?\w+;", re.IGNORECASE)
 

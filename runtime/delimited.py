@@ -4,15 +4,21 @@ Parquet row is one (`records.parse_record` checks it, under the same field names
 Spreadsheets and warehouse exports write CSV; before, it was refused ("convert it to JSONL"). What such files
 hold and how each case is read:
 - The first row is the header; the text, lang and id columns are found by name (--text-field etc.). A file
-  without the text column, or naming one of the three twice, is an error before any row.
-- An empty cell is an absent field (CSV has no null): an empty lang is detected, an empty id is the line number,
+  without the text column, or naming one of the three twice, is an error before any row; a 'language' or 'doc_id'
+  column where 'lang' or 'id' is absent is read for the warning that it is not read, as in JSONL and Parquet.
+- An empty cell is an absent field (CSV has no null): an empty lang is detected, an empty id is the line number;
   an empty text is a bad row ("empty text"). Ids are the cells' strings ("7", not 7).
 - Rows are numbered by the physical line they start on (a quoted field may span lines), as an editor shows.
-- Malformed quoting (`"a"b`, a quote never closed) is a bad row with the reader's reason, and reading goes on
-  after it; a quote never closed swallows the rest of the file into that one bad row, which the reason says.
-- Bytes that are not UTF-8 make their row bad (naming the field); a byte-order mark (Excel's) is dropped.
-- A cell longer than records.MAX_LINE_BYTES characters is a bad row, never a crash (the csv module's own limit,
-  128 KiB, would have refused texts that JSONL truncates with a warning).
+- CSV quoting that is broken (`"a"b`, a quote never closed) stops the run with an error naming the line: the
+  reader cannot tell where the broken row ends, so reading on gave pieces of one cell as rows of their own, and a
+  quote never closed took the rest of the file (9,998 of 10,000 rows) as one bad row under exit 0.
+- TSV is read as the format defines it (IANA text/tab-separated-values, Postgres COPY, Hive): one record a line,
+  no quoting, a quote character is text. Read as CSV, one text starting with `"` swallowed the rest of the file.
+- Bytes that are not UTF-8 make their row bad (naming the field); a byte-order mark (Excel's) is dropped; a
+  UTF-16 file (Excel's "Unicode Text") is an error saying so.
+- A physical line longer than MAX_CSV_LINE characters is an error (the csv module holds a line and all of its
+  cells at once: a 100 MB line of short cells took 1 GB); a longer text is cut with JSONL's warning (the csv
+  module's own cell limit, 128 KiB, is raised to records.MAX_LINE_BYTES).
 """
 
 from __future__ import annotations
@@ -20,10 +26,12 @@ from __future__ import annotations
 import csv
 import io
 import re
+import shlex
 from collections.abc import Iterator, Sequence
-from typing import IO, NamedTuple
+from typing import IO
 
 from xtm.errors import XtmError
+from xtm.field_names import names_for
 from xtm.runtime.records import (
     CHUNK_BYTES,
     DEFAULT_FIELDS,
@@ -33,24 +41,22 @@ from xtm.runtime.records import (
     parse_record,
 )
 
-__all__ = ["DELIMITERS", "Unreadable", "csv_chunks", "parse_csv_row"]
+__all__ = ["DELIMITERS", "MAX_CSV_LINE", "csv_chunks", "parse_csv_row"]
 
 # Input format -> delimiter.
 DELIMITERS = {"csv": ",", "tsv": "\t"}
+# The longest physical line read (characters): the csv module holds a line and all of its cells at once, so this
+# bounds memory (8 M one-character cells, about 0.5 GB, at worst); a text over several lines may be longer.
+MAX_CSV_LINE = 8 * 2**20
 # What a byte that is not UTF-8 becomes when decoded with errors="surrogateescape": found in a cell, its row is bad.
 _UNDECODED = re.compile("[\udc80-\udcff]")
 
 
-class Unreadable(NamedTuple):
-    """A row the CSV reader could not read (malformed quoting, an over-long cell), with the reason."""
-
-    reason: str
-
-
 def csv_chunks(stream: IO[bytes], size: int, fields: FieldNames = DEFAULT_FIELDS, *, delimiter: str = ",",
-               name: str = "<stdin>") -> Iterator[list[tuple[int, dict[str, str] | Unreadable]]]:
-    """(line number, record or Unreadable) lists of up to `size` rows, and of about CHUNK_BYTES of text at most,
-    from a CSV (or, with delimiter "\\t", TSV) byte stream; the header is read first and checked (XtmError)."""
+               name: str = "<stdin>") -> Iterator[list[tuple[int, dict[str, str]]]]:
+    """(line number, record) lists of up to `size` rows, and of about CHUNK_BYTES of text at most, from a CSV (or,
+    with delimiter "\\t", TSV) byte stream; the header is read first and checked. XtmError for what cannot be read
+    with confidence (see the module docstring)."""
     text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
     try:
         yield from _rows(text, size, fields, delimiter, name)
@@ -59,17 +65,21 @@ def csv_chunks(stream: IO[bytes], size: int, fields: FieldNames = DEFAULT_FIELDS
 
 
 def _rows(text: IO[str], size: int, fields: FieldNames, delimiter: str,
-          name: str) -> Iterator[list[tuple[int, dict[str, str] | Unreadable]]]:
+          name: str) -> Iterator[list[tuple[int, dict[str, str]]]]:
     _raise_field_limit()
-    reader = csv.reader(text, delimiter=delimiter, strict=True)
+    quoting = {} if delimiter == "," else {"quoting": csv.QUOTE_NONE}  # TSV: no quoting (the module docstring)
+    reader = csv.reader(_lines(text, name), delimiter=delimiter, strict=True, **quoting)
     try:
         header = next(reader, None)
     except csv.Error as e:
-        raise XtmError(f"cannot read the header: {e}", path=name, line=1) from e
+        raise XtmError(f"cannot read the header: {e}", path=name, line=1) from None
     if header is None:
         return
+    if header and header[0].startswith(("\udcff\udcfe", "\udcfe\udcff")):
+        raise XtmError("the file is UTF-16 (Excel's \"Unicode Text\"): save it as \"CSV UTF-8\" (or convert it: "
+                       "iconv -f UTF-16 -t UTF-8)", path=name, line=1)
     wanted = _columns(header, fields, name)
-    chunk: list[tuple[int, dict[str, str] | Unreadable]] = []
+    chunk: list[tuple[int, dict[str, str]]] = []
     held = 0
     last = reader.line_num
     while True:
@@ -79,15 +89,13 @@ def _rows(text: IO[str], size: int, fields: FieldNames, delimiter: str,
         except StopIteration:
             break
         except csv.Error as e:
-            item: dict[str, str] | Unreadable = Unreadable(_reason(e, start, reader.line_num))
-        else:
-            if not row:  # a blank line, as in JSONL: not a row
-                last = reader.line_num
-                continue
-            # Empty cells are absent fields; cells past the row's end (a short row) too.
-            item = {key: row[i] for key, i in wanted.items() if i < len(row) and row[i] != ""}
-            held += sum(len(v) for v in item.values())
+            raise XtmError(_broken(e, start, reader.line_num), path=name, line=start) from None
         last = reader.line_num
+        if not row:  # a blank line, as in JSONL: not a row
+            continue
+        # Empty cells are absent fields (the text's: "empty text"); cells past the row's end (a short row) too.
+        item = {key: row[i] for key, i in wanted.items() if i < len(row) and (row[i] != "" or key == fields.text)}
+        held += sum(len(v) for v in item.values())
         chunk.append((start, item))
         if len(chunk) >= size or held >= CHUNK_BYTES:
             yield chunk
@@ -96,12 +104,20 @@ def _rows(text: IO[str], size: int, fields: FieldNames, delimiter: str,
         yield chunk
 
 
-def parse_csv_row(item: dict[str, str] | Unreadable, lineno: int, served: Sequence[str] | None,
+def _lines(text: IO[str], name: str) -> Iterator[str]:
+    """The physical lines of `text`, none longer than MAX_CSV_LINE characters (XtmError naming the line)."""
+    lineno = 0
+    while line := text.readline(MAX_CSV_LINE + 1):
+        lineno += 1
+        if len(line) > MAX_CSV_LINE and not line.endswith(("\n", "\r")):
+            raise XtmError(f"a line longer than {MAX_CSV_LINE:,} characters: not a CSV or TSV row this reader takes "
+                           "(JSONL or Parquet take long records)", path=name, line=lineno)
+        yield line
+
+
+def parse_csv_row(item: dict[str, str], lineno: int, served: Sequence[str] | None,
                   fields: FieldNames = DEFAULT_FIELDS) -> Parsed:
-    """records.parse_record for one row of csv_chunks: its reader's reason, or bytes that were not UTF-8, make it
-    bad."""
-    if isinstance(item, Unreadable):
-        return None, item.reason, None
+    """records.parse_record for one row of csv_chunks; bytes that were not UTF-8 make it bad."""
     for field, key in zip(("text", "lang", "id"), fields, strict=True):
         value = item.get(key)
         if value is not None and (m := _UNDECODED.search(value)):
@@ -110,8 +126,10 @@ def parse_csv_row(item: dict[str, str] | Unreadable, lineno: int, served: Sequen
 
 
 def _columns(header: list[str], fields: FieldNames, name: str) -> dict[str, int]:
-    """Column index of each of `fields` the header has; XtmError without the text column or with one named twice."""
+    """Column index of each of `fields` the header has, and of another tool's name for lang or id where xtm's is
+    absent (read for parse_record's warning); XtmError without the text column or with one named twice."""
     wanted: dict[str, int] = {}
+    as_keys = dict.fromkeys(header)
     for field, key in zip(("text", "lang", "id"), fields, strict=True):
         at = [i for i, h in enumerate(header) if h == key]
         if len(at) > 1:
@@ -119,20 +137,30 @@ def _columns(header: list[str], fields: FieldNames, name: str) -> dict[str, int]
                            f"{at[1] + 1}): which one to read is not clear", path=name, line=1)
         if at:
             wanted[key] = at[0]
-        elif field == "text" or key != field:
+            continue
+        near = [h for h in header if h not in fields and (h.strip().lower() == key.lower() or
+                                                          (key == field and h in names_for(as_keys, field)))]
+        if field == "text" or key != field:
             shown = ", ".join(repr(h) for h in header[:20]) + (", ..." if len(header) > 20 else "")
-            raise XtmError(f"the header has no {fields.option(field)} column (it has {shown}; the first line is "
-                           "read as the header)", path=name, line=1)
+            hint = f": --{field}-field {shlex.quote(near[0])} reads {near[0]!r}" if near else \
+                " (the first line is read as the header)"
+            raise XtmError(f"the header has no {fields.option(field)} column (it has {shown}){hint}", path=name,
+                           line=1)
+        if near:
+            wanted[near[0]] = header.index(near[0])
     return wanted
 
 
-def _reason(e: csv.Error, start: int, end: int) -> str:
+def _broken(e: csv.Error, start: int, end: int) -> str:
+    """Why a CSV cannot be read on from line `start`, and what to do."""
     if "field larger than field limit" in str(e):
-        return f"a cell longer than {MAX_LINE_BYTES:,} characters (skipped)"
-    reason = f"malformed CSV: {e}"
+        return (f"a cell longer than {MAX_LINE_BYTES:,} characters (from line {start}): not a CSV this reader takes "
+                "(JSONL or Parquet take long records)")
     if "unexpected end of data" in str(e):
-        reason += f" (a quote opened on line {start} is never closed: lines {start}-{end} are this one row)"
-    return reason
+        return (f"a quote opened on line {start} is never closed: lines {start}-{end} would be one cell; fix the "
+                "quoting (a text with a lone '\"' must be quoted, its quotes doubled), or export the file again")
+    return (f"malformed CSV ({e}): the rows after it cannot be told apart from pieces of this one; fix the quoting "
+            "(a text with '\"' must be quoted, its quotes doubled), or export the file again")
 
 
 def _raise_field_limit() -> None:

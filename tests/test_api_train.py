@@ -331,3 +331,22 @@ def test_model_langs_chooses_two_of_three_languages_and_too_many_is_said_before_
     assert run.metrics["langs"] == ["zh", "en"] and RunDir(run.run_dir).load_config()["data"]["langs"] == ["zh", "en"]
     again = xtm.train(docs, dictionary=example["dict"], out=tmp_path / "run", epochs=2, resume=True)
     assert again.metrics["langs"] == ["zh", "en"]  # the run's own languages, taken by the resume
+
+
+def test_a_data_dir_in_use_by_another_training_is_refused_before_its_documents_are_replaced(
+        example: dict[str, Path], tmp_path: Path) -> None:
+    """Two calls with other outs and one data_dir replaced each other's docs.jsonl: the first's contextual fit,
+    which reads them again when training ends, then embedded the second's documents."""
+    docs = rows(example["docs"])
+    data = tmp_path / "shared.data"
+    xtm.train(docs, dictionary=example["dict"], model="nmtm", num_topics=4, epochs=1, out=tmp_path / "a",
+              data_dir=data, min_df=1, contextual=False)
+    written = (data / "docs.jsonl").read_bytes()
+    with held_by_another_process(data), pytest.raises(XtmError, match="is in use by xtm-train"):
+        xtm.train(docs[::2], dictionary=example["dict"], model="nmtm", num_topics=4, epochs=1, out=tmp_path / "b",
+                  data_dir=data, min_df=1, contextual=False)
+    assert (data / "docs.jsonl").read_bytes() == written
+    # Its lock file is ours: the directory is still one the next call may write.
+    run = xtm.train(docs[::2], dictionary=example["dict"], model="nmtm", num_topics=4, epochs=1, out=tmp_path / "b",
+                    data_dir=data, min_df=1, contextual=False)
+    assert not run.interrupted and (data / "docs.jsonl").read_bytes() != written

@@ -503,7 +503,7 @@ def test_smollm2_labels_topics_through_transformers_serve(smollm2_dir: Path, tmp
     ("I cannot help with that", "en"), ("I am unable to answer", "en"), ("As a language model, I can't", "en"),
     ("I don't know", "en"), ("No title available", "en"), ("N/A", "en"), ("None", "en"), ("Unknown", "en"),
     ("Error: rate limit exceeded", "en"), ("抱歉，我无法回答", "zh"), ("我不能帮助你", "zh"), ("对不起", "zh"),
-    ("申し訳ありませんが、お答えできません", "ja"), ("죄송합니다", "ko"),
+    ("申し訳ありませんが、お答えできません", "ja"), ("죄송합니다", "ko"), ("I'm sorry, but I can't", "en"),
 ])
 def test_a_refusal_or_an_error_text_is_no_label(answer: str, lang: str) -> None:
     """These were accepted as labels (a hostile review): cached, exported and written on every xtm-infer line."""
@@ -514,6 +514,11 @@ def test_a_refusal_or_an_error_text_is_no_label(answer: str, lang: str) -> None:
     ("Sorry! Here is a label:\nStock Market", "en", "Stock Market"),  # an apology is a preamble: the label follows
     ("Unknown Pleasures", "en", "Unknown Pleasures"), ("No Country for Old Men", "en", "No Country for Old Men"),
     ("国际新闻", "zh", "国际新闻"),
+    # (a review of the filter: support-ticket topics and one-word names it rejected)
+    *((x, lang, x) for x, lang in (
+        ("ログインできません問題", "ja"), ("予約できません", "ja"), ("알 수 없는 질병", "ko"),
+        ("无法提供医疗服务", "zh"), ("不知道的秘密", "zh"), ("Unable to Work", "en"), ("No Name Brands", "en"),
+        ("Error", "en"), ("エラー", "ja"), ("错误", "zh"), ("오류", "ko"), ("Nil", "fr"))),
 ])
 def test_names_that_begin_like_a_refusal_are_still_labels(answer: str, lang: str, label: str) -> None:
     assert clean_label(answer, lang) == label

@@ -582,15 +582,15 @@ def test_two_urls_alike_in_their_first_120_characters_or_but_their_query_do_not_
 def test_an_ipv6_address_without_a_port_is_asked_on_the_schemes_port(monkeypatch) -> None:
     """http://[::1]/v1 went to host ':' port 1 (http.client read the address's last group as the port), and
     http://[::1:8082]/v1 took the key to port 8082."""
-    import http.client
+    from xtm.trainer.phase2 import llm_http
 
     seen: list[tuple[str, int | None]] = []
 
-    def connect(self) -> None:
-        seen.append((self.host, self.port))
+    def connect(host: str, port: int, timeout: float | None, killed: object) -> None:
+        seen.append((host, port))  # where the request would go; nothing is listening there
         raise ConnectionRefusedError
 
-    monkeypatch.setattr(http.client.HTTPConnection, "connect", connect)
+    monkeypatch.setattr(llm_http, "_connect", connect)
     for url, expected in (("http://[::1]/v1", ("::1", 80)), ("http://[::1:8082]/v1", ("::1:8082", 80)),
                           ("http://[::1]:9000/v1", ("::1", 9000))):
         gen = OpenAICompatibleGenerator(url, "m", retries=0, backoff=0.01)
@@ -603,6 +603,8 @@ def test_an_ipv6_address_without_a_port_is_asked_on_the_schemes_port(monkeypatch
     ("http://10.1.2.3:8000/v1", "OPENAI_API_KEY", False),   # the default variable over plain http elsewhere
     ("http://127.0.0.1:8000/v1", "OPENAI_API_KEY", True),   # this machine
     ("http://localhost:8000/v1", "OPENAI_API_KEY", True),
+    ("http://gpu.localhost:8000/v1", "OPENAI_API_KEY", False),  # resolved by mDNS/DNS here: any address
+    ("http://[::ffff:127.0.0.1]:8000/v1", "OPENAI_API_KEY", False),
     ("https://10.1.2.3/v1", "OPENAI_API_KEY", True),        # over TLS
     ("http://10.1.2.3:8000/v1", "LAB_VLLM_KEY", True),      # a variable named for this server: as asked
 ])
@@ -659,3 +661,41 @@ def test_an_early_hints_interim_response_is_skipped_for_the_answer(servers, tmp_
     s = servers(default="early_hints")
     answers, stats = refiner(s.url, tmp_path).refine([TOPIC], rounds=1)
     assert answers[0][0].usable and stats.calls == 1 and stats.failures == 0
+
+
+def test_an_interrupt_cuts_a_request_still_connecting(tmp_path) -> None:
+    """A connect to a host that drops packets (a firewall, a full accept queue) could not be cut: a Ctrl-C waited
+    the whole --llm-timeout. A listening socket whose accept queue is full stands in for such a host."""
+    import signal
+    import socket as socketlib
+
+    from xtm.trainer.phase2.refiners import StepStats
+
+    listener = socketlib.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(8):  # fill the accept queue: later connects stay in SYN_SENT
+        f = socketlib.socket()
+        f.setblocking(False)
+        f.connect_ex(("127.0.0.1", port))
+        fillers.append(f)
+    gen = OpenAICompatibleGenerator(f"http://127.0.0.1:{port}/v1", "m", retries=0, timeout=30.0, concurrency=1)
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 1.0)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            gen.generate_jobs([("a", 0)], SAMPLING, StepStats())
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+        for f in fillers:
+            f.close()
+        listener.close()
+    assert time.monotonic() - t0 < 3.0

@@ -489,10 +489,18 @@ def test_exclusive_embedding_refiner_gives_each_word_to_one_topic_only() -> None
 
 def test_phase2_whose_llm_answers_nothing_stops_at_phase_1s_checkpoint(example_dir: Path, tmp_path: Path) -> None:
     """Every request failing (a server that is down, a wrong port) trained phase 2 towards the model's own words
-    under the LLM's name: rc 0, a "refined" TU in metrics.json and "refined sets" in the report."""
+    under the LLM's name: rc 0, a "refined" TU in metrics.json and "refined sets" in the report. It stops as a
+    signal would, at the checkpoint from before the refinement, with the run's settings recorded for --resume."""
     refiner = RefinerConfig(backend="openai", llm_model="m", llm_url="http://127.0.0.1:9/v1", retries=0)
-    with pytest.raises(XtmError, match=r"phase 2: openai:m answered none of the 18 requests sent .* the run stops "
-                                       r"at phase 1's checkpoint: check --llm-url"):
+    with pytest.raises(XtmError, match=r"phase 2: openai:m answered none of the 18 requests sent .* the run stopped "
+                                       r"at the checkpoint from before this refinement: check --llm-url"):
         small(example_dir, tmp_path / "run", epochs=2, p2=2, refiner=refiner)
     assert latest_checkpoint_dir(tmp_path / "run").name == "epoch-000002"  # phase 1's last: nothing trained lost
-    assert not (tmp_path / "run" / "metrics.json").exists()
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["phase2"]["refiner"]["llm_url"] == "http://127.0.0.1:9/v1"  # recorded: a resume takes it
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["interrupted"] and metrics["interrupted_at"]["signal"] is None
+    assert "answered none" in metrics["interrupted_at"]["reason"] and "refined" not in metrics
+    # The server back (here: the LLM-free refiner), the run continues from there.
+    resumed = small(example_dir, tmp_path / "run", resume=True, epochs=2, p2=2)
+    assert resumed["epochs"] == 4 and not resumed["interrupted"] and resumed["refined"]["TU"] > 0

@@ -41,7 +41,7 @@ from xtm.config import (
 from xtm.errors import TRAIN_INSTALL, XtmError
 from xtm.json_files import is_missing, json_default
 from xtm.languages import normalize_lang
-from xtm.run_dir import RunDir, has_checkpoint, has_results_only, hold_run_dir, refuse_foreign_dir
+from xtm.run_dir import LOCK_NAME, RunDir, has_checkpoint, has_results_only, hold_run_dir, lock_dir, refuse_foreign_dir
 from xtm.setting_values import check_setting
 from xtm.trainer.recorded import record_contextual_route
 
@@ -134,25 +134,14 @@ def train(docs: Sequence[str] | Sequence[Mapping[str, Any]], langs: Sequence[str
         user_words=[words], its --user-words).
         Checked like the command line's options.
     """
-    if contextual not in (None, True, False):
-        raise XtmError(f"contextual must be True, False or None (the default: fitted when the run allows), "
-                       f"got {contextual!r}")
-    if resume not in (True, False):
-        raise XtmError(f"resume must be True or False, got {resume!r}")
+    _check_switches(contextual, resume)
     named = {k: v for k, v in (("model", model), ("num_topics", num_topics), ("epochs", epochs)) if v is not None}
     cfg, data_settings = _configs(named, progress, settings)
     if model_langs is not None:
         data_settings["langs"] = _model_langs(model_langs)
     records = _records(docs, langs, labels)
     run_dir = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="xtm-run-"))
-    refuse_foreign_dir(run_dir, hint="choose a new or empty out")  # before anything is written
-    if not resume and has_checkpoint(run_dir):
-        # (said here: the documents below would otherwise replace the ones that run was trained on)
-        raise XtmError("out already holds a run: pass resume=True to continue it, or choose another out",
-                       path=run_dir)
-    if has_results_only(run_dir):
-        raise XtmError("out holds a finished run's results and no checkpoint to continue it from (checkpoints/ was "
-                       "removed): choose another out", path=run_dir)
+    _check_out(run_dir, resume)
     inputs = _Inputs.of(records, dictionary)  # checked before anything is written
     resuming = resume and has_checkpoint(run_dir)
     # absolute(): out="." has no name to put ".data" after
@@ -163,7 +152,10 @@ def train(docs: Sequence[str] | Sequence[Mapping[str, Any]], langs: Sequence[str
 
     # The run is held from before its inputs are written: a second call on the same out while one trains is
     # refused ("in use") before it replaces the documents and dictionary the first is training on.
-    with hold_run_dir(run_dir, "xtm.train"), _callers_random_state():
+    # Its data directory too: two calls with other outs and one data_dir replaced each other's documents (the
+    # contextual fit reads them again when training ends).
+    check_data_dir(data)
+    with hold_run_dir(run_dir, "xtm.train"), lock_dir(data, "xtm.train"), _callers_random_state():
         if resuming:
             cfg, data_settings, phase2, contextual = _recorded(run_dir, named, settings, cfg, data_settings, phase2,
                                                                contextual)
@@ -174,6 +166,9 @@ def train(docs: Sequence[str] | Sequence[Mapping[str, Any]], langs: Sequence[str
         try:
             metrics = run_training(data_cfg, cfg, run_dir, resume=resume, phase2=phase2)
         except XtmError as e:
+            # (a run stopped for phase 2's LLM records its settings first: its resume must not fit a route it
+            # was told not to)
+            record_contextual_route(run_dir, contextual, contextual is False)
             if dict_path is not None and not isinstance(dictionary, (str, Path)) and e.path == str(dict_path):
                 # The file is the one xtm wrote from the caller's pairs: say so, not only its name.
                 raise XtmError(f"the dictionary given as pairs (written to {dict_path}): {e.reason}", line=e.line,
@@ -188,6 +183,26 @@ def train(docs: Sequence[str] | Sequence[Mapping[str, Any]], langs: Sequence[str
 
             route = fit_after_training(run_dir, cfg, required=bool(contextual))
     return TrainedRun(run_dir=run_dir, data_path=data_path, metrics=metrics, topics=topics, contextual=route)
+
+
+def _check_switches(contextual: Any, resume: Any) -> None:
+    if contextual not in (None, True, False):
+        raise XtmError(f"contextual must be True, False or None (the default: fitted when the run allows), "
+                       f"got {contextual!r}")
+    if resume not in (True, False):
+        raise XtmError(f"resume must be True or False, got {resume!r}")
+
+
+def _check_out(run_dir: Path, resume: bool) -> None:
+    """`out` is one to train into (before anything is written): new, empty, or a run to resume."""
+    refuse_foreign_dir(run_dir, hint="choose a new or empty out")
+    if not resume and has_checkpoint(run_dir):
+        # (said here: the documents below would otherwise replace the ones that run was trained on)
+        raise XtmError("out already holds a run: pass resume=True to continue it, or choose another out",
+                       path=run_dir)
+    if has_results_only(run_dir):
+        raise XtmError("out holds a finished run's results and no checkpoint to continue it from (checkpoints/ was "
+                       "removed): choose another out", path=run_dir)
 
 
 def _recorded(run_dir: Path, named: dict[str, Any], settings: dict[str, Any], cfg: TrainConfig,
@@ -213,8 +228,11 @@ def _recorded(run_dir: Path, named: dict[str, Any], settings: dict[str, Any], cf
     data_settings = {name: getattr(filled, name) for name in (*_DATA_SETTINGS, "langs")}
     if phase2 is None and cfg.phase2_epochs:
         phase2 = recorded_phase2(recorded, Phase2Config(epochs=cfg.phase2_epochs))
-    if contextual is None and recorded.contextual_route().get("no_contextual"):
+    route = recorded.contextual_route()
+    if contextual is None and route.get("no_contextual"):
         contextual = False
+    elif contextual is None and route.get("contextual"):
+        contextual = True  # (a resume recorded it as None, and the next one fitted it as optional)
     if recorded.taken:
         logger.info(f"resume=True: the run's own settings where the call gives none (as xtm-train's options): "
                     f"{', '.join(recorded.taken)}")
@@ -381,6 +399,19 @@ def _as_list(value: Any) -> list[Any] | None:
     return None
 
 
+def check_data_dir(data: Path) -> None:
+    """XtmError unless `data` is new, empty or an earlier xtm.train call's (its INPUTS_MARKER, the files it writes
+    and its lock only): a user's directory is never written into."""
+    ours = {DOCS_FILE, DICT_FILE, INPUTS_MARKER, LOCK_NAME}
+    names = {p.name for p in data.iterdir()} if data.is_dir() and not data.is_symlink() else set()
+    if data.is_symlink() or (data.exists() and not data.is_dir()) or \
+            (names - {LOCK_NAME} and not (INPUTS_MARKER in names and names <= ours)):
+        raise XtmError(f"data_dir must be new, empty or one an earlier xtm.train call wrote (the documents are "
+                       f"written there); it holds other files and no {INPUTS_MARKER} marker (written since "
+                       "2026-12-06: delete a directory an older xtm.train wrote, or pass another data_dir)",
+                       path=data)
+
+
 @dataclass(frozen=True)
 class _Inputs:
     """The documents as docs.jsonl's text, and the dictionary: a path (the caller's file) or, given as pairs, dict.tsv's
@@ -416,14 +447,7 @@ class _Inputs:
         earlier call's (its INPUTS_MARKER and these files only: replaced, so a corrected call can run again).
         `resume`: the run trained on the files there; other documents or pairs are refused, and nothing is written
         (a refused resume once left the run's dictionary replaced by the call's)."""
-        ours = {DOCS_FILE, DICT_FILE, INPUTS_MARKER}
-        names = {p.name for p in data.iterdir()} if data.is_dir() and not data.is_symlink() else set()
-        if data.is_symlink() or (data.exists() and not data.is_dir()) or \
-                (names and not (INPUTS_MARKER in names and names <= ours)):
-            raise XtmError(f"data_dir must be new, empty or one an earlier xtm.train call wrote (the documents are "
-                           f"written there); it holds other files and no {INPUTS_MARKER} marker (written since "
-                           "2026-12-06: delete a directory an older xtm.train wrote, or pass another data_dir)",
-                           path=data)
+        check_data_dir(data)
         docs_path, dict_path = data / DOCS_FILE, data / DICT_FILE
         if resume:
             if docs_path.is_file() and docs_path.read_text(encoding="utf-8") != self.docs:

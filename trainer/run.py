@@ -381,10 +381,11 @@ def _run(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool, phase2: Ph
         run.write_topics(lang, topics)
     refined = None
     if objective is not None:
-        refined = objective.refined_topics(model)
-        for lang, topics in refined.items():
-            run.write_refined_topics(lang, topics)
-        metrics["refined"] = refined_metrics(refined, data.ref_corpus)
+        if any(r is not None for r in objective.refined):  # (none: the model's own words, not refined sets)
+            refined = objective.refined_topics(model)
+            for lang, topics in refined.items():
+                run.write_refined_topics(lang, topics)
+            metrics["refined"] = refined_metrics(refined, data.ref_corpus)
         metrics["phase2"] = objective.report()
     metrics.update({
         "model": cfg.model, "dataset": corpus.name, "langs": corpus.langs, "num_topics": cfg.num_topics,
@@ -399,7 +400,9 @@ def _run(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool, phase2: Ph
                                   "rank_state_sha256": result.rank_digests}
     run.save_metrics(metrics)
     write_report_data(run, corpus, model, outputs, top, refined, ref, device)
-    write_labels(run, phase2, cfg)
+    write_labels(run, phase2 if result.failure is None else None, cfg)  # (not the LLM that answered nothing)
+    if result.failure is not None:
+        raise result.failure  # recorded first: config.json gives a --resume the run's own settings
     return metrics
 
 

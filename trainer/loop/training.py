@@ -61,7 +61,7 @@ from xtm.trainer.loop.model_passes import recalibrate_batchnorm, warn_near_colla
 from xtm.trainer.loop.phase2_resume import phase2_differences
 from xtm.trainer.loop.stopping import StopFlag
 from xtm.trainer.loop.torch_setup import seed_everything, torch_threads, training_device
-from xtm.trainer.phase2.objective import Phase2Objective
+from xtm.trainer.phase2.objective import NoRefinementAnswerError, Phase2Objective
 
 __all__ = ["TrainResult", "train"]
 
@@ -96,6 +96,8 @@ class TrainResult:
     # where: {"epoch", "step", "steps_per_epoch", "signal"} (the checkpoint resumes there).
     signal: int | None = None
     stopped_at: dict[str, Any] | None = None
+    # Stopped for a reason other than a signal (phase 2's LLM answered nothing): raised once the run is recorded.
+    failure: XtmError | None = None
 
 
 def _collapse_point(value: Any) -> dict[str, tuple[float, float]]:
@@ -223,6 +225,7 @@ class _Stopped:
     progress: EpochProgress | None
     signum: int
     forced: bool
+    failure: XtmError | None = None  # a stop for a reason other than a signal (NoRefinementAnswerError)
 
 
 def train(corpus: Corpus, cfg: TrainConfig, run_dir: Path, resume: bool = False,
@@ -541,13 +544,19 @@ class _Training:
             if progress is not None and progress.epoch <= self.done:
                 progress = None  # it came after the epoch was closed: an epoch boundary
             stopped = _Stopped(progress, stop.signum or signal.SIGINT, forced=True)
+        except NoRefinementAnswerError as e:
+            # Stopped as a signal inside a refinement stops (the checkpoint holds the state from before it), so the
+            # run's settings and results are recorded and --resume continues it once the server answers.
+            stopped = _Stopped(progress, signal.SIGTERM, forced=True, failure=e)
         finally:
             bar.close()
         stop.forced = False
         stop.enter()  # from here on, signals wait for the checkpoint to be written
         try:
             if stopped is not None and self.main:
-                logger.info(f"{signal.Signals(stopped.signum).name}: stopping; saving the checkpoint")
+                why = "phase 2's LLM answered nothing" if stopped.failure is not None else \
+                    signal.Signals(stopped.signum).name
+                logger.info(f"{why}: stopping; saving the checkpoint")
             self._finish(stopped)
         finally:
             stop.restore()
@@ -804,14 +813,17 @@ class _Training:
             stopped_at = {"epoch": p.epoch if p is not None else self.done,
                           "step": p.steps_done if p is not None else n_steps,
                           "steps_per_epoch": n_steps, "signal": signal.Signals(stopped.signum).name}
+            if stopped.failure is not None:
+                stopped_at.update(signal=None, reason=stopped.failure.reason)
             if self.main:
                 where = f"after epoch {self.done}" if p is None else \
                     f"at epoch {p.epoch}, step {p.steps_done} of {n_steps}"
                 logger.info(f"stopped {where}; checkpoint saved: continue with --resume")
         return TrainResult(model=self.model, epochs_done=self.done, seconds_per_epoch=per_epoch,
                            history=self.history[:self.done], interrupted=stopped is not None,
-                           rank_digests=digests, signal=stopped.signum if stopped is not None else None,
-                           stopped_at=stopped_at)
+                           rank_digests=digests,
+                           signal=stopped.signum if stopped is not None and stopped.failure is None else None,
+                           stopped_at=stopped_at, failure=stopped.failure if stopped is not None else None)
 
 
 def _stderr_is_terminal() -> bool:

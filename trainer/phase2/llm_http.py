@@ -6,6 +6,7 @@ hostile or broken server costs bounded time and never sees the API key outside t
 from __future__ import annotations
 
 import email.utils
+import errno
 import hashlib
 import http.client
 import ipaddress
@@ -15,6 +16,7 @@ import math
 import os
 import random
 import re
+import selectors
 import socket
 import ssl
 import threading
@@ -80,8 +82,9 @@ def _origin(parts: SplitResult) -> tuple[str, str, int]:
 
 
 def _is_loopback(host: str) -> bool:
-    """`host` (a URL's hostname, lowercased) is this machine: localhost or a loopback address."""
-    if host == "localhost" or host.endswith(".localhost"):
+    """`host` (a URL's hostname, lowercased) is this machine: `localhost` or a loopback address. Not other names
+    under .localhost: this machine resolves those through mDNS and DNS, which may answer with any address."""
+    if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -131,14 +134,49 @@ class _InterimSkippingResponse(http.client.HTTPResponse):
         raise http.client.HTTPException(f"more than {self.MAX_INTERIM} interim responses")
 
 
+def _connect(host: str, port: int, timeout: float | None, killed: threading.Event) -> socket.socket:
+    """A TCP connection to (host, port) that gives up at `timeout` or as soon as `killed` is set: a blocking connect
+    cannot be woken from another thread, so a Ctrl-C waited out --llm-timeout for a host that drops packets."""
+    deadline = time.monotonic() + (timeout if timeout is not None else 3600.0)
+    error: OSError = OSError(f"no address for {host}")
+    for family, kind, proto, _, address in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            code = sock.connect_ex(address)
+            with selectors.DefaultSelector() as sel:
+                sel.register(sock, selectors.EVENT_WRITE)
+                while code in (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY):
+                    if killed.is_set():
+                        raise OSError(errno.ECANCELED, "the request was cut")
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutError("timed out connecting")
+                    if sel.select(min(0.1, left)):
+                        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if code:
+                raise OSError(code, os.strerror(code))
+            sock.settimeout(max(0.001, deadline - time.monotonic()))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return sock
+        except OSError as e:
+            sock.close()
+            error = e
+            if killed.is_set():
+                break
+    raise error
+
+
 class _WatchedHTTPConnection(http.client.HTTPConnection):
-    """HTTP whose socket is handed to `on_socket` (the deadline watchdog) as soon as it exists."""
+    """HTTP whose socket is handed to `on_socket` (the deadline watchdog) as soon as it is connected, and whose
+    connecting is cut when `killed` is set."""
 
     on_socket: Callable[[socket.socket], None]
+    killed: threading.Event
     response_class = _InterimSkippingResponse
 
     def connect(self) -> None:
-        super().connect()
+        self.sock = _connect(self.host, self.port, self.timeout, self.killed)
         self.on_socket(self.sock)
 
 
@@ -149,8 +187,10 @@ class _WatchedHTTPSConnection(http.client.HTTPSConnection):
     on_socket: Callable[[socket.socket], None]
     response_class = _InterimSkippingResponse
 
+    killed: threading.Event
+
     def connect(self) -> None:
-        http.client.HTTPConnection.connect(self)
+        self.sock = _connect(self.host, self.port, self.timeout, self.killed)
         self.sock = self._context.wrap_socket(self.sock, server_hostname=self.host, do_handshake_on_connect=False)
         self.on_socket(self.sock)
         self.sock.do_handshake()
@@ -343,7 +383,7 @@ class OpenAICompatibleGenerator:
         # (the port always given: http.client reads a bare IPv6 address's last group as the port, so
         # http://[::1]/v1 went to host ':' port 1, and http://[::1:8082]/v1 took the key to port 8082)
         conn = cls(parts.hostname or "", _origin(parts)[2], timeout=remaining)
-        conn.on_socket = on_socket
+        conn.on_socket, conn.killed = on_socket, killed
         watchdog = threading.Timer(remaining, kill)
         watchdog.daemon = True
         watchdog.start()

@@ -77,6 +77,11 @@ def vote(answers: Sequence[ParsedAnswer | None], langs: Sequence[str], m: int) -
     return RefinedTopic(words, counts)
 
 
+class NoRefinementAnswerError(XtmError):
+    """Every request of a refinement failed and no topic has a refined set: the training loop stops at the checkpoint
+    from before it (as for a signal), the run's results are recorded, and then this error is raised."""
+
+
 class Phase2Objective:
     """The refinement state and the phase-2 losses for one model and corpus."""
 
@@ -168,10 +173,15 @@ class Phase2Objective:
             # Not one answer, and no refined set from before: phase 2 would train towards the model's own words
             # under the LLM's name (it did: rc 0, "refined" TU in metrics.json and the report). Phase 1's last
             # epoch is checkpointed before phase 2 starts, so nothing trained is lost.
-            raise XtmError(f"phase 2: {self.refiner.name} answered none of the {asked} requests sent (each failed "
-                           "every attempt: the warnings above say why), so no topic has a refined set; the run "
-                           "stops at phase 1's checkpoint: check --llm-url and that the server runs, then continue "
-                           "with xtm-train --out RUN --resume")
+            raise NoRefinementAnswerError(
+                f"phase 2: {self.refiner.name} answered none of the {asked} requests sent (each failed every "
+                "attempt: the warnings above say why), so no topic has a refined set; the run stopped at the "
+                "checkpoint from before this refinement: check --llm-url and that the server runs, then continue "
+                "with xtm-train --out RUN --resume (xtm.train: resume=True)")
+        if all(r is None for r in self.refined):
+            logger.warning(f"phase 2: no topic has a refined set after this refinement ({usable} of "
+                           f"{len(topics) * self.cfg.rounds} answers usable): phase 2 pulls towards the model's own "
+                           "words until a refinement gives one")
         self.events["topics_kept_previous_set"] += kept
         self.events["topics_without_set"] += missing
         self.build_targets(own)
