@@ -155,7 +155,7 @@ def main(**parsed: Any) -> None:
         if run.fits_contextual:
             summary["contextual"] = fit_contextual(Path(out), cfg, required=bool(run.contextual))
         elif not run.no_contextual:
-            click.echo("xtm-train: no contextual route for an --out-of-core run (it embeds every training "
+            click.echo("xtm-train: warning: no contextual route for an --out-of-core run (it embeds every training "
                        "document's text); bundles read only the training languages", err=True)
     click.echo(json.dumps(summary, indent=2, ensure_ascii=False))
     click.echo(f"wrote {out}/metrics.json and topics_<lang>.txt", err=True)
