@@ -9,10 +9,12 @@ never a crash and never cached; every request costs at most about --llm-timeout;
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -635,25 +637,31 @@ def test_a_certificate_this_machine_does_not_trust_stops_at_once(servers, self_s
 def test_an_interrupt_cuts_the_requests_under_way(servers, tmp_path) -> None:
     """A Ctrl-C waited for every request under way (up to --llm-timeout each: a second and third Ctrl-C did not
     stop a run waiting on a hung server)."""
-    import signal
+    from xtm.trainer.phase2.refiners import StepStats
 
     s = servers(default="drip", drip_interval=1.0)                 # an answer that takes minutes to come
     gen = OpenAICompatibleGenerator(s.url, "m", retries=0, timeout=60.0, concurrency=2)
-    from xtm.trainer.phase2.refiners import StepStats
+    t0 = time.monotonic()
+    with _ctrl_c_after(1.0), pytest.raises(KeyboardInterrupt):
+        gen.generate_jobs([("a", 0), ("b", 0), ("c", 0)], SAMPLING, StepStats())
+    assert time.monotonic() - t0 < 3.0 and len(s.requests) <= 2  # cut, and the queued one never sent
+
+
+@contextlib.contextmanager
+def _ctrl_c_after(seconds: float) -> Iterator[None]:
+    """A KeyboardInterrupt in this (the main) thread after `seconds`, as a Ctrl-C raises it."""
+    import signal
 
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
     old = signal.signal(signal.SIGALRM, interrupt)
-    signal.setitimer(signal.ITIMER_REAL, 1.0)
-    t0 = time.monotonic()
+    signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
-        with pytest.raises(KeyboardInterrupt):
-            gen.generate_jobs([("a", 0), ("b", 0), ("c", 0)], SAMPLING, StepStats())
+        yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
-    assert time.monotonic() - t0 < 3.0 and len(s.requests) <= 2  # cut, and the queued one never sent
 
 
 def test_an_early_hints_interim_response_is_skipped_for_the_answer(servers, tmp_path) -> None:
@@ -666,7 +674,6 @@ def test_an_early_hints_interim_response_is_skipped_for_the_answer(servers, tmp_
 def test_an_interrupt_cuts_a_request_still_connecting(tmp_path) -> None:
     """A connect to a host that drops packets (a firewall, a full accept queue) could not be cut: a Ctrl-C waited
     the whole --llm-timeout. A listening socket whose accept queue is full stands in for such a host."""
-    import signal
     import socket as socketlib
 
     from xtm.trainer.phase2.refiners import StepStats
@@ -682,19 +689,11 @@ def test_an_interrupt_cuts_a_request_still_connecting(tmp_path) -> None:
         f.connect_ex(("127.0.0.1", port))
         fillers.append(f)
     gen = OpenAICompatibleGenerator(f"http://127.0.0.1:{port}/v1", "m", retries=0, timeout=30.0, concurrency=1)
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGALRM, interrupt)
-    signal.setitimer(signal.ITIMER_REAL, 1.0)
     t0 = time.monotonic()
     try:
-        with pytest.raises(KeyboardInterrupt):
+        with _ctrl_c_after(1.0), pytest.raises(KeyboardInterrupt):
             gen.generate_jobs([("a", 0)], SAMPLING, StepStats())
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
         for f in fillers:
             f.close()
         listener.close()
