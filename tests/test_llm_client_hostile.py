@@ -698,3 +698,22 @@ def test_an_interrupt_cuts_a_request_still_connecting(tmp_path) -> None:
             f.close()
         listener.close()
     assert time.monotonic() - t0 < 3.0
+
+
+def test_an_interrupt_cuts_its_own_requests_not_another_calls_on_the_same_client(servers) -> None:
+    """The requests under way were kept per client: a Ctrl-C of one generate_jobs call cut another thread's call on
+    the same client too (a service labelling in one thread while refining in another)."""
+    import threading
+
+    from xtm.trainer.phase2.refiners import StepStats
+
+    s = servers(default="slow:2")
+    gen = OpenAICompatibleGenerator(s.url, "m", retries=0, timeout=30.0, concurrency=1)
+    other: list[str | None] = []
+    thread = threading.Thread(target=lambda: other.extend(gen.generate_jobs([("b", 0)], SAMPLING, StepStats())))
+    thread.start()
+    time.sleep(0.3)  # the other call's request is under way
+    with _ctrl_c_after(0.5), pytest.raises(KeyboardInterrupt):
+        gen.generate_jobs([("a", 0)], SAMPLING, StepStats())
+    thread.join(10)
+    assert other and other[0] is not None  # answered, not cut

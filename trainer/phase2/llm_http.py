@@ -316,8 +316,11 @@ class OpenAICompatibleGenerator:
         self.max_response_bytes = int(max_response_bytes)
         # The exchanges under way (their sockets' kill switches): a Ctrl-C cuts them at once instead of waiting up to
         # --llm-timeout for each (a second and third Ctrl-C did not stop a run waiting on a hung server).
-        self._inflight: set[Callable[[], None]] = set()
+        # Kept per generate_jobs call (its give_up event, which the request's thread holds in _call): an interrupt
+        # of one call cuts its own requests, not another call's on the same client.
+        self._inflight: dict[threading.Event | None, set[Callable[[], None]]] = {}
         self._inflight_lock = threading.Lock()
+        self._call = threading.local()
 
     @staticmethod
     def _check_url(url: str) -> tuple[str, str, int]:
@@ -377,8 +380,9 @@ class OpenAICompatibleGenerator:
             for sock in sockets:
                 _shutdown(sock)
 
+        call = getattr(self._call, "give_up", None)
         with self._inflight_lock:
-            self._inflight.add(kill)
+            self._inflight.setdefault(call, set()).add(kill)
 
         # (the port always given: http.client reads a bare IPv6 address's last group as the port, so
         # http://[::1]/v1 went to host ':' port 1, and http://[::1:8082]/v1 took the key to port 8082)
@@ -415,7 +419,9 @@ class OpenAICompatibleGenerator:
         finally:
             watchdog.cancel()
             with self._inflight_lock:
-                self._inflight.discard(kill)
+                self._inflight.get(call, set()).discard(kill)
+                if not self._inflight.get(call, True):
+                    del self._inflight[call]
             conn.close()
 
     @staticmethod
@@ -525,6 +531,7 @@ class OpenAICompatibleGenerator:
         def one(index: int, prompt: str, r: int) -> str | None:
             if give_up.is_set():
                 return None  # a fatal answer came back to another request: this one is never sent
+            self._call.give_up = give_up  # (this thread's requests belong to this call: see _inflight)
             try:
                 text = self._one(prompt, r, sampling, stats, give_up)
             except BaseException:
@@ -547,7 +554,7 @@ class OpenAICompatibleGenerator:
         except BaseException:
             give_up.set()  # Ctrl-C or a fatal answer: no new attempt, and the ones under way cut now
             with self._inflight_lock:
-                kills = list(self._inflight)
+                kills = list(self._inflight.get(give_up, ()))
             for kill in kills:
                 kill()
             raise
