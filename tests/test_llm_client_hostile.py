@@ -717,3 +717,29 @@ def test_an_interrupt_cuts_its_own_requests_not_another_calls_on_the_same_client
         gen.generate_jobs([("a", 0)], SAMPLING, StepStats())
     thread.join(10)
     assert other and other[0] is not None  # answered, not cut
+
+
+def test_a_name_lookup_that_hangs_is_cut_by_an_interrupt(monkeypatch) -> None:
+    """getaddrinfo ran outside the deadline and the interrupt: a resolver without an answer held the request. The
+    resolver is the boundary here (no DNS server can be reached offline): one that never answers in time."""
+    import socket as socketlib
+
+    from xtm.trainer.phase2.refiners import StepStats
+
+    real = socketlib.getaddrinfo
+
+    def hanging(host, *args, **kwargs):
+        if host == "llm.example.invalid":
+            time.sleep(30)
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socketlib, "getaddrinfo", hanging)
+    gen = OpenAICompatibleGenerator("https://llm.example.invalid/v1", "m", retries=0, timeout=30.0)
+    t0 = time.monotonic()
+    with _ctrl_c_after(0.5), pytest.raises(KeyboardInterrupt):
+        gen.generate_jobs([("a", 0)], SAMPLING, StepStats())
+    assert time.monotonic() - t0 < 2.5
+    timed = OpenAICompatibleGenerator("https://llm.example.invalid/v1", "m", retries=0, timeout=1.0)
+    t0 = time.monotonic()
+    assert timed.generate_jobs([("a", 0)], SAMPLING, StepStats()) == [None]  # given up at the deadline
+    assert time.monotonic() - t0 < 2.5

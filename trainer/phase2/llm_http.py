@@ -139,7 +139,7 @@ def _connect(host: str, port: int, timeout: float | None, killed: threading.Even
     cannot be woken from another thread, so a Ctrl-C waited out --llm-timeout for a host that drops packets."""
     deadline = time.monotonic() + (timeout if timeout is not None else 3600.0)
     error: OSError = OSError(f"no address for {host}")
-    for family, kind, proto, _, address in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
+    for family, kind, proto, _, address in _resolve(host, port, deadline, killed):
         sock = socket.socket(family, kind, proto)
         try:
             sock.setblocking(False)
@@ -165,6 +165,32 @@ def _connect(host: str, port: int, timeout: float | None, killed: threading.Even
             if killed.is_set():
                 break
     raise error
+
+
+def _resolve(host: str, port: int, deadline: float, killed: threading.Event) -> list[Any]:
+    """socket.getaddrinfo for a TCP connection, given up at `deadline` or when `killed` is set: a resolver that
+    hangs (no DNS answer) held a request past --llm-timeout and a Ctrl-C with it. The lookup runs in a daemon
+    thread, which a hung resolver leaves behind until it answers (it holds nothing)."""
+    found: list[Any] = []
+
+    def look_up() -> None:
+        try:
+            found.append(socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM))
+        except OSError as e:
+            found.append(e)
+
+    worker = threading.Thread(target=look_up, name="xtm-llm-resolve", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        if killed.is_set():
+            raise OSError(errno.ECANCELED, "the request was cut")
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"no address for {host} in time")
+        worker.join(min(0.1, left))
+    if isinstance(found[0], OSError):
+        raise found[0]
+    return found[0]
 
 
 class _WatchedHTTPConnection(http.client.HTTPConnection):
