@@ -23,7 +23,7 @@ from xtm.config import (
     TrainConfig,
     default_of,
 )
-from xtm.errors import TRAIN_INSTALL, XtmError
+from xtm.errors import TRAIN_INSTALL
 from xtm.trainer.recorded import RecordedSettings, recorded_phase2
 
 EPILOG = """\b
@@ -130,13 +130,15 @@ def main(**parsed: Any) -> None:
     # the loop's own handlers save the checkpoint first. The run stays locked from training to the
     # contextual fit (run_training's own hold nests).
     with exit_on_signals(), hold_run_dir(Path(out), "xtm-train") if is_main_process() else nullcontext():
+        from xtm.trainer.phase2.objective import NoRefinementAnswerError
         from xtm.trainer.recorded import record_contextual_route
 
         try:
             metrics = run_training(run.data, cfg, out, resume=run.resume, phase2=run.phase2)
-        except XtmError:
-            if is_main_process():  # a run stopped for phase 2's LLM has recorded its settings: this too
+        except NoRefinementAnswerError:
+            if is_main_process():  # stopped for phase 2's LLM, its settings and results recorded: these too
                 record_contextual_route(Path(out), run.contextual, run.no_contextual)
+                render_report(Path(out))
             raise
         if not is_main_process():
             return  # torchrun: rank 0 reports and writes; the others have trained their share

@@ -57,20 +57,26 @@ _PREFIX = re.compile(r"^(?:the\s+)?(?:topic|label|name|title|theme|answer|标签
 _MARKDOWN = re.compile(r"^(?:[#>*\-•·+]+\s*|\d{1,3}[.)]\s+)+")
 _QUOTES = "\"'`*_“”‘’«»「」『』《》【】()（）[]"
 _TRAILING = ".。!！?？;；,，:：、 "
-_PREAMBLE = re.compile(r"^(sure|certainly|of course|okay|ok|here('s| is| are)|i (would|will|can|think|suggest)|"
+_PREAMBLE = re.compile(r"^(sure|certainly|of course|okay|ok|here('s| is| are)|i (would|will|can(?!'t)|think|suggest)|"
                        r"as an ai|i'm sorry|sorry|this topic|the topic is about|these words|based on)\b", re.IGNORECASE)
 # A refusal or an error's text is no label ("I cannot help with that", "N/A", "Error: rate limit exceeded", 抱歉，
 # 我无法回答): these were accepted, cached and served on every line. Only what declines in the first person, an
 # error message's "Error:" prefix, or a whole answer that names nothing: "Unable to Work", "No Name Brands",
 # "予約できません" (a support topic), "Error" and "Nil" (the Nile) are labels.
-_REFUSAL = re.compile(r"^(?:i\s+(?:cannot|can't|can not|am unable|'m unable|am not able|'m not able|don't know|do "
-                      r"not know|won't)\b|i can't\b|i'm sorry,? but\b|sorry,? (?:but )?i\b|as an? (?:ai|language "
-                      r"model|assistant)\b.*\b(?:can't|cannot|unable|not able)\b|unable to (?:provide|generate|"
-                      r"determine|help|answer|create|come up|label|name)\b|no (?:suitable |appropriate )?(?:title|"
-                      r"label)s? (?:available|provided|found|possible|can)\b|(?:error|错误|錯誤|エラー|오류)\s*[:：]"
-                      r"|(?:抱歉|对不起|對不起)[，,、 ]*我|我(?:无法|不能|無法|不知道)"
-                      r"|申し訳(?:ありません|ございません)"
-                      r"|죄송합니다[,.]? ?(?:하지만|저는)?)", re.IGNORECASE)
+_REFUSAL = re.compile(
+    r"^(?:i\s+(?:cannot|can't|can not|am unable to|'m unable to|am not able to|'m not able to|won't)\s+"
+    r"(?:help|provide|assist|answer|determine|label|name|title|identify|do|create|come up|generate|give|comply|"
+    r"tell|find|say|think|categori[sz]e|summari[sz]e|see|read)\b"
+    r"|i\s+(?:don't|do not)\s+know\b|i'm sorry,? but\b|(?:sorry|apologies),? (?:but )?i\b"
+    r"|as an? (?:ai|language model|assistant)\b.*\b(?:can't|cannot|unable|not able)\b"
+    r"|unable to (?:provide|generate|determine|help|answer|create|come up|label|name)\b"
+    r"|no (?:suitable |appropriate )?(?:title|label)s? (?:available|provided|found|possible|can)\b"
+    r"|(?:error|erreur|fehler|错误|錯誤|エラー|오류)\s*[:：]"
+    r"|je ne (?:peux|sais) pas|d[ée]sol[ée]|ich kann (?:das |dies |es )?nicht|es tut mir leid|lo siento"
+    r"|no (?:puedo|s[ée])\b)"
+    r"|(?:很|非常)?(?:抱歉|对不起|對不起)[，,、 ]*我|我(?:无法|不能|無法|不知道)"
+    r"|申し訳(?:ありません|ございません|ない)|判断できません|分かりません"
+    r"|죄송(?:합니다|하지만)|(?:주제를 )?(?:알 수 없|파악할 수 없)(?:음|습니다)$", re.IGNORECASE)
 _NOT_A_NAME = re.compile(r"(?:n/?a|none|null|unknown|undefined|not applicable|nothing|no label|no title|untitled|"
                          r"label|title|topic|sorry|apologies|不明|未知|无|無|なし|抱歉|对不起|對不起|不知道|无法回答|無法回答|"
                          r"すみません|わかりません|답변할 수 없습니다|모르겠습니다|죄송합니다|없음)", re.IGNORECASE)
@@ -124,7 +130,7 @@ def clean_label(answer: Any, lang: str, max_chars: int = 40, max_words: int = 6)
         return None
     for line in text.splitlines():
         line = " ".join(line.split())
-        if _REFUSAL.search(" ".join(line.split())[:60]):
+        if _REFUSAL.search(line[:80]) or _REFUSAL.search(_MARKDOWN.sub("", line)[:80]):
             return None  # the model declined (an apology alone is a preamble: a label may follow it)
         if not line or line.endswith((":", "：")) or _PREAMBLE.match(line):
             continue
@@ -137,7 +143,8 @@ def clean_label(answer: Any, lang: str, max_chars: int = 40, max_words: int = 6)
             label = head
         label = label.strip(_QUOTES + " ").rstrip(_TRAILING).strip(_QUOTES + " ")
         label = " ".join(label.split())
-        if not label or len(label) > max_chars or _words_in(label, lang) > max_words or _NOT_A_NAME.fullmatch(label):
+        if not label or len(label) > max_chars or _words_in(label, lang) > max_words or _NOT_A_NAME.fullmatch(label) \
+                or _REFUSAL.search(label):  # (a refusal under markdown, quotes or "Label:": "**Sorry, I can't**")
             return None
         # A sentence (". " inside, or a question) is prose, and a list of words ("足球, 球队, 进球") the
         # topic's words again: neither is a name.

@@ -365,7 +365,9 @@ def _header(run: RunFiles) -> str:
              ("dataset", m.get("dataset")), ("topics", k), ("languages", ", ".join(run.langs)),
              ("epochs", epochs), ("xtm", run.config.get("xtm_version"))]
     items = "".join(f"<span><b>{a}</b> {_text(b)}</span>" for a, b in facts if b is not None and b != "—")
-    warn = '<p class="warn">training was interrupted; these are the last saved parameters</p>' \
+    reason = (m.get("interrupted_at") or {}).get("reason") if isinstance(m.get("interrupted_at"), dict) else None
+    why = f": {escape(reason)}" if isinstance(reason, str) else ""  # (a stop for a reason other than a signal)
+    warn = f'<p class="warn">training was interrupted{why}; these are the last saved parameters</p>' \
         if m.get("interrupted") is True else ""
     notes = "".join(f'<p class="note">{escape(n)}</p>' for n in run.notes)
     return (f"<header><h1>xtm run <code>{escape(run.run_dir.resolve().name)}</code></h1>"

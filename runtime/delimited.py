@@ -9,11 +9,13 @@ hold and how each case is read:
 - An empty cell is an absent field (CSV has no null): an empty lang is detected, an empty id is the line number;
   an empty text is a bad row ("empty text"). Ids are the cells' strings ("7", not 7).
 - Rows are numbered by the physical line they start on (a quoted field may span lines), as an editor shows.
-- CSV quoting that is broken (`"a"b`, a quote never closed) stops the run with an error naming the line: the
-  reader cannot tell where the broken row ends, so reading on gave pieces of one cell as rows of their own, and a
-  quote never closed took the rest of the file (9,998 of 10,000 rows) as one bad row under exit 0.
-- TSV is read as the format defines it (IANA text/tab-separated-values, Postgres COPY, Hive): one record a line,
-  no quoting, a quote character is text. Read as CSV, one text starting with `"` swallowed the rest of the file.
+- Quoting that is broken (`"a"b`, a quote never closed) stops the run with an error naming the line, after the
+  rows before it are written: the reader cannot tell where the broken row ends, so reading on gave pieces of one
+  cell as rows of their own, and a quote never closed took the rest of the file (9,998 of 10,000 rows) as one bad
+  row under exit 0.
+- TSV is read with CSV's quoting, as pandas, Python's csv module and Excel write it (they quote a cell holding a
+  quote or a newline); a TSV written without any quoting (Postgres COPY, Hive) reads the same unless a text begins
+  with a quote, which is then the error above, saying so.
 - Bytes that are not UTF-8 make their row bad (naming the field); a byte-order mark (Excel's) is dropped; a
   UTF-16 file (Excel's "Unicode Text") is an error saying so.
 - A physical line longer than MAX_CSV_LINE characters is an error (the csv module holds a line and all of its
@@ -67,8 +69,7 @@ def csv_chunks(stream: IO[bytes], size: int, fields: FieldNames = DEFAULT_FIELDS
 def _rows(text: IO[str], size: int, fields: FieldNames, delimiter: str,
           name: str) -> Iterator[list[tuple[int, dict[str, str]]]]:
     _raise_field_limit()
-    quoting = {} if delimiter == "," else {"quoting": csv.QUOTE_NONE}  # TSV: no quoting (the module docstring)
-    reader = csv.reader(_lines(text, name), delimiter=delimiter, strict=True, **quoting)
+    reader = csv.reader(_lines(text, name), delimiter=delimiter, strict=True)
     try:
         header = next(reader, None)
     except csv.Error as e:
@@ -89,7 +90,9 @@ def _rows(text: IO[str], size: int, fields: FieldNames, delimiter: str,
         except StopIteration:
             break
         except csv.Error as e:
-            raise XtmError(_broken(e, start, reader.line_num), path=name, line=start) from None
+            if chunk:
+                yield chunk  # the rows before it are written, as JSONL's before a bad line under --strict
+            raise XtmError(_broken(e, start, reader.line_num, delimiter), path=name, line=start) from None
         last = reader.line_num
         if not row:  # a blank line, as in JSONL: not a row
             continue
@@ -107,9 +110,9 @@ def _rows(text: IO[str], size: int, fields: FieldNames, delimiter: str,
 def _lines(text: IO[str], name: str) -> Iterator[str]:
     """The physical lines of `text`, none longer than MAX_CSV_LINE characters (XtmError naming the line)."""
     lineno = 0
-    while line := text.readline(MAX_CSV_LINE + 1):
+    while line := text.readline(MAX_CSV_LINE + 2):  # (+2: a line of MAX_CSV_LINE and its \r\n stays whole)
         lineno += 1
-        if len(line) > MAX_CSV_LINE and not line.endswith(("\n", "\r")):
+        if len(line.rstrip("\r\n")) > MAX_CSV_LINE:
             raise XtmError(f"a line longer than {MAX_CSV_LINE:,} characters: not a CSV or TSV row this reader takes "
                            "(JSONL or Parquet take long records)", path=name, line=lineno)
         yield line
@@ -151,16 +154,21 @@ def _columns(header: list[str], fields: FieldNames, name: str) -> dict[str, int]
     return wanted
 
 
-def _broken(e: csv.Error, start: int, end: int) -> str:
+def _broken(e: csv.Error, start: int, end: int, delimiter: str) -> str:
     """Why a CSV cannot be read on from line `start`, and what to do."""
     if "field larger than field limit" in str(e):
         return (f"a cell longer than {MAX_LINE_BYTES:,} characters (from line {start}): not a CSV this reader takes "
                 "(JSONL or Parquet take long records)")
+    # (TSV is read with CSV's quoting, as pandas, Python's csv module and Excel write it; a TSV that never quotes,
+    # as Postgres COPY and Hive write it, breaks here only on a text that begins with a quote)
+    unquoted = " (a TSV written without quoting, as Postgres COPY writes it: convert it to JSONL or Parquet)" \
+        if delimiter == "\t" else ""
     if "unexpected end of data" in str(e):
         return (f"a quote opened on line {start} is never closed: lines {start}-{end} would be one cell; fix the "
-                "quoting (a text with a lone '\"' must be quoted, its quotes doubled), or export the file again")
+                f"quoting (a text with a lone '\"' must be quoted, its quotes doubled), or export the file "
+                f"again{unquoted}")
     return (f"malformed CSV ({e}): the rows after it cannot be told apart from pieces of this one; fix the quoting "
-            "(a text with '\"' must be quoted, its quotes doubled), or export the file again")
+            f"(a text with '\"' must be quoted, its quotes doubled), or export the file again{unquoted}")
 
 
 def _raise_field_limit() -> None:

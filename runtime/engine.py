@@ -815,7 +815,15 @@ class WorkerPool:
                 on_rows(len(linenos))
 
         try:
-            for chunk in chunks:
+            source, unreadable = iter(chunks), None
+            while True:
+                try:
+                    chunk = next(source)
+                except StopIteration:
+                    break
+                except XtmError as e:  # the input cannot be read on: what was read before it is written first,
+                    unreadable = e     # as by one process (the output did not depend on --workers)
+                    break
                 with _sigint_blocked():  # submit is where the pool spawns its workers
                     future = self._executor.submit(_worker_infer, fmt_in, chunk)
                 pending.append(([n for n, _ in chunk], future))
@@ -823,5 +831,7 @@ class WorkerPool:
                     write_oldest()
             while pending:
                 write_oldest()
+            if unreadable is not None:
+                raise unreadable
         except BrokenProcessPool as e:  # at submit or at a result, whichever comes first
             raise XtmError(f"an inference worker process died ({e}); try fewer --workers, or --workers 1") from e

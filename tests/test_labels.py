@@ -504,6 +504,14 @@ def test_smollm2_labels_topics_through_transformers_serve(smollm2_dir: Path, tmp
     ("I don't know", "en"), ("No title available", "en"), ("N/A", "en"), ("None", "en"), ("Unknown", "en"),
     ("Error: rate limit exceeded", "en"), ("抱歉，我无法回答", "zh"), ("我不能帮助你", "zh"), ("对不起", "zh"),
     ("申し訳ありませんが、お答えできません", "ja"), ("죄송합니다", "ko"), ("I'm sorry, but I can't", "en"),
+    # (a second review: refusals the first filter let through, some under markdown, quotes or a "Label:" prefix)
+    ("很抱歉，我无法提供标签", "zh"), ("죄송하지만 주제를 파악할 수 없습니다", "ko"), ("알 수 없음", "ko"),
+    ("申し訳ないですが、判断できません", "ja"), ("判断できません", "ja"), ("1. Error: rate limit", "en"),
+    ("Je ne peux pas répondre", "fr"), ("Désolé, je ne peux pas", "fr"), ("Ich kann das nicht beantworten", "de"),
+    ("Es tut mir leid", "de"), ("Lo siento, no puedo ayudar", "es"), ("Erreur : délai dépassé", "fr"),
+    ("Fehler: Zeitüberschreitung", "de"), ("Apologies, but I can't do that", "en"), ('"I cannot label this"', "en"),
+    ("- I cannot provide a label", "en"), ("**Sorry, I can't help**", "en"), ("Label: I cannot determine", "en"),
+    ("Topic 3: I don't know", "en"), ("**抱歉，我无法**", "zh"),
 ])
 def test_a_refusal_or_an_error_text_is_no_label(answer: str, lang: str) -> None:
     """These were accepted as labels (a hostile review): cached, exported and written on every xtm-infer line."""
@@ -518,7 +526,8 @@ def test_a_refusal_or_an_error_text_is_no_label(answer: str, lang: str) -> None:
     *((x, lang, x) for x, lang in (
         ("ログインできません問題", "ja"), ("予約できません", "ja"), ("알 수 없는 질병", "ko"),
         ("无法提供医疗服务", "zh"), ("不知道的秘密", "zh"), ("Unable to Work", "en"), ("No Name Brands", "en"),
-        ("Error", "en"), ("エラー", "ja"), ("错误", "zh"), ("오류", "ko"), ("Nil", "fr"))),
+        ("Error", "en"), ("エラー", "ja"), ("错误", "zh"), ("오류", "ko"), ("Nil", "fr"),
+        ("I Can't Breathe Protests", "en"), ("Marché boursier", "fr"), ("Desolation Row", "en"))),
 ])
 def test_names_that_begin_like_a_refusal_are_still_labels(answer: str, lang: str, label: str) -> None:
     assert clean_label(answer, lang) == label

@@ -743,3 +743,14 @@ def test_a_name_lookup_that_hangs_is_cut_by_an_interrupt(monkeypatch) -> None:
     t0 = time.monotonic()
     assert timed.generate_jobs([("a", 0)], SAMPLING, StepStats()) == [None]  # given up at the deadline
     assert time.monotonic() - t0 < 2.5
+
+
+def test_a_host_name_idna_refuses_is_a_failed_request_not_a_crash() -> None:
+    """The name lookup moved into a thread caught only OSError: 'http://a..b:8000/v1' (UnicodeError from idna) left
+    it empty and xtm-train ended in an IndexError traceback, without config.json or metrics.json."""
+    from xtm.trainer.phase2.refiners import StepStats
+
+    for url in ("http://a..b:8000/v1", f"http://{'a' * 64}.example/v1"):
+        gen = OpenAICompatibleGenerator(url, "m", retries=0, timeout=5.0)
+        stats = StepStats()
+        assert gen.generate_jobs([("a", 0)], SAMPLING, stats) == [None] and stats.calls == 1

@@ -501,6 +501,7 @@ def test_phase2_whose_llm_answers_nothing_stops_at_phase_1s_checkpoint(example_d
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["interrupted"] and metrics["interrupted_at"]["signal"] is None
     assert "answered none" in metrics["interrupted_at"]["reason"] and "refined" not in metrics
+    assert metrics["phase2"]["events"].get("unusable_answers", 0) == 0  # failed requests are no unusable answers
     # The server back (here: the LLM-free refiner), the run continues from there.
     resumed = small(example_dir, tmp_path / "run", resume=True, epochs=2, p2=2)
     assert resumed["epochs"] == 4 and not resumed["interrupted"] and resumed["refined"]["TU"] > 0

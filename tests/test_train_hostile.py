@@ -854,3 +854,24 @@ def _resume_on_shuffled_docs(example_dir: Path, run: Path, tmp_path: Path) -> li
     args = example_args(example_dir, run, "--epochs", "2", "--resume")
     args[args.index("--data") + 1] = str(other)
     return args
+
+
+def test_a_refused_resume_leaves_the_runs_contextual_choice_and_a_phase2_stop_is_reported(example_dir: Path,
+                                                                                         tmp_path: Path) -> None:
+    """A resume refused before training (another --lr-schedule) rewrote the run's recorded --no-contextual with its
+    own --contextual, which the next plain --resume then fitted. A run stopped because phase 2's LLM answered nothing
+    kept its previous report.html (or got none) with no word on why."""
+    run = tmp_path / "run"
+    assert cli(example_args(example_dir, run, "--epochs", "1", "--no-contextual")).returncode == 0
+    recorded = json.loads((run / "config.json").read_text())["command"]
+    args = [a for a in example_args(example_dir, run, "--epochs", "2", "--resume", "--lr-schedule", "cosine",
+                                    "--contextual") if a != "--no-contextual"]
+    p = cli(args)
+    assert p.returncode == 2 and "--lr-schedule" in p.stderr, p.stderr  # refused by the checkpoint, in training
+    assert json.loads((run / "config.json").read_text())["command"] == recorded
+    p = cli(example_args(example_dir, run, "--epochs", "1", "--resume", "--phase2-epochs", "1", "--refiner", "openai",
+                         "--llm-url", "http://127.0.0.1:9/v1", "--llm-model", "m", "--llm-retries", "0"))
+    assert p.returncode == 2 and "answered none of the" in p.stderr, p.stderr
+    assert json.loads((run / "config.json").read_text())["command"] == recorded
+    report = (run / "report.html").read_text(encoding="utf-8")
+    assert "training was interrupted: phase 2: openai:m answered none" in report

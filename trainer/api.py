@@ -166,9 +166,10 @@ def train(docs: Sequence[str] | Sequence[Mapping[str, Any]], langs: Sequence[str
         try:
             metrics = run_training(data_cfg, cfg, run_dir, resume=resume, phase2=phase2)
         except XtmError as e:
-            # (a run stopped for phase 2's LLM records its settings first: its resume must not fit a route it
-            # was told not to)
-            record_contextual_route(run_dir, contextual, contextual is False)
+            from xtm.trainer.phase2.objective import NoRefinementAnswerError  # (torch: loaded by training)
+
+            if isinstance(e, NoRefinementAnswerError):  # recorded its settings: its resume must not fit a route
+                record_contextual_route(run_dir, contextual, contextual is False)  # it was told not to
             if dict_path is not None and not isinstance(dictionary, (str, Path)) and e.path == str(dict_path):
                 # The file is the one xtm wrote from the caller's pairs: say so, not only its name.
                 raise XtmError(f"the dictionary given as pairs (written to {dict_path}): {e.reason}", line=e.line,

@@ -176,7 +176,7 @@ def _resolve(host: str, port: int, deadline: float, killed: threading.Event) -> 
     def look_up() -> None:
         try:
             found.append(socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM))
-        except OSError as e:
+        except Exception as e:  # noqa: BLE001 - raised in the caller's thread (a name idna refuses: UnicodeError)
             found.append(e)
 
     worker = threading.Thread(target=look_up, name="xtm-llm-resolve", daemon=True)
@@ -188,7 +188,7 @@ def _resolve(host: str, port: int, deadline: float, killed: threading.Event) -> 
         if left <= 0:
             raise TimeoutError(f"no address for {host} in time")
         worker.join(min(0.1, left))
-    if isinstance(found[0], OSError):
+    if isinstance(found[0], Exception):
         raise found[0]
     return found[0]
 

@@ -154,6 +154,16 @@ class Phase2Objective:
         topics = [TopicWords(k, {lang: own[lang][k] for lang in self.langs},
                              {lang: deep[lang][k] for lang in self.langs}) for k in range(self.num_topics)]
         answers, stats = self.refiner.refine(topics, self.cfg.rounds)
+        asked = len(topics) * self.cfg.rounds - stats.cache_hits
+        if asked and stats.failures >= asked and all(r is None for r in self.refined):
+            # Not one answer, and no refined set from before: phase 2 would train towards the model's own words
+            # under the LLM's name (it did: rc 0, "refined" TU in metrics.json and the report). Said before any
+            # event is counted: requests that failed are no unusable answers.
+            raise NoRefinementAnswerError(
+                f"phase 2: {self.refiner.name} answered none of the {asked} requests sent (each failed every "
+                "attempt: the warnings above say why), so no topic has a refined set; the run stopped at the "
+                "checkpoint from before this refinement: check --llm-url and that the server runs, then continue "
+                "with xtm-train --out RUN --resume (xtm.train: resume=True)")
         usable = kept = missing = 0
         for k, topic_answers in enumerate(answers):
             for a in topic_answers:
@@ -168,16 +178,6 @@ class Phase2Objective:
                 kept += 1
             else:
                 missing += 1
-        asked = len(topics) * self.cfg.rounds - stats.cache_hits
-        if asked and stats.failures >= asked and all(r is None for r in self.refined):
-            # Not one answer, and no refined set from before: phase 2 would train towards the model's own words
-            # under the LLM's name (it did: rc 0, "refined" TU in metrics.json and the report). Phase 1's last
-            # epoch is checkpointed before phase 2 starts, so nothing trained is lost.
-            raise NoRefinementAnswerError(
-                f"phase 2: {self.refiner.name} answered none of the {asked} requests sent (each failed every "
-                "attempt: the warnings above say why), so no topic has a refined set; the run stopped at the "
-                "checkpoint from before this refinement: check --llm-url and that the server runs, then continue "
-                "with xtm-train --out RUN --resume (xtm.train: resume=True)")
         if all(r is None for r in self.refined):
             logger.warning(f"phase 2: no topic has a refined set after this refinement ({usable} of "
                            f"{len(topics) * self.cfg.rounds} answers usable): phase 2 pulls towards the model's own "
