@@ -141,8 +141,8 @@ def _columns(header: list[str], fields: FieldNames, name: str) -> dict[str, int]
         if at:
             wanted[key] = at[0]
             continue
-        near = [h for h in header if h not in fields and (h.strip().lower() == key.lower() or
-                                                          (key == field and h in names_for(as_keys, field)))]
+        others = set(names_for(as_keys, field)) if key == field else set()  # (once: a header may be 100k wide)
+        near = [h for h in header if h not in fields and (h.strip().lower() == key.lower() or h in others)]
         if field == "text" or key != field:
             shown = ", ".join(repr(h) for h in header[:20]) + (", ..." if len(header) > 20 else "")
             hint = f": --{field}-field {shlex.quote(near[0])} reads {near[0]!r}" if near else \

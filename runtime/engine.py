@@ -524,14 +524,12 @@ def _line_chunks(stream: IO[bytes], name: str, size: int,
     yield from records.chunked(((n, parse(raw, n)) for n, raw in lines), size)
 
 
-def _parquet_chunks(engine: Engine, path: str) -> Iterator[list[tuple[int, Parsed]]]:
-    for chunk in records.parquet_chunks(path, engine.chunk_size, engine.fields):
-        yield [(n, records.parse_parquet_row(obj, n, engine.served, engine.fields)) for n, obj in chunk]
-
-
-def _delimited_chunks(engine: Engine, stream: IO[bytes], name: str, fmt_in: str) -> Iterator[list[tuple[int, Parsed]]]:
-    for chunk in _raw_delimited_chunks(engine, stream, name, fmt_in):
-        yield [(n, delimited.parse_csv_row(item, n, engine.served, engine.fields)) for n, item in chunk]
+def _parsed_chunks(engine: Engine, fmt_in: str,
+                   raw: Iterable[list[tuple[int, Any]]]) -> Iterator[list[tuple[int, Parsed]]]:
+    """Chunks of records read whole (Parquet rows, CSV/TSV rows: `_raw_records`) parsed in this process, as a
+    worker parses them (`_parse_chunk`)."""
+    for chunk in raw:
+        yield [(n, p) for (n, _), p in zip(chunk, _parse_chunk(engine, fmt_in, chunk), strict=True)]
 
 
 def _record_chunks(engine: Engine, items: Iterable[Any]) -> Iterator[list[tuple[int, Parsed]]]:
@@ -607,19 +605,13 @@ def infer_file(source: str | Path | IO[bytes], model: TopicModel, out: str | Pat
     with contextlib.ExitStack() as stack:
         if workers > 1:
             pool = stack.enter_context(WorkerPool(model, options, workers, bundle=bundle))
-            if fmt_in == "parquet":
-                raw = _raw_parquet_chunks(engine, name)
-            elif fmt_in in delimited.DELIMITERS:
-                raw = _raw_delimited_chunks(engine, _open_source(source, name, stack), name, fmt_in)
-            else:
-                raw = _raw_line_chunks(engine, _open_source(source, name, stack), name)
+            raw = _raw_records(engine, fmt_in, source, name, stack) if fmt_in in _RECORD_FORMATS else \
+                _raw_line_chunks(engine, _open_source(source, name, stack), name)
             writer = stack.enter_context(open_output(out, tally, fmt=fmt_out, shape=table_shape(model, options)))
             pool.run(fmt_in, raw, writer, name, on_rows)
             return tally.finish(name)
-        if fmt_in == "parquet":
-            chunks = _parquet_chunks(engine, name)
-        elif fmt_in in delimited.DELIMITERS:
-            chunks = _delimited_chunks(engine, _open_source(source, name, stack), name, fmt_in)
+        if fmt_in in _RECORD_FORMATS:
+            chunks = _parsed_chunks(engine, fmt_in, _raw_records(engine, fmt_in, source, name, stack))
         else:
             parse = engine.parse_text_line if fmt_in == "text" else engine.parse_line
             chunks = _line_chunks(_open_source(source, name, stack), name, engine.chunk_size, parse)
@@ -668,14 +660,18 @@ def _raw_line_chunks(engine: Engine, stream: IO[bytes], name: str) -> Iterator[l
     return records.naming_read_errors(records.line_chunks(stream, engine.chunk_size), name)
 
 
-def _raw_parquet_chunks(engine: Engine, path: str) -> Iterator[list[tuple[int, Any]]]:
-    yield from records.parquet_chunks(path, engine.chunk_size, engine.fields)
+# Formats whose readers give whole records (row number, record), not raw lines: Parquet, CSV and TSV.
+_RECORD_FORMATS = ("parquet", *delimited.DELIMITERS)
 
 
-def _raw_delimited_chunks(engine: Engine, stream: IO[bytes], name: str, fmt_in: str) -> Iterator[list[tuple[int, Any]]]:
-    """delimited.csv_chunks, an input I/O error as one XtmError naming the file."""
-    chunks = delimited.csv_chunks(stream, engine.chunk_size, engine.fields, delimiter=delimited.DELIMITERS[fmt_in],
-                                  name=name)
+def _raw_records(engine: Engine, fmt_in: str, source: str | Path | IO[bytes], name: str,
+                 stack: contextlib.ExitStack) -> Iterator[list[tuple[int, Any]]]:
+    """(row number, record) chunks of a Parquet, CSV or TSV input, unparsed; an input I/O error as one XtmError
+    naming the file."""
+    if fmt_in == "parquet":
+        return records.parquet_chunks(name, engine.chunk_size, engine.fields)
+    chunks = delimited.csv_chunks(_open_source(source, name, stack), engine.chunk_size, engine.fields,
+                                  delimiter=delimited.DELIMITERS[fmt_in], name=name)
     return records.naming_read_errors(chunks, name)
 
 
@@ -708,18 +704,22 @@ def _worker_start(model_cls: type[TopicModel], bundle_dir: str, threads: int, pr
 
 
 def _worker_infer(fmt_in: str, chunk: list[tuple[int, Any]]) -> list[Row]:
-    """One chunk of raw lines (or Parquet records) -> its Rows, in order, as Engine.run makes them."""
+    """One chunk of raw lines (or Parquet, CSV or TSV records) -> its Rows, in order, as Engine.run makes them."""
     engine = _worker_engine
     assert engine is not None
+    return engine.infer(_parse_chunk(engine, fmt_in, chunk))
+
+
+def _parse_chunk(engine: Engine, fmt_in: str, chunk: list[tuple[int, Any]]) -> list[Parsed]:
+    """A chunk as the raw readers give it, parsed by the rule of its format: the one definition, for a worker and
+    for this process alike."""
     if fmt_in == "parquet":
-        parsed = [records.parse_parquet_row(obj, n, engine.served, engine.fields) for n, obj in chunk]
-    elif fmt_in in delimited.DELIMITERS:
-        parsed = [delimited.parse_csv_row(item, n, engine.served, engine.fields) for n, item in chunk]
-    elif fmt_in == "text":
-        parsed = [engine.parse_text_line(raw, n) for n, raw in chunk]
-    else:
-        parsed = [engine.parse_line(raw, n) for n, raw in chunk]
-    return engine.infer(parsed)
+        return [records.parse_parquet_row(obj, n, engine.served, engine.fields) for n, obj in chunk]
+    if fmt_in in delimited.DELIMITERS:
+        return [delimited.parse_csv_row(item, n, engine.served, engine.fields) for n, item in chunk]
+    if fmt_in == "text":
+        return [engine.parse_text_line(raw, n) for n, raw in chunk]
+    return [engine.parse_line(raw, n) for n, raw in chunk]
 
 
 @contextlib.contextmanager

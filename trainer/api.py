@@ -218,8 +218,7 @@ def _recorded(run_dir: Path, named: dict[str, Any], settings: dict[str, Any], cf
     if not run.file(RunDir.CONFIG).is_file():
         return cfg, data_settings, phase2, contextual
     given_train = set(named) | {k for k in settings if k in _TRAIN_SETTINGS} | {"progress"}
-    given_data = {"path", "dict_path", "ref_corpus", "token_rules"} | {k for k in data_settings if k in _DATA_SETTINGS}
-    given_data |= {"langs"} if "langs" in data_settings else set()
+    given_data = {"path", "dict_path", "ref_corpus", "token_rules"} | set(data_settings)  # (model_langs: "langs")
     given = {TrainConfig: given_train, DataConfig: given_data, Phase2Config: set(), RefinerConfig: set(),
              Sampling: set(), RunConfig: {"contextual", "no_contextual"} if contextual is not None else set()}
     recorded = RecordedSettings(run.load_config(), given, run.file(RunDir.CONFIG),
@@ -445,10 +444,10 @@ class _Inputs:
 
     def write(self, data: Path, resume: bool = False) -> tuple[Path, Path | None]:
         """docs.jsonl (and dict.tsv for a dictionary given as pairs) in `data`: a new or empty directory, or an
-        earlier call's (its INPUTS_MARKER and these files only: replaced, so a corrected call can run again).
-        `resume`: the run trained on the files there; other documents or pairs are refused, and nothing is written
-        (a refused resume once left the run's dictionary replaced by the call's)."""
-        check_data_dir(data)
+        earlier call's (its INPUTS_MARKER and these files only: replaced, so a corrected call can run again), as
+        `check_data_dir` found it before train() took its lock. `resume`: the run trained on the files there; other
+        documents or pairs are refused, and nothing is written (a refused resume once left the run's dictionary
+        replaced by the call's)."""
         docs_path, dict_path = data / DOCS_FILE, data / DICT_FILE
         if resume:
             if docs_path.is_file() and docs_path.read_text(encoding="utf-8") != self.docs:

@@ -445,8 +445,9 @@ class OpenAICompatibleGenerator:
         finally:
             watchdog.cancel()
             with self._inflight_lock:
-                self._inflight.get(call, set()).discard(kill)
-                if not self._inflight.get(call, True):
+                mine = self._inflight[call]
+                mine.discard(kill)
+                if not mine:
                     del self._inflight[call]
             conn.close()
 
