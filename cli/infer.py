@@ -82,12 +82,14 @@ Parquet (.parquet/.pq): columns text, lang and id, the same rules; a null
 cell counts as an absent field; the row number stands for the line number.
 CSV/TSV (.csv/.tsv): the first row names the columns (text, lang, id), each
 later row is a record; an empty cell is an absent field, ids are strings,
-a row is numbered by the line it starts on, malformed quoting or bytes that
-are not UTF-8 make a bad row.
+a row is numbered by the line it starts on, bytes that are not UTF-8 make a
+bad row; broken quoting stops the run (exit 2) at its line, after the rows
+before it.
 --text-field, --lang-field and --id-field read other names (a pipeline's
 "body", "locale", "doc_id"); the output still says "id" and "lang". A
-renamed lang or id field missing from a record is a warning (detected
-language, line number); from a Parquet file's columns, an error.
+renamed id field missing from a record is a warning (the line number is
+written; a missing language is detected); a renamed column missing from a
+Parquet or CSV file's columns, an error.
 Text: each non-blank line is one document, its id the line number, its
 language detected (UTF-8; a trailing \\r is dropped).
 
