@@ -18,17 +18,18 @@ Two ways to a label, one per (topic, language):
     (up to 1,000 per language, saved by training), so xtm-label gives the same labels as training did
     without reopening the user's data. Without that sample: the top words in order.
 
-Answers are cached like refinement answers (one entry per generator, prompt and sampling): a rerun
-makes no call. An answer that was not a label is cached too: asked again at the same seed it would
-be the same answer, and its fallback is recomputed from it at no cost; failed requests (no text) are
-never cached.
+Answers that are labels are cached like refinement answers (one entry per generator, prompt and
+sampling): a rerun makes no call for them. An answer that was not a label (a refusal, an error page
+a proxy passed on as text, an essay) is not cached, nor is a failed request: a rerun asks again, so
+one bad moment of a server does not stay in the labels for good (an older cache's such entries are
+asked again too).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -116,20 +117,21 @@ def make_generator(cfg: LabelConfig) -> TextGenerator:
 
 
 def ask(generator: TextGenerator, prompts: list[str], cfg: LabelConfig, cache: AnswerCache,
-        stats: StepStats) -> tuple[list[str | None], int, int]:
-    """One answer per prompt, from the cache where it has one; new non-empty answers are cached as they arrive.
-    Also how many requests were sent, and how many of them got no answer at all (every attempt failed: not an
-    empty answer, which a server that runs gives)."""
+        stats: StepStats, is_label: Callable[[int, str], bool]) -> tuple[list[str | None], int, int]:
+    """One answer per prompt, from the cache where it has one; new answers that are labels (`is_label(i, text)`)
+    are cached as they arrive. Also how many requests were sent, and how many of them got no answer at all (every
+    attempt failed: not an empty answer, which a server that runs gives)."""
     sampling = cfg.sampling
     keys = [AnswerCache.key(generator.cache_id, p, 0, sampling) for p in prompts]
     texts: list[str | None] = []
-    for key in keys:
+    for i, key in enumerate(keys):
         text = cache.get(key)
-        if text:
+        if text and is_label(i, text):
             stats.add(cache_hits=1)
-        elif text == "":
-            stats.add(stale_cache=1)             # a damaged entry: asked again
-        texts.append(text or None)
+        elif text is not None:
+            stats.add(stale_cache=1)             # damaged, or an older cache's answer that is no label: asked again
+            text = None
+        texts.append(text)
     todo = [i for i, t in enumerate(texts) if t is None]
     unanswered: list[int] = []  # jobs with no answer at all (list.append: safe from the requests' threads)
 
@@ -137,7 +139,8 @@ def ask(generator: TextGenerator, prompts: list[str], cfg: LabelConfig, cache: A
         # Cached as it arrives (in the request's thread), so labelling stopped half-way keeps what came.
         i = todo[job]
         if isinstance(text, str) and text.strip():
-            cache.put(keys[i], text)
+            if is_label(i, text):
+                cache.put(keys[i], text)
             texts[i] = text
         else:
             stats.add(failures=1)
@@ -184,7 +187,10 @@ def label_topics(topics: dict[str, list[list[str]]], cfg: LabelConfig = DEFAULT,
         jobs = [(t, lang) for t in range(k) for lang in langs]
         prompts = [label_prompt({x: top[x][t] for x in langs}, lang) for t, lang in jobs]
         try:
-            answers, sent, unanswered = ask(generator, prompts, cfg, AnswerCache(cache_dir), stats)
+            def is_label(i: int, text: str) -> bool:
+                return clean_label(text, jobs[i][1], cfg.max_chars, cfg.max_words) is not None
+
+            answers, sent, unanswered = ask(generator, prompts, cfg, AnswerCache(cache_dir), stats, is_label)
             if sent and unanswered == sent:
                 # Not one answer to what was asked (a wrong URL, a server that is down; cached answers aside):
                 # labels from it would be the fallback's under the LLM's name, replacing what labels.json held.
