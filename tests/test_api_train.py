@@ -108,6 +108,19 @@ def test_someone_elses_directory_is_refused_before_anything_is_written(example: 
     assert (data / "docs.jsonl").read_text(encoding="utf-8") == '{"text": "my only copy"}\n'
 
 
+@pytest.mark.parametrize("layout", ["same", "holds the run"])
+def test_a_data_dir_that_is_out_or_holds_it_is_refused_before_anything_is_written(
+        example: dict[str, Path], tmp_path: Path, layout: str) -> None:
+    """data_dir=out (or out inside data_dir) trained once, then every resume=True was refused as "holds other
+    files" (the run's own files, to the data check): refused at the first call, saying what to pass."""
+    data = tmp_path / "both"
+    out = data if layout == "same" else data / "run"
+    with pytest.raises(XtmError, match=r"data_dir is (the run directory|a directory holding).*another data_dir"):
+        xtm.train(rows(example["docs"]), dictionary=example["dict"], model="nmtm", num_topics=6, epochs=1,
+                  out=out, data_dir=data)
+    assert not data.exists()
+
+
 @pytest.mark.parametrize(("kwargs", "needle"), [
     ({"docs": "one text"}, "docs must be a list of texts or records"),
     ({"docs": []}, "docs is empty"),

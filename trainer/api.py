@@ -114,7 +114,7 @@ def train(docs: Sequence[str] | Sequence[Mapping[str, Any]], langs: Sequence[str
         resume=True, the run's own).
     out: the run directory (new, empty, or an xtm run; default: a new temporary directory).
     data_dir: where the documents (and a dictionary given as pairs) are written (default: a new
-        directory beside the run, "<run>.data"; kept, see the module docstring).
+        directory beside the run, "<run>.data"; kept, see the module docstring); not out, nor one holding it.
     ref_corpus: aligned documents for CNPMI (xtm-train --ref-corpus).
     phase2: LLM-XTM phase 2 settings (xtm.config.Phase2Config), or `phase2_epochs=N` for the defaults.
     contextual: the contextual route that serves every language (xtm-train's default): None fits it when
@@ -154,7 +154,7 @@ def train(docs: Sequence[str] | Sequence[Mapping[str, Any]], langs: Sequence[str
     # refused ("in use") before it replaces the documents and dictionary the first is training on.
     # Its data directory too: two calls with other outs and one data_dir replaced each other's documents (the
     # contextual fit reads them again when training ends).
-    check_data_dir(data)
+    check_data_dir(data, run_dir)
     with hold_run_dir(run_dir, "xtm.train"), lock_dir(data, "xtm.train"), _callers_random_state():
         if resuming:
             cfg, data_settings, phase2, contextual = _recorded(run_dir, named, settings, cfg, data_settings, phase2,
@@ -399,9 +399,16 @@ def _as_list(value: Any) -> list[Any] | None:
     return None
 
 
-def check_data_dir(data: Path) -> None:
+def check_data_dir(data: Path, run_dir: Path) -> None:
     """XtmError unless `data` is new, empty or an earlier xtm.train call's (its INPUTS_MARKER, the files it writes
-    and its lock only): a user's directory is never written into."""
+    and its lock only): a user's directory is never written into. Nor the run directory or one holding it: the
+    run's files there would make it a user's directory to the resume (refused with a message about other files)."""
+    here, run = data.resolve(), run_dir.resolve()
+    if here == run or here in run.parents:
+        what = "the run directory (out)" if here == run else f"a directory holding the run directory {run_dir}"
+        raise XtmError(f"data_dir is {what}: the documents are kept apart from the run, so a resume finds both as "
+                       "they were written; pass another data_dir (the default is a new directory beside the run, "
+                       "'<out>.data')", path=data)
     ours = {DOCS_FILE, DICT_FILE, INPUTS_MARKER, LOCK_NAME}
     names = {p.name for p in data.iterdir()} if data.is_dir() and not data.is_symlink() else set()
     if data.is_symlink() or (data.exists() and not data.is_dir()) or \
