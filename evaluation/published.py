@@ -4,7 +4,8 @@ Source: the LLM-XTM paper (seed 001), K=50: Table 2 (TU, CNPMI), Table 3 (Rakute
 phase 2) and Table 5 (classification); its NMTM and InfoCTM baseline rows are cited from Wu et al.
 2023a. The paper states 500 phase-1 epochs (800 for XTRA) and 30 phase-2 epochs with Gemini 2.5
 Flash; its public code runs 179 / 479 / 749 phase-1 epochs (NMTM / InfoCTM / XTRA) + 51 phase-2.
-Their CNPMI uses the WikiComp reference corpus, so it compares with our CNPMI only when ours uses WikiComp too.
+Their CNPMI uses the WikiComp reference corpus and BobXWu/CNPMI's token-count marginals: it compares with
+metrics.json's CNPMI_published (the same marginals) and only when that used WikiComp too.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from dataclasses import dataclass, field
 
 SOURCE = ("LLM-XTM paper (seed 001): Table 2 (TU, CNPMI), Table 3 (ablations), Table 5 (classification); "
           "K=50, 500 epochs (XTRA 800), phase 2 30 epochs")
-CNPMI_NOTE = "published CNPMI uses the WikiComp reference corpus"
+CNPMI_NOTE = ("published CNPMI uses the WikiComp reference corpus and token-count marginals (BobXWu/CNPMI): "
+              "read it against this run's published-protocol CNPMI, and only on WikiComp")
 
 
 @dataclass(frozen=True)

@@ -256,6 +256,38 @@ def test_classification_shape_errors() -> None:
         classification({"en": x, "zh": x}, {"en": y[:5], "zh": y}, {"en": x, "zh": x}, {"en": y, "zh": y})
     with pytest.raises(XtmError, match="no test theta"):
         classification({"en": x, "zh": x}, {"en": y, "zh": y}, {"en": x}, {"en": y, "zh": y})
+    # 0 test rows, NaN theta: scikit-learn's own ValueError before (not an XtmError)
+    with pytest.raises(XtmError, match="zh has no test documents"):
+        classification({"en": x, "zh": x}, {"en": y, "zh": y}, {"en": x, "zh": x[:0]}, {"en": y, "zh": y[:0]})
+    bad = x.copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(XtmError, match="en train theta holds NaN"):
+        classification({"en": bad, "zh": x}, {"en": y, "zh": y}, {"en": x, "zh": x}, {"en": y, "zh": y})
+
+
+def test_a_language_without_test_documents_leaves_classification_out_with_a_note(tmp_path: Path) -> None:
+    """A benchmark directory whose zh test split is empty loads; its end-of-training evaluation stopped inside
+    scikit-learn (a review), before metrics.json and the topic files were written."""
+    import scipy.sparse as sp
+
+    from xtm.trainer.data.loading import load_corpus
+
+    rng = np.random.default_rng(0)
+    words = {"en": ["apple", "bank", "cat", "dog", "egg", "fish"], "cn": ["苹果", "银行", "猫", "狗", "蛋", "鱼"]}
+    for code in ("en", "cn"):
+        (tmp_path / f"vocab_{code}").write_text("\n".join(words[code]) + "\n", encoding="utf-8")
+        bow = sp.csr_matrix(rng.integers(0, 3, (30, 6)).astype(np.float32))
+        sp.save_npz(tmp_path / f"train_bow_matrix_{code}.npz", bow)
+        (tmp_path / f"train_labels_{code}.txt").write_text("\n".join(str(i % 2) for i in range(30)) + "\n")
+        n_test = 10 if code == "en" else 0
+        sp.save_npz(tmp_path / f"test_bow_matrix_{code}.npz", sp.csr_matrix((n_test, 6), dtype=np.float32))
+        (tmp_path / f"test_labels_{code}.txt").write_text("".join(f"{i % 2}\n" for i in range(n_test)))
+    corpus = load_corpus(tmp_path, progress=False)
+    theta = lambda n: rng.dirichlet(np.ones(3), n)  # noqa: E731
+    beta = {lc.lang: rng.random((3, 6)) for lc in corpus.languages}
+    m = evaluate(corpus, {"en": theta(30), "zh": theta(30)}, {"en": theta(10), "zh": theta(0)}, beta)
+    assert m["classification"] is None and "'zh' has no test documents" in m["classification_note"]
+    assert m["TU"] is not None
 
 
 # --------------------------------------------------------------------------------------------
@@ -313,6 +345,12 @@ def test_evaluate_full_and_without_reference(tiny_ref, tmp_path: Path) -> None:
     assert m["TQ"] == pytest.approx(max(0.0, m["CNPMI"]) * 0.75)
     assert m["classification"] == {"EN-I": 1.0, "ZH-I": 1.0, "EN-C": 1.0, "ZH-C": 1.0}
     assert "CNPMI_note" not in m
+    # The published CNPMI's convention beside it (a review: 9-12% under xtm's on Rakuten, never recorded).
+    t1_tokens = cnpmi([["w", "z"]], [["s", "r"]], tiny_ref, "en", "zh", marginals="tokens")
+    t0_tokens = cnpmi([["x", "z"]], [["p", "r"]], tiny_ref, "en", "zh", marginals="tokens")
+    assert m["CNPMI_published"] == pytest.approx((t0_tokens + t1_tokens) / 2) and m["CNPMI_published"] < m["CNPMI"]
+    assert m["TQ_published"] == pytest.approx(max(0.0, m["CNPMI_published"]) * 0.75)
+    assert m["CNPMI_reference"]["marginals"] == "documents" and m["CNPMI_reference"]["marginals_published"] == "tokens"
 
     m2 = evaluate(corpus, train, test, beta, ref=None, n=2)
     assert m2["CNPMI"] is None and m2["TQ"] is None and "no reference corpus" in m2["CNPMI_note"]

@@ -50,8 +50,8 @@ from xtm.evaluation.metrics import (
     evaluate,
     has_labels,
     load_reference_corpus,
-    one_class_note,
     topic_quality,
+    unclassifiable_note,
 )
 from xtm.models_zoo.base import BuildContext, CrossLingualTopicModel
 from xtm.models_zoo.registry import check_capabilities, unused_dictionary_note
@@ -337,7 +337,7 @@ def _run(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool, phase2: Ph
     corpus, batches = load_training_data(data, cfg, out, dist, resuming=resume and has_checkpoint(out))
     check_capabilities(cfg.model, corpus)  # its languages, and the dictionary links the model may need
     check_topics(corpus, cfg.num_topics)
-    if main and has_labels(corpus) and (single := one_class_note(corpus)) is not None:
+    if main and has_labels(corpus) and (single := unclassifiable_note(corpus)) is not None:
         logger.warning(f"classification will be left out of the metrics: {single.removeprefix('not computed: ')}")
     run = RunDir(out)
     if main:

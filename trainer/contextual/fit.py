@@ -518,7 +518,7 @@ def _head_threads(cfg: ContextualConfig, device: torch.device) -> Iterator[None]
 def evaluate_contextual(model: CrossLingualTopicModel, corpus: Corpus, encoder: TrainableSentenceEncoder,
                         head: ContextualHead, train_emb: list[Tensor], data: list[_LangData], cache: Path | None,
                         progress: bool) -> dict[str, Any]:
-    from xtm.evaluation.metrics import classification, one_class_note
+    from xtm.evaluation.metrics import classification, unclassifiable_note
 
     out: dict[str, Any] = {"train_agreement": {}, "test_agreement": {}}
     train_ctx, test_ctx, test_bow = {}, {}, {}
@@ -529,7 +529,7 @@ def evaluate_contextual(model: CrossLingualTopicModel, corpus: Corpus, encoder: 
             test_bow[d.lang] = infer_theta(model, lc.test_bow, d.index, torch.device("cpu"))
             test_ctx[d.lang] = head_theta(head, embed_all(encoder, encoder.features(lc.test_texts, cache, progress)))
             out["test_agreement"][d.lang] = agreement(test_bow[d.lang], test_ctx[d.lang])
-    single = one_class_note(corpus) if corpus.has_labels else None
+    single = unclassifiable_note(corpus) if corpus.has_labels else None
     if single is not None:  # a language with one label: the route is still fitted and saved, without this metric
         out["classification_note"] = single
     elif corpus.has_labels and set(test_ctx) == set(corpus.langs):
