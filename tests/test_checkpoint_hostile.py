@@ -489,6 +489,30 @@ def test_pruning_keeps_a_checkpoint_that_holds_the_users_file(example_corpus, tw
     assert caplog.text.count("it holds what xtm did not write (my_notes.txt)") == 1  # once, not at every save
 
 
+def test_the_same_position_saved_again_keeps_the_users_files_in_it(example_corpus, two_epochs: Path, tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """Before: a resume of a finished run (nothing left to train) saves epoch-000002 again, and the old directory,
+    with the notes and the export saved inside it, was deleted (a hostile review; pruning already kept them)."""
+    run = tmp_path / "run"
+    shutil.copytree(two_epochs, run)
+    root = run / "checkpoints"
+    (root / "epoch-000002" / "NOTES.txt").write_text("mine")
+    (root / "epoch-000002" / "exported").mkdir()
+    (root / "epoch-000002" / "exported" / "model.onnx").write_bytes(b"onnx")
+    (root / "epoch-000002-kept").mkdir()                    # a name taken: never replaced
+    with caplog.at_level(logging.WARNING, logger="xtm"):
+        train(example_corpus, config(epochs=2), run, resume=True)
+    kept = root / "epoch-000002-kept-2"
+    assert (kept / "NOTES.txt").read_text() == "mine" and (kept / "exported" / "model.onnx").read_bytes() == b"onnx"
+    assert (kept / "state.json").is_file() and (root / "epoch-000002" / "state.json").is_file()
+    assert not (root / "epoch-000002" / "NOTES.txt").exists() and list((root / "epoch-000002-kept").iterdir()) == []
+    assert f"moved {root / 'epoch-000002'} to {kept}: it holds what xtm did not write (NOTES.txt, exported)" \
+        in caplog.text
+    # xtm's own directory at that position is simply replaced, as before (no "-kept" copy)
+    train(example_corpus, config(epochs=2), run, resume=True)
+    assert not (root / "epoch-000002-kept-3").exists()
+
+
 @pytest.mark.usefixtures("train_stderr")
 def test_a_bad_pointer_falls_back_to_a_checkpoint_never_to_the_users_copy(two_epochs: Path, tmp_path: Path,
                                                                           capsys) -> None:

@@ -118,9 +118,18 @@ def save_checkpoint(run_dir: Path, epoch: int, model: torch.nn.Module, optimizer
         write_json(tmp / "state.json", {"format": CHECKPOINT_FORMAT, "epoch": epoch, "optimizer": opt_meta,
                                         **state, "files": files})
         aside = root / f".tmp-old-{final.name}"
-        if final.exists():  # the same position saved again (a stop right after a periodic checkpoint)
-            shutil.rmtree(aside, ignore_errors=True)
-            final.rename(aside)
+        if final.exists() or final.is_symlink():  # the same position saved again (a stop right after a periodic
+            # checkpoint, a resume of a finished run): replaced, unless it holds what xtm did not write (a user's
+            # notes or an export saved inside it were deleted with it), which is moved to a name of its own.
+            if final.is_symlink() or _not_ours(final):
+                kept = _free_name(root, f"{final.name}-kept")
+                final.rename(kept)
+                logger.warning(f"moved {final} to {kept}: it holds what xtm did not write "
+                               f"({', '.join(_not_ours(kept)[:3]) or 'a symbolic link'}), and checkpoint "
+                               f"{final.name} is written again; delete it when done with it")
+            else:
+                shutil.rmtree(aside, ignore_errors=True)
+                final.rename(aside)
         tmp.rename(final)
         shutil.rmtree(aside, ignore_errors=True)
         write_json(root / CHECKPOINT_POINTER, {"dir": final.name, "epoch": epoch, "step": step})
@@ -158,6 +167,15 @@ def _not_ours(d: Path) -> list[str]:
         return []
     return sorted(e.name for e in entries if not (e.is_file(follow_symlinks=False) and (
         e.name in _OWN_FILES or _OWN_TEMPORARY.fullmatch(e.name) or is_desktop_metadata(Path(e.path)))))
+
+
+def _free_name(root: Path, base: str) -> Path:
+    """`root/base`, or `root/base-2`, `-3`, ...: the first that does not exist (nothing is ever replaced)."""
+    path, n = root / base, 1
+    while path.exists() or path.is_symlink():
+        n += 1
+        path = root / f"{base}-{n}"
+    return path
 
 
 def _checkpoint_dirs(root: Path) -> list[Path]:
