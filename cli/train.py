@@ -134,7 +134,8 @@ def main(**parsed: Any) -> None:
         from xtm.trainer.recorded import record_contextual_route
 
         try:
-            metrics = run_training(run.data, cfg, out, resume=run.resume, phase2=run.phase2)
+            metrics = run_training(run.data, cfg, out, resume=run.resume, phase2=run.phase2,
+                                   command={"contextual": run.contextual, "no_contextual": run.no_contextual})
         except NoRefinementAnswerError:
             if is_main_process():  # stopped for phase 2's LLM, its settings and results recorded: these too
                 record_contextual_route(Path(out), run.contextual, run.no_contextual)

@@ -130,9 +130,13 @@ def has_checkpoint(d: Path) -> bool:
 def has_results_only(d: Path) -> bool:
     """Whether run `d` holds a training's results (config.json or metrics.json, written when it ended) but no
     checkpoint: a finished run whose checkpoints/ was removed, which nothing can continue and a new training
-    would write over."""
+    would write over. The config.json a training writes before its first epoch (RunDir.INCOMPLETE) is no result:
+    a run killed before its first checkpoint is trained again."""
     d = Path(d)
-    return not has_checkpoint(d) and any((d / name).is_file() for name in (RunDir.CONFIG, RunDir.METRICS))
+    if has_checkpoint(d):
+        return False
+    return (d / RunDir.METRICS).is_file() or ((d / RunDir.CONFIG).is_file()
+                                              and _json_object(d / RunDir.CONFIG).get(RunDir.INCOMPLETE) is not True)
 
 
 # What `hold_run_dir` leaves before the marker is in place: the lock, and (killed while writing the marker)
@@ -341,6 +345,8 @@ class RunDir:
     """
 
     CONFIG = "config.json"
+    # config.json's key while training has not ended (written before the first epoch, replaced at the end)
+    INCOMPLETE = "incomplete"
     METRICS = "metrics.json"
     HISTORY = "history.json"
     REPORT_DATA = "report_data.json"

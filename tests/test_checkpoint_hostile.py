@@ -203,6 +203,47 @@ with hold_run_dir(Path(sys.argv[1]), "xtm-train"):
 """
 
 
+def test_a_run_killed_while_it_trains_is_continued_by_a_plain_resume(example_dir: Path, tmp_path: Path) -> None:
+    """README: `xtm-train --out RUN --resume` after a crash takes the run's own settings. config.json was written
+    only when training ended, so after kill -9 (the OOM killer, a preemption) or a second Ctrl-C right after the
+    checkpoint, that resume was refused ("no config.json") and every option had to be typed again (a review)."""
+    import time
+
+    run = tmp_path / "run"
+    cmd = TRAIN + ["--data", str(example_dir / "docs.jsonl"), "--dict", str(example_dir / "dict.tsv"), "--model",
+                   "nmtm", "--topics", "6", "--epochs", "400", "--batch-size", "8", "--checkpoint-every", "1",
+                   "--seed", "5", "--no-contextual", "--out", str(run)]
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    try:
+        deadline = time.monotonic() + 240
+        while not (run / "checkpoints" / "epoch-000002").is_dir() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    assert (run / "checkpoints" / "epoch-000002").is_dir() and not (run / "metrics.json").exists()
+    # Not an exportable model yet: its training has not ended.
+    e = subprocess.run([sys.executable, "-m", "xtm.cli.export", str(run), "--out", str(tmp_path / "b")],
+                       capture_output=True, text=True, env=ENV, timeout=300)
+    assert e.returncode == 2 and "the run's training has not ended" in e.stderr and "--resume" in e.stderr, e.stderr
+    done = cli(["--out", str(run), "--resume", "--epochs", "4"])
+    assert done.returncode == 0, done.stderr
+    config = json.loads((run / "config.json").read_text())
+    assert "incomplete" not in config and config["train_config"]["seed"] == 5 and config["train_config"]["epochs"] == 4
+    assert config["command"] == {"contextual": None, "no_contextual": True}  # the route it was told: not fitted
+    assert json.loads((run / "metrics.json").read_text())["epochs"] == 4 and not (run / "contextual").exists()
+    # Killed before its first checkpoint: its early config.json is no finished run's results, it is trained again.
+    early = tmp_path / "early"
+    shutil.copytree(run, early)
+    shutil.rmtree(early / "checkpoints")
+    (early / "metrics.json").unlink()
+    config["incomplete"] = True
+    (early / "config.json").write_text(json.dumps(config))
+    again = cli(["--data", str(example_dir / "docs.jsonl"), "--dict", str(example_dir / "dict.tsv"), "--model", "nmtm",
+                 "--topics", "6", "--epochs", "1", "--no-contextual", "--out", str(early)])
+    assert again.returncode == 0, again.stderr
+
+
 def test_the_lock_file_alone_proves_no_run(example_dir: Path, tmp_path: Path) -> None:
     shards = build_shards(example_dir / "docs.jsonl", tmp_path / "shards", shard_size=200, progress=False)
     with lock_dir(shards, "xtm-train"):  # as xtm-train holds every shard directory it builds or reads

@@ -164,7 +164,8 @@ def train(docs: Sequence[str] | Sequence[Mapping[str, Any]], langs: Sequence[str
         data_cfg = DataConfig(path=str(data_path), dict_path=str(dict_path) if dict_path is not None else None,
                               ref_corpus=str(ref_corpus) if ref_corpus is not None else None, **data_settings)
         try:
-            metrics = run_training(data_cfg, cfg, run_dir, resume=resume, phase2=phase2)
+            metrics = run_training(data_cfg, cfg, run_dir, resume=resume, phase2=phase2,
+                                   command={"contextual": contextual, "no_contextual": contextual is False})
         except XtmError as e:
             from xtm.trainer.phase2.objective import NoRefinementAnswerError  # (torch: loaded by training)
 

@@ -140,9 +140,11 @@ def refined_metrics(refined: dict[str, list[list[str]]], ref_path: str | None) -
 
 
 def run_training(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool = False,
-                 phase2: Phase2Config | None = None) -> dict[str, Any]:
+                 phase2: Phase2Config | None = None, command: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train and evaluate; returns metrics (also written to out/metrics.json).
 
+    command: what the caller was told beyond these configs, recorded in config.json from the start for a later
+    resume (xtm.trainer.recorded.COMMAND_KEY: whether to fit the contextual route).
     Under torchrun (WORLD_SIZE > 1) every rank calls this: all train, rank 0 alone preprocesses
     shards, writes and evaluates; the other ranks return {"rank": r} after training.
     """
@@ -188,7 +190,7 @@ def run_training(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool = F
             # a resumed run takes the count its checkpoint records)
             held.enter_context(torch_threads(cfg.threads, training_device(cfg.device, dist),
                                              resume_dir=out if resume else None))
-            metrics = _run(data, cfg, out, resume, phase2, dist)
+            metrics = _run(data, cfg, out, resume, phase2, dist, command)
             # Every rank leaves the group together: a rank that destroyed it while rank 0 was still
             # evaluating was aborted by gloo at exit ("terminate called without an active exception").
             distributed.barrier(dist)
@@ -325,8 +327,25 @@ def _write_vocabularies(run: RunDir, corpus: Corpus, prep: Preprocessing, *, res
             run.save_parity_sample(lc.lang, parity_sample(lc))
 
 
+def _run_record(data: DataConfig, cfg: TrainConfig, corpus: Corpus, phase2: Phase2Config | None,
+                command: dict[str, Any] | None) -> dict[str, Any]:
+    """config.json's content but the model's own configuration (known once the model is built)."""
+    from xtm.trainer.recorded import COMMAND_KEY
+
+    return {
+        "xtm_version": xtm.__version__, "train_config": cfg.to_dict(),
+        # paths absolute: a --resume or a contextual fit from another directory finds the same files
+        "data": {**data.to_dict(), **_absolute_paths(data), "name": corpus.name}, "langs": corpus.langs,
+        # with the segmenters' releases (out of core: those that cut the shards): a runtime with others says its
+        # words may be cut otherwise
+        "tokenizers": {lc.lang: _tokenizer_record(lc, corpus.info.get("segmenters") or {})
+                       for lc in corpus.languages},
+        "corpus_info": corpus.info, "phase2": phase2.to_dict() if phase2 is not None else None,
+        **({COMMAND_KEY: command} if command is not None else {})}
+
+
 def _run(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool, phase2: Phase2Config | None,
-         dist: DistContext | None) -> dict[str, Any]:
+         dist: DistContext | None, command: dict[str, Any] | None = None) -> dict[str, Any]:
     main = dist is None or dist.is_main
     if resume and has_checkpoint(out) and (changed := _preprocessing_changes(RunDir(out), data.preprocessing)):
         # Before any document is read: other --user-words whose words the documents lack resumed silently and
@@ -344,6 +363,12 @@ def _run(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool, phase2: Ph
         logger.info(cfg.describe())
         _warn_few_steps(cfg, (batches or InMemoryBatches(corpus)).sizes())
         _write_vocabularies(run, corpus, data.preprocessing, resuming=resume and has_checkpoint(out))
+        # The settings recorded before the first epoch (marked not complete until training ends), so that a run
+        # killed while it trains (kill -9, a second Ctrl-C right after its checkpoint) is continued by a plain
+        # --resume with its own settings: with config.json written only at the end, that was refused. Only where
+        # there is none yet: a resume reads what the run recorded (the segmenters that cut its documents).
+        if not run.file(RunDir.CONFIG).is_file():
+            run.save_config({**_run_record(data, cfg, corpus, phase2, command), RunDir.INCOMPLETE: True})
 
     objective = None
     if phase2 is not None:
@@ -358,15 +383,7 @@ def _run(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool, phase2: Ph
     if not main:
         return {"rank": dist.rank if dist is not None else 0}
     model = result.model
-    run.save_config({
-        "xtm_version": xtm.__version__, "model_config": model.config(), "train_config": cfg.to_dict(),
-        # paths absolute: a --resume or a contextual fit from another directory finds the same files
-        "data": {**data.to_dict(), **_absolute_paths(data), "name": corpus.name}, "langs": corpus.langs,
-        # with the segmenters' releases (out of core: those that cut the shards): a runtime with others says its
-        # words may be cut otherwise
-        "tokenizers": {lc.lang: _tokenizer_record(lc, corpus.info.get("segmenters") or {})
-                       for lc in corpus.languages},
-        "corpus_info": corpus.info, "phase2": phase2.to_dict() if phase2 is not None else None})
+    run.save_config({"model_config": model.config(), **_run_record(data, cfg, corpus, phase2, command)})
     run.save_history(result.history)
 
     # An interrupted run is still evaluated and reported (metrics.json "interrupted": true, and the

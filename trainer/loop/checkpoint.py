@@ -572,6 +572,11 @@ def load_trained_model(run_dir: str | Path) -> tuple[dict[str, Any], torch.nn.Mo
 
     run = RunDir(run_dir)
     config = run.load_config()
+    if config.get(RunDir.INCOMPLETE) is True:
+        # (written before the first epoch: the model is a checkpoint's from the middle of training, and the run's
+        # topics, metrics and labels are missing or those of an earlier end)
+        raise XtmError(f"the run's training has not ended (it was stopped before writing its results: killed?): "
+                       f"continue it with xtm-train --out {run.path} --resume", path=run.file(RunDir.CONFIG))
     ckpt = load_checkpoint(run.path, required=("model_config",))
     try:
         model = model_from_state(ckpt.state["model_config"], ckpt.model)
