@@ -44,6 +44,7 @@ import logging
 import numbers
 import os
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +81,8 @@ ROUTE_HELP = ("auto: as the bundle's manifest says (auto_route): contextual (eve
 CHUNK_BATCHES = 4
 # onnxruntime threads of each Ray actor when not given (the local engine lets onnxruntime choose).
 RAY_THREADS_PER_ACTOR = 1
+# Seconds before a batch whose inference raised is tried once more, before it is tried a document at a time.
+RETRY_PAUSE_S = 1.0
 
 
 def check_route(route: Any) -> str:
@@ -380,18 +383,26 @@ class Engine:
             on_rows: Callable[[int], None] | None = None) -> None:
         """Infer and write chunk by chunk, in input order (see OutputWriter.take for bad rows)."""
         for chunk in chunks:
-            rows = self.infer([p for _, p in chunk])
+            try:
+                rows = self.infer([p for _, p in chunk])
+            except XtmError as e:
+                if not chunk:
+                    raise
+                # which records: a long run's stop names the lines it was at (nothing is written: see the caller)
+                raise XtmError(f"lines {chunk[0][0]}-{chunk[-1][0]}: {e.reason}", path=e.path or where,
+                               line=e.line, field=e.field) from e
             out.take((where, lineno, row) for (lineno, _), row in zip(chunk, rows, strict=True))
             if on_rows is not None:
                 on_rows(len(chunk))
 
-    def _infer_docs(self, docs: Sequence[dict[str, Any]]) -> list[tuple[str | None, str | None]]:
+    def _infer_docs(self, docs: Sequence[dict[str, Any]], again: bool = True) -> list[tuple[str | None, str | None]]:
         """(output line, None) or (None, error) for each parsed document, in order.
 
-        The documents are inferred together; if that raises, one by one, so a document that breaks a
-        tokenizer or an encoder costs its own line only. An unsupported document (see
-        InferenceResult.unsupported) is an error with the reason. When every document fails alone
-        with the same error, the cause is not in the documents (a broken model): XtmError."""
+        The documents are inferred together; if that raises, once more after a pause (`again`: a machine
+        briefly out of threads or memory failed a whole batch, which stopped a long run), then one by one,
+        so a document that breaks a tokenizer or an encoder costs its own line only. An unsupported
+        document (see InferenceResult.unsupported) is an error with the reason. When every document fails
+        alone with the same error, the cause is not in the documents (a broken model): XtmError."""
         if not docs:
             return []
         o = self.options
@@ -400,12 +411,20 @@ class Engine:
                                    batch_size=o.batch_size, top_k=o.top_k, route=o.route, min_lang_conf=o.min_lang_conf)
             lines = self.formatter.lines(res, [d["id_json"] for d in docs])
         except Exception as e:
+            logger.debug("inference of a batch failed", exc_info=e)  # (-v: the traceback, for a report)
             if len(docs) == 1:
                 return [(None, f"cannot infer this document: {_describe(e)}")]
+            if again and not isinstance(e, XtmError):  # (an XtmError is about the input: it would come again)
+                logger.warning(f"inference of {len(docs)} documents failed ({_describe(e)}); trying them again "
+                               f"in {RETRY_PAUSE_S:g} s")
+                time.sleep(RETRY_PAUSE_S)
+                return self._infer_docs(docs, again=False)
             out = [self._infer_docs([d])[0] for d in docs]
             errors = {err for line, err in out if line is None}
             if all(line is None for line, _ in out) and len(errors) == 1:
-                raise XtmError(f"inference failed for every document: {_describe(e)}") from e
+                raise XtmError(f"inference failed for each of these {len(docs)} documents alone, with the same "
+                               f"error, so the cause is not in them (a damaged bundle, a machine out of memory or "
+                               f"threads): {_describe(e)}") from e
             return out
         return [(line, None) if line is not None else (None, res.notes[i] or "unsupported")
                 for i, line in enumerate(lines)]
@@ -809,7 +828,11 @@ class WorkerPool:
 
         def write_oldest() -> None:
             linenos, future = pending.popleft()
-            rows = future.result()
+            try:
+                rows = future.result()
+            except XtmError as e:  # (named as by one process: Engine.run)
+                raise XtmError(f"lines {linenos[0]}-{linenos[-1]}: {e.reason}", path=e.path or where, line=e.line,
+                               field=e.field) from e
             out.take((where, n, row) for n, row in zip(linenos, rows, strict=True))
             if on_rows is not None:
                 on_rows(len(linenos))

@@ -505,6 +505,41 @@ def test_auto_opens_the_contextual_graph_only_for_a_row_that_goes_to_it(hb: Hand
         model.infer(["stock market"], "fr")  # the first row the graph reads opens it
 
 
+def test_a_batch_that_fails_once_for_the_machine_is_tried_again_not_lost(
+        hb: HandBundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A 200k-document xtm-infer stopped at 134k with "inference failed for every document" (a review): threads
+    ran out for a moment, the batch failed, then each of its documents alone at once, and the run's output was
+    dropped. The batch is tried again after a pause first."""
+    import xtm.runtime.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "RETRY_PAUSE_S", 0.01)
+    b = _contextual_bundle(hb, tmp_path / "b")
+    model = TopicModel.load(b)
+    real, calls = TopicModel.infer, []
+
+    def flaky(self, *a, **k):  # the machine out of threads for the first call
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("Resource temporarily unavailable")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(TopicModel, "infer", flaky)
+    with caplog.at_level(logging.WARNING, logger="xtm"):
+        out = list(model.infer_records({"id": i, "text": "stock market", "lang": "fr"} for i in range(20)))
+    assert len(out) == 20 and all(json.loads(line)["id"] == i for i, line in enumerate(out)) and len(calls) == 2
+    assert "inference of 20 documents failed (RuntimeError: Resource temporarily unavailable); trying them again" \
+        in caplog.text
+    # xtm-infer's stop names the lines it was at when the failure stays (every document alone, the same error)
+    monkeypatch.setattr(TopicModel, "infer", lambda self, *a, **k: (_ for _ in ()).throw(MemoryError("out")))
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"id": i, "text": "stock market", "lang": "fr"}) + "\n" for i in range(5)))
+    from xtm.runtime.engine import infer_file
+
+    with pytest.raises(XtmError, match=r"docs.jsonl: lines 1-5: inference failed for each of these 5 documents alone"):
+        infer_file(docs, model, tmp_path / "o.jsonl")
+    assert not (tmp_path / "o.jsonl").exists()
+
+
 def test_a_contextual_graph_that_cannot_open_is_read_once_not_once_per_document(
         hb: HandBundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A failing batch is retried document by document (a bad document costs its own line); a graph that cannot
@@ -516,7 +551,7 @@ def test_a_contextual_graph_that_cannot_open_is_read_once_not_once_per_document(
     (b / "ctx.onnx").write_bytes((b / "ctx.onnx").read_bytes() + b"\0")  # damaged after the load
     real, opened = ContextualEncoder.load, []
     monkeypatch.setattr(ContextualEncoder, "load", staticmethod(lambda *a, **k: (opened.append(1), real(*a, **k))[1]))
-    with pytest.raises(XtmError, match="inference failed for every document: .*ctx.onnx: "):
+    with pytest.raises(XtmError, match="inference failed for each of these 20 documents alone.*ctx.onnx: "):
         list(model.infer_records({"id": i, "text": "stock market", "lang": "fr"} for i in range(20)))
     assert len(opened) == 1
     # The failure is said again for a while, then tried again: a cause that passes (file descriptors, GPU
