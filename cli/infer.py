@@ -9,10 +9,12 @@ numpy/onnxruntime/the tokenizers load inside `main`, so `--help` and bad flags a
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -242,6 +244,11 @@ def _flag(name: str, **kwargs: Any) -> dict[str, Any]:
                    "reference), else auto.")
 @click.option("--progress-every", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
               metavar="SECONDS", help="When stderr is not a terminal: a progress line this often.")
+@click.option("--summary", "summary_path", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Also write what the run did as one JSON object (atomically, whatever the outcome): status (ok, "
+                   "no_results, error, interrupted), exit code, lines read, results written, lines skipped, seconds, "
+                   "the bundle (path, model, xtm version, manifest SHA-256), the error's message. For pipelines "
+                   "that must not parse stderr. Replaces only a summary xtm-infer wrote.")
 @log_level_options
 @version_option("xtm-infer")
 @friendly_errors
@@ -249,8 +256,8 @@ def main(input_paths: tuple[str, ...], bundle: str, out: str | None, input_forma
          top_k: int, batch_size: int, strict: bool, max_bad: str | None, full_theta: bool, threads: int | None,
          route: str, lang: str | None, min_lang_conf: float, text_field: str, lang_field: str, id_field: str,
          engine: str, address: str | None, actors: int | None,
-         providers: str | None, workers: int | None, segmenters: str | None, progress_every: float, verbose: bool,
-         quiet: bool, log_level: str | None) -> None:
+         providers: str | None, workers: int | None, segmenters: str | None, progress_every: float,
+         summary_path: str | None, verbose: bool, quiet: bool, log_level: str | None) -> None:
     """Infer topic distributions of documents INPUT (JSONL, text, Parquet, CSV or TSV; '-' for stdin) with a bundle.
 
     With --engine ray, INPUT... are JSONL and Parquet files and directories."""
@@ -272,6 +279,7 @@ def main(input_paths: tuple[str, ...], bundle: str, out: str | None, input_forma
         use_segmenters(segmenters)
     else:
         segmenter_mode()
+    summary = _Summary(summary_path, bundle, out, input_paths)
     try:
         # SIGTERM/SIGHUP unwind like Ctrl-C: the --out temporary is removed, the old file kept.
         with exit_on_signals():
@@ -281,18 +289,93 @@ def main(input_paths: tuple[str, ...], bundle: str, out: str | None, input_forma
                 counts = _run_local(input_paths, bundle, out, options, address, actors, io)
     except NoResultsError as e:
         if e.skipped:
-            click.echo(f"skipped {e.skipped} of {e.total} lines", err=True)
+            logger.warning(f"skipped {e.skipped} of {e.total} lines")
         click.echo(f"error: {e}", err=True)
+        summary.write("no_results", 1, e.total, e.skipped, str(e))
         sys.exit(1)
-    except SystemExit as e:
-        if e.code in (128 + 1, 128 + 15):  # from exit_on_signals
-            click.echo(f"interrupted (signal {int(e.code) - 128}); {'no output written' if out else 'stopped'}",
-                       err=True)
+    except XtmError as e:
+        summary.write("error", 2, error=str(e))
         raise
+    except (KeyboardInterrupt, SystemExit) as e:
+        code = 130 if isinstance(e, KeyboardInterrupt) else e.code
+        if code in (128 + 1, 128 + 15):  # from exit_on_signals
+            click.echo(f"interrupted (signal {int(code) - 128}); {'no output written' if out else 'stopped'}",
+                       err=True)
+        if code not in (0, None, EXIT_BROKEN_PIPE):
+            summary.write("interrupted", code if isinstance(code, int) else 1)
+        raise
+    summary.write("ok", 0, counts.total, counts.skipped)
+    # Through the log (`xtm-infer: ...` lines like the others): -q and --log-level leave out what they say they do.
     if counts.skipped:
-        click.echo(f"skipped {counts.skipped} of {counts.total} lines", err=True)
+        logger.warning(f"skipped {counts.skipped} of {counts.total} lines")
     if out is not None:
-        click.echo(f"wrote {counts.written} results to {out}", err=True)
+        logger.info(f"wrote {counts.written} results to {out}")
+
+
+class _Summary:
+    """--summary FILE: the run's outcome as JSON, for a pipeline. Checked before any work: an existing file is
+    replaced only when it is a summary xtm-infer wrote (SUMMARY_MARK), never the output or an input."""
+
+    def __init__(self, path: str | None, bundle: str, out: str | None, inputs: tuple[str, ...]) -> None:
+        self.path, self.bundle, self.out, self.inputs = path, bundle, out, inputs
+        self.started = time.perf_counter()
+        if path is None:
+            return
+        from xtm.atomic import check_replaceable
+
+        for other in (out, *inputs):
+            if other not in (None, "-") and os.path.abspath(other) == os.path.abspath(path):
+                raise XtmError("--summary names the output or an input file: choose another path", path=path)
+        check_replaceable(path, _is_summary, what="an xtm-infer summary",
+                          hint="xtm-infer replaces only its own summaries; remove the file or choose another --summary")
+
+    def write(self, status: str, exit_code: int, read: int | None = None, skipped: int | None = None,
+              error: str | None = None) -> None:
+        if self.path is None:
+            return
+        from xtm.atomic import write_json
+
+        written = None if read is None else read - (skipped or 0)
+        record = {SUMMARY_MARK: 1, "status": status, "exit_code": exit_code, "inputs": list(self.inputs),
+                  "out": self.out, "lines_read": read, "results_written": written, "lines_skipped": skipped,
+                  "seconds": round(time.perf_counter() - self.started, 3),
+                  "bundle": _bundle_identity(self.bundle), "error": error}
+        try:
+            write_json(self.path, record)
+        except (OSError, XtmError) as e:  # the run's own outcome stands; the summary's failure is said
+            logger.warning(f"the summary was not written: {e}")
+
+
+# The key every --summary file starts with: what xtm-infer may replace.
+SUMMARY_MARK = "xtm_infer_summary"
+
+
+def _is_summary(path: Any) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(64)
+    return head.lstrip().startswith(b'{') and f'"{SUMMARY_MARK}"'.encode() in head
+
+
+def _bundle_identity(bundle: str) -> dict[str, Any]:
+    """Which model answered: the bundle's path, model and xtm version from its manifest, and the manifest's SHA-256
+    (the manifest lists every file's checksum, so it names the bundle's exact contents)."""
+    from xtm.json_files import parse_json_bytes
+    from xtm.runtime.bundle import MANIFEST
+    from xtm.text_files import read_bounded
+
+    identity: dict[str, Any] = {"path": os.path.abspath(bundle)}
+    path = os.path.join(bundle, MANIFEST)
+    try:
+        data = read_bounded(Path(path), 16 << 20)
+        raw = parse_json_bytes(data, path)
+    except (OSError, XtmError):
+        return identity  # (a bundle that could not be read: the error says why)
+    if isinstance(raw, dict):
+        for key in ("model", "xtm_version"):
+            value = raw.get(key)
+            identity[key] = value if isinstance(value, str) and len(value) <= 200 else None
+    identity["manifest_sha256"] = hashlib.sha256(data).hexdigest()
+    return identity
 
 
 class _Io:
@@ -444,8 +527,11 @@ class _LogProgress:
 
 
 def _reporter(progress: Any) -> Any:
-    """Bad-line reports to stderr, above the progress bar when there is one."""
+    """Bad-line reports to stderr, above the progress bar when there is one; they are warnings, so
+    --log-level error leaves them out (their count is still said, and --max-bad still judged)."""
     def report(msg: str) -> None:
+        if not logger.isEnabledFor(logging.WARNING):
+            return
         if progress is not None:
             progress.write(msg, file=sys.stderr)  # keeps the bar intact
         else:

@@ -181,14 +181,19 @@ def test_formats_by_name_and_bad_combinations(hb: HandBundle, tmp_path: Path) ->
 def test_log_levels(hb: HandBundle, tmp_path: Path) -> None:
     src = tmp_path / "d.jsonl"
     src.write_text('{"text": "the stock market", "lang": "en"}\n{"text": ""}\n', encoding="utf-8")
-    quiet = invoke([str(src), "--bundle", str(hb.path), "-q"])
-    assert quiet.exit_code == 0 and "xtm-infer:" not in quiet.stderr
+    quiet = invoke([str(src), "--bundle", str(hb.path), "-q", "--out", str(tmp_path / "o.jsonl")])
+    # only warnings (the bad line, the count of skipped lines); "wrote 1 results" was printed under -q (a review)
+    assert quiet.exit_code == 0 and quiet.stderr.splitlines() == [f"{src}:2: empty text",
+                                                                   "xtm-infer: warning: skipped 1 of 2 lines"]
+    errors_only = invoke([str(src), "--bundle", str(hb.path), "--log-level", "error", "--out",
+                          str(tmp_path / "e.jsonl")])
+    assert errors_only.exit_code == 0 and errors_only.stderr == ""
     verbose = invoke([str(src), "--bundle", str(hb.path), "--log-level", "DEBUG"])
     assert "xtm-infer: bundle" in verbose.stderr and "xtm-infer: inference took" in verbose.stderr
     both = invoke([str(src), "--bundle", str(hb.path), "-v", "-q"])
     assert both.exit_code == 2 and "-v and -q contradict each other" in both.stderr
-    # Bad lines are reported at every level: they are the run's outcome, not a log line.
-    assert f"{src}:2: empty text" in quiet.stderr
+    # Bad lines are reported at every level that shows warnings: they are the run's outcome.
+    assert f"{src}:2: empty text" in verbose.stderr
 
 
 def test_progress_lines_reach_a_log_file(hb: HandBundle, tmp_path: Path) -> None:
@@ -205,7 +210,7 @@ def test_progress_lines_reach_a_log_file(hb: HandBundle, tmp_path: Path) -> None
     progress = [line for line in text.splitlines() if line.endswith("lines/s")]
     assert len(progress) >= 3 and "\r" not in text
     assert progress[0].startswith("xtm-infer: 200 lines, ") and progress[-1].startswith("xtm-infer: 3,000 lines, ")
-    assert text.splitlines()[-1] == f"wrote 3000 results to {tmp_path / 'o.jsonl'}"
+    assert text.splitlines()[-1] == f"xtm-infer: wrote 3000 results to {tmp_path / 'o.jsonl'}"
 
 
 def test_a_closed_pipe_ends_quietly_with_sigpipes_status(hb: HandBundle, tmp_path: Path) -> None:
@@ -305,3 +310,42 @@ def test_binary_ids_misnamed_parquet_columns_and_compressed_outputs(hb: HandBund
         r = invoke([str(named), "--bundle", str(hb.path), "--out", str(tmp_path / name)])
         assert r.exit_code == 2 and "compressed output is not written" in r.stderr, r.stderr
         assert not (tmp_path / name).exists()
+
+
+def test_summary_file_says_what_the_run_did_for_a_pipeline(hb: HandBundle, tmp_path: Path) -> None:
+    """A pipeline learned a run's outcome only by parsing English on stderr (a review): --summary FILE is one JSON
+    object, written whatever the outcome, naming the bundle by its manifest's SHA-256."""
+    import hashlib
+
+    src = tmp_path / "d.jsonl"
+    src.write_text('{"text": "the stock market", "lang": "en"}\n{"text": ""}\n{"text": "bank", "lang": "en"}\n',
+                   encoding="utf-8")
+    summary = tmp_path / "summary.json"
+    r = invoke([str(src), "--bundle", str(hb.path), "--out", str(tmp_path / "o.jsonl"), "--summary", str(summary)])
+    assert r.exit_code == 0, r.stderr
+    s = json.loads(summary.read_text())
+    assert (s["status"], s["exit_code"], s["lines_read"], s["results_written"], s["lines_skipped"]) == \
+        ("ok", 0, 3, 2, 1)
+    manifest = (hb.path / "manifest.json").read_bytes()
+    assert s["bundle"]["manifest_sha256"] == hashlib.sha256(manifest).hexdigest()
+    assert s["bundle"]["xtm_version"] == json.loads(manifest).get("xtm_version") and s["error"] is None
+    # nothing to infer: exit 1, said so (the summary of the run before is replaced: it is xtm-infer's)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": ""}\n', encoding="utf-8")
+    r = invoke([str(bad), "--bundle", str(hb.path), "--summary", str(summary)])
+    s = json.loads(summary.read_text())
+    assert r.exit_code == 1 and (s["status"], s["exit_code"], s["results_written"]) == ("no_results", 1, 0)
+    # an error (a bundle that is not there): exit 2, its message
+    r = invoke([str(src), "--bundle", str(tmp_path / "nope"), "--summary", str(summary)])
+    s = json.loads(summary.read_text())
+    assert r.exit_code == 2 and s["status"] == "error" and "bundle directory not found" in s["error"]
+    assert s["bundle"] == {"path": str(tmp_path / "nope")}
+    # a user's file, the output or an input: refused before any work
+    mine = tmp_path / "notes.json"
+    mine.write_text('{"my": "notes"}')
+    for path, needle in ((mine, "not an xtm-infer summary"), (tmp_path / "o.jsonl", "names the output"),
+                         (src, "names the output or an input")):
+        before = path.read_bytes()
+        r = invoke([str(src), "--bundle", str(hb.path), "--out", str(tmp_path / "o.jsonl"), "--summary", str(path)])
+        assert r.exit_code == 2 and needle in r.stderr, r.stderr
+        assert path.read_bytes() == before

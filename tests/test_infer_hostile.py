@@ -232,7 +232,8 @@ def test_no_line_inferred_exits_1_and_leaves_the_old_output(hb: HandBundle, tmp_
     bad = write_lines(tmp_path / "bad.jsonl", ["{nope", {"text": "😀"}])
     r = invoke([str(bad), "--bundle", str(hb.path), "--out", str(out)])
     assert r.exit_code == 1
-    assert r.stderr.endswith(f"skipped 2 of 2 lines\nerror: {bad}: no line could be inferred: all 2 lines were bad\n")
+    assert r.stderr.endswith(f"xtm-infer: warning: skipped 2 of 2 lines\nerror: {bad}: no line could be inferred: "
+                             "all 2 lines were bad\n")
     assert out.read_text() == PREVIOUS_OUTPUT and no_litter(tmp_path)
     empty = write_lines(tmp_path / "empty.jsonl", ["", "   "])
     r = invoke([str(empty), "--bundle", str(hb.path)])
