@@ -334,10 +334,26 @@ def parse_manifest(raw: Any, directory: Path) -> BundleManifest:
     """Check a manifest object's structure (the files it names are not opened); XtmError if wrong.
 
     The optional contextual entry is part of the structure: checked with it, before any file, so
-    an error in the manifest is reported as such."""
+    an error in the manifest is reported as such. What only a newer xtm reads says both versions."""
     mpath = Path(directory) / MANIFEST
     if not isinstance(raw, dict):
         raise XtmError("manifest must be a JSON object", path=mpath)
+    try:
+        return _parse_manifest(raw, mpath)
+    except XtmError as e:
+        if not e.reason.endswith(": upgrade xtm"):
+            raise
+        import xtm
+
+        written = raw.get("xtm_version")
+        by = f"xtm {written}" if isinstance(written, str) and written.isprintable() and len(written) <= 40 else \
+            "an unknown xtm"
+        raise XtmError(f"{e.reason} (this is xtm {xtm.__version__}; the bundle was written by {by})", path=e.path,
+                       line=e.line, field=e.field) from None
+
+
+def _parse_manifest(raw: dict[str, Any], mpath: Path) -> BundleManifest:
+    directory = mpath.parent
     version = _schema_version(raw, mpath)
     num_topics = _require(raw, "num_topics", int, mpath)
     if num_topics < 1:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 from bundle_fixture import EN_VOCAB, HandBundle, make_bundle
 
+import xtm
 from xtm.errors import XtmError
 from xtm.runtime import TopicModel
 from xtm.runtime.bundle import read_manifest
@@ -180,8 +182,14 @@ def test_missing_manifest_and_wrong_format(hb: HandBundle, tmp_path: Path) -> No
 
 def test_newer_schema_is_refused_with_upgrade_advice(hb: HandBundle, tmp_path: Path) -> None:
     b = copy_bundle(hb, tmp_path)
-    edit_manifest(b, schema_version=4)
-    with pytest.raises(XtmError, match=r"bundle schema 4 is newer than this xtm \(reads 3\): upgrade xtm"):
+    edit_manifest(b, schema_version=4, xtm_version="9.1.0")
+    # both versions said: "upgrade xtm" alone gave nothing to pin (a review)
+    with pytest.raises(XtmError, match=r"bundle schema 4 is newer than this xtm \(reads 3\): upgrade xtm "
+                                       rf"\(this is xtm {re.escape(xtm.__version__)}; the bundle was written by "
+                                       r"xtm 9\.1\.0\)"):
+        TopicModel.load(b)
+    edit_manifest(b, xtm_version="\n" * 100)
+    with pytest.raises(XtmError, match=r"upgrade xtm \(this is xtm .*; the bundle was written by an unknown xtm\)"):
         TopicModel.load(b)
 
 
