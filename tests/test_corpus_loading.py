@@ -556,6 +556,30 @@ def test_benchmark_matrices_hold_counts(tmp_path: Path, matrix: sp.coo_matrix, n
     assert e.value.path == str(d / "train_bow_matrix_en.npz")
 
 
+@pytest.mark.parametrize(("name", "damage"), [
+    ("train_bow_matrix_en.npz", "column past the vocabulary"),
+    ("train_bow_matrix_en.npz", "negative column"),
+    ("test_bow_matrix_cn.npz", "decreasing indptr"),
+    ("word2vec_en.npz", "column past the vectors"),
+])
+def test_benchmark_sparse_index_arrays_are_checked(tmp_path: Path, name: str, damage: str) -> None:
+    """load_npz checks the index arrays' lengths, not their values: a column index past the vocabulary segfaulted
+    training, a negative one corrupted the heap, a decreasing indptr was a RuntimeError traceback."""
+    d = write_benchmark(tmp_path / "Tiny")
+    m = sp.load_npz(d / name).tocsr()
+    indptr, indices = m.indptr.copy(), m.indices.copy()
+    if damage == "negative column":
+        indices[1] = -3
+    elif damage == "decreasing indptr":
+        indptr[1] = indptr[-1]
+    else:
+        indices[1] = 10**6
+    np.savez(d / name, format=np.array(b"csr"), shape=np.array(m.shape), indptr=indptr, indices=indices, data=m.data)
+    with pytest.raises(XtmError, match="damaged sparse matrix: .* do not describe a") as e:  # (scipy's words between)
+        load_corpus(d)
+    assert e.value.path == str(d / name)
+
+
 @pytest.mark.parametrize("word", ["new york", "a\u2028b", "c\x85d", "tab\tbed"])
 def test_vocabulary_words_are_single_tokens(tmp_path: Path, word: str) -> None:
     """A word with whitespace or a line separator broke the run's topic files (one topic a line, words

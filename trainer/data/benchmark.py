@@ -134,6 +134,14 @@ def _read_sparse(f: Path, *, cols: int | None = None, rows: int | None = None,
         raise XtmError(f"matrix declares {m.shape[0]:,} rows (documents), more than {MAX_DOCUMENTS:,}", path=f)
     if m.dtype.kind not in "biuf":
         raise XtmError(f"the matrix must hold real numbers, it holds {m.dtype}", path=f)
+    # CSR, CSC, BSR: load_npz checks array lengths, not index values; an index past the columns segfaulted
+    # training, a negative one corrupted the heap (the shard reader's check).
+    if hasattr(m, "check_format"):
+        try:
+            m.check_format(full_check=True)
+        except ValueError as e:
+            raise XtmError(f"damaged sparse matrix: {e} (its index arrays do not describe a "
+                           f"{m.shape[0]} x {m.shape[1]} matrix)", path=f) from None
     m = sp.csr_matrix(m, dtype=np.float32)
     if m.nnz and not (np.isfinite(m.data).all() and (m.data.min() >= 0 or not counts)):
         what = "word counts must be finite and non-negative" if counts else "word vectors must be finite"
