@@ -580,6 +580,23 @@ def test_benchmark_sparse_index_arrays_are_checked(tmp_path: Path, name: str, da
     assert e.value.path == str(d / name)
 
 
+@pytest.mark.parametrize(("vectors", "needle"), [
+    (np.full((3, 4), "abc"), "word vectors must be real numbers, the array holds <U3"),  # was a ValueError traceback
+    (np.full((3, 4), np.nan), "word vectors must be finite"),  # was trained on, silently
+    (np.full((3, 4), 1e300), "word vectors must be finite"),  # infinite as float32
+    (np.ones((3, 4), dtype=np.complex64) * 1j, "word vectors must be real numbers, the array holds complex64"),
+])
+def test_benchmark_dense_word_vectors_hold_finite_real_numbers(tmp_path: Path, vectors: np.ndarray,
+                                                               needle: str) -> None:
+    d = write_benchmark(tmp_path / "Tiny")
+    np.savez(d / "word2vec_en.npz", wv=vectors)
+    with pytest.raises(XtmError, match=needle) as e:
+        load_corpus(d)
+    assert e.value.path == str(d / "word2vec_en.npz")
+    np.savez(d / "word2vec_en.npz", wv=np.arange(12).reshape(3, 4))  # integers are real numbers
+    assert load_corpus(d).lang("en").word_vectors.dtype == np.float32
+
+
 @pytest.mark.parametrize("word", ["new york", "a\u2028b", "c\x85d", "tab\tbed"])
 def test_vocabulary_words_are_single_tokens(tmp_path: Path, word: str) -> None:
     """A word with whitespace or a line separator broke the run's topic files (one topic a line, words

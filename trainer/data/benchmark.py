@@ -164,6 +164,13 @@ def _read_word_vectors(f: Path, vocab_size: int) -> np.ndarray:
             shape = None if vec is None else vec.shape
             raise XtmError(f"word vectors must be a (vocab={vocab_size}) x dim matrix, got shape {shape}",
                            path=f)
+        # As for a sparse file: strings were a traceback, NaN or complex vectors were trained on silently.
+        if vec.dtype.kind not in "biuf":
+            raise XtmError(f"word vectors must be real numbers, the array holds {vec.dtype}", path=f)
+        with np.errstate(over="ignore"):  # a value past float32 becomes inf, refused just below
+            vec = vec.astype(np.float32)
+        if not np.isfinite(vec).all():
+            raise XtmError("word vectors must be finite (the array holds NaN, infinite or too large values)", path=f)
     return np.ascontiguousarray(vec, dtype=np.float32)
 
 
