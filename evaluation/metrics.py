@@ -36,6 +36,7 @@ from xtm.corpus import Corpus
 from xtm.errors import XtmError
 from xtm.interruptible import interruptible
 from xtm.languages import dataset_suffixes, normalize_lang
+from xtm.paths import is_hidden_name
 
 __all__ = [
     "TOP_WORDS",
@@ -192,7 +193,9 @@ def _find_files(directory: Path, lang: str, tier: Sequence[str]) -> list[Path]:
     found: set[Path] = set()
     for suffix in dataset_suffixes(lang):
         for pattern in tier:
-            found.update(p for p in directory.glob(pattern.format(s=suffix)) if p.is_file())
+            # (a hidden "._wiki.en.tok.txt" beside wiki.en.tok.txt is a Mac's sidecar, not a second file to align)
+            found.update(p for p in directory.glob(pattern.format(s=suffix))
+                         if p.is_file() and not is_hidden_name(p.name))
     return sorted(found)
 
 

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from xtm.errors import XtmError
+from xtm.paths import is_hidden_name
 from xtm.runtime.engine import (
     CHUNK_BATCHES,
     RAY_THREADS_PER_ACTOR,
@@ -420,10 +421,10 @@ def _visible_files(root: Path) -> Iterator[Path]:
     notebook's data (every document read twice), .git, .cache and the like hold no input. The root
     itself may be hidden (the user named it). Symlinked directories are not entered, as rglob."""
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # pruned: never walked
+        dirnames[:] = [d for d in dirnames if not is_hidden_name(d)]  # pruned: never walked
         for name in filenames:
             f = Path(dirpath, name)
-            if not name.startswith(".") and f.is_file():
+            if not is_hidden_name(name) and f.is_file():
                 yield f
 
 

@@ -121,6 +121,24 @@ def test_directory_of_jsonl_files(tmp_path: Path) -> None:
     assert c.lang("ja").tokenizer.kind == "janome" and {"チーム", "試合"} <= set(c.lang("ja").vocab)
 
 
+def test_hidden_jsonl_files_in_a_directory_are_skipped_and_counted(tmp_path: Path,
+                                                                   data_log: list[logging.LogRecord]) -> None:
+    """A Jupyter `.docs-checkpoint.jsonl` beside docs.jsonl doubled every document (exit 0); a Mac's `._docs.jsonl`
+    (AppleDouble, binary) stopped training with "invalid JSON" in a file the user cannot see."""
+    d = tmp_path / "corpus"
+    d.mkdir()
+    docs = write_jsonl(d / "docs.jsonl", make_docs("en", 12) + make_docs("zh", 12))
+    (d / ".docs-checkpoint.jsonl").write_bytes(docs.read_bytes())
+    (d / "._docs.jsonl").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        ")
+    c = load_quiet(d)
+    assert sum(lc.train_bow.shape[0] + lc.test_bow.shape[0] for lc in c.languages) == 24
+    assert [r.getMessage() for r in data_log] == [
+        f"skipped 2 hidden file(s) in {d}: ._docs.jsonl, .docs-checkpoint.jsonl"]
+    build_shards(d, tmp_path / "s", progress=False)  # out of core: the same files
+    shards = ShardedCorpus(tmp_path / "s")
+    assert sum(s["docs"] for lc in shards.languages for s in lc.train + lc.test) == 24
+
+
 def test_langs_select_and_order(tmp_path: Path) -> None:
     rows = make_docs("en", 12) + make_docs("zh", 12) + make_docs("ja", 12)
     c = load_quiet(write_jsonl(tmp_path / "c.jsonl", rows), langs=["JA", "en"])

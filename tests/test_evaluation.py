@@ -156,6 +156,10 @@ def test_reference_pair_subfolder_and_errors(tmp_path: Path) -> None:
     _write(sub / "toy.cn.tok.txt", ZH_DOCS)
     assert load_reference_corpus(tmp_path, langs=("zh", "en")).num_docs == 4
 
+    # A Mac's AppleDouble sidecar is not a second English file (it failed "1 en file(s) but ... each file needs its
+    # aligned partner", or was read as text).
+    (sub / "._toy.en.tok.txt").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X")
+    assert load_reference_corpus(tmp_path, langs=("zh", "en")).num_docs == 4
     with pytest.raises(XtmError, match="no reference corpus file for language 'ja'"):
         load_reference_corpus(sub, langs=("en", "ja"))
     with pytest.raises(XtmError, match="not found"):

@@ -10,6 +10,7 @@ words is dropped and counted in `ReadStats`.
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ from xtm.config import TOKEN_RULES
 from xtm.errors import XtmError
 from xtm.field_names import OTHER_FIELD_NAMES, names_for
 from xtm.languages import normalize_lang
+from xtm.paths import is_hidden_name
 from xtm.runtime import records
 from xtm.runtime.langid import detect_language
 from xtm.runtime.records import decode_json_line, drop_bom
@@ -28,6 +30,8 @@ from xtm.runtime.tokenize import default_tokenizer_spec, make_tokenizer
 from xtm.trainer.data.stopwords import extra_stopwords, stopwords
 
 __all__ = ["Document", "ReadStats", "check_unicode_text", "corpus_name", "json_object", "jsonl_files", "read_documents"]
+
+logger = logging.getLogger(__name__)
 
 # Show a progress bar from this input size on (smaller inputs load in about a second).
 _PROGRESS_MIN_BYTES = 2_000_000
@@ -70,8 +74,15 @@ class ReadStats:
 
 
 def jsonl_files(directory: Path) -> list[Path]:
-    """The `*.jsonl` files of a corpus directory, in name order (their documents are read in this order)."""
-    return sorted(f for f in directory.glob("*.jsonl") if f.is_file())
+    """The `*.jsonl` files of a corpus directory, in name order (their documents are read in this order). Hidden
+    files are skipped, and counted in the log: a Jupyter `.docs-checkpoint.jsonl` doubled every document, a Mac's
+    `._docs.jsonl` (binary) stopped training at an "invalid JSON" line of a file the user cannot see."""
+    found = sorted(f for f in directory.glob("*.jsonl") if f.is_file())
+    hidden = [f.name for f in found if is_hidden_name(f.name)]
+    if hidden:
+        logger.info(f"skipped {len(hidden)} hidden file(s) in {directory}: {', '.join(hidden[:3])}"
+                    f"{', ...' if len(hidden) > 3 else ''}")
+    return [f for f in found if not is_hidden_name(f.name)]
 
 
 def corpus_name(source: Path) -> str:
