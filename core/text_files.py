@@ -46,8 +46,9 @@ def read_text_file(path: str | Path, limit: int, what: str, form: str) -> str:
     nul = data.find(b"\x00")
     if nul >= 0:
         raise XtmError(f"binary data (NUL byte), expected a text {what} {form}", path=p, line=_line_of(data, nul))
+    data = data.removeprefix(b"\xef\xbb\xbf")  # (not "utf-8-sig": its error offsets skip the mark, and lines with it)
     try:
-        return data.decode("utf-8-sig")
+        return data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise XtmError(f"not valid UTF-8 text, expected a {what} {form}", path=p,
                        line=_line_of(data, e.start)) from None

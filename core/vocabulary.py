@@ -2,9 +2,9 @@
 
 Run directories (vocab_<lang>.txt), bundles (the same files, copied) and benchmark directories
 (vocab_<L>) all hold vocabularies in this format, so they are read here and nowhere else:
-UTF-8, lines separated by "\\n" (a trailing "\\r" is dropped, a final newline is optional), no
-empty word, no word twice (a repeated word would make its column ambiguous). Violations are an
-XtmError naming the file and line.
+UTF-8 (a byte-order mark dropped), lines separated by "\\n" (a trailing "\\r" is dropped, a final
+newline is optional), no empty word, no word twice (a repeated word would make its column
+ambiguous). Violations are an XtmError naming the file and line.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ def read_vocabulary(path: str | Path, expected_size: int | None = None) -> list[
         raw = path.read_bytes()
     except OSError as e:
         raise XtmError(f"cannot read the vocabulary: {e.strerror or e}", path=path) from None
+    # A Windows editor's byte-order mark is not part of the first word (it lost that word's dictionary links).
+    raw = raw.removeprefix(b"\xef\xbb\xbf")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -615,6 +615,22 @@ def test_benchmark_dense_word_vectors_hold_finite_real_numbers(tmp_path: Path, v
     assert load_corpus(d).lang("en").word_vectors.dtype == np.float32
 
 
+def test_a_byte_order_mark_is_not_part_of_a_benchmark_files_first_line(tmp_path: Path) -> None:
+    """A Windows editor's mark became part of the first word ('\\ufeffapple': its dictionary link lost) and of the
+    first label ("label '\\ufeff0' is not an integer")."""
+    d = write_benchmark(tmp_path / "Tiny")
+    labels = load_corpus(d).lang("en").train_labels
+    for name in ("vocab_en", "train_labels_en.txt"):
+        (d / name).write_bytes(b"\xef\xbb\xbf" + (d / name).read_bytes())
+    (d / "train_texts_en.txt").write_bytes(b"\xef\xbb\xbf" + b"apple banana\n" * 8)
+    dictionary = tmp_path / "dict.tsv"
+    dictionary.write_text("apple\t苹果\nbanana\t香蕉\n", encoding="utf-8")
+    c = load_corpus(d, dict_path=dictionary)
+    en = c.lang("en")
+    assert en.vocab[0] == "apple" and c.link_matrix("en", "zh")[0].nnz == 1
+    assert en.train_labels.tolist() == labels.tolist() and en.train_texts[0] == "apple banana"
+
+
 @pytest.mark.parametrize("word", ["new york", "a\u2028b", "c\x85d", "tab\tbed"])
 def test_vocabulary_words_are_single_tokens(tmp_path: Path, word: str) -> None:
     """A word with whitespace or a line separator broke the run's topic files (one topic a line, words

@@ -32,3 +32,12 @@ def test_dev_zero_a_directory_and_an_oversized_file_are_refused_at_once(tmp_path
     big.write_bytes(b"word\n" * (MAX_WORD_LIST_BYTES // 5 + 1))
     with pytest.raises(XtmError, match="larger than 16 MiB: not a word list"):
         read_word_list(big)
+
+
+def test_a_line_after_a_byte_order_mark_is_numbered_as_an_editor_shows_it(tmp_path: Path) -> None:
+    """Decoding with "utf-8-sig" counted error offsets after the mark: the bad byte of line 3 was reported at line 1."""
+    p = tmp_path / "w.txt"
+    p.write_bytes(b"\xef\xbb\xbfa\n\n\xe9\n")
+    with pytest.raises(XtmError, match="not valid UTF-8") as e:
+        read_word_list(p)
+    assert e.value.line == 3

@@ -190,7 +190,7 @@ def _read_labels(f: Path, n_rows: int) -> np.ndarray | None:
 
 def _read_utf8(f: Path, what: str) -> str:
     try:
-        data = f.read_bytes()
+        data = f.read_bytes().removeprefix(b"\xef\xbb\xbf")  # a byte-order mark: not part of the first line
     except OSError as e:
         raise XtmError(f"cannot read {what}: {e.strerror or e}", path=f) from None
     try:
@@ -215,11 +215,7 @@ def _read_texts(f: Path, n_rows: int) -> list[str] | None:
     """The pre-tokenized documents of a benchmark split, one a line (optional file)."""
     if not f.is_file():
         return None
-    try:
-        text = f.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise XtmError(f"cannot read document texts ({e})", path=f) from None
-    lines = text.split("\n")
+    lines = _read_utf8(f, "document texts").split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     if len(lines) != n_rows:
