@@ -700,6 +700,7 @@ def test_rakuten_with_muse_dictionary() -> None:
     (b"0\n99999999999999999999\n", 2, "'99999999999999999999' is out of range for a 64-bit integer"),
     (b"0\n\xff\n", 2, "labels are not valid UTF-8 text (byte 0xff)"),
     (b"+1\nx\n", 2, "label 'x' is not an integer"),
+    (b"\n\n0\r\n  x \n", 4, "label 'x' is not an integer"),  # the line, not its place among the labels (2)
 ])
 def test_benchmark_labels_that_are_not_int64_are_one_error(tmp_path: Path, content: bytes, line: int,
                                                            fragment: str) -> None:
@@ -709,6 +710,28 @@ def test_benchmark_labels_that_are_not_int64_are_one_error(tmp_path: Path, conte
         load_corpus(d)
     assert (e.value.path, e.value.line) == (str(d / "test_labels_en.txt"), line)
     assert fragment in str(e.value)
+
+
+def test_a_label_file_missing_beside_the_others_is_a_warning(tmp_path: Path) -> None:
+    """JSONL input warns when some documents lack labels; a benchmark's label file missing or misnamed for one
+    language left classification out without a word."""
+    d = write_benchmark(tmp_path / "Tiny")
+    (d / "train_labels_cn.txt").write_text("0\n1\n" * 3, encoding="utf-8")
+    (d / "test_labels_cn.txt").write_text("0\n1\n0\n", encoding="utf-8")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_corpus(d).has_labels
+    (d / "test_labels_en.txt").rename(d / "test_label_en.txt")
+    with pytest.warns(UserWarning) as caught:
+        assert not load_corpus(d).has_labels
+    assert [str(w.message) for w in caught] == [
+        f"{d}: no test_labels_en.txt beside the other label files: classification needs every language's train and "
+        "test labels and is left out"]
+    for f in d.glob("*label*"):  # no label file at all: a corpus without labels, nothing to say
+        f.unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not load_corpus(d).has_labels
 
 
 # --------------------------------------------------------------------------- shared by both loaders

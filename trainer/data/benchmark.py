@@ -19,6 +19,7 @@ from xtm.corpus import Corpus, LanguageCorpus
 from xtm.errors import XtmError
 from xtm.languages import normalize_lang
 from xtm.runtime.tokenize import default_tokenizer_spec
+from xtm.trainer.data.corpus_rules import warn_user
 from xtm.vocabulary import read_vocabulary
 
 __all__ = ["BOW_PREFIX", "is_benchmark_dir", "load_benchmark"]
@@ -39,9 +40,20 @@ def load_benchmark(d: Path, want: list[str] | None, rules: int = TOKEN_RULES) ->
     found = _benchmark_langs(d)
     order = _language_order(d, found, want)
     languages = [_read_language(d, iso, found[iso], rules) for iso in order]
+    _warn_missing_labels(d, languages, found)
     return Corpus(languages=languages, name=d.resolve().name,
                   info={"source": str(d), "format": "benchmark",
                         "file_suffixes": {iso: found[iso] for iso in order}})
+
+
+def _warn_missing_labels(d: Path, languages: list[LanguageCorpus], found: dict[str, str]) -> None:
+    """Classification needs every language's train and test labels: a label file missing (or misnamed) beside the
+    others left it out with no word (JSONL input warns when some documents lack labels)."""
+    missing = [f"{split}_labels_{found[lc.lang]}.txt" for lc in languages
+               for split, labels in (("train", lc.train_labels), ("test", lc.test_labels)) if labels is None]
+    if missing and len(missing) < 2 * len(languages):
+        warn_user(f"{d}: no {', '.join(missing)} beside the other label files: classification needs every "
+                  "language's train and test labels and is left out")
 
 
 def _benchmark_langs(d: Path) -> dict[str, str]:
@@ -177,12 +189,13 @@ def _read_word_vectors(f: Path, vocab_size: int) -> np.ndarray:
 def _read_labels(f: Path, n_rows: int) -> np.ndarray | None:
     if not f.is_file():
         return None
-    lines = _read_utf8(f, "labels").split()
+    # Each label with its line: an error named its place among the labels, a wrong line after blank lines.
+    tokens = [(x, n) for n, line in enumerate(_read_utf8(f, "labels").split("\n"), start=1) for x in line.split()]
     try:
-        labels = np.array(lines, dtype=np.int64)
+        labels = np.array([x for x, _ in tokens], dtype=np.int64)
     except (ValueError, OverflowError):
-        bad, reason = next((i, r) for i, r in enumerate(_int64_problem(x) for x in lines) if r)
-        raise XtmError(f"label {lines[bad]!r} {reason}", path=f, line=bad + 1) from None
+        (bad, lineno), reason = next(((x, n), r) for x, n in tokens if (r := _int64_problem(x)))
+        raise XtmError(f"label {bad!r} {reason}", path=f, line=lineno) from None
     if len(labels) != n_rows:
         raise XtmError(f"{len(labels)} labels but the bag-of-words matrix has {n_rows} documents", path=f)
     return labels
