@@ -3,6 +3,7 @@ one can be wrong named with its file and line."""
 
 from __future__ import annotations
 
+import codecs
 from pathlib import Path
 
 from xtm.errors import XtmError
@@ -25,6 +26,11 @@ def read_bounded(path: Path, limit: int) -> bytes:
     return data
 
 
+# Marks of the encodings whose text holds NUL bytes (UTF-32 first: its little-endian mark starts as UTF-16's).
+_WIDE_BOMS = (("UTF-32", codecs.BOM_UTF32_LE), ("UTF-32", codecs.BOM_UTF32_BE), ("UTF-16", codecs.BOM_UTF16_LE),
+              ("UTF-16", codecs.BOM_UTF16_BE))
+
+
 def _line_of(data: bytes, offset: int) -> int:
     return data.count(b"\n", 0, offset) + 1
 
@@ -43,6 +49,10 @@ def read_text_file(path: str | Path, limit: int, what: str, form: str) -> str:
         raise XtmError(f"cannot read {what}: {e.strerror or e}", path=p) from None
     if len(data) > limit:
         raise XtmError(f"larger than {limit >> 20} MiB: not a {what} {form}", path=p)
+    # Before the NUL check: a UTF-16 file (Windows' "Unicode" text) is no binary, only another encoding.
+    encoding = next((name for name, bom in _WIDE_BOMS if data.startswith(bom)), None)
+    if encoding is not None:
+        raise XtmError(f"{encoding} text: save it as UTF-8, expected a UTF-8 {what} {form}", path=p)
     nul = data.find(b"\x00")
     if nul >= 0:
         raise XtmError(f"binary data (NUL byte), expected a text {what} {form}", path=p, line=_line_of(data, nul))

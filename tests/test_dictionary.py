@@ -40,6 +40,29 @@ def test_no_valid_pair_names_file_and_line(tmp_path: Path) -> None:
     assert "no valid" in str(e.value) and str(f) in str(e.value)
 
 
+@pytest.mark.parametrize(("content", "message"), [
+    # MUSE-style scores on every line: was "no valid pair ... (this line is the first that is not one)" alone
+    ("world\t世界\t0.9\nalbum\t专辑\t0.8\n".encode(), "3 columns, expected 2 (source<TAB>target)"),
+    ("ice cream 冰淇淋\n".encode(), "3 words and no tab, expected 2"),
+    ("world\t世界\ralbum\t专辑\r".encode(), "its lines end in CR alone"),  # read as one line of 3 columns
+    ("world\t世界\n".encode("utf-16"), "UTF-16 text: save it as UTF-8"),  # was "binary data (NUL byte)"
+    ("world\t世界\n".encode("utf-32"), "UTF-32 text: save it as UTF-8"),
+])
+def test_a_file_without_pairs_says_why(tmp_path: Path, content: bytes, message: str) -> None:
+    f = tmp_path / "d.tsv"
+    f.write_bytes(content)
+    with pytest.raises(XtmError) as e:
+        read_dictionary(f)
+    assert e.value.path == str(f) and message in str(e.value)
+
+
+def test_three_columns_among_pairs_are_still_skipped_with_a_warning(tmp_path: Path) -> None:
+    f = tmp_path / "d.tsv"
+    f.write_text("a\tb\nc\td\t0.5\ne\tf\n", encoding="utf-8")
+    with pytest.warns(UserWarning, match=r"skipped 1 malformed line\(s\), first at line 2"):
+        assert read_dictionary(f) == [("a", "b"), ("e", "f")]
+
+
 def test_binary_and_undecodable_files(tmp_path: Path) -> None:
     f = tmp_path / "junk.bin"
     f.write_bytes(b"a\tb\nc\td\n\x00\x01\x02\xff")

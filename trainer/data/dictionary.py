@@ -44,10 +44,12 @@ def read_dictionary(path: str | Path) -> list[tuple[str, str]]:
     that cannot be read, is binary, or holds no pair at all raises XtmError.
     """
     p = Path(path)
-    pairs, bad, first_bad = _parse_pairs(read_text_file(p, MAX_DICTIONARY_BYTES, "dictionary", _FORM))
+    text = read_text_file(p, MAX_DICTIONARY_BYTES, "dictionary", _FORM)
+    pairs, bad, first_bad = _parse_pairs(text)
     if not pairs:
         if first_bad is not None:
-            raise XtmError("no valid `source<TAB>target` pair in the dictionary (this line is the first "
+            why = _not_a_pair(text.split("\n")[first_bad - 1])
+            raise XtmError(f"no valid `source<TAB>target` pair in the dictionary: {why} (this line is the first "
                            "that is not one)", path=p, line=first_bad)
         raise XtmError("the dictionary is empty: expected lines `source<TAB>target`", path=p)
     if bad:
@@ -80,6 +82,18 @@ def _pair(line: str) -> tuple[str, str] | None:
     else:
         fields = [] if line.lstrip().startswith("#") else line.split()
     return (fields[0], fields[1]) if len(fields) == 2 else None
+
+
+def _not_a_pair(line: str) -> str:
+    """Why a line is no pair, as the user can fix it: MUSE-style scores in a third column, or a file whose lines
+    end in CR alone (read as one line) were both "no valid pair at line 1"."""
+    if "\r" in line.rstrip("\r"):
+        return "its lines end in CR alone (classic Mac OS): save it with LF or CRLF line ends"
+    if "\t" in line:
+        n = sum(1 for x in line.split("\t") if x.strip())
+        return f"{n} column{'s' if n != 1 else ''}, expected 2 (source<TAB>target)"
+    n = len(line.split())
+    return f"{n} word{'s' if n != 1 else ''} and no tab, expected 2 (source<TAB>target)"
 
 
 def is_latin_word(w: str) -> bool:
