@@ -583,10 +583,10 @@ def encode_lines(lines: Sequence[str]) -> bytes:
 
 # Endings of inputs xtm-infer does not read, said before any work: a CSV file was read as JSONL ("invalid JSON" on
 # every line, then "all lines were bad"), and a gzip file as "invalid UTF-8".
-_COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".zip", ".7z")
+COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zip", ".7z")
 # File name endings read as CSV and TSV (a header row, then one record a row), by the local engine's auto format.
 DELIMITED_SUFFIXES = {".csv": "csv", ".tsv": "tsv"}
-_NOT_READ = {_COMPRESSED: "compressed input is not read: decompress it first (zcat FILE | xtm-infer - ...)"}
+_NOT_READ = {COMPRESSED_SUFFIXES: "compressed input is not read: decompress it first (zcat FILE | xtm-infer - ...)"}
 
 
 def check_input_name(path: str | os.PathLike[str]) -> None:
@@ -628,7 +628,7 @@ def output_format(out: str | os.PathLike[str] | None, given: str | None = None) 
     if low.endswith(".tsv"):  # (written as JSONL, silently)
         raise XtmError("TSV is not written: --out FILE.csv writes CSV (or --format jsonl writes JSONL to this name)",
                        path=os.fspath(out))
-    if low.endswith(_COMPRESSED):  # (likewise: o.csv.gz held plain JSONL)
+    if low.endswith(COMPRESSED_SUFFIXES):  # (likewise: o.csv.gz held plain JSONL)
         raise XtmError("compressed output is not written: write to stdout and compress it (xtm-infer ... | gzip > "
                        "FILE), or --format to write this name uncompressed", path=os.fspath(out))
     return "parquet" if low.endswith(PARQUET_SUFFIXES) else "jsonl"

@@ -484,6 +484,23 @@ def test_bad_paths_and_arguments(tmp_path: Path) -> None:
         load_corpus(f, langs=["en", "??"])
 
 
+@pytest.mark.parametrize(("name", "message"), [
+    ("docs.jsonl.gz", "compressed input is not read: decompress it first"),
+    ("docs.csv", "CSV is not read for training"),
+    ("Docs.TSV", "TSV is not read for training"),
+    ("docs.parquet", "Parquet is not read for training"),
+])
+def test_a_data_file_of_another_format_is_refused_by_name(tmp_path: Path, name: str, message: str) -> None:
+    """Read as JSONL, each failed at its line 1 with "invalid UTF-8" or "invalid JSON"."""
+    f = tmp_path / name
+    f.write_bytes(b"PAR1\x15\x04\x15 id,text\n")
+    for build in (lambda: load_corpus(f, progress=False), lambda: build_shards(f, tmp_path / "s", progress=False)):
+        with pytest.raises(XtmError, match=message) as e:
+            build()
+        assert e.value.path == str(f)
+        assert "xtm-train reads JSONL documents (one JSON object a line) or a benchmark directory" in str(e.value)
+
+
 # --------------------------------------------------------------------------- benchmark layout
 
 

@@ -29,7 +29,8 @@ from xtm.runtime.records import decode_json_line, drop_bom
 from xtm.runtime.tokenize import default_tokenizer_spec, make_tokenizer
 from xtm.trainer.data.stopwords import extra_stopwords, stopwords
 
-__all__ = ["Document", "ReadStats", "check_unicode_text", "corpus_name", "json_object", "jsonl_files", "read_documents"]
+__all__ = ["Document", "ReadStats", "check_jsonl_name", "check_unicode_text", "corpus_name", "json_object",
+           "jsonl_files", "read_documents"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +84,22 @@ def jsonl_files(directory: Path) -> list[Path]:
         logger.info(f"skipped {len(hidden)} hidden file(s) in {directory}: {', '.join(hidden[:3])}"
                     f"{', ...' if len(hidden) > 3 else ''}")
     return [f for f in found if not is_hidden_name(f.name)]
+
+
+# Formats xtm-infer reads and training does not, by the names input_format gives them.
+_NOT_TRAINING_FORMATS = {"parquet": "Parquet", "csv": "CSV", "tsv": "TSV"}
+_TRAINING_READS = "xtm-train reads JSONL documents (one JSON object a line) or a benchmark directory"
+
+
+def check_jsonl_name(path: Path) -> None:
+    """Refuse a JSONL input file whose name says another format: read as JSONL, a .jsonl.gz, .csv or .parquet file
+    failed at its line 1 with "invalid UTF-8" or "invalid JSON". Formats are told apart as xtm-infer tells them
+    (xtm.runtime.records.input_format); any other name is read as JSONL."""
+    if path.name.lower().endswith(records.COMPRESSED_SUFFIXES):
+        raise XtmError(f"compressed input is not read: decompress it first; {_TRAINING_READS}", path=path)
+    fmt = _NOT_TRAINING_FORMATS.get(records.input_format(path.name))
+    if fmt is not None:
+        raise XtmError(f"{fmt} is not read for training: {_TRAINING_READS}; convert it to JSONL", path=path)
 
 
 def corpus_name(source: Path) -> str:

@@ -36,7 +36,7 @@ from xtm.trainer.data.corpus_rules import (
     split_mode,
 )
 from xtm.trainer.data.dictionary import attach_links
-from xtm.trainer.data.jsonl import Document, ReadStats, corpus_name, jsonl_files, read_documents
+from xtm.trainer.data.jsonl import Document, ReadStats, check_jsonl_name, corpus_name, jsonl_files, read_documents
 from xtm.trainer.data.vocab_rules import (
     bags_of_words,
     check_preprocessing,
@@ -90,6 +90,7 @@ def load_corpus(
 
 def _jsonl_input(p: Path) -> list[Path]:
     if not p.is_dir():
+        check_jsonl_name(p)
         return [p]
     files = jsonl_files(p)
     if not files:

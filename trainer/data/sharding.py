@@ -57,7 +57,7 @@ from xtm.trainer.data.corpus_rules import (
     split_mode,
 )
 from xtm.trainer.data.dictionary import attach_links
-from xtm.trainer.data.jsonl import ReadStats, corpus_name, jsonl_files, read_documents
+from xtm.trainer.data.jsonl import ReadStats, check_jsonl_name, corpus_name, jsonl_files, read_documents
 from xtm.trainer.data.shard_batches import ShardedBatches
 from xtm.trainer.data.shard_format import (
     ATOMIC_TMP_NAME,
@@ -318,6 +318,7 @@ def _source_files(p: Path) -> list[Path]:
         if not files:
             raise XtmError("no *.jsonl files to preprocess", path=p)
         return files
+    check_jsonl_name(p)
     return [p]
 
 
