@@ -31,6 +31,7 @@ from dataclasses import MISSING, Field, asdict, dataclass, field, fields, is_dat
 from typing import Any, TypeVar
 from urllib.parse import unquote_plus, urlsplit
 
+from xtm.cpu import MAX_THREADS
 from xtm.errors import XtmError
 from xtm.labels import MAX_LABEL_CHARS
 from xtm.text_files import word_list_option
@@ -676,7 +677,7 @@ class TrainConfig:
                                     cli=Cli("--checkpoint-every", min=0))
     threads: int | None = setting(None, help="CPU threads for torch (default: the cores other processes leave "
                                              "free; with --resume, the count the run started with).",
-                                  cli=Cli("--threads", type=int, min=1))
+                                  cli=Cli("--threads", type=int, min=1, max=MAX_THREADS))
     cache_dir: str | None = setting(None, help="Cache directory: embeddings/ (documents, words, the contextual "
                                                "route's sentence features) and llm-answers/ (LLM answers of "
                                                "phase 2 and of the labels); default: $XTM_CACHE_DIR, else "
@@ -817,7 +818,7 @@ class ContextualConfig:
     device: str = setting("cpu", help="cpu, cuda or cuda:N.", cli=Cli("--device"))
     threads: int | None = setting(None, help="CPU threads for torch (default: the cores other processes leave "
                                              "free, except for the head's training steps on a CPU: 1).",
-                                  cli=Cli("--threads", type=int, min=1))
+                                  cli=Cli("--threads", type=int, min=1, max=MAX_THREADS))
     cache_dir: str | None = setting(None, help="Cache for sentence features, in embeddings/ (default: "
                                                "$XTM_CACHE_DIR, else $XDG_CACHE_HOME/xtm, else ~/.cache/xtm).",
                                     cli=Cli("--cache-dir", path="dir"))

@@ -15,6 +15,10 @@ import time
 from pathlib import Path
 
 PROC_STAT = Path("/proc/stat")
+# The most threads any setting asks for (training, the contextual fit, onnxruntime sessions): more than any machine
+# here has cores. `--threads 1000000` created threads until the process table was full, which stopped every other
+# process on the machine (a review; the fork of a shell, a benchmark's evaluation thread).
+MAX_THREADS = 1024
 # Long enough for the kernel's per-CPU counters (100 ticks a second) to tell a busy core from an idle one.
 SAMPLE_SECONDS = 0.2
 

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from xtm.corpus import TokenizerSpec
+from xtm.cpu import MAX_THREADS
 from xtm.errors import XtmError
 from xtm.json_files import is_missing, parse_json_bytes
 from xtm.languages import normalize_lang
@@ -240,8 +241,8 @@ class TopicModel:
         A tokenizer the bundle needs that is not installed (janome for Japanese, jieba for Chinese)
         is an XtmError naming the install line (`pip install "xtm[ja]"`).
         """
-        if threads is not None:
-            whole_number("threads", threads)
+        if threads is not None and whole_number("threads", threads) > MAX_THREADS:
+            raise XtmError(f"threads must be at most {MAX_THREADS}, got {threads}")
         if not isinstance(bundle_dir, (str, os.PathLike)):
             raise XtmError(f"bundle_dir must be a path (a str or pathlib.Path), got {type(bundle_dir).__name__}")
         ort = import_onnxruntime()

@@ -388,6 +388,13 @@ def test_load_threads_must_be_a_whole_number(hb: HandBundle, threads: object) ->
         TopicModel.load(hb.path, threads=threads)  # type: ignore[arg-type]
 
 
+def test_load_threads_past_any_machine_are_refused(hb: HandBundle) -> None:
+    """onnxruntime created threads until the process table was full (the machine's other processes could not
+    fork)."""
+    with pytest.raises(XtmError, match="threads must be at most 1024, got 100000"):
+        TopicModel.load(hb.path, threads=100_000)
+
+
 def test_a_file_read_after_loading_must_still_be_the_loaded_bundles(hb: HandBundle, tmp_path: Path) -> None:
     """beta is read on use: a bundle re-exported in place since the load (a redeploy) would give this object
     another model's topic words next to its own encoders; it is refused, naming the file."""

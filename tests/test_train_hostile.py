@@ -875,3 +875,20 @@ def test_a_refused_resume_leaves_the_runs_contextual_choice_and_a_phase2_stop_is
     assert json.loads((run / "config.json").read_text())["command"] == recorded
     report = (run / "report.html").read_text(encoding="utf-8")
     assert "training was interrupted: phase 2: openai:m answered none" in report
+
+
+def test_a_thread_count_no_machine_has_is_refused(example_dir: Path, tmp_path: Path) -> None:
+    """`--threads 1000000`: threads were created until the process table was full (a MemoryError traceback, a
+    segmentation fault from a config.json resumed, and every other process on the machine unable to fork)."""
+    args = ["--data", str(example_dir / "docs.jsonl"), "--dict", str(example_dir / "dict.tsv"), "--model", "nmtm",
+            "--topics", "6", "--epochs", "1", "--no-contextual"]
+    p = cli([*args, "--threads", "1000000", "--out", str(tmp_path / "run")])
+    assert p.returncode == 2 and "--threads" in p.stderr and "1024" in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "run").exists()
+    p = cli([*args, "--threads", "1", "--out", str(tmp_path / "ok")])
+    assert p.returncode == 0, p.stderr
+    config = json.loads((tmp_path / "ok" / "config.json").read_text())
+    config["train_config"]["threads"] = 1_000_000                  # edited by hand, then resumed
+    (tmp_path / "ok" / "config.json").write_text(json.dumps(config))
+    p = cli(["--out", str(tmp_path / "ok"), "--resume", "--epochs", "2"])
+    assert p.returncode == 2 and "threads" in p.stderr and "Traceback" not in p.stderr, p.stderr
