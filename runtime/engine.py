@@ -83,6 +83,8 @@ CHUNK_BATCHES = 4
 RAY_THREADS_PER_ACTOR = 1
 # Seconds before a batch whose inference raised is tried once more, before it is tried a document at a time.
 RETRY_PAUSE_S = 1.0
+# The most inference worker processes per usable core (a worker may wait on I/O; beyond this, memory only).
+WORKERS_PER_CORE_MAX = 4
 
 
 def check_route(route: Any) -> str:
@@ -609,6 +611,12 @@ def infer_file(source: str | Path | IO[bytes], model: TopicModel, out: str | Pat
     byte. 1 (default): everything in this process."""
     options = options or InferenceOptions()
     workers = whole_number("workers", workers)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if workers > WORKERS_PER_CORE_MAX * cores:
+        # each worker is an interpreter with its own copy of the model (~300 MB with the contextual graph): a typo's
+        # --workers 1000 filled the memory and the process table before the first document
+        raise XtmError(f"workers={workers}: more than {WORKERS_PER_CORE_MAX} per core ({cores} here) adds memory, "
+                       "not speed")
     name = _source_name(source)
     fmt_in = records.input_format("-" if name in ("<stdin>", "<stream>") else name, input_format)
     if fmt_in == "text" and options.fields != records.DEFAULT_FIELDS:

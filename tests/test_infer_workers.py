@@ -323,6 +323,10 @@ def test_workers_go_with_the_local_engine(hb: HandBundle, tmp_path: Path) -> Non
     src = _write(tmp_path / "docs.jsonl", _mixed_rows(3))
     r = CliRunner().invoke(main, [str(src), "--bundle", str(hb.path), "--engine", "ray", "--workers", "2"])
     assert r.exit_code == 2 and "--workers goes with the local engine" in r.output
+    # a count no machine here serves: refused before a process starts (each is an interpreter and a model)
+    out = tmp_path / "o.jsonl"
+    r = CliRunner().invoke(main, [str(src), "--bundle", str(hb.path), "--workers", "100000", "--out", str(out)])
+    assert r.exit_code == 2 and "workers=100000: more than 4 per core" in r.output and not out.exists()
 
 
 def test_segmenter_choices_are_the_tokenizers(hb: HandBundle, tmp_path: Path) -> None:
