@@ -718,6 +718,8 @@ def test_rakuten_with_muse_dictionary() -> None:
     (b"0\n\xff\n", 2, "labels are not valid UTF-8 text (byte 0xff)"),
     (b"+1\nx\n", 2, "label 'x' is not an integer"),
     (b"\n\n0\r\n  x \n", 4, "label 'x' is not an integer"),  # the line, not its place among the labels (2)
+    # the right count over fewer lines: every label after line 2 shifted onto the next document, silently
+    (b"0\n1 0\n", 2, "more than one label on a line"),
 ])
 def test_benchmark_labels_that_are_not_int64_are_one_error(tmp_path: Path, content: bytes, line: int,
                                                            fragment: str) -> None:

@@ -191,6 +191,13 @@ def _read_labels(f: Path, n_rows: int) -> np.ndarray | None:
         return None
     # Each label with its line: an error named its place among the labels, a wrong line after blank lines.
     tokens = [(x, n) for n, line in enumerate(_read_utf8(f, "labels").split("\n"), start=1) for x in line.split()]
+    # One label a line (document i's on line i): two on a line, with a line short elsewhere, kept the count and
+    # shifted every label after it onto the next document, silently.
+    lines = [n for _, n in tokens]
+    if len(set(lines)) != len(lines):
+        first = next(n for i, n in enumerate(lines) if n in lines[:i])
+        raise XtmError("more than one label on a line: a label file holds one label a line, document i's on "
+                       "line i", path=f, line=first)
     try:
         labels = np.array([x for x, _ in tokens], dtype=np.int64)
     except (ValueError, OverflowError):
