@@ -868,3 +868,14 @@ def test_damaged_shards_are_one_error_and_rebuilt_when_reused(tmp_path: Path, ho
     else:
         assert [r.levelno for r in data_log] == [logging.WARNING]
         assert "damaged" in data_log[0].getMessage() and "rebuilding" in data_log[0].getMessage()
+
+
+def test_benchmark_label_and_text_files_with_cr_or_crlf_line_ends_read_as_before(tmp_path: Path) -> None:
+    """Read as Python's text mode reads them (they were, until a reader of their bytes): a CR-only label file was one
+    line ("more than one label on a line"), a CRLF text file's texts kept a "\\r" each."""
+    d = write_benchmark(tmp_path / "Tiny")
+    (d / "test_labels_en.txt").write_bytes(b"1\r0\r")
+    (d / "test_texts_en.txt").write_bytes(b"the stock market\r\nla bourse\r\n")
+    with pytest.warns(UserWarning, match="no train_labels_cn.txt"):
+        en = load_corpus(d).lang("en")
+    assert en.test_labels.tolist() == [1, 0] and en.test_texts == ["the stock market", "la bourse"]

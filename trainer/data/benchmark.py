@@ -190,12 +190,11 @@ def _read_labels(f: Path, n_rows: int) -> np.ndarray | None:
     if not f.is_file():
         return None
     # Each label with its line: an error named its place among the labels, a wrong line after blank lines.
-    tokens = [(x, n) for n, line in enumerate(_read_utf8(f, "labels").split("\n"), start=1) for x in line.split()]
+    tokens = [(x, n) for n, line in enumerate(_read_lines(f, "labels"), start=1) for x in line.split()]
     # One label a line (document i's on line i): two on a line, with a line short elsewhere, kept the count and
-    # shifted every label after it onto the next document, silently.
-    lines = [n for _, n in tokens]
-    if len(set(lines)) != len(lines):
-        first = next(n for i, n in enumerate(lines) if n in lines[:i])
+    # shifted every label after it onto the next document, silently. (Line numbers only grow: neighbours tell.)
+    first = next((b for (_, a), (_, b) in zip(tokens, tokens[1:], strict=False) if a == b), None)
+    if first is not None:
         raise XtmError("more than one label on a line: a label file holds one label a line, document i's on "
                        "line i", path=f, line=first)
     try:
@@ -206,6 +205,14 @@ def _read_labels(f: Path, n_rows: int) -> np.ndarray | None:
     if len(labels) != n_rows:
         raise XtmError(f"{len(labels)} labels but the bag-of-words matrix has {n_rows} documents", path=f)
     return labels
+
+
+def _read_lines(f: Path, what: str) -> list[str]:
+    """The lines of a UTF-8 file, as Python's text mode reads them: a byte-order mark dropped, and lines ended by
+    LF, CRLF or CR alone (the ends are not part of a line: a CRLF file's texts kept a "\r" each, a CR-only label
+    file was one line)."""
+    text = _read_utf8(f, what)
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
 
 
 def _read_utf8(f: Path, what: str) -> str:
@@ -235,7 +242,7 @@ def _read_texts(f: Path, n_rows: int) -> list[str] | None:
     """The pre-tokenized documents of a benchmark split, one a line (optional file)."""
     if not f.is_file():
         return None
-    lines = _read_utf8(f, "document texts").split("\n")
+    lines = _read_lines(f, "document texts")
     if lines and lines[-1] == "":
         lines.pop()
     if len(lines) != n_rows:
