@@ -203,44 +203,63 @@ with hold_run_dir(Path(sys.argv[1]), "xtm-train"):
 """
 
 
+def _train_then_kill(args: list[str], run: Path, wait_for: str) -> int | None:
+    """xtm-train ARGS killed with SIGKILL once RUN/WAIT_FOR exists; the epoch of its newest checkpoint (a stalled
+    machine may let it train on before the kill lands), None without one."""
+    import time
+
+    p = subprocess.Popen(TRAIN + args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    try:
+        deadline = time.monotonic() + 240
+        while not (run / wait_for).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    latest = run / "checkpoints" / "latest.json"
+    return json.loads(latest.read_text())["epoch"] if latest.exists() else None
+
+
 def test_a_run_killed_while_it_trains_is_continued_by_a_plain_resume(example_dir: Path, tmp_path: Path) -> None:
     """README: `xtm-train --out RUN --resume` after a crash takes the run's own settings. config.json was written
     only when training ended, so after kill -9 (the OOM killer, a preemption) or a second Ctrl-C right after the
     checkpoint, that resume was refused ("no config.json") and every option had to be typed again (a review)."""
-    import time
-
     run = tmp_path / "run"
-    cmd = TRAIN + ["--data", str(example_dir / "docs.jsonl"), "--dict", str(example_dir / "dict.tsv"), "--model",
-                   "nmtm", "--topics", "6", "--epochs", "400", "--batch-size", "8", "--checkpoint-every", "1",
-                   "--seed", "5", "--no-contextual", "--out", str(run)]
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
-    try:
-        deadline = time.monotonic() + 240
-        while not (run / "checkpoints" / "epoch-000002").is_dir() and time.monotonic() < deadline:
-            time.sleep(0.1)
-    finally:
-        p.send_signal(signal.SIGKILL)
-        p.wait()
-    assert (run / "checkpoints" / "epoch-000002").is_dir() and not (run / "metrics.json").exists()
+    data = ["--data", str(example_dir / "docs.jsonl"), "--dict", str(example_dir / "dict.tsv"), "--model", "nmtm",
+            "--topics", "6", "--batch-size", "8", "--checkpoint-every", "1", "--no-contextual", "--out", str(run)]
+    at = _train_then_kill([*data, "--epochs", "400", "--seed", "5"], run, "checkpoints/epoch-000002")
+    assert at is not None and at >= 2 and not (run / "metrics.json").exists()
+    config = json.loads((run / "config.json").read_text())
+    assert config["incomplete"] is True and config["train_config"]["epochs"] == 400  # what a plain --resume takes
     # Not an exportable model yet: its training has not ended.
     e = subprocess.run([sys.executable, "-m", "xtm.cli.export", str(run), "--out", str(tmp_path / "b")],
                        capture_output=True, text=True, env=ENV, timeout=300)
     assert e.returncode == 2 and "the run's training has not ended" in e.stderr and "--resume" in e.stderr, e.stderr
-    done = cli(["--out", str(run), "--resume", "--epochs", "4"])
+    done = cli(["--out", str(run), "--resume", "--epochs", str(at + 2)])
     assert done.returncode == 0, done.stderr
     config = json.loads((run / "config.json").read_text())
-    assert "incomplete" not in config and config["train_config"]["seed"] == 5 and config["train_config"]["epochs"] == 4
+    assert "incomplete" not in config and config["train_config"]["seed"] == 5
+    assert config["train_config"]["epochs"] == at + 2 and "model_config" in config
     assert config["command"] == {"contextual": None, "no_contextual": True}  # the route it was told: not fitted
-    assert json.loads((run / "metrics.json").read_text())["epochs"] == 4 and not (run / "contextual").exists()
+    assert json.loads((run / "metrics.json").read_text())["epochs"] == at + 2 and not (run / "contextual").exists()
+    # A continuation killed in its turn records its own settings: a plain --resume takes --epochs 400, not the
+    # finished run's (it was refused as "checkpoint past the epochs this run asks for", a re-review).
+    later = _train_then_kill(["--out", str(run), "--resume", "--epochs", "400"], run, f"checkpoints/epoch-{at + 4:06d}")
+    config = json.loads((run / "config.json").read_text())
+    assert later is not None and later >= at + 4 and config["incomplete"] is True
+    assert config["train_config"]["epochs"] == 400
+    # A resume refused (other documents) leaves the record as it was: the run is still the one it was.
+    before = (run / "config.json").read_bytes()
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(reversed((example_dir / "docs.jsonl").read_text().splitlines(keepends=True))))
+    refused = cli(["--out", str(run), "--resume", "--data", str(other)])
+    assert refused.returncode == 2 and (run / "config.json").read_bytes() == before, refused.stderr
     # Killed before its first checkpoint: its early config.json is no finished run's results, it is trained again.
     early = tmp_path / "early"
-    shutil.copytree(run, early)
-    shutil.rmtree(early / "checkpoints")
-    (early / "metrics.json").unlink()
-    config["incomplete"] = True
-    (early / "config.json").write_text(json.dumps(config))
-    again = cli(["--data", str(example_dir / "docs.jsonl"), "--dict", str(example_dir / "dict.tsv"), "--model", "nmtm",
-                 "--topics", "6", "--epochs", "1", "--no-contextual", "--out", str(early)])
+    assert _train_then_kill([*data[:-1], str(early), "--epochs", "400", "--checkpoint-every", "0"], early,
+                            "config.json") is None
+    assert json.loads((early / "config.json").read_text())["incomplete"] is True
+    again = cli([*data[:-1], str(early), "--epochs", "1"])
     assert again.returncode == 0, again.stderr
 
 

@@ -363,12 +363,6 @@ def _run(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool, phase2: Ph
         logger.info(cfg.describe())
         _warn_few_steps(cfg, (batches or InMemoryBatches(corpus)).sizes())
         _write_vocabularies(run, corpus, data.preprocessing, resuming=resume and has_checkpoint(out))
-        # The settings recorded before the first epoch (marked not complete until training ends), so that a run
-        # killed while it trains (kill -9, a second Ctrl-C right after its checkpoint) is continued by a plain
-        # --resume with its own settings: with config.json written only at the end, that was refused. Only where
-        # there is none yet: a resume reads what the run recorded (the segmenters that cut its documents).
-        if not run.file(RunDir.CONFIG).is_file():
-            run.save_config({**_run_record(data, cfg, corpus, phase2, command), RunDir.INCOMPLETE: True})
 
     objective = None
     if phase2 is not None:
@@ -379,7 +373,17 @@ def _run(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool, phase2: Ph
         objective = Phase2Objective(corpus, cfg.num_topics, phase2, context, pick_device(cfg.device))
     ref = load_reference_corpus(data.ref_corpus, langs=tuple(corpus.langs)) if data.ref_corpus else None
     every = periodic_evaluation(corpus, batches, ref, cfg) if cfg.eval_every and main else None
-    result = train(corpus, cfg, out, resume=resume, phase2=objective, data=batches, dist=dist, on_epoch_end=every)
+
+    def started() -> None:
+        # This training's settings, recorded before its first epoch and marked not complete until it ends, so a
+        # run killed while it trains (kill -9, a second Ctrl-C right after its checkpoint) is continued by a plain
+        # --resume with them: with config.json written only at the end, that resume was refused, and a killed
+        # continuation (--resume --epochs N) resumed with the settings of the run it continued. Written once the
+        # checkpoint is accepted: a refused resume leaves the run's record as it was.
+        run.save_config({**_run_record(data, cfg, corpus, phase2, command), RunDir.INCOMPLETE: True})
+
+    result = train(corpus, cfg, out, resume=resume, phase2=objective, data=batches, dist=dist, on_epoch_end=every,
+                   on_start=started if main else None)
     if not main:
         return {"rank": dist.rank if dist is not None else 0}
     model = result.model

@@ -231,7 +231,7 @@ class _Stopped:
 def train(corpus: Corpus, cfg: TrainConfig, run_dir: Path, resume: bool = False,
           on_epoch_end: Callable[[int, CrossLingualTopicModel], dict[str, Any] | None] | None = None,
           phase2: Phase2Objective | None = None, data: BatchSource | None = None,
-          dist: DistContext | None = None) -> TrainResult:
+          dist: DistContext | None = None, on_start: Callable[[], None] | None = None) -> TrainResult:
     """Train a backbone on `corpus`, checkpointing under run_dir; resume from its last checkpoint.
 
     With `phase2`, epochs cfg.epochs + 1 ... cfg.epochs + cfg.phase2_epochs add its losses and
@@ -242,13 +242,15 @@ def train(corpus: Corpus, cfg: TrainConfig, run_dir: Path, resume: bool = False,
 
     `on_epoch_end(epoch, model)` may return a dict: it is kept as that epoch's "eval" in the history
     (periodic evaluation, `--eval-every`); it must not change the model or consume the training RNGs.
+    `on_start()` runs on rank 0 once the run is ready to train (a resume's checkpoint accepted), before the
+    first epoch: what is recorded then describes this training, never one that was refused.
 
     SIGINT, SIGTERM or SIGHUP (or a KeyboardInterrupt from `on_epoch_end`) stop training after the
     current step; the checkpoint then records the position inside the epoch, and a resumed run
     ends bit for bit where the uninterrupted one would (TrainResult.interrupted, .signal).
     """
     with torch_threads(cfg.threads, training_device(cfg.device, dist), resume_dir=Path(run_dir) if resume else None):
-        return _Training(corpus, cfg, Path(run_dir), on_epoch_end, phase2, data, dist).run(resume)
+        return _Training(corpus, cfg, Path(run_dir), on_epoch_end, phase2, data, dist).run(resume, on_start)
 
 
 class _Training:
@@ -504,9 +506,11 @@ class _Training:
         return 2 if self.phase2 is not None and epoch > self.cfg.epochs else 1
 
     # ---- training ----------------------------------------------------------------------------
-    def run(self, resume: bool) -> TrainResult:
+    def run(self, resume: bool, on_start: Callable[[], None] | None = None) -> TrainResult:
         if resume:
             self.resume()
+        if on_start is not None and self.main:
+            on_start()
         model, cfg = self.model, self.cfg
         model.to(self.device)
         model.train()
