@@ -400,11 +400,13 @@ class Engine:
     def _infer_docs(self, docs: Sequence[dict[str, Any]], again: bool = True) -> list[tuple[str | None, str | None]]:
         """(output line, None) or (None, error) for each parsed document, in order.
 
-        The documents are inferred together; if that raises, once more after a pause (`again`: a machine
-        briefly out of threads or memory failed a whole batch, which stopped a long run), then one by one,
-        so a document that breaks a tokenizer or an encoder costs its own line only. An unsupported
-        document (see InferenceResult.unsupported) is an error with the reason. When every document fails
-        alone with the same error, the cause is not in the documents (a broken model): XtmError."""
+        The documents are inferred together; if that raises, one by one, so a document that breaks a
+        tokenizer or an encoder costs its own line only. An unsupported document (see
+        InferenceResult.unsupported) is an error with the reason. When every document fails alone with
+        the same error, the cause is not in the documents: the batch is tried once more after a pause
+        (`again`: a machine briefly out of threads or memory failed a whole batch, which stopped a long
+        run), then XtmError (a broken model). (Pausing before the one-by-one pass cost every chunk holding
+        one bad document a second.)"""
         if not docs:
             return []
         o = self.options
@@ -416,14 +418,14 @@ class Engine:
             logger.debug("inference of a batch failed", exc_info=e)  # (-v: the traceback, for a report)
             if len(docs) == 1:
                 return [(None, f"cannot infer this document: {_describe(e)}")]
-            if again and not isinstance(e, XtmError):  # (an XtmError is about the input: it would come again)
-                logger.warning(f"inference of {len(docs)} documents failed ({_describe(e)}); trying them again "
-                               f"in {RETRY_PAUSE_S:g} s")
-                time.sleep(RETRY_PAUSE_S)
-                return self._infer_docs(docs, again=False)
             out = [self._infer_docs([d])[0] for d in docs]
             errors = {err for line, err in out if line is None}
             if all(line is None for line, _ in out) and len(errors) == 1:
+                if again and not isinstance(e, XtmError):  # (an XtmError says why itself: it would come again)
+                    logger.warning(f"inference of {len(docs)} documents failed alike, each alone too ({_describe(e)}); "
+                                   f"trying them again in {RETRY_PAUSE_S:g} s")
+                    time.sleep(RETRY_PAUSE_S)
+                    return self._infer_docs(docs, again=False)
                 raise XtmError(f"inference failed for each of these {len(docs)} documents alone, with the same "
                                f"error, so the cause is not in them (a damaged bundle, a machine out of memory or "
                                f"threads): {_describe(e)}") from e
