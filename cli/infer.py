@@ -9,7 +9,7 @@ numpy/onnxruntime/the tokenizers load inside `main`, so `--help` and bad flags a
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import logging
 import os
 import sys
@@ -280,6 +280,7 @@ def main(input_paths: tuple[str, ...], bundle: str, out: str | None, input_forma
     else:
         segmenter_mode()
     summary = _Summary(summary_path, bundle, out, input_paths)
+    io.on_loaded = summary.loaded
     try:
         # SIGTERM/SIGHUP unwind like Ctrl-C: the --out temporary is removed, the old file kept.
         with exit_on_signals():
@@ -301,7 +302,7 @@ def main(input_paths: tuple[str, ...], bundle: str, out: str | None, input_forma
         if code in (128 + 1, 128 + 15):  # from exit_on_signals
             click.echo(f"interrupted (signal {int(code) - 128}); {'no output written' if out else 'stopped'}",
                        err=True)
-        if code not in (0, None, EXIT_BROKEN_PIPE):
+        if code not in (0, None):
             summary.write("interrupted", code if isinstance(code, int) else 1)
         raise
     summary.write("ok", 0, counts.total, counts.skipped)
@@ -313,33 +314,72 @@ def main(input_paths: tuple[str, ...], bundle: str, out: str | None, input_forma
 
 
 class _Summary:
-    """--summary FILE: the run's outcome as JSON, for a pipeline. Checked before any work: an existing file is
-    replaced only when it is a summary xtm-infer wrote (SUMMARY_MARK), never the output or an input."""
+    """--summary FILE: the run's outcome as JSON, for a pipeline. Checked before any work: only a regular file, never
+    the output (by any name: a link, /dev/stdout when the results go to stdout) or an input, and an existing file
+    only when it is a summary xtm-infer wrote (SUMMARY_MARK). A "running" summary is written once the checks pass,
+    so a run killed without a word (kill -9) leaves no earlier run's "ok" behind."""
 
     def __init__(self, path: str | None, bundle: str, out: str | None, inputs: tuple[str, ...]) -> None:
         self.path, self.bundle, self.out, self.inputs = path, bundle, out, inputs
         self.started = time.perf_counter()
+        self.identity: dict[str, Any] = {"path": os.path.abspath(bundle)}
         if path is None:
             return
         from xtm.atomic import check_replaceable
 
-        for other in (out, *inputs):
-            if other not in (None, "-") and os.path.abspath(other) == os.path.abspath(path):
-                raise XtmError("--summary names the output or an input file: choose another path", path=path)
+        self._check_apart()
         check_replaceable(path, _is_summary, what="an xtm-infer summary",
                           hint="xtm-infer replaces only its own summaries; remove the file or choose another --summary")
+        self.identity = _bundle_identity(bundle)
+        self.write("running", None)
 
-    def write(self, status: str, exit_code: int, read: int | None = None, skipped: int | None = None,
+    def _check_apart(self) -> None:
+        """XtmError when the summary would land on the results or an input, or is no regular file."""
+        path = self.path
+        assert path is not None
+        others = [x for x in (self.out, *self.inputs) if x not in (None, "-")]
+        if any(os.path.realpath(x) == os.path.realpath(path) for x in others):
+            raise XtmError("--summary names the output or an input file: choose another path", path=path)
+        try:
+            st = os.stat(path)
+        except OSError:
+            return  # (nothing there yet: created by the summary's own write)
+        import stat
+
+        if not stat.S_ISREG(st.st_mode):
+            raise XtmError("--summary must name a regular file (not a directory, a pipe or a device such as "
+                           "/dev/stdout)", path=path)
+        same = [x for x in others if os.path.exists(x) and os.path.samefile(x, path)]
+        if self.out is None:
+            with contextlib.suppress(OSError):
+                out = os.fstat(sys.stdout.fileno())
+                if (out.st_dev, out.st_ino) == (st.st_dev, st.st_ino):
+                    same.append("stdout")
+        if same:
+            raise XtmError(f"--summary is the same file as {same[0]} (the results): choose another path", path=path)
+
+    def loaded(self, manifest_sha256: str | None) -> None:
+        """The bundle as the model loaded it: its manifest's SHA-256 names what answered (a bundle re-exported in
+        place between the summary's first reading and the load would otherwise be named instead)."""
+        if manifest_sha256 is not None and self.identity.get("manifest_sha256") != manifest_sha256:
+            self.identity = {"path": self.identity["path"], "manifest_sha256": manifest_sha256}
+
+    def write(self, status: str, exit_code: int | None, read: int | None = None, skipped: int | None = None,
               error: str | None = None) -> None:
         if self.path is None:
             return
         from xtm.atomic import write_json
 
+        try:
+            self._check_apart()  # again: the output exists now (a link made since the start lands on it)
+        except XtmError as e:
+            logger.warning(f"the summary was not written: {e}")
+            return
         written = None if read is None else read - (skipped or 0)
-        record = {SUMMARY_MARK: 1, "status": status, "exit_code": exit_code, "inputs": list(self.inputs),
-                  "out": self.out, "lines_read": read, "results_written": written, "lines_skipped": skipped,
-                  "seconds": round(time.perf_counter() - self.started, 3),
-                  "bundle": _bundle_identity(self.bundle), "error": error}
+        record = {SUMMARY_MARK: 1, "status": status, "exit_code": exit_code, "pid": os.getpid(),
+                  "inputs": list(self.inputs), "out": self.out, "lines_read": read, "results_written": written,
+                  "lines_skipped": skipped, "seconds": round(time.perf_counter() - self.started, 3),
+                  "bundle": self.identity, "error": error}
         try:
             write_json(self.path, record)
         except (OSError, XtmError) as e:  # the run's own outcome stands; the summary's failure is said
@@ -357,15 +397,20 @@ def _is_summary(path: Any) -> bool:
 
 
 def _bundle_identity(bundle: str) -> dict[str, Any]:
-    """Which model answered: the bundle's path, model and xtm version from its manifest, and the manifest's SHA-256
-    (the manifest lists every file's checksum, so it names the bundle's exact contents)."""
+    """Which model answers: the bundle's path, model and xtm version from its manifest, and the manifest's SHA-256
+    (the manifest lists every file's checksum, so it names the bundle's exact contents). Read only from a regular
+    file of at most 16 MiB (a FIFO named manifest.json blocked the run before its first line)."""
+    import stat
+
     from xtm.json_files import parse_json_bytes
-    from xtm.runtime.bundle import MANIFEST
+    from xtm.runtime.bundle import MANIFEST, manifest_digest
     from xtm.text_files import read_bounded
 
     identity: dict[str, Any] = {"path": os.path.abspath(bundle)}
     path = os.path.join(bundle, MANIFEST)
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return identity
         data = read_bounded(Path(path), 16 << 20)
         raw = parse_json_bytes(data, path)
     except (OSError, XtmError):
@@ -374,7 +419,7 @@ def _bundle_identity(bundle: str) -> dict[str, Any]:
         for key in ("model", "xtm_version"):
             value = raw.get(key)
             identity[key] = value if isinstance(value, str) and len(value) <= 200 else None
-    identity["manifest_sha256"] = hashlib.sha256(data).hexdigest()
+        identity["manifest_sha256"] = manifest_digest(raw)  # (as TopicModel.manifest_sha256 names it)
     return identity
 
 
@@ -385,6 +430,7 @@ class _Io:
         self.input_format, self.output_format = input_format, output_format
         self.providers, self.progress_every = providers, progress_every
         self.workers: int | None = None
+        self.on_loaded: Any = lambda manifest_sha256: None  # told the loaded bundle's manifest SHA-256 (--summary)
 
 
 def _run_local(input_paths: tuple[str, ...], bundle: str, out: str | None, options: InferenceOptions,
@@ -406,6 +452,7 @@ def _run_local(input_paths: tuple[str, ...], bundle: str, out: str | None, optio
 
     started = time.perf_counter()
     model = TopicModel.load(bundle, threads=options.threads, providers=io.providers)
+    io.on_loaded(model.manifest_sha256)
     logger.debug("bundle %s loaded in %.2f s; running on %s", bundle, time.perf_counter() - started,
                  ", ".join(model.providers))
     progress = _progress_bar()

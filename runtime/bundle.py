@@ -176,8 +176,13 @@ class BundleManifest:
     def content_sha256(self) -> str:
         """SHA-256 of the manifest as read (its object in canonical JSON): it lists every file's checksum, so it
         names the bundle's content; another load of "the same" bundle compares it."""
-        return sha256_bytes(json.dumps(self.raw, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-                            .encode("utf-8"))
+        return manifest_digest(self.raw)
+
+
+def manifest_digest(raw: dict[str, Any]) -> str:
+    """SHA-256 of a manifest object in canonical JSON (`BundleManifest.content_sha256`): the same bundle content,
+    the same digest, however the file was formatted."""
+    return sha256_bytes(json.dumps(raw, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
 
 
 def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:

@@ -315,8 +315,6 @@ def test_binary_ids_misnamed_parquet_columns_and_compressed_outputs(hb: HandBund
 def test_summary_file_says_what_the_run_did_for_a_pipeline(hb: HandBundle, tmp_path: Path) -> None:
     """A pipeline learned a run's outcome only by parsing English on stderr (a review): --summary FILE is one JSON
     object, written whatever the outcome, naming the bundle by its manifest's SHA-256."""
-    import hashlib
-
     src = tmp_path / "d.jsonl"
     src.write_text('{"text": "the stock market", "lang": "en"}\n{"text": ""}\n{"text": "bank", "lang": "en"}\n',
                    encoding="utf-8")
@@ -326,8 +324,10 @@ def test_summary_file_says_what_the_run_did_for_a_pipeline(hb: HandBundle, tmp_p
     s = json.loads(summary.read_text())
     assert (s["status"], s["exit_code"], s["lines_read"], s["results_written"], s["lines_skipped"]) == \
         ("ok", 0, 3, 2, 1)
+    from xtm.runtime import TopicModel
+
     manifest = (hb.path / "manifest.json").read_bytes()
-    assert s["bundle"]["manifest_sha256"] == hashlib.sha256(manifest).hexdigest()
+    assert s["bundle"]["manifest_sha256"] == TopicModel.load(hb.path).manifest_sha256 is not None
     assert s["bundle"]["xtm_version"] == json.loads(manifest).get("xtm_version") and s["error"] is None
     # nothing to infer: exit 1, said so (the summary of the run before is replaced: it is xtm-infer's)
     bad = tmp_path / "bad.jsonl"
@@ -349,3 +349,40 @@ def test_summary_file_says_what_the_run_did_for_a_pipeline(hb: HandBundle, tmp_p
         r = invoke([str(src), "--bundle", str(hb.path), "--out", str(tmp_path / "o.jsonl"), "--summary", str(path)])
         assert r.exit_code == 2 and needle in r.stderr, r.stderr
         assert path.read_bytes() == before
+
+
+def test_summary_never_lands_on_the_results_and_says_running_while_it_runs(
+        hb: HandBundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A re-review: `--summary /dev/stdout > res.jsonl` and a summary linked to --out replaced 50 results with the
+    summary (exit 0); a killed run left the run before's "ok" summary in place."""
+    src = tmp_path / "d.jsonl"
+    src.write_text('{"text": "the stock market", "lang": "en"}\n', encoding="utf-8")
+    out = tmp_path / "o.jsonl"
+    link = tmp_path / "s.json"
+    link.symlink_to(out)                                    # out does not exist yet
+    r = invoke([str(src), "--bundle", str(hb.path), "--out", str(out), "--summary", str(link)])
+    assert r.exit_code == 2 and "names the output or an input" in r.stderr and not out.exists()
+    res = tmp_path / "res.jsonl"
+    with open(res, "wb") as stdout:                         # results to stdout, redirected to a file
+        p = subprocess.run([sys.executable, "-m", "xtm.cli.infer", str(src), "--bundle", str(hb.path), "--summary",
+                            "/dev/stdout"], stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert p.returncode == 2 and "the same file as stdout" in p.stderr and res.read_bytes() == b""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    r = invoke([str(src), "--bundle", str(hb.path), "--summary", str(fifo)])
+    assert r.exit_code == 2 and "must name a regular file" in r.stderr
+    # While the run runs, the summary says so (a run killed without a word leaves "running", not an older "ok").
+    summary = tmp_path / "summary.json"
+    import xtm.runtime.engine as engine
+
+    seen = []
+    real = engine.infer_file
+
+    def watching(*a, **k):
+        seen.append(json.loads(summary.read_text()))
+        return real(*a, **k)
+
+    monkeypatch.setattr(engine, "infer_file", watching)
+    r = invoke([str(src), "--bundle", str(hb.path), "--out", str(out), "--summary", str(summary)])
+    assert r.exit_code == 0 and seen[0]["status"] == "running" and seen[0]["pid"] == os.getpid()
+    assert json.loads(summary.read_text())["status"] == "ok"
