@@ -440,8 +440,8 @@ def check_tokenizer(tok: dict[str, Any], mpath: Path, ctx: str) -> dict[str, Any
     for key in ("lang", "kind"):
         _require(tok, key, str, mpath, ctx)
     if tok["kind"] not in KINDS:
-        raise XtmError(f"{ctx}unknown kind {tok['kind']!r} (this xtm reads {', '.join(KINDS)}): a newer xtm may "
-                       "read it", path=mpath)
+        raise XtmError(f"{ctx}unknown kind {tok['kind']!r} (this xtm reads {', '.join(KINDS)}): upgrade xtm",
+                       path=mpath)
     if "lowercase" in tok:
         _require(tok, "lowercase", bool, mpath, ctx)
     if "min_token_length" in tok:
