@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import stat
 import sys
 import time
 from pathlib import Path
@@ -245,10 +246,11 @@ def _flag(name: str, **kwargs: Any) -> dict[str, Any]:
 @click.option("--progress-every", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
               metavar="SECONDS", help="When stderr is not a terminal: a progress line this often.")
 @click.option("--summary", "summary_path", type=click.Path(dir_okay=False), metavar="FILE",
-              help="Also write what the run did as one JSON object (atomically, whatever the outcome): status (ok, "
-                   "no_results, error, interrupted), exit code, lines read, results written, lines skipped, seconds, "
-                   "the bundle (path, model, xtm version, manifest SHA-256), the error's message. For pipelines "
-                   "that must not parse stderr. Replaces only a summary xtm-infer wrote.")
+              help="Also write what the run did as one JSON object (atomically, whatever the outcome): status "
+                   "(running while it runs, then ok, no_results, error or interrupted), exit code, pid, lines read, "
+                   "results written, lines skipped, seconds, the bundle (path, model, xtm version, manifest "
+                   "SHA-256), the error's message. For pipelines that must not parse stderr. A regular file, never "
+                   "the output; replaces only a summary xtm-infer wrote.")
 @log_level_options
 @version_option("xtm-infer")
 @friendly_errors
@@ -344,8 +346,6 @@ class _Summary:
             st = os.stat(path)
         except OSError:
             return  # (nothing there yet: created by the summary's own write)
-        import stat
-
         if not stat.S_ISREG(st.st_mode):
             raise XtmError("--summary must name a regular file (not a directory, a pipe or a device such as "
                            "/dev/stdout)", path=path)
@@ -400,8 +400,6 @@ def _bundle_identity(bundle: str) -> dict[str, Any]:
     """Which model answers: the bundle's path, model and xtm version from its manifest, and the manifest's SHA-256
     (the manifest lists every file's checksum, so it names the bundle's exact contents). Read only from a regular
     file of at most 16 MiB (a FIFO named manifest.json blocked the run before its first line)."""
-    import stat
-
     from xtm.json_files import parse_json_bytes
     from xtm.runtime.bundle import MANIFEST, manifest_digest
     from xtm.text_files import read_bounded
