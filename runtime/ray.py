@@ -548,7 +548,10 @@ def infer_files(paths: Sequence[str | Path], bundle_dir: str | Path, out_path: s
     bar = _progress_bar(progress)
     tally = options.policy(report or _default_report(bar))
     try:
-        with _ray_session(address), _quiet_ray_data_context():
+        # Results on stdout: Ray's forwarded worker and raylet lines ("(raylet) A worker died ...") went there too,
+        # into the JSONL a pipe reads (seen in a test's output); its workers' errors still reach this process.
+        with _ray_session(address, log_to_driver=out_path is not None or sink is not None), \
+                _quiet_ray_data_context():
             ds = _map_actors(_rows_dataset(files, options.fields), bundle_dir, "lines", options, num_actors=num_actors,
                              threads_per_actor=threads_per_actor)
             try:
@@ -588,9 +591,10 @@ def _default_report(bar: Any) -> Callable[[str], None]:
 
 
 @contextlib.contextmanager
-def _ray_session(address: str | None) -> Iterator[None]:
+def _ray_session(address: str | None, log_to_driver: bool = True) -> Iterator[None]:
     """Ray for one run: the one already initialised in this process, the cluster at `address`, or a
-    local instance started now and shut down at the end."""
+    local instance started now and shut down at the end. `log_to_driver`: Ray prints its workers' output
+    here (on stdout), unless the results are written there."""
     ray = _import_ray()
     if ray.is_initialized():
         if address is not None:
@@ -603,10 +607,10 @@ def _ray_session(address: str | None) -> Iterator[None]:
     if (address is None and not os.environ.get("RAY_ADDRESS")) or address == "local":
         # A one-run instance on this machine, as --address documents: "local" starts one even where a `ray
         # start` cluster runs here (ray.init() alone would join it); no dashboard to start (seconds saved).
-        ray.init(address="local", logging_level="WARNING", include_dashboard=False)
+        ray.init(address="local", logging_level="WARNING", include_dashboard=False, log_to_driver=log_to_driver)
         _started_here = True
     else:
-        ray.init(address=address, logging_level="WARNING")
+        ray.init(address=address, logging_level="WARNING", log_to_driver=log_to_driver)
     try:
         yield
     finally:
