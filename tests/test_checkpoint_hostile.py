@@ -203,21 +203,28 @@ with hold_run_dir(Path(sys.argv[1]), "xtm-train"):
 """
 
 
-def _train_then_kill(args: list[str], run: Path, wait_for: str) -> int | None:
-    """xtm-train ARGS killed with SIGKILL once RUN/WAIT_FOR exists; the epoch of its newest checkpoint (a stalled
-    machine may let it train on before the kill lands), None without one."""
+def _latest_epoch(run: Path) -> int | None:
+    """The epoch latest.json points at (None: no checkpoint yet, or the pointer being replaced)."""
+    try:
+        return json.loads((run / "checkpoints" / "latest.json").read_text())["epoch"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _train_then_kill(args: list[str], run: Path, ready: Callable[[], bool]) -> int | None:
+    """xtm-train ARGS killed with SIGKILL once `ready()`; the epoch of its newest checkpoint (a stalled machine may
+    let it train on before the kill lands), None without one."""
     import time
 
     p = subprocess.Popen(TRAIN + args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
     try:
         deadline = time.monotonic() + 240
-        while not (run / wait_for).exists() and time.monotonic() < deadline:
+        while not ready() and time.monotonic() < deadline:
             time.sleep(0.05)
     finally:
         p.send_signal(signal.SIGKILL)
         p.wait()
-    latest = run / "checkpoints" / "latest.json"
-    return json.loads(latest.read_text())["epoch"] if latest.exists() else None
+    return _latest_epoch(run)
 
 
 def test_a_run_killed_while_it_trains_is_continued_by_a_plain_resume(example_dir: Path, tmp_path: Path) -> None:
@@ -227,7 +234,7 @@ def test_a_run_killed_while_it_trains_is_continued_by_a_plain_resume(example_dir
     run = tmp_path / "run"
     data = ["--data", str(example_dir / "docs.jsonl"), "--dict", str(example_dir / "dict.tsv"), "--model", "nmtm",
             "--topics", "6", "--batch-size", "8", "--checkpoint-every", "1", "--no-contextual", "--out", str(run)]
-    at = _train_then_kill([*data, "--epochs", "400", "--seed", "5"], run, "checkpoints/epoch-000002")
+    at = _train_then_kill([*data, "--epochs", "400", "--seed", "5"], run, lambda: (_latest_epoch(run) or 0) >= 2)
     assert at is not None and at >= 2 and not (run / "metrics.json").exists()
     config = json.loads((run / "config.json").read_text())
     assert config["incomplete"] is True and config["train_config"]["epochs"] == 400  # what a plain --resume takes
@@ -244,7 +251,8 @@ def test_a_run_killed_while_it_trains_is_continued_by_a_plain_resume(example_dir
     assert json.loads((run / "metrics.json").read_text())["epochs"] == at + 2 and not (run / "contextual").exists()
     # A continuation killed in its turn records its own settings: a plain --resume takes --epochs 400, not the
     # finished run's (it was refused as "checkpoint past the epochs this run asks for", a re-review).
-    later = _train_then_kill(["--out", str(run), "--resume", "--epochs", "400"], run, f"checkpoints/epoch-{at + 4:06d}")
+    later = _train_then_kill(["--out", str(run), "--resume", "--epochs", "400"], run,
+                             lambda: (_latest_epoch(run) or 0) >= at + 4)
     config = json.loads((run / "config.json").read_text())
     assert later is not None and later >= at + 4 and config["incomplete"] is True
     assert config["train_config"]["epochs"] == 400
@@ -257,7 +265,7 @@ def test_a_run_killed_while_it_trains_is_continued_by_a_plain_resume(example_dir
     # Killed before its first checkpoint: its early config.json is no finished run's results, it is trained again.
     early = tmp_path / "early"
     assert _train_then_kill([*data[:-1], str(early), "--epochs", "400", "--checkpoint-every", "0"], early,
-                            "config.json") is None
+                            (early / "config.json").exists) is None
     assert json.loads((early / "config.json").read_text())["incomplete"] is True
     again = cli([*data[:-1], str(early), "--epochs", "1"])
     assert again.returncode == 0, again.stderr
