@@ -476,7 +476,9 @@ def _workers(asked: int | None, source: str) -> int:
     because on a busy machine extra processes get no more CPU (Linux shares it per session) and
     workers cost about 30% more CPU in all: measured 0.75-0.85x of one process there
     (docs/benchmarks.md)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    from xtm.cpu import usable_cores
+
+    cores = len(usable_cores())
     if asked is not None:
         return asked or cores
     if source == "-" or not os.path.isfile(source) or os.path.getsize(source) < WORKERS_MIN_BYTES:

@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
+from xtm.cpu import usable_cores
 from xtm.errors import XtmError
 from xtm.languages import normalize_lang
 from xtm.runtime import delimited, records
@@ -613,7 +614,7 @@ def infer_file(source: str | Path | IO[bytes], model: TopicModel, out: str | Pat
     byte. 1 (default): everything in this process."""
     options = options or InferenceOptions()
     workers = whole_number("workers", workers)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = len(usable_cores())
     if workers > WORKERS_PER_CORE_MAX * cores:
         # each worker is an interpreter with its own copy of the model (~300 MB with the contextual graph): a typo's
         # --workers 1000 filled the memory and the process table before the first document
