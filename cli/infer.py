@@ -451,6 +451,7 @@ def _run_local(input_paths: tuple[str, ...], bundle: str, out: str | None, optio
     started = time.perf_counter()
     model = TopicModel.load(bundle, threads=options.threads, providers=io.providers)
     io.on_loaded(model.manifest_sha256)
+    _check_top_k(options.top_k, model.num_topics)
     logger.debug("bundle %s loaded in %.2f s; running on %s", bundle, time.perf_counter() - started,
                  ", ".join(model.providers))
     progress = _progress_bar()
@@ -467,6 +468,14 @@ def _run_local(input_paths: tuple[str, ...], bundle: str, out: str | None, optio
         if progress is not None:
             progress.close()
         logger.debug("inference took %.2f s", time.perf_counter() - started)
+
+
+def _check_top_k(top_k: int, num_topics: int) -> None:
+    """A --top-k above the bundle's topic count lists every topic: said once, so a pipeline expecting
+    top_k columns learns why it got fewer."""
+    if top_k > num_topics:
+        logger.warning(f"--top-k {top_k} is more than the bundle's {num_topics} topics: each result lists all "
+                       f"{num_topics}")
 
 
 def _workers(asked: int | None, source: str) -> int:
@@ -501,7 +510,10 @@ def _run_ray(input_paths: tuple[str, ...], bundle: str, out: str | None, options
         raise XtmError("--providers goes with the local engine (Ray actors run on their nodes' CPUs)")
     if io.workers is not None:
         raise XtmError("--workers goes with the local engine (with --engine ray: --actors)")
+    from xtm.runtime.bundle import read_manifest
     from xtm.runtime.ray import infer_files
+
+    _check_top_k(options.top_k, read_manifest(bundle, verify=False).num_topics)
 
     kwargs: dict[str, Any] = dict(
         address=address, num_actors=actors, threads_per_actor=options.threads, top_k=options.top_k,

@@ -170,7 +170,7 @@ class InferenceOptions:
     each Ray actor); a TopicModel already loaded keeps its own.
     """
 
-    top_k: int = _option(3, "Topics listed per document.", minimum=0)
+    top_k: int = _option(3, "Topics listed per document (at most the bundle's K).", minimum=0)
     batch_size: int = _option(256, "Documents per encoder call.", minimum=1)
     route: str = _option("auto", ROUTE_HELP)
     full_theta: bool = _option(True, "All K topic weights, or only the top-k as {topic_id: weight}.")

@@ -78,7 +78,7 @@ class InferenceResult:
     langs: the language each document was read as: given, or detected (`xtm.runtime.langid.identify`,
         among every language the detector knows). None where no language applies: a blank text
         without a given language, or an unsupported row without a detected language.
-    top_ids, top_weights: int64 / float32 [n, top_k], each document's heaviest topics, heaviest
+    top_ids, top_weights: int64 / float32 [n, min(top_k, K)], each document's heaviest topics, heaviest
         first (equal weights: lower id first), and their weights; -1 / NaN for an unsupported row.
     top_topics: the same as per-document lists of (topic id, weight) pairs, built on first access
         (a Python object per pair costs more than the whole encoder for short documents).

@@ -386,3 +386,14 @@ def test_summary_never_lands_on_the_results_and_says_running_while_it_runs(
     r = invoke([str(src), "--bundle", str(hb.path), "--out", str(out), "--summary", str(summary)])
     assert r.exit_code == 0 and seen[0]["status"] == "running" and seen[0]["pid"] == os.getpid()
     assert json.loads(summary.read_text())["status"] == "ok"
+
+
+def test_a_top_k_above_the_topic_count_lists_every_topic_and_says_so(hb: HandBundle, tmp_path: Path) -> None:
+    src = tmp_path / "notes.txt"
+    src.write_text("\n".join(TEXTS) + "\n", encoding="utf-8")
+    K = hb.num_topics
+    r = invoke([str(src), "--bundle", str(hb.path), "--top-k", str(K + 5), "--sparse-theta"])
+    assert r.exit_code == 0
+    assert f"--top-k {K + 5} is more than the bundle's {K} topics: each result lists all {K}" in r.stderr
+    assert all(len(json.loads(line)["theta"]) == K for line in r.stdout.splitlines())
+    assert "more than the bundle" not in invoke([str(src), "--bundle", str(hb.path), "--top-k", str(K)]).stderr
