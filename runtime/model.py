@@ -211,6 +211,8 @@ class TopicModel:
         self._reload = reload
         self._providers = providers
         self._tokenizers: dict[str, Callable[[str], list[str]]] = {}
+        # Languages whose segmenter is not installed, served on the contextual route only (load).
+        self._unsegmented: dict[str, XtmError] = {}
         self._tok_lock = threading.Lock()
         # The contextual graph (~80 MB, ~300 MB resident) is opened when first needed: a caller that
         # only serves the training languages never pays for it. Its manifest entry was checked with
@@ -239,7 +241,9 @@ class TopicModel:
             that cannot start (no GPU, CUDA libraries missing) is an XtmError unless the request
             lists the CPU after it (then a warning).
         A tokenizer the bundle needs that is not installed (janome for Japanese, jieba for Chinese)
-        is an XtmError naming the install line (`pip install "xtm[ja]"`).
+        is an XtmError naming the install line (`pip install "xtm[ja]"`), unless the bundle reads that
+        language on the contextual route by default (`auto_route` "contextual", new runs): then only
+        `route="bow"` for it raises that error.
         """
         if threads is not None and whole_number("threads", threads) > MAX_THREADS:
             raise XtmError(f"threads must be at most {MAX_THREADS}, got {threads}")
@@ -247,11 +251,16 @@ class TopicModel:
             raise XtmError(f"bundle_dir must be a path (a str or pathlib.Path), got {type(bundle_dir).__name__}")
         ort = import_onnxruntime()
         manifest = read_manifest(bundle_dir, verify=verify, verified_on_read=True)
+        # A segmenter that is not installed is an error now, unless its language is read on the contextual route by
+        # default (new runs): then only route="bow" for that language needs it, and says so when asked.
+        unsegmented: dict[str, XtmError] = {}
         for lang in manifest.languages:
             spec = TokenizerSpec.from_dict(manifest.encoders[lang].tokenizer)
             missing = missing_tokenizer(spec.kind)
             if missing is not None:
-                raise XtmError(f"this bundle reads '{lang}': {missing}", path=manifest.directory)
+                if not _contextual_by_default(manifest, lang):
+                    raise XtmError(f"this bundle reads '{lang}': {missing}", path=manifest.directory)
+                unsegmented[lang] = missing
         requested = parse_providers(providers)
         chosen = resolve_providers(requested, ort.get_available_providers(), ort.get_all_providers())
         opts = ort.SessionOptions()
@@ -295,8 +304,13 @@ class TopicModel:
                      ", ".join(used))
         reload = (str(manifest.directory.resolve()), {"threads": threads, "providers": providers, "verify": verify},
                   manifest.content_sha256)
-        return cls(manifest, encoders, topics, used or chosen, session_options=opts, labels=labels, verify=verify,
-                   reload=reload)
+        model = cls(manifest, encoders, topics, used or chosen, session_options=opts, labels=labels, verify=verify,
+                    reload=reload)
+        model._unsegmented = unsegmented
+        for lang, missing in unsegmented.items():
+            logger.info(f"{manifest.directory}: '{lang}' is read on the contextual route; its bag-of-words route "
+                        f"(route='bow') needs a segmenter: {missing}")
+        return model
 
     @classmethod
     def load_unchanged(cls, bundle_dir: str | Path, manifest_sha256: str | None, *, since: str, advice: str,
@@ -381,7 +395,8 @@ class TopicModel:
         request costs what the others do (about 1 s before, 1 ms after, on a CPU). Returns the model:
         `model = TopicModel.load(path).warm_up()`."""
         for lang in self.languages:
-            self.infer(["warm up"], langs=lang, route="bow")
+            if lang not in self._unsegmented:  # (read on the contextual route only: load said why)
+                self.infer(["warm up"], langs=lang, route="bow")
         if self.has_contextual:
             self.embed(["warm up"])  # (the sentence encoder itself: no language to choose)
         return self
@@ -552,6 +567,9 @@ class TopicModel:
     def _tokenizer(self, lang: str) -> Callable[[str], list[str]]:
         tok = self._tokenizers.get(lang)
         if tok is None:
+            if lang in self._unsegmented:
+                raise XtmError(f"'{lang}' on the bag-of-words route: {self._unsegmented[lang]}",
+                               path=self._manifest.directory)
             # Made on first use: jieba's dictionary costs about a second, paid only if Chinese appears.
             from xtm.runtime.tokenize import make_tokenizer, segmenter_drift
 
@@ -925,6 +943,12 @@ class _Resolved:
     routes: list[str | None]
     conf: np.ndarray
     notes: list[str | None]
+
+
+def _contextual_by_default(manifest: BundleManifest, lang: str) -> bool:
+    """Whether route="auto" reads training language `lang` with the sentence encoder (TopicModel._route_of)."""
+    ctx = manifest.contextual
+    return ctx is not None and ctx.auto_route == "contextual" and (not ctx.languages or lang in ctx.languages)
 
 
 def _top_topics(theta: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -338,6 +338,27 @@ def test_default_bundle_reads_unseen_languages_through_the_contextual_route(defa
     assert p.returncode == 0 and [r["route"] for r in rows] == ["bow", "bow"]
 
 
+def test_a_contextual_default_bundle_loads_without_the_chinese_segmenter(default_bundle: Path,
+                                                                         tmp_path: Path) -> None:
+    """A runtime-only install without xtm[zh]: Chinese is read on the contextual route by default, so the bundle
+    loads and serves it; only route="bow" for Chinese needs jieba, and says so."""
+    code = ("import sys\nsys.modules['jieba'] = None\nsys.modules['rjieba'] = None  # not installed\n"
+            "from xtm.runtime import TopicModel\nfrom xtm.errors import XtmError\n"
+            f"m = TopicModel.load({str(default_bundle)!r}).warm_up()\n"
+            "r = m.infer(['中国足球队在比赛中进球', 'The team scored a goal'], langs=['zh', 'en'])\n"
+            "print(r.routes, r.langs)\n"
+            "print(m.infer(['The team scored a goal'], langs='en', route='bow').routes)\n"
+            "try:\n    m.infer(['中国足球队在比赛中进球'], langs='zh', route='bow')\n"
+            "except XtmError as e:\n    print('bow:', e)\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.strip().splitlines()
+    assert lines[:2] == ["['contextual', 'contextual'] ['zh', 'en']", "['bow']"]
+    assert lines[2].startswith("bow: ")
+    assert "'zh' on the bag-of-words route: Chinese text is tokenized with jieba" in lines[2]
+    assert 'pip install "xtm[zh]"' in lines[2]
+
+
 def test_no_contextual_trains_and_serves_as_before(example_dir: Path, tmp_path: Path) -> None:
     p = _cli("train", *_train_args(example_dir, tmp_path / "run", "--epochs", "2", "--no-contextual"))
     assert p.returncode == 0, p.stderr[-3000:]
