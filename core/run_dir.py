@@ -408,7 +408,8 @@ class RunDir:
         return obj
 
     def load_config(self) -> dict[str, Any]:
-        """config.json (written when training ends): model, training, data and tokenizer settings."""
+        """config.json (written when training starts, marked INCOMPLETE until it ends): model, training, data and
+        tokenizer settings."""
         if not (self.path / self.CONFIG).exists() and self.path.is_dir():
             raise XtmError("not a finished training run (no config.json): run xtm-train first", path=self.path)
         return self._object(self.CONFIG)
