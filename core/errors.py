@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 # What a runtime-only install is told to run for training, export and the contextual fit. torch first, as the
@@ -37,6 +38,30 @@ class XtmError(ValueError):
         if field is not None:
             message = f"field '{field}': {message}"
         super().__init__(where + message)
+
+
+class BundleChangedError(XtmError):
+    """The bundle directory no longer holds the bundle a TopicModel loaded (re-exported or replaced in place, a
+    redeploy): the model cannot read the rest of its files. Load it again; retrying the same model fails alike."""
+
+
+class TransientError(XtmError):
+    """The system ran short for a moment (open files, memory, a resource busy): nothing is wrong with the input or
+    the bundle, and the same call may succeed when retried. A service answers it as its own failure (503), not the
+    caller's."""
+
+
+# errnos of a shortage that passes: too many open files (this process or the system), no memory or buffers, a
+# resource busy for a moment.
+_TRANSIENT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS, errno.EAGAIN, errno.EBUSY})
+
+
+def os_error(message: str, e: OSError, path: str | Path | None = None) -> XtmError:
+    """The XtmError for an OSError met while reading `path`: TransientError for a passing shortage (its strerror
+    said), else XtmError(message)."""
+    if e.errno in _TRANSIENT_ERRNOS:
+        return TransientError(f"{e.strerror or type(e).__name__}: a passing shortage of this system, retry", path=path)
+    return XtmError(message, path=path)
 
 
 def exception_text(e: BaseException, limit: int = 300) -> str:

@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from xtm.errors import XtmError
+from xtm.errors import XtmError, os_error
 from xtm.json_files import read_json
 from xtm.languages import normalize_lang
 from xtm.paths import is_plain_file_name
@@ -564,7 +564,7 @@ def _listed_path(m: BundleManifest, name: str) -> Path:
 
 def _unreadable(p: Path, e: OSError) -> XtmError:
     """A listed file that was there a moment ago and cannot be read now."""
-    return XtmError(f"cannot read: {e.strerror or type(e).__name__} (was the bundle replaced while it loaded?)",
+    return os_error(f"cannot read: {e.strerror or type(e).__name__} (was the bundle replaced while it loaded?)", e,
                     path=p)
 
 

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from xtm.errors import XtmError
+from xtm.errors import XtmError, os_error
 
 __all__ = ["onnx_external_data"]
 
@@ -113,7 +113,7 @@ def onnx_external_data(path: str | Path) -> list[str]:
     except _MalformedError as e:
         raise XtmError(f"not a valid ONNX model ({e})", path=path) from e
     except OSError as e:
-        raise XtmError(f"cannot read the ONNX model: {e.strerror or e}", path=path) from e
+        raise os_error(f"cannot read the ONNX model: {e.strerror or e}", e, path=path) from e
 
 
 def _scan_model(buf: Any, size: int) -> list[str]:

@@ -42,6 +42,7 @@ from xtm.runtime.bundle import (
     graph_file,
     read_listed,
 )
+from xtm.runtime.providers import run_session
 
 __all__ = ["ContextualEncoder", "make_text_tokenizer", "pad_batch"]
 
@@ -203,7 +204,7 @@ class ContextualEncoder:
             for b in range(0, len(order), batch_size):
                 sel = order[b:b + batch_size]
                 x, m = pad_batch([ids[i] for i in sel.tolist()], self._pad_id)
-                t, e = run(outputs, {in_ids: x, in_mask: m})
+                t, e = run_session(run, outputs, {in_ids: x, in_mask: m}, self._path)
                 theta[w0 + sel] = check_theta(t, len(sel), self._num_topics, self._path)
                 if np.shape(e) != (len(sel), self.entry.embedding_dim) or not np.isfinite(e).all():
                     raise XtmError(f"the graph gave embeddings of shape {list(np.shape(e))} or not finite, expected "

@@ -48,7 +48,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, NamedTuple
+from typing import IO, TYPE_CHECKING, Any, NamedTuple, cast
 
 from xtm.cpu import usable_cores
 from xtm.errors import XtmError
@@ -495,10 +495,35 @@ def open_output(out: str | Path | IO[bytes] | None, policy: BadLines, *, fmt: st
             with _as_table(f, fmt, shape, str(out)) as sink:
                 yield OutputWriter(policy, sink_writer(sink, str(out)))
         return
-    base = sys.stdout.buffer if out is None else out
+    base = _stdout_bytes(fmt) if out is None else out
     name = "<stdout>" if out is None else str(getattr(out, "name", "<output>"))
     with _as_table(base, fmt, shape, name) as sink:
         yield OutputWriter(policy, sink_writer(sink, name, pass_broken_pipe=out is None))
+
+
+def _stdout_bytes(fmt: str) -> IO[bytes]:
+    """sys.stdout as a binary stream: its buffer, or, where it has none (a Jupyter kernel's stdout is text only),
+    the UTF-8 lines decoded onto it; a Parquet file cannot be."""
+    buffer = getattr(sys.stdout, "buffer", None)
+    if buffer is not None:
+        return buffer
+    if fmt == "parquet":
+        raise XtmError("Parquet output needs a file (this stdout takes text only): pass out=PATH")
+    return cast(IO[bytes], _TextStdout(sys.stdout))
+
+
+class _TextStdout:
+    """UTF-8 bytes written to a text stream, which it never closes."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, data: bytes) -> int:
+        self._stream.write(data.decode("utf-8"))
+        return len(data)
+
+    def flush(self) -> None:
+        self._stream.flush()
 
 
 @contextlib.contextmanager

@@ -17,42 +17,33 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from xtm.errors import XtmError
+from xtm.errors import XtmError, os_error
 from xtm.languages import normalize_lang
 
 __all__ = ["CONFIDENT", "Detection", "detect_language", "detect_languages", "identify"]
 
 _lock = threading.Lock()
-_identifier: Any = None
+_identifiers: dict[bool, Any] = {}
 
 
-def _get_identifier() -> Any:
-    global _identifier
-    if _identifier is None:
+def _get_identifier(norm_probs: bool = False) -> Any:
+    """py3langid's identifier, loaded once per kind: ranking scores, or probabilities (its length-calibrated
+    softmax) with `norm_probs`. Our own instances, not py3langid's module-level one: set_languages() there is global
+    state that other code in the process could change under us."""
+    ident = _identifiers.get(norm_probs)
+    if ident is None:
         with _lock:
-            if _identifier is None:
-                # Our own instance, not py3langid's module-level one: set_languages() there is
-                # global state that other code in the process could change under us.
+            ident = _identifiers.get(norm_probs)
+            if ident is None:
                 from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
-                _identifier = LanguageIdentifier.from_model_file(MODEL_FILE)
-    return _identifier
-
-
-_prob_lock = threading.Lock()
-_prob_identifier: Any = None
-
-
-def _get_prob_identifier() -> Any:
-    """An identifier whose scores are probabilities (py3langid's length-calibrated softmax)."""
-    global _prob_identifier
-    if _prob_identifier is None:
-        with _prob_lock:
-            if _prob_identifier is None:
-                from py3langid.langid import MODEL_FILE, LanguageIdentifier
-
-                _prob_identifier = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
-    return _prob_identifier
+                try:
+                    ident = _identifiers[norm_probs] = LanguageIdentifier.from_model_file(MODEL_FILE,
+                                                                                          norm_probs=norm_probs)
+                except OSError as e:  # its model file, read on first use: a shortage of files or memory passes
+                    raise os_error(f"cannot read the language detector's model: {e.strerror or e}", e,
+                                   path=MODEL_FILE) from e
+    return ident
 
 
 # Writing systems that tell candidate languages apart without a statistical model.
@@ -239,8 +230,8 @@ _folder: _Folder | None = None
 def _get_folder() -> _Folder:
     global _folder
     if _folder is None:
-        ident = _get_prob_identifier()
-        with _prob_lock:
+        ident = _get_identifier(norm_probs=True)
+        with _lock:
             if _folder is None:
                 _folder = _Folder(ident)
     return _folder

@@ -31,7 +31,7 @@ import numpy as np
 
 from xtm.corpus import TokenizerSpec
 from xtm.cpu import MAX_THREADS
-from xtm.errors import XtmError
+from xtm.errors import BundleChangedError, TransientError, XtmError, os_error
 from xtm.json_files import is_missing, parse_json_bytes
 from xtm.languages import normalize_lang
 from xtm.npy_header import read_npy_header
@@ -57,7 +57,7 @@ from xtm.runtime.engine import (
     whole_number,
 )
 from xtm.runtime.langid import identify  # light: py3langid's model loads on first detection
-from xtm.runtime.providers import check_used, import_onnxruntime, parse_providers, resolve_providers
+from xtm.runtime.providers import check_used, import_onnxruntime, parse_providers, resolve_providers, run_session
 from xtm.runtime.tokenize import TEXT_NORMALIZATION, missing_tokenizer
 
 __all__ = ["InferenceResult", "TopicModel"]
@@ -97,7 +97,8 @@ class InferenceResult:
         bag-of-words encoders nor the contextual route serve. Such a row is never read as another
         language: its theta is NaN and notes[i] says why. infer() does not raise for them, so one
         such text never costs the rest of a batch.
-    notes: per document, why it is unsupported (None for supported rows).
+    notes: per document, why it is unsupported; for a served row, None, or that its text was cut to its
+        first 100,000 characters (`xtm.runtime.records.MAX_CHARS`, as xtm-infer reads a record).
     """
 
     theta: np.ndarray
@@ -357,6 +358,34 @@ class TopicModel:
         when not loaded from disk."""
         return self._reload[2] if self._reload is not None else None
 
+    def bundle_changed(self) -> bool:
+        """Whether the bundle directory now holds another bundle than the one this model loaded (its manifest
+        differs, or is gone): a redeploy in place. Such a model keeps serving what it holds in memory, but files
+        it reads later (the contextual graph on first use, beta) are refused: load it again. A readiness check
+        can ask this. False for a model not loaded from disk."""
+        if self._reload is None:
+            return False
+        try:
+            return read_manifest(self._reload[0], verify=False).content_sha256 != self._reload[2]
+        except TransientError:
+            return False  # unknown for now: not a reason to reload
+        except XtmError:
+            return True
+
+    def _read_after_load(self, read: Callable[[], Any]) -> Any:
+        """read(), a read of bundle files after load: its failure is a BundleChangedError when the bundle on disk
+        is no longer the one loaded (the failure's own words, "checksum mismatch ... re-export", would send the
+        caller to fix a bundle that is fine)."""
+        try:
+            return read()
+        except TransientError:
+            raise
+        except XtmError as e:
+            if self.bundle_changed():
+                raise BundleChangedError(f"the bundle was replaced since this model loaded it: load it again "
+                                         f"({e})", path=self._manifest.directory) from e
+            raise
+
     @property
     def has_contextual(self) -> bool:
         """Whether the bundle has a contextual route (documents in any language its encoder knows)."""
@@ -375,14 +404,16 @@ class TopicModel:
             with self._tok_lock:
                 failed = self._contextual_failure
                 if failed is not None and time.monotonic() - failed[1] < _RETRY_OPEN_AFTER_S:
-                    raise XtmError(failed[0].reason, path=failed[0].path)
+                    raise type(failed[0])(failed[0].reason, path=failed[0].path) from failed[0]
                 if self._contextual is None:
                     import onnxruntime as ort
 
                     opts = self._session_options or ort.SessionOptions()
                     try:
-                        self._contextual = ContextualEncoder.load(self._manifest, opts, self._providers,
-                                                                  verify=self._verify)
+                        self._contextual = self._read_after_load(lambda: ContextualEncoder.load(
+                            self._manifest, opts, self._providers, verify=self._verify))
+                    except TransientError:  # said again only while it lasts: the next request tries again
+                        raise
                     except XtmError as e:
                         self._contextual_failure = (e, time.monotonic())
                         raise
@@ -391,12 +422,15 @@ class TopicModel:
 
     def warm_up(self) -> TopicModel:
         """Open now what the first request would open (the contextual graph and its checksum, each training
-        language's tokenizer and its dictionary) and run one document through each route, so a service's first
-        request costs what the others do (about 1 s before, 1 ms after, on a CPU). Returns the model:
+        language's tokenizer and its dictionary, the language detector) and run one document through each route,
+        so a service's first request costs what the others do (about 1 s before, 1 ms after, on a CPU). Returns
+        the model:
         `model = TopicModel.load(path).warm_up()`."""
+        identify("warm up")  # the language detector's model (0.4 s), read by the first text without a language
         for lang in self.languages:
             if lang not in self._unsegmented:  # (read on the contextual route only: load said why)
-                self.infer(["warm up"], langs=lang, route="bow")
+                # "-" and "%": the blocks jieba cuts itself when rjieba does the others (its dictionary, 0.3-0.7 s)
+                self.infer(["warm-up 1.5%"], langs=lang, route="bow")
         if self.has_contextual:
             self.embed(["warm up"])  # (the sentence encoder itself: no language to choose)
         return self
@@ -419,6 +453,9 @@ class TopicModel:
 
     def topic_word_weights(self, lang: str) -> np.ndarray:
         """beta for `lang`, float32 [K, V_lang], read from the bundle on each call (not kept in memory)."""
+        return self._read_after_load(lambda: self._read_beta(lang))
+
+    def _read_beta(self, lang: str) -> np.ndarray:
         enc = self._encoder(lang)
         if enc.entry.beta is None:
             raise XtmError(f"this bundle has no topic-word weights for '{lang}'")
@@ -435,7 +472,11 @@ class TopicModel:
             # re-exported in place since (a redeploy) is refused, not mixed into this model.
             expected = self._manifest.files[enc.entry.beta] if self._verify else None
             raw = read_verified(path, start + nbytes, expected) if floats else b""
-        except (ValueError, OSError, EOFError) as e:
+        except XtmError:  # (a ValueError: its own message, a checksum's included)
+            raise
+        except OSError as e:
+            raise os_error(f"cannot read: {e.strerror or type(e).__name__}", e, path=path) from e
+        except (ValueError, EOFError) as e:
             raise XtmError(f"not a plain .npy array: {e}", path=path) from e
         if floats and read_npy_header(io.BytesIO(raw))[:3] != (shape, fortran, dtype):
             raise XtmError("changed while it was read (its header differs between two reads)", path=path)
@@ -753,9 +794,12 @@ class TopicModel:
         texts, langs = _text_list(texts), _lang_list(langs)  # by position, whatever the container
         whole_number("batch_size", batch_size)
         whole_number("top_k", top_k, 0)
-        texts = _encodable(texts)
+        texts, cut = _encodable(texts)
         n, K = len(texts), self.num_topics
         res = self._resolve(texts, langs, route, check_min_lang_conf(min_lang_conf))
+        for i, length in cut.items():
+            if res.notes[i] is None:
+                res.notes[i] = f"text has {length:,} characters; read the first {len(texts[i]):,}"
         theta = np.full((n, K), np.nan, dtype=np.float32)
         empty = np.ones(n, dtype=bool)
         oov = np.full(n, np.nan, dtype=np.float32)
@@ -809,6 +853,9 @@ class TopicModel:
         if hasattr(records, "columns"):  # iterating a DataFrame gives its column names, each a "bad record"
             raise XtmError(f"records must be an iterable of mappings, got {type(records).__name__} (pass "
                            "df.to_dict('records'))")
+        if isinstance(records, (str, bytes, Mapping)) or not isinstance(records, Iterable):
+            # a string's characters, a mapping's keys: every one a "bad record" and nothing served
+            raise XtmError(f"records must be an iterable of mappings (one per document), got {type(records).__name__}")
         options = InferenceOptions(top_k=top_k, batch_size=batch_size, route=route, full_theta=full_theta,
                                    strict=strict, max_bad=max_bad, min_lang_conf=min_lang_conf, lang=lang,
                                    text_field=text_field, lang_field=lang_field, id_field=id_field)
@@ -837,10 +884,11 @@ class TopicModel:
                 for b in range(0, len(order), batch_size):
                     sel = order[b:b + batch_size]
                     ids, cnt = counts.padded(sel)
-                    theta[widx[sel]] = check_theta(run(out_name, {in0: ids, in1[0]: cnt})[0], len(sel), K, graph)
+                    out = run_session(run, out_name, {in0: ids, in1[0]: cnt}, graph)[0]
+                    theta[widx[sel]] = check_theta(out, len(sel), K, graph)
             else:
-                theta[widx] = check_theta(run(out_name, {in0: counts.dense(np.arange(len(widx)), V)})[0], len(widx),
-                                          K, graph)
+                out = run_session(run, out_name, {in0: counts.dense(np.arange(len(widx)), V)}, graph)[0]
+                theta[widx] = check_theta(out, len(widx), K, graph)
             if on_rows is not None:
                 on_rows(len(widx))
 
@@ -860,7 +908,7 @@ class TopicModel:
 
     def embed(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """Sentence embeddings [n, D] (L2-normalised) from the contextual route's encoder."""
-        texts = _encodable(_text_list(texts))  # sentencepiece raises on a lone surrogate
+        texts = _encodable(_text_list(texts))[0]  # cut as infer cuts; sentencepiece raises on a lone surrogate
         whole_number("batch_size", batch_size)
         return self.contextual_encoder().encode(texts, batch_size=batch_size)[1]
 
@@ -918,20 +966,27 @@ def _refuse_container(name: str, value: Any, expected: str) -> None:
         raise XtmError(f"{name} must be {expected}, got {kind}{hint}")
 
 
-def _encodable(texts: Sequence[str]) -> Sequence[str]:
-    """texts, with lone surrogates replaced (a copy only when one has them): sentencepiece raises on
-    them, which would cost the whole batch its results."""
-    from xtm.runtime.records import without_surrogates
+def _encodable(texts: Sequence[str]) -> tuple[Sequence[str], dict[int, int]]:
+    """texts as the encoders read them (a copy only when one changes), and the original length of each text cut:
+    at most MAX_CHARS characters, as xtm-infer reads a record (a 10 MB request cost 0.6 GB and seconds for what
+    the first few hundred words decide, and infer and xtm-infer gave the same text different topics); lone
+    surrogates replaced (sentencepiece raises on them, which would cost the whole batch its results)."""
+    from xtm.runtime.records import MAX_CHARS, without_surrogates
 
     out: list[str] | None = None
+    cut: dict[int, int] = {}
     for i, t in enumerate(texts):
-        if not t.isascii():
-            clean = without_surrogates(t)
-            if clean is not t:
-                if out is None:
-                    out = list(texts)
-                out[i] = clean
-    return texts if out is None else out
+        clean = t
+        if len(clean) > MAX_CHARS:
+            cut[i] = len(clean)
+            clean = clean[:MAX_CHARS]
+        if not clean.isascii():
+            clean = without_surrogates(clean)
+        if clean is not t:
+            if out is None:
+                out = list(texts)
+            out[i] = clean
+    return (texts if out is None else out), cut
 
 
 @dataclass
