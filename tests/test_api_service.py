@@ -79,7 +79,7 @@ def test_a_shortage_of_open_files_is_a_transient_error() -> None:
 def test_an_onnxruntime_failure_is_an_xtm_error_naming_the_graph() -> None:
     from xtm.runtime.providers import run_session
 
-    class Fail(Exception):  # noqa: N818 (onnxruntime names its own so) onnxruntime's own types are not public and not XtmError
+    class Fail(Exception):  # noqa: N818 (onnxruntime's name; its types are not public, not XtmError)
         pass
 
     def broken(outputs: list[str], feeds: dict) -> None:
