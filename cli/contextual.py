@@ -30,7 +30,8 @@ Examples:
   # plus topic classification (lambda 1), mined-pair and noise consistency
   xtm-contextual runs/demo
   # the route and the routing of before issue 14
-  xtm-contextual runs/demo --lambda-xl 0 --lambda-smooth 0 --teacher-debias 0 --auto-route bow
+  xtm-contextual runs/demo --lambda-xl 0 --lambda-smooth 0 --teacher-debias 0 --teacher-others 1 \
+    --auto-route bow
   # your own translations as extra consistency pairs
   xtm-contextual runs/demo --parallel pairs.jsonl
   # plain distillation

@@ -1,7 +1,8 @@
 """Stopword lists, so preprocessing needs no download (NLTK data, spaCy models).
 
-xtm's own lists (English, Chinese, Japanese, French, German, Spanish) hold function words only: content
-words that merely happen to be frequent are left to the max_df filter, which adapts to the corpus. Other
+xtm's own lists (English, Chinese, Japanese, French, German, Spanish, and Korean since token rules 3) hold
+function words only: content words that merely happen to be frequent are left to the max_df filter, which
+adapts to the corpus. Other
 languages take stopwords-iso's list (the `stopwordsiso` package, 58 languages, installed with training),
 which is broader: besides function words it holds some frequent content words (on English Wikipedia text it
 would also drop 224 of the top 1,000 words xtm's list keeps: name, year, world, member). Without any list a
