@@ -50,6 +50,8 @@ def main(run_dir: str | None, out: str | None, theta: str | None, bundle: str | 
     setup_logging("xtm-report")
     from xtm.errors import XtmError
 
+    # No torch needed, but both reports read the metrics module, which needs scipy (not in the runtime-only install).
+    require_modules("xtm-report", 'pip install "xtm[report]"', imported=("scipy",))
     if theta is not None or bundle is not None:
         if theta is None or bundle is None or run_dir is not None:
             raise XtmError("the inference report takes --theta THETA.jsonl and --bundle BUNDLE, without RUN_DIR")
@@ -61,8 +63,6 @@ def main(run_dir: str | None, out: str | None, theta: str | None, bundle: str | 
         return
     if run_dir is None:
         raise XtmError("give RUN_DIR (a run's report) or --theta and --bundle (an inference report)")
-    # No torch needed, but the metrics module reads scipy (not in the runtime-only install).
-    require_modules("xtm-report", 'pip install "xtm[report]"', imported=("scipy",))
     from xtm.evaluation.report import write_report_html
 
     if out is not None:

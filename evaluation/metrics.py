@@ -604,6 +604,7 @@ def evaluate(
     metrics.update(crosslingual_tu(topics))
 
     value: float | None = None
+    metrics["CNPMI_published"] = metrics["TQ_published"] = None  # (null, as CNPMI and TQ, when not computed)
     if ref is None:
         metrics["CNPMI_note"] = "no reference corpus was given, so CNPMI was not computed"
     else:

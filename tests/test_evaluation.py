@@ -358,6 +358,7 @@ def test_evaluate_full_and_without_reference(tiny_ref, tmp_path: Path) -> None:
 
     m2 = evaluate(corpus, train, test, beta, ref=None, n=2)
     assert m2["CNPMI"] is None and m2["TQ"] is None and "no reference corpus" in m2["CNPMI_note"]
+    assert m2["CNPMI_published"] is None and m2["TQ_published"] is None  # null like CNPMI, never a missing key
 
     (tmp_path / "enja").mkdir()
     _write(tmp_path / "enja" / "o.en.txt", ["a"])

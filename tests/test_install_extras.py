@@ -244,8 +244,10 @@ def test_training_commands_without_torch_say_the_install_line_and_exit_2(module:
     assert not (tmp_path / "run").exists() and not (tmp_path / "bundle").exists()
 
 
-def test_report_without_scipy_says_the_install_line(tmp_path: Path) -> None:
-    code = ("import sys\nsys.modules['scipy'] = None\nsys.argv = ['xtm-report', '.']\n"
+@pytest.mark.parametrize("args", [["."], ["--theta", "theta.jsonl", "--bundle", "."]])
+def test_report_without_scipy_says_the_install_line(tmp_path: Path, args: list[str]) -> None:
+    (tmp_path / "theta.jsonl").write_text("", encoding="utf-8")
+    code = (f"import sys\nsys.modules['scipy'] = None\nsys.argv = ['xtm-report', *{args!r}]\n"
             "from xtm.cli.report import main\nmain()\n")
     p = run_python(code, tmp_path)
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
