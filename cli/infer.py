@@ -1,4 +1,4 @@
-"""xtm-infer: topic distributions for JSONL, text or Parquet documents with an exported bundle (onnxruntime, no torch).
+"""xtm-infer: topic distributions for JSONL, text, Parquet, CSV or TSV documents with an exported bundle (no torch).
 
 A thin shell over the inference engine (`xtm.runtime.engine`, local; `xtm.runtime.ray`, Ray): it
 reads the flags (their defaults and help are the engine's InferenceOptions), opens the bundle,
@@ -125,8 +125,8 @@ weights, labels (with labels) and theta (full theta). In both, ids are text
 aside), and the values are those of the JSON line.
 
 \b
-Engines (--engine): local (default) reads one JSONL, text or Parquet file,
-or stdin, in this process. ray (pip install "xtm[ray]") reads any number
+Engines (--engine): local (default) reads one JSONL, text, Parquet, CSV or
+TSV file, or stdin, in this process. ray (pip install "xtm[ray]") reads any number
 of JSONL and Parquet files and directories (.jsonl/.ndjson/.json/.parquet/.pq
 inside, sorted by path) with Ray Data on --actors actors (default: CPUs /
 --threads), each holding one model with --threads onnxruntime threads
@@ -438,8 +438,8 @@ def _run_local(input_paths: tuple[str, ...], bundle: str, out: str | None, optio
     if address is not None or actors is not None:
         raise XtmError("--address and --actors go with --engine ray")
     if len(input_paths) != 1 or (input_paths[0] != "-" and os.path.isdir(input_paths[0])):
-        raise XtmError("the local engine reads one JSONL, text or Parquet file or '-'; several files or directories "
-                       "need --engine ray")
+        raise XtmError("the local engine reads one JSONL, text, Parquet, CSV or TSV file or '-'; several files or "
+                       "directories need --engine ray")
     from xtm.runtime.engine import infer_file
     from xtm.runtime.records import check_out_path, input_format
 
@@ -504,8 +504,8 @@ def _run_ray(input_paths: tuple[str, ...], bundle: str, out: str | None, options
     if "-" in input_paths:
         raise XtmError("--engine ray reads files and directories, not stdin ('-'): Ray tasks open the inputs")
     if io.input_format not in ("auto", "jsonl", "parquet"):
-        raise XtmError("--engine ray reads JSONL and Parquet (by file name); --input-format text is for the local "
-                       "engine")
+        raise XtmError(f"--engine ray reads JSONL and Parquet (by file name); --input-format {io.input_format} is for "
+                       "the local engine")
     if io.providers is not None:
         raise XtmError("--providers goes with the local engine (Ray actors run on their nodes' CPUs)")
     if io.workers is not None:

@@ -57,6 +57,7 @@ from xtm.runtime.records import (
     DEFAULT_FIELDS,
     DELIMITED_SUFFIXES,
     PARQUET_SUFFIXES,
+    TEXT_SUFFIXES,
     FieldNames,
     check_input_name,
     naming_read_errors,
@@ -430,9 +431,10 @@ def _visible_files(root: Path) -> Iterator[Path]:
 
 def _kind(p: Path) -> str:
     check_input_name(p)
-    if p.name.lower().endswith(tuple(DELIMITED_SUFFIXES)):  # (else read as JSONL: "invalid JSON" on every line)
-        raise XtmError("--engine ray reads JSONL and Parquet: read CSV and TSV with the local engine, or convert "
-                       "them to Parquet", path=p)
+    # (else read as JSONL: "invalid JSON" on every line)
+    if p.name.lower().endswith((*DELIMITED_SUFFIXES, *TEXT_SUFFIXES)):
+        raise XtmError("--engine ray reads JSONL and Parquet: read CSV, TSV and plain text with the local engine, or "
+                       "convert them to Parquet", path=p)
     return "parquet" if p.name.lower().endswith(PARQUET_SUFFIXES) else "jsonl"
 
 

@@ -5,8 +5,6 @@ clear error naming the file and line, never a crash or a silent loss of the rows
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,7 @@ from bundle_fixture import HandBundle, make_bundle
 from click.testing import CliRunner
 
 from xtm.cli.infer import main
+from xtm.errors import XtmError
 
 DOCS = [
     {"id": "a", "text": "The stock market, and the bank", "lang": "en"},
@@ -207,11 +206,13 @@ def test_renamed_columns_an_empty_file_and_a_header_alone(hb: HandBundle, tmp_pa
         assert r.exit_code == 1 and "no documents in the input" in r.stderr, r.stderr
 
 
-def test_the_ray_engine_refuses_csv_by_name(hb: HandBundle, tmp_path: Path) -> None:
-    pytest.importorskip("ray")
-    src = tmp_path / "docs.csv"
+@pytest.mark.parametrize("name", ["docs.csv", "notes.txt"])
+def test_the_ray_engine_refuses_csv_and_plain_text_by_name(hb: HandBundle, tmp_path: Path, name: str) -> None:
+    """Read as JSONL they were "invalid JSON" on every line, while the local engine reads them."""
+    from xtm.runtime.ray import list_input_files
+
+    src = tmp_path / name
     src.write_bytes(CSV.encode())
-    r = subprocess.run([sys.executable, "-m", "xtm.cli.infer", str(src), "--bundle", str(hb.path), "--engine", "ray"],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "--engine ray reads JSONL and Parquet: read CSV and TSV with the local engine" \
-        in r.stderr, r.stderr
+    with pytest.raises(XtmError, match="--engine ray reads JSONL and Parquet: read CSV, TSV and plain text with the "
+                                       "local engine"):
+        list_input_files([str(src)])
