@@ -673,7 +673,7 @@ class TrainConfig:
     seed: int = setting(0, help="Seed of the initialisation, the batch order, the JSONL hold-out split and "
                                 "phase 2's sampling.", cli=Cli("--seed", min=0, max=SEED_MAX))
     device: str = setting("auto", help="auto, cpu, cuda or cuda:N.", cli=Cli("--device"))
-    checkpoint_every: int = setting(10, help="Epochs between checkpoints (0: only at the end).",
+    checkpoint_every: int = setting(10, help="Epochs between checkpoints (0: only at the end); the two newest are kept.",
                                     cli=Cli("--checkpoint-every", min=0))
     threads: int | None = setting(None, help="CPU threads for torch (default: the cores other processes leave "
                                              "free; with --resume, the count the run started with).",
