@@ -673,8 +673,8 @@ class TrainConfig:
     seed: int = setting(0, help="Seed of the initialisation, the batch order, the JSONL hold-out split and "
                                 "phase 2's sampling.", cli=Cli("--seed", min=0, max=SEED_MAX))
     device: str = setting("auto", help="auto, cpu, cuda or cuda:N.", cli=Cli("--device"))
-    checkpoint_every: int = setting(10, help="Epochs between checkpoints (0: only at the end); the two newest are kept.",
-                                    cli=Cli("--checkpoint-every", min=0))
+    checkpoint_every: int = setting(10, help="Epochs between checkpoints (0: only at the end); the two newest are "
+                                             "kept.", cli=Cli("--checkpoint-every", min=0))
     threads: int | None = setting(None, help="CPU threads for torch (default: the cores other processes leave "
                                              "free; with --resume, the count the run started with).",
                                   cli=Cli("--threads", type=int, min=1, max=MAX_THREADS))
@@ -688,7 +688,9 @@ class TrainConfig:
     hparams: dict[str, Any] = setting(
         help="Backbone hyper-parameters over the backbone's own defaults (docs/backbones.md).", factory=dict,
         cli=Cli("--set", multiple=True, metavar="KEY=VALUE", parse=parse_key_values,
-                help="Backbone hyper-parameter, e.g. --set weight_mi=50 --set hidden=100 (repeatable)."))
+                help="Backbone hyper-parameter, e.g. --set hidden=100 --set dropout=0.2 (repeatable; each "
+                     "backbone's keys and defaults: docs/backbones.md; an unknown key is refused with the known "
+                     "ones before the data is read)."))
     # LLM-XTM phase 2 epochs after `epochs` phase-1 epochs (0: phase 1 only); see trainer/phase2/objective.py.
     phase2_epochs: int = setting(0, help=f"LLM-XTM phase-2 epochs after the --epochs of phase 1 (the paper uses "
                                          f"{default_of(Phase2Config, 'epochs')}; 0: no phase 2).",

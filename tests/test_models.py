@@ -273,6 +273,27 @@ def test_unknown_hyperparameter_is_a_clear_error() -> None:
         NMTM.from_corpus(tiny_corpus(), 4, lamda=0.5)
 
 
+def test_the_docs_list_each_backbones_set_keys_and_defaults() -> None:
+    """docs/backbones.md is where `xtm-train --set`'s help sends a user for the keys: it lists them all."""
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "backbones.md").read_text(encoding="utf-8")
+    for name in MODEL_NAMES:
+        line = next(x for x in doc.splitlines() if x.startswith(f"- `{name}`: "))
+        listed = ", ".join(f"`{k}` {v}" for k, v in model_class(name).defaults.items())
+        assert line == f"- `{name}`: {listed}"
+
+
+def test_a_set_key_of_another_backbone_is_refused_before_the_data_is_read(tmp_path) -> None:
+    from xtm.config import DataConfig, TrainConfig
+    from xtm.trainer.run import run_training
+
+    data = DataConfig(path=str(tmp_path / "no-such-data"))
+    with pytest.raises(XtmError, match=r"nmtm: unknown hyper-parameters \['weight_mi'\]; known: "):
+        run_training(data, TrainConfig(model="nmtm", hparams={"weight_mi": 50}), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_registry_knows_every_cli_choice() -> None:
     for name in MODEL_NAMES:
         assert model_class(name).name == name

@@ -54,7 +54,7 @@ from xtm.evaluation.metrics import (
     unclassifiable_note,
 )
 from xtm.models_zoo.base import BuildContext, CrossLingualTopicModel
-from xtm.models_zoo.registry import check_capabilities, unused_dictionary_note
+from xtm.models_zoo.registry import check_capabilities, model_class, unused_dictionary_note
 from xtm.paths import cache_dir
 from xtm.run_dir import (
     PARITY_SAMPLE_DOCS,
@@ -156,6 +156,7 @@ def run_training(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool = F
     refuse_foreign_dir(out)  # before anything: a user's directory is never written to
     # What the settings alone rule out (the model or phase 2 from streamed shards), before any work.
     check_capabilities(cfg.model, out_of_core=data.out_of_core, phase2=phase2 is not None)
+    model_class(cfg.model).check_hparams(cfg.hparams)  # (a --set key of another backbone, before the data loads)
     if data.dict_path is not None and (note := unused_dictionary_note(cfg.model)) is not None:
         logger.info(note)
     dist = distributed.init_from_env(cfg.device)
