@@ -253,6 +253,23 @@ def test_a_refused_resume_leaves_the_runs_dictionary_and_a_resume_takes_the_runs
     assert "--no-contextual" in caplog.text and run.contextual is None and not (out / "contextual").exists()
 
 
+def test_a_resume_without_dictionary_takes_the_runs_own(example: dict[str, Path], tmp_path: Path) -> None:
+    """README's `xtm.train(texts, ..., out=..., epochs=80, resume=True)`: nmtm/infoctm runs were refused for "no
+    en-zh word pairs are known: pass --dict", while xtm-train --resume takes the recorded --dict."""
+    import shutil
+
+    docs = rows(example["docs"])
+    mine = tmp_path / "mine.tsv"
+    shutil.copyfile(example["dict"], mine)
+    out = tmp_path / "run"
+    xtm.train(docs, dictionary=mine, model="nmtm", num_topics=4, epochs=1, out=out, min_df=1, contextual=False)
+    run = xtm.train(docs, out=out, epochs=2, resume=True)
+    assert run.metrics["epochs"] == 2 and RunDir(out).load_config()["data"]["dict_path"] == str(mine.resolve())
+    mine.unlink()
+    with pytest.raises(XtmError, match="the run was trained with this dictionary, which is gone; pass the same one"):
+        xtm.train(docs, out=out, epochs=3, resume=True)
+
+
 def test_a_second_call_on_a_run_in_use_is_refused_before_it_writes_the_inputs(example: dict[str, Path],
                                                                                tmp_path: Path) -> None:
     """While one process trained, a second xtm.train on the same out replaced its docs.jsonl and dict.tsv, then

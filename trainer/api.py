@@ -160,6 +160,8 @@ def train(docs: Sequence[str] | Sequence[Mapping[str, Any]], langs: Sequence[str
             cfg, data_settings, phase2, contextual = _recorded(run_dir, named, settings, cfg, data_settings, phase2,
                                                                contextual)
         data_path, dict_path = inputs.write(data, resume=resuming)
+        if resuming and dictionary is None:
+            dict_path = _recorded_dictionary(run_dir)  # as xtm-train --resume takes the recorded --dict
         phase2 = _phase2(phase2, cfg)
         data_cfg = DataConfig(path=str(data_path), dict_path=str(dict_path) if dict_path is not None else None,
                               ref_corpus=str(ref_corpus) if ref_corpus is not None else None, **data_settings)
@@ -238,6 +240,21 @@ def _recorded(run_dir: Path, named: dict[str, Any], settings: dict[str, Any], cf
         logger.info(f"resume=True: the run's own settings where the call gives none (as xtm-train's options): "
                     f"{', '.join(recorded.taken)}")
     return cfg, data_settings, phase2, contextual
+
+
+def _recorded_dictionary(run_dir: Path) -> Path | None:
+    """The dictionary file the run's config.json records (None: it had none, or records nothing)."""
+    run = RunDir(run_dir)
+    if not run.file(RunDir.CONFIG).is_file():
+        return None
+    recorded = (run.load_config().get("data") or {}).get("dict_path")
+    if not isinstance(recorded, str):
+        return None
+    if not Path(recorded).is_file():
+        raise XtmError("resume=True without dictionary=: the run was trained with this dictionary, which is gone; "
+                       "pass the same one as dictionary=", path=recorded)
+    logger.info(f"resume=True: the run's own dictionary {recorded}")
+    return Path(recorded)
 
 
 @contextmanager
