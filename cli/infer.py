@@ -143,8 +143,8 @@ tokenize and infer, each with its own copy of the model (1 onnxruntime
 thread unless --threads); this process writes their results in input order:
 the output, bad-line reports and exit status are those of one process, byte
 for byte. A worker costs a start (about half a second): by default inputs of
-4 MiB or more use one per idle core (cores minus the load average, at most
-4), smaller files and stdin one process. Tokenizers (--segmenters): a bundle records its tokenizer; auto
+4 MiB or more use one per core other processes leave idle (sampled for 0.2 s,
+at most 4), smaller files and stdin one process. Tokenizers (--segmenters): a bundle records its tokenizer; auto
 serves jieba's plain blocks with rjieba (pip install "xtm[zh-fast]") with
 jieba's bags of words, so theta is unchanged; reference uses jieba and janome
 only; fast also reads janome bundles with MeCab (pip install
@@ -481,21 +481,25 @@ def _check_top_k(top_k: int, num_topics: int) -> None:
 def _workers(asked: int | None, source: str) -> int:
     """--workers: 0 means one per core. Default: 1 for stdin and files under WORKERS_MIN_BYTES (a
     worker costs a start, an interpreter and the bundle, that only a large input repays); else one
-    per idle core (cores minus the 1-minute load average), at most DEFAULT_MAX_WORKERS. Idle,
-    because on a busy machine extra processes get no more CPU (Linux shares it per session) and
-    workers cost about 30% more CPU in all: measured 0.75-0.85x of one process there
-    (docs/benchmarks.md)."""
-    from xtm.cpu import usable_cores
+    per idle core (xtm.cpu.idle_cores, as training counts free cores for its threads), at most
+    DEFAULT_MAX_WORKERS. Idle, because on a busy machine extra processes get no more CPU (Linux
+    shares it per session) and workers cost 16-27% more CPU in all: 2 workers ran at 0.68-0.89x of
+    one process beside other jobs, 1.35-1.6x on 2 idle cores (docs/benchmarks.md "Raw unique text")."""
+    from xtm.cpu import idle_cores, usable_cores
 
     cores = len(usable_cores())
     if asked is not None:
         return asked or cores
     if source == "-" or not os.path.isfile(source) or os.path.getsize(source) < WORKERS_MIN_BYTES:
         return 1
-    try:
-        idle = int(cores - os.getloadavg()[0] + 0.5)
-    except OSError:  # no load average on this system
-        idle = cores
+    idle = idle_cores()
+    if idle is None:
+        # No /proc/stat (macOS, the BSDs): the 1-minute load average is what such a system tells, and its
+        # processes may use every CPU (no affinity to count), so the machine's load is theirs.
+        try:
+            idle = int(cores - os.getloadavg()[0] + 0.5)
+        except OSError:  # no load average either
+            idle = cores
     return max(1, min(idle, cores, DEFAULT_MAX_WORKERS))
 
 

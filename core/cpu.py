@@ -65,21 +65,35 @@ def busy_cores(before: str, after: str, cpus: list[int]) -> int:
     return int(share + 0.5)
 
 
-def threads_beside_others(default: int, sample_seconds: float = SAMPLE_SECONDS) -> int:
-    """Threads for a CPU job started now: `default` (what the library would take), fewer where other
-    processes keep cores busy, so that threads plus busy cores fit the usable cores (at least 1).
+def idle_cores(sample_seconds: float = SAMPLE_SECONDS) -> int | None:
+    """How many of the usable cores other processes leave idle now: the usable cores less those kept busy
+    over `sample_seconds` of /proc/stat, sampled while this process waits; None where the load cannot be
+    read (no /proc/stat).
 
-    The load is sampled once, over `sample_seconds`, while this process waits. `default` stands where
-    the environment decides (OMP_NUM_THREADS, as torchrun sets it for each rank) or where the load
-    cannot be read (no /proc/stat).
+    The one measure of free cores for training's threads (threads_beside_others) and xtm-infer's default
+    --workers. Per usable core rather than the load average: the load average counts the whole machine
+    (a process pinned to 2 of 64 cores saw the others' load), lags by a minute (a job that just ended
+    still counts) and counts processes waiting on disk as busy.
     """
-    if os.environ.get("OMP_NUM_THREADS"):
-        return default
     try:
         before = PROC_STAT.read_text()
         time.sleep(sample_seconds)
         after = PROC_STAT.read_text()
     except OSError:
-        return default
+        return None
     cpus = usable_cores()
-    return max(1, min(default, len(cpus) - busy_cores(before, after, cpus)))
+    return len(cpus) - busy_cores(before, after, cpus)
+
+
+def threads_beside_others(default: int, sample_seconds: float = SAMPLE_SECONDS) -> int:
+    """Threads for a CPU job started now: `default` (what the library would take), fewer where other
+    processes keep cores busy, so that threads plus busy cores fit the usable cores (at least 1).
+
+    The load is sampled once, over `sample_seconds` (idle_cores). `default` stands where the environment
+    decides (OMP_NUM_THREADS, as torchrun sets it for each rank) or where the load cannot be read
+    (no /proc/stat).
+    """
+    if os.environ.get("OMP_NUM_THREADS"):
+        return default
+    idle = idle_cores(sample_seconds)
+    return default if idle is None else max(1, min(default, idle))

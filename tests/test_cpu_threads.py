@@ -14,7 +14,7 @@ import pytest
 import torch
 from log_isolation import library_logging  # noqa: F401  (a fixture)
 
-from xtm.cpu import busy_cores, threads_beside_others, usable_cores
+from xtm.cpu import busy_cores, idle_cores, threads_beside_others, usable_cores
 
 # /proc/stat lines: user nice system idle iowait irq softirq steal guest guest_nice
 BEFORE = """cpu  300 0 100 1800 0 0 0 0 0 0
@@ -59,6 +59,7 @@ def test_the_environment_and_an_unreadable_proc_stat_leave_the_default(monkeypat
     monkeypatch.delenv("OMP_NUM_THREADS")
     monkeypatch.setattr(cpu, "PROC_STAT", tmp_path / "no-such-file")  # not Linux
     assert threads_beside_others(7, sample_seconds=0) == 7
+    assert idle_cores(sample_seconds=0) is None                # unknown, not "none idle" (xtm-infer's --workers)
 
 
 @pytest.mark.skipif(not Path("/proc/stat").exists(), reason="needs Linux's /proc/stat")
@@ -70,6 +71,8 @@ def test_a_busy_process_beside_the_job_takes_a_thread_away(monkeypatch) -> None:
         time.sleep(0.3)                                       # past its start-up
         assert threads_beside_others(cores) <= cores - 1
         assert threads_beside_others(1) == 1                  # never below one thread
+        idle = idle_cores()                                   # the same measure xtm-infer's --workers takes
+        assert idle is not None and 0 <= idle <= cores - 1
     finally:
         busy.kill()
         busy.wait()

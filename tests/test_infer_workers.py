@@ -291,23 +291,36 @@ def test_a_worker_that_dies_is_an_error_not_a_hang(hb: HandBundle, tmp_path: Pat
 
 def test_default_workers_one_for_small_inputs_and_zero_means_every_core(hb: HandBundle, tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import xtm.cpu
     from xtm.cli import infer as cli
 
-    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))  # an idle machine
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    monkeypatch.setattr(xtm.cpu, "idle_cores", lambda: cores)  # an idle machine
 
     src = _write(tmp_path / "docs.jsonl", _mixed_rows(20))
     assert cli._workers(None, str(src)) == 1 and cli._workers(None, "-") == 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     assert cli._workers(0, str(src)) == cores and cli._workers(3, "-") == 3
     big = tmp_path / "big.jsonl"
     with open(big, "wb") as f:
         f.truncate(cli.WORKERS_MIN_BYTES)
     assert cli._workers(None, str(big)) == max(1, min(cores, cli.DEFAULT_MAX_WORKERS))
     # A busy machine: no idle core, one process (extra ones would get no more CPU there).
-    monkeypatch.setattr(os, "getloadavg", lambda: (float(cores) + 3, 0.0, 0.0))
+    monkeypatch.setattr(xtm.cpu, "idle_cores", lambda: 0)
     assert cli._workers(None, str(big)) == 1 and cli._workers(2, str(big)) == 2
-    monkeypatch.setattr(os, "getloadavg", lambda: (cores - 1.0, 0.0, 0.0))  # one core idle
+    monkeypatch.setattr(xtm.cpu, "idle_cores", lambda: 1)  # one core idle
     assert cli._workers(None, str(big)) == 1
+    # Without /proc/stat (macOS): the load average, as such a system tells it; without that either, every core.
+    monkeypatch.setattr(xtm.cpu, "idle_cores", lambda: None)
+    monkeypatch.setattr(os, "getloadavg", lambda: (float(cores) + 3, 0.0, 0.0))
+    assert cli._workers(None, str(big)) == 1
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert cli._workers(None, str(big)) == max(1, min(cores, cli.DEFAULT_MAX_WORKERS))
+
+    def no_load_average() -> tuple[float, float, float]:
+        raise OSError("no load average")
+
+    monkeypatch.setattr(os, "getloadavg", no_load_average)
+    assert cli._workers(None, str(big)) == max(1, min(cores, cli.DEFAULT_MAX_WORKERS))
     p = _run([str(src), "--bundle", str(hb.path), "-v", "--out", str(tmp_path / "o.jsonl")])
     assert p.returncode == 0 and b"1 inference process" in p.stderr
 

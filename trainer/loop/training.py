@@ -39,6 +39,7 @@ from xtm.config import (
     lr_step_epochs,
 )
 from xtm.corpus import Corpus
+from xtm.cpu import MAX_THREADS
 from xtm.errors import XtmError
 from xtm.models_zoo.base import BuildContext, CrossLingualTopicModel, load_unique_state_dict, unique_state_dict
 from xtm.models_zoo.components import SparseRows
@@ -395,9 +396,11 @@ class _Training:
     def _keep_threads(self, saved: Any) -> None:
         """Without --threads, a resumed CPU run takes the thread count it was started with, whatever the
         load now: the count orders torch's sums, and a resumed run repeats the uninterrupted one bit for bit
-        only with the same count (torch_threads gives the caller's count back at the end)."""
+        only with the same count (torch_threads gives the caller's count back at the end). A recorded count
+        outside 1..MAX_THREADS, which no --threads gives (an edited checkpoint), is ignored: threads are
+        created until the process table is full."""
         if (self.cfg.threads or self.device.type != "cpu" or not isinstance(saved, int) or isinstance(saved, bool)
-                or not 1 <= saved <= 4096 or saved == torch.get_num_threads()):
+                or not 1 <= saved <= MAX_THREADS or saved == torch.get_num_threads()):
             return
         torch.set_num_threads(saved)
         if self.main:
