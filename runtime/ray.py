@@ -402,7 +402,13 @@ def list_input_files(paths: Sequence[str | Path]) -> list[tuple[str, str]]:
 
     A file named explicitly is Parquet by its ending (.parquet, .pq) and JSONL otherwise, as for
     xtm-infer; in a directory only .jsonl/.ndjson/.json and Parquet files are read, hidden files
-    and directories (a name starting with ".") skipped."""
+    and directories (a name starting with ".") skipped.
+
+    Wider than a training corpus directory (xtm.trainer.data.jsonl.jsonl_files: top-level *.jsonl):
+    inference inputs are data sets as other tools lay them out (partitioned into subdirectories,
+    .ndjson or Parquet), and each record is scored on its own, so which files a directory adds
+    changes no other record's result; a training corpus's files decide its documents' ids, split
+    and vocabulary."""
     out: list[tuple[str, str]] = []
     for p in map(Path, paths):
         if p.is_dir():

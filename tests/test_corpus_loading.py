@@ -484,6 +484,33 @@ def test_bad_paths_and_arguments(tmp_path: Path) -> None:
         load_corpus(f, langs=["en", "??"])
 
 
+def test_both_readers_list_a_corpus_path_alike_with_their_own_errors(tmp_path: Path) -> None:
+    """xtm.trainer.data.jsonl.input_files lists the in-memory loader's and the out-of-core preprocessor's input:
+    a directory's top-level, visible *.jsonl files in name order (not Ray's wider rule: subdirectories,
+    .ndjson), a file by its name; each caller keeps its own error for a directory without any."""
+    from xtm.trainer.data.jsonl import input_files
+
+    d = tmp_path / "corpus"
+    (d / "sub").mkdir(parents=True)
+    for name in ("b.jsonl", "a.jsonl", ".hidden.jsonl", "sub/c.jsonl", "d.ndjson", "e.json"):
+        (d / name).write_text("", encoding="utf-8")
+    assert input_files(d, none_found="none") == [d / "a.jsonl", d / "b.jsonl"]
+    assert input_files(d / "d.ndjson", none_found="none") == [d / "d.ndjson"]  # a file named: read as JSONL
+    with pytest.raises(XtmError, match="CSV is not read for training"):
+        input_files(d / "x.csv", none_found="none")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(XtmError) as e:
+        input_files(empty, none_found="none here")
+    assert str(e.value) == f"{empty}: none here"
+    with pytest.raises(XtmError, match="not a corpus directory"):
+        load_corpus(empty)
+    with pytest.raises(XtmError, match=r"no \*\.jsonl files to preprocess"):
+        build_shards(empty, tmp_path / "s", progress=False)
+    with pytest.raises(XtmError, match="train it in memory, without --out-of-core"):
+        build_shards(write_benchmark(tmp_path / "Tiny"), tmp_path / "s2", progress=False)
+
+
 @pytest.mark.parametrize(("name", "message"), [
     ("docs.jsonl.gz", "compressed input is not read: decompress it first"),
     ("docs.csv", "CSV is not read for training"),

@@ -29,8 +29,8 @@ from xtm.runtime.records import decode_json_line, drop_bom
 from xtm.runtime.tokenize import default_tokenizer_spec, make_tokenizer
 from xtm.trainer.data.stopwords import extra_stopwords, stopwords
 
-__all__ = ["Document", "ReadStats", "check_jsonl_name", "check_unicode_text", "corpus_name", "json_object",
-           "jsonl_files", "read_documents"]
+__all__ = ["Document", "ReadStats", "check_jsonl_name", "check_unicode_text", "corpus_name", "input_files",
+           "json_object", "jsonl_files", "read_documents"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,10 +74,28 @@ class ReadStats:
             self.dropped_by_lang[lang][reason] += k
 
 
+def input_files(path: Path, *, none_found: str) -> list[Path]:
+    """The JSONL files a training corpus path names: a file, its name checked (check_jsonl_name), or the `*.jsonl`
+    files of a directory (jsonl_files); `none_found` is the error for a directory without any. The in-memory
+    loader and the out-of-core preprocessor both list their input here, so they read the same files."""
+    if not path.is_dir():
+        check_jsonl_name(path)
+        return [path]
+    files = jsonl_files(path)
+    if not files:
+        raise XtmError(none_found, path=path)
+    return files
+
+
 def jsonl_files(directory: Path) -> list[Path]:
     """The `*.jsonl` files of a corpus directory, in name order (their documents are read in this order). Hidden
     files are skipped, and counted in the log: a Jupyter `.docs-checkpoint.jsonl` doubled every document, a Mac's
-    `._docs.jsonl` (binary) stopped training at an "invalid JSON" line of a file the user cannot see."""
+    `._docs.jsonl` (binary) stopped training at an "invalid JSON" line of a file the user cannot see.
+
+    Top level and `*.jsonl` only, unlike the Ray engine's inputs (xtm.runtime.ray.list_input_files: recursive,
+    .ndjson/.json and Parquet too): a corpus's files and their order decide the documents' ids (`file:line`),
+    the held-out split and the shards' fingerprint, so training reads only what the directory plainly holds (a
+    run or shard directory kept inside it, or a Parquet copy of the same documents, are not read twice)."""
     found = sorted(f for f in directory.glob("*.jsonl") if f.is_file())
     hidden = [f.name for f in found if is_hidden_name(f.name)]
     if hidden:

@@ -36,7 +36,7 @@ from xtm.trainer.data.corpus_rules import (
     split_mode,
 )
 from xtm.trainer.data.dictionary import attach_links
-from xtm.trainer.data.jsonl import Document, ReadStats, check_jsonl_name, corpus_name, jsonl_files, read_documents
+from xtm.trainer.data.jsonl import Document, ReadStats, corpus_name, input_files, read_documents
 from xtm.trainer.data.vocab_rules import (
     bags_of_words,
     check_preprocessing,
@@ -82,21 +82,12 @@ def load_corpus(
                                "as they are", path=p)
         corpus = load_benchmark(p, want, prep.token_rules)
     else:
-        corpus = _load_jsonl(_jsonl_input(p), p, want, prep, seed, progress)
+        files = input_files(p, none_found=f"not a corpus directory: it has neither benchmark files "
+                                          f"({BOW_PREFIX}<lang>.npz, vocab_<lang>) nor *.jsonl files")
+        corpus = _load_jsonl(files, p, want, prep, seed, progress)
     if dict_path is not None:
         attach_links(corpus, Path(dict_path))
     return corpus
-
-
-def _jsonl_input(p: Path) -> list[Path]:
-    if not p.is_dir():
-        check_jsonl_name(p)
-        return [p]
-    files = jsonl_files(p)
-    if not files:
-        raise XtmError(f"not a corpus directory: it has neither benchmark files "
-                       f"({BOW_PREFIX}<lang>.npz, vocab_<lang>) nor *.jsonl files", path=p)
-    return files
 
 
 @dataclass

@@ -57,7 +57,7 @@ from xtm.trainer.data.corpus_rules import (
     split_mode,
 )
 from xtm.trainer.data.dictionary import attach_links
-from xtm.trainer.data.jsonl import ReadStats, check_jsonl_name, corpus_name, jsonl_files, read_documents
+from xtm.trainer.data.jsonl import ReadStats, corpus_name, input_files, read_documents
 from xtm.trainer.data.shard_batches import ShardedBatches
 from xtm.trainer.data.shard_format import (
     ATOMIC_TMP_NAME,
@@ -310,16 +310,10 @@ def _holds_only(d: Path, is_ours: Callable[[str], Any]) -> bool:
 
 
 def _source_files(p: Path) -> list[Path]:
-    if p.is_dir():
-        if any(p.glob(f"{BOW_PREFIX}*.npz")):
-            raise XtmError("--out-of-core reads JSONL documents; this is a benchmark directory (already "
-                           "preprocessed matrices): train it in memory, without --out-of-core", path=p)
-        files = jsonl_files(p)
-        if not files:
-            raise XtmError("no *.jsonl files to preprocess", path=p)
-        return files
-    check_jsonl_name(p)
-    return [p]
+    if p.is_dir() and any(p.glob(f"{BOW_PREFIX}*.npz")):
+        raise XtmError("--out-of-core reads JSONL documents; this is a benchmark directory (already "
+                       "preprocessed matrices): train it in memory, without --out-of-core", path=p)
+    return input_files(p, none_found="no *.jsonl files to preprocess")
 
 
 def _settings(want: list[str] | None, prep: Preprocessing, seed: int, shard_size: int) -> dict[str, Any]:
