@@ -15,7 +15,6 @@ escaped; lines that are not xtm-infer results are counted and named in a note, n
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
@@ -26,7 +25,7 @@ from xtm.errors import XtmError
 from xtm.evaluation import report_svg as svg
 from xtm.evaluation.report import CSS, JS, LANG_CODE, content_security_policy
 from xtm.runtime.bundle import read_manifest, read_topic_labels, read_topics
-from xtm.runtime.records import MAX_LINE_BYTES  # the longest line xtm-infer reads is the longest read back here
+from xtm.runtime.records import MAX_LINE_BYTES, decode_json_line, naming_read_errors, read_lines
 
 __all__ = ["ThetaStats", "read_theta", "render_theta_report", "write_theta_report"]
 
@@ -120,13 +119,15 @@ def read_theta(path: str | Path, num_topics: int) -> ThetaStats:
     except OSError as e:
         raise XtmError(f"cannot read: {e.strerror or e}", path=p) from None
     with f:
-        for lineno, raw in enumerate(iter(lambda: f.readline(MAX_LINE_BYTES + 1), b""), 1):
-            if not raw.strip():
-                continue
+        # xtm-infer's own reader and limit (the longest line it reads is the longest read back): non-blank lines
+        # numbered as in the file, one over the limit skipped to its end as one bad line (read in limit-sized
+        # pieces, its rest was counted as more bad lines and the line count ran ahead of the file's).
+        for lineno, raw in naming_read_errors(read_lines(f, MAX_LINE_BYTES), str(p)):
             stats.lines += 1
+            obj, reason = decode_json_line(raw)
             try:
-                ok = len(raw) <= MAX_LINE_BYTES and _record(json.loads(raw.decode("utf-8")), stats)
-            except (UnicodeDecodeError, ValueError, RecursionError):
+                ok = reason is None and _record(obj, stats)
+            except (ValueError, OverflowError):  # a topic key int() refuses (5,000 digits), a weight float() does
                 ok = False
             if not ok:
                 stats.bad += 1

@@ -288,6 +288,37 @@ def test_inference_report_of_a_scored_corpus(example_run: Path, tmp_path: Path) 
     assert p.returncode == 2 and "is not an xtm report" in p.stderr and theta.read_bytes() == scored
 
 
+def test_an_over_long_theta_line_is_one_bad_line_and_the_lines_after_it_count(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A line over the reader's limit was read in limit-sized pieces, each counted as one more bad line (so
+    "N of M lines" counted lines the file does not have); it is skipped to its end as xtm-infer skips it
+    (xtm.runtime.records.read_lines). The limit is 64 MiB; 64 bytes here, to keep the file small."""
+    from xtm.evaluation import report_theta
+
+    monkeypatch.setattr(report_theta, "MAX_LINE_BYTES", 64)
+    good = [json.dumps({"lang": lang, "topics": [{"id": k}], "theta": {str(k): 1.0}})
+            for lang, k in (("en", 0), ("zh", 1), ("en", 1), ("zh", 0))]
+    assert all(len(line) < 64 for line in good)
+    theta = tmp_path / "theta.jsonl"
+    theta.write_text("\n".join([good[0], json.dumps({"lang": "en", "text": "x" * 300}), good[1], "", good[2],
+                                "not json", good[3]]) + "\n", encoding="utf-8")
+    stats = report_theta.read_theta(theta, num_topics=2)
+    assert (stats.lines, stats.bad, stats.first_bad) == (6, 2, 2)   # the blank line 4 is no line of results
+    assert {code: (s.docs, s.top) for code, s in stats.langs.items()} == {"en": (2, [1, 1]), "zh": (2, [1, 1])}
+    # over-long as the file's last line, without a newline: still one bad line
+    theta.write_text(good[0] + "\n" + "y" * 200, encoding="utf-8")
+    stats = report_theta.read_theta(theta, num_topics=2)
+    assert (stats.lines, stats.bad, stats.first_bad) == (2, 1, 2)
+    # numbers Python will not convert are bad lines too, not a traceback (a topic key int() refuses, a weight
+    # too large for a float)
+    monkeypatch.undo()
+    theta.write_text("\n".join([good[0], '{"lang": "en", "topics": [{"id": 0}], "theta": {"' + "1" * 5000 + '": 1}}',
+                                '{"lang": "en", "topics": [{"id": 0}], "theta": [1' + "0" * 400 + ", 0]}"]) + "\n",
+                     encoding="utf-8")
+    stats = report_theta.read_theta(theta, num_topics=2)
+    assert (stats.lines, stats.bad, stats.first_bad) == (3, 2, 2)
+
+
 def test_published_numbers_have_one_home() -> None:
     from xtm.evaluation.published import published_rows
 
