@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from xtm.examples import CATEGORIES, main, write_example
+from xtm.examples import CATEGORIES, write_example
 
 # Small enough to keep the suite fast, large enough for every label/split to appear.
 DOCS_PER_LANG = 120
@@ -122,10 +124,24 @@ def test_reference_corpus(example: dict[str, Path]) -> None:
         assert any(a for a, _ in hits) and all(a == b for a, b in hits)
 
 
-def test_main_prints_paths(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main([str(tmp_path / "cli"), "--docs-per-lang", "12", "--seed", "3"]) == 0
-    out = capsys.readouterr().out
-    assert "docs.jsonl" in out and "dict.tsv" in out and "ref.zh.tok.txt" in out
+def test_xtm_example_prints_paths_and_its_readme_command_gives_the_same_bytes(tmp_path: Path) -> None:
+    """The console script (the one command line of the example: `python -m xtm.examples` is gone) prints
+    what it wrote, and the command README.txt gives to rerun it writes the same bytes, --docs-per-lang
+    included (the README gave only --seed, so an example of another size was not reproduced)."""
+    script = Path(sys.executable).with_name("xtm-example")
+    p = subprocess.run([str(script), str(tmp_path / "cli"), "--docs-per-lang", "12", "--seed", "3"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "docs.jsonl" in p.stdout and "dict.tsv" in p.stdout and "ref.zh.tok.txt" in p.stdout and not p.stderr
+    readme = (tmp_path / "cli" / "README.txt").read_text(encoding="utf-8")
+    rerun = re.search(r"`(xtm-example OUT_DIR [^`]*)`", readme)
+    assert rerun is not None and rerun[1] == "xtm-example OUT_DIR --docs-per-lang 12 --seed 3"
+    p = subprocess.run([str(script), str(tmp_path / "again"), *rerun[1].split()[2:]], capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    written = sorted(f.relative_to(tmp_path / "cli") for f in (tmp_path / "cli").rglob("*") if f.is_file())
+    assert written == sorted(f.relative_to(tmp_path / "again") for f in (tmp_path / "again").rglob("*") if f.is_file())
+    assert all((tmp_path / "cli" / f).read_bytes() == (tmp_path / "again" / f).read_bytes() for f in written)
 
 
 def test_files_of_those_names_are_replaced_only_where_the_example_was_written(tmp_path: Path) -> None:
@@ -147,7 +163,7 @@ def test_files_of_those_names_are_replaced_only_where_the_example_was_written(tm
 
 
 def test_xtm_example_is_a_click_command_like_the_others(tmp_path: Path) -> None:
-    """`xtm-example` (issue 16): the same files and lines as `python -m xtm.examples`, --help with
+    """`xtm-example` (issue 16): the same files as write_example, a line per file, --help with
     examples, --version, bad values as usage errors and unwritable places as one `error:` line."""
     from click.testing import CliRunner
 
