@@ -83,9 +83,7 @@ def load_run(run_dir: str | Path) -> RunFiles:
     if not metrics_path.is_file():
         raise XtmError("not an xtm-train run directory: metrics.json is missing (xtm-train writes it when "
                        "training ends)", path=metrics_path)
-    metrics = run.read_json(RunDir.METRICS)
-    if not isinstance(metrics, dict):
-        raise XtmError("metrics.json must hold a JSON object", path=metrics_path)
+    metrics = run.load_metrics()  # the run-directory owner's reader: a JSON object, or an error naming the file
     notes: list[str] = []
     config = run.read_json(RunDir.CONFIG) if run.has(RunDir.CONFIG) else {}
     if not isinstance(config, dict):

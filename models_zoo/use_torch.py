@@ -154,6 +154,9 @@ class UseEncoder(nn.Module):
         self.top = top
         self.trunk.requires_grad_(False)
 
+    # Only a test calls this (tests/test_contextual.py: the torch port gives the package's embeddings), and that
+    # test needs it: the encoder with the package's own weights, no fine-tuned top. Training and export build
+    # theirs from a TrainableSentenceEncoder's trunk and top (context_encoders).
     @classmethod
     def pretrained(cls, weights: dict[str, np.ndarray] | None = None) -> UseEncoder:
         w = weights if weights is not None else load_use_weights()

@@ -67,7 +67,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
     import ray.data
 
-__all__ = ["INSTALL_HINT", "InferFilesResult", "infer_dataset", "infer_files", "list_input_files", "pack_bundle"]
+__all__ = ["INSTALL_HINT", "infer_dataset", "infer_files", "list_input_files", "pack_bundle"]
 
 logger = logging.getLogger(__name__)
 
@@ -511,10 +511,6 @@ def _read_parquet(file_idx: int, path: str, fields: FieldNames) -> Iterator[pa.T
                        schema=schema)
 
 
-# What infer_files returns: rows read (non-blank lines, Parquet rows) and skipped; .written.
-InferFilesResult = InferenceCounts
-
-
 def infer_files(paths: Sequence[str | Path], bundle_dir: str | Path, out_path: str | Path | None, *,
                 address: str | None = None, num_actors: int | None = None, threads_per_actor: int | None = None,
                 top_k: int = InferenceOptions.top_k, route: str = InferenceOptions.route,
@@ -537,6 +533,7 @@ def infer_files(paths: Sequence[str | Path], bundle_dir: str | Path, out_path: s
     when a larger share of the rows was bad; NoResultsError (an XtmError) when no row could be
     inferred: the engine's policy (`xtm.runtime.engine`), whose InferenceOptions give the defaults.
     Whatever raises, out_path is not written; to a sink, the lines before the failing row are.
+    Returns the engine's InferenceCounts: rows read (non-blank lines, Parquet rows) and skipped; .written.
     threads_per_actor: onnxruntime threads per actor (default RAY_THREADS_PER_ACTOR).
     Connects to `address` (a running cluster: "auto", "HOST:PORT", "ray://HOST:10001"),
     or uses the Ray already initialised in this process, or starts a local one (shut down again

@@ -380,6 +380,10 @@ def test_missing_or_broken_run_files_are_named(tmp_path: Path) -> None:
     (run / "metrics.json").write_text("{broken")
     with pytest.raises(XtmError, match="metrics.json"):
         write_report_html(run)
+    (run / "metrics.json").write_text("[1, 2]")  # read by RunDir.load_metrics, the run directory's owner
+    with pytest.raises(XtmError) as e:
+        load_run(run)
+    assert str(e.value) == f"{run / 'metrics.json'}: must hold a JSON object"
     with pytest.raises(XtmError, match="not a directory"):
         load_run(tmp_path / "nope")
 
