@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import logging
 import marshal
 import os
 import re
@@ -278,6 +277,18 @@ def _has_word_char(tok: str) -> bool:
 
 
 def _get_jieba() -> Any:
+    """xtm's own jieba.Tokenizer on jieba's dictionary: its `lcut` cuts as jieba.lcut in a process that changed
+    nothing in jieba.
+
+    Never jieba's process-wide tokenizer (jieba.dt, behind jieba.lcut and jieba.add_word): that one belongs to
+    whatever application xtm runs in. xtm loading its dictionary into it dropped the application's add_word
+    words, and the application's words (or its set_dictionary) changed xtm's bags of words, and so its topics.
+    jieba's logger is left as it is too: this tokenizer is handed its prefix dictionary already initialised, so
+    jieba's "Building prefix dict" messages, which xtm silenced by lowering the logger for the whole process,
+    are never logged. One thing jieba shares between its tokenizers remains: a word an application deletes
+    (jieba.del_word, add_word with frequency 0) is split into characters by jieba's HMM for every tokenizer
+    (jieba.finalseg's module-wide set), so where the HMM recognises that very word xtm's tokens follow it.
+    """
     global _jieba
     if _jieba is None:
         with _lock:
@@ -289,11 +300,7 @@ def _get_jieba() -> Any:
                         import jieba
                     except ImportError as e:
                         raise _not_installed("jieba", e) from e
-                # jieba logs "Building prefix dict ..." to stderr on first use; users need not see it.
-                jieba.setLogLevel(logging.WARNING)
-                logging.getLogger("jieba").setLevel(logging.WARNING)
-                _initialize_jieba(jieba)
-                _jieba = jieba
+                _jieba = _initialize_jieba(jieba)
     return _jieba
 
 
@@ -315,9 +322,10 @@ def _get_jieba() -> Any:
 _JIEBA_CACHE_MAGIC = b"xtm-jieba-cache 1 sha256="
 
 
-def _initialize_jieba(jieba: Any) -> None:
-    """Give jieba's default tokenizer its prefix dictionary, from our validated cache or rebuilt."""
-    dt = jieba.dt
+def _initialize_jieba(jieba: Any) -> Any:
+    """A new jieba.Tokenizer on jieba's own dictionary (never one an application set on jieba.dt), with its prefix
+    dictionary from our validated cache or rebuilt."""
+    dt = jieba.Tokenizer()
     with dt.get_dict_file() as f:
         dictionary = f.read()
     key = hashlib.sha256(dictionary).hexdigest()[:16]
@@ -330,9 +338,10 @@ def _initialize_jieba(jieba: Any) -> None:
         loaded = dt.gen_pfdict(io.BytesIO(dictionary))
         _write_jieba_cache(path, loaded)
         _remove_old_jieba_cache(cache_dir() / name)
-    # What jieba.Tokenizer.initialize sets; its own (unchecked) cache is then never consulted.
+    # What jieba.Tokenizer.initialize sets; its own (unchecked) cache is then never consulted, and nothing logged.
     dt.FREQ, dt.total = loaded
     dt.initialized = True
+    return dt
 
 
 def _read_jieba_cache(path: Path) -> tuple[dict[str, int], int] | None:

@@ -421,8 +421,7 @@ def test_rjieba_segmenter_on_random_mixes_of_dictionary_words_and_ascii() -> Non
 
     import xtm.runtime.tokenize as T
 
-    jieba = T._get_jieba()
-    with jieba.dt.get_dict_file() as f:
+    with T._get_jieba().get_dict_file() as f:
         words = [line.split()[0].decode() for line in f]
     ascii_words = [w for w in words if re.search("[a-zA-Z0-9]", w) and T._RJIEBA_BLOCK(w)]
     han = [w for w in words if re.fullmatch("[\u4e00-\u9fd5]+", w)]
@@ -519,6 +518,55 @@ def test_fast_segmenters_never_come_from_the_environment(monkeypatch: pytest.Mon
     assert segmenter_mode() == "reference"
     with pytest.raises(XtmError, match="segmenters must be one of"):
         use_segmenters("turbo")
+
+
+# -- jieba inside an application (review of 2026-12-07) ------------------------------------------------
+#
+# A service that embeds the runtime may use jieba itself: xtm segments with a jieba.Tokenizer of its own, never
+# jieba's process-wide one.
+
+_HOST_SCRIPT = ("import json, logging, sys\n"
+                "import jieba\n"
+                "from xtm.corpus import TokenizerSpec\n"
+                "from xtm.runtime.tokenize import make_tokenizer\n"
+                "text, level = sys.argv[1], logging.getLogger('jieba').level\n"
+                "jieba.add_word('爱北京')  # the application's word, before xtm needs jieba\n"
+                "tok = make_tokenizer(TokenizerSpec('zh', 'jieba'), 'reference')\n"
+                "first = tok(text)\n"
+                "jieba.add_word('天气很好')  # and one after\n"
+                "second = make_tokenizer(TokenizerSpec('zh', 'jieba'), 'reference')(text)  # a new memo\n"
+                "print(json.dumps({'host': jieba.lcut(text), 'first': first, 'second': second,\n"
+                "                  'levels': [level, logging.getLogger('jieba').level]}))\n")
+
+
+def test_an_applications_jieba_words_and_xtms_tokens_stay_apart(jieba_dirs) -> None:
+    """xtm loaded its dictionary into jieba.dt, which dropped the words the application had added, and tokenized
+    with it, so the application's words changed xtm's bags of words (and its topics); it also lowered jieba's
+    logger for the whole process."""
+    import json
+    import os
+
+    cache, tmp = jieba_dirs
+    want = make_tokenizer(TokenizerSpec("zh", "jieba"), "reference")(_JIEBA_TEXT)
+    assert "爱北京" not in want and "天气很好" not in want
+    env = {**os.environ, "XTM_CACHE_DIR": str(cache), "TMPDIR": str(tmp)}
+    p = subprocess.run([sys.executable, "-c", _HOST_SCRIPT, _JIEBA_TEXT], env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr
+    got = json.loads(p.stdout)
+    assert "爱北京" in got["host"] and "天气很好" in got["host"]  # the application keeps its words
+    assert got["first"] == want and got["second"] == want      # and xtm's tokens are its own
+    assert got["levels"][0] == got["levels"][1]                 # jieba's logger as the application left it
+
+
+def test_xtm_segments_with_a_jieba_tokenizer_of_its_own() -> None:
+    import jieba
+
+    import xtm.runtime.tokenize as T
+
+    assert make_tokenizer(TokenizerSpec("zh", "jieba"), "reference")(_JIEBA_TEXT)
+    ours = T._get_jieba()
+    assert ours is not jieba.dt and ours.FREQ is not jieba.dt.FREQ and ours.initialized
 
 
 # -- MeCab (fugashi + IPAdic): kind "mecab", and kind janome under XTM_SEGMENTERS=fast ----------------
