@@ -116,8 +116,16 @@ def _combining_marks() -> tuple[frozenset[str], re.Pattern[str]]:
     marks_class = "".join(f"{re.escape(chr(a))}-{re.escape(chr(b))}" for a, b in ranges)
     return marks, re.compile(rf"[^\W_](?:[^\W_]|[{marks_class}])*")
 
-# Distinct jieba blocks remembered per tokenizer (about 300 bytes each).
+# jieba's memo of blocks (_jieba_tokenizer), per tokenizer. It is for the blocks that come again: words of
+# pre-segmented text and short clauses between punctuation (98% of ECNews's raw blocks have at most 64 characters).
+# A longer block, a document without punctuation above all, hardly ever comes again, and it held its text and its
+# tokens, about 45 bytes a character, until the memo filled: a service fed 20,000-character documents kept about
+# 0.9 MB a document, on to tens of GB. So a longer block is segmented and not remembered, and the characters held are
+# bounded too: at most _JIEBA_CACHE_SIZE blocks and _JIEBA_CACHE_CHARS characters, under 60 MB whatever the blocks
+# (typical 20-character clauses reach both bounds at about the same point).
 _JIEBA_CACHE_SIZE = 1 << 16
+_JIEBA_CACHE_CHARS = 1 << 20
+_JIEBA_CACHE_BLOCK = 64
 
 _lock = threading.Lock()
 _jieba: Any = None
@@ -538,16 +546,20 @@ _JIEBA_BLOCKS = re.compile("([\u4E00-\u9FD5a-zA-Z0-9+#&\\._%\\-]+)", re.U)
 def _jieba_tokenizer(lowercase: bool, min_len: int, rjieba: Any) -> Callable[[str], list[str]]:
     """_finish(jieba.lcut(text)) block by block (see above), memoised per block: the same tokens.
 
-    Blocks repeat a lot (words in pre-segmented text, clauses in raw text), so their finished tokens
-    are cached; the cache is cleared when it holds _JIEBA_CACHE_SIZE blocks, so memory stays flat.
-    With `rjieba`, plain blocks are segmented by it, and jieba (its dictionary costs most of a cold
-    start) is loaded only when a block needs it.
+    Blocks repeat a lot (words in pre-segmented text, clauses in raw text), so the finished tokens of
+    those of at most _JIEBA_CACHE_BLOCK characters are cached; the cache is cleared when it would hold
+    more than _JIEBA_CACHE_SIZE blocks or _JIEBA_CACHE_CHARS characters, so memory stays flat (see
+    there). With `rjieba`, plain blocks are segmented by it, and jieba (its dictionary costs most of a
+    cold start) is loaded only when a block needs it.
     """
     split = _JIEBA_BLOCKS.split
     plain = _RJIEBA_BLOCK if rjieba is not None else None
     fast_cut = rjieba.cut if rjieba is not None else None
     cache: dict[str, list[str]] = {}
     get = cache.get
+    # Characters of the blocks in `cache`. Threads sharing the tokenizer may miscount it by a block's length when
+    # they race on a clear (no lock on the hot path); the next clear sets it right.
+    held = 0
 
     def segment(block: str) -> list[str]:
         if plain is not None and plain(block):
@@ -560,6 +572,7 @@ def _jieba_tokenizer(lowercase: bool, min_len: int, rjieba: Any) -> Callable[[st
         return _finish(_get_jieba().lcut(block), lowercase, min_len)
 
     def tok_jieba(text: str) -> list[str]:
+        nonlocal held
         out: list[str] = []
         for i, part in enumerate(split(text)):
             if not part:
@@ -567,12 +580,17 @@ def _jieba_tokenizer(lowercase: bool, min_len: int, rjieba: Any) -> Callable[[st
             if not i % 2:  # between blocks: single characters and whitespace
                 out += _finish(part, lowercase, min_len)
                 continue
+            if len(part) > _JIEBA_CACHE_BLOCK:  # seen once, as a rule: not worth its memory (see there)
+                out += segment(part)
+                continue
             toks = get(part)
             if toks is None:
                 toks = segment(part)
-                if len(cache) >= _JIEBA_CACHE_SIZE:
+                if len(cache) >= _JIEBA_CACHE_SIZE or held + len(part) > _JIEBA_CACHE_CHARS:
                     cache.clear()
+                    held = 0
                 cache[part] = toks
+                held += len(part)
             out += toks  # copies: a cached list is never handed out
         return out
     return tok_jieba

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import unicodedata
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
@@ -523,7 +524,8 @@ def test_fast_segmenters_never_come_from_the_environment(monkeypatch: pytest.Mon
 # -- jieba inside an application (review of 2026-12-07) ------------------------------------------------
 #
 # A service that embeds the runtime may use jieba itself: xtm segments with a jieba.Tokenizer of its own, never
-# jieba's process-wide one.
+# jieba's process-wide one, and remembers only short blocks (a service fed long documents without punctuation grew
+# by about 0.9 MB a document).
 
 _HOST_SCRIPT = ("import json, logging, sys\n"
                 "import jieba\n"
@@ -567,6 +569,44 @@ def test_xtm_segments_with_a_jieba_tokenizer_of_its_own() -> None:
     assert make_tokenizer(TokenizerSpec("zh", "jieba"), "reference")(_JIEBA_TEXT)
     ours = T._get_jieba()
     assert ours is not jieba.dt and ours.FREQ is not jieba.dt.FREQ and ours.initialized
+
+
+def _jieba_memo(tok: Any) -> dict[str, list[str]]:
+    """The block memo of a jieba tokenizer from make_tokenizer (closure cells: tok_nfc -> tok_jieba -> cache)."""
+    def cells(f: Any) -> dict[str, Any]:
+        return dict(zip(f.__code__.co_freevars, (c.cell_contents for c in f.__closure__ or ()), strict=True))
+    return cells(cells(tok)["tokenize"])["cache"]
+
+
+@pytest.mark.parametrize("mode", ["reference", "auto"])
+def test_jieba_memo_holds_short_blocks_only_within_its_bounds(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import random
+    import re
+
+    import xtm.runtime.tokenize as T
+
+    with T._get_jieba().get_dict_file() as f:
+        han = [w for w in (line.split()[0].decode() for line in f) if re.fullmatch("[\u4e00-\u9fd5]+", w)]
+    rng = random.Random(7)
+    # Documents without punctuation: one block each (the second has an ASCII run, the third a '-', jieba's under
+    # auto too), thousands of characters that no memo should keep.
+    docs = ["".join(rng.choice(han) for _ in range(3000)) + tail for tail in ("", "abc123", "e-mail")]
+    short = "北京，天安门。今天天气很好！"
+    tok = make_tokenizer(TokenizerSpec("zh", "jieba"), mode)
+    for text in docs * 2 + [short]:
+        got, want = tok(text), _reference_tokens(text)
+        assert (got if mode == "reference" else _bag(got)) == (want if mode == "reference" else _bag(want))
+    memo = _jieba_memo(tok)
+    assert set(memo) == {"北京", "天安门", "今天天气很好"}  # the long blocks were segmented, not remembered
+    # Bounded by the characters held, too: cleared before it would hold more than _JIEBA_CACHE_CHARS.
+    monkeypatch.setattr(T, "_JIEBA_CACHE_CHARS", 80)
+    tok = make_tokenizer(TokenizerSpec("zh", "jieba"), mode)
+    memo, sizes = _jieba_memo(tok), []
+    for text in (_HOSTILE_ZH + [short]) * 2:
+        assert _bag(tok(text)) == _bag(_reference_tokens(text)), text
+        sizes.append(sum(map(len, memo)))
+        assert sizes[-1] <= 80 and all(len(b) <= T._JIEBA_CACHE_BLOCK for b in memo)
+    assert any(b < a for a, b in zip(sizes, sizes[1:], strict=False))  # and was cleared on the way
 
 
 # -- MeCab (fugashi + IPAdic): kind "mecab", and kind janome under XTM_SEGMENTERS=fast ----------------
