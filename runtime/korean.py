@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import re
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -54,10 +55,25 @@ _PIECE = 4096
 _UNSAFE = re.compile("[\x00\ud800-\udfff\u200b-\u200d\u2060\ufeff\u115f\u1160\u3164\uffa0]")  # and Hangul fillers
 _SPACE = re.compile(r"\s")
 
-_lock = threading.Lock()
+
+class _Analyser:
+    """A Kiwi and the lock its calls take. Kiwi's documentation shows threads sharing one analyser only in an example
+    it calls experimental (free-threaded Python), so calls to one analyser wait for each other, never for another's."""
+
+    __slots__ = ("__weakref__", "kiwi", "lock")
+
+    def __init__(self, kiwi: Any) -> None:
+        self.kiwi = kiwi
+        self.lock = threading.Lock()
+
+
 # One analyser per list of user words (a Kiwi's words are its own: a bundle's must not reach another's), about 260
-# MB each; nearly always one in a process.
-_kiwis: dict[tuple[str, ...], Any] = {}
+# MB each; nearly always one in a process. Held by the tokenizers that use it and only weakly here, so it goes with
+# the last of them: a service that reloaded bundles with other lists of words kept every analyser it had built.
+_analysers: weakref.WeakValueDictionary[tuple[str, ...], _Analyser] = weakref.WeakValueDictionary()
+# Guards _analysers only, never held while an analyser is built (about a second) or used: a bundle loaded with a new
+# list of words held up the Korean text of every other bundle for that second.
+_lock = threading.Lock()
 _HANGUL = re.compile("[\uac00-\ud7a3\u1100-\u11ff\u3130-\u318f]")
 
 
@@ -66,22 +82,31 @@ def has_hangul(word: str) -> bool:
     return _HANGUL.search(word) is not None
 
 
-def _get_kiwi(not_installed: Callable[[BaseException | None], XtmError], user_words: tuple[str, ...] = ()) -> Any:
-    kiwi = _kiwis.get(user_words)
-    if kiwi is None:
-        with _lock:
-            kiwi = _kiwis.get(user_words)
-            if kiwi is None:
-                try:
-                    from kiwipiepy import Kiwi
-                except ImportError as e:
-                    raise not_installed(e) from e
-                # One worker thread: analysing one text uses one, and training already runs one reader per core.
-                kiwi = Kiwi(num_workers=1, load_multi_dict=False)
-                for word in user_words:
-                    # a common noun, at Kiwi's neutral score: kept whole where the text has it (선크림, not 선 + 크림)
-                    kiwi.add_user_word(word, "NNG", 0.0)
-                _kiwis[user_words] = kiwi
+def _get_kiwi(not_installed: Callable[[BaseException | None], XtmError], user_words: tuple[str, ...] = ()) -> _Analyser:
+    """The analyser for `user_words`, the one in use if a tokenizer holds it, else a new one (built outside _lock)."""
+    with _lock:
+        analyser = _analysers.get(user_words)
+    if analyser is not None:
+        return analyser
+    analyser = _Analyser(_new_kiwi(not_installed, user_words))
+    with _lock:
+        # Two threads that built it at once share the first one published; the other is dropped.
+        return _analysers.setdefault(user_words, analyser)
+
+
+def _new_kiwi(not_installed: Callable[[BaseException | None], XtmError], user_words: tuple[str, ...]) -> Any:
+    try:
+        from kiwipiepy import Kiwi
+    except ImportError as e:
+        raise not_installed(e) from e
+    # One worker thread: analysing one text uses one, and training already runs one reader per core.
+    kiwi = Kiwi(num_workers=1, load_multi_dict=False)
+    for word in user_words:
+        # a common noun, at Kiwi's neutral score: kept whole where the text has it (선크림, not 선 + 크림)
+        kiwi.add_user_word(word, "NNG", 0.0)
+    # Kiwi finishes loading its model at its first analysis (about half of the second it costs): here, before it is
+    # shared, rather than in the first document's call.
+    kiwi.tokenize("")
     return kiwi
 
 
@@ -132,15 +157,15 @@ def korean_tokenizer(lowercase: bool, min_len: int, not_installed: Callable[[Bas
     `not_installed` makes the error raised without kiwipiepy."""
     if lowercase:  # matched before Latin letters are lowered: XTM크림 listed, xtm크림 in a text was cut apart
         user_words = tuple(dict.fromkeys(v for w in user_words for v in (w, w.lower())))
-    kiwi, options = _get_kiwi(not_installed, tuple(user_words)), _match_options()
+    # The closure holds the analyser (not only its Kiwi): it lives as long as a tokenizer that uses it.
+    analyser, options = _get_kiwi(not_installed, tuple(user_words)), _match_options()
 
     def tok_kiwi(text: str) -> list[str]:
         text = _UNSAFE.sub(" ", text)
         words: list[str] = []
         for piece in _pieces(text):
-            # Nothing in Kiwi's documentation calls one analyser safe to share between threads.
-            with _lock:
-                tokens = kiwi.tokenize(piece, match_options=options)
+            with analyser.lock:  # this analyser's own (_Analyser)
+                tokens = analyser.kiwi.tokenize(piece, match_options=options)
             words += _content_words(tokens)
         if lowercase:
             words = [w.lower() for w in words]

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 import sys
+import threading
+import weakref
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from xtm.config import TOKEN_RULES
 from xtm.corpus import TokenizerSpec
+from xtm.errors import XtmError
 from xtm.runtime import korean
 from xtm.runtime.tokenize import default_tokenizer_spec, make_tokenizer
 from xtm.trainer.data.stopwords import stopwords
@@ -318,3 +324,74 @@ def test_user_words_training_takes_are_those_a_bundle_takes_and_a_resume_keeps_i
     with pytest.raises(XtmError, match=r"--resume: --user-words: 1 words then, 2 words now"):
         xtm.train(docs, dictionary=dct, out=run.run_dir, epochs=2, resume=True, user_words=["선크림", "수분크림"])
     assert json.loads((run.run_dir / "config.json").read_text(encoding="utf-8"))["data"]["user_words"] == ["선크림"]
+
+
+# -- analysers in a long-running service (review of 2026-12-07) ----------------------------------------------------
+
+
+def _no_kiwi(cause: BaseException | None) -> XtmError:
+    return XtmError(f"kiwipiepy is not installed ({cause})")
+
+
+def test_an_analyser_goes_with_the_last_tokenizer_that_uses_it() -> None:
+    """Each analyser stayed for good: a service that reloaded a bundle with another list of user words kept one more,
+    250-360 MB, each time."""
+    from kiwipiepy import Kiwi
+
+    def kiwis() -> int:
+        gc.collect()
+        return sum(type(o) is Kiwi for o in gc.get_objects())
+
+    spec = default_tokenizer_spec("ko", TOKEN_RULES, ("보습크림",))
+    before = kiwis()
+    first, second = make_tokenizer(spec), make_tokenizer(spec)
+    analyser = weakref.ref(korean._analysers[spec.user_words])
+    assert kiwis() == before + 1  # one analyser for a list of words, whichever tokenizers use it
+    del first
+    gc.collect()
+    assert analyser() is not None and second("보습크림이 좋아요") == ["보습크림", "좋다"]
+    del second
+    gc.collect()
+    assert analyser() is None and spec.user_words not in korean._analysers and kiwis() == before
+
+
+def test_building_an_analyser_holds_up_no_other_analysers_text(monkeypatch) -> None:
+    """An analyser was built (about a second) under the lock every Korean tokenize took: a bundle loaded with a new
+    list of words held up the Korean text of every other bundle."""
+    tok = make_tokenizer(KO)
+    want = tok("학교에서 친구를 만났다")
+    building, release = threading.Event(), threading.Event()
+    build = korean._new_kiwi
+
+    def held_build(not_installed: Callable[[BaseException | None], XtmError], user_words: tuple[str, ...]) -> Any:
+        building.set()
+        assert release.wait(120)
+        return build(not_installed, user_words)
+
+    monkeypatch.setattr(korean, "_new_kiwi", held_build)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        try:
+            loading = pool.submit(make_tokenizer, default_tokenizer_spec("ko", TOKEN_RULES, ("수분세럼",)))
+            assert building.wait(60)
+            # While the other analyser is being built, this one's text goes through (it waited; here it would hang).
+            assert pool.submit(tok, "학교에서 친구를 만났다").result(timeout=60) == want
+            assert not loading.done()
+        finally:
+            release.set()
+        assert loading.result(timeout=120)("수분세럼이 좋아요") == ["수분세럼", "좋다"]
+
+
+def test_threads_building_one_list_of_words_at_once_end_up_sharing_one_analyser(monkeypatch) -> None:
+    both = threading.Barrier(2, timeout=60)
+    built: list[object] = []
+
+    def build(not_installed: Callable[[BaseException | None], XtmError], user_words: tuple[str, ...]) -> object:
+        both.wait()  # each thread builds one, neither having found the other's
+        built.append(object())
+        return built[-1]
+
+    monkeypatch.setattr(korean, "_new_kiwi", build)
+    words = ("공유단어",)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        a, b = pool.map(lambda _: korean._get_kiwi(_no_kiwi, words), range(2))
+    assert len(built) == 2 and a is b and a.kiwi in built and korean._analysers[words] is a
