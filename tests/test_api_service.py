@@ -118,13 +118,17 @@ def test_infer_records_refuses_what_is_not_records(hb: HandBundle, records: obje
         list(model.infer_records(records))  # type: ignore[arg-type]
 
 
-def test_warm_up_opens_the_language_detector(hb: HandBundle, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_warm_up_opens_the_language_detector_and_jiebas_dictionary(hb: HandBundle,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     import xtm.runtime.langid as langid
+    import xtm.runtime.tokenize as tokenize
 
     monkeypatch.setattr(langid, "_identifiers", {})  # as in a fresh process
     monkeypatch.setattr(langid, "_folder", None)
+    monkeypatch.setattr(tokenize, "_jieba", None)
     TopicModel.load(hb.path).warm_up()
     assert True in langid._identifiers and langid._folder is not None  # what identify() reads
+    assert tokenize._jieba is not None  # (with rjieba, jieba itself cuts only blocks holding - % . + # &)
 
 
 def test_the_engine_writes_to_a_text_only_stdout(hb: HandBundle, monkeypatch: pytest.MonkeyPatch,
