@@ -526,40 +526,9 @@ def _run_ray(input_paths: tuple[str, ...], bundle: str, out: str | None, options
         text_field=options.text_field, lang_field=options.lang_field, id_field=options.id_field,
         report=None if sys.stderr.isatty() else _reporter(None))
     try:
-        if io.output_format == "jsonl":
-            return infer_files(list(input_paths), bundle, out, **kwargs)
-        return _ray_table(list(input_paths), bundle, out, options, io.output_format, infer_files, kwargs)
+        return infer_files(list(input_paths), bundle, out, output_format=io.output_format, **kwargs)
     except BrokenPipeError:
         _quiet_broken_pipe()
-
-
-def _ray_table(paths: list[str], bundle: str, out: str | None, options: InferenceOptions, fmt: str,
-               infer_files: Any, kwargs: dict[str, Any]) -> Any:
-    """Ray's output lines into a CSV or Parquet table: the engine's TableStream as Ray's sink, over
-    --out written atomically (or stdout). A run that fails leaves --out as it was."""
-    import contextlib
-
-    from xtm.runtime.bundle import read_manifest, read_topic_labels
-    from xtm.runtime.ray import list_input_files
-    from xtm.runtime.records import TableShape, TableStream, check_out_path
-
-    # infer_files writes to the table here, not to --out: --out is checked here, before it is opened.
-    check_out_path(out, [p for p, _ in list_input_files(paths)])
-    # Only the topic count and labels are read here (Ray's actors check the whole bundle).
-    manifest = read_manifest(bundle, verify=False)
-    shape = TableShape(manifest.num_topics, options.top_k, options.full_theta,
-                       labels=any(read_topic_labels(manifest)))
-    with contextlib.ExitStack() as stack:
-        if out is not None:
-            from xtm.atomic import atomic_open
-
-            sink = stack.enter_context(atomic_open(out, "wb"))
-        else:
-            sink = sys.stdout.buffer
-        table = TableStream(sink, fmt, shape, out or "<stdout>")
-        counts = infer_files(paths, bundle, None, sink=table, **kwargs)
-        table.close()
-    return counts
 
 
 def _progress_bar() -> Any:

@@ -59,6 +59,7 @@ from xtm.runtime.records import (
     PARQUET_SUFFIXES,
     TEXT_SUFFIXES,
     FieldNames,
+    TableShape,
     check_input_name,
     naming_read_errors,
 )
@@ -521,12 +522,13 @@ def infer_files(paths: Sequence[str | Path], bundle_dir: str | Path, out_path: s
                 min_lang_conf: float = InferenceOptions.min_lang_conf,
                 lang: str | None = InferenceOptions.lang, text_field: str = InferenceOptions.text_field,
                 lang_field: str = InferenceOptions.lang_field,
-                id_field: str = InferenceOptions.id_field) -> InferenceCounts:
+                id_field: str = InferenceOptions.id_field, output_format: str = "jsonl") -> InferenceCounts:
     """xtm-infer's output for JSONL and Parquet files and directories, computed on Ray actors.
 
     Writes one line per good row, in input order (files in the given order, directories sorted),
     byte-identical to the local engine's, to `out_path` atomically (nothing is written if the run
-    fails), or to `sink` (default stdout) when out_path is None. Bad rows are reported through
+    fails), or to `sink` (default stdout) when out_path is None; output_format "csv" or "parquet": the same
+    results as the local engine's table (`xtm.runtime.records.TableStream`). Bad rows are reported through
     `report` (default: above the progress bar, else the "xtm.runtime.ray" logger at warning level)
     as PATH:LINE: reason and skipped; `strict` raises XtmError at the
     first one, `max_bad` at the first one over that count (or "P%"), `max_share` (0..1) at the end
@@ -550,6 +552,7 @@ def infer_files(paths: Sequence[str | Path], bundle_dir: str | Path, out_path: s
     files = list_input_files(paths)
     check_out_path(out_path, [p for p, _ in files])
     _check_route(bundle_dir, options)  # fail before starting anything
+    shape = _table_shape(bundle_dir, options, output_format)
     bar = _progress_bar(progress)
     tally = options.policy(report or _default_report(bar))
     try:
@@ -560,7 +563,7 @@ def infer_files(paths: Sequence[str | Path], bundle_dir: str | Path, out_path: s
             ds = _map_actors(_rows_dataset(files, options.fields), bundle_dir, "lines", options, num_actors=num_actors,
                              threads_per_actor=threads_per_actor)
             try:
-                _write_all(ds, [p for p, _ in files], tally, out_path, sink, bar)
+                _write_all(ds, [p for p, _ in files], tally, out_path, sink, bar, output_format, shape)
             except ray.exceptions.RayError as e:
                 # A worker's XtmError (an unreadable file, a bundle that fails its checksums) comes
                 # back wrapped with the worker's traceback: re-raise the user-facing error alone.
@@ -757,11 +760,26 @@ def _rows_dataset(files: list[tuple[str, str]], fields: FieldNames) -> ray.data.
                                fn_kwargs={"fields": fields})
 
 
+def _table_shape(bundle_dir: str | Path, options: InferenceOptions, output_format: str) -> TableShape | None:
+    """The columns of a CSV or Parquet output (None for JSONL): the topic count and labels are read here, the
+    actors check the whole bundle."""
+    from xtm.runtime.bundle import read_manifest, read_topic_labels
+    from xtm.runtime.records import OUTPUT_FORMATS
+
+    if output_format not in OUTPUT_FORMATS:
+        raise XtmError(f"output_format must be one of {', '.join(OUTPUT_FORMATS)}, got {output_format!r}")
+    if output_format == "jsonl":
+        return None
+    manifest = read_manifest(bundle_dir, verify=False)
+    return TableShape(manifest.num_topics, options.top_k, options.full_theta,
+                      labels=any(read_topic_labels(manifest)))
+
+
 def _write_all(ds: ray.data.Dataset, names: list[str], tally: Any, out_path: str | Path | None,
-               sink: IO[bytes] | None, bar: Any) -> None:
+               sink: IO[bytes] | None, bar: Any, fmt: str, shape: TableShape | None) -> None:
     """The results to out_path (atomically) or the sink (default stdout), then the end-of-run checks."""
     where = ", ".join(names) if len(names) <= 3 else f"{names[0]} and {len(names) - 1} more inputs"
-    with open_output(out_path if out_path is not None else sink, tally) as out:
+    with open_output(out_path if out_path is not None else sink, tally, fmt=fmt, shape=shape) as out:
         _drain(ds, out, names, bar)
         tally.finish(where)  # raising here leaves out_path unwritten
 

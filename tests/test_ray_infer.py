@@ -116,6 +116,21 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"jsonl": src, "parquet": d / "docs.parquet", "twin": twin, "bad_parquet": d / "bad.parquet"}
 
 
+def test_infer_files_writes_the_local_engines_csv(ray_local, hb: HandBundle, inputs: dict[str, Path],
+                                                 tmp_path: Path) -> None:
+    """output_format: Python callers of infer_files get the tables xtm-infer --engine ray writes."""
+    from xtm.runtime.ray import infer_files
+
+    local = tmp_path / "local.csv"
+    _local([str(inputs["jsonl"]), "--bundle", str(hb.path), "--top-k", "2", "--out", str(local)])
+    out = tmp_path / "ray.csv"
+    infer_files([inputs["jsonl"]], hb.path, out, num_actors=1, threads_per_actor=1, top_k=2, progress=False,
+                report=lambda _: None, output_format="csv")
+    assert out.read_bytes() == local.read_bytes()
+    with pytest.raises(XtmError, match="output_format must be one of jsonl, csv, parquet"):
+        infer_files([inputs["jsonl"]], hb.path, None, output_format="xlsx")
+
+
 def test_infer_files_jsonl_and_parquet_match_the_local_engine(ray_local, hb: HandBundle, inputs: dict[str, Path],
                                                               tmp_path: Path) -> None:
     from xtm.runtime.ray import infer_files
