@@ -208,7 +208,12 @@ def cli_value(value: Any) -> str:
 
 def from_dict(cls: type[C], d: dict[str, Any]) -> C:
     """A config from its `to_dict()` (a run's config.json): nested configs rebuilt, unknown keys
-    (written by a newer xtm, or "name" next to "data") ignored, missing ones at their defaults."""
+    (written by a newer xtm, or "name" next to "data") ignored, missing ones at their defaults. A class
+    with a `migrate(d)` classmethod (what an older xtm wrote, as this one reads it) has it applied first,
+    so every reader of a record gets the migrations."""
+    migrate = getattr(cls, "migrate", None)
+    if migrate is not None:
+        d = migrate(d)
     kwargs = {}
     for f in fields(cls):  # type: ignore[arg-type]
         if f.name not in d:
@@ -537,6 +542,11 @@ class Phase2Config:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Phase2Config:
+        return from_dict(cls, d)
+
+    @classmethod
+    def migrate(cls, d: dict[str, Any]) -> dict[str, Any]:
+        """A recorded phase-2 config as this xtm reads it (applied by `from_dict`)."""
         refiner = d.get("refiner")
         if isinstance(refiner, dict) and "exclusive" not in refiner:
             d = {**d, "refiner": {**refiner, "exclusive": False}}  # written before exclusive sets: shared ones
@@ -550,7 +560,7 @@ class Phase2Config:
             d = {**d, "refiner": refiner}
         if "refined_support" not in d:
             d = {**d, "refined_support": False}  # written before the widened MMD source: top-N only
-        return from_dict(cls, d)
+        return d
 
 
 def _without_refused(refiner: dict[str, Any], key: str, replacement: Any, check: Callable[[Any], None]
