@@ -15,7 +15,6 @@ import os
 import stat
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import click
@@ -400,20 +399,14 @@ def _bundle_identity(bundle: str) -> dict[str, Any]:
     """Which model answers: the bundle's path, model and xtm version from its manifest, and the manifest's SHA-256
     (the manifest lists every file's checksum, so it names the bundle's exact contents). Read only from a regular
     file of at most 16 MiB (a FIFO named manifest.json blocked the run before its first line)."""
-    from xtm.json_files import parse_json_bytes
-    from xtm.runtime.bundle import MANIFEST, manifest_digest
-    from xtm.text_files import read_bounded
+    from xtm.runtime.bundle import current_manifest, manifest_digest
 
     identity: dict[str, Any] = {"path": os.path.abspath(bundle)}
-    path = os.path.join(bundle, MANIFEST)
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            return identity
-        data = read_bounded(Path(path), 16 << 20)
-        raw = parse_json_bytes(data, path)
-    except (OSError, XtmError):
-        return identity  # (a bundle that could not be read: the error says why)
-    if isinstance(raw, dict):
+        raw = current_manifest(bundle)
+    except XtmError:
+        raw = None  # (a shortage: the run's own reading of the bundle says what it can)
+    if raw is not None:
         for key in ("model", "xtm_version"):
             value = raw.get(key)
             identity[key] = value if isinstance(value, str) and len(value) <= 200 else None

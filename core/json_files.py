@@ -12,7 +12,7 @@ import numbers
 from pathlib import Path
 from typing import Any
 
-from xtm.errors import XtmError
+from xtm.errors import XtmError, os_error
 
 __all__ = ["is_missing", "json_default", "parse_json_bytes", "read_json"]
 
@@ -26,7 +26,7 @@ def read_json(path: str | Path, *, missing: str = "missing") -> Any:
     except FileNotFoundError:
         raise XtmError(missing, path=path) from None
     except OSError as e:
-        raise XtmError(f"cannot read: {e.strerror or e}", path=path) from None
+        raise os_error(f"cannot read: {e.strerror or e}", e, path=path) from None
     return parse_json_bytes(data, path)
 
 

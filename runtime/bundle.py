@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from xtm.errors import XtmError, os_error
+from xtm.errors import TransientError, XtmError, os_error
 from xtm.json_files import read_json
 from xtm.languages import normalize_lang
 from xtm.paths import is_plain_file_name
@@ -177,6 +177,33 @@ class BundleManifest:
         """SHA-256 of the manifest as read (its object in canonical JSON): it lists every file's checksum, so it
         names the bundle's content; another load of "the same" bundle compares it."""
         return manifest_digest(self.raw)
+
+
+# The most a manifest.json is read for its identity (a real one is a few KB): a FIFO or a huge file never blocks.
+_MANIFEST_IDENTITY_BYTES = 16 << 20
+
+
+def current_manifest(directory: str | Path) -> dict[str, Any] | None:
+    """The manifest object now at `directory` as JSON, not validated (its files are not looked at: a damaged
+    graph is not a different bundle); None where no manifest can be read there (gone, not a regular file, over
+    16 MiB, not a JSON object). TransientError for a passing shortage (open files), which says nothing about
+    the bundle. For "which bundle is this now" (TopicModel.bundle_changed, xtm-infer --summary)."""
+    from xtm.json_files import parse_json_bytes
+    from xtm.text_files import read_bounded
+
+    path = Path(directory) / MANIFEST
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
+        raw = parse_json_bytes(read_bounded(path, _MANIFEST_IDENTITY_BYTES), path)
+    except OSError as e:
+        error = os_error("", e, path=path)
+        if isinstance(error, TransientError):
+            raise error from e
+        return None
+    except XtmError:
+        return None
+    return raw if isinstance(raw, dict) else None
 
 
 def manifest_digest(raw: dict[str, Any]) -> str:

@@ -42,7 +42,7 @@ from xtm.runtime.bundle import (
     graph_file,
     read_listed,
 )
-from xtm.runtime.providers import run_session
+from xtm.runtime.providers import onnxruntime_error, run_session
 
 __all__ = ["ContextualEncoder", "make_text_tokenizer", "pad_batch"]
 
@@ -162,7 +162,7 @@ class ContextualEncoder:
         try:
             session = ort.InferenceSession(graph, sess_options=session_options, providers=providers)
         except Exception as ex:  # onnxruntime raises its own non-public exception types
-            raise XtmError(f"onnxruntime cannot load the contextual graph: {ex}", path=path) from ex
+            raise onnxruntime_error(ex, "onnxruntime cannot load the contextual graph", path) from ex
         names_in = [i.name for i in session.get_inputs()]
         names_out = [o.name for o in session.get_outputs()]
         for name in entry.inputs:

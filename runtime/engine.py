@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NamedTuple, cast
 
 from xtm.cpu import usable_cores
-from xtm.errors import XtmError
+from xtm.errors import TransientError, XtmError
 from xtm.languages import normalize_lang
 from xtm.runtime import delimited, records
 from xtm.runtime.records import LineFormatter, Parsed, TableShape, TableStream, encode_lines
@@ -422,7 +422,8 @@ class Engine:
             out = [self._infer_docs([d])[0] for d in docs]
             errors = {err for line, err in out if line is None}
             if all(line is None for line, _ in out) and len(errors) == 1:
-                if again and not isinstance(e, XtmError):  # (an XtmError says why itself: it would come again)
+                # (an XtmError says why itself and would come again, unless it is a passing shortage)
+                if again and (isinstance(e, TransientError) or not isinstance(e, XtmError)):
                     logger.warning(f"inference of {len(docs)} documents failed alike, each alone too ({_describe(e)}); "
                                    f"trying them again in {RETRY_PAUSE_S:g} s")
                     time.sleep(RETRY_PAUSE_S)

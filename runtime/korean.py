@@ -71,6 +71,11 @@ class _Analyser:
 # MB each; nearly always one in a process. Held by the tokenizers that use it and only weakly here, so it goes with
 # the last of them: a service that reloaded bundles with other lists of words kept every analyser it had built.
 _analysers: weakref.WeakValueDictionary[tuple[str, ...], _Analyser] = weakref.WeakValueDictionary()
+# The analyser built last, held strongly: training's readers each make a tokenizer and drop it (the documents,
+# the stopwords, the dictionary), and a weak registry alone rebuilt Kiwi for each (1.4-1.8 s and 260 MB churn
+# each, three builds for one corpus). At most one analyser more than the tokenizers hold is kept: a reload
+# with other words replaces it.
+_recent: _Analyser | None = None
 # Guards _analysers only, never held while an analyser is built (about a second) or used: a bundle loaded with a new
 # list of words held up the Korean text of every other bundle for that second.
 _lock = threading.Lock()
@@ -84,6 +89,7 @@ def has_hangul(word: str) -> bool:
 
 def _get_kiwi(not_installed: Callable[[BaseException | None], XtmError], user_words: tuple[str, ...] = ()) -> _Analyser:
     """The analyser for `user_words`, the one in use if a tokenizer holds it, else a new one (built outside _lock)."""
+    global _recent
     with _lock:
         analyser = _analysers.get(user_words)
     if analyser is not None:
@@ -91,7 +97,8 @@ def _get_kiwi(not_installed: Callable[[BaseException | None], XtmError], user_wo
     analyser = _Analyser(_new_kiwi(not_installed, user_words))
     with _lock:
         # Two threads that built it at once share the first one published; the other is dropped.
-        return _analysers.setdefault(user_words, analyser)
+        analyser = _recent = _analysers.setdefault(user_words, analyser)
+    return analyser
 
 
 def _new_kiwi(not_installed: Callable[[BaseException | None], XtmError], user_words: tuple[str, ...]) -> Any:

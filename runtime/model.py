@@ -21,7 +21,7 @@ import os
 import threading
 import time
 import unicodedata
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, Mapping, Sequence, ValuesView
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -41,6 +41,8 @@ from xtm.runtime.bundle import (
     ContextualEntry,
     EncoderEntry,
     check_theta,
+    current_manifest,
+    manifest_digest,
     read_listed,
     read_manifest,
     read_topic_labels,
@@ -57,7 +59,14 @@ from xtm.runtime.engine import (
     whole_number,
 )
 from xtm.runtime.langid import identify  # light: py3langid's model loads on first detection
-from xtm.runtime.providers import check_used, import_onnxruntime, parse_providers, resolve_providers, run_session
+from xtm.runtime.providers import (
+    check_used,
+    import_onnxruntime,
+    onnxruntime_error,
+    parse_providers,
+    resolve_providers,
+    run_session,
+)
 from xtm.runtime.tokenize import TEXT_NORMALIZATION, missing_tokenizer
 
 __all__ = ["InferenceResult", "TopicModel"]
@@ -220,9 +229,10 @@ class TopicModel:
         # the manifest (xtm.runtime.bundle).
         self._contextual_entry: ContextualEntry | None = manifest.contextual
         self._contextual: ContextualEncoder | None = None
-        # Why the graph could not open, and when: said again at once for a few seconds, so a failing batch
-        # retried document by document does not read and hash 80 MB per document; tried again after that (the
-        # cause may pass: file descriptors, GPU memory, a file missing for a moment during a redeploy).
+        # Why the graph could not open, and until when it is said again without trying: a failing batch retried
+        # document by document must not read and hash 80 MB per document; tried again after that (the cause may
+        # pass: file descriptors, GPU memory, a file missing for a moment during a redeploy), after a second for
+        # a TransientError (a shortage that passes).
         self._contextual_failure: tuple[XtmError, float] | None = None
         self._session_options = session_options
         # Made on first use (get_topic, topic_word_distribution): per language, read-only.
@@ -286,7 +296,7 @@ class TopicModel:
             try:
                 session = ort.InferenceSession(graph, sess_options=opts, providers=chosen)
             except Exception as ex:  # onnxruntime raises its own non-public exception types
-                raise XtmError(f"onnxruntime cannot load this encoder: {ex}", path=path) from ex
+                raise onnxruntime_error(ex, "onnxruntime cannot load this encoder", path) from ex
             if not used:
                 used = list(session.get_providers())
                 check_used(requested, chosen, used, str(path))
@@ -366,11 +376,12 @@ class TopicModel:
         if self._reload is None:
             return False
         try:
-            return read_manifest(self._reload[0], verify=False).content_sha256 != self._reload[2]
+            # The directory as given, as every later read goes: a link swapped to another version (an atomic
+            # redeploy, `current -> v2`) is a change, though the directory it resolved to at load is not.
+            raw = current_manifest(self._manifest.directory)
         except TransientError:
             return False  # unknown for now: not a reason to reload
-        except XtmError:
-            return True
+        return raw is None or manifest_digest(raw) != self._reload[2]
 
     def _read_after_load(self, read: Callable[[], Any]) -> Any:
         """read(), a read of bundle files after load: its failure is a BundleChangedError when the bundle on disk
@@ -403,7 +414,7 @@ class TopicModel:
         if self._contextual is None:
             with self._tok_lock:
                 failed = self._contextual_failure
-                if failed is not None and time.monotonic() - failed[1] < _RETRY_OPEN_AFTER_S:
+                if failed is not None and time.monotonic() < failed[1]:
                     raise type(failed[0])(failed[0].reason, path=failed[0].path) from failed[0]
                 if self._contextual is None:
                     import onnxruntime as ort
@@ -412,10 +423,9 @@ class TopicModel:
                     try:
                         self._contextual = self._read_after_load(lambda: ContextualEncoder.load(
                             self._manifest, opts, self._providers, verify=self._verify))
-                    except TransientError:  # said again only while it lasts: the next request tries again
-                        raise
                     except XtmError as e:
-                        self._contextual_failure = (e, time.monotonic())
+                        wait = _RETRY_TRANSIENT_AFTER_S if isinstance(e, TransientError) else _RETRY_OPEN_AFTER_S
+                        self._contextual_failure = (e, time.monotonic() + wait)
                         raise
         assert self._contextual is not None
         return self._contextual
@@ -453,12 +463,13 @@ class TopicModel:
 
     def topic_word_weights(self, lang: str) -> np.ndarray:
         """beta for `lang`, float32 [K, V_lang], read from the bundle on each call (not kept in memory)."""
-        return self._read_after_load(lambda: self._read_beta(lang))
-
-    def _read_beta(self, lang: str) -> np.ndarray:
-        enc = self._encoder(lang)
+        enc = self._encoder(lang)  # (the caller's mistakes first: never taken for a redeploy)
         if enc.entry.beta is None:
             raise XtmError(f"this bundle has no topic-word weights for '{lang}'")
+        return self._read_after_load(lambda: self._read_beta(enc))
+
+    def _read_beta(self, enc: _Encoder) -> np.ndarray:
+        assert enc.entry.beta is not None
         path = self._manifest.path(enc.entry.beta)
         want = (self.num_topics, enc.entry.vocab_size)
         try:
@@ -726,7 +737,10 @@ class TopicModel:
                              notes=[None] * n)
         prefer = self.served_languages(route)
         out = _Resolved(langs=[None] * n, routes=[None] * n, conf=conf, notes=[None] * n)
-        blank_route = "contextual" if route == "contextual" else "bow"
+        # (the first training language's empty-bag prior; the contextual route's when asked for, or when that
+        # language's segmenter is not installed: a blank text would otherwise fail its whole batch)
+        blank_route = "contextual" if route == "contextual" or (
+            route == "auto" and self._manifest.languages[0] in self._unsegmented) else "bow"
         for i, (text, lang) in enumerate(zip(texts, given, strict=True)):
             if lang is not None:
                 out.langs[i], out.routes[i] = check(i, lang)
@@ -753,12 +767,13 @@ class TopicModel:
         return out
 
     def bag_of_words(self, texts: Sequence[str], lang: str, *, sparse: bool = False) -> Any:
-        """Counts of in-vocabulary tokens, [len(texts), V_lang] float32: what the encoder reads.
+        """Counts of in-vocabulary tokens, [len(texts), V_lang] float32: what the encoder reads (each text up
+        to its first 100,000 characters, as infer reads it).
 
         A dense numpy array, or with `sparse=True` a scipy.sparse CSR matrix (indices sorted).
         """
         enc = self._encoder(lang)
-        texts = _text_list(texts)
+        texts = _encodable(_text_list(texts))[0]
         counts = count_words(texts, self._tokenizer(enc.entry.lang), enc.vocab, enc.entry.vocab_size)
         if sparse:
             return counts.csr(enc.entry.vocab_size)
@@ -853,9 +868,10 @@ class TopicModel:
         if hasattr(records, "columns"):  # iterating a DataFrame gives its column names, each a "bad record"
             raise XtmError(f"records must be an iterable of mappings, got {type(records).__name__} (pass "
                            "df.to_dict('records'))")
-        if isinstance(records, (str, bytes, Mapping)) or not isinstance(records, Iterable):
-            # a string's characters, a mapping's keys: every one a "bad record" and nothing served
+        if isinstance(records, (str, memoryview)) or isinstance(records, (KeysView, ValuesView, ItemsView)):
+            # a string's characters, a view's keys or values: every one a "bad record" and nothing served
             raise XtmError(f"records must be an iterable of mappings (one per document), got {type(records).__name__}")
+        _refuse_container("records", records, "an iterable of mappings (one per document)")
         options = InferenceOptions(top_k=top_k, batch_size=batch_size, route=route, full_theta=full_theta,
                                    strict=strict, max_bad=max_bad, min_lang_conf=min_lang_conf, lang=lang,
                                    text_field=text_field, lang_field=lang_field, id_field=id_field)
@@ -913,8 +929,11 @@ class TopicModel:
         return self.contextual_encoder().encode(texts, batch_size=batch_size)[1]
 
 
-# How long a failure to open the contextual graph is said again without trying (see TopicModel.__init__).
+# How long a failure to open the contextual graph is said again without trying (see TopicModel.__init__): a
+# TransientError passes with its shortage, so it is tried again sooner (it lasted 10 s after the shortage had
+# passed), but not at once (each try reads, hashes and builds 80 MB while memory is short).
 _RETRY_OPEN_AFTER_S = 10.0
+_RETRY_TRANSIENT_AFTER_S = 1.0
 
 
 class _NoBar:

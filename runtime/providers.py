@@ -24,7 +24,8 @@ from typing import Any
 from xtm.errors import TransientError, XtmError, exception_text
 
 __all__ = ["CPU", "CUDA", "INSTALL_CPU", "INSTALL_GPU", "RUNTIME_DISTRIBUTIONS", "check_used", "double_install_note",
-           "import_onnxruntime", "installed_runtimes", "parse_providers", "resolve_providers", "run_session"]
+           "import_onnxruntime", "installed_runtimes", "onnxruntime_error", "parse_providers", "resolve_providers",
+           "run_session"]
 
 logger = logging.getLogger(__name__)
 
@@ -176,16 +177,18 @@ def check_used(requested: Sequence[str] | None, chosen: Sequence[str], used: Seq
     logger.warning(why)
 
 
+def onnxruntime_error(e: BaseException, what: str, path: Any) -> XtmError:
+    """onnxruntime's own exception (its types are not public, not XtmError) as an XtmError saying `what` failed:
+    a TransientError when it could not allocate memory (a GPU or host shortage that may pass)."""
+    if isinstance(e, MemoryError) or "alloc" in str(e).lower():
+        return TransientError(f"{what}: onnxruntime could not allocate memory: {exception_text(e)}", path=path)
+    return XtmError(f"{what}: {exception_text(e)}", path=path)
+
+
 def run_session(run: Any, outputs: list[str], feeds: dict[str, Any], path: Any) -> Any:
-    """session.run(outputs, feeds) with onnxruntime's own exception types (not public, not XtmError) as XtmError:
-    TransientError when it could not allocate memory (a GPU or host shortage that may pass), else XtmError naming
-    the graph. The feeds are ours, shaped as the graph was checked to take at load, so a failure here is the
-    runtime's, not the caller's input."""
+    """session.run(outputs, feeds), its failures as `onnxruntime_error`. The feeds are ours, shaped as the graph
+    was checked to take at load, so a failure here is the runtime's, not the caller's input."""
     try:
         return run(outputs, feeds)
-    except MemoryError as e:
-        raise TransientError(f"onnxruntime ran out of memory: {exception_text(e)}", path=path) from e
-    except Exception as e:  # onnxruntime's Fail, RuntimeException, InvalidArgument, ...
-        if "alloc" in str(e).lower():
-            raise TransientError(f"onnxruntime could not allocate memory: {exception_text(e)}", path=path) from e
-        raise XtmError(f"onnxruntime failed to run the graph: {exception_text(e)}", path=path) from e
+    except Exception as e:  # onnxruntime's Fail, RuntimeException, InvalidArgument, ...; MemoryError
+        raise onnxruntime_error(e, "onnxruntime failed to run the graph", path) from e

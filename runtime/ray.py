@@ -63,6 +63,7 @@ from xtm.runtime.records import (
     check_input_name,
     naming_read_errors,
 )
+from xtm.runtime.records import output_format as records_output_format
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -522,14 +523,14 @@ def infer_files(paths: Sequence[str | Path], bundle_dir: str | Path, out_path: s
                 min_lang_conf: float = InferenceOptions.min_lang_conf,
                 lang: str | None = InferenceOptions.lang, text_field: str = InferenceOptions.text_field,
                 lang_field: str = InferenceOptions.lang_field,
-                id_field: str = InferenceOptions.id_field, output_format: str = "jsonl") -> InferenceCounts:
+                id_field: str = InferenceOptions.id_field, output_format: str | None = None) -> InferenceCounts:
     """xtm-infer's output for JSONL and Parquet files and directories, computed on Ray actors.
 
     Writes one line per good row, in input order (files in the given order, directories sorted),
     byte-identical to the local engine's, to `out_path` atomically (nothing is written if the run
-    fails), or to `sink` (default stdout) when out_path is None; output_format "csv" or "parquet": the same
-    results as the local engine's table (`xtm.runtime.records.TableStream`). Bad rows are reported through
-    `report` (default: above the progress bar, else the "xtm.runtime.ray" logger at warning level)
+    fails), or to `sink` (default stdout) when out_path is None; output_format "csv" or "parquet" (default: by
+    out_path's name, as the local engine, `records.output_format`): the local engine's table. Bad rows are
+    reported through `report` (default: above the progress bar, else the "xtm.runtime.ray" logger at warning level)
     as PATH:LINE: reason and skipped; `strict` raises XtmError at the
     first one, `max_bad` at the first one over that count (or "P%"), `max_share` (0..1) at the end
     when a larger share of the rows was bad; NoResultsError (an XtmError) when no row could be
@@ -552,6 +553,7 @@ def infer_files(paths: Sequence[str | Path], bundle_dir: str | Path, out_path: s
     files = list_input_files(paths)
     check_out_path(out_path, [p for p, _ in files])
     _check_route(bundle_dir, options)  # fail before starting anything
+    output_format = records_output_format(out_path, output_format)
     shape = _table_shape(bundle_dir, options, output_format)
     bar = _progress_bar(progress)
     tally = options.policy(report or _default_report(bar))
@@ -764,10 +766,7 @@ def _table_shape(bundle_dir: str | Path, options: InferenceOptions, output_forma
     """The columns of a CSV or Parquet output (None for JSONL): the topic count and labels are read here, the
     actors check the whole bundle."""
     from xtm.runtime.bundle import read_manifest, read_topic_labels
-    from xtm.runtime.records import OUTPUT_FORMATS
 
-    if output_format not in OUTPUT_FORMATS:
-        raise XtmError(f"output_format must be one of {', '.join(OUTPUT_FORMATS)}, got {output_format!r}")
     if output_format == "jsonl":
         return None
     manifest = read_manifest(bundle_dir, verify=False)

@@ -111,7 +111,8 @@ def test_infer_reads_a_long_text_as_infer_records_does(hb: HandBundle) -> None:
     np.testing.assert_allclose(line["theta"], res.theta[0], atol=1e-6)
 
 
-@pytest.mark.parametrize("records", ["abc", b"abc", {"text": "x"}, None, 3])
+@pytest.mark.parametrize("records", ["abc", b"abc", bytearray(b"ab"), memoryview(b"ab"), {"text": "x"},
+                                     {"text": "x"}.values(), None, 3])
 def test_infer_records_refuses_what_is_not_records(hb: HandBundle, records: object) -> None:
     model = TopicModel.load(hb.path)
     with pytest.raises(XtmError, match="records must be an iterable of mappings"):
@@ -144,3 +145,107 @@ def test_the_engine_writes_to_a_text_only_stdout(hb: HandBundle, monkeypatch: py
     assert counts.written == 1 and text_out.getvalue().startswith('{"id":1,"lang":"en"')
     with pytest.raises(XtmError, match="Parquet output needs a file"):
         infer_file(str(src), TopicModel.load(hb.path), None, output_format="parquet")
+
+
+def test_a_link_swapped_to_another_bundle_is_a_redeploy(hb: HandBundle, tmp_path: Path) -> None:
+    """`current -> v1` swapped to `v2` (the atomic redeploy): the model was loaded through the link."""
+    import os
+
+    v1 = Path(shutil.copytree(hb.path, tmp_path / "v1"))
+    v2 = make_bundle(tmp_path / "v2", seed=7).path
+    current = tmp_path / "current"
+    current.symlink_to(v1)
+    model = TopicModel.load(current)
+    assert not model.bundle_changed()
+    (tmp_path / "next").symlink_to(v2)
+    os.replace(tmp_path / "next", current)
+    assert model.bundle_changed()
+    with pytest.raises(BundleChangedError):
+        model.get_topic(0, "en")
+
+
+def test_a_callers_wrong_language_stays_the_callers_error_after_a_redeploy(live: Path, tmp_path: Path) -> None:
+    model = TopicModel.load(live)
+    shutil.rmtree(live)
+    shutil.copytree(make_bundle(tmp_path / "other", seed=7).path, live)
+    with pytest.raises(XtmError, match="'fr' is not served") as e:
+        model.topic_word_weights("fr")
+    assert not isinstance(e.value, BundleChangedError)
+
+
+def test_a_manifest_unreadable_for_want_of_file_handles_is_transient(hb: HandBundle,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """bundle_changed() said True (reload!) while the process was out of file handles for a moment."""
+    import errno
+
+    model = TopicModel.load(hb.path)
+
+    def no_handles(self: Path) -> bytes:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(Path, "read_bytes", no_handles)
+    with pytest.raises(TransientError):
+        from xtm.json_files import read_json
+
+        read_json(hb.path / "manifest.json")
+    assert not model.bundle_changed()
+
+
+def test_xtm_infer_retries_a_passing_shortage_after_a_pause(hb: HandBundle, monkeypatch: pytest.MonkeyPatch,
+                                                            tmp_path: Path) -> None:
+    """onnxruntime out of memory for a moment (now a TransientError, an XtmError) stopped the run: the engine's
+    pause-and-retry was for exceptions that are not XtmErrors."""
+    import xtm.runtime.engine as engine
+    from xtm.runtime.engine import InferenceOptions, infer_file
+
+    monkeypatch.setattr(engine, "RETRY_PAUSE_S", 0.0)
+    model = TopicModel.load(hb.path)
+    real, calls = model.infer, {"n": 0}
+
+    def short_of_memory(*args, **kwargs):  # the batch, then each of its 3 documents alone: then it passes
+        calls["n"] += 1
+        if calls["n"] <= 4:
+            raise TransientError("onnxruntime could not allocate memory")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model, "infer", short_of_memory)
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(f'{{"id": {i}, "text": "stock market", "lang": "en"}}\n' for i in range(3)),
+                   encoding="utf-8")
+    counts = infer_file(str(src), model, str(tmp_path / "out.jsonl"), options=InferenceOptions(top_k=1))
+    assert (counts.total, counts.skipped) == (3, 0) and calls["n"] == 5
+
+
+def test_a_passing_shortage_opening_the_contextual_graph_is_tried_again_after_a_second(
+        hb: HandBundle, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not at once (80 MB read, hashed and built per document of a failing batch), and not 10 s later."""
+    import xtm.runtime.model as model_module
+
+    model = TopicModel.load(hb.path)
+    model._contextual_entry = object()  # type: ignore[assignment]  (a route to open; the load below fails)
+    opened = {"n": 0}
+
+    def short(*args, **kwargs):
+        opened["n"] += 1
+        raise TransientError("onnxruntime cannot load the contextual graph: could not allocate memory")
+
+    now = {"t": 1000.0}
+    monkeypatch.setattr(model_module.ContextualEncoder, "load", short)
+    monkeypatch.setattr(model_module.time, "monotonic", lambda: now["t"])
+    for _ in range(3):
+        with pytest.raises(TransientError):
+            model.contextual_encoder()
+    assert opened["n"] == 1
+    now["t"] += 1.5
+    with pytest.raises(TransientError):
+        model.contextual_encoder()
+    assert opened["n"] == 2
+
+
+def test_onnxruntime_failing_to_build_a_session_for_memory_is_transient() -> None:
+    from xtm.runtime.providers import onnxruntime_error
+
+    e = onnxruntime_error(RuntimeError("Failed to allocate memory for requested buffer of size 80000000"),
+                          "onnxruntime cannot load the contextual graph", "contextual.onnx")
+    assert isinstance(e, TransientError) and str(e).startswith("contextual.onnx: onnxruntime cannot load the")
+    assert type(onnxruntime_error(RuntimeError("Protobuf parsing failed"), "cannot load", "x")) is XtmError

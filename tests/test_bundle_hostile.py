@@ -578,7 +578,8 @@ def test_a_contextual_graph_that_cannot_open_is_read_once_not_once_per_document(
     assert len(opened) == 1
     import xtm.runtime.model as model_module
 
-    monkeypatch.setattr(model_module, "_RETRY_OPEN_AFTER_S", 0.0)
+    later = model_module.time.monotonic() + model_module._RETRY_OPEN_AFTER_S
+    monkeypatch.setattr(model_module.time, "monotonic", lambda: later)
     assert model.infer(["stock market"], "fr").routes == ["contextual"] and len(opened) == 2
 
 

@@ -359,6 +359,18 @@ def test_a_contextual_default_bundle_loads_without_the_chinese_segmenter(default
     assert 'pip install "xtm[zh]"' in lines[2]
 
 
+def test_a_blank_text_does_not_need_the_first_languages_missing_segmenter(default_bundle: Path) -> None:
+    """A blank text without a language reads as the first training language's empty bag: with that language's
+    segmenter missing (a bundle trained zh first), the whole batch failed asking for xtm[zh]."""
+    from xtm.runtime import TopicModel
+
+    model = TopicModel.load(default_bundle)
+    first = model.languages[0]
+    model._unsegmented[first] = XtmError("not installed")  # as load records a missing segmenter
+    res = model.infer(["", "The team scored a goal in the final"], langs=[None, "en"])
+    assert res.routes == ["contextual", "contextual"] and res.empty.tolist() == [True, False]
+
+
 def test_no_contextual_trains_and_serves_as_before(example_dir: Path, tmp_path: Path) -> None:
     p = _cli("train", *_train_args(example_dir, tmp_path / "run", "--epochs", "2", "--no-contextual"))
     assert p.returncode == 0, p.stderr[-3000:]

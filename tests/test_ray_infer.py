@@ -125,10 +125,12 @@ def test_infer_files_writes_the_local_engines_csv(ray_local, hb: HandBundle, inp
     _local([str(inputs["jsonl"]), "--bundle", str(hb.path), "--top-k", "2", "--out", str(local)])
     out = tmp_path / "ray.csv"
     infer_files([inputs["jsonl"]], hb.path, out, num_actors=1, threads_per_actor=1, top_k=2, progress=False,
-                report=lambda _: None, output_format="csv")
+                report=lambda _: None)  # (the format by the name, as the local engine)
     assert out.read_bytes() == local.read_bytes()
-    with pytest.raises(XtmError, match="output_format must be one of jsonl, csv, parquet"):
+    with pytest.raises(XtmError, match="output format must be one of auto, jsonl, csv, parquet"):
         infer_files([inputs["jsonl"]], hb.path, None, output_format="xlsx")
+    with pytest.raises(XtmError, match="TSV is not written"):
+        infer_files([inputs["jsonl"]], hb.path, tmp_path / "o.tsv")
 
 
 def test_infer_files_jsonl_and_parquet_match_the_local_engine(ray_local, hb: HandBundle, inputs: dict[str, Path],

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -250,7 +251,7 @@ def _recorded_dictionary(run_dir: Path) -> Path | None:
     recorded = (run.load_config().get("data") or {}).get("dict_path")
     if not isinstance(recorded, str):
         return None
-    if not Path(recorded).is_file():
+    if not os.path.lexists(recorded):  # (anything else there: the dictionary reader says what is wrong with it)
         raise XtmError("resume=True without dictionary=: the run was trained with this dictionary, which is gone; "
                        "pass the same one as dictionary=", path=recorded)
     logger.info(f"resume=True: the run's own dictionary {recorded}")
