@@ -36,7 +36,7 @@ import shutil
 import stat
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
@@ -48,9 +48,10 @@ try:
 except ImportError:  # not POSIX: no locks, so stale temporaries are never removed (never provably ours)
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["NotRegularFileError", "atomic_open", "check_replaceable", "file_kind", "is_desktop_metadata",
-           "open_directory", "open_entry", "remove_stale_temporaries", "replace_directory", "replacing_at",
-           "temporary_names", "write_json", "write_text"]
+__all__ = ["NotRegularFileError", "atomic_open", "check_replaceable", "file_kind", "foreign_entries",
+           "is_desktop_metadata", "is_plain_dir", "is_plain_file", "open_directory", "open_entry",
+           "remove_stale_temporaries", "replace_directory", "replacing_at", "temporary_names", "write_json",
+           "write_text"]
 
 # A temporary is locked microseconds after it is created; one younger than this may be a writer's that
 # has not taken its lock yet, and is never called stale.
@@ -394,11 +395,11 @@ def write_text(path: str | Path, text: str) -> None:
 
 # Files a desktop writes into any folder a user merely opens or copies: the Finder's .DS_Store, Windows
 # Explorer's Thumbs.db and desktop.ini, and the AppleDouble "._NAME" companion macOS writes beside a file NAME on
-# a network or FAT volume. No one's content, so a directory xtm may replace (a bundle, a run's contextual/) is
-# still replaceable with them in it, and they go with the old directory, instead of blocking the next export or
-# fit until the user finds and deletes an invisible file. A name alone proves nothing (a user may call a file
-# anything): each must also start as the desktop writes it. Names in any case (Windows' and macOS's default
-# volumes ignore it).
+# a network or FAT volume. No one's content, so `foreign_entries` never counts them: a directory xtm may replace
+# or write into (a bundle, a run, a run's contextual/, a checkpoint, a shard directory) is still ours with them
+# in it, instead of blocking the next command until the user finds and deletes an invisible file. A name alone
+# proves nothing (a user may call a file anything): each must also start as the desktop writes it. Names in any
+# case (Windows' and macOS's default volumes ignore it).
 DESKTOP_METADATA_HEADERS = {".ds_store": b"\x00\x00\x00\x01Bud1",              # the Finder's buddy allocator
                             "thumbs.db": b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1",  # an OLE compound file
                             "desktop.ini": b"["}                                  # an INI section, after any BOM
@@ -436,6 +437,82 @@ def is_desktop_metadata(path: Path) -> bool:
     if name in DESKTOP_METADATA_HEADERS:
         return head.startswith(DESKTOP_METADATA_HEADERS[name])
     return head.startswith(APPLEDOUBLE_MAGIC) and os.path.lexists(path.with_name(path.name[2:]))
+
+
+def is_plain_file(path: str | Path) -> bool:
+    """A regular file, not a symbolic link to one (a link's target may be anyone's file); False when nothing is
+    there or it cannot be looked at."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def is_plain_dir(path: str | Path) -> bool:
+    """A directory, not a symbolic link to one."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _no_directory(name: str) -> bool:
+    return False
+
+
+def foreign_entries(directory: str | Path, is_ours: Callable[[str], bool], *,
+                    is_our_dir: Callable[[str], bool] = _no_directory, among: Iterable[str] | None = None,
+                    limit: int | None = None) -> list[str]:
+    """The names in `directory` that are not provably xtm's, sorted: what keeps a command from replacing or
+    writing into it (the rule "a user's files are never deleted or overwritten unless provably ours"). Each
+    caller keeps its own name rule and its own error; this is the one place that says what a name proves.
+
+    An entry is ours when lstat shows a regular file whose name `is_ours` accepts, or a directory whose name
+    `is_our_dir` accepts (by default none; the predicate may look inside it). A symbolic link, FIFO, socket or
+    device is never ours, whatever its name: writing or removing through it reaches someone else's file. A
+    desktop's own metadata (`is_desktop_metadata`: .DS_Store, Thumbs.db, ...) is nobody's: never listed, so a
+    directory the user merely opened in the Finder is treated as if they had not. An entry that cannot be
+    looked at is not provably ours.
+
+    `among`: look only at these names, skipping those not there (a command that writes only its own names
+    leaves the others alone; a caller that listed the directory already judges exactly what it listed).
+    `limit`: stop after finding that many (a home directory is not read whole to say it is not ours).
+    OSError when the directory cannot be listed."""
+    directory = Path(directory)
+    foreign: list[str] = []
+    with _names(directory, among) as names:
+        for name in names:
+            if _ours_or_gone(directory / name, name, is_ours, is_our_dir):
+                continue
+            foreign.append(name)
+            if limit is not None and len(foreign) >= limit:
+                break
+    return sorted(foreign)
+
+
+@contextmanager
+def _names(directory: Path, among: Iterable[str] | None) -> Iterator[Iterable[str]]:
+    """`among`, or the directory's names read as they are needed (scandir: `limit` stops reading early)."""
+    if among is not None:
+        yield among
+        return
+    with os.scandir(directory) as entries:
+        yield (e.name for e in entries)
+
+
+def _ours_or_gone(path: Path, name: str, is_ours: Callable[[str], bool], is_our_dir: Callable[[str], bool]) -> bool:
+    """Whether the entry `path` (named `name`) is ours by the caller's rule, a desktop's metadata, or gone."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return True  # removed since it was listed (or, from `among`, never there): nothing to protect
+    except OSError:
+        return False
+    if stat.S_ISREG(mode) and is_ours(name):
+        return True
+    if stat.S_ISDIR(mode) and is_our_dir(name):
+        return True
+    return is_desktop_metadata(path)
 
 
 def replace_directory(tmp: Path, final: Path) -> None:

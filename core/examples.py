@@ -12,13 +12,12 @@ Run `xtm-example OUT_DIR` (xtm.cli.example) to write it from the command line.
 from __future__ import annotations
 
 import json
-import os
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from xtm.atomic import write_text
+from xtm.atomic import foreign_entries, is_plain_file, write_text
 
 CATEGORIES = ("business", "education", "entertainment", "sports", "tech", "fashion")
 TRAIN_LANGS = ("en", "zh")
@@ -516,19 +515,41 @@ def write_example(out_dir: str | Path, *, docs_per_lang: int = 600, seed: int = 
 
 def _refuse_replacing_others(out: Path, paths: dict[str, Path]) -> None:
     """The example's files replace files of those names only in a directory the example was written to
-    (its README.txt says so): `xtm-example demo` replaced a user's own demo/docs.jsonl."""
-    readme = paths["readme"]
-    try:
-        ours = readme.is_file() and readme.read_text(encoding="utf-8").startswith(README.split("\n", 1)[0])
-    except (OSError, UnicodeDecodeError):
-        ours = False
-    taken = [p for p in paths.values() if os.path.lexists(p)]
-    if taken and not ours:
+    (its README.txt says so): `xtm-example demo` replaced a user's own demo/docs.jsonl. Other names in the
+    directory are left alone, so only the example's own are looked at; even where the example was written, a
+    symlink at one of them is refused (its target, anyone's file, would be written)."""
+    in_the_way = _in_the_way(out, paths, _written_here(paths["readme"]))
+    if in_the_way:
         from xtm.errors import XtmError
 
-        names = ", ".join(str(p.relative_to(out)) for p in taken)
-        raise XtmError(f"holds {names}, not written by xtm-example (it would replace them): choose a new or "
-                       "empty directory", path=out)
+        raise XtmError(f"holds {', '.join(in_the_way)}, not written by xtm-example (it would replace them): "
+                       "choose a new or empty directory", path=out)
+
+
+def _written_here(readme: Path) -> bool:
+    """Whether `readme` is a README.txt the example wrote (a regular file starting with its first line)."""
+    try:
+        return is_plain_file(readme) and readme.read_text(encoding="utf-8").startswith(README.split("\n", 1)[0])
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _in_the_way(out: Path, paths: dict[str, Path], ours: bool) -> list[str]:
+    """The example's paths under `out` (relative, in `paths`' order) where something not the example's own is:
+    anything where the example was not written (`ours` False), else a link or what is not a regular file (a
+    directory for ref_en_zh/). xtm.atomic's foreign_entries, among the example's names only."""
+    rel = [p.relative_to(out) for p in paths.values()]
+    subdirs = {r.parts[0] for r in rel if len(r.parts) > 1}
+    top = set(foreign_entries(out, lambda name: ours, among={r.parts[0] for r in rel},
+                              is_our_dir=subdirs.__contains__))
+    nested = {f"{d}/{n}" for d in subdirs - top
+              for n in foreign_entries(out / d, lambda name: ours, among={r.name for r in rel if r.parts[0] == d})}
+    shown: list[str] = []
+    for r in rel:  # a directory in the way is named once, for all of its files
+        name = r.parts[0] if r.parts[0] in top else r.as_posix()
+        if (name in top or name in nested) and name not in shown:
+            shown.append(name)
+    return shown
 
 
 def describe_written(paths: dict[str, Path]) -> list[str]:

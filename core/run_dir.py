@@ -9,7 +9,8 @@ one run would interleave checkpoints and outputs. So:
     before the marker existed, config.json with "xtm_version" or checkpoints/latest.json
     (`is_run_dir`). The lock file alone proves nothing: every shard directory holds one too. A
     directory holding nothing but the lock (a run stopped between taking it and writing the
-    marker) is written to as an empty one is (`refuse_foreign_dir`);
+    marker) is written to as an empty one is, and so is one holding only a desktop's .DS_Store
+    (`refuse_foreign_dir`);
   - a process writing a run holds an exclusive flock on RUN_DIR/LOCK_NAME while it writes, with
     its pid and command in the file, so a second process is refused with the holder's name
     (`hold_run_dir`). The kernel drops the lock when the holder exits, however it exits (even
@@ -20,23 +21,21 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import itertools
 import json
 import logging
 import math
 import os
 import re
-import stat
 import threading
 import time
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import xtm
-from xtm.atomic import atomic_open, temporary_names, write_json, write_text
+from xtm.atomic import atomic_open, foreign_entries, is_plain_file, temporary_names, write_json, write_text
 from xtm.config import TOKEN_RULES, TOKEN_RULES_BEFORE_RECORDED, known_token_rules
 from xtm.errors import XtmError
 from xtm.json_files import read_json
@@ -142,25 +141,19 @@ def has_results_only(d: Path) -> bool:
 # What `hold_run_dir` leaves before the marker is in place: the lock, and (killed while writing the marker)
 # xtm.atomic's temporary of it, `.run.json.xtm-PID-XXXXXXXX.tmp`.
 _MARKER_TMP = temporary_names(re.escape(RUN_MARKER))
-_STARTING_MAX = 8  # entries read before deciding a directory is more than a starting run
 
 
-def _starting_run(d: Path, names: list[str]) -> bool:
-    """Whether `d` holds nothing but a regular lock file and temporaries of the marker: a run stopped between
-    taking its lock and writing its marker (nothing in it can be overwritten, and the next run takes it on)."""
-    if LOCK_NAME not in names or len(names) >= _STARTING_MAX:
-        return False
-    if not all(n == LOCK_NAME or _MARKER_TMP.fullmatch(n) for n in names):
-        return False
-    try:
-        return all(stat.S_ISREG(os.lstat(d / n).st_mode) for n in names)
-    except OSError:
-        return False
+def _starting_run_entry(d: Path) -> Callable[[str], bool]:
+    """The names a run stopped between taking its lock and writing its marker leaves in `d`: the lock, and
+    temporaries of the marker beside it (nothing in it can be overwritten, and the next run takes it on)."""
+    locked = is_plain_file(d / LOCK_NAME)
+    return lambda name: name == LOCK_NAME or (locked and _MARKER_TMP.fullmatch(name) is not None)
 
 
 def refuse_foreign_dir(d: Path, hint: str = "choose a new or empty --out") -> None:
     """Raise unless `d` is absent, an empty directory, an xtm run, or one starting (only its lock, maybe a
-    temporary of its marker: `_starting_run`): nothing else is ever written to."""
+    temporary of its marker: `_starting_run_entry`): nothing else is ever written to. A desktop's own files
+    (.DS_Store, ...) are not counted (xtm.atomic.foreign_entries)."""
     d = Path(d)
     if not d.exists():
         if d.is_symlink():
@@ -168,12 +161,11 @@ def refuse_foreign_dir(d: Path, hint: str = "choose a new or empty --out") -> No
         return
     if not d.is_dir():
         raise XtmError("exists and is not a directory", path=d)
-    try:
-        with os.scandir(d) as entries:  # a few names tell empty, a starting run, or more (a home directory)
-            names = [e.name for e in itertools.islice(entries, _STARTING_MAX)]
+    try:  # one entry of another's tells it is not empty nor starting (a home directory is not read whole)
+        foreign = foreign_entries(d, _starting_run_entry(d), limit=1)
     except OSError as e:
         raise XtmError(f"cannot read the run directory: {e.strerror or e}", path=d) from None
-    if names and not _starting_run(d, names) and not is_run_dir(d):
+    if foreign and not is_run_dir(d):
         raise XtmError(f"{d} exists and is not an xtm run directory (it holds other files, which would be "
                        f"overwritten): {hint}")
 

@@ -5,8 +5,8 @@ a failed or interrupted write never leaves a half-written bundle, and an old bun
 was until the new one is complete.
 
 The destination is only ever replaced when it is an empty directory or an xtm bundle whose
-manifest lists every entry in it (`replaceable_entries`; a desktop's own files, such as the Finder's
-.DS_Store, do not count: `xtm.atomic.is_desktop_metadata`); the old bundle is moved to a new unique
+manifest lists every entry in it (`check_replaceable_bundle_dir`; a desktop's own files, such as the
+Finder's .DS_Store, do not count: `xtm.atomic.foreign_entries`); the old bundle is moved to a new unique
 name first and removed only once the new one is in place. Everything else is refused before any
 work: a web app's manifest.json, user files in a bundle, the current directory, a symlink, a file.
 """
@@ -20,12 +20,12 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from xtm.atomic import is_desktop_metadata, replace_directory
+from xtm.atomic import foreign_entries, is_plain_file, replace_directory
 from xtm.errors import XtmError
 from xtm.json_files import read_json
 from xtm.runtime.bundle import FORMAT, MANIFEST
 
-__all__ = ["check_out_dir", "replaceable_entries", "staged_bundle", "staging_dir", "swap_into_place"]
+__all__ = ["check_replaceable_bundle_dir", "check_out_dir", "staged_bundle", "staging_dir", "swap_into_place"]
 
 
 def _not_a_bundle(out_dir: Path, why: str) -> XtmError:
@@ -33,12 +33,11 @@ def _not_a_bundle(out_dir: Path, why: str) -> XtmError:
                     "--out, or move it away yourself")
 
 
-def replaceable_entries(out_dir: Path) -> list[str]:
-    """Names in an existing directory that a new bundle may replace: [] for an empty directory,
-    else the entries of an xtm bundle (manifest.json says format "xtm-bundle" and lists every other
-    entry, each a regular file). Raises XtmError for anything else: a web app's or browser
-    extension's manifest.json, a bundle the user put files into, a file, a symlink. A desktop's own
-    files (`is_desktop_metadata`: .DS_Store, Thumbs.db, AppleDouble "._NAME") are not counted: they
+def check_replaceable_bundle_dir(out_dir: Path) -> None:
+    """XtmError unless the existing `out_dir` may be replaced by a new bundle: an empty directory, or an xtm
+    bundle (manifest.json says format "xtm-bundle" and lists every other entry, each a regular file). Refused:
+    a web app's or browser extension's manifest.json, a bundle the user put files into, a file, a symlink. A
+    desktop's own files (.DS_Store, Thumbs.db, AppleDouble "._NAME") are not counted (`foreign_entries`): they
     go with the old directory.
 
     Deliberately looser than read_manifest: an old or damaged bundle of ours is still ours."""
@@ -48,27 +47,29 @@ def replaceable_entries(out_dir: Path) -> list[str]:
     if not out_dir.is_dir():
         raise XtmError(f"{out_dir} exists and is not a directory: choose another --out")
     try:
-        entries = sorted(n for n in os.listdir(out_dir) if not is_desktop_metadata(out_dir / n))
+        if not foreign_entries(out_dir, _nothing, limit=1):
+            return  # empty, but for a desktop's files
+        listed = _listed_by_our_manifest(out_dir)
+        foreign = foreign_entries(out_dir, lambda name: name == MANIFEST or name in listed)
     except OSError as e:
         raise XtmError(f"cannot read the directory: {e.strerror}", path=out_dir) from e
-    if not entries:
-        return entries
-    listed = _listed_by_our_manifest(out_dir, entries)
-    for name in entries:
-        p = out_dir / name
-        if name != MANIFEST and name not in listed:
-            raise _not_a_bundle(out_dir, f"{name} is not one of the files its manifest lists")
-        if p.is_symlink() or not p.is_file():
-            raise _not_a_bundle(out_dir, f"{name} is not a regular file")
-    return entries
+    if foreign:
+        name = foreign[0]
+        why = "is not a regular file" if name == MANIFEST or name in listed else \
+            "is not one of the files its manifest lists"
+        raise _not_a_bundle(out_dir, f"{name} {why}")
 
 
-def _listed_by_our_manifest(out_dir: Path, entries: list[str]) -> set[str]:
+def _nothing(name: str) -> bool:
+    return False
+
+
+def _listed_by_our_manifest(out_dir: Path) -> set[str]:
     """The names an xtm manifest in out_dir lists; XtmError when there is no such manifest."""
     mpath = out_dir / MANIFEST
-    if MANIFEST not in entries:
+    if not os.path.lexists(mpath):
         raise _not_a_bundle(out_dir, f"no {MANIFEST}")
-    if mpath.is_symlink() or not mpath.is_file():
+    if not is_plain_file(mpath):
         raise _not_a_bundle(out_dir, f"{MANIFEST} is not a regular file")
     try:
         manifest = read_json(mpath)
@@ -94,7 +95,7 @@ def check_out_dir(out_dir: Path) -> None:
         if _is_bundle(above):  # the outer bundle would hold a file its manifest does not list: never replaced again
             raise XtmError(f"{out_dir} is inside the bundle {above}: choose an --out outside it")
     if os.path.lexists(out_dir):
-        replaceable_entries(out_dir)
+        check_replaceable_bundle_dir(out_dir)
         real, cwd = out_dir.resolve(), Path.cwd().resolve()
         if real == cwd or real in cwd.parents:
             raise XtmError(f"{out_dir} is the current directory or holds it: it cannot be replaced while in use; "
@@ -124,7 +125,7 @@ def swap_into_place(tmp: Path, out_dir: Path) -> None:
     that may be the user's), then removed once the new bundle is in place, or renamed back if that
     fails."""
     if os.path.lexists(out_dir):
-        replaceable_entries(out_dir)
+        check_replaceable_bundle_dir(out_dir)
     replace_directory(tmp, out_dir)
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from xtm.atomic import write_text
+from xtm.atomic import foreign_entries, is_plain_file, write_text
 from xtm.config import (
     DataConfig,
     Phase2Config,
@@ -428,14 +428,20 @@ def check_data_dir(data: Path, run_dir: Path) -> None:
         raise XtmError(f"data_dir is {what}: the documents are kept apart from the run, so a resume finds both as "
                        "they were written; pass another data_dir (the default is a new directory beside the run, "
                        "'<out>.data')", path=data)
-    ours = {DOCS_FILE, DICT_FILE, INPUTS_MARKER, LOCK_NAME}
-    names = {p.name for p in data.iterdir()} if data.is_dir() and not data.is_symlink() else set()
-    if data.is_symlink() or (data.exists() and not data.is_dir()) or \
-            (names - {LOCK_NAME} and not (INPUTS_MARKER in names and names <= ours)):
+    if data.is_symlink() or (data.exists() and not data.is_dir()) or _holds_others(data):
         raise XtmError(f"data_dir must be new, empty or one an earlier xtm.train call wrote (the documents are "
                        f"written there); it holds other files and no {INPUTS_MARKER} marker (written since "
                        "2026-12-06: delete a directory an older xtm.train wrote, or pass another data_dir)",
                        path=data)
+
+
+def _holds_others(data: Path) -> bool:
+    """Whether the directory `data` holds anything but what xtm.train writes there: its files where its marker
+    is, else only its lock (a call stopped before writing the marker). A desktop's own files do not count."""
+    if not data.is_dir():
+        return False
+    ours = {DOCS_FILE, DICT_FILE, INPUTS_MARKER, LOCK_NAME} if is_plain_file(data / INPUTS_MARKER) else {LOCK_NAME}
+    return bool(foreign_entries(data, ours.__contains__, limit=1))
 
 
 @dataclass(frozen=True)

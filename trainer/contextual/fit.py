@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import xtm
-from xtm.atomic import is_desktop_metadata, replace_directory, write_json
+from xtm.atomic import foreign_entries, replace_directory, write_json
 from xtm.config import ContextualConfig, Preprocessing, TrainConfig, default_of, from_dict
 from xtm.corpus import Corpus
 from xtm.errors import XtmError
@@ -576,6 +576,7 @@ def save_contextual(run_dir: Path, cfg: ContextualConfig, encoder: TrainableSent
 
 # What a fit writes in contextual/ (save_contextual and the encoders' `save`): these names have never changed.
 FIT_FILES = frozenset({META, "head.safetensors", "encoder_top.safetensors", "encoder"})
+FIT_DIRS = frozenset({"encoder"})  # of them, the directories (a fine-tuned sentence-transformers model)
 
 
 def check_contextual_replaceable(run_dir: Path) -> None:
@@ -588,9 +589,9 @@ def check_contextual_replaceable(run_dir: Path) -> None:
         return
     if d.is_symlink() or not d.is_dir():
         raise XtmError("is not a directory a fit wrote (a symlink or a file): move it away, then fit again", path=d)
+    files, dirs = _fit_names(d)
     try:
-        # a desktop's own files (.DS_Store, ...) are no one's content: they go with the old directory
-        foreign = sorted(n for n in set(os.listdir(d)) - _fit_names(d) if not is_desktop_metadata(d / n))
+        foreign = foreign_entries(d, files.__contains__, is_our_dir=dirs.__contains__)
     except OSError as e:
         raise XtmError(f"cannot read the contextual directory: {e.strerror or e}", path=d) from e
     if foreign:
@@ -599,18 +600,21 @@ def check_contextual_replaceable(run_dir: Path) -> None:
                        "move what is yours elsewhere, then fit again", path=d)
 
 
-def _fit_names(d: Path) -> set[str]:
-    """The entries of contextual/ a fit wrote: contextual.json and the files it names when it is a contextual.json
-    xtm wrote (a USE fit without fine-tuning left no encoder/; one found there is not ours), else every name a
-    fit writes (contextual.json missing or damaged: what is left can only be proven ours by its name)."""
+def _fit_names(d: Path) -> tuple[frozenset[str], frozenset[str]]:
+    """The files and the directories of contextual/ a fit wrote: contextual.json and what it names when it is a
+    contextual.json xtm wrote (a USE fit without fine-tuning left no encoder/; one found there is not ours), else
+    every name a fit writes (contextual.json missing or damaged: what is left can only be proven ours by its name)."""
     try:
         meta = read_json(d / META) if (d / META).is_file() else None
     except XtmError:
         meta = None
     if not isinstance(meta, dict) or meta.get("format") != CONTEXTUAL_FORMAT or "xtm_version" not in meta:
-        return set(FIT_FILES)
-    named = (meta.get(key) for key in ("head_file", "encoder_top", "encoder_dir"))
-    return {META, *(n for n in named if isinstance(n, str) and is_plain_file_name(n))}
+        return FIT_FILES - FIT_DIRS, FIT_DIRS
+
+    def named(*keys: str) -> set[str]:
+        return {n for n in map(meta.get, keys) if isinstance(n, str) and is_plain_file_name(n)}
+
+    return frozenset({META, *named("head_file", "encoder_top")}), frozenset(named("encoder_dir"))
 
 
 def _json_safe(obj: Any) -> Any:

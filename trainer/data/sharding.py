@@ -32,7 +32,6 @@ import logging
 import math
 import os
 import shutil
-import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -41,7 +40,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from xtm.atomic import is_desktop_metadata, write_json
+from xtm.atomic import foreign_entries, is_desktop_metadata, is_plain_dir, is_plain_file, write_json
 from xtm.config import PREPROCESSING, TOKEN_RULES_BEFORE_RECORDED, DataConfig, Preprocessing, default_of
 from xtm.corpus import Corpus, LanguageCorpus
 from xtm.errors import XtmError
@@ -248,46 +247,51 @@ def _shard_entries(out: Path) -> _Entries:
     """Sort the entries of the shard directory `out` into the layout's and everyone else's."""
     try:
         names = sorted(os.listdir(out))
+        found = _Entries(building=_BUILDING in names and is_plain_file(out / _BUILDING))
+        found.vocabs = {m.group(1) for n in names if (m := VOCAB_NAME.fullmatch(n)) and is_plain_file(out / n)}
+        # Judged on the same listing: an entry that appears meanwhile is never taken for one of the layout's.
+        foreign = set(foreign_entries(out, _is_layout_file, among=names,
+                                      is_our_dir=lambda name: _is_layout_dir(out / name, found)))
     except OSError as e:
         raise XtmError(f"cannot read the shard directory: {e.strerror or e}", path=out) from None
-    found = _Entries(building=_BUILDING in names and _is_plain_file(out / _BUILDING))
-    found.vocabs = {m.group(1) for n in names if (m := VOCAB_NAME.fullmatch(n)) and _is_plain_file(out / n)}
     for name in names:
         p = out / name
-        if is_desktop_metadata(p):
-            continue
-        if _is_plain_file(p) and (name in (INDEX, LOCK_NAME, _BUILDING) or VOCAB_NAME.fullmatch(name)
-                                  or WORD_COUNTS_NAME.fullmatch(name) or ATOMIC_TMP_NAME.fullmatch(name)):
-            found.ours.append(p)
-        elif name == _SPILL and _is_plain_dir(p) and all(
-                is_desktop_metadata(q) or _holds_only(q, _SPILL_FILES.__contains__) for q in _listing(p)):
-            found.ours.append(p)
-        elif (not name.startswith(".") and _holds_only(p, SHARD_NAME.fullmatch)
-              and ((filled := any(SHARD_NAME.fullmatch(q.name) for q in _listing(p)))
-                   or name in found.vocabs or found.building)):
-            # a language's shards (an empty directory only where its vocabulary or a build in progress says so)
-            found.ours.append(p)
-            found.langs.add(name)
-            if filled:
-                found.filled.add(name)
-        else:
+        if name in foreign:
             found.foreign.append(name + "/" if p.is_dir() else name)
+        elif os.path.lexists(p) and not is_desktop_metadata(p):  # (gone since listed: nobody's)
+            found.ours.append(p)
+            if name != _SPILL and is_plain_dir(p):  # a language's shards
+                found.langs.add(name)
+                if _holds_shards(p):
+                    found.filled.add(name)
     return found
 
 
-def _is_plain_file(p: Path) -> bool:
-    """A regular file, not a symbolic link to one (a link's target may be the user's file)."""
-    try:
-        return stat.S_ISREG(os.lstat(p).st_mode)
-    except OSError:
-        return False
+def _is_layout_file(name: str) -> bool:
+    """The names of the layout's files at the top of a shard directory (each a regular file there)."""
+    return (name in (INDEX, LOCK_NAME, _BUILDING) or VOCAB_NAME.fullmatch(name) is not None
+            or WORD_COUNTS_NAME.fullmatch(name) is not None or ATOMIC_TMP_NAME.fullmatch(name) is not None)
 
 
-def _is_plain_dir(p: Path) -> bool:
-    try:
-        return stat.S_ISDIR(os.lstat(p).st_mode)
-    except OSError:
-        return False
+def _is_layout_dir(p: Path, found: _Entries) -> bool:
+    """Whether the directory `p` is the spill (language directories of spill files) or a language's shards (an
+    empty one only where its vocabulary or a build in progress says so)."""
+    if p.name == _SPILL:
+        return _holds_only(p, _nothing, is_our_dir=lambda lang: _holds_only(p / lang, _SPILL_FILES.__contains__))
+    return (not p.name.startswith(".") and _holds_only(p, _is_shard_name)
+            and (_holds_shards(p) or p.name in found.vocabs or found.building))
+
+
+def _nothing(name: str) -> bool:
+    return False
+
+
+def _is_shard_name(name: str) -> bool:
+    return SHARD_NAME.fullmatch(name) is not None
+
+
+def _holds_shards(d: Path) -> bool:
+    return any(_is_shard_name(q.name) for q in _listing(d))
 
 
 def _listing(d: Path) -> list[Path]:
@@ -297,16 +301,14 @@ def _listing(d: Path) -> list[Path]:
         return []
 
 
-def _holds_only(d: Path, is_ours: Callable[[str], Any]) -> bool:
-    """Whether `d` is a directory (not a link) whose entries are all regular files `is_ours` accepts by name,
-    or a desktop's own files."""
-    if not _is_plain_dir(d):
-        return False
+def _holds_only(d: Path, is_ours: Callable[[str], bool], *,
+                is_our_dir: Callable[[str], bool] = _nothing) -> bool:
+    """Whether `d` is a directory (not a link) holding nothing but regular files `is_ours` accepts by name,
+    directories `is_our_dir` accepts, and a desktop's own files (xtm.atomic.foreign_entries)."""
     try:
-        names = os.listdir(d)
-    except OSError:
+        return is_plain_dir(d) and not foreign_entries(d, is_ours, is_our_dir=is_our_dir, limit=1)
+    except OSError:  # unreadable: not provably ours
         return False
-    return all((is_ours(n) and _is_plain_file(d / n)) or is_desktop_metadata(d / n) for n in names)
 
 
 def _source_files(p: Path) -> list[Path]:
@@ -361,7 +363,7 @@ def _prepare_dir(out: Path) -> None:
         for p in layout.ours:
             if p.name in (LOCK_NAME, _BUILDING):
                 continue  # the lock is held by the process building here (xtm.trainer.run); the marker stays
-            if _is_plain_dir(p):
+            if is_plain_dir(p):
                 _remove_layout_dir(p)
             else:
                 p.unlink(missing_ok=True)
@@ -373,9 +375,9 @@ def _remove_layout_dir(d: Path) -> None:
     """Remove a language (or spill) directory `_shard_entries` found to hold only the layout's files, file by
     file: what appeared in it since is left (and the directory with it)."""
     for p in _listing(d):
-        if d.name == _SPILL and _is_plain_dir(p):  # the spill's language directories (nothing else nests)
+        if d.name == _SPILL and is_plain_dir(p):  # the spill's language directories (nothing else nests)
             _remove_layout_dir(p)
-        elif _is_plain_file(p) and (SHARD_NAME.fullmatch(p.name) or p.name in _SPILL_FILES or is_desktop_metadata(p)):
+        elif is_plain_file(p) and (SHARD_NAME.fullmatch(p.name) or p.name in _SPILL_FILES or is_desktop_metadata(p)):
             p.unlink(missing_ok=True)
     with contextlib.suppress(OSError):  # not empty: something not ours is in it now
         d.rmdir()

@@ -42,7 +42,7 @@ import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as serialize_tensors
 
-from xtm.atomic import is_desktop_metadata, temporary_names, write_json
+from xtm.atomic import foreign_entries, temporary_names, write_json
 from xtm.errors import XtmError
 from xtm.json_files import read_json
 from xtm.models_zoo.base import unique_state_dict
@@ -160,13 +160,16 @@ _KEPT: set[str] = set()
 def _not_ours(d: Path) -> list[str]:
     """The entries of checkpoint directory `d` that save_checkpoint does not write (a directory, a link or another
     name), sorted; empty when every entry is its own regular file, a temporary of one, or a desktop's metadata (a
-    Finder's .DS_Store kept a checkpoint of gigabytes for good)."""
+    Finder's .DS_Store kept a checkpoint of gigabytes for good). An unreadable directory lists nothing, as
+    nothing in it could be removed either."""
     try:
-        entries = list(os.scandir(d))
+        return foreign_entries(d, _is_own_file)
     except OSError:
         return []
-    return sorted(e.name for e in entries if not (e.is_file(follow_symlinks=False) and (
-        e.name in _OWN_FILES or _OWN_TEMPORARY.fullmatch(e.name) or is_desktop_metadata(Path(e.path)))))
+
+
+def _is_own_file(name: str) -> bool:
+    return name in _OWN_FILES or _OWN_TEMPORARY.fullmatch(name) is not None
 
 
 def _free_name(root: Path, base: str) -> Path:
