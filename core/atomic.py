@@ -21,6 +21,12 @@ Caches are the other kind of output: a directory of xtm's own whose entries are 
 directory opened once without following a link, and the rename replaces whatever non-directory is
 at the name, a planted symlink or FIFO included, never its target. Same temporaries, same sweep.
 
+Directories xtm writes whole (a bundle, a run's contextual/, a checkpoint) are assembled beside their place and
+swapped in (`staged_directory`, `replace_directory`): `.NAME.xtm-new-PID-XXXXXXXX` while written (locked), the
+one replaced set aside as `.NAME.xtm-old-PID-XXXXXXXX` until the new one is in place; never a fixed name such as
+`.tmp-NAME` or `.NAME.old`, which may be a user's. A killed writer's leftovers are cleared by the next writer beside
+them (`remove_stale_directories`), by the same proof as files.
+
 SIGTERM and SIGHUP end a Python process without unwinding it: xtm.signals.exit_on_signals turns them
 into SystemExit while a command writes, so `atomic_open` removes its temporary then too.
 """
@@ -50,8 +56,8 @@ except ImportError:  # not POSIX: no locks, so stale temporaries are never remov
 
 __all__ = ["NotRegularFileError", "atomic_open", "check_replaceable", "file_kind", "foreign_entries",
            "is_desktop_metadata", "is_plain_dir", "is_plain_file", "open_directory", "open_entry",
-           "remove_stale_temporaries", "replace_directory", "replacing_at", "temporary_names", "write_json",
-           "write_text"]
+           "remove_stale_directories", "remove_stale_temporaries", "replace_directory", "replacing_at",
+           "staged_directory", "temporary_names", "write_json", "write_text"]
 
 # A temporary is locked microseconds after it is created; one younger than this may be a writer's that
 # has not taken its lock yet, and is never called stale.
@@ -515,15 +521,74 @@ def _ours_or_gone(path: Path, name: str, is_ours: Callable[[str], bool], is_our_
     return is_desktop_metadata(path)
 
 
+# --------------------------------------------------------------------------- directories replaced whole
+
+# A directory being assembled ("new") or the one it replaces, set aside until the new one is in place ("old"):
+# `.NAME.xtm-new-PID-XXXXXXXX` and `.NAME.xtm-old-PID-XXXXXXXX` beside NAME (mkdtemp's eight characters).
+_DIR_TEMPORARY = re.compile(r"\.(?P<name>.+)" + re.escape(_TMP_TAG)
+                            + r"(?P<kind>new|old)-(?P<pid>\d{1,10})-[a-z0-9_]{8}")
+# A NAME this long may have been cut (_stem): which directory an "old" one was cannot be told from its name.
+_WHOLE_NAME_MAX = _MAX_STEM - 4
+
+
+@contextmanager
+def staged_directory(final: str | Path, *, sweep: Callable[[str], bool] | None = None) -> Iterator[Path]:
+    """A new, empty directory beside `final` to assemble it in, put in place of `final` whole when the block ends
+    (`replace_directory`: never half-replaced). When the block raises anything (an error, Ctrl-C, SystemExit from a
+    signal), the new directory is removed and `final` is as it was. The caller has checked that an existing `final`
+    is its own, and checks again at the end of the block when the work took a while (files may have been added).
+
+    The directory is 0755 (mkdtemp's 0700 would hide a shared bundle from its readers), named
+    `.NAME.xtm-new-PID-XXXXXXXX` and locked while it is written. Before it is made, what killed writers left beside
+    `final` is cleared (`remove_stale_directories`) for the names `sweep` accepts (default: `final`'s own; a
+    checkpoint's: every checkpoint's). OSError when it cannot be made or put in place."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    stem = _stem(final.name)
+    remove_stale_directories(final.parent, sweep or (lambda name: name == stem))
+    tmp = _directory_temporary(final, "new")
+    try:
+        lock = _lock_directory(tmp)
+        try:
+            os.chmod(tmp, 0o755)
+            yield tmp
+            replace_directory(tmp, final)
+        finally:
+            if lock is not None:
+                os.close(lock)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # (gone already when the swap put it in place)
+        raise
+
+
+def _directory_temporary(final: Path, kind: str) -> Path:
+    """A new empty directory beside `final`, named as `_DIR_TEMPORARY` says (never a name anyone else uses)."""
+    prefix = f".{_stem(final.name)}{_TMP_TAG}{kind}-{os.getpid()}-"
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=final.parent))
+
+
+def _lock_directory(path: Path) -> int | None:
+    """`path` opened and (where the file system can) flocked: "being written", which the stale sweep skips even when
+    it cannot see the writer's pid (another pid namespace on a shared disk). Closing the descriptor unlocks it.
+    None without flock (not POSIX): no sweep runs there either."""
+    if fcntl is None:
+        return None
+    fd = os.open(path, _DIR_FLAGS)
+    with suppress(OSError):  # no locks on this file system: the writer's live pid still protects it
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd
+
+
 def replace_directory(tmp: Path, final: Path) -> None:
     """Put the directory `tmp` (complete) where `final` is. An existing `final` (the caller has checked it is
-    ours) is first renamed to a new unique name only this process uses (never a fixed name such as
-    `.NAME.old`, which may be the user's), then removed once `tmp` is in place, or renamed back if that
-    fails: `final` is never missing and never half-replaced. (Bundles and a run's contextual/ both.)"""
+    ours) is first renamed to a new unique name only this process uses (`.NAME.xtm-old-PID-XXXXXXXX`, never a
+    fixed name such as `.NAME.old`, which may be the user's), then removed once `tmp` is in place, or renamed back
+    if that fails. A process killed between the two renames leaves no `final` but both directories complete; the
+    next writer beside it renames the old one back (`remove_stale_directories`)."""
     if not os.path.lexists(final):
         os.rename(tmp, final)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{final.name}.xtm-old-", dir=final.parent))
+    old = _directory_temporary(final, "old")
     try:
         os.rename(final, old)  # onto our own empty directory
     except BaseException:
@@ -535,3 +600,43 @@ def replace_directory(tmp: Path, final: Path) -> None:
         os.rename(old, final)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_stale_directories(parent: str | Path, is_entry: Callable[[str], bool]) -> None:
+    """Clear what writers killed while replacing a directory of `parent` left, for the names `is_entry` accepts:
+    a directory being assembled ("new": removed; what it replaced, if anything, is still whole) and one set aside
+    by `replace_directory` ("old": removed once its NAME is in place again, else renamed back, as the swap was cut
+    between its two renames and it is the only copy in place of NAME). Only ones provably ours, by the proof
+    files get (module docstring): that name pattern, a directory (not a link), a few seconds old, its writer's pid
+    gone and its lock free. Best effort: anything unexpected leaves it where it is and never fails the write."""
+    if fcntl is None:  # no locks: never provably dead
+        return
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for name in names:
+        m = _DIR_TEMPORARY.fullmatch(name)
+        if m is None or not is_entry(m["name"]) or int(m["pid"]) == os.getpid() or _alive(int(m["pid"])):
+            continue
+        with suppress(OSError):
+            _clear_stale_directory(Path(parent), name, m)
+
+
+def _clear_stale_directory(parent: Path, name: str, m: re.Match[str]) -> None:
+    """One leftover `remove_stale_directories` found (its writer's pid gone): removed or renamed back, unless it is
+    young or locked. Opened first, so it is looked at and locked as the directory it is, never through a link."""
+    fd = os.open(parent / name, _DIR_FLAGS)  # never through a link (ELOOP or ENOTDIR)
+    try:
+        st = os.fstat(fd)
+        if st.st_mtime > time.time() - _GRACE_S:
+            return
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises while a writer holds it
+        final = parent / m["name"]
+        if m["kind"] == "old" and not os.path.lexists(final):
+            if len(m["name"].encode("utf-8", "surrogateescape")) < _WHOLE_NAME_MAX:
+                os.rename(parent / name, final)
+            return  # (a cut name: which directory it was is not known, so it stays)
+        shutil.rmtree(parent / name)
+    finally:
+        os.close(fd)

@@ -1,8 +1,9 @@
 """Where a bundle goes: which existing directory may be replaced, and replacing it whole.
 
-A bundle is assembled in a staging directory beside its destination and renamed into place, so
-a failed or interrupted write never leaves a half-written bundle, and an old bundle stays as it
-was until the new one is complete.
+A bundle is assembled in a staging directory beside its destination and renamed into place
+(xtm.atomic.staged_directory, shared with a run's contextual/ and its checkpoints), so a failed or
+interrupted write never leaves a half-written bundle, and an old bundle stays as it was until the
+new one is complete.
 
 The destination is only ever replaced when it is an empty directory or an xtm bundle whose
 manifest lists every entry in it (`check_replaceable_bundle_dir`; a desktop's own files, such as the
@@ -15,17 +16,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from xtm.atomic import foreign_entries, is_plain_file, replace_directory
+from xtm.atomic import foreign_entries, is_plain_file, staged_directory
 from xtm.errors import XtmError
 from xtm.json_files import read_json
 from xtm.runtime.bundle import FORMAT, MANIFEST
 
-__all__ = ["check_replaceable_bundle_dir", "check_out_dir", "staged_bundle", "staging_dir", "swap_into_place"]
+__all__ = ["check_out_dir", "check_replaceable_bundle_dir", "staged_bundle"]
 
 
 def _not_a_bundle(out_dir: Path, why: str) -> XtmError:
@@ -108,40 +107,20 @@ def check_out_dir(out_dir: Path) -> None:
         raise XtmError(f"cannot create the bundle directory: {parent} is not a directory", path=out_dir)
 
 
-def staging_dir(out_dir: Path) -> Path:
-    """A new, uniquely named directory beside out_dir, where the bundle is assembled."""
-    try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.xtm-export-", dir=out_dir.parent))
-        os.chmod(tmp, 0o755)
-    except OSError as e:
-        raise XtmError(f"cannot write the bundle here: {e.strerror or e}", path=out_dir) from e
-    return tmp
-
-
-def swap_into_place(tmp: Path, out_dir: Path) -> None:
-    """Replace out_dir by tmp. An existing directory must still be empty or a bundle (checked again:
-    the bundle took a while to write); it is first renamed to a new unique name (never a fixed name
-    that may be the user's), then removed once the new bundle is in place, or renamed back if that
-    fails."""
-    if os.path.lexists(out_dir):
-        check_replaceable_bundle_dir(out_dir)
-    replace_directory(tmp, out_dir)
-
-
 @contextlib.contextmanager
 def staged_bundle(out_dir: Path) -> Iterator[Path]:
     """A staging directory for a bundle bound for out_dir (call `check_out_dir` first, before the
-    work): swapped into place when the block ends, removed when it raises anything (an error,
-    Ctrl-C, SystemExit from a signal), leaving an old bundle as it was. A failing write or rename
-    (a full disk, a vanished directory) becomes one XtmError naming out_dir."""
-    tmp = staging_dir(out_dir)
+    work): swapped into place when the block ends, once out_dir is checked again (the bundle took a
+    while to write), and removed when it raises anything (an error, Ctrl-C, SystemExit from a
+    signal), leaving an old bundle as it was (xtm.atomic.staged_directory). A failing write or
+    rename (a full disk, a vanished directory) becomes one XtmError naming out_dir."""
+    started = False
     try:
-        try:
+        with staged_directory(out_dir) as tmp:
+            started = True
             yield tmp
-            swap_into_place(tmp, out_dir)
-        except OSError as e:
-            raise XtmError(f"cannot write the bundle: {e.strerror or e}", path=out_dir) from e
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            if os.path.lexists(out_dir):
+                check_replaceable_bundle_dir(out_dir)
+    except OSError as e:
+        where = "the bundle" if started else "the bundle here"
+        raise XtmError(f"cannot write {where}: {e.strerror or e}", path=out_dir) from e

@@ -8,8 +8,14 @@ every one ignores a desktop's metadata and refuses a user's file and a symlink (
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import stat
+import subprocess
+import sys
+import textwrap
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -254,3 +260,182 @@ def test_foreign_entries_judges_by_kind_and_name_and_ignores_a_desktops_metadata
     assert foreign_entries(tmp_path, is_ours, among=["ours.txt", "ours.link", "absent"]) == ["ours.link"]
     with pytest.raises(FileNotFoundError):
         foreign_entries(tmp_path / "absent", is_ours)
+
+
+# ---- B: directories swapped whole, under names only xtm gives ----------------------------------------------
+
+DEAD_PID = 2**22 + 1  # beyond Linux's largest pid_max: no such process
+
+
+def _leftover(parent: Path, name: str, kind: str, content: str, pid: int = DEAD_PID) -> Path:
+    """What a writer killed while replacing `parent/name` leaves: its new directory or the old one set aside."""
+    d = parent / f".{name}.xtm-{kind}-{pid}-abcd1234"
+    d.mkdir()
+    (d / "state.json").write_text(content)
+    old = time.time() - 60  # killed a minute ago
+    os.utime(d, (old, old))
+    return d
+
+
+def _users_siblings(parent: Path, name: str) -> dict[str, str]:
+    """Directories of a user's beside `name`, named as xtm's temporaries once were or nearly are."""
+    mine = {}
+    for sibling in (f".tmp-{name}", f".tmp-old-{name}", f".{name}.old", f".{name}.tmp", f".{name}.xtm-old-mine",
+                    f".{name}.xtm-new-{DEAD_PID}-notmine", f".{name}.xtm-export-abcd1234"):
+        (parent / sibling).mkdir()
+        (parent / sibling / "notes.txt").write_text(sibling)
+        os.utime(parent / sibling, (time.time() - 60,) * 2)
+        mine[sibling] = sibling
+    return mine
+
+
+def _assert_kept(parent: Path, mine: dict[str, str]) -> None:
+    assert {n: (parent / n / "notes.txt").read_text() for n in mine} == mine
+
+
+def test_a_staged_directory_replaces_the_old_one_whole_and_leaves_a_users_siblings(tmp_path: Path) -> None:
+    from xtm.atomic import staged_directory
+
+    final = tmp_path / "out"
+    final.mkdir()
+    (final / "old.txt").write_text("old")
+    mine = _users_siblings(tmp_path, "out")
+    with staged_directory(final) as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith(".out.xtm-new-")
+        (tmp / "new.txt").write_text("new")
+        assert (final / "old.txt").read_text() == "old"  # in place until the block ends
+    assert os.listdir(final) == ["new.txt"] and stat.S_IMODE(final.stat().st_mode) == 0o755
+    assert sorted(os.listdir(tmp_path)) == sorted(["out", *mine])  # nothing left beside it
+    _assert_kept(tmp_path, mine)
+
+
+@pytest.mark.parametrize("error", [OSError, KeyboardInterrupt, SystemExit])
+def test_a_staged_directory_is_removed_when_its_block_raises(tmp_path: Path, error: type[BaseException]) -> None:
+    from xtm.atomic import staged_directory
+
+    final = tmp_path / "out"
+    final.mkdir()
+    (final / "old.txt").write_text("old")
+    with pytest.raises(error), staged_directory(final) as tmp:
+        (tmp / "half.txt").write_text("half")
+        raise error()
+    assert os.listdir(tmp_path) == ["out"] and os.listdir(final) == ["old.txt"]
+
+
+KILLED_STAGER = textwrap.dedent("""
+    import sys, time
+    from xtm.atomic import staged_directory
+    with staged_directory(sys.argv[1]) as tmp:
+        (tmp / "model.safetensors").write_bytes(b"half")
+        print("writing", flush=True)
+        time.sleep(60)
+""")
+
+
+def test_a_killed_writers_directory_is_removed_by_the_next_writer(tmp_path: Path) -> None:
+    from xtm.atomic import staged_directory
+
+    final = tmp_path / "out"
+    p = subprocess.Popen([sys.executable, "-c", KILLED_STAGER, str(final)], stdout=subprocess.PIPE)
+    assert p.stdout is not None and p.stdout.readline() == b"writing\n"
+    p.kill()
+    p.wait(10)
+    left = [n for n in os.listdir(tmp_path) if n.startswith(f".out.xtm-new-{p.pid}-")]
+    assert len(left) == 1 and not final.exists()  # kill -9 cannot clean up: the next writer does
+    os.utime(tmp_path / left[0], (time.time() - 60,) * 2)
+    mine = _users_siblings(tmp_path, "out")
+    with staged_directory(final) as tmp:
+        (tmp / "model.safetensors").write_bytes(b"whole")
+    assert sorted(os.listdir(tmp_path)) == sorted(["out", *mine])
+    _assert_kept(tmp_path, mine)
+
+
+def test_a_swap_cut_between_its_renames_is_undone_by_the_next_writer(tmp_path: Path) -> None:
+    """Killed after the old directory was set aside and before the new one took its place: no `out`, both copies
+    whole under names of xtm's. The next writer puts the old one back before anything else."""
+    from xtm.atomic import staged_directory
+
+    _leftover(tmp_path, "out", "old", "old, whole")
+    _leftover(tmp_path, "out", "new", "new, whole")
+    with pytest.raises(KeyboardInterrupt), staged_directory(tmp_path / "out"):
+        assert (tmp_path / "out" / "state.json").read_text() == "old, whole"
+        raise KeyboardInterrupt  # (stopped again: the old directory stays in place)
+    assert os.listdir(tmp_path) == ["out"] and (tmp_path / "out" / "state.json").read_text() == "old, whole"
+    # set aside and the new one in place (killed before removing it): the old one goes
+    _leftover(tmp_path, "out", "old", "old, whole")
+    with staged_directory(tmp_path / "out") as tmp:
+        (tmp / "state.json").write_text("newer")
+    assert os.listdir(tmp_path) == ["out"] and (tmp_path / "out" / "state.json").read_text() == "newer"
+
+
+def test_a_leftover_of_a_live_locked_or_young_writer_or_a_link_is_never_removed(tmp_path: Path) -> None:
+    from xtm.atomic import staged_directory
+
+    live = _leftover(tmp_path, "out", "new", "a writer still at work", pid=os.getppid())
+    locked = _leftover(tmp_path, "out", "new", "written from another pid namespace", pid=DEAD_PID - 1)
+    young = _leftover(tmp_path, "out", "new", "its writer has not locked it yet", pid=DEAD_PID - 2)
+    os.utime(young)
+    (tmp_path / "mine").mkdir()
+    link = tmp_path / f".out.xtm-new-{DEAD_PID - 3}-abcd1234"
+    link.symlink_to(tmp_path / "mine", target_is_directory=True)
+    fd = os.open(locked, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with staged_directory(tmp_path / "out") as tmp:
+            (tmp / "state.json").write_text("new")
+    finally:
+        os.close(fd)
+    assert all((d / "state.json").is_file() for d in (live, locked, young))
+    assert link.is_symlink() and (tmp_path / "mine").is_dir()
+
+
+def test_a_users_directories_named_like_the_old_fixed_temporaries_survive_checkpoint_saves(tmp_path: Path) -> None:
+    """Before: save_checkpoint assembled in `.tmp-epoch-000003` and set the old copy aside as `.tmp-old-epoch-000003`,
+    removing whatever had those names first: a user's directory called so went with them."""
+    run = tmp_path / "run"
+    root = _save(run, 2).parent
+    mine = _users_siblings(root, "epoch-000003")
+    for name in (".tmp-epoch-3", ".tmp-epoch-000002"):
+        (root / name).mkdir()
+        (root / name / "notes.txt").write_text(name)
+        mine[name] = name
+    for epoch in (3, 3, 4):  # the same position saved again too (a resume of a finished run)
+        _save(run, epoch)
+    _assert_kept(root, mine)
+    assert sorted(os.listdir(root)) == sorted(["epoch-000004", "latest.json", *mine])  # keep=1, nothing else left
+
+
+def test_a_killed_saves_leftovers_are_cleared_or_put_back_by_the_next_save(tmp_path: Path) -> None:
+    """A save killed while writing epoch 3 left its new directory; one killed between the renames of a second
+    save of epoch 2 left no epoch-000002, its old copy set aside. The next save, of any position, clears both."""
+    import torch
+
+    from xtm.trainer.loop.checkpoint import load_checkpoint, save_checkpoint
+
+    run = tmp_path / "run"
+    root = _save(run, 2).parent
+    os.rename(root / "epoch-000002", root / f".epoch-000002.xtm-old-{DEAD_PID}-abcd1234")
+    os.utime(root / f".epoch-000002.xtm-old-{DEAD_PID}-abcd1234", (time.time() - 60,) * 2)
+    _leftover(root, "epoch-000003", "new", "half")
+    model = torch.nn.Linear(2, 2)
+    save_checkpoint(run, 4, model, torch.optim.SGD(model.parameters(), lr=0.1), {}, keep=3)
+    assert sorted(os.listdir(root)) == ["epoch-000002", "epoch-000004", "latest.json"]
+    assert load_checkpoint(root / "epoch-000002").epoch == 2
+
+
+def test_save_shard_never_writes_through_a_fixed_name(tmp_path: Path) -> None:
+    """Before: save_shard wrote `.train-00000.npz.tmp` and renamed it: a file of that name was overwritten and
+    moved into the shard's place. Now xtm.atomic's temporary, which the shard layout knows as its own."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    from xtm.trainer.data.shard_format import SHARD_NAME, load_shard, save_shard
+
+    (tmp_path / ".train-00000.npz.tmp").write_text("mine")
+    m = sp.csr_matrix(np.array([[1.0, 0.0], [0.0, 2.0]], np.float32))
+    save_shard(tmp_path / "train-00000.npz", m, np.array([0, 1]))
+    assert (tmp_path / ".train-00000.npz.tmp").read_text() == "mine"
+    assert sorted(os.listdir(tmp_path)) == [".train-00000.npz.tmp", "train-00000.npz"]
+    back, labels = load_shard(tmp_path / "train-00000.npz", rows=2, cols=2, num_labels=2)
+    assert (back != m).nnz == 0 and labels is not None and labels.tolist() == [0, 1]
+    assert SHARD_NAME.fullmatch(f".train-00000.npz.xtm-{os.getpid()}-abcd1234.tmp")

@@ -43,8 +43,6 @@ import contextlib
 import logging
 import math
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -57,7 +55,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import xtm
-from xtm.atomic import foreign_entries, replace_directory, write_json
+from xtm.atomic import foreign_entries, staged_directory, write_json
 from xtm.config import ContextualConfig, Preprocessing, TrainConfig, default_of, from_dict
 from xtm.corpus import Corpus
 from xtm.errors import XtmError
@@ -550,9 +548,7 @@ def save_contextual(run_dir: Path, cfg: ContextualConfig, encoder: TrainableSent
     from safetensors.torch import save_file
 
     final = run_dir / CONTEXTUAL_DIR
-    tmp = Path(tempfile.mkdtemp(prefix=f".{CONTEXTUAL_DIR}.", dir=run_dir))
-    os.chmod(tmp, 0o755)
-    try:
+    with staged_directory(final) as tmp:  # removed on any error; an old contextual/ stays whole until swapped
         save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()},
                   str(tmp / "head.safetensors"))
         enc_meta = encoder.save(tmp) if cfg.finetune_epochs else {"encoder": encoder.name,
@@ -567,10 +563,6 @@ def save_contextual(run_dir: Path, cfg: ContextualConfig, encoder: TrainableSent
             "config": cfg.to_dict(), "metrics": _json_safe(metrics),
             **({"teacher_sha256": teacher} if teacher is not None else {})})
         check_contextual_replaceable(run_dir)  # again: files may have been added while the fit ran
-        replace_directory(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import re
 import zipfile
 from collections.abc import Sequence
@@ -25,7 +24,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from xtm.atomic import atomic_open
+from xtm.atomic import atomic_open, temporary_names
 from xtm.config import TOKEN_RULES, known_token_rules
 from xtm.errors import XtmError
 from xtm.json_files import read_json
@@ -39,11 +38,14 @@ __all__ = ["ATOMIC_TMP_NAME", "INDEX", "SHARD_FORMAT", "SHARD_NAME", "VOCAB_NAME
 SHARD_FORMAT = 1
 INDEX = "index.json"
 # The layout's names, for whoever lists a shard directory (a rebuild deletes only these).
-# A shard inside a language directory, or save_shard's temporary of one.
-SHARD_NAME = re.compile(r"(?:train|test)-[0-9]+\.npz|\.(?:train|test)-[0-9]+\.npz\.tmp")
+_SHARD = r"(?:train|test)-[0-9]+\.npz"
+# A shard inside a language directory, xtm.atomic's temporary of one (a build killed while writing it), or the
+# fixed-name temporary `.train-00000.npz.tmp` an older xtm's save_shard wrote (a half-built directory of one
+# stays ours, and a rebuild clears it; nothing writes that name any more).
+SHARD_NAME = re.compile(f"{_SHARD}|{temporary_names(_SHARD).pattern}|\\.{_SHARD}\\.tmp")
 VOCAB_NAME, WORD_COUNTS_NAME = re.compile(r"vocab_(.+)\.txt"), re.compile(r"word_counts_(.+)\.npy")
 # xtm.atomic's temporary of the index, a vocabulary or word counts, left by a build killed while writing it.
-ATOMIC_TMP_NAME = re.compile(r"\.(index\.json|vocab_.+\.txt|word_counts_.+\.npy)\.xtm-[0-9]+-[a-z0-9_]{8}\.tmp")
+ATOMIC_TMP_NAME = temporary_names(r"index\.json|vocab_.+\.txt|word_counts_.+\.npy")
 
 
 def vocab_file(shard_dir: Path, lang: str) -> Path:
@@ -58,18 +60,14 @@ _LANGUAGE_KEYS = ("vocab_sha256", "train", "test")
 
 
 def save_shard(path: Path, m: sp.csr_matrix, labels: np.ndarray | None) -> None:
-    """A CSR matrix (+ labels) as plain arrays in an .npz, written under a temp name, made durable (fsync) and
-    renamed: the index, written last, never lists a shard a power cut left empty."""
+    """A CSR matrix (+ labels) as plain arrays in an .npz, replaced whole and durable (xtm.atomic: a temporary,
+    fsync, rename): the index, written last, never lists a shard a power cut left empty."""
     arrays: dict[str, np.ndarray] = {"indptr": m.indptr.astype(np.int64), "indices": m.indices.astype(np.int32),
                                      "data": m.data.astype(np.float32), "shape": np.asarray(m.shape, np.int64)}
     if labels is not None:
         arrays["labels"] = labels.astype(np.int64)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
+    with atomic_open(path, "wb", encoding=None) as f:
         np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
 
 
 def save_word_counts(path: Path, counts: np.ndarray) -> None:

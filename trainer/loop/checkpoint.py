@@ -9,7 +9,8 @@ Layout under RUN_DIR/checkpoints/:
     epoch-000010-step-000037/           a run stopped 37 steps into epoch 11 (state.json "partial")
     latest.json                         {"dir": "epoch-000010", "epoch": 10}, replaced atomically
 Each checkpoint directory is written under a temporary name, its files fsynced, and renamed when
-complete; only then does latest.json move to it. Older directories beyond `keep` are removed.
+complete (xtm.atomic.staged_directory); only then does latest.json move to it. Older directories beyond `keep`
+are removed.
 The names (directories and latest.json) are xtm.run_dir's, which lists them without torch; this module owns
 what is inside. Only names of that form are checkpoints (`xtm.run_dir.is_checkpoint_name`): a user's copy beside them
 ("epoch-000003-best") is never pruned, listed or loaded. They sort in training order by their numbers
@@ -42,7 +43,7 @@ import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as serialize_tensors
 
-from xtm.atomic import foreign_entries, temporary_names, write_json
+from xtm.atomic import foreign_entries, staged_directory, temporary_names, write_json
 from xtm.errors import XtmError
 from xtm.json_files import read_json
 from xtm.models_zoo.base import unique_state_dict
@@ -99,42 +100,25 @@ def save_checkpoint(run_dir: Path, epoch: int, model: torch.nn.Module, optimizer
     """
     root = RunDir(run_dir).checkpoints
     final = root / checkpoint_name(epoch, step)
-    tmp = root / f".tmp-{final.name}"
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        for stale in root.glob(".tmp-epoch-*"):  # left by a process killed while saving (this name only)
-            if is_checkpoint_name(stale.name[len(".tmp-"):]):
-                shutil.rmtree(stale, ignore_errors=True)
-        tmp.mkdir()
-        files = {"model.safetensors": _write_synced(tmp / "model.safetensors",
-                                                    serialize_tensors(unique_state_dict(model)))}
-        opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
-        opt_tensors[RNG_TORCH] = torch_rng if torch_rng is not None else torch.get_rng_state()
-        if cuda_rng is not None:
-            opt_tensors[RNG_CUDA] = cuda_rng.cpu()
-        for k, v in (train_buffers or {}).items():
-            opt_tensors[TRAIN_BUFFER + k] = v.detach().cpu().contiguous()
-        files["optimizer.safetensors"] = _write_synced(tmp / "optimizer.safetensors", serialize_tensors(opt_tensors))
-        write_json(tmp / "state.json", {"format": CHECKPOINT_FORMAT, "epoch": epoch, "optimizer": opt_meta,
-                                        **state, "files": files})
-        aside = root / f".tmp-old-{final.name}"
-        if final.exists() or final.is_symlink():  # the same position saved again (a stop right after a periodic
-            # checkpoint, a resume of a finished run): replaced, unless it holds what xtm did not write (a user's
-            # notes or an export saved inside it were deleted with it), which is moved to a name of its own.
-            if final.is_symlink() or _not_ours(final):
-                kept = _free_name(root, f"{final.name}-kept")
-                final.rename(kept)
-                logger.warning(f"moved {final} to {kept}: it holds what xtm did not write "
-                               f"({', '.join(_not_ours(kept)[:3]) or 'a symbolic link'}), and checkpoint "
-                               f"{final.name} is written again; delete it when done with it")
-            else:
-                shutil.rmtree(aside, ignore_errors=True)
-                final.rename(aside)
-        tmp.rename(final)
-        shutil.rmtree(aside, ignore_errors=True)
+        # Written beside `final` under a name of xtm.atomic's (a killed save's leftover, of any checkpoint, is
+        # cleared by the next save; a user's `.tmp-epoch-000003` is not one), swapped in whole.
+        with staged_directory(final, sweep=is_checkpoint_name) as tmp:
+            files = {"model.safetensors": _write_synced(tmp / "model.safetensors",
+                                                        serialize_tensors(unique_state_dict(model)))}
+            opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
+            opt_tensors[RNG_TORCH] = torch_rng if torch_rng is not None else torch.get_rng_state()
+            if cuda_rng is not None:
+                opt_tensors[RNG_CUDA] = cuda_rng.cpu()
+            for k, v in (train_buffers or {}).items():
+                opt_tensors[TRAIN_BUFFER + k] = v.detach().cpu().contiguous()
+            files["optimizer.safetensors"] = _write_synced(tmp / "optimizer.safetensors",
+                                                           serialize_tensors(opt_tensors))
+            write_json(tmp / "state.json", {"format": CHECKPOINT_FORMAT, "epoch": epoch, "optimizer": opt_meta,
+                                            **state, "files": files})
+            _move_aside_unless_ours(root, final)
         write_json(root / CHECKPOINT_POINTER, {"dir": final.name, "epoch": epoch, "step": step})
     except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise XtmError(f"cannot write the checkpoint: {e.strerror or e}", path=e.filename or final) from None
     # Prune old checkpoints only after the new one is live; only xtm's names (never a user's copy), and
     # never through a symbolic link.
@@ -149,6 +133,20 @@ def save_checkpoint(run_dir: Path, epoch: int, model: torch.nn.Module, optimizer
             continue
         shutil.rmtree(p, ignore_errors=True)
     return final
+
+
+def _move_aside_unless_ours(root: Path, final: Path) -> None:
+    """The same position saved again (a stop right after a periodic checkpoint, a resume of a finished run): its
+    directory is replaced, unless it holds what xtm did not write (a user's notes or an export saved inside it were
+    deleted with it) or is a link, which is moved to a name of its own first."""
+    if not os.path.lexists(final):
+        return
+    if final.is_symlink() or _not_ours(final):
+        kept = _free_name(root, f"{final.name}-kept")
+        final.rename(kept)
+        logger.warning(f"moved {final} to {kept}: it holds what xtm did not write "
+                       f"({', '.join(_not_ours(kept)[:3]) or 'a symbolic link'}), and checkpoint "
+                       f"{final.name} is written again; delete it when done with it")
 
 
 _OWN_FILES = frozenset({*TENSOR_FILES, "state.json"})
