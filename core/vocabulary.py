@@ -15,7 +15,7 @@ from pathlib import Path
 from xtm.atomic import write_text
 from xtm.errors import XtmError
 
-__all__ = ["read_vocabulary", "write_vocabulary"]
+__all__ = ["parse_vocabulary", "read_vocabulary", "write_vocabulary"]
 
 
 def read_vocabulary(path: str | Path, expected_size: int | None = None) -> list[str]:
@@ -26,6 +26,13 @@ def read_vocabulary(path: str | Path, expected_size: int | None = None) -> list[
         raw = path.read_bytes()
     except OSError as e:
         raise XtmError(f"cannot read the vocabulary: {e.strerror or e}", path=path) from None
+    return parse_vocabulary(raw, path, expected_size)
+
+
+def parse_vocabulary(raw: bytes, path: str | Path, expected_size: int | None = None) -> list[str]:
+    """read_vocabulary's words and checks on a file's bytes already read (a bundle's, checked against its
+    checksum first); errors name `path`."""
+    path = Path(path)
     # A Windows editor's byte-order mark is not part of the first word (it lost that word's dictionary links).
     raw = raw.removeprefix(b"\xef\xbb\xbf")
     try:

@@ -68,6 +68,7 @@ from xtm.runtime.providers import (
     run_session,
 )
 from xtm.runtime.tokenize import TEXT_NORMALIZATION, missing_tokenizer
+from xtm.vocabulary import parse_vocabulary
 
 __all__ = ["InferenceResult", "TopicModel"]
 
@@ -160,23 +161,13 @@ class _Encoder:
 
 
 def _read_vocab(data: bytes, path: Path, expected: int) -> tuple[list[str], dict[str, int]]:
-    """(the words as written, NFC word -> column), from the vocabulary file's bytes (`path` names it)."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = e.object[:e.start].count(b"\n") + 1
-        raise XtmError(f"not UTF-8 (byte 0x{e.object[e.start]:02x} on line {line}): a vocabulary is one UTF-8 word "
-                       "per line; re-export the bundle", path=path) from e
-    words = text.removeprefix("\ufeff").split("\n")  # a BOM (a hand-edited file) is not part of the first word
-    if words and words[-1] == "":
-        words.pop()
-    words = [w.rstrip("\r") for w in words]
-    if len(words) != expected:
-        raise XtmError(f"has {len(words)} words but the manifest says vocab_size {expected}", path=path)
+    """(the words as written, NFC word -> column), from the vocabulary file's bytes (`path` names it), by the one
+    vocabulary rule (`xtm.vocabulary`)."""
+    words = parse_vocabulary(data, path, expected)
     vocab: dict[str, int] = {}
     for i, w in enumerate(words):
-        # NFC, as the tokenizer puts text (xtm.runtime.tokenize.make_tokenizer); setdefault: a duplicated
-        # line keeps its first column, like any lookup would expect.
+        # NFC, as the tokenizer puts text (xtm.runtime.tokenize.make_tokenizer); setdefault: two spellings of one
+        # word (written apart by an older xtm or by hand) keep the first column, like any lookup would expect.
         key = unicodedata.normalize(TEXT_NORMALIZATION, w)
         if vocab.setdefault(key, i) != i:
             logger.warning("%s: line %d (%r) is the same word as line %d in Unicode NFC; documents count it "

@@ -604,3 +604,19 @@ def test_a_bundle_tokenized_with_other_segmenter_releases_says_so_once_and_still
     with caplog.at_level(logging.WARNING, logger="xtm"):
         TopicModel.load(b).infer(["bank market"], "en")
     assert "tokenized with" not in caplog.text
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda words: ["", *words[1:]], r"vocab_en\.txt:1: empty vocabulary entry"),
+    (lambda words: [words[0], words[0], *words[2:]], r"vocab_en\.txt:2: the word '.+' is listed twice"),
+    (lambda words: ["two words", *words[1:]], r"vocab_en\.txt:1: the word 'two words' contains whitespace"),
+])
+def test_a_bundle_vocabulary_is_read_by_the_one_vocabulary_rule(hb: HandBundle, tmp_path: Path, edit, message) -> None:
+    """The runtime had a reader of its own that took an empty line as a word and a repeated word with a warning,
+    where a run's vocabulary (the same file, copied) is refused for either."""
+    b = copy_bundle(hb, tmp_path / "b")
+    words = (b / "vocab_en.txt").read_text(encoding="utf-8").split("\n")[:-1]
+    (b / "vocab_en.txt").write_text("\n".join(edit(words)) + "\n", encoding="utf-8")
+    rewrite_checksums(b)
+    with pytest.raises(XtmError, match=message):
+        TopicModel.load(b)
