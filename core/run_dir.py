@@ -380,6 +380,8 @@ class RunDir:
         return self.path / f"refined_topics_{lang}.txt"
 
     def parity_sample_path(self, lang: str) -> Path:
+        """Up to 1,000 of the run's documents as bags of words: what xtm-export checks the graphs against, and
+        what topic labels are checked against (trainer/labels.py)."""
         return self.path / f"parity_sample_{lang}.npz"
 
     def topic_files(self) -> dict[str, Path]:

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from xtm.errors import XtmError
-from xtm.trainer.contextual.parallel import read_parallel
+from xtm.trainer.contextual.parallel_text import read_parallel
 
 SEED = 0
 NEWS = Path(__file__).resolve().parents[1] / "core" / "data" / "aligned_news.jsonl"
@@ -53,7 +53,7 @@ def test_a_bad_line_is_named_by_file_line_and_field(tmp_path: Path, content: byt
 
 def test_endless_and_huge_files_are_not_read_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """--parallel /dev/zero was read whole (a MemoryError traceback)."""
-    import xtm.trainer.contextual.parallel as parallel
+    import xtm.trainer.contextual.parallel_text as parallel
 
     with pytest.raises(XtmError, match="invalid JSON") as e:
         read_parallel("/dev/zero")

@@ -221,8 +221,9 @@ def label_topics(topics: dict[str, list[list[str]]], cfg: LabelConfig = DEFAULT,
                        topics_sha256=topics_digest(topics))
 
 
-def run_documents(run: RunDir, langs: Sequence[str]) -> dict[str, tuple[dict[str, int], Any]]:
-    """{lang: (word -> column, the run's parity sample)} for the languages that have a sample."""
+def parity_sample_bows(run: RunDir, langs: Sequence[str]) -> dict[str, tuple[dict[str, int], Any]]:
+    """{lang: (word -> column, the run's parity sample)} for the languages that have a sample: the documents a
+    label is checked against are the ones export checks its graphs against."""
     out = {}
     for lang in langs:
         vocab = run.read_vocab(lang)
@@ -249,7 +250,7 @@ def label_run(run_dir: str | Path, cfg: LabelConfig = DEFAULT, *, cache_dir: Pat
     if len({len(t) for t in topics.values()}) != 1 or any(not ws for t in topics.values() for ws in t):
         raise XtmError("topics_<lang>.txt disagree or have empty topics; line k must be topic k in every language",
                        path=run.path)
-    labels = label_topics(topics, cfg, docs=run_documents(run, langs), cache_dir=cache_dir, generator=generator,
+    labels = label_topics(topics, cfg, docs=parity_sample_bows(run, langs), cache_dir=cache_dir, generator=generator,
                           llm_errors=llm_errors)
     run.save_labels(labels)
     return labels

@@ -25,7 +25,7 @@ Steps (`train_contextual`):
                      per dimension, on the unit embedding): it needs no language, so it also holds
                      for languages the run never saw.
     Both compare the head without dropout (`without_dropout`, Choice 7). With `parallel` (a JSONL of the
-    user's translations, xtm.trainer.contextual.parallel) its pairs are one more set of the lambda_xl term.
+    user's translations, xtm.trainer.contextual.parallel_text) its pairs are one more set of the lambda_xl term.
  5. Agreement with the bag-of-words route on the held-out documents of the training languages
     (top-topic match, KL) and, with labels, classification accuracy of both thetas.
 
@@ -67,7 +67,7 @@ from xtm.models_zoo.encoders import parse_encoder_name
 from xtm.paths import cache_dir as default_cache_dir
 from xtm.paths import is_plain_file_name
 from xtm.run_dir import RunDir, run_token_rules
-from xtm.trainer.contextual.parallel import ParallelText, read_parallel
+from xtm.trainer.contextual.parallel_text import ParallelText, read_parallel
 from xtm.trainer.loop.checkpoint import load_trained_model
 from xtm.trainer.loop.model_passes import infer_theta, sparse_batch
 from xtm.trainer.loop.torch_setup import pick_device, thread_count, torch_threads

@@ -196,7 +196,7 @@ def _file_lines(f: Path) -> Iterator[tuple[int, bytes]]:
 
 
 def json_object(raw: bytes, f: Path, lineno: int) -> dict[str, Any]:
-    """One JSONL line as an object (documents here, parallel text in xtm.trainer.contextual.parallel);
+    """One JSONL line as an object (documents here, parallel text in xtm.trainer.contextual.parallel_text);
     whatever makes it unreadable (invalid UTF-8 or JSON, nesting too deep, numbers Python refuses) is an
     XtmError naming the line (xtm.runtime.records.decode_json_line)."""
     obj, reason = decode_json_line(raw)
