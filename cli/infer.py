@@ -1,9 +1,10 @@
 """xtm-infer: topic distributions for JSONL, text, Parquet, CSV or TSV documents with an exported bundle (no torch).
 
 A thin shell over the inference engine (`xtm.runtime.engine`, local; `xtm.runtime.ray`, Ray): it
-reads the flags (their defaults and help are the engine's InferenceOptions), opens the bundle,
-hands the engine its input and output, prints the summary and turns the outcome into the exit
-status. Only click, the error type and the engine's options are imported at module level;
+reads the flags (those of the engine's InferenceOptions made from its declaration by xtm.cli.options,
+as xtm-train's are from xtm.config; the others, how to read and write and which engine, are this
+command's), opens the bundle, hands the engine its input and output, prints the summary and turns
+the outcome into the exit status. Only click, the error type and the engine's options are imported at module level;
 numpy/onnxruntime/the tokenizers load inside `main`, so `--help` and bad flags answer instantly.
 """
 
@@ -19,9 +20,10 @@ from typing import Any
 
 import click
 
+from xtm.cli import options as cli_options
 from xtm.cli.common import friendly_errors, log_level_options, resolve_log_level, setup_logging, version_option
 from xtm.errors import XtmError
-from xtm.runtime.engine import ROUTES, InferenceOptions
+from xtm.runtime.engine import InferenceOptions
 from xtm.runtime.records import INPUT_FORMATS, OUTPUT_FORMATS
 
 logger = logging.getLogger("xtm.cli.infer")
@@ -189,16 +191,6 @@ or Parquet as xtm-infer writes them) or empty; any other file is refused
 """
 
 
-def _flag(name: str, **kwargs: Any) -> dict[str, Any]:
-    """click option settings from InferenceOptions: its default, help and lower bound (one source)."""
-    default, help_text, minimum = InferenceOptions.describe(name)
-    if minimum is not None:
-        kwargs.setdefault("type", click.IntRange(minimum))
-    if default is not None and default is not False:
-        kwargs.update(default=default, show_default=True)
-    return {"help": help_text, **kwargs}
-
-
 @click.command(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.argument("input_paths", metavar="INPUT...", nargs=-1, required=True,
                 type=click.Path(exists=True, allow_dash=True))
@@ -211,18 +203,7 @@ def _flag(name: str, **kwargs: Any) -> dict[str, Any]:
 @click.option("--format", "output_format", type=click.Choice(("auto", *OUTPUT_FORMATS)), default="auto",
               show_default=True, help="What to write: jsonl, csv or parquet; auto: by --out's name (else jsonl; .tsv "
                    "and compressed names are refused).")
-@click.option("--top-k", **_flag("top_k"))
-@click.option("--batch-size", **_flag("batch_size"))
-@click.option("--strict", is_flag=True, **_flag("strict"))
-@click.option("--max-bad", metavar="N|P%", **_flag("max_bad"))
-@click.option("--full-theta/--sparse-theta", **_flag("full_theta"))
-@click.option("--threads", **_flag("threads"))
-@click.option("--route", type=click.Choice(ROUTES), **_flag("route"))
-@click.option("--lang", metavar="CODE", **_flag("lang"))
-@click.option("--min-lang-conf", type=click.FloatRange(0, 1, max_open=True), metavar="P", **_flag("min_lang_conf"))
-@click.option("--text-field", metavar="NAME", **_flag("text_field"))
-@click.option("--lang-field", metavar="NAME", **_flag("lang_field"))
-@click.option("--id-field", metavar="NAME", **_flag("id_field"))
+@cli_options.options(InferenceOptions, "Options")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="local: this process, one JSONL, text, Parquet, CSV or TSV file or '-'. ray: Ray Data actors, "
                    "JSONL/Parquet files and directories (see Engines below).")
@@ -254,11 +235,9 @@ def _flag(name: str, **kwargs: Any) -> dict[str, Any]:
 @version_option("xtm-infer")
 @friendly_errors
 def main(input_paths: tuple[str, ...], bundle: str, out: str | None, input_format: str, output_format: str,
-         top_k: int, batch_size: int, strict: bool, max_bad: str | None, full_theta: bool, threads: int | None,
-         route: str, lang: str | None, min_lang_conf: float, text_field: str, lang_field: str, id_field: str,
          engine: str, address: str | None, actors: int | None,
          providers: str | None, workers: int | None, segmenters: str | None, progress_every: float,
-         summary_path: str | None, verbose: bool, quiet: bool, log_level: str | None) -> None:
+         summary_path: str | None, verbose: bool, quiet: bool, log_level: str | None, **parsed: Any) -> None:
     """Infer topic distributions of documents INPUT (JSONL, text, Parquet, CSV or TSV; '-' for stdin) with a bundle.
 
     With --engine ray, INPUT... are JSONL and Parquet files and directories."""
@@ -267,9 +246,7 @@ def main(input_paths: tuple[str, ...], bundle: str, out: str | None, input_forma
     from xtm.runtime.records import output_format as pick_output_format
     from xtm.signals import exit_on_signals
 
-    options = InferenceOptions(top_k=top_k, batch_size=batch_size, route=route, full_theta=full_theta,
-                               strict=strict, max_bad=max_bad, threads=threads, min_lang_conf=min_lang_conf,
-                               lang=lang, text_field=text_field, lang_field=lang_field, id_field=id_field)
+    options = cli_options.build(InferenceOptions, parsed)  # its flags: @cli_options.options above
     io = _Io(input_format, pick_output_format(out, output_format), providers, progress_every)
     io.workers = workers
     from xtm.runtime.tokenize import segmenter_mode, use_segmenters
@@ -512,14 +489,11 @@ def _run_ray(input_paths: tuple[str, ...], bundle: str, out: str | None, options
 
     _check_top_k(options.top_k, read_manifest(bundle, verify=False).num_topics)
 
-    kwargs: dict[str, Any] = dict(
-        address=address, num_actors=actors, threads_per_actor=options.threads, top_k=options.top_k,
-        route=options.route, batch_size=options.batch_size, full_theta=options.full_theta, strict=options.strict,
-        max_bad=options.max_bad, max_share=options.max_share, min_lang_conf=options.min_lang_conf, lang=options.lang,
-        text_field=options.text_field, lang_field=options.lang_field, id_field=options.id_field,
-        report=None if sys.stderr.isatty() else _reporter(None))
+    report = None if sys.stderr.isatty() else _reporter(None)
     try:
-        return infer_files(list(input_paths), bundle, out, output_format=io.output_format, **kwargs)
+        # (threads_per_actor: options.threads, --threads, else the Ray default)
+        return infer_files(list(input_paths), bundle, out, options=options, address=address, num_actors=actors,
+                           report=report, output_format=io.output_format)
     except BrokenPipeError:
         _quiet_broken_pipe()
 

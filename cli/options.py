@@ -83,7 +83,11 @@ def _option(f: Field, spec: Cli, section: str) -> Callable[[F], F]:
         kwargs["required"] = True
     if spec.metavar:
         kwargs["metavar"] = spec.metavar
-    if spec.switch is not None:
+    flags = spec.flags.split()
+    if spec.off is not None:  # a yes/no pair, "--full-theta/--sparse-theta": the value is the setting's
+        flags[-1] = f"{flags[-1]}/{spec.off}"
+        kwargs.update(is_flag=True, default=default, show_default=True)
+    elif spec.switch is not None:
         kwargs["is_flag"] = True  # present: the setting becomes `spec.switch` (see `settings`)
     elif spec.multiple:
         kwargs["multiple"] = True
@@ -92,7 +96,7 @@ def _option(f: Field, spec: Cli, section: str) -> Callable[[F], F]:
         # (a parsed option's default is the setting's, not a value of the option: --stopwords FILE's is no words)
         if default is not MISSING and default is not None and spec.parse is None:
             kwargs.update(default=default, show_default=True)
-    return click.option(*spec.flags.split(), spec.name, **kwargs)
+    return click.option(*flags, spec.name, **kwargs)
 
 
 def options(cls: type, section: str) -> Callable[[F], F]:

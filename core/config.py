@@ -109,6 +109,8 @@ class Cli:
     min, max, min_open, max_open: the valid range of a number; choices, case_sensitive: of a word.
     path: "any", "file" or "dir" for a path; exists: it must exist.
     switch: for a flag without value, the value its presence gives the setting (absent: the default).
+    off: for a yes/no setting, the flag that makes it False where `flags` makes it True ("--full-theta",
+        off="--sparse-theta": click's "--full-theta/--sparse-theta", the default shown).
     tty: absent, the setting is on only when stderr is a terminal (progress bars).
     parse: turns the option's raw value into the setting's (a comma list, KEY=VALUE pairs).
     """
@@ -125,6 +127,7 @@ class Cli:
     path: str | None = None
     exists: bool = False
     switch: bool | None = None
+    off: str | None = None
     tty: bool = False
     required: bool = False
     multiple: bool = False
@@ -186,6 +189,8 @@ def option_text(cli: Cli | None, name: str, value: Any) -> str:
     if cli is None:
         return f"{name}={json.dumps(value)}"
     flag = cli.flags.split()[-1]
+    if cli.off is not None:
+        return flag if value else cli.off
     if cli.switch is not None:
         return flag if value == cli.switch else f"drop {flag}"
     if value is None:

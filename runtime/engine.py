@@ -46,10 +46,11 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NamedTuple, cast
 
+from xtm.config import Cli, setting
 from xtm.cpu import usable_cores
 from xtm.errors import TransientError, XtmError
 from xtm.languages import normalize_lang
@@ -128,11 +129,6 @@ def parse_max_bad(value: str | int | None) -> tuple[int | None, float | None]:
         raise XtmError(f"--max-bad takes a number of lines (10) or a percentage (0.5%), got {value!r}") from None
 
 
-def _option(default: Any, help: str, minimum: int | None = None) -> Any:
-    """A field with its CLI help (and lower bound) beside its default: xtm-infer reads both."""
-    return field(default=default, metadata={"help": help, "min": minimum})
-
-
 def check_min_lang_conf(value: Any) -> float:
     """`value` as the float a detection's confidence is compared with; XtmError unless a number in [0, 1]."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) < 1.0:
@@ -168,37 +164,52 @@ class InferenceOptions:
     max_share: the bad-record policy (module docstring); max_bad takes a count or "P%" (which sets
     max_share). threads: onnxruntime threads where the engine loads the model itself (xtm-infer,
     each Ray actor); a TopicModel already loaded keeps its own.
+
+    Declared like every other configuration (`xtm.config.setting`, decision 12 of docs/architecture.md):
+    xtm-infer's flags are made from these fields (`xtm.cli.options`), and the Python functions take
+    `options=` plus keyword overrides of these fields (`with_overrides`).
     """
 
-    top_k: int = _option(3, "Topics listed per document (at most the bundle's K).", minimum=0)
-    batch_size: int = _option(256, "Documents per encoder call.", minimum=1)
-    route: str = _option("auto", ROUTE_HELP)
-    full_theta: bool = _option(True, "All K topic weights, or only the top-k as {topic_id: weight}.")
-    strict: bool = _option(False, "Fail (exit 2) at the first bad line instead of skipping it.")
-    max_bad: int | str | None = _option(
-        None, "Fail (exit 2) when more than N lines, or more than P percent of the lines, are bad.")
-    max_share: float | None = None
-    threads: int | None = _option(
-        None, f"onnxruntime threads (local default: all cores; ray: per actor, default {RAY_THREADS_PER_ACTOR}).",
-        minimum=1)
+    top_k: int = setting(3, help="Topics listed per document (at most the bundle's K).", cli=Cli("--top-k", min=0))
+    batch_size: int = setting(256, help="Documents per encoder call.", cli=Cli("--batch-size", min=1))
+    route: str = setting("auto", help=ROUTE_HELP, cli=Cli("--route", choices=ROUTES))
+    full_theta: bool = setting(True, help="All K topic weights, or only the top-k as {topic_id: weight}.",
+                               cli=Cli("--full-theta", off="--sparse-theta"))
+    strict: bool = setting(False, help="Fail (exit 2) at the first bad line instead of skipping it.",
+                           cli=Cli("--strict", switch=True))
+    max_bad: int | str | None = setting(
+        None, help="Fail (exit 2) when more than N lines, or more than P percent of the lines, are bad.",
+        cli=Cli("--max-bad", type=str, metavar="N|P%"))
+    max_share: float | None = setting(None, help="Fail at the end when a larger share (0 to 1) of the records was "
+                                                 "bad; max_bad \"P%\" (--max-bad P%) sets it.")
+    threads: int | None = setting(
+        None, help=f"onnxruntime threads (local default: all cores; ray: per actor, default {RAY_THREADS_PER_ACTOR}).",
+        cli=Cli("--threads", type=int, min=1))
     # At the end: positional callers of the fields above keep their meaning.
-    lang: str | None = _option(
-        None, "Language (ISO 639-1 code) of every line that names none, instead of detecting it: for plain text "
-              "files (--input-format text) and records without a lang field.")
-    min_lang_conf: float = _option(
-        0.0, "A detected language under this probability (0 to under 1) makes the line unsupported, a bad line, "
-             "instead of a guess: a text of a word or two ('bank market', a spreadsheet cell) is read as the "
-             "served language it most resembles with a low lang_conf (0.02-0.1; a sentence: 0.98). Given languages "
-             "are not judged. 0: every detection is taken.")
-    text_field: str = _option("text", "The input field (JSONL key, Parquet column) holding a record's text.")
-    lang_field: str = _option("lang", "The input field holding a record's language (absent or null: detected).")
-    id_field: str = _option("id", "The input field holding a record's id, written as the output's \"id\" (absent: "
-                                  "the line or row number).")
+    lang: str | None = setting(
+        None, help="Language (ISO 639-1 code) of every line that names none, instead of detecting it: for plain text "
+                   "files (--input-format text) and records without a lang field.",
+        cli=Cli("--lang", type=str, metavar="CODE"))
+    min_lang_conf: float = setting(
+        0.0, help="A detected language under this probability (0 to under 1) makes the line unsupported, a bad line, "
+                  "instead of a guess: a text of a word or two ('bank market', a spreadsheet cell) is read as the "
+                  "served language it most resembles with a low lang_conf (0.02-0.1; a sentence: 0.98). Given "
+                  "languages are not judged. 0: every detection is taken.",
+        cli=Cli("--min-lang-conf", min=0, max=1, max_open=True, metavar="P"))
+    text_field: str = setting("text", help="The input field (JSONL key, Parquet column) holding a record's text.",
+                              cli=Cli("--text-field", metavar="NAME"))
+    lang_field: str = setting("lang", help="The input field holding a record's language (absent or null: detected).",
+                              cli=Cli("--lang-field", metavar="NAME"))
+    id_field: str = setting("id", help="The input field holding a record's id, written as the output's \"id\" "
+                                       "(absent: the line or row number).", cli=Cli("--id-field", metavar="NAME"))
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
-            if f.metadata.get("min") is not None and getattr(self, f.name) is not None:
-                object.__setattr__(self, f.name, whole_number(f.name, getattr(self, f.name), f.metadata["min"]))
+            # the whole-number settings' declared lower bound (--top-k 0 and up, --batch-size and --threads 1 and up)
+            spec = f.metadata.get("cli")
+            if spec is not None and spec.min is not None and (spec.type or type(f.default)) is int \
+                    and getattr(self, f.name) is not None:
+                object.__setattr__(self, f.name, whole_number(f.name, getattr(self, f.name), int(spec.min)))
         check_route(self.route)
         records.check_fields(self.text_field, self.lang_field, self.id_field)
         object.__setattr__(self, "min_lang_conf", check_min_lang_conf(self.min_lang_conf))
@@ -215,11 +226,22 @@ class InferenceOptions:
         if self.max_share is not None and not 0 <= self.max_share <= 1:
             raise XtmError(f"max_share must be in [0, 1], got {self.max_share}")
 
-    @staticmethod
-    def describe(name: str) -> tuple[Any, str, int | None]:
-        """(default, help, lower bound or None) of option `name`: what a CLI flag shows and checks."""
-        f = {f.name: f for f in dataclasses.fields(InferenceOptions)}[name]
-        return f.default, f.metadata.get("help", ""), f.metadata.get("min")
+    @classmethod
+    def with_overrides(cls, options: InferenceOptions | None, overrides: Mapping[str, Any],
+                       caller: str) -> InferenceOptions:
+        """`options` (default: every field's default) with the fields `overrides` names replaced: what the Python
+        functions taking `options=` and keyword arguments build. A keyword that names no field is an XtmError
+        naming it and `caller` (a misspelt top_k must not be dropped or a TypeError from deep inside)."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = [k for k in overrides if k not in names]
+        if unknown:
+            raise XtmError(f"{caller}: unknown keyword argument{'s' if len(unknown) > 1 else ''} "
+                           f"{', '.join(map(repr, unknown))} (InferenceOptions fields: {', '.join(names)})")
+        if options is None:
+            return cls(**overrides)
+        if not isinstance(options, cls):
+            raise XtmError(f"{caller}: options must be an InferenceOptions, got {type(options).__name__}")
+        return dataclasses.replace(options, **overrides) if overrides else options
 
     @property
     def fields(self) -> records.FieldNames:
@@ -591,16 +613,24 @@ def _record_chunks(engine: Engine, items: Iterable[Any]) -> Iterator[list[tuple[
 
 
 def infer_records(model: TopicModel, items: Iterable[Mapping[str, Any]], *, options: InferenceOptions | None = None,
-                  report: Callable[[str], None] | None = None, where: str = "<records>") -> Iterator[str]:
+                  report: Callable[[str], None] | None = None, where: str = "<records>",
+                  **overrides: Any) -> Iterator[str]:
     """xtm-infer's output line (JSON, no newline) for each good record of `items`, in order, lazily.
 
     A record is a mapping with "text" and optionally "lang" (detected when absent) and "id" (its
     1-based position when absent), as a JSONL line holds (options.text_field, lang_field and id_field
-    name other keys). Bad records are reported through
+    name other keys). `overrides`: InferenceOptions fields by name (top_k=5), replacing those of
+    `options` (checked now, not at the first record). Bad records are reported through
     `report` (default: this module's logger, warning level) as WHERE:N: reason and skipped, or end
     the iteration with XtmError under options.strict / max_bad, after the good lines before them;
     max_share is judged when `items` is exhausted. Input with nothing to infer yields nothing
     (no NoResultsError: that is a file run's outcome)."""
+    options = InferenceOptions.with_overrides(options, overrides, "infer_records")
+    return _record_lines(model, items, options, report, where)
+
+
+def _record_lines(model: TopicModel, items: Iterable[Mapping[str, Any]], options: InferenceOptions,
+                  report: Callable[[str], None] | None, where: str) -> Iterator[str]:
     engine = Engine(model, options)
     tally = engine.options.policy(report or logger.warning)
     pending: list[str] = []
@@ -621,7 +651,7 @@ def infer_file(source: str | Path | IO[bytes], model: TopicModel, out: str | Pat
                options: InferenceOptions | None = None, report: Callable[[str], None] | None = None,
                bundle: str | Path | None = None, on_rows: Callable[[int], None] | None = None,
                input_format: str | None = None, output_format: str | None = None,
-               workers: int = 1) -> InferenceCounts:
+               workers: int = 1, **overrides: Any) -> InferenceCounts:
     """`xtm-infer SOURCE --out OUT` (local engine) as a function: counts of rows read and skipped.
 
     source: a JSONL file, a Parquet file (.parquet, .pq), a plain-text file (.txt: one document per
@@ -637,8 +667,9 @@ def infer_file(source: str | Path | IO[bytes], model: TopicModel, out: str | Pat
     bundle: the name errors give the bundle; on_rows(n): after each chunk of n rows is written.
     workers: processes that parse, tokenize and infer chunks in parallel, each with its own copy of
     the model (`WorkerPool`); the output and the bad-row reports are those of one process, byte for
-    byte. 1 (default): everything in this process."""
-    options = options or InferenceOptions()
+    byte. 1 (default): everything in this process. `overrides`: InferenceOptions fields by name (top_k=5),
+    replacing those of `options`."""
+    options = InferenceOptions.with_overrides(options, overrides, "infer_file")
     workers = whole_number("workers", workers)
     cores = len(usable_cores())
     if workers > WORKERS_PER_CORE_MAX * cores:

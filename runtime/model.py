@@ -837,20 +837,18 @@ class TopicModel:
                                topic_words=self.topics, routes=res.routes, lang_conf=res.conf, oov_ratio=oov,
                                unsupported=unsupported, notes=res.notes)
 
-    def infer_records(self, records: Iterable[Mapping[str, Any]], *, top_k: int = InferenceOptions.top_k,
-                      batch_size: int = InferenceOptions.batch_size, route: str = InferenceOptions.route,
-                      full_theta: bool = InferenceOptions.full_theta, strict: bool = InferenceOptions.strict,
-                      max_bad: int | str | None = None, report: Callable[[str], None] | None = None,
-                      min_lang_conf: float = InferenceOptions.min_lang_conf,
-                      lang: str | None = InferenceOptions.lang, text_field: str = InferenceOptions.text_field,
-                      lang_field: str = InferenceOptions.lang_field,
-                      id_field: str = InferenceOptions.id_field) -> Iterator[str]:
+    def infer_records(self, records: Iterable[Mapping[str, Any]], *, options: InferenceOptions | None = None,
+                      report: Callable[[str], None] | None = None, **overrides: Any) -> Iterator[str]:
         """xtm-infer's output line (JSON text) for each good record, in order, lazily: the batch
         engine (`xtm.runtime.engine.infer_records`) on this model.
 
         records: mappings with "text", optional "lang" (detected when absent) and "id" (the
-        record's 1-based position when absent); text_field, lang_field and id_field name other keys
-        (the output line still says "id" and "lang"). A bad record (no text, a language the route cannot
+        record's 1-based position when absent). options: an `InferenceOptions` (default: its
+        defaults); `overrides`, its fields by name, replace those of `options`: top_k, batch_size,
+        route, full_theta, strict, max_bad, max_share, lang, min_lang_conf, text_field, lang_field,
+        id_field (threads: this loaded model keeps its own). A keyword that is none of them is an
+        XtmError naming it. text_field, lang_field and id_field name other keys (the output line
+        still says "id" and "lang"). A bad record (no text, a language the route cannot
         read, ...) is reported through `report` (default: the "xtm.runtime.engine" logger) as
         <records>:N: reason and skipped; `strict` raises XtmError at the first, `max_bad` (N or
         "P%") past the limit. `json.loads(line)` gives {"id", "lang", "lang_conf", "route",
@@ -863,9 +861,7 @@ class TopicModel:
             # a string's characters, a view's keys or values: every one a "bad record" and nothing served
             raise XtmError(f"records must be an iterable of mappings (one per document), got {type(records).__name__}")
         _refuse_container("records", records, "an iterable of mappings (one per document)")
-        options = InferenceOptions(top_k=top_k, batch_size=batch_size, route=route, full_theta=full_theta,
-                                   strict=strict, max_bad=max_bad, min_lang_conf=min_lang_conf, lang=lang,
-                                   text_field=text_field, lang_field=lang_field, id_field=id_field)
+        options = InferenceOptions.with_overrides(options, overrides, "infer_records")
         return infer_records(self, records, options=options, report=report)
 
     def _infer_bow(self, texts: Sequence[str], lang: str, idx: np.ndarray, batch_size: int, theta: np.ndarray,

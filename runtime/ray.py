@@ -358,14 +358,9 @@ def _map_actors(ds: ray.data.Dataset, bundle_dir: str | Path, mode: str, options
     )
 
 
-def infer_dataset(ds: ray.data.Dataset, bundle_dir: str | Path, *, num_actors: int | None = None,
-                  threads_per_actor: int | None = None, top_k: int = InferenceOptions.top_k,
-                  route: str = InferenceOptions.route, batch_size: int = InferenceOptions.batch_size,
-                  full_theta: bool = InferenceOptions.full_theta,
-                  min_lang_conf: float = InferenceOptions.min_lang_conf,
-                  lang: str | None = InferenceOptions.lang, text_field: str = InferenceOptions.text_field,
-                  lang_field: str = InferenceOptions.lang_field,
-                  id_field: str = InferenceOptions.id_field) -> ray.data.Dataset:
+def infer_dataset(ds: ray.data.Dataset, bundle_dir: str | Path, *, options: InferenceOptions | None = None,
+                  num_actors: int | None = None, threads_per_actor: int | None = None,
+                  **overrides: Any) -> ray.data.Dataset:
     """Topic mixtures of a Ray Dataset of documents, computed on `num_actors` actors (lazy).
 
     ds: columns "text" (str), optionally "lang" (ISO 639-1 or a name normalize_lang knows; null =
@@ -380,18 +375,21 @@ def infer_dataset(ds: ray.data.Dataset, bundle_dir: str | Path, *, num_actors: i
     results. Set
     `DataContext.get_current().execution_options.preserve_order = True` to keep input order.
 
-    threads_per_actor: onnxruntime threads in each actor (default RAY_THREADS_PER_ACTOR), reserved as
-    Ray CPUs. Other options and their defaults: `xtm.runtime.engine.InferenceOptions`. num_actors
+    options: an `xtm.runtime.engine.InferenceOptions` (default: its defaults); `overrides`, its fields by
+    name (top_k=2, batch_size=50, route, full_theta, lang, min_lang_conf, text_field, ...), replace those of
+    `options`; a keyword that is neither a parameter nor a field is an XtmError naming it. The bad-record
+    policy (strict, max_bad, max_share) has nothing to stop here: a bad row is a row with its error.
+    threads_per_actor: onnxruntime threads in each actor (default: options.threads, else
+    RAY_THREADS_PER_ACTOR), reserved as Ray CPUs. num_actors
     defaults to the cluster's CPUs, less one for the stages before (readers), divided by
     threads_per_actor. Actors that take every CPU starve the upstream tasks that need one:
     measured with Ray 2.60, `read_parquet` (its file listing and reading take a CPU each, whatever
     ray_remote_args say) behind 2 actors on 2 CPUs never finishes. Keep num_actors *
     threads_per_actor below the cluster's CPUs, or materialize() the input first.
     """
-    num_actors, threads_per_actor = _actor_counts(num_actors, threads_per_actor)
-    options = InferenceOptions(top_k=top_k, route=route, batch_size=batch_size, full_theta=full_theta,
-                               min_lang_conf=min_lang_conf, lang=lang, text_field=text_field, lang_field=lang_field,
-                               id_field=id_field)
+    options = InferenceOptions.with_overrides(options, overrides, "infer_dataset")
+    num_actors, threads_per_actor = _actor_counts(num_actors, options.threads if threads_per_actor is None
+                                                  else threads_per_actor)
     return _map_actors(ds, bundle_dir, "columns", options, num_actors=num_actors,
                        threads_per_actor=threads_per_actor, reserve=1)
 
@@ -514,16 +512,10 @@ def _read_parquet(file_idx: int, path: str, fields: FieldNames) -> Iterator[pa.T
 
 
 def infer_files(paths: Sequence[str | Path], bundle_dir: str | Path, out_path: str | Path | None, *,
-                address: str | None = None, num_actors: int | None = None, threads_per_actor: int | None = None,
-                top_k: int = InferenceOptions.top_k, route: str = InferenceOptions.route,
-                batch_size: int = InferenceOptions.batch_size, full_theta: bool = InferenceOptions.full_theta,
-                strict: bool = InferenceOptions.strict, max_bad: int | str | None = None,
-                max_share: float | None = None, report: Callable[[str], None] | None = None,
-                progress: bool | None = None, sink: IO[bytes] | None = None,
-                min_lang_conf: float = InferenceOptions.min_lang_conf,
-                lang: str | None = InferenceOptions.lang, text_field: str = InferenceOptions.text_field,
-                lang_field: str = InferenceOptions.lang_field,
-                id_field: str = InferenceOptions.id_field, output_format: str | None = None) -> InferenceCounts:
+                options: InferenceOptions | None = None, address: str | None = None, num_actors: int | None = None,
+                threads_per_actor: int | None = None, report: Callable[[str], None] | None = None,
+                progress: bool | None = None, sink: IO[bytes] | None = None, output_format: str | None = None,
+                **overrides: Any) -> InferenceCounts:
     """xtm-infer's output for JSONL and Parquet files and directories, computed on Ray actors.
 
     Writes one line per good row, in input order (files in the given order, directories sorted),
@@ -534,22 +526,25 @@ def infer_files(paths: Sequence[str | Path], bundle_dir: str | Path, out_path: s
     as PATH:LINE: reason and skipped; `strict` raises XtmError at the
     first one, `max_bad` at the first one over that count (or "P%"), `max_share` (0..1) at the end
     when a larger share of the rows was bad; NoResultsError (an XtmError) when no row could be
-    inferred: the engine's policy (`xtm.runtime.engine`), whose InferenceOptions give the defaults.
+    inferred: the engine's policy (`xtm.runtime.engine`).
     Whatever raises, out_path is not written; to a sink, the lines before the failing row are.
     Returns the engine's InferenceCounts: rows read (non-blank lines, Parquet rows) and skipped; .written.
-    threads_per_actor: onnxruntime threads per actor (default RAY_THREADS_PER_ACTOR).
+    options: an `xtm.runtime.engine.InferenceOptions` (default: its defaults); `overrides`, its fields by name
+    (top_k=3, route, batch_size, full_theta, strict, max_bad, max_share, lang, min_lang_conf, text_field,
+    lang_field, id_field, threads), replace those of `options`; a keyword that is neither a parameter nor a
+    field is an XtmError naming it.
+    threads_per_actor: onnxruntime threads per actor (default: options.threads, else RAY_THREADS_PER_ACTOR).
     Connects to `address` (a running cluster: "auto", "HOST:PORT", "ray://HOST:10001"),
     or uses the Ray already initialised in this process, or starts a local one (shut down again
     at the end). The input files are read by Ray tasks: on a multi-node cluster they must be on a
     file system every node sees.
     """
-    num_actors, threads_per_actor = _actor_counts(num_actors, threads_per_actor)
+    options = InferenceOptions.with_overrides(options, overrides, "infer_files")
+    num_actors, threads_per_actor = _actor_counts(num_actors, options.threads if threads_per_actor is None
+                                                  else threads_per_actor)
     ray = _import_ray()
     from xtm.runtime.records import check_out_path
 
-    options = InferenceOptions(top_k=top_k, route=route, batch_size=batch_size, full_theta=full_theta,
-                               strict=strict, max_bad=max_bad, max_share=max_share, min_lang_conf=min_lang_conf,
-                               lang=lang, text_field=text_field, lang_field=lang_field, id_field=id_field)
     files = list_input_files(paths)
     check_out_path(out_path, [p for p, _ in files])
     _check_route(bundle_dir, options)  # fail before starting anything

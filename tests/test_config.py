@@ -17,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from xtm.cli.contextual import main as contextual_main
+from xtm.cli.infer import main as infer_main
 from xtm.cli.options import SectionOption, build
 from xtm.cli.train import main as train_main
 from xtm.cli.train import run_config
@@ -35,10 +36,15 @@ from xtm.config import (
     from_dict,
 )
 from xtm.errors import XtmError
+from xtm.runtime.engine import InferenceOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_TREE = (DataConfig, RunConfig, TrainConfig, Phase2Config, RefinerConfig, Sampling)
 ALL = (Preprocessing, *TRAIN_TREE, ContextualConfig)
+# xtm-infer's flags that are not InferenceOptions settings: what to read and write, which engine, logging.
+INFER_OWN_FLAGS = {"input_paths", "bundle", "out", "input_format", "output_format", "engine", "address", "actors",
+                   "providers", "workers", "segmenters", "progress_every", "summary_path", "verbose", "quiet",
+                   "log_level", "version"}
 
 
 def declared(classes: tuple[type, ...]) -> list[tuple[type, dataclasses.Field, Cli]]:
@@ -53,10 +59,12 @@ def params(command: click.Command) -> dict[str, click.Parameter]:
 # --------------------------------------------------------------------------- options come from the tree
 
 
-@pytest.mark.parametrize("command,classes", [(train_main, TRAIN_TREE), (contextual_main, (ContextualConfig,))])
+@pytest.mark.parametrize("command,classes", [(train_main, TRAIN_TREE), (contextual_main, (ContextualConfig,)),
+                                             (infer_main, (InferenceOptions,))])
 def test_every_option_default_and_help_is_the_trees(command: click.Command, classes: tuple[type, ...],
                                                    tmp_path: Path) -> None:
-    required = ["--data", str(tmp_path), "--out", str(tmp_path / "r")] if command is train_main else [str(tmp_path)]
+    required = {train_main: ["--data", str(tmp_path), "--out", str(tmp_path / "r")],
+                infer_main: [str(tmp_path), "--bundle", str(tmp_path)]}.get(command, [str(tmp_path)])
     parsed = command.make_context("xtm", required).params  # what the command gets when nothing is said
     by_name = params(command)
     settings = declared(classes)
@@ -65,7 +73,7 @@ def test_every_option_default_and_help_is_the_trees(command: click.Command, clas
         p = by_name.pop(spec.name)
         where = f"{cls.__name__}.{f.name} ({spec.flags})"
         assert isinstance(p, SectionOption), where
-        assert p.opts + p.secondary_opts == spec.flags.split(), where
+        assert p.opts + p.secondary_opts == spec.flags.split() + ([spec.off] if spec.off else []), where
         assert p.help == (spec.help or f.metadata["help"]), where
         if spec.switch is not None:
             # A switch: absent it leaves the default, present it changes it (or, progress, turns it off).
@@ -85,8 +93,9 @@ def test_every_option_default_and_help_is_the_trees(command: click.Command, clas
             assert parsed[spec.name] == f.default and type(parsed[spec.name]) is type(f.default), where
             assert p.show_default or f.default is None, where
     # What is left is not a setting: --version (eager, every command has it) and the contextual
-    # run directory argument, nothing else.
-    assert set(by_name) == ({"run_dir", "version"} if command is contextual_main else {"version"})
+    # run directory argument, nothing else; xtm-infer's own flags (input, output, engine, logging).
+    assert set(by_name) == {contextual_main: {"run_dir", "version"}, infer_main: INFER_OWN_FLAGS}.get(command,
+                                                                                                     {"version"})
 
 
 def test_option_ranges_are_the_declared_ones() -> None:
@@ -113,8 +122,24 @@ def test_the_clis_restate_no_default_or_range(module: str) -> None:
             raise AssertionError(f"{module}:{node.lineno}: a range or choice written by hand")
 
 
+def test_inference_options_are_declared_once() -> None:
+    """xtm-infer and the Python inference functions take InferenceOptions (options= plus keyword overrides): none
+    of them restates one of its fields as a parameter of its own (a field added is written once)."""
+    import inspect
+
+    from xtm.runtime import engine, ray
+    from xtm.runtime.model import TopicModel
+
+    names = {f.name for f in dataclasses.fields(InferenceOptions)}
+    for fn in (infer_main.callback, engine.infer_records, engine.infer_file, TopicModel.infer_records,
+               ray.infer_dataset, ray.infer_files):
+        params = inspect.signature(fn).parameters
+        assert not names & set(params), f"{fn.__qualname__} restates {sorted(names & set(params))}"
+        assert "overrides" in params or fn is infer_main.callback, fn.__qualname__
+
+
 def test_every_setting_has_help() -> None:
-    for cls in ALL:
+    for cls in (*ALL, InferenceOptions):
         for f in dataclasses.fields(cls):
             assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help text"
 

@@ -4,6 +4,7 @@ runs beside it so both are held to the same bytes."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -192,15 +193,41 @@ def test_a_full_device_is_one_error_naming_it(model: TopicModel, tmp_path: Path)
 
 
 def test_cli_flags_read_the_engine_options() -> None:
+    # xtm-infer's flags are made from InferenceOptions' declarations (xtm.config.setting, xtm.cli.options), as
+    # xtm-train's are from the configuration tree: one flag per declared field, its help, default and range.
     params = {p.name: p for p in main.params}
-    for name in ("top_k", "batch_size", "route", "full_theta", "strict", "threads", "max_bad"):
-        default, help_text, minimum = InferenceOptions.describe(name)
-        assert params[name].help == help_text
-        if default is not None and default is not False:
-            assert params[name].default == default
-        if minimum is not None:
-            assert params[name].type.min == minimum
+    declared = [(f, f.metadata["cli"]) for f in dataclasses.fields(InferenceOptions) if f.metadata.get("cli")]
+    assert {f.name for f, _ in declared} == {f.name for f in dataclasses.fields(InferenceOptions)} - {"max_share"}
+    for f, spec in declared:
+        p = params[f.name]
+        assert p.help == f.metadata["help"], f.name
+        assert p.opts + p.secondary_opts == [spec.flags] + ([spec.off] if spec.off else []), f.name
+        if f.default is not None and f.default is not False:
+            assert p.default == f.default and p.show_default, f.name
+        if spec.min is not None:
+            assert p.type.min == spec.min, f.name
     assert tuple(params["route"].type.choices) == ROUTES
+    assert params["min_lang_conf"].type.max_open and params["max_bad"].metavar == "N|P%"
+    assert params["full_theta"].secondary_opts == ["--sparse-theta"] and params["strict"].is_flag
+
+
+def test_python_apis_take_options_and_keyword_overrides(model: TopicModel, hb: HandBundle, tmp_path: Path) -> None:
+    # options= and keyword overrides of its fields, the same everywhere; a keyword naming no field is an XtmError
+    # naming it (not a TypeError, nor dropped).
+    base = list(model.infer_records(GOOD, options=InferenceOptions(top_k=1, full_theta=False)))
+    assert list(model.infer_records(GOOD, top_k=1, full_theta=False)) == base
+    assert list(model.infer_records(GOOD, options=InferenceOptions(top_k=5), top_k=1, full_theta=False)) == base
+    assert list(infer_records(model, GOOD, top_k=1, full_theta=False)) == base
+    assert len(json.loads(base[0])["topics"]) == 1
+    for call in (lambda: model.infer_records(GOOD, topk=1), lambda: infer_records(model, GOOD, topk=1),
+                 lambda: infer_file(io.BytesIO(b""), model, tmp_path / "o.jsonl", topk=1)):
+        with pytest.raises(XtmError, match=r"^infer_\w+: unknown keyword argument 'topk' \(InferenceOptions fields: "
+                                           r"top_k, batch_size, "):
+            call()
+    with pytest.raises(XtmError, match="options must be an InferenceOptions, got dict"):
+        model.infer_records(GOOD, options={"top_k": 1})
+    with pytest.raises(XtmError, match=r"^top_k must be a whole number of at least 0, got -1$"):
+        model.infer_records(GOOD, options=InferenceOptions(), top_k=-1)  # checked at the call, not the first record
 
 
 def test_options_are_checked_once_with_one_message_each(model: TopicModel) -> None:
