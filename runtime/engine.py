@@ -31,9 +31,11 @@ memory that stays flat on any input length (chunks of 4 encoder batches), and th
 - Outcome, what `xtm-infer` turns into its exit status: `InferenceCounts` (results written: 0),
   `NoResultsError` (nothing could be inferred: 1), any other XtmError (2).
 
-Defaults of every option (`InferenceOptions`) and the routes (`ROUTES`) are defined here once: the
-CLI's flags, `TopicModel.infer` and the Ray engine read them. Cheap to import (no numpy, no
-onnxruntime): the CLI reads the defaults at start-up; the model comes in as an argument.
+Every option (`InferenceOptions`, declared with `xtm.config.setting`: default, help, flag, range) and
+the routes (`ROUTES`) are defined here once: xtm-infer's flags are made from the declaration
+(`xtm.cli.options`), and the Python functions here, `TopicModel.infer_records` and the Ray engine take
+`options=` plus keyword overrides of its fields. Cheap to import (no numpy, no onnxruntime): the CLI
+reads the declarations at start-up; the model comes in as an argument.
 """
 
 from __future__ import annotations

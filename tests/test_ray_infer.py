@@ -127,6 +127,19 @@ def test_infer_files_writes_the_local_engines_csv(ray_local, hb: HandBundle, inp
     infer_files([inputs["jsonl"]], hb.path, out, num_actors=1, threads_per_actor=1, top_k=2, progress=False,
                 report=lambda _: None)  # (the format by the name, as the local engine)
     assert out.read_bytes() == local.read_bytes()
+    # options= as the engine's other functions take it (threads: the actors' threads_per_actor), keywords as overrides
+    from xtm.runtime.engine import InferenceOptions
+    from xtm.runtime.ray import infer_dataset
+
+    out.unlink()
+    infer_files([inputs["jsonl"]], hb.path, out, options=InferenceOptions(top_k=5, threads=1), top_k=2, num_actors=1,
+                progress=False, report=lambda _: None)
+    assert out.read_bytes() == local.read_bytes()
+    for call in (lambda: infer_files([inputs["jsonl"]], hb.path, out, num_actor=1),
+                 lambda: infer_dataset(ray.data.from_items([{"text": "bank"}]), hb.path, topk=2)):
+        with pytest.raises(XtmError, match=r"^infer_(files|dataset): unknown keyword argument '(num_actor|topk)' "
+                                           r"\(InferenceOptions fields: top_k, "):
+            call()
     with pytest.raises(XtmError, match="output format must be one of auto, jsonl, csv, parquet"):
         infer_files([inputs["jsonl"]], hb.path, None, output_format="xlsx")
     with pytest.raises(XtmError, match="TSV is not written"):
