@@ -32,8 +32,10 @@ from xtm.config import (
     RunConfig,
     Sampling,
     TrainConfig,
+    cli_spec,
     default_of,
     from_dict,
+    option_text,
 )
 from xtm.errors import XtmError
 from xtm.runtime.engine import InferenceOptions
@@ -136,6 +138,10 @@ def test_inference_options_are_declared_once() -> None:
         params = inspect.signature(fn).parameters
         assert not names & set(params), f"{fn.__qualname__} restates {sorted(names & set(params))}"
         assert "overrides" in params or fn is infer_main.callback, fn.__qualname__
+    # a yes/no pair (--full-theta/--sparse-theta) is named by the flag that gives the value
+    spec = cli_spec(InferenceOptions, "full_theta")
+    assert (option_text(spec, "full_theta", True), option_text(spec, "full_theta", False)) == ("--full-theta",
+                                                                                               "--sparse-theta")
 
 
 def test_every_setting_has_help() -> None:
