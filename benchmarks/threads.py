@@ -27,11 +27,11 @@ import json, sys
 from pathlib import Path
 from xtm.config import TrainConfig
 from xtm.trainer.data.loading import load_corpus
-from xtm.trainer.loop.training import train
+from xtm.trainer.loop.training import train_backbone
 data, dict_path, epochs, threads, out = sys.argv[1:]
 corpus = load_corpus(data, dict_path=dict_path, progress=False)
-train(corpus, TrainConfig(model="nmtm", num_topics=50, epochs=int(epochs), seed=1, threads=int(threads),
-                          progress=False), Path(out))
+train_backbone(corpus, TrainConfig(model="nmtm", num_topics=50, epochs=int(epochs), seed=1, threads=int(threads),
+                                   progress=False), Path(out))
 print(json.dumps([e["seconds"] for e in json.loads((Path(out) / "history.json").read_text())]))
 """
 

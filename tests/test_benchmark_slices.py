@@ -11,7 +11,8 @@ import pytest
 from xtm.config import TrainConfig
 from xtm.corpus import Corpus
 from xtm.trainer.data.loading import load_corpus
-from xtm.trainer.run import evaluate_model, train
+from xtm.trainer.loop.training import train_backbone
+from xtm.trainer.run import evaluate_model
 
 
 def head(corpus: Corpus, n_train: int, n_test: int) -> Corpus:
@@ -39,7 +40,7 @@ def ecnews_slice(ecnews_dir: Path) -> Corpus:
 @pytest.mark.parametrize("model,epochs", [("nmtm", 4), ("infoctm", 4)])
 def test_ecnews_slice_trains_and_evaluates(ecnews_slice: Corpus, tmp_path: Path, model: str, epochs: int) -> None:
     cfg = TrainConfig(model=model, num_topics=20, epochs=epochs, checkpoint_every=0, progress=False, seed=0)
-    result = train(ecnews_slice, cfg, tmp_path)
+    result = train_backbone(ecnews_slice, cfg, tmp_path)
     losses = [h["loss"] for h in result.history]
     assert losses[-1] < losses[0]
     metrics = evaluate_model(ecnews_slice, result, __import__("torch").device("cpu"), None)

@@ -28,7 +28,7 @@ from xtm.errors import XtmError
 from xtm.run_dir import checkpoint_order, has_checkpoint, hold_run_dir, is_run_dir, lock_dir, refuse_foreign_dir
 from xtm.trainer.data.sharding import ShardedCorpus, build_shards, open_or_build_shards
 from xtm.trainer.loop.checkpoint import load_checkpoint, numpy_rng_from_state
-from xtm.trainer.loop.training import train
+from xtm.trainer.loop.training import train_backbone
 
 TRAIN = [sys.executable, "-m", "xtm.cli.train"]
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
@@ -311,7 +311,7 @@ def test_the_lock_file_alone_proves_no_run(example_dir: Path, tmp_path: Path) ->
 def two_epochs(example_corpus, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real run's directory: checkpoints after epochs 1 and 2 (latest: epoch-000002)."""
     d = tmp_path_factory.mktemp("two-epochs")
-    train(example_corpus, config(), d)
+    train_backbone(example_corpus, config(), d)
     return d
 
 
@@ -376,7 +376,7 @@ def test_an_edited_optimizer_state_is_one_error_naming_the_file_and_entry(exampl
     ckpt = _copy(two_epochs, tmp_path / "run")
     _edit_tensors(ckpt, "optimizer.safetensors", edit)
     with pytest.raises(XtmError, match=message) as e:
-        train(example_corpus, config(epochs=3), tmp_path / "run", resume=True)
+        train_backbone(example_corpus, config(epochs=3), tmp_path / "run", resume=True)
     assert str(e.value).startswith(f"{ckpt}: ")
 
 
@@ -417,17 +417,18 @@ def test_edited_optimizer_groups_are_one_error_naming_state_json_and_the_entry(e
     ckpt = _copy(two_epochs, tmp_path / "run")
     _edit_state(ckpt, edit)
     with pytest.raises(XtmError, match=message) as e:
-        train(example_corpus, config(epochs=3), tmp_path / "run", resume=True)
+        train_backbone(example_corpus, config(epochs=3), tmp_path / "run", resume=True)
     assert str(e.value).startswith(f"{ckpt}: ")
 
 
 def test_the_optimizer_runs_its_steps_as_this_process_does(example_corpus, two_epochs: Path, tmp_path: Path) -> None:
     """How a step runs (the fused kernel, capturable) is this run's choice, not the checkpoint's: an edited
     "capturable": true resumes exactly as the checkpoint did."""
-    reference = train(example_corpus, config(epochs=3), _copy(two_epochs, tmp_path / "a").parent.parent, resume=True)
+    reference = train_backbone(example_corpus, config(epochs=3), _copy(two_epochs, tmp_path / "a").parent.parent,
+                               resume=True)
     ckpt = _copy(two_epochs, tmp_path / "b")
     _edit_state(ckpt, lambda s: [g.__setitem__("capturable", True) for g in s["optimizer"]["param_groups"]])
-    edited = train(example_corpus, config(epochs=3), tmp_path / "b", resume=True)
+    edited = train_backbone(example_corpus, config(epochs=3), tmp_path / "b", resume=True)
     for k, v in reference.model.state_dict().items():
         assert torch.equal(v, edited.model.state_dict()[k]), k
 
@@ -533,7 +534,7 @@ def test_pruning_leaves_the_users_copies_beside_the_checkpoints(example_corpus, 
     (root / "epoch-000001.txt").write_text("mine")
     (root / ".tmp-epoch-mine").mkdir()  # not a name save_checkpoint gives its temporaries
     mine = {n: snapshot(root / n) for n in ("epoch-000002-best", "epoch-notes", ".tmp-epoch-mine")}
-    train(example_corpus, config(epochs=4), run, resume=True)
+    train_backbone(example_corpus, config(epochs=4), run, resume=True)
     assert sorted(p.name for p in root.iterdir()) == [".tmp-epoch-mine", "epoch-000001.txt", "epoch-000002-best",
                                                        "epoch-000003", "epoch-000004", "epoch-notes", "latest.json"]
     assert all(snapshot(root / n) == content for n, content in mine.items())
@@ -551,7 +552,7 @@ def test_pruning_keeps_a_checkpoint_that_holds_the_users_file(example_corpus, tw
     (root / "epoch-000001" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1" + bytes(100))
     (root / "epoch-000001" / ".state.json.xtm-123-abcd1234.tmp").write_text("{")
     with caplog.at_level(logging.WARNING, logger="xtm"):
-        train(example_corpus, config(epochs=5), run, resume=True)
+        train_backbone(example_corpus, config(epochs=5), run, resume=True)
     assert (root / "epoch-000002" / "my_notes.txt").read_text() == "mine"
     assert not (root / "epoch-000003").exists() and not (root / "epoch-000001").exists()  # xtm's own: pruned
     assert caplog.text.count("it holds what xtm did not write (my_notes.txt)") == 1  # once, not at every save
@@ -569,7 +570,7 @@ def test_the_same_position_saved_again_keeps_the_users_files_in_it(example_corpu
     (root / "epoch-000002" / "exported" / "model.onnx").write_bytes(b"onnx")
     (root / "epoch-000002-kept").mkdir()                    # a name taken: never replaced
     with caplog.at_level(logging.WARNING, logger="xtm"):
-        train(example_corpus, config(epochs=2), run, resume=True)
+        train_backbone(example_corpus, config(epochs=2), run, resume=True)
     kept = root / "epoch-000002-kept-2"
     assert (kept / "NOTES.txt").read_text() == "mine" and (kept / "exported" / "model.onnx").read_bytes() == b"onnx"
     assert (kept / "state.json").is_file() and (root / "epoch-000002" / "state.json").is_file()
@@ -577,7 +578,7 @@ def test_the_same_position_saved_again_keeps_the_users_files_in_it(example_corpu
     assert f"moved {root / 'epoch-000002'} to {kept}: it holds what xtm did not write (NOTES.txt, exported)" \
         in caplog.text
     # xtm's own directory at that position is simply replaced, as before (no "-kept" copy)
-    train(example_corpus, config(epochs=2), run, resume=True)
+    train_backbone(example_corpus, config(epochs=2), run, resume=True)
     assert not (root / "epoch-000002-kept-3").exists()
 
 

@@ -99,21 +99,21 @@ def test_training_without_threads_takes_the_free_cores_says_so_and_gives_them_ba
     cfg = TrainConfig(model="nmtm", num_topics=4, epochs=1, batch_size=100, progress=False, device="cpu")
     try:
         with caplog.at_level(logging.INFO, logger="xtm"):
-            training.train(example_corpus, cfg, tmp_path / "auto",
-                           on_epoch_end=lambda epoch, model: seen.append(torch.get_num_threads()))
+            training.train_backbone(example_corpus, cfg, tmp_path / "auto",
+                                    on_epoch_end=lambda epoch, model: seen.append(torch.get_num_threads()))
         assert seen == [1] and sampled == [2]
         assert "1 CPU thread of 2: other processes keep at least 1 core busy (--threads N to choose)" in caplog.text
         assert torch.get_num_threads() == 2                    # a library caller gets its own count back
         # --threads wins, without sampling the load
-        training.train(example_corpus, replace(cfg, threads=3), tmp_path / "given",
-                       on_epoch_end=lambda epoch, model: seen.append(torch.get_num_threads()))
+        training.train_backbone(example_corpus, replace(cfg, threads=3), tmp_path / "given",
+                                on_epoch_end=lambda epoch, model: seen.append(torch.get_num_threads()))
         assert seen == [1, 3] and sampled == [2] and torch.get_num_threads() == 2
         # resumed, a run takes the count it was started with whatever the load now (the same arithmetic),
         # without sampling the load, and gives the caller's back at the end
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="xtm"):
-            training.train(example_corpus, replace(cfg, epochs=2), tmp_path / "auto", resume=True,
-                           on_epoch_end=lambda epoch, model: seen.append(torch.get_num_threads()))
+            training.train_backbone(example_corpus, replace(cfg, epochs=2), tmp_path / "auto", resume=True,
+                                    on_epoch_end=lambda epoch, model: seen.append(torch.get_num_threads()))
         assert seen == [1, 3, 1] and sampled == [2] and torch.get_num_threads() == 2
         assert "1 CPU thread, as this run was started with" in caplog.text
         assert "other processes keep" not in caplog.text

@@ -22,7 +22,7 @@ from xtm.trainer.data.batches import InMemoryBatches
 from xtm.trainer.data.sharding import ShardedCorpus, build_shards, open_or_build_shards
 from xtm.trainer.loop.checkpoint import load_checkpoint
 from xtm.trainer.loop.distributed import rank_state_digest
-from xtm.trainer.loop.training import train
+from xtm.trainer.loop.training import train_backbone
 from xtm.trainer.run import run_training
 
 BATCH = 40
@@ -278,11 +278,11 @@ def test_an_epoch_covers_every_document_and_ranks_split_it(kind: str, example_co
 def test_out_of_core_training_is_finite_and_resumes_exactly(example_dir: Path, shards: ShardedCorpus,
                                                            tmp_path: Path, one_thread: None) -> None:
     corpus = shards.eval_corpus(dict_path=example_dir / "dict.tsv")
-    straight = train(corpus, config(epochs=3), tmp_path / "straight", data=shards.batches())
+    straight = train_backbone(corpus, config(epochs=3), tmp_path / "straight", data=shards.batches())
     assert all(np.isfinite(h["loss"]) for h in straight.history)
     assert [h["steps"] for h in straight.history] == [12, 12, 12]
-    train(corpus, config(epochs=2), tmp_path / "split", data=shards.batches())
-    resumed = train(corpus, config(epochs=3), tmp_path / "split", resume=True, data=shards.batches())
+    train_backbone(corpus, config(epochs=2), tmp_path / "split", data=shards.batches())
+    resumed = train_backbone(corpus, config(epochs=3), tmp_path / "split", resume=True, data=shards.batches())
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     for k, v in a.items():

@@ -491,12 +491,12 @@ def test_longer_trained_backbones_export_on_ecnews(ecnews_1000, ecnews_dir: Path
     import xtm
     from xtm.atomic import write_json, write_text
     from xtm.config import TrainConfig
-    from xtm.trainer.loop.training import train
+    from xtm.trainer.loop.training import train_backbone
 
     corpus = ecnews_1000
     cfg = TrainConfig(model=model, num_topics=50, epochs=epochs, checkpoint_every=0, progress=False, seed=1)
     run = tmp_path / "run"
-    result = train(corpus, cfg, run)
+    result = train_backbone(corpus, cfg, run)
     for lc in corpus.languages:
         write_text(run / f"vocab_{lc.lang}.txt", "\n".join(lc.vocab) + "\n")
     write_json(run / "config.json", {

@@ -84,10 +84,10 @@ def test_gloctm_exports_and_serves_unchanged(run_without_dictionary, tmp_path) -
                                      {"neighbour_source": "dictionary"}])
 def test_ablations_and_options_train(example_corpus, tmp_path, hparams) -> None:
     from xtm.config import TrainConfig
-    from xtm.trainer.loop.training import train
+    from xtm.trainer.loop.training import train_backbone
 
-    res = train(example_corpus, TrainConfig(model="gloctm", num_topics=4, epochs=1, checkpoint_every=0,
-                                            progress=False, hparams=hparams), tmp_path)
+    res = train_backbone(example_corpus, TrainConfig(model="gloctm", num_topics=4, epochs=1, checkpoint_every=0,
+                                                     progress=False, hparams=hparams), tmp_path)
     assert np.isfinite(res.history[-1]["loss"])
     assert ("internal" in res.history[-1]) == hparams.get("dual", True)
     assert ("cka" in res.history[-1]) == (hparams.get("weight_cka", 1) > 0)

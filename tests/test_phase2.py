@@ -21,7 +21,7 @@ from xtm.models_zoo.base import BuildContext
 from xtm.models_zoo.encoders import load_encoder
 from xtm.trainer.data.batches import InMemoryBatches
 from xtm.trainer.loop.checkpoint import latest_checkpoint_dir, load_checkpoint
-from xtm.trainer.loop.training import build_model, train
+from xtm.trainer.loop.training import build_model, train_backbone
 from xtm.trainer.phase2.losses import (
     balanced_raw_distribution,
     balanced_target_weights,
@@ -176,11 +176,12 @@ def test_resume_inside_phase2_equals_an_uninterrupted_run(example_dir: Path, tmp
         return Phase2Objective(example_corpus, 6, Phase2Config(epochs=4, refine_every=2, rounds=2), ctx,
                                torch.device("cpu"))
 
-    full = train(example_corpus, TrainConfig(epochs=3, phase2_epochs=4, **cfg), tmp_path / "a", phase2=objective())
+    full = train_backbone(example_corpus, TrainConfig(epochs=3, phase2_epochs=4, **cfg), tmp_path / "a",
+                          phase2=objective())
     # stop after phase-2 epoch 2 (total epoch 5), then resume to the end
-    train(example_corpus, TrainConfig(epochs=3, phase2_epochs=2, **cfg), tmp_path / "b", phase2=objective())
-    resumed = train(example_corpus, TrainConfig(epochs=3, phase2_epochs=4, **cfg), tmp_path / "b", resume=True,
-                    phase2=objective())
+    train_backbone(example_corpus, TrainConfig(epochs=3, phase2_epochs=2, **cfg), tmp_path / "b", phase2=objective())
+    resumed = train_backbone(example_corpus, TrainConfig(epochs=3, phase2_epochs=4, **cfg), tmp_path / "b", resume=True,
+                             phase2=objective())
     for k, v in full.model.state_dict().items():
         torch.testing.assert_close(v, resumed.model.state_dict()[k], rtol=0, atol=0, msg=k)
 
@@ -198,10 +199,10 @@ def test_resume_inside_phase2_refuses_other_phase2_settings_by_flag_and_allows_i
                                torch.device("cpu"))
 
     def resume(p2_epochs: int = 4, epochs: int = 3, **kw):
-        return train(example_corpus, TrainConfig(epochs=epochs, phase2_epochs=p2_epochs, **cfg), tmp_path / "run",
-                     resume=True, phase2=objective(p2_epochs, **kw))
+        return train_backbone(example_corpus, TrainConfig(epochs=epochs, phase2_epochs=p2_epochs, **cfg),
+                              tmp_path / "run", resume=True, phase2=objective(p2_epochs, **kw))
 
-    train(example_corpus, TrainConfig(epochs=3, phase2_epochs=2, **cfg), tmp_path / "run", phase2=objective(2))
+    train_backbone(example_corpus, TrainConfig(epochs=3, phase2_epochs=2, **cfg), tmp_path / "run", phase2=objective(2))
     with pytest.raises(XtmError, match=r"refined_support True -> False\): resume with the checkpoint's "
                                        r"\(drop --mmd-top-only\)"):
         resume(refined_support=False)
@@ -242,11 +243,11 @@ def test_phase2_settings_may_change_when_resuming_at_the_end_of_phase1(example_c
     ctx = BuildContext(cache_dir=tmp_path / "cache", seed=2)
     first = Phase2Objective(example_corpus, 6, Phase2Config(epochs=2, refine_every=2, rounds=2), ctx,
                             torch.device("cpu"))
-    train(example_corpus, TrainConfig(epochs=3, phase2_epochs=0, **cfg), tmp_path / "run", phase2=first)
+    train_backbone(example_corpus, TrainConfig(epochs=3, phase2_epochs=0, **cfg), tmp_path / "run", phase2=first)
     other = Phase2Objective(example_corpus, 6, Phase2Config(epochs=2, refine_every=2, rounds=2, lambda_mmd=1.0), ctx,
                             torch.device("cpu"))
-    assert train(example_corpus, TrainConfig(epochs=3, phase2_epochs=2, **cfg), tmp_path / "run", resume=True,
-                 phase2=other).epochs_done == 5
+    assert train_backbone(example_corpus, TrainConfig(epochs=3, phase2_epochs=2, **cfg), tmp_path / "run", resume=True,
+                          phase2=other).epochs_done == 5
 
 
 def test_with_the_step_schedule_phase2_resets_to_its_rate_and_keeps_halving_at_the_same_epochs(
@@ -266,8 +267,8 @@ def test_with_the_step_schedule_phase2_resets_to_its_rate_and_keeps_halving_at_t
     def rate_after(phase2_epochs: int) -> float:
         p2 = Phase2Objective(example_corpus, 6, Phase2Config(epochs=phase2_epochs, refine_every=2, rounds=2), ctx,
                              torch.device("cpu"))
-        train(example_corpus, TrainConfig(epochs=3, phase2_epochs=phase2_epochs, **cfg), tmp_path / "run", phase2=p2,
-              resume=phase2_epochs > 1)
+        train_backbone(example_corpus, TrainConfig(epochs=3, phase2_epochs=phase2_epochs, **cfg), tmp_path / "run",
+                       phase2=p2, resume=phase2_epochs > 1)
         return load_checkpoint(tmp_path / "run").state["optimizer"]["param_groups"][0]["lr"]
 
     # phase 1 ends at epoch 3 (halved once, after epoch 2); phase 2 (epochs 4-7) restarts at 0.3 x base and is
@@ -391,7 +392,7 @@ def steps_seen(corpus, cfg: TrainConfig, run: Path, p2: Phase2Config, ctx: Build
 
     handle = optim_hooks.register_optimizer_step_pre_hook(hook)
     try:
-        train(corpus, cfg, run, phase2=SharedEncoder(corpus, 6, p2, ctx, torch.device("cpu")))
+        train_backbone(corpus, cfg, run, phase2=SharedEncoder(corpus, 6, p2, ctx, torch.device("cpu")))
     finally:
         handle.remove()
     return seen
@@ -442,8 +443,9 @@ def test_a_signal_mid_phase2_epoch_resumes_bit_identical_with_its_rate_and_words
         return SharedEncoder(example_corpus, 6, Phase2Config(epochs=2, refine_every=2, rounds=2), ctx,
                              torch.device("cpu"))
 
-    straight = train(example_corpus, cfg, tmp_path / "a", phase2=objective())
-    stopped = train(example_corpus, cfg, tmp_path / "b", phase2=objective(), data=SignalAt(example_corpus, 3, 2))
+    straight = train_backbone(example_corpus, cfg, tmp_path / "a", phase2=objective())
+    stopped = train_backbone(example_corpus, cfg, tmp_path / "b", phase2=objective(),
+                             data=SignalAt(example_corpus, 3, 2))
     assert stopped.interrupted and stopped.stopped_at["epoch"] == 3 and stopped.stopped_at["step"] == 2
     ckpt = load_checkpoint(tmp_path / "b")
     assert ckpt.state["phase2"]["raw_indices"] is not None
@@ -451,7 +453,7 @@ def test_a_signal_mid_phase2_epoch_resumes_bit_identical_with_its_rate_and_words
     assert [g["lr"] for g in groups] == [pytest.approx(cfg.lr * 0.3 * g.get("lr_scale", 1.0)) for g in groups]
     assert {g.get("lr_scale", 1.0) for g in groups} == {1.0, cfg.topic_lr_scale}
     again = objective()
-    resumed = train(example_corpus, cfg, tmp_path / "b", resume=True, phase2=again)
+    resumed = train_backbone(example_corpus, cfg, tmp_path / "b", resume=True, phase2=again)
     assert [s["epoch"] for s in again.steps] == [2]          # (from the checkpoint: no refinement again)
     for k, v in straight.model.state_dict().items():
         assert torch.equal(v, resumed.model.state_dict()[k]), k

@@ -26,7 +26,7 @@ from xtm.errors import XtmError
 from xtm.trainer.data.batches import InMemoryBatches
 from xtm.trainer.data.loading import load_corpus
 from xtm.trainer.loop.checkpoint import load_checkpoint
-from xtm.trainer.loop.training import train
+from xtm.trainer.loop.training import train_backbone
 from xtm.trainer.run import run_training
 
 TRAIN = [sys.executable, "-m", "xtm.cli.train"]
@@ -227,7 +227,7 @@ def test_a_run_stopped_while_loading_exits_143_and_is_still_recognisably_ours(ex
 def straight(example_corpus, tmp_path_factory: pytest.TempPathFactory):
     """An uninterrupted run of config(): what every interrupted and resumed run must equal."""
     d = tmp_path_factory.mktemp("straight")
-    return train(example_corpus, config(), d), d
+    return train_backbone(example_corpus, config(), d), d
 
 
 @pytest.mark.parametrize("signals", [(signal.SIGINT,), (signal.SIGTERM,), (signal.SIGHUP,),
@@ -236,13 +236,13 @@ def test_a_signal_mid_epoch_saves_where_it_stopped_and_resume_is_bit_identical(
         example_corpus, straight, tmp_path: Path, signals: tuple[int, ...]) -> None:
     straight, straight_dir = straight
     run = tmp_path / "run"
-    stopped = train(example_corpus, config(), run, data=SignalAt(example_corpus, 2, 2, signals))
+    stopped = train_backbone(example_corpus, config(), run, data=SignalAt(example_corpus, 2, 2, signals))
     ckpt = load_checkpoint(run)
     if signals == (signal.SIGINT,):  # the stopped epoch's batches are only the same with the same batch size
         shutil.copytree(run, tmp_path / "copy")
         with pytest.raises(XtmError, match="stopped inside epoch 2 with --batch-size 100"):
-            train(example_corpus, config(batch_size=50), tmp_path / "copy", resume=True)
-    resumed = train(example_corpus, config(), run, resume=True)
+            train_backbone(example_corpus, config(batch_size=50), tmp_path / "copy", resume=True)
+    resumed = train_backbone(example_corpus, config(), run, resume=True)
     assert_same_model(straight.model, resumed.model)
     assert_same_training_state(load_checkpoint(straight_dir).path, load_checkpoint(run).path)
     assert not resumed.interrupted and resumed.epochs_done == 3
@@ -257,13 +257,13 @@ def test_infoctm_reusing_its_tami_gradient_resumes_bit_identical_from_a_reuse_st
                                                                                  tmp_path: Path) -> None:
     # The reused gradient is training state: a run stopped between two refreshes must carry it over.
     cfg = config(model="infoctm", epochs=2, hparams={"tami_every": 3})
-    straight = train(example_corpus, cfg, tmp_path / "straight")
+    straight = train_backbone(example_corpus, cfg, tmp_path / "straight")
     run = tmp_path / "run"
-    train(example_corpus, cfg, run, data=SignalAt(example_corpus, 2, 2, (signal.SIGTERM,)))
+    train_backbone(example_corpus, cfg, run, data=SignalAt(example_corpus, 2, 2, (signal.SIGTERM,)))
     stopped = load_file(str(load_checkpoint(run).path / "model.safetensors"))
     assert int(stopped["tami_cache_step"]) % 3 != 0  # the resumed run's first step reuses the cache
     shutil.copytree(run, tmp_path / "forgetful")
-    resumed = train(example_corpus, cfg, run, resume=True)
+    resumed = train_backbone(example_corpus, cfg, run, resume=True)
     assert_same_model(straight.model, resumed.model)
     assert_same_training_state(load_checkpoint(tmp_path / "straight").path, load_checkpoint(run).path)
     # Without the cache (as if it were not saved) the resumed run recomputes there and ends elsewhere.
@@ -274,7 +274,7 @@ def test_infoctm_reusing_its_tami_gradient_resumes_bit_identical_from_a_reuse_st
     data = saved.read_bytes()
     state["files"]["model.safetensors"] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
     (ckpt_dir / "state.json").write_text(json.dumps(state))
-    forgetful = train(example_corpus, cfg, tmp_path / "forgetful", resume=True)
+    forgetful = train_backbone(example_corpus, cfg, tmp_path / "forgetful", resume=True)
     assert not torch.equal(forgetful.model.phi[0], straight.model.phi[0])
 
 
@@ -282,7 +282,7 @@ def test_a_signal_while_the_final_checkpoint_is_written_waits_for_it_and_is_not_
         example_corpus, straight, tmp_path: Path) -> None:
     # The third pass is the final checkpoint's: the periodic checkpoints of epochs 1 and 2 are recalibrated too.
     with pytest.raises(KeyboardInterrupt):  # Ctrl-C takes effect once the checkpoint is written
-        train(example_corpus, config(), tmp_path, data=SignalInRecalibration(example_corpus, 3))
+        train_backbone(example_corpus, config(), tmp_path, data=SignalInRecalibration(example_corpus, 3))
     ckpt = load_checkpoint(tmp_path)
     assert ckpt.epoch == 3 and ckpt.state["partial"] is None
     assert_same_training_state(load_checkpoint(straight[1]).path, ckpt.path)
@@ -292,11 +292,11 @@ def test_a_signal_while_a_periodic_checkpoint_is_recalibrated_stops_there_and_re
         example_corpus, straight, tmp_path: Path) -> None:
     """Periodic checkpoints are recalibrated too (the longest part of writing one on a large corpus): a
     Ctrl-C there stops at that epoch boundary, and the resumed run is the uninterrupted one, bit for bit."""
-    stopped = train(example_corpus, config(), tmp_path, data=SignalInRecalibration(example_corpus, 1))
+    stopped = train_backbone(example_corpus, config(), tmp_path, data=SignalInRecalibration(example_corpus, 1))
     assert stopped.interrupted and stopped.signal == signal.SIGINT and stopped.epochs_done == 1
     ckpt = load_checkpoint(tmp_path)
     assert ckpt.epoch == 1 and ckpt.state["partial"] is None
-    assert not train(example_corpus, config(), tmp_path, resume=True).interrupted
+    assert not train_backbone(example_corpus, config(), tmp_path, resume=True).interrupted
     assert_same_training_state(load_checkpoint(straight[1]).path, load_checkpoint(tmp_path).path)
 
 
@@ -304,9 +304,10 @@ def test_continuing_a_finished_run_with_dropout_equals_the_longer_run(example_co
     # The final checkpoint's batch norm is recalibrated with a forward pass, which draws dropout
     # masks: the RNG state saved for training must be the one from before it.
     cfg = {"hparams": {"dropout": 0.3}, "checkpoint_every": 0}
-    longer = train(example_corpus, config(epochs=3, **cfg), tmp_path / "a")
-    train(example_corpus, config(epochs=2, **cfg), tmp_path / "b")
-    assert_same_model(longer.model, train(example_corpus, config(epochs=3, **cfg), tmp_path / "b", resume=True).model)
+    longer = train_backbone(example_corpus, config(epochs=3, **cfg), tmp_path / "a")
+    train_backbone(example_corpus, config(epochs=2, **cfg), tmp_path / "b")
+    assert_same_model(longer.model, train_backbone(example_corpus, config(epochs=3, **cfg), tmp_path / "b",
+                                                   resume=True).model)
 
 
 def test_out_of_core_batches_resume_exactly_inside_an_epoch(example_dir: Path, tmp_path: Path) -> None:
@@ -324,9 +325,9 @@ def test_out_of_core_batches_resume_exactly_inside_an_epoch(example_dir: Path, t
                                                              self.inner.sequential)
 
     cfg = config(batch_size=40, epochs=2)
-    straight = train(corpus, cfg, tmp_path / "a", data=shards.batches())
-    assert train(corpus, cfg, tmp_path / "b", data=ShardSignal()).stopped_at["step"] == 1
-    resumed = train(corpus, cfg, tmp_path / "b", resume=True, data=shards.batches())
+    straight = train_backbone(corpus, cfg, tmp_path / "a", data=shards.batches())
+    assert train_backbone(corpus, cfg, tmp_path / "b", data=ShardSignal()).stopped_at["step"] == 1
+    resumed = train_backbone(corpus, cfg, tmp_path / "b", resume=True, data=shards.batches())
     assert_same_model(straight.model, resumed.model)
 
 
@@ -355,14 +356,14 @@ def test_phase2_interrupted_after_a_refinement_does_not_refine_again_and_resumes
         return SharedEncoder(example_corpus, 6, Phase2Config(epochs=2, refine_every=1, rounds=2, doc_align=False),
                              ctx, torch.device("cpu"))
 
-    straight = train(example_corpus, cfg, tmp_path / "a", phase2=objective())
+    straight = train_backbone(example_corpus, cfg, tmp_path / "a", phase2=objective())
     # Stopped inside epoch 2, the first of phase 2, after its refinement and 1 step.
     first = objective()
-    assert train(example_corpus, cfg, tmp_path / "b", phase2=first,
-                 data=SignalAt(example_corpus, 2, 1, (signal.SIGINT,))).stopped_at["step"] == 1
+    assert train_backbone(example_corpus, cfg, tmp_path / "b", phase2=first,
+                          data=SignalAt(example_corpus, 2, 1, (signal.SIGINT,))).stopped_at["step"] == 1
     assert [s["epoch"] for s in first.steps] == [2]
     again = objective()
-    resumed = train(example_corpus, cfg, tmp_path / "b", resume=True, phase2=again)
+    resumed = train_backbone(example_corpus, cfg, tmp_path / "b", resume=True, phase2=again)
     assert [s["epoch"] for s in again.steps] == [2, 3]  # epoch 2 was not refined a second time
     assert_same_model(straight.model, resumed.model)
 
@@ -391,17 +392,17 @@ def test_the_first_signal_during_a_refinement_ends_it_at_once_and_the_resumed_ru
     ctx = BuildContext(cache_dir=Path(os.environ["XTM_CACHE_DIR"]), seed=2)
     cfg = config(epochs=1, phase2_epochs=2, seed=2, checkpoint_every=0)
     p2 = Phase2Config(epochs=2, refine_every=1, rounds=2, doc_align=False)
-    straight = train(example_corpus, cfg, tmp_path / "a", phase2=Phase2Objective(example_corpus, 6, p2, ctx,
-                                                                                   torch.device("cpu")))
+    straight = train_backbone(example_corpus, cfg, tmp_path / "a",
+                              phase2=Phase2Objective(example_corpus, 6, p2, ctx, torch.device("cpu")))
     slow = SlowToAnswer(example_corpus, 6, p2, ctx, torch.device("cpu"))
     t0 = time.monotonic()
     try:
-        stopped = train(example_corpus, cfg, tmp_path / "b", phase2=slow)
+        stopped = train_backbone(example_corpus, cfg, tmp_path / "b", phase2=slow)
     finally:
         release.set()
     assert time.monotonic() - t0 < 45 and stopped.interrupted and stopped.epochs_done == 1 and slow.steps == []
     again = Phase2Objective(example_corpus, 6, p2, ctx, torch.device("cpu"))
-    resumed = train(example_corpus, cfg, tmp_path / "b", resume=True, phase2=again)
+    resumed = train_backbone(example_corpus, cfg, tmp_path / "b", resume=True, phase2=again)
     assert [s["epoch"] for s in again.steps] == [2, 3]  # epoch 2 refined by the resumed run
     assert_same_model(straight.model, resumed.model)
 
@@ -422,7 +423,7 @@ def straight_one_thread(example_corpus, tmp_path_factory: pytest.TempPathFactory
     d = tmp_path_factory.mktemp("straight-cli")
     before = torch.get_num_threads()
     try:
-        train(example_corpus, one_thread_config(), d)
+        train_backbone(example_corpus, one_thread_config(), d)
     finally:
         torch.set_num_threads(before)
     return d
@@ -444,7 +445,7 @@ def test_xtm_train_signalled_exits_128_plus_n_and_resume_equals_the_uninterrupte
     assert json.loads((out / "metrics.json").read_text())["interrupted"] is True
     before = torch.get_num_threads()
     try:  # resumed here (xtm-train --resume is the same call; test_cli_train runs it as a command)
-        train(example_corpus, one_thread_config(), out, resume=True)
+        train_backbone(example_corpus, one_thread_config(), out, resume=True)
     finally:
         torch.set_num_threads(before)
     assert_same_training_state(load_checkpoint(straight_one_thread).path, load_checkpoint(out).path)
@@ -475,7 +476,7 @@ DAMAGE = {
 @pytest.fixture(scope="module")
 def two_checkpoints(example_corpus, tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("two-checkpoints")
-    train(example_corpus, config(epochs=2), d)
+    train_backbone(example_corpus, config(epochs=2), d)
     return d
 
 
@@ -724,7 +725,7 @@ def test_a_run_stopped_right_after_a_diverging_step_saves_no_checkpoint(example_
     monkeypatch.setattr(torch.optim.Adam, "step", step_then_ctrl_c)
     run = tmp_path / "run"
     with pytest.raises(XtmError, match=r"training diverged: parameter .* in epoch 1 \(stopped after step 1\)"):
-        train(example_corpus, config(epochs=2, lr=1e39, batch_size=5), run)
+        train_backbone(example_corpus, config(epochs=2, lr=1e39, batch_size=5), run)
     assert calls and not (run / "checkpoints").exists()
 
 
@@ -761,23 +762,23 @@ def test_a_cosine_learning_rate_resumes_on_its_curve_and_refuses_to_change(examp
     """--lr-schedule cosine: the rate is a function of the position, so a run stopped mid-epoch continues
     bit-identically; resuming with another schedule or another --epochs (the curve's end) is refused by name."""
     cfg = config(epochs=3, lr_schedule="cosine")
-    straight = train(example_corpus, cfg, tmp_path / "straight")
+    straight = train_backbone(example_corpus, cfg, tmp_path / "straight")
     run = tmp_path / "run"
-    train(example_corpus, cfg, run, data=SignalAt(example_corpus, 2, 1, (signal.SIGTERM,)))
+    train_backbone(example_corpus, cfg, run, data=SignalAt(example_corpus, 2, 1, (signal.SIGTERM,)))
     for name in ("schedule", "longer"):
         shutil.copytree(run, tmp_path / name)
-    resumed = train(example_corpus, cfg, run, resume=True)
+    resumed = train_backbone(example_corpus, cfg, run, resume=True)
     assert_same_model(straight.model, resumed.model)
     assert_same_training_state(load_checkpoint(tmp_path / "straight").path, load_checkpoint(run).path)
     with pytest.raises(XtmError, match="trained with --lr-schedule cosine, this run asks for constant: resume with "
                                        "--lr-schedule cosine"):
-        train(example_corpus, config(epochs=3), tmp_path / "schedule", resume=True)
+        train_backbone(example_corpus, config(epochs=3), tmp_path / "schedule", resume=True)
     with pytest.raises(XtmError, match="cosine learning rate ends at epoch 3, this run asks for --epochs 5"):
-        train(example_corpus, config(epochs=5, lr_schedule="cosine"), tmp_path / "longer", resume=True)
-    constant = train(example_corpus, config(epochs=3), tmp_path / "constant")
+        train_backbone(example_corpus, config(epochs=5, lr_schedule="cosine"), tmp_path / "longer", resume=True)
+    constant = train_backbone(example_corpus, config(epochs=3), tmp_path / "constant")
     assert not torch.equal(constant.model.phi[0], straight.model.phi[0])  # the schedule changed training
     with pytest.raises(XtmError, match="trained with --lr-schedule constant"):
-        train(example_corpus, config(epochs=4, lr_schedule="cosine"), tmp_path / "constant", resume=True)
+        train_backbone(example_corpus, config(epochs=4, lr_schedule="cosine"), tmp_path / "constant", resume=True)
 
 
 def test_a_fading_mutual_information_weight_resumes_on_its_schedule_and_refuses_other_epochs(
@@ -787,19 +788,20 @@ def test_a_fading_mutual_information_weight_resumes_on_its_schedule_and_refuses_
     by name, and a constant weight (the default) can be extended as before."""
     fading = {"mi_decay_from": 0.4}
     cfg = config(model="infoctm", epochs=3, hparams=fading)
-    straight = train(example_corpus, cfg, tmp_path / "straight")
+    straight = train_backbone(example_corpus, cfg, tmp_path / "straight")
     assert straight.history[-1]["tami"] < straight.history[0]["tami"] / 3  # faded (epoch 3: factor 0.55 -> 0)
     run = tmp_path / "run"
-    train(example_corpus, cfg, run, data=SignalAt(example_corpus, 2, 1, (signal.SIGTERM,)))
+    train_backbone(example_corpus, cfg, run, data=SignalAt(example_corpus, 2, 1, (signal.SIGTERM,)))
     shutil.copytree(run, tmp_path / "longer")
-    resumed = train(example_corpus, cfg, run, resume=True)
+    resumed = train_backbone(example_corpus, cfg, run, resume=True)
     assert_same_model(straight.model, resumed.model)
     with pytest.raises(XtmError, match="infoctm loss weights follow a schedule that ends at epoch 3, this run asks "
                                        "for --epochs 5: resume with --epochs 3"):
-        train(example_corpus, config(model="infoctm", epochs=5, hparams=fading), tmp_path / "longer", resume=True)
-    train(example_corpus, config(model="infoctm", epochs=2), tmp_path / "constant")
-    assert train(example_corpus, config(model="infoctm", epochs=3), tmp_path / "constant",
-                 resume=True).epochs_done == 3
+        train_backbone(example_corpus, config(model="infoctm", epochs=5, hparams=fading), tmp_path / "longer",
+                       resume=True)
+    train_backbone(example_corpus, config(model="infoctm", epochs=2), tmp_path / "constant")
+    assert train_backbone(example_corpus, config(model="infoctm", epochs=3), tmp_path / "constant",
+                          resume=True).epochs_done == 3
 
 
 def test_a_language_whose_training_documents_share_one_label_trains_and_leaves_classification_out(

@@ -19,7 +19,7 @@ from xtm.errors import XtmError
 from xtm.models_zoo.registry import model_from_state
 from xtm.trainer.data.batches import data_differences, epoch_batches
 from xtm.trainer.loop.checkpoint import latest_checkpoint_dir, load_checkpoint
-from xtm.trainer.loop.training import lr_factor, make_optimizer, train
+from xtm.trainer.loop.training import lr_factor, make_optimizer, train_backbone
 
 
 def config(**kw) -> TrainConfig:
@@ -42,16 +42,16 @@ def test_epoch_batches_cover_every_document_of_the_largest_language() -> None:
 
 
 def test_same_seed_same_model(example_corpus, tmp_path: Path) -> None:
-    a = train(example_corpus, config(epochs=2), tmp_path / "a").model
-    b = train(example_corpus, config(epochs=2), tmp_path / "b").model
+    a = train_backbone(example_corpus, config(epochs=2), tmp_path / "a").model
+    b = train_backbone(example_corpus, config(epochs=2), tmp_path / "b").model
     for k, v in params(a).items():
         assert torch.equal(v, params(b)[k]), k
 
 
 def test_resume_continues_exactly_where_it_stopped(example_corpus, tmp_path: Path) -> None:
-    straight = train(example_corpus, config(epochs=4), tmp_path / "straight")
-    train(example_corpus, config(epochs=2), tmp_path / "split")
-    resumed = train(example_corpus, config(epochs=4), tmp_path / "split", resume=True)
+    straight = train_backbone(example_corpus, config(epochs=4), tmp_path / "straight")
+    train_backbone(example_corpus, config(epochs=2), tmp_path / "split")
+    resumed = train_backbone(example_corpus, config(epochs=4), tmp_path / "split", resume=True)
     assert resumed.epochs_done == 4
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
     for k, v in params(straight.model).items():
@@ -69,12 +69,12 @@ def test_resume_refuses_the_same_sized_documents_in_another_order_or_with_other_
                                                                                         tmp_path: Path) -> None:
     """The checkpoint held the documents' counts only: a corpus shuffled behind the same path (same vocabulary, same
     sizes) resumed silently on other batches, and its history and metrics mixed two corpora."""
-    train(example_corpus, config(epochs=1), tmp_path)
+    train_backbone(example_corpus, config(epochs=1), tmp_path)
     n = example_corpus.languages[1].num_train
     shuffled = _with_train_rows(example_corpus, 1, lambda m: m[np.r_[1:n, 0]])
     lang = example_corpus.languages[1].lang
     with pytest.raises(XtmError, match=rf"'{lang}': as many documents and words, but other documents or another order"):
-        train(shuffled, config(epochs=2), tmp_path, resume=True)
+        train_backbone(shuffled, config(epochs=2), tmp_path, resume=True)
 
     def recount(m):
         m = m.copy()
@@ -82,8 +82,9 @@ def test_resume_refuses_the_same_sized_documents_in_another_order_or_with_other_
         return m
 
     with pytest.raises(XtmError, match=rf"'{lang}': nnz|'{lang}': as many documents"):
-        train(_with_train_rows(example_corpus, 1, recount), config(epochs=2), tmp_path, resume=True)
-    assert train(example_corpus, config(epochs=2), tmp_path, resume=True).epochs_done == 2  # the same data resumes
+        train_backbone(_with_train_rows(example_corpus, 1, recount), config(epochs=2), tmp_path, resume=True)
+    assert train_backbone(example_corpus, config(epochs=2), tmp_path,
+                          resume=True).epochs_done == 2  # the same data resumes
 
 
 def test_a_checkpoint_from_before_the_documents_digest_is_judged_on_its_counts() -> None:
@@ -119,35 +120,36 @@ def test_the_documents_digest_is_the_same_in_memory_and_in_shards_of_any_size_an
 
 
 def test_resume_refuses_other_hyperparameters_naming_the_ones_to_keep(example_corpus, tmp_path: Path) -> None:
-    train(example_corpus, config(model="infoctm", epochs=1, hparams={"weight_mi": 30}), tmp_path)
+    train_backbone(example_corpus, config(model="infoctm", epochs=1, hparams={"weight_mi": 30}), tmp_path)
     with pytest.raises(XtmError, match=r"weight_mi=50\): resume with --set weight_mi=30"):
-        train(example_corpus, config(model="infoctm", epochs=2, hparams={"weight_mi": 50}), tmp_path,
-              resume=True)
+        train_backbone(example_corpus, config(model="infoctm", epochs=2, hparams={"weight_mi": 50}), tmp_path,
+                       resume=True)
     # The same values given again (ints for floats, as JSON gives them back) are no difference.
-    assert train(example_corpus, config(model="infoctm", epochs=2, hparams={"weight_mi": 30.0}),
-                 tmp_path, resume=True).epochs_done == 2
+    assert train_backbone(example_corpus, config(model="infoctm", epochs=2, hparams={"weight_mi": 30.0}),
+                          tmp_path, resume=True).epochs_done == 2
 
 
 def test_a_run_saved_before_a_hyperparameter_existed_resumes_with_the_value_it_had(example_corpus,
                                                                                 tmp_path: Path) -> None:
     # Checkpoints written before tami_every, mi_decay_from and mi_floor existed ran TAMI every step with a
     # constant weight: resuming them with other values is refused naming the ones they had, which continue them.
-    train(example_corpus, config(model="infoctm", epochs=1), tmp_path)
+    train_backbone(example_corpus, config(model="infoctm", epochs=1), tmp_path)
     state_path = latest_checkpoint_dir(tmp_path) / "state.json"
     state = json.loads(state_path.read_text())
     for name in ("tami_every", "mi_decay_from", "mi_floor"):
         del state["model_config"]["hparams"][name]
     state_path.write_text(json.dumps(state))
     with pytest.raises(XtmError, match="resume with --set tami_every=1"):
-        train(example_corpus, config(model="infoctm", epochs=2, hparams={"tami_every": 2}), tmp_path,
-              resume=True)
+        train_backbone(example_corpus, config(model="infoctm", epochs=2, hparams={"tami_every": 2}), tmp_path,
+                       resume=True)
     with pytest.raises(XtmError, match="resume with --set mi_decay_from=1.0"):
-        train(example_corpus, config(model="infoctm", epochs=2, hparams={"mi_decay_from": 0.4}),
-              tmp_path, resume=True)
+        train_backbone(example_corpus, config(model="infoctm", epochs=2, hparams={"mi_decay_from": 0.4}),
+                       tmp_path, resume=True)
     with pytest.raises(XtmError, match="resume with --set mi_floor=0.0"):
-        train(example_corpus, config(model="infoctm", epochs=2, hparams={"mi_floor": 0.3}), tmp_path, resume=True)
-    resumed = train(example_corpus, config(model="infoctm", epochs=2, hparams={"tami_every": 1}),
-                    tmp_path, resume=True)
+        train_backbone(example_corpus, config(model="infoctm", epochs=2, hparams={"mi_floor": 0.3}), tmp_path,
+                       resume=True)
+    resumed = train_backbone(example_corpus, config(model="infoctm", epochs=2, hparams={"tami_every": 1}),
+                             tmp_path, resume=True)
     assert resumed.epochs_done == 2 and resumed.model.hparams["tami_every"] == 1
     assert resumed.model.hparams["mi_decay_from"] == 1.0 and resumed.model.hparams["mi_floor"] == 0.0
 
@@ -155,11 +157,11 @@ def test_a_run_saved_before_a_hyperparameter_existed_resumes_with_the_value_it_h
 def test_an_infoctm_run_from_before_the_fast_recipes_eps_resumes_only_with_its_own(example_corpus, tmp_path) -> None:
     # A run trained before the fast recipe set bn_eps=1e-10 (or under --recipe paper) recorded the backbone's 1e-5;
     # resumed with today's defaults it is told the one --set that continues it, and continues with it.
-    train(example_corpus, config(model="infoctm", epochs=1, recipe="paper"), tmp_path)
+    train_backbone(example_corpus, config(model="infoctm", epochs=1, recipe="paper"), tmp_path)
     with pytest.raises(XtmError, match=r"bn_eps=1e-10\): resume with --set bn_eps=1e-05"):
-        train(example_corpus, config(model="infoctm", epochs=2), tmp_path, resume=True)
-    resumed = train(example_corpus, config(model="infoctm", epochs=2, hparams={"bn_eps": 1e-5}), tmp_path,
-                    resume=True)
+        train_backbone(example_corpus, config(model="infoctm", epochs=2), tmp_path, resume=True)
+    resumed = train_backbone(example_corpus, config(model="infoctm", epochs=2, hparams={"bn_eps": 1e-5}), tmp_path,
+                             resume=True)
     assert resumed.epochs_done == 2 and resumed.model.hparams["bn_eps"] == 1e-5
     assert resumed.model.encoders[0].body.bn_mu.eps == 1e-5
 
@@ -173,9 +175,10 @@ def test_grad_clip_clips_phase_one_of_every_vae_backbone_and_an_older_run_resume
                         or real(params, max_norm))
     for model in ("nmtm", "infoctm"):
         norms.clear()
-        train(example_corpus, config(model=model, epochs=1), tmp_path / f"{model}-plain")
+        train_backbone(example_corpus, config(model=model, epochs=1), tmp_path / f"{model}-plain")
         assert norms == []                                     # the papers' default: not clipped
-        run = train(example_corpus, config(model=model, epochs=1, hparams={"grad_clip": 0.5}), tmp_path / model)
+        run = train_backbone(example_corpus, config(model=model, epochs=1, hparams={"grad_clip": 0.5}),
+                             tmp_path / model)
         assert norms and set(norms) == {0.5} and run.model.hparams["grad_clip"] == 0.5
     # a run saved before the setting existed trained unclipped, and is told so when resumed with a clip
     state_path = latest_checkpoint_dir(tmp_path / "infoctm-plain") / "state.json"
@@ -183,14 +186,14 @@ def test_grad_clip_clips_phase_one_of_every_vae_backbone_and_an_older_run_resume
     del state["model_config"]["hparams"]["grad_clip"]
     state_path.write_text(json.dumps(state))
     with pytest.raises(XtmError, match="resume with --set grad_clip=0.0"):
-        train(example_corpus, config(model="infoctm", epochs=2, hparams={"grad_clip": 1.0}), tmp_path / "infoctm-plain",
-              resume=True)
-    assert train(example_corpus, config(model="infoctm", epochs=2), tmp_path / "infoctm-plain",
-                 resume=True).epochs_done == 2
+        train_backbone(example_corpus, config(model="infoctm", epochs=2, hparams={"grad_clip": 1.0}),
+                       tmp_path / "infoctm-plain", resume=True)
+    assert train_backbone(example_corpus, config(model="infoctm", epochs=2), tmp_path / "infoctm-plain",
+                          resume=True).epochs_done == 2
 
 
 def test_checkpoint_is_safetensors_and_json_and_rebuilds_the_model(example_corpus, tmp_path: Path) -> None:
-    result = train(example_corpus, config(epochs=2), tmp_path)
+    result = train_backbone(example_corpus, config(epochs=2), tmp_path)
     d = latest_checkpoint_dir(tmp_path)
     assert sorted(p.name for p in d.iterdir()) == ["model.safetensors", "optimizer.safetensors", "state.json"]
     assert json.loads((d / "state.json").read_text())["epoch"] == 2
@@ -213,10 +216,10 @@ def test_interrupt_saves_a_checkpoint_that_resumes(example_corpus, tmp_path: Pat
         if epoch == 2:
             raise KeyboardInterrupt
 
-    result = train(example_corpus, config(epochs=5, checkpoint_every=0), tmp_path, on_epoch_end=interrupt)
+    result = train_backbone(example_corpus, config(epochs=5, checkpoint_every=0), tmp_path, on_epoch_end=interrupt)
     assert result.interrupted and result.epochs_done == 1
     assert load_checkpoint(tmp_path).epoch == 1
-    resumed = train(example_corpus, config(epochs=3, checkpoint_every=0), tmp_path, resume=True)
+    resumed = train_backbone(example_corpus, config(epochs=3, checkpoint_every=0), tmp_path, resume=True)
     assert resumed.epochs_done == 3 and not resumed.interrupted
 
 
@@ -240,12 +243,12 @@ def test_the_first_signal_during_the_evaluation_between_epochs_ends_it_at_once(e
 
     t0 = time.monotonic()
     try:
-        result = train(example_corpus, config(epochs=4, checkpoint_every=0), tmp_path, on_epoch_end=evaluate)
+        result = train_backbone(example_corpus, config(epochs=4, checkpoint_every=0), tmp_path, on_epoch_end=evaluate)
         assert time.monotonic() - t0 < 45 and result.interrupted and result.epochs_done == 1
     finally:
         release.set()
-    resumed = train(example_corpus, config(epochs=4, checkpoint_every=0), tmp_path, resume=True,
-                    on_epoch_end=lambda epoch, model: {"TU": 0.5})
+    resumed = train_backbone(example_corpus, config(epochs=4, checkpoint_every=0), tmp_path, resume=True,
+                             on_epoch_end=lambda epoch, model: {"TU": 0.5})
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4] and all("eval" in h for h in resumed.history)
 
 
@@ -259,7 +262,7 @@ def test_history_json_is_current_after_every_epoch(example_corpus, tmp_path: Pat
         seen[epoch] = [h["epoch"] for h in json.loads(path.read_text())] if path.exists() else []
         return {"TU": 0.5 + epoch / 10}
 
-    train(example_corpus, config(epochs=3, checkpoint_every=0), tmp_path / "run", on_epoch_end=look)
+    train_backbone(example_corpus, config(epochs=3, checkpoint_every=0), tmp_path / "run", on_epoch_end=look)
     assert seen == {1: [], 2: [1], 3: [1, 2]}
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3] and history[1]["eval"] == {"TU": 0.7}
@@ -269,7 +272,7 @@ def test_history_json_is_current_after_every_epoch(example_corpus, tmp_path: Pat
 def test_a_history_json_that_cannot_be_written_does_not_stop_training(example_corpus, tmp_path: Path,
                                                                          caplog) -> None:
     (tmp_path / "history.json").mkdir()  # something in its place: the epochs' rewrites fail
-    result = train(example_corpus, config(epochs=3, checkpoint_every=0), tmp_path)
+    result = train_backbone(example_corpus, config(epochs=3, checkpoint_every=0), tmp_path)
     assert result.epochs_done == 3 and not result.interrupted
     assert [h["epoch"] for h in load_checkpoint(tmp_path).state["history"]] == [1, 2, 3]
     warned = [r.getMessage() for r in caplog.records if "history.json not updated" in r.getMessage()]
@@ -277,14 +280,14 @@ def test_a_history_json_that_cannot_be_written_does_not_stop_training(example_co
 
 
 def test_resume_refuses_a_different_model(example_corpus, tmp_path: Path) -> None:
-    train(example_corpus, config(epochs=1), tmp_path)
+    train_backbone(example_corpus, config(epochs=1), tmp_path)
     with pytest.raises(XtmError, match="checkpoint is nmtm with K=6.*resume with --model nmtm --topics 6"):
-        train(example_corpus, config(epochs=2, num_topics=7), tmp_path, resume=True)
+        train_backbone(example_corpus, config(epochs=2, num_topics=7), tmp_path, resume=True)
 
 
 @pytest.mark.usefixtures("library_logging")
 def test_corrupt_checkpoint_pointer_is_a_clear_error(example_corpus, tmp_path: Path, caplog) -> None:
-    train(example_corpus, config(epochs=1), tmp_path)
+    train_backbone(example_corpus, config(epochs=1), tmp_path)
     (tmp_path / "checkpoints" / "latest.json").write_text('{"dir": "epoch-999999"}')
     # The complete checkpoint still on disk is used, with a warning naming what was wrong (issue 13) ...
     with caplog.at_level(logging.WARNING, logger="xtm"):
@@ -311,7 +314,7 @@ def epoch_lines(caplog) -> list[str]:
 def test_without_a_bar_a_log_file_gets_one_line_per_epoch(example_corpus, tmp_path: Path, caplog) -> None:
     """stderr is a pipe or a file (not a terminal), so no bar: each epoch is one INFO line."""
     with caplog.at_level(logging.INFO, logger="xtm"):
-        result = train(example_corpus, config(epochs=3, checkpoint_every=0), tmp_path)
+        result = train_backbone(example_corpus, config(epochs=3, checkpoint_every=0), tmp_path)
     lines = epoch_lines(caplog)
     assert [line.split(":")[0] for line in lines] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
     for line, h in zip(lines, result.history, strict=True):
@@ -321,7 +324,7 @@ def test_without_a_bar_a_log_file_gets_one_line_per_epoch(example_corpus, tmp_pa
 @pytest.mark.usefixtures("library_logging")
 def test_a_bar_is_not_doubled_by_epoch_lines(example_corpus, tmp_path: Path, caplog, capsys) -> None:
     with caplog.at_level(logging.INFO, logger="xtm"):
-        train(example_corpus, config(epochs=2, checkpoint_every=0, progress=True), tmp_path)
+        train_backbone(example_corpus, config(epochs=2, checkpoint_every=0, progress=True), tmp_path)
     assert "2/2" in capsys.readouterr().err  # the bar itself
     assert epoch_lines(caplog) == []
 
@@ -333,7 +336,7 @@ def test_quiet_on_a_terminal_stays_quiet(example_corpus, tmp_path: Path, caplog,
     with os.fdopen(follower, "w") as tty:
         monkeypatch.setattr(sys, "stderr", tty)
         with caplog.at_level(logging.INFO, logger="xtm"):
-            train(example_corpus, config(epochs=2, checkpoint_every=0), tmp_path)
+            train_backbone(example_corpus, config(epochs=2, checkpoint_every=0), tmp_path)
         monkeypatch.undo()
     os.close(leader)
     assert epoch_lines(caplog) == []
@@ -348,9 +351,9 @@ def test_resume_refuses_the_languages_in_another_order(example_dir: Path, tmp_pa
         return load_corpus(example_dir / "docs.jsonl", dict_path=example_dir / "dict.tsv", langs=langs,
                            progress=False, vocab_size=100)
 
-    train(corpus(["en", "zh"]), config(epochs=1), tmp_path)
+    train_backbone(corpus(["en", "zh"]), config(epochs=1), tmp_path)
     with pytest.raises(XtmError, match=r"checkpoint models en,zh .*this run zh,en .*resume with --langs en,zh"):
-        train(corpus(["zh", "en"]), config(epochs=2), tmp_path, resume=True)
+        train_backbone(corpus(["zh", "en"]), config(epochs=2), tmp_path, resume=True)
 
 
 @pytest.mark.parametrize(("setting", "flag"), [({"lr": 0.01}, "--lr 0.002"), ({"seed": 7}, "--seed 3")])
@@ -358,20 +361,20 @@ def test_resume_refuses_a_learning_rate_or_seed_it_would_not_use(example_corpus,
                                                                    flag: str) -> None:
     """The optimizer's saved groups keep the rate and the random state continues from the checkpoint: another
     value would only be recorded (config.json, the bundle) as if it had been used."""
-    train(example_corpus, config(epochs=1), tmp_path)
+    train_backbone(example_corpus, config(epochs=1), tmp_path)
     with pytest.raises(XtmError, match=f"trained with {flag.split()[0]} .*resume with {flag}"):
-        train(example_corpus, config(epochs=2, **setting), tmp_path, resume=True)
+        train_backbone(example_corpus, config(epochs=2, **setting), tmp_path, resume=True)
 
 
 def test_the_values_a_resume_refusal_names_are_the_checkpoints_exactly(example_corpus, tmp_path: Path) -> None:
     """`:g` formatting named --seed 2.02401e+07 (not a seed) and a rounded --lr that was refused again."""
-    train(example_corpus, config(epochs=1, seed=20240101, lr=0.000316227766), tmp_path)
+    train_backbone(example_corpus, config(epochs=1, seed=20240101, lr=0.000316227766), tmp_path)
     with pytest.raises(XtmError, match=r"resume with --lr 0\.000316227766 "):
-        train(example_corpus, config(epochs=2, seed=20240101), tmp_path, resume=True)
+        train_backbone(example_corpus, config(epochs=2, seed=20240101), tmp_path, resume=True)
     with pytest.raises(XtmError, match=r"resume with --seed 20240101 "):
-        train(example_corpus, config(epochs=2, lr=0.000316227766), tmp_path, resume=True)
-    assert train(example_corpus, config(epochs=2, seed=20240101, lr=0.000316227766), tmp_path,
-                 resume=True).epochs_done == 2
+        train_backbone(example_corpus, config(epochs=2, lr=0.000316227766), tmp_path, resume=True)
+    assert train_backbone(example_corpus, config(epochs=2, seed=20240101, lr=0.000316227766), tmp_path,
+                          resume=True).epochs_done == 2
 
 
 def test_resume_refuses_another_dictionary(example_dir: Path, tmp_path: Path) -> None:
@@ -381,13 +384,13 @@ def test_resume_refuses_another_dictionary(example_dir: Path, tmp_path: Path) ->
     pairs = (example_dir / "dict.tsv").read_text(encoding="utf-8").splitlines()
     other = tmp_path / "other.tsv"
     other.write_text("\n".join(pairs[: len(pairs) // 2]) + "\n", encoding="utf-8")
-    train(load_corpus(example_dir / "docs.jsonl", dict_path=example_dir / "dict.tsv", progress=False),
-          config(epochs=1), tmp_path / "run")
+    train_backbone(load_corpus(example_dir / "docs.jsonl", dict_path=example_dir / "dict.tsv", progress=False),
+                   config(epochs=1), tmp_path / "run")
     with pytest.raises(XtmError, match="dictionary links differ .*resume with the --dict the run was trained with"):
-        train(load_corpus(example_dir / "docs.jsonl", dict_path=other, progress=False), config(epochs=2),
-              tmp_path / "run", resume=True)
-    resumed = train(load_corpus(example_dir / "docs.jsonl", dict_path=example_dir / "dict.tsv", progress=False),
-                    config(epochs=2), tmp_path / "run", resume=True)
+        train_backbone(load_corpus(example_dir / "docs.jsonl", dict_path=other, progress=False), config(epochs=2),
+                       tmp_path / "run", resume=True)
+    corpus = load_corpus(example_dir / "docs.jsonl", dict_path=example_dir / "dict.tsv", progress=False)
+    resumed = train_backbone(corpus, config(epochs=2), tmp_path / "run", resume=True)
     assert resumed.epochs_done == 2
     from xtm.models_zoo.registry import model_class
 
@@ -402,8 +405,8 @@ def test_resume_and_interruption_are_logged_not_printed(example_corpus, tmp_path
             raise KeyboardInterrupt
 
     with caplog.at_level(logging.INFO, logger="xtm"):
-        train(example_corpus, config(epochs=2, checkpoint_every=0), tmp_path, on_epoch_end=interrupt)
-        train(example_corpus, config(epochs=2, checkpoint_every=0), tmp_path, resume=True)
+        train_backbone(example_corpus, config(epochs=2, checkpoint_every=0), tmp_path, on_epoch_end=interrupt)
+        train_backbone(example_corpus, config(epochs=2, checkpoint_every=0), tmp_path, resume=True)
     messages = [r.getMessage() for r in caplog.records]
     assert "SIGINT: stopping; saving the checkpoint" in messages
     assert any(m.startswith("stopped after epoch 0; checkpoint saved: continue with --resume") or
@@ -468,29 +471,31 @@ def test_eval_every_records_a_learning_curve_without_changing_the_run(model: str
 def test_topic_lr_scale_gives_the_topic_word_weights_their_own_rate_and_resumes(example_corpus, tmp_path) -> None:
     """--topic-lr-scale: phi at scale x lr, everything else at lr; a split run equals a straight one."""
     cfg = config(epochs=2, topic_lr_scale=4.0)
-    straight = train(example_corpus, cfg, tmp_path / "straight")
+    straight = train_backbone(example_corpus, cfg, tmp_path / "straight")
     opt = make_optimizer(straight.model, 0.002, 4.0)
     assert [g["lr"] for g in opt.param_groups] == [0.002, 0.008]
     phi = {id(p) for p in straight.model.phi}
     assert {id(p) for p in opt.param_groups[1]["params"]} == phi
     assert not phi & {id(p) for p in opt.param_groups[0]["params"]}
     assert len(make_optimizer(straight.model, 0.002).param_groups) == 1   # scale 1: the old single group
-    train(example_corpus, config(epochs=1, topic_lr_scale=4.0), tmp_path / "split")
-    resumed = train(example_corpus, cfg, tmp_path / "split", resume=True)
+    train_backbone(example_corpus, config(epochs=1, topic_lr_scale=4.0), tmp_path / "split")
+    resumed = train_backbone(example_corpus, cfg, tmp_path / "split", resume=True)
     for k, v in params(straight.model).items():
         assert torch.allclose(v.float(), params(resumed.model)[k].float(), atol=1e-6), k
     with pytest.raises(XtmError, match="trained with --topic-lr-scale 4, this run asks for 1: resume with "
                                        "--topic-lr-scale 4"):
-        train(example_corpus, config(epochs=3, topic_lr_scale=1.0), tmp_path / "split", resume=True)
+        train_backbone(example_corpus, config(epochs=3, topic_lr_scale=1.0), tmp_path / "split", resume=True)
     # an NMTM run with the papers' settings, resumed under the default (fast) recipe, is told how to go on
-    train(example_corpus, config(epochs=1, recipe="paper"), tmp_path / "paper")
+    train_backbone(example_corpus, config(epochs=1, recipe="paper"), tmp_path / "paper")
     with pytest.raises(XtmError, match="asks for 5: resume with --topic-lr-scale 1 .*--recipe paper"):
-        train(example_corpus, config(epochs=2), tmp_path / "paper", resume=True)
-    assert train(example_corpus, config(epochs=2, recipe="paper"), tmp_path / "paper", resume=True).epochs_done == 2
+        train_backbone(example_corpus, config(epochs=2), tmp_path / "paper", resume=True)
+    assert train_backbone(example_corpus, config(epochs=2, recipe="paper"), tmp_path / "paper",
+                          resume=True).epochs_done == 2
     # a scale below 1 resumes too (phi's group, not the larger of the rates, is the saved scale)
-    train(example_corpus, config(epochs=1, topic_lr_scale=0.5), tmp_path / "slow")
-    assert train(example_corpus, config(epochs=2, topic_lr_scale=0.5), tmp_path / "slow", resume=True).epochs_done == 2
-    plain = train(example_corpus, config(epochs=2), tmp_path / "plain")
+    train_backbone(example_corpus, config(epochs=1, topic_lr_scale=0.5), tmp_path / "slow")
+    assert train_backbone(example_corpus, config(epochs=2, topic_lr_scale=0.5), tmp_path / "slow",
+                          resume=True).epochs_done == 2
+    plain = train_backbone(example_corpus, config(epochs=2), tmp_path / "plain")
     assert not torch.allclose(plain.model.phi[0], straight.model.phi[0])   # the scale changed training
 
 
@@ -498,7 +503,7 @@ def test_the_cosine_learning_rate_falls_from_lr_to_near_zero_over_phase_one(exam
     assert lr_factor("constant", 7, 10) == 1.0
     assert lr_factor("cosine", 0, 10) == 1.0 and lr_factor("cosine", 5, 10) == pytest.approx(0.5)
     assert 0 < lr_factor("cosine", 9, 10) < 0.03 and lr_factor("cosine", 12, 10) == 0.0
-    run = train(example_corpus, config(epochs=2, lr_schedule="cosine", topic_lr_scale=4.0), tmp_path / "cos")
+    run = train_backbone(example_corpus, config(epochs=2, lr_schedule="cosine", topic_lr_scale=4.0), tmp_path / "cos")
     groups = load_checkpoint(tmp_path / "cos").state["optimizer"]["param_groups"]
     # the last step's rate: a small fraction of each group's own (lr 0.002, phi 4x)
     assert [g["lr_scale"] for g in groups] == [1.0, 4.0]
@@ -521,30 +526,31 @@ def test_the_step_learning_rate_halves_every_step_size_epochs_and_a_run_extends_
     def last_rates(run: Path) -> list[float]:
         return [g["lr"] for g in load_checkpoint(run).state["optimizer"]["param_groups"]]
 
-    straight = train(example_corpus, config(epochs=5, lr_schedule="step", topic_lr_scale=4.0), tmp_path / "s")
+    straight = train_backbone(example_corpus, config(epochs=5, lr_schedule="step", topic_lr_scale=4.0), tmp_path / "s")
     assert last_rates(tmp_path / "s") == pytest.approx([0.002 * 0.25, 0.008 * 0.25])   # epoch 5: halved twice
-    train(example_corpus, config(epochs=3, lr_schedule="step", topic_lr_scale=4.0), tmp_path / "r")
+    train_backbone(example_corpus, config(epochs=3, lr_schedule="step", topic_lr_scale=4.0), tmp_path / "r")
     assert last_rates(tmp_path / "r") == pytest.approx([0.002 * 0.5, 0.008 * 0.5])
-    extended = train(example_corpus, config(epochs=5, lr_schedule="step", topic_lr_scale=4.0), tmp_path / "r",
-                     resume=True)
+    extended = train_backbone(example_corpus, config(epochs=5, lr_schedule="step", topic_lr_scale=4.0), tmp_path / "r",
+                              resume=True)
     for k, v in straight.model.state_dict().items():
         assert torch.equal(v, extended.model.state_dict()[k]), k
-    constant = train(example_corpus, config(epochs=5, topic_lr_scale=4.0), tmp_path / "c")
+    constant = train_backbone(example_corpus, config(epochs=5, topic_lr_scale=4.0), tmp_path / "c")
     assert not torch.equal(constant.model.phi[0], straight.model.phi[0])   # the schedule changed training
 
     # Inside StepLR's first step both schedules train alike, so a constant run may go on with step (and the
     # other way round) and is the same run as one trained on the new schedule from the start; past it, refused.
-    train(example_corpus, config(epochs=2, topic_lr_scale=4.0), tmp_path / "c2")
-    switched = train(example_corpus, config(epochs=5, lr_schedule="step", topic_lr_scale=4.0), tmp_path / "c2",
-                     resume=True)
+    train_backbone(example_corpus, config(epochs=2, topic_lr_scale=4.0), tmp_path / "c2")
+    switched = train_backbone(example_corpus, config(epochs=5, lr_schedule="step", topic_lr_scale=4.0), tmp_path / "c2",
+                              resume=True)
     for k, v in straight.model.state_dict().items():
         assert torch.equal(v, switched.model.state_dict()[k]), k
-    train(example_corpus, config(epochs=2, lr_schedule="step", topic_lr_scale=4.0), tmp_path / "s2")
-    back = train(example_corpus, config(epochs=5, topic_lr_scale=4.0), tmp_path / "s2", resume=True)
+    train_backbone(example_corpus, config(epochs=2, lr_schedule="step", topic_lr_scale=4.0), tmp_path / "s2")
+    back = train_backbone(example_corpus, config(epochs=5, topic_lr_scale=4.0), tmp_path / "s2", resume=True)
     for k, v in constant.model.state_dict().items():
         assert torch.equal(v, back.model.state_dict()[k]), k
     with pytest.raises(XtmError, match="trained with --lr-schedule constant, this run asks for step"):
-        train(example_corpus, config(epochs=5, lr_schedule="step", topic_lr_scale=4.0), tmp_path / "c", resume=True)
+        train_backbone(example_corpus, config(epochs=5, lr_schedule="step", topic_lr_scale=4.0), tmp_path / "c",
+                       resume=True)
 
 
 @pytest.mark.usefixtures("library_logging")
@@ -553,7 +559,7 @@ def test_one_language_near_posterior_collapse_is_named_with_the_remedy(example_c
     from xtm.trainer.loop.model_passes import warn_near_collapse
 
     # The papers' eps (--recipe paper; the fast recipe's 1e-10 is what the warning recommends).
-    model = train(example_corpus, config(model="infoctm", epochs=1, recipe="paper"), tmp_path).model
+    model = train_backbone(example_corpus, config(model="infoctm", epochs=1, recipe="paper"), tmp_path).model
     first, second = model.langs
     # What ECNews's English encoder ends at in 3 runs of 4 with the papers' eps: its mean head varies less than the
     # batch norm's eps (1e-6 against 1e-5), the Chinese one does not.
@@ -582,7 +588,7 @@ def test_a_trained_run_checks_its_encoders_for_near_collapse(example_corpus, exa
 
     # The default eps on this corpus leaves both encoders open: nothing to say.
     with caplog.at_level(logging.WARNING, logger="xtm"):
-        model = train(example_corpus, config(model="infoctm", epochs=1), tmp_path / "default").model
+        model = train_backbone(example_corpus, config(model="infoctm", epochs=1), tmp_path / "default").model
     assert near_collapsed_languages(model.encoders, model.langs) == {}
     assert not [r for r in caplog.records if "posterior collapse" in r.getMessage()]
     # The trainer asks about the trained, recalibrated model at the end of a run, and at its periodic checkpoints
@@ -596,7 +602,7 @@ def test_a_trained_run_checks_its_encoders_for_near_collapse(example_corpus, exa
     monkeypatch.setattr(model_passes, "near_collapsed_languages", one_collapsed)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="xtm"):
-        train(example_corpus, config(model="infoctm", epochs=3, checkpoint_every=1), tmp_path / "run")
+        train_backbone(example_corpus, config(model="infoctm", epochs=3, checkpoint_every=1), tmp_path / "run")
     warned = [r.getMessage() for r in caplog.records if "posterior collapse" in r.getMessage()]
     assert len(seen) == 2  # epoch 1's checkpoint warned; epoch 2's did not ask again; the end did
     assert len(warned) == 2 and "is, at epoch 1, near posterior collapse" in warned[0] and "ended" in warned[1]
@@ -632,8 +638,8 @@ def test_evaluate_model_spends_the_encoder_pass_only_where_the_published_protoco
     from xtm.evaluation import metrics as metrics_module
     from xtm.trainer import run as run_module
 
-    result = train(example_corpus, TrainConfig(model="nmtm", num_topics=4, epochs=1, checkpoint_every=0,
-                                               progress=False, seed=0), tmp_path)
+    result = train_backbone(example_corpus, TrainConfig(model="nmtm", num_topics=4, epochs=1, checkpoint_every=0,
+                                                        progress=False, seed=0), tmp_path)
     calls: list[int] = []
     real = run_module.infer_mean
 
@@ -664,8 +670,8 @@ def test_evaluate_model_spends_the_encoder_pass_only_where_the_published_protoco
 
 def test_the_authors_recipe_trains_with_their_rate_width_and_clip(example_corpus, tmp_path: Path) -> None:
     """--recipe authors reaches the training loop: NMTM at Adam 1e-3 with 100 hidden units and a clip of 1."""
-    run = train(example_corpus, TrainConfig(model="nmtm", recipe="authors", num_topics=6, epochs=1, progress=False,
-                                            seed=0, checkpoint_every=1), tmp_path)
+    run = train_backbone(example_corpus, TrainConfig(model="nmtm", recipe="authors", num_topics=6, epochs=1,
+                                                     progress=False, seed=0, checkpoint_every=1), tmp_path)
     assert run.model.hparams["hidden"] == 100 and run.model.hparams["grad_clip"] == 1.0
     assert [g["lr"] for g in load_checkpoint(tmp_path).state["optimizer"]["param_groups"]] == [0.001]
 
@@ -684,8 +690,10 @@ def test_a_periodic_checkpoint_is_servable_and_taking_it_does_not_change_the_run
     from xtm.trainer.loop.model_passes import recalibrate_batchnorm
 
     hp = {"dropout": 0.2}
-    every = train(example_corpus, config(model="infoctm", epochs=3, checkpoint_every=1, hparams=hp), tmp_path / "a")
-    none = train(example_corpus, config(model="infoctm", epochs=3, checkpoint_every=0, hparams=hp), tmp_path / "b")
+    every = train_backbone(example_corpus, config(model="infoctm", epochs=3, checkpoint_every=1, hparams=hp),
+                           tmp_path / "a")
+    none = train_backbone(example_corpus, config(model="infoctm", epochs=3, checkpoint_every=0, hparams=hp),
+                          tmp_path / "b")
     for k, v in params(none.model).items():
         assert torch.equal(v, params(every.model)[k]), k
     ckpt = load_checkpoint(tmp_path / "a" / "checkpoints" / "epoch-000002")
@@ -709,7 +717,7 @@ def test_a_recalibration_cut_short_leaves_the_batch_norms_settings_as_they_were(
     from xtm.trainer.data.batches import InMemoryBatches
     from xtm.trainer.loop.model_passes import recalibrate_batchnorm
 
-    model = train(example_corpus, config(model="infoctm", epochs=1, checkpoint_every=0), tmp_path).model
+    model = train_backbone(example_corpus, config(model="infoctm", epochs=1, checkpoint_every=0), tmp_path).model
 
     class CutShort(InMemoryBatches):
         def sequential(self, lang_index, batch_size):

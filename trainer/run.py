@@ -75,7 +75,7 @@ from xtm.trainer.loop import distributed
 from xtm.trainer.loop.distributed import DistContext
 from xtm.trainer.loop.model_passes import infer_mean, infer_theta, lone_collapses, recalibrate_batchnorm
 from xtm.trainer.loop.torch_setup import pick_device, torch_threads, training_device
-from xtm.trainer.loop.training import TrainResult, train
+from xtm.trainer.loop.training import TrainResult, train_backbone
 from xtm.trainer.phase2.objective import Phase2Objective
 from xtm.trainer.report_data import build_report_data
 
@@ -383,8 +383,8 @@ def _run(data: DataConfig, cfg: TrainConfig, out: Path, resume: bool, phase2: Ph
         # checkpoint is accepted: a refused resume leaves the run's record as it was.
         run.save_config({**_run_record(data, cfg, corpus, phase2, command), RunDir.INCOMPLETE: True})
 
-    result = train(corpus, cfg, out, resume=resume, phase2=objective, data=batches, dist=dist, on_epoch_end=every,
-                   on_start=started if main else None)
+    result = train_backbone(corpus, cfg, out, resume=resume, phase2=objective, data=batches, dist=dist,
+                            on_epoch_end=every, on_start=started if main else None)
     if not main:
         return {"rank": dist.rank if dist is not None else 0}
     model = result.model

@@ -48,7 +48,8 @@ def seed_everything(seed: int, device: torch.device | None = None) -> np.random.
     return np.random.default_rng(seed)
 
 
-_threads_chosen = False  # inside a torch_threads block: an inner one (train() under run_training) keeps its choice
+# Inside a torch_threads block: an inner one (train_backbone() under run_training) keeps the outer one's choice.
+_threads_chosen = False
 
 
 @contextlib.contextmanager

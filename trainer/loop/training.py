@@ -64,7 +64,7 @@ from xtm.trainer.loop.stopping import StopFlag
 from xtm.trainer.loop.torch_setup import seed_everything, torch_threads, training_device
 from xtm.trainer.phase2.objective import NoRefinementAnswerError, Phase2Objective
 
-__all__ = ["TrainResult", "train"]
+__all__ = ["TrainResult", "train_backbone"]
 
 logger = logging.getLogger(__name__)
 
@@ -229,10 +229,10 @@ class _Stopped:
     failure: XtmError | None = None  # a stop for a reason other than a signal (NoRefinementAnswerError)
 
 
-def train(corpus: Corpus, cfg: TrainConfig, run_dir: Path, resume: bool = False,
-          on_epoch_end: Callable[[int, CrossLingualTopicModel], dict[str, Any] | None] | None = None,
-          phase2: Phase2Objective | None = None, data: BatchSource | None = None,
-          dist: DistContext | None = None, on_start: Callable[[], None] | None = None) -> TrainResult:
+def train_backbone(corpus: Corpus, cfg: TrainConfig, run_dir: Path, resume: bool = False,
+                   on_epoch_end: Callable[[int, CrossLingualTopicModel], dict[str, Any] | None] | None = None,
+                   phase2: Phase2Objective | None = None, data: BatchSource | None = None,
+                   dist: DistContext | None = None, on_start: Callable[[], None] | None = None) -> TrainResult:
     """Train a backbone on `corpus`, checkpointing under run_dir; resume from its last checkpoint.
 
     With `phase2`, epochs cfg.epochs + 1 ... cfg.epochs + cfg.phase2_epochs add its losses and
@@ -255,7 +255,7 @@ def train(corpus: Corpus, cfg: TrainConfig, run_dir: Path, resume: bool = False,
 
 
 class _Training:
-    """One call of `train`: the model, its optimizer, the data order, and where training stands."""
+    """One call of `train_backbone`: the model, its optimizer, the data order, and where training stands."""
 
     def __init__(self, corpus: Corpus, cfg: TrainConfig, run_dir: Path,
                  on_epoch_end: Callable[[int, CrossLingualTopicModel], dict[str, Any] | None] | None,
