@@ -35,9 +35,10 @@ def main() -> None:
 
     from xtm.config import Sampling
     from xtm.trainer.phase2.answer_cache import AnswerCache
+    from xtm.trainer.phase2.answer_parser import VocabMatcher
     from xtm.trainer.phase2.llm_http import OpenAICompatibleGenerator
     from xtm.trainer.phase2.objective import vote
-    from xtm.trainer.phase2.prompt import TopicWords, VocabMatcher
+    from xtm.trainer.phase2.prompt import TopicWords
     from xtm.trainer.phase2.refiners import LLMRefiner
 
     cfg = json.loads((args.run / "config.json").read_text())

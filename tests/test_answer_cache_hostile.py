@@ -20,7 +20,8 @@ from command_logging import train_stderr  # noqa: F401  (a fixture)
 
 from xtm.config import Sampling
 from xtm.trainer.phase2.answer_cache import AnswerCache
-from xtm.trainer.phase2.prompt import TopicWords, VocabMatcher
+from xtm.trainer.phase2.answer_parser import VocabMatcher
+from xtm.trainer.phase2.prompt import TopicWords
 from xtm.trainer.phase2.refiners import LLMRefiner, StepStats
 
 pytestmark = pytest.mark.usefixtures("train_stderr")

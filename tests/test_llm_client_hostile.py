@@ -24,9 +24,10 @@ from command_logging import train_stderr  # noqa: F401  (a fixture)
 from xtm.config import LabelConfig, RefinerConfig, Sampling
 from xtm.errors import XtmError
 from xtm.trainer.phase2.answer_cache import AnswerCache
+from xtm.trainer.phase2.answer_parser import VocabMatcher
 from xtm.trainer.phase2.llm_http import OpenAICompatibleGenerator
 from xtm.trainer.phase2.objective import vote
-from xtm.trainer.phase2.prompt import TopicWords, VocabMatcher, build_prompt
+from xtm.trainer.phase2.prompt import TopicWords, build_prompt
 from xtm.trainer.phase2.refiners import LLMRefiner
 
 # The client logs its warnings; stderr shows them as xtm-train does, which is what "not in the log" means.

@@ -66,8 +66,9 @@ def test_phase2_with_smollm2_behind_an_openai_compatible_server(smollm2_dir, exa
 
 
 def test_transformers_refiner_runs_the_model_in_process(smollm2_dir, example_corpus) -> None:
+    from xtm.trainer.phase2.answer_parser import VocabMatcher
     from xtm.trainer.phase2.local_llms import TransformersGenerator
-    from xtm.trainer.phase2.prompt import TopicWords, VocabMatcher
+    from xtm.trainer.phase2.prompt import TopicWords
     from xtm.trainer.phase2.refiners import LLMRefiner, StepStats
 
     vocabs = {lc.lang: lc.vocab for lc in example_corpus.languages}

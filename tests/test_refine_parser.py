@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from xtm.trainer.phase2.answer_parser import ParsedAnswer, VocabMatcher, parse_answer
 from xtm.trainer.phase2.objective import vote
-from xtm.trainer.phase2.prompt import ParsedAnswer, TopicWords, VocabMatcher, build_prompt, parse_answer
+from xtm.trainer.phase2.prompt import TopicWords, build_prompt
 
 ANSWERS = json.loads((Path(__file__).parent / "data" / "llm_answers.json").read_text(encoding="utf-8"))
 VOCABS = {

@@ -23,10 +23,11 @@ from command_logging import train_stderr  # noqa: F401  (a fixture)
 from xtm.config import Phase2Config, Sampling, default_of
 from xtm.errors import XtmError
 from xtm.trainer.phase2.answer_cache import AnswerCache
+from xtm.trainer.phase2.answer_parser import VocabMatcher
 from xtm.trainer.phase2.llm_http import OpenAICompatibleGenerator, chat_completions_url
 from xtm.trainer.phase2.local_llms import TransformersGenerator, VLLMGenerator
 from xtm.trainer.phase2.objective import vote
-from xtm.trainer.phase2.prompt import TopicWords, VocabMatcher
+from xtm.trainer.phase2.prompt import TopicWords
 from xtm.trainer.phase2.refiners import LLMRefiner, StepStats
 
 # The client logs its warnings; stderr shows them as xtm-train does, which is what "not in the log" means.

@@ -30,6 +30,7 @@ from xtm.errors import XtmError
 from xtm.evaluation.metrics import top_words
 from xtm.models_zoo.base import BuildContext, CrossLingualTopicModel
 from xtm.models_zoo.encoders import SentenceEncoder, embed_cached, load_encoder
+from xtm.trainer.phase2.answer_parser import ParsedAnswer
 from xtm.trainer.phase2.losses import (
     balanced_raw_distribution,
     balanced_target_weights,
@@ -39,7 +40,7 @@ from xtm.trainer.phase2.losses import (
     union_raw_distribution,
     weighted_mmd2,
 )
-from xtm.trainer.phase2.prompt import ParsedAnswer, TopicWords
+from xtm.trainer.phase2.prompt import TopicWords
 from xtm.trainer.phase2.refiners import make_refiner
 
 MULTI_KERNEL_SCALES = (0.5, 1.0, 2.0)

@@ -37,9 +37,10 @@ import numpy as np
 from xtm.config import REFINER_NAMES, Phase2Config, RefinerConfig, Sampling, default_of
 from xtm.errors import XtmError
 from xtm.trainer.phase2.answer_cache import AnswerCache
+from xtm.trainer.phase2.answer_parser import ParsedAnswer, VocabMatcher, parse_answer
 from xtm.trainer.phase2.llm_http import OpenAICompatibleGenerator
 from xtm.trainer.phase2.local_llms import TransformersGenerator, VLLMGenerator
-from xtm.trainer.phase2.prompt import ParsedAnswer, TopicWords, VocabMatcher, build_prompt, parse_answer
+from xtm.trainer.phase2.prompt import TopicWords, build_prompt
 
 # Defaults are xtm.config's: words asked for (LLM) or chosen (embedding) per language and topic in one
 # answer are phase 2's asked_words (the vote then keeps refined_words); the embedding refiner's
