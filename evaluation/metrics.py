@@ -37,9 +37,9 @@ from xtm.errors import XtmError
 from xtm.interruptible import interruptible
 from xtm.languages import dataset_suffixes, normalize_lang
 from xtm.paths import is_hidden_name
+from xtm.topic_words import TOP_WORDS, top_words
 
 __all__ = [
-    "TOP_WORDS",
     "ReferenceCorpus",
     "classification",
     "cnpmi",
@@ -50,7 +50,6 @@ __all__ = [
     "load_reference_corpus",
     "unclassifiable_note",
     "published_protocol_note",
-    "top_words",
     "topic_quality",
     "topic_uniqueness",
     "topic_uniqueness_per_topic",
@@ -58,28 +57,8 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------------------------
-# Top words and topic uniqueness
+# Topic uniqueness (the top words themselves: xtm.topic_words)
 # --------------------------------------------------------------------------------------------
-
-
-# Top words per topic, as topics_<lang>.txt, the report, TU and the bundle's topics.json list them (the papers'
-# 15). One constant: labels.json records a digest of the topics it labelled, which export compares.
-TOP_WORDS = 15
-
-
-def top_words(beta: np.ndarray, vocab: Sequence[str], n: int = TOP_WORDS) -> list[list[str]]:
-    """The n highest-weighted words of each topic (rows of the K x V matrix beta), best first."""
-    beta = np.asarray(beta)
-    if beta.ndim != 2:
-        raise XtmError(f"beta must be a K x V matrix, got shape {beta.shape}")
-    if beta.shape[1] != len(vocab):
-        raise XtmError(f"beta has {beta.shape[1]} columns but the vocabulary has {len(vocab)} words")
-    if n < 1:
-        raise XtmError(f"the number of top words must be >= 1, got {n}")
-    n = min(n, beta.shape[1])
-    # Stable sort on -beta: ties keep vocabulary order, so top words are reproducible.
-    order = np.argsort(-beta, axis=1, kind="stable")[:, :n]
-    return [[vocab[j] for j in row] for row in order]
 
 
 def topic_uniqueness(topics: Sequence[Sequence[str]]) -> float:

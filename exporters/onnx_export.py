@@ -37,7 +37,6 @@ import scipy.sparse as sp
 import torch
 
 from xtm.errors import XtmError
-from xtm.evaluation.metrics import TOP_WORDS, top_words
 from xtm.exporters.graph_rewrites import finish_encoder, quantize_dynamic_int8
 from xtm.exporters.parity import Parity, judge_parity, parity_bows, parity_failure, run_onnx, torch_reference
 from xtm.exporters.torch_to_onnx import export_encoder
@@ -46,6 +45,7 @@ from xtm.run_dir import RunDir, reading_run
 from xtm.runtime.bundle import ContextualEntry, EncoderEntry, check_tokenizer
 from xtm.runtime.bundle_dir import check_out_dir, staged_bundle
 from xtm.runtime.bundle_write import SourceRun, write_manifest, write_topics
+from xtm.topic_words import TOP_WORDS, top_words
 from xtm.trainer.loop.checkpoint import load_trained_model
 
 __all__ = ["DEFAULT_OPSET", "TOP_N", "ExportOptions", "ExportReport", "export_run"]

@@ -1,4 +1,5 @@
-"""Tests for xtm.evaluation.metrics: hand-computed TU / CNPMI, classification, reference corpora."""
+"""Tests for xtm.evaluation.metrics: hand-computed TU / CNPMI, classification, reference corpora; and for
+xtm.topic_words, the top words it ranks."""
 
 from __future__ import annotations
 
@@ -22,10 +23,10 @@ from xtm.evaluation.metrics import (
     crosslingual_tu,
     evaluate,
     load_reference_corpus,
-    top_words,
     topic_quality,
     topic_uniqueness,
 )
+from xtm.topic_words import top_word_ids, top_words
 
 # --------------------------------------------------------------------------------------------
 # top words, TU, TQ
@@ -40,6 +41,12 @@ def test_top_words_order_and_shape_check() -> None:
     assert top_words(beta, vocab, n=10) == [["b", "c", "d", "a"], ["a", "c", "d", "b"]]
     with pytest.raises(XtmError, match="columns"):
         top_words(beta, vocab[:3])
+    with pytest.raises(XtmError, match=">= 1"):
+        top_words(beta, vocab, n=0)
+    # The indices behind the words, for callers that need the weights too (TopicModel.get_topic's ranking).
+    assert top_word_ids(beta, 3).tolist() == [[1, 2, 3], [0, 2, 3]]
+    with pytest.raises(XtmError, match="K x V"):
+        top_word_ids(beta[0])
 
 
 def test_tu_identical_and_disjoint_topics() -> None:

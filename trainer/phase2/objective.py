@@ -27,9 +27,9 @@ from torch import Tensor
 from xtm.config import Phase2Config
 from xtm.corpus import Corpus
 from xtm.errors import XtmError
-from xtm.evaluation.metrics import top_words
 from xtm.models_zoo.base import BuildContext, CrossLingualTopicModel
 from xtm.models_zoo.encoders import SentenceEncoder, embed_cached, load_encoder
+from xtm.topic_words import top_words
 from xtm.trainer.phase2.answer_parser import ParsedAnswer
 from xtm.trainer.phase2.losses import (
     balanced_raw_distribution,
