@@ -68,6 +68,7 @@ from xtm.runtime.providers import (
     run_session,
 )
 from xtm.runtime.tokenize import TEXT_NORMALIZATION, missing_tokenizer
+from xtm.topic_words import top_word_ids
 from xtm.vocabulary import parse_vocabulary
 
 __all__ = ["InferenceResult", "TopicModel"]
@@ -227,7 +228,7 @@ class TopicModel:
         self._contextual_failure: tuple[XtmError, float] | None = None
         self._session_options = session_options
         # Made on first use (get_topic, topic_word_distribution): per language, read-only.
-        self._distributions: dict[str, np.ndarray] = {}
+        self._distributions: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._vocab_lists: dict[str, list[str]] = {}
 
     @classmethod
@@ -502,25 +503,35 @@ class TopicModel:
         documents, not on the topic) before its softmax, so beta's scale per word is not the model's; that
         step is left out, as in the reference models' topic-word matrices. Computed once per language and
         kept (K x V floats)."""
+        return self._topic_words(lang)[0]
+
+    def _topic_words(self, lang: str) -> tuple[np.ndarray, np.ndarray]:
+        """(topic_word_distribution, each topic's words best first): computed once per language and kept. The
+        order is beta's, as the bundle's topics.json and the run's topics files rank (xtm.topic_words): the
+        float32 softmax can make two near-equal weights equal and order them by column instead."""
         code = self._encoder(lang).entry.lang
-        dist = self._distributions.get(code)
-        if dist is None:
-            beta = self.topic_word_weights(code).astype(np.float64)
-            z = np.exp(beta - beta.max(axis=1, keepdims=True))
+        kept = self._distributions.get(code)
+        if kept is None:
+            beta = self.topic_word_weights(code)
+            order = top_word_ids(beta, beta.shape[1])
+            wide = beta.astype(np.float64)
+            z = np.exp(wide - wide.max(axis=1, keepdims=True))
             dist = (z / z.sum(axis=1, keepdims=True)).astype(np.float32)
             dist.setflags(write=False)
+            order.setflags(write=False)
             with self._tok_lock:
-                dist = self._distributions.setdefault(code, dist)
-        return dist
+                kept = self._distributions.setdefault(code, (dist, order))
+        return kept
 
     def get_topic(self, topic: int, lang: str, n: int = 10) -> TopicWordList:
         """Topic `topic`'s n top words in `lang` with their weights, heaviest first: [("market", 0.0048), ...]
-        (rows of `topic_word_distribution`, flat: see there; equal weights: vocabulary order).
-        The list's `.label` is the topic's label in `lang` (None when the bundle has none)."""
+        (rows of `topic_word_distribution`, flat: see there), in beta's order, as `topics` lists them (equal
+        weights: vocabulary order). The list's `.label` is the topic's label in `lang` (None when the bundle has
+        none)."""
         k = self._topic_id(topic)
         n = whole_number("n", n)
-        row = self.topic_word_distribution(lang)[k]
-        top = np.argsort(-row, kind="stable")[:n]
+        dist, order = self._topic_words(lang)
+        row, top = dist[k], order[k][:n]
         vocab = self._words(lang)
         return TopicWordList([(vocab[j], float(row[j])) for j in top.tolist()],
                              label=self.topic_label(k, self._encoder(lang).entry.lang))

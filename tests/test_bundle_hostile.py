@@ -620,3 +620,20 @@ def test_a_bundle_vocabulary_is_read_by_the_one_vocabulary_rule(hb: HandBundle, 
     rewrite_checksums(b)
     with pytest.raises(XtmError, match=message):
         TopicModel.load(b)
+
+
+def test_get_topic_orders_words_as_the_topics_list_does(hb: HandBundle, tmp_path: Path) -> None:
+    """get_topic ranked the float32 softmax of beta, where two near-equal weights become equal and go by column;
+    topics.json (and the run's topic files) rank beta itself: the two lists disagreed on such a pair."""
+    b = copy_bundle(hb, tmp_path / "b")
+    beta = np.load(b / "beta_en.npy")
+    beta[0] = np.float32(-5.0)
+    beta[0, 0] = np.float32(1e-3)
+    beta[0, 1] = np.nextafter(np.float32(1e-3), np.float32(1.0))  # one ulp above: column 1 first in beta
+    np.save(b / "beta_en.npy", beta, allow_pickle=False)
+    dist = np.exp(beta[0].astype(np.float64) - beta[0].max())
+    assert np.float32(dist[0] / dist.sum()) == np.float32(dist[1] / dist.sum())  # equal after the float32 softmax
+    rewrite_checksums(b)
+    model = TopicModel.load(b)
+    vocab = model.vocabulary("en")
+    assert [w for w, _ in model.get_topic(0, "en", 2)] == [vocab[1], vocab[0]]
