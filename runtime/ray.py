@@ -378,7 +378,8 @@ def infer_dataset(ds: ray.data.Dataset, bundle_dir: str | Path, *, options: Infe
     options: an `xtm.runtime.engine.InferenceOptions` (default: its defaults); `overrides`, its fields by
     name (top_k=2, batch_size=50, route, full_theta, lang, min_lang_conf, text_field, ...), replace those of
     `options`; a keyword that is neither a parameter nor a field is an XtmError naming it. The bad-record
-    policy (strict, max_bad, max_share) has nothing to stop here: a bad row is a row with its error.
+    policy (strict, max_bad, max_share) has nothing to stop here: a bad row is a row with its error, and
+    giving them as keywords is an XtmError.
     threads_per_actor: onnxruntime threads in each actor (default: options.threads, else
     RAY_THREADS_PER_ACTOR), reserved as Ray CPUs. num_actors
     defaults to the cluster's CPUs, less one for the stages before (readers), divided by
@@ -387,6 +388,10 @@ def infer_dataset(ds: ray.data.Dataset, bundle_dir: str | Path, *, options: Infe
     ray_remote_args say) behind 2 actors on 2 CPUs never finishes. Keep num_actors *
     threads_per_actor below the cluster's CPUs, or materialize() the input first.
     """
+    policy = sorted(k for k in ("strict", "max_bad", "max_share") if k in overrides)
+    if policy:  # (accepted and ignored, a caller would believe bad rows stop the run)
+        raise XtmError(f"infer_dataset: {', '.join(policy)} do not apply: each bad row comes back with its error "
+                       "(the 'error' column); infer_files applies the bad-record policy")
     options = InferenceOptions.with_overrides(options, overrides, "infer_dataset")
     num_actors, threads_per_actor = _actor_counts(num_actors, options.threads if threads_per_actor is None
                                                   else threads_per_actor)

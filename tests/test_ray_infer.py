@@ -140,6 +140,8 @@ def test_infer_files_writes_the_local_engines_csv(ray_local, hb: HandBundle, inp
         with pytest.raises(XtmError, match=r"^infer_(files|dataset): unknown keyword argument '(num_actor|topk)' "
                                            r"\(InferenceOptions fields: top_k, "):
             call()
+    with pytest.raises(XtmError, match=r"infer_dataset: max_bad, strict do not apply: each bad row comes back"):
+        infer_dataset(ray.data.from_items([{"text": "bank"}]), hb.path, strict=True, max_bad=3)
     with pytest.raises(XtmError, match="output format must be one of auto, jsonl, csv, parquet"):
         infer_files([inputs["jsonl"]], hb.path, None, output_format="xlsx")
     with pytest.raises(XtmError, match="TSV is not written"):
