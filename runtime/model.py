@@ -200,7 +200,8 @@ class TopicModel:
     def __init__(self, manifest: BundleManifest, encoders: dict[str, _Encoder],
                  topics: list[dict[str, list[str]]], providers: list[str], session_options: Any = None,
                  labels: list[dict[str, str]] | None = None, *, verify: bool = True,
-                 reload: tuple[str, dict[str, Any], str] | None = None) -> None:
+                 reload: tuple[str, dict[str, Any], str] | None = None,
+                 unsegmented: dict[str, XtmError] | None = None) -> None:
         self._manifest = manifest
         self._encoders = encoders
         self._topics = topics
@@ -214,7 +215,7 @@ class TopicModel:
         self._providers = providers
         self._tokenizers: dict[str, Callable[[str], list[str]]] = {}
         # Languages whose segmenter is not installed, served on the contextual route only (load).
-        self._unsegmented: dict[str, XtmError] = {}
+        self._unsegmented: dict[str, XtmError] = dict(unsegmented or {})
         self._tok_lock = threading.Lock()
         # The contextual graph (~80 MB, ~300 MB resident) is opened when first needed: a caller that
         # only serves the training languages never pays for it. Its manifest entry was checked with
@@ -307,13 +308,11 @@ class TopicModel:
                      ", ".join(used))
         reload = (str(manifest.directory.resolve()), {"threads": threads, "providers": providers, "verify": verify},
                   manifest.content_sha256)
-        model = cls(manifest, encoders, topics, used or chosen, session_options=opts, labels=labels, verify=verify,
-                    reload=reload)
-        model._unsegmented = unsegmented
         for lang, missing in unsegmented.items():
             logger.info(f"{manifest.directory}: '{lang}' is read on the contextual route; its bag-of-words route "
                         f"(route='bow') needs a segmenter: {missing}")
-        return model
+        return cls(manifest, encoders, topics, used or chosen, session_options=opts, labels=labels, verify=verify,
+                   reload=reload, unsegmented=unsegmented)
 
     @classmethod
     def load_unchanged(cls, bundle_dir: str | Path, manifest_sha256: str | None, *, since: str, advice: str,
@@ -868,8 +867,8 @@ class TopicModel:
         if hasattr(records, "columns"):  # iterating a DataFrame gives its column names, each a "bad record"
             raise XtmError(f"records must be an iterable of mappings, got {type(records).__name__} (pass "
                            "df.to_dict('records'))")
-        if isinstance(records, (str, memoryview)) or isinstance(records, (KeysView, ValuesView, ItemsView)):
-            # a string's characters, a view's keys or values: every one a "bad record" and nothing served
+        if isinstance(records, (str, KeysView, ValuesView, ItemsView)):
+            # a string's characters, a mapping's keys or values: every one a "bad record" and nothing served
             raise XtmError(f"records must be an iterable of mappings (one per document), got {type(records).__name__}")
         _refuse_container("records", records, "an iterable of mappings (one per document)")
         options = InferenceOptions.with_overrides(options, overrides, "infer_records")
@@ -974,10 +973,11 @@ def _lang_list(langs: Any) -> list[Any] | str | None:
 
 def _refuse_container(name: str, value: Any, expected: str) -> None:
     """Refuse what `list(value)` would read as something else: a DataFrame (its column names), a mapping (its
-    keys; `mapping.keys()` itself is fine), a set (no order), bytes (numbers), an array of more than one dimension
-    (its rows), None."""
+    keys; `mapping.keys()` itself is fine), a set (no order), bytes or a memoryview (numbers), an array of more
+    than one dimension (its rows), None."""
     kind = type(value).__name__
-    if value is None or isinstance(value, (bytes, bytearray, Mapping, set, frozenset)) or hasattr(value, "columns") \
+    if value is None or isinstance(value, (bytes, bytearray, memoryview, Mapping, set, frozenset)) \
+            or hasattr(value, "columns") \
             or not isinstance(value, Iterable) or getattr(value, "ndim", 1) != 1:
         hint = " (pass the column: df['text'])" if hasattr(value, "columns") else ""
         raise XtmError(f"{name} must be {expected}, got {kind}{hint}")

@@ -69,6 +69,8 @@ if TYPE_CHECKING:
     import pyarrow as pa
     import ray.data
 
+    from xtm.runtime.bundle import BundleManifest
+
 __all__ = ["INSTALL_HINT", "infer_dataset", "infer_files", "list_input_files", "pack_bundle"]
 
 logger = logging.getLogger(__name__)
@@ -275,14 +277,16 @@ def _result_table(batch: pa.Table, res: Any, rows: list[int], errors: list[str |
     return pa.table(cols)
 
 
-def _check_route(bundle_dir: str | Path, options: InferenceOptions) -> None:
-    """The route's and --lang's errors on the driver, from the manifest alone (no model loaded, no actor started)."""
+def _check_route(bundle_dir: str | Path, options: InferenceOptions) -> BundleManifest:
+    """The route's and --lang's errors on the driver, from the manifest alone (no model loaded, no actor started);
+    returns that manifest (read once, not verified: the actors check the whole bundle)."""
     from xtm.runtime.bundle import read_manifest
 
     manifest = read_manifest(bundle_dir, verify=False)
     if check_route(options.route) == "contextual" and manifest.contextual is None:
         raise no_contextual_route(bundle_dir)
     check_lang_served(options, manifest.served_languages(options.route))
+    return manifest
 
 
 def _default_actors(threads_per_actor: int, reserve: int) -> int:
@@ -552,9 +556,9 @@ def infer_files(paths: Sequence[str | Path], bundle_dir: str | Path, out_path: s
 
     files = list_input_files(paths)
     check_out_path(out_path, [p for p, _ in files])
-    _check_route(bundle_dir, options)  # fail before starting anything
+    manifest = _check_route(bundle_dir, options)  # fail before starting anything
     output_format = records_output_format(out_path, output_format)
-    shape = _table_shape(bundle_dir, options, output_format)
+    shape = _table_shape(manifest, options, output_format)
     bar = _progress_bar(progress)
     tally = options.policy(report or _default_report(bar))
     try:
@@ -762,14 +766,12 @@ def _rows_dataset(files: list[tuple[str, str]], fields: FieldNames) -> ray.data.
                                fn_kwargs={"fields": fields})
 
 
-def _table_shape(bundle_dir: str | Path, options: InferenceOptions, output_format: str) -> TableShape | None:
-    """The columns of a CSV or Parquet output (None for JSONL): the topic count and labels are read here, the
-    actors check the whole bundle."""
-    from xtm.runtime.bundle import read_manifest, read_topic_labels
+def _table_shape(manifest: BundleManifest, options: InferenceOptions, output_format: str) -> TableShape | None:
+    """The columns of a CSV or Parquet output (None for JSONL): the bundle's topic count and labels."""
+    from xtm.runtime.bundle import read_topic_labels
 
     if output_format == "jsonl":
         return None
-    manifest = read_manifest(bundle_dir, verify=False)
     return TableShape(manifest.num_topics, options.top_k, options.full_theta,
                       labels=any(read_topic_labels(manifest)))
 
